@@ -1,0 +1,33 @@
+# Two entry points: `make demo` (compile, check and inspect the bundled model) and `make test`.
+# Both create or reuse .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_MODEL := models/transformer.onnx
+DEMO_OUT := out/transformer-bitplane4
+
+.PHONY: demo test models bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/python -m bie_compiler.models --out models
+
+demo: models
+	$(BIN)/bie-compiler compile $(DEMO_MODEL) --codec bie-bitplane --bits 4 -o $(DEMO_OUT)
+	$(BIN)/bie-compiler check $(DEMO_OUT) --batch 4
+	$(BIN)/bie-compiler inspect $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bitplane_gemv.py
+
+clean:
+	rm -rf out build *.egg-info models/*.onnx

@@ -1,0 +1,163 @@
+"""The ``bie-compiler`` command line: compile, check, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__, codecs
+from .errors import BieError, OptionError
+
+CODEC_OPTIONS = [  # (flag, Config field, type, help)
+    ("--bits", "bits", int, "bie-bitplane: bits per weight, sign included (2..8; default 4)"),
+    ("--planes", "planes", int, "bie-bitplane: keep only the top P magnitude planes (progressive precision)"),
+    ("--group-size", "group_size", int, "bie-bitplane: weights per scale along K (default: one scale per channel)"),
+    ("--threshold", "threshold", float, "bie-binary/blocked: keep weights with |w| > T"),
+    ("--density", "density", float, "bie-binary/blocked: keep this fraction of each channel's weights"),
+    ("--layout", "layout", str, "bie-binary: bitmap, index or auto (the smaller; default)"),
+    ("--block-size", "block_size", int, "bie-blocked: block length along K, a power of two (default 128)"),
+]
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_override(text: str) -> tuple[str, dict]:
+    """``PATTERN:key=value[,key=value...]``, e.g. ``'blocks.ffn.*:bits=8'`` or ``'fc1.weight:codec=bie-binary'``."""
+    pattern, sep, body = text.rpartition(":")
+    pairs = [p.split("=", 1) for p in body.split(",") if p]
+    if not sep or not pattern or not pairs or any(len(p) != 2 for p in pairs):
+        raise OptionError(f"--override {text!r}: expected PATTERN:key=value[,key=value...]")
+    return pattern, {k.strip().replace("-", "_"): _value(v.strip()) for k, v in pairs}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bie-compiler",
+        description="Compile ONNX models into artefacts whose weights are bit-level compressed encodings.",
+    )
+    parser.add_argument("--version", action="version", version=f"bie-compiler {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile an ONNX model into an artefact folder",
+                       description="Encode the MatMul/Gemm weights of MODEL and build kernels that compute from them.")
+    c.add_argument("model", help="the .onnx file")
+    c.add_argument("-o", "--output", required=True, help="artefact folder to write (replaced atomically)")
+    c.add_argument("--codec", default="bie-bitplane", choices=list(codecs.CODECS), help="weight codec (default %(default)s)")
+    for flag, _, kind, text in CODEC_OPTIONS:
+        c.add_argument(flag, type=kind, default=None, help=text)
+    c.add_argument("--target", default="llvm", help="llvm (default); cuda and bitvert are planned")
+    c.add_argument("--mcpu", default=None, help="LLVM CPU name (default: this machine's)")
+    c.add_argument("--min-weights", type=int, default=1024, help="weights smaller than this stay dense (default %(default)s)")
+    c.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="keep matching weights dense (repeatable)")
+    c.add_argument("--override", action="append", default=[], metavar="PATTERN:K=V[,K=V]",
+                   help="per-layer codec options, e.g. 'blocks.ffn.*:bits=8' or 'fc1.weight:codec=bie-binary' (repeatable)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    k = sub.add_parser("check", help="compare an artefact with onnxruntime (exit 1 on a parity failure)")
+    k.add_argument("artefact", help="artefact folder")
+    k.add_argument("--model", help="the source .onnx (default: the path recorded at compile time)")
+    k.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
+    k.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs (default 1)")
+    k.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    k.add_argument("--tolerance", type=float, default=None, help="max relative error against the decoded-weights model (default 1e-4)")
+    k.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    i = sub.add_parser("inspect", help="per-layer report of an artefact")
+    i.add_argument("artefact", help="artefact folder")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def _compile(args) -> int:
+    from .driver import compile_model
+
+    options = {field: getattr(args, field) for _, field, _, _ in CODEC_OPTIONS}
+    out = compile_model(
+        args.model, args.output, args.codec, options, target=args.target, mcpu=args.mcpu,
+        min_weights=args.min_weights, skip=tuple(args.skip),
+        overrides=tuple(parse_override(o) for o in args.override),
+        progress=None if args.quiet else _progress,
+    )
+    if not args.quiet:
+        from .runtime.artefact import read_manifest
+
+        _print_report(read_manifest(out, verify_files=False))
+    return 0
+
+
+def _progress(message: str) -> None:
+    print(f"[bie-compiler] {message}", file=sys.stderr, flush=True)
+
+
+def _check(args) -> int:
+    from . import load
+    from .parity import DEFAULT_TOLERANCE, check_artefact, make_inputs
+
+    if args.batch < 1:
+        raise OptionError(f"--batch must be >= 1, got {args.batch}")
+    runner = load(args.artefact)
+    inputs = make_inputs(runner.inputs, args.batch, args.seed, args.inputs)
+    result = check_artefact(runner, args.model, inputs, args.tolerance or DEFAULT_TOLERANCE)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"inputs: {result['inputs']}")
+        print(f"vs original model:        max abs {result['max_abs_err']:.3e}  max rel {result['max_rel_err']:.3e}  cosine {result['cosine']:.6f}")
+        print(f"vs decoded-weights model: max abs {result['decoded_max_abs_err']:.3e}  max rel {result['decoded_max_rel_err']:.3e}  (tolerance {result['tolerance']:.0e})")
+        print("PASSED" if result["passed"] else "FAILED: the artefact does not compute what its encodings define")
+    return 0 if result["passed"] else 1
+
+
+def _print_report(manifest: dict) -> None:
+    rows = [("layer", "codec", "shape", "bits/w", "dense B", "encoded B", "note")]
+    for layer in manifest["layers"]:
+        note = layer["fallback_reason"] or ""
+        if "index_bytes_global" in layer["details"]:
+            d = layer["details"]
+            note = f"indices {d['index_bytes_blocked']} B vs {d['index_bytes_global']} B global"
+        rows.append((layer["name"], layer["codec"], "x".join(map(str, layer["shape"])), f"{layer['bits_per_weight']:.3f}",
+                     str(layer["bytes_dense"]), str(layer["bytes_encoded"]), note))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    t = manifest["totals"]
+    print(f"total: {t['encoded_layers']}/{t['layers']} layers encoded, {t['bytes_dense']} -> {t['bytes_encoded']} bytes "
+          f"({t['bits_per_weight']} bits/weight, {t['compression']}x); model.so {manifest['files']['model.so']['bytes']} bytes")
+
+
+def _inspect(args) -> int:
+    from .runtime.artefact import read_manifest
+
+    manifest = read_manifest(args.artefact)
+    if args.json:
+        keys = ("source_model", "codec", "target", "inputs", "outputs", "layers", "totals", "files", "bie_compiler_version")
+        print(json.dumps({k: manifest[k] for k in keys}, indent=2))
+    else:
+        print(f"{args.artefact}: {manifest['codec']['name']} for {manifest['target']['kind']} "
+              f"({manifest['target']['mcpu']}), from {manifest['source_model']['path'] or 'an in-memory model'}")
+        _print_report(manifest)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"compile": _compile, "check": _check, "inspect": _inspect}[args.command](args)
+    except BieError as e:
+        print(f"bie-compiler: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bie-compiler: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""``bie-bitplane``: symmetric k-bit quantization stored as sign and magnitude bit planes.
+
+Each weight becomes ``q = round(w / s)`` in ``[-(2^(k-1)-1), 2^(k-1)-1]`` with one
+scale ``s`` per output channel (or per group of ``group_size`` weights along K).
+``|q|`` is split into ``k - 1`` magnitude planes, most significant first, plus one
+sign plane, each packed K-interleaved (:func:`pack_bits`). Keeping only the top
+``p`` planes truncates ``|q|`` to its ``p`` leading bits: a coarser model from a
+prefix of the same encoding (progressive precision), no re-encoding needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CodecError
+from .base import Encoded, check_weight, pack_bits, packed_width, unpack_bits
+
+NAME = "bie-bitplane"
+
+
+@dataclass(frozen=True)
+class Config:
+    bits: int = 4  # sign + (bits - 1) magnitude planes
+    group_size: int = 0  # weights per scale along K; 0 = one scale per output channel
+    planes: int = 0  # magnitude planes kept, most significant first; 0 = all
+
+    def __post_init__(self):
+        if not 2 <= self.bits <= 8:
+            raise CodecError(f"{NAME}: bits must be in 2..8, got {self.bits}")
+        if self.group_size < 0:
+            raise CodecError(f"{NAME}: group_size must be positive (or 0 for per-channel), got {self.group_size}")
+        if not 0 <= self.planes <= self.bits - 1:
+            raise CodecError(f"{NAME}: planes must be in 1..{self.bits - 1} for {self.bits} bits, got {self.planes}")
+
+    @property
+    def magnitude_bits(self) -> int:
+        return self.bits - 1
+
+    @property
+    def kept_planes(self) -> int:
+        return self.planes or self.magnitude_bits
+
+
+def scale_group(k: int, group_size: int) -> int:
+    """Weights per scale along the padded K axis (per-channel: the whole padded row)."""
+    return group_size or 8 * packed_width(k)
+
+
+def quantize(weight: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric quantization: integer codes [N, K] and float32 scales [N, groups over padded K]."""
+    w = check_weight(weight)
+    n, k = w.shape
+    group = scale_group(k, config.group_size)
+    groups = -(-8 * packed_width(k) // group)
+    padded = np.zeros((n, groups * group), np.float32)
+    padded[:, :k] = w
+    qmax = 2 ** config.magnitude_bits - 1
+    scales = (np.abs(padded).reshape(n, groups, group).max(axis=2) / np.float32(qmax)).astype(np.float32)
+    per_weight = np.repeat(scales, group, axis=1)[:, :k]
+    safe = np.where(per_weight > 0, per_weight, np.float32(1))
+    codes = np.clip(np.rint(w / safe), -qmax, qmax).astype(np.int32)
+    return codes, scales
+
+
+def encode(weight: np.ndarray, config: Config) -> Encoded:
+    codes, scales = quantize(weight, config)
+    magnitude = np.abs(codes)
+    m = config.magnitude_bits
+    planes = np.stack([pack_bits((magnitude >> (m - 1 - b)) & 1) for b in range(config.kept_planes)])
+    return Encoded(
+        codec=NAME,
+        shape=codes.shape,
+        arrays={"planes": planes, "signs": pack_bits(codes < 0), "scales": scales},
+        header={"bits": config.bits, "group_size": config.group_size, "planes": config.kept_planes},
+    )
+
+
+def truncate_planes(enc: Encoded, planes: int) -> Encoded:
+    """The same encoding with only its top ``planes`` magnitude planes (progressive precision)."""
+    stored = enc.header["planes"]
+    if not 1 <= planes <= stored:
+        raise CodecError(f"{NAME}: can keep 1..{stored} planes of this encoding, not {planes}")
+    arrays = dict(enc.arrays, planes=enc.arrays["planes"][:planes])
+    return Encoded(enc.codec, enc.shape, arrays, dict(enc.header, planes=planes))
+
+
+def decode(enc: Encoded) -> np.ndarray:
+    """Reference decoder: float32 [N, K] from the stored planes."""
+    n, k = enc.shape
+    top = enc.header["bits"] - 2  # significance of the first stored plane
+    magnitude = np.zeros((n, k), np.int64)
+    for b, plane in enumerate(enc.arrays["planes"]):
+        magnitude += unpack_bits(plane, k).astype(np.int64) << (top - b)
+    signed = np.where(unpack_bits(enc.arrays["signs"], k), -magnitude, magnitude)
+    group = scale_group(k, enc.header["group_size"])
+    per_weight = np.repeat(enc.arrays["scales"], group, axis=1)[:, :k]
+    return (signed * per_weight).astype(np.float32)

@@ -1,0 +1,83 @@
+"""``bie-blocked``: ``bie-binary``'s ternary weights with positions local to blocks of K.
+
+K is cut into blocks of ``block_size`` (a power of two). An entry is the offset
+inside its block with the sign in the next bit, so blocks of 128 need one byte
+per non-zero where global indices need two. Per output channel and block,
+``counts`` (uint8 for blocks up to 128, else uint16) says how many entries
+follow; ``indptr`` (uint32, N + 1) gives each channel's first entry, so
+channels decode independently. Entries run in channel, block, offset order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CodecError
+from . import bie_binary
+from .base import Encoded
+
+NAME = "bie-blocked"
+
+
+@dataclass(frozen=True)
+class Config(bie_binary.Ternary):
+    block_size: int = 128
+
+    def __post_init__(self):
+        super().__post_init__()
+        b = self.block_size
+        if b < 2 or b > 2**15 or b & (b - 1):
+            raise CodecError(f"{NAME}: block_size must be a power of two in 2..32768, got {b}")
+
+
+def block_dtypes(block_size: int) -> tuple[np.dtype, np.dtype]:
+    """(entry dtype, count dtype) for a block size: the narrowest that hold offset + sign, and 0..block_size."""
+    entry = np.dtype(np.uint8 if block_size <= 2**7 else np.uint16)
+    count = np.dtype(np.uint8 if block_size < 2**8 else np.uint16)
+    return entry, count
+
+
+def encode(weight: np.ndarray, config: Config) -> Encoded:
+    keep, negative, scales = bie_binary.ternarize(weight, config)
+    n, k = keep.shape
+    b = config.block_size
+    sign_bit = b.bit_length() - 1
+    entry_dtype, count_dtype = block_dtypes(b)
+    blocks = -(-k // b)
+    padded = np.zeros((n, blocks * b), bool)
+    padded[:, :k] = keep
+    counts = padded.reshape(n, blocks, b).sum(axis=2)
+    rows, cols = np.nonzero(keep)
+    entries = (cols % b) | (negative[rows, cols].astype(np.int64) << sign_bit)
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.uint32)
+    arrays = {
+        "indptr": indptr,
+        "counts": counts.astype(count_dtype),
+        "entries": entries.astype(entry_dtype),
+        "scales": scales,
+    }
+    global_index_bytes = bie_binary.index_layout_nbytes(len(rows), n, k)
+    return Encoded(NAME, (n, k), arrays, {"block_size": b, "global_index_bytes": global_index_bytes})
+
+
+def index_saving(enc: Encoded) -> dict[str, int]:
+    """Position bytes with block-local indices against global ones (``bie-binary``'s index layout)."""
+    local = sum(enc.arrays[name].nbytes for name in ("indptr", "counts", "entries"))
+    return {"index_bytes_blocked": local, "index_bytes_global": int(enc.header["global_index_bytes"])}
+
+
+def decode(enc: Encoded) -> np.ndarray:
+    n, k = enc.shape
+    b = int(enc.header["block_size"])
+    sign_bit = b.bit_length() - 1
+    counts = enc.arrays["counts"].astype(np.int64)
+    rows = np.repeat(np.arange(n), counts.sum(axis=1))
+    block_of_entry = np.repeat(np.tile(np.arange(counts.shape[1]), n), counts.ravel())
+    entries = enc.arrays["entries"].astype(np.int64)
+    cols = block_of_entry * b + (entries & (b - 1))
+    values = np.where(entries >> sign_bit, -1.0, 1.0) * enc.arrays["scales"][rows]
+    dense = np.zeros((n, k), np.float32)
+    dense[rows, cols] = values
+    return dense

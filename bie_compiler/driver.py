@@ -1,0 +1,79 @@
+"""compile_model: ONNX in, artefact out (import, encode weights, build, write)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import tvm
+
+from . import __version__
+from .frontend import file_sha256, import_model
+from .report import totals
+
+
+def _stderr_progress(message: str) -> None:
+    print(f"[bie-compiler] {message}", file=sys.stderr, flush=True)
+
+
+def source_identity(model: str | Path | onnx.ModelProto) -> dict:
+    if isinstance(model, onnx.ModelProto):
+        return {"path": None, "sha256": hashlib.sha256(model.SerializeToString()).hexdigest()}
+    return {"path": str(Path(model).absolute()), "sha256": file_sha256(model)}
+
+
+def compile_model(
+    model: str | Path | onnx.ModelProto,
+    output_dir: str | Path,
+    codec: str = "bie-bitplane",
+    options: dict | None = None,
+    *,
+    target: str = "llvm",
+    mcpu: str | None = None,
+    min_weights: int = 1024,
+    skip: tuple[str, ...] = (),
+    overrides: tuple[tuple[str, dict], ...] = (),
+    progress=_stderr_progress,
+) -> Path:
+    """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
+
+    ``options`` are the codec's Config fields (e.g. ``{"bits": 4}``); ``overrides``
+    are ``(name pattern, options)`` pairs for single layers, ``skip`` patterns stay dense.
+    """
+    from bie_compiler.codegen import cpu
+    from bie_compiler.codegen.target import make_target
+    from bie_compiler.passes import EncodeWeights, EncodingPolicy
+    from bie_compiler.runtime.artefact import write_artefact
+
+    progress = progress or (lambda message: None)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    policy = EncodingPolicy(codec, options, min_weights, tuple(skip), tuple(overrides))
+    tvm_target = make_target(target, mcpu)
+    started = time.perf_counter()
+    step = lambda message: progress(f"{message} ({time.perf_counter() - started:.1f} s)")  # noqa: E731
+
+    step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
+    imported = import_model(model)
+    step(f"encoding weights with {codec} {options or ''}".rstrip())
+    encode = EncodeWeights(imported, policy, tvm_target, progress)
+    mod = encode(imported.mod)
+    step(f"building for {tvm_target.kind.name} (mcpu={tvm_target.attrs['mcpu']})")
+    executable = cpu.build(mod, tvm_target)
+    manifest = {
+        "bie_compiler_version": __version__,
+        "tvm_version": tvm.__version__,
+        "source_model": source_identity(model),
+        "codec": {"name": codec, "options": options, "min_weights": min_weights,
+                  "skip": list(skip), "overrides": [[p, o] for p, o in overrides]},
+        "target": {"kind": tvm_target.kind.name, "mcpu": str(tvm_target.attrs["mcpu"])},
+        "inputs": imported.inputs,
+        "outputs": imported.outputs,
+        "layers": [r.to_json() for r in encode.records],
+        "totals": totals(encode.records),
+    }
+    out = write_artefact(output_dir, executable, manifest)
+    step(f"wrote {out}")
+    return out

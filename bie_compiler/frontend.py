@@ -1,0 +1,142 @@
+"""ONNX in: load, validate and import a model into TVM Relax with its weights as constants."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import ModelError
+
+OPSET_FALLBACK = 17
+
+
+@dataclass
+class ImportedModel:
+    """A Relax module plus what the rest of the compiler needs to know about its ONNX origin."""
+
+    mod: object  # tvm.IRModule
+    model: onnx.ModelProto  # validated, Constant nodes turned into initializers
+    weights: dict[str, np.ndarray]  # every initializer by name
+    inputs: list[dict]  # [{"name", "shape" (ints or dim names), "dtype"}]
+    outputs: list[dict]
+
+    def weight_name(self, array: np.ndarray) -> str | None:
+        """The initializer name of a constant found in the IR, matched by content."""
+        return self._by_content.get(content_key(array))
+
+    def __post_init__(self):
+        self._by_content = {}
+        for name, value in self.weights.items():
+            self._by_content.setdefault(content_key(value), name)
+
+
+def content_key(array: np.ndarray) -> tuple:
+    a = np.ascontiguousarray(array)
+    return a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """Read and validate an ONNX model; every problem is a ModelError naming the file."""
+    label = "<ModelProto>" if isinstance(source, onnx.ModelProto) else str(source)
+    if isinstance(source, onnx.ModelProto):
+        model = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError(f"{label}: no such file")
+        try:
+            model = onnx.load(str(path))
+        except Exception as e:  # protobuf raises DecodeError, RuntimeWarning-like and others
+            raise ModelError(f"{label}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if not model.graph.node:
+        raise ModelError(f"{label}: the ONNX graph has no nodes (not an ONNX model, or an empty one)")
+    try:
+        onnx.checker.check_model(model)
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception as e:
+        raise ModelError(f"{label}: invalid ONNX model: {str(e).strip().splitlines()[0]}") from None
+    model = constants_to_initializers(model)
+    check_supported(model, label)
+    check_finite(model, label)
+    return model
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn tensor-valued Constant nodes into initializers named by their output, so every weight has a name."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = []
+    for node in out.graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None and value.type == onnx.AttributeProto.TENSOR:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            out.graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return out
+
+
+def check_supported(model: onnx.ModelProto, label: str) -> None:
+    """Fail with every node whose op the Relax ONNX frontend cannot import."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = set(_get_convert_map()) | {"Constant", "If"}
+    bad = [n for n in model.graph.node if n.op_type not in known or n.domain not in ("", "ai.onnx")]
+    if bad:
+        listed = "; ".join(f"{n.name or '<unnamed>'} ({(n.domain + '.') if n.domain else ''}{n.op_type})" for n in bad)
+        raise ModelError(f"{label}: {len(bad)} node(s) use unsupported operators: {listed}")
+
+
+def check_finite(model: onnx.ModelProto, label: str) -> None:
+    for init in model.graph.initializer:
+        a = numpy_helper.to_array(init)
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            raise ModelError(f"{label}: initializer {init.name!r} has {bad} NaN/Inf value(s)")
+
+
+def value_info(values) -> list[dict]:
+    infos = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        infos.append({"name": v.name, "shape": shape, "dtype": dtype})
+    return infos
+
+
+def model_inputs(model: onnx.ModelProto) -> list[dict]:
+    initializers = {i.name for i in model.graph.initializer}
+    return value_info(v for v in model.graph.input if v.name not in initializers)
+
+
+def import_model(source: str | Path | onnx.ModelProto) -> ImportedModel:
+    """Load, validate and import to Relax (weights inline as constants, symbolic dims kept)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = load_model(source)
+    label = "<ModelProto>" if isinstance(source, onnx.ModelProto) else str(source)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET_FALLBACK)
+    try:
+        mod = from_onnx(model, opset=opset)
+    except Exception as e:
+        raise ModelError(f"{label}: TVM's ONNX importer failed: {type(e).__name__}: {str(e).strip()[:500]}") from None
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return ImportedModel(mod, model, weights, model_inputs(model), value_info(model.graph.output))

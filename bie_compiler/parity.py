@@ -1,0 +1,121 @@
+"""Parity of an artefact against onnxruntime.
+
+Two references: (a) the original model, which measures what the codec costs in
+accuracy, and (b) the same model with each encoded weight replaced by the
+codec's reference decoding, which the kernels must match to fp32 accumulation
+error. The encodings are recomputed from the source model and must hash to
+what the artefact recorded, so (b) is the model the artefact really holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from . import codecs
+from .errors import ArtefactError, BieError, ModelError
+from .frontend import file_sha256, load_model
+from .report import LayerRecord
+
+DEFAULT_TOLERANCE = 1e-4  # relative to the largest reference output; fp32 accumulation-order error
+
+
+def make_inputs(specs: list[dict], batch: int = 1, seed: int = 0, npz: str | Path | None = None) -> dict:
+    """Inputs from a .npz (by input name) or seeded random ones; symbolic dims take ``batch``."""
+    if npz is not None:
+        try:
+            with np.load(npz) as data:
+                given = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as e:
+            raise BieError(f"{npz}: cannot read inputs ({e})") from None
+        missing = [s["name"] for s in specs if s["name"] not in given]
+        if missing:
+            raise BieError(f"{npz}: missing input(s) {missing} (has {sorted(given)})")
+        return {s["name"]: given[s["name"]] for s in specs}
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for spec in specs:
+        shape = [d if isinstance(d, int) else batch for d in spec["shape"]]
+        dtype = np.dtype(spec["dtype"])
+        if np.issubdtype(dtype, np.floating):
+            inputs[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+        else:
+            inputs[spec["name"]] = rng.integers(0, 8, shape).astype(dtype)
+    return inputs
+
+
+def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord]) -> onnx.ModelProto:
+    """The model with every encoded weight replaced by decode(encode(weight)), checked against the artefact."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    by_name = {init.name: init for init in out.graph.initializer}
+    for layer in layers:
+        if layer.fallback_reason is not None:
+            continue
+        if layer.name not in by_name:
+            raise ArtefactError(f"encoded weight {layer.name!r} is not in the source model")
+        weight = numpy_helper.to_array(by_name[layer.name])
+        module = codecs.get_codec(layer.codec)
+        enc = module.encode(weight if layer.transposed else weight.T, module.Config(**layer.config))
+        if enc.sha256() != layer.encoded_sha256:
+            raise ArtefactError(
+                f"re-encoding {layer.name!r} does not reproduce the artefact's encoding "
+                "(different source model or bie-compiler version)"
+            )
+        decoded = module.decode(enc)
+        by_name[layer.name].CopyFrom(numpy_helper.from_array(decoded if layer.transposed else decoded.T, layer.name))
+    return out
+
+
+def run_onnxruntime(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, inputs)
+
+
+def compare(outputs: list[np.ndarray], references: list[np.ndarray]) -> dict:
+    """Normwise errors over all outputs together: max |y - ref|, that over max |ref|, and cosine."""
+    y = np.concatenate([np.asarray(o, np.float64).ravel() for o in outputs])
+    ref = np.concatenate([np.asarray(r, np.float64).ravel() for r in references])
+    if y.shape != ref.shape:
+        raise BieError(f"output sizes differ: artefact {y.size} values, onnxruntime {ref.size}")
+    abs_err = float(np.max(np.abs(y - ref))) if y.size else 0.0
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    norms = np.linalg.norm(y) * np.linalg.norm(ref)
+    return {
+        "max_abs_err": abs_err,
+        "max_rel_err": abs_err / scale if scale else abs_err,
+        "cosine": float(y @ ref / norms) if norms else float(np.array_equal(y, ref)),
+    }
+
+
+def check_artefact(runner, model_path=None, inputs=None, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Run the artefact and onnxruntime on the same inputs; ``passed`` if (b) is within tolerance."""
+    manifest = runner.manifest
+    source = manifest["source_model"]
+    path = model_path or source["path"]
+    if path is None:
+        raise BieError("the artefact was compiled from an in-memory model: pass the ONNX file with --model")
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: source model not found (pass it with --model)")
+    if file_sha256(path) != source["sha256"]:
+        raise ModelError(f"{path}: not the model this artefact was compiled from (sha256 differs)")
+    model = load_model(path)
+    layers = [LayerRecord.from_json(r) for r in manifest["layers"]]
+    outputs = list(runner.run(inputs).values())
+    original = compare(outputs, run_onnxruntime(model, inputs))
+    decoded = compare(outputs, run_onnxruntime(decoded_model(model, layers), inputs))
+    return {
+        **original,
+        "decoded_max_abs_err": decoded["max_abs_err"],
+        "decoded_max_rel_err": decoded["max_rel_err"],
+        "decoded_cosine": decoded["cosine"],
+        "tolerance": tolerance,
+        "passed": decoded["max_rel_err"] <= tolerance,
+        "inputs": {k: list(v.shape) for k, v in inputs.items()},
+    }

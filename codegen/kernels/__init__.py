@@ -1,0 +1,1 @@
+"""Kernel definitions, one module per family, each with its schedules."""

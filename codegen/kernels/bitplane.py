@@ -1,0 +1,62 @@
+"""Bit-serial matmul over K-interleaved bit planes (``bie-bitplane``, ``bie-binary`` bitmap).
+
+``out[m, n] = sum_b 2^(top - b) * sum_k sx[m, n, k] * plane_b[n, k]`` with
+``sx = +-x[m, k] * scale[n, k // group]``, the sign taken from the sign plane.
+Plane by plane, the kernel adds the (signed, scaled) activations selected by
+that plane's bits: the work and the bytes read scale with the planes kept.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, te, tirx
+
+from bie_compiler.codecs.base import PACK_LANES
+
+BLOCK = "bitplane"
+
+
+def compute(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int, group: int):
+    """TE definition. x [M, K] float32; planes uint8 [P, N, KB]; signs uint8 [N, KB]; scales float32 [N, G]."""
+    m_dim = x.shape[0]
+    num_planes, n_dim, kb = (int(d) for d in planes.shape)
+    zero = tirx.const(0, "float32")
+    xpad = te.compute(
+        (m_dim, 8 * kb), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad"
+    )  # a copy of x padded to the planes' length, so the inner loop needs no bounds test
+    rb = te.reduce_axis((0, num_planes), "rb")
+    rj = te.reduce_axis((0, 8), "rj")
+    rw = te.reduce_axis((0, kb), "rw")
+    no_bits = tirx.const(0, "uint8")
+
+    def body(m, n):
+        kk = rj * kb + rw  # pack_bits: weight kk is bit rj of byte rw
+        mask = tirx.const(1, "uint8") << rj.astype("uint8")
+        scaled = xpad[m, kk] * scales[n, kk // group]
+        signed = tirx.Select((signs[n, rw] & mask) != no_bits, -scaled, scaled)
+        significance = (tirx.const(1, "int32") << (top_bit - rb)).astype("float32")
+        selected = (planes[rb, n, rw] & mask) != no_bits
+        return te.sum(tirx.Select(selected, signed * significance, zero), axis=[rb, rj, rw])
+
+    return te.compute((m_dim, n_dim), body, name=BLOCK)
+
+
+def schedule_llvm(sch: s_tir.Schedule) -> None:
+    """Parallel over output channels, a 16-lane vector accumulator per channel, planes unrolled.
+
+    The reduction over bytes is split into 16-lane vectors and rfactor-ed, so
+    each lane accumulates its own partial sum and the lanes are summed once.
+    """
+    block = sch.get_sblock(BLOCK)
+    m, n, rb, rj, rw = sch.get_loops(block)
+    rw_outer, rw_lane = sch.split(rw, [None, PACK_LANES])
+    sch.reorder(n, m, rj, rw_outer, rb, rw_lane)
+    partial = sch.rfactor(rw_lane, factor_axis=0)
+    n, m, rj, rw_outer, rb, lane = sch.get_loops(partial)
+    sch.vectorize(lane)
+    sch.unroll(rb)
+    sch.parallel(n)
+    sch.reverse_compute_at(block, m)
+    sch.decompose_reduction(partial, rj)
+    pad = sch.get_sblock("xpad")
+    _, kk = sch.get_loops(pad)
+    sch.vectorize(sch.split(kk, [None, PACK_LANES])[1])

@@ -1,0 +1,80 @@
+"""Index-loop matmuls over ternary weights (``bie-binary`` index layout, ``bie-blocked``).
+
+Each output channel walks its own list of non-zero positions and adds or
+subtracts the activation at each: work is proportional to the non-zeros. The
+loop bounds come from the data, so these are written as TIR loop nests with the
+CPU schedule built in: channels in parallel, batch rows inside so a channel's
+indices are read from memory once and then from cache.
+"""
+
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+
+def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int):
+    """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)]."""
+    offset_mask = (1 << sign_bit) - 1
+
+    @T.prim_func(private=True)
+    def kernel(
+        var_x: T.handle,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        entries: T.Buffer((nnz,), entry_dtype),
+        scales: T.Buffer((n,), "float32"),
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        for j in T.parallel(n):
+            for i in range(m):
+                acc = T.decl_buffer((1,), "float32", scope="local")
+                acc[0] = T.float32(0)
+                for e in range(T.Cast("int64", indptr[j]), T.Cast("int64", indptr[j + 1])):
+                    entry = entries[e]
+                    xv = x[i, T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))]
+                    negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+                    acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
+                out[i, j] = acc[0] * scales[j]
+
+    return kernel
+
+
+def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str, count_dtype: str):
+    """As :func:`global_index`, with positions ``block * block_size + offset(e)`` and per-block counts."""
+    sign_bit = block_size.bit_length() - 1
+    blocks = -(-k // block_size)
+
+    @T.prim_func(private=True)
+    def kernel(
+        var_x: T.handle,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        counts: T.Buffer((n, blocks), count_dtype),
+        entries: T.Buffer((nnz,), entry_dtype),
+        scales: T.Buffer((n,), "float32"),
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        for j in T.parallel(n):
+            for i in range(m):
+                acc = T.decl_buffer((1,), "float32", scope="local")
+                start = T.decl_buffer((1,), "int64", scope="local")
+                acc[0] = T.float32(0)
+                start[0] = T.Cast("int64", indptr[j])
+                for blk in range(blocks):
+                    count = T.Cast("int64", counts[j, blk])
+                    for e in range(count):
+                        entry = entries[start[0] + e]
+                        offset = T.Cast("int64", entry & T.Cast(entry_dtype, block_size - 1))
+                        xv = x[i, blk * block_size + offset]
+                        negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+                        acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
+                    start[0] = start[0] + count
+                out[i, j] = acc[0] * scales[j]
+
+    return kernel

@@ -1,0 +1,6 @@
+"""Relax passes that rewrite weights into encoded constants."""
+
+from .encode_weights import EncodeWeights
+from .policy import EncodingPolicy
+
+__all__ = ["EncodeWeights", "EncodingPolicy"]

@@ -1,0 +1,45 @@
+"""Which codec, with which options, each weight gets; or why it stays dense."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from bie_compiler import codecs
+
+
+def apply_override(codec: str, options: dict, override: dict) -> tuple[str, dict]:
+    """An override's options replace the defaults; naming another codec starts from its defaults."""
+    override = dict(override)
+    new_codec = override.pop("codec", codec)
+    base = options if new_codec == codec else {}
+    return new_codec, {**base, **override}
+
+
+@dataclass(frozen=True)
+class EncodingPolicy:
+    """Per-layer decisions. Names are ONNX initializer names; patterns use shell wildcards."""
+
+    codec: str
+    options: dict = field(default_factory=dict)  # codec options for every layer
+    min_weights: int = 1024  # smaller weights stay dense: their encoding overhead outweighs the saving
+    skip: tuple[str, ...] = ()  # patterns of weights kept dense
+    overrides: tuple[tuple[str, dict], ...] = ()  # (pattern, options); later matches win; may set "codec"
+
+    def __post_init__(self):
+        # Fail before any work on a bad codec or option, the overrides' included.
+        codecs.make_config(self.codec, self.options)
+        for _, override in self.overrides:
+            codecs.make_config(*apply_override(self.codec, self.options, override))
+
+    def choose(self, name: str, num_weights: int) -> tuple[str | None, object]:
+        """(codec, config) for a weight, or (None, reason) if it stays dense."""
+        if any(fnmatchcase(name, p) for p in self.skip):
+            return None, "in the skip list"
+        if num_weights < self.min_weights:
+            return None, f"{num_weights} weights < min_weights {self.min_weights}"
+        codec, options = self.codec, self.options
+        for pattern, override in self.overrides:
+            if fnmatchcase(name, pattern):
+                codec, options = apply_override(codec, options, override)
+        return codec, codecs.make_config(codec, options)

@@ -1,0 +1,1 @@
+"""Artefacts and execution: write, verify, load and run compiled models."""
