@@ -1,0 +1,172 @@
+"""Codec formats: round trips, exact bit accounting, progressive planes, option errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bie_compiler.codecs import CODECS, bie_binary, bie_bitplane, bie_blocked, make_config
+from bie_compiler.codecs.base import pack_bits, packed_width, unpack_bits
+from bie_compiler.errors import CodecError, OptionError
+
+
+def heavy_tailed(n, k, sparsity=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_t(4, (n, k)) * np.exp(0.4 * rng.standard_normal((n, 1)))
+    w[rng.random((n, k)) < sparsity] = 0
+    return w.astype(np.float32)
+
+
+def header_bytes(enc):
+    return len(json.dumps({"codec": enc.codec, "shape": list(enc.shape), **enc.header}, sort_keys=True).encode())
+
+
+@pytest.mark.parametrize("k", [1, 7, 128, 300, 1000])
+def test_pack_bits_round_trip_and_layout(k):
+    bits = np.random.default_rng(k).random((3, k)) < 0.3
+    packed = pack_bits(bits)
+    assert packed.shape == (3, packed_width(k)) and packed.shape[1] % 16 == 0
+    assert np.array_equal(unpack_bits(packed, k), bits)
+    kb = packed.shape[1]
+    for kk in range(k):  # weight kk is bit kk // KB of byte kk % KB
+        assert np.array_equal((packed[:, kk % kb] >> (kk // kb)) & 1, bits[:, kk])
+
+
+def test_bitplane_8bit_round_trips_exactly():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-127, 128, (40, 200))
+    codes[:, 0] = 127  # every channel reaches the top code, so its scale is exactly the one used below
+    scales = 2.0 ** rng.integers(-8, 2, (40, 1))  # powers of two: every product is exact in float32
+    w = (codes * scales).astype(np.float32)
+    enc = bie_bitplane.encode(w, bie_bitplane.Config(bits=8))
+    assert np.array_equal(bie_bitplane.decode(enc), w)
+
+
+def test_bitplane_quantization_matches_definition():
+    w = heavy_tailed(16, 300, 0.5)
+    cfg = bie_bitplane.Config(bits=4, group_size=64)
+    codes, scales = bie_bitplane.quantize(w, cfg)
+    assert scales.shape == (16, 6)  # K=300 padded to 384, in groups of 64; the last group is padding
+    padded = np.zeros((16, 320), np.float32)
+    padded[:, :300] = w
+    expected_scales = np.abs(padded).reshape(16, 5, 64).max(axis=2) / 7
+    np.testing.assert_allclose(scales[:, :5], expected_scales, rtol=1e-6)
+    assert np.all(scales[:, 5] == 0)
+    assert codes.min() >= -7 and codes.max() <= 7
+    per_weight = np.repeat(expected_scales, 64, axis=1)[:, :300]
+    decoded = bie_bitplane.decode(bie_bitplane.encode(w, cfg))
+    np.testing.assert_allclose(decoded, codes * per_weight, rtol=1e-6)
+    assert np.max(np.abs(decoded - w) / per_weight) <= 0.5 + 1e-5
+
+
+@pytest.mark.parametrize("bits,group", [(2, 0), (4, 0), (4, 32), (8, 0)])
+def test_bitplane_bit_accounting_is_exact(bits, group):
+    n, k = 24, 300
+    enc = bie_bitplane.encode(heavy_tailed(n, k), bie_bitplane.Config(bits=bits, group_size=group))
+    kb = 48  # 300 padded to 384 weights = 48 bytes a row
+    scale_columns = 1 if not group else 384 // group
+    expected = (bits - 1) * n * kb + n * kb + 4 * n * scale_columns + header_bytes(enc)
+    assert enc.nbytes == expected
+    assert enc.bits_per_weight == pytest.approx(8 * expected / (n * k))
+
+
+def test_bitplane_progressive_error_shrinks_with_planes():
+    w = heavy_tailed(64, 512)
+    enc = bie_bitplane.encode(w, bie_bitplane.Config(bits=6))
+    errors = []
+    for p in range(1, 6):
+        partial = bie_bitplane.truncate_planes(enc, p)
+        assert partial.arrays["planes"].shape[0] == p
+        assert partial.nbytes < enc.nbytes or p == 5
+        errors.append(float(np.linalg.norm(bie_bitplane.decode(partial) - w)))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    # keeping p planes at compile time gives the same encoding as truncating afterwards
+    kept = bie_bitplane.encode(w, bie_bitplane.Config(bits=6, planes=3))
+    assert kept.sha256() == bie_bitplane.truncate_planes(enc, 3).sha256()
+
+
+def test_binary_ternary_values_and_scales():
+    w = heavy_tailed(32, 256)
+    enc = bie_binary.encode(w, bie_binary.Config())
+    d = bie_binary.decode(enc)
+    keep = np.abs(w) > 0.7 * np.abs(w).mean(axis=1, keepdims=True)
+    assert np.array_equal(d != 0, keep)
+    assert np.array_equal(np.sign(d[keep]), np.sign(w[keep]))
+    expected_scale = np.abs(np.where(keep, w, 0)).sum(axis=1) / keep.sum(axis=1)
+    np.testing.assert_allclose(np.abs(d).max(axis=1), expected_scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize("density,layout", [(0.5, "bitmap"), (0.03, "index")])
+def test_binary_picks_the_smaller_layout(density, layout):
+    w = heavy_tailed(64, 1024)
+    auto = bie_binary.encode(w, bie_binary.Config(density=density))
+    assert auto.header["layout"] == layout
+    other = bie_binary.encode(w, bie_binary.Config(density=density, layout={"bitmap": "index", "index": "bitmap"}[layout]))
+    assert auto.nbytes < other.nbytes
+    assert np.array_equal(bie_binary.decode(auto), bie_binary.decode(other))
+    assert np.count_nonzero(bie_binary.decode(auto)) == 64 * int(np.ceil(density * 1024))
+
+
+def test_binary_index_layout_accounting():
+    w = heavy_tailed(10, 70000, 0.99)  # K > 2^15: 32-bit entries
+    enc = bie_binary.encode(w, bie_binary.Config(layout="index", threshold=1e-9))
+    nnz = int(np.count_nonzero(w))
+    assert enc.arrays["entries"].dtype == np.uint32
+    assert enc.nbytes == 4 * nnz + 4 * 11 + 4 * 10 + header_bytes(enc)
+    d = bie_binary.decode(enc)
+    assert np.array_equal(d != 0, w != 0) and np.array_equal(np.sign(d), np.sign(w))
+
+
+@pytest.mark.parametrize("block_size", [64, 128, 256])
+def test_blocked_matches_binary_and_saves_index_bits(block_size):
+    w = heavy_tailed(48, 1000, 0.8)
+    cfg = dict(density=0.1)
+    blocked = bie_blocked.encode(w, bie_blocked.Config(block_size=block_size, **cfg))
+    index = bie_binary.encode(w, bie_binary.Config(layout="index", **cfg))
+    assert np.array_equal(bie_blocked.decode(blocked), bie_binary.decode(index))
+    nnz = index.arrays["entries"].size
+    entry_bytes = 1 if block_size <= 128 else 2
+    count_bytes = 1 if block_size < 256 else 2
+    blocks = -(-1000 // block_size)
+    positions = nnz * entry_bytes + 48 * blocks * count_bytes + 4 * 49
+    saving = bie_blocked.index_saving(blocked)
+    assert saving == {"index_bytes_blocked": positions, "index_bytes_global": 2 * nnz + 4 * 49}
+    assert blocked.nbytes == positions + 4 * 48 + header_bytes(blocked)
+    if block_size == 128:
+        assert saving["index_bytes_blocked"] < saving["index_bytes_global"]
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_all_zero_and_single_row_weights(name):
+    module = CODECS[name]
+    for w in (np.zeros((5, 40), np.float32), heavy_tailed(1, 3)):
+        enc = module.encode(w, module.Config())
+        d = module.decode(enc)
+        assert d.shape == w.shape and d.dtype == np.float32
+        if not w.any():
+            assert not d.any()
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_non_finite_weights_are_refused(name):
+    w = heavy_tailed(4, 64)
+    w[2, 5] = np.nan
+    with pytest.raises(CodecError, match="non-finite"):
+        CODECS[name].encode(w, CODECS[name].Config())
+
+
+@pytest.mark.parametrize(
+    "codec,options,match",
+    [
+        ("bie-bitplane", {"bits": 9}, "bits must be in 2..8"),
+        ("bie-bitplane", {"bits": 4, "planes": 4}, "planes must be in 1..3"),
+        ("bie-binary", {"density": 1.5}, "density"),
+        ("bie-binary", {"layout": "csr"}, "layout"),
+        ("bie-blocked", {"block_size": 100}, "power of two"),
+        ("bie-binary", {"bits": 4}, "does not take option"),
+        ("no-such-codec", {}, "unknown codec"),
+    ],
+)
+def test_bad_options_are_clear_errors(codec, options, match):
+    with pytest.raises((CodecError, OptionError), match=match):
+        make_config(codec, options)
