@@ -2,6 +2,10 @@
 
 Each weight becomes ``q = round(w / s)`` in ``[-(2^(k-1)-1), 2^(k-1)-1]`` with one
 scale ``s`` per output channel (or per group of ``group_size`` weights along K).
+The scale is the one among ``CLIP_RATIOS * max|w| / qmax`` with the least squared
+error: trained weights are heavy-tailed, and letting a few outliers clip buys a
+finer step for all the others (the largest ratio wins ties, so weights that
+are exact multiples of ``max|w| / qmax`` round-trip exactly).
 ``|q|`` is split into ``k - 1`` magnitude planes, most significant first, plus one
 sign plane, each packed K-interleaved (:func:`pack_bits`). Keeping only the top
 ``p`` planes truncates ``|q|`` to its ``p`` leading bits: a coarser model from a
@@ -18,6 +22,7 @@ from ..errors import CodecError
 from .base import Encoded, check_weight, pack_bits, packed_width, unpack_bits
 
 NAME = "bie-bitplane"
+CLIP_RATIOS = np.linspace(1.0, 0.5, 11, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,22 @@ def quantize(weight: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray
     padded = np.zeros((n, groups * group), np.float32)
     padded[:, :k] = w
     qmax = 2 ** config.magnitude_bits - 1
-    scales = (np.abs(padded).reshape(n, groups, group).max(axis=2) / np.float32(qmax)).astype(np.float32)
-    per_weight = np.repeat(scales, group, axis=1)[:, :k]
+    grouped = padded.reshape(n, groups, group)
+    full_range = np.abs(grouped).max(axis=2) / np.float32(qmax)
+    best_scales, best_error = full_range, None
+    for ratio in CLIP_RATIOS:
+        scales = (full_range * ratio).astype(np.float32)
+        safe = np.where(scales > 0, scales, np.float32(1))[..., None]
+        error = ((np.clip(np.rint(grouped / safe), -qmax, qmax) * safe - grouped) ** 2).sum(axis=2)
+        if best_error is None:
+            best_scales, best_error = scales, error
+        else:
+            better = error < best_error
+            best_scales, best_error = np.where(better, scales, best_scales), np.where(better, error, best_error)
+    per_weight = np.repeat(best_scales, group, axis=1)[:, :k]
     safe = np.where(per_weight > 0, per_weight, np.float32(1))
     codes = np.clip(np.rint(w / safe), -qmax, qmax).astype(np.int32)
-    return codes, scales
+    return codes, best_scales
 
 
 def encode(weight: np.ndarray, config: Config) -> Encoded:
