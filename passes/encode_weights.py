@@ -38,7 +38,12 @@ class _WeightEncoder(PyExprMutator):
         self.kernels: dict[str, tuple[relax.GlobalVar, list[relax.Constant]]] = {}  # shared by tied weights
 
     def _bound(self, e):
-        return self.lookup_binding(e) if isinstance(e, relax.Var) and self.lookup_binding(e) is not None else e
+        """The expression a variable is bound to (the matcher looks through bindings), else ``e``."""
+        if isinstance(e, relax.Var):
+            bound = self.lookup_binding(e)
+            if bound is not None:
+                return bound
+        return e
 
     def _weight(self, e) -> tuple[np.ndarray, bool] | None:
         """(ONNX-layout weight, transposed?) if ``e`` is a constant or a 2-D transpose of one."""

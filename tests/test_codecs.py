@@ -110,6 +110,8 @@ def test_binary_picks_the_smaller_layout(density, layout):
     assert auto.nbytes < other.nbytes
     assert np.array_equal(bie_binary.decode(auto), bie_binary.decode(other))
     assert np.count_nonzero(bie_binary.decode(auto)) == 64 * int(np.ceil(density * 1024))
+    bitmap = auto if layout == "bitmap" else other
+    assert bitmap.nbytes == 2 * 64 * 128 + 4 * 64 + header_bytes(bitmap)  # mask and sign planes, scales
 
 
 def test_binary_index_layout_accounting():
