@@ -1,4 +1,10 @@
-"""Kernels and schedules: from an encoded weight to a scheduled PrimFunc that computes from it."""
+"""Kernels and schedules: from an encoded weight to a scheduled PrimFunc that computes from it.
+
+``KERNELS`` maps (codec, op, target kind) to a builder ``(Encoded, ConvSpec | None)
+-> KernelCall``. A matmul kernel is ``f(x [M, K], *constants, out [M, N])`` with a
+symbolic M; a conv kernel is ``f(x NCHW, *constants, out NCHW)`` for the conv
+described by its ConvSpec (weights in codec layout [O, kh * kw * I], I fastest).
+"""
 
 from __future__ import annotations
 
@@ -16,34 +22,26 @@ from .kernels import bitplane, sparse_index
 KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kernel kind
 
 
+@dataclass(frozen=True)
+class ConvSpec:
+    """A 2-D convolution, NCHW data and OIHW weights, groups = 1."""
+
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+    kernel_shape: tuple[int, int, int, int]  # O, I, kh, kw
+
+
 @dataclass
 class KernelCall:
-    """A PrimFunc ``f(x [M, K], *constants, out [M, N])``, scheduled, and the constants it reads."""
+    """A scheduled PrimFunc and the constants it reads after the activation."""
 
     kind: str
     func: tirx.PrimFunc
     constants: list[np.ndarray]
 
 
-def kernel_for(enc: Encoded, target: tvm.target.Target) -> KernelCall:
-    """The kernel that computes ``x @ W.T`` from ``enc`` on ``target``."""
-    if target.kind.name != "llvm":
-        raise NotImplementedError(f"no {target.kind.name} kernels yet")
-    layout = enc.header.get("layout")
-    if enc.codec == bie_bitplane.NAME or layout == "bitmap":
-        call = _bitplane_call(enc)
-    elif layout == "index":
-        call = _global_index_call(enc)
-    elif enc.codec == bie_blocked.NAME:
-        call = _blocked_index_call(enc)
-    else:
-        raise NotImplementedError(f"codec {enc.codec!r} has no kernel")
-    # Opaque (op_pattern 8): FuseOps must not merge a kernel into a function our schedule does not know.
-    call.func = call.func.with_attrs({KERNEL_ATTR: call.kind, "op_pattern": 8, "tirx.is_scheduled": True})
-    return call
-
-
-def _bitplane_call(enc: Encoded) -> KernelCall:
+def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     n, k = enc.shape
     planes, signs, scales = (enc.arrays[a] for a in ("planes", "signs", "scales"))
     if enc.codec == bie_bitplane.NAME:
@@ -65,7 +63,9 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
     return entries if entries.size else np.zeros(1, entries.dtype)
 
 
-def _global_index_call(enc: Encoded) -> KernelCall:
+def _binary_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    if enc.header["layout"] == "bitmap":
+        return _bitplane_call(enc, conv)
     n, k = enc.shape
     entries = _nonempty(enc.arrays["entries"])
     _, sign_bit = bie_binary.index_entry_dtype(k)
@@ -73,7 +73,7 @@ def _global_index_call(enc: Encoded) -> KernelCall:
     return KernelCall("global_index", func, [enc.arrays["indptr"], entries, enc.arrays["scales"]])
 
 
-def _blocked_index_call(enc: Encoded) -> KernelCall:
+def _blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     n, k = enc.shape
     entries, counts = _nonempty(enc.arrays["entries"]), enc.arrays["counts"]
     func = sparse_index.blocked_index(
@@ -81,3 +81,26 @@ def _blocked_index_call(enc: Encoded) -> KernelCall:
         entry_dtype=entries.dtype.name, count_dtype=counts.dtype.name,
     )
     return KernelCall("blocked_index", func, [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]])
+
+
+KERNELS = {
+    (bie_bitplane.NAME, "matmul", "llvm"): _bitplane_call,
+    (bie_binary.NAME, "matmul", "llvm"): _binary_call,
+    (bie_blocked.NAME, "matmul", "llvm"): _blocked_call,
+}
+
+
+def has_kernel(codec: str, op: str, target: tvm.target.Target) -> bool:
+    return (codec, op, target.kind.name) in KERNELS
+
+
+def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = None) -> KernelCall:
+    """The kernel that computes ``x @ W.T`` (or the conv in ``conv``) from ``enc`` on ``target``."""
+    op = "matmul" if conv is None else "conv2d"
+    builder = KERNELS.get((enc.codec, op, target.kind.name))
+    if builder is None:
+        raise NotImplementedError(f"no {op} kernel for codec {enc.codec!r} on {target.kind.name}")
+    call = builder(enc, conv)
+    # Opaque (op_pattern 8): FuseOps must not merge a kernel into a function our schedule does not know.
+    call.func = call.func.with_attrs({KERNEL_ATTR: call.kind, "op_pattern": 8, "tirx.is_scheduled": True})
+    return call

@@ -1,14 +1,21 @@
-"""EncodeWeights: replace constant weights of matmuls by encoded constants and a kernel that reads them.
+"""EncodeWeights: replace constant weights of matmuls (and convs) by encoded constants and a kernel that reads them.
 
 Rewrites ``matmul(x, W)`` and ``matmul(x, permute_dims(W))`` (ONNX MatMul, and
 Gemm with or without transB; its bias add stays a separate op) where ``W`` is a
 2-D float32 constant into ``call_tir(kernel, (x2d, *encoded))``, reshaping a
-batched ``x`` to 2-D and back. Convolution weights stay dense and are reported
-as such. The kernel reads ``x``, so constant folding cannot pre-compute it
-into a dense weight again.
+batched ``x`` to 2-D and back; and ``conv2d(x, W)`` into ``call_tir(kernel,
+(x, *encoded))`` for codecs that have a conv kernel. The kernel reads ``x``, so
+constant folding cannot pre-compute it into a dense weight again.
+
+It works in two phases so that codecs can decide over the whole model (e.g.
+which channels are sensitive, or how to split a bits budget): first every
+weight use is collected, then the policy and the codecs' ``plan`` hooks decide
+each weight's codec and config, then the calls are rewritten.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -16,26 +23,55 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from bie_compiler import codecs, codegen
+from bie_compiler.codegen import ConvSpec
 from bie_compiler.errors import CodecError
 from bie_compiler.frontend import ImportedModel
 from bie_compiler.report import LayerRecord
 
 from .policy import EncodingPolicy
 
-CONV_FALLBACK = "conv weights stay dense in this version (codecs compress MatMul/Gemm weights)"
+
+@dataclass
+class WeightUse:
+    """A constant weight feeding a matmul or conv, in its ONNX layout."""
+
+    name: str
+    op: str  # "matmul" or "conv2d"
+    weight: np.ndarray
+    transposed: bool = False  # matmul whose ONNX weight is [N, K] (Gemm transB=1)
+    unsupported: str | None = None  # why no codec can take it, whatever the policy says
+
+    def matrix(self) -> np.ndarray:
+        """The weight as codecs take it, [N, K]; a conv's K runs over (kh, kw, in_channel), channel fastest."""
+        if self.op == "conv2d":
+            return np.ascontiguousarray(self.weight.transpose(0, 2, 3, 1).reshape(self.weight.shape[0], -1))
+        return np.ascontiguousarray(self.weight if self.transposed else self.weight.T)
+
+
+def _conv_spec(call) -> ConvSpec | None:
+    a = call.attrs
+    if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or int(a.groups) != 1:
+        return None
+    return ConvSpec(
+        strides=tuple(int(v) for v in a.strides),
+        padding=tuple(int(v) for v in a.padding),
+        dilation=tuple(int(v) for v in a.dilation),
+        kernel_shape=tuple(int(d) for d in call.args[1].ty.shape.values),
+    )
 
 
 @mutator
-class _WeightEncoder(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, model: ImportedModel, policy: EncodingPolicy, target, progress):
+class _WeightRewriter(PyExprMutator):
+    """Collects weight uses (``decisions`` is None) or rewrites them per ``decisions``."""
+
+    def __init__(self, mod, model: ImportedModel, target, decisions=None):
         super().__init__(mod)
         self.mod_ = mod
         self.model = model
-        self.policy = policy
         self.target = target
-        self.progress = progress
-        self.records: dict[str, LayerRecord] = {}
-        self.kernels: dict[str, tuple[relax.GlobalVar, list[relax.Constant]]] = {}  # shared by tied weights
+        self.decisions = decisions  # name -> (codec, Encoded) for the weights to encode
+        self.uses: dict[str, WeightUse] = {}
+        self.kernels: dict[str, tuple[relax.GlobalVar, list]] = {}  # shared by uses of one weight
 
     def _bound(self, e):
         """The expression a variable is bound to (the matcher looks through bindings), else ``e``."""
@@ -58,67 +94,46 @@ class _WeightEncoder(PyExprMutator):
                     return inner.value.numpy(), True
         return None
 
-    def visit_call_(self, call):
-        call = self.visit_expr_post_order(call)
-        op = call.op.name if isinstance(call.op, tvm.ir.Op) else None
-        if op == "relax.nn.conv2d":
-            found = self._weight(call.args[1])
-            if found is not None:
-                self._dense(found[0], "conv2d", CONV_FALLBACK)
-        if op != "relax.matmul":
-            return call
+    def _use(self, call, op: str) -> WeightUse | None:
         found = self._weight(call.args[1])
         if found is None:
-            return call  # activation @ activation (attention), not a weight
+            return None  # activation @ activation (attention), not a weight
         weight, transposed = found
-        name = self._name(weight)
-        if weight.ndim != 2:
-            self._dense(weight, "matmul", f"{weight.ndim}-D weight (only 2-D weights are encoded)", name)
+        name = self.model.weight_name(weight) or f"unnamed_weight_{len(self.uses)}"
+        use = WeightUse(name, op, weight, transposed)
+        if call.args[0].ty.dtype != "float32" or weight.dtype != np.float32:
+            use.unsupported = f"dtype {call.args[0].ty.dtype}/{weight.dtype} (only float32 is encoded)"
+        elif op == "matmul" and weight.ndim != 2:
+            use.unsupported = f"{weight.ndim}-D weight (only 2-D matmul weights are encoded)"
+        elif op == "conv2d" and _conv_spec(call) is None:
+            use.unsupported = "conv layout other than NCHW/OIHW, or grouped conv"
+        self.uses.setdefault(name, use)
+        return use
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        op = {"relax.matmul": "matmul", "relax.nn.conv2d": "conv2d"}.get(
+            call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        )
+        use = self._use(call, op) if op else None
+        if use is None or self.decisions is None or use.name not in self.decisions:
             return call
-        x = call.args[0]
-        if x.ty.dtype != "float32" or weight.dtype != np.float32:
-            self._dense(weight, "matmul", f"dtype {x.ty.dtype}/{weight.dtype} (only float32 is encoded)", name)
-            return call
-        codec, config = self.policy.choose(name, weight.size)
-        if codec is None:
-            self._dense(weight, "matmul", config, name)
-            return call
-        gv, constants = self._kernel(name, weight, transposed, codec, config)
-        return self._emit_call(x, gv, constants, weight.shape[0] if transposed else weight.shape[1])
+        gv, constants = self._kernel(use, call)
+        if op == "conv2d":
+            return relax.call_tir(gv, [call.args[0], *constants], out_ty=call.ty)
+        return self._emit_matmul(call.args[0], gv, constants, use.matrix().shape[0])
 
-    def _name(self, weight: np.ndarray) -> str:
-        return self.model.weight_name(weight) or f"unnamed_weight_{len(self.records)}"
+    def _kernel(self, use: WeightUse, call):
+        if use.name not in self.kernels:
+            codec, enc = self.decisions[use.name]
+            conv = _conv_spec(call) if use.op == "conv2d" else None
+            kernel = codegen.kernel_for(enc, self.target, conv)
+            func_name = f"{codec.replace('-', '_')}_{kernel.kind}_" + "".join(c if c.isalnum() else "_" for c in use.name)
+            gv = self.builder_.add_func(kernel.func.with_attr("global_symbol", func_name), func_name)
+            self.kernels[use.name] = gv, [relax.const(c) for c in kernel.constants]
+        return self.kernels[use.name]
 
-    def _dense(self, weight, op, reason, name=None):
-        name = name or self._name(weight)
-        self.records.setdefault(name, LayerRecord(
-            name=name, op=op, shape=list(weight.shape), codec="dense",
-            bytes_dense=int(weight.nbytes), bytes_encoded=int(weight.nbytes), fallback_reason=reason))
-
-    def _kernel(self, name, weight, transposed, codec, config):
-        if name in self.kernels:
-            return self.kernels[name]
-        self.progress(f"encoding {name} {list(weight.shape)} with {codec}")
-        wt = weight if transposed else weight.T  # codecs take [N, K]
-        module = codecs.get_codec(codec)
-        try:
-            enc = module.encode(wt, config)
-        except CodecError as e:
-            raise CodecError(f"weight {name!r}: {e}") from None
-        call = codegen.kernel_for(enc, self.target)
-        func_name = f"{codec.replace('-', '_')}_{call.kind}_" + "".join(c if c.isalnum() else "_" for c in name)
-        gv = self.builder_.add_func(call.func.with_attr("global_symbol", func_name), func_name)
-        constants = [relax.const(c) for c in call.constants]
-        details = module.index_saving(enc) if hasattr(module, "index_saving") else {}
-        self.records[name] = LayerRecord(
-            name=name, op="matmul", shape=list(weight.shape), codec=codec,
-            bytes_dense=int(weight.nbytes), bytes_encoded=enc.nbytes, transposed=transposed,
-            config=codecs.config_dict(config), encoded_sha256=enc.sha256(),
-            details={**details, "kernel": call.kind, **{f"header.{k}": v for k, v in enc.header.items()}})
-        self.kernels[name] = (gv, constants)
-        return self.kernels[name]
-
-    def _emit_call(self, x, gv, constants, n):
+    def _emit_matmul(self, x, gv, constants, n):
         lead = list(x.ty.shape.values)[:-1]
         k = x.ty.shape.values[-1]
         rows = 1
@@ -138,14 +153,60 @@ class _WeightEncoder(PyExprMutator):
 
 
 class EncodeWeights:
-    """Module pass: encode every eligible weight per the policy; records what it did in ``records``."""
+    """Module pass: encode every eligible weight per the policy; what it did is in ``records``."""
 
     def __init__(self, model: ImportedModel, policy: EncodingPolicy, target, progress=lambda msg: None):
         self.model, self.policy, self.target, self.progress = model, policy, target, progress
         self.records: list[LayerRecord] = []
 
+    def _fallback(self, use: WeightUse, codec: str | None, config) -> str | None:
+        if use.unsupported:
+            return use.unsupported
+        if codec is None:
+            return config  # the policy's reason
+        if not codegen.has_kernel(codec, use.op, self.target):
+            return f"{codec} has no {use.op} kernel for {self.target.kind.name} yet"
+        return None
+
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
-        encoder = _WeightEncoder(mod, self.model, self.policy, self.target, self.progress)
-        mod = encoder.run()
-        self.records = list(encoder.records.values())
+        collector = _WeightRewriter(mod, self.model, self.target)
+        collector.run()
+        uses = list(collector.uses.values())
+        choices = {u.name: self.policy.choose(u.name, u.weight.size) for u in uses}
+        reasons = {u.name: self._fallback(u, *choices[u.name]) for u in uses}
+        configs = self._plan({u.name: u for u in uses if reasons[u.name] is None}, choices)
+        decisions, self.records = {}, []
+        for use in uses:
+            record = LayerRecord(name=use.name, op=use.op, shape=list(use.weight.shape), codec="dense",
+                                 bytes_dense=int(use.weight.nbytes), bytes_encoded=int(use.weight.nbytes),
+                                 fallback_reason=reasons[use.name], transposed=use.transposed)
+            if reasons[use.name] is None:
+                codec, config = choices[use.name][0], configs[use.name]
+                enc = self._encode(use, codec, config)
+                decisions[use.name] = codec, enc
+                module = codecs.get_codec(codec)
+                record.codec, record.bytes_encoded = codec, enc.nbytes
+                record.config, record.encoded_sha256 = codecs.config_dict(config), enc.sha256()
+                record.details = {**(module.report(enc) if hasattr(module, "report") else {}),
+                                  **{f"header.{k}": v for k, v in enc.header.items()}}
+            self.records.append(record)
+        mod = _WeightRewriter(mod, self.model, self.target, decisions).run()
         return relax.transform.DeadCodeElimination()(mod)
+
+    def _plan(self, eligible: dict[str, WeightUse], choices) -> dict[str, object]:
+        """Per-layer configs; codecs with a ``plan(matrices, configs)`` hook decide over all their layers at once."""
+        configs = {name: choices[name][1] for name in eligible}
+        for codec in sorted({choices[name][0] for name in eligible}):
+            module = codecs.get_codec(codec)
+            names = [n for n in eligible if choices[n][0] == codec]
+            if hasattr(module, "plan"):
+                self.progress(f"planning {len(names)} {codec} layer(s) over the whole model")
+                configs.update(module.plan({n: eligible[n].matrix() for n in names}, {n: configs[n] for n in names}))
+        return configs
+
+    def _encode(self, use: WeightUse, codec: str, config):
+        self.progress(f"encoding {use.name} {list(use.weight.shape)} with {codec}")
+        try:
+            return codecs.get_codec(codec).encode(use.matrix(), config)
+        except CodecError as e:
+            raise CodecError(f"weight {use.name!r}: {e}") from None

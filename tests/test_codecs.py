@@ -136,7 +136,7 @@ def test_blocked_matches_binary_and_saves_index_bits(block_size):
     count_bytes = 1 if block_size < 256 else 2
     blocks = -(-1000 // block_size)
     positions = nnz * entry_bytes + 48 * blocks * count_bytes + 4 * 49
-    saving = bie_blocked.index_saving(blocked)
+    saving = bie_blocked.report(blocked)
     assert saving == {"index_bytes_blocked": positions, "index_bytes_global": 2 * nnz + 4 * 49}
     assert blocked.nbytes == positions + 4 * 48 + header_bytes(blocked)
     if block_size == 128:

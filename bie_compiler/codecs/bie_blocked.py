@@ -62,7 +62,7 @@ def encode(weight: np.ndarray, config: Config) -> Encoded:
     return Encoded(NAME, (n, k), arrays, {"block_size": b, "global_index_bytes": global_index_bytes})
 
 
-def index_saving(enc: Encoded) -> dict[str, int]:
+def report(enc: Encoded) -> dict[str, int]:
     """Position bytes with block-local indices against global ones (``bie-binary``'s index layout)."""
     local = sum(enc.arrays[name].nbytes for name in ("indptr", "counts", "entries"))
     return {"index_bytes_blocked": local, "index_bytes_global": int(enc.header["global_index_bytes"])}
