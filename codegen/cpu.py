@@ -1,19 +1,43 @@
-"""The LLVM build: lower Relax, schedule the dense ops, compile.
+"""The LLVM build: lower Relax, schedule every kernel, compile.
 
-Our encoded-weight kernels arrive scheduled and opaque (see ``kernel_for``);
-everything else is legalized, fused, and given dlight's CPU schedules where
-one applies (GEMV and reductions: parallel outer loops).
+Our encoded-weight kernels arrive scheduled and opaque (see ``kernel_for``).
+The rest is legalized and fused; dlight's CPU rules schedule GEMVs and
+reductions, and every kernel still unscheduled after that gets MetaSchedule's
+rule-based parallelize / vectorize / unroll rewrite, so no op runs as a
+single-threaded scalar loop nest.
 """
 
 from __future__ import annotations
 
+import os
+
 import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
+from tvm.s_tir import meta_schedule as ms
+
+SCHEDULED = "tirx.is_scheduled"
+
+
+def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
+    """Annotate each unscheduled PrimFunc's root block for parallel outer loops and vectorized inner ones."""
+    rewrite = ms.postproc.RewriteParallelVectorizeUnroll()
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs is not None and func.attrs.get(SCHEDULED, False)):
+            continue
+        sch = tvm.s_tir.Schedule(func)
+        root = sch.get_sblock("root", func_name="main")
+        sch.annotate(root, "meta_schedule.parallel", 16 * cores)  # max fused extent of parallel loops
+        sch.annotate(root, "meta_schedule.vectorize", 64)  # max extent of a vectorized loop
+        sch.annotate(root, "meta_schedule.unroll_explicit", 16)
+        if rewrite.apply(sch):
+            mod[gv] = sch.mod["main"].with_attr(SCHEDULED, True)
+    return mod
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     with target:
         mod = relax.get_pipeline("zero")(mod)  # legalize, fold constants, fuse
         mod = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
+        mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
     return tvm.compile(mod, target)
