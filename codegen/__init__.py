@@ -32,13 +32,21 @@ class ConvSpec:
     kernel_shape: tuple[int, int, int, int]  # O, I, kh, kw
 
 
+SMALL_BATCH_ROWS = 1  # matmuls with at most this many rows use ``func``; larger ones ``large_batch``
+
+
 @dataclass
 class KernelCall:
-    """A scheduled PrimFunc and the constants it reads after the activation."""
+    """A scheduled PrimFunc and the constants it reads after the activation.
+
+    ``large_batch``, if set, is a matmul kernel over the same constants that is
+    faster above SMALL_BATCH_ROWS rows; the pass dispatches on the row count.
+    """
 
     kind: str
     func: tirx.PrimFunc
     constants: list[np.ndarray]
+    large_batch: "KernelCall | None" = None
 
 
 def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
@@ -49,13 +57,18 @@ def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
         group = bie_bitplane.scale_group(k, enc.header["group_size"])
     else:  # bie-binary bitmap: one plane of significance 1, one scale per channel
         top_bit, group = 0, 8 * packed_width(k)
-    x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
-    holders = [te.placeholder(a.shape, a.dtype.name, name) for name, a in zip(("planes", "signs", "scales"), (planes, signs, scales))]
-    out = bitplane.compute(x, *holders, k=k, top_bit=top_bit, group=group)
-    sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
-    sch.work_on("main")
-    bitplane.schedule_llvm(sch)
-    return KernelCall("bitplane", sch.mod["main"], [planes, signs, scales])
+    constants = [planes, signs, scales]
+
+    def scheduled(compute, schedule) -> tirx.PrimFunc:
+        x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
+        holders = [te.placeholder(a.shape, a.dtype.name, name) for name, a in zip(("planes", "signs", "scales"), constants)]
+        sch = s_tir.Schedule(te.create_prim_func([x, *holders, compute(x, *holders, k=k, top_bit=top_bit, group=group)]))
+        sch.work_on("main")
+        schedule(sch)
+        return sch.mod["main"]
+
+    large = KernelCall("bitplane_decoded", scheduled(bitplane.compute_decoded, bitplane.schedule_decoded_llvm), constants)
+    return KernelCall("bitplane", scheduled(bitplane.compute, bitplane.schedule_llvm), constants, large)
 
 
 def _nonempty(entries: np.ndarray) -> np.ndarray:
@@ -101,6 +114,12 @@ def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = 
     if builder is None:
         raise NotImplementedError(f"no {op} kernel for codec {enc.codec!r} on {target.kind.name}")
     call = builder(enc, conv)
-    # Opaque (op_pattern 8): FuseOps must not merge a kernel into a function our schedule does not know.
-    call.func = call.func.with_attrs({KERNEL_ATTR: call.kind, "op_pattern": 8, "tirx.is_scheduled": True})
+    for variant in (call, call.large_batch):
+        if variant is not None:
+            variant.func = _finish(variant.func, variant.kind)
     return call
+
+
+def _finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
+    # Opaque (op_pattern 8): FuseOps must not merge a kernel into a function our schedule does not know.
+    return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": 8, "tirx.is_scheduled": True})

@@ -60,6 +60,23 @@ def _conv_spec(call) -> ConvSpec | None:
     )
 
 
+def _dispatch_by_rows(small, large, constants, k: int, n: int) -> relax.Function:
+    """``f(x [m, k]) -> [m, n]``: the small-batch kernel up to SMALL_BATCH_ROWS rows, else the large-batch one."""
+    m = tvm.tirx.Var("m", "int64")
+    x = relax.Var("x", relax.TensorType([m, k], "float32"))
+    out_ty = relax.TensorType([m, n], "float32")
+
+    def branch(kernel):
+        y = relax.Var("y", out_ty)
+        call = relax.call_tir(kernel, [x, *constants], out_ty=out_ty)
+        return relax.SeqExpr([relax.BindingBlock([relax.VarBinding(y, call)])], y)
+
+    choice = relax.If(relax.prim_value(m <= codegen.SMALL_BATCH_ROWS), branch(small), branch(large))
+    result = relax.Var("result", out_ty)
+    body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(result, choice)])], result)
+    return relax.Function([x], body, out_ty, is_pure=True)
+
+
 @mutator
 class _WeightRewriter(PyExprMutator):
     """Collects weight uses (``decisions`` is None) or rewrites them per ``decisions``."""
@@ -118,29 +135,44 @@ class _WeightRewriter(PyExprMutator):
         use = self._use(call, op) if op else None
         if use is None or self.decisions is None or use.name not in self.decisions:
             return call
-        gv, constants = self._kernel(use, call)
+        callee, constants = self._kernel(use, call)
         if op == "conv2d":
-            return relax.call_tir(gv, [call.args[0], *constants], out_ty=call.ty)
-        return self._emit_matmul(call.args[0], gv, constants, use.matrix().shape[0])
+            return relax.call_tir(callee, [call.args[0], *constants], out_ty=call.ty)
+        return self._emit_matmul(call.args[0], callee, constants, use.matrix().shape[0])
 
     def _kernel(self, use: WeightUse, call):
+        """(callee, constants): a PrimFunc for call_tir, or a Relax function dispatching on the row count."""
         if use.name not in self.kernels:
             codec, enc = self.decisions[use.name]
             conv = _conv_spec(call) if use.op == "conv2d" else None
             kernel = codegen.kernel_for(enc, self.target, conv)
-            func_name = f"{codec.replace('-', '_')}_{kernel.kind}_" + "".join(c if c.isalnum() else "_" for c in use.name)
-            gv = self.builder_.add_func(kernel.func.with_attr("global_symbol", func_name), func_name)
-            self.kernels[use.name] = gv, [relax.const(c) for c in kernel.constants]
+            stem = f"{codec.replace('-', '_')}_" + "".join(c if c.isalnum() else "_" for c in use.name)
+            constants = [relax.const(c) for c in kernel.constants]
+            small = self._add_prim_func(kernel, stem)
+            if kernel.large_batch is None:
+                self.kernels[use.name] = small, constants
+            else:
+                large = self._add_prim_func(kernel.large_batch, stem)
+                n, k = enc.shape
+                dispatch = _dispatch_by_rows(small, large, constants, k, n)
+                self.kernels[use.name] = self.builder_.add_func(dispatch, f"{stem}_matmul"), None
         return self.kernels[use.name]
 
-    def _emit_matmul(self, x, gv, constants, n):
+    def _add_prim_func(self, kernel, stem: str) -> relax.GlobalVar:
+        name = f"{stem}_{kernel.kind}"
+        return self.builder_.add_func(kernel.func.with_attr("global_symbol", name), name)
+
+    def _emit_matmul(self, x, callee, constants, n):
         lead = list(x.ty.shape.values)[:-1]
         k = x.ty.shape.values[-1]
         rows = 1
         for d in lead:
             rows = rows * d
         x2 = x if len(lead) == 1 else self.builder_.emit(relax.op.reshape(x, [rows, k]))
-        out = relax.call_tir(gv, [x2, *constants], out_ty=relax.TensorType([rows, n], "float32"))
+        if constants is None:  # a dispatch function holding its own constants
+            out = relax.Call(callee, [x2])
+        else:
+            out = relax.call_tir(callee, [x2, *constants], out_ty=relax.TensorType([rows, n], "float32"))
         if len(lead) == 1:
             return out
         return relax.op.reshape(self.builder_.emit(out), [*lead, n])

@@ -1,9 +1,15 @@
-"""Bit-serial matmul over K-interleaved bit planes (``bie-bitplane``, ``bie-binary`` bitmap).
+"""Matmuls over K-interleaved bit planes (``bie-bitplane``, ``bie-binary`` bitmap).
 
-``out[m, n] = sum_b 2^(top - b) * sum_k sx[m, n, k] * plane_b[n, k]`` with
-``sx = +-x[m, k] * scale[n, k // group]``, the sign taken from the sign plane.
-Plane by plane, the kernel adds the (signed, scaled) activations selected by
-that plane's bits: the work and the bytes read scale with the planes kept.
+``compute`` is bit-serial, for one row of activations: ``out[m, n] = sum_b
+2^(top - b) * sum_k sx[m, n, k] * plane_b[n, k]`` with ``sx = +-x[m, k] *
+scale[n, k // group]``, the sign taken from the sign plane. Plane by plane, it
+adds the (signed, scaled) activations selected by that plane's bits: the work
+and the bytes read scale with the planes kept.
+
+``compute_decoded`` is for several rows: each channel's weights are decoded
+once into a row buffer (the same planes, signs and scales), then every row of
+activations is a vector multiply-add over it, instead of repeating the
+bit-serial work per row.
 """
 
 from __future__ import annotations
@@ -15,14 +21,21 @@ from bie_compiler.codecs.base import PACK_LANES
 BLOCK = "bitplane"
 
 
+BLOCK_DECODED = "bitplane_decoded"
+
+
+def _padded(x: te.Tensor, k: int, kb: int) -> te.Tensor:
+    """A copy of x padded to the planes' length, so inner loops need no bounds test."""
+    zero = tirx.const(0, "float32")
+    return te.compute((x.shape[0], 8 * kb), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
+
+
 def compute(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int, group: int):
     """TE definition. x [M, K] float32; planes uint8 [P, N, KB]; signs uint8 [N, KB]; scales float32 [N, G]."""
     m_dim = x.shape[0]
     num_planes, n_dim, kb = (int(d) for d in planes.shape)
     zero = tirx.const(0, "float32")
-    xpad = te.compute(
-        (m_dim, 8 * kb), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad"
-    )  # a copy of x padded to the planes' length, so the inner loop needs no bounds test
+    xpad = _padded(x, k, kb)
     rb = te.reduce_axis((0, num_planes), "rb")
     rj = te.reduce_axis((0, 8), "rj")
     rw = te.reduce_axis((0, kb), "rw")
@@ -57,6 +70,50 @@ def schedule_llvm(sch: s_tir.Schedule) -> None:
     sch.parallel(n)
     sch.reverse_compute_at(block, m)
     sch.decompose_reduction(partial, rj)
-    pad = sch.get_sblock("xpad")
-    _, kk = sch.get_loops(pad)
+    _vectorize_padding(sch)
+
+
+def _vectorize_padding(sch: s_tir.Schedule) -> None:
+    _, kk = sch.get_loops(sch.get_sblock("xpad"))
     sch.vectorize(sch.split(kk, [None, PACK_LANES])[1])
+
+
+def compute_decoded(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int, group: int):
+    """TE definition of the several-rows kernel; same arguments as :func:`compute`."""
+    m_dim = x.shape[0]
+    num_planes, n_dim, kb = (int(d) for d in planes.shape)
+    zero = tirx.const(0, "float32")
+    no_bits = tirx.const(0, "uint8")
+    xpad = _padded(x, k, kb)
+
+    def weight(n, kk):
+        rw = kk % kb  # pack_bits: weight kk is bit kk // kb of byte kk % kb
+        mask = tirx.const(1, "uint8") << (kk // kb).astype("uint8")
+        magnitude = sum(
+            tirx.Select((planes[b, n, rw] & mask) != no_bits, tirx.const(float(1 << (top_bit - b)), "float32"), zero)
+            for b in range(num_planes)
+        )
+        scaled = magnitude * scales[n, kk // group]
+        return tirx.Select((signs[n, rw] & mask) != no_bits, -scaled, scaled)
+
+    decoded = te.compute((n_dim, 8 * kb), weight, name="decoded")
+    rk = te.reduce_axis((0, 8 * kb), "rk")
+    return te.compute((m_dim, n_dim), lambda m, n: te.sum(xpad[m, rk] * decoded[n, rk], axis=rk), name=BLOCK_DECODED)
+
+
+def schedule_decoded_llvm(sch: s_tir.Schedule) -> None:
+    """Parallel over channels; a channel's weights decoded once (vectorized) into a row, then 16-lane FMAs per row."""
+    block = sch.get_sblock(BLOCK_DECODED)
+    m, n, rk = sch.get_loops(block)
+    rk_outer, rk_lane = sch.split(rk, [None, PACK_LANES])
+    sch.reorder(n, m, rk_outer, rk_lane)
+    partial = sch.rfactor(rk_lane, factor_axis=0)
+    n, m, rk_outer, lane = sch.get_loops(partial)
+    sch.vectorize(lane)
+    sch.parallel(n)
+    sch.reverse_compute_at(block, m)
+    decoded = sch.get_sblock("decoded")
+    sch.compute_at(decoded, n)
+    sch.vectorize(sch.split(sch.get_loops(decoded)[-1], [None, PACK_LANES])[1])
+    sch.decompose_reduction(partial, rk_outer)
+    _vectorize_padding(sch)
