@@ -17,6 +17,12 @@ CODEC_OPTIONS = [  # (flag, Config field, type, help)
     ("--density", "density", float, "bie-binary/blocked: keep this fraction of each channel's weights"),
     ("--layout", "layout", str, "bie-binary: bitmap, index or auto (the smaller; default)"),
     ("--block-size", "block_size", int, "bie-blocked: block length along K, a power of two (default 128)"),
+    ("--levels", "levels", int, "tans: odd number of quantization levels, zero in the centre (3..255; default 15)"),
+    ("--bits-per-weight", "bits_per_weight", float,
+     "tans: bits/weight budget over the whole model; each layer's levels chosen to meet it (instead of --levels)"),
+    ("--table-log", "table_log", int, "tans: tANS table of 2^T states (5..15; default 11)"),
+    ("--states", "states", int, "tans: interleaved tANS states per stream (default 4)"),
+    ("--stream-symbols", "stream_symbols", int, "tans: weights per independently decoded stream, at least (default 8192)"),
 ]
 
 
@@ -69,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     k.add_argument("--tolerance", type=float, default=None, help="max relative error against the decoded-weights model (default 1e-4)")
     k.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    r = sub.add_parser("run", help="run an artefact on inputs; with --report, the accelerator report of a bitvert artefact")
+    r.add_argument("artefact", help="artefact folder")
+    r.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
+    r.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs (default 1)")
+    r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    r.add_argument("-o", "--output", help=".npz to write the outputs to (default: print their shapes)")
+    r.add_argument("--report", metavar="JSON", help="write the simulated accelerator report here (bitvert artefacts)")
 
     i = sub.add_parser("inspect", help="per-layer report of an artefact")
     i.add_argument("artefact", help="artefact folder")
@@ -133,6 +147,34 @@ def _print_report(manifest: dict) -> None:
           f"({t['bits_per_weight']} bits/weight, {t['compression']}x); model.so {manifest['files']['model.so']['bytes']} bytes")
 
 
+def _run(args) -> int:
+    import numpy as np
+
+    from . import load
+    from .parity import make_inputs
+
+    runner = load(args.artefact)
+    if args.report and "bitvert" not in runner.manifest:
+        raise OptionError(f"--report: {args.artefact} was compiled for {runner.manifest['target']['kind']!r}; "
+                          "the accelerator report needs an artefact compiled with --target bitvert")
+    from .runtime.bitvert import device
+
+    device.RUN_LOG.clear()
+    outputs = runner(make_inputs(runner.inputs, args.batch, args.seed, args.inputs))
+    if args.output:
+        np.savez(args.output, **outputs)
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype} {list(value.shape)}")
+    if args.report:
+        from .runtime.bitvert import report
+
+        result = report.from_run(runner.manifest["bitvert"]["layers"], device.RUN_LOG)
+        with open(args.report, "w") as f:
+            json.dump(result, f, indent=1)
+        print(report.table(result))
+    return 0
+
+
 def _inspect(args) -> int:
     from .runtime.artefact import read_manifest
 
@@ -150,7 +192,7 @@ def _inspect(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"compile": _compile, "check": _check, "inspect": _inspect}[args.command](args)
+        return {"compile": _compile, "check": _check, "run": _run, "inspect": _inspect}[args.command](args)
     except BieError as e:
         print(f"bie-compiler: error: {e}", file=sys.stderr)
         return 2

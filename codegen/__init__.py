@@ -14,10 +14,10 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from bie_compiler.codecs import Encoded, bie_binary, bie_bitplane, bie_blocked
+from bie_compiler.codecs import Encoded, bie_binary, bie_bitplane, bie_blocked, tans
 from bie_compiler.codecs.base import packed_width
 
-from .kernels import bitplane, sparse_index
+from .kernels import bitplane, sparse_index, tans_matmul
 
 KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kernel kind
 
@@ -96,10 +96,31 @@ def _blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     return KernelCall("blocked_index", func, [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]])
 
 
+def tans_layout(enc: Encoded) -> dict:
+    """The compile-time layout of a ``tans`` encoding, as the tANS kernels take it."""
+    n, k = enc.shape
+    h = enc.header
+    return dict(n=n, k=k, levels=int(h["levels"]), table_log=int(h["table_log"]), states=int(h["states"]),
+                rows_per_stream=int(h["rows_per_stream"]), num_words=int(enc.arrays["words"].size))
+
+
+def tans_constants(enc: Encoded) -> list[np.ndarray]:
+    """What the tANS kernels read: counts, offsets, the words as bytes (for unaligned 8-byte loads), steps."""
+    a = enc.arrays
+    return [a["counts"], a["offsets"], a["words"].view(np.uint8), a["steps"]]
+
+
+def _tans_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    # The kernels index their table by decoded states and trust the counts and offsets: check them first.
+    tans.tans_coder.validate(tans.streams(enc), int(enc.header["levels"]))
+    return KernelCall("tans_matmul", tans_matmul.matmul(**tans_layout(enc)), tans_constants(enc))
+
+
 KERNELS = {
     (bie_bitplane.NAME, "matmul", "llvm"): _bitplane_call,
     (bie_binary.NAME, "matmul", "llvm"): _binary_call,
     (bie_blocked.NAME, "matmul", "llvm"): _blocked_call,
+    (tans.NAME, "matmul", "llvm"): _tans_call,
 }
 
 

@@ -8,7 +8,7 @@ from tvm.target import codegen as llvm_codegen
 from bie_compiler.errors import OptionError
 
 TARGETS = ("llvm",)
-PLANNED = {"cuda": "the CUDA lowering (issue 6)", "bitvert": "the BitVert accelerator target (issue 5)"}
+PLANNED = {"cuda": "the CUDA lowering (issue 6)", "bitvert": "the BitVert target (issue 5): waits for the bbs codec (issue 3) to offload its layers"}
 
 
 def host_cpu() -> str:

@@ -11,10 +11,12 @@ import dataclasses
 from types import ModuleType
 
 from ..errors import OptionError
-from . import bie_binary, bie_bitplane, bie_blocked
+from . import bie_binary, bie_bitplane, bie_blocked, tans
 from .base import Encoded
 
-CODECS: dict[str, ModuleType] = {m.NAME: m for m in (bie_binary, bie_bitplane, bie_blocked)}
+CODECS: dict[str, ModuleType] = {
+    m.NAME: m for m in (bie_binary, bie_bitplane, bie_blocked, tans)
+}
 
 
 def get_codec(name: str) -> ModuleType:

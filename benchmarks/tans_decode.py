@@ -1,0 +1,170 @@
+"""tANS benchmark: the generated CPU decoder's throughput, and the fused decode-and-GEMV against onnxruntime.
+
+On one 4096x4096 layer (the heavy-tailed weights of ``bitplane_gemv.py``, fixed
+seed) coded with the ``tans`` codec, in one run:
+
+* decode throughput: the TVM decoder kernel (``tans_matmul.decode_weights``,
+  which writes the dense weights) on one thread, in symbols per second per core,
+  and on ``--threads`` threads;
+* batch-1 matmul time, one layer called repeatedly: the fused tANS kernel
+  (``kernel_for``, the path taken at batch 1), onnxruntime's fp32 MatMul, and
+  onnxruntime's 4-bit ``MatMulNBits`` (block 32, symmetric, accuracy_level 4,
+  from ``MatMulNBitsQuantizer``; needs the ``onnx-ir`` package, ``pip install
+  -e .[bench]``: without it that row says so).
+
+The bar for decoding is zstd's FSE on this kind of machine, about 1.0 Gsym/s per
+core with 4 interleaved states (``shared/notes/tans.md``). Threads and idle
+spinning are set as in ``bitplane_gemv.py``, whose helpers this script reuses.
+
+    python benchmarks/tans_decode.py [--size 4096] [--levels 15] [--states 4] [--repeats 7] [--threads N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bitplane_gemv import MAX_REL_ERROR, SEED, matmul_chain, median_seconds, ort_session  # noqa: E402
+
+CALLS = 5  # calls per timed loop
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=4096, help="K = N of the square layer")
+    p.add_argument("--levels", type=int, default=15, help="tans quantization levels (odd)")
+    p.add_argument("--states", type=int, default=4, help="interleaved tANS states per stream")
+    p.add_argument("--repeats", type=int, default=7, help="timed loops; the median is reported")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for every library")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args()
+
+
+def matmul_nbits_session(model: onnx.ModelProto, threads: int):
+    """onnxruntime 4-bit MatMulNBits session for the layer, or the reason there is none."""
+    try:
+        import onnx_ir  # noqa: F401  (MatMulNBitsQuantizer needs it)
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as e:
+        return None, f"onnx-ir missing ({e}); install it with pip install -e .[bench]"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # the quantizer edits its model in place
+    quantizer = MatMulNBitsQuantizer(copy, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    quantized = quantizer.model.model
+    if not any(node.op_type == "MatMulNBits" for node in quantized.graph.node):
+        return None, "MatMulNBitsQuantizer produced no MatMulNBits node"
+    nbytes = sum(numpy_helper.to_array(i).nbytes for i in quantized.graph.initializer)
+    return (ort_session(quantized.SerializeToString(), threads), nbytes), None
+
+
+def set_tvm_threads(threads: int) -> None:
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(1, threads)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import tvm
+
+    from bie_compiler.codecs import tans
+    from bie_compiler.codegen import kernel_for, tans_layout
+    from bie_compiler.codegen.kernels import tans_matmul
+    from bie_compiler.codegen.target import make_target
+
+    size = args.size
+    rng = np.random.default_rng(SEED)
+    w = (rng.standard_t(5, (size, size)) / np.sqrt(size)).astype(np.float32)  # [K, N] for x @ W
+    model = matmul_chain(size, 1)
+    model.graph.initializer.append(numpy_helper.from_array(w, "w0"))
+    enc = tans.encode(w.T, tans.Config(levels=args.levels, states=args.states))
+    decoded = tans.decode(enc)
+    del w
+
+    target = make_target()
+    build = lambda f: tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target).mod["main"]  # noqa: E731
+    call = kernel_for(enc, target)
+    fused = build(call.func)
+    decoder = build(tans_matmul.decode_weights(**tans_layout(enc)))
+    consts = [tvm.runtime.tensor(c) for c in call.constants]
+    x = np.random.default_rng(SEED + 1).standard_normal((1, size)).astype(np.float32)
+    x_tvm, y_tvm, dense = tvm.runtime.tensor(x), tvm.runtime.empty((1, size), "float32"), tvm.runtime.empty((size, size), "float32")
+
+    fused(x_tvm, *consts, y_tvm)
+    ref = x.astype(np.float64) @ decoded.T.astype(np.float64)
+    rel_error = float(np.abs(y_tvm.numpy() - ref).max() / np.abs(ref).max())
+    decoder(*consts, dense)
+    if rel_error > MAX_REL_ERROR or not np.array_equal(dense.numpy(), decoded):
+        raise SystemExit(f"TVM tANS kernels disagree with the reference decoder (matmul rel. error {rel_error:.2e})")
+    del dense, decoded
+
+    symbols = size * size
+    out_dense = tvm.runtime.empty((size, size), "float32")
+    set_tvm_threads(1)
+    decode_1 = median_seconds(lambda: decoder(*consts, out_dense), CALLS, args.repeats)
+    fused_1 = median_seconds(lambda: fused(x_tvm, *consts, y_tvm), CALLS, args.repeats)
+    set_tvm_threads(args.threads)
+    decode_n = median_seconds(lambda: decoder(*consts, out_dense), CALLS, args.repeats)
+    fused_n = median_seconds(lambda: fused(x_tvm, *consts, y_tvm), CALLS, args.repeats)
+
+    feed = {"x": x}
+    fp32 = ort_session(model.SerializeToString(), args.threads)
+    ort_fp32 = median_seconds(lambda: fp32.run(None, feed), CALLS, args.repeats)
+    nbits, why = matmul_nbits_session(model, args.threads)
+    ort_nbits = median_seconds(lambda: nbits[0].run(None, feed), CALLS, args.repeats) if nbits else None
+    report = tans.report(enc)
+    return {
+        "size": size, "threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
+        "levels": args.levels, "states": args.states, "streams": report["streams"],
+        "tans_bits_per_weight": enc.bits_per_weight, "tans_payload_bits_per_weight": report["payload_bits_per_weight"],
+        "tans_bytes": enc.nbytes, "fp32_bytes": 4 * symbols, "nbits_bytes": nbits[1] if nbits else None,
+        "matmul_rel_error": rel_error,
+        "decode_gsym_per_s_1_thread": symbols / decode_1 * 1e-9,
+        "decode_gsym_per_s_threads": symbols / decode_n * 1e-9,
+        "fused_gsym_per_s_1_thread": symbols / fused_1 * 1e-9,
+        "ms": {"tans fused, 1 thread": 1e3 * fused_1, f"tans fused, {args.threads} threads": 1e3 * fused_n,
+               f"onnxruntime fp32, {args.threads} threads": 1e3 * ort_fp32,
+               f"onnxruntime MatMulNBits 4-bit, {args.threads} threads": None if ort_nbits is None else 1e3 * ort_nbits},
+        "matmul_nbits_missing": why,
+    }
+
+
+def print_report(res: dict) -> None:
+    n = res["size"]
+    print(f"{n}x{n} layer, tans {res['levels']} levels, {res['states']} interleaved states, {res['streams']} streams, "
+          f"llvm -mcpu={res['target']}, median of {res['repeats']}")
+    print(f"tans: {res['tans_bits_per_weight']:.3f} bits/weight stored ({res['tans_payload_bits_per_weight']:.3f} "
+          f"symbol payload), {res['tans_bytes'] / 1e6:.2f} MB; fp32 {res['fp32_bytes'] / 1e6:.1f} MB"
+          + (f"; MatMulNBits {res['nbits_bytes'] / 1e6:.2f} MB" if res["nbits_bytes"] else ""))
+    print(f"correctness: decoder bit-exact vs reference; fused matmul rel. error {res['matmul_rel_error']:.1e}")
+    print()
+    print(f"decode (write dense weights): {res['decode_gsym_per_s_1_thread']:.3f} Gsym/s on 1 core, "
+          f"{res['decode_gsym_per_s_threads']:.3f} Gsym/s on {res['threads']} threads "
+          f"(bar: zstd FSE ~1.0 Gsym/s per core, 4 states)")
+    print(f"fused decode-and-GEMV, batch 1: {res['fused_gsym_per_s_1_thread']:.3f} Gsym/s on 1 core")
+    print()
+    print("batch-1 matmul, one layer called repeatedly:")
+    for name, ms in res["ms"].items():
+        print(f"  {name:<45} " + (f"{ms:8.3f} ms" if ms is not None else f"  n/a: {res['matmul_nbits_missing']}"))
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
+    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    res = run(args)
+    print_report(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

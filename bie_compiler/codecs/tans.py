@@ -1,0 +1,228 @@
+"""``tans``: zero-point quantization with an odd number of levels, entropy-coded with tANS.
+
+Each weight becomes ``q = round(w / step)`` clipped to ``[-m, m]`` (``levels = 2m + 1``
+odd, so the centre bin is exactly zero), with one step per output channel:
+the one among ``STEP_RATIOS * max|w| / m`` with the least squared error. Trained
+weights concentrate near zero, so the symbols ``q + m`` are peaked and a tANS
+coder (:mod:`.tans_coder`, the format) stores them in about their empirical
+entropy rather than ``log2(levels)`` bits.
+
+Precision per layer (seed 003: entropy-driven mixed precision): with
+``bits_per_weight`` set, :func:`plan` picks each layer's levels so that all
+the model's ``tans`` layers together fit the budget with the least weighted
+distortion, the rate of a layer being its measured coded size
+(:attr:`Encoded.nbytes`: streams, table, offsets, steps and header). The plan
+returns per-layer configs with fixed ``levels``, so re-encoding a layer from its
+recorded config reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..errors import CodecError
+from . import tans_coder
+from .base import Encoded, check_weight
+
+NAME = "tans"
+DEFAULT_LEVELS = 15
+LEVEL_CHOICES = (3, 5, 7, 9, 11, 15, 19, 23, 31, 47, 63, 95, 127, 191, 255)  # what the budget planner tries
+STEP_RATIOS = np.geomspace(1.0, 0.125, 16).astype(np.float32)  # of max|w| / m: from no clipping to clipping most
+
+
+@dataclass(frozen=True)
+class Config:
+    levels: int = 0  # odd number of quantization levels, 3..255; 0 = chosen by bits_per_weight (default 15)
+    bits_per_weight: float = 0.0  # budget over all the model's tans layers; 0 = fixed levels
+    table_log: int = 11  # tANS table of 2^table_log states
+    states: int = 4  # interleaved tANS states per stream
+    stream_symbols: int = 8192  # a stream covers whole output channels, at least this many weights
+
+    def __post_init__(self):
+        if self.levels and self.bits_per_weight:
+            raise CodecError(f"{NAME}: give either levels or bits_per_weight, not both")
+        if self.bits_per_weight < 0:
+            raise CodecError(f"{NAME}: bits_per_weight must be positive, got {self.bits_per_weight}")
+        if self.levels and (not 3 <= self.levels <= 255 or self.levels % 2 == 0):
+            raise CodecError(f"{NAME}: levels must be odd, in 3..255 (the centre level is zero), got {self.levels}")
+        if self.stream_symbols < 1:
+            raise CodecError(f"{NAME}: stream_symbols must be >= 1, got {self.stream_symbols}")
+        try:
+            tans_coder.check_layout(self.table_log, self.states, 1)
+        except CodecError as e:
+            raise CodecError(f"{NAME}: {e}") from None
+        if (self.levels or max(LEVEL_CHOICES)) > 1 << self.table_log:
+            raise CodecError(f"{NAME}: {self.levels or max(LEVEL_CHOICES)} levels need table_log >= 8")
+
+    @property
+    def fixed_levels(self) -> int:
+        return self.levels or (0 if self.bits_per_weight else DEFAULT_LEVELS)
+
+
+def rows_per_stream(k: int, config: Config) -> int:
+    return max(1, -(-config.stream_symbols // k))
+
+
+def quantize(weight: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes [N, K] in [-m, m] and float32 steps [N], the step per channel by least squared error."""
+    w = check_weight(weight)
+    m = levels // 2
+    full_range = np.abs(w).max(axis=1) / np.float32(m)
+    best_steps, best_error = None, None
+    for ratio in STEP_RATIOS:  # ties keep the larger step: weights on its grid round-trip exactly
+        steps = (full_range * ratio).astype(np.float32)
+        safe = np.where(steps > 0, steps, np.float32(1))[:, None]
+        error = ((np.clip(np.rint(w / safe), -m, m) * safe - w) ** 2).sum(axis=1)
+        if best_error is None:
+            best_steps, best_error = steps, error
+        else:
+            better = error < best_error
+            best_steps, best_error = np.where(better, steps, best_steps), np.where(better, error, best_error)
+    safe = np.where(best_steps > 0, best_steps, np.float32(1))[:, None]
+    return np.clip(np.rint(w / safe), -m, m).astype(np.int64), best_steps
+
+
+def dequantize(codes: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    return (codes.astype(np.float32) * steps[:, None]).astype(np.float32)
+
+
+def encode(weight: np.ndarray, config: Config) -> Encoded:
+    if not config.fixed_levels:
+        config = plan({"weight": weight}, {"weight": config})["weight"]
+    return _entropy_code(*quantize(weight, config.fixed_levels), config)
+
+
+def _entropy_code(codes: np.ndarray, steps: np.ndarray, config: Config) -> Encoded:
+    """The encoding of quantized codes in [-m, m] (levels = config.fixed_levels) and their steps."""
+    levels = config.fixed_levels
+    n, k = codes.shape
+    coded = tans_coder.encode(codes + levels // 2, levels, table_log=config.table_log, states=config.states,
+                              rows_per_stream=rows_per_stream(k, config))
+    return Encoded(
+        codec=NAME,
+        shape=(n, k),
+        arrays={"counts": coded.counts, "offsets": coded.offsets, "words": coded.words, "steps": steps},
+        header={"levels": levels, "table_log": coded.table_log, "states": coded.states,
+                "rows_per_stream": coded.rows_per_stream, "crc32": coded.checksum},
+    )
+
+
+def streams(enc: Encoded) -> tans_coder.TansStreams:
+    """The coded symbols of an encoding, as the coder's format."""
+    h, a = enc.header, enc.arrays
+    try:
+        return tans_coder.TansStreams(tuple(enc.shape), int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
+                                      a["counts"], a["offsets"], a["words"], int(h["crc32"]))
+    except KeyError as e:
+        raise CodecError(f"{NAME}: encoding lacks {e}") from None
+
+
+def decode_symbols(enc: Encoded) -> np.ndarray:
+    """The quantized codes q in [-m, m], int64 [N, K] (reference tANS decoding)."""
+    levels = int(enc.header["levels"])
+    return tans_coder.decode(streams(enc), levels) - levels // 2
+
+
+def decode(enc: Encoded) -> np.ndarray:
+    """Reference decoder: float32 [N, K] = q * step[n]."""
+    steps = enc.arrays["steps"]
+    if steps.dtype != np.float32 or steps.shape != (enc.shape[0],):
+        raise CodecError(f"{NAME}: steps must be float32 [{enc.shape[0]}], got {steps.dtype} {list(steps.shape)}")
+    return dequantize(decode_symbols(enc), steps)
+
+
+def report(enc: Encoded) -> dict[str, int | float]:
+    """Where the bits go: symbol payload, stream states, offsets, table, steps, header."""
+    coded = streams(enc)
+    n, k = enc.shape
+    return {
+        "levels": int(enc.header["levels"]),
+        "streams": coded.num_streams,
+        "payload_bits": coded.payload_bits,
+        "payload_bits_per_weight": coded.payload_bits / (n * k),
+        "overhead_bits": 8 * enc.nbytes - coded.payload_bits,
+    }
+
+
+# --- mixed precision ---------------------------------------------------------------------------------------------------
+
+
+def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config]) -> dict[str, Config]:
+    """Per-layer levels for every layer given a budget; layers with fixed levels are kept as they are.
+
+    Layers sharing one ``bits_per_weight`` are planned together: for each, every
+    level count in ``LEVEL_CHOICES`` is encoded to measure its size in bits and
+    its distortion ``||W - W_q||^2 / ||W||^2`` (the relative error of the layer's
+    output for isotropic inputs, so layers of any scale weigh alike). A
+    Lagrangian sweep picks the cheapest-distortion choice per layer within the
+    budget, then the bits left are spent greedily on the best ratio of
+    distortion saved per bit.
+    """
+    out = dict(configs)
+    budgets = sorted({c.bits_per_weight for c in configs.values() if not c.fixed_levels})
+    for budget in budgets:
+        names = [n for n, c in configs.items() if not c.fixed_levels and c.bits_per_weight == budget]
+        options = {name: _options(matrices[name], configs[name]) for name in names}
+        chosen = _allocate(options, budget, sum(matrices[n].size for n in names))
+        for name in names:
+            out[name] = replace(configs[name], levels=chosen[name], bits_per_weight=0.0)
+    return out
+
+
+def _options(weight: np.ndarray, config: Config) -> list[tuple[int, int, float]]:
+    """(levels, coded bits, relative squared error) for each level count, fewest bits first."""
+    w = check_weight(weight).astype(np.float64)
+    energy = float((w**2).sum())
+    options = []
+    for levels in LEVEL_CHOICES:
+        if levels > 1 << config.table_log:
+            break
+        codes, steps = quantize(weight, levels)
+        bits = 8 * _entropy_code(codes, steps, replace(config, levels=levels, bits_per_weight=0.0)).nbytes
+        error = float(((dequantize(codes, steps) - w) ** 2).sum())
+        options.append((levels, bits, error / energy if energy else 0.0))
+    return sorted(options, key=lambda o: (o[1], o[2]))
+
+
+def _allocate(options: dict[str, list], budget: float, num_weights: int) -> dict[str, int]:
+    """Levels per layer: the least total distortion with at most ``budget * num_weights`` coded bits."""
+    budget_bits = budget * num_weights
+    smallest = sum(opts[0][1] for opts in options.values())
+    if smallest > budget_bits:
+        raise CodecError(
+            f"{NAME}: a budget of {budget:g} bits/weight is below the smallest coding of these {len(options)} "
+            f"layer(s), {smallest / num_weights:.3f} bits/weight (overheads included)"
+        )
+
+    def pick(lam: float) -> dict[str, int]:
+        return {n: min(range(len(o)), key=lambda i: (o[i][2] + lam * o[i][1], o[i][1])) for n, o in options.items()}
+
+    def bits(choice: dict[str, int]) -> int:
+        return sum(options[n][i][1] for n, i in choice.items())
+
+    lo, hi = 0.0, 1.0  # lam = 0: best distortion regardless of bits; raise hi until the choice fits
+    while bits(pick(hi)) > budget_bits:
+        hi *= 4
+    if bits(pick(lo)) <= budget_bits:
+        hi = lo
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if bits(pick(mid)) <= budget_bits else (mid, hi)
+    choice = pick(hi)
+    spare = budget_bits - bits(choice)
+    while True:  # spend what is left on the upgrade saving the most distortion per bit
+        best = None
+        for n, o in options.items():
+            for i in range(len(o)):
+                extra, saved = o[i][1] - o[choice[n]][1], o[choice[n]][2] - o[i][2]
+                if 0 < extra <= spare and saved > 0 and (best is None or saved / extra > best[0]):
+                    best = saved / extra, n, i
+        if best is None:
+            break
+        _, n, i = best
+        spare -= options[n][i][1] - options[n][choice[n]][1]
+        choice[n] = i
+    return {n: options[n][i][0] for n, i in choice.items()}
+

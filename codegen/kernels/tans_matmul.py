@@ -1,0 +1,286 @@
+"""Kernels that compute from tANS-coded weights (codec ``tans``; format in ``bie_compiler.codecs.tans_coder``).
+
+All kernels first rebuild the decode table from the stored counts (FSE's
+spread, then per state ``symbol | bits << 16 | base`` packed in a uint32 with
+the symbol in the top byte): ``2^R`` steps, a few microseconds, and it keeps
+the stored table at ``2 * levels`` bytes. Then the streams (blocks of output
+channels) are decoded in parallel, one per task. Within a stream, the ``S``
+interleaved states are unrolled: their table look-ups and bit reads are
+independent, so a core has ``S`` symbols in flight; only the bit position is
+shared. Bits come from a 64-bit window loaded once per few symbols (see
+``_macros``; the format pads the words so that any position up to the end
+can be loaded). Each symbol's decoding sits behind a test that the stream is
+not exhausted: it keeps a malformed stream from running past its end, and,
+being a branch, it stops LLVM's SLP vectorizer from packing the states into
+one vector register (then every table look-up needs a gather or lane
+extracts on the state's critical path: measured 2-3x slower).
+
+* :func:`matmul` ``out[m, n] = step[n] * sum_k x[m, k] * q[n, k]``, one kernel
+  choosing by batch at run time:
+
+  - ``m <= FUSED_MAX_BATCH`` (batch 1 to a few): fused decode-and-GEMV. Each
+    stream is decoded once and every symbol is multiplied into the ``m``
+    dot products as it comes out (one accumulator per state and batch row);
+    no weight is written anywhere, only the coded bytes are read. Each batch
+    size has its own copy of the loop so its accumulators stay in registers.
+  - larger ``m``: decode-to-buffer, then a dense matmul. Each stream decodes
+    its output channels into a buffer of its own (``rows_per_stream * K``
+    floats, cache-sized), then multiplies them with ``x`` with 16-lane vector
+    accumulators, four batch rows at a time so each decoded weight vector is
+    loaded once per four rows. Decoding is then paid once per channel block
+    instead of ``m`` FMAs per symbol in the serial decode loop, and there is
+    still no dense copy of the whole weight in memory.
+
+  The choice is a branch on the symbolic batch inside the kernel rather than a
+  Relax-level dispatch: the pass rewrites a matmul into one ``call_tir``, both
+  paths share the table build and the decoding code, and the branch costs one
+  comparison per call.
+* :func:`decode_weights`: the decoder alone, writing the dense weights
+  ``q * step`` (for tests, exact against the reference decoder, and for the
+  decode-throughput benchmark).
+"""
+
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+from bie_compiler.codecs.tans_coder import spread_step
+
+# Up to this batch the fused decode-and-GEMV runs (one branch per batch size in ``matmul``); above it,
+# decode-to-buffer + matmul. Measured on a 4096x4096 layer, one thread, ms (shared machine, +-20 %): fused 22-30
+# (m=1), 26 (2); with a fused m=3 and m=4 it was about 10 % slower than decode-to-buffer, 24 (m=3), 27 (5), 42 (16):
+# past m=2 the m FMAs per symbol in the serial decode loop cost more than writing the symbol to a cache-resident
+# buffer and multiplying vectorized.
+FUSED_MAX_BATCH = 2
+LANES = 16  # float32 vector width of the dense matmul's accumulators
+BATCH_BLOCK = 4  # batch rows per weight-vector load in the dense matmul
+WINDOW_BITS = 57  # valid bits in a window: 64 minus the up to 7 of the byte's bits before the read position
+
+
+def _layout(n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int) -> dict:
+    size = 1 << table_log
+    return dict(size=size, mask=size - 1, step=spread_step(table_log), half=levels // 2,
+                streams=-(-n // rows_per_stream), groups=k // states, tail=k % states,
+                per_window=WINDOW_BITS // table_log)
+
+
+def _macros(*, levels: int, table_log: int, states: int, size: int, mask: int, step: int, half: int,
+            per_window: int, **_):
+    """TIR macros shared by the kernels; buffers come in as arguments, layout constants from here.
+
+    Bits are read through a 64-bit window: one unaligned 8-byte load at the byte
+    holding bit ``pos``, shifted so that bit ``pos`` is bit 0, holds at least
+    WINDOW_BITS bits, enough for ``per_window`` symbols of at most ``table_log``
+    bits. A symbol's read is then a shift and a mask of a register (``off`` bits
+    into the window): the only memory access on a state's critical path is its
+    table look-up.
+    """
+
+    @T.macro
+    def build_table(counts, table):
+        # FSE's spread: symbol s takes counts[s] states, at successive steps through the table
+        cursor = T.decl_buffer((1,), "int32", scope="global")
+        cursor[0] = 0
+        for s in range(levels):
+            for _i in range(T.Cast("int32", counts[s])):
+                table[cursor[0]] = T.Cast("uint32", s)
+                cursor[0] = (cursor[0] + step) & mask
+        # the j-th state of s has n = counts[s] + j in [c, 2c): it reads R - floor(log2 n) bits
+        following = T.decl_buffer((levels,), "uint32", scope="global")
+        for s in range(levels):
+            following[s] = T.Cast("uint32", counts[s])
+        for x_state in range(size):
+            sym = table[x_state]
+            nxt = following[sym]
+            following[sym] = nxt + T.uint32(1)
+            nbits = T.uint32(table_log) - (T.uint32(31) - T.Cast("uint32", T.clz(nxt)))
+            table[x_state] = ((nxt << nbits) - T.uint32(size)) | (sym << T.uint32(16)) | (nbits << T.uint32(24))
+
+    @T.macro
+    def refill(words, pos, off, window, end):
+        # move the window to the first unread bit; a stream already past its end (malformed) reads zeros
+        pos[0] = pos[0] + off[0]
+        off[0] = T.int64(0)
+        window[0] = T.uint64(0)
+        if pos[0] <= end:
+            byte: T.let = pos[0] >> T.int64(3)
+            window[0] = T.reinterpret("uint64", words[T.Ramp(byte, T.int64(1), 8)]) >> T.Cast("uint64", pos[0] & T.int64(7))
+
+    @T.macro
+    def start_stream(st, offsets, words, state, value, pos, off, window, end):
+        # the stream's initial states, table_log bits each
+        pos[0] = T.Cast("int64", offsets[st])
+        off[0] = T.int64(0)
+        for j in T.unroll(states):
+            value[j] = T.float32(0)  # what an exhausted (malformed) stream yields
+            if j % per_window == 0:
+                refill(words, pos, off, window, end)
+            state[j] = T.Cast("uint32", window[0] >> T.Cast("uint64", off[0])) & T.uint32(size - 1)
+            off[0] = off[0] + T.int64(table_log)
+
+    @T.macro
+    def decode_symbol(j, table, words, state, value, pos, off, window, end):
+        # value[j] = the signed level of state j's symbol; state j moves on. The first of every per_window states
+        # moves the window. The test keeps a malformed stream from running on and, being a branch, keeps LLVM's
+        # SLP vectorizer from packing the states' chains into vectors: that needs gathers and lane extracts on
+        # the critical path (measured: 2-3x slower).
+        if j % per_window == 0:
+            refill(words, pos, off, window, end)
+        if pos[0] + off[0] <= end:
+            e: T.let = table[state[j]]
+            nb: T.let = T.Cast("uint64", e >> T.uint32(24))
+            bits: T.let = (window[0] >> T.Cast("uint64", off[0])) & ((T.uint64(1) << nb) - T.uint64(1))
+            off[0] = off[0] + T.Cast("int64", nb)
+            state[j] = (e & T.uint32(65535)) + T.Cast("uint32", bits)
+            value[j] = T.Cast("float32", T.Cast("int32", (e >> T.uint32(16)) & T.uint32(255)) - half)
+
+    return build_table, start_stream, decode_symbol
+
+
+def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
+                   num_words: int):
+    """``out[n, k] = q[n, k] * steps[n]``: the decoder alone, streams in parallel."""
+    lay = _layout(n, k, levels, table_log, states, rows_per_stream)
+    build_table, start_stream, decode_symbol = _macros(levels=levels, table_log=table_log, states=states, **lay)
+    streams, groups, tail, size, rps = lay["streams"], lay["groups"], lay["tail"], lay["size"], rows_per_stream
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        out: T.Buffer((n, k), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        table = T.decl_buffer((size,), "uint32")
+        build_table(counts, table)
+        for st in T.parallel(streams):
+            state = T.decl_buffer((states,), "uint32", scope="global")
+            value = T.decl_buffer((states,), "float32", scope="global")
+            pos = T.decl_buffer((1,), "int64", scope="global")  # bit position of the window
+            off = T.decl_buffer((1,), "int64", scope="global")  # bits read from the window
+            window = T.decl_buffer((1,), "uint64", scope="global")
+            end: T.let = T.Cast("int64", offsets[st + 1])
+            start_stream(st, offsets, words, state, value, pos, off, window, end)
+            for r in range(T.min(rps, n - st * rps)):
+                row: T.let = st * rps + r
+                scale: T.let = steps[row]
+                for g in range(groups):
+                    for j in T.unroll(states):
+                        decode_symbol(j, table, words, state, value, pos, off, window, end)
+                        out[row, g * states + j] = value[j] * scale
+                for j in T.unroll(tail):
+                    decode_symbol(j, table, words, state, value, pos, off, window, end)
+                    out[row, groups * states + j] = value[j] * scale
+
+    return kernel
+
+
+def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
+    """``out[m, n] = sum_k x[m, k] * q[n, k] * steps[n]`` for a symbolic batch m (see the module docstring)."""
+    lay = _layout(n, k, levels, table_log, states, rows_per_stream)
+    build_table, start_stream, decode_symbol = _macros(levels=levels, table_log=table_log, states=states, **lay)
+    streams, groups, tail, size, rps = lay["streams"], lay["groups"], lay["tail"], lay["size"], rows_per_stream
+    block = rps * k
+    vectors, vector_tail = k // LANES, k % LANES
+
+    @T.macro(hygienic=False)
+    def fused_stream(st, batch):
+        # decode stream st once; every symbol goes straight into the dot products of the batch rows
+        state = T.decl_buffer((states,), "uint32", scope="global")
+        value = T.decl_buffer((states,), "float32", scope="global")
+        pos = T.decl_buffer((1,), "int64", scope="global")  # bit position of the window
+        off = T.decl_buffer((1,), "int64", scope="global")  # bits read from the window
+        window = T.decl_buffer((1,), "uint64", scope="global")
+        acc = T.decl_buffer((FUSED_MAX_BATCH * states,), "float32", scope="global")
+        end: T.let = T.Cast("int64", offsets[st + 1])
+        start_stream(st, offsets, words, state, value, pos, off, window, end)
+        for r in range(T.min(rps, n - st * rps)):
+            row: T.let = st * rps + r
+            for b in range(batch):
+                for j in T.unroll(states):
+                    acc[b * states + j] = T.float32(0)
+            for g in range(groups):
+                for j in T.unroll(states):
+                    decode_symbol(j, table, words, state, value, pos, off, window, end)
+                    for b in range(batch):
+                        acc[b * states + j] = acc[b * states + j] + x[b, g * states + j] * value[j]
+            for j in T.unroll(tail):
+                decode_symbol(j, table, words, state, value, pos, off, window, end)
+                for b in range(batch):
+                    acc[b * states + j] = acc[b * states + j] + x[b, groups * states + j] * value[j]
+            for b in range(batch):
+                total = T.decl_buffer((1,), "float32", scope="global")
+                total[0] = T.float32(0)
+                for j in T.unroll(states):
+                    total[0] = total[0] + acc[b * states + j]
+                out[b, row] = total[0] * steps[row]
+
+    @T.prim_func(private=True)
+    def kernel(
+        var_x: T.handle,
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        table = T.decl_buffer((size,), "uint32")
+        build_table(counts, table)
+        # one copy of the fused loop per batch size up to FUSED_MAX_BATCH, so that its accumulators are registers
+        if m == T.int64(1):
+            for st in T.parallel(streams):
+                fused_stream(st, 1)
+        elif m == T.int64(2):
+            for st in T.parallel(streams):
+                fused_stream(st, 2)
+        else:
+            for st in T.parallel(streams):
+                # decode the stream's channels into a buffer of its own ...
+                decoded = T.decl_buffer((block,), "float32")
+                state = T.decl_buffer((states,), "uint32", scope="global")
+                value = T.decl_buffer((states,), "float32", scope="global")
+                pos = T.decl_buffer((1,), "int64", scope="global")  # bit position of the window
+                off = T.decl_buffer((1,), "int64", scope="global")  # bits read from the window
+                window = T.decl_buffer((1,), "uint64", scope="global")
+                end: T.let = T.Cast("int64", offsets[st + 1])
+                start_stream(st, offsets, words, state, value, pos, off, window, end)
+                rows: T.let = T.min(rps, n - st * rps)
+                for r in range(rows):
+                    for g in range(groups):
+                        for j in T.unroll(states):
+                            decode_symbol(j, table, words, state, value, pos, off, window, end)
+                            decoded[r * k + g * states + j] = value[j]
+                    for j in T.unroll(tail):
+                        decode_symbol(j, table, words, state, value, pos, off, window, end)
+                        decoded[r * k + groups * states + j] = value[j]
+                # ... then a dense matmul over it: 16-lane accumulators, BATCH_BLOCK batch rows per weight load
+                acc = T.decl_buffer((BATCH_BLOCK * LANES,), "float32", scope="global")
+                total = T.decl_buffer((BATCH_BLOCK,), "float32", scope="global")
+                for r in range(rows):
+                    row: T.let = st * rps + r
+                    for bo in range((m + BATCH_BLOCK - 1) // BATCH_BLOCK):
+                        for bb in T.unroll(BATCH_BLOCK):
+                            for lane in T.vectorized(LANES):
+                                acc[bb * LANES + lane] = T.float32(0)
+                        for v in range(vectors):
+                            for bb in T.unroll(BATCH_BLOCK):
+                                for lane in T.vectorized(LANES):
+                                    acc[bb * LANES + lane] = acc[bb * LANES + lane] + x[
+                                        T.min(bo * BATCH_BLOCK + bb, m - 1), v * LANES + lane
+                                    ] * decoded[r * k + v * LANES + lane]
+                        for bb in T.unroll(BATCH_BLOCK):
+                            total[bb] = T.float32(0)
+                            for lane in range(LANES):
+                                total[bb] = total[bb] + acc[bb * LANES + lane]
+                            for kk in range(vector_tail):
+                                total[bb] = total[bb] + x[T.min(bo * BATCH_BLOCK + bb, m - 1), vectors * LANES + kk] * decoded[r * k + vectors * LANES + kk]
+                            if bo * BATCH_BLOCK + bb < m:
+                                out[bo * BATCH_BLOCK + bb, row] = total[bb] * steps[row]
+
+    return kernel

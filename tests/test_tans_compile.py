@@ -1,0 +1,76 @@
+"""Whole models with the tans codec: budgets 2, 3 and 4 bits/weight, parity against onnxruntime at batch 1 and 8."""
+
+import numpy as np
+import pytest
+
+import bie_compiler
+from bie_compiler.errors import CodecError
+from bie_compiler.parity import check_artefact, make_inputs
+
+BUDGETS = (2.0, 3.0, 4.0)
+CNN_OPTIONS = {"budget-8": {"bits_per_weight": 8.0}, "levels-3": {"levels": 3}}
+
+
+@pytest.fixture(scope="module")
+def artefacts(model_dir, tmp_path_factory):
+    """mlp and transformer at every budget, the cnn at what its one small matmul can reach; min_weights=0."""
+    root = tmp_path_factory.mktemp("tans")
+    built = {}
+    runs = [(m, f"budget-{b:g}", {"bits_per_weight": b}) for m in ("mlp", "transformer") for b in BUDGETS]
+    runs += [("cnn", name, options) for name, options in CNN_OPTIONS.items()]
+    for model, name, options in runs:
+        built[model, name] = bie_compiler.compile_model(
+            model_dir[model], root / f"{model}-{name}", "tans", options, min_weights=0, progress=None
+        )
+    return built
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_parity_and_budget(artefacts, model, budget):
+    runner = bie_compiler.load(artefacts[model, f"budget-{budget:g}"])
+    totals = runner.manifest["totals"]
+    assert totals["encoded_layers"] == totals["layers"]
+    assert 8 * totals["bytes_encoded"] <= budget * totals["weights"]
+    for layer in runner.manifest["layers"]:
+        assert layer["codec"] == "tans" and layer["config"]["levels"] % 2 == 1 and layer["config"]["bits_per_weight"] == 0
+    for batch in (1, 8):
+        result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
+        assert result["decoded_max_rel_err"] < 1e-4, result
+        assert result["passed"]
+
+
+@pytest.mark.parametrize("name", list(CNN_OPTIONS))
+def test_cnn_parity(artefacts, name):
+    runner = bie_compiler.load(artefacts["cnn", name])
+    layers = {l["name"]: l for l in runner.manifest["layers"]}
+    assert layers["fc.weight"]["codec"] == "tans"
+    for batch in (1, 8):
+        result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
+        assert result["decoded_max_rel_err"] < 1e-4, result
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_cnn_budget_below_its_fixed_overhead_is_a_clear_error(model_dir, tmp_path, budget):
+    """The cnn's only matmul weight has 320 weights: header, steps and stream offsets alone cost > 4 bits/weight."""
+    with pytest.raises(CodecError, match="below the smallest coding"):
+        bie_compiler.compile_model(model_dir["cnn"], tmp_path / "x", "tans", {"bits_per_weight": budget},
+                                   min_weights=0, progress=None)
+
+
+def test_command_line(model_dir, tmp_path):
+    """--codec tans with a budget through the CLI; a bad level count is a clear option error."""
+    import json
+
+    from test_cli import cli
+
+    out = tmp_path / "out"
+    result = cli("compile", model_dir["mlp"], "--codec", "tans", "--bits-per-weight", "2.5", "--table-log", "10",
+                 "--min-weights", "0", "-o", out)
+    assert result.returncode == 0, result.stderr
+    layers = json.loads(cli("inspect", out, "--json").stdout)["layers"]
+    assert {l["config"]["table_log"] for l in layers} == {10}
+    assert sum(8 * l["bytes_encoded"] for l in layers) <= 2.5 * sum(np.prod(l["shape"]) for l in layers)
+    assert cli("check", out, "--batch", "2").returncode == 0
+    bad = cli("compile", model_dir["mlp"], "--codec", "tans", "--levels", "4", "-o", tmp_path / "bad")
+    assert bad.returncode == 2 and "levels must be odd" in bad.stderr

@@ -1,0 +1,75 @@
+"""The tANS CPU kernels against the numpy reference decoder: the decoder bit-exact, the matmul at every batch path."""
+
+import numpy as np
+import pytest
+import tvm
+
+from bie_compiler.codecs import tans
+from bie_compiler.codegen import kernel_for, tans_constants, tans_layout
+from bie_compiler.codegen.kernels import tans_matmul
+from bie_compiler.codegen.target import make_target
+
+CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states
+    (1, 1, tans.Config(levels=3)),
+    (37, 300, tans.Config(levels=15, stream_symbols=1000)),
+    (64, 1024, tans.Config(levels=5, states=8, stream_symbols=4096)),
+    (10, 7, tans.Config(levels=255, states=3, table_log=8)),
+    (50, 129, tans.Config(levels=31, states=1, table_log=12, stream_symbols=300)),
+]
+BATCHES = (1, 2, 3, 8)  # fused (m <= FUSED_MAX_BATCH) and decode-to-buffer (larger m) paths
+assert min(BATCHES) <= tans_matmul.FUSED_MAX_BATCH < max(BATCHES)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return make_target()
+
+
+def build(func, target):
+    return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target).mod["main"]
+
+
+def encode(n, k, config, seed):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.3)).astype(np.float32)
+    return tans.encode(w, config)
+
+
+def constants(enc):
+    return [tvm.runtime.tensor(c) for c in tans_constants(enc)]
+
+
+@pytest.mark.parametrize("n,k,config", CASES)
+def test_decoder_kernel_is_bit_exact(n, k, config, target):
+    enc = encode(n, k, config, n * k)
+    out = tvm.runtime.empty((n, k), "float32")
+    build(tans_matmul.decode_weights(**tans_layout(enc)), target)(*constants(enc), out)
+    np.testing.assert_array_equal(out.numpy(), tans.decode(enc))
+
+
+@pytest.mark.parametrize("n,k,config", CASES)
+def test_matmul_kernel_matches_reference_decoder(n, k, config, target):
+    enc = encode(n, k, config, n + k)
+    call = kernel_for(enc, target)
+    assert call.func.attrs["tirx.is_scheduled"] and "T.parallel" in call.func.script()
+    kernel = build(call.func, target)
+    decoded = tans.decode(enc).astype(np.float64)
+    rng = np.random.default_rng(k)
+    for batch in BATCHES:
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        ref = x @ decoded.T
+        out = tvm.runtime.empty((batch, n), "float32")
+        kernel(tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in call.constants], out)
+        scale = max(np.abs(ref).max(), 1e-30)
+        assert np.abs(out.numpy() - ref).max() / scale < 1e-5, batch
+
+
+def test_kernel_refuses_a_malformed_encoding(target):
+    from bie_compiler.errors import CodecError
+
+    enc = encode(8, 64, tans.Config(levels=7), 0)
+    counts = enc.arrays["counts"].copy()
+    counts[0] += 1
+    bad = tans.Encoded(enc.codec, enc.shape, dict(enc.arrays, counts=counts), enc.header)
+    with pytest.raises(CodecError, match="checksum"):
+        kernel_for(bad, target)
