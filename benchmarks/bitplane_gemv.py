@@ -33,19 +33,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402  (shared with the other GEMV benchmarks; re-exported for them)
+    BANDWIDTH_ARRAY_BYTES, l3_cache_bytes, matmul_chain, median_seconds, numpy_read_bandwidth, ort_session,
+)
 
 BITS = 4
 SEED = 0
-BANDWIDTH_ARRAY_BYTES = 512 * 2**20
 CACHED_CALLS = 20  # calls per timed loop in the cached regime
 STREAMED_PASSES = 2  # passes over the L layers per timed loop in the streamed regime
 MAX_REL_ERROR = 1e-4
@@ -73,46 +74,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def median_seconds(fn, calls: int, repeats: int) -> float:
-    """Median over ``repeats`` of the time of one call, each timed as a loop of ``calls`` calls."""
-    fn()  # warm-up: thread pools started, lazy allocations done
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
-
-
-def numpy_read_bandwidth(repeats: int) -> float:
-    """Bytes per second of numpy's single-threaded float32 sum over an array larger than the caches."""
-    arr = np.ones(BANDWIDTH_ARRAY_BYTES // 4, np.float32)
-    return arr.nbytes / median_seconds(arr.sum, 1, repeats)
-
-
-def l3_cache_bytes() -> int | None:
-    """The L3 size Linux reports for CPU 0, if any."""
-    path = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
-    if not path.exists():
-        return None
-    size = path.read_text().strip()
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
-    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-
-
-def matmul_chain(size: int, layers: int) -> onnx.ModelProto:
-    """x [1, size] -> MatMul(w0) -> ... -> MatMul(w{L-1}) -> y; initializers left for the caller to add."""
-    names = ["x", *(f"h{i}" for i in range(1, layers)), "y"]
-    nodes = [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]]) for i in range(layers)]
-    graph = helper.make_graph(
-        nodes, "gemv_chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, size])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 def make_layers(size: int, layers: int) -> tuple[bytes, bytes, list]:
     """L distinct weights: serialized onnx models of the first layer alone and of the chain, and their encodings.
 
@@ -132,14 +93,6 @@ def make_layers(size: int, layers: int) -> tuple[bytes, bytes, list]:
         encodings.append(bie_bitplane.encode(w.T, bie_bitplane.Config(bits=BITS)))
     single.graph.initializer.append(chain.graph.initializer[0])
     return single.SerializeToString(), chain.SerializeToString(), encodings
-
-
-def ort_session(model: bytes, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def tvm_chain(encodings, x: np.ndarray):

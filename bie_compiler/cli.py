@@ -23,6 +23,11 @@ CODEC_OPTIONS = [  # (flag, Config field, type, help)
     ("--table-log", "table_log", int, "tans: tANS table of 2^T states (5..15; default 11)"),
     ("--states", "states", int, "tans: interleaved tANS states per stream (default 4)"),
     ("--stream-symbols", "stream_symbols", int, "tans: weights per independently decoded stream, at least (default 8192)"),
+    ("--preset", "preset", str, "bbs: conservative (avg, N=2, beta 10%%) or moderate (zps, N=4, beta 20%%; default)"),
+    ("--pruned-columns", "pruned_columns", int, "bbs/bitwave: bit columns pruned per group of 32 (1..6; default: the preset's, 4 for bitwave)"),
+    ("--method", "method", str, "bbs: avg (rounded averaging) or zps (zero-point shifting); default: the preset's"),
+    ("--sensitive-fraction", "sensitive_fraction", float,
+     "bbs: fraction beta of the model's output channels (largest scales) kept INT8; default: the preset's"),
 ]
 
 
@@ -59,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--codec", default="bie-bitplane", choices=list(codecs.CODECS), help="weight codec (default %(default)s)")
     for flag, _, kind, text in CODEC_OPTIONS:
         c.add_argument(flag, type=kind, default=None, help=text)
-    c.add_argument("--target", default="llvm", help="llvm (default); cuda and bitvert are planned")
+    c.add_argument("--target", default="llvm", help="llvm (default) or cuda (GPU kernels, host code for --mcpu); bitvert is planned")
     c.add_argument("--mcpu", default=None, help="LLVM CPU name (default: this machine's)")
+    c.add_argument("--arch", default=None, help="cuda: GPU architecture (default sm_90)")
     c.add_argument("--min-weights", type=int, default=1024, help="weights smaller than this stay dense (default %(default)s)")
     c.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="keep matching weights dense (repeatable)")
     c.add_argument("--override", action="append", default=[], metavar="PATTERN:K=V[,K=V]",
@@ -95,7 +101,7 @@ def _compile(args) -> int:
 
     options = {field: getattr(args, field) for _, field, _, _ in CODEC_OPTIONS}
     out = compile_model(
-        args.model, args.output, args.codec, options, target=args.target, mcpu=args.mcpu,
+        args.model, args.output, args.codec, options, target=args.target, mcpu=args.mcpu, arch=args.arch,
         min_weights=args.min_weights, skip=tuple(args.skip),
         overrides=tuple(parse_override(o) for o in args.override),
         progress=None if args.quiet else _progress,
@@ -180,12 +186,20 @@ def _inspect(args) -> int:
 
     manifest = read_manifest(args.artefact)
     if args.json:
-        keys = ("source_model", "codec", "target", "inputs", "outputs", "layers", "totals", "files", "bie_compiler_version")
-        print(json.dumps({k: manifest[k] for k in keys}, indent=2))
+        keys = ("source_model", "codec", "target", "inputs", "outputs", "layers", "totals", "files", "bie_compiler_version",
+                "device_code")
+        print(json.dumps({k: manifest[k] for k in keys if k in manifest}, indent=2))
     else:
-        print(f"{args.artefact}: {manifest['codec']['name']} for {manifest['target']['kind']} "
-              f"({manifest['target']['mcpu']}), from {manifest['source_model']['path'] or 'an in-memory model'}")
+        target = manifest["target"]
+        where = f"{target['arch']}, host {target['mcpu']}" if "arch" in target else target["mcpu"]
+        print(f"{args.artefact}: {manifest['codec']['name']} for {target['kind']} "
+              f"({where}), from {manifest['source_model']['path'] or 'an in-memory model'}")
         _print_report(manifest)
+        if "device_code" in manifest:
+            device = manifest["device_code"]
+            print(f"device code: {device['source']}; GPU kernels of the encoded layers:")
+            for layer, kernels in device["layer_kernels"].items():
+                print(f"  {layer}: {', '.join(kernels)}")
     return 0
 
 

@@ -33,6 +33,7 @@ def compile_model(
     *,
     target: str = "llvm",
     mcpu: str | None = None,
+    arch: str | None = None,
     min_weights: int = 1024,
     skip: tuple[str, ...] = (),
     overrides: tuple[tuple[str, dict], ...] = (),
@@ -42,16 +43,17 @@ def compile_model(
 
     ``options`` are the codec's Config fields (e.g. ``{"bits": 4}``); ``overrides``
     are ``(name pattern, options)`` pairs for single layers, ``skip`` patterns stay dense.
+    ``target`` is "llvm" or "cuda" (``arch``: the GPU architecture, default sm_90).
     """
-    from bie_compiler.codegen import cpu
-    from bie_compiler.codegen.target import make_target
+    from bie_compiler.codegen import cpu, cuda
+    from bie_compiler.codegen.target import describe, make_target
     from bie_compiler.passes import EncodeWeights, EncodingPolicy
-    from bie_compiler.runtime.artefact import write_artefact
+    from bie_compiler.runtime.artefact import DEVICE_SOURCE, write_artefact
 
     progress = progress or (lambda message: None)
     options = {k: v for k, v in (options or {}).items() if v is not None}
     policy = EncodingPolicy(codec, options, min_weights, tuple(skip), tuple(overrides))
-    tvm_target = make_target(target, mcpu)
+    tvm_target = make_target(target, mcpu, arch)
     started = time.perf_counter()
     step = lambda message: progress(f"{message} ({time.perf_counter() - started:.1f} s)")  # noqa: E731
 
@@ -60,20 +62,27 @@ def compile_model(
     step(f"encoding weights with {codec} {options or ''}".rstrip())
     encode = EncodeWeights(imported, policy, tvm_target, progress)
     mod = encode(imported.mod)
-    step(f"building for {tvm_target.kind.name} (mcpu={tvm_target.attrs['mcpu']})")
-    executable = cpu.build(mod, tvm_target)
+    step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
+    extra_files, device_code = {}, {}
+    if tvm_target.kind.name == "cuda":
+        built = cuda.build(mod, tvm_target)
+        executable, extra_files = built.executable, {DEVICE_SOURCE: built.source}
+        device_code = {"device_code": {"source": DEVICE_SOURCE, "layer_kernels": built.layer_kernels}}
+    else:
+        executable = cpu.build(mod, tvm_target)
     manifest = {
         "bie_compiler_version": __version__,
         "tvm_version": tvm.__version__,
         "source_model": source_identity(model),
         "codec": {"name": codec, "options": options, "min_weights": min_weights,
                   "skip": list(skip), "overrides": [[p, o] for p, o in overrides]},
-        "target": {"kind": tvm_target.kind.name, "mcpu": str(tvm_target.attrs["mcpu"])},
+        "target": describe(tvm_target),
         "inputs": imported.inputs,
         "outputs": imported.outputs,
         "layers": [r.to_json() for r in encode.records],
         "totals": totals(encode.records),
+        **device_code,
     }
-    out = write_artefact(output_dir, executable, manifest)
+    out = write_artefact(output_dir, executable, manifest, extra_files)
     step(f"wrote {out}")
     return out

@@ -60,15 +60,30 @@ def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord]) -> onnx.Mod
             raise ArtefactError(f"encoded weight {layer.name!r} is not in the source model")
         weight = numpy_helper.to_array(by_name[layer.name])
         module = codecs.get_codec(layer.codec)
-        enc = module.encode(weight if layer.transposed else weight.T, module.Config(**layer.config))
+        enc = module.encode(codec_matrix(weight, layer), module.Config(**layer.config))
         if enc.sha256() != layer.encoded_sha256:
             raise ArtefactError(
                 f"re-encoding {layer.name!r} does not reproduce the artefact's encoding "
                 "(different source model or bie-compiler version)"
             )
         decoded = module.decode(enc)
-        by_name[layer.name].CopyFrom(numpy_helper.from_array(decoded if layer.transposed else decoded.T, layer.name))
+        by_name[layer.name].CopyFrom(numpy_helper.from_array(onnx_layout(decoded, weight.shape, layer), layer.name))
     return out
+
+
+def codec_matrix(weight: np.ndarray, layer: LayerRecord) -> np.ndarray:
+    """The ONNX weight as codecs take it, [N, K] (as ``WeightUse.matrix``: a conv's K is (kh, kw, in), in fastest)."""
+    if layer.op == "conv2d":
+        return np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1))
+    return weight if layer.transposed else weight.T
+
+
+def onnx_layout(matrix: np.ndarray, shape: tuple, layer: LayerRecord) -> np.ndarray:
+    """Inverse of :func:`codec_matrix`: a decoded [N, K] matrix back in the ONNX weight's layout and ``shape``."""
+    if layer.op == "conv2d":
+        o, i, kh, kw = shape
+        return np.ascontiguousarray(matrix.reshape(o, kh, kw, i).transpose(0, 3, 1, 2))
+    return matrix if layer.transposed else matrix.T
 
 
 def run_onnxruntime(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:

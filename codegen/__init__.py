@@ -14,12 +14,13 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from bie_compiler.codecs import Encoded, bie_binary, bie_bitplane, bie_blocked, tans
+from bie_compiler.codecs import Encoded, bbs, bie_binary, bie_bitplane, bie_blocked, tans
 from bie_compiler.codecs.base import packed_width
 
-from .kernels import bitplane, sparse_index, tans_matmul
+from .kernels import bbs_decoded, bbs_lut, bitplane, sparse_index, sparse_index_cuda, tans_matmul
 
 KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kernel kind
+LAYER_ATTR = "bie.layer"  # on our kernels in the IRModule: the name of the weight they compute from
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
         schedule(sch)
         return sch.mod["main"]
 
+    if _on_gpu():  # one bit-serial kernel for every batch: rows are thread blocks
+        return KernelCall("bitplane", scheduled(bitplane.compute, bitplane.schedule_cuda), constants)
     large = KernelCall("bitplane_decoded", scheduled(bitplane.compute_decoded, bitplane.schedule_decoded_llvm), constants)
     return KernelCall("bitplane", scheduled(bitplane.compute, bitplane.schedule_llvm), constants, large)
 
@@ -76,20 +79,29 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
     return entries if entries.size else np.zeros(1, entries.dtype)
 
 
+def _on_gpu() -> bool:
+    return tvm.target.Target.current().kind.name == "cuda"  # kernel_for builds within its target
+
+
+def _index_kernels():
+    """The index-loop kernel family for the current target: a warp per channel on the GPU, else a thread."""
+    return sparse_index_cuda if _on_gpu() else sparse_index
+
+
 def _binary_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     if enc.header["layout"] == "bitmap":
         return _bitplane_call(enc, conv)
     n, k = enc.shape
     entries = _nonempty(enc.arrays["entries"])
     _, sign_bit = bie_binary.index_entry_dtype(k)
-    func = sparse_index.global_index(n=n, k=k, nnz=entries.size, entry_dtype=entries.dtype.name, sign_bit=sign_bit)
+    func = _index_kernels().global_index(n=n, k=k, nnz=entries.size, entry_dtype=entries.dtype.name, sign_bit=sign_bit)
     return KernelCall("global_index", func, [enc.arrays["indptr"], entries, enc.arrays["scales"]])
 
 
 def _blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     n, k = enc.shape
     entries, counts = _nonempty(enc.arrays["entries"]), enc.arrays["counts"]
-    func = sparse_index.blocked_index(
+    func = _index_kernels().blocked_index(
         n=n, k=k, nnz=entries.size, block_size=int(enc.header["block_size"]),
         entry_dtype=entries.dtype.name, count_dtype=counts.dtype.name,
     )
@@ -116,11 +128,28 @@ def _tans_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     return KernelCall("tans_matmul", tans_matmul.matmul(**tans_layout(enc)), tans_constants(enc))
 
 
+def _bbs_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """Conv: decode + conv in one PrimFunc. Matmul: the LUT bit-serial GEMV for one row (AVX-512), else decoded."""
+    constants = bbs_decoded.constants(enc)
+    if conv is not None:
+        return KernelCall("bbs_conv2d", bbs_decoded.conv2d(enc, conv), constants)
+    decoded = KernelCall("bbs_decoded", bbs_decoded.matmul(enc), constants)
+    if not bbs_lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
+        return decoded
+    return KernelCall("bbs_lut", bbs_lut.gemv(enc), constants, decoded)
+
+
 KERNELS = {
     (bie_bitplane.NAME, "matmul", "llvm"): _bitplane_call,
     (bie_binary.NAME, "matmul", "llvm"): _binary_call,
     (bie_blocked.NAME, "matmul", "llvm"): _blocked_call,
     (tans.NAME, "matmul", "llvm"): _tans_call,
+    (bbs.NAME, "matmul", "llvm"): _bbs_call,
+    (bbs.NAME, "conv2d", "llvm"): _bbs_call,
+    # CUDA: the same builders, which pick their GPU kernels inside ``with target``.
+    (bie_bitplane.NAME, "matmul", "cuda"): _bitplane_call,
+    (bie_binary.NAME, "matmul", "cuda"): _binary_call,
+    (bie_blocked.NAME, "matmul", "cuda"): _blocked_call,
 }
 
 
@@ -134,7 +163,8 @@ def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = 
     builder = KERNELS.get((enc.codec, op, target.kind.name))
     if builder is None:
         raise NotImplementedError(f"no {op} kernel for codec {enc.codec!r} on {target.kind.name}")
-    call = builder(enc, conv)
+    with target:  # builders may ask Target.current() for CPU features
+        call = builder(enc, conv)
     for variant in (call, call.large_batch):
         if variant is not None:
             variant.func = _finish(variant.func, variant.kind)

@@ -1,14 +1,21 @@
-"""Compilation targets by name, with the host CPU named explicitly for LLVM."""
+"""Compilation targets by name, with the host CPU named explicitly for LLVM.
+
+``cuda`` is a GPU target (``arch``, default sm_90) whose host code is LLVM for
+the host CPU; the manifest records both (see :func:`describe`).
+"""
 
 from __future__ import annotations
+
+import re
 
 import tvm
 from tvm.target import codegen as llvm_codegen
 
 from bie_compiler.errors import OptionError
 
-TARGETS = ("llvm",)
-PLANNED = {"cuda": "the CUDA lowering (issue 6)", "bitvert": "the BitVert target (issue 5): waits for the bbs codec (issue 3) to offload its layers"}
+TARGETS = ("llvm", "cuda")
+DEFAULT_CUDA_ARCH = "sm_90"
+PLANNED = {"bitvert": "the BitVert target (issue 5): waits for the bbs codec (issue 3) to offload its layers"}
 
 
 def host_cpu() -> str:
@@ -17,7 +24,8 @@ def host_cpu() -> str:
     return cpu if cpu and llvm_codegen.llvm_is_valid_cpu(cpu, llvm_codegen.llvm_get_system_triple()) else "generic"
 
 
-def make_target(kind: str = "llvm", mcpu: str | None = None) -> tvm.target.Target:
+def make_target(kind: str = "llvm", mcpu: str | None = None, arch: str | None = None) -> tvm.target.Target:
+    """The TVM target for ``kind``; ``mcpu`` names the (host) CPU, ``arch`` the GPU architecture (cuda only)."""
     if kind in PLANNED:
         raise OptionError(f"target {kind!r} is not implemented yet ({PLANNED[kind]}); available: {', '.join(TARGETS)}")
     if kind not in TARGETS:
@@ -25,4 +33,20 @@ def make_target(kind: str = "llvm", mcpu: str | None = None) -> tvm.target.Targe
     cpu = mcpu or host_cpu()
     if not llvm_codegen.llvm_is_valid_cpu(cpu, llvm_codegen.llvm_get_system_triple()):
         raise OptionError(f"LLVM does not know the CPU {cpu!r} (try one of: {host_cpu()}, generic, x86-64-v3)")
-    return tvm.target.Target({"kind": "llvm", "mcpu": cpu})
+    host = tvm.target.Target({"kind": "llvm", "mcpu": cpu})
+    if kind == "cuda":
+        arch = arch or DEFAULT_CUDA_ARCH
+        if not re.fullmatch(r"sm_[1-9][0-9]{1,2}[af]?", arch):
+            raise OptionError(f"--arch {arch!r}: expected a CUDA architecture such as sm_80 or sm_90")
+        # 48 KiB: the static shared memory a thread block may use on every architecture (dlight asks for it).
+        return tvm.target.Target({"kind": "cuda", "arch": arch, "max_shared_memory_per_block": 49152}, host=host)
+    if arch is not None:
+        raise OptionError(f"--arch {arch!r} applies to --target cuda only (target is {kind!r})")
+    return host
+
+
+def describe(target: tvm.target.Target) -> dict:
+    """What the manifest records: the kind, the (host) CPU, and the GPU architecture for cuda."""
+    if target.kind.name == "cuda":
+        return {"kind": "cuda", "arch": str(target.attrs["arch"]), "mcpu": str(target.host.attrs["mcpu"])}
+    return {"kind": target.kind.name, "mcpu": str(target.attrs["mcpu"])}

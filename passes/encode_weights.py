@@ -148,19 +148,19 @@ class _WeightRewriter(PyExprMutator):
             kernel = codegen.kernel_for(enc, self.target, conv)
             stem = f"{codec.replace('-', '_')}_" + "".join(c if c.isalnum() else "_" for c in use.name)
             constants = [relax.const(c) for c in kernel.constants]
-            small = self._add_prim_func(kernel, stem)
+            small = self._add_prim_func(kernel, stem, use.name)
             if kernel.large_batch is None:
                 self.kernels[use.name] = small, constants
             else:
-                large = self._add_prim_func(kernel.large_batch, stem)
+                large = self._add_prim_func(kernel.large_batch, stem, use.name)
                 n, k = enc.shape
                 dispatch = _dispatch_by_rows(small, large, constants, k, n)
                 self.kernels[use.name] = self.builder_.add_func(dispatch, f"{stem}_matmul"), None
         return self.kernels[use.name]
 
-    def _add_prim_func(self, kernel, stem: str) -> relax.GlobalVar:
+    def _add_prim_func(self, kernel, stem: str, layer: str) -> relax.GlobalVar:
         name = f"{stem}_{kernel.kind}"
-        return self.builder_.add_func(kernel.func.with_attr("global_symbol", name), name)
+        return self.builder_.add_func(kernel.func.with_attrs({"global_symbol": name, codegen.LAYER_ATTR: layer}), name)
 
     def _emit_matmul(self, x, callee, constants, n):
         lead = list(x.ty.shape.values)[:-1]

@@ -23,6 +23,7 @@ FORMAT = "bie-compiler-artefact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
+DEVICE_SOURCE = "device.cu"  # cuda artefacts: the generated CUDA source, for inspection and offline checks
 
 
 def _checksum(manifest: dict) -> str:
@@ -30,8 +31,9 @@ def _checksum(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_artefact(out_dir: str | Path, executable, manifest: dict) -> Path:
-    """Export the executable and manifest into ``out_dir``, atomically replacing an older artefact."""
+def write_artefact(out_dir: str | Path, executable, manifest: dict, extra_files: dict[str, str] | None = None) -> Path:
+    """Export the executable, ``extra_files`` (name -> text) and the manifest into ``out_dir``, atomically
+    replacing an older artefact. Every file is listed in the manifest with its sha256."""
     out = Path(out_dir).absolute()
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())):
         raise ArtefactError(f"{out}: exists and is not an artefact folder; refusing to overwrite it")
@@ -39,9 +41,11 @@ def write_artefact(out_dir: str | Path, executable, manifest: dict) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         executable.export_library(str(staging / LIBRARY))
-        lib = staging / LIBRARY
-        manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
-                        files={LIBRARY: {"sha256": file_sha256(lib), "bytes": lib.stat().st_size}})
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        files = [LIBRARY, *(extra_files or {})]
+        manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, files={
+            name: {"sha256": file_sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in files})
         manifest["checksum"] = _checksum(manifest)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out.exists():

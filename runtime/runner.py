@@ -22,10 +22,10 @@ def _isa(mcpu: str) -> set[str]:
     return {f for f in features if f.startswith(_ISA_PREFIXES)}
 
 
-def check_host(target: dict) -> None:
-    """Refuse an artefact whose code needs a device or instructions this machine lacks."""
-    if target.get("kind") != "llvm":
-        raise ArtefactError(f"artefact was compiled for {target.get('kind')!r}; this machine runs only 'llvm' artefacts")
+def check_host(target: dict) -> tvm.runtime.Device:
+    """The device to run on; refuses an artefact whose code needs a device or instructions this machine lacks."""
+    if target.get("kind") not in ("llvm", "cuda"):
+        raise ArtefactError(f"artefact was compiled for {target.get('kind')!r}; this machine runs 'llvm' and 'cuda' artefacts")
     from bie_compiler.codegen.target import host_cpu
 
     missing = _isa(target["mcpu"]) - _isa(host_cpu())
@@ -34,6 +34,11 @@ def check_host(target: dict) -> None:
             f"artefact was compiled for CPU {target['mcpu']!r}, which has instructions this machine "
             f"({host_cpu()}) lacks: {', '.join(sorted(missing))}; recompile with --mcpu"
         )
+    if target["kind"] == "cuda":  # host code as above, kernels on the GPU
+        from .cuda_device import cuda_device
+
+        return cuda_device(target["arch"])
+    return tvm.cpu()
 
 
 class Runner:
@@ -42,10 +47,10 @@ class Runner:
     def __init__(self, artefact_dir: str | Path):
         self.path = Path(artefact_dir)
         self.manifest = read_manifest(self.path)
-        check_host(self.manifest["target"])
+        self.device = check_host(self.manifest["target"])
         try:
             lib = tvm.runtime.load_module(str(self.path / LIBRARY))
-            self.vm = relax.VirtualMachine(lib, tvm.cpu())
+            self.vm = relax.VirtualMachine(lib, self.device)
         except Exception as e:  # a library that passed the checksum but TVM cannot load
             raise ArtefactError(f"{self.path / LIBRARY}: TVM cannot load it: {str(e).strip().splitlines()[-1]}") from None
         self.inputs = self.manifest["inputs"]
@@ -74,8 +79,8 @@ class Runner:
         return arrays
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self.vm["main"](*[tvm.runtime.tensor(a) for a in self._check_inputs(inputs)])
+        result = self.vm["main"](*[tvm.runtime.tensor(a, self.device) for a in self._check_inputs(inputs)])
         values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
-        return {name: v.numpy() for name, v in zip(self.output_names, values)}
+        return {name: v.numpy() for name, v in zip(self.output_names, values)}  # .numpy() copies back to the host
 
     __call__ = run

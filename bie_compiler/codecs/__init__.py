@@ -11,11 +11,11 @@ import dataclasses
 from types import ModuleType
 
 from ..errors import OptionError
-from . import bie_binary, bie_bitplane, bie_blocked, tans
+from . import bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, int8, tans
 from .base import Encoded
 
 CODECS: dict[str, ModuleType] = {
-    m.NAME: m for m in (bie_binary, bie_bitplane, bie_blocked, tans)
+    m.NAME: m for m in (bie_binary, bie_bitplane, bie_blocked, tans, int8, bbs, bitwave)
 }
 
 

@@ -18,6 +18,8 @@ from tvm import s_tir, te, tirx
 
 from bie_compiler.codecs.base import PACK_LANES
 
+from . import warp_layout
+
 BLOCK = "bitplane"
 
 
@@ -117,3 +119,25 @@ def schedule_decoded_llvm(sch: s_tir.Schedule) -> None:
     sch.vectorize(sch.split(sch.get_loops(decoded)[-1], [None, PACK_LANES])[1])
     sch.decompose_reduction(partial, rk_outer)
     _vectorize_padding(sch)
+
+
+def schedule_cuda(sch: s_tir.Schedule) -> None:
+    """One warp per channel (see ``warp_layout``); lanes over the plane bytes, a warp-shuffle sum at the end.
+
+    Each lane holds one byte of every plane (eight bit columns) and of the
+    sign plane at a time and walks its eight bits and the planes unrolled; the
+    reduction loop bound to the lanes becomes TVM's cross-thread (warp
+    shuffle) reduction. The padding of ``x`` is inlined as a bounds test.
+    """
+    sch.compute_inline(sch.get_sblock("xpad"))
+    block = sch.get_sblock(BLOCK)
+    m, n, rb, rj, rw = sch.get_loops(block)
+    n_group, n_warp = sch.split(n, [None, warp_layout.CHANNELS_PER_BLOCK])
+    rw_step, lane = sch.split(rw, [None, warp_layout.WARP_SIZE])
+    sch.reorder(m, n_group, n_warp, lane, rw_step, rj, rb)
+    sch.bind(m, warp_layout.ROWS)
+    sch.bind(n_group, warp_layout.CHANNEL_GROUPS)
+    sch.bind(n_warp, warp_layout.CHANNEL)
+    sch.bind(lane, warp_layout.LANE)
+    sch.unroll(rj)
+    sch.unroll(rb)

@@ -1,0 +1,204 @@
+"""GEMV benchmark: the ``bbs`` moderate LUT bit-serial kernel against onnxruntime fp32 MatMul and 4-bit MatMulNBits.
+
+For each shape ``K x N`` (``y = x @ W``, x [1, K], W [K, N]; default 4096x4096,
+4096x11008 and 11008x4096), on the same heavy-tailed weights (Student-t, 5
+degrees of freedom, fixed seed), in one run:
+
+* onnxruntime fp32 ``MatMul``;
+* onnxruntime ``MatMulNBits`` 4-bit, block 32, symmetric, accuracy_level 4
+  (``MatMulNBitsQuantizer``; needs ``onnx-ir``: ``pip install -e .[bench]``; the
+  table says so when it is missing);
+* the ``bbs`` moderate kernel (zero-point shifting, N = 4, the preset's 20 %
+  sensitive channels at INT8; ``--sensitive-fraction`` to change it), from
+  ``kernel_for`` on the host target: the LUT bit-serial GEMV.
+
+Weights are streamed from memory: each method runs L distinct copies of the
+layer (each its own buffers) one after the other, L chosen so that the copies
+together are at least ``--cache-factor`` times the L3 cache; the time per layer
+is a pass over the L layers divided by L, the median over ``--repeats`` passes.
+The bandwidth limit is the bytes one layer reads (compressed, for bbs: every
+stored array) divided by the read bandwidth of a parallel TVM sum over 512 MiB
+with the same threads; "BW frac" = (bytes / time) / that bandwidth.
+Threads: ``--threads`` (default 2) for both libraries, no idle spinning.
+
+    python benchmarks/bbs_gemv.py [--shapes 4096x4096,4096x11008,11008x4096] [--repeats 7] [--threads 2] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    l3_cache_bytes, matmul_fanout, matmul_nbits, median_seconds, ort_session, parallel_read_bandwidth,
+)
+
+SEED = 0
+MAX_REL_ERROR = 1e-4
+DEFAULT_SHAPES = "4096x4096,4096x11008,11008x4096"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated KxN (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=7, help="timed passes; the median is reported")
+    p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
+    p.add_argument("--cache-factor", type=float, default=2.0, help="streamed copies total at least this many L3s")
+    p.add_argument("--sensitive-fraction", type=float, default=None, help="bbs beta (default: the moderate preset's)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    return p.parse_args()
+
+
+def copies_for(layer_bytes: int, factor: float) -> int:
+    cache = l3_cache_bytes() or 256 * 2**20
+    return max(2, math.ceil(factor * cache / layer_bytes))
+
+
+def nbits_fanout(weight: np.ndarray, layers: int) -> tuple[onnx.ModelProto | None, int, str | None]:
+    """A model of ``layers`` MatMulNBits copies of ``weight`` (quantized once), its bytes per layer, or why none."""
+    single, reason = matmul_nbits(matmul_fanout(weight, 1))
+    if single is None:
+        return None, 0, reason
+    node = next(n for n in single.graph.node if n.op_type == "MatMulNBits")
+    inits = {i.name: i for i in single.graph.initializer}
+    graph = onnx.helper.make_graph([], "nbits_fanout", list(single.graph.input), [])
+    for i in range(layers):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.output[0] = f"y{i}"
+        for j, name in enumerate(node.input):
+            if name in inits:
+                copy.input[j] = f"{name}_{i}"
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(inits[name])
+                tensor.name = copy.input[j]
+                if tensor.raw_data:  # one byte changed per copy: onnxruntime may share identical initializers
+                    raw = bytearray(tensor.raw_data)
+                    raw[0] = i % 256
+                    tensor.raw_data = bytes(raw)
+                graph.initializer.append(tensor)
+        graph.node.append(copy)
+        out = onnx.ValueInfoProto()
+        out.CopyFrom(single.graph.output[0])
+        out.name = f"y{i}"
+        graph.output.append(out)
+    model = onnx.helper.make_model(graph, opset_imports=list(single.opset_import))
+    per_layer = sum(numpy_helper.to_array(t).nbytes for t in inits.values() if t.name in node.input)
+    return model, per_layer, None
+
+
+def bbs_layers(weight: np.ndarray, sensitive_fraction: float | None, factor: float, target):
+    """The compiled bbs kernel, L argument lists over distinct copies of the encoding, the encoding, bytes per layer."""
+    import tvm
+
+    from bie_compiler.codecs import bbs
+    from bie_compiler.codegen import kernel_for
+
+    enc = bbs.encode(weight.T, bbs.Config("moderate", sensitive_fraction=sensitive_fraction))
+    call = kernel_for(enc, target)
+    if call.kind != "bbs_lut":
+        raise SystemExit(f"expected the LUT kernel on {target}, got {call.kind}")
+    kernel = tvm.compile(tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")}), target).mod["main"]
+    layer_bytes = sum(c.nbytes for c in call.constants)
+    k, n = weight.shape
+    x = tvm.runtime.tensor(np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32))
+    args = [[x, *(tvm.runtime.tensor(c) for c in call.constants), tvm.runtime.empty((1, n), "float32")]
+            for _ in range(copies_for(layer_bytes, factor))]
+    kernel(*args[0])
+    ref = x.numpy() @ bbs.decode(enc).T.astype(np.float64)
+    error = float(np.abs(args[0][-1].numpy() - ref).max() / np.abs(ref).max())
+    if error > MAX_REL_ERROR:
+        raise SystemExit(f"bbs kernel disagrees with the reference decoder: relative error {error:.2e}")
+    return kernel, args, enc, layer_bytes, error
+
+
+def measure_shape(k: int, n: int, args: argparse.Namespace, bandwidth: float, target) -> dict:
+    weight = (np.random.default_rng(SEED).standard_t(5, (k, n)) / np.sqrt(k)).astype(np.float32)
+    x = np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32)
+    row = {"shape": f"{k}x{n}"}
+
+    fp32_layers = copies_for(weight.nbytes, args.cache_factor)
+    session = ort_session(matmul_fanout(weight, fp32_layers).SerializeToString(), args.threads)
+    row["fp32_ms"] = 1e3 * median_seconds(lambda: session.run(None, {"x": x}), 1, args.repeats) / fp32_layers
+    row["fp32_bytes"] = weight.nbytes
+    del session
+
+    model, nbits_bytes, reason = nbits_fanout(weight, copies_for(k * n // 2, args.cache_factor))
+    row["nbits_missing"] = reason
+    if model is not None:
+        layers = len(model.graph.node)
+        session = ort_session(model.SerializeToString(), args.threads)
+        del model
+        row["nbits_ms"] = 1e3 * median_seconds(lambda: session.run(None, {"x": x}), 1, args.repeats) / layers
+        row["nbits_bytes"] = nbits_bytes
+        del session
+
+    kernel, tvm_args, enc, layer_bytes, error = bbs_layers(weight, args.sensitive_fraction, args.cache_factor, target)
+
+    def bbs_pass():
+        for layer_args in tvm_args:
+            kernel(*layer_args)
+
+    row["bbs_ms"] = 1e3 * median_seconds(bbs_pass, 1, args.repeats) / len(tvm_args)
+    row.update(bbs_bytes=layer_bytes, bbs_bits_per_weight=enc.bits_per_weight, bbs_rel_error=error,
+               bbs_sensitive=int(enc.header["sensitive"]), copies={"fp32": fp32_layers, "bbs": len(tvm_args)})
+    for name in ("fp32", "nbits", "bbs"):
+        if f"{name}_ms" in row:
+            row[f"{name}_bw_fraction"] = row[f"{name}_bytes"] / (row[f"{name}_ms"] * 1e-3) / bandwidth
+    return row
+
+
+def report(res: dict) -> None:
+    print(f"batch-1 GEMV, weights streamed (copies >= {res['cache_factor']:g} x L3 = {res['l3_bytes'] / 2**20:.0f} MiB), "
+          f"{res['threads']} threads, llvm -mcpu={res['target']}, median of {res['repeats']}")
+    print(f"read bandwidth (parallel TVM sum over 512 MiB, {res['threads']} threads): {res['bandwidth'] * 1e-9:.1f} GB/s")
+    header = ["K x N", "fp32 ms", "NBits-4 ms", "bbs ms", "vs fp32", "vs NBits", "bbs MB", "bbs bits/w",
+              "NBits MB", "bbs BW frac", "NBits BW frac", "fp32 BW frac"]
+    table = [header]
+    for r in res["rows"]:
+        nbits = "nbits_ms" in r
+        table.append([
+            r["shape"], f"{r['fp32_ms']:.3f}", f"{r['nbits_ms']:.3f}" if nbits else "n/a", f"{r['bbs_ms']:.3f}",
+            f"{r['fp32_ms'] / r['bbs_ms']:.2f}x", f"{r['nbits_ms'] / r['bbs_ms']:.2f}x" if nbits else "n/a",
+            f"{r['bbs_bytes'] / 1e6:.2f}", f"{r['bbs_bits_per_weight']:.3f}",
+            f"{r['nbits_bytes'] / 1e6:.2f}" if nbits else "n/a", f"{r['bbs_bw_fraction']:.2f}",
+            f"{r['nbits_bw_fraction']:.2f}" if nbits else "n/a", f"{r['fp32_bw_fraction']:.2f}",
+        ])
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join([line[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(line[1:], widths[1:]))]))
+    for r in res["rows"]:
+        if r["nbits_missing"]:
+            print(f"MatMulNBits missing for {r['shape']}: {r['nbits_missing']}")
+    print("times per layer; bbs bytes = every stored array (sensitive INT8 rows, columns, metadata, scales, "
+          "positions); BW frac = bytes / time / read bandwidth")
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
+    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    from bie_compiler.codegen.target import make_target
+
+    target = make_target()
+    bandwidth = parallel_read_bandwidth(args.repeats)
+    shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
+    rows = [measure_shape(k, n, args, bandwidth, target) for k, n in shapes]
+    res = {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
+           "cache_factor": args.cache_factor, "l3_bytes": l3_cache_bytes() or 0, "bandwidth": bandwidth, "rows": rows}
+    report(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

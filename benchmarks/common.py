@@ -1,0 +1,138 @@
+"""What the GEMV benchmarks share: timing, bandwidth references, cache size, onnxruntime sessions and models.
+
+Threads: callers set ``TVM_NUM_THREADS`` and ``TVM_THREAD_POOL_SPIN_COUNT=0``
+before TVM is imported (TVM reads them once, when it loads), and onnxruntime
+sessions here never spin while idle: with as many threads as cores, one
+library's spinning pool steals cores from the other's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+BANDWIDTH_ARRAY_BYTES = 512 * 2**20
+
+
+def median_seconds(fn, calls: int, repeats: int) -> float:
+    """Median over ``repeats`` of the time of one call, each timed as a loop of ``calls`` calls."""
+    fn()  # warm-up: thread pools started, lazy allocations done
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls)
+    return statistics.median(times)
+
+
+def numpy_read_bandwidth(repeats: int) -> float:
+    """Bytes per second of numpy's single-threaded float32 sum over an array larger than the caches."""
+    arr = np.ones(BANDWIDTH_ARRAY_BYTES // 4, np.float32)
+    return arr.nbytes / median_seconds(arr.sum, 1, repeats)
+
+
+def parallel_read_bandwidth(repeats: int) -> float:
+    """Bytes per second of a TVM float32 sum over 512 MiB, parallel over 64 chunks (TVM_NUM_THREADS threads).
+
+    The reference for "fraction of the bandwidth limit" with several threads:
+    a kernel that does nothing but stream its input.
+    """
+    import tvm
+    from tvm import s_tir, te
+
+    from bie_compiler.codegen.target import make_target
+
+    chunks, per_chunk = 64, BANDWIDTH_ARRAY_BYTES // 4 // 64
+    x = te.placeholder((chunks, per_chunk), "float32", "x")
+    lanes = te.reduce_axis((0, per_chunk), "k")
+    total = te.compute((chunks,), lambda c: te.sum(x[c, lanes], axis=lanes), name="total")
+    sch = s_tir.Schedule(te.create_prim_func([x, total]))
+    block = sch.get_sblock("total")
+    c, k = sch.get_loops(block)
+    _, lane = sch.split(k, [None, 16])
+    partial = sch.rfactor(lane, factor_axis=0)
+    c, _, lane = sch.get_loops(partial)
+    sch.vectorize(lane)
+    sch.parallel(c)
+    sch.reverse_compute_at(block, c)
+    fn = tvm.compile(sch.mod["main"].with_attr("global_symbol", "main"), make_target()).mod["main"]
+    data = tvm.runtime.tensor(np.ones((chunks, per_chunk), np.float32))
+    out = tvm.runtime.empty((chunks,), "float32")
+    return BANDWIDTH_ARRAY_BYTES / median_seconds(lambda: fn(data, out), 1, repeats)
+
+
+def l3_cache_bytes() -> int | None:
+    """The L3 size Linux reports for CPU 0, if any."""
+    path = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
+    if not path.exists():
+        return None
+    size = path.read_text().strip()
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+
+
+def matmul_chain(size: int, layers: int) -> onnx.ModelProto:
+    """x [1, size] -> MatMul(w0) -> ... -> MatMul(w{L-1}) -> y; initializers left for the caller to add."""
+    names = ["x", *(f"h{i}" for i in range(1, layers)), "y"]
+    nodes = [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]]) for i in range(layers)]
+    graph = helper.make_graph(
+        nodes, "gemv_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, size])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def matmul_fanout(weight: np.ndarray, layers: int) -> onnx.ModelProto:
+    """``layers`` MatMuls, each of ``x [1, K]`` with its own copy of ``weight`` [K, N] (any shape: no chaining)."""
+    k, n = weight.shape
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]) for i in range(layers)]
+    graph = helper.make_graph(
+        nodes, "gemv_fanout", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, n]) for i in range(layers)],
+        [numpy_helper.from_array(distinct_copy(weight, i), f"w{i}") for i in range(layers)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def distinct_copy(weight: np.ndarray, i: int) -> np.ndarray:
+    """``weight`` with one element changed per copy: onnxruntime may share identical initializers."""
+    copy = weight.copy()
+    copy.flat[0] += i
+    return copy
+
+
+def ort_session(model: bytes, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def matmul_nbits(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:
+    """The model with its MatMuls as onnxruntime 4-bit ``MatMulNBits`` (block 32, symmetric, accuracy_level 4).
+
+    Returns (model, None), or (None, the reason there is none): the quantizer
+    needs the ``onnx-ir`` package (``pip install -e .[bench]``).
+    """
+    try:
+        import onnx_ir  # noqa: F401  (MatMulNBitsQuantizer needs it)
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as e:
+        return None, f"onnx-ir missing ({e}); install it with pip install -e .[bench]"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # the quantizer edits its model in place
+    quantizer = MatMulNBitsQuantizer(copy, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    quantized = quantizer.model.model
+    if not any(node.op_type == "MatMulNBits" for node in quantized.graph.node):
+        return None, "MatMulNBitsQuantizer produced no MatMulNBits node"
+    return quantized, None

@@ -1,0 +1,72 @@
+"""``bitwave``: BitWave's zero-column bit-flip pruning of INT8 weights, the baseline BBS is compared with.
+
+Per group of 32 weights along K (as in :mod:`.bbs`), in sign-magnitude: the ``z``
+leading magnitude columns that are all-zero across the group are free (at most
+N), then every magnitude is rounded to the nearest multiple of ``2^(N - z)``
+(ties down, no spill into the zero columns), so ``8 - N`` columns are kept per
+weight. Unlike BBS there is no offset and no averaging: only zero columns can
+be pruned, which costs quantization levels. There are no sensitive channels.
+
+Stored as :mod:`.bbs` stores its pruned chunk: the kept columns as ``8 - N``-bit
+two's complement words (``columns``), a metadata byte per group holding ``z``
+(``meta``), and the per-channel ``scales``; the same bit budget per group,
+``(8 - N) + 8 / 32`` bits per weight, so fidelity compares at equal bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CodecError
+from . import bbs, int8
+from .base import Encoded, check_weight
+
+NAME = "bitwave"
+
+
+@dataclass(frozen=True)
+class Config:
+    pruned_columns: int = 4  # N: magnitude columns rounded or found zero per group, 1..6
+
+    def __post_init__(self):
+        if not 1 <= self.pruned_columns <= bbs.MAX_PRUNED:
+            raise CodecError(f"{NAME}: pruned_columns must be in 1..{bbs.MAX_PRUNED}, got {self.pruned_columns}")
+
+
+def prune(weight: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pruned INT8-domain values [N, K], scales [N], kept ints [N, KG, G], z [N, KG])."""
+    codes, scales = int8.quantize(weight)
+    n, k = codes.shape
+    padded, valid = bbs.grouped(codes)
+    kg = padded.shape[1] // bbs.GROUP
+    mask = np.broadcast_to(valid.reshape(kg, bbs.GROUP), (n, kg, bbs.GROUP)).reshape(-1, bbs.GROUP)
+    kept, z, shift = bbs.round_magnitudes(padded.reshape(-1, bbs.GROUP), mask, config.pruned_columns,
+                                          config.pruned_columns)
+    values = (kept << shift).reshape(n, -1)[:, :k]
+    return values, scales, kept.reshape(n, kg, bbs.GROUP), z.reshape(n, kg)
+
+
+def encode(weight: np.ndarray, config: Config) -> Encoded:
+    w = check_weight(weight)
+    _, scales, kept, z = prune(w, config)
+    arrays = {
+        "scales": scales,
+        "columns": bbs.pack_columns(kept, 8 - config.pruned_columns),
+        "meta": bbs.to_lanes(z.astype(np.uint8)),
+    }
+    return Encoded(NAME, w.shape, arrays, {"pruned_columns": config.pruned_columns, "group": bbs.GROUP})
+
+
+def decode(enc: Encoded) -> np.ndarray:
+    n, k = enc.shape
+    kept = bbs.unpack_columns(enc.arrays["columns"], n)
+    z = bbs.from_lanes(enc.arrays["meta"], n).astype(np.int32)
+    values = (kept << (int(enc.header["pruned_columns"]) - z)[..., None]).reshape(n, -1)[:, :k]
+    return (values.astype(np.float32) * enc.arrays["scales"][:, None]).astype(np.float32)
+
+
+def report(enc: Encoded) -> dict[str, float]:
+    return {"paper_bits_per_weight": bbs.paper_bits_per_weight(int(enc.header["pruned_columns"])),
+            "honest_bits_per_weight": enc.bits_per_weight}

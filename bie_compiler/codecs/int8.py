@@ -1,0 +1,40 @@
+"""``int8``: symmetric per-output-channel INT8, the baseline that ``bbs`` and ``bitwave`` prune.
+
+Each output channel ``n`` gets the scale ``s[n] = max|w[n]| / 127`` and each weight
+the code ``q = round(w / s)`` in ``[-127, 127]`` (-128 is not used, so the code
+range is symmetric). A channel of zeros gets the scale 0 and codes 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Encoded, check_weight
+
+NAME = "int8"
+QMAX = 127
+
+
+@dataclass(frozen=True)
+class Config:
+    """No options: 8 bits, one scale per output channel (BBS with no pruned columns)."""
+
+
+def quantize(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes int32 [N, K] in [-127, 127] and float32 scales [N]."""
+    w = check_weight(weight)
+    scales = (np.abs(w).max(axis=1) / np.float32(QMAX)).astype(np.float32)
+    safe = np.where(scales > 0, scales, np.float32(1))[:, None]
+    codes = np.clip(np.rint(w / safe), -QMAX, QMAX).astype(np.int32)
+    return codes, scales
+
+
+def encode(weight: np.ndarray, config: Config) -> Encoded:
+    codes, scales = quantize(weight)
+    return Encoded(NAME, codes.shape, {"codes": codes.astype(np.int8), "scales": scales})
+
+
+def decode(enc: Encoded) -> np.ndarray:
+    return (enc.arrays["codes"].astype(np.float32) * enc.arrays["scales"][:, None]).astype(np.float32)

@@ -1,0 +1,137 @@
+"""Index-loop matmuls on the GPU (``bie-binary`` index layout, ``bie-blocked``): one warp per output channel.
+
+The lanes of a channel's warp (see ``warp_layout``) stride over its non-zeros,
+each adding or subtracting the activations its entries select; the 32 partial
+sums meet in shared memory and lane 0 adds them and applies the scale. The
+entries read by a warp's 32 lanes are consecutive, so the index stream is read
+coalesced. ``bie-blocked`` walks the blocks of K in order, all lanes together
+(they all read the block's count), and spreads each block's entries over the lanes.
+
+``gpu=False`` builds the same loop nest with the thread loops serial and the
+shared/local buffers global: it runs on the CPU, so tests can check the GPU
+kernels' indexing and reduction against the reference decoders on a machine
+without a GPU. (Serially, all lanes finish their partial sums before lane 0
+reads them, which is what the barrier guarantees on the GPU.)
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from tvm.script import tirx as T
+
+from .warp_layout import CHANNEL, CHANNEL_GROUPS, CHANNELS_PER_BLOCK, LANE, ROWS, WARP_SIZE
+
+
+def _loops(gpu: bool):
+    """(rows, groups, channels, lanes) loop kinds and (shared, local) scopes: thread-bound, or serial for the CPU."""
+    bound = (lambda tag: partial(T.thread_binding, thread=tag)) if gpu else (lambda tag: T.serial)
+    scopes = ("shared", "local") if gpu else ("global", "global")
+    return (bound(ROWS), bound(CHANNEL_GROUPS), bound(CHANNEL), bound(LANE)), scopes
+
+
+def _warp_sum(gpu: bool, n: int):
+    """The reduction epilogue: ``out[i, channel] = scale * sum of the warp's partial sums`` (lane 0 writes)."""
+    (_, _, channels, lanes), (_, local) = _loops(gpu)
+
+    @T.macro
+    def store(partial_sums, out, scales, i, group):
+        if gpu:
+            T.tvm_storage_sync("shared")
+        for c in channels(CHANNELS_PER_BLOCK):
+            for lane in lanes(WARP_SIZE):
+                if lane == 0 and group * CHANNELS_PER_BLOCK + c < n:
+                    total = T.decl_buffer((1,), "float32", scope=local)
+                    total[0] = T.float32(0)
+                    for other in range(WARP_SIZE):
+                        total[0] = total[0] + partial_sums[c, other]
+                    out[i, group * CHANNELS_PER_BLOCK + c] = total[0] * scales[group * CHANNELS_PER_BLOCK + c]
+
+    return store
+
+
+def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, gpu: bool = True):
+    """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)]; lanes over entries."""
+    offset_mask = (1 << sign_bit) - 1
+    (rows, groups, channels, lanes), (shared, local) = _loops(gpu)
+    store = _warp_sum(gpu, n)
+    num_groups = -(-n // CHANNELS_PER_BLOCK)
+
+    @T.prim_func(private=True)
+    def kernel(
+        var_x: T.handle,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        entries: T.Buffer((nnz,), entry_dtype),
+        scales: T.Buffer((n,), "float32"),
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        for i in rows(m):
+            for group in groups(num_groups):
+                partial_sums = T.decl_buffer((CHANNELS_PER_BLOCK, WARP_SIZE), "float32", scope=shared)
+                for c in channels(CHANNELS_PER_BLOCK):
+                    for lane in lanes(WARP_SIZE):
+                        acc = T.decl_buffer((1,), "float32", scope=local)
+                        acc[0] = T.float32(0)
+                        if group * CHANNELS_PER_BLOCK + c < n:
+                            start: T.let = T.Cast("int64", indptr[group * CHANNELS_PER_BLOCK + c])
+                            count: T.let = T.Cast("int64", indptr[group * CHANNELS_PER_BLOCK + c + 1]) - start
+                            for step in range((count + (WARP_SIZE - 1) - lane) // WARP_SIZE):
+                                entry: T.let = entries[start + lane + WARP_SIZE * step]
+                                xv: T.let = x[i, T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))]
+                                negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+                                acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
+                        partial_sums[c, lane] = acc[0]
+                store(partial_sums, out, scales, i, group)
+
+    return kernel
+
+
+def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str, count_dtype: str, gpu: bool = True):
+    """As :func:`global_index`, with positions ``block * block_size + offset(e)``; lanes over each block's entries."""
+    sign_bit = block_size.bit_length() - 1
+    blocks = -(-k // block_size)
+    (rows, groups, channels, lanes), (shared, local) = _loops(gpu)
+    store = _warp_sum(gpu, n)
+    num_groups = -(-n // CHANNELS_PER_BLOCK)
+
+    @T.prim_func(private=True)
+    def kernel(
+        var_x: T.handle,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        counts: T.Buffer((n, blocks), count_dtype),
+        entries: T.Buffer((nnz,), entry_dtype),
+        scales: T.Buffer((n,), "float32"),
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        for i in rows(m):
+            for group in groups(num_groups):
+                partial_sums = T.decl_buffer((CHANNELS_PER_BLOCK, WARP_SIZE), "float32", scope=shared)
+                for c in channels(CHANNELS_PER_BLOCK):
+                    for lane in lanes(WARP_SIZE):
+                        acc = T.decl_buffer((1,), "float32", scope=local)
+                        start = T.decl_buffer((1,), "int64", scope=local)
+                        acc[0] = T.float32(0)
+                        if group * CHANNELS_PER_BLOCK + c < n:
+                            start[0] = T.Cast("int64", indptr[group * CHANNELS_PER_BLOCK + c])
+                            for blk in range(blocks):
+                                count: T.let = T.Cast("int64", counts[group * CHANNELS_PER_BLOCK + c, blk])
+                                first: T.let = start[0]
+                                for step in range((count + (WARP_SIZE - 1) - lane) // WARP_SIZE):
+                                    entry: T.let = entries[first + lane + WARP_SIZE * step]
+                                    offset = T.Cast("int64", entry & T.Cast(entry_dtype, block_size - 1))
+                                    xv: T.let = x[i, blk * block_size + offset]
+                                    negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+                                    acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
+                                start[0] = first + count
+                        partial_sums[c, lane] = acc[0]
+                store(partial_sums, out, scales, i, group)
+
+    return kernel

@@ -1,0 +1,203 @@
+"""The CUDA target without a GPU: kernels and whole models become device code, nvcc accepts it, and
+loading says clearly that a GPU is needed. With a GPU (tests marked ``gpu``), parity against onnxruntime."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tvm
+from tvm.script import tirx as T
+from tvm.support import nvcc
+
+import bie_compiler
+from bie_compiler.codecs import CODECS, bie_binary, make_config
+from bie_compiler.codegen import KERNELS, cuda, has_kernel, kernel_for
+from bie_compiler.codegen.kernels import sparse_index_cuda
+from bie_compiler.codegen.target import make_target
+from bie_compiler.errors import ArtefactError
+from bie_compiler.parity import check_artefact, make_inputs
+from bie_compiler.runtime.artefact import DEVICE_SOURCE
+
+ARCH = "sm_90"
+# Codecs with CUDA kernels, each layout once; the other codecs must fall back to dense with a reason.
+KERNEL_CASES = {
+    "bitplane": ("bie-bitplane", {"bits": 4}),
+    "bitplane-grouped": ("bie-bitplane", {"bits": 3, "group_size": 64}),
+    "binary-bitmap": ("bie-binary", {"layout": "bitmap"}),
+    "binary-index": ("bie-binary", {"layout": "index", "density": 0.1}),
+    "blocked": ("bie-blocked", {"density": 0.2}),
+}
+FALLBACK_CODECS = [c for c in CODECS if not has_kernel(c, "matmul", make_target("cuda"))]
+MODELS = ["mlp", "transformer", "cnn"]
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH: the CUDA source cannot be compiled")
+gpu = pytest.mark.gpu
+needs_gpu = pytest.mark.skipif(not tvm.cuda(0).exist, reason="no CUDA device here (tvm.cuda(0) does not exist)")
+
+
+@pytest.fixture(scope="module")
+def target():
+    return make_target("cuda", arch=ARCH)
+
+
+@pytest.fixture(scope="module")
+def kernel_source(target):
+    """Each codec's CUDA kernel on awkward shapes (N not a multiple of the channels per block, K of 32), compiled."""
+    funcs = {}
+    for case, (codec, options) in KERNEL_CASES.items():
+        enc = CODECS[codec].encode(weight(37, 300, 0), make_config(codec, options))
+        call = kernel_for(enc, target)
+        assert call.large_batch is None  # one kernel for every batch on the GPU
+        name = case.replace("-", "_")
+        funcs[name] = call.func.with_attr("global_symbol", name)
+    mod = tvm.IRModule(funcs)
+    cuda.check_thread_bindings(mod)
+    return list(funcs), cuda.device_source(tvm.compile(mod, target))
+
+
+def ptx(source: str) -> str:
+    with tvm.target.Target({"kind": "cuda", "arch": ARCH}):  # compile_cuda takes the arch from the current target
+        return nvcc.compile_cuda(source, target_format="ptx", arch=ARCH, compiler="nvcc").decode()
+
+
+def weight(n, k, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.5)).astype(np.float32)
+
+
+def test_cuda_target_records_arch_and_host():
+    target = make_target("cuda", mcpu="x86-64-v3", arch="sm_80")
+    assert target.kind.name == "cuda" and str(target.attrs["arch"]) == "sm_80"
+    assert target.host.kind.name == "llvm" and str(target.host.attrs["mcpu"]) == "x86-64-v3"
+    assert str(make_target("cuda").attrs["arch"]) == "sm_90"
+
+
+def test_every_cuda_kernel_is_device_code(kernel_source):
+    names, source = kernel_source
+    assert sorted(cuda.global_functions(source)) == sorted(f"{name}_kernel" for name in names)
+    assert source.count("= __shfl_down_sync(") == 5 * 3  # bit-plane kernels: a 5-step warp-shuffle sum each
+    assert source.count("__syncthreads()") == 2  # index kernels: partial sums meet in shared memory
+
+
+@needs_nvcc
+def test_cuda_kernels_compile_with_nvcc(kernel_source):
+    names, source = kernel_source
+    text = ptx(source)
+    assert all(f".entry {name}_kernel(" in text for name in names)
+
+
+def test_every_codec_with_a_cuda_kernel_has_a_case_here():
+    assert {c for c, op, t in KERNELS if t == "cuda"} == {c for c, _ in KERNEL_CASES.values()}
+
+
+@pytest.mark.parametrize("codec,options", [KERNEL_CASES["binary-index"], KERNEL_CASES["blocked"],
+                                           ("bie-blocked", {"block_size": 512, "density": 0.5})])
+@pytest.mark.parametrize("n,k", [(1, 1), (37, 300), (9, 1024)])
+def test_warp_index_kernels_emulated_on_the_cpu(codec, options, n, k):
+    """The GPU index kernels' loop nest, with its thread loops serial, against the reference decoder."""
+    module = CODECS[codec]
+    enc = module.encode(weight(n, k, n * k), make_config(codec, options))
+    entries = enc.arrays["entries"] if enc.arrays["entries"].size else np.zeros(1, enc.arrays["entries"].dtype)
+    if codec == "bie-binary":
+        func = sparse_index_cuda.global_index(n=n, k=k, nnz=entries.size, entry_dtype=entries.dtype.name,
+                                              sign_bit=bie_binary.index_entry_dtype(k)[1], gpu=False)
+        constants = [enc.arrays["indptr"], entries, enc.arrays["scales"]]
+    else:
+        counts = enc.arrays["counts"]
+        func = sparse_index_cuda.blocked_index(n=n, k=k, nnz=entries.size, block_size=int(enc.header["block_size"]),
+                                               entry_dtype=entries.dtype.name, count_dtype=counts.dtype.name, gpu=False)
+        constants = [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]]
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target()).mod
+    x = np.random.default_rng(1).standard_normal((3, k)).astype(np.float32)
+    out = tvm.runtime.empty((3, n), "float32")
+    lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in constants], out)
+    ref = x @ module.decode(enc).astype(np.float64).T
+    assert np.abs(out.numpy() - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
+
+
+def test_unbound_kernel_is_refused_not_compiled_for_the_host(target):
+    @T.prim_func(private=True)
+    def host_loop(a: T.Buffer((8,), "float32"), b: T.Buffer((8,), "float32")):
+        for i in range(8):
+            b[i] = a[i] * T.float32(2)
+
+    # Marked scheduled, so dlight leaves it alone: TVM would compile it to host code without a word.
+    mod = tvm.IRModule({"host_loop": host_loop.with_attrs({"global_symbol": "host_loop", "tirx.is_scheduled": True})})
+    with pytest.raises(cuda.DeviceCodeError, match="host_loop"):
+        cuda.check_thread_bindings(mod)
+
+
+@pytest.fixture(scope="module")
+def artefacts(model_dir, tmp_path_factory):
+    """Every (model, codec case) built for cuda, plus every codec without CUDA kernels (min_weights=0)."""
+    root = tmp_path_factory.mktemp("cuda")
+    cases = {**KERNEL_CASES, **{codec: (codec, {}) for codec in FALLBACK_CODECS}}
+    return {
+        (model, case): bie_compiler.compile_model(model_dir[model], root / f"{model}-{case}", codec, options,
+                                                  target="cuda", arch=ARCH, min_weights=0, progress=None)
+        for model in MODELS for case, (codec, options) in cases.items()
+    }
+
+
+def manifest(path):
+    return json.loads((path / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
+@pytest.mark.parametrize("model", MODELS)
+def test_every_encoded_layer_became_a_gpu_kernel(artefacts, model, case):
+    m = manifest(artefacts[model, case])
+    assert m["target"]["kind"] == "cuda" and m["target"]["arch"] == ARCH
+    source = (artefacts[model, case] / DEVICE_SOURCE).read_text()
+    kernels = set(cuda.global_functions(source))
+    encoded = [layer["name"] for layer in m["layers"] if layer["fallback_reason"] is None]
+    assert encoded and all(layer["codec"] == KERNEL_CASES[case][0] for layer in m["layers"] if layer["name"] in encoded)
+    assert sorted(m["device_code"]["layer_kernels"]) == sorted(encoded)
+    for layer in encoded:
+        names = m["device_code"]["layer_kernels"][layer]
+        assert names and set(names) <= kernels, (layer, names)
+    if model == "cnn":  # the convs stay dense, and run on the GPU too
+        assert sum("conv2d" in name for name in kernels) == 3
+
+
+@needs_nvcc
+@pytest.mark.parametrize("case", ["bitplane", "binary-index", "blocked"])
+@pytest.mark.parametrize("model", MODELS)
+def test_device_code_compiles_with_nvcc(artefacts, model, case):
+    text = ptx((artefacts[model, case] / DEVICE_SOURCE).read_text())
+    m = manifest(artefacts[model, case])
+    assert all(f".entry {name}(" in text for names in m["device_code"]["layer_kernels"].values() for name in names)
+
+
+@pytest.mark.parametrize("codec", FALLBACK_CODECS)
+def test_codecs_without_cuda_kernels_stay_dense_with_the_reason(artefacts, codec):
+    for model in MODELS:
+        m = manifest(artefacts[model, codec])
+        assert m["device_code"]["layer_kernels"] == {}
+        for layer in m["layers"]:
+            assert layer["codec"] == "dense"
+            assert layer["fallback_reason"] == f"{codec} has no {layer['op']} kernel for cuda yet", layer
+
+
+@pytest.mark.skipif(tvm.cuda(0).exist, reason="a CUDA device is present: the artefact loads")
+def test_load_without_a_gpu_says_so(artefacts):
+    path = artefacts["mlp", "bitplane"]
+    with pytest.raises(ArtefactError, match=r"compiled for CUDA \(sm_90\) but this machine has no CUDA device"):
+        bie_compiler.load(path)
+    from bie_compiler.cli import main
+
+    assert main(["check", str(path)]) == 2  # a clear error, exit 2
+    assert main(["inspect", str(path)]) == 0  # inspect needs no device
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
+@pytest.mark.parametrize("model", MODELS)
+def test_gpu_parity_with_decoded_weights_model(artefacts, model, case):
+    runner = bie_compiler.load(artefacts[model, case])
+    assert runner.device.device_type == tvm.cuda(0).device_type
+    for batch in (1, 8):
+        result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
+        assert result["decoded_max_rel_err"] < 1e-4, result
+        assert result["passed"]
