@@ -33,6 +33,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bitplane_gemv import MAX_REL_ERROR, SEED, matmul_chain, median_seconds, ort_session  # noqa: E402
+from common import matmul_nbits  # noqa: E402
 
 CALLS = 5  # calls per timed loop
 
@@ -50,18 +51,9 @@ def parse_args() -> argparse.Namespace:
 
 def matmul_nbits_session(model: onnx.ModelProto, threads: int):
     """onnxruntime 4-bit MatMulNBits session for the layer, or the reason there is none."""
-    try:
-        import onnx_ir  # noqa: F401  (MatMulNBitsQuantizer needs it)
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    except ImportError as e:
-        return None, f"onnx-ir missing ({e}); install it with pip install -e .[bench]"
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # the quantizer edits its model in place
-    quantizer = MatMulNBitsQuantizer(copy, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
-    quantizer.process()
-    quantized = quantizer.model.model
-    if not any(node.op_type == "MatMulNBits" for node in quantized.graph.node):
-        return None, "MatMulNBitsQuantizer produced no MatMulNBits node"
+    quantized, reason = matmul_nbits(model)
+    if quantized is None:
+        return None, reason
     nbytes = sum(numpy_helper.to_array(i).nbytes for i in quantized.graph.initializer)
     return (ort_session(quantized.SerializeToString(), threads), nbytes), None
 
