@@ -11,8 +11,9 @@ their INT8 scale, the top beta stay 8-bit, each layer's count rounded up to a
 multiple of 32). BitVert's cycles depend only on that split; its DRAM bytes are the
 BBS format's: (8 - N) bit columns plus 8 metadata bits per 32 weights for pruned
 channels, 8 bits for sensitive ones, plus a 4-byte scale and a 2-byte channel index
-per channel. BitWave runs the INT8 weights without its bit-flip unless the
-``bitwave`` codec is installed (its cycles are then an upper bound for BitWave).
+per channel. BitWave runs its own bit-flipped weights: the ``bitwave`` codec at
+the preset's N (so both store 8 - N columns per pruned weight; BitWave has no
+sensitive channels), with that codec's bytes.
 
     python benchmarks/bitvert_speedup.py [--json out.json]
 """
@@ -28,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
+from bie_compiler.codecs import bitwave
 from bie_compiler.codegen.bitvert import int8_baseline
 from bie_compiler.runtime.bitvert import perf_model as pm
 
@@ -106,30 +108,26 @@ def bitvert_bytes(n: int, k: int, sensitive: int, pruned_columns: int) -> int:
     return math.ceil((sensitive * k * 8 + pruned_bits) / 8) + n * (pm.SCALE_BYTES + CHANNEL_INDEX_BYTES)
 
 
-def bitwave_flip():
-    try:
-        from bie_compiler.codecs import bitwave  # the BitWave baseline codec of the BBS issue
-    except ImportError:
-        return None
-    return bitwave
-
-
 def evaluate(layers: list[tuple[str, np.ndarray, int]]) -> dict:
     """{preset: perf_model.report} for layers of (name, float weight [N, K], M)."""
     int8 = [int8_baseline(w) for _, w, _ in layers]
+    fixed = ("stripes", "pragmatic", "bitlet")  # run the INT8 weights whatever the preset
     baselines = []
     for (name, _, m), q in zip(layers, int8):
         layer = pm.LayerWorkload(name, q, m, np.full(q.shape[0], 8), 0)
-        baselines.append({acc: pm.profile(layer, acc) for acc in pm.BASELINES})
+        baselines.append({acc: pm.profile(layer, acc) for acc in fixed})
     results = {}
     for preset, (beta, pruned) in PRESETS.items():
         runs = []
+        flip = bitwave.Config(pruned_columns=pruned)
         for (name, w, m), q, base, sens in zip(layers, int8, baselines, sensitive_counts([w for _, w, _ in layers], beta)):
             order = np.argsort(-np.abs(w).max(axis=1), kind="stable")
             columns = np.full(q.shape[0], 8 - pruned)
             columns[order[:sens]] = 8
-            layer = pm.LayerWorkload(name, q, m, columns, bitvert_bytes(*q.shape, sens, pruned))
-            runs.append((name, m, {**base, "bitvert": pm.profile(layer, "bitvert")}))
+            layer = pm.LayerWorkload(name, q, m, columns, bitvert_bytes(*q.shape, sens, pruned),
+                                     bitwave.prune(w, flip)[0], bitwave.encode(w, flip).nbytes)
+            runs.append((name, m, {**base, "bitvert": pm.profile(layer, "bitvert"),
+                                   "bitwave": pm.profile(layer, "bitwave")}))
         results[preset] = pm.report(runs)
     return results
 
@@ -159,8 +157,6 @@ def main() -> None:
     }
     for path in sorted(Path(args.models).glob("*.onnx")):
         suites[path.stem] = onnx_layers(path)
-    if bitwave_flip() is None:
-        print("note: no bitwave codec in the tree: BitWave runs the INT8 weights without its bit-flip")
     header = (f"{'model':<12} {'preset':<12} " + " ".join(f"{'/' + b[:7]:>7}" for b in pm.BASELINES)
               + "   compute   " + " ".join(f"{'E/' + b[:4]:>6}" for b in pm.BASELINES) + "   BV util   paper (speedup / bound)")
     print("speedup = baseline cycles / BitVert cycles (max(compute, DRAM) per layer, summed);"

@@ -20,8 +20,11 @@ from .parity import make_inputs, run_onnxruntime
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 
 
-def calibration_inputs(specs: list[dict], npz: str | Path | None, seed: int = 0, batch: int = 1) -> dict:
-    """Inputs by name from ``npz``, or seeded random ones with a warning (scales then fit noise, not data)."""
+def calibration_inputs(specs: list[dict], npz: str | Path | None, seed: int = 1, batch: int = 8) -> dict:
+    """Inputs by name from ``npz``, or seeded random ones with a warning (scales then fit noise, not data).
+
+    The default seed differs from ``check``'s and ``run``'s (0), so parity is not measured on calibration data.
+    """
     if npz is None:
         print("[bie-compiler] warning: no --calibration inputs; activation scales come from seeded random inputs",
               file=sys.stderr, flush=True)

@@ -37,18 +37,25 @@ def compile_model(
     min_weights: int = 1024,
     skip: tuple[str, ...] = (),
     overrides: tuple[tuple[str, dict], ...] = (),
+    calibration: str | Path | None = None,
     progress=_stderr_progress,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
 
     ``options`` are the codec's Config fields (e.g. ``{"bits": 4}``); ``overrides``
     are ``(name pattern, options)`` pairs for single layers, ``skip`` patterns stay dense.
-    ``target`` is "llvm" or "cuda" (``arch``: the GPU architecture, default sm_90).
+    ``target`` is "llvm", "cuda" (``arch``: the GPU architecture, default sm_90) or
+    "bitvert" (bbs layers offloaded to the simulated BitVert accelerator, their INT8
+    activation scales calibrated on the inputs in the ``calibration`` .npz, or on
+    seeded random inputs with a warning).
     """
     from bie_compiler.codegen import cpu, cuda
     from bie_compiler.codegen.target import describe, make_target
     from bie_compiler.passes import EncodeWeights, EncodingPolicy
     from bie_compiler.runtime.artefact import DEVICE_SOURCE, write_artefact
+
+    from .calibration import activation_scales, calibration_inputs
+    from .errors import OptionError
 
     progress = progress or (lambda message: None)
     options = {k: v for k, v in (options or {}).items() if v is not None}
@@ -57,10 +64,16 @@ def compile_model(
     started = time.perf_counter()
     step = lambda message: progress(f"{message} ({time.perf_counter() - started:.1f} s)")  # noqa: E731
 
+    if calibration is not None and target != "bitvert":
+        raise OptionError(f"--calibration applies to --target bitvert only (target is {target!r})")
     step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
     imported = import_model(model)
+
+    def calibrate(names: list[str]) -> dict[str, float]:
+        return activation_scales(imported.model, names, calibration_inputs(imported.inputs, calibration))
+
     step(f"encoding weights with {codec} {options or ''}".rstrip())
-    encode = EncodeWeights(imported, policy, tvm_target, progress)
+    encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate)
     mod = encode(imported.mod)
     step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
     extra_files, device_code = {}, {}
@@ -83,6 +96,9 @@ def compile_model(
         "totals": totals(encode.records),
         **device_code,
     }
+    if target == "bitvert":
+        manifest["bitvert"] = {"calibration": str(calibration) if calibration is not None else None,
+                               "layers": encode.offloaded}
     out = write_artefact(output_dir, executable, manifest, extra_files)
     step(f"wrote {out}")
     return out

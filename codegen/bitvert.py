@@ -15,9 +15,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from bie_compiler.codecs import Encoded, bbs, bitwave
 from bie_compiler.runtime.bitvert import perf_model
 from bie_compiler.runtime.bitvert.device import CONV2D, MATMUL, conv_header
-from bie_compiler.runtime.bitvert.program import Program
+from bie_compiler.runtime.bitvert.program import Program, build
 
 TARGET_KEY = "bitvert"
 
@@ -30,6 +31,28 @@ def make_target(host: tvm.target.Target) -> tvm.target.Target:
 
 def is_bitvert(target: tvm.target.Target) -> bool:
     return TARGET_KEY in list(target.keys)
+
+
+def program(enc: Encoded, x_scale: float, name: str) -> Program:
+    """The BitVert program of a ``bbs`` encoding: the same pruned INT8 weights, scales and channel split.
+
+    A pruned group stores ``w = kept * 2^shift + offset``; the program takes the
+    zero point ``-offset``, so ``w - offset`` has the BBS column structure.
+    """
+    if enc.codec != bbs.NAME:
+        raise ValueError(f"{name}: BitVert runs bbs encodings, not {enc.codec}")
+    n, k = enc.shape
+    position = enc.arrays["position"]
+    count = int(enc.header["sensitive"])
+    pruned_columns = int(enc.header["pruned_columns"])
+    weights = bbs.decode_stored(enc)[position, :k]  # channel order
+    sensitive = position < count
+    _, offset = bbs.group_offsets(bbs.from_lanes(enc.arrays["meta"], n - count), pruned_columns,
+                                  str(enc.header["method"]))  # [pruned stored rows, groups]
+    zero_points = np.zeros((n, offset.shape[1]), np.int64)
+    zero_points[~sensitive] = -offset[position[~sensitive] - count]
+    return build(weights, enc.arrays["scales"][position], sensitive, pruned_columns, int(enc.header["group"]),
+                 zero_points, x_scale, name)
 
 
 def offload(x: relax.Expr, program: Program, layer: int, conv=None, out_ty=None) -> relax.Call:
@@ -57,3 +80,11 @@ def weight_profiles(name: str, weight: np.ndarray, program: Program, bitvert_byt
     layer = perf_model.LayerWorkload(name, int8_baseline(weight), 0, program.kept_columns(), bitvert_bytes,
                                      bitwave_weight, bitwave_bytes)
     return {acc: prof.to_json() for acc, prof in perf_model.profiles(layer).items()}
+
+
+def layer_profiles(name: str, weight: np.ndarray, enc: Encoded, program: Program) -> dict:
+    """:func:`weight_profiles` of an offloaded bbs layer, BitWave running its own bit-flipped weights
+    (its codec at the same pruned columns, so both store the same bits per pruned weight)."""
+    config = bitwave.Config(pruned_columns=int(enc.header["pruned_columns"]))
+    flipped = bitwave.prune(weight, config)[0]
+    return weight_profiles(name, weight, program, enc.nbytes, flipped, bitwave.encode(weight, config).nbytes)

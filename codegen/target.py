@@ -1,7 +1,9 @@
 """Compilation targets by name, with the host CPU named explicitly for LLVM.
 
 ``cuda`` is a GPU target (``arch``, default sm_90) whose host code is LLVM for
-the host CPU; the manifest records both (see :func:`describe`).
+the host CPU; the manifest records both (see :func:`describe`). ``bitvert`` is
+the host's LLVM target marked with the bitvert key: bbs layers are offloaded
+to the simulated accelerator (``codegen/bitvert.py``), the rest runs on the host.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from tvm.target import codegen as llvm_codegen
 
 from bie_compiler.errors import OptionError
 
-TARGETS = ("llvm", "cuda")
+from . import bitvert
+
+TARGETS = ("llvm", "cuda", "bitvert")
 DEFAULT_CUDA_ARCH = "sm_90"
-PLANNED = {"bitvert": "the BitVert target (issue 5): waits for the bbs codec (issue 3) to offload its layers"}
 
 
 def host_cpu() -> str:
@@ -26,8 +29,6 @@ def host_cpu() -> str:
 
 def make_target(kind: str = "llvm", mcpu: str | None = None, arch: str | None = None) -> tvm.target.Target:
     """The TVM target for ``kind``; ``mcpu`` names the (host) CPU, ``arch`` the GPU architecture (cuda only)."""
-    if kind in PLANNED:
-        raise OptionError(f"target {kind!r} is not implemented yet ({PLANNED[kind]}); available: {', '.join(TARGETS)}")
     if kind not in TARGETS:
         raise OptionError(f"unknown target {kind!r}; available: {', '.join(TARGETS)}")
     cpu = mcpu or host_cpu()
@@ -42,11 +43,12 @@ def make_target(kind: str = "llvm", mcpu: str | None = None, arch: str | None = 
         return tvm.target.Target({"kind": "cuda", "arch": arch, "max_shared_memory_per_block": 49152}, host=host)
     if arch is not None:
         raise OptionError(f"--arch {arch!r} applies to --target cuda only (target is {kind!r})")
-    return host
+    return bitvert.make_target(host) if kind == "bitvert" else host
 
 
 def describe(target: tvm.target.Target) -> dict:
     """What the manifest records: the kind, the (host) CPU, and the GPU architecture for cuda."""
     if target.kind.name == "cuda":
         return {"kind": "cuda", "arch": str(target.attrs["arch"]), "mcpu": str(target.host.attrs["mcpu"])}
-    return {"kind": target.kind.name, "mcpu": str(target.attrs["mcpu"])}
+    kind = "bitvert" if bitvert.is_bitvert(target) else target.kind.name
+    return {"kind": kind, "mcpu": str(target.attrs["mcpu"])}

@@ -11,6 +11,10 @@ It works in two phases so that codecs can decide over the whole model (e.g.
 which channels are sensitive, or how to split a bits budget): first every
 weight use is collected, then the policy and the codecs' ``plan`` hooks decide
 each weight's codec and config, then the calls are rewritten.
+
+On the ``bitvert`` target, ``bbs`` weights are offloaded instead: each becomes
+a BitVert program (with its calibrated activation scale) and the matmul or conv
+a ``call_dps_packed`` into the simulated device (``codegen/bitvert.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from bie_compiler import codecs, codegen
-from bie_compiler.codegen import ConvSpec
+from bie_compiler.codecs import bbs
+from bie_compiler.codegen import ConvSpec, bitvert
 from bie_compiler.errors import CodecError
 from bie_compiler.frontend import ImportedModel
 from bie_compiler.report import LayerRecord
@@ -81,12 +86,13 @@ def _dispatch_by_rows(small, large, constants, k: int, n: int) -> relax.Function
 class _WeightRewriter(PyExprMutator):
     """Collects weight uses (``decisions`` is None) or rewrites them per ``decisions``."""
 
-    def __init__(self, mod, model: ImportedModel, target, decisions=None):
+    def __init__(self, mod, model: ImportedModel, target, decisions=None, programs=None):
         super().__init__(mod)
         self.mod_ = mod
         self.model = model
         self.target = target
         self.decisions = decisions  # name -> (codec, Encoded) for the weights to encode
+        self.programs = programs or {}  # name -> (layer index, BitVert Program) for the offloaded weights
         self.uses: dict[str, WeightUse] = {}
         self.kernels: dict[str, tuple[relax.GlobalVar, list]] = {}  # shared by uses of one weight
 
@@ -135,10 +141,22 @@ class _WeightRewriter(PyExprMutator):
         use = self._use(call, op) if op else None
         if use is None or self.decisions is None or use.name not in self.decisions:
             return call
+        if use.name in self.programs:
+            index, program = self.programs[use.name]
+            if op == "conv2d":
+                return bitvert.offload(call.args[0], program, index, _conv_spec(call), call.ty)
+            return self._emit_matmul(call.args[0], lambda x2: bitvert.offload(x2, program, index))
         callee, constants = self._kernel(use, call)
         if op == "conv2d":
             return relax.call_tir(callee, [call.args[0], *constants], out_ty=call.ty)
-        return self._emit_matmul(call.args[0], callee, constants, use.matrix().shape[0])
+        n = use.matrix().shape[0]
+
+        def kernel_call(x2):
+            if constants is None:  # a dispatch function holding its own constants
+                return relax.Call(callee, [x2])
+            return relax.call_tir(callee, [x2, *constants], out_ty=relax.TensorType([x2.ty.shape.values[0], n], "float32"))
+
+        return self._emit_matmul(call.args[0], kernel_call)
 
     def _kernel(self, use: WeightUse, call):
         """(callee, constants): a PrimFunc for call_tir, or a Relax function dispatching on the row count."""
@@ -162,20 +180,19 @@ class _WeightRewriter(PyExprMutator):
         name = f"{stem}_{kernel.kind}"
         return self.builder_.add_func(kernel.func.with_attrs({"global_symbol": name, codegen.LAYER_ATTR: layer}), name)
 
-    def _emit_matmul(self, x, callee, constants, n):
+    def _emit_matmul(self, x, matmul_2d):
+        """``matmul_2d(x2)`` on ``x`` with its leading dims flattened into rows, reshaped back."""
         lead = list(x.ty.shape.values)[:-1]
         k = x.ty.shape.values[-1]
         rows = 1
         for d in lead:
             rows = rows * d
         x2 = x if len(lead) == 1 else self.builder_.emit(relax.op.reshape(x, [rows, k]))
-        if constants is None:  # a dispatch function holding its own constants
-            out = relax.Call(callee, [x2])
-        else:
-            out = relax.call_tir(callee, [x2, *constants], out_ty=relax.TensorType([rows, n], "float32"))
+        out = matmul_2d(x2)
         if len(lead) == 1:
             return out
-        return relax.op.reshape(self.builder_.emit(out), [*lead, n])
+        out = self.builder_.emit(out)
+        return relax.op.reshape(out, [*lead, out.ty.shape.values[-1]])
 
     def run(self) -> tvm.IRModule:
         for gv, func in self.mod_.functions_items():
@@ -187,9 +204,14 @@ class _WeightRewriter(PyExprMutator):
 class EncodeWeights:
     """Module pass: encode every eligible weight per the policy; what it did is in ``records``."""
 
-    def __init__(self, model: ImportedModel, policy: EncodingPolicy, target, progress=lambda msg: None):
+    def __init__(self, model: ImportedModel, policy: EncodingPolicy, target, progress=lambda msg: None,
+                 activation_scales=None):
+        """``activation_scales(weight names) -> {name: scale}``: the calibrated INT8 scale of the activation
+        each named weight multiplies; the bitvert target needs it for the weights it offloads."""
         self.model, self.policy, self.target, self.progress = model, policy, target, progress
+        self.activation_scales = activation_scales
         self.records: list[LayerRecord] = []
+        self.offloaded: list[tuple[str, dict]] = []  # (name, weight profile per accelerator), by layer index
 
     def _fallback(self, use: WeightUse, codec: str | None, config) -> str | None:
         if use.unsupported:
@@ -222,8 +244,29 @@ class EncodeWeights:
                 record.details = {**(module.report(enc) if hasattr(module, "report") else {}),
                                   **{f"header.{k}": v for k, v in enc.header.items()}}
             self.records.append(record)
-        mod = _WeightRewriter(mod, self.model, self.target, decisions).run()
+        programs = self._offload({u.name: u for u in uses}, decisions)
+        mod = _WeightRewriter(mod, self.model, self.target, decisions, programs).run()
         return relax.transform.DeadCodeElimination()(mod)
+
+    def _offload(self, uses: dict[str, WeightUse], decisions) -> dict:
+        """On the bitvert target: name -> (layer index, Program) of the bbs weights, their profiles in ``offloaded``."""
+        names = [name for name, (codec, _) in decisions.items() if codec == bbs.NAME]
+        if not bitvert.is_bitvert(self.target) or not names:
+            return {}
+        if self.activation_scales is None:
+            raise ValueError("the bitvert target needs activation_scales to offload layers")
+        self.progress(f"calibrating the activations of {len(names)} offloaded layer(s)")
+        scales = self.activation_scales(names)
+        programs, self.offloaded = {}, []
+        by_name = {r.name: r for r in self.records}
+        for index, name in enumerate(names):
+            enc = decisions[name][1]
+            self.progress(f"building the BitVert program of {name}")
+            program = bitvert.program(enc, scales[name], name)
+            programs[name] = index, program
+            self.offloaded.append((name, bitvert.layer_profiles(name, uses[name].matrix(), enc, program)))
+            by_name[name].details.update({"offloaded_to": "bitvert", "activation_scale": program.x_scale})
+        return programs
 
     def _plan(self, eligible: dict[str, WeightUse], choices) -> dict[str, object]:
         """Per-layer configs; codecs with a ``plan(matrices, configs)`` hook decide over all their layers at once."""

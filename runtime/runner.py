@@ -24,8 +24,9 @@ def _isa(mcpu: str) -> set[str]:
 
 def check_host(target: dict) -> tvm.runtime.Device:
     """The device to run on; refuses an artefact whose code needs a device or instructions this machine lacks."""
-    if target.get("kind") not in ("llvm", "cuda"):
-        raise ArtefactError(f"artefact was compiled for {target.get('kind')!r}; this machine runs 'llvm' and 'cuda' artefacts")
+    if target.get("kind") not in ("llvm", "cuda", "bitvert"):
+        raise ArtefactError(f"artefact was compiled for {target.get('kind')!r}; "
+                            "this machine runs 'llvm', 'cuda' and 'bitvert' artefacts")
     from bie_compiler.codegen.target import host_cpu
 
     missing = _isa(target["mcpu"]) - _isa(host_cpu())
@@ -38,6 +39,10 @@ def check_host(target: dict) -> tvm.runtime.Device:
         from .cuda_device import cuda_device
 
         return cuda_device(target["arch"])
+    if target["kind"] == "bitvert":  # host code as above, offloaded layers on the simulated device
+        from .bitvert import device
+
+        device.register()
     return tvm.cpu()
 
 

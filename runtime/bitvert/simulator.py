@@ -21,8 +21,9 @@ INT8_MAX = 127
 
 
 def quantize_activations(x: np.ndarray, scale: float) -> np.ndarray:
-    """Per-tensor symmetric INT8: round(x / scale) clipped to [-127, 127]."""
-    return np.clip(np.rint(np.asarray(x, np.float64) / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
+    """Per-tensor symmetric INT8: round(x / scale) (float32 division, ties to even) clipped to [-127, 127]."""
+    q = np.rint(np.asarray(x, np.float32) / np.float32(scale))
+    return np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8)
 
 
 def calibrate_scale(samples: list[np.ndarray]) -> float:
