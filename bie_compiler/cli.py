@@ -175,6 +175,8 @@ def _run(args) -> int:
     if args.report and "bitvert" not in runner.manifest:
         raise OptionError(f"--report: {args.artefact} was compiled for {runner.manifest['target']['kind']!r}; "
                           "the accelerator report needs an artefact compiled with --target bitvert")
+    if args.report and not runner.manifest["bitvert"]["layers"]:
+        raise OptionError(f"--report: no layer of {args.artefact} was offloaded to bitvert (only bbs-encoded layers are)")
     from .runtime.bitvert import device
 
     device.RUN_LOG.clear()

@@ -97,6 +97,9 @@ def compile_model(
         **device_code,
     }
     if target == "bitvert":
+        if not encode.offloaded:
+            print("[bie-compiler] warning: --target bitvert offloads bbs-encoded layers only, and there are none: "
+                  "everything runs on the host", file=sys.stderr, flush=True)
         manifest["bitvert"] = {"calibration": str(calibration) if calibration is not None else None,
                                "layers": encode.offloaded}
     out = write_artefact(output_dir, executable, manifest, extra_files)

@@ -113,3 +113,14 @@ def test_calibration_needs_the_bitvert_target(model_dir, tmp_path):
     argv = ["compile", str(model_dir["mlp"]), "--codec", "bbs", "-o", str(tmp_path / "out"), "--calibration",
             str(tmp_path / "calib.npz")]
     assert main(argv) == 2 and not (tmp_path / "out").exists()
+
+
+def test_nothing_to_offload_is_said(model_dir, tmp_path):
+    cli = [sys.executable, "-m", "bie_compiler"]
+    out = tmp_path / "out"
+    compiled = subprocess.run([*cli, "compile", str(model_dir["mlp"]), "--codec", "bie-bitplane", "--target", "bitvert",
+                               "-q", "-o", str(out)], capture_output=True, text=True)
+    assert compiled.returncode == 0 and "offloads bbs-encoded layers only" in compiled.stderr
+    ran = subprocess.run([*cli, "run", str(out), "--report", str(tmp_path / "sim.json")], capture_output=True, text=True)
+    assert ran.returncode == 2 and "no layer of" in ran.stderr and "Traceback" not in ran.stderr
+    assert not (tmp_path / "sim.json").exists()
