@@ -16,9 +16,25 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 
+def signed_sum(entry_dtype: str, sign_bit: int):
+    """The loop both families share: ``acc[0] += (-1)^sign(e) * x[i, base + offset(e)]`` over the entries
+    ``first + lane + stride * step`` below ``first + count`` (a CPU thread: lane 0, stride 1; a GPU lane: its warp's)."""
+    offset_mask = (1 << sign_bit) - 1
+
+    @T.macro
+    def accumulate(acc, x, entries, i, base, first, count, lane, stride):
+        for step in range((count + (stride - 1) - lane) // stride):
+            entry: T.let = entries[first + lane + stride * step]
+            xv: T.let = x[i, base + T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))]
+            negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+            acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
+
+    return accumulate
+
+
 def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int):
     """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)]."""
-    offset_mask = (1 << sign_bit) - 1
+    accumulate = signed_sum(entry_dtype, sign_bit)
 
     @T.prim_func(private=True)
     def kernel(
@@ -36,11 +52,8 @@ def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int):
             for i in range(m):
                 acc = T.decl_buffer((1,), "float32", scope="global")
                 acc[0] = T.float32(0)
-                for e in range(T.Cast("int64", indptr[j]), T.Cast("int64", indptr[j + 1])):
-                    entry = entries[e]
-                    xv = x[i, T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))]
-                    negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
-                    acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
+                first: T.let = T.Cast("int64", indptr[j])
+                accumulate(acc, x, entries, i, T.int64(0), first, T.Cast("int64", indptr[j + 1]) - first, 0, 1)
                 out[i, j] = acc[0] * scales[j]
 
     return kernel
@@ -50,6 +63,7 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
     """As :func:`global_index`, with positions ``block * block_size + offset(e)`` and per-block counts."""
     sign_bit = block_size.bit_length() - 1
     blocks = -(-k // block_size)
+    accumulate = signed_sum(entry_dtype, sign_bit)
 
     @T.prim_func(private=True)
     def kernel(
@@ -73,13 +87,8 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
                 for blk in range(blocks):
                     count: T.let = T.Cast("int64", counts[j, blk])
                     first: T.let = start[0]
-                    for e in range(count):
-                        entry: T.let = entries[first + e]
-                        offset = T.Cast("int64", entry & T.Cast(entry_dtype, block_size - 1))
-                        xv = x[i, blk * block_size + offset]
-                        negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
-                        acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
-                    start[0] = start[0] + count
+                    accumulate(acc, x, entries, i, blk * block_size, first, count, 0, 1)
+                    start[0] = first + count
                 out[i, j] = acc[0] * scales[j]
 
     return kernel

@@ -20,6 +20,7 @@ from functools import partial
 
 from tvm.script import tirx as T
 
+from .sparse_index import signed_sum
 from .warp_layout import CHANNEL, CHANNEL_GROUPS, CHANNELS_PER_BLOCK, LANE, ROWS, WARP_SIZE
 
 
@@ -52,9 +53,9 @@ def _warp_sum(gpu: bool, n: int):
 
 def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, gpu: bool = True):
     """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)]; lanes over entries."""
-    offset_mask = (1 << sign_bit) - 1
     (rows, groups, channels, lanes), (shared, local) = _loops(gpu)
     store = _warp_sum(gpu, n)
+    accumulate = signed_sum(entry_dtype, sign_bit)
     num_groups = -(-n // CHANNELS_PER_BLOCK)
 
     @T.prim_func(private=True)
@@ -79,11 +80,7 @@ def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, g
                         if group * CHANNELS_PER_BLOCK + c < n:
                             start: T.let = T.Cast("int64", indptr[group * CHANNELS_PER_BLOCK + c])
                             count: T.let = T.Cast("int64", indptr[group * CHANNELS_PER_BLOCK + c + 1]) - start
-                            for step in range((count + (WARP_SIZE - 1) - lane) // WARP_SIZE):
-                                entry: T.let = entries[start + lane + WARP_SIZE * step]
-                                xv: T.let = x[i, T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))]
-                                negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
-                                acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
+                            accumulate(acc, x, entries, i, T.int64(0), start, count, lane, WARP_SIZE)
                         partial_sums[c, lane] = acc[0]
                 store(partial_sums, out, scales, i, group)
 
@@ -96,6 +93,7 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
     blocks = -(-k // block_size)
     (rows, groups, channels, lanes), (shared, local) = _loops(gpu)
     store = _warp_sum(gpu, n)
+    accumulate = signed_sum(entry_dtype, sign_bit)
     num_groups = -(-n // CHANNELS_PER_BLOCK)
 
     @T.prim_func(private=True)
@@ -124,12 +122,7 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
                             for blk in range(blocks):
                                 count: T.let = T.Cast("int64", counts[group * CHANNELS_PER_BLOCK + c, blk])
                                 first: T.let = start[0]
-                                for step in range((count + (WARP_SIZE - 1) - lane) // WARP_SIZE):
-                                    entry: T.let = entries[first + lane + WARP_SIZE * step]
-                                    offset = T.Cast("int64", entry & T.Cast(entry_dtype, block_size - 1))
-                                    xv: T.let = x[i, blk * block_size + offset]
-                                    negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
-                                    acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
+                                accumulate(acc, x, entries, i, blk * block_size, first, count, lane, WARP_SIZE)
                                 start[0] = first + count
                         partial_sums[c, lane] = acc[0]
                 store(partial_sums, out, scales, i, group)
