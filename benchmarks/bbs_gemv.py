@@ -27,9 +27,7 @@ Threads: ``--threads`` (default 2) for both libraries, no idle spinning.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from common import (  # noqa: E402
     l3_cache_bytes, matmul_fanout, matmul_nbits, median_seconds, ort_session, parallel_read_bandwidth,
 )
@@ -183,10 +182,7 @@ def report(res: dict) -> None:
           "positions); BW frac = bytes / time / read bandwidth")
 
 
-def main() -> None:
-    args = parse_args()
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
-    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+def run(args: argparse.Namespace) -> dict:
     from bie_compiler.codegen.target import make_target
 
     target = make_target()
@@ -195,10 +191,8 @@ def main() -> None:
     rows = [measure_shape(k, n, args, bandwidth, target) for k, n in shapes]
     res = {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
            "cache_factor": args.cache_factor, "l3_bytes": l3_cache_bytes() or 0, "bandwidth": bandwidth, "rows": rows}
-    report(res)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return res
 
 
 if __name__ == "__main__":
-    main()
+    common.main(parse_args, run, report)

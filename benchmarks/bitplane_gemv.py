@@ -31,7 +31,6 @@ imported inside the functions that need them, after ``main`` has set them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ import numpy as np
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from common import (  # noqa: E402  (shared with the other GEMV benchmarks; re-exported for them)
     BANDWIDTH_ARRAY_BYTES, l3_cache_bytes, matmul_chain, median_seconds, numpy_read_bandwidth, ort_session,
 )
@@ -200,15 +200,5 @@ def report(res: dict) -> None:
     print("times are per layer; BW frac = weight bytes per layer / time / numpy single-thread read bandwidth")
 
 
-def main() -> None:
-    args = parse_args()
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
-    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
-    res = run(args)
-    report(res)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    common.main(parse_args, run, report)

@@ -8,6 +8,8 @@ library's spinning pool steals cores from the other's.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +20,17 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 BANDWIDTH_ARRAY_BYTES = 512 * 2**20
+
+
+def main(parse_args, run, report) -> None:
+    """A CPU benchmark's entry point: threads set before TVM loads, then ``report(run(args))``, then ``--json``."""
+    args = parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
+    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    res = run(args)
+    report(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
 
 
 def median_seconds(fn, calls: int, repeats: int) -> float:

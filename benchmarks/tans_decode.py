@@ -22,7 +22,6 @@ spinning are set as in ``bitplane_gemv.py``, whose helpers this script reuses.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from bitplane_gemv import MAX_REL_ERROR, SEED, matmul_chain, median_seconds, ort_session  # noqa: E402
 from common import matmul_nbits  # noqa: E402
 
@@ -148,15 +148,5 @@ def print_report(res: dict) -> None:
         print(f"  {name:<45} " + (f"{ms:8.3f} ms" if ms is not None else f"  n/a: {res['matmul_nbits_missing']}"))
 
 
-def main() -> None:
-    args = parse_args()
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
-    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
-    res = run(args)
-    print_report(res)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    common.main(parse_args, run, print_report)
