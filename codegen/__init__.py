@@ -17,7 +17,7 @@ from tvm import s_tir, te, tirx
 from bie_compiler.codecs import Encoded, bbs, bie_binary, bie_bitplane, bie_blocked, tans
 from bie_compiler.codecs.base import packed_width
 
-from .kernels import bbs_decoded, bbs_lut, bitplane, sparse_index, sparse_index_cuda, tans_matmul
+from .kernels import bbs_cuda, bbs_decoded, bbs_lut, bitplane, sparse_index, sparse_index_cuda, tans_cuda, tans_matmul
 
 KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kernel kind
 LAYER_ATTR = "bie.layer"  # on our kernels in the IRModule: the name of the weight they compute from
@@ -116,21 +116,34 @@ def tans_layout(enc: Encoded) -> dict:
                 rows_per_stream=int(h["rows_per_stream"]), num_words=int(enc.arrays["words"].size))
 
 
-def tans_constants(enc: Encoded) -> list[np.ndarray]:
-    """What the tANS kernels read: counts, offsets, the words as bytes (for unaligned 8-byte loads), steps."""
+def tans_constants(enc: Encoded, byte_words: bool = True) -> list[np.ndarray]:
+    """What the tANS kernels read: counts, offsets, the words, steps.
+
+    The CPU kernels take the words as bytes (for unaligned 8-byte loads), the GPU kernel as the uint32 words.
+    """
     a = enc.arrays
-    return [a["counts"], a["offsets"], a["words"].view(np.uint8), a["steps"]]
+    return [a["counts"], a["offsets"], a["words"].view(np.uint8) if byte_words else a["words"], a["steps"]]
 
 
 def _tans_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     # The kernels index their table by decoded states and trust the counts and offsets: check them first.
     tans.tans_coder.validate(tans.streams(enc), int(enc.header["levels"]))
+    if _on_gpu():
+        return KernelCall("tans", tans_cuda.matmul(**tans_layout(enc)), tans_constants(enc, byte_words=False))
     return KernelCall("tans_matmul", tans_matmul.matmul(**tans_layout(enc)), tans_constants(enc))
 
 
 def _bbs_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """Conv: decode + conv in one PrimFunc. Matmul: the LUT bit-serial GEMV for one row (AVX-512), else decoded."""
+    """Conv: decode + conv in one PrimFunc. Matmul: the LUT bit-serial GEMV for one row (AVX-512), else decoded.
+
+    On the GPU: weights decoded in registers as they are multiplied, a warp per channel (matmul) or a thread per
+    output element (conv), one kernel for every batch.
+    """
     constants = bbs_decoded.constants(enc)
+    if _on_gpu():
+        if conv is not None:
+            return KernelCall("bbs_conv2d", bbs_cuda.conv2d(enc, conv), constants)
+        return KernelCall("bbs", bbs_cuda.matmul(enc), constants)
     if conv is not None:
         return KernelCall("bbs_conv2d", bbs_decoded.conv2d(enc, conv), constants)
     decoded = KernelCall("bbs_decoded", bbs_decoded.matmul(enc), constants)
@@ -150,6 +163,9 @@ KERNELS = {
     (bie_bitplane.NAME, "matmul", "cuda"): _bitplane_call,
     (bie_binary.NAME, "matmul", "cuda"): _binary_call,
     (bie_blocked.NAME, "matmul", "cuda"): _blocked_call,
+    (bbs.NAME, "matmul", "cuda"): _bbs_call,
+    (bbs.NAME, "conv2d", "cuda"): _bbs_call,
+    (tans.NAME, "matmul", "cuda"): _tans_call,
 }
 
 

@@ -11,9 +11,9 @@ from tvm.script import tirx as T
 from tvm.support import nvcc
 
 import bie_compiler
-from bie_compiler.codecs import CODECS, bie_binary, make_config
-from bie_compiler.codegen import KERNELS, cuda, has_kernel, kernel_for
-from bie_compiler.codegen.kernels import sparse_index_cuda
+from bie_compiler.codecs import CODECS, bbs, bie_binary, make_config, tans
+from bie_compiler.codegen import KERNELS, ConvSpec, cuda, has_kernel, kernel_for, tans_constants, tans_layout
+from bie_compiler.codegen.kernels import bbs_cuda, sparse_index_cuda, tans_cuda
 from bie_compiler.codegen.target import make_target
 from bie_compiler.errors import ArtefactError
 from bie_compiler.parity import check_artefact, make_inputs
@@ -27,7 +27,12 @@ KERNEL_CASES = {
     "binary-bitmap": ("bie-binary", {"layout": "bitmap"}),
     "binary-index": ("bie-binary", {"layout": "index", "density": 0.1}),
     "blocked": ("bie-blocked", {"density": 0.2}),
+    "bbs-moderate": ("bbs", {"preset": "moderate"}),
+    "bbs-conservative": ("bbs", {"preset": "conservative"}),
+    "tans": ("tans", {"levels": 15}),
 }
+SHUFFLE_SUM_CASES = ["bitplane", "bitplane-grouped", "binary-bitmap", "bbs-moderate", "bbs-conservative"]
+SHARED_SUM_CASES = ["binary-index", "blocked", "tans"]  # tans: the matmul over the decoded weights
 FALLBACK_CODECS = [c for c in CODECS if not has_kernel(c, "matmul", make_target("cuda"))]
 MODELS = ["mlp", "transformer", "cnn"]
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH: the CUDA source cannot be compiled")
@@ -74,9 +79,13 @@ def test_cuda_target_records_arch_and_host():
 
 def test_every_cuda_kernel_is_device_code(kernel_source):
     names, source = kernel_source
-    assert sorted(cuda.global_functions(source)) == sorted(f"{name}_kernel" for name in names)
-    assert source.count("= __shfl_down_sync(") == 5 * 3  # bit-plane kernels: a 5-step warp-shuffle sum each
-    assert source.count("__syncthreads()") == 2  # index kernels: partial sums meet in shared memory
+    # one device kernel each; tans two: the decode (or fused GEMV) and the matmul over the decoded weights
+    assert sorted(cuda.global_functions(source)) == sorted([f"{name}_kernel" for name in names] + ["tans_kernel_1"])
+    # bit-plane and bbs kernels: a 5-step warp-shuffle sum each
+    assert source.count("= __shfl_down_sync(") == 5 * len(SHUFFLE_SUM_CASES)
+    # index kernels and the tans matmul: partial sums meet in shared memory; the tans decode: two steps of the table
+    assert source.count("__syncthreads()") == len(SHARED_SUM_CASES) + 2
+    assert source.count("extern __shared__") == 1  # the tans decode table, up to 128 KiB
 
 
 @needs_nvcc
@@ -107,12 +116,79 @@ def test_warp_index_kernels_emulated_on_the_cpu(codec, options, n, k):
         func = sparse_index_cuda.blocked_index(n=n, k=k, nnz=entries.size, block_size=int(enc.header["block_size"]),
                                                entry_dtype=entries.dtype.name, count_dtype=counts.dtype.name, gpu=False)
         constants = [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]]
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target()).mod
     x = np.random.default_rng(1).standard_normal((3, k)).astype(np.float32)
-    out = tvm.runtime.empty((3, n), "float32")
+    assert_close(run_on_the_cpu(func, x, constants, (3, n)), x @ module.decode(enc).astype(np.float64).T)
+
+
+def run_on_the_cpu(func, x, constants, out_shape):
+    """Build a kernel emulated on the CPU (``gpu=False``) and run it."""
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target()).mod
+    out = tvm.runtime.empty(out_shape, "float32")
     lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in constants], out)
-    ref = x @ module.decode(enc).astype(np.float64).T
-    assert np.abs(out.numpy() - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
+    return out.numpy()
+
+
+def assert_close(got, ref):
+    assert np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
+
+
+BBS_CONFIGS = [
+    {"preset": "moderate"},
+    {"preset": "conservative"},
+    {"preset": "moderate", "sensitive_fraction": 0.0},  # pruned rows only: 37 = 2 blocks of 16 + 5 lanes
+    {"pruned_columns": 6, "method": "avg", "sensitive_fraction": 1.0},  # sensitive rows only
+]
+
+
+@pytest.mark.parametrize("options", BBS_CONFIGS, ids=[str(o) for o in BBS_CONFIGS])
+@pytest.mark.parametrize("n,k", [(1, 5), (37, 300)])
+def test_bbs_matmul_emulated_on_the_cpu(options, n, k):
+    """The GPU bbs matmul's TE compute with the GPU schedule's loop splits, serial, against the reference decoder."""
+    enc = bbs.encode(weight(n, k, n + k), make_config("bbs", options))
+    decoded = bbs.decode(enc).astype(np.float64)
+    func = bbs_cuda.matmul(enc, gpu=False)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, k)).astype(np.float32)
+        assert_close(run_on_the_cpu(func, x, kernel_for(enc, make_target()).constants, (batch, n)), x @ decoded.T)
+
+
+def conv_nchw(x, w, stride, pad):
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, w.shape[2:], axis=(2, 3))[:, :, ::stride, ::stride]
+    return np.einsum("bihwrs,oirs->bohw", windows, w)
+
+
+@pytest.mark.parametrize("o,i,kernel,stride,pad", [(16, 3, 3, 1, 1), (20, 36, 3, 2, 1)])
+def test_bbs_conv_emulated_on_the_cpu(o, i, kernel, stride, pad):
+    """The GPU bbs conv (decode inlined, one thread per output) with its thread loops serial, against the decoder."""
+    rng = np.random.default_rng(o + i)
+    matrix = rng.standard_normal((o, kernel * kernel * i)).astype(np.float32)  # codec layout: (kh, kw, in)
+    enc = bbs.encode(matrix, bbs.Config("moderate", sensitive_fraction=0.3))
+    decoded = bbs.decode(enc).reshape(o, kernel, kernel, i).transpose(0, 3, 1, 2).astype(np.float64)
+    func = bbs_cuda.conv2d(enc, ConvSpec((stride, stride), (pad,) * 4, (1, 1), (o, i, kernel, kernel)), gpu=False)
+    x = rng.standard_normal((2, i, 9, 7)).astype(np.float32)
+    ref = conv_nchw(x, decoded, stride, pad)
+    assert_close(run_on_the_cpu(func, x, kernel_for(enc, make_target()).constants, ref.shape), ref)
+
+
+TANS_CASES = [  # (N, K, Config): a short last stream, K not a multiple of the states or of 32, several stream blocks
+    (1, 1, tans.Config(levels=3)),
+    (37, 300, tans.Config(levels=15, stream_symbols=1000)),
+    (70, 33, tans.Config(levels=255, states=3, table_log=8, stream_symbols=33)),  # 70 streams: 3 thread blocks
+    (50, 129, tans.Config(levels=31, states=1, table_log=12, stream_symbols=300)),
+]
+
+
+@pytest.mark.parametrize("n,k,config", TANS_CASES)
+def test_tans_matmul_emulated_on_the_cpu(n, k, config):
+    """The GPU tANS kernel's loop nest (fused GEMV at batch 1, decode + matmul above), serial, against the decoder."""
+    rng = np.random.default_rng(n + k)
+    enc = tans.encode(weight(n, k, n * k), config)
+    decoded = tans.decode(enc).astype(np.float64)
+    func = tans_cuda.matmul(**tans_layout(enc), gpu=False)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        assert_close(run_on_the_cpu(func, x, tans_constants(enc, byte_words=False), (batch, n)), x @ decoded.T)
 
 
 def test_unbound_kernel_is_refused_not_compiled_for_the_host(target):
@@ -156,12 +232,18 @@ def test_every_encoded_layer_became_a_gpu_kernel(artefacts, model, case):
     for layer in encoded:
         names = m["device_code"]["layer_kernels"][layer]
         assert names and set(names) <= kernels, (layer, names)
-    if model == "cnn":  # the convs stay dense, and run on the GPU too
-        assert sum("conv2d" in name for name in kernels) == 3
+    if model == "cnn":
+        convs = {layer["name"] for layer in m["layers"] if layer["op"] == "conv2d"}
+        ours = {name for names in m["device_code"]["layer_kernels"].values() for name in names}
+        dense_convs = [name for name in kernels - ours if "conv2d" in name]
+        if has_kernel(KERNEL_CASES[case][0], "conv2d", make_target("cuda")):  # the convs compute from the encoding
+            assert len(convs) == 3 and convs <= set(encoded) and not dense_convs
+        else:  # the convs stay dense, and run on the GPU too
+            assert len(dense_convs) == 3
 
 
 @needs_nvcc
-@pytest.mark.parametrize("case", ["bitplane", "binary-index", "blocked"])
+@pytest.mark.parametrize("case", ["bitplane", "binary-index", "blocked", "bbs-moderate", "tans"])
 @pytest.mark.parametrize("model", MODELS)
 def test_device_code_compiles_with_nvcc(artefacts, model, case):
     text = ptx((artefacts[model, case] / DEVICE_SOURCE).read_text())

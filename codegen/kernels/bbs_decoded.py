@@ -12,8 +12,8 @@ Times the row's scale, that is the reference decoder's value.
 * :func:`conv2d`: the first step for BBS convolutions: the whole OIHW weight
   decoded (in parallel over output channels) inside the same PrimFunc as
   ``topi.nn.conv2d_nchw``, which reads the activation, so constant folding
-  cannot turn the weight back into a dense constant. A direct bit-serial conv
-  is future work.
+  cannot turn the weight back into a dense constant (the GPU's direct conv,
+  :mod:`.bbs_cuda`, shares its compute, :func:`conv2d_compute`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from tvm import s_tir, te, tirx, topi
 from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
-VECTOR = 16  # float32 lanes of the FMA accumulators and the decode loop
+from . import decode_once
+
+CONV_BLOCK = "conv2d_nchw"  # topi's name for the conv block
 
 
 def constants(enc: Encoded) -> list[np.ndarray]:
@@ -86,26 +88,14 @@ def matmul(enc: Encoded) -> tirx.PrimFunc:
     out = te.compute((x.shape[0], n), lambda m, c: stored[m, position[c]], name="unshuffle")
     sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
     sch.work_on("main")
-    block = sch.get_sblock("stored")
-    m, row, rk = sch.get_loops(block)
-    rk_outer, rk_lane = sch.split(rk, [None, VECTOR])
-    sch.reorder(row, m, rk_outer, rk_lane)
-    partial = sch.rfactor(rk_lane, factor_axis=0)
-    row, m, rk_outer, lane = sch.get_loops(partial)
-    sch.vectorize(lane)
-    sch.parallel(row)
-    sch.reverse_compute_at(block, m)
-    dec = sch.get_sblock("decoded")
-    sch.compute_at(dec, row)
-    sch.vectorize(sch.split(sch.get_loops(dec)[-1], [None, VECTOR])[1])
-    sch.decompose_reduction(partial, rk_outer)
-    sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("xpad"))[-1], [None, VECTOR])[1])
+    decode_once.schedule_llvm(sch, "stored")
     sch.parallel(sch.get_loops(sch.get_sblock("unshuffle"))[0])
     return sch.mod["main"]
 
 
-def conv2d(enc: Encoded, conv) -> tirx.PrimFunc:
-    """Scheduled ``f(x NCHW, scales, position, sensitive, columns, meta, out NCHW)`` for ``conv`` (a ConvSpec)."""
+def conv2d_compute(enc: Encoded, conv) -> tirx.PrimFunc:
+    """Unscheduled ``f(x NCHW, scales, position, sensitive, columns, meta, out NCHW)``: the OIHW weight decoded
+    (block ``decoded``, in output-channel order via ``position``), then ``topi.nn.conv2d_nchw``."""
     o, i, kh, kw = conv.kernel_shape
     x = te.placeholder((te.var("batch", "int64"), i, te.var("h", "int64"), te.var("w", "int64")), "float32", "x")
     scales, position, sensitive, columns, meta = holders = placeholders(enc)
@@ -113,13 +103,18 @@ def conv2d(enc: Encoded, conv) -> tirx.PrimFunc:
     # codec layout: K runs over (kh, kw, in_channel), channel fastest
     oihw = te.compute((o, i, kh, kw), lambda f, c, r, s: weight(position[f], (r * kw + s) * i + c), name="decoded")
     out = topi.nn.conv2d_nchw(x, oihw, list(conv.strides), list(conv.padding), list(conv.dilation))
-    sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
+    return te.create_prim_func([x, *holders, out])
+
+
+def conv2d(enc: Encoded, conv) -> tirx.PrimFunc:
+    """:func:`conv2d_compute` scheduled for the CPU: decode in parallel over output channels, then the conv."""
+    sch = s_tir.Schedule(conv2d_compute(enc, conv))
     sch.work_on("main")
     sch.parallel(sch.get_loops(sch.get_sblock("decoded"))[0])
     pad = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint.startswith("pad")]
     for b in pad:
         sch.compute_inline(b)
-    block = sch.get_sblock(out.op.name)
+    block = sch.get_sblock(CONV_BLOCK)
     nn, ff, yy, xx, rc, ry, rx = sch.get_loops(block)
     sch.reorder(nn, ff, yy, rc, ry, rx, xx)
     sch.parallel(sch.fuse(nn, ff))

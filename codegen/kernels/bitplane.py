@@ -18,7 +18,7 @@ from tvm import s_tir, te, tirx
 
 from bie_compiler.codecs.base import PACK_LANES
 
-from . import warp_layout
+from . import decode_once, warp_layout
 
 BLOCK = "bitplane"
 
@@ -105,20 +105,7 @@ def compute_decoded(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: t
 
 def schedule_decoded_llvm(sch: s_tir.Schedule) -> None:
     """Parallel over channels; a channel's weights decoded once (vectorized) into a row, then 16-lane FMAs per row."""
-    block = sch.get_sblock(BLOCK_DECODED)
-    m, n, rk = sch.get_loops(block)
-    rk_outer, rk_lane = sch.split(rk, [None, PACK_LANES])
-    sch.reorder(n, m, rk_outer, rk_lane)
-    partial = sch.rfactor(rk_lane, factor_axis=0)
-    n, m, rk_outer, lane = sch.get_loops(partial)
-    sch.vectorize(lane)
-    sch.parallel(n)
-    sch.reverse_compute_at(block, m)
-    decoded = sch.get_sblock("decoded")
-    sch.compute_at(decoded, n)
-    sch.vectorize(sch.split(sch.get_loops(decoded)[-1], [None, PACK_LANES])[1])
-    sch.decompose_reduction(partial, rk_outer)
-    _vectorize_padding(sch)
+    decode_once.schedule_llvm(sch, BLOCK_DECODED)
 
 
 def schedule_cuda(sch: s_tir.Schedule) -> None:

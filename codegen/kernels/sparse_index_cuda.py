@@ -16,45 +16,16 @@ reads them, which is what the barrier guarantees on the GPU.)
 
 from __future__ import annotations
 
-from functools import partial
-
 from tvm.script import tirx as T
 
 from .sparse_index import signed_sum
-from .warp_layout import CHANNEL, CHANNEL_GROUPS, CHANNELS_PER_BLOCK, LANE, ROWS, WARP_SIZE
-
-
-def _loops(gpu: bool):
-    """(rows, groups, channels, lanes) loop kinds and (shared, local) scopes: thread-bound, or serial for the CPU."""
-    bound = (lambda tag: partial(T.thread_binding, thread=tag)) if gpu else (lambda tag: T.serial)
-    scopes = ("shared", "local") if gpu else ("global", "global")
-    return (bound(ROWS), bound(CHANNEL_GROUPS), bound(CHANNEL), bound(LANE)), scopes
-
-
-def _warp_sum(gpu: bool, n: int):
-    """The reduction epilogue: ``out[i, channel] = scale * sum of the warp's partial sums`` (lane 0 writes)."""
-    (_, _, channels, lanes), (_, local) = _loops(gpu)
-
-    @T.macro
-    def store(partial_sums, out, scales, i, group):
-        if gpu:
-            T.tvm_storage_sync("shared")
-        for c in channels(CHANNELS_PER_BLOCK):
-            for lane in lanes(WARP_SIZE):
-                if lane == 0 and group * CHANNELS_PER_BLOCK + c < n:
-                    total = T.decl_buffer((1,), "float32", scope=local)
-                    total[0] = T.float32(0)
-                    for other in range(WARP_SIZE):
-                        total[0] = total[0] + partial_sums[c, other]
-                    out[i, group * CHANNELS_PER_BLOCK + c] = total[0] * scales[group * CHANNELS_PER_BLOCK + c]
-
-    return store
+from .warp_layout import CHANNELS_PER_BLOCK, WARP_SIZE, thread_loops, warp_sum
 
 
 def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, gpu: bool = True):
     """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)]; lanes over entries."""
-    (rows, groups, channels, lanes), (shared, local) = _loops(gpu)
-    store = _warp_sum(gpu, n)
+    (rows, groups, channels, lanes), (shared, local) = thread_loops(gpu)
+    store = warp_sum(gpu, n)
     accumulate = signed_sum(entry_dtype, sign_bit)
     num_groups = -(-n // CHANNELS_PER_BLOCK)
 
@@ -91,8 +62,8 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
     """As :func:`global_index`, with positions ``block * block_size + offset(e)``; lanes over each block's entries."""
     sign_bit = block_size.bit_length() - 1
     blocks = -(-k // block_size)
-    (rows, groups, channels, lanes), (shared, local) = _loops(gpu)
-    store = _warp_sum(gpu, n)
+    (rows, groups, channels, lanes), (shared, local) = thread_loops(gpu)
+    store = warp_sum(gpu, n)
     accumulate = signed_sum(entry_dtype, sign_bit)
     num_groups = -(-n // CHANNELS_PER_BLOCK)
 

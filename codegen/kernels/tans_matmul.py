@@ -8,8 +8,8 @@ channels) are decoded in parallel, one per task. Within a stream, the ``S``
 interleaved states are unrolled: their table look-ups and bit reads are
 independent, so a core has ``S`` symbols in flight; only the bit position is
 shared. Bits come from a 64-bit window loaded once per few symbols (see
-``_macros``; the format pads the words so that any position up to the end
-can be loaded). Each symbol's decoding sits behind a test that the stream is
+:func:`macros`, shared with the GPU kernel of ``tans_cuda``; the format pads
+the words so that any position up to the end can be loaded). Each symbol's decoding sits behind a test that the stream is
 not exhausted: it keeps a malformed stream from running past its end, and,
 being a branch, it stops LLVM's SLP vectorizer from packing the states into
 one vector register (then every table look-up needs a gather or lane
@@ -42,6 +42,8 @@ extracts on the state's critical path: measured 2-3x slower).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tvm.script import tirx as T
 
 from bie_compiler.codecs.tans_coder import spread_step
@@ -57,44 +59,71 @@ BATCH_BLOCK = 4  # batch rows per weight-vector load in the dense matmul
 WINDOW_BITS = 57  # valid bits in a window: 64 minus the up to 7 of the byte's bits before the read position
 
 
-def _layout(n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int) -> dict:
+def layout(n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int) -> dict:
+    """The encoding's layout (as :func:`codegen.tans_layout` gives it) and the constants the macros derive from it."""
     size = 1 << table_log
-    return dict(size=size, mask=size - 1, step=spread_step(table_log), half=levels // 2,
+    return dict(n=n, k=k, levels=levels, table_log=table_log, states=states, rows_per_stream=rows_per_stream,
+                num_words=num_words, size=size, mask=size - 1, step=spread_step(table_log), half=levels // 2,
                 streams=-(-n // rows_per_stream), groups=k // states, tail=k % states,
                 per_window=WINDOW_BITS // table_log)
 
 
-def _macros(*, levels: int, table_log: int, states: int, size: int, mask: int, step: int, half: int,
-            per_window: int, **_):
-    """TIR macros shared by the kernels; buffers come in as arguments, layout constants from here.
+class Macros(NamedTuple):
+    """The TIR macros of :func:`macros`: the table build (in two steps or in place), and the stream decoding."""
 
-    Bits are read through a 64-bit window: one unaligned 8-byte load at the byte
-    holding bit ``pos``, shifted so that bit ``pos`` is bit 0, holds at least
-    WINDOW_BITS bits, enough for ``per_window`` symbols of at most ``table_log``
-    bits. A symbol's read is then a shift and a mask of a register (``off`` bits
-    into the window): the only memory access on a state's critical path is its
-    table look-up.
+    spread: object
+    fill_table: object
+    build_table: object
+    decode_stream: object
+    fused_stream: object
+
+
+def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, size: int, mask: int,
+           step: int, half: int, groups: int, tail: int, per_window: int, scope: str = "global",
+           aligned_words: bool = False, **_) -> Macros:
+    """TIR macros shared by the CPU and GPU kernels; buffers come in as arguments, layout constants from here.
+
+    ``scope`` is that of the per-stream scratch buffers (``local`` in a GPU
+    thread). Bits are read through a 64-bit window holding at least
+    WINDOW_BITS bits from bit ``pos``, enough for ``per_window`` symbols of at
+    most ``table_log`` bits. With ``aligned_words=False`` ``words`` is the
+    uint32 words as bytes and the window is one unaligned 8-byte load at the
+    byte holding bit ``pos``, shifted; with ``aligned_words=True`` (GPUs fault
+    on unaligned wide loads) ``words`` is the uint32 words and the window is
+    assembled from the three aligned words from ``pos // 32``. A symbol's read
+    is then a shift and a mask of a register (``off`` bits into the window):
+    the only memory access on a state's critical path is its table look-up.
     """
+    rps = rows_per_stream
 
     @T.macro
-    def build_table(counts, table):
+    def spread(counts, symbols):
         # FSE's spread: symbol s takes counts[s] states, at successive steps through the table
-        cursor = T.decl_buffer((1,), "int32", scope="global")
+        cursor = T.decl_buffer((1,), "int32", scope=scope)
         cursor[0] = 0
         for s in range(levels):
             for _i in range(T.Cast("int32", counts[s])):
-                table[cursor[0]] = T.Cast("uint32", s)
+                symbols[cursor[0]] = T.Cast(symbols.dtype, s)
                 cursor[0] = (cursor[0] + step) & mask
+
+    @T.macro
+    def fill_table(counts, symbols, table):
         # the j-th state of s has n = counts[s] + j in [c, 2c): it reads R - floor(log2 n) bits
-        following = T.decl_buffer((levels,), "uint32", scope="global")
+        following = T.decl_buffer((levels,), "uint32", scope=scope)
         for s in range(levels):
             following[s] = T.Cast("uint32", counts[s])
         for x_state in range(size):
-            sym = table[x_state]
+            sym = T.Cast("uint32", symbols[x_state])
             nxt = following[sym]
             following[sym] = nxt + T.uint32(1)
             nbits = T.uint32(table_log) - (T.uint32(31) - T.Cast("uint32", T.clz(nxt)))
             table[x_state] = ((nxt << nbits) - T.uint32(size)) | (sym << T.uint32(16)) | (nbits << T.uint32(24))
+
+    @T.macro
+    def build_table(counts, table):
+        # in place: the spread's symbols become the table's entries
+        spread(counts, table)
+        fill_table(counts, table, table)
 
     @T.macro
     def refill(words, pos, off, window, end):
@@ -103,8 +132,16 @@ def _macros(*, levels: int, table_log: int, states: int, size: int, mask: int, s
         off[0] = T.int64(0)
         window[0] = T.uint64(0)
         if pos[0] <= end:
-            byte: T.let = pos[0] >> T.int64(3)
-            window[0] = T.reinterpret("uint64", words[T.Ramp(byte, T.int64(1), 8)]) >> T.Cast("uint64", pos[0] & T.int64(7))
+            if aligned_words:
+                word: T.let = pos[0] >> T.int64(5)
+                shift: T.let = T.Cast("uint64", pos[0] & T.int64(31))
+                low: T.let = T.Cast("uint64", words[word]) | (T.Cast("uint64", words[word + T.int64(1)]) << T.uint64(32))
+                high: T.let = T.Cast("uint64", words[word + T.int64(2)]) << T.uint64(32)
+                # the third word's bits above the first two's 64 - shift; two shifts, as one by 64 (shift 0) is undefined
+                window[0] = (low >> shift) | (high << (T.uint64(32) - shift))
+            else:
+                byte: T.let = pos[0] >> T.int64(3)
+                window[0] = T.reinterpret("uint64", words[T.Ramp(byte, T.int64(1), 8)]) >> T.Cast("uint64", pos[0] & T.int64(7))
 
     @T.macro
     def start_stream(st, offsets, words, state, value, pos, off, window, end):
@@ -134,66 +171,34 @@ def _macros(*, levels: int, table_log: int, states: int, size: int, mask: int, s
             state[j] = (e & T.uint32(65535)) + T.Cast("uint32", bits)
             value[j] = T.Cast("float32", T.Cast("int32", (e >> T.uint32(16)) & T.uint32(255)) - half)
 
-    return build_table, start_stream, decode_symbol
-
-
-def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
-                   num_words: int):
-    """``out[n, k] = q[n, k] * steps[n]``: the decoder alone, streams in parallel."""
-    lay = _layout(n, k, levels, table_log, states, rows_per_stream)
-    build_table, start_stream, decode_symbol = _macros(levels=levels, table_log=table_log, states=states, **lay)
-    streams, groups, tail, size, rps = lay["streams"], lay["groups"], lay["tail"], lay["size"], rows_per_stream
-
-    @T.prim_func(private=True)
-    def kernel(
-        counts: T.Buffer((levels,), "uint16"),
-        offsets: T.Buffer((streams + 1,), "uint32"),
-        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
-        steps: T.Buffer((n,), "float32"),
-        out: T.Buffer((n, k), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
-        table = T.decl_buffer((size,), "uint32")
-        build_table(counts, table)
-        for st in T.parallel(streams):
-            state = T.decl_buffer((states,), "uint32", scope="global")
-            value = T.decl_buffer((states,), "float32", scope="global")
-            pos = T.decl_buffer((1,), "int64", scope="global")  # bit position of the window
-            off = T.decl_buffer((1,), "int64", scope="global")  # bits read from the window
-            window = T.decl_buffer((1,), "uint64", scope="global")
-            end: T.let = T.Cast("int64", offsets[st + 1])
-            start_stream(st, offsets, words, state, value, pos, off, window, end)
-            for r in range(T.min(rps, n - st * rps)):
-                row: T.let = st * rps + r
-                scale: T.let = steps[row]
-                for g in range(groups):
-                    for j in T.unroll(states):
-                        decode_symbol(j, table, words, state, value, pos, off, window, end)
-                        out[row, g * states + j] = value[j] * scale
-                for j in T.unroll(tail):
+    @T.macro
+    def decode_stream(st, table, offsets, words, emit, dest, steps):
+        # decode stream st; emit(dest, steps, row, column, level) takes each symbol in order
+        state = T.decl_buffer((states,), "uint32", scope=scope)
+        value = T.decl_buffer((states,), "float32", scope=scope)
+        pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
+        off = T.decl_buffer((1,), "int64", scope=scope)  # bits read from the window
+        window = T.decl_buffer((1,), "uint64", scope=scope)
+        end: T.let = T.Cast("int64", offsets[st + 1])
+        start_stream(st, offsets, words, state, value, pos, off, window, end)
+        for r in range(T.min(rps, n - st * rps)):
+            for g in range(groups):
+                for j in T.unroll(states):
                     decode_symbol(j, table, words, state, value, pos, off, window, end)
-                    out[row, groups * states + j] = value[j] * scale
+                    emit(dest, steps, st * rps + r, g * states + j, value[j])
+            for j in T.unroll(tail):
+                decode_symbol(j, table, words, state, value, pos, off, window, end)
+                emit(dest, steps, st * rps + r, groups * states + j, value[j])
 
-    return kernel
-
-
-def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
-    """``out[m, n] = sum_k x[m, k] * q[n, k] * steps[n]`` for a symbolic batch m (see the module docstring)."""
-    lay = _layout(n, k, levels, table_log, states, rows_per_stream)
-    build_table, start_stream, decode_symbol = _macros(levels=levels, table_log=table_log, states=states, **lay)
-    streams, groups, tail, size, rps = lay["streams"], lay["groups"], lay["tail"], lay["size"], rows_per_stream
-    block = rps * k
-    vectors, vector_tail = k // LANES, k % LANES
-
-    @T.macro(hygienic=False)
-    def fused_stream(st, batch):
+    @T.macro
+    def fused_stream(st, batch, x, table, offsets, words, steps, out):
         # decode stream st once; every symbol goes straight into the dot products of the batch rows
-        state = T.decl_buffer((states,), "uint32", scope="global")
-        value = T.decl_buffer((states,), "float32", scope="global")
-        pos = T.decl_buffer((1,), "int64", scope="global")  # bit position of the window
-        off = T.decl_buffer((1,), "int64", scope="global")  # bits read from the window
-        window = T.decl_buffer((1,), "uint64", scope="global")
-        acc = T.decl_buffer((FUSED_MAX_BATCH * states,), "float32", scope="global")
+        state = T.decl_buffer((states,), "uint32", scope=scope)
+        value = T.decl_buffer((states,), "float32", scope=scope)
+        pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
+        off = T.decl_buffer((1,), "int64", scope=scope)  # bits read from the window
+        window = T.decl_buffer((1,), "uint64", scope=scope)
+        acc = T.decl_buffer((batch * states,), "float32", scope=scope)
         end: T.let = T.Cast("int64", offsets[st + 1])
         start_stream(st, offsets, words, state, value, pos, off, window, end)
         for r in range(T.min(rps, n - st * rps)):
@@ -211,11 +216,55 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                 for b in range(batch):
                     acc[b * states + j] = acc[b * states + j] + x[b, groups * states + j] * value[j]
             for b in range(batch):
-                total = T.decl_buffer((1,), "float32", scope="global")
+                total = T.decl_buffer((1,), "float32", scope=scope)
                 total[0] = T.float32(0)
                 for j in T.unroll(states):
                     total[0] = total[0] + acc[b * states + j]
                 out[b, row] = total[0] * steps[row]
+
+    return Macros(spread, fill_table, build_table, decode_stream, fused_stream)
+
+
+@T.macro
+def store_scaled(out, steps, row, column, level):
+    out[row, column] = level * steps[row]
+
+
+def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
+                   num_words: int):
+    """``out[n, k] = q[n, k] * steps[n]``: the decoder alone, streams in parallel."""
+    lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    mac = macros(**lay)
+    streams, size = lay["streams"], lay["size"]
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        out: T.Buffer((n, k), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        table = T.decl_buffer((size,), "uint32")
+        mac.build_table(counts, table)
+        for st in T.parallel(streams):
+            mac.decode_stream(st, table, offsets, words, store_scaled, out, steps)
+
+    return kernel
+
+
+def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
+    """``out[m, n] = sum_k x[m, k] * q[n, k] * steps[n]`` for a symbolic batch m (see the module docstring)."""
+    lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    mac = macros(**lay)
+    streams, size, rps = lay["streams"], lay["size"], rows_per_stream
+    block = rps * k
+    vectors, vector_tail = k // LANES, k % LANES
+
+    @T.macro
+    def keep(decoded, steps, row, column, level):
+        decoded[(row % rps) * k + column] = level  # the stream's own buffer: its rows from 0; scaled after the sum
 
     @T.prim_func(private=True)
     def kernel(
@@ -231,34 +280,20 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
         table = T.decl_buffer((size,), "uint32")
-        build_table(counts, table)
+        mac.build_table(counts, table)
         # one copy of the fused loop per batch size up to FUSED_MAX_BATCH, so that its accumulators are registers
         if m == T.int64(1):
             for st in T.parallel(streams):
-                fused_stream(st, 1)
+                mac.fused_stream(st, 1, x, table, offsets, words, steps, out)
         elif m == T.int64(2):
             for st in T.parallel(streams):
-                fused_stream(st, 2)
+                mac.fused_stream(st, 2, x, table, offsets, words, steps, out)
         else:
             for st in T.parallel(streams):
                 # decode the stream's channels into a buffer of its own ...
                 decoded = T.decl_buffer((block,), "float32")
-                state = T.decl_buffer((states,), "uint32", scope="global")
-                value = T.decl_buffer((states,), "float32", scope="global")
-                pos = T.decl_buffer((1,), "int64", scope="global")  # bit position of the window
-                off = T.decl_buffer((1,), "int64", scope="global")  # bits read from the window
-                window = T.decl_buffer((1,), "uint64", scope="global")
-                end: T.let = T.Cast("int64", offsets[st + 1])
-                start_stream(st, offsets, words, state, value, pos, off, window, end)
+                mac.decode_stream(st, table, offsets, words, keep, decoded, steps)
                 rows: T.let = T.min(rps, n - st * rps)
-                for r in range(rows):
-                    for g in range(groups):
-                        for j in T.unroll(states):
-                            decode_symbol(j, table, words, state, value, pos, off, window, end)
-                            decoded[r * k + g * states + j] = value[j]
-                    for j in T.unroll(tail):
-                        decode_symbol(j, table, words, state, value, pos, off, window, end)
-                        decoded[r * k + groups * states + j] = value[j]
                 # ... then a dense matmul over it: 16-lane accumulators, BATCH_BLOCK batch rows per weight load
                 acc = T.decl_buffer((BATCH_BLOCK * LANES,), "float32", scope="global")
                 total = T.decl_buffer((BATCH_BLOCK,), "float32", scope="global")

@@ -5,7 +5,17 @@ rows of activations, ``blockIdx.y`` over groups of CHANNELS_PER_BLOCK output
 channels, ``threadIdx.y`` picks the channel (one warp each) and ``threadIdx.x``
 the lane, which strides over that channel's encoding along K. The lanes'
 partial sums are then reduced across the warp.
+
+For TVMScript kernels, :func:`thread_loops` gives the loop kinds of this grid
+and :func:`warp_sum` the reduction epilogue; with ``gpu=False`` the loops are
+serial and the buffers global, so the same loop nest runs on the CPU for tests.
 """
+
+from __future__ import annotations
+
+from functools import partial
+
+from tvm.script import tirx as T
 
 WARP_SIZE = 32
 CHANNELS_PER_BLOCK = 4  # warps per thread block: 128 threads
@@ -14,3 +24,35 @@ ROWS = "blockIdx.x"  # up to 2^31 - 1 rows
 CHANNEL_GROUPS = "blockIdx.y"  # up to 65535 groups: N <= 262140
 CHANNEL = "threadIdx.y"
 LANE = "threadIdx.x"
+
+
+def bound_to(gpu: bool):
+    """``tag -> loop kind``: a loop bound to the thread tag, or a serial loop for the CPU."""
+    return (lambda tag: partial(T.thread_binding, thread=tag)) if gpu else (lambda tag: T.serial)
+
+
+def thread_loops(gpu: bool):
+    """(rows, groups, channels, lanes) loop kinds and (shared, local) scopes: thread-bound, or serial for the CPU."""
+    bound = bound_to(gpu)
+    scopes = ("shared", "local") if gpu else ("global", "global")
+    return (bound(ROWS), bound(CHANNEL_GROUPS), bound(CHANNEL), bound(LANE)), scopes
+
+
+def warp_sum(gpu: bool, n: int):
+    """The reduction epilogue: ``out[i, channel] = scale * sum of the warp's partial sums`` (lane 0 writes)."""
+    (_, _, channels, lanes), (_, local) = thread_loops(gpu)
+
+    @T.macro
+    def store(partial_sums, out, scales, i, group):
+        if gpu:
+            T.tvm_storage_sync("shared")
+        for c in channels(CHANNELS_PER_BLOCK):
+            for lane in lanes(WARP_SIZE):
+                if lane == 0 and group * CHANNELS_PER_BLOCK + c < n:
+                    total = T.decl_buffer((1,), "float32", scope=local)
+                    total[0] = T.float32(0)
+                    for other in range(WARP_SIZE):
+                        total[0] = total[0] + partial_sums[c, other]
+                    out[i, group * CHANNELS_PER_BLOCK + c] = total[0] * scales[group * CHANNELS_PER_BLOCK + c]
+
+    return store

@@ -1,0 +1,110 @@
+"""tANS matmul on the GPU (codec ``tans``): one thread per stream decodes it, the decode table in shared memory.
+
+The decoding is :func:`tans_matmul.macros`, the CPU kernels' code, with the
+per-thread scratch in registers/local memory and the bit window assembled
+from aligned 32-bit words (``aligned_words``: a GPU faults on the CPU
+kernels' unaligned 8-byte loads).
+
+* Decode: thread block ``blockIdx.x`` takes STREAMS_PER_BLOCK consecutive
+  streams, thread ``threadIdx.x`` one of them. Thread 0 builds the decode table
+  from the counts in dynamic shared memory (FSE's spread is sequential), the
+  block meets at a barrier, then every thread decodes its stream, its ``S``
+  interleaved states in one thread as they share one bit position. Each
+  symbol's read sits behind the end-of-stream test of the CPU kernels.
+* Batch 1: fused decode-and-GEMV. Each symbol is multiplied into its row's
+  dot product as it is decoded (one accumulator per state); no weight is
+  written anywhere.
+* Larger batches: decode-to-buffer, then a matmul. The decode writes the
+  levels ``q`` into a workspace ``[N, K]``; a second kernel on the grid of
+  ``warp_layout`` (a warp per output channel, lanes over K, coalesced) takes
+  the dot products and scales them by the channel's step
+  (:func:`warp_layout.warp_sum`).
+
+``gpu=False`` builds the same loop nest with the thread loops serial and the
+buffers global: it runs on the CPU, so tests check the GPU kernel against the
+reference decoder on a machine without a GPU. (Serially, thread 0 has built
+the table before any thread reads it, which is what the barrier guarantees
+on the GPU.)
+"""
+
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+from . import tans_matmul
+from .warp_layout import CHANNELS_PER_BLOCK, WARP_SIZE, bound_to, thread_loops, warp_sum
+
+STREAMS_PER_BLOCK = 32  # one warp of streams shares a decode table (built once per block)
+
+
+@T.macro
+def store_level(decoded, steps, row, column, level):
+    decoded[row, column] = level  # the step is applied to the dot product
+
+
+def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int,
+           gpu: bool = True):
+    """``f(x [m, K], counts, offsets, words (uint32), steps, out [m, N])``: ``out = x @ (q * steps).T``, any m."""
+    lay = tans_matmul.layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    (rows, channel_groups, channels, lanes), (shared, local) = thread_loops(gpu)
+    mac = tans_matmul.macros(**lay, scope=local, aligned_words=True)
+    bound = bound_to(gpu)
+    blocks, threads = bound("blockIdx.x"), bound("threadIdx.x")
+    table_scope = "shared.dyn" if gpu else "global"  # 2^table_log words: up to 128 KiB, above the static 48 KiB
+    # (the symbols of the spread, 2^table_log bytes, fit the static 48 KiB)
+    store = warp_sum(gpu, n)
+    streams, size = lay["streams"], lay["size"]
+    stream_blocks = -(-streams // STREAMS_PER_BLOCK)
+    num_groups = -(-n // CHANNELS_PER_BLOCK)
+
+    @T.prim_func(private=True)
+    def kernel(
+        var_x: T.handle,
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((num_words,), "uint32"),
+        steps: T.Buffer((n,), "float32"),
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        decoded = T.decl_buffer((n, k), "float32")  # workspace of the decode-to-buffer path
+        for blk in blocks(stream_blocks):
+            symbols = T.decl_buffer((size,), "uint8", scope=shared)
+            table = T.decl_buffer((size,), "uint32", scope=table_scope)
+            # the two steps of the table's build, each by thread 0, with barriers at block level
+            for t in threads(STREAMS_PER_BLOCK):
+                if t == 0:
+                    mac.spread(counts, symbols)
+            if gpu:
+                T.tvm_storage_sync("shared")
+            for t in threads(STREAMS_PER_BLOCK):
+                if t == 0:
+                    mac.fill_table(counts, symbols, table)
+            if gpu:
+                T.tvm_storage_sync("shared")
+            for t in threads(STREAMS_PER_BLOCK):
+                if blk * STREAMS_PER_BLOCK + t < streams:
+                    if m == T.int64(1):
+                        mac.fused_stream(blk * STREAMS_PER_BLOCK + t, 1, x, table, offsets, words, steps, out)
+                    else:
+                        mac.decode_stream(blk * STREAMS_PER_BLOCK + t, table, offsets, words, store_level, decoded,
+                                          steps)
+        if m != T.int64(1):
+            for i in rows(m):
+                for group in channel_groups(num_groups):
+                    partial_sums = T.decl_buffer((CHANNELS_PER_BLOCK, WARP_SIZE), "float32", scope=shared)
+                    for c in channels(CHANNELS_PER_BLOCK):
+                        for lane in lanes(WARP_SIZE):
+                            acc = T.decl_buffer((1,), "float32", scope=local)
+                            acc[0] = T.float32(0)
+                            if group * CHANNELS_PER_BLOCK + c < n:
+                                for step in range((k + (WARP_SIZE - 1) - lane) // WARP_SIZE):
+                                    column: T.let = lane + WARP_SIZE * step
+                                    acc[0] = acc[0] + x[i, column] * decoded[group * CHANNELS_PER_BLOCK + c, column]
+                            partial_sums[c, lane] = acc[0]
+                    store(partial_sums, out, steps, i, group)
+
+    return kernel
