@@ -15,7 +15,7 @@ kernels' unaligned 8-byte loads).
   dot product as it is decoded (one accumulator per state); no weight is
   written anywhere.
 * Larger batches: decode-to-buffer, then a matmul. The decode writes the
-  levels ``q`` into a workspace ``[N, K]``; a second kernel on the grid of
+  levels ``q`` into a workspace ``[N, K]`` (allocated on this path only); a second kernel on the grid of
   ``warp_layout`` (a warp per output channel, lanes over K, coalesced) takes
   the dot products and scales them by the channel's step
   (:func:`warp_layout.warp_sum`).
@@ -57,6 +57,27 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     stream_blocks = -(-streams // STREAMS_PER_BLOCK)
     num_groups = -(-n // CHANNELS_PER_BLOCK)
 
+    @T.macro
+    def each_stream(counts, offsets, words, decode):
+        """Per thread block: thread 0 builds the decode table (two steps, each behind a block barrier),
+        then every thread runs ``decode(stream, table)`` on its stream."""
+        for blk in blocks(stream_blocks):
+            symbols = T.decl_buffer((size,), "uint8", scope=shared)
+            table = T.decl_buffer((size,), "uint32", scope=table_scope)
+            for t in threads(STREAMS_PER_BLOCK):
+                if t == 0:
+                    mac.spread(counts, symbols)
+            if gpu:
+                T.tvm_storage_sync("shared")
+            for t in threads(STREAMS_PER_BLOCK):
+                if t == 0:
+                    mac.fill_table(counts, symbols, table)
+            if gpu:
+                T.tvm_storage_sync("shared")
+            for t in threads(STREAMS_PER_BLOCK):
+                if blk * STREAMS_PER_BLOCK + t < streams:
+                    decode(blk * STREAMS_PER_BLOCK + t, table)
+
     @T.prim_func(private=True)
     def kernel(
         var_x: T.handle,
@@ -70,29 +91,14 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        decoded = T.decl_buffer((n, k), "float32")  # workspace of the decode-to-buffer path
-        for blk in blocks(stream_blocks):
-            symbols = T.decl_buffer((size,), "uint8", scope=shared)
-            table = T.decl_buffer((size,), "uint32", scope=table_scope)
-            # the two steps of the table's build, each by thread 0, with barriers at block level
-            for t in threads(STREAMS_PER_BLOCK):
-                if t == 0:
-                    mac.spread(counts, symbols)
-            if gpu:
-                T.tvm_storage_sync("shared")
-            for t in threads(STREAMS_PER_BLOCK):
-                if t == 0:
-                    mac.fill_table(counts, symbols, table)
-            if gpu:
-                T.tvm_storage_sync("shared")
-            for t in threads(STREAMS_PER_BLOCK):
-                if blk * STREAMS_PER_BLOCK + t < streams:
-                    if m == T.int64(1):
-                        mac.fused_stream(blk * STREAMS_PER_BLOCK + t, 1, x, table, offsets, words, steps, out)
-                    else:
-                        mac.decode_stream(blk * STREAMS_PER_BLOCK + t, table, offsets, words, store_level, decoded,
-                                          steps)
-        if m != T.int64(1):
+        if m == T.int64(1):  # fused: nothing written but the outputs
+            each_stream(counts, offsets, words,
+                        lambda stream, table: mac.fused_stream(stream, 1, x, table, offsets, words, steps, out))
+        else:  # decode the levels into a workspace, then a warp per channel multiplies
+            decoded = T.decl_buffer((n, k), "float32")
+            each_stream(counts, offsets, words,
+                        lambda stream, table: mac.decode_stream(stream, table, offsets, words, store_level, decoded,
+                                                                steps))
             for i in rows(m):
                 for group in channel_groups(num_groups):
                     partial_sums = T.decl_buffer((CHANNELS_PER_BLOCK, WARP_SIZE), "float32", scope=shared)
