@@ -79,13 +79,14 @@ def test_cuda_target_records_arch_and_host():
 
 def test_every_cuda_kernel_is_device_code(kernel_source):
     names, source = kernel_source
-    # one device kernel each; tans two: the decode (or fused GEMV) and the matmul over the decoded weights
-    assert sorted(cuda.global_functions(source)) == sorted([f"{name}_kernel" for name in names] + ["tans_kernel_1"])
+    # one device kernel each; tans three: the fused decode-GEMV (batch 1), else the decode and the matmul over it
+    expected = [f"{name}_kernel" for name in names] + ["tans_kernel_1", "tans_kernel_2"]
+    assert sorted(cuda.global_functions(source)) == sorted(expected)
     # bit-plane and bbs kernels: a 5-step warp-shuffle sum each
     assert source.count("= __shfl_down_sync(") == 5 * len(SHUFFLE_SUM_CASES)
-    # index kernels and the tans matmul: partial sums meet in shared memory; the tans decode: two steps of the table
-    assert source.count("__syncthreads()") == len(SHARED_SUM_CASES) + 2
-    assert source.count("extern __shared__") == 1  # the tans decode table, up to 128 KiB
+    # index kernels and the tans matmul: partial sums meet in shared memory; each tans decode: two table steps
+    assert source.count("__syncthreads()") == len(SHARED_SUM_CASES) + 2 * 2
+    assert source.count("extern __shared__") == 2  # the tans decode table (up to 128 KiB), in each decode kernel
 
 
 @needs_nvcc
