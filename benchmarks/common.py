@@ -33,9 +33,15 @@ def main(parse_args, run, report) -> None:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
 
 
+WARMUP_SECONDS = 1.0  # measured: a fresh process runs its first ~20 passes of a streamed GEMV about 2x slower
+
+
 def median_seconds(fn, calls: int, repeats: int) -> float:
     """Median over ``repeats`` of the time of one call, each timed as a loop of ``calls`` calls."""
-    fn()  # warm-up: thread pools started, lazy allocations done
+    warm_until = time.perf_counter() + WARMUP_SECONDS  # thread pools started, lazy allocations done, clocks up
+    fn()
+    while time.perf_counter() < warm_until:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

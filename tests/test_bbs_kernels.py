@@ -18,7 +18,8 @@ CONFIGS = [
     {"pruned_columns": 6, "method": "avg", "sensitive_fraction": 1.0},  # sensitive rows only
     {"pruned_columns": 1, "method": "zps", "sensitive_fraction": 0.3},
 ]
-SHAPES = [(1, 5), (100, 70), (48, 256)]  # (N, K): K not a multiple of 32 included
+SHAPES = [(1, 5), (100, 70), (48, 256), (512, 256)]  # (N, K): K not a multiple of 32 included; 512: many work
+# items, the LUT kernel interleaving sensitive items with pruned blocks
 
 
 @pytest.fixture(scope="module")

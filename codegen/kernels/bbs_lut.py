@@ -8,19 +8,31 @@ word bits ``4q .. 4q + 3`` are the column's bits for activations ``4q .. 4q + 3`
 so ``vpermps`` with the word as the index vector looks up 16 channels' partial
 sums at once (it reads only the low 4 bits of each lane; a right shift by 4
 moves to the next nibble). Per group and column: 1 load, 7 shifts, 8 look-ups,
-8 adds for 16 channels x 32 weights. Then per group
+7 adds and a multiply-add by the column's significance for 16 channels x 32
+weights; the group's 8 tables stay in registers across its columns. Then per group
 
     dot += 2^shift * sum_b significance_b * colsum_b + offset * sum(x over the group)
 
-with shift and offset from the group's metadata byte: the pruned columns cost
-nothing but that one multiply-add (they are constant, so their contribution is
-the offset times the group's activation sum). A look-up costs the same
-whatever the column holds, so the bi-directional rule of the bit-serial
-hardware (summing the zeros of a mostly-ones column) has nothing to save here:
-``table[~t] = table[15] - table[t]`` is the same identity, applied for free.
+with shift and offset from the group's metadata byte in 7 vector ops (2^shift is
+a look-up of the byte's top 2 bits in a register of the 4 powers; the zps sign of
+the offset is folded into the group sums): the pruned columns cost nothing but
+that one multiply-add (they are constant, so their contribution is the offset
+times the group's activation sum). A look-up costs the same whatever the column
+holds, so the bi-directional rule of the bit-serial hardware (summing the zeros
+of a mostly-ones column) has nothing to save here: ``table[~t] = table[15] - table[t]``
+is the same identity, applied for free.
 
-Sensitive rows are INT8 dot products (16-lane FMAs). Both chunks run in
-parallel over rows/blocks; the output is unshuffled through ``position``.
+Sensitive rows are INT8 dot products, 4 rows per pass over x: 4 independent
+16-lane FMA chains (one chain alone waits on the FMA latency).
+
+One parallel region over work items (16 pruned channels, or 16 sensitive rows).
+TVM hands each thread a contiguous share of the items, so the sensitive items
+are spread evenly over the range. Each item prefetches the next one's data into
+L2 while it computes (a block's columns span several 4 KiB pages, eight for
+K = 4096 at 4 kept bits, and the hardware prefetchers stop at every page). Inside the parallel loop every value is
+``T.let``-bound and the accumulators live in one buffer allocated per call: TVM
+turns a buffer declared, or a name assigned, inside a parallel loop into a
+workspace allocation per iteration. The output is unshuffled through ``position``.
 Rows of activations are processed one after the other, so the kernel is exact
 for any batch, but it is meant for batch 1 (larger batches use the decoded
 kernel, :mod:`.bbs_decoded`). Needs AVX-512 (``vpermps`` on 16 lanes).
@@ -35,8 +47,10 @@ from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
 PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps zmm: 16 float look-ups in a 16-entry register table
+PREFETCH = "llvm.prefetch.p0"  # (address, read = 0, locality 2 = into L2, data = 1)
 LANES = bbs.LANES
 NIBBLES = bbs.GROUP // 4  # tables per group
+ROWS = 4  # sensitive rows per pass over x: independent FMA chains
 
 
 def supported(target) -> bool:
@@ -46,16 +60,26 @@ def supported(target) -> bool:
     return bool(llvm_codegen.llvm_cpu_has_features("avx512f", target))
 
 
+def _tree(terms):
+    """The sum of ``terms`` as a balanced tree (short dependency chains)."""
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def _prefetch(load):
+    """Fetch the cache line of ``load`` into L2 (the hardware prefetchers stop at every 4 KiB page)."""
+    return T.evaluate(tirx.call_llvm_intrin("void", PREFETCH, tirx.address_of(load), tirx.const(0, "int32"),
+                                            tirx.const(2, "int32"), tirx.const(1, "int32")))
+
+
 def _column_sum(table, first, words):
     """Sum of the 8 look-ups of one group's column word for 16 channels, added as a tree (short dependency chains)."""
-    terms = [
+    return _tree([
         tirx.call_llvm_pure_intrin("float32x16", PERMUTE, table[first + q, tirx.Ramp(0, 1, 16)],
                                    words if q == 0 else tirx.shift_right(words, tirx.Broadcast(4 * q, LANES)))
         for q in range(NIBBLES)
-    ]
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
-    return terms[0]
+    ])
 
 
 def gemv(enc: Encoded):
@@ -68,11 +92,20 @@ def gemv(enc: Encoded):
     kg = -(-k // bbs.GROUP)
     kp = kg * bbs.GROUP
     blocks = -(-(n - count) // LANES)
-    sensitive_blocks = -(-count // LANES)  # work items of 16 sensitive rows, about as long as a pruned block
+    sensitive_blocks = -(-count // LANES)  # work items of 16 sensitive rows
     sensitive_rows = max(count, 1)
     column_blocks = max(blocks, 1)
     top = 1 << (bits - 1)  # column 0 (the sign) has significance -top, column b > 0 has 2^(bits - 1 - b)
-    offset_sign, wrap = (-1, 64) if zps else (1, 0)  # zps: offset = -c, c a 6-bit two's complement; avg: c
+    significance = [-top] + [1 << (bits - 1 - b) for b in range(1, bits)]
+    items = sensitive_blocks + blocks
+    # offset = c (avg, unsigned) or -c (zps, c a 6-bit two's complement: sign-extended by shifting it to the top
+    # and back; the minus is folded into group_sum)
+    offset_sign = -1 if zps else 1
+    offset_of = ((lambda code: T.shift_right(T.shift_left(code, T.Broadcast(26, LANES)), T.Broadcast(26, LANES)))
+                 if zps else (lambda code: T.bitwise_and(code, T.Broadcast(63, LANES))))
+    # lane z: 2^(pruned_columns - z) for z = code >> 6 <= min(MAX_FREE_COLUMNS, pruned_columns); a constant
+    powers = T.Cast("float32x16", T.shift_right(T.Broadcast(1 << pruned_columns, LANES), T.min(
+        tirx.Ramp(0, 1, LANES), T.Broadcast(bbs.MAX_FREE_COLUMNS, LANES))))
 
     @T.prim_func(private=True)
     def main(
@@ -92,6 +125,8 @@ def gemv(enc: Encoded):
         table = T.decl_buffer((kp // 4, 16), "float32")
         group_sum = T.decl_buffer((kg,), "float32")
         stored = T.decl_buffer((n,), "float32")
+        # per-item accumulators (ROWS for sensitive rows, 1 for a pruned block), allocated once per call
+        acc = T.decl_buffer((items, ROWS, LANES), "float32")
         for row in range(m):
             for kk in T.vectorized(kp):
                 xpad[kk] = T.if_then_else(kk < k, x[row, kk], T.float32(0))
@@ -106,47 +141,51 @@ def gemv(enc: Encoded):
             for g in range(kg):
                 group_sum[g] = T.float32(0)
                 for q in range(NIBBLES):
-                    group_sum[g] = group_sum[g] + table[g * NIBBLES + q, 15]
-            for item in T.parallel(sensitive_blocks + blocks):  # one parallel region: one thread wake-up per call
-                if item < sensitive_blocks:
-                    for rr in range(LANES):
-                        if item * LANES + rr < count:
-                            r = item * LANES + rr
-                            acc = T.decl_buffer((LANES,), "float32", scope="global")  # small: on the stack
-                            acc[T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                    group_sum[g] = group_sum[g] + T.float32(offset_sign) * table[g * NIBBLES + q, 15]
+            for item in T.parallel(items):  # one parallel region: one thread wake-up per call
+                # sensitive items spread evenly over the range, so each thread's contiguous share gets its part:
+                # item is sensitive when (item + 1) * S // items > item * S // items, tested through the remainder
+                # (the quotient form trips a divide-by-zero in TVM's FlattenBuffer simplification)
+                before: T.let = item * sensitive_blocks // items  # sensitive items before this one
+                if item * sensitive_blocks % items + sensitive_blocks >= items:
+                    for quad in range(LANES // ROWS):
+                        first: T.let = before * LANES + quad * ROWS
+                        if first < count:
+                            for j in T.unroll(ROWS):
+                                acc[item, j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                             for kv in range(kp // LANES):
-                                acc[T.Ramp(0, 1, LANES)] = acc[T.Ramp(0, 1, LANES)] + T.Cast(
-                                    "float32x16", sensitive[r, T.Ramp(kv * LANES, 1, LANES)]
-                                ) * xpad[T.Ramp(kv * LANES, 1, LANES)]
-                            total = T.decl_buffer((1,), "float32", scope="global")  # small: on the stack
-                            total[0] = T.float32(0)
-                            for lane in range(LANES):
-                                total[0] = total[0] + acc[lane]
-                            stored[r] = total[0] * scales[r]
+                                for j in T.unroll(ROWS):  # the next ROWS rows, during this pass
+                                    _prefetch(sensitive[T.min(first + ROWS + j, count - 1), kv * LANES])
+                                for j in T.unroll(ROWS):  # rows past count (count = n) are clamped, not stored
+                                    codes: T.let = sensitive[T.min(first + j, count - 1), T.Ramp(kv * LANES, 1, LANES)]
+                                    acc[item, j, T.Ramp(0, 1, LANES)] = acc[item, j, T.Ramp(0, 1, LANES)] + T.Cast(
+                                        "float32x16", codes) * xpad[T.Ramp(kv * LANES, 1, LANES)]
+                            for j in range(ROWS):
+                                if first + j < count:
+                                    total: T.let = _tree([acc[item, j, lane] for lane in range(LANES)])
+                                    stored[first + j] = total * scales[first + j]
                 else:
-                    pb = item - sensitive_blocks
-                    dot = T.decl_buffer((LANES,), "float32", scope="global")  # small: on the stack
-                    colsum = T.decl_buffer((LANES,), "float32", scope="global")  # small: on the stack
-                    dot[T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                    pb: T.let = item - before
+                    acc[item, 0, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                     for g in range(kg):
-                        mixed = T.decl_buffer((LANES,), "float32", scope="global")  # small: on the stack
-                        mixed[T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                        nxt: T.let = T.min(pb + 1, column_blocks - 1)  # the next block (this thread's next item)
                         for b in T.unroll(bits):
-                            colsum[T.Ramp(0, 1, LANES)] = _column_sum(
-                                table, g * NIBBLES, T.reinterpret("int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)]))
-                            mixed[T.Ramp(0, 1, LANES)] = mixed[T.Ramp(0, 1, LANES)] + colsum[T.Ramp(0, 1, LANES)] * T.Broadcast(
-                                T.Cast("float32", T.Select(b == 0, -top, T.shift_left(1, bits - 1 - b))), LANES)
-                        code = T.Cast("int32x16", meta[pb, g, T.Ramp(0, 1, LANES)])
-                        shift = T.Broadcast(pruned_columns, LANES) - T.shift_right(code, T.Broadcast(6, LANES))
-                        c = T.bitwise_and(code, T.Broadcast(63, LANES))
-                        offset = T.Broadcast(offset_sign, LANES) * (c - T.Select(
-                            c >= T.Broadcast(32, LANES), T.Broadcast(wrap, LANES), T.Broadcast(0, LANES)))
-                        dot[T.Ramp(0, 1, LANES)] = dot[T.Ramp(0, 1, LANES)] + mixed[T.Ramp(0, 1, LANES)] * T.Cast(
-                            "float32x16", T.shift_left(T.Broadcast(1, LANES), shift)) + T.Cast(
-                            "float32x16", offset) * T.Broadcast(group_sum[g], LANES)
+                            _prefetch(columns[nxt, g, b, 0])
+                        _prefetch(meta[nxt, g, 0])
+                        mixed: T.let = _tree([
+                            _column_sum(table, g * NIBBLES, T.reinterpret(
+                                "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) * T.Broadcast(
+                                T.float32(significance[b]), LANES)
+                            for b in range(bits)])
+                        code: T.let = T.Cast("int32x16", meta[pb, g, T.Ramp(0, 1, LANES)])
+                        scale: T.let = tirx.call_llvm_pure_intrin(  # 2^shift, shift = pruned_columns - (code >> 6)
+                            "float32x16", PERMUTE, powers, T.shift_right(code, T.Broadcast(6, LANES)))
+                        offset: T.let = T.Cast("float32x16", offset_of(code))
+                        acc[item, 0, T.Ramp(0, 1, LANES)] = acc[item, 0, T.Ramp(0, 1, LANES)] + mixed * scale + (
+                            offset * T.Broadcast(group_sum[g], LANES))
                     for lane in range(LANES):
                         if count + pb * LANES + lane < n:
-                            stored[count + pb * LANES + lane] = dot[lane] * scales[count + pb * LANES + lane]
+                            stored[count + pb * LANES + lane] = acc[item, 0, lane] * scales[count + pb * LANES + lane]
             for c in range(n):
                 out[row, c] = stored[position[c]]
 
