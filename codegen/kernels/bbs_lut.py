@@ -29,10 +29,10 @@ One parallel region over work items (16 pruned channels, or 16 sensitive rows).
 TVM hands each thread a contiguous share of the items, so the sensitive items
 are spread evenly over the range. Each item prefetches the next one's data into
 L2 while it computes (a block's columns span several 4 KiB pages, eight for
-K = 4096 at 4 kept bits, and the hardware prefetchers stop at every page). Inside the parallel loop every value is
-``T.let``-bound and the accumulators live in one buffer allocated per call: TVM
-turns a buffer declared, or a name assigned, inside a parallel loop into a
-workspace allocation per iteration. The output is unshuffled through ``position``.
+K = 4096 at 4 kept bits, and the hardware prefetchers stop at every page).
+Inside the parallel loop every value is ``T.let``-bound and the accumulators
+live in one buffer allocated per call: TVM turns a buffer declared, or a name
+assigned, inside a parallel loop into a workspace allocation per iteration. The output is unshuffled through ``position``.
 Rows of activations are processed one after the other, so the kernel is exact
 for any batch, but it is meant for batch 1 (larger batches use the decoded
 kernel, :mod:`.bbs_decoded`). Needs AVX-512 (``vpermps`` on 16 lanes).
