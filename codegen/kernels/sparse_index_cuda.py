@@ -19,15 +19,18 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from .sparse_index import signed_sum
-from .warp_layout import CHANNELS_PER_BLOCK, WARP_SIZE, thread_loops, warp_sum
+from .warp_layout import WARP_SIZE, channel_warps, scopes
 
 
 def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, gpu: bool = True):
     """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)]; lanes over entries."""
-    (rows, groups, channels, lanes), (shared, local) = thread_loops(gpu)
-    store = warp_sum(gpu, n)
+    grid = channel_warps(gpu, n)
     accumulate = signed_sum(entry_dtype, sign_bit)
-    num_groups = -(-n // CHANNELS_PER_BLOCK)
+
+    @T.macro
+    def lane_sum(acc, x, indptr, entries, i, channel, lane):
+        start: T.let = T.Cast("int64", indptr[channel])
+        accumulate(acc, x, entries, i, T.int64(0), start, T.Cast("int64", indptr[channel + 1]) - start, lane, WARP_SIZE)
 
     @T.prim_func(private=True)
     def kernel(
@@ -41,19 +44,7 @@ def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, g
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        for i in rows(m):
-            for group in groups(num_groups):
-                partial_sums = T.decl_buffer((CHANNELS_PER_BLOCK, WARP_SIZE), "float32", scope=shared)
-                for c in channels(CHANNELS_PER_BLOCK):
-                    for lane in lanes(WARP_SIZE):
-                        acc = T.decl_buffer((1,), "float32", scope=local)
-                        acc[0] = T.float32(0)
-                        if group * CHANNELS_PER_BLOCK + c < n:
-                            start: T.let = T.Cast("int64", indptr[group * CHANNELS_PER_BLOCK + c])
-                            count: T.let = T.Cast("int64", indptr[group * CHANNELS_PER_BLOCK + c + 1]) - start
-                            accumulate(acc, x, entries, i, T.int64(0), start, count, lane, WARP_SIZE)
-                        partial_sums[c, lane] = acc[0]
-                store(partial_sums, out, scales, i, group)
+        grid(m, out, scales, lambda acc, i, channel, lane: lane_sum(acc, x, indptr, entries, i, channel, lane))
 
     return kernel
 
@@ -62,10 +53,19 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
     """As :func:`global_index`, with positions ``block * block_size + offset(e)``; lanes over each block's entries."""
     sign_bit = block_size.bit_length() - 1
     blocks = -(-k // block_size)
-    (rows, groups, channels, lanes), (shared, local) = thread_loops(gpu)
-    store = warp_sum(gpu, n)
+    grid = channel_warps(gpu, n)
     accumulate = signed_sum(entry_dtype, sign_bit)
-    num_groups = -(-n // CHANNELS_PER_BLOCK)
+    _, local = scopes(gpu)
+
+    @T.macro
+    def lane_sum(acc, x, indptr, counts, entries, i, channel, lane):
+        start = T.decl_buffer((1,), "int64", scope=local)
+        start[0] = T.Cast("int64", indptr[channel])
+        for blk in range(blocks):
+            count: T.let = T.Cast("int64", counts[channel, blk])
+            first: T.let = start[0]
+            accumulate(acc, x, entries, i, blk * block_size, first, count, lane, WARP_SIZE)
+            start[0] = first + count
 
     @T.prim_func(private=True)
     def kernel(
@@ -80,22 +80,6 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        for i in rows(m):
-            for group in groups(num_groups):
-                partial_sums = T.decl_buffer((CHANNELS_PER_BLOCK, WARP_SIZE), "float32", scope=shared)
-                for c in channels(CHANNELS_PER_BLOCK):
-                    for lane in lanes(WARP_SIZE):
-                        acc = T.decl_buffer((1,), "float32", scope=local)
-                        start = T.decl_buffer((1,), "int64", scope=local)
-                        acc[0] = T.float32(0)
-                        if group * CHANNELS_PER_BLOCK + c < n:
-                            start[0] = T.Cast("int64", indptr[group * CHANNELS_PER_BLOCK + c])
-                            for blk in range(blocks):
-                                count: T.let = T.Cast("int64", counts[group * CHANNELS_PER_BLOCK + c, blk])
-                                first: T.let = start[0]
-                                accumulate(acc, x, entries, i, blk * block_size, first, count, lane, WARP_SIZE)
-                                start[0] = first + count
-                        partial_sums[c, lane] = acc[0]
-                store(partial_sums, out, scales, i, group)
+        grid(m, out, scales, lambda acc, i, channel, lane: lane_sum(acc, x, indptr, counts, entries, i, channel, lane))
 
     return kernel

@@ -15,10 +15,10 @@ kernels' unaligned 8-byte loads).
   dot product as it is decoded (one accumulator per state); no weight is
   written anywhere.
 * Larger batches: decode-to-buffer, then a matmul. The decode writes the
-  levels ``q`` into a workspace ``[N, K]`` (allocated on this path only); a second kernel on the grid of
-  ``warp_layout`` (a warp per output channel, lanes over K, coalesced) takes
-  the dot products and scales them by the channel's step
-  (:func:`warp_layout.warp_sum`).
+  levels ``q`` into a workspace ``[N, K]`` (allocated on this path only); a
+  second kernel on the grid of :func:`warp_layout.channel_warps` (a warp per
+  output channel, lanes over K, coalesced) takes the dot products and scales
+  them by the channel's step.
 
 ``gpu=False`` builds the same loop nest with the thread loops serial and the
 buffers global: it runs on the CPU, so tests check the GPU kernel against the
@@ -32,7 +32,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from . import tans_matmul
-from .warp_layout import CHANNELS_PER_BLOCK, WARP_SIZE, bound_to, thread_loops, warp_sum
+from .warp_layout import WARP_SIZE, bound_to, channel_warps, scopes
 
 STREAMS_PER_BLOCK = 32  # one warp of streams shares a decode table (built once per block)
 
@@ -46,16 +46,15 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
            gpu: bool = True):
     """``f(x [m, K], counts, offsets, words (uint32), steps, out [m, N])``: ``out = x @ (q * steps).T``, any m."""
     lay = tans_matmul.layout(n, k, levels, table_log, states, rows_per_stream, num_words)
-    (rows, channel_groups, channels, lanes), (shared, local) = thread_loops(gpu)
+    shared, local = scopes(gpu)
     mac = tans_matmul.macros(**lay, scope=local, aligned_words=True)
     bound = bound_to(gpu)
     blocks, threads = bound("blockIdx.x"), bound("threadIdx.x")
     table_scope = "shared.dyn" if gpu else "global"  # 2^table_log words: up to 128 KiB, above the static 48 KiB
     # (the symbols of the spread, 2^table_log bytes, fit the static 48 KiB)
-    store = warp_sum(gpu, n)
+    grid = channel_warps(gpu, n)
     streams, size = lay["streams"], lay["size"]
     stream_blocks = -(-streams // STREAMS_PER_BLOCK)
-    num_groups = -(-n // CHANNELS_PER_BLOCK)
 
     @T.macro
     def each_stream(counts, offsets, words, decode):
@@ -78,6 +77,12 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                 if blk * STREAMS_PER_BLOCK + t < streams:
                     decode(blk * STREAMS_PER_BLOCK + t, table)
 
+    @T.macro
+    def dot_lanes(acc, x, decoded, i, channel, lane):
+        for step in range((k + (WARP_SIZE - 1) - lane) // WARP_SIZE):
+            column: T.let = lane + WARP_SIZE * step
+            acc[0] = acc[0] + x[i, column] * decoded[channel, column]
+
     @T.prim_func(private=True)
     def kernel(
         var_x: T.handle,
@@ -99,18 +104,6 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             each_stream(counts, offsets, words,
                         lambda stream, table: mac.decode_stream(stream, table, offsets, words, store_level, decoded,
                                                                 steps))
-            for i in rows(m):
-                for group in channel_groups(num_groups):
-                    partial_sums = T.decl_buffer((CHANNELS_PER_BLOCK, WARP_SIZE), "float32", scope=shared)
-                    for c in channels(CHANNELS_PER_BLOCK):
-                        for lane in lanes(WARP_SIZE):
-                            acc = T.decl_buffer((1,), "float32", scope=local)
-                            acc[0] = T.float32(0)
-                            if group * CHANNELS_PER_BLOCK + c < n:
-                                for step in range((k + (WARP_SIZE - 1) - lane) // WARP_SIZE):
-                                    column: T.let = lane + WARP_SIZE * step
-                                    acc[0] = acc[0] + x[i, column] * decoded[group * CHANNELS_PER_BLOCK + c, column]
-                            partial_sums[c, lane] = acc[0]
-                    store(partial_sums, out, steps, i, group)
+            grid(m, out, steps, lambda acc, i, channel, lane: dot_lanes(acc, x, decoded, i, channel, lane))
 
     return kernel
