@@ -41,6 +41,9 @@ CODECS = [  # (label, codec, options)
     ("bie-binary bitmap", "bie-binary", {"layout": "bitmap"}),
     ("bie-binary index 10%", "bie-binary", {"layout": "index", "density": 0.1}),
     ("bie-blocked 20%", "bie-blocked", {"density": 0.2}),
+    ("bbs moderate", "bbs", {"preset": "moderate"}),
+    ("bbs conservative", "bbs", {"preset": "conservative"}),
+    ("tans 15 levels", "tans", {"levels": 15}),
 ]
 MAX_REL_ERROR = 1e-4
 
