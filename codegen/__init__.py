@@ -17,7 +17,7 @@ from tvm import s_tir, te, tirx
 from bie_compiler.codecs import Encoded, bbs, bie_binary, bie_bitplane, bie_blocked, tans
 from bie_compiler.codecs.base import packed_width
 
-from .kernels import bbs_cuda, bbs_decoded, bbs_lut, bitplane, sparse_index, sparse_index_cuda, tans_cuda, tans_matmul
+from .kernels import bbs_cuda, bbs_decoded, bbs_lut, bitplane, dense, sparse_index, sparse_index_cuda, tans_cuda, tans_matmul
 
 KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kernel kind
 LAYER_ATTR = "bie.layer"  # on our kernels in the IRModule: the name of the weight they compute from
@@ -185,6 +185,15 @@ def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = 
         if variant is not None:
             variant.func = _finish(variant.func, variant.kind)
     return call
+
+
+def dense_kernel(weight: np.ndarray, target: tvm.target.Target) -> KernelCall | None:
+    """The kernel of a matmul whose weight stays dense (``weight`` [N, K]) on the CPU; None elsewhere (dlight's
+    GPU rules serve)."""
+    if target.kind.name != "llvm":
+        return None
+    n, k = weight.shape
+    return KernelCall("dense_gemv", _finish(dense.gemv(n, k), "dense_gemv"), [weight])
 
 
 def _finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:

@@ -3,8 +3,10 @@
 Rewrites ``matmul(x, W)`` and ``matmul(x, permute_dims(W))`` (ONNX MatMul, and
 Gemm with or without transB; its bias add stays a separate op) where ``W`` is a
 2-D float32 constant into ``call_tir(kernel, (x2d, *encoded))``, reshaping a
-batched ``x`` to 2-D and back; and ``conv2d(x, W)`` into ``call_tir(kernel,
-(x, *encoded))`` for codecs that have a conv kernel. The kernel reads ``x``, so
+batched ``x`` to 2-D and back (a weight left dense gets the target's dense
+kernels, ``codegen.dense_kernel``, over the same weight stored [N, K]); and
+``conv2d(x, W)`` into ``call_tir(kernel, (x, *encoded))`` for codecs that have
+a conv kernel. The kernel reads ``x``, so
 constant folding cannot pre-compute it into a dense weight again.
 
 It works in two phases so that codecs can decide over the whole model (e.g.
@@ -139,7 +141,9 @@ class _WeightRewriter(PyExprMutator):
             call.op.name if isinstance(call.op, tvm.ir.Op) else None
         )
         use = self._use(call, op) if op else None
-        if use is None or self.decisions is None or use.name not in self.decisions:
+        if use is None or self.decisions is None:
+            return call
+        if use.name not in self.decisions and not self._dense_kernel(use):
             return call
         if use.name in self.programs:
             index, program = self.programs[use.name]
@@ -158,12 +162,20 @@ class _WeightRewriter(PyExprMutator):
 
         return self._emit_matmul(call.args[0], kernel_call)
 
+    def _dense_kernel(self, use: WeightUse):
+        """The kernels of a dense 2-D float32 matmul weight, if the target has them (see ``codegen.dense_kernel``)."""
+        if use.op != "matmul" or use.unsupported:
+            return None
+        return codegen.dense_kernel(use.matrix(), self.target)
+
     def _kernel(self, use: WeightUse, call):
         """(callee, constants): a PrimFunc for call_tir, or a Relax function dispatching on the row count."""
         if use.name not in self.kernels:
-            codec, enc = self.decisions[use.name]
-            conv = _conv_spec(call) if use.op == "conv2d" else None
-            kernel = codegen.kernel_for(enc, self.target, conv)
+            if use.name in self.decisions:
+                codec, enc = self.decisions[use.name]
+                kernel = codegen.kernel_for(enc, self.target, _conv_spec(call) if use.op == "conv2d" else None)
+            else:
+                codec, kernel = "dense", self._dense_kernel(use)
             stem = f"{codec.replace('-', '_')}_" + "".join(c if c.isalnum() else "_" for c in use.name)
             constants = [relax.const(c) for c in kernel.constants]
             small = self._add_prim_func(kernel, stem, use.name)
@@ -171,7 +183,7 @@ class _WeightRewriter(PyExprMutator):
                 self.kernels[use.name] = small, constants
             else:
                 large = self._add_prim_func(kernel.large_batch, stem, use.name)
-                n, k = enc.shape
+                n, k = use.matrix().shape
                 dispatch = _dispatch_by_rows(small, large, constants, k, n)
                 self.kernels[use.name] = self.builder_.add_func(dispatch, f"{stem}_matmul"), None
         return self.kernels[use.name]

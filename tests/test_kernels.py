@@ -65,3 +65,18 @@ def test_index_kernels_are_parallel(target):
     for codec, options in (("bie-binary", {"layout": "index"}), ("bie-blocked", {})):
         enc = CODECS[codec].encode(w, make_config(codec, options))
         assert "T.parallel" in kernel_for(enc, target).func.script()
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_dense_kernel_of_a_layer_left_dense(n, k, target):
+    from bie_compiler.codegen import dense_kernel
+
+    rng = np.random.default_rng(n + k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    call = dense_kernel(w, target)
+    assert call.constants[0] is w and "T.parallel" in call.func.script()
+    for batch in (1, 5):
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        ref = x.astype(np.float64) @ w.T.astype(np.float64)
+        assert np.abs(run_kernel(call, target, x, n) - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
+    assert dense_kernel(w, make_target("cuda")) is None  # dlight's GPU rules schedule dense layers there
