@@ -187,11 +187,15 @@ def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = 
     return call
 
 
-def dense_kernel(weight: np.ndarray, target: tvm.target.Target) -> KernelCall | None:
-    """The kernel of a matmul whose weight stays dense (``weight`` [N, K]) on the CPU; None elsewhere (dlight's
-    GPU rules serve)."""
-    if target.kind.name != "llvm":
-        return None
+def has_dense_kernel(target: tvm.target.Target) -> bool:
+    """Whether matmul weights left dense get :func:`dense_kernel` on ``target`` (the CPU; dlight's GPU rules serve)."""
+    return target.kind.name == "llvm"
+
+
+def dense_kernel(weight: np.ndarray, target: tvm.target.Target) -> KernelCall:
+    """The kernel of a matmul whose weight stays dense (``weight`` [N, K])."""
+    if not has_dense_kernel(target):
+        raise NotImplementedError(f"no dense matmul kernel for {target.kind.name}")
     n, k = weight.shape
     return KernelCall("dense_gemv", _finish(dense.gemv(n, k), "dense_gemv"), [weight])
 

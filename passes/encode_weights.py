@@ -143,7 +143,7 @@ class _WeightRewriter(PyExprMutator):
         use = self._use(call, op) if op else None
         if use is None or self.decisions is None:
             return call
-        if use.name not in self.decisions and not self._dense_kernel(use):
+        if use.name not in self.decisions and not self._gets_dense_kernel(use):
             return call
         if use.name in self.programs:
             index, program = self.programs[use.name]
@@ -162,11 +162,9 @@ class _WeightRewriter(PyExprMutator):
 
         return self._emit_matmul(call.args[0], kernel_call)
 
-    def _dense_kernel(self, use: WeightUse):
-        """The kernels of a dense 2-D float32 matmul weight, if the target has them (see ``codegen.dense_kernel``)."""
-        if use.op != "matmul" or use.unsupported:
-            return None
-        return codegen.dense_kernel(use.matrix(), self.target)
+    def _gets_dense_kernel(self, use: WeightUse) -> bool:
+        """Whether a weight left dense is a 2-D float32 matmul weight the target has ``codegen.dense_kernel`` for."""
+        return use.op == "matmul" and not use.unsupported and codegen.has_dense_kernel(self.target)
 
     def _kernel(self, use: WeightUse, call):
         """(callee, constants): a PrimFunc for call_tir, or a Relax function dispatching on the row count."""
@@ -175,7 +173,7 @@ class _WeightRewriter(PyExprMutator):
                 codec, enc = self.decisions[use.name]
                 kernel = codegen.kernel_for(enc, self.target, _conv_spec(call) if use.op == "conv2d" else None)
             else:
-                codec, kernel = "dense", self._dense_kernel(use)
+                codec, kernel = "dense", codegen.dense_kernel(use.matrix(), self.target)
             stem = f"{codec.replace('-', '_')}_" + "".join(c if c.isalnum() else "_" for c in use.name)
             constants = [relax.const(c) for c in kernel.constants]
             small = self._add_prim_func(kernel, stem, use.name)

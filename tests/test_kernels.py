@@ -79,4 +79,19 @@ def test_dense_kernel_of_a_layer_left_dense(n, k, target):
         x = rng.standard_normal((batch, k)).astype(np.float32)
         ref = x.astype(np.float64) @ w.T.astype(np.float64)
         assert np.abs(run_kernel(call, target, x, n) - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
-    assert dense_kernel(w, make_target("cuda")) is None  # dlight's GPU rules schedule dense layers there
+    with pytest.raises(NotImplementedError, match="cuda"):  # dlight's GPU rules schedule dense layers there
+        dense_kernel(w, make_target("cuda"))
+
+
+def test_weights_left_dense_get_the_dense_kernel(model_dir):
+    """The pass routes every matmul weight it does not encode (skipped here) to the dense kernel, once per weight."""
+    from bie_compiler.codegen import KERNEL_ATTR
+    from bie_compiler.frontend import import_model
+    from bie_compiler.passes import EncodeWeights, EncodingPolicy
+
+    imported = import_model(model_dir["transformer"])
+    encode = EncodeWeights(imported, EncodingPolicy("bie-bitplane", skip=("*",)), make_target())
+    mod = encode(imported.mod)
+    kinds = [f.attrs[KERNEL_ATTR] for _, f in mod.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and KERNEL_ATTR in f.attrs]
+    assert kinds == ["dense_gemv"] * len(encode.records) and all(r.codec == "dense" for r in encode.records)
