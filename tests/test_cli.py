@@ -43,6 +43,15 @@ def test_check_json_reports_parity(compiled):
     assert figures["inputs"] == {"x": [8, 256]}
 
 
+def test_a_reader_that_goes_away_ends_inspect_quietly(compiled):
+    """``inspect | head``: stdout closed before the report is written is no traceback, and exit 141 as from SIGPIPE."""
+    proc = subprocess.Popen([sys.executable, "-m", "bie_compiler", "inspect", str(compiled)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 141 and stderr == "", stderr
+
+
 def test_check_exits_1_on_parity_failure(compiled):
     result = cli("check", compiled, "--tolerance", "1e-12")
     assert result.returncode == 1 and "FAILED" in result.stdout
