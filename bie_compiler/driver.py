@@ -66,6 +66,8 @@ def compile_model(
 
     if calibration is not None and target != "bitvert":
         raise OptionError(f"--calibration applies to --target bitvert only (target is {target!r})")
+    if calibration is not None and not Path(calibration).is_file():  # before the encoding, not after it
+        raise OptionError(f"--calibration {calibration}: no such file")
     step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
     imported = import_model(model)
 
