@@ -6,20 +6,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import cnn, mlp, transformer
+from . import cnn, encoder, mlp, mobilenet, transformer
 from .common import save_model
 
-MODELS = {"mlp": mlp.build, "transformer": transformer.build, "cnn": cnn.build}
+MODELS = {"mlp": mlp.build, "transformer": transformer.build, "cnn": cnn.build}  # small: tests compile each
+SPEED_MODELS = {"encoder": encoder.build, "mobilenet": mobilenet.build}  # real-model shapes, for benchmarks
 DEFAULT_MODEL = "transformer"
 
 
-def write_all(directory: str | os.PathLike) -> list[Path]:
-    """Write `<name>.onnx` for every model (seed 0) into `directory`, creating it; files
-    already holding identical bytes are not rewritten. Returns the paths."""
+def write_all(directory: str | os.PathLike, names: list[str] | None = None) -> list[Path]:
+    """Write `<name>.onnx` for the named models (default: every one in MODELS; seed 0) into
+    `directory`, creating it; files already holding identical bytes are not rewritten. Returns the paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    builders = {**MODELS, **SPEED_MODELS}
     paths = []
-    for name, build in MODELS.items():
+    for name in names or list(MODELS):
+        build = builders[name]
         path = directory / f"{name}.onnx"
         save_model(build(), path)
         paths.append(path)
