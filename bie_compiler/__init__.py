@@ -11,11 +11,15 @@ from .driver import compile_model  # noqa: E402
 from .errors import BieError  # noqa: E402
 
 
-def load(artefact_dir):
-    """Load a compiled artefact; returns a Runner (``runner({"x": array}) -> {"y": array}``)."""
+def load(artefact_dir, expect_sha256=None):
+    """Load a compiled artefact; returns a Runner (``runner({"x": array}) -> {"y": array}``).
+
+    An artefact is native code: ``expect_sha256`` (the manifest's sha256 that ``compile`` printed) makes
+    sure it is the one you compiled before any of its code runs.
+    """
     from bie_compiler.runtime.runner import Runner
 
-    return Runner(artefact_dir)
+    return Runner(artefact_dir, expect_sha256)
 
 
 __all__ = ["BieError", "__version__", "compile_model", "load"]

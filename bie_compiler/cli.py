@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="per-layer report of an artefact")
     i.add_argument("artefact", help="artefact folder")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
+    for command in (k, r, i):
+        command.add_argument("--expect-sha256", metavar="HEX", default=None,
+                             help="refuse the artefact unless its manifest has this sha256 (printed by compile); "
+                                  "checked before any of its code runs")
     return parser
 
 
@@ -114,10 +118,11 @@ def _compile(args) -> int:
         overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
         progress=None if args.quiet else _progress,
     )
-    if not args.quiet:
-        from .runtime.artefact import read_manifest
+    from .runtime.artefact import manifest_sha256, read_manifest
 
+    if not args.quiet:
         _print_report(read_manifest(out, verify_files=False))
+    print(f"manifest sha256 {manifest_sha256(out)} (pin it: check/run {out} --expect-sha256 ...)", file=sys.stderr)
     return 0
 
 
@@ -131,7 +136,7 @@ def _check(args) -> int:
 
     if args.batch < 1:
         raise OptionError(f"--batch must be >= 1, got {args.batch}")
-    runner = load(args.artefact)
+    runner = load(args.artefact, args.expect_sha256)
     inputs = make_inputs(runner.inputs, args.batch, args.seed, args.inputs)
     result = check_artefact(runner, args.model, inputs, args.tolerance)
     if args.json:
@@ -172,7 +177,7 @@ def _run(args) -> int:
     from . import load
     from .parity import make_inputs
 
-    runner = load(args.artefact)
+    runner = load(args.artefact, args.expect_sha256)
     if args.report and "bitvert" not in runner.manifest:
         raise OptionError(f"--report: {args.artefact} was compiled for {runner.manifest['target']['kind']!r}; "
                           "the accelerator report needs an artefact compiled with --target bitvert")
@@ -199,7 +204,7 @@ def _run(args) -> int:
 def _inspect(args) -> int:
     from .runtime.artefact import read_manifest
 
-    manifest = read_manifest(args.artefact)
+    manifest = read_manifest(args.artefact, expect_sha256=args.expect_sha256)
     if args.json:
         keys = ("source_model", "codec", "target", "inputs", "outputs", "layers", "totals", "files", "bie_compiler_version",
                 "device_code")

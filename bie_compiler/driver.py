@@ -52,7 +52,7 @@ def compile_model(
     from bie_compiler.codegen import cpu, cuda
     from bie_compiler.codegen.target import describe, make_target
     from bie_compiler.passes import EncodeWeights, EncodingPolicy
-    from bie_compiler.runtime.artefact import DEVICE_SOURCE, write_artefact
+    from bie_compiler.runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact
 
     from .calibration import activation_scales, calibration_inputs
     from .errors import OptionError
@@ -68,6 +68,8 @@ def compile_model(
         raise OptionError(f"--calibration applies to --target bitvert only (target is {target!r})")
     if calibration is not None and not Path(calibration).is_file():  # before the encoding, not after it
         raise OptionError(f"--calibration {calibration}: no such file")
+    source_path = None if isinstance(model, onnx.ModelProto) else model
+    output_folder(output_dir, source_path)  # refuse a folder we may not replace before any work
     step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
     imported = import_model(model)
 
@@ -104,6 +106,6 @@ def compile_model(
                   "everything runs on the host", file=sys.stderr, flush=True)
         manifest["bitvert"] = {"calibration": str(calibration) if calibration is not None else None,
                                "layers": encode.offloaded}
-    out = write_artefact(output_dir, executable, manifest, extra_files)
+    out = write_artefact(output_dir, executable, manifest, extra_files, source=source_path)
     step(f"wrote {out}")
     return out

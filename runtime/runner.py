@@ -11,7 +11,7 @@ from tvm.target import codegen as llvm_codegen
 
 from bie_compiler.errors import ArtefactError, BieError
 
-from .artefact import LIBRARY, read_manifest
+from .artefact import LIBRARY, VerifiedLibrary, read_manifest, verified_bytes
 
 # LLVM features that change which instructions exist (others only tune code generation).
 _ISA_PREFIXES = ("avx", "sse", "ssse", "fma", "bmi", "f16c", "amx", "vaes", "vpclmulqdq", "gfni", "popcnt", "lzcnt")
@@ -49,12 +49,16 @@ def check_host(target: dict) -> tvm.runtime.Device:
 class Runner:
     """A loaded artefact: ``runner({"x": array}) -> {"y": array}``."""
 
-    def __init__(self, artefact_dir: str | Path):
+    def __init__(self, artefact_dir: str | Path, expect_sha256: str | None = None):
         self.path = Path(artefact_dir)
-        self.manifest = read_manifest(self.path)
+        self.manifest = read_manifest(self.path, verify_files=False, expect_sha256=expect_sha256)
+        library = VerifiedLibrary(self.path, self.manifest)  # the bytes hashed are the bytes loaded
+        for name in set(self.manifest["files"]) - {LIBRARY}:
+            verified_bytes(self.path, self.manifest, name)
         self.device = check_host(self.manifest["target"])
         try:
-            lib = tvm.runtime.load_module(str(self.path / LIBRARY))
+            with library as path:
+                lib = tvm.runtime.load_module(path)
             self.vm = relax.VirtualMachine(lib, self.device)
         except Exception as e:  # a library that passed the checksum but TVM cannot load
             raise ArtefactError(f"{self.path / LIBRARY}: TVM cannot load it: {str(e).strip().splitlines()[-1]}") from None

@@ -225,7 +225,7 @@ def test_refuses_to_overwrite_a_non_artefact_folder(model_dir, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     result = cli("compile", model_dir["mlp"], "-o", out)
-    assert result.returncode == 2 and "not an artefact folder" in result.stderr
+    assert result.returncode == 2 and "not a bie-compiler artefact" in result.stderr
     assert (out / "notes.txt").read_text() == "keep me"
 
 
