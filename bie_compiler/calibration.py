@@ -7,13 +7,13 @@ inputs; its scale maps the largest |value| seen to 127.
 
 from __future__ import annotations
 
-import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from .errors import BieError
+from .errors import BieError, BieWarning
 from .frontend import load_model
 from .parity import make_inputs, run_onnxruntime
 
@@ -26,8 +26,7 @@ def calibration_inputs(specs: list[dict], npz: str | Path | None, seed: int = 1,
     The default seed differs from ``check``'s and ``run``'s (0), so parity is not measured on calibration data.
     """
     if npz is None:
-        print("[bie-compiler] warning: no --calibration inputs; activation scales come from seeded random inputs",
-              file=sys.stderr, flush=True)
+        warnings.warn("no --calibration inputs; activation scales come from seeded random inputs", BieWarning)
     return make_inputs(specs, batch, seed, npz)
 
 

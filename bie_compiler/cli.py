@@ -6,9 +6,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from . import __version__, codecs
-from .errors import BieError, OptionError
+from .errors import BieError, BieWarning, OptionError
 
 CODEC_OPTIONS = [  # (flag, Config field, type, help)
     ("--bits", "bits", int, "bie-bitplane: bits per weight, sign included (2..8; default 4)"),
@@ -223,7 +224,15 @@ def _inspect(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, BieWarning):
+        print(f"bie-compiler: warning: {message}", file=sys.stderr, flush=True)
+    else:  # a library's warning: keep Python's form, it names its source
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     args = _parser().parse_args(argv)
     try:
         return {"compile": _compile, "check": _check, "run": _run, "inspect": _inspect}[args.command](args)

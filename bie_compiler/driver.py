@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import onnx
 import tvm
 
 from . import __version__
+from .errors import BieWarning
 from .frontend import file_sha256, import_model
 from .report import totals
 
@@ -102,10 +104,12 @@ def compile_model(
     }
     if target == "bitvert":
         if not encode.offloaded:
-            print("[bie-compiler] warning: --target bitvert offloads bbs-encoded layers only, and there are none: "
-                  "everything runs on the host", file=sys.stderr, flush=True)
+            warnings.warn("--target bitvert offloads bbs-encoded layers only, and there are none: "
+                          "everything runs on the host", BieWarning)
         manifest["bitvert"] = {"calibration": str(calibration) if calibration is not None else None,
                                "layers": encode.offloaded}
+    for pattern in policy.unmatched([r.name for r in encode.records]):
+        warnings.warn(f"{pattern} matches no weight of the model (see inspect for the names)", BieWarning)
     out = write_artefact(output_dir, executable, manifest, extra_files, source=source_path)
     step(f"wrote {out}")
     return out

@@ -20,3 +20,7 @@ class OptionError(BieError):
 
 class ArtefactError(BieError):
     """A compiled artefact is missing, corrupted, tampered with or foreign."""
+
+
+class BieWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it on one line)."""

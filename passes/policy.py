@@ -32,6 +32,11 @@ class EncodingPolicy:
         for _, override in self.overrides:
             codecs.make_config(*apply_override(self.codec, self.options, override))
 
+    def unmatched(self, names: list[str]) -> list[str]:
+        """The ``--skip``/``--override`` patterns (as the user wrote the option) that match none of ``names``."""
+        options = [(f"--skip {p!r}", p) for p in self.skip] + [(f"--override {p!r}", p) for p, _ in self.overrides]
+        return [option for option, p in options if not any(fnmatchcase(n, p) for n in names)]
+
     def choose(self, name: str, num_weights: int) -> tuple[str | None, object]:
         """(codec, config) for a weight, or (None, reason) if it stays dense."""
         if any(fnmatchcase(name, p) for p in self.skip):

@@ -177,3 +177,21 @@ def test_non_finite_weights_are_refused(name):
 def test_bad_options_are_clear_errors(codec, options, match):
     with pytest.raises((CodecError, OptionError), match=match):
         make_config(codec, options)
+
+
+@pytest.mark.parametrize("codec, options, message", [
+    ("bie-bitplane", {"bits": 4.5}, "expected an integer"),
+    ("bie-bitplane", {"bits": "abc"}, "expected an integer"),
+    ("bie-bitplane", {"bits": True}, "expected an integer"),
+    ("tans", {"levels": 15.0}, "expected an integer"),
+    ("tans", {"stream_symbols": 10**30}, "out of range"),
+    ("bie-binary", {"threshold": float("nan")}, "expected a finite number"),
+    ("bie-binary", {"density": float("inf")}, "expected a finite number"),
+    ("bie-binary", {"layout": 3}, "expected text"),
+])
+def test_options_of_the_wrong_type_are_refused(codec, options, message):
+    from bie_compiler.codecs import make_config
+    from bie_compiler.errors import OptionError
+
+    with pytest.raises(OptionError, match=message):
+        make_config(codec, options)

@@ -8,6 +8,8 @@ validated on construction), ``encode(weight [N, K], config) -> Encoded`` and
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from types import ModuleType
 
 from ..errors import OptionError
@@ -36,7 +38,35 @@ def make_config(codec: str, options: dict) -> object:
         raise OptionError(
             f"codec {codec!r} does not take option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known))}"
         )
-    return config_cls(**given)
+    hints = typing.get_type_hints(config_cls)
+    return config_cls(**{k: checked_option(codec, k, v, hints[k]) for k, v in given.items()})
+
+
+_MAX_INT_OPTION = 2**31 - 1  # no option needs more; larger values only overflow array sizes downstream
+
+
+def checked_option(codec: str, name: str, value, kind: type):
+    """``value`` as option ``name`` of type ``kind`` (int, float or str), or OptionError naming both.
+
+    The one type check behind the CLI flags, ``--override`` and the Python API: no bools for numbers,
+    no fractions for integers, no NaN or infinity, no numbers beyond any sensible size.
+    """
+    what = f"codec {codec!r} option {name}={value!r}"
+    if kind is str:
+        if not isinstance(value, str):
+            raise OptionError(f"{what}: expected text")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(f"{what}: expected {'an integer' if kind is int else 'a number'}")
+    if not math.isfinite(value):
+        raise OptionError(f"{what}: expected a finite number")
+    if kind is int:
+        if isinstance(value, float):
+            raise OptionError(f"{what}: expected an integer")
+        if abs(value) > _MAX_INT_OPTION:
+            raise OptionError(f"{what}: out of range (at most {_MAX_INT_OPTION})")
+        return value
+    return float(value)
 
 
 def config_dict(config: object) -> dict:
