@@ -25,19 +25,11 @@ class ImportedModel:
     inputs: list[dict]  # [{"name", "shape" (ints or dim names), "dtype"}]
     outputs: list[dict]
 
-    def weight_name(self, array: np.ndarray) -> str | None:
-        """The initializer name of a constant found in the IR, matched by content."""
-        return self._by_content.get(content_key(array))
+    constant_names: dict  # the Relax constant bound for an initializer -> its name (by object identity)
 
-    def __post_init__(self):
-        self._by_content = {}
-        for name, value in self.weights.items():
-            self._by_content.setdefault(content_key(value), name)
-
-
-def content_key(array: np.ndarray) -> tuple:
-    a = np.ascontiguousarray(array)
-    return a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest()
+    def weight_name(self, constant) -> str | None:
+        """The initializer name of a constant found in the IR; None for one the importer made itself."""
+        return self.constant_names.get(constant)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -135,8 +127,25 @@ def import_model(source: str | Path | onnx.ModelProto) -> ImportedModel:
     label = "<ModelProto>" if isinstance(source, onnx.ModelProto) else str(source)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET_FALLBACK)
     try:
-        mod = from_onnx(model, opset=opset)
+        mod = from_onnx(model, opset=opset, keep_params_in_input=True)
     except Exception as e:
         raise ModelError(f"{label}: TVM's ONNX importer failed: {type(e).__name__}: {str(e).strip()[:500]}") from None
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    return ImportedModel(mod, model, weights, model_inputs(model), value_info(model.graph.output))
+    mod, constant_names = bind_weights(mod, weights)
+    return ImportedModel(mod, model, weights, model_inputs(model), value_info(model.graph.output), constant_names)
+
+
+def bind_weights(mod, weights: dict[str, np.ndarray]):
+    """Bind the imported function's weight parameters to constants, one per initializer.
+
+    Each initializer gets its own constant object, so weights are known by their ONNX names even when two
+    initializers hold identical bytes (tied or duplicated weights stay distinct layers).
+    """
+    from tvm import relax
+
+    mod, _ = relax.frontend.detach_params(mod)
+    main = mod["main"]
+    params = main.params[int(main.attrs["num_input"]):]
+    constants = {p.name: relax.const(weights[p.name]) for p in params}
+    mod = relax.transform.BindParams("main", constants)(mod)
+    return mod, {c: name for name, c in constants.items()}

@@ -106,25 +106,26 @@ class _WeightRewriter(PyExprMutator):
                 return bound
         return e
 
-    def _weight(self, e) -> tuple[np.ndarray, bool] | None:
-        """(ONNX-layout weight, transposed?) if ``e`` is a constant or a 2-D transpose of one."""
+    def _weight(self, e) -> tuple[tvm.ir.GenericConst, bool] | None:
+        """(the constant holding the ONNX-layout weight, transposed?) if ``e`` is a constant or a 2-D transpose of one."""
         e = self._bound(e)
         if isinstance(e, tvm.ir.GenericConst):
-            return e.value.numpy(), False
+            return e, False
         if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.permute_dims":
             inner = self._bound(e.args[0])
             if isinstance(inner, tvm.ir.GenericConst) and len(inner.value.shape) == 2:
                 axes = e.attrs.axes
                 if axes is None or [int(a) for a in axes] == [1, 0]:
-                    return inner.value.numpy(), True
+                    return inner, True
         return None
 
     def _use(self, call, op: str) -> WeightUse | None:
         found = self._weight(call.args[1])
         if found is None:
             return None  # activation @ activation (attention), not a weight
-        weight, transposed = found
-        name = self.model.weight_name(weight) or f"unnamed_weight_{len(self.uses)}"
+        constant, transposed = found
+        weight = constant.value.numpy()
+        name = self.model.weight_name(constant) or f"unnamed_weight_{len(self.uses)}"
         use = WeightUse(name, op, weight, transposed)
         if call.args[0].ty.dtype != "float32" or weight.dtype != np.float32:
             use.unsupported = f"dtype {call.args[0].ty.dtype}/{weight.dtype} (only float32 is encoded)"
