@@ -159,9 +159,9 @@ def _print_report(manifest: dict) -> None:
     for layer in manifest["layers"]:
         note, d = layer["fallback_reason"] or "", layer["details"]
         if "index_bytes_global" in d:
-            note = f"indices {d['index_bytes_blocked']} B vs {d['index_bytes_global']} B global"
+            note = f"indices {d.get('index_bytes_blocked')} B vs {d['index_bytes_global']} B global"
         if "offloaded_to" in d:
-            note = f"offloaded to {d['offloaded_to']} (INT8 activations, scale {d['activation_scale']:.4g})"
+            note = f"offloaded to {d['offloaded_to']} (INT8 activations, scale {d.get('activation_scale')})"
         rows.append((layer["name"], layer["codec"], "x".join(map(str, layer["shape"])), f"{layer['bits_per_weight']:.3f}",
                      str(layer["bytes_dense"]), str(layer["bytes_encoded"]), note))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]

@@ -46,16 +46,18 @@ DTYPE = Choice(("float32", "float16", "bfloat16", "float64", "int8", "uint8", "i
 TENSOR = {"name": NAME, "dtype": DTYPE, "shape": [(int, NAME)]}
 LAYER = {
     "name": NAME, "op": Choice(("matmul", "conv2d")), "shape": [int], "codec": NAME, "bytes_dense": int,
-    "bytes_encoded": int, "fallback_reason": (str, NONE), "transposed": bool, "config": (JSON, NONE),
-    "encoded_sha256": (SHA256, NONE), "details": JSON, "bits_per_weight": float,
+    "bytes_encoded": int, "fallback_reason": (str, NONE), "transposed": bool, "config": (MapOf(JSON), NONE),
+    "encoded_sha256": (SHA256, NONE), "details": MapOf(JSON), "bits_per_weight": float,
 }
+TOTALS = {"layers": int, "encoded_layers": int, "weights": int, "bytes_dense": int, "bytes_encoded": int,
+          "bits_per_weight": float, "compression": float}
 MANIFEST = {
     "format": str, "format_version": int, "checksum": SHA256, "bie_compiler_version": str, "tvm_version": str,
     "source_model": {"path": (str, NONE), "sha256": SHA256},
-    "codec": {"name": NAME, "options": JSON, "min_weights": int, "skip": [str], "overrides": [Pair(str, JSON)]},
+    "codec": {"name": NAME, "options": MapOf(JSON), "min_weights": int, "skip": [str], "overrides": [Pair(str, MapOf(JSON))]},
     "target": {"kind": Choice(("llvm", "cuda", "bitvert")), "mcpu": Pattern(r"[A-Za-z0-9_.+-]{1,64}"),
                "arch?": Pattern(r"sm_[1-9][0-9]{1,2}[af]?")},
-    "inputs": [TENSOR], "outputs": [TENSOR], "layers": [LAYER], "totals": MapOf(float),
+    "inputs": [TENSOR], "outputs": [TENSOR], "layers": [LAYER], "totals": TOTALS,
     "files": MapOf({"sha256": SHA256, "bytes": int}),
     "device_code?": {"source": NAME, "layer_kernels": MapOf([Pattern(r"\w{1,512}")])},
     "bitvert?": {"calibration": (str, NONE), "layers": [Pair(NAME, MapOf(MapOf((float, str))))]},
