@@ -135,7 +135,7 @@ def test_compile_prints_the_pin(model_dir, tmp_path):
     (lambda m: m["layers"][0].update(bits_per_weight=float("nan")), "finite number"),
     (lambda m: m["target"].update(mcpu="x; rm -rf /"), "manifest.target.mcpu"),
     (lambda m: m.update(extra=1), "unknown field(s) extra"),
-    (lambda m: m["codec"].update(options=json.loads("[" * 50 + "]" * 50)), "nested too deeply"),
+    (lambda m: m["codec"].update(options={"bits": json.loads("[" * 50 + "]" * 50)}), "nested too deeply"),
 ])
 def test_resealed_manifests_are_validated_before_use(copy, edit, message):
     reseal(copy, edit)
