@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -135,8 +136,9 @@ def _check(args) -> int:
     from . import load
     from .parity import check_artefact, make_inputs
 
-    if args.batch < 1:
-        raise OptionError(f"--batch must be >= 1, got {args.batch}")
+    _check_batch(args.batch)
+    if args.tolerance is not None and not 0 < args.tolerance < float("inf"):
+        raise OptionError(f"--tolerance must be a positive number, got {args.tolerance}")
     runner = load(args.artefact, args.expect_sha256)
     inputs = make_inputs(runner.inputs, args.batch, args.seed, args.inputs)
     result = check_artefact(runner, args.model, inputs, args.tolerance)
@@ -152,6 +154,28 @@ def _check(args) -> int:
         print(f"vs {reference + ':':<22} max abs {result['decoded_max_abs_err']:.3e}  max rel {result['decoded_max_rel_err']:.3e}  (tolerance {result['tolerance']:.0e})")
         print("PASSED" if result["passed"] else "FAILED: the artefact does not compute what its encodings define")
     return 0 if result["passed"] else 1
+
+
+def _check_batch(batch: int) -> None:
+    if batch < 1:
+        raise OptionError(f"--batch must be >= 1, got {batch}")
+
+
+def _save_outputs(path: str, outputs: dict) -> None:
+    """Write the outputs as .npz at exactly ``path`` (numpy would add .npz), atomically; never over a folder."""
+    import numpy as np
+
+    if os.path.isdir(path):
+        raise OptionError(f"-o {path}: is a folder; give a file name for the .npz")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **outputs)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OptionError(f"-o {path}: cannot write the outputs ({e.strerror})") from None
 
 
 def _print_report(manifest: dict) -> None:
@@ -173,11 +197,10 @@ def _print_report(manifest: dict) -> None:
 
 
 def _run(args) -> int:
-    import numpy as np
-
     from . import load
     from .parity import make_inputs
 
+    _check_batch(args.batch)
     runner = load(args.artefact, args.expect_sha256)
     if args.report and "bitvert" not in runner.manifest:
         raise OptionError(f"--report: {args.artefact} was compiled for {runner.manifest['target']['kind']!r}; "
@@ -189,7 +212,7 @@ def _run(args) -> int:
     device.RUN_LOG.clear()
     outputs = runner(make_inputs(runner.inputs, args.batch, args.seed, args.inputs))
     if args.output:
-        np.savez(args.output, **outputs)
+        _save_outputs(args.output, outputs)
     for name, value in outputs.items():
         print(f"{name}: {value.dtype} {list(value.shape)}")
     if args.report:

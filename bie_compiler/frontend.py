@@ -98,7 +98,10 @@ def check_supported(model: onnx.ModelProto, label: str) -> None:
 
 def check_finite(model: onnx.ModelProto, label: str) -> None:
     for init in model.graph.initializer:
-        a = numpy_helper.to_array(init)
+        try:
+            a = numpy_helper.to_array(init)
+        except Exception as e:  # raw_data that does not match dims and dtype, unknown dtypes, external data
+            raise ModelError(f"{label}: initializer {init.name!r} cannot be read: {str(e).strip()[:200]}") from None
         if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
             bad = int(np.count_nonzero(~np.isfinite(a)))
             raise ModelError(f"{label}: initializer {init.name!r} has {bad} NaN/Inf value(s)")

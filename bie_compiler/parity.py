@@ -9,6 +9,7 @@ what the artefact recorded, so (b) is the model the artefact really holds.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,8 @@ def make_inputs(specs: list[dict], batch: int = 1, seed: int = 0, npz: str | Pat
         try:
             with np.load(npz) as data:
                 given = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as e:
-            raise BieError(f"{npz}: cannot read inputs ({e})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise BieError(f"{npz}: cannot read inputs ({type(e).__name__}: {str(e)[:200]})") from None
         missing = [s["name"] for s in specs if s["name"] not in given]
         if missing:
             raise BieError(f"{npz}: missing input(s) {missing} (has {sorted(given)})")

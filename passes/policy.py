@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from bie_compiler import codecs
+from bie_compiler.errors import OptionError
 
 
 def apply_override(codec: str, options: dict, override: dict) -> tuple[str, dict]:
@@ -28,6 +29,8 @@ class EncodingPolicy:
 
     def __post_init__(self):
         # Fail before any work on a bad codec or option, the overrides' included.
+        if isinstance(self.min_weights, bool) or not isinstance(self.min_weights, int) or self.min_weights < 0:
+            raise OptionError(f"--min-weights must be a non-negative integer, got {self.min_weights!r}")
         codecs.make_config(self.codec, self.options)
         for _, override in self.overrides:
             codecs.make_config(*apply_override(self.codec, self.options, override))

@@ -65,6 +65,12 @@ def output_folder(out_dir: str | os.PathLike, source: str | os.PathLike | None =
         model = Path(os.path.realpath(source))
         if model == Path(os.path.realpath(out)) or Path(os.path.realpath(out)) in model.parents:
             raise OptionError(f"-o {out}: holds the source model {source}; choose another folder")
+    try:
+        out.is_symlink() and out.exists()
+    except OSError as e:  # a name too long, a component that is not a folder
+        raise OptionError(f"-o {out}: not a usable path ({e.strerror})") from None
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise OptionError(f"-o {out}: a part of the path is a file, not a folder")
     if out.is_symlink():
         raise OptionError(f"-o {out}: is a symbolic link; give the folder itself")
     if not out.exists():
@@ -127,12 +133,19 @@ def write_artefact(out_dir: str | Path, executable, manifest: dict, extra_files:
     replacing an older artefact (see :func:`output_folder` for what is refused). Every file is listed in the
     manifest with its sha256."""
     out = output_folder(out_dir, source)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out.parent, out.name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(out.parent, out.name)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    except OSError as e:
+        raise OptionError(f"-o {out}: cannot create the artefact there ({e.strerror})") from None
     try:
         os.chmod(staging, _folder_mode())  # mkdtemp makes 0700; an artefact folder gets the umask's mode
-        executable.export_library(str(staging / LIBRARY))
+        try:
+            executable.export_library(str(staging / LIBRARY))
+        except Exception as e:  # the system's compiler or linker failed: a full disk, a missing tool
+            detail = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise ArtefactError(f"-o {out}: writing {LIBRARY} failed: {detail[:300]}") from None
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
         files = [LIBRARY, *(extra_files or {})]
@@ -171,9 +184,10 @@ def _read_file(path: Path, limit: int | None = None) -> bytes:
         if e.errno == errno.ELOOP:
             raise ArtefactError(f"{path}: is a symbolic link; artefact files must be plain files") from None
         raise ArtefactError(f"{path}: cannot be read ({e.strerror})") from None
+    if not os.path.stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ArtefactError(f"{path}: is not a plain file")
     with os.fdopen(fd, "rb") as f:
-        if not os.path.stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ArtefactError(f"{path}: is not a plain file")
         data = f.read(limit + 1) if limit is not None else f.read()
     if limit is not None and len(data) > limit:
         raise ArtefactError(f"{path}: larger than {limit} bytes; not a bie-compiler manifest")

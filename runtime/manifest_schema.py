@@ -131,6 +131,8 @@ def validate_manifest(manifest: dict, allowed_files: tuple[str, ...]) -> str | N
     problem = _check(manifest, MANIFEST, "manifest")
     if problem:
         return problem
+    if ("arch" in manifest["target"]) != (manifest["target"]["kind"] == "cuda"):
+        return "target.arch: given for a cuda target, and only there"
     files = manifest["files"]
     strays = sorted(set(files) - set(allowed_files))
     if strays:

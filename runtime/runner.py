@@ -88,7 +88,11 @@ class Runner:
         return arrays
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self.vm["main"](*[tvm.runtime.tensor(a, self.device) for a in self._check_inputs(inputs)])
+        arrays = self._check_inputs(inputs)
+        try:
+            result = self.vm["main"](*[tvm.runtime.tensor(a, self.device) for a in arrays])
+        except (tvm.error.InternalError, RuntimeError, ValueError, TypeError) as e:  # the code disagrees with its manifest (e.g. a resealed I/O signature)
+            raise ArtefactError(f"{self.path}: running the artefact failed: {str(e).strip().splitlines()[-1][:300]}") from None
         values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
         return {name: v.numpy() for name, v in zip(self.output_names, values)}  # .numpy() copies back to the host
 
