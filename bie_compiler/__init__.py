@@ -7,8 +7,14 @@ os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 __version__ = "0.1.0"
 
-from .driver import compile_model  # noqa: E402
 from .errors import BieError  # noqa: E402
+
+
+def compile_model(*args, **kwargs):
+    """Compile an ONNX model into an artefact folder (see :func:`bie_compiler.driver.compile_model`)."""
+    from .driver import compile_model as compile_
+
+    return compile_(*args, **kwargs)
 
 
 def load(artefact_dir, expect_sha256=None):

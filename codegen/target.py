@@ -14,17 +14,12 @@ import tvm
 from tvm.target import codegen as llvm_codegen
 
 from bie_compiler.errors import OptionError
+from bie_compiler.runtime.host import host_cpu
 
 from . import bitvert
 
 TARGETS = ("llvm", "cuda", "bitvert")
 DEFAULT_CUDA_ARCH = "sm_90"
-
-
-def host_cpu() -> str:
-    """LLVM's name for this machine's CPU. TVM's LLVM refuses "native" and falls back to generic code."""
-    cpu = llvm_codegen.llvm_get_system_cpu()
-    return cpu if cpu and llvm_codegen.llvm_is_valid_cpu(cpu, llvm_codegen.llvm_get_system_triple()) else "generic"
 
 
 def make_target(kind: str = "llvm", mcpu: str | None = None, arch: str | None = None) -> tvm.target.Target:

@@ -7,19 +7,11 @@ from pathlib import Path
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.target import codegen as llvm_codegen
 
 from bie_compiler.errors import ArtefactError, BieError
 
 from .artefact import LIBRARY, VerifiedLibrary, read_manifest, verified_bytes
-
-# LLVM features that change which instructions exist (others only tune code generation).
-_ISA_PREFIXES = ("avx", "sse", "ssse", "fma", "bmi", "f16c", "amx", "vaes", "vpclmulqdq", "gfni", "popcnt", "lzcnt")
-
-
-def _isa(mcpu: str) -> set[str]:
-    features = llvm_codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
-    return {f for f in features if f.startswith(_ISA_PREFIXES)}
+from .host import host_cpu, isa
 
 
 def check_host(target: dict) -> tvm.runtime.Device:
@@ -27,9 +19,7 @@ def check_host(target: dict) -> tvm.runtime.Device:
     if target.get("kind") not in ("llvm", "cuda", "bitvert"):
         raise ArtefactError(f"artefact was compiled for {target.get('kind')!r}; "
                             "this machine runs 'llvm', 'cuda' and 'bitvert' artefacts")
-    from bie_compiler.codegen.target import host_cpu
-
-    missing = _isa(target["mcpu"]) - _isa(host_cpu())
+    missing = isa(target["mcpu"]) - isa(host_cpu())
     if missing:
         raise ArtefactError(
             f"artefact was compiled for CPU {target['mcpu']!r}, which has instructions this machine "
