@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_MODEL := models/transformer.onnx
 DEMO_OUT := out/transformer-bitplane4
 
-.PHONY: demo test models bench clean
+.PHONY: demo test models bench bench-grid clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bitplane_gemv.py
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $@
+
+bench-grid: $(VENV)/.bench-installed
+	$(BIN)/python benchmarks/bie_grid.py
 
 clean:
 	rm -rf out build *.egg-info models/*.onnx
