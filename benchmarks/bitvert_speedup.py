@@ -12,8 +12,12 @@ multiple of 32). BitVert's cycles depend only on that split; its DRAM bytes are 
 BBS format's: (8 - N) bit columns plus 8 metadata bits per 32 weights for pruned
 channels, 8 bits for sensitive ones, plus a 4-byte scale and a 2-byte channel index
 per channel. BitWave runs its own bit-flipped weights: the ``bitwave`` codec at
-the preset's N (so both store 8 - N columns per pruned weight; BitWave has no
-sensitive channels), with that codec's bytes.
+the preset's N (so both store 8 - N columns per pruned weight), given the same
+sensitive channels as BBS (kept INT8, which BitWave's own paper does not have; the
+comparison is then about the pruning method alone), with that codec's bytes for
+the pruned channels. PE energy and area follow the BBS paper's Table V (see
+runtime/bitvert/perf_model.py). The PE-column sweep (the paper's Fig. 14) repeats
+the moderate preset on arrays of 2 to 32 PE columns.
 
     python benchmarks/bitvert_speedup.py [--json out.json]
 """
@@ -108,8 +112,11 @@ def bitvert_bytes(n: int, k: int, sensitive: int, pruned_columns: int) -> int:
     return math.ceil((sensitive * k * 8 + pruned_bits) / 8) + n * (pm.SCALE_BYTES + CHANNEL_INDEX_BYTES)
 
 
+PE_COLUMNS = (2, 4, 8, 16, 32)
+
+
 def evaluate(layers: list[tuple[str, np.ndarray, int]]) -> dict:
-    """{preset: perf_model.report} for layers of (name, float weight [N, K], M)."""
+    """{preset: runs} for layers of (name, float weight [N, K], M); runs as ``perf_model.report`` takes them."""
     int8 = [int8_baseline(w) for _, w, _ in layers]
     fixed = ("stripes", "pragmatic", "bitlet")  # run the INT8 weights whatever the preset
     baselines = []
@@ -124,11 +131,15 @@ def evaluate(layers: list[tuple[str, np.ndarray, int]]) -> dict:
             order = np.argsort(-np.abs(w).max(axis=1), kind="stable")
             columns = np.full(q.shape[0], 8 - pruned)
             columns[order[:sens]] = 8
-            layer = pm.LayerWorkload(name, q, m, columns, bitvert_bytes(*q.shape, sens, pruned),
-                                     bitwave.prune(w, flip)[0], bitwave.encode(w, flip).nbytes)
+            flipped = bitwave.prune(w, flip)[0]
+            flipped[order[:sens]] = q[order[:sens]]  # the same sensitive channels as BBS, kept INT8
+            pruned_rows = order[sens:]
+            bitwave_bytes = (sens * (q.shape[1] + pm.SCALE_BYTES + CHANNEL_INDEX_BYTES)
+                             + (bitwave.encode(w[pruned_rows], flip).nbytes if pruned_rows.size else 0))
+            layer = pm.LayerWorkload(name, q, m, columns, bitvert_bytes(*q.shape, sens, pruned), flipped, bitwave_bytes)
             runs.append((name, m, {**base, "bitvert": pm.profile(layer, "bitvert"),
                                    "bitwave": pm.profile(layer, "bitwave")}))
-        results[preset] = pm.report(runs)
+        results[preset] = runs
     return results
 
 
@@ -162,13 +173,22 @@ def main() -> None:
     print("speedup = baseline cycles / BitVert cycles (max(compute, DRAM) per layer, summed);"
           " compute = Stripes compute-only; E/ = baseline energy / BitVert energy")
     print(header)
-    figures = {}
+    figures, sweeps = {}, {}
     for label, layers in suites.items():
-        figures[label] = evaluate(layers)
+        runs = evaluate(layers)
+        figures[label] = {preset: pm.report(r) for preset, r in runs.items()}
+        sweeps[label] = {cols: pm.report(runs["moderate"], pe_cols=cols)["bitvert_vs"] for cols in PE_COLUMNS}
         for line in summary(label, figures[label]):
             print(line, flush=True)
+    area = {b: pm.PE_AREA_UM2[b] / pm.PE_AREA_UM2["bitvert"] for b in pm.BASELINES}
+    print("\nPE area relative to BitVert (Table V): " + ", ".join(f"{b} {r:.2f}x" for b, r in area.items()))
+    print("\nPE-column sweep (moderate; BitVert speedup over Stripes / energy ratio), columns: "
+          + " ".join(f"{c:>12}" for c in PE_COLUMNS))
+    for label, sweep in sweeps.items():
+        print(f"{label:<12} " + " ".join(f"{sweep[c]['stripes']['speedup']:5.2f}x/{sweep[c]['stripes']['energy_ratio']:4.2f}x"
+                                         for c in PE_COLUMNS))
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1, default=float))
+        Path(args.json).write_text(json.dumps({"presets": figures, "pe_column_sweep": sweeps}, indent=1, default=float))
 
 
 if __name__ == "__main__":

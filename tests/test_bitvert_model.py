@@ -81,12 +81,12 @@ def test_dram_bytes_counted_once_and_energy():
     assert perf.cycles == 40
     assert perf.pe_cycles["memory_stall"] == pm.NUM_PES * (40 - 16)
     assert perf.energy_pj == pytest.approx({
-        "pe": 0.28125 * 1.5 * 512 * 16, "weight_sram": 145.0, "input_sram": 97.0, "dram": 1000.0 * 640 * 8 / 64})
+        "pe": 0.37e-3 / 800e6 * 1e12 * 512 * 16, "weight_sram": 145.0, "input_sram": 97.0, "dram": 1000.0 * 640 * 8 / 64})
 
     bv = pm.simulate_layer(_layer(_tile_weights(), m=16, columns=np.full(32, 4), bitvert_bytes=300), "bitvert")
     assert bv.dram_cycles == 19  # ceil(300 * 8 / 128)
     assert bv.energy_pj["weight_sram"] == pytest.approx(145.0 * 4 / 8)
-    assert bv.energy_pj["pe"] == pytest.approx(0.25 * 1.5 * 512 * 4)
+    assert bv.energy_pj["pe"] == pytest.approx(0.45e-3 / 800e6 * 1e12 * 512 * 4)  # Table V: 0.45 mW at 800 MHz
 
 
 def test_activations_spill_beyond_the_buffer():

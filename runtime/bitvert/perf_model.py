@@ -55,11 +55,16 @@ input and output fit together in the 256 KB activation buffer keeps them on chip
 otherwise its input is read and its output written once. A layer takes
 max(compute, DRAM) cycles.
 
-Energy (pJ), from the notes' constants (28 nm, 800 MHz): PE energy per PE per
-compute cycle times the place-and-route factor 1.5; one weight-buffer read per
+Energy (pJ), 28 nm, 800 MHz: PE energy per PE per compute cycle is the PE's power in
+the BBS paper's Table V divided by the clock (e.g. BitVert 0.45 mW -> 0.5625 pJ;
+the authors' reference code uses other per-cycle constants, times 1.5 for place and
+route, that do not match the paper's table: the table is used); one weight-buffer read per
 (weight tile, output tile) at 145 pJ for the full 32 x 16 x 8-bit width, scaled by
 the bits actually stored (kept columns / 8; metadata left out); one input-buffer
 read per (weight tile, output tile) at 97 pJ; DRAM 1000 pJ per 64-bit access.
+Area: Table V's PE area times the number of PEs (the array alone; buffers are the
+same for every accelerator). The array has ``pe_cols`` output columns (16 by
+default; ``report(..., pe_cols=...)`` sweeps it as the paper's Fig. 14 does).
 """
 
 from __future__ import annotations
@@ -83,14 +88,15 @@ CLOCK_HZ = 800e6
 DRAM_BITS_PER_CYCLE = 128
 ACTIVATION_BUFFER_BYTES = 256 * 1024
 
-PLACE_AND_ROUTE = 1.5
-PE_PJ_PER_CYCLE = {  # per PE, before place and route
-    "bitvert": 0.25,
-    "stripes": 0.28125,
-    "pragmatic": 0.41375,
-    "bitlet": 0.2925,
-    "bitwave": 0.2475 * 1.1,
+TABLE_V = {  # per PE (8 bit-serial multipliers): area um^2, power mW at 800 MHz (BBS paper, Table V)
+    "bitvert": (739.6, 0.45),
+    "stripes": (532.8, 0.37),
+    "pragmatic": (923.1, 0.51),
+    "bitlet": (1665.6, 0.57),
+    "bitwave": (702.4, 0.49),
 }
+PE_PJ_PER_CYCLE = {acc: power_mw * 1e-3 / CLOCK_HZ * 1e12 for acc, (_, power_mw) in TABLE_V.items()}
+PE_AREA_UM2 = {acc: area for acc, (area, _) in TABLE_V.items()}
 WEIGHT_SRAM_PJ = 145.0  # full-width read of the 288 KB weight buffer (CACTI, 28 nm)
 INPUT_SRAM_PJ = 97.0  # full-width read of the 256 KB input buffer
 DRAM_PJ_PER_ACCESS = 1000.0
@@ -289,6 +295,7 @@ class LayerPerf:
     pe_cycles: dict[str, float]
     energy_pj: dict[str, float]
     tile_cycles: np.ndarray | None = field(default=None, repr=False)  # [TN, TK] cycles per weight tile
+    num_pes: int = NUM_PES
 
     @property
     def cycles(self) -> int:
@@ -300,10 +307,10 @@ class LayerPerf:
 
     @property
     def utilization(self) -> float:
-        return self.pe_cycles["busy"] / (NUM_PES * self.cycles) if self.cycles else 0.0
+        return self.pe_cycles["busy"] / (self.num_pes * self.cycles) if self.cycles else 0.0
 
     def to_json(self) -> dict:
-        total_pe = NUM_PES * self.cycles or 1
+        total_pe = self.num_pes * self.cycles or 1
         return {
             "cycles": int(self.cycles), "compute_cycles": int(self.compute_cycles), "dram_cycles": int(self.dram_cycles),
             "time_s": self.seconds, "utilization": self.utilization,
@@ -313,24 +320,26 @@ class LayerPerf:
         }
 
 
-def layer_perf(prof: WeightProfile, m: int) -> LayerPerf:
-    """The layer with ``m`` outputs (pixels or tokens) on the profiled accelerator."""
-    out_tiles = -(-m // PE_COLS)
+def layer_perf(prof: WeightProfile, m: int, pe_cols: int = PE_COLS) -> LayerPerf:
+    """The layer with ``m`` outputs (pixels or tokens) on the profiled accelerator with ``pe_cols`` PE columns."""
+    num_pes = PE_ROWS * pe_cols
+    out_tiles = -(-m // pe_cols)
     compute_cycles = out_tiles * prof.tile_cycles_sum
     pe_cycles = {"busy": m * prof.busy, "intra_pe_stall": m * prof.intra, "inter_pe_stall": m * prof.inter}
-    pe_cycles["padding"] = float(NUM_PES * compute_cycles - sum(pe_cycles.values()))
+    pe_cycles["padding"] = float(num_pes * compute_cycles - sum(pe_cycles.values()))
     activations = m * (prof.k + prof.n)
     dram_bytes = {"weights": prof.weight_bytes,
                   "activations": activations if activations > ACTIVATION_BUFFER_BYTES else 0}
     dram_cycles = math.ceil(8 * sum(dram_bytes.values()) / DRAM_BITS_PER_CYCLE)
-    pe_cycles["memory_stall"] = float(NUM_PES * max(0, dram_cycles - compute_cycles))
+    pe_cycles["memory_stall"] = float(num_pes * max(0, dram_cycles - compute_cycles))
     energy = {
-        "pe": PE_PJ_PER_CYCLE[prof.accelerator] * PLACE_AND_ROUTE * NUM_PES * compute_cycles,
+        "pe": PE_PJ_PER_CYCLE[prof.accelerator] * num_pes * compute_cycles,
         "weight_sram": WEIGHT_SRAM_PJ * out_tiles * prof.weight_reads,
         "input_sram": INPUT_SRAM_PJ * out_tiles * prof.weight_tiles,
         "dram": DRAM_PJ_PER_ACCESS * 8 * sum(dram_bytes.values()) / DRAM_ACCESS_BITS,
     }
-    return LayerPerf(prof.accelerator, compute_cycles, dram_cycles, dram_bytes, pe_cycles, energy, prof.tile_cycles)
+    return LayerPerf(prof.accelerator, compute_cycles, dram_cycles, dram_bytes, pe_cycles, energy, prof.tile_cycles,
+                     num_pes)
 
 
 def simulate_layer(layer: LayerWorkload, accelerator: str) -> LayerPerf:
@@ -347,9 +356,10 @@ def simulate(layers: list[LayerWorkload]) -> dict:
     return report([(layer.name, layer.m, profiles(layer)) for layer in layers])
 
 
-def report(runs: list[tuple[str, int, dict[str, WeightProfile]]]) -> dict:
-    """Per layer and total figures for runs of (layer name, M, profile per accelerator):
-    ``{"layers": [...], "accelerators": {name: totals}, "bitvert_vs": {baseline: ratios}}``."""
+def report(runs: list[tuple[str, int, dict[str, WeightProfile]]], pe_cols: int = PE_COLS) -> dict:
+    """Per layer and total figures for runs of (layer name, M, profile per accelerator) on an array of
+    ``pe_cols`` PE columns: ``{"layers": [...], "accelerators": {name: totals}, "bitvert_vs": {baseline: ratios}}``."""
+    num_pes = PE_ROWS * pe_cols
     per_layer = []
     totals = {a: {"cycles": 0, "compute_cycles": 0, "energy_pj": 0.0, "energy_by_component_pj": {},
                   "dram_bytes": 0, "pe_cycles": {}} for a in ACCELERATORS}
@@ -357,7 +367,7 @@ def report(runs: list[tuple[str, int, dict[str, WeightProfile]]]) -> dict:
         first = profs[ACCELERATORS[0]]
         entry = {"name": name, "shape": [first.n, first.k], "m": int(m)}
         for acc in ACCELERATORS:
-            perf = layer_perf(profs[acc], m)
+            perf = layer_perf(profs[acc], m, pe_cols)
             entry[acc] = perf.to_json()
             t = totals[acc]
             t["cycles"] += perf.cycles
@@ -370,15 +380,17 @@ def report(runs: list[tuple[str, int, dict[str, WeightProfile]]]) -> dict:
                 t["pe_cycles"][part] = t["pe_cycles"].get(part, 0.0) + c
         entry["bitvert_speedup"] = {b: entry[b]["cycles"] / entry["bitvert"]["cycles"] for b in BASELINES}
         per_layer.append(entry)
-    for t in totals.values():
-        pe_total = NUM_PES * t["cycles"] or 1
+    for acc, t in totals.items():
+        pe_total = num_pes * t["cycles"] or 1
+        t["pe_array_area_mm2"] = PE_AREA_UM2[acc] * num_pes / 1e6
         t["time_s"] = t["cycles"] / CLOCK_HZ
         t["utilization"] = t["pe_cycles"].get("busy", 0.0) / pe_total
         t["stalls"] = {k: v / pe_total for k, v in t.pop("pe_cycles").items() if k != "busy"}
     bv = totals["bitvert"]
     versus = {b: {"speedup": totals[b]["cycles"] / bv["cycles"] if bv["cycles"] else 0.0,
                   "compute_speedup": totals[b]["compute_cycles"] / bv["compute_cycles"] if bv["compute_cycles"] else 0.0,
-                  "energy_ratio": totals[b]["energy_pj"] / bv["energy_pj"] if bv["energy_pj"] else 0.0}
+                  "energy_ratio": totals[b]["energy_pj"] / bv["energy_pj"] if bv["energy_pj"] else 0.0,
+                  "area_ratio": PE_AREA_UM2[b] / PE_AREA_UM2["bitvert"]}
               for b in BASELINES}
-    return {"clock_hz": CLOCK_HZ, "multipliers": NUM_PES * MULTIPLIERS_PER_PE, "layers": per_layer,
+    return {"clock_hz": CLOCK_HZ, "pe_cols": pe_cols, "multipliers": num_pes * MULTIPLIERS_PER_PE, "layers": per_layer,
             "accelerators": totals, "bitvert_vs": versus}
