@@ -33,14 +33,14 @@ having consumed exactly its bits: the reference decoder checks that too.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import CodecError
+from ..runtime import tans_streams
+from ..runtime.tans_streams import checksum, words_for
 
-MIN_TABLE_LOG, MAX_TABLE_LOG = 5, 15  # bases fit 16 bits in the kernels' packed table entries
 MAX_ALPHABET = 256  # symbols fit a byte in the kernels' packed table entries
 OFFSET_LIMIT = 2**32  # bit offsets are uint32
 PACK_CHUNK = 1 << 20  # fields packed at a time
@@ -78,25 +78,10 @@ def num_streams(rows: int, rows_per_stream: int) -> int:
     return -(-rows // rows_per_stream)
 
 
-def words_for(total_bits: int) -> int:
-    """Stored uint32 words for ``total_bits`` coded bits: the words holding them plus the padding of the format."""
-    return total_bits // 32 + 3
-
-
-def checksum(counts: np.ndarray, offsets: np.ndarray, words: np.ndarray) -> int:
-    crc = 0
-    for a in (counts, offsets, words):
-        crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
-    return crc
-
-
 def check_layout(table_log: int, states: int, rows_per_stream: int) -> None:
-    if not MIN_TABLE_LOG <= table_log <= MAX_TABLE_LOG:
-        raise CodecError(f"table_log must be in {MIN_TABLE_LOG}..{MAX_TABLE_LOG}, got {table_log}")
-    if not 1 <= states <= 32:
-        raise CodecError(f"states (interleaved per stream) must be in 1..32, got {states}")
-    if rows_per_stream < 1:
-        raise CodecError(f"rows_per_stream must be >= 1, got {rows_per_stream}")
+    problem = tans_streams.layout_problem(table_log, states, rows_per_stream)
+    if problem:
+        raise CodecError(problem)
 
 
 # --- the table -------------------------------------------------------------------------------------------------------
@@ -273,27 +258,10 @@ def pack_fields(values: np.ndarray, nbits: np.ndarray, positions: np.ndarray, to
 
 def validate(coded: TansStreams, alphabet: int) -> None:
     """Every structural check that must hold before decoding reads anything; CodecError naming the first failure."""
-    n, k = coded.shape
-    check_layout(coded.table_log, coded.states, coded.rows_per_stream)
-    streams = coded.num_streams
-    for name, a, dtype, length in (("counts", coded.counts, np.uint16, alphabet),
-                                   ("offsets", coded.offsets, np.uint32, streams + 1)):
-        if a.dtype != dtype or a.shape != (length,):
-            raise CodecError(f"tANS {name}: expected {np.dtype(dtype).name} [{length}], got {a.dtype} {list(a.shape)}")
-    if coded.words.dtype != np.uint32 or coded.words.ndim != 1:
-        raise CodecError(f"tANS words: expected a 1-D uint32 array, got {coded.words.dtype} {list(coded.words.shape)}")
-    if checksum(coded.counts, coded.offsets, coded.words) != coded.checksum:
-        raise CodecError("tANS stream is corrupted: checksum mismatch")
-    if int(coded.counts.astype(np.int64).sum()) != 1 << coded.table_log:
-        raise CodecError(f"tANS counts sum to {int(coded.counts.astype(np.int64).sum())}, not 2^{coded.table_log}")
-    offsets = coded.offsets.astype(np.int64)
-    lengths = np.diff(offsets)
-    if offsets[0] != 0 or (lengths < coded.states * coded.table_log).any():
-        raise CodecError("tANS offsets are malformed: streams must start at bit 0, in order, each holding its states")
-    expected_words = words_for(int(offsets[-1]))
-    if coded.words.size != expected_words:
-        raise CodecError(f"tANS stream is truncated or padded: {coded.words.size} words for {offsets[-1]} bits "
-                         f"(expected {expected_words})")
+    problem = tans_streams.check_streams(coded.counts, coded.offsets, coded.words, coded.table_log, coded.states,
+                                         coded.shape[0], coded.rows_per_stream, alphabet, coded.checksum)
+    if problem:
+        raise CodecError(f"tANS {problem}" if not problem.startswith("corrupted") else f"tANS stream is {problem}")
 
 
 def _read(words: np.ndarray, positions: np.ndarray, nbits: np.ndarray) -> np.ndarray:
