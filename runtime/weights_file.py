@@ -35,8 +35,8 @@ def _aligned(n: int) -> int:
 def pack(tensors: list[tuple[str, np.ndarray]], tans: list[dict] | None = None) -> bytes:
     """The file's bytes for ``tensors`` (name, array), in order, and the tANS stream descriptions."""
     entries, offset = [], 0
-    for name, array in tensors:
-        a = np.ascontiguousarray(array)
+    tensors = [(name, np.asarray(a, order="C")) for name, a in tensors]  # ascontiguousarray would make 0-d 1-d
+    for name, a in tensors:
         entries.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape), "offset": offset,
                          "nbytes": int(a.nbytes)})
         offset = _aligned(offset + a.nbytes)
@@ -48,7 +48,7 @@ def pack(tensors: list[tuple[str, np.ndarray]], tans: list[dict] | None = None) 
     out[len(MAGIC) + 8: len(MAGIC) + 8 + len(header)] = header
     for entry, (_, array) in zip(entries, tensors):
         at = start + entry["offset"]
-        out[at: at + entry["nbytes"]] = np.ascontiguousarray(array).tobytes()
+        out[at: at + entry["nbytes"]] = array.tobytes()
     return bytes(out)
 
 
