@@ -53,7 +53,7 @@ def compile_model(
     """
     from bie_compiler.codegen import cpu, cuda
     from bie_compiler.codegen.target import describe, make_target
-    from bie_compiler.passes import EncodeWeights, EncodingPolicy
+    from bie_compiler.passes import EncodeWeights, EncodingPolicy, PropagateNaN
     from bie_compiler.runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact
 
     from .calibration import activation_scales, calibration_inputs
@@ -80,7 +80,7 @@ def compile_model(
 
     step(f"encoding weights with {codec} {options or ''}".rstrip())
     encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate)
-    mod = encode(imported.mod)
+    mod = encode(PropagateNaN()(imported.mod))
     step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
     extra_files, device_code = {}, {}
     if tvm_target.kind.name == "cuda":

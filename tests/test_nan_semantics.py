@@ -1,0 +1,21 @@
+"""NaN and Inf inputs give NaN where onnxruntime gives NaN (dense layers and ReLU)."""
+
+import numpy as np
+import onnxruntime as ort
+
+import bie_compiler
+from hostile_corpus import save, tiny_model
+
+
+def test_relu_and_dense_layers_keep_nan_and_inf(tmp_path):
+    model = save(tmp_path, tiny_model())
+    out = bie_compiler.compile_model(model, tmp_path / "art", "bie-bitplane", skip=("*",), progress=None)
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    x[0, 3], x[1, 5], x[2, 7] = np.nan, np.inf, -np.inf
+    ours = bie_compiler.load(out)({"x": x})["y"]
+    ref = ort.InferenceSession(model).run(None, {"x": x})[0]
+    assert np.isnan(ref).sum() > 0
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(ours[finite], ref[finite], rtol=1e-5, atol=1e-5)
