@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_MODEL := models/transformer.onnx
 DEMO_OUT := out/transformer-bitplane4
 
-.PHONY: demo test models bench bench-grid clean
+.PHONY: demo test test-fast models bench bench-grid clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: models
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  # everything but the whole-model compiles (tests marked slow)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bitplane_gemv.py

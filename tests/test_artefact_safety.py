@@ -15,6 +15,8 @@ from bie_compiler.errors import ArtefactError, OptionError
 from bie_compiler.runtime import artefact
 from bie_compiler.runtime.manifest_schema import validate_manifest
 
+pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
+
 
 def cli(*args, cwd=None):
     result = subprocess.run([sys.executable, "-m", "bie_compiler", *map(str, args)], capture_output=True, text=True,

@@ -6,6 +6,8 @@ import bie_compiler
 from bie_compiler.codecs import bbs
 from bie_compiler.parity import check_artefact, make_inputs
 
+pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
+
 PRESETS = list(bbs.PRESETS)
 
 

@@ -4,9 +4,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import bie_compiler
 from bie_compiler.parity import make_inputs
+
+pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
 
 
 def test_run_writes_outputs_and_refuses_report_for_llvm(model_dir, tmp_path):

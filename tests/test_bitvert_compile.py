@@ -13,6 +13,8 @@ from bie_compiler.codegen import bitvert
 from bie_compiler.parity import BITVERT_TOLERANCE, check_artefact, make_inputs
 from bie_compiler.runtime.bitvert import device, perf_model, simulator
 
+pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
+
 PRESETS = list(bbs.PRESETS)
 MODELS = ["mlp", "transformer", "cnn"]
 

@@ -11,6 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bie_compiler.models import mlp
 
+pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
+
 
 def cli(*args, cwd=None):
     result = subprocess.run([sys.executable, "-m", "bie_compiler", *map(str, args)], capture_output=True, text=True, cwd=cwd)

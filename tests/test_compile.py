@@ -7,6 +7,8 @@ import bie_compiler
 from bie_compiler.parity import check_artefact, make_inputs
 from bie_compiler.runtime.artefact import LIBRARY
 
+pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
+
 CODEC_OPTIONS = {
     "bie-bitplane": {"bits": 4},
     "bie-binary": {},

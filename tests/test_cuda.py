@@ -19,6 +19,8 @@ from bie_compiler.errors import ArtefactError
 from bie_compiler.parity import check_artefact, make_inputs
 from bie_compiler.runtime.artefact import DEVICE_SOURCE
 
+pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
+
 ARCH = "sm_90"
 # Codecs with CUDA kernels, each layout once; the other codecs must fall back to dense with a reason.
 KERNEL_CASES = {

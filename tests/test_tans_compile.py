@@ -7,6 +7,8 @@ import bie_compiler
 from bie_compiler.errors import CodecError
 from bie_compiler.parity import check_artefact, make_inputs
 
+pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
+
 BUDGETS = (2.0, 3.0, 4.0)
 CNN_OPTIONS = {"budget-8": {"bits_per_weight": 8.0}, "levels-3": {"levels": 3}}
 
