@@ -204,10 +204,10 @@ def bench_one(tvm, device, prepared: Path, item: str) -> list[dict]:
 
     spec = next(s for s in shape["kernels"] if s["name"] == what)
     data = np.load(prepared / "bench" / folder / f"{what}.npz")
-    block = Encoded(spec["codec"], tuple(spec["block"]), {a: data[f"block/{a}"] for a in spec["constants"]},
+    block = Encoded(spec["codec"], tuple(spec["block"]), {a: data[f"block/{a}"] for a, _ in spec["constants"]},
                     spec["header"])
     full = tiling.stack(tiling.stack_k(block, spec["k_copies"]) if spec["k_copies"] > 1 else block, spec["copies"])
-    constants = [tvm.runtime.tensor(full.arrays[a], device) for a in spec["constants"]]
+    constants = [tvm.runtime.tensor(full.arrays[a].view(dtype), device) for a, dtype in spec["constants"]]
     module = tvm.runtime.load_module(str(prepared / "bench" / folder / f"{what}.so"))
     reference = np.tile(data["reference"], (1, spec["copies"]))
     rows = []

@@ -108,23 +108,62 @@ def schedule_decoded_llvm(sch: s_tir.Schedule) -> None:
     decode_once.schedule_llvm(sch, BLOCK_DECODED)
 
 
-def schedule_cuda(sch: s_tir.Schedule) -> None:
-    """One warp per channel (see ``warp_layout``); lanes over the plane bytes, a warp-shuffle sum at the end.
+def compute_words(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int,
+                  group: int):
+    """TE definition for the GPU: the planes and signs read as 32-bit words, each weight decoded without a branch.
 
-    Each lane holds one byte of every plane (eight bit columns) and of the
-    sign plane at a time and walks its eight bits and the planes unrolled; the
-    reduction loop bound to the lanes becomes TVM's cross-thread (warp
-    shuffle) reduction. The padding of ``x`` is inlined as a bounds test.
+    planes uint32 [P, N, KB / 4] and signs uint32 [N, KB / 4] are the packed bytes viewed as little-endian words
+    (KB is a multiple of 16): weight ``j * KB + 4 * w + i`` is bit ``8 * i + j`` of word ``w``. Its magnitude is
+    built as an integer from one bit of each plane and turned into a float by placing it in the mantissa of 2^23
+    (exact below 2^23, no int-to-float conversion), then negated where the sign bit is set.
     """
-    sch.compute_inline(sch.get_sblock("xpad"))
+    m_dim = x.shape[0]
+    num_planes, n_dim, kw = (int(d) for d in planes.shape)
+    kb = 4 * kw
+    rw = te.reduce_axis((0, kw), "rw")
+    ri = te.reduce_axis((0, 4), "ri")
+    rj = te.reduce_axis((0, 8), "rj")
+    one = tirx.const(1, "uint32")
+    mantissa_of_2_23 = tirx.const(0x4B000000, "uint32")
+
+    def body(m, n):
+        kk = rj * kb + rw * 4 + ri
+        shift = (ri * 8 + rj).astype("uint32")
+        magnitude = sum(((planes[b, n, rw] >> shift) & one) << tirx.const(top_bit - b, "uint32") for b in range(num_planes))
+        negative = ((signs[n, rw] >> shift) & one) != tirx.const(0, "uint32")
+        value = tirx.reinterpret("float32", magnitude | mantissa_of_2_23) - tirx.const(float(1 << 23), "float32")
+        xk = x[m, kk] if k == 8 * kb else te.if_then_else(kk < k, x[m, kk], tirx.const(0, "float32"))
+        return te.sum(xk * tirx.Select(negative, -value, value) * scales[n, kk // group], axis=[rw, ri, rj])
+
+    return te.compute((m_dim, n_dim), body, name=BLOCK)
+
+
+WORD_STEPS_UNROLLED = 4  # a lane's loads of this many words per plane in flight at once
+
+
+def schedule_cuda(sch: s_tir.Schedule) -> None:
+    """:func:`compute_words` with one warp per channel (see ``warp_layout``) and a warp-shuffle sum at the end.
+
+    Lane ``l`` reads words ``l, l + 32, ...`` of every plane and of the signs (a warp reads 128 contiguous bytes
+    per plane), WORD_STEPS_UNROLLED steps at a time so that their loads overlap; it walks the 32 bits of each word
+    and the planes unrolled. The reduction loop bound to the lanes becomes TVM's cross-thread (warp shuffle)
+    reduction.
+    """
     block = sch.get_sblock(BLOCK)
-    m, n, rb, rj, rw = sch.get_loops(block)
+    m, n, rw, ri, rj = sch.get_loops(block)
     n_group, n_warp = sch.split(n, [None, warp_layout.CHANNELS_PER_BLOCK])
     rw_step, lane = sch.split(rw, [None, warp_layout.WARP_SIZE])
-    sch.reorder(m, n_group, n_warp, lane, rw_step, rj, rb)
+    rw_outer, rw_inner = sch.split(rw_step, [None, WORD_STEPS_UNROLLED])
+    sch.reorder(m, n_group, n_warp, lane, rw_outer, rw_inner, ri, rj)
     sch.bind(m, warp_layout.ROWS)
     sch.bind(n_group, warp_layout.CHANNEL_GROUPS)
     sch.bind(n_warp, warp_layout.CHANNEL)
     sch.bind(lane, warp_layout.LANE)
+    sch.unroll(rw_inner)
+    sch.unroll(ri)
     sch.unroll(rj)
-    sch.unroll(rb)
+
+
+def as_words(packed):
+    """The packed planes or signs (uint8, last axis a multiple of 4) as the uint32 words :func:`compute_words` reads."""
+    return packed.view("uint32")
