@@ -173,7 +173,7 @@ def runtime_package(out: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     shutil.copytree(repo / "bie_compiler" / "codecs", pkg / "codecs", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(repo / "bie_compiler" / "errors.py", pkg / "errors.py")
-    for script in ("run_on_device.py", "tiling.py"):
+    for script in ("run_on_device.py", "tiling.py", "device.sh"):
         shutil.copy(Path(__file__).resolve().parent / script, out / script)
 
 
