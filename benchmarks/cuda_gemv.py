@@ -65,31 +65,38 @@ def timings(fn_module, name, dev, args, repeats: int) -> tuple[float, float]:
     return warm, cold
 
 
-def copy_bandwidth(target, dev, repeats: int) -> float:
-    """Bytes per second (read + write) of a device-to-device float32 copy of COPY_BYTES, dlight-scheduled."""
+def copy_module(target, nbytes: int = COPY_BYTES):
+    """A dlight-scheduled float32 copy ``copy(a, b)`` of ``nbytes``, compiled for ``target``."""
     import tvm
     from tvm import te
     from tvm.s_tir import dlight as dl
 
-    n = COPY_BYTES // 4
+    n = nbytes // 4
     a = te.placeholder((n,), "float32", "a")
     b = te.compute((n,), lambda i: a[i], name="b")
     mod = tvm.IRModule({"copy": te.create_prim_func([a, b]).with_attr("global_symbol", "copy")})
     with target:
         mod = dl.ApplyDefaultSchedule(dl.gpu.Fallback())(mod)
-    lib = tvm.compile(mod, target).mod
+    return tvm.compile(mod, target).mod
+
+
+def copy_bandwidth(target, dev, repeats: int) -> float:
+    """Bytes per second (read + write) of a device-to-device float32 copy of COPY_BYTES, dlight-scheduled."""
+    import tvm
+
+    lib = copy_module(target)
+    n = COPY_BYTES // 4
     src, dst = tvm.runtime.empty((n,), "float32", dev), tvm.runtime.empty((n,), "float32", dev)
     seconds = lib.time_evaluator("copy", dev, number=10, repeat=repeats)(src, dst).median
     return 2 * COPY_BYTES / seconds
 
 
-def dense_fp16(target, dev, w: np.ndarray, x: np.ndarray):
-    """A dlight-scheduled fp16 GEMV over ``w`` [N, K]: (module, args, bytes read)."""
+def dense_fp16_module(target, n: int, k: int):
+    """``gemv(x [1, K] fp16, w [N, K] fp16, y [1, N] fp32)``, scheduled by dlight's gpu.GEMV rule and compiled."""
     import tvm
     from tvm import te
     from tvm.s_tir import dlight as dl
 
-    n, k = w.shape
     xa = te.placeholder((1, k), "float16", "x")
     wa = te.placeholder((n, k), "float16", "w")
     r = te.reduce_axis((0, k), "r")
@@ -99,7 +106,15 @@ def dense_fp16(target, dev, w: np.ndarray, x: np.ndarray):
         mod = dl.ApplyDefaultSchedule(dl.gpu.GEMV())(mod)
     if not mod["gemv"].attrs or not mod["gemv"].attrs.get("tirx.is_scheduled", False):
         raise RuntimeError("dlight's gpu.GEMV rule did not schedule the fp16 GEMV")
-    lib = tvm.compile(mod, target).mod
+    return tvm.compile(mod, target).mod
+
+
+def dense_fp16(target, dev, w: np.ndarray, x: np.ndarray):
+    """A dlight-scheduled fp16 GEMV over ``w`` [N, K]: (module, args, bytes read)."""
+    import tvm
+
+    n, k = w.shape
+    lib = dense_fp16_module(target, n, k)
     args = [tvm.runtime.tensor(x.astype(np.float16), dev), tvm.runtime.tensor(w.astype(np.float16), dev),
             tvm.runtime.empty((1, n), "float32", dev)]
     lib["gemv"](*args)

@@ -59,6 +59,8 @@ def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     else:  # bie-binary bitmap: one plane of significance 1, one scale per channel
         top_bit, group = 0, 8 * packed_width(k)
     constants = [planes, signs, scales]
+    if _on_gpu():  # the planes and signs as 32-bit words: a warp reads 128 bytes of each per step
+        constants = [bitplane.as_words(planes), bitplane.as_words(signs), scales]
 
     def scheduled(compute, schedule) -> tirx.PrimFunc:
         x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
@@ -69,7 +71,7 @@ def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
         return sch.mod["main"]
 
     if _on_gpu():  # one bit-serial kernel for every batch: rows are thread blocks
-        return KernelCall("bitplane", scheduled(bitplane.compute, bitplane.schedule_cuda), constants)
+        return KernelCall("bitplane", scheduled(bitplane.compute_words, bitplane.schedule_cuda), constants)
     large = KernelCall("bitplane_decoded", scheduled(bitplane.compute_decoded, bitplane.schedule_decoded_llvm), constants)
     return KernelCall("bitplane", scheduled(bitplane.compute, bitplane.schedule_llvm), constants, large)
 

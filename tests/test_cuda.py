@@ -11,9 +11,9 @@ from tvm.script import tirx as T
 from tvm.support import nvcc
 
 import bie_compiler
-from bie_compiler.codecs import CODECS, bbs, bie_binary, make_config, tans
+from bie_compiler.codecs import CODECS, bbs, bie_binary, bie_bitplane, make_config, tans
 from bie_compiler.codegen import KERNELS, ConvSpec, cuda, has_kernel, kernel_for, tans_constants, tans_layout
-from bie_compiler.codegen.kernels import bbs_cuda, sparse_index_cuda, tans_cuda
+from bie_compiler.codegen.kernels import bbs_cuda, bitplane, sparse_index_cuda, tans_cuda
 from bie_compiler.codegen.target import make_target
 from bie_compiler.errors import ArtefactError
 from bie_compiler.parity import check_artefact, make_inputs
@@ -133,6 +133,29 @@ def run_on_the_cpu(func, x, constants, out_shape):
 
 def assert_close(got, ref):
     assert np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
+
+
+BITPLANE_CASES = [("bie-bitplane", {"bits": 4}), ("bie-bitplane", {"bits": 3, "group_size": 64}),
+                  ("bie-bitplane", {"bits": 8}), ("bie-binary", {"layout": "bitmap"})]
+
+
+@pytest.mark.parametrize("codec,options", BITPLANE_CASES, ids=[f"{c}-{o}" for c, o in BITPLANE_CASES])
+@pytest.mark.parametrize("n,k", [(3, 300), (5, 256)])
+def test_bitplane_gpu_compute_emulated_on_the_cpu(codec, options, n, k):
+    """The GPU bit-plane kernel's TE compute (32-bit words, branch-free decode), unscheduled on the CPU."""
+    enc = CODECS[codec].encode(weight(n, k, n + k), make_config(codec, options))
+    call = kernel_for(enc, make_target("cuda"))
+    assert [c.dtype.name for c in call.constants[:2]] == ["uint32", "uint32"]
+    x_holder = tvm.te.placeholder((tvm.te.var("m", "int64"), k), "float32", "x")
+    holders = [tvm.te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(("planes", "signs", "scales"), call.constants)]
+    if codec == "bie-bitplane":
+        top_bit, group = enc.header["bits"] - 2, bie_bitplane.scale_group(k, enc.header["group_size"])
+    else:  # one plane of significance 1, one scale per channel
+        top_bit, group = 0, 8 * enc.arrays["signs"].shape[1]
+    out = bitplane.compute_words(x_holder, *holders, k=k, top_bit=top_bit, group=group)
+    prim = tvm.te.create_prim_func([x_holder, *holders, out])
+    x = np.random.default_rng(k).standard_normal((2, k)).astype(np.float32)
+    assert_close(run_on_the_cpu(prim, x, call.constants, (2, n)), x @ CODECS[codec].decode(enc).astype(np.float64).T)
 
 
 BBS_CONFIGS = [

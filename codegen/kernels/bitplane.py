@@ -14,6 +14,8 @@ bit-serial work per row.
 
 from __future__ import annotations
 
+import functools
+
 from tvm import s_tir, te, tirx
 
 from bie_compiler.codecs.base import PACK_LANES
@@ -108,23 +110,87 @@ def schedule_decoded_llvm(sch: s_tir.Schedule) -> None:
     decode_once.schedule_llvm(sch, BLOCK_DECODED)
 
 
-def schedule_cuda(sch: s_tir.Schedule) -> None:
-    """One warp per channel (see ``warp_layout``); lanes over the plane bytes, a warp-shuffle sum at the end.
+def compute_words(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int,
+                  group: int):
+    """TE definition for the GPU: the planes and signs read as 32-bit words, each weight decoded without a branch.
 
-    Each lane holds one byte of every plane (eight bit columns) and of the
-    sign plane at a time and walks its eight bits and the planes unrolled; the
-    reduction loop bound to the lanes becomes TVM's cross-thread (warp
-    shuffle) reduction. The padding of ``x`` is inlined as a bounds test.
+    planes uint32 [P, N, KB / 4] and signs uint32 [N, KB / 4] are the packed bytes viewed as little-endian words
+    (KB is a multiple of 16): weight ``j * KB + 4 * w + i`` is bit ``8 * i + j`` of word ``w``. Bit ``j`` of each
+    byte of every plane word, shifted to the plane's significance and OR-ed, gives the four magnitudes of weights
+    ``i = 0..3`` in the four bytes at once (shared by the four). A magnitude goes into the mantissa of 2^23 with
+    its sign bit, and the same sign's 2^23 is subtracted: the signed weight as a float, without a branch or an
+    int-to-float conversion (exact: magnitudes are below 2^7).
     """
-    sch.compute_inline(sch.get_sblock("xpad"))
+    m_dim = x.shape[0]
+    num_planes, n_dim, kw = (int(d) for d in planes.shape)
+    kb = 4 * kw
+    rw = te.reduce_axis((0, kw), "rw")
+    ri = te.reduce_axis((0, 4), "ri")
+    rj = te.reduce_axis((0, 8), "rj")
+    one = tirx.const(1, "uint32")
+    low_bit_of_each_byte = tirx.const(0x01010101, "uint32")
+    exponent_of_2_23 = tirx.const(0x4B000000, "uint32")
+
+    def body(m, n):
+        kk = rj * kb + rw * 4 + ri
+        j, byte = rj.astype("uint32"), (ri * 8).astype("uint32")
+        planes_bit_j = [((planes[b, n, rw] >> j) & low_bit_of_each_byte) << tirx.const(top_bit - b, "uint32")
+                        for b in range(num_planes)]
+        magnitudes = functools.reduce(lambda a, b: a | b, planes_bit_j)
+        sign = ((signs[n, rw] >> (byte + j)) & one) << tirx.const(31, "uint32")
+        signed_2_23 = sign | exponent_of_2_23
+        bits = ((magnitudes >> byte) & tirx.const(0xFF, "uint32")) | signed_2_23
+        value = tirx.reinterpret("float32", bits) - tirx.reinterpret("float32", signed_2_23)
+        xk = x[m, kk] if k == 8 * kb else te.if_then_else(kk < k, x[m, kk], tirx.const(0, "float32"))
+        if group == 8 * kb:  # one scale per channel: applied to the sum, below
+            return te.sum(xk * value, axis=[rw, ri, rj])
+        return te.sum(xk * value * scales[n, kk // group], axis=[rw, ri, rj])
+
+    dot = te.compute((m_dim, n_dim), body, name=BLOCK)
+    if group != 8 * kb:
+        return dot
+    return te.compute((m_dim, n_dim), lambda m, n: dot[m, n] * scales[n, 0], name=SCALED)
+
+
+SCALED = "bitplane_scaled"
+WORD_STEPS_UNROLLED = 4  # a lane's loads of this many words per plane in flight at once
+
+
+def schedule_cuda(sch: s_tir.Schedule) -> None:
+    """:func:`compute_words` with one warp per channel (see ``warp_layout``) and a warp-shuffle sum at the end.
+
+    Lane ``l`` reads words ``l, l + 32, ...`` of every plane and of the signs (a warp reads 128 contiguous bytes
+    per plane), WORD_STEPS_UNROLLED steps at a time so that their loads overlap; it walks the 32 bits of each word
+    and the planes unrolled, with the four activations of a word's bytes in one 16-byte load when K needs no
+    padding (then a row of x starts 16-byte aligned). The reduction loop bound to the lanes becomes TVM's
+    cross-thread (warp shuffle) reduction; a per-channel scale multiplies its result once.
+    """
     block = sch.get_sblock(BLOCK)
-    m, n, rb, rj, rw = sch.get_loops(block)
+    m, n, rw, ri, rj = sch.get_loops(block)
     n_group, n_warp = sch.split(n, [None, warp_layout.CHANNELS_PER_BLOCK])
     rw_step, lane = sch.split(rw, [None, warp_layout.WARP_SIZE])
-    sch.reorder(m, n_group, n_warp, lane, rw_step, rj, rb)
+    rw_outer, rw_inner = sch.split(rw_step, [None, WORD_STEPS_UNROLLED])
+    sch.reorder(m, n_group, n_warp, lane, rw_outer, rw_inner, rj, ri)
     sch.bind(m, warp_layout.ROWS)
     sch.bind(n_group, warp_layout.CHANNEL_GROUPS)
     sch.bind(n_warp, warp_layout.CHANNEL)
     sch.bind(lane, warp_layout.LANE)
+    sch.unroll(rw_inner)
     sch.unroll(rj)
-    sch.unroll(rb)
+    reads = [r.source for r in sch.get(block).reads]
+    x_index = next(i for i, b in enumerate(reads) if b.name == "x")
+    planes = next(b for b in reads if b.name == "planes")
+    if int(reads[x_index].shape[1]) == 32 * int(planes.shape[2]):  # no padding: rows of x start 16-byte aligned
+        # the four activations of a word's byte lanes (i = 0..3) are contiguous: one 16-byte load
+        x_local = sch.cache_read(block, x_index, "local")
+        sch.compute_at(x_local, rj)
+        sch.vectorize(sch.get_loops(x_local)[-1])
+    sch.unroll(ri)
+    if any(sch.get(b).name_hint == SCALED for b in sch.get_child_blocks(sch.get_sblock("root"))):
+        sch.set_scope(block, 0, "local")
+        sch.reverse_compute_at(sch.get_sblock(SCALED), n_warp)
+
+
+def as_words(packed):
+    """The packed planes or signs (uint8, last axis a multiple of 4) as the uint32 words :func:`compute_words` reads."""
+    return packed.view("uint32")
