@@ -38,6 +38,8 @@ def compile_model(
     skip: tuple[str, ...] = (),
     overrides: tuple[tuple[str, dict], ...] = (),
     calibration: str | Path | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    dims: dict[str, int] | None = None,
     progress=_stderr_progress,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
@@ -47,15 +49,17 @@ def compile_model(
     ``target`` is "llvm", "cuda" (``arch``: the GPU architecture, default sm_90) or
     "bitvert" (bbs layers offloaded to the simulated BitVert accelerator, their INT8
     activation scales calibrated on the inputs in the ``calibration`` .npz, or on
-    seeded random inputs with a warning).
+    seeded random inputs with a warning). ``input_shapes`` (input name -> sizes) and ``dims``
+    (symbolic dimension -> size, wherever it appears) fix input sizes at import; the others stay symbolic.
     """
-    from bie_compiler.codegen import cpu, cuda
+    from bie_compiler.codegen import LAYER_ATTR, cpu, cuda
     from bie_compiler.codegen.target import describe, make_target
     from bie_compiler.passes import EncodeWeights, EncodingPolicy
     from bie_compiler.runtime.artefact import DEVICE_SOURCE, write_artefact
 
     from .calibration import activation_scales, calibration_inputs
     from .errors import OptionError
+    from .shapes import ShapeRequest
 
     progress = progress or (lambda message: None)
     options = {k: v for k, v in (options or {}).items() if v is not None}
@@ -69,7 +73,8 @@ def compile_model(
     if calibration is not None and not Path(calibration).is_file():  # before the encoding, not after it
         raise OptionError(f"--calibration {calibration}: no such file")
     step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
-    imported = import_model(model)
+    shapes = ShapeRequest({k: tuple(v) for k, v in (input_shapes or {}).items()}, dict(dims or {}))
+    imported = import_model(model, shapes)
 
     def calibrate(names: list[str]) -> dict[str, float]:
         return activation_scales(imported.model, names, calibration_inputs(imported.inputs, calibration))
@@ -77,6 +82,8 @@ def compile_model(
     step(f"encoding weights with {codec} {options or ''}".rstrip())
     encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate)
     mod = encode(imported.mod)
+    kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
+                     if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
     step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
     extra_files, device_code = {}, {}
     if tvm_target.kind.name == "cuda":
@@ -92,9 +99,11 @@ def compile_model(
         "codec": {"name": codec, "options": options, "min_weights": min_weights,
                   "skip": list(skip), "overrides": [[p, o] for p, o in overrides]},
         "target": describe(tvm_target),
-        "inputs": imported.inputs,
+        "inputs": imported.inputs,  # the shapes the artefact was compiled for: sizes, or names of symbolic dims
+        "fixed_shapes": shapes.to_json(),  # what --input-shape / --dim asked for
         "outputs": imported.outputs,
         "layers": [r.to_json() for r in encode.records],
+        "kernel_layers": kernel_layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
         "totals": totals(encode.records),
         **device_code,
     }
