@@ -118,7 +118,7 @@ def run(args) -> dict:
                        "encoded_layers": totals["encoded_layers"], "layers": totals["layers"],
                        "dense_reasons": dense_reasons if variant != "dense" else [],
                        "max_rel_err": max(res["max_rel_err"].values())}
-                if ONE_ROW.get(name) == shape:
+                if ONE_ROW.get(name) == shape and variant != "dense":
                     row["speedup_over_ort"] = 1 / res["ratio"]
                     row["half_weight_bytes_ratio"] = row["weight_bytes_ratio"] / 2
                 rows.append(row)

@@ -2,8 +2,10 @@
 
 Run as a script (``runpy.run_path``), not imported, so the onnxruntime side never
 loads TVM or bie_compiler and its peak memory is its own. Protocol: one JSON command
-per line on stdin, one JSON reply per line on stdout. The thread settings come
-from the environment the parent sets (``TVM_NUM_THREADS`` before TVM loads).
+per line on stdin, one JSON reply per line on the original stdout (fd 1 then points
+at stderr, so nothing a library prints can corrupt a reply). Threads come from the
+environment the parent sets (``TVM_NUM_THREADS`` is read when TVM loads), and the
+onnxruntime session is given the same count.
 """
 
 import json
@@ -33,7 +35,7 @@ def artefact_side():
     """Imports bie_compiler (and TVM); returns the loader of an artefact: path -> (run, runner)."""
     import bie_compiler
 
-    def load(path: str, threads: int, spin: bool):
+    def load(path: str, threads: int, spin: bool):  # TVM took threads and spinning from the environment
         runner = bie_compiler.load(path)
         return runner, runner
 

@@ -137,6 +137,10 @@ def test_a_fixed_dim_leaves_the_others_symbolic(model, tmp_path):
     assert bad.returncode == 2 and "dimension 1 of input 'x' is fixed to 1, got 2" in bad.stderr
     bad = cli("check", out, "--dim", "seq=2")
     assert bad.returncode == 2 and "no input has a dimension named 'seq' (symbolic dimensions: batch, n)" in bad.stderr
+    np.savez(tmp_path / "in.npz", x=np.ones((1, 1, 64), np.float32), a=np.ones((1, 4), np.float32),
+             b=np.ones((1, 4), np.float32))
+    bad = cli("run", out, "--inputs", tmp_path / "in.npz", "--batch", "2")
+    assert bad.returncode == 2 and "--inputs gives the inputs and their shapes" in bad.stderr
 
 
 def test_shapes_the_model_contradicts_are_refused(model, tmp_path):
