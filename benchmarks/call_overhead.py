@@ -6,14 +6,17 @@ around it: input checks, conversions, the call, outputs back to numpy. The
 artefact keeps W dense (``--skip '*'``). Three calls are timed, interleaved:
 the runner, ``session.run``, and the bare Relax VM call on prepared tensors
 (what the runner adds is runner - bare VM). Each is a loop of ``--calls``
-calls, the median over ``--repeats`` loops. Threads as in ``common.main``.
+calls, the median over ``--repeats`` loops. Threads as in ``common.main`` (no idle
+spinning), or with ``--spin`` both libraries' default: idle workers spin, so a
+parallel kernel does not wait for its threads to wake.
 
-    python benchmarks/call_overhead.py [--size 64] [--calls 2000] [--repeats 15] [--threads 2] [--json PATH]
+    python benchmarks/call_overhead.py [--size 64] [--calls 2000] [--repeats 15] [--threads 2] [--spin] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=2000, help="calls per timed loop (default %(default)s)")
     p.add_argument("--repeats", type=int, default=15, help="timed loops per method; the median is reported")
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
+    p.add_argument("--spin", action="store_true", help="let idle worker threads spin (both libraries' default)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
 
@@ -47,6 +51,9 @@ def one_matmul(size: int):
 
 
 def run(args) -> dict:
+    if args.spin:
+        os.environ.pop("TVM_THREAD_POOL_SPIN_COUNT")  # common.main turned spinning off; TVM is not loaded yet
+    import onnxruntime as ort
     import tvm
 
     import bie_compiler
@@ -55,7 +62,12 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = bie_compiler.compile_model(model, Path(tmp) / "art", skip=("*",), progress=None)
         runner = bie_compiler.load(out)
-    session = common.ort_session(model.SerializeToString(), args.threads)
+    if args.spin:  # onnxruntime's default session options spin
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    else:
+        session = common.ort_session(model.SerializeToString(), args.threads)
     x = np.random.default_rng(1).standard_normal((1, args.size)).astype(np.float32)
     feeds = {"x": x}
     main, prepared = runner.vm["main"], tvm.runtime.tensor(x)
@@ -74,14 +86,15 @@ def run(args) -> dict:
                 fn()
             samples[name].append((time.perf_counter() - start) / args.calls)
     per_call = {name: statistics.median(times) * 1e6 for name, times in samples.items()}
-    return {"size": args.size, "threads": args.threads, "calls": args.calls, "repeats": args.repeats,
+    return {"size": args.size, "threads": args.threads, "spin": args.spin, "calls": args.calls, "repeats": args.repeats,
             "per_call_us": per_call,
             "runner_over_ort": per_call["bie runner"] / per_call["onnxruntime session.run"],
             "runner_overhead_us": per_call["bie runner"] - per_call["bare VM call"]}
 
 
 def report(res: dict) -> None:
-    print(f"x [1, {res['size']}] @ W [{res['size']}, {res['size']}], {res['threads']} threads, "
+    print(f"x [1, {res['size']}] @ W [{res['size']}, {res['size']}], {res['threads']} threads "
+          f"({'spinning' if res['spin'] else 'no'} idle spin), "
           f"median of {res['repeats']} loops of {res['calls']} calls")
     for name, us in res["per_call_us"].items():
         print(f"  {name:26s} {us:8.2f} us")
