@@ -58,8 +58,8 @@ def _add_shape_options(parser: argparse.ArgumentParser, compile_time: bool = Fal
     parser.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                         help=f"a symbolic dimension's size wherever it appears, {what}, e.g. seq=128 (repeatable)")
     if not compile_time:
-        parser.add_argument("--batch", type=int, default=None,
-                            help="shorthand for --dim BATCH=SIZE, BATCH being the symbolic dimension named like "
+        parser.add_argument("--batch", type=int, default=None, metavar="B",
+                            help="shorthand for --dim NAME=B, NAME being the symbolic dimension named like "
                                  "'batch' (else the first input's first dim); symbolic dims not set are 1")
 
 

@@ -49,6 +49,7 @@ def check_host(target: dict) -> tvm.runtime.Device:
 
 
 ALIGNMENT = 64  # bytes; TVM's kernels assume it of every buffer (a misaligned one passed zero-copy crashes them)
+IN_PLACE_BYTES = 1 << 16  # smaller inputs are copied into an aligned buffer: cheaper than checking their alignment
 
 
 class InputSpec:
@@ -69,9 +70,6 @@ class InputSpec:
             if shape[axis] != d:
                 return False
         return True
-
-
-IN_PLACE_BYTES = 1 << 16  # smaller inputs are copied into an aligned buffer: cheaper than checking their alignment
 
 
 def aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
