@@ -1,4 +1,4 @@
-"""The ``bie-compiler`` command line: compile, check, inspect."""
+"""The ``bie-compiler`` command line: compile, check, run, bench, inspect."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from . import __version__, codecs
+from .bench import WARMUP_SECONDS
 from .errors import BieError, BieWarning, OptionError
 
 CODEC_OPTIONS = [  # (flag, Config field, type, help)
@@ -52,6 +53,18 @@ def parse_override(text: str) -> tuple[str, dict]:
     return pattern, {k.strip().replace("-", "_"): _value(v.strip()) for k, v in pairs}
 
 
+def _add_shape_options(parser: argparse.ArgumentParser, compile_time: bool = False) -> None:
+    what = "fix at import" if compile_time else "for the generated inputs"
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:AxBxC",
+                        help=f"an input's whole shape, {what}, e.g. image:1x3x224x224 (repeatable)")
+    parser.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                        help=f"a symbolic dimension's size wherever it appears, {what}, e.g. seq=128 (repeatable)")
+    if not compile_time:
+        parser.add_argument("--batch", type=int, default=None, metavar="B",
+                            help="shorthand for --dim NAME=B, NAME being the symbolic dimension named like "
+                                 "'batch' (else the first input's first dim); symbolic dims not set are 1")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bie-compiler",
@@ -79,13 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="keep matching weights dense (repeatable)")
     c.add_argument("--override", action="append", default=[], metavar="PATTERN:K=V[,K=V]",
                    help="per-layer codec options, e.g. 'blocks.ffn.*:bits=8' or 'fc1.weight:codec=bie-binary' (repeatable)")
+    _add_shape_options(c, compile_time=True)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     k = sub.add_parser("check", help="compare an artefact with onnxruntime (exit 1 on a parity failure)")
     k.add_argument("artefact", help="artefact folder")
     k.add_argument("--model", help="the source .onnx (default: the path recorded at compile time)")
     k.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
-    k.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs (default 1)")
+    _add_shape_options(k)
     k.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     k.add_argument("--tolerance", type=float, default=None,
                    help="max relative error against the decoded-weights model (default 1e-4; bitvert: 1e-3 against "
@@ -95,15 +109,35 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an artefact on inputs; with --report, the accelerator report of a bitvert artefact")
     r.add_argument("artefact", help="artefact folder")
     r.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
-    r.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs (default 1)")
+    _add_shape_options(r)
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     r.add_argument("-o", "--output", help=".npz to write the outputs to (default: print their shapes)")
     r.add_argument("--report", metavar="JSON", help="write the simulated accelerator report here (bitvert artefacts)")
 
+    b = sub.add_parser("bench", help="time an artefact against onnxruntime on its source model",
+                       description="Interleaved timed calls of the artefact and of onnxruntime on the source model, "
+                                   "each in its own process, same inputs and threads: median, p10/p90, peak memory.")
+    b.add_argument("artefact", help="artefact folder")
+    b.add_argument("--model", help="the .onnx onnxruntime runs (default: the path recorded at compile time)")
+    b.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
+    _add_shape_options(b)
+    b.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    b.add_argument("--threads", type=int, default=None,
+                   help="threads for both (TVM_NUM_THREADS, onnxruntime intra_op_num_threads; default: all cores)")
+    b.add_argument("--repeat", type=int, default=20, help="timed calls of each (default %(default)s)")
+    b.add_argument("--warmup", type=int, default=3,
+                   help=f"untimed calls of each first, for at least {WARMUP_SECONDS:g} s (default %(default)s)")
+    b.add_argument("--spin", action="store_true",
+                   help="let idle worker threads spin (both libraries' default); off by default, since one side's "
+                        "spinning threads would steal the cores of the other")
+    b.add_argument("--per-layer", action="store_true", help="also the artefact's time per kernel (VM instrument)")
+    b.add_argument("--top", type=int, default=25, help="per-layer rows in the table (default %(default)s; --json has all)")
+    b.add_argument("--json", action="store_true", help="print the figures as JSON")
+
     i = sub.add_parser("inspect", help="per-layer report of an artefact")
     i.add_argument("artefact", help="artefact folder")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
-    for command in (k, r, i):
+    for command in (k, r, i, b):
         command.add_argument("--expect-sha256", metavar="HEX", default=None,
                              help="refuse the artefact unless its manifest has this sha256 (printed by compile); "
                                   "checked before any of its code runs")
@@ -112,13 +146,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _compile(args) -> int:
     from .driver import compile_model
+    from .shapes import request_from_options
 
+    shapes = request_from_options(args.input_shape, args.dim)
     options = {field: getattr(args, field) for _, field, _, _ in CODEC_OPTIONS}
     out = compile_model(
         args.model, args.output, args.codec, options, target=args.target, mcpu=args.mcpu, arch=args.arch,
         min_weights=args.min_weights, skip=tuple(args.skip),
         overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
-        progress=None if args.quiet else _progress,
+        input_shapes=shapes.input_shapes, dims=shapes.dims, progress=None if args.quiet else _progress,
     )
     from .runtime.artefact import manifest_sha256, read_manifest
 
@@ -132,15 +168,27 @@ def _progress(message: str) -> None:
     print(f"[bie-compiler] {message}", file=sys.stderr, flush=True)
 
 
+def _inputs(args, specs: list[dict]) -> dict:
+    """The inputs check, run and bench use: the --inputs .npz, or seeded random ones of the requested shapes."""
+    from .parity import make_inputs
+    from .shapes import concrete, request_from_options, resolve, with_batch
+
+    request = request_from_options(args.input_shape, args.dim)
+    if args.inputs is not None:
+        if request or args.batch is not None:
+            raise OptionError("--inputs gives the inputs and their shapes: drop --input-shape, --dim and --batch")
+        return make_inputs(specs, npz=args.inputs)
+    return make_inputs(concrete(resolve(specs, with_batch(request, specs, args.batch))), seed=args.seed)
+
+
 def _check(args) -> int:
     from . import load
-    from .parity import check_artefact, make_inputs
+    from .parity import check_artefact
 
-    _check_batch(args.batch)
     if args.tolerance is not None and not 0 < args.tolerance < float("inf"):
         raise OptionError(f"--tolerance must be a positive number, got {args.tolerance}")
     runner = load(args.artefact, args.expect_sha256)
-    inputs = make_inputs(runner.inputs, args.batch, args.seed, args.inputs)
+    inputs = _inputs(args, runner.inputs)
     result = check_artefact(runner, args.model, inputs, args.tolerance)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -154,11 +202,6 @@ def _check(args) -> int:
         print(f"vs {reference + ':':<22} max abs {result['decoded_max_abs_err']:.3e}  max rel {result['decoded_max_rel_err']:.3e}  (tolerance {result['tolerance']:.0e})")
         print("PASSED" if result["passed"] else "FAILED: the artefact does not compute what its encodings define")
     return 0 if result["passed"] else 1
-
-
-def _check_batch(batch: int) -> None:
-    if batch < 1:
-        raise OptionError(f"--batch must be >= 1, got {batch}")
 
 
 def _save_outputs(path: str, outputs: dict) -> None:
@@ -198,9 +241,7 @@ def _print_report(manifest: dict) -> None:
 
 def _run(args) -> int:
     from . import load
-    from .parity import make_inputs
 
-    _check_batch(args.batch)
     runner = load(args.artefact, args.expect_sha256)
     if args.report and "bitvert" not in runner.manifest:
         raise OptionError(f"--report: {args.artefact} was compiled for {runner.manifest['target']['kind']!r}; "
@@ -210,7 +251,7 @@ def _run(args) -> int:
     from .runtime.bitvert import device
 
     device.RUN_LOG.clear()
-    outputs = runner(make_inputs(runner.inputs, args.batch, args.seed, args.inputs))
+    outputs = runner(_inputs(args, runner.inputs))
     if args.output:
         _save_outputs(args.output, outputs)
     for name, value in outputs.items():
@@ -225,12 +266,22 @@ def _run(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import bench, table
+    from .runtime.artefact import read_manifest
+
+    inputs = _inputs(args, read_manifest(args.artefact, expect_sha256=args.expect_sha256)["inputs"])
+    result = bench(args.artefact, inputs, args.model, args.threads, args.repeat, args.warmup, args.spin, args.per_layer)
+    print(json.dumps(result, indent=2) if args.json else table(result, args.top))
+    return 0
+
+
 def _inspect(args) -> int:
     from .runtime.artefact import read_manifest
 
     manifest = read_manifest(args.artefact, expect_sha256=args.expect_sha256)
     if args.json:
-        keys = ("source_model", "codec", "target", "inputs", "outputs", "layers", "totals", "files", "bie_compiler_version",
+        keys = ("source_model", "codec", "target", "inputs", "fixed_shapes", "outputs", "layers", "totals", "files", "bie_compiler_version",
                 "device_code")
         print(json.dumps({k: manifest[k] for k in keys if k in manifest}, indent=2))
     else:
@@ -238,6 +289,7 @@ def _inspect(args) -> int:
         where = f"{target['arch']}, host {target['mcpu']}" if "arch" in target else target["mcpu"]
         print(f"{args.artefact}: {manifest['codec']['name']} for {target['kind']} "
               f"({where}), from {manifest['source_model']['path'] or 'an in-memory model'}")
+        print("inputs: " + ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in manifest["inputs"]))
         _print_report(manifest)
         if "device_code" in manifest:
             device = manifest["device_code"]
@@ -258,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     args = _parser().parse_args(argv)
     try:
-        return {"compile": _compile, "check": _check, "run": _run, "inspect": _inspect}[args.command](args)
+        commands = {"compile": _compile, "check": _check, "run": _run, "bench": _bench, "inspect": _inspect}
+        return commands[args.command](args)
     except BieError as e:
         print(f"bie-compiler: error: {e}", file=sys.stderr)
         return 2

@@ -40,6 +40,8 @@ def compile_model(
     skip: tuple[str, ...] = (),
     overrides: tuple[tuple[str, dict], ...] = (),
     calibration: str | Path | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    dims: dict[str, int] | None = None,
     progress=_stderr_progress,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
@@ -49,15 +51,17 @@ def compile_model(
     ``target`` is "llvm", "cuda" (``arch``: the GPU architecture, default sm_90) or
     "bitvert" (bbs layers offloaded to the simulated BitVert accelerator, their INT8
     activation scales calibrated on the inputs in the ``calibration`` .npz, or on
-    seeded random inputs with a warning).
+    seeded random inputs with a warning). ``input_shapes`` (input name -> sizes) and ``dims``
+    (symbolic dimension -> size, wherever it appears) fix input sizes at import; the others stay symbolic.
     """
-    from bie_compiler.codegen import cpu, cuda
+    from bie_compiler.codegen import LAYER_ATTR, cpu, cuda
     from bie_compiler.codegen.target import describe, make_target
     from bie_compiler.passes import EncodeWeights, EncodingPolicy, PropagateNaN
     from bie_compiler.runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact
 
     from .calibration import activation_scales, calibration_inputs
     from .errors import OptionError
+    from .shapes import ShapeRequest
 
     progress = progress or (lambda message: None)
     options = {k: v for k, v in (options or {}).items() if v is not None}
@@ -73,7 +77,8 @@ def compile_model(
     source_path = None if isinstance(model, onnx.ModelProto) else model
     output_folder(output_dir, source_path)  # refuse a folder we may not replace before any work
     step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
-    imported = import_model(model)
+    shapes = ShapeRequest({k: tuple(v) for k, v in (input_shapes or {}).items()}, dict(dims or {}))
+    imported = import_model(model, shapes)
 
     def calibrate(names: list[str]) -> dict[str, float]:
         return activation_scales(imported.model, names, calibration_inputs(imported.inputs, calibration))
@@ -81,6 +86,8 @@ def compile_model(
     step(f"encoding weights with {codec} {options or ''}".rstrip())
     encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate)
     mod = encode(PropagateNaN()(imported.mod))
+    kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
+                     if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
     step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
     extra_files, device_code = {}, {}
     if tvm_target.kind.name == "cuda":
@@ -96,9 +103,11 @@ def compile_model(
         "codec": {"name": codec, "options": options, "min_weights": min_weights,
                   "skip": list(skip), "overrides": [[p, o] for p, o in overrides]},
         "target": describe(tvm_target),
-        "inputs": imported.inputs,
+        "inputs": imported.inputs,  # the shapes the artefact was compiled for: sizes, or names of symbolic dims
+        "fixed_shapes": shapes.to_json(),  # what --input-shape / --dim asked for
         "outputs": imported.outputs,
         "layers": [r.to_json() for r in encode.records],
+        "kernel_layers": kernel_layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
         "totals": totals(encode.records),
         **device_code,
     }

@@ -122,12 +122,36 @@ def model_inputs(model: onnx.ModelProto) -> list[dict]:
     return value_info(v for v in model.graph.input if v.name not in initializers)
 
 
-def import_model(source: str | Path | onnx.ModelProto) -> ImportedModel:
-    """Load, validate and import to Relax (weights inline as constants, symbolic dims kept)."""
+def fix_input_shapes(model: onnx.ModelProto, specs: list[dict], label: str) -> onnx.ModelProto:
+    """The model with its inputs declared as ``specs`` (sizes where they are ints), shapes inferred again,
+    so every tensor, the outputs and TVM's import see the fixed sizes; ModelError if the model contradicts them."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    by_name = {spec["name"]: spec["shape"] for spec in specs}
+    for value in out.graph.input:
+        for dim, size in zip(value.type.tensor_type.shape.dim, by_name.get(value.name, ())):
+            if isinstance(size, int):
+                dim.dim_value = size  # clears dim_param (a oneof)
+    del out.graph.value_info[:]  # inferred for the symbolic shapes; inferred again below
+    try:
+        return onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    except Exception as e:
+        fixed = ", ".join(f"{spec['name']}: {spec['shape']}" for spec in specs)
+        raise ModelError(f"{label}: the model does not accept the input shapes {fixed}: "
+                         f"{str(e).strip().splitlines()[0]}") from None
+
+
+def import_model(source: str | Path | onnx.ModelProto, shapes=None) -> ImportedModel:
+    """Load, validate and import to Relax (weights inline as constants). ``shapes``, a
+    :class:`~bie_compiler.shapes.ShapeRequest`, fixes input sizes; symbolic dims it leaves stay symbolic."""
     from tvm.relax.frontend.onnx import from_onnx
+
+    from .shapes import resolve
 
     model = load_model(source)
     label = "<ModelProto>" if isinstance(source, onnx.ModelProto) else str(source)
+    if shapes:
+        model = fix_input_shapes(model, resolve(model_inputs(model), shapes), label)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET_FALLBACK)
     try:
         mod = from_onnx(model, opset=opset, keep_params_in_input=True)

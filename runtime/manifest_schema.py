@@ -58,6 +58,8 @@ MANIFEST = {
     "target": {"kind": Choice(("llvm", "cuda", "bitvert")), "mcpu": Pattern(r"[A-Za-z0-9_.+-]{1,64}"),
                "arch?": Pattern(r"sm_[1-9][0-9]{1,2}[af]?")},
     "inputs": [TENSOR], "outputs": [TENSOR], "layers": [LAYER], "totals": TOTALS,
+    "fixed_shapes": {"input_shapes": MapOf([int]), "dims": MapOf(int)},
+    "kernel_layers": MapOf(NAME),
     "files": MapOf({"sha256": SHA256, "bytes": int}),
     "device_code?": {"source": NAME, "layer_kernels": MapOf([Pattern(r"\w{1,512}")])},
     "bitvert?": {"calibration": (str, NONE), "layers": [Pair(NAME, MapOf(MapOf((float, str))))]},

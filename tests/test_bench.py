@@ -1,0 +1,79 @@
+"""``bie-compiler bench`` on the bundled models: the structure and sanity of its figures (not speed)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bie_compiler
+from bie_compiler.bench import ARTEFACT, ORT, bench, table
+from bie_compiler.errors import OptionError
+from bie_compiler.parity import make_inputs
+
+BUILDS = {  # model: (codec, options, skip): one dense, two encoded (matmuls; convs and matmuls)
+    "mlp": ("bie-bitplane", {"bits": 4}, ()),
+    "transformer": ("bie-bitplane", {}, ("*",)),
+    "cnn": ("bbs", {}, ()),
+}
+
+
+@pytest.fixture(scope="module")
+def artefacts(model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    return {name: bie_compiler.compile_model(model_dir[name], root / name, codec, options, skip=skip, progress=None)
+            for name, (codec, options, skip) in BUILDS.items()}
+
+
+def assert_sane(side: dict):
+    assert 0 < side["min_ms"] <= side["p10_ms"] <= side["median_ms"] <= side["p90_ms"] <= side["max_ms"]
+    assert side["load_s"] > 0
+    assert 0 < side["peak_rss_over_imports_mib"] < side["peak_rss_mib"] < 16 * 1024
+
+
+@pytest.mark.parametrize("name", list(BUILDS))
+def test_bench_figures(artefacts, name):
+    runner = bie_compiler.load(artefacts[name])
+    inputs = make_inputs(runner.inputs, batch=2)
+    result = bench(artefacts[name], inputs, threads=1, repeat=4, warmup=1, per_layer=True)
+    assert result["model"] == runner.manifest["source_model"]["path"] and result["model_is_the_compiled_one"]
+    assert result["inputs"] == {k: list(v.shape) for k, v in inputs.items()} and result["threads"] == 1
+    for label in (ARTEFACT, ORT):
+        assert_sane(result[label])
+    assert result["ratio"] == pytest.approx(result[ARTEFACT]["median_ms"] / result[ORT]["median_ms"])
+    errors = result["max_rel_err"]
+    assert set(errors) == set(runner.output_names)
+    dense = BUILDS[name][2] == ("*",)
+    assert all(e < 1e-4 for e in errors.values()) if dense else all(0 < e < 0.5 for e in errors.values())
+    rows = result["per_kernel"]
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+    # every layer has a kernel named after it: encoded ones their codec's, dense matmul weights the dense kernel
+    kernel_layers = {r["layer"] for r in rows if r["layer"]}
+    expected = {l["name"] for l in runner.manifest["layers"] if l["op"] == "matmul" or l["fallback_reason"] is None}
+    assert kernel_layers == expected
+    text = table(result)
+    assert f"ratio (artefact / onnxruntime median): {result['ratio']:.2f}x" in text and rows[0]["kernel"] in text
+
+
+def test_bench_command_line(artefacts, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bie_compiler", "bench", str(artefacts["mlp"]), "--repeat", "3",
+                             "--warmup", "0", "--batch", "3", "--threads", "1", "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["inputs"] == {"x": [3, 256]} and figures["repeat"] == 3 and "per_kernel" not in figures
+    # --model: another path to the same model
+    moved = tmp_path / "moved.onnx"
+    shutil.copy(figures["model"], moved)
+    inputs = {"x": np.ones((1, 256), np.float32)}
+    assert bench(artefacts["mlp"], inputs, model=str(moved), repeat=1, warmup=0)["model_is_the_compiled_one"]
+
+
+def test_bench_errors(artefacts, tmp_path):
+    inputs = {"x": np.zeros((1, 256), np.float32)}
+    with pytest.raises(OptionError, match="no such model file"):
+        bench(artefacts["mlp"], inputs, model=str(tmp_path / "nothing.onnx"))
+    with pytest.raises(OptionError, match="--repeat must be >= 1"):
+        bench(artefacts["mlp"], inputs, repeat=0)
