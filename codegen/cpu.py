@@ -22,7 +22,12 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
+from .schedules import conv2d, depthwise_conv2d
+
 SCHEDULED = "tirx.is_scheduled"
+
+# Tried in order on each unscheduled PrimFunc; the first that applies schedules it.
+RULES = [conv2d.Conv2D(), depthwise_conv2d.DepthwiseConv2D(), dl.cpu.Reduction()]
 
 
 def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
@@ -44,6 +49,6 @@ def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     with target:
         mod = relax.get_pipeline("zero")(mod)  # legalize, fold constants, fuse
-        mod = dl.ApplyDefaultSchedule(dl.cpu.Reduction())(mod)
+        mod = dl.ApplyDefaultSchedule(*RULES)(mod)
         mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
     return tvm.compile(mod, target)
