@@ -97,8 +97,9 @@ def fold_epilogue(sch: s_tir.Schedule, blocks: ConvBlocks) -> s_tir.SBlockRV:
 
 
 def lanes_for(extent: int) -> int:
-    """The widest vector (at most MAX_LANES) that divides ``extent``: tiles then need no predicate."""
-    return max(d for d in range(1, MAX_LANES + 1) if extent % d == 0)
+    """A vector width that divides ``extent``, so tiles need no predicate: 16 or 8 lanes if they divide it (LLVM
+    splits other widths into pieces with shuffles), else the widest divisor up to MAX_LANES."""
+    return next((d for d in (MAX_LANES, 8) if extent % d == 0), None) or largest_divisor(extent, MAX_LANES)
 
 
 def largest_divisor(extent: int, limit: int) -> int:
@@ -115,6 +116,26 @@ def schedule_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
         _schedule_pointwise(sch, blocks, final, co, oh * ow, ow)
     else:
         _schedule_spatial(sch, blocks, final, co, oh, ow)
+
+
+def split_column_phases(sch: s_tir.Schedule, pad: s_tir.SBlockRV | None, stride: int) -> None:
+    """Store the padded input as ``stride`` planes of every stride-th column, so a strided conv reads vectors.
+
+    Column x of a row goes to plane x % stride at x // stride; output column ox, tap kx then reads plane
+    kx % stride at ox + kx // stride, contiguous along ox.
+    """
+    if pad is None or stride == 1 or shape_of(sch, pad, write=True)[3] % stride:
+        return
+    sch.transform_layout(pad, ("write", 0), lambda n, c, y, x: (n, c, x % stride, y, x // stride))
+    sch.transform_block_layout(pad, lambda n, c, y, x: (n, c, x % stride, y, x // stride))  # contiguous writes
+
+
+def column_stride(sch: s_tir.Schedule, blocks: ConvBlocks) -> int:
+    """The conv's stride along the output row, read from the input and output widths and the kernel."""
+    w_in = shape_of(sch, blocks.conv, 0)[3]
+    ow = shape_of(sch, blocks.conv, write=True)[3]
+    kw = int(sch.get(sch.get_loops(blocks.conv)[6]).extent)
+    return (w_in - kw) // (ow - 1) if ow > 1 else 1
 
 
 def _channel_tile(co: int, vectors: int) -> int:
@@ -154,9 +175,11 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
 
 
 def _schedule_spatial(sch, blocks: ConvBlocks, final, co: int, oh: int, ow: int) -> None:
+    split_column_phases(sch, blocks.pad, column_stride(sch, blocks))
     if blocks.pad is not None:  # one padded copy per image, in parallel over images and channels
-        n, c, *_ = sch.get_loops(blocks.pad)
+        n, c, *_, x = sch.get_loops(blocks.pad)
         sch.parallel(sch.fuse(n, c))
+        sch.vectorize(x)
     lanes = lanes_for(ow)
     vectors = largest_divisor(ow // lanes, 4)
     ct = _channel_tile(co, vectors)

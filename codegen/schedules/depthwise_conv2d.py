@@ -11,7 +11,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from .conv2d import ConvBlocks, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of
+from .conv2d import ConvBlocks, column_stride, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of, split_column_phases
 
 ROWS = 4  # output rows per register tile
 
@@ -19,6 +19,7 @@ ROWS = 4  # output rows per register tile
 def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     """Schedule a depthwise conv and its epilogue in ``sch``, in place."""
     _, _, oh, ow = shape_of(sch, blocks.conv, write=True)
+    split_column_phases(sch, blocks.pad, column_stride(sch, blocks))
     final = fold_epilogue(sch, blocks)
     lanes = lanes_for(ow)
     rows = largest_divisor(oh, ROWS)
