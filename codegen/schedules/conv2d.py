@@ -152,7 +152,9 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
         # accumulate the padded plane; the epilogue writes the real pixels.
         sch.transform_layout(blocks.pad, ("write", 0), lambda n, c, y, x: (n, c, y * ow + x))
         sch.transform_block_layout(blocks.pad, lambda n, c, y, x: (n, c, y * ow + x))
-        sch.pad_einsum(blocks.conv, [1, 1, MAX_LANES, 1, 1, 1])
+        # Two vectors per tile once the plane is large enough that the extra padding stays small.
+        multiple = MAX_LANES * (2 if pixels > 4 * MAX_LANES else 1)
+        sch.pad_einsum(blocks.conv, [1, 1, multiple, 1, 1, 1])
         padded_input = sch.get_producers(blocks.conv)[0]
         crop = sch.get_consumers(blocks.conv)[0]
         sch.compute_inline(blocks.pad)
@@ -161,7 +163,7 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
         n, c, p = sch.get_loops(padded_input)
         sch.parallel(sch.fuse(n, c))
         sch.vectorize(p)
-        pixels = -(-pixels // MAX_LANES) * MAX_LANES
+        pixels = -(-pixels // multiple) * multiple
     elif blocks.pad is not None:
         sch.compute_inline(blocks.pad)  # a 1x1 conv without padding: the "padding" is a copy
     lanes = lanes_for(pixels)
