@@ -12,6 +12,7 @@ from tvm.target import codegen as llvm_codegen
 from bie_compiler.errors import ArtefactError, BieError
 
 from .artefact import LIBRARY, read_manifest
+from .threads import configure_thread_pool
 
 # LLVM features that change which instructions exist (others only tune code generation).
 _ISA_PREFIXES = ("avx", "sse", "ssse", "fma", "bmi", "f16c", "amx", "vaes", "vpclmulqdq", "gfni", "popcnt", "lzcnt")
@@ -53,6 +54,7 @@ class Runner:
         self.path = Path(artefact_dir)
         self.manifest = read_manifest(self.path)
         self.device = check_host(self.manifest["target"])
+        configure_thread_pool()
         try:
             lib = tvm.runtime.load_module(str(self.path / LIBRARY))
             self.vm = relax.VirtualMachine(lib, self.device)

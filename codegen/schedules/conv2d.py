@@ -25,6 +25,7 @@ from tvm.target import Target
 
 MAX_LANES = 16  # one AVX-512 register of float32
 ACCUMULATORS = 24  # register tile size (of 32 vector registers; the rest hold inputs)
+UNROLLED_TAPS = 32  # a conv reducing over at most this many (ci, ky, kx) taps has its reduction fully unrolled
 
 
 @dataclass
@@ -160,12 +161,11 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
         sch.compute_inline(blocks.pad)
         sch.compute_inline(crop)
         sch.set_scope(blocks.conv, 0, "local")
-        n, c, p = sch.get_loops(padded_input)
-        sch.parallel(sch.fuse(n, c))
-        sch.vectorize(p)
         pixels = -(-pixels // multiple) * multiple
-    elif blocks.pad is not None:
-        sch.compute_inline(blocks.pad)  # a 1x1 conv without padding: the "padding" is a copy
+    else:
+        padded_input = None
+        if blocks.pad is not None:
+            sch.compute_inline(blocks.pad)  # a 1x1 conv without padding: the "padding" is a copy
     lanes = lanes_for(pixels)
     vectors = largest_divisor(pixels // lanes, 4)
     ct = _channel_tile(co, vectors)
@@ -174,14 +174,11 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
     p_o, p_v, p_l = sch.split(p, [None, vectors, lanes])
     sch.reorder(n, p_o, c_o, r, ky, kx, c_i, p_v, p_l)
     _finish_tile(sch, blocks.conv, final, outer=[n, p_o, c_o], tile=[c_i, p_v], lanes=p_l, at=None, reduce_from=r)
+    pad_per_task(sch, blocks.conv, padded_input)
 
 
 def _schedule_spatial(sch, blocks: ConvBlocks, final, co: int, oh: int, ow: int) -> None:
     split_column_phases(sch, blocks.pad, column_stride(sch, blocks))
-    if blocks.pad is not None:  # one padded copy per image, in parallel over images and channels
-        n, c, *_, x = sch.get_loops(blocks.pad)
-        sch.parallel(sch.fuse(n, c))
-        sch.vectorize(x)
     lanes = lanes_for(ow)
     vectors = largest_divisor(ow // lanes, 4)
     ct = _channel_tile(co, vectors)
@@ -189,7 +186,24 @@ def _schedule_spatial(sch, blocks: ConvBlocks, final, co: int, oh: int, ow: int)
     c_o, c_i = sch.split(c, [None, ct])
     x_o, x_v, x_l = sch.split(x, [None, vectors, lanes])
     sch.reorder(n, c_o, y, x_o, r, ky, kx, c_i, x_v, x_l)
+    taps = [int(sch.get(loop).extent) for loop in (r, ky, kx)]
+    if taps[0] * taps[1] * taps[2] <= UNROLLED_TAPS:  # few input channels (the stem): no loop overhead per tap
+        for loop in (r, ky, kx):
+            sch.unroll(loop)
     _finish_tile(sch, blocks.conv, final, outer=[n, c_o, y], tile=[c_i, x_v], lanes=x_l, at=x_o, reduce_from=r)
+    pad_per_task(sch, blocks.conv, blocks.pad)
+
+
+def pad_per_task(sch: s_tir.Schedule, conv: s_tir.SBlockRV, pad: s_tir.SBlockRV | None) -> None:
+    """Compute the padded input each parallel task reads inside that task, vectorized along the row.
+
+    A separate parallel padding loop would be a second parallel region per call: each region waits for every
+    worker, which costs more than the padding repeated across tasks (about 1 / (channel tile * kw) of the conv's
+    work for a spatial conv, 1 / channel tile for a pointwise one).
+    """
+    if pad is not None:
+        sch.compute_at(pad, sch.get_loops(conv)[0])
+        sch.vectorize(sch.get_loops(pad)[-1])
 
 
 def _finish_tile(sch, conv, final, outer, tile, lanes, at, reduce_from) -> None:
