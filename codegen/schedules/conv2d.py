@@ -25,6 +25,7 @@ from tvm.target import Target
 
 MAX_LANES = 16  # one AVX-512 register of float32
 ACCUMULATORS = 24  # register tile size (of 32 vector registers; the rest hold inputs)
+BANDS = 8  # row bands per image, the parallel tasks of a spatial conv
 UNROLLED_TAPS = 32  # a conv reducing over at most this many (ci, ky, kx) taps has its reduction fully unrolled
 
 
@@ -161,11 +162,12 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
         sch.compute_inline(blocks.pad)
         sch.compute_inline(crop)
         sch.set_scope(blocks.conv, 0, "local")
+        n, c, p = sch.get_loops(padded_input)
+        sch.parallel(sch.fuse(n, c))
+        sch.vectorize(p)
         pixels = -(-pixels // multiple) * multiple
-    else:
-        padded_input = None
-        if blocks.pad is not None:
-            sch.compute_inline(blocks.pad)  # a 1x1 conv without padding: the "padding" is a copy
+    elif blocks.pad is not None:
+        sch.compute_inline(blocks.pad)  # a 1x1 conv without padding: the "padding" is a copy
     lanes = lanes_for(pixels)
     vectors = largest_divisor(pixels // lanes, 4)
     ct = _channel_tile(co, vectors)
@@ -174,36 +176,48 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
     p_o, p_v, p_l = sch.split(p, [None, vectors, lanes])
     sch.reorder(n, p_o, c_o, r, ky, kx, c_i, p_v, p_l)
     _finish_tile(sch, blocks.conv, final, outer=[n, p_o, c_o], tile=[c_i, p_v], lanes=p_l, at=None, reduce_from=r)
-    pad_per_task(sch, blocks.conv, padded_input)
 
 
 def _schedule_spatial(sch, blocks: ConvBlocks, final, co: int, oh: int, ow: int) -> None:
+    """Parallel tasks are bands of output rows with every output channel, each padding the input rows it reads.
+
+    A separate parallel padding loop would be a second parallel region per call, and each region waits for every
+    worker; per band, the padding repeats only the kh - stride rows the next band also reads.
+    """
     split_column_phases(sch, blocks.pad, column_stride(sch, blocks))
     lanes = lanes_for(ow)
     vectors = largest_divisor(ow // lanes, 4)
     ct = _channel_tile(co, vectors)
     n, c, y, x, r, ky, kx = sch.get_loops(blocks.conv)
     c_o, c_i = sch.split(c, [None, ct])
+    y_o, y_i = sch.split(y, [None, largest_divisor(oh, max(1, oh // BANDS))])
     x_o, x_v, x_l = sch.split(x, [None, vectors, lanes])
-    sch.reorder(n, c_o, y, x_o, r, ky, kx, c_i, x_v, x_l)
+    sch.reorder(n, y_o, c_o, y_i, x_o, r, ky, kx, c_i, x_v, x_l)
     taps = [int(sch.get(loop).extent) for loop in (r, ky, kx)]
     if taps[0] * taps[1] * taps[2] <= UNROLLED_TAPS:  # few input channels (the stem): no loop overhead per tap
         for loop in (r, ky, kx):
             sch.unroll(loop)
-    _finish_tile(sch, blocks.conv, final, outer=[n, c_o, y], tile=[c_i, x_v], lanes=x_l, at=x_o, reduce_from=r)
-    pad_per_task(sch, blocks.conv, blocks.pad)
+    _finish_tile(sch, blocks.conv, final, outer=[n, y_o], tile=[c_i, x_v], lanes=x_l, at=x_o, reduce_from=r)
+    if blocks.pad is not None:
+        sch.compute_at(blocks.pad, sch.get_loops(blocks.conv)[0])
+        copy_along_rows(sch, blocks.pad)
 
 
-def pad_per_task(sch: s_tir.Schedule, conv: s_tir.SBlockRV, pad: s_tir.SBlockRV | None) -> None:
-    """Compute the padded input each parallel task reads inside that task, vectorized along the row.
+def copy_along_rows(sch: s_tir.Schedule, pad: s_tir.SBlockRV) -> None:
+    """Vectorize the padding copy along the row; with column phases, loop over the phases innermost instead.
 
-    A separate parallel padding loop would be a second parallel region per call: each region waits for every
-    worker, which costs more than the padding repeated across tasks (about 1 / (channel tile * kw) of the conv's
-    work for a spatial conv, 1 / channel tile for a pointwise one).
+    A vector of one phase plane gathers every stride-th input column, one scalar load per lane; with the phases
+    innermost the copy reads the input row in order.
     """
-    if pad is not None:
-        sch.compute_at(pad, sch.get_loops(conv)[0])
-        sch.vectorize(sch.get_loops(pad)[-1])
+    loops = sch.get_loops(pad)
+    shape = shape_of(sch, pad, write=True)  # (n, c, phase, y, x // stride) with phases: see split_column_phases
+    phases = sch.get(loops[-3]).extent if len(loops) >= 3 else None
+    if len(shape) == 5 and isinstance(phases, tirx.IntImm) and int(phases) == shape[2]:
+        phase, y, x = loops[-3:]
+        sch.reorder(y, x, phase)
+        sch.unroll(phase)
+    else:  # no phases, or loops of one iteration (one phase or one row read per task) dropped by compute_at
+        sch.vectorize(loops[-1])
 
 
 def _finish_tile(sch, conv, final, outer, tile, lanes, at, reduce_from) -> None:

@@ -11,7 +11,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from .conv2d import ConvBlocks, column_stride, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of, split_column_phases
+from .conv2d import ConvBlocks, column_stride, copy_along_rows, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of, split_column_phases
 
 ROWS = 4  # output rows per register tile
 
@@ -38,7 +38,7 @@ def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     sch.decompose_reduction(blocks.conv, r)
     if blocks.pad is not None:
         sch.compute_at(blocks.pad, plane)
-        sch.vectorize(sch.get_loops(blocks.pad)[-1])
+        copy_along_rows(sch, blocks.pad)
 
 
 class DepthwiseConv2D(CPUScheduleRule):
