@@ -22,7 +22,13 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
+from .schedules import conv2d, depthwise_conv2d
+
 SCHEDULED = "tirx.is_scheduled"
+NOALIAS = "tirx.noalias"
+
+# Tried in order on each unscheduled PrimFunc; the first that applies schedules it.
+RULES = [conv2d.Conv2D(), depthwise_conv2d.DepthwiseConv2D(), dl.cpu.Reduction()]
 
 
 def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
@@ -41,9 +47,24 @@ def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
     return mod
 
 
+@tvm.transform.module_pass(opt_level=0, name="MarkSingleArgumentNoAlias")
+def mark_single_argument_noalias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Mark PrimFuncs of at most one argument (the VM's shape function) ``tirx.noalias``: nothing can alias.
+
+    TVM's LLVM code generator gives no function of a module its noalias arguments (and per-buffer alias
+    types) as soon as one function lacks the attribute; the VM's shape function lacks it, and without it
+    the conv kernels keep their register accumulators in memory (measured 1.8x slower).
+    """
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and len(func.params) <= 1 and not (func.attrs and func.attrs.get(NOALIAS)):
+            mod[gv] = func.with_attr(NOALIAS, True)
+    return mod
+
+
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     with target:
         mod = relax.get_pipeline("zero")(mod)  # legalize, fold constants, fuse
-        mod = dl.ApplyDefaultSchedule(dl.cpu.Reduction())(mod)
+        mod = dl.ApplyDefaultSchedule(*RULES)(mod)
         mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
-    return tvm.compile(mod, target)
+    lower = tvm.transform.Sequential([relax.get_pipeline("default"), mark_single_argument_noalias])
+    return tvm.compile(mod, target, relax_pipeline=lower)

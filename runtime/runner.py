@@ -14,6 +14,7 @@ from bie_compiler.errors import ArtefactError, BieError
 
 from .artefact import LIBRARY, VerifiedLibrary, read_manifest, verified_bytes
 from .host import host_cpu, isa
+from .threads import configure_thread_pool
 
 
 def check_host(target: dict) -> tvm.runtime.Device:
@@ -107,6 +108,7 @@ class Runner:
         for name in set(self.manifest["files"]) - {LIBRARY}:
             verified_bytes(self.path, self.manifest, name)
         self.device = check_host(self.manifest["target"])
+        configure_thread_pool()
         try:
             with library as path:
                 lib = tvm.runtime.load_module(path)

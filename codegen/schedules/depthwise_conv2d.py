@@ -1,0 +1,52 @@
+"""Schedule rule for depthwise NCHW conv2d (groups == channels) with its fused epilogue.
+
+Each (image, channel) plane is one parallel task: its padded input plane is built in a small
+per-task buffer (no padded copy of the whole tensor), then a tile of output rows x a vector along
+the output row accumulates the kh x kw taps, and the epilogue is applied to the tile.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+from .conv2d import ConvBlocks, column_stride, copy_along_rows, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of, split_column_phases
+
+ROWS = 4  # output rows per register tile
+
+
+def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
+    """Schedule a depthwise conv and its epilogue in ``sch``, in place."""
+    _, _, oh, ow = shape_of(sch, blocks.conv, write=True)
+    split_column_phases(sch, blocks.pad, column_stride(sch, blocks))
+    final = fold_epilogue(sch, blocks)
+    lanes = lanes_for(ow)
+    rows = largest_divisor(oh, ROWS)
+    n, c, y, x, r, ky, kx = sch.get_loops(blocks.conv)
+    y_o, y_i = sch.split(y, [None, rows])
+    x_o, x_l = sch.split(x, [None, lanes])
+    sch.reorder(n, c, y_o, x_o, r, ky, kx, y_i, x_l)
+    plane = sch.fuse(n, c)
+    sch.parallel(plane)
+    sch.reverse_compute_at(final, x_o)
+    inner = sch.get_loops(final)[-1]
+    _, vec = sch.split(inner, [None, lanes_for(int(sch.get(inner).extent))])
+    sch.vectorize(vec)
+    sch.unroll(y_i)
+    sch.vectorize(x_l)
+    sch.decompose_reduction(blocks.conv, r)
+    if blocks.pad is not None:
+        sch.compute_at(blocks.pad, plane)
+        copy_along_rows(sch, blocks.pad)
+
+
+class DepthwiseConv2D(CPUScheduleRule):
+    """NCHW conv2d whose groups equal its input and output channels."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        found = find_conv(func)
+        if found is None or not is_depthwise(found[0], found[1].conv):
+            return None
+        schedule_depthwise_conv2d(*found)
+        return found[0]

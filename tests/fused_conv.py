@@ -1,0 +1,45 @@
+"""Fused conv PrimFuncs as the CPU build sees them (Relax legalized and fused), and a runner for them."""
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from bie_compiler.codegen.target import make_target
+
+
+def fused_conv(batch, cin, height, width, cout, kernel, stride=1, groups=1, epilogue="relu6"):
+    """conv2d (weight a function argument, 'same' padding) + bias, then relu6 (clip), relu, a residual add or nothing."""
+    bb = relax.BlockBuilder()
+    n = tirx.Var("batch", "int64")  # symbolic, as in the compiled models
+    x = relax.Var("x", relax.TensorType([n, cin, height, width], "float32"))
+    w = relax.Var("w", relax.TensorType([cout, cin // groups, kernel, kernel], "float32"))
+    b = relax.Var("b", relax.TensorType([1, cout, 1, 1], "float32"))
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    params = [x, w, b]
+    if epilogue == "residual":
+        params.append(relax.Var("r", relax.TensorType([n, cout, out_h, out_w], "float32")))
+    with bb.function("main", params):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.nn.conv2d(x, w, strides=stride, padding=kernel // 2, groups=groups), b))
+            if epilogue == "relu6":
+                y = bb.emit(relax.op.maximum(relax.op.minimum(y, relax.const(6.0)), relax.const(0.0)))
+            elif epilogue == "relu":
+                y = bb.emit(relax.op.nn.relu(y))
+            elif epilogue == "residual":
+                y = bb.emit(relax.op.add(params[-1], y))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    with make_target():
+        mod = relax.get_pipeline("zero")(bb.get())
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    return func, batch
+
+
+def run(func, batch, seed=0):
+    """``func`` built for the host CPU, run on seeded random arguments; its output."""
+    rng = np.random.default_rng(seed)
+    shapes = [[batch if not isinstance(s, tirx.IntImm) else int(s) for s in p.ty.shape] for p in func.params]
+    args = [tvm.runtime.tensor(rng.standard_normal(s).astype("float32")) for s in shapes]
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target()).mod
+    lib["main"](*args)
+    return args[-1].numpy()

@@ -1,0 +1,33 @@
+"""The depthwise conv2d schedule rule against the unscheduled fused conv, on awkward shapes."""
+
+import numpy as np
+import pytest
+
+from bie_compiler.codegen.schedules.conv2d import Conv2D
+from bie_compiler.codegen.schedules.depthwise_conv2d import DepthwiseConv2D
+from bie_compiler.codegen.target import make_target
+
+from fused_conv import fused_conv, run
+
+CASES = [  # batch, channels, h, w, kernel, stride, epilogue
+    (1, 32, 16, 16, 3, 1, "relu6"),
+    (3, 24, 14, 14, 3, 2, "relu6"),  # stride 2, column phases
+    (1, 20, 9, 13, 3, 1, "none"),  # odd sizes, channels not a multiple of 16
+    (3, 12, 15, 15, 3, 2, "residual"),  # stride 2 with an odd padded width
+    (1, 8, 7, 7, 5, 1, "relu"),  # 5x5
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_scheduled_depthwise_matches_unscheduled(case):
+    batch, channels, h, w, kernel, stride, epilogue = case
+    func, batch = fused_conv(batch, channels, h, w, channels, kernel, stride, channels, epilogue)
+    sch = DepthwiseConv2D().apply(func, make_target(), False)
+    assert sch is not None
+    np.testing.assert_allclose(run(sch.mod["main"], batch), run(func, batch), rtol=1e-5, atol=1e-5)
+
+
+def test_rule_leaves_other_convs_alone():
+    func, _ = fused_conv(1, 16, 8, 8, 32, 1)
+    assert DepthwiseConv2D().apply(func, make_target(), False) is None
+    assert Conv2D().apply(func, make_target(), False) is not None

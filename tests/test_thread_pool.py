@@ -1,0 +1,53 @@
+"""The runtime's thread-pool settings: workers left unpinned, the user's environment kept."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bie_compiler.runtime.threads import SETTINGS, configure_thread_pool
+
+# A parallel loop run in a fresh process (the pool starts there), then each thread's allowed CPUs.
+PROBE = """
+import glob, os, sys
+import numpy as np, tvm
+from tvm.script import tirx as T
+if sys.argv[1] == "configure":
+    from bie_compiler.runtime.threads import configure_thread_pool
+    configure_thread_pool()
+
+@T.prim_func
+def double(a: T.Buffer((64,), "float32"), b: T.Buffer((64,), "float32")):
+    for i in T.parallel(64):
+        b[i] = a[i] * T.float32(2)
+
+f = tvm.compile(tvm.IRModule({"main": double.with_attr("global_symbol", "main")}), "llvm")["main"]
+a, b = tvm.runtime.tensor(np.ones(64, "float32")), tvm.runtime.tensor(np.zeros(64, "float32"))
+f(a, b)
+assert (b.numpy() == 2).all()
+for status in glob.glob("/proc/self/task/*/status"):
+    print([line.split(":", 1)[1].strip() for line in open(status) if line.startswith("Cpus_allowed_list")][0])
+"""
+
+
+def _thread_cpus(tmp_path, mode: str) -> set[str]:
+    probe = tmp_path / "probe.py"  # a file: TVMScript reads the function's source
+    probe.write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS} | {"TVM_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, str(probe), mode], env=env, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs for TVM to pin a worker")
+def test_workers_are_not_pinned(tmp_path):
+    assert len(_thread_cpus(tmp_path, "default")) > 1  # TVM's default pins its worker to one core: the probe sees it
+    assert len(_thread_cpus(tmp_path, "configure")) == 1  # every thread may run on every core of the process
+
+
+def test_user_settings_are_kept(monkeypatch):
+    monkeypatch.setenv("TVM_THREAD_POOL_SPIN_COUNT", "1000")
+    monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
+    configure_thread_pool()
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "1000"
+    assert os.environ["TVM_BIND_THREADS"] == SETTINGS["TVM_BIND_THREADS"]
