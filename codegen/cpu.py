@@ -22,7 +22,18 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
+from .fast_math import fast_math
+from .schedules import elementwise, matmul, reduction
+
 SCHEDULED = "tirx.is_scheduled"
+
+# Tried in order on each PrimFunc; the first that applies schedules it.
+RULES = [
+    matmul.Matmul(),
+    reduction.RowReduction(),
+    dl.cpu.Reduction(),
+    elementwise.Elementwise(),
+]
 
 
 def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
@@ -43,7 +54,8 @@ def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     with target:
+        mod = fast_math(mod)
         mod = relax.get_pipeline("zero")(mod)  # legalize, fold constants, fuse
-        mod = dl.ApplyDefaultSchedule(dl.cpu.Reduction())(mod)
+        mod = dl.ApplyDefaultSchedule(*RULES)(mod)
         mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
     return tvm.compile(mod, target)

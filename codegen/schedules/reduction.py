@@ -1,0 +1,88 @@
+"""Row reductions on the CPU (softmax, layer norm, RMS norm, a mean over the last axis): rows in parallel.
+
+The blocks of such a PrimFunc share leading spatial axes (the rows) and run
+along the last axis within a row (a reduction of it, an elementwise pass over
+it, or a per-row scalar like the mean). Schedule: rows in parallel, every
+block computed within its row, so a row's intermediates (the exponentials of a
+softmax) stay in cache; elementwise passes vectorized; reductions vectorized
+too, as ``LANES`` partial results (``rfactor``) summed once per row.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+from .elementwise import LANES, vectorize_inner
+
+
+def _kinds(sch: s_tir.Schedule, block) -> str:
+    return "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in sch.get(block).iter_vars)
+
+
+def _rows(sch: s_tir.Schedule, blocks) -> int | None:
+    """The number of leading spatial axes all blocks share, if they fit the pattern, else None."""
+    kinds = [_kinds(sch, b) for b in blocks]
+    rows = len(kinds[-1]) - 1
+    if rows < 1 or kinds[-1] != "S" * (rows + 1) or "R" not in "".join(kinds):
+        return None
+    for kind in kinds:
+        if kind not in ("S" * rows, "S" * (rows + 1), "S" * rows + "R"):
+            return None
+    return rows
+
+
+class RowReduction(CPUScheduleRule):
+    """A PrimFunc of reductions over the last axis and elementwise blocks, rows in parallel."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if len(blocks) < 2 or (rows := _rows(sch, blocks)) is None:
+            return None
+        try:
+            return _schedule(sch, blocks, rows)
+        except s_tir.ScheduleError:
+            return None
+
+
+def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
+    # An elementwise step along the row read by one block only (softmax's x - max) is inlined into its reader.
+    kept = []
+    for block in blocks[:-1]:
+        if _kinds(sch, block) == "S" * (rows + 1) and len(sch.get_consumers(block)) == 1:
+            sch.compute_inline(block)
+        else:
+            kept.append(block)
+    # A reduction over a static multiple of LANES becomes LANES partial results (rfactor needs the block still at
+    # the root); over a symbolic length it stays scalar: rfactor would drop the predicate of the split's tail.
+    partials = {}
+    for block in kept:
+        k = sch.get_loops(block)[-1]
+        extent = sch.get(k).extent
+        if "R" in _kinds(sch, block) and isinstance(extent, tirx.IntImm) and extent.value % LANES == 0:
+            _, ki = sch.split(k, [None, LANES])
+            partials[sch.get(block).name_hint] = sch.rfactor(ki, factor_axis=rows)
+    last = blocks[-1]
+    row = sch.fuse(*sch.get_loops(last)[:rows])
+    sch.parallel(row)
+    for block in reversed(kept):
+        partial = partials.get(sch.get(block).name_hint)
+        sch.compute_at(block, row, preserve_unit_loops=True)
+        if partial is not None:
+            sch.compute_at(partial, row, preserve_unit_loops=True)
+    vectorize_inner(sch, sch.get_loops(last)[-1])
+    for block in kept:
+        partial = partials.get(sch.get(block).name_hint)
+        if partial is not None:  # loops: row, lane, unit loops of the row's axes, ko
+            lane, ko = sch.get_loops(partial)[1], sch.get_loops(partial)[-1]
+            sch.reorder(ko, lane)
+            sch.vectorize(lane)
+            init = sch.decompose_reduction(partial, ko)
+            sch.vectorize(sch.get_loops(init)[-1])
+        elif "R" not in _kinds(sch, block) and len(_kinds(sch, block)) > rows:  # not a per-row scalar
+            vectorize_inner(sch, sch.get_loops(block)[-1])
+    return sch
