@@ -1,10 +1,12 @@
 """The LLVM build: lower Relax, schedule every kernel, compile.
 
 Our encoded-weight kernels arrive scheduled and opaque (see ``kernel_for``).
-The rest is legalized and fused; dlight's CPU reduction rule schedules
-reductions, and every kernel still unscheduled after that gets MetaSchedule's
-rule-based parallelize / vectorize / unroll rewrite, so no op runs as a
-single-threaded scalar loop nest.
+The rest is legalized and fused (exp, erf, tanh and softmax first become
+vectorizable polynomials, :mod:`.fast_math`), then scheduled by the first of
+``RULES`` that applies (:mod:`.schedules`: matmuls, row reductions, elementwise
+chains; dlight's CPU reduction rule for other reductions); a kernel no rule
+takes gets MetaSchedule's rule-based parallelize / vectorize / unroll rewrite,
+so no op runs as a single-threaded scalar loop nest.
 
 dlight's CPU GEMV rule is left out: it vectorizes 128 output channels with
 strided gathers of the weight under a 256-step unroll, which LLVM did not finish
@@ -52,10 +54,15 @@ def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
     return mod
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Fast math, legalize, fold constants, fuse: the PrimFuncs the rules schedule."""
     with target:
-        mod = fast_math(mod)
-        mod = relax.get_pipeline("zero")(mod)  # legalize, fold constants, fuse
+        return relax.get_pipeline("zero")(fast_math(mod))
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    mod = fuse(mod, target)
+    with target:
         mod = dl.ApplyDefaultSchedule(*RULES)(mod)
         mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
     return tvm.compile(mod, target)
