@@ -11,11 +11,16 @@ from bie_compiler.codegen.target import make_target
 SIZES = [{"b": 1, "s": 128}, {"b": 8, "s": 37}, {"b": 1, "s": 1}, {"b": 2, "s": 5}]
 
 
+def i64(*dims):
+    return [tvm.tirx.const(d, "int64") if isinstance(d, int) else d for d in dims]
+
+
 def batched(a_shape, b_shape, epilogue=None):
-    """``A @ B`` over the last two axes (the layout Relax legalizes matmul to), then ``epilogue``."""
+    """``A @ B`` over the last two axes (the layout, int64 indices, Relax legalizes matmul to), then ``epilogue``."""
+    a_shape, b_shape = i64(*a_shape), i64(*b_shape)
     a = te.placeholder(a_shape, "float32", "a")
     b = te.placeholder(b_shape, "float32", "b")
-    k = te.reduce_axis((0, a_shape[-1]), "k")
+    k = te.reduce_axis(i64(0, a_shape[-1]), "k")
     out = te.compute((*a_shape[:-1], b_shape[-1]),
                      lambda *i: te.sum(a[(*i[:-1], k)] * b[(*i[:-2], k, i[-1])], axis=k), name="matmul")
     if epilogue is not None:
@@ -27,8 +32,9 @@ def test_attention_scores_with_their_scale(check_rule):
     bb, s = te.var("b", "int64"), te.var("s", "int64")
     func = batched((bb, 12, s, 32), (bb, 12, 32, s), lambda x: topi.multiply(x, 0.17677669))
     script = check_rule(matmul.Matmul(), func, SIZES).script()
-    assert "T.vectorized(T.int64(32))" in script and "T.parallel" in script
-    assert script.count("alloc_buffer") == 1  # only the register tile: the scale is applied as it is written back
+    assert "T.vectorized(T.int64(16))" in script and "T.parallel" in script  # a symbolic n: one-vector tiles
+    # Only the register tile, indexed by (tile, position in tile): the scale is applied as it is written back.
+    assert script.count("alloc_buffer") == 1 and "T.int64(8), T.int64(16)), scope=\"local\"" in script
 
 
 def test_attention_values(check_rule):

@@ -19,6 +19,7 @@ from tvm.target import Target
 
 ROWS = 8  # rows of a register tile: 8 x 2 zmm accumulators, plus B's two vectors and the broadcast
 COLS = 32  # columns of a register tile: two AVX-512 vectors
+LANES = 16  # float32 lanes of one AVX-512 vector
 
 
 def _index_vars(indices) -> list:
@@ -71,6 +72,8 @@ def schedule_matmul(
     consumers = sch.get_consumers(block)
     *batch, m, n, k = sch.get_loops(block)
     static = [isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (m, n)]
+    if not static[1]:
+        cols = min(cols, LANES)  # the tail tile of a symbolic n runs in scalars: keep it one vector wide
     mo, mi = sch.split(m, [None, rows])
     no, ni = sch.split(n, [None, cols])
     # A symbolic dim's tail tile is predicated: its tile loop stays serial so that loop partitioning can peel
@@ -81,6 +84,13 @@ def schedule_matmul(
     for loop in inner:
         sch.annotate(loop, "pragma_loop_partition_hint", 1)
     tile = sch.cache_write(block, 0, "local")
+    # The accumulator indexed by (tile, position in the tile): each tile loop iteration touches one static
+    # ROWS x COLS slab, which buffer compaction shrinks to registers also where a symbolic dim's tail is predicated
+    # (indexed like the output, the predicated region has a symbolic extent and the buffer stays whole).
+    nb = len(batch)
+    if len({str(iv.var.ty) for iv in sch.get(block).iter_vars}) == 1:  # the index map needs one index dtype
+        sch.transform_layout(block, ("write", 0), lambda *i: (*i[:nb], i[nb] // rows, i[nb + 1] // cols, i[nb] % rows,
+                                                          i[nb + 1] % cols), assume_injective_transform=True)
     sch.reverse_compute_at(tile, (outer + inner)[-1], preserve_unit_loops=True)
     for consumer in consumers:
         sch.reverse_compute_inline(consumer)

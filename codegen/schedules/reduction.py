@@ -2,10 +2,10 @@
 
 The blocks of such a PrimFunc share leading spatial axes (the rows) and run
 along the last axis within a row (a reduction of it, an elementwise pass over
-it, or a per-row scalar like the mean). Schedule: rows in parallel, every
-block computed within its row, so a row's intermediates (the exponentials of a
-softmax) stay in cache; elementwise passes vectorized; reductions vectorized
-too, as ``LANES`` partial results (``rfactor``) summed once per row.
+it, or a per-row scalar like the mean). Schedule: rows in parallel, per-row
+results computed in the row loop that reads them; elementwise passes
+vectorized; reductions over a static length vectorized too, as ``LANES``
+partial results (``rfactor``) summed once per row.
 """
 
 from __future__ import annotations
@@ -66,23 +66,34 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
         if "R" in _kinds(sch, block) and isinstance(extent, tirx.IntImm) and extent.value % LANES == 0:
             _, ki = sch.split(k, [None, LANES])
             partials[sch.get(block).name_hint] = sch.rfactor(ki, factor_axis=rows)
-    last = blocks[-1]
-    row = sch.fuse(*sch.get_loops(last)[:rows])
-    sch.parallel(row)
-    for block in reversed(kept):
-        partial = partials.get(sch.get(block).name_hint)
-        sch.compute_at(block, row, preserve_unit_loops=True)
-        if partial is not None:
-            sch.compute_at(partial, row, preserve_unit_loops=True)
-    vectorize_inner(sch, sch.get_loops(last)[-1])
-    for block in kept:
-        partial = partials.get(sch.get(block).name_hint)
-        if partial is not None:  # loops: row, lane, unit loops of the row's axes, ko
+    # Blocks that write whole rows (the output, softmax's exponentials) each run as a parallel loop over rows;
+    # per-row scalars (sums, means) are computed in the row loop of the block that reads them. A whole-row
+    # intermediate computed per row would need a row buffer, which a symbolic row length makes a heap
+    # allocation per row: it stays a buffer of the function, filled by its own loop.
+    names = [sch.get(b).name_hint for b in kept + [blocks[-1]]]
+    anchors = {n for b, n in zip(kept + [blocks[-1]], names) if _kinds(sch, b) == "S" * (rows + 1)}
+    row_loop = {}
+    for block, name in zip(kept + [blocks[-1]], names):
+        if name in anchors:
+            row_loop[name] = sch.fuse(*sch.get_loops(block)[:rows])
+            sch.parallel(row_loop[name])
+    for block, name in reversed(list(zip(kept, names))):
+        if name in anchors:
+            continue
+        reader = next(n for n in names[names.index(name) + 1:]
+                      if any(sch.get(c).name_hint == n for c in sch.get_consumers(block)))
+        row_loop[name] = row_loop[reader]
+        sch.compute_at(block, row_loop[name], preserve_unit_loops=True)
+        if name in partials:
+            sch.compute_at(partials[name], row_loop[name], preserve_unit_loops=True)
+    for block, name in zip(kept + [blocks[-1]], names):
+        if name in partials:  # loops: row, lane, unit loops of the row's axes, ko
+            partial = partials[name]
             lane, ko = sch.get_loops(partial)[1], sch.get_loops(partial)[-1]
             sch.reorder(ko, lane)
             sch.vectorize(lane)
             init = sch.decompose_reduction(partial, ko)
             sch.vectorize(sch.get_loops(init)[-1])
-        elif "R" not in _kinds(sch, block) and len(_kinds(sch, block)) > rows:  # not a per-row scalar
+        elif name in anchors:
             vectorize_inner(sch, sch.get_loops(block)[-1])
     return sch
