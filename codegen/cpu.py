@@ -24,6 +24,7 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
+from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
 from .schedules import elementwise, matmul, reduction
 
@@ -65,4 +66,4 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     with target:
         mod = dl.ApplyDefaultSchedule(*RULES)(mod)
         mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
-    return tvm.compile(mod, target)
+    return tvm.compile(deduplicate_prim_funcs(mod), target)
