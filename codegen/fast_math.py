@@ -1,5 +1,7 @@
 """exp, erf, tanh and softmax as TOPI's vectorizable polynomial versions (``fast_exp`` and co.).
 
+Softmax over the last axis is :mod:`.softmax`'s (reductions as vector-lane partial results).
+
 LLVM turns a vector ``exp`` or ``erf`` into one libm call per lane; the
 polynomials vectorize. Their error against float64 is about 1e-7 (exp, tanh)
 and 3.3e-7 (erf) relative, inside our parity tolerances against onnxruntime.
@@ -12,6 +14,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from . import softmax
 
 _FAST = {
     "relax.exp": topi.fast_exp,
@@ -28,7 +32,10 @@ class _FastMath(PyExprMutator):
         if name in _FAST:
             return self.builder_.call_te(_FAST[name], call.args[0])
         if name == "relax.nn.softmax":
-            return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis)
+            x = call.args[0]
+            if int(call.attrs.axis) in (-1, len(x.ty.shape) - 1):
+                return self.builder_.call_te(softmax.softmax, x, primfunc_name_hint="softmax")
+            return self.builder_.call_te(topi.nn.fast_softmax, x, call.attrs.axis)
         return call
 
 

@@ -21,6 +21,11 @@ def _kinds(sch: s_tir.Schedule, block) -> str:
     return "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in sch.get(block).iter_vars)
 
 
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return extent.value if isinstance(extent, tirx.IntImm) else None
+
+
 def _rows(sch: s_tir.Schedule, blocks) -> int | None:
     """The number of leading spatial axes all blocks share, if they fit the pattern, else None."""
     kinds = [_kinds(sch, b) for b in blocks]
@@ -28,7 +33,7 @@ def _rows(sch: s_tir.Schedule, blocks) -> int | None:
     if rows < 1 or kinds[-1] != "S" * (rows + 1) or "R" not in "".join(kinds):
         return None
     for kind in kinds:
-        if kind not in ("S" * rows, "S" * (rows + 1), "S" * rows + "R"):
+        if kind not in ("S" * rows, "S" * (rows + 1), "S" * rows + "R", "S" * (rows + 1) + "R"):
             return None
     return rows
 
@@ -63,7 +68,9 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
     for block in kept:
         k = sch.get_loops(block)[-1]
         extent = sch.get(k).extent
-        if "R" in _kinds(sch, block) and isinstance(extent, tirx.IntImm) and extent.value % LANES == 0:
+        if _kinds(sch, block) == "S" * (rows + 1) + "R":  # already lane-partial (:mod:`..softmax`)
+            partials[sch.get(block).name_hint] = block
+        elif "R" in _kinds(sch, block) and isinstance(extent, tirx.IntImm) and extent.value % LANES == 0 < extent.value - LANES:
             _, ki = sch.split(k, [None, LANES])
             partials[sch.get(block).name_hint] = sch.rfactor(ki, factor_axis=rows)
     # Blocks that write whole rows (the output, softmax's exponentials) each run as a parallel loop over rows;
@@ -84,12 +91,14 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
                       if any(sch.get(c).name_hint == n for c in sch.get_consumers(block)))
         row_loop[name] = row_loop[reader]
         sch.compute_at(block, row_loop[name], preserve_unit_loops=True)
-        if name in partials:
+        if name in partials and partials[name] is not block:
             sch.compute_at(partials[name], row_loop[name], preserve_unit_loops=True)
     for block, name in zip(kept + [blocks[-1]], names):
-        if name in partials:  # loops: row, lane, unit loops of the row's axes, ko
+        if name in partials:  # loops: row, then the lane and unit loops of the row's axes, then ko
             partial = partials[name]
-            lane, ko = sch.get_loops(partial)[1], sch.get_loops(partial)[-1]
+            *between, ko = sch.get_loops(partial)[1:]
+            lane = next(loop for loop in between if _extent(sch, loop) == LANES)
+            sch.annotate(ko, "pragma_loop_partition_hint", 1)  # the last chunk of a symbolic row is tested
             sch.reorder(ko, lane)
             sch.vectorize(lane)
             init = sch.decompose_reduction(partial, ko)
