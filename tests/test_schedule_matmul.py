@@ -42,15 +42,16 @@ def test_attention_values(check_rule):
     check_rule(matmul.Matmul(), batched((bb, 12, s, s), (bb, 12, s, 32)), SIZES)
 
 
-def test_matmul_with_a_bias_and_columns_not_a_multiple_of_the_tile(check_rule):
+def test_matmul_with_a_bias_chain_and_columns_not_a_multiple_of_the_tile(check_rule):
     m = te.var("s", "int64")
     bias = te.placeholder((80,), "float32", "bias")
     x = te.placeholder((m, 96), "float32", "x")
     w = te.placeholder((96, 80), "float32", "w")
     k = te.reduce_axis((0, 96), "k")
     out = te.compute((m, 80), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
-    func = te.create_prim_func([x, w, bias, topi.add(out, bias)])
-    check_rule(matmul.Matmul(), func, [{"s": 1}, {"s": 8}, {"s": 29}])
+    func = te.create_prim_func([x, w, bias, topi.multiply(topi.add(out, bias), 0.5)])  # an epilogue chain
+    script = check_rule(matmul.Matmul(), func, [{"s": 1}, {"s": 8}, {"s": 29}]).script()
+    assert script.count("alloc_buffer") == 1  # both epilogues applied to the register tile
 
 
 def test_packed_dense_gemm():

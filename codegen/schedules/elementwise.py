@@ -53,7 +53,12 @@ class Elementwise(CPUScheduleRule):
         if not loops:
             return None
         *outer, inner = loops
+        extent = sch.get(inner).extent
         piece = vectorize_inner(sch, inner)
+        if len(outer) > 1 and isinstance(extent, tirx.IntImm) and extent.value <= CHUNK:
+            # A fused loop's index is split back into its dims by divisions (64-bit ones by symbolic extents);
+            # over a short row (a head's 32 values in a transpose) they would cost more than the copy.
+            outer = outer[:-1]
         if outer:
             sch.parallel(sch.fuse(*outer))
         elif piece is not None and isinstance(sch.get(piece).extent, tirx.IntImm):

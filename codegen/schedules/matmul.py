@@ -22,10 +22,6 @@ COLS = 32  # columns of a register tile: two AVX-512 vectors
 LANES = 16  # float32 lanes of one AVX-512 vector
 
 
-def _index_vars(indices) -> list:
-    return [i if isinstance(i, tirx.Var) else None for i in indices]
-
-
 def is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     """Whether ``block`` is ``C[..., m, n] += A[..., m, k] * B[..., k, n]`` with loops batch..., m, n, k."""
     stmt = sch.get(block)
@@ -39,8 +35,7 @@ def is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     body = stmt.body
     if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
         return False
-    out = _index_vars(body.indices)
-    if out[-2:] != [m, n]:
+    if len(body.indices) < 2 or not (_uses_only(body.indices[-2], m) and _uses_only(body.indices[-1], n)):
         return False
     product = body.value.b
     if not isinstance(product, tirx.Mul):
@@ -67,9 +62,10 @@ def schedule_matmul(
 ) -> s_tir.schedule.SBlockRV:
     """Tile ``block`` (see :func:`is_matmul`) into register tiles, inlining its elementwise consumers.
 
-    Returns the block that writes the tile back (the last epilogue inlined into it).
+    For kernels of our own too: a matmul over a weight decoded into a buffer qualifies when the buffer is laid out
+    with the output channel innermost, e.g. ``dense.pack``'s [N / COLS, K, COLS] read as ``B[n // COLS, k, n % COLS]``.
+    Producers of A or B (a decode) are left where they are. Returns the block that writes the tile back.
     """
-    consumers = sch.get_consumers(block)
     *batch, m, n, k = sch.get_loops(block)
     static = [isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (m, n)]
     if not static[1]:
@@ -92,12 +88,14 @@ def schedule_matmul(
         sch.transform_layout(block, ("write", 0), lambda *i: (*i[:nb], i[nb] // rows, i[nb + 1] // cols, i[nb] % rows,
                                                           i[nb + 1] % cols), assume_injective_transform=True)
     sch.reverse_compute_at(tile, (outer + inner)[-1], preserve_unit_loops=True)
-    for consumer in consumers:
-        sch.reverse_compute_inline(consumer)
+    while consumers := sch.get_consumers(tile):  # an epilogue chain, one block after the other
+        for consumer in consumers:
+            sch.reverse_compute_inline(consumer)
     sch.unroll(mi)
     sch.vectorize(ni)
     sch.vectorize(sch.get_loops(tile)[-1])
-    sch.parallel(sch.fuse(*batch, *outer))
+    if batch or outer:
+        sch.parallel(sch.fuse(*batch, *outer))
     init = sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(sch.get_loops(init)[-2])
