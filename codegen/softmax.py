@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tvm import te, tirx, topi
 
-LANES = 16
+from .schedules.elementwise import LANES
 
 
 def softmax(x: te.Tensor) -> te.Tensor:

@@ -17,9 +17,10 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.ir.expr import TensorLoad
 from tvm.target import Target
 
+from .elementwise import LANES
+
 ROWS = 8  # rows of a register tile: 8 x 2 zmm accumulators, plus B's two vectors and the broadcast
 COLS = 32  # columns of a register tile: two AVX-512 vectors
-LANES = 16  # float32 lanes of one AVX-512 vector
 
 
 def is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:

@@ -63,14 +63,15 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
         else:
             kept.append(block)
     # A reduction over a static multiple of LANES becomes LANES partial results (rfactor needs the block still at
-    # the root); over a symbolic length it stays scalar: rfactor would drop the predicate of the split's tail.
+    # the root); over a symbolic length it stays scalar unless written lane-partial (rfactor would drop the
+    # predicate of the split's tail).
     partials = {}
     for block in kept:
         k = sch.get_loops(block)[-1]
-        extent = sch.get(k).extent
+        extent = _extent(sch, k)
         if _kinds(sch, block) == "S" * (rows + 1) + "R":  # already lane-partial (:mod:`..softmax`)
             partials[sch.get(block).name_hint] = block
-        elif "R" in _kinds(sch, block) and isinstance(extent, tirx.IntImm) and extent.value % LANES == 0 < extent.value - LANES:
+        elif "R" in _kinds(sch, block) and extent is not None and extent % LANES == 0 and extent > LANES:
             _, ki = sch.split(k, [None, LANES])
             partials[sch.get(block).name_hint] = sch.rfactor(ki, factor_axis=rows)
     # Blocks that write whole rows (the output, softmax's exponentials) each run as a parallel loop over rows;
