@@ -61,3 +61,12 @@ def test_fast_math_rewrites_operators_and_leaves_function_calls():
         bb.emit_func_output(bb.emit(relax.op.nn.softmax(relax.op.erf(h))))
     script = fast_math(bb.get())["main"].script()
     assert "R.erf" not in script and "R.nn.softmax" not in script and "inner(" in script
+
+
+def test_a_static_row_no_vector_multiple(check_rule):
+    """A bias add over 1000 classes: 8-lane pieces that divide the row, no tested tail."""
+    x = te.placeholder((te.var("b", "int64"), tvm.tirx.const(1000, "int64")), "float32", "x")
+    bias = te.placeholder((tvm.tirx.const(1000, "int64"),), "float32", "bias")
+    script = check_rule(elementwise.Elementwise(), te.create_prim_func([x, bias, topi.add(x, bias)]),
+                        [{"b": 1}, {"b": 3}]).script()
+    assert "T.vectorized(T.int64(8))" in script
