@@ -195,11 +195,13 @@ def has_dense_kernel(target: tvm.target.Target) -> bool:
 
 
 def dense_kernel(weight: np.ndarray, target: tvm.target.Target) -> KernelCall:
-    """The kernel of a matmul whose weight stays dense (``weight`` [N, K])."""
+    """The kernels of a matmul whose weight stays dense (``weight`` [N, K]): one row, and several rows."""
     if not has_dense_kernel(target):
         raise NotImplementedError(f"no dense matmul kernel for {target.kind.name}")
     n, k = weight.shape
-    return KernelCall("dense_gemv", _finish(dense.gemv(n, k), "dense_gemv"), [weight])
+    packed = [dense.pack(weight)]
+    gemm = KernelCall("dense_gemm", _finish(dense.gemm(n, k), "dense_gemm"), packed)
+    return KernelCall("dense_gemv", _finish(dense.gemm(n, k, rows=1), "dense_gemv"), packed, gemm)
 
 
 def _finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:

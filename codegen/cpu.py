@@ -1,10 +1,12 @@
 """The LLVM build: lower Relax, schedule every kernel, compile.
 
 Our encoded-weight kernels arrive scheduled and opaque (see ``kernel_for``).
-The rest is legalized and fused; dlight's CPU reduction rule schedules
-reductions, and every kernel still unscheduled after that gets MetaSchedule's
-rule-based parallelize / vectorize / unroll rewrite, so no op runs as a
-single-threaded scalar loop nest.
+The rest is legalized and fused (exp, erf, tanh and softmax first become
+vectorizable polynomials, :mod:`.fast_math`), then scheduled by the first of
+``RULES`` that applies (:mod:`.schedules`: convs, depthwise convs, matmuls, row reductions, elementwise
+chains; dlight's CPU reduction rule for other reductions); a kernel no rule
+takes gets MetaSchedule's rule-based parallelize / vectorize / unroll rewrite,
+so no op runs as a single-threaded scalar loop nest.
 
 dlight's CPU GEMV rule is left out: it vectorizes 128 output channels with
 strided gathers of the weight under a 256-step unroll, which LLVM did not finish
@@ -22,13 +24,22 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
-from .schedules import conv2d, depthwise_conv2d
+from .dedup import deduplicate_prim_funcs
+from .fast_math import fast_math
+from .schedules import conv2d, depthwise_conv2d, elementwise, matmul, reduction
 
 SCHEDULED = "tirx.is_scheduled"
 NOALIAS = "tirx.noalias"
 
 # Tried in order on each unscheduled PrimFunc; the first that applies schedules it.
-RULES = [conv2d.Conv2D(), depthwise_conv2d.DepthwiseConv2D(), dl.cpu.Reduction()]
+RULES = [
+    conv2d.Conv2D(),
+    depthwise_conv2d.DepthwiseConv2D(),
+    matmul.Matmul(),
+    reduction.RowReduction(),
+    dl.cpu.Reduction(),
+    elementwise.Elementwise(),
+]
 
 
 def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
@@ -61,10 +72,16 @@ def mark_single_argument_noalias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Fast math, legalize, fold constants, fuse: the PrimFuncs the rules schedule."""
     with target:
-        mod = relax.get_pipeline("zero")(mod)  # legalize, fold constants, fuse
+        return relax.get_pipeline("zero")(fast_math(mod))
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    mod = fuse(mod, target)
+    with target:
         mod = dl.ApplyDefaultSchedule(*RULES)(mod)
         mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
     lower = tvm.transform.Sequential([relax.get_pipeline("default"), mark_single_argument_noalias])
-    return tvm.compile(mod, target, relax_pipeline=lower)
+    return tvm.compile(deduplicate_prim_funcs(mod), target, relax_pipeline=lower)

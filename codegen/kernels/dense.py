@@ -1,39 +1,42 @@
-"""The matmul of a weight left dense (a fallback layer), scheduled as the decode-once kernels are.
+"""The matmul of a weight left dense (a fallback layer): the register-tiled GEMM over a packed weight.
 
-TVM's generic CPU rewrite of a legalized ``x @ W`` walks W [K, N] down its
-columns (measured at 4096x4096: 65 ms at batch 1, where onnxruntime takes ~2 ms;
-149 ms at 8 rows, 4.8 s at 256), so a dense layer gets this kernel instead: the
-weight stored [N, K], each channel's row read once straight into 16-lane FMA
-accumulators for every row of activations (the padding to whole vectors is a
-bounds test), channels in parallel: the :mod:`.decode_once` schedule with its
-row buffer inlined (a copy into it cost 4.3 ms against 2.6 ms streamed).
-Measured with it: 2.6 ms at batch 1, 6.3 ms at 8 rows, 155 ms at 256.
+The weight is packed at compile time into panels of ``COLS`` output channels,
+each K-major ([N / COLS, K, COLS]), so the micro-kernel of
+:mod:`..schedules.matmul` reads one contiguous ``COLS``-wide vector per k. The
+same packed constant serves one row (a GEMV: one-row tiles, still a contiguous
+stream through the weight) and many rows (8-row register tiles); the pass
+dispatches on the row count.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import s_tir, te, tirx
 
-from bie_compiler.codecs.base import PACK_LANES
-
-from . import decode_once
+from ..schedules import matmul
 
 BLOCK = "dense"
 
 
-def gemv(n: int, k: int) -> tirx.PrimFunc:
-    """``f(x [m, K], weight [N, K], out [m, N])``, ``out = x @ weight.T``, any m."""
-    kp = -(-k // PACK_LANES) * PACK_LANES
-    x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
-    weight = te.placeholder((n, k), "float32", "weight")
-    zero = tirx.const(0, "float32")
-    xpad = te.compute((x.shape[0], kp), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
-    row = te.compute((n, kp), lambda c, kk: te.if_then_else(kk < k, weight[c, kk], zero), name="decoded")
-    rk = te.reduce_axis((0, kp), "rk")
-    out = te.compute((x.shape[0], n), lambda m, c: te.sum(xpad[m, rk] * row[c, rk], axis=rk), name=BLOCK)
-    sch = s_tir.Schedule(te.create_prim_func([x, weight, out]))
-    sch.work_on("main")
-    decode_once.schedule_llvm(sch, BLOCK)
-    sch.compute_inline(sch.get_sblock("decoded"))
-    return sch.mod["main"]
+def pack(weight: np.ndarray, cols: int = matmul.COLS) -> np.ndarray:
+    """``weight`` [N, K] as [ceil(N / cols), K, cols]: each panel of ``cols`` channels K-major, zero-padded."""
+    n, k = weight.shape
+    panels = -(-n // cols)
+    padded = np.zeros((panels * cols, k), weight.dtype)
+    padded[:n] = weight
+    return np.ascontiguousarray(padded.reshape(panels, cols, k).transpose(0, 2, 1))
 
+
+def gemm(n: int, k: int, rows: int = matmul.ROWS) -> tirx.PrimFunc:
+    """``f(x [m, K], packed [N / COLS, K, COLS], out [m, N])``, ``out = x @ weight.T`` (``packed = pack(weight)``)."""
+    cols = matmul.COLS
+    x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
+    packed = te.placeholder((-(-n // cols), k, cols), "float32", "packed")
+    rk = te.reduce_axis((0, k), "rk")
+    out = te.compute(
+        (x.shape[0], n), lambda m, c: te.sum(x[m, rk] * packed[c // cols, rk, c % cols], axis=rk), name=BLOCK
+    )
+    sch = s_tir.Schedule(te.create_prim_func([x, packed, out]))
+    sch.work_on("main")
+    matmul.schedule_matmul(sch, sch.get_sblock(BLOCK), rows=rows)
+    return sch.mod["main"]

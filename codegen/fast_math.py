@@ -1,0 +1,49 @@
+"""exp, erf, tanh and softmax as TOPI's vectorizable polynomial versions (``fast_exp`` and co.).
+
+Softmax over the last axis is :mod:`.softmax`'s (reductions as vector-lane partial results).
+
+LLVM turns a vector ``exp`` or ``erf`` into one libm call per lane; the
+polynomials vectorize. Their error against float64 is about 1e-7 (exp, tanh)
+and 3.3e-7 (erf) relative, inside our parity tolerances against onnxruntime.
+This is Relax's ``FastMathTransform``, which fails on calls of a GlobalVar
+(our dispatch functions), restricted to operator calls.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, topi
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from . import softmax
+
+_FAST = {
+    "relax.exp": topi.fast_exp,
+    "relax.erf": topi.fast_erf,
+    "relax.tanh": topi.fast_tanh,
+}
+
+
+@mutator
+class _FastMath(PyExprMutator):
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        if name in _FAST:
+            return self.builder_.call_te(_FAST[name], call.args[0])
+        if name == "relax.nn.softmax":
+            x = call.args[0]
+            if int(call.attrs.axis) in (-1, len(x.ty.shape) - 1):
+                return self.builder_.call_te(softmax.softmax, x, primfunc_name_hint="softmax")
+            return self.builder_.call_te(topi.nn.fast_softmax, x, call.attrs.axis)
+        return call
+
+
+@tvm.transform.module_pass(opt_level=0, name="FastMath")
+def fast_math(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Module pass: every Relax function's exp, erf, tanh and softmax calls as fast polynomial kernels."""
+    mutator_ = _FastMath(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator_.builder_.update_func(gv, mutator_.visit_expr(func))
+    return mutator_.builder_.get()

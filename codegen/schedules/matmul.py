@@ -1,0 +1,126 @@
+"""Matmuls and batched matmuls on the CPU: a register-tiled micro-kernel.
+
+A block ``C[b..., m, n] += A[b..., m, k] * B[b..., k, n]`` (loops in the order
+batch..., m, n, k, as Relax legalization and our dense kernels produce them;
+``n`` the innermost index of C and of B, so both are contiguous along it) is
+tiled into ``ROWS x COLS`` output tiles accumulated in registers: for each k,
+one broadcast of ``A[m, k]`` per row and a ``COLS``-wide vector load of
+``B[k, n:n+COLS]`` feed ``ROWS x COLS / lanes`` FMAs. Tiles run in parallel.
+Elementwise epilogues (the attention scale, a bias add) are applied as a tile
+is written back, so the unscaled product never reaches memory.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.ir.expr import TensorLoad
+from tvm.target import Target
+
+from .elementwise import LANES
+
+ROWS = 8  # rows of a register tile: 8 x 2 zmm accumulators, plus B's two vectors and the broadcast
+COLS = 32  # columns of a register tile: two AVX-512 vectors
+
+
+def is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Whether ``block`` is ``C[..., m, n] += A[..., m, k] * B[..., k, n]`` with loops batch..., m, n, k."""
+    stmt = sch.get(block)
+    iters = list(stmt.iter_vars)
+    if len(iters) < 3 or len(stmt.writes) != 1:
+        return False
+    kinds = [iv.iter_type for iv in iters]
+    if kinds[-1] != tirx.IterVar.CommReduce or any(t != tirx.IterVar.DataPar for t in kinds[:-1]):
+        return False
+    *_, m, n, k = (iv.var for iv in iters)
+    body = stmt.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, tirx.Add):
+        return False
+    if len(body.indices) < 2 or not (_uses_only(body.indices[-2], m) and _uses_only(body.indices[-1], n)):
+        return False
+    product = body.value.b
+    if not isinstance(product, tirx.Mul):
+        return False
+    loads = [product.a, product.b]
+    if not all(isinstance(ld, TensorLoad) for ld in loads):
+        return False
+    a, b = loads
+    if not (_uses(a.indices[-1], k) and _uses_only(a.indices[-2], m)):
+        return False
+    return _uses(b.indices[-1], n) and not _uses(b.indices[-1], k) and any(_uses(i, k) for i in b.indices[:-1])
+
+
+def _uses(expr, var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def _uses_only(expr, var) -> bool:
+    return isinstance(expr, tirx.Var) and expr.same_as(var)
+
+
+def schedule_matmul(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, rows: int = ROWS, cols: int = COLS
+) -> s_tir.schedule.SBlockRV:
+    """Tile ``block`` (see :func:`is_matmul`) into register tiles, inlining its elementwise consumers.
+
+    For kernels of our own too: a matmul over a weight decoded into a buffer qualifies when the buffer is laid out
+    with the output channel innermost, e.g. ``dense.pack``'s [N / COLS, K, COLS] read as ``B[n // COLS, k, n % COLS]``.
+    Producers of A or B (a decode) are left where they are. Returns the block that writes the tile back.
+    """
+    *batch, m, n, k = sch.get_loops(block)
+    static = [isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (m, n)]
+    if not static[1]:
+        cols = min(cols, LANES)  # the tail tile of a symbolic n runs in scalars: keep it one vector wide
+    mo, mi = sch.split(m, [None, rows])
+    no, ni = sch.split(n, [None, cols])
+    # A symbolic dim's tail tile is predicated: its tile loop stays serial so that loop partitioning can peel
+    # the tail off and the full tiles run unpredicated (a predicate on the vector lanes would scalarize them).
+    outer = [loop for loop, s in zip((no, mo), (static[1], static[0])) if s]
+    inner = [loop for loop, s in zip((mo, no), static) if not s]
+    sch.reorder(*batch, *outer, *inner, k, mi, ni)
+    for loop in inner:
+        sch.annotate(loop, "pragma_loop_partition_hint", 1)
+    tile = sch.cache_write(block, 0, "local")
+    # The accumulator indexed by (tile, position in the tile): each tile loop iteration touches one static
+    # ROWS x COLS slab, which buffer compaction shrinks to registers also where a symbolic dim's tail is predicated
+    # (indexed like the output, the predicated region has a symbolic extent and the buffer stays whole).
+    nb = len(batch)
+    if len({str(iv.var.ty) for iv in sch.get(block).iter_vars}) == 1:  # the index map needs one index dtype
+        sch.transform_layout(block, ("write", 0), lambda *i: (*i[:nb], i[nb] // rows, i[nb + 1] // cols, i[nb] % rows,
+                                                          i[nb + 1] % cols), assume_injective_transform=True)
+    sch.reverse_compute_at(tile, (outer + inner)[-1], preserve_unit_loops=True)
+    while consumers := sch.get_consumers(tile):  # an epilogue chain, one block after the other
+        for consumer in consumers:
+            sch.reverse_compute_inline(consumer)
+    sch.unroll(mi)
+    sch.vectorize(ni)
+    sch.vectorize(sch.get_loops(tile)[-1])
+    if batch or outer:
+        sch.parallel(sch.fuse(*batch, *outer))
+    init = sch.decompose_reduction(block, k)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(sch.get_loops(init)[-2])
+    return tile
+
+
+class Matmul(CPUScheduleRule):
+    """A PrimFunc that is one matmul (see :func:`is_matmul`) followed by elementwise blocks."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if not blocks or not is_matmul(sch, blocks[0]):
+            return None
+        if any(_reduces(sch, b) for b in blocks[1:]):
+            return None
+        try:
+            schedule_matmul(sch, blocks[0])
+        except s_tir.ScheduleError:  # an epilogue that cannot be inlined: leave it to the generic rewrite
+            return None
+        return sch
+
+
+def _reduces(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)

@@ -1,0 +1,40 @@
+"""Softmax over the last axis with its reductions written as vector-lane partial results.
+
+TOPI's softmax reduces each row in one scalar chain. Here the max and the sum
+first reduce ``LANES`` interleaved partial results (lane ``l`` takes elements
+``l, l + LANES, ...``; lanes past a row's end contribute the identity), which
+the row-reduction schedule vectorizes, then those ``LANES`` values. Written in
+the compute rather than by ``rfactor`` because the row length may be symbolic:
+the split's tail needs its bounds test in the computation itself.
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx, topi
+
+from .schedules.elementwise import LANES
+
+
+def softmax(x: te.Tensor) -> te.Tensor:
+    """``softmax(x, axis=-1)``, exp as TOPI's ``fast_exp``."""
+    *rows, n = x.shape
+    dtype = x.dtype
+    chunks = (n + LANES - 1) // LANES
+    lane = te.reduce_axis((0, LANES), "lane")
+
+    def partial(value, identity, combine, name):
+        chunk = te.reduce_axis((0, chunks), "chunk")
+
+        def element(*i):
+            j = i[-1] + chunk * LANES
+            return te.if_then_else(j < n, value(*i[:-1], j), identity)
+
+        return te.compute((*rows, LANES), lambda *i: combine(element(*i), axis=chunk), name=f"{name}_lanes")
+
+    minimum = tirx.min_value(dtype)
+    max_lanes = partial(lambda *i: x[i], minimum, te.max, "row_max")
+    row_max = te.compute(tuple(rows), lambda *r: te.max(max_lanes[(*r, lane)], axis=lane), name="row_max")
+    exp = topi.fast_exp(te.compute(x.shape, lambda *i: x[i] - row_max[i[:-1]], name="delta"))
+    sum_lanes = partial(lambda *i: exp[i], tirx.const(0, dtype), te.sum, "row_sum")
+    row_sum = te.compute(tuple(rows), lambda *r: te.sum(sum_lanes[(*r, lane)], axis=lane), name="row_sum")
+    return te.compute(x.shape, lambda *i: exp[i] / row_sum[i[:-1]], name="softmax")

@@ -1,0 +1,73 @@
+"""The matmul rule: attention's batched matmuls and dense layers, symbolic dims, epilogues."""
+
+import numpy as np
+import tvm
+from tvm import te, topi
+
+from bie_compiler.codegen.kernels import dense
+from bie_compiler.codegen.schedules import matmul
+from bie_compiler.codegen.target import make_target
+
+SIZES = [{"b": 1, "s": 128}, {"b": 8, "s": 37}, {"b": 1, "s": 1}, {"b": 2, "s": 5}]
+
+
+def i64(*dims):
+    return [tvm.tirx.const(d, "int64") if isinstance(d, int) else d for d in dims]
+
+
+def batched(a_shape, b_shape, epilogue=None):
+    """``A @ B`` over the last two axes (the layout, int64 indices, Relax legalizes matmul to), then ``epilogue``."""
+    a_shape, b_shape = i64(*a_shape), i64(*b_shape)
+    a = te.placeholder(a_shape, "float32", "a")
+    b = te.placeholder(b_shape, "float32", "b")
+    k = te.reduce_axis(i64(0, a_shape[-1]), "k")
+    out = te.compute((*a_shape[:-1], b_shape[-1]),
+                     lambda *i: te.sum(a[(*i[:-1], k)] * b[(*i[:-2], k, i[-1])], axis=k), name="matmul")
+    if epilogue is not None:
+        out = epilogue(out)
+    return te.create_prim_func([a, b, out])
+
+
+def test_attention_scores_with_their_scale(check_rule):
+    bb, s = te.var("b", "int64"), te.var("s", "int64")
+    func = batched((bb, 12, s, 32), (bb, 12, 32, s), lambda x: topi.multiply(x, 0.17677669))
+    script = check_rule(matmul.Matmul(), func, SIZES).script()
+    assert "T.vectorized(T.int64(16))" in script and "T.parallel" in script  # a symbolic n: one-vector tiles
+    # Only the register tile, indexed by (tile, position in tile): the scale is applied as it is written back.
+    assert script.count("alloc_buffer") == 1 and "T.int64(8), T.int64(16)), scope=\"local\"" in script
+
+
+def test_attention_values(check_rule):
+    bb, s = te.var("b", "int64"), te.var("s", "int64")
+    check_rule(matmul.Matmul(), batched((bb, 12, s, s), (bb, 12, s, 32)), SIZES)
+
+
+def test_matmul_with_a_bias_chain_and_columns_not_a_multiple_of_the_tile(check_rule):
+    m = te.var("s", "int64")
+    bias = te.placeholder((80,), "float32", "bias")
+    x = te.placeholder((m, 96), "float32", "x")
+    w = te.placeholder((96, 80), "float32", "w")
+    k = te.reduce_axis((0, 96), "k")
+    out = te.compute((m, 80), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
+    func = te.create_prim_func([x, w, bias, topi.multiply(topi.add(out, bias), 0.5)])  # an epilogue chain
+    script = check_rule(matmul.Matmul(), func, [{"s": 1}, {"s": 8}, {"s": 29}]).script()
+    assert script.count("alloc_buffer") == 1  # both epilogues applied to the register tile
+
+
+def test_packed_dense_gemm():
+    """dense.gemm's packed weight layout is a matmul the micro-kernel takes; checked against numpy for 1 to 37 rows."""
+    target = make_target()
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((70, 48)).astype("float32")
+    for rows in (1, matmul.ROWS):
+        lib = tvm.compile(tvm.IRModule({"main": dense.gemm(70, 48, rows=rows).with_attr("global_symbol", "main")}), target)
+        for m in (1, 9, 37):
+            x = rng.standard_normal((m, 48)).astype("float32")
+            out = tvm.runtime.empty((m, 70), "float32")
+            lib.mod["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack(w)), out)
+            np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_declines_what_is_not_a_matmul():
+    x = te.placeholder((te.var("s", "int64"), 64), "float32", "x")
+    assert matmul.Matmul().apply(te.create_prim_func([x, topi.sum(x, axis=1)]), make_target(), False) is None

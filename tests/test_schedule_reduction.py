@@ -1,0 +1,50 @@
+"""The row-reduction rule: softmax and layer norm, rows in parallel, symbolic rows and row lengths."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te, topi
+
+from bie_compiler.codegen.schedules import reduction
+from bie_compiler.codegen.softmax import softmax as lane_softmax
+from bie_compiler.codegen.target import make_target
+
+SIZES = [{"b": 1, "s": 128}, {"b": 8, "s": 37}, {"b": 1, "s": 1}, {"b": 2, "s": 5}]
+
+
+@pytest.mark.parametrize("softmax", [topi.nn.softmax, topi.nn.fast_softmax, lambda x, axis: lane_softmax(x)],
+                         ids=["topi", "topi-fast", "lane-partial"])
+def test_softmax_over_a_symbolic_row(check_rule, softmax):
+    b, s = te.var("b", "int64"), te.var("s", "int64")
+    x = te.placeholder((b, tvm.tirx.const(12, "int64"), s, s), "float32", "x")
+    script = check_rule(reduction.RowReduction(), te.create_prim_func([x, softmax(x, -1)]), SIZES).script()
+    assert "T.parallel" in script and "T.vectorized" in script
+
+
+def test_lane_partial_softmax_is_softmax():
+    """Against numpy, rows shorter and longer than the lanes, and a row of -inf-free large values."""
+    target = make_target()
+    x = te.placeholder((te.var("r", "int64"), te.var("n", "int64")), "float32", "x")
+    lib = tvm.compile(tvm.IRModule({"main": te.create_prim_func([x, lane_softmax(x)]).with_attr("global_symbol", "main")}),
+                      target)
+    rng = np.random.default_rng(0)
+    for rows, n in ((3, 1), (2, 15), (4, 16), (5, 37)):
+        xv = (rng.standard_normal((rows, n)) * 20).astype("float32")
+        out = tvm.runtime.empty((rows, n), "float32")
+        lib.mod["main"](tvm.runtime.tensor(xv), out)
+        e = np.exp(xv.astype(np.float64) - xv.max(-1, keepdims=True))
+        np.testing.assert_allclose(out.numpy(), e / e.sum(-1, keepdims=True), rtol=1e-6, atol=1e-7)
+
+
+def test_layer_norm_reduces_in_vector_lanes(check_rule):
+    b, s = te.var("b", "int64"), te.var("s", "int64")
+    x = te.placeholder((b, s, 384), "float32", "x")
+    gamma, beta = te.placeholder((384,), "float32", "gamma"), te.placeholder((384,), "float32", "beta")
+    out = topi.nn.layer_norm(x, gamma, beta, axis=[-1], epsilon=1e-12)
+    script = check_rule(reduction.RowReduction(), te.create_prim_func([x, gamma, beta, out]), SIZES).script()
+    assert "_rf" in script  # the sums are LANES partial sums (rfactor), not a scalar loop
+
+
+def test_declines_a_lone_reduction():
+    x = te.placeholder((te.var("s", "int64"), 64), "float32", "x")
+    assert reduction.RowReduction().apply(te.create_prim_func([x, topi.sum(x, axis=1)]), make_target(), False) is None
