@@ -39,7 +39,13 @@ def make_config(codec: str, options: dict) -> object:
             f"codec {codec!r} does not take option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known))}"
         )
     hints = typing.get_type_hints(config_cls)
-    return config_cls(**{k: checked_option(codec, k, v, hints[k]) for k, v in given.items()})
+    return config_cls(**{k: checked_option(codec, k, v, _plain(hints[k])) for k, v in given.items()})
+
+
+def _plain(hint) -> type:
+    """``int`` for ``int | None`` (an option left to a preset), else the hint itself."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 else hint
 
 
 _MAX_INT_OPTION = 2**31 - 1  # no option needs more; larger values only overflow array sizes downstream
