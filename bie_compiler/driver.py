@@ -40,6 +40,8 @@ def compile_model(
     skip: tuple[str, ...] = (),
     overrides: tuple[tuple[str, dict], ...] = (),
     calibration: str | Path | None = None,
+    damping: float = 0.01,
+    act_order: bool = False,
     progress=_stderr_progress,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
@@ -48,15 +50,17 @@ def compile_model(
     are ``(name pattern, options)`` pairs for single layers, ``skip`` patterns stay dense.
     ``target`` is "llvm", "cuda" (``arch``: the GPU architecture, default sm_90) or
     "bitvert" (bbs layers offloaded to the simulated BitVert accelerator, their INT8
-    activation scales calibrated on the inputs in the ``calibration`` .npz, or on
-    seeded random inputs with a warning).
+    activation scales calibrated on the ``calibration`` inputs, or on seeded random
+    inputs with a warning). ``calibration`` (a .npz of inputs by name, or a folder of
+    them) makes every codec with a feedback hook round with error feedback (GPTQ;
+    ``damping``, ``act_order``); without it, rounding is data-free.
     """
     from bie_compiler.codegen import cpu, cuda
     from bie_compiler.codegen.target import describe, make_target
     from bie_compiler.passes import EncodeWeights, EncodingPolicy
     from bie_compiler.runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact
 
-    from .calibration import activation_scales, calibration_inputs
+    from .calibration import activation_scales, calibration_inputs, layer_calibrations, record, sample_files
     from .errors import OptionError
 
     progress = progress or (lambda message: None)
@@ -66,10 +70,12 @@ def compile_model(
     started = time.perf_counter()
     step = lambda message: progress(f"{message} ({time.perf_counter() - started:.1f} s)")  # noqa: E731
 
-    if calibration is not None and target != "bitvert":
-        raise OptionError(f"--calibration applies to --target bitvert only (target is {target!r})")
-    if calibration is not None and not Path(calibration).is_file():  # before the encoding, not after it
-        raise OptionError(f"--calibration {calibration}: no such file")
+    if calibration is not None:
+        sample_files(calibration)  # refuse missing data before the encoding, not after it
+    if act_order and calibration is None:
+        raise OptionError("--act-order orders error feedback, which needs --calibration")
+    if not 0 <= damping < float("inf"):
+        raise OptionError(f"damping must be a finite number >= 0, got {damping}")
     source_path = None if isinstance(model, onnx.ModelProto) else model
     output_folder(output_dir, source_path)  # refuse a folder we may not replace before any work
     step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
@@ -78,8 +84,14 @@ def compile_model(
     def calibrate(names: list[str]) -> dict[str, float]:
         return activation_scales(imported.model, names, calibration_inputs(imported.inputs, calibration))
 
+    def calibrations(names: list[str]) -> dict:
+        step(f"capturing the inputs of {len(names)} layer(s) on {calibration}")
+        samples = calibration_inputs(imported.inputs, calibration)
+        return layer_calibrations(imported.model, names, samples, damping, act_order)
+
     step(f"encoding weights with {codec} {options or ''}".rstrip())
-    encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate)
+    encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate,
+                           calibrations if calibration is not None else None)
     mod = encode(imported.mod)
     step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
     extra_files, device_code = {}, {}
@@ -101,6 +113,7 @@ def compile_model(
         "layers": [r.to_json() for r in encode.records],
         "totals": totals(encode.records),
         **device_code,
+        **({"calibration": record(calibration, damping, act_order)} if calibration is not None else {}),
     }
     if target == "bitvert":
         if not encode.offloaded:
