@@ -40,7 +40,7 @@ def compile_model(
     skip: tuple[str, ...] = (),
     overrides: tuple[tuple[str, dict], ...] = (),
     calibration: str | Path | None = None,
-    damping: float = 0.01,
+    damping: float | None = None,
     act_order: bool = False,
     progress=_stderr_progress,
 ) -> Path:
@@ -60,6 +60,7 @@ def compile_model(
     from bie_compiler.passes import EncodeWeights, EncodingPolicy
     from bie_compiler.runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact
 
+    from .codecs import feedback
     from .calibration import activation_scales, calibration_inputs, layer_calibrations, record, sample_files
     from .errors import OptionError
 
@@ -74,6 +75,7 @@ def compile_model(
         sample_files(calibration)  # refuse missing data before the encoding, not after it
     if act_order and calibration is None:
         raise OptionError("--act-order orders error feedback, which needs --calibration")
+    damping = feedback.DAMPING if damping is None else damping
     if not 0 <= damping < float("inf"):
         raise OptionError(f"damping must be a finite number >= 0, got {damping}")
     source_path = None if isinstance(model, onnx.ModelProto) else model

@@ -155,7 +155,7 @@ def test_activation_calibration(model_dir, capsys):
     from bie_compiler.frontend import load_model, value_info
 
     model = load_model(model_dir["mlp"])
-    inputs = calibration_inputs(value_info(model.graph.input), None, seed=1, batch=4)
+    [inputs] = calibration_inputs(value_info(model.graph.input), None, seed=1, batch=4)
     assert "seeded random inputs" in capsys.readouterr().err
     scales = activation_scales(model, ["fc1.weight", "fc2.weight"], inputs)
     assert scales["fc1.weight"] == pytest.approx(np.abs(inputs["x"]).max() / 127, rel=1e-7)
