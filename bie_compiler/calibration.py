@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from threadpoolctl import threadpool_limits
 
 from .codecs import feedback
 from .errors import BieError, BieWarning, OptionError
@@ -70,14 +71,15 @@ def calibration_inputs(specs: list[dict], data: str | Path | None, seed: int = 1
     return [make_inputs(specs, batch, seed, path) for path in sample_files(data)]
 
 
-def _readers(model: onnx.ModelProto, weight_names) -> dict[str, list[onnx.NodeProto]]:
-    """{weight name: the MatMul/Gemm/Conv nodes reading it as input 1}; BieError for a weight nothing reads."""
+def _readers(model: onnx.ModelProto, weight_names, strict: bool = True) -> dict[str, list[onnx.NodeProto]]:
+    """{weight name: the MatMul/Gemm/Conv nodes reading it as input 1}; ``strict``: BieError for a weight nothing
+    reads so (e.g. one that goes through a Transpose node first)."""
     readers: dict[str, list] = {}
     for node in model.graph.node:
         if node.op_type in WEIGHT_OPS and len(node.input) > 1 and node.input[1] in weight_names:
             readers.setdefault(node.input[1], []).append(node)
     missing = sorted(set(weight_names) - set(readers))
-    if missing:
+    if missing and strict:
         raise BieError(f"calibration: no MatMul/Gemm/Conv reads weight(s) {missing}")
     return readers
 
@@ -139,10 +141,11 @@ def capture_hessians(model: str | Path | onnx.ModelProto, weight_names: list[str
                      chunk_rows: int = 4096) -> dict[str, LayerStatistics]:
     """{weight name: X^T X and row count} over every sample, streamed (one sample's activations at a time).
 
-    onnxruntime runs on one thread so the sums are reproducible bit for bit (``check`` recomputes them).
+    onnxruntime and BLAS run on one thread so the sums are reproducible bit for bit (``check`` recomputes
+    them). A weight that no MatMul/Gemm/Conv reads directly gets no entry (its codec then rounds data-free).
     """
     model = load_model(model)
-    readers = _readers(model, weight_names)
+    readers = _readers(model, weight_names, strict=False)
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     sums: dict[str, np.ndarray] = {}
     rows = dict.fromkeys(readers, 0)
@@ -152,9 +155,10 @@ def capture_hessians(model: str | Path | onnx.ModelProto, weight_names: list[str
         for name, nodes in readers.items():
             for node in nodes:
                 x = layer_rows(node, values[node.input[0]], shapes[name])
-                for start in range(0, len(x), chunk_rows):
-                    part = x[start:start + chunk_rows].astype(np.float64)
-                    sums[name] = sums.get(name, 0) + part.T @ part
+                with threadpool_limits(1, "blas"):
+                    for start in range(0, len(x), chunk_rows):
+                        part = x[start:start + chunk_rows].astype(np.float64)
+                        sums[name] = sums.get(name, 0) + part.T @ part
                 rows[name] += len(x)
     return {name: LayerStatistics(sums[name], rows[name]) for name in readers if rows[name]}
 

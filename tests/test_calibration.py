@@ -112,4 +112,23 @@ def test_codecs_without_a_feedback_hook_say_so(model_dir, tmp_path):
                                      calibration=tmp_path / "calib.npz")
     layers = [layer for layer in bie_compiler.load(out).manifest["layers"] if not layer["fallback_reason"]]
     assert layers and all(layer["details"]["feedback"].startswith("none (no feedback hook)") for layer in layers)
-    assert onnx  # the model file is untouched by calibration
+
+
+def test_a_weight_read_through_a_transpose_node_is_rounded_data_free(tmp_path):
+    """The capture sees only weights a MatMul/Gemm/Conv reads directly; the others say why they got no feedback."""
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(2).standard_normal((32, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "t.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.ones((4, 64), np.float32))
+    out = bie_compiler.compile_model(tmp_path / "t.onnx", tmp_path / "a", "bie-bitplane", {"bits": 4}, progress=None,
+                                     calibration=tmp_path / "calib.npz")
+    runner = bie_compiler.load(out)
+    [layer] = runner.manifest["layers"]
+    assert layer["details"]["feedback"] == "none (no calibration input reached it): data-free rounding"
+    assert check_artefact(runner, inputs=make_inputs(runner.inputs, batch=2))["passed"]
