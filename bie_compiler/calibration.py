@@ -1,54 +1,191 @@
-"""Activation calibration for INT8 accelerators: per-tensor symmetric scales from sample inputs.
+"""Calibration data: what each encoded layer sees, captured once on the original model with onnxruntime.
 
-The activation feeding each offloaded weight (input 0 of the MatMul, Gemm or Conv that
-reads it) is observed with onnxruntime on the original model over the calibration
-inputs; its scale maps the largest |value| seen to 127.
+The data is one .npz of inputs by name, or a folder of them (one sample set each).
+Two uses:
+
+* :func:`capture_hessians`: for every weight, ``X^T X`` over the rows ``X`` its
+  MatMul/Gemm/Conv multiplies (a conv's rows are its im2col patches, K ordered
+  (kh, kw, in_channel) as the codecs take a conv weight), the statistics that error
+  feedback (:mod:`.codecs.feedback`) needs. Samples are run one at a time and only
+  the K x K sums are kept, so memory is bounded by one sample's activations.
+* :func:`activation_scales`: per-tensor symmetric INT8 scales of those inputs (the
+  bitvert target): the largest |value| seen maps to 127.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+from threadpoolctl import threadpool_limits
 
-from .errors import BieError, BieWarning
+from .codecs import feedback
+from .errors import BieError, BieWarning, OptionError
 from .frontend import load_model
 from .parity import make_inputs, run_onnxruntime
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 
 
-def calibration_inputs(specs: list[dict], npz: str | Path | None, seed: int = 1, batch: int = 8) -> dict:
-    """Inputs by name from ``npz``, or seeded random ones with a warning (scales then fit noise, not data).
+@dataclass(frozen=True)
+class LayerStatistics:
+    xtx: np.ndarray  # float64 [K, K], sum over rows of x^T x
+    rows: int
+
+
+def sample_files(data: str | Path) -> list[Path]:
+    """The .npz files of ``data``: the file itself, or every .npz of the folder in name order."""
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
+        if not files:
+            raise OptionError(f"--calibration {data}: the folder holds no .npz file")
+        return files
+    if not path.is_file():
+        raise OptionError(f"--calibration {data}: no such file or folder")
+    return [path]
+
+
+def data_sha256(data: str | Path) -> str:
+    """Digest of the calibration data: every sample file's name and bytes, in order."""
+    h = hashlib.sha256()
+    for path in sample_files(data):
+        h.update(path.name.encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def calibration_inputs(specs: list[dict], data: str | Path | None, seed: int = 1, batch: int = 8) -> list[dict]:
+    """Input sets by name, one per sample file of ``data``; or one seeded random set with a warning.
 
     The default seed differs from ``check``'s and ``run``'s (0), so parity is not measured on calibration data.
     """
-    if npz is None:
+    if data is None:
         warnings.warn("no --calibration inputs; activation scales come from seeded random inputs", BieWarning)
-    return make_inputs(specs, batch, seed, npz)
+        return [make_inputs(specs, batch, seed)]
+    return [make_inputs(specs, batch, seed, path) for path in sample_files(data)]
 
 
-def activation_scales(model: str | Path | onnx.ModelProto, weight_names: list[str], inputs: dict) -> dict[str, float]:
-    """{weight name: scale} of the activation each named weight multiplies."""
-    model = load_model(model)
-    feeds = {}
+def _readers(model: onnx.ModelProto, weight_names, strict: bool = True) -> dict[str, list[onnx.NodeProto]]:
+    """{weight name: the MatMul/Gemm/Conv nodes reading it as input 1}; ``strict``: BieError for a weight nothing
+    reads so (e.g. one that goes through a Transpose node first)."""
+    readers: dict[str, list] = {}
     for node in model.graph.node:
         if node.op_type in WEIGHT_OPS and len(node.input) > 1 and node.input[1] in weight_names:
-            feeds.setdefault(node.input[1], node.input[0])
-    missing = sorted(set(weight_names) - set(feeds))
-    if missing:
+            readers.setdefault(node.input[1], []).append(node)
+    missing = sorted(set(weight_names) - set(readers))
+    if missing and strict:
         raise BieError(f"calibration: no MatMul/Gemm/Conv reads weight(s) {missing}")
-    observed = sorted(set(feeds.values()))
+    return readers
+
+
+def _observe(model: onnx.ModelProto, tensors: list[str], inputs: dict, threads: int | None = None) -> dict:
+    """The named intermediate tensors of ``model`` on ``inputs``, as extra graph outputs."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
     by_name = {v.name: v for v in [*probe.graph.value_info, *probe.graph.input]}
-    for name in observed:
+    for name in tensors:
         if name not in known:
             probe.graph.output.append(by_name.get(name) or onnx.helper.make_empty_tensor_value_info(name))
-    outputs = run_onnxruntime(probe, inputs)
-    values = dict(zip([o.name for o in probe.graph.output], outputs))
-    peaks = {name: float(np.max(np.abs(values[name]))) if values[name].size else 0.0 for name in observed}
+    if threads is None:
+        outputs = run_onnxruntime(probe, inputs)
+    else:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs = session.run(None, inputs)
+    return dict(zip([o.name for o in probe.graph.output], outputs))
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def layer_rows(node: onnx.NodeProto, x: np.ndarray, weight_shape: tuple) -> np.ndarray:
+    """The rows [M, K] that ``node`` multiplies its weight with, K in the codec's order."""
+    if node.op_type == "MatMul":
+        return x.reshape(-1, x.shape[-1])
+    if node.op_type == "Gemm":
+        return x.T if _attribute(node, "transA", 0) else x
+    return im2col(x, weight_shape, node)
+
+
+def im2col(x: np.ndarray, weight_shape: tuple, node: onnx.NodeProto) -> np.ndarray:
+    """A Conv's input patches [B * OH * OW, kh * kw * C], channel fastest (the codecs' K order for convs)."""
+    if _attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or _attribute(node, "group", 1) != 1:
+        raise BieError(f"calibration: conv {node.name!r} with auto_pad or groups is not captured")
+    _, c, kh, kw = weight_shape
+    sh, sw = _attribute(node, "strides", [1, 1])
+    dh, dw = _attribute(node, "dilations", [1, 1])
+    top, left, bottom, right = _attribute(node, "pads", [0, 0, 0, 0])
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    oh = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    taps = [padded[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+            for i in range(kh) for j in range(kw)]  # each [B, C, OH, OW]
+    patches = np.stack(taps, axis=-1)  # [B, C, OH, OW, kh * kw]
+    return patches.transpose(0, 2, 3, 4, 1).reshape(-1, kh * kw * c)
+
+
+def capture_hessians(model: str | Path | onnx.ModelProto, weight_names: list[str], samples: list[dict],
+                     chunk_rows: int = 4096) -> dict[str, LayerStatistics]:
+    """{weight name: X^T X and row count} over every sample, streamed (one sample's activations at a time).
+
+    onnxruntime and BLAS run on one thread so the sums are reproducible bit for bit (``check`` recomputes
+    them). A weight that no MatMul/Gemm/Conv reads directly gets no entry (its codec then rounds data-free).
+    """
+    model = load_model(model)
+    readers = _readers(model, weight_names, strict=False)
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    sums: dict[str, np.ndarray] = {}
+    rows = dict.fromkeys(readers, 0)
+    tensors = sorted({node.input[0] for nodes in readers.values() for node in nodes})
+    for inputs in samples:
+        values = _observe(model, tensors, inputs, threads=1)
+        for name, nodes in readers.items():
+            for node in nodes:
+                x = layer_rows(node, values[node.input[0]], shapes[name])
+                with threadpool_limits(1, "blas"):
+                    for start in range(0, len(x), chunk_rows):
+                        part = x[start:start + chunk_rows].astype(np.float64)
+                        sums[name] = sums.get(name, 0) + part.T @ part
+                rows[name] += len(x)
+    return {name: LayerStatistics(sums[name], rows[name]) for name in readers if rows[name]}
+
+
+def activation_scales(model: str | Path | onnx.ModelProto, weight_names: list[str],
+                      inputs: dict | list[dict]) -> dict[str, float]:
+    """{weight name: scale} of the activation each named weight multiplies, over every input set."""
+    model = load_model(model)
+    feeds = {name: nodes[0].input[0] for name, nodes in _readers(model, weight_names).items()}
+    observed = sorted(set(feeds.values()))
+    peaks = dict.fromkeys(observed, 0.0)
+    for sample in [inputs] if isinstance(inputs, dict) else inputs:
+        values = _observe(model, observed, sample)
+        for name in observed:
+            if values[name].size:
+                peaks[name] = max(peaks[name], float(np.max(np.abs(values[name]))))
     return {w: (peaks[a] / 127.0 if peaks[a] > 0 else 1.0) for w, a in feeds.items()}
+
+
+def layer_calibrations(model: str | Path | onnx.ModelProto, weight_names: list[str], samples: list[dict],
+                       damping: float, act_order: bool) -> dict[str, feedback.Calibration]:
+    """{weight name: what its codec's error feedback needs}, from :func:`capture_hessians`."""
+    stats = capture_hessians(model, weight_names, samples)
+    return {name: feedback.Calibration(s.xtx, s.rows, damping, act_order) for name, s in stats.items()}
+
+
+def record(data: str | Path, damping: float, act_order: bool) -> dict:
+    """The manifest's ``calibration`` entry: what ``check`` needs to re-encode the layers exactly."""
+    return {"path": str(Path(data).absolute()), "sha256": data_sha256(data), "samples": len(sample_files(data)),
+            "damping": damping, "act_order": act_order}

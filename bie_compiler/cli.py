@@ -83,9 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="llvm",
                    help="llvm (default); cuda (GPU kernels, host code for --mcpu); bitvert (bbs layers offloaded "
                         "to the simulated BitVert accelerator, the rest on the host)")
-    c.add_argument("--calibration", metavar="NPZ", default=None,
-                   help="bitvert: inputs by name (.npz) to calibrate the INT8 activation scales on "
-                        "(default: seeded random inputs, with a warning)")
+    c.add_argument("--calibration", metavar="DATA", default=None,
+                   help="inputs by name (.npz), or a folder of such files: every codec with a feedback hook rounds "
+                        "with error feedback (GPTQ) on what each layer sees; bitvert also calibrates its INT8 "
+                        "activation scales on them (default: data-free rounding; bitvert: seeded random inputs)")
+    c.add_argument("--act-order", action="store_true",
+                   help="with --calibration: round the columns with the largest inputs first (per-channel scales only)")
     c.add_argument("--mcpu", default=None, help="LLVM CPU name (default: this machine's)")
     c.add_argument("--arch", default=None, help="cuda: GPU architecture (default sm_90)")
     c.add_argument("--min-weights", type=int, default=1024, help="weights smaller than this stay dense (default %(default)s)")
@@ -105,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="max relative error against the decoded-weights model (default 1e-4; bitvert: 1e-3 against "
                         "the model with INT8 activations, see parity.BITVERT_TOLERANCE)")
     k.add_argument("--json", action="store_true", help="print the figures as JSON")
+    k.add_argument("--calibration", metavar="DATA", default=None,
+                   help="the calibration data the artefact was compiled with, if moved from the path it records")
 
     r = sub.add_parser("run", help="run an artefact on inputs; with --report, the accelerator report of a bitvert artefact")
     r.add_argument("artefact", help="artefact folder")
@@ -154,7 +159,8 @@ def _compile(args) -> int:
         args.model, args.output, args.codec, options, target=args.target, mcpu=args.mcpu, arch=args.arch,
         min_weights=args.min_weights, skip=tuple(args.skip),
         overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
-        input_shapes=shapes.input_shapes, dims=shapes.dims, progress=None if args.quiet else _progress,
+        input_shapes=shapes.input_shapes, dims=shapes.dims, act_order=args.act_order,
+        progress=None if args.quiet else _progress,
     )
     from .runtime.artefact import manifest_sha256, read_manifest
 
@@ -189,7 +195,7 @@ def _check(args) -> int:
         raise OptionError(f"--tolerance must be a positive number, got {args.tolerance}")
     runner = load(args.artefact, args.expect_sha256)
     inputs = _inputs(args, runner.inputs)
-    result = check_artefact(runner, args.model, inputs, args.tolerance)
+    result = check_artefact(runner, args.model, inputs, args.tolerance, args.calibration)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

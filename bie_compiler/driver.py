@@ -42,6 +42,8 @@ def compile_model(
     calibration: str | Path | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     dims: dict[str, int] | None = None,
+    damping: float | None = None,
+    act_order: bool = False,
     progress=_stderr_progress,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
@@ -50,16 +52,20 @@ def compile_model(
     are ``(name pattern, options)`` pairs for single layers, ``skip`` patterns stay dense.
     ``target`` is "llvm", "cuda" (``arch``: the GPU architecture, default sm_90) or
     "bitvert" (bbs layers offloaded to the simulated BitVert accelerator, their INT8
-    activation scales calibrated on the inputs in the ``calibration`` .npz, or on
-    seeded random inputs with a warning). ``input_shapes`` (input name -> sizes) and ``dims``
-    (symbolic dimension -> size, wherever it appears) fix input sizes at import; the others stay symbolic.
+    activation scales calibrated on the ``calibration`` inputs, or on seeded random
+    inputs with a warning). ``calibration`` (a .npz of inputs by name, or a folder of
+    them) makes every codec with a feedback hook round with error feedback (GPTQ;
+    ``damping``, ``act_order``); without it, rounding is data-free. ``input_shapes`` (input
+    name -> sizes) and ``dims`` (symbolic dimension -> size, wherever it appears) fix input
+    sizes at import; the others stay symbolic.
     """
     from bie_compiler.codegen import LAYER_ATTR, cpu, cuda
     from bie_compiler.codegen.target import describe, make_target
     from bie_compiler.passes import EncodeWeights, EncodingPolicy, PropagateNaN
     from bie_compiler.runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact
 
-    from .calibration import activation_scales, calibration_inputs
+    from .codecs import feedback
+    from .calibration import activation_scales, calibration_inputs, layer_calibrations, record, sample_files
     from .errors import OptionError
     from .shapes import ShapeRequest
 
@@ -70,10 +76,13 @@ def compile_model(
     started = time.perf_counter()
     step = lambda message: progress(f"{message} ({time.perf_counter() - started:.1f} s)")  # noqa: E731
 
-    if calibration is not None and target != "bitvert":
-        raise OptionError(f"--calibration applies to --target bitvert only (target is {target!r})")
-    if calibration is not None and not Path(calibration).is_file():  # before the encoding, not after it
-        raise OptionError(f"--calibration {calibration}: no such file")
+    if calibration is not None:
+        sample_files(calibration)  # refuse missing data before the encoding, not after it
+    if act_order and calibration is None:
+        raise OptionError("--act-order orders error feedback, which needs --calibration")
+    damping = feedback.DAMPING if damping is None else damping
+    if not 0 <= damping < float("inf"):
+        raise OptionError(f"damping must be a finite number >= 0, got {damping}")
     source_path = None if isinstance(model, onnx.ModelProto) else model
     output_folder(output_dir, source_path)  # refuse a folder we may not replace before any work
     step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
@@ -83,8 +92,14 @@ def compile_model(
     def calibrate(names: list[str]) -> dict[str, float]:
         return activation_scales(imported.model, names, calibration_inputs(imported.inputs, calibration))
 
+    def calibrations(names: list[str]) -> dict:
+        step(f"capturing the inputs of {len(names)} layer(s) on {calibration}")
+        samples = calibration_inputs(imported.inputs, calibration)
+        return layer_calibrations(imported.model, names, samples, damping, act_order)
+
     step(f"encoding weights with {codec} {options or ''}".rstrip())
-    encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate)
+    encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate,
+                           calibrations if calibration is not None else None)
     mod = encode(PropagateNaN()(imported.mod))
     kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
                      if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
@@ -110,6 +125,7 @@ def compile_model(
         "kernel_layers": kernel_layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
         "totals": totals(encode.records),
         **device_code,
+        **({"calibration": record(calibration, damping, act_order)} if calibration is not None else {}),
     }
     if target == "bitvert":
         if not encode.offloaded:

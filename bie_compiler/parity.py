@@ -5,6 +5,9 @@ accuracy, and (b) the same model with each encoded weight replaced by the
 codec's reference decoding, which the kernels must match to fp32 accumulation
 error. The encodings are recomputed from the source model and must hash to
 what the artefact recorded, so (b) is the model the artefact really holds.
+An artefact encoded with error feedback records its calibration data (path,
+digest, settings): the layers' statistics are captured again from that data
+(which must hash the same) and the layers re-encoded with them, bit for bit.
 """
 
 from __future__ import annotations
@@ -57,8 +60,12 @@ def make_inputs(specs: list[dict], batch: int = 1, seed: int = 0, npz: str | Pat
     return inputs
 
 
-def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord]) -> onnx.ModelProto:
-    """The model with every encoded weight replaced by decode(encode(weight)), checked against the artefact."""
+def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord], calibrations: dict | None = None) -> onnx.ModelProto:
+    """The model with every encoded weight replaced by decode(encode(weight)), checked against the artefact.
+
+    ``calibrations``: {weight name: codecs.feedback.Calibration} for layers encoded with error feedback.
+    """
+    calibrations = calibrations or {}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     by_name = {init.name: init for init in out.graph.initializer}
@@ -69,7 +76,8 @@ def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord]) -> onnx.Mod
             raise ArtefactError(f"encoded weight {layer.name!r} is not in the source model")
         weight = numpy_helper.to_array(by_name[layer.name])
         module = codecs.get_codec(layer.codec)
-        enc = module.encode(codec_matrix(weight, layer), module.Config(**layer.config))
+        enc = codecs.encode(layer.codec, codec_matrix(weight, layer), module.Config(**layer.config),
+                            calibrations.get(layer.name))
         if enc.sha256() != layer.encoded_sha256:
             raise ArtefactError(
                 f"re-encoding {layer.name!r} does not reproduce the artefact's encoding "
@@ -80,13 +88,13 @@ def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord]) -> onnx.Mod
     return out
 
 
-def quantized_model(model: onnx.ModelProto, layers: list[LayerRecord]) -> onnx.ModelProto:
+def quantized_model(model: onnx.ModelProto, layers: list[LayerRecord], calibrations: dict | None = None) -> onnx.ModelProto:
     """:func:`decoded_model` with the input of every layer offloaded to BitVert rounded to INT8 as the device does.
 
     Before each MatMul, Gemm or Conv reading an offloaded weight: ``clip(round(x / s), -127, 127) * s`` with
     the layer's calibrated activation scale ``s`` (float32, round half to even, as the simulator).
     """
-    out = decoded_model(model, layers)
+    out = decoded_model(model, layers, calibrations)
     scales = {r.name: r.details["activation_scale"] for r in layers if "activation_scale" in r.details}
     nodes = []
     for i, node in enumerate(out.graph.node):
@@ -148,8 +156,29 @@ def compare(outputs: list[np.ndarray], references: list[np.ndarray]) -> dict:
     }
 
 
-def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None = None) -> dict:
+def recorded_calibrations(manifest: dict, model: onnx.ModelProto, layers: list[LayerRecord], data=None) -> dict:
+    """{weight name: Calibration} of the layers encoded with feedback, from the data the manifest records
+    (or ``data``, which must hash the same); {} for an artefact encoded without calibration."""
+    from .calibration import calibration_inputs, data_sha256, layer_calibrations
+
+    entry = manifest.get("calibration")
+    if entry is None:
+        return {}
+    data = data or entry["path"]
+    if not Path(data).exists():
+        raise BieError(f"the artefact was encoded with error feedback on calibration data {entry['path']}, "
+                       "which is not there: pass it with --calibration")
+    if data_sha256(data) != entry["sha256"]:
+        raise BieError(f"{data}: not the calibration data this artefact was encoded with (sha256 differs)")
+    fed = [layer.name for layer in layers if layer.details.get("feedback") == "gptq"]
+    samples = calibration_inputs(manifest["inputs"], data)
+    return layer_calibrations(model, fed, samples, entry["damping"], entry["act_order"]) if fed else {}
+
+
+def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None = None, calibration=None) -> dict:
     """Run the artefact and onnxruntime on the same inputs; ``passed`` if (b) is within tolerance.
+
+    ``calibration``: where the artefact's calibration data is, if not at the path its manifest records.
 
     For a bitvert artefact (b) is :func:`quantized_model`, and ``implied_*`` compare it with the
     original model: the error that INT8 activations and the encoded weights imply.
@@ -170,7 +199,8 @@ def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None
     references = run_onnxruntime(model, inputs)
     original = compare(outputs, references)
     offloaded = manifest["target"]["kind"] == "bitvert"
-    reference = quantized_model(model, layers) if offloaded else decoded_model(model, layers)
+    calibrations = recorded_calibrations(manifest, model, layers, calibration)
+    reference = (quantized_model if offloaded else decoded_model)(model, layers, calibrations)
     reference_outputs = run_onnxruntime(reference, inputs)
     decoded = compare(outputs, reference_outputs)
     implied = compare(reference_outputs, references) if offloaded else {}

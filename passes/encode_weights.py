@@ -216,11 +216,14 @@ class EncodeWeights:
     """Module pass: encode every eligible weight per the policy; what it did is in ``records``."""
 
     def __init__(self, model: ImportedModel, policy: EncodingPolicy, target, progress=lambda msg: None,
-                 activation_scales=None):
+                 activation_scales=None, calibrations=None):
         """``activation_scales(weight names) -> {name: scale}``: the calibrated INT8 scale of the activation
-        each named weight multiplies; the bitvert target needs it for the weights it offloads."""
+        each named weight multiplies; the bitvert target needs it for the weights it offloads.
+        ``calibrations(weight names) -> {name: codecs.feedback.Calibration}``: the layers' calibration
+        statistics; given, codecs that take them round with error feedback."""
         self.model, self.policy, self.target, self.progress = model, policy, target, progress
         self.activation_scales = activation_scales
+        self.calibrations = calibrations
         self.records: list[LayerRecord] = []
         self.offloaded: list[tuple[str, dict]] = []  # (name, weight profile per accelerator), by layer index
 
@@ -240,6 +243,8 @@ class EncodeWeights:
         choices = {u.name: self.policy.choose(u.name, u.weight.size) for u in uses}
         reasons = {u.name: self._fallback(u, *choices[u.name]) for u in uses}
         configs = self._plan({u.name: u for u in uses if reasons[u.name] is None}, choices)
+        fed = [u.name for u in uses if reasons[u.name] is None and codecs.takes_calibration(choices[u.name][0])]
+        calibrations = self.calibrations(fed) if self.calibrations and fed else {}
         decisions, self.records = {}, []
         for use in uses:
             record = LayerRecord(name=use.name, op=use.op, shape=list(use.weight.shape), codec="dense",
@@ -247,13 +252,16 @@ class EncodeWeights:
                                  fallback_reason=reasons[use.name], transposed=use.transposed)
             if reasons[use.name] is None:
                 codec, config = choices[use.name][0], configs[use.name]
-                enc = self._encode(use, codec, config)
+                enc = self._encode(use, codec, config, calibrations.get(use.name))
                 decisions[use.name] = codec, enc
                 module = codecs.get_codec(codec)
                 record.codec, record.bytes_encoded = codec, enc.nbytes
                 record.config, record.encoded_sha256 = codecs.config_dict(config), enc.sha256()
                 record.details = {**(module.report(enc) if hasattr(module, "report") else {}),
                                   **{f"header.{k}": v for k, v in enc.header.items()}}
+                if self.calibrations:
+                    record.details.update(codecs.feedback_report(codec, use.matrix(), config,
+                                                                 calibrations.get(use.name), enc))
             self.records.append(record)
         programs = self._offload({u.name: u for u in uses}, decisions)
         mod = _WeightRewriter(mod, self.model, self.target, decisions, programs).run()
@@ -290,9 +298,10 @@ class EncodeWeights:
                 configs.update(module.plan({n: eligible[n].matrix() for n in names}, {n: configs[n] for n in names}))
         return configs
 
-    def _encode(self, use: WeightUse, codec: str, config):
-        self.progress(f"encoding {use.name} {list(use.weight.shape)} with {codec}")
+    def _encode(self, use: WeightUse, codec: str, config, calibration=None):
+        how = " and error feedback" if calibration is not None else ""
+        self.progress(f"encoding {use.name} {list(use.weight.shape)} with {codec}{how}")
         try:
-            return codecs.get_codec(codec).encode(use.matrix(), config)
+            return codecs.encode(codec, use.matrix(), config, calibration)
         except CodecError as e:
             raise CodecError(f"weight {use.name!r}: {e}") from None

@@ -62,6 +62,7 @@ MANIFEST = {
     "kernel_layers": MapOf(NAME),
     "files": MapOf({"sha256": SHA256, "bytes": int}),
     "device_code?": {"source": NAME, "layer_kernels": MapOf([Pattern(r"\w{1,512}")])},
+    "calibration?": {"path": str, "sha256": SHA256, "samples": int, "damping": float, "act_order": bool},
     "bitvert?": {"calibration": (str, NONE), "layers": [Pair(NAME, MapOf(MapOf((float, str))))]},
 }
 

@@ -193,7 +193,8 @@ def option_cases() -> list[Case]:
         (["--override", "w"], "expected PATTERN:key=value"), (["--override", "w:bits"], "expected PATTERN:key=value"),
         (["--override", ":bits=4"], "expected PATTERN:key=value"), (["--override", "w:codec=nope"], "unknown codec"),
         (["--override", "w:bits=4.5"], "expected an integer"), (["--override", "w:colour=red"], "does not take option"),
-        (["--calibration", "none.npz"], "--calibration applies to --target bitvert only"),
+        (["--calibration", "none.npz"], "none.npz: no such file or folder"),
+        (["--act-order"], "needs --calibration"),
         (["--target", "bitvert", "--codec", "bbs", "--calibration", "none.npz"], "no such file"),
         (["--bits", "4", "--levels", "15"], "does not take option"),
     ]

@@ -108,18 +108,14 @@ def test_cli_compile_check_run_report(model_dir, tmp_path):
     assert "BitVert over stripes" in ran.stdout
 
 
-def test_calibration_needs_the_bitvert_target(model_dir, tmp_path, capsys):
+def test_missing_calibration_data_is_refused_before_any_work(model_dir, tmp_path, capsys):
     from bie_compiler.cli import main
 
-    np.savez(tmp_path / "calib.npz", x=np.zeros((1, 256), np.float32))
-    argv = ["compile", str(model_dir["mlp"]), "--codec", "bbs", "-o", str(tmp_path / "out"), "--calibration",
-            str(tmp_path / "calib.npz")]
+    argv = ["compile", str(model_dir["mlp"]), "--codec", "bbs", "-o", str(tmp_path / "out"), "--target", "bitvert",
+            "--calibration", str(tmp_path / "missing.npz")]
     assert main(argv) == 2 and not (tmp_path / "out").exists()
-    capsys.readouterr()
-    missing = [*argv[:-1], str(tmp_path / "missing.npz"), "--target", "bitvert"]
-    assert main(missing) == 2 and not (tmp_path / "out").exists()
     err = capsys.readouterr().err
-    assert "missing.npz: no such file" in err and "encoding" not in err  # refused before any work
+    assert "missing.npz: no such file or folder" in err and "encoding" not in err
 
 
 def test_nothing_to_offload_is_said(model_dir, tmp_path):

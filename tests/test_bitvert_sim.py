@@ -157,7 +157,7 @@ def test_activation_calibration(model_dir):
 
     model = load_model(model_dir["mlp"])
     with pytest.warns(BieWarning, match="seeded random inputs"):
-        inputs = calibration_inputs(value_info(model.graph.input), None, seed=1, batch=4)
+        [inputs] = calibration_inputs(value_info(model.graph.input), None, seed=1, batch=4)
     scales = activation_scales(model, ["fc1.weight", "fc2.weight"], inputs)
     assert scales["fc1.weight"] == pytest.approx(np.abs(inputs["x"]).max() / 127, rel=1e-7)
     # fc2 reads relu(x @ fc1 + b1)

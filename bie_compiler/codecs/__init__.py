@@ -2,18 +2,21 @@
 
 A codec module defines ``NAME``, a frozen ``Config`` dataclass (its options,
 validated on construction), ``encode(weight [N, K], config) -> Encoded`` and
-``decode(Encoded) -> float32 [N, K]``, the reference decoder.
+``decode(Encoded) -> float32 [N, K]``, the reference decoder. A codec that
+rounds with error feedback takes ``encode(weight, config, calibration)``
+(a :class:`feedback.Calibration`; see :func:`takes_calibration`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import typing
 from types import ModuleType
 
 from ..errors import OptionError
-from . import bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, int8, tans
+from . import bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, feedback, int8, tans
 from .base import Encoded
 
 CODECS: dict[str, ModuleType] = {
@@ -26,6 +29,32 @@ def get_codec(name: str) -> ModuleType:
         return CODECS[name]
     except KeyError:
         raise OptionError(f"unknown codec {name!r}; choose one of: {', '.join(CODECS)}") from None
+
+
+def takes_calibration(codec: str) -> bool:
+    """Whether the codec rounds with error feedback when given calibration statistics."""
+    return "calibration" in inspect.signature(get_codec(codec).encode).parameters
+
+
+def encode(codec: str, matrix, config, calibration: feedback.Calibration | None = None) -> Encoded:
+    """Encode [N, K] with ``codec``: with error feedback when ``calibration`` is given and the codec takes it."""
+    module = get_codec(codec)
+    if calibration is not None and takes_calibration(codec):
+        return module.encode(matrix, config, calibration)
+    return module.encode(matrix, config)
+
+
+def feedback_report(codec: str, matrix, config, calibration: feedback.Calibration | None, enc: Encoded) -> dict:
+    """What calibration did to a layer: its relative output error on the calibration data, with and
+    without feedback, or why it was encoded without."""
+    if calibration is None:
+        why = "no feedback hook" if not takes_calibration(codec) else "no calibration input reached it"
+        return {"feedback": f"none ({why}): data-free rounding"}
+    module = get_codec(codec)
+    rtn = module.decode(module.encode(matrix, config))
+    return {"feedback": "gptq",
+            "feedback.output_error": feedback.output_error(matrix, module.decode(enc), calibration.xtx),
+            "feedback.rtn_output_error": feedback.output_error(matrix, rtn, calibration.xtx)}
 
 
 def make_config(codec: str, options: dict) -> object:
@@ -79,4 +108,4 @@ def config_dict(config: object) -> dict:
     return dataclasses.asdict(config)
 
 
-__all__ = ["CODECS", "Encoded", "config_dict", "get_codec", "make_config"]
+__all__ = ["CODECS", "Encoded", "config_dict", "encode", "feedback_report", "get_codec", "make_config", "takes_calibration"]

@@ -55,7 +55,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import int8
+from . import feedback, int8
 from .base import Encoded, check_weight
 
 NAME = "bbs"
@@ -269,10 +269,65 @@ def prune(weight: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray, n
     return values, scales, np.concatenate([sensitive, pruned]), result
 
 
-def encode(weight: np.ndarray, config: Config) -> Encoded:
+class _FeedbackGrid:
+    """A :class:`feedback.Grid` for bbs: INT8 codes on sensitive rows; on pruned rows, per group of 32, the
+    constants (free columns, offset) chosen from the updated weights when the group is reached, then each
+    column rounded to ``kept * 2^shift + offset`` with ``kept`` in the (8 - N)-bit range the format stores."""
+
+    group = GROUP
+
+    def __init__(self, scales: np.ndarray, pruned: np.ndarray, k: int, config: Config):
+        self.scales, self.pruned, self.config = scales.astype(np.float64), pruned, config
+        self.is_pruned = np.zeros(len(scales), bool)
+        self.is_pruned[pruned] = True
+        kg = -(-k // GROUP)
+        self.values = np.zeros((len(scales), kg * GROUP), np.int32)
+        self.kept = np.zeros((len(pruned), kg, GROUP), np.int32)
+        self.meta = np.zeros((len(pruned), kg), np.uint8)
+        limit = 1 << (7 - config.pruned_columns)
+        self.kept_range = (-(limit - 1), limit - 1) if config.method == "zps" else (-limit, limit - 1)
+
+    def _int8(self, values: np.ndarray) -> np.ndarray:
+        return values / np.where(self.scales > 0, self.scales, 1.0)
+
+    def start_group(self, columns: np.ndarray, weights: np.ndarray, importance: np.ndarray) -> None:
+        g = int(columns[0]) // GROUP
+        q = np.zeros((len(self.pruned), GROUP), np.int32)
+        q[:, : len(columns)] = np.clip(np.rint(self._int8(weights.T).T[self.pruned]), -int8.QMAX, int8.QMAX)
+        valid = np.broadcast_to(np.arange(GROUP) < len(columns), q.shape)
+        self.meta[:, g] = PRUNE[self.config.method](q, valid, self.config.pruned_columns).meta
+        shift, offset = group_offsets(self.meta[:, g], self.config.pruned_columns, self.config.method)
+        self.step, self.offset = (1 << shift).astype(np.float64), offset
+
+    def round(self, column: int, values: np.ndarray) -> np.ndarray:
+        x = self._int8(values)
+        codes = np.clip(np.rint(x), -int8.QMAX, int8.QMAX).astype(np.int32)
+        kept = np.clip(np.rint((x[self.pruned] - self.offset) / self.step), *self.kept_range).astype(np.int32)
+        codes[self.pruned] = kept * self.step.astype(np.int32) + self.offset
+        g, j = divmod(column, GROUP)
+        self.kept[:, g, j] = kept
+        self.values[:, column] = codes
+        return codes * self.scales
+
+
+def prune_with_feedback(weight: np.ndarray, config: Config, calibration: feedback.Calibration):
+    """:func:`prune` with error feedback (:mod:`.feedback`): the same results, the groups rounded in K order."""
+    _, scales = int8.quantize(weight)
+    n, k = weight.shape
+    count = sensitive_count(config, scales)
+    by_scale = np.argsort(-scales, kind="stable")
+    sensitive, pruned = np.sort(by_scale[:count]), np.sort(by_scale[count:])
+    grid = _FeedbackGrid(scales, pruned, k, config)
+    feedback.quantize(weight, calibration, grid)
+    groups = PrunedGroups(grid.values[pruned].reshape(-1, GROUP), grid.kept.reshape(-1, GROUP), grid.meta.reshape(-1))
+    return grid.values[:, :k], scales, np.concatenate([sensitive, pruned]), groups
+
+
+def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
     w = check_weight(weight)
     n, k = w.shape
-    values, scales, stored, groups = prune(w, config)
+    values, scales, stored, groups = prune(w, config) if calibration is None else prune_with_feedback(w, config,
+                                                                                                       calibration)
     count = sensitive_count(config, scales)
     padded, _ = grouped(values)
     kg = padded.shape[1] // GROUP

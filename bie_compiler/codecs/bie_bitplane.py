@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CodecError
+from . import feedback, uniform
 from .base import Encoded, check_weight, pack_bits, packed_width, unpack_bits
 
 NAME = "bie-bitplane"
@@ -53,35 +54,32 @@ def scale_group(k: int, group_size: int) -> int:
     return group_size or 8 * packed_width(k)
 
 
-def quantize(weight: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric quantization: integer codes [N, K] and float32 scales [N, groups over padded K]."""
+def quantize(weight: np.ndarray, config: Config,
+             calibration: feedback.Calibration | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric quantization: integer codes [N, K] and float32 scales [N, groups over padded K].
+
+    With ``calibration``, the codes come from error feedback (:mod:`.feedback`), each group's
+    scale searched when the feedback reaches it.
+    """
     w = check_weight(weight)
     n, k = w.shape
     group = scale_group(k, config.group_size)
     groups = -(-8 * packed_width(k) // group)
+    qmax = 2 ** config.magnitude_bits - 1
+    if calibration is not None:
+        codes, scales = uniform.quantize_with_feedback(w, calibration, qmax, CLIP_RATIOS, group, groups)
+        return codes.astype(np.int32), scales
     padded = np.zeros((n, groups * group), np.float32)
     padded[:, :k] = w
-    qmax = 2 ** config.magnitude_bits - 1
-    grouped = padded.reshape(n, groups, group)
-    full_range = np.abs(grouped).max(axis=2) / np.float32(qmax)
-    best_scales, best_error = full_range, None
-    for ratio in CLIP_RATIOS:
-        scales = (full_range * ratio).astype(np.float32)
-        safe = np.where(scales > 0, scales, np.float32(1))[..., None]
-        error = ((np.clip(np.rint(grouped / safe), -qmax, qmax) * safe - grouped) ** 2).sum(axis=2)
-        if best_error is None:
-            best_scales, best_error = scales, error
-        else:
-            better = error < best_error
-            best_scales, best_error = np.where(better, scales, best_scales), np.where(better, error, best_error)
+    best_scales = uniform.clip_search(padded.reshape(n, groups, group), qmax, CLIP_RATIOS)
     per_weight = np.repeat(best_scales, group, axis=1)[:, :k]
     safe = np.where(per_weight > 0, per_weight, np.float32(1))
     codes = np.clip(np.rint(w / safe), -qmax, qmax).astype(np.int32)
     return codes, best_scales
 
 
-def encode(weight: np.ndarray, config: Config) -> Encoded:
-    codes, scales = quantize(weight, config)
+def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
+    codes, scales = quantize(weight, config, calibration)
     magnitude = np.abs(codes)
     m = config.magnitude_bits
     planes = np.stack([pack_bits((magnitude >> (m - 1 - b)) & 1) for b in range(config.kept_planes)])

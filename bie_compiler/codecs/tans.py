@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import tans_coder
+from . import feedback, tans_coder, uniform
 from .base import Encoded, check_weight
 
 NAME = "tans"
@@ -65,33 +65,31 @@ def rows_per_stream(k: int, config: Config) -> int:
     return max(1, -(-config.stream_symbols // k))
 
 
-def quantize(weight: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes [N, K] in [-m, m] and float32 steps [N], the step per channel by least squared error."""
+def quantize(weight: np.ndarray, levels: int,
+             calibration: feedback.Calibration | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes [N, K] in [-m, m] and float32 steps [N], the step per channel by least squared error.
+
+    With ``calibration``, the codes come from error feedback (:mod:`.feedback`) and the step
+    search weighs each column by the feedback's cost of rounding it.
+    """
     w = check_weight(weight)
     m = levels // 2
-    full_range = np.abs(w).max(axis=1) / np.float32(m)
-    best_steps, best_error = None, None
-    for ratio in STEP_RATIOS:  # ties keep the larger step: weights on its grid round-trip exactly
-        steps = (full_range * ratio).astype(np.float32)
-        safe = np.where(steps > 0, steps, np.float32(1))[:, None]
-        error = ((np.clip(np.rint(w / safe), -m, m) * safe - w) ** 2).sum(axis=1)
-        if best_error is None:
-            best_steps, best_error = steps, error
-        else:
-            better = error < best_error
-            best_steps, best_error = np.where(better, steps, best_steps), np.where(better, error, best_error)
-    safe = np.where(best_steps > 0, best_steps, np.float32(1))[:, None]
-    return np.clip(np.rint(w / safe), -m, m).astype(np.int64), best_steps
+    if calibration is not None:
+        codes, steps = uniform.quantize_with_feedback(w, calibration, m, STEP_RATIOS, w.shape[1])
+        return codes, steps[:, 0]
+    steps = uniform.clip_search(w, m, STEP_RATIOS)
+    safe = np.where(steps > 0, steps, np.float32(1))[:, None]
+    return np.clip(np.rint(w / safe), -m, m).astype(np.int64), steps
 
 
 def dequantize(codes: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return (codes.astype(np.float32) * steps[:, None]).astype(np.float32)
 
 
-def encode(weight: np.ndarray, config: Config) -> Encoded:
+def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
     if not config.fixed_levels:
         config = plan({"weight": weight}, {"weight": config})["weight"]
-    return _entropy_code(*quantize(weight, config.fixed_levels), config)
+    return _entropy_code(*quantize(weight, config.fixed_levels, calibration), config)
 
 
 def _entropy_code(codes: np.ndarray, steps: np.ndarray, config: Config) -> Encoded:
