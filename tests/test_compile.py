@@ -55,7 +55,7 @@ def test_artefact_size_shows_the_compression(artefacts, codec):
     manifest = bie_compiler.load(artefacts["mlp", codec]).manifest
     totals = manifest["totals"]
     so_bytes = (artefacts["mlp", codec] / LIBRARY).stat().st_size
-    assert totals["bytes_encoded"] < totals["bytes_dense"] / 4
+    assert totals["bytes_encoded"] < totals["bytes_dense"] / 3.9  # int8: 8 bits and a scale per channel
     # model.so = encoded weights + biases + code (well under the 1 MiB of dense weights)
     assert so_bytes < totals["bytes_encoded"] + 400_000 < totals["bytes_dense"]
 
