@@ -23,22 +23,17 @@ BLOCK = "dense"
 
 def gemv(n: int, k: int) -> tirx.PrimFunc:
     """``f(x [m, K], weight [N, K], out [m, N])``, ``out = x @ weight.T``, any m."""
-    weight = te.placeholder((n, k), "float32", "weight")
-    return gemv_of(lambda c, kk: weight[c, kk], [weight], n, k)
-
-
-def gemv_of(weight, holders: list[te.Tensor], n: int, k: int) -> tirx.PrimFunc:
-    """``f(x [m, K], *holders, out [m, N])``, ``out[m, c] = sum_kk x[m, kk] * weight(c, kk)``, the weight computed
-    in the FMA loop (the INT8 kernels' GEMV: a conversion and a scale per weight, no row buffer)."""
     kp = -(-k // PACK_LANES) * PACK_LANES
     x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
+    weight = te.placeholder((n, k), "float32", "weight")
     zero = tirx.const(0, "float32")
     xpad = te.compute((x.shape[0], kp), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
-    row = te.compute((n, kp), lambda c, kk: te.if_then_else(kk < k, weight(c, kk), zero), name="decoded")
+    row = te.compute((n, kp), lambda c, kk: te.if_then_else(kk < k, weight[c, kk], zero), name="decoded")
     rk = te.reduce_axis((0, kp), "rk")
     out = te.compute((x.shape[0], n), lambda m, c: te.sum(xpad[m, rk] * row[c, rk], axis=rk), name=BLOCK)
-    sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
+    sch = s_tir.Schedule(te.create_prim_func([x, weight, out]))
     sch.work_on("main")
     decode_once.schedule_llvm(sch, BLOCK)
     sch.compute_inline(sch.get_sblock("decoded"))
     return sch.mod["main"]
+

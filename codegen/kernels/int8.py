@@ -6,9 +6,10 @@ Both codecs store integers per weight and one scale per output channel;
 value is ``kept << (N - z)``. :class:`Int8Weights` is that integer as a TE
 function of ``(n, kk)`` plus the constants it reads; the kernels are shared:
 
-* one row: the dense GEMV schedule (:func:`.dense.gemv_of`), each weight
-  converted and scaled in the 16-lane FMA loop, so a channel streams its bytes
-  once (activations stay fp32: parity with the decoded-weights model);
+* one row: channels in parallel, each channel's weights converted and scaled
+  inside its 16-lane FMA loop (the :mod:`.decode_once` schedule with the row
+  buffer inlined), so a channel streams its bytes once; activations stay fp32
+  (parity with the decoded-weights model);
 * convs and several rows: the decode kernel (:mod:`.decode`) writing
   ``float(q) * scale``, the reference decoders' value, for the dense op.
 """
@@ -19,12 +20,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from tvm import te, tirx
+from tvm import s_tir, te, tirx
 
 from bie_compiler.codecs import bbs
-from bie_compiler.codecs.base import Encoded
+from bie_compiler.codecs.base import PACK_LANES, Encoded
 
-from . import bbs_decoded, decode, dense
+from . import bbs_decoded, decode, decode_once
+
+BLOCK = "int8_gemv"
 
 
 @dataclass
@@ -65,9 +68,21 @@ class Int8Weights:
 
 
 def gemv(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
-    """``f(x [m, K], *constants, out [m, N])``, for one row (any m is exact)."""
+    """``f(x [m, K], *constants, out [m, N])``, ``out = x @ W.T``, for one row (any m is exact)."""
     holders = weights.holders()
-    return dense.gemv_of(weights.weight(holders), holders, n, k)
+    weight = weights.weight(holders)
+    kp = -(-k // PACK_LANES) * PACK_LANES
+    x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
+    zero = tirx.const(0, "float32")
+    xpad = te.compute((x.shape[0], kp), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
+    row = te.compute((n, kp), lambda c, kk: te.if_then_else(kk < k, weight(c, kk), zero), name="decoded")
+    rk = te.reduce_axis((0, kp), "rk")
+    out = te.compute((x.shape[0], n), lambda m, c: te.sum(xpad[m, rk] * row[c, rk], axis=rk), name=BLOCK)
+    sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
+    sch.work_on("main")
+    decode_once.schedule_llvm(sch, BLOCK)
+    sch.compute_inline(sch.get_sblock("decoded"))
+    return sch.mod["main"]
 
 
 def decoder(weights: Int8Weights, into: decode.Layout, x_ndim: int) -> tirx.PrimFunc:
