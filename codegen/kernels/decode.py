@@ -72,21 +72,65 @@ def activation(ndim: int) -> te.Tensor:
     return te.placeholder(tuple(te.var(f"d{i}", "int64") for i in range(ndim)), "float32", "x")
 
 
+def _lanes(extent: int) -> int:
+    """The widest vector (up to 16 lanes) that divides ``extent``: vectorized loops with a tail would scalarize."""
+    return next(v for v in (PACK_LANES, 8, 4, 2, 1) if extent % v == 0)
+
+
 def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int) -> tirx.PrimFunc:
     """Scheduled ``f(x, *holders, W)`` with ``W[index] = weight(*layout.source(index))``.
 
-    Schedule: the output as one flat loop, 16-lane vectors of it in parallel
-    (16 divides every layout's size here but the odd conv; then a smaller power of two).
+    The codecs' arrays run along K within a channel, so vectors must run along K
+    to read them contiguously; where the output runs otherwise (a matmul's
+    [K, N], a conv's in-channels outside its kh x kw) a tile is decoded along K
+    into a buffer, then written out along the output's rows (see
+    :func:`_transposed`). Where both agree (1x1 and depthwise convs), the
+    output is one flat loop of vectors in parallel.
     """
     x = activation(x_ndim)
     out = te.compute(layout.shape, lambda *index: weight(*layout.source(*index)), name="decoded")
     sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
     sch.work_on("main")
     block = sch.get_sblock("decoded")
-    fused = sch.fuse(*sch.get_loops(block))
-    lanes = next(v for v in (PACK_LANES, 8, 4, 2, 1) if layout.size % v == 0)
-    outer, inner = sch.split(fused, [None, lanes])
-    sch.parallel(outer)
-    if lanes > 1:
-        sch.vectorize(inner)
+    if not layout.conv:
+        _transposed(sch, block)
+    elif layout.shape[1] > 1 and layout.shape[2] * layout.shape[3] > 1:
+        _per_channel(sch, block)
+    else:
+        fused = sch.fuse(*sch.get_loops(block))
+        lanes = _lanes(layout.size)
+        outer, inner = sch.split(fused, [None, lanes])
+        sch.parallel(outer)
+        if lanes > 1:
+            sch.vectorize(inner)
     return sch.mod["main"]
+
+
+def _transposed(sch: s_tir.Schedule, block) -> None:
+    """[K, N] in tiles of (up to) 16 x 16: decoded along K into a tile buffer, written out along N; tiles in parallel."""
+    kk, n = sch.get_loops(block)
+    extents = [int(sch.get(loop).extent) for loop in (kk, n)]
+    k_outer, k_inner = sch.split(kk, [None, _lanes(extents[0])])
+    n_outer, n_inner = sch.split(n, [None, _lanes(extents[1])])
+    sch.reorder(n_outer, k_outer, n_inner, k_inner)
+    write = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(write, k_outer)
+    if extents[0] % PACK_LANES == 0:
+        sch.vectorize(k_inner)
+    if extents[1] % PACK_LANES == 0:
+        sch.vectorize(sch.get_loops(write)[-1])  # the tile's columns
+    sch.parallel(sch.fuse(n_outer, k_outer))
+
+
+def _per_channel(sch: s_tir.Schedule, block) -> None:
+    """OIHW with I > 1 and kh x kw > 1: per output channel, decoded along K = (kh, kw, in) into a buffer, then
+    written out in (in, kh, kw) order; channels in parallel."""
+    o, c, r, s = sch.get_loops(block)
+    sch.reorder(o, r, s, c)
+    write = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(write, o)
+    in_channels = int(sch.get(c).extent)
+    lanes = _lanes(in_channels)
+    if lanes > 1:
+        sch.vectorize(sch.split(c, [None, lanes])[1])
+    sch.parallel(o)
