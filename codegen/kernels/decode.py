@@ -83,8 +83,8 @@ def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int) -
     The codecs' arrays run along K within a channel, so vectors must run along K
     to read them contiguously; where the output runs otherwise (a matmul's
     [K, N], a conv's in-channels outside its kh x kw) a tile is decoded along K
-    into a buffer, then written out along the output's rows (see
-    :func:`_transposed`). Where both agree (1x1 and depthwise convs), the
+    into a buffer laid out along K (contiguous vector stores; a scatter across it
+    was slower), then written out along the output's rows, gathering from it. Where both agree (1x1 and depthwise convs), the
     output is one flat loop of vectors in parallel.
     """
     x = activation(x_ndim)
@@ -114,6 +114,7 @@ def _transposed(sch: s_tir.Schedule, block) -> None:
     n_outer, n_inner = sch.split(n, [None, _lanes(extents[1])])
     sch.reorder(n_outer, k_outer, n_inner, k_inner)
     write = sch.cache_write(block, 0, "global")
+    sch.transform_layout(block, ("write", 0), lambda k, n: (n, k))  # the tile stored along K: contiguous vectors
     sch.reverse_compute_at(write, k_outer)
     if extents[0] % PACK_LANES == 0:
         sch.vectorize(k_inner)
@@ -128,6 +129,7 @@ def _per_channel(sch: s_tir.Schedule, block) -> None:
     o, c, r, s = sch.get_loops(block)
     sch.reorder(o, r, s, c)
     write = sch.cache_write(block, 0, "global")
+    sch.transform_layout(block, ("write", 0), lambda o, c, r, s: (o, r, s, c))  # the buffer along K
     sch.reverse_compute_at(write, o)
     in_channels = int(sch.get(c).extent)
     lanes = _lanes(in_channels)
