@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> dict:
     from bie_compiler.codecs import tans
     from bie_compiler.codegen import kernel_for, tans_layout
     from bie_compiler.codegen.kernels import tans_matmul
+    from bie_compiler.codegen.kernels.decode import Layout
     from bie_compiler.codegen.target import make_target
 
     size = args.size
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
     build = lambda f: tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target).mod["main"]  # noqa: E731
     call = kernel_for(enc, target)
     fused = build(call.func)
-    decoder = build(tans_matmul.decode_weights(**tans_layout(enc)))
+    decoder = build(tans_matmul.decode_weights(**tans_layout(enc), into=Layout.matmul(size, size), x_ndim=2))
     consts = [tvm.runtime.tensor(c) for c in call.constants]
     x = np.random.default_rng(SEED + 1).standard_normal((1, size)).astype(np.float32)
     x_tvm, y_tvm, dense = tvm.runtime.tensor(x), tvm.runtime.empty((1, size), "float32"), tvm.runtime.empty((size, size), "float32")
@@ -93,18 +94,18 @@ def run(args: argparse.Namespace) -> dict:
     fused(x_tvm, *consts, y_tvm)
     ref = x.astype(np.float64) @ decoded.T.astype(np.float64)
     rel_error = float(np.abs(y_tvm.numpy() - ref).max() / np.abs(ref).max())
-    decoder(*consts, dense)
-    if rel_error > MAX_REL_ERROR or not np.array_equal(dense.numpy(), decoded):
+    decoder(x_tvm, *consts, dense)
+    if rel_error > MAX_REL_ERROR or not np.array_equal(dense.numpy(), decoded.T):
         raise SystemExit(f"TVM tANS kernels disagree with the reference decoder (matmul rel. error {rel_error:.2e})")
     del dense, decoded
 
     symbols = size * size
     out_dense = tvm.runtime.empty((size, size), "float32")
     set_tvm_threads(1)
-    decode_1 = median_seconds(lambda: decoder(*consts, out_dense), CALLS, args.repeats)
+    decode_1 = median_seconds(lambda: decoder(x_tvm, *consts, out_dense), CALLS, args.repeats)
     fused_1 = median_seconds(lambda: fused(x_tvm, *consts, y_tvm), CALLS, args.repeats)
     set_tvm_threads(args.threads)
-    decode_n = median_seconds(lambda: decoder(*consts, out_dense), CALLS, args.repeats)
+    decode_n = median_seconds(lambda: decoder(x_tvm, *consts, out_dense), CALLS, args.repeats)
     fused_n = median_seconds(lambda: fused(x_tvm, *consts, y_tvm), CALLS, args.repeats)
 
     feed = {"x": x}

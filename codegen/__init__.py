@@ -3,7 +3,10 @@
 ``KERNELS`` maps (codec, op, target kind) to a builder ``(Encoded, ConvSpec | None)
 -> KernelCall``. A matmul kernel is ``f(x [M, K], *constants, out [M, N])`` with a
 symbolic M; a conv kernel is ``f(x NCHW, *constants, out NCHW)`` for the conv
-described by its ConvSpec (weights in codec layout [O, kh * kw * I], I fastest).
+described by its ConvSpec (weights in codec layout [O, kh * kw * I / groups], I fastest).
+On the CPU, convs and matmuls above one row get a *decode kernel* instead
+(``KernelCall.decodes``, :mod:`.kernels.decode`): the dense weight for the plain
+op, decoded once per call, the multiplication left to the dense schedules.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from bie_compiler.codecs import Encoded, bbs, bie_binary, bie_bitplane, bie_blocked, tans
+from bie_compiler.codecs import Encoded, bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, tans
+from bie_compiler.codecs import int8 as int8_codec
 from bie_compiler.codecs.base import packed_width
 
-from .kernels import bbs_cuda, bbs_decoded, bbs_lut, bitplane, dense, sparse_index, sparse_index_cuda, tans_cuda, tans_matmul
+from .kernels import (bbs_cuda, bbs_decoded, bbs_lut, bitplane, decode, dense, int8, sparse_index, sparse_index_cuda,
+                      tans_cuda, tans_matmul)
 
 KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kernel kind
 LAYER_ATTR = "bie.layer"  # on our kernels in the IRModule: the name of the weight they compute from
@@ -25,12 +30,13 @@ LAYER_ATTR = "bie.layer"  # on our kernels in the IRModule: the name of the weig
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """A 2-D convolution, NCHW data and OIHW weights, groups = 1."""
+    """A 2-D convolution, NCHW data and OIHW weights."""
 
     strides: tuple[int, int]
     padding: tuple[int, int, int, int]  # top, left, bottom, right
     dilation: tuple[int, int]
-    kernel_shape: tuple[int, int, int, int]  # O, I, kh, kw
+    kernel_shape: tuple[int, int, int, int]  # O, I / groups, kh, kw
+    groups: int = 1
 
 
 SMALL_BATCH_ROWS = 1  # matmuls with at most this many rows use ``func``; larger ones ``large_batch``
@@ -40,14 +46,33 @@ SMALL_BATCH_ROWS = 1  # matmuls with at most this many rows use ``func``; larger
 class KernelCall:
     """A scheduled PrimFunc and the constants it reads after the activation.
 
-    ``large_batch``, if set, is a matmul kernel over the same constants that is
-    faster above SMALL_BATCH_ROWS rows; the pass dispatches on the row count.
+    ``large_batch``, if set, is a kernel over the same constants for matmuls
+    above SMALL_BATCH_ROWS rows; the pass dispatches on the row count.
+    ``decodes``: ``func`` is a decode kernel ``f(x, *constants, W)`` (``x`` not
+    read), ``W`` the weight of the plain op (matmul: [K, N]; conv: OIHW).
     """
 
     kind: str
     func: tirx.PrimFunc
     constants: list[np.ndarray]
     large_batch: "KernelCall | None" = None
+    decodes: bool = False
+
+
+def _into(enc: Encoded, conv: ConvSpec | None) -> tuple[decode.Layout, int]:
+    """The layout a decode kernel writes and the rank of the activation it takes."""
+    if conv is None:
+        return decode.Layout.matmul(*enc.shape), 2
+    return decode.Layout.conv2d(conv.kernel_shape), 4
+
+
+def _with_decoder(small: KernelCall | None, decoder: tirx.PrimFunc, kind: str, constants, conv) -> KernelCall:
+    """A conv: the decode kernel alone. A matmul: ``small`` for one row, the decode kernel above."""
+    decoding = KernelCall(f"{kind}_decode", decoder, constants, decodes=True)
+    if conv is not None:
+        return decoding
+    small.large_batch = decoding
+    return small
 
 
 def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
@@ -62,9 +87,12 @@ def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     if _on_gpu():  # the planes and signs as 32-bit words: a warp reads 128 bytes of each per step
         constants = [bitplane.as_words(planes), bitplane.as_words(signs), scales]
 
+    def placeholders() -> list[te.Tensor]:
+        return [te.placeholder(a.shape, a.dtype.name, name) for name, a in zip(("planes", "signs", "scales"), constants)]
+
     def scheduled(compute, schedule) -> tirx.PrimFunc:
         x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
-        holders = [te.placeholder(a.shape, a.dtype.name, name) for name, a in zip(("planes", "signs", "scales"), constants)]
+        holders = placeholders()
         sch = s_tir.Schedule(te.create_prim_func([x, *holders, compute(x, *holders, k=k, top_bit=top_bit, group=group)]))
         sch.work_on("main")
         schedule(sch)
@@ -72,8 +100,11 @@ def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 
     if _on_gpu():  # one bit-serial kernel for every batch: rows are thread blocks
         return KernelCall("bitplane", scheduled(bitplane.compute_words, bitplane.schedule_cuda), constants)
-    large = KernelCall("bitplane_decoded", scheduled(bitplane.compute_decoded, bitplane.schedule_decoded_llvm), constants)
-    return KernelCall("bitplane", scheduled(bitplane.compute, bitplane.schedule_llvm), constants, large)
+    holders = placeholders()
+    weight = bitplane.decoded_weight(*holders, top_bit=top_bit, group=group)
+    decoder = decode.elementwise(weight, holders, *_into(enc, conv))
+    small = None if conv else KernelCall("bitplane", scheduled(bitplane.compute, bitplane.schedule_llvm), constants)
+    return _with_decoder(small, decoder, "bitplane", constants, conv)
 
 
 def _nonempty(entries: np.ndarray) -> np.ndarray:
@@ -96,18 +127,30 @@ def _binary_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     n, k = enc.shape
     entries = _nonempty(enc.arrays["entries"])
     _, sign_bit = bie_binary.index_entry_dtype(k)
-    func = _index_kernels().global_index(n=n, k=k, nnz=entries.size, entry_dtype=entries.dtype.name, sign_bit=sign_bit)
-    return KernelCall("global_index", func, [enc.arrays["indptr"], entries, enc.arrays["scales"]])
+    index = dict(n=n, k=k, nnz=entries.size, entry_dtype=entries.dtype.name, sign_bit=sign_bit)
+    constants = [enc.arrays["indptr"], entries, enc.arrays["scales"]]
+    small = None if conv else KernelCall("global_index", _index_kernels().global_index(**index), constants)
+    if _on_gpu():
+        return small
+    into, x_ndim = _into(enc, conv)
+    return _with_decoder(small, sparse_index.decode(**index, into=into, x_ndim=x_ndim), "global_index", constants, conv)
 
 
 def _blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     n, k = enc.shape
     entries, counts = _nonempty(enc.arrays["entries"]), enc.arrays["counts"]
-    func = _index_kernels().blocked_index(
-        n=n, k=k, nnz=entries.size, block_size=int(enc.header["block_size"]),
-        entry_dtype=entries.dtype.name, count_dtype=counts.dtype.name,
-    )
-    return KernelCall("blocked_index", func, [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]])
+    block_size = int(enc.header["block_size"])
+    constants = [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]]
+    small = None if conv else KernelCall("blocked_index", _index_kernels().blocked_index(
+        n=n, k=k, nnz=entries.size, block_size=block_size, entry_dtype=entries.dtype.name, count_dtype=counts.dtype.name,
+    ), constants)
+    if _on_gpu():
+        return small
+    into, x_ndim = _into(enc, conv)
+    decoder = sparse_index.decode(n=n, k=k, nnz=entries.size, entry_dtype=entries.dtype.name,
+                                  sign_bit=block_size.bit_length() - 1, into=into, x_ndim=x_ndim,
+                                  block_size=block_size, count_dtype=counts.dtype.name)
+    return _with_decoder(small, decoder, "blocked_index", constants, conv)
 
 
 def tans_layout(enc: Encoded) -> dict:
@@ -132,11 +175,15 @@ def _tans_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     tans.tans_coder.validate(tans.streams(enc), int(enc.header["levels"]))
     if _on_gpu():
         return KernelCall("tans", tans_cuda.matmul(**tans_layout(enc)), tans_constants(enc, byte_words=False))
-    return KernelCall("tans_matmul", tans_matmul.matmul(**tans_layout(enc)), tans_constants(enc))
+    constants = tans_constants(enc)
+    small = None if conv else KernelCall("tans_matmul", tans_matmul.matmul(**tans_layout(enc)), constants)
+    into, x_ndim = _into(enc, conv)
+    decoder = tans_matmul.decode_weights(**tans_layout(enc), into=into, x_ndim=x_ndim)
+    return _with_decoder(small, decoder, "tans", constants, conv)
 
 
 def _bbs_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """Conv: decode + conv in one PrimFunc. Matmul: the LUT bit-serial GEMV for one row (AVX-512), else decoded.
+    """Matmul: the LUT bit-serial GEMV for one row (AVX-512; else the decode-once GEMV); conv and more rows: decode.
 
     On the GPU: weights decoded in registers as they are multiplied, a warp per channel (matmul) or a thread per
     output element (conv), one kernel for every batch.
@@ -146,12 +193,22 @@ def _bbs_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
         if conv is not None:
             return KernelCall("bbs_conv2d", bbs_cuda.conv2d(enc, conv), constants)
         return KernelCall("bbs", bbs_cuda.matmul(enc), constants)
-    if conv is not None:
-        return KernelCall("bbs_conv2d", bbs_decoded.conv2d(enc, conv), constants)
-    decoded = KernelCall("bbs_decoded", bbs_decoded.matmul(enc), constants)
-    if not bbs_lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
-        return decoded
-    return KernelCall("bbs_lut", bbs_lut.gemv(enc), constants, decoded)
+    holders = bbs_decoded.placeholders(enc)
+    decoder = decode.elementwise(bbs_decoded.output_weight(enc, holders), holders, *_into(enc, conv))
+    small = None
+    if conv is None:
+        if bbs_lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
+            small = KernelCall("bbs_lut", bbs_lut.gemv(enc), constants)
+        else:
+            small = KernelCall("bbs_decoded", bbs_decoded.matmul(enc), constants)
+    return _with_decoder(small, decoder, "bbs", constants, conv)
+
+
+def _int8_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """``int8`` and ``bitwave``: the INT8 GEMV for one row, the decode kernel for convs and more rows."""
+    weights = int8.Int8Weights.of(enc)
+    small = None if conv else KernelCall("int8_gemv", int8.gemv(weights, *enc.shape), weights.constants)
+    return _with_decoder(small, int8.decoder(weights, *_into(enc, conv)), "int8", weights.constants, conv)
 
 
 KERNELS = {
@@ -160,7 +217,16 @@ KERNELS = {
     (bie_blocked.NAME, "matmul", "llvm"): _blocked_call,
     (tans.NAME, "matmul", "llvm"): _tans_call,
     (bbs.NAME, "matmul", "llvm"): _bbs_call,
+    (int8_codec.NAME, "matmul", "llvm"): _int8_call,
+    (bitwave.NAME, "matmul", "llvm"): _int8_call,
+    # convs (any groups): decode kernels, the conv itself left to the dense schedules
+    (bie_bitplane.NAME, "conv2d", "llvm"): _bitplane_call,
+    (bie_binary.NAME, "conv2d", "llvm"): _binary_call,
+    (bie_blocked.NAME, "conv2d", "llvm"): _blocked_call,
+    (tans.NAME, "conv2d", "llvm"): _tans_call,
     (bbs.NAME, "conv2d", "llvm"): _bbs_call,
+    (int8_codec.NAME, "conv2d", "llvm"): _int8_call,
+    (bitwave.NAME, "conv2d", "llvm"): _int8_call,
     # CUDA: the same builders, which pick their GPU kernels inside ``with target``.
     (bie_bitplane.NAME, "matmul", "cuda"): _bitplane_call,
     (bie_binary.NAME, "matmul", "cuda"): _binary_call,

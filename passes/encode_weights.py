@@ -4,10 +4,14 @@ Rewrites ``matmul(x, W)`` and ``matmul(x, permute_dims(W))`` (ONNX MatMul, and
 Gemm with or without transB; its bias add stays a separate op) where ``W`` is a
 2-D float32 constant into ``call_tir(kernel, (x2d, *encoded))``, reshaping a
 batched ``x`` to 2-D and back (a weight left dense gets the target's dense
-kernels, ``codegen.dense_kernel``, over the same weight stored [N, K]); and
-``conv2d(x, W)`` into ``call_tir(kernel, (x, *encoded))`` for codecs that have
-a conv kernel. The kernel reads ``x``, so
-constant folding cannot pre-compute it into a dense weight again.
+kernels, ``codegen.dense_kernel``, over the same weight stored [N, K]). Where
+the codec has a decode kernel (the CPU), a matmul dispatches on its row count:
+one row runs the fused kernel, more rows ``matmul(x2d, call_tir(decode, (x2d,
+*encoded)))`` (compute-bound: decode once, then the dense schedules' GEMM); a
+``conv2d(x, W)`` (any groups) becomes ``conv2d(x, call_tir(decode, (x,
+*encoded)))`` with its attributes kept. Every kernel takes ``x`` (a decode
+kernel without reading it), so constant folding cannot pre-compute a dense
+weight into the artefact again.
 
 It works in two phases so that codecs can decide over the whole model (e.g.
 which channels are sensitive, or how to split a bits budget): first every
@@ -47,6 +51,7 @@ class WeightUse:
     weight: np.ndarray
     transposed: bool = False  # matmul whose ONNX weight is [N, K] (Gemm transB=1)
     unsupported: str | None = None  # why no codec can take it, whatever the policy says
+    groups: int = 1  # of a conv
 
     def matrix(self) -> np.ndarray:
         """The weight as codecs take it, [N, K]; a conv's K runs over (kh, kw, in_channel), channel fastest."""
@@ -57,28 +62,37 @@ class WeightUse:
 
 def _conv_spec(call) -> ConvSpec | None:
     a = call.attrs
-    if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or int(a.groups) != 1:
+    if a.data_layout != "NCHW" or a.kernel_layout != "OIHW":
         return None
     return ConvSpec(
         strides=tuple(int(v) for v in a.strides),
         padding=tuple(int(v) for v in a.padding),
         dilation=tuple(int(v) for v in a.dilation),
         kernel_shape=tuple(int(d) for d in call.args[1].ty.shape.values),
+        groups=int(a.groups),
     )
 
 
-def _dispatch_by_rows(small, large, constants, k: int, n: int) -> relax.Function:
-    """``f(x [m, k]) -> [m, n]``: the small-batch kernel up to SMALL_BATCH_ROWS rows, else the large-batch one."""
+def _dispatch_by_rows(small, large, large_decodes: bool, constants, k: int, n: int) -> relax.Function:
+    """``f(x [m, k]) -> [m, n]``: the small-batch kernel up to SMALL_BATCH_ROWS rows, else the large-batch one
+    (``large_decodes``: a decode kernel of the weight [k, n], then a plain matmul)."""
     m = tvm.tirx.Var("m", "int64")
     x = relax.Var("x", relax.TensorType([m, k], "float32"))
     out_ty = relax.TensorType([m, n], "float32")
 
-    def branch(kernel):
+    def branch(kernel, decodes):
         y = relax.Var("y", out_ty)
-        call = relax.call_tir(kernel, [x, *constants], out_ty=out_ty)
-        return relax.SeqExpr([relax.BindingBlock([relax.VarBinding(y, call)])], y)
+        if not decodes:
+            call = relax.call_tir(kernel, [x, *constants], out_ty=out_ty)
+            return relax.SeqExpr([relax.BindingBlock([relax.VarBinding(y, call)])], y)
+        w_ty = relax.TensorType([k, n], "float32")
+        w = relax.Var("w", w_ty)
+        bindings = [relax.VarBinding(w, relax.call_tir(kernel, [x, *constants], out_ty=w_ty)),
+                    relax.VarBinding(y, relax.op.matmul(x, w))]
+        return relax.SeqExpr([relax.BindingBlock(bindings)], y)
 
-    choice = relax.If(relax.prim_value(m <= codegen.SMALL_BATCH_ROWS), branch(small), branch(large))
+    choice = relax.If(relax.prim_value(m <= codegen.SMALL_BATCH_ROWS), branch(small, False),
+                      branch(large, large_decodes))
     result = relax.Var("result", out_ty)
     body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(result, choice)])], result)
     return relax.Function([x], body, out_ty, is_pure=True)
@@ -126,13 +140,16 @@ class _WeightRewriter(PyExprMutator):
         constant, transposed = found
         weight = constant.value.numpy()
         name = self.model.weight_name(constant) or f"unnamed_weight_{len(self.uses)}"
-        use = WeightUse(name, op, weight, transposed)
+        spec = _conv_spec(call) if op == "conv2d" else None
+        use = WeightUse(name, op, weight, transposed, groups=spec.groups if spec else 1)
         if call.args[0].ty.dtype != "float32" or weight.dtype != np.float32:
             use.unsupported = f"dtype {call.args[0].ty.dtype}/{weight.dtype} (only float32 is encoded)"
         elif op == "matmul" and weight.ndim != 2:
             use.unsupported = f"{weight.ndim}-D weight (only 2-D matmul weights are encoded)"
-        elif op == "conv2d" and _conv_spec(call) is None:
-            use.unsupported = "conv layout other than NCHW/OIHW, or grouped conv"
+        elif op == "conv2d" and spec is None:
+            use.unsupported = "conv layout other than NCHW/OIHW"
+        elif use.groups != 1 and self.target.kind.name != "llvm":
+            use.unsupported = f"grouped conv ({use.groups} groups): only the CPU's decode + conv takes it"
         self.uses.setdefault(name, use)
         return use
 
@@ -151,7 +168,11 @@ class _WeightRewriter(PyExprMutator):
             if op == "conv2d":
                 return bitvert.offload(call.args[0], program, index, _conv_spec(call), call.ty)
             return self._emit_matmul(call.args[0], lambda x2: bitvert.offload(x2, program, index))
-        callee, constants = self._kernel(use, call)
+        callee, constants, decodes = self._kernel(use, call)
+        if op == "conv2d" and decodes:
+            w_ty = relax.TensorType(list(use.weight.shape), "float32")
+            w = self.builder_.emit(relax.call_tir(callee, [call.args[0], *constants], out_ty=w_ty))
+            return relax.Call(call.op, [call.args[0], w], call.attrs, call.ty_args)
         if op == "conv2d":
             return relax.call_tir(callee, [call.args[0], *constants], out_ty=call.ty)
         n = use.matrix().shape[0]
@@ -168,7 +189,8 @@ class _WeightRewriter(PyExprMutator):
         return use.op == "matmul" and not use.unsupported and codegen.has_dense_kernel(self.target)
 
     def _kernel(self, use: WeightUse, call):
-        """(callee, constants): a PrimFunc for call_tir, or a Relax function dispatching on the row count."""
+        """(callee, constants, decodes): a PrimFunc for call_tir (a decode kernel if ``decodes``), or a Relax
+        function dispatching on the row count (constants None)."""
         if use.name not in self.kernels:
             if use.name in self.decisions:
                 codec, enc = self.decisions[use.name]
@@ -179,12 +201,12 @@ class _WeightRewriter(PyExprMutator):
             constants = [relax.const(c) for c in kernel.constants]
             small = self._add_prim_func(kernel, stem, use.name)
             if kernel.large_batch is None:
-                self.kernels[use.name] = small, constants
+                self.kernels[use.name] = small, constants, kernel.decodes
             else:
                 large = self._add_prim_func(kernel.large_batch, stem, use.name)
                 n, k = use.matrix().shape
-                dispatch = _dispatch_by_rows(small, large, constants, k, n)
-                self.kernels[use.name] = self.builder_.add_func(dispatch, f"{stem}_matmul"), None
+                dispatch = _dispatch_by_rows(small, large, kernel.large_batch.decodes, constants, k, n)
+                self.kernels[use.name] = self.builder_.add_func(dispatch, f"{stem}_matmul"), None, False
         return self.kernels[use.name]
 
     def _add_prim_func(self, kernel, stem: str, layer: str) -> relax.GlobalVar:
@@ -253,6 +275,11 @@ class EncodeWeights:
             if reasons[use.name] is None:
                 codec, config = choices[use.name][0], configs[use.name]
                 enc = self._encode(use, codec, config, calibrations.get(use.name))
+                if enc.nbytes >= use.weight.nbytes:  # e.g. a depthwise conv's K = 9 in a format padding K to 128
+                    record.fallback_reason = (f"{codec} encoding is no smaller than dense ({enc.bits_per_weight:.1f} "
+                                              f"bits/weight at K = {use.matrix().shape[1]})")
+                    self.records.append(record)
+                    continue
                 decisions[use.name] = codec, enc
                 module = codecs.get_codec(codec)
                 record.codec, record.bytes_encoded = codec, enc.nbytes
@@ -269,7 +296,8 @@ class EncodeWeights:
 
     def _offload(self, uses: dict[str, WeightUse], decisions) -> dict:
         """On the bitvert target: name -> (layer index, Program) of the bbs weights, their profiles in ``offloaded``."""
-        names = [name for name, (codec, _) in decisions.items() if codec == bbs.NAME]
+        # grouped convs stay on the host (decode + conv): the device's conv has no groups
+        names = [name for name, (codec, _) in decisions.items() if codec == bbs.NAME and uses[name].groups == 1]
         if not bitvert.is_bitvert(self.target) or not names:
             return {}
         if self.activation_scales is None:

@@ -1,15 +1,13 @@
-"""``bbs`` CPU kernels against the reference decoder: LUT bit-serial GEMV, decoded matmul, decode + conv."""
+"""``bbs`` CPU one-row kernels against the reference decoder: LUT bit-serial GEMV, decode-once GEMV (decode kernels:
+tests/test_conv_kernels.py)."""
 
 import numpy as np
-import onnx
 import pytest
 import tvm
-from onnx import TensorProto, helper, numpy_helper
 
 from bie_compiler.codecs import bbs, make_config
-from bie_compiler.codegen import ConvSpec, kernel_for
+from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.target import make_target
-from bie_compiler.parity import run_onnxruntime
 
 CONFIGS = [
     {"preset": "conservative"},
@@ -41,9 +39,10 @@ def test_matmul_kernels_match_reference_decoder(options, n, k, target):
     w = rng.standard_t(4, (n, k)).astype(np.float32)
     enc = bbs.encode(w, make_config("bbs", options))
     call = kernel_for(enc, target)
-    assert call.kind == "bbs_lut" and call.large_batch.kind == "bbs_decoded"  # this CPU has AVX-512
+    assert call.kind == "bbs_lut" and call.large_batch.decodes  # this CPU has AVX-512
+    without_avx512 = kernel_for(enc, make_target(mcpu="x86-64-v3"))
     decoded = bbs.decode(enc).astype(np.float64)
-    for variant in (call, call.large_batch):  # each exact for any row count; the pass picks by rows
+    for variant in (call, without_avx512):  # each exact for any row count; the pass runs them for one
         for batch in (1, 5):
             x = rng.standard_normal((batch, k)).astype(np.float32)
             ref = x @ decoded.T
@@ -57,30 +56,7 @@ def test_lut_kernel_uses_the_table_lookup_and_runs_in_parallel(target):
     assert "llvm.x86.avx512.permvar.sf.512" in script and "T.parallel" in script
 
 
-def test_without_avx512_only_the_decoded_kernel():
+def test_without_avx512_the_decode_once_gemv():
     enc = bbs.encode(np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32), bbs.Config())
     call = kernel_for(enc, make_target(mcpu="x86-64-v3"))
-    assert call.kind == "bbs_decoded" and call.large_batch is None
-
-
-def conv_reference(x, weight, stride, pad):
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], strides=[stride] * 2, pads=[pad] * 4)], "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(weight, "w")])
-    return run_onnxruntime(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {"x": x})[0]
-
-
-@pytest.mark.parametrize("o,i,kernel,stride,pad", [(16, 3, 3, 1, 1), (40, 36, 3, 2, 1), (24, 32, 1, 1, 0)])
-def test_conv_kernel_matches_reference_decoder(o, i, kernel, stride, pad, target):
-    rng = np.random.default_rng(o + i)
-    weight = rng.standard_normal((o, i, kernel, kernel)).astype(np.float32)
-    matrix = weight.transpose(0, 2, 3, 1).reshape(o, -1)  # codec layout: (kh, kw, in), in fastest
-    enc = bbs.encode(matrix, bbs.Config("moderate", sensitive_fraction=0.0))
-    decoded = bbs.decode(enc).reshape(o, kernel, kernel, i).transpose(0, 3, 1, 2)
-    spec = ConvSpec((stride, stride), (pad,) * 4, (1, 1), (o, i, kernel, kernel))
-    call = kernel_for(enc, target, spec)
-    x = rng.standard_normal((2, i, 9, 9)).astype(np.float32)
-    ref = conv_reference(x, np.ascontiguousarray(decoded), stride, pad)
-    got = run(call.func, target, x, call.constants, ref.shape)
-    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5
+    assert call.kind == "bbs_decoded" and call.large_batch.decodes

@@ -10,12 +10,12 @@ from bie_compiler.parity import check_artefact, make_inputs
 pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
 
 BUDGETS = (2.0, 3.0, 4.0)
-CNN_OPTIONS = {"budget-8": {"bits_per_weight": 8.0}, "levels-3": {"levels": 3}}
+CNN_OPTIONS = {"budget-3": {"bits_per_weight": 3.0}, "levels-3": {"levels": 3}}
 
 
 @pytest.fixture(scope="module")
 def artefacts(model_dir, tmp_path_factory):
-    """mlp and transformer at every budget, the cnn at what its one small matmul can reach; min_weights=0."""
+    """mlp and transformer at every budget, the cnn (convs included) at 3 bits/weight and 3 levels; min_weights=0."""
     root = tmp_path_factory.mktemp("tans")
     built = {}
     runs = [(m, f"budget-{b:g}", {"bits_per_weight": b}) for m in ("mlp", "transformer") for b in BUDGETS]
@@ -45,16 +45,15 @@ def test_parity_and_budget(artefacts, model, budget):
 @pytest.mark.parametrize("name", list(CNN_OPTIONS))
 def test_cnn_parity(artefacts, name):
     runner = bie_compiler.load(artefacts["cnn", name])
-    layers = {l["name"]: l for l in runner.manifest["layers"]}
-    assert layers["fc.weight"]["codec"] == "tans"
+    assert {l["codec"] for l in runner.manifest["layers"]} == {"tans"}  # convs included
     for batch in (1, 8):
         result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
         assert result["decoded_max_rel_err"] < 1e-4, result
 
 
-@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("budget", [1.0, 2.0])
 def test_cnn_budget_below_its_fixed_overhead_is_a_clear_error(model_dir, tmp_path, budget):
-    """The cnn's only matmul weight has 320 weights: header, steps and stream offsets alone cost > 4 bits/weight."""
+    """The cnn's layers hold 320 to 9216 weights: headers, steps and stream offsets alone cost > 2 bits/weight."""
     with pytest.raises(CodecError, match="below the smallest coding"):
         bie_compiler.compile_model(model_dir["cnn"], tmp_path / "x", "tans", {"bits_per_weight": budget},
                                    min_weights=0, progress=None)

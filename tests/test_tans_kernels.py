@@ -7,6 +7,7 @@ import tvm
 from bie_compiler.codecs import tans
 from bie_compiler.codegen import kernel_for, tans_constants, tans_layout
 from bie_compiler.codegen.kernels import tans_matmul
+from bie_compiler.codegen.kernels.decode import Layout
 from bie_compiler.codegen.target import make_target
 
 CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states
@@ -42,9 +43,10 @@ def constants(enc):
 @pytest.mark.parametrize("n,k,config", CASES)
 def test_decoder_kernel_is_bit_exact(n, k, config, target):
     enc = encode(n, k, config, n * k)
-    out = tvm.runtime.empty((n, k), "float32")
-    build(tans_matmul.decode_weights(**tans_layout(enc)), target)(*constants(enc), out)
-    np.testing.assert_array_equal(out.numpy(), tans.decode(enc))
+    out = tvm.runtime.empty((k, n), "float32")
+    decoder = tans_matmul.decode_weights(**tans_layout(enc), into=Layout.matmul(n, k), x_ndim=2)
+    build(decoder, target)(tvm.runtime.tensor(np.zeros((1, k), np.float32)), *constants(enc), out)
+    np.testing.assert_array_equal(out.numpy(), tans.decode(enc).T)
 
 
 @pytest.mark.parametrize("n,k,config", CASES)

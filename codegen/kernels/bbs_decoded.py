@@ -1,4 +1,4 @@
-"""``bbs`` kernels that decode a channel's weights from the stored bit columns, then multiply (any batch, and conv).
+"""``bbs`` weights decoded from the stored bit columns: the decode in TE, a decode-once GEMV, the GPU conv's compute.
 
 The decode stage is the format of :mod:`bie_compiler.codecs.bbs` written in TE:
 a stored row below ``S`` is a sensitive INT8 row; a pruned row's weight ``j`` of
@@ -8,12 +8,14 @@ Times the row's scale, that is the reference decoder's value.
 
 * :func:`matmul`: ``out[m, n] = sum_k x[m, k] * w[position[n], k]``: each stored
   row decoded once into a row buffer (vectorized), then 16-lane FMAs per row of
-  activations, stored rows in parallel; then the output unshuffle.
-* :func:`conv2d`: the first step for BBS convolutions: the whole OIHW weight
-  decoded (in parallel over output channels) inside the same PrimFunc as
-  ``topi.nn.conv2d_nchw``, which reads the activation, so constant folding
-  cannot turn the weight back into a dense constant (the GPU's direct conv,
-  :mod:`.bbs_cuda`, shares its compute, :func:`conv2d_compute`).
+  activations, stored rows in parallel; then the output unshuffle. The one-row
+  kernel on CPUs without the LUT kernel's AVX-512.
+* :func:`output_weight`: the decoded weight per output channel, for the decode
+  kernels (:mod:`.decode`) of convs and of matmuls above one row.
+* :func:`conv2d_compute`: the whole OIHW weight decoded inside the same
+  PrimFunc as ``topi.nn.conv2d_nchw``: the GPU's direct conv (:mod:`.bbs_cuda`).
+* :func:`kept_value`: a pruned row's stored column bits as a number, shared
+  with ``bitwave``, which stores its columns the same way (:mod:`.int8`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ from bie_compiler.codecs.base import Encoded
 
 from . import decode_once
 
-CONV_BLOCK = "conv2d_nchw"  # topi's name for the conv block
-
+CONV_BLOCK = "conv2d_nchw"  # topi's name for the conv block (the GPU's direct conv schedules it)
 
 def constants(enc: Encoded) -> list[np.ndarray]:
     """What the kernels read: scales, position, sensitive, columns, meta (an empty chunk as one zero row)."""
@@ -44,23 +45,28 @@ def placeholders(enc: Encoded) -> list[te.Tensor]:
     return [te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(names, constants(enc))]
 
 
+def kept_value(columns, bits: int, p, g, j):
+    """The ``bits``-bit two's complement number that pruned row ``p`` stores for weight ``j`` of group ``g``."""
+    pb, lane = p // bbs.LANES, p % bbs.LANES
+    one = tirx.const(1, "uint32")
+    kept = tirx.const(0, "int32")
+    for b in range(bits):
+        bit = ((columns[pb, g, b, lane] >> j) & one).astype("int32")
+        kept = kept + bit * (-(1 << (bits - 1)) if b == 0 else 1 << (bits - 1 - b))
+    return kept
+
+
 def stored_weight(enc: Encoded, scales, sensitive, columns, meta):
     """``f(row, kk)``: the decoded float32 weight of stored row ``row`` at padded position ``kk``."""
     count = int(enc.header["sensitive"])
     pruned_columns = int(enc.header["pruned_columns"])
-    bits = 8 - pruned_columns
     zps = enc.header["method"] == "zps"
-    one = tirx.const(1, "uint32")
 
     def weight(row, kk):
         g, j = kk // bbs.GROUP, (kk % bbs.GROUP).astype("uint32")
         p = tirx.max(row - count, 0)  # indices clamped so that the branch not taken stays in bounds
-        pb, lane = p // bbs.LANES, p % bbs.LANES
-        kept = tirx.const(0, "int32")
-        for b in range(bits):
-            bit = ((columns[pb, g, b, lane] >> j) & one).astype("int32")
-            kept = kept + bit * (-(1 << (bits - 1)) if b == 0 else 1 << (bits - 1 - b))
-        m = meta[pb, g, lane].astype("int32")
+        kept = kept_value(columns, 8 - pruned_columns, p, g, j)
+        m = meta[p // bbs.LANES, g, p % bbs.LANES].astype("int32")
         c = m & 63
         offset = -tirx.Select(c >= 32, c - 64, c) if zps else c
         pruned = (kept << (pruned_columns - (m >> 6))) + offset
@@ -68,6 +74,13 @@ def stored_weight(enc: Encoded, scales, sensitive, columns, meta):
         return value.astype("float32") * scales[row]
 
     return weight
+
+
+def output_weight(enc: Encoded, holders):
+    """``f(n, kk)``: the decoded weight of output channel ``n`` (the stored row ``position[n]``)."""
+    scales, position, sensitive, columns, meta = holders
+    weight = stored_weight(enc, scales, sensitive, columns, meta)
+    return lambda n, kk: weight(position[n], kk)
 
 
 def padded_k(enc: Encoded) -> int:
@@ -95,27 +108,12 @@ def matmul(enc: Encoded) -> tirx.PrimFunc:
 
 def conv2d_compute(enc: Encoded, conv) -> tirx.PrimFunc:
     """Unscheduled ``f(x NCHW, scales, position, sensitive, columns, meta, out NCHW)``: the OIHW weight decoded
-    (block ``decoded``, in output-channel order via ``position``), then ``topi.nn.conv2d_nchw``."""
+    (block ``decoded``, in output-channel order via ``position``), then ``topi.nn.conv2d_nchw`` (the GPU's direct conv)."""
     o, i, kh, kw = conv.kernel_shape
     x = te.placeholder((te.var("batch", "int64"), i, te.var("h", "int64"), te.var("w", "int64")), "float32", "x")
-    scales, position, sensitive, columns, meta = holders = placeholders(enc)
-    weight = stored_weight(enc, scales, sensitive, columns, meta)
+    holders = placeholders(enc)
+    weight = output_weight(enc, holders)
     # codec layout: K runs over (kh, kw, in_channel), channel fastest
-    oihw = te.compute((o, i, kh, kw), lambda f, c, r, s: weight(position[f], (r * kw + s) * i + c), name="decoded")
+    oihw = te.compute((o, i, kh, kw), lambda f, c, r, s: weight(f, (r * kw + s) * i + c), name="decoded")
     out = topi.nn.conv2d_nchw(x, oihw, list(conv.strides), list(conv.padding), list(conv.dilation))
     return te.create_prim_func([x, *holders, out])
-
-
-def conv2d(enc: Encoded, conv) -> tirx.PrimFunc:
-    """:func:`conv2d_compute` scheduled for the CPU: decode in parallel over output channels, then the conv."""
-    sch = s_tir.Schedule(conv2d_compute(enc, conv))
-    sch.work_on("main")
-    sch.parallel(sch.get_loops(sch.get_sblock("decoded"))[0])
-    pad = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint.startswith("pad")]
-    for b in pad:
-        sch.compute_inline(b)
-    block = sch.get_sblock(CONV_BLOCK)
-    nn, ff, yy, xx, rc, ry, rx = sch.get_loops(block)
-    sch.reorder(nn, ff, yy, rc, ry, rx, xx)
-    sch.parallel(sch.fuse(nn, ff))
-    return sch.mod["main"]

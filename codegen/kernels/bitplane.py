@@ -6,10 +6,9 @@ scale[n, k // group]``, the sign taken from the sign plane. Plane by plane, it
 adds the (signed, scaled) activations selected by that plane's bits: the work
 and the bytes read scale with the planes kept.
 
-``compute_decoded`` is for several rows: each channel's weights are decoded
-once into a row buffer (the same planes, signs and scales), then every row of
-activations is a vector multiply-add over it, instead of repeating the
-bit-serial work per row.
+``decoded_weight`` is the decoded weight element by element, for the decode
+kernels of several rows and of convs (:mod:`.decode`): there the bit-serial
+work would be repeated per row, decoding once and a dense GEMM is cheaper.
 """
 
 from __future__ import annotations
@@ -20,12 +19,9 @@ from tvm import s_tir, te, tirx
 
 from bie_compiler.codecs.base import PACK_LANES
 
-from . import decode_once, warp_layout
+from . import warp_layout
 
 BLOCK = "bitplane"
-
-
-BLOCK_DECODED = "bitplane_decoded"
 
 
 def _padded(x: te.Tensor, k: int, kb: int) -> te.Tensor:
@@ -82,32 +78,23 @@ def _vectorize_padding(sch: s_tir.Schedule) -> None:
     sch.vectorize(sch.split(kk, [None, PACK_LANES])[1])
 
 
-def compute_decoded(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int, group: int):
-    """TE definition of the several-rows kernel; same arguments as :func:`compute`."""
-    m_dim = x.shape[0]
-    num_planes, n_dim, kb = (int(d) for d in planes.shape)
+def decoded_weight(planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, top_bit: int, group: int):
+    """``f(n, kk)``: weight ``kk`` of channel ``n`` (the decode kernels' element, :mod:`.decode`)."""
+    kb = int(planes.shape[2])
     zero = tirx.const(0, "float32")
     no_bits = tirx.const(0, "uint8")
-    xpad = _padded(x, k, kb)
 
     def weight(n, kk):
         rw = kk % kb  # pack_bits: weight kk is bit kk // kb of byte kk % kb
         mask = tirx.const(1, "uint8") << (kk // kb).astype("uint8")
         magnitude = sum(
             tirx.Select((planes[b, n, rw] & mask) != no_bits, tirx.const(float(1 << (top_bit - b)), "float32"), zero)
-            for b in range(num_planes)
+            for b in range(int(planes.shape[0]))
         )
         scaled = magnitude * scales[n, kk // group]
         return tirx.Select((signs[n, rw] & mask) != no_bits, -scaled, scaled)
 
-    decoded = te.compute((n_dim, 8 * kb), weight, name="decoded")
-    rk = te.reduce_axis((0, 8 * kb), "rk")
-    return te.compute((m_dim, n_dim), lambda m, n: te.sum(xpad[m, rk] * decoded[n, rk], axis=rk), name=BLOCK_DECODED)
-
-
-def schedule_decoded_llvm(sch: s_tir.Schedule) -> None:
-    """Parallel over channels; a channel's weights decoded once (vectorized) into a row, then 16-lane FMAs per row."""
-    decode_once.schedule_llvm(sch, BLOCK_DECODED)
+    return weight
 
 
 def compute_words(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int,

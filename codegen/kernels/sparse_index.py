@@ -9,11 +9,19 @@ indices are read from memory once and then from cache.
 Accumulators are one-element "global" buffers and loop invariants ``T.let``
 bindings: in TVM 0.27 a "local" buffer or a reassigned variable becomes a
 workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
+
+:func:`decode` writes the weights themselves into a dense op's layout (see
+:mod:`.decode`): zeros, then each channel's entries as +-scale, channels in parallel.
 """
 
 from __future__ import annotations
 
+from tvm import tirx
 from tvm.script import tirx as T
+
+from bie_compiler.codecs.base import PACK_LANES
+
+from .decode import Layout
 
 
 def signed_sum(entry_dtype: str, sign_bit: int):
@@ -92,3 +100,75 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
                 out[i, j] = acc[0] * scales[j]
 
     return kernel
+
+
+def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: Layout, x_ndim: int,
+           block_size: int = 0, count_dtype: str = "uint8"):
+    """``f(x, indptr, [counts,] entries, scales, W)``: the ternary weights in ``into``; ``x`` is not read.
+
+    ``block_size`` 0: global indices (``bie-binary``); else block-local ones with per-block ``counts`` (``bie-blocked``).
+    """
+    offset_mask = (1 << sign_bit) - 1
+    x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
+    size = into.size
+    vectors, tail = size // PACK_LANES, size % PACK_LANES
+
+    @T.macro
+    def zero(out):
+        flat = T.decl_buffer((size,), "float32", data=out.data)
+        for v in T.parallel(vectors):
+            for lane in T.vectorized(PACK_LANES):
+                flat[v * PACK_LANES + lane] = T.float32(0)
+        for t in range(tail):
+            flat[vectors * PACK_LANES + t] = T.float32(0)
+
+    @T.macro
+    def store(out, scales, j, base, entry):
+        flat = T.decl_buffer((size,), "float32", data=out.data)
+        kk: T.let = base + T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))
+        negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+        flat[into.flat(j, kk)] = T.if_then_else(negative, -scales[j], scales[j])
+
+    if not block_size:
+        @T.prim_func(private=True)
+        def global_kernel(
+            var_x: T.handle,
+            indptr: T.Buffer((n + 1,), "uint32"),
+            entries: T.Buffer((nnz,), entry_dtype),
+            scales: T.Buffer((n,), "float32"),
+            out: T.Buffer(into.shape, "float32"),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            _x = T.match_buffer(var_x, x_shape, "float32")
+            zero(out)
+            for j in T.parallel(n):
+                first: T.let = T.Cast("int64", indptr[j])
+                for e in range(T.Cast("int64", indptr[j + 1]) - first):
+                    store(out, scales, j, T.int64(0), entries[first + e])
+
+        return global_kernel
+
+    blocks = -(-k // block_size)
+
+    @T.prim_func(private=True)
+    def blocked_kernel(
+        var_x: T.handle,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        counts: T.Buffer((n, blocks), count_dtype),
+        entries: T.Buffer((nnz,), entry_dtype),
+        scales: T.Buffer((n,), "float32"),
+        out: T.Buffer(into.shape, "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        _x = T.match_buffer(var_x, x_shape, "float32")
+        zero(out)
+        for j in T.parallel(n):
+            start = T.decl_buffer((1,), "int64", scope="global")
+            start[0] = T.Cast("int64", indptr[j])
+            for blk in range(blocks):
+                count: T.let = T.Cast("int64", counts[j, blk])
+                for e in range(count):
+                    store(out, scales, j, blk * block_size, entries[start[0] + e])
+                start[0] = start[0] + count
+
+    return blocked_kernel

@@ -36,7 +36,8 @@ extracts on the state's critical path: measured 2-3x slower).
   paths share the table build and the decoding code, and the branch costs one
   comparison per call.
 * :func:`decode_weights`: the decoder alone, writing the dense weights
-  ``q * step`` (for tests, exact against the reference decoder, and for the
+  ``q * step`` in a dense op's layout (the decode kernel of convs and of
+  matmuls above one row; exact against the reference decoder; also the
   decode-throughput benchmark).
 """
 
@@ -44,9 +45,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from tvm import tirx
 from tvm.script import tirx as T
 
 from bie_compiler.codecs.tans_coder import spread_step
+
+from .decode import Layout
 
 # Up to this batch the fused decode-and-GEMV runs (one branch per batch size in ``matmul``); above it,
 # decode-to-buffer + matmul. Measured on a 4096x4096 layer, one thread, ms (shared machine, +-20 %): fused 22-30
@@ -225,27 +229,31 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     return Macros(spread, fill_table, build_table, decode_stream, fused_stream)
 
 
-@T.macro
-def store_scaled(out, steps, row, column, level):
-    out[row, column] = level * steps[row]
-
-
 def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
-                   num_words: int):
-    """``out[n, k] = q[n, k] * steps[n]``: the decoder alone, streams in parallel."""
+                   num_words: int, into: Layout, x_ndim: int):
+    """``f(x, counts, offsets, words, steps, W)``: ``q[n, k] * steps[n]`` stored in ``into`` (see :mod:`.decode`;
+    ``x`` is not read), streams in parallel."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
     mac = macros(**lay)
     streams, size = lay["streams"], lay["size"]
+    x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
+
+    @T.macro
+    def store_scaled(out, steps, row, column, level):
+        flat = T.decl_buffer((into.size,), "float32", data=out.data)
+        flat[into.flat(row, column)] = level * steps[row]
 
     @T.prim_func(private=True)
     def kernel(
+        var_x: T.handle,
         counts: T.Buffer((levels,), "uint16"),
         offsets: T.Buffer((streams + 1,), "uint32"),
         words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
         steps: T.Buffer((n,), "float32"),
-        out: T.Buffer((n, k), "float32"),
+        out: T.Buffer(into.shape, "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
+        _x = T.match_buffer(var_x, x_shape, "float32")
         table = T.decl_buffer((size,), "uint32")
         mac.build_table(counts, table)
         for st in T.parallel(streams):

@@ -1,0 +1,138 @@
+"""Decode kernels: the dense float32 weight of a matmul or conv computed from its encoding, once per call.
+
+Above one row of activations an encoded matmul is compute-bound, and a conv
+always is: there the pass decodes the weight into the layout of the plain op
+(``matmul(x, W)`` with ``W`` [K, N]; ``conv2d(x, W)`` with ``W`` OIHW, any
+groups) and leaves the multiplication to the dense schedules. A decode kernel
+is ``f(x, *constants, W)``: it takes the op's activation ``x`` without reading
+it, so that constant folding, which pre-computes any ``call_tir`` of constants
+only, cannot store the dense weight in the artefact again.
+
+Codecs whose weights decode element by element give a TE function
+``weight(n, kk)`` over their ``[N, K]`` matrix (:func:`elementwise`); the
+others (index lists, tANS streams) write TIR that stores weight ``(n, kk)`` at
+``layout.flat(n, kk)`` of the output (:class:`Layout`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, te, tirx
+
+from bie_compiler.codecs.base import PACK_LANES
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where weight ``(n, kk)`` of the codec's matrix [N, K] goes in the dense op's weight.
+
+    Matmul: ``[K, N]``. Conv: OIHW ``[O, I / groups, kh, kw]``, whose codec
+    matrix runs K over (kh, kw, in-channel), in-channel fastest.
+    """
+
+    shape: tuple[int, ...]
+    conv: bool
+
+    @staticmethod
+    def matmul(n: int, k: int) -> "Layout":
+        return Layout((k, n), conv=False)
+
+    @staticmethod
+    def conv2d(kernel_shape: tuple[int, int, int, int]) -> "Layout":
+        return Layout(tuple(kernel_shape), conv=True)
+
+    def source(self, *index):
+        """(n, kk) of the codec matrix that output element ``index`` holds."""
+        if not self.conv:
+            kk, n = index
+            return n, kk
+        _, i, _, kw = self.shape
+        o, c, r, s = index
+        return o, (r * kw + s) * i + c
+
+    def flat(self, n, kk):
+        """The row-major offset in the output of codec weight ``(n, kk)``."""
+        if not self.conv:
+            return kk * self.shape[1] + n
+        _, i, kh, kw = self.shape
+        c, rs = kk % i, kk // i
+        return ((n * i + c) * kh + rs // kw) * kw + rs % kw
+
+    @property
+    def size(self) -> int:
+        total = 1
+        for d in self.shape:
+            total *= d
+        return total
+
+
+def activation(ndim: int) -> te.Tensor:
+    """The op's activation as a decode kernel takes it (unread): any shape of its rank."""
+    return te.placeholder(tuple(te.var(f"d{i}", "int64") for i in range(ndim)), "float32", "x")
+
+
+def _lanes(extent: int) -> int:
+    """The widest vector (up to 16 lanes) that divides ``extent``: vectorized loops with a tail would scalarize."""
+    return next(v for v in (PACK_LANES, 8, 4, 2, 1) if extent % v == 0)
+
+
+def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int) -> tirx.PrimFunc:
+    """Scheduled ``f(x, *holders, W)`` with ``W[index] = weight(*layout.source(index))``.
+
+    The codecs' arrays run along K within a channel, so vectors must run along K
+    to read them contiguously; where the output runs otherwise (a matmul's
+    [K, N], a conv's in-channels outside its kh x kw) a tile is decoded along K
+    into a buffer laid out along K (contiguous vector stores; a scatter across it
+    was slower), then written out along the output's rows, gathering from it. Where both agree (1x1 and depthwise convs), the
+    output is one flat loop of vectors in parallel.
+    """
+    x = activation(x_ndim)
+    out = te.compute(layout.shape, lambda *index: weight(*layout.source(*index)), name="decoded")
+    sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
+    sch.work_on("main")
+    block = sch.get_sblock("decoded")
+    if not layout.conv:
+        _transposed(sch, block)
+    elif layout.shape[1] > 1 and layout.shape[2] * layout.shape[3] > 1:
+        _per_channel(sch, block)
+    else:
+        fused = sch.fuse(*sch.get_loops(block))
+        lanes = _lanes(layout.size)
+        outer, inner = sch.split(fused, [None, lanes])
+        sch.parallel(outer)
+        if lanes > 1:
+            sch.vectorize(inner)
+    return sch.mod["main"]
+
+
+def _transposed(sch: s_tir.Schedule, block) -> None:
+    """[K, N] in tiles of (up to) 16 x 16: decoded along K into a tile buffer, written out along N; tiles in parallel."""
+    kk, n = sch.get_loops(block)
+    extents = [int(sch.get(loop).extent) for loop in (kk, n)]
+    k_outer, k_inner = sch.split(kk, [None, _lanes(extents[0])])
+    n_outer, n_inner = sch.split(n, [None, _lanes(extents[1])])
+    sch.reorder(n_outer, k_outer, n_inner, k_inner)
+    write = sch.cache_write(block, 0, "global")
+    sch.transform_layout(block, ("write", 0), lambda k, n: (n, k))  # the tile stored along K: contiguous vectors
+    sch.reverse_compute_at(write, k_outer)
+    if extents[0] % PACK_LANES == 0:
+        sch.vectorize(k_inner)
+    if extents[1] % PACK_LANES == 0:
+        sch.vectorize(sch.get_loops(write)[-1])  # the tile's columns
+    sch.parallel(sch.fuse(n_outer, k_outer))
+
+
+def _per_channel(sch: s_tir.Schedule, block) -> None:
+    """OIHW with I > 1 and kh x kw > 1: per output channel, decoded along K = (kh, kw, in) into a buffer, then
+    written out in (in, kh, kw) order; channels in parallel."""
+    o, c, r, s = sch.get_loops(block)
+    sch.reorder(o, r, s, c)
+    write = sch.cache_write(block, 0, "global")
+    sch.transform_layout(block, ("write", 0), lambda o, c, r, s: (o, r, s, c))  # the buffer along K
+    sch.reverse_compute_at(write, o)
+    in_channels = int(sch.get(c).extent)
+    lanes = _lanes(in_channels)
+    if lanes > 1:
+        sch.vectorize(sch.split(c, [None, lanes])[1])
+    sch.parallel(o)

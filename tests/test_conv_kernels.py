@@ -1,0 +1,110 @@
+"""Decode kernels of every codec: bit-exact against the numpy decoders (matmul [K, N] and conv OIHW layouts), and
+convs built as the pass emits them (decode + conv2d; 1x1, 3x3 stride 2, padding, grouped, depthwise; batch 1 and 3)
+against onnxruntime's Conv on the decoded weights."""
+
+import numpy as np
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from bie_compiler.codecs import CODECS, make_config
+from bie_compiler.codegen import ConvSpec, cpu, kernel_for
+from bie_compiler.codegen.target import make_target
+from bie_compiler.parity import run_onnxruntime
+
+CASES = [
+    ("bie-bitplane", {"bits": 4}),
+    ("bie-bitplane", {"bits": 6, "group_size": 32, "planes": 3}),
+    ("bie-binary", {"layout": "bitmap"}),
+    ("bie-binary", {"layout": "index", "density": 0.2}),
+    ("bie-blocked", {"block_size": 16}),
+    ("tans", {"levels": 15, "stream_symbols": 200}),
+    ("bbs", {"preset": "moderate", "sensitive_fraction": 0.3}),
+    ("int8", {}),
+    ("bitwave", {"pruned_columns": 3}),
+]
+IDS = [f"{c}-{o}" for c, o in CASES]
+# (out, in / groups, kernel, stride, pad, groups, height): 1x1; 3x3 stride 2 with padding on an odd size; grouped;
+# depthwise (K = 9, shorter than every format's block); 5x5 stride 1, asymmetric in / out
+CONVS = [(24, 20, 1, 1, 0, 1, 7), (40, 12, 3, 2, 1, 1, 9), (18, 4, 3, 1, 1, 3, 8), (48, 1, 3, 2, 1, 48, 10),
+         (8, 6, 5, 1, 2, 1, 6)]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return make_target()
+
+
+def weights(shape, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_t(4, shape) * (rng.random(shape) > 0.3)).astype(np.float32)
+
+
+def encode(codec, options, matrix):
+    return CODECS[codec].encode(matrix, make_config(codec, options))
+
+
+def run_decoder(call, target, x, out_shape):
+    assert call.decodes and call.func.attrs["tirx.is_scheduled"]
+    lib = tvm.compile(tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")}), target).mod
+    out = tvm.runtime.empty(out_shape, "float32")
+    lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in call.constants], out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("codec,options", CASES, ids=IDS)
+@pytest.mark.parametrize("n,k", [(1, 1), (37, 300), (64, 129)])
+def test_matmul_decoder_is_bit_exact(codec, options, n, k, target):
+    enc = encode(codec, options, weights((n, k), n * k))
+    decoder = kernel_for(enc, target).large_batch
+    got = run_decoder(decoder, target, np.zeros((3, k), np.float32), (k, n))
+    np.testing.assert_array_equal(got, CODECS[codec].decode(enc).T)
+
+
+def oihw(matrix, shape):
+    o, i, kh, kw = shape
+    return np.ascontiguousarray(matrix.reshape(o, kh, kw, i).transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("codec,options", CASES, ids=IDS)
+def test_conv_decoder_is_bit_exact(codec, options, target):
+    shape = (12, 5, 3, 2)  # kh != kw: the layout's index order shows
+    enc = encode(codec, options, weights((12, 5 * 3 * 2), 7))
+    call = kernel_for(enc, target, ConvSpec((1, 1), (0, 0, 0, 0), (1, 1), shape))
+    got = run_decoder(call, target, np.zeros((1, 5, 4, 4), np.float32), shape)
+    np.testing.assert_array_equal(got, oihw(CODECS[codec].decode(enc), shape))
+
+
+def conv_reference(x, weight, stride, pad, groups):
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], strides=[stride] * 2, pads=[pad] * 4, group=groups)], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(weight, "w")])
+    return run_onnxruntime(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {"x": x})[0]
+
+
+@pytest.mark.parametrize("codec,options", CASES, ids=IDS)
+def test_convs_match_onnxruntime_on_decoded_weights(codec, options, target):
+    """Every conv of CONVS in one module (one build per codec), as the pass writes it: conv2d(x, decode(x, ...))."""
+    bb = relax.BlockBuilder()
+    cases = []
+    for index, (o, i, kernel, stride, pad, groups, size) in enumerate(CONVS):
+        shape = (o, i, kernel, kernel)
+        enc = encode(codec, options, weights((o, kernel * kernel * i), index))
+        call = kernel_for(enc, target, ConvSpec((stride,) * 2, (pad,) * 4, (1, 1), shape, groups))
+        decoder = bb.add_func(call.func.with_attr("global_symbol", f"decode{index}"), f"decode{index}")
+        x = relax.Var("x", relax.TensorType([tvm.tirx.Var("n", "int64"), i * groups, size, size], "float32"))
+        with bb.function(f"conv{index}", [x]):
+            w = bb.emit(relax.call_tir(decoder, [x, *map(relax.const, call.constants)],
+                                       out_ty=relax.TensorType(list(shape), "float32")))
+            bb.emit_func_output(bb.emit(relax.op.nn.conv2d(x, w, (stride,) * 2, (pad,) * 4, groups=groups)))
+        cases.append((index, oihw(CODECS[codec].decode(enc), shape), stride, pad, groups, (i * groups, size)))
+    vm = relax.VirtualMachine(cpu.build(bb.get(), target), tvm.cpu())
+    rng = np.random.default_rng(0)
+    for index, decoded, stride, pad, groups, (channels, size) in cases:
+        for batch in (1, 3):
+            x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
+            ref = conv_reference(x, decoded, stride, pad, groups)
+            got = vm[f"conv{index}"](tvm.runtime.tensor(x)).numpy()
+            assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5, (index, batch)
