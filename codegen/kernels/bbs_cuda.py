@@ -1,4 +1,4 @@
-"""``bbs`` kernels on the GPU: weights decoded in registers from the stored bytes and bit columns, as they are multiplied.
+"""``bbs`` kernels on the GPU: weights decoded in registers from the stored bytes and bit columns as they are used.
 
 The decoding is the format of :mod:`bie_compiler.codecs.bbs` (the reference
 decoder; :mod:`.bbs_decoded` writes it in TE for the CPU kernels).
@@ -68,7 +68,8 @@ def matmul(enc: Encoded, gpu: bool = True) -> tirx.PrimFunc:
     aligned = k == kp  # rows of x start 16-byte aligned and need no bounds test
     shared, local = scopes(gpu)
     bound = bound_to(gpu)
-    tiles_of, units_of, warps_of, lanes_of = bound("blockIdx.x"), bound("blockIdx.y"), bound("threadIdx.y"), bound("threadIdx.x")
+    tiles_of, units_of = bound("blockIdx.x"), bound("blockIdx.y")
+    warps_of, lanes_of = bound("threadIdx.y"), bound("threadIdx.x")
     flip = LOW_BIT_OF_EACH_BYTE << (bits - 1)  # the sign column: two's complement -> offset binary
     kept_bias = float((1 << 23) + (1 << (bits - 1)))
 
@@ -100,7 +101,8 @@ def matmul(enc: Encoded, gpu: bool = True) -> tirx.PrimFunc:
                     load_x(x_word, rr * 4, x, T.min(i0 + rr, m - 1), at * 4)
                 for q in T.unroll(4):
                     # an int8 byte flipped to offset binary: 2^23 + byte + 128 as a float
-                    value: T.let = as_float(((word >> T.uint32(8 * q)) & T.uint32(0xFF)) ^ T.uint32(0x80)) - T.float32((1 << 23) + 128)
+                    byte: T.let = ((word >> T.uint32(8 * q)) & T.uint32(0xFF)) ^ T.uint32(0x80)
+                    value: T.let = as_float(byte) - T.float32((1 << 23) + 128)
                     for rr in T.unroll(rows):
                         acc[rr] = acc[rr] + x_word[rr * 4 + q] * value
 
@@ -147,7 +149,8 @@ def matmul(enc: Encoded, gpu: bool = True) -> tirx.PrimFunc:
                             spread[0] = spread[0] ^ (((cur[b] >> T.Cast("uint32", j)) & T.uint32(LOW_BIT_OF_EACH_BYTE))
                                                      << T.uint32(bits - 1 - b))
                         for q in T.unroll(4):
-                            kept: T.let = as_float((spread[0] >> T.uint32(8 * q)) & T.uint32(0xFF)) - T.float32(kept_bias)
+                            byte: T.let = (spread[0] >> T.uint32(8 * q)) & T.uint32(0xFF)
+                            kept: T.let = as_float(byte) - T.float32(kept_bias)
                             for rr in T.unroll(rows):
                                 xv: T.let = x_runs[(rr * 4 + q) * 4 + jj]
                                 dots[rr] = dots[rr] + xv * kept
@@ -199,8 +202,8 @@ def matmul(enc: Encoded, gpu: bool = True) -> tirx.PrimFunc:
                                     for other in range(WARP_SIZE):
                                         row_sum[0] = row_sum[0] + lane_sums[other * rows + rr]
                                     stored[tile * rows + rr, unit] = row_sum[0] * scales[unit]
-                        if w == 0 and lane < bbs.LANES and unit >= count and count + (unit - count) * bbs.LANES + lane < n:
-                            row: T.let = count + (unit - count) * bbs.LANES + lane  # the sum of its two halves
+                        row: T.let = count + (unit - count) * bbs.LANES + lane
+                        if w == 0 and lane < bbs.LANES and unit >= count and row < n:  # the sum of its two halves
                             for rr in T.unroll(rows):
                                 if tile * rows + rr < m:
                                     stored[tile * rows + rr, row] = scales[row] * (
