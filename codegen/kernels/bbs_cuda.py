@@ -77,6 +77,9 @@ def matmul(enc: Encoded, gpu: bool = True) -> tirx.PrimFunc:
         """The metadata's constant as the group's offset: ``c`` (avg), or ``-c`` in two's complement (zps)."""
         return T.if_then_else(c >= 32, 64 - c, -c) if zps else c
 
+    def byte_of(word, q):
+        return (word >> T.uint32(8 * q)) & T.uint32(0xFF)
+
     def as_float(byte):
         return T.reinterpret("float32", byte | T.uint32(EXPONENT_OF_2_23))
 
@@ -101,8 +104,7 @@ def matmul(enc: Encoded, gpu: bool = True) -> tirx.PrimFunc:
                     load_x(x_word, rr * 4, x, T.min(i0 + rr, m - 1), at * 4)
                 for q in T.unroll(4):
                     # an int8 byte flipped to offset binary: 2^23 + byte + 128 as a float
-                    byte: T.let = ((word >> T.uint32(8 * q)) & T.uint32(0xFF)) ^ T.uint32(0x80)
-                    value: T.let = as_float(byte) - T.float32((1 << 23) + 128)
+                    value: T.let = as_float(byte_of(word, q) ^ T.uint32(0x80)) - T.float32((1 << 23) + 128)
                     for rr in T.unroll(rows):
                         acc[rr] = acc[rr] + x_word[rr * 4 + q] * value
 
@@ -149,8 +151,7 @@ def matmul(enc: Encoded, gpu: bool = True) -> tirx.PrimFunc:
                             spread[0] = spread[0] ^ (((cur[b] >> T.Cast("uint32", j)) & T.uint32(LOW_BIT_OF_EACH_BYTE))
                                                      << T.uint32(bits - 1 - b))
                         for q in T.unroll(4):
-                            byte: T.let = (spread[0] >> T.uint32(8 * q)) & T.uint32(0xFF)
-                            kept: T.let = as_float(byte) - T.float32(kept_bias)
+                            kept: T.let = as_float(byte_of(spread[0], q)) - T.float32(kept_bias)
                             for rr in T.unroll(rows):
                                 xv: T.let = x_runs[(rr * 4 + q) * 4 + jj]
                                 dots[rr] = dots[rr] + xv * kept
@@ -202,8 +203,9 @@ def matmul(enc: Encoded, gpu: bool = True) -> tirx.PrimFunc:
                                     for other in range(WARP_SIZE):
                                         row_sum[0] = row_sum[0] + lane_sums[other * rows + rr]
                                     stored[tile * rows + rr, unit] = row_sum[0] * scales[unit]
-                        row: T.let = count + (unit - count) * bbs.LANES + lane
-                        if w == 0 and lane < bbs.LANES and unit >= count and row < n:  # the sum of its two halves
+                        if (w == 0 and lane < bbs.LANES and unit >= count
+                                and count + (unit - count) * bbs.LANES + lane < n):
+                            row: T.let = count + (unit - count) * bbs.LANES + lane  # the sum of its two halves
                             for rr in T.unroll(rows):
                                 if tile * rows + rr < m:
                                     stored[tile * rows + rr, row] = scales[row] * (
