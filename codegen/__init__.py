@@ -185,8 +185,8 @@ def _tans_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 def _bbs_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """Matmul: the LUT bit-serial GEMV for one row (AVX-512; else the decode-once GEMV); conv and more rows: decode.
 
-    On the GPU: weights decoded in registers as they are multiplied, a warp per channel (matmul) or a thread per
-    output element (conv), one kernel for every batch.
+    On the GPU: weights decoded in registers as they are multiplied, a thread block per unit of stored rows
+    (matmul, see ``bbs_cuda``) or a thread per output element (conv), one kernel for every batch.
     """
     constants = bbs_decoded.constants(enc)
     if _on_gpu():

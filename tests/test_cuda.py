@@ -33,8 +33,9 @@ KERNEL_CASES = {
     "bbs-conservative": ("bbs", {"preset": "conservative"}),
     "tans": ("tans", {"levels": 15}),
 }
-SHUFFLE_SUM_CASES = ["bitplane", "bitplane-grouped", "binary-bitmap", "bbs-moderate", "bbs-conservative"]
+SHUFFLE_SUM_CASES = ["bitplane", "bitplane-grouped", "binary-bitmap"]
 SHARED_SUM_CASES = ["binary-index", "blocked", "tans"]  # tans: the matmul over the decoded weights
+BBS_CASES = ["bbs-moderate", "bbs-conservative"]  # per batch path, the warps' sums meet in two shared-memory steps
 FALLBACK_CODECS = [c for c in CODECS if not has_kernel(c, "matmul", make_target("cuda"))]
 MODELS = ["mlp", "transformer", "cnn"]
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH: the CUDA source cannot be compiled")
@@ -81,13 +82,15 @@ def test_cuda_target_records_arch_and_host():
 
 def test_every_cuda_kernel_is_device_code(kernel_source):
     names, source = kernel_source
-    # one device kernel each; tans three: the fused decode-GEMV (batch 1), else the decode and the matmul over it
+    # one device kernel each; tans three: the fused decode-GEMV (batch 1), else the decode and the matmul over it;
+    # bbs three: batch 1, tiles of rows, the output unshuffle
     expected = [f"{name}_kernel" for name in names] + ["tans_kernel_1", "tans_kernel_2"]
+    expected += [f"{case.replace('-', '_')}_kernel_{i}" for case in BBS_CASES for i in (1, 2)]
     assert sorted(cuda.global_functions(source)) == sorted(expected)
-    # bit-plane and bbs kernels: a 5-step warp-shuffle sum each
+    # bit-plane kernels: a 5-step warp-shuffle sum each
     assert source.count("= __shfl_down_sync(") == 5 * len(SHUFFLE_SUM_CASES)
     # index kernels and the tans matmul: partial sums meet in shared memory; each tans decode: two table steps
-    assert source.count("__syncthreads()") == len(SHARED_SUM_CASES) + 2 * 2
+    assert source.count("__syncthreads()") == len(SHARED_SUM_CASES) + 2 * 2 + 2 * 2 * len(BBS_CASES)
     assert source.count("extern __shared__") == 2  # the tans decode table (up to 128 KiB), in each decode kernel
 
 
@@ -167,13 +170,14 @@ BBS_CONFIGS = [
 
 
 @pytest.mark.parametrize("options", BBS_CONFIGS, ids=[str(o) for o in BBS_CONFIGS])
-@pytest.mark.parametrize("n,k", [(1, 5), (37, 300)])
+@pytest.mark.parametrize("n,k", [(37, 300), (21, 576)])
 def test_bbs_matmul_emulated_on_the_cpu(options, n, k):
-    """The GPU bbs matmul's TE compute with the GPU schedule's loop splits, serial, against the reference decoder."""
+    """The GPU bbs matmul's loop nest with its thread loops serial, against the reference decoder: batch 1, a tile
+    of rows not full, two tiles; K padded, and K of whole groups (vector loads of x) over more groups than warps."""
     enc = bbs.encode(weight(n, k, n + k), make_config("bbs", options))
     decoded = bbs.decode(enc).astype(np.float64)
     func = bbs_cuda.matmul(enc, gpu=False)
-    for batch in (1, 3):
+    for batch in (1, 3, 2 * bbs_cuda.ROWS_PER_TILE + 1):
         x = np.random.default_rng(batch).standard_normal((batch, k)).astype(np.float32)
         assert_close(run_on_the_cpu(func, x, kernel_for(enc, make_target()).constants, (batch, n)), x @ decoded.T)
 

@@ -1,7 +1,7 @@
 """How the GPU kernels map work to threads: one warp per output channel.
 
-Every encoded-weight GPU kernel uses the same grid: ``blockIdx.x`` over the
-rows of activations, ``blockIdx.y`` over groups of CHANNELS_PER_BLOCK output
+The bit-plane, index and tANS matmuls use the same grid (bbs has its own, see
+``bbs_cuda``): ``blockIdx.x`` over the rows of activations, ``blockIdx.y`` over groups of CHANNELS_PER_BLOCK output
 channels, ``threadIdx.y`` picks the channel (one warp each) and ``threadIdx.x``
 the lane, which strides over that channel's encoding along K. The lanes'
 partial sums are then reduced across the warp.
