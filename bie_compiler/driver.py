@@ -60,6 +60,7 @@ def compile_model(
     sizes at import; the others stay symbolic.
     """
     from bie_compiler.codegen import LAYER_ATTR, cpu, cuda
+    from bie_compiler.codegen.dedup import deduplicate_prim_funcs
     from bie_compiler.codegen.target import describe, make_target
     from bie_compiler.passes import EncodeWeights, EncodingPolicy, PropagateNaN
     from bie_compiler.runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact
@@ -101,6 +102,8 @@ def compile_model(
     encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate,
                            calibrations if calibration is not None else None)
     mod = encode(PropagateNaN()(imported.mod))
+    if tvm_target.kind.name != "cuda":  # (the CUDA build maps each layer to its own device kernels)
+        mod = deduplicate_prim_funcs(mod)  # identical kernels of several layers: one, named after all of them
     kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
                      if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
     step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))

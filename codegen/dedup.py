@@ -49,6 +49,11 @@ def deduplicate_prim_funcs(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             duplicate_of[gv] = original
     if not duplicate_of:
         return mod
+    served: dict = {}  # kept kernel -> the layers of its removed copies, so reports can name them all
+    for gv, original in duplicate_of.items():
+        attrs = mod[gv].attrs
+        if attrs is not None and _NAMING_ATTRS[1] in attrs:
+            served.setdefault(original, []).append(str(attrs[_NAMING_ATTRS[1]]))
     redirect = _Redirect(mod, duplicate_of)
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
@@ -56,4 +61,7 @@ def deduplicate_prim_funcs(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     out = redirect.builder_.get()
     for gv in duplicate_of:
         del out[gv]
+    for gv, layers in served.items():
+        own = out[gv].attrs[_NAMING_ATTRS[1]] if _NAMING_ATTRS[1] in (out[gv].attrs or {}) else None
+        out[gv] = out[gv].with_attr(_NAMING_ATTRS[1], ", ".join([str(own)] * (own is not None) + layers))
     return out
