@@ -4,8 +4,8 @@ Cases (``--models`` picks a subset):
 
 * ``encoder`` (all-MiniLM-L6-v2-shaped) at x (1, 128, 384), (8, 128, 384) and (1, 1, 384): dense
   (every weight left dense), ``bbs`` moderate, ``bie-bitplane --bits 4`` and ``int8``;
-* ``mobilenet`` (MobileNetV2-shaped) at batch 1 and 8: dense and ``bbs`` moderate (the codec with
-  conv kernels);
+* ``mobilenet`` (MobileNetV2-shaped) at batch 1 and 8: dense, ``bbs`` moderate, ``bie-bitplane --bits 4``
+  and ``int8`` (every codec encodes convs: decode + conv);
 * the bundled ``mlp``, ``transformer`` and ``cnn`` at batch 1: dense and ``bbs`` moderate.
 
 Each case is ``bie-compiler bench`` (``bie_compiler.bench``): the artefact and onnxruntime on the
@@ -38,9 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPILER_SOURCES = [ROOT / d for d in ("bie_compiler", "passes", "codegen", "runtime")]
 DENSE = ("dense", "bie-bitplane", {}, ("*",))  # (variant, codec, options, skip): --skip '*' keeps every weight dense
 BBS = ("bbs", "bbs", {"preset": "moderate"}, ())
+BITPLANE4 = ("bie-bitplane-4", "bie-bitplane", {"bits": 4}, ())
+INT8 = ("int8", "int8", {}, ())
 VARIANTS = {
-    "encoder": [DENSE, BBS, ("bie-bitplane-4", "bie-bitplane", {"bits": 4}, ()), ("int8", "int8", {}, ())],
-    "mobilenet": [DENSE, BBS],
+    "encoder": [DENSE, BBS, BITPLANE4, INT8],
+    "mobilenet": [DENSE, BBS, BITPLANE4, INT8],
     "mlp": [DENSE, BBS], "transformer": [DENSE, BBS], "cnn": [DENSE, BBS],
 }
 SHAPES = {  # the input's shape per case
