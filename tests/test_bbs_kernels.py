@@ -60,3 +60,13 @@ def test_without_avx512_the_decode_once_gemv():
     enc = bbs.encode(np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32), bbs.Config())
     call = kernel_for(enc, make_target(mcpu="x86-64-v3"))
     assert call.kind == "bbs_decoded" and call.large_batch.decodes
+
+
+def test_decode_reads_the_sensitive_rows_only_where_they_are_taken():
+    """The sensitive/pruned choice is a lazy if_then_else: a Select evaluates both sides, and TVM simplifies
+    each under its own condition, dropping the index clamps: pruned rows then read far past the sensitive
+    rows (a segfault on MobileNet's classifier at batch 8)."""
+    w = np.random.default_rng(0).standard_normal((100, 96)).astype(np.float32)
+    enc = bbs.encode(w, bbs.Config(sensitive_channels=32))
+    script = kernel_for(enc, make_target("llvm")).large_batch.func.script()
+    assert "T.if_then_else(position[" in script and "T.Select(position[" not in script

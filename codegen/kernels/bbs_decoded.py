@@ -64,13 +64,16 @@ def stored_weight(enc: Encoded, scales, sensitive, columns, meta):
 
     def weight(row, kk):
         g, j = kk // bbs.GROUP, (kk % bbs.GROUP).astype("uint32")
-        p = tirx.max(row - count, 0)  # indices clamped so that the branch not taken stays in bounds
+        p = row - count
         kept = kept_value(columns, 8 - pruned_columns, p, g, j)
         m = meta[p // bbs.LANES, g, p % bbs.LANES].astype("int32")
         c = m & 63
         offset = -tirx.Select(c >= 32, c - 64, c) if zps else c
         pruned = (kept << (pruned_columns - (m >> 6))) + offset
-        value = tirx.Select(row < count, sensitive[tirx.min(row, max(count, 1) - 1), kk].astype("int32"), pruned)
+        # if_then_else, not Select: Select evaluates both sides, and TVM simplifies each side under its own
+        # condition, which removed the index clamps that kept the side not taken in bounds (a segfault when
+        # the constants ended near the end of a mapping: mobilenet's classifier at batch 8).
+        value = tirx.if_then_else(row < count, sensitive[row, kk].astype("int32"), pruned)
         return value.astype("float32") * scales[row]
 
     return weight
