@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -174,8 +175,8 @@ def manifest_sha256(artefact_dir: str | Path) -> str:
     return hashlib.sha256(_read_file(Path(artefact_dir) / MANIFEST, _MAX_MANIFEST_BYTES)).hexdigest()
 
 
-def _read_file(path: Path, limit: int | None = None) -> bytes:
-    """The bytes of a regular file, opened once and never through a symbolic link."""
+def _open_plain(path: Path):
+    """A binary reader of a regular file, opened once and never through a symbolic link."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -184,10 +185,15 @@ def _read_file(path: Path, limit: int | None = None) -> bytes:
         if e.errno == errno.ELOOP:
             raise ArtefactError(f"{path}: is a symbolic link; artefact files must be plain files") from None
         raise ArtefactError(f"{path}: cannot be read ({e.strerror})") from None
-    if not os.path.stat.S_ISREG(os.fstat(fd).st_mode):
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ArtefactError(f"{path}: is not a plain file")
-    with os.fdopen(fd, "rb") as f:
+    return os.fdopen(fd, "rb")
+
+
+def _read_file(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (see :func:`_open_plain`); at most ``limit`` bytes, or ArtefactError."""
+    with _open_plain(path) as f:
         data = f.read(limit + 1) if limit is not None else f.read()
     if limit is not None and len(data) > limit:
         raise ArtefactError(f"{path}: larger than {limit} bytes; not a bie-compiler manifest")
@@ -195,7 +201,12 @@ def _read_file(path: Path, limit: int | None = None) -> bytes:
 
 
 def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(_read_file(path)).hexdigest()
+    """The sha256 of a file we just wrote, read in chunks (a library can be large)."""
+    h = hashlib.sha256()
+    with _open_plain(path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _read_json(path: Path) -> dict:
