@@ -74,20 +74,24 @@ def _conv_spec(call) -> ConvSpec | None:
 
 
 def _dispatch_by_rows(small, large, large_decodes: bool, constants, k: int, n: int) -> relax.Function:
-    """``f(x [m, k]) -> [m, n]``: the small-batch kernel up to SMALL_BATCH_ROWS rows, else the large-batch one
-    (``large_decodes``: a decode kernel of the weight [k, n], then a plain matmul)."""
+    """``f(x [m, k], *constants) -> [m, n]``: the small-batch kernel up to SMALL_BATCH_ROWS rows, else the
+    large-batch one (``large_decodes``: a decode kernel of the weight [k, n], then a plain matmul).
+
+    The constants are parameters, not bound inside, so every constant of the model is an argument in
+    ``main`` and the build can move them all out of the code (``LiftConstants``)."""
     m = tvm.tirx.Var("m", "int64")
     x = relax.Var("x", relax.TensorType([m, k], "float32"))
+    params = [relax.Var(f"c{i}", c.ty) for i, c in enumerate(constants)]
     out_ty = relax.TensorType([m, n], "float32")
 
     def branch(kernel, decodes):
         y = relax.Var("y", out_ty)
         if not decodes:
-            call = relax.call_tir(kernel, [x, *constants], out_ty=out_ty)
+            call = relax.call_tir(kernel, [x, *params], out_ty=out_ty)
             return relax.SeqExpr([relax.BindingBlock([relax.VarBinding(y, call)])], y)
         w_ty = relax.TensorType([k, n], "float32")
         w = relax.Var("w", w_ty)
-        bindings = [relax.VarBinding(w, relax.call_tir(kernel, [x, *constants], out_ty=w_ty)),
+        bindings = [relax.VarBinding(w, relax.call_tir(kernel, [x, *params], out_ty=w_ty)),
                     relax.VarBinding(y, relax.op.matmul(x, w))]
         return relax.SeqExpr([relax.BindingBlock(bindings)], y)
 
@@ -95,7 +99,7 @@ def _dispatch_by_rows(small, large, large_decodes: bool, constants, k: int, n: i
                       branch(large, large_decodes))
     result = relax.Var("result", out_ty)
     body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(result, choice)])], result)
-    return relax.Function([x], body, out_ty, is_pure=True)
+    return relax.Function([x, *params], body, out_ty, is_pure=True)
 
 
 @mutator
@@ -111,6 +115,7 @@ class _WeightRewriter(PyExprMutator):
         self.programs = programs or {}  # name -> (layer index, BitVert Program) for the offloaded weights
         self.uses: dict[str, WeightUse] = {}
         self.kernels: dict[str, tuple[relax.GlobalVar, list]] = {}  # shared by uses of one weight
+        self.dispatchers: set[relax.GlobalVar] = set()  # Relax functions choosing a kernel by the row count
 
     def _bound(self, e):
         """The expression a variable is bound to (the matcher looks through bindings), else ``e``."""
@@ -178,8 +183,8 @@ class _WeightRewriter(PyExprMutator):
         n = use.matrix().shape[0]
 
         def kernel_call(x2):
-            if constants is None:  # a dispatch function holding its own constants
-                return relax.Call(callee, [x2])
+            if callee in self.dispatchers:
+                return relax.Call(callee, [x2, *constants])
             return relax.call_tir(callee, [x2, *constants], out_ty=relax.TensorType([x2.ty.shape.values[0], n], "float32"))
 
         return self._emit_matmul(call.args[0], kernel_call)
@@ -190,7 +195,7 @@ class _WeightRewriter(PyExprMutator):
 
     def _kernel(self, use: WeightUse, call):
         """(callee, constants, decodes): a PrimFunc for call_tir (a decode kernel if ``decodes``), or a Relax
-        function dispatching on the row count (constants None)."""
+        function dispatching on the row count, called with the same constants."""
         if use.name not in self.kernels:
             if use.name in self.decisions:
                 codec, enc = self.decisions[use.name]
@@ -206,7 +211,9 @@ class _WeightRewriter(PyExprMutator):
                 large = self._add_prim_func(kernel.large_batch, stem, use.name)
                 n, k = use.matrix().shape
                 dispatch = _dispatch_by_rows(small, large, kernel.large_batch.decodes, constants, k, n)
-                self.kernels[use.name] = self.builder_.add_func(dispatch, f"{stem}_matmul"), None, False
+                callee = self.builder_.add_func(dispatch, f"{stem}_matmul")
+                self.dispatchers.add(callee)
+                self.kernels[use.name] = callee, constants, False
         return self.kernels[use.name]
 
     def _add_prim_func(self, kernel, stem: str, layer: str) -> relax.GlobalVar:
