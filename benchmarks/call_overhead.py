@@ -75,7 +75,7 @@ def run(args) -> dict:
     error = float(np.abs(runner(feeds)["y"] - expected).max() / np.abs(expected).max())
     assert error < 1e-5, f"artefact and onnxruntime disagree: max rel err {error:.2e}"
     methods = {"bie runner": lambda: runner(feeds), "onnxruntime session.run": lambda: session.run(None, feeds),
-               "bare VM call": lambda: main(prepared)}
+               "bare VM call": lambda: main(prepared, *runner.weights)}
     samples = {name: [] for name in methods}
     for fn in methods.values():  # warm-up: thread pools started, lazy allocations done
         common.median_seconds(fn, args.calls, 1)

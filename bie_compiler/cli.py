@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     r.add_argument("-o", "--output", help=".npz to write the outputs to (default: print their shapes)")
     r.add_argument("--report", metavar="JSON", help="write the simulated accelerator report here (bitvert artefacts)")
+    r.add_argument("--check-finite", action="store_true",
+                   help="refuse inputs holding NaN or Inf, and non-finite outputs of finite inputs (where encoded "
+                        "kernels differ from onnxruntime: they skip zero weights, and sum in their own units)")
 
     b = sub.add_parser("bench", help="time an artefact against onnxruntime on its source model",
                        description="Interleaved timed calls of the artefact and of onnxruntime on the source model, "
@@ -242,13 +245,14 @@ def _print_report(manifest: dict) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     t = manifest["totals"]
     print(f"total: {t['encoded_layers']}/{t['layers']} layers encoded, {t['bytes_dense']} -> {t['bytes_encoded']} bytes "
-          f"({t['bits_per_weight']} bits/weight, {t['compression']}x); model.so {manifest['files']['model.so']['bytes']} bytes")
+          f"({t['bits_per_weight']} bits/weight, {t['compression']}x); model.so {manifest['files']['model.so']['bytes']} bytes, "
+          f"weights.bin {manifest['files']['weights.bin']['bytes']} bytes")
 
 
 def _run(args) -> int:
     from . import load
 
-    runner = load(args.artefact, args.expect_sha256)
+    runner = load(args.artefact, args.expect_sha256, args.check_finite)
     if args.report and "bitvert" not in runner.manifest:
         raise OptionError(f"--report: {args.artefact} was compiled for {runner.manifest['target']['kind']!r}; "
                           "the accelerator report needs an artefact compiled with --target bitvert")

@@ -63,7 +63,8 @@ def compile_model(
     from bie_compiler.codegen.dedup import deduplicate_prim_funcs
     from bie_compiler.codegen.target import describe, make_target
     from bie_compiler.passes import EncodeWeights, EncodingPolicy, PropagateNaN
-    from bie_compiler.runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact
+    from bie_compiler.runtime import weights_file
+    from bie_compiler.runtime.artefact import DEVICE_SOURCE, WEIGHTS, output_folder, write_artefact
 
     from .codecs import feedback
     from .calibration import activation_scales, calibration_inputs, layer_calibrations, record, sample_files
@@ -110,10 +111,11 @@ def compile_model(
     extra_files, device_code = {}, {}
     if tvm_target.kind.name == "cuda":
         built = cuda.build(mod, tvm_target)
-        executable, extra_files = built.executable, {DEVICE_SOURCE: built.source}
+        executable, weights, extra_files = built.executable, built.weights, {DEVICE_SOURCE: built.source}
         device_code = {"device_code": {"source": DEVICE_SOURCE, "layer_kernels": built.layer_kernels}}
     else:
-        executable = cpu.build(mod, tvm_target)
+        executable, weights = cpu.build(mod, tvm_target)
+    extra_files[WEIGHTS] = weights_file.pack(weights.tensors, weights.tans)
     manifest = {
         "bie_compiler_version": __version__,
         "tvm_version": tvm.__version__,
@@ -127,6 +129,7 @@ def compile_model(
         "layers": [r.to_json() for r in encode.records],
         "kernel_layers": kernel_layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
         "totals": totals(encode.records),
+        "weights": {"tensors": len(weights.tensors), "bytes": weights.nbytes, "tans_streams": len(weights.tans)},
         **device_code,
         **({"calibration": record(calibration, damping, act_order)} if calibration is not None else {}),
     }

@@ -21,6 +21,7 @@ from bie_compiler.codecs import Encoded, bbs, bie_binary, bie_bitplane, bie_bloc
 from bie_compiler.codecs import int8 as int8_codec
 from bie_compiler.codecs.base import packed_width
 
+from . import weights
 from .kernels import (bbs_cuda, bbs_decoded, bbs_lut, bitplane, decode, dense, int8, sparse_index, sparse_index_cuda,
                       tans_cuda, tans_matmul)
 
@@ -171,14 +172,17 @@ def tans_constants(enc: Encoded, byte_words: bool = True) -> list[np.ndarray]:
 
 
 def _tans_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    # The kernels index their table by decoded states and trust the counts and offsets: check them first.
+    # The kernels index their table by decoded states and trust the counts and offsets: check them first
+    # (and the runtime checks them again when it loads them, by the layout each kernel carries).
     tans.tans_coder.validate(tans.streams(enc), int(enc.header["levels"]))
+    layout = tans_layout(enc)
+    checked = lambda func: func.with_attr(weights.TANS_ATTR, layout)  # noqa: E731
     if _on_gpu():
-        return KernelCall("tans", tans_cuda.matmul(**tans_layout(enc)), tans_constants(enc, byte_words=False))
+        return KernelCall("tans", checked(tans_cuda.matmul(**layout)), tans_constants(enc, byte_words=False))
     constants = tans_constants(enc)
-    small = None if conv else KernelCall("tans_matmul", tans_matmul.matmul(**tans_layout(enc)), constants)
+    small = None if conv else KernelCall("tans_matmul", checked(tans_matmul.matmul(**layout)), constants)
     into, x_ndim = _into(enc, conv)
-    decoder = tans_matmul.decode_weights(**tans_layout(enc), into=into, x_ndim=x_ndim)
+    decoder = checked(tans_matmul.decode_weights(**layout, into=into, x_ndim=x_ndim))
     return _with_decoder(small, decoder, "tans", constants, conv)
 
 

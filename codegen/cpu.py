@@ -27,6 +27,7 @@ from tvm.s_tir import meta_schedule as ms
 from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
 from .schedules import conv2d, depthwise_conv2d, elementwise, matmul, reduction
+from .weights import Weights, split_weights
 
 SCHEDULED = "tirx.is_scheduled"
 NOALIAS = "tirx.noalias"
@@ -78,10 +79,12 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return relax.get_pipeline("zero")(fast_math(mod))
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecutable, Weights]:
+    """The executable, and the weights its ``main`` takes after the inputs (:func:`.weights.split_weights`)."""
     mod = fuse(mod, target)
     with target:
         mod = dl.ApplyDefaultSchedule(*RULES)(mod)
         mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
+    mod, weights = split_weights(deduplicate_prim_funcs(mod))
     lower = tvm.transform.Sequential([relax.get_pipeline("default"), mark_single_argument_noalias])
-    return tvm.compile(deduplicate_prim_funcs(mod), target, relax_pipeline=lower)
+    return tvm.compile(mod, target, relax_pipeline=lower), weights

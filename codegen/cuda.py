@@ -22,6 +22,7 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 
 from . import LAYER_ATTR
+from .weights import Weights, split_weights
 
 _GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)\(")
 _THREAD_BINDING = ("T.thread_binding(", "T.launch_thread(")
@@ -33,11 +34,12 @@ class DeviceCodeError(RuntimeError):
 
 @dataclass
 class CudaBuild:
-    """The executable, its CUDA source, and the device kernels of each encoded layer."""
+    """The executable, its CUDA source, the device kernels of each encoded layer, the weights ``main`` takes."""
 
     executable: relax.VMExecutable
     source: str
     layer_kernels: dict[str, list[str]]  # layer name -> __global__ functions computing it
+    weights: Weights
 
 
 def device_source(executable: relax.VMExecutable) -> str:
@@ -80,6 +82,7 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> CudaBuild:
         )(mod)
     check_thread_bindings(mod)
     funcs = _prim_funcs(mod)
+    mod, weights = split_weights(mod)
     executable = tvm.compile(mod, target)
     source = device_source(executable)
     kernels = global_functions(source)
@@ -90,4 +93,4 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> CudaBuild:
     for name, func in funcs.items():
         if func.attrs is not None and LAYER_ATTR in func.attrs:
             layer_kernels.setdefault(str(func.attrs[LAYER_ATTR]), []).extend(_kernels_of(name, kernels))
-    return CudaBuild(executable, source, layer_kernels)
+    return CudaBuild(executable, source, layer_kernels, weights)

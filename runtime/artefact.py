@@ -1,4 +1,5 @@
-"""The artefact on disk: ``model.so`` (code and encoded constants) and ``manifest.json``.
+"""The artefact on disk: ``model.so`` (code), ``weights.bin`` (the constants, encoded weights among
+them, as data: :mod:`.weights_file`) and ``manifest.json``.
 
 The manifest carries the format version, where the model came from, the codec
 configuration, the per-layer report, the I/O signature, the sha256 of every
@@ -31,11 +32,13 @@ from pathlib import Path
 from bie_compiler.errors import ArtefactError, OptionError
 
 from .manifest_schema import validate_manifest
+from .weights_file import unpack
 
 FORMAT = "bie-compiler-artefact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: constants in weights.bin, passed to main after the inputs
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
+WEIGHTS = "weights.bin"
 DEVICE_SOURCE = "device.cu"  # cuda artefacts: the generated CUDA source, for inspection and offline checks
 _MAX_MANIFEST_BYTES = 64 << 20
 _STAGING = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+")
@@ -128,9 +131,9 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
 
 
-def write_artefact(out_dir: str | Path, executable, manifest: dict, extra_files: dict[str, str] | None = None,
+def write_artefact(out_dir: str | Path, executable, manifest: dict, extra_files: dict[str, str | bytes] | None = None,
                    source: str | os.PathLike | None = None) -> Path:
-    """Export the executable, ``extra_files`` (name -> text) and the manifest into ``out_dir``, atomically
+    """Export the executable, ``extra_files`` (name -> text or bytes) and the manifest into ``out_dir``, atomically
     replacing an older artefact (see :func:`output_folder` for what is refused). Every file is listed in the
     manifest with its sha256."""
     out = output_folder(out_dir, source)
@@ -147,8 +150,14 @@ def write_artefact(out_dir: str | Path, executable, manifest: dict, extra_files:
         except Exception as e:  # the system's compiler or linker failed: a full disk, a missing tool
             detail = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise ArtefactError(f"-o {out}: writing {LIBRARY} failed: {detail[:300]}") from None
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
+        for name, content in (extra_files or {}).items():
+            try:
+                if isinstance(content, bytes):
+                    (staging / name).write_bytes(content)
+                else:
+                    (staging / name).write_text(content)
+            except OSError as e:  # a full disk
+                raise ArtefactError(f"-o {out}: writing {name} failed ({e.strerror})") from None
         files = [LIBRARY, *(extra_files or {})]
         manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, files={
             name: {"sha256": _file_sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in files})
@@ -248,12 +257,14 @@ def read_manifest(artefact_dir: str | Path, verify_files: bool = True, expect_sh
         )
     if manifest.get("checksum") != _checksum(manifest):
         raise ArtefactError(f"{path}: the manifest was modified after compilation (checksum mismatch)")
-    problem = validate_manifest(manifest, allowed_files=(LIBRARY, DEVICE_SOURCE))
+    problem = validate_manifest(manifest, allowed_files=(LIBRARY, WEIGHTS, DEVICE_SOURCE), required_files=2)
     if problem:
         raise ArtefactError(f"{path}: invalid manifest: {problem}")
     if verify_files:
         for name in manifest["files"]:
-            verified_bytes(folder, manifest, name)
+            data = verified_bytes(folder, manifest, name)
+            if name == WEIGHTS:
+                unpack(data, str(folder / WEIGHTS), manifest["weights"])  # checked as the runtime will, running no code
     return manifest
 
 

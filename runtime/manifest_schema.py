@@ -61,6 +61,7 @@ MANIFEST = {
     "fixed_shapes": {"input_shapes": MapOf([int]), "dims": MapOf(int)},
     "kernel_layers": MapOf(NAME),
     "files": MapOf({"sha256": SHA256, "bytes": int}),
+    "weights": {"tensors": int, "bytes": int, "tans_streams": int},
     "device_code?": {"source": NAME, "layer_kernels": MapOf([Pattern(r"\w{1,512}")])},
     "calibration?": {"path": str, "sha256": SHA256, "samples": int, "damping": float, "act_order": bool},
     "bitvert?": {"calibration": (str, NONE), "layers": [Pair(NAME, MapOf(MapOf((float, str))))]},
@@ -129,8 +130,9 @@ def _check(value, spec, where: str) -> str | None:
     raise TypeError(f"bad spec {spec!r}")  # a bug in this module, not in the manifest
 
 
-def validate_manifest(manifest: dict, allowed_files: tuple[str, ...]) -> str | None:
-    """None if ``manifest`` fits the schema and lists only ``allowed_files`` (the library among them)."""
+def validate_manifest(manifest: dict, allowed_files: tuple[str, ...], required_files: int = 1) -> str | None:
+    """None if ``manifest`` fits the schema and lists only ``allowed_files``, the first ``required_files``
+    of them (the library, the weights) among them."""
     problem = _check(manifest, MANIFEST, "manifest")
     if problem:
         return problem
@@ -140,8 +142,9 @@ def validate_manifest(manifest: dict, allowed_files: tuple[str, ...]) -> str | N
     strays = sorted(set(files) - set(allowed_files))
     if strays:
         return f"files: unexpected file name(s) {', '.join(repr(s) for s in strays[:3])}"
-    if allowed_files[0] not in files:
-        return f"files: {allowed_files[0]} is not listed"
+    missing = [name for name in allowed_files[:required_files] if name not in files]
+    if missing:
+        return f"files: {missing[0]} is not listed"
     if "device_code" in manifest and manifest["device_code"]["source"] not in files:
         return "device_code.source: not one of the artefact's files"
     return None

@@ -12,9 +12,10 @@ from tvm import relax
 
 from bie_compiler.errors import ArtefactError, BieError
 
-from .artefact import LIBRARY, VerifiedLibrary, read_manifest, verified_bytes
+from .artefact import LIBRARY, WEIGHTS, VerifiedLibrary, read_manifest, verified_bytes
 from .host import host_cpu, isa
 from .threads import configure_thread_pool
+from .weights_file import unpack
 
 
 def check_host(target: dict) -> tvm.runtime.Device:
@@ -101,14 +102,21 @@ class Runner:
     the cores (and multiply the VM's workspace memory).
     """
 
-    def __init__(self, artefact_dir: str | Path, expect_sha256: str | None = None):
+    def __init__(self, artefact_dir: str | Path, expect_sha256: str | None = None, check_finite: bool = False):
+        """``check_finite``: refuse inputs holding NaN or Inf, and outputs that are not finite though every
+        input was (where the encoded kernels' arithmetic differs from onnxruntime's: see the README)."""
         self.path = Path(artefact_dir)
+        self.check_finite = check_finite
         self.manifest = read_manifest(self.path, verify_files=False, expect_sha256=expect_sha256)
         library = VerifiedLibrary(self.path, self.manifest)  # the bytes hashed are the bytes loaded
-        for name in set(self.manifest["files"]) - {LIBRARY}:
+        for name in set(self.manifest["files"]) - {LIBRARY, WEIGHTS}:
             verified_bytes(self.path, self.manifest, name)
+        # every offset, size and tANS stream checked before the code that reads them is loaded
+        weights = unpack(verified_bytes(self.path, self.manifest, WEIGHTS), str(self.path / WEIGHTS),
+                         self.manifest["weights"])
         self.device = check_host(self.manifest["target"])
         configure_thread_pool()
+        self.weights = [tvm.runtime.tensor(w, self.device) for w in weights]  # what main takes after the inputs
         try:
             with library as path:
                 lib = tvm.runtime.load_module(path)
@@ -145,20 +153,34 @@ class Runner:
                     a = np.asarray(a)
                 if not spec.accepts(a):
                     raise BieError(f"input {spec.name!r}: expected {spec.dtype} {spec.shape}, got {a.dtype} {list(a.shape)}")
+                if self.check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+                    raise BieError(f"input {spec.name!r} holds NaN or Inf (refused by check_finite: encoded kernels "
+                                   "that skip zero weights do not propagate them as onnxruntime does)")
                 if self._on_host:
                     args.append(staged.tensor(a))
                 else:
                     args.append(tvm.runtime.tensor(a if a.flags.c_contiguous else a.copy(), self.device))
             try:
-                result = self._main(*args)
+                result = self._main(*args, *self.weights)
             except (tvm.error.InternalError, RuntimeError, ValueError, TypeError) as e:  # code and manifest disagree
                 raise ArtefactError(f"{self.path}: running the artefact failed: {str(e).strip().splitlines()[-1][:300]}") from None
             # copied: an output may also be a VM constant, which the caller must not be able to change
             if not self._on_host:
                 values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
-                return {name: v.numpy() for name, v in zip(self.output_names, values)}
-            if result.__class__ is tvm.runtime.Tensor:  # one output: no comprehension (a sixth of the call)
-                return {self.output_names[0]: np.from_dlpack(result).copy()}
-            return {name: np.from_dlpack(v).copy() for name, v in zip(self.output_names, result)}
+                outputs = {name: v.numpy() for name, v in zip(self.output_names, values)}
+            elif result.__class__ is tvm.runtime.Tensor:  # one output: no comprehension (a sixth of the call)
+                outputs = {self.output_names[0]: np.from_dlpack(result).copy()}
+            else:
+                outputs = {name: np.from_dlpack(v).copy() for name, v in zip(self.output_names, result)}
+        if self.check_finite:
+            self._check_outputs(outputs)
+        return outputs
+
+    def _check_outputs(self, outputs: dict[str, np.ndarray]) -> None:
+        for name, value in outputs.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise BieError(f"output {name!r} is not finite though every input was: an intermediate sum "
+                               "overflowed float32 (inputs too large in magnitude for the encoded kernels; see the "
+                               "README on NaN and Inf)")
 
     __call__ = run

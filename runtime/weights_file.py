@@ -52,8 +52,11 @@ def pack(tensors: list[tuple[str, np.ndarray]], tans: list[dict] | None = None) 
     return bytes(out)
 
 
-def unpack(data: bytes, label: str = "weights.bin") -> list[np.ndarray]:
-    """The tensors of a weights file, in order, after every check; ArtefactError naming the first failure."""
+def unpack(data: bytes, label: str = "weights.bin", expected: dict | None = None) -> list[np.ndarray]:
+    """The tensors of a weights file, in order, after every check; ArtefactError naming the first failure.
+
+    ``expected``: the manifest's ``weights`` entry; the file must hold as many tensors, bytes and tANS
+    streams (so a header that leaves its streams out does not skip their checks)."""
     if len(data) < len(MAGIC) + 8 or data[: len(MAGIC)] != MAGIC:
         raise ArtefactError(f"{label}: not a bie-compiler weights file")
     (length,) = struct.unpack("<Q", data[len(MAGIC): len(MAGIC) + 8])
@@ -74,6 +77,11 @@ def unpack(data: bytes, label: str = "weights.bin") -> list[np.ndarray]:
         problem = _tans(stream, tensors)
         if problem:
             raise ArtefactError(f"{label}: tANS stream {i}: {problem}")
+    if expected is not None:
+        found = {"tensors": len(tensors), "bytes": sum(t.nbytes for t in tensors), "tans_streams": len(tans)}
+        for key, what in (("tensors", "tensor(s)"), ("bytes", "byte(s) of tensors"), ("tans_streams", "tANS stream(s)")):
+            if found[key] != expected[key]:
+                raise ArtefactError(f"{label}: {found[key]} {what}, the manifest says {expected[key]}")
     return tensors
 
 

@@ -1,11 +1,12 @@
-"""Seeded mutation fuzzers for the two readers of untrusted bytes: the tANS decoder and the artefact reader.
+"""Seeded mutation fuzzers for the readers of untrusted bytes: the tANS decoder, the artefact's manifest
+reader and its weights-file reader.
 
 Each iteration mutates a valid input at random and feeds it to the reader, which must either accept it
 or raise the project's own error (CodecError, ArtefactError, OptionError): any other exception is a
 finding, and so is a hang (the caller bounds the time). CI runs a few hundred iterations
 (tests/test_fuzz.py); for thousands:
 
-    .venv/bin/python tests/fuzz.py --iterations 5000 [--seed S] [--target tans|manifest|all]
+    .venv/bin/python tests/fuzz.py --iterations 5000 [--seed S] [--target tans|manifest|weights|all]
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def _paths(value, prefix=()):
             yield from _paths(v, prefix + (i,))
 
 
-def mutate_manifest(rng: np.random.Generator, manifest: dict) -> dict:
-    """A structural mutation: a field removed, replaced by a random value, or a new field added."""
+def mutate_json(rng: np.random.Generator, manifest: dict) -> dict:
+    """A structural mutation of a JSON object (a manifest, a weights header): a field removed, replaced by a
+    random value, or a new field added."""
     manifest = json.loads(json.dumps(manifest))
     paths = [p for p in _paths(manifest) if p and p[0] not in ("checksum",)]
     path = paths[rng.integers(0, len(paths))]
@@ -145,7 +147,7 @@ def fuzz_manifest(iterations: int, seed: int, artefact: Path) -> dict:
         copy = Path(shutil.copytree(artefact, Path(tmp) / "art"))
         for _ in range(iterations):
             if rng.random() < 0.75:
-                manifest = mutate_manifest(rng, original)
+                manifest = mutate_json(rng, original)
                 manifest["checksum"] = art._checksum(manifest)
                 data = json.dumps(manifest).encode()
             else:
@@ -164,17 +166,55 @@ def fuzz_manifest(iterations: int, seed: int, artefact: Path) -> dict:
     return outcomes
 
 
+def fuzz_weights(iterations: int, seed: int, artefact: Path) -> dict:
+    """Mutated copies of ``artefact``'s weights.bin (header fields removed, replaced or added; body bytes
+    flipped; the file truncated), read by the runtime's reader against the manifest's counts."""
+    import struct
+
+    from bie_compiler.runtime import artefact as art
+    from bie_compiler.runtime import weights_file as wf
+
+    rng = np.random.default_rng(seed)
+    expected = json.loads((artefact / art.MANIFEST).read_text())["weights"]
+    data = (artefact / art.WEIGHTS).read_bytes()
+    (length,) = struct.unpack("<Q", data[8:16])
+    header, body = json.loads(data[16:16 + length]), data[wf._aligned(16 + length):]
+    outcomes = {"accepted": 0, "refused": 0}
+    for _ in range(iterations):
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            text = json.dumps(mutate_json(rng, header)).encode()
+            mutated = wf.MAGIC + struct.pack("<Q", len(text)) + text
+            mutated += bytes(wf._aligned(len(mutated)) - len(mutated)) + body
+        elif kind == 1:
+            mutated = bytearray(data)
+            for _ in range(rng.integers(1, 4)):
+                mutated[rng.integers(0, len(mutated))] = rng.integers(0, 256)
+            mutated = bytes(mutated)
+        else:
+            mutated = data[: rng.integers(0, len(data))]
+        try:
+            tensors = wf.unpack(mutated, "weights.bin", expected)
+        except BieError:
+            outcomes["refused"] += 1
+            continue
+        assert len(tensors) == expected["tensors"] and sum(t.nbytes for t in tensors) == expected["bytes"]
+        outcomes["accepted"] += 1
+    return outcomes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", choices=["tans", "manifest", "all"], default="all")
-    parser.add_argument("--artefact", type=Path, help="artefact whose manifest to mutate (default: compile mlp.onnx)")
+    parser.add_argument("--target", choices=["tans", "manifest", "weights", "all"], default="all")
+    parser.add_argument("--artefact", type=Path,
+                        help="artefact whose manifest and weights to mutate (default: compile mlp.onnx with tans)")
     args = parser.parse_args()
     if args.target in ("tans", "all"):
         started = time.perf_counter()
         print("tans:", fuzz_tans(args.iterations, args.seed), f"{time.perf_counter() - started:.1f} s")
-    if args.target in ("manifest", "all"):
+    if args.target in ("manifest", "weights", "all"):
         artefact = args.artefact
         with tempfile.TemporaryDirectory() as tmp:
             if artefact is None:
@@ -182,9 +222,11 @@ def main() -> None:
                 from bie_compiler.models import write_all
 
                 model = write_all(tmp, ["mlp"])[0]
-                artefact = compile_model(model, Path(tmp) / "art", "bie-bitplane", progress=None)
-            started = time.perf_counter()
-            print("manifest:", fuzz_manifest(args.iterations, args.seed, artefact), f"{time.perf_counter() - started:.1f} s")
+                artefact = compile_model(model, Path(tmp) / "art", "tans", progress=None)
+            for name, fuzz in (("manifest", fuzz_manifest), ("weights", fuzz_weights)):
+                if args.target in (name, "all"):
+                    started = time.perf_counter()
+                    print(f"{name}:", fuzz(args.iterations, args.seed, artefact), f"{time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":

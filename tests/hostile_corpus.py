@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bie_compiler import cli
 from bie_compiler.runtime import artefact as art
+from bie_compiler.runtime import weights_file as wf
 
 
 @dataclass
@@ -242,13 +243,14 @@ def artefact_cases() -> list[Case]:
 
     resealed = [
         (_drop("files", "model.so"), "model.so is not listed"), (_put({}, "files"), "model.so is not listed"),
+        (_drop("files", "weights.bin"), "weights.bin is not listed"), (_drop("weights"), "missing field(s) weights"),
         (_put({"sha256": "0" * 64, "bytes": 1}, "files", "../../etc/passwd"), "unexpected file name"),
         (_put({"sha256": "0" * 64, "bytes": 1}, "files", "/etc/passwd"), "unexpected file name"),
         (_put({"sha256": "0" * 64, "bytes": 1}, "files", "device.cu"), "device.cu: missing"),
         (_put("x" * 64, "files", "model.so", "sha256"), "files.model.so.sha256"),
         (_put(-5, "files", "model.so", "bytes"), "files.model.so.bytes"),
         (_put(1.5, "files", "model.so", "bytes"), "files.model.so.bytes"),
-        (_put(2, "format_version"), "format version 2"), (_put("other", "format"), "not a bie-compiler manifest"),
+        (_put(1, "format_version"), "format version 1"), (_put("other", "format"), "not a bie-compiler manifest"),
         (_put("tpu", "target", "kind"), "target.kind"), (_put("sm_90", "target", "arch"), "target.arch"),
         (_put("a b", "target", "mcpu"), "target.mcpu"), (_drop("target", "mcpu"), "missing field(s) mcpu"),
         (_put([], "inputs"), "running the artefact failed"), (_put("x", "inputs"), "manifest.inputs: expected a list"),
@@ -299,6 +301,96 @@ def artefact_cases() -> list[Case]:
         Case("check a valid artefact", "artefact", command(), Ok()),
     ]
     return cases
+
+
+def _weights_edit(edit, *options: str):
+    """An attacker or a broken disk changes weights.bin (``edit(header, body)``, body a bytearray of the
+    tensors) and reseals the manifest; the runtime's checks must refuse it before any kernel reads it."""
+    def setup(folder: Path) -> list[str]:
+        out = compiled(folder, *options)
+        data = (out / art.WEIGHTS).read_bytes()
+        (length,) = wf.struct.unpack("<Q", data[8:16])
+        header = json.loads(data[16:16 + length])
+        body = bytearray(data[wf._aligned(16 + length):])
+        edit(header, body)
+        text = json.dumps(header).encode()
+        start = wf._aligned(16 + len(text))
+        data = wf.MAGIC + wf.struct.pack("<Q", len(text)) + text + bytes(start - 16 - len(text)) + bytes(body)
+        (out / art.WEIGHTS).write_bytes(data)
+        reseal(out, _put({"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}, "files", art.WEIGHTS))
+        return ["check", str(out)]
+    return setup
+
+
+def _tensor_of(header: dict, body: bytearray, index: int) -> np.ndarray:
+    entry = header["tensors"][index]
+    start = entry["offset"]
+    return np.frombuffer(memoryview(body)[start:start + entry["nbytes"]], entry["dtype"])
+
+
+def _bump_tans_counts(fix_crc: bool):
+    def edit(header, body):
+        stream = header["tans"][0]
+        counts = _tensor_of(header, body, stream["counts"])
+        counts[0] += 1
+        if fix_crc:  # a consistent forgery: the checksum recomputed, the table no longer sums to its size
+            words = _tensor_of(header, body, stream["words"]).view(np.uint32)
+            stream["crc32"] = wf.check_streams.__globals__["checksum"](
+                counts, _tensor_of(header, body, stream["offsets"]), words)
+    return edit
+
+
+def weights_cases() -> list[Case]:
+    def offset_past_end(header, body):
+        header["tensors"][-1]["offset"] = len(body) + 64
+
+    def as_other_dtype(header, body):
+        entry = header["tensors"][0]
+        entry.update(dtype="uint8", shape=[entry["nbytes"]])
+
+    def swap_first_two(header, body):
+        header["tensors"][0], header["tensors"][1] = header["tensors"][1], header["tensors"][0]
+
+    def drop_tans(header, body):
+        header["tans"] = []
+
+    def stream_offsets_reversed(header, body):
+        stream = header["tans"][0]
+        offsets = _tensor_of(header, body, stream["offsets"])
+        offsets[:] = offsets[::-1].copy()
+
+    def changed_on_disk(change):
+        def setup(folder):
+            out = compiled(folder)
+            change(out / art.WEIGHTS)
+            return ["check", str(out)]
+        return setup
+
+    def flip(path):
+        data = bytearray(path.read_bytes())
+        data[100] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+    tans = ("--codec", "tans", "--stream-symbols", "256")
+    return [
+        Case("weights byte flipped", "weights", changed_on_disk(flip), Error("does not match the manifest")),
+        Case("weights missing", "weights", changed_on_disk(Path.unlink), Error("missing")),
+        Case("weights not a weights file, resealed", "weights", _weights_edit(lambda h, b: h.clear()),
+             Error("unreadable header")),
+        Case("weights tensor past the file, resealed", "weights", _weights_edit(offset_past_end), Error("past the file")),
+        Case("weights tensor of another dtype, resealed", "weights", _weights_edit(as_other_dtype),
+             Error("running the artefact failed")),
+        Case("weights tensors reordered, resealed", "weights", _weights_edit(swap_first_two), Error("out of order")),
+        Case("tANS counts changed, resealed", "weights", _weights_edit(_bump_tans_counts(False), *tans),
+             Error("tANS stream 0: corrupted: checksum mismatch")),
+        Case("tANS counts and checksum forged", "weights", _weights_edit(_bump_tans_counts(True), *tans),
+             Error("counts sum to")),
+        Case("tANS stream offsets reversed, resealed", "weights", _weights_edit(stream_offsets_reversed, *tans),
+             Error("tANS stream 0")),
+        Case("tANS stream list dropped, resealed", "weights", _weights_edit(drop_tans, *tans),
+             Error("0 tANS stream(s), the manifest says")),
+        Case("check a valid tans artefact", "weights", lambda f: ["check", str(compiled(f, *tans))], Ok()),
+    ]
 
 
 def _planted_library(folder: Path) -> list[str]:
@@ -404,7 +496,7 @@ def _user_file(folder: Path) -> Path:
 
 
 def all_cases() -> list[Case]:
-    return onnx_cases() + option_cases() + artefact_cases() + input_cases() + output_cases()
+    return onnx_cases() + option_cases() + artefact_cases() + weights_cases() + input_cases() + output_cases()
 
 
 # --- running --------------------------------------------------------------------------------------------------------

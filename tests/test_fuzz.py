@@ -1,7 +1,7 @@
 """A few hundred iterations of each fuzzer (tests/fuzz.py runs thousands): every mutated input is accepted
 as well-formed or refused with the project's own error; nothing else escapes."""
 
-from fuzz import fuzz_manifest, fuzz_tans
+from fuzz import fuzz_manifest, fuzz_tans, fuzz_weights
 
 
 def test_tans_decoder_survives_mutated_streams():
@@ -15,3 +15,11 @@ def test_artefact_reader_survives_mutated_manifests(model_dir, tmp_path):
     artefact = compile_model(model_dir["mlp"], tmp_path / "art", "bie-bitplane", progress=None)
     outcomes = fuzz_manifest(300, seed=1, artefact=artefact)
     assert outcomes["refused"] > 200
+
+
+def test_weights_reader_survives_mutated_weights(model_dir, tmp_path):
+    from bie_compiler import compile_model
+
+    artefact = compile_model(model_dir["mlp"], tmp_path / "art", "tans", progress=None)
+    outcomes = fuzz_weights(300, seed=1, artefact=artefact)
+    assert outcomes["refused"] > 150 and outcomes["accepted"] > 0  # flips in float data are accepted as data

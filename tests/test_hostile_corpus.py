@@ -21,7 +21,7 @@ def test_the_corpus_covers_every_class():
     counts = {}
     for case in CASES:
         counts[case.kind] = counts.get(case.kind, 0) + 1
-    assert len(CASES) >= 150 and set(counts) == {"onnx", "options", "artefact", "inputs", "output"}
+    assert len(CASES) >= 150 and set(counts) == {"onnx", "options", "artefact", "weights", "inputs", "output"}
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c.kind}-{c.name}" for c in CASES])

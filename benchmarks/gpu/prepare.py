@@ -9,8 +9,9 @@ loads the module (``run_on_device.py`` registers a callback that looks it up).
 
 * ``art/<model>-<case>/``: every bundled model x every codec case of
   ``tests/test_cuda.py`` (and ``int8``, whose layers stay dense), built as the
-  tests build them, plus ``check.npz``: inputs at batch 1 and 8 and the
-  outputs of onnxruntime on the decoded-weights model (``parity.decoded_model``).
+  tests build them, plus ``check.npz``: the weights ``main`` takes after its
+  inputs, inputs at batch 1 and 8 and the outputs of onnxruntime on the
+  decoded-weights model (``parity.decoded_model``).
 * ``bench/<N>x<K>/``: each codec of ``cuda_gemv.py``'s kernel (``kernel_for``)
   for N x K weights, with a real encoding of a block of rows (and, for ``bbs``,
   of K) that ``tiling`` stacks to the full size on the device; the activations
@@ -50,7 +51,8 @@ from bie_compiler.codegen.target import make_target  # noqa: E402
 from bie_compiler.frontend import load_model  # noqa: E402
 from bie_compiler.parity import decoded_model, make_inputs, run_onnxruntime  # noqa: E402
 from bie_compiler.report import LayerRecord  # noqa: E402
-from bie_compiler.runtime.artefact import DEVICE_SOURCE  # noqa: E402
+from bie_compiler.runtime.artefact import DEVICE_SOURCE, WEIGHTS  # noqa: E402
+from bie_compiler.runtime.weights_file import unpack  # noqa: E402
 from tests.test_cuda import KERNEL_CASES, MODELS  # noqa: E402
 
 ARCH = "sm_90"
@@ -94,7 +96,9 @@ def artefacts(models: Path, out: Path) -> None:
                           min_weights=0, progress=None)
             manifest = json.loads((path / "manifest.json").read_text())
             reference = decoded_model(onnx_model, [LayerRecord.from_json(r) for r in manifest["layers"]])
-            saved = {}
+            # the weights main takes after its inputs, checked here: the device has TVM's runtime only
+            weights = unpack((path / WEIGHTS).read_bytes(), str(path / WEIGHTS), manifest["weights"])
+            saved = {f"weights/{i}": w for i, w in enumerate(weights)}
             for batch in BATCHES:
                 inputs = make_inputs(manifest["inputs"], batch=batch, seed=batch)
                 saved.update({f"b{batch}/in/{k}": v for k, v in inputs.items()})

@@ -102,10 +102,11 @@ def parity_one(tvm, device, prepared: Path, name: str) -> dict:
     manifest = json.loads((folder / "manifest.json").read_text())
     vm = VirtualMachine(tvm.runtime.load_module(str(folder / "model.so")), device)
     data = np.load(folder / "check.npz")
+    weights = [tvm.runtime.tensor(data[f"weights/{i}"], device) for i in range(manifest["weights"]["tensors"])]
     row = {"artefact": name, "layers_on_gpu_kernels": len(manifest["device_code"]["layer_kernels"])}
     for batch in (1, 8):
         inputs = [tvm.runtime.tensor(data[f"b{batch}/in/{spec['name']}"], device) for spec in manifest["inputs"]]
-        result = vm["main"](*inputs)
+        result = vm["main"](*inputs, *weights)
         values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
         refs = [data[k] for k in sorted((k for k in data.files if k.startswith(f"b{batch}/out/")),
                                         key=lambda k: int(k.rsplit("/", 1)[1]))]
