@@ -62,7 +62,7 @@ def compile_model(
     from bie_compiler.codegen import LAYER_ATTR, cpu, cuda
     from bie_compiler.codegen.dedup import deduplicate_prim_funcs
     from bie_compiler.codegen.target import describe, make_target
-    from bie_compiler.passes import EncodeWeights, EncodingPolicy, PropagateNaN
+    from bie_compiler.passes import EncodingPolicy, PropagateNaN, encoding_passes, plan_encoding, plan_offload
     from bie_compiler.runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact
 
     from .codecs import feedback
@@ -99,9 +99,11 @@ def compile_model(
         return layer_calibrations(imported.model, names, samples, damping, act_order)
 
     step(f"encoding weights with {codec} {options or ''}".rstrip())
-    encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate,
-                           calibrations if calibration is not None else None)
-    mod = encode(PropagateNaN()(imported.mod))
+    mod = PropagateNaN()(imported.mod)
+    plan = plan_encoding(mod, imported.constant_names, policy, tvm_target,
+                         calibrations if calibration is not None else None, progress)
+    offload = plan_offload(plan, calibrate, progress)
+    mod = encoding_passes(plan, offload)(mod)
     if tvm_target.kind.name != "cuda":  # (the CUDA build maps each layer to its own device kernels)
         mod = deduplicate_prim_funcs(mod)  # identical kernels of several layers: one, named after all of them
     kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
@@ -124,19 +126,19 @@ def compile_model(
         "inputs": imported.inputs,  # the shapes the artefact was compiled for: sizes, or names of symbolic dims
         "fixed_shapes": shapes.to_json(),  # what --input-shape / --dim asked for
         "outputs": imported.outputs,
-        "layers": [r.to_json() for r in encode.records],
+        "layers": [r.to_json() for r in plan.records],
         "kernel_layers": kernel_layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
-        "totals": totals(encode.records),
+        "totals": totals(plan.records),
         **device_code,
         **({"calibration": record(calibration, damping, act_order)} if calibration is not None else {}),
     }
     if target == "bitvert":
-        if not encode.offloaded:
+        if not offload.profiles:
             warnings.warn("--target bitvert offloads bbs-encoded layers only, and there are none: "
                           "everything runs on the host", BieWarning)
         manifest["bitvert"] = {"calibration": str(calibration) if calibration is not None else None,
-                               "layers": encode.offloaded}
-    for pattern in policy.unmatched([r.name for r in encode.records]):
+                               "layers": offload.profiles}
+    for pattern in policy.unmatched([r.name for r in plan.records]):
         warnings.warn(f"{pattern} matches no weight of the model (see inspect for the names)", BieWarning)
     out = write_artefact(output_dir, executable, manifest, extra_files, source=source_path)
     step(f"wrote {out}")
