@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 import tvm
+from tvm.ir.instrument import PassTimingInstrument
 
 from . import __version__
 from .errors import BieWarning
@@ -45,6 +46,7 @@ def compile_model(
     damping: float | None = None,
     act_order: bool = False,
     progress=_stderr_progress,
+    timing: bool = False,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
 
@@ -57,7 +59,7 @@ def compile_model(
     them) makes every codec with a feedback hook round with error feedback (GPTQ;
     ``damping``, ``act_order``); without it, rounding is data-free. ``input_shapes`` (input
     name -> sizes) and ``dims`` (symbolic dimension -> size, wherever it appears) fix input
-    sizes at import; the others stay symbolic.
+    sizes at import; the others stay symbolic. ``timing`` prints each TVM pass's time to stderr.
     """
     from bie_compiler.codegen import LAYER_ATTR, cpu, cuda
     from bie_compiler.codegen.dedup import deduplicate_prim_funcs
@@ -98,24 +100,28 @@ def compile_model(
         samples = calibration_inputs(imported.inputs, calibration)
         return layer_calibrations(imported.model, names, samples, damping, act_order)
 
-    step(f"encoding weights with {codec} {options or ''}".rstrip())
-    mod = PropagateNaN()(imported.mod)
-    plan = plan_encoding(mod, imported.constant_names, policy, tvm_target,
-                         calibrations if calibration is not None else None, progress)
-    offload = plan_offload(plan, calibrate, progress)
-    mod = encoding_passes(plan, offload)(mod)
-    if tvm_target.kind.name != "cuda":  # (the CUDA build maps each layer to its own device kernels)
-        mod = deduplicate_prim_funcs(mod)  # identical kernels of several layers: one, named after all of them
-    kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
-                     if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
-    step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
-    extra_files, device_code = {}, {}
-    if tvm_target.kind.name == "cuda":
-        built = cuda.build(mod, tvm_target)
-        executable, extra_files = built.executable, {DEVICE_SOURCE: built.source}
-        device_code = {"device_code": {"source": DEVICE_SOURCE, "layer_kernels": built.layer_kernels}}
-    else:
-        executable = cpu.build(mod, tvm_target)
+    instruments = [PassTimingInstrument()] if timing else []
+    with tvm.transform.PassContext(instruments=instruments):
+        step(f"encoding weights with {codec} {options or ''}".rstrip())
+        mod = PropagateNaN()(imported.mod)
+        plan = plan_encoding(mod, imported.constant_names, policy, tvm_target,
+                             calibrations if calibration is not None else None, progress)
+        offload = plan_offload(plan, calibrate, progress)
+        mod = encoding_passes(plan, offload)(mod)
+        if tvm_target.kind.name != "cuda":  # (the CUDA build maps each layer to its own device kernels)
+            mod = deduplicate_prim_funcs(mod)  # identical kernels of several layers: one, named after all of them
+        kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
+                         if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
+        step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
+        extra_files, device_code = {}, {}
+        if tvm_target.kind.name == "cuda":
+            built = cuda.build(mod, tvm_target)
+            executable, extra_files = built.executable, {DEVICE_SOURCE: built.source}
+            device_code = {"device_code": {"source": DEVICE_SOURCE, "layer_kernels": built.layer_kernels}}
+        else:
+            executable = cpu.build(mod, tvm_target)
+        if timing:
+            print(f"pass timing:\n{instruments[0].render()}", file=sys.stderr, flush=True)
     manifest = {
         "bie_compiler_version": __version__,
         "tvm_version": tvm.__version__,
