@@ -12,6 +12,7 @@ import warnings
 from . import __version__, codecs
 from .bench import WARMUP_SECONDS
 from .errors import BieError, BieWarning, OptionError
+from .progress import Event, print_progress
 
 def _value(text: str):
     for cast in (int, float):
@@ -139,7 +140,8 @@ def _compile(args) -> int:
         min_weights=args.min_weights, skip=tuple(args.skip),
         overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
         input_shapes=shapes.input_shapes, dims=shapes.dims, act_order=args.act_order,
-        progress=None if args.quiet else _progress, timing=args.timing,
+        progress=_timing_only if args.quiet and args.timing else None if args.quiet else print_progress,
+        timing=args.timing,
     )
     from .runtime.artefact import manifest_sha256, read_manifest
 
@@ -149,8 +151,10 @@ def _compile(args) -> int:
     return 0
 
 
-def _progress(message: str) -> None:
-    print(f"[bie-compiler] {message}", file=sys.stderr, flush=True)
+def _timing_only(event: Event) -> None:
+    """-q with --timing: the pass timing asked for, no other progress."""
+    if event.stage == "timing":
+        print_progress(event)
 
 
 def _inputs(args, specs: list[dict]) -> dict:

@@ -17,6 +17,7 @@ import tvm
 
 from bie_compiler.codecs import bbs
 from bie_compiler.codegen import bitvert
+from bie_compiler.progress import Reporter
 from bie_compiler.runtime.bitvert.program import Program
 
 from .plan import EncodingPlan
@@ -40,19 +41,18 @@ def offloadable(plan: EncodingPlan) -> list[str]:
 
 
 def plan_offload(plan: EncodingPlan, activation_scales: Callable[[list[str]], dict[str, float]],
-                 progress: Callable[[str], None] = lambda message: None) -> OffloadPlan:
+                 report: Reporter = Reporter()) -> OffloadPlan:
     """The programs of :func:`offloadable` weights; ``activation_scales(names) -> {name: scale}`` calibrates
     the INT8 scale of the activation each multiplies. Marks the offloaded layers' records."""
     names = offloadable(plan)
     offload = OffloadPlan()
     if not names:
         return offload
-    progress(f"calibrating the activations of {len(names)} offloaded layer(s)")
     scales = activation_scales(names)
     records = {r.name: r for r in plan.records}
     for index, name in enumerate(names):
         enc = plan.encoded[name][1]
-        progress(f"building the BitVert program of {name}")
+        report("offload", f"building the BitVert program of {name}", index + 1, len(names))
         program = bitvert.program(enc, scales[name], name)
         offload.programs[name] = index, program
         offload.profiles.append((name, bitvert.layer_profiles(name, plan.uses[name].matrix(), enc, program)))

@@ -16,6 +16,7 @@ import tvm
 from bie_compiler import codecs, codegen
 from bie_compiler.codecs import Encoded
 from bie_compiler.errors import CodecError
+from bie_compiler.progress import Reporter
 from bie_compiler.report import LayerRecord
 
 from .policy import EncodingPolicy
@@ -35,21 +36,21 @@ class EncodingPlan:
 
 
 def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, target: tvm.target.Target,
-                  calibrations: Callable[[list[str]], dict] | None = None,
-                  progress: Callable[[str], None] = lambda message: None) -> EncodingPlan:
+                  calibrations: Callable[[list[str]], dict] | None = None, report: Reporter = Reporter()) -> EncodingPlan:
     """The plan for ``mod`` whose weight constants are named by ``names``.
 
     ``calibrations(weight names) -> {name: codecs.feedback.Calibration}``: the layers' calibration
-    statistics; given, codecs that take them round with error feedback."""
+    statistics; given, codecs that take them round with error feedback. ``report``: the compile's progress."""
     found, names = collect_weight_uses(mod, names)
     uses = {u.name: u for u in found}
     choices = {u.name: policy.choose(u.name, u.weight.size) for u in found}
     reasons = {u.name: _fallback(u, *choices[u.name], target) for u in found}
     eligible = {name: u for name, u in uses.items() if reasons[name] is None}
-    configs = _configs(eligible, choices, progress)
+    configs = _configs(eligible, choices, report)
     fed = [name for name in eligible if codecs.takes_calibration(choices[name][0])]
     statistics = calibrations(fed) if calibrations and fed else {}
     records, encoded = [], {}
+    position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
     for use in found:
         record = LayerRecord(name=use.name, op=use.op, shape=list(use.weight.shape), codec="dense",
                              bytes_dense=int(use.weight.nbytes), bytes_encoded=int(use.weight.nbytes),
@@ -58,7 +59,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
         if use.name not in eligible:
             continue
         codec, config = choices[use.name][0], configs[use.name]
-        enc = _encode(use, codec, config, statistics.get(use.name), progress)
+        enc = _encode(use, codec, config, statistics.get(use.name), report, position[use.name], len(eligible))
         if enc.nbytes >= use.weight.nbytes:  # e.g. a depthwise conv's K = 9 in a format padding K to 128
             record.fallback_reason = (f"{codec} encoding is no smaller than dense ({enc.bits_per_weight:.1f} "
                                       f"bits/weight at K = {use.matrix().shape[1]})")
@@ -89,21 +90,21 @@ def _fallback(use: WeightUse, codec: str | None, config, target: tvm.target.Targ
     return None
 
 
-def _configs(eligible: dict[str, WeightUse], choices, progress) -> dict[str, object]:
+def _configs(eligible: dict[str, WeightUse], choices, report: Reporter) -> dict[str, object]:
     """Per-layer configs; codecs with a ``plan(matrices, configs)`` hook decide over all their layers at once."""
     configs = {name: choices[name][1] for name in eligible}
     for codec in sorted({choices[name][0] for name in eligible}):
         module = codecs.get_codec(codec)
         names = [n for n in eligible if choices[n][0] == codec]
         if hasattr(module, "plan"):
-            progress(f"planning {len(names)} {codec} layer(s) over the whole model")
+            report("plan", f"planning {len(names)} {codec} layer(s) over the whole model")
             configs.update(module.plan({n: eligible[n].matrix() for n in names}, {n: configs[n] for n in names}))
     return configs
 
 
-def _encode(use: WeightUse, codec: str, config, calibration, progress) -> Encoded:
+def _encode(use: WeightUse, codec: str, config, calibration, report: Reporter, index: int, total: int) -> Encoded:
     how = " and error feedback" if calibration is not None else ""
-    progress(f"encoding {use.name} {list(use.weight.shape)} with {codec}{how}")
+    report("encode", f"encoding {use.name} {list(use.weight.shape)} with {codec}{how}", index, total)
     try:
         return codecs.encode(codec, use.matrix(), config, calibration)
     except CodecError as e:
