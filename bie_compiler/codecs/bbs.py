@@ -1,4 +1,6 @@
-"""``bbs``: binary pruning of INT8 weights (BBS, seed 002), with sensitive channels kept at 8 bits.
+"""``bbs``: binary pruning of INT8 weights, with sensitive channels kept at 8 bits.
+
+From "BBS: Bi-Directional Bit-Level Sparsity for Deep Learning Acceleration" (Chen et al., MICRO 2024).
 
 Weights are quantized symmetrically per output channel to INT8 (:mod:`.int8`),
 then cut into groups of ``GROUP = 32`` along the reduction axis (a conv's K runs

@@ -7,7 +7,7 @@ weights concentrate near zero, so the symbols ``q + m`` are peaked and a tANS
 coder (:mod:`.tans_coder`, the format) stores them in about their empirical
 entropy rather than ``log2(levels)`` bits.
 
-Precision per layer (seed 003: entropy-driven mixed precision): with
+Precision per layer (entropy-driven mixed precision): with
 ``bits_per_weight`` set, :func:`plan` picks each layer's levels so that all
 the model's ``tans`` layers together fit the budget with the least weighted
 distortion, the rate of a layer being its measured coded size
