@@ -28,7 +28,8 @@ from onnx import numpy_helper
 
 from bie_compiler import codecs
 from bie_compiler.models import write_all
-from bie_compiler.parity import codec_matrix, compare, make_inputs, onnx_layout, run_onnxruntime
+from bie_compiler.codecs.layout import codec_matrix, onnx_layout
+from bie_compiler.parity import compare, make_inputs, run_onnxruntime
 
 CODECS = [  # (label, codec, options)
     ("int8", "int8", {}),
@@ -61,7 +62,7 @@ def decoded_model(model: onnx.ModelProto, codec: str, options: dict) -> tuple[on
     out.CopyFrom(model)
     by_name = {i.name: i for i in out.graph.initializer}
     weights = {name: numpy_helper.to_array(by_name[name]) for name in layers}
-    matrices = {name: codec_matrix(w, layers[name]) for name, w in weights.items()}
+    matrices = {name: codec_matrix(w, layers[name].op, layers[name].transposed) for name, w in weights.items()}
     config = codecs.make_config(codec, options)
     configs = {name: config for name in layers}
     if hasattr(module, "plan"):
@@ -69,7 +70,7 @@ def decoded_model(model: onnx.ModelProto, codec: str, options: dict) -> tuple[on
     stored_bytes = paper_bits = count = 0
     for name, matrix in matrices.items():
         enc = module.encode(matrix, configs[name])
-        decoded = onnx_layout(module.decode(enc), weights[name].shape, layers[name])
+        decoded = onnx_layout(module.decode(enc), weights[name].shape, layers[name].op, layers[name].transposed)
         by_name[name].CopyFrom(numpy_helper.from_array(decoded, name))
         stored_bytes += enc.nbytes
         count += matrix.size

@@ -34,7 +34,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from bie_compiler.codecs import bitwave
-from bie_compiler.codegen.bitvert import int8_baseline
+from bie_compiler.codecs.int8 import quantize
 from bie_compiler.runtime.bitvert import perf_model as pm
 
 PRESETS = {"conservative": (0.10, 2), "moderate": (0.20, 4)}
@@ -117,7 +117,7 @@ PE_COLUMNS = (2, 4, 8, 16, 32)
 
 def evaluate(layers: list[tuple[str, np.ndarray, int]]) -> dict:
     """{preset: runs} for layers of (name, float weight [N, K], M); runs as ``perf_model.report`` takes them."""
-    int8 = [int8_baseline(w) for _, w, _ in layers]
+    int8 = [quantize(w)[0].astype(np.int8) for _, w, _ in layers]  # the INT8 model the baselines run
     fixed = ("stripes", "pragmatic", "bitlet")  # run the INT8 weights whatever the preset
     baselines = []
     for (name, _, m), q in zip(layers, int8):

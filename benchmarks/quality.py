@@ -34,7 +34,8 @@ from bie_compiler import codecs  # noqa: E402
 from bie_compiler.codecs import feedback  # noqa: E402
 from bie_compiler.calibration import calibration_inputs, layer_calibrations  # noqa: E402
 from bie_compiler.frontend import load_model, model_inputs  # noqa: E402
-from bie_compiler.parity import make_inputs, onnx_layout, run_onnxruntime  # noqa: E402
+from bie_compiler.codecs.layout import codec_matrix, onnx_layout  # noqa: E402
+from bie_compiler.parity import make_inputs, run_onnxruntime  # noqa: E402
 from bie_compiler.report import LayerRecord  # noqa: E402
 
 CONFIGS = [  # (label, codec, options)
@@ -66,10 +67,6 @@ def weight_layers(model: onnx.ModelProto, min_weights: int) -> list[LayerRecord]
     return list(layers.values())
 
 
-def matrix(weight: np.ndarray, layer: LayerRecord) -> np.ndarray:
-    return np.ascontiguousarray(weight if layer.transposed else weight.T)
-
-
 def replaced(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -94,14 +91,14 @@ def encode_all(model, layers, weights, codec, options, calibrations) -> tuple[di
     config = codecs.make_config(codec, options)
     module = codecs.get_codec(codec)
     configs = {layer.name: config for layer in layers}
-    matrices = {layer.name: matrix(weights[layer.name], layer) for layer in layers}
+    matrices = {layer.name: codec_matrix(weights[layer.name], layer.op, layer.transposed) for layer in layers}
     if hasattr(module, "plan"):
         configs = module.plan(matrices, configs)
     decoded, bits = {}, 0
     for layer in layers:
         enc = codecs.encode(codec, matrices[layer.name], configs[layer.name], calibrations.get(layer.name))
         bits += 8 * enc.nbytes
-        decoded[layer.name] = onnx_layout(module.decode(enc), weights[layer.name].shape, layer)
+        decoded[layer.name] = onnx_layout(module.decode(enc), weights[layer.name].shape, layer.op, layer.transposed)
     return decoded, bits / sum(w.size for w in matrices.values()), time.perf_counter() - start
 
 

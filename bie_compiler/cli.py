@@ -12,28 +12,7 @@ import warnings
 from . import __version__, codecs
 from .bench import WARMUP_SECONDS
 from .errors import BieError, BieWarning, OptionError
-
-CODEC_OPTIONS = [  # (flag, Config field, type, help)
-    ("--bits", "bits", int, "bie-bitplane: bits per weight, sign included (2..8; default 4)"),
-    ("--planes", "planes", int, "bie-bitplane: keep only the top P magnitude planes (progressive precision)"),
-    ("--group-size", "group_size", int, "bie-bitplane: weights per scale along K (default: one scale per channel)"),
-    ("--threshold", "threshold", float, "bie-binary/blocked: keep weights with |w| > T"),
-    ("--density", "density", float, "bie-binary/blocked: keep this fraction of each channel's weights"),
-    ("--layout", "layout", str, "bie-binary: bitmap, index or auto (the smaller; default)"),
-    ("--block-size", "block_size", int, "bie-blocked: block length along K, a power of two (default 128)"),
-    ("--levels", "levels", int, "tans: odd number of quantization levels, zero in the centre (3..255; default 15)"),
-    ("--bits-per-weight", "bits_per_weight", float,
-     "tans: bits/weight budget over the whole model; each layer's levels chosen to meet it (instead of --levels)"),
-    ("--table-log", "table_log", int, "tans: tANS table of 2^T states (5..15; default 11)"),
-    ("--states", "states", int, "tans: interleaved tANS states per stream (default 4)"),
-    ("--stream-symbols", "stream_symbols", int, "tans: weights per independently decoded stream, at least (default 8192)"),
-    ("--preset", "preset", str, "bbs: conservative (avg, N=2, beta 10%%) or moderate (zps, N=4, beta 20%%; default)"),
-    ("--pruned-columns", "pruned_columns", int, "bbs/bitwave: bit columns pruned per group of 32 (1..6; default: the preset's, 4 for bitwave)"),
-    ("--method", "method", str, "bbs: avg (rounded averaging) or zps (zero-point shifting); default: the preset's"),
-    ("--sensitive-fraction", "sensitive_fraction", float,
-     "bbs: fraction beta of the model's output channels (largest scales) kept INT8; default: the preset's"),
-]
-
+from .progress import Event, print_progress
 
 def _value(text: str):
     for cast in (int, float):
@@ -78,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="the .onnx file")
     c.add_argument("-o", "--output", required=True, help="artefact folder to write (replaced atomically)")
     c.add_argument("--codec", default="bie-bitplane", choices=list(codecs.CODECS), help="weight codec (default %(default)s)")
-    for flag, _, kind, text in CODEC_OPTIONS:
-        c.add_argument(flag, type=kind, default=None, help=text)
+    for option in codecs.option_fields():
+        c.add_argument(option.flag, type=option.kind, default=None, help=option.help.replace("%", "%%"))
     c.add_argument("--target", default="llvm",
                    help="llvm (default); cuda (GPU kernels, host code for --mcpu); bitvert (bbs layers offloaded "
                         "to the simulated BitVert accelerator, the rest on the host)")
@@ -96,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--override", action="append", default=[], metavar="PATTERN:K=V[,K=V]",
                    help="per-layer codec options, e.g. 'blocks.ffn.*:bits=8' or 'fc1.weight:codec=bie-binary' (repeatable)")
     _add_shape_options(c, compile_time=True)
+    c.add_argument("--timing", action="store_true", help="print the time of each compiler pass (TVM's pass timing)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     k = sub.add_parser("check", help="compare an artefact with onnxruntime (exit 1 on a parity failure)")
@@ -157,13 +137,14 @@ def _compile(args) -> int:
     from .shapes import request_from_options
 
     shapes = request_from_options(args.input_shape, args.dim)
-    options = {field: getattr(args, field) for _, field, _, _ in CODEC_OPTIONS}
+    options = {option.name: getattr(args, option.name) for option in codecs.option_fields()}
     out = compile_model(
         args.model, args.output, args.codec, options, target=args.target, mcpu=args.mcpu, arch=args.arch,
         min_weights=args.min_weights, skip=tuple(args.skip),
         overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
         input_shapes=shapes.input_shapes, dims=shapes.dims, act_order=args.act_order,
-        progress=None if args.quiet else _progress,
+        progress=_timing_only if args.quiet and args.timing else None if args.quiet else print_progress,
+        timing=args.timing,
     )
     from .runtime.artefact import manifest_sha256, read_manifest
 
@@ -173,8 +154,10 @@ def _compile(args) -> int:
     return 0
 
 
-def _progress(message: str) -> None:
-    print(f"[bie-compiler] {message}", file=sys.stderr, flush=True)
+def _timing_only(event: Event) -> None:
+    """-q with --timing: the pass timing asked for, no other progress."""
+    if event.stage == "timing":
+        print_progress(event)
 
 
 def _inputs(args, specs: list[dict]) -> dict:

@@ -1,24 +1,65 @@
-"""compile_model: ONNX in, artefact out (import, encode weights, build, write)."""
+"""compile_model: ONNX in, artefact out, in four steps: plan, encode, build, manifest.
+
+* plan: import the model, then decide every weight's codec, config and encoding
+  (``passes.plan_encoding``; calibration statistics gathered with onnxruntime for
+  the codecs that round with error feedback) and, on the bitvert target, the
+  layers the device runs (``passes.plan_offload``).
+* encode: the Relax passes that carry the plan out (``passes.encoding_passes``).
+* build: the target's builder from :data:`BUILDERS` (the registered Relax pipelines).
+* manifest: what the artefact records, then written with its files.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import sys
-import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 import tvm
+from tvm import relax
+from tvm.ir.instrument import PassTimingInstrument
 
 from . import __version__
-from .errors import BieWarning
-from .frontend import file_sha256, import_model
+from .calibration import activation_scales, calibration_inputs, layer_calibrations, record, sample_files
+from .codecs import feedback
+from .codegen import LAYER_ATTR, cpu, cuda
+from .codegen.dedup import deduplicate_prim_funcs
+from .codegen.target import describe, make_target
+from .codegen.weights import Weights
+from .errors import BieWarning, OptionError
+from .frontend import ImportedModel, file_sha256, import_model
+from .passes import EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding, plan_offload
+from .progress import Reporter, print_progress
 from .report import totals
+from .runtime import weights_file
+from .runtime.artefact import DEVICE_SOURCE, WEIGHTS, output_folder, write_artefact
+from .shapes import ShapeRequest
 
 
-def _stderr_progress(message: str) -> None:
-    print(f"[bie-compiler] {message}", file=sys.stderr, flush=True)
+@dataclass
+class Built:
+    """A target's build: the executable, the weights its ``main`` takes after the inputs (written to
+    ``weights.bin``), the artefact's other files, and what the manifest adds for it."""
+
+    executable: relax.VMExecutable
+    weights: Weights
+    files: dict[str, str] = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+
+
+def _build_llvm(mod: tvm.IRModule, target: tvm.target.Target) -> Built:
+    return Built(*cpu.build(mod, target))
+
+
+def _build_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> Built:
+    built = cuda.build(mod, target)
+    device_code = {"source": DEVICE_SOURCE, "layer_kernels": built.layer_kernels}
+    return Built(built.executable, built.weights, {DEVICE_SOURCE: built.source}, {"device_code": device_code})
+
+
+BUILDERS = {"llvm": _build_llvm, "cuda": _build_cuda}  # by target kind (bitvert's host is llvm)
 
 
 def source_identity(model: str | Path | onnx.ModelProto) -> dict:
@@ -44,7 +85,8 @@ def compile_model(
     dims: dict[str, int] | None = None,
     damping: float | None = None,
     act_order: bool = False,
-    progress=_stderr_progress,
+    progress=print_progress,
+    timing: bool = False,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
 
@@ -57,27 +99,38 @@ def compile_model(
     them) makes every codec with a feedback hook round with error feedback (GPTQ;
     ``damping``, ``act_order``); without it, rounding is data-free. ``input_shapes`` (input
     name -> sizes) and ``dims`` (symbolic dimension -> size, wherever it appears) fix input
-    sizes at import; the others stay symbolic.
+    sizes at import; the others stay symbolic. ``progress`` receives a ``progress.Event`` per
+    step (None: silent); ``timing`` reports each TVM pass's time through it (stage "timing").
     """
-    from bie_compiler.codegen import LAYER_ATTR, cpu, cuda
-    from bie_compiler.codegen.dedup import deduplicate_prim_funcs
-    from bie_compiler.codegen.target import describe, make_target
-    from bie_compiler.passes import EncodeWeights, EncodingPolicy, PropagateNaN
-    from bie_compiler.runtime import weights_file
-    from bie_compiler.runtime.artefact import DEVICE_SOURCE, WEIGHTS, output_folder, write_artefact
-
-    from .codecs import feedback
-    from .calibration import activation_scales, calibration_inputs, layer_calibrations, record, sample_files
-    from .errors import OptionError
-    from .shapes import ShapeRequest
-
-    progress = progress or (lambda message: None)
+    report = Reporter(progress)
     options = {k: v for k, v in (options or {}).items() if v is not None}
     policy = EncodingPolicy(codec, options, min_weights, tuple(skip), tuple(overrides))
     tvm_target = make_target(target, mcpu, arch)
-    started = time.perf_counter()
-    step = lambda message: progress(f"{message} ({time.perf_counter() - started:.1f} s)")  # noqa: E731
+    damping = _check_calibration(calibration, damping, act_order)
+    source_path = None if isinstance(model, onnx.ModelProto) else model
+    output_folder(output_dir, source_path)  # refuse a folder we may not replace before any work
+    report("import", f"importing {model if source_path is not None else 'ModelProto'}")
+    shapes = ShapeRequest({k: tuple(v) for k, v in (input_shapes or {}).items()}, dict(dims or {}))
+    imported = import_model(model, shapes)
 
+    instruments = [PassTimingInstrument()] if timing else []
+    with tvm.transform.PassContext(instruments=instruments):
+        plan, offload = _plan(imported, policy, tvm_target, calibration, damping, act_order, report)
+        mod = encode(imported.mod, plan, offload)
+        report("build", "building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
+        built = BUILDERS[tvm_target.kind.name](mod, tvm_target)
+        if timing:
+            report("timing", f"pass timing:\n{instruments[0].render()}")
+    manifest = _manifest(model, imported, shapes, policy, tvm_target, plan, offload, mod, built,
+                         calibration, damping, act_order)
+    files = {**built.files, WEIGHTS: weights_file.pack(built.weights.tensors, built.weights.tans)}
+    out = write_artefact(output_dir, built.executable, manifest, files, source=source_path)
+    report("write", f"wrote {out}")
+    return out
+
+
+def _check_calibration(calibration, damping: float | None, act_order: bool) -> float:
+    """The damping to use; refuses calibration options that cannot work before any work is done."""
     if calibration is not None:
         sample_files(calibration)  # refuse missing data before the encoding, not after it
     if act_order and calibration is None:
@@ -85,62 +138,67 @@ def compile_model(
     damping = feedback.DAMPING if damping is None else damping
     if not 0 <= damping < float("inf"):
         raise OptionError(f"damping must be a finite number >= 0, got {damping}")
-    source_path = None if isinstance(model, onnx.ModelProto) else model
-    output_folder(output_dir, source_path)  # refuse a folder we may not replace before any work
-    step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
-    shapes = ShapeRequest({k: tuple(v) for k, v in (input_shapes or {}).items()}, dict(dims or {}))
-    imported = import_model(model, shapes)
+    return damping
 
-    def calibrate(names: list[str]) -> dict[str, float]:
-        return activation_scales(imported.model, names, calibration_inputs(imported.inputs, calibration))
+
+def _plan(imported: ImportedModel, policy: EncodingPolicy, target: tvm.target.Target, calibration,
+          damping: float, act_order: bool, report: Reporter) -> tuple[EncodingPlan, OffloadPlan]:
+    """Every weight's encoding and, on bitvert, the offloaded layers; calibration runs onnxruntime here."""
 
     def calibrations(names: list[str]) -> dict:
-        step(f"capturing the inputs of {len(names)} layer(s) on {calibration}")
+        report("calibrate", f"capturing the inputs of {len(names)} layer(s) on {calibration}")
         samples = calibration_inputs(imported.inputs, calibration)
         return layer_calibrations(imported.model, names, samples, damping, act_order)
 
-    step(f"encoding weights with {codec} {options or ''}".rstrip())
-    encode = EncodeWeights(imported, policy, tvm_target, progress, calibrate,
-                           calibrations if calibration is not None else None)
-    mod = encode(PropagateNaN()(imported.mod))
-    if tvm_target.kind.name != "cuda":  # (the CUDA build maps each layer to its own device kernels)
-        mod = deduplicate_prim_funcs(mod)  # identical kernels of several layers: one, named after all of them
+    def scales(names: list[str]) -> dict[str, float]:
+        report("calibrate", f"calibrating the activations of {len(names)} offloaded layer(s)")
+        return activation_scales(imported.model, names, calibration_inputs(imported.inputs, calibration))
+
+    report("plan", f"encoding weights with {policy.codec} {policy.options or ''}".rstrip())
+    plan = plan_encoding(imported.mod, imported.constant_names, policy, target,
+                         calibrations if calibration is not None else None, report)
+    return plan, plan_offload(plan, scales, report)
+
+
+def encode(mod: tvm.IRModule, plan: EncodingPlan, offload: OffloadPlan) -> tvm.IRModule:
+    """The planned module: NaN-preserving ReLU, offload, encoded weights; on the CPU, kernels identical
+    for several layers kept once, named after all of them (the CUDA build maps each layer to its own)."""
+    passes = [PropagateNaN(), encoding_passes(plan, offload)]
+    if plan.target.kind.name != "cuda":
+        passes.append(deduplicate_prim_funcs)
+    return tvm.transform.Sequential(passes, name="BiePlanned")(mod)
+
+
+def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: EncodingPolicy,
+              target: tvm.target.Target, plan: EncodingPlan, offload: OffloadPlan, mod: tvm.IRModule, built: Built,
+              calibration, damping: float, act_order: bool) -> dict:
+    """What the artefact records (and the warnings about what the compile could not do as asked)."""
     kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
                      if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
-    step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
-    extra_files, device_code = {}, {}
-    if tvm_target.kind.name == "cuda":
-        built = cuda.build(mod, tvm_target)
-        executable, weights, extra_files = built.executable, built.weights, {DEVICE_SOURCE: built.source}
-        device_code = {"device_code": {"source": DEVICE_SOURCE, "layer_kernels": built.layer_kernels}}
-    else:
-        executable, weights = cpu.build(mod, tvm_target)
-    extra_files[WEIGHTS] = weights_file.pack(weights.tensors, weights.tans)
     manifest = {
         "bie_compiler_version": __version__,
         "tvm_version": tvm.__version__,
         "source_model": source_identity(model),
-        "codec": {"name": codec, "options": options, "min_weights": min_weights,
-                  "skip": list(skip), "overrides": [[p, o] for p, o in overrides]},
-        "target": describe(tvm_target),
+        "codec": {"name": policy.codec, "options": policy.options, "min_weights": policy.min_weights,
+                  "skip": list(policy.skip), "overrides": [[p, o] for p, o in policy.overrides]},
+        "target": describe(target),
         "inputs": imported.inputs,  # the shapes the artefact was compiled for: sizes, or names of symbolic dims
         "fixed_shapes": shapes.to_json(),  # what --input-shape / --dim asked for
         "outputs": imported.outputs,
-        "layers": [r.to_json() for r in encode.records],
+        "layers": [r.to_json() for r in plan.records],
         "kernel_layers": kernel_layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
-        "totals": totals(encode.records),
-        "weights": {"tensors": len(weights.tensors), "bytes": weights.nbytes, "tans_streams": len(weights.tans)},
-        **device_code,
+        "totals": totals(plan.records),
+        "weights": {"tensors": len(built.weights.tensors), "bytes": built.weights.nbytes,
+                    "tans_streams": len(built.weights.tans)},
+        **built.manifest,
         **({"calibration": record(calibration, damping, act_order)} if calibration is not None else {}),
     }
-    if target == "bitvert":
-        if not encode.offloaded:
+    if describe(target)["kind"] == "bitvert":
+        if not offload.profiles:
             warnings.warn("--target bitvert offloads bbs-encoded layers only, and there are none: "
                           "everything runs on the host", BieWarning)
         manifest["bitvert"] = {"calibration": str(calibration) if calibration is not None else None,
-                               "layers": encode.offloaded}
-    for pattern in policy.unmatched([r.name for r in encode.records]):
+                               "layers": offload.profiles}
+    for pattern in policy.unmatched([r.name for r in plan.records]):
         warnings.warn(f"{pattern} matches no weight of the model (see inspect for the names)", BieWarning)
-    out = write_artefact(output_dir, executable, manifest, extra_files, source=source_path)
-    step(f"wrote {out}")
-    return out
+    return manifest

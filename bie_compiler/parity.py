@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from . import codecs
 from .errors import ArtefactError, BieError, ModelError
 from .frontend import file_sha256, load_model
+from .codecs.layout import codec_matrix, onnx_layout
 from .report import LayerRecord
 
 DEFAULT_TOLERANCE = 1e-4  # relative to the largest reference output; fp32 accumulation-order error
@@ -76,7 +77,7 @@ def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord], calibration
             raise ArtefactError(f"encoded weight {layer.name!r} is not in the source model")
         weight = numpy_helper.to_array(by_name[layer.name])
         module = codecs.get_codec(layer.codec)
-        enc = codecs.encode(layer.codec, codec_matrix(weight, layer), module.Config(**layer.config),
+        enc = codecs.encode(layer.codec, codec_matrix(weight, layer.op, layer.transposed), module.Config(**layer.config),
                             calibrations.get(layer.name))
         if enc.sha256() != layer.encoded_sha256:
             raise ArtefactError(
@@ -84,7 +85,7 @@ def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord], calibration
                 "(different source model or bie-compiler version)"
             )
         decoded = module.decode(enc)
-        by_name[layer.name].CopyFrom(numpy_helper.from_array(onnx_layout(decoded, weight.shape, layer), layer.name))
+        by_name[layer.name].CopyFrom(numpy_helper.from_array(onnx_layout(decoded, weight.shape, layer.op, layer.transposed), layer.name))
     return out
 
 
@@ -116,21 +117,6 @@ def quantized_model(model: onnx.ModelProto, layers: list[LayerRecord], calibrati
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
-
-
-def codec_matrix(weight: np.ndarray, layer: LayerRecord) -> np.ndarray:
-    """The ONNX weight as codecs take it, [N, K] (as ``WeightUse.matrix``: a conv's K is (kh, kw, in), in fastest)."""
-    if layer.op == "conv2d":
-        return np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1))
-    return weight if layer.transposed else weight.T
-
-
-def onnx_layout(matrix: np.ndarray, shape: tuple, layer: LayerRecord) -> np.ndarray:
-    """Inverse of :func:`codec_matrix`: a decoded [N, K] matrix back in the ONNX weight's layout and ``shape``."""
-    if layer.op == "conv2d":
-        o, i, kh, kw = shape
-        return np.ascontiguousarray(matrix.reshape(o, kh, kw, i).transpose(0, 3, 1, 2))
-    return matrix if layer.transposed else matrix.T
 
 
 def run_onnxruntime(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:

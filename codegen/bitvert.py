@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from bie_compiler.codecs import Encoded, bbs, bitwave
+from bie_compiler.codecs import Encoded, bbs, bitwave, int8
 from bie_compiler.runtime.bitvert import perf_model
 from bie_compiler.runtime.bitvert.device import CONV2D, MATMUL, conv_header
 from bie_compiler.runtime.bitvert.program import Program, build
@@ -67,18 +67,12 @@ def offload(x: relax.Expr, program: Program, layer: int, conv=None, out_ty=None)
     return relax.call_dps_packed(MATMUL if conv is None else CONV2D, [x, *map(relax.const, constants)], out_ty)
 
 
-def int8_baseline(weight: np.ndarray) -> np.ndarray:
-    """The INT8 model the baselines run: symmetric per output channel, [-127, 127] (weight [N, K])."""
-    peak = np.abs(weight).max(axis=1, keepdims=True)
-    scale = np.where(peak > 0, peak / 127.0, 1.0)
-    return np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
-
-
 def weight_profiles(name: str, weight: np.ndarray, program: Program, bitvert_bytes: int,
                     bitwave_weight: np.ndarray | None = None, bitwave_bytes: int | None = None) -> dict:
     """JSON-able weight profiles of one offloaded layer (float weight [N, K]) for every accelerator."""
-    layer = perf_model.LayerWorkload(name, int8_baseline(weight), 0, program.kept_columns(), bitvert_bytes,
-                                     bitwave_weight, bitwave_bytes)
+    baseline = int8.quantize(weight)[0].astype(np.int8)  # the INT8 model the baselines run
+    layer = perf_model.LayerWorkload(name, baseline, 0, program.kept_columns(), bitvert_bytes, bitwave_weight,
+                                     bitwave_bytes)
     return {acc: prof.to_json() for acc, prof in perf_model.profiles(layer).items()}
 
 

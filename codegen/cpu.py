@@ -43,8 +43,12 @@ RULES = [
 ]
 
 
-def parallelize_rest(mod: tvm.IRModule, cores: int) -> tvm.IRModule:
-    """Annotate each unscheduled PrimFunc's root block for parallel outer loops and vectorized inner ones."""
+@tvm.transform.module_pass(opt_level=0, name="ParallelizeRest")
+def parallelize_rest(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Module pass: annotate each unscheduled PrimFunc's root block for parallel outer loops and vectorized
+    inner ones, over this process's cores."""
+    cores = len(os.sched_getaffinity(0))
+    mod = mod.clone()
     rewrite = ms.postproc.RewriteParallelVectorizeUnroll()
     for gv, func in list(mod.functions_items()):
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs is not None and func.attrs.get(SCHEDULED, False)):
@@ -79,12 +83,29 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return relax.get_pipeline("zero")(fast_math(mod))
 
 
+def schedule() -> tvm.transform.Pass:
+    """Fuse, schedule by ``RULES`` and the rewrite, deduplicate: the PrimFuncs the LLVM build compiles."""
+    return tvm.transform.Sequential([
+        fast_math, relax.get_pipeline("zero"), dl.ApplyDefaultSchedule(*RULES), parallelize_rest, deduplicate_prim_funcs,
+    ], name="BieLlvmSchedule")
+
+
+def lower() -> tvm.transform.Pass:
+    """TVM's lowering for the VM, every kernel's pointers marked non-aliasing."""
+    return tvm.transform.Sequential([relax.get_pipeline("default"), mark_single_argument_noalias], name="BieLlvmLower")
+
+
+@relax.register_pipeline("bie_llvm")
+def pipeline() -> tvm.transform.Pass:
+    """The Relax pipeline of the LLVM build (``tvm.compile(mod, target, relax_pipeline="bie_llvm")`` on an
+    encoded module): :func:`schedule`, then :func:`lower`. Its constants stay in the library; :func:`build`
+    moves them out to the artefact's weights file."""
+    return tvm.transform.Sequential([schedule(), lower()], name="bie_llvm")
+
+
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecutable, Weights]:
     """The executable, and the weights its ``main`` takes after the inputs (:func:`.weights.split_weights`)."""
-    mod = fuse(mod, target)
     with target:
-        mod = dl.ApplyDefaultSchedule(*RULES)(mod)
-        mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
-    mod, weights = split_weights(deduplicate_prim_funcs(mod))
-    lower = tvm.transform.Sequential([relax.get_pipeline("default"), mark_single_argument_noalias])
-    return tvm.compile(mod, target, relax_pipeline=lower), weights
+        mod = schedule()(mod)
+    mod, weights = split_weights(mod)
+    return tvm.compile(mod, target, relax_pipeline=lower()), weights

@@ -176,7 +176,6 @@ def test_weight_profiles_of_a_program():
     w, sensitive, offsets = _structured_layer(rng, 64, 32)  # 16 sensitive and 48 pruned channels
     prog = bp.build(w, np.ones(64, np.float32), sensitive, 4, 32, offsets, 1.0)
     weight = rng.standard_normal((64, 32)).astype(np.float32)
-    assert np.abs(bitvert.int8_baseline(weight)).max(axis=1).tolist() == [127] * 64
     profiles = bitvert.weight_profiles("fc", weight, prog, bitvert_bytes=1000)
     assert set(profiles) == set(pm.ACCELERATORS)
     # chunks padded separately, as the program lays them out: 1 sensitive tile row (8 cycles) and

@@ -8,12 +8,13 @@ from tvm import relax
 from bie_compiler.codegen.dedup import deduplicate_prim_funcs
 from bie_compiler.codegen.target import make_target
 from bie_compiler.frontend import import_model
-from bie_compiler.passes import EncodeWeights, EncodingPolicy
+from bie_compiler.passes import EncodingPolicy, encoding_passes, plan_encoding
 
 
 def test_dense_kernels_of_one_shape_are_kept_once(model_dir):
     imported = import_model(model_dir["transformer"])
-    mod = EncodeWeights(imported, EncodingPolicy("bie-bitplane", skip=("*",)), make_target())(imported.mod)
+    plan = plan_encoding(imported.mod, imported.constant_names, EncodingPolicy("bie-bitplane", skip=("*",)), make_target())
+    mod = encoding_passes(plan)(imported.mod)
     prims = lambda m: {gv.name_hint for gv, f in m.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}  # noqa: E731
     deduped = deduplicate_prim_funcs(mod)
     shapes = {tuple(int(d) for d in f.params[1].shape) for gv, f in mod.functions_items()

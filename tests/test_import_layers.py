@@ -31,3 +31,9 @@ def test_loading_an_artefact_imports_no_compiler_part(model_dir, tmp_path):
                              f"r = bie_compiler.load({str(out)!r})\nr({{'x': np.zeros((1, 256), np.float32)}})")
     assert "tvm" in modules and "bie_compiler.runtime.runner" in modules
     assert not {m for m in modules if m.startswith(COMPILER)}
+
+
+def test_kernels_do_not_import_the_passes():
+    """codecs <- codegen <- passes: the rewrite asks codegen for kernels, never the other way."""
+    modules = imported_after("import bie_compiler.codegen, bie_compiler.codegen.cpu, bie_compiler.codegen.cuda")
+    assert "bie_compiler.codegen.cpu" in modules and not {m for m in modules if m.startswith("bie_compiler.passes")}

@@ -89,12 +89,12 @@ def test_weights_left_dense_get_the_dense_kernel(model_dir):
     """The pass routes every matmul weight it does not encode (skipped here) to the dense kernel, once per weight."""
     from bie_compiler.codegen import KERNEL_ATTR
     from bie_compiler.frontend import import_model
-    from bie_compiler.passes import EncodeWeights, EncodingPolicy
+    from bie_compiler.passes import EncodingPolicy, encoding_passes, plan_encoding
 
     imported = import_model(model_dir["transformer"])
-    encode = EncodeWeights(imported, EncodingPolicy("bie-bitplane", skip=("*",)), make_target())
-    mod = encode(imported.mod)
+    plan = plan_encoding(imported.mod, imported.constant_names, EncodingPolicy("bie-bitplane", skip=("*",)), make_target())
+    mod = encoding_passes(plan)(imported.mod)
     kinds = [f.attrs[KERNEL_ATTR] for _, f in mod.functions_items()
              if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and KERNEL_ATTR in f.attrs]
-    assert sorted(kinds) == sorted(["dense_gemv", "dense_gemm"] * len(encode.records))
-    assert all(r.codec == "dense" for r in encode.records)
+    assert sorted(kinds) == sorted(["dense_gemv", "dense_gemm"] * len(plan.records))
+    assert all(r.codec == "dense" for r in plan.records)

@@ -8,7 +8,7 @@ from bie_compiler.codegen import cpu
 from bie_compiler.codegen.target import make_target
 from bie_compiler.frontend import import_model
 from bie_compiler.models import write_all
-from bie_compiler.passes import EncodeWeights, EncodingPolicy
+from bie_compiler.passes import EncodingPolicy, encoding_passes, plan_encoding
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,8 @@ def encoder(tmp_path_factory):
 def unscheduled_after_rules(path) -> list[str]:
     target = make_target()
     imported = import_model(path)
-    mod = EncodeWeights(imported, EncodingPolicy("bie-bitplane", skip=("*",)), target)(imported.mod)
+    plan = plan_encoding(imported.mod, imported.constant_names, EncodingPolicy("bie-bitplane", skip=("*",)), target)
+    mod = encoding_passes(plan)(imported.mod)
     mod = cpu.fuse(mod, target)
     with target:
         mod = dl.ApplyDefaultSchedule(*cpu.RULES)(mod)

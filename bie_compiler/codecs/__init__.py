@@ -1,7 +1,8 @@
 """The codec registry: every weight codec by its CLI name.
 
 A codec module defines ``NAME``, a frozen ``Config`` dataclass (its options,
-validated on construction), ``encode(weight [N, K], config) -> Encoded`` and
+validated on construction; each field's ``metadata["help"]`` makes it a CLI option,
+see :func:`option_fields`, unless ``metadata["set_by_plan"]``), ``encode(weight [N, K], config) -> Encoded`` and
 ``decode(Encoded) -> float32 [N, K]``, the reference decoder. A codec that
 rounds with error feedback takes ``encode(weight, config, calibration)``
 (a :class:`feedback.Calibration`; see :func:`takes_calibration`).
@@ -13,6 +14,7 @@ import dataclasses
 import inspect
 import math
 import typing
+from dataclasses import dataclass
 from types import ModuleType
 
 from ..errors import OptionError
@@ -104,8 +106,54 @@ def checked_option(codec: str, name: str, value, kind: type):
     return float(value)
 
 
+@dataclass(frozen=True)
+class OptionField:
+    """A codec option as the CLI offers it: one flag per field name, shared by the codecs that have it."""
+
+    name: str  # the Config field
+    kind: type  # int, float or str
+    help: str  # "codec[/other]: text"
+    codecs: tuple[str, ...]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _owners(names: list[str]) -> str:
+    """``bie-binary/blocked``: the codecs' names, the later ones without the first's leading words they share."""
+    first = names[0].split("-")
+    rest = []
+    for name in names[1:]:
+        words = name.split("-")
+        shared = next((i for i, (a, b) in enumerate(zip(first, words)) if a != b), min(len(first), len(words)))
+        rest.append("-".join(words[shared:]))
+    return "/".join([names[0], *rest])
+
+
+def option_fields() -> list[OptionField]:
+    """Every codec option a user sets, once per field name, in registry and field order.
+
+    Codecs sharing a field name must agree on its type and help text (a ValueError names the conflict)."""
+    found: dict[str, list] = {}  # name -> [kind, help, codecs]
+    for codec, module in CODECS.items():
+        hints = typing.get_type_hints(module.Config)
+        for f in dataclasses.fields(module.Config):
+            if f.metadata.get("set_by_plan"):
+                continue
+            if "help" not in f.metadata:
+                raise ValueError(f"codec {codec!r}: Config field {f.name} has no metadata help (the CLI needs it)")
+            kind, text = _plain(hints[f.name]), f.metadata["help"]
+            entry = found.setdefault(f.name, [kind, text, []])
+            if entry[:2] != [kind, text]:
+                raise ValueError(f"codec {codec!r}: Config field {f.name} differs from {entry[2]}'s in type or help")
+            entry[2].append(codec)
+    return [OptionField(name, kind, f"{_owners(owners)}: {text}", tuple(owners))
+            for name, (kind, text, owners) in found.items()]
+
+
 def config_dict(config: object) -> dict:
     return dataclasses.asdict(config)
 
 
-__all__ = ["CODECS", "Encoded", "config_dict", "encode", "feedback_report", "get_codec", "make_config", "takes_calibration"]
+__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "encode", "feedback_report", "get_codec", "make_config", "option_fields", "takes_calibration"]

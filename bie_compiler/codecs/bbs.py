@@ -1,4 +1,6 @@
-"""``bbs``: binary pruning of INT8 weights (BBS, seed 002), with sensitive channels kept at 8 bits.
+"""``bbs``: binary pruning of INT8 weights, with sensitive channels kept at 8 bits.
+
+From "BBS: Bi-Directional Bit-Level Sparsity for Deep Learning Acceleration" (Chen et al., MICRO 2024).
 
 Weights are quantized symmetrically per output channel to INT8 (:mod:`.int8`),
 then cut into groups of ``GROUP = 32`` along the reduction axis (a conv's K runs
@@ -50,7 +52,7 @@ Arrays (the format; :func:`decode` is its reference decoder):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -76,11 +78,16 @@ METHODS = ("avg", "zps")
 
 @dataclass(frozen=True)
 class Config:
-    preset: str = "moderate"  # fills the fields below that are left as None
-    pruned_columns: int | None = None  # N: bit columns pruned per group, 1..6
-    method: str | None = None  # "avg" (rounded averaging) or "zps" (zero-point shifting)
-    sensitive_fraction: float | None = None  # beta: fraction of all the model's channels kept INT8
-    sensitive_channels: int = -1  # this layer's INT8 channels, set by plan; -1 = from beta over this layer alone
+    preset: str = field(default="moderate", metadata={  # fills the fields below that are left as None
+        "help": "conservative (avg, N=2, beta 10%) or moderate (zps, N=4, beta 20%; default)"})
+    pruned_columns: int | None = field(default=None, metadata={  # N
+        "help": "bit columns pruned per group of 32 (1..6; default: the preset's, 4 for bitwave)"})
+    method: str | None = field(default=None, metadata={
+        "help": "avg (rounded averaging) or zps (zero-point shifting); default: the preset's"})
+    sensitive_fraction: float | None = field(default=None, metadata={  # beta
+        "help": "fraction beta of the model's output channels (largest scales) kept INT8; default: the preset's"})
+    # this layer's INT8 channels; -1: from beta over this layer alone
+    sensitive_channels: int = field(default=-1, metadata={"set_by_plan": True})
 
     def __post_init__(self):
         if self.preset not in PRESETS:

@@ -16,7 +16,7 @@ Positions are stored in whichever layout is smaller for the layer:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,8 +31,10 @@ LAYOUTS = ("auto", "bitmap", "index")
 class Ternary:
     """Which weights survive ternarization (shared with ``bie-blocked``)."""
 
-    threshold: float = 0.0  # keep |w| > threshold; 0 = use density or the 0.7 * mean|w| rule
-    density: float = 0.0  # keep this fraction of each channel (by magnitude); 0 = unused
+    threshold: float = field(default=0.0, metadata={  # 0: use density or the 0.7 * mean|w| rule
+        "help": "keep weights with |w| > T"})
+    density: float = field(default=0.0, metadata={  # by magnitude; 0: unused
+        "help": "keep this fraction of each channel's weights"})
 
     def __post_init__(self):
         if self.threshold < 0:
@@ -45,7 +47,7 @@ class Ternary:
 
 @dataclass(frozen=True)
 class Config(Ternary):
-    layout: str = "auto"
+    layout: str = field(default="auto", metadata={"help": "bitmap, index or auto (the smaller; default)"})
 
     def __post_init__(self):
         super().__post_init__()

@@ -14,7 +14,7 @@ prefix of the same encoding (progressive precision), no re-encoding needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,9 +28,11 @@ CLIP_RATIOS = np.linspace(1.0, 0.5, 11, dtype=np.float32)
 
 @dataclass(frozen=True)
 class Config:
-    bits: int = 4  # sign + (bits - 1) magnitude planes
-    group_size: int = 0  # weights per scale along K; 0 = one scale per output channel
-    planes: int = 0  # magnitude planes kept, most significant first; 0 = all
+    bits: int = field(default=4, metadata={"help": "bits per weight, sign included (2..8; default 4)"})
+    group_size: int = field(default=0, metadata={  # 0: one scale per output channel
+        "help": "weights per scale along K (default: one scale per channel)"})
+    planes: int = field(default=0, metadata={  # most significant first; 0: all
+        "help": "keep only the top P magnitude planes (progressive precision)"})
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:

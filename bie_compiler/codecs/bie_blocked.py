@@ -10,7 +10,7 @@ channels decode independently. Entries run in channel, block, offset order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,7 +23,7 @@ NAME = "bie-blocked"
 
 @dataclass(frozen=True)
 class Config(bie_binary.Ternary):
-    block_size: int = 128
+    block_size: int = field(default=128, metadata={"help": "block length along K, a power of two (default 128)"})
 
     def __post_init__(self):
         super().__post_init__()

@@ -15,7 +15,7 @@ two's complement words (``columns``), a metadata byte per group holding ``z``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,7 +28,8 @@ NAME = "bitwave"
 
 @dataclass(frozen=True)
 class Config:
-    pruned_columns: int = 4  # N: magnitude columns rounded or found zero per group, 1..6
+    pruned_columns: int = field(default=4, metadata={  # N: magnitude columns rounded or found zero per group
+        "help": "bit columns pruned per group of 32 (1..6; default: the preset's, 4 for bitwave)"})
 
     def __post_init__(self):
         if not 1 <= self.pruned_columns <= bbs.MAX_PRUNED:

@@ -7,7 +7,7 @@ weights concentrate near zero, so the symbols ``q + m`` are peaked and a tANS
 coder (:mod:`.tans_coder`, the format) stores them in about their empirical
 entropy rather than ``log2(levels)`` bits.
 
-Precision per layer (seed 003: entropy-driven mixed precision): with
+Precision per layer (entropy-driven mixed precision): with
 ``bits_per_weight`` set, :func:`plan` picks each layer's levels so that all
 the model's ``tans`` layers together fit the budget with the least weighted
 distortion, the rate of a layer being its measured coded size
@@ -18,7 +18,7 @@ recorded config reproduces it exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,11 +34,14 @@ STEP_RATIOS = np.geomspace(1.0, 0.125, 16).astype(np.float32)  # of max|w| / m: 
 
 @dataclass(frozen=True)
 class Config:
-    levels: int = 0  # odd number of quantization levels, 3..255; 0 = chosen by bits_per_weight (default 15)
-    bits_per_weight: float = 0.0  # budget over all the model's tans layers; 0 = fixed levels
-    table_log: int = 11  # tANS table of 2^table_log states
-    states: int = 4  # interleaved tANS states per stream
-    stream_symbols: int = 8192  # a stream covers whole output channels, at least this many weights
+    levels: int = field(default=0, metadata={  # 0: chosen by bits_per_weight (default 15)
+        "help": "odd number of quantization levels, zero in the centre (3..255; default 15)"})
+    bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed levels
+        "help": "bits/weight budget over the whole model; each layer's levels chosen to meet it (instead of --levels)"})
+    table_log: int = field(default=11, metadata={"help": "tANS table of 2^T states (5..15; default 11)"})
+    states: int = field(default=4, metadata={"help": "interleaved tANS states per stream (default 4)"})
+    stream_symbols: int = field(default=8192, metadata={  # a stream covers whole output channels
+        "help": "weights per independently decoded stream, at least (default 8192)"})
 
     def __post_init__(self):
         if self.levels and self.bits_per_weight:

@@ -1,0 +1,111 @@
+"""The encoding plan: every weight's codec, config and encoding, decided before any IR is rewritten.
+
+Codecs decide over the whole model (which channels are sensitive, how to split a
+bits budget), so the planner sees every weight use first: it applies the policy,
+runs the codecs' ``plan`` hooks, gathers calibration statistics for the codecs
+that round with error feedback, and encodes. ``EncodeWeights`` then only rewrites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import tvm
+
+from bie_compiler import codecs, codegen
+from bie_compiler.codecs import Encoded
+from bie_compiler.errors import CodecError
+from bie_compiler.progress import Reporter
+from bie_compiler.report import LayerRecord
+
+from .policy import EncodingPolicy
+from .weight_uses import WeightUse, collect_weight_uses
+
+
+@dataclass
+class EncodingPlan:
+    """What ``EncodeWeights`` does to a module, and the per-layer records of the manifest."""
+
+    target: tvm.target.Target
+    names: dict  # weight constant -> its name
+    uses: dict[str, WeightUse]  # by name
+    records: list[LayerRecord]  # one per weight, in the order of the calls
+    encoded: dict[str, tuple[str, Encoded]]  # name -> (codec, encoding) of the weights to encode
+    dense_kernels: frozenset[str]  # weights left dense that get the target's dense kernel
+
+
+def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, target: tvm.target.Target,
+                  calibrations: Callable[[list[str]], dict] | None = None, report: Reporter = Reporter()) -> EncodingPlan:
+    """The plan for ``mod`` whose weight constants are named by ``names``.
+
+    ``calibrations(weight names) -> {name: codecs.feedback.Calibration}``: the layers' calibration
+    statistics; given, codecs that take them round with error feedback. ``report``: the compile's progress."""
+    found, names = collect_weight_uses(mod, names)
+    uses = {u.name: u for u in found}
+    choices = {u.name: policy.choose(u.name, u.weight.size) for u in found}
+    reasons = {u.name: _fallback(u, *choices[u.name], target) for u in found}
+    eligible = {name: u for name, u in uses.items() if reasons[name] is None}
+    configs = _configs(eligible, choices, report)
+    fed = [name for name in eligible if codecs.takes_calibration(choices[name][0])]
+    statistics = calibrations(fed) if calibrations and fed else {}
+    records, encoded = [], {}
+    position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
+    for use in found:
+        record = LayerRecord(name=use.name, op=use.op, shape=list(use.weight.shape), codec="dense",
+                             bytes_dense=int(use.weight.nbytes), bytes_encoded=int(use.weight.nbytes),
+                             fallback_reason=reasons[use.name], transposed=use.transposed)
+        records.append(record)
+        if use.name not in eligible:
+            continue
+        codec, config = choices[use.name][0], configs[use.name]
+        enc = _encode(use, codec, config, statistics.get(use.name), report, position[use.name], len(eligible))
+        if enc.nbytes >= use.weight.nbytes:  # e.g. a depthwise conv's K = 9 in a format padding K to 128
+            record.fallback_reason = (f"{codec} encoding is no smaller than dense ({enc.bits_per_weight:.1f} "
+                                      f"bits/weight at K = {use.matrix().shape[1]})")
+            continue
+        encoded[use.name] = codec, enc
+        module = codecs.get_codec(codec)
+        record.codec, record.bytes_encoded = codec, enc.nbytes
+        record.config, record.encoded_sha256 = codecs.config_dict(config), enc.sha256()
+        record.details = {**(module.report(enc) if hasattr(module, "report") else {}),
+                          **{f"header.{k}": v for k, v in enc.header.items()}}
+        if calibrations:
+            record.details.update(codecs.feedback_report(codec, use.matrix(), config, statistics.get(use.name), enc))
+    dense = frozenset(name for name, u in uses.items() if name not in encoded and u.op == "matmul"
+                      and not u.unsupported and codegen.has_dense_kernel(target))
+    return EncodingPlan(target, names, uses, records, encoded, dense)
+
+
+def _fallback(use: WeightUse, codec: str | None, config, target: tvm.target.Target) -> str | None:
+    """Why ``use`` stays dense on ``target`` (None: it is encoded with ``codec``)."""
+    if use.unsupported:
+        return use.unsupported
+    if use.groups != 1 and target.kind.name != "llvm":
+        return f"grouped conv ({use.groups} groups): only the CPU's decode + conv takes it"
+    if codec is None:
+        return config  # the policy's reason
+    if not codegen.has_kernel(codec, use.op, target):
+        return f"{codec} has no {use.op} kernel for {target.kind.name} yet"
+    return None
+
+
+def _configs(eligible: dict[str, WeightUse], choices, report: Reporter) -> dict[str, object]:
+    """Per-layer configs; codecs with a ``plan(matrices, configs)`` hook decide over all their layers at once."""
+    configs = {name: choices[name][1] for name in eligible}
+    for codec in sorted({choices[name][0] for name in eligible}):
+        module = codecs.get_codec(codec)
+        names = [n for n in eligible if choices[n][0] == codec]
+        if hasattr(module, "plan"):
+            report("plan", f"planning {len(names)} {codec} layer(s) over the whole model")
+            configs.update(module.plan({n: eligible[n].matrix() for n in names}, {n: configs[n] for n in names}))
+    return configs
+
+
+def _encode(use: WeightUse, codec: str, config, calibration, report: Reporter, index: int, total: int) -> Encoded:
+    how = " and error feedback" if calibration is not None else ""
+    report("encode", f"encoding {use.name} {list(use.weight.shape)} with {codec}{how}", index, total)
+    try:
+        return codecs.encode(codec, use.matrix(), config, calibration)
+    except CodecError as e:
+        raise CodecError(f"weight {use.name!r}: {e}") from None

@@ -1,0 +1,144 @@
+"""Weight uses: the matmuls and convs of a Relax module whose weight is a constant, matched with ``relax.dpl``.
+
+Matched: ``matmul(x, W)`` (ONNX MatMul), ``matmul(x, permute_dims(W))`` with a
+2-D transpose (Gemm with transB = 1; its bias add stays a separate op) and
+``conv2d(x, W)``, ``W`` a constant. Weights are known by the names the caller
+gives their constants (the ONNX initializer names, see ``frontend.bind_weights``).
+The collecting walk and the rewriting passes share the pattern and the matcher,
+so they agree on what a weight use is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+from operator import mul
+from typing import Callable, Mapping
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from bie_compiler.codecs.layout import codec_matrix
+from bie_compiler.codegen import ConvSpec
+
+_X, _W = wildcard(), is_const()
+_TRANSPOSED = is_op("relax.permute_dims")(_W)
+WEIGHT_CALL = is_op("relax.matmul")(_X, _W | _TRANSPOSED) | is_op("relax.nn.conv2d")(_X, _W)
+
+
+@dataclass
+class WeightUse:
+    """A constant weight feeding a matmul or conv, in its ONNX layout."""
+
+    name: str
+    op: str  # "matmul" or "conv2d"
+    weight: np.ndarray
+    transposed: bool = False  # matmul whose ONNX weight is [N, K] (Gemm transB=1)
+    conv: ConvSpec | None = None  # of a conv in NCHW/OIHW layout
+    unsupported: str | None = None  # why no codec can take it, on any target
+
+    @property
+    def groups(self) -> int:
+        return self.conv.groups if self.conv else 1
+
+    def matrix(self) -> np.ndarray:
+        """The weight as codecs take it, [N, K] (``codecs.layout``)."""
+        return codec_matrix(self.weight, self.op, self.transposed)
+
+
+@dataclass
+class Match:
+    """One matched call: its activation, the weight constant, and what the weight is."""
+
+    call: relax.Call
+    x: relax.Expr
+    constant: tvm.ir.GenericConst
+    use: WeightUse
+
+
+def _conv_spec(call: relax.Call) -> ConvSpec | None:
+    a = call.attrs
+    if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW":
+        return None
+    return ConvSpec(
+        strides=tuple(int(v) for v in a.strides),
+        padding=tuple(int(v) for v in a.padding),
+        dilation=tuple(int(v) for v in a.dilation),
+        kernel_shape=tuple(int(d) for d in call.args[1].ty.shape.values),
+        groups=int(a.groups),
+    )
+
+
+def match(call: relax.Call, matches: dict, names: Mapping) -> Match | None:
+    """The weight use of a call ``WEIGHT_CALL`` matched, or None (a permute_dims that is not a 2-D transpose).
+    ``names``: the weights' names by constant."""
+    constant = matches[_W]
+    transposed = _TRANSPOSED in matches
+    if transposed:
+        axes = matches[_TRANSPOSED].attrs.axes
+        if len(constant.value.shape) != 2 or (axes is not None and [int(a) for a in axes] != [1, 0]):
+            return None
+    weight = constant.value.numpy()
+    op = "conv2d" if call.op.name == "relax.nn.conv2d" else "matmul"
+    name = names[constant]
+    use = WeightUse(name, op, weight, transposed, _conv_spec(call) if op == "conv2d" else None)
+    x_dtype = matches[_X].ty.dtype
+    if x_dtype != "float32" or weight.dtype != np.float32:
+        use.unsupported = f"dtype {x_dtype}/{weight.dtype} (only float32 is encoded)"
+    elif op == "matmul" and weight.ndim != 2:
+        use.unsupported = f"{weight.ndim}-D weight (only 2-D matmul weights are encoded)"
+    elif op == "conv2d" and use.conv is None:
+        use.unsupported = "conv layout other than NCHW/OIHW"
+    return Match(call, matches[_X], constant, use)
+
+
+def rewrite_weight_calls(mod: tvm.IRModule, rewrite: Callable[[Match], relax.Expr | None],
+                         names: Mapping) -> tvm.IRModule:
+    """Every Relax function of ``mod`` with each weight use ``m`` replaced by ``rewrite(m)`` (None: kept)."""
+    out = mod.clone()
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            def visit(call, matches):
+                found = match(call, matches, names)
+                new = rewrite(found) if found is not None else None
+                return call if new is None else new
+
+            out[gv] = rewrite_call(WEIGHT_CALL, visit, func)
+    return out
+
+
+class _Names(dict):
+    """Constants by name, and ``unnamed_weight_<i>`` for a constant the importer made itself."""
+
+    def __missing__(self, constant) -> str:
+        self[constant] = name = f"unnamed_weight_{sum(n.startswith('unnamed_weight_') for n in self.values())}"
+        return name
+
+
+def collect_weight_uses(mod: tvm.IRModule, names: Mapping) -> tuple[list[WeightUse], dict]:
+    """The weight uses of ``mod``, once per weight, in the order the calls run, and the names of their
+    constants (``names`` and a made-up name for each constant it lacks)."""
+    order: dict = {}  # call -> its position (the matcher visits in an order of its own)
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, lambda e: order.setdefault(e, len(order)))
+    found: list[Match] = []
+    names = _Names(names)
+    rewrite_weight_calls(mod, found.append, names)
+    uses: dict[str, WeightUse] = {}
+    for m in sorted(found, key=lambda m: order.get(m.call, len(order))):
+        uses.setdefault(m.use.name, m.use)
+    return list(uses.values()), dict(names)
+
+
+def as_rows(x: relax.Expr, n: int, call_2d: Callable[[relax.Expr, relax.TensorType], relax.Expr]) -> relax.Expr:
+    """``call_2d(x2, out_ty)`` on ``x [..., K]`` with its leading dims flattened into the rows of ``x2 [M, K]``,
+    the result ``[M, n]`` reshaped back to ``[..., n]``."""
+    *lead, k = x.ty.shape.values
+    rows = reduce(mul, lead)
+    out_ty = relax.TensorType([rows, n], "float32")
+    if len(lead) == 1:
+        return call_2d(x, out_ty)
+    return relax.op.reshape(call_2d(relax.op.reshape(x, [rows, k]), out_ty), [*lead, n])

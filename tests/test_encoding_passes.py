@@ -1,0 +1,46 @@
+"""The encoding is planned, then rewritten by real TVM passes: composable, seen by PassContext instruments."""
+
+import tvm
+from tvm import relax
+from tvm.ir.instrument import PassTimingInstrument
+
+from bie_compiler.codegen import LAYER_ATTR
+from bie_compiler.codegen.target import make_target
+from bie_compiler.frontend import import_model
+from bie_compiler.passes import EncodeWeights, EncodingPolicy, encoding_passes, plan_encoding
+from bie_compiler.passes.weight_uses import collect_weight_uses
+
+
+def test_the_plan_decides_and_the_pass_rewrites_it(model_dir):
+    imported = import_model(model_dir["mlp"])
+    plan = plan_encoding(imported.mod, imported.constant_names,
+                         EncodingPolicy("bie-bitplane", {"bits": 3}, skip=("fc3.*",)), make_target())
+    assert [r.name for r in plan.records] == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    assert set(plan.encoded) == {"fc1.weight", "fc2.weight"} and plan.dense_kernels == {"fc3.weight"}
+    assert plan.uses["fc2.weight"].transposed  # Gemm transB=1: matmul(x, permute_dims(W)) matched
+    encode = EncodeWeights(plan)
+    assert isinstance(encode, tvm.transform.Pass)
+    timing = PassTimingInstrument()
+    with tvm.transform.PassContext(instruments=[timing]):
+        mod = encoding_passes(plan)(imported.mod)
+        profile = timing.render()
+    assert "EncodeWeights" in profile and "DeadCodeElimination" in profile
+    assert collect_weight_uses(mod, plan.names)[0] == []  # no matmul reads a weight constant any more
+    layers = {str(f.attrs[LAYER_ATTR]) for _, f in mod.functions_items()
+              if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
+    assert layers == {"fc1.weight", "fc2.weight", "fc3.weight"}
+
+
+def test_every_constant_is_an_argument_of_main(model_dir):
+    """Kernels and row-dispatch functions take their constants as parameters: none is bound inside them."""
+    imported = import_model(model_dir["transformer"])
+    plan = plan_encoding(imported.mod, imported.constant_names, EncodingPolicy("bie-bitplane"), make_target())
+    mod = encoding_passes(plan)(imported.mod)
+    assert all(r.codec == "bie-bitplane" for r in plan.records)
+    dispatchers = [f for gv, f in mod.functions_items() if isinstance(f, relax.Function) and gv.name_hint != "main"]
+    assert len(dispatchers) == len(plan.records)
+    inside = []
+    for func in dispatchers:
+        relax.analysis.post_order_visit(func, lambda e: inside.append(e) if isinstance(e, tvm.ir.GenericConst)
+                                        and len(e.value.shape) > 0 else None)
+    assert inside == []
