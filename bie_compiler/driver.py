@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 import time
@@ -14,7 +15,7 @@ import tvm
 from . import __version__
 from .errors import BieWarning
 from .frontend import file_sha256, import_model
-from .report import totals
+from .report import node_labels, other_weights, totals
 
 
 def _stderr_progress(message: str) -> None:
@@ -90,6 +91,7 @@ def compile_model(
     step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
     shapes = ShapeRequest({k: tuple(v) for k, v in (input_shapes or {}).items()}, dict(dims or {}))
     imported = import_model(model, shapes)
+    policy = dataclasses.replace(policy, aliases={w: tuple(n for n, _, _ in c) for w, c in imported.consumers.items()})
 
     def calibrate(names: list[str]) -> dict[str, float]:
         return activation_scales(imported.model, names, calibration_inputs(imported.inputs, calibration))
@@ -105,6 +107,9 @@ def compile_model(
     mod = encode(PropagateNaN()(imported.mod))
     if tvm_target.kind.name != "cuda":  # (the CUDA build maps each layer to its own device kernels)
         mod = deduplicate_prim_funcs(mod)  # identical kernels of several layers: one, named after all of them
+    for r in encode.records:
+        r.details["nodes"] = node_labels(imported.consumers.get(r.name, []))
+    others = other_weights(imported.weights, imported.consumers, {r.name for r in encode.records})
     kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
                      if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
     step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
@@ -129,6 +134,8 @@ def compile_model(
         "layers": [r.to_json() for r in encode.records],
         "kernel_layers": kernel_layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
         "totals": totals(encode.records),
+        "other_weights": [r.to_json() for r in others],  # not matmul or conv weights: dense, with the reason
+        "model_totals": totals(encode.records + others),  # every weight of the model
         "weights": {"tensors": len(weights.tensors), "bytes": weights.nbytes, "tans_streams": len(weights.tans)},
         **device_code,
         **({"calibration": record(calibration, damping, act_order)} if calibration is not None else {}),

@@ -37,7 +37,10 @@ def default_tolerance(manifest: dict) -> float:
 
 
 def make_inputs(specs: list[dict], batch: int = 1, seed: int = 0, npz: str | Path | None = None) -> dict:
-    """Inputs from a .npz (by input name) or seeded random ones; symbolic dims take ``batch``."""
+    """Inputs from a .npz (by input name) or seeded random ones; symbolic dims take ``batch``.
+
+    Random floats are standard normal; an index input (``range`` in its spec: token ids) takes random
+    values in its range; other integer inputs (masks, flags) are ones."""
     if npz is not None:
         try:
             with np.load(npz) as data:
@@ -55,8 +58,10 @@ def make_inputs(specs: list[dict], batch: int = 1, seed: int = 0, npz: str | Pat
         dtype = np.dtype(spec["dtype"])
         if np.issubdtype(dtype, np.floating):
             inputs[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+        elif "range" in spec:
+            inputs[spec["name"]] = rng.integers(*spec["range"], shape).astype(dtype)
         else:
-            inputs[spec["name"]] = rng.integers(0, 8, shape).astype(dtype)
+            inputs[spec["name"]] = np.ones(shape, dtype)
     return inputs
 
 
@@ -175,8 +180,14 @@ def recorded_calibrations(manifest: dict, model: onnx.ModelProto, layers: list[L
     return layer_calibrations(model, fed, samples, entry["damping"], entry["act_order"]) if fed else {}
 
 
-def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None = None, calibration=None) -> dict:
-    """Run the artefact and onnxruntime on the same inputs; ``passed`` if (b) is within tolerance.
+MIN_COSINE = 0.95  # check's default fidelity floor: below it the codec changed the outputs too much to trust
+
+
+def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None = None, calibration=None,
+                   min_cosine: float = MIN_COSINE) -> dict:
+    """Run the artefact and onnxruntime on the same inputs; ``passed`` if (b) is within tolerance (the
+    artefact computes what its encodings define), ``faithful`` if its outputs' cosine to the original
+    model's is at least ``min_cosine`` (the encodings kept the model's outputs).
 
     ``calibration``: where the artefact's calibration data is, if not at the path its manifest records.
 
@@ -212,5 +223,7 @@ def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None
         "decoded_cosine": decoded["cosine"],
         "tolerance": tolerance,
         "passed": decoded["max_rel_err"] <= tolerance,
+        "min_cosine": min_cosine,
+        "faithful": original["cosine"] >= min_cosine,
         "inputs": {k: list(v.shape) for k, v in inputs.items()},
     }

@@ -98,12 +98,14 @@ class GraphBuilder:
         w = self.weight(f"{prefix}.weight", shape, fan_in=k, out_axis=out_axis, sparsity=sparsity)
         return self.op("Gemm", [x, w, self.bias(f"{prefix}.bias", n)], f"{prefix}.gemm", output, transB=int(trans_b))
 
-    def model(self, name: str, doc: str, inputs: dict[str, list], outputs: dict[str, list]) -> onnx.ModelProto:
-        """A float32 opset-17 / IR-8 model; `inputs`/`outputs` map tensor names to shapes
-        (strings are symbolic dimensions)."""
+    def model(self, name: str, doc: str, inputs: dict[str, list], outputs: dict[str, list],
+              input_types: dict[str, int] | None = None) -> onnx.ModelProto:
+        """An opset-17 / IR-8 model; `inputs`/`outputs` map tensor names to shapes (strings are symbolic
+        dimensions); tensors are float32 unless `input_types` gives an input another TensorProto type."""
+        types = input_types or {}
 
         def value_infos(shapes: dict[str, list]) -> list[onnx.ValueInfoProto]:
-            return [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()]
+            return [helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), s) for n, s in shapes.items()]
 
         graph = helper.make_graph(
             self.nodes, name, value_infos(inputs), value_infos(outputs), self.initializers, doc_string=doc
