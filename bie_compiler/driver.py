@@ -15,6 +15,7 @@ import tvm
 from . import __version__
 from .errors import BieWarning
 from .frontend import file_sha256, import_model
+from .dequantization import provenance
 from .report import node_labels, other_weights, totals
 
 
@@ -91,7 +92,10 @@ def compile_model(
     step(f"importing {model if not isinstance(model, onnx.ModelProto) else 'ModelProto'}")
     shapes = ShapeRequest({k: tuple(v) for k, v in (input_shapes or {}).items()}, dict(dims or {}))
     imported = import_model(model, shapes)
-    policy = dataclasses.replace(policy, aliases={w: tuple(n for n, _, _ in c) for w, c in imported.consumers.items()})
+    sources = {i.name: p for i in imported.model.graph.initializer if (p := provenance(i))}
+    policy = dataclasses.replace(policy, aliases={  # patterns may name a weight's nodes or its integer source
+        w: (*(n for n, _, _ in c), *([sources[w]["initializer"]] if w in sources else []))
+        for w, c in imported.consumers.items()})
 
     def calibrate(names: list[str]) -> dict[str, float]:
         return activation_scales(imported.model, names, calibration_inputs(imported.inputs, calibration))
@@ -107,9 +111,11 @@ def compile_model(
     mod = encode(PropagateNaN()(imported.mod))
     if tvm_target.kind.name != "cuda":  # (the CUDA build maps each layer to its own device kernels)
         mod = deduplicate_prim_funcs(mod)  # identical kernels of several layers: one, named after all of them
-    for r in encode.records:
-        r.details["nodes"] = node_labels(imported.consumers.get(r.name, []))
     others = other_weights(imported.weights, imported.consumers, {r.name for r in encode.records})
+    for r in encode.records + others:
+        r.details["nodes"] = node_labels(imported.consumers.get(r.name, []))
+        if r.name in sources:
+            r.details["source"] = sources[r.name]
     kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
                      if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
     step("building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))

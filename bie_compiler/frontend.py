@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .dequantization import fold_dequantized_weights
 from .errors import ModelError
 from .shape_folding import fold_shapes
 
@@ -64,7 +65,7 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as e:
         raise ModelError(f"{label}: invalid ONNX model: {str(e).strip().splitlines()[0]}") from None
-    model = constants_to_initializers(model)
+    model = fold_dequantized_weights(constants_to_initializers(model))
     check_supported(model, label)
     check_finite(model, label)
     return model

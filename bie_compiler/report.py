@@ -39,6 +39,8 @@ class LayerRecord:
 
 
 def totals(layers: list[LayerRecord]) -> dict:
+    """Sums over ``layers``; ``bytes_source``: what the source model stores them in (integers for the weights
+    it dequantizes in its graph, see ``dequantization``), where ``bytes_dense`` counts float32."""
     dense = sum(r.bytes_dense for r in layers)
     encoded = sum(r.bytes_encoded for r in layers)
     weights = sum(r.num_weights for r in layers)
@@ -47,6 +49,7 @@ def totals(layers: list[LayerRecord]) -> dict:
         "encoded_layers": sum(r.fallback_reason is None for r in layers),
         "weights": weights,
         "bytes_dense": dense,
+        "bytes_source": sum(r.details.get("source", {}).get("bytes", r.bytes_dense) for r in layers),
         "bytes_encoded": encoded,
         "bits_per_weight": round(8.0 * encoded / weights, 4) if weights else 0.0,
         "compression": round(dense / encoded, 3) if encoded else 0.0,

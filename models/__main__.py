@@ -1,8 +1,9 @@
 """`python -m bie_compiler.models [--out DIR] [NAME ...]`: write the named models (default: the
 small bundled ones) as DIR/<name>.onnx (DIR defaults to this package's folder) and print each path
 with its size. `encoder` and `mobilenet` are the real-model-shaped ones the speed benchmarks use;
-`embedder` and `dynamo_style` hold what real exports have and the others lack (token ids, embedding
-tables, a 1-D conv; weights named `val_N`, shapes computed at run time)."""
+`embedder`, `dynamo_style` and `int8_source` hold what real exports have and the others lack (token ids,
+embedding tables, a 1-D conv; weights named `val_N`, shapes computed at run time; int8 weights
+dequantized in the graph)."""
 
 import argparse
 from pathlib import Path

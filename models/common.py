@@ -65,6 +65,11 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
+    def stored(self, name: str, array: np.ndarray) -> str:
+        """Add an initializer of `array`'s own dtype (an integer weight, a zero point)."""
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
     def weight(self, name: str, shape: tuple[int, ...], fan_in: int, out_axis: int, sparsity: float = 0.0) -> str:
         """A trained-like weight (see `trained_weight`)."""
         return self.const(name, trained_weight(layer_rng(self.seed, name), shape, fan_in, out_axis, sparsity))

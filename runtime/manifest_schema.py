@@ -51,7 +51,7 @@ LAYER = {
     "encoded_sha256": (SHA256, NONE), "details": MapOf(JSON), "bits_per_weight": float,
 }
 OTHER_WEIGHT = {**LAYER, "op": NAME}  # a weight no matmul or conv reads: the ONNX op that does
-TOTALS = {"layers": int, "encoded_layers": int, "weights": int, "bytes_dense": int, "bytes_encoded": int,
+TOTALS = {"layers": int, "encoded_layers": int, "weights": int, "bytes_dense": int, "bytes_source": int, "bytes_encoded": int,
           "bits_per_weight": float, "compression": float}
 MANIFEST = {
     "format": str, "format_version": int, "checksum": SHA256, "bie_compiler_version": str, "tvm_version": str,

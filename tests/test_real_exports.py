@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # whole-model compiles
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     folder = tmp_path_factory.mktemp("exports")
-    return {p.stem: p for p in write_all(folder, ["embedder", "dynamo_style", "mlp"])}
+    return {p.stem: p for p in write_all(folder, ["embedder", "dynamo_style", "int8_source", "mlp"])}
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,19 @@ def test_patterns_and_report_name_the_nodes_of_weights_named_val_n(exports, tmp_
     assert layers["val_8"]["fallback_reason"] == "in the skip list" and layers["val_3"]["codec"] == "bie-bitplane"
     assert layers["val_3"]["details"]["nodes"] == ["node_MatMul_4 (MatMul)"]
     assert "node_MatMul_4 (MatMul)" in cli("inspect", out).stdout
+
+
+def test_weights_dequantized_in_the_graph_are_named_reported_and_checked(exports, tmp_path):
+    out = tmp_path / "art"
+    result = cli("compile", exports["int8_source"], "-q", "--skip", "fc2.weight_quantized", "-o", out)
+    assert result.returncode == 0 and "matches no weight" not in result.stderr, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    layers = {r["name"]: r for r in manifest["layers"]}
+    assert set(layers) == {"fc1.dequant", "fc2.dequant"}  # not unnamed_weight_N
+    assert layers["fc1.dequant"]["codec"] == "bie-bitplane" and layers["fc2.dequant"]["codec"] == "dense"
+    assert layers["fc1.dequant"]["details"]["source"] == {"initializer": "fc1.weight_quantized", "dtype": "int8",
+                                                          "bytes": 256 * 128, "ops": ["Cast", "Mul"]}
+    assert manifest["model_totals"]["bytes_source"] == 256 * 128 + 128 * 16  # one byte per weight, not four
+    assert "stores them as integers in 34816 bytes" in cli("inspect", out).stdout
+    checked = cli("check", out, "--json")  # refused every such artefact: "not in the source model"
+    assert checked.returncode == 0 and json.loads(checked.stdout)["passed"], checked.stdout + checked.stderr
