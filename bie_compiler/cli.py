@@ -12,6 +12,7 @@ import warnings
 from . import __version__, codecs
 from .bench import WARMUP_SECONDS
 from .errors import BieError, BieWarning, OptionError
+from .evaluation import LABELS
 from .native_log import native_stderr_captured
 from .parity import MIN_COSINE
 
@@ -129,6 +130,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="refuse inputs holding NaN or Inf, and non-finite outputs of finite inputs (where encoded "
                         "kernels differ from onnxruntime: they skip zero weights, and sum in their own units)")
 
+    e = sub.add_parser("eval", help="what the encodings cost on real data: the artefact against onnxruntime fp32 "
+                                    "over many samples",
+                       description="Per output, over every row of every sample: cosine and relative L2 error to "
+                                   "onnxruntime fp32 on the source model; for classifier outputs top-1/top-5 "
+                                   "agreement, KL divergence, and accuracy when samples carry labels. Mean +- "
+                                   "standard error.")
+    e.add_argument("artefact", help="artefact folder")
+    e.add_argument("--data", required=True,
+                   help=f"a .npz of inputs by name, or a folder of them (one call each); an int array "
+                        f"'{LABELS}' holds the labels of a sample's rows")
+    e.add_argument("--model", help="the source .onnx (default: the path recorded at compile time)")
+    e.add_argument("--json", action="store_true", help="print the figures as JSON")
+
     b = sub.add_parser("bench", help="time an artefact against onnxruntime on its source model",
                        description="Interleaved timed calls of the artefact and of onnxruntime on the source model, "
                                    "each in its own process, same inputs and threads: median, p10/p90, peak memory.")
@@ -152,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="per-layer report of an artefact")
     i.add_argument("artefact", help="artefact folder")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
-    for command in (k, r, i, b):
+    for command in (k, e, r, i, b):
         command.add_argument("--expect-sha256", metavar="HEX", default=None,
                              help="refuse the artefact unless its manifest has this sha256 (printed by compile); "
                                   "checked before any of its code runs")
@@ -196,6 +210,26 @@ def _inputs(args, specs: list[dict]) -> dict:
             raise OptionError("--inputs gives the inputs and their shapes: drop --input-shape, --dim and --batch")
         return make_inputs(specs, npz=args.inputs)
     return make_inputs(concrete(resolve(specs, with_batch(request, specs, args.batch))), seed=args.seed)
+
+
+def _eval(args) -> int:
+    import numpy as np
+
+    from . import load
+    from .calibration import sample_files
+    from .evaluation import evaluate, table
+    from .parity import make_inputs, session_of, source_model
+
+    runner = load(args.artefact, args.expect_sha256)
+    session = session_of(source_model(runner.manifest, args.model))
+    samples = []
+    for path in sample_files(args.data, "--data"):
+        with np.load(path) as data:
+            labels = data[LABELS] if LABELS in data.files else None
+        samples.append((make_inputs(runner.inputs, npz=path), labels))
+    result = evaluate(runner, session, samples)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
 
 
 def _check(args) -> int:
@@ -363,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     args = _parser().parse_args(argv)
     try:
-        commands = {"compile": _compile, "check": _check, "run": _run, "bench": _bench, "inspect": _inspect}
+        commands = {"compile": _compile, "check": _check, "eval": _eval, "run": _run, "bench": _bench,
+                    "inspect": _inspect}
         return commands[args.command](args)
     except BieError as e:
         print(f"bie-compiler: error: {e}", file=sys.stderr)

@@ -138,11 +138,15 @@ def onnx_layout(matrix: np.ndarray, shape: tuple, layer: LayerRecord) -> np.ndar
     return matrix if layer.transposed else matrix.T
 
 
-def run_onnxruntime(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
+def session_of(model: onnx.ModelProto) -> ort.InferenceSession:
+    """An onnxruntime CPU session of ``model``, its warnings off."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, inputs)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
+    return session_of(model).run(None, inputs)
 
 
 def compare(outputs: list[np.ndarray], references: list[np.ndarray]) -> dict:
@@ -180,6 +184,20 @@ def recorded_calibrations(manifest: dict, model: onnx.ModelProto, layers: list[L
     return layer_calibrations(model, fed, samples, entry["damping"], entry["act_order"]) if fed else {}
 
 
+def source_model(manifest: dict, model_path=None) -> onnx.ModelProto:
+    """The model an artefact was compiled from (at ``model_path``, else where the manifest says), loaded as the
+    compiler loads it; ModelError if it is missing or not the same file."""
+    source = manifest["source_model"]
+    path = model_path or source["path"]
+    if path is None:
+        raise BieError("the artefact was compiled from an in-memory model: pass the ONNX file with --model")
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: source model not found (pass it with --model)")
+    if file_sha256(path) != source["sha256"]:
+        raise ModelError(f"{path}: not the model this artefact was compiled from (sha256 differs)")
+    return load_model(path)
+
+
 MIN_COSINE = 0.95  # check's default fidelity floor: below it the codec changed the outputs too much to trust
 
 
@@ -196,15 +214,7 @@ def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None
     """
     manifest = runner.manifest
     tolerance = default_tolerance(manifest) if tolerance is None else tolerance
-    source = manifest["source_model"]
-    path = model_path or source["path"]
-    if path is None:
-        raise BieError("the artefact was compiled from an in-memory model: pass the ONNX file with --model")
-    if not Path(path).is_file():
-        raise ModelError(f"{path}: source model not found (pass it with --model)")
-    if file_sha256(path) != source["sha256"]:
-        raise ModelError(f"{path}: not the model this artefact was compiled from (sha256 differs)")
-    model = load_model(path)
+    model = source_model(manifest, model_path)
     layers = [LayerRecord.from_json(r) for r in manifest["layers"]]
     outputs = list(runner.run(inputs).values())
     references = run_onnxruntime(model, inputs)
