@@ -38,16 +38,16 @@ class LayerStatistics:
     rows: int
 
 
-def sample_files(data: str | Path) -> list[Path]:
+def sample_files(data: str | Path, option: str = "--calibration") -> list[Path]:
     """The .npz files of ``data``: the file itself, or every .npz of the folder in name order."""
     path = Path(data)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
         if not files:
-            raise OptionError(f"--calibration {data}: the folder holds no .npz file")
+            raise OptionError(f"{option} {data}: the folder holds no .npz file")
         return files
     if not path.is_file():
-        raise OptionError(f"--calibration {data}: no such file or folder")
+        raise OptionError(f"{option} {data}: no such file or folder")
     return [path]
 
 

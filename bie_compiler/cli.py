@@ -12,6 +12,9 @@ import warnings
 from . import __version__, codecs
 from .bench import WARMUP_SECONDS
 from .errors import BieError, BieWarning, OptionError
+from .evaluation import LABELS
+from .native_log import native_stderr_captured
+from .parity import MIN_COSINE
 from .progress import Event, print_progress
 
 def _value(text: str):
@@ -77,8 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_shape_options(c, compile_time=True)
     c.add_argument("--timing", action="store_true", help="print the time of each compiler pass (TVM's pass timing)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    c.add_argument("--verbose", action="store_true", help="also show TVM's own log (its warnings are hidden by default)")
 
-    k = sub.add_parser("check", help="compare an artefact with onnxruntime (exit 1 on a parity failure)")
+    k = sub.add_parser("check", help="compare an artefact with onnxruntime (exit 1: it does not compute what its "
+                                     "encodings define; exit 3: it does, but the outputs moved below --min-cosine)")
     k.add_argument("artefact", help="artefact folder")
     k.add_argument("--model", help="the source .onnx (default: the path recorded at compile time)")
     k.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
@@ -87,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--tolerance", type=float, default=None,
                    help="max relative error against the decoded-weights model (default 1e-4; bitvert: 1e-3 against "
                         "the model with INT8 activations, see parity.BITVERT_TOLERANCE)")
+    k.add_argument("--min-cosine", type=float, default=MIN_COSINE,
+                   help="fidelity floor: the cosine of the artefact's outputs to the original model's (all outputs "
+                        "together) must reach it (default %(default)s; 0 accepts any change the codec made)")
     k.add_argument("--json", action="store_true", help="print the figures as JSON")
     k.add_argument("--calibration", metavar="DATA", default=None,
                    help="the calibration data the artefact was compiled with, if moved from the path it records")
@@ -101,6 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--check-finite", action="store_true",
                    help="refuse inputs holding NaN or Inf, and non-finite outputs of finite inputs (where encoded "
                         "kernels differ from onnxruntime: they skip zero weights, and sum in their own units)")
+
+    e = sub.add_parser("eval", help="what the encodings cost on real data: the artefact against onnxruntime fp32 "
+                                    "over many samples",
+                       description="Per output, over every row of every sample: cosine and relative L2 error to "
+                                   "onnxruntime fp32 on the source model; for classifier outputs top-1/top-5 "
+                                   "agreement, KL divergence, and accuracy when samples carry labels. Mean +- "
+                                   "standard error.")
+    e.add_argument("artefact", help="artefact folder")
+    e.add_argument("--data", required=True,
+                   help=f"a .npz of inputs by name, or a folder of them (one call each); an int array "
+                        f"'{LABELS}' holds the labels of a sample's rows")
+    e.add_argument("--model", help="the source .onnx (default: the path recorded at compile time)")
+    e.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     b = sub.add_parser("bench", help="time an artefact against onnxruntime on its source model",
                        description="Interleaved timed calls of the artefact and of onnxruntime on the source model, "
@@ -125,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="per-layer report of an artefact")
     i.add_argument("artefact", help="artefact folder")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
-    for command in (k, r, i, b):
+    for command in (k, e, r, i, b):
         command.add_argument("--expect-sha256", metavar="HEX", default=None,
                              help="refuse the artefact unless its manifest has this sha256 (printed by compile); "
                                   "checked before any of its code runs")
@@ -138,14 +159,15 @@ def _compile(args) -> int:
 
     shapes = request_from_options(args.input_shape, args.dim)
     options = {option.name: getattr(args, option.name) for option in codecs.option_fields()}
-    out = compile_model(
-        args.model, args.output, args.codec, options, target=args.target, mcpu=args.mcpu, arch=args.arch,
-        min_weights=args.min_weights, skip=tuple(args.skip),
-        overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
-        input_shapes=shapes.input_shapes, dims=shapes.dims, act_order=args.act_order,
-        progress=_timing_only if args.quiet and args.timing else None if args.quiet else print_progress,
-        timing=args.timing,
-    )
+    with native_stderr_captured(not args.verbose):
+        out = compile_model(
+            args.model, args.output, args.codec, options, target=args.target, mcpu=args.mcpu, arch=args.arch,
+            min_weights=args.min_weights, skip=tuple(args.skip),
+            overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
+            input_shapes=shapes.input_shapes, dims=shapes.dims, act_order=args.act_order,
+            progress=_timing_only if args.quiet and args.timing else None if args.quiet else print_progress,
+            timing=args.timing,
+        )
     from .runtime.artefact import manifest_sha256, read_manifest
 
     if not args.quiet:
@@ -173,15 +195,37 @@ def _inputs(args, specs: list[dict]) -> dict:
     return make_inputs(concrete(resolve(specs, with_batch(request, specs, args.batch))), seed=args.seed)
 
 
+def _eval(args) -> int:
+    import numpy as np
+
+    from . import load
+    from .calibration import sample_files
+    from .evaluation import evaluate, table
+    from .parity import make_inputs, session_of, source_model
+
+    runner = load(args.artefact, args.expect_sha256)
+    session = session_of(source_model(runner.manifest, args.model))
+    samples = []
+    for path in sample_files(args.data, "--data"):
+        with np.load(path) as data:
+            labels = data[LABELS] if LABELS in data.files else None
+        samples.append((make_inputs(runner.inputs, npz=path), labels))
+    result = evaluate(runner, session, samples)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
 def _check(args) -> int:
     from . import load
     from .parity import check_artefact
 
     if args.tolerance is not None and not 0 < args.tolerance < float("inf"):
         raise OptionError(f"--tolerance must be a positive number, got {args.tolerance}")
+    if not -1 <= args.min_cosine <= 1:
+        raise OptionError(f"--min-cosine must be a number in -1..1, got {args.min_cosine}")
     runner = load(args.artefact, args.expect_sha256)
     inputs = _inputs(args, runner.inputs)
-    result = check_artefact(runner, args.model, inputs, args.tolerance, args.calibration)
+    result = check_artefact(runner, args.model, inputs, args.tolerance, args.calibration, args.min_cosine)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -192,8 +236,15 @@ def _check(args) -> int:
             print(f"  (implied by INT8 activations and encoded weights: max rel {result['implied_max_rel_err']:.3e}  "
                   f"cosine {result['implied_cosine']:.6f})")
         print(f"vs {reference + ':':<22} max abs {result['decoded_max_abs_err']:.3e}  max rel {result['decoded_max_rel_err']:.3e}  (tolerance {result['tolerance']:.0e})")
-        print("PASSED" if result["passed"] else "FAILED: the artefact does not compute what its encodings define")
-    return 0 if result["passed"] else 1
+        if not result["passed"]:
+            print("FAILED: the artefact does not compute what its encodings define")
+        elif not result["faithful"]:
+            print(f"FIDELITY LOW: compiled correctly, but the codec changed the outputs: cosine {result['cosine']:.4f} "
+                  f"< {result['min_cosine']} (--min-cosine); use more bits, --skip the sensitive layers, or "
+                  "--calibration")
+        else:
+            print(f"PASSED (computes its encodings; cosine {result['cosine']:.4f} >= {result['min_cosine']})")
+    return 1 if not result["passed"] else 3 if not result["faithful"] else 0
 
 
 def _save_outputs(path: str, outputs: dict) -> None:
@@ -213,23 +264,48 @@ def _save_outputs(path: str, outputs: dict) -> None:
         raise OptionError(f"-o {path}: cannot write the outputs ({e.strerror})") from None
 
 
+SMALL_WEIGHTS = 1024  # other weights below this many values are summed up in one line of the report
+
+
 def _print_report(manifest: dict) -> None:
-    rows = [("layer", "codec", "shape", "bits/w", "dense B", "encoded B", "note")]
+    rows = [("layer", "codec", "shape", "bits/w", "dense B", "encoded B", "node", "note")]
+
+    def row(layer: dict, note: str) -> tuple:
+        return (layer["name"], layer["codec"], "x".join(map(str, layer["shape"])), f"{layer['bits_per_weight']:.3f}",
+                str(layer["bytes_dense"]), str(layer["bytes_encoded"]), ", ".join(layer["details"].get("nodes", [])),
+                note)
+
     for layer in manifest["layers"]:
         note, d = layer["fallback_reason"] or "", layer["details"]
         if "index_bytes_global" in d:
             note = f"indices {d.get('index_bytes_blocked')} B vs {d['index_bytes_global']} B global"
         if "offloaded_to" in d:
             note = f"offloaded to {d['offloaded_to']} (INT8 activations, scale {d.get('activation_scale')})"
-        rows.append((layer["name"], layer["codec"], "x".join(map(str, layer["shape"])), f"{layer['bits_per_weight']:.3f}",
-                     str(layer["bytes_dense"]), str(layer["bytes_encoded"]), note))
+        rows.append(row(layer, note))
+    others = manifest["other_weights"]
+    large = [o for o in others if _count(o["shape"]) >= SMALL_WEIGHTS]
+    rows += [row(o, o["fallback_reason"]) for o in large]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
-    t = manifest["totals"]
-    print(f"total: {t['encoded_layers']}/{t['layers']} layers encoded, {t['bytes_dense']} -> {t['bytes_encoded']} bytes "
-          f"({t['bits_per_weight']} bits/weight, {t['compression']}x); model.so {manifest['files']['model.so']['bytes']} bytes, "
-          f"weights.bin {manifest['files']['weights.bin']['bytes']} bytes")
+    small = [o for o in others if _count(o["shape"]) < SMALL_WEIGHTS]
+    if small:
+        print(f"and {len(small)} small weight(s) (biases, norms) stored dense: {sum(o['bytes_dense'] for o in small)} bytes")
+    t, m = manifest["totals"], manifest["model_totals"]
+    print(f"matmul and conv weights: {t['encoded_layers']}/{t['layers']} encoded, {t['bytes_dense']} -> "
+          f"{t['bytes_encoded']} bytes ({t['bits_per_weight']} bits/weight, {t['compression']}x)")
+    if m["bytes_source"] != m["bytes_dense"]:
+        print(f"the source model stores them as integers in {m['bytes_source']} bytes, and dequantizes them in its graph")
+    print(f"whole model: {m['weights']} weights, {m['bytes_dense']} -> {m['bytes_encoded']} bytes "
+          f"({m['bits_per_weight']} bits/weight, {m['compression']}x); model.so {manifest['files']['model.so']['bytes']} "
+          f"bytes, weights.bin {manifest['files']['weights.bin']['bytes']} bytes")
+
+
+def _count(shape: list[int]) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
 
 
 def _run(args) -> int:
@@ -274,7 +350,8 @@ def _inspect(args) -> int:
 
     manifest = read_manifest(args.artefact, expect_sha256=args.expect_sha256)
     if args.json:
-        keys = ("source_model", "codec", "target", "inputs", "fixed_shapes", "outputs", "layers", "totals", "files", "bie_compiler_version",
+        keys = ("source_model", "codec", "target", "inputs", "fixed_shapes", "outputs", "layers", "totals", "other_weights",
+                "model_totals", "files", "bie_compiler_version",
                 "device_code")
         print(json.dumps({k: manifest[k] for k in keys if k in manifest}, indent=2))
     else:
@@ -303,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     args = _parser().parse_args(argv)
     try:
-        commands = {"compile": _compile, "check": _check, "run": _run, "bench": _bench, "inspect": _inspect}
+        commands = {"compile": _compile, "check": _check, "eval": _eval, "run": _run, "bench": _bench,
+                    "inspect": _inspect}
         return commands[args.command](args)
     except BieError as e:
         print(f"bie-compiler: error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -29,10 +29,11 @@ from .codegen.dedup import deduplicate_prim_funcs
 from .codegen.target import describe, make_target
 from .codegen.weights import Weights
 from .errors import BieWarning, OptionError
+from .dequantization import provenance
 from .frontend import ImportedModel, file_sha256, import_model
 from .passes import EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding, plan_offload
 from .progress import Reporter, print_progress
-from .report import totals
+from .report import node_labels, other_weights, totals
 from .runtime import weights_file
 from .runtime.artefact import DEVICE_SOURCE, WEIGHTS, output_folder, write_artefact
 from .shapes import ShapeRequest
@@ -112,6 +113,7 @@ def compile_model(
     report("import", f"importing {model if source_path is not None else 'ModelProto'}")
     shapes = ShapeRequest({k: tuple(v) for k, v in (input_shapes or {}).items()}, dict(dims or {}))
     imported = import_model(model, shapes)
+    policy = replace(policy, aliases=weight_aliases(imported))
 
     instruments = [PassTimingInstrument()] if timing else []
     with tvm.transform.PassContext(instruments=instruments):
@@ -127,6 +129,18 @@ def compile_model(
     out = write_artefact(output_dir, built.executable, manifest, files, source=source_path)
     report("write", f"wrote {out}")
     return out
+
+
+def dequantized_sources(imported: ImportedModel) -> dict[str, dict]:
+    """Weight -> the integer initializer the source dequantizes it from (see ``dequantization``)."""
+    return {i.name: p for i in imported.model.graph.initializer if (p := provenance(i))}
+
+
+def weight_aliases(imported: ImportedModel) -> dict[str, tuple[str, ...]]:
+    """Weight -> the other names --skip/--override patterns may use for it: its nodes, its integer source."""
+    sources = dequantized_sources(imported)
+    return {w: (*(node for node, _, _ in users), *([sources[w]["initializer"]] if w in sources else []))
+            for w, users in imported.consumers.items()}
 
 
 def _check_calibration(calibration, damping: float | None, act_order: bool) -> float:
@@ -173,6 +187,12 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
               target: tvm.target.Target, plan: EncodingPlan, offload: OffloadPlan, mod: tvm.IRModule, built: Built,
               calibration, damping: float, act_order: bool) -> dict:
     """What the artefact records (and the warnings about what the compile could not do as asked)."""
+    others = other_weights(imported.weights, imported.consumers, {r.name for r in plan.records})
+    sources = dequantized_sources(imported)
+    for r in plan.records + others:
+        r.details["nodes"] = node_labels(imported.consumers.get(r.name, []))
+        if r.name in sources:
+            r.details["source"] = sources[r.name]
     kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
                      if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
     manifest = {
@@ -188,6 +208,8 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
         "layers": [r.to_json() for r in plan.records],
         "kernel_layers": kernel_layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
         "totals": totals(plan.records),
+        "other_weights": [r.to_json() for r in others],  # not matmul or conv weights: dense, with the reason
+        "model_totals": totals(plan.records + others),  # every weight of the model
         "weights": {"tensors": len(built.weights.tensors), "bytes": built.weights.nbytes,
                     "tans_streams": len(built.weights.tans)},
         **built.manifest,

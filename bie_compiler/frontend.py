@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .dequantization import fold_dequantized_weights
 from .errors import ModelError
+from .shape_folding import fold_shapes
 
 OPSET_FALLBACK = 17
 
@@ -26,6 +30,7 @@ class ImportedModel:
     outputs: list[dict]
 
     constant_names: dict  # the Relax constant bound for an initializer -> its name (by object identity)
+    consumers: dict[str, list[tuple[str, str, int]]]  # initializer -> (node name, op, input position) reading it
 
     def weight_name(self, constant) -> str | None:
         """The initializer name of a constant found in the IR; None for one the importer made itself."""
@@ -60,7 +65,7 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as e:
         raise ModelError(f"{label}: invalid ONNX model: {str(e).strip().splitlines()[0]}") from None
-    model = constants_to_initializers(model)
+    model = fold_dequantized_weights(constants_to_initializers(model))
     check_supported(model, label)
     check_finite(model, label)
     return model
@@ -117,9 +122,69 @@ def value_info(values) -> list[dict]:
     return infos
 
 
+# ops whose output holds the same index values as their first input (reshaped, cast): an index input keeps
+# its meaning through them to the Gather that uses it
+_INDEX_PRESERVING = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand", "Transpose"}
+
+
+def index_ranges(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Integer input -> [low, high): the rows of the constant tables it indexes (Gather indices, through
+    reshapes and casts), so that generated inputs are valid token ids and the like."""
+    tables = {i.name: list(i.dims) for i in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, position))
+    ranges = {}
+    for value in model.graph.input:
+        if value.name in tables or value.type.tensor_type.elem_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            continue
+        limits, frontier, seen = [], [value.name], set()
+        while frontier:
+            name = frontier.pop()
+            for node, position in consumers.get(name, []):
+                if node.op_type == "Gather" and position == 1 and node.input[0] in tables:
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    limits.append(tables[node.input[0]][axis])
+                elif node.op_type in _INDEX_PRESERVING and position == 0 and node.output[0] not in seen:
+                    seen.add(node.output[0])
+                    frontier.append(node.output[0])
+        if limits and min(limits) > 0:
+            ranges[value.name] = [0, int(min(limits))]
+    return ranges
+
+
+# ops that pass a weight on unchanged in meaning (exporters transpose, cast or dequantize weights first)
+_WEIGHT_PRESERVING = {"Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "DequantizeLinear"}
+
+
+def weight_consumers(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, int]]]:
+    """Initializer -> the nodes that compute with it: (node name, op type, input position), looking through
+    casts, transposes and dequantizations, so a weight named ``val_3`` can be found by its ``MatMul``."""
+    readers: dict[str, list] = {}
+    for index, node in enumerate(model.graph.node):
+        for position, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, node.name or f"<node {index}>", position))
+    found = {}
+    for init in model.graph.initializer:
+        users, frontier, seen = [], [init.name], {init.name}
+        while frontier:
+            for node, label, position in readers.get(frontier.pop(), []):
+                if node.op_type in _WEIGHT_PRESERVING and position == 0 and node.output[0] not in seen:
+                    seen.add(node.output[0])
+                    frontier.append(node.output[0])
+                else:
+                    users.append((label, node.op_type, position))
+        found[init.name] = users
+    return found
+
+
 def model_inputs(model: onnx.ModelProto) -> list[dict]:
+    """The inputs as the manifest lists them; an index input also has ``range`` (see :func:`index_ranges`)."""
     initializers = {i.name for i in model.graph.initializer}
-    return value_info(v for v in model.graph.input if v.name not in initializers)
+    ranges = index_ranges(model)
+    infos = value_info(v for v in model.graph.input if v.name not in initializers)
+    return [{**info, "range": ranges[info["name"]]} if info["name"] in ranges else info for info in infos]
 
 
 def fix_input_shapes(model: onnx.ModelProto, specs: list[dict], label: str) -> onnx.ModelProto:
@@ -152,14 +217,32 @@ def import_model(source: str | Path | onnx.ModelProto, shapes=None) -> ImportedM
     label = "<ModelProto>" if isinstance(source, onnx.ModelProto) else str(source)
     if shapes:
         model = fix_input_shapes(model, resolve(model_inputs(model), shapes), label)
+    model = fold_shapes(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET_FALLBACK)
+    failure = None
     try:
-        mod = from_onnx(model, opset=opset, keep_params_in_input=True)
-    except Exception as e:
-        raise ModelError(f"{label}: TVM's ONNX importer failed: {type(e).__name__}: {str(e).strip()[:500]}") from None
+        with contextlib.redirect_stdout(io.StringIO()):  # the importer prints the operator it failed on: in e
+            mod = from_onnx(model, opset=opset, keep_params_in_input=True)
+    except Exception as e:  # raised below, once e and the importer's half-built state it holds are freed
+        failure = f"{label}: TVM's ONNX importer failed: {type(e).__name__}: {str(e).strip()[:500]}"
+    if failure:
+        raise ModelError(failure + _import_hint(model, failure))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     mod, constant_names = bind_weights(mod, weights)
-    return ImportedModel(mod, model, weights, model_inputs(model), value_info(model.graph.output), constant_names)
+    return ImportedModel(mod, model, weights, model_inputs(model), value_info(model.graph.output), constant_names,
+                         weight_consumers(model))
+
+
+def _import_hint(model: onnx.ModelProto, failure: str) -> str:
+    """What the user can do about an import failure: shapes computed at run time are the common one."""
+    if "shape" not in failure.lower():
+        return ""
+    symbolic = sorted({d for spec in model_inputs(model) for d in spec["shape"] if isinstance(d, str)})
+    if symbolic:
+        return (f"; hint: the model computes shapes from its symbolic input sizes ({', '.join(symbolic)}): fix them "
+                "with --input-shape NAME:1x128 or --dim NAME=VALUE")
+    return ("; hint: the model computes shapes at run time in a way TVM's importer cannot follow; simplify it "
+            "(onnxsim) or re-export it with static shapes")
 
 
 def bind_weights(mod, weights: dict[str, np.ndarray]):

@@ -38,7 +38,10 @@ def default_tolerance(manifest: dict) -> float:
 
 
 def make_inputs(specs: list[dict], batch: int = 1, seed: int = 0, npz: str | Path | None = None) -> dict:
-    """Inputs from a .npz (by input name) or seeded random ones; symbolic dims take ``batch``."""
+    """Inputs from a .npz (by input name) or seeded random ones; symbolic dims take ``batch``.
+
+    Random floats are standard normal; an index input (``range`` in its spec: token ids) takes random
+    values in its range; other integer inputs (masks, flags) are ones."""
     if npz is not None:
         try:
             with np.load(npz) as data:
@@ -56,8 +59,10 @@ def make_inputs(specs: list[dict], batch: int = 1, seed: int = 0, npz: str | Pat
         dtype = np.dtype(spec["dtype"])
         if np.issubdtype(dtype, np.floating):
             inputs[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+        elif "range" in spec:
+            inputs[spec["name"]] = rng.integers(*spec["range"], shape).astype(dtype)
         else:
-            inputs[spec["name"]] = rng.integers(0, 8, shape).astype(dtype)
+            inputs[spec["name"]] = np.ones(shape, dtype)
     return inputs
 
 
@@ -119,11 +124,15 @@ def quantized_model(model: onnx.ModelProto, layers: list[LayerRecord], calibrati
     return out
 
 
-def run_onnxruntime(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
+def session_of(model: onnx.ModelProto) -> ort.InferenceSession:
+    """An onnxruntime CPU session of ``model``, its warnings off."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, inputs)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
+    return session_of(model).run(None, inputs)
 
 
 def compare(outputs: list[np.ndarray], references: list[np.ndarray]) -> dict:
@@ -161,16 +170,9 @@ def recorded_calibrations(manifest: dict, model: onnx.ModelProto, layers: list[L
     return layer_calibrations(model, fed, samples, entry["damping"], entry["act_order"]) if fed else {}
 
 
-def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None = None, calibration=None) -> dict:
-    """Run the artefact and onnxruntime on the same inputs; ``passed`` if (b) is within tolerance.
-
-    ``calibration``: where the artefact's calibration data is, if not at the path its manifest records.
-
-    For a bitvert artefact (b) is :func:`quantized_model`, and ``implied_*`` compare it with the
-    original model: the error that INT8 activations and the encoded weights imply.
-    """
-    manifest = runner.manifest
-    tolerance = default_tolerance(manifest) if tolerance is None else tolerance
+def source_model(manifest: dict, model_path=None) -> onnx.ModelProto:
+    """The model an artefact was compiled from (at ``model_path``, else where the manifest says), loaded as the
+    compiler loads it; ModelError if it is missing or not the same file."""
     source = manifest["source_model"]
     path = model_path or source["path"]
     if path is None:
@@ -179,7 +181,26 @@ def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None
         raise ModelError(f"{path}: source model not found (pass it with --model)")
     if file_sha256(path) != source["sha256"]:
         raise ModelError(f"{path}: not the model this artefact was compiled from (sha256 differs)")
-    model = load_model(path)
+    return load_model(path)
+
+
+MIN_COSINE = 0.95  # check's default fidelity floor: below it the codec changed the outputs too much to trust
+
+
+def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None = None, calibration=None,
+                   min_cosine: float = MIN_COSINE) -> dict:
+    """Run the artefact and onnxruntime on the same inputs; ``passed`` if (b) is within tolerance (the
+    artefact computes what its encodings define), ``faithful`` if its outputs' cosine to the original
+    model's is at least ``min_cosine`` (the encodings kept the model's outputs).
+
+    ``calibration``: where the artefact's calibration data is, if not at the path its manifest records.
+
+    For a bitvert artefact (b) is :func:`quantized_model`, and ``implied_*`` compare it with the
+    original model: the error that INT8 activations and the encoded weights imply.
+    """
+    manifest = runner.manifest
+    tolerance = default_tolerance(manifest) if tolerance is None else tolerance
+    model = source_model(manifest, model_path)
     layers = [LayerRecord.from_json(r) for r in manifest["layers"]]
     outputs = list(runner.run(inputs).values())
     references = run_onnxruntime(model, inputs)
@@ -198,5 +219,7 @@ def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None
         "decoded_cosine": decoded["cosine"],
         "tolerance": tolerance,
         "passed": decoded["max_rel_err"] <= tolerance,
+        "min_cosine": min_cosine,
+        "faithful": original["cosine"] >= min_cosine,
         "inputs": {k: list(v.shape) for k, v in inputs.items()},
     }

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class LayerRecord:
     name: str  # the ONNX initializer holding the weight
-    op: str  # "matmul" (MatMul and Gemm) or "conv2d"
+    op: str  # "matmul" (MatMul and Gemm) or "conv2d"; for other weights, the ONNX op reading them
     shape: list[int]  # the weight's ONNX shape
     codec: str  # codec name, or "dense" for a fallback
     bytes_dense: int
@@ -39,6 +39,8 @@ class LayerRecord:
 
 
 def totals(layers: list[LayerRecord]) -> dict:
+    """Sums over ``layers``; ``bytes_source``: what the source model stores them in (integers for the weights
+    it dequantizes in its graph, see ``dequantization``), where ``bytes_dense`` counts float32."""
     dense = sum(r.bytes_dense for r in layers)
     encoded = sum(r.bytes_encoded for r in layers)
     weights = sum(r.num_weights for r in layers)
@@ -47,7 +49,32 @@ def totals(layers: list[LayerRecord]) -> dict:
         "encoded_layers": sum(r.fallback_reason is None for r in layers),
         "weights": weights,
         "bytes_dense": dense,
+        "bytes_source": sum(r.details.get("source", {}).get("bytes", r.bytes_dense) for r in layers),
         "bytes_encoded": encoded,
         "bits_per_weight": round(8.0 * encoded / weights, 4) if weights else 0.0,
         "compression": round(dense / encoded, 3) if encoded else 0.0,
     }
+
+
+def node_labels(consumers: list[tuple[str, str, int]]) -> list[str]:
+    """How ``inspect`` names the nodes reading a weight: ``node_MatMul_4 (MatMul)``."""
+    return [f"{node} ({op})" for node, op, _ in consumers]
+
+
+def other_weights(weights: dict, consumers: dict, recorded: set[str]) -> list[LayerRecord]:
+    """Records of the float initializers no matmul or conv record covers (embedding tables, 1-D convs, biases,
+    norms): stored dense, each with the reason, so the report and its totals cover the whole model."""
+    records = []
+    for name, array in weights.items():
+        users = consumers.get(name, [])
+        if name in recorded or not users or array.dtype.kind != "f":
+            continue  # reported already; unused; or an integer constant (shapes, indices), not a weight
+        node, op, position = users[0]
+        if op == "Conv" and position == 1 and array.ndim != 4:
+            reason = f"{array.ndim - 2}-D Conv weight: only 2-D convs are encoded"
+        else:
+            reason = f"input {position} of {op}: only the weights of MatMul, Gemm and 2-D Conv are encoded"
+        records.append(LayerRecord(name=name, op=op, shape=list(array.shape), codec="dense",
+                                   bytes_dense=int(array.nbytes), bytes_encoded=int(array.nbytes),
+                                   fallback_reason=reason, details={"nodes": node_labels(users)}))
+    return records

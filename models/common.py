@@ -65,6 +65,11 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
+    def stored(self, name: str, array: np.ndarray) -> str:
+        """Add an initializer of `array`'s own dtype (an integer weight, a zero point)."""
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
     def weight(self, name: str, shape: tuple[int, ...], fan_in: int, out_axis: int, sparsity: float = 0.0) -> str:
         """A trained-like weight (see `trained_weight`)."""
         return self.const(name, trained_weight(layer_rng(self.seed, name), shape, fan_in, out_axis, sparsity))
@@ -98,12 +103,14 @@ class GraphBuilder:
         w = self.weight(f"{prefix}.weight", shape, fan_in=k, out_axis=out_axis, sparsity=sparsity)
         return self.op("Gemm", [x, w, self.bias(f"{prefix}.bias", n)], f"{prefix}.gemm", output, transB=int(trans_b))
 
-    def model(self, name: str, doc: str, inputs: dict[str, list], outputs: dict[str, list]) -> onnx.ModelProto:
-        """A float32 opset-17 / IR-8 model; `inputs`/`outputs` map tensor names to shapes
-        (strings are symbolic dimensions)."""
+    def model(self, name: str, doc: str, inputs: dict[str, list], outputs: dict[str, list],
+              input_types: dict[str, int] | None = None) -> onnx.ModelProto:
+        """An opset-17 / IR-8 model; `inputs`/`outputs` map tensor names to shapes (strings are symbolic
+        dimensions); tensors are float32 unless `input_types` gives an input another TensorProto type."""
+        types = input_types or {}
 
         def value_infos(shapes: dict[str, list]) -> list[onnx.ValueInfoProto]:
-            return [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()]
+            return [helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), s) for n, s in shapes.items()]
 
         graph = helper.make_graph(
             self.nodes, name, value_infos(inputs), value_infos(outputs), self.initializers, doc_string=doc

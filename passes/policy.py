@@ -19,13 +19,15 @@ def apply_override(codec: str, options: dict, override: dict) -> tuple[str, dict
 
 @dataclass(frozen=True)
 class EncodingPolicy:
-    """Per-layer decisions. Names are ONNX initializer names; patterns use shell wildcards."""
+    """Per-layer decisions. Names are ONNX initializer names; patterns use shell wildcards and match a weight's
+    name or one of its ``aliases`` (the names of the nodes that read it: exporters name weights ``val_N``)."""
 
     codec: str
     options: dict = field(default_factory=dict)  # codec options for every layer
     min_weights: int = 1024  # smaller weights stay dense: their encoding overhead outweighs the saving
     skip: tuple[str, ...] = ()  # patterns of weights kept dense
     overrides: tuple[tuple[str, dict], ...] = ()  # (pattern, options); later matches win; may set "codec"
+    aliases: dict = field(default_factory=dict)  # weight name -> other names it answers to
 
     def __post_init__(self):
         # Fail before any work on a bad codec or option, the overrides' included.
@@ -38,16 +40,19 @@ class EncodingPolicy:
     def unmatched(self, names: list[str]) -> list[str]:
         """The ``--skip``/``--override`` patterns (as the user wrote the option) that match none of ``names``."""
         options = [(f"--skip {p!r}", p) for p in self.skip] + [(f"--override {p!r}", p) for p, _ in self.overrides]
-        return [option for option, p in options if not any(fnmatchcase(n, p) for n in names)]
+        return [option for option, p in options if not any(self._matches(n, p) for n in names)]
+
+    def _matches(self, name: str, pattern: str) -> bool:
+        return fnmatchcase(name, pattern) or any(fnmatchcase(a, pattern) for a in self.aliases.get(name, ()))
 
     def choose(self, name: str, num_weights: int) -> tuple[str | None, object]:
         """(codec, config) for a weight, or (None, reason) if it stays dense."""
-        if any(fnmatchcase(name, p) for p in self.skip):
+        if any(self._matches(name, p) for p in self.skip):
             return None, "in the skip list"
         if num_weights < self.min_weights:
             return None, f"{num_weights} weights < min_weights {self.min_weights}"
         codec, options = self.codec, self.options
         for pattern, override in self.overrides:
-            if fnmatchcase(name, pattern):
+            if self._matches(name, pattern):
                 codec, options = apply_override(codec, options, override)
         return codec, codecs.make_config(codec, options)

@@ -44,12 +44,14 @@ NAME = Pattern(r"[^\x00]{1,4096}")  # a tensor, layer or file name as text: no N
 DTYPE = Choice(("float32", "float16", "bfloat16", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32",
                 "int64", "uint64", "bool"))
 TENSOR = {"name": NAME, "dtype": DTYPE, "shape": [(int, NAME)]}
+INPUT = {**TENSOR, "range?": Pair(int, int)}  # an index input: the values [low, high) it may take
 LAYER = {
     "name": NAME, "op": Choice(("matmul", "conv2d")), "shape": [int], "codec": NAME, "bytes_dense": int,
     "bytes_encoded": int, "fallback_reason": (str, NONE), "transposed": bool, "config": (MapOf(JSON), NONE),
     "encoded_sha256": (SHA256, NONE), "details": MapOf(JSON), "bits_per_weight": float,
 }
-TOTALS = {"layers": int, "encoded_layers": int, "weights": int, "bytes_dense": int, "bytes_encoded": int,
+OTHER_WEIGHT = {**LAYER, "op": NAME}  # a weight no matmul or conv reads: the ONNX op that does
+TOTALS = {"layers": int, "encoded_layers": int, "weights": int, "bytes_dense": int, "bytes_source": int, "bytes_encoded": int,
           "bits_per_weight": float, "compression": float}
 MANIFEST = {
     "format": str, "format_version": int, "checksum": SHA256, "bie_compiler_version": str, "tvm_version": str,
@@ -57,7 +59,8 @@ MANIFEST = {
     "codec": {"name": NAME, "options": MapOf(JSON), "min_weights": int, "skip": [str], "overrides": [Pair(str, MapOf(JSON))]},
     "target": {"kind": Choice(("llvm", "cuda", "bitvert")), "mcpu": Pattern(r"[A-Za-z0-9_.+-]{1,64}"),
                "arch?": Pattern(r"sm_[1-9][0-9]{1,2}[af]?")},
-    "inputs": [TENSOR], "outputs": [TENSOR], "layers": [LAYER], "totals": TOTALS,
+    "inputs": [INPUT], "outputs": [TENSOR], "layers": [LAYER], "totals": TOTALS,
+    "other_weights": [OTHER_WEIGHT], "model_totals": TOTALS,
     "fixed_shapes": {"input_shapes": MapOf([int]), "dims": MapOf(int)},
     "kernel_layers": MapOf(NAME),
     "files": MapOf({"sha256": SHA256, "bytes": int}),

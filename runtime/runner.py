@@ -53,6 +53,15 @@ class InputSpec:
         self.dtype = np.dtype(spec["dtype"])
         self.ndim = len(self.shape)
         self.fixed = [(axis, d) for axis, d in enumerate(self.shape) if isinstance(d, int)]
+        # an index input: the kernels gather rows without bounds checks, so its values are checked here
+        self.range = spec.get("range")
+
+    def out_of_range(self, a: np.ndarray) -> str | None:
+        low, high = self.range
+        if a.size and (a.min() < low or a.max() >= high):
+            return (f"input {self.name!r}: values must be in [{low}, {high}) (the rows of the table it indexes), "
+                    f"got {a.min()}..{a.max()}")
+        return None
 
     def accepts(self, a: np.ndarray) -> bool:
         if a.dtype != self.dtype or a.ndim != self.ndim:
@@ -153,6 +162,8 @@ class Runner:
                     a = np.asarray(a)
                 if not spec.accepts(a):
                     raise BieError(f"input {spec.name!r}: expected {spec.dtype} {spec.shape}, got {a.dtype} {list(a.shape)}")
+                if spec.range is not None and (problem := spec.out_of_range(a)):
+                    raise BieError(problem)
                 if self.check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
                     raise BieError(f"input {spec.name!r} holds NaN or Inf (refused by check_finite: encoded kernels "
                                    "that skip zero weights do not propagate them as onnxruntime does)")

@@ -31,7 +31,7 @@ def compiled(model_dir, tmp_path_factory):
     result = cli("compile", model_dir["mlp"], "--codec", "bie-bitplane", "--bits", "4", "-o", out)
     assert result.returncode == 0, result.stderr
     assert "encoding fc1.weight" in result.stderr  # progress output
-    assert "fc2.weight" in result.stdout and "total:" in result.stdout  # the report
+    assert "fc2.weight" in result.stdout and "whole model:" in result.stdout  # the report
     return out
 
 

@@ -50,8 +50,12 @@ class RowReduction(CPUScheduleRule):
             return None
         try:
             return _schedule(sch, blocks, rows)
-        except s_tir.ScheduleError:
+        except (s_tir.ScheduleError, _Unfit):
             return None
+
+
+class _Unfit(Exception):
+    """The blocks fit the pattern's axes but not its shape (e.g. an extra spatial axis that is not a lane)."""
 
 
 def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
@@ -98,7 +102,9 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
         if name in partials:  # loops: row, then the lane and unit loops of the row's axes, then ko
             partial = partials[name]
             *between, ko = sch.get_loops(partial)[1:]
-            lane = next(loop for loop in between if _extent(sch, loop) == LANES)
+            lane = next((loop for loop in between if _extent(sch, loop) == LANES), None)
+            if lane is None:
+                raise _Unfit(name)
             sch.annotate(ko, "pragma_loop_partition_hint", 1)  # the last chunk of a symbolic row is tested
             sch.reorder(ko, lane)
             sch.vectorize(lane)

@@ -1,0 +1,85 @@
+"""``eval``: an artefact against onnxruntime fp32 on its source model, over many real samples.
+
+``check`` asks whether an artefact computes what its encodings define, on one random batch; ``eval``
+asks what the encodings cost the model on data: per output and per row of each batch, the cosine and
+the relative L2 error to fp32, and for classifier-like outputs ([rows, classes]) top-1 and top-5
+agreement with fp32, the KL divergence of its softmax from fp32's, and top-1 accuracy of both when the
+samples carry labels. Each figure is a mean over rows with its standard error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import BieError
+
+LABELS = "label"  # the key of a sample file's labels, one per row of its batch
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def row_metrics(y: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per-row figures of one output, ``y`` against the fp32 ``ref`` (both [rows, ...])."""
+    a = np.asarray(y, np.float64).reshape(len(y), -1)
+    b = np.asarray(ref, np.float64).reshape(len(ref), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    same = np.all(a == b, axis=1)
+    figures = {
+        "cosine": np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), same.astype(float)),
+        "rel_l2": np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-30),
+    }
+    if y.ndim == 2 and y.shape[1] > 1:  # logits of a classifier
+        figures["top1_agreement"] = (a.argmax(axis=1) == b.argmax(axis=1)).astype(float)
+        if y.shape[1] >= 5:
+            top5 = np.argsort(-a, axis=1)[:, :5]
+            figures["top5_agreement"] = (top5 == b.argmax(axis=1)[:, None]).any(axis=1).astype(float)
+        p, q = _softmax(b), _softmax(a)
+        figures["kl_divergence"] = (p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-300)))).sum(axis=1)
+        if labels is not None:
+            figures["accuracy"] = (a.argmax(axis=1) == labels).astype(float)
+            figures["accuracy_fp32"] = (b.argmax(axis=1) == labels).astype(float)
+    return figures
+
+
+def summary(values: list[np.ndarray]) -> dict:
+    """Mean and standard error of the mean over every row."""
+    v = np.concatenate(values)
+    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
+    return {"mean": float(v.mean()), "se": se, "rows": int(v.size)}
+
+
+def evaluate(runner, session, samples: list[tuple[dict, np.ndarray | None]], progress=None) -> dict:
+    """``samples``: (inputs by name, labels or None) pairs; ``session`` an onnxruntime session of the source."""
+    names = [o["name"] for o in runner.outputs]
+    collected: dict[str, dict[str, list]] = {name: {} for name in names}
+    for i, (inputs, labels) in enumerate(samples):
+        ours = runner(inputs)
+        reference = session.run(names, inputs)
+        for name, ref in zip(names, reference):
+            y = ours[name]
+            if y.shape != ref.shape:
+                raise BieError(f"sample {i}, output {name!r}: artefact shape {list(y.shape)}, "
+                               f"onnxruntime {list(ref.shape)}")
+            rows = y if y.ndim else y.reshape(1)
+            row_labels = labels if labels is not None and len(labels) == len(rows) else None
+            for metric, values in row_metrics(rows, ref if ref.ndim else ref.reshape(1), row_labels).items():
+                collected[name].setdefault(metric, []).append(values)
+        if progress:
+            progress(f"sample {i + 1}/{len(samples)}")
+    return {"samples": len(samples),
+            "outputs": {name: {metric: summary(v) for metric, v in figures.items()}
+                        for name, figures in collected.items()}}
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['samples']} sample file(s); mean +- standard error over rows, against onnxruntime fp32"]
+    for name, figures in result["outputs"].items():
+        rows = next(iter(figures.values()))["rows"]
+        lines.append(f"{name} ({rows} rows)")
+        for metric, s in figures.items():
+            lines.append(f"  {metric:<16} {s['mean']:.6f} +- {s['se']:.6f}")
+    return "\n".join(lines)
