@@ -271,9 +271,10 @@ def _print_report(manifest: dict) -> None:
     rows = [("layer", "codec", "shape", "bits/w", "dense B", "encoded B", "node", "note")]
 
     def row(layer: dict, note: str) -> tuple:
+        nodes = layer["details"].get("nodes")  # free JSON in the schema: shown as text whatever it holds
         return (layer["name"], layer["codec"], "x".join(map(str, layer["shape"])), f"{layer['bits_per_weight']:.3f}",
-                str(layer["bytes_dense"]), str(layer["bytes_encoded"]), ", ".join(layer["details"].get("nodes", [])),
-                note)
+                str(layer["bytes_dense"]), str(layer["bytes_encoded"]),
+                ", ".join(map(str, nodes)) if isinstance(nodes, list) else "", note or "")
 
     for layer in manifest["layers"]:
         note, d = layer["fallback_reason"] or "", layer["details"]

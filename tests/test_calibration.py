@@ -73,19 +73,20 @@ def test_compile_with_calibration_passes_check_and_improves_the_output(model_dir
         d = layer["details"]
         assert d["feedback"] == "gptq" and d["feedback.output_error"] < d["feedback.rtn_output_error"], layer["name"]
     capsys.readouterr()
-    assert main(["check", str(out), "--batch", "2", "--json"]) == 0
+    # 3 bits: the outputs may move below check's fidelity floor; parity is what is checked here
+    assert main(["check", str(out), "--batch", "2", "--json", "--min-cosine", "0"]) == 0
     fed = json.loads(capsys.readouterr().out)
     assert fed["passed"] and fed["decoded_max_rel_err"] < 1e-4
     assert main([*argv[:-1], str(tmp_path / "rtn")]) == 0
     capsys.readouterr()
-    assert main(["check", str(tmp_path / "rtn"), "--batch", "2", "--json"]) == 0
+    assert main(["check", str(tmp_path / "rtn"), "--batch", "2", "--json", "--min-cosine", "0"]) == 0
     assert fed["cosine"] > json.loads(capsys.readouterr().out)["cosine"]
     # check re-captures from the recorded data: moved data is found with --calibration, changed data is refused
     moved = tmp_path / "moved"
     calib.rename(moved)
     assert main(["check", str(out), "--batch", "2"]) == 2
     assert "pass it with --calibration" in capsys.readouterr().err
-    assert main(["check", str(out), "--batch", "2", "--calibration", str(moved)]) == 0
+    assert main(["check", str(out), "--batch", "2", "--calibration", str(moved), "--min-cosine", "0"]) == 0
     np.savez(moved / "part1.npz", x=np.zeros((4, 16, 128), np.float32))
     assert main(["check", str(out), "--batch", "2", "--calibration", str(moved)]) == 2
     assert "not the calibration data" in capsys.readouterr().err

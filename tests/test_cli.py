@@ -62,7 +62,7 @@ def test_check_exits_1_on_parity_failure(compiled):
 def test_check_with_user_inputs(compiled, tmp_path):
     npz = tmp_path / "inputs.npz"
     np.savez(npz, x=np.ones((2, 256), np.float32))
-    result = cli("check", compiled, "--inputs", npz, "--json")
+    result = cli("check", compiled, "--inputs", npz, "--json", "--min-cosine", "0")  # constant x: the plumbing
     assert result.returncode == 0 and json.loads(result.stdout)["inputs"] == {"x": [2, 256]}
     np.savez(npz, y=np.ones((2, 256), np.float32))
     result = cli("check", compiled, "--inputs", npz)
@@ -92,7 +92,8 @@ def test_progressive_planes_shrink_the_artefact(model_dir, compiled, tmp_path):
     full = json.loads(cli("inspect", compiled, "--json").stdout)["totals"]
     coarse = json.loads(cli("inspect", out, "--json").stdout)["totals"]
     assert coarse["bytes_encoded"] < full["bytes_encoded"]
-    assert cli("check", out).returncode == 0
+    checked = cli("check", out)  # one plane computes exactly what it encodes, and that is far from the model
+    assert checked.returncode == 3 and "FIDELITY LOW: compiled correctly" in checked.stdout
 
 
 # ---- bad input --------------------------------------------------------------------------
