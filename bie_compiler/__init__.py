@@ -17,16 +17,17 @@ def compile_model(*args, **kwargs):
     return compile_(*args, **kwargs)
 
 
-def load(artefact_dir, expect_sha256=None, check_finite=False):
+def load(artefact_dir, expect_sha256=None, check_finite=False, planes=None):
     """Load a compiled artefact; returns a Runner (``runner({"x": array}) -> {"y": array}``).
 
     An artefact is native code: ``expect_sha256`` (the manifest's sha256 that ``compile`` printed) makes
     sure it is the one you compiled before any of its code runs. ``check_finite`` refuses NaN or Inf
     inputs and non-finite outputs of finite inputs (where the encoded kernels differ from onnxruntime).
+    ``planes`` keeps only the top P magnitude planes of every ``bie-bitplane`` layer (progressive precision).
     """
     from bie_compiler.runtime.runner import Runner
 
-    return Runner(artefact_dir, expect_sha256, check_finite)
+    return Runner(artefact_dir, expect_sha256, check_finite, planes)
 
 
 __all__ = ["BieError", "__version__", "compile_model", "load"]

@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     r.add_argument("-o", "--output", help=".npz to write the outputs to (default: print their shapes)")
     r.add_argument("--report", metavar="JSON", help="write the simulated accelerator report here (bitvert artefacts)")
+    r.add_argument("--planes", type=int, default=None, help=PLANES_HELP)
     r.add_argument("--check-finite", action="store_true",
                    help="refuse inputs holding NaN or Inf, and non-finite outputs of finite inputs (where encoded "
                         "kernels differ from onnxruntime: they skip zero weights, and sum in their own units)")
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"a .npz of inputs by name, or a folder of them (one call each); an int array "
                         f"'{LABELS}' holds the labels of a sample's rows")
     e.add_argument("--model", help="the source .onnx (default: the path recorded at compile time)")
+    e.add_argument("--planes", type=int, default=None, help=PLANES_HELP)
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     b = sub.add_parser("bench", help="time an artefact against onnxruntime on its source model",
@@ -195,6 +197,10 @@ def _inputs(args, specs: list[dict]) -> dict:
     return make_inputs(concrete(resolve(specs, with_batch(request, specs, args.batch))), seed=args.seed)
 
 
+PLANES_HELP = ("keep only the top P magnitude planes of every bie-bitplane layer (progressive precision: the same "
+               "artefact as a coarser model; the kernels still read every stored plane)")
+
+
 def _eval(args) -> int:
     import numpy as np
 
@@ -203,7 +209,7 @@ def _eval(args) -> int:
     from .evaluation import evaluate, table
     from .parity import make_inputs, session_of, source_model
 
-    runner = load(args.artefact, args.expect_sha256)
+    runner = load(args.artefact, args.expect_sha256, planes=args.planes)
     session = session_of(source_model(runner.manifest, args.model))
     samples = []
     for path in sample_files(args.data, "--data"):
@@ -312,7 +318,7 @@ def _count(shape: list[int]) -> int:
 def _run(args) -> int:
     from . import load
 
-    runner = load(args.artefact, args.expect_sha256, args.check_finite)
+    runner = load(args.artefact, args.expect_sha256, args.check_finite, args.planes)
     if args.report and "bitvert" not in runner.manifest:
         raise OptionError(f"--report: {args.artefact} was compiled for {runner.manifest['target']['kind']!r}; "
                           "the accelerator report needs an artefact compiled with --target bitvert")

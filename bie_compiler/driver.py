@@ -211,7 +211,8 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
         "other_weights": [r.to_json() for r in others],  # not matmul or conv weights: dense, with the reason
         "model_totals": totals(plan.records + others),  # every weight of the model
         "weights": {"tensors": len(built.weights.tensors), "bytes": built.weights.nbytes,
-                    "tans_streams": len(built.weights.tans)},
+                    "tans_streams": len(built.weights.tans),
+                    "bit_planes": built.weights.bit_planes},  # tensors of bie-bitplane planes: cut at load
         **built.manifest,
         **({"calibration": record(calibration, damping, act_order)} if calibration is not None else {}),
     }

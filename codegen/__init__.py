@@ -99,12 +99,16 @@ def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
         schedule(sch)
         return sch.mod["main"]
 
+    # bie-bitplane's planes, most significant first, may be cut at load (progressive precision, see weights.py)
+    planar = (lambda f: f.with_attr(weights.BIT_PLANES_ATTR, planes.shape[0])) if enc.codec == bie_bitplane.NAME \
+        else (lambda f: f)
     if _on_gpu():  # one bit-serial kernel for every batch: rows are thread blocks
-        return KernelCall("bitplane", scheduled(bitplane.compute_words, bitplane.schedule_cuda), constants)
+        return KernelCall("bitplane", planar(scheduled(bitplane.compute_words, bitplane.schedule_cuda)), constants)
     holders = placeholders()
     weight = bitplane.decoded_weight(*holders, top_bit=top_bit, group=group)
-    decoder = decode.elementwise(weight, holders, *_into(enc, conv))
-    small = None if conv else KernelCall("bitplane", scheduled(bitplane.compute, bitplane.schedule_llvm), constants)
+    decoder = planar(decode.elementwise(weight, holders, *_into(enc, conv)))
+    small = None if conv else KernelCall("bitplane", planar(scheduled(bitplane.compute, bitplane.schedule_llvm)),
+                                         constants)
     return _with_decoder(small, decoder, "bitplane", constants, conv)
 
 

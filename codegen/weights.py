@@ -16,14 +16,18 @@ from .lift_constants import LIFTED_ATTR, NUM_INPUT_ATTR, LiftConstants, lifted_c
 
 TANS_ATTR = "bie.tans_layout"  # on tANS kernels: the layout their streams must have (see tans_stream)
 TANS_ARGS = (1, 2, 3)  # counts, offsets, words: the tANS kernels' arguments after x (codegen.tans_constants)
+BIT_PLANES_ATTR = "bie.bit_planes"  # on bie-bitplane kernels: the magnitude planes stored (most significant first)
+BIT_PLANES_ARG = 1  # the planes: the argument after x
 
 
 @dataclass
 class Weights:
-    """The lifted constants in ``main``'s order, (name, array), and the tANS stream descriptions."""
+    """The lifted constants in ``main``'s order, (name, array), the tANS stream descriptions, and which
+    tensors are bie-bitplane magnitude planes [planes, N, packed K] (progressive precision at load)."""
 
     tensors: list[tuple[str, np.ndarray]] = field(default_factory=list)
     tans: list[dict] = field(default_factory=list)
+    bit_planes: list[int] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -75,6 +79,7 @@ def split_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, Weights]:
     mod = mod.without_attr(LIFTED_ATTR)
     readers: dict[int, str] = {}
     streams: dict[tuple[int, int, int], dict] = {}
+    bit_planes: set[int] = set()
     for callee, args in _call_sites(mod, int(mod["main"].attrs[NUM_INPUT_ATTR])):
         name = callee.name_hint if isinstance(callee, relax.GlobalVar) else str(callee.global_symbol)
         for position, index in enumerate(args):
@@ -86,5 +91,9 @@ def split_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, Weights]:
             if None in triple:
                 raise ValueError(f"{name}: a tANS kernel whose streams are not weights of the model")
             streams.setdefault(triple, tans_stream(dict(func.attrs[TANS_ATTR]), *triple, arrays))
-    weights = Weights([(f"w{i}:{readers.get(i, 'unread')}", a) for i, a in enumerate(arrays)], list(streams.values()))
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and BIT_PLANES_ATTR in func.attrs \
+                and args[BIT_PLANES_ARG] is not None:
+            bit_planes.add(args[BIT_PLANES_ARG])
+    weights = Weights([(f"w{i}:{readers.get(i, 'unread')}", a) for i, a in enumerate(arrays)], list(streams.values()),
+                      sorted(bit_planes))
     return mod, weights

@@ -64,7 +64,7 @@ MANIFEST = {
     "fixed_shapes": {"input_shapes": MapOf([int]), "dims": MapOf(int)},
     "kernel_layers": MapOf(NAME),
     "files": MapOf({"sha256": SHA256, "bytes": int}),
-    "weights": {"tensors": int, "bytes": int, "tans_streams": int},
+    "weights": {"tensors": int, "bytes": int, "tans_streams": int, "bit_planes": [int]},
     "device_code?": {"source": NAME, "layer_kernels": MapOf([Pattern(r"\w{1,512}")])},
     "calibration?": {"path": str, "sha256": SHA256, "samples": int, "damping": float, "act_order": bool},
     "bitvert?": {"calibration": (str, NONE), "layers": [Pair(NAME, MapOf(MapOf((float, str))))]},

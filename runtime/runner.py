@@ -44,6 +44,24 @@ ALIGNMENT = 64  # bytes; TVM's kernels assume it of every buffer (a misaligned o
 IN_PLACE_BYTES = 1 << 16  # smaller inputs are copied into an aligned buffer: cheaper than checking their alignment
 
 
+def keep_top_planes(weights: list[np.ndarray], indices: list[int], planes: int, path: Path) -> list[np.ndarray]:
+    """``weights`` with the magnitude planes of bie-bitplane layers below the top ``planes`` zeroed: each
+    weight's code truncated to its leading bits, as ``compile --planes`` would store it."""
+    if isinstance(planes, bool) or not isinstance(planes, int) or planes < 1:
+        raise BieError(f"planes: expected a positive integer, got {planes!r}")
+    if not indices:
+        raise BieError(f"{path}: planes: the artefact has no bie-bitplane layer")
+    weights = list(weights)
+    for i in indices:
+        if not 0 <= i < len(weights) or weights[i].ndim != 3:
+            raise ArtefactError(f"{path}: weights.bit_planes: {i} is not a [planes, rows, bytes] tensor")
+        stored = weights[i].shape[0]
+        if planes < stored:
+            weights[i] = weights[i].copy()
+            weights[i][planes:] = 0
+    return weights
+
+
 class InputSpec:
     """One input as the artefact declares it, prepared once so each call checks it cheaply."""
 
@@ -111,9 +129,12 @@ class Runner:
     the cores (and multiply the VM's workspace memory).
     """
 
-    def __init__(self, artefact_dir: str | Path, expect_sha256: str | None = None, check_finite: bool = False):
+    def __init__(self, artefact_dir: str | Path, expect_sha256: str | None = None, check_finite: bool = False,
+                 planes: int | None = None):
         """``check_finite``: refuse inputs holding NaN or Inf, and outputs that are not finite though every
-        input was (where the encoded kernels' arithmetic differs from onnxruntime's: see the README)."""
+        input was (where the encoded kernels' arithmetic differs from onnxruntime's: see the README).
+        ``planes``: keep only the top ``planes`` magnitude planes of every bie-bitplane layer (progressive
+        precision: the same artefact, a coarser model)."""
         self.path = Path(artefact_dir)
         self.check_finite = check_finite
         self.manifest = read_manifest(self.path, verify_files=False, expect_sha256=expect_sha256)
@@ -125,6 +146,8 @@ class Runner:
                          self.manifest["weights"])
         self.device = check_host(self.manifest["target"])
         configure_thread_pool()
+        if planes is not None:
+            weights = keep_top_planes(weights, self.manifest["weights"]["bit_planes"], planes, self.path)
         self.weights = [tvm.runtime.tensor(w, self.device) for w in weights]  # what main takes after the inputs
         try:
             with library as path:
