@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="per-layer codec options, e.g. 'blocks.ffn.*:bits=8' or 'fc1.weight:codec=bie-binary' (repeatable)")
     _add_shape_options(c, compile_time=True)
     c.add_argument("--timing", action="store_true", help="print the time of each compiler pass (TVM's pass timing)")
+    c.add_argument("--jobs", type=int, default=None,
+                   help="processes encoding layers at once (default: every core for models of 2M weights or more, "
+                        "else 1); the artefact's bytes do not depend on it")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     c.add_argument("--verbose", action="store_true", help="also show TVM's own log (its warnings are hidden by default)")
 
@@ -168,7 +171,7 @@ def _compile(args) -> int:
             overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
             input_shapes=shapes.input_shapes, dims=shapes.dims, act_order=args.act_order,
             progress=_timing_only if args.quiet and args.timing else None if args.quiet else print_progress,
-            timing=args.timing,
+            timing=args.timing, jobs=args.jobs,
         )
     from .runtime.artefact import manifest_sha256, read_manifest
 

@@ -88,6 +88,7 @@ def compile_model(
     act_order: bool = False,
     progress=print_progress,
     timing: bool = False,
+    jobs: int | None = None,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
 
@@ -108,6 +109,8 @@ def compile_model(
     policy = EncodingPolicy(codec, options, min_weights, tuple(skip), tuple(overrides))
     tvm_target = make_target(target, mcpu, arch)
     damping = _check_calibration(calibration, damping, act_order)
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise OptionError(f"--jobs must be a positive integer, got {jobs!r}")
     source_path = None if isinstance(model, onnx.ModelProto) else model
     output_folder(output_dir, source_path)  # refuse a folder we may not replace before any work
     report("import", f"importing {model if source_path is not None else 'ModelProto'}")
@@ -117,7 +120,7 @@ def compile_model(
 
     instruments = [PassTimingInstrument()] if timing else []
     with tvm.transform.PassContext(instruments=instruments):
-        plan, offload = _plan(imported, policy, tvm_target, calibration, damping, act_order, report)
+        plan, offload = _plan(imported, policy, tvm_target, calibration, damping, act_order, report, jobs)
         mod = encode(imported.mod, plan, offload)
         report("build", "building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
         built = BUILDERS[tvm_target.kind.name](mod, tvm_target)
@@ -156,7 +159,7 @@ def _check_calibration(calibration, damping: float | None, act_order: bool) -> f
 
 
 def _plan(imported: ImportedModel, policy: EncodingPolicy, target: tvm.target.Target, calibration,
-          damping: float, act_order: bool, report: Reporter) -> tuple[EncodingPlan, OffloadPlan]:
+          damping: float, act_order: bool, report: Reporter, jobs: int | None) -> tuple[EncodingPlan, OffloadPlan]:
     """Every weight's encoding and, on bitvert, the offloaded layers; calibration runs onnxruntime here."""
 
     def calibrations(names: list[str]) -> dict:
@@ -170,7 +173,7 @@ def _plan(imported: ImportedModel, policy: EncodingPolicy, target: tvm.target.Ta
 
     report("plan", f"encoding weights with {policy.codec} {policy.options or ''}".rstrip())
     plan = plan_encoding(imported.mod, imported.constant_names, policy, target,
-                         calibrations if calibration is not None else None, report)
+                         calibrations if calibration is not None else None, report, jobs)
     return plan, plan_offload(plan, scales, report)
 
 

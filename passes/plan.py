@@ -14,8 +14,7 @@ from typing import Callable, Mapping
 import tvm
 
 from bie_compiler import codecs, codegen
-from bie_compiler.codecs import Encoded
-from bie_compiler.errors import CodecError
+from bie_compiler.codecs import Encoded, parallel
 from bie_compiler.progress import Reporter
 from bie_compiler.report import LayerRecord
 
@@ -36,11 +35,14 @@ class EncodingPlan:
 
 
 def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, target: tvm.target.Target,
-                  calibrations: Callable[[list[str]], dict] | None = None, report: Reporter = Reporter()) -> EncodingPlan:
+                  calibrations: Callable[[list[str]], dict] | None = None, report: Reporter = Reporter(),
+                  jobs: int | None = None) -> EncodingPlan:
     """The plan for ``mod`` whose weight constants are named by ``names``.
 
     ``calibrations(weight names) -> {name: codecs.feedback.Calibration}``: the layers' calibration
-    statistics; given, codecs that take them round with error feedback. ``report``: the compile's progress."""
+    statistics; given, codecs that take them round with error feedback. ``report``: the compile's progress.
+    ``jobs``: processes encoding layers at once (None: every core when the model is large enough to pay,
+    :mod:`bie_compiler.codecs.parallel`); the bytes are the same whatever it is."""
     found, names = collect_weight_uses(mod, names)
     uses = {u.name: u for u in found}
     choices = {u.name: policy.choose(u.name, u.weight.size) for u in found}
@@ -51,6 +53,16 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     statistics = calibrations(fed) if calibrations and fed else {}
     records, encoded = [], {}
     position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
+    tasks = {name: (choices[name][0], use.matrix(), configs[name], statistics.get(name)) for name, use in eligible.items()}
+    if jobs is None:
+        jobs = parallel.default_jobs(sum(u.weight.size for u in eligible.values()))
+
+    def started(name: str) -> None:
+        how = " and error feedback" if statistics.get(name) is not None else ""
+        report("encode", f"encoding {name} {list(uses[name].weight.shape)} with {choices[name][0]}{how}",
+               position[name], len(eligible))
+
+    encodings = parallel.encode_many(tasks, jobs, started)
     for use in found:
         record = LayerRecord(name=use.name, op=use.op, shape=list(use.weight.shape), codec="dense",
                              bytes_dense=int(use.weight.nbytes), bytes_encoded=int(use.weight.nbytes),
@@ -59,7 +71,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
         if use.name not in eligible:
             continue
         codec, config = choices[use.name][0], configs[use.name]
-        enc = _encode(use, codec, config, statistics.get(use.name), report, position[use.name], len(eligible))
+        enc = encodings[use.name]
         if enc.nbytes >= use.weight.nbytes:  # e.g. a depthwise conv's K = 9 in a format padding K to 128
             record.fallback_reason = (f"{codec} encoding is no smaller than dense ({enc.bits_per_weight:.1f} "
                                       f"bits/weight at K = {use.matrix().shape[1]})")
@@ -100,12 +112,3 @@ def _configs(eligible: dict[str, WeightUse], choices, report: Reporter) -> dict[
             report("plan", f"planning {len(names)} {codec} layer(s) over the whole model")
             configs.update(module.plan({n: eligible[n].matrix() for n in names}, {n: configs[n] for n in names}))
     return configs
-
-
-def _encode(use: WeightUse, codec: str, config, calibration, report: Reporter, index: int, total: int) -> Encoded:
-    how = " and error feedback" if calibration is not None else ""
-    report("encode", f"encoding {use.name} {list(use.weight.shape)} with {codec}{how}", index, total)
-    try:
-        return codecs.encode(codec, use.matrix(), config, calibration)
-    except CodecError as e:
-        raise CodecError(f"weight {use.name!r}: {e}") from None
