@@ -27,9 +27,12 @@ from tvm.s_tir import meta_schedule as ms
 from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
 from .schedules import conv2d, depthwise_conv2d, elementwise, matmul, reduction
+from .schedules.linear_epilogue import linear_epilogues
+from .serial_small_loops import serial_when_small
 
 SCHEDULED = "tirx.is_scheduled"
 NOALIAS = "tirx.noalias"
+TIR_PIPELINE = "bie_cpu"
 
 # Tried in order on each unscheduled PrimFunc; the first that applies schedules it.
 RULES = [
@@ -72,6 +75,26 @@ def mark_single_argument_noalias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
+@tvm.transform.module_pass(opt_level=0, name="SerialWhenSmall")
+def serial_small_loops(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """:func:`.serial_small_loops.serial_when_small` on every PrimFunc of the lowered module."""
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc):
+            mod[gv] = serial_when_small(func)
+    return mod
+
+
+def _tir_pipeline():
+    """TVM's TIR lowering, then :func:`serial_small_loops` (on the lowered loops: vector and unrolled code counted
+    as what it executes); a loop kept in both forms defines its variables twice, which ConvertSSA renames."""
+    lower, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("s_tir")
+    passes = [lower, serial_small_loops, tvm.tirx.transform.ConvertSSA()]
+    return tvm.transform.Sequential(passes), finalize_host, finalize_device
+
+
+tvm.tirx.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
+
+
 def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Fast math, legalize, fold constants, fuse: the PrimFuncs the rules schedule."""
     with target:
@@ -80,8 +103,9 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     mod = fuse(mod, target)
+    mod = linear_epilogues(mod, SCHEDULED)
     with target:
         mod = dl.ApplyDefaultSchedule(*RULES)(mod)
         mod = parallelize_rest(mod, len(os.sched_getaffinity(0)))
     lower = tvm.transform.Sequential([relax.get_pipeline("default"), mark_single_argument_noalias])
-    return tvm.compile(deduplicate_prim_funcs(mod), target, relax_pipeline=lower)
+    return tvm.compile(deduplicate_prim_funcs(mod), target, relax_pipeline=lower, tir_pipeline=TIR_PIPELINE)
