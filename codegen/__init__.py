@@ -100,6 +100,12 @@ def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 
     if _on_gpu():  # one bit-serial kernel for every batch: rows are thread blocks
         return KernelCall("bitplane", scheduled(bitplane.compute_words, bitplane.schedule_cuda), constants)
+    if planes.shape[0] + 1 in (4, 8) and scales.shape[1] == 1:
+        # Sign and magnitude fill a 4- or 8-bit integer, as many bytes as the planes: the integer kernels.
+        codes = bitplane.integer_codes(planes, signs, k, top_bit)
+        weights = int8.Int8Weights.packed(codes, scales[:, 0], planes.shape[0] + 1)
+        small = None if conv else KernelCall("bitplane_gemv", int8.gemv(weights, n, k), weights.constants)
+        return _with_decoder(small, int8.decoder(weights, *_into(enc, conv)), "bitplane", weights.constants, conv)
     holders = placeholders()
     weight = bitplane.decoded_weight(*holders, top_bit=top_bit, group=group)
     decoder = decode.elementwise(weight, holders, *_into(enc, conv))

@@ -6,9 +6,10 @@ whose work takes less than a few wake-ups is faster on the calling thread alone;
 bundled cnn, a transformer at one token) is mostly such regions.
 
 The work of a loop nest is estimated on the lowered TIR, where vector loops are single statements and
-unrolled loops their copies: the number of statements it executes (roughly its instructions), plus the
-4-byte words of the buffers it touches (what it streams through the caches: a GEMV is cheap in
-statements, one vector FMA per 16 weights, but reads every weight from memory once). A loop whose work
+unrolled loops their copies: the operations of the statements it executes (loads, arithmetic, casts,
+selects: roughly its instructions; a weight decoded from bit planes costs many per vector, a dense
+FMA few), plus the 4-byte words of the buffers it touches (what it streams through the caches: a dense
+GEMV does one vector FMA per 16 weights but reads every weight from memory once). A loop whose work
 is a constant below ``SERIAL_WORK`` becomes serial; one whose work depends on a symbolic size (batch,
 sequence length) is kept twice, chosen at run time by its work, so one kernel runs serially at one
 token and in parallel at 128.
@@ -20,17 +21,24 @@ import tvm
 import tvm.sym
 import tvm_ffi
 from tvm import tirx
-from tvm.ir.expr import TensorLoad
+import tvm.ir.prim.expr as P
+from tvm.ir.expr import Call, TensorLoad
 from tvm.tirx.buffer import BufferType
 from tvm.tirx import stmt as s
 
-# Work (statements + words touched) below which a parallel region costs more than it saves: waking the sleeping
-# pool takes 10-20 us on a busy machine, about the time one thread needs for this much work.
-SERIAL_WORK = 1 << 18
+# Work (operations + words touched) below which a parallel region costs more than it saves: waking the sleeping
+# pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for this
+# much work; measured there, the bundled cnn and the encoder at one token ran no faster with any smaller bound.
+SERIAL_WORK = 1 << 20
+
+# Expression nodes that cost an instruction or so (variables, constants and vector index ramps do not).
+OPERATIONS = (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ, P.NE, P.LT, P.LE, P.GT,
+              P.GE, P.And, P.Or, P.Not, P.BitwiseAnd, P.BitwiseOr, P.BitwiseXor, P.BitwiseNot, P.LShift, P.RShift,
+              P.Cast, P.Select, P.Shuffle, TensorLoad, Call)
 
 
 def work(stmt, bound: dict | None = None) -> tirx.PrimExpr:
-    """Statements ``stmt`` executes: loop extents times their bodies, sums over sequences, the larger branch.
+    """Operations ``stmt`` executes: loop extents times their bodies, sums over sequences, the larger branch.
 
     Variables bound inside ``stmt`` (common subexpressions) are replaced by their values in ``bound``, so the result
     can be evaluated outside it; a loop extent that depends on an enclosing loop's variable leaves that variable.
@@ -51,7 +59,21 @@ def work(stmt, bound: dict | None = None) -> tirx.PrimExpr:
     if hasattr(stmt, "body"):  # attributes, a while loop (counted once)
         return work(stmt.body, bound)
     # A store or a call does work; a binding, a buffer declaration or an allocation names it.
-    return tirx.IntImm("int64", 1 if isinstance(stmt, (s.BufferStore, s.Evaluate)) else 0)
+    if isinstance(stmt, s.BufferStore):
+        return tirx.IntImm("int64", 1 + operations(stmt.value))
+    return tirx.IntImm("int64", 1 if isinstance(stmt, s.Evaluate) else 0)
+
+
+def operations(expr) -> int:
+    """The :data:`OPERATIONS` nodes in ``expr``."""
+    count = [0]
+
+    def visit(node):
+        count[0] += 1
+        return node
+
+    tvm_ffi.structural_map(expr, [(OPERATIONS, visit)], order="post")
+    return count[0]
 
 
 def footprint(stmt) -> tirx.PrimExpr:
