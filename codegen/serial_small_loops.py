@@ -95,10 +95,10 @@ def footprint(stmt) -> tirx.PrimExpr:
     for buffer in touched.values():
         if buffer in local:
             continue
-        words = tirx.IntImm("int64", max(1, tvm.runtime.DataType(buffer.dtype).bits // 32))
+        bits = tirx.IntImm("int64", tvm.runtime.DataType(buffer.dtype).bits)
         for extent in buffer.shape:
-            words = words * _int64(extent)
-        total = total + words
+            bits = bits * _int64(extent)
+        total = total + tirx.FloorDiv(bits, tirx.IntImm("int64", 32))
     return total
 
 
@@ -126,7 +126,7 @@ def _defined_inside(stmt) -> set:
 
 
 def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx.PrimFunc:
-    """``func`` with each outermost parallel loop serial below ``threshold`` statements of work."""
+    """``func`` with each parallel loop serial below ``threshold`` work (:func:`work` + :func:`footprint`)."""
     analyzer = tvm.sym.Analyzer()
 
     def rewrite(loop):
