@@ -215,7 +215,7 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
         "model_totals": totals(plan.records + others),  # every weight of the model
         "weights": {"tensors": len(built.weights.tensors), "bytes": built.weights.nbytes,
                     "tans_streams": len(built.weights.tans),
-                    "bit_planes": built.weights.bit_planes},  # tensors of bie-bitplane planes: cut at load
+                    "progressive": built.weights.progressive},  # bie-bitplane magnitudes: cut at load
         **built.manifest,
         **({"calibration": record(calibration, damping, act_order)} if calibration is not None else {}),
     }

@@ -21,7 +21,7 @@ from bie_compiler.codecs import Encoded, bbs, bie_binary, bie_bitplane, bie_bloc
 from bie_compiler.codecs import int8 as int8_codec
 from bie_compiler.codecs.base import packed_width
 
-from . import weights
+from .weights import PRECISION_ATTR, TANS_ATTR
 from .kernels import (bbs_cuda, bbs_decoded, bbs_lut, bitplane, decode, dense, int8, sparse_index, sparse_index_cuda,
                       tans_cuda, tans_matmul)
 
@@ -100,10 +100,20 @@ def _bitplane_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
         return sch.mod["main"]
 
     # bie-bitplane's planes, most significant first, may be cut at load (progressive precision, see weights.py)
-    planar = (lambda f: f.with_attr(weights.BIT_PLANES_ATTR, planes.shape[0])) if enc.codec == bie_bitplane.NAME \
-        else (lambda f: f)
+    planar = (lambda f: f.with_attr(PRECISION_ATTR, {"form": "planes", "magnitude_bits": planes.shape[0]})) \
+        if enc.codec == bie_bitplane.NAME else (lambda f: f)
     if _on_gpu():  # one bit-serial kernel for every batch: rows are thread blocks
         return KernelCall("bitplane", planar(scheduled(bitplane.compute_words, bitplane.schedule_cuda)), constants)
+    if enc.codec == bie_bitplane.NAME and enc.header["bits"] in (4, 8) and planes.shape[0] == enc.header["bits"] - 1 \
+            and scales.shape[1] == 1:
+        # Sign and every magnitude plane fill a 4- or 8-bit integer, as many bytes as the planes: the integer kernels.
+        codes = bitplane.integer_codes(planes, signs, k, top_bit)
+        integers = int8.Int8Weights.packed(codes, scales[:, 0], enc.header["bits"])
+        coded = lambda f: f.with_attr(PRECISION_ATTR, {  # noqa: E731
+            "form": "nibbles" if enc.header["bits"] == 4 else "codes", "magnitude_bits": enc.header["bits"] - 1})
+        small = None if conv else KernelCall("bitplane_gemv", coded(int8.gemv(integers, n, k)), integers.constants)
+        return _with_decoder(small, coded(int8.decoder(integers, *_into(enc, conv))), "bitplane", integers.constants,
+                             conv)
     holders = placeholders()
     weight = bitplane.decoded_weight(*holders, top_bit=top_bit, group=group)
     decoder = planar(decode.elementwise(weight, holders, *_into(enc, conv)))
@@ -180,7 +190,7 @@ def _tans_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     # (and the runtime checks them again when it loads them, by the layout each kernel carries).
     tans.tans_coder.validate(tans.streams(enc), int(enc.header["levels"]))
     layout = tans_layout(enc)
-    checked = lambda func: func.with_attr(weights.TANS_ATTR, layout)  # noqa: E731
+    checked = lambda func: func.with_attr(TANS_ATTR, layout)  # noqa: E731
     if _on_gpu():
         return KernelCall("tans", checked(tans_cuda.matmul(**layout)), tans_constants(enc, byte_words=False))
     constants = tans_constants(enc)

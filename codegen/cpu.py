@@ -27,10 +27,13 @@ from tvm.s_tir import meta_schedule as ms
 from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
 from .schedules import conv2d, depthwise_conv2d, elementwise, matmul, reduction
+from .schedules.linear_epilogue import linear_epilogues
+from .serial_small_loops import serial_when_small
 from .weights import Weights, split_weights
 
 SCHEDULED = "tirx.is_scheduled"
 NOALIAS = "tirx.noalias"
+TIR_PIPELINE = "bie_cpu"
 
 # Tried in order on each unscheduled PrimFunc; the first that applies schedules it.
 RULES = [
@@ -77,16 +80,43 @@ def mark_single_argument_noalias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
+@tvm.transform.module_pass(opt_level=0, name="SerialWhenSmall")
+def serial_small_loops(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """:func:`.serial_small_loops.serial_when_small` on every PrimFunc of the lowered module."""
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc):
+            mod[gv] = serial_when_small(func)
+    return mod
+
+
+def _tir_pipeline():
+    """TVM's TIR lowering, then :func:`serial_small_loops` (on the lowered loops: vector and unrolled code counted
+    as what it executes); a loop kept in both forms defines its variables twice, which ConvertSSA renames."""
+    lower, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("s_tir")
+    passes = [lower, serial_small_loops, tvm.tirx.transform.ConvertSSA()]
+    return tvm.transform.Sequential(passes), finalize_host, finalize_device
+
+
+tvm.tirx.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
+
+
 def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Fast math, legalize, fold constants, fuse: the PrimFuncs the rules schedule."""
     with target:
         return relax.get_pipeline("zero")(fast_math(mod))
 
 
+@tvm.transform.module_pass(opt_level=0, name="LinearEpilogues")
+def linear_epilogue_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """:func:`.schedules.linear_epilogue.linear_epilogues` as a pass: branching epilogues made chains."""
+    return linear_epilogues(mod, SCHEDULED)
+
+
 def schedule() -> tvm.transform.Pass:
     """Fuse, schedule by ``RULES`` and the rewrite, deduplicate: the PrimFuncs the LLVM build compiles."""
     return tvm.transform.Sequential([
-        fast_math, relax.get_pipeline("zero"), dl.ApplyDefaultSchedule(*RULES), parallelize_rest, deduplicate_prim_funcs,
+        fast_math, relax.get_pipeline("zero"), linear_epilogue_pass, dl.ApplyDefaultSchedule(*RULES), parallelize_rest,
+        deduplicate_prim_funcs,
     ], name="BieLlvmSchedule")
 
 
@@ -98,8 +128,8 @@ def lower() -> tvm.transform.Pass:
 @relax.register_pipeline("bie_llvm")
 def pipeline() -> tvm.transform.Pass:
     """The Relax pipeline of the LLVM build (``tvm.compile(mod, target, relax_pipeline="bie_llvm")`` on an
-    encoded module): :func:`schedule`, then :func:`lower`. Its constants stay in the library; :func:`build`
-    moves them out to the artefact's weights file."""
+    encoded module, with ``tir_pipeline=TIR_PIPELINE``): :func:`schedule`, then :func:`lower`. Its constants
+    stay in the library; :func:`build` moves them out to the artefact's weights file."""
     return tvm.transform.Sequential([schedule(), lower()], name="bie_llvm")
 
 
@@ -108,4 +138,4 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
     with target:
         mod = schedule()(mod)
     mod, weights = split_weights(mod)
-    return tvm.compile(mod, target, relax_pipeline=lower()), weights
+    return tvm.compile(mod, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights

@@ -16,18 +16,22 @@ from .lift_constants import LIFTED_ATTR, NUM_INPUT_ATTR, LiftConstants, lifted_c
 
 TANS_ATTR = "bie.tans_layout"  # on tANS kernels: the layout their streams must have (see tans_stream)
 TANS_ARGS = (1, 2, 3)  # counts, offsets, words: the tANS kernels' arguments after x (codegen.tans_constants)
-BIT_PLANES_ATTR = "bie.bit_planes"  # on bie-bitplane kernels: the magnitude planes stored (most significant first)
-BIT_PLANES_ARG = 1  # the planes: the argument after x
+# On bie-bitplane kernels: how their argument after x holds each weight's magnitude bits, so that the runtime
+# can keep only the top P of them (progressive precision): {"form": "planes" (bit planes [P, N, packed K], most
+# significant first) | "codes" (int8 two's complement) | "nibbles" (4-bit two's complement, two per byte),
+# "magnitude_bits": the bits (planes) stored}.
+PRECISION_ATTR = "bie.progressive"
+PRECISION_ARG = 1
 
 
 @dataclass
 class Weights:
-    """The lifted constants in ``main``'s order, (name, array), the tANS stream descriptions, and which
-    tensors are bie-bitplane magnitude planes [planes, N, packed K] (progressive precision at load)."""
+    """The lifted constants in ``main``'s order, (name, array), the tANS stream descriptions, and the
+    tensors holding bie-bitplane magnitudes (``{"tensor", "form", "magnitude_bits"}``, see PRECISION_ATTR)."""
 
     tensors: list[tuple[str, np.ndarray]] = field(default_factory=list)
     tans: list[dict] = field(default_factory=list)
-    bit_planes: list[int] = field(default_factory=list)
+    progressive: list[dict] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -79,7 +83,7 @@ def split_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, Weights]:
     mod = mod.without_attr(LIFTED_ATTR)
     readers: dict[int, str] = {}
     streams: dict[tuple[int, int, int], dict] = {}
-    bit_planes: set[int] = set()
+    progressive: dict[int, dict] = {}
     for callee, args in _call_sites(mod, int(mod["main"].attrs[NUM_INPUT_ATTR])):
         name = callee.name_hint if isinstance(callee, relax.GlobalVar) else str(callee.global_symbol)
         for position, index in enumerate(args):
@@ -91,9 +95,11 @@ def split_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, Weights]:
             if None in triple:
                 raise ValueError(f"{name}: a tANS kernel whose streams are not weights of the model")
             streams.setdefault(triple, tans_stream(dict(func.attrs[TANS_ATTR]), *triple, arrays))
-        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and BIT_PLANES_ATTR in func.attrs \
-                and args[BIT_PLANES_ARG] is not None:
-            bit_planes.add(args[BIT_PLANES_ARG])
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and PRECISION_ATTR in func.attrs \
+                and args[PRECISION_ARG] is not None:
+            form = dict(func.attrs[PRECISION_ATTR])
+            progressive[args[PRECISION_ARG]] = {"tensor": args[PRECISION_ARG], "form": str(form["form"]),
+                                                "magnitude_bits": int(form["magnitude_bits"])}
     weights = Weights([(f"w{i}:{readers.get(i, 'unread')}", a) for i, a in enumerate(arrays)], list(streams.values()),
-                      sorted(bit_planes))
+                      [progressive[i] for i in sorted(progressive)])
     return mod, weights

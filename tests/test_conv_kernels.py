@@ -14,8 +14,9 @@ from bie_compiler.codegen.target import make_target
 from bie_compiler.parity import run_onnxruntime
 
 CASES = [
-    ("bie-bitplane", {"bits": 4}),
-    ("bie-bitplane", {"bits": 6, "group_size": 32, "planes": 3}),
+    ("bie-bitplane", {"bits": 4}),  # 4-bit integers, two per byte
+    ("bie-bitplane", {"bits": 8}),  # 8-bit integers
+    ("bie-bitplane", {"bits": 6, "group_size": 32, "planes": 3}),  # the bit planes
     ("bie-binary", {"layout": "bitmap"}),
     ("bie-binary", {"layout": "index", "density": 0.2}),
     ("bie-blocked", {"block_size": 16}),

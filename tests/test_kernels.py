@@ -11,6 +11,7 @@ from bie_compiler.codegen.target import make_target
 CASES = [
     ("bie-bitplane", {"bits": 2}),
     ("bie-bitplane", {"bits": 4}),
+    ("bie-bitplane", {"bits": 8}),
     ("bie-bitplane", {"bits": 8, "group_size": 32}),
     ("bie-bitplane", {"bits": 5, "planes": 2}),
     ("bie-binary", {"layout": "bitmap"}),
@@ -54,11 +55,19 @@ def test_kernel_matches_reference_decoder(codec, options, n, k, target):
         assert np.abs(got - ref).max() / scale < 1e-5
 
 
-def test_bitplane_kernel_is_parallel_and_vectorized(target):
+@pytest.mark.parametrize("options,constant,lanes", [
+    ({"bits": 3}, "planes", 16),  # sign and 2 planes: the bit-plane kernel, 16 weights of a channel per vector
+    ({"bits": 4}, "nibbles", 32),  # 4 bits: signed nibbles, 32 channels per vector, as many bytes as the planes
+    ({"bits": 8}, "codes", 32),
+])
+def test_bitplane_kernel_form(target, options, constant, lanes):
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
-    enc = CODECS["bie-bitplane"].encode(w, make_config("bie-bitplane", {"bits": 4}))
-    script = kernel_for(enc, target).func.script()
-    assert "T.parallel" in script and "T.vectorized(16)" in script
+    enc = CODECS["bie-bitplane"].encode(w, make_config("bie-bitplane", options))
+    call = kernel_for(enc, target)
+    script = call.func.script()
+    assert "T.parallel" in script and f"T.vectorized({lanes})" in script and f"{constant}: T.Buffer" in script
+    stored = sum(enc.arrays[a].nbytes for a in ("planes", "signs"))
+    assert sum(c.nbytes for c in call.constants[:-1]) <= stored  # (the scales: the last constant in each form)
 
 
 def test_index_kernels_are_parallel(target):

@@ -1,100 +1,102 @@
 """Matmuls over K-interleaved bit planes (``bie-bitplane``, ``bie-binary`` bitmap).
 
-``compute`` is bit-serial, for one row of activations: ``out[m, n] = sum_b
-2^(top - b) * sum_k sx[m, n, k] * plane_b[n, k]`` with ``sx = +-x[m, k] *
-scale[n, k // group]``, the sign taken from the sign plane. Plane by plane, it
-adds the (signed, scaled) activations selected by that plane's bits: the work
-and the bytes read scale with the planes kept.
+``compute`` is for one row of activations on the CPU: ``out[m, n] = sum_k
+x[m, k] * w[n, k]``, each weight ``w = +-scale[n, k // group] * sum_b 2^(top - b)
+plane_b[n, k]`` decoded from its bits where it is multiplied (16 at a time, one
+vector per plane): the work and the bytes read scale with the planes kept.
 
-``decoded_weight`` is the decoded weight element by element, for the decode
-kernels of several rows and of convs (:mod:`.decode`): there the bit-serial
-work would be repeated per row, decoding once and a dense GEMM is cheaper.
+``decoded_weight`` is that weight element by element, also for the decode
+kernels of several rows and of convs (:mod:`.decode`): there decoding per row
+would be repeated, decoding once and a dense GEMM is cheaper.
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
 from tvm import s_tir, te, tirx
 
-from bie_compiler.codecs.base import PACK_LANES
+from bie_compiler.codecs.base import PACK_LANES, unpack_bits
 
 from . import warp_layout
 
 BLOCK = "bitplane"
 
 
-def _padded(x: te.Tensor, k: int, kb: int) -> te.Tensor:
-    """A copy of x padded to the planes' length, so inner loops need no bounds test."""
-    zero = tirx.const(0, "float32")
-    return te.compute((x.shape[0], 8 * kb), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
+CHANNELS = 4  # channels interleaved in the inner loop: independent FMA chains (the FMA latency over its throughput)
 
 
 def compute(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int, group: int):
-    """TE definition. x [M, K] float32; planes uint8 [P, N, KB]; signs uint8 [N, KB]; scales float32 [N, G]."""
-    m_dim = x.shape[0]
-    num_planes, n_dim, kb = (int(d) for d in planes.shape)
+    """TE definition. x [M, K] float32; planes uint8 [P, N, KB]; signs uint8 [N, KB]; scales float32 [N, G].
+
+    The reduction runs over (bit j, byte w) of the packed bytes (weight ``j * KB + w``), so 16 consecutive bytes
+    of each plane hold 16 consecutive weights' bits ``j``.
+    """
+    kb = int(planes.shape[2])
     zero = tirx.const(0, "float32")
-    xpad = _padded(x, k, kb)
-    rb = te.reduce_axis((0, num_planes), "rb")
+    xpad = te.compute((x.shape[0], 8 * kb), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
+    weight = weight_at(planes, signs, scales, top_bit=top_bit, group=group)
     rj = te.reduce_axis((0, 8), "rj")
     rw = te.reduce_axis((0, kb), "rw")
-    no_bits = tirx.const(0, "uint8")
-
-    def body(m, n):
-        kk = rj * kb + rw  # pack_bits: weight kk is bit rj of byte rw
-        mask = tirx.const(1, "uint8") << rj.astype("uint8")
-        scaled = xpad[m, kk] * scales[n, kk // group]
-        signed = tirx.Select((signs[n, rw] & mask) != no_bits, -scaled, scaled)
-        significance = (tirx.const(1, "int32") << (top_bit - rb)).astype("float32")
-        selected = (planes[rb, n, rw] & mask) != no_bits
-        return te.sum(tirx.Select(selected, signed * significance, zero), axis=[rb, rj, rw])
-
-    return te.compute((m_dim, n_dim), body, name=BLOCK)
+    return te.compute((x.shape[0], int(planes.shape[1])),
+                      lambda m, n: te.sum(xpad[m, rj * kb + rw] * weight(n, rj, rw), axis=[rj, rw]), name=BLOCK)
 
 
 def schedule_llvm(sch: s_tir.Schedule) -> None:
-    """Parallel over output channels, a 16-lane vector accumulator per channel, planes unrolled.
-
-    The reduction over bytes is split into 16-lane vectors and rfactor-ed, so
-    each lane accumulates its own partial sum and the lanes are summed once.
-    """
+    """Tiles of CHANNELS channels in parallel; per tile, bit and 16-byte step, each channel's 16 weights decoded
+    (:func:`weight_at`, the planes summed apart from the accumulator) into one FMA on its 16-lane accumulator.
+    The accumulators (rfactor-ed over the lanes, lanes contiguous) stay in registers; their lanes are summed once."""
     block = sch.get_sblock(BLOCK)
-    m, n, rb, rj, rw = sch.get_loops(block)
+    m, n, rj, rw = sch.get_loops(block)
     rw_outer, rw_lane = sch.split(rw, [None, PACK_LANES])
-    sch.reorder(n, m, rj, rw_outer, rb, rw_lane)
-    partial = sch.rfactor(rw_lane, factor_axis=0)
-    n, m, rj, rw_outer, rb, lane = sch.get_loops(partial)
+    partial = sch.rfactor(rw_lane, factor_axis=2)
+    sch.set_scope(partial, 0, "local")
+    m, n, rj, rw_outer, lane = sch.get_loops(partial)
+    channels = max(d for d in range(1, CHANNELS + 1) if int(sch.get(n).extent) % d == 0)
+    tile, channel = sch.split(n, [None, channels])
+    sch.reorder(tile, m, rj, rw_outer, channel, lane)
+    sch.unroll(channel)
     sch.vectorize(lane)
-    sch.unroll(rb)
-    sch.parallel(n)
+    sch.parallel(tile)
     sch.reverse_compute_at(block, m)
     sch.decompose_reduction(partial, rj)
-    _vectorize_padding(sch)
-
-
-def _vectorize_padding(sch: s_tir.Schedule) -> None:
     _, kk = sch.get_loops(sch.get_sblock("xpad"))
     sch.vectorize(sch.split(kk, [None, PACK_LANES])[1])
+
+
+def weight_at(planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, top_bit: int, group: int):
+    """``f(n, j, w)``: the float32 weight whose bits are bit ``j`` of byte ``w`` of channel ``n``'s planes and sign
+    (weight ``j * KB + w``). Its signed magnitude is integer arithmetic on the bits (the planes OR-ed, negated in two's
+    complement by the sign bit ``s``: ``(v ^ -s) + s``), converted to float once."""
+    kb = int(planes.shape[2])
+    one = tirx.const(1, "int32")
+
+    def weight(n, j, w):
+        shift = j.astype("int32")
+        bit = lambda byte: (byte.astype("int32") >> shift) & one  # noqa: E731
+        magnitude = functools.reduce(lambda a, b: a | b, [bit(planes[b, n, w]) << (top_bit - b)
+                                                          for b in range(int(planes.shape[0]))])
+        sign = bit(signs[n, w])
+        signed = (magnitude ^ (tirx.const(0, "int32") - sign)) + sign
+        return signed.astype("float32") * scales[n, (j * kb + w) // group]
+
+    return weight
+
+
+def integer_codes(planes: np.ndarray, signs: np.ndarray, k: int, top_bit: int) -> np.ndarray:
+    """The signed integer weights [N, K] (int8) the planes and signs hold."""
+    magnitude = np.zeros((planes.shape[1], k), np.int32)
+    for b, plane in enumerate(planes):
+        magnitude |= unpack_bits(plane, k).astype(np.int32) << (top_bit - b)
+    return np.where(unpack_bits(signs, k), -magnitude, magnitude).astype(np.int8)
 
 
 def decoded_weight(planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, top_bit: int, group: int):
     """``f(n, kk)``: weight ``kk`` of channel ``n`` (the decode kernels' element, :mod:`.decode`)."""
     kb = int(planes.shape[2])
-    zero = tirx.const(0, "float32")
-    no_bits = tirx.const(0, "uint8")
-
-    def weight(n, kk):
-        rw = kk % kb  # pack_bits: weight kk is bit kk // kb of byte kk % kb
-        mask = tirx.const(1, "uint8") << (kk // kb).astype("uint8")
-        magnitude = sum(
-            tirx.Select((planes[b, n, rw] & mask) != no_bits, tirx.const(float(1 << (top_bit - b)), "float32"), zero)
-            for b in range(int(planes.shape[0]))
-        )
-        scaled = magnitude * scales[n, kk // group]
-        return tirx.Select((signs[n, rw] & mask) != no_bits, -scaled, scaled)
-
-    return weight
+    weight = weight_at(planes, signs, scales, top_bit=top_bit, group=group)
+    return lambda n, kk: weight(n, kk // kb, kk % kb)  # pack_bits: weight kk is bit kk // kb of byte kk % kb
 
 
 def compute_words(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int,

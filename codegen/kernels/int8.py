@@ -4,12 +4,17 @@ Both codecs store integers per weight and one scale per output channel;
 ``int8`` as the codes themselves, ``bitwave`` as ``bbs``-style bit columns
 (``8 - N`` kept column bits, a per-group count ``z`` of zero columns) whose
 value is ``kept << (N - z)``. :class:`Int8Weights` is that integer as a TE
-function of ``(n, kk)`` plus the constants it reads; the kernels are shared:
+function of ``(n, kk)`` plus the constants it reads, in a layout where
+``lanes`` consecutive channels of one ``kk`` are contiguous (``int8``: the codes
+packed into panels of ``matmul.COLS`` channels, K-major, like the dense
+kernel's weight; ``bitwave``: its stored columns interleave 16 channels). The
+kernels are shared:
 
-* one row: channels in parallel, each channel's weights converted and scaled
-  inside its 16-lane FMA loop (the :mod:`.decode_once` schedule with the row
-  buffer inlined), so a channel streams its bytes once; activations stay fp32
-  (parity with the decoded-weights model);
+* one row: the register-tiled matmul micro-kernel of :mod:`..schedules.matmul`
+  with one-row tiles, ``lanes`` channels per tile: per ``kk``, one broadcast
+  activation times the tile's integers converted to float, fp32 accumulators
+  (parity with the decoded-weights model), the channel scales applied once to
+  the tile's sums;
 * convs and several rows: the decode kernel (:mod:`.decode`) writing
   ``float(q) * scale``, the reference decoders' value, for the dense op.
 """
@@ -23,26 +28,64 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from bie_compiler.codecs import bbs
-from bie_compiler.codecs.base import PACK_LANES, Encoded
+from bie_compiler.codecs.base import Encoded
 
-from . import bbs_decoded, decode, decode_once
+from ..schedules import matmul
+from . import bbs_decoded, decode
 
 BLOCK = "int8_gemv"
+SCALED = "int8_scaled"
+
+
+def pack(codes: np.ndarray, cols: int = matmul.COLS) -> np.ndarray:
+    """``codes`` [N, K] as [ceil(N / cols), K, cols]: each panel of ``cols`` channels K-major, zero-padded."""
+    n, k = codes.shape
+    padded = np.zeros((-(-n // cols) * cols, k), codes.dtype)
+    padded[:n] = codes
+    return np.ascontiguousarray(padded.reshape(-1, cols, k).transpose(0, 2, 1))
+
+
+def pack_nibbles(codes: np.ndarray, cols: int = matmul.COLS) -> np.ndarray:
+    """4-bit two's complement ``codes`` [N, K] (in -8..7) as int8 [ceil(N / cols), ceil(K / 2), cols]: the panels of
+    :func:`pack`, weights 2i and 2i + 1 of a channel in the low and high nibble of byte i."""
+    n, k = codes.shape
+    even = np.zeros((n, k + k % 2), np.int8)
+    even[:, :k] = codes
+    panels = pack(even, cols).view(np.uint8) & np.uint8(15)
+    return np.ascontiguousarray(panels[:, 0::2] | (panels[:, 1::2] << np.uint8(4))).view(np.int8)
+
+
+def _nibble(byte, half) -> tirx.PrimExpr:
+    """The signed 4-bit number in nibble ``half`` (0 low, 1 high) of the int8 ``byte``: shifted to the top of an int32
+    and arithmetically back (two shifts; the shift counts are per weight, not per lane)."""
+    return (byte.astype("int32") << (28 - 4 * half).astype("int32")) >> tirx.const(28, "int32")
 
 
 @dataclass
 class Int8Weights:
-    """``value(holders)(n, kk)``: the int32 weight before its channel's scale (the last constant, float32 [N])."""
+    """``value(holders)(n, kk)``: the int32 weight before its channel's scale (the last constant, float32 [N]);
+    ``lanes`` consecutive channels (from a multiple of ``lanes``) of one ``kk`` are contiguous in the constants."""
 
     constants: list[np.ndarray]
     names: tuple[str, ...]
     value: Callable
+    lanes: int
+
+    @staticmethod
+    def packed(codes: np.ndarray, scales: np.ndarray, bits: int) -> "Int8Weights":
+        """Integer ``codes`` [N, K] of ``bits`` bits (two's complement) with per-channel ``scales`` [N]: a byte per
+        weight, or two per byte up to 4 bits."""
+        cols = matmul.COLS
+        if bits <= 4:
+            return Int8Weights([pack_nibbles(codes, cols), scales], ("nibbles", "scales"),
+                               lambda h: lambda n, kk: _nibble(h[0][n // cols, kk // 2, n % cols], kk % 2), cols)
+        return Int8Weights([pack(codes.astype(np.int8), cols), scales], ("codes", "scales"),
+                           lambda h: lambda n, kk: h[0][n // cols, kk, n % cols].astype("int32"), cols)
 
     @staticmethod
     def of(enc: Encoded) -> "Int8Weights":
         if enc.codec == "int8":
-            return Int8Weights([enc.arrays["codes"], enc.arrays["scales"]], ("codes", "scales"),
-                               lambda h: lambda n, kk: h[0][n, kk].astype("int32"))
+            return Int8Weights.packed(enc.arrays["codes"], enc.arrays["scales"], 8)
         pruned = int(enc.header["pruned_columns"])
 
         def bitwave_value(h):
@@ -56,7 +99,7 @@ class Int8Weights:
             return value
 
         return Int8Weights([enc.arrays["columns"], enc.arrays["meta"], enc.arrays["scales"]],
-                           ("columns", "meta", "scales"), bitwave_value)
+                           ("columns", "meta", "scales"), bitwave_value, bbs.LANES)
 
     def holders(self) -> list[te.Tensor]:
         return [te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(self.names, self.constants)]
@@ -70,18 +113,15 @@ class Int8Weights:
 def gemv(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
     """``f(x [m, K], *constants, out [m, N])``, ``out = x @ W.T``, for one row (any m is exact)."""
     holders = weights.holders()
-    weight = weights.weight(holders)
-    kp = -(-k // PACK_LANES) * PACK_LANES
+    value = weights.value(holders)
     x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
-    zero = tirx.const(0, "float32")
-    xpad = te.compute((x.shape[0], kp), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
-    row = te.compute((n, kp), lambda c, kk: te.if_then_else(kk < k, weight(c, kk), zero), name="decoded")
-    rk = te.reduce_axis((0, kp), "rk")
-    out = te.compute((x.shape[0], n), lambda m, c: te.sum(xpad[m, rk] * row[c, rk], axis=rk), name=BLOCK)
+    rk = te.reduce_axis((0, k), "rk")
+    dot = te.compute((x.shape[0], n), lambda m, c: te.sum(x[m, rk] * value(c, rk).astype("float32"), axis=rk),
+                     name=BLOCK)
+    out = te.compute(dot.shape, lambda m, c: dot[m, c] * holders[-1][c], name=SCALED)
     sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
     sch.work_on("main")
-    decode_once.schedule_llvm(sch, BLOCK)
-    sch.compute_inline(sch.get_sblock("decoded"))
+    matmul.schedule_matmul(sch, sch.get_sblock(BLOCK), rows=1, cols=weights.lanes)
     return sch.mod["main"]
 
 

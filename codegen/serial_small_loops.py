@@ -1,0 +1,145 @@
+"""Parallel loops over little work run serially.
+
+Each parallel loop is a parallel region: the calling thread wakes the pool's workers (asleep: the
+runtime does not let them spin, ``runtime/threads.py``) and waits for the last of them. A region
+whose work takes less than a few wake-ups is faster on the calling thread alone; a small model (the
+bundled cnn, a transformer at one token) is mostly such regions.
+
+The work of a loop nest is estimated on the lowered TIR, where vector loops are single statements and
+unrolled loops their copies: the operations of the statements it executes (loads, arithmetic, casts,
+selects: roughly its instructions; a weight decoded from bit planes costs many per vector, a dense
+FMA few), plus the 4-byte words of the buffers it touches (what it streams through the caches: a dense
+GEMV does one vector FMA per 16 weights but reads every weight from memory once). A loop whose work
+is a constant below ``SERIAL_WORK`` becomes serial; one whose work depends on a symbolic size (batch,
+sequence length) is kept twice, chosen at run time by its work, so one kernel runs serially at one
+token and in parallel at 128.
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm.sym
+import tvm_ffi
+from tvm import tirx
+import tvm.ir.prim.expr as P
+from tvm.ir.expr import Call, TensorLoad
+from tvm.tirx.buffer import BufferType
+from tvm.tirx import stmt as s
+
+# Work (operations + words touched) below which a parallel region costs more than it saves: waking the sleeping
+# pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for this
+# much work; measured there, the bundled cnn and the encoder at one token ran no faster with any smaller bound.
+SERIAL_WORK = 1 << 20
+
+# Expression nodes that cost an instruction or so (variables, constants and vector index ramps do not).
+OPERATIONS = (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ, P.NE, P.LT, P.LE, P.GT,
+              P.GE, P.And, P.Or, P.Not, P.BitwiseAnd, P.BitwiseOr, P.BitwiseXor, P.BitwiseNot, P.LShift, P.RShift,
+              P.Cast, P.Select, P.Shuffle, TensorLoad, Call)
+
+
+def work(stmt, bound: dict | None = None) -> tirx.PrimExpr:
+    """Operations ``stmt`` executes: loop extents times their bodies, sums over sequences, the larger branch.
+
+    Variables bound inside ``stmt`` (common subexpressions) are replaced by their values in ``bound``, so the result
+    can be evaluated outside it; a loop extent that depends on an enclosing loop's variable leaves that variable.
+    """
+    bound = {} if bound is None else bound
+    if isinstance(stmt, s.For):
+        return _int64(_substitute(stmt.extent, bound)) * work(stmt.body, bound)
+    if isinstance(stmt, s.SeqStmt):
+        total = tirx.IntImm("int64", 0)
+        for part in stmt.seq:
+            if isinstance(part, s.Bind):
+                bound[part.var] = _substitute(part.value, bound)
+            total = total + work(part, bound)
+        return total
+    if isinstance(stmt, s.IfThenElse):
+        then = work(stmt.then_case, bound)
+        return then if stmt.else_case is None else tirx.Max(then, work(stmt.else_case, bound))
+    if hasattr(stmt, "body"):  # attributes, a while loop (counted once)
+        return work(stmt.body, bound)
+    # A store or a call does work; a binding, a buffer declaration or an allocation names it.
+    if isinstance(stmt, s.BufferStore):
+        return tirx.IntImm("int64", 1 + operations(stmt.value))
+    return tirx.IntImm("int64", 1 if isinstance(stmt, s.Evaluate) else 0)
+
+
+def operations(expr) -> int:
+    """The :data:`OPERATIONS` nodes in ``expr``."""
+    count = [0]
+
+    def visit(node):
+        count[0] += 1
+        return node
+
+    tvm_ffi.structural_map(expr, [(OPERATIONS, visit)], order="post")
+    return count[0]
+
+
+def footprint(stmt) -> tirx.PrimExpr:
+    """4-byte words of the distinct buffers ``stmt`` loads from or stores to, those declared inside it (register
+    tiles, per-task scratch) left out."""
+    touched, local = {}, set()
+
+    def collect(node):
+        if isinstance(node, (s.AllocBuffer, s.DeclBuffer)):
+            local.add(node.buffer)
+            return node
+        buffer = node.buffer if isinstance(node, s.BufferStore) else node.source
+        if isinstance(buffer, tirx.Var) and isinstance(buffer.ty, BufferType):
+            touched[buffer] = buffer
+        return node
+
+    tvm_ffi.structural_map(stmt, [((s.BufferStore, TensorLoad, s.AllocBuffer, s.DeclBuffer), collect)], order="post")
+    total = tirx.IntImm("int64", 0)
+    for buffer in touched.values():
+        if buffer in local:
+            continue
+        bits = tirx.IntImm("int64", tvm.runtime.DataType(buffer.dtype).bits)
+        for extent in buffer.shape:
+            bits = bits * _int64(extent)
+        total = total + tirx.FloorDiv(bits, tirx.IntImm("int64", 32))
+    return total
+
+
+def _substitute(expr: tirx.PrimExpr, bound: dict) -> tirx.PrimExpr:
+    return tvm_ffi.structural_map(expr, (tirx.Var, lambda var: bound.get(var, var)), order="post") if bound else expr
+
+
+def _int64(expr: tirx.PrimExpr) -> tirx.PrimExpr:
+    return expr if str(expr.ty) == "int64" else expr.astype("int64")
+
+
+def _defined_inside(stmt) -> set:
+    """Variables that loops and bindings inside ``stmt`` define."""
+    found = set()
+
+    def collect(node):
+        if isinstance(node, s.For):
+            found.add(node.loop_var)
+        elif isinstance(node, s.Bind):
+            found.add(node.var)
+        return node
+
+    tvm_ffi.structural_map(stmt, [((s.For, s.Bind), collect)], order="post")
+    return found
+
+
+def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx.PrimFunc:
+    """``func`` with each parallel loop serial below ``threshold`` work (:func:`work` + :func:`footprint`)."""
+    analyzer = tvm.sym.Analyzer()
+
+    def rewrite(loop):
+        if not isinstance(loop, s.For) or loop.kind != s.ForKind.PARALLEL:
+            return loop
+        amount = analyzer.simplify(work(loop) + footprint(loop))
+        if set(tirx.analysis.undefined_vars(amount)) & _defined_inside(loop):  # not known before the loop starts
+            return loop
+        serial = s.For(loop.loop_var, loop.min, loop.extent, s.ForKind.SERIAL, loop.body, None, loop.annotations,
+                       loop.step)
+        if isinstance(amount, tirx.IntImm):
+            return serial if amount.value < threshold else loop
+        return s.IfThenElse(amount < threshold, serial, loop)
+
+    body = tvm_ffi.structural_map(func.body, [(s.For, rewrite)], order="post")
+    return func if body.same_as(func.body) else func.with_body(body)
