@@ -174,8 +174,8 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
     n, c, p, r, ky, kx = sch.get_loops(blocks.conv)
     c_o, c_i = sch.split(c, [None, ct])
     p_o, p_v, p_l = sch.split(p, [None, vectors, lanes])
-    sch.reorder(n, p_o, c_o, r, ky, kx, c_i, p_v, p_l)
-    _finish_tile(sch, blocks.conv, final, outer=[n, p_o, c_o], tile=[c_i, p_v], lanes=p_l, at=None, reduce_from=r)
+    sch.reorder(n, c_o, p_o, r, ky, kx, c_i, p_v, p_l)
+    _finish_tile(sch, blocks.conv, final, outer=[n, c_o, p_o], tile=[c_i, p_v], lanes=p_l, at=None, reduce_from=r)
 
 
 def _schedule_spatial(sch, blocks: ConvBlocks, final, co: int, oh: int, ow: int) -> None:
@@ -218,6 +218,8 @@ def copy_along_rows(sch: s_tir.Schedule, pad: s_tir.SBlockRV) -> None:
         sch.unroll(phase)
     else:  # no phases, or loops of one iteration (one phase or one row read per task) dropped by compute_at
         sch.vectorize(loops[-1])
+    for loop in sch.get_loops(pad):
+        sch.annotate(loop, "pragma_loop_partition_hint", 1)
 
 
 def _finish_tile(sch, conv, final, outer, tile, lanes, at, reduce_from) -> None:

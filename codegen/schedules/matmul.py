@@ -69,6 +69,7 @@ def schedule_matmul(
     """
     *batch, m, n, k = sch.get_loops(block)
     static = [isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (m, n)]
+    ragged_n = static[1] and int(sch.get(n).extent) % cols != 0
     if not static[1]:
         cols = min(cols, LANES)  # the tail tile of a symbolic n runs in scalars: keep it one vector wide
     mo, mi = sch.split(m, [None, rows])
@@ -96,7 +97,11 @@ def schedule_matmul(
     sch.vectorize(ni)
     sch.vectorize(sch.get_loops(tile)[-1])
     if batch or outer:
-        sch.parallel(sch.fuse(*batch, *outer))
+        tiles = sch.fuse(*batch, *outer)
+        sch.parallel(tiles)
+        if ragged_n:
+            # The last tile of a static n is predicated: peel it, so the full tiles run unpredicated.
+            sch.annotate(tiles, "pragma_loop_partition_hint", 1)
     init = sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(sch.get_loops(init)[-2])
