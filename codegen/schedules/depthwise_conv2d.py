@@ -13,7 +13,7 @@ from tvm.target import Target
 
 from .conv2d import ConvBlocks, column_stride, copy_along_rows, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of, split_column_phases
 
-ROWS = 4  # output rows per register tile
+ROWS = 8  # output rows per register tile (one vector each): with the taps unrolled, rows share their input loads
 
 
 def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
@@ -33,7 +33,8 @@ def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     inner = sch.get_loops(final)[-1]
     _, vec = sch.split(inner, [None, lanes_for(int(sch.get(inner).extent))])
     sch.vectorize(vec)
-    sch.unroll(y_i)
+    for loop in (ky, kx, y_i):
+        sch.unroll(loop)
     sch.vectorize(x_l)
     sch.decompose_reduction(blocks.conv, r)
     if blocks.pad is not None:
