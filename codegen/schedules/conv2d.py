@@ -163,7 +163,9 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
         sch.compute_inline(crop)
         sch.set_scope(blocks.conv, 0, "local")
         n, c, p = sch.get_loops(padded_input)
-        sch.parallel(sch.fuse(n, c))
+        # Images in parallel, channels serial: at batch 1 the copy (ci x a padded plane of a late, small layer) costs
+        # less on one thread than splitting it over workers that must all be woken and waited for.
+        sch.parallel(n)
         sch.vectorize(p)
         pixels = -(-pixels // multiple) * multiple
     elif blocks.pad is not None:
