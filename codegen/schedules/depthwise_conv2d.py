@@ -1,7 +1,9 @@
 """Schedule rule for depthwise NCHW conv2d (groups == channels) with its fused epilogue.
 
-Each (image, channel) plane is one parallel task: its padded input plane is built in a small
-per-task buffer (no padded copy of the whole tensor), then a tile of output rows x a vector along
+Each (image, channel) plane is one parallel task. Per band of output rows, the padded input rows
+the band reads are copied into a small buffer (no padded copy of the whole tensor; the copy of
+one band's rows and the taps of the previous band interleave, so reading the input from memory
+overlaps the arithmetic instead of preceding it), then a tile of output rows x a vector along
 the output row accumulates the kh x kw taps, and the epilogue is applied to the tile.
 """
 
@@ -38,7 +40,7 @@ def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     sch.vectorize(x_l)
     sch.decompose_reduction(blocks.conv, r)
     if blocks.pad is not None:
-        sch.compute_at(blocks.pad, plane)
+        sch.compute_at(blocks.pad, y_o)
         copy_along_rows(sch, blocks.pad)
 
 
