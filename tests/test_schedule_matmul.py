@@ -68,6 +68,11 @@ def test_packed_dense_gemm():
             np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)
 
 
+def test_int64_matmul_of_a_ragged_width_and_symbolic_rows(check_rule):
+    """As Relax legalizes a classifier (1000 classes) over a batch of rows: int64 indices, n not a multiple of the tile."""
+    check_rule(matmul.Matmul(), batched((te.var("s", "int64"), 96), (96, 1000)), [{"s": 1}, {"s": 9}])
+
+
 def test_full_tiles_of_a_ragged_width_are_vectorized():
     """70 columns: two full 32-wide tiles and a predicated tail; the full tiles compute whole vectors (the tail is
     peeled off), where a predicate over every tile would leave the whole GEMV in scalars."""

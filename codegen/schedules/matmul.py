@@ -69,7 +69,10 @@ def schedule_matmul(
     """
     *batch, m, n, k = sch.get_loops(block)
     static = [isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (m, n)]
-    ragged_n = static[1] and int(sch.get(n).extent) % cols != 0
+    # A static n that is not a multiple of the tile has its last tile peeled (below). Not with int64 indices and a
+    # symbolic m: TVM's loop partitioning then mixes int32 and int64 indices and the build fails.
+    peel_n = (static[1] and int(sch.get(n).extent) % cols != 0
+              and (static[0] or str(sch.get(n).loop_var.ty) == "int32"))
     if not static[1]:
         cols = min(cols, LANES)  # the tail tile of a symbolic n runs in scalars: keep it one vector wide
     mo, mi = sch.split(m, [None, rows])
@@ -99,8 +102,7 @@ def schedule_matmul(
     if batch or outer:
         tiles = sch.fuse(*batch, *outer)
         sch.parallel(tiles)
-        if ragged_n:
-            # The last tile of a static n is predicated: peel it, so the full tiles run unpredicated.
+        if peel_n:  # the full tiles then run unpredicated (a predicate on the lanes would scalarize them)
             sch.annotate(tiles, "pragma_loop_partition_hint", 1)
     init = sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(init)[-1])
