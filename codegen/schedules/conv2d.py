@@ -7,7 +7,10 @@ block computed per register tile, so every output is written once, straight from
 
 1x1 stride-1 convs are a GEMM W[co, ci] x X[ci, h*w] with the pixel axis contiguous: the
 accumulator is indexed by the flat pixel, tiles are output channels x pixel vectors, ci is the
-innermost reduction. Other convs tile output channels x vectors along the output row. Vector
+innermost reduction. The pixels run in chunks whose input (every channel) stays in L2: every
+channel tile of a chunk, then the next chunk, so the input is read from memory once (channel
+tiles outermost re-read all of it per tile; pixels outermost scatter each task's writes over
+every output channel). Other convs tile output channels x vectors along the output row. Vector
 widths are divisors of the row (or plane), so no tile needs a predicate (which would make TVM
 scalarize the loop); LLVM legalizes widths that are not a power of two.
 
@@ -26,6 +29,7 @@ from tvm.target import Target
 MAX_LANES = 16  # one AVX-512 register of float32
 ACCUMULATORS = 24  # register tile size (of 32 vector registers; the rest hold inputs)
 BANDS = 8  # row bands per image, the parallel tasks of a spatial conv
+CHUNK_BYTES = 256 * 1024  # the input pixels a pointwise conv's chunk reads (every channel): kept in L2 across channel tiles
 UNROLLED_TAPS = 32  # a conv reducing over at most this many (ci, ky, kx) taps has its reduction fully unrolled
 
 
@@ -115,7 +119,7 @@ def schedule_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     kh, kw = (int(sch.get(l).extent) for l in sch.get_loops(blocks.conv)[5:7])
     final = fold_epilogue(sch, blocks)
     if kh == kw == 1 and (h_in, w_in) == (oh, ow):
-        _schedule_pointwise(sch, blocks, final, co, oh * ow, ow)
+        _schedule_pointwise(sch, blocks, final, ci_in, co, oh * ow, ow)
     else:
         _schedule_spatial(sch, blocks, final, co, oh, ow)
 
@@ -144,7 +148,7 @@ def _channel_tile(co: int, vectors: int) -> int:
     return largest_divisor(co, max(1, ACCUMULATORS // vectors))
 
 
-def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow: int) -> None:
+def _schedule_pointwise(sch, blocks: ConvBlocks, final, ci: int, co: int, pixels: int, ow: int) -> None:
     # Index the accumulator and both loop nests by the flat pixel p = y * ow + x.
     sch.transform_layout(blocks.conv, ("write", 0), lambda n, c, y, x: (n, c, y * ow + x))
     sch.transform_block_layout(blocks.conv, lambda n, c, y, x, r, ky, kx: (n, c, y * ow + x, r, ky, kx))
@@ -175,9 +179,11 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
     ct = _channel_tile(co, vectors)
     n, c, p, r, ky, kx = sch.get_loops(blocks.conv)
     c_o, c_i = sch.split(c, [None, ct])
-    p_o, p_v, p_l = sch.split(p, [None, vectors, lanes])
-    sch.reorder(n, c_o, p_o, r, ky, kx, c_i, p_v, p_l)
-    _finish_tile(sch, blocks.conv, final, outer=[n, c_o, p_o], tile=[c_i, p_v], lanes=p_l, at=None, reduce_from=r)
+    tiles = pixels // (vectors * lanes)
+    chunk = largest_divisor(tiles, max(1, CHUNK_BYTES // (ci * vectors * lanes * 4)))
+    p_c, p_o, p_v, p_l = sch.split(p, [None, chunk, vectors, lanes])
+    sch.reorder(n, p_c, c_o, p_o, r, ky, kx, c_i, p_v, p_l)
+    _finish_tile(sch, blocks.conv, final, outer=[n, p_c, c_o, p_o], tile=[c_i, p_v], lanes=p_l, at=None, reduce_from=r)
 
 
 def _schedule_spatial(sch, blocks: ConvBlocks, final, co: int, oh: int, ow: int) -> None:
