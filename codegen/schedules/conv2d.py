@@ -232,14 +232,18 @@ def copy_along_rows(sch: s_tir.Schedule, pad: s_tir.SBlockRV) -> None:
 
 def _finish_tile(sch, conv, final, outer, tile, lanes, at, reduce_from) -> None:
     """Parallelize ``outer``, compute the epilogue per tile (under ``at``, or the fused outer loop), unroll the
-    register tile and vectorize its lanes."""
+    register tile and its epilogue (a loop left over the tile would index the accumulators at run time, keeping
+    them in memory) and vectorize its lanes."""
     fused = sch.fuse(*outer)
     sch.parallel(fused)
-    sch.reverse_compute_at(final, fused if at is None else at)
-    inner = sch.get_loops(final)[-1]
+    at = fused if at is None else at
+    sch.reverse_compute_at(final, at)
+    loops = sch.get_loops(final)
+    depth = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(at))) + 1
+    *epilogue, inner = loops[depth:]
     _, vec = sch.split(inner, [None, lanes_for(int(sch.get(inner).extent))])
     sch.vectorize(vec)
-    for loop in tile:
+    for loop in (*tile, *epilogue):
         sch.unroll(loop)
     sch.vectorize(lanes)
     sch.decompose_reduction(conv, reduce_from)

@@ -32,10 +32,10 @@ def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     plane = sch.fuse(n, c)
     sch.parallel(plane)
     sch.reverse_compute_at(final, x_o)
-    inner = sch.get_loops(final)[-1]
+    *rows_out, inner = sch.get_loops(final)[-2:]
     _, vec = sch.split(inner, [None, lanes_for(int(sch.get(inner).extent))])
     sch.vectorize(vec)
-    for loop in (ky, kx, y_i):
+    for loop in (ky, kx, y_i, *rows_out):  # the epilogue unrolled too: the accumulators stay in registers
         sch.unroll(loop)
     sch.vectorize(x_l)
     sch.decompose_reduction(blocks.conv, r)
