@@ -53,21 +53,24 @@ def _is_elementwise(block: tirx.SBlock) -> bool:
 
 
 def match_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> ConvBlocks | None:
-    """The fused conv around ``conv``: its padding producer and its elementwise consumer chain."""
+    """The fused conv around ``conv``: its padding producer and the elementwise blocks after it.
+
+    The epilogue is every block after the conv in program order, a DAG rather than a chain: the NaN-keeping
+    ReLU (``x <= 0 ? 0 : x``, see ``passes/nan_semantics.py``) reads its input twice. Only its last block may
+    have no consumer (it writes the output).
+    """
     if not _is_conv_block(sch.get(conv)):
         return None
     producers = [p for p in sch.get_producers(conv) if _is_elementwise(sch.get(p))
                  and len(sch.get(p).writes) == 1 and sch.get(p).writes[0].source.same_as(sch.get(conv).reads[0].source)]
     pad = producers[0] if producers else None
-    epilogue, block = [], conv
-    while True:
-        consumers = sch.get_consumers(block)
-        if not consumers:
-            break
-        if len(consumers) != 1 or not _is_elementwise(sch.get(consumers[0])) or len(sch.get(consumers[0]).iter_vars) != 4:
-            return None
-        block = consumers[0]
-        epilogue.append(block)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    position = next(i for i, b in enumerate(blocks) if sch.get(b).same_as(sch.get(conv)))
+    epilogue = blocks[position + 1:]
+    if any(not _is_elementwise(sch.get(b)) or len(sch.get(b).iter_vars) != 4 for b in epilogue):
+        return None
+    if any(not sch.get_consumers(b) for b in [conv, *epilogue[:-1]]):
+        return None
     return ConvBlocks(pad, conv, epilogue)
 
 
