@@ -3,8 +3,9 @@
 Each (image, channel) plane is one parallel task. Per band of output rows, the padded input rows
 the band reads are copied into a small buffer (no padded copy of the whole tensor; the copy of
 one band's rows and the taps of the previous band interleave, so reading the input from memory
-overlaps the arithmetic instead of preceding it), then a tile of output rows x a vector along
-the output row accumulates the kh x kw taps, and the epilogue is applied to the tile.
+overlaps the arithmetic instead of preceding it; a small plane is copied whole, as its bands would
+re-copy a large share of their rows), then a tile of output rows x a vector along the output row
+accumulates the kh x kw taps, and the epilogue is applied to the tile.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from tvm.target import Target
 from .conv2d import ConvBlocks, column_stride, copy_along_rows, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of, split_column_phases
 
 ROWS = 8  # output rows per register tile (one vector each): with the taps unrolled, rows share their input loads
+SMALL_ROWS = 4  # the same on planes below BANDED_PIXELS (vectors of 14 or 7 lanes there: measured faster)
+BANDED_PIXELS = 2048  # output planes of at least this many pixels copy their padded input per band of rows
 
 
 def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
@@ -24,7 +27,8 @@ def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     split_column_phases(sch, blocks.pad, column_stride(sch, blocks))
     final = fold_epilogue(sch, blocks)
     lanes = lanes_for(ow)
-    rows = largest_divisor(oh, ROWS)
+    banded = oh * ow >= BANDED_PIXELS
+    rows = largest_divisor(oh, ROWS if banded else SMALL_ROWS)
     n, c, y, x, r, ky, kx = sch.get_loops(blocks.conv)
     y_o, y_i = sch.split(y, [None, rows])
     x_o, x_l = sch.split(x, [None, lanes])
@@ -40,7 +44,7 @@ def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     sch.vectorize(x_l)
     sch.decompose_reduction(blocks.conv, r)
     if blocks.pad is not None:
-        sch.compute_at(blocks.pad, y_o)
+        sch.compute_at(blocks.pad, y_o if banded else plane)  # a band of a small plane re-copies too many rows
         copy_along_rows(sch, blocks.pad)
 
 
