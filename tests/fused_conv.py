@@ -8,7 +8,8 @@ from bie_compiler.codegen.target import make_target
 
 
 def fused_conv(batch, cin, height, width, cout, kernel, stride=1, groups=1, epilogue="relu6"):
-    """conv2d (weight a function argument, 'same' padding) + bias, then relu6 (clip), relu, a residual add or nothing."""
+    """conv2d (weight a function argument, 'same' padding) + bias, then relu6 (clip), relu, the NaN-keeping relu
+    (nanrelu), a residual add or nothing."""
     bb = relax.BlockBuilder()
     n = tirx.Var("batch", "int64")  # symbolic, as in the compiled models
     x = relax.Var("x", relax.TensorType([n, cin, height, width], "float32"))
@@ -25,6 +26,9 @@ def fused_conv(batch, cin, height, width, cout, kernel, stride=1, groups=1, epil
                 y = bb.emit(relax.op.maximum(relax.op.minimum(y, relax.const(6.0)), relax.const(0.0)))
             elif epilogue == "relu":
                 y = bb.emit(relax.op.nn.relu(y))
+            elif epilogue == "nanrelu":  # PropagateNaN's ReLU: its input read twice, an epilogue DAG
+                zero = relax.const(0.0)
+                y = bb.emit(relax.op.where(relax.op.less_equal(y, zero), zero, y))
             elif epilogue == "residual":
                 y = bb.emit(relax.op.add(params[-1], y))
             out = bb.emit_output(y)

@@ -68,12 +68,14 @@ def oihw(matrix, shape):
     return np.ascontiguousarray(matrix.reshape(o, kh, kw, i).transpose(0, 3, 1, 2))
 
 
+# kh != kw: the layout's index order shows; 1x1 with K a multiple of 16 and of 8 only: decoded by output channel
+@pytest.mark.parametrize("shape", [(12, 5, 3, 2), (12, 32, 1, 1), (10, 24, 1, 1)], ids=str)
 @pytest.mark.parametrize("codec,options", CASES, ids=IDS)
-def test_conv_decoder_is_bit_exact(codec, options, target):
-    shape = (12, 5, 3, 2)  # kh != kw: the layout's index order shows
-    enc = encode(codec, options, weights((12, 5 * 3 * 2), 7))
+def test_conv_decoder_is_bit_exact(codec, options, shape, target):
+    o, i, kh, kw = shape
+    enc = encode(codec, options, weights((o, i * kh * kw), 7))
     call = kernel_for(enc, target, ConvSpec((1, 1), (0, 0, 0, 0), (1, 1), shape))
-    got = run_decoder(call, target, np.zeros((1, 5, 4, 4), np.float32), shape)
+    got = run_decoder(call, target, np.zeros((1, i, 4, 4), np.float32), shape)
     np.testing.assert_array_equal(got, oihw(CODECS[codec].decode(enc), shape))
 
 

@@ -17,6 +17,8 @@ CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
     (1, 8, 11, 15, 12, 3, 1, 1, "relu6"),  # 3x3 stride 1, odd sizes
     (1, 16, 14, 14, 32, 3, 1, 4, "relu6"),  # grouped
     (3, 12, 10, 10, 18, 1, 2, 1, "none"),  # 1x1 stride 2 (not a GEMM over the plane)
+    (1, 16, 32, 32, 32, 3, 2, 1, "nanrelu"),  # the NaN-keeping relu: an epilogue DAG (the bundled cnn's conv2)
+    (3, 32, 16, 16, 32, 1, 1, 1, "nanrelu"),  # the same after a pointwise conv
 ]
 
 

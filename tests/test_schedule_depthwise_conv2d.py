@@ -15,6 +15,9 @@ CASES = [  # batch, channels, h, w, kernel, stride, epilogue
     (1, 20, 9, 13, 3, 1, "none"),  # odd sizes, channels not a multiple of 16
     (3, 12, 15, 15, 3, 2, "residual"),  # stride 2 with an odd padded width
     (1, 8, 7, 7, 5, 1, "relu"),  # 5x5
+    (2, 16, 12, 12, 3, 1, "nanrelu"),  # the NaN-keeping relu: an epilogue DAG
+    (1, 4, 48, 48, 3, 1, "relu6"),  # a plane large enough to be copied per band of rows
+    (2, 4, 94, 94, 3, 2, "residual"),  # the same, stride 2 (column phases per band)
 ]
 
 

@@ -68,6 +68,18 @@ def test_packed_dense_gemm():
             np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)
 
 
+def test_int64_matmul_of_a_ragged_width_and_symbolic_rows(check_rule):
+    """As Relax legalizes a classifier (1000 classes) over a batch of rows: int64 indices, n not a multiple of the tile."""
+    check_rule(matmul.Matmul(), batched((te.var("s", "int64"), 96), (96, 1000)), [{"s": 1}, {"s": 9}])
+
+
+def test_full_tiles_of_a_ragged_width_are_vectorized():
+    """70 columns: two full 32-wide tiles and a predicated tail; the full tiles compute whole vectors (the tail is
+    peeled off), where a predicate over every tile would leave the whole GEMV in scalars."""
+    lib = tvm.compile(tvm.IRModule({"main": dense.gemm(70, 48, rows=1).with_attr("global_symbol", "main")}), make_target())
+    assert f"<{matmul.COLS} x float>" in lib.mod.inspect_source("ll")
+
+
 def test_declines_what_is_not_a_matmul():
     x = te.placeholder((te.var("s", "int64"), 64), "float32", "x")
     assert matmul.Matmul().apply(te.create_prim_func([x, topi.sum(x, axis=1)]), make_target(), False) is None

@@ -84,8 +84,8 @@ def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int) -
     to read them contiguously; where the output runs otherwise (a matmul's
     [K, N], a conv's in-channels outside its kh x kw) a tile is decoded along K
     into a buffer laid out along K (contiguous vector stores; a scatter across it
-    was slower), then written out along the output's rows, gathering from it. Where both agree (1x1 and depthwise convs), the
-    output is one flat loop of vectors in parallel.
+    was slower), then written out along the output's rows, gathering from it. Where both agree: 1x1 convs by
+    output channel, K in vectors; depthwise convs (K = kh x kw, short) one flat loop of vectors in parallel.
     """
     x = activation(x_ndim)
     out = te.compute(layout.shape, lambda *index: weight(*layout.source(*index)), name="decoded")
@@ -96,6 +96,8 @@ def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int) -
         _transposed(sch, block)
     elif layout.shape[1] > 1 and layout.shape[2] * layout.shape[3] > 1:
         _per_channel(sch, block)
+    elif _lanes(layout.size // layout.shape[0]) >= 8:  # 1x1: rows of K in vectors, output channels in parallel
+        _along_rows(sch, block)
     else:
         fused = sch.fuse(*sch.get_loops(block))
         lanes = _lanes(layout.size)
@@ -121,6 +123,18 @@ def _transposed(sch: s_tir.Schedule, block) -> None:
     if extents[1] % PACK_LANES == 0:
         sch.vectorize(sch.get_loops(write)[-1])  # the tile's columns
     sch.parallel(sch.fuse(n_outer, k_outer))
+
+
+def _along_rows(sch: s_tir.Schedule, block) -> None:
+    """OIHW of a 1x1 conv: per output channel (what a codec's row-level data, a scale or a sensitive-row flag, is
+    read once for), its K weights in vectors; channels in parallel. A flat loop over every weight would recompute
+    the channel from the flat index by a division per vector and reload its row-level data."""
+    o, *k = sch.get_loops(block)
+    row = sch.fuse(*k)
+    lanes = _lanes(int(sch.get(row).extent))
+    outer, inner = sch.split(row, [None, lanes])
+    sch.vectorize(inner)
+    sch.parallel(o)
 
 
 def _per_channel(sch: s_tir.Schedule, block) -> None:

@@ -7,7 +7,10 @@ block computed per register tile, so every output is written once, straight from
 
 1x1 stride-1 convs are a GEMM W[co, ci] x X[ci, h*w] with the pixel axis contiguous: the
 accumulator is indexed by the flat pixel, tiles are output channels x pixel vectors, ci is the
-innermost reduction. Other convs tile output channels x vectors along the output row. Vector
+innermost reduction. The pixels run in chunks whose input (every channel) stays in L2: every
+channel tile of a chunk, then the next chunk, so the input is read from memory once (channel
+tiles outermost re-read all of it per tile; pixels outermost scatter each task's writes over
+every output channel). Other convs tile output channels x vectors along the output row. Vector
 widths are divisors of the row (or plane), so no tile needs a predicate (which would make TVM
 scalarize the loop); LLVM legalizes widths that are not a power of two.
 
@@ -26,6 +29,7 @@ from tvm.target import Target
 MAX_LANES = 16  # one AVX-512 register of float32
 ACCUMULATORS = 24  # register tile size (of 32 vector registers; the rest hold inputs)
 BANDS = 8  # row bands per image, the parallel tasks of a spatial conv
+CHUNK_BYTES = 256 * 1024  # the input pixels a pointwise conv's chunk reads (every channel): kept in L2 across channel tiles
 UNROLLED_TAPS = 32  # a conv reducing over at most this many (ci, ky, kx) taps has its reduction fully unrolled
 
 
@@ -49,21 +53,24 @@ def _is_elementwise(block: tirx.SBlock) -> bool:
 
 
 def match_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> ConvBlocks | None:
-    """The fused conv around ``conv``: its padding producer and its elementwise consumer chain."""
+    """The fused conv around ``conv``: its padding producer and the elementwise blocks after it.
+
+    The epilogue is every block after the conv in program order, a DAG rather than a chain: the NaN-keeping
+    ReLU (``x <= 0 ? 0 : x``, see ``passes/nan_semantics.py``) reads its input twice. Only its last block may
+    have no consumer (it writes the output).
+    """
     if not _is_conv_block(sch.get(conv)):
         return None
     producers = [p for p in sch.get_producers(conv) if _is_elementwise(sch.get(p))
                  and len(sch.get(p).writes) == 1 and sch.get(p).writes[0].source.same_as(sch.get(conv).reads[0].source)]
     pad = producers[0] if producers else None
-    epilogue, block = [], conv
-    while True:
-        consumers = sch.get_consumers(block)
-        if not consumers:
-            break
-        if len(consumers) != 1 or not _is_elementwise(sch.get(consumers[0])) or len(sch.get(consumers[0]).iter_vars) != 4:
-            return None
-        block = consumers[0]
-        epilogue.append(block)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    position = next(i for i, b in enumerate(blocks) if sch.get(b).same_as(sch.get(conv)))
+    epilogue = blocks[position + 1:]
+    if any(not _is_elementwise(sch.get(b)) or len(sch.get(b).iter_vars) != 4 for b in epilogue):
+        return None
+    if any(not sch.get_consumers(b) for b in [conv, *epilogue[:-1]]):
+        return None
     return ConvBlocks(pad, conv, epilogue)
 
 
@@ -115,7 +122,7 @@ def schedule_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     kh, kw = (int(sch.get(l).extent) for l in sch.get_loops(blocks.conv)[5:7])
     final = fold_epilogue(sch, blocks)
     if kh == kw == 1 and (h_in, w_in) == (oh, ow):
-        _schedule_pointwise(sch, blocks, final, co, oh * ow, ow)
+        _schedule_pointwise(sch, blocks, final, ci_in, co, oh * ow, ow)
     else:
         _schedule_spatial(sch, blocks, final, co, oh, ow)
 
@@ -144,7 +151,7 @@ def _channel_tile(co: int, vectors: int) -> int:
     return largest_divisor(co, max(1, ACCUMULATORS // vectors))
 
 
-def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow: int) -> None:
+def _schedule_pointwise(sch, blocks: ConvBlocks, final, ci: int, co: int, pixels: int, ow: int) -> None:
     # Index the accumulator and both loop nests by the flat pixel p = y * ow + x.
     sch.transform_layout(blocks.conv, ("write", 0), lambda n, c, y, x: (n, c, y * ow + x))
     sch.transform_block_layout(blocks.conv, lambda n, c, y, x, r, ky, kx: (n, c, y * ow + x, r, ky, kx))
@@ -163,7 +170,9 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
         sch.compute_inline(crop)
         sch.set_scope(blocks.conv, 0, "local")
         n, c, p = sch.get_loops(padded_input)
-        sch.parallel(sch.fuse(n, c))
+        # Images in parallel, channels serial: at batch 1 the copy (ci x a padded plane of a late, small layer) costs
+        # less on one thread than splitting it over workers that must all be woken and waited for.
+        sch.parallel(n)
         sch.vectorize(p)
         pixels = -(-pixels // multiple) * multiple
     elif blocks.pad is not None:
@@ -173,9 +182,11 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, co: int, pixels: int, ow
     ct = _channel_tile(co, vectors)
     n, c, p, r, ky, kx = sch.get_loops(blocks.conv)
     c_o, c_i = sch.split(c, [None, ct])
-    p_o, p_v, p_l = sch.split(p, [None, vectors, lanes])
-    sch.reorder(n, p_o, c_o, r, ky, kx, c_i, p_v, p_l)
-    _finish_tile(sch, blocks.conv, final, outer=[n, p_o, c_o], tile=[c_i, p_v], lanes=p_l, at=None, reduce_from=r)
+    tiles = pixels // (vectors * lanes)
+    chunk = largest_divisor(tiles, max(1, CHUNK_BYTES // (ci * vectors * lanes * 4)))
+    p_c, p_o, p_v, p_l = sch.split(p, [None, chunk, vectors, lanes])
+    sch.reorder(n, p_c, c_o, p_o, r, ky, kx, c_i, p_v, p_l)
+    _finish_tile(sch, blocks.conv, final, outer=[n, p_c, c_o, p_o], tile=[c_i, p_v], lanes=p_l, at=None, reduce_from=r)
 
 
 def _schedule_spatial(sch, blocks: ConvBlocks, final, co: int, oh: int, ow: int) -> None:
@@ -218,18 +229,24 @@ def copy_along_rows(sch: s_tir.Schedule, pad: s_tir.SBlockRV) -> None:
         sch.unroll(phase)
     else:  # no phases, or loops of one iteration (one phase or one row read per task) dropped by compute_at
         sch.vectorize(loops[-1])
+    for loop in sch.get_loops(pad):
+        sch.annotate(loop, "pragma_loop_partition_hint", 1)
 
 
 def _finish_tile(sch, conv, final, outer, tile, lanes, at, reduce_from) -> None:
     """Parallelize ``outer``, compute the epilogue per tile (under ``at``, or the fused outer loop), unroll the
-    register tile and vectorize its lanes."""
+    register tile and its epilogue (a loop left over the tile would index the accumulators at run time, keeping
+    them in memory) and vectorize its lanes."""
     fused = sch.fuse(*outer)
     sch.parallel(fused)
-    sch.reverse_compute_at(final, fused if at is None else at)
-    inner = sch.get_loops(final)[-1]
+    at = fused if at is None else at
+    sch.reverse_compute_at(final, at)
+    loops = sch.get_loops(final)
+    depth = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(at))) + 1
+    *epilogue, inner = loops[depth:]
     _, vec = sch.split(inner, [None, lanes_for(int(sch.get(inner).extent))])
     sch.vectorize(vec)
-    for loop in tile:
+    for loop in (*tile, *epilogue):
         sch.unroll(loop)
     sch.vectorize(lanes)
     sch.decompose_reduction(conv, reduce_from)

@@ -1,8 +1,11 @@
 """Schedule rule for depthwise NCHW conv2d (groups == channels) with its fused epilogue.
 
-Each (image, channel) plane is one parallel task: its padded input plane is built in a small
-per-task buffer (no padded copy of the whole tensor), then a tile of output rows x a vector along
-the output row accumulates the kh x kw taps, and the epilogue is applied to the tile.
+Each (image, channel) plane is one parallel task. Per band of output rows, the padded input rows
+the band reads are copied into a small buffer (no padded copy of the whole tensor; the copy of
+one band's rows and the taps of the previous band interleave, so reading the input from memory
+overlaps the arithmetic instead of preceding it; a small plane is copied whole, as its bands would
+re-copy a large share of their rows), then a tile of output rows x a vector along the output row
+accumulates the kh x kw taps, and the epilogue is applied to the tile.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from tvm.target import Target
 
 from .conv2d import ConvBlocks, column_stride, copy_along_rows, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of, split_column_phases
 
-ROWS = 4  # output rows per register tile
+ROWS = 8  # output rows per register tile (one vector each): with the taps unrolled, rows share their input loads
+SMALL_ROWS = 4  # the same on planes below BANDED_PIXELS (vectors of 14 or 7 lanes there: measured faster)
+BANDED_PIXELS = 2048  # output planes of at least this many pixels copy their padded input per band of rows
 
 
 def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
@@ -22,7 +27,8 @@ def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     split_column_phases(sch, blocks.pad, column_stride(sch, blocks))
     final = fold_epilogue(sch, blocks)
     lanes = lanes_for(ow)
-    rows = largest_divisor(oh, ROWS)
+    banded = oh * ow >= BANDED_PIXELS
+    rows = largest_divisor(oh, ROWS if banded else SMALL_ROWS)
     n, c, y, x, r, ky, kx = sch.get_loops(blocks.conv)
     y_o, y_i = sch.split(y, [None, rows])
     x_o, x_l = sch.split(x, [None, lanes])
@@ -30,14 +36,15 @@ def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     plane = sch.fuse(n, c)
     sch.parallel(plane)
     sch.reverse_compute_at(final, x_o)
-    inner = sch.get_loops(final)[-1]
+    *rows_out, inner = sch.get_loops(final)[-2:]
     _, vec = sch.split(inner, [None, lanes_for(int(sch.get(inner).extent))])
     sch.vectorize(vec)
-    sch.unroll(y_i)
+    for loop in (ky, kx, y_i, *rows_out):  # the epilogue unrolled too: the accumulators stay in registers
+        sch.unroll(loop)
     sch.vectorize(x_l)
     sch.decompose_reduction(blocks.conv, r)
     if blocks.pad is not None:
-        sch.compute_at(blocks.pad, plane)
+        sch.compute_at(blocks.pad, y_o if banded else plane)  # a band of a small plane re-copies too many rows
         copy_along_rows(sch, blocks.pad)
 
 

@@ -69,6 +69,10 @@ def schedule_matmul(
     """
     *batch, m, n, k = sch.get_loops(block)
     static = [isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (m, n)]
+    # A static n that is not a multiple of the tile has its last tile peeled (below). Not with int64 indices and a
+    # symbolic m: TVM's loop partitioning then mixes int32 and int64 indices and the build fails.
+    peel_n = (static[1] and int(sch.get(n).extent) % cols != 0
+              and (static[0] or str(sch.get(n).loop_var.ty) == "int32"))
     if not static[1]:
         cols = min(cols, LANES)  # the tail tile of a symbolic n runs in scalars: keep it one vector wide
     mo, mi = sch.split(m, [None, rows])
@@ -96,7 +100,10 @@ def schedule_matmul(
     sch.vectorize(ni)
     sch.vectorize(sch.get_loops(tile)[-1])
     if batch or outer:
-        sch.parallel(sch.fuse(*batch, *outer))
+        tiles = sch.fuse(*batch, *outer)
+        sch.parallel(tiles)
+        if peel_n:  # the full tiles then run unpredicated (a predicate on the lanes would scalarize them)
+            sch.annotate(tiles, "pragma_loop_partition_hint", 1)
     init = sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(sch.get_loops(init)[-2])
