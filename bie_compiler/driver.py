@@ -29,7 +29,8 @@ from .codegen.dedup import deduplicate_prim_funcs
 from .codegen.target import describe, make_target
 from .errors import BieWarning, OptionError
 from .frontend import ImportedModel, file_sha256, import_model
-from .passes import EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding, plan_offload
+from .passes import (EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding,
+                     plan_offload)
 from .progress import Reporter, print_progress
 from .report import totals
 from .runtime.artefact import DEVICE_SOURCE, output_folder, write_artefact

@@ -76,21 +76,33 @@ def mark_single_argument_noalias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
-def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+def fusion() -> tvm.transform.Pass:
     """Fast math, legalize, fold constants, fuse: the PrimFuncs the rules schedule."""
-    with target:
-        return relax.get_pipeline("zero")(fast_math(mod))
+    return tvm.transform.Sequential([fast_math, relax.get_pipeline("zero")], name="BieLlvmFusion")
+
+
+def schedule() -> tvm.transform.Pass:
+    """:func:`fusion`, then every PrimFunc scheduled (``RULES``, then the rewrite); kernels identical for
+    several layers kept once."""
+    passes = [fusion(), dl.ApplyDefaultSchedule(*RULES), parallelize_rest, deduplicate_prim_funcs]
+    return tvm.transform.Sequential(passes, name="BieLlvmSchedule")
+
+
+def lower() -> tvm.transform.Pass:
+    """TVM's lowering for the VM, then the noalias marking the LLVM code generator needs."""
+    return tvm.transform.Sequential([relax.get_pipeline("default"), mark_single_argument_noalias],
+                                    name="BieLlvmLowering")
 
 
 @relax.register_pipeline("bie_llvm")
 def pipeline() -> tvm.transform.Pass:
-    """The Relax pipeline of the LLVM build (``tvm.compile(mod, target, relax_pipeline="bie_llvm")`` on an
-    encoded module): fuse, schedule by ``RULES`` and the rewrite, deduplicate, lower for the VM."""
-    return tvm.transform.Sequential([
-        fast_math, relax.get_pipeline("zero"), dl.ApplyDefaultSchedule(*RULES), parallelize_rest,
-        deduplicate_prim_funcs, relax.get_pipeline("default"), mark_single_argument_noalias,
-    ], name="bie_llvm")
+    """The Relax pipeline of the LLVM build: ``tvm.compile(mod, target, relax_pipeline="bie_llvm")`` builds
+    an encoded module."""
+    return tvm.transform.Sequential([schedule(), lower()], name="bie_llvm")
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    return tvm.compile(mod, target, relax_pipeline="bie_llvm")
+    """The pipeline's two halves (the scheduled module is where the build may take things out of ``main``)."""
+    with target:
+        mod = schedule()(mod)
+    return tvm.compile(mod, target, relax_pipeline=lower())

@@ -36,7 +36,8 @@ class EncodingPlan:
 
 
 def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, target: tvm.target.Target,
-                  calibrations: Callable[[list[str]], dict] | None = None, report: Reporter = Reporter()) -> EncodingPlan:
+                  calibrations: Callable[[list[str]], dict] | None = None,
+                  report: Reporter = Reporter()) -> EncodingPlan:
     """The plan for ``mod`` whose weight constants are named by ``names``.
 
     ``calibrations(weight names) -> {name: codecs.feedback.Calibration}``: the layers' calibration
