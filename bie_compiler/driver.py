@@ -31,7 +31,8 @@ from .codegen.weights import Weights
 from .errors import BieWarning, OptionError
 from .dequantization import provenance
 from .frontend import ImportedModel, file_sha256, import_model
-from .passes import EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding, plan_offload
+from .passes import (EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding,
+                     plan_offload)
 from .progress import Reporter, print_progress
 from .report import node_labels, other_weights, totals
 from .runtime import weights_file

@@ -45,7 +45,8 @@ def print_progress(event: Event, stream=None) -> None:
     """An event as a line on stderr; per-layer steps as ``[i/N]`` with the time left, which on a terminal
     overwrite each other until the last."""
     stream = stream or sys.stderr
-    timing = f"{event.elapsed:.1f} s" + (f", ~{event.seconds_left:.0f} s left" if event.seconds_left is not None else "")
+    left = f", ~{event.seconds_left:.0f} s left" if event.seconds_left is not None else ""
+    timing = f"{event.elapsed:.1f} s{left}"
     counter = f"[{event.index}/{event.total}] " if event.index is not None else ""
     line = f"[bie-compiler] {counter}{event.message} ({timing})"
     if not stream.isatty():

@@ -100,41 +100,43 @@ def _tir_pipeline():
 tvm.tirx.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
 
 
-def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Fast math, legalize, fold constants, fuse: the PrimFuncs the rules schedule."""
-    with target:
-        return relax.get_pipeline("zero")(fast_math(mod))
-
-
 @tvm.transform.module_pass(opt_level=0, name="LinearEpilogues")
 def linear_epilogue_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """:func:`.schedules.linear_epilogue.linear_epilogues` as a pass: branching epilogues made chains."""
     return linear_epilogues(mod, SCHEDULED)
 
 
+def fusion() -> tvm.transform.Pass:
+    """Fast math, legalize, fold constants, fuse, branching epilogues made chains: the PrimFuncs the rules
+    schedule."""
+    return tvm.transform.Sequential([fast_math, relax.get_pipeline("zero"), linear_epilogue_pass],
+                                    name="BieLlvmFusion")
+
+
 def schedule() -> tvm.transform.Pass:
-    """Fuse, schedule by ``RULES`` and the rewrite, deduplicate: the PrimFuncs the LLVM build compiles."""
-    return tvm.transform.Sequential([
-        fast_math, relax.get_pipeline("zero"), linear_epilogue_pass, dl.ApplyDefaultSchedule(*RULES), parallelize_rest,
-        deduplicate_prim_funcs,
-    ], name="BieLlvmSchedule")
+    """:func:`fusion`, then every PrimFunc scheduled (``RULES``, then the rewrite); kernels identical for
+    several layers kept once."""
+    passes = [fusion(), dl.ApplyDefaultSchedule(*RULES), parallelize_rest, deduplicate_prim_funcs]
+    return tvm.transform.Sequential(passes, name="BieLlvmSchedule")
 
 
 def lower() -> tvm.transform.Pass:
-    """TVM's lowering for the VM, every kernel's pointers marked non-aliasing."""
-    return tvm.transform.Sequential([relax.get_pipeline("default"), mark_single_argument_noalias], name="BieLlvmLower")
+    """TVM's lowering for the VM, then the noalias marking the LLVM code generator needs."""
+    return tvm.transform.Sequential([relax.get_pipeline("default"), mark_single_argument_noalias],
+                                    name="BieLlvmLowering")
 
 
 @relax.register_pipeline("bie_llvm")
 def pipeline() -> tvm.transform.Pass:
-    """The Relax pipeline of the LLVM build (``tvm.compile(mod, target, relax_pipeline="bie_llvm")`` on an
-    encoded module, with ``tir_pipeline=TIR_PIPELINE``): :func:`schedule`, then :func:`lower`. Its constants
-    stay in the library; :func:`build` moves them out to the artefact's weights file."""
+    """The Relax pipeline of the LLVM build (``tvm.compile(mod, target, relax_pipeline="bie_llvm",
+    tir_pipeline=TIR_PIPELINE)`` builds an encoded module): :func:`schedule`, then :func:`lower`. Its
+    constants stay in the library; :func:`build` moves them out to the artefact's weights file."""
     return tvm.transform.Sequential([schedule(), lower()], name="bie_llvm")
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecutable, Weights]:
-    """The executable, and the weights its ``main`` takes after the inputs (:func:`.weights.split_weights`)."""
+    """The pipeline's two halves, and between them the weights taken out of ``main``
+    (:func:`.weights.split_weights`): the executable and the weights it takes after the inputs."""
     with target:
         mod = schedule()(mod)
     mod, weights = split_weights(mod)

@@ -62,20 +62,25 @@ def _prim_funcs(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-@tvm.transform.module_pass(opt_level=0, name="CheckThreadBindings")
-def check_thread_bindings(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """Module pass: refuse a module where a PrimFunc binds no GPU threads (it would silently run on the host)."""
+def check_thread_bindings(mod: tvm.IRModule) -> None:
+    """Refuse a module where a PrimFunc binds no GPU threads (it would silently run on the host)."""
     unbound = sorted(name for name, f in _prim_funcs(mod).items() if not any(t in f.script() for t in _THREAD_BINDING))
     if unbound:
         raise DeviceCodeError(f"no GPU thread bindings, so they would run on the host CPU: {', '.join(unbound)}")
+
+
+@tvm.transform.module_pass(opt_level=0, name="CheckThreadBindings")
+def _check_thread_bindings(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """:func:`check_thread_bindings` as a pass (its error reaches the caller of the pass as a RuntimeError)."""
+    check_thread_bindings(mod)
     return mod
 
 
 def schedule() -> tvm.transform.Pass:
-    """Legalize, fold constants, fuse, give every PrimFunc dlight's GPU schedule, check the thread bindings."""
+    """Legalize, fold constants, fuse, give every PrimFunc dlight's GPU schedule."""
     rules = dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
-    return tvm.transform.Sequential([relax.get_pipeline("zero"), dl.ApplyDefaultSchedule(*rules),
-                                     check_thread_bindings], name="BieCudaSchedule")
+    return tvm.transform.Sequential([relax.get_pipeline("zero"), dl.ApplyDefaultSchedule(*rules)],
+                                    name="BieCudaSchedule")
 
 
 @tvm.transform.module_pass(opt_level=0, name="CudaLowering")
@@ -88,7 +93,7 @@ def _lower(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 def pipeline() -> tvm.transform.Pass:
     """The Relax pipeline of the CUDA build (``tvm.compile(mod, target, relax_pipeline="bie_cuda")`` on an
     encoded module); :func:`build` runs the same passes and checks the generated source too."""
-    return tvm.transform.Sequential([schedule(), _lower], name="bie_cuda")
+    return tvm.transform.Sequential([schedule(), _check_thread_bindings, _lower], name="bie_cuda")
 
 
 def _kernels_of(name: str, kernels: list[str]) -> list[str]:
@@ -99,6 +104,7 @@ def _kernels_of(name: str, kernels: list[str]) -> list[str]:
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> CudaBuild:
     with target:
         mod = schedule()(mod)
+    check_thread_bindings(mod)
     funcs = _prim_funcs(mod)  # the kernels' names, each to be found in the source
     mod, weights = split_weights(mod)
     executable = tvm.compile(mod, target, relax_pipeline=_lower)

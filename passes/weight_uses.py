@@ -129,7 +129,9 @@ def collect_weight_uses(mod: tvm.IRModule, names: Mapping) -> tuple[list[WeightU
     rewrite_weight_calls(mod, found.append, names)
     uses: dict[str, WeightUse] = {}
     for m in sorted(found, key=lambda m: order.get(m.call, len(order))):
-        uses.setdefault(m.use.name, m.use)
+        first = uses.setdefault(m.use.name, m.use)
+        if (first.op, first.transposed) != (m.use.op, m.use.transposed) and not first.unsupported:
+            first.unsupported = "used in two layouts (e.g. by a MatMul and a Gemm with transB=1)"
     return list(uses.values()), dict(names)
 
 

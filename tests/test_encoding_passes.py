@@ -1,5 +1,6 @@
 """The encoding is planned, then rewritten by real TVM passes: composable, seen by PassContext instruments."""
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.ir.instrument import PassTimingInstrument
@@ -44,3 +45,26 @@ def test_every_constant_is_an_argument_of_main(model_dir):
         relax.analysis.post_order_visit(func, lambda e: inside.append(e) if isinstance(e, tvm.ir.GenericConst)
                                         and len(e.value.shape) > 0 else None)
     assert inside == []
+
+
+def test_a_weight_used_in_two_layouts_stays_dense(tmp_path):
+    """One encoding has one layout: a weight read as [K, N] by a MatMul and as [N, K] by a Gemm is left dense."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bie_compiler import compile_model, load
+    from bie_compiler.parity import check_artefact, make_inputs
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Gemm", ["h", "w"], ["y"], transB=1)],
+        "two_layouts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "two.onnx")
+    out = compile_model(tmp_path / "two.onnx", tmp_path / "art", "bie-bitplane", progress=None)
+    runner = load(out)
+    [layer] = runner.manifest["layers"]
+    assert layer["codec"] == "dense" and "two layouts" in layer["fallback_reason"]
+    assert check_artefact(runner, inputs=make_inputs(runner.inputs))["passed"]

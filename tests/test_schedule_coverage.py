@@ -21,9 +21,8 @@ def unscheduled_after_rules(path) -> list[str]:
     imported = import_model(path)
     plan = plan_encoding(imported.mod, imported.constant_names, EncodingPolicy("bie-bitplane", skip=("*",)), target)
     mod = encoding_passes(plan)(imported.mod)
-    mod = cpu.fuse(mod, target)
     with target:
-        mod = dl.ApplyDefaultSchedule(*cpu.RULES)(mod)
+        mod = dl.ApplyDefaultSchedule(*cpu.RULES)(cpu.fusion()(mod))
     return [gv.name_hint for gv, f in mod.functions_items()
             if isinstance(f, tvm.tirx.PrimFunc) and not (f.attrs is not None and f.attrs.get(cpu.SCHEDULED, False))]
 
