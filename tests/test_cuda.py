@@ -2,6 +2,7 @@
 loading says clearly that a GPU is needed. With a GPU (tests marked ``gpu``), parity against onnxruntime."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -87,11 +88,24 @@ def test_every_cuda_kernel_is_device_code(kernel_source):
     expected = [f"{name}_kernel" for name in names] + ["tans_kernel_1", "tans_kernel_2"]
     expected += [f"{case.replace('-', '_')}_kernel_{i}" for case in BBS_CASES for i in (1, 2)]
     assert sorted(cuda.global_functions(source)) == sorted(expected)
-    # bit-plane kernels: a 5-step warp-shuffle sum each
-    assert source.count("= __shfl_down_sync(") == 5 * len(SHUFFLE_SUM_CASES)
-    # index kernels and the tans matmul: partial sums meet in shared memory; each tans decode: two table steps
-    assert source.count("__syncthreads()") == len(SHARED_SUM_CASES) + 2 * 2 + 2 * 2 * len(BBS_CASES)
-    assert source.count("extern __shared__") == 2  # the tans decode table (up to 128 KiB), in each decode kernel
+    bodies = kernel_bodies(source)
+
+    def of(case):  # the device kernels of one case
+        return [text for name, text in bodies.items() if name.startswith(f"{case.replace('-', '_')}_kernel")]
+
+    for case in SHUFFLE_SUM_CASES:  # bit-plane kernels: each thread's sum reduced across its warp
+        assert all("__shfl_down_sync(" in text for text in of(case)), case
+    for case in SHARED_SUM_CASES + BBS_CASES:  # index kernels, the tans matmul, bbs: partial sums in shared memory
+        assert any("__syncthreads()" in text for text in of(case)), case
+    assert any("extern __shared__" in text for text in of("tans"))  # the tans decode table (up to 128 KiB)
+
+
+def kernel_bodies(source: str) -> dict[str, str]:
+    """Each ``__global__`` function of a CUDA source: its name -> its text up to the next one."""
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)\(",
+                                                          source)]
+    ends = [start for start, _ in starts[1:]] + [len(source)]
+    return {name: source[start:end] for (start, name), end in zip(starts, ends)}
 
 
 @needs_nvcc
