@@ -1,6 +1,7 @@
 """Cycle, stall and energy model of BitVert and four bit-serial baselines on the same layers.
 
-All five accelerators are modelled as the same array (seed 002, sections IV-D and V-A):
+All five accelerators are modelled as the same array ("BBS: Bi-Directional Bit-Level Sparsity for Deep
+Learning Acceleration", Chen et al., MICRO 2024, sections IV-D and V-A):
 32 x 16 processing elements (PEs), 32 weight channels (PE rows) by 16 outputs (PE
 columns: pixels or tokens), output-stationary; each PE takes 16 weights and 16
 activations and has 8 bit-serial multipliers, so every accelerator has

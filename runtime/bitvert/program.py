@@ -3,7 +3,7 @@
 The layer computes ``acc[m, n] = sum_k xq[m, k] * w[n, k]`` on INT8 activations ``xq``
 and BBS-pruned integer weights ``w`` (int32 accumulation), then ``acc * x_scale * scales[n]``.
 
-Layout (seed 002, section IV):
+Layout (the BBS paper, MICRO 2024, section IV):
 
 - Channels are reordered into a *sensitive* chunk (all 8 bit columns kept) and a
   *pruned* chunk (8 - N columns kept); each chunk is padded to whole tiles of 32
