@@ -198,6 +198,7 @@ def option_cases() -> list[Case]:
         (["--act-order"], "needs --calibration"),
         (["--target", "bitvert", "--codec", "bbs", "--calibration", "none.npz"], "no such file"),
         (["--bits", "4", "--levels", "15"], "does not take option"),
+        (["--jobs", "0"], "--jobs must be a positive integer"),
     ]
     cases = [Case(f"compile {' '.join(o)}", "options", compile_with(*o), Error(m)) for o, m in bad]
     cases.append(Case("warns on unmatched --skip", "options", compile_with("--skip", "nothing*"),
@@ -417,6 +418,12 @@ def input_cases() -> list[Case]:
             return [*argv, str(out), *extra]
         return setup
 
+    def eval_with(make_npz):
+        def setup(f):
+            make_npz(f / "in.npz")
+            return ["eval", str(compiled(f)), "--data", str(f / "in.npz")]
+        return setup
+
     x = np.zeros((2, 64), np.float32)
     cases = [
         Case("npz is not a zip", "inputs", run_with(lambda p: p.write_bytes(b"not a zip")), Error("in.npz")),
@@ -436,6 +443,15 @@ def input_cases() -> list[Case]:
         Case("check --tolerance nan", "inputs", run_with(argv=("check", "--tolerance", "nan")), Error("tolerance")),
         Case("check --tolerance -1", "inputs", run_with(argv=("check", "--tolerance", "-1")), Error("tolerance")),
         Case("run --report on llvm", "inputs", run_with(argv=("run", "--report", "r.json")), Error("--report")),
+        Case("check --min-cosine nan", "inputs", run_with(argv=("check", "--min-cosine", "nan")), Error("--min-cosine")),
+        Case("check --min-cosine 2", "inputs", run_with(argv=("check", "--min-cosine", "2")), Error("--min-cosine")),
+        Case("run --planes 0", "inputs", run_with(argv=("run", "--planes", "0")), Error("planes")),
+        Case("run --planes 1", "inputs", run_with(argv=("run", "--planes", "1")), Ok()),
+        Case("eval --data missing", "inputs", lambda f: ["eval", str(compiled(f)), "--data", str(f / "none")],
+             Error("--data")),
+        Case("eval npz missing input", "inputs", eval_with(lambda p: np.savez(p, other=x)), Error("missing input")),
+        Case("eval npz with labels", "inputs", eval_with(lambda p: np.savez(p, x=x, label=np.zeros(2, np.int64))),
+             Ok()),
     ]
     return cases
 
