@@ -29,7 +29,6 @@ from .codegen.dedup import deduplicate_prim_funcs
 from .codegen.target import describe, make_target
 from .codegen.weights import Weights
 from .errors import BieWarning, OptionError
-from .dequantization import provenance
 from .frontend import ImportedModel, file_sha256, import_model
 from .passes import (EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding,
                      plan_offload)
@@ -135,14 +134,9 @@ def compile_model(
     return out
 
 
-def dequantized_sources(imported: ImportedModel) -> dict[str, dict]:
-    """Weight -> the integer initializer the source dequantizes it from (see ``dequantization``)."""
-    return {i.name: p for i in imported.model.graph.initializer if (p := provenance(i))}
-
-
 def weight_aliases(imported: ImportedModel) -> dict[str, tuple[str, ...]]:
     """Weight -> the other names --skip/--override patterns may use for it: its nodes, its integer source."""
-    sources = dequantized_sources(imported)
+    sources = imported.dequantized
     return {w: (*(node for node, _, _ in users), *([sources[w]["initializer"]] if w in sources else []))
             for w, users in imported.consumers.items()}
 
@@ -192,11 +186,10 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
               calibration, damping: float, act_order: bool) -> dict:
     """What the artefact records (and the warnings about what the compile could not do as asked)."""
     others = other_weights(imported.weights, imported.consumers, {r.name for r in plan.records})
-    sources = dequantized_sources(imported)
     for r in plan.records + others:
         r.details["nodes"] = node_labels(imported.consumers.get(r.name, []))
-        if r.name in sources:
-            r.details["source"] = sources[r.name]
+        if r.name in imported.dequantized:
+            r.details["source"] = imported.dequantized[r.name]
     kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
                      if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
     manifest = {

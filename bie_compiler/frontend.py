@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .dequantization import fold_dequantized_weights
+from .dequantization import fold_dequantized_weights, provenance
 from .errors import ModelError
 from .shape_folding import fold_shapes
 
@@ -31,6 +31,7 @@ class ImportedModel:
 
     constant_names: dict  # the Relax constant bound for an initializer -> its name (by object identity)
     consumers: dict[str, list[tuple[str, str, int]]]  # initializer -> (node name, op, input position) reading it
+    dequantized: dict[str, dict]  # float weight -> the integer initializer the source dequantizes it from
 
     def weight_name(self, constant) -> str | None:
         """The initializer name of a constant found in the IR; None for one the importer made itself."""
@@ -124,6 +125,32 @@ def value_info(values) -> list[dict]:
 
 # ops whose output holds the same index values as their first input (reshaped, cast): an index input keeps
 # its meaning through them to the Gather that uses it
+def _readers(model: onnx.ModelProto) -> dict[str, list[tuple[int, onnx.NodeProto, int]]]:
+    """Value name -> (node index, node, input position) of every node reading it."""
+    readers: dict[str, list] = {}
+    for index, node in enumerate(model.graph.node):
+        for position, name in enumerate(node.input):
+            readers.setdefault(name, []).append((index, node, position))
+    return readers
+
+
+def _reads_through(readers: dict, name: str, passing: set[str]) -> list[tuple[int, onnx.NodeProto, int]]:
+    """The reads of ``name``, looking through ``passing`` ops (their input 0 becomes their output 0): every read
+    by another op, or by a passing op at another input."""
+    reads, frontier, seen = [], [name], {name}
+    while frontier:
+        for index, node, position in readers.get(frontier.pop(), []):
+            if node.op_type in passing and position == 0:
+                if node.output[0] not in seen:
+                    seen.add(node.output[0])
+                    frontier.append(node.output[0])
+            else:
+                reads.append((index, node, position))
+    return reads
+
+
+# ops whose output holds the same index values as their first input (reshaped, cast): an index input keeps
+# its meaning through them to the Gather that uses it
 _INDEX_PRESERVING = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand", "Transpose"}
 
 
@@ -131,24 +158,14 @@ def index_ranges(model: onnx.ModelProto) -> dict[str, list[int]]:
     """Integer input -> [low, high): the rows of the constant tables it indexes (Gather indices, through
     reshapes and casts), so that generated inputs are valid token ids and the like."""
     tables = {i.name: list(i.dims) for i in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for position, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node, position))
+    readers = _readers(model)
     ranges = {}
     for value in model.graph.input:
         if value.name in tables or value.type.tensor_type.elem_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
             continue
-        limits, frontier, seen = [], [value.name], set()
-        while frontier:
-            name = frontier.pop()
-            for node, position in consumers.get(name, []):
-                if node.op_type == "Gather" and position == 1 and node.input[0] in tables:
-                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                    limits.append(tables[node.input[0]][axis])
-                elif node.op_type in _INDEX_PRESERVING and position == 0 and node.output[0] not in seen:
-                    seen.add(node.output[0])
-                    frontier.append(node.output[0])
+        limits = [tables[node.input[0]][next((a.i for a in node.attribute if a.name == "axis"), 0)]
+                  for _, node, position in _reads_through(readers, value.name, _INDEX_PRESERVING)
+                  if node.op_type == "Gather" and position == 1 and node.input[0] in tables]
         if limits and min(limits) > 0:
             ranges[value.name] = [0, int(min(limits))]
     return ranges
@@ -161,22 +178,10 @@ _WEIGHT_PRESERVING = {"Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Un
 def weight_consumers(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, int]]]:
     """Initializer -> the nodes that compute with it: (node name, op type, input position), looking through
     casts, transposes and dequantizations, so a weight named ``val_3`` can be found by its ``MatMul``."""
-    readers: dict[str, list] = {}
-    for index, node in enumerate(model.graph.node):
-        for position, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, node.name or f"<node {index}>", position))
-    found = {}
-    for init in model.graph.initializer:
-        users, frontier, seen = [], [init.name], {init.name}
-        while frontier:
-            for node, label, position in readers.get(frontier.pop(), []):
-                if node.op_type in _WEIGHT_PRESERVING and position == 0 and node.output[0] not in seen:
-                    seen.add(node.output[0])
-                    frontier.append(node.output[0])
-                else:
-                    users.append((label, node.op_type, position))
-        found[init.name] = users
-    return found
+    readers = _readers(model)
+    return {init.name: [(node.name or f"<node {index}>", node.op_type, position)
+                        for index, node, position in _reads_through(readers, init.name, _WEIGHT_PRESERVING)]
+            for init in model.graph.initializer}
 
 
 def model_inputs(model: onnx.ModelProto) -> list[dict]:
@@ -229,8 +234,9 @@ def import_model(source: str | Path | onnx.ModelProto, shapes=None) -> ImportedM
         raise ModelError(failure + _import_hint(model, failure))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     mod, constant_names = bind_weights(mod, weights)
+    dequantized = {i.name: source for i in model.graph.initializer if (source := provenance(i))}
     return ImportedModel(mod, model, weights, model_inputs(model), value_info(model.graph.output), constant_names,
-                         weight_consumers(model))
+                         weight_consumers(model), dequantized)
 
 
 def _import_hint(model: onnx.ModelProto, failure: str) -> str:
