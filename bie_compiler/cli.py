@@ -205,20 +205,17 @@ PLANES_HELP = ("keep only the top P magnitude planes of every bie-bitplane layer
 
 
 def _eval(args) -> int:
-    import numpy as np
-
     from . import load
     from .calibration import sample_files
     from .evaluation import evaluate, table
-    from .parity import make_inputs, session_of, source_model
+    from .parity import inputs_from, read_npz, session_of, source_model
 
     runner = load(args.artefact, args.expect_sha256, planes=args.planes)
     session = session_of(source_model(runner.manifest, args.model))
     samples = []
     for path in sample_files(args.data, "--data"):
-        with np.load(path) as data:
-            labels = data[LABELS] if LABELS in data.files else None
-        samples.append((make_inputs(runner.inputs, npz=path), labels))
+        given = read_npz(path)  # each file read once: its inputs and its labels
+        samples.append((str(path), inputs_from(runner.inputs, given, path), given.get(LABELS)))
     result = evaluate(runner, session, samples)
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0

@@ -22,6 +22,11 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def is_classifier(y: np.ndarray) -> bool:
+    """Whether an output looks like a classifier's logits: [rows, classes], more than one class."""
+    return y.ndim == 2 and y.shape[1] > 1
+
+
 def row_metrics(y: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
     """Per-row figures of one output, ``y`` against the fp32 ``ref`` (both [rows, ...])."""
     a = np.asarray(y, np.float64).reshape(len(y), -1)
@@ -32,7 +37,7 @@ def row_metrics(y: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> di
         "cosine": np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), same.astype(float)),
         "rel_l2": np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-30),
     }
-    if y.ndim == 2 and y.shape[1] > 1:  # logits of a classifier
+    if is_classifier(y):
         figures["top1_agreement"] = (a.argmax(axis=1) == b.argmax(axis=1)).astype(float)
         if y.shape[1] >= 5:
             top5 = np.argsort(-a, axis=1)[:, :5]
@@ -52,21 +57,25 @@ def summary(values: list[np.ndarray]) -> dict:
     return {"mean": float(v.mean()), "se": se, "rows": int(v.size)}
 
 
-def evaluate(runner, session, samples: list[tuple[dict, np.ndarray | None]], progress=None) -> dict:
-    """``samples``: (inputs by name, labels or None) pairs; ``session`` an onnxruntime session of the source."""
+def evaluate(runner, session, samples: list[tuple[str, dict, np.ndarray | None]], progress=None) -> dict:
+    """``samples``: (where it came from, inputs by name, labels or None); ``session`` an onnxruntime session of
+    the source. Labels are for the classifier outputs: one integer per row."""
     names = [o["name"] for o in runner.outputs]
     collected: dict[str, dict[str, list]] = {name: {} for name in names}
-    for i, (inputs, labels) in enumerate(samples):
+    for i, (origin, inputs, labels) in enumerate(samples):
         ours = runner(inputs)
         reference = session.run(names, inputs)
         for name, ref in zip(names, reference):
             y = ours[name]
             if y.shape != ref.shape:
-                raise BieError(f"sample {i}, output {name!r}: artefact shape {list(y.shape)}, "
+                raise BieError(f"{origin}, output {name!r}: artefact shape {list(y.shape)}, "
                                f"onnxruntime {list(ref.shape)}")
             rows = y if y.ndim else y.reshape(1)
-            row_labels = labels if labels is not None and len(labels) == len(rows) else None
-            for metric, values in row_metrics(rows, ref if ref.ndim else ref.reshape(1), row_labels).items():
+            if labels is not None and is_classifier(y) and (
+                    labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(rows)):
+                raise BieError(f"{origin}: '{LABELS}' must hold one integer per row of output {name!r} "
+                               f"({len(rows)} rows), got {labels.dtype} {list(labels.shape)}")
+            for metric, values in row_metrics(rows, ref if ref.ndim else ref.reshape(1), labels).items():
                 collected[name].setdefault(metric, []).append(values)
         if progress:
             progress(f"sample {i + 1}/{len(samples)}")

@@ -37,21 +37,31 @@ def default_tolerance(manifest: dict) -> float:
     return BITVERT_TOLERANCE if manifest["target"]["kind"] == "bitvert" else DEFAULT_TOLERANCE
 
 
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a .npz by name; BieError naming the file when it cannot be read."""
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise BieError(f"{path}: cannot read inputs ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def inputs_from(specs: list[dict], given: dict[str, np.ndarray], label) -> dict:
+    """The arrays of ``given`` the inputs in ``specs`` name (others ignored); BieError naming ``label`` if one
+    is missing."""
+    missing = [s["name"] for s in specs if s["name"] not in given]
+    if missing:
+        raise BieError(f"{label}: missing input(s) {missing} (has {sorted(given)})")
+    return {s["name"]: given[s["name"]] for s in specs}
+
+
 def make_inputs(specs: list[dict], batch: int = 1, seed: int = 0, npz: str | Path | None = None) -> dict:
     """Inputs from a .npz (by input name) or seeded random ones; symbolic dims take ``batch``.
 
     Random floats are standard normal; an index input (``range`` in its spec: token ids) takes random
     values in its range; other integer inputs (masks, flags) are ones."""
     if npz is not None:
-        try:
-            with np.load(npz) as data:
-                given = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise BieError(f"{npz}: cannot read inputs ({type(e).__name__}: {str(e)[:200]})") from None
-        missing = [s["name"] for s in specs if s["name"] not in given]
-        if missing:
-            raise BieError(f"{npz}: missing input(s) {missing} (has {sorted(given)})")
-        return {s["name"]: given[s["name"]] for s in specs}
+        return inputs_from(specs, read_npz(npz), npz)
     rng = np.random.default_rng(seed)
     inputs = {}
     for spec in specs:

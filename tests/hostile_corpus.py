@@ -450,6 +450,9 @@ def input_cases() -> list[Case]:
         Case("eval --data missing", "inputs", lambda f: ["eval", str(compiled(f)), "--data", str(f / "none")],
              Error("--data")),
         Case("eval npz missing input", "inputs", eval_with(lambda p: np.savez(p, other=x)), Error("missing input")),
+        Case("eval npz is not a zip", "inputs", eval_with(lambda p: p.write_bytes(b"not a zip")), Error("in.npz")),
+        Case("eval labels of the wrong length", "inputs",
+             eval_with(lambda p: np.savez(p, x=x, label=np.zeros(3, np.int64))), Error("'label' must hold")),
         Case("eval npz with labels", "inputs", eval_with(lambda p: np.savez(p, x=x, label=np.zeros(2, np.int64))),
              Ok()),
     ]
