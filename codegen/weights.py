@@ -90,14 +90,14 @@ def split_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, Weights]:
             if index is not None:
                 readers.setdefault(index, f"{name}.arg{position}")
         func = mod[callee] if isinstance(callee, relax.GlobalVar) else None
-        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and TANS_ATTR in func.attrs:
+        attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None else {}
+        if TANS_ATTR in attrs:
             triple = tuple(args[i] for i in TANS_ARGS)
             if None in triple:
                 raise ValueError(f"{name}: a tANS kernel whose streams are not weights of the model")
-            streams.setdefault(triple, tans_stream(dict(func.attrs[TANS_ATTR]), *triple, arrays))
-        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and PRECISION_ATTR in func.attrs \
-                and args[PRECISION_ARG] is not None:
-            form = dict(func.attrs[PRECISION_ATTR])
+            streams.setdefault(triple, tans_stream(dict(attrs[TANS_ATTR]), *triple, arrays))
+        if PRECISION_ATTR in attrs and args[PRECISION_ARG] is not None:
+            form = dict(attrs[PRECISION_ATTR])
             progressive[args[PRECISION_ARG]] = {"tensor": args[PRECISION_ARG], "form": str(form["form"]),
                                                 "magnitude_bits": int(form["magnitude_bits"])}
     weights = Weights([(f"w{i}:{readers.get(i, 'unread')}", a) for i, a in enumerate(arrays)], list(streams.values()),
