@@ -14,6 +14,7 @@ from bie_compiler.errors import ArtefactError, BieError
 
 from .artefact import LIBRARY, WEIGHTS, VerifiedLibrary, read_manifest, verified_bytes
 from .host import host_cpu, isa
+from .progressive_precision import keep_top_planes
 from .threads import configure_thread_pool
 from .weights_file import unpack
 
@@ -42,41 +43,6 @@ def check_host(target: dict) -> tvm.runtime.Device:
 
 ALIGNMENT = 64  # bytes; TVM's kernels assume it of every buffer (a misaligned one passed zero-copy crashes them)
 IN_PLACE_BYTES = 1 << 16  # smaller inputs are copied into an aligned buffer: cheaper than checking their alignment
-
-
-def keep_top_planes(weights: list[np.ndarray], progressive: list[dict], planes: int, path: Path) -> list[np.ndarray]:
-    """``weights`` with each bie-bitplane weight's magnitude cut to its top ``planes`` bits, as ``compile
-    --planes`` would store it; ``progressive``: the manifest's list of tensors holding magnitudes and how."""
-    if isinstance(planes, bool) or not isinstance(planes, int) or planes < 1:
-        raise BieError(f"planes: expected a positive integer, got {planes!r}")
-    if not progressive:
-        raise BieError(f"{path}: planes: the artefact has no bie-bitplane layer")
-    weights = list(weights)
-    for entry in progressive:
-        i, form, bits = entry["tensor"], entry["form"], entry["magnitude_bits"]
-        expected = {"planes": (3, (np.uint8, np.uint32)), "codes": (3, (np.int8,)), "nibbles": (3, (np.int8, np.uint8))}[form]
-        if not 0 <= i < len(weights) or weights[i].ndim != expected[0] or weights[i].dtype not in expected[1]:
-            raise ArtefactError(f"{path}: weights.progressive: tensor {i} does not hold {form}")
-        if planes < bits:
-            weights[i] = _cut(weights[i], form, bits, planes)
-    return weights
-
-
-def _cut(a: np.ndarray, form: str, bits: int, planes: int) -> np.ndarray:
-    if form == "planes":  # most significant first: the lower planes zeroed
-        a = a.copy()
-        a[planes:] = 0
-        return a
-    mask = np.int16(((1 << planes) - 1) << (bits - planes))
-
-    def signed_cut(q: np.ndarray) -> np.ndarray:
-        return np.sign(q) * (np.abs(q) & mask)
-
-    if form == "codes":
-        return signed_cut(a.astype(np.int16)).astype(np.int8)
-    u = a.view(np.uint8)  # two 4-bit two's complement codes a byte
-    low, high = ((signed_cut((v.astype(np.int16) ^ 8) - 8) & 0xF) for v in (u & 0xF, u >> 4))
-    return (low | (high << 4)).astype(np.uint8).view(a.dtype)
 
 
 class InputSpec:

@@ -1,0 +1,50 @@
+"""Progressive precision at load: a bie-bitplane artefact run with only the top P bits of every weight's magnitude.
+
+The build lists the weights.bin tensors that hold bie-bitplane magnitudes and how (the manifest's
+``weights.progressive``: bit planes most significant first, int8 codes, or 4-bit codes two per byte);
+cutting each magnitude to its top P bits gives the weights ``compile --planes P`` would store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bie_compiler.errors import ArtefactError, BieError
+
+_DTYPES = {"planes": (np.uint8, np.uint32), "codes": (np.int8,), "nibbles": (np.int8, np.uint8)}  # each 3-D
+
+
+def keep_top_planes(weights: list[np.ndarray], progressive: list[dict], planes: int, path: Path) -> list[np.ndarray]:
+    """``weights`` with each bie-bitplane weight's magnitude cut to its top ``planes`` bits, as ``compile
+    --planes`` would store it; ``progressive``: the manifest's list of tensors holding magnitudes and how."""
+    if isinstance(planes, bool) or not isinstance(planes, int) or planes < 1:
+        raise BieError(f"planes: expected a positive integer, got {planes!r}")
+    if not progressive:
+        raise BieError(f"{path}: planes: the artefact has no bie-bitplane layer")
+    weights = list(weights)
+    for entry in progressive:
+        i, form, bits = entry["tensor"], entry["form"], entry["magnitude_bits"]
+        if not 0 <= i < len(weights) or weights[i].ndim != 3 or weights[i].dtype not in _DTYPES[form]:
+            raise ArtefactError(f"{path}: weights.progressive: tensor {i} does not hold {form}")
+        if planes < bits:
+            weights[i] = _cut(weights[i], form, bits, planes)
+    return weights
+
+
+def _cut(a: np.ndarray, form: str, bits: int, planes: int) -> np.ndarray:
+    if form == "planes":  # most significant first: the lower planes zeroed
+        a = a.copy()
+        a[planes:] = 0
+        return a
+    mask = np.int16(((1 << planes) - 1) << (bits - planes))
+
+    def signed_cut(q: np.ndarray) -> np.ndarray:
+        return np.sign(q) * (np.abs(q) & mask)
+
+    if form == "codes":
+        return signed_cut(a.astype(np.int16)).astype(np.int8)
+    u = a.view(np.uint8)  # two 4-bit two's complement codes a byte
+    low, high = ((signed_cut((v.astype(np.int16) ^ 8) - 8) & 0xF) for v in (u & 0xF, u >> 4))
+    return (low | (high << 4)).astype(np.uint8).view(a.dtype)
