@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .onnx_folding import evaluate, with_nodes
+
 # ops a dequantization chain is made of (with constant operands only)
 _CHAIN_OPS = {"DequantizeLinear", "Cast", "Sub", "Mul", "Add", "Div", "Reshape", "Transpose", "Identity"}
 
@@ -32,9 +34,14 @@ def provenance(initializer: onnx.TensorProto) -> dict | None:
 
 def fold_dequantized_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with every chain dequantizing an integer initializer replaced by its float result."""
-    from onnx.reference import ReferenceEvaluator
-
     constants = {i.name: i for i in model.graph.initializer}
+    arrays: dict[str, np.ndarray] = {}  # the initializers read so far, each decoded once
+
+    def array(name: str) -> np.ndarray:
+        if name not in arrays:
+            arrays[name] = numpy_helper.to_array(constants[name])
+        return arrays[name]
+
     graph_outputs = {o.name for o in model.graph.output}
     values: dict[str, np.ndarray] = {}
     sources: dict[str, dict] = {}  # computed value -> its integer source and the ops so far
@@ -52,29 +59,24 @@ def fold_dequantized_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             if q.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
                                    onnx.TensorProto.UINT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
                 continue  # not a chain that starts at an integer weight
-            array = numpy_helper.to_array(q)
-            origin = {"initializer": q.name, "dtype": array.dtype.name, "bytes": int(array.nbytes), "ops": []}
-        feeds = {n: values[n] if n in values else numpy_helper.to_array(constants[n]) for n in inputs}
-        try:
-            (result,) = ReferenceEvaluator(node).run(None, feeds)
-        except Exception:  # an attribute form the reference runtime does not take: left to TVM
+            origin = {"initializer": q.name, "dtype": array(q.name).dtype.name, "bytes": int(array(q.name).nbytes),
+                      "ops": []}
+        result = evaluate(node, {n: values[n] if n in values else array(n) for n in inputs})
+        if result is None:
             continue
-        values[node.output[0]] = np.asarray(result)
+        values[node.output[0]] = result[0]
         sources[node.output[0]] = {**origin, "ops": [*origin["ops"], node.op_type]}
         folded_nodes.add(index)
     if not folded_nodes:
         return model
     kept = [n for i, n in enumerate(model.graph.node) if i not in folded_nodes]
     read = {name for n in kept for name in n.input} | graph_outputs
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(kept)
+    weights = []
     for name, value in values.items():
         if name in read and np.issubdtype(value.dtype, np.floating):
-            tensor = numpy_helper.from_array(value, name)
-            tensor.doc_string = json.dumps({"dequantized_from": sources[name]})
-            out.graph.initializer.append(tensor)
+            weights.append(numpy_helper.from_array(value, name))
+            weights[-1].doc_string = json.dumps({"dequantized_from": sources[name]})
+    out = with_nodes(model, kept, weights)
     consumed = {name for i in folded_nodes for name in model.graph.node[i].input} - read
     for init in [i for i in out.graph.initializer if i.name in consumed]:  # the integer weights, their scales
         out.graph.initializer.remove(init)

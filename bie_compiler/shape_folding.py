@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .onnx_folding import evaluate, with_nodes
+
 # The integer ops shape arithmetic uses; anything else (and anything large) is left to the importer.
 _FOLDED = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Add", "Sub", "Mul", "Div", "Reshape",
            "Identity", "Range", "Equal", "Where", "ReduceProd", "Max", "Min", "Neg", "Abs", "ConstantOfShape",
@@ -38,8 +40,6 @@ def _shape_value(node: onnx.NodeProto, shape: list[int]) -> np.ndarray:
 def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with every ``Shape`` of a known size, and the small integer arithmetic on it, as
     initializers (named by the values they replace); unchanged when there is nothing to fold."""
-    from onnx.reference import ReferenceEvaluator
-
     shapes = _static_shapes(model)
     known = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
              if i.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and np.prod(i.dims) <= _MAX_ELEMENTS}
@@ -54,20 +54,12 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
             value = [_shape_value(node, shapes[node.input[0]])]
         elif (node.op_type in _FOLDED and node.domain in ("", "ai.onnx") and node.input
               and all(name in known for name in node.input if name)):
-            try:
-                value = ReferenceEvaluator(node).run(None, {name: known[name] for name in node.input if name})
-            except Exception:  # an op the reference runtime does not take this way: left to the importer
-                value = None
-        if value is None or any(np.asarray(v).size > _MAX_ELEMENTS for v in value):
+            value = evaluate(node, {name: known[name] for name in node.input if name})
+        if value is None or any(v.size > _MAX_ELEMENTS for v in value):
             kept.append(node)
             continue
         for name, v in zip(node.output, value):
-            known[name] = folded[name] = np.asarray(v)
+            known[name] = folded[name] = v
     if not folded:
         return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(kept)
-    out.graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in folded.items())
-    return out
+    return with_nodes(model, kept, (numpy_helper.from_array(v, name) for name, v in folded.items()))
