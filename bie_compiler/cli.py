@@ -35,6 +35,13 @@ def parse_override(text: str) -> tuple[str, dict]:
     return pattern, {k.strip().replace("-", "_"): _value(v.strip()) for k, v in pairs}
 
 
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    """The inputs of a call: from a file, or seeded random ones of the given shapes."""
+    parser.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
+    _add_shape_options(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+
+
 def _add_shape_options(parser: argparse.ArgumentParser, compile_time: bool = False) -> None:
     what = "fix at import" if compile_time else "for the generated inputs"
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:AxBxC",
@@ -89,9 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "encodings define; exit 3: it does, but the outputs moved below --min-cosine)")
     k.add_argument("artefact", help="artefact folder")
     k.add_argument("--model", help="the source .onnx (default: the path recorded at compile time)")
-    k.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
-    _add_shape_options(k)
-    k.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    _add_input_options(k)
     k.add_argument("--tolerance", type=float, default=None,
                    help="max relative error against the decoded-weights model (default 1e-4; bitvert: 1e-3 against "
                         "the model with INT8 activations, see parity.BITVERT_TOLERANCE)")
@@ -104,9 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an artefact on inputs; with --report, the accelerator report of a bitvert artefact")
     r.add_argument("artefact", help="artefact folder")
-    r.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
-    _add_shape_options(r)
-    r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    _add_input_options(r)
     r.add_argument("-o", "--output", help=".npz to write the outputs to (default: print their shapes)")
     r.add_argument("--report", metavar="JSON", help="write the simulated accelerator report here (bitvert artefacts)")
     r.add_argument("--planes", type=int, default=None, help=PLANES_HELP)
@@ -133,9 +136,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "each in its own process, same inputs and threads: median, p10/p90, peak memory.")
     b.add_argument("artefact", help="artefact folder")
     b.add_argument("--model", help="the .onnx onnxruntime runs (default: the path recorded at compile time)")
-    b.add_argument("--inputs", help=".npz of inputs by name (default: seeded random inputs)")
-    _add_shape_options(b)
-    b.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    _add_input_options(b)
     b.add_argument("--threads", type=int, default=None,
                    help="threads for both (TVM_NUM_THREADS, onnxruntime intra_op_num_threads; default: all cores)")
     b.add_argument("--repeat", type=int, default=20, help="timed calls of each (default %(default)s)")

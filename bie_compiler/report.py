@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 
@@ -21,10 +22,7 @@ class LayerRecord:
 
     @property
     def num_weights(self) -> int:
-        count = 1
-        for d in self.shape:
-            count *= d
-        return count
+        return math.prod(self.shape)
 
     @property
     def bits_per_weight(self) -> float:

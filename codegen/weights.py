@@ -15,7 +15,7 @@ from bie_compiler.codecs.tans_coder import checksum
 from .lift_constants import LIFTED_ATTR, NUM_INPUT_ATTR, LiftConstants, lifted_constants
 
 TANS_ATTR = "bie.tans_layout"  # on tANS kernels: the layout their streams must have (see tans_stream)
-TANS_ARGS = (1, 2, 3)  # counts, offsets, words: the tANS kernels' arguments after x (codegen.tans_constants)
+TANS_ARGS = (1, 2, 3)  # counts, offsets, words: the tANS kernels' arguments after x (kernels.tans_matmul.constants)
 # On bie-bitplane kernels: how their argument after x holds each weight's magnitude bits, so that the runtime
 # can keep only the top P of them (progressive precision): {"form": "planes" (bit planes [P, N, packed K], most
 # significant first) | "codes" (int8 two's complement) | "nibbles" (4-bit two's complement, two per byte),

@@ -9,7 +9,7 @@ import pytest
 
 from bie_compiler import codecs
 from bie_compiler.cli import _parser
-from bie_compiler.codegen import KERNELS
+from bie_compiler.codegen import KERNELS, kernel_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 CODECS = list(codecs.CODECS)
@@ -58,6 +58,22 @@ def test_a_field_without_help_is_refused(monkeypatch):
 @pytest.mark.parametrize("codec", CODECS)
 def test_every_codec_has_cpu_kernels_for_matmul_and_conv(codec):
     assert (codec, "matmul", "llvm") in KERNELS and (codec, "conv2d", "llvm") in KERNELS
+
+
+def test_every_kernel_module_is_loaded_and_registers_where_it_defines():
+    import sys
+    folder = ROOT / "codegen" / "kernels"
+    modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    assert all(f"bie_compiler.codegen.kernels.{m}" in sys.modules for m in modules)
+    assert {b.__module__.rsplit(".", 1)[-1] for b in KERNELS.values()} <= modules
+
+
+def test_a_second_kernel_for_the_same_row_is_refused(monkeypatch):
+    monkeypatch.setattr(kernel_registry, "KERNELS", dict(KERNELS))
+    with pytest.raises(ValueError, match="two kernels for .'int8', 'matmul', 'llvm'."):
+        kernel_registry.register("int8", ops=("matmul",), target="llvm")(lambda enc, conv: None)
+    with pytest.raises(ValueError, match="unknown op 'gemm'"):
+        kernel_registry.register("int8", ops=("gemm",), target="llvm")(lambda enc, conv: None)
 
 
 def test_kernels_are_registered_for_known_codecs_only():

@@ -13,7 +13,8 @@ from tvm.support import nvcc
 
 import bie_compiler
 from bie_compiler.codecs import CODECS, bbs, bie_binary, bie_bitplane, make_config, tans
-from bie_compiler.codegen import KERNELS, ConvSpec, cuda, has_kernel, kernel_for, tans_constants, tans_layout
+from bie_compiler.codegen import KERNELS, ConvSpec, cuda, has_kernel, kernel_for
+from bie_compiler.codegen.kernels.tans_matmul import constants as tans_constants, stream_layout as tans_layout
 from bie_compiler.codegen.kernels import bbs_cuda, bitplane, sparse_index_cuda, tans_cuda
 from bie_compiler.codegen.target import make_target
 from bie_compiler.errors import ArtefactError

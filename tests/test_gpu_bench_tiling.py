@@ -8,7 +8,8 @@ import pytest
 import tvm
 
 from bie_compiler.codecs import CODECS, make_config, tans
-from bie_compiler.codegen import kernel_for, tans_constants, tans_layout
+from bie_compiler.codegen import kernel_for
+from bie_compiler.codegen.kernels.tans_matmul import constants as tans_constants, stream_layout as tans_layout
 from bie_compiler.codegen.kernels import tans_cuda
 from bie_compiler.codegen.target import make_target
 

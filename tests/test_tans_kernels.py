@@ -5,7 +5,8 @@ import pytest
 import tvm
 
 from bie_compiler.codecs import tans
-from bie_compiler.codegen import kernel_for, tans_constants, tans_layout
+from bie_compiler.codegen import kernel_for
+from bie_compiler.codegen.kernels.tans_matmul import constants as tans_constants, stream_layout as tans_layout
 from bie_compiler.codegen.kernels import tans_matmul
 from bie_compiler.codegen.kernels.decode import Layout
 from bie_compiler.codegen.target import make_target

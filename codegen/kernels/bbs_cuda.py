@@ -41,6 +41,7 @@ from tvm.script import tirx as T
 from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
+from ..kernel_registry import ConvSpec, KernelCall, register
 from . import bbs_decoded
 from .warp_layout import WARP_SIZE, bound_to, scopes
 
@@ -253,3 +254,12 @@ def conv2d(enc: Encoded, conv, gpu: bool = True) -> tirx.PrimFunc:
         sch.bind(blocks, "blockIdx.x")
         sch.bind(threads, "threadIdx.x")
     return sch.mod["main"]
+
+
+@register(bbs.NAME, ops=("matmul", "conv2d"), target="cuda")
+def cuda_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """Weights decoded in registers as they are multiplied, one kernel for every batch: a thread block per unit of
+    stored rows (matmul) or a thread per output element (conv)."""
+    if conv is not None:
+        return KernelCall("bbs_conv2d", conv2d(enc, conv), bbs_decoded.constants(enc))
+    return KernelCall("bbs", matmul(enc), bbs_decoded.constants(enc))

@@ -23,10 +23,13 @@ from __future__ import annotations
 import numpy as np
 from tvm import s_tir, te, tirx, topi
 
+import tvm
+
 from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
-from . import decode_once
+from ..kernel_registry import ConvSpec, KernelCall, register
+from . import bbs_lut, decode, decode_once
 
 CONV_BLOCK = "conv2d_nchw"  # topi's name for the conv block (the GPU's direct conv schedules it)
 
@@ -120,3 +123,18 @@ def conv2d_compute(enc: Encoded, conv) -> tirx.PrimFunc:
     oihw = te.compute((o, i, kh, kw), lambda f, c, r, s: weight(f, (r * kw + s) * i + c), name="decoded")
     out = topi.nn.conv2d_nchw(x, oihw, list(conv.strides), list(conv.padding), list(conv.dilation))
     return te.create_prim_func([x, *holders, out])
+
+
+@register(bbs.NAME, ops=("matmul", "conv2d"), target="llvm")
+def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """Matmul: the LUT bit-serial GEMV for one row (AVX-512; else the decode-once GEMV); conv and more rows: decode."""
+    tensors = constants(enc)
+    holders = placeholders(enc)
+    decoder = decode.elementwise(output_weight(enc, holders), holders, *decode.destination(enc, conv))
+    small = None
+    if conv is None:
+        if bbs_lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
+            small = KernelCall("bbs_lut", bbs_lut.gemv(enc), tensors)
+        else:
+            small = KernelCall("bbs_decoded", matmul(enc), tensors)
+    return decode.with_decoder(small, decoder, "bbs", tensors, conv)

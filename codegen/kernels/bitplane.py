@@ -17,9 +17,12 @@ import functools
 import numpy as np
 from tvm import s_tir, te, tirx
 
-from bie_compiler.codecs.base import PACK_LANES, unpack_bits
+from bie_compiler.codecs import Encoded, bie_bitplane
+from bie_compiler.codecs.base import PACK_LANES, packed_width, unpack_bits
 
-from . import warp_layout
+from ..kernel_registry import ConvSpec, KernelCall, register
+from ..weights import PRECISION_ATTR
+from . import decode, int8, warp_layout
 
 BLOCK = "bitplane"
 
@@ -183,3 +186,79 @@ def schedule_cuda(sch: s_tir.Schedule) -> None:
 def as_words(packed):
     """The packed planes or signs (uint8, last axis a multiple of 4) as the uint32 words :func:`compute_words` reads."""
     return packed.view("uint32")
+
+
+class BitPlanes:
+    """An encoding's planes as the kernels take them: its constants, the top bit and the scale group."""
+
+    def __init__(self, enc: Encoded, words: bool):
+        self.shape = enc.shape
+        self.planes, self.signs, self.scales = (enc.arrays[a] for a in ("planes", "signs", "scales"))
+        if enc.codec == bie_bitplane.NAME:
+            self.top_bit = enc.header["bits"] - 2
+            self.group = bie_bitplane.scale_group(self.shape[1], enc.header["group_size"])
+        else:  # bie-binary bitmap: one plane of significance 1, one scale per channel
+            self.top_bit, self.group = 0, 8 * packed_width(self.shape[1])
+        self.constants = [self.planes, self.signs, self.scales]
+        if words:  # the planes and signs as 32-bit words: a GPU warp reads 128 bytes of each per step
+            self.constants = [as_words(self.planes), as_words(self.signs), self.scales]
+        # bie-bitplane's planes, most significant first, may be cut at load (progressive precision, weights.py)
+        self.progressive = enc.codec == bie_bitplane.NAME
+
+    def holders(self) -> list[te.Tensor]:
+        return [te.placeholder(a.shape, a.dtype.name, name) for name, a in zip(("planes", "signs", "scales"),
+                                                                                self.constants)]
+
+    def marked(self, func: tirx.PrimFunc) -> tirx.PrimFunc:
+        if not self.progressive:
+            return func
+        return func.with_attr(PRECISION_ATTR, {"form": "planes", "magnitude_bits": self.planes.shape[0]})
+
+    def scheduled(self, compute_fn, schedule) -> tirx.PrimFunc:
+        """The one-kernel-per-batch matmul ``compute_fn`` over these planes, scheduled by ``schedule``."""
+        k = self.shape[1]
+        x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
+        holders = self.holders()
+        out = compute_fn(x, *holders, k=k, top_bit=self.top_bit, group=self.group)
+        sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
+        sch.work_on("main")
+        schedule(sch)
+        return self.marked(sch.mod["main"])
+
+
+def _integer_call(enc: Encoded, planes: BitPlanes, conv: ConvSpec | None) -> KernelCall:
+    """Sign and every magnitude plane of a 4- or 8-bit encoding fill an integer of as many bytes as the planes:
+    the integer kernels of :mod:`.int8`, progressive precision cutting the codes' low bits instead."""
+    bits = enc.header["bits"]
+    codes = integer_codes(planes.planes, planes.signs, enc.shape[1], planes.top_bit)
+    integers = int8.Int8Weights.packed(codes, planes.scales[:, 0], bits)
+    coded = lambda f: f.with_attr(PRECISION_ATTR, {  # noqa: E731
+        "form": "nibbles" if bits == 4 else "codes", "magnitude_bits": bits - 1})
+    small = None if conv else KernelCall("bitplane_gemv", coded(int8.gemv(integers, *enc.shape)), integers.constants)
+    return decode.with_decoder(small, coded(int8.decoder(integers, *decode.destination(enc, conv))), "bitplane",
+                               integers.constants, conv)
+
+
+def _all_planes_in_bytes(enc: Encoded, planes: BitPlanes) -> bool:
+    return enc.codec == bie_bitplane.NAME and enc.header["bits"] in (4, 8) \
+        and planes.planes.shape[0] == enc.header["bits"] - 1 and planes.scales.shape[1] == 1
+
+
+@register(bie_bitplane.NAME, ops=("matmul", "conv2d"), target="llvm")
+def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """One row: the bit-serial matmul (or the integer GEMV when the planes fill bytes); convs and more rows: decode."""
+    planes = BitPlanes(enc, words=False)
+    if _all_planes_in_bytes(enc, planes):
+        return _integer_call(enc, planes, conv)
+    holders = planes.holders()
+    weight = decoded_weight(*holders, top_bit=planes.top_bit, group=planes.group)
+    decoder = planes.marked(decode.elementwise(weight, holders, *decode.destination(enc, conv)))
+    small = None if conv else KernelCall("bitplane", planes.scheduled(compute, schedule_llvm), planes.constants)
+    return decode.with_decoder(small, decoder, "bitplane", planes.constants, conv)
+
+
+@register(bie_bitplane.NAME, ops=("matmul",), target="cuda")
+def cuda_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """One bit-serial kernel for every batch: rows are thread blocks."""
+    planes = BitPlanes(enc, words=True)
+    return KernelCall("bitplane", planes.scheduled(compute_words, schedule_cuda), planes.constants)

@@ -16,11 +16,14 @@ others (index lists, tANS streams) write TIR that stores weight ``(n, kk)`` at
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import s_tir, te, tirx
 
-from bie_compiler.codecs.base import PACK_LANES
+from bie_compiler.codecs.base import PACK_LANES, Encoded
+
+from ..kernel_registry import ConvSpec, KernelCall
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,23 @@ class Layout:
 
     @property
     def size(self) -> int:
-        total = 1
-        for d in self.shape:
-            total *= d
-        return total
+        return math.prod(self.shape)
+
+
+def destination(enc: Encoded, conv: ConvSpec | None) -> tuple[Layout, int]:
+    """The layout a decode kernel of ``enc`` writes and the rank of the activation it takes."""
+    if conv is None:
+        return Layout.matmul(*enc.shape), 2
+    return Layout.conv2d(conv.kernel_shape), 4
+
+
+def with_decoder(small: KernelCall | None, decoder: tirx.PrimFunc, kind: str, constants, conv) -> KernelCall:
+    """A conv: the decode kernel alone. A matmul: ``small`` for one row, the decode kernel above."""
+    decoding = KernelCall(f"{kind}_decode", decoder, constants, decodes=True)
+    if conv is not None:
+        return decoding
+    small.large_batch = decoding
+    return small
 
 
 def activation(ndim: int) -> te.Tensor:

@@ -11,8 +11,10 @@ dispatches on the row count.
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import s_tir, te, tirx
 
+from ..kernel_registry import KernelCall, finish
 from ..schedules import matmul
 
 BLOCK = "dense"
@@ -40,3 +42,18 @@ def gemm(n: int, k: int, rows: int = matmul.ROWS) -> tirx.PrimFunc:
     sch.work_on("main")
     matmul.schedule_matmul(sch, sch.get_sblock(BLOCK), rows=rows)
     return sch.mod["main"]
+
+
+def has_dense_kernel(target: tvm.target.Target) -> bool:
+    """Whether matmul weights left dense get :func:`dense_kernel` on ``target`` (the CPU; dlight's GPU rules serve)."""
+    return target.kind.name == "llvm"
+
+
+def dense_kernel(weight: np.ndarray, target: tvm.target.Target) -> KernelCall:
+    """The kernels of a matmul whose weight stays dense (``weight`` [N, K]): one row, and several rows."""
+    if not has_dense_kernel(target):
+        raise NotImplementedError(f"no dense matmul kernel for {target.kind.name}")
+    n, k = weight.shape
+    packed = [pack(weight)]
+    many_rows = KernelCall("dense_gemm", finish(gemm(n, k), "dense_gemm"), packed)
+    return KernelCall("dense_gemv", finish(gemm(n, k, rows=1), "dense_gemv"), packed, many_rows)

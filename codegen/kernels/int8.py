@@ -27,9 +27,11 @@ from typing import Callable
 import numpy as np
 from tvm import s_tir, te, tirx
 
-from bie_compiler.codecs import bbs
+from bie_compiler.codecs import bbs, bitwave
+from bie_compiler.codecs import int8 as int8_codec
 from bie_compiler.codecs.base import Encoded
 
+from ..kernel_registry import ConvSpec, KernelCall, register
 from ..schedules import matmul
 from . import bbs_decoded, decode
 
@@ -129,3 +131,12 @@ def decoder(weights: Int8Weights, into: decode.Layout, x_ndim: int) -> tirx.Prim
     """``f(x, *constants, W)``: the decode kernel."""
     holders = weights.holders()
     return decode.elementwise(weights.weight(holders), holders, into, x_ndim)
+
+
+@register(int8_codec.NAME, ops=("matmul", "conv2d"), target="llvm")
+@register(bitwave.NAME, ops=("matmul", "conv2d"), target="llvm")
+def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """The INT8 GEMV for one row, the decode kernel for convs and more rows."""
+    weights = Int8Weights.of(enc)
+    small = None if conv else KernelCall("int8_gemv", gemv(weights, *enc.shape), weights.constants)
+    return decode.with_decoder(small, decoder(weights, *decode.destination(enc, conv)), "int8", weights.constants, conv)

@@ -16,12 +16,16 @@ workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+from bie_compiler.codecs import Encoded, bie_binary, bie_blocked
 from bie_compiler.codecs.base import PACK_LANES
 
-from .decode import Layout
+from ..kernel_registry import ConvSpec, KernelCall, register
+from . import bitplane
+from .decode import Layout, destination, with_decoder
 
 
 def signed_sum(entry_dtype: str, sign_bit: int):
@@ -172,3 +176,47 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
                 start[0] = start[0] + count
 
     return blocked_kernel
+
+
+def _nonempty(entries: np.ndarray) -> np.ndarray:
+    # A layer with no non-zeros still needs a buffer to bind; the kernel never reads it.
+    return entries if entries.size else np.zeros(1, entries.dtype)
+
+
+def global_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
+    """A ``bie-binary`` index encoding's compile-time layout (the kernels' keywords) and constants."""
+    n, k = enc.shape
+    entries = _nonempty(enc.arrays["entries"])
+    _, sign_bit = bie_binary.index_entry_dtype(k)
+    layout = dict(n=n, k=k, nnz=entries.size, entry_dtype=entries.dtype.name, sign_bit=sign_bit)
+    return layout, [enc.arrays["indptr"], entries, enc.arrays["scales"]]
+
+
+def blocked_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
+    """A ``bie-blocked`` encoding's compile-time layout (the kernels' keywords) and constants."""
+    n, k = enc.shape
+    entries, counts = _nonempty(enc.arrays["entries"]), enc.arrays["counts"]
+    layout = dict(n=n, k=k, nnz=entries.size, block_size=int(enc.header["block_size"]),
+                  entry_dtype=entries.dtype.name, count_dtype=counts.dtype.name)
+    return layout, [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]]
+
+
+@register(bie_binary.NAME, ops=("matmul", "conv2d"), target="llvm")
+def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """The bitmap layout: the bit-plane kernels; the index layout: the index loop for one row, decode above."""
+    if enc.header["layout"] == "bitmap":
+        return bitplane.llvm_call(enc, conv)
+    layout, constants = global_layout(enc)
+    small = None if conv else KernelCall("global_index", global_index(**layout), constants)
+    into, x_ndim = destination(enc, conv)
+    return with_decoder(small, decode(**layout, into=into, x_ndim=x_ndim), "global_index", constants, conv)
+
+
+@register(bie_blocked.NAME, ops=("matmul", "conv2d"), target="llvm")
+def blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """The blocked index loop for one row, decode above."""
+    layout, constants = blocked_layout(enc)
+    small = None if conv else KernelCall("blocked_index", blocked_index(**layout), constants)
+    into, x_ndim = destination(enc, conv)
+    decoder = decode(**layout, sign_bit=layout["block_size"].bit_length() - 1, into=into, x_ndim=x_ndim)
+    return with_decoder(small, decoder, "blocked_index", constants, conv)

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from bie_compiler.codecs import Encoded, bie_binary, bie_blocked
+
+from ..kernel_registry import ConvSpec, KernelCall, register
+from . import bitplane, sparse_index
 from .sparse_index import signed_sum
 from .warp_layout import WARP_SIZE, channel_warps, scopes
 
@@ -83,3 +87,18 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
         grid(m, out, scales, lambda acc, i, channel, lane: lane_sum(acc, x, indptr, counts, entries, i, channel, lane))
 
     return kernel
+
+
+@register(bie_binary.NAME, ops=("matmul",), target="cuda")
+def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """The bitmap layout: the bit-plane kernel; the index layout: a warp per channel, every batch."""
+    if enc.header["layout"] == "bitmap":
+        return bitplane.cuda_call(enc, conv)
+    layout, constants = sparse_index.global_layout(enc)
+    return KernelCall("global_index", global_index(**layout), constants)
+
+
+@register(bie_blocked.NAME, ops=("matmul",), target="cuda")
+def blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    layout, constants = sparse_index.blocked_layout(enc)
+    return KernelCall("blocked_index", blocked_index(**layout), constants)

@@ -31,6 +31,10 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from bie_compiler.codecs import Encoded, tans
+
+from ..kernel_registry import ConvSpec, KernelCall, register
+from ..weights import TANS_ATTR
 from . import tans_matmul
 from .warp_layout import WARP_SIZE, bound_to, channel_warps, scopes
 
@@ -107,3 +111,9 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             grid(m, out, steps, lambda acc, i, channel, lane: dot_lanes(acc, x, decoded, i, channel, lane))
 
     return kernel
+
+
+@register(tans.NAME, ops=("matmul",), target="cuda")
+def cuda_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    layout = tans_matmul.checked_layout(enc)
+    return KernelCall("tans", matmul(**layout).with_attr(TANS_ATTR, layout), tans_matmul.constants(enc, byte_words=False))

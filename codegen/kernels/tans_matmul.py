@@ -45,12 +45,16 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+from bie_compiler.codecs import Encoded, tans
 from bie_compiler.codecs.tans_coder import spread_step
 
-from .decode import Layout
+from ..kernel_registry import ConvSpec, KernelCall, register
+from ..weights import TANS_ATTR
+from .decode import Layout, destination, with_decoder
 
 # Up to this batch the fused decode-and-GEMV runs (one branch per batch size in ``matmul``); above it,
 # decode-to-buffer + matmul. Measured on a 4096x4096 layer, one thread, ms (shared machine, +-20 %): fused 22-30
@@ -64,7 +68,7 @@ WINDOW_BITS = 57  # valid bits in a window: 64 minus the up to 7 of the byte's b
 
 
 def layout(n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int) -> dict:
-    """The encoding's layout (as :func:`codegen.tans_layout` gives it) and the constants the macros derive from it."""
+    """The encoding's layout (as :func:`stream_layout` gives it) and the constants the macros derive from it."""
     size = 1 << table_log
     return dict(n=n, k=k, levels=levels, table_log=table_log, states=states, rows_per_stream=rows_per_stream,
                 num_words=num_words, size=size, mask=size - 1, step=spread_step(table_log), half=levels // 2,
@@ -327,3 +331,39 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                                 out[bo * BATCH_BLOCK + bb, row] = total[bb] * steps[row]
 
     return kernel
+
+
+def stream_layout(enc: Encoded) -> dict:
+    """The compile-time layout of a ``tans`` encoding, as the tANS kernels take it."""
+    n, k = enc.shape
+    h = enc.header
+    return dict(n=n, k=k, levels=int(h["levels"]), table_log=int(h["table_log"]), states=int(h["states"]),
+                rows_per_stream=int(h["rows_per_stream"]), num_words=int(enc.arrays["words"].size))
+
+
+def constants(enc: Encoded, byte_words: bool = True) -> list[np.ndarray]:
+    """What the tANS kernels read: counts, offsets, the words, steps.
+
+    The CPU kernels take the words as bytes (for unaligned 8-byte loads), the GPU kernel as the uint32 words.
+    """
+    a = enc.arrays
+    return [a["counts"], a["offsets"], a["words"].view(np.uint8) if byte_words else a["words"], a["steps"]]
+
+
+def checked_layout(enc: Encoded) -> dict:
+    """:func:`stream_layout`, after checking the streams' counts and offsets: the kernels index their table by
+    decoded states and trust them (the runtime checks them again at load, by the layout each kernel carries in
+    ``TANS_ATTR``)."""
+    tans.tans_coder.validate(tans.streams(enc), int(enc.header["levels"]))
+    return stream_layout(enc)
+
+
+@register(tans.NAME, ops=("matmul", "conv2d"), target="llvm")
+def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """The fused decode-and-GEMV for one row, decode to the dense weight above one row and for convs."""
+    layout = checked_layout(enc)
+    tensors = constants(enc)
+    small = None if conv else KernelCall("tans_matmul", matmul(**layout).with_attr(TANS_ATTR, layout), tensors)
+    into, x_ndim = destination(enc, conv)
+    decoder = decode_weights(**layout, into=into, x_ndim=x_ndim).with_attr(TANS_ATTR, layout)
+    return with_decoder(small, decoder, "tans", tensors, conv)

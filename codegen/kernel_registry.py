@@ -1,0 +1,99 @@
+"""The kernel registry: which builder computes a layer from each codec's encoding, per op and target.
+
+A kernel module under :mod:`.kernels` registers its builders where it defines them::
+
+    @register(int8.NAME, ops=("matmul", "conv2d"), target="llvm")
+    def int8_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall: ...
+
+and :mod:`.kernels` imports every module in its folder, so a new kernel module needs no edit
+anywhere else. A matmul kernel is ``f(x [M, K], *constants, out [M, N])`` with a symbolic M; a
+conv kernel is ``f(x NCHW, *constants, out NCHW)`` for the conv described by its ConvSpec
+(weights in codec layout [O, kh * kw * I / groups], I fastest). On the CPU, convs and matmuls
+above one row get a *decode kernel* instead (``KernelCall.decodes``, :mod:`.kernels.decode`):
+the dense weight for the plain op, decoded once per call, the multiplication left to the dense
+schedules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import tvm
+from tvm import tirx
+
+from bie_compiler.codecs import Encoded
+
+KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kernel kind
+LAYER_ATTR = "bie.layer"  # on our kernels in the IRModule: the name of the weight they compute from
+SMALL_BATCH_ROWS = 1  # matmuls with at most this many rows use ``func``; larger ones ``large_batch``
+OPS = ("matmul", "conv2d")
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A 2-D convolution, NCHW data and OIHW weights."""
+
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+    kernel_shape: tuple[int, int, int, int]  # O, I / groups, kh, kw
+    groups: int = 1
+
+
+@dataclass
+class KernelCall:
+    """A scheduled PrimFunc and the constants it reads after the activation.
+
+    ``large_batch``, if set, is a kernel over the same constants for matmuls
+    above SMALL_BATCH_ROWS rows; the pass dispatches on the row count.
+    ``decodes``: ``func`` is a decode kernel ``f(x, *constants, W)`` (``x`` not
+    read), ``W`` the weight of the plain op (matmul: [K, N]; conv: OIHW).
+    """
+
+    kind: str
+    func: tirx.PrimFunc
+    constants: list
+    large_batch: "KernelCall | None" = None
+    decodes: bool = False
+
+
+Builder = Callable[[Encoded, "ConvSpec | None"], KernelCall]
+KERNELS: dict[tuple[str, str, str], Builder] = {}  # (codec, op, target kind) -> builder
+
+
+def register(codec: str, ops: tuple[str, ...], target: str) -> Callable[[Builder], Builder]:
+    """Register the decorated builder for ``codec``'s layers of each op in ``ops`` on ``target`` (a kind)."""
+    def add(builder: Builder) -> Builder:
+        for op in ops:
+            if op not in OPS:
+                raise ValueError(f"{builder.__qualname__}: unknown op {op!r}; ops are {', '.join(OPS)}")
+            key = (codec, op, target)
+            if key in KERNELS:
+                raise ValueError(f"two kernels for {key}: {KERNELS[key].__qualname__} and {builder.__qualname__}")
+            KERNELS[key] = builder
+        return builder
+    return add
+
+
+def has_kernel(codec: str, op: str, target: tvm.target.Target) -> bool:
+    return (codec, op, target.kind.name) in KERNELS
+
+
+def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = None) -> KernelCall:
+    """The kernel that computes ``x @ W.T`` (or the conv in ``conv``) from ``enc`` on ``target``."""
+    op = "matmul" if conv is None else "conv2d"
+    builder = KERNELS.get((enc.codec, op, target.kind.name))
+    if builder is None:
+        raise NotImplementedError(f"no {op} kernel for codec {enc.codec!r} on {target.kind.name}")
+    with target:  # builders may ask Target.current() for CPU features
+        call = builder(enc, conv)
+    for variant in (call, call.large_batch):
+        if variant is not None:
+            variant.func = finish(variant.func, variant.kind)
+    return call
+
+
+def finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
+    # Opaque (op_pattern 8): FuseOps must not merge a kernel into a function our schedule does not know.
+    return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": 8, "tirx.is_scheduled": True})
