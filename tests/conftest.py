@@ -11,6 +11,14 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def target():
+    """The host CPU target the kernels are built for (test_cuda.py overrides it with its GPU target)."""
+    from bie_compiler.codegen.target import make_target
+
+    return make_target()
+
+
+@pytest.fixture(scope="session")
 def check_rule():
     """``check(rule, func, sizes)``: ``rule`` schedules ``func`` (a PrimFunc), and the scheduled function computes
     what the unscheduled one does, for each dict in ``sizes`` binding its symbolic dims (by name) to values."""

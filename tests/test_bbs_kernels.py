@@ -3,13 +3,13 @@ tests/test_conv_kernels.py)."""
 
 import numpy as np
 import pytest
-import tvm
 
 from bie_compiler.codecs import bbs, make_config
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import bbs_lut
 from bie_compiler.codegen.target import make_target
 from bie_compiler.runtime.host import host_cpu, isa
+from kernel_runs import assert_close, run
 
 CONFIGS = [
     {"preset": "conservative"},
@@ -20,18 +20,6 @@ CONFIGS = [
 ]
 SHAPES = [(1, 5), (100, 70), (48, 256), (512, 256)]  # (N, K): K not a multiple of 32 included; 512: many work
 # items, the LUT kernel interleaving sensitive items with pruned blocks
-
-
-@pytest.fixture(scope="module")
-def target():
-    return make_target()
-
-
-def run(func, target, x, constants, out_shape):
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target).mod
-    out = tvm.runtime.empty(out_shape, "float32")
-    lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in constants], out)
-    return out.numpy()
 
 
 @pytest.mark.parametrize("options", CONFIGS, ids=[str(o) for o in CONFIGS])
@@ -48,8 +36,7 @@ def test_matmul_kernels_match_reference_decoder(options, n, k, target):
         for batch in (1, 5):
             x = rng.standard_normal((batch, k)).astype(np.float32)
             ref = x @ decoded.T
-            got = run(variant.func, target, x, variant.constants, (batch, n))
-            assert np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
+            assert_close(run(variant.func, target, x, variant.constants, (batch, n)), ref)
 
 
 @pytest.mark.skipif("avx512f" not in isa(host_cpu()), reason="the LUT kernel needs AVX-512 on this host")

@@ -10,8 +10,8 @@ from tvm import relax
 
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import ConvSpec, cpu, kernel_for
-from bie_compiler.codegen.target import make_target
 from bie_compiler.parity import run_onnxruntime
+from kernel_runs import assert_close, run
 
 CASES = [
     ("bie-bitplane", {"bits": 4}),  # 4-bit integers, two per byte
@@ -32,11 +32,6 @@ CONVS = [(24, 20, 1, 1, 0, 1, 7), (40, 12, 3, 2, 1, 1, 9), (18, 4, 3, 1, 1, 3, 8
          (8, 6, 5, 1, 2, 1, 6)]
 
 
-@pytest.fixture(scope="module")
-def target():
-    return make_target()
-
-
 def weights(shape, seed):
     rng = np.random.default_rng(seed)
     return (rng.standard_t(4, shape) * (rng.random(shape) > 0.3)).astype(np.float32)
@@ -48,10 +43,7 @@ def encode(codec, options, matrix):
 
 def run_decoder(call, target, x, out_shape):
     assert call.decodes and call.func.attrs["tirx.is_scheduled"]
-    lib = tvm.compile(tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")}), target).mod
-    out = tvm.runtime.empty(out_shape, "float32")
-    lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in call.constants], out)
-    return out.numpy()
+    return run(call.func, target, x, call.constants, out_shape)
 
 
 @pytest.mark.parametrize("codec,options", CASES, ids=IDS)
@@ -111,4 +103,4 @@ def test_convs_match_onnxruntime_on_decoded_weights(codec, options, target):
             x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
             ref = conv_reference(x, decoded, stride, pad, groups)
             got = vm[f"conv{index}"](tvm.runtime.tensor(x)).numpy()
-            assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5, (index, batch)
+            assert_close(got, ref, context=(index, batch))

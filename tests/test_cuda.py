@@ -14,12 +14,12 @@ from tvm.support import nvcc
 import bie_compiler
 from bie_compiler.codecs import CODECS, bbs, bie_binary, bie_bitplane, make_config, tans
 from bie_compiler.codegen import KERNELS, ConvSpec, cuda, has_kernel, kernel_for
-from bie_compiler.codegen.kernels.tans_matmul import constants as tans_constants, stream_layout as tans_layout
-from bie_compiler.codegen.kernels import bbs_cuda, bitplane, sparse_index_cuda, tans_cuda
+from bie_compiler.codegen.kernels import bbs_cuda, bitplane, sparse_index_cuda, tans_cuda, tans_matmul
 from bie_compiler.codegen.target import make_target
 from bie_compiler.errors import ArtefactError
 from bie_compiler.parity import check_artefact, make_inputs
 from bie_compiler.runtime.artefact import DEVICE_SOURCE
+from kernel_runs import assert_close, run
 
 pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
 
@@ -143,14 +143,7 @@ def test_warp_index_kernels_emulated_on_the_cpu(codec, options, n, k):
 
 def run_on_the_cpu(func, x, constants, out_shape):
     """Build a kernel emulated on the CPU (``gpu=False``) and run it."""
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target()).mod
-    out = tvm.runtime.empty(out_shape, "float32")
-    lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in constants], out)
-    return out.numpy()
-
-
-def assert_close(got, ref):
-    assert np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
+    return run(func, make_target(), x, constants, out_shape)
 
 
 BITPLANE_CASES = [("bie-bitplane", {"bits": 4}), ("bie-bitplane", {"bits": 3, "group_size": 64}),
@@ -230,10 +223,10 @@ def test_tans_matmul_emulated_on_the_cpu(n, k, config):
     rng = np.random.default_rng(n + k)
     enc = tans.encode(weight(n, k, n * k), config)
     decoded = tans.decode(enc).astype(np.float64)
-    func = tans_cuda.matmul(**tans_layout(enc), gpu=False)
+    func = tans_cuda.matmul(**tans_matmul.stream_layout(enc), gpu=False)
     for batch in (1, 3):
         x = rng.standard_normal((batch, k)).astype(np.float32)
-        assert_close(run_on_the_cpu(func, x, tans_constants(enc, byte_words=False), (batch, n)), x @ decoded.T)
+        assert_close(run_on_the_cpu(func, x, tans_matmul.constants(enc, byte_words=False), (batch, n)), x @ decoded.T)
 
 
 def test_unbound_kernel_is_refused_not_compiled_for_the_host(target):

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tvm
 
 from bie_compiler.codecs import CODECS, make_config, tans
 from bie_compiler.codegen import kernel_for
-from bie_compiler.codegen.kernels.tans_matmul import constants as tans_constants, stream_layout as tans_layout
-from bie_compiler.codegen.kernels import tans_cuda
+from bie_compiler.codegen.kernels import tans_cuda, tans_matmul
 from bie_compiler.codegen.target import make_target
+from kernel_runs import assert_close, build, call
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
 import tiling  # noqa: E402
@@ -39,11 +38,8 @@ def test_stacked_tans_streams_give_the_tiled_outputs_in_the_gpu_kernel():
     enc = tans.encode(block(64, 1024), tans.Config(levels=15))
     stacked = tiling.stack(enc, 3)
     kernel_for(stacked, make_target("cuda"))  # the structural checks and the checksum pass
-    func = tans_cuda.matmul(**tans_layout(stacked), gpu=False)
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target()).mod
+    kernel = build(tans_cuda.matmul(**tans_matmul.stream_layout(stacked), gpu=False), make_target())
     for rows in (1, 3):
         x = np.random.default_rng(rows).standard_normal((rows, 1024)).astype(np.float32)
-        out = tvm.runtime.empty((rows, 192), "float32")
-        lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in tans_constants(stacked, byte_words=False)], out)
-        ref = np.tile(x @ tans.decode(enc).astype(np.float64).T, (1, 3))
-        assert np.abs(out.numpy() - ref).max() / np.abs(ref).max() < 1e-5
+        got = call(kernel, x, tans_matmul.constants(stacked, byte_words=False), (rows, 192))
+        assert_close(got, np.tile(x @ tans.decode(enc).astype(np.float64).T, (1, 3)))

@@ -7,6 +7,7 @@ import tvm
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.target import make_target
+from kernel_runs import assert_close, run
 
 CASES = [
     ("bie-bitplane", {"bits": 2}),
@@ -24,16 +25,8 @@ CASES = [
 SHAPES = [(1, 1), (37, 300), (64, 1024)]  # (N, K): K not a multiple of 128 included
 
 
-@pytest.fixture(scope="module")
-def target():
-    return make_target()
-
-
 def run_kernel(call, target, x, n):
-    lib = tvm.compile(tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")}), target).mod
-    out = tvm.runtime.empty((x.shape[0], n), "float32")
-    lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in call.constants], out)
-    return out.numpy()
+    return run(call.func, target, x, call.constants, (x.shape[0], n))
 
 
 @pytest.mark.parametrize("codec,options", CASES, ids=[f"{c}-{o}" for c, o in CASES])
@@ -50,9 +43,7 @@ def test_kernel_matches_reference_decoder(codec, options, n, k, target):
     for batch in (1, 5):  # exact for any row count; the pass runs it for one
         x = rng.standard_normal((batch, k)).astype(np.float32)
         ref = x @ decoded.T
-        got = run_kernel(call, target, x, n)
-        scale = max(np.abs(ref).max(), 1e-30)
-        assert np.abs(got - ref).max() / scale < 1e-5
+        assert_close(run_kernel(call, target, x, n), ref)
 
 
 @pytest.mark.parametrize("options,constant,lanes", [
@@ -89,7 +80,7 @@ def test_dense_kernel_of_a_layer_left_dense(n, k, target):
         assert "T.parallel" in kernel.func.script()
         x = rng.standard_normal((batch, k)).astype(np.float32)
         ref = x.astype(np.float64) @ w.T.astype(np.float64)
-        assert np.abs(run_kernel(kernel, target, x, n) - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
+        assert_close(run_kernel(kernel, target, x, n), ref)
     with pytest.raises(NotImplementedError, match="cuda"):  # dlight's GPU rules schedule dense layers there
         dense_kernel(w, make_target("cuda"))
 

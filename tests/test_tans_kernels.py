@@ -6,10 +6,9 @@ import tvm
 
 from bie_compiler.codecs import tans
 from bie_compiler.codegen import kernel_for
-from bie_compiler.codegen.kernels.tans_matmul import constants as tans_constants, stream_layout as tans_layout
 from bie_compiler.codegen.kernels import tans_matmul
 from bie_compiler.codegen.kernels.decode import Layout
-from bie_compiler.codegen.target import make_target
+from kernel_runs import assert_close, build, call
 
 CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states
     (1, 1, tans.Config(levels=3)),
@@ -22,15 +21,6 @@ BATCHES = (1, 2, 3, 8)  # fused (m <= FUSED_MAX_BATCH) and decode-to-buffer (lar
 assert min(BATCHES) <= tans_matmul.FUSED_MAX_BATCH < max(BATCHES)
 
 
-@pytest.fixture(scope="module")
-def target():
-    return make_target()
-
-
-def build(func, target):
-    return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target).mod["main"]
-
-
 def encode(n, k, config, seed):
     rng = np.random.default_rng(seed)
     w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.3)).astype(np.float32)
@@ -38,14 +28,14 @@ def encode(n, k, config, seed):
 
 
 def constants(enc):
-    return [tvm.runtime.tensor(c) for c in tans_constants(enc)]
+    return [tvm.runtime.tensor(c) for c in tans_matmul.constants(enc)]
 
 
 @pytest.mark.parametrize("n,k,config", CASES)
 def test_decoder_kernel_is_bit_exact(n, k, config, target):
     enc = encode(n, k, config, n * k)
     out = tvm.runtime.empty((k, n), "float32")
-    decoder = tans_matmul.decode_weights(**tans_layout(enc), into=Layout.matmul(n, k), x_ndim=2)
+    decoder = tans_matmul.decode_weights(**tans_matmul.stream_layout(enc), into=Layout.matmul(n, k), x_ndim=2)
     build(decoder, target)(tvm.runtime.tensor(np.zeros((1, k), np.float32)), *constants(enc), out)
     np.testing.assert_array_equal(out.numpy(), tans.decode(enc).T)
 
@@ -53,18 +43,14 @@ def test_decoder_kernel_is_bit_exact(n, k, config, target):
 @pytest.mark.parametrize("n,k,config", CASES)
 def test_matmul_kernel_matches_reference_decoder(n, k, config, target):
     enc = encode(n, k, config, n + k)
-    call = kernel_for(enc, target)
-    assert call.func.attrs["tirx.is_scheduled"] and "T.parallel" in call.func.script()
-    kernel = build(call.func, target)
+    matmul = kernel_for(enc, target)
+    assert matmul.func.attrs["tirx.is_scheduled"] and "T.parallel" in matmul.func.script()
+    kernel = build(matmul.func, target)
     decoded = tans.decode(enc).astype(np.float64)
     rng = np.random.default_rng(k)
     for batch in BATCHES:
         x = rng.standard_normal((batch, k)).astype(np.float32)
-        ref = x @ decoded.T
-        out = tvm.runtime.empty((batch, n), "float32")
-        kernel(tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in call.constants], out)
-        scale = max(np.abs(ref).max(), 1e-30)
-        assert np.abs(out.numpy() - ref).max() / scale < 1e-5, batch
+        assert_close(call(kernel, x, matmul.constants, (batch, n)), x @ decoded.T, context=batch)
 
 
 def test_kernel_refuses_a_malformed_encoding(target):
