@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_MODEL := models/transformer.onnx
 DEMO_OUT := out/transformer-bitplane4
+# The tests on every core, each test file on one worker (its module-scoped compiles made once).
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 .PHONY: demo test test-fast models bench bench-grid clean
 
@@ -24,10 +26,10 @@ demo: models
 	$(BIN)/bie-compiler inspect $(DEMO_OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)  # everything but the whole-model compiles (tests marked slow)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bitplane_gemv.py
