@@ -69,7 +69,6 @@ def run(args: argparse.Namespace) -> dict:
 
     from bie_compiler.codecs import tans
     from bie_compiler.codegen import kernel_for
-    from bie_compiler.codegen.kernels.tans_matmul import stream_layout as tans_layout
     from bie_compiler.codegen.kernels import tans_matmul
     from bie_compiler.codegen.kernels.decode import Layout
     from bie_compiler.codegen.target import make_target
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
     build = lambda f: tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target).mod["main"]  # noqa: E731
     call = kernel_for(enc, target)
     fused = build(call.func)
-    decoder = build(tans_matmul.decode_weights(**tans_layout(enc), into=Layout.matmul(size, size), x_ndim=2))
+    decoder = build(tans_matmul.decode_weights(**tans_matmul.stream_layout(enc), into=Layout.matmul(size, size), x_ndim=2))
     consts = [tvm.runtime.tensor(c) for c in call.constants]
     x = np.random.default_rng(SEED + 1).standard_normal((1, size)).astype(np.float32)
     x_tvm, y_tvm, dense = tvm.runtime.tensor(x), tvm.runtime.empty((1, size), "float32"), tvm.runtime.empty((size, size), "float32")
