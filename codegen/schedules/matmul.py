@@ -12,6 +12,7 @@ is written back, so the unscaled product never reaches memory.
 
 from __future__ import annotations
 
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.ir.expr import TensorLoad
@@ -141,11 +142,39 @@ class Matmul(CPUScheduleRule):
             return None
         if any(_reduces(sch, b) for b in blocks[1:]):
             return None
+        width = sch.get(sch.get_loops(blocks[0])[-2]).extent
         try:
             schedule_matmul(sch, blocks[0])
         except s_tir.ScheduleError:  # an epilogue that cannot be inlined: leave it to the generic rewrite
             return None
-        return sch
+        if isinstance(width, tirx.IntImm):
+            return sch
+        return s_tir.Schedule(narrow_in_loops(func, sch.mod["main"], width < LANES))
+
+
+def narrow_in_loops(func: tirx.PrimFunc, tiled: tirx.PrimFunc, narrow: tirx.PrimExpr) -> tirx.PrimFunc:
+    """``tiled`` (``func`` scheduled), but ``func``'s own loop nest where ``narrow`` holds at run time.
+
+    A symbolic width (attention scores: n = the sequence length) below one vector has no full tile: each tile is
+    then a predicated tail whose ROWS x LANES guarded scalar updates per k (128 for one useful one at one token) cost
+    far more than the plain loops, one scalar multiply-add per product."""
+    plain, scheduled = func.body.block, tiled.body.block
+    root = s_tir.SBlock([], [], [], "root", tirx.IfThenElse(narrow, _fresh_definitions(plain.body), scheduled.body),
+                        None, [*plain.alloc_buffers, *scheduled.alloc_buffers])
+    return tiled.with_body(s_tir.SBlockRealize([], True, root))
+
+
+def _fresh_definitions(stmt):
+    """``stmt`` with new variables for its loops and block iterators (a copy defines nothing the original does)."""
+    fresh = {}
+
+    def collect(node):
+        for var in [node.loop_var] if isinstance(node, tirx.For) else [iv.var for iv in node.iter_vars]:
+            fresh[var] = tirx.Var(var.name, var.ty)
+        return node
+
+    tvm_ffi.structural_map(stmt, [((tirx.For, s_tir.SBlock), collect)], order="post")
+    return tvm_ffi.structural_map(stmt, (tirx.Var, lambda var: fresh.get(var, var)), order="post")
 
 
 def _reduces(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
