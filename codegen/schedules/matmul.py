@@ -7,7 +7,9 @@ tiled into ``ROWS x COLS`` output tiles accumulated in registers: for each k,
 one broadcast of ``A[m, k]`` per row and a ``COLS``-wide vector load of
 ``B[k, n:n+COLS]`` feed ``ROWS x COLS / lanes`` FMAs. Tiles run in parallel.
 Elementwise epilogues (the attention scale, a bias add) are applied as a tile
-is written back, so the unscaled product never reaches memory.
+is written back, so the unscaled product never reaches memory. One-row kernels
+tile several panels at once (:func:`gemv_panels`); a symbolic width narrower
+than one vector runs the plain loops instead (:func:`narrow_in_loops`).
 """
 
 from __future__ import annotations
