@@ -47,12 +47,20 @@ def run_decoder(call, target, x, out_shape):
 
 
 @pytest.mark.parametrize("codec,options", CASES, ids=IDS)
-@pytest.mark.parametrize("n,k", [(1, 1), (37, 300), (64, 129)])
+@pytest.mark.parametrize("n,k", [(1, 1), (37, 300), (64, 129), (96, 40)])
 def test_matmul_decoder_is_bit_exact(codec, options, n, k, target):
     enc = encode(codec, options, weights((n, k), n * k))
     decoder = kernel_for(enc, target).large_batch
     got = run_decoder(decoder, target, np.zeros((3, k), np.float32), (k, n))
     np.testing.assert_array_equal(got, CODECS[codec].decode(enc).T)
+
+
+def test_integer_panels_decode_along_channels(target):
+    """int8's codes hold 32 channels of one k contiguously, as [K, N] does: decoded row by row, 32 channels per
+    vector, without the K-major tile buffer that codecs stored along K need."""
+    enc = encode("int8", {}, weights((64, 40), 0))
+    script = kernel_for(enc, target).large_batch.func.script()
+    assert "T.vectorized(32)" in script and "T.parallel(40)" in script and "decoded_global" not in script
 
 
 def oihw(matrix, shape):

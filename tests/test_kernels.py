@@ -22,7 +22,9 @@ CASES = [
     ("int8", {}),
     ("bitwave", {"pruned_columns": 4}),
 ]
-SHAPES = [(1, 1), (37, 300), (64, 1024)]  # (N, K): K not a multiple of 128 included
+SHAPES = [(1, 1), (37, 300), (64, 1024), (256, 96), (250, 97)]  # (N, K): K not a multiple of 128 included;
+# 256 and 250 channels: one-row tiles of 4 panels (250: the last one ragged), K odd and even (4-bit codes: a byte
+# holds two k, decoded in one loop step when K is even)
 
 
 def run_kernel(call, target, x, n):

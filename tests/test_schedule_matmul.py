@@ -33,8 +33,10 @@ def test_attention_scores_with_their_scale(check_rule):
     func = batched((bb, 12, s, 32), (bb, 12, 32, s), lambda x: topi.multiply(x, 0.17677669))
     script = check_rule(matmul.Matmul(), func, SIZES).script()
     assert "T.vectorized(T.int64(16))" in script and "T.parallel" in script  # a symbolic n: one-vector tiles
-    # Only the register tile, indexed by (tile, position in tile): the scale is applied as it is written back.
-    assert script.count("alloc_buffer") == 1 and "T.int64(8), T.int64(16)), scope=\"local\"" in script
+    # The tiles' only buffer is the register tile, indexed by (tile, position in tile): the scale is applied as it is
+    # written back. Narrower than one vector (s 1 and 5 above), the plain loops run instead, with their product.
+    assert script.count('scope="local"') == 1 and "T.int64(8), T.int64(16)), scope=\"local\"" in script
+    assert "if s < T.int64(16):" in script and script.count("alloc_buffer") == 2
 
 
 def test_attention_values(check_rule):
@@ -83,3 +85,20 @@ def test_full_tiles_of_a_ragged_width_are_vectorized():
 def test_declines_what_is_not_a_matmul():
     x = te.placeholder((te.var("s", "int64"), 64), "float32", "x")
     assert matmul.Matmul().apply(te.create_prim_func([x, topi.sum(x, axis=1)]), make_target(), False) is None
+
+
+def test_one_row_tiles_span_several_panels():
+    """A one-row tile of 256 channels is 4 panels of 32 (8 independent FMA chains per k, one per vector), each panel
+    its own contiguous vector loop over the packed weight; correct for 1 and several rows."""
+    assert matmul.gemv_panels(256) == 4 and matmul.gemv_panels(384) == 2 and matmul.gemv_panels(70) == 1
+    func = dense.gemm(256, 40, rows=1)
+    script = func.script()
+    assert "T.unroll(4)" in script and f"T.vectorized({matmul.COLS})" in script
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target())
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((256, 40)).astype("float32")
+    for m in (1, 3):
+        x = rng.standard_normal((m, 40)).astype("float32")
+        out = tvm.runtime.empty((m, 256), "float32")
+        lib.mod["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack(w)), out)
+        np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)

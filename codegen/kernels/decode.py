@@ -93,22 +93,27 @@ def _lanes(extent: int) -> int:
     return next(v for v in (PACK_LANES, 8, 4, 2, 1) if extent % v == 0)
 
 
-def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int) -> tirx.PrimFunc:
+def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int,
+                channel_lanes: int = 1) -> tirx.PrimFunc:
     """Scheduled ``f(x, *holders, W)`` with ``W[index] = weight(*layout.source(index))``.
 
-    The codecs' arrays run along K within a channel, so vectors must run along K
+    Most codecs' arrays run along K within a channel, so vectors must run along K
     to read them contiguously; where the output runs otherwise (a matmul's
     [K, N], a conv's in-channels outside its kh x kw) a tile is decoded along K
     into a buffer laid out along K (contiguous vector stores; a scatter across it
     was slower), then written out along the output's rows, gathering from it. Where both agree: 1x1 convs by
     output channel, K in vectors; depthwise convs (K = kh x kw, short) one flat loop of vectors in parallel.
+    Arrays that hold ``channel_lanes`` (> 1) consecutive channels of one k contiguously (the integer kernels'
+    panels) agree with a matmul's [K, N]: it is decoded row by row, N in vectors of that many channels.
     """
     x = activation(x_ndim)
     out = te.compute(layout.shape, lambda *index: weight(*layout.source(*index)), name="decoded")
     sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
     sch.work_on("main")
     block = sch.get_sblock("decoded")
-    if not layout.conv:
+    if not layout.conv and channel_lanes > 1 and layout.shape[1] % channel_lanes == 0:
+        _along_channels(sch, block, channel_lanes)
+    elif not layout.conv:
         _transposed(sch, block)
     elif layout.shape[1] > 1 and layout.shape[2] * layout.shape[3] > 1:
         _per_channel(sch, block)
@@ -122,6 +127,13 @@ def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int) -
         if lanes > 1:
             sch.vectorize(inner)
     return sch.mod["main"]
+
+
+def _along_channels(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """[K, N] row by row, ``lanes`` channels per vector (read and written contiguously); rows in parallel."""
+    kk, n = sch.get_loops(block)
+    sch.vectorize(sch.split(n, [None, lanes])[1])
+    sch.parallel(kk)
 
 
 def _transposed(sch: s_tir.Schedule, block) -> None:

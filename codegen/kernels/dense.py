@@ -40,7 +40,8 @@ def gemm(n: int, k: int, rows: int = matmul.ROWS) -> tirx.PrimFunc:
     )
     sch = s_tir.Schedule(te.create_prim_func([x, packed, out]))
     sch.work_on("main")
-    matmul.schedule_matmul(sch, sch.get_sblock(BLOCK), rows=rows)
+    panels = matmul.gemv_panels(n) if rows == 1 else 1
+    matmul.schedule_matmul(sch, sch.get_sblock(BLOCK), rows=rows, panels=panels)
     return sch.mod["main"]
 
 

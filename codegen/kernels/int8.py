@@ -58,20 +58,25 @@ def pack_nibbles(codes: np.ndarray, cols: int = matmul.COLS) -> np.ndarray:
 
 
 def _nibble(byte, half) -> tirx.PrimExpr:
-    """The signed 4-bit number in nibble ``half`` (0 low, 1 high) of the int8 ``byte``: shifted to the top of an int32
-    and arithmetically back (two shifts; the shift counts are per weight, not per lane)."""
-    return (byte.astype("int32") << (28 - 4 * half).astype("int32")) >> tirx.const(28, "int32")
+    """The signed 4-bit number in nibble ``half`` (0 low, 1 high) of the int8 ``byte``: the sign-extended byte shifted
+    right by 4 (high), or its low 4 bits sign-extended by ``(b ^ 8) - 8`` (low). One shift per byte: shifts of
+    512-bit vectors have one port, which four shifts per byte (each nibble to the top of an int32 and back) held."""
+    wide = byte.astype("int32")
+    low = ((wide & tirx.const(15, "int32")) ^ tirx.const(8, "int32")) - tirx.const(8, "int32")
+    return tirx.Select(half == 0, low, wide >> tirx.const(4, "int32"))
 
 
 @dataclass
 class Int8Weights:
     """``value(holders)(n, kk)``: the int32 weight before its channel's scale (the last constant, float32 [N]);
-    ``lanes`` consecutive channels (from a multiple of ``lanes``) of one ``kk`` are contiguous in the constants."""
+    ``lanes`` consecutive channels (from a multiple of ``lanes``) of one ``kk`` are contiguous in the constants;
+    ``k_step`` consecutive ``kk`` share their bytes (the one-row kernel decodes them in one loop iteration)."""
 
     constants: list[np.ndarray]
     names: tuple[str, ...]
     value: Callable
     lanes: int
+    k_step: int = 1
 
     @staticmethod
     def packed(codes: np.ndarray, scales: np.ndarray, bits: int) -> "Int8Weights":
@@ -80,7 +85,8 @@ class Int8Weights:
         cols = matmul.COLS
         if bits <= 4:
             return Int8Weights([pack_nibbles(codes, cols), scales], ("nibbles", "scales"),
-                               lambda h: lambda n, kk: _nibble(h[0][n // cols, kk // 2, n % cols], kk % 2), cols)
+                               lambda h: lambda n, kk: _nibble(h[0][n // cols, kk // 2, n % cols], kk % 2), cols,
+                               2 if codes.shape[1] % 2 == 0 else 1)
         return Int8Weights([pack(codes.astype(np.int8), cols), scales], ("codes", "scales"),
                            lambda h: lambda n, kk: h[0][n // cols, kk, n % cols].astype("int32"), cols)
 
@@ -123,14 +129,15 @@ def gemv(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
     out = te.compute(dot.shape, lambda m, c: dot[m, c] * holders[-1][c], name=SCALED)
     sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
     sch.work_on("main")
-    matmul.schedule_matmul(sch, sch.get_sblock(BLOCK), rows=1, cols=weights.lanes)
+    matmul.schedule_matmul(sch, sch.get_sblock(BLOCK), rows=1, cols=weights.lanes,
+                           panels=matmul.gemv_panels(n, weights.lanes), k_step=weights.k_step)
     return sch.mod["main"]
 
 
 def decoder(weights: Int8Weights, into: decode.Layout, x_ndim: int) -> tirx.PrimFunc:
     """``f(x, *constants, W)``: the decode kernel."""
     holders = weights.holders()
-    return decode.elementwise(weights.weight(holders), holders, into, x_ndim)
+    return decode.elementwise(weights.weight(holders), holders, into, x_ndim, channel_lanes=weights.lanes)
 
 
 @register(int8_codec.NAME, ops=("matmul", "conv2d"), target="llvm")

@@ -7,11 +7,14 @@ tiled into ``ROWS x COLS`` output tiles accumulated in registers: for each k,
 one broadcast of ``A[m, k]`` per row and a ``COLS``-wide vector load of
 ``B[k, n:n+COLS]`` feed ``ROWS x COLS / lanes`` FMAs. Tiles run in parallel.
 Elementwise epilogues (the attention scale, a bias add) are applied as a tile
-is written back, so the unscaled product never reaches memory.
+is written back, so the unscaled product never reaches memory. One-row kernels
+tile several panels at once (:func:`gemv_panels`); a symbolic width narrower
+than one vector runs the plain loops instead (:func:`narrow_in_loops`).
 """
 
 from __future__ import annotations
 
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.ir.expr import TensorLoad
@@ -59,29 +62,36 @@ def _uses_only(expr, var) -> bool:
 
 
 def schedule_matmul(
-    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, rows: int = ROWS, cols: int = COLS
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, rows: int = ROWS, cols: int = COLS, panels: int = 1,
+    k_step: int = 1,
 ) -> s_tir.schedule.SBlockRV:
     """Tile ``block`` (see :func:`is_matmul`) into register tiles, inlining its elementwise consumers.
 
     For kernels of our own too: a matmul over a weight decoded into a buffer qualifies when the buffer is laid out
     with the output channel innermost, e.g. ``dense.pack``'s [N / COLS, K, COLS] read as ``B[n // COLS, k, n % COLS]``.
-    Producers of A or B (a decode) are left where they are. Returns the block that writes the tile back.
+    A tile is ``rows`` x ``panels * cols``: ``panels`` runs of ``cols`` channels (the packed layout's panels), each
+    its own vector loop (see :func:`gemv_panels`). ``k_step`` consecutive k are unrolled in each iteration (a weight
+    format with several k in one byte decodes the byte once for all of them; it must divide K). Producers of A or B
+    (a decode) are left where they are. Returns the block that writes the tile back.
     """
     *batch, m, n, k = sch.get_loops(block)
     static = [isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (m, n)]
     # A static n that is not a multiple of the tile has its last tile peeled (below). Not with int64 indices and a
     # symbolic m: TVM's loop partitioning then mixes int32 and int64 indices and the build fails.
-    peel_n = (static[1] and int(sch.get(n).extent) % cols != 0
+    peel_n = (static[1] and int(sch.get(n).extent) % (cols * panels) != 0
               and (static[0] or str(sch.get(n).loop_var.ty) == "int32"))
     if not static[1]:
-        cols = min(cols, LANES)  # the tail tile of a symbolic n runs in scalars: keep it one vector wide
+        cols, panels = min(cols, LANES), 1  # the tail tile of a symbolic n runs in scalars: keep it one vector wide
+    width = cols * panels
     mo, mi = sch.split(m, [None, rows])
-    no, ni = sch.split(n, [None, cols])
+    no, ni = sch.split(n, [None, width])
+    nj, ni = sch.split(ni, [panels, cols]) if panels > 1 else (None, ni)
     # A symbolic dim's tail tile is predicated: its tile loop stays serial so that loop partitioning can peel
     # the tail off and the full tiles run unpredicated (a predicate on the vector lanes would scalarize them).
     outer = [loop for loop, s in zip((no, mo), (static[1], static[0])) if s]
     inner = [loop for loop, s in zip((mo, no), static) if not s]
-    sch.reorder(*batch, *outer, *inner, k, mi, ni)
+    ko, ki = sch.split(k, [None, k_step]) if k_step > 1 else (k, None)
+    sch.reorder(*batch, *outer, *inner, ko, *([ki] if ki else []), mi, *([nj] if nj else []), ni)
     for loop in inner:
         sch.annotate(loop, "pragma_loop_partition_hint", 1)
     tile = sch.cache_write(block, 0, "local")
@@ -90,13 +100,16 @@ def schedule_matmul(
     # (indexed like the output, the predicated region has a symbolic extent and the buffer stays whole).
     nb = len(batch)
     if len({str(iv.var.ty) for iv in sch.get(block).iter_vars}) == 1:  # the index map needs one index dtype
-        sch.transform_layout(block, ("write", 0), lambda *i: (*i[:nb], i[nb] // rows, i[nb + 1] // cols, i[nb] % rows,
-                                                          i[nb + 1] % cols), assume_injective_transform=True)
+        sch.transform_layout(block, ("write", 0), lambda *i: (*i[:nb], i[nb] // rows, i[nb + 1] // width,
+                                                          i[nb] % rows, i[nb + 1] % width),
+                             assume_injective_transform=True)
     sch.reverse_compute_at(tile, (outer + inner)[-1], preserve_unit_loops=True)
     while consumers := sch.get_consumers(tile):  # an epilogue chain, one block after the other
         for consumer in consumers:
             sch.reverse_compute_inline(consumer)
-    sch.unroll(mi)
+    for loop in (ki, mi, nj):
+        if loop is not None:
+            sch.unroll(loop)
     sch.vectorize(ni)
     sch.vectorize(sch.get_loops(tile)[-1])
     if batch or outer:
@@ -104,10 +117,19 @@ def schedule_matmul(
         sch.parallel(tiles)
         if peel_n:  # the full tiles then run unpredicated (a predicate on the lanes would scalarize them)
             sch.annotate(tiles, "pragma_loop_partition_hint", 1)
-    init = sch.decompose_reduction(block, k)
+    init = sch.decompose_reduction(block, ko)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(sch.get_loops(init)[-2])
+    for loop in sch.get_loops(init)[-3 if nj else -2:-1]:
+        sch.unroll(loop)
     return tile
+
+
+def gemv_panels(n: int, cols: int = COLS) -> int:
+    """Panels of ``cols`` channels per one-row tile for ``n`` channels: with one panel a k step is two dependent FMA
+    chains (one per vector) and waits on the FMA latency; four give eight independent chains. As many as divide
+    the panels into an even number of tiles (the two threads' shares)."""
+    count = -(-n // cols)
+    return next(p for p in (4, 2, 1) if count % (2 * p) == 0 or p == 1)
 
 
 class Matmul(CPUScheduleRule):
@@ -122,11 +144,39 @@ class Matmul(CPUScheduleRule):
             return None
         if any(_reduces(sch, b) for b in blocks[1:]):
             return None
+        width = sch.get(sch.get_loops(blocks[0])[-2]).extent
         try:
             schedule_matmul(sch, blocks[0])
         except s_tir.ScheduleError:  # an epilogue that cannot be inlined: leave it to the generic rewrite
             return None
-        return sch
+        if isinstance(width, tirx.IntImm):
+            return sch
+        return s_tir.Schedule(narrow_in_loops(func, sch.mod["main"], width < LANES))
+
+
+def narrow_in_loops(func: tirx.PrimFunc, tiled: tirx.PrimFunc, narrow: tirx.PrimExpr) -> tirx.PrimFunc:
+    """``tiled`` (``func`` scheduled), but ``func``'s own loop nest where ``narrow`` holds at run time.
+
+    A symbolic width (attention scores: n = the sequence length) below one vector has no full tile: each tile is
+    then a predicated tail whose ROWS x LANES guarded scalar updates per k (128 for one useful one at one token) cost
+    far more than the plain loops, one scalar multiply-add per product."""
+    plain, scheduled = func.body.block, tiled.body.block
+    root = s_tir.SBlock([], [], [], "root", tirx.IfThenElse(narrow, _fresh_definitions(plain.body), scheduled.body),
+                        None, [*plain.alloc_buffers, *scheduled.alloc_buffers])
+    return tiled.with_body(s_tir.SBlockRealize([], True, root))
+
+
+def _fresh_definitions(stmt):
+    """``stmt`` with new variables for its loops and block iterators (a copy defines nothing the original does)."""
+    fresh = {}
+
+    def collect(node):
+        for var in [node.loop_var] if isinstance(node, tirx.For) else [iv.var for iv in node.iter_vars]:
+            fresh[var] = tirx.Var(var.name, var.ty)
+        return node
+
+    tvm_ffi.structural_map(stmt, [((tirx.For, s_tir.SBlock), collect)], order="post")
+    return tvm_ffi.structural_map(stmt, (tirx.Var, lambda var: fresh.get(var, var)), order="post")
 
 
 def _reduces(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
