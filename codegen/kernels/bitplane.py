@@ -13,12 +13,13 @@ would be repeated, decoding once and a dense GEMM is cheaper.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from tvm import s_tir, te, tirx
 
 from bie_compiler.codecs import Encoded, bie_bitplane
-from bie_compiler.codecs.base import PACK_LANES, packed_width, unpack_bits
+from bie_compiler.codecs.base import PACK_LANES, pack_bits, unpack_bits
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..weights import PRECISION_ATTR
@@ -34,38 +35,76 @@ def compute(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor
     """TE definition. x [M, K] float32; planes uint8 [P, N, KB]; signs uint8 [N, KB]; scales float32 [N, G].
 
     The reduction runs over (bit j, byte w) of the packed bytes (weight ``j * KB + w``), so 16 consecutive bytes
-    of each plane hold 16 consecutive weights' bits ``j``.
+    of each plane hold 16 consecutive weights' bits ``j``. A row's bytes are taken as whole 16-byte vectors
+    (block BLOCK) and the KB % 16 bytes left (block TAIL, one narrower vector): KB follows K, not the vector width.
+    With both, their sums add in block SUM.
     """
     kb = int(planes.shape[2])
     zero = tirx.const(0, "float32")
     xpad = te.compute((x.shape[0], 8 * kb), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
     weight = weight_at(planes, signs, scales, top_bit=top_bit, group=group)
-    rj = te.reduce_axis((0, 8), "rj")
-    rw = te.reduce_axis((0, kb), "rw")
-    return te.compute((x.shape[0], int(planes.shape[1])),
-                      lambda m, n: te.sum(xpad[m, rj * kb + rw] * weight(n, rj, rw), axis=[rj, rw]), name=BLOCK)
+
+    def dot(first: int, width: int, name: str) -> te.Tensor:
+        rj = te.reduce_axis((0, 8), "rj")
+        rw = te.reduce_axis((0, width), "rw")
+        return te.compute((x.shape[0], int(planes.shape[1])), lambda m, n: te.sum(
+            xpad[m, rj * kb + first + rw] * weight(n, rj, first + rw), axis=[rj, rw]), name=name)
+
+    whole = kb - kb % PACK_LANES
+    parts = ([dot(0, whole, BLOCK)] if whole else []) + ([dot(whole, kb - whole, TAIL)] if kb > whole else [])
+    if len(parts) == 1:
+        return parts[0]
+    return te.compute(parts[0].shape, lambda m, n: parts[0][m, n] + parts[1][m, n], name=SUM)
+
+
+TAIL = "bitplane_tail"
+SUM = "bitplane_sum"
 
 
 def schedule_llvm(sch: s_tir.Schedule) -> None:
-    """Tiles of CHANNELS channels in parallel; per tile, bit and 16-byte step, each channel's 16 weights decoded
-    (:func:`weight_at`, the planes summed apart from the accumulator) into one FMA on its 16-lane accumulator.
-    The accumulators (rfactor-ed over the lanes, lanes contiguous) stay in registers; their lanes are summed once."""
-    block = sch.get_sblock(BLOCK)
-    m, n, rj, rw = sch.get_loops(block)
-    rw_outer, rw_lane = sch.split(rw, [None, PACK_LANES])
-    partial = sch.rfactor(rw_lane, factor_axis=2)
-    sch.set_scope(partial, 0, "local")
-    m, n, rj, rw_outer, lane = sch.get_loops(partial)
+    """Tiles of CHANNELS channels in parallel; per tile, bit and vector of bytes, each channel's weights decoded
+    (:func:`weight_at`, the planes summed apart from the accumulator) into one FMA on its accumulator of as many
+    lanes as the vector (16, or the row's tail). The accumulators (rfactor-ed over the lanes, lanes contiguous) stay
+    in registers; their lanes are summed once. Whole vectors and tail share the tile (one parallel loop)."""
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    dots = [sch.get_sblock(name) for name in (BLOCK, TAIL) if name in names]
+    partials = []
+    for dot in dots:
+        rw = sch.get_loops(dot)[-1]
+        partials.append(sch.rfactor(sch.split(rw, [None, min(PACK_LANES, int(sch.get(rw).extent))])[1], 2))
+        sch.set_scope(partials[-1], 0, "local")
+    if SUM in names:  # both blocks in the tiles of their sum
+        tile = _parallel_tiles(sch, sch.get_sblock(SUM))
+        for dot, partial in zip(dots, partials):
+            sch.compute_at(dot, tile, preserve_unit_loops=True)
+            sch.compute_at(partial, tile, preserve_unit_loops=True)
+            lane, m, channel, rj, rw_outer = sch.get_loops(partial)[1:]
+            _accumulate(sch, dot, partial, m, channel, rj, rw_outer, lane)
+    else:
+        _parallel_tiles(sch, partials[0])
+        _, m, channel, rj, rw_outer, lane = sch.get_loops(partials[0])
+        _accumulate(sch, dots[0], partials[0], m, channel, rj, rw_outer, lane)
+    _, kk = sch.get_loops(sch.get_sblock("xpad"))
+    sch.vectorize(sch.split(kk, [None, math.gcd(PACK_LANES, int(sch.get(kk).extent))])[1])  # 8 * KB values
+
+
+def _parallel_tiles(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> s_tir.LoopRV:
+    """``block``'s channel loop (its second) split into parallel tiles of up to CHANNELS channels, outermost."""
+    m, n = sch.get_loops(block)[:2]
     channels = max(d for d in range(1, CHANNELS + 1) if int(sch.get(n).extent) % d == 0)
-    tile, channel = sch.split(n, [None, channels])
-    sch.reorder(tile, m, rj, rw_outer, channel, lane)
+    tile, _ = sch.split(n, [None, channels])
+    sch.reorder(tile, m)
+    sch.parallel(tile)
+    return tile
+
+
+def _accumulate(sch: s_tir.Schedule, dot, partial, m, channel, rj, rw_outer, lane) -> None:
+    """Per row, bit and vector step the channels' lane accumulators (registers), their lanes summed after."""
+    sch.reorder(m, rj, rw_outer, channel, lane)
     sch.unroll(channel)
     sch.vectorize(lane)
-    sch.parallel(tile)
-    sch.reverse_compute_at(block, m)
+    sch.reverse_compute_at(dot, m)
     sch.decompose_reduction(partial, rj)
-    _, kk = sch.get_loops(sch.get_sblock("xpad"))
-    sch.vectorize(sch.split(kk, [None, PACK_LANES])[1])
 
 
 def weight_at(planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, top_bit: int, group: int):
@@ -183,9 +222,13 @@ def schedule_cuda(sch: s_tir.Schedule) -> None:
         sch.reverse_compute_at(sch.get_sblock(SCALED), n_warp)
 
 
-def as_words(packed):
-    """The packed planes or signs (uint8, last axis a multiple of 4) as the uint32 words :func:`compute_words` reads."""
-    return packed.view("uint32")
+def as_words(packed: np.ndarray, k: int) -> np.ndarray:
+    """The packed planes or signs of K weights as the uint32 words :func:`compute_words` reads: a row of KB bytes
+    (KB = ceil(K / 8), :func:`pack_bits`) is packed again KB rounded up to whole words wide when it is not."""
+    width = -(-packed.shape[-1] // 4) * 4
+    if width != packed.shape[-1]:
+        packed = pack_bits(unpack_bits(packed, k), width)
+    return np.ascontiguousarray(packed).view("uint32")
 
 
 class BitPlanes:
@@ -193,15 +236,18 @@ class BitPlanes:
 
     def __init__(self, enc: Encoded, words: bool):
         self.shape = enc.shape
+        k = self.shape[1]
         self.planes, self.signs, self.scales = (enc.arrays[a] for a in ("planes", "signs", "scales"))
-        if enc.codec == bie_bitplane.NAME:
-            self.top_bit = enc.header["bits"] - 2
-            self.group = bie_bitplane.scale_group(self.shape[1], enc.header["group_size"])
-        else:  # bie-binary bitmap: one plane of significance 1, one scale per channel
-            self.top_bit, self.group = 0, 8 * packed_width(self.shape[1])
+        # bie-binary bitmap: one plane of significance 1, one scale per channel
+        self.top_bit = enc.header["bits"] - 2 if enc.codec == bie_bitplane.NAME else 0
+        group_size = enc.header.get("group_size", 0) if enc.codec == bie_bitplane.NAME else 0
         self.constants = [self.planes, self.signs, self.scales]
         if words:  # the planes and signs as 32-bit words: a GPU warp reads 128 bytes of each per step
-            self.constants = [as_words(self.planes), as_words(self.signs), self.scales]
+            self.constants = [as_words(self.planes, k), as_words(self.signs, k), self.scales]
+        weights_in_row = 8 * self.constants[1].view(np.uint8).shape[-1]  # K with the row's padding
+        self.group = group_size or weights_in_row
+        if words and group_size:  # scales for the weights a wider row adds (x is zero there)
+            self.constants[2] = np.pad(self.scales, ((0, 0), (0, -(-weights_in_row // group_size) - self.scales.shape[1])))
         # bie-bitplane's planes, most significant first, may be cut at load (progressive precision, weights.py)
         self.progressive = enc.codec == bie_bitplane.NAME
 
