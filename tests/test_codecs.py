@@ -43,10 +43,11 @@ def test_bitplane_round_trips_at_any_k(k, bits, group):
     config = bie_bitplane.Config(bits=bits, group_size=group)
     codes, scales = bie_bitplane.quantize(heavy_tailed(n, k, 0.3, seed=k), config)
     enc = bie_bitplane.encode(heavy_tailed(n, k, 0.3, seed=k), config)
-    per_weight = np.repeat(scales, group or 8 * packed_width(k), axis=1)[:, :k]
+    per_weight = np.repeat(scales, bie_bitplane.scale_group(k, group), axis=1)[:, :k]
     np.testing.assert_array_equal(bie_bitplane.decode(enc), (codes * per_weight).astype(np.float32))
-    columns = 1 if not group else -(-8 * packed_width(k) // group)
-    assert enc.nbytes == bits * n * -(-k // 8) + 4 * n * columns + header_bytes(enc)
+    row = -(-k // 8) if not group else -(-k // 128) * 16  # with scale groups, whole 16-byte vectors
+    columns = 1 if not group else 8 * row // group
+    assert enc.nbytes == bits * n * row + 4 * n * columns + header_bytes(enc)
 
 
 @pytest.mark.parametrize("k", PACKED_KS)
@@ -81,13 +82,14 @@ def test_bitplane_quantization_matches_definition():
     w = heavy_tailed(16, 300, 0.5)
     cfg = bie_bitplane.Config(bits=4, group_size=64)
     codes, scales = bie_bitplane.quantize(w, cfg)
-    assert scales.shape == (16, 5)  # K=300 padded to 304 (38 bytes), in groups of 64
+    assert scales.shape == (16, 6)  # K=300 padded to 384 (groups: whole 16-byte vectors), in groups of 64
     padded = np.zeros((16, 320), np.float32)
     padded[:, :300] = w
     full_range = np.abs(padded).reshape(16, 5, 64).max(axis=2) / 7
     ratios = scales[:, :5] / full_range  # each scale is one of the clip candidates
     assert np.all(np.min(np.abs(ratios[..., None] - bie_bitplane.CLIP_RATIOS), axis=-1) < 1e-5)
     assert ratios.min() < 1  # heavy tails: some groups do clip
+    assert np.all(scales[:, 5] == 0)
     assert codes.min() >= -7 and codes.max() <= 7
     per_weight = np.repeat(scales[:, :5], 64, axis=1)[:, :300]
     decoded = bie_bitplane.decode(bie_bitplane.encode(w, cfg))
@@ -102,8 +104,8 @@ def test_bitplane_quantization_matches_definition():
 def test_bitplane_bit_accounting_is_exact(bits, group):
     n, k = 24, 300
     enc = bie_bitplane.encode(heavy_tailed(n, k), bie_bitplane.Config(bits=bits, group_size=group))
-    kb = 38  # 300 padded to 304 weights = 38 bytes a row
-    scale_columns = 1 if not group else -(-304 // group)
+    kb = 38 if not group else 48  # 300 padded to 304 weights, or with groups to 384
+    scale_columns = 1 if not group else 384 // group
     expected = (bits - 1) * n * kb + n * kb + 4 * n * scale_columns + header_bytes(enc)
     assert enc.nbytes == expected
     assert enc.bits_per_weight == pytest.approx(8 * expected / (n * k))

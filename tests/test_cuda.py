@@ -165,7 +165,8 @@ def test_bitplane_gpu_compute_emulated_on_the_cpu(codec, options, n, k):
     enc = CODECS[codec].encode(weight(n, k, n + k), make_config(codec, options))
     call = kernel_for(enc, make_target("cuda"))
     assert [c.dtype.name for c in call.constants[:2]] == ["uint32", "uint32"]
-    assert call.constants[1].shape == (n, -(-k // 32))  # the signs: K padded to whole words, no further
+    words = -(-k // 32) if "group_size" not in options else -(-k // 128) * 4  # grouped: rows of 16-byte vectors
+    assert call.constants[1].shape == (n, words)  # the signs: K padded to whole words, no further
     planes = bitplane.BitPlanes(enc, words=True)
     assert all(np.array_equal(a, b) for a, b in zip(planes.constants, call.constants))
     x_holder = tvm.te.placeholder((tvm.te.var("m", "int64"), k), "float32", "x")

@@ -55,19 +55,21 @@ def test_kernel_matches_reference_decoder(codec, options, n, k, target):
         assert np.abs(got - ref).max() / scale < 1e-5
 
 
-PLANE_CASES = [("bie-bitplane", {"bits": 3}), ("bie-bitplane", {"bits": 4}), ("bie-bitplane", {"bits": 5, "group_size": 32}),
-               ("bie-binary", {"layout": "bitmap"})]  # the bit-serial kernel, the integer one, grouped scales, bitmap
+# the bit-serial kernel, the integer one, grouped scales (rows of whole 16-byte vectors), the bitmap
+PLANE_CASES = [("bie-bitplane", {"bits": 3}), ("bie-bitplane", {"bits": 4}),
+               ("bie-bitplane", {"bits": 5, "group_size": 32}), ("bie-binary", {"layout": "bitmap"})]
 
 
 @pytest.mark.parametrize("codec,options", PLANE_CASES, ids=[f"{c}-{o}" for c, o in PLANE_CASES])
 @pytest.mark.parametrize("k", [1, 7, 8, 80, 127, 128, 129, 384])
 def test_plane_kernels_at_any_k(codec, options, k, target):
-    """Rows of KB = ceil(K / 8) bytes: whole 16-byte vectors, a narrower tail, or both. The one-row kernel at one
-    row and eight, and the decoder of several rows (the weight it writes, [K, N])."""
+    """Rows of KB = ceil(K / 8) bytes: one vector of KB < 16 bytes, whole 16-byte vectors, or a last vector
+    overlapping the one before. The one-row kernel at one row and eight, and the decoder of several rows (the
+    weight it writes, [K, N])."""
     n = 6
     rng = np.random.default_rng(k)
     enc = CODECS[codec].encode(rng.standard_t(4, (n, k)).astype(np.float32), make_config(codec, options))
-    assert enc.arrays["signs"].shape == (n, -(-k // 8))
+    assert enc.arrays["signs"].shape == (n, -(-k // 8) if "group_size" not in options else -(-k // 128) * 16)
     call = kernel_for(enc, target)
     decoded = CODECS[codec].decode(enc)
     for batch in (1, 8):

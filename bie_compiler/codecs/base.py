@@ -71,8 +71,8 @@ def check_weight(weight: np.ndarray, name: str = "weight") -> np.ndarray:
 
 
 def packed_width(k: int) -> int:
-    """Bytes per packed bit-plane row for K weights: K padded to a whole byte column, so a row of a small
-    layer costs what its weights do (the kernels take the row's last, partial vector apart)."""
+    """Bytes per packed bit-plane row for K weights: K padded to a whole byte column, so that a small layer's
+    row costs what its weights do (the CPU kernel's last vector of a row overlaps the one before instead)."""
     return -(-k // 8)
 
 
@@ -80,10 +80,9 @@ def pack_bits(bits: np.ndarray, width: int | None = None) -> np.ndarray:
     """Pack a boolean [..., K] array into uint8 [..., KB], K-interleaved (KB: ``width`` bytes, default
     :func:`packed_width`).
 
-    Weight k sits in byte ``k % KB``, bit ``k // KB``.
-    With this layout, byte w of every bit position j is contiguous in w, so a
-    kernel reads 16 contiguous bytes and tests one fixed bit in each: no
-    variable shifts, no gathers.
+    Weight k sits in byte ``k % KB``, bit ``k // KB``. With this layout, byte w
+    of every bit position j is contiguous in w, so a kernel reads 16 contiguous
+    bytes and tests one fixed bit in each: no variable shifts, no gathers.
     """
     *lead, k = bits.shape
     kb = width or packed_width(k)

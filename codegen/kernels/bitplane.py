@@ -13,7 +13,6 @@ would be repeated, decoding once and a dense GEMM is cheaper.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from tvm import s_tir, te, tirx
@@ -34,77 +33,59 @@ CHANNELS = 4  # channels interleaved in the inner loop: independent FMA chains (
 def compute(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int, group: int):
     """TE definition. x [M, K] float32; planes uint8 [P, N, KB]; signs uint8 [N, KB]; scales float32 [N, G].
 
-    The reduction runs over (bit j, byte w) of the packed bytes (weight ``j * KB + w``), so 16 consecutive bytes
-    of each plane hold 16 consecutive weights' bits ``j``. A row's bytes are taken as whole 16-byte vectors
-    (block BLOCK) and the KB % 16 bytes left (block TAIL, one narrower vector): KB follows K, not the vector width.
-    With both, their sums add in block SUM.
+    The reduction runs over (bit j, byte w) of the packed bytes (weight ``j * KB + w``) in vectors of
+    :func:`vector_lanes` consecutive bytes, which hold as many consecutive weights' bits ``j``. KB follows K, not
+    the vector width: when the vectors do not tile a row, the last one ends at the row's end, overlapping the one
+    before, and its activations are zero where that one counted the weights already (block ``xpad``: the
+    activations in the reduction's order, zero where a weight is padding or counted before).
     """
     kb = int(planes.shape[2])
-    zero = tirx.const(0, "float32")
-    xpad = te.compute((x.shape[0], 8 * kb), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
+    lanes = vector_lanes(kb)
+    steps = -(-kb // lanes)
+    first_byte = (lambda v: v * lanes) if kb % lanes == 0 else (lambda v: tirx.min(v * lanes, kb - lanes))
+
+    def activation(m, kk):
+        j, v, lane = kk // (steps * lanes), kk // lanes % steps, kk % lanes
+        w = first_byte(v) + lane
+        counted_here = tirx.all(w >= v * lanes, j * kb + w < k)
+        return te.if_then_else(counted_here, x[m, j * kb + w], tirx.const(0, "float32"))
+
+    xpad = te.compute((x.shape[0], 8 * steps * lanes), activation, name="xpad")
     weight = weight_at(planes, signs, scales, top_bit=top_bit, group=group)
-
-    def dot(first: int, width: int, name: str) -> te.Tensor:
-        rj = te.reduce_axis((0, 8), "rj")
-        rw = te.reduce_axis((0, width), "rw")
-        return te.compute((x.shape[0], int(planes.shape[1])), lambda m, n: te.sum(
-            xpad[m, rj * kb + first + rw] * weight(n, rj, first + rw), axis=[rj, rw]), name=name)
-
-    whole = kb - kb % PACK_LANES
-    parts = ([dot(0, whole, BLOCK)] if whole else []) + ([dot(whole, kb - whole, TAIL)] if kb > whole else [])
-    if len(parts) == 1:
-        return parts[0]
-    return te.compute(parts[0].shape, lambda m, n: parts[0][m, n] + parts[1][m, n], name=SUM)
+    rj = te.reduce_axis((0, 8), "rj")
+    rw = te.reduce_axis((0, steps * lanes), "rw")
+    return te.compute((x.shape[0], int(planes.shape[1])), lambda m, n: te.sum(
+        xpad[m, rj * steps * lanes + rw] * weight(n, rj, first_byte(rw // lanes) + rw % lanes), axis=[rj, rw]),
+        name=BLOCK)
 
 
-TAIL = "bitplane_tail"
-SUM = "bitplane_sum"
+def vector_lanes(kb: int) -> int:
+    """Bytes of a plane row the CPU kernel reads at once: 16, or a shorter row whole."""
+    return min(PACK_LANES, kb)
 
 
 def schedule_llvm(sch: s_tir.Schedule) -> None:
     """Tiles of CHANNELS channels in parallel; per tile, bit and vector of bytes, each channel's weights decoded
-    (:func:`weight_at`, the planes summed apart from the accumulator) into one FMA on its accumulator of as many
-    lanes as the vector (16, or the row's tail). The accumulators (rfactor-ed over the lanes, lanes contiguous) stay
-    in registers; their lanes are summed once. Whole vectors and tail share the tile (one parallel loop)."""
-    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
-    dots = [sch.get_sblock(name) for name in (BLOCK, TAIL) if name in names]
-    partials = []
-    for dot in dots:
-        rw = sch.get_loops(dot)[-1]
-        partials.append(sch.rfactor(sch.split(rw, [None, min(PACK_LANES, int(sch.get(rw).extent))])[1], 2))
-        sch.set_scope(partials[-1], 0, "local")
-    if SUM in names:  # both blocks in the tiles of their sum
-        tile = _parallel_tiles(sch, sch.get_sblock(SUM))
-        for dot, partial in zip(dots, partials):
-            sch.compute_at(dot, tile, preserve_unit_loops=True)
-            sch.compute_at(partial, tile, preserve_unit_loops=True)
-            lane, m, channel, rj, rw_outer = sch.get_loops(partial)[1:]
-            _accumulate(sch, dot, partial, m, channel, rj, rw_outer, lane)
-    else:
-        _parallel_tiles(sch, partials[0])
-        _, m, channel, rj, rw_outer, lane = sch.get_loops(partials[0])
-        _accumulate(sch, dots[0], partials[0], m, channel, rj, rw_outer, lane)
-    _, kk = sch.get_loops(sch.get_sblock("xpad"))
-    sch.vectorize(sch.split(kk, [None, math.gcd(PACK_LANES, int(sch.get(kk).extent))])[1])  # 8 * KB values
-
-
-def _parallel_tiles(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> s_tir.LoopRV:
-    """``block``'s channel loop (its second) split into parallel tiles of up to CHANNELS channels, outermost."""
-    m, n = sch.get_loops(block)[:2]
+    (:func:`weight_at`, the planes summed apart from the accumulator) into one FMA on its accumulator.
+    The accumulators (rfactor-ed over the lanes, lanes contiguous) stay in registers; their lanes are summed once."""
+    block = sch.get_sblock(BLOCK)
+    planes = next(r.source for r in sch.get(block).reads if r.source.name == "planes")
+    lanes = vector_lanes(int(planes.shape[2]))
+    m, n, rj, rw = sch.get_loops(block)
+    rw_outer, rw_lane = sch.split(rw, [None, lanes])
+    partial = sch.rfactor(rw_lane, factor_axis=2)
+    sch.set_scope(partial, 0, "local")
+    m, n, rj, rw_outer, lane = sch.get_loops(partial)
     channels = max(d for d in range(1, CHANNELS + 1) if int(sch.get(n).extent) % d == 0)
-    tile, _ = sch.split(n, [None, channels])
-    sch.reorder(tile, m)
-    sch.parallel(tile)
-    return tile
-
-
-def _accumulate(sch: s_tir.Schedule, dot, partial, m, channel, rj, rw_outer, lane) -> None:
-    """Per row, bit and vector step the channels' lane accumulators (registers), their lanes summed after."""
-    sch.reorder(m, rj, rw_outer, channel, lane)
+    tile, channel = sch.split(n, [None, channels])
+    sch.reorder(tile, m, rj, rw_outer, channel, lane)
     sch.unroll(channel)
     sch.vectorize(lane)
-    sch.reverse_compute_at(dot, m)
+    sch.parallel(tile)
+    sch.reverse_compute_at(block, m)
     sch.decompose_reduction(partial, rj)
+    _, kk = sch.get_loops(sch.get_sblock("xpad"))
+    sch.vectorize(sch.split(kk, [None, lanes])[1])
 
 
 def weight_at(planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, top_bit: int, group: int):
@@ -146,9 +127,9 @@ def compute_words(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.
     """TE definition for the GPU: the planes and signs read as 32-bit words, each weight decoded without a branch.
 
     planes uint32 [P, N, KB / 4] and signs uint32 [N, KB / 4] are the packed bytes viewed as little-endian words
-    (KB is a multiple of 16): weight ``j * KB + 4 * w + i`` is bit ``8 * i + j`` of word ``w``. Bit ``j`` of each
-    byte of every plane word, shifted to the plane's significance and OR-ed, gives the four magnitudes of weights
-    ``i = 0..3`` in the four bytes at once (shared by the four). A magnitude goes into the mantissa of 2^23 with
+    (KB a multiple of 4, :func:`as_words`): weight ``j * KB + 4 * w + i`` is bit ``8 * i + j`` of word ``w``. Bit
+    ``j`` of each byte of every plane word, shifted to the plane's significance and OR-ed, gives the four
+    magnitudes of weights ``i = 0..3`` in the four bytes at once (shared by the four). A magnitude goes into the mantissa of 2^23 with
     its sign bit, and the same sign's 2^23 is subtracted: the signed weight as a float, without a branch or an
     int-to-float conversion (exact: magnitudes are below 2^7).
     """
@@ -240,14 +221,12 @@ class BitPlanes:
         self.planes, self.signs, self.scales = (enc.arrays[a] for a in ("planes", "signs", "scales"))
         # bie-binary bitmap: one plane of significance 1, one scale per channel
         self.top_bit = enc.header["bits"] - 2 if enc.codec == bie_bitplane.NAME else 0
-        group_size = enc.header.get("group_size", 0) if enc.codec == bie_bitplane.NAME else 0
+        group_size = enc.header["group_size"] if enc.codec == bie_bitplane.NAME else 0
         self.constants = [self.planes, self.signs, self.scales]
         if words:  # the planes and signs as 32-bit words: a GPU warp reads 128 bytes of each per step
             self.constants = [as_words(self.planes, k), as_words(self.signs, k), self.scales]
-        weights_in_row = 8 * self.constants[1].view(np.uint8).shape[-1]  # K with the row's padding
-        self.group = group_size or weights_in_row
-        if words and group_size:  # scales for the weights a wider row adds (x is zero there)
-            self.constants[2] = np.pad(self.scales, ((0, 0), (0, -(-weights_in_row // group_size) - self.scales.shape[1])))
+        # per channel: the row with its padding (grouped rows are whole 16-byte vectors, never widened for words)
+        self.group = group_size or 8 * self.constants[1].view(np.uint8).shape[-1]
         # bie-bitplane's planes, most significant first, may be cut at load (progressive precision, weights.py)
         self.progressive = enc.codec == bie_bitplane.NAME
 
