@@ -21,15 +21,51 @@ def header_bytes(enc):
     return len(json.dumps({"codec": enc.codec, "shape": list(enc.shape), **enc.header}, sort_keys=True).encode())
 
 
-@pytest.mark.parametrize("k", [1, 7, 128, 300, 1000])
+PACKED_KS = [1, 7, 8, 80, 127, 128, 129, 384]  # a byte column and around it, a 16-byte vector and around it
+
+
+@pytest.mark.parametrize("k", PACKED_KS + [300, 1000])
 def test_pack_bits_round_trip_and_layout(k):
     bits = np.random.default_rng(k).random((3, k)) < 0.3
     packed = pack_bits(bits)
-    assert packed.shape == (3, packed_width(k)) and packed.shape[1] % 16 == 0
+    assert packed.shape == (3, packed_width(k)) and packed.shape[1] == -(-k // 8)  # K padded to a whole byte
     assert np.array_equal(unpack_bits(packed, k), bits)
     kb = packed.shape[1]
     for kk in range(k):  # weight kk is bit kk // KB of byte kk % KB
         assert np.array_equal((packed[:, kk % kb] >> (kk // kb)) & 1, bits[:, kk])
+
+
+@pytest.mark.parametrize("k", PACKED_KS)
+@pytest.mark.parametrize("bits,group", [(3, 0), (4, 0), (8, 0), (4, 32)])
+def test_bitplane_round_trips_at_any_k(k, bits, group):
+    """The planes hold exactly the quantized codes, and every stored byte is counted, whatever K."""
+    n = 5
+    config = bie_bitplane.Config(bits=bits, group_size=group)
+    codes, scales = bie_bitplane.quantize(heavy_tailed(n, k, 0.3, seed=k), config)
+    enc = bie_bitplane.encode(heavy_tailed(n, k, 0.3, seed=k), config)
+    per_weight = np.repeat(scales, bie_bitplane.scale_group(k, group), axis=1)[:, :k]
+    np.testing.assert_array_equal(bie_bitplane.decode(enc), (codes * per_weight).astype(np.float32))
+    row = -(-k // 8) if not group else -(-k // 128) * 16  # with scale groups, whole 16-byte vectors
+    columns = 1 if not group else 8 * row // group
+    assert enc.nbytes == bits * n * row + 4 * n * columns + header_bytes(enc)
+
+
+@pytest.mark.parametrize("k", PACKED_KS)
+def test_binary_bitmap_round_trips_at_any_k(k):
+    w = heavy_tailed(6, k, seed=k)
+    enc = bie_binary.encode(w, bie_binary.Config(layout="bitmap"))
+    keep, negative, scales = bie_binary.ternarize(w, bie_binary.Config())
+    expected = np.where(negative, -1.0, 1.0) * keep * scales[:, None]
+    np.testing.assert_array_equal(bie_binary.decode(enc), expected.astype(np.float32))
+    assert enc.nbytes == 2 * 6 * -(-k // 8) + 4 * 6 + header_bytes(enc)
+
+
+def test_small_k_layer_costs_its_bits():
+    """An 80-wide layer (a [6906, 80] head) at 4 bits: 4 bits a weight and its channel's scale, no padding to 128."""
+    enc = bie_bitplane.encode(heavy_tailed(6906, 80), bie_bitplane.Config(bits=4))
+    assert enc.arrays["planes"].shape == (3, 6906, 10)
+    assert enc.nbytes == 6906 * (4 * 10 + 4) + header_bytes(enc)  # 4 bit columns of 10 bytes and a scale a row
+    assert enc.bits_per_weight < 4 + 32 / 80 + 0.01  # was 6.8 with K padded to 128
 
 
 def test_bitplane_8bit_round_trips_exactly():
@@ -46,7 +82,7 @@ def test_bitplane_quantization_matches_definition():
     w = heavy_tailed(16, 300, 0.5)
     cfg = bie_bitplane.Config(bits=4, group_size=64)
     codes, scales = bie_bitplane.quantize(w, cfg)
-    assert scales.shape == (16, 6)  # K=300 padded to 384, in groups of 64; the last group is padding
+    assert scales.shape == (16, 6)  # K=300 padded to 384 (groups: whole 16-byte vectors), in groups of 64
     padded = np.zeros((16, 320), np.float32)
     padded[:, :300] = w
     full_range = np.abs(padded).reshape(16, 5, 64).max(axis=2) / 7
@@ -68,7 +104,7 @@ def test_bitplane_quantization_matches_definition():
 def test_bitplane_bit_accounting_is_exact(bits, group):
     n, k = 24, 300
     enc = bie_bitplane.encode(heavy_tailed(n, k), bie_bitplane.Config(bits=bits, group_size=group))
-    kb = 48  # 300 padded to 384 weights = 48 bytes a row
+    kb = 38 if not group else 48  # 300 padded to 304 weights, or with groups to 384
     scale_columns = 1 if not group else 384 // group
     expected = (bits - 1) * n * kb + n * kb + 4 * n * scale_columns + header_bytes(enc)
     assert enc.nbytes == expected

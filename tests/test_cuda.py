@@ -12,7 +12,7 @@ from tvm.script import tirx as T
 from tvm.support import nvcc
 
 import bie_compiler
-from bie_compiler.codecs import CODECS, bbs, bie_binary, bie_bitplane, make_config, tans
+from bie_compiler.codecs import CODECS, bbs, bie_binary, make_config, tans
 from bie_compiler.codegen import KERNELS, ConvSpec, cuda, has_kernel, kernel_for
 from bie_compiler.codegen.kernels import bbs_cuda, bitplane, sparse_index_cuda, tans_cuda, tans_matmul
 from bie_compiler.codegen.target import make_target
@@ -151,19 +151,20 @@ BITPLANE_CASES = [("bie-bitplane", {"bits": 4}), ("bie-bitplane", {"bits": 3, "g
 
 
 @pytest.mark.parametrize("codec,options", BITPLANE_CASES, ids=[f"{c}-{o}" for c, o in BITPLANE_CASES])
-@pytest.mark.parametrize("n,k", [(3, 300), (5, 256)])
+@pytest.mark.parametrize("n,k", [(3, 300), (5, 256), (4, 1), (4, 7), (4, 80), (4, 129)])
 def test_bitplane_gpu_compute_emulated_on_the_cpu(codec, options, n, k):
-    """The GPU bit-plane kernel's TE compute (32-bit words, branch-free decode), unscheduled on the CPU."""
+    """The GPU bit-plane kernel's TE compute (32-bit words, branch-free decode), unscheduled on the CPU; rows of
+    ceil(K / 8) bytes that are not whole words are packed again, a word wider, where the planes become words."""
     enc = CODECS[codec].encode(weight(n, k, n + k), make_config(codec, options))
     call = kernel_for(enc, make_target("cuda"))
     assert [c.dtype.name for c in call.constants[:2]] == ["uint32", "uint32"]
+    words = -(-k // 32) if "group_size" not in options else -(-k // 128) * 4  # grouped: rows of 16-byte vectors
+    assert call.constants[1].shape == (n, words)  # the signs: K padded to whole words, no further
+    planes = bitplane.BitPlanes(enc, words=True)
+    assert all(np.array_equal(a, b) for a, b in zip(planes.constants, call.constants))
     x_holder = tvm.te.placeholder((tvm.te.var("m", "int64"), k), "float32", "x")
-    holders = [tvm.te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(("planes", "signs", "scales"), call.constants)]
-    if codec == "bie-bitplane":
-        top_bit, group = enc.header["bits"] - 2, bie_bitplane.scale_group(k, enc.header["group_size"])
-    else:  # one plane of significance 1, one scale per channel
-        top_bit, group = 0, 8 * enc.arrays["signs"].shape[1]
-    out = bitplane.compute_words(x_holder, *holders, k=k, top_bit=top_bit, group=group)
+    holders = planes.holders()
+    out = bitplane.compute_words(x_holder, *holders, k=k, top_bit=planes.top_bit, group=planes.group)
     prim = tvm.te.create_prim_func([x_holder, *holders, out])
     x = np.random.default_rng(k).standard_normal((2, k)).astype(np.float32)
     assert_close(run_on_the_cpu(prim, x, call.constants, (2, n)), x @ CODECS[codec].decode(enc).astype(np.float64).T)

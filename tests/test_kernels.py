@@ -48,6 +48,34 @@ def test_kernel_matches_reference_decoder(codec, options, n, k, target):
         assert_close(run_kernel(call, target, x, n), ref)
 
 
+# the bit-serial kernel, the integer one, grouped scales (rows of whole 16-byte vectors), the bitmap
+PLANE_CASES = [("bie-bitplane", {"bits": 3}), ("bie-bitplane", {"bits": 4}),
+               ("bie-bitplane", {"bits": 5, "group_size": 32}), ("bie-binary", {"layout": "bitmap"})]
+
+
+@pytest.mark.parametrize("codec,options", PLANE_CASES, ids=[f"{c}-{o}" for c, o in PLANE_CASES])
+@pytest.mark.parametrize("k", [1, 7, 8, 80, 127, 128, 129, 384])
+def test_plane_kernels_at_any_k(codec, options, k, target):
+    """Rows of KB = ceil(K / 8) bytes: one vector of KB < 16 bytes, whole 16-byte vectors, or a last vector
+    overlapping the one before. The one-row kernel at one row and eight, and the decoder of several rows (the
+    weight it writes, [K, N])."""
+    n = 6
+    rng = np.random.default_rng(k)
+    enc = CODECS[codec].encode(rng.standard_t(4, (n, k)).astype(np.float32), make_config(codec, options))
+    assert enc.arrays["signs"].shape == (n, -(-k // 8) if "group_size" not in options else -(-k // 128) * 16)
+    call = kernel_for(enc, target)
+    decoded = CODECS[codec].decode(enc)
+    for batch in (1, 8):
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        ref = x @ decoded.T.astype(np.float64)
+        assert np.abs(run_kernel(call, target, x, n) - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
+    x = rng.standard_normal((8, k)).astype(np.float32)
+    lib = tvm.compile(tvm.IRModule({"main": call.large_batch.func.with_attr("global_symbol", "main")}), target).mod
+    out = tvm.runtime.empty((k, n), "float32")
+    lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in call.large_batch.constants], out)
+    np.testing.assert_allclose(out.numpy(), decoded.T, rtol=1e-6)
+
+
 @pytest.mark.parametrize("options,constant,lanes", [
     ({"bits": 3}, "planes", 16),  # sign and 2 planes: the bit-plane kernel, 16 weights of a channel per vector
     ({"bits": 4}, "nibbles", 32),  # 4 bits: signed nibbles, 32 channels per vector, as many bytes as the planes

@@ -16,10 +16,8 @@ import numpy as np
 
 from ..errors import CodecError
 
-# Bit planes are padded along K to a multiple of this many weights, so that one
-# plane row splits into whole 16-byte vectors (see ``pack_bits``).
+# Bytes of packed bits (or float32 values) the CPU kernels handle per vector.
 PACK_LANES = 16
-PACK_MULTIPLE = 8 * PACK_LANES
 
 
 @dataclass(frozen=True)
@@ -73,19 +71,23 @@ def check_weight(weight: np.ndarray, name: str = "weight") -> np.ndarray:
 
 
 def packed_width(k: int) -> int:
-    """Bytes per packed bit-plane row for K weights (K padded to PACK_MULTIPLE)."""
-    return -(-k // PACK_MULTIPLE) * PACK_LANES
+    """Bytes per packed bit-plane row for K weights: K padded to a whole byte column, so that a small layer's
+    row costs what its weights do (the CPU kernel's last vector of a row overlaps the one before instead)."""
+    return -(-k // 8)
 
 
-def pack_bits(bits: np.ndarray) -> np.ndarray:
-    """Pack a boolean [..., K] array into uint8 [..., KB], K-interleaved.
+def pack_bits(bits: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Pack a boolean [..., K] array into uint8 [..., KB], K-interleaved (KB: ``width`` bytes, default
+    :func:`packed_width`).
 
     Weight k sits in byte ``k % KB``, bit ``k // KB``. With this layout, byte w
     of every bit position j is contiguous in w, so a kernel reads 16 contiguous
     bytes and tests one fixed bit in each: no variable shifts, no gathers.
     """
     *lead, k = bits.shape
-    kb = packed_width(k)
+    kb = width or packed_width(k)
+    if kb < packed_width(k):
+        raise CodecError(f"pack_bits: {k} weights do not fit in {kb} bytes")
     padded = np.zeros((*lead, 8 * kb), dtype=np.uint8)
     padded[..., :k] = bits
     by_bit = padded.reshape(*lead, 8, kb)

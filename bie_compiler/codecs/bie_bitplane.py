@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import CodecError
 from . import feedback, uniform
-from .base import Encoded, check_weight, pack_bits, packed_width, unpack_bits
+from .base import PACK_LANES, Encoded, check_weight, pack_bits, packed_width, unpack_bits
 
 NAME = "bie-bitplane"
 CLIP_RATIOS = np.linspace(1.0, 0.5, 11, dtype=np.float32)
@@ -51,9 +51,15 @@ class Config:
         return self.planes or self.magnitude_bits
 
 
+def row_bytes(k: int, group_size: int) -> int:
+    """Bytes per packed plane row: K padded to a whole byte; with scale groups, to whole 16-byte vectors, so that
+    no vector of the CPU kernel straddles two groups (one scale per vector, not a gather of 16)."""
+    return packed_width(k) if not group_size else -(-k // (8 * PACK_LANES)) * PACK_LANES
+
+
 def scale_group(k: int, group_size: int) -> int:
     """Weights per scale along the padded K axis (per-channel: the whole padded row)."""
-    return group_size or 8 * packed_width(k)
+    return group_size or 8 * row_bytes(k, group_size)
 
 
 def quantize(weight: np.ndarray, config: Config,
@@ -66,7 +72,7 @@ def quantize(weight: np.ndarray, config: Config,
     w = check_weight(weight)
     n, k = w.shape
     group = scale_group(k, config.group_size)
-    groups = -(-8 * packed_width(k) // group)
+    groups = -(-8 * row_bytes(k, config.group_size) // group)
     qmax = 2 ** config.magnitude_bits - 1
     if calibration is not None:
         codes, scales = uniform.quantize_with_feedback(w, calibration, qmax, CLIP_RATIOS, group, groups)
@@ -84,11 +90,12 @@ def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration
     codes, scales = quantize(weight, config, calibration)
     magnitude = np.abs(codes)
     m = config.magnitude_bits
-    planes = np.stack([pack_bits((magnitude >> (m - 1 - b)) & 1) for b in range(config.kept_planes)])
+    width = row_bytes(codes.shape[1], config.group_size)
+    planes = np.stack([pack_bits((magnitude >> (m - 1 - b)) & 1, width) for b in range(config.kept_planes)])
     return Encoded(
         codec=NAME,
         shape=codes.shape,
-        arrays={"planes": planes, "signs": pack_bits(codes < 0), "scales": scales},
+        arrays={"planes": planes, "signs": pack_bits(codes < 0, width), "scales": scales},
         header={"bits": config.bits, "group_size": config.group_size, "planes": config.kept_planes},
     )
 

@@ -18,7 +18,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from bie_compiler.codecs import Encoded, bie_bitplane
-from bie_compiler.codecs.base import PACK_LANES, packed_width, unpack_bits
+from bie_compiler.codecs.base import PACK_LANES, pack_bits, unpack_bits
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..weights import PRECISION_ATTR
@@ -33,26 +33,46 @@ CHANNELS = 4  # channels interleaved in the inner loop: independent FMA chains (
 def compute(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, k: int, top_bit: int, group: int):
     """TE definition. x [M, K] float32; planes uint8 [P, N, KB]; signs uint8 [N, KB]; scales float32 [N, G].
 
-    The reduction runs over (bit j, byte w) of the packed bytes (weight ``j * KB + w``), so 16 consecutive bytes
-    of each plane hold 16 consecutive weights' bits ``j``.
+    The reduction runs over (bit j, byte w) of the packed bytes (weight ``j * KB + w``) in vectors of
+    :func:`vector_lanes` consecutive bytes, which hold as many consecutive weights' bits ``j``. KB follows K, not
+    the vector width: when the vectors do not tile a row, the last one ends at the row's end, overlapping the one
+    before, and its activations are zero where that one counted the weights already (block ``xpad``: the
+    activations in the reduction's order, zero where a weight is padding or counted before).
     """
     kb = int(planes.shape[2])
-    zero = tirx.const(0, "float32")
-    xpad = te.compute((x.shape[0], 8 * kb), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
+    lanes = vector_lanes(kb)
+    steps = -(-kb // lanes)
+    first_byte = (lambda v: v * lanes) if kb % lanes == 0 else (lambda v: tirx.min(v * lanes, kb - lanes))
+
+    def activation(m, kk):
+        j, v, lane = kk // (steps * lanes), kk // lanes % steps, kk % lanes
+        w = first_byte(v) + lane
+        counted_here = tirx.all(w >= v * lanes, j * kb + w < k)
+        return te.if_then_else(counted_here, x[m, j * kb + w], tirx.const(0, "float32"))
+
+    xpad = te.compute((x.shape[0], 8 * steps * lanes), activation, name="xpad")
     weight = weight_at(planes, signs, scales, top_bit=top_bit, group=group)
     rj = te.reduce_axis((0, 8), "rj")
-    rw = te.reduce_axis((0, kb), "rw")
-    return te.compute((x.shape[0], int(planes.shape[1])),
-                      lambda m, n: te.sum(xpad[m, rj * kb + rw] * weight(n, rj, rw), axis=[rj, rw]), name=BLOCK)
+    rw = te.reduce_axis((0, steps * lanes), "rw")
+    return te.compute((x.shape[0], int(planes.shape[1])), lambda m, n: te.sum(
+        xpad[m, rj * steps * lanes + rw] * weight(n, rj, first_byte(rw // lanes) + rw % lanes), axis=[rj, rw]),
+        name=BLOCK)
+
+
+def vector_lanes(kb: int) -> int:
+    """Bytes of a plane row the CPU kernel reads at once: 16, or a shorter row whole."""
+    return min(PACK_LANES, kb)
 
 
 def schedule_llvm(sch: s_tir.Schedule) -> None:
-    """Tiles of CHANNELS channels in parallel; per tile, bit and 16-byte step, each channel's 16 weights decoded
-    (:func:`weight_at`, the planes summed apart from the accumulator) into one FMA on its 16-lane accumulator.
+    """Tiles of CHANNELS channels in parallel; per tile, bit and vector of bytes, each channel's weights decoded
+    (:func:`weight_at`, the planes summed apart from the accumulator) into one FMA on its accumulator.
     The accumulators (rfactor-ed over the lanes, lanes contiguous) stay in registers; their lanes are summed once."""
     block = sch.get_sblock(BLOCK)
+    planes = next(r.source for r in sch.get(block).reads if r.source.name == "planes")
+    lanes = vector_lanes(int(planes.shape[2]))
     m, n, rj, rw = sch.get_loops(block)
-    rw_outer, rw_lane = sch.split(rw, [None, PACK_LANES])
+    rw_outer, rw_lane = sch.split(rw, [None, lanes])
     partial = sch.rfactor(rw_lane, factor_axis=2)
     sch.set_scope(partial, 0, "local")
     m, n, rj, rw_outer, lane = sch.get_loops(partial)
@@ -65,7 +85,7 @@ def schedule_llvm(sch: s_tir.Schedule) -> None:
     sch.reverse_compute_at(block, m)
     sch.decompose_reduction(partial, rj)
     _, kk = sch.get_loops(sch.get_sblock("xpad"))
-    sch.vectorize(sch.split(kk, [None, PACK_LANES])[1])
+    sch.vectorize(sch.split(kk, [None, lanes])[1])
 
 
 def weight_at(planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, top_bit: int, group: int):
@@ -107,9 +127,9 @@ def compute_words(x: te.Tensor, planes: te.Tensor, signs: te.Tensor, scales: te.
     """TE definition for the GPU: the planes and signs read as 32-bit words, each weight decoded without a branch.
 
     planes uint32 [P, N, KB / 4] and signs uint32 [N, KB / 4] are the packed bytes viewed as little-endian words
-    (KB is a multiple of 16): weight ``j * KB + 4 * w + i`` is bit ``8 * i + j`` of word ``w``. Bit ``j`` of each
-    byte of every plane word, shifted to the plane's significance and OR-ed, gives the four magnitudes of weights
-    ``i = 0..3`` in the four bytes at once (shared by the four). A magnitude goes into the mantissa of 2^23 with
+    (KB a multiple of 4, :func:`as_words`): weight ``j * KB + 4 * w + i`` is bit ``8 * i + j`` of word ``w``. Bit
+    ``j`` of each byte of every plane word, shifted to the plane's significance and OR-ed, gives the four
+    magnitudes of weights ``i = 0..3`` in the four bytes at once (shared by the four). A magnitude goes into the mantissa of 2^23 with
     its sign bit, and the same sign's 2^23 is subtracted: the signed weight as a float, without a branch or an
     int-to-float conversion (exact: magnitudes are below 2^7).
     """
@@ -183,9 +203,13 @@ def schedule_cuda(sch: s_tir.Schedule) -> None:
         sch.reverse_compute_at(sch.get_sblock(SCALED), n_warp)
 
 
-def as_words(packed):
-    """The packed planes or signs (uint8, last axis a multiple of 4) as the uint32 words :func:`compute_words` reads."""
-    return packed.view("uint32")
+def as_words(packed: np.ndarray, k: int) -> np.ndarray:
+    """The packed planes or signs of K weights as the uint32 words :func:`compute_words` reads: a row of KB bytes
+    (KB = ceil(K / 8), :func:`pack_bits`) is packed again KB rounded up to whole words wide when it is not."""
+    width = -(-packed.shape[-1] // 4) * 4
+    if width != packed.shape[-1]:
+        packed = pack_bits(unpack_bits(packed, k), width)
+    return np.ascontiguousarray(packed).view("uint32")
 
 
 class BitPlanes:
@@ -193,15 +217,16 @@ class BitPlanes:
 
     def __init__(self, enc: Encoded, words: bool):
         self.shape = enc.shape
+        k = self.shape[1]
         self.planes, self.signs, self.scales = (enc.arrays[a] for a in ("planes", "signs", "scales"))
-        if enc.codec == bie_bitplane.NAME:
-            self.top_bit = enc.header["bits"] - 2
-            self.group = bie_bitplane.scale_group(self.shape[1], enc.header["group_size"])
-        else:  # bie-binary bitmap: one plane of significance 1, one scale per channel
-            self.top_bit, self.group = 0, 8 * packed_width(self.shape[1])
+        # bie-binary bitmap: one plane of significance 1, one scale per channel
+        self.top_bit = enc.header["bits"] - 2 if enc.codec == bie_bitplane.NAME else 0
+        group_size = enc.header["group_size"] if enc.codec == bie_bitplane.NAME else 0
         self.constants = [self.planes, self.signs, self.scales]
         if words:  # the planes and signs as 32-bit words: a GPU warp reads 128 bytes of each per step
-            self.constants = [as_words(self.planes), as_words(self.signs), self.scales]
+            self.constants = [as_words(self.planes, k), as_words(self.signs, k), self.scales]
+        # per channel: the row with its padding (grouped rows are whole 16-byte vectors, never widened for words)
+        self.group = group_size or 8 * self.constants[1].view(np.uint8).shape[-1]
         # bie-bitplane's planes, most significant first, may be cut at load (progressive precision, weights.py)
         self.progressive = enc.codec == bie_bitplane.NAME
 
