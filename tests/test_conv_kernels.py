@@ -68,8 +68,9 @@ def oihw(matrix, shape):
     return np.ascontiguousarray(matrix.reshape(o, kh, kw, i).transpose(0, 3, 1, 2))
 
 
-# kh != kw: the layout's index order shows; 1x1 with K a multiple of 16 and of 8 only: decoded by output channel
-@pytest.mark.parametrize("shape", [(12, 5, 3, 2), (12, 32, 1, 1), (10, 24, 1, 1)], ids=str)
+# kh != kw: the layout's index order shows; 1x1 with K a multiple of 16 and of 8 only: decoded by output channel;
+# 1x1 with 48 channels: the integer codecs decode across channels (K = 100: tiles of 50)
+@pytest.mark.parametrize("shape", [(12, 5, 3, 2), (12, 32, 1, 1), (10, 24, 1, 1), (48, 100, 1, 1)], ids=str)
 @pytest.mark.parametrize("codec,options", CASES, ids=IDS)
 def test_conv_decoder_is_bit_exact(codec, options, shape, target):
     o, i, kh, kw = shape

@@ -16,6 +16,7 @@ others (index lists, tANS streams) write TIR that stores weight ``(n, kk)`` at
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import s_tir, te, tirx
@@ -67,6 +68,9 @@ class Layout:
         return total
 
 
+TILE_K = 64  # weights per channel in a tile of a 1x1 conv decoded across channels (measured best of 16, 32, 64)
+
+
 def activation(ndim: int) -> te.Tensor:
     """The op's activation as a decode kernel takes it (unread): any shape of its rank."""
     return te.placeholder(tuple(te.var(f"d{i}", "int64") for i in range(ndim)), "float32", "x")
@@ -77,21 +81,27 @@ def _lanes(extent: int) -> int:
     return next(v for v in (PACK_LANES, 8, 4, 2, 1) if extent % v == 0)
 
 
-def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int) -> tirx.PrimFunc:
+def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int,
+                channel_panel: int | None = None) -> tirx.PrimFunc:
     """Scheduled ``f(x, *holders, W)`` with ``W[index] = weight(*layout.source(index))``.
 
-    The codecs' arrays run along K within a channel, so vectors must run along K
+    Most codecs' arrays run along K within a channel, so vectors must run along K
     to read them contiguously; where the output runs otherwise (a matmul's
     [K, N], a conv's in-channels outside its kh x kw) a tile is decoded along K
     into a buffer laid out along K (contiguous vector stores; a scatter across it
     was slower), then written out along the output's rows, gathering from it. Where both agree: 1x1 convs by
     output channel, K in vectors; depthwise convs (K = kh x kw, short) one flat loop of vectors in parallel.
+
+    ``channel_panel``: the codec's arrays run along output channels instead, in panels of this many channels
+    (the integer codecs' K-major panels): vectors run along channels (:func:`_across_channels`).
     """
     x = activation(x_ndim)
     out = te.compute(layout.shape, lambda *index: weight(*layout.source(*index)), name="decoded")
     sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
     sch.work_on("main")
     block = sch.get_sblock("decoded")
+    if channel_panel is not None and _across_channels(sch, block, layout, channel_panel):
+        return sch.mod["main"]
     if not layout.conv:
         _transposed(sch, block)
     elif layout.shape[1] > 1 and layout.shape[2] * layout.shape[3] > 1:
@@ -123,6 +133,36 @@ def _transposed(sch: s_tir.Schedule, block) -> None:
     if extents[1] % PACK_LANES == 0:
         sch.vectorize(sch.get_loops(write)[-1])  # the tile's columns
     sch.parallel(sch.fuse(n_outer, k_outer))
+
+
+def _across_channels(sch: s_tir.Schedule, block, layout: Layout, panel: int) -> bool:
+    """Vectors along output channels, where the codec's panels hold them contiguously; False (nothing done) for a
+    layout other than a matmul's or a 1x1 conv's, or channels too few for 8-lane vectors.
+
+    A matmul's [K, N] runs along channels too: rows of K decoded in vectors, in parallel. A 1x1 conv's [O, I] runs
+    along K: a tile of 16 channels x up to TILE_K weights is decoded along channels into a buffer laid out so, then
+    copied out along K (scalar: vector gathers from the tile were slower); tiles in parallel.
+    """
+    channels = layout.shape[0] if layout.conv else layout.shape[1]
+    lanes = _lanes(math.gcd(channels, panel))
+    if lanes < 8 or (layout.conv and layout.shape[2] * layout.shape[3] != 1):
+        return False
+    if not layout.conv:
+        kk, n = sch.get_loops(block)
+        n_outer, n_lane = sch.split(n, [None, lanes])
+        sch.vectorize(n_lane)
+        sch.parallel(sch.fuse(kk, n_outer))
+        return True
+    o, c, r, s = sch.get_loops(block)
+    o_outer, o_lane = sch.split(o, [None, lanes])
+    c_outer, c_inner = sch.split(c, [None, max(d for d in range(1, TILE_K + 1) if layout.shape[1] % d == 0)])
+    sch.reorder(o_outer, c_outer, r, s, c_inner, o_lane)
+    write = sch.cache_write(block, 0, "global")
+    sch.transform_layout(block, ("write", 0), lambda o, c, r, s: (c, r, s, o))  # the tile stored along channels
+    sch.reverse_compute_at(write, c_outer)
+    sch.vectorize(o_lane)
+    sch.parallel(sch.fuse(o_outer, c_outer))
+    return True
 
 
 def _along_rows(sch: s_tir.Schedule, block) -> None:

@@ -128,4 +128,4 @@ def gemv(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
 def decoder(weights: Int8Weights, into: decode.Layout, x_ndim: int) -> tirx.PrimFunc:
     """``f(x, *constants, W)``: the decode kernel."""
     holders = weights.holders()
-    return decode.elementwise(weights.weight(holders), holders, into, x_ndim)
+    return decode.elementwise(weights.weight(holders), holders, into, x_ndim, channel_panel=weights.lanes)
