@@ -69,8 +69,9 @@ def oihw(matrix, shape):
 
 
 # kh != kw: the layout's index order shows; 1x1 with K a multiple of 16 and of 8 only: decoded by output channel;
-# 1x1 with 48 channels: the integer codecs decode across channels (K = 100: tiles of 50)
-@pytest.mark.parametrize("shape", [(12, 5, 3, 2), (12, 32, 1, 1), (10, 24, 1, 1), (48, 100, 1, 1)], ids=str)
+# 1x1 with 48 channels: the integer codecs decode across channels (K = 100: tiles of 50); depthwise: by channel
+@pytest.mark.parametrize("shape", [(12, 5, 3, 2), (12, 32, 1, 1), (10, 24, 1, 1), (48, 100, 1, 1), (16, 1, 3, 3)],
+                         ids=str)
 @pytest.mark.parametrize("codec,options", CASES, ids=IDS)
 def test_conv_decoder_is_bit_exact(codec, options, shape, target):
     o, i, kh, kw = shape

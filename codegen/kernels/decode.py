@@ -89,8 +89,8 @@ def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int,
     to read them contiguously; where the output runs otherwise (a matmul's
     [K, N], a conv's in-channels outside its kh x kw) a tile is decoded along K
     into a buffer laid out along K (contiguous vector stores; a scatter across it
-    was slower), then written out along the output's rows, gathering from it. Where both agree: 1x1 convs by
-    output channel, K in vectors; depthwise convs (K = kh x kw, short) one flat loop of vectors in parallel.
+    was slower), then written out along the output's rows, gathering from it. Where both agree (1x1 and
+    depthwise convs) by output channel, K in vectors where it fills them.
 
     ``channel_panel``: the codec's arrays run along output channels instead, in panels of this many channels
     (the integer codecs' K-major panels): vectors run along channels (:func:`_across_channels`).
@@ -106,15 +106,8 @@ def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int,
         _transposed(sch, block)
     elif layout.shape[1] > 1 and layout.shape[2] * layout.shape[3] > 1:
         _per_channel(sch, block)
-    elif _lanes(layout.size // layout.shape[0]) >= 8:  # 1x1: rows of K in vectors, output channels in parallel
+    else:  # 1x1 or depthwise: a channel's weights run along K in both
         _along_rows(sch, block)
-    else:
-        fused = sch.fuse(*sch.get_loops(block))
-        lanes = _lanes(layout.size)
-        outer, inner = sch.split(fused, [None, lanes])
-        sch.parallel(outer)
-        if lanes > 1:
-            sch.vectorize(inner)
     return sch.mod["main"]
 
 
@@ -166,9 +159,10 @@ def _across_channels(sch: s_tir.Schedule, block, layout: Layout, panel: int) -> 
 
 
 def _along_rows(sch: s_tir.Schedule, block) -> None:
-    """OIHW of a 1x1 conv: per output channel (what a codec's row-level data, a scale or a sensitive-row flag, is
-    read once for), its K weights in vectors; channels in parallel. A flat loop over every weight would recompute
-    the channel from the flat index by a division per vector and reload its row-level data."""
+    """OIHW of a 1x1 or depthwise conv: per output channel (what a codec's row-level data, a scale or a
+    sensitive-row flag, is read once for), its K weights in the widest vectors that divide K (a depthwise conv's
+    9: one at a time); channels in parallel. A flat loop over every weight would recompute the
+    channel from the flat index per lane and gather its row-level data (depthwise decodes measured 5-10x slower)."""
     o, *k = sch.get_loops(block)
     row = sch.fuse(*k)
     lanes = _lanes(int(sch.get(row).extent))
