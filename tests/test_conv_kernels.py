@@ -56,11 +56,11 @@ def test_matmul_decoder_is_bit_exact(codec, options, n, k, target):
 
 
 def test_integer_panels_decode_along_channels(target):
-    """int8's codes hold 32 channels of one k contiguously, as [K, N] does: decoded row by row, 32 channels per
-    vector, without the K-major tile buffer that codecs stored along K need."""
+    """int8's codes hold 32 channels of one k contiguously, as [K, N] does: decoded row by row in vectors along
+    channels, without the K-major tile buffer that codecs stored along K need."""
     enc = encode("int8", {}, weights((64, 40), 0))
     script = kernel_for(enc, target).large_batch.func.script()
-    assert "T.vectorized(32)" in script and "T.parallel(40)" in script and "decoded_global" not in script
+    assert "T.vectorized(16)" in script and "T.parallel(160)" in script and "decoded_global" not in script
 
 
 def oihw(matrix, shape):
@@ -68,8 +68,10 @@ def oihw(matrix, shape):
     return np.ascontiguousarray(matrix.reshape(o, kh, kw, i).transpose(0, 3, 1, 2))
 
 
-# kh != kw: the layout's index order shows; 1x1 with K a multiple of 16 and of 8 only: decoded by output channel
-@pytest.mark.parametrize("shape", [(12, 5, 3, 2), (12, 32, 1, 1), (10, 24, 1, 1)], ids=str)
+# kh != kw: the layout's index order shows; 1x1 with K a multiple of 16 and of 8 only: decoded by output channel;
+# 1x1 with 48 channels: the integer codecs decode across channels (K = 100: tiles of 50); depthwise: by channel
+@pytest.mark.parametrize("shape", [(12, 5, 3, 2), (12, 32, 1, 1), (10, 24, 1, 1), (48, 100, 1, 1), (16, 1, 3, 3)],
+                         ids=str)
 @pytest.mark.parametrize("codec,options", CASES, ids=IDS)
 def test_conv_decoder_is_bit_exact(codec, options, shape, target):
     o, i, kh, kw = shape

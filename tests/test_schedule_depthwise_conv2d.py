@@ -18,6 +18,7 @@ CASES = [  # batch, channels, h, w, kernel, stride, epilogue
     (2, 16, 12, 12, 3, 1, "nanrelu"),  # the NaN-keeping relu: an epilogue DAG
     (1, 4, 48, 48, 3, 1, "relu6"),  # a plane large enough to be copied per band of rows
     (2, 4, 94, 94, 3, 2, "residual"),  # the same, stride 2 (column phases per band)
+    (2, 40, 5, 5, 3, 1, "residual"),  # rows narrower than half a vector: a tile of every row
 ]
 
 

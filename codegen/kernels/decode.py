@@ -83,6 +83,9 @@ def with_decoder(small: KernelCall | None, decoder: tirx.PrimFunc, kind: str, co
     return small
 
 
+TILE_K = 64  # weights per channel in a tile of a 1x1 conv decoded across channels (measured best of 16, 32, 64)
+
+
 def activation(ndim: int) -> te.Tensor:
     """The op's activation as a decode kernel takes it (unread): any shape of its rank."""
     return te.placeholder(tuple(te.var(f"d{i}", "int64") for i in range(ndim)), "float32", "x")
@@ -94,46 +97,33 @@ def _lanes(extent: int) -> int:
 
 
 def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int,
-                channel_lanes: int = 1) -> tirx.PrimFunc:
+                channel_panel: int | None = None) -> tirx.PrimFunc:
     """Scheduled ``f(x, *holders, W)`` with ``W[index] = weight(*layout.source(index))``.
 
     Most codecs' arrays run along K within a channel, so vectors must run along K
     to read them contiguously; where the output runs otherwise (a matmul's
     [K, N], a conv's in-channels outside its kh x kw) a tile is decoded along K
     into a buffer laid out along K (contiguous vector stores; a scatter across it
-    was slower), then written out along the output's rows, gathering from it. Where both agree: 1x1 convs by
-    output channel, K in vectors; depthwise convs (K = kh x kw, short) one flat loop of vectors in parallel.
-    Arrays that hold ``channel_lanes`` (> 1) consecutive channels of one k contiguously (the integer kernels'
-    panels) agree with a matmul's [K, N]: it is decoded row by row, N in vectors of that many channels.
+    was slower), then written out along the output's rows, gathering from it. Where both agree (1x1 and
+    depthwise convs) by output channel, K in vectors where it fills them.
+
+    ``channel_panel``: the codec's arrays run along output channels instead, in panels of this many channels
+    (the integer codecs' K-major panels): vectors run along channels (:func:`_across_channels`).
     """
     x = activation(x_ndim)
     out = te.compute(layout.shape, lambda *index: weight(*layout.source(*index)), name="decoded")
     sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
     sch.work_on("main")
     block = sch.get_sblock("decoded")
-    if not layout.conv and channel_lanes > 1 and layout.shape[1] % channel_lanes == 0:
-        _along_channels(sch, block, channel_lanes)
-    elif not layout.conv:
+    if channel_panel is not None and _across_channels(sch, block, layout, channel_panel):
+        return sch.mod["main"]
+    if not layout.conv:
         _transposed(sch, block)
     elif layout.shape[1] > 1 and layout.shape[2] * layout.shape[3] > 1:
         _per_channel(sch, block)
-    elif _lanes(layout.size // layout.shape[0]) >= 8:  # 1x1: rows of K in vectors, output channels in parallel
+    else:  # 1x1 or depthwise: a channel's weights run along K in both
         _along_rows(sch, block)
-    else:
-        fused = sch.fuse(*sch.get_loops(block))
-        lanes = _lanes(layout.size)
-        outer, inner = sch.split(fused, [None, lanes])
-        sch.parallel(outer)
-        if lanes > 1:
-            sch.vectorize(inner)
     return sch.mod["main"]
-
-
-def _along_channels(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """[K, N] row by row, ``lanes`` channels per vector (read and written contiguously); rows in parallel."""
-    kk, n = sch.get_loops(block)
-    sch.vectorize(sch.split(n, [None, lanes])[1])
-    sch.parallel(kk)
 
 
 def _transposed(sch: s_tir.Schedule, block) -> None:
@@ -153,10 +143,41 @@ def _transposed(sch: s_tir.Schedule, block) -> None:
     sch.parallel(sch.fuse(n_outer, k_outer))
 
 
+def _across_channels(sch: s_tir.Schedule, block, layout: Layout, panel: int) -> bool:
+    """Vectors along output channels, where the codec's panels hold them contiguously; False (nothing done) for a
+    layout other than a matmul's or a 1x1 conv's, or channels too few for 8-lane vectors.
+
+    A matmul's [K, N] runs along channels too: rows of K decoded in vectors, in parallel. A 1x1 conv's [O, I] runs
+    along K: a tile of 16 channels x up to TILE_K weights is decoded along channels into a buffer laid out so, then
+    copied out along K (scalar: vector gathers from the tile were slower); tiles in parallel.
+    """
+    channels = layout.shape[0] if layout.conv else layout.shape[1]
+    lanes = _lanes(math.gcd(channels, panel))
+    if lanes < 8 or (layout.conv and layout.shape[2] * layout.shape[3] != 1):
+        return False
+    if not layout.conv:
+        kk, n = sch.get_loops(block)
+        n_outer, n_lane = sch.split(n, [None, lanes])
+        sch.vectorize(n_lane)
+        sch.parallel(sch.fuse(kk, n_outer))
+        return True
+    o, c, r, s = sch.get_loops(block)
+    o_outer, o_lane = sch.split(o, [None, lanes])
+    c_outer, c_inner = sch.split(c, [None, max(d for d in range(1, TILE_K + 1) if layout.shape[1] % d == 0)])
+    sch.reorder(o_outer, c_outer, r, s, c_inner, o_lane)
+    write = sch.cache_write(block, 0, "global")
+    sch.transform_layout(block, ("write", 0), lambda o, c, r, s: (c, r, s, o))  # the tile stored along channels
+    sch.reverse_compute_at(write, c_outer)
+    sch.vectorize(o_lane)
+    sch.parallel(sch.fuse(o_outer, c_outer))
+    return True
+
+
 def _along_rows(sch: s_tir.Schedule, block) -> None:
-    """OIHW of a 1x1 conv: per output channel (what a codec's row-level data, a scale or a sensitive-row flag, is
-    read once for), its K weights in vectors; channels in parallel. A flat loop over every weight would recompute
-    the channel from the flat index by a division per vector and reload its row-level data."""
+    """OIHW of a 1x1 or depthwise conv: per output channel (what a codec's row-level data, a scale or a
+    sensitive-row flag, is read once for), its K weights in the widest vectors that divide K (a depthwise conv's
+    9: one at a time); channels in parallel. A flat loop over every weight would recompute the
+    channel from the flat index per lane and gather its row-level data (depthwise decodes measured 5-10x slower)."""
     o, *k = sch.get_loops(block)
     row = sch.fuse(*k)
     lanes = _lanes(int(sch.get(row).extent))

@@ -137,7 +137,7 @@ def gemv(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
 def decoder(weights: Int8Weights, into: decode.Layout, x_ndim: int) -> tirx.PrimFunc:
     """``f(x, *constants, W)``: the decode kernel."""
     holders = weights.holders()
-    return decode.elementwise(weights.weight(holders), holders, into, x_ndim, channel_lanes=weights.lanes)
+    return decode.elementwise(weights.weight(holders), holders, into, x_ndim, channel_panel=weights.lanes)
 
 
 @register(int8_codec.NAME, ops=("matmul", "conv2d"), target="llvm")

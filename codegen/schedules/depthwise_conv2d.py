@@ -14,10 +14,11 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from .conv2d import ConvBlocks, column_stride, copy_along_rows, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of, split_column_phases
+from .conv2d import MAX_LANES, ConvBlocks, column_stride, copy_along_rows, find_conv, fold_epilogue, is_depthwise, lanes_for, largest_divisor, shape_of, split_column_phases
 
 ROWS = 8  # output rows per register tile (one vector each): with the taps unrolled, rows share their input loads
 SMALL_ROWS = 4  # the same on planes below BANDED_PIXELS (vectors of 14 or 7 lanes there: measured faster)
+NARROW_ROWS = 8  # the same on rows narrower than half a vector (7 lanes): one register per row, so more rows share loads
 BANDED_PIXELS = 2048  # output planes of at least this many pixels copy their padded input per band of rows
 
 
@@ -28,7 +29,7 @@ def schedule_depthwise_conv2d(sch: s_tir.Schedule, blocks: ConvBlocks) -> None:
     final = fold_epilogue(sch, blocks)
     lanes = lanes_for(ow)
     banded = oh * ow >= BANDED_PIXELS
-    rows = largest_divisor(oh, ROWS if banded else SMALL_ROWS)
+    rows = largest_divisor(oh, ROWS if banded else NARROW_ROWS if 2 * ow <= MAX_LANES else SMALL_ROWS)
     n, c, y, x, r, ky, kx = sch.get_loops(blocks.conv)
     y_o, y_i = sch.split(y, [None, rows])
     x_o, x_l = sch.split(x, [None, lanes])
