@@ -401,6 +401,16 @@ def _add_model_evaluation_commands(sub) -> None:
     a.add_argument("--jobs", type=int, default=None, help="processes encoding layers at once (as compile)")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
+    from .zoo import ENTRIES
+
+    z = sub.add_parser("zoo", help="build a real trained model with its evaluation data into the cache",
+                       description="Each entry: model.onnx, data/ (evaluation samples, labels where they exist), "
+                                   "calibration/ and entry.json, in $BIE_ZOO_CACHE or ~/.cache/bie-compiler/zoo. "
+                                   "Entries: " + "; ".join(f"{e.name}: {e.about}" for e in ENTRIES.values()))
+    z.add_argument("name", choices=list(ENTRIES), help="the entry")
+    z.add_argument("-o", "--output", default=None, help="folder to build it in instead of the cache")
+    z.add_argument("--force", action="store_true", help="build again even if it is there")
+
 
 def parse_codec_spec(text: str):
     """``bie-bitplane`` or ``bie-bitplane:bits=3,group_size=32`` as an ``analysis.CodecSpec``."""
@@ -447,6 +457,20 @@ def _analyze(args) -> int:
     return 0
 
 
+def _zoo(args) -> int:
+    from .zoo import build, describe
+
+    folder = build(args.name, args.output, args.force, lambda message: print(f"zoo: {message}", file=sys.stderr))
+    entry = describe(folder)
+    options = " ".join(entry["compile_options"])
+    model, data = folder / entry["model"], folder / entry["data"]
+    print(f"{folder}: {entry['about']}\n  model {model}\n  data {data}\n  calibration {folder / entry['calibration']}")
+    print(f"  bie-compiler analyze {model} --data {data} -o {folder / 'analysis'}")
+    print(f"  bie-compiler compile {model} {options + ' ' if options else ''}-o out/{args.name} && "
+          f"bie-compiler eval out/{args.name} --data {data}")
+    return 0
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, BieWarning):
         print(f"bie-compiler: warning: {message}", file=sys.stderr, flush=True)
@@ -459,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"compile": _compile, "check": _check, "eval": _eval, "run": _run, "bench": _bench,
-                    "inspect": _inspect, "analyze": _analyze}
+                    "inspect": _inspect, "analyze": _analyze, "zoo": _zoo}
         return commands[args.command](args)
     except BieError as e:
         print(f"bie-compiler: error: {e}", file=sys.stderr)
