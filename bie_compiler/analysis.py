@@ -124,6 +124,16 @@ class Policy:
         return out + [a for p, o in self.overrides for a in ("--override", f"{p}:" + ",".join(f"{k}={v}" for k, v in o.items()))]
 
 
+def check_options(specs: list[CodecSpec], policy: Policy, top: int) -> None:
+    """OptionError for a bad codec option, override, ``--min-weights`` or ``--top``, before any work."""
+    from .passes.policy import EncodingPolicy
+
+    if top < 0:
+        raise OptionError(f"--top must be >= 0, got {top}")
+    for spec in specs:
+        EncodingPolicy(spec.codec, spec.options, policy.min_weights, policy.skip, policy.overrides)
+
+
 def analyze(model_path: str | Path, specs: list[CodecSpec], samples: list, policy: Policy = Policy(),
             calibration: str | Path | None = None, top: int = 3, sweep: bool = True,
             progress: Callable[[str], None] = lambda message: None, jobs: int | None = None) -> dict:
@@ -131,8 +141,7 @@ def analyze(model_path: str | Path, specs: list[CodecSpec], samples: list, polic
     from .frontend import load_model, model_inputs
     from .passes.policy import EncodingPolicy
 
-    if top < 0:
-        raise OptionError(f"--top must be >= 0, got {top}")
+    check_options(specs, policy, top)
     model = load_model(model_path)
     layers = weight_layers(model)
     if not layers:
@@ -144,8 +153,6 @@ def analyze(model_path: str | Path, specs: list[CodecSpec], samples: list, polic
         return EncodingPolicy(spec.codec, spec.options, policy.min_weights, policy.skip + tuple(skip),
                               policy.overrides + tuple(overrides), aliases)
 
-    for spec in specs:
-        encoding_policy(spec)  # every option and override checked before any work
     progress(f"{model_path}: {len(layers)} weight layer(s), {len(samples)} sample file(s); fp32 outputs")
     bench = Bench(model, samples)
     calibrations = {}

@@ -426,7 +426,7 @@ def parse_codec_spec(text: str):
 
 
 def _analyze(args) -> int:
-    from .analysis import CodecSpec, Policy, analyze
+    from .analysis import CodecSpec, Policy, analyze, check_options
     from .analysis_report import FILES, require_matplotlib, summary, write
     from .evaluation import load_samples
     from .frontend import load_model, model_inputs
@@ -436,6 +436,7 @@ def _analyze(args) -> int:
     require_matplotlib()
     specs = [parse_codec_spec(t) for t in args.codec] or [CodecSpec(c) for c in codecs.CODECS]
     policy = Policy(args.min_weights, tuple(args.skip), tuple(parse_override(o) for o in args.override))
+    check_options(specs, policy, args.top)
     inputs = model_inputs(load_model(args.model))
     request = request_from_options(args.input_shape, args.dim)
     if args.data is not None:

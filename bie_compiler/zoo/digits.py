@@ -9,7 +9,6 @@ import numpy as np
 
 from ..models import digits, digits_cnn
 from ..models.common import save_model
-from ..parity import run_onnxruntime
 
 MLP_ABOUT = "scikit-learn digits MLP (64-128-64-10), trained by scikit-learn; 500 held-out labelled images"
 CNN_ABOUT = "scikit-learn digits CNN (three 3x3 convs, Gemm), trained in numpy; 500 held-out labelled images"
@@ -18,6 +17,8 @@ CALIBRATION_FILES, CALIBRATION_ROWS = 2, 64
 
 
 def _write(folder: Path, model) -> dict:
+    from ..parity import run_onnxruntime
+
     save_model(model, folder / "model.onnx")
     x, labels = digits.held_out()
     for i in range(0, len(x), ROWS_PER_FILE):
