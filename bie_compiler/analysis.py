@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from . import codecs
-from .decoded_weights import encode_model, initializer_arrays, weight_aliases, weight_layers, with_weights
+from .decoded_weights import EncodedModel, encode_model, initializer_arrays, weight_aliases, weight_layers, with_weights
 from .errors import OptionError
 from .evaluation import Scorer
 from .frontend import file_sha256
@@ -49,6 +49,7 @@ SAFER: dict[str, dict | None] = {
     "int8": None,
 }
 NBITS_REFERENCES = [(4, 32), (4, 128)]  # onnxruntime MatMulNBits (bits, block size)
+HEADLINE = ("rel_l2", "cosine", "task_metric", "task")  # the figures a point is ranked and plotted by
 
 
 @dataclass(frozen=True)
@@ -134,138 +135,152 @@ def check_options(specs: list[CodecSpec], policy: Policy, top: int) -> None:
         EncodingPolicy(spec.codec, spec.options, policy.min_weights, policy.skip, policy.overrides)
 
 
+class ModelUnderAnalysis:
+    """A model, its weight layers, its samples with their fp32 outputs and (optionally) its calibration: encodes
+    it under a codec and measures the result."""
+
+    def __init__(self, model_path: str | Path, samples: list, policy: Policy = Policy(),
+                 calibration: str | Path | None = None, jobs: int | None = None,
+                 progress: Callable[[str], None] = lambda message: None):
+        from .frontend import load_model, model_inputs
+
+        self.path, self.policy, self.calibration, self.jobs = model_path, policy, calibration, jobs
+        self.model = load_model(model_path)
+        self.layers = weight_layers(self.model)
+        if not self.layers:
+            raise OptionError(f"{model_path}: no MatMul, Gemm or 2-D Conv reads a constant weight: nothing to analyze")
+        self.weights = initializer_arrays(self.model, [layer.name for layer in self.layers])
+        self.aliases = weight_aliases(self.model)
+        progress(f"{model_path}: {len(self.layers)} weight layer(s), {len(samples)} sample file(s); fp32 outputs")
+        self.bench = Bench(self.model, samples)
+        self.calibrations = {}
+        if calibration is not None:
+            from .calibration import calibration_inputs, layer_calibrations
+            from .codecs.feedback import DAMPING
+
+            progress(f"capturing the inputs of {len(self.layers)} layer(s) on {calibration}")
+            usable = [layer.name for layer in self.layers if layer.fallback_reason is None]
+            self.calibrations = layer_calibrations(self.model, usable,
+                                                   calibration_inputs(model_inputs(self.model), calibration),
+                                                   DAMPING, act_order=False)
+
+    def encoded(self, spec: CodecSpec, fed: bool, skip=(), overrides=()):
+        """Every layer encoded as ``compile`` would with ``spec`` and the policy (plus ``skip``/``overrides``),
+        with error feedback if ``fed`` and there is calibration."""
+        from .passes.policy import EncodingPolicy
+
+        policy = EncodingPolicy(spec.codec, spec.options, self.policy.min_weights, self.policy.skip + tuple(skip),
+                                self.policy.overrides + tuple(overrides), self.aliases)
+        return encode_model(self.weights, self.layers, policy, self.calibrations if fed else None, self.jobs)
+
+    def point(self, spec: CodecSpec, fed: bool, label: str | None = None, **changes) -> dict:
+        """The whole model encoded so, measured: bits/weight, the headline figures, ``eval``'s result."""
+        result = self.encoded(spec, fed, **changes)
+        return self.bench.point(with_weights(self.model, result.decoded), label=label or spec.label, codec=spec.codec,
+                                options=spec.options, mode="feedback" if fed and self.calibrations else "rtn",
+                                bits_per_weight=result.bits_per_weight, seconds=result.seconds)
+
+    def references(self, progress: Callable[[str], None] = lambda message: None) -> list[dict]:
+        """fp16 weights and onnxruntime's MatMulNBits on the same layers (bits/weight over all of them)."""
+        usable = {r.name: r.bytes_dense for r in self.layers if r.fallback_reason is None}
+        count = sum(r.num_weights for r in self.layers)
+        dense_rest = sum(r.bytes_dense for r in self.layers if r.name not in usable)
+        progress("references: fp16 weights")
+        fp16 = with_weights(self.model, fp16_weights({n: self.weights[n] for n in usable}))
+        points = [self.bench.point(fp16, label="fp16 weights", codec="fp16", mode="reference",
+                                   bits_per_weight=8 * (sum(usable.values()) / 2 + dense_rest) / count)]
+        for bits, block in NBITS_REFERENCES:
+            label = f"onnxruntime MatMulNBits {bits}-bit block {block} (RTN)"
+            progress(f"references: {label}")
+            quantized, why = matmul_nbits(self.model, bits, block)
+            if quantized is None:
+                points.append({"label": label, "codec": "matmulnbits", "mode": "reference", "skipped": why})
+                continue
+            stored = nbits_bytes(quantized, bits, usable) + dense_rest
+            points.append(self.bench.point(quantized, label=label, codec="matmulnbits", mode="reference",
+                                           bits_per_weight=8 * stored / count))
+        return points
+
+    def sensitivity(self, spec: CodecSpec, progress: Callable[[str], None] = lambda message: None
+                    ) -> tuple[EncodedModel, dict[str, dict]]:
+        """The model encoded with ``spec``, and per layer: its codec, bits/weight, weight error and the output
+        error with only that layer encoded."""
+        whole = self.encoded(spec, bool(self.calibrations))
+        figures = {}
+        for i, record in enumerate(whole.records, 1):
+            entry = figures[record.name] = {"codec": record.codec, "bits_per_weight": record.bits_per_weight,
+                                            "dense": record.fallback_reason}
+            if record.name not in whole.decoded:
+                continue
+            progress(f"{spec.label}: layer {i}/{len(whole.records)} {record.name}")
+            decoded = whole.decoded[record.name]
+            entry.update(weight_error(self.weights[record.name], decoded))
+            alone = self.bench.point(with_weights(self.model, {record.name: decoded}))
+            entry["output"] = {k: alone[k] for k in HEADLINE}
+        return whole, figures
+
+    def suggestions(self, spec: CodecSpec, sensitive: list[str], progress) -> list[dict]:
+        """``compile`` lines that treat the ``sensitive`` layers differently, each with what it measured."""
+        if not sensitive:
+            return []
+        base = ["bie-compiler", "compile", str(self.path), *spec.flags(), *self.policy.flags(),
+                *(["--calibration", str(self.calibration)] if self.calibration is not None else [])]
+        safer = SAFER[spec.codec]
+        choices = []
+        if safer is not None:
+            options = ",".join(f"{k}={v}" for k, v in safer.items())
+            choices.append(("override", {"overrides": [(name, safer) for name in sensitive]},
+                            [a for name in sensitive for a in ("--override", f"{name}:{options}")]))
+        choices.append(("skip", {"skip": sensitive}, [a for name in sensitive for a in ("--skip", name)]))
+        out = []
+        for kind, change, flags in choices:
+            progress(f"{spec.label}: the {len(sensitive)} most sensitive layer(s) with --{kind}")
+            point = self.point(spec, bool(self.calibrations), **change)
+            out.append({"kind": kind, "layers": sensitive, "command": shlex.join([*base, *flags, "-o", "out/"]),
+                        "bits_per_weight": point["bits_per_weight"], **{k: point[k] for k in HEADLINE}})
+        return out
+
+
 def analyze(model_path: str | Path, specs: list[CodecSpec], samples: list, policy: Policy = Policy(),
             calibration: str | Path | None = None, top: int = 3, sweep: bool = True,
             progress: Callable[[str], None] = lambda message: None, jobs: int | None = None) -> dict:
     """The ``analyze`` report (a JSON-able dict, :data:`SCHEMA`) of the model at ``model_path``."""
-    from .frontend import load_model, model_inputs
-    from .passes.policy import EncodingPolicy
-
     check_options(specs, policy, top)
-    model = load_model(model_path)
-    layers = weight_layers(model)
-    if not layers:
-        raise OptionError(f"{model_path}: no MatMul, Gemm or 2-D Conv reads a constant weight: nothing to analyze")
-    weights = initializer_arrays(model, [layer.name for layer in layers])
-    aliases = weight_aliases(model)
-
-    def encoding_policy(spec: CodecSpec, skip=(), overrides=()) -> EncodingPolicy:
-        return EncodingPolicy(spec.codec, spec.options, policy.min_weights, policy.skip + tuple(skip),
-                              policy.overrides + tuple(overrides), aliases)
-
-    progress(f"{model_path}: {len(layers)} weight layer(s), {len(samples)} sample file(s); fp32 outputs")
-    bench = Bench(model, samples)
-    calibrations = {}
-    if calibration is not None:
-        from .calibration import calibration_inputs, layer_calibrations
-        from .codecs.feedback import DAMPING
-
-        progress(f"capturing the inputs of {len(layers)} layer(s) on {calibration}")
-        usable = [layer.name for layer in layers if layer.fallback_reason is None]
-        calibrations = layer_calibrations(model, usable, calibration_inputs(model_inputs(model), calibration),
-                                          DAMPING, act_order=False)
-
-    def encoded(spec: CodecSpec, fed: bool, **changes):
-        return encode_model(weights, layers, encoding_policy(spec, **changes), calibrations if fed else None, jobs)
-
-    mode = "feedback" if calibrations else "rtn"
+    subject = ModelUnderAnalysis(model_path, samples, policy, calibration, jobs, progress)
+    fed = bool(subject.calibrations)
     report = {
         "schema": SCHEMA,
         "model": {"path": str(Path(model_path).absolute()), "sha256": file_sha256(model_path)},
-        "samples": len(samples), "rows": bench.rows,
+        "samples": len(samples), "rows": subject.bench.rows,
         "labels": any(labels is not None for _, _, labels in samples),
-        "fp32": bench.fp32_task,
+        "fp32": subject.bench.fp32_task,
         "calibration": str(calibration) if calibration is not None else None,
         "policy": {"min_weights": policy.min_weights, "skip": list(policy.skip),
                    "overrides": [[p, o] for p, o in policy.overrides]},
         "layers": [{"name": r.name, "op": r.op, "shape": r.shape, "weights": r.num_weights,
-                    "unsupported": r.fallback_reason, "codecs": {}} for r in layers],
+                    "unsupported": r.fallback_reason, "codecs": {}} for r in subject.layers],
         "codecs": [],
         "sweep": [],
         "references": [],
     }
     by_name = {entry["name"]: entry for entry in report["layers"]}
     for spec in specs:
-        progress(f"{spec.label}: encoding every layer ({mode})")
-        whole = encoded(spec, bool(calibrations))
-        point = bench.point(with_weights(model, whole.decoded), label=spec.label, codec=spec.codec,
-                            options=spec.options, mode=mode, bits_per_weight=whole.bits_per_weight,
-                            seconds=whole.seconds)
-        sensitivities = {}
-        for i, record in enumerate(whole.records, 1):
-            entry = by_name[record.name]["codecs"][spec.label] = {
-                "codec": record.codec, "bits_per_weight": record.bits_per_weight, "dense": record.fallback_reason}
-            if record.name not in whole.decoded:
-                continue
-            progress(f"{spec.label}: layer {i}/{len(whole.records)} {record.name}")
-            decoded = whole.decoded[record.name]
-            entry.update(weight_error(weights[record.name], decoded))
-            alone = bench.point(with_weights(model, {record.name: decoded}))
-            entry["output"] = {k: alone[k] for k in ("rel_l2", "cosine", "task_metric", "task")}
-            sensitivities[record.name] = alone["rel_l2"]
-        ranked = sorted(sensitivities, key=sensitivities.get, reverse=True)
+        progress(f"{spec.label}: encoding every layer ({'feedback' if fed else 'rtn'})")
+        whole, figures = subject.sensitivity(spec, progress)
+        for name, entry in figures.items():
+            by_name[name]["codecs"][spec.label] = entry
+        point = subject.bench.point(with_weights(subject.model, whole.decoded), label=spec.label, codec=spec.codec,
+                                    options=spec.options, mode="feedback" if fed else "rtn",
+                                    bits_per_weight=whole.bits_per_weight, seconds=whole.seconds)
+        ranked = sorted((n for n, e in figures.items() if "output" in e), key=lambda n: -figures[n]["output"]["rel_l2"])
         treated = ranked[:min(top, max(1, len(ranked) - 1))]  # not every layer: that would be another codec
         report["codecs"].append({**point, "ranking": ranked,
-                                 "suggestions": _suggestions(spec, treated, model_path, policy, calibration,
-                                                             lambda **c: encoded(spec, bool(calibrations), **c),
-                                                             bench, model, progress)})
+                                 "suggestions": subject.suggestions(spec, treated, progress)})
     if sweep:
         for codec in dict.fromkeys(spec.codec for spec in specs):
             for label, options in SETTINGS[codec]:
-                spec = CodecSpec(codec, options)
-                modes = [("rtn", False)] + ([("feedback", True)] if calibrations and codecs.takes_calibration(codec)
-                                            else [])
-                for mode_name, fed in modes:
-                    progress(f"sweep: {codec} {label} ({mode_name})")
-                    result = encoded(spec, fed)
-                    report["sweep"].append(bench.point(
-                        with_weights(model, result.decoded), label=f"{codec} {label}", codec=codec, options=options,
-                        mode=mode_name, bits_per_weight=result.bits_per_weight, seconds=result.seconds))
-        report["references"] = _references(model, layers, weights, bench, progress)
+                for mode_fed in [False] + ([True] if fed and codecs.takes_calibration(codec) else []):
+                    progress(f"sweep: {codec} {label} ({'feedback' if mode_fed else 'rtn'})")
+                    report["sweep"].append(subject.point(CodecSpec(codec, options), mode_fed, f"{codec} {label}"))
+        report["references"] = subject.references(progress)
     return report
-
-
-def _suggestions(spec: CodecSpec, sensitive: list[str], model_path, policy: Policy, calibration,
-                 encode: Callable, bench: Bench, model: onnx.ModelProto, progress) -> list[dict]:
-    """``compile`` lines that treat the ``sensitive`` layers differently, each with what it measured."""
-    if not sensitive:
-        return []
-    base = ["bie-compiler", "compile", str(model_path), *spec.flags(), *policy.flags(),
-            *(["--calibration", str(calibration)] if calibration is not None else [])]
-    safer = SAFER[spec.codec]
-    choices = []
-    if safer is not None:
-        choices.append(("override", {"overrides": [(name, safer) for name in sensitive]},
-                        [a for name in sensitive for a in ("--override", f"{name}:" + ",".join(
-                            f"{k}={v}" for k, v in safer.items()))]))
-    choices.append(("skip", {"skip": sensitive}, [a for name in sensitive for a in ("--skip", name)]))
-    out = []
-    for kind, change, flags in choices:
-        progress(f"{spec.label}: the {len(sensitive)} most sensitive layer(s) with --{kind}")
-        result = encode(**change)
-        point = bench.point(with_weights(model, result.decoded))
-        out.append({"kind": kind, "layers": sensitive, "command": shlex.join([*base, *flags, "-o", "out/"]),
-                    "bits_per_weight": result.bits_per_weight,
-                    **{k: point[k] for k in ("rel_l2", "cosine", "task_metric", "task")}})
-    return out
-
-
-def _references(model: onnx.ModelProto, layers, weights: dict, bench: Bench, progress) -> list[dict]:
-    """fp16 weights and onnxruntime's MatMulNBits, on the same layers' weights (bits/weight over all of them)."""
-    usable = {r.name: r.bytes_dense for r in layers if r.fallback_reason is None}
-    count = sum(r.num_weights for r in layers)
-    dense_rest = sum(r.bytes_dense for r in layers if r.name not in usable)
-    progress("references: fp16 weights")
-    points = [bench.point(with_weights(model, fp16_weights({n: weights[n] for n in usable})), label="fp16 weights",
-                          codec="fp16", mode="reference", bits_per_weight=8 * (sum(usable.values()) / 2 + dense_rest) / count)]
-    for bits, block in NBITS_REFERENCES:
-        label = f"onnxruntime MatMulNBits {bits}-bit block {block} (RTN)"
-        progress(f"references: {label}")
-        quantized, why = matmul_nbits(model, bits, block)
-        if quantized is None:
-            points.append({"label": label, "codec": "matmulnbits", "mode": "reference", "skipped": why})
-            continue
-        stored = nbits_bytes(quantized, bits, usable) + dense_rest
-        points.append(bench.point(quantized, label=label, codec="matmulnbits", mode="reference",
-                                  bits_per_weight=8 * stored / count))
-    return points

@@ -99,13 +99,13 @@ def test_weight_error_of_a_known_rounding():
 
 
 def test_transformer_sensitivities_without_sweep(model_dir, tmp_path):
-    report, _ = analyze(model_dir["transformer"], tmp_path / "r", "--codec", "tans:levels=7", "--no-sweep", "-q")
+    report, _ = analyze(model_dir["transformer"], tmp_path / "r", "--codec", "bie-bitplane:bits=3", "--no-sweep", "-q")
     assert report["sweep"] == [] and report["references"] == []
-    (tans,) = report["codecs"]
-    assert tans["label"] == "tans levels=7" and len(tans["ranking"]) == 6
+    (bitplane,) = report["codecs"]
+    assert bitplane["label"] == "bie-bitplane bits=3" and len(bitplane["ranking"]) == 6
     for layer in report["layers"]:
-        e = layer["codecs"]["tans levels=7"]
-        assert e["codec"] == "tans" and np.isfinite(e["output"]["rel_l2"]) and e["output"]["rel_l2"] > 0
+        e = layer["codecs"]["bie-bitplane bits=3"]
+        assert e["codec"] == "bie-bitplane" and np.isfinite(e["output"]["rel_l2"]) and e["output"]["rel_l2"] > 0
 
 
 def _layer_model() -> onnx.ModelProto:
