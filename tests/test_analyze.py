@@ -4,6 +4,7 @@ compile lines it prints; its whole-model figures are ``eval``'s, and its layers 
 import csv
 import json
 import shlex
+import sys
 
 import numpy as np
 import onnx
@@ -11,14 +12,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bie_compiler.analysis import SCHEMA, SETTINGS, weight_error
+from bie_compiler.analysis_report import require_matplotlib
+from bie_compiler.errors import OptionError
 from bie_compiler.decoded_weights import weight_layers
 from bie_compiler.frontend import import_model, load_model
 from bie_compiler.models import digits, write_all
 from bie_compiler.passes.weight_uses import collect_weight_uses
 from test_cli import cli
-
-pytest.importorskip("matplotlib", reason="analyze draws its plots with matplotlib (the bench extra)")
-
 
 def analyze(model, out, *args):
     result = cli("analyze", model, "-o", out, *args)
@@ -191,3 +191,9 @@ def test_bad_options_are_one_line_errors(model_dir, tmp_path, args, message):
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 + ("seeded random" in result.stderr)
     assert not (tmp_path / "r").exists()
+
+
+def test_missing_matplotlib_is_a_one_line_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(OptionError, match=r"^analyze draws its plots with matplotlib: install it with pip install"):
+        require_matplotlib()
