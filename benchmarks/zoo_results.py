@@ -28,7 +28,7 @@ from bie_compiler.frontend import load_model, model_inputs
 CODECS = [CodecSpec("bie-bitplane", {"bits": 4}), CodecSpec("bie-bitplane", {"bits": 8}),
           CodecSpec("tans", {"levels": 15}), CodecSpec("int8"), CodecSpec("bbs", {"preset": "moderate"}),
           CodecSpec("bbs", {"preset": "conservative"})]
-TASK_NAMES = {"accuracy": "accuracy", "cosine": "output cosine", "top1_agreement": "top-1 agreement"}
+TASK_NAMES = {"accuracy": "accuracy", "cosine": "output cosine"}
 
 
 def measure(name: str, progress) -> dict:

@@ -68,12 +68,11 @@ class CodecSpec:
         return ["--codec", self.codec, *[a for k, v in self.options.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
 
 
-def headline(result: dict) -> dict:
+def headline(result: dict, metric: str | None = None) -> dict:
     """The figures a point is ranked and plotted by, from an ``eval`` result: the first output's mean relative L2
-    and cosine to fp32, and its task figure (accuracy with labels, else top-1 agreement for a classifier, else
-    cosine), with the name of that figure."""
+    and cosine to fp32, and its task figure ``metric`` (default: accuracy with labels, else cosine), named."""
     figures = next(iter(result["outputs"].values()))
-    task = next(m for m in ("accuracy", "top1_agreement", "cosine") if m in figures)
+    task = metric or ("accuracy" if "accuracy" in figures else "cosine")
     return {"rel_l2": figures["rel_l2"]["mean"], "cosine": figures["cosine"]["mean"],
             "task_metric": task, "task": figures[task]["mean"]}
 
@@ -90,12 +89,16 @@ def weight_error(weight: np.ndarray, decoded: np.ndarray) -> dict:
 class Bench:
     """The fp32 model, its samples and their fp32 outputs (computed once): scores a variant of the model."""
 
-    def __init__(self, model: onnx.ModelProto, samples: list[tuple[str, dict, np.ndarray | None]]):
-        self.model, self.samples = model, samples
+    def __init__(self, model: onnx.ModelProto, samples: list[tuple[str, dict, np.ndarray | None]],
+                 metric: str | None = None):
+        self.model, self.samples, self.metric = model, samples, metric
         self.names = [o.name for o in model.graph.output]
         session = session_of(model)
         self.references = [session.run(self.names, inputs) for _, inputs, _ in samples]
         fp32 = next(iter(self.score(model)["outputs"].values()))
+        if metric is not None and metric not in fp32:
+            raise OptionError(f"--metric {metric}: not a figure of output {self.names[0]!r} on this data "
+                              f"(it has: {', '.join(fp32)})")
         self.rows = fp32["cosine"]["rows"]
         self.fp32_task = {m: v["mean"] for m, v in fp32.items() if m.endswith("fp32")}
 
@@ -108,7 +111,7 @@ class Bench:
 
     def point(self, model: onnx.ModelProto, **about) -> dict:
         result = self.score(model)
-        return {**about, **headline(result), "result": result}
+        return {**about, **headline(result, self.metric), "result": result}
 
 
 @dataclass
@@ -141,7 +144,7 @@ class ModelUnderAnalysis:
 
     def __init__(self, model_path: str | Path, samples: list, policy: Policy = Policy(),
                  calibration: str | Path | None = None, jobs: int | None = None,
-                 progress: Callable[[str], None] = lambda message: None):
+                 progress: Callable[[str], None] = lambda message: None, metric: str | None = None):
         from .frontend import load_model, model_inputs
 
         self.path, self.policy, self.calibration, self.jobs = model_path, policy, calibration, jobs
@@ -152,7 +155,7 @@ class ModelUnderAnalysis:
         self.weights = initializer_arrays(self.model, [layer.name for layer in self.layers])
         self.aliases = weight_aliases(self.model)
         progress(f"{model_path}: {len(self.layers)} weight layer(s), {len(samples)} sample file(s); fp32 outputs")
-        self.bench = Bench(self.model, samples)
+        self.bench = Bench(self.model, samples, metric)
         self.calibrations = {}
         if calibration is not None:
             from .calibration import calibration_inputs, layer_calibrations
@@ -243,10 +246,11 @@ class ModelUnderAnalysis:
 
 def analyze(model_path: str | Path, specs: list[CodecSpec], samples: list, policy: Policy = Policy(),
             calibration: str | Path | None = None, top: int = 3, sweep: bool = True,
-            progress: Callable[[str], None] = lambda message: None, jobs: int | None = None) -> dict:
+            progress: Callable[[str], None] = lambda message: None, jobs: int | None = None,
+            metric: str | None = None) -> dict:
     """The ``analyze`` report (a JSON-able dict, :data:`SCHEMA`) of the model at ``model_path``."""
     check_options(specs, policy, top)
-    subject = ModelUnderAnalysis(model_path, samples, policy, calibration, jobs, progress)
+    subject = ModelUnderAnalysis(model_path, samples, policy, calibration, jobs, progress, metric)
     fed = bool(subject.calibrations)
     report = {
         "schema": SCHEMA,

@@ -396,6 +396,9 @@ def _add_model_evaluation_commands(sub) -> None:
     a.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="as compile (repeatable)")
     a.add_argument("--override", action="append", default=[], metavar="PATTERN:K=V[,K=V]",
                    help="as compile (repeatable)")
+    a.add_argument("--metric", default=None,
+                   help="the task figure of the first output to rank and plot by: any of eval's (accuracy, "
+                        "top1_agreement, cosine, ...; default: accuracy with labels, else cosine)")
     a.add_argument("--top", type=int, default=3, help="sensitive layers the compile lines treat (default %(default)s)")
     a.add_argument("--no-sweep", action="store_true", help="only the codecs as given: no sweep, no references")
     a.add_argument("--jobs", type=int, default=None, help="processes encoding layers at once (as compile)")
@@ -451,7 +454,7 @@ def _analyze(args) -> int:
     progress = (lambda message: None) if args.quiet else (lambda message: print(f"analyze: {message}", file=sys.stderr,
                                                                                  flush=True))
     report = analyze(args.model, specs, samples, policy, args.calibration, args.top, not args.no_sweep, progress,
-                     args.jobs)
+                     args.jobs, args.metric)
     out = write(report, args.output)
     print(summary(report))
     print(f"wrote {', '.join(str(out / f) for f in FILES)}", file=sys.stderr)

@@ -17,6 +17,8 @@ from bie_compiler.errors import OptionError
 from bie_compiler.decoded_weights import weight_layers
 from bie_compiler.frontend import import_model, load_model
 from bie_compiler.models import digits, write_all
+from bie_compiler.ort_reference import gemms_as_matmuls
+from bie_compiler.parity import run_onnxruntime
 from bie_compiler.passes.weight_uses import collect_weight_uses
 from test_cli import cli
 
@@ -182,6 +184,7 @@ def test_whole_model_figures_are_evals(tmp_path):
     (["--data", "DATA", "--batch", "2"], "--data gives the inputs"),
     (["--top", "-1"], "--top must be >= 0"),
     (["--min-weights", "-5"], "--min-weights must be a non-negative integer"),
+    (["--metric", "nope", "--no-sweep"], "--metric nope: not a figure of output 'logits'"),
 ])
 def test_bad_options_are_one_line_errors(model_dir, tmp_path, args, message):
     if "DATA" in args:
@@ -197,3 +200,21 @@ def test_missing_matplotlib_is_a_one_line_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(OptionError, match=r"^analyze draws its plots with matplotlib: install it with pip install"):
         require_matplotlib()
+
+
+def test_gemms_become_matmuls_for_matmulnbits():
+    """onnxruntime's MatMulNBits takes MatMul only: Gemms are rewritten first, computing the same."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in [("w1", (16, 8)), ("b1", (16,)), ("w2", (16, 4))]]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+             helper.make_node("Gemm", ["h", "w2"], ["y"])]
+    f = TensorProto.FLOAT
+    model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [3, 8])],
+                                                [helper.make_tensor_value_info("y", f, [3, 4])], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    rewritten = gemms_as_matmuls(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["MatMul", "Add", "MatMul"]
+    x = {"x": rng.standard_normal((3, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run_onnxruntime(rewritten, x)[0], run_onnxruntime(model, x)[0], rtol=1e-5, atol=1e-6)
+    assert [n.op_type for n in model.graph.node] == ["Gemm", "Gemm"]  # the source is left alone
