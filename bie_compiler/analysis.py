@@ -21,7 +21,7 @@ import onnx
 
 from . import codecs
 from .decoded_weights import EncodedModel, encode_model, initializer_arrays, weight_aliases, weight_layers, with_weights
-from .errors import OptionError
+from .errors import BieError, OptionError
 from .evaluation import Scorer
 from .frontend import file_sha256
 from .ort_reference import fp16_weights, matmul_nbits, nbits_bytes
@@ -128,6 +128,17 @@ class Policy:
         return out + [a for p, o in self.overrides for a in ("--override", f"{p}:" + ",".join(f"{k}={v}" for k, v in o.items()))]
 
 
+def _refused(codec: str, options: dict, override: dict) -> bool:
+    """Whether ``override`` cannot apply over ``options`` (e.g. tANS levels over a bits-per-weight budget)."""
+    from .passes.policy import apply_override
+
+    try:
+        codecs.make_config(*apply_override(codec, options, override))
+    except BieError:
+        return True
+    return False
+
+
 def check_options(specs: list[CodecSpec], policy: Policy, top: int) -> None:
     """OptionError for a bad codec option, override, ``--min-weights`` or ``--top``, before any work."""
     from .passes.policy import EncodingPolicy
@@ -230,7 +241,7 @@ class ModelUnderAnalysis:
                 *(["--calibration", str(self.calibration)] if self.calibration is not None else [])]
         safer = SAFER[spec.codec]
         choices = []
-        if safer is not None:
+        if safer is not None and not _refused(spec.codec, spec.options, safer):
             options = ",".join(f"{k}={v}" for k, v in safer.items())
             choices.append(("override", {"overrides": [(name, safer) for name in sensitive]},
                             [a for name in sensitive for a in ("--override", f"{name}:{options}")]))
