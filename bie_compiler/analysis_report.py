@@ -103,7 +103,8 @@ def _plot_rate_distortion(report: dict, path: Path) -> None:
         ax.set_xlabel("bits per weight (matmul and conv weights)")
         ax.grid(alpha=0.3)
     right.legend(fontsize=7)
-    fig.suptitle(Path(report["model"]["path"]).name, fontsize=10)
+    model_path = Path(report["model"]["path"])
+    fig.suptitle(f"{model_path.parent.name}/{model_path.name}", fontsize=10)  # zoo entries are all model.onnx
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
