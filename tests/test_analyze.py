@@ -218,3 +218,22 @@ def test_gemms_become_matmuls_for_matmulnbits():
     x = {"x": rng.standard_normal((3, 8)).astype(np.float32)}
     np.testing.assert_allclose(run_onnxruntime(rewritten, x)[0], run_onnxruntime(model, x)[0], rtol=1e-5, atol=1e-6)
     assert [n.op_type for n in model.graph.node] == ["Gemm", "Gemm"]  # the source is left alone
+
+
+def test_calibration_adds_feedback_points(model_dir, tmp_path):
+    rng = np.random.default_rng(3)
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for i in range(2):
+        np.savez(calibration / f"{i}.npz", x=rng.standard_normal((64, 256)).astype(np.float32))
+    report, _ = analyze(model_dir["mlp"], tmp_path / "r", "--codec", "int8", "--codec", "bie-binary",
+                        "--calibration", calibration, "-q")
+    assert report["calibration"] == str(calibration)
+    assert [c["mode"] for c in report["codecs"]] == ["feedback", "feedback"]  # as compile --calibration would round
+    modes = [(p["codec"], p["mode"]) for p in report["sweep"]]
+    assert modes.count(("int8", "rtn")) == modes.count(("int8", "feedback")) == 1
+    assert ("bie-binary", "feedback") not in modes  # no feedback hook: data-free only
+    int8 = {p["mode"]: p for p in report["sweep"] if p["codec"] == "int8"}
+    assert int8["feedback"]["bits_per_weight"] == int8["rtn"]["bits_per_weight"]
+    assert int8["feedback"]["rel_l2"] != int8["rtn"]["rel_l2"]  # the rounding changed
+    assert all(f"--calibration {calibration}" in s["command"] for c in report["codecs"] for s in c["suggestions"])
