@@ -53,7 +53,8 @@ def measure(name: str, progress) -> dict:
 
 
 def markdown(results: list[dict], missing: dict[str, list[str]]) -> str:
-    lines = ["| model | codec | rounding | bits/weight | task figure | output rel. L2 |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | codec | rounding | bits/weight | task figure | output rel. L2 |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         for p in r["rows"]:
             if "skipped" in p:

@@ -65,7 +65,8 @@ class CodecSpec:
 
     def flags(self) -> list[str]:
         """The ``compile`` options that select it."""
-        return ["--codec", self.codec, *[a for k, v in self.options.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
+        flags = [a for k, v in self.options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+        return ["--codec", self.codec, *flags]
 
 
 def headline(result: dict, metric: str | None = None) -> dict:
@@ -125,7 +126,8 @@ class Policy:
     def flags(self) -> list[str]:
         out = [] if self.min_weights == 1024 else ["--min-weights", str(self.min_weights)]
         out += [a for p in self.skip for a in ("--skip", p)]
-        return out + [a for p, o in self.overrides for a in ("--override", f"{p}:" + ",".join(f"{k}={v}" for k, v in o.items()))]
+        overrides = [f"{p}:" + ",".join(f"{k}={v}" for k, v in o.items()) for p, o in self.overrides]
+        return out + [a for o in overrides for a in ("--override", o)]
 
 
 def _refused(codec: str, options: dict, override: dict) -> bool:
@@ -187,9 +189,11 @@ class ModelUnderAnalysis:
                                 self.policy.overrides + tuple(overrides), self.aliases)
         return encode_model(self.weights, self.layers, policy, self.calibrations if fed else None, self.jobs)
 
-    def point(self, spec: CodecSpec, fed: bool, label: str | None = None, **changes) -> dict:
-        """The whole model encoded so, measured: bits/weight, the headline figures, ``eval``'s result."""
-        result = self.encoded(spec, fed, **changes)
+    def point(self, spec: CodecSpec, fed: bool, label: str | None = None, encoded: EncodedModel | None = None,
+              **changes) -> dict:
+        """The whole model encoded so (or as ``encoded`` already is), measured: bits/weight, the headline figures,
+        ``eval``'s result."""
+        result = encoded or self.encoded(spec, fed, **changes)
         return self.bench.point(with_weights(self.model, result.decoded), label=label or spec.label, codec=spec.codec,
                                 options=spec.options, mode="feedback" if fed and self.calibrations else "rtn",
                                 bits_per_weight=result.bits_per_weight, seconds=result.seconds)
@@ -284,9 +288,7 @@ def analyze(model_path: str | Path, specs: list[CodecSpec], samples: list, polic
         whole, figures = subject.sensitivity(spec, progress)
         for name, entry in figures.items():
             by_name[name]["codecs"][spec.label] = entry
-        point = subject.bench.point(with_weights(subject.model, whole.decoded), label=spec.label, codec=spec.codec,
-                                    options=spec.options, mode="feedback" if fed else "rtn",
-                                    bits_per_weight=whole.bits_per_weight, seconds=whole.seconds)
+        point = subject.point(spec, fed, encoded=whole)
         ranked = sorted((n for n, e in figures.items() if "output" in e), key=lambda n: -figures[n]["output"]["rel_l2"])
         treated = ranked[:min(top, max(1, len(ranked) - 1))]  # not every layer: that would be another codec
         report["codecs"].append({**point, "ranking": ranked,

@@ -87,6 +87,10 @@ def _plot_rate_distortion(report: dict, path: Path) -> None:
         name = codec if mode == "rtn" else f"{codec} ({mode})"
         left.plot([p["bits_per_weight"] for p in ps], [max(p["rel_l2"], 1e-9) for p in ps], style, ms=4, label=name)
         right.plot([p["bits_per_weight"] for p in ps], [p["task"] for p in ps], style, ms=4, label=name)
+    for p in report["codecs"]:  # the settings analyzed layer by layer
+        name = f"{p['label']} ({p['mode']})"
+        left.plot(p["bits_per_weight"], max(p["rel_l2"], 1e-9), "D", mfc="none", ms=9, label=name)
+        right.plot(p["bits_per_weight"], p["task"], "D", mfc="none", ms=9, label=name)
     for p in report["references"]:
         if "skipped" not in p:
             left.plot(p["bits_per_weight"], max(p["rel_l2"], 1e-9), "k*", ms=9)
@@ -155,7 +159,8 @@ def _html(report: dict, out: Path) -> str:
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>analyze: {html.escape(Path(report['model']['path']).name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:75em}}table{{border-collapse:collapse;font-size:0.85em}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}pre{{background:#f4f4f4;padding:6px;overflow-x:auto}}</style>
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+pre{{background:#f4f4f4;padding:6px;overflow-x:auto}}</style>
 </head><body>
 <h1>{html.escape(report['model']['path'])}</h1>
 <p>{report['samples']} sample file(s), {report['rows']} rows; figures against onnxruntime fp32 on the source model
@@ -165,7 +170,8 @@ calibration: {html.escape(str(report['calibration']))}.</p>
 {_table(["point", "mode", "bits/weight", "output rel. L2", "cosine", "task metric", "task"], point_rows)}
 {_table(["reference not measured", "why"], skipped) if skipped else ""}
 <h2>Per layer: only that layer encoded</h2><img src="data:image/png;base64,{images['sensitivity.png']}">
-{_table(["layer", "op", "shape", "codec", "bits/weight", "weight SQNR dB", "output rel. L2 (or why dense)"], layer_rows)}
+{_table(["layer", "op", "shape", "codec", "bits/weight", "weight SQNR dB", "output rel. L2 (or why dense)"],
+        layer_rows)}
 <h2>Sensitive layers: compile lines</h2>{lines}
 </body></html>
 """

@@ -19,8 +19,9 @@ NBITS_MISSING = "onnx-ir missing; install it with pip install -e .[bench]"
 
 def matmul_nbits(model: onnx.ModelProto, bits: int = 4, block_size: int = 32, accuracy_level: int | None = None
                  ) -> tuple[onnx.ModelProto | None, str | None]:
-    """The model with its MatMuls (and Gemms, as :func:`gemms_as_matmuls`) as ``MatMulNBits`` (RTN, symmetric): (model, None), or (None, why there is
-    none). ``accuracy_level`` 4 lets onnxruntime compute with int8 activations (fast); None keeps fp32."""
+    """The model with its MatMuls (and Gemms, as :func:`gemms_as_matmuls`) as ``MatMulNBits`` (RTN, symmetric):
+    (model, None), or (None, why there is none). ``accuracy_level`` 4 lets onnxruntime compute with int8
+    activations (fast); None keeps fp32."""
     try:
         import onnx_ir  # noqa: F401  (MatMulNBitsQuantizer needs it)
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer

@@ -74,7 +74,8 @@ def train(seed: int = 0) -> list:
     x, y = images()
     x, y = x[:TRAIN], y[:TRAIN]
     rng = np.random.default_rng(seed)
-    params = [(rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9)), np.zeros(cout)) for cin, cout, _ in CONVS]
+    params = [(rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9)), np.zeros(cout))
+              for cin, cout, _ in CONVS]
     params.append((rng.standard_normal((10, 512)) * np.sqrt(1 / 512), np.zeros(10)))
     params = [[a.astype(np.float32) for a in p] for p in params]
     moments = [[[np.zeros_like(a), np.zeros_like(a)] for a in p] for p in params]

@@ -27,7 +27,7 @@ ENTRY_FILE = "entry.json"
 class Entry:
     name: str
     about: str
-    build: Callable[[Path], dict]  # writes model.onnx, data/ and calibration/ into a folder; returns entry.json's fields
+    build: Callable[[Path], dict]  # writes model.onnx, data/, calibration/ into a folder; returns entry.json's fields
     needs: tuple[str, ...] = ()  # modules the build imports beyond the project's own dependencies
     extra: str = "test"  # the pyproject extra that installs them
 
