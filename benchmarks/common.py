@@ -19,6 +19,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from bie_compiler import ort_reference
+
 BANDWIDTH_ARRAY_BYTES = 512 * 2**20
 
 
@@ -137,21 +139,6 @@ def ort_session(model: bytes, threads: int) -> ort.InferenceSession:
 
 
 def matmul_nbits(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:
-    """The model with its MatMuls as onnxruntime 4-bit ``MatMulNBits`` (block 32, symmetric, accuracy_level 4).
-
-    Returns (model, None), or (None, the reason there is none): the quantizer
-    needs the ``onnx-ir`` package (``pip install -e .[bench]``).
-    """
-    try:
-        import onnx_ir  # noqa: F401  (MatMulNBitsQuantizer needs it)
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    except ImportError as e:
-        return None, f"onnx-ir missing ({e}); install it with pip install -e .[bench]"
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # the quantizer edits its model in place
-    quantizer = MatMulNBitsQuantizer(copy, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
-    quantizer.process()
-    quantized = quantizer.model.model
-    if not any(node.op_type == "MatMulNBits" for node in quantized.graph.node):
-        return None, "MatMulNBitsQuantizer produced no MatMulNBits node"
-    return quantized, None
+    """The model with its MatMuls as onnxruntime 4-bit ``MatMulNBits`` (block 32, symmetric, accuracy_level 4:
+    its fast int8-activation path), or (None, the reason there is none); see ``bie_compiler.ort_reference``."""
+    return ort_reference.matmul_nbits(model, bits=4, block_size=32, accuracy_level=4)

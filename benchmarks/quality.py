@@ -24,19 +24,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_nbits  # noqa: E402
 
-from bie_compiler import codecs  # noqa: E402
 from bie_compiler.codecs import feedback  # noqa: E402
 from bie_compiler.calibration import calibration_inputs, layer_calibrations  # noqa: E402
+from bie_compiler.decoded_weights import encode_model, initializer_arrays, weight_layers, with_weights  # noqa: E402
 from bie_compiler.frontend import load_model, model_inputs  # noqa: E402
-from bie_compiler.codecs.layout import codec_matrix, onnx_layout  # noqa: E402
+from bie_compiler.ort_reference import nbits_bytes  # noqa: E402
 from bie_compiler.parity import make_inputs, run_onnxruntime  # noqa: E402
-from bie_compiler.report import LayerRecord  # noqa: E402
+from bie_compiler.passes.policy import EncodingPolicy  # noqa: E402
 
 CONFIGS = [  # (label, codec, options)
     ("bie-bitplane 4", "bie-bitplane", {"bits": 4}),
@@ -54,28 +52,6 @@ CONFIGS = [  # (label, codec, options)
 ]
 
 
-def weight_layers(model: onnx.ModelProto, min_weights: int) -> list[LayerRecord]:
-    """The 2-D MatMul/Gemm weights (initializers read as input 1) with at least ``min_weights`` weights."""
-    inits = {i.name: i for i in model.graph.initializer}
-    layers = {}
-    for node in model.graph.node:
-        name = node.input[1] if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 else None
-        if name in inits and len(inits[name].dims) == 2 and np.prod(inits[name].dims) >= min_weights:
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            layers.setdefault(name, LayerRecord(name, "matmul", list(inits[name].dims), "dense", 0, 0,
-                                                transposed=node.op_type == "Gemm" and trans_b))
-    return list(layers.values())
-
-
-def replaced(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        if init.name in weights:
-            init.CopyFrom(numpy_helper.from_array(weights[init.name].astype(np.float32), init.name))
-    return out
-
-
 def cosines(outputs: list[np.ndarray], references: list[np.ndarray]) -> dict:
     y, ref = (np.asarray(a[0], np.float64).reshape(len(a[0]), -1) for a in (outputs, references))
     per_sample = (y * ref).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(ref, axis=1))
@@ -85,21 +61,12 @@ def cosines(outputs: list[np.ndarray], references: list[np.ndarray]) -> dict:
     return {"cosine_mean": float(per_sample.mean()), "cosine_min": float(per_sample.min()), "cosine": float(overall)}
 
 
-def encode_all(model, layers, weights, codec, options, calibrations) -> tuple[dict, float, float]:
+def encode_all(layers, weights, codec, options, min_weights, calibrations) -> tuple[dict, float, float]:
     """(decoded weights in ONNX layout by name, bits per encoded weight, seconds)."""
-    start = time.perf_counter()
-    config = codecs.make_config(codec, options)
-    module = codecs.get_codec(codec)
-    configs = {layer.name: config for layer in layers}
-    matrices = {layer.name: codec_matrix(weights[layer.name], layer.op, layer.transposed) for layer in layers}
-    if hasattr(module, "plan"):
-        configs = module.plan(matrices, configs)
-    decoded, bits = {}, 0
-    for layer in layers:
-        enc = codecs.encode(codec, matrices[layer.name], configs[layer.name], calibrations.get(layer.name))
-        bits += 8 * enc.nbytes
-        decoded[layer.name] = onnx_layout(module.decode(enc), weights[layer.name].shape, layer.op, layer.transposed)
-    return decoded, bits / sum(w.size for w in matrices.values()), time.perf_counter() - start
+    result = encode_model(weights, layers, EncodingPolicy(codec, options, min_weights), calibrations)
+    encoded = [r for r in result.records if r.name in result.decoded]
+    bits = 8 * sum(r.bytes_encoded for r in encoded) / sum(r.num_weights for r in encoded)
+    return result.decoded, bits, result.seconds
 
 
 def main() -> None:
@@ -120,8 +87,9 @@ def main() -> None:
     specs = model_inputs(model)
     inputs = make_inputs(specs, args.batch, 0, args.eval)
     references = run_onnxruntime(model, inputs)
-    layers = weight_layers(model, args.min_weights)
-    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    layers = [r for r in weight_layers(model) if r.op == "matmul" and r.fallback_reason is None
+              and r.num_weights >= args.min_weights]
+    weights = initializer_arrays(model, [r.name for r in layers])
     start = time.perf_counter()
     calibrations = layer_calibrations(model, [layer.name for layer in layers],
                                       calibration_inputs(specs, args.calibration), args.damping, args.act_order)
@@ -131,10 +99,9 @@ def main() -> None:
     rows = []
     nbits, why = matmul_nbits(model)
     if nbits is not None:
-        packed = sum(numpy_helper.to_array(i).nbytes for i in nbits.graph.initializer
-                     if i.name.endswith(("_Q4", "_scales")))
+        stored = nbits_bytes(nbits, 4, {layer.name: layer.bytes_dense for layer in layers})
         row = {"config": "onnxruntime MatMulNBits 4-bit block 32 (RTN)", "mode": "rtn",
-               "bits_per_weight": 8 * packed / sum(weights[layer.name].size for layer in layers),
+               "bits_per_weight": 8 * stored / sum(layer.num_weights for layer in layers),
                **cosines(run_onnxruntime(nbits, inputs), references), "seconds": 0.0}
         rows.append(row)
     else:
@@ -151,9 +118,9 @@ def main() -> None:
         ordered = args.act_order and not grouped
         fed = calibrations if ordered else {n: replace(c, act_order=False) for n, c in calibrations.items()}
         for mode, calib in (("rtn", {}), ("feedback" + (" ao" if ordered else ""), fed)):
-            decoded, bpw, seconds = encode_all(model, layers, weights, codec, options, calib)
+            decoded, bpw, seconds = encode_all(layers, weights, codec, options, args.min_weights, calib)
             row = {"config": label, "mode": mode, "bits_per_weight": bpw,
-                   **cosines(run_onnxruntime(replaced(model, decoded), inputs), references), "seconds": seconds}
+                   **cosines(run_onnxruntime(with_weights(model, decoded), inputs), references), "seconds": seconds}
             rows.append(row)
             print(f"{label:<46} {mode:<8} {bpw:7.3f} {row['cosine_mean']:9.5f} {row['cosine_min']:9.5f} "
                   f"{row['cosine']:9.5f} {seconds:7.1f}", flush=True)

@@ -152,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="per-layer report of an artefact")
     i.add_argument("artefact", help="artefact folder")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_model_evaluation_commands(sub)
     for command in (k, e, r, i, b):
         command.add_argument("--expect-sha256", metavar="HEX", default=None,
                              help="refuse the artefact unless its manifest has this sha256 (printed by compile); "
@@ -207,17 +208,12 @@ PLANES_HELP = ("keep only the top P magnitude planes of every bie-bitplane layer
 
 def _eval(args) -> int:
     from . import load
-    from .calibration import sample_files
-    from .evaluation import evaluate, table
-    from .parity import inputs_from, read_npz, session_of, source_model
+    from .evaluation import evaluate, load_samples, table
+    from .parity import session_of, source_model
 
     runner = load(args.artefact, args.expect_sha256, planes=args.planes)
     session = session_of(source_model(runner.manifest, args.model))
-    samples = []
-    for path in sample_files(args.data, "--data"):
-        given = read_npz(path)  # each file read once: its inputs and its labels
-        samples.append((str(path), inputs_from(runner.inputs, given, path), given.get(LABELS)))
-    result = evaluate(runner, session, samples)
+    result = evaluate(runner, session, load_samples(runner.inputs, args.data))
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0
 
@@ -377,6 +373,109 @@ def _inspect(args) -> int:
     return 0
 
 
+# ---- analyze and zoo: what codecs cost a model (onnxruntime only), and real models with their data ----
+
+def _add_model_evaluation_commands(sub) -> None:
+    a = sub.add_parser("analyze", help="per-layer sensitivity and a rate-distortion sweep of the codecs on a model "
+                                       "(onnxruntime, no compile), as report.json, CSV, PNG and report.html",
+                       description="Per weight layer: the weight error (SQNR, relative L2) and the output error with "
+                                   "only that layer encoded; the whole model per codec setting, against "
+                                   "onnxruntime MatMulNBits and fp16; compile lines for the most sensitive layers.")
+    a.add_argument("model", help="the .onnx file")
+    a.add_argument("-o", "--output", required=True, help="folder to write the report into")
+    a.add_argument("--codec", action="append", default=[], metavar="CODEC[:K=V,...]",
+                   help="a codec to analyze, with options for its per-layer figures, e.g. bie-bitplane:bits=3 "
+                        "(repeatable; default: every codec at its defaults); the sweep covers each one's settings")
+    a.add_argument("--data", help=f"a .npz of inputs by name, or a folder of them; an int array '{LABELS}' holds "
+                                  "labels (default: seeded random inputs, a floor: judge a model on its own data)")
+    _add_shape_options(a)
+    a.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    a.add_argument("--calibration", metavar="DATA", default=None,
+                   help="round with error feedback on these inputs (as compile --calibration); the sweep shows "
+                        "both roundings")
+    a.add_argument("--min-weights", type=int, default=1024, help="as compile (default %(default)s)")
+    a.add_argument("--skip", action="append", default=[], metavar="PATTERN", help="as compile (repeatable)")
+    a.add_argument("--override", action="append", default=[], metavar="PATTERN:K=V[,K=V]",
+                   help="as compile (repeatable)")
+    a.add_argument("--metric", default=None,
+                   help="the task figure of the first output to rank and plot by: any of eval's (accuracy, "
+                        "top1_agreement, cosine, ...; default: accuracy with labels, else cosine)")
+    a.add_argument("--top", type=int, default=3, help="sensitive layers the compile lines treat (default %(default)s)")
+    a.add_argument("--no-sweep", action="store_true", help="only the codecs as given: no sweep, no references")
+    a.add_argument("--jobs", type=int, default=None, help="processes encoding layers at once (as compile)")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    from .zoo import ENTRIES
+
+    z = sub.add_parser("zoo", help="build a real trained model with its evaluation data into the cache",
+                       description="Each entry: model.onnx, data/ (evaluation samples, labels where they exist), "
+                                   "calibration/ and entry.json, in $BIE_ZOO_CACHE or ~/.cache/bie-compiler/zoo. "
+                                   "Entries: " + "; ".join(f"{e.name}: {e.about}" for e in ENTRIES.values()))
+    z.add_argument("name", choices=list(ENTRIES), help="the entry")
+    z.add_argument("-o", "--output", default=None, help="folder to build it in instead of the cache")
+    z.add_argument("--force", action="store_true", help="build again even if it is there")
+
+
+def parse_codec_spec(text: str):
+    """``bie-bitplane`` or ``bie-bitplane:bits=3,group_size=32`` as an ``analysis.CodecSpec``."""
+    from .analysis import CodecSpec
+
+    codec, _, body = text.partition(":")
+    pairs = [p.split("=", 1) for p in body.split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs) or (body and not pairs):
+        raise OptionError(f"--codec {text!r}: expected CODEC or CODEC:key=value[,key=value...]")
+    spec = CodecSpec(codec.strip(), {k.strip().replace("-", "_"): _value(v.strip()) for k, v in pairs})
+    codecs.make_config(spec.codec, spec.options)  # an unknown codec or option: one line, before any work
+    return spec
+
+
+def _analyze(args) -> int:
+    from .analysis import CodecSpec, Policy, analyze, check_options
+    from .analysis_report import FILES, require_matplotlib, summary, write
+    from .evaluation import load_samples
+    from .frontend import load_model, model_inputs
+    from .parity import make_inputs
+    from .shapes import concrete, request_from_options, resolve, with_batch
+
+    require_matplotlib()
+    specs = [parse_codec_spec(t) for t in args.codec] or [CodecSpec(c) for c in codecs.CODECS]
+    policy = Policy(args.min_weights, tuple(args.skip), tuple(parse_override(o) for o in args.override))
+    check_options(specs, policy, args.top)
+    inputs = model_inputs(load_model(args.model))
+    request = request_from_options(args.input_shape, args.dim)
+    if args.data is not None:
+        if request or args.batch is not None:
+            raise OptionError("--data gives the inputs and their shapes: drop --input-shape, --dim and --batch")
+        samples = load_samples(inputs, args.data)
+    else:
+        warnings.warn("no --data: seeded random inputs, a floor; judge a model on its own data", BieWarning)
+        batch = 8 if args.batch is None else args.batch  # a few rows, so the means mean something
+        samples = [("random", make_inputs(concrete(resolve(inputs, with_batch(request, inputs, batch))),
+                                          seed=args.seed), None)]
+    progress = (lambda message: None) if args.quiet else (lambda message: print(f"analyze: {message}", file=sys.stderr,
+                                                                                 flush=True))
+    report = analyze(args.model, specs, samples, policy, args.calibration, args.top, not args.no_sweep, progress,
+                     args.jobs, args.metric)
+    out = write(report, args.output)
+    print(summary(report))
+    print(f"wrote {', '.join(str(out / f) for f in FILES)}", file=sys.stderr)
+    return 0
+
+
+def _zoo(args) -> int:
+    from .zoo import build, describe
+
+    folder = build(args.name, args.output, args.force, lambda message: print(f"zoo: {message}", file=sys.stderr))
+    entry = describe(folder)
+    options = " ".join(entry["compile_options"])
+    model, data = folder / entry["model"], folder / entry["data"]
+    print(f"{folder}: {entry['about']}\n  model {model}\n  data {data}\n  calibration {folder / entry['calibration']}")
+    print(f"  bie-compiler analyze {model} --data {data} -o {folder / 'analysis'}")
+    print(f"  bie-compiler compile {model} {options + ' ' if options else ''}-o out/{args.name} && "
+          f"bie-compiler eval out/{args.name} --data {data}")
+    return 0
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     if issubclass(category, BieWarning):
         print(f"bie-compiler: warning: {message}", file=sys.stderr, flush=True)
@@ -389,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"compile": _compile, "check": _check, "eval": _eval, "run": _run, "bench": _bench,
-                    "inspect": _inspect}
+                    "inspect": _inspect, "analyze": _analyze, "zoo": _zoo}
         return commands[args.command](args)
     except BieError as e:
         print(f"bie-compiler: error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ from tvm.ir.instrument import PassTimingInstrument
 from . import __version__
 from .calibration import activation_scales, calibration_inputs, layer_calibrations, record, sample_files
 from .codecs import feedback
+from .decoded_weights import weight_aliases
 from .codegen import LAYER_ATTR, cpu, cuda
 from .codegen.dedup import deduplicate_prim_funcs
 from .codegen.target import describe, make_target
@@ -116,7 +117,7 @@ def compile_model(
     report("import", f"importing {model if source_path is not None else 'ModelProto'}")
     shapes = ShapeRequest({k: tuple(v) for k, v in (input_shapes or {}).items()}, dict(dims or {}))
     imported = import_model(model, shapes)
-    policy = replace(policy, aliases=weight_aliases(imported))
+    policy = replace(policy, aliases=weight_aliases(imported.model))
 
     instruments = [PassTimingInstrument()] if timing else []
     with tvm.transform.PassContext(instruments=instruments):
@@ -132,13 +133,6 @@ def compile_model(
     out = write_artefact(output_dir, built.executable, manifest, files, source=source_path)
     report("write", f"wrote {out}")
     return out
-
-
-def weight_aliases(imported: ImportedModel) -> dict[str, tuple[str, ...]]:
-    """Weight -> the other names --skip/--override patterns may use for it: its nodes, its integer source."""
-    sources = imported.dequantized
-    return {w: (*(node for node, _, _ in users), *([sources[w]["initializer"]] if w in sources else []))
-            for w, users in imported.consumers.items()}
 
 
 def _check_calibration(calibration, damping: float | None, act_order: bool) -> float:

@@ -57,31 +57,56 @@ def summary(values: list[np.ndarray]) -> dict:
     return {"mean": float(v.mean()), "se": se, "rows": int(v.size)}
 
 
-def evaluate(runner, session, samples: list[tuple[str, dict, np.ndarray | None]], progress=None) -> dict:
-    """``samples``: (where it came from, inputs by name, labels or None); ``session`` an onnxruntime session of
-    the source. Labels are for the classifier outputs: one integer per row."""
-    names = [o["name"] for o in runner.outputs]
-    collected: dict[str, dict[str, list]] = {name: {} for name in names}
-    for i, (origin, inputs, labels) in enumerate(samples):
-        ours = runner(inputs)
-        reference = session.run(names, inputs)
-        for name, ref in zip(names, reference):
-            y = ours[name]
+class Scorer:
+    """Collects :func:`row_metrics` per output over samples, then :meth:`result` sums them up."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.samples = 0
+        self.collected: dict[str, dict[str, list]] = {name: {} for name in names}
+
+    def add(self, origin: str, outputs: dict, references: list[np.ndarray], labels: np.ndarray | None) -> None:
+        """One sample: ``outputs`` by name, ``references`` in the order of ``names``."""
+        self.samples += 1
+        for name, ref in zip(self.names, references):
+            y = outputs[name]
             if y.shape != ref.shape:
-                raise BieError(f"{origin}, output {name!r}: artefact shape {list(y.shape)}, "
-                               f"onnxruntime {list(ref.shape)}")
+                raise BieError(f"{origin}, output {name!r}: shape {list(y.shape)}, onnxruntime {list(ref.shape)}")
             rows = y if y.ndim else y.reshape(1)
             if labels is not None and is_classifier(y) and (
                     labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(rows)):
                 raise BieError(f"{origin}: '{LABELS}' must hold one integer per row of output {name!r} "
                                f"({len(rows)} rows), got {labels.dtype} {list(labels.shape)}")
             for metric, values in row_metrics(rows, ref if ref.ndim else ref.reshape(1), labels).items():
-                collected[name].setdefault(metric, []).append(values)
+                self.collected[name].setdefault(metric, []).append(values)
+
+    def result(self) -> dict:
+        return {"samples": self.samples,
+                "outputs": {name: {metric: summary(v) for metric, v in figures.items()}
+                            for name, figures in self.collected.items()}}
+
+
+def evaluate(runner, session, samples: list[tuple[str, dict, np.ndarray | None]], progress=None) -> dict:
+    """``samples``: (where it came from, inputs by name, labels or None); ``session`` an onnxruntime session of
+    the source. Labels are for the classifier outputs: one integer per row."""
+    scorer = Scorer([o["name"] for o in runner.outputs])
+    for i, (origin, inputs, labels) in enumerate(samples):
+        scorer.add(origin, runner(inputs), session.run(scorer.names, inputs), labels)
         if progress:
             progress(f"sample {i + 1}/{len(samples)}")
-    return {"samples": len(samples),
-            "outputs": {name: {metric: summary(v) for metric, v in figures.items()}
-                        for name, figures in collected.items()}}
+    return scorer.result()
+
+
+def load_samples(specs: list[dict], data, option: str = "--data") -> list[tuple[str, dict, np.ndarray | None]]:
+    """(file, inputs by name, labels or None) of every sample file of ``data`` (a .npz or a folder of them)."""
+    from .calibration import sample_files
+    from .parity import inputs_from, read_npz
+
+    samples = []
+    for path in sample_files(data, option):
+        given = read_npz(path)  # each file read once: its inputs and its labels
+        samples.append((str(path), inputs_from(specs, given, path), given.get(LABELS)))
+    return samples
 
 
 def table(result: dict) -> str:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import cnn, digits, dynamo_style, embedder, encoder, int8_source, mlp, mobilenet, transformer
+from . import cnn, digits, digits_cnn, dynamo_style, embedder, encoder, int8_source, mlp, mobilenet, transformer
 from .common import save_model
 
 MODELS = {"mlp": mlp.build, "transformer": transformer.build, "cnn": cnn.build}  # small: tests compile each
 SPEED_MODELS = {"encoder": encoder.build, "mobilenet": mobilenet.build}  # real-model shapes, for benchmarks
 EXPORT_MODELS = {"embedder": embedder.build, "dynamo_style": dynamo_style.build, "int8_source": int8_source.build,
-                 "digits": digits.build}  # what real exports hold and the others do not, for tests
+                 "digits": digits.build, "digits_cnn": digits_cnn.build}  # what real exports hold and the others do not, for tests
 DEFAULT_MODEL = "transformer"
 
 

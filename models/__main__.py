@@ -3,7 +3,7 @@ small bundled ones) as DIR/<name>.onnx (DIR defaults to this package's folder) a
 with its size. `encoder` and `mobilenet` are the real-model-shaped ones the speed benchmarks use;
 `embedder`, `dynamo_style` and `int8_source` hold what real exports have and the others lack (token ids,
 embedding tables, a 1-D conv; weights named `val_N`, shapes computed at run time; int8 weights
-dequantized in the graph); `digits` is a real classifier trained in seconds (needs scikit-learn)."""
+dequantized in the graph); `digits` and `digits_cnn` are real classifiers trained in seconds (need scikit-learn)."""
 
 import argparse
 from pathlib import Path

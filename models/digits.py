@@ -16,7 +16,8 @@ from .common import GraphBuilder
 TRAIN = 1297  # images used for training; the rest are held out
 
 
-def _data() -> tuple[np.ndarray, np.ndarray]:
+def images() -> tuple[np.ndarray, np.ndarray]:
+    """Every image (grey levels scaled to 0..1) and its label; the first TRAIN are the training split."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -25,7 +26,7 @@ def _data() -> tuple[np.ndarray, np.ndarray]:
 
 def held_out() -> tuple[np.ndarray, np.ndarray]:
     """The images the model never saw in training, and their labels."""
-    x, y = _data()
+    x, y = images()
     return x[TRAIN:], y[TRAIN:]
 
 
@@ -33,7 +34,7 @@ def build(seed: int = 0) -> onnx.ModelProto:
     from sklearn.neural_network import MLPClassifier
     from threadpoolctl import threadpool_limits
 
-    x, y = _data()
+    x, y = images()
     with threadpool_limits(1), warnings.catch_warnings():  # small matrices: threads only contend (10x slower)
         warnings.simplefilter("ignore")  # the optimizer's ConvergenceWarning: accuracy is what the tests check
         mlp = MLPClassifier(hidden_layer_sizes=(128, 64), max_iter=150, random_state=seed).fit(x[:TRAIN], y[:TRAIN])

@@ -72,9 +72,8 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
             continue
         codec, config = choices[use.name][0], configs[use.name]
         enc = encodings[use.name]
-        if enc.nbytes >= use.weight.nbytes:  # e.g. a depthwise conv's K = 9 in bbs, whose groups pad K
-            record.fallback_reason = (f"{codec} encoding is no smaller than dense ({enc.bits_per_weight:.1f} "
-                                      f"bits/weight at K = {use.matrix().shape[1]})")
+        record.fallback_reason = codecs.no_saving(codec, enc, use.weight.nbytes)
+        if record.fallback_reason:
             continue
         encoded[use.name] = codec, enc
         module = codecs.get_codec(codec)

@@ -59,6 +59,14 @@ def feedback_report(codec: str, matrix, config, calibration: feedback.Calibratio
             "feedback.rtn_output_error": feedback.output_error(matrix, rtn, calibration.xtx)}
 
 
+def no_saving(codec: str, enc: Encoded, dense_bytes: int) -> str | None:
+    """Why a layer stays dense although encoded: its encoding is no smaller than its float32 weight (e.g. a
+    depthwise conv's K = 9 in bbs, whose groups pad K); None when it saves."""
+    if enc.nbytes < dense_bytes:
+        return None
+    return f"{codec} encoding is no smaller than dense ({enc.bits_per_weight:.1f} bits/weight at K = {enc.shape[1]})"
+
+
 def make_config(codec: str, options: dict) -> object:
     """Build a codec's Config from options; None values mean 'use the default'."""
     config_cls = get_codec(codec).Config
@@ -156,4 +164,4 @@ def config_dict(config: object) -> dict:
     return dataclasses.asdict(config)
 
 
-__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "encode", "feedback_report", "get_codec", "make_config", "option_fields", "takes_calibration"]
+__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "encode", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "takes_calibration"]

