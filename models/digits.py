@@ -30,6 +30,20 @@ def held_out() -> tuple[np.ndarray, np.ndarray]:
     return x[TRAIN:], y[TRAIN:]
 
 
+def write_held_out(folder, rows_per_file: int = 100):
+    """The held-out images and their labels as .npz samples of ``rows_per_file`` rows (``pixels``, ``label``: what
+    ``eval --data`` reads) in ``folder``, created; returns it."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    x, labels = held_out()
+    for i in range(0, len(x), rows_per_file):
+        np.savez(folder / f"{i // rows_per_file:02d}.npz", pixels=x[i:i + rows_per_file],
+                 label=labels[i:i + rows_per_file])
+    return folder
+
+
 def build(seed: int = 0) -> onnx.ModelProto:
     from sklearn.neural_network import MLPClassifier
     from threadpoolctl import threadpool_limits

@@ -156,11 +156,7 @@ def test_whole_model_figures_are_evals(tmp_path):
     """The digits classifier with every layer in bie-bitplane 4: analyze's point is what eval measures on the
     compiled artefact (the artefact computes the decoded-weights model to fp32 accumulation error)."""
     (model,) = write_all(tmp_path, ["digits"])
-    x, labels = digits.held_out()
-    data = tmp_path / "held_out"
-    data.mkdir()
-    for i in range(0, len(x), 250):
-        np.savez(data / f"{i:04d}.npz", pixels=x[i:i + 250], label=labels[i:i + 250])
+    data = digits.write_held_out(tmp_path / "held_out", 250)
     assert cli("compile", model, "-q", "--codec", "bie-bitplane", "--bits", "4", "-o", tmp_path / "art").returncode == 0
     result = cli("eval", tmp_path / "art", "--data", data, "--json")
     assert result.returncode == 0, result.stderr

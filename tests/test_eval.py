@@ -26,11 +26,7 @@ def test_row_metrics_of_known_logits():
 @pytest.mark.slow
 def test_digits_accuracy_survives_the_codecs(tmp_path):
     (model,) = write_all(tmp_path, ["digits"])
-    x, labels = digits.held_out()
-    data = tmp_path / "held_out"
-    data.mkdir()
-    for i in range(0, len(x), 100):
-        np.savez(data / f"{i:04d}.npz", pixels=x[i:i + 100], label=labels[i:i + 100])
+    data = digits.write_held_out(tmp_path / "held_out", 100)
     accuracy = {}
     for codec, options in [("bie-bitplane", ["--bits", "4"]), ("bbs", []), ("bie-binary", [])]:
         out = tmp_path / codec
@@ -38,7 +34,7 @@ def test_digits_accuracy_survives_the_codecs(tmp_path):
         result = cli("eval", out, "--data", data, "--json")
         assert result.returncode == 0, result.stderr
         logits = json.loads(result.stdout)["outputs"]["logits"]
-        assert logits["accuracy"]["rows"] == len(x) == 500
+        assert logits["accuracy"]["rows"] == len(digits.held_out()[1]) == 500
         assert logits["accuracy_fp32"]["mean"] > 0.9  # a real classifier: onnxruntime on the fp32 model
         accuracy[codec] = logits["accuracy"]["mean"] - logits["accuracy_fp32"]["mean"]
         assert logits["top1_agreement"]["mean"] > 0.9

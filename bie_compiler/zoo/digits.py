@@ -20,10 +20,8 @@ def _write(folder: Path, model) -> dict:
     from ..parity import run_onnxruntime
 
     save_model(model, folder / "model.onnx")
+    digits.write_held_out(folder / "data", ROWS_PER_FILE)
     x, labels = digits.held_out()
-    for i in range(0, len(x), ROWS_PER_FILE):
-        np.savez(folder / "data" / f"{i // ROWS_PER_FILE:02d}.npz", pixels=x[i:i + ROWS_PER_FILE],
-                 label=labels[i:i + ROWS_PER_FILE])
     train, _ = digits.images()
     picks = np.random.default_rng(0).permutation(digits.TRAIN)[:CALIBRATION_FILES * CALIBRATION_ROWS]
     for i in range(CALIBRATION_FILES):
