@@ -276,23 +276,20 @@ def prune(weight: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray, n
     return values, scales, np.concatenate([sensitive, pruned]), result
 
 
-class _FeedbackGrid:
-    """A :class:`feedback.Grid` for bbs: INT8 codes on sensitive rows; on pruned rows, per group of 32, the
-    constants (free columns, offset) chosen from the updated weights when the group is reached, then each
-    column rounded to ``kept * 2^shift + offset`` with ``kept`` in the (8 - N)-bit range the format stores."""
+class PrunedGrid:
+    """A :class:`feedback.Grid` for pruned INT8 groups (``bbs``, ``bitwave``): INT8 codes on the rows not pruned;
+    on pruned rows, per group of 32, the constants (``constants``: metadata byte, shift, offset per row) chosen
+    from the updated weights when the group is reached, then each column rounded to ``kept * 2^shift + offset``
+    with ``kept`` in ``kept_range`` (the (8 - N)-bit range the format stores)."""
 
     group = GROUP
 
-    def __init__(self, scales: np.ndarray, pruned: np.ndarray, k: int, config: Config):
-        self.scales, self.pruned, self.config = scales.astype(np.float64), pruned, config
-        self.is_pruned = np.zeros(len(scales), bool)
-        self.is_pruned[pruned] = True
+    def __init__(self, scales: np.ndarray, pruned: np.ndarray, k: int, kept_range: tuple[int, int], constants):
+        self.scales, self.pruned, self.kept_range, self.constants = scales.astype(np.float64), pruned, kept_range, constants
         kg = -(-k // GROUP)
         self.values = np.zeros((len(scales), kg * GROUP), np.int32)
         self.kept = np.zeros((len(pruned), kg, GROUP), np.int32)
         self.meta = np.zeros((len(pruned), kg), np.uint8)
-        limit = 1 << (7 - config.pruned_columns)
-        self.kept_range = (-(limit - 1), limit - 1) if config.method == "zps" else (-limit, limit - 1)
 
     def _int8(self, values: np.ndarray) -> np.ndarray:
         return values / np.where(self.scales > 0, self.scales, 1.0)
@@ -302,9 +299,8 @@ class _FeedbackGrid:
         q = np.zeros((len(self.pruned), GROUP), np.int32)
         q[:, : len(columns)] = np.clip(np.rint(self._int8(weights.T).T[self.pruned]), -int8.QMAX, int8.QMAX)
         valid = np.broadcast_to(np.arange(GROUP) < len(columns), q.shape)
-        self.meta[:, g] = PRUNE[self.config.method](q, valid, self.config.pruned_columns).meta
-        shift, offset = group_offsets(self.meta[:, g], self.config.pruned_columns, self.config.method)
-        self.step, self.offset = (1 << shift).astype(np.float64), offset
+        self.meta[:, g], shift, self.offset = self.constants(q, valid)
+        self.step = (1 << shift).astype(np.float64)
 
     def round(self, column: int, values: np.ndarray) -> np.ndarray:
         x = self._int8(values)
@@ -324,7 +320,14 @@ def prune_with_feedback(weight: np.ndarray, config: Config, calibration: feedbac
     count = sensitive_count(config, scales)
     by_scale = np.argsort(-scales, kind="stable")
     sensitive, pruned = np.sort(by_scale[:count]), np.sort(by_scale[count:])
-    grid = _FeedbackGrid(scales, pruned, k, config)
+    limit = 1 << (7 - config.pruned_columns)
+    kept_range = (-(limit - 1), limit - 1) if config.method == "zps" else (-limit, limit - 1)
+
+    def constants(q: np.ndarray, valid: np.ndarray):
+        meta = PRUNE[config.method](q, valid, config.pruned_columns).meta
+        return (meta, *group_offsets(meta, config.pruned_columns, config.method))
+
+    grid = PrunedGrid(scales, pruned, k, kept_range, constants)
     feedback.quantize(weight, calibration, grid)
     groups = PrunedGroups(grid.values[pruned].reshape(-1, GROUP), grid.kept.reshape(-1, GROUP), grid.meta.reshape(-1))
     return grid.values[:, :k], scales, np.concatenate([sensitive, pruned]), groups
