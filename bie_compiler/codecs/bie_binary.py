@@ -7,10 +7,10 @@ survivors, the least-squares optimum for a fixed mask.
 
 With calibration statistics the weights are rounded with error feedback
 (:mod:`.feedback`) onto each channel's ``{-s, 0, +s}``: the rule above gives the
-starting scale; by default the scale is then searched (output-error proxy) and
-each weight rounds to the nearest level, while ``threshold`` and ``density`` keep
-their cut ``|w| > T`` on the updated weights (so feedback's survivor count is
-near, not exactly, the asked fraction).
+starting scale, which is then searched (output-error proxy); each weight rounds
+to the nearest level, and ``threshold`` and ``density`` only raise the cut
+(``density`` then bounds the survivors only approximately: the updated weights
+decide, usually fewer than asked).
 
 Positions are stored in whichever layout is smaller for the layer:
 
@@ -99,9 +99,11 @@ def _ternarize_rule(w: np.ndarray, config: Ternary) -> tuple[np.ndarray, np.ndar
 class TernaryGrid:
     """A :class:`feedback.Grid` for ternary weights: codes [N, K] in {-1, 0, 1}, one float32 scale per channel.
 
-    The cut stays the rule's for ``threshold`` and ``density`` (the asked sparsity) and is half the scale
-    otherwise (nearest level); the scale is the candidate around the rule's with the least error on the
-    weights, weighted by the feedback's per-column importance.
+    A weight rounds to the nearest level, but never survives at or below the rule's cut (``threshold``, or the
+    largest magnitude ``density`` drops): cutting at more than half the scale makes errors that feedback
+    piles onto the later columns, which then pass the cut more often than the rule meant. The scale is the
+    candidate around the rule's with the least error on the weights, weighted by the feedback's per-column
+    importance.
     """
 
     def __init__(self, n: int, k: int, config: Ternary):
@@ -111,15 +113,16 @@ class TernaryGrid:
     def start_group(self, columns: np.ndarray, weights: np.ndarray, importance: np.ndarray) -> None:
         keep, _, rule_scales = _ternarize_rule(weights.astype(np.float32), self.config)
         magnitude = np.abs(weights)
-        fixed_cut = None
         if self.config.threshold:
-            fixed_cut = np.full(len(weights), self.config.threshold)
+            rule_cut = np.full(len(weights), self.config.threshold)
         elif self.config.density:
-            fixed_cut = np.where(keep, 0.0, magnitude).max(axis=1)  # the largest magnitude the rule dropped
+            rule_cut = np.where(keep, 0.0, magnitude).max(axis=1)  # the largest magnitude the rule dropped
+        else:
+            rule_cut = np.zeros(len(weights))
         best_error = None
         for ratio in SCALE_RATIOS:
             scales = (rule_scales * np.float32(ratio)).astype(np.float32)
-            cut = scales / 2.0 if fixed_cut is None else fixed_cut
+            cut = np.maximum(rule_cut, scales / 2.0)
             error = ((np.where(magnitude > cut[:, None], scales[:, None], 0.0) - magnitude) ** 2) @ importance
             if best_error is None:
                 self.scales, self.cut, best_error = scales, cut, error
