@@ -9,8 +9,8 @@ With calibration statistics the weights are rounded with error feedback
 (:mod:`.feedback`) onto each channel's ``{-s, 0, +s}``: the rule above gives the
 starting scale, which is then searched (output-error proxy); each weight rounds
 to the nearest level, and ``threshold`` and ``density`` only raise the cut
-(``density`` then bounds the survivors only approximately: the updated weights
-decide, usually fewer than asked).
+(``density`` then sets the survivors' share only approximately: the updated
+weights decide).
 
 Positions are stored in whichever layout is smaller for the layer:
 
@@ -79,6 +79,7 @@ def ternarize(weight: np.ndarray, config: Ternary,
 
 
 def _ternarize_rule(w: np.ndarray, config: Ternary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The data-free rule (threshold, density or 0.7 * mean|w|) on a float32 weight."""
     magnitude = np.abs(w)
     if config.density:
         keep_per_row = int(np.ceil(config.density * w.shape[1]))
