@@ -49,6 +49,9 @@ CONFIGS = [  # (label, codec, options)
     ("tans 31 levels", "tans", {"levels": 31}),
     ("bbs moderate", "bbs", {"preset": "moderate"}),
     ("bbs conservative", "bbs", {"preset": "conservative"}),
+    ("bitwave", "bitwave", {}),
+    ("bie-binary", "bie-binary", {}),
+    ("bie-blocked", "bie-blocked", {}),
 ]
 
 
@@ -114,7 +117,7 @@ def main() -> None:
     for label, codec, options in CONFIGS:
         if args.only and not any(label.startswith(o) for o in args.only):
             continue
-        grouped = codec == "bbs" or options.get("group_size")  # act-order needs per-channel scales
+        grouped = codec in ("bbs", "bitwave") or options.get("group_size")  # act-order needs per-channel scales
         ordered = args.act_order and not grouped
         fed = calibrations if ordered else {n: replace(c, act_order=False) for n, c in calibrations.items()}
         for mode, calib in (("rtn", {}), ("feedback" + (" ao" if ordered else ""), fed)):

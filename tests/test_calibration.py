@@ -107,14 +107,6 @@ def test_convs_with_calibration_on_the_bitvert_and_cpu_targets(model_dir, tmp_pa
         assert check_artefact(runner, inputs=make_inputs(runner.inputs, batch=2))["passed"]
 
 
-def test_codecs_without_a_feedback_hook_say_so(model_dir, tmp_path):
-    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((4, 256)).astype(np.float32))
-    out = bie_compiler.compile_model(model_dir["mlp"], tmp_path / "a", "bie-binary", {}, progress=None,
-                                     calibration=tmp_path / "calib.npz")
-    layers = [layer for layer in bie_compiler.load(out).manifest["layers"] if not layer["fallback_reason"]]
-    assert layers and all(layer["details"]["feedback"].startswith("none (no feedback hook)") for layer in layers)
-
-
 def test_a_weight_read_through_a_transpose_node_is_rounded_data_free(tmp_path):
     """The capture sees only weights a MatMul/Gemm/Conv reads directly; the others say why they got no feedback."""
     from onnx import TensorProto, helper

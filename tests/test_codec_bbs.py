@@ -67,6 +67,27 @@ def test_zero_point_shifting_prunes_zero_columns(pruned_columns):
     assert (((groups.values - q) ** 2).sum(1) <= plain_err).all()
 
 
+@pytest.mark.parametrize("pruned_columns", [1, 3, 4, 6])
+def test_zero_point_shifting_searches_every_offset(pruned_columns):
+    """The histogram search picks what rounding the group at each of the 64 offsets picks (the first least
+    squared error, clipping included), K padding left out."""
+    rng = np.random.default_rng(pruned_columns)
+    q = np.clip(np.rint(rng.standard_t(3, (600, bbs.GROUP)) * rng.choice([3, 20, 127], (600, 1))), -128, 127)
+    q = q.astype(np.int32)
+    valid = np.ones_like(q, bool)
+    valid[::3, 20:] = False
+    max_zero = min(3, pruned_columns)
+    errors = []
+    for c in bbs.OFFSETS:
+        kept, _, shift = bbs.round_magnitudes(np.clip(q + c, -127, 127), valid, pruned_columns, max_zero)
+        errors.append((((kept << shift) - (q + c)) ** 2 * valid).sum(1))
+    best = np.array(bbs.OFFSETS)[np.argmin(errors, axis=0)]
+    kept, z, shift = bbs.round_magnitudes(np.clip(q + best[:, None], -127, 127), valid, pruned_columns, max_zero)
+    groups = bbs.shift_zero_point(q, valid, pruned_columns)
+    assert np.array_equal(groups.meta, ((z << 6) | (best & 63)).astype(np.uint8))
+    assert np.array_equal(groups.kept, kept) and np.array_equal(groups.values, (kept << shift) - best[:, None])
+
+
 @pytest.mark.parametrize("options", [{"preset": "conservative"}, {"preset": "moderate"},
                                      {"pruned_columns": 6, "method": "avg", "sensitive_fraction": 0.0},
                                      {"pruned_columns": 3, "method": "zps", "sensitive_fraction": 1.0}])

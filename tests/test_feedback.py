@@ -1,12 +1,14 @@
 """Error feedback (codecs/feedback.py) against references, and every codec that plugs into it."""
 
 import itertools
+import json
 
 import numpy as np
 import pytest
 
 from bie_compiler import codecs
-from bie_compiler.codecs import bbs, bie_bitplane, feedback, int8, tans, uniform
+from bie_compiler.cli import main
+from bie_compiler.codecs import bbs, bie_binary, bie_bitplane, bitwave, feedback, int8, tans, uniform
 from bie_compiler.errors import CodecError
 
 
@@ -106,6 +108,11 @@ CODEC_CASES = [
     ("tans", {"levels": 7}),
     ("bbs", {"preset": "moderate"}),
     ("bbs", {"preset": "conservative"}),
+    ("bie-binary", {"layout": "index"}),
+    ("bie-binary", {"layout": "bitmap", "density": 0.3}),
+    ("bie-blocked", {"threshold": 0.05}),
+    ("bitwave", {}),
+    ("bitwave", {"pruned_columns": 2}),
 ]
 
 
@@ -141,6 +148,11 @@ def test_grids_hold_the_format_ranges():
     enc = bbs.encode(w, bbs.Config(preset="moderate", sensitive_channels=0), calibration)
     kept = bbs.unpack_columns(enc.arrays["columns"], 48)
     assert np.abs(kept).max() <= (1 << (7 - 4)) - 1
+    enc = bitwave.encode(w, bitwave.Config(pruned_columns=4), calibration)
+    kept, z = bbs.unpack_columns(enc.arrays["columns"], 48), bbs.from_lanes(enc.arrays["meta"], 48)
+    assert np.abs(kept).max() <= (1 << (7 - 4)) - 1 and z.max() <= 4
+    keep, negative, scales = bie_binary.ternarize(w, bie_binary.Config(), calibration)
+    assert not np.any(negative & ~keep) and np.all(scales >= 0) and keep[3].any()
 
 
 def test_data_free_scale_search_is_unchanged():
@@ -149,3 +161,21 @@ def test_data_free_scale_search_is_unchanged():
     w[:, 0] = 7  # on the full-range grid exactly
     scales = uniform.clip_search(w, 7, bie_bitplane.CLIP_RATIOS)
     assert np.array_equal(scales, np.ones(5, np.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", ["bie-binary", "bie-blocked", "bitwave"])
+def test_compile_with_calibration_passes_check(codec, model_dir, tmp_path, capsys):
+    """Feedback encodings are ones the kernels compute exactly (check's parity on the decoded weights)."""
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((32, 256)).astype(np.float32))
+    out = tmp_path / "fb"
+    assert main(["compile", str(model_dir["mlp"]), "--codec", codec, "-q", "-o", str(out),
+                 "--calibration", str(tmp_path / "calib.npz")]) == 0
+    layers = [layer for layer in json.loads((out / "manifest.json").read_text())["layers"]
+              if not layer["fallback_reason"]]
+    assert layers and all(layer["details"]["feedback"] == "gptq" for layer in layers)
+    capsys.readouterr()
+    # ternary weights may move the outputs below check's fidelity floor; parity is what is checked here
+    assert main(["check", str(out), "--batch", "2", "--json", "--min-cosine", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["passed"] and result["decoded_max_rel_err"] < 1e-4

@@ -51,6 +51,7 @@ Arrays (the format; :func:`decode` is its reference decoder):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -165,25 +166,53 @@ def round_magnitudes(s: np.ndarray, valid: np.ndarray, pruned_columns: int, max_
     return np.where(s < 0, -units, units), z, shift
 
 
+_INT8_VALUES = np.arange(-128, 128)  # what a group's INT8-domain weight can be
+_CHUNK = 8192  # groups per offset search: bounds its [groups, 256] histograms
+
+
+@functools.lru_cache(maxsize=None)
+def _rounding_errors(pruned_columns: int, shift: int) -> np.ndarray:
+    """float64 [256, offsets]: the squared error of ``v + c`` clipped and rounded at ``shift`` as
+    :func:`round_magnitudes` rounds it, for every INT8 value ``v`` and offset ``c``."""
+    v = _INT8_VALUES[:, None] + np.arange(OFFSETS.start, OFFSETS.stop)
+    s = np.clip(v, -127, 127)
+    half_down = (1 << shift) - 1 >> 1
+    units = np.minimum((np.abs(s) + half_down) >> shift, (1 << (7 - pruned_columns)) - 1)
+    return (((np.where(s < 0, -units, units) << shift) - v) ** 2).astype(np.float64)
+
+
+def _best_offsets(q: np.ndarray, valid: np.ndarray, pruned_columns: int, max_zero: int) -> np.ndarray:
+    """Per group, the offset with the least squared error (the first on ties).
+
+    A group's error at offset ``c`` only depends on how many of its weights hold each value and
+    on its shift, which its extreme values fix; so it is the group's value histogram times a
+    table per shift (integers, exact in float64), not a rounding of every weight per offset.
+    """
+    offsets = np.arange(OFFSETS.start, OFFSETS.stop)
+    lo, hi = _bounds(q, valid)
+    top = np.maximum(np.abs(np.clip(lo[:, None] + offsets, -127, 127)), np.abs(np.clip(hi[:, None] + offsets, -127, 127)))
+    shift = pruned_columns - np.minimum(7 - _BIT_LENGTH[top], max_zero)  # [g, offsets], as round_magnitudes
+    g = len(q)
+    slot = np.arange(g)[:, None] * len(_INT8_VALUES) + (q.astype(np.int64) - _INT8_VALUES[0])
+    counts = np.bincount(slot.ravel(), np.broadcast_to(valid, q.shape).ravel(), g * len(_INT8_VALUES))
+    counts = counts.reshape(g, len(_INT8_VALUES))
+    error = np.zeros(shift.shape)
+    for s in np.unique(shift):
+        error = np.where(shift == s, counts @ _rounding_errors(pruned_columns, int(s)), error)
+    return offsets[np.argmin(error, axis=1)]
+
+
 def shift_zero_point(q: np.ndarray, valid: np.ndarray, pruned_columns: int) -> PrunedGroups:
     """Zero-point shifting: the 6-bit offset with the least squared error (the first on ties) per group."""
     max_zero = min(MAX_FREE_COLUMNS, pruned_columns)
-    q = q.astype(np.int16)
-    best_error = np.full(len(q), np.iinfo(np.int32).max, np.int32)
-    best_kept = np.zeros_like(q)
-    best_z = np.zeros(len(q), np.int32)
-    best_c = np.zeros(len(q), np.int32)
-    for c in OFFSETS:
-        kept, z, shift = round_magnitudes(np.clip(q + np.int16(c), -127, 127), valid, pruned_columns, max_zero)
-        diff = ((kept << shift) - (q + np.int16(c))).astype(np.int32)
-        error = np.einsum("gj,gj->g", diff * valid, diff)
-        better = error < best_error
-        best_error[better] = error[better]
-        best_kept[better] = kept[better]
-        best_z[better], best_c[better] = z[better], c
-    meta = ((best_z << 6) | (best_c & 63)).astype(np.uint8)
-    kept = best_kept.astype(np.int32)
-    return PrunedGroups((kept << (pruned_columns - best_z)[:, None]) - best_c[:, None], kept, meta)
+    valid = np.broadcast_to(valid, q.shape)
+    c = np.zeros(len(q), np.int32)
+    for i in range(0, len(q), _CHUNK):
+        c[i:i + _CHUNK] = _best_offsets(q[i:i + _CHUNK], valid[i:i + _CHUNK], pruned_columns, max_zero)
+    kept, z, shift = round_magnitudes(np.clip(q + c[:, None], -127, 127), valid, pruned_columns, max_zero)
+    meta = ((z << 6) | (c & 63)).astype(np.uint8)
+    kept = kept.astype(np.int32)
+    return PrunedGroups((kept << shift) - c[:, None], kept, meta)
 
 
 PRUNE = {"avg": round_average, "zps": shift_zero_point}
@@ -276,35 +305,32 @@ def prune(weight: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray, n
     return values, scales, np.concatenate([sensitive, pruned]), result
 
 
-class _FeedbackGrid:
-    """A :class:`feedback.Grid` for bbs: INT8 codes on sensitive rows; on pruned rows, per group of 32, the
-    constants (free columns, offset) chosen from the updated weights when the group is reached, then each
-    column rounded to ``kept * 2^shift + offset`` with ``kept`` in the (8 - N)-bit range the format stores."""
+class PrunedGrid:
+    """A :class:`feedback.Grid` for pruned INT8 groups (``bbs``, ``bitwave``): INT8 codes on the rows not pruned;
+    on pruned rows, per group of 32, the constants (``constants``: metadata byte, shift, offset per row) chosen
+    from the updated weights when the group is reached, then each column rounded to ``kept * 2^shift + offset``
+    with ``kept`` in ``kept_range`` (the (8 - N)-bit range the format stores)."""
 
     group = GROUP
 
-    def __init__(self, scales: np.ndarray, pruned: np.ndarray, k: int, config: Config):
-        self.scales, self.pruned, self.config = scales.astype(np.float64), pruned, config
-        self.is_pruned = np.zeros(len(scales), bool)
-        self.is_pruned[pruned] = True
+    def __init__(self, scales: np.ndarray, pruned: np.ndarray, k: int, kept_range: tuple[int, int], constants):
+        self.scales, self.pruned, self.kept_range, self.constants = scales.astype(np.float64), pruned, kept_range, constants
+        self.divisors = np.where(self.scales > 0, self.scales, 1.0)
         kg = -(-k // GROUP)
         self.values = np.zeros((len(scales), kg * GROUP), np.int32)
         self.kept = np.zeros((len(pruned), kg, GROUP), np.int32)
         self.meta = np.zeros((len(pruned), kg), np.uint8)
-        limit = 1 << (7 - config.pruned_columns)
-        self.kept_range = (-(limit - 1), limit - 1) if config.method == "zps" else (-limit, limit - 1)
 
     def _int8(self, values: np.ndarray) -> np.ndarray:
-        return values / np.where(self.scales > 0, self.scales, 1.0)
+        return values / self.divisors
 
     def start_group(self, columns: np.ndarray, weights: np.ndarray, importance: np.ndarray) -> None:
         g = int(columns[0]) // GROUP
         q = np.zeros((len(self.pruned), GROUP), np.int32)
         q[:, : len(columns)] = np.clip(np.rint(self._int8(weights.T).T[self.pruned]), -int8.QMAX, int8.QMAX)
         valid = np.broadcast_to(np.arange(GROUP) < len(columns), q.shape)
-        self.meta[:, g] = PRUNE[self.config.method](q, valid, self.config.pruned_columns).meta
-        shift, offset = group_offsets(self.meta[:, g], self.config.pruned_columns, self.config.method)
-        self.step, self.offset = (1 << shift).astype(np.float64), offset
+        self.meta[:, g], shift, self.offset = self.constants(q, valid)
+        self.step = (1 << shift).astype(np.float64)
 
     def round(self, column: int, values: np.ndarray) -> np.ndarray:
         x = self._int8(values)
@@ -324,7 +350,14 @@ def prune_with_feedback(weight: np.ndarray, config: Config, calibration: feedbac
     count = sensitive_count(config, scales)
     by_scale = np.argsort(-scales, kind="stable")
     sensitive, pruned = np.sort(by_scale[:count]), np.sort(by_scale[count:])
-    grid = _FeedbackGrid(scales, pruned, k, config)
+    limit = 1 << (7 - config.pruned_columns)
+    kept_range = (-(limit - 1), limit - 1) if config.method == "zps" else (-limit, limit - 1)
+
+    def constants(q: np.ndarray, valid: np.ndarray):
+        meta = PRUNE[config.method](q, valid, config.pruned_columns).meta
+        return (meta, *group_offsets(meta, config.pruned_columns, config.method))
+
+    grid = PrunedGrid(scales, pruned, k, kept_range, constants)
     feedback.quantize(weight, calibration, grid)
     groups = PrunedGroups(grid.values[pruned].reshape(-1, GROUP), grid.kept.reshape(-1, GROUP), grid.meta.reshape(-1))
     return grid.values[:, :k], scales, np.concatenate([sensitive, pruned]), groups

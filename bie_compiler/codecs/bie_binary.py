@@ -5,6 +5,13 @@ Which weights survive: those above ``threshold`` in magnitude, or the top
 rule ``|w| > 0.7 * mean|w|`` per channel. The scale is the mean magnitude of the
 survivors, the least-squares optimum for a fixed mask.
 
+With calibration statistics the weights are rounded with error feedback
+(:mod:`.feedback`) onto each channel's ``{-s, 0, +s}``: the rule above gives the
+starting scale, which is then searched (output-error proxy); each weight rounds
+to the nearest level, and ``threshold`` and ``density`` only raise the cut
+(``density`` then sets the survivors' share only approximately: the updated
+weights decide).
+
 Positions are stored in whichever layout is smaller for the layer:
 
 * ``bitmap``: a non-zero plane and a sign plane, packed K-interleaved
@@ -21,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CodecError
+from . import feedback
 from .base import Encoded, check_weight, pack_bits, unpack_bits
 
 NAME = "bie-binary"
@@ -55,9 +63,23 @@ class Config(Ternary):
             raise CodecError(f"{NAME}: layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
 
-def ternarize(weight: np.ndarray, config: Ternary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ternary approximation: (kept mask [N, K], negative mask [N, K], scales float32 [N])."""
+SCALE_RATIOS = np.linspace(1.4, 0.6, 17)  # feedback's scale candidates, times the rule's scale
+
+
+def ternarize(weight: np.ndarray, config: Ternary,
+              calibration: feedback.Calibration | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ternary approximation: (kept mask [N, K], negative mask [N, K], scales float32 [N]); with
+    ``calibration``, by error feedback."""
     w = check_weight(weight)
+    if calibration is not None:
+        grid = TernaryGrid(*w.shape, config)
+        feedback.quantize(w, calibration, grid)
+        return grid.codes != 0, grid.codes < 0, grid.scales
+    return _ternarize_rule(w, config)
+
+
+def _ternarize_rule(w: np.ndarray, config: Ternary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The data-free rule (threshold, density or 0.7 * mean|w|) on a float32 weight."""
     magnitude = np.abs(w)
     if config.density:
         keep_per_row = int(np.ceil(config.density * w.shape[1]))
@@ -75,6 +97,47 @@ def ternarize(weight: np.ndarray, config: Ternary) -> tuple[np.ndarray, np.ndarr
     return keep, keep & (w < 0), scales
 
 
+class TernaryGrid:
+    """A :class:`feedback.Grid` for ternary weights: codes [N, K] in {-1, 0, 1}, one float32 scale per channel.
+
+    A weight rounds to the nearest level, but never survives at or below the rule's cut (``threshold``, or the
+    largest magnitude ``density`` drops): cutting at more than half the scale makes errors that feedback
+    piles onto the later columns, which then pass the cut more often than the rule meant. The scale is the
+    candidate around the rule's with the least error on the weights, weighted by the feedback's per-column
+    importance.
+    """
+
+    def __init__(self, n: int, k: int, config: Ternary):
+        self.group, self.config = k, config
+        self.codes = np.zeros((n, k), np.int8)
+
+    def start_group(self, columns: np.ndarray, weights: np.ndarray, importance: np.ndarray) -> None:
+        keep, _, rule_scales = _ternarize_rule(weights.astype(np.float32), self.config)
+        magnitude = np.abs(weights)
+        if self.config.threshold:
+            rule_cut = np.full(len(weights), self.config.threshold)
+        elif self.config.density:
+            rule_cut = np.where(keep, 0.0, magnitude).max(axis=1)  # the largest magnitude the rule dropped
+        else:
+            rule_cut = np.zeros(len(weights))
+        best_error = None
+        for ratio in SCALE_RATIOS:
+            scales = (rule_scales * np.float32(ratio)).astype(np.float32)
+            cut = np.maximum(rule_cut, scales / 2.0)
+            error = ((np.where(magnitude > cut[:, None], scales[:, None], 0.0) - magnitude) ** 2) @ importance
+            if best_error is None:
+                self.scales, self.cut, best_error = scales, cut, error
+            else:
+                better = error < best_error
+                self.scales = np.where(better, scales, self.scales)
+                self.cut, best_error = np.where(better, cut, self.cut), np.where(better, error, best_error)
+
+    def round(self, column: int, values: np.ndarray) -> np.ndarray:
+        codes = np.where(np.abs(values) > self.cut, np.sign(values), 0.0)
+        self.codes[:, column] = codes
+        return codes * self.scales
+
+
 def index_entry_dtype(k: int) -> tuple[np.dtype, int]:
     """Entry dtype for global indices into K, and the bit that holds the sign."""
     if k <= 2**15:
@@ -89,8 +152,8 @@ def index_layout_nbytes(nonzeros: int, n: int, k: int) -> int:
     return nonzeros * index_entry_dtype(k)[0].itemsize + 4 * (n + 1)
 
 
-def encode(weight: np.ndarray, config: Config) -> Encoded:
-    keep, negative, scales = ternarize(weight, config)
+def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
+    keep, negative, scales = ternarize(weight, config, calibration)
     n, k = keep.shape
     bitmap = {"planes": pack_bits(keep)[None], "signs": pack_bits(negative), "scales": scales[:, None]}
     layout = config.layout

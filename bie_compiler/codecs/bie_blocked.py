@@ -6,6 +6,7 @@ per non-zero where global indices need two. Per output channel and block,
 ``counts`` (uint8 for blocks up to 128, else uint16) says how many entries
 follow; ``indptr`` (uint32, N + 1) gives each channel's first entry, so
 channels decode independently. Entries run in channel, block, offset order.
+With calibration statistics the ternary weights come from error feedback, as in ``bie-binary``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CodecError
-from . import bie_binary
+from . import bie_binary, feedback
 from .base import Encoded
 
 NAME = "bie-blocked"
@@ -39,8 +40,8 @@ def block_dtypes(block_size: int) -> tuple[np.dtype, np.dtype]:
     return entry, count
 
 
-def encode(weight: np.ndarray, config: Config) -> Encoded:
-    keep, negative, scales = bie_binary.ternarize(weight, config)
+def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
+    keep, negative, scales = bie_binary.ternarize(weight, config, calibration)
     n, k = keep.shape
     b = config.block_size
     sign_bit = b.bit_length() - 1

@@ -11,6 +11,10 @@ Stored as :mod:`.bbs` stores its pruned chunk: the kept columns as ``8 - N``-bit
 two's complement words (``columns``), a metadata byte per group holding ``z``
 (``meta``), and the per-channel ``scales``; the same bit budget per group,
 ``(8 - N) + 8 / 32`` bits per weight, so fidelity compares at equal bits.
+
+With calibration statistics, groups are rounded in K order with error feedback
+(:mod:`.feedback`): each group's ``z`` from its updated weights, then each weight to
+the nearest kept level (:class:`.bbs.PrunedGrid`, with no offset).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CodecError
-from . import bbs, int8
+from . import bbs, feedback, int8
 from .base import Encoded, check_weight
 
 NAME = "bitwave"
@@ -49,9 +53,29 @@ def prune(weight: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray, n
     return values, scales, kept.reshape(n, kg, bbs.GROUP), z.reshape(n, kg)
 
 
-def encode(weight: np.ndarray, config: Config) -> Encoded:
+def prune_with_feedback(weight: np.ndarray, config: Config,
+                        calibration: feedback.Calibration) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scales [N], kept ints [N, KG, G], z [N, KG]) of :func:`prune` with error feedback."""
+    _, scales = int8.quantize(weight)
+    n, k = weight.shape
+    pruned = config.pruned_columns
+    limit = (1 << (7 - pruned)) - 1
+
+    def constants(q: np.ndarray, valid: np.ndarray):
+        _, z, shift = bbs.round_magnitudes(q, valid, pruned, pruned)
+        return z.astype(np.uint8), shift[:, 0], np.zeros(len(q), np.int32)
+
+    grid = bbs.PrunedGrid(scales, np.arange(n), k, (-limit, limit), constants)
+    feedback.quantize(weight, calibration, grid)
+    return scales, grid.kept, grid.meta
+
+
+def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
     w = check_weight(weight)
-    _, scales, kept, z = prune(w, config)
+    if calibration is None:
+        _, scales, kept, z = prune(w, config)
+    else:
+        scales, kept, z = prune_with_feedback(w, config, calibration)
     arrays = {
         "scales": scales,
         "columns": bbs.pack_columns(kept, 8 - config.pruned_columns),

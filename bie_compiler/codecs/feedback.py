@@ -125,7 +125,7 @@ def _quantize(weight: np.ndarray, calibration: Calibration, grid: Grid, block: i
             q = grid.round(int(order[col]), part[:, i])
             rounded[:, col] = q
             errors[:, i] = (part[:, i] - q) / u[col, col]
-            part[:, i + 1:] -= np.outer(errors[:, i], u[col, col + 1:b1])
+            part[:, i + 1:] -= errors[:, i, None] * u[col, col + 1:b1]
         w[:, b1:] -= errors @ u[b0:b1, b1:]
     out = np.empty_like(rounded)
     out[:, order] = rounded
