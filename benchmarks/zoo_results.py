@@ -2,8 +2,8 @@
 
 Each zoo entry (built on first use, ``bie-compiler zoo``) is measured as ``analyze`` measures: every matmul and
 conv weight encoded as ``compile`` encodes it, replaced by its decoding, and the model run by onnxruntime on the
-entry's evaluation data against fp32; each codec with round-to-nearest and, for the codecs with a feedback hook,
-with error feedback on the entry's calibration data; onnxruntime's MatMulNBits and fp16 weights as references.
+entry's evaluation data against fp32; each codec with round-to-nearest and with error feedback on the entry's
+calibration data; onnxruntime's MatMulNBits and fp16 weights as references.
 Bits per weight count every matmul and conv weight (the ones left dense at 32). Entries whose extra is not
 installed are left out, and said so.
 

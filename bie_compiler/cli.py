@@ -73,8 +73,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="llvm (default); cuda (GPU kernels, host code for --mcpu); bitvert (bbs layers offloaded "
                         "to the simulated BitVert accelerator, the rest on the host)")
     c.add_argument("--calibration", metavar="DATA", default=None,
-                   help="inputs by name (.npz), or a folder of such files: every codec with a feedback hook rounds "
-                        "with error feedback (GPTQ) on what each layer sees; bitvert also calibrates its INT8 "
+                   help="inputs by name (.npz), or a folder of such files: every codec rounds with error "
+                        "feedback (GPTQ) on what each layer sees; bitvert also calibrates its INT8 "
                         "activation scales on them (default: data-free rounding; bitvert: seeded random inputs)")
     c.add_argument("--act-order", action="store_true",
                    help="with --calibration: round the columns with the largest inputs first (per-channel scales only)")

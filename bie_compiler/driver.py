@@ -99,7 +99,7 @@ def compile_model(
     "bitvert" (bbs layers offloaded to the simulated BitVert accelerator, their INT8
     activation scales calibrated on the ``calibration`` inputs, or on seeded random
     inputs with a warning). ``calibration`` (a .npz of inputs by name, or a folder of
-    them) makes every codec with a feedback hook round with error feedback (GPTQ;
+    them) makes every codec round with error feedback (GPTQ;
     ``damping``, ``act_order``); without it, rounding is data-free. ``input_shapes`` (input
     name -> sizes) and ``dims`` (symbolic dimension -> size, wherever it appears) fix input
     sizes at import; the others stay symbolic. ``progress`` receives a ``progress.Event`` per
