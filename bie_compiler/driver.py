@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +28,8 @@ from .codegen.dedup import deduplicate_prim_funcs
 from .codegen.target import describe, make_target
 from .codegen.weights import Weights
 from .errors import BieWarning, OptionError
-from .frontend import ImportedModel, file_sha256, import_model
+from .frontend import ImportedModel, import_model
+from .model_identity import identity
 from .passes import (EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding,
                      plan_offload)
 from .progress import Reporter, print_progress
@@ -61,12 +61,6 @@ def _build_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> Built:
 
 
 BUILDERS = {"llvm": _build_llvm, "cuda": _build_cuda}  # by target kind (bitvert's host is llvm)
-
-
-def source_identity(model: str | Path | onnx.ModelProto) -> dict:
-    if isinstance(model, onnx.ModelProto):
-        return {"path": None, "sha256": hashlib.sha256(model.SerializeToString()).hexdigest()}
-    return {"path": str(Path(model).absolute()), "sha256": file_sha256(model)}
 
 
 def compile_model(
@@ -195,7 +189,7 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
     manifest = {
         "bie_compiler_version": __version__,
         "tvm_version": tvm.__version__,
-        "source_model": source_identity(model),
+        "source_model": identity(model),
         "codec": {"name": policy.codec, "options": policy.options, "min_weights": policy.min_weights,
                   "skip": list(policy.skip), "overrides": [[p, o] for p, o in policy.overrides]},
         "target": describe(target),
