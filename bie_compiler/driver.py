@@ -116,6 +116,10 @@ def compile_model(
     with tvm.transform.PassContext(instruments=instruments):
         plan, offload = _plan(imported, policy, tvm_target, calibration, damping, act_order, report, jobs)
         mod = encode(imported.mod, plan, offload)
+        # the dense weights (the bulk of a large model) are in the imported module and the plan's weight uses:
+        # dropped before the build, which needs only the encoded module
+        imported = replace(imported, mod=None, constant_names={})
+        plan = replace(plan, names={}, uses={}, encoded={})
         report("build", "building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
         built = BUILDERS[tvm_target.kind.name](mod, tvm_target)
         if timing:

@@ -129,10 +129,13 @@ def session(model: onnx.ModelProto, options: ort.SessionOptions | None = None) -
 
 class DataFile:
     """A data file being written: each tensor given to :meth:`store` is appended to it and its proto made an
-    external reference to those bytes (so a model past 2 GB never holds its new weights in protobuf)."""
+    external reference to those bytes (so a model past 2 GB never holds its new weights in protobuf).
+    ``location``: how the references name the file (default its absolute path, for a model kept in memory;
+    a model saved beside the file names it relative to its folder)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, location: str | None = None):
         self.path = Path(path).absolute()
+        self.location = location or str(self.path)
         self._file = open(self.path, "wb")
 
     def store(self, name: str, array: np.ndarray) -> onnx.TensorProto:
@@ -140,7 +143,7 @@ class DataFile:
         offset = self._file.tell()
         self._file.write(tensor.raw_data)
         self._file.flush()
-        onnx.external_data_helper.set_external_data(tensor, str(self.path), offset, self._file.tell() - offset)
+        onnx.external_data_helper.set_external_data(tensor, self.location, offset, self._file.tell() - offset)
         tensor.data_location = onnx.TensorProto.EXTERNAL
         tensor.ClearField("raw_data")
         return tensor

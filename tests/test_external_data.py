@@ -2,6 +2,8 @@
 checked like inline ones, and every data file hashed so a changed or missing one is named in one line."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -122,3 +124,23 @@ def test_unreadable_external_data_is_a_model_error(external_mlp, tmp_path):
     onnx.save_model(model, str(tmp_path / "escape.onnx"))
     with pytest.raises(ModelError, match="escape.onnx"):
         load_model(tmp_path / "escape.onnx")
+
+
+@pytest.mark.slow
+def test_the_llama_generator_writes_a_model_that_compiles_and_checks(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from llama_model import build
+
+    path = build(tmp_path / "llama.onnx", layers=1, hidden=128, ffn=352, heads=4)
+    model = load_model(path)
+    assert sorted(t.name for t in external_data.external_tensors(model)) == sorted(
+        f"model.layers.0.{p}.weight" for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                               "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+    out = tmp_path / "art"
+    assert main(["compile", str(path), "--codec", "bie-bitplane", "--bits", "4", "--input-shape", "x:1x8x128",
+                 "-q", "-o", str(out)]) == 0
+    assert json.loads((out / "manifest.json").read_text())["totals"]["encoded_layers"] == 7
+    capsys.readouterr()
+    assert main(["check", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["passed"] and result["decoded_max_rel_err"] < 1e-5 and result["cosine"] > 0.95
