@@ -3,13 +3,14 @@
 Such a model is loaded without its data: large float tensors stay references to their files (the
 location made absolute, so the in-memory model names its data wherever the caller's working folder
 is) and are read one tensor at a time when needed. Small or integer tensors (shapes, indices, quantized
-weights a fold evaluates) are read in at load. onnxruntime gets the proto, serialised without the
-weights, and each data file as a memory map; nothing serialises the weights themselves.
+weights a fold evaluates) are read in at load. onnxruntime opens such a model from a copy written with
+its data beside it (:func:`session`); nothing passes the weights through protobuf.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -117,14 +118,22 @@ def referenced_files(path: str | Path) -> list[str]:
 
 
 def session(model: onnx.ModelProto, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """An onnxruntime CPU session of ``model``: the proto serialised without its external weights, each data
-    file handed over as a read-only memory map (no copy of the weights passes through protobuf)."""
+    """An onnxruntime CPU session of ``model``. A model with external data is written to a temporary folder
+    (its tensors copied one at a time into one data file beside it) and opened from there: onnxruntime maps
+    such a file instead of copying it (given the data in memory, it copies every weight), and it accepts
+    only data files inside the model's folder, named relatively."""
     options = options or ort.SessionOptions()
-    files = data_files(model)
-    if files:
-        maps = [np.memmap(f, dtype=np.uint8, mode="r") for f in files]
-        options.add_external_initializers_from_files_in_memory(files, maps, [m.size for m in maps])
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    if not external_tensors(model):
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="bie-ort-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # small: the external tensors hold no bytes
+        with DataFile(path.with_suffix(".data"), location="model.data") as data:
+            for tensor in external_tensors(copy):
+                tensor.CopyFrom(data.store_bytes(tensor, _read_bytes(tensor)))
+        onnx.save_model(copy, str(path))
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class DataFile:
@@ -139,14 +148,24 @@ class DataFile:
         self._file = open(self.path, "wb")
 
     def store(self, name: str, array: np.ndarray) -> onnx.TensorProto:
+        """``array`` appended; the tensor named ``name`` that refers to it."""
         tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        return self.store_bytes(tensor, tensor.raw_data)
+
+    def store_bytes(self, tensor: onnx.TensorProto, payload: bytes) -> onnx.TensorProto:
+        """``payload`` (the bytes of ``tensor``) appended; a copy of ``tensor`` that refers to them."""
+        out = onnx.TensorProto()
+        out.CopyFrom(tensor)
+        del out.external_data[:]
+        out.ClearField("raw_data")
         offset = self._file.tell()
-        self._file.write(tensor.raw_data)
+        self._file.write(payload)
         self._file.flush()
-        onnx.external_data_helper.set_external_data(tensor, self.location, offset, self._file.tell() - offset)
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        tensor.ClearField("raw_data")
-        return tensor
+        out.raw_data = b"\0"  # set_external_data wants the field present; cleared below
+        onnx.external_data_helper.set_external_data(out, self.location, offset, len(payload))
+        out.data_location = onnx.TensorProto.EXTERNAL
+        out.ClearField("raw_data")
+        return out
 
     def __enter__(self) -> "DataFile":
         return self

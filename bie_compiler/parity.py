@@ -146,8 +146,6 @@ def session_of(model: onnx.ModelProto, threads: int | None = None) -> ort.Infere
     ``threads``: onnxruntime's intra- and inter-op threads (None: its default)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # prepacking copies every MatMul weight into onnxruntime's own layout: a second copy of a large model
-    options.add_session_config_entry("session.disable_prepacking", "1")
     if threads is not None:
         options.intra_op_num_threads = options.inter_op_num_threads = threads
     return external_data.session(model, options)

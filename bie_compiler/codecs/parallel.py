@@ -57,8 +57,8 @@ def encode_many(tasks: Mapping[str, tuple], jobs: int = 1, started: Callable[[st
                 ) -> dict[str, Encoded]:
     """``encode(*task)`` for each weight name -> (codec, matrix, config, calibration), in ``jobs`` processes
     when more than one; ``started(name)`` as each is handed out (serially) or collected (in parallel). A
-    codec's error names the weight. Each task is read when its turn comes, and at most ``jobs`` + 1 are
-    handed out and not yet collected: with :class:`LazyTasks`, the matrices in memory are bounded by that."""
+    codec's error names the weight. Each task is read when its turn comes, and at most ``jobs`` are handed
+    out and not yet collected: with :class:`LazyTasks`, the matrices in memory are bounded by that."""
     if jobs <= 1 or len(tasks) <= 1:
         return {name: _named(name, encode, tasks[name], started) for name in tasks}
     context = multiprocessing.get_context("spawn")
@@ -66,7 +66,7 @@ def encode_many(tasks: Mapping[str, tuple], jobs: int = 1, started: Callable[[st
     with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_one_thread) as pool:
         for name in tasks:
             pending.append((name, pool.submit(encode, *tasks[name])))
-            while len(pending) > jobs:  # one queued behind the busy workers; the oldest collected before more
+            while len(pending) >= jobs:  # one per worker: the oldest collected before the next is made
                 done, future = pending.popleft()
                 results[done] = _named(done, future.result, (), started)
         while pending:
