@@ -38,7 +38,8 @@ def _set_location(tensor: onnx.TensorProto, location: str) -> None:
 
 
 def _model_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """Every tensor of the model that may hold external data (initializers, Constant values, subgraphs)."""
+    """Every tensor of the model that may hold external data (initializers, Constant values, subgraphs), by
+    onnx's own walk."""
     from onnx.external_data_helper import _get_all_tensors
 
     return list(_get_all_tensors(model))
@@ -56,7 +57,7 @@ def load(path: str | Path) -> onnx.ModelProto:
     folder = path.absolute().parent
     for tensor in external_tensors(model):
         info = ExternalDataInfo(tensor)
-        data = (folder / info.location)
+        data = folder / info.location
         if Path(info.location).is_absolute() or ".." in Path(info.location).parts:
             raise ModelError(f"{path}: tensor {tensor.name!r} names external data outside the model's folder: "
                              f"{info.location}")
