@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import BieError, OptionError
 from .frontend import file_sha256
+from .model_identity import check_data_files
 from .runtime.artefact import read_manifest
 
 WORKER = Path(__file__).with_name("bench_worker.py")
@@ -64,13 +65,17 @@ class Side:
 
 
 def source_model(manifest: dict, model: str | None) -> tuple[str, bool]:
-    """The model onnxruntime runs (``model`` or the path recorded at compile time) and whether it is the one compiled."""
+    """The model onnxruntime runs (``model`` or the path recorded at compile time) and whether it is the one
+    compiled; ModelError if it is, but one of its external data files is missing or changed."""
     path = model or manifest["source_model"]["path"]
     if path is None:
         raise OptionError("the artefact was compiled from an in-memory model and records no path: give --model")
     if not Path(path).is_file():
         raise OptionError(f"{path}: no such model file" + ("" if model else " (the path recorded at compile time; give --model)"))
-    return str(path), file_sha256(path) == manifest["source_model"]["sha256"]
+    same = file_sha256(path) == manifest["source_model"]["sha256"]
+    if same:
+        check_data_files(path, manifest["source_model"])
+    return str(path), same
 
 
 def worker_env(threads: int, spin: bool) -> dict:

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
 from .codecs import feedback
 from .errors import BieError, BieWarning, OptionError
 from .frontend import load_model
-from .parity import make_inputs, run_onnxruntime
+from .parity import make_inputs, session_of
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 
@@ -71,6 +70,12 @@ def calibration_inputs(specs: list[dict], data: str | Path | None, seed: int = 1
     return [make_inputs(specs, batch, seed, path) for path in sample_files(data)]
 
 
+def _loaded(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """A path loaded as the compiler loads it; a ModelProto is taken as loaded already (the compiler's own, whose
+    external tensors name their files by absolute path, which onnx's checker refuses)."""
+    return model if isinstance(model, onnx.ModelProto) else load_model(model)
+
+
 def _readers(model: onnx.ModelProto, weight_names, strict: bool = True) -> dict[str, list[onnx.NodeProto]]:
     """{weight name: the MatMul/Gemm/Conv nodes reading it as input 1}; ``strict``: BieError for a weight nothing
     reads so (e.g. one that goes through a Transpose node first)."""
@@ -93,14 +98,7 @@ def _observe(model: onnx.ModelProto, tensors: list[str], inputs: dict, threads: 
     for name in tensors:
         if name not in known:
             probe.graph.output.append(by_name.get(name) or onnx.helper.make_empty_tensor_value_info(name))
-    if threads is None:
-        outputs = run_onnxruntime(probe, inputs)
-    else:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = options.inter_op_num_threads = threads
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        outputs = session.run(None, inputs)
+    outputs = session_of(probe, threads).run(None, inputs)
     return dict(zip([o.name for o in probe.graph.output], outputs))
 
 
@@ -144,7 +142,7 @@ def capture_hessians(model: str | Path | onnx.ModelProto, weight_names: list[str
     onnxruntime and BLAS run on one thread so the sums are reproducible bit for bit (``check`` recomputes
     them). A weight that no MatMul/Gemm/Conv reads directly gets no entry (its codec then rounds data-free).
     """
-    model = load_model(model)
+    model = _loaded(model)
     readers = _readers(model, weight_names, strict=False)
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     sums: dict[str, np.ndarray] = {}
@@ -166,7 +164,7 @@ def capture_hessians(model: str | Path | onnx.ModelProto, weight_names: list[str
 def activation_scales(model: str | Path | onnx.ModelProto, weight_names: list[str],
                       inputs: dict | list[dict]) -> dict[str, float]:
     """{weight name: scale} of the activation each named weight multiplies, over every input set."""
-    model = load_model(model)
+    model = _loaded(model)
     feeds = {name: nodes[0].input[0] for name, nodes in _readers(model, weight_names).items()}
     observed = sorted(set(feeds.values()))
     peaks = dict.fromkeys(observed, 0.0)

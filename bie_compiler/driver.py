@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +29,8 @@ from .codegen.dedup import deduplicate_prim_funcs
 from .codegen.target import describe, make_target
 from .codegen.weights import Weights
 from .errors import BieWarning, OptionError
-from .frontend import ImportedModel, file_sha256, import_model
+from .frontend import ImportedModel, import_model
+from .model_identity import identity
 from .passes import (EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding,
                      plan_offload)
 from .progress import Reporter, print_progress
@@ -62,12 +62,6 @@ def _build_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> Built:
 
 
 BUILDERS = {"llvm": _build_llvm, "cuda": _build_cuda}  # by target kind (bitvert's host is llvm)
-
-
-def source_identity(model: str | Path | onnx.ModelProto) -> dict:
-    if isinstance(model, onnx.ModelProto):
-        return {"path": None, "sha256": hashlib.sha256(model.SerializeToString()).hexdigest()}
-    return {"path": str(Path(model).absolute()), "sha256": file_sha256(model)}
 
 
 def compile_model(
@@ -123,6 +117,10 @@ def compile_model(
     with tvm.transform.PassContext(instruments=instruments):
         plan, offload = _plan(imported, policy, tvm_target, calibration, damping, act_order, report, jobs)
         mod = encode(imported.mod, plan, offload)
+        # the dense weights (the bulk of a large model) are in the imported module and the plan's weight uses:
+        # dropped before the build, which needs only the encoded module
+        imported = replace(imported, mod=None, constant_names={})
+        plan = replace(plan, names={}, uses={}, encoded={})
         report("build", "building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
         built = BUILDERS[tvm_target.kind.name](mod, tvm_target)
         if timing:
@@ -189,7 +187,7 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
     manifest = {
         "bie_compiler_version": __version__,
         "tvm_version": tvm.__version__,
-        "source_model": source_identity(model),
+        "source_model": identity(model),
         "codec": {"name": policy.codec, "options": policy.options, "min_weights": policy.min_weights,
                   "skip": list(policy.skip), "overrides": [[p, o] for p, o in policy.overrides]},
         "target": describe(target),

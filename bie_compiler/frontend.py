@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from . import external_data
 from .dequantization import fold_dequantized_weights, provenance
 from .errors import ModelError
 from .shape_folding import fold_shapes
@@ -19,13 +20,33 @@ from .shape_folding import fold_shapes
 OPSET_FALLBACK = 17
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """An initializer's shape and dtype: what the report needs of a weight without holding its values."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @classmethod
+    def of(cls, tensor: onnx.TensorProto) -> "TensorSpec":
+        return cls(tuple(tensor.dims), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)))
+
+
 @dataclass
 class ImportedModel:
     """A Relax module plus what the rest of the compiler needs to know about its ONNX origin."""
 
     mod: object  # tvm.IRModule
-    model: onnx.ModelProto  # validated, Constant nodes turned into initializers
-    weights: dict[str, np.ndarray]  # every initializer by name
+    model: onnx.ModelProto  # validated, Constant nodes turned into initializers (large ones may stay external)
+    weights: dict[str, TensorSpec]  # every initializer's shape and dtype by name
     inputs: list[dict]  # [{"name", "shape" (ints or dim names), "dtype"}]
     outputs: list[dict]
 
@@ -47,7 +68,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    """Read and validate an ONNX model; every problem is a ModelError naming the file."""
+    """Read and validate an ONNX model; every problem is a ModelError naming the file. A file's large
+    external tensors stay in their data files (:mod:`.external_data`); the checks run on the file, so a
+    model past protobuf's 2 GB is checked too."""
     label = "<ModelProto>" if isinstance(source, onnx.ModelProto) else str(source)
     if isinstance(source, onnx.ModelProto):
         model = source
@@ -56,13 +79,16 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         if not path.is_file():
             raise ModelError(f"{label}: no such file")
         try:
-            model = onnx.load(str(path))
+            model = external_data.load(path)
+        except ModelError:
+            raise
         except Exception as e:  # protobuf raises DecodeError, RuntimeWarning-like and others
             raise ModelError(f"{label}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     if not model.graph.node:
         raise ModelError(f"{label}: the ONNX graph has no nodes (not an ONNX model, or an empty one)")
     try:
-        onnx.checker.check_model(model)
+        # the file when there is one: onnx refuses to serialise an in-memory model past 2 GB to check it
+        onnx.checker.check_model(model if isinstance(source, onnx.ModelProto) else str(source))
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as e:
         raise ModelError(f"{label}: invalid ONNX model: {str(e).strip().splitlines()[0]}") from None
@@ -103,9 +129,11 @@ def check_supported(model: onnx.ModelProto, label: str) -> None:
 
 
 def check_finite(model: onnx.ModelProto, label: str) -> None:
-    for init in model.graph.initializer:
+    for init in model.graph.initializer:  # one at a time: an external weight is read, checked and dropped
         try:
-            a = numpy_helper.to_array(init)
+            a = external_data.tensor_array(init)
+        except ModelError:
+            raise
         except Exception as e:  # raw_data that does not match dims and dtype, unknown dtypes, external data
             raise ModelError(f"{label}: initializer {init.name!r} cannot be read: {str(e).strip()[:200]}") from None
         if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
@@ -226,17 +254,43 @@ def import_model(source: str | Path | onnx.ModelProto, shapes=None) -> ImportedM
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET_FALLBACK)
     failure = None
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the importer prints the operator it failed on: in e
-            mod = from_onnx(model, opset=opset, keep_params_in_input=True)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the importer prints the
+            # operator it failed on (in e), and warns when it renames an input (the weights made inputs)
+            warnings.filterwarnings("ignore", "Renaming name", UserWarning)
+            mod = from_onnx(_importer_form(model), opset=opset, keep_params_in_input=True)
     except Exception as e:  # raised below, once e and the importer's half-built state it holds are freed
         failure = f"{label}: TVM's ONNX importer failed: {type(e).__name__}: {str(e).strip()[:500]}"
     if failure:
         raise ModelError(failure + _import_hint(model, failure))
-    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    mod, constant_names = bind_weights(mod, weights)
+    mod, constant_names = bind_weights(mod, model)
+    weights = {i.name: TensorSpec.of(i) for i in model.graph.initializer}
     dequantized = {i.name: source for i in model.graph.initializer if (source := provenance(i))}
     return ImportedModel(mod, model, weights, model_inputs(model), value_info(model.graph.output), constant_names,
                          weight_consumers(model), dequantized)
+
+
+def _external_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [i for i in model.graph.initializer if external_data.uses_external_data(i)]
+
+
+def _importer_form(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What TVM's importer takes: the initializers left in data files declared as graph inputs after the
+    model's own, so the importer (which copies every initializer it sees) never reads them; their values are
+    bound after the import, one at a time (:func:`bind_weights`)."""
+    external = _external_initializers(model)
+    if not external:
+        return model
+    names = {i.name for i in external}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # small: the external tensors hold no bytes
+    kept = [i for i in out.graph.initializer if i.name not in names]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    inputs = [v for v in out.graph.input if v.name not in names]  # an initializer an old exporter lists as input
+    del out.graph.input[:]
+    out.graph.input.extend(inputs)
+    out.graph.input.extend(onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in external)
+    return out
 
 
 def _import_hint(model: onnx.ModelProto, failure: str) -> str:
@@ -251,17 +305,27 @@ def _import_hint(model: onnx.ModelProto, failure: str) -> str:
             "(onnxsim) or re-export it with static shapes")
 
 
-def bind_weights(mod, weights: dict[str, np.ndarray]):
-    """Bind the imported function's weight parameters to constants, one per initializer.
+def bind_weights(mod, model: onnx.ModelProto):
+    """Bind the imported function's weight parameters to constants, one per initializer, read one at a time.
 
     Each initializer gets its own constant object, so weights are known by their ONNX names even when two
-    initializers hold identical bytes (tied or duplicated weights stay distinct layers).
+    initializers hold identical bytes (tied or duplicated weights stay distinct layers). The initializers
+    :func:`_importer_form` made inputs are the last inputs of ``main``; they are bound too.
     """
     from tvm import relax
 
     mod, _ = relax.frontend.detach_params(mod)
     main = mod["main"]
-    params = main.params[int(main.attrs["num_input"]):]
-    constants = {p.name: relax.const(weights[p.name]) for p in params}
+    external = _external_initializers(model)
+    num_input = int(main.attrs["num_input"]) - len(external)
+    by_name = {i.name: i for i in model.graph.initializer}
+    tensors = [(p, by_name[p.name]) for p in main.params[int(main.attrs["num_input"]):]]
+    tensors += list(zip(main.params[num_input:num_input + len(external)], external))
+    constants, names = {}, {}
+    for param, tensor in tensors:  # each array dropped once TVM holds its copy
+        constants[param] = constant = relax.const(external_data.tensor_array(tensor))
+        names[constant] = tensor.name
     mod = relax.transform.BindParams("main", constants)(mod)
-    return mod, {c: name for name, c in constants.items()}
+    if external:
+        mod["main"] = mod["main"].with_attr("num_input", num_input)
+    return mod, names

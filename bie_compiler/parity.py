@@ -12,6 +12,8 @@ digest, settings): the layers' statistics are captured again from that data
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,9 +22,10 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from . import codecs
+from . import codecs, external_data
 from .errors import ArtefactError, BieError, ModelError
 from .frontend import file_sha256, load_model
+from .model_identity import check_data_files
 from .codecs.layout import codec_matrix, onnx_layout
 from .report import LayerRecord
 
@@ -76,10 +79,12 @@ def make_inputs(specs: list[dict], batch: int = 1, seed: int = 0, npz: str | Pat
     return inputs
 
 
-def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord], calibrations: dict | None = None) -> onnx.ModelProto:
+def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord], calibrations: dict | None = None,
+                  data: external_data.DataFile | None = None) -> onnx.ModelProto:
     """The model with every encoded weight replaced by decode(encode(weight)), checked against the artefact.
 
     ``calibrations``: {weight name: codecs.feedback.Calibration} for layers encoded with error feedback.
+    ``data``: where the decoded weights go, as external data (a model past 2 GB); None: inline.
     """
     calibrations = calibrations or {}
     out = onnx.ModelProto()
@@ -90,7 +95,7 @@ def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord], calibration
             continue
         if layer.name not in by_name:
             raise ArtefactError(f"encoded weight {layer.name!r} is not in the source model")
-        weight = numpy_helper.to_array(by_name[layer.name])
+        weight = external_data.tensor_array(by_name[layer.name])
         module = codecs.get_codec(layer.codec)
         enc = codecs.encode(layer.codec, codec_matrix(weight, layer.op, layer.transposed), module.Config(**layer.config),
                             calibrations.get(layer.name))
@@ -99,18 +104,20 @@ def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord], calibration
                 f"re-encoding {layer.name!r} does not reproduce the artefact's encoding "
                 "(different source model or bie-compiler version)"
             )
-        decoded = module.decode(enc)
-        by_name[layer.name].CopyFrom(numpy_helper.from_array(onnx_layout(decoded, weight.shape, layer.op, layer.transposed), layer.name))
+        decoded = onnx_layout(module.decode(enc), weight.shape, layer.op, layer.transposed)
+        tensor = numpy_helper.from_array(decoded, layer.name) if data is None else data.store(layer.name, decoded)
+        by_name[layer.name].CopyFrom(tensor)
     return out
 
 
-def quantized_model(model: onnx.ModelProto, layers: list[LayerRecord], calibrations: dict | None = None) -> onnx.ModelProto:
+def quantized_model(model: onnx.ModelProto, layers: list[LayerRecord], calibrations: dict | None = None,
+                    data: external_data.DataFile | None = None) -> onnx.ModelProto:
     """:func:`decoded_model` with the input of every layer offloaded to BitVert rounded to INT8 as the device does.
 
     Before each MatMul, Gemm or Conv reading an offloaded weight: ``clip(round(x / s), -127, 127) * s`` with
     the layer's calibrated activation scale ``s`` (float32, round half to even, as the simulator).
     """
-    out = decoded_model(model, layers, calibrations)
+    out = decoded_model(model, layers, calibrations, data)
     scales = {r.name: r.details["activation_scale"] for r in layers if "activation_scale" in r.details}
     nodes = []
     for i, node in enumerate(out.graph.node):
@@ -134,11 +141,14 @@ def quantized_model(model: onnx.ModelProto, layers: list[LayerRecord], calibrati
     return out
 
 
-def session_of(model: onnx.ModelProto) -> ort.InferenceSession:
-    """An onnxruntime CPU session of ``model``, its warnings off."""
+def session_of(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session of ``model`` (its external data read from its files), warnings off;
+    ``threads``: onnxruntime's intra- and inter-op threads (None: its default)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    if threads is not None:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+    return external_data.session(model, options)
 
 
 def run_onnxruntime(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
@@ -191,6 +201,7 @@ def source_model(manifest: dict, model_path=None) -> onnx.ModelProto:
         raise ModelError(f"{path}: source model not found (pass it with --model)")
     if file_sha256(path) != source["sha256"]:
         raise ModelError(f"{path}: not the model this artefact was compiled from (sha256 differs)")
+    check_data_files(path, source)
     return load_model(path)
 
 
@@ -217,8 +228,12 @@ def check_artefact(runner, model_path=None, inputs=None, tolerance: float | None
     original = compare(outputs, references)
     offloaded = manifest["target"]["kind"] == "bitvert"
     calibrations = recorded_calibrations(manifest, model, layers, calibration)
-    reference = (quantized_model if offloaded else decoded_model)(model, layers, calibrations)
-    reference_outputs = run_onnxruntime(reference, inputs)
+    # a model with data files gets its decoded weights in a data file too (inline, it could pass 2 GB)
+    external = bool(external_data.data_files(model))
+    with tempfile.TemporaryDirectory(prefix="bie-check-") as tmp, \
+            external_data.DataFile(Path(tmp) / "decoded.data") if external else contextlib.nullcontext() as data:
+        reference = (quantized_model if offloaded else decoded_model)(model, layers, calibrations, data)
+        reference_outputs = run_onnxruntime(reference, inputs)
     decoded = compare(outputs, reference_outputs)
     implied = compare(reference_outputs, references) if offloaded else {}
     return {

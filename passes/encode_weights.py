@@ -77,13 +77,13 @@ class EncodeWeights:
             callee, constants, decodes, dispatches = kernels[key]
             x = found.x
             if use.op == "conv2d" and decodes:
-                w = relax.call_tir(callee, [x, *constants], out_ty=relax.TensorType(list(use.weight.shape), "float32"))
+                w = relax.call_tir(callee, [x, *constants], out_ty=relax.TensorType(list(use.shape), "float32"))
                 return relax.Call(found.call.op, [x, w], found.call.attrs, found.call.ty_args)
             if use.op == "conv2d":
                 return relax.call_tir(callee, [x, *constants], out_ty=found.call.ty)
             if dispatches:
-                return as_rows(x, use.matrix().shape[0], lambda x2, _: relax.Call(callee, [x2, *constants]))
-            return as_rows(x, use.matrix().shape[0],
+                return as_rows(x, use.rows, lambda x2, _: relax.Call(callee, [x2, *constants]))
+            return as_rows(x, use.rows,
                            lambda x2, out_ty: relax.call_tir(callee, [x2, *constants], out_ty=out_ty))
 
         rewritten = rewrite_weight_calls(mod, rewrite, self.plan.names)
@@ -107,7 +107,7 @@ class EncodeWeights:
         if kernel.large_batch is None:
             return small, constants, kernel.decodes, False
         large = _add_prim_func(builder, kernel.large_batch, stem, use.name)
-        n, k = use.matrix().shape
+        n, k = use.rows, use.size // use.rows
         dispatch = _dispatch_by_rows(small, large, kernel.large_batch.decodes, constants, k, n)
         return builder.add_func(dispatch, f"{stem}_matmul"), constants, False, True
 

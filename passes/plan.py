@@ -45,7 +45,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     :mod:`bie_compiler.codecs.parallel`); the bytes are the same whatever it is."""
     found, names = collect_weight_uses(mod, names)
     uses = {u.name: u for u in found}
-    choices = {u.name: policy.choose(u.name, u.weight.size) for u in found}
+    choices = {u.name: policy.choose(u.name, u.size) for u in found}
     reasons = {u.name: _fallback(u, *choices[u.name], target) for u in found}
     eligible = {name: u for name, u in uses.items() if reasons[name] is None}
     configs = _configs(eligible, choices, report)
@@ -53,26 +53,27 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     statistics = calibrations(fed) if calibrations and fed else {}
     records, encoded = [], {}
     position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
-    tasks = {name: (choices[name][0], use.matrix(), configs[name], statistics.get(name)) for name, use in eligible.items()}
+    tasks = parallel.LazyTasks(eligible, lambda name: (choices[name][0], uses[name].matrix(), configs[name],
+                                                       statistics.get(name)))
     if jobs is None:
-        jobs = parallel.default_jobs(sum(u.weight.size for u in eligible.values()))
+        jobs = parallel.default_jobs(sum(u.size for u in eligible.values()))
 
     def started(name: str) -> None:
         how = " and error feedback" if statistics.get(name) is not None else ""
-        report("encode", f"encoding {name} {list(uses[name].weight.shape)} with {choices[name][0]}{how}",
+        report("encode", f"encoding {name} {list(uses[name].shape)} with {choices[name][0]}{how}",
                position[name], len(eligible))
 
     encodings = parallel.encode_many(tasks, jobs, started)
     for use in found:
-        record = LayerRecord(name=use.name, op=use.op, shape=list(use.weight.shape), codec="dense",
-                             bytes_dense=int(use.weight.nbytes), bytes_encoded=int(use.weight.nbytes),
+        record = LayerRecord(name=use.name, op=use.op, shape=list(use.shape), codec="dense",
+                             bytes_dense=int(use.nbytes), bytes_encoded=int(use.nbytes),
                              fallback_reason=reasons[use.name], transposed=use.transposed)
         records.append(record)
         if use.name not in eligible:
             continue
         codec, config = choices[use.name][0], configs[use.name]
         enc = encodings[use.name]
-        record.fallback_reason = codecs.no_saving(codec, enc, use.weight.nbytes)
+        record.fallback_reason = codecs.no_saving(codec, enc, use.nbytes)
         if record.fallback_reason:
             continue
         encoded[use.name] = codec, enc

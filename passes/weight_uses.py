@@ -10,6 +10,8 @@ so they agree on what a weight use is.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from functools import reduce
 from operator import mul
@@ -34,18 +36,43 @@ class WeightUse:
 
     name: str
     op: str  # "matmul" or "conv2d"
-    weight: np.ndarray
+    value: tvm.runtime.Tensor  # the constant's tensor: its values are copied out only when asked for
     transposed: bool = False  # matmul whose ONNX weight is [N, K] (Gemm transB=1)
     conv: ConvSpec | None = None  # of a conv in NCHW/OIHW layout
     unsupported: str | None = None  # why no codec can take it, on any target
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.value.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(str(self.value.dtype))
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
     def groups(self) -> int:
         return self.conv.groups if self.conv else 1
 
+    @property
+    def rows(self) -> int:
+        """N, the rows of :meth:`matrix` (a matmul's outputs, a conv's output channels)."""
+        return self.shape[0] if self.op == "conv2d" or self.transposed else self.shape[1]
+
+    def weight(self) -> np.ndarray:
+        """The weight's values in its ONNX layout (a copy: a large model holds each weight once, in its constant)."""
+        return self.value.numpy()
+
     def matrix(self) -> np.ndarray:
         """The weight as codecs take it, [N, K] (``codecs.layout``)."""
-        return codec_matrix(self.weight, self.op, self.transposed)
+        return codec_matrix(self.weight(), self.op, self.transposed)
 
 
 @dataclass
@@ -80,15 +107,14 @@ def match(call: relax.Call, matches: dict, names: Mapping) -> Match | None:
         axes = matches[_TRANSPOSED].attrs.axes
         if len(constant.value.shape) != 2 or (axes is not None and [int(a) for a in axes] != [1, 0]):
             return None
-    weight = constant.value.numpy()
     op = "conv2d" if call.op.name == "relax.nn.conv2d" else "matmul"
     name = names[constant]
-    use = WeightUse(name, op, weight, transposed, _conv_spec(call) if op == "conv2d" else None)
+    use = WeightUse(name, op, constant.value, transposed, _conv_spec(call) if op == "conv2d" else None)
     x_dtype = matches[_X].ty.dtype
-    if x_dtype != "float32" or weight.dtype != np.float32:
-        use.unsupported = f"dtype {x_dtype}/{weight.dtype} (only float32 is encoded)"
-    elif op == "matmul" and weight.ndim != 2:
-        use.unsupported = f"{weight.ndim}-D weight (only 2-D matmul weights are encoded)"
+    if x_dtype != "float32" or use.dtype != np.float32:
+        use.unsupported = f"dtype {x_dtype}/{use.dtype} (only float32 is encoded)"
+    elif op == "matmul" and len(use.shape) != 2:
+        use.unsupported = f"{len(use.shape)}-D weight (only 2-D matmul weights are encoded)"
     elif op == "conv2d" and use.conv is None:
         use.unsupported = "conv layout other than NCHW/OIHW"
     return Match(call, matches[_X], constant, use)

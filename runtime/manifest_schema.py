@@ -55,7 +55,7 @@ TOTALS = {"layers": int, "encoded_layers": int, "weights": int, "bytes_dense": i
           "bits_per_weight": float, "compression": float}
 MANIFEST = {
     "format": str, "format_version": int, "checksum": SHA256, "bie_compiler_version": str, "tvm_version": str,
-    "source_model": {"path": (str, NONE), "sha256": SHA256},
+    "source_model": {"path": (str, NONE), "sha256": SHA256, "data_files?": [{"name": NAME, "sha256": SHA256}]},
     "codec": {"name": NAME, "options": MapOf(JSON), "min_weights": int, "skip": [str], "overrides": [Pair(str, MapOf(JSON))]},
     "target": {"kind": Choice(("llvm", "cuda", "bitvert")), "mcpu": Pattern(r"[A-Za-z0-9_.+-]{1,64}"),
                "arch?": Pattern(r"sm_[1-9][0-9]{1,2}[af]?")},

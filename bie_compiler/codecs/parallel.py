@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
@@ -33,17 +35,44 @@ def _one_thread() -> None:
     _LIMITS = threadpool_limits(1)
 
 
-def encode_many(tasks: dict[str, tuple], jobs: int = 1, started: Callable[[str], None] = lambda name: None
+class LazyTasks(Mapping):
+    """Tasks by name, each made (its matrix copied out) only when :func:`encode_many` reaches it."""
+
+    def __init__(self, names: Iterable[str], make: Callable[[str], tuple]):
+        self._names, self._make = list(names), make
+
+    def __getitem__(self, name: str) -> tuple:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._make(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def encode_many(tasks: Mapping[str, tuple], jobs: int = 1, started: Callable[[str], None] = lambda name: None
                 ) -> dict[str, Encoded]:
     """``encode(*task)`` for each weight name -> (codec, matrix, config, calibration), in ``jobs`` processes
     when more than one; ``started(name)`` as each is handed out (serially) or collected (in parallel). A
-    codec's error names the weight."""
+    codec's error names the weight. Each task is read when its turn comes, and at most ``jobs`` are handed
+    out and not yet collected: with :class:`LazyTasks`, the matrices in memory are bounded by that."""
     if jobs <= 1 or len(tasks) <= 1:
-        return {name: _named(name, encode, task, started) for name, task in tasks.items()}
+        return {name: _named(name, encode, tasks[name], started) for name in tasks}
     context = multiprocessing.get_context("spawn")
+    results, pending = {}, deque()
     with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_one_thread) as pool:
-        futures = {name: pool.submit(encode, *task) for name, task in tasks.items()}
-        return {name: _named(name, lambda: future.result(), (), started) for name, future in futures.items()}
+        for name in tasks:
+            pending.append((name, pool.submit(encode, *tasks[name])))
+            while len(pending) >= jobs:  # one per worker: the oldest collected before the next is made
+                done, future = pending.popleft()
+                results[done] = _named(done, future.result, (), started)
+        while pending:
+            done, future = pending.popleft()
+            results[done] = _named(done, future.result, (), started)
+    return results
 
 
 def _named(name: str, work, args: tuple, started) -> Encoded:
