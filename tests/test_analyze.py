@@ -34,6 +34,7 @@ def mlp_report(model_dir, tmp_path_factory):
     return (out, *analyze(model_dir["mlp"], out, "--codec", "bie-bitplane", "--codec", "int8", "--top", "2"))
 
 
+@pytest.mark.slow
 def test_report_schema_and_files(mlp_report):
     out, report, result = mlp_report
     assert report["schema"] == SCHEMA and report["samples"] == 1 and report["rows"] == 8  # random, batch 8
@@ -58,6 +59,7 @@ def test_report_schema_and_files(mlp_report):
         report["codecs"]) + sum("skipped" not in p for p in report["references"])
 
 
+@pytest.mark.slow
 def test_sensitivities_are_finite_and_rank_the_layers(mlp_report):
     _, report, _ = mlp_report
     for c in report["codecs"]:
@@ -74,6 +76,7 @@ def test_sensitivities_are_finite_and_rank_the_layers(mlp_report):
     assert fp16["rel_l2"] < int8["rel_l2"] / 10 and fp16["bits_per_weight"] == 16
 
 
+@pytest.mark.slow
 def test_compile_lines_treat_the_most_sensitive_layers(mlp_report):
     out, report, result = mlp_report
     bitplane = report["codecs"][0]
@@ -100,6 +103,7 @@ def test_weight_error_of_a_known_rounding():
     assert weight_error(w, w)["sqnr_db"] == float("inf") and weight_error(w, w)["rel_l2"] == 0.0
 
 
+@pytest.mark.slow
 def test_transformer_sensitivities_without_sweep(model_dir, tmp_path):
     report, _ = analyze(model_dir["transformer"], tmp_path / "r", "--codec", "bie-bitplane:bits=3", "--no-sweep", "-q")
     assert report["sweep"] == [] and report["references"] == []
@@ -182,6 +186,7 @@ def test_whole_model_figures_are_evals(tmp_path):
     (["--min-weights", "-5"], "--min-weights must be a non-negative integer"),
     (["--metric", "nope", "--no-sweep"], "--metric nope: not a figure of output 'logits'"),
 ])
+@pytest.mark.slow
 def test_bad_options_are_one_line_errors(model_dir, tmp_path, args, message):
     if "DATA" in args:
         np.savez(tmp_path / "d.npz", x=np.ones((2, 64), np.float32))
@@ -216,6 +221,7 @@ def test_gemms_become_matmuls_for_matmulnbits():
     assert [n.op_type for n in model.graph.node] == ["Gemm", "Gemm"]  # the source is left alone
 
 
+@pytest.mark.slow
 def test_calibration_adds_feedback_points(model_dir, tmp_path):
     rng = np.random.default_rng(3)
     calibration = tmp_path / "calibration"

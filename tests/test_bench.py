@@ -13,6 +13,8 @@ from bie_compiler.bench import ARTEFACT, ORT, bench, table
 from bie_compiler.errors import OptionError
 from bie_compiler.parity import make_inputs
 
+pytestmark = pytest.mark.slow  # whole-model compiles or runs: left out of `make test-fast`
+
 BUILDS = {  # model: (codec, options, skip): one dense, two encoded (matmuls; convs and matmuls)
     "mlp": ("bie-bitplane", {"bits": 4}, ()),
     "transformer": ("bie-bitplane", {}, ("*",)),

@@ -1,6 +1,8 @@
 """A few hundred iterations of each fuzzer (tests/fuzz.py runs thousands): every mutated input is accepted
 as well-formed or refused with the project's own error; nothing else escapes."""
 
+import pytest
+
 from fuzz import fuzz_manifest, fuzz_tans, fuzz_weights
 
 
@@ -9,6 +11,7 @@ def test_tans_decoder_survives_mutated_streams():
     assert outcomes["refused"] > 300  # the mutations do reach the checks
 
 
+@pytest.mark.slow
 def test_artefact_reader_survives_mutated_manifests(model_dir, tmp_path):
     from bie_compiler import compile_model
 
@@ -17,6 +20,7 @@ def test_artefact_reader_survives_mutated_manifests(model_dir, tmp_path):
     assert outcomes["refused"] > 200
 
 
+@pytest.mark.slow
 def test_weights_reader_survives_mutated_weights(model_dir, tmp_path):
     from bie_compiler import compile_model
 

@@ -6,6 +6,8 @@ import pytest
 from hostile_corpus import all_cases, run_case
 import hostile_corpus
 
+pytestmark = pytest.mark.slow  # whole-model compiles or runs: left out of `make test-fast`
+
 CASES = all_cases()
 
 

@@ -102,6 +102,7 @@ def model(tmp_path_factory):
     return two_dim_model(tmp_path_factory.mktemp("shapes") / "two_dims.onnx")
 
 
+@pytest.mark.slow
 def test_compiled_with_fixed_shapes(model, tmp_path):
     out = bie_compiler.compile_model(model, tmp_path / "fixed", "bie-bitplane", {"bits": 8}, min_weights=0,
                                      input_shapes={"x": (2, 5, 64)}, dims={"n": 3}, progress=None)
@@ -121,6 +122,7 @@ def test_compiled_with_fixed_shapes(model, tmp_path):
         runner({**feeds, "x": feeds["x"][:1]})
 
 
+@pytest.mark.slow
 def test_a_fixed_dim_leaves_the_others_symbolic(model, tmp_path):
     out = tmp_path / "seq"
     result = cli("compile", model, "--skip", "*", "--dim", "seq=1", "-q", "-o", out)
@@ -143,6 +145,7 @@ def test_a_fixed_dim_leaves_the_others_symbolic(model, tmp_path):
     assert bad.returncode == 2 and "--inputs gives the inputs and their shapes" in bad.stderr
 
 
+@pytest.mark.slow
 def test_shapes_the_model_contradicts_are_refused(model, tmp_path):
     vi = helper.make_tensor_value_info
     two_names = save(tmp_path / "add.onnx", [helper.make_node("Add", ["a", "b"], ["z"])],

@@ -39,6 +39,7 @@ def _thread_cpus(tmp_path, mode: str) -> set[str]:
     return set(out.stdout.split())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs for TVM to pin a worker")
 def test_workers_are_not_pinned(tmp_path):
     assert len(_thread_cpus(tmp_path, "default")) > 1  # TVM's default pins its worker to one core: the probe sees it

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -15,6 +16,7 @@ def cli(*args):
     return result
 
 
+@pytest.mark.slow
 def test_identical_initializers_stay_distinct_layers(tmp_path):
     """Two MatMuls whose weights hold the same bytes: --skip on one leaves the other encoded, and check passes."""
     w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)

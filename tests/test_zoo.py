@@ -13,6 +13,8 @@ from bie_compiler.frontend import load_model, model_inputs
 from bie_compiler.parity import run_onnxruntime
 from test_cli import cli
 
+pytestmark = pytest.mark.slow  # whole-model compiles or runs: left out of `make test-fast`
+
 
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
