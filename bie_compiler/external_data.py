@@ -108,14 +108,13 @@ def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
 
 
 def data_files(model: onnx.ModelProto) -> list[str]:
-    """The absolute paths of the data files the model's external tensors live in, sorted."""
+    """The data files the model's external tensors live in, sorted: absolute paths for a model from :func:`load`."""
     return sorted({_location(t) for t in external_tensors(model)})
 
 
 def referenced_files(path: str | Path) -> list[str]:
     """The data files (locations as written, relative to the model's folder) a model file's tensors name."""
-    model = onnx.load(str(path), load_external_data=False)
-    return sorted({_location(t) for t in external_tensors(model)})
+    return data_files(onnx.load(str(path), load_external_data=False))
 
 
 def session(model: onnx.ModelProto, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
