@@ -102,3 +102,19 @@ def test_one_row_tiles_span_several_panels():
         out = tvm.runtime.empty((m, 256), "float32")
         lib.mod["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack(w)), out)
         np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_k_unrolled_by_a_divisor_of_k():
+    """A static K runs K_UNROLL (or the largest of 4, 2 dividing K) k steps per loop iteration; results unchanged."""
+    assert [matmul.k_unroll(tvm.tirx.IntImm("int64", k)) for k in (48, 36, 42, 37)] == [matmul.K_UNROLL, 4, 2, 1]
+    assert matmul.k_unroll(tvm.tirx.Var("k", "int64")) == 1
+    rng = np.random.default_rng(2)
+    for k in (36, 37):
+        func = dense.gemm(40, k)
+        assert (f"T.unroll({matmul.k_unroll(tvm.tirx.IntImm('int64', k))})" in func.script()) == (k == 36)
+        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target())
+        w = rng.standard_normal((40, k)).astype("float32")
+        x = rng.standard_normal((11, k)).astype("float32")
+        out = tvm.runtime.empty((11, 40), "float32")
+        lib.mod["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack(w)), out)
+        np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,8 @@ batch..., m, n, k, as Relax legalization and our dense kernels produce them;
 ``n`` the innermost index of C and of B, so both are contiguous along it) is
 tiled into ``ROWS x COLS`` output tiles accumulated in registers: for each k,
 one broadcast of ``A[m, k]`` per row and a ``COLS``-wide vector load of
-``B[k, n:n+COLS]`` feed ``ROWS x COLS / lanes`` FMAs. Tiles run in parallel.
+``B[k, n:n+COLS]`` feed ``ROWS x COLS / lanes`` FMAs; a static K runs several k steps per loop iteration
+(:func:`k_unroll`). Tiles run in parallel.
 Elementwise epilogues (the attention scale, a bias add) are applied as a tile
 is written back, so the unscaled product never reaches memory. One-row kernels
 tile several panels at once (:func:`gemv_panels`); a symbolic width narrower
@@ -24,6 +25,7 @@ from .elementwise import LANES
 
 ROWS = 8  # rows of a register tile: 8 x 2 zmm accumulators, plus B's two vectors and the broadcast
 COLS = 32  # columns of a register tile: two AVX-512 vectors
+K_UNROLL = 8  # k steps per iteration of the tile's k loop where K allows: fewer loop branches between the FMAs
 
 
 def is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
@@ -63,7 +65,7 @@ def _uses_only(expr, var) -> bool:
 
 def schedule_matmul(
     sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, rows: int = ROWS, cols: int = COLS, panels: int = 1,
-    k_step: int = 1,
+    k_step: int | None = None,
 ) -> s_tir.schedule.SBlockRV:
     """Tile ``block`` (see :func:`is_matmul`) into register tiles, inlining its elementwise consumers.
 
@@ -71,10 +73,13 @@ def schedule_matmul(
     with the output channel innermost, e.g. ``dense.pack``'s [N / COLS, K, COLS] read as ``B[n // COLS, k, n % COLS]``.
     A tile is ``rows`` x ``panels * cols``: ``panels`` runs of ``cols`` channels (the packed layout's panels), each
     its own vector loop (see :func:`gemv_panels`). ``k_step`` consecutive k are unrolled in each iteration (a weight
-    format with several k in one byte decodes the byte once for all of them; it must divide K). Producers of A or B
-    (a decode) are left where they are. Returns the block that writes the tile back.
+    format with several k in one byte decodes the byte once for all of them; it must divide K; by default
+    :func:`k_unroll`). Producers of A or B (a decode) are left where they are. Returns the block that writes the tile
+    back.
     """
     *batch, m, n, k = sch.get_loops(block)
+    if k_step is None:  # a symbolic n's tail tile runs in guarded scalars: unrolled k would multiply them
+        k_step = k_unroll(sch.get(k).extent) if isinstance(sch.get(n).extent, tirx.IntImm) else 1
     static = [isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (m, n)]
     # A static n that is not a multiple of the tile has its last tile peeled (below). Not with int64 indices and a
     # symbolic m: TVM's loop partitioning then mixes int32 and int64 indices and the build fails.
@@ -122,6 +127,13 @@ def schedule_matmul(
     for loop in sch.get_loops(init)[-3 if nj else -2:-1]:
         sch.unroll(loop)
     return tile
+
+
+def k_unroll(extent: tirx.PrimExpr) -> int:
+    """The k steps a tile's loop iteration unrolls: up to ``K_UNROLL``, a divisor of a static K (no tail), else 1."""
+    if not isinstance(extent, tirx.IntImm):
+        return 1
+    return next(step for step in (K_UNROLL, 4, 2, 1) if int(extent) % step == 0)
 
 
 def gemv_panels(n: int, cols: int = COLS) -> int:
