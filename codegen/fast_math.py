@@ -1,6 +1,8 @@
 """exp, erf, tanh and softmax as TOPI's vectorizable polynomial versions (``fast_exp`` and co.).
 
-Softmax over the last axis is :mod:`.softmax`'s (reductions as vector-lane partial results).
+Softmax over the last axis is :mod:`.softmax`'s (reductions as vector-lane partial results), over the
+input viewed as one axis of rows: rows indexed by several axes (batch, head, query) would be split back
+into them by 64-bit divisions by symbolic extents in every row, which cost as much as the row's arithmetic.
 
 LLVM turns a vector ``exp`` or ``erf`` into one libm call per lane; the
 polynomials vectorize. Their error against float64 is about 1e-7 (exp, tanh)
@@ -10,6 +12,8 @@ This is Relax's ``FastMathTransform``, which fails on calls of a GlobalVar
 """
 
 from __future__ import annotations
+
+import math
 
 import tvm
 from tvm import relax, topi
@@ -34,9 +38,17 @@ class _FastMath(PyExprMutator):
         if name == "relax.nn.softmax":
             x = call.args[0]
             if int(call.attrs.axis) in (-1, len(x.ty.shape) - 1):
-                return self.builder_.call_te(softmax.softmax, x, primfunc_name_hint="softmax")
+                return self._softmax_over_rows(x)
             return self.builder_.call_te(topi.nn.fast_softmax, x, call.attrs.axis)
         return call
+
+    def _softmax_over_rows(self, x: relax.Expr) -> relax.Expr:
+        *rows, n = x.ty.shape
+        if len(rows) > 1:
+            flat = self.builder_.emit(relax.op.reshape(x, [math.prod(rows), n]))
+            y = self.builder_.emit(self.builder_.call_te(softmax.softmax, flat, primfunc_name_hint="softmax"))
+            return relax.op.reshape(y, x.ty.shape)
+        return self.builder_.call_te(softmax.softmax, x, primfunc_name_hint="softmax")
 
 
 @tvm.transform.module_pass(opt_level=0, name="FastMath")
