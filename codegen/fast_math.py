@@ -2,7 +2,7 @@
 
 Softmax over the last axis is :mod:`.softmax`'s (reductions as vector-lane partial results), over the
 input viewed as one axis of rows: rows indexed by several axes (batch, head, query) would be split back
-into them by 64-bit divisions by symbolic extents in every row, which cost as much as the row's arithmetic.
+into them by 64-bit divisions by symbolic extents in every row, a sizeable share of a short row's work.
 
 LLVM turns a vector ``exp`` or ``erf`` into one libm call per lane; the
 polynomials vectorize. Their error against float64 is about 1e-7 (exp, tanh)
