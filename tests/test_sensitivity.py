@@ -1,5 +1,6 @@
 """Layer sensitivities against their closed form, and bits budgets split by them."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bie_compiler.calibration import layer_calibrations
+from bie_compiler.cli import main
 from bie_compiler.decoded_weights import encode_model, weight_layers, with_weights
 from bie_compiler.parity import run_onnxruntime
 from bie_compiler.passes.policy import EncodingPolicy
@@ -67,3 +69,21 @@ def test_a_budget_split_by_sensitivity_lowers_the_models_error(codec, budget, ch
     assert levels["w1"] > max(blind_levels.values()) and levels["w2"] < min(blind_levels.values())
     assert bits <= budget * 2 * w1.size and blind_bits <= budget * 2 * w1.size
     assert error < 0.7 * blind_error
+
+
+@pytest.mark.slow
+def test_compile_with_a_bitplane_budget_and_calibration_passes_check(model_dir, tmp_path, capsys):
+    """The planned bits are recorded as fixed bits (check re-encodes from them) and the kernels compute them."""
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((32, 256)).astype(np.float32))
+    out = tmp_path / "budget"
+    assert main(["compile", str(model_dir["mlp"]), "--codec", "bie-bitplane", "--bits-per-weight", "4.5", "-q",
+                 "-o", str(out), "--calibration", str(tmp_path / "calib.npz")]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    layers = [layer for layer in manifest["layers"] if not layer["fallback_reason"]]
+    assert len(layers) > 1 and all(layer["config"]["bits_per_weight"] == 0 for layer in layers)
+    assert 8 * sum(layer["bytes_encoded"] for layer in layers) <= 4.5 * sum(
+        np.prod(layer["shape"]) for layer in layers)
+    capsys.readouterr()
+    assert main(["check", str(out), "--batch", "2", "--json", "--min-cosine", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["passed"] and result["decoded_max_rel_err"] < 1e-4
