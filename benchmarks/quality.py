@@ -6,7 +6,7 @@ encoded (as ``compile`` does: the codecs' ``plan`` hooks over the whole model, t
 decoding, and the model run with onnxruntime on the evaluation inputs. Reported: bits per
 encoded weight (every stored byte), the cosine of each sample's output against the fp32
 model (mean and min over the batch), the cosine over all outputs together (``check``'s
-figure) and the encoding time. A bits budget (``tans budget``) is split over layers by weight error
+figure) and the encoding time. A bits budget (the ``budget`` rows) is split over layers by weight error
 alone in ``rtn`` mode and by each layer's measured sensitivity with feedback (as ``compile`` does
 with and without ``--calibration``). The evaluation inputs must not be the calibration data.
 onnxruntime's own 4-bit ``MatMulNBits`` (block 32, symmetric, RTN) is the baseline; its
@@ -56,6 +56,7 @@ CONFIGS = [  # (label, codec, options)
     ("tans 95 levels", "tans", {"levels": 95}),
     ("tans 127 levels", "tans", {"levels": 127}),
     ("tans budget 3.0", "tans", {"bits_per_weight": 3.0}),
+    ("tans budget 5.5", "tans", {"bits_per_weight": 5.5}),
     ("tans budget 5.8", "tans", {"bits_per_weight": 5.8}),
     ("bbs moderate", "bbs", {"preset": "moderate"}),
     ("bbs conservative", "bbs", {"preset": "conservative"}),

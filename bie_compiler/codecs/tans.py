@@ -9,8 +9,9 @@ entropy rather than ``log2(levels)`` bits.
 
 Precision per layer (entropy-driven mixed precision): with
 ``bits_per_weight`` set, :func:`plan` picks each layer's levels so that all
-the model's ``tans`` layers together fit the budget with the least weighted
-distortion, the rate of a layer being its measured coded size
+the model's ``tans`` layers together fit the budget with the least distortion
+(weighted by each layer's measured sensitivity when there is calibration
+data), the rate of a layer being its measured coded size
 (:attr:`Encoded.nbytes`: streams, table, offsets, steps and header). The plan
 returns per-layer configs with fixed ``levels``, so re-encoding a layer from its
 recorded config reproduces it exactly.
