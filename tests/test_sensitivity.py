@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from bie_compiler.analysis import CodecSpec, ModelUnderAnalysis
 from bie_compiler.calibration import layer_calibrations
 from bie_compiler.cli import main
 from bie_compiler.decoded_weights import encode_model, weight_layers, with_weights
@@ -87,3 +88,16 @@ def test_compile_with_a_bitplane_budget_and_calibration_passes_check(model_dir, 
     assert main(["check", str(out), "--batch", "2", "--json", "--min-cosine", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["passed"] and result["decoded_max_rel_err"] < 1e-4
+
+
+def test_analyze_splits_a_budget_by_sensitivity_as_compile_does(tmp_path):
+    rng = np.random.default_rng(2)
+    w1 = rng.standard_normal((128, 128)).astype(np.float32)
+    onnx.save(two_branches(w1, (0.2 * rng.standard_normal((128, 128))).astype(np.float32)), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((256, 128)).astype(np.float32))
+    samples = [("seeded", {"x": rng.standard_normal((16, 128)).astype(np.float32)}, None)]
+    subject = ModelUnderAnalysis(tmp_path / "m.onnx", samples, calibration=tmp_path / "calib.npz", jobs=1)
+    result = subject.encoded(CodecSpec("bie-bitplane", {"bits_per_weight": 4.5}), fed=True)
+    bits = {r.name: r.config["bits"] for r in result.records}
+    assert subject.calibrations["w1"].sensitivity > 10 * subject.calibrations["w2"].sensitivity
+    assert bits["w1"] > bits["w2"]

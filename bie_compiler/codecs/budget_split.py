@@ -78,4 +78,3 @@ def allocate(codec: str, options: dict[str, list], budget: float, num_weights: i
         spare -= options[n][i][1] - options[n][choice[n]][1]
         choice[n] = i
     return {n: options[n][i][0] for n, i in choice.items()}
-
