@@ -6,7 +6,9 @@ encoded (as ``compile`` does: the codecs' ``plan`` hooks over the whole model, t
 decoding, and the model run with onnxruntime on the evaluation inputs. Reported: bits per
 encoded weight (every stored byte), the cosine of each sample's output against the fp32
 model (mean and min over the batch), the cosine over all outputs together (``check``'s
-figure) and the encoding time. The evaluation inputs must not be the calibration data.
+figure) and the encoding time. A bits budget (the ``budget`` rows) is split over layers by weight error
+alone in ``rtn`` mode and by each layer's measured sensitivity with feedback (as ``compile`` does
+with and without ``--calibration``). The evaluation inputs must not be the calibration data.
 onnxruntime's own 4-bit ``MatMulNBits`` (block 32, symmetric, RTN) is the baseline; its
 bits/weight count its packed weights and float32 scales.
 
@@ -41,12 +43,21 @@ CONFIGS = [  # (label, codec, options)
     ("bie-bitplane 4 group 32", "bie-bitplane", {"bits": 4, "group_size": 32}),
     ("bie-bitplane 4 group 128", "bie-bitplane", {"bits": 4, "group_size": 128}),
     ("bie-bitplane 5", "bie-bitplane", {"bits": 5}),
+    ("bie-bitplane 6", "bie-bitplane", {"bits": 6}),
+    ("bie-bitplane budget 4.1", "bie-bitplane", {"bits_per_weight": 4.1}),
+    ("bie-bitplane budget 6.1", "bie-bitplane", {"bits_per_weight": 6.1}),
     ("int8", "int8", {}),
     ("tans 7 levels", "tans", {"levels": 7}),
     ("tans 11 levels", "tans", {"levels": 11}),
     ("tans 15 levels", "tans", {"levels": 15}),
     ("tans 23 levels", "tans", {"levels": 23}),
     ("tans 31 levels", "tans", {"levels": 31}),
+    ("tans 63 levels", "tans", {"levels": 63}),
+    ("tans 95 levels", "tans", {"levels": 95}),
+    ("tans 127 levels", "tans", {"levels": 127}),
+    ("tans budget 3.0", "tans", {"bits_per_weight": 3.0}),
+    ("tans budget 5.5", "tans", {"bits_per_weight": 5.5}),
+    ("tans budget 5.8", "tans", {"bits_per_weight": 5.8}),
     ("bbs moderate", "bbs", {"preset": "moderate"}),
     ("bbs conservative", "bbs", {"preset": "conservative"}),
     ("bitwave", "bitwave", {}),
@@ -94,11 +105,11 @@ def main() -> None:
               and r.num_weights >= args.min_weights]
     weights = initializer_arrays(model, [r.name for r in layers])
     start = time.perf_counter()
-    calibrations = layer_calibrations(model, [layer.name for layer in layers],
-                                      calibration_inputs(specs, args.calibration), args.damping, args.act_order)
+    calibrations = layer_calibrations(model, [layer.name for layer in layers], calibration_inputs(specs, args.calibration),
+                                      args.damping, args.act_order, sensitive=True)
     capture_s = time.perf_counter() - start
     print(f"{args.model}: {len(layers)} encoded layers, {sum(w.size for n, w in weights.items() if n in calibrations)} "
-          f"weights; calibration capture {capture_s:.1f} s")
+          f"weights; calibration capture and sensitivities {capture_s:.1f} s")
     rows = []
     nbits, why = matmul_nbits(model)
     if nbits is not None:

@@ -12,7 +12,7 @@ figure is ``eval``'s (:mod:`.evaluation`), against onnxruntime fp32 on the same 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,7 @@ from .evaluation import Scorer
 from .frontend import file_sha256
 from .ort_reference import fp16_weights, matmul_nbits, nbits_bytes
 from .parity import session_of
+from .sensitivity import layer_sensitivities
 
 SCHEMA = "bie-compiler analyze 1"
 
@@ -176,9 +177,10 @@ class ModelUnderAnalysis:
 
             progress(f"capturing the inputs of {len(self.layers)} layer(s) on {calibration}")
             usable = [layer.name for layer in self.layers if layer.fallback_reason is None]
-            self.calibrations = layer_calibrations(self.model, usable,
-                                                   calibration_inputs(model_inputs(self.model), calibration),
-                                                   DAMPING, act_order=False)
+            self.calibration_samples = calibration_inputs(model_inputs(self.model), calibration)
+            self.calibrations = layer_calibrations(self.model, usable, self.calibration_samples, DAMPING,
+                                                   act_order=False)
+        self.sensitivities_measured = False
 
     def encoded(self, spec: CodecSpec, fed: bool, skip=(), overrides=()):
         """Every layer encoded as ``compile`` would with ``spec`` and the policy (plus ``skip``/``overrides``),
@@ -187,7 +189,17 @@ class ModelUnderAnalysis:
 
         policy = EncodingPolicy(spec.codec, spec.options, self.policy.min_weights, self.policy.skip + tuple(skip),
                                 self.policy.overrides + tuple(overrides), self.aliases)
+        if fed and self.calibrations and spec.options.get("bits_per_weight"):
+            self._measure_sensitivities()
         return encode_model(self.weights, self.layers, policy, self.calibrations if fed else None, self.jobs)
+
+    def _measure_sensitivities(self) -> None:
+        """Each calibrated layer's sensitivity, once: a bits budget is split by them, as ``compile`` splits it."""
+        if self.sensitivities_measured:
+            return
+        measured = layer_sensitivities(self.model, sorted(self.calibrations), self.calibration_samples)
+        self.calibrations = {name: replace(c, sensitivity=measured[name]) for name, c in self.calibrations.items()}
+        self.sensitivities_measured = True
 
     def point(self, spec: CodecSpec, fed: bool, label: str | None = None, encoded: EncodedModel | None = None,
               **changes) -> dict:

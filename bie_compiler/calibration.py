@@ -27,6 +27,7 @@ from .codecs import feedback
 from .errors import BieError, BieWarning, OptionError
 from .frontend import load_model
 from .parity import make_inputs, session_of
+from .sensitivity import layer_sensitivities
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 
@@ -177,10 +178,14 @@ def activation_scales(model: str | Path | onnx.ModelProto, weight_names: list[st
 
 
 def layer_calibrations(model: str | Path | onnx.ModelProto, weight_names: list[str], samples: list[dict],
-                       damping: float, act_order: bool) -> dict[str, feedback.Calibration]:
-    """{weight name: what its codec's error feedback needs}, from :func:`capture_hessians`."""
+                       damping: float, act_order: bool, sensitive: bool = False) -> dict[str, feedback.Calibration]:
+    """{weight name: what its codec's error feedback needs}, from :func:`capture_hessians`; ``sensitive``: with
+    each layer's measured sensitivity too (:mod:`.sensitivity`, for splitting a bits budget over layers)."""
+    model = _loaded(model)
     stats = capture_hessians(model, weight_names, samples)
-    return {name: feedback.Calibration(s.xtx, s.rows, damping, act_order) for name, s in stats.items()}
+    measured = layer_sensitivities(model, sorted(stats), samples) if sensitive else {}
+    return {name: feedback.Calibration(s.xtx, s.rows, damping, act_order, measured.get(name, 1.0))
+            for name, s in stats.items()}
 
 
 def record(data: str | Path, damping: float, act_order: bool) -> dict:

@@ -95,7 +95,8 @@ class EncodedModel:
 def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], policy, calibrations: dict | None = None,
                  jobs: int | None = None, started: Callable[[str], None] = lambda name: None) -> EncodedModel:
     """Encode ``layers`` as ``policy`` (a ``passes.EncodingPolicy``) decides, with error feedback where
-    ``calibrations`` ({weight name: Calibration}) has the layer and the codec takes it."""
+    ``calibrations`` ({weight name: Calibration}) has the layer and the codec takes it (and bits budgets split
+    by the sensitivities they hold)."""
     start = time.perf_counter()
     records = [replace(layer, details={}) for layer in layers]
     choices = {r.name: policy.choose(r.name, r.num_weights) for r in records if r.fallback_reason is None}
@@ -105,12 +106,13 @@ def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], poli
     eligible = {r.name: r for r in records if r.fallback_reason is None}
     matrices = {name: codec_matrix(weights[name], r.op, r.transposed) for name, r in eligible.items()}
     configs = {name: choices[name][1] for name in eligible}
+    calibrations = calibrations or {}
     for codec in sorted({choices[name][0] for name in eligible}):
         module = codecs.get_codec(codec)
         names = [n for n in eligible if choices[n][0] == codec]
         if hasattr(module, "plan"):
-            configs.update(module.plan({n: matrices[n] for n in names}, {n: configs[n] for n in names}))
-    calibrations = calibrations or {}
+            configs.update(module.plan({n: matrices[n] for n in names}, {n: configs[n] for n in names},
+                                       {n: calibrations[n] for n in names if n in calibrations}))
     tasks = {name: (choices[name][0], matrices[name], configs[name], calibrations.get(name)) for name in eligible}
     if jobs is None:
         jobs = parallel.default_jobs(sum(m.size for m in matrices.values()))

@@ -149,10 +149,11 @@ def _plan(imported: ImportedModel, policy: EncodingPolicy, target: tvm.target.Ta
           damping: float, act_order: bool, report: Reporter, jobs: int | None) -> tuple[EncodingPlan, OffloadPlan]:
     """Every weight's encoding and, on bitvert, the offloaded layers; calibration runs onnxruntime here."""
 
-    def calibrations(names: list[str]) -> dict:
-        report("calibrate", f"capturing the inputs of {len(names)} layer(s) on {calibration}")
+    def calibrations(names: list[str], sensitive: bool) -> dict:
+        also = " and measuring their sensitivities" if sensitive else ""
+        report("calibrate", f"capturing the inputs of {len(names)} layer(s){also} on {calibration}")
         samples = calibration_inputs(imported.inputs, calibration)
-        return layer_calibrations(imported.model, names, samples, damping, act_order)
+        return layer_calibrations(imported.model, names, samples, damping, act_order, sensitive)
 
     def scales(names: list[str]) -> dict[str, float]:
         report("calibrate", f"calibrating the activations of {len(names)} offloaded layer(s)")

@@ -39,8 +39,9 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
                   jobs: int | None = None) -> EncodingPlan:
     """The plan for ``mod`` whose weight constants are named by ``names``.
 
-    ``calibrations(weight names) -> {name: codecs.feedback.Calibration}``: the layers' calibration
-    statistics; given, codecs that take them round with error feedback. ``report``: the compile's progress.
+    ``calibrations(weight names, sensitive) -> {name: codecs.feedback.Calibration}``: the layers' calibration
+    statistics (``sensitive``: with each layer's measured sensitivity, which a bits budget's split needs);
+    given, codecs that take them round with error feedback and budgets are split by sensitivity. ``report``: the compile's progress.
     ``jobs``: processes encoding layers at once (None: every core when the model is large enough to pay,
     :mod:`bie_compiler.codecs.parallel`); the bytes are the same whatever it is."""
     found, names = collect_weight_uses(mod, names)
@@ -48,9 +49,10 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     choices = {u.name: policy.choose(u.name, u.size) for u in found}
     reasons = {u.name: _fallback(u, *choices[u.name], target) for u in found}
     eligible = {name: u for name, u in uses.items() if reasons[name] is None}
-    configs = _configs(eligible, choices, report)
     fed = [name for name in eligible if codecs.takes_calibration(choices[name][0])]
-    statistics = calibrations(fed) if calibrations and fed else {}
+    sensitive = any(codecs.splits_budget(choices[name][1]) for name in fed)
+    statistics = calibrations(fed, sensitive) if calibrations and fed else {}
+    configs = _configs(eligible, choices, statistics, report)
     records, encoded = [], {}
     position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
     tasks = parallel.LazyTasks(eligible, lambda name: (choices[name][0], uses[name].matrix(), configs[name],
@@ -102,13 +104,15 @@ def _fallback(use: WeightUse, codec: str | None, config, target: tvm.target.Targ
     return None
 
 
-def _configs(eligible: dict[str, WeightUse], choices, report: Reporter) -> dict[str, object]:
-    """Per-layer configs; codecs with a ``plan(matrices, configs)`` hook decide over all their layers at once."""
+def _configs(eligible: dict[str, WeightUse], choices, statistics: dict, report: Reporter) -> dict[str, object]:
+    """Per-layer configs; codecs with a ``plan(matrices, configs, calibrations)`` hook decide over all their
+    layers at once."""
     configs = {name: choices[name][1] for name in eligible}
     for codec in sorted({choices[name][0] for name in eligible}):
         module = codecs.get_codec(codec)
         names = [n for n in eligible if choices[n][0] == codec]
         if hasattr(module, "plan"):
             report("plan", f"planning {len(names)} {codec} layer(s) over the whole model")
-            configs.update(module.plan({n: eligible[n].matrix() for n in names}, {n: configs[n] for n in names}))
+            configs.update(module.plan({n: eligible[n].matrix() for n in names}, {n: configs[n] for n in names},
+                                       {n: statistics[n] for n in names if n in statistics}))
     return configs

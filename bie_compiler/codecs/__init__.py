@@ -5,7 +5,9 @@ validated on construction; each field's ``metadata["help"]`` makes it a CLI opti
 see :func:`option_fields`, unless ``metadata["set_by_plan"]``), ``encode(weight [N, K], config) -> Encoded`` and
 ``decode(Encoded) -> float32 [N, K]``, the reference decoder. A codec that
 rounds with error feedback takes ``encode(weight, config, calibration)``
-(a :class:`feedback.Calibration`; see :func:`takes_calibration`).
+(a :class:`feedback.Calibration`; see :func:`takes_calibration`). A codec that decides over the whole
+model defines ``plan(matrices, configs, calibrations) -> configs`` (per-layer configs, e.g. a bits budget
+split over layers by the sensitivities the calibrations hold).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def get_codec(name: str) -> ModuleType:
 def takes_calibration(codec: str) -> bool:
     """Whether the codec rounds with error feedback when given calibration statistics."""
     return "calibration" in inspect.signature(get_codec(codec).encode).parameters
+
+
+def splits_budget(config) -> bool:
+    """Whether ``config`` asks its codec's ``plan`` hook to split a bits budget over layers (which then weighs
+    each layer by its measured sensitivity, when the calibration holds one)."""
+    return bool(getattr(config, "bits_per_weight", 0))
 
 
 def encode(codec: str, matrix, config, calibration: feedback.Calibration | None = None) -> Encoded:
@@ -164,4 +172,4 @@ def config_dict(config: object) -> dict:
     return dataclasses.asdict(config)
 
 
-__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "encode", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "takes_calibration"]
+__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "encode", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "splits_budget", "takes_calibration"]

@@ -419,8 +419,10 @@ def report(enc: Encoded) -> dict[str, int | float]:
     }
 
 
-def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config]) -> dict[str, Config]:
-    """Sensitive channels over the whole model: the top ``sensitive_fraction`` of all channels by scale.
+def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config],
+         calibrations: dict | None = None) -> dict[str, Config]:
+    """Sensitive channels over the whole model: the top ``sensitive_fraction`` of all channels by scale
+    (by the weights alone: ``calibrations`` are not used).
 
     Layers sharing one fraction are ranked together; a layer whose config
     already fixes ``sensitive_channels`` is left as it is. Each layer's share of

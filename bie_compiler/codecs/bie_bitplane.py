@@ -10,29 +10,38 @@ are exact multiples of ``max|w| / qmax`` round-trip exactly).
 sign plane, each packed K-interleaved (:func:`pack_bits`). Keeping only the top
 ``p`` planes truncates ``|q|`` to its ``p`` leading bits: a coarser model from a
 prefix of the same encoding (progressive precision), no re-encoding needed.
+
+With ``bits_per_weight`` set, :func:`plan` picks each layer's ``bits`` so that the model's
+``bie-bitplane`` layers together fit the budget with the least distortion (weighted by each
+layer's measured sensitivity when there is calibration data).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..errors import CodecError
-from . import feedback, uniform
+from . import budget_split, feedback, uniform
 from .base import PACK_LANES, Encoded, check_weight, pack_bits, packed_width, unpack_bits
 
 NAME = "bie-bitplane"
+DEFAULT_BITS = 4
+BITS_CHOICES = range(2, 9)  # what the budget planner tries
 CLIP_RATIOS = np.linspace(1.0, 0.5, 11, dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class Config:
-    bits: int = field(default=4, metadata={"help": "bits per weight, sign included (2..8; default 4)"})
+    bits: int = field(default=DEFAULT_BITS, metadata={"help": "bits per weight, sign included (2..8; default 4)"})
     group_size: int = field(default=0, metadata={  # 0: one scale per output channel
         "help": "weights per scale along K (default: one scale per channel)"})
     planes: int = field(default=0, metadata={  # most significant first; 0: all
         "help": "keep only the top P magnitude planes (progressive precision)"})
+    bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed bits
+        "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
+                "(instead of --levels or --bits)"})
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
@@ -41,6 +50,10 @@ class Config:
             raise CodecError(f"{NAME}: group_size must be positive (or 0 for per-channel), got {self.group_size}")
         if not 0 <= self.planes <= self.bits - 1:
             raise CodecError(f"{NAME}: planes must be in 1..{self.bits - 1} for {self.bits} bits, got {self.planes}")
+        if self.bits_per_weight < 0:
+            raise CodecError(f"{NAME}: bits_per_weight must be positive, got {self.bits_per_weight}")
+        if self.bits_per_weight and (self.bits != DEFAULT_BITS or self.planes):
+            raise CodecError(f"{NAME}: give either bits (and planes) or bits_per_weight, not both")
 
     @property
     def magnitude_bits(self) -> int:
@@ -87,6 +100,8 @@ def quantize(weight: np.ndarray, config: Config,
 
 
 def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
+    if config.bits_per_weight:
+        config = plan({"weight": weight}, {"weight": config})["weight"]
     codes, scales = quantize(weight, config, calibration)
     magnitude = np.abs(codes)
     m = config.magnitude_bits
@@ -120,3 +135,24 @@ def decode(enc: Encoded) -> np.ndarray:
     group = scale_group(k, enc.header["group_size"])
     per_weight = np.repeat(enc.arrays["scales"], group, axis=1)[:, :k]
     return (signed * per_weight).astype(np.float32)
+
+
+def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config],
+         calibrations: dict[str, feedback.Calibration] | None = None) -> dict[str, Config]:
+    """Per-layer bits for the layers given a budget (:func:`.budget_split.plan`); the others kept as they are.
+
+    Each of ``BITS_CHOICES`` is encoded with round-to-nearest to measure its bytes and its distortion
+    (:func:`.feedback.distortion`), also for layers then encoded with error feedback.
+    """
+    return budget_split.plan(NAME, matrices, configs, calibrations, _options,
+                             lambda config, bits: replace(config, bits=bits, bits_per_weight=0.0))
+
+
+def _options(weight: np.ndarray, config: Config,
+             calibration: feedback.Calibration | None) -> list[tuple[int, int, float]]:
+    """(bits, stored bits, distortion) for each bit width, fewest bits first."""
+    options = []
+    for bits in BITS_CHOICES:
+        enc = encode(weight, replace(config, bits=bits, bits_per_weight=0.0))
+        options.append((bits, 8 * enc.nbytes, feedback.distortion(weight, decode(enc), calibration)))
+    return sorted(options, key=lambda o: (o[1], o[2]))

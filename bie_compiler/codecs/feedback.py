@@ -43,6 +43,9 @@ class Calibration:
     rows: int  # how many input rows were summed
     damping: float = DAMPING  # added to diag H, relative to mean(diag H)
     act_order: bool = False  # round columns by decreasing diag H
+    # the model's relative output error per unit of this layer's relative weight error (bie_compiler.sensitivity):
+    # weighs the layer's distortion when a bits budget is split over layers; 1 where it was not measured
+    sensitivity: float = 1.0
 
 
 class Grid(Protocol):
@@ -138,3 +141,12 @@ def output_error(weight: np.ndarray, approx: np.ndarray, xtx: np.ndarray) -> flo
     e = w - np.asarray(approx, np.float64)
     energy = float(np.einsum("nk,nk->", w @ xtx, w))
     return float(np.einsum("nk,nk->", e @ xtx, e)) / energy if energy > 0 else 0.0
+
+
+def distortion(weight: np.ndarray, approx: np.ndarray, calibration: Calibration | None) -> float:
+    """What a bits-budget planner minimises for one layer: the relative squared weight error, times the layer's
+    measured sensitivity when there is calibration data."""
+    w = np.asarray(weight, np.float64)
+    energy = float((w**2).sum())
+    error = float(((w - np.asarray(approx, np.float64)) ** 2).sum()) / energy if energy > 0 else 0.0
+    return error * (calibration.sensitivity if calibration is not None else 1.0)

@@ -9,8 +9,9 @@ entropy rather than ``log2(levels)`` bits.
 
 Precision per layer (entropy-driven mixed precision): with
 ``bits_per_weight`` set, :func:`plan` picks each layer's levels so that all
-the model's ``tans`` layers together fit the budget with the least weighted
-distortion, the rate of a layer being its measured coded size
+the model's ``tans`` layers together fit the budget with the least distortion
+(weighted by each layer's measured sensitivity when there is calibration
+data), the rate of a layer being its measured coded size
 (:attr:`Encoded.nbytes`: streams, table, offsets, steps and header). The plan
 returns per-layer configs with fixed ``levels``, so re-encoding a layer from its
 recorded config reproduces it exactly.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import feedback, tans_coder, uniform
+from . import budget_split, feedback, tans_coder, uniform
 from .base import Encoded, check_weight
 
 NAME = "tans"
@@ -37,7 +38,8 @@ class Config:
     levels: int = field(default=0, metadata={  # 0: chosen by bits_per_weight (default 15)
         "help": "odd number of quantization levels, zero in the centre (3..255; default 15)"})
     bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed levels
-        "help": "bits/weight budget over the whole model; each layer's levels chosen to meet it (instead of --levels)"})
+        "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
+                "(instead of --levels or --bits)"})
     table_log: int = field(default=11, metadata={"help": "tANS table of 2^T states (5..15; default 11)"})
     states: int = field(default=4, metadata={"help": "interleaved tANS states per stream (default 4)"})
     stream_symbols: int = field(default=8192, metadata={  # a stream covers whole output channels
@@ -150,80 +152,28 @@ def report(enc: Encoded) -> dict[str, int | float]:
 # --- mixed precision ---------------------------------------------------------------------------------------------------
 
 
-def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config]) -> dict[str, Config]:
+def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config],
+         calibrations: dict[str, feedback.Calibration] | None = None) -> dict[str, Config]:
     """Per-layer levels for every layer given a budget; layers with fixed levels are kept as they are.
 
-    Layers sharing one ``bits_per_weight`` are planned together: for each, every
-    level count in ``LEVEL_CHOICES`` is encoded to measure its size in bits and
-    its distortion ``||W - W_q||^2 / ||W||^2`` (the relative error of the layer's
-    output for isotropic inputs, so layers of any scale weigh alike). A
-    Lagrangian sweep picks the cheapest-distortion choice per layer within the
-    budget, then the bits left are spent greedily on the best ratio of
-    distortion saved per bit.
+    Layers sharing one ``bits_per_weight`` are planned together (:func:`.budget_split.plan`): for
+    each, every level count in ``LEVEL_CHOICES`` is encoded to measure its size in bits and its
+    distortion (:func:`.feedback.distortion`: the relative squared weight error, times the layer's
+    measured sensitivity with calibration). The distortions are those of round-to-nearest, also for
+    layers then encoded with error feedback (feedback at every level would cost 15 encodings).
     """
-    out = dict(configs)
-    budgets = sorted({c.bits_per_weight for c in configs.values() if not c.fixed_levels})
-    for budget in budgets:
-        names = [n for n, c in configs.items() if not c.fixed_levels and c.bits_per_weight == budget]
-        options = {name: _options(matrices[name], configs[name]) for name in names}
-        chosen = _allocate(options, budget, sum(matrices[n].size for n in names))
-        for name in names:
-            out[name] = replace(configs[name], levels=chosen[name], bits_per_weight=0.0)
-    return out
+    return budget_split.plan(NAME, matrices, configs, calibrations, _options,
+                             lambda config, levels: replace(config, levels=levels, bits_per_weight=0.0))
 
 
-def _options(weight: np.ndarray, config: Config) -> list[tuple[int, int, float]]:
-    """(levels, coded bits, relative squared error) for each level count, fewest bits first."""
-    w = check_weight(weight).astype(np.float64)
-    energy = float((w**2).sum())
+def _options(weight: np.ndarray, config: Config,
+             calibration: feedback.Calibration | None) -> list[tuple[int, int, float]]:
+    """(levels, coded bits, distortion) for each level count, fewest bits first."""
     options = []
     for levels in LEVEL_CHOICES:
         if levels > 1 << config.table_log:
             break
         codes, steps = quantize(weight, levels)
         bits = 8 * _entropy_code(codes, steps, replace(config, levels=levels, bits_per_weight=0.0)).nbytes
-        error = float(((dequantize(codes, steps) - w) ** 2).sum())
-        options.append((levels, bits, error / energy if energy else 0.0))
+        options.append((levels, bits, feedback.distortion(weight, dequantize(codes, steps), calibration)))
     return sorted(options, key=lambda o: (o[1], o[2]))
-
-
-def _allocate(options: dict[str, list], budget: float, num_weights: int) -> dict[str, int]:
-    """Levels per layer: the least total distortion with at most ``budget * num_weights`` coded bits."""
-    budget_bits = budget * num_weights
-    smallest = sum(opts[0][1] for opts in options.values())
-    if smallest > budget_bits:
-        raise CodecError(
-            f"{NAME}: a budget of {budget:g} bits/weight is below the smallest coding of these {len(options)} "
-            f"layer(s), {smallest / num_weights:.3f} bits/weight (overheads included)"
-        )
-
-    def pick(lam: float) -> dict[str, int]:
-        return {n: min(range(len(o)), key=lambda i: (o[i][2] + lam * o[i][1], o[i][1])) for n, o in options.items()}
-
-    def bits(choice: dict[str, int]) -> int:
-        return sum(options[n][i][1] for n, i in choice.items())
-
-    lo, hi = 0.0, 1.0  # lam = 0: best distortion regardless of bits; raise hi until the choice fits
-    while bits(pick(hi)) > budget_bits:
-        hi *= 4
-    if bits(pick(lo)) <= budget_bits:
-        hi = lo
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if bits(pick(mid)) <= budget_bits else (mid, hi)
-    choice = pick(hi)
-    spare = budget_bits - bits(choice)
-    while True:  # spend what is left on the upgrade saving the most distortion per bit
-        best = None
-        for n, o in options.items():
-            for i in range(len(o)):
-                extra, saved = o[i][1] - o[choice[n]][1], o[choice[n]][2] - o[i][2]
-                if 0 < extra <= spare and saved > 0 and (best is None or saved / extra > best[0]):
-                    best = saved / extra, n, i
-        if best is None:
-            break
-        _, n, i = best
-        spare -= options[n][i][1] - options[n][choice[n]][1]
-        choice[n] = i
-    return {n: options[n][i][0] for n, i in choice.items()}
-

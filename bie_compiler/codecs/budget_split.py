@@ -1,0 +1,80 @@
+"""A bits budget split over a model's layers: each layer's choice of precision with the least total distortion.
+
+Codecs' ``plan`` hooks measure, per layer, each precision they offer as (bits it costs, distortion it causes:
+:func:`.feedback.distortion`) and hand the table here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import CodecError
+
+
+def plan(codec: str, matrices: dict[str, np.ndarray], configs: dict, calibrations: dict | None,
+         options: Callable[[np.ndarray, object, object], list], resolved: Callable[[object, int], object]) -> dict:
+    """Per-layer configs: the layers whose config sets ``bits_per_weight`` split that budget, the others kept.
+
+    ``options(weight, config, calibration or None)``: the layer's table for :func:`allocate`; ``resolved(config,
+    choice)``: the config fixing that choice (and no budget, so re-encoding from it reproduces the layer).
+    Layers sharing a budget are weighed by their sensitivities only when ``calibrations`` has every one of them
+    (else the units would differ between layers).
+    """
+    out = dict(configs)
+    calibrations = calibrations or {}
+    for budget in sorted({c.bits_per_weight for c in configs.values() if c.bits_per_weight}):
+        names = [n for n, c in configs.items() if c.bits_per_weight == budget]
+        measured = all(n in calibrations for n in names)
+        table = {n: options(matrices[n], configs[n], calibrations[n] if measured else None) for n in names}
+        chosen = allocate(codec, table, budget, sum(matrices[n].size for n in names))
+        for name in names:
+            out[name] = resolved(configs[name], chosen[name])
+    return out
+
+
+def allocate(codec: str, options: dict[str, list], budget: float, num_weights: int) -> dict[str, int]:
+    """One choice per layer from ``options`` ({layer: [(choice, bits, distortion), ...] fewest bits first}):
+    the least total distortion with at most ``budget * num_weights`` bits.
+
+    A Lagrangian sweep picks the least ``distortion + lambda * bits`` per layer for the smallest lambda that
+    fits, then the bits left are spent greedily on the upgrade saving the most distortion per bit.
+    """
+    budget_bits = budget * num_weights
+    smallest = sum(opts[0][1] for opts in options.values())
+    if smallest > budget_bits:
+        raise CodecError(
+            f"{codec}: a budget of {budget:g} bits/weight is below the smallest coding of these {len(options)} "
+            f"layer(s), {smallest / num_weights:.3f} bits/weight (overheads included)"
+        )
+
+    def pick(lam: float) -> dict[str, int]:
+        return {n: min(range(len(o)), key=lambda i: (o[i][2] + lam * o[i][1], o[i][1])) for n, o in options.items()}
+
+    def bits(choice: dict[str, int]) -> int:
+        return sum(options[n][i][1] for n, i in choice.items())
+
+    lo, hi = 0.0, 1.0  # lam = 0: best distortion regardless of bits; raise hi until the choice fits
+    while bits(pick(hi)) > budget_bits:
+        hi *= 4
+    if bits(pick(lo)) <= budget_bits:
+        hi = lo
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if bits(pick(mid)) <= budget_bits else (mid, hi)
+    choice = pick(hi)
+    spare = budget_bits - bits(choice)
+    while True:  # spend what is left on the upgrade saving the most distortion per bit
+        best = None
+        for n, o in options.items():
+            for i in range(len(o)):
+                extra, saved = o[i][1] - o[choice[n]][1], o[choice[n]][2] - o[i][2]
+                if 0 < extra <= spare and saved > 0 and (best is None or saved / extra > best[0]):
+                    best = saved / extra, n, i
+        if best is None:
+            break
+        _, n, i = best
+        spare -= options[n][i][1] - options[n][choice[n]][1]
+        choice[n] = i
+    return {n: options[n][i][0] for n, i in choice.items()}
