@@ -18,6 +18,7 @@ recorded config reproduces it exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -150,7 +151,7 @@ def report(enc: Encoded) -> dict[str, int | float]:
 # --- mixed precision ---------------------------------------------------------------------------------------------------
 
 
-def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config]) -> dict[str, Config]:
+def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config]) -> dict[str, Config]:
     """Per-layer levels for every layer given a budget; layers with fixed levels are kept as they are.
 
     Layers sharing one ``bits_per_weight`` are planned together: for each, every
@@ -165,8 +166,11 @@ def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config]) -> dict[st
     budgets = sorted({c.bits_per_weight for c in configs.values() if not c.fixed_levels})
     for budget in budgets:
         names = [n for n, c in configs.items() if not c.fixed_levels and c.bits_per_weight == budget]
-        options = {name: _options(matrices[name], configs[name]) for name in names}
-        chosen = _allocate(options, budget, sum(matrices[n].size for n in names))
+        options, num_weights = {}, 0
+        for name in names:  # each matrix read once: ``matrices`` may read them from a file one at a time
+            matrix = matrices[name]
+            options[name], num_weights = _options(matrix, configs[name]), num_weights + matrix.size
+        chosen = _allocate(options, budget, num_weights)
         for name in names:
             out[name] = replace(configs[name], levels=chosen[name], bits_per_weight=0.0)
     return out
