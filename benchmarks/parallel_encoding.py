@@ -18,8 +18,6 @@ import statistics
 import time
 from pathlib import Path
 
-import onnx
-
 from bie_compiler import codecs, external_data
 from bie_compiler.codecs.parallel import encode_many
 from bie_compiler.codecs.layout import codec_matrix
