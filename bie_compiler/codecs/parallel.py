@@ -45,7 +45,7 @@ def encode_many(tasks: Mapping[str, tuple], jobs: int | None = 1, started: Calla
     codec's error names the weight. A task's matrix may be a :class:`~.stored.StoredMatrix`, read by the
     process that encodes it. Each task is read when its turn comes, and at most ``jobs`` are handed out and
     not finished: with a :class:`~.stored.LazyMapping`, the matrices in memory are bounded by that."""
-    if ray is not None:
+    if ray is not None and tasks:
         from .ray_workers import RayWorkers
 
         with RayWorkers(ray) as workers:
