@@ -25,7 +25,12 @@ demo: models
 	$(BIN)/bie-compiler check $(DEMO_OUT) --batch 4
 	$(BIN)/bie-compiler inspect $(DEMO_OUT)
 
-test: $(STAMP)
+# the ray extra only for the whole suite: its one test file (tests/test_ray_encoding.py) is marked slow
+$(VENV)/.ray-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
+	touch $@
+
+test: $(VENV)/.ray-installed
 	$(PYTEST)
 
 test-fast: $(STAMP)  # everything but the whole-model compiles and runs (tests marked slow)

@@ -1,35 +1,43 @@
-"""Encoding time of a model's layers on 1 worker and on N, and that the bytes are the same.
+"""Encoding time of a model's layers on 1 worker, on N processes and on a Ray cluster, and that the bytes are the same.
 
-    python benchmarks/parallel_encoding.py [--codec tans] [--jobs 2] [--model models/encoder.onnx]
+    python benchmarks/parallel_encoding.py [--codec tans] [--jobs 2] [--model models/encoder.onnx] \
+        [--ray local] [--repeat 3]
 
 Encodes every MatMul/Gemm weight of the model (default: the MiniLM-shaped encoder, written if missing)
-with the codec's defaults, once serially and once in ``--jobs`` processes (worker start-up included),
-and prints both wall times, their ratio and whether every encoding hashes the same.
+with the codec's defaults, serially, in ``--jobs`` processes (worker start-up included) and, with ``--ray
+ADDRESS``, on that Ray cluster (connected once, before the timings: "local" starts one here), the modes
+interleaved ``--repeat`` times; prints each mode's median wall time, its ratio to one worker, and whether
+every encoding hashes the same. Weights in external data files are read by the process encoding them
+(as ``compile`` does), the others passed in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
-import onnx
-from onnx import numpy_helper
-
-from bie_compiler import codecs
+from bie_compiler import codecs, external_data
 from bie_compiler.codecs.parallel import encode_many
+from bie_compiler.codecs.layout import codec_matrix
+from bie_compiler.codecs.stored import StoredMatrix
 from bie_compiler.models import write_all
 
 
-def matmul_weights(model: onnx.ModelProto) -> dict:
+def matmul_matrices(path: Path) -> dict:
+    """Each MatMul/Gemm weight's [N, K] matrix, or its :class:`StoredMatrix` if it lies in a data file."""
+    model = external_data.load(path)
     inits = {i.name: i for i in model.graph.initializer}
-    weights = {}
+    matrices = {}
     for node in model.graph.node:
         if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            w = numpy_helper.to_array(inits[node.input[1]])
+            tensor = inits[node.input[1]]
             transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-            weights[node.input[1]] = w if transposed else w.T.copy()
-    return weights
+            stored = external_data.stored_weight(tensor)
+            matrices[tensor.name] = StoredMatrix(stored, "matmul", transposed) if stored is not None else \
+                codec_matrix(external_data.tensor_array(tensor), "matmul", transposed)
+    return matrices
 
 
 def main() -> None:
@@ -37,20 +45,34 @@ def main() -> None:
     parser.add_argument("--codec", default="tans")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--ray", default=None, metavar="ADDRESS", help="also on this Ray cluster ('local': a new one)")
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     path = args.model or write_all("out/models", ["encoder"])[0]
-    weights = matmul_weights(onnx.load(str(path)))
+    matrices = matmul_matrices(path)
     config = codecs.make_config(args.codec, {})
-    tasks = {name: (args.codec, w, config, None) for name, w in weights.items()}
-    times, hashes = {}, {}
-    for jobs in (1, args.jobs):
-        start = time.perf_counter()
-        hashes[jobs] = {n: e.sha256() for n, e in encode_many(tasks, jobs).items()}
-        times[jobs] = time.perf_counter() - start
-    total = sum(w.size for w in weights.values())
-    print(f"{path.name}: {len(weights)} layers, {total / 1e6:.1f}M weights, codec {args.codec}")
-    print(f"1 worker {times[1]:.2f} s; {args.jobs} workers {times[args.jobs]:.2f} s; "
-          f"ratio {times[args.jobs] / times[1]:.2f}; bytes identical: {hashes[1] == hashes[args.jobs]}")
+    tasks = {name: (args.codec, m, config, None) for name, m in matrices.items()}
+    modes = {"1 worker": dict(jobs=1), f"{args.jobs} processes": dict(jobs=args.jobs)}
+    if args.ray:
+        import ray
+
+        ray.init(address=args.ray, include_dashboard=False, log_to_driver=False, logging_level="error")
+        modes[f"ray, {args.jobs} workers"] = dict(jobs=args.jobs, ray="auto")
+    times, hashes = {mode: [] for mode in modes}, {}
+    for _ in range(args.repeat):
+        for mode, how in modes.items():
+            start = time.perf_counter()
+            hashes[mode] = {n: e.sha256() for n, e in encode_many(tasks, **how).items()}
+            times[mode].append(time.perf_counter() - start)
+    total = sum(m.weight.shape[0] * m.weight.shape[1] if isinstance(m, StoredMatrix) else m.size
+                for m in matrices.values())
+    print(f"{path.name}: {len(matrices)} layers, {total / 1e6:.1f}M weights, codec {args.codec}, "
+          f"median of {args.repeat}")
+    one = statistics.median(times["1 worker"])
+    for mode, seconds in times.items():
+        print(f"{mode}: {statistics.median(seconds):.2f} s (ratio {statistics.median(seconds) / one:.2f}; "
+              f"runs {', '.join(f'{s:.1f}' for s in seconds)})")
+    print(f"bytes identical: {all(h == hashes['1 worker'] for h in hashes.values())}")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=None,
                    help="processes encoding layers at once (default: every core for models of 2M weights or more, "
                         "else 1); the artefact's bytes do not depend on it")
+    c.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="encode the layers on the Ray cluster at ADDRESS ('auto', HOST:6379, ray://HOST:10001, or "
+                        "'local' for a new one here; the ray extra), --jobs at once (default: one per cluster CPU); "
+                        "the same bytes")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     c.add_argument("--verbose", action="store_true", help="also show TVM's own log (its warnings are hidden by default)")
 
@@ -173,7 +177,7 @@ def _compile(args) -> int:
             overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
             input_shapes=shapes.input_shapes, dims=shapes.dims, act_order=args.act_order,
             progress=_timing_only if args.quiet and args.timing else None if args.quiet else print_progress,
-            timing=args.timing, jobs=args.jobs,
+            timing=args.timing, jobs=args.jobs, ray=args.ray,
         )
     from .runtime.artefact import manifest_sha256, read_manifest
 

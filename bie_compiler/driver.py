@@ -84,6 +84,7 @@ def compile_model(
     progress=print_progress,
     timing: bool = False,
     jobs: int | None = None,
+    ray: str | None = None,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
 
@@ -97,7 +98,8 @@ def compile_model(
     ``damping``, ``act_order``); without it, rounding is data-free. ``input_shapes`` (input
     name -> sizes) and ``dims`` (symbolic dimension -> size, wherever it appears) fix input
     sizes at import; the others stay symbolic. ``progress`` receives a ``progress.Event`` per
-    step (None: silent); ``timing`` reports each TVM pass's time through it (stage "timing").
+    step (None: silent); ``timing`` reports each TVM pass's time through it (stage "timing"). ``jobs``: processes
+    encoding layers at once; ``ray``: the address of a Ray cluster encoding them instead (the same bytes).
     """
     report = Reporter(progress)
     options = {k: v for k, v in (options or {}).items() if v is not None}
@@ -115,11 +117,11 @@ def compile_model(
 
     instruments = [PassTimingInstrument()] if timing else []
     with tvm.transform.PassContext(instruments=instruments):
-        plan, offload = _plan(imported, policy, tvm_target, calibration, damping, act_order, report, jobs)
+        plan, offload = _plan(imported, policy, tvm_target, calibration, damping, act_order, report, jobs, ray)
         mod = encode(imported.mod, plan, offload)
         # the dense weights (the bulk of a large model) are in the imported module and the plan's weight uses:
         # dropped before the build, which needs only the encoded module
-        imported = replace(imported, mod=None, constant_names={})
+        imported = replace(imported, mod=None, constant_names={}, stored={})
         plan = replace(plan, names={}, uses={}, encoded={})
         report("build", "building for " + ", ".join(f"{k}={v}" for k, v in describe(tvm_target).items()))
         built = BUILDERS[tvm_target.kind.name](mod, tvm_target)
@@ -127,7 +129,7 @@ def compile_model(
             report("timing", f"pass timing:\n{instruments[0].render()}")
     manifest = _manifest(model, imported, shapes, policy, tvm_target, plan, offload, mod, built,
                          calibration, damping, act_order)
-    files = {**built.files, WEIGHTS: weights_file.pack(built.weights.tensors, built.weights.tans)}
+    files = {**built.files, WEIGHTS: lambda f: weights_file.write(f, built.weights.tensors, built.weights.tans)}
     out = write_artefact(output_dir, built.executable, manifest, files, source=source_path)
     report("write", f"wrote {out}")
     return out
@@ -146,7 +148,8 @@ def _check_calibration(calibration, damping: float | None, act_order: bool) -> f
 
 
 def _plan(imported: ImportedModel, policy: EncodingPolicy, target: tvm.target.Target, calibration,
-          damping: float, act_order: bool, report: Reporter, jobs: int | None) -> tuple[EncodingPlan, OffloadPlan]:
+          damping: float, act_order: bool, report: Reporter, jobs: int | None,
+          ray: str | None) -> tuple[EncodingPlan, OffloadPlan]:
     """Every weight's encoding and, on bitvert, the offloaded layers; calibration runs onnxruntime here."""
 
     def calibrations(names: list[str], sensitive: bool) -> dict:
@@ -161,7 +164,7 @@ def _plan(imported: ImportedModel, policy: EncodingPolicy, target: tvm.target.Ta
 
     report("plan", f"encoding weights with {policy.codec} {policy.options or ''}".rstrip())
     plan = plan_encoding(imported.mod, imported.constant_names, policy, target,
-                         calibrations if calibration is not None else None, report, jobs)
+                         calibrations if calibration is not None else None, report, jobs, imported.stored, ray)
     return plan, plan_offload(plan, scales, report)
 
 

@@ -9,6 +9,7 @@ its data beside it (:func:`session`); nothing passes the weights through protobu
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -19,12 +20,15 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
+from .codecs.stored import StoredWeight
 from .errors import ModelError
 
 # external tensors below this many bytes, or not floating point, are read into the proto at load: the frontend's
 # folds and TVM's importer need the values of shapes and indices, and holding them costs nothing
 KEPT_EXTERNAL_BYTES = 1 << 16
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+_NUMPY_FLOATS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+                 onnx.TensorProto.DOUBLE: "float64"}  # the raw forms numpy reads as they are
 
 
 def _location(tensor: onnx.TensorProto) -> str:
@@ -78,33 +82,68 @@ def _stored_bytes(tensor: onnx.TensorProto) -> int:
     return data.stat().st_size - int(info.offset or 0) if data.is_file() else 0
 
 
-def _read_bytes(tensor: onnx.TensorProto) -> bytes:
-    """The bytes of an external tensor (absolute location); ModelError if its file is missing or short."""
+def _extent(tensor: onnx.TensorProto, nbytes: int | None = None) -> tuple[int, int]:
+    """(offset, length) of an external tensor's bytes (``nbytes`` of them if given, else as its entry says);
+    ModelError if its file is missing or too short."""
     info = ExternalDataInfo(tensor)
     offset = int(info.offset or 0)
     try:
-        with open(info.location, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            length = int(info.length) if info.length else size - offset
-            if offset < 0 or length < 0 or offset + length > size:
-                raise ModelError(f"{info.location}: external data of tensor {tensor.name!r} "
-                                 f"(bytes {offset}..{offset + length}) lies past the end of the file ({size} bytes)")
-            f.seek(offset)
-            return f.read(length)
+        size = os.stat(info.location).st_size
     except FileNotFoundError:
         raise ModelError(f"{info.location}: external data file of tensor {tensor.name!r} is missing") from None
+    length = nbytes if nbytes is not None else int(info.length) if info.length else size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ModelError(f"{info.location}: external data of tensor {tensor.name!r} "
+                         f"(bytes {offset}..{offset + length}) lies past the end of the file ({size} bytes)")
+    return offset, length
+
+
+def _read_bytes(tensor: onnx.TensorProto) -> bytes:
+    """The bytes of an external tensor (absolute location); ModelError if its file is missing or short."""
+    offset, length = _extent(tensor)
+    with open(ExternalDataInfo(tensor).location, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 
 def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
     """The tensor's values, read from its data file if it has one (one tensor in memory, not the model)."""
     if not uses_external_data(tensor):
         return numpy_helper.to_array(tensor)
+    stored = stored_weight(tensor)
+    if stored is not None:  # read straight into the array
+        _extent(tensor, math.prod(stored.shape) * np.dtype(stored.dtype).itemsize)
+        return stored.array()
     inline = onnx.TensorProto()
     inline.CopyFrom(tensor)
     del inline.external_data[:]
     inline.data_location = onnx.TensorProto.DEFAULT
     inline.raw_data = _read_bytes(tensor)
     return numpy_helper.to_array(inline)
+
+
+def stored_weight(tensor: onnx.TensorProto) -> StoredWeight | None:
+    """Where a float tensor left in its data file (by :func:`load`) lies, for reading it where it is needed;
+    None for one read in at load (or of a type numpy has no dtype for)."""
+    if not uses_external_data(tensor) or tensor.data_type not in _NUMPY_FLOATS:
+        return None
+    info = ExternalDataInfo(tensor)
+    return StoredWeight(info.location, int(info.offset or 0), _NUMPY_FLOATS[tensor.data_type], tuple(tensor.dims))
+
+
+def mapped_array(weight: StoredWeight, maps: dict[str, np.memmap]) -> np.ndarray:
+    """``weight``'s values as a view of a copy-on-write memory map of its file (``maps``: the files mapped so far,
+    shared by their tensors): no page is read until a value is, so the model's weights cost no memory until
+    a constant that stays dense in the artefact is built; ModelError if the file is too short."""
+    if weight.path not in maps:
+        maps[weight.path] = np.memmap(weight.path, np.uint8, mode="c")
+    data = maps[weight.path]
+    dtype = np.dtype(weight.dtype).newbyteorder("<")
+    nbytes = math.prod(weight.shape) * dtype.itemsize
+    if weight.offset + nbytes > data.size:
+        raise ModelError(f"{weight.path}: external data (bytes {weight.offset}..{weight.offset + nbytes}) lies past "
+                         f"the end of the file ({data.size} bytes)")
+    return data[weight.offset: weight.offset + nbytes].view(dtype).reshape(weight.shape)
 
 
 def data_files(model: onnx.ModelProto) -> list[str]:

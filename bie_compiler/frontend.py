@@ -53,6 +53,7 @@ class ImportedModel:
     constant_names: dict  # the Relax constant bound for an initializer -> its name (by object identity)
     consumers: dict[str, list[tuple[str, str, int]]]  # initializer -> (node name, op, input position) reading it
     dequantized: dict[str, dict]  # float weight -> the integer initializer the source dequantizes it from
+    stored: dict  # initializer left in its data file -> its codecs.stored.StoredWeight (read where it is needed)
 
     def weight_name(self, constant) -> str | None:
         """The initializer name of a constant found in the IR; None for one the importer made itself."""
@@ -130,15 +131,19 @@ def check_supported(model: onnx.ModelProto, label: str) -> None:
 
 def check_finite(model: onnx.ModelProto, label: str) -> None:
     for init in model.graph.initializer:  # one at a time: an external weight is read, checked and dropped
-        try:
-            a = external_data.tensor_array(init)
-        except ModelError:
-            raise
-        except Exception as e:  # raw_data that does not match dims and dtype, unknown dtypes, external data
-            raise ModelError(f"{label}: initializer {init.name!r} cannot be read: {str(e).strip()[:200]}") from None
-        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-            bad = int(np.count_nonzero(~np.isfinite(a)))
-            raise ModelError(f"{label}: initializer {init.name!r} has {bad} NaN/Inf value(s)")
+        _check_finite_tensor(init, label)
+
+
+def _check_finite_tensor(init: onnx.TensorProto, label: str) -> None:
+    try:
+        a = external_data.tensor_array(init)
+    except ModelError:
+        raise
+    except Exception as e:  # raw_data that does not match dims and dtype, unknown dtypes, external data
+        raise ModelError(f"{label}: initializer {init.name!r} cannot be read: {str(e).strip()[:200]}") from None
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        raise ModelError(f"{label}: initializer {init.name!r} has {bad} NaN/Inf value(s)")
 
 
 def value_info(values) -> list[dict]:
@@ -262,11 +267,11 @@ def import_model(source: str | Path | onnx.ModelProto, shapes=None) -> ImportedM
         failure = f"{label}: TVM's ONNX importer failed: {type(e).__name__}: {str(e).strip()[:500]}"
     if failure:
         raise ModelError(failure + _import_hint(model, failure))
-    mod, constant_names = bind_weights(mod, model)
+    mod, constant_names, stored = bind_weights(mod, model)
     weights = {i.name: TensorSpec.of(i) for i in model.graph.initializer}
     dequantized = {i.name: source for i in model.graph.initializer if (source := provenance(i))}
     return ImportedModel(mod, model, weights, model_inputs(model), value_info(model.graph.output), constant_names,
-                         weight_consumers(model), dequantized)
+                         weight_consumers(model), dequantized, stored)
 
 
 def _external_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -306,12 +311,16 @@ def _import_hint(model: onnx.ModelProto, failure: str) -> str:
 
 
 def bind_weights(mod, model: onnx.ModelProto):
-    """Bind the imported function's weight parameters to constants, one per initializer, read one at a time.
+    """Bind the imported function's weight parameters to constants, one per initializer; returns the module,
+    the constants' names and where the weights left in data files lie (``external_data.stored_weight``).
 
     Each initializer gets its own constant object, so weights are known by their ONNX names even when two
     initializers hold identical bytes (tied or duplicated weights stay distinct layers). The initializers
-    :func:`_importer_form` made inputs are the last inputs of ``main``; they are bound too.
+    :func:`_importer_form` made inputs are the last inputs of ``main``; they are bound too, to a memory map of
+    their data file where TVM can take one (64-byte aligned): nothing of them is read until a weight that stays
+    dense is built (the encoding reads them from the file), so the large weights cost no memory at import.
     """
+    import tvm
     from tvm import relax
 
     mod, _ = relax.frontend.detach_params(mod)
@@ -321,11 +330,19 @@ def bind_weights(mod, model: onnx.ModelProto):
     by_name = {i.name: i for i in model.graph.initializer}
     tensors = [(p, by_name[p.name]) for p in main.params[int(main.attrs["num_input"]):]]
     tensors += list(zip(main.params[num_input:num_input + len(external)], external))
-    constants, names = {}, {}
-    for param, tensor in tensors:  # each array dropped once TVM holds its copy
-        constants[param] = constant = relax.const(external_data.tensor_array(tensor))
+    constants, names, stored, maps = {}, {}, {}, {}
+    for param, tensor in tensors:  # a copied array is dropped once TVM holds its copy
+        weight = external_data.stored_weight(tensor)
+        mapped = external_data.mapped_array(weight, maps) if weight is not None else None
+        if weight is not None:
+            stored[tensor.name] = weight
+        if mapped is not None and mapped.ctypes.data % 64 == 0:
+            value = tvm.runtime.from_dlpack(mapped)
+        else:  # in the proto, or at a data file offset TVM cannot take as it is: a copy
+            value = external_data.tensor_array(tensor)
+        constants[param] = constant = relax.const(value)
         names[constant] = tensor.name
     mod = relax.transform.BindParams("main", constants)(mod)
     if external:
         mod["main"] = mod["main"].with_attr("num_input", num_input)
-    return mod, names
+    return mod, names, stored

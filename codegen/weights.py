@@ -79,7 +79,7 @@ def split_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, Weights]:
     mod = LiftConstants()(mod)
     if LIFTED_ATTR not in (mod.attrs or {}):
         return mod, Weights()  # no main: a library of functions, its constants stay in the code
-    arrays = [c.value.numpy() for c in lifted_constants(mod)]
+    arrays = [np.from_dlpack(c.value) for c in lifted_constants(mod)]  # views: the weights are not copied
     mod = mod.without_attr(LIFTED_ATTR)
     readers: dict[int, str] = {}
     streams: dict[tuple[int, int, int], dict] = {}

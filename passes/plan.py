@@ -15,6 +15,7 @@ import tvm
 
 from bie_compiler import codecs, codegen
 from bie_compiler.codecs import Encoded, parallel
+from bie_compiler.codecs.stored import LazyMapping, StoredWeight
 from bie_compiler.progress import Reporter
 from bie_compiler.report import LayerRecord
 
@@ -36,15 +37,20 @@ class EncodingPlan:
 
 def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, target: tvm.target.Target,
                   calibrations: Callable[[list[str]], dict] | None = None, report: Reporter = Reporter(),
-                  jobs: int | None = None) -> EncodingPlan:
+                  jobs: int | None = None, stored: Mapping[str, StoredWeight] | None = None,
+                  ray: str | None = None) -> EncodingPlan:
     """The plan for ``mod`` whose weight constants are named by ``names``.
 
     ``calibrations(weight names, sensitive) -> {name: codecs.feedback.Calibration}``: the layers' calibration
     statistics (``sensitive``: with each layer's measured sensitivity, which a bits budget's split needs);
     given, codecs that take them round with error feedback and budgets are split by sensitivity. ``report``: the compile's progress.
     ``jobs``: processes encoding layers at once (None: every core when the model is large enough to pay,
-    :mod:`bie_compiler.codecs.parallel`); the bytes are the same whatever it is."""
+    :mod:`bie_compiler.codecs.parallel`); the bytes are the same whatever it is. ``stored``: the weights read
+    from their data files rather than from their constants (by name), one at a time, by the process encoding them.
+    ``ray``: the address of a Ray cluster that encodes the layers (``jobs`` at once; None: one per cluster CPU)."""
     found, names = collect_weight_uses(mod, names)
+    for use in found:
+        use.stored = (stored or {}).get(use.name)
     uses = {u.name: u for u in found}
     choices = {u.name: policy.choose(u.name, u.size) for u in found}
     reasons = {u.name: _fallback(u, *choices[u.name], target) for u in found}
@@ -55,9 +61,9 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     configs = _configs(eligible, choices, statistics, report)
     records, encoded = [], {}
     position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
-    tasks = parallel.LazyTasks(eligible, lambda name: (choices[name][0], uses[name].matrix(), configs[name],
-                                                       statistics.get(name)))
-    if jobs is None:
+    tasks = LazyMapping(eligible, lambda name: (choices[name][0], uses[name].task_matrix(), configs[name],
+                                                statistics.get(name)))
+    if jobs is None and ray is None:
         jobs = parallel.default_jobs(sum(u.size for u in eligible.values()))
 
     def started(name: str) -> None:
@@ -65,7 +71,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
         report("encode", f"encoding {name} {list(uses[name].shape)} with {choices[name][0]}{how}",
                position[name], len(eligible))
 
-    encodings = parallel.encode_many(tasks, jobs, started)
+    encodings = parallel.encode_many(tasks, jobs, started, ray)
     for use in found:
         record = LayerRecord(name=use.name, op=use.op, shape=list(use.shape), codec="dense",
                              bytes_dense=int(use.nbytes), bytes_encoded=int(use.nbytes),
@@ -106,13 +112,14 @@ def _fallback(use: WeightUse, codec: str | None, config, target: tvm.target.Targ
 
 def _configs(eligible: dict[str, WeightUse], choices, statistics: dict, report: Reporter) -> dict[str, object]:
     """Per-layer configs; codecs with a ``plan(matrices, configs, calibrations)`` hook decide over all their
-    layers at once."""
+    layers at once (reading each matrix as they come to it: a large model's weights are not all in memory at once)."""
     configs = {name: choices[name][1] for name in eligible}
     for codec in sorted({choices[name][0] for name in eligible}):
         module = codecs.get_codec(codec)
         names = [n for n in eligible if choices[n][0] == codec]
         if hasattr(module, "plan"):
             report("plan", f"planning {len(names)} {codec} layer(s) over the whole model")
-            configs.update(module.plan({n: eligible[n].matrix() for n in names}, {n: configs[n] for n in names},
+            matrices = LazyMapping(names, lambda n: eligible[n].matrix())  # one at a time
+            configs.update(module.plan(matrices, {n: configs[n] for n in names},
                                        {n: statistics[n] for n in names if n in statistics}))
     return configs

@@ -23,6 +23,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from bie_compiler.codecs.layout import codec_matrix
+from bie_compiler.codecs.stored import StoredMatrix, StoredWeight
 from bie_compiler.codegen import ConvSpec
 
 _X, _W = wildcard(), is_const()
@@ -40,6 +41,7 @@ class WeightUse:
     transposed: bool = False  # matmul whose ONNX weight is [N, K] (Gemm transB=1)
     conv: ConvSpec | None = None  # of a conv in NCHW/OIHW layout
     unsupported: str | None = None  # why no codec can take it, on any target
+    stored: StoredWeight | None = None  # where its values lie in a data file, read from there (external data)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -67,12 +69,17 @@ class WeightUse:
         return self.shape[0] if self.op == "conv2d" or self.transposed else self.shape[1]
 
     def weight(self) -> np.ndarray:
-        """The weight's values in its ONNX layout (a copy: a large model holds each weight once, in its constant)."""
-        return self.value.numpy()
+        """The weight's values in its ONNX layout (a copy: a large model holds each weight once, in its constant
+        or its data file)."""
+        return self.stored.array() if self.stored is not None else self.value.numpy()
 
     def matrix(self) -> np.ndarray:
         """The weight as codecs take it, [N, K] (``codecs.layout``)."""
         return codec_matrix(self.weight(), self.op, self.transposed)
+
+    def task_matrix(self) -> np.ndarray | StoredMatrix:
+        """:meth:`matrix` as an encoding task takes it: a stored weight is read by the process encoding it."""
+        return StoredMatrix(self.stored, self.op, self.transposed) if self.stored is not None else self.matrix()
 
 
 @dataclass

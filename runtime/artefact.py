@@ -27,6 +27,7 @@ import re
 import shutil
 import stat
 import tempfile
+from typing import BinaryIO, Callable
 from pathlib import Path
 
 from bie_compiler.errors import ArtefactError, OptionError
@@ -131,9 +132,11 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(b))
 
 
-def write_artefact(out_dir: str | Path, executable, manifest: dict, extra_files: dict[str, str | bytes] | None = None,
+def write_artefact(out_dir: str | Path, executable, manifest: dict,
+                   extra_files: dict[str, str | bytes | Callable[[BinaryIO], None]] | None = None,
                    source: str | os.PathLike | None = None) -> Path:
-    """Export the executable, ``extra_files`` (name -> text or bytes) and the manifest into ``out_dir``, atomically
+    """Export the executable, ``extra_files`` (name -> text, bytes, or a function writing the file's bytes to the
+    binary file it is given: a large file is not held in memory) and the manifest into ``out_dir``, atomically
     replacing an older artefact (see :func:`output_folder` for what is refused). Every file is listed in the
     manifest with its sha256."""
     out = output_folder(out_dir, source)
@@ -154,8 +157,11 @@ def write_artefact(out_dir: str | Path, executable, manifest: dict, extra_files:
             try:
                 if isinstance(content, bytes):
                     (staging / name).write_bytes(content)
-                else:
+                elif isinstance(content, str):
                     (staging / name).write_text(content)
+                else:
+                    with open(staging / name, "wb") as f:
+                        content(f)
             except OSError as e:  # a full disk
                 raise ArtefactError(f"-o {out}: writing {name} failed ({e.strerror})") from None
         files = [LIBRARY, *(extra_files or {})]

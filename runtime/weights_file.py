@@ -13,8 +13,10 @@ data can be validated without executing any of its code.
 
 from __future__ import annotations
 
+import io
 import json
 import struct
+from typing import BinaryIO
 
 import numpy as np
 
@@ -32,8 +34,9 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def pack(tensors: list[tuple[str, np.ndarray]], tans: list[dict] | None = None) -> bytes:
-    """The file's bytes for ``tensors`` (name, array), in order, and the tANS stream descriptions."""
+def write(file: BinaryIO, tensors: list[tuple[str, np.ndarray]], tans: list[dict] | None = None) -> None:
+    """Write the file for ``tensors`` (name, array), in order, and the tANS stream descriptions to ``file``, one
+    tensor after another (a large model's weights are not copied into one buffer)."""
     entries, offset = [], 0
     tensors = [(name, np.asarray(a, order="C")) for name, a in tensors]  # ascontiguousarray would make 0-d 1-d
     for name, a in tensors:
@@ -42,14 +45,20 @@ def pack(tensors: list[tuple[str, np.ndarray]], tans: list[dict] | None = None) 
         offset = _aligned(offset + a.nbytes)
     header = json.dumps({"tensors": entries, "tans": tans or []}, sort_keys=True).encode()
     start = _aligned(len(MAGIC) + 8 + len(header))
-    out = bytearray(start + offset)
-    out[: len(MAGIC)] = MAGIC
-    out[len(MAGIC): len(MAGIC) + 8] = struct.pack("<Q", len(header))
-    out[len(MAGIC) + 8: len(MAGIC) + 8 + len(header)] = header
+    file.write(MAGIC + struct.pack("<Q", len(header)) + header)
+    written = len(MAGIC) + 8 + len(header)
     for entry, (_, array) in zip(entries, tensors):
-        at = start + entry["offset"]
-        out[at: at + entry["nbytes"]] = array.tobytes()
-    return bytes(out)
+        file.write(bytes(start + entry["offset"] - written))  # zeros up to the tensor's aligned offset
+        file.write(memoryview(array.reshape(-1)).cast("B"))
+        written = start + entry["offset"] + entry["nbytes"]
+    file.write(bytes(start + offset - written))
+
+
+def pack(tensors: list[tuple[str, np.ndarray]], tans: list[dict] | None = None) -> bytes:
+    """The file's bytes (:func:`write`)."""
+    out = io.BytesIO()
+    write(out, tensors, tans)
+    return out.getvalue()
 
 
 def unpack(data: bytes, label: str = "weights.bin", expected: dict | None = None) -> list[np.ndarray]:

@@ -101,6 +101,17 @@ def test_mixed_precision_meets_the_budget_with_measured_sizes(budget):
             assert bits + extra > budget * total or extra <= 0
 
 
+def test_plan_reads_each_matrix_once_and_holds_none_of_them():
+    from bie_compiler.codecs.stored import LazyMapping
+
+    layers = {"a": weights(12, (64, 128)), "b": weights(13, (32, 256), 0.3)}
+    reads = []
+    lazy = LazyMapping(layers, lambda name: reads.append(name) or layers[name].copy())  # as a model's files are read
+    configs = {n: tans.Config(bits_per_weight=3.0) for n in layers}
+    assert tans.plan(lazy, configs) == tans.plan(layers, configs)
+    assert reads == ["a", "b"]
+
+
 def test_more_budget_means_less_distortion():
     layers = {"a": weights(8, (128, 256)), "b": weights(9, (128, 128), 0.2)}
 

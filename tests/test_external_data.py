@@ -57,6 +57,36 @@ def test_import_is_the_same_module_as_from_the_inline_file(model_dir, external_m
         {n: (w.shape, w.dtype, w.nbytes) for n, w in external.weights.items()}
 
 
+def _mapped_file(address: int) -> str | None:
+    """The file mapped at ``address`` in this process (/proc/self/maps), None for anonymous memory."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(a, 16) for a in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) == 6 else None
+    return None
+
+
+def test_large_weights_are_bound_as_maps_of_their_file_and_encoded_from_it(external_mlp):
+    imported = import_model(external_mlp)
+    data = str(external_mlp.with_suffix(".data"))
+    assert sorted(imported.stored) == ["fc1.weight", "fc2.weight"]
+    constants = {name: c for c, name in imported.constant_names.items()}
+    for name, weight in imported.stored.items():
+        values = np.from_dlpack(constants[name].value)  # a view of the constant's memory
+        assert _mapped_file(values.ctypes.data) == data, name  # the data file's pages: no copy in memory
+        assert np.array_equal(values, weight.array())
+    from bie_compiler.codecs.stored import StoredMatrix
+    from bie_compiler.passes import EncodingPolicy, plan_encoding
+    from bie_compiler.codegen.target import make_target
+
+    plan = plan_encoding(imported.mod, imported.constant_names, EncodingPolicy("int8"), make_target(), jobs=1,
+                         stored=imported.stored)
+    task = plan.uses["fc1.weight"].task_matrix()
+    assert isinstance(task, StoredMatrix)  # what a worker is sent: where to read, not the values
+    assert np.array_equal(task.load(), plan.uses["fc1.weight"].matrix())
+
+
 def test_session_reads_the_data_files_as_onnxruntime_does_from_the_path(external_mlp):
     x = {"x": np.random.default_rng(1).standard_normal((3, 256)).astype(np.float32)}
     by_path = ort.InferenceSession(str(external_mlp), providers=["CPUExecutionProvider"]).run(None, x)

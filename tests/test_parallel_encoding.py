@@ -36,3 +36,12 @@ def test_compile_with_jobs_writes_the_same_weights(model_dir, tmp_path):
     assert (one / "weights.bin").read_bytes() == (two / "weights.bin").read_bytes()
     with pytest.raises(OptionError, match="--jobs must be a positive integer"):
         compile_model(model_dir["transformer"], tmp_path / "zero", "tans", jobs=0, progress=None)
+
+
+def test_ray_without_the_extra_is_an_option_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as when it is not installed
+    tasks = {"w": ("int8", np.ones((4, 8), np.float32), codecs.make_config("int8", {}), None)}
+    with pytest.raises(OptionError, match=r"--ray needs Ray: pip install 'bie-compiler\[ray\]'"):
+        encode_many(tasks, ray="auto")

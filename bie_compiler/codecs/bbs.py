@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -419,7 +420,7 @@ def report(enc: Encoded) -> dict[str, int | float]:
     }
 
 
-def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config],
+def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
          calibrations: dict | None = None) -> dict[str, Config]:
     """Sensitive channels over the whole model: the top ``sensitive_fraction`` of all channels by scale
     (by the weights alone: ``calibrations`` are not used).

@@ -18,6 +18,7 @@ layer's measured sensitivity when there is calibration data).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -137,7 +138,7 @@ def decode(enc: Encoded) -> np.ndarray:
     return (signed * per_weight).astype(np.float32)
 
 
-def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config],
+def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
          calibrations: dict[str, feedback.Calibration] | None = None) -> dict[str, Config]:
     """Per-layer bits for the layers given a budget (:func:`.budget_split.plan`); the others kept as they are.
 

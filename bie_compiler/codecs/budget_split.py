@@ -6,6 +6,7 @@ Codecs' ``plan`` hooks measure, per layer, each precision they offer as (bits it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from ..errors import CodecError
 
 
-def plan(codec: str, matrices: dict[str, np.ndarray], configs: dict, calibrations: dict | None,
+def plan(codec: str, matrices: Mapping[str, np.ndarray], configs: dict, calibrations: dict | None,
          options: Callable[[np.ndarray, object, object], list], resolved: Callable[[object, int], object]) -> dict:
     """Per-layer configs: the layers whose config sets ``bits_per_weight`` split that budget, the others kept.
 
@@ -27,8 +28,11 @@ def plan(codec: str, matrices: dict[str, np.ndarray], configs: dict, calibration
     for budget in sorted({c.bits_per_weight for c in configs.values() if c.bits_per_weight}):
         names = [n for n, c in configs.items() if c.bits_per_weight == budget]
         measured = all(n in calibrations for n in names)
-        table = {n: options(matrices[n], configs[n], calibrations[n] if measured else None) for n in names}
-        chosen = allocate(codec, table, budget, sum(matrices[n].size for n in names))
+        table, num_weights = {}, 0
+        for n in names:  # each matrix read once: ``matrices`` may read them from a file one at a time
+            matrix = matrices[n]
+            table[n], num_weights = options(matrix, configs[n], calibrations[n] if measured else None), num_weights + matrix.size
+        chosen = allocate(codec, table, budget, num_weights)
         for name in names:
             out[name] = resolved(configs[name], chosen[name])
     return out

@@ -2,8 +2,9 @@
 
 Encoding is numpy work per layer with no shared state, so layers go to a pool of worker
 processes (``spawn``: a worker imports the codecs and numpy only, never TVM), each worker's
-BLAS held to one thread so the workers do not fight over the cores. The results come back
-in task order; a codec's error is raised as the serial path would raise it.
+BLAS held to one thread so the workers do not fight over the cores, or to the workers of a
+Ray cluster. The results come back in task order; a codec's error is raised as the serial
+path would raise it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Callable
 
 from ..errors import CodecError
 from . import encode
 from .base import Encoded
+from .stored import loaded
 
 # Below this many weights in all, starting the workers (about a second) costs more than it saves.
 PARALLEL_MIN_WEIGHTS = 1 << 21
@@ -35,44 +37,51 @@ def _one_thread() -> None:
     _LIMITS = threadpool_limits(1)
 
 
-class LazyTasks(Mapping):
-    """Tasks by name, each made (its matrix copied out) only when :func:`encode_many` reaches it."""
-
-    def __init__(self, names: Iterable[str], make: Callable[[str], tuple]):
-        self._names, self._make = list(names), make
-
-    def __getitem__(self, name: str) -> tuple:
-        if name not in self._names:
-            raise KeyError(name)
-        return self._make(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-def encode_many(tasks: Mapping[str, tuple], jobs: int = 1, started: Callable[[str], None] = lambda name: None
-                ) -> dict[str, Encoded]:
+def encode_many(tasks: Mapping[str, tuple], jobs: int | None = 1, started: Callable[[str], None] = lambda name: None,
+                ray: str | None = None) -> dict[str, Encoded]:
     """``encode(*task)`` for each weight name -> (codec, matrix, config, calibration), in ``jobs`` processes
-    when more than one; ``started(name)`` as each is handed out (serially) or collected (in parallel). A
-    codec's error names the weight. Each task is read when its turn comes, and at most ``jobs`` are handed
-    out and not yet collected: with :class:`LazyTasks`, the matrices in memory are bounded by that."""
-    if jobs <= 1 or len(tasks) <= 1:
-        return {name: _named(name, encode, tasks[name], started) for name in tasks}
+    when more than one, or on the Ray cluster at address ``ray`` (:mod:`.ray_workers`; ``jobs`` None: one task
+    per CPU of the cluster); ``started(name)`` as each is handed out (serially) or collected (in parallel). A
+    codec's error names the weight. A task's matrix may be a :class:`~.stored.StoredMatrix`, read by the
+    process that encodes it. Each task is read when its turn comes, and at most ``jobs`` are handed out and
+    not finished: with a :class:`~.stored.LazyMapping`, the matrices in memory are bounded by that."""
+    if ray is not None and tasks:
+        from .ray_workers import RayWorkers
+
+        with RayWorkers(ray) as workers:
+            return _in_parallel(workers.submit, tasks, jobs or workers.cpus, started)
+    if jobs is None or jobs <= 1 or len(tasks) <= 1:
+        return {name: _named(name, _encode, tasks[name], started) for name in tasks}
     context = multiprocessing.get_context("spawn")
-    results, pending = {}, deque()
     with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_one_thread) as pool:
-        for name in tasks:
-            pending.append((name, pool.submit(encode, *tasks[name])))
-            while len(pending) >= jobs:  # one per worker: the oldest collected before the next is made
-                done, future = pending.popleft()
-                results[done] = _named(done, future.result, (), started)
-        while pending:
-            done, future = pending.popleft()
-            results[done] = _named(done, future.result, (), started)
+        return _in_parallel(lambda *task: pool.submit(_encode, *task), tasks, jobs, started)
+
+
+def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs: int, started) -> dict[str, Encoded]:
+    """The tasks submitted as workers free up (``jobs`` running at most: a worker done with a small layer takes
+    the next while a large one still runs), the results collected in task order."""
+    results, queued, running = {}, deque(), set()
+
+    def collect() -> None:
+        nonlocal running
+        _, running = wait(running, return_when=FIRST_COMPLETED)
+        while queued and queued[0][1].done():
+            name, future = queued.popleft()
+            results[name] = _named(name, future.result, (), started)
+
+    for name in tasks:
+        while len(running) >= jobs:
+            collect()
+        future = submit(*tasks[name])
+        queued.append((name, future))
+        running.add(future)
+    while queued:
+        collect()
     return results
+
+
+def _encode(codec: str, matrix, config, calibration) -> Encoded:
+    return encode(codec, loaded(matrix), config, calibration)
 
 
 def _named(name: str, work, args: tuple, started) -> Encoded:

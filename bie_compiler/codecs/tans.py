@@ -19,6 +19,7 @@ recorded config reproduces it exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -152,7 +153,7 @@ def report(enc: Encoded) -> dict[str, int | float]:
 # --- mixed precision ---------------------------------------------------------------------------------------------------
 
 
-def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config],
+def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
          calibrations: dict[str, feedback.Calibration] | None = None) -> dict[str, Config]:
     """Per-layer levels for every layer given a budget; layers with fixed levels are kept as they are.
 

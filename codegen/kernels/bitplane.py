@@ -109,10 +109,11 @@ def weight_at(planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, top_bit
 
 def integer_codes(planes: np.ndarray, signs: np.ndarray, k: int, top_bit: int) -> np.ndarray:
     """The signed integer weights [N, K] (int8) the planes and signs hold."""
-    magnitude = np.zeros((planes.shape[1], k), np.int32)
-    for b, plane in enumerate(planes):
-        magnitude |= unpack_bits(plane, k).astype(np.int32) << (top_bit - b)
-    return np.where(unpack_bits(signs, k), -magnitude, magnitude).astype(np.int8)
+    magnitude = np.zeros((planes.shape[1], k), np.int8)  # at most 7 magnitude bits: int8 throughout, so a
+    for b, plane in enumerate(planes):  # large layer's temporaries are bytes, not words
+        magnitude |= unpack_bits(plane, k).view(np.int8) << np.int8(top_bit - b)
+    np.negative(magnitude, out=magnitude, where=unpack_bits(signs, k))
+    return magnitude
 
 
 def decoded_weight(planes: te.Tensor, signs: te.Tensor, scales: te.Tensor, *, top_bit: int, group: int):
