@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--override", action="append", default=[], metavar="PATTERN:K=V[,K=V]",
                    help="per-layer codec options, e.g. 'blocks.ffn.*:bits=8' or 'fc1.weight:codec=bie-binary' (repeatable)")
     _add_shape_options(c, compile_time=True)
+    c.add_argument("--preprocess", action="store_true",
+                   help="run onnxruntime's basic graph optimizations before import (constant folding, BatchNorm "
+                        "into Conv), for exports TVM cannot import as they are; prints what they changed")
     c.add_argument("--timing", action="store_true", help="print the time of each compiler pass (TVM's pass timing)")
     c.add_argument("--jobs", type=int, default=None,
                    help="processes encoding layers at once (default: every core for models of 2M weights or more, "
@@ -173,7 +176,7 @@ def _compile(args) -> int:
             overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
             input_shapes=shapes.input_shapes, dims=shapes.dims, act_order=args.act_order,
             progress=_timing_only if args.quiet and args.timing else None if args.quiet else print_progress,
-            timing=args.timing, jobs=args.jobs,
+            timing=args.timing, jobs=args.jobs, preprocess=args.preprocess,
         )
     from .runtime.artefact import manifest_sha256, read_manifest
 

@@ -125,7 +125,10 @@ def check_supported(model: onnx.ModelProto, label: str) -> None:
     bad = [n for n in model.graph.node if n.op_type not in known or n.domain not in ("", "ai.onnx")]
     if bad:
         listed = "; ".join(f"{n.name or '<unnamed>'} ({(n.domain + '.') if n.domain else ''}{n.op_type})" for n in bad)
-        raise ModelError(f"{label}: {len(bad)} node(s) use unsupported operators: {listed}")
+        constants = {i.name for i in model.graph.initializer}
+        hint = ("; they compute on constants only: compile --preprocess folds them"
+                if all(set(n.input) <= constants for n in bad) else "")
+        raise ModelError(f"{label}: {len(bad)} node(s) use unsupported operators: {listed}{hint}")
 
 
 def check_finite(model: onnx.ModelProto, label: str) -> None:

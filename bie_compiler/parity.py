@@ -25,6 +25,7 @@ from onnx import numpy_helper
 from . import codecs, external_data
 from .errors import ArtefactError, BieError, ModelError
 from .frontend import file_sha256, load_model
+from .preprocess import optimized
 from .model_identity import check_data_files
 from .codecs.layout import codec_matrix, onnx_layout
 from .report import LayerRecord
@@ -202,7 +203,7 @@ def source_model(manifest: dict, model_path=None) -> onnx.ModelProto:
     if file_sha256(path) != source["sha256"]:
         raise ModelError(f"{path}: not the model this artefact was compiled from (sha256 differs)")
     check_data_files(path, source)
-    return load_model(path)
+    return load_model(optimized(path) if manifest.get("preprocess") else path)
 
 
 MIN_COSINE = 0.95  # check's default fidelity floor: below it the codec changed the outputs too much to trust

@@ -69,6 +69,7 @@ MANIFEST = {
     "device_code?": {"source": NAME, "layer_kernels": MapOf([Pattern(r"\w{1,512}")])},
     "calibration?": {"path": str, "sha256": SHA256, "samples": int, "damping": float, "act_order": bool},
     "bitvert?": {"calibration": (str, NONE), "layers": [Pair(NAME, MapOf(MapOf((float, str))))]},
+    "preprocess?": Choice(("onnxruntime-basic",)),  # compile --preprocess: the graph optimizations run before import
 }
 
 
