@@ -302,7 +302,7 @@ def _print_report(manifest: dict) -> None:
     print(f"matmul and conv weights: {t['encoded_layers']}/{t['layers']} encoded, {t['bytes_dense']} -> "
           f"{t['bytes_encoded']} bytes ({t['bits_per_weight']} bits/weight, {t['compression']}x)")
     if m["bytes_source"] != m["bytes_dense"]:
-        print(f"the source model stores them as integers in {m['bytes_source']} bytes, and dequantizes them in its graph")
+        print(f"the source model stores them in {m['bytes_source']} bytes (integers or half floats it widens in its graph)")
     print(f"whole model: {m['weights']} weights, {m['bytes_dense']} -> {m['bytes_encoded']} bytes "
           f"({m['bits_per_weight']} bits/weight, {m['compression']}x); model.so {manifest['files']['model.so']['bytes']} "
           f"bytes, weights.bin {manifest['files']['weights.bin']['bytes']} bytes")
