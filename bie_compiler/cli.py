@@ -299,7 +299,8 @@ def _print_report(manifest: dict) -> None:
     if small:
         print(f"and {len(small)} small weight(s) (biases, norms) stored dense: {sum(o['bytes_dense'] for o in small)} bytes")
     t, m = manifest["totals"], manifest["model_totals"]
-    print(f"matmul and conv weights: {t['encoded_layers']}/{t['layers']} encoded, {t['bytes_dense']} -> "
+    kinds = "matmul, conv and gather" if any(r["op"] == "gather" for r in manifest["layers"]) else "matmul and conv"
+    print(f"{kinds} weights: {t['encoded_layers']}/{t['layers']} encoded, {t['bytes_dense']} -> "
           f"{t['bytes_encoded']} bytes ({t['bits_per_weight']} bits/weight, {t['compression']}x)")
     if m["bytes_source"] != m["bytes_dense"]:
         print(f"the source model stores them in {m['bytes_source']} bytes (integers or half floats it widens in its graph)")

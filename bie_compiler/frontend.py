@@ -326,7 +326,10 @@ def bind_weights(mod, model: onnx.ModelProto):
     tensors += list(zip(main.params[num_input:num_input + len(external)], external))
     constants, names = {}, {}
     for param, tensor in tensors:  # each array dropped once TVM holds its copy
-        constants[param] = constant = relax.const(external_data.tensor_array(tensor))
+        array = external_data.tensor_array(tensor)
+        # the dtype given: without it relax.const makes int64 arrays int32 (and float64 float32), and an int64
+        # initializer then meets the int64 values it is added to as int32 (MiniLM's attention mask)
+        constants[param] = constant = relax.const(array, str(array.dtype))
         names[constant] = tensor.name
     mod = relax.transform.BindParams("main", constants)(mod)
     if external:

@@ -44,12 +44,15 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     ``jobs``: processes encoding layers at once (None: every core when the model is large enough to pay,
     :mod:`bie_compiler.codecs.parallel`); the bytes are the same whatever it is."""
     found, names = collect_weight_uses(mod, names)
-    uses = {u.name: u for u in found}
     choices = {u.name: policy.choose(u.name, u.size) for u in found}
     reasons = {u.name: _fallback(u, *choices[u.name], target) for u in found}
+    # a table its codec has no gather kernel for stays what it was: one of the other weights, with its reason
+    found = [u for u in found if u.op != "gather" or reasons[u.name] is None]
+    uses = {u.name: u for u in found}
     eligible = {name: u for name, u in uses.items() if reasons[name] is None}
     configs = _configs(eligible, choices, report)
-    fed = [name for name in eligible if codecs.takes_calibration(choices[name][0])]
+    # error feedback needs a layer's inputs; a table's are indices: its rows are rounded to nearest
+    fed = [name for name, u in eligible.items() if codecs.takes_calibration(choices[name][0]) and u.op != "gather"]
     statistics = calibrations(fed) if calibrations and fed else {}
     records, encoded = [], {}
     position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
