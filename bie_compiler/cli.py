@@ -242,6 +242,8 @@ def _check(args) -> int:
             print(f"  (implied by INT8 activations and encoded weights: max rel {result['implied_max_rel_err']:.3e}  "
                   f"cosine {result['implied_cosine']:.6f})")
         print(f"vs {reference + ':':<22} max abs {result['decoded_max_abs_err']:.3e}  max rel {result['decoded_max_rel_err']:.3e}  (tolerance {result['tolerance']:.0e})")
+        if "device_layers" in result:
+            _print_device_layers(result["device_layers"])
         if not result["passed"]:
             print("FAILED: the artefact does not compute what its encodings define")
         elif not result["faithful"]:
@@ -251,6 +253,20 @@ def _check(args) -> int:
         else:
             print(f"PASSED (computes its encodings; cosine {result['cosine']:.4f} >= {result['min_cosine']})")
     return 1 if not result["passed"] else 3 if not result["faithful"] else 0
+
+
+def _print_device_layers(layers: list[dict]) -> None:
+    from .parity import DEFAULT_TOLERANCE, LAYER_TOLERANCE
+
+    worst = max((layer["device_rel_err"] for layer in layers), default=0.0)
+    print(f"device layers: {len(layers)} offloaded, each against its reference on its own inputs: max rel {worst:.3e} "
+          f"(tolerance {LAYER_TOLERANCE:.0e})")
+    first = next((i for i, layer in enumerate(layers) if layer["flips"]), None)
+    if first is not None:
+        agree = max(layer["input_rel_diff"] for layer in layers[:first + 1])
+        print(f"INT8 rounding flips from layer {layers[first]['layer']} on ({layers[first]['flips']} code(s) there, "
+              f"{sum(layer['flips'] for layer in layers)} in all): the layer inputs agree to max rel {agree:.3e} up to "
+              f"it (tolerance {DEFAULT_TOLERANCE:.0e}); past it the end-to-end difference is the flips'")
 
 
 def _save_outputs(path: str, outputs: dict) -> None:
