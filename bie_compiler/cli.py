@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--override", action="append", default=[], metavar="PATTERN:K=V[,K=V]",
                    help="per-layer codec options, e.g. 'blocks.ffn.*:bits=8' or 'fc1.weight:codec=bie-binary' (repeatable)")
     _add_shape_options(c, compile_time=True)
+    c.add_argument("--preprocess", action="store_true",
+                   help="run onnxruntime's basic graph optimizations before import (constant folding, BatchNorm "
+                        "into Conv), for exports TVM cannot import as they are; prints what they changed")
     c.add_argument("--timing", action="store_true", help="print the time of each compiler pass (TVM's pass timing)")
     c.add_argument("--jobs", type=int, default=None,
                    help="processes encoding layers at once (default: every core for models of 2M weights or more, "
@@ -177,7 +180,7 @@ def _compile(args) -> int:
             overrides=tuple(parse_override(o) for o in args.override), calibration=args.calibration,
             input_shapes=shapes.input_shapes, dims=shapes.dims, act_order=args.act_order,
             progress=_timing_only if args.quiet and args.timing else None if args.quiet else print_progress,
-            timing=args.timing, jobs=args.jobs, ray=args.ray,
+            timing=args.timing, jobs=args.jobs, ray=args.ray, preprocess=args.preprocess,
         )
     from .runtime.artefact import manifest_sha256, read_manifest
 
@@ -243,6 +246,8 @@ def _check(args) -> int:
             print(f"  (implied by INT8 activations and encoded weights: max rel {result['implied_max_rel_err']:.3e}  "
                   f"cosine {result['implied_cosine']:.6f})")
         print(f"vs {reference + ':':<22} max abs {result['decoded_max_abs_err']:.3e}  max rel {result['decoded_max_rel_err']:.3e}  (tolerance {result['tolerance']:.0e})")
+        if "device_layers" in result:
+            _print_device_layers(result["device_layers"])
         if not result["passed"]:
             print("FAILED: the artefact does not compute what its encodings define")
         elif not result["faithful"]:
@@ -252,6 +257,20 @@ def _check(args) -> int:
         else:
             print(f"PASSED (computes its encodings; cosine {result['cosine']:.4f} >= {result['min_cosine']})")
     return 1 if not result["passed"] else 3 if not result["faithful"] else 0
+
+
+def _print_device_layers(layers: list[dict]) -> None:
+    from .parity import DEFAULT_TOLERANCE, LAYER_TOLERANCE
+
+    worst = max((layer["device_rel_err"] for layer in layers), default=0.0)
+    print(f"device layers: {len(layers)} offloaded, each against its reference on its own inputs: max rel {worst:.3e} "
+          f"(tolerance {LAYER_TOLERANCE:.0e})")
+    first = next((i for i, layer in enumerate(layers) if layer["flips"]), None)
+    if first is not None:
+        agree = max(layer["input_rel_diff"] for layer in layers[:first + 1])
+        print(f"INT8 rounding flips from layer {layers[first]['layer']} on ({layers[first]['flips']} code(s) there, "
+              f"{sum(layer['flips'] for layer in layers)} in all): the layer inputs agree to max rel {agree:.3e} up to "
+              f"it (tolerance {DEFAULT_TOLERANCE:.0e}); past it the end-to-end difference is the flips'")
 
 
 def _save_outputs(path: str, outputs: dict) -> None:
@@ -300,10 +319,11 @@ def _print_report(manifest: dict) -> None:
     if small:
         print(f"and {len(small)} small weight(s) (biases, norms) stored dense: {sum(o['bytes_dense'] for o in small)} bytes")
     t, m = manifest["totals"], manifest["model_totals"]
-    print(f"matmul and conv weights: {t['encoded_layers']}/{t['layers']} encoded, {t['bytes_dense']} -> "
+    kinds = "matmul, conv and gather" if any(r["op"] == "gather" for r in manifest["layers"]) else "matmul and conv"
+    print(f"{kinds} weights: {t['encoded_layers']}/{t['layers']} encoded, {t['bytes_dense']} -> "
           f"{t['bytes_encoded']} bytes ({t['bits_per_weight']} bits/weight, {t['compression']}x)")
     if m["bytes_source"] != m["bytes_dense"]:
-        print(f"the source model stores them as integers in {m['bytes_source']} bytes, and dequantizes them in its graph")
+        print(f"the source model stores them in {m['bytes_source']} bytes (integers or half floats it widens in its graph)")
     print(f"whole model: {m['weights']} weights, {m['bytes_dense']} -> {m['bytes_encoded']} bytes "
           f"({m['bits_per_weight']} bits/weight, {m['compression']}x); model.so {manifest['files']['model.so']['bytes']} "
           f"bytes, weights.bin {manifest['files']['weights.bin']['bytes']} bytes")

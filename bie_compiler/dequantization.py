@@ -1,11 +1,12 @@
-"""Weights a model stores as integers, dequantized in its graph, turned into the float weights they define.
+"""Weights a model stores as integers or half floats, widened in its graph, turned into the float weights they define.
 
 Quantized exports keep a weight as an int8 initializer and compute the float weight in the graph:
-``DequantizeLinear(q, scale, zero_point)``, or ``Cast(q) -> Sub(zero_point) -> Mul(scale)``. TVM folds
+``DequantizeLinear(q, scale, zero_point)``, or ``Cast(q) -> Sub(zero_point) -> Mul(scale)``; half-precision
+exports keep it as float16 or bfloat16 and ``Cast`` it to float32. TVM folds
 such a chain into a float constant that no initializer names, so the weight could be neither named,
 skipped, reported nor checked. Here each chain becomes the float initializer it computes, named by
 the chain's output, and the initializer's ``doc_string`` records where it came from (the integer
-initializer, its bytes and the ops), so the report can compare with what the source really stores.
+or half-float initializer, its bytes and the ops), so the report can compare with what the source really stores.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import onnx
 from onnx import numpy_helper
 
 from .onnx_folding import evaluate, with_nodes
+
+_INTEGER = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+            onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+_HALF = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)  # stored at 16 bits, cast to float32 to compute
 
 # ops a dequantization chain is made of (with constant operands only)
 _CHAIN_OPS = {"DequantizeLinear", "Cast", "Sub", "Mul", "Add", "Div", "Reshape", "Transpose", "Identity"}
@@ -56,9 +61,8 @@ def fold_dequantized_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         origin = next((sources[n] for n in inputs if n in sources), None)
         if origin is None:
             q = constants[inputs[0]]
-            if q.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
-                                   onnx.TensorProto.UINT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-                continue  # not a chain that starts at an integer weight
+            if q.data_type not in _INTEGER and not (q.data_type in _HALF and node.op_type == "Cast"):
+                continue  # not a chain that starts at an integer weight, or a half-precision one cast
             origin = {"initializer": q.name, "dtype": array(q.name).dtype.name, "bytes": int(array(q.name).nbytes),
                       "ops": []}
         result = evaluate(node, {n: values[n] if n in values else array(n) for n in inputs})

@@ -33,6 +33,8 @@ from .frontend import ImportedModel, import_model
 from .model_identity import identity
 from .passes import (EncodingPlan, EncodingPolicy, OffloadPlan, PropagateNaN, encoding_passes, plan_encoding,
                      plan_offload)
+from .preprocess import LEVEL as PREPROCESS_LEVEL
+from .preprocess import preprocess as preprocess_model
 from .progress import Reporter, print_progress
 from .report import node_labels, other_weights, totals
 from .runtime import weights_file
@@ -85,6 +87,7 @@ def compile_model(
     timing: bool = False,
     jobs: int | None = None,
     ray: str | None = None,
+    preprocess: bool = False,
 ) -> Path:
     """Compile an ONNX model (path or ModelProto) into an artefact folder; returns its path.
 
@@ -100,6 +103,7 @@ def compile_model(
     sizes at import; the others stay symbolic. ``progress`` receives a ``progress.Event`` per
     step (None: silent); ``timing`` reports each TVM pass's time through it (stage "timing"). ``jobs``: processes
     encoding layers at once; ``ray``: the address of a Ray cluster encoding them instead (the same bytes).
+    ``preprocess`` runs onnxruntime's basic graph optimizations on the model file first (:mod:`.preprocess`).
     """
     report = Reporter(progress)
     options = {k: v for k, v in (options or {}).items() if v is not None}
@@ -112,7 +116,7 @@ def compile_model(
     output_folder(output_dir, source_path)  # refuse a folder we may not replace before any work
     report("import", f"importing {model if source_path is not None else 'ModelProto'}")
     shapes = ShapeRequest({k: tuple(v) for k, v in (input_shapes or {}).items()}, dict(dims or {}))
-    imported = import_model(model, shapes)
+    imported = import_model(_preprocessed(model, report) if preprocess else model, shapes)
     policy = replace(policy, aliases=weight_aliases(imported.model))
 
     instruments = [PassTimingInstrument()] if timing else []
@@ -129,10 +133,20 @@ def compile_model(
             report("timing", f"pass timing:\n{instruments[0].render()}")
     manifest = _manifest(model, imported, shapes, policy, tvm_target, plan, offload, mod, built,
                          calibration, damping, act_order)
+    if preprocess:
+        manifest["preprocess"] = PREPROCESS_LEVEL  # check rebuilds the compiled graph from the source with it
     files = {**built.files, WEIGHTS: lambda f: weights_file.write(f, built.weights.tensors, built.weights.tans)}
     out = write_artefact(output_dir, built.executable, manifest, files, source=source_path)
     report("write", f"wrote {out}")
     return out
+
+
+def _preprocessed(model, report: Reporter) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        raise OptionError("--preprocess takes a model file, not an in-memory model")
+    optimized, changed = preprocess_model(model)
+    report("import", changed or "--preprocess: onnxruntime's basic optimizations left the graph as it was")
+    return optimized
 
 
 def _check_calibration(calibration, damping: float | None, act_order: bool) -> float:

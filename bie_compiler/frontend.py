@@ -126,7 +126,10 @@ def check_supported(model: onnx.ModelProto, label: str) -> None:
     bad = [n for n in model.graph.node if n.op_type not in known or n.domain not in ("", "ai.onnx")]
     if bad:
         listed = "; ".join(f"{n.name or '<unnamed>'} ({(n.domain + '.') if n.domain else ''}{n.op_type})" for n in bad)
-        raise ModelError(f"{label}: {len(bad)} node(s) use unsupported operators: {listed}")
+        constants = {i.name for i in model.graph.initializer}
+        hint = ("; they compute on constants only: compile --preprocess folds them"
+                if all(set(n.input) <= constants for n in bad) else "")
+        raise ModelError(f"{label}: {len(bad)} node(s) use unsupported operators: {listed}{hint}")
 
 
 def check_finite(model: onnx.ModelProto, label: str) -> None:
@@ -337,10 +340,12 @@ def bind_weights(mod, model: onnx.ModelProto):
         if weight is not None:
             stored[tensor.name] = weight
         if mapped is not None and mapped.ctypes.data % 64 == 0:
-            value = tvm.runtime.from_dlpack(mapped)
+            constants[param] = constant = relax.const(tvm.runtime.from_dlpack(mapped))
         else:  # in the proto, or at a data file offset TVM cannot take as it is: a copy
-            value = external_data.tensor_array(tensor)
-        constants[param] = constant = relax.const(value)
+            array = external_data.tensor_array(tensor)
+            # the dtype given: without it relax.const makes int64 arrays int32 (and float64 float32), and an int64
+            # initializer then meets the int64 values it is added to as int32 (MiniLM's attention mask)
+            constants[param] = constant = relax.const(array, str(array.dtype))
         names[constant] = tensor.name
     mod = relax.transform.BindParams("main", constants)(mod)
     if external:

@@ -70,6 +70,8 @@ def other_weights(weights: dict, consumers: dict, recorded: set[str]) -> list[La
         node, op, position = users[0]
         if op == "Conv" and position == 1 and array.ndim != 4:
             reason = f"{array.ndim - 2}-D Conv weight: only 2-D convs are encoded"
+        elif op == "Gather" and position == 0:
+            reason = "Gather table: encoded by the codecs with a gather kernel (int8, bitwave), as a 2-D table"
         else:
             reason = f"input {position} of {op}: only the weights of MatMul, Gemm and 2-D Conv are encoded"
         records.append(LayerRecord(name=name, op=op, shape=list(array.shape), codec="dense",

@@ -6,7 +6,8 @@ A kernel module under :mod:`.kernels` registers its builders where it defines th
     def int8_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall: ...
 
 and :mod:`.kernels` imports every module in its folder, so a new kernel module needs no edit
-anywhere else. A matmul kernel is ``f(x [M, K], *constants, out [M, N])`` with a symbolic M; a
+anywhere else. A matmul kernel is ``f(x [M, K], *constants, out [M, N])`` with a symbolic M; a gather
+kernel ``f(ids [M], *constants, out [M, K])`` reads rows of a table [N, K] (an embedding) from its encoding; a
 conv kernel is ``f(x NCHW, *constants, out NCHW)`` for the conv described by its ConvSpec
 (weights in codec layout [O, kh * kw * I / groups], I fastest). On the CPU, convs and matmuls
 above one row get a *decode kernel* instead (``KernelCall.decodes``, :mod:`.kernels.decode`):
@@ -27,7 +28,7 @@ from bie_compiler.codecs import Encoded
 KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kernel kind
 LAYER_ATTR = "bie.layer"  # on our kernels in the IRModule: the name of the weight they compute from
 SMALL_BATCH_ROWS = 1  # matmuls with at most this many rows use ``func``; larger ones ``large_batch``
-OPS = ("matmul", "conv2d")
+OPS = ("matmul", "conv2d", "gather")
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,11 @@ def has_kernel(codec: str, op: str, target: tvm.target.Target) -> bool:
     return (codec, op, target.kind.name) in KERNELS
 
 
-def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = None) -> KernelCall:
-    """The kernel that computes ``x @ W.T`` (or the conv in ``conv``) from ``enc`` on ``target``."""
-    op = "matmul" if conv is None else "conv2d"
+def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = None,
+               op: str | None = None) -> KernelCall:
+    """The kernel that computes ``x @ W.T`` (or the conv in ``conv``, or the rows ``op="gather"`` takes) from
+    ``enc`` on ``target``."""
+    op = op or ("matmul" if conv is None else "conv2d")
     builder = KERNELS.get((enc.codec, op, target.kind.name))
     if builder is None:
         raise NotImplementedError(f"no {op} kernel for codec {enc.codec!r} on {target.kind.name}")

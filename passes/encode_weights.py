@@ -8,7 +8,8 @@ over the same weight stored [N, K]). Where the codec has a decode kernel (the CP
 a matmul dispatches on its row count: one row runs the fused kernel, more rows
 ``matmul(x2d, call_tir(decode, (x2d, *encoded)))`` (compute-bound: decode once,
 then the dense schedules' GEMM); a ``conv2d(x, W)`` (any groups) becomes
-``conv2d(x, call_tir(decode, (x, *encoded)))`` with its attributes kept. Every
+``conv2d(x, call_tir(decode, (x, *encoded)))`` with its attributes kept; a ``take(W, ids)``
+becomes ``call_tir(gather, (ids1d, *encoded))``, the rows decoded as they are read. Every
 kernel takes ``x`` (a decode kernel without reading it), so constant folding cannot
 pre-compute a dense weight into the artefact again. The rewritten calls leave
 their weight constants unused: ``DeadCodeElimination`` after it removes them
@@ -24,7 +25,7 @@ from bie_compiler import codegen
 from bie_compiler.codegen import KernelCall
 
 from .plan import EncodingPlan
-from .weight_uses import Match, WeightUse, as_rows, rewrite_weight_calls
+from .weight_uses import Match, WeightUse, as_index_rows, as_rows, rewrite_weight_calls
 
 
 def _dispatch_by_rows(small, large, large_decodes: bool, constants, k: int, n: int) -> relax.Function:
@@ -76,6 +77,9 @@ class EncodeWeights:
                 kernels[key] = self._kernel(builder, use)
             callee, constants, decodes, dispatches = kernels[key]
             x = found.x
+            if use.op == "gather":
+                return as_index_rows(x, use.shape[1],
+                                     lambda ids, out_ty: relax.call_tir(callee, [ids, *constants], out_ty=out_ty))
             if use.op == "conv2d" and decodes:
                 w = relax.call_tir(callee, [x, *constants], out_ty=relax.TensorType(list(use.shape), "float32"))
                 return relax.Call(found.call.op, [x, w], found.call.attrs, found.call.ty_args)
@@ -98,7 +102,7 @@ class EncodeWeights:
         target = self.plan.target
         if use.name in self.plan.encoded:
             codec, enc = self.plan.encoded[use.name]
-            kernel = codegen.kernel_for(enc, target, use.conv)
+            kernel = codegen.kernel_for(enc, target, use.conv, use.op)
         else:
             codec, kernel = "dense", codegen.dense_kernel(use.matrix(), target)
         stem = f"{codec.replace('-', '_')}_" + "".join(c if c.isalnum() else "_" for c in use.name)

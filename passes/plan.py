@@ -51,11 +51,14 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     found, names = collect_weight_uses(mod, names)
     for use in found:
         use.stored = (stored or {}).get(use.name)
-    uses = {u.name: u for u in found}
     choices = {u.name: policy.choose(u.name, u.size) for u in found}
     reasons = {u.name: _fallback(u, *choices[u.name], target) for u in found}
+    # a table its codec has no gather kernel for stays what it was: one of the other weights, with its reason
+    found = [u for u in found if u.op != "gather" or reasons[u.name] is None]
+    uses = {u.name: u for u in found}
     eligible = {name: u for name, u in uses.items() if reasons[name] is None}
-    fed = [name for name in eligible if codecs.takes_calibration(choices[name][0])]
+    # error feedback needs a layer's inputs; a table's are indices: its rows are rounded to nearest
+    fed = [name for name, u in eligible.items() if codecs.takes_calibration(choices[name][0]) and u.op != "gather"]
     sensitive = any(codecs.splits_budget(choices[name][1]) for name in fed)
     statistics = calibrations(fed, sensitive) if calibrations and fed else {}
     configs = _configs(eligible, choices, statistics, report)

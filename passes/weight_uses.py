@@ -1,8 +1,8 @@
 """Weight uses: the matmuls and convs of a Relax module whose weight is a constant, matched with ``relax.dpl``.
 
 Matched: ``matmul(x, W)`` (ONNX MatMul), ``matmul(x, permute_dims(W))`` with a
-2-D transpose (Gemm with transB = 1; its bias add stays a separate op) and
-``conv2d(x, W)``, ``W`` a constant. Weights are known by the names the caller
+2-D transpose (Gemm with transB = 1; its bias add stays a separate op),
+``conv2d(x, W)`` and ``take(W, x, axis=0)`` (ONNX Gather of a table's rows), ``W`` a constant. Weights are known by the names the caller
 gives their constants (the ONNX initializer names, see ``frontend.bind_weights``).
 The collecting walk and the rewriting passes share the pattern and the matcher,
 so they agree on what a weight use is.
@@ -28,7 +28,8 @@ from bie_compiler.codegen import ConvSpec
 
 _X, _W = wildcard(), is_const()
 _TRANSPOSED = is_op("relax.permute_dims")(_W)
-WEIGHT_CALL = is_op("relax.matmul")(_X, _W | _TRANSPOSED) | is_op("relax.nn.conv2d")(_X, _W)
+WEIGHT_CALL = (is_op("relax.matmul")(_X, _W | _TRANSPOSED) | is_op("relax.nn.conv2d")(_X, _W)
+               | is_op("relax.take")(_W, _X))
 
 
 @dataclass
@@ -36,7 +37,7 @@ class WeightUse:
     """A constant weight feeding a matmul or conv, in its ONNX layout."""
 
     name: str
-    op: str  # "matmul" or "conv2d"
+    op: str  # "matmul", "conv2d" or "gather"
     value: tvm.runtime.Tensor  # the constant's tensor: its values are copied out only when asked for
     transposed: bool = False  # matmul whose ONNX weight is [N, K] (Gemm transB=1)
     conv: ConvSpec | None = None  # of a conv in NCHW/OIHW layout
@@ -65,8 +66,8 @@ class WeightUse:
 
     @property
     def rows(self) -> int:
-        """N, the rows of :meth:`matrix` (a matmul's outputs, a conv's output channels)."""
-        return self.shape[0] if self.op == "conv2d" or self.transposed else self.shape[1]
+        """N, the rows of :meth:`matrix` (a matmul's outputs, a conv's output channels, a table's rows)."""
+        return self.shape[0] if self.op != "matmul" or self.transposed else self.shape[1]
 
     def weight(self) -> np.ndarray:
         """The weight's values in its ONNX layout (a copy: a large model holds each weight once, in its constant
@@ -114,11 +115,16 @@ def match(call: relax.Call, matches: dict, names: Mapping) -> Match | None:
         axes = matches[_TRANSPOSED].attrs.axes
         if len(constant.value.shape) != 2 or (axes is not None and [int(a) for a in axes] != [1, 0]):
             return None
-    op = "conv2d" if call.op.name == "relax.nn.conv2d" else "matmul"
+    op = {"relax.nn.conv2d": "conv2d", "relax.take": "gather"}.get(call.op.name, "matmul")
+    if op == "gather" and (len(constant.value.shape) != 2 or int(call.attrs.axis) != 0):
+        return None  # not rows of a table
     name = names[constant]
     use = WeightUse(name, op, constant.value, transposed, _conv_spec(call) if op == "conv2d" else None)
     x_dtype = matches[_X].ty.dtype
-    if x_dtype != "float32" or use.dtype != np.float32:
+    if op == "gather":
+        if use.dtype != np.float32 or x_dtype not in ("int64", "int32"):
+            use.unsupported = f"dtype {use.dtype} table, {x_dtype} indices (only float32 tables are encoded)"
+    elif x_dtype != "float32" or use.dtype != np.float32:
         use.unsupported = f"dtype {x_dtype}/{use.dtype} (only float32 is encoded)"
     elif op == "matmul" and len(use.shape) != 2:
         use.unsupported = f"{len(use.shape)}-D weight (only 2-D matmul weights are encoded)"
@@ -166,6 +172,18 @@ def collect_weight_uses(mod: tvm.IRModule, names: Mapping) -> tuple[list[WeightU
         if (first.op, first.transposed) != (m.use.op, m.use.transposed) and not first.unsupported:
             first.unsupported = "used in two layouts (e.g. by a MatMul and a Gemm with transB=1)"
     return list(uses.values()), dict(names)
+
+
+def as_index_rows(ids: relax.Expr, k: int,
+                   call_1d: Callable[[relax.Expr, relax.TensorType], relax.Expr]) -> relax.Expr:
+    """``call_1d(ids1, out_ty)`` on indices of any shape flattened to ``ids1 [M]`` (int64), the result ``[M, k]``
+    reshaped to ``[*ids.shape, k]``."""
+    lead = list(ids.ty.shape.values)
+    rows = reduce(mul, lead, 1)
+    flat = relax.op.reshape(ids, [rows])
+    if ids.ty.dtype != "int64":
+        flat = relax.op.astype(flat, "int64")
+    return relax.op.reshape(call_1d(flat, relax.TensorType([rows, k], "float32")), [*lead, k])
 
 
 def as_rows(x: relax.Expr, n: int, call_2d: Callable[[relax.Expr, relax.TensorType], relax.Expr]) -> relax.Expr:

@@ -46,7 +46,7 @@ DTYPE = Choice(("float32", "float16", "bfloat16", "float64", "int8", "uint8", "i
 TENSOR = {"name": NAME, "dtype": DTYPE, "shape": [(int, NAME)]}
 INPUT = {**TENSOR, "range?": Pair(int, int)}  # an index input: the values [low, high) it may take
 LAYER = {
-    "name": NAME, "op": Choice(("matmul", "conv2d")), "shape": [int], "codec": NAME, "bytes_dense": int,
+    "name": NAME, "op": Choice(("matmul", "conv2d", "gather")), "shape": [int], "codec": NAME, "bytes_dense": int,
     "bytes_encoded": int, "fallback_reason": (str, NONE), "transposed": bool, "config": (MapOf(JSON), NONE),
     "encoded_sha256": (SHA256, NONE), "details": MapOf(JSON), "bits_per_weight": float,
 }
@@ -69,6 +69,7 @@ MANIFEST = {
     "device_code?": {"source": NAME, "layer_kernels": MapOf([Pattern(r"\w{1,512}")])},
     "calibration?": {"path": str, "sha256": SHA256, "samples": int, "damping": float, "act_order": bool},
     "bitvert?": {"calibration": (str, NONE), "layers": [Pair(NAME, MapOf(MapOf((float, str))))]},
+    "preprocess?": Choice(("onnxruntime-basic",)),  # compile --preprocess: the graph optimizations run before import
 }
 
 

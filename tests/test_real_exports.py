@@ -100,6 +100,48 @@ def test_weights_dequantized_in_the_graph_are_named_reported_and_checked(exports
     assert layers["fc1.dequant"]["details"]["source"] == {"initializer": "fc1.weight_quantized", "dtype": "int8",
                                                           "bytes": 256 * 128, "ops": ["Cast", "Mul"]}
     assert manifest["model_totals"]["bytes_source"] == 256 * 128 + 128 * 16  # one byte per weight, not four
-    assert "stores them as integers in 34816 bytes" in cli("inspect", out).stdout
+    assert "stores them in 34816 bytes (integers or half floats" in cli("inspect", out).stdout
     checked = cli("check", out, "--json")  # refused every such artefact: "not in the source model"
     assert checked.returncode == 0 and json.loads(checked.stdout)["passed"], checked.stdout + checked.stderr
+
+
+def half_weight_model(path, dtype: str):
+    """x @ Cast(w, float32) + x @ Transpose(Cast(w2)), w and w2 stored as float16 or bfloat16."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    def stored(name, shape, seed):
+        w = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+        if dtype == "float16":
+            return numpy_helper.from_array(w.astype(np.float16), name)
+        bits = (w.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16: the top half of float32
+        return helper.make_tensor(name, TensorProto.BFLOAT16, shape, bits.tobytes(), raw=True)
+
+    nodes = [helper.make_node("Cast", ["w"], ["w.float"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "w.float"], ["a"]),
+             helper.make_node("Cast", ["w2"], ["w2.float"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["w2.float"], ["w2.t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "w2.t"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+                              [stored("w", (256, 64), 0), stored("w2", (64, 256), 1)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_weights_cast_to_float_are_encoded_and_checked(tmp_path, dtype):
+    model, out = half_weight_model(tmp_path / "half.onnx", dtype), tmp_path / "art"
+    result = cli("compile", model, "-q", "--codec", "int8", "-o", out)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    layers = {r["name"]: r for r in manifest["layers"]}
+    assert set(layers) == {"w.float", "w2.t"} and {r["codec"] for r in layers.values()} == {"int8"}  # was: dense
+    assert layers["w2.t"]["details"]["source"] == {"initializer": "w2", "dtype": dtype, "bytes": 2 * 64 * 256,
+                                                   "ops": ["Cast", "Transpose"]}
+    assert manifest["model_totals"]["bytes_source"] == 2 * 2 * 256 * 64  # two bytes per weight, as stored
+    checked = cli("check", model.parent / "art", "--json", "--batch", "4")
+    figures = json.loads(checked.stdout)
+    assert checked.returncode == 0 and figures["passed"] and figures["decoded_max_rel_err"] < 1e-4, checked.stderr
+    assert figures["cosine"] > 0.9999  # against onnxruntime on the half-weight original: int8's rounding only

@@ -16,7 +16,8 @@ kernels are shared:
   (parity with the decoded-weights model), the channel scales applied once to
   the tile's sums;
 * convs and several rows: the decode kernel (:mod:`.decode`) writing
-  ``float(q) * scale``, the reference decoders' value, for the dense op.
+  ``float(q) * scale``, the reference decoders' value, for the dense op;
+* a Gather table (an embedding, its rows the channels): the rows asked for, decoded as they are read.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from . import bbs_decoded, decode
 
 BLOCK = "int8_gemv"
 SCALED = "int8_scaled"
+GATHERED = "int8_gathered"
 
 
 def pack(codes: np.ndarray, cols: int = matmul.COLS) -> np.ndarray:
@@ -147,3 +149,32 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     weights = Int8Weights.of(enc)
     small = None if conv else KernelCall("int8_gemv", gemv(weights, *enc.shape), weights.constants)
     return decode.with_decoder(small, decoder(weights, *decode.destination(enc, conv)), "int8", weights.constants, conv)
+
+
+def gather(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
+    """``f(ids [m], *constants, out [m, K])``: rows ``ids`` of the table [N, K], decoded from their codes.
+
+    Negative ids count from the end (ONNX Gather); ids outside the table are clamped to it, so a bad id reads a
+    wrong row, never memory past the codes (the runner refuses out-of-range index inputs before this runs)."""
+    holders = weights.holders()
+    weight = weights.weight(holders)
+    ids = te.placeholder((te.var("m", "int64"),), "int64", "ids")
+
+    def row(i):
+        wrapped = tirx.Select(ids[i] < 0, ids[i] + n, ids[i])
+        return tirx.max(tirx.min(wrapped, tirx.const(n - 1, "int64")), tirx.const(0, "int64"))
+
+    out = te.compute((ids.shape[0], k), lambda i, kk: weight(row(i), kk), name=GATHERED)
+    sch = s_tir.Schedule(te.create_prim_func([ids, *holders, out]))
+    sch.work_on("main")
+    i, _ = sch.get_loops(sch.get_sblock(GATHERED))
+    sch.parallel(i)
+    return sch.mod["main"]
+
+
+@register(int8_codec.NAME, ops=("gather",), target="llvm")
+@register(bitwave.NAME, ops=("gather",), target="llvm")
+def llvm_gather(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+    """The rows of an encoded table, decoded as they are read."""
+    weights = Int8Weights.of(enc)
+    return KernelCall("int8_gather", gather(weights, *enc.shape), weights.constants)

@@ -5,7 +5,10 @@
 offloaded layer through the bit-serial simulator (destination-passing style: the VM
 allocates ``out``). The artefact stores only these names, so :func:`register` must
 run before a VirtualMachine is built on a bitvert artefact. Every call appends
-(layer index, M) to :data:`RUN_LOG`, from which the accelerator report is computed.
+(layer index, M) to :data:`RUN_LOG`, from which the accelerator report is computed; while
+:data:`CAPTURE` is a list, each call also appends its layer index, the float input it took
+(a conv's NCHW), the rows it multiplied [M, K] (a conv's im2col rows) and the rows it returned [M, N]
+(``check``'s per-layer parity).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .simulator import run_layer
 MATMUL = "bie.bitvert.matmul"
 CONV2D = "bie.bitvert.conv2d"
 RUN_LOG: list[tuple[int, int]] = []  # (layer index, outputs M) per offloaded call, in call order
+CAPTURE: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] | None = None  # (layer, x, x rows, y rows)
 
 
 def conv_header(strides, padding, dilation, kernel_shape) -> np.ndarray:
@@ -43,14 +47,20 @@ def _matmul(x, layer, header, *rest):
     *arrays, out = rest
     xv = x.numpy()
     RUN_LOG.append((int(layer.numpy()[0]), int(xv.shape[0])))
-    out.copyfrom(run_layer(Program.from_arrays(header.numpy(), *(a.numpy() for a in arrays)), xv))
+    y = run_layer(Program.from_arrays(header.numpy(), *(a.numpy() for a in arrays)), xv)
+    if CAPTURE is not None:
+        CAPTURE.append((int(layer.numpy()[0]), xv, xv, y))
+    out.copyfrom(y)
 
 
 def _conv2d(x, layer, conv, header, *rest):
     *arrays, out = rest
-    rows, (b, oh, ow) = im2col(x.numpy(), conv.numpy())
+    xv = x.numpy()
+    rows, (b, oh, ow) = im2col(xv, conv.numpy())
     RUN_LOG.append((int(layer.numpy()[0]), int(rows.shape[0])))
     y = run_layer(Program.from_arrays(header.numpy(), *(a.numpy() for a in arrays)), rows)
+    if CAPTURE is not None:
+        CAPTURE.append((int(layer.numpy()[0]), xv, rows, y))
     out.copyfrom(np.ascontiguousarray(y.reshape(b, oh, ow, -1).transpose(0, 3, 1, 2)))
 
 
