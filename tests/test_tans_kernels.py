@@ -1,4 +1,5 @@
-"""The tANS CPU kernels against the numpy reference decoder: the decoder bit-exact, the matmul at every batch path."""
+"""The tANS CPU kernels against the numpy reference decoder: the decoder bit-exact, the matmul at every batch path,
+in both executions (``stream``: decoded on every call; ``load``: decoded once into the integer kernels' codes)."""
 
 import numpy as np
 import pytest
@@ -6,9 +7,9 @@ import tvm
 
 from bie_compiler.codecs import tans
 from bie_compiler.codegen import kernel_for
-from bie_compiler.codegen.kernels import tans_matmul
+from bie_compiler.codegen.kernels import int8, tans_matmul
 from bie_compiler.codegen.kernels.decode import Layout
-from kernel_runs import assert_close, build, call
+from kernel_runs import assert_close, build, call, run
 
 CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states
     (1, 1, tans.Config(levels=3)),
@@ -43,7 +44,7 @@ def test_decoder_kernel_is_bit_exact(n, k, config, target):
 @pytest.mark.parametrize("n,k,config", CASES)
 def test_matmul_kernel_matches_reference_decoder(n, k, config, target):
     enc = encode(n, k, config, n + k)
-    matmul = kernel_for(enc, target)
+    matmul = kernel_for(enc, target, tans_execution="stream")
     assert matmul.func.attrs["tirx.is_scheduled"] and "T.parallel" in matmul.func.script()
     kernel = build(matmul.func, target)
     decoded = tans.decode(enc).astype(np.float64)
@@ -51,6 +52,34 @@ def test_matmul_kernel_matches_reference_decoder(n, k, config, target):
     for batch in BATCHES:
         x = rng.standard_normal((batch, k)).astype(np.float32)
         assert_close(call(kernel, x, matmul.constants, (batch, n)), x @ decoded.T, context=batch)
+
+
+@pytest.mark.parametrize("n,k,config", CASES)
+def test_load_execution_matches_the_stream_kernel_and_the_reference(n, k, config, target):
+    """At load: the reference decoder's codes exactly, in the integer kernels' layout (4-bit up to 15 levels, the
+    padding channels zero whatever the buffer held); then batch 1 (integer GEMV) and batch 8 (decode kernel and a
+    matmul) agree with the stream kernel and the reference decoder."""
+    enc = encode(n, k, config, 3 * n + k)
+    load, stream = (kernel_for(enc, target, tans_execution=e) for e in ("load", "stream"))
+    assert load.constants[0].dtype == np.int8 and load.at_load is not None and stream.at_load is None
+    computed = [tvm.runtime.tensor(np.full(c.shape, 0x5A, c.dtype)) for c in load.constants]
+    build(load.at_load.func, target)(*[tvm.runtime.tensor(a) for a in load.at_load.stored], *computed)
+    want = int8.Int8Weights.packed(tans.decode_symbols(enc), enc.arrays["steps"],
+                                   tans_matmul.integer_bits(config.levels))
+    assert (want.names[0] == "nibbles") == (config.levels <= 15)
+    for got, expected in zip(computed, want.constants):
+        np.testing.assert_array_equal(got.numpy(), expected)
+    codes = [c.numpy() for c in computed]
+    decoded = tans.decode(enc).astype(np.float64)
+    rng = np.random.default_rng(n)
+    x1 = rng.standard_normal((1, k)).astype(np.float32)
+    from_load = run(load.func, target, x1, codes, (1, n))
+    assert_close(from_load, x1 @ decoded.T)
+    assert_close(from_load, run(stream.func, target, x1, stream.constants, (1, n)))
+    x8 = rng.standard_normal((8, k)).astype(np.float32)
+    weight = run(load.large_batch.func, target, x8, codes, (k, n))
+    assert_close(x8 @ weight, x8 @ decoded.T)
+    assert_close(x8 @ weight, run(stream.func, target, x8, stream.constants, (8, n)))
 
 
 def test_kernel_refuses_a_malformed_encoding(target):
