@@ -7,7 +7,7 @@ import tvm
 
 from bie_compiler.codecs import tans
 from bie_compiler.codegen import kernel_for
-from bie_compiler.codegen.kernels import int8, tans_matmul
+from bie_compiler.codegen.kernels import bitplane_lut, int8, lut, tans_matmul
 from bie_compiler.codegen.kernels.decode import Layout
 from kernel_runs import assert_close, build, call, run
 
@@ -56,28 +56,33 @@ def test_matmul_kernel_matches_reference_decoder(n, k, config, target):
 
 @pytest.mark.parametrize("n,k,config", CASES)
 def test_load_execution_matches_the_stream_kernel_and_the_reference(n, k, config, target):
-    """At load: the reference decoder's codes exactly, in the integer kernels' layout (4-bit up to 15 levels, the
-    padding channels zero whatever the buffer held); then batch 1 (integer GEMV) and batch 8 (decode kernel and a
-    matmul) agree with the stream kernel and the reference decoder."""
+    """At load: the reference decoder's codes exactly, as the ``bie-bitplane`` kernels take them (the look-up-table
+    kernel's two's complement planes with AVX-512, else 4-bit codes up to 15 levels and 8-bit above; padding zero
+    whatever the buffer held); then batch 1 and batch 8 (decode kernel and a matmul) agree with the stream kernel and
+    the reference decoder."""
     enc = encode(n, k, config, 3 * n + k)
     load, stream = (kernel_for(enc, target, tans_execution=e) for e in ("load", "stream"))
-    assert load.constants[0].dtype == np.int8 and load.at_load is not None and stream.at_load is None
+    assert load.at_load is not None and stream.at_load is None
     computed = [tvm.runtime.tensor(np.full(c.shape, 0x5A, c.dtype)) for c in load.constants]
     build(load.at_load.func, target)(*[tvm.runtime.tensor(a) for a in load.at_load.stored], *computed)
-    want = int8.Int8Weights.packed(tans.decode_symbols(enc), enc.arrays["steps"],
-                                   tans_matmul.integer_bits(config.levels))
-    assert (want.names[0] == "nibbles") == (config.levels <= 15)
-    for got, expected in zip(computed, want.constants):
+    codes, steps = tans.decode_symbols(enc), enc.arrays["steps"]
+    if lut.supported(target):
+        assert load.kind == "tans_lut"
+        want = [bitplane_lut.twos_complement_planes(codes, tans_matmul.lut_planes(config.levels)),
+                bitplane_lut.lanes_of_scales(steps[:, None])]
+    else:
+        want = int8.Int8Weights.packed(codes, steps, tans_matmul.integer_bits(config.levels)).constants
+    for got, expected in zip(computed, want):
         np.testing.assert_array_equal(got.numpy(), expected)
-    codes = [c.numpy() for c in computed]
+    computed = [c.numpy() for c in computed]
     decoded = tans.decode(enc).astype(np.float64)
     rng = np.random.default_rng(n)
     x1 = rng.standard_normal((1, k)).astype(np.float32)
-    from_load = run(load.func, target, x1, codes, (1, n))
+    from_load = run(load.func, target, x1, computed, (1, n))
     assert_close(from_load, x1 @ decoded.T)
     assert_close(from_load, run(stream.func, target, x1, stream.constants, (1, n)))
     x8 = rng.standard_normal((8, k)).astype(np.float32)
-    weight = run(load.large_batch.func, target, x8, codes, (k, n))
+    weight = run(load.large_batch.func, target, x8, computed, (k, n))
     assert_close(x8 @ weight, x8 @ decoded.T)
     assert_close(x8 @ weight, run(stream.func, target, x8, stream.constants, (8, n)))
 

@@ -45,9 +45,9 @@ class Config:
         "help": "weights per independently decoded stream, at least (default 8192)"})
     # the kernel, not the encoding: the stored bytes are the same either way
     tans_execution: str = field(default="load", metadata={"kernel": True,
-        "help": "CPU: load (decode the streams once when the artefact is loaded, into 4- or 8-bit integer weights "
-                "for the integer GEMV) or stream (decode on every call, fused with the GEMV: least memory); "
-                "default load"})
+        "help": "CPU: load (decode the streams once when the artefact is loaded, into the bit planes of the "
+                "bie-bitplane look-up-table GEMV: fast, the decoded planes in memory) or stream (decode on every "
+                "call, fused with the GEMV: least memory); default load"})
 
     def __post_init__(self):
         if self.levels and self.bits_per_weight:

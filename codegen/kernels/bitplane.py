@@ -286,13 +286,11 @@ def lut_call(enc: Encoded) -> KernelCall:
     shift = planes.top_bit + 1 - kept  # the significance of the lowest plane kept
     codes = integer_codes(planes.planes, planes.signs, k, planes.top_bit).astype(np.int64) >> shift
     constants = [bitplane_lut.twos_complement_planes(codes, kept), bitplane_lut.lanes_of_scales(planes.scales)]
-    layout = dict(k=k, magnitude_planes=kept, shift=shift, scale_group=planes.group, groups=planes.scales.shape[1])
-    marked = lambda f: f.with_attr(PRECISION_ATTR, {"form": bitplane_lut.FORM, "magnitude_bits": kept})  # noqa: E731
-    holders = [te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(("words", "scales"), constants)]
-    decoder = decode.elementwise(bitplane_lut.decoded_weight(*holders, **layout), holders,
-                                 *decode.destination(enc, None), channel_panel=bitplane_lut.LANES)
-    small = KernelCall("bitplane_lut", marked(bitplane_lut.gemv(n, **layout)), constants)
-    return decode.with_decoder(small, marked(decoder), "bitplane", constants, None)
+    layout = bitplane_lut.Layout(n, k, kept, shift, planes.group, planes.scales.shape[1])
+    call = bitplane_lut.kernel_call(layout, constants, "bitplane")
+    for variant in (call, call.large_batch):  # progressive precision: the words' magnitudes may be cut at load
+        variant.func = variant.func.with_attr(PRECISION_ATTR, {"form": bitplane_lut.FORM, "magnitude_bits": kept})
+    return call
 
 
 @register(bie_bitplane.NAME, ops=("matmul", "conv2d"), target="llvm")

@@ -20,10 +20,14 @@ processed one after the other (exact at any batch; meant for batch 1).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+from tvm import te
 from tvm.script import tirx as T
 
-from . import lut
+from ..kernel_registry import KernelCall
+from . import decode, lut
 
 LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
 FORM = "lut_planes"  # the progressive-precision form of the words (weights.PRECISION_ATTR)
@@ -66,9 +70,32 @@ def lanes_of_scales(scales: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, LANES, groups).transpose(0, 2, 1))
 
 
+class Layout(NamedTuple):
+    """What the kernels are built for: the weight [n, k], ``magnitude_planes`` (the words hold one more, the sign),
+    the significance ``2^shift`` of the lowest, and ``groups`` scales per channel of ``scale_group`` weights along K
+    (a multiple of GROUP, or the whole padded row when ``groups`` is 1)."""
+
+    n: int
+    k: int
+    magnitude_planes: int
+    shift: int
+    scale_group: int
+    groups: int
+
+
+def kernel_call(layout: Layout, constants: list, kind: str) -> KernelCall:
+    """The GEMV for one row over ``constants`` (words and scales, as :func:`twos_complement_planes` and
+    :func:`lanes_of_scales` lay them out) and, above one row, the decode kernel of the same words."""
+    holders = [te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(("words", "scales"), constants)]
+    weight = decoded_weight(*holders, **layout._asdict())
+    decoder = decode.elementwise(weight, holders, decode.Layout.matmul(layout.n, layout.k), 2, channel_panel=LANES)
+    small = KernelCall(f"{kind}_lut", gemv(**layout._asdict()), constants)
+    return decode.with_decoder(small, decoder, kind, constants, None)
+
+
 def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
-    """``f(x [m, K], words, scales, out [m, N])`` over :func:`twos_complement_planes` and :func:`lanes_of_scales`;
-    ``scale_group``: weights per scale along K (a multiple of GROUP, or the whole padded row when ``groups`` is 1)."""
+    """``f(x [m, K], words, scales, out [m, N])`` over :func:`twos_complement_planes` and :func:`lanes_of_scales`
+    (see :class:`Layout`)."""
     planes = magnitude_planes + 1
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     kp = kg * GROUP
@@ -120,7 +147,8 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
     return main
 
 
-def decoded_weight(words, scales, *, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
+def decoded_weight(words, scales, *, n: int, k: int, magnitude_planes: int, shift: int, scale_group: int,
+                   groups: int):
     """``f(n, kk)``: the float32 weight the words and scales (TE tensors) hold (the decode kernels' element)."""
     kg = -(-k // GROUP)
     significance = [-(1 << magnitude_planes) << shift] + [(1 << (magnitude_planes - b)) << shift

@@ -39,13 +39,15 @@ extracts on the state's critical path: measured 2-3x slower).
   ``q * step`` in a dense op's layout (the decode kernel of convs and of
   matmuls above one row; exact against the reference decoder; also the
   decode-throughput benchmark).
-* :func:`integer_weights`: the decoder writing the codes ``q`` as the integer
-  kernels of ``bie-bitplane`` take them (:mod:`.int8`: 4-bit two's complement
-  two per byte up to 15 levels, else a byte each, with the steps as channel
-  scales). ``--tans-execution load`` (the default) runs it once, when the
-  artefact is loaded (``KernelCall.at_load``): the artefact stores the streams,
-  and every call runs the integer GEMV, whose error against the fused kernel is
-  float rounding only (same codes, same per-channel step, applied after the sum).
+* :func:`lut_weights` and :func:`integer_weights`: the decoder writing the codes
+  ``q`` as the ``bie-bitplane`` kernels take them: the look-up-table kernel's
+  two's complement planes (:mod:`.bitplane_lut`, AVX-512: ``ceil(log2(m + 1)) + 1``
+  planes for ``2m + 1`` levels, 2 for 3 levels, 4 for 15), else the integer
+  kernels' codes (:mod:`.int8`: 4-bit up to 15 levels, else 8-bit), the steps as
+  channel scales. ``--tans-execution load`` (the default) runs it once, when
+  the artefact is loaded (``KernelCall.at_load``): the artefact stores the
+  streams, and every call runs that kernel, whose error against the fused one
+  is float rounding only (same codes, same per-channel step, applied after the sum).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
@@ -61,7 +64,7 @@ from bie_compiler.codecs.tans_coder import spread_step
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
 from ..weights import TANS_ATTR
-from . import int8
+from . import bitplane_lut, int8, lut
 from .decode import Layout, destination, with_decoder
 
 # Up to this batch the fused decode-and-GEMV runs (one branch per batch size in ``matmul``); above it,
@@ -334,6 +337,55 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
     return kernel
 
 
+def lut_planes(levels: int) -> int:
+    """Magnitude planes of the codes of ``levels`` levels (|q| <= levels // 2) in the look-up-table kernel's words."""
+    return (levels // 2).bit_length()
+
+
+def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
+    """``f(counts, offsets, words, steps, planes, scales)``: the codes as ``bitplane_lut.twos_complement_planes(q,
+    lut_planes(levels))`` lays them out, and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero)."""
+    lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    mac = macros(**lay)
+    streams, size = lay["streams"], lay["size"]
+    magnitude = lut_planes(levels)
+    lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
+    blocks, kg = -(-n // lanes), -(-k // group)
+
+    @T.macro
+    def store_bits(out, steps, row, column, level):
+        # every plane whose bit of the code is set ORs the weight's bit into its word (the words start at zero)
+        code: T.let = T.Cast("int32", level)
+        for b in T.unroll(magnitude + 1):
+            if (code >> (magnitude - b)) & 1 != 0:
+                out[b, row // lanes * kg + column // group, row % lanes] = out[
+                    b, row // lanes * kg + column // group, row % lanes] | (
+                    T.uint32(1) << T.Cast("uint32", column % group))
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        planes: T.Buffer((magnitude + 1, blocks * kg, lanes), "uint32"),
+        scales: T.Buffer((blocks, 1, lanes), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for c in range(blocks * lanes):
+            scales[c // lanes, 0, c % lanes] = T.if_then_else(c < n, steps[T.min(c, n - 1)], T.float32(0))
+        for i in T.parallel(blocks * kg):
+            for b in range(magnitude + 1):
+                for lane in T.vectorized(lanes):
+                    planes[b, i, lane] = T.uint32(0)
+        table = T.decl_buffer((size,), "uint32")
+        mac.build_table(counts, table)
+        for st in T.parallel(streams):
+            mac.decode_stream(st, table, offsets, words, store_bits, planes, steps)
+
+    return kernel
+
+
 def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
     """``out[m, n] = sum_k x[m, k] * q[n, k] * steps[n]`` for a symbolic batch m (see the module docstring)."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
@@ -441,9 +493,18 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, tans_execution: str = tans.Co
 
 
 def _at_load_call(enc: Encoded, conv: ConvSpec | None, layout: dict) -> KernelCall:
-    """The integer GEMV (one row) or decode kernel (more rows, convs) of ``bie-bitplane``'s 4- and 8-bit encodings,
-    over the codes :func:`integer_weights` writes at load."""
+    """A matmul on a CPU with AVX-512: the look-up-table kernels of ``bie-bitplane`` over the planes
+    :func:`lut_weights` writes at load. Else (and convs) the integer GEMV (one row) or decode kernel of its 4- and
+    8-bit encodings, over the codes :func:`integer_weights` writes."""
     n, k = enc.shape
+    if conv is None and lut.supported(tvm.target.Target.current()):
+        shapes = bitplane_lut.Layout(n, k, lut_planes(layout["levels"]), 0, 8 * -(-k // 8), 1)
+        computed = [np.zeros((shapes.magnitude_planes + 1, -(-n // bitplane_lut.LANES) * -(-k // bitplane_lut.GROUP),
+                              bitplane_lut.LANES), np.uint32),  # shapes only: the values come at load
+                    bitplane_lut.lanes_of_scales(enc.arrays["steps"][:, None])]
+        call = bitplane_lut.kernel_call(shapes, computed, "tans")
+        call.at_load = AtLoad(lut_weights(**layout).with_attr(TANS_ATTR, layout), constants(enc))
+        return call
     shapes = int8.Int8Weights.packed(np.zeros((n, k), np.int8), enc.arrays["steps"], integer_bits(layout["levels"]))
     small = None if conv else KernelCall("tans_integer_gemv", int8.gemv(shapes, n, k), shapes.constants)
     call = with_decoder(small, int8.decoder(shapes, *destination(enc, conv)), "tans_integer", shapes.constants, conv)
