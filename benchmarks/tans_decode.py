@@ -7,8 +7,8 @@ seed) coded with the ``tans`` codec, in one run:
   which writes the dense weights) on one thread, in symbols per second per core,
   and on ``--threads`` threads;
 * batch-1 matmul time, one layer called repeatedly: the fused tANS kernel
-  (``--tans-execution stream``), the integer GEMV over the codes decoded at
-  load (``--tans-execution load``, the default; the one-off decode at load timed
+  (``--tans-execution stream``), the GEMV over the planes decoded at load
+  (``--tans-execution load``, the default; the one-off decode at load timed
   too), the ``bie-bitplane`` kernel of the same precision on the same weights
   (4 bits up to 15 levels, else 8: the same integer GEMV over its own codes),
   onnxruntime's fp32 MatMul, and
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
     model = matmul_chain(size, 1)
     model.graph.initializer.append(numpy_helper.from_array(w, "w0"))
     enc = tans.encode(w.T, tans.Config(levels=args.levels, states=args.states))
-    bitplane_bits = tans_matmul.integer_bits(args.levels)
+    bitplane_bits = tans_matmul.lut_planes(args.levels) + 1
     bitplane = bie_bitplane.encode(w.T, bie_bitplane.Config(bits=bitplane_bits))
     decoded = tans.decode(enc)
     del w
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
         "decode_gsym_per_s_threads": symbols / decode_n * 1e-9,
         "fused_gsym_per_s_1_thread": symbols / fused_1 * 1e-9,
         "ms": {"tans fused, 1 thread": 1e3 * fused_1, f"tans fused, {args.threads} threads": 1e3 * fused_n,
-               f"tans load (integer GEMV), {args.threads} threads": 1e3 * load_n,
+               f"tans load ({load.kind}), {args.threads} threads": 1e3 * load_n,
                f"bie-bitplane {bitplane_bits}-bit, {args.threads} threads": 1e3 * bitplane_n,
                f"onnxruntime fp32, {args.threads} threads": 1e3 * ort_fp32,
                f"onnxruntime MatMulNBits 4-bit, {args.threads} threads": None if ort_nbits is None else 1e3 * ort_nbits},
@@ -169,7 +169,7 @@ def print_report(res: dict) -> None:
           f"{res['decode_gsym_per_s_threads']:.3f} Gsym/s on {res['threads']} threads "
           f"(bar: zstd FSE ~1.0 Gsym/s per core, 4 states)")
     print(f"fused decode-and-GEMV, batch 1: {res['fused_gsym_per_s_1_thread']:.3f} Gsym/s on 1 core")
-    print(f"load: decoding the streams into {res['bitplane_bits']}-bit codes once takes {res['load_decode_ms']:.1f} ms "
+    print(f"load: decoding the streams into {res['bitplane_bits']} planes once takes {res['load_decode_ms']:.1f} ms "
           f"({res['threads']} threads); its GEMV / bie-bitplane {res['bitplane_bits']}-bit "
           f"({res['bitplane_bytes'] / 1e6:.2f} MB) = {res['load_vs_bitplane']:.2f} (interleaved)")
     print()

@@ -78,16 +78,17 @@ def test_plane_kernels_at_any_k(codec, options, k, target):
 
 
 @pytest.mark.parametrize("options,constant,lanes", [
-    ({"bits": 3}, "words", 16),  # sign and 2 planes: the look-up-table kernel, 16 channels per vector (AVX-512)
+    ({"bits": 3}, "planes", 16),  # sign and 2 planes: the bit-plane kernel, 16 weights of a channel per vector
     ({"bits": 4}, "nibbles", 32),  # 4 bits: signed nibbles, 32 channels per vector, as many bytes as the planes
     ({"bits": 8}, "codes", 32),
 ])
 def test_bitplane_kernel_form(target, options, constant, lanes):
+    """Without AVX-512 (the look-up instruction): the forms below."""
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     enc = CODECS["bie-bitplane"].encode(w, make_config("bie-bitplane", options))
     call = kernel_for(enc, target)
-    if constant == "words" and not lut.supported(target):  # the bit-plane kernel: 16 weights of a channel per vector
-        constant = "planes"
+    if lut.supported(target):  # the look-up-table kernel at every width: 16 channels' words per vector
+        constant, lanes = "words", 16
     script = call.func.script()
     assert "T.parallel" in script and f"T.vectorized({lanes})" in script and f"{constant}: T.Buffer" in script
     stored = sum(enc.arrays[a].nbytes for a in ("planes", "signs"))
