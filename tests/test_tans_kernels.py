@@ -9,7 +9,7 @@ from bie_compiler.codecs import tans
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import bitplane_lut, int8, lut, tans_matmul
 from bie_compiler.codegen.kernels.decode import Layout
-from kernel_runs import assert_close, build, call, run
+from kernel_runs import assert_close, build, call, computed_constants, run
 
 CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states
     (1, 1, tans.Config(levels=3)),
@@ -63,8 +63,7 @@ def test_load_execution_matches_the_stream_kernel_and_the_reference(n, k, config
     enc = encode(n, k, config, 3 * n + k)
     load, stream = (kernel_for(enc, target, tans_execution=e) for e in ("load", "stream"))
     assert load.at_load is not None and stream.at_load is None
-    computed = [tvm.runtime.tensor(np.full(c.shape, 0x5A, c.dtype)) for c in load.constants]
-    build(load.at_load.func, target)(*[tvm.runtime.tensor(a) for a in load.at_load.stored], *computed)
+    computed = computed_constants(load, target)
     codes, steps = tans.decode_symbols(enc), enc.arrays["steps"]
     if lut.supported(target):
         assert load.kind == "tans_lut"
@@ -73,8 +72,7 @@ def test_load_execution_matches_the_stream_kernel_and_the_reference(n, k, config
     else:
         want = int8.Int8Weights.packed(codes, steps, tans_matmul.integer_bits(config.levels)).constants
     for got, expected in zip(computed, want):
-        np.testing.assert_array_equal(got.numpy(), expected)
-    computed = [c.numpy() for c in computed]
+        np.testing.assert_array_equal(got, expected)
     decoded = tans.decode(enc).astype(np.float64)
     rng = np.random.default_rng(n)
     x1 = rng.standard_normal((1, k)).astype(np.float32)
