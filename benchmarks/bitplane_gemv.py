@@ -35,9 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import (  # noqa: E402  (re-exported for the other GEMV benchmarks)
-    copies_for, l3_cache_bytes, matmul_chain, matmul_fanout, median_seconds, nbits_fanout, ort_session,
-    parallel_read_bandwidth,
+from common import (  # noqa: E402
+    copies_for, l3_cache_bytes, matmul_fanout, nbits_fanout, ort_session, parallel_read_bandwidth,
 )
 
 SEED = 0

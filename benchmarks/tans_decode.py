@@ -36,8 +36,8 @@ from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from bitplane_gemv import MAX_REL_ERROR, SEED, matmul_chain, median_seconds, ort_session  # noqa: E402
-from common import matmul_nbits  # noqa: E402
+from bitplane_gemv import MAX_REL_ERROR, SEED  # noqa: E402
+from common import matmul_chain, matmul_nbits, median_seconds, ort_session  # noqa: E402
 
 CALLS = 5  # calls per timed loop
 
