@@ -27,18 +27,15 @@ Threads: ``--threads`` (default 2) for both libraries, no idle spinning.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import (  # noqa: E402
-    l3_cache_bytes, matmul_fanout, matmul_nbits, median_seconds, ort_session, parallel_read_bandwidth,
+    copies_for, l3_cache_bytes, matmul_fanout, median_seconds, nbits_fanout, ort_session, parallel_read_bandwidth,
 )
 
 SEED = 0
@@ -55,44 +52,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sensitive-fraction", type=float, default=None, help="bbs beta (default: the moderate preset's)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
-
-
-def copies_for(layer_bytes: int, factor: float) -> int:
-    cache = l3_cache_bytes() or 256 * 2**20
-    return max(2, math.ceil(factor * cache / layer_bytes))
-
-
-def nbits_fanout(weight: np.ndarray, layers: int) -> tuple[onnx.ModelProto | None, int, str | None]:
-    """A model of ``layers`` MatMulNBits copies of ``weight`` (quantized once), its bytes per layer, or why none."""
-    single, reason = matmul_nbits(matmul_fanout(weight, 1))
-    if single is None:
-        return None, 0, reason
-    node = next(n for n in single.graph.node if n.op_type == "MatMulNBits")
-    inits = {i.name: i for i in single.graph.initializer}
-    graph = onnx.helper.make_graph([], "nbits_fanout", list(single.graph.input), [])
-    for i in range(layers):
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.output[0] = f"y{i}"
-        for j, name in enumerate(node.input):
-            if name in inits:
-                copy.input[j] = f"{name}_{i}"
-                tensor = onnx.TensorProto()
-                tensor.CopyFrom(inits[name])
-                tensor.name = copy.input[j]
-                if tensor.raw_data:  # one byte changed per copy: onnxruntime may share identical initializers
-                    raw = bytearray(tensor.raw_data)
-                    raw[0] = i % 256
-                    tensor.raw_data = bytes(raw)
-                graph.initializer.append(tensor)
-        graph.node.append(copy)
-        out = onnx.ValueInfoProto()
-        out.CopyFrom(single.graph.output[0])
-        out.name = f"y{i}"
-        graph.output.append(out)
-    model = onnx.helper.make_model(graph, opset_imports=list(single.opset_import))
-    per_layer = sum(numpy_helper.to_array(t).nbytes for t in inits.values() if t.name in node.input)
-    return model, per_layer, None
 
 
 def bbs_layers(weight: np.ndarray, sensitive_fraction: float | None, factor: float, target):

@@ -9,6 +9,7 @@ library's spinning pool steals cores from the other's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -142,3 +143,41 @@ def matmul_nbits(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | 
     """The model with its MatMuls as onnxruntime 4-bit ``MatMulNBits`` (block 32, symmetric, accuracy_level 4:
     its fast int8-activation path), or (None, the reason there is none); see ``bie_compiler.ort_reference``."""
     return ort_reference.matmul_nbits(model, bits=4, block_size=32, accuracy_level=4)
+
+
+def copies_for(layer_bytes: int, factor: float) -> int:
+    cache = l3_cache_bytes() or 256 * 2**20
+    return max(2, math.ceil(factor * cache / layer_bytes))
+
+
+def nbits_fanout(weight: np.ndarray, layers: int) -> tuple[onnx.ModelProto | None, int, str | None]:
+    """A model of ``layers`` MatMulNBits copies of ``weight`` (quantized once), its bytes per layer, or why none."""
+    single, reason = matmul_nbits(matmul_fanout(weight, 1))
+    if single is None:
+        return None, 0, reason
+    node = next(n for n in single.graph.node if n.op_type == "MatMulNBits")
+    inits = {i.name: i for i in single.graph.initializer}
+    graph = onnx.helper.make_graph([], "nbits_fanout", list(single.graph.input), [])
+    for i in range(layers):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.output[0] = f"y{i}"
+        for j, name in enumerate(node.input):
+            if name in inits:
+                copy.input[j] = f"{name}_{i}"
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(inits[name])
+                tensor.name = copy.input[j]
+                if tensor.raw_data:  # one byte changed per copy: onnxruntime may share identical initializers
+                    raw = bytearray(tensor.raw_data)
+                    raw[0] = i % 256
+                    tensor.raw_data = bytes(raw)
+                graph.initializer.append(tensor)
+        graph.node.append(copy)
+        out = onnx.ValueInfoProto()
+        out.CopyFrom(single.graph.output[0])
+        out.name = f"y{i}"
+        graph.output.append(out)
+    model = onnx.helper.make_model(graph, opset_imports=list(single.opset_import))
+    per_layer = sum(numpy_helper.to_array(t).nbytes for t in inits.values() if t.name in node.input)
+    return model, per_layer, None

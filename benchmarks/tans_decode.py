@@ -7,7 +7,11 @@ seed) coded with the ``tans`` codec, in one run:
   which writes the dense weights) on one thread, in symbols per second per core,
   and on ``--threads`` threads;
 * batch-1 matmul time, one layer called repeatedly: the fused tANS kernel
-  (``kernel_for``, the path taken at batch 1), onnxruntime's fp32 MatMul, and
+  (``--tans-execution stream``), the GEMV over the planes decoded at load
+  (``--tans-execution load``, the default; the one-off decode at load timed
+  too), the ``bie-bitplane`` kernel of the same precision on the same weights
+  (4 bits up to 15 levels, else 8: the same integer GEMV over its own codes),
+  onnxruntime's fp32 MatMul, and
   onnxruntime's 4-bit ``MatMulNBits`` (block 32, symmetric, accuracy_level 4,
   from ``MatMulNBitsQuantizer``; needs the ``onnx-ir`` package, ``pip install
   -e .[bench]``: without it that row says so).
@@ -32,8 +36,8 @@ from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from bitplane_gemv import MAX_REL_ERROR, SEED, matmul_chain, median_seconds, ort_session  # noqa: E402
-from common import matmul_nbits  # noqa: E402
+from bitplane_gemv import MAX_REL_ERROR, SEED  # noqa: E402
+from common import matmul_chain, matmul_nbits, median_seconds, ort_session  # noqa: E402
 
 CALLS = 5  # calls per timed loop
 
@@ -67,7 +71,7 @@ def set_tvm_threads(threads: int) -> None:
 def run(args: argparse.Namespace) -> dict:
     import tvm
 
-    from bie_compiler.codecs import tans
+    from bie_compiler.codecs import bie_bitplane, tans
     from bie_compiler.codegen import kernel_for
     from bie_compiler.codegen.kernels import tans_matmul
     from bie_compiler.codegen.kernels.decode import Layout
@@ -79,13 +83,22 @@ def run(args: argparse.Namespace) -> dict:
     model = matmul_chain(size, 1)
     model.graph.initializer.append(numpy_helper.from_array(w, "w0"))
     enc = tans.encode(w.T, tans.Config(levels=args.levels, states=args.states))
+    bitplane_bits = tans_matmul.lut_planes(args.levels) + 1
+    bitplane = bie_bitplane.encode(w.T, bie_bitplane.Config(bits=bitplane_bits))
     decoded = tans.decode(enc)
     del w
 
     target = make_target()
     build = lambda f: tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target).mod["main"]  # noqa: E731
-    call = kernel_for(enc, target)
+    call = kernel_for(enc, target, tans_execution="stream")
     fused = build(call.func)
+    load = kernel_for(enc, target, tans_execution="load")
+    at_load, load_gemv = build(load.at_load.func), build(load.func)
+    stored = [tvm.runtime.tensor(a) for a in load.at_load.stored]
+    computed = [tvm.runtime.empty(c.shape, c.dtype.name) for c in load.constants]
+    bitplane_call = kernel_for(bitplane, target)
+    bitplane_gemv = build(bitplane_call.func)
+    bitplane_consts = [tvm.runtime.tensor(c) for c in bitplane_call.constants]
     decoder = build(tans_matmul.decode_weights(**tans_matmul.stream_layout(enc), into=Layout.matmul(size, size), x_ndim=2))
     consts = [tvm.runtime.tensor(c) for c in call.constants]
     x = np.random.default_rng(SEED + 1).standard_normal((1, size)).astype(np.float32)
@@ -94,6 +107,9 @@ def run(args: argparse.Namespace) -> dict:
     fused(x_tvm, *consts, y_tvm)
     ref = x.astype(np.float64) @ decoded.T.astype(np.float64)
     rel_error = float(np.abs(y_tvm.numpy() - ref).max() / np.abs(ref).max())
+    at_load(*stored, *computed)
+    load_gemv(x_tvm, *computed, y_tvm)
+    rel_error = max(rel_error, float(np.abs(y_tvm.numpy() - ref).max() / np.abs(ref).max()))
     decoder(x_tvm, *consts, dense)
     if rel_error > MAX_REL_ERROR or not np.array_equal(dense.numpy(), decoded.T):
         raise SystemExit(f"TVM tANS kernels disagree with the reference decoder (matmul rel. error {rel_error:.2e})")
@@ -107,6 +123,12 @@ def run(args: argparse.Namespace) -> dict:
     set_tvm_threads(args.threads)
     decode_n = median_seconds(lambda: decoder(x_tvm, *consts, out_dense), CALLS, args.repeats)
     fused_n = median_seconds(lambda: fused(x_tvm, *consts, y_tvm), CALLS, args.repeats)
+    at_load_n = median_seconds(lambda: at_load(*stored, *computed), CALLS, args.repeats)
+    load_n, bitplane_n = [], []
+    for _ in range(args.repeats):  # interleaved: the two kernels see the same machine
+        load_n.append(median_seconds(lambda: load_gemv(x_tvm, *computed, y_tvm), 4 * CALLS, 1))
+        bitplane_n.append(median_seconds(lambda: bitplane_gemv(x_tvm, *bitplane_consts, y_tvm), 4 * CALLS, 1))
+    load_n, bitplane_n = float(np.median(load_n)), float(np.median(bitplane_n))
 
     feed = {"x": x}
     fp32 = ort_session(model.SerializeToString(), args.threads)
@@ -119,11 +141,15 @@ def run(args: argparse.Namespace) -> dict:
         "levels": args.levels, "states": args.states, "streams": report["streams"],
         "tans_bits_per_weight": enc.bits_per_weight, "tans_payload_bits_per_weight": report["payload_bits_per_weight"],
         "tans_bytes": enc.nbytes, "fp32_bytes": 4 * symbols, "nbits_bytes": nbits[1] if nbits else None,
+        "bitplane_bits": bitplane_bits, "bitplane_bytes": bitplane.nbytes,
+        "load_decode_ms": 1e3 * at_load_n, "load_vs_bitplane": load_n / bitplane_n,
         "matmul_rel_error": rel_error,
         "decode_gsym_per_s_1_thread": symbols / decode_1 * 1e-9,
         "decode_gsym_per_s_threads": symbols / decode_n * 1e-9,
         "fused_gsym_per_s_1_thread": symbols / fused_1 * 1e-9,
         "ms": {"tans fused, 1 thread": 1e3 * fused_1, f"tans fused, {args.threads} threads": 1e3 * fused_n,
+               f"tans load ({load.kind}), {args.threads} threads": 1e3 * load_n,
+               f"bie-bitplane {bitplane_bits}-bit, {args.threads} threads": 1e3 * bitplane_n,
                f"onnxruntime fp32, {args.threads} threads": 1e3 * ort_fp32,
                f"onnxruntime MatMulNBits 4-bit, {args.threads} threads": None if ort_nbits is None else 1e3 * ort_nbits},
         "matmul_nbits_missing": why,
@@ -143,6 +169,9 @@ def print_report(res: dict) -> None:
           f"{res['decode_gsym_per_s_threads']:.3f} Gsym/s on {res['threads']} threads "
           f"(bar: zstd FSE ~1.0 Gsym/s per core, 4 states)")
     print(f"fused decode-and-GEMV, batch 1: {res['fused_gsym_per_s_1_thread']:.3f} Gsym/s on 1 core")
+    print(f"load: decoding the streams into {res['bitplane_bits']} planes once takes {res['load_decode_ms']:.1f} ms "
+          f"({res['threads']} threads); its GEMV / bie-bitplane {res['bitplane_bits']}-bit "
+          f"({res['bitplane_bytes'] / 1e6:.2f} MB) = {res['load_vs_bitplane']:.2f} (interleaved)")
     print()
     print("batch-1 matmul, one layer called repeatedly:")
     for name, ms in res["ms"].items():

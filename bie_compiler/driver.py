@@ -219,7 +219,8 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
         "model_totals": totals(plan.records + others),  # every weight of the model
         "weights": {"tensors": len(built.weights.tensors), "bytes": built.weights.nbytes,
                     "tans_streams": len(built.weights.tans),
-                    "progressive": built.weights.progressive},  # bie-bitplane magnitudes: cut at load
+                    "progressive": built.weights.progressive,  # bie-bitplane magnitudes: cut at load
+                    **({"at_load": built.weights.at_load} if built.weights.at_load else {})},
         **built.manifest,
         **({"calibration": record(calibration, damping, act_order)} if calibration is not None else {}),
     }

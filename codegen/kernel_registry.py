@@ -26,6 +26,7 @@ from tvm import tirx
 from bie_compiler.codecs import Encoded
 
 KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kernel kind
+AT_LOAD_ATTR = "bie.at_load"  # on the PrimFuncs computing constants at load (KernelCall.at_load)
 LAYER_ATTR = "bie.layer"  # on our kernels in the IRModule: the name of the weight they compute from
 SMALL_BATCH_ROWS = 1  # matmuls with at most this many rows use ``func``; larger ones ``large_batch``
 OPS = ("matmul", "conv2d", "gather")
@@ -43,6 +44,15 @@ class ConvSpec:
 
 
 @dataclass
+class AtLoad:
+    """Constants computed once, when the artefact is loaded: ``func(*stored, *constants)`` (a PrimFunc writing every
+    constant of its KernelCall) from ``stored``, the arrays the artefact keeps instead."""
+
+    func: tirx.PrimFunc
+    stored: list
+
+
+@dataclass
 class KernelCall:
     """A scheduled PrimFunc and the constants it reads after the activation.
 
@@ -50,6 +60,7 @@ class KernelCall:
     above SMALL_BATCH_ROWS rows; the pass dispatches on the row count.
     ``decodes``: ``func`` is a decode kernel ``f(x, *constants, W)`` (``x`` not
     read), ``W`` the weight of the plain op (matmul: [K, N]; conv: OIHW).
+    ``at_load``: the constants are not stored but computed at load (``constants`` gives their shapes).
     """
 
     kind: str
@@ -57,9 +68,10 @@ class KernelCall:
     constants: list
     large_batch: "KernelCall | None" = None
     decodes: bool = False
+    at_load: AtLoad | None = None
 
 
-Builder = Callable[[Encoded, "ConvSpec | None"], KernelCall]
+Builder = Callable[..., KernelCall]  # (enc: Encoded, conv: ConvSpec | None, **kernel options) -> KernelCall
 KERNELS: dict[tuple[str, str, str], Builder] = {}  # (codec, op, target kind) -> builder
 
 
@@ -81,19 +93,21 @@ def has_kernel(codec: str, op: str, target: tvm.target.Target) -> bool:
     return (codec, op, target.kind.name) in KERNELS
 
 
-def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = None,
-               op: str | None = None) -> KernelCall:
+def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = None, op: str | None = None,
+               **options) -> KernelCall:
     """The kernel that computes ``x @ W.T`` (or the conv in ``conv``, or the rows ``op="gather"`` takes) from
-    ``enc`` on ``target``."""
+    ``enc`` on ``target``; ``options``: the codec's kernel options (``codecs.kernel_options``), passed to its builder."""
     op = op or ("matmul" if conv is None else "conv2d")
     builder = KERNELS.get((enc.codec, op, target.kind.name))
     if builder is None:
         raise NotImplementedError(f"no {op} kernel for codec {enc.codec!r} on {target.kind.name}")
     with target:  # builders may ask Target.current() for CPU features
-        call = builder(enc, conv)
+        call = builder(enc, conv, **options)
     for variant in (call, call.large_batch):
         if variant is not None:
             variant.func = finish(variant.func, variant.kind)
+    if call.at_load is not None:
+        call.at_load.func = finish(call.at_load.func, f"{call.kind}_at_load").with_attr(AT_LOAD_ATTR, True)
     return call
 
 

@@ -11,7 +11,11 @@ then the dense schedules' GEMM); a ``conv2d(x, W)`` (any groups) becomes
 ``conv2d(x, call_tir(decode, (x, *encoded)))`` with its attributes kept; a ``take(W, ids)``
 becomes ``call_tir(gather, (ids1d, *encoded))``, the rows decoded as they are read. Every
 kernel takes ``x`` (a decode kernel without reading it), so constant folding cannot
-pre-compute a dense weight into the artefact again. The rewritten calls leave
+pre-compute a dense weight into the artefact again. A kernel whose constants are
+computed at load (``KernelCall.at_load``) reads them from the tuple of
+``call_tir(at_load, stored)``, the stored arrays its only arguments: a tuple is
+never constant-folded, and the build lifts the call out of ``main`` into the
+function the runtime runs once at load (``codegen.cpu.build``). The rewritten calls leave
 their weight constants unused: ``DeadCodeElimination`` after it removes them
 (``passes.encoding_passes`` composes both).
 """
@@ -28,15 +32,15 @@ from .plan import EncodingPlan
 from .weight_uses import Match, WeightUse, as_index_rows, as_rows, rewrite_weight_calls
 
 
-def _dispatch_by_rows(small, large, large_decodes: bool, constants, k: int, n: int) -> relax.Function:
-    """``f(x [m, k], *constants) -> [m, n]``: the small-batch kernel up to SMALL_BATCH_ROWS rows, else the
+def _dispatch_by_rows(small, large, large_decodes: bool, types: list[relax.TensorType], k: int, n: int) -> relax.Function:
+    """``f(x [m, k], *constants) -> [m, n]`` (constants of ``types``): the small-batch kernel up to SMALL_BATCH_ROWS rows, else the
     large-batch one (``large_decodes``: a decode kernel of the weight [k, n], then a plain matmul).
 
     The constants are parameters, not bound inside, so every constant of the model is an argument in
     ``main`` and the build can move them all out of the code."""
     m = tvm.tirx.Var("m", "int64")
     x = relax.Var("x", relax.TensorType([m, k], "float32"))
-    params = [relax.Var(f"c{i}", c.ty) for i, c in enumerate(constants)]
+    params = [relax.Var(f"c{i}", ty) for i, ty in enumerate(types)]
     out_ty = relax.TensorType([m, n], "float32")
 
     def branch(kernel, decodes):
@@ -102,18 +106,37 @@ class EncodeWeights:
         target = self.plan.target
         if use.name in self.plan.encoded:
             codec, enc = self.plan.encoded[use.name]
-            kernel = codegen.kernel_for(enc, target, use.conv, use.op)
+            kernel = codegen.kernel_for(enc, target, use.conv, use.op, **self.plan.kernel_options.get(use.name, {}))
         else:
             codec, kernel = "dense", codegen.dense_kernel(use.matrix(), target)
         stem = f"{codec.replace('-', '_')}_" + "".join(c if c.isalnum() else "_" for c in use.name)
         constants = [relax.const(c) for c in kernel.constants]
+        if kernel.at_load is not None:
+            constants = _computed_at_load(builder, kernel, stem, use.name)
         small = _add_prim_func(builder, kernel, stem, use.name)
         if kernel.large_batch is None:
             return small, constants, kernel.decodes, False
         large = _add_prim_func(builder, kernel.large_batch, stem, use.name)
         n, k = use.rows, use.size // use.rows
-        dispatch = _dispatch_by_rows(small, large, kernel.large_batch.decodes, constants, k, n)
+        types = [relax.TensorType(list(c.shape), c.dtype.name) for c in kernel.constants]
+        dispatch = _dispatch_by_rows(small, large, kernel.large_batch.decodes, types, k, n)
         return builder.add_func(dispatch, f"{stem}_matmul"), constants, False, True
+
+
+def _computed_at_load(builder: relax.BlockBuilder, kernel: KernelCall, stem: str, layer: str) -> list[relax.Expr]:
+    """The kernel's constants as the fields of ``f(*stored)``, a Relax function around ``call_tir(at_load, stored)``
+    (see the module docstring)."""
+    name = f"{stem}_{kernel.kind}_at_load"
+    func = builder.add_func(kernel.at_load.func.with_attrs({"global_symbol": name, codegen.LAYER_ATTR: layer}), name)
+    stored = [relax.const(a) for a in kernel.at_load.stored]
+    types = [relax.TensorType(list(c.shape), c.dtype.name) for c in kernel.constants]
+    params = [relax.Var(f"s{i}", s.ty) for i, s in enumerate(stored)]
+    computed = relax.Var("computed", relax.TupleType(types))
+    body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(computed, relax.call_tir(func, params, out_ty=types))])],
+                         computed)
+    wrapper = builder.add_func(relax.Function(params, body, relax.TupleType(types), is_pure=True), f"{name}_call")
+    call = relax.Call(wrapper, stored)
+    return [relax.TupleGetItem(call, i) for i in range(len(types))]
 
 
 def _add_prim_func(builder: relax.BlockBuilder, kernel: KernelCall, stem: str, layer: str) -> relax.GlobalVar:

@@ -32,6 +32,7 @@ class EncodingPlan:
     uses: dict[str, WeightUse]  # by name
     records: list[LayerRecord]  # one per weight, in the order of the calls
     encoded: dict[str, tuple[str, Encoded]]  # name -> (codec, encoding) of the weights to encode
+    kernel_options: dict[str, dict]  # name -> the codec options choosing its kernel (codecs.kernel_options)
     dense_kernels: frozenset[str]  # weights left dense that get the target's dense kernel
 
 
@@ -62,7 +63,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     sensitive = any(codecs.splits_budget(choices[name][1]) for name in fed)
     statistics = calibrations(fed, sensitive) if calibrations and fed else {}
     configs = _configs(eligible, choices, statistics, report)
-    records, encoded = [], {}
+    records, encoded, kernel_options = [], {}, {}
     position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
     tasks = LazyMapping(eligible, lambda name: (choices[name][0], uses[name].task_matrix(), configs[name],
                                                 statistics.get(name)))
@@ -88,6 +89,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
         if record.fallback_reason:
             continue
         encoded[use.name] = codec, enc
+        kernel_options[use.name] = codecs.kernel_options(config)
         module = codecs.get_codec(codec)
         record.codec, record.bytes_encoded = codec, enc.nbytes
         record.config, record.encoded_sha256 = codecs.config_dict(config), enc.sha256()
@@ -97,7 +99,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
             record.details.update(codecs.feedback_report(codec, use.matrix(), config, statistics.get(use.name), enc))
     dense = frozenset(name for name, u in uses.items() if name not in encoded and u.op == "matmul"
                       and not u.unsupported and codegen.has_dense_kernel(target))
-    return EncodingPlan(target, names, uses, records, encoded, dense)
+    return EncodingPlan(target, names, uses, records, encoded, kernel_options, dense)
 
 
 def _fallback(use: WeightUse, codec: str | None, config, target: tvm.target.Target) -> str | None:

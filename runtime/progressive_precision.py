@@ -1,7 +1,8 @@
 """Progressive precision at load: a bie-bitplane artefact run with only the top P bits of every weight's magnitude.
 
 The build lists the weights.bin tensors that hold bie-bitplane magnitudes and how (the manifest's
-``weights.progressive``: bit planes most significant first, int8 codes, or 4-bit codes two per byte);
+``weights.progressive``: bit planes most significant first, int8 codes, 4-bit codes two per byte, or the
+look-up-table kernel's two's complement planes);
 cutting each magnitude to its top P bits gives the weights ``compile --planes P`` would store.
 """
 
@@ -13,7 +14,8 @@ import numpy as np
 
 from bie_compiler.errors import ArtefactError, BieError
 
-_DTYPES = {"planes": (np.uint8, np.uint32), "codes": (np.int8,), "nibbles": (np.int8, np.uint8)}  # each 3-D
+_DTYPES = {"planes": (np.uint8, np.uint32), "codes": (np.int8,), "nibbles": (np.int8, np.uint8),
+           "lut_planes": (np.uint32,)}  # each 3-D
 
 
 def keep_top_planes(weights: list[np.ndarray], progressive: list[dict], planes: int, path: Path) -> list[np.ndarray]:
@@ -45,6 +47,19 @@ def _cut(a: np.ndarray, form: str, bits: int, planes: int) -> np.ndarray:
 
     if form == "codes":
         return signed_cut(a.astype(np.int16)).astype(np.int8)
+    if form == "lut_planes":
+        return _cut_twos_complement_planes(a, bits, signed_cut)
     u = a.view(np.uint8)  # two 4-bit two's complement codes a byte
     low, high = ((signed_cut((v.astype(np.int16) ^ 8) - 8) & 0xF) for v in (u & 0xF, u >> 4))
     return (low | (high << 4)).astype(np.uint8).view(a.dtype)
+
+
+def _cut_twos_complement_planes(a: np.ndarray, bits: int, signed_cut) -> np.ndarray:
+    """``a`` uint32 [bits + 1, R, 16]: plane 0 the sign (significance -2^bits), plane b of significance 2^(bits - b),
+    bit j of a word the weight j of its 32 (``codegen/kernels/bitplane_lut.py``); the integers cut, packed again."""
+    bit = np.unpackbits(a.view(np.uint8).reshape(*a.shape, 4), axis=-1, bitorder="little").astype(np.int16)
+    value = sum(bit[b] << (bits - b) for b in range(1, bits + 1)) - (bit[0] << bits)
+    unsigned = signed_cut(value) & ((1 << (bits + 1)) - 1)
+    planes = [np.packbits(((unsigned >> (bits - b)) & 1).astype(np.uint8), axis=-1, bitorder="little")
+              for b in range(bits + 1)]
+    return np.ascontiguousarray(np.stack(planes)).view(np.uint32).reshape(a.shape)

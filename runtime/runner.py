@@ -138,6 +138,9 @@ class Runner:
             self.vm = relax.VirtualMachine(lib, self.device)
         except Exception as e:  # a library that passed the checksum but TVM cannot load
             raise ArtefactError(f"{self.path / LIBRARY}: TVM cannot load it: {str(e).strip().splitlines()[-1]}") from None
+        at_load = self.manifest["weights"].get("at_load")
+        if at_load:  # main's weights computed from the stored ones once (tANS streams decoded: tans --tans-execution)
+            self.weights = list(self.vm[at_load](self.weights))
         self.inputs = self.manifest["inputs"]
         self.outputs = self.manifest["outputs"]
         self.input_names = [i["name"] for i in self.inputs]

@@ -25,3 +25,14 @@ def assert_close(got, want, tolerance: float = 1e-5, context=None) -> None:
     """``got`` within ``tolerance`` of ``want``, relative to the largest magnitude of ``want``."""
     error = np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30)
     assert error < tolerance, (error, context)
+
+
+def computed_constants(call, target) -> list[np.ndarray]:
+    """The constants ``call``'s kernels read: its own, or those its at-load function computes from the stored
+    arrays (``KernelCall.at_load``: ``call.constants`` only give their shapes), the buffers filled with garbage
+    first."""
+    if call.at_load is None:
+        return call.constants
+    out = [tvm.runtime.tensor(np.full(c.shape, 0x5A, c.dtype)) for c in call.constants]
+    build(call.at_load.func, target)(*[tvm.runtime.tensor(a) for a in call.at_load.stored], *out)
+    return [o.numpy() for o in out]

@@ -6,7 +6,7 @@ import pytest
 
 from bie_compiler.codecs import bbs, make_config
 from bie_compiler.codegen import kernel_for
-from bie_compiler.codegen.kernels import bbs_lut
+from bie_compiler.codegen.kernels import lut
 from bie_compiler.codegen.target import make_target
 from bie_compiler.runtime.host import host_cpu, isa
 from kernel_runs import assert_close, run
@@ -29,7 +29,7 @@ def test_matmul_kernels_match_reference_decoder(options, n, k, target):
     w = rng.standard_t(4, (n, k)).astype(np.float32)
     enc = bbs.encode(w, make_config("bbs", options))
     call = kernel_for(enc, target)
-    assert call.kind == ("bbs_lut" if bbs_lut.supported(target) else "bbs_decoded") and call.large_batch.decodes
+    assert call.kind == ("bbs_lut" if lut.supported(target) else "bbs_decoded") and call.large_batch.decodes
     without_avx512 = kernel_for(enc, make_target(mcpu="x86-64-v3"))
     decoded = bbs.decode(enc).astype(np.float64)
     for variant in (call, without_avx512):  # each exact for any row count; the pass runs them for one

@@ -11,7 +11,7 @@ from tvm import relax
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import ConvSpec, cpu, kernel_for
 from bie_compiler.parity import run_onnxruntime
-from kernel_runs import assert_close, run
+from kernel_runs import assert_close, computed_constants, run
 
 CASES = [
     ("bie-bitplane", {"bits": 4}),  # 4-bit integers, two per byte
@@ -41,17 +41,17 @@ def encode(codec, options, matrix):
     return CODECS[codec].encode(matrix, make_config(codec, options))
 
 
-def run_decoder(call, target, x, out_shape):
+def run_decoder(call, target, x, out_shape, constants):
     assert call.decodes and call.func.attrs["tirx.is_scheduled"]
-    return run(call.func, target, x, call.constants, out_shape)
+    return run(call.func, target, x, constants, out_shape)
 
 
 @pytest.mark.parametrize("codec,options", CASES, ids=IDS)
 @pytest.mark.parametrize("n,k", [(1, 1), (37, 300), (64, 129), (96, 40)])
 def test_matmul_decoder_is_bit_exact(codec, options, n, k, target):
     enc = encode(codec, options, weights((n, k), n * k))
-    decoder = kernel_for(enc, target).large_batch
-    got = run_decoder(decoder, target, np.zeros((3, k), np.float32), (k, n))
+    call = kernel_for(enc, target)
+    got = run_decoder(call.large_batch, target, np.zeros((3, k), np.float32), (k, n), computed_constants(call, target))
     np.testing.assert_array_equal(got, CODECS[codec].decode(enc).T)
 
 
@@ -77,7 +77,7 @@ def test_conv_decoder_is_bit_exact(codec, options, shape, target):
     o, i, kh, kw = shape
     enc = encode(codec, options, weights((o, i * kh * kw), 7))
     call = kernel_for(enc, target, ConvSpec((1, 1), (0, 0, 0, 0), (1, 1), shape))
-    got = run_decoder(call, target, np.zeros((1, i, 4, 4), np.float32), shape)
+    got = run_decoder(call, target, np.zeros((1, i, 4, 4), np.float32), shape, computed_constants(call, target))
     np.testing.assert_array_equal(got, oihw(CODECS[codec].decode(enc), shape))
 
 
@@ -101,7 +101,7 @@ def test_convs_match_onnxruntime_on_decoded_weights(codec, options, target):
         decoder = bb.add_func(call.func.with_attr("global_symbol", f"decode{index}"), f"decode{index}")
         x = relax.Var("x", relax.TensorType([tvm.tirx.Var("n", "int64"), i * groups, size, size], "float32"))
         with bb.function(f"conv{index}", [x]):
-            w = bb.emit(relax.call_tir(decoder, [x, *map(relax.const, call.constants)],
+            w = bb.emit(relax.call_tir(decoder, [x, *map(relax.const, computed_constants(call, target))],
                                        out_ty=relax.TensorType(list(shape), "float32")))
             bb.emit_func_output(bb.emit(relax.op.nn.conv2d(x, w, (stride,) * 2, (pad,) * 4, groups=groups)))
         cases.append((index, oihw(CODECS[codec].decode(enc), shape), stride, pad, groups, (i * groups, size)))

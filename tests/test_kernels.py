@@ -6,6 +6,7 @@ import tvm
 
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import kernel_for
+from bie_compiler.codegen.kernels import lut
 from bie_compiler.codegen.target import make_target
 from kernel_runs import assert_close, run
 
@@ -82,9 +83,12 @@ def test_plane_kernels_at_any_k(codec, options, k, target):
     ({"bits": 8}, "codes", 32),
 ])
 def test_bitplane_kernel_form(target, options, constant, lanes):
+    """Without AVX-512 (the look-up instruction): the forms below."""
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     enc = CODECS["bie-bitplane"].encode(w, make_config("bie-bitplane", options))
     call = kernel_for(enc, target)
+    if lut.supported(target):  # the look-up-table kernel at every width: 16 channels' words per vector
+        constant, lanes = "words", 16
     script = call.func.script()
     assert "T.parallel" in script and f"T.vectorized({lanes})" in script and f"{constant}: T.Buffer" in script
     stored = sum(enc.arrays[a].nbytes for a in ("planes", "signs"))

@@ -1,4 +1,5 @@
-"""Whole models with the tans codec: budgets 2, 3 and 4 bits/weight, parity against onnxruntime at batch 1 and 8."""
+"""Whole models with the tans codec: budgets 2, 3 and 4 bits/weight, parity against onnxruntime at batch 1 and 8;
+both executions (``--tans-execution load|stream``) storing the same bytes."""
 
 import numpy as np
 import pytest
@@ -75,3 +76,29 @@ def test_command_line(model_dir, tmp_path):
     assert cli("check", out, "--batch", "2").returncode == 0
     bad = cli("compile", model_dir["mlp"], "--codec", "tans", "--levels", "4", "-o", tmp_path / "bad")
     assert bad.returncode == 2 and "levels must be odd" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def executions(model_dir, tmp_path_factory):
+    """The mlp at 15 levels (the integer kernels' 4-bit codes at load) and the transformer at 63 (8-bit codes), run
+    both ways."""
+    root = tmp_path_factory.mktemp("tans-execution")
+    return {(model, e): bie_compiler.compile_model(model_dir[model], root / f"{model}-{e}", "tans",
+                                                   {"levels": levels, "tans_execution": e}, min_weights=0, progress=None)
+            for model, levels in (("mlp", 15), ("transformer", 63)) for e in ("load", "stream")}
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_load_execution_stores_the_streams_and_computes_what_they_define(executions, model):
+    load, stream = (bie_compiler.load(executions[model, e]) for e in ("load", "stream"))
+    for key in ("bytes", "tans_streams", "tensors"):
+        assert load.manifest["weights"][key] == stream.manifest["weights"][key], key
+    assert load.manifest["totals"] == stream.manifest["totals"]
+    assert load.manifest["weights"]["at_load"] == "main_transform_params" and "at_load" not in stream.manifest["weights"]
+    assert {l["config"]["tans_execution"] for l in load.manifest["layers"]} == {"load"}
+    for batch in (1, 8):
+        inputs = make_inputs(load.inputs, batch=batch, seed=batch)
+        result = check_artefact(load, inputs=inputs)
+        assert result["decoded_max_rel_err"] < 1e-4 and result["passed"], result
+        got, want = (list(r(inputs).values())[0] for r in (load, stream))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())

@@ -172,4 +172,10 @@ def config_dict(config: object) -> dict:
     return dataclasses.asdict(config)
 
 
-__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "encode", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "splits_budget", "takes_calibration"]
+def kernel_options(config: object) -> dict:
+    """The fields of a codec config that choose its kernel rather than its encoding (``metadata["kernel"]``): the
+    kernel builder takes them as keyword arguments (``codegen.kernel_for``)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("kernel")}
+
+
+__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "encode", "kernel_options", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "splits_budget", "takes_calibration"]

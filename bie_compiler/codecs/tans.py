@@ -31,6 +31,7 @@ from .base import Encoded, check_weight
 NAME = "tans"
 DEFAULT_LEVELS = 15
 LEVEL_CHOICES = (3, 5, 7, 9, 11, 15, 19, 23, 31, 47, 63, 95, 127, 191, 255)  # what the budget planner tries
+EXECUTIONS = ("load", "stream")  # how the CPU kernels run a layer: see Config.tans_execution
 STEP_RATIOS = np.geomspace(1.0, 0.125, 16).astype(np.float32)  # of max|w| / m: from no clipping to clipping most
 
 
@@ -45,6 +46,11 @@ class Config:
     states: int = field(default=4, metadata={"help": "interleaved tANS states per stream (default 4)"})
     stream_symbols: int = field(default=8192, metadata={  # a stream covers whole output channels
         "help": "weights per independently decoded stream, at least (default 8192)"})
+    # the kernel, not the encoding: the stored bytes are the same either way
+    tans_execution: str = field(default="load", metadata={"kernel": True,
+        "help": "CPU: load (decode the streams once when the artefact is loaded, into the bit planes of the "
+                "bie-bitplane look-up-table GEMV: fast, the decoded planes in memory) or stream (decode on every "
+                "call, fused with the GEMV: least memory); default load"})
 
     def __post_init__(self):
         if self.levels and self.bits_per_weight:
@@ -53,6 +59,8 @@ class Config:
             raise CodecError(f"{NAME}: bits_per_weight must be positive, got {self.bits_per_weight}")
         if self.levels and (not 3 <= self.levels <= 255 or self.levels % 2 == 0):
             raise CodecError(f"{NAME}: levels must be odd, in 3..255 (the centre level is zero), got {self.levels}")
+        if self.tans_execution not in EXECUTIONS:
+            raise CodecError(f"{NAME}: tans_execution must be one of {', '.join(EXECUTIONS)}, got {self.tans_execution!r}")
         if self.stream_symbols < 1:
             raise CodecError(f"{NAME}: stream_symbols must be >= 1, got {self.stream_symbols}")
         try:

@@ -29,7 +29,7 @@ from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
 from ..kernel_registry import ConvSpec, KernelCall, register
-from . import bbs_lut, decode, decode_once
+from . import bbs_lut, decode, decode_once, lut
 
 CONV_BLOCK = "conv2d_nchw"  # topi's name for the conv block (the GPU's direct conv schedules it)
 
@@ -133,7 +133,7 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     decoder = decode.elementwise(output_weight(enc, holders), holders, *decode.destination(enc, conv))
     small = None
     if conv is None:
-        if bbs_lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
+        if lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
             small = KernelCall("bbs_lut", bbs_lut.gemv(enc), tensors)
         else:
             small = KernelCall("bbs_decoded", matmul(enc), tensors)

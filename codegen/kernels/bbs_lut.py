@@ -1,15 +1,8 @@
 """The batch-1 ``bbs`` kernel: look-up-table bit-serial GEMV over the stored bit columns (AVX-512).
 
-For each group of 4 activations a 16-entry table holds every subset sum
-(``table[t] = sum of x[4q + i] for the bits i set in t``), exact in float32 and
-one 512-bit register. A pruned group's bit column for 16 channels is one 64-byte
-vector of 32-bit words (the stored layout, :mod:`bie_compiler.codecs.bbs`):
-word bits ``4q .. 4q + 3`` are the column's bits for activations ``4q .. 4q + 3``,
-so ``vpermps`` with the word as the index vector looks up 16 channels' partial
-sums at once (it reads only the low 4 bits of each lane; a right shift by 4
-moves to the next nibble). Per group and column: 1 load, 7 shifts, 8 look-ups,
-7 adds and a multiply-add by the column's significance for 16 channels x 32
-weights; the group's 8 tables stay in registers across its columns. Then per group
+The look-ups (:mod:`.lut`): a pruned group's bit column for 16 channels is one
+64-byte vector of 32-bit words (the stored layout, :mod:`bie_compiler.codecs.bbs`),
+each column looked up and multiplied-added by its significance. Then per group
 
     dot += 2^shift * sum_b significance_b * colsum_b + offset * sum(x over the group)
 
@@ -46,40 +39,12 @@ from tvm.script import tirx as T
 from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
-PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps zmm: 16 float look-ups in a 16-entry register table
-PREFETCH = "llvm.prefetch.p0"  # (address, read = 0, locality 2 = into L2, data = 1)
+from . import lut
+
 LANES = bbs.LANES
-NIBBLES = bbs.GROUP // 4  # tables per group
+NIBBLES = lut.NIBBLES
 ROWS = 4  # sensitive rows per pass over x: independent FMA chains
-
-
-def supported(target) -> bool:
-    """Whether ``target``'s CPU has AVX-512F (the table look-up instruction)."""
-    from tvm.target import codegen as llvm_codegen
-
-    return bool(llvm_codegen.llvm_cpu_has_features("avx512f", target))
-
-
-def _tree(terms):
-    """The sum of ``terms`` as a balanced tree (short dependency chains)."""
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    return terms[0]
-
-
-def _prefetch(load):
-    """Fetch the cache line of ``load`` into L2 (the hardware prefetchers stop at every 4 KiB page)."""
-    return T.evaluate(tirx.call_llvm_intrin("void", PREFETCH, tirx.address_of(load), tirx.const(0, "int32"),
-                                            tirx.const(2, "int32"), tirx.const(1, "int32")))
-
-
-def _column_sum(table, first, words):
-    """Sum of the 8 look-ups of one group's column word for 16 channels, added as a tree (short dependency chains)."""
-    return _tree([
-        tirx.call_llvm_pure_intrin("float32x16", PERMUTE, table[first + q, tirx.Ramp(0, 1, 16)],
-                                   words if q == 0 else tirx.shift_right(words, tirx.Broadcast(4 * q, LANES)))
-        for q in range(NIBBLES)
-    ])
+assert (bbs.LANES, bbs.GROUP) == (lut.LANES, lut.GROUP)  # a stored column is one vector of plane words
 
 
 def gemv(enc: Encoded):
@@ -98,6 +63,7 @@ def gemv(enc: Encoded):
     top = 1 << (bits - 1)  # column 0 (the sign) has significance -top, column b > 0 has 2^(bits - 1 - b)
     significance = [-top] + [1 << (bits - 1 - b) for b in range(1, bits)]
     items = sensitive_blocks + blocks
+    fill_tables = lut.fill_tables(k, kp)
     # offset = c (avg, unsigned) or -c (zps, c a 6-bit two's complement: sign-extended by shifting it to the top
     # and back; the minus is folded into group_sum)
     offset_sign = -1 if zps else 1
@@ -128,16 +94,7 @@ def gemv(enc: Encoded):
         # per-item accumulators (ROWS for sensitive rows, 1 for a pruned block), allocated once per call
         acc = T.decl_buffer((items, ROWS, LANES), "float32")
         for row in range(m):
-            for kk in T.vectorized(kp):
-                xpad[kk] = T.if_then_else(kk < k, x[row, kk], T.float32(0))
-            for q in range(kp // 4):
-                for t in T.vectorized(16):
-                    table[q, t] = (
-                        T.Select(t & 1 != 0, xpad[4 * q], T.float32(0))
-                        + T.Select(t & 2 != 0, xpad[4 * q + 1], T.float32(0))
-                        + (T.Select(t & 4 != 0, xpad[4 * q + 2], T.float32(0))
-                           + T.Select(t & 8 != 0, xpad[4 * q + 3], T.float32(0)))
-                    )
+            fill_tables(x, row, xpad, table)
             for g in range(kg):
                 group_sum[g] = T.float32(0)
                 for q in range(NIBBLES):
@@ -155,14 +112,14 @@ def gemv(enc: Encoded):
                                 acc[item, j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                             for kv in range(kp // LANES):
                                 for j in T.unroll(ROWS):  # the next ROWS rows, during this pass
-                                    _prefetch(sensitive[T.min(first + ROWS + j, count - 1), kv * LANES])
+                                    lut.prefetch(sensitive[T.min(first + ROWS + j, count - 1), kv * LANES])
                                 for j in T.unroll(ROWS):  # rows past count (count = n) are clamped, not stored
                                     codes: T.let = sensitive[T.min(first + j, count - 1), T.Ramp(kv * LANES, 1, LANES)]
                                     acc[item, j, T.Ramp(0, 1, LANES)] = acc[item, j, T.Ramp(0, 1, LANES)] + T.Cast(
                                         "float32x16", codes) * xpad[T.Ramp(kv * LANES, 1, LANES)]
                             for j in range(ROWS):
                                 if first + j < count:
-                                    total: T.let = _tree([acc[item, j, lane] for lane in range(LANES)])
+                                    total: T.let = lut.tree([acc[item, j, lane] for lane in range(LANES)])
                                     stored[first + j] = total * scales[first + j]
                 else:
                     pb: T.let = item - before
@@ -170,16 +127,16 @@ def gemv(enc: Encoded):
                     for g in range(kg):
                         nxt: T.let = T.min(pb + 1, column_blocks - 1)  # the next block (this thread's next item)
                         for b in T.unroll(bits):
-                            _prefetch(columns[nxt, g, b, 0])
-                        _prefetch(meta[nxt, g, 0])
-                        mixed: T.let = _tree([
-                            _column_sum(table, g * NIBBLES, T.reinterpret(
+                            lut.prefetch(columns[nxt, g, b, 0])
+                        lut.prefetch(meta[nxt, g, 0])
+                        mixed: T.let = lut.tree([
+                            lut.column_sum(table, g * NIBBLES, T.reinterpret(
                                 "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) * T.Broadcast(
                                 T.float32(significance[b]), LANES)
                             for b in range(bits)])
                         code: T.let = T.Cast("int32x16", meta[pb, g, T.Ramp(0, 1, LANES)])
                         scale: T.let = tirx.call_llvm_pure_intrin(  # 2^shift, shift = pruned_columns - (code >> 6)
-                            "float32x16", PERMUTE, powers, T.shift_right(code, T.Broadcast(6, LANES)))
+                            "float32x16", lut.PERMUTE, powers, T.shift_right(code, T.Broadcast(6, LANES)))
                         offset: T.let = T.Cast("float32x16", offset_of(code))
                         acc[item, 0, T.Ramp(0, 1, LANES)] = acc[item, 0, T.Ramp(0, 1, LANES)] + mixed * scale + (
                             offset * T.Broadcast(group_sum[g], LANES))

@@ -39,6 +39,15 @@ extracts on the state's critical path: measured 2-3x slower).
   ``q * step`` in a dense op's layout (the decode kernel of convs and of
   matmuls above one row; exact against the reference decoder; also the
   decode-throughput benchmark).
+* :func:`lut_weights` and :func:`integer_weights`: the decoder writing the codes
+  ``q`` as the ``bie-bitplane`` kernels take them: the look-up-table kernel's
+  two's complement planes (:mod:`.bitplane_lut`, AVX-512: ``ceil(log2(m + 1)) + 1``
+  planes for ``2m + 1`` levels, 2 for 3 levels, 4 for 15), else the integer
+  kernels' codes (:mod:`.int8`: 4-bit up to 15 levels, else 8-bit), the steps as
+  channel scales. ``--tans-execution load`` (the default) runs it once, when
+  the artefact is loaded (``KernelCall.at_load``): the artefact stores the
+  streams, and every call runs that kernel, whose error against the fused one
+  is float rounding only (same codes, same per-channel step, applied after the sum).
 """
 
 from __future__ import annotations
@@ -46,14 +55,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, tans
 from bie_compiler.codecs.tans_coder import spread_step
 
-from ..kernel_registry import ConvSpec, KernelCall, register
+from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
 from ..weights import TANS_ATTR
+from . import bitplane_lut, int8, lut
 from .decode import Layout, destination, with_decoder
 
 # Up to this batch the fused decode-and-GEMV runs (one branch per batch size in ``matmul``); above it,
@@ -266,6 +277,115 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
     return kernel
 
 
+NIBBLE_LEVELS = 15  # up to this many levels (codes in -7..7) the codes are 4-bit two's complement, two per byte
+
+
+def integer_bits(levels: int) -> int:
+    """Bits of the two's complement integers that hold the codes of ``levels`` levels (4 or 8)."""
+    return 4 if levels <= NIBBLE_LEVELS else 8
+
+
+def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
+                    num_words: int):
+    """``f(counts, offsets, words, steps, codes, scales)``: the codes as ``int8.Int8Weights.packed(q, steps,
+    integer_bits(levels))`` lays them out (panels of ``matmul.COLS`` channels, K-major; two codes a byte up to
+    NIBBLE_LEVELS levels, even ``k`` in the low nibble), the channels past ``n`` zero; ``scales`` = ``steps``."""
+    lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    mac = macros(**lay)
+    streams, size = lay["streams"], lay["size"]
+    cols = int8.matmul.COLS
+    panels = -(-n // cols)
+    nibbles = integer_bits(levels) == 4
+    width = -(-k // 2) if nibbles else k
+
+    @T.macro
+    def store_nibble(out, steps, row, column, level):
+        # the even weight of a byte first: it writes the byte, the odd one ORs its nibble in
+        code: T.let = T.Cast("int32", level) & 15
+        if column % 2 == 0:
+            out[row // cols, column // 2, row % cols] = T.Cast("int8", code)
+        else:
+            out[row // cols, column // 2, row % cols] = T.Cast(
+                "int8", T.Cast("int32", out[row // cols, column // 2, row % cols]) | (code << 4))
+
+    @T.macro
+    def store_code(out, steps, row, column, level):
+        out[row // cols, column, row % cols] = T.Cast("int8", T.Cast("int32", level))
+
+    store = store_nibble if nibbles else store_code
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        codes: T.Buffer((panels, width, cols), "int8"),
+        scales: T.Buffer((n,), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for c in range(n):
+            scales[c] = steps[c]
+        for r in range(panels * cols - n):  # the last panel's channels past n
+            for kk in range(width):
+                codes[panels - 1, kk, (n + r) % cols] = T.int8(0)
+        table = T.decl_buffer((size,), "uint32")
+        mac.build_table(counts, table)
+        for st in T.parallel(streams):
+            mac.decode_stream(st, table, offsets, words, store, codes, steps)
+
+    return kernel
+
+
+def lut_planes(levels: int) -> int:
+    """Magnitude planes of the codes of ``levels`` levels (|q| <= levels // 2) in the look-up-table kernel's words."""
+    return (levels // 2).bit_length()
+
+
+def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
+    """``f(counts, offsets, words, steps, planes, scales)``: the codes as ``bitplane_lut.twos_complement_planes(q,
+    lut_planes(levels))`` lays them out, and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero)."""
+    lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    mac = macros(**lay)
+    streams, size = lay["streams"], lay["size"]
+    magnitude = lut_planes(levels)
+    lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
+    blocks, kg = -(-n // lanes), -(-k // group)
+
+    @T.macro
+    def store_bits(out, steps, row, column, level):
+        # every plane whose bit of the code is set ORs the weight's bit into its word (the words start at zero)
+        code: T.let = T.Cast("int32", level)
+        for b in T.unroll(magnitude + 1):
+            if (code >> (magnitude - b)) & 1 != 0:
+                out[b, row // lanes * kg + column // group, row % lanes] = out[
+                    b, row // lanes * kg + column // group, row % lanes] | (
+                    T.uint32(1) << T.Cast("uint32", column % group))
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        planes: T.Buffer((magnitude + 1, blocks * kg, lanes), "uint32"),
+        scales: T.Buffer((blocks, 1, lanes), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for c in range(blocks * lanes):
+            scales[c // lanes, 0, c % lanes] = T.if_then_else(c < n, steps[T.min(c, n - 1)], T.float32(0))
+        for i in T.parallel(blocks * kg):
+            for b in range(magnitude + 1):
+                for lane in T.vectorized(lanes):
+                    planes[b, i, lane] = T.uint32(0)
+        table = T.decl_buffer((size,), "uint32")
+        mac.build_table(counts, table)
+        for st in T.parallel(streams):
+            mac.decode_stream(st, table, offsets, words, store_bits, planes, steps)
+
+    return kernel
+
+
 def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
     """``out[m, n] = sum_k x[m, k] * q[n, k] * steps[n]`` for a symbolic batch m (see the module docstring)."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
@@ -359,11 +479,34 @@ def checked_layout(enc: Encoded) -> dict:
 
 
 @register(tans.NAME, ops=("matmul", "conv2d"), target="llvm")
-def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """The fused decode-and-GEMV for one row, decode to the dense weight above one row and for convs."""
+def llvm_call(enc: Encoded, conv: ConvSpec | None, tans_execution: str = tans.Config.tans_execution) -> KernelCall:
+    """``load``: the integer kernels over the codes decoded at load. ``stream``: the fused decode-and-GEMV for one
+    row, decode to the dense weight above one row and for convs."""
     layout = checked_layout(enc)
+    if tans_execution == "load":
+        return _at_load_call(enc, conv, layout)
     tensors = constants(enc)
     small = None if conv else KernelCall("tans_matmul", matmul(**layout).with_attr(TANS_ATTR, layout), tensors)
     into, x_ndim = destination(enc, conv)
     decoder = decode_weights(**layout, into=into, x_ndim=x_ndim).with_attr(TANS_ATTR, layout)
     return with_decoder(small, decoder, "tans", tensors, conv)
+
+
+def _at_load_call(enc: Encoded, conv: ConvSpec | None, layout: dict) -> KernelCall:
+    """A matmul on a CPU with AVX-512: the look-up-table kernels of ``bie-bitplane`` over the planes
+    :func:`lut_weights` writes at load. Else (and convs) the integer GEMV (one row) or decode kernel of its 4- and
+    8-bit encodings, over the codes :func:`integer_weights` writes."""
+    n, k = enc.shape
+    if conv is None and lut.supported(tvm.target.Target.current()):
+        shapes = bitplane_lut.Layout(n, k, lut_planes(layout["levels"]), 0, 8 * -(-k // 8), 1)
+        computed = [np.zeros((shapes.magnitude_planes + 1, -(-n // bitplane_lut.LANES) * -(-k // bitplane_lut.GROUP),
+                              bitplane_lut.LANES), np.uint32),  # shapes only: the values come at load
+                    bitplane_lut.lanes_of_scales(enc.arrays["steps"][:, None])]
+        call = bitplane_lut.kernel_call(shapes, computed, "tans")
+        call.at_load = AtLoad(lut_weights(**layout).with_attr(TANS_ATTR, layout), constants(enc))
+        return call
+    shapes = int8.Int8Weights.packed(np.zeros((n, k), np.int8), enc.arrays["steps"], integer_bits(layout["levels"]))
+    small = None if conv else KernelCall("tans_integer_gemv", int8.gemv(shapes, n, k), shapes.constants)
+    call = with_decoder(small, int8.decoder(shapes, *destination(enc, conv)), "tans_integer", shapes.constants, conv)
+    call.at_load = AtLoad(integer_weights(**layout).with_attr(TANS_ATTR, layout), constants(enc))
+    return call

@@ -1,0 +1,75 @@
+"""The look-up-table bit-serial GEMV of ``bie-bitplane`` against the reference decoder: 1 to 8 two's complement
+planes, K not a multiple of 8 or 32, N not of 16, per-channel and grouped scales, planes cut at compile and at load."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bie_compiler.codecs import bie_bitplane
+from bie_compiler.codegen import kernel_for
+from bie_compiler.codegen.kernels import bitplane, bitplane_lut, lut
+from bie_compiler.runtime.progressive_precision import keep_top_planes
+from kernel_runs import assert_close, run
+
+CASES = [  # (N, K, Config): bits - 1 magnitude planes kept (or `planes`) + the sign = the LUT planes
+    (5, 1, bie_bitplane.Config(bits=2)),  # 2 LUT planes, one weight per row
+    (37, 101, bie_bitplane.Config(bits=3)),
+    (16, 64, bie_bitplane.Config(bits=4)),
+    (20, 250, bie_bitplane.Config(bits=5, group_size=64)),
+    (33, 33, bie_bitplane.Config(bits=6, planes=2)),
+    (17, 200, bie_bitplane.Config(bits=7)),
+    (9, 300, bie_bitplane.Config(bits=8)),  # 8 LUT planes
+    (12, 77, bie_bitplane.Config(bits=8, planes=1)),  # 1 magnitude plane kept: 2 LUT planes
+]
+
+
+def encode(n, k, config, seed):
+    rng = np.random.default_rng(seed)
+    return bie_bitplane.encode(rng.standard_t(5, (n, k)).astype(np.float32), config)
+
+
+@pytest.fixture
+def lut_target(target):
+    if not lut.supported(target):
+        pytest.skip(f"{target} has no AVX-512 (the look-up instruction)")
+    return target
+
+
+@pytest.mark.parametrize("n,k,config", CASES)
+def test_lut_gemv_and_its_decoder_match_the_reference_decoder(n, k, config, lut_target):
+    enc = encode(n, k, config, n + k)
+    call = kernel_for(enc, lut_target)
+    assert call.kind == "bitplane_lut"
+    assert call.constants[0].shape[0] == config.kept_planes + 1
+    decoded = bie_bitplane.decode(enc)
+    x = np.random.default_rng(k).standard_normal((1, k)).astype(np.float32)
+    assert_close(run(call.func, lut_target, x, call.constants, (1, n)), x @ decoded.T.astype(np.float64))
+    np.testing.assert_array_equal(run(call.large_batch.func, lut_target, x, call.constants, (k, n)), decoded.T)
+
+
+def test_group_not_a_multiple_of_32_keeps_the_bit_serial_kernel(lut_target):
+    enc = encode(8, 96, bie_bitplane.Config(bits=3, group_size=48), 0)
+    assert kernel_for(enc, lut_target).kind == "bitplane"
+
+
+def test_twos_complement_planes_hold_the_codes():
+    codes = np.random.default_rng(0).integers(-7, 8, (19, 70))
+    words = bitplane_lut.twos_complement_planes(codes, 3)
+    back = bitplane_lut.codes_of_planes(words, 3).reshape(2, 3, 16, 32).transpose(0, 2, 1, 3).reshape(32, 96)
+    np.testing.assert_array_equal(back[:19, :70], codes)
+    assert not back[19:].any() and not back[:, 70:].any()
+
+
+@pytest.mark.parametrize("kept", [1, 2, 3])
+def test_planes_cut_at_load_equal_planes_cut_at_compile(kept, lut_target):
+    """keep_top_planes on the LUT words: the integers of the encoding compiled with ``planes=kept``."""
+    n, k, bits = 24, 90, 5
+    with lut_target:
+        full = bitplane.lut_call(encode(n, k, bie_bitplane.Config(bits=bits), 1))
+        cut = bitplane.lut_call(encode(n, k, bie_bitplane.Config(bits=bits, planes=kept), 1))
+    entry = {"tensor": 0, "form": bitplane_lut.FORM, "magnitude_bits": bits - 1}
+    (at_load,) = keep_top_planes([full.constants[0]], [entry], kept, Path("artefact"))
+    shift = bits - 1 - kept
+    np.testing.assert_array_equal(bitplane_lut.codes_of_planes(at_load, bits - 1),
+                                  bitplane_lut.codes_of_planes(cut.constants[0], kept) << shift)
