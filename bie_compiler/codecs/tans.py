@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import feedback, tans_coder, uniform
+from . import budget, feedback, tans_coder, uniform
 from .base import Encoded, check_weight
 
 NAME = "tans"
@@ -161,15 +161,7 @@ def plan(matrices: dict[str, np.ndarray], configs: dict[str, Config]) -> dict[st
     budget, then the bits left are spent greedily on the best ratio of
     distortion saved per bit.
     """
-    out = dict(configs)
-    budgets = sorted({c.bits_per_weight for c in configs.values() if not c.fixed_levels})
-    for budget in budgets:
-        names = [n for n, c in configs.items() if not c.fixed_levels and c.bits_per_weight == budget]
-        options = {name: _options(matrices[name], configs[name]) for name in names}
-        chosen = _allocate(options, budget, sum(matrices[n].size for n in names))
-        for name in names:
-            out[name] = replace(configs[name], levels=chosen[name], bits_per_weight=0.0)
-    return out
+    return budget.plan(matrices, configs, _options, "levels", NAME)
 
 
 def _options(weight: np.ndarray, config: Config) -> list[tuple[int, int, float]]:
@@ -185,45 +177,3 @@ def _options(weight: np.ndarray, config: Config) -> list[tuple[int, int, float]]
         error = float(((dequantize(codes, steps) - w) ** 2).sum())
         options.append((levels, bits, error / energy if energy else 0.0))
     return sorted(options, key=lambda o: (o[1], o[2]))
-
-
-def _allocate(options: dict[str, list], budget: float, num_weights: int) -> dict[str, int]:
-    """Levels per layer: the least total distortion with at most ``budget * num_weights`` coded bits."""
-    budget_bits = budget * num_weights
-    smallest = sum(opts[0][1] for opts in options.values())
-    if smallest > budget_bits:
-        raise CodecError(
-            f"{NAME}: a budget of {budget:g} bits/weight is below the smallest coding of these {len(options)} "
-            f"layer(s), {smallest / num_weights:.3f} bits/weight (overheads included)"
-        )
-
-    def pick(lam: float) -> dict[str, int]:
-        return {n: min(range(len(o)), key=lambda i: (o[i][2] + lam * o[i][1], o[i][1])) for n, o in options.items()}
-
-    def bits(choice: dict[str, int]) -> int:
-        return sum(options[n][i][1] for n, i in choice.items())
-
-    lo, hi = 0.0, 1.0  # lam = 0: best distortion regardless of bits; raise hi until the choice fits
-    while bits(pick(hi)) > budget_bits:
-        hi *= 4
-    if bits(pick(lo)) <= budget_bits:
-        hi = lo
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if bits(pick(mid)) <= budget_bits else (mid, hi)
-    choice = pick(hi)
-    spare = budget_bits - bits(choice)
-    while True:  # spend what is left on the upgrade saving the most distortion per bit
-        best = None
-        for n, o in options.items():
-            for i in range(len(o)):
-                extra, saved = o[i][1] - o[choice[n]][1], o[choice[n]][2] - o[i][2]
-                if 0 < extra <= spare and saved > 0 and (best is None or saved / extra > best[0]):
-                    best = saved / extra, n, i
-        if best is None:
-            break
-        _, n, i = best
-        spare -= options[n][i][1] - options[n][choice[n]][1]
-        choice[n] = i
-    return {n: options[n][i][0] for n, i in choice.items()}
-
