@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--calibration", default=str(cache / "calibration"))
     parser.add_argument("--budgets", type=float, nargs="+", default=[4.0, 4.5, 5.0])
     parser.add_argument("--min-weights", type=int, default=1024)
+    parser.add_argument("--only", action="append", default=[], help="run only configs whose label starts so")
+    parser.add_argument("--rtn-only", action="store_true", help="no error feedback (no calibration capture)")
     parser.add_argument("--tvm", action="store_true", help="also time the synthesis network compiled by TVM")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
@@ -89,8 +91,8 @@ def main() -> None:
     references = run_onnxruntime(model, inputs)
     layers = [r for r in weight_layers(model) if r.fallback_reason is None and r.num_weights >= args.min_weights]
     weights = initializer_arrays(model, [r.name for r in layers])
-    calibrations = layer_calibrations(model, [r.name for r in layers], calibration_inputs(specs, args.calibration or None),
-                                      feedback.DAMPING, False)
+    calibrations = {} if args.rtn_only else layer_calibrations(
+        model, [r.name for r in layers], calibration_inputs(specs, args.calibration or None), feedback.DAMPING, False)
     tvm_synthesis = None
     if args.tvm:
         from bie_compiler.codegen.nwc_synthesis import Synthesis
@@ -103,7 +105,9 @@ def main() -> None:
     configs += [(f"tans budget {b:g}", "tans", {"bits_per_weight": b}) for b in args.budgets]
     configs += [(f"nwc budget {b:g}", "nwc", {"bits_per_weight": b}) for b in args.budgets]
     for label, codec, options in configs:
-        for mode, calib in (("rtn", {}), ("feedback", calibrations)):
+        if args.only and not any(label.startswith(o) for o in args.only):
+            continue
+        for mode, calib in (("rtn", {}), ("feedback", calibrations))[:1 if args.rtn_only else 2]:
             timing = {}
             if codec == "nwc":
                 decoded, bits, seconds, encodings = encode_nwc(layers, weights, options["bits_per_weight"], calib)

@@ -74,12 +74,13 @@ def load(path: str | Path = CODEC_FILE) -> Network:
 
 
 def column_scales(weight: np.ndarray) -> np.ndarray:
-    """Each column's standard deviation as stored: float16 [K], a zero column's 1 (it codes as zeros)."""
+    """Each column's standard deviation as stored: float16 [K]; a zero column's is 1 (it codes as zeros), and
+    one below float16's smallest normal number takes that number (such a column codes as about zero)."""
     std = weight.astype(np.float64).std(axis=0)
-    scales = np.where(std > 0, std, 1.0).astype(np.float16)
-    if not (np.isfinite(scales) & (scales > 0)).all():
-        raise CodecError("nwc: a column's standard deviation does not fit float16 (beyond 65504 or below 6e-8)")
-    return scales
+    if std.max() > np.finfo(np.float16).max:
+        raise CodecError(f"nwc: a column's standard deviation {std.max():.3g} does not fit float16 (65504)")
+    tiny = float(np.finfo(np.float16).tiny)
+    return np.where(std > 0, np.maximum(std, tiny), 1.0).astype(np.float16)
 
 
 def chunks(weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
