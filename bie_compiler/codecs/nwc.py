@@ -1,0 +1,250 @@
+"""``nwc``: neural weight compression, a learned codec (analysis network, rounded latents, synthesis network).
+
+The weight [N, K] is cut into normalised column chunks of 16 (:mod:`.nwc_network`: each column's std kept in
+float16). The trained analysis network maps each chunk, at its column's quality level, to ``latent`` values
+that are rounded to integers; those are entropy-coded with the project's tANS coder (:mod:`.tans_coder`),
+one symbol matrix [J, K] and one table per latent channel. The reference decoder tANS-decodes the latents
+and runs the synthesis network. Every stored byte is counted: the latent streams and their tables, the
+column scales, the per-column quality levels (uint8) and the header. The trained networks themselves are
+shared by every layer and model (like a codebook) and are not counted per layer.
+
+Quality per column: one level for every column; with calibration (error feedback) the columns are put into
+``spread`` quantile groups of log diag(H), from one level below to one above the layer's base level (the
+paper's importance levels), and the columns are rounded one at a time with error feedback (LDLQ, through
+:mod:`.feedback`). With ``bits_per_weight``, :func:`plan` picks each layer's base level so that the model's
+``nwc`` layers together fit the budget with the least weighted distortion, as ``tans`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..errors import CodecError
+from . import budget_split, feedback, nwc_network, tans_coder
+from .base import Encoded, check_weight
+from .nwc_network import CHUNK
+
+NAME = "nwc"
+DEFAULT_QUALITY = 6
+LATENT_LIMIT = 127  # latents are clipped to [-127, 127]: one channel's alphabet fits the coder's 256 symbols
+STATES = 32  # interleaved tANS states per stream: the reference decoder steps 32 symbols per stream at a time
+STREAM_SYMBOLS = 8192  # latent symbols per stream, at least
+
+
+@dataclass(frozen=True)
+class Config:
+    quality: int = field(default=0, metadata={  # 0: chosen by bits_per_weight (default DEFAULT_QUALITY)
+        "help": "quality level of the trained codec, 1 (fewest bits) to its number of levels (default 6)"})
+    bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed quality
+        "help": "bits/weight budget over the whole model; each layer's levels chosen to meet it (instead of --levels)"})
+    spread: int = field(default=3, metadata={
+        "help": "with calibration: quality levels spread over the columns by Hessian-diagonal quantiles (1: uniform)"})
+    table_log: int = field(default=11, metadata={"help": "tANS table of 2^T states (5..15; default 11)"})
+
+    def __post_init__(self):
+        levels = nwc_network.load().levels
+        if self.quality and self.bits_per_weight:
+            raise CodecError(f"{NAME}: give either quality or bits_per_weight, not both")
+        if self.bits_per_weight < 0:
+            raise CodecError(f"{NAME}: bits_per_weight must be positive, got {self.bits_per_weight}")
+        if not 0 <= self.quality <= levels:
+            raise CodecError(f"{NAME}: quality must be in 1..{levels}, got {self.quality}")
+        if not 1 <= self.spread <= levels:
+            raise CodecError(f"{NAME}: spread must be in 1..{levels}, got {self.spread}")
+        try:
+            tans_coder.check_layout(self.table_log, STATES, 1)
+        except CodecError as e:
+            raise CodecError(f"{NAME}: {e}") from None
+        if 2 * LATENT_LIMIT + 1 > 1 << self.table_log:
+            raise CodecError(f"{NAME}: latents of up to {2 * LATENT_LIMIT + 1} values need table_log >= 8")
+
+    @property
+    def fixed_quality(self) -> int:
+        return self.quality or (0 if self.bits_per_weight else DEFAULT_QUALITY)
+
+
+def network_id(network: nwc_network.Network) -> str:
+    """A short digest of the trained parameters: an encoding decodes only with the network that made it."""
+    h = hashlib.sha256()
+    for name in sorted(network.params):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(network.params[name]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def column_levels(k: int, quality: int, spread: int, hessian_diagonal: np.ndarray | None) -> np.ndarray:
+    """0-based level per column: ``quality - 1`` everywhere, or with a Hessian diagonal, ``spread`` groups of
+    columns by quantiles of log diag(H), the least important one level below and up from there."""
+    levels = nwc_network.load().levels
+    base = np.full(k, quality - 1, np.int64)
+    if hessian_diagonal is None or spread == 1:
+        return base
+    logs = np.log(np.maximum(hessian_diagonal, np.finfo(np.float64).tiny))
+    edges = np.quantile(logs, np.arange(1, spread) / spread)
+    group = np.searchsorted(edges, logs, side="right")
+    return np.clip(base + group - (spread - 1) // 2, 0, levels - 1)
+
+
+def analyse(chunked: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Integer latents int64 [K, J, latent] of chunks [K, J, CHUNK] at per-column levels [K]."""
+    network = nwc_network.load()
+    k, j, _ = chunked.shape
+    z = network.run("analysis", chunked.reshape(-1, CHUNK), np.repeat(levels, j))
+    return np.clip(np.rint(z), -LATENT_LIMIT, LATENT_LIMIT).astype(np.int64).reshape(k, j, -1)
+
+
+def synthesise(latents: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Chunks float32 [K, J, CHUNK] from integer latents [K, J, latent] at per-column levels [K]."""
+    network = nwc_network.load()
+    k, j, c = latents.shape
+    return network.run("synthesis", latents.reshape(-1, c).astype(np.float32), np.repeat(levels, j)).reshape(k, j, CHUNK)
+
+
+class _ColumnGrid:
+    """A :class:`feedback.Grid` rounding one column at a time through the codec, recording scale and latents."""
+
+    group = 1
+
+    def __init__(self, n: int, k: int, levels: np.ndarray):
+        self.n, self.levels = n, levels
+        self.scales = np.ones(k, np.float16)
+        self.latents: np.ndarray | None = None  # [K, J, latent], made at the first column
+
+    def start_group(self, columns: np.ndarray, weights: np.ndarray, importance: np.ndarray) -> None:
+        self.scales[columns] = nwc_network.column_scales(weights)
+
+    def round(self, column: int, values: np.ndarray) -> np.ndarray:
+        scale, level = self.scales[column:column + 1], self.levels[column:column + 1]
+        latents = analyse(nwc_network.chunks(values[:, None].astype(np.float32), scale), level)
+        if self.latents is None:
+            self.latents = np.zeros((len(self.scales), *latents.shape[1:]), np.int64)
+        self.latents[column] = latents[0]
+        return nwc_network.unchunk(synthesise(latents, level), scale, self.n)[:, 0]
+
+
+def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
+    w = check_weight(weight)
+    if not config.fixed_quality:
+        config = plan({"weight": w}, {"weight": config})["weight"]
+    n, k = w.shape
+    if calibration is None:
+        latents, scales, levels = _rounded(w, config.fixed_quality)
+    else:
+        h, _ = feedback.prepared_hessian(calibration, k)
+        levels = column_levels(k, config.fixed_quality, config.spread, np.diag(h))
+        grid = _ColumnGrid(n, k, levels)
+        feedback.quantize(w, calibration, grid)
+        scales, latents = grid.scales, grid.latents
+    return _entropy_code(latents, scales, levels, n, config)
+
+
+def _rounded(weight: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(latents, scales, levels) of a weight at one quality for every column, without error feedback."""
+    levels = column_levels(weight.shape[1], quality, 1, None)
+    scales = nwc_network.column_scales(weight)
+    return analyse(nwc_network.chunks(weight, scales), levels), scales, levels
+
+
+def _entropy_code(latents: np.ndarray, scales: np.ndarray, levels: np.ndarray, n: int, config: Config) -> Encoded:
+    """The encoding of integer latents [K, J, latent] with the column scales and levels of a weight [n, K]."""
+    k, j, channels = latents.shape
+    arrays = {"scales": scales.astype(np.float16), "levels": levels.astype(np.uint8)}
+    lowest = latents.reshape(-1, channels).min(axis=0)
+    checksums = []
+    rows_per_stream = min(j, -(-STREAM_SYMBOLS // k))
+    for c in range(channels):
+        symbols = latents[:, :, c].T - lowest[c]  # [J, K]: the decoder's lanes run over the columns
+        coded = tans_coder.encode(symbols, int(symbols.max()) + 1, table_log=config.table_log, states=STATES,
+                                  rows_per_stream=rows_per_stream)
+        arrays.update({f"latent{c}.counts": coded.counts, f"latent{c}.offsets": coded.offsets,
+                       f"latent{c}.words": coded.words})
+        checksums.append(coded.checksum)
+    arrays["latent_lowest"] = lowest.astype(np.int16)
+    arrays["crc32"] = np.array(checksums, np.uint32)
+    return Encoded(NAME, (n, k), arrays,
+                   {"table_log": config.table_log, "states": STATES, "rows_per_stream": rows_per_stream,
+                    "network": network_id(nwc_network.load())})
+
+
+def latents(enc: Encoded) -> np.ndarray:
+    """The integer latents int64 [K, J, latent] of an encoding (reference tANS decoding, checked)."""
+    h, a = enc.header, enc.arrays
+    n, k = enc.shape
+    j = -(-n // CHUNK)
+    try:
+        if h["network"] != network_id(nwc_network.load()):
+            raise CodecError(f"{NAME}: encoded with network {h['network']}, not the installed codec's "
+                             f"{network_id(nwc_network.load())}")
+        lowest, checksums = a["latent_lowest"].astype(np.int64), a["crc32"]
+        channels = []
+        for c in range(len(lowest)):
+            counts = a[f"latent{c}.counts"]
+            coded = tans_coder.TansStreams((j, k), int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
+                                           counts, a[f"latent{c}.offsets"], a[f"latent{c}.words"], int(checksums[c]))
+            channels.append(tans_coder.decode(coded, len(counts)).T + lowest[c])
+    except KeyError as e:
+        raise CodecError(f"{NAME}: encoding lacks {e}") from None
+    return np.stack(channels, axis=-1)
+
+
+def decode(enc: Encoded) -> np.ndarray:
+    """Reference decoder: float32 [N, K], the synthesis of the decoded latents times each column's scale."""
+    n, k = enc.shape
+    scales, levels = enc.arrays["scales"], enc.arrays["levels"]
+    if scales.dtype != np.float16 or scales.shape != (k,) or levels.dtype != np.uint8 or levels.shape != (k,):
+        raise CodecError(f"{NAME}: scales and levels must be float16 and uint8 [{k}]")
+    if levels.max() >= nwc_network.load().levels:
+        raise CodecError(f"{NAME}: quality level {int(levels.max()) + 1} beyond the codec's {nwc_network.load().levels}")
+    return nwc_network.unchunk(synthesise(latents(enc), levels.astype(np.int64)), scales, n)
+
+
+def report(enc: Encoded) -> dict[str, int | float]:
+    """Where the bits go: latent streams (payload), everything else (tables, offsets, scales, levels, header)."""
+    n, k = enc.shape
+    payload = sum(int(enc.arrays[f"latent{c}.offsets"][-1]) for c in range(len(enc.arrays["crc32"])))
+    return {"quality_levels": sorted({int(q) + 1 for q in enc.arrays["levels"]}),
+            "payload_bits_per_weight": payload / (n * k), "overhead_bits": 8 * enc.nbytes - payload}
+
+
+# --- quality per layer within a budget -------------------------------------------------------------------------------
+
+
+def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
+         calibrations: dict[str, feedback.Calibration] | None = None) -> dict[str, Config]:
+    """Per-layer quality for the layers given a budget (:func:`.budget_split.plan`): each layer is rounded at every
+    quality level to measure its distortion (:func:`.feedback.distortion`) and estimate its coded bits
+    (:func:`estimated_bits`: tANS-coding every level of every layer would take most of the encoding time)."""
+    return budget_split.plan(NAME, matrices, configs, calibrations, _options,
+                             lambda config, quality: replace(config, quality=quality, bits_per_weight=0.0))
+
+
+def estimated_bits(latents: np.ndarray, n: int, config: Config) -> int:
+    """The coded size of latents [K, J, latent] of a weight [n, K], from above: each channel's empirical
+    entropy plus 2 % (tANS with 2^11 states codes within a fraction of a percent of it), and exactly what
+    else it stores (table, stream states and offsets, padding, checksum, lowest latent, scales, levels), and
+    a generous header."""
+    k, j, channels = latents.shape
+    streams = -(-j // min(j, -(-STREAM_SYMBOLS // k)))
+    bits = k * (16 + 8) + 8 * 256
+    for c in range(channels):
+        values, counts = np.unique(latents[:, :, c], return_counts=True)
+        entropy = float(-(counts * np.log2(counts / counts.sum())).sum())
+        alphabet = int(values[-1] - values[0]) + 1
+        bits += 1.02 * entropy + 16 * alphabet + streams * (32 + STATES * config.table_log) + 32 * 5 + 32 + 32 + 16
+    return int(np.ceil(bits))
+
+
+def _options(weight: np.ndarray, config: Config,
+             calibration: feedback.Calibration | None) -> list[tuple[int, int, float]]:
+    """(quality, estimated coded bits, distortion) per quality level, fewest bits first."""
+    w = check_weight(weight)
+    options = []
+    for quality in range(1, nwc_network.load().levels + 1):
+        latents, scales, levels = _rounded(w, quality)
+        decoded = nwc_network.unchunk(synthesise(latents, levels), scales, w.shape[0])
+        options.append((quality, estimated_bits(latents, w.shape[0], config), feedback.distortion(w, decoded, calibration)))
+    return sorted(options, key=lambda o: (o[1], o[2]))

@@ -1,0 +1,130 @@
+"""The nwc codec: preprocessing, lossless latent coding, bit accounting, quality levels, feedback, budget."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bie_compiler.codecs import feedback, nwc, nwc_network
+from bie_compiler.errors import CodecError
+
+
+def weight(n=100, k=48, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_t(5, (n, k)) * np.exp(0.5 * rng.standard_normal(k)) * 0.05).astype(np.float32)
+
+
+def correlated_calibration(k=48, rows=400, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, k)) @ rng.standard_normal((k, k)) * np.exp(rng.standard_normal(k))
+    return feedback.Calibration(x.T @ x, rows, damping=0.01)
+
+
+def relative_error(w, approx):
+    return float(np.linalg.norm(approx - w) / np.linalg.norm(w))
+
+
+@pytest.mark.parametrize("n", [1, 16, 100])
+def test_chunks_are_normalised_columns_and_unchunk_inverts_them(n):
+    w = weight(n, 5)
+    w[:, 2] = 0  # a zero column keeps scale 1 and codes as zeros
+    w[:, 4] *= 1e-6  # below float16's normal range: its scale is float16's smallest normal
+    scales = nwc_network.column_scales(w)
+    chunked = nwc_network.chunks(w, scales)
+    assert scales.dtype == np.float16 and chunked.shape == (5, -(-n // 16), 16)
+    cols = chunked.reshape(5, -1)
+    assert np.all(cols[:, n:] == 0) and scales[2] == 1
+    if n > 1:
+        assert np.allclose(cols[[0, 1, 3], :n].std(axis=1), 1, atol=2e-3)  # fp16 scale: 1e-3 relative
+        assert scales[4] == np.finfo(np.float16).tiny
+    assert np.allclose(nwc_network.unchunk(chunked, scales, n), w, rtol=1e-6, atol=1e-12)
+
+
+def test_latents_are_coded_losslessly_and_every_byte_is_counted():
+    w = weight()
+    enc = nwc.encode(w, nwc.Config(quality=6))
+    scales = nwc_network.column_scales(w)
+    levels = np.full(w.shape[1], 5)
+    expected = nwc.analyse(nwc_network.chunks(w, scales), levels)
+    assert np.array_equal(nwc.latents(enc), expected)
+    assert np.array_equal(nwc.decode(enc), nwc_network.unchunk(nwc.synthesise(expected, levels), scales, 100))
+    assert enc.nbytes == sum(a.nbytes for a in enc.arrays.values()) + enc.header_bytes
+    assert enc.arrays["scales"].dtype == np.float16 and enc.arrays["levels"].dtype == np.uint8
+    latent = nwc_network.load().latent
+    assert sum(f"latent{c}.words" in enc.arrays for c in range(latent)) == latent  # a table per channel
+
+
+def test_higher_quality_spends_more_bits_for_less_error():
+    w = weight(256, 64)
+    levels = nwc_network.load().levels
+    encs = [nwc.encode(w, nwc.Config(quality=q)) for q in (1, levels // 2, levels)]
+    bits = [e.bits_per_weight for e in encs]
+    errors = [relative_error(w, nwc.decode(e)) for e in encs]
+    assert bits[0] < bits[1] < bits[2] and errors[0] > errors[1] > errors[2]
+
+
+def test_quality_levels_follow_the_hessian_diagonal_quantiles():
+    diag = np.geomspace(1e-3, 1e3, 9)[[4, 0, 8, 2, 6, 1, 7, 3, 5]]
+    levels = nwc.column_levels(9, 6, 3, diag)
+    assert sorted(levels) == [4, 4, 4, 5, 5, 5, 6, 6, 6]
+    assert levels[np.argmax(diag)] == 6 and levels[np.argmin(diag)] == 4
+    assert np.array_equal(nwc.column_levels(9, 1, 3, diag), np.clip(levels - 5, 0, None))  # clipped at level 1
+    assert np.all(nwc.column_levels(9, 6, 1, diag) == 5)
+
+
+def test_error_feedback_lowers_the_output_error_and_decodes_as_rounded():
+    w, calibration = weight(), correlated_calibration()
+    config = nwc.Config(quality=4)
+    fed = nwc.encode(w, config, calibration)
+    rtn_error = feedback.output_error(w, nwc.decode(nwc.encode(w, replace(config, spread=1))), calibration.xtx)
+    assert feedback.output_error(w, nwc.decode(fed), calibration.xtx) < 0.8 * rtn_error
+    assert len(set(fed.arrays["levels"].tolist())) == 3
+    assert np.array_equal(nwc.encode(w, config, calibration).arrays["latent0.words"], fed.arrays["latent0.words"])
+
+
+def test_a_budget_picks_the_quality_that_fits():
+    w = weight(256, 64)
+    options = nwc._options(w, nwc.Config(bits_per_weight=1.0), None)  # (quality, estimated bits, error)
+    for budget in (options[2][1] / w.size, options[5][1] / w.size + 0.01):
+        enc = nwc.encode(w, nwc.Config(bits_per_weight=budget))
+        best = max((o for o in options if o[1] <= budget * w.size), key=lambda o: o[1])
+        assert enc.bits_per_weight <= budget and set(enc.arrays["levels"]) == {best[0] - 1}
+    with pytest.raises(CodecError, match="nwc: a budget of 0.1 bits/weight is below"):
+        nwc.encode(w, nwc.Config(bits_per_weight=0.1))
+
+
+def test_a_corrupted_or_foreign_encoding_is_refused():
+    enc = nwc.encode(weight(), nwc.Config(quality=3))
+    words = enc.arrays["latent3.words"].copy()
+    words[1] ^= 1
+    with pytest.raises(CodecError, match="corrupted"):
+        nwc.decode(replace(enc, arrays={**enc.arrays, "latent3.words": words}))
+    with pytest.raises(CodecError, match="encoded with network 0123"):
+        nwc.decode(replace(enc, header={**enc.header, "network": "0123"}))
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"quality": 99}, "quality must be in 1.."), ({"quality": 2, "bits_per_weight": 4.0}, "either quality"),
+    ({"spread": 0}, "spread must be in"), ({"table_log": 7}, "table_log >= 8")])
+def test_bad_options_are_clear_errors(options, match):
+    with pytest.raises(CodecError, match=match):
+        nwc.Config(**options)
+
+
+def test_the_shipped_codec_says_how_it_was_trained():
+    network = nwc_network.load()
+    assert nwc_network.CODEC_FILE.stat().st_size < 10 * 2**20
+    config = network.config
+    assert len(config["data_sha256"]) == 64 and "ppocr-det" not in config["models"]  # held out
+    assert np.all(np.diff(network.lambdas) > 0)
+    with np.load(nwc_network.CODEC_FILE) as f:
+        assert json.loads(bytes(f["config"]).decode()) == config
+
+
+@pytest.mark.parametrize("quality", [1, 6, 12])
+def test_the_planning_estimate_bounds_the_coded_size_from_above(quality):
+    w = weight(384, 96, seed=quality)
+    enc = nwc.encode(w, nwc.Config(quality=quality))
+    estimate = nwc.estimated_bits(nwc.latents(enc), 384, nwc.Config())
+    assert 8 * enc.nbytes <= estimate <= 1.06 * 8 * enc.nbytes
