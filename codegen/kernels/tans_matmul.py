@@ -94,11 +94,12 @@ class Macros(NamedTuple):
     fill_table: object
     build_table: object
     decode_stream: object
+    decode_streams: object
     fused_stream: object
 
 
 def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, size: int, mask: int,
-           step: int, half: int, groups: int, tail: int, per_window: int, scope: str = "global",
+           step: int, half: int, streams: int, groups: int, tail: int, per_window: int, scope: str = "global",
            aligned_words: bool = False, **_) -> Macros:
     """TIR macros shared by the CPU and GPU kernels; buffers come in as arguments, layout constants from here.
 
@@ -210,6 +211,14 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                 emit(dest, steps, st * rps + r, groups * states + j, value[j])
 
     @T.macro
+    def decode_streams(counts, offsets, words, emit, dest, steps):
+        # the CPU decoders: one table, then every stream in parallel (emit as in decode_stream)
+        table = T.decl_buffer((size,), "uint32")
+        build_table(counts, table)
+        for st in T.parallel(streams):
+            decode_stream(st, table, offsets, words, emit, dest, steps)
+
+    @T.macro
     def fused_stream(st, batch, x, table, offsets, words, steps, out):
         # decode stream st once; every symbol goes straight into the dot products of the batch rows
         state = T.decl_buffer((states,), "uint32", scope=scope)
@@ -241,7 +250,7 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                     total[0] = total[0] + acc[b * states + j]
                 out[b, row] = total[0] * steps[row]
 
-    return Macros(spread, fill_table, build_table, decode_stream, fused_stream)
+    return Macros(spread, fill_table, build_table, decode_stream, decode_streams, fused_stream)
 
 
 def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
@@ -250,7 +259,7 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
     ``x`` is not read), streams in parallel."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
     mac = macros(**lay)
-    streams, size = lay["streams"], lay["size"]
+    streams = lay["streams"]
     x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
 
     @T.macro
@@ -269,10 +278,7 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
     ):
         T.func_attr({"tirx.noalias": True})
         _x = T.match_buffer(var_x, x_shape, "float32")
-        table = T.decl_buffer((size,), "uint32")
-        mac.build_table(counts, table)
-        for st in T.parallel(streams):
-            mac.decode_stream(st, table, offsets, words, store_scaled, out, steps)
+        mac.decode_streams(counts, offsets, words, store_scaled, out, steps)
 
     return kernel
 
@@ -329,10 +335,7 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
         for r in range(panels * cols - n):  # the last panel's channels past n
             for kk in range(width):
                 codes[panels - 1, kk, (n + r) % cols] = T.int8(0)
-        table = T.decl_buffer((size,), "uint32")
-        mac.build_table(counts, table)
-        for st in T.parallel(streams):
-            mac.decode_stream(st, table, offsets, words, store, codes, steps)
+        mac.decode_streams(counts, offsets, words, store, codes, steps)
 
     return kernel
 
@@ -378,10 +381,7 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
             for b in range(magnitude + 1):
                 for lane in T.vectorized(lanes):
                     planes[b, i, lane] = T.uint32(0)
-        table = T.decl_buffer((size,), "uint32")
-        mac.build_table(counts, table)
-        for st in T.parallel(streams):
-            mac.decode_stream(st, table, offsets, words, store_bits, planes, steps)
+        mac.decode_streams(counts, offsets, words, store_bits, planes, steps)
 
     return kernel
 
