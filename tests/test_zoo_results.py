@@ -11,8 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import zoo_results  # noqa: E402
 from zoo_results import DENSE, CodecSpec  # noqa: E402
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
-
 
 def test_compile_failure_is_the_error_line_or_the_last_exception_of_a_traceback():
     assert zoo_results.compile_failure("warning: x\nbie-compiler: error: bits must be in 2..8, got 99\n") \
@@ -46,10 +44,10 @@ def test_table_shows_the_ratio_or_why_a_setting_does_not_compile():
 
 
 @pytest.mark.slow  # two compiles and a bench
-def test_speed_times_a_compiled_setting_with_bench_and_reports_a_failed_compile(tmp_path):
+def test_speed_times_a_compiled_setting_with_bench_and_reports_a_failed_compile(tmp_path, model_dir):
     inputs = {"x": np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)}
-    timed = zoo_results.speed(MODELS / "mlp.onnx", [], inputs, DENSE, tmp_path)
+    timed = zoo_results.speed(model_dir["mlp"], [], inputs, DENSE, tmp_path)
     assert timed["ratio"] == pytest.approx(timed["artefact_ms"] / timed["onnxruntime_ms"]) and timed["batch"] == {"x": [1, 256]}
     assert (tmp_path / "dense" / "manifest.json").is_file()
-    failed = zoo_results.speed(MODELS / "mlp.onnx", [], inputs, CodecSpec("bie-bitplane", {"bits": 99}), tmp_path)
+    failed = zoo_results.speed(model_dir["mlp"], [], inputs, CodecSpec("bie-bitplane", {"bits": 99}), tmp_path)
     assert failed == {"failed": "bie-bitplane: bits must be in 2..8, got 99"}
