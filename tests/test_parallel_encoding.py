@@ -1,4 +1,4 @@
-"""Layers encoded in worker processes give the bytes of the serial path, for every codec."""
+"""Layers encoded in worker processes or on a Ray cluster give the bytes of the serial path, for every codec."""
 
 import numpy as np
 import pytest
@@ -8,23 +8,40 @@ from bie_compiler.codecs.parallel import encode_many
 from bie_compiler.errors import CodecError, OptionError
 
 
-def test_parallel_encodings_are_byte_identical():
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """The address of a local Ray cluster of 2 CPUs, started once for the module (seconds)."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture(params=["pool", pytest.param("ray", marks=pytest.mark.slow)])
+def workers(request):
+    """encode_many's keyword arguments for two local worker processes, or for the Ray cluster."""
+    if request.param == "pool":
+        return {"jobs": 2}
+    return {"jobs": None, "ray": request.getfixturevalue("ray_cluster")}
+
+
+def test_encodings_in_workers_are_byte_identical_and_in_order(workers):
     rng = np.random.default_rng(0)
     tasks = {f"w{i}.{name}": (name, rng.standard_t(4, (48 + 16 * i, 160)).astype(np.float32),
                               codecs.make_config(name, {}), None)
              for i, name in enumerate(codecs.CODECS)}
     seen = []
     serial = encode_many(tasks, jobs=1)
-    parallel = encode_many(tasks, jobs=2, started=seen.append)
+    parallel = encode_many(tasks, started=seen.append, **workers)
     assert list(parallel) == list(tasks) == seen
     assert {n: e.sha256() for n, e in parallel.items()} == {n: e.sha256() for n, e in serial.items()}
 
 
-def test_a_codec_error_in_a_worker_names_the_weight():
+def test_a_codec_error_in_a_worker_names_the_weight(workers):
     bad = {"fine": ("int8", np.ones((4, 8), np.float32), codecs.make_config("int8", {}), None),
            "broken": ("int8", np.full((4, 8), np.nan, np.float32), codecs.make_config("int8", {}), None)}
-    with pytest.raises(CodecError, match="weight 'broken': .*non-finite"):
-        encode_many(bad, jobs=2)
+    with pytest.raises(CodecError, match="^weight 'broken': weight: 32 non-finite"):
+        encode_many(bad, **workers)
 
 
 @pytest.mark.slow
@@ -36,6 +53,24 @@ def test_compile_with_jobs_writes_the_same_weights(model_dir, tmp_path):
     assert (one / "weights.bin").read_bytes() == (two / "weights.bin").read_bytes()
     with pytest.raises(OptionError, match="--jobs must be a positive integer"):
         compile_model(model_dir["transformer"], tmp_path / "zero", "tans", jobs=0, progress=None)
+
+
+@pytest.mark.slow  # starting the cluster takes seconds
+def test_a_model_with_external_data_plans_the_same_encodings_on_ray(ray_cluster, model_dir, tmp_path):
+    import onnx
+
+    from bie_compiler.codegen.target import make_target
+    from bie_compiler.frontend import import_model
+    from bie_compiler.passes import EncodingPolicy, plan_encoding
+
+    path = tmp_path / "mlp.onnx"  # its weights read from the data file by this process, shipped to the workers
+    onnx.save_model(onnx.load(str(model_dir["mlp"])), str(path), save_as_external_data=True, location="mlp.data",
+                    size_threshold=1024)
+    imported = import_model(path)
+    plans = [plan_encoding(imported.mod, imported.constant_names, EncodingPolicy("tans"), make_target(), jobs=jobs,
+                           stored=imported.stored, ray=address) for jobs, address in ((1, None), (None, ray_cluster))]
+    assert [r.encoded_sha256 for r in plans[0].records] == [r.encoded_sha256 for r in plans[1].records]
+    assert all(r.encoded_sha256 for r in plans[0].records)
 
 
 def test_ray_without_the_extra_is_an_option_error(monkeypatch):
