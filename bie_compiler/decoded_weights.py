@@ -107,15 +107,16 @@ def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], poli
     matrices = {name: codec_matrix(weights[name], r.op, r.transposed) for name, r in eligible.items()}
     configs = {name: choices[name][1] for name in eligible}
     calibrations = calibrations or {}
+    if jobs is None:
+        jobs = parallel.default_jobs(sum(m.size for m in matrices.values()))
     for codec in sorted({choices[name][0] for name in eligible}):
         module = codecs.get_codec(codec)
         names = [n for n in eligible if choices[n][0] == codec]
         if hasattr(module, "plan"):
             configs.update(module.plan({n: matrices[n] for n in names}, {n: configs[n] for n in names},
-                                       {n: calibrations[n] for n in names if n in calibrations}))
+                                       {n: calibrations[n] for n in names if n in calibrations},
+                                       parallel.Workers(jobs)))
     tasks = {name: (choices[name][0], matrices[name], configs[name], calibrations.get(name)) for name in eligible}
-    if jobs is None:
-        jobs = parallel.default_jobs(sum(m.size for m in matrices.values()))
     encodings = parallel.encode_many(tasks, jobs, started)
     decoded = {}
     for name, r in eligible.items():

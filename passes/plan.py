@@ -62,13 +62,13 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     fed = [name for name, u in eligible.items() if codecs.takes_calibration(choices[name][0]) and u.op != "gather"]
     sensitive = any(codecs.splits_budget(choices[name][1]) for name in fed)
     statistics = calibrations(fed, sensitive) if calibrations and fed else {}
-    configs = _configs(eligible, choices, statistics, report)
+    if jobs is None and ray is None:
+        jobs = parallel.default_jobs(sum(u.size for u in eligible.values()))
+    configs = _configs(eligible, choices, statistics, report, parallel.Workers(jobs, ray))
     records, encoded, kernel_options = [], {}, {}
     position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
     tasks = LazyMapping(eligible, lambda name: (choices[name][0], uses[name].task_matrix(), configs[name],
                                                 statistics.get(name)))
-    if jobs is None and ray is None:
-        jobs = parallel.default_jobs(sum(u.size for u in eligible.values()))
 
     def started(name: str) -> None:
         how = " and error feedback" if statistics.get(name) is not None else ""
@@ -115,16 +115,18 @@ def _fallback(use: WeightUse, codec: str | None, config, target: tvm.target.Targ
     return None
 
 
-def _configs(eligible: dict[str, WeightUse], choices, statistics: dict, report: Reporter) -> dict[str, object]:
-    """Per-layer configs; codecs with a ``plan(matrices, configs, calibrations)`` hook decide over all their
-    layers at once (reading each matrix as they come to it: a large model's weights are not all in memory at once)."""
+def _configs(eligible: dict[str, WeightUse], choices, statistics: dict, report: Reporter,
+             workers: parallel.Workers) -> dict[str, object]:
+    """Per-layer configs; codecs with a ``plan(matrices, configs, calibrations, workers)`` hook decide over all
+    their layers at once (reading each matrix as they come to it, or in the worker measuring it: a large model's
+    weights are not all in memory at once)."""
     configs = {name: choices[name][1] for name in eligible}
     for codec in sorted({choices[name][0] for name in eligible}):
         module = codecs.get_codec(codec)
         names = [n for n in eligible if choices[n][0] == codec]
         if hasattr(module, "plan"):
             report("plan", f"planning {len(names)} {codec} layer(s) over the whole model")
-            matrices = LazyMapping(names, lambda n: eligible[n].matrix())  # one at a time
+            matrices = LazyMapping(names, lambda n: eligible[n].task_matrix())  # one at a time
             configs.update(module.plan(matrices, {n: configs[n] for n in names},
-                                       {n: statistics[n] for n in names if n in statistics}))
+                                       {n: statistics[n] for n in names if n in statistics}, workers))
     return configs

@@ -44,6 +44,24 @@ def test_a_codec_error_in_a_worker_names_the_weight(workers):
         encode_many(bad, **workers)
 
 
+def test_budget_plans_measured_in_workers_are_the_serial_plans(workers, tmp_path):
+    from bie_compiler.codecs import bie_bitplane, tans
+    from bie_compiler.codecs.parallel import Workers
+    from bie_compiler.codecs.stored import StoredMatrix, StoredWeight
+
+    rng = np.random.default_rng(1)
+    layers = {f"w{i}": rng.standard_t(3 + i, (32 + 16 * i, 96)).astype(np.float32) for i in range(4)}
+    stored = {}  # the last two read from a file by the worker measuring them, as compile passes external data
+    for name in ["w2", "w3"]:
+        layers[name].tofile(tmp_path / name)
+        stored[name] = StoredMatrix(StoredWeight(str(tmp_path / name), 0, "float32", layers[name].shape), "gather")
+    for module, config in [(tans, tans.Config(bits_per_weight=3.0)), (bie_bitplane, bie_bitplane.Config(bits_per_weight=4.5))]:
+        configs = {n: config for n in layers}
+        serial = module.plan(layers, configs)
+        assert len({c for c in serial.values()}) > 1  # the budget is split unevenly: the choice is not trivial
+        assert module.plan({**layers, **stored}, configs, None, Workers(**workers)) == serial
+
+
 @pytest.mark.slow
 def test_compile_with_jobs_writes_the_same_weights(model_dir, tmp_path):
     from bie_compiler import compile_model

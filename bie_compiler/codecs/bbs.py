@@ -61,6 +61,8 @@ import numpy as np
 from ..errors import CodecError
 from . import feedback, int8
 from .base import Encoded, check_weight
+from .parallel import SERIAL, Workers
+from .stored import loaded
 
 NAME = "bbs"
 GROUP = 32  # weights per group along K; also the bits of one stored column word
@@ -421,9 +423,9 @@ def report(enc: Encoded) -> dict[str, int | float]:
 
 
 def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
-         calibrations: dict | None = None) -> dict[str, Config]:
+         calibrations: dict | None = None, workers: Workers = SERIAL) -> dict[str, Config]:
     """Sensitive channels over the whole model: the top ``sensitive_fraction`` of all channels by scale
-    (by the weights alone: ``calibrations`` are not used).
+    (by the weights alone: ``calibrations`` are not used; nor are ``workers``: one pass over each weight).
 
     Layers sharing one fraction are ranked together; a layer whose config
     already fixes ``sensitive_channels`` is left as it is. Each layer's share of
@@ -433,7 +435,7 @@ def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
     fractions = sorted({c.sensitive_fraction for c in configs.values() if c.sensitive_channels < 0})
     for fraction in fractions:
         names = [name for name, c in configs.items() if c.sensitive_channels < 0 and c.sensitive_fraction == fraction]
-        scales = [int8.quantize(matrices[name])[1] for name in names]
+        scales = [int8.quantize(loaded(matrices[name]))[1] for name in names]
         owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(scales)])
         ranked = np.argsort(-np.concatenate(scales), kind="stable")
         top = ranked[: math.ceil(fraction * len(owner))]

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import CodecError
 from . import budget_split, feedback, uniform
 from .base import PACK_LANES, Encoded, check_weight, pack_bits, packed_width, unpack_bits
+from .parallel import SERIAL, Workers
 
 NAME = "bie-bitplane"
 DEFAULT_BITS = 4
@@ -139,14 +140,14 @@ def decode(enc: Encoded) -> np.ndarray:
 
 
 def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
-         calibrations: dict[str, feedback.Calibration] | None = None) -> dict[str, Config]:
+         calibrations: dict[str, feedback.Calibration] | None = None, workers: Workers = SERIAL) -> dict[str, Config]:
     """Per-layer bits for the layers given a budget (:func:`.budget_split.plan`); the others kept as they are.
 
     Each of ``BITS_CHOICES`` is encoded with round-to-nearest to measure its bytes and its distortion
     (:func:`.feedback.distortion`), also for layers then encoded with error feedback.
     """
     return budget_split.plan(NAME, matrices, configs, calibrations, _options,
-                             lambda config, bits: replace(config, bits=bits, bits_per_weight=0.0))
+                             lambda config, bits: replace(config, bits=bits, bits_per_weight=0.0), workers)
 
 
 def _options(weight: np.ndarray, config: Config,

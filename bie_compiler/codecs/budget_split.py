@@ -12,27 +12,36 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CodecError
+from .parallel import SERIAL, Workers
+from .stored import LazyMapping, StoredMatrix
 
 
-def plan(codec: str, matrices: Mapping[str, np.ndarray], configs: dict, calibrations: dict | None,
-         options: Callable[[np.ndarray, object, object], list], resolved: Callable[[object, int], object]) -> dict:
+def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs: dict, calibrations: dict | None,
+         options: Callable[[np.ndarray, object, object], list], resolved: Callable[[object, int], object],
+         workers: Workers = SERIAL) -> dict:
     """Per-layer configs: the layers whose config sets ``bits_per_weight`` split that budget, the others kept.
 
-    ``options(weight, config, calibration or None)``: the layer's table for :func:`allocate`; ``resolved(config,
-    choice)``: the config fixing that choice (and no budget, so re-encoding from it reproduces the layer).
-    Layers sharing a budget are weighed by their sensitivities only when ``calibrations`` has every one of them
-    (else the units would differ between layers).
+    ``options(weight, config, calibration or None)``: the layer's table for :func:`allocate`, measured by
+    ``workers`` (a module-level function: it is pickled to them); ``resolved(config, choice)``: the config
+    fixing that choice (and no budget, so re-encoding from it reproduces the layer). Layers sharing a budget
+    are weighed by their sensitivities only when ``calibrations`` has every one of them (else the units would
+    differ between layers). ``matrices`` may read each matrix when it is asked for, or name a stored one
+    that the worker measuring it reads.
     """
     out = dict(configs)
     calibrations = calibrations or {}
     for budget in sorted({c.bits_per_weight for c in configs.values() if c.bits_per_weight}):
         names = [n for n, c in configs.items() if c.bits_per_weight == budget]
         measured = all(n in calibrations for n in names)
-        table, num_weights = {}, 0
-        for n in names:  # each matrix read once: ``matrices`` may read them from a file one at a time
+        sizes = {}
+
+        def task(n: str) -> tuple:  # each matrix read once, when its turn comes
             matrix = matrices[n]
-            table[n], num_weights = options(matrix, configs[n], calibrations[n] if measured else None), num_weights + matrix.size
-        chosen = allocate(codec, table, budget, num_weights)
+            sizes[n] = matrix.size
+            return matrix, configs[n], calibrations[n] if measured else None
+
+        table = workers.map(options, LazyMapping(names, task))
+        chosen = allocate(codec, table, budget, sum(sizes.values()))
         for name in names:
             out[name] = resolved(configs[name], chosen[name])
     return out

@@ -27,6 +27,7 @@ from ..errors import CodecError
 from . import budget_split, feedback, nwc_network, tans_coder
 from .base import Encoded, check_weight
 from .nwc_network import CHUNK
+from .parallel import SERIAL, Workers
 
 NAME = "nwc"
 DEFAULT_QUALITY = 6
@@ -214,12 +215,12 @@ def report(enc: Encoded) -> dict[str, int | float]:
 
 
 def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
-         calibrations: dict[str, feedback.Calibration] | None = None) -> dict[str, Config]:
+         calibrations: dict[str, feedback.Calibration] | None = None, workers: Workers = SERIAL) -> dict[str, Config]:
     """Per-layer quality for the layers given a budget (:func:`.budget_split.plan`): each layer is rounded at every
     quality level to measure its distortion (:func:`.feedback.distortion`) and estimate its coded bits
     (:func:`estimated_bits`: tANS-coding every level of every layer would take most of the encoding time)."""
     return budget_split.plan(NAME, matrices, configs, calibrations, _options,
-                             lambda config, quality: replace(config, quality=quality, bits_per_weight=0.0))
+                             lambda config, quality: replace(config, quality=quality, bits_per_weight=0.0), workers)
 
 
 def estimated_bits(latents: np.ndarray, n: int, config: Config) -> int:

@@ -1,10 +1,10 @@
-"""Layers encoded in parallel: one process per core, the same bytes as one after the other.
+"""Per-layer work in parallel: one process per core, the same results as one layer after the other.
 
-Encoding is numpy work per layer with no shared state, so layers go to a pool of worker
-processes (``spawn``: a worker imports the codecs and numpy only, never TVM), each worker's
-BLAS held to one thread so the workers do not fight over the cores, or to the workers of a
-Ray cluster. The results come back in task order; a codec's error is raised as the serial
-path would raise it.
+Encoding a layer (and measuring its precisions for a bits budget) is numpy work with no shared
+state, so layers go to a pool of worker processes (``spawn``: a worker imports the codecs and
+numpy only, never TVM), each worker's BLAS held to one thread so the workers do not fight over
+the cores, or to the workers of a Ray cluster. The results come back in task order; a codec's
+error is raised as the serial path would raise it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import os
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import CodecError
-from . import encode
 from .base import Encoded
 from .stored import loaded
 
@@ -37,24 +37,45 @@ def _one_thread() -> None:
     _LIMITS = threadpool_limits(1)
 
 
+@dataclass(frozen=True)
+class Workers:
+    """Where per-layer work runs: ``jobs`` processes on this machine (1: this process), or the Ray cluster at
+    address ``ray`` (``jobs`` at once; None: one task per CPU of the cluster)."""
+
+    jobs: int | None = 1
+    ray: str | None = None
+
+    def map(self, work: Callable, tasks: Mapping[str, tuple],
+            started: Callable[[str], None] = lambda name: None) -> dict:
+        """``work(*args)`` for each name -> args of ``tasks``, by name in task order; ``work`` is a module-level
+        function (it is pickled to the workers). An argument that is a :class:`~.stored.StoredMatrix` is read
+        by the process that runs the task. ``started(name)`` as each is handed out (serially) or collected (in
+        parallel). A codec's error names the weight. Each task is read when its turn comes, and at most
+        ``jobs`` are handed out and not finished: with a :class:`~.stored.LazyMapping`, the matrices in memory
+        are bounded by that."""
+        if self.ray is not None and tasks:
+            from .ray_workers import RayWorkers
+
+            with RayWorkers(self.ray) as workers:
+                return _in_parallel(lambda *args: workers.submit(work, *args), tasks, self.jobs or workers.cpus,
+                                    started)
+        if self.jobs is None or self.jobs <= 1 or len(tasks) <= 1:
+            return {name: _named(name, _call, (work, *tasks[name]), started) for name in tasks}
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=context, initializer=_one_thread) as pool:
+            return _in_parallel(lambda *args: pool.submit(_call, work, *args), tasks, self.jobs, started)
+
+
+SERIAL = Workers()
+
+
 def encode_many(tasks: Mapping[str, tuple], jobs: int | None = 1, started: Callable[[str], None] = lambda name: None,
                 ray: str | None = None) -> dict[str, Encoded]:
-    """``encode(*task)`` for each weight name -> (codec, matrix, config, calibration), in ``jobs`` processes
-    when more than one, or on the Ray cluster at address ``ray`` (:mod:`.ray_workers`; ``jobs`` None: one task
-    per CPU of the cluster); ``started(name)`` as each is handed out (serially) or collected (in parallel). A
-    codec's error names the weight. A task's matrix may be a :class:`~.stored.StoredMatrix`, read by the
-    process that encodes it. Each task is read when its turn comes, and at most ``jobs`` are handed out and
-    not finished: with a :class:`~.stored.LazyMapping`, the matrices in memory are bounded by that."""
-    if ray is not None and tasks:
-        from .ray_workers import RayWorkers
+    """``encode(*task)`` for each weight name -> (codec, matrix, config, calibration), run by
+    ``Workers(jobs, ray)`` (:meth:`Workers.map`)."""
+    from . import encode  # the codecs' table imports the codecs, whose budget plans import this module
 
-        with RayWorkers(ray) as workers:
-            return _in_parallel(workers.submit, tasks, jobs or workers.cpus, started)
-    if jobs is None or jobs <= 1 or len(tasks) <= 1:
-        return {name: _named(name, _encode, tasks[name], started) for name in tasks}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_one_thread) as pool:
-        return _in_parallel(lambda *task: pool.submit(_encode, *task), tasks, jobs, started)
+    return Workers(jobs, ray).map(encode, tasks, started)
 
 
 def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs: int, started) -> dict[str, Encoded]:
@@ -80,8 +101,8 @@ def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs
     return results
 
 
-def _encode(codec: str, matrix, config, calibration) -> Encoded:
-    return encode(codec, loaded(matrix), config, calibration)
+def _call(work: Callable, *args):
+    return work(*(loaded(a) for a in args))
 
 
 def _named(name: str, work, args: tuple, started) -> Encoded:

@@ -1,7 +1,7 @@
-"""Encoding tasks on a Ray cluster (the optional ``ray`` extra), as futures :func:`.parallel.encode_many` waits on.
+"""Per-layer tasks on a Ray cluster (the optional ``ray`` extra), as futures :meth:`.parallel.Workers.map` waits on.
 
-A task runs :func:`.parallel.encode` in a Ray worker (one CPU, its BLAS on one thread), so the bytes are the
-serial path's. A stored matrix is read here, by the compiling process, and shipped with its task: the
+A task runs its function (e.g. :func:`.encode`) in a Ray worker (one CPU, its BLAS on one thread), so the
+results are the serial path's. A stored matrix is read here, by the compiling process, and shipped with its task: the
 cluster's machines need not see the model's data files. The cluster is the one this process is already
 connected to (a caller's ``ray.init``), else the one at the address (``ray.init(address=...)``: "auto",
 "HOST:6379", "ray://HOST:10001", or "local" for a new one on this machine), disconnected when done.
@@ -11,22 +11,21 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
+from typing import Callable
+
 from ..errors import OptionError
-from .base import Encoded
 from .stored import loaded
 
 
-def _encode_on_one_thread(codec: str, matrix, config, calibration) -> Encoded:
+def _on_one_thread(work: Callable, *args):
     from threadpoolctl import threadpool_limits
 
-    from . import encode
-
     with threadpool_limits(1):
-        return encode(codec, matrix, config, calibration)
+        return work(*args)
 
 
 class RayWorkers:
-    """A connection to a Ray cluster that runs encoding tasks; ``cpus``: the cluster's CPUs."""
+    """A connection to a Ray cluster that runs per-layer tasks; ``cpus``: the cluster's CPUs."""
 
     def __init__(self, address: str):
         try:
@@ -41,10 +40,10 @@ class RayWorkers:
             except (ConnectionError, ValueError, RuntimeError) as e:
                 raise OptionError(f"--ray {address}: cannot connect to a Ray cluster there ({e})") from None
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self._remote = ray.remote(num_cpus=1)(_encode_on_one_thread)
+        self._remote = ray.remote(num_cpus=1)(_on_one_thread)
 
-    def submit(self, codec: str, matrix, config, calibration) -> Future:
-        """A future of the task's encoding; a task's exception is raised as itself (Ray wraps it)."""
+    def submit(self, work: Callable, *args) -> Future:
+        """A future of ``work(*args)``; a task's exception is raised as itself (Ray wraps it)."""
         out: Future = Future()
 
         def finish(ray_future: Future) -> None:
@@ -53,7 +52,7 @@ class RayWorkers:
             except Exception as e:  # RayTaskError holds the task's own exception as its cause
                 out.set_exception(getattr(e, "cause", None) or e)
 
-        self._remote.remote(codec, loaded(matrix), config, calibration).future().add_done_callback(finish)
+        self._remote.remote(work, *(loaded(a) for a in args)).future().add_done_callback(finish)
         return out
 
     def __enter__(self) -> "RayWorkers":

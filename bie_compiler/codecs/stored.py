@@ -42,6 +42,10 @@ class StoredMatrix:
     op: str
     transposed: bool = False
 
+    @property
+    def size(self) -> int:
+        return math.prod(self.weight.shape)
+
     def load(self) -> np.ndarray:
         return codec_matrix(self.weight.array(), self.op, self.transposed)
 

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import CodecError
 from . import budget_split, feedback, tans_coder, uniform
 from .base import Encoded, check_weight
+from .parallel import SERIAL, Workers
 
 NAME = "tans"
 DEFAULT_LEVELS = 15
@@ -162,7 +163,7 @@ def report(enc: Encoded) -> dict[str, int | float]:
 
 
 def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
-         calibrations: dict[str, feedback.Calibration] | None = None) -> dict[str, Config]:
+         calibrations: dict[str, feedback.Calibration] | None = None, workers: Workers = SERIAL) -> dict[str, Config]:
     """Per-layer levels for every layer given a budget; layers with fixed levels are kept as they are.
 
     Layers sharing one ``bits_per_weight`` are planned together (:func:`.budget_split.plan`): for
@@ -172,7 +173,7 @@ def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
     layers then encoded with error feedback (feedback at every level would cost 15 encodings).
     """
     return budget_split.plan(NAME, matrices, configs, calibrations, _options,
-                             lambda config, levels: replace(config, levels=levels, bits_per_weight=0.0))
+                             lambda config, levels: replace(config, levels=levels, bits_per_weight=0.0), workers)
 
 
 def _options(weight: np.ndarray, config: Config,
