@@ -25,7 +25,7 @@ demo: models
 	$(BIN)/bie-compiler check $(DEMO_OUT) --batch 4
 	$(BIN)/bie-compiler inspect $(DEMO_OUT)
 
-# the ray extra only for the whole suite: its one test file (tests/test_ray_encoding.py) is marked slow
+# the ray extra only for the whole suite: its tests (the ray cases of tests/test_parallel_encoding.py) are marked slow
 $(VENV)/.ray-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
 	touch $@
