@@ -95,7 +95,7 @@ def measure(name: str, progress) -> dict:
     try:
         subject = ModelUnderAnalysis(model, samples, calibration=calibration, progress=progress)
         note = None
-    except BieError as e:  # e.g. grouped convs, which the calibration capture does not take
+    except BieError as e:  # the calibration capture cannot run this model: rounded to nearest only, said so
         subject = ModelUnderAnalysis(model, samples, progress=progress)
         note = f"no error feedback: {e}"
     rows = []

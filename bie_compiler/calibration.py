@@ -120,20 +120,43 @@ def layer_rows(node: onnx.NodeProto, x: np.ndarray, weight_shape: tuple) -> np.n
 
 
 def im2col(x: np.ndarray, weight_shape: tuple, node: onnx.NodeProto) -> np.ndarray:
-    """A Conv's input patches [B * OH * OW, kh * kw * C], channel fastest (the codecs' K order for convs)."""
-    if _attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or _attribute(node, "group", 1) != 1:
-        raise BieError(f"calibration: conv {node.name!r} with auto_pad or groups is not captured")
-    _, c, kh, kw = weight_shape
+    """A Conv's input patches [groups * B * OH * OW, kh * kw * C / groups], channel fastest (the codecs' K order
+    for convs). A grouped conv's groups are stacked as rows: its weight matrix has one K axis for every group,
+    so the statistics of its rows are summed over the groups (for error feedback, every group's rows are
+    rounded against the inputs all groups see: an approximation a depthwise conv cannot avoid)."""
+    _, c, kh, kw = weight_shape  # c: input channels per group
+    groups = _attribute(node, "group", 1)
     sh, sw = _attribute(node, "strides", [1, 1])
     dh, dw = _attribute(node, "dilations", [1, 1])
-    top, left, bottom, right = _attribute(node, "pads", [0, 0, 0, 0])
+    top, left, bottom, right = _pads(node, x.shape[2:], (kh, kw), (sh, sw), (dh, dw))
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     oh = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
     ow = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
     taps = [padded[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-            for i in range(kh) for j in range(kw)]  # each [B, C, OH, OW]
-    patches = np.stack(taps, axis=-1)  # [B, C, OH, OW, kh * kw]
-    return patches.transpose(0, 2, 3, 4, 1).reshape(-1, kh * kw * c)
+            for i in range(kh) for j in range(kw)]  # each [B, groups * C, OH, OW]
+    patches = np.stack(taps, axis=-1)  # [B, groups * C, OH, OW, kh * kw]
+    patches = patches.reshape(x.shape[0], groups, c, oh, ow, kh * kw)
+    return patches.transpose(1, 0, 3, 4, 5, 2).reshape(-1, kh * kw * c)
+
+
+def _pads(node: onnx.NodeProto, size: tuple, kernel: tuple, strides: tuple, dilations: tuple) -> tuple:
+    """(top, left, bottom, right) of a Conv, its ``auto_pad`` resolved as onnxruntime resolves it."""
+    auto_pad = _attribute(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad == "NOTSET":
+        top, left, bottom, right = _attribute(node, "pads", [0, 0, 0, 0])
+        return top, left, bottom, right
+    if auto_pad == "VALID":
+        return 0, 0, 0, 0
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise BieError(f"calibration: conv {node.name!r} has auto_pad {auto_pad!r}, not an ONNX value")
+    before, after = [], []
+    for n, k, s, d in zip(size, kernel, strides, dilations):
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        small, large = total // 2, total - total // 2
+        before.append(small if auto_pad == "SAME_UPPER" else large)  # SAME_UPPER puts the odd pixel at the end
+        after.append(total - before[-1])
+    return before[0], before[1], after[0], after[1]
 
 
 def capture_hessians(model: str | Path | onnx.ModelProto, weight_names: list[str], samples: list[dict],

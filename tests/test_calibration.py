@@ -45,6 +45,31 @@ def test_conv_patches_reproduce_the_conv_in_the_codecs_k_order(model_dir):
     assert np.allclose(stats[convs[1].input[1]].xtx, rows.T.astype(np.float64) @ rows, rtol=1e-9)
 
 
+@pytest.mark.parametrize("group, pads", [(2, {"auto_pad": "SAME_UPPER"}), (2, {"auto_pad": "SAME_LOWER"}),
+                                         (4, {"pads": [1, 0, 2, 1]}), (1, {"auto_pad": "VALID"})])
+def test_grouped_and_auto_padded_conv_patches_reproduce_the_conv_per_group(group, pads):
+    """Each group's rows @ its output channels' codec matrix is the conv onnxruntime computes (stride 2 on an odd
+    size, so SAME_UPPER and SAME_LOWER pad differently); the captured X^T X is the sum over the groups."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((8, 4 // group, 3, 3)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", group=group, strides=[2, 2], **pads)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 9, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    y = _observe(model, ["y"], {"x": x})["y"]
+    rows = im2col(x, w.shape, node).reshape(group, -1, 9 * (4 // group))
+    matrix = w.transpose(0, 2, 3, 1).reshape(group, 8 // group, -1)
+    direct = np.concatenate([rows[g] @ matrix[g].T for g in range(group)], axis=1)
+    assert np.allclose(direct.reshape(2, y.shape[2], y.shape[3], 8).transpose(0, 3, 1, 2), y, rtol=1e-4, atol=1e-4)
+    stats = capture_hessians(model, ["w"], [{"x": x}])["w"]
+    summed = sum(r.T.astype(np.float64) @ r for r in rows)
+    assert stats.rows == group * 2 * y.shape[2] * y.shape[3] and np.allclose(stats.xtx, summed, rtol=1e-9)
+
+
 def test_data_is_a_file_or_a_folder(tmp_path):
     (tmp_path / "d").mkdir()
     for i in (1, 0):
