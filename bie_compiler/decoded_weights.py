@@ -6,8 +6,9 @@ error), and onnxruntime runs that model. ``analyze`` and ``benchmarks/quality.py
 
 The layers are the ones ``passes.weight_uses`` finds after TVM's import: a float32 2-D initializer read as
 input 1 of a MatMul (directly, or through a 2-D Transpose: ``matmul(x, permute_dims(W))``) or of a Gemm
-(``transB``: stored [N, K]), and a 4-D initializer read as input 1 of a Conv (any groups). The encoding
-policy (``passes.policy``: ``--min-weights``, ``--skip``, ``--override``, the codecs' whole-model ``plan``
+(``transB``: stored [N, K]), a 4-D initializer read as input 1 of a Conv (any groups), and a float32 2-D table
+whose rows a Gather (axis 0) takes, when its codec has a CPU gather kernel (else, as in ``compile``, the table
+is one of the other weights, not a layer). The encoding policy (``passes.policy``: ``--min-weights``, ``--skip``, ``--override``, the codecs' whole-model ``plan``
 hooks) and the "no smaller than dense" rule are the compiler's own.
 """
 
@@ -23,6 +24,8 @@ from onnx import numpy_helper
 
 from . import codecs
 from .codecs import parallel
+from .codegen import has_kernel
+from .codegen.target import make_target
 from .codecs.layout import codec_matrix, onnx_layout
 from .dequantization import provenance
 from .frontend import weight_consumers
@@ -47,6 +50,9 @@ def weight_layers(model: onnx.ModelProto) -> list[LayerRecord]:
     transposed_from = _transpose_sources(model, initializers)
     layers: dict[str, LayerRecord] = {}
     for node in model.graph.node:
+        if node.op_type == "Gather":
+            _add_table(node, initializers, layers)
+            continue
         if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2:
             continue
         name, transposed = node.input[1], False
@@ -69,6 +75,19 @@ def weight_layers(model: onnx.ModelProto) -> list[LayerRecord]:
         if (first.op, first.transposed) != (op, transposed) and first.fallback_reason is None:
             first.fallback_reason = "used in two layouts (e.g. by a MatMul and a Gemm with transB=1)"
     return list(layers.values())
+
+
+def _add_table(node: onnx.NodeProto, initializers: dict, layers: dict[str, LayerRecord]) -> None:
+    """The table a Gather takes rows of, as a layer (op "gather"), if a codec could encode it."""
+    table = initializers.get(node.input[0])
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    if table is None or len(table.dims) != 2 or axis != 0 or table.data_type != onnx.TensorProto.FLOAT:
+        return  # compile leaves it as one of the other weights, with no layer record
+    nbytes = 4 * int(np.prod(table.dims))
+    record = LayerRecord(table.name, "gather", list(table.dims), "dense", nbytes, nbytes, None, False)
+    first = layers.setdefault(table.name, record)
+    if first.op != "gather" and first.fallback_reason is None:
+        first.fallback_reason = "used in two layouts (e.g. by a MatMul and a Gather)"
 
 
 def weight_aliases(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
@@ -98,8 +117,12 @@ def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], poli
     ``calibrations`` ({weight name: Calibration}) has the layer and the codec takes it (and bits budgets split
     by the sensitivities they hold)."""
     start = time.perf_counter()
-    records = [replace(layer, details={}) for layer in layers]
-    choices = {r.name: policy.choose(r.name, r.num_weights) for r in records if r.fallback_reason is None}
+    choices = {r.name: policy.choose(r.name, r.num_weights) for r in layers if r.fallback_reason is None}
+    # a table its codec has no CPU gather kernel for is not a layer (as compile's plan has it)
+    tables = {r.name for r in layers if r.op == "gather" and r.fallback_reason is None}
+    cpu = make_target() if tables else None
+    kept = {n for n in tables if choices[n][0] is not None and has_kernel(choices[n][0], "gather", cpu)}
+    records = [replace(layer, details={}) for layer in layers if layer.name not in tables - kept]
     for r in records:
         if r.name in choices and choices[r.name][0] is None:
             r.fallback_reason = choices[r.name][1]

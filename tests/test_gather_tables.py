@@ -54,3 +54,26 @@ def test_a_codec_without_a_gather_kernel_leaves_the_table_an_other_weight(tmp_pa
     assert [r["name"] for r in manifest["layers"]] == ["w"]
     other = {r["name"]: r for r in manifest["other_weights"]}["table"]
     assert other["codec"] == "dense" and other["fallback_reason"].startswith("Gather table: encoded by the codecs")
+
+
+@pytest.mark.parametrize("codec", ["int8", "tans"])
+def test_analyze_measures_the_layers_compile_encodes_tables_included(tmp_path, codec):
+    """encode_model (what analyze and quality.py measure) takes the table where compile encodes it, and the
+    bits/weight match compile's manifest; a codec with no gather kernel leaves the table out of both."""
+    from bie_compiler.decoded_weights import encode_model, initializer_arrays, weight_layers
+    from bie_compiler.passes import EncodingPolicy
+
+    model = embedding_model(tmp_path / "embedding.onnx")
+    proto = onnx.load(str(model))
+    layers = weight_layers(proto)
+    encoded = encode_model(initializer_arrays(proto, [r.name for r in layers]), layers, EncodingPolicy(codec))
+    assert cli("compile", model, "-o", tmp_path / "art", "--codec", codec).returncode == 0
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert [(r.name, r.codec, r.bytes_encoded) for r in encoded.records] \
+        == [(r["name"], r["codec"], r["bytes_encoded"]) for r in manifest["layers"]]
+    assert [r.name for r in encoded.records] == (["table", "w"] if codec == "int8" else ["w"])
+    assert encoded.bits_per_weight == pytest.approx(manifest["totals"]["bits_per_weight"])
+    if codec == "int8":  # each row rounded to its own int8 grid: within half a step
+        table = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "table"))
+        step = np.abs(table).max(axis=1, keepdims=True) / 127
+        assert np.all(np.abs(encoded.decoded["table"] - table) <= step / 2 + 1e-6)
