@@ -24,7 +24,7 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
-from bie_compiler.passes.fuse_expand_depthwise import fuse_expand_depthwise
+from .fuse_expand_depthwise import fuse_expand_depthwise
 from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
 from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, reduction

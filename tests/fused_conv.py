@@ -53,7 +53,7 @@ def expand_depthwise(cin, height, width, channels, kernel=3, stride=1, epilogue=
     """A 1x1 conv (cin -> channels) + bias + relu6, then a depthwise conv + bias + ``epilogue`` (relu6 or none),
     fused by the CPU build's fusion with every pointwise/depthwise pair fused: the one PrimFunc."""
     from bie_compiler.codegen.cpu import linear_epilogue_pass
-    from bie_compiler.passes.fuse_expand_depthwise import fuse_expand_depthwise
+    from bie_compiler.codegen.fuse_expand_depthwise import fuse_expand_depthwise
 
     bb = relax.BlockBuilder()
     n = tirx.Var("batch", "int64")

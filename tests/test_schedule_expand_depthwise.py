@@ -8,7 +8,7 @@ from tvm import relax, tirx
 
 from bie_compiler.codegen.schedules.expand_depthwise import ExpandDepthwise
 from bie_compiler.codegen.target import make_target
-from bie_compiler.passes.fuse_expand_depthwise import fuse_expand_depthwise
+from bie_compiler.codegen.fuse_expand_depthwise import fuse_expand_depthwise
 
 from fused_conv import expand_depthwise
 

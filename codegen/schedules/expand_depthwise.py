@@ -1,6 +1,6 @@
 """Schedule rule for a pointwise (1x1) conv fused with the depthwise conv that reads it (NCHW).
 
-``passes/fuse_expand_depthwise.py`` puts the two convs into one PrimFunc: the pointwise conv's input
+``codegen/fuse_expand_depthwise.py`` puts the two convs into one PrimFunc: the pointwise conv's input
 copy, its reduction, the depthwise conv's padding (the pointwise epilogue inlined into it), the
 depthwise reduction and its epilogue. Each parallel task is a group of channels x a band of output
 rows: it computes the pointwise output of those channels on the input rows the band reads (a register

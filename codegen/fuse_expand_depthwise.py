@@ -72,22 +72,36 @@ def fuse_expand_depthwise(min_bytes: int = MIN_BYTES) -> tvm.transform.Pass:
 
 
 def _fuse(mod: tvm.IRModule, min_bytes: int) -> tvm.IRModule:
-    main = mod["main"]
     groups = {gv: f for gv, f in mod.functions_items()
               if isinstance(f, relax.Function) and f.attrs is not None and f.attrs.get("Primitive", False)}
+    builder = relax.BlockBuilder(mod)
+    merged: dict[tuple, tvm.ir.GlobalVar] = {}
+    callers = {gv: f for gv, f in mod.functions_items() if isinstance(f, relax.Function) and gv not in groups}
+    rewritten = {gv: _fuse_calls(mod, f, groups, builder, merged, min_bytes) for gv, f in callers.items()}
+    rewritten = {gv: f for gv, f in rewritten.items() if f is not None}
+    if not rewritten:
+        return mod
+    mod = builder.get()
+    for gv, func in rewritten.items():
+        mod[gv] = func
+    return tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.DeadCodeElimination()])(mod)
+
+
+def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes) -> relax.Function | None:
+    """``func`` with each fusable pair of group calls made one call (new groups added to ``builder``), or None."""
+    if not isinstance(func.body, relax.SeqExpr):
+        return None
     uses: dict[relax.Var, int] = {}
 
     def count(expr):
         if isinstance(expr, relax.Var):
             uses[expr] = uses.get(expr, 0) + 1
 
-    relax.analysis.post_order_visit(main.body, count)
-    builder = relax.BlockBuilder(mod)
-    merged: dict[tuple, tvm.ir.GlobalVar] = {}
+    relax.analysis.post_order_visit(func.body, count)
     changed = False
     new_blocks = []
-    for block in main.body.blocks:
-        producers = {}  # var -> binding of a pointwise group call
+    for block in func.body.blocks:
+        producers = {}  # var -> binding of a large pointwise group's call
         bindings = []
         for binding in block.bindings:
             value = binding.value
@@ -114,8 +128,6 @@ def _fuse(mod: tvm.IRModule, min_bytes: int) -> tvm.IRModule:
         new_blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock)
                           else relax.BindingBlock(bindings))
     if not changed:
-        return mod
-    mod = builder.get()
-    mod["main"] = relax.Function(main.params, relax.SeqExpr(new_blocks, main.body.body), main.ret_ty,
-                                 main.is_pure, main.attrs, main.span)
-    return tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.DeadCodeElimination()])(mod)
+        return None
+    return relax.Function(func.params, relax.SeqExpr(new_blocks, func.body.body), func.ret_ty, func.is_pure,
+                          func.attrs, func.span)
