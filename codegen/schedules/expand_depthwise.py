@@ -82,7 +82,6 @@ def schedule_expand_depthwise(sch: s_tir.Schedule, copy, pointwise, dw: ConvBloc
     pc_o, pc_i = sch.split(pc, [None, tile])
     px_o, px_v, px_l = sch.split(px, [None, vectors, in_lanes])
     sch.reorder(pc_o, py, px_o, rc, pc_i, px_v, px_l)
-    sch.annotate(py, "pragma_loop_partition_hint", 1)
     sch.reverse_compute_at(write_back, px_o)
     channel, inner = sch.get_loops(write_back)[-2:]
     along, vec = sch.split(inner, [None, in_lanes])
