@@ -24,9 +24,10 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
+from .fuse_expand_depthwise import fuse_expand_depthwise
 from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
-from .schedules import conv2d, depthwise_conv2d, elementwise, matmul, reduction
+from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, reduction
 from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import serial_when_small
 from .weights import Weights, split_weights
@@ -37,6 +38,7 @@ TIR_PIPELINE = "bie_cpu"
 
 # Tried in order on each unscheduled PrimFunc; the first that applies schedules it.
 RULES = [
+    expand_depthwise.ExpandDepthwise(),
     conv2d.Conv2D(),
     depthwise_conv2d.DepthwiseConv2D(),
     matmul.Matmul(),
@@ -107,10 +109,12 @@ def linear_epilogue_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 
 
 def fusion() -> tvm.transform.Pass:
-    """Fast math, legalize, fold constants, fuse, branching epilogues made chains: the PrimFuncs the rules
-    schedule."""
-    return tvm.transform.Sequential([fast_math, relax.get_pipeline("zero"), linear_epilogue_pass],
-                                    name="BieLlvmFusion")
+    """Fast math, legalize, fold constants, fuse (TVM's "zero" pipeline, with large pointwise convs fused into
+    the depthwise convs that read them between its FuseOps and FuseTIR), branching epilogues made chains: the
+    PrimFuncs the rules schedule."""
+    fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+            relax.transform.FuseOps(), fuse_expand_depthwise(), relax.transform.FuseTIR()]
+    return tvm.transform.Sequential([fast_math, *fuse, linear_epilogue_pass], name="BieLlvmFusion")
 
 
 def schedule() -> tvm.transform.Pass:

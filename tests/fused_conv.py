@@ -47,3 +47,33 @@ def run(func, batch, seed=0):
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target()).mod
     lib["main"](*args)
     return args[-1].numpy()
+
+
+def expand_depthwise(cin, height, width, channels, kernel=3, stride=1, epilogue="relu6"):
+    """A 1x1 conv (cin -> channels) + bias + relu6, then a depthwise conv + bias + ``epilogue`` (relu6 or none),
+    fused by the CPU build's fusion with every pointwise/depthwise pair fused: the one PrimFunc."""
+    from bie_compiler.codegen.cpu import linear_epilogue_pass
+    from bie_compiler.codegen.fuse_expand_depthwise import fuse_expand_depthwise
+
+    bb = relax.BlockBuilder()
+    n = tirx.Var("batch", "int64")
+    x = relax.Var("x", relax.TensorType([n, cin, height, width], "float32"))
+    params = [x] + [relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in [
+        ("w1", [channels, cin, 1, 1]), ("b1", [1, channels, 1, 1]),
+        ("w2", [channels, 1, kernel, kernel]), ("b2", [1, channels, 1, 1])]]
+    _, w1, b1, w2, b2 = params
+    relu6 = lambda y: relax.op.maximum(relax.op.minimum(y, relax.const(6.0)), relax.const(0.0))  # noqa: E731
+    with bb.function("main", params):
+        with bb.dataflow():
+            y = bb.emit(relu6(relax.op.add(relax.op.nn.conv2d(x, w1), b1)))
+            y = bb.emit(relax.op.add(relax.op.nn.conv2d(y, w2, strides=stride, padding=kernel // 2, groups=channels), b2))
+            if epilogue == "relu6":
+                y = bb.emit(relu6(y))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+            relax.transform.FuseOps(), fuse_expand_depthwise(min_bytes=0), relax.transform.FuseTIR(), linear_epilogue_pass]
+    with make_target():
+        mod = tvm.transform.Sequential(fuse)(bb.get())
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    return func

@@ -1,0 +1,133 @@
+"""A pointwise (1x1) conv group and the depthwise conv group that reads its output fused into one group.
+
+MobileNet-style blocks expand channels with a 1x1 conv, then run a depthwise conv over the expanded
+tensor. On early, large planes that tensor (e.g. 96 x 112 x 112 floats, 4.8 MB) does not fit a core's L2:
+the pointwise conv writes it out to memory and the depthwise conv reads it back. Fused, each task of the
+depthwise conv computes the rows of the pointwise output it needs into a small buffer, and the tensor is
+never stored (``codegen/schedules/expand_depthwise.py`` schedules the fused function).
+
+Runs between ``FuseOps`` and ``FuseTIR``: the two groups (Relax functions marked ``Primitive``, each a
+chain of ``call_tir``) become one group, which ``FuseTIR`` turns into one PrimFunc. Only pairs whose
+intermediate tensor is at least ``MIN_BYTES`` per image are fused: a smaller one stays in L2 between the
+two kernels, and the separate pointwise conv tiles channels and pixels better than the fused one.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.utils import copy_with_new_vars
+
+MIN_BYTES = 1 << 20  # per image: the expanded tensor of one image, above which it leaves L2 (2 MB per core here)
+
+
+def _static(shape) -> list[int | None]:
+    return [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in shape]
+
+
+def _first_conv(mod: tvm.IRModule, group: relax.Function) -> tuple[list, list, list] | None:
+    """(input, weight, output) shapes of ``group``'s first binding if it calls a legalized conv2d on the group's
+    first parameter, else None."""
+    blocks = group.body.blocks
+    if len(blocks) != 1 or not blocks[0].bindings:
+        return None
+    call = blocks[0].bindings[0].value
+    if not (isinstance(call, relax.Call) and call.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
+        return None
+    callee, args = call.args[0], call.args[1].fields
+    if not isinstance(mod[callee], tvm.tirx.PrimFunc) or not callee.name_hint.startswith("conv2d"):
+        return None
+    if len(args) != 2 or not args[0].same_as(group.params[0]):
+        return None
+    return (_static(args[0].ty.shape), _static(args[1].ty.shape),
+            _static(call.ty.shape))
+
+
+def is_pointwise(shapes) -> bool:
+    """A 1x1, stride-1 conv of static channels and plane (groups = 1)."""
+    x, w, y = shapes
+    return (None not in x[1:] + w + y[1:] and w[2:] == [1, 1] and w[1] == x[1] and y[2:] == x[2:])
+
+
+def is_depthwise(shapes) -> bool:
+    """A conv with one input channel per group and as many groups as channels, static channels and plane."""
+    x, w, y = shapes
+    return None not in x[1:] + w + y[1:] and w[1] == 1 and w[0] == x[1] == y[1] and x[1] > 1
+
+
+def merge_groups(first: relax.Function, second: relax.Function) -> relax.Function:
+    """One primitive function computing ``second(first(a...), b...)``: parameters ``a..., b...``."""
+    first, second = copy_with_new_vars(first), copy_with_new_vars(second)
+    second = second.bind_params({second.params[0]: first.body.body})
+    bindings = list(first.body.blocks[0].bindings) + list(second.body.blocks[0].bindings)
+    body = relax.SeqExpr([relax.DataflowBlock(bindings)], second.body.body)
+    return relax.Function(list(first.params) + list(second.params), body, second.ret_ty,
+                          attrs=second.attrs)
+
+
+def fuse_expand_depthwise(min_bytes: int = MIN_BYTES) -> tvm.transform.Pass:
+    """The pass: each pointwise conv group whose output (per image) has at least ``min_bytes`` and is read only
+    by a depthwise conv group fused with it."""
+    return tvm.transform.module_pass(lambda mod, _ctx: _fuse(mod, min_bytes), opt_level=0, name="FuseExpandDepthwise")
+
+
+def _fuse(mod: tvm.IRModule, min_bytes: int) -> tvm.IRModule:
+    groups = {gv: f for gv, f in mod.functions_items()
+              if isinstance(f, relax.Function) and f.attrs is not None and f.attrs.get("Primitive", False)}
+    builder = relax.BlockBuilder(mod)
+    merged: dict[tuple, tvm.ir.GlobalVar] = {}
+    callers = {gv: f for gv, f in mod.functions_items() if isinstance(f, relax.Function) and gv not in groups}
+    rewritten = {gv: _fuse_calls(mod, f, groups, builder, merged, min_bytes) for gv, f in callers.items()}
+    rewritten = {gv: f for gv, f in rewritten.items() if f is not None}
+    if not rewritten:
+        return mod
+    mod = builder.get()
+    for gv, func in rewritten.items():
+        mod[gv] = func
+    return tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.DeadCodeElimination()])(mod)
+
+
+def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes) -> relax.Function | None:
+    """``func`` with each fusable pair of group calls made one call (new groups added to ``builder``), or None."""
+    if not isinstance(func.body, relax.SeqExpr):
+        return None
+    uses: dict[relax.Var, int] = {}
+
+    def count(expr):
+        if isinstance(expr, relax.Var):
+            uses[expr] = uses.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, count)
+    changed = False
+    new_blocks = []
+    for block in func.body.blocks:
+        producers = {}  # var -> binding of a large pointwise group's call
+        bindings = []
+        for binding in block.bindings:
+            value = binding.value
+            callee = value.op if isinstance(value, relax.Call) else None
+            group = groups.get(callee) if isinstance(callee, tvm.ir.GlobalVar) else None
+            shapes = _first_conv(mod, group) if group is not None else None
+            source = value.args[0] if shapes is not None else None
+            if shapes is not None and is_depthwise(shapes) and source in producers and uses.get(source) == 1:
+                first = producers.pop(source)
+                key = (first.value.op, callee)
+                if key not in merged:
+                    merged[key] = builder.add_func(merge_groups(groups[first.value.op], group),
+                                                   f"{first.value.op.name_hint}_{callee.name_hint}")
+                bindings.remove(first)
+                bindings.append(relax.VarBinding(binding.var, relax.Call(
+                    merged[key], list(first.value.args) + list(value.args[1:]))))
+                changed = True
+                continue
+            if shapes is not None and is_pointwise(shapes):
+                channels, height, width = shapes[2][1:]
+                if channels * height * width * 4 >= min_bytes:
+                    producers[binding.var] = binding
+            bindings.append(binding)
+        new_blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock)
+                          else relax.BindingBlock(bindings))
+    if not changed:
+        return None
+    return relax.Function(func.params, relax.SeqExpr(new_blocks, func.body.body), func.ret_ty, func.is_pure,
+                          func.attrs, func.span)

@@ -1,0 +1,56 @@
+"""A pointwise conv fused with the depthwise conv reading it: the pass fuses the pair, the rule schedules it, and the
+scheduled function computes what the unscheduled one does."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, tirx
+
+from bie_compiler.codegen.schedules.expand_depthwise import ExpandDepthwise
+from bie_compiler.codegen.target import make_target
+from bie_compiler.codegen.fuse_expand_depthwise import fuse_expand_depthwise
+
+from fused_conv import expand_depthwise
+
+CASES = [  # cin, h, w, channels, kernel, stride, epilogue
+    (16, 28, 28, 48, 3, 2, "relu6"),  # stride 2: column phases of the band's rows
+    (8, 20, 20, 24, 3, 1, "relu6"),
+    (6, 15, 13, 20, 3, 2, "none"),  # odd plane, channels not a multiple of the group
+    (4, 9, 9, 12, 5, 1, "relu6"),  # 5x5, a band covering the whole plane
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_scheduled_pair_matches_unscheduled(case, check_rule):
+    cin, h, w, channels, kernel, stride, epilogue = case
+    func = expand_depthwise(cin, h, w, channels, kernel, stride, epilogue)
+    check_rule(ExpandDepthwise(), func, [{"batch": 1}, {"batch": 2}])
+
+
+def _group_count(cin, h, w, channels, min_bytes):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, cin, h, w], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w1 = relax.const(np.ones((channels, cin, 1, 1), "float32"))
+            w2 = relax.const(np.ones((channels, 1, 3, 3), "float32"))
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, w1)))
+            out = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(y, w2, padding=1, groups=channels)))
+        bb.emit_func_output(out)
+    passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
+              fuse_expand_depthwise(min_bytes), relax.transform.FuseTIR()]
+    with make_target():
+        mod = tvm.transform.Sequential(passes)(bb.get())
+    return sum(isinstance(f, tirx.PrimFunc) for _, f in mod.functions_items())
+
+
+def test_pass_fuses_only_pairs_with_a_large_intermediate():
+    size = 16 * 32 * 32 * 4  # bytes of the pointwise output
+    assert _group_count(8, 32, 32, 16, min_bytes=size) == 1
+    assert _group_count(8, 32, 32, 16, min_bytes=size + 1) == 2
+
+
+def test_rule_leaves_a_single_conv_alone():
+    from fused_conv import fused_conv
+    func, _ = fused_conv(1, 16, 8, 8, 16, 3, 1, 16)
+    assert ExpandDepthwise().apply(func, make_target(), False) is None
