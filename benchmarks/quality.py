@@ -63,6 +63,12 @@ CONFIGS = [  # (label, codec, options)
     ("bitwave", "bitwave", {}),
     ("bie-binary", "bie-binary", {}),
     ("bie-blocked", "bie-blocked", {}),
+    ("rotated bie-bitplane 3", "bie-bitplane", {"bits": 3, "rotate": True}),
+    ("rotated bie-bitplane 4", "bie-bitplane", {"bits": 4, "rotate": True}),
+    ("rotated bie-bitplane budget 3.0", "bie-bitplane", {"bits_per_weight": 3.0, "rotate": True}),
+    ("rotated tans 11 levels", "tans", {"levels": 11, "rotate": True}),
+    ("rotated tans budget 3.0", "tans", {"bits_per_weight": 3.0, "rotate": True}),
+    ("rotated tans budget 5.8", "tans", {"bits_per_weight": 5.8, "rotate": True}),
 ]
 
 

@@ -100,6 +100,8 @@ def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], poli
     start = time.perf_counter()
     records = [replace(layer, details={}) for layer in layers]
     choices = {r.name: policy.choose(r.name, r.num_weights) for r in records if r.fallback_reason is None}
+    choices = {r.name: (choices[r.name][0], codecs.for_op(choices[r.name][1], r.op) if choices[r.name][0]
+                        else choices[r.name][1]) for r in records if r.name in choices}
     for r in records:
         if r.name in choices and choices[r.name][0] is None:
             r.fallback_reason = choices[r.name][1]
@@ -108,11 +110,9 @@ def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], poli
     configs = {name: choices[name][1] for name in eligible}
     calibrations = calibrations or {}
     for codec in sorted({choices[name][0] for name in eligible}):
-        module = codecs.get_codec(codec)
         names = [n for n in eligible if choices[n][0] == codec]
-        if hasattr(module, "plan"):
-            configs.update(module.plan({n: matrices[n] for n in names}, {n: configs[n] for n in names},
-                                       {n: calibrations[n] for n in names if n in calibrations}))
+        configs.update(codecs.plan(codec, {n: matrices[n] for n in names}, {n: configs[n] for n in names},
+                                   {n: calibrations[n] for n in names if n in calibrations}))
     tasks = {name: (choices[name][0], matrices[name], configs[name], calibrations.get(name)) for name in eligible}
     if jobs is None:
         jobs = parallel.default_jobs(sum(m.size for m in matrices.values()))
@@ -125,8 +125,7 @@ def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], poli
             r.fallback_reason = reason
             continue
         r.codec, r.bytes_encoded, r.config = codec, enc.nbytes, codecs.config_dict(configs[name])
-        module = codecs.get_codec(codec)
-        decoded[name] = onnx_layout(module.decode(enc), weights[name].shape, r.op, r.transposed)
+        decoded[name] = onnx_layout(codecs.decode(enc), weights[name].shape, r.op, r.transposed)
     return EncodedModel(records, decoded, time.perf_counter() - start)
 
 
