@@ -81,8 +81,12 @@ def plan(codec: str, matrices, configs: dict, calibrations: dict) -> dict:
     rotated = {name for name, config in configs.items() if config.rotate}
     if rotated:
         source = matrices
-        matrices = LazyMapping(list(source), lambda name: rotation.rotate(
-            source[name], rotation.signs(source[name].shape[1])).astype(np.float32) if name in rotated else source[name])
+
+        def matrix(name: str) -> np.ndarray:
+            weight = source[name]  # read once: it may come from a file
+            return rotation.rotate(weight, rotation.signs(weight.shape[1])).astype(np.float32) if name in rotated else weight
+
+        matrices = LazyMapping(list(source), matrix)
         calibrations = {name: rotation.rotated_calibration(c) if name in rotated else c
                         for name, c in calibrations.items()}
     return module.plan(matrices, configs, calibrations)
