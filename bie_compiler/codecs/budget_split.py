@@ -12,7 +12,6 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CodecError
-from . import feedback
 
 
 def plan(codec: str, matrices: Mapping[str, np.ndarray], configs: dict, calibrations: dict | None,
@@ -22,8 +21,7 @@ def plan(codec: str, matrices: Mapping[str, np.ndarray], configs: dict, calibrat
     ``options(weight, config, calibration or None)``: the layer's table for :func:`allocate`; ``resolved(config,
     choice)``: the config fixing that choice (and no budget, so re-encoding from it reproduces the layer).
     Layers sharing a budget are weighed by their sensitivities only when ``calibrations`` has every one of them
-    (else the units would differ between layers), and then by :func:`.feedback.gain`, the share of each layer's
-    rounding error that error feedback is expected to leave.
+    (else the units would differ between layers).
     """
     out = dict(configs)
     calibrations = calibrations or {}
@@ -34,9 +32,6 @@ def plan(codec: str, matrices: Mapping[str, np.ndarray], configs: dict, calibrat
         for n in names:  # each matrix read once: ``matrices`` may read them from a file one at a time
             matrix = matrices[n]
             table[n], num_weights = options(matrix, configs[n], calibrations[n] if measured else None), num_weights + matrix.size
-            if measured:  # the layers are then encoded with feedback: what it is expected to leave of each error
-                expected = feedback.gain(calibrations[n])
-                table[n] = [(choice, bits, error * expected) for choice, bits, error in table[n]]
         chosen = allocate(codec, table, budget, num_weights)
         for name in names:
             out[name] = resolved(configs[name], chosen[name])

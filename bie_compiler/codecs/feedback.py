@@ -143,21 +143,6 @@ def output_error(weight: np.ndarray, approx: np.ndarray, xtx: np.ndarray) -> flo
     return float(np.einsum("nk,nk->", e @ xtx, e)) / energy if energy > 0 else 0.0
 
 
-def gain(calibration: Calibration) -> float:
-    """How much feedback is expected to shrink a layer's output error against round-to-nearest on the same grid.
-
-    With rounding errors of equal variance in every column, round-to-nearest costs ``sum_k H[k, k]`` and
-    feedback ``sum_k 1 / U[k, k]^2`` (each column's cost, see :func:`_quantize`), in the damped ``H`` and the
-    column order feedback uses; the ratio is at most 1 and smallest where the inputs are most correlated.
-    """
-    with threadpool_limits(1, "blas"):
-        h, _ = prepared_hessian(calibration, len(calibration.xtx))
-        if calibration.act_order:
-            order = np.argsort(-np.diag(h), kind="stable")
-            h = h[np.ix_(order, order)]
-        return float(np.sum(1.0 / np.diag(inverse_cholesky(h)) ** 2) / np.trace(h))
-
-
 def distortion(weight: np.ndarray, approx: np.ndarray, calibration: Calibration | None) -> float:
     """What a bits-budget planner minimises for one layer: the relative squared weight error, times the layer's
     measured sensitivity when there is calibration data."""
