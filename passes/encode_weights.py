@@ -85,7 +85,7 @@ class EncodeWeights:
                 kernels[key] = self._kernel(builder, use)
             callee, constants, decodes, dispatches = kernels[key]
             x = found.x
-            rotation = self._rotation(builder, transforms, use)
+            rotated = self._rotation(builder, transforms, use)
             if use.op == "gather":
                 return as_index_rows(x, use.shape[1],
                                      lambda ids, out_ty: relax.call_tir(callee, [ids, *constants], out_ty=out_ty))
@@ -95,9 +95,9 @@ class EncodeWeights:
             if use.op == "conv2d":
                 return relax.call_tir(callee, [x, *constants], out_ty=found.call.ty)
             if dispatches:
-                return as_rows(x, use.rows, lambda x2, out_ty: relax.Call(callee, [rotation(x2, out_ty), *constants]))
+                return as_rows(x, use.rows, lambda x2, out_ty: relax.Call(callee, [rotated(x2, out_ty), *constants]))
             return as_rows(x, use.rows, lambda x2, out_ty: relax.call_tir(
-                callee, [rotation(x2, out_ty), *constants], out_ty=out_ty))
+                callee, [rotated(x2, out_ty), *constants], out_ty=out_ty))
 
         rewritten = rewrite_weight_calls(mod, rewrite, self.plan.names)
         for gv, func in rewritten.functions_items():

@@ -143,5 +143,6 @@ def _check_rotation(choices: dict, target: tvm.target.Target) -> None:
     the BitVert device takes the activations as they are."""
     rotating = sorted(name for name, (codec, config) in choices.items() if codec and config.rotate)
     if rotating and (target.kind.name != "llvm" or bitvert.is_bitvert(target)):
-        raise OptionError(f"--rotate is CPU-only (target {describe(target)['kind']}); it was asked for "
+        raise OptionError(f"--rotate needs the llvm target (the activations' Walsh-Hadamard kernel is CPU code, the "
+                          f"BitVert device takes them unrotated), not {describe(target)['kind']}; it was asked for "
                           f"{len(rotating)} layer(s), e.g. {rotating[0]!r}")
