@@ -12,7 +12,7 @@ with and without ``--calibration``). The evaluation inputs must not be the calib
 onnxruntime's own 4-bit ``MatMulNBits`` (block 32, symmetric, RTN) is the baseline; its
 bits/weight count its packed weights and float32 scales.
 
-    python benchmarks/quality.py models/transformer.onnx --calibration CALIB [--eval EVAL.npz] [--json PATH]
+    python benchmarks/quality.py models/transformer.onnx --calibration CALIB [--eval EVAL.npz] [--feedback-only] [--json PATH]
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ CONFIGS = [  # (label, codec, options)
     ("bitwave", "bitwave", {}),
     ("bie-binary", "bie-binary", {}),
     ("bie-blocked", "bie-blocked", {}),
+    ("rotated bie-bitplane 3", "bie-bitplane", {"bits": 3, "rotate": True}),
+    ("rotated bie-bitplane 4", "bie-bitplane", {"bits": 4, "rotate": True}),
+    ("rotated bie-bitplane budget 3.0", "bie-bitplane", {"bits_per_weight": 3.0, "rotate": True}),
+    ("rotated tans 11 levels", "tans", {"levels": 11, "rotate": True}),
+    ("rotated tans budget 3.0", "tans", {"bits_per_weight": 3.0, "rotate": True}),
+    ("rotated tans budget 5.8", "tans", {"bits_per_weight": 5.8, "rotate": True}),
 ]
 
 
@@ -93,6 +99,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], help="run only configs whose label starts so")
     parser.add_argument("--act-order", action="store_true", help="feedback in act-order where scales are per channel")
     parser.add_argument("--damping", type=float, default=feedback.DAMPING)
+    parser.add_argument("--feedback-only", action="store_true", help="leave out the round-to-nearest rows")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     logging.disable(logging.INFO)  # the 4-bit quantizer logs every node
@@ -131,7 +138,8 @@ def main() -> None:
         grouped = codec in ("bbs", "bitwave") or options.get("group_size")  # act-order needs per-channel scales
         ordered = args.act_order and not grouped
         fed = calibrations if ordered else {n: replace(c, act_order=False) for n, c in calibrations.items()}
-        for mode, calib in (("rtn", {}), ("feedback" + (" ao" if ordered else ""), fed)):
+        modes = (("rtn", {}), ("feedback" + (" ao" if ordered else ""), fed))
+        for mode, calib in modes[1:] if args.feedback_only else modes:
             decoded, bpw, seconds = encode_all(layers, weights, codec, options, args.min_weights, calib)
             row = {"config": label, "mode": mode, "bits_per_weight": bpw,
                    **cosines(run_onnxruntime(with_weights(model, decoded), inputs), references), "seconds": seconds}

@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="artefact folder to write (replaced atomically)")
     c.add_argument("--codec", default="bie-bitplane", choices=list(codecs.CODECS), help="weight codec (default %(default)s)")
     for option in codecs.option_fields():
-        c.add_argument(option.flag, type=option.kind, default=None, help=option.help.replace("%", "%%"))
+        kind = {"action": "store_true"} if option.kind is bool else {"type": option.kind}
+        c.add_argument(option.flag, **kind, default=None, help=option.help.replace("%", "%%"))
     c.add_argument("--target", default="llvm",
                    help="llvm (default); cuda (GPU kernels, host code for --mcpu); bitvert (bbs layers offloaded "
                         "to the simulated BitVert accelerator, the rest on the host)")

@@ -118,6 +118,8 @@ def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], poli
     by the sensitivities they hold)."""
     start = time.perf_counter()
     choices = {r.name: policy.choose(r.name, r.num_weights) for r in layers if r.fallback_reason is None}
+    choices = {r.name: (choices[r.name][0], codecs.for_op(choices[r.name][1], r.op) if choices[r.name][0]
+                        else choices[r.name][1]) for r in layers if r.name in choices}
     # a table its codec has no CPU gather kernel for is not a layer (as compile's plan has it)
     tables = {r.name for r in layers if r.op == "gather" and r.fallback_reason is None}
     cpu = make_target() if tables else None
@@ -133,12 +135,9 @@ def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], poli
     if jobs is None:
         jobs = parallel.default_jobs(sum(m.size for m in matrices.values()))
     for codec in sorted({choices[name][0] for name in eligible}):
-        module = codecs.get_codec(codec)
         names = [n for n in eligible if choices[n][0] == codec]
-        if hasattr(module, "plan"):
-            configs.update(module.plan({n: matrices[n] for n in names}, {n: configs[n] for n in names},
-                                       {n: calibrations[n] for n in names if n in calibrations},
-                                       parallel.Workers(jobs)))
+        configs.update(codecs.plan(codec, {n: matrices[n] for n in names}, {n: configs[n] for n in names},
+                                   {n: calibrations[n] for n in names if n in calibrations}, parallel.Workers(jobs)))
     tasks = {name: (choices[name][0], matrices[name], configs[name], calibrations.get(name)) for name in eligible}
     encodings = parallel.encode_many(tasks, jobs, started)
     decoded = {}
@@ -149,8 +148,7 @@ def encode_model(weights: dict[str, np.ndarray], layers: list[LayerRecord], poli
             r.fallback_reason = reason
             continue
         r.codec, r.bytes_encoded, r.config = codec, enc.nbytes, codecs.config_dict(configs[name])
-        module = codecs.get_codec(codec)
-        decoded[name] = onnx_layout(module.decode(enc), weights[name].shape, r.op, r.transposed)
+        decoded[name] = onnx_layout(codecs.decode(enc), weights[name].shape, r.op, r.transposed)
     return EncodedModel(records, decoded, time.perf_counter() - start)
 
 

@@ -109,7 +109,7 @@ def decoded_model(model: onnx.ModelProto, layers: list[LayerRecord], calibration
                 f"re-encoding {layer.name!r} does not reproduce the artefact's encoding "
                 "(different source model or bie-compiler version)"
             )
-        decoded = onnx_layout(module.decode(enc), weight.shape, layer.op, layer.transposed)
+        decoded = onnx_layout(codecs.decode(enc), weight.shape, layer.op, layer.transposed)
         tensor = numpy_helper.from_array(decoded, layer.name) if data is None else data.store(layer.name, decoded)
         by_name[layer.name].CopyFrom(tensor)
     return out

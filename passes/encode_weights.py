@@ -15,7 +15,9 @@ pre-compute a dense weight into the artefact again. A kernel whose constants are
 computed at load (``KernelCall.at_load``) reads them from the tuple of
 ``call_tir(at_load, stored)``, the stored arrays its only arguments: a tuple is
 never constant-folded, and the build lifts the call out of ``main`` into the
-function the runtime runs once at load (``codegen.cpu.build``). The rewritten calls leave
+function the runtime runs once at load (``codegen.cpu.build``). A rotated encoding (``codecs.rotation``)
+gets its kernels from the codec's encoding of the rotated weight, and their ``x2d`` is first rotated by
+``call_tir(hadamard_K, (x2d, signs))`` (``codegen.hadamard``, one PrimFunc per K). The rewritten calls leave
 their weight constants unused: ``DeadCodeElimination`` after it removes them
 (``passes.encoding_passes`` composes both).
 """
@@ -26,7 +28,8 @@ import tvm
 from tvm import relax
 
 from bie_compiler import codegen
-from bie_compiler.codegen import KernelCall
+from bie_compiler.codecs import rotation
+from bie_compiler.codegen import KernelCall, hadamard
 
 from .plan import EncodingPlan
 from .weight_uses import Match, WeightUse, as_index_rows, as_rows, rewrite_weight_calls
@@ -71,6 +74,7 @@ class EncodeWeights:
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         builder = relax.BlockBuilder(mod)
         kernels: dict = {}  # (weight, conv) -> (callee, constants, decodes, is a Relax function): one per use kind
+        transforms: dict[int, relax.GlobalVar] = {}  # K -> the Walsh-Hadamard PrimFunc of rotated weights
 
         def rewrite(found: Match):
             use = found.use
@@ -81,6 +85,7 @@ class EncodeWeights:
                 kernels[key] = self._kernel(builder, use)
             callee, constants, decodes, dispatches = kernels[key]
             x = found.x
+            rotated = self._rotation(builder, transforms, use)
             if use.op == "gather":
                 return as_index_rows(x, use.shape[1],
                                      lambda ids, out_ty: relax.call_tir(callee, [ids, *constants], out_ty=out_ty))
@@ -90,9 +95,9 @@ class EncodeWeights:
             if use.op == "conv2d":
                 return relax.call_tir(callee, [x, *constants], out_ty=found.call.ty)
             if dispatches:
-                return as_rows(x, use.rows, lambda x2, _: relax.Call(callee, [x2, *constants]))
-            return as_rows(x, use.rows,
-                           lambda x2, out_ty: relax.call_tir(callee, [x2, *constants], out_ty=out_ty))
+                return as_rows(x, use.rows, lambda x2, out_ty: relax.Call(callee, [rotated(x2, out_ty), *constants]))
+            return as_rows(x, use.rows, lambda x2, out_ty: relax.call_tir(
+                callee, [rotated(x2, out_ty), *constants], out_ty=out_ty))
 
         rewritten = rewrite_weight_calls(mod, rewrite, self.plan.names)
         for gv, func in rewritten.functions_items():
@@ -100,12 +105,27 @@ class EncodeWeights:
                 builder.update_func(gv, func)
         return builder.get()
 
+    def _rotation(self, builder: relax.BlockBuilder, transforms: dict, use: WeightUse):
+        """``f(x2d, out_ty)``: ``x2d`` as the layer's kernels take it, rotated when its encoding is."""
+        _, negated = rotation.unrotated(self.plan.encoded[use.name][1]) if use.name in self.plan.encoded else (None, None)
+        if negated is None:
+            return lambda x2, out_ty: x2
+        if use.op != "matmul":
+            raise ValueError(f"{use.name}: a rotated encoding of a {use.op} weight (only matmuls are rotated)")
+        k = use.size // use.rows
+        if k not in transforms:
+            transforms[k] = builder.add_func(hadamard.kernel(k), f"{hadamard.KIND}_{k}")
+        signs = relax.const(self.plan.encoded[use.name][1].arrays[rotation.SIGNS])
+        return lambda x2, out_ty: relax.call_tir(transforms[k], [x2, signs],
+                                                 out_ty=relax.TensorType([out_ty.shape.values[0], k], "float32"))
+
     def _kernel(self, builder: relax.BlockBuilder, use: WeightUse):
         """(callee, constants, decodes, dispatches): a PrimFunc for call_tir (a decode kernel if ``decodes``), or
         a Relax function dispatching on the row count (``dispatches``), called with the same constants."""
         target = self.plan.target
         if use.name in self.plan.encoded:
             codec, enc = self.plan.encoded[use.name]
+            enc, _ = rotation.unrotated(enc)  # the kernels compute from the codec's encoding of the rotated weight
             kernel = codegen.kernel_for(enc, target, use.conv, use.op, **self.plan.kernel_options.get(use.name, {}))
         else:
             codec, kernel = "dense", codegen.dense_kernel(use.matrix(), target)

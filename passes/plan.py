@@ -16,6 +16,9 @@ import tvm
 from bie_compiler import codecs, codegen
 from bie_compiler.codecs import Encoded, parallel
 from bie_compiler.codecs.stored import LazyMapping, StoredWeight
+from bie_compiler.codegen import bitvert
+from bie_compiler.codegen.target import describe
+from bie_compiler.errors import OptionError
 from bie_compiler.progress import Reporter
 from bie_compiler.report import LayerRecord
 
@@ -50,9 +53,13 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     from their data files rather than from their constants (by name), one at a time, by the process encoding them.
     ``ray``: the address of a Ray cluster that encodes the layers (``jobs`` at once; None: one per cluster CPU)."""
     found, names = collect_weight_uses(mod, names)
+    uses_by_name = {u.name: u for u in found}
     for use in found:
         use.stored = (stored or {}).get(use.name)
-    choices = {u.name: policy.choose(u.name, u.size) for u in found}
+    asked = {u.name: policy.choose(u.name, u.size) for u in found}
+    choices = {name: (codec, codecs.for_op(config, uses_by_name[name].op) if codec else config)
+               for name, (codec, config) in asked.items()}
+    _check_rotation(choices, target)
     reasons = {u.name: _fallback(u, *choices[u.name], target) for u in found}
     # a table its codec has no gather kernel for stays what it was: one of the other weights, with its reason
     found = [u for u in found if u.op != "gather" or reasons[u.name] is None]
@@ -97,6 +104,8 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
                           **{f"header.{k}": v for k, v in enc.header.items()}}
         if calibrations:
             record.details.update(codecs.feedback_report(codec, use.matrix(), config, statistics.get(use.name), enc))
+        if asked[use.name][1].rotate and not config.rotate:
+            record.details["rotation"] = f"none: only matmul inputs are rotated, this is a {use.op}"
     dense = frozenset(name for name, u in uses.items() if name not in encoded and u.op == "matmul"
                       and not u.unsupported and codegen.has_dense_kernel(target))
     return EncodingPlan(target, names, uses, records, encoded, kernel_options, dense)
@@ -122,11 +131,20 @@ def _configs(eligible: dict[str, WeightUse], choices, statistics: dict, report: 
     weights are not all in memory at once)."""
     configs = {name: choices[name][1] for name in eligible}
     for codec in sorted({choices[name][0] for name in eligible}):
-        module = codecs.get_codec(codec)
         names = [n for n in eligible if choices[n][0] == codec]
-        if hasattr(module, "plan"):
+        if hasattr(codecs.get_codec(codec), "plan"):
             report("plan", f"planning {len(names)} {codec} layer(s) over the whole model")
             matrices = LazyMapping(names, lambda n: eligible[n].task_matrix())  # one at a time
-            configs.update(module.plan(matrices, {n: configs[n] for n in names},
+            configs.update(codecs.plan(codec, matrices, {n: configs[n] for n in names},
                                        {n: statistics[n] for n in names if n in statistics}, workers))
     return configs
+
+
+def _check_rotation(choices: dict, target: tvm.target.Target) -> None:
+    """Refuse ``rotate`` where no kernel undoes it: the Walsh-Hadamard kernel of the activations is CPU code, and
+    the BitVert device takes the activations as they are."""
+    rotating = sorted(name for name, (codec, config) in choices.items() if codec and config.rotate)
+    if rotating and (target.kind.name != "llvm" or bitvert.is_bitvert(target)):
+        raise OptionError(f"--rotate needs the llvm target (the activations' Walsh-Hadamard kernel is CPU code, the "
+                          f"BitVert device takes them unrotated), not {describe(target)['kind']}; it was asked for "
+                          f"{len(rotating)} layer(s), e.g. {rotating[0]!r}")

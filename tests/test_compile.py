@@ -87,5 +87,5 @@ def test_policy_skip_override_and_min_weights(model_dir, tmp_path):
     assert layers["blocks.ffn.fc1.weight"]["config"]["bits"] == 8
     assert layers["blocks.ffn.fc1.weight"]["bits_per_weight"] > 8
     assert layers["blocks.ffn.fc2.weight"]["codec"] == "bie-binary"  # another codec starts from its defaults
-    assert layers["blocks.ffn.fc2.weight"]["config"] == {"threshold": 0.0, "density": 0.0, "layout": "auto"}
+    assert layers["blocks.ffn.fc2.weight"]["config"] == {"threshold": 0.0, "density": 0.0, "layout": "auto", "rotate": False}
     assert check_artefact(runner, inputs=make_inputs(runner.inputs, batch=2))["passed"]

@@ -8,6 +8,9 @@ rounds with error feedback takes ``encode(weight, config, calibration)``
 (a :class:`feedback.Calibration`; see :func:`takes_calibration`). A codec that decides over the whole
 model defines ``plan(matrices, configs, calibrations) -> configs`` (per-layer configs, e.g. a bits budget
 split over layers by the sensitivities the calibrations hold).
+
+Every Config has ``rotate`` (:mod:`.rotation`): the registry's :func:`encode`, :func:`decode` and :func:`plan`
+apply it around the codec, which only ever sees the rotated weight. Call those, not the module's own.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ import typing
 from dataclasses import dataclass
 from types import ModuleType
 
+import numpy as np
+
 from ..errors import OptionError
-from . import bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, feedback, int8, tans
+from . import bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, feedback, int8, rotation, tans
 from .base import Encoded
+from .parallel import SERIAL, Workers
+from .stored import LazyMapping, loaded
 
 CODECS: dict[str, ModuleType] = {
     m.NAME: m for m in (bie_binary, bie_bitplane, bie_blocked, tans, int8, bbs, bitwave)
@@ -47,11 +54,53 @@ def splits_budget(config) -> bool:
 
 
 def encode(codec: str, matrix, config, calibration: feedback.Calibration | None = None) -> Encoded:
-    """Encode [N, K] with ``codec``: with error feedback when ``calibration`` is given and the codec takes it."""
+    """Encode [N, K] with ``codec``: with error feedback when ``calibration`` is given and the codec takes it;
+    rotated first when ``config.rotate``."""
     module = get_codec(codec)
-    if calibration is not None and takes_calibration(codec):
-        return module.encode(matrix, config, calibration)
-    return module.encode(matrix, config)
+
+    def plain(matrix, calibration):
+        if calibration is not None and takes_calibration(codec):
+            return module.encode(matrix, config, calibration)
+        return module.encode(matrix, config)
+
+    return rotation.encode(plain, matrix, calibration) if config.rotate else plain(matrix, calibration)
+
+
+def decode(enc: Encoded):
+    """The reference decoding, float32 [N, K], rotated back when the encoding is rotated."""
+    inner, negated = rotation.unrotated(enc)
+    decoded = get_codec(inner.codec).decode(inner)
+    return decoded if negated is None else rotation.restore(decoded, negated).astype(decoded.dtype)
+
+
+def plan(codec: str, matrices, configs: dict, calibrations: dict, workers: Workers = SERIAL) -> dict:
+    """Per-layer configs from the codec's whole-model ``plan`` hook (the configs as they are without one), which
+    measures the rotated weights of the layers that rotate (and their rotated statistics), in ``workers``.
+    ``matrices`` may name stored weights (:class:`.stored.StoredMatrix`): a rotated one is read and rotated here,
+    the others by the worker measuring them."""
+    module = get_codec(codec)
+    if not hasattr(module, "plan"):
+        return configs
+    rotated = {name for name, config in configs.items() if config.rotate}
+    if rotated:
+        source = matrices
+
+        def matrix(name: str):
+            if name not in rotated:
+                return source[name]
+            weight = loaded(source[name])  # read once: it may come from a file
+            return rotation.rotate(weight, rotation.signs(weight.shape[1])).astype(np.float32)
+
+        matrices = LazyMapping(list(source), matrix)
+        calibrations = {name: rotation.rotated_calibration(c) if name in rotated else c
+                        for name, c in calibrations.items()}
+    return module.plan(matrices, configs, calibrations, workers)
+
+
+def for_op(config, op: str):
+    """``config`` for a weight used by ``op``: only a matmul's activations are rotated (a conv's are patches, a
+    table's are indices), so the others encode unrotated."""
+    return dataclasses.replace(config, rotate=False) if config.rotate and op != "matmul" else config
 
 
 def feedback_report(codec: str, matrix, config, calibration: feedback.Calibration | None, enc: Encoded) -> dict:
@@ -60,10 +109,9 @@ def feedback_report(codec: str, matrix, config, calibration: feedback.Calibratio
     if calibration is None:
         why = "no feedback hook" if not takes_calibration(codec) else "no calibration input reached it"
         return {"feedback": f"none ({why}): data-free rounding"}
-    module = get_codec(codec)
-    rtn = module.decode(module.encode(matrix, config))
+    rtn = decode(encode(codec, matrix, config))
     return {"feedback": "gptq",
-            "feedback.output_error": feedback.output_error(matrix, module.decode(enc), calibration.xtx),
+            "feedback.output_error": feedback.output_error(matrix, decode(enc), calibration.xtx),
             "feedback.rtn_output_error": feedback.output_error(matrix, rtn, calibration.xtx)}
 
 
@@ -101,10 +149,14 @@ _MAX_INT_OPTION = 2**31 - 1  # no option needs more; larger values only overflow
 def checked_option(codec: str, name: str, value, kind: type):
     """``value`` as option ``name`` of type ``kind`` (int, float or str), or OptionError naming both.
 
-    The one type check behind the CLI flags, ``--override`` and the Python API: no bools for numbers,
+    The one type check behind the CLI flags, ``--override`` and the Python API (``kind`` bool: a switch): no bools for numbers,
     no fractions for integers, no NaN or infinity, no numbers beyond any sensible size.
     """
     what = f"codec {codec!r} option {name}={value!r}"
+    if kind is bool:  # a switch: True or False, or 1 or 0 as --override writes it
+        if value not in (0, 1) or isinstance(value, float):
+            raise OptionError(f"{what}: expected true or false (1 or 0)")
+        return bool(value)
     if kind is str:
         if not isinstance(value, str):
             raise OptionError(f"{what}: expected text")
@@ -127,7 +179,7 @@ class OptionField:
     """A codec option as the CLI offers it: one flag per field name, shared by the codecs that have it."""
 
     name: str  # the Config field
-    kind: type  # int, float or str
+    kind: type  # int, float, str or bool (a switch)
     help: str  # "codec[/other]: text"
     codecs: tuple[str, ...]
 
@@ -178,4 +230,4 @@ def kernel_options(config: object) -> dict:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("kernel")}
 
 
-__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "encode", "kernel_options", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "splits_budget", "takes_calibration"]
+__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "decode", "encode", "for_op", "kernel_options", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "plan", "splits_budget", "takes_calibration"]

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import feedback, int8
+from . import feedback, int8, rotation
 from .base import Encoded, check_weight
 from .parallel import SERIAL, Workers
 from .stored import loaded
@@ -92,6 +92,7 @@ class Config:
         "help": "fraction beta of the model's output channels (largest scales) kept INT8; default: the preset's"})
     # this layer's INT8 channels; -1: from beta over this layer alone
     sensitive_channels: int = field(default=-1, metadata={"set_by_plan": True})
+    rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):
         if self.preset not in PRESETS:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CodecError
-from . import feedback
+from . import feedback, rotation
 from .base import Encoded, check_weight, pack_bits, unpack_bits
 
 NAME = "bie-binary"
@@ -43,6 +43,7 @@ class Ternary:
         "help": "keep weights with |w| > T"})
     density: float = field(default=0.0, metadata={  # by magnitude; 0: unused
         "help": "keep this fraction of each channel's weights"})
+    rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):
         if self.threshold < 0:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import budget_split, feedback, uniform
+from . import budget_split, feedback, rotation, uniform
 from .base import PACK_LANES, Encoded, check_weight, pack_bits, packed_width, unpack_bits
 from .parallel import SERIAL, Workers
 
@@ -44,6 +44,7 @@ class Config:
     bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed bits
         "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
                 "(instead of --levels or --bits)"})
+    rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:

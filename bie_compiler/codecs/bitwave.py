@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CodecError
-from . import bbs, feedback, int8
+from . import bbs, feedback, int8, rotation
 from .base import Encoded, check_weight
 
 NAME = "bitwave"
@@ -34,6 +34,7 @@ NAME = "bitwave"
 class Config:
     pruned_columns: int = field(default=4, metadata={  # N: magnitude columns rounded or found zero per group
         "help": "bit columns pruned per group of 32 (1..6; default: the preset's, 4 for bitwave)"})
+    rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):
         if not 1 <= self.pruned_columns <= bbs.MAX_PRUNED:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import feedback, uniform
+from . import feedback, rotation, uniform
 from .base import Encoded, check_weight
 
 NAME = "int8"
@@ -21,7 +21,8 @@ FULL_RANGE = np.ones(1, np.float32)  # the scale is always max|w| / 127
 
 @dataclass(frozen=True)
 class Config:
-    """No options: 8 bits, one scale per output channel (BBS with no pruned columns)."""
+    """8 bits, one scale per output channel (BBS with no pruned columns); the one option is the rotation."""
+    rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
 
 def quantize(weight: np.ndarray, calibration: feedback.Calibration | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import budget_split, feedback, tans_coder, uniform
+from . import budget_split, feedback, rotation, tans_coder, uniform
 from .base import Encoded, check_weight
 from .parallel import SERIAL, Workers
 
@@ -52,6 +52,7 @@ class Config:
         "help": "CPU: load (decode the streams once when the artefact is loaded, into the bit planes of the "
                 "bie-bitplane look-up-table GEMV: fast, the decoded planes in memory) or stream (decode on every "
                 "call, fused with the GEMV: least memory); default load"})
+    rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):
         if self.levels and self.bits_per_weight:
