@@ -1,19 +1,20 @@
 """Kernels that compute from tANS-coded weights (codec ``tans``; format in ``bie_compiler.codecs.tans_coder``).
 
 All kernels first rebuild the decode table from the stored counts (FSE's
-spread, then per state ``symbol | bits << 16 | base`` packed in a uint32 with
-the symbol in the top byte): ``2^R`` steps, a few microseconds, and it keeps
-the stored table at ``2 * levels`` bytes. Then the streams (blocks of output
-channels) are decoded in parallel, one per task. Within a stream, the ``S``
-interleaved states are unrolled: their table look-ups and bit reads are
-independent, so a core has ``S`` symbols in flight; only the bit position is
-shared. Bits come from a 64-bit window loaded once per few symbols (see
-:func:`macros`, shared with the GPU kernel of ``tans_cuda``; the format pads
-the words so that any position up to the end can be loaded). Each symbol's decoding sits behind a test that the stream is
-not exhausted: it keeps a malformed stream from running past its end, and,
-being a branch, it stops LLVM's SLP vectorizer from packing the states into
-one vector register (then every table look-up needs a gather or lane
-extracts on the state's critical path: measured 2-3x slower).
+spread, then per state ``bits | symbol << 8 | base << 16`` packed in a
+uint32): ``2^R`` steps, a few microseconds, and it keeps the stored table at
+``2 * levels`` bytes. Then the streams (blocks of output channels) are decoded
+in parallel, one per task. Within a stream, the ``S`` interleaved states are
+unrolled: their table look-ups and bit reads are independent, so a core has
+``S`` symbols in flight; only the bit position is shared. Bits come from a
+64-bit window loaded once per few symbols (see :func:`macros`, shared with the
+GPU kernel of ``tans_cuda``; the format pads the words so that any position up
+to the end can be loaded, and a window past its stream's end reads zeros, so
+a malformed stream never reads out of bounds). Each symbol's decoding sits
+behind a test that its state indexes the table (always true): being a branch,
+it stops LLVM's SLP vectorizer from packing the states into one vector
+register (then every table look-up needs a gather or lane extracts on the
+state's critical path: measured 2-4x slower).
 
 * :func:`matmul` ``out[m, n] = step[n] * sum_k x[m, k] * q[n, k]``, one kernel
   choosing by batch at run time:
@@ -75,6 +76,11 @@ from .decode import Layout, destination, with_decoder
 FUSED_MAX_BATCH = 2
 LANES = 16  # float32 vector width of the dense matmul's accumulators
 BATCH_BLOCK = 4  # batch rows per weight-vector load in the dense matmul
+def symbol_of(e):
+    """The symbol of a decode-table entry (or of its low half)."""
+    return (e >> 8) & 255
+
+
 WINDOW_BITS = 57  # valid bits in a window: 64 minus the up to 7 of the byte's bits before the read position
 
 
@@ -93,6 +99,7 @@ class Macros(NamedTuple):
     spread: object
     fill_table: object
     build_table: object
+    decode_symbols: object
     decode_stream: object
     decode_streams: object
     fused_stream: object
@@ -111,8 +118,9 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     byte holding bit ``pos``, shifted; with ``aligned_words=True`` (GPUs fault
     on unaligned wide loads) ``words`` is the uint32 words and the window is
     assembled from the three aligned words from ``pos // 32``. A symbol's read
-    is then a shift and a mask of a register (``off`` bits into the window):
-    the only memory access on a state's critical path is its table look-up.
+    is then a mask of the window's low bits, which shift out (bzhi and shrx,
+    counted by the entry's low byte): the only memory access on a state's
+    critical path is its table look-up.
     """
     rps = rows_per_stream
 
@@ -137,7 +145,7 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             nxt = following[sym]
             following[sym] = nxt + T.uint32(1)
             nbits = T.uint32(table_log) - (T.uint32(31) - T.Cast("uint32", T.clz(nxt)))
-            table[x_state] = ((nxt << nbits) - T.uint32(size)) | (sym << T.uint32(16)) | (nbits << T.uint32(24))
+            table[x_state] = (((nxt << nbits) - T.uint32(size)) << T.uint32(16)) | (sym << T.uint32(8)) | nbits
 
     @T.macro
     def build_table(counts, table):
@@ -146,10 +154,13 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
         fill_table(counts, table, table)
 
     @T.macro
-    def refill(words, pos, off, window, end):
-        # move the window to the first unread bit; a stream already past its end (malformed) reads zeros
-        pos[0] = pos[0] + off[0]
-        off[0] = T.int64(0)
+    def refill(words, pos, used, window, end):
+        # move the window past the bits given out since the last refill (the sum of their entries' low bytes: at
+        # most per_window * table_log < 256, so no carry leaves the byte); a stream already past its end
+        # (malformed) reads zeros. The position does not wait for the window's last shift, only for the entries:
+        # the next window's load overlaps the decoding of this one's symbols.
+        pos[0] = pos[0] + T.Cast("int64", used[0] & T.uint32(255))
+        used[0] = T.uint32(0)
         window[0] = T.uint64(0)
         if pos[0] <= end:
             if aligned_words:
@@ -164,51 +175,62 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                 window[0] = T.reinterpret("uint64", words[T.Ramp(byte, T.int64(1), 8)]) >> T.Cast("uint64", pos[0] & T.int64(7))
 
     @T.macro
-    def start_stream(st, offsets, words, state, value, pos, off, window, end):
+    def start_stream(st, offsets, words, state, pos, used, window, end):
         # the stream's initial states, table_log bits each
         pos[0] = T.Cast("int64", offsets[st])
-        off[0] = T.int64(0)
+        used[0] = T.uint32(0)
         for j in T.unroll(states):
-            value[j] = T.float32(0)  # what an exhausted (malformed) stream yields
             if j % per_window == 0:
-                refill(words, pos, off, window, end)
-            state[j] = T.Cast("uint32", window[0] >> T.Cast("uint64", off[0])) & T.uint32(size - 1)
-            off[0] = off[0] + T.int64(table_log)
+                refill(words, pos, used, window, end)
+            state[j] = window[0] & T.uint64(size - 1)
+            window[0] = window[0] >> T.uint64(table_log)
+            used[0] = used[0] + T.uint32(table_log)
 
     @T.macro
-    def decode_symbol(j, table, words, state, value, pos, off, window, end):
-        # value[j] = the signed level of state j's symbol; state j moves on. The first of every per_window states
-        # moves the window. The test keeps a malformed stream from running on and, being a branch, keeps LLVM's
-        # SLP vectorizer from packing the states' chains into vectors: that needs gathers and lane extracts on
-        # the critical path (measured: 2-3x slower).
+    def decode_symbol(j, table, words, state, entry, pos, used, window, end):
+        # entry[j] = state j's table entry (symbol_of gives its symbol); state j moves on, reading the window's lowest bits, which then shift out.
+        # The entry's low byte is the bit count, where BMI2's bzhi and shrx read their count without a mask. The
+        # test (always true: the table's next states are in it) keeps the states' chains in separate blocks, so
+        # LLVM's SLP vectorizer does not pack them into vectors (table gathers and lane extracts on the critical
+        # path: measured 2-3x slower).
         if j % per_window == 0:
-            refill(words, pos, off, window, end)
-        if pos[0] + off[0] <= end:
+            refill(words, pos, used, window, end)
+        entry[j] = T.uint32(0)  # not read when the test fails (it never does): not carried from the last round
+        if state[j] < T.uint64(size):
             e: T.let = table[state[j]]
-            nb: T.let = T.Cast("uint64", e >> T.uint32(24))
-            bits: T.let = (window[0] >> T.Cast("uint64", off[0])) & ((T.uint64(1) << nb) - T.uint64(1))
-            off[0] = off[0] + T.Cast("int64", nb)
-            state[j] = (e & T.uint32(65535)) + T.Cast("uint32", bits)
-            value[j] = T.Cast("float32", T.Cast("int32", (e >> T.uint32(16)) & T.uint32(255)) - half)
+            nb: T.let = T.Cast("uint64", e & T.uint32(255))
+            state[j] = T.Cast("uint64", e >> T.uint32(16)) + (window[0] & ((T.uint64(1) << nb) - T.uint64(1)))
+            window[0] = window[0] >> T.Cast("uint64", e & T.uint32(63))
+            used[0] = used[0] + e
+            entry[j] = e
+
+    def level_of(e):
+        return T.Cast("float32", T.Cast("int32", symbol_of(e)) - half)
 
     @T.macro
-    def decode_stream(st, table, offsets, words, emit, dest, steps):
-        # decode stream st; emit(dest, steps, row, column, level) takes each symbol in order
-        state = T.decl_buffer((states,), "uint32", scope=scope)
-        value = T.decl_buffer((states,), "float32", scope=scope)
+    def decode_symbols(st, table, offsets, words, emit, dest, steps):
+        # decode stream st; emit(dest, steps, row, column, entry) takes each symbol's table entry in order
+        state = T.decl_buffer((states,), "uint64", scope=scope)
+        entry = T.decl_buffer((states,), "uint32", scope=scope)
         pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
-        off = T.decl_buffer((1,), "int64", scope=scope)  # bits read from the window
+        used = T.decl_buffer((1,), "uint32", scope=scope)  # sum of the entries read from the window
         window = T.decl_buffer((1,), "uint64", scope=scope)
         end: T.let = T.Cast("int64", offsets[st + 1])
-        start_stream(st, offsets, words, state, value, pos, off, window, end)
+        start_stream(st, offsets, words, state, pos, used, window, end)
         for r in range(T.min(rps, n - st * rps)):
             for g in range(groups):
                 for j in T.unroll(states):
-                    decode_symbol(j, table, words, state, value, pos, off, window, end)
-                    emit(dest, steps, st * rps + r, g * states + j, value[j])
+                    decode_symbol(j, table, words, state, entry, pos, used, window, end)
+                    emit(dest, steps, st * rps + r, g * states + j, entry[j])
             for j in T.unroll(tail):
-                decode_symbol(j, table, words, state, value, pos, off, window, end)
-                emit(dest, steps, st * rps + r, groups * states + j, value[j])
+                decode_symbol(j, table, words, state, entry, pos, used, window, end)
+                emit(dest, steps, st * rps + r, groups * states + j, entry[j])
+
+    @T.macro
+    def decode_stream(st, table, offsets, words, emit, dest, steps):
+        # decode stream st; emit(dest, steps, row, column, level) takes each symbol's signed level (float32) in order
+        decode_symbols(st, table, offsets, words,
+                       lambda d, s, row, column, e: emit(d, s, row, column, level_of(e)), dest, steps)
 
     @T.macro
     def decode_streams(counts, offsets, words, emit, dest, steps):
@@ -221,14 +243,14 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     @T.macro
     def fused_stream(st, batch, x, table, offsets, words, steps, out):
         # decode stream st once; every symbol goes straight into the dot products of the batch rows
-        state = T.decl_buffer((states,), "uint32", scope=scope)
-        value = T.decl_buffer((states,), "float32", scope=scope)
+        state = T.decl_buffer((states,), "uint64", scope=scope)
+        entry = T.decl_buffer((states,), "uint32", scope=scope)
         pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
-        off = T.decl_buffer((1,), "int64", scope=scope)  # bits read from the window
+        used = T.decl_buffer((1,), "uint32", scope=scope)  # sum of the entries read from the window
         window = T.decl_buffer((1,), "uint64", scope=scope)
         acc = T.decl_buffer((batch * states,), "float32", scope=scope)
         end: T.let = T.Cast("int64", offsets[st + 1])
-        start_stream(st, offsets, words, state, value, pos, off, window, end)
+        start_stream(st, offsets, words, state, pos, used, window, end)
         for r in range(T.min(rps, n - st * rps)):
             row: T.let = st * rps + r
             for b in range(batch):
@@ -236,13 +258,13 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                     acc[b * states + j] = T.float32(0)
             for g in range(groups):
                 for j in T.unroll(states):
-                    decode_symbol(j, table, words, state, value, pos, off, window, end)
+                    decode_symbol(j, table, words, state, entry, pos, used, window, end)
                     for b in range(batch):
-                        acc[b * states + j] = acc[b * states + j] + x[b, g * states + j] * value[j]
+                        acc[b * states + j] = acc[b * states + j] + x[b, g * states + j] * level_of(entry[j])
             for j in T.unroll(tail):
-                decode_symbol(j, table, words, state, value, pos, off, window, end)
+                decode_symbol(j, table, words, state, entry, pos, used, window, end)
                 for b in range(batch):
-                    acc[b * states + j] = acc[b * states + j] + x[b, groups * states + j] * value[j]
+                    acc[b * states + j] = acc[b * states + j] + x[b, groups * states + j] * level_of(entry[j])
             for b in range(batch):
                 total = T.decl_buffer((1,), "float32", scope=scope)
                 total[0] = T.float32(0)
@@ -250,7 +272,7 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                     total[0] = total[0] + acc[b * states + j]
                 out[b, row] = total[0] * steps[row]
 
-    return Macros(spread, fill_table, build_table, decode_stream, decode_streams, fused_stream)
+    return Macros(spread, fill_table, build_table, decode_symbols, decode_stream, decode_streams, fused_stream)
 
 
 def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
@@ -279,6 +301,50 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
         T.func_attr({"tirx.noalias": True})
         _x = T.match_buffer(var_x, x_shape, "float32")
         mac.decode_streams(counts, offsets, words, store_scaled, out, steps)
+
+    return kernel if into.conv else transposing_decoder(lay)
+
+
+BLOCK_CHANNELS = 64  # channels a task of the matmul-layout decoder writes out together: 256 bytes of each row of W
+
+
+def transposing_decoder(lay: dict):
+    """The dense decoder for the matmul layout ``W [K, N]``, where a stream's channels are columns: each task decodes
+    the streams of BLOCK_CHANNELS channels into a byte buffer of their symbols, row after row (one byte store per
+    symbol), then writes ``W``'s rows over those channels from it, each a few cache lines in one page, instead of one
+    float per row of ``W`` (a cache line and a page per symbol)."""
+    mac = macros(**lay)
+    n, k, levels, rps, streams, half = (lay[key] for key in ("n", "k", "levels", "rows_per_stream", "streams", "half"))
+    num_words, size = lay["num_words"], lay["size"]
+    group = max(1, BLOCK_CHANNELS // rps)  # streams per task
+    channels = group * rps
+    blocks = -(-streams // group)
+
+    @T.macro
+    def keep_symbol(scratch, steps, row, column, e):
+        scratch[(row % channels) * k + column] = T.Cast("uint16", e)
+
+    @T.prim_func(private=True)
+    def kernel(
+        var_x: T.handle,
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        out: T.Buffer((k, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        _x = T.match_buffer(var_x, (T.int64(), T.int64()), "float32")
+        table = T.decl_buffer((size,), "uint32")
+        mac.build_table(counts, table)
+        for blk in T.parallel(blocks):
+            scratch = T.decl_buffer((channels * k,), "uint16")
+            for s in range(T.min(group, streams - blk * group)):
+                mac.decode_symbols(blk * group + s, table, offsets, words, keep_symbol, scratch, steps)
+            first: T.let = blk * channels
+            for kk in range(k):
+                for c in range(T.min(channels, n - first)):
+                    out[kk, first + c] = T.Cast("float32", T.Cast("int32", scratch[c * k + kk] >> T.uint16(8)) - half) * steps[first + c]
 
     return kernel
 
