@@ -305,24 +305,65 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
     return kernel if into.conv else transposing_decoder(lay)
 
 
-BLOCK_CHANNELS = 64  # channels a task of the matmul-layout decoder writes out together: 256 bytes of each row of W
+BLOCK_CHANNELS = 64  # channels a task of the blocked decoders writes out together: 256 bytes of each row of W
+
+
+class Blocks(NamedTuple):
+    """The blocked decoders' tasks: each decodes the ``group`` streams of ``channels`` channels (the last task
+    fewer) into a buffer of their symbols, rows ``pitch`` entries apart, then writes its outputs from it."""
+
+    group: int
+    channels: int
+    count: int
+    pitch: int
+    decode: object  # macro (counts, offsets, words, steps, write, dest): write(scratch, first, rows, dest) per task
+
+
+def blocks(lay: dict) -> Blocks:
+    """The decoders of a layout whose stores would cross a stream's channels (the matmul's ``W [K, N]``, the LUT
+    planes): the decoding stores one 16-bit entry per symbol (symbol_of gives the symbol) along the buffer's row,
+    and the writing visits each output cache line once, instead of each symbol touching its own line."""
+    mac = macros(**lay)
+    k, rps, streams, size = lay["k"], lay["rows_per_stream"], lay["streams"], lay["size"]
+    group = max(1, BLOCK_CHANNELS // rps)
+    channels = group * rps
+    count = -(-streams // group)
+    # the rows a cache line apart modulo 4 KiB: a writer reading one symbol per row in turn would otherwise find them
+    # all in one L1 set; whole groups of 32 columns readable
+    pitch = k + (-k) % 32 + 32
+
+    @T.macro
+    def keep_entry(scratch, steps, row, column, e):
+        scratch[(row % channels) * pitch + column] = T.Cast("uint16", e)
+
+    @T.macro
+    def decode(counts, offsets, words, steps, write, dest):
+        table = T.decl_buffer((size,), "uint32")
+        mac.build_table(counts, table)
+        for blk in T.parallel(count):
+            scratch = T.decl_buffer((channels * pitch,), "uint16")
+            for s in range(T.min(group, streams - blk * group)):
+                mac.decode_symbols(blk * group + s, table, offsets, words, keep_entry, scratch, steps)
+            write(scratch, blk * channels, T.min(channels, lay["n"] - blk * channels), dest)
+
+    return Blocks(group, channels, count, pitch, decode)
 
 
 def transposing_decoder(lay: dict):
-    """The dense decoder for the matmul layout ``W [K, N]``, where a stream's channels are columns: each task decodes
-    the streams of BLOCK_CHANNELS channels into a byte buffer of their symbols, row after row (one byte store per
-    symbol), then writes ``W``'s rows over those channels from it, each a few cache lines in one page, instead of one
-    float per row of ``W`` (a cache line and a page per symbol)."""
-    mac = macros(**lay)
-    n, k, levels, rps, streams, half = (lay[key] for key in ("n", "k", "levels", "rows_per_stream", "streams", "half"))
-    num_words, size = lay["num_words"], lay["size"]
-    group = max(1, BLOCK_CHANNELS // rps)  # streams per task
-    channels = group * rps
-    blocks = -(-streams // group)
+    """The dense decoder for the matmul layout ``W [K, N]``, where a stream's channels are columns (:func:`blocks`:
+    each row of ``W`` written over a task's channels, a few cache lines in one page, where a float per row of ``W``
+    costs a cache line and a page per symbol)."""
+    n, k, levels, streams, half = (lay[key] for key in ("n", "k", "levels", "streams", "half"))
+    num_words = lay["num_words"]
+    blk = blocks(lay)
 
     @T.macro
-    def keep_symbol(scratch, steps, row, column, e):
-        scratch[(row % channels) * k + column] = T.Cast("uint16", e)
+    def write_rows(scratch, first, rows, dest):
+        out, steps = dest
+        for kk in range(k):
+            for c in range(rows):
+                out[kk, first + c] = T.Cast(
+                    "float32", T.Cast("int32", symbol_of(scratch[c * blk.pitch + kk])) - half) * steps[first + c]
 
     @T.prim_func(private=True)
     def kernel(
@@ -335,16 +376,7 @@ def transposing_decoder(lay: dict):
     ):
         T.func_attr({"tirx.noalias": True})
         _x = T.match_buffer(var_x, (T.int64(), T.int64()), "float32")
-        table = T.decl_buffer((size,), "uint32")
-        mac.build_table(counts, table)
-        for blk in T.parallel(blocks):
-            scratch = T.decl_buffer((channels * k,), "uint16")
-            for s in range(T.min(group, streams - blk * group)):
-                mac.decode_symbols(blk * group + s, table, offsets, words, keep_symbol, scratch, steps)
-            first: T.let = blk * channels
-            for kk in range(k):
-                for c in range(T.min(channels, n - first)):
-                    out[kk, first + c] = T.Cast("float32", T.Cast("int32", scratch[c * k + kk] >> T.uint16(8)) - half) * steps[first + c]
+        blk.decode(counts, offsets, words, steps, write_rows, (out, steps))
 
     return kernel
 
@@ -413,23 +445,34 @@ def lut_planes(levels: int) -> int:
 
 def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
     """``f(counts, offsets, words, steps, planes, scales)``: the codes as ``bitplane_lut.twos_complement_planes(q,
-    lut_planes(levels))`` lays them out, and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero)."""
+    lut_planes(levels))`` lays them out, and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero).
+
+    A blocked decoder (:func:`blocks`): each channel's word of a plane (32 weights) is built from the buffer at
+    once, its bits or-reduced in vectors, and stored whole."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
-    mac = macros(**lay)
-    streams, size = lay["streams"], lay["size"]
+    blk = blocks(lay)
+    streams, half = lay["streams"], lay["half"]
     magnitude = lut_planes(levels)
     lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
-    blocks, kg = -(-n // lanes), -(-k // group)
+    lane_blocks, kg = -(-n // lanes), -(-k // group)
 
     @T.macro
-    def store_bits(out, steps, row, column, level):
-        # every plane whose bit of the code is set ORs the weight's bit into its word (the words start at zero)
-        code: T.let = T.Cast("int32", level)
-        for b in T.unroll(magnitude + 1):
-            if (code >> (magnitude - b)) & 1 != 0:
-                out[b, row // lanes * kg + column // group, row % lanes] = out[
-                    b, row // lanes * kg + column // group, row % lanes] | (
-                    T.uint32(1) << T.Cast("uint32", column % group))
+    def write_planes(scratch, first, rows, planes):
+        bits = T.decl_buffer((magnitude + 1,), "uint32")
+        for c in range(rows):
+            row: T.let = first + c
+            for g in range(kg):
+                for b in T.unroll(magnitude + 1):
+                    bits[b] = T.uint32(0)
+                for j in range(group):
+                    # plane b holds bit (magnitude - b) of the two's complement code; the weights past k are zero
+                    code: T.let = T.Cast("int32", symbol_of(scratch[c * blk.pitch + g * group + j])) - half
+                    for b in T.unroll(magnitude + 1):
+                        bits[b] = bits[b] | T.if_then_else(
+                            g * group + j < k, T.Cast("uint32", (code >> (magnitude - b)) & 1) << T.Cast("uint32", j),
+                            T.uint32(0))
+                for b in T.unroll(magnitude + 1):
+                    planes[b, row // lanes * kg + g, row % lanes] = bits[b]
 
     @T.prim_func(private=True)
     def kernel(
@@ -437,17 +480,17 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
         offsets: T.Buffer((streams + 1,), "uint32"),
         words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
         steps: T.Buffer((n,), "float32"),
-        planes: T.Buffer((magnitude + 1, blocks * kg, lanes), "uint32"),
-        scales: T.Buffer((blocks, 1, lanes), "float32"),
+        planes: T.Buffer((magnitude + 1, lane_blocks * kg, lanes), "uint32"),
+        scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for c in range(blocks * lanes):
+        for c in range(lane_blocks * lanes):
             scales[c // lanes, 0, c % lanes] = T.if_then_else(c < n, steps[T.min(c, n - 1)], T.float32(0))
-        for i in T.parallel(blocks * kg):
-            for b in range(magnitude + 1):
-                for lane in T.vectorized(lanes):
-                    planes[b, i, lane] = T.uint32(0)
-        mac.decode_streams(counts, offsets, words, store_bits, planes, steps)
+        for r in range(lane_blocks * lanes - n):  # the last block's channels past n
+            for i in range(kg):
+                for b in range(magnitude + 1):
+                    planes[b, (lane_blocks - 1) * kg + i, (n + r) % lanes] = T.uint32(0)
+        blk.decode(counts, offsets, words, steps, write_planes, planes)
 
     return kernel
 
