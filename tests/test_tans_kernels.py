@@ -11,12 +11,13 @@ from bie_compiler.codegen.kernels import bitplane_lut, int8, lut, tans_matmul
 from bie_compiler.codegen.kernels.decode import Layout
 from kernel_runs import assert_close, build, call, computed_constants, run
 
-CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states
+CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states (the default)
     (1, 1, tans.Config(levels=3)),
     (37, 300, tans.Config(levels=15, stream_symbols=1000)),
     (64, 1024, tans.Config(levels=5, states=8, stream_symbols=4096)),
     (10, 7, tans.Config(levels=255, states=3, table_log=8)),
     (50, 129, tans.Config(levels=31, states=1, table_log=12, stream_symbols=300)),
+    (150, 40, tans.Config(levels=7, stream_symbols=80)),  # 75 streams: 3 tasks of the blocked decoders, the last short
 ]
 BATCHES = (1, 2, 3, 8)  # fused (m <= FUSED_MAX_BATCH) and decode-to-buffer (larger m) paths
 assert min(BATCHES) <= tans_matmul.FUSED_MAX_BATCH < max(BATCHES)
@@ -33,12 +34,17 @@ def constants(enc):
 
 
 @pytest.mark.parametrize("n,k,config", CASES)
-def test_decoder_kernel_is_bit_exact(n, k, config, target):
+def test_decoder_kernels_are_bit_exact(n, k, config, target):
+    """The decoder writing the dense weights in the matmul's layout (blocked: 64 channels a task) and the decoder
+    alone (the symbols)."""
     enc = encode(n, k, config, n * k)
     out = tvm.runtime.empty((k, n), "float32")
     decoder = tans_matmul.decode_weights(**tans_matmul.stream_layout(enc), into=Layout.matmul(n, k), x_ndim=2)
     build(decoder, target)(tvm.runtime.tensor(np.zeros((1, k), np.float32)), *constants(enc), out)
     np.testing.assert_array_equal(out.numpy(), tans.decode(enc).T)
+    symbols = tvm.runtime.tensor(np.full((n, k), 0x5A, np.uint8))
+    build(tans_matmul.symbol_decoder(**tans_matmul.stream_layout(enc)), target)(*constants(enc)[:3], symbols)
+    np.testing.assert_array_equal(symbols.numpy(), tans.decode_symbols(enc) + config.levels // 2)
 
 
 @pytest.mark.parametrize("n,k,config", CASES)

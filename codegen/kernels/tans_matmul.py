@@ -36,10 +36,13 @@ state's critical path: measured 2-4x slower).
   Relax-level dispatch: the pass rewrites a matmul into one ``call_tir``, both
   paths share the table build and the decoding code, and the branch costs one
   comparison per call.
-* :func:`decode_weights`: the decoder alone, writing the dense weights
-  ``q * step`` in a dense op's layout (the decode kernel of convs and of
-  matmuls above one row; exact against the reference decoder; also the
-  decode-throughput benchmark).
+* :func:`decode_weights`: the decoder writing the dense weights ``q * step``
+  in a dense op's layout (the decode kernel of convs and of matmuls above one
+  row; exact against the reference decoder). A matmul's ``W [K, N]`` has a
+  stream's channels as columns: its decoder is blocked (:func:`blocks`), each
+  task decoding 64 channels into a buffer and writing whole cache lines of W.
+* :func:`symbol_decoder`: the decoder alone, writing the symbols (the
+  decode-throughput benchmark's kernel).
 * :func:`lut_weights` and :func:`integer_weights`: the decoder writing the codes
   ``q`` as the ``bie-bitplane`` kernels take them: the look-up-table kernel's
   two's complement planes (:mod:`.bitplane_lut`, AVX-512: ``ceil(log2(m + 1)) + 1``
@@ -76,12 +79,12 @@ from .decode import Layout, destination, with_decoder
 FUSED_MAX_BATCH = 2
 LANES = 16  # float32 vector width of the dense matmul's accumulators
 BATCH_BLOCK = 4  # batch rows per weight-vector load in the dense matmul
+WINDOW_BITS = 57  # valid bits in a window: 64 minus the up to 7 of the byte's bits before the read position
+
+
 def symbol_of(e):
     """The symbol of a decode-table entry (or of its low half)."""
     return (e >> 8) & 255
-
-
-WINDOW_BITS = 57  # valid bits in a window: 64 minus the up to 7 of the byte's bits before the read position
 
 
 def layout(n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int) -> dict:
@@ -187,22 +190,21 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             used[0] = used[0] + T.uint32(table_log)
 
     @T.macro
-    def decode_symbol(j, table, words, state, entry, pos, used, window, end):
-        # entry[j] = state j's table entry (symbol_of gives its symbol); state j moves on, reading the window's lowest bits, which then shift out.
-        # The entry's low byte is the bit count, where BMI2's bzhi and shrx read their count without a mask. The
-        # test (always true: the table's next states are in it) keeps the states' chains in separate blocks, so
-        # LLVM's SLP vectorizer does not pack them into vectors (table gathers and lane extracts on the critical
-        # path: measured 2-3x slower).
+    def decode_symbol(j, table, words, state, pos, used, window, end, take):
+        # take(e) gets state j's table entry e (symbol_of gives its symbol); state j moves on, reading the window's
+        # lowest bits, which then shift out. The entry's low byte is the bit count, where BMI2's bzhi and shrx read
+        # their count without a mask. The test (always true: the table's next states are in it) keeps the states'
+        # chains in separate blocks, so LLVM's SLP vectorizer does not pack them into vectors (table gathers and
+        # lane extracts on the critical path: measured 2-4x slower). take() inside it: no entry outlives the block.
         if j % per_window == 0:
             refill(words, pos, used, window, end)
-        entry[j] = T.uint32(0)  # not read when the test fails (it never does): not carried from the last round
         if state[j] < T.uint64(size):
             e: T.let = table[state[j]]
             nb: T.let = T.Cast("uint64", e & T.uint32(255))
             state[j] = T.Cast("uint64", e >> T.uint32(16)) + (window[0] & ((T.uint64(1) << nb) - T.uint64(1)))
             window[0] = window[0] >> T.Cast("uint64", e & T.uint32(63))
             used[0] = used[0] + e
-            entry[j] = e
+            take(e)
 
     def level_of(e):
         return T.Cast("float32", T.Cast("int32", symbol_of(e)) - half)
@@ -211,7 +213,6 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     def decode_symbols(st, table, offsets, words, emit, dest, steps):
         # decode stream st; emit(dest, steps, row, column, entry) takes each symbol's table entry in order
         state = T.decl_buffer((states,), "uint64", scope=scope)
-        entry = T.decl_buffer((states,), "uint32", scope=scope)
         pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
         used = T.decl_buffer((1,), "uint32", scope=scope)  # sum of the entries read from the window
         window = T.decl_buffer((1,), "uint64", scope=scope)
@@ -220,11 +221,11 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
         for r in range(T.min(rps, n - st * rps)):
             for g in range(groups):
                 for j in T.unroll(states):
-                    decode_symbol(j, table, words, state, entry, pos, used, window, end)
-                    emit(dest, steps, st * rps + r, g * states + j, entry[j])
+                    decode_symbol(j, table, words, state, pos, used, window, end,
+                                  lambda e: emit(dest, steps, st * rps + r, g * states + j, e))
             for j in T.unroll(tail):
-                decode_symbol(j, table, words, state, entry, pos, used, window, end)
-                emit(dest, steps, st * rps + r, groups * states + j, entry[j])
+                decode_symbol(j, table, words, state, pos, used, window, end,
+                              lambda e: emit(dest, steps, st * rps + r, groups * states + j, e))
 
     @T.macro
     def decode_stream(st, table, offsets, words, emit, dest, steps):
@@ -241,10 +242,15 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             decode_stream(st, table, offsets, words, emit, dest, steps)
 
     @T.macro
+    def accumulate(acc, x, batch, j, column, e):
+        # state j's accumulators of the batch rows take the symbol's level times x's column
+        for b in range(batch):
+            acc[b * states + j] = acc[b * states + j] + x[b, column] * level_of(e)
+
+    @T.macro
     def fused_stream(st, batch, x, table, offsets, words, steps, out):
         # decode stream st once; every symbol goes straight into the dot products of the batch rows
         state = T.decl_buffer((states,), "uint64", scope=scope)
-        entry = T.decl_buffer((states,), "uint32", scope=scope)
         pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
         used = T.decl_buffer((1,), "uint32", scope=scope)  # sum of the entries read from the window
         window = T.decl_buffer((1,), "uint64", scope=scope)
@@ -258,13 +264,11 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                     acc[b * states + j] = T.float32(0)
             for g in range(groups):
                 for j in T.unroll(states):
-                    decode_symbol(j, table, words, state, entry, pos, used, window, end)
-                    for b in range(batch):
-                        acc[b * states + j] = acc[b * states + j] + x[b, g * states + j] * level_of(entry[j])
+                    decode_symbol(j, table, words, state, pos, used, window, end,
+                                  lambda e: accumulate(acc, x, batch, j, g * states + j, e))
             for j in T.unroll(tail):
-                decode_symbol(j, table, words, state, entry, pos, used, window, end)
-                for b in range(batch):
-                    acc[b * states + j] = acc[b * states + j] + x[b, groups * states + j] * level_of(entry[j])
+                decode_symbol(j, table, words, state, pos, used, window, end,
+                              lambda e: accumulate(acc, x, batch, j, groups * states + j, e))
             for b in range(batch):
                 total = T.decl_buffer((1,), "float32", scope=scope)
                 total[0] = T.float32(0)
@@ -280,6 +284,8 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
     """``f(x, counts, offsets, words, steps, W)``: ``q[n, k] * steps[n]`` stored in ``into`` (see :mod:`.decode`;
     ``x`` is not read), streams in parallel."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    if not into.conv:
+        return transposing_decoder(lay)
     mac = macros(**lay)
     streams = lay["streams"]
     x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
@@ -302,7 +308,36 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
         _x = T.match_buffer(var_x, x_shape, "float32")
         mac.decode_streams(counts, offsets, words, store_scaled, out, steps)
 
-    return kernel if into.conv else transposing_decoder(lay)
+    return kernel
+
+
+def symbol_decoder(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
+                   num_words: int):
+    """``f(counts, offsets, words, symbols)``: the symbols ``q + levels // 2`` as uint8 [N, K], what the reference
+    decoder gives: the decoding alone, each stream's symbols stored in order (its speed is the benchmark's decode
+    rate; the other kernels add their writing to it)."""
+    lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    mac = macros(**lay)
+    streams = lay["streams"]
+
+    @T.macro
+    def store_symbol(out, steps, row, column, e):
+        out[row, column] = T.Cast("uint8", symbol_of(e))
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        symbols: T.Buffer((n, k), "uint8"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        table = T.decl_buffer((lay["size"],), "uint32")
+        mac.build_table(counts, table)
+        for st in T.parallel(streams):
+            mac.decode_symbols(st, table, offsets, words, store_symbol, symbols, None)
+
+    return kernel
 
 
 BLOCK_CHANNELS = 64  # channels a task of the blocked decoders writes out together: 256 bytes of each row of W
@@ -355,7 +390,7 @@ def transposing_decoder(lay: dict):
     costs a cache line and a page per symbol)."""
     n, k, levels, streams, half = (lay[key] for key in ("n", "k", "levels", "streams", "half"))
     num_words = lay["num_words"]
-    blk = blocks(lay)
+    blocked = blocks(lay)
 
     @T.macro
     def write_rows(scratch, first, rows, dest):
@@ -363,7 +398,7 @@ def transposing_decoder(lay: dict):
         for kk in range(k):
             for c in range(rows):
                 out[kk, first + c] = T.Cast(
-                    "float32", T.Cast("int32", symbol_of(scratch[c * blk.pitch + kk])) - half) * steps[first + c]
+                    "float32", T.Cast("int32", symbol_of(scratch[c * blocked.pitch + kk])) - half) * steps[first + c]
 
     @T.prim_func(private=True)
     def kernel(
@@ -376,7 +411,7 @@ def transposing_decoder(lay: dict):
     ):
         T.func_attr({"tirx.noalias": True})
         _x = T.match_buffer(var_x, (T.int64(), T.int64()), "float32")
-        blk.decode(counts, offsets, words, steps, write_rows, (out, steps))
+        blocked.decode(counts, offsets, words, steps, write_rows, (out, steps))
 
     return kernel
 
@@ -450,7 +485,7 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
     A blocked decoder (:func:`blocks`): each channel's word of a plane (32 weights) is built from the buffer at
     once, its bits or-reduced in vectors, and stored whole."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
-    blk = blocks(lay)
+    blocked = blocks(lay)
     streams, half = lay["streams"], lay["half"]
     magnitude = lut_planes(levels)
     lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
@@ -466,7 +501,7 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
                     bits[b] = T.uint32(0)
                 for j in range(group):
                     # plane b holds bit (magnitude - b) of the two's complement code; the weights past k are zero
-                    code: T.let = T.Cast("int32", symbol_of(scratch[c * blk.pitch + g * group + j])) - half
+                    code: T.let = T.Cast("int32", symbol_of(scratch[c * blocked.pitch + g * group + j])) - half
                     for b in T.unroll(magnitude + 1):
                         bits[b] = bits[b] | T.if_then_else(
                             g * group + j < k, T.Cast("uint32", (code >> (magnitude - b)) & 1) << T.Cast("uint32", j),
@@ -490,7 +525,7 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
             for i in range(kg):
                 for b in range(magnitude + 1):
                     planes[b, (lane_blocks - 1) * kg + i, (n + r) % lanes] = T.uint32(0)
-        blk.decode(counts, offsets, words, steps, write_planes, planes)
+        blocked.decode(counts, offsets, words, steps, write_planes, planes)
 
     return kernel
 
