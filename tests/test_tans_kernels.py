@@ -11,12 +11,13 @@ from bie_compiler.codegen.kernels import bitplane_lut, int8, lut, tans_matmul
 from bie_compiler.codegen.kernels.decode import Layout
 from kernel_runs import assert_close, build, call, computed_constants, run
 
-CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states
+CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states (the default)
     (1, 1, tans.Config(levels=3)),
     (37, 300, tans.Config(levels=15, stream_symbols=1000)),
     (64, 1024, tans.Config(levels=5, states=8, stream_symbols=4096)),
     (10, 7, tans.Config(levels=255, states=3, table_log=8)),
     (50, 129, tans.Config(levels=31, states=1, table_log=12, stream_symbols=300)),
+    (150, 40, tans.Config(levels=7, stream_symbols=80)),  # 75 streams: 3 tasks of the blocked decoders, the last short
 ]
 BATCHES = (1, 2, 3, 8)  # fused (m <= FUSED_MAX_BATCH) and decode-to-buffer (larger m) paths
 assert min(BATCHES) <= tans_matmul.FUSED_MAX_BATCH < max(BATCHES)
@@ -33,12 +34,17 @@ def constants(enc):
 
 
 @pytest.mark.parametrize("n,k,config", CASES)
-def test_decoder_kernel_is_bit_exact(n, k, config, target):
+def test_decoder_kernels_are_bit_exact(n, k, config, target):
+    """The decoder writing the dense weights in the matmul's layout (blocked: 64 channels a task) and the decoder
+    alone (the symbols)."""
     enc = encode(n, k, config, n * k)
     out = tvm.runtime.empty((k, n), "float32")
     decoder = tans_matmul.decode_weights(**tans_matmul.stream_layout(enc), into=Layout.matmul(n, k), x_ndim=2)
     build(decoder, target)(tvm.runtime.tensor(np.zeros((1, k), np.float32)), *constants(enc), out)
     np.testing.assert_array_equal(out.numpy(), tans.decode(enc).T)
+    symbols = tvm.runtime.tensor(np.full((n, k), 0x5A, np.uint8))
+    build(tans_matmul.symbol_decoder(**tans_matmul.stream_layout(enc)), target)(*constants(enc)[:3], symbols)
+    np.testing.assert_array_equal(symbols.numpy(), tans.decode_symbols(enc) + config.levels // 2)
 
 
 @pytest.mark.parametrize("n,k,config", CASES)
@@ -94,3 +100,73 @@ def test_kernel_refuses_a_malformed_encoding(target):
     bad = tans.Encoded(enc.codec, enc.shape, dict(enc.arrays, counts=counts), enc.header)
     with pytest.raises(CodecError, match="checksum"):
         kernel_for(bad, target)
+
+
+@pytest.mark.parametrize("n,k,config", CASES[1:3])
+def test_decoder_kernel_in_a_conv_layout_is_bit_exact(n, k, config, target):
+    """The OIHW layout of a conv (K runs over kh, kw, in-channel), which the decoder writes symbol by symbol."""
+    kernel_shape = (n, k // 4, 2, 2) if k % 4 == 0 else (n, k, 1, 1)
+    enc = encode(n, k, config, 7 * n + k)
+    out = tvm.runtime.empty(kernel_shape, "float32")
+    decoder = tans_matmul.decode_weights(**tans_matmul.stream_layout(enc), into=Layout.conv2d(kernel_shape), x_ndim=4)
+    build(decoder, target)(tvm.runtime.tensor(np.zeros((1, kernel_shape[1], 4, 4), np.float32)), *constants(enc), out)
+    _, i, kh, kw = kernel_shape
+    want = tans.decode(enc).reshape(n, kh, kw, i).transpose(0, 3, 1, 2)  # K = (r * kw + s) * I + c
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+@pytest.mark.parametrize("n,k,config", CASES)
+def test_integer_codes_at_load_are_the_reference_codes(n, k, config, target):
+    """The at-load decoder of CPUs without the look-up-table kernel (the int8 kernels' 4- or 8-bit codes), built here
+    whatever this CPU has."""
+    enc = encode(n, k, config, 5 * n + k)
+    want = int8.Int8Weights.packed(tans.decode_symbols(enc), enc.arrays["steps"],
+                                   tans_matmul.integer_bits(config.levels)).constants
+    out = [tvm.runtime.tensor(np.full(w.shape, 0x5A, w.dtype)) for w in want]
+    build(tans_matmul.integer_weights(**tans_matmul.stream_layout(enc)), target)(*constants(enc), *out)
+    for got, expected in zip(out, want):
+        np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def guarded_bytes(data: np.ndarray):
+    """``data`` (bytes) copied to the end of a page followed by an unreadable page, within 64 bytes of it (TVM's
+    alignment): a kernel reading past the end faults. Returns the mapping (keep it alive) and the tensor on it."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    span = -(-(data.nbytes + 64) // page) * page
+    region = mmap.mmap(-1, span + page)
+    libc = ctypes.CDLL(None)
+    libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    assert libc.mprotect(base + span, page, 0) == 0  # PROT_NONE
+    start = (span - data.nbytes) // 64 * 64
+    view = np.frombuffer(region, np.uint8, data.nbytes, start)
+    view[:] = data
+    return region, tvm.runtime.from_dlpack(view)
+
+
+def test_forged_streams_stay_in_bounds(target):
+    """Streams whose checksum was forged (what validation cannot catch) decode to garbage, but every kernel reads
+    only the words: the last stream's words end next to an unreadable page, and its states, run on random bits,
+    would read far past them without the kernels' end test."""
+    enc = encode(40, 256, tans.Config(levels=15, stream_symbols=1024), 9)
+    words = np.random.default_rng(0).integers(0, 2**32, enc.arrays["words"].size, dtype=np.uint32)
+    offsets = enc.arrays["offsets"].copy()
+    offsets[-2] = offsets[-1] - 8 * 11  # the last stream: its 8 states and no bits for its 1024 symbols
+    forged = tans.Encoded(enc.codec, enc.shape, dict(enc.arrays, words=words, offsets=offsets), enc.header)
+    lay = tans_matmul.stream_layout(forged)
+    counts, offsets, _, steps = (tvm.runtime.tensor(c) for c in tans_matmul.constants(forged))
+    mapping, guarded = guarded_bytes(words.view(np.uint8))
+    levels = np.arange(15) - 7
+    dense = tvm.runtime.empty((256, 40), "float32")
+    decoder = tans_matmul.decode_weights(**lay, into=Layout.matmul(40, 256), x_ndim=2)
+    build(decoder, target)(tvm.runtime.tensor(np.zeros((1, 256), np.float32)), counts, offsets, guarded, steps, dense)
+    assert np.isin(np.rint(dense.numpy() / enc.arrays["steps"]), levels).all()
+    y = tvm.runtime.empty((1, 40), "float32")
+    build(tans_matmul.matmul(**lay), target)(tvm.runtime.tensor(np.ones((1, 256), np.float32)), counts, offsets,
+                                            guarded, steps, y)
+    assert np.isfinite(y.numpy()).all()
+    del guarded
+    mapping.close()

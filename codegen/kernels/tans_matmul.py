@@ -1,19 +1,20 @@
 """Kernels that compute from tANS-coded weights (codec ``tans``; format in ``bie_compiler.codecs.tans_coder``).
 
 All kernels first rebuild the decode table from the stored counts (FSE's
-spread, then per state ``symbol | bits << 16 | base`` packed in a uint32 with
-the symbol in the top byte): ``2^R`` steps, a few microseconds, and it keeps
-the stored table at ``2 * levels`` bytes. Then the streams (blocks of output
-channels) are decoded in parallel, one per task. Within a stream, the ``S``
-interleaved states are unrolled: their table look-ups and bit reads are
-independent, so a core has ``S`` symbols in flight; only the bit position is
-shared. Bits come from a 64-bit window loaded once per few symbols (see
-:func:`macros`, shared with the GPU kernel of ``tans_cuda``; the format pads
-the words so that any position up to the end can be loaded). Each symbol's decoding sits behind a test that the stream is
-not exhausted: it keeps a malformed stream from running past its end, and,
-being a branch, it stops LLVM's SLP vectorizer from packing the states into
-one vector register (then every table look-up needs a gather or lane
-extracts on the state's critical path: measured 2-3x slower).
+spread, then per state ``bits | symbol << 8 | base << 16`` packed in a
+uint32): ``2^R`` steps, a few microseconds, and it keeps the stored table at
+``2 * levels`` bytes. Then the streams (blocks of output channels) are decoded
+in parallel, one per task. Within a stream, the ``S`` interleaved states are
+unrolled: their table look-ups and bit reads are independent, so a core has
+``S`` symbols in flight; only the bit position is shared. Bits come from a
+64-bit window loaded once per few symbols (see :func:`macros`, shared with the
+GPU kernel of ``tans_cuda``; the format pads the words so that any position up
+to the end can be loaded, and a window past its stream's end reads zeros, so
+a malformed stream never reads out of bounds). Each symbol's decoding sits
+behind a test that its state indexes the table (always true): being a branch,
+it stops LLVM's SLP vectorizer from packing the states into one vector
+register (then every table look-up needs a gather or lane extracts on the
+state's critical path: measured 2-4x slower).
 
 * :func:`matmul` ``out[m, n] = step[n] * sum_k x[m, k] * q[n, k]``, one kernel
   choosing by batch at run time:
@@ -35,10 +36,13 @@ extracts on the state's critical path: measured 2-3x slower).
   Relax-level dispatch: the pass rewrites a matmul into one ``call_tir``, both
   paths share the table build and the decoding code, and the branch costs one
   comparison per call.
-* :func:`decode_weights`: the decoder alone, writing the dense weights
-  ``q * step`` in a dense op's layout (the decode kernel of convs and of
-  matmuls above one row; exact against the reference decoder; also the
-  decode-throughput benchmark).
+* :func:`decode_weights`: the decoder writing the dense weights ``q * step``
+  in a dense op's layout (the decode kernel of convs and of matmuls above one
+  row; exact against the reference decoder). A matmul's ``W [K, N]`` has a
+  stream's channels as columns: its decoder is blocked (:func:`blocks`), each
+  task decoding 64 channels into a buffer and writing whole cache lines of W.
+* :func:`symbol_decoder`: the decoder alone, writing the symbols (the
+  decode-throughput benchmark's kernel).
 * :func:`lut_weights` and :func:`integer_weights`: the decoder writing the codes
   ``q`` as the ``bie-bitplane`` kernels take them: the look-up-table kernel's
   two's complement planes (:mod:`.bitplane_lut`, AVX-512: ``ceil(log2(m + 1)) + 1``
@@ -78,6 +82,11 @@ BATCH_BLOCK = 4  # batch rows per weight-vector load in the dense matmul
 WINDOW_BITS = 57  # valid bits in a window: 64 minus the up to 7 of the byte's bits before the read position
 
 
+def symbol_of(e):
+    """The symbol of a decode-table entry (or of its low half)."""
+    return (e >> 8) & 255
+
+
 def layout(n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int) -> dict:
     """The encoding's layout (as :func:`stream_layout` gives it) and the constants the macros derive from it."""
     size = 1 << table_log
@@ -93,6 +102,7 @@ class Macros(NamedTuple):
     spread: object
     fill_table: object
     build_table: object
+    decode_symbols: object
     decode_stream: object
     decode_streams: object
     fused_stream: object
@@ -111,8 +121,9 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     byte holding bit ``pos``, shifted; with ``aligned_words=True`` (GPUs fault
     on unaligned wide loads) ``words`` is the uint32 words and the window is
     assembled from the three aligned words from ``pos // 32``. A symbol's read
-    is then a shift and a mask of a register (``off`` bits into the window):
-    the only memory access on a state's critical path is its table look-up.
+    is then a mask of the window's low bits, which shift out (bzhi and shrx,
+    counted by the entry's low byte): the only memory access on a state's
+    critical path is its table look-up.
     """
     rps = rows_per_stream
 
@@ -137,7 +148,7 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             nxt = following[sym]
             following[sym] = nxt + T.uint32(1)
             nbits = T.uint32(table_log) - (T.uint32(31) - T.Cast("uint32", T.clz(nxt)))
-            table[x_state] = ((nxt << nbits) - T.uint32(size)) | (sym << T.uint32(16)) | (nbits << T.uint32(24))
+            table[x_state] = (((nxt << nbits) - T.uint32(size)) << T.uint32(16)) | (sym << T.uint32(8)) | nbits
 
     @T.macro
     def build_table(counts, table):
@@ -146,10 +157,13 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
         fill_table(counts, table, table)
 
     @T.macro
-    def refill(words, pos, off, window, end):
-        # move the window to the first unread bit; a stream already past its end (malformed) reads zeros
-        pos[0] = pos[0] + off[0]
-        off[0] = T.int64(0)
+    def refill(words, pos, used, window, end):
+        # move the window past the bits given out since the last refill (the sum of their entries' low bytes: at
+        # most per_window * table_log < 256, so no carry leaves the byte); a stream already past its end
+        # (malformed) reads zeros. The position does not wait for the window's last shift, only for the entries:
+        # the next window's load overlaps the decoding of this one's symbols.
+        pos[0] = pos[0] + T.Cast("int64", used[0] & T.uint32(255))
+        used[0] = T.uint32(0)
         window[0] = T.uint64(0)
         if pos[0] <= end:
             if aligned_words:
@@ -164,51 +178,60 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                 window[0] = T.reinterpret("uint64", words[T.Ramp(byte, T.int64(1), 8)]) >> T.Cast("uint64", pos[0] & T.int64(7))
 
     @T.macro
-    def start_stream(st, offsets, words, state, value, pos, off, window, end):
+    def start_stream(st, offsets, words, state, pos, used, window, end):
         # the stream's initial states, table_log bits each
         pos[0] = T.Cast("int64", offsets[st])
-        off[0] = T.int64(0)
+        used[0] = T.uint32(0)
         for j in T.unroll(states):
-            value[j] = T.float32(0)  # what an exhausted (malformed) stream yields
             if j % per_window == 0:
-                refill(words, pos, off, window, end)
-            state[j] = T.Cast("uint32", window[0] >> T.Cast("uint64", off[0])) & T.uint32(size - 1)
-            off[0] = off[0] + T.int64(table_log)
+                refill(words, pos, used, window, end)
+            state[j] = window[0] & T.uint64(size - 1)
+            window[0] = window[0] >> T.uint64(table_log)
+            used[0] = used[0] + T.uint32(table_log)
 
     @T.macro
-    def decode_symbol(j, table, words, state, value, pos, off, window, end):
-        # value[j] = the signed level of state j's symbol; state j moves on. The first of every per_window states
-        # moves the window. The test keeps a malformed stream from running on and, being a branch, keeps LLVM's
-        # SLP vectorizer from packing the states' chains into vectors: that needs gathers and lane extracts on
-        # the critical path (measured: 2-3x slower).
+    def decode_symbol(j, table, words, state, pos, used, window, end, take):
+        # take(e) gets state j's table entry e (symbol_of gives its symbol); state j moves on, reading the window's
+        # lowest bits, which then shift out. The entry's low byte is the bit count, where BMI2's bzhi and shrx read
+        # their count without a mask. The test (always true: the table's next states are in it) keeps the states'
+        # chains in separate blocks, so LLVM's SLP vectorizer does not pack them into vectors (table gathers and
+        # lane extracts on the critical path: measured 2-4x slower). take() inside it: no entry outlives the block.
         if j % per_window == 0:
-            refill(words, pos, off, window, end)
-        if pos[0] + off[0] <= end:
+            refill(words, pos, used, window, end)
+        if state[j] < T.uint64(size):
             e: T.let = table[state[j]]
-            nb: T.let = T.Cast("uint64", e >> T.uint32(24))
-            bits: T.let = (window[0] >> T.Cast("uint64", off[0])) & ((T.uint64(1) << nb) - T.uint64(1))
-            off[0] = off[0] + T.Cast("int64", nb)
-            state[j] = (e & T.uint32(65535)) + T.Cast("uint32", bits)
-            value[j] = T.Cast("float32", T.Cast("int32", (e >> T.uint32(16)) & T.uint32(255)) - half)
+            nb: T.let = T.Cast("uint64", e & T.uint32(255))
+            state[j] = T.Cast("uint64", e >> T.uint32(16)) + (window[0] & ((T.uint64(1) << nb) - T.uint64(1)))
+            window[0] = window[0] >> T.Cast("uint64", e & T.uint32(63))
+            used[0] = used[0] + e
+            take(e)
+
+    def level_of(e):
+        return T.Cast("float32", T.Cast("int32", symbol_of(e)) - half)
 
     @T.macro
-    def decode_stream(st, table, offsets, words, emit, dest, steps):
-        # decode stream st; emit(dest, steps, row, column, level) takes each symbol in order
-        state = T.decl_buffer((states,), "uint32", scope=scope)
-        value = T.decl_buffer((states,), "float32", scope=scope)
+    def decode_symbols(st, table, offsets, words, emit, dest, steps):
+        # decode stream st; emit(dest, steps, row, column, entry) takes each symbol's table entry in order
+        state = T.decl_buffer((states,), "uint64", scope=scope)
         pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
-        off = T.decl_buffer((1,), "int64", scope=scope)  # bits read from the window
+        used = T.decl_buffer((1,), "uint32", scope=scope)  # sum of the entries read from the window
         window = T.decl_buffer((1,), "uint64", scope=scope)
         end: T.let = T.Cast("int64", offsets[st + 1])
-        start_stream(st, offsets, words, state, value, pos, off, window, end)
+        start_stream(st, offsets, words, state, pos, used, window, end)
         for r in range(T.min(rps, n - st * rps)):
             for g in range(groups):
                 for j in T.unroll(states):
-                    decode_symbol(j, table, words, state, value, pos, off, window, end)
-                    emit(dest, steps, st * rps + r, g * states + j, value[j])
+                    decode_symbol(j, table, words, state, pos, used, window, end,
+                                  lambda e: emit(dest, steps, st * rps + r, g * states + j, e))
             for j in T.unroll(tail):
-                decode_symbol(j, table, words, state, value, pos, off, window, end)
-                emit(dest, steps, st * rps + r, groups * states + j, value[j])
+                decode_symbol(j, table, words, state, pos, used, window, end,
+                              lambda e: emit(dest, steps, st * rps + r, groups * states + j, e))
+
+    @T.macro
+    def decode_stream(st, table, offsets, words, emit, dest, steps):
+        # decode stream st; emit(dest, steps, row, column, level) takes each symbol's signed level (float32) in order
+        decode_symbols(st, table, offsets, words,
+                       lambda d, s, row, column, e: emit(d, s, row, column, level_of(e)), dest, steps)
 
     @T.macro
     def decode_streams(counts, offsets, words, emit, dest, steps):
@@ -219,16 +242,21 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             decode_stream(st, table, offsets, words, emit, dest, steps)
 
     @T.macro
+    def accumulate(acc, x, batch, j, column, e):
+        # state j's accumulators of the batch rows take the symbol's level times x's column
+        for b in range(batch):
+            acc[b * states + j] = acc[b * states + j] + x[b, column] * level_of(e)
+
+    @T.macro
     def fused_stream(st, batch, x, table, offsets, words, steps, out):
         # decode stream st once; every symbol goes straight into the dot products of the batch rows
-        state = T.decl_buffer((states,), "uint32", scope=scope)
-        value = T.decl_buffer((states,), "float32", scope=scope)
+        state = T.decl_buffer((states,), "uint64", scope=scope)
         pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
-        off = T.decl_buffer((1,), "int64", scope=scope)  # bits read from the window
+        used = T.decl_buffer((1,), "uint32", scope=scope)  # sum of the entries read from the window
         window = T.decl_buffer((1,), "uint64", scope=scope)
         acc = T.decl_buffer((batch * states,), "float32", scope=scope)
         end: T.let = T.Cast("int64", offsets[st + 1])
-        start_stream(st, offsets, words, state, value, pos, off, window, end)
+        start_stream(st, offsets, words, state, pos, used, window, end)
         for r in range(T.min(rps, n - st * rps)):
             row: T.let = st * rps + r
             for b in range(batch):
@@ -236,13 +264,11 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                     acc[b * states + j] = T.float32(0)
             for g in range(groups):
                 for j in T.unroll(states):
-                    decode_symbol(j, table, words, state, value, pos, off, window, end)
-                    for b in range(batch):
-                        acc[b * states + j] = acc[b * states + j] + x[b, g * states + j] * value[j]
+                    decode_symbol(j, table, words, state, pos, used, window, end,
+                                  lambda e: accumulate(acc, x, batch, j, g * states + j, e))
             for j in T.unroll(tail):
-                decode_symbol(j, table, words, state, value, pos, off, window, end)
-                for b in range(batch):
-                    acc[b * states + j] = acc[b * states + j] + x[b, groups * states + j] * value[j]
+                decode_symbol(j, table, words, state, pos, used, window, end,
+                              lambda e: accumulate(acc, x, batch, j, groups * states + j, e))
             for b in range(batch):
                 total = T.decl_buffer((1,), "float32", scope=scope)
                 total[0] = T.float32(0)
@@ -250,7 +276,7 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                     total[0] = total[0] + acc[b * states + j]
                 out[b, row] = total[0] * steps[row]
 
-    return Macros(spread, fill_table, build_table, decode_stream, decode_streams, fused_stream)
+    return Macros(spread, fill_table, build_table, decode_symbols, decode_stream, decode_streams, fused_stream)
 
 
 def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
@@ -258,6 +284,8 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
     """``f(x, counts, offsets, words, steps, W)``: ``q[n, k] * steps[n]`` stored in ``into`` (see :mod:`.decode`;
     ``x`` is not read), streams in parallel."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    if not into.conv:
+        return transposing_decoder(lay)
     mac = macros(**lay)
     streams = lay["streams"]
     x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
@@ -279,6 +307,111 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
         T.func_attr({"tirx.noalias": True})
         _x = T.match_buffer(var_x, x_shape, "float32")
         mac.decode_streams(counts, offsets, words, store_scaled, out, steps)
+
+    return kernel
+
+
+def symbol_decoder(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
+                   num_words: int):
+    """``f(counts, offsets, words, symbols)``: the symbols ``q + levels // 2`` as uint8 [N, K], what the reference
+    decoder gives: the decoding alone, each stream's symbols stored in order (its speed is the benchmark's decode
+    rate; the other kernels add their writing to it)."""
+    lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    mac = macros(**lay)
+    streams = lay["streams"]
+
+    @T.macro
+    def store_symbol(out, steps, row, column, e):
+        out[row, column] = T.Cast("uint8", symbol_of(e))
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        symbols: T.Buffer((n, k), "uint8"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        table = T.decl_buffer((lay["size"],), "uint32")
+        mac.build_table(counts, table)
+        for st in T.parallel(streams):
+            mac.decode_symbols(st, table, offsets, words, store_symbol, symbols, None)
+
+    return kernel
+
+
+BLOCK_CHANNELS = 64  # channels a task of the blocked decoders writes out together: 256 bytes of each row of W
+
+
+class Blocks(NamedTuple):
+    """The blocked decoders' tasks: each decodes the ``group`` streams of ``channels`` channels (the last task
+    fewer) into a buffer of their symbols, rows ``pitch`` entries apart, then writes its outputs from it."""
+
+    group: int
+    channels: int
+    count: int
+    pitch: int
+    decode: object  # macro (counts, offsets, words, steps, write, dest): write(scratch, first, rows, dest) per task
+
+
+def blocks(lay: dict) -> Blocks:
+    """The decoders of a layout whose stores would cross a stream's channels (the matmul's ``W [K, N]``, the LUT
+    planes): the decoding stores one 16-bit entry per symbol (symbol_of gives the symbol) along the buffer's row,
+    and the writing visits each output cache line once, instead of each symbol touching its own line."""
+    mac = macros(**lay)
+    k, rps, streams, size = lay["k"], lay["rows_per_stream"], lay["streams"], lay["size"]
+    group = max(1, BLOCK_CHANNELS // rps)
+    channels = group * rps
+    count = -(-streams // group)
+    # the rows a cache line apart modulo 4 KiB: a writer reading one symbol per row in turn would otherwise find them
+    # all in one L1 set; whole groups of 32 columns readable
+    pitch = k + (-k) % 32 + 32
+
+    @T.macro
+    def keep_entry(scratch, steps, row, column, e):
+        scratch[(row % channels) * pitch + column] = T.Cast("uint16", e)
+
+    @T.macro
+    def decode(counts, offsets, words, steps, write, dest):
+        table = T.decl_buffer((size,), "uint32")
+        mac.build_table(counts, table)
+        for blk in T.parallel(count):
+            scratch = T.decl_buffer((channels * pitch,), "uint16")
+            for s in range(T.min(group, streams - blk * group)):
+                mac.decode_symbols(blk * group + s, table, offsets, words, keep_entry, scratch, steps)
+            write(scratch, blk * channels, T.min(channels, lay["n"] - blk * channels), dest)
+
+    return Blocks(group, channels, count, pitch, decode)
+
+
+def transposing_decoder(lay: dict):
+    """The dense decoder for the matmul layout ``W [K, N]``, where a stream's channels are columns (:func:`blocks`:
+    each row of ``W`` written over a task's channels, a few cache lines in one page, where a float per row of ``W``
+    costs a cache line and a page per symbol)."""
+    n, k, levels, streams, half = (lay[key] for key in ("n", "k", "levels", "streams", "half"))
+    num_words = lay["num_words"]
+    blocked = blocks(lay)
+
+    @T.macro
+    def write_rows(scratch, first, rows, dest):
+        out, steps = dest
+        for kk in range(k):
+            for c in range(rows):
+                out[kk, first + c] = T.Cast(
+                    "float32", T.Cast("int32", symbol_of(scratch[c * blocked.pitch + kk])) - half) * steps[first + c]
+
+    @T.prim_func(private=True)
+    def kernel(
+        var_x: T.handle,
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        out: T.Buffer((k, n), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        _x = T.match_buffer(var_x, (T.int64(), T.int64()), "float32")
+        blocked.decode(counts, offsets, words, steps, write_rows, (out, steps))
 
     return kernel
 
@@ -347,23 +480,34 @@ def lut_planes(levels: int) -> int:
 
 def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
     """``f(counts, offsets, words, steps, planes, scales)``: the codes as ``bitplane_lut.twos_complement_planes(q,
-    lut_planes(levels))`` lays them out, and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero)."""
+    lut_planes(levels))`` lays them out, and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero).
+
+    A blocked decoder (:func:`blocks`): each channel's word of a plane (32 weights) is built from the buffer at
+    once, its bits or-reduced in vectors, and stored whole."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
-    mac = macros(**lay)
-    streams, size = lay["streams"], lay["size"]
+    blocked = blocks(lay)
+    streams, half = lay["streams"], lay["half"]
     magnitude = lut_planes(levels)
     lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
-    blocks, kg = -(-n // lanes), -(-k // group)
+    lane_blocks, kg = -(-n // lanes), -(-k // group)
 
     @T.macro
-    def store_bits(out, steps, row, column, level):
-        # every plane whose bit of the code is set ORs the weight's bit into its word (the words start at zero)
-        code: T.let = T.Cast("int32", level)
-        for b in T.unroll(magnitude + 1):
-            if (code >> (magnitude - b)) & 1 != 0:
-                out[b, row // lanes * kg + column // group, row % lanes] = out[
-                    b, row // lanes * kg + column // group, row % lanes] | (
-                    T.uint32(1) << T.Cast("uint32", column % group))
+    def write_planes(scratch, first, rows, planes):
+        bits = T.decl_buffer((magnitude + 1,), "uint32")
+        for c in range(rows):
+            row: T.let = first + c
+            for g in range(kg):
+                for b in T.unroll(magnitude + 1):
+                    bits[b] = T.uint32(0)
+                for j in range(group):
+                    # plane b holds bit (magnitude - b) of the two's complement code; the weights past k are zero
+                    code: T.let = T.Cast("int32", symbol_of(scratch[c * blocked.pitch + g * group + j])) - half
+                    for b in T.unroll(magnitude + 1):
+                        bits[b] = bits[b] | T.if_then_else(
+                            g * group + j < k, T.Cast("uint32", (code >> (magnitude - b)) & 1) << T.Cast("uint32", j),
+                            T.uint32(0))
+                for b in T.unroll(magnitude + 1):
+                    planes[b, row // lanes * kg + g, row % lanes] = bits[b]
 
     @T.prim_func(private=True)
     def kernel(
@@ -371,17 +515,17 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
         offsets: T.Buffer((streams + 1,), "uint32"),
         words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
         steps: T.Buffer((n,), "float32"),
-        planes: T.Buffer((magnitude + 1, blocks * kg, lanes), "uint32"),
-        scales: T.Buffer((blocks, 1, lanes), "float32"),
+        planes: T.Buffer((magnitude + 1, lane_blocks * kg, lanes), "uint32"),
+        scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for c in range(blocks * lanes):
+        for c in range(lane_blocks * lanes):
             scales[c // lanes, 0, c % lanes] = T.if_then_else(c < n, steps[T.min(c, n - 1)], T.float32(0))
-        for i in T.parallel(blocks * kg):
-            for b in range(magnitude + 1):
-                for lane in T.vectorized(lanes):
-                    planes[b, i, lane] = T.uint32(0)
-        mac.decode_streams(counts, offsets, words, store_bits, planes, steps)
+        for r in range(lane_blocks * lanes - n):  # the last block's channels past n
+            for i in range(kg):
+                for b in range(magnitude + 1):
+                    planes[b, (lane_blocks - 1) * kg + i, (n + r) % lanes] = T.uint32(0)
+        blocked.decode(counts, offsets, words, steps, write_planes, planes)
 
     return kernel
 
