@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ..errors import OptionError
-from . import bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, feedback, int8, tans
+from . import bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, feedback, int8, nwc, tans
 from .base import Encoded
 
 CODECS: dict[str, ModuleType] = {
-    m.NAME: m for m in (bie_binary, bie_bitplane, bie_blocked, tans, int8, bbs, bitwave)
+    m.NAME: m for m in (bie_binary, bie_bitplane, bie_blocked, tans, int8, bbs, bitwave, nwc)
 }
 
 

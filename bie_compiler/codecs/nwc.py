@@ -40,7 +40,8 @@ class Config:
     quality: int = field(default=0, metadata={  # 0: chosen by bits_per_weight (default DEFAULT_QUALITY)
         "help": "quality level of the trained codec, 1 (fewest bits) to its number of levels (default 6)"})
     bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed quality
-        "help": "bits/weight budget over the whole model; each layer's levels chosen to meet it (instead of --levels)"})
+        "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
+                "(instead of --levels, --bits or --quality)"})
     spread: int = field(default=3, metadata={
         "help": "with calibration: quality levels spread over the columns by Hessian-diagonal quantiles (1: uniform)"})
     table_log: int = field(default=11, metadata={"help": "tANS table of 2^T states (5..15; default 11)"})
