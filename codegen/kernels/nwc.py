@@ -236,8 +236,9 @@ def copy_kernel(shape: tuple[int, ...], x_ndim: int) -> tirx.PrimFunc:
 
 
 @register(nwc.NAME, ops=("matmul", "conv2d"), target="llvm")
-def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """The dense kernels (matmul) or the plain conv over the float32 weight that :func:`decoder` writes at load."""
+def llvm_call(enc: Encoded, conv: ConvSpec | None, nwc_decode: str = nwc.Config.nwc_decode) -> KernelCall:
+    """The dense kernels (matmul) or the plain conv over the float32 weight that :func:`decoder` writes at load
+    (``nwc_decode`` is ``load``: its Config refuses anything else)."""
     network = _checked(enc)
     n, k = enc.shape
     arrays = stored(enc, network)
