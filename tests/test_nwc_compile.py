@@ -24,7 +24,10 @@ def artefacts(model_dir, tmp_path_factory):
 def test_parity_on_the_decoded_weights(artefacts, model):
     runner = bie_compiler.load(artefacts[model])
     assert runner.manifest["weights"]["at_load"] == "main_transform_params"
-    assert {l["codec"] for l in runner.manifest["layers"]} == {"nwc"}  # the cnn's convs included
+    layers = runner.manifest["layers"]
+    # a layer of a few hundred weights stays dense: 16 latent tables cost more than its float32 weights
+    assert all(l["codec"] == "nwc" or "no smaller than dense" in l["fallback_reason"] for l in layers)
+    assert {l["op"] for l in layers if l["codec"] == "nwc"} == {"conv2d" if model == "cnn" else "matmul"}
     for batch in (1, 8):
         result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
         assert result["decoded_max_rel_err"] < 1e-5, result  # the decoders' float rounding only
@@ -39,7 +42,7 @@ def test_every_coded_byte_is_counted_and_the_network_stored_once(artefacts, mode
     if "bits_per_weight" in RUNS[model]:
         assert 8 * totals["bytes_encoded"] <= RUNS[model]["bits_per_weight"] * totals["weights"]
     else:
-        assert {q for l in layers for q in l["details"]["quality_levels"]} == {RUNS[model]["quality"]}
+        assert {q for l in layers if l["codec"] == "nwc" for q in l["details"]["quality_levels"]} == {RUNS[model]["quality"]}
     network = sum(a.nbytes for name, a in nwc_network.load().params.items() if name.startswith("synthesis."))
     dense = sum(w["bytes_encoded"] for w in manifest["other_weights"])
     # the weights file: the encodings' arrays (less checksums and headers, plus alignment), the layers left dense, and

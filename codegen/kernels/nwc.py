@@ -18,6 +18,8 @@ an error instead of reading out of bounds. Decoding on every call (``--nwc-decod
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
@@ -27,7 +29,7 @@ from bie_compiler.codecs import Encoded, nwc, nwc_network, tans_coder
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
 from . import dense, tans_matmul
-from .decode import activation, destination
+from .decode import Layout, activation, destination
 
 ALPHABET = 2 * nwc.LATENT_LIMIT + 1  # every channel's table is built over this many symbols (the rest count 0)
 TILE = 16  # chunks (columns of one chunk row) per task of the synthesis phase
@@ -88,10 +90,17 @@ def packed_place(n: int, k: int):
     return lambda row, column: (row // cols) * (k * cols) + column * cols + row % cols
 
 
-def decoder(*, n: int, k: int, table_log: int, states: int, rows_per_stream: int, network: nwc_network.Network,
-            out_shape: tuple[int, ...], place) -> tirx.PrimFunc:
-    """``f(*stored(enc), out)``: the weight [n, k] decoded, weight (row, column) at ``out.flat[place(row, column)]``
-    (elements ``place`` never names are zeroed first)."""
+@functools.cache
+def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
+            conv_shape: tuple[int, int, int, int] | None = None) -> tirx.PrimFunc:
+    """``f(*stored(enc), out)``: the weight [n, k] decoded into ``out``, the dense kernels' packed panels
+    (:func:`packed_place`) or, for a conv, OIHW ``conv_shape`` (the padding of the panels zeroed first). One per
+    layout: layers of one shape share it."""
+    network = nwc_network.load()
+    if conv_shape is None:
+        out_shape, place = (-(-n // dense.matmul.COLS), k, dense.matmul.COLS), packed_place(n, k)
+    else:
+        out_shape, place = conv_shape, Layout.conv2d(conv_shape).flat
     chunk = nwc_network.CHUNK
     latent, width, blocks, levels = network.latent, int(network.config["width"]), int(network.config["blocks"]), network.levels
     j = -(-n // chunk)
@@ -214,11 +223,11 @@ def _checked(enc: Encoded) -> nwc_network.Network:
     return network
 
 
-def _decoder_for(enc: Encoded, network: nwc_network.Network, out_shape, place) -> tirx.PrimFunc:
+def _decoder_for(enc: Encoded, conv: ConvSpec | None) -> tirx.PrimFunc:
     n, k = enc.shape
     h = enc.header
-    return decoder(n=n, k=k, table_log=int(h["table_log"]), states=int(h["states"]),
-                   rows_per_stream=int(h["rows_per_stream"]), network=network, out_shape=out_shape, place=place)
+    return decoder(n, k, int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
+                   None if conv is None else tuple(conv.kernel_shape))
 
 
 def copy_kernel(shape: tuple[int, ...], x_ndim: int) -> tirx.PrimFunc:
@@ -243,12 +252,11 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, nwc_decode: str = nwc.Config.
     n, k = enc.shape
     arrays = stored(enc, network)
     if conv is None:
-        call = dense.dense_kernel(np.zeros((n, k), np.float32), tvm.target.Target.current())
-        shape = call.constants[0].shape  # shapes only: the values come at load
-        call.at_load = AtLoad(_decoder_for(enc, network, shape, packed_place(n, k)), arrays)
-        return call
-    layout, x_ndim = destination(enc, conv)
-    call = KernelCall("nwc_conv_weight", copy_kernel(layout.shape, x_ndim), [np.zeros(layout.shape, np.float32)],
-                      decodes=True)
-    call.at_load = AtLoad(_decoder_for(enc, network, layout.shape, layout.flat), arrays)
+        call = dense.dense_kernel(np.zeros((n, k), np.float32), tvm.target.Target.current())  # shapes only: the
+        # values come at load
+    else:
+        layout, x_ndim = destination(enc, conv)
+        call = KernelCall("nwc_conv_weight", copy_kernel(layout.shape, x_ndim), [np.zeros(layout.shape, np.float32)],
+                          decodes=True)
+    call.at_load = AtLoad(_decoder_for(enc, conv), arrays)
     return call
