@@ -180,8 +180,8 @@ def _entropy_code(latents: np.ndarray, scales: np.ndarray, levels: np.ndarray, n
                     "network": network_id(nwc_network.load())})
 
 
-def latents(enc: Encoded) -> np.ndarray:
-    """The integer latents int64 [K, J, latent] of an encoding (reference tANS decoding, checked)."""
+def streams(enc: Encoded) -> list[tans_coder.TansStreams]:
+    """The tANS streams of each latent channel (not yet checked), once the encoding's network is the installed one."""
     h, a = enc.header, enc.arrays
     n, k = enc.shape
     j = -(-n // CHUNK)
@@ -189,16 +189,21 @@ def latents(enc: Encoded) -> np.ndarray:
         if h["network"] != network_id(nwc_network.load()):
             raise CodecError(f"{NAME}: encoded with network {h['network']}, not the installed codec's "
                              f"{network_id(nwc_network.load())}")
-        lowest, checksums = a["latent_lowest"].astype(np.int64), a["crc32"]
-        channels = []
-        for c in range(len(lowest)):
-            counts = a[f"latent{c}.counts"]
-            coded = tans_coder.TansStreams((j, k), int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
-                                           counts, a[f"latent{c}.offsets"], a[f"latent{c}.words"], int(checksums[c]))
-            channels.append(tans_coder.decode(coded, len(counts)).T + lowest[c])
+        return [tans_coder.TansStreams((j, k), int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
+                                       a[f"latent{c}.counts"], a[f"latent{c}.offsets"], a[f"latent{c}.words"],
+                                       int(checksum)) for c, checksum in enumerate(a["crc32"])]
     except KeyError as e:
         raise CodecError(f"{NAME}: encoding lacks {e}") from None
-    return np.stack(channels, axis=-1)
+
+
+def latents(enc: Encoded) -> np.ndarray:
+    """The integer latents int64 [K, J, latent] of an encoding (reference tANS decoding, checked)."""
+    coded = streams(enc)
+    try:
+        lowest = enc.arrays["latent_lowest"].astype(np.int64)
+    except KeyError as e:
+        raise CodecError(f"{NAME}: encoding lacks {e}") from None
+    return np.stack([tans_coder.decode(c, len(c.counts)).T + lowest[i] for i, c in enumerate(coded)], axis=-1)
 
 
 def decode(enc: Encoded) -> np.ndarray:

@@ -93,8 +93,8 @@ def packed_place(n: int, k: int):
 @functools.cache
 def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
             conv_shape: tuple[int, int, int, int] | None = None) -> tirx.PrimFunc:
-    """``f(*stored(enc), out)``: the weight [n, k] decoded into ``out``, the dense kernels' packed panels
-    (:func:`packed_place`) or, for a conv, OIHW ``conv_shape`` (the padding of the panels zeroed first). One per
+    """``f(*stored(enc), out)``: the weight [n, k] decoded into ``out`` (zeroed first: the panels' padding stays
+    zero), the dense kernels' packed panels (:func:`packed_place`) or, for a conv, OIHW ``conv_shape``. One per
     layout: layers of one shape share it."""
     network = nwc_network.load()
     if conv_shape is None:
@@ -210,17 +210,9 @@ def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
 
 def _checked(enc: Encoded) -> nwc_network.Network:
     """The network ``enc`` was encoded with, after the structural checks of every latent stream."""
-    network = nwc_network.load()
-    if enc.header["network"] != nwc.network_id(network):
-        raise nwc.CodecError(f"{nwc.NAME}: encoded with network {enc.header['network']}, not the installed codec's")
-    n, k = enc.shape
-    for c in range(network.latent):
-        counts = enc.arrays[f"latent{c}.counts"]
-        tans_coder.validate(tans_coder.TansStreams(
-            (-(-n // nwc_network.CHUNK), k), int(enc.header["table_log"]), int(enc.header["states"]),
-            int(enc.header["rows_per_stream"]), counts, enc.arrays[f"latent{c}.offsets"],
-            enc.arrays[f"latent{c}.words"], int(enc.arrays["crc32"][c])), len(counts))
-    return network
+    for coded in nwc.streams(enc):
+        tans_coder.validate(coded, len(coded.counts))
+    return nwc_network.load()
 
 
 def _decoder_for(enc: Encoded, conv: ConvSpec | None) -> tirx.PrimFunc:
