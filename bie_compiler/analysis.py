@@ -42,12 +42,14 @@ SETTINGS: dict[str, list[tuple[str, dict]]] = {
     "int8": [("per channel", {})],
     "bbs": [("moderate", {"preset": "moderate"}), ("conservative", {"preset": "conservative"})],
     "bitwave": [("4 pruned columns", {"pruned_columns": 4}), ("2 pruned columns", {"pruned_columns": 2})],
+    "nwc": [("quality 3", {"quality": 3}), ("quality 6", {"quality": 6}), ("quality 9", {"quality": 9}),
+            ("quality 12", {"quality": 12})],
 }
 # What a sensitive layer is given instead by the suggested --override line (None: only --skip helps).
 SAFER: dict[str, dict | None] = {
     "bie-bitplane": {"bits": 8}, "tans": {"levels": 63}, "bbs": {"preset": "conservative"},
     "bitwave": {"pruned_columns": 1}, "bie-binary": {"codec": "int8"}, "bie-blocked": {"codec": "int8"},
-    "int8": None,
+    "int8": None, "nwc": {"quality": 12},
 }
 NBITS_REFERENCES = [(4, 32), (4, 128)]  # onnxruntime MatMulNBits (bits, block size)
 HEADLINE = ("rel_l2", "cosine", "task_metric", "task")  # the figures a point is ranked and plotted by

@@ -152,8 +152,13 @@ def _computed_at_load(builder: relax.BlockBuilder, kernel: KernelCall, stem: str
     types = [relax.TensorType(list(c.shape), c.dtype.name) for c in kernel.constants]
     params = [relax.Var(f"s{i}", s.ty) for i, s in enumerate(stored)]
     computed = relax.Var("computed", relax.TupleType(types))
-    body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(computed, relax.call_tir(func, params, out_ty=types))])],
-                         computed)
+    if len(types) > 1:
+        bindings = [relax.VarBinding(computed, relax.call_tir(func, params, out_ty=types))]
+    else:  # call_tir returns one output as a tensor, not a tuple of one
+        single = relax.Var("single", types[0])
+        bindings = [relax.VarBinding(single, relax.call_tir(func, params, out_ty=types[0])),
+                    relax.VarBinding(computed, relax.Tuple([single]))]
+    body = relax.SeqExpr([relax.BindingBlock(bindings)], computed)
     wrapper = builder.add_func(relax.Function(params, body, relax.TupleType(types), is_pure=True), f"{name}_call")
     call = relax.Call(wrapper, stored)
     return [relax.TupleGetItem(call, i) for i in range(len(types))]

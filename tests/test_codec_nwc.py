@@ -28,13 +28,13 @@ def relative_error(w, approx):
 @pytest.mark.parametrize("n", [1, 16, 100])
 def test_chunks_are_normalised_columns_and_unchunk_inverts_them(n):
     w = weight(n, 5)
-    w[:, 2] = 0  # a zero column keeps scale 1 and codes as zeros
+    w[:, 2] = 0  # a zero column has scale 0: it decodes to exact zeros
     w[:, 4] *= 1e-6  # below float16's normal range: its scale is float16's smallest normal
     scales = nwc_network.column_scales(w)
     chunked = nwc_network.chunks(w, scales)
     assert scales.dtype == np.float16 and chunked.shape == (5, -(-n // 16), 16)
     cols = chunked.reshape(5, -1)
-    assert np.all(cols[:, n:] == 0) and scales[2] == 1
+    assert np.all(cols[:, n:] == 0) and scales[2] == 0
     if n > 1:
         assert np.allclose(cols[[0, 1, 3], :n].std(axis=1), 1, atol=2e-3)  # fp16 scale: 1e-3 relative
         assert scales[4] == np.finfo(np.float16).tiny

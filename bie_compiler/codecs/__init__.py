@@ -25,13 +25,13 @@ from types import ModuleType
 import numpy as np
 
 from ..errors import OptionError
-from . import bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, feedback, int8, rotation, tans
+from . import bbs, bie_binary, bie_bitplane, bie_blocked, bitwave, feedback, int8, nwc, rotation, tans
 from .base import Encoded
 from .parallel import SERIAL, Workers
 from .stored import LazyMapping, loaded
 
 CODECS: dict[str, ModuleType] = {
-    m.NAME: m for m in (bie_binary, bie_bitplane, bie_blocked, tans, int8, bbs, bitwave)
+    m.NAME: m for m in (bie_binary, bie_bitplane, bie_blocked, tans, int8, bbs, bitwave, nwc)
 }
 
 

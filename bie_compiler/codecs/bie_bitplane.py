@@ -43,7 +43,7 @@ class Config:
         "help": "keep only the top P magnitude planes (progressive precision)"})
     bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed bits
         "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
-                "(instead of --levels or --bits)"})
+                "(instead of --levels, --bits or --quality)"})
     rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import budget_split, feedback, nwc_network, tans_coder
+from . import budget_split, feedback, nwc_network, rotation, tans_coder
 from .base import Encoded, check_weight
 from .nwc_network import CHUNK
 from .parallel import SERIAL, Workers
@@ -41,10 +41,16 @@ class Config:
     quality: int = field(default=0, metadata={  # 0: chosen by bits_per_weight (default DEFAULT_QUALITY)
         "help": "quality level of the trained codec, 1 (fewest bits) to its number of levels (default 6)"})
     bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed quality
-        "help": "bits/weight budget over the whole model; each layer's levels chosen to meet it (instead of --levels)"})
+        "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
+                "(instead of --levels, --bits or --quality)"})
     spread: int = field(default=3, metadata={
         "help": "with calibration: quality levels spread over the columns by Hessian-diagonal quantiles (1: uniform)"})
     table_log: int = field(default=11, metadata={"help": "tANS table of 2^T states (5..15; default 11)"})
+    rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
+    # the kernel, not the encoding
+    nwc_decode: str = field(default="load", metadata={"kernel": True,
+        "help": "CPU: load (the synthesis network decodes the weights into float32 once, when the artefact is "
+                "loaded; the layers then run the dense kernels); per-call is not built yet"})
 
     def __post_init__(self):
         levels = nwc_network.load().levels
@@ -60,6 +66,11 @@ class Config:
             tans_coder.check_layout(self.table_log, STATES, 1)
         except CodecError as e:
             raise CodecError(f"{NAME}: {e}") from None
+        if self.nwc_decode == "per-call":
+            raise CodecError(f"{NAME}: nwc_decode per-call (the synthesis network on every call) is not built yet; "
+                             "use load")
+        if self.nwc_decode != "load":
+            raise CodecError(f"{NAME}: nwc_decode must be load (per-call is not built yet), got {self.nwc_decode!r}")
         if 2 * LATENT_LIMIT + 1 > 1 << self.table_log:
             raise CodecError(f"{NAME}: latents of up to {2 * LATENT_LIMIT + 1} values need table_log >= 8")
 
@@ -171,8 +182,8 @@ def _entropy_code(latents: np.ndarray, scales: np.ndarray, levels: np.ndarray, n
                     "network": network_id(nwc_network.load())})
 
 
-def latents(enc: Encoded) -> np.ndarray:
-    """The integer latents int64 [K, J, latent] of an encoding (reference tANS decoding, checked)."""
+def streams(enc: Encoded) -> list[tans_coder.TansStreams]:
+    """The tANS streams of each latent channel (not yet checked), once the encoding's network is the installed one."""
     h, a = enc.header, enc.arrays
     n, k = enc.shape
     j = -(-n // CHUNK)
@@ -180,16 +191,21 @@ def latents(enc: Encoded) -> np.ndarray:
         if h["network"] != network_id(nwc_network.load()):
             raise CodecError(f"{NAME}: encoded with network {h['network']}, not the installed codec's "
                              f"{network_id(nwc_network.load())}")
-        lowest, checksums = a["latent_lowest"].astype(np.int64), a["crc32"]
-        channels = []
-        for c in range(len(lowest)):
-            counts = a[f"latent{c}.counts"]
-            coded = tans_coder.TansStreams((j, k), int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
-                                           counts, a[f"latent{c}.offsets"], a[f"latent{c}.words"], int(checksums[c]))
-            channels.append(tans_coder.decode(coded, len(counts)).T + lowest[c])
+        return [tans_coder.TansStreams((j, k), int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
+                                       a[f"latent{c}.counts"], a[f"latent{c}.offsets"], a[f"latent{c}.words"],
+                                       int(checksum)) for c, checksum in enumerate(a["crc32"])]
     except KeyError as e:
         raise CodecError(f"{NAME}: encoding lacks {e}") from None
-    return np.stack(channels, axis=-1)
+
+
+def latents(enc: Encoded) -> np.ndarray:
+    """The integer latents int64 [K, J, latent] of an encoding (reference tANS decoding, checked)."""
+    coded = streams(enc)
+    try:
+        lowest = enc.arrays["latent_lowest"].astype(np.int64)
+    except KeyError as e:
+        raise CodecError(f"{NAME}: encoding lacks {e}") from None
+    return np.stack([tans_coder.decode(c, len(c.counts)).T + lowest[i] for i, c in enumerate(coded)], axis=-1)
 
 
 def decode(enc: Encoded) -> np.ndarray:

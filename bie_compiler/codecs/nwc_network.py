@@ -74,13 +74,14 @@ def load(path: str | Path = CODEC_FILE) -> Network:
 
 
 def column_scales(weight: np.ndarray) -> np.ndarray:
-    """Each column's standard deviation as stored: float16 [K]; a zero column's is 1 (it codes as zeros), and
+    """Each column's standard deviation as stored: float16 [K]; an all-zero column's is 0 (it decodes to exact
+    zeros: the network's output at any latents is not), a constant column's 1 (its values coded as they are), and
     one below float16's smallest normal number takes that number (such a column codes as about zero)."""
     std = weight.astype(np.float64).std(axis=0)
     if std.max() > np.finfo(np.float16).max:
         raise CodecError(f"nwc: a column's standard deviation {std.max():.3g} does not fit float16 (65504)")
     tiny = float(np.finfo(np.float16).tiny)
-    return np.where(std > 0, np.maximum(std, tiny), 1.0).astype(np.float16)
+    return np.where(std > 0, np.maximum(std, tiny), np.where(weight.any(axis=0), 1.0, 0.0)).astype(np.float16)
 
 
 def chunks(weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -88,7 +89,7 @@ def chunks(weight: np.ndarray, scales: np.ndarray) -> np.ndarray:
     n, k = weight.shape
     j = -(-n // CHUNK)
     cols = np.zeros((k, j * CHUNK), np.float32)
-    cols[:, :n] = weight.T / scales.astype(np.float32)[:, None]
+    cols[:, :n] = weight.T / np.where(scales == 0, 1, scales).astype(np.float32)[:, None]  # 0: an all-zero column
     return cols.reshape(k, j, CHUNK)
 
 

@@ -42,7 +42,7 @@ class Config:
         "help": "odd number of quantization levels, zero in the centre (3..255; default 15)"})
     bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed levels
         "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
-                "(instead of --levels or --bits)"})
+                "(instead of --levels, --bits or --quality)"})
     table_log: int = field(default=11, metadata={"help": "tANS table of 2^T states (5..15; default 11)"})
     # 8: two windows of bits per round of states keep a core busy; 4 leave it waiting on the table look-ups
     states: int = field(default=8, metadata={"help": "interleaved tANS states per stream (default 8)"})

@@ -1,0 +1,254 @@
+"""The ``nwc`` layers: the codec's decoder run once when the artefact is loaded, the layer then dense.
+
+The artefact stores the encoding (the latents' tANS streams, column scales and quality levels) and the trained
+synthesis network (shared: the build keeps one copy of identical constants for all layers). At load one
+PrimFunc (:func:`decoder`, ``KernelCall.at_load``) decodes the weight in two parallel phases:
+
+1. the latents: every (latent channel, stream) pair in parallel, with the tANS macros of
+   :mod:`.tans_matmul` (each channel its own table; the streams of all channels are stored concatenated);
+2. the synthesis network on tiles of ``TILE`` chunks (one chunk row ``j``, ``TILE`` columns): input layer,
+   residual blocks times the quality embedding of each column's level, output layer, times the column scale,
+   written as float32 straight into the dense kernels' layout.
+
+The weight is decoded into float32, not re-encoded: the layer then runs the dense kernels of a weight left dense
+(:mod:`.dense`, packed panels) for a matmul, and for a conv a copy of the decoded OIHW weight into the plain conv.
+Everything the load reads is checked first (counts, alphabets, offsets, levels), so a malformed file fails with
+an error instead of reading out of bounds. Decoding on every call (``--nwc-decode per-call``) is not built.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tvm
+from tvm import s_tir, te, tirx
+from tvm.script import tirx as T
+
+from bie_compiler.codecs import Encoded, nwc, nwc_network, tans_coder
+
+from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
+from . import dense, tans_matmul
+from .decode import Layout, activation, destination
+
+ALPHABET = 2 * nwc.LATENT_LIMIT + 1  # every channel's table is built over this many symbols (the rest count 0)
+TILE = 16  # chunks (columns of one chunk row) per task of the synthesis phase
+ROWS = 4  # rows of a register tile of the network's layers
+OUT_LANES = 64  # outputs of a register tile: ROWS x 4 AVX-512 accumulators, 4 weight vectors, a broadcast
+
+
+def stored(enc: Encoded, network: nwc_network.Network) -> list[np.ndarray]:
+    """What the decoder reads, in its order: the latent streams concatenated (counts, alphabets, offsets into the
+    concatenated words, the words as bytes), the lowest latent per channel, scales, levels, then the network."""
+    a = enc.arrays
+    channels = len(a["crc32"])
+    counts = [a[f"latent{c}.counts"] for c in range(channels)]
+    words = [a[f"latent{c}.words"] for c in range(channels)]
+    starts = np.cumsum([0] + [32 * w.size for w in words[:-1]], dtype=np.int64)
+    offsets = np.stack([a[f"latent{c}.offsets"].astype(np.int64) + starts[c] for c in range(channels)])
+    if offsets.max() >= tans_coder.OFFSET_LIMIT:
+        raise NotImplementedError(f"{nwc.NAME}: a layer of more than 2^32 coded bits")
+    p, blocks = network.params, int(network.config["blocks"])
+    stacked = {name: np.stack([p[f"synthesis.block{b}.{name}"] for b in range(blocks)]) for name in ("w1", "b1", "w2", "b2")}
+    return [np.concatenate(counts), np.array([c.size for c in counts], np.uint8), offsets.astype(np.uint32),
+            np.concatenate(words).view(np.uint8), a["latent_lowest"], a["scales"], a["levels"],
+            p["synthesis.in.w"], p["synthesis.in.b"], stacked["w1"], stacked["b1"], stacked["w2"], stacked["b2"],
+            p["synthesis.embedding"], p["synthesis.out.w"], p["synthesis.out.b"]]
+
+
+def linear(inputs: int, outputs: int):
+    """A TIR macro ``dst[TILE, outputs] = src[TILE, inputs] @ w[index] + bias[index]`` (``w`` and ``bias`` stacked
+    over a leading ``index`` or not): register tiles of ROWS rows x OUT_LANES outputs, one broadcast and one
+    weight vector per multiply-add of a row, as in the dense GEMM."""
+    lanes = min(OUT_LANES, outputs)
+
+    @T.macro
+    def layer(src, w, bias, dst, index):
+        weights = T.decl_buffer((inputs * outputs,), "float32", data=w.data, elem_offset=index * (inputs * outputs))
+        biases = T.decl_buffer((outputs,), "float32", data=bias.data, elem_offset=index * outputs)
+        for rows in range(TILE // ROWS):
+            for block in range(outputs // lanes):
+                acc = T.decl_buffer((ROWS * lanes,), "float32", scope="local")
+                for rr in T.unroll(ROWS):
+                    for o in T.vectorized(lanes):
+                        acc[rr * lanes + o] = biases[block * lanes + o]
+                for i in range(inputs):
+                    for rr in T.unroll(ROWS):
+                        for o in T.vectorized(lanes):
+                            acc[rr * lanes + o] = acc[rr * lanes + o] + src[rows * ROWS + rr, i] * weights[
+                                i * outputs + block * lanes + o]
+                for rr in T.unroll(ROWS):
+                    for o in T.vectorized(lanes):
+                        dst[rows * ROWS + rr, block * lanes + o] = acc[rr * lanes + o]
+
+    return layer
+
+
+def packed_place(n: int, k: int):
+    """Where weight (row, column) of [n, k] goes in :func:`.dense.pack`'s panels, as a flat index."""
+    cols = dense.matmul.COLS
+    return lambda row, column: (row // cols) * (k * cols) + column * cols + row % cols
+
+
+@functools.cache
+def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
+            conv_shape: tuple[int, int, int, int] | None = None) -> tirx.PrimFunc:
+    """``f(*stored(enc), out)``: the weight [n, k] decoded into ``out`` (zeroed first: the panels' padding stays
+    zero), the dense kernels' packed panels (:func:`packed_place`) or, for a conv, OIHW ``conv_shape``. One per
+    layout: layers of one shape share it."""
+    network = nwc_network.load()
+    if conv_shape is None:
+        out_shape, place = (-(-n // dense.matmul.COLS), k, dense.matmul.COLS), packed_place(n, k)
+    else:
+        out_shape, place = conv_shape, Layout.conv2d(conv_shape).flat
+    chunk = nwc_network.CHUNK
+    latent, width, blocks, levels = network.latent, int(network.config["width"]), int(network.config["blocks"]), network.levels
+    j = -(-n // chunk)
+    lay = tans_matmul.layout(j, k, ALPHABET, table_log, states, rows_per_stream, 0)
+    mac = tans_matmul.macros(**lay)
+    size, streams = lay["size"], lay["streams"]
+    tiles_per_row = -(-k // TILE)
+    out_size = int(np.prod(out_shape))
+
+    input_layer, inner_layer, output_layer = (linear(i, o) for i, o in ((latent, width), (width, width),
+                                                                          (width, chunk)))
+
+    @T.macro
+    def keep_latent(dest, shift, row, column, value):
+        dest[row * k + column] = value + shift[0]
+
+    @T.prim_func(private=True)
+    def kernel(var_counts: T.handle, alphabets: T.Buffer((latent,), "uint8"),
+               offsets: T.Buffer((latent, streams + 1), "uint32"), var_words: T.handle,
+               lowest: T.Buffer((latent,), "int16"), scales: T.Buffer((k,), "float16"),
+               column_levels: T.Buffer((k,), "uint8"),
+               in_w: T.Buffer((latent, width), "float32"), in_b: T.Buffer((width,), "float32"),
+               w1: T.Buffer((blocks, width, width), "float32"), b1: T.Buffer((blocks, width), "float32"),
+               w2: T.Buffer((blocks, width, width), "float32"), b2: T.Buffer((blocks, width), "float32"),
+               embedding: T.Buffer((levels, blocks, width), "float32"),
+               out_w: T.Buffer((width, chunk), "float32"), out_b: T.Buffer((chunk,), "float32"),
+               out: T.Buffer(out_shape, "float32")):
+        T.func_attr({"tirx.noalias": True})
+        num_counts = T.int64()
+        num_bytes = T.int64()
+        counts = T.match_buffer(var_counts, (num_counts,), "uint16")
+        words = T.match_buffer(var_words, (num_bytes,), "uint8")
+        flat_out = T.decl_buffer((out_size,), "float32", data=out.data)
+        # checks: a table from counts summing to its size has every next state in range; a window load at a bit
+        # position up to the last offset stays within the words (their 8 bytes of padding)
+        start = T.decl_buffer((1,), "int64")
+        start[0] = T.int64(0)
+        for c in range(latent):
+            start[0] = start[0] + T.Cast("int64", alphabets[c])
+        assert start[0] <= num_counts, "nwc: the latent alphabets exceed the stored counts"
+        for c in range(latent):
+            for s in range(streams):
+                assert offsets[c, s] <= offsets[c, s + 1], "nwc: latent stream offsets decrease"
+            assert T.Cast("int64", offsets[c, streams]) <= num_bytes * 8 - 64, "nwc: latent streams beyond the words"
+        for i in range(k):
+            assert column_levels[i] < T.uint8(levels), "nwc: a quality level beyond the codec's"
+        # phase 1: tables, then every channel's streams in parallel into latents [latent, j, k]
+        tables = T.decl_buffer((latent * size,), "uint32")
+        shifts = T.decl_buffer((latent,), "float32")
+        latents = T.decl_buffer((latent * j * k,), "float32")
+        start[0] = T.int64(0)
+        for c in range(latent):
+            padded = T.decl_buffer((ALPHABET,), "uint16")
+            total = T.decl_buffer((1,), "int64")
+            total[0] = T.int64(0)
+            for s in range(ALPHABET):
+                padded[s] = T.if_then_else(s < T.Cast("int32", alphabets[c]),
+                                           counts[T.min(start[0] + s, num_counts - 1)], T.uint16(0))
+                total[0] = total[0] + T.Cast("int64", padded[s])
+            assert total[0] == T.int64(size), "nwc: latent counts do not sum to the table size"
+            start[0] = start[0] + T.Cast("int64", alphabets[c])
+            table = T.decl_buffer((size,), "uint32", data=tables.data, elem_offset=c * size)
+            mac.build_table(padded, table)
+            shifts[c] = T.Cast("float32", T.Cast("int32", lowest[c]) + ALPHABET // 2)
+        for task in T.parallel(latent * streams):
+            c: T.let = task // streams
+            table = T.decl_buffer((size,), "uint32", data=tables.data, elem_offset=c * size)
+            channel_offsets = T.decl_buffer((streams + 1,), "uint32", data=offsets.data, elem_offset=c * (streams + 1))
+            dest = T.decl_buffer((j * k,), "float32", data=latents.data, elem_offset=c * (j * k))
+            shift = T.decl_buffer((1,), "float32", data=shifts.data, elem_offset=c)
+            mac.decode_stream(task % streams, table, channel_offsets, words, keep_latent, dest, shift)
+        for i in range(out_size):
+            flat_out[i] = T.float32(0)
+        # phase 2: the synthesis network, TILE columns of one chunk row per task
+        for task in T.parallel(j * tiles_per_row):
+            row: T.let = task // tiles_per_row
+            first: T.let = task % tiles_per_row * TILE
+            x = T.decl_buffer((TILE, latent), "float32")
+            h = T.decl_buffer((TILE, width), "float32")
+            inner = T.decl_buffer((TILE, width), "float32")
+            outer = T.decl_buffer((TILE, width), "float32")
+            y = T.decl_buffer((TILE, chunk), "float32")
+            for r in range(TILE):
+                for i in range(latent):
+                    x[r, i] = latents[(i * j + row) * k + T.min(first + r, k - 1)]
+            input_layer(x, in_w, in_b, h, 0)
+            for b in range(blocks):
+                inner_layer(h, w1, b1, inner, b)
+                for r in range(TILE):
+                    for o in T.vectorized(width):
+                        inner[r, o] = T.max(inner[r, o], T.float32(0))
+                inner_layer(inner, w2, b2, outer, b)
+                for r in range(TILE):
+                    level: T.let = T.Cast("int32", column_levels[T.min(first + r, k - 1)])
+                    for o in T.vectorized(width):
+                        h[r, o] = (h[r, o] + outer[r, o]) * embedding[level, b, o]
+            output_layer(h, out_w, out_b, y, 0)
+            for r in range(TILE):
+                if first + r < k:
+                    scale: T.let = T.Cast("float32", scales[first + r])
+                    for t in range(chunk):
+                        if row * chunk + t < n:
+                            flat_out[place(row * chunk + t, first + r)] = y[r, t] * scale
+
+    return kernel
+
+
+def _checked(enc: Encoded) -> nwc_network.Network:
+    """The network ``enc`` was encoded with, after the structural checks of every latent stream."""
+    for coded in nwc.streams(enc):
+        tans_coder.validate(coded, len(coded.counts))
+    return nwc_network.load()
+
+
+def _decoder_for(enc: Encoded, conv: ConvSpec | None) -> tirx.PrimFunc:
+    n, k = enc.shape
+    h = enc.header
+    return decoder(n, k, int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
+                   None if conv is None else tuple(conv.kernel_shape))
+
+
+def copy_kernel(shape: tuple[int, ...], x_ndim: int) -> tirx.PrimFunc:
+    """``f(x, W, out)``: the conv weight decoded at load handed to the plain conv (a decode kernel: ``x`` not read,
+    the op needs its weight as a call's result), copied in parallel vectors."""
+    held = te.placeholder(shape, "float32", "decoded_weight")
+    out = te.compute(shape, lambda *index: held[index], name="copied")
+    sch = s_tir.Schedule(te.create_prim_func([activation(x_ndim), held, out]))
+    loop = sch.fuse(*sch.get_loops(sch.get_sblock("copied")))
+    lanes = next(v for v in (16, 8, 4, 2, 1) if int(np.prod(shape)) % v == 0)
+    outer, inner = sch.split(loop, [None, lanes])
+    sch.parallel(outer)
+    sch.vectorize(inner)
+    return sch.mod["main"]
+
+
+@register(nwc.NAME, ops=("matmul", "conv2d"), target="llvm")
+def llvm_call(enc: Encoded, conv: ConvSpec | None, nwc_decode: str = nwc.Config.nwc_decode) -> KernelCall:
+    """The dense kernels (matmul) or the plain conv over the float32 weight that :func:`decoder` writes at load
+    (``nwc_decode`` is ``load``: its Config refuses anything else)."""
+    network = _checked(enc)
+    n, k = enc.shape
+    arrays = stored(enc, network)
+    if conv is None:
+        call = dense.dense_kernel(np.zeros((n, k), np.float32), tvm.target.Target.current())  # shapes only: the
+        # values come at load
+    else:
+        layout, x_ndim = destination(enc, conv)
+        call = KernelCall("nwc_conv_weight", copy_kernel(layout.shape, x_ndim), [np.zeros(layout.shape, np.float32)],
+                          decodes=True)
+    call.at_load = AtLoad(_decoder_for(enc, conv), arrays)
+    return call

@@ -1,0 +1,63 @@
+"""Whole models with the nwc codec: the weights decoded when the artefact is loaded, parity against onnxruntime on the
+decoded weights at batch 1 and 8, every coded byte counted and the shared synthesis network stored once."""
+
+import pytest
+
+import bie_compiler
+from bie_compiler.codecs import nwc_network
+from bie_compiler.parity import check_artefact, make_inputs
+
+pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
+
+RUNS = {"mlp": {"quality": 8}, "transformer": {"bits_per_weight": 4.5}, "cnn": {"quality": 6}}
+
+
+@pytest.fixture(scope="module")
+def artefacts(model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("nwc")
+    return {model: bie_compiler.compile_model(model_dir[model], root / model, "nwc", options, min_weights=0,
+                                              progress=None)
+            for model, options in RUNS.items()}
+
+
+@pytest.mark.parametrize("model", list(RUNS))
+def test_parity_on_the_decoded_weights(artefacts, model):
+    runner = bie_compiler.load(artefacts[model])
+    assert runner.manifest["weights"]["at_load"] == "main_transform_params"
+    layers = runner.manifest["layers"]
+    # a layer of a few hundred weights stays dense: 16 latent tables cost more than its float32 weights
+    assert all(l["codec"] == "nwc" or "no smaller than dense" in l["fallback_reason"] for l in layers)
+    assert {l["op"] for l in layers if l["codec"] == "nwc"} == {"conv2d" if model == "cnn" else "matmul"}
+    for batch in (1, 8):
+        result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
+        assert result["decoded_max_rel_err"] < 1e-5, result  # the decoders' float rounding only
+        assert result["passed"], result
+
+
+@pytest.mark.parametrize("model", list(RUNS))
+def test_every_coded_byte_is_counted_and_the_network_stored_once(artefacts, model):
+    manifest = bie_compiler.load(artefacts[model]).manifest
+    totals, layers = manifest["totals"], manifest["layers"]
+    assert totals["bytes_encoded"] == sum(l["bytes_encoded"] for l in layers)
+    if "bits_per_weight" in RUNS[model]:
+        assert 8 * totals["bytes_encoded"] <= RUNS[model]["bits_per_weight"] * totals["weights"]
+    else:
+        assert {q for l in layers if l["codec"] == "nwc" for q in l["details"]["quality_levels"]} == {RUNS[model]["quality"]}
+    network = sum(a.nbytes for name, a in nwc_network.load().params.items() if name.startswith("synthesis."))
+    dense = sum(w["bytes_encoded"] for w in manifest["other_weights"])
+    # the weights file: the encodings' arrays (less checksums and headers, plus alignment), the layers left dense, and
+    # the synthesis network once (a copy per layer would be off by ``network`` per layer)
+    beyond = manifest["weights"]["bytes"] - totals["bytes_encoded"] - dense
+    assert abs(beyond - network) < 1024 * len(layers) < network
+
+
+def test_command_line(model_dir, tmp_path):
+    """--codec nwc through the CLI (check passes at batch 2); --nwc-decode per-call is a clear error."""
+    from test_cli import cli
+
+    out = tmp_path / "out"
+    result = cli("compile", model_dir["mlp"], "--codec", "nwc", "--quality", "4", "--min-weights", "0", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert cli("check", out, "--batch", "2").returncode == 0
+    bad = cli("compile", model_dir["mlp"], "--codec", "nwc", "--nwc-decode", "per-call", "-o", tmp_path / "bad")
+    assert bad.returncode == 2 and "per-call" in bad.stderr and "not built" in bad.stderr

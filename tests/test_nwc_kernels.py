@@ -1,0 +1,86 @@
+"""The nwc decoder run at load (tANS latents + synthesis network in one PrimFunc) against the numpy reference
+decoder, and the dense kernels over what it writes against ``x @ decoded.T``; malformed encodings refused."""
+
+import numpy as np
+import pytest
+import tvm
+
+from bie_compiler.codecs import feedback, nwc
+from bie_compiler.codegen import ConvSpec, kernel_for
+from bie_compiler.codegen.kernels import dense
+from bie_compiler.errors import CodecError
+from kernel_runs import assert_close, build, computed_constants, run
+
+
+def weight(n, k, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_t(5, (n, k)) * np.exp(0.5 * rng.standard_normal(k)) * 0.05).astype(np.float32)
+
+
+def calibration(k, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((200, k)) @ rng.standard_normal((k, k)) * np.exp(rng.standard_normal(k))
+    return feedback.Calibration(x.T @ x, 200, damping=0.01)
+
+
+def assert_decoded(got: np.ndarray, enc) -> None:
+    """``got`` [N, K] is the reference decoder's weight up to the network's float rounding: 1e-5 of each column's
+    scale, the unit the network computes in (a relative check fails on columns whose weights are near zero)."""
+    assert np.all(np.abs(got - nwc.decode(enc)) <= 1e-5 * enc.arrays["scales"].astype(np.float32))
+
+
+CASES = [  # (N, K, Config, calibrated): N not a multiple of the chunk, K not of the tANS states or of the tile
+    (1, 1, nwc.Config(quality=1), False),
+    (100, 40, nwc.Config(quality=7), True),  # per-column levels from the Hessian diagonal
+    (37, 300, nwc.Config(quality=12, table_log=9), False),
+]
+
+
+@pytest.mark.parametrize("n,k,config,calibrated", CASES)
+def test_decode_at_load_equals_the_reference_decoder_and_the_kernels_compute_from_it(n, k, config, calibrated, target):
+    enc = nwc.encode(weight(n, k, n + k), config, calibration(k) if calibrated else None)
+    assert len(set(enc.arrays["levels"].tolist())) == (3 if calibrated else 1)
+    call = kernel_for(enc, target)
+    (packed,) = computed_constants(call, target)
+    unpacked = packed.transpose(0, 2, 1).reshape(-1, k)
+    assert_decoded(unpacked[:n], enc)
+    assert np.all(unpacked[n:] == 0)
+    rng = np.random.default_rng(k)
+    for variant, batch in ((call, 1), (call.large_batch, 5)):
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        assert_close(run(variant.func, target, x, [packed], (batch, n)), x @ unpacked[:n].T.astype(np.float64))
+
+
+def test_conv_weight_is_decoded_at_load_in_oihw(target):
+    conv = ConvSpec(strides=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), kernel_shape=(6, 5, 3, 3))
+    w = weight(6, 45, 3)  # codec matrix [O, kh * kw * I], I fastest
+    enc = nwc.encode(w, nwc.Config(quality=5))
+    call = kernel_for(enc, target, conv)
+    assert call.decodes
+    (decoded,) = computed_constants(call, target)
+    assert_decoded(decoded.transpose(0, 2, 3, 1).reshape(6, 45), enc)
+    x = np.zeros((1, 5, 8, 8), np.float32)
+    np.testing.assert_array_equal(run(call.func, target, x, [decoded], decoded.shape), decoded)
+
+
+def test_malformed_encodings_are_refused_at_compile_and_at_load(target):
+    enc = nwc.encode(weight(64, 32, 0), nwc.Config(quality=6))
+    corrupted = nwc.Encoded(enc.codec, enc.shape, {**enc.arrays, "latent3.words": enc.arrays["latent3.words"] ^ 1},
+                            enc.header)
+    with pytest.raises(CodecError, match="corrupted"):
+        kernel_for(corrupted, target)
+    call = kernel_for(enc, target)
+    decode = build(call.at_load.func, target)
+    out = tvm.runtime.empty(call.constants[0].shape, "float32")
+    counts, alphabets, offsets, *rest = call.at_load.stored
+    bad_counts = counts.copy()
+    bad_counts[0] += 1
+    bad_offsets = offsets.copy()
+    bad_offsets[-1, -1] += 1 << 20
+    bad_levels = rest[3].copy()
+    bad_levels[0] = 200
+    for stored, message in (([bad_counts, alphabets, offsets, *rest], "do not sum"),
+                            ([counts, alphabets, bad_offsets, *rest], "beyond the words"),
+                            ([counts, alphabets, offsets, *rest[:3], bad_levels, *rest[4:]], "quality level")):
+        with pytest.raises(Exception, match=message):
+            decode(*[tvm.runtime.tensor(a) for a in stored], out)
