@@ -80,7 +80,7 @@ def match_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> ConvBlocks | None:
     out = [int(d) if isinstance(d, tirx.IntImm) else d for d in sch.get(conv).writes[0].source.shape]
     if any(not _same_extents(sch.get(b), out) for b in epilogue):
         return None
-    if any(not sch.get_consumers(b) for b in [conv, *epilogue[:-1]]):
+    if any(not sch.get_consumers(b) for b in [conv, *epilogue][:-1]):
         return None
     return ConvBlocks(pad, conv, epilogue)
 
