@@ -24,6 +24,7 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
+from .conv_transpose import conv_transpose_as_shuffle
 from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
 from .schedules import conv2d, depthwise_conv2d, elementwise, matmul, reduction
@@ -107,10 +108,10 @@ def linear_epilogue_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 
 
 def fusion() -> tvm.transform.Pass:
-    """Fast math, legalize, fold constants, fuse, branching epilogues made chains: the PrimFuncs the rules
-    schedule."""
-    return tvm.transform.Sequential([fast_math, relax.get_pipeline("zero"), linear_epilogue_pass],
-                                    name="BieLlvmFusion")
+    """Fast math, upsampling transposed convs as 1x1 convs, legalize, fold constants, fuse, branching epilogues
+    made chains: the PrimFuncs the rules schedule."""
+    return tvm.transform.Sequential([fast_math, conv_transpose_as_shuffle, relax.get_pipeline("zero"),
+                                     linear_epilogue_pass], name="BieLlvmFusion")
 
 
 def schedule() -> tvm.transform.Pass:
