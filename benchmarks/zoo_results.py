@@ -7,8 +7,8 @@ calibration data; onnxruntime's MatMulNBits and fp16 weights as references.
 Bits per weight count every matmul and conv weight (the ones left dense at 32). Speed: each codec setting
 compiled as ``bie-compiler compile`` compiles it (round-to-nearest: error feedback changes the weights' values,
 not the kernels) and timed by ``bie-compiler bench`` against onnxruntime fp32 at batch 1 (the model's own batch
-where its export fixes it) with the same threads; a setting that does not compile says why. Entries whose extra
-is not installed are left out, and said so.
+where its export fixes it) with the same threads; a setting that does not compile says why. Entries neither in
+the cache nor buildable (their extra not installed) are left out, and said so.
 
     python benchmarks/zoo_results.py [--models NAME ...] [--markdown PATH] [--json PATH]
 """
@@ -156,7 +156,9 @@ def main() -> None:
     def progress(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {message}", file=sys.stderr, flush=True)
 
-    missing = {name: zoo.missing(name) for name in args.models if zoo.missing(name)}
+    # an entry already in the cache needs no extra: measuring it reads the cache only
+    built = {name for name in args.models if (zoo.cache_dir() / name / zoo.ENTRY_FILE).is_file()}
+    missing = {name: zoo.missing(name) for name in args.models if zoo.missing(name) and name not in built}
     results = [measure(name, progress) for name in args.models if name not in missing]
     table = markdown(results, missing)
     print(table)

@@ -15,7 +15,7 @@ import onnx
 from . import external_data
 from .dequantization import fold_dequantized_weights, provenance
 from .errors import ModelError
-from .shape_folding import fold_shapes
+from .shape_folding import fold_shapes, is_shape_vector
 
 OPSET_FALLBACK = 17
 
@@ -282,22 +282,34 @@ def _external_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 
 
 def _importer_form(model: onnx.ModelProto) -> onnx.ModelProto:
-    """What TVM's importer takes: the initializers left in data files declared as graph inputs after the
-    model's own, so the importer (which copies every initializer it sees) never reads them; their values are
-    bound after the import, one at a time (:func:`bind_weights`)."""
-    external = _external_initializers(model)
-    if not external:
+    """What TVM's importer takes: the small integer initializers as Constant nodes, and the initializers left in
+    data files declared as graph inputs after the model's own.
+
+    The importer makes every initializer a parameter (``keep_params_in_input``), so an op's shape, axes or pads
+    would reach it as a run-time value: an ``Expand`` to a constant shape then computes that shape at run time
+    (``tensor_to_shape`` + ``match_cast``), and TVM's FuseOps moves the broadcast it feeds ahead of the
+    ``match_cast`` that defines the shape's variables (the VM build fails: "has not been computed"). As
+    constants, the importer takes its static paths. The external initializers are never read by the importer
+    (which copies every initializer it sees); their values are bound after the import, one at a time
+    (:func:`bind_weights`)."""
+    external = {i.name for i in _external_initializers(model)}
+    shapes = [i for i in model.graph.initializer if i.name not in external and is_shape_vector(i)]
+    if not external and not shapes:
         return model
-    names = {i.name for i in external}
+    moved = external | {i.name for i in shapes}
     out = onnx.ModelProto()
     out.CopyFrom(model)  # small: the external tensors hold no bytes
-    kept = [i for i in out.graph.initializer if i.name not in names]
+    kept = [i for i in out.graph.initializer if i.name not in moved]
+    externals = [i for i in out.graph.initializer if i.name in external]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
-    inputs = [v for v in out.graph.input if v.name not in names]  # an initializer an old exporter lists as input
+    inputs = [v for v in out.graph.input if v.name not in moved]  # an initializer an old exporter lists as input
     del out.graph.input[:]
     out.graph.input.extend(inputs)
-    out.graph.input.extend(onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in external)
+    out.graph.input.extend(onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in externals)
+    nodes = [onnx.helper.make_node("Constant", [], [i.name], value=i) for i in shapes] + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
     return out
 
 

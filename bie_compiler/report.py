@@ -65,8 +65,9 @@ def other_weights(weights: dict, consumers: dict, recorded: set[str]) -> list[La
     records = []
     for name, array in weights.items():
         users = consumers.get(name, [])
-        if name in recorded or not users or array.dtype.kind != "f":
-            continue  # reported already; unused; or an integer constant (shapes, indices), not a weight
+        if name in recorded or not users or array.dtype.kind != "f" or not math.prod(array.shape):
+            continue  # reported already; unused; an integer constant (shapes, indices) or an empty one (a Resize's
+            # roi), not a weight
         node, op, position = users[0]
         if op == "Conv" and position == 1 and array.ndim != 4:
             reason = f"{array.ndim - 2}-D Conv weight: only 2-D convs are encoded"

@@ -22,6 +22,12 @@ _FOLDED = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Add", "
 _MAX_ELEMENTS = 64  # shape vectors, not data
 
 
+def is_shape_vector(tensor: onnx.TensorProto) -> bool:
+    """A small integer initializer: a shape, axes, pads or an index, not data."""
+    return (tensor.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+            and int(np.prod(tensor.dims)) <= _MAX_ELEMENTS)
+
+
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     shapes = {}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
@@ -41,8 +47,7 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with every ``Shape`` of a known size, and the small integer arithmetic on it, as
     initializers (named by the values they replace); unchanged when there is nothing to fold."""
     shapes = _static_shapes(model)
-    known = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
-             if i.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and np.prod(i.dims) <= _MAX_ELEMENTS}
+    known = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if is_shape_vector(i)}
     outputs = {o.name for o in model.graph.output}
     folded: dict[str, np.ndarray] = {}
     kept = []

@@ -24,9 +24,10 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
-from .fuse_expand_depthwise import fuse_expand_depthwise
+from .conv_transpose import conv_transpose_as_shuffle
 from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
+from .fuse_expand_depthwise import fuse_expand_depthwise
 from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, reduction
 from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import serial_when_small
@@ -109,12 +110,13 @@ def linear_epilogue_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 
 
 def fusion() -> tvm.transform.Pass:
-    """Fast math, legalize, fold constants, fuse (TVM's "zero" pipeline, with large pointwise convs fused into
-    the depthwise convs that read them between its FuseOps and FuseTIR), branching epilogues made chains: the
-    PrimFuncs the rules schedule."""
+    """Fast math, upsampling transposed convs as 1x1 convs, legalize, fold constants, fuse (TVM's "zero"
+    pipeline, with large pointwise convs fused into the depthwise convs that read them between its FuseOps and
+    FuseTIR), branching epilogues made chains: the PrimFuncs the rules schedule."""
     fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
             relax.transform.FuseOps(), fuse_expand_depthwise(), relax.transform.FuseTIR()]
-    return tvm.transform.Sequential([fast_math, *fuse, linear_epilogue_pass], name="BieLlvmFusion")
+    return tvm.transform.Sequential([fast_math, conv_transpose_as_shuffle, *fuse, linear_epilogue_pass],
+                                    name="BieLlvmFusion")
 
 
 def schedule() -> tvm.transform.Pass:

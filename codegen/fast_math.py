@@ -1,4 +1,8 @@
-"""exp, erf, tanh and softmax as TOPI's vectorizable polynomial versions (``fast_exp`` and co.).
+"""exp, erf, tanh, GELU and softmax as TOPI's vectorizable polynomial versions (``fast_exp`` and co.).
+
+GELU is an op of its own in real exports (ONNX ``Gelu``, opset 20, as torch's dynamo exporter writes it),
+which Relax legalizes straight to TIR's ``erf``: it is rewritten here as Relax legalizes it, with the
+polynomial erf.
 
 Softmax over the last axis is :mod:`.softmax`'s (reductions as vector-lane partial results), over the
 input viewed as one axis of rows: rows indexed by several axes (batch, head, query) would be split back
@@ -16,15 +20,23 @@ from __future__ import annotations
 import math
 
 import tvm
-from tvm import relax, topi
+from tvm import relax, tirx, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from . import softmax
+
+
+def fast_gelu(x):
+    """x (1/2 + erf(x / sqrt 2) / 2), as Relax legalizes ``nn.gelu``, with the polynomial erf."""
+    half = tirx.const(0.5, x.dtype)
+    return x * (half + topi.fast_erf(x * tirx.const(0.5 ** 0.5, x.dtype)) * half)
+
 
 _FAST = {
     "relax.exp": topi.fast_exp,
     "relax.erf": topi.fast_erf,
     "relax.tanh": topi.fast_tanh,
+    "relax.nn.gelu": fast_gelu,
 }
 
 

@@ -26,7 +26,7 @@ from .tans_streams import check_streams
 
 MAGIC = b"BIEWGT01"
 ALIGN = 64
-DTYPES = ("float32", "float16", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
+DTYPES = ("float32", "float16", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "bool")
 _MAX_HEADER = 64 << 20
 
 

@@ -9,7 +9,7 @@ from bie_compiler.codegen.target import make_target
 
 def fused_conv(batch, cin, height, width, cout, kernel, stride=1, groups=1, epilogue="relu6"):
     """conv2d (weight a function argument, 'same' padding) + bias, then relu6 (clip), relu, the NaN-keeping relu
-    (nanrelu), a residual add or nothing."""
+    (nanrelu), a residual add or nothing; or the conv alone (bare)."""
     bb = relax.BlockBuilder()
     n = tirx.Var("batch", "int64")  # symbolic, as in the compiled models
     x = relax.Var("x", relax.TensorType([n, cin, height, width], "float32"))
@@ -21,7 +21,9 @@ def fused_conv(batch, cin, height, width, cout, kernel, stride=1, groups=1, epil
         params.append(relax.Var("r", relax.TensorType([n, cout, out_h, out_w], "float32")))
     with bb.function("main", params):
         with bb.dataflow():
-            y = bb.emit(relax.op.add(relax.op.nn.conv2d(x, w, strides=stride, padding=kernel // 2, groups=groups), b))
+            y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=kernel // 2, groups=groups))
+            if epilogue != "bare":  # bare: the conv writes the output (its result read by several ops)
+                y = bb.emit(relax.op.add(y, b))
             if epilogue == "relu6":
                 y = bb.emit(relax.op.maximum(relax.op.minimum(y, relax.const(6.0)), relax.const(0.0)))
             elif epilogue == "relu":

@@ -47,10 +47,13 @@ def test_verbose_shows_tvm_log(exports, tmp_path):
     assert result.returncode == 0 and "Fast mode segfaults" in result.stderr
 
 
-def test_shapes_computed_at_run_time_import_once_sizes_are_fixed(exports, tmp_path):
-    failed = cli("compile", exports["dynamo_style"], "-q", "-o", tmp_path / "symbolic")
-    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
-    assert "hint:" in failed.stderr and "--dim" in failed.stderr and "BlockBuilder" not in failed.stderr
+def test_shapes_computed_at_run_time_import_symbolic_or_fixed(exports, tmp_path):
+    """The Shape -> Gather -> Concat -> Reshape chain: its constant parts reach TVM's importer as constants, so it
+    follows the chain with the batch symbolic; with the batch fixed, the chain is folded before the import."""
+    symbolic = cli("compile", exports["dynamo_style"], "-q", "--bits", "8", "-o", tmp_path / "symbolic")
+    assert symbolic.returncode == 0, symbolic.stderr
+    for batch in ("1", "3"):
+        assert cli("check", tmp_path / "symbolic", "--batch", batch).returncode == 0
     assert cli("compile", exports["dynamo_style"], "-q", "--dim", "batch=2", "--bits", "8", "-o", tmp_path / "fixed").returncode == 0
     assert cli("check", tmp_path / "fixed").returncode == 0
 

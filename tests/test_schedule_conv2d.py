@@ -19,6 +19,9 @@ CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
     (3, 12, 10, 10, 18, 1, 2, 1, "none"),  # 1x1 stride 2 (not a GEMM over the plane)
     (1, 16, 32, 32, 32, 3, 2, 1, "nanrelu"),  # the NaN-keeping relu: an epilogue DAG (the bundled cnn's conv2)
     (3, 32, 16, 16, 32, 1, 1, 1, "nanrelu"),  # the same after a pointwise conv
+    (1, 192, 1, 1, 48, 1, 1, 1, "nanrelu"),  # a one-pixel plane (squeeze-excitation after a global pooling)
+    (1, 96, 16, 48, 24, 3, 1, 1, "bare"),  # no epilogue, not even a bias (PP-OCR det's neck convs)
+    (1, 32, 7, 7, 48, 1, 1, 1, "bare"),
 ]
 
 

@@ -95,3 +95,24 @@ def test_softmax_runs_over_one_axis_of_rows():
         e = np.exp(xv.astype(np.float64) - xv.max(-1, keepdims=True))
         np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(xv)).numpy(), e / e.sum(-1, keepdims=True),
                                    rtol=1e-6, atol=1e-7)
+
+
+def test_gelu_operator_uses_the_polynomial_erf():
+    """Relax's ``nn.gelu`` (ONNX ``Gelu``, as the dynamo exporter writes it) is rewritten with the polynomial erf and
+    equals the float64 GELU."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([tvm.tirx.Var("n", "int64"), 384], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.nn.gelu(x))
+        bb.emit_func_output(y)
+    mod = bb.get()
+    rewritten = fast_math(mod)
+    assert "R.nn.gelu" not in rewritten["main"].script()
+    kernel = next(f for gv, f in rewritten.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert "T.erf" not in kernel.script()
+    vm = relax.VirtualMachine(tvm.compile(mod, make_target(), relax_pipeline=cpu.pipeline(), tir_pipeline=cpu.TIR_PIPELINE),
+                              tvm.cpu())
+    xv = (np.random.default_rng(0).standard_normal((5, 384)) * 3).astype("float32")
+    want = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in xv.astype(np.float64).ravel()]).reshape(xv.shape)
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(xv)).numpy(), want, rtol=1e-6, atol=1e-6)

@@ -25,7 +25,8 @@ def tans_tensors():
 def test_round_trip_of_every_dtype_and_alignment():
     rng = np.random.default_rng(1)
     tensors = [(f"t{i}", rng.integers(0, 100, s).astype(d)) for i, (s, d) in
-               enumerate([((3, 5), "float32"), ((7,), "uint8"), ((2, 2, 2), "int64"), ((0,), "uint32"), ((), "float32")])]
+               enumerate([((3, 5), "float32"), ((7,), "uint8"), ((2, 2, 2), "int64"), ((0,), "uint32"), ((), "float32"),
+                        ((1, 1, 4, 1), "bool")])]  # bool: a mask folded into a constant (MiniLM's attention mask)
     out = wf.unpack(wf.pack(tensors))
     for (_, a), b in zip(tensors, out):
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)

@@ -52,6 +52,12 @@ def _is_elementwise(block: tirx.SBlock) -> bool:
     return block.init is None and all(iv.iter_type == tirx.IterVar.DataPar for iv in block.iter_vars)
 
 
+def _same_extents(block: tirx.SBlock, shape: list) -> bool:
+    extents = [int(iv.dom.extent) if isinstance(iv.dom.extent, tirx.IntImm) else iv.dom.extent for iv in block.iter_vars]
+    return len(extents) == len(shape) and all(
+        e == d if isinstance(e, int) or isinstance(d, int) else e.same_as(d) for e, d in zip(extents, shape))
+
+
 def match_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> ConvBlocks | None:
     """The fused conv around ``conv``: its padding producer and the elementwise blocks after it.
 
@@ -69,7 +75,12 @@ def match_conv(sch: s_tir.Schedule, conv: s_tir.SBlockRV) -> ConvBlocks | None:
     epilogue = blocks[position + 1:]
     if any(not _is_elementwise(sch.get(b)) or len(sch.get(b).iter_vars) != 4 for b in epilogue):
         return None
-    if any(not sch.get_consumers(b) for b in [conv, *epilogue[:-1]]):
+    # an epilogue over a larger tensor (a squeeze-excitation scale: the conv of a pooled 1x1 plane times the
+    # feature map) is not computed per conv output tile
+    out = [int(d) if isinstance(d, tirx.IntImm) else d for d in sch.get(conv).writes[0].source.shape]
+    if any(not _same_extents(sch.get(b), out) for b in epilogue):
+        return None
+    if any(not sch.get_consumers(b) for b in [conv, *epilogue][:-1]):
         return None
     return ConvBlocks(pad, conv, epilogue)
 
@@ -156,7 +167,9 @@ def _schedule_pointwise(sch, blocks: ConvBlocks, final, ci: int, co: int, pixels
     sch.transform_layout(blocks.conv, ("write", 0), lambda n, c, y, x: (n, c, y * ow + x))
     sch.transform_block_layout(blocks.conv, lambda n, c, y, x, r, ky, kx: (n, c, y * ow + x, r, ky, kx))
     sch.transform_block_layout(final, lambda n, c, y, x: (n, c, y * ow + x))
-    if pixels % MAX_LANES and blocks.pad is not None:
+    if pixels % MAX_LANES and pixels > 1 and blocks.pad is not None:
+        # (A one-pixel plane, as after a global pooling, is indexed by the constant 0: padding it would only repeat
+        # the reduction, and it has no partial vector to pad.)
         # Whole vectors over a plane that is not: read a zero-padded copy of the input (1/co of the work) and
         # accumulate the padded plane; the epilogue writes the real pixels.
         sch.transform_layout(blocks.pad, ("write", 0), lambda n, c, y, x: (n, c, y * ow + x))
