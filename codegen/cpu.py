@@ -31,6 +31,7 @@ from .fuse_expand_depthwise import fuse_expand_depthwise
 from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, reduction
 from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import serial_when_small
+from .unit_dims import specialize_unit_dims
 from .weights import Weights, split_weights
 
 SCHEDULED = "tirx.is_scheduled"
@@ -142,8 +143,10 @@ def pipeline() -> tvm.transform.Pass:
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecutable, Weights]:
     """The pipeline's two halves, and between them the weights taken out of ``main``
-    (:func:`.weights.split_weights`): the executable and the weights it takes after the inputs."""
+    (:func:`.weights.split_weights`) and ``main`` specialized for unit dimensions
+    (:func:`.unit_dims.specialize_unit_dims`): the executable and the weights it takes after the inputs."""
     with target:
         mod = schedule()(mod)
     mod, weights = split_weights(mod)
+    mod = specialize_unit_dims(mod)
     return tvm.compile(mod, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights

@@ -42,6 +42,7 @@ def check_host(target: dict) -> tvm.runtime.Device:
 
 
 ALIGNMENT = 64  # bytes; TVM's kernels assume it of every buffer (a misaligned one passed zero-copy crashes them)
+BOUND_MAIN = "bie_main_bound"  # the VM's name of main with the staged inputs and the weights bound to it
 IN_PLACE_BYTES = 1 << 16  # smaller inputs are copied into an aligned buffer: cheaper than checking their alignment
 
 
@@ -89,6 +90,7 @@ class StagedInput:
     def __init__(self, dtype: np.dtype):
         self.dtype = dtype
         self.shape = None
+        self.buffer_tensor = None
 
     def tensor(self, a: np.ndarray) -> tvm.runtime.Tensor:
         if a.nbytes >= IN_PLACE_BYTES and a.flags.c_contiguous and a.flags.writeable:  # no read-only DLPack export
@@ -149,8 +151,18 @@ class Runner:
         self._staged = [StagedInput(spec.dtype) for spec in self._specs]
         self._names = {spec.name for spec in self._specs}
         self._main = self.vm["main"]  # each vm["main"] looks the function up again
+        self._bound, self._bound_args = None, None  # see _bound_main
         self._lock = threading.Lock()  # the VM keeps per-call state (registers, frames): one call at a time
         self._on_host = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+
+    def _bound_main(self, args: list) -> tvm_ffi.Function:
+        """``main`` with ``args`` (every input's staging buffer, which stays while the shapes do) and the weights
+        bound inside the VM: its call passes no arguments, where passing a hundred or more weights costs as much
+        as a small model's kernels."""
+        if self._bound_args is None or any(a is not b for a, b in zip(args, self._bound_args)):
+            self.vm.save_function("main", BOUND_MAIN, *args, *self.weights)
+            self._bound, self._bound_args = self.vm[BOUND_MAIN], args
+        return self._bound
 
     def _input_error(self, inputs) -> BieError:
         if not isinstance(inputs, dict):
@@ -181,7 +193,10 @@ class Runner:
                 else:
                     args.append(tvm.runtime.tensor(a if a.flags.c_contiguous else a.copy(), self.device))
             try:
-                result = self._main(*args, *self.weights)
+                if self._on_host and all(a is s.buffer_tensor for a, s in zip(args, self._staged)):
+                    result = self._bound_main(args)()
+                else:
+                    result = self._main(*args, *self.weights)
             except (tvm.error.InternalError, RuntimeError, ValueError, TypeError) as e:  # code and manifest disagree
                 raise ArtefactError(f"{self.path}: running the artefact failed: {str(e).strip().splitlines()[-1][:300]}") from None
             # copied: an output may also be a VM constant, which the caller must not be able to change

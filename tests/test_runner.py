@@ -56,6 +56,16 @@ def test_outputs_are_the_callers_own(mlp):
     assert np.array_equal(first, kept) and not np.shares_memory(first, second)
 
 
+def test_inputs_of_alternating_shapes(mlp):
+    """Staged inputs run main with the staging buffers bound inside the VM: a new shape (a new buffer) binds
+    again, an input read in place (300 rows) passes its arguments, and every result is its own input's."""
+    runner, reference = mlp
+    rng = np.random.default_rng(1)
+    for rows in [1, 1, 2, 300, 1, 2, 2, 300, 1]:
+        x = rng.standard_normal((rows, 256)).astype(np.float32)
+        assert_close(runner({"x": x})["logits"], reference(x), tolerance=1e-4)
+
+
 def test_one_runner_called_from_eight_threads(mlp):
     """One VM shared by threads: the runner's lock serializes the calls (without it this crashed)."""
     runner, reference = mlp
