@@ -18,11 +18,14 @@ than the rewrite on the bundled models or a dense 4096x4096 GEMV.
 from __future__ import annotations
 
 import os
+import warnings
 
 import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
+
+from bie_compiler.errors import BieWarning
 
 from .conv_transpose import conv_transpose_as_shuffle
 from .dedup import deduplicate_prim_funcs
@@ -148,5 +151,11 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
     with target:
         mod = schedule()(mod)
     mod, weights = split_weights(mod)
-    mod = specialize_unit_dims(mod)
-    return tvm.compile(mod, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
+    try:
+        return tvm.compile(specialize_unit_dims(mod), target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
+    # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of
+    # several kinds, and any other fault raises again from the plain build below
+    except Exception as e:  # noqa: BLE001
+        reason = str(e).strip().splitlines()[-1][:200]
+        warnings.warn(f"main is not specialized for unit dimensions (one token, one sample): {reason}", BieWarning)
+        return tvm.compile(mod, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights

@@ -92,6 +92,23 @@ def test_static_model_gets_its_dispatch_resolved_without_copies(symbolic, tmp_pa
                                   bie_compiler.load(symbolic[1]["bie-bitplane"])({"x": x})["y"])
 
 
+@pytest.mark.slow
+def test_a_model_whose_unit_copy_fails_to_build_compiles_without_it(symbolic, tmp_path, monkeypatch):
+    from bie_compiler.codegen import cpu
+    from bie_compiler.errors import BieWarning
+
+    def failing(mod):
+        raise tvm.error.InternalError("cannot bind seq to 1")
+
+    monkeypatch.setattr(cpu, "specialize_unit_dims", failing)
+    with pytest.warns(BieWarning, match="not specialized for unit dimensions .*cannot bind seq to 1"):
+        artefact = bie_compiler.compile_model(symbolic[0], tmp_path / "a", skip=("*",), progress=None)
+    assert f"@{UNIT_DIMS}:" not in _vm_text(artefact)
+    x = np.random.default_rng(3).standard_normal((1, 1, K)).astype(np.float32)
+    np.testing.assert_array_equal(bie_compiler.load(artefact)({"x": x})["y"],
+                                  bie_compiler.load(symbolic[1]["dense"])({"x": x})["y"])
+
+
 def _dispatching_module(rows) -> tvm.IRModule:
     """main(x [rows, 4], w) -> f(x, w), f choosing on its row count between two PrimFuncs (a row dispatch)."""
     m = tirx.Var("m", "int64")
