@@ -261,9 +261,7 @@ def _integer_call(enc: Encoded, planes: BitPlanes, conv: ConvSpec | None) -> Ker
     integers = int8.Int8Weights.packed(codes, planes.scales[:, 0], bits)
     coded = lambda f: f.with_attr(PRECISION_ATTR, {  # noqa: E731
         "form": "nibbles" if bits == 4 else "codes", "magnitude_bits": bits - 1})
-    small = None if conv else KernelCall("bitplane_gemv", coded(int8.gemv(integers, *enc.shape)), integers.constants)
-    return decode.with_decoder(small, coded(int8.decoder(integers, *decode.destination(enc, conv))), "bitplane",
-                               integers.constants, conv)
+    return int8.kernel_call(integers, enc, conv, "bitplane", coded)
 
 
 def _all_planes_in_bytes(enc: Encoded, planes: BitPlanes) -> bool:
