@@ -48,7 +48,7 @@ def by_channel(weight: Callable, n: int, lanes: int) -> PanelWeight:
         # if_then_else, not Select: only the runs that exist are read. Its condition is the same for a vector of
         # lanes (a run), so the decode stays vectorized.
         value = weight(p * cols + c, kk)
-        return tirx.if_then_else(p * cols + c // lanes * lanes < readable, value, tirx.const(0, value.dtype))
+        return tirx.if_then_else(p * cols + c // lanes * lanes < readable, value, tirx.const(0, value.ty))
 
     return guarded
 
