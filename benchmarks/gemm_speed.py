@@ -5,10 +5,11 @@ A model of one MatMul, x [m, K] @ W [K, N] (heavy-tailed random W; default the M
 In one process, with the same thread count and no idle spinning on either side, single calls of every
 artefact and of onnxruntime are interleaved at each row count (after a warm-up); ratio = median artefact /
 median onnxruntime (> 1: slower). Also each artefact's largest error relative to onnxruntime on the model
-(the codec's rounding, for the encoded ones).
+(the codec's rounding, for the encoded ones). ``--cpu-time`` times the process's CPU time instead of the wall
+clock, with one thread (on a shared machine the wait for a core is left out; several threads' CPU time would add up).
 
     python benchmarks/gemm_speed.py [--k 384] [--n 1536] [--rows 8 16 64 128] [--repeat 40] [--threads 2]
-                                    [--artefacts out/gemm_speed] [--json PATH]
+                                    [--cpu-time] [--artefacts out/gemm_speed] [--json PATH]
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rows", type=int, nargs="+", default=[8, 16, 64, 128], help="row counts m")
     p.add_argument("--repeat", type=int, default=40, help="timed calls of each side per row count")
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
+    p.add_argument("--cpu-time", action="store_true", help="CPU time instead of wall clock (sets --threads 1)")
     p.add_argument("--artefacts", type=Path, default=ROOT / "out" / "gemm_speed", help="where artefacts go")
     p.add_argument("--json", type=Path, help="also write the results here")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.cpu_time:
+        args.threads = 1
+    return args
 
 
 def matmul_model(k: int, n: int) -> onnx.ModelProto:
@@ -69,6 +74,7 @@ def run(args) -> dict:
         bie_compiler.compile_model(model_path, out, codec, options, skip=skip, progress=None)
         runners[name] = bie_compiler.load(out)
     session = common.ort_session(model_path.read_bytes(), args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     rows = []
     for m in args.rows:
         feeds = {"x": np.random.default_rng(m).standard_normal((m, args.k)).astype(np.float32)}
@@ -83,16 +89,17 @@ def run(args) -> dict:
         times = {name: [] for name in calls}
         for _ in range(args.repeat):
             for name, call in calls.items():
-                start = time.perf_counter()
+                start = clock()
                 call()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
         ort_ms = statistics.median(times["onnxruntime"]) * 1e3
         row = {"rows": m, "ort_ms": ort_ms,
                "ratio": {name: statistics.median(times[name]) * 1e3 / ort_ms for name in runners},
                "max_rel_err": errors}
         rows.append(row)
         print(line(row), flush=True)
-    return {"k": args.k, "n": args.n, "threads": args.threads, "repeat": args.repeat, "rows": rows}
+    return {"k": args.k, "n": args.n, "threads": args.threads, "repeat": args.repeat,
+            "clock": "cpu" if args.cpu_time else "wall", "rows": rows}
 
 
 def line(row: dict) -> str:
@@ -101,7 +108,8 @@ def line(row: dict) -> str:
 
 
 def report(res: dict) -> None:
-    print(f"\n{res['k']} x {res['n']}, {res['threads']} threads, medians of {res['repeat']} interleaved calls; "
+    print(f"\n{res['k']} x {res['n']}, {res['threads']} threads, {res['clock']} clock, medians of {res['repeat']} "
+          "interleaved calls; "
           "ratio to onnxruntime fp32 (> 1: slower); largest error relative to onnxruntime:")
     for name in res["rows"][0]["max_rel_err"]:
         print(f"  {name}: {max(r['max_rel_err'][name] for r in res['rows']):.1e}")
