@@ -6,7 +6,8 @@ plane_b[n, k]`` decoded from its bits where it is multiplied (16 at a time, one
 vector per plane): the work and the bytes read scale with the planes kept.
 
 ``decoded_weight`` is that weight element by element, also for the decode
-kernels of several rows and of convs (:mod:`.decode`): there decoding per row
+kernels of convs and of several rows where the planes are not rewritten as
+look-up-table words or integer codes (:mod:`.decode`): there decoding per row
 would be repeated, decoding once and a dense GEMM is cheaper.
 """
 
@@ -295,7 +296,8 @@ def lut_call(enc: Encoded) -> KernelCall:
 @register(bie_bitplane.NAME, ops=("matmul", "conv2d"), target="llvm")
 def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """One row: the look-up-table GEMV where the CPU has it (measured faster than the integer GEMV at 4 and 8 bits
-    too), else the integer GEMV when the planes fill bytes, else the bit-serial matmul; convs and more rows: decode."""
+    too), else the integer GEMV when the planes fill bytes, else the bit-serial matmul. More rows: the panel GEMM of
+    the first two (:mod:`.panel_gemm`), the decode kernel of the planes. Convs: decode."""
     planes = BitPlanes(enc, words=False)
     if _lut_applies(planes, conv):
         return lut_call(enc)
