@@ -9,10 +9,11 @@ and :mod:`.kernels` imports every module in its folder, so a new kernel module n
 anywhere else. A matmul kernel is ``f(x [M, K], *constants, out [M, N])`` with a symbolic M; a gather
 kernel ``f(ids [M], *constants, out [M, K])`` reads rows of a table [N, K] (an embedding) from its encoding; a
 conv kernel is ``f(x NCHW, *constants, out NCHW)`` for the conv described by its ConvSpec
-(weights in codec layout [O, kh * kw * I / groups], I fastest). On the CPU, convs and matmuls
-above one row get a *decode kernel* instead (``KernelCall.decodes``, :mod:`.kernels.decode`):
-the dense weight for the plain op, decoded once per call, the multiplication left to the dense
-schedules.
+(weights in codec layout [O, kh * kw * I / groups], I fastest). On the CPU, matmuls above one row
+get a second matmul kernel (``KernelCall.large_batch``; :mod:`.kernels.panel_gemm`: each panel of
+the weight decoded once per call into a small buffer for the dense GEMM's micro-kernel), or, for
+some codecs, and convs, a *decode kernel* (``KernelCall.decodes``, :mod:`.kernels.decode`): the
+dense weight for the plain op, decoded once per call, the multiplication left to the dense schedules.
 """
 
 from __future__ import annotations

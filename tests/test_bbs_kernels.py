@@ -1,11 +1,11 @@
-"""``bbs`` CPU one-row kernels against the reference decoder: LUT bit-serial GEMV, decode-once GEMV (decode kernels:
-tests/test_conv_kernels.py)."""
+"""``bbs`` CPU matmul kernels against the reference decoder: LUT bit-serial GEMV, decode-once GEMV, the panel GEMM of
+several rows (decode kernels: tests/test_conv_kernels.py)."""
 
 import numpy as np
 import pytest
 
 from bie_compiler.codecs import bbs, make_config
-from bie_compiler.codegen import kernel_for
+from bie_compiler.codegen import ConvSpec, kernel_for
 from bie_compiler.codegen.kernels import lut
 from bie_compiler.codegen.target import make_target
 from bie_compiler.runtime.host import host_cpu, isa
@@ -29,11 +29,12 @@ def test_matmul_kernels_match_reference_decoder(options, n, k, target):
     w = rng.standard_t(4, (n, k)).astype(np.float32)
     enc = bbs.encode(w, make_config("bbs", options))
     call = kernel_for(enc, target)
-    assert call.kind == ("bbs_lut" if lut.supported(target) else "bbs_decoded") and call.large_batch.decodes
+    assert call.kind == ("bbs_lut" if lut.supported(target) else "bbs_decoded") and call.large_batch.kind == "bbs_gemm"
     without_avx512 = kernel_for(enc, make_target(mcpu="x86-64-v3"))
     decoded = bbs.decode(enc).astype(np.float64)
-    for variant in (call, without_avx512):  # each exact for any row count; the pass runs them for one
-        for batch in (1, 5):
+    # each exact for any row count; the pass runs the one-row kernels for one, the panel GEMM above
+    for variant in (call, without_avx512, call.large_batch):
+        for batch in (1, 5, 19):
             x = rng.standard_normal((batch, k)).astype(np.float32)
             ref = x @ decoded.T
             assert_close(run(variant.func, target, x, variant.constants, (batch, n)), ref)
@@ -49,7 +50,7 @@ def test_lut_kernel_uses_the_table_lookup_and_runs_in_parallel(target):
 def test_without_avx512_the_decode_once_gemv():
     enc = bbs.encode(np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32), bbs.Config())
     call = kernel_for(enc, make_target(mcpu="x86-64-v3"))
-    assert call.kind == "bbs_decoded" and call.large_batch.decodes
+    assert call.kind == "bbs_decoded" and call.large_batch.kind == "bbs_gemm"
 
 
 def test_decode_reads_the_sensitive_rows_only_where_they_are_taken():
@@ -58,5 +59,6 @@ def test_decode_reads_the_sensitive_rows_only_where_they_are_taken():
     rows (a segfault on MobileNet's classifier at batch 8)."""
     w = np.random.default_rng(0).standard_normal((100, 96)).astype(np.float32)
     enc = bbs.encode(w, bbs.Config(sensitive_channels=32))
-    script = kernel_for(enc, make_target("llvm")).large_batch.func.script()
+    conv = ConvSpec((1, 1), (0, 0, 0, 0), (1, 1), (100, 96, 1, 1))
+    script = kernel_for(enc, make_target("llvm"), conv).func.script()
     assert "T.if_then_else(position[" in script and "T.Select(position[" not in script

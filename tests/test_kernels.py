@@ -40,13 +40,16 @@ def test_kernel_matches_reference_decoder(codec, options, n, k, target):
     module = CODECS[codec]
     enc = module.encode(w, make_config(codec, options))
     call = kernel_for(enc, target)
-    assert call.large_batch.decodes  # above one row: decode + matmul (decoders: tests/test_conv_kernels.py)
+    # above one row: the panel GEMM, or a decode + matmul (decoders: tests/test_conv_kernels.py)
+    large = call.large_batch
     decoded = module.decode(enc).astype(np.float64)
     assert call.func.attrs["tirx.is_scheduled"]
-    for batch in (1, 5):  # exact for any row count; the pass runs it for one
+    for batch in (1, 5):  # exact for any row count; the pass runs the first for one
         x = rng.standard_normal((batch, k)).astype(np.float32)
         ref = x @ decoded.T
         assert_close(run_kernel(call, target, x, n), ref)
+        if not large.decodes:
+            assert_close(run_kernel(large, target, x, n), ref)
 
 
 # the bit-serial kernel, the integer one, grouped scales (rows of whole 16-byte vectors), the bitmap
@@ -58,8 +61,8 @@ PLANE_CASES = [("bie-bitplane", {"bits": 3}), ("bie-bitplane", {"bits": 4}),
 @pytest.mark.parametrize("k", [1, 7, 8, 80, 127, 128, 129, 384])
 def test_plane_kernels_at_any_k(codec, options, k, target):
     """Rows of KB = ceil(K / 8) bytes: one vector of KB < 16 bytes, whole 16-byte vectors, or a last vector
-    overlapping the one before. The one-row kernel at one row and eight, and the decoder of several rows (the
-    weight it writes, [K, N])."""
+    overlapping the one before. The one-row kernel at one row and eight, and the kernel of several rows (the panel
+    GEMM, or the decoder and the weight it writes, [K, N])."""
     n = 6
     rng = np.random.default_rng(k)
     enc = CODECS[codec].encode(rng.standard_t(4, (n, k)).astype(np.float32), make_config(codec, options))
@@ -71,10 +74,11 @@ def test_plane_kernels_at_any_k(codec, options, k, target):
         ref = x @ decoded.T.astype(np.float64)
         assert np.abs(run_kernel(call, target, x, n) - ref).max() / max(np.abs(ref).max(), 1e-30) < 1e-5
     x = rng.standard_normal((8, k)).astype(np.float32)
-    lib = tvm.compile(tvm.IRModule({"main": call.large_batch.func.with_attr("global_symbol", "main")}), target).mod
-    out = tvm.runtime.empty((k, n), "float32")
-    lib["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in call.large_batch.constants], out)
-    np.testing.assert_allclose(out.numpy(), decoded.T, rtol=1e-6)
+    large = call.large_batch
+    if large.decodes:
+        np.testing.assert_allclose(run(large.func, target, x, large.constants, (k, n)), decoded.T, rtol=1e-6)
+    else:
+        assert_close(run_kernel(large, target, x, n), x @ decoded.T.astype(np.float64))
 
 
 @pytest.mark.parametrize("options,constant,lanes", [

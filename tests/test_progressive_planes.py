@@ -1,6 +1,6 @@
 """Progressive precision at load: one bie-bitplane artefact run with fewer magnitude planes holds the weights
 of the artefact compiled with that many (``compile --planes``): the same outputs, bit for bit where both run
-the same kernel (the decode kernel above one row), to float rounding at one row (4 bits: the integer GEMV
+the same kernel (the panel GEMM above one row), to float rounding at one row (4 bits: the integer GEMV
 against the bit-serial kernel of fewer planes)."""
 
 import numpy as np

@@ -64,7 +64,7 @@ def test_matmul_kernel_matches_reference_decoder(n, k, config, target):
 def test_load_execution_matches_the_stream_kernel_and_the_reference(n, k, config, target):
     """At load: the reference decoder's codes exactly, as the ``bie-bitplane`` kernels take them (the look-up-table
     kernel's two's complement planes with AVX-512, else 4-bit codes up to 15 levels and 8-bit above; padding zero
-    whatever the buffer held); then batch 1 and batch 8 (decode kernel and a matmul) agree with the stream kernel and
+    whatever the buffer held); then batch 1 and batch 8 (the panel GEMM) agree with the stream kernel and
     the reference decoder."""
     enc = encode(n, k, config, 3 * n + k)
     load, stream = (kernel_for(enc, target, tans_execution=e) for e in ("load", "stream"))
@@ -86,9 +86,9 @@ def test_load_execution_matches_the_stream_kernel_and_the_reference(n, k, config
     assert_close(from_load, x1 @ decoded.T)
     assert_close(from_load, run(stream.func, target, x1, stream.constants, (1, n)))
     x8 = rng.standard_normal((8, k)).astype(np.float32)
-    weight = run(load.large_batch.func, target, x8, computed, (k, n))
-    assert_close(x8 @ weight, x8 @ decoded.T)
-    assert_close(x8 @ weight, run(stream.func, target, x8, stream.constants, (8, n)))
+    from_load = run(load.large_batch.func, target, x8, computed, (8, n))
+    assert_close(from_load, x8 @ decoded.T)
+    assert_close(from_load, run(stream.func, target, x8, stream.constants, (8, n)))
 
 
 def test_kernel_refuses_a_malformed_encoding(target):

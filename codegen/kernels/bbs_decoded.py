@@ -1,4 +1,5 @@
-"""``bbs`` weights decoded from the stored bit columns: the decode in TE, a decode-once GEMV, the GPU conv's compute.
+"""``bbs`` weights decoded from the stored bit columns: the decode in TE, a decode-once GEMV, the panel GEMM, the GPU
+conv's compute.
 
 The decode stage is the format of :mod:`bie_compiler.codecs.bbs` written in TE:
 a stored row below ``S`` is a sensitive INT8 row; a pruned row's weight ``j`` of
@@ -10,8 +11,11 @@ Times the row's scale, that is the reference decoder's value.
   row decoded once into a row buffer (vectorized), then 16-lane FMAs per row of
   activations, stored rows in parallel; then the output unshuffle. The one-row
   kernel on CPUs without the LUT kernel's AVX-512.
+* :func:`gemm`: matmuls above one row, the panel GEMM (:mod:`.panel_gemm`) over
+  the stored rows, a panel of sensitive rows or of pruned ones decoded once per
+  call; the scales applied to the sums, then the output unshuffle.
 * :func:`output_weight`: the decoded weight per output channel, for the decode
-  kernels (:mod:`.decode`) of convs and of matmuls above one row.
+  kernels (:mod:`.decode`) of convs.
 * :func:`conv2d_compute`: the whole OIHW weight decoded inside the same
   PrimFunc as ``topi.nn.conv2d_nchw``: the GPU's direct conv (:mod:`.bbs_cuda`).
 * :func:`kept_value`: a pruned row's stored column bits as a number, shared
@@ -29,7 +33,8 @@ from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
 from ..kernel_registry import ConvSpec, KernelCall, register
-from . import bbs_lut, decode, decode_once, lut
+from ..schedules import matmul as matmul_schedule
+from . import bbs_lut, decode, decode_once, lut, panel_gemm
 
 CONV_BLOCK = "conv2d_nchw"  # topi's name for the conv block (the GPU's direct conv schedules it)
 
@@ -59,24 +64,35 @@ def kept_value(columns, bits: int, p, g, j):
     return kept
 
 
-def stored_weight(enc: Encoded, scales, sensitive, columns, meta):
-    """``f(row, kk)``: the decoded float32 weight of stored row ``row`` at padded position ``kk``."""
+def pruned_value(enc: Encoded, columns, meta):
+    """``f(row, kk)``: the integer of pruned stored row ``row`` (at least the sensitive count) at padded position
+    ``kk``, before its scale."""
     count = int(enc.header["sensitive"])
     pruned_columns = int(enc.header["pruned_columns"])
     zps = enc.header["method"] == "zps"
 
-    def weight(row, kk):
+    def value(row, kk):
         g, j = kk // bbs.GROUP, (kk % bbs.GROUP).astype("uint32")
         p = row - count
         kept = kept_value(columns, 8 - pruned_columns, p, g, j)
         m = meta[p // bbs.LANES, g, p % bbs.LANES].astype("int32")
         c = m & 63
         offset = -tirx.Select(c >= 32, c - 64, c) if zps else c
-        pruned = (kept << (pruned_columns - (m >> 6))) + offset
+        return (kept << (pruned_columns - (m >> 6))) + offset
+
+    return value
+
+
+def stored_weight(enc: Encoded, scales, sensitive, columns, meta):
+    """``f(row, kk)``: the decoded float32 weight of stored row ``row`` at padded position ``kk``."""
+    count = int(enc.header["sensitive"])
+    pruned = pruned_value(enc, columns, meta)
+
+    def weight(row, kk):
         # if_then_else, not Select: Select evaluates both sides, and TVM simplifies each side under its own
         # condition, which removed the index clamps that kept the side not taken in bounds (a segfault when
         # the constants ended near the end of a mapping: mobilenet's classifier at batch 8).
-        value = tirx.if_then_else(row < count, sensitive[row, kk].astype("int32"), pruned)
+        value = tirx.if_then_else(row < count, sensitive[row, kk].astype("int32"), pruned(row, kk))
         return value.astype("float32") * scales[row]
 
     return weight
@@ -125,16 +141,42 @@ def conv2d_compute(enc: Encoded, conv) -> tirx.PrimFunc:
     return te.create_prim_func([x, *holders, out])
 
 
+def panel_value(enc: Encoded, holders) -> panel_gemm.PanelWeight:
+    """The integers of stored rows in panels of ``COLS`` (:mod:`.panel_gemm`), before their scales: a panel is all
+    sensitive or all pruned (the sensitive count is a multiple of the panel, or every row), so the choice is made
+    once per panel, not per weight; sensitive rows (K-major) are read across rows, pruned ones in their 16-row words."""
+    n = enc.shape[0]
+    count = int(enc.header["sensitive"])
+    cols = matmul_schedule.COLS
+    if count % cols and count != n:
+        raise ValueError(f"bbs: {count} sensitive rows of {n}: neither a multiple of {cols} nor every row")
+    _, _, sensitive, columns, meta = holders
+    pruned = panel_gemm.by_channel(pruned_value(enc, columns, meta), n, bbs.LANES)
+    last = tirx.const(max(count, 1) - 1, "int32")  # a last panel of sensitive rows may run past them
+    return lambda p, kk, c: tirx.if_then_else(
+        p * cols < count, sensitive[tirx.min(p * cols + c, last), kk].astype("int32"), pruned(p, kk, c))
+
+
+def gemm(enc: Encoded) -> tirx.PrimFunc:
+    """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
+    GEMM in stored order, then the output unshuffle."""
+    holders = placeholders(enc)
+    scales, position = holders[:2]
+    return panel_gemm.gemm(panel_value(enc, holders), holders, *enc.shape, scale=lambda row: scales[row],
+                           position=position, group=bbs.GROUP)
+
+
 @register(bbs.NAME, ops=("matmul", "conv2d"), target="llvm")
 def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """Matmul: the LUT bit-serial GEMV for one row (AVX-512; else the decode-once GEMV); conv and more rows: decode."""
+    """Matmul: the LUT bit-serial GEMV for one row (AVX-512; else the decode-once GEMV), the panel GEMM above;
+    conv: decode."""
     tensors = constants(enc)
-    holders = placeholders(enc)
-    decoder = decode.elementwise(output_weight(enc, holders), holders, *decode.destination(enc, conv))
-    small = None
-    if conv is None:
-        if lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
-            small = KernelCall("bbs_lut", bbs_lut.gemv(enc), tensors)
-        else:
-            small = KernelCall("bbs_decoded", matmul(enc), tensors)
-    return decode.with_decoder(small, decoder, "bbs", tensors, conv)
+    if conv is not None:
+        holders = placeholders(enc)
+        decoder = decode.elementwise(output_weight(enc, holders), holders, *decode.destination(enc, conv))
+        return decode.with_decoder(None, decoder, "bbs", tensors, conv)
+    if lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
+        small = KernelCall("bbs_lut", bbs_lut.gemv(enc), tensors)
+    else:
+        small = KernelCall("bbs_decoded", matmul(enc), tensors)
+    return panel_gemm.with_gemm(small, gemm(enc), "bbs")

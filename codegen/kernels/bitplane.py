@@ -6,7 +6,8 @@ plane_b[n, k]`` decoded from its bits where it is multiplied (16 at a time, one
 vector per plane): the work and the bytes read scale with the planes kept.
 
 ``decoded_weight`` is that weight element by element, also for the decode
-kernels of several rows and of convs (:mod:`.decode`): there decoding per row
+kernels of convs and of several rows where the planes are not rewritten as
+look-up-table words or integer codes (:mod:`.decode`): there decoding per row
 would be repeated, decoding once and a dense GEMM is cheaper.
 """
 
@@ -261,9 +262,7 @@ def _integer_call(enc: Encoded, planes: BitPlanes, conv: ConvSpec | None) -> Ker
     integers = int8.Int8Weights.packed(codes, planes.scales[:, 0], bits)
     coded = lambda f: f.with_attr(PRECISION_ATTR, {  # noqa: E731
         "form": "nibbles" if bits == 4 else "codes", "magnitude_bits": bits - 1})
-    small = None if conv else KernelCall("bitplane_gemv", coded(int8.gemv(integers, *enc.shape)), integers.constants)
-    return decode.with_decoder(small, coded(int8.decoder(integers, *decode.destination(enc, conv))), "bitplane",
-                               integers.constants, conv)
+    return int8.kernel_call(integers, enc, conv, "bitplane", coded)
 
 
 def _all_planes_in_bytes(enc: Encoded, planes: BitPlanes) -> bool:
@@ -297,7 +296,8 @@ def lut_call(enc: Encoded) -> KernelCall:
 @register(bie_bitplane.NAME, ops=("matmul", "conv2d"), target="llvm")
 def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """One row: the look-up-table GEMV where the CPU has it (measured faster than the integer GEMV at 4 and 8 bits
-    too), else the integer GEMV when the planes fill bytes, else the bit-serial matmul; convs and more rows: decode."""
+    too), else the integer GEMV when the planes fill bytes, else the bit-serial matmul. More rows: the panel GEMM of
+    the first two (:mod:`.panel_gemm`), the decode kernel of the planes. Convs: decode."""
     planes = BitPlanes(enc, words=False)
     if _lut_applies(planes, conv):
         return lut_call(enc)

@@ -3,7 +3,9 @@
 Above one row of activations an encoded matmul is compute-bound, and a conv
 always is: there the pass decodes the weight into the layout of the plain op
 (``matmul(x, W)`` with ``W`` [K, N]; ``conv2d(x, W)`` with ``W`` OIHW, any
-groups) and leaves the multiplication to the dense schedules. A decode kernel
+groups) and leaves the multiplication to the dense schedules. (The matmuls of
+``int8``, ``bitwave``, ``bbs`` and ``bie-bitplane``'s integer and look-up-table
+forms run the panel GEMM instead, :mod:`.panel_gemm`: no dense weight.) A decode kernel
 is ``f(x, *constants, W)``: it takes the op's activation ``x`` without reading
 it, so that constant folding, which pre-computes any ``call_tir`` of constants
 only, cannot store the dense weight in the artefact again.
@@ -108,7 +110,7 @@ def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int,
     depthwise convs) by output channel, K in vectors where it fills them.
 
     ``channel_panel``: the codec's arrays run along output channels instead, in panels of this many channels
-    (the integer codecs' K-major panels): vectors run along channels (:func:`_across_channels`).
+    (the integer codecs' K-major panels): a 1x1 conv's vectors run along channels (:func:`_across_channels`).
     """
     x = activation(x_ndim)
     out = te.compute(layout.shape, lambda *index: weight(*layout.source(*index)), name="decoded")
@@ -145,22 +147,15 @@ def _transposed(sch: s_tir.Schedule, block) -> None:
 
 def _across_channels(sch: s_tir.Schedule, block, layout: Layout, panel: int) -> bool:
     """Vectors along output channels, where the codec's panels hold them contiguously; False (nothing done) for a
-    layout other than a matmul's or a 1x1 conv's, or channels too few for 8-lane vectors.
+    layout other than a 1x1 conv's, or channels too few for 8-lane vectors (a matmul of such a codec runs the panel
+    GEMM, :mod:`.panel_gemm`).
 
-    A matmul's [K, N] runs along channels too: rows of K decoded in vectors, in parallel. A 1x1 conv's [O, I] runs
-    along K: a tile of 16 channels x up to TILE_K weights is decoded along channels into a buffer laid out so, then
-    copied out along K (scalar: vector gathers from the tile were slower); tiles in parallel.
+    A 1x1 conv's [O, I] runs along K: a tile of 16 channels x up to TILE_K weights is decoded along channels into a
+    buffer laid out so, then copied out along K (scalar: vector gathers from the tile were slower); tiles in parallel.
     """
-    channels = layout.shape[0] if layout.conv else layout.shape[1]
-    lanes = _lanes(math.gcd(channels, panel))
-    if lanes < 8 or (layout.conv and layout.shape[2] * layout.shape[3] != 1):
+    lanes = _lanes(math.gcd(layout.shape[0], panel)) if layout.conv else 1
+    if lanes < 8 or layout.shape[2] * layout.shape[3] != 1:
         return False
-    if not layout.conv:
-        kk, n = sch.get_loops(block)
-        n_outer, n_lane = sch.split(n, [None, lanes])
-        sch.vectorize(n_lane)
-        sch.parallel(sch.fuse(kk, n_outer))
-        return True
     o, c, r, s = sch.get_loops(block)
     o_outer, o_lane = sch.split(o, [None, lanes])
     c_outer, c_inner = sch.split(c, [None, max(d for d in range(1, TILE_K + 1) if layout.shape[1] % d == 0)])

@@ -15,8 +15,9 @@ kernels are shared:
   activation times the tile's integers converted to float, fp32 accumulators
   (parity with the decoded-weights model), the channel scales applied once to
   the tile's sums;
-* convs and several rows: the decode kernel (:mod:`.decode`) writing
-  ``float(q) * scale``, the reference decoders' value, for the dense op;
+* several rows: the panel GEMM (:mod:`.panel_gemm`), each panel of channels decoded once per call to
+  ``float(q)`` for the dense GEMM's micro-kernel, the scales applied to the tile's sums;
+* convs: the decode kernel (:mod:`.decode`) writing the same values for the dense conv;
 * a Gather table (an embedding, its rows the channels): the rows asked for, decoded as they are read.
 """
 
@@ -34,7 +35,7 @@ from bie_compiler.codecs.base import Encoded
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..schedules import matmul
-from . import bbs_decoded, decode
+from . import bbs_decoded, decode, panel_gemm
 
 BLOCK = "int8_gemv"
 SCALED = "int8_scaled"
@@ -142,13 +143,29 @@ def decoder(weights: Int8Weights, into: decode.Layout, x_ndim: int) -> tirx.Prim
     return decode.elementwise(weights.weight(holders), holders, into, x_ndim, channel_panel=weights.lanes)
 
 
+def gemm(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
+    """``f(x [m, K], *constants, out [m, N])`` for several rows: the panel GEMM."""
+    holders = weights.holders()
+    value = panel_gemm.by_channel(weights.value(holders), n, weights.lanes)
+    return panel_gemm.gemm(value, holders, n, k, scale=lambda c: holders[-1][c])
+
+
+def kernel_call(weights: Int8Weights, enc: Encoded, conv: ConvSpec | None, kind: str,
+                mark: Callable[[tirx.PrimFunc], tirx.PrimFunc] = lambda func: func) -> KernelCall:
+    """The kernels of ``enc``'s layer over ``weights``: a matmul's GEMV for one row and panel GEMM above, a conv's
+    decode kernel. ``mark``: applied to every kernel (attributes)."""
+    if conv is not None:
+        return decode.with_decoder(None, mark(decoder(weights, *decode.destination(enc, conv))), kind,
+                                   weights.constants, conv)
+    small = KernelCall(f"{kind}_gemv", mark(gemv(weights, *enc.shape)), weights.constants)
+    return panel_gemm.with_gemm(small, mark(gemm(weights, *enc.shape)), kind)
+
+
 @register(int8_codec.NAME, ops=("matmul", "conv2d"), target="llvm")
 @register(bitwave.NAME, ops=("matmul", "conv2d"), target="llvm")
 def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """The INT8 GEMV for one row, the decode kernel for convs and more rows."""
-    weights = Int8Weights.of(enc)
-    small = None if conv else KernelCall("int8_gemv", gemv(weights, *enc.shape), weights.constants)
-    return decode.with_decoder(small, decoder(weights, *decode.destination(enc, conv)), "int8", weights.constants, conv)
+    """The INT8 GEMV for one row, the panel GEMM above, the decode kernel for convs."""
+    return kernel_call(Int8Weights.of(enc), enc, conv, "int8")
 
 
 def gather(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:

@@ -650,7 +650,6 @@ def _at_load_call(enc: Encoded, conv: ConvSpec | None, layout: dict) -> KernelCa
         call.at_load = AtLoad(lut_weights(**layout).with_attr(TANS_ATTR, layout), constants(enc))
         return call
     shapes = int8.Int8Weights.packed(np.zeros((n, k), np.int8), enc.arrays["steps"], integer_bits(layout["levels"]))
-    small = None if conv else KernelCall("tans_integer_gemv", int8.gemv(shapes, n, k), shapes.constants)
-    call = with_decoder(small, int8.decoder(shapes, *destination(enc, conv)), "tans_integer", shapes.constants, conv)
+    call = int8.kernel_call(shapes, enc, conv, "tans_integer")
     call.at_load = AtLoad(integer_weights(**layout).with_attr(TANS_ATTR, layout), constants(enc))
     return call

@@ -1,0 +1,69 @@
+"""The panel GEMM (matmuls above one row, ``codegen/kernels/panel_gemm.py``) of every codec that has one, against the
+codec's reference decoder and a float64 matmul: one row, a register tile of rows, many rows with a ragged last tile;
+N not a multiple of the 32-channel panel (nor of 16), K odd."""
+
+import numpy as np
+import pytest
+
+from bie_compiler.codecs import CODECS, make_config
+from bie_compiler.codegen import kernel_for
+from bie_compiler.codegen.kernels import lut
+from bie_compiler.codegen.target import make_target
+from kernel_runs import assert_close, build, call, computed_constants
+
+CASES = [
+    ("int8", {}),
+    ("bitwave", {"pruned_columns": 4}),
+    ("bie-bitplane", {"bits": 4}),  # look-up-table words with AVX-512, else two 4-bit codes per byte
+    ("bie-bitplane", {"bits": 3}),  # look-up-table words (no AVX-512: the bit-serial kernel, which decodes)
+    ("bie-bitplane", {"bits": 5, "group_size": 64}),  # grouped scales: applied in the decode
+    ("bbs", {"preset": "moderate"}),  # panels of sensitive rows and of pruned rows
+    ("bbs", {"preset": "conservative", "sensitive_fraction": 0.0}),
+    ("bbs", {"pruned_columns": 3, "method": "zps", "sensitive_fraction": 1.0}),  # every row sensitive: a last panel
+    # of sensitive rows past the last one
+    ("tans", {"levels": 15}),  # decoded at load into the look-up-table words (or the 4-bit codes)
+]
+SHAPES = [(37, 97), (250, 129)]  # (N, K): one ragged panel; 8 panels, the last ragged
+
+
+@pytest.mark.parametrize("codec,options", CASES, ids=[f"{c}-{o}" for c, o in CASES])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_panel_gemm_matches_reference_decoder(codec, options, n, k, target):
+    rng = np.random.default_rng(n + k)
+    w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.2)).astype(np.float32)
+    enc = CODECS[codec].encode(w, make_config(codec, options))
+    kernels = kernel_for(enc, target)
+    large = kernels.large_batch
+    if large.decodes:
+        assert codec == "bie-bitplane" and not lut.supported(target)  # the bit-serial form decodes
+        return
+    assert large.kind.endswith("_gemm") and large.func.attrs["tirx.is_scheduled"]
+    assert large.constants is kernels.constants  # the one-row kernel's constants, nothing more stored
+    kernel = build(large.func, target)
+    constants = computed_constants(kernels, target)
+    decoded = CODECS[codec].decode(enc).astype(np.float64)
+    for rows in (1, 8, 128, 133):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        assert_close(call(kernel, x, constants, (rows, n)), x @ decoded.T, context=rows)
+
+
+def test_without_avx512_the_integer_codes_run_the_panel_gemm():
+    """bie-bitplane 4-bit on a CPU without the look-up instruction: two signed nibbles per byte, both decoded."""
+    target = make_target(mcpu="x86-64-v3")
+    rng = np.random.default_rng(0)
+    enc = CODECS["bie-bitplane"].encode(rng.standard_normal((40, 77)).astype(np.float32),
+                                        make_config("bie-bitplane", {"bits": 4}))
+    kernels = kernel_for(enc, target)
+    assert kernels.large_batch.kind == "bitplane_gemm"
+    x = rng.standard_normal((9, 77)).astype(np.float32)
+    got = call(build(kernels.large_batch.func, target), x, kernels.constants, (9, 40))
+    assert_close(got, x @ CODECS["bie-bitplane"].decode(enc).T.astype(np.float64))
+
+
+def test_each_panel_is_decoded_inside_the_parallel_loop_in_vectors(target):
+    """One decode per panel per call (not per tile of rows), vectors along the panel's channels, no dense weight."""
+    enc = CODECS["int8"].encode(np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32),
+                                make_config("int8", {}))
+    script = kernel_for(enc, target).large_batch.func.script()
+    parallel, decode, rows = (script.index(s) for s in ("T.parallel(2)", 'T.sblock("decoded")', "T.serial("))
+    assert parallel < decode < rows and "T.vectorized(16)" in script
