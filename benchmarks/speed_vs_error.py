@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +30,10 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ort_session  # noqa: E402
-from zoo_results import CODECS, DENSE, compile_failure, compile_flags  # noqa: E402
+from zoo_results import CODECS, DENSE, compiled, timed  # noqa: E402
 
 from bie_compiler import zoo  # noqa: E402
 from bie_compiler.analysis import CodecSpec, ModelUnderAnalysis  # noqa: E402
-from bie_compiler.bench import bench  # noqa: E402
 from bie_compiler.evaluation import load_samples  # noqa: E402
 from bie_compiler.frontend import load_model, model_inputs  # noqa: E402
 from bie_compiler.ort_reference import matmul_nbits, nbits_bytes  # noqa: E402
@@ -92,21 +90,16 @@ def measure(model_path: Path, samples: list, compile_options: list[str], specs: 
             fidelity = {"bits_per_weight": 32.0, "rel_l2": 0.0, "cosine": 1.0} if spec is DENSE else \
                 {k: subject.point(spec, False).get(k) for k in FIGURES}
             point = {"label": f"bie-compiler {spec.label}", "kind": "artefact", **fidelity, "speed": {}}
-            out = Path(work) / spec.label.replace(" ", "_")
             progress(f"{spec.label}: compiling")
-            done = subprocess.run([sys.executable, "-m", "bie_compiler", "compile", str(model_path),
-                                   *compile_flags(spec), *compile_options, "-q", "-o", str(out)],
-                                  capture_output=True, text=True)
+            artefact, failure = compiled(model_path, compile_options, spec, Path(work))
             for b in batches:
-                if done.returncode:
-                    point["speed"][b] = {"failed": compile_failure(done.stderr)}
+                if artefact is None:
+                    point["speed"][b] = {"failed": failure}
                 elif inputs[b] is None:
                     point["speed"][b] = {"failed": f"the model fixes its batch (not {b})"}
                 else:
                     progress(f"{spec.label}: timing at batch {b}")
-                    timed = bench(out, inputs[b], threads=threads, repeat=repeat)
-                    point["speed"][b] = {"ratio": timed["ratio"], "ms": timed["bie-compiler"]["median_ms"],
-                                         "onnxruntime_ms": timed["onnxruntime"]["median_ms"]}
+                    point["speed"][b] = timed(artefact, inputs[b], threads, repeat)
             points.append(point)
     usable = {r.name: r.bytes_dense for r in subject.layers if r.fallback_reason is None}
     count = sum(r.num_weights for r in subject.layers)  # bits/weight over every weight layer, as analyze counts

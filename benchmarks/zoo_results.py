@@ -58,16 +58,25 @@ def batch_one(specs: list[dict], sample: dict) -> dict:
             for spec in specs}
 
 
-def speed(model: Path, options: list[str], inputs: dict, spec: CodecSpec, work: Path) -> dict:
-    """{"ratio": artefact / onnxruntime median latency} for ``spec`` compiled, or {"failed": why}."""
+def compiled(model: Path, options: list[str], spec: CodecSpec, work: Path) -> tuple[Path | None, str | None]:
+    """(the artefact of ``spec`` compiled as ``bie-compiler compile`` compiles it, None) or (None, why not)."""
     out = work / spec.label.replace(" ", "_")
     done = subprocess.run([sys.executable, "-m", "bie_compiler", "compile", str(model), *compile_flags(spec),
                            *options, "-q", "-o", str(out)], capture_output=True, text=True)
-    if done.returncode:
-        return {"failed": compile_failure(done.stderr)}
-    result = bench(out, inputs, threads=THREADS, repeat=REPEAT)
+    return (None, compile_failure(done.stderr)) if done.returncode else (out, None)
+
+
+def timed(artefact: Path, inputs: dict, threads: int = THREADS, repeat: int = REPEAT) -> dict:
+    """``bench``'s ratio (artefact / onnxruntime median latency) and both medians on ``inputs``."""
+    result = bench(artefact, inputs, threads=threads, repeat=repeat)
     return {"ratio": result["ratio"], "artefact_ms": result["bie-compiler"]["median_ms"],
             "onnxruntime_ms": result["onnxruntime"]["median_ms"], "batch": {k: list(v.shape) for k, v in inputs.items()}}
+
+
+def speed(model: Path, options: list[str], inputs: dict, spec: CodecSpec, work: Path) -> dict:
+    """{"ratio": artefact / onnxruntime median latency, ...} for ``spec`` compiled, or {"failed": why}."""
+    artefact, failure = compiled(model, options, spec, work)
+    return {"failed": failure} if artefact is None else timed(artefact, inputs)
 
 
 def speeds(model: Path, options: list[str], inputs: dict, name: str, progress) -> dict[str, dict]:
