@@ -34,6 +34,7 @@ from .fuse_expand_depthwise import fuse_expand_depthwise
 from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, reduction
 from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import serial_when_small
+from .stack_buffers import stack_buffers
 from .unit_dims import specialize_unit_dims
 from .weights import Weights, split_weights
 
@@ -96,11 +97,21 @@ def serial_small_loops(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
+@tvm.transform.module_pass(opt_level=0, name="StackBuffers")
+def small_buffers_on_stack(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """:func:`.stack_buffers.stack_buffers` on every PrimFunc of the lowered module."""
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc):
+            mod[gv] = stack_buffers(func)
+    return mod
+
+
 def _tir_pipeline():
     """TVM's TIR lowering, then :func:`serial_small_loops` (on the lowered loops: vector and unrolled code counted
-    as what it executes); a loop kept in both forms defines its variables twice, which ConvertSSA renames."""
+    as what it executes; a loop kept in both forms defines its variables twice, which ConvertSSA renames) and
+    :func:`small_buffers_on_stack` (before the host lowering would make them workspace calls)."""
     lower, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("s_tir")
-    passes = [lower, serial_small_loops, tvm.tirx.transform.ConvertSSA()]
+    passes = [lower, serial_small_loops, tvm.tirx.transform.ConvertSSA(), small_buffers_on_stack]
     return tvm.transform.Sequential(passes), finalize_host, finalize_device
 
 

@@ -9,7 +9,9 @@ never stored (``codegen/schedules/expand_depthwise.py`` schedules the fused func
 Runs between ``FuseOps`` and ``FuseTIR``: the two groups (Relax functions marked ``Primitive``, each a
 chain of ``call_tir``) become one group, which ``FuseTIR`` turns into one PrimFunc. Only pairs whose
 intermediate tensor is at least ``MIN_BYTES`` per image are fused: a smaller one stays in L2 between the
-two kernels, and the separate pointwise conv tiles channels and pixels better than the fused one.
+two kernels, and the separate pointwise conv tiles channels and pixels better than the fused one. A strided
+depthwise conv needs a larger one (``MIN_STRIDED_BYTES``): its bands copy the pointwise rows into column phases,
+which costs more than the round trip through memory on mid-sized planes (144 x 56 x 56).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tvm import relax
 from tvm.relax.utils import copy_with_new_vars
 
 MIN_BYTES = 1 << 20  # per image: the expanded tensor of one image, above which it leaves L2 (2 MB per core here)
+MIN_STRIDED_BYTES = 4 << 20  # the same before a strided depthwise conv
 
 
 def _static(shape) -> list[int | None]:
@@ -55,6 +58,11 @@ def is_depthwise(shapes) -> bool:
     return None not in x[1:] + w + y[1:] and w[1] == 1 and w[0] == x[1] == y[1] and x[1] > 1
 
 
+def _bytes(shape) -> int:
+    """Bytes of one image of a float32 NCHW tensor."""
+    return shape[1] * shape[2] * shape[3] * 4
+
+
 def merge_groups(first: relax.Function, second: relax.Function) -> relax.Function:
     """One primitive function computing ``second(first(a...), b...)``: parameters ``a..., b...``."""
     first, second = copy_with_new_vars(first), copy_with_new_vars(second)
@@ -65,19 +73,21 @@ def merge_groups(first: relax.Function, second: relax.Function) -> relax.Functio
                           attrs=second.attrs)
 
 
-def fuse_expand_depthwise(min_bytes: int = MIN_BYTES) -> tvm.transform.Pass:
-    """The pass: each pointwise conv group whose output (per image) has at least ``min_bytes`` and is read only
-    by a depthwise conv group fused with it."""
-    return tvm.transform.module_pass(lambda mod, _ctx: _fuse(mod, min_bytes), opt_level=0, name="FuseExpandDepthwise")
+def fuse_expand_depthwise(min_bytes: int = MIN_BYTES, min_strided_bytes: int = MIN_STRIDED_BYTES) -> tvm.transform.Pass:
+    """The pass: each pointwise conv group whose output (per image) has at least ``min_bytes`` (``min_strided_bytes``
+    before a strided depthwise conv) and is read only by a depthwise conv group fused with it."""
+    return tvm.transform.module_pass(lambda mod, _ctx: _fuse(mod, min_bytes, min_strided_bytes), opt_level=0,
+                                     name="FuseExpandDepthwise")
 
 
-def _fuse(mod: tvm.IRModule, min_bytes: int) -> tvm.IRModule:
+def _fuse(mod: tvm.IRModule, min_bytes: int, min_strided_bytes: int) -> tvm.IRModule:
     groups = {gv: f for gv, f in mod.functions_items()
               if isinstance(f, relax.Function) and f.attrs is not None and f.attrs.get("Primitive", False)}
     builder = relax.BlockBuilder(mod)
     merged: dict[tuple, tvm.ir.GlobalVar] = {}
     callers = {gv: f for gv, f in mod.functions_items() if isinstance(f, relax.Function) and gv not in groups}
-    rewritten = {gv: _fuse_calls(mod, f, groups, builder, merged, min_bytes) for gv, f in callers.items()}
+    rewritten = {gv: _fuse_calls(mod, f, groups, builder, merged, min_bytes, min_strided_bytes)
+                 for gv, f in callers.items()}
     rewritten = {gv: f for gv, f in rewritten.items() if f is not None}
     if not rewritten:
         return mod
@@ -87,7 +97,7 @@ def _fuse(mod: tvm.IRModule, min_bytes: int) -> tvm.IRModule:
     return tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.DeadCodeElimination()])(mod)
 
 
-def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes) -> relax.Function | None:
+def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes, min_strided_bytes) -> relax.Function | None:
     """``func`` with each fusable pair of group calls made one call (new groups added to ``builder``), or None."""
     if not isinstance(func.body, relax.SeqExpr):
         return None
@@ -109,7 +119,8 @@ def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes) -
             group = groups.get(callee) if isinstance(callee, tvm.ir.GlobalVar) else None
             shapes = _first_conv(mod, group) if group is not None else None
             source = value.args[0] if shapes is not None else None
-            if shapes is not None and is_depthwise(shapes) and source in producers and uses.get(source) == 1:
+            if (shapes is not None and is_depthwise(shapes) and source in producers and uses.get(source) == 1
+                    and (shapes[2][2:] == shapes[0][2:] or _bytes(shapes[0]) >= min_strided_bytes)):
                 first = producers.pop(source)
                 key = (first.value.op, callee)
                 if key not in merged:
@@ -121,8 +132,7 @@ def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes) -
                 changed = True
                 continue
             if shapes is not None and is_pointwise(shapes):
-                channels, height, width = shapes[2][1:]
-                if channels * height * width * 4 >= min_bytes:
+                if _bytes(shapes[2]) >= min_bytes:
                     producers[binding.var] = binding
             bindings.append(binding)
         new_blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock)

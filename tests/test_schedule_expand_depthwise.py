@@ -27,7 +27,7 @@ def test_scheduled_pair_matches_unscheduled(case, check_rule):
     check_rule(ExpandDepthwise(), func, [{"batch": 1}, {"batch": 2}])
 
 
-def _group_count(cin, h, w, channels, min_bytes):
+def _group_count(cin, h, w, channels, min_bytes, stride=1, min_strided_bytes=0):
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([1, cin, h, w], "float32"))
     with bb.function("main", [x]):
@@ -35,10 +35,10 @@ def _group_count(cin, h, w, channels, min_bytes):
             w1 = relax.const(np.ones((channels, cin, 1, 1), "float32"))
             w2 = relax.const(np.ones((channels, 1, 3, 3), "float32"))
             y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, w1)))
-            out = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(y, w2, padding=1, groups=channels)))
+            out = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(y, w2, stride, padding=1, groups=channels)))
         bb.emit_func_output(out)
     passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
-              fuse_expand_depthwise(min_bytes), relax.transform.FuseTIR()]
+              fuse_expand_depthwise(min_bytes, min_strided_bytes), relax.transform.FuseTIR()]
     with make_target():
         mod = tvm.transform.Sequential(passes)(bb.get())
     return sum(isinstance(f, tirx.PrimFunc) for _, f in mod.functions_items())
@@ -48,6 +48,13 @@ def test_pass_fuses_only_pairs_with_a_large_intermediate():
     size = 16 * 32 * 32 * 4  # bytes of the pointwise output
     assert _group_count(8, 32, 32, 16, min_bytes=size) == 1
     assert _group_count(8, 32, 32, 16, min_bytes=size + 1) == 2
+
+
+def test_pass_fuses_strided_pairs_only_above_their_own_size():
+    size = 16 * 32 * 32 * 4
+    assert _group_count(8, 32, 32, 16, min_bytes=0, stride=2, min_strided_bytes=size) == 1
+    assert _group_count(8, 32, 32, 16, min_bytes=0, stride=2, min_strided_bytes=size + 1) == 2
+    assert _group_count(8, 32, 32, 16, min_bytes=0, stride=1, min_strided_bytes=size + 1) == 1  # stride 1: min_bytes
 
 
 def test_rule_leaves_a_single_conv_alone():

@@ -30,7 +30,7 @@ MAX_LANES = 16  # one AVX-512 register of float32
 ACCUMULATORS = 24  # register tile size (of 32 vector registers; the rest hold inputs)
 BANDS = 8  # row bands per image, the parallel tasks of a spatial conv
 CHUNK_BYTES = 256 * 1024  # the input pixels a pointwise conv's chunk reads (every channel): kept in L2 across channel tiles
-UNROLLED_TAPS = 32  # a conv reducing over at most this many (ci, ky, kx) taps has its reduction fully unrolled
+UNROLLED_TAPS = 32  # a conv reducing over at most this many (ci, ky, kx) taps has its window's taps unrolled
 
 
 @dataclass
@@ -219,7 +219,7 @@ def _schedule_spatial(sch, blocks: ConvBlocks, final, co: int, oh: int, ow: int)
     sch.reorder(n, y_o, c_o, y_i, x_o, r, ky, kx, c_i, x_v, x_l)
     taps = [int(sch.get(loop).extent) for loop in (r, ky, kx)]
     if taps[0] * taps[1] * taps[2] <= UNROLLED_TAPS:  # few input channels (the stem): no loop overhead per tap
-        for loop in (r, ky, kx):
+        for loop in (ky, kx):  # (the input channels unrolled too made LLVM spill the register tile)
             sch.unroll(loop)
     _finish_tile(sch, blocks.conv, final, outer=[n, y_o], tile=[c_i, x_v], lanes=x_l, at=x_o, reduce_from=r)
     if blocks.pad is not None:
