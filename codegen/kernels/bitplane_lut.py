@@ -40,6 +40,7 @@ TABLES = ("fp32", "int8")  # the look-up tables: exact float32 subset sums, or i
 QUAD = 4  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most planes
 SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
 DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
+PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
 TABLE_PEAK = 127  # the int8 tables' largest magnitude
 
 
@@ -212,37 +213,49 @@ def decoded_weight(words, scales, *, n: int, k: int, magnitude_planes: int, shif
 # --- int8 tables ------------------------------------------------------------------------------------------------------
 
 
+def int8_planes(magnitude_planes: int) -> int:
+    """Planes a channel has in the int8-table GEMV's bytes: 2 (up to 2 planes: vpmaddubsw sums byte pairs) or QUAD."""
+    return 2 if magnitude_planes + 1 <= 2 else QUAD
+
+
 def int8_nibbles(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
     """``codes`` [N, K] (``|q| < 2^P``, P = ``magnitude_planes`` < QUAD) as the int8-table GEMV's look-up indices, uint8
-    [ceil(N / 16) * ceil(K / 32), 4, 64]: row ``blk * KG + g`` for channel block ``blk`` and group ``g``.
+    [ceil(N / 16) * ceil(K / 32), S, 64] (S = :func:`int8_planes`): row ``blk * KG + g`` for channel block ``blk``
+    and group ``g``.
 
-    A code is stored offset binary, ``u = q + 2^P`` in [0, 2^(P + 1)), as 4 planes (bit 3 - p of ``u`` in plane
-    ``p``, the planes above P + 1 zero). Vector ``h`` of a row holds tables ``h`` (low nibbles) and ``h + 4`` (high
-    nibbles) of the group, table ``t`` being weights ``32 g + 4 t .. + 3`` (nibble bit ``i``: weight ``4 t + i``);
-    its byte ``4 c + p`` is plane ``p`` of the block's channel ``c``, so the 4 bytes vpdpbusd sums are one channel's
-    planes. Padding weights are zero (``u = 2^P``)."""
+    A code is stored offset binary, ``u = q + 2^P`` in [0, 2^(P + 1)), as S planes (bit S - 1 - p of ``u`` in plane
+    ``p``; with S = 4 and 3 planes the first is zero). Table ``t`` of a group is its weights ``4 t .. 4 t + 3``
+    (nibble bit ``i``: weight ``4 t + i``). A vector's 128-bit lane ``l`` looks up one table, ``l // S`` of those of
+    the vector (4 / S of them), for the block's channels ``(l % S) * 16 / S`` on, each channel's S planes in S
+    consecutive bytes (what vpdpbusd or vpmaddubsw sums); vector ``h``'s low nibbles are tables ``h * 4 / S`` on,
+    its high nibbles the tables 4 further. Padding weights are zero (``u = 2^P``)."""
     n, k = codes.shape
     blocks, kg = -(-n // LANES), -(-k // GROUP)
+    span = int8_planes(magnitude_planes)
     padded = np.zeros((blocks * LANES, kg * GROUP), np.int64)
     padded[:n, :k] = codes
     u = padded + (1 << magnitude_planes)
-    bits = (u[..., None] >> (QUAD - 1 - np.arange(QUAD))) & 1  # [N, K, plane]
-    bits = bits.reshape(blocks, LANES, kg, 2 * QUAD, 4, QUAD)  # [blk, c, g, table, i, plane]
-    nibble = (bits << np.arange(4)[:, None]).sum(axis=4)  # [blk, c, g, table, plane]
-    byte = nibble[:, :, :, :QUAD] | (nibble[:, :, :, QUAD:] << 4)  # [blk, c, g, h, plane]
-    return np.ascontiguousarray(byte.transpose(0, 2, 3, 1, 4).reshape(blocks * kg, QUAD, LANES * QUAD).astype(np.uint8))
+    bits = (u[..., None] >> (span - 1 - np.arange(span))) & 1  # [N, K, plane]
+    # [blk, channel group, channel, g, high nibble, vector, table of the vector, weight, plane]
+    bits = bits.reshape(blocks, span, LANES // span, kg, 2, span, QUAD // span, 4, span)
+    nibble = (bits << np.arange(4)[:, None]).sum(axis=7)
+    byte = nibble[:, :, :, :, 0] | (nibble[:, :, :, :, 1] << 4)  # [blk, group, channel, g, vector, table, plane]
+    return np.ascontiguousarray(byte.transpose(0, 3, 4, 5, 1, 2, 6).reshape(blocks * kg, span, 64).astype(np.uint8))
 
 
 def int8_decoded_value(nibbles, *, n: int, k: int, magnitude_planes: int, shift: int, **_):
     """``f(n, kk)``: the integer :func:`int8_nibbles`' bytes (a TE tensor) hold for weight ``kk`` of channel ``n``."""
     kg = -(-k // GROUP)
+    span = int8_planes(magnitude_planes)
+    per_vector, per_lane = QUAD // span, LANES // span  # tables of a vector's low nibbles, channels of a lane
 
     def value(n, kk):
         row, table, i = n // LANES * kg + kk // GROUP, kk % GROUP // 4, kk % 4
-        at = (n % LANES) * QUAD
+        vector, lane = table % QUAD // per_vector, table % per_vector * span + n % LANES // per_lane
+        at = lane * 16 + n % per_lane * span
         bit = (table // QUAD * 4 + i).astype("uint8")
-        u = lut.tree([((nibbles[row, table % QUAD, at + p] >> bit) & tirx.const(1, "uint8")).astype("int32")
-                      << (QUAD - 1 - p) for p in range(QUAD)])
+        u = lut.tree([((nibbles[row, vector, at + p] >> bit) & tirx.const(1, "uint8")).astype("int32")
+                      << (span - 1 - p) for p in range(span)])
         return (u - (1 << magnitude_planes)) << shift
 
     return value
@@ -279,38 +292,60 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     with int8 tables.
 
     Per row, each group's 8 float32 tables are quantized with one step ``s_g`` (the group's largest entry over
-    TABLE_PEAK, rounded to nearest) and stored broadcast to the 4 lanes of a vector. Per block of 16 channels and
-    group: 4 vectors of 64 index bytes, each split into its low and high nibbles (2 look-up vectors), each looked up
-    with vpshufb (64 bytes: 4 planes x 16 channels) and summed into int32 by vpdpbusd with the planes' weights
-    ``2^(3 - p)`` as the unsigned bytes: the group's exact integer sum for 16 channels in 8 shuffles and 8 dot
-    products, times ``s_g`` into a float32 accumulator. The offset of the codes, ``2^P * sum(x)``, is subtracted
-    with the exact activation sum."""
+    TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors, laid out as the index bytes need
+    them. Per block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles
+    (2 look-up vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
+    ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or vpmaddubsw into
+    int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's exact integer sum
+    for 16 channels in 2 S shuffles, times ``s_g`` into a float32 accumulator. The offset of the codes,
+    ``2^P * sum(x)``, is subtracted with the exact activation sum."""
     check_tables("int8", magnitude_planes)
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     kp = kg * GROUP
-    tables = kp // 4
+    span = int8_planes(magnitude_planes)
+    rows = kp // 4 * span // QUAD  # vectors of tables: QUAD / span tables each
     width = LANES * QUAD  # bytes in a vector
     offset = float(1 << magnitude_planes)
     unit = float(1 << shift)
     per_group = groups > 1
     assert not per_group or scale_group % GROUP == 0
     fill_tables = lut.fill_tables(k, kp)
-    weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(0x01020408, "uint32"), LANES))  # plane p: 2^(3-p)
+    # plane p weighs 2^(span - 1 - p): bytes 8, 4, 2, 1 (quads) or 2, 1 (pairs), little-endian
+    weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(0x01020408 if span == QUAD else 0x01020102, "uint32"),
+                                                       LANES))
 
-    def lookups(small, first, v):
-        # the int32 sums of the 2 tables of one index vector (first, first + 4) for 16 channels
-        low = T.reinterpret("int8x64", v & T.Broadcast(T.uint8(15), width))
-        high = T.reinterpret("int8x64", v >> T.Broadcast(T.uint8(4), width))
+    def looked_up(small, row, nibbles):
+        return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, small[row, T.Ramp(0, 1, width)], T.reinterpret(
+            "int8x64", nibbles))
+
+    def quad_sum(small, first, v):
+        # the int32 sums of one index vector's 2 look-ups for 16 channels (vector h: table rows h and h + QUAD)
         zero = T.Broadcast(T.int32(0), LANES)
-        return tirx.call_llvm_pure_intrin("int32x16", DOT, tirx.call_llvm_pure_intrin(
-            "int32x16", DOT, zero, weights,
-            tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, small[first, T.Ramp(0, 1, width)], low)),
-            weights, tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, small[first + QUAD, T.Ramp(0, 1, width)], high))
+        low = tirx.call_llvm_pure_intrin("int32x16", DOT, zero, weights,
+                                         looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
+        return tirx.call_llvm_pure_intrin("int32x16", DOT, low, weights,
+                                          looked_up(small, first + span, v >> T.Broadcast(T.uint8(4), width)))
+
+    def pair_sum(small, first, v):
+        # the int16 sums of one index vector's 2 look-ups: channels 0-15 of its tables h * 2 (words 0-15) and
+        # h * 2 + 1 (words 16-31), h * 2 + 4 and h * 2 + 5 (table rows h and h + 2)
+        return (tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
+                                           looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
+                + tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
+                                             looked_up(small, first + span, v >> T.Broadcast(T.uint8(4), width))))
+
+    def group_dot(small, first, words):
+        # the group's int32 sums for 16 channels from its S index vectors
+        if span == QUAD:
+            return lut.tree([quad_sum(small, first + h, words(h)) for h in range(span)])
+        total = lut.tree([pair_sum(small, first + h, words(h)) for h in range(span)])
+        return (T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", i) for i in range(LANES)]))
+                + T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", LANES + i) for i in range(LANES)])))
 
     @T.prim_func(private=True)
     def main(
         var_x: T.handle,
-        nibbles: T.Buffer((blocks * kg, QUAD, width), "uint8"),
+        nibbles: T.Buffer((blocks * kg, span, width), "uint8"),
         scales: T.Buffer((blocks, groups, LANES), "float32"),
         var_out: T.handle,
     ):
@@ -319,8 +354,8 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
-        table = T.decl_buffer((tables, 16), "float32")
-        small = T.decl_buffer((tables, width), "int8")  # each int8 table 4 times: one per 128-bit lane
+        table = T.decl_buffer((kp // 4, 16), "float32")
+        small = T.decl_buffer((rows, width), "int8")  # the int8 tables as vectors of lanes
         step = T.decl_buffer((kg,), "float32")
         group_sum = T.decl_buffer((kg,), "float32")
         total = T.decl_buffer((1,), "float32")
@@ -338,21 +373,22 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
                     peak[0] = T.max(peak[0], T.max(positive, negative))
                 step[g] = peak[0] / T.float32(TABLE_PEAK)
                 scale: T.let = T.if_then_else(peak[0] > T.float32(0), T.float32(TABLE_PEAK) / peak[0], T.float32(0))
-                for t in range(NIBBLES):
+                for t in T.unroll(NIBBLES):  # table t in lanes t % (QUAD / span) * span on of row t // (QUAD / span)
                     entries: T.let = T.Cast("int8x16", T.Cast("int32x16", T.nearbyint(
                         table[g * NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(scale, 16))))
-                    for lane in T.unroll(QUAD):
-                        small[g * NIBBLES + t, T.Ramp(lane * 16, 1, 16)] = entries
+                    for lane in T.unroll(span):
+                        small[g * 2 * span + t // (QUAD // span), T.Ramp((t % (QUAD // span) * span + lane) * 16, 1,
+                                                                         16)] = entries
                 group_sum[g] = lut.tree([table[g * NIBBLES + t, 15] for t in range(NIBBLES)])
                 total[0] = total[0] + group_sum[g]
             for blk in T.parallel(blocks):
                 acc[blk, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                 for g in range(kg):
                     nxt: T.let = T.min(blk + 1, blocks - 1) * kg + g  # the next block's group (the next item)
-                    for h in T.unroll(QUAD):
+                    for h in T.unroll(span):
                         lut.prefetch(nibbles[nxt, h, 0])
-                    dot: T.let = lut.tree([lookups(small, g * NIBBLES + h, nibbles[blk * kg + g, h, T.Ramp(0, 1, width)])
-                                           for h in range(QUAD)])
+                    dot: T.let = group_dot(small, g * 2 * span,
+                                           lambda h: nibbles[blk * kg + g, h, T.Ramp(0, 1, width)])
                     mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES)
                     if per_group:
                         acc[blk, T.Ramp(0, 1, LANES)] = acc[blk, T.Ramp(0, 1, LANES)] + (
