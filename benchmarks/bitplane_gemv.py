@@ -76,7 +76,8 @@ def lut_calls(enc, tables: list[str], target) -> list:
                 continue
             constants = [bitplane_lut.words_of(codes, kept, tables_of), bitplane_lut.lanes_of_scales(planes.scales)]
             bound = (lambda x: bitplane_lut.int8_error_bound(x, layout, planes.scales)) if tables_of == "int8" else None
-            calls.append((f"{tables_of} tables", bitplane_lut.kernel_call(layout, constants, "bitplane", tables_of), bound))
+            call = bitplane_lut.kernel_call(layout, constants, "bitplane", tables_of)
+            calls.append((f"{tables_of} tables", call, bound))
     return calls
 
 
@@ -175,8 +176,8 @@ def report(res: dict) -> None:
     for shape in res["rows"]:
         if shape["nbits_missing"]:
             print(f"MatMulNBits missing for {shape['shape']}: {shape['nbits_missing']}")
-    print("times per layer; vs = that method's time / this one's (above 1: faster); BW frac = bytes / time / bandwidth; "
-          "rel err = max |y - exact| / max |exact| against the reference decoder")
+    print("times per layer; vs = that method's time / this one's (above 1: faster); "
+          "BW frac = bytes / time / bandwidth; rel err = max |y - exact| / max |exact| against the reference decoder")
 
 
 def run(args: argparse.Namespace) -> dict:
