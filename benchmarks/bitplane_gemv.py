@@ -7,7 +7,8 @@ degrees of freedom, fixed seed), in one run:
 * onnxruntime fp32 ``MatMul`` and ``MatMulNBits`` 4-bit (block 32, symmetric,
   accuracy_level 4; needs ``onnx-ir``: ``pip install -e .[bench]``);
 * ``bie-bitplane`` at each of ``--bits`` (sign included, one scale per channel):
-  the look-up-table GEMV (:mod:`bie_compiler.codegen.kernels.bitplane_lut`),
+  the look-up-table GEMV (:mod:`bie_compiler.codegen.kernels.bitplane_lut`)
+  with each of ``--tables`` (exact fp32 tables; int8 tables, up to 4 planes),
   and, where ``kernel_for`` picks another kernel for one row (the integer GEMV
   at 4 and 8 bits), that one too.
 
@@ -18,9 +19,11 @@ divided by L. The methods' passes are interleaved (one pass of each per round,
 ``--repeats`` rounds, the median per method), so they share the machine's
 state, which matters on a shared machine. "BW frac" = (bytes a layer reads /
 time) / the read bandwidth of a parallel TVM sum over 512 MiB, same threads.
-Every TVM kernel is checked against the reference decoder first.
+Every TVM kernel is checked against the reference decoder first (the int8-table GEMV: within its
+stated bound, ``bitplane_lut.int8_error_bound``; its relative error is printed).
 
-    python benchmarks/bitplane_gemv.py [--shapes 4096x4096,...] [--bits 2,3,4] [--repeats 7] [--threads 2] [--json PATH]
+    python benchmarks/bitplane_gemv.py [--shapes 4096x4096,...] [--bits 2,3,4] [--tables fp32,int8] [--repeats 7]
+        [--threads 2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated KxN (default %(default)s)")
     p.add_argument("--bits", default="2,3,4", help="comma-separated bie-bitplane bits, 2..8 (default %(default)s)")
+    p.add_argument("--tables", default="fp32,int8", help="LUT GEMV tables: fp32 and/or int8 (default %(default)s)")
     p.add_argument("--repeats", type=int, default=7, help="interleaved rounds; the median is reported")
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     p.add_argument("--cache-factor", type=float, default=2.0, help="streamed copies total at least this many L3s")
@@ -55,38 +59,59 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def bitplane_layers(weight: np.ndarray, bits: int, factor: float, target) -> list[dict]:
-    """Per kernel (the LUT GEMV, and kernel_for's choice where it differs): name, a pass over its copies, bytes per
-    layer, relative error against the reference decoder."""
+def lut_calls(enc, tables: list[str], target) -> list:
+    """The LUT GEMV's calls for ``enc`` with each of ``tables`` that applies (int8: up to 4 planes), and its error
+    bound (None: exact)."""
+    from bie_compiler.codegen.kernels import bitplane, bitplane_lut
+
+    planes = bitplane.BitPlanes(enc, words=False)
+    n, k = enc.shape
+    kept = int(planes.planes.shape[0])
+    layout = bitplane_lut.Layout(n, k, kept, planes.top_bit + 1 - kept, planes.group, planes.scales.shape[1])
+    codes = bitplane.integer_codes(planes.planes, planes.signs, k, planes.top_bit).astype(np.int64) >> layout.shift
+    calls = []
+    with target:
+        for tables_of in tables:
+            if tables_of == "int8" and kept + 1 > bitplane_lut.QUAD:
+                continue
+            constants = [bitplane_lut.words_of(codes, kept, tables_of), bitplane_lut.lanes_of_scales(planes.scales)]
+            bound = (lambda x: bitplane_lut.int8_error_bound(x, layout, planes.scales)) if tables_of == "int8" else None
+            call = bitplane_lut.kernel_call(layout, constants, "bitplane", tables_of)
+            calls.append((f"{tables_of} tables", call, bound))
+    return calls
+
+
+def bitplane_layers(weight: np.ndarray, bits: int, tables: list[str], factor: float, target) -> list[dict]:
+    """Per kernel (the LUT GEMV with each of ``tables``, and kernel_for's choice where it differs): name, a pass over
+    its copies, bytes per layer, relative error against the reference decoder."""
     import tvm
 
     from bie_compiler.codecs import bie_bitplane
     from bie_compiler.codegen import kernel_for
-    from bie_compiler.codegen.kernels import bitplane
 
     enc = bie_bitplane.encode(weight.T, bie_bitplane.Config(bits=bits))
     chosen = kernel_for(enc, target)
-    with target:
-        calls = [bitplane.lut_call(enc)] + ([chosen] if chosen.kind != "bitplane_lut" else [])
+    calls = lut_calls(enc, tables, target) + ([("", chosen, None)] if chosen.kind != "bitplane_lut" else [])
     k, n = weight.shape
     x = tvm.runtime.tensor(np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32))
     ref = x.numpy() @ bie_bitplane.decode(enc).T.astype(np.float64)
     kernels = []
-    for call in calls:
+    for label, call, bound in calls:
         kernel = tvm.compile(tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")}), target).mod["main"]
         layer_bytes = sum(c.nbytes for c in call.constants)
         args = [[x, *(tvm.runtime.tensor(c) for c in call.constants), tvm.runtime.empty((1, n), "float32")]
                 for _ in range(copies_for(layer_bytes, factor))]
         kernel(*args[0])
-        error = float(np.abs(args[0][-1].numpy() - ref).max() / np.abs(ref).max())
-        if error > MAX_REL_ERROR:
-            raise SystemExit(f"{call.kind} disagrees with the reference decoder: relative error {error:.2e}")
+        deviation = np.abs(args[0][-1].numpy() - ref)
+        error = float(deviation.max() / np.abs(ref).max())
+        if error > MAX_REL_ERROR if bound is None else (deviation > bound(x.numpy())).any():
+            raise SystemExit(f"{call.kind} {label} disagrees with the reference decoder: relative error {error:.2e}")
 
         def one_pass(kernel=kernel, args=args):
             for layer_args in args:
                 kernel(*layer_args)
 
-        kernels.append({"name": f"bitplane-{bits} {call.kind}", "pass": one_pass, "layers": len(args),
+        kernels.append({"name": f"bitplane-{bits} {call.kind} {label}".strip(), "pass": one_pass, "layers": len(args),
                         "bytes": layer_bytes, "bits_per_weight": enc.bits_per_weight, "rel_error": error})
     return kernels
 
@@ -121,7 +146,7 @@ def measure_shape(k: int, n: int, args: argparse.Namespace, bandwidth: float, ta
         methods.append({"name": "ort NBits-4", "pass": lambda: nbits.run(None, feed), "layers": layers,
                         "bytes": nbits_bytes})
     for bits in (int(b) for b in args.bits.split(",")):
-        methods += bitplane_layers(weight, bits, args.cache_factor, target)
+        methods += bitplane_layers(weight, bits, args.tables.split(","), args.cache_factor, target)
     del weight
     interleaved(methods, args.repeats)
     rows = [{key: m[key] for key in m if key != "pass"} for m in methods]
@@ -134,7 +159,7 @@ def report(res: dict) -> None:
     print(f"batch-1 GEMV, weights streamed (copies >= {res['cache_factor']:g} x L3 = {res['l3_bytes'] / 2**20:.0f} MiB), "
           f"{res['threads']} threads, llvm -mcpu={res['target']}, interleaved, median of {res['repeats']}")
     print(f"read bandwidth (parallel TVM sum over 512 MiB, {res['threads']} threads): {res['bandwidth'] * 1e-9:.1f} GB/s")
-    header = ["K x N", "method", "ms/layer", "vs fp32", "vs NBits-4", "MB/layer", "bits/w", "BW frac"]
+    header = ["K x N", "method", "ms/layer", "vs fp32", "vs NBits-4", "MB/layer", "bits/w", "BW frac", "rel err"]
     table = [header]
     for shape in res["rows"]:
         by_name = {m["name"]: m for m in shape["methods"]}
@@ -142,7 +167,8 @@ def report(res: dict) -> None:
         for m in shape["methods"]:
             table.append([shape["shape"], m["name"], f"{m['ms']:.3f}", f"{by_name['ort fp32']['ms'] / m['ms']:.2f}x",
                           f"{nbits['ms'] / m['ms']:.2f}x" if nbits else "n/a", f"{m['bytes'] / 1e6:.2f}",
-                          f"{m['bits_per_weight']:.3f}" if "bits_per_weight" in m else "", f"{m['bw_fraction']:.2f}"])
+                          f"{m['bits_per_weight']:.3f}" if "bits_per_weight" in m else "", f"{m['bw_fraction']:.2f}",
+                          f"{m['rel_error']:.1e}" if "rel_error" in m else ""])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         print("  ".join([line[0].ljust(widths[0]), line[1].ljust(widths[1]),
@@ -150,7 +176,8 @@ def report(res: dict) -> None:
     for shape in res["rows"]:
         if shape["nbits_missing"]:
             print(f"MatMulNBits missing for {shape['shape']}: {shape['nbits_missing']}")
-    print("times per layer; vs = that method's time / this one's (above 1: faster); BW frac = bytes / time / bandwidth")
+    print("times per layer; vs = that method's time / this one's (above 1: faster); "
+          "BW frac = bytes / time / bandwidth; rel err = max |y - exact| / max |exact| against the reference decoder")
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -74,3 +74,59 @@ def test_planes_cut_at_load_equal_planes_cut_at_compile(kept, lut_target):
     shift = bits - 1 - kept
     np.testing.assert_array_equal(bitplane_lut.codes_of_planes(at_load, bits - 1),
                                   bitplane_lut.codes_of_planes(cut.constants[0], kept) << shift)
+
+
+INT8_CASES = [case for case in CASES if case[2].kept_planes + 1 <= bitplane_lut.QUAD]
+
+
+def int8_call(enc, target):
+    """The int8-table GEMV (and its panel GEMM) over the encoding's codes, its layout and the codec's scales."""
+    planes = bitplane.BitPlanes(enc, words=False)
+    n, k = enc.shape
+    kept = int(planes.planes.shape[0])
+    layout = bitplane_lut.Layout(n, k, kept, planes.top_bit + 1 - kept, planes.group, planes.scales.shape[1])
+    codes = bitplane.integer_codes(planes.planes, planes.signs, k, planes.top_bit).astype(np.int64) >> layout.shift
+    constants = [bitplane_lut.words_of(codes, kept, "int8"), bitplane_lut.lanes_of_scales(planes.scales)]
+    with target:
+        return bitplane_lut.kernel_call(layout, constants, "bitplane", "int8"), layout, planes.scales
+
+
+def exact_tables_activations(k, rows, seed):
+    """Integer activations whose every group of 32 peaks at a subset sum of TABLE_PEAK (31 + 32 + 32 + 32 in its
+    first table, every other entry smaller): the int8 tables' step is 1, so they hold the float32 tables exactly."""
+    x = np.random.default_rng(seed).integers(-31, 32, (rows, k)).astype(np.float32)
+    x[:, 3::4] = np.minimum(x[:, 3::4], 30)  # a table's positive sum is at most 31 + 31 + 31 + 30 = 123
+    x[:, 3::4] = np.maximum(x[:, 3::4], -30)
+    for g in range(0, k, bitplane_lut.GROUP):
+        x[:, g:g + 4] = [31, 32, 32, 32][:min(4, k - g)]
+    x[:, (k // bitplane_lut.GROUP) * bitplane_lut.GROUP:] = 0  # a short last group would peak lower
+    return x
+
+
+@pytest.mark.parametrize("n,k,config", INT8_CASES)
+def test_int8_tables_are_exact_when_the_tables_are_integers(n, k, config, lut_target):
+    """Activations whose int8 tables need no rounding: the int8-table GEMV is the exact product (layout, look-ups,
+    plane weights and the codes' offset all checked), and its panel GEMM too."""
+    enc = encode(n, k, config, n + k)
+    call, _, _ = int8_call(enc, lut_target)
+    decoded = bie_bitplane.decode(enc).astype(np.float64)
+    x = exact_tables_activations(k, 2, k)
+    assert_close(run(call.func, lut_target, x, call.constants, (2, n)), x @ decoded.T)
+    rows = np.random.default_rng(n).standard_normal((19, k)).astype(np.float32)
+    assert_close(run(call.large_batch.func, lut_target, rows, call.constants, (19, n)), rows @ decoded.T)
+
+
+@pytest.mark.parametrize("n,k,config", INT8_CASES)
+def test_int8_tables_stay_within_their_stated_bound(n, k, config, lut_target):
+    enc = encode(n, k, config, n + k)
+    call, layout, scales = int8_call(enc, lut_target)
+    x = np.random.default_rng(k).standard_normal((3, k)).astype(np.float32)
+    want = x @ bie_bitplane.decode(enc).T.astype(np.float64)
+    error = np.abs(run(call.func, lut_target, x, call.constants, (3, n)) - want)
+    bound = bitplane_lut.int8_error_bound(x, layout, scales)
+    assert (error <= bound + 1e-5 * np.abs(want).max()).all(), (error / bound).max()
+
+
+def test_int8_tables_take_at_most_4_planes():
+    with pytest.raises(ValueError, match="1 to 4 planes"):
+        bitplane_lut.words_of(np.zeros((16, 32), np.int64), 4, "int8")

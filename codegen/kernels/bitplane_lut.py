@@ -16,6 +16,11 @@ reference decoder's up to float rounding.
 One parallel loop over blocks of 16 channels, each prefetching the next block's
 words into L2 while it computes (as in :mod:`.bbs_lut`). Rows of activations are
 processed one after the other (exact at any batch; meant for batch 1).
+
+``tables="int8"`` (1 to 4 planes; the exact float32 tables stay the default) is
+T-MAC's scheme: the tables quantized to int8 per group of 32 activations and
+looked up 64 at a time with byte shuffles, see :func:`int8_gemv`; its error is
+bounded by :func:`int8_error_bound`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ from . import lut, panel_gemm
 
 LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
 FORM = "lut_planes"  # the progressive-precision form of the words (weights.PRECISION_ATTR)
+TABLES = ("fp32", "int8")  # the look-up tables: exact float32 subset sums, or int8 quantized per group
+QUAD = 4  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most planes
+SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
+DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
+PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
+TABLE_PEAK = 127  # the int8 tables' largest magnitude
 
 
 def twos_complement_planes(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
@@ -83,22 +94,39 @@ class Layout(NamedTuple):
     groups: int
 
 
-def kernel_call(layout: Layout, constants: list, kind: str) -> KernelCall:
-    """The GEMV for one row over ``constants`` (words and scales, as :func:`twos_complement_planes` and
-    :func:`lanes_of_scales` lay them out) and, above one row, the panel GEMM over the same words."""
+def words_of(codes: np.ndarray, magnitude_planes: int, tables: str = "fp32") -> np.ndarray:
+    """The words the GEMV of ``tables`` reads for ``codes`` (:func:`twos_complement_planes` or :func:`int8_nibbles`)."""
+    check_tables(tables, magnitude_planes)
+    return (int8_nibbles if tables == "int8" else twos_complement_planes)(codes, magnitude_planes)
+
+
+def check_tables(tables: str, magnitude_planes: int) -> None:
+    if tables not in TABLES:
+        raise ValueError(f"look-up tables must be one of {', '.join(TABLES)}, got {tables!r}")
+    if tables == "int8" and magnitude_planes + 1 > QUAD:
+        raise ValueError(f"int8 look-up tables take 1 to {QUAD} planes, not {magnitude_planes + 1}: use fp32 tables")
+
+
+def kernel_call(layout: Layout, constants: list, kind: str, tables: str = "fp32") -> KernelCall:
+    """The GEMV for one row over ``constants`` (words and scales, as :func:`words_of` and :func:`lanes_of_scales`
+    lay them out) and, above one row, the panel GEMM over the same words. ``tables``: see the module docstring."""
+    check_tables(tables, layout.magnitude_planes)
     words, scales = holders = [te.placeholder(c.shape, c.dtype.name, name)
                                for name, c in zip(("words", "scales"), constants)]
-    small = KernelCall(f"{kind}_lut", gemv(**layout._asdict()), constants)
-    return panel_gemm.with_gemm(small, panel_gemm_of(layout, words, scales), kind)
+    build = int8_gemv if tables == "int8" else gemv
+    small = KernelCall(f"{kind}_lut", build(**layout._asdict()), constants)
+    return panel_gemm.with_gemm(small, panel_gemm_of(layout, words, scales, tables), kind)
 
 
-def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor):
+def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor, tables: str = "fp32"):
     """The panel GEMM over the words: per-channel scales applied to the sums, grouped ones in the decode."""
+    value_of = int8_decoded_value if tables == "int8" else decoded_value
     if layout.groups == 1:
-        value = panel_gemm.by_channel(decoded_value(words, **layout._asdict()), layout.n, LANES)
+        value = panel_gemm.by_channel(value_of(words, **layout._asdict()), layout.n, LANES)
         return panel_gemm.gemm(value, [words, scales], layout.n, layout.k,
                                scale=lambda c: scales[c // LANES, 0, c % LANES], group=GROUP)
-    weight = panel_gemm.by_channel(decoded_weight(words, scales, **layout._asdict()), layout.n, LANES)
+    weight = panel_gemm.by_channel(decoded_weight(words, scales, **layout._asdict(), value_of=value_of),
+                                   layout.n, LANES)
     return panel_gemm.gemm(weight, [words, scales], layout.n, layout.k, group=GROUP)
 
 
@@ -175,8 +203,205 @@ def decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: int, *
 
 
 def decoded_weight(words, scales, *, n: int, k: int, magnitude_planes: int, shift: int, scale_group: int,
-                   groups: int):
-    """``f(n, kk)``: the float32 weight the words and scales (TE tensors) hold."""
-    value = decoded_value(words, n=n, k=k, magnitude_planes=magnitude_planes, shift=shift)
+                   groups: int, value_of=decoded_value):
+    """``f(n, kk)``: the float32 weight the words and scales (TE tensors) hold (``value_of``: the words' form)."""
+    value = value_of(words, n=n, k=k, magnitude_planes=magnitude_planes, shift=shift)
     return lambda n, kk: value(n, kk).astype("float32") * scales[n // LANES, kk // scale_group if groups > 1 else 0,
                                                                  n % LANES]
+
+
+# --- int8 tables ------------------------------------------------------------------------------------------------------
+
+
+def int8_planes(magnitude_planes: int) -> int:
+    """Planes a channel has in the int8-table GEMV's bytes: 2 (up to 2 planes: vpmaddubsw sums byte pairs) or QUAD."""
+    return 2 if magnitude_planes + 1 <= 2 else QUAD
+
+
+def int8_nibbles(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
+    """``codes`` [N, K] (``|q| < 2^P``, P = ``magnitude_planes`` < QUAD) as the int8-table GEMV's look-up indices, uint8
+    [ceil(N / 16) * ceil(K / 32), S, 64] (S = :func:`int8_planes`): row ``blk * KG + g`` for channel block ``blk``
+    and group ``g``.
+
+    A code is stored offset binary, ``u = q + 2^P`` in [0, 2^(P + 1)), as S planes (bit S - 1 - p of ``u`` in plane
+    ``p``; with S = 4 and 3 planes the first is zero). Table ``t`` of a group is its weights ``4 t .. 4 t + 3``
+    (nibble bit ``i``: weight ``4 t + i``). A vector's 128-bit lane ``l`` looks up one table, ``l // S`` of those of
+    the vector (4 / S of them), for the block's channels ``(l % S) * 16 / S`` on, each channel's S planes in S
+    consecutive bytes (what vpdpbusd or vpmaddubsw sums); vector ``h``'s low nibbles are tables ``h * 4 / S`` on,
+    its high nibbles the tables 4 further. Padding weights are zero (``u = 2^P``)."""
+    n, k = codes.shape
+    blocks, kg = -(-n // LANES), -(-k // GROUP)
+    span = int8_planes(magnitude_planes)
+    padded = np.zeros((blocks * LANES, kg * GROUP), np.int64)
+    padded[:n, :k] = codes
+    u = padded + (1 << magnitude_planes)
+    bits = (u[..., None] >> (span - 1 - np.arange(span))) & 1  # [N, K, plane]
+    # [blk, channel group, channel, g, high nibble, vector, table of the vector, weight, plane]
+    bits = bits.reshape(blocks, span, LANES // span, kg, 2, span, QUAD // span, 4, span)
+    nibble = (bits << np.arange(4)[:, None]).sum(axis=7)
+    byte = nibble[:, :, :, :, 0] | (nibble[:, :, :, :, 1] << 4)  # [blk, group, channel, g, vector, table, plane]
+    return np.ascontiguousarray(byte.transpose(0, 3, 4, 5, 1, 2, 6).reshape(blocks * kg, span, 64).astype(np.uint8))
+
+
+def int8_decoded_value(nibbles, *, n: int, k: int, magnitude_planes: int, shift: int, **_):
+    """``f(n, kk)``: the integer :func:`int8_nibbles`' bytes (a TE tensor) hold for weight ``kk`` of channel ``n``."""
+    kg = -(-k // GROUP)
+    span = int8_planes(magnitude_planes)
+    per_vector, per_lane = QUAD // span, LANES // span  # tables of a vector's low nibbles, channels of a lane
+
+    def value(n, kk):
+        row, table, i = n // LANES * kg + kk // GROUP, kk % GROUP // 4, kk % 4
+        vector, lane = table % QUAD // per_vector, table % per_vector * span + n % LANES // per_lane
+        at = lane * 16 + n % per_lane * span
+        bit = (table // QUAD * 4 + i).astype("uint8")
+        u = lut.tree([((nibbles[row, vector, at + p] >> bit) & tirx.const(1, "uint8")).astype("int32")
+                      << (span - 1 - p) for p in range(span)])
+        return (u - (1 << magnitude_planes)) << shift
+
+    return value
+
+
+def int8_table_steps(x: np.ndarray, k: int) -> np.ndarray:
+    """The int8 tables' steps per group of GROUP activations of each row of ``x`` [m, k], float64 [m, KG]: the
+    group's largest subset sum in magnitude (the sum of its positive or of its negative activations, in one table of
+    4) over TABLE_PEAK."""
+    kg = -(-k // GROUP)
+    xpad = np.zeros((x.shape[0], kg * GROUP))
+    xpad[:, :k] = x
+    quads = xpad.reshape(x.shape[0], kg, NIBBLES, 4)
+    peak = np.maximum(np.maximum(quads, 0).sum(-1), np.maximum(-quads, 0).sum(-1)).max(-1)
+    return peak / TABLE_PEAK
+
+
+def int8_error_bound(x: np.ndarray, layout: Layout, scales: np.ndarray) -> np.ndarray:
+    """The stated bound of the int8-table GEMV's error against the exact product, per output [m, n], for ``x``
+    [m, k] and the per-channel or grouped ``scales`` [n, groups] (as the codec gives them; float rounding aside).
+
+    A table entry rounded to the step ``s_g`` of its group is off by at most ``s_g / 2``; a channel looks up each of
+    the group's 8 tables once per plane, the planes weighing ``2^(P - p)`` (at most ``2^(P + 1) - 1`` together), so
+    the group contributes at most ``8 * (2^(P + 1) - 1) * s_g / 2 * 2^shift * |scale|``."""
+    steps = int8_table_steps(x, layout.k)  # [m, KG]
+    weight = 4 * ((1 << (layout.magnitude_planes + 1)) - 1) * float(1 << layout.shift)
+    kg = steps.shape[1]
+    group_scale = np.abs(scales[:, np.arange(kg) * GROUP // layout.scale_group if layout.groups > 1 else [0] * kg])
+    return weight * steps @ group_scale.T
+
+
+def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
+    """``f(x [m, K], nibbles, scales, out [m, N])`` over :func:`int8_nibbles` and :func:`lanes_of_scales`: the GEMV
+    with int8 tables.
+
+    Per row, each group's 8 float32 tables are quantized with one step ``s_g`` (the group's largest entry over
+    TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors, laid out as the index bytes need
+    them. Per block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles
+    (2 look-up vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
+    ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or vpmaddubsw into
+    int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's exact integer sum
+    for 16 channels in 2 S shuffles, times ``s_g`` into a float32 accumulator. The offset of the codes,
+    ``2^P * sum(x)``, is subtracted with the exact activation sum."""
+    check_tables("int8", magnitude_planes)
+    blocks, kg = -(-n // LANES), -(-k // GROUP)
+    kp = kg * GROUP
+    span = int8_planes(magnitude_planes)
+    rows = kp // 4 * span // QUAD  # vectors of tables: QUAD / span tables each
+    width = LANES * QUAD  # bytes in a vector
+    offset = float(1 << magnitude_planes)
+    unit = float(1 << shift)
+    per_group = groups > 1
+    assert not per_group or scale_group % GROUP == 0
+    fill_tables = lut.fill_tables(k, kp)
+    # plane p weighs 2^(span - 1 - p): bytes 8, 4, 2, 1 (quads) or 2, 1 (pairs), little-endian
+    weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(0x01020408 if span == QUAD else 0x01020102, "uint32"),
+                                                       LANES))
+
+    def looked_up(small, row, nibbles):
+        return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, small[row, T.Ramp(0, 1, width)], T.reinterpret(
+            "int8x64", nibbles))
+
+    def quad_sum(small, first, v):
+        # the int32 sums of one index vector's 2 look-ups for 16 channels (vector h: table rows h and h + QUAD)
+        zero = T.Broadcast(T.int32(0), LANES)
+        low = tirx.call_llvm_pure_intrin("int32x16", DOT, zero, weights,
+                                         looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
+        return tirx.call_llvm_pure_intrin("int32x16", DOT, low, weights,
+                                          looked_up(small, first + span, v >> T.Broadcast(T.uint8(4), width)))
+
+    def pair_sum(small, first, v):
+        # the int16 sums of one index vector's 2 look-ups: channels 0-15 of its tables h * 2 (words 0-15) and
+        # h * 2 + 1 (words 16-31), h * 2 + 4 and h * 2 + 5 (table rows h and h + 2)
+        return (tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
+                                           looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
+                + tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
+                                             looked_up(small, first + span, v >> T.Broadcast(T.uint8(4), width))))
+
+    def group_dot(small, first, words):
+        # the group's int32 sums for 16 channels from its S index vectors
+        if span == QUAD:
+            return lut.tree([quad_sum(small, first + h, words(h)) for h in range(span)])
+        total = lut.tree([pair_sum(small, first + h, words(h)) for h in range(span)])
+        return (T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", i) for i in range(LANES)]))
+                + T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", LANES + i) for i in range(LANES)])))
+
+    @T.prim_func(private=True)
+    def main(
+        var_x: T.handle,
+        nibbles: T.Buffer((blocks * kg, span, width), "uint8"),
+        scales: T.Buffer((blocks, groups, LANES), "float32"),
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        xpad = T.decl_buffer((kp,), "float32")
+        table = T.decl_buffer((kp // 4, 16), "float32")
+        small = T.decl_buffer((rows, width), "int8")  # the int8 tables as vectors of lanes
+        step = T.decl_buffer((kg,), "float32")
+        group_sum = T.decl_buffer((kg,), "float32")
+        total = T.decl_buffer((1,), "float32")
+        peak = T.decl_buffer((1,), "float32")
+        acc = T.decl_buffer((blocks, LANES), "float32")  # allocated once per call, not per parallel iteration
+        for row in range(m):
+            fill_tables(x, row, xpad, table)
+            total[0] = T.float32(0)
+            for g in range(kg):
+                # the largest entry in magnitude: a table's sum of its positive or of its negative activations
+                peak[0] = T.float32(0)
+                for t in range(NIBBLES):
+                    positive: T.let = lut.tree([T.max(xpad[g * GROUP + 4 * t + i], T.float32(0)) for i in range(4)])
+                    negative: T.let = lut.tree([T.max(-xpad[g * GROUP + 4 * t + i], T.float32(0)) for i in range(4)])
+                    peak[0] = T.max(peak[0], T.max(positive, negative))
+                step[g] = peak[0] / T.float32(TABLE_PEAK)
+                scale: T.let = T.if_then_else(peak[0] > T.float32(0), T.float32(TABLE_PEAK) / peak[0], T.float32(0))
+                for t in T.unroll(NIBBLES):  # table t in lanes t % (QUAD / span) * span on of row t // (QUAD / span)
+                    entries: T.let = T.Cast("int8x16", T.Cast("int32x16", T.nearbyint(
+                        table[g * NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(scale, 16))))
+                    for lane in T.unroll(span):
+                        small[g * 2 * span + t // (QUAD // span), T.Ramp((t % (QUAD // span) * span + lane) * 16, 1,
+                                                                         16)] = entries
+                group_sum[g] = lut.tree([table[g * NIBBLES + t, 15] for t in range(NIBBLES)])
+                total[0] = total[0] + group_sum[g]
+            for blk in T.parallel(blocks):
+                acc[blk, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                for g in range(kg):
+                    nxt: T.let = T.min(blk + 1, blocks - 1) * kg + g  # the next block's group (the next item)
+                    for h in T.unroll(span):
+                        lut.prefetch(nibbles[nxt, h, 0])
+                    dot: T.let = group_dot(small, g * 2 * span,
+                                           lambda h: nibbles[blk * kg + g, h, T.Ramp(0, 1, width)])
+                    mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES)
+                    if per_group:
+                        acc[blk, T.Ramp(0, 1, LANES)] = acc[blk, T.Ramp(0, 1, LANES)] + (
+                            mixed - T.Broadcast(T.float32(offset) * group_sum[g], LANES)) * scales[
+                            blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
+                    else:
+                        acc[blk, T.Ramp(0, 1, LANES)] = acc[blk, T.Ramp(0, 1, LANES)] + mixed
+                for lane in range(LANES):
+                    if blk * LANES + lane < n:
+                        if per_group:
+                            out[row, blk * LANES + lane] = acc[blk, lane] * T.float32(unit)
+                        else:
+                            out[row, blk * LANES + lane] = (acc[blk, lane] - T.float32(offset) * total[0]) * T.float32(
+                                unit) * scales[blk, 0, lane]
+
+    return main
