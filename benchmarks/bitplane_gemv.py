@@ -64,20 +64,14 @@ def lut_calls(enc, tables: list[str], target) -> list:
     bound (None: exact)."""
     from bie_compiler.codegen.kernels import bitplane, bitplane_lut
 
-    planes = bitplane.BitPlanes(enc, words=False)
-    n, k = enc.shape
-    kept = int(planes.planes.shape[0])
-    layout = bitplane_lut.Layout(n, k, kept, planes.top_bit + 1 - kept, planes.group, planes.scales.shape[1])
-    codes = bitplane.integer_codes(planes.planes, planes.signs, k, planes.top_bit).astype(np.int64) >> layout.shift
+    layout, _, scales = bitplane.lut_parts(enc)
     calls = []
     with target:
         for tables_of in tables:
-            if tables_of == "int8" and kept + 1 > bitplane_lut.QUAD:
+            if tables_of == "int8" and layout.magnitude_planes + 1 > bitplane_lut.QUAD:
                 continue
-            constants = [bitplane_lut.words_of(codes, kept, tables_of), bitplane_lut.lanes_of_scales(planes.scales)]
-            bound = (lambda x: bitplane_lut.int8_error_bound(x, layout, planes.scales)) if tables_of == "int8" else None
-            call = bitplane_lut.kernel_call(layout, constants, "bitplane", tables_of)
-            calls.append((f"{tables_of} tables", call, bound))
+            bound = (lambda x: bitplane_lut.int8_error_bound(x, layout, scales)) if tables_of == "int8" else None
+            calls.append((f"{tables_of} tables", bitplane.lut_call(enc, tables_of), bound))
     return calls
 
 

@@ -80,15 +80,10 @@ INT8_CASES = [case for case in CASES if case[2].kept_planes + 1 <= bitplane_lut.
 
 
 def int8_call(enc, target):
-    """The int8-table GEMV (and its panel GEMM) over the encoding's codes, its layout and the codec's scales."""
-    planes = bitplane.BitPlanes(enc, words=False)
-    n, k = enc.shape
-    kept = int(planes.planes.shape[0])
-    layout = bitplane_lut.Layout(n, k, kept, planes.top_bit + 1 - kept, planes.group, planes.scales.shape[1])
-    codes = bitplane.integer_codes(planes.planes, planes.signs, k, planes.top_bit).astype(np.int64) >> layout.shift
-    constants = [bitplane_lut.words_of(codes, kept, "int8"), bitplane_lut.lanes_of_scales(planes.scales)]
+    """The int8-table GEMV (and its panel GEMM) as compile builds it, its layout and the codec's scales."""
+    layout, _, scales = bitplane.lut_parts(enc)
     with target:
-        return bitplane_lut.kernel_call(layout, constants, "bitplane", "int8"), layout, planes.scales
+        return bitplane.lut_call(enc, "int8"), layout, scales
 
 
 def exact_tables_activations(k, rows, seed):

@@ -277,19 +277,27 @@ def _lut_applies(planes: BitPlanes, conv: ConvSpec | None) -> bool:
         and (per_channel or planes.group % bitplane_lut.GROUP == 0)
 
 
-def lut_call(enc: Encoded) -> KernelCall:
-    """The look-up-table GEMV for one row (:mod:`.bitplane_lut`) and the decode kernel of its words above (a matmul;
-    within the target, whose CPU must have AVX-512)."""
+def lut_parts(enc: Encoded) -> tuple[bitplane_lut.Layout, np.ndarray, np.ndarray]:
+    """What the look-up-table kernels are built from: their layout, the integer codes [N, K] counted from the lowest
+    plane kept, and the codec's scales."""
     planes = BitPlanes(enc, words=False)
     n, k = enc.shape
     kept = int(planes.planes.shape[0])
     shift = planes.top_bit + 1 - kept  # the significance of the lowest plane kept
     codes = integer_codes(planes.planes, planes.signs, k, planes.top_bit).astype(np.int64) >> shift
-    constants = [bitplane_lut.twos_complement_planes(codes, kept), bitplane_lut.lanes_of_scales(planes.scales)]
-    layout = bitplane_lut.Layout(n, k, kept, shift, planes.group, planes.scales.shape[1])
-    call = bitplane_lut.kernel_call(layout, constants, "bitplane")
-    for variant in (call, call.large_batch):  # progressive precision: the words' magnitudes may be cut at load
-        variant.func = variant.func.with_attr(PRECISION_ATTR, {"form": bitplane_lut.FORM, "magnitude_bits": kept})
+    return bitplane_lut.Layout(n, k, kept, shift, planes.group, planes.scales.shape[1]), codes, planes.scales
+
+
+def lut_call(enc: Encoded, tables: str = "fp32") -> KernelCall:
+    """The look-up-table GEMV for one row (:mod:`.bitplane_lut`, with ``tables`` of fp32 or int8 partial sums) and
+    the decode kernel of its words above (a matmul; within the target, whose CPU must have AVX-512)."""
+    layout, codes, scales = lut_parts(enc)
+    constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, tables), bitplane_lut.lanes_of_scales(scales)]
+    call = bitplane_lut.kernel_call(layout, constants, "bitplane", tables)
+    if tables == "fp32":  # progressive precision: the planes of these words may be cut at load (not the int8 nibbles)
+        for variant in (call, call.large_batch):
+            variant.func = variant.func.with_attr(PRECISION_ATTR, {"form": bitplane_lut.FORM,
+                                                                   "magnitude_bits": layout.magnitude_planes})
     return call
 
 
