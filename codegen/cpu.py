@@ -33,7 +33,7 @@ from .fast_math import fast_math
 from .fuse_expand_depthwise import fuse_expand_depthwise
 from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, reduction
 from .schedules.linear_epilogue import linear_epilogues
-from .serial_small_loops import serial_when_small
+from .serial_small_loops import mark_streamed_weights, serial_when_small
 from .stack_buffers import stack_buffers
 from .unit_dims import specialize_unit_dims
 from .weights import Weights, split_weights
@@ -158,10 +158,12 @@ def pipeline() -> tvm.transform.Pass:
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecutable, Weights]:
     """The pipeline's two halves, and between them the weights taken out of ``main``
     (:func:`.weights.split_weights`) and ``main`` specialized for unit dimensions
-    (:func:`.unit_dims.specialize_unit_dims`): the executable and the weights it takes after the inputs."""
+    (:func:`.unit_dims.specialize_unit_dims`), the kernels' weights marked streamed when they outgrow the cache
+    (:func:`.serial_small_loops.mark_streamed_weights`): the executable and the weights it takes after the inputs."""
     with target:
         mod = schedule()(mod)
     mod, weights = split_weights(mod)
+    mod = mark_streamed_weights(mod, weights.nbytes)
     try:
         return tvm.compile(specialize_unit_dims(mod), target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
     # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of

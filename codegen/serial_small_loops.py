@@ -13,6 +13,14 @@ GEMV does one vector FMA per 16 weights but reads every weight from memory once)
 is a constant below ``SERIAL_WORK`` becomes serial; one whose work depends on a symbolic size (batch,
 sequence length) is kept twice, chosen at run time by its work, so one kernel runs serially at one
 token and in parallel at 128.
+
+Words streamed from memory cost more than cached ones, and a second thread brings its own bandwidth:
+a GEMV over a weight that is not in the caches when it runs is worth splitting even when its
+operations are few. The weights of a model larger than one core's L2 are evicted between the
+kernels that read them (each is read once per call), so :func:`mark_streamed_weights` names the
+weight parameters of the encoded and dense matmul kernels of such a model (``STREAMED_ATTR``), and
+their words count ``STREAMED_WORD`` times; a small model's weights (the bundled transformer and mlp)
+stay in L2 from one call to the next and count as any other word.
 """
 
 from __future__ import annotations
@@ -26,10 +34,20 @@ from tvm.ir.expr import Call, TensorLoad
 from tvm.tirx.buffer import BufferType
 from tvm.tirx import stmt as s
 
+from .kernel_registry import AT_LOAD_ATTR, KERNEL_ATTR
+
 # Work (operations + words touched) below which a parallel region costs more than it saves: waking the sleeping
 # pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for this
 # much work; measured there, the bundled cnn and the encoder at one token ran no faster with any smaller bound.
 SERIAL_WORK = 1 << 20
+# Weights of a model above this many bytes are streamed from memory (or the shared L3) by every call: one core's L2.
+CACHED_WEIGHT_BYTES = 2 << 20
+# Cost of a 4-byte word streamed from memory, in the units of SERIAL_WORK (an operation or a cached word): a kernel
+# streaming more than about 512 KB is split. In a quiet A/B of the encoder at one token, splitting its FFN GEMVs
+# saved time where each streams 590 KB (int8) or 2.4 MB (dense), nothing where it streams 415 KB (bbs).
+STREAMED_WORD = 8
+# On a PrimFunc: the names of its buffer parameters that are streamed weights (see mark_streamed_weights).
+STREAMED_ATTR = "bie.streamed_buffers"
 
 # Expression nodes that cost an instruction or so (variables, constants and vector index ramps do not).
 OPERATIONS = (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ, P.NE, P.LT, P.LE, P.GT,
@@ -76,9 +94,9 @@ def operations(expr) -> int:
     return count[0]
 
 
-def footprint(stmt) -> tirx.PrimExpr:
+def footprint(stmt, streamed: frozenset = frozenset()) -> tirx.PrimExpr:
     """4-byte words of the distinct buffers ``stmt`` loads from or stores to, those declared inside it (register
-    tiles, per-task scratch) left out."""
+    tiles, per-task scratch) left out; a buffer named in ``streamed`` counts ``STREAMED_WORD`` times."""
     touched, local = {}, set()
 
     def collect(node):
@@ -98,7 +116,8 @@ def footprint(stmt) -> tirx.PrimExpr:
         bits = tirx.IntImm("int64", tvm.runtime.DataType(buffer.dtype).bits)
         for extent in buffer.shape:
             bits = bits * _int64(extent)
-        total = total + tirx.FloorDiv(bits, tirx.IntImm("int64", 32))
+        words = tirx.FloorDiv(bits, tirx.IntImm("int64", 32))
+        total = total + (words * STREAMED_WORD if buffer.name in streamed else words)
     return total
 
 
@@ -125,14 +144,33 @@ def _defined_inside(stmt) -> set:
     return found
 
 
+def mark_streamed_weights(mod: tvm.IRModule, weight_bytes: int) -> tvm.IRModule:
+    """``mod`` with the weight parameters of its kernels named in ``STREAMED_ATTR``, when the model's weights
+    (``weight_bytes``) are more than the L2 holds; else ``mod``.
+
+    A kernel (``KERNEL_ATTR``) is ``f(x, *constants, out)`` (``kernel_registry``): its constants are weights. The
+    attribute names buffers, not positions: the lowered function (what :func:`serial_when_small` sees) takes its
+    arguments packed, and its buffers keep the parameters' names."""
+    if weight_bytes <= CACHED_WEIGHT_BYTES:
+        return mod
+    mod = mod.clone()
+    for gv, func in list(mod.functions_items()):
+        attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
+        if KERNEL_ATTR in attrs and AT_LOAD_ATTR not in attrs:
+            mod[gv] = func.with_attr(STREAMED_ATTR, [param.name for param in list(func.params)[1:-1]])
+    return mod
+
+
 def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx.PrimFunc:
-    """``func`` with each parallel loop serial below ``threshold`` work (:func:`work` + :func:`footprint`)."""
+    """``func`` with each parallel loop serial below ``threshold`` work (:func:`work` + :func:`footprint`, the
+    buffers ``STREAMED_ATTR`` names streamed)."""
     analyzer = tvm.sym.Analyzer()
+    streamed = frozenset(str(name) for name in (func.attrs or {}).get(STREAMED_ATTR, []))
 
     def rewrite(loop):
         if not isinstance(loop, s.For) or loop.kind != s.ForKind.PARALLEL:
             return loop
-        amount = analyzer.simplify(work(loop) + footprint(loop))
+        amount = analyzer.simplify(work(loop) + footprint(loop, streamed))
         if set(tirx.analysis.undefined_vars(amount)) & _defined_inside(loop):  # not known before the loop starts
             return loop
         serial = s.For(loop.loop_var, loop.min, loop.extent, s.ForKind.SERIAL, loop.body, None, loop.annotations,

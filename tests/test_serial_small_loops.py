@@ -9,7 +9,10 @@ from tvm import s_tir, te, tirx
 from tvm.tirx import stmt as s
 
 from bie_compiler.codegen import cpu
-from bie_compiler.codegen.serial_small_loops import SERIAL_WORK, footprint, serial_when_small, work
+from bie_compiler.codegen.kernel_registry import AT_LOAD_ATTR, finish
+from bie_compiler.codegen.kernels import dense
+from bie_compiler.codegen.serial_small_loops import (CACHED_WEIGHT_BYTES, SERIAL_WORK, STREAMED_ATTR, STREAMED_WORD,
+                                                    footprint, mark_streamed_weights, serial_when_small, work)
 from bie_compiler.codegen.target import make_target
 
 
@@ -75,3 +78,84 @@ def _conditions(func: tirx.PrimFunc) -> list:
 
     tvm_ffi.structural_map(func.body, [(s.IfThenElse, collect)], order="post")
     return found
+
+
+# A 384x384 GEMV (the encoder's attention projections): little work per word, below SERIAL_WORK as cached words,
+# above it when its weight is streamed.
+GEMV_N = GEMV_K = 384
+
+
+def _gemv_module() -> tvm.IRModule:
+    return tvm.IRModule({"main": finish(dense.gemm(GEMV_N, GEMV_K, rows=1), "dense_gemv").with_attr("global_symbol",
+                                                                                                     "main")})
+
+
+@pytest.mark.parametrize("weight_bytes,streamed", [(CACHED_WEIGHT_BYTES, False), (CACHED_WEIGHT_BYTES + 1, True)])
+def test_kernel_weights_are_streamed_when_the_model_outgrows_the_cache(weight_bytes, streamed):
+    func = mark_streamed_weights(_gemv_module(), weight_bytes)["main"]
+    assert (STREAMED_ATTR in func.attrs) == streamed
+    if streamed:  # f(x, packed, out): the constants between the activation and the output
+        assert [str(name) for name in func.attrs[STREAMED_ATTR]] == ["packed"]
+
+
+def test_functions_run_at_load_and_other_kernels_are_not_marked():
+    mod = _gemv_module()
+    mod["at_load"] = mod["main"].with_attrs({AT_LOAD_ATTR: True, "global_symbol": "at_load"})
+    mod["plain"] = scaled_rows(8).with_attr("global_symbol", "plain")
+    marked = mark_streamed_weights(mod, 10 * CACHED_WEIGHT_BYTES)
+    assert STREAMED_ATTR in marked["main"].attrs
+    assert STREAMED_ATTR not in marked["at_load"].attrs and STREAMED_ATTR not in marked["plain"].attrs
+
+
+def test_streamed_words_cost_more_and_split_the_gemv_over_threads():
+    plain = lowered(_gemv_module()["main"])
+    marked = lowered(mark_streamed_weights(_gemv_module(), 10 * CACHED_WEIGHT_BYTES)["main"])
+    (loop,) = loops(marked, s.ForKind.PARALLEL)
+    simplify = tvm.sym.Analyzer().simplify
+    weight_words = GEMV_N * GEMV_K
+    assert int(simplify(footprint(loop, frozenset({"packed"})) - footprint(loop))) == (STREAMED_WORD - 1) * weight_words
+    assert int(simplify(_at_one_row(work(loop) + footprint(loop), marked))) < SERIAL_WORK  # as cached words: serial
+    # the run-time choice at one row: serial when cached, parallel when streamed
+    assert _one_row_form(serial_when_small(plain)) == s.ForKind.SERIAL
+    assert _one_row_form(serial_when_small(marked)) == s.ForKind.PARALLEL
+
+
+def test_gemv_with_streamed_weights_computes_x_times_w():
+    mod = mark_streamed_weights(_gemv_module(), 10 * CACHED_WEIGHT_BYTES)
+    lib = tvm.compile(mod, make_target(), tir_pipeline=cpu.TIR_PIPELINE)
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((GEMV_N, GEMV_K)).astype("float32")
+    for rows in (1, 8):
+        x = rng.standard_normal((rows, GEMV_K)).astype("float32")
+        out = tvm.runtime.tensor(np.full((rows, GEMV_N), np.nan, "float32"))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack(weight)), out)
+        want = x.astype(np.float64) @ weight.T.astype(np.float64)
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def _one_row_form(func: tirx.PrimFunc):
+    """The kind of the GEMV's tile loop at one row (m = 1): chosen at run time, or fixed."""
+    (choice,) = _conditions(func) or [None]
+    if choice is None:
+        (loop,) = loops(func, s.ForKind.PARALLEL) or loops(func, s.ForKind.SERIAL)[:1]
+        return loop.kind
+    taken = tvm.sym.Analyzer().simplify(_at_one_row(choice.condition, func))
+    return (choice.then_case if int(taken) else choice.else_case).kind
+
+
+def _at_one_row(expr, func: tirx.PrimFunc):
+    """``expr`` with the variables ``func`` binds replaced by their values and the row count ``m`` 1."""
+    values = {}
+
+    def collect(bind):
+        values[bind.var] = bind.value
+        return bind
+
+    tvm_ffi.structural_map(func.body, (s.Bind, collect), order="post")
+
+    def replace(var):
+        return tirx.const(1, var.ty) if var.name == "m" else values.get(var, var)
+
+    while not (new := tvm_ffi.structural_map(expr, (tirx.Var, replace), order="post")).same_as(expr):
+        expr = new
+    return expr
