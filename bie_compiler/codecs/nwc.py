@@ -235,7 +235,7 @@ def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
     """Per-layer quality for the layers given a budget (:func:`.budget_split.plan`): each layer is rounded at every
     quality level to measure its distortion (:func:`.feedback.distortion`) and estimate its coded bits
     (:func:`estimated_bits`: tANS-coding every level of every layer would take most of the encoding time)."""
-    return budget_split.plan(NAME, matrices, configs, calibrations, _options,
+    return budget_split.plan(NAME, matrices, configs, calibrations, level_options,
                              lambda config, quality: replace(config, quality=quality, bits_per_weight=0.0), workers)
 
 
@@ -255,9 +255,10 @@ def estimated_bits(latents: np.ndarray, n: int, config: Config) -> int:
     return int(np.ceil(bits))
 
 
-def _options(weight: np.ndarray, config: Config,
-             calibration: feedback.Calibration | None) -> list[tuple[int, int, float]]:
-    """(quality, estimated coded bits, distortion) per quality level, fewest bits first."""
+def level_options(weight: np.ndarray, config: Config,
+                  calibration: feedback.Calibration | None) -> list[tuple[int, int, float]]:
+    """(quality, estimated coded bits, distortion) per quality level, fewest bits first: the table
+    :func:`.budget_split.allocate` chooses from."""
     w = check_weight(weight)
     options = []
     for quality in range(1, nwc_network.load().levels + 1):
