@@ -1,4 +1,4 @@
-"""The ``nwc`` layers: the codec's decoder run once when the artefact is loaded, the layer then dense.
+"""The ``nwc`` layers: the codec's decoder run once when the artefact is loaded (the layer then dense), or on every call.
 
 The artefact stores the encoding (the latents' tANS streams, column scales and quality levels) and the trained
 synthesis network (shared: the build keeps one copy of identical constants for all layers). At load one
@@ -13,7 +13,12 @@ PrimFunc (:func:`decoder`, ``KernelCall.at_load``) decodes the weight in two par
 The weight is decoded into float32, not re-encoded: the layer then runs the dense kernels of a weight left dense
 (:mod:`.dense`, packed panels) for a matmul, and for a conv a copy of the decoded OIHW weight into the plain conv.
 Everything the load reads is checked first (counts, alphabets, offsets, levels), so a malformed file fails with
-an error instead of reading out of bounds. Decoding on every call (``--nwc-decode per-call``) is not built.
+an error instead of reading out of bounds.
+
+``--nwc-decode per-call`` keeps only the coded bytes (and the network) in memory, for memory-bound use: every
+call runs both phases again. A matmul of one row runs :func:`fused_matmul` (phase 2 by chunk rows, each tile's
+weights multiplied into that row's outputs as they are made, the weight never stored whole); more rows, and a
+conv, run the decoder as a decode kernel (:mod:`.decode`: the weight [K, N] or OIHW, then the plain op).
 """
 
 from __future__ import annotations
@@ -101,7 +106,7 @@ class _Phases(NamedTuple):
     width: int
     blocks: int
     levels: int
-    latent_size: int  # float32 latents the decoder keeps: [latent, J, K]
+    latent_size: int  # int8 latents the decoder keeps: [latent, J, K] (a quarter of the float32 weight)
 
 
 def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, place) -> _Phases:
@@ -121,7 +126,10 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
 
     @T.macro
     def keep_latent(dest, shift, row, column, value):
-        dest[row * k + column] = value + shift[0]
+        # an encoding's latents are within +-LATENT_LIMIT; the clamp keeps a malformed ``lowest`` from an
+        # out-of-range float-to-int conversion (undefined in LLVM)
+        dest[row * k + column] = T.Cast("int8", T.max(T.min(value + shift[0], T.float32(nwc.LATENT_LIMIT)),
+                                                      T.float32(-nwc.LATENT_LIMIT)))
 
     @T.macro
     def decode_latents(counts, alphabets, offsets, words, lowest, column_levels, latents):
@@ -159,7 +167,7 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
             c: T.let = task // streams
             table = T.decl_buffer((size,), "uint32", data=tables.data, elem_offset=c * size)
             channel_offsets = T.decl_buffer((streams + 1,), "uint32", data=offsets.data, elem_offset=c * (streams + 1))
-            dest = T.decl_buffer((j * k,), "float32", data=latents.data, elem_offset=c * (j * k))
+            dest = T.decl_buffer((j * k,), "int8", data=latents.data, elem_offset=c * (j * k))
             shift = T.decl_buffer((1,), "float32", data=shifts.data, elem_offset=c)
             mac.decode_stream(task % streams, table, channel_offsets, words, keep_latent, dest, shift)
 
@@ -173,7 +181,7 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
         outer = T.decl_buffer((TILE, width), "float32")
         for r in range(TILE):
             for i in range(latent):
-                x[r, i] = latents[(i * j + row) * k + T.min(first + r, k - 1)]
+                x[r, i] = T.Cast("float32", latents[(i * j + row) * k + T.min(first + r, k - 1)])
         input_layer(x, in_w, in_b, h, 0)
         for b in range(blocks):
             inner_layer(h, w1, b1, inner, b)
@@ -234,7 +242,7 @@ def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
     @T.macro
     def body(counts, alphabets, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding,
              out_w, out_b, out):
-        latents = T.decl_buffer((ph.latent_size,), "float32")
+        latents = T.decl_buffer((ph.latent_size,), "int8")
         ph.decode_latents(counts, alphabets, offsets, words, lowest, column_levels, latents)
         ph.store(latents, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding, out_w, out_b,
                  T.decl_buffer((out_size,), "float32", data=out.data))
@@ -304,7 +312,7 @@ def fused_matmul(n: int, k: int, table_log: int, states: int, rows_per_stream: i
         out = T.match_buffer(var_out, (m, n), "float32")
         counts = T.match_buffer(var_counts, (T.int64(),), "uint16")
         words = T.match_buffer(var_words, (T.int64(),), "uint8")
-        latents = T.decl_buffer((ph.latent_size,), "float32")
+        latents = T.decl_buffer((ph.latent_size,), "int8")
         ph.decode_latents(counts, alphabets, offsets, words, lowest, column_levels, latents)
         for row in T.parallel(j):
             acc = T.decl_buffer((m * chunk,), "float32")
