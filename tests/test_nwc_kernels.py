@@ -9,7 +9,6 @@ import tvm
 
 from bie_compiler.codecs import feedback, nwc
 from bie_compiler.codegen import ConvSpec, kernel_for
-from bie_compiler.codegen.kernels import dense
 from bie_compiler.errors import CodecError
 from kernel_runs import assert_close, build, computed_constants, run
 

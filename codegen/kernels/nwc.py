@@ -106,12 +106,13 @@ class _Phases(NamedTuple):
     width: int
     blocks: int
     levels: int
+    streams: int  # tANS streams per latent channel
     latent_size: int  # int8 latents the decoder keeps: [latent, J, K] (a quarter of the float32 weight)
 
 
 def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, place) -> _Phases:
-    """The two phases of the module docstring, the weights of phase 2 stored at ``place(row, column)`` (a flat
-    index into the output)."""
+    """The two phases of the module docstring, ``store`` writing weight (row, column) at ``place(row, column)``, a
+    flat index into its output (``place`` None: ``store`` is not used)."""
     network = nwc_network.load()
     chunk = nwc_network.CHUNK
     latent, width, blocks, levels = network.latent, int(network.config["width"]), int(network.config["blocks"]), network.levels
@@ -212,7 +213,7 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
                         if row * chunk + t < n:
                             flat_out[place(row * chunk + t, first + r)] = y[r, t] * scale
 
-    return _Phases(decode_latents, synthesise, store, latent, width, blocks, levels, latent * j * k)
+    return _Phases(decode_latents, synthesise, store, latent, width, blocks, levels, streams, latent * j * k)
 
 
 def _output(n: int, k: int, conv_shape: tuple[int, int, int, int] | None, packed: bool):
@@ -236,7 +237,7 @@ def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
     ph = _phases(n, k, table_log, states, rows_per_stream, place)
     latent, width, blocks, levels, chunk = ph.latent, ph.width, ph.blocks, ph.levels, nwc_network.CHUNK
     out_size = int(np.prod(out_shape))
-    streams = len(range(0, -(-n // chunk), rows_per_stream))
+    streams = ph.streams
     x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
 
     @T.macro
@@ -292,7 +293,7 @@ def fused_matmul(n: int, k: int, table_log: int, states: int, rows_per_stream: i
     2) into the dot products of its ``CHUNK`` outputs (a task owns its outputs: no two write one)."""
     ph = _phases(n, k, table_log, states, rows_per_stream, None)
     latent, width, blocks, levels, chunk = ph.latent, ph.width, ph.blocks, ph.levels, nwc_network.CHUNK
-    streams = len(range(0, -(-n // chunk), rows_per_stream))
+    streams = ph.streams
     j, tiles_per_row = -(-n // chunk), -(-k // TILE)
 
     @T.prim_func(private=True)
