@@ -3,9 +3,15 @@
 Measured as ``benchmarks/quality.py`` measures (every MatMul/Gemm weight of at least ``--min-weights``
 encoded, replaced by its decoding, the model run with onnxruntime on the evaluation inputs, cosine to the
 fp32 outputs), data-free (rtn) and with error feedback on the calibration data. Its layers are encoded here
-directly (as for the other codecs, no compile), the budget planned over the whole model by
-:func:`nwc.plan` as ``compile`` would. Decode time: the reference decoder (tANS in numpy, synthesis in
-numpy) and, with ``--tvm``, the decoder an artefact runs at load (tANS latents and synthesis network, TVM).
+directly (as for the other codecs, no compile). The nwc budget is split over the layers as ``compile`` splits
+it (:func:`nwc.level_options` per layer, :func:`.budget_split.allocate`): by relative weight error without
+calibration, weighted by each layer's measured sensitivity with it. The per-layer tables (every layer rounded
+at every quality level: most of an unplanned encode's time) are measured once per run and rotation, and kept
+in ``--options-cache`` for the next run. Variants of the feedback encode: ``--spread`` (quality levels over
+each layer's columns by Hessian-diagonal quantiles), ``--rotate`` (the weights rotated first, planned on the
+rotated weights), ``--search N`` (N more encodes, each planned at the budget moved by what the last one
+missed: the encode with feedback codes to another size than the table estimates without it). Decode time: the reference decoder (tANS in numpy, synthesis in numpy)
+and, with ``--tvm``, the decoder an artefact runs at load (tANS latents and synthesis network, TVM).
 
     BIE_ZOO_CACHE=/tmp/zoo_analyze/cache python benchmarks/nwc_quality.py            (all-MiniLM-L6-v2)
     python benchmarks/nwc_quality.py --model M.onnx --eval E.npz --calibration C [--budgets 4 4.5] [--tvm]
@@ -27,8 +33,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import cosines, encode_all  # noqa: E402
 
+from bie_compiler import codecs  # noqa: E402
 from bie_compiler.calibration import calibration_inputs, layer_calibrations  # noqa: E402
-from bie_compiler.codecs import feedback, nwc  # noqa: E402
+from bie_compiler.codecs import budget_split, feedback, nwc, rotation  # noqa: E402
 from bie_compiler.codecs.layout import codec_matrix, onnx_layout  # noqa: E402
 from bie_compiler.decoded_weights import initializer_arrays, weight_layers, with_weights  # noqa: E402
 from bie_compiler.frontend import load_model, model_inputs  # noqa: E402
@@ -38,14 +45,39 @@ BASELINES = [("bie-bitplane 4", "bie-bitplane", {"bits": 4}), ("bie-bitplane 5",
              ("tans 15 levels", "tans", {"levels": 15}), ("tans 23 levels", "tans", {"levels": 23})]
 
 
-def encode_nwc(layers, weights, budget: float, calibrations: dict) -> tuple[dict, float, float, dict]:
+def level_tables(matrices: dict, rotate: bool, cache: Path | None) -> dict[str, list]:
+    """{layer: nwc.level_options of its (rotated) matrix, without calibration}, from ``cache`` when it has them."""
+    key = "rotated" if rotate else "plain"
+    stored = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    if key not in stored:
+        start = time.perf_counter()
+        stored[key] = {}
+        for name, m in matrices.items():
+            m = rotation.rotate(m, rotation.signs(m.shape[1])).astype(np.float32) if rotate else m
+            stored[key][name] = nwc.level_options(m, nwc.Config(), None)
+        print(f"level tables ({key}): {time.perf_counter() - start:.0f} s", flush=True)
+        if cache is not None:
+            cache.write_text(json.dumps(stored))
+    return {name: [tuple(o) for o in stored[key][name]] for name in matrices}
+
+
+def planned(tables: dict[str, list], matrices: dict, budget: float, calibrations: dict) -> dict[str, int]:
+    """{layer: quality} within ``budget``; with calibrations each layer's distortion weighted by its sensitivity
+    (:func:`.feedback.distortion` as ``compile`` measures it)."""
+    weighted = {name: [(q, bits, d * (calibrations[name].sensitivity if calibrations else 1.0)) for q, bits, d in t]
+                for name, t in tables.items()}
+    return budget_split.allocate(nwc.NAME, weighted, budget, sum(m.size for m in matrices.values()))
+
+
+def encode_nwc(layers, weights, matrices, qualities: dict, calibrations: dict, spread: int,
+               rotate: bool) -> tuple[dict, float, float, dict]:
     """(decoded weights in ONNX layout, bits per encoded weight, encode seconds, encodings by name)."""
     start = time.perf_counter()
-    matrices = {r.name: codec_matrix(weights[r.name], r.op, r.transposed) for r in layers}
-    configs = nwc.plan(matrices, {name: nwc.Config(bits_per_weight=budget) for name in matrices})
-    encodings = {name: nwc.encode(matrices[name], configs[name], calibrations.get(name)) for name in matrices}
+    encodings = {name: codecs.encode(nwc.NAME, matrices[name], nwc.Config(quality=qualities[name], spread=spread,
+                                                                          rotate=rotate), calibrations.get(name))
+                 for name in matrices}
     seconds = time.perf_counter() - start
-    decoded = {r.name: onnx_layout(nwc.decode(encodings[r.name]), weights[r.name].shape, r.op, r.transposed)
+    decoded = {r.name: onnx_layout(codecs.decode(encodings[r.name]), weights[r.name].shape, r.op, r.transposed)
                for r in layers}
     bits = 8 * sum(e.nbytes for e in encodings.values()) / sum(m.size for m in matrices.values())
     return decoded, bits, seconds, encodings
@@ -55,6 +87,7 @@ def decode_seconds(encodings: dict, target) -> dict:
     """Decode time of every layer: tANS (numpy reference), synthesis (numpy), and with a target the whole decode
     an artefact runs at load (``codegen/kernels/nwc.py``: latents and network, into the dense layout), each
     layer's decoder built once per shape beforehand, run once as a warm-up, then timed."""
+    encodings = {name: rotation.unrotated(enc)[0] for name, enc in encodings.items()}  # the signs: not decoded here
     start = time.perf_counter()
     all_latents = {name: nwc.latents(enc) for name, enc in encodings.items()}
     tans_s = time.perf_counter() - start
@@ -91,9 +124,14 @@ def main() -> None:
     parser.add_argument("--eval", default=str(cache / "data" / "sentences.npz"), help="\"\": seeded random inputs")
     parser.add_argument("--calibration", default=str(cache / "calibration"))
     parser.add_argument("--budgets", type=float, nargs="+", default=[4.0, 4.5, 5.0])
+    parser.add_argument("--spread", type=int, nargs="+", default=[nwc.Config.spread], help="nwc feedback: spreads")
+    parser.add_argument("--rotate", choices=("no", "yes", "both"), default="no", help="nwc: rotate the weights first")
+    parser.add_argument("--search", type=int, default=0, help="nwc feedback: up to this many re-planned encodes")
+    parser.add_argument("--options-cache", type=Path, help="JSON of the nwc level tables, read or written")
     parser.add_argument("--min-weights", type=int, default=1024)
     parser.add_argument("--only", action="append", default=[], help="run only configs whose label starts so")
     parser.add_argument("--rtn-only", action="store_true", help="no error feedback (no calibration capture)")
+    parser.add_argument("--feedback-only", action="store_true", help="leave out the data-free rows")
     parser.add_argument("--tvm", action="store_true", help="also time the artefact's decode at load (TVM)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
@@ -103,36 +141,58 @@ def main() -> None:
     specs = model_inputs(model)
     inputs = make_inputs(specs, 4, 0, args.eval or None)
     references = run_onnxruntime(model, inputs)
-    layers = [r for r in weight_layers(model) if r.fallback_reason is None and r.num_weights >= args.min_weights]
+    layers = [r for r in weight_layers(model) if r.fallback_reason is None and r.num_weights >= args.min_weights
+              and r.op != "gather"]  # nwc has no gather kernel: compile leaves embedding tables to other codecs
     weights = initializer_arrays(model, [r.name for r in layers])
-    calibrations = {} if args.rtn_only else layer_calibrations(
-        model, [r.name for r in layers], calibration_inputs(specs, args.calibration or None), feedback.DAMPING, False)
+    matrices = {r.name: codec_matrix(weights[r.name], r.op, r.transposed) for r in layers}
+    calibrations = {} if args.rtn_only else layer_calibrations(  # with sensitivities, as compile splits a budget
+        model, [r.name for r in layers], calibration_inputs(specs, args.calibration or None), feedback.DAMPING, False,
+        sensitive=True)
     target = None
     if args.tvm:
         from bie_compiler.codegen.target import make_target
         target = make_target()
+    modes = [("rtn", {}), ("feedback", calibrations)]
+    modes = modes[:1] if args.rtn_only else modes[1:] if args.feedback_only else modes
     print(f"{args.model}: {len(layers)} layers, {sum(w.size for w in weights.values())} weights")
-    print(f"{'config':<28} {'mode':<8} {'bits/w':>7} {'cos mean':>9} {'cos min':>9} {'enc s':>7}  decode")
+    print(f"{'config':<40} {'mode':<8} {'bits/w':>7} {'cos mean':>9} {'cos min':>9} {'enc s':>7}  decode")
     rows = []
-    configs = [(label, codec, opts) for label, codec, opts in BASELINES]
-    configs += [(f"tans budget {b:g}", "tans", {"bits_per_weight": b}) for b in args.budgets]
-    configs += [(f"nwc budget {b:g}", "nwc", {"bits_per_weight": b}) for b in args.budgets]
-    for label, codec, options in configs:
+
+    def measure(label: str, mode: str, decoded: dict, bits: float, seconds: float, **extra) -> dict:
+        row = {"config": label, "mode": mode, "bits_per_weight": bits, "encode_s": seconds, **extra,
+               **cosines(run_onnxruntime(with_weights(model, decoded), inputs), references)}
+        rows.append(row)
+        timing = " ".join(f"{k}={v:.2f}" for k, v in extra.items() if k.endswith("_s"))
+        print(f"{label:<40} {mode:<8} {bits:7.3f} {row['cosine_mean']:9.5f} {row['cosine_min']:9.5f} "
+              f"{seconds:7.1f}  {timing}", flush=True)
+        return row
+
+    baselines = BASELINES + [(f"tans budget {b:g}", "tans", {"bits_per_weight": b}) for b in args.budgets]
+    for label, codec, options in baselines:
         if args.only and not any(label.startswith(o) for o in args.only):
             continue
-        for mode, calib in (("rtn", {}), ("feedback", calibrations))[:1 if args.rtn_only else 2]:
-            timing = {}
-            if codec == "nwc":
-                decoded, bits, seconds, encodings = encode_nwc(layers, weights, options["bits_per_weight"], calib)
-                timing = decode_seconds(encodings, target)
-            else:
-                fed = {n: replace(c, act_order=False) for n, c in calib.items()}
-                decoded, bits, seconds = encode_all(layers, weights, codec, options, args.min_weights, fed)
-            row = {"config": label, "mode": mode, "bits_per_weight": bits, "encode_s": seconds, **timing,
-                   **cosines(run_onnxruntime(with_weights(model, decoded), inputs), references)}
-            rows.append(row)
-            print(f"{label:<28} {mode:<8} {bits:7.3f} {row['cosine_mean']:9.5f} {row['cosine_min']:9.5f} "
-                  f"{seconds:7.1f}  {' '.join(f'{k}={v:.2f}' for k, v in timing.items())}", flush=True)
+        for mode, calib in modes:
+            fed = {n: replace(c, act_order=False) for n, c in calib.items()}
+            decoded, bits, seconds = encode_all(layers, weights, codec, options, args.min_weights, fed)
+            measure(label, mode, decoded, bits, seconds)
+    for rotate in {"no": [False], "yes": [True], "both": [False, True]}[args.rotate]:
+        for budget in args.budgets:
+            stem = f"nwc budget {budget:g}" + (" rotated" if rotate else "")
+            if args.only and not any(stem.startswith(o) for o in args.only):
+                continue
+            tables = level_tables(matrices, rotate, args.options_cache)
+            for mode, calib in modes:
+                for spread in args.spread if calib else [1]:
+                    label = stem + (f" spread {spread}" if calib else "")
+                    aim = budget
+                    for attempt in range(1 + (args.search if calib else 0)):
+                        qualities = planned(tables, matrices, aim, calib)
+                        decoded, bits, seconds, encodings = encode_nwc(layers, weights, matrices, qualities, calib,
+                                                                       spread, rotate)
+                        timing = {} if attempt else decode_seconds(encodings, target)
+                        measure(label + (f" planned at {aim:.3f}" if attempt else ""), mode, decoded, bits,
+                                seconds, planned_budget=aim, **timing)
+                        aim += budget - bits  # the next plan moved by what this encode missed
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "rows": rows}, indent=1))
 

@@ -33,7 +33,7 @@ from bie_compiler.frontend import load_model, model_inputs
 
 CODECS = [CodecSpec("bie-bitplane", {"bits": 4}), CodecSpec("bie-bitplane", {"bits": 8}),
           CodecSpec("tans", {"levels": 15}), CodecSpec("int8"), CodecSpec("bbs", {"preset": "moderate"}),
-          CodecSpec("bbs", {"preset": "conservative"})]
+          CodecSpec("bbs", {"preset": "conservative"}), CodecSpec("nwc", {"quality": 6})]
 TASK_NAMES = {"accuracy": "accuracy", "cosine": "output cosine"}
 DENSE = CodecSpec("dense")  # every weight kept dense (--skip '*'): what the compiler does without a codec
 THREADS = 2  # both sides, as the project's timings are taken

@@ -85,7 +85,7 @@ def test_error_feedback_lowers_the_output_error_and_decodes_as_rounded():
 
 def test_a_budget_picks_the_quality_that_fits():
     w = weight(256, 64)
-    options = nwc._options(w, nwc.Config(bits_per_weight=1.0), None)  # (quality, estimated bits, error)
+    options = nwc.level_options(w, nwc.Config(bits_per_weight=1.0), None)  # (quality, estimated bits, error)
     for budget in (options[2][1] / w.size, options[5][1] / w.size + 0.01):
         enc = nwc.encode(w, nwc.Config(bits_per_weight=budget))
         best = max((o for o in options if o[1] <= budget * w.size), key=lambda o: o[1])

@@ -1,5 +1,6 @@
-"""Whole models with the nwc codec: the weights decoded when the artefact is loaded, parity against onnxruntime on the
-decoded weights at batch 1 and 8, every coded byte counted and the shared synthesis network stored once."""
+"""Whole models with the nwc codec: the weights decoded when the artefact is loaded or (``nwc_decode="per-call"``) on
+every call, parity against onnxruntime on the decoded weights at batch 1 and 8, every coded byte counted and the
+shared synthesis network stored once."""
 
 import pytest
 
@@ -9,21 +10,25 @@ from bie_compiler.parity import check_artefact, make_inputs
 
 pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
 
-RUNS = {"mlp": {"quality": 8}, "transformer": {"bits_per_weight": 4.5}, "cnn": {"quality": 6}}
+RUNS = {"mlp": ("mlp", {"quality": 8}), "transformer": ("transformer", {"bits_per_weight": 4.5}),
+        "cnn": ("cnn", {"quality": 6}), "mlp per-call": ("mlp", {"quality": 8, "nwc_decode": "per-call"})}
 
 
 @pytest.fixture(scope="module")
 def artefacts(model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("nwc")
-    return {model: bie_compiler.compile_model(model_dir[model], root / model, "nwc", options, min_weights=0,
-                                              progress=None)
-            for model, options in RUNS.items()}
+    return {run: bie_compiler.compile_model(model_dir[model], root / run.replace(" ", "_"), "nwc", options,
+                                            min_weights=0, progress=None)
+            for run, (model, options) in RUNS.items()}
 
 
-@pytest.mark.parametrize("model", list(RUNS))
-def test_parity_on_the_decoded_weights(artefacts, model):
-    runner = bie_compiler.load(artefacts[model])
-    assert runner.manifest["weights"]["at_load"] == "main_transform_params"
+@pytest.mark.parametrize("run", list(RUNS))
+def test_parity_on_the_decoded_weights(artefacts, run):
+    model, options = RUNS[run]
+    runner = bie_compiler.load(artefacts[run])
+    per_call = options.get("nwc_decode") == "per-call"
+    # per call: nothing is computed at load (the dense layers' panels are packed at compile time)
+    assert runner.manifest["weights"].get("at_load") == (None if per_call else "main_transform_params")
     layers = runner.manifest["layers"]
     # a layer of a few hundred weights stays dense: 16 latent tables cost more than its float32 weights
     assert all(l["codec"] == "nwc" or "no smaller than dense" in l["fallback_reason"] for l in layers)
@@ -34,15 +39,16 @@ def test_parity_on_the_decoded_weights(artefacts, model):
         assert result["passed"], result
 
 
-@pytest.mark.parametrize("model", list(RUNS))
-def test_every_coded_byte_is_counted_and_the_network_stored_once(artefacts, model):
-    manifest = bie_compiler.load(artefacts[model]).manifest
+@pytest.mark.parametrize("run", list(RUNS))
+def test_every_coded_byte_is_counted_and_the_network_stored_once(artefacts, run):
+    options = RUNS[run][1]
+    manifest = bie_compiler.load(artefacts[run]).manifest
     totals, layers = manifest["totals"], manifest["layers"]
     assert totals["bytes_encoded"] == sum(l["bytes_encoded"] for l in layers)
-    if "bits_per_weight" in RUNS[model]:
-        assert 8 * totals["bytes_encoded"] <= RUNS[model]["bits_per_weight"] * totals["weights"]
+    if "bits_per_weight" in options:
+        assert 8 * totals["bytes_encoded"] <= options["bits_per_weight"] * totals["weights"]
     else:
-        assert {q for l in layers if l["codec"] == "nwc" for q in l["details"]["quality_levels"]} == {RUNS[model]["quality"]}
+        assert {q for l in layers if l["codec"] == "nwc" for q in l["details"]["quality_levels"]} == {options["quality"]}
     network = sum(a.nbytes for name, a in nwc_network.load().params.items() if name.startswith("synthesis."))
     dense = sum(w["bytes_encoded"] for w in manifest["other_weights"])
     # the weights file: the encodings' arrays (less checksums and headers, plus alignment), the layers left dense, and
@@ -52,12 +58,12 @@ def test_every_coded_byte_is_counted_and_the_network_stored_once(artefacts, mode
 
 
 def test_command_line(model_dir, tmp_path):
-    """--codec nwc through the CLI (check passes at batch 2); --nwc-decode per-call is a clear error."""
+    """--codec nwc through the CLI (check passes at batch 2); an unknown --nwc-decode is a clear error."""
     from test_cli import cli
 
     out = tmp_path / "out"
     result = cli("compile", model_dir["mlp"], "--codec", "nwc", "--quality", "4", "--min-weights", "0", "-o", out)
     assert result.returncode == 0, result.stderr
     assert cli("check", out, "--batch", "2").returncode == 0
-    bad = cli("compile", model_dir["mlp"], "--codec", "nwc", "--nwc-decode", "per-call", "-o", tmp_path / "bad")
-    assert bad.returncode == 2 and "per-call" in bad.stderr and "not built" in bad.stderr
+    bad = cli("compile", model_dir["mlp"], "--codec", "nwc", "--nwc-decode", "sometimes", "-o", tmp_path / "bad")
+    assert bad.returncode == 2 and "nwc_decode must be load or per-call" in bad.stderr

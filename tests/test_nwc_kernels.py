@@ -1,5 +1,7 @@
 """The nwc decoder run at load (tANS latents + synthesis network in one PrimFunc) against the numpy reference
-decoder, and the dense kernels over what it writes against ``x @ decoded.T``; malformed encodings refused."""
+decoder, and the dense kernels over what it writes against ``x @ decoded.T``; with ``nwc_decode="per-call"`` the
+fused one-row matmul against ``x @ decoded.T`` and the decode kernel against the reference decoder; malformed
+encodings refused."""
 
 import numpy as np
 import pytest
@@ -7,7 +9,6 @@ import tvm
 
 from bie_compiler.codecs import feedback, nwc
 from bie_compiler.codegen import ConvSpec, kernel_for
-from bie_compiler.codegen.kernels import dense
 from bie_compiler.errors import CodecError
 from kernel_runs import assert_close, build, computed_constants, run
 
@@ -49,6 +50,29 @@ def test_decode_at_load_equals_the_reference_decoder_and_the_kernels_compute_fro
     for variant, batch in ((call, 1), (call.large_batch, 5)):
         x = rng.standard_normal((batch, k)).astype(np.float32)
         assert_close(run(variant.func, target, x, [packed], (batch, n)), x @ unpacked[:n].T.astype(np.float64))
+
+
+@pytest.mark.parametrize("n,k,config,calibrated", CASES[1:])  # partial chunks and tiles; (1, 1) at load only
+def test_decoded_on_every_call_equals_the_reference_decoder(n, k, config, calibrated, target):
+    enc = nwc.encode(weight(n, k, n + k), config, calibration(k) if calibrated else None)
+    call = kernel_for(enc, target, nwc_decode="per-call")
+    assert call.at_load is None and not call.decodes and call.large_batch.decodes  # only the coded bytes kept
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((5, k)).astype(np.float32)  # not read: the decode kernel writes the weight [K, N]
+    decoded = run(call.large_batch.func, target, x, call.constants, (k, n)).T
+    assert_decoded(decoded, enc)
+    for batch in (1, 3):  # the fused kernel takes any batch; the pass gives it one row
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        assert_close(run(call.func, target, x, call.constants, (batch, n)), x @ decoded.T.astype(np.float64))
+
+
+def test_conv_weight_decoded_on_every_call(target):
+    conv = ConvSpec(strides=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), kernel_shape=(6, 5, 3, 3))
+    enc = nwc.encode(weight(6, 45, 3), nwc.Config(quality=5))
+    call = kernel_for(enc, target, conv, nwc_decode="per-call")
+    assert call.decodes and call.at_load is None
+    x = np.zeros((1, 5, 8, 8), np.float32)
+    assert_decoded(run(call.func, target, x, call.constants, (6, 5, 3, 3)).transpose(0, 2, 3, 1).reshape(6, 45), enc)
 
 
 def test_conv_weight_is_decoded_at_load_in_oihw(target):

@@ -50,7 +50,8 @@ class Config:
     # the kernel, not the encoding
     nwc_decode: str = field(default="load", metadata={"kernel": True,
         "help": "CPU: load (the synthesis network decodes the weights into float32 once, when the artefact is "
-                "loaded; the layers then run the dense kernels); per-call is not built yet"})
+                "loaded; the layers then run the dense kernels) or per-call (the artefact keeps only the coded "
+                "bytes: every call decodes the weight, a matmul of one row multiplying it as it is made)"})
 
     def __post_init__(self):
         levels = nwc_network.load().levels
@@ -66,11 +67,8 @@ class Config:
             tans_coder.check_layout(self.table_log, STATES, 1)
         except CodecError as e:
             raise CodecError(f"{NAME}: {e}") from None
-        if self.nwc_decode == "per-call":
-            raise CodecError(f"{NAME}: nwc_decode per-call (the synthesis network on every call) is not built yet; "
-                             "use load")
-        if self.nwc_decode != "load":
-            raise CodecError(f"{NAME}: nwc_decode must be load (per-call is not built yet), got {self.nwc_decode!r}")
+        if self.nwc_decode not in ("load", "per-call"):
+            raise CodecError(f"{NAME}: nwc_decode must be load or per-call, got {self.nwc_decode!r}")
         if 2 * LATENT_LIMIT + 1 > 1 << self.table_log:
             raise CodecError(f"{NAME}: latents of up to {2 * LATENT_LIMIT + 1} values need table_log >= 8")
 
@@ -235,7 +233,7 @@ def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
     """Per-layer quality for the layers given a budget (:func:`.budget_split.plan`): each layer is rounded at every
     quality level to measure its distortion (:func:`.feedback.distortion`) and estimate its coded bits
     (:func:`estimated_bits`: tANS-coding every level of every layer would take most of the encoding time)."""
-    return budget_split.plan(NAME, matrices, configs, calibrations, _options,
+    return budget_split.plan(NAME, matrices, configs, calibrations, level_options,
                              lambda config, quality: replace(config, quality=quality, bits_per_weight=0.0), workers)
 
 
@@ -255,9 +253,10 @@ def estimated_bits(latents: np.ndarray, n: int, config: Config) -> int:
     return int(np.ceil(bits))
 
 
-def _options(weight: np.ndarray, config: Config,
-             calibration: feedback.Calibration | None) -> list[tuple[int, int, float]]:
-    """(quality, estimated coded bits, distortion) per quality level, fewest bits first."""
+def level_options(weight: np.ndarray, config: Config,
+                  calibration: feedback.Calibration | None) -> list[tuple[int, int, float]]:
+    """(quality, estimated coded bits, distortion) per quality level, fewest bits first: the table
+    :func:`.budget_split.allocate` chooses from."""
     w = check_weight(weight)
     options = []
     for quality in range(1, nwc_network.load().levels + 1):

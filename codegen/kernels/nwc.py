@@ -1,4 +1,4 @@
-"""The ``nwc`` layers: the codec's decoder run once when the artefact is loaded, the layer then dense.
+"""The ``nwc`` layers: the codec's decoder run once when the artefact is loaded (the layer then dense), or on every call.
 
 The artefact stores the encoding (the latents' tANS streams, column scales and quality levels) and the trained
 synthesis network (shared: the build keeps one copy of identical constants for all layers). At load one
@@ -13,12 +13,18 @@ PrimFunc (:func:`decoder`, ``KernelCall.at_load``) decodes the weight in two par
 The weight is decoded into float32, not re-encoded: the layer then runs the dense kernels of a weight left dense
 (:mod:`.dense`, packed panels) for a matmul, and for a conv a copy of the decoded OIHW weight into the plain conv.
 Everything the load reads is checked first (counts, alphabets, offsets, levels), so a malformed file fails with
-an error instead of reading out of bounds. Decoding on every call (``--nwc-decode per-call``) is not built.
+an error instead of reading out of bounds.
+
+``--nwc-decode per-call`` keeps only the coded bytes (and the network) in memory, for memory-bound use: every
+call runs both phases again. A matmul of one row runs :func:`fused_matmul` (phase 2 by chunk rows, each tile's
+weights multiplied into that row's outputs as they are made, the weight never stored whole); more rows, and a
+conv, run the decoder as a decode kernel (:mod:`.decode`: the weight [K, N] or OIHW, then the plain op).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import tvm
@@ -90,17 +96,24 @@ def packed_place(n: int, k: int):
     return lambda row, column: (row // cols) * (k * cols) + column * cols + row % cols
 
 
-@functools.cache
-def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
-            conv_shape: tuple[int, int, int, int] | None = None) -> tirx.PrimFunc:
-    """``f(*stored(enc), out)``: the weight [n, k] decoded into ``out`` (zeroed first: the panels' padding stays
-    zero), the dense kernels' packed panels (:func:`packed_place`) or, for a conv, OIHW ``conv_shape``. One per
-    layout: layers of one shape share it."""
+class _Phases(NamedTuple):
+    """The decoder's TIR macros for one layer shape and stream layout, and the sizes they work in."""
+
+    decode_latents: object  # (counts, alphabets, offsets, words, lowest, column_levels, latents): checks, phase 1
+    synthesise: object  # (row, first, latents, column_levels, *network, y): phase 2 on one tile, unscaled
+    store: object  # (latents, scales, column_levels, *network, flat_out): phase 2 on every tile, into flat_out
+    latent: int
+    width: int
+    blocks: int
+    levels: int
+    streams: int  # tANS streams per latent channel
+    latent_size: int  # int8 latents the decoder keeps: [latent, J, K] (a quarter of the float32 weight)
+
+
+def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, place) -> _Phases:
+    """The two phases of the module docstring, ``store`` writing weight (row, column) at ``place(row, column)``, a
+    flat index into its output (``place`` None: ``store`` is not used)."""
     network = nwc_network.load()
-    if conv_shape is None:
-        out_shape, place = (-(-n // dense.matmul.COLS), k, dense.matmul.COLS), packed_place(n, k)
-    else:
-        out_shape, place = conv_shape, Layout.conv2d(conv_shape).flat
     chunk = nwc_network.CHUNK
     latent, width, blocks, levels = network.latent, int(network.config["width"]), int(network.config["blocks"]), network.levels
     j = -(-n // chunk)
@@ -108,49 +121,35 @@ def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
     mac = tans_matmul.macros(**lay)
     size, streams = lay["size"], lay["streams"]
     tiles_per_row = -(-k // TILE)
-    out_size = int(np.prod(out_shape))
 
     input_layer, inner_layer, output_layer = (linear(i, o) for i, o in ((latent, width), (width, width),
                                                                           (width, chunk)))
 
     @T.macro
     def keep_latent(dest, shift, row, column, value):
-        dest[row * k + column] = value + shift[0]
+        # an encoding's latents are within +-LATENT_LIMIT; the clamp keeps a malformed ``lowest`` from an
+        # out-of-range float-to-int conversion (undefined in LLVM)
+        dest[row * k + column] = T.Cast("int8", T.max(T.min(value + shift[0], T.float32(nwc.LATENT_LIMIT)),
+                                                      T.float32(-nwc.LATENT_LIMIT)))
 
-    @T.prim_func(private=True)
-    def kernel(var_counts: T.handle, alphabets: T.Buffer((latent,), "uint8"),
-               offsets: T.Buffer((latent, streams + 1), "uint32"), var_words: T.handle,
-               lowest: T.Buffer((latent,), "int16"), scales: T.Buffer((k,), "float16"),
-               column_levels: T.Buffer((k,), "uint8"),
-               in_w: T.Buffer((latent, width), "float32"), in_b: T.Buffer((width,), "float32"),
-               w1: T.Buffer((blocks, width, width), "float32"), b1: T.Buffer((blocks, width), "float32"),
-               w2: T.Buffer((blocks, width, width), "float32"), b2: T.Buffer((blocks, width), "float32"),
-               embedding: T.Buffer((levels, blocks, width), "float32"),
-               out_w: T.Buffer((width, chunk), "float32"), out_b: T.Buffer((chunk,), "float32"),
-               out: T.Buffer(out_shape, "float32")):
-        T.func_attr({"tirx.noalias": True})
-        num_counts = T.int64()
-        num_bytes = T.int64()
-        counts = T.match_buffer(var_counts, (num_counts,), "uint16")
-        words = T.match_buffer(var_words, (num_bytes,), "uint8")
-        flat_out = T.decl_buffer((out_size,), "float32", data=out.data)
+    @T.macro
+    def decode_latents(counts, alphabets, offsets, words, lowest, column_levels, latents):
         # checks: a table from counts summing to its size has every next state in range; a window load at a bit
         # position up to the last offset stays within the words (their 8 bytes of padding)
         start = T.decl_buffer((1,), "int64")
         start[0] = T.int64(0)
         for c in range(latent):
             start[0] = start[0] + T.Cast("int64", alphabets[c])
-        assert start[0] <= num_counts, "nwc: the latent alphabets exceed the stored counts"
+        assert start[0] <= counts.shape[0], "nwc: the latent alphabets exceed the stored counts"
         for c in range(latent):
             for s in range(streams):
                 assert offsets[c, s] <= offsets[c, s + 1], "nwc: latent stream offsets decrease"
-            assert T.Cast("int64", offsets[c, streams]) <= num_bytes * 8 - 64, "nwc: latent streams beyond the words"
+            assert T.Cast("int64", offsets[c, streams]) <= words.shape[0] * 8 - 64, "nwc: latent streams beyond the words"
         for i in range(k):
             assert column_levels[i] < T.uint8(levels), "nwc: a quality level beyond the codec's"
         # phase 1: tables, then every channel's streams in parallel into latents [latent, j, k]
         tables = T.decl_buffer((latent * size,), "uint32")
         shifts = T.decl_buffer((latent,), "float32")
-        latents = T.decl_buffer((latent * j * k,), "float32")
         start[0] = T.int64(0)
         for c in range(latent):
             padded = T.decl_buffer((ALPHABET,), "uint16")
@@ -158,7 +157,7 @@ def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
             total[0] = T.int64(0)
             for s in range(ALPHABET):
                 padded[s] = T.if_then_else(s < T.Cast("int32", alphabets[c]),
-                                           counts[T.min(start[0] + s, num_counts - 1)], T.uint16(0))
+                                           counts[T.min(start[0] + s, counts.shape[0] - 1)], T.uint16(0))
                 total[0] = total[0] + T.Cast("int64", padded[s])
             assert total[0] == T.int64(size), "nwc: latent counts do not sum to the table size"
             start[0] = start[0] + T.Cast("int64", alphabets[c])
@@ -169,41 +168,172 @@ def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
             c: T.let = task // streams
             table = T.decl_buffer((size,), "uint32", data=tables.data, elem_offset=c * size)
             channel_offsets = T.decl_buffer((streams + 1,), "uint32", data=offsets.data, elem_offset=c * (streams + 1))
-            dest = T.decl_buffer((j * k,), "float32", data=latents.data, elem_offset=c * (j * k))
+            dest = T.decl_buffer((j * k,), "int8", data=latents.data, elem_offset=c * (j * k))
             shift = T.decl_buffer((1,), "float32", data=shifts.data, elem_offset=c)
             mac.decode_stream(task % streams, table, channel_offsets, words, keep_latent, dest, shift)
-        for i in range(out_size):
+
+    @T.macro
+    def synthesise(row, first, latents, column_levels, in_w, in_b, w1, b1, w2, b2, embedding, out_w, out_b, y):
+        # the synthesis network on the TILE chunks of chunk row ``row``, columns from ``first`` (past K: repeats of
+        # the last column), into y [TILE, chunk], before the column scales
+        x = T.decl_buffer((TILE, latent), "float32")
+        h = T.decl_buffer((TILE, width), "float32")
+        inner = T.decl_buffer((TILE, width), "float32")
+        outer = T.decl_buffer((TILE, width), "float32")
+        for r in range(TILE):
+            for i in range(latent):
+                x[r, i] = T.Cast("float32", latents[(i * j + row) * k + T.min(first + r, k - 1)])
+        input_layer(x, in_w, in_b, h, 0)
+        for b in range(blocks):
+            inner_layer(h, w1, b1, inner, b)
+            for r in range(TILE):
+                for o in T.vectorized(width):
+                    inner[r, o] = T.max(inner[r, o], T.float32(0))
+            inner_layer(inner, w2, b2, outer, b)
+            for r in range(TILE):
+                level: T.let = T.Cast("int32", column_levels[T.min(first + r, k - 1)])
+                for o in T.vectorized(width):
+                    h[r, o] = (h[r, o] + outer[r, o]) * embedding[level, b, o]
+        output_layer(h, out_w, out_b, y, 0)
+
+    @T.macro
+    def store(latents, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding, out_w, out_b, flat_out):
+        # phase 2: TILE columns of one chunk row per task, each weight times its column's scale at place(row, column)
+        for i in range(flat_out.shape[0]):
             flat_out[i] = T.float32(0)
-        # phase 2: the synthesis network, TILE columns of one chunk row per task
         for task in T.parallel(j * tiles_per_row):
             row: T.let = task // tiles_per_row
             first: T.let = task % tiles_per_row * TILE
-            x = T.decl_buffer((TILE, latent), "float32")
-            h = T.decl_buffer((TILE, width), "float32")
-            inner = T.decl_buffer((TILE, width), "float32")
-            outer = T.decl_buffer((TILE, width), "float32")
             y = T.decl_buffer((TILE, chunk), "float32")
-            for r in range(TILE):
-                for i in range(latent):
-                    x[r, i] = latents[(i * j + row) * k + T.min(first + r, k - 1)]
-            input_layer(x, in_w, in_b, h, 0)
-            for b in range(blocks):
-                inner_layer(h, w1, b1, inner, b)
-                for r in range(TILE):
-                    for o in T.vectorized(width):
-                        inner[r, o] = T.max(inner[r, o], T.float32(0))
-                inner_layer(inner, w2, b2, outer, b)
-                for r in range(TILE):
-                    level: T.let = T.Cast("int32", column_levels[T.min(first + r, k - 1)])
-                    for o in T.vectorized(width):
-                        h[r, o] = (h[r, o] + outer[r, o]) * embedding[level, b, o]
-            output_layer(h, out_w, out_b, y, 0)
+            synthesise(row, first, latents, column_levels, in_w, in_b, w1, b1, w2, b2, embedding, out_w, out_b, y)
             for r in range(TILE):
                 if first + r < k:
                     scale: T.let = T.Cast("float32", scales[first + r])
                     for t in range(chunk):
                         if row * chunk + t < n:
                             flat_out[place(row * chunk + t, first + r)] = y[r, t] * scale
+
+    return _Phases(decode_latents, synthesise, store, latent, width, blocks, levels, streams, latent * j * k)
+
+
+def _output(n: int, k: int, conv_shape: tuple[int, int, int, int] | None, packed: bool):
+    """(shape, place) of a decoder's output: the dense kernels' packed panels (:func:`packed_place`), the plain
+    matmul's [K, N] or a conv's OIHW (:class:`.decode.Layout`)."""
+    if conv_shape is not None:
+        return conv_shape, Layout.conv2d(conv_shape).flat
+    if packed:
+        return (-(-n // dense.matmul.COLS), k, dense.matmul.COLS), packed_place(n, k)
+    return (k, n), Layout.matmul(n, k).flat
+
+
+@functools.cache
+def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
+            conv_shape: tuple[int, int, int, int] | None = None, x_ndim: int = 0) -> tirx.PrimFunc:
+    """The weight [n, k] decoded into ``out`` (zeroed first: padding stays zero). ``x_ndim`` 0: ``f(*stored(enc),
+    out)``, run at load, into the dense kernels' packed panels or, for a conv, OIHW ``conv_shape``; else a decode
+    kernel ``f(x, *stored(enc), out)`` run on every call (``x`` of that rank, not read: :mod:`.decode`), into
+    the plain matmul's [K, N] or the conv's OIHW. One per layout: layers of one shape share it."""
+    out_shape, place = _output(n, k, conv_shape, packed=not x_ndim)
+    ph = _phases(n, k, table_log, states, rows_per_stream, place)
+    latent, width, blocks, levels, chunk = ph.latent, ph.width, ph.blocks, ph.levels, nwc_network.CHUNK
+    out_size = int(np.prod(out_shape))
+    streams = ph.streams
+    x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
+
+    @T.macro
+    def body(counts, alphabets, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding,
+             out_w, out_b, out):
+        latents = T.decl_buffer((ph.latent_size,), "int8")
+        ph.decode_latents(counts, alphabets, offsets, words, lowest, column_levels, latents)
+        ph.store(latents, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding, out_w, out_b,
+                 T.decl_buffer((out_size,), "float32", data=out.data))
+
+    @T.prim_func(private=True)
+    def at_load(var_counts: T.handle, alphabets: T.Buffer((latent,), "uint8"),
+                offsets: T.Buffer((latent, streams + 1), "uint32"), var_words: T.handle,
+                lowest: T.Buffer((latent,), "int16"), scales: T.Buffer((k,), "float16"),
+                column_levels: T.Buffer((k,), "uint8"),
+                in_w: T.Buffer((latent, width), "float32"), in_b: T.Buffer((width,), "float32"),
+                w1: T.Buffer((blocks, width, width), "float32"), b1: T.Buffer((blocks, width), "float32"),
+                w2: T.Buffer((blocks, width, width), "float32"), b2: T.Buffer((blocks, width), "float32"),
+                embedding: T.Buffer((levels, blocks, width), "float32"),
+                out_w: T.Buffer((width, chunk), "float32"), out_b: T.Buffer((chunk,), "float32"),
+                out: T.Buffer(out_shape, "float32")):
+        T.func_attr({"tirx.noalias": True})
+        counts = T.match_buffer(var_counts, (T.int64(),), "uint16")
+        words = T.match_buffer(var_words, (T.int64(),), "uint8")
+        body(counts, alphabets, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding,
+             out_w, out_b, out)
+
+    @T.prim_func(private=True)
+    def per_call(var_x: T.handle, var_counts: T.handle, alphabets: T.Buffer((latent,), "uint8"),
+                 offsets: T.Buffer((latent, streams + 1), "uint32"), var_words: T.handle,
+                 lowest: T.Buffer((latent,), "int16"), scales: T.Buffer((k,), "float16"),
+                 column_levels: T.Buffer((k,), "uint8"),
+                 in_w: T.Buffer((latent, width), "float32"), in_b: T.Buffer((width,), "float32"),
+                 w1: T.Buffer((blocks, width, width), "float32"), b1: T.Buffer((blocks, width), "float32"),
+                 w2: T.Buffer((blocks, width, width), "float32"), b2: T.Buffer((blocks, width), "float32"),
+                 embedding: T.Buffer((levels, blocks, width), "float32"),
+                 out_w: T.Buffer((width, chunk), "float32"), out_b: T.Buffer((chunk,), "float32"),
+                 out: T.Buffer(out_shape, "float32")):
+        T.func_attr({"tirx.noalias": True})
+        T.match_buffer(var_x, x_shape, "float32")
+        counts = T.match_buffer(var_counts, (T.int64(),), "uint16")
+        words = T.match_buffer(var_words, (T.int64(),), "uint8")
+        body(counts, alphabets, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding,
+             out_w, out_b, out)
+
+    return per_call if x_ndim else at_load
+
+
+@functools.cache
+def fused_matmul(n: int, k: int, table_log: int, states: int, rows_per_stream: int) -> tirx.PrimFunc:
+    """``f(x [m, k], *stored(enc), out [m, n])``: the weight decoded on every call and multiplied as it is made,
+    never stored whole: the latents (phase 1), then one task per chunk row, each the synthesis of its tiles (phase
+    2) into the dot products of its ``CHUNK`` outputs (a task owns its outputs: no two write one)."""
+    ph = _phases(n, k, table_log, states, rows_per_stream, None)
+    latent, width, blocks, levels, chunk = ph.latent, ph.width, ph.blocks, ph.levels, nwc_network.CHUNK
+    streams = ph.streams
+    j, tiles_per_row = -(-n // chunk), -(-k // TILE)
+
+    @T.prim_func(private=True)
+    def kernel(var_x: T.handle, var_counts: T.handle, alphabets: T.Buffer((latent,), "uint8"),
+               offsets: T.Buffer((latent, streams + 1), "uint32"), var_words: T.handle,
+               lowest: T.Buffer((latent,), "int16"), scales: T.Buffer((k,), "float16"),
+               column_levels: T.Buffer((k,), "uint8"),
+               in_w: T.Buffer((latent, width), "float32"), in_b: T.Buffer((width,), "float32"),
+               w1: T.Buffer((blocks, width, width), "float32"), b1: T.Buffer((blocks, width), "float32"),
+               w2: T.Buffer((blocks, width, width), "float32"), b2: T.Buffer((blocks, width), "float32"),
+               embedding: T.Buffer((levels, blocks, width), "float32"),
+               out_w: T.Buffer((width, chunk), "float32"), out_b: T.Buffer((chunk,), "float32"),
+               var_out: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        counts = T.match_buffer(var_counts, (T.int64(),), "uint16")
+        words = T.match_buffer(var_words, (T.int64(),), "uint8")
+        latents = T.decl_buffer((ph.latent_size,), "int8")
+        ph.decode_latents(counts, alphabets, offsets, words, lowest, column_levels, latents)
+        for row in T.parallel(j):
+            acc = T.decl_buffer((m * chunk,), "float32")
+            for i in range(m * chunk):
+                acc[i] = T.float32(0)
+            for tile in range(tiles_per_row):
+                y = T.decl_buffer((TILE, chunk), "float32")
+                ph.synthesise(row, tile * TILE, latents, column_levels, in_w, in_b, w1, b1, w2, b2, embedding,
+                              out_w, out_b, y)
+                for r in range(TILE):  # each column's x times its scale; past K, zero
+                    column: T.let = T.min(tile * TILE + r, k - 1)
+                    scale: T.let = T.if_then_else(tile * TILE + r < k, T.Cast("float32", scales[column]), T.float32(0))
+                    for b in range(m):
+                        weighted: T.let = x[b, column] * scale
+                        for t in T.vectorized(chunk):
+                            acc[b * chunk + t] = acc[b * chunk + t] + weighted * y[r, t]
+            for b in range(m):
+                for t in range(chunk):
+                    if row * chunk + t < n:
+                        out[b, row * chunk + t] = acc[b * chunk + t]
 
     return kernel
 
@@ -215,11 +345,10 @@ def _checked(enc: Encoded) -> nwc_network.Network:
     return nwc_network.load()
 
 
-def _decoder_for(enc: Encoded, conv: ConvSpec | None) -> tirx.PrimFunc:
-    n, k = enc.shape
+def _layout_args(enc: Encoded) -> tuple[int, int, int, int, int]:
+    """(n, k, table_log, states, rows_per_stream): what the decoders are generated for."""
     h = enc.header
-    return decoder(n, k, int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
-                   None if conv is None else tuple(conv.kernel_shape))
+    return (*enc.shape, int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]))
 
 
 def copy_kernel(shape: tuple[int, ...], x_ndim: int) -> tirx.PrimFunc:
@@ -238,17 +367,23 @@ def copy_kernel(shape: tuple[int, ...], x_ndim: int) -> tirx.PrimFunc:
 
 @register(nwc.NAME, ops=("matmul", "conv2d"), target="llvm")
 def llvm_call(enc: Encoded, conv: ConvSpec | None, nwc_decode: str = nwc.Config.nwc_decode) -> KernelCall:
-    """The dense kernels (matmul) or the plain conv over the float32 weight that :func:`decoder` writes at load
-    (``nwc_decode`` is ``load``: its Config refuses anything else)."""
-    network = _checked(enc)
-    n, k = enc.shape
-    arrays = stored(enc, network)
+    """``nwc_decode`` ``load``: the dense kernels (matmul) or the plain conv over the float32 weight that
+    :func:`decoder` writes at load. ``per-call``: the stored arrays are the constants; a matmul of one row runs
+    :func:`fused_matmul`, above one row (and a conv) a decode kernel (:func:`decoder` with ``x``) and the plain op."""
+    arrays = stored(enc, _checked(enc))
+    args = _layout_args(enc)
+    conv_shape = None if conv is None else tuple(conv.kernel_shape)
+    layout, x_ndim = destination(enc, conv)
+    if nwc_decode == "per-call":
+        decoding = KernelCall("nwc_decode", decoder(*args, conv_shape, x_ndim), arrays, decodes=True)
+        if conv is not None:
+            return decoding
+        return KernelCall("nwc_fused_matmul", fused_matmul(*args), arrays, large_batch=decoding)
     if conv is None:
-        call = dense.dense_kernel(np.zeros((n, k), np.float32), tvm.target.Target.current())  # shapes only: the
+        call = dense.dense_kernel(np.zeros(enc.shape, np.float32), tvm.target.Target.current())  # shapes only: the
         # values come at load
     else:
-        layout, x_ndim = destination(enc, conv)
         call = KernelCall("nwc_conv_weight", copy_kernel(layout.shape, x_ndim), [np.zeros(layout.shape, np.float32)],
                           decodes=True)
-    call.at_load = AtLoad(_decoder_for(enc, conv), arrays)
+    call.at_load = AtLoad(decoder(*args, conv_shape), arrays)
     return call
