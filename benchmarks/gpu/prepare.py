@@ -114,6 +114,25 @@ def block_weights(n: int, k: int, seed: int) -> np.ndarray:
     return (rng.standard_t(5, (n, k)) * (rng.random((n, k)) > 0.5)).astype(np.float32)
 
 
+def is_view(enc, constants) -> bool:
+    """Whether ``constants`` are the encoding's arrays in order, each maybe viewed as another dtype."""
+    return len(enc.arrays) == len(constants) and all(
+        a.nbytes == c.nbytes and np.array_equal(a.view(c.dtype), c) for a, c in zip(enc.arrays.values(), constants))
+
+
+def tiled_constants(full: list[np.ndarray], block: list[np.ndarray], copies: int):
+    """[(the block's constant, axis)]: each of the full layer's constants is ``copies`` of the block's along
+    ``axis`` (the channels' axis; -1: the same array); None if not."""
+    found = []
+    for f, b in zip(full, block, strict=True):
+        axes = [a for a in range(b.ndim) if f.shape[a] != b.shape[a]]
+        axis = axes[0] if axes else -1
+        if len(axes) > 1 or not np.array_equal(f, b if axis < 0 else np.concatenate([b] * copies, axis=axis)):
+            return None
+        found.append((b, axis))
+    return found
+
+
 def bench(shapes: list[tuple[int, int]], out: Path) -> None:
     target = make_target("cuda", mcpu=HOST_CPU, arch=ARCH)
     index = {"batch": BENCH_BATCH, "shapes": []}
@@ -140,19 +159,23 @@ def bench(shapes: list[tuple[int, int]], out: Path) -> None:
             k_copies = k // cols
             full = tiling.stack(tiling.stack_k(block, k_copies) if k_copies > 1 else block, n // rows)
             call = kernel_for(full, target)
-            # the kernel reads the encoding's arrays in order, some viewed as another dtype (the bit planes as words)
-            assert all(a.nbytes == c.nbytes and np.array_equal(a.view(c.dtype), c)
-                       for a, c in zip(full.arrays.values(), call.constants, strict=True))
             name = label.replace(" ", "_").replace("%", "pct")
+            saved = {f"block/{a}": v for a, v in block.arrays.items()}
+            tiled = tiled_constants(call.constants, kernel_for(block, target).constants, n // rows) \
+                if k_copies == 1 and not is_view(full, call.constants) else None
+            if tiled is None:  # the kernel reads the encoding's arrays, some viewed as another dtype
+                assert is_view(full, call.constants), label
+            else:  # constants rewritten at compile time: the block's, stacked along their channel axis on the device
+                saved.update({f"kernel/{i}": c for i, (c, _) in enumerate(tiled)})
             export(tvm.compile(tvm.IRModule({"kernel": call.func.with_attr("global_symbol", "kernel")}), target).mod,
                    folder / f"{name}.so")
             # outputs of the stacked weights: the block's, repeated; x's K copies summed first
             x_folded = x.reshape(BENCH_BATCH, k_copies, cols).sum(1).astype(np.float64)
-            np.savez(folder / f"{name}.npz", reference=x_folded @ module.decode(block).astype(np.float64).T,
-                     **{f"block/{a}": v for a, v in block.arrays.items()})
+            np.savez(folder / f"{name}.npz", reference=x_folded @ module.decode(block).astype(np.float64).T, **saved)
             kernels.append({"label": label, "name": name, "codec": codec, "block": [rows, cols], "k_copies": k_copies,
                             "copies": n // rows, "header": block.header,
-                            "constants": [[a, c.dtype.name] for a, c in zip(full.arrays, call.constants)],
+                            "constants": [[a, c.dtype.name] for a, c in zip(full.arrays, call.constants)]
+                            if tiled is None else [], "tile_axes": [axis for _, axis in tiled or []],
                             "constant_bytes": int(sum(c.nbytes for c in call.constants)),
                             "bits_per_weight": 8 * sum(c.nbytes for c in call.constants) / (n * k)})
             print(f"{n}x{k} {label}: {time.time() - t:.1f}s", flush=True)
