@@ -16,6 +16,7 @@ import bie_compiler
 from bie_compiler.codecs import CODECS, bbs, bie_binary, bie_bitplane, make_config, tans
 from bie_compiler.codegen import KERNELS, ConvSpec, cuda, has_kernel, kernel_for
 from bie_compiler.codegen.kernels import bbs_cuda, bitplane, bitplane_cuda, sparse_index_cuda, tans_cuda, tans_matmul
+from bie_compiler.codegen.kernels.warp_layout import ROWS_PER_TILE
 from bie_compiler.codegen.weights import PRECISION_ATTR
 from bie_compiler.codegen.target import make_target
 from bie_compiler.errors import ArtefactError
@@ -90,8 +91,10 @@ def test_cuda_target_records_arch_and_host():
 def test_every_cuda_kernel_is_device_code(kernel_source):
     names, source = kernel_source
     # one device kernel each; tans three: the fused decode-GEMV (batch 1), else the decode and the matmul over it;
-    # bbs three: batch 1, tiles of rows, the output unshuffle; bit-plane tables four (batch 1, tiles, each's sum)
+    # bbs three: batch 1, tiles of rows, the output unshuffle; bit-plane tables four (batch 1, tiles, each's sum);
+    # index kernels two (batch 1, tiles of rows)
     expected = [f"{name}_kernel" for name in names] + ["tans_kernel_1", "tans_kernel_2"]
+    expected += ["binary_index_kernel_1", "blocked_kernel_1"]
     expected += [f"{case.replace('-', '_')}_kernel_{i}" for case in BBS_CASES for i in (1, 2)]
     expected += [f"{case.replace('-', '_')}_kernel_{i}" for case in TABLE_CASES for i in (1, 2, 3)]
     assert sorted(cuda.global_functions(source)) == sorted(expected)
@@ -145,8 +148,9 @@ def test_warp_index_kernels_emulated_on_the_cpu(codec, options, n, k):
         func = sparse_index_cuda.blocked_index(n=n, k=k, nnz=entries.size, block_size=int(enc.header["block_size"]),
                                                entry_dtype=entries.dtype.name, count_dtype=counts.dtype.name, gpu=False)
         constants = [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]]
-    x = np.random.default_rng(1).standard_normal((3, k)).astype(np.float32)
-    assert_close(run_on_the_cpu(func, x, constants, (3, n)), x @ module.decode(enc).astype(np.float64).T)
+    for batch in (1, 3, 2 * ROWS_PER_TILE + 1):  # one row, a tile not full, two tiles
+        x = np.random.default_rng(batch).standard_normal((batch, k)).astype(np.float32)
+        assert_close(run_on_the_cpu(func, x, constants, (batch, n)), x @ module.decode(enc).astype(np.float64).T)
 
 
 def run_on_the_cpu(func, x, constants, out_shape):
@@ -270,7 +274,7 @@ def test_tans_matmul_emulated_on_the_cpu(n, k, config):
     enc = tans.encode(weight(n, k, n * k), config)
     decoded = tans.decode(enc).astype(np.float64)
     func = tans_cuda.matmul(**tans_matmul.stream_layout(enc), gpu=False)
-    for batch in (1, 3):
+    for batch in (1, 3, 2 * ROWS_PER_TILE + 1):  # the fused GEMV; a tile of rows not full, two tiles
         x = rng.standard_normal((batch, k)).astype(np.float32)
         assert_close(run_on_the_cpu(func, x, tans_matmul.constants(enc, byte_words=False), (batch, n)), x @ decoded.T)
 

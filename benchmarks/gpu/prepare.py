@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests/, benchmarks/
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the helpers tests/test_cuda.py imports
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tvm  # noqa: E402
