@@ -179,6 +179,20 @@ def test_bitplane_tables_emulated_on_the_cpu(codec, options, n, k):
         assert_close(run_on_the_cpu(func, x, call.constants, (batch, n)), x @ decoded.T)
 
 
+@pytest.mark.parametrize("tuning", [bitplane_cuda.Tuning(channels_per_warp=16),
+                                    bitplane_cuda.Tuning(words_per_lane=4, words_at_once=32)])
+def test_bitplane_tables_other_tunings_emulated_on_the_cpu(tuning):
+    """The tunings benchmarks/gpu times: 16 channels a warp (reduced in two steps), slices of 128 words."""
+    n, k = 37, 5000
+    enc = bie_bitplane.encode(weight(n, k, 3), make_config("bie-bitplane", {"bits": 4}))
+    call = kernel_for(enc, make_target("cuda"))
+    func = bitplane_cuda.matmul(bitplane_cuda_layout(enc, call), gpu=False, tuning=tuning)
+    for batch in (1, 2 * bitplane_cuda.ROWS_PER_TILE + 1):
+        x = np.random.default_rng(batch).standard_normal((batch, k)).astype(np.float32)
+        assert_close(run_on_the_cpu(func, x, call.constants, (batch, n)),
+                     x @ bie_bitplane.decode(enc).astype(np.float64).T)
+
+
 def bitplane_cuda_layout(enc, call):
     n, k = enc.shape
     group = 0 if call.constants[1].shape[1] == 1 else int(enc.header["group_size"])

@@ -204,7 +204,7 @@ def bench_one(tvm, device, prepared: Path, item: str) -> list[dict]:
     from bie_compiler.codecs.base import Encoded
 
     spec = next(s for s in shape["kernels"] if s["name"] == what)
-    data = np.load(prepared / "bench" / folder / f"{what}.npz")
+    data = np.load(prepared / "bench" / folder / f"{spec['data']}.npz")
     if spec["tile_axes"]:  # constants rewritten at compile time: the block's, stacked along the channels
         constants = [data[f"kernel/{i}"] if axis < 0 else np.concatenate([data[f"kernel/{i}"]] * spec["copies"], axis)
                      for i, axis in enumerate(spec["tile_axes"])]

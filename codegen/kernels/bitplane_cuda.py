@@ -9,8 +9,8 @@ sum of ``x`` over those of the four whose bit is set is entry ``nibble`` of the 
 ``x[32 c + 4 t : + 4]``: one shared-memory load per plane and four weights instead of decoding each weight.
 
 Grid: ``blockIdx.x`` tiles of rows of activations (one row when m is 1, ROWS_PER_TILE otherwise), ``blockIdx.y``
-blocks of CHANNELS_PER_BLOCK channels, ``blockIdx.z`` slices of K (:meth:`Geometry.of`). A thread block first
-writes the subset sums of its slice for its rows to shared memory, then each warp takes CHANNELS_PER_WARP channels:
+blocks of WARPS x ``channels_per_warp`` channels, ``blockIdx.z`` slices of K (:meth:`Geometry.of`). A thread block first
+writes the subset sums of its slice for its rows to shared memory, then each warp takes ``channels_per_warp`` channels:
 lane ``l`` reads words ``l, l + 32, ..`` of the slice in every plane (a warp reads 128 contiguous bytes per plane),
 and per plane and nibble a shift and a mask give the entry's address, whose load serves every row of the tile (the
 weights are decoded once per tile). Per word the planes' sums are combined by their significance (times the word's
@@ -40,14 +40,19 @@ from . import bitplane_lut
 from .warp_layout import WARP_SIZE, bound_to, scopes
 
 WARPS = 4  # per thread block
-CHANNELS_PER_WARP = 8
-CHANNELS_PER_BLOCK = WARPS * CHANNELS_PER_WARP
 ROWS_PER_TILE = 4  # rows of activations per thread block when m > 1
 NIBBLES = 8  # per 32-bit word
 ENTRIES = 16  # subset sums of four activations
 TABLE_PAD = 4  # floats after each nibble's entries (bank spreading of the tables' stores)
-WORDS_AT_ONCE = 16  # plane words a lane loads before using them (several loads in flight, bounded registers)
 REDUCE_THREADS = 256  # the slices' sum
+
+
+class Tuning(NamedTuple):
+    """The work of a thread block and of a lane (``benchmarks/gpu`` times others)."""
+
+    channels_per_warp: int = 8  # a warp's channels, one after the other: the tables' cost spread over more weights
+    words_per_lane: int = 2  # of each plane, one row (a tile: one): the slice of K is 32 x this many words
+    words_at_once: int = 16  # plane words a lane loads before using them (loads in flight, bounded registers)
 
 
 class Layout(NamedTuple):
@@ -81,6 +86,8 @@ class Geometry(NamedTuple):
     """A thread block's share for a tile of ``rows`` rows: ``words`` of K (of ``slices``), its tables' sizes."""
 
     rows: int
+    channels_per_warp: int
+    channels_per_block: int
     words: int
     slices: int
     per_lane: int  # words of each plane a lane reads
@@ -91,25 +98,25 @@ class Geometry(NamedTuple):
     sums_stride: int  # a lane's sums (for each channel and row) and one float of padding: no bank conflicts
 
     @staticmethod
-    def of(rows: int, kw: int, num_planes: int) -> "Geometry":
-        """Two words of K per lane for one row, one for a tile (the tables take 512 bytes per word and row); fewer
-        for a short K."""
-        words = min(2 * WARP_SIZE if rows == 1 else WARP_SIZE, -(-kw // WARP_SIZE) * WARP_SIZE)
+    def of(rows: int, kw: int, num_planes: int, tuning: Tuning) -> "Geometry":
+        """``tuning.words_per_lane`` words of K per lane for one row, one for a tile (the tables take 512 bytes
+        per word and row); fewer for a short K."""
+        cpw = tuning.channels_per_warp
+        words = min((tuning.words_per_lane if rows == 1 else 1) * WARP_SIZE, -(-kw // WARP_SIZE) * WARP_SIZE)
         per_lane = words // WARP_SIZE
-        at_once = max(1, min(CHANNELS_PER_WARP, WORDS_AT_ONCE // (num_planes * per_lane)))
+        at_once = max(1, min(cpw, tuning.words_at_once // (num_planes * per_lane)))
         nibble_floats = ENTRIES * words + TABLE_PAD
-        return Geometry(rows, words, -(-kw // words), per_lane, at_once, rows * words * NIBBLES, nibble_floats,
-                        NIBBLES * nibble_floats, CHANNELS_PER_WARP * rows + 1)
+        return Geometry(rows, cpw, WARPS * cpw, words, -(-kw // words), per_lane, at_once, rows * words * NIBBLES,
+                        nibble_floats, NIBBLES * nibble_floats, cpw * rows + 1)
 
 
-def matmul(lay: Layout, gpu: bool = True) -> tirx.PrimFunc:
+def matmul(lay: Layout, gpu: bool = True, tuning: Tuning = Tuning()) -> tirx.PrimFunc:
     """``f(x [m, K], planes uint32 [P + 1, N, KW], scales [N, G], out [m, N])``, for the GPU (or serial)."""
     n, k = lay.n, lay.k
     kw = -(-k // 32)
     num_planes = lay.magnitude_planes + 1
     per_channel = lay.group == 0
     threads = WARPS * WARP_SIZE
-    channel_blocks = -(-n // CHANNELS_PER_BLOCK)
     aligned = k % 4 == 0  # a group of four activations is whole or past K, and rows of x start 16-byte aligned
     shared, local = scopes(gpu)
     table_scope = "shared.dyn" if gpu else "global"  # 32 or 64 KiB: above the static 48 KiB for a tile
@@ -172,9 +179,9 @@ def matmul(lay: Layout, gpu: bool = True) -> tirx.PrimFunc:
         word = T.decl_buffer((geo.at_once * geo.per_lane * num_planes,), "uint32", scope=local)
         acc = T.decl_buffer((geo.rows,), "float32", scope=local)
         part = T.decl_buffer((geo.rows,), "float32", scope=local)
-        for chunk in range((CHANNELS_PER_WARP + geo.at_once - 1) // geo.at_once):
+        for chunk in range((geo.channels_per_warp + geo.at_once - 1) // geo.at_once):
             for cc in T.unroll(geo.at_once):
-                channel: T.let = blk * CHANNELS_PER_BLOCK + w * CHANNELS_PER_WARP + chunk * geo.at_once + cc
+                channel: T.let = blk * geo.channels_per_block + w * geo.channels_per_warp + chunk * geo.at_once + cc
                 for h in T.unroll(geo.per_lane):
                     c: T.let = first_word + h * WARP_SIZE + lane
                     for b in T.unroll(num_planes):
@@ -182,7 +189,7 @@ def matmul(lay: Layout, gpu: bool = True) -> tirx.PrimFunc:
                             tirx.all(channel < n, c < kw), planes[b, T.min(channel, n - 1), T.min(c, kw - 1)],
                             T.uint32(0))
             for cc in T.unroll(geo.at_once):
-                channel: T.let = blk * CHANNELS_PER_BLOCK + w * CHANNELS_PER_WARP + chunk * geo.at_once + cc
+                channel: T.let = blk * geo.channels_per_block + w * geo.channels_per_warp + chunk * geo.at_once + cc
                 for r in T.unroll(geo.rows):
                     acc[r] = T.float32(0)
                 for h in T.unroll(geo.per_lane):
@@ -198,7 +205,7 @@ def matmul(lay: Layout, gpu: bool = True) -> tirx.PrimFunc:
                                                           + entry * geo.words + h * WARP_SIZE + lane]
                         for r in T.unroll(geo.rows):
                             acc[r] = acc[r] + part[r] * (significance(b) * scale)
-                if chunk * geo.at_once + cc < CHANNELS_PER_WARP:
+                if chunk * geo.at_once + cc < geo.channels_per_warp:
                     for r in T.unroll(geo.rows):
                         at: T.let = (w * WARP_SIZE + lane) * geo.sums_stride + (chunk * geo.at_once + cc) * geo.rows
                         sums[at + r] = acc[r]
@@ -206,7 +213,7 @@ def matmul(lay: Layout, gpu: bool = True) -> tirx.PrimFunc:
     @T.macro
     def tile_grid(m, x, planes, scales, partial, geo):
         for tile in tiles_of((m + (geo.rows - 1)) // geo.rows):
-            for blk in blocks_of(channel_blocks):
+            for blk in blocks_of((n + geo.channels_per_block - 1) // geo.channels_per_block):
                 for sl in slices_of(geo.slices):
                     subset_sums = T.decl_buffer((geo.rows * geo.row_floats,), "float32", scope=table_scope)
                     sums = T.decl_buffer((WARPS * WARP_SIZE * geo.sums_stride,), "float32", scope=shared)
@@ -222,14 +229,16 @@ def matmul(lay: Layout, gpu: bool = True) -> tirx.PrimFunc:
                         T.tvm_storage_sync("shared")
                     for w in warps_of(WARPS):
                         for lane in lanes_of(WARP_SIZE):
-                            if lane < CHANNELS_PER_WARP * geo.rows:  # one (channel, row) of the warp's per lane
-                                channel: T.let = blk * CHANNELS_PER_BLOCK + w * CHANNELS_PER_WARP + lane // geo.rows
-                                row: T.let = tile * geo.rows + lane % geo.rows
-                                if channel < n and row < m:
+                            for step in range((geo.sums_stride + WARP_SIZE - 2) // WARP_SIZE):
+                                j: T.let = step * WARP_SIZE + lane  # one (channel, row) of the warp's per lane
+                                channel: T.let = (blk * geo.channels_per_block + w * geo.channels_per_warp
+                                                  + j // geo.rows)
+                                row: T.let = tile * geo.rows + j % geo.rows
+                                if j < geo.sums_stride - 1 and channel < n and row < m:
                                     total = T.decl_buffer((1,), "float32", scope=local)
                                     total[0] = T.float32(0)
                                     for other in range(WARP_SIZE):
-                                        total[0] = total[0] + sums[(w * WARP_SIZE + other) * geo.sums_stride + lane]
+                                        total[0] = total[0] + sums[(w * WARP_SIZE + other) * geo.sums_stride + j]
                                     partial[sl, row, channel] = total[0]
 
     @T.macro
@@ -247,7 +256,7 @@ def matmul(lay: Layout, gpu: bool = True) -> tirx.PrimFunc:
                     else:
                         out[at // n, at % n] = total[0]
 
-    one, tile = Geometry.of(1, kw, num_planes), Geometry.of(ROWS_PER_TILE, kw, num_planes)
+    one, tile = Geometry.of(1, kw, num_planes, tuning), Geometry.of(ROWS_PER_TILE, kw, num_planes, tuning)
 
     @T.prim_func(private=True)
     def kernel(
