@@ -193,6 +193,15 @@ def test_bitplane_tables_other_tunings_emulated_on_the_cpu(tuning):
                      x @ bie_bitplane.decode(enc).astype(np.float64).T)
 
 
+def test_bitplane_tables_wide_warps_only_on_deep_grids_of_four_planes_or_more():
+    """16 channels a warp where measured faster: 4 planes on the two large layers; not 2 planes, not 4096x4096."""
+    def tuning(n, k, magnitude_planes):
+        return bitplane_cuda.tuning_for(bitplane_cuda.Layout(n, k, magnitude_planes, 0, 0, 1))
+
+    assert tuning(8192, 28672, 3) == tuning(28672, 8192, 3) == bitplane_cuda.WIDE_WARPS
+    assert tuning(8192, 28672, 1) == tuning(4096, 4096, 3) == tuning(1536, 384, 7) == bitplane_cuda.Tuning()
+
+
 def bitplane_cuda_layout(enc, call):
     n, k = enc.shape
     group = 0 if call.constants[1].shape[1] == 1 else int(enc.header["group_size"])

@@ -66,7 +66,8 @@ BLOCK_ROWS = 64  # rows encoded for real per codec; the kernels see them stacked
 BBS_BLOCK = (512, 4096)  # bbs: enough rows for its sensitive fraction (a multiple of 32 per layer), K stacked too
 SEED = 0
 TUNED = ("bie-bitplane 4-bit", "bie-binary bitmap")  # also timed with the look-up-table kernel's TUNINGS
-TUNINGS = (bitplane_cuda.Tuning(channels_per_warp=16), bitplane_cuda.Tuning(words_per_lane=4, words_at_once=32))
+TUNINGS = (bitplane_cuda.Tuning(), bitplane_cuda.WIDE_WARPS,  # those that tuning_for does not pick for the layer
+           bitplane_cuda.Tuning(words_per_lane=4, words_at_once=32))
 
 
 def fatbin(source: str, out: Path) -> None:
@@ -180,7 +181,8 @@ def bench(shapes: list[tuple[int, int]], out: Path) -> None:
                 layout = bitplane_cuda.Layout(n, k, call.constants[0].shape[0] - 1, 0, 0, 1)  # bench: per channel
                 assert call.constants[1].shape == (n, 1)
                 funcs.update({f" [{t.channels_per_warp} ch/warp, {t.words_per_lane} words/lane]":
-                              bitplane_cuda.matmul(layout, tuning=t) for t in TUNINGS})
+                              bitplane_cuda.matmul(layout, tuning=t) for t in TUNINGS
+                              if t != bitplane_cuda.tuning_for(layout)})
             for suffix, func in funcs.items():
                 variant = name + suffix.replace(" ", "_").replace("/", "_per_").replace(",", "").replace("[", "")\
                     .replace("]", "")

@@ -280,13 +280,27 @@ def matmul(lay: Layout, gpu: bool = True, tuning: Tuning = Tuning()) -> tirx.Pri
     return kernel
 
 
+WIDE_WARPS = Tuning(channels_per_warp=16)
+WIDE_WARPS_MIN_PLANES = 4  # measured on an H200 (benchmarks/README.md): faster with 4 planes, slower with 2 at one row
+WIDE_WARPS_MIN_BLOCKS = 1024  # thread blocks at one row with WIDE_WARPS: several waves, not a partial one
+
+
+def tuning_for(lay: Layout) -> Tuning:
+    """16 channels a warp (the tables' fill spread over twice the weights) for 4 planes or more on a grid that stays
+    several waves deep; else the default."""
+    kw = -(-lay.k // 32)
+    blocks = -(-lay.n // (WARPS * WIDE_WARPS.channels_per_warp)) * Geometry.of(1, kw, 1, WIDE_WARPS).slices
+    wide = lay.magnitude_planes + 1 >= WIDE_WARPS_MIN_PLANES and blocks >= WIDE_WARPS_MIN_BLOCKS
+    return WIDE_WARPS if wide else Tuning()
+
+
 def kernel_call(codes: np.ndarray, magnitude_planes: int, shift: int, group: int, scales: np.ndarray,
                 progressive: bool) -> KernelCall:
     """The kernel over ``codes`` (its planes from :func:`planes_of`) and ``scales`` [N, G] (``group`` 0: per
     channel); ``progressive``: the planes may be cut at load (:data:`bitplane_lut.FORM`)."""
     n, k = codes.shape
     lay = Layout(n, k, magnitude_planes, shift, group, scales.shape[1])
-    func = matmul(lay)
+    func = matmul(lay, tuning=tuning_for(lay))
     if progressive:
         func = func.with_attr(PRECISION_ATTR, {"form": bitplane_lut.FORM, "magnitude_bits": magnitude_planes})
     return KernelCall("bitplane", func, [planes_of(codes, magnitude_planes), scales])
