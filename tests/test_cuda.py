@@ -4,6 +4,7 @@ loading says clearly that a GPU is needed. With a GPU (tests marked ``gpu``), pa
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +13,16 @@ from tvm.script import tirx as T
 from tvm.support import nvcc
 
 import bie_compiler
-from bie_compiler.codecs import CODECS, bbs, bie_binary, make_config, tans
+from bie_compiler.codecs import CODECS, bbs, bie_binary, bie_bitplane, make_config, tans
 from bie_compiler.codegen import KERNELS, ConvSpec, cuda, has_kernel, kernel_for
-from bie_compiler.codegen.kernels import bbs_cuda, bitplane, sparse_index_cuda, tans_cuda, tans_matmul
+from bie_compiler.codegen.kernels import bbs_cuda, bitplane, bitplane_cuda, sparse_index_cuda, tans_cuda, tans_matmul
+from bie_compiler.codegen.kernels.warp_layout import ROWS_PER_TILE
+from bie_compiler.codegen.weights import PRECISION_ATTR
 from bie_compiler.codegen.target import make_target
 from bie_compiler.errors import ArtefactError
 from bie_compiler.parity import check_artefact, make_inputs
 from bie_compiler.runtime.artefact import DEVICE_SOURCE
+from bie_compiler.runtime.progressive_precision import keep_top_planes
 from kernel_runs import assert_close, run
 
 pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
@@ -28,6 +32,7 @@ ARCH = "sm_90"
 KERNEL_CASES = {
     "bitplane": ("bie-bitplane", {"bits": 4}),
     "bitplane-grouped": ("bie-bitplane", {"bits": 3, "group_size": 64}),
+    "bitplane-grouped-48": ("bie-bitplane", {"bits": 3, "group_size": 48}),  # the bit-serial kernel
     "binary-bitmap": ("bie-binary", {"layout": "bitmap"}),
     "binary-index": ("bie-binary", {"layout": "index", "density": 0.1}),
     "blocked": ("bie-blocked", {"density": 0.2}),
@@ -35,7 +40,8 @@ KERNEL_CASES = {
     "bbs-conservative": ("bbs", {"preset": "conservative"}),
     "tans": ("tans", {"levels": 15}),
 }
-SHUFFLE_SUM_CASES = ["bitplane", "bitplane-grouped", "binary-bitmap"]
+TABLE_CASES = ["bitplane", "bitplane-grouped", "binary-bitmap"]  # look-up tables: batch 1, tiles, each + slices' sum
+SHUFFLE_SUM_CASES = ["bitplane-grouped-48"]
 SHARED_SUM_CASES = ["binary-index", "blocked", "tans"]  # tans: the matmul over the decoded weights
 BBS_CASES = ["bbs-moderate", "bbs-conservative"]  # per batch path, the warps' sums meet in two shared-memory steps
 FALLBACK_CODECS = [c for c in CODECS if not has_kernel(c, "matmul", make_target("cuda"))]
@@ -85,9 +91,12 @@ def test_cuda_target_records_arch_and_host():
 def test_every_cuda_kernel_is_device_code(kernel_source):
     names, source = kernel_source
     # one device kernel each; tans three: the fused decode-GEMV (batch 1), else the decode and the matmul over it;
-    # bbs three: batch 1, tiles of rows, the output unshuffle
+    # bbs three: batch 1, tiles of rows, the output unshuffle; bit-plane tables four (batch 1, tiles, each's sum);
+    # index kernels two (batch 1, tiles of rows)
     expected = [f"{name}_kernel" for name in names] + ["tans_kernel_1", "tans_kernel_2"]
+    expected += ["binary_index_kernel_1", "blocked_kernel_1"]
     expected += [f"{case.replace('-', '_')}_kernel_{i}" for case in BBS_CASES for i in (1, 2)]
+    expected += [f"{case.replace('-', '_')}_kernel_{i}" for case in TABLE_CASES for i in (1, 2, 3)]
     assert sorted(cuda.global_functions(source)) == sorted(expected)
     bodies = kernel_bodies(source)
 
@@ -98,6 +107,8 @@ def test_every_cuda_kernel_is_device_code(kernel_source):
         assert all("__shfl_down_sync(" in text for text in of(case)), case
     for case in SHARED_SUM_CASES + BBS_CASES:  # index kernels, the tans matmul, bbs: partial sums in shared memory
         assert any("__syncthreads()" in text for text in of(case)), case
+    for case in TABLE_CASES:  # the subset sums' tables in dynamic shared memory (up to 66 KiB), behind a barrier
+        assert sum("extern __shared__" in text and "__syncthreads()" in text for text in of(case)) == 2, case
     assert any("extern __shared__" in text for text in of("tans"))  # the tans decode table (up to 128 KiB)
 
 
@@ -137,8 +148,9 @@ def test_warp_index_kernels_emulated_on_the_cpu(codec, options, n, k):
         func = sparse_index_cuda.blocked_index(n=n, k=k, nnz=entries.size, block_size=int(enc.header["block_size"]),
                                                entry_dtype=entries.dtype.name, count_dtype=counts.dtype.name, gpu=False)
         constants = [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]]
-    x = np.random.default_rng(1).standard_normal((3, k)).astype(np.float32)
-    assert_close(run_on_the_cpu(func, x, constants, (3, n)), x @ module.decode(enc).astype(np.float64).T)
+    for batch in (1, 3, 2 * ROWS_PER_TILE + 1):  # one row, a tile not full, two tiles
+        x = np.random.default_rng(batch).standard_normal((batch, k)).astype(np.float32)
+        assert_close(run_on_the_cpu(func, x, constants, (batch, n)), x @ module.decode(enc).astype(np.float64).T)
 
 
 def run_on_the_cpu(func, x, constants, out_shape):
@@ -151,15 +163,75 @@ BITPLANE_CASES = [("bie-bitplane", {"bits": 4}), ("bie-bitplane", {"bits": 3, "g
 
 
 @pytest.mark.parametrize("codec,options", BITPLANE_CASES, ids=[f"{c}-{o}" for c, o in BITPLANE_CASES])
-@pytest.mark.parametrize("n,k", [(3, 300), (5, 256), (4, 1), (4, 7), (4, 80), (4, 129)])
-def test_bitplane_gpu_compute_emulated_on_the_cpu(codec, options, n, k):
-    """The GPU bit-plane kernel's TE compute (32-bit words, branch-free decode), unscheduled on the CPU; rows of
-    ceil(K / 8) bytes that are not whole words are packed again, a word wider, where the planes become words."""
+@pytest.mark.parametrize("n,k", [(3, 300), (37, 256), (4, 1), (4, 7), (4, 129), (33, 2200)])
+def test_bitplane_tables_emulated_on_the_cpu(codec, options, n, k):
+    """The GPU bit-plane kernel's loop nest (subset-sum tables) with its thread loops serial, against the reference
+    decoder: batch 1, a tile of rows not full, two tiles; K short, not whole words, over several slices; channels
+    not a multiple of a block's."""
     enc = CODECS[codec].encode(weight(n, k, n + k), make_config(codec, options))
     call = kernel_for(enc, make_target("cuda"))
-    assert [c.dtype.name for c in call.constants[:2]] == ["uint32", "uint32"]
-    words = -(-k // 32) if "group_size" not in options else -(-k // 128) * 4  # grouped: rows of 16-byte vectors
-    assert call.constants[1].shape == (n, words)  # the signs: K padded to whole words, no further
+    planes = int(enc.header["bits"]) if codec == "bie-bitplane" else 2  # sign + magnitudes, two's complement
+    assert call.constants[0].shape == (planes, n, -(-k // 32)) and call.constants[0].dtype == np.uint32
+    func = bitplane_cuda.matmul(bitplane_cuda_layout(enc, call), gpu=False)
+    decoded = CODECS[codec].decode(enc).astype(np.float64)
+    for batch in (1, 3, 2 * bitplane_cuda.ROWS_PER_TILE + 1):
+        x = np.random.default_rng(batch).standard_normal((batch, k)).astype(np.float32)
+        assert_close(run_on_the_cpu(func, x, call.constants, (batch, n)), x @ decoded.T)
+
+
+@pytest.mark.parametrize("tuning", [bitplane_cuda.Tuning(channels_per_warp=16),
+                                    bitplane_cuda.Tuning(words_per_lane=4, words_at_once=32)])
+def test_bitplane_tables_other_tunings_emulated_on_the_cpu(tuning):
+    """The tunings benchmarks/gpu times: 16 channels a warp (reduced in two steps), slices of 128 words."""
+    n, k = 37, 5000
+    enc = bie_bitplane.encode(weight(n, k, 3), make_config("bie-bitplane", {"bits": 4}))
+    call = kernel_for(enc, make_target("cuda"))
+    func = bitplane_cuda.matmul(bitplane_cuda_layout(enc, call), gpu=False, tuning=tuning)
+    for batch in (1, 2 * bitplane_cuda.ROWS_PER_TILE + 1):
+        x = np.random.default_rng(batch).standard_normal((batch, k)).astype(np.float32)
+        assert_close(run_on_the_cpu(func, x, call.constants, (batch, n)),
+                     x @ bie_bitplane.decode(enc).astype(np.float64).T)
+
+
+def test_bitplane_tables_wide_warps_only_on_deep_grids_of_four_planes_or_more():
+    """16 channels a warp where measured faster: 4 planes on the two large layers; not 2 planes, not 4096x4096."""
+    def tuning(n, k, magnitude_planes):
+        return bitplane_cuda.tuning_for(bitplane_cuda.Layout(n, k, magnitude_planes, 0, 0, 1))
+
+    assert tuning(8192, 28672, 3) == tuning(28672, 8192, 3) == bitplane_cuda.WIDE_WARPS
+    assert tuning(8192, 28672, 1) == tuning(4096, 4096, 3) == tuning(1536, 384, 7) == bitplane_cuda.Tuning()
+
+
+def bitplane_cuda_layout(enc, call):
+    n, k = enc.shape
+    group = 0 if call.constants[1].shape[1] == 1 else int(enc.header["group_size"])
+    return bitplane_cuda.Layout(n, k, call.constants[0].shape[0] - 1, 0, group, call.constants[1].shape[1])
+
+
+@pytest.mark.parametrize("kept", [1, 2])
+def test_bitplane_tables_planes_cut_at_load(kept):
+    """The tables kernel over its planes cut at load (keep_top_planes) computes the encoding compiled with
+    ``planes=kept``."""
+    n, k = 21, 300
+    full = bie_bitplane.encode(weight(n, k, 5), make_config("bie-bitplane", {"bits": 4}))
+    cut = bie_bitplane.encode(weight(n, k, 5), make_config("bie-bitplane", {"bits": 4, "planes": kept}))
+    call = kernel_for(full, make_target("cuda"))
+    form = dict(call.func.attrs[PRECISION_ATTR])
+    entry = {"tensor": 0, "form": str(form["form"]), "magnitude_bits": int(form["magnitude_bits"])}
+    (at_load,) = keep_top_planes([call.constants[0]], [entry], kept, Path("artefact"))
+    func = bitplane_cuda.matmul(bitplane_cuda_layout(full, call), gpu=False)
+    x = np.random.default_rng(kept).standard_normal((2, k)).astype(np.float32)
+    assert_close(run_on_the_cpu(func, x, [at_load, call.constants[1]], (2, n)),
+                 x @ bie_bitplane.decode(cut).astype(np.float64).T)
+
+
+@pytest.mark.parametrize("n,k", [(3, 300), (4, 129)])
+def test_bitplane_bit_serial_compute_emulated_on_the_cpu(n, k):
+    """Scales grouped by other than whole words: the bit-serial kernel's TE compute (32-bit words, branch-free
+    decode), unscheduled on the CPU; its rows of 16-byte vectors are whole words."""
+    enc = bie_bitplane.encode(weight(n, k, n + k), make_config("bie-bitplane", {"bits": 3, "group_size": 48}))
+    call = kernel_for(enc, make_target("cuda"))
+    assert call.constants[1].shape == (n, -(-k // 128) * 4) and call.constants[1].dtype == np.uint32  # the signs
     planes = bitplane.BitPlanes(enc, words=True)
     assert all(np.array_equal(a, b) for a, b in zip(planes.constants, call.constants))
     x_holder = tvm.te.placeholder((tvm.te.var("m", "int64"), k), "float32", "x")
@@ -167,7 +239,7 @@ def test_bitplane_gpu_compute_emulated_on_the_cpu(codec, options, n, k):
     out = bitplane.compute_words(x_holder, *holders, k=k, top_bit=planes.top_bit, group=planes.group)
     prim = tvm.te.create_prim_func([x_holder, *holders, out])
     x = np.random.default_rng(k).standard_normal((2, k)).astype(np.float32)
-    assert_close(run_on_the_cpu(prim, x, call.constants, (2, n)), x @ CODECS[codec].decode(enc).astype(np.float64).T)
+    assert_close(run_on_the_cpu(prim, x, call.constants, (2, n)), x @ bie_bitplane.decode(enc).astype(np.float64).T)
 
 
 BBS_CONFIGS = [
@@ -225,7 +297,7 @@ def test_tans_matmul_emulated_on_the_cpu(n, k, config):
     enc = tans.encode(weight(n, k, n * k), config)
     decoded = tans.decode(enc).astype(np.float64)
     func = tans_cuda.matmul(**tans_matmul.stream_layout(enc), gpu=False)
-    for batch in (1, 3):
+    for batch in (1, 3, 2 * ROWS_PER_TILE + 1):  # the fused GEMV; a tile of rows not full, two tiles
         x = rng.standard_normal((batch, k)).astype(np.float32)
         assert_close(run_on_the_cpu(func, x, tans_matmul.constants(enc, byte_words=False), (batch, n)), x @ decoded.T)
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests/, benchmarks/
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the helpers tests/test_cuda.py imports
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tvm  # noqa: E402
@@ -47,6 +48,7 @@ from benchmarks import cuda_gemv  # noqa: E402
 from bie_compiler import compile_model  # noqa: E402
 from bie_compiler.codecs import CODECS, make_config  # noqa: E402
 from bie_compiler.codegen import kernel_for  # noqa: E402
+from bie_compiler.codegen.kernels import bitplane_cuda  # noqa: E402
 from bie_compiler.codegen.target import make_target  # noqa: E402
 from bie_compiler.frontend import load_model  # noqa: E402
 from bie_compiler.parity import decoded_model, make_inputs, run_onnxruntime  # noqa: E402
@@ -63,6 +65,9 @@ BENCH_BATCH = 16
 BLOCK_ROWS = 64  # rows encoded for real per codec; the kernels see them stacked to N
 BBS_BLOCK = (512, 4096)  # bbs: enough rows for its sensitive fraction (a multiple of 32 per layer), K stacked too
 SEED = 0
+TUNED = ("bie-bitplane 4-bit", "bie-binary bitmap")  # also timed with the look-up-table kernel's TUNINGS
+TUNINGS = (bitplane_cuda.Tuning(), bitplane_cuda.WIDE_WARPS,  # those that tuning_for does not pick for the layer
+           bitplane_cuda.Tuning(words_per_lane=4, words_at_once=32))
 
 
 def fatbin(source: str, out: Path) -> None:
@@ -114,6 +119,25 @@ def block_weights(n: int, k: int, seed: int) -> np.ndarray:
     return (rng.standard_t(5, (n, k)) * (rng.random((n, k)) > 0.5)).astype(np.float32)
 
 
+def is_view(enc, constants) -> bool:
+    """Whether ``constants`` are the encoding's arrays in order, each maybe viewed as another dtype."""
+    return len(enc.arrays) == len(constants) and all(
+        a.nbytes == c.nbytes and np.array_equal(a.view(c.dtype), c) for a, c in zip(enc.arrays.values(), constants))
+
+
+def tiled_constants(full: list[np.ndarray], block: list[np.ndarray], copies: int):
+    """[(the block's constant, axis)]: each of the full layer's constants is ``copies`` of the block's along
+    ``axis`` (the channels' axis; -1: the same array); None if not."""
+    found = []
+    for f, b in zip(full, block, strict=True):
+        axes = [a for a in range(b.ndim) if f.shape[a] != b.shape[a]]
+        axis = axes[0] if axes else -1
+        if len(axes) > 1 or not np.array_equal(f, b if axis < 0 else np.concatenate([b] * copies, axis=axis)):
+            return None
+        found.append((b, axis))
+    return found
+
+
 def bench(shapes: list[tuple[int, int]], out: Path) -> None:
     target = make_target("cuda", mcpu=HOST_CPU, arch=ARCH)
     index = {"batch": BENCH_BATCH, "shapes": []}
@@ -140,21 +164,37 @@ def bench(shapes: list[tuple[int, int]], out: Path) -> None:
             k_copies = k // cols
             full = tiling.stack(tiling.stack_k(block, k_copies) if k_copies > 1 else block, n // rows)
             call = kernel_for(full, target)
-            # the kernel reads the encoding's arrays in order, some viewed as another dtype (the bit planes as words)
-            assert all(a.nbytes == c.nbytes and np.array_equal(a.view(c.dtype), c)
-                       for a, c in zip(full.arrays.values(), call.constants, strict=True))
             name = label.replace(" ", "_").replace("%", "pct")
-            export(tvm.compile(tvm.IRModule({"kernel": call.func.with_attr("global_symbol", "kernel")}), target).mod,
-                   folder / f"{name}.so")
+            saved = {f"block/{a}": v for a, v in block.arrays.items()}
+            tiled = tiled_constants(call.constants, kernel_for(block, target).constants, n // rows) \
+                if k_copies == 1 and not is_view(full, call.constants) else None
+            if tiled is None:  # the kernel reads the encoding's arrays, some viewed as another dtype
+                assert is_view(full, call.constants), label
+            else:  # constants rewritten at compile time: the block's, stacked along their channel axis on the device
+                saved.update({f"kernel/{i}": c for i, (c, _) in enumerate(tiled)})
             # outputs of the stacked weights: the block's, repeated; x's K copies summed first
             x_folded = x.reshape(BENCH_BATCH, k_copies, cols).sum(1).astype(np.float64)
-            np.savez(folder / f"{name}.npz", reference=x_folded @ module.decode(block).astype(np.float64).T,
-                     **{f"block/{a}": v for a, v in block.arrays.items()})
-            kernels.append({"label": label, "name": name, "codec": codec, "block": [rows, cols], "k_copies": k_copies,
-                            "copies": n // rows, "header": block.header,
-                            "constants": [[a, c.dtype.name] for a, c in zip(full.arrays, call.constants)],
-                            "constant_bytes": int(sum(c.nbytes for c in call.constants)),
-                            "bits_per_weight": 8 * sum(c.nbytes for c in call.constants) / (n * k)})
+            reference = x_folded @ module.decode(block).astype(np.float64).T
+            np.savez(folder / f"{name}.npz", reference=reference, **saved)  # the same for every tuning
+            funcs = {"": call.func}
+            if label in TUNED:  # the look-up-table kernel's other tunings, over the same constants
+                layout = bitplane_cuda.Layout(n, k, call.constants[0].shape[0] - 1, 0, 0, 1)  # bench: per channel
+                assert call.constants[1].shape == (n, 1)
+                funcs.update({f" [{t.channels_per_warp} ch/warp, {t.words_per_lane} words/lane]":
+                              bitplane_cuda.matmul(layout, tuning=t) for t in TUNINGS
+                              if t != bitplane_cuda.tuning_for(layout)})
+            for suffix, func in funcs.items():
+                variant = name + suffix.replace(" ", "_").replace("/", "_per_").replace(",", "").replace("[", "")\
+                    .replace("]", "")
+                export(tvm.compile(tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")}), target).mod,
+                       folder / f"{variant}.so")
+                kernels.append({"label": label + suffix, "name": variant, "data": name, "codec": codec,
+                                "block": [rows, cols],
+                                "k_copies": k_copies, "copies": n // rows, "header": block.header,
+                                "constants": [[a, c.dtype.name] for a, c in zip(full.arrays, call.constants)]
+                                if tiled is None else [], "tile_axes": [axis for _, axis in tiled or []],
+                                "constant_bytes": int(sum(c.nbytes for c in call.constants)),
+                                "bits_per_weight": 8 * sum(c.nbytes for c in call.constants) / (n * k)})
             print(f"{n}x{k} {label}: {time.time() - t:.1f}s", flush=True)
         index["shapes"].append({"n": n, "k": k, "folder": folder.name, "kernels": kernels})
     (out / "bench" / "index.json").write_text(json.dumps(index, indent=1, default=int))
@@ -177,6 +217,9 @@ def runtime_package(out: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     shutil.copytree(repo / "bie_compiler" / "codecs", pkg / "codecs", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(repo / "bie_compiler" / "errors.py", pkg / "errors.py")
+    (pkg / "runtime").mkdir()  # the tANS coder's stream layout (numpy)
+    for module in ("__init__.py", "tans_streams.py"):
+        shutil.copy(repo / "runtime" / module, pkg / "runtime" / module)
     for script in ("run_on_device.py", "tiling.py", "device.sh"):
         shutil.copy(Path(__file__).resolve().parent / script, out / script)
 

@@ -204,11 +204,17 @@ def bench_one(tvm, device, prepared: Path, item: str) -> list[dict]:
     from bie_compiler.codecs.base import Encoded
 
     spec = next(s for s in shape["kernels"] if s["name"] == what)
-    data = np.load(prepared / "bench" / folder / f"{what}.npz")
-    block = Encoded(spec["codec"], tuple(spec["block"]), {a: data[f"block/{a}"] for a, _ in spec["constants"]},
-                    spec["header"])
-    full = tiling.stack(tiling.stack_k(block, spec["k_copies"]) if spec["k_copies"] > 1 else block, spec["copies"])
-    constants = [tvm.runtime.tensor(full.arrays[a].view(dtype), device) for a, dtype in spec["constants"]]
+    data = np.load(prepared / "bench" / folder / f"{spec['data']}.npz")
+    if spec["tile_axes"]:  # constants rewritten at compile time: the block's, stacked along the channels
+        constants = [data[f"kernel/{i}"] if axis < 0 else np.concatenate([data[f"kernel/{i}"]] * spec["copies"], axis)
+                     for i, axis in enumerate(spec["tile_axes"])]
+    else:
+        block = Encoded(spec["codec"], tuple(spec["block"]), {a: data[f"block/{a}"] for a, _ in spec["constants"]},
+                        spec["header"])
+        full = tiling.stack(tiling.stack_k(block, spec["k_copies"]) if spec["k_copies"] > 1 else block,
+                            spec["copies"])
+        constants = [full.arrays[a].view(dtype) for a, dtype in spec["constants"]]
+    constants = [tvm.runtime.tensor(c, device) for c in constants]
     module = tvm.runtime.load_module(str(prepared / "bench" / folder / f"{what}.so"))
     reference = np.tile(data["reference"], (1, spec["copies"]))
     rows = []

@@ -24,7 +24,7 @@ from bie_compiler.codecs.base import PACK_LANES, pack_bits, unpack_bits
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..weights import PRECISION_ATTR
-from . import bitplane_lut, decode, int8, lut, warp_layout
+from . import bitplane_cuda, bitplane_lut, decode, int8, lut, warp_layout
 
 BLOCK = "bitplane"
 
@@ -320,6 +320,14 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 
 @register(bie_bitplane.NAME, ops=("matmul",), target="cuda")
 def cuda_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """One bit-serial kernel for every batch: rows are thread blocks."""
+    """The look-up-table kernel of :mod:`.bitplane_cuda` for every batch; scales grouped along K by other than a
+    multiple of 32 weights: the bit-serial kernel (rows are thread blocks)."""
     planes = BitPlanes(enc, words=True)
-    return KernelCall("bitplane", planes.scheduled(compute_words, schedule_cuda), planes.constants)
+    per_channel = planes.scales.shape[1] == 1
+    if not bitplane_cuda.applies(planes.group, per_channel):
+        return KernelCall("bitplane", planes.scheduled(compute_words, schedule_cuda), planes.constants)
+    kept = int(planes.planes.shape[0])
+    shift = planes.top_bit + 1 - kept  # the significance of the lowest plane kept
+    codes = integer_codes(planes.planes, planes.signs, enc.shape[1], planes.top_bit) >> np.int8(shift)
+    return bitplane_cuda.kernel_call(codes, kept, shift, 0 if per_channel else planes.group, planes.scales,
+                                     planes.progressive)

@@ -30,7 +30,7 @@ from .decode import Layout, destination, with_decoder
 
 def signed_sum(entry_dtype: str, sign_bit: int):
     """The loop both families share: ``acc[0] += (-1)^sign(e) * x[i, base + offset(e)]`` over the entries
-    ``first + lane + stride * step`` below ``first + count`` (a CPU thread: lane 0, stride 1; a GPU lane: its warp's)."""
+    ``first + lane + stride * step`` below ``first + count`` (a CPU thread: lane 0, stride 1)."""
     offset_mask = (1 << sign_bit) - 1
 
     @T.macro

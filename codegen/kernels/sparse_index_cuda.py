@@ -1,7 +1,8 @@
 """Index-loop matmuls on the GPU (``bie-binary`` index layout, ``bie-blocked``): one warp per output channel.
 
 The lanes of a channel's warp (see ``warp_layout``) stride over its non-zeros,
-each adding or subtracting the activations its entries select; the 32 partial
+each adding or subtracting the activations its entries select, for a tile of
+rows at once when m > 1 (each entry read and decoded once per tile); the 32 partial
 sums meet in shared memory and lane 0 adds them and applies the scale. The
 entries read by a warp's 32 lanes are consecutive, so the index stream is read
 coalesced. ``bie-blocked`` walks the blocks of K in order, all lanes together
@@ -22,19 +23,36 @@ from bie_compiler.codecs import Encoded, bie_binary, bie_blocked
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from . import bitplane, sparse_index
-from .sparse_index import signed_sum
-from .warp_layout import WARP_SIZE, channel_warps, scopes
+from .warp_layout import ROWS_PER_TILE, WARP_SIZE, channel_warps, scopes
+
+
+def tile_sum(entry_dtype: str, sign_bit: int):
+    """:func:`sparse_index.signed_sum` for a lane of a warp and a tile of ``rows`` rows from ``i0``: each entry read
+    and decoded once, its activation added or subtracted for every row (rows past m read row m - 1, unwritten)."""
+    offset_mask = (1 << sign_bit) - 1
+
+    @T.macro
+    def accumulate(acc, x, m, i0, rows, entries, base, first, count, lane):
+        for step in range((count + (WARP_SIZE - 1) - lane) // WARP_SIZE):
+            entry: T.let = entries[first + lane + WARP_SIZE * step]
+            column: T.let = base + T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))
+            negative: T.let = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+            for r in T.unroll(rows):
+                xv: T.let = x[T.min(i0 + r, m - 1), column]
+                acc[r] = acc[r] + T.if_then_else(negative, -xv, xv)
+
+    return accumulate
 
 
 def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, gpu: bool = True):
     """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)]; lanes over entries."""
-    grid = channel_warps(gpu, n)
-    accumulate = signed_sum(entry_dtype, sign_bit)
+    one, tile = channel_warps(gpu, n), channel_warps(gpu, n, ROWS_PER_TILE)
+    accumulate = tile_sum(entry_dtype, sign_bit)
 
     @T.macro
-    def lane_sum(acc, x, indptr, entries, i, channel, lane):
+    def lane_sum(acc, x, m, i0, rows, indptr, entries, channel, lane):
         start: T.let = T.Cast("int64", indptr[channel])
-        accumulate(acc, x, entries, i, T.int64(0), start, T.Cast("int64", indptr[channel + 1]) - start, lane, WARP_SIZE)
+        accumulate(acc, x, m, i0, rows, entries, T.int64(0), start, T.Cast("int64", indptr[channel + 1]) - start, lane)
 
     @T.prim_func(private=True)
     def kernel(
@@ -48,7 +66,12 @@ def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, g
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        grid(m, out, scales, lambda acc, i, channel, lane: lane_sum(acc, x, indptr, entries, i, channel, lane))
+        if m == T.int64(1):
+            one(m, out, scales, lambda acc, i0, channel, lane: lane_sum(acc, x, m, i0, 1, indptr, entries, channel,
+                                                                        lane))
+        else:
+            tile(m, out, scales, lambda acc, i0, channel, lane: lane_sum(acc, x, m, i0, ROWS_PER_TILE, indptr, entries,
+                                                                         channel, lane))
 
     return kernel
 
@@ -57,18 +80,18 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
     """As :func:`global_index`, with positions ``block * block_size + offset(e)``; lanes over each block's entries."""
     sign_bit = block_size.bit_length() - 1
     blocks = -(-k // block_size)
-    grid = channel_warps(gpu, n)
-    accumulate = signed_sum(entry_dtype, sign_bit)
+    one, tile = channel_warps(gpu, n), channel_warps(gpu, n, ROWS_PER_TILE)
+    accumulate = tile_sum(entry_dtype, sign_bit)
     _, local = scopes(gpu)
 
     @T.macro
-    def lane_sum(acc, x, indptr, counts, entries, i, channel, lane):
+    def lane_sum(acc, x, m, i0, rows, indptr, counts, entries, channel, lane):
         start = T.decl_buffer((1,), "int64", scope=local)
         start[0] = T.Cast("int64", indptr[channel])
         for blk in range(blocks):
             count: T.let = T.Cast("int64", counts[channel, blk])
             first: T.let = start[0]
-            accumulate(acc, x, entries, i, blk * block_size, first, count, lane, WARP_SIZE)
+            accumulate(acc, x, m, i0, rows, entries, blk * block_size, first, count, lane)
             start[0] = first + count
 
     @T.prim_func(private=True)
@@ -84,7 +107,12 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        grid(m, out, scales, lambda acc, i, channel, lane: lane_sum(acc, x, indptr, counts, entries, i, channel, lane))
+        if m == T.int64(1):
+            one(m, out, scales, lambda acc, i0, channel, lane: lane_sum(acc, x, m, i0, 1, indptr, counts, entries,
+                                                                        channel, lane))
+        else:
+            tile(m, out, scales, lambda acc, i0, channel, lane: lane_sum(acc, x, m, i0, ROWS_PER_TILE, indptr, counts,
+                                                                         entries, channel, lane))
 
     return kernel
 

@@ -17,8 +17,8 @@ kernels' unaligned 8-byte loads).
 * Larger batches: decode-to-buffer, then a matmul. The decode writes the
   levels ``q`` into a workspace ``[N, K]`` (allocated on this path only); a
   second kernel on the grid of :func:`warp_layout.channel_warps` (a warp per
-  output channel, lanes over K, coalesced) takes the dot products and scales
-  them by the channel's step.
+  output channel, lanes over K, coalesced, each weight read once for a tile of
+  rows) takes the dot products and scales them by the channel's step.
 
 ``gpu=False`` builds the same loop nest with the thread loops serial and the
 buffers global: it runs on the CPU, so tests check the GPU kernel against the
@@ -36,7 +36,7 @@ from bie_compiler.codecs import Encoded, tans
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..weights import TANS_ATTR
 from . import tans_matmul
-from .warp_layout import WARP_SIZE, bound_to, channel_warps, scopes
+from .warp_layout import ROWS_PER_TILE, WARP_SIZE, bound_to, channel_warps, scopes
 
 STREAMS_PER_BLOCK = 32  # one warp of streams shares a decode table (built once per block)
 
@@ -56,7 +56,7 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     blocks, threads = bound("blockIdx.x"), bound("threadIdx.x")
     table_scope = "shared.dyn" if gpu else "global"  # 2^table_log words: up to 128 KiB, above the static 48 KiB
     # (the symbols of the spread, 2^table_log bytes, fit the static 48 KiB)
-    grid = channel_warps(gpu, n)
+    grid = channel_warps(gpu, n, ROWS_PER_TILE)
     streams, size = lay["streams"], lay["size"]
     stream_blocks = -(-streams // STREAMS_PER_BLOCK)
 
@@ -82,10 +82,12 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                     decode(blk * STREAMS_PER_BLOCK + t, table)
 
     @T.macro
-    def dot_lanes(acc, x, decoded, i, channel, lane):
+    def dot_lanes(acc, x, m, decoded, i0, channel, lane):
         for step in range((k + (WARP_SIZE - 1) - lane) // WARP_SIZE):
             column: T.let = lane + WARP_SIZE * step
-            acc[0] = acc[0] + x[i, column] * decoded[channel, column]
+            weight: T.let = decoded[channel, column]  # read once for the tile's rows
+            for r in T.unroll(ROWS_PER_TILE):
+                acc[r] = acc[r] + x[T.min(i0 + r, m - 1), column] * weight
 
     @T.prim_func(private=True)
     def kernel(
@@ -108,7 +110,7 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             each_stream(counts, offsets, words,
                         lambda stream, table: mac.decode_stream(stream, table, offsets, words, store_level, decoded,
                                                                 steps))
-            grid(m, out, steps, lambda acc, i, channel, lane: dot_lanes(acc, x, decoded, i, channel, lane))
+            grid(m, out, steps, lambda acc, i0, channel, lane: dot_lanes(acc, x, m, decoded, i0, channel, lane))
 
     return kernel
 
