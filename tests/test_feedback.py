@@ -43,7 +43,7 @@ class FixedGrid:
 def obs_reference(w, xtx, grid, damping):
     """Unblocked GPTQ as the paper states it: round column k, w_rest -= e / Hinv[k,k] * Hinv[k, rest], then drop
     k from H^-1 by its Schur complement (no Cholesky, no lazy blocks)."""
-    h, _ = feedback.prepared_hessian(feedback.Calibration(xtx, 1, damping), w.shape[1])
+    h = feedback.prepared_hessian(feedback.Calibration(xtx, 1, damping), w.shape[1])
     hinv = np.linalg.inv(h)
     w = np.array(w, np.float64)
     out = np.zeros_like(w)
@@ -87,14 +87,20 @@ def test_feedback_beats_rounding_and_brute_force_bounds_it():
     assert objective(w, fed, xtx) < 0.8 * objective(w, rtn, xtx)
 
 
-def test_dead_inputs_and_act_order():
+def test_dead_inputs_keep_their_weights_rounded_to_nearest_and_act_order():
     w, xtx = layer(8, 16, seed=3)
-    xtx[5, :] = xtx[:, 5] = 0  # an input that is always zero: its weights do not matter, they become 0
+    # an input the calibration data never showed (a post-ReLU channel of few samples): other data may use it, so
+    # its weights are rounded to nearest, not zeroed, and no other column's error is fed into them
+    xtx[5, :] = xtx[:, 5] = 0
     grid = FixedGrid(np.abs(w).max(axis=1) / 7, 7, 16)
     got = feedback.quantize(w, feedback.Calibration(xtx, 64, 0.01), grid)
-    assert np.all(got[:, 5] == 0)
-    ordered = feedback.quantize(w, feedback.Calibration(xtx, 64, 0.01, act_order=True), grid)
     rtn = grid.round(0, w.T).T
+    np.testing.assert_array_equal(got[:, 5], rtn[:, 5])
+    assert np.any(got[:, 5] != 0)
+    live = np.delete(np.arange(16), 5)  # the others: feedback on the live inputs alone
+    alone = feedback.quantize(w[:, live], feedback.Calibration(xtx[np.ix_(live, live)], 64, 0.01), grid)
+    np.testing.assert_allclose(got[:, live], alone, rtol=0, atol=1e-12)
+    ordered = feedback.quantize(w, feedback.Calibration(xtx, 64, 0.01, act_order=True), grid)
     assert objective(w, ordered, xtx) < objective(w, rtn, xtx)
     with pytest.raises(CodecError, match="act_order needs one scale per output channel"):
         bie_bitplane.encode(w, bie_bitplane.Config(bits=4, group_size=8), feedback.Calibration(xtx, 64, 0.01, True))

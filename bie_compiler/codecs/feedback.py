@@ -58,17 +58,23 @@ class Grid(Protocol):
         """Column ``column``'s current values [N] -> the nearest values on the grid (float [N]), recorded."""
 
 
-def prepared_hessian(calibration: Calibration, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(damped H [K, K] float64, mask of dead inputs [K]): inputs never non-zero get diag 1 (their weights don't matter)."""
+def prepared_hessian(calibration: Calibration, k: int) -> np.ndarray:
+    """Damped H [K, K] float64. An input never non-zero on the calibration data is decoupled from the others and
+    weighed as an average input in the scale search: its weights are rounded to nearest, keeping their values.
+
+    GPTQ zeroes such weights, as if the input never mattered; with few calibration samples it does (a
+    squeeze-excitation conv sees one pooled row per sample, and a post-ReLU channel dead on those is live on others).
+    """
     h = np.array(calibration.xtx, np.float64)
     if h.shape != (k, k) or not np.all(np.isfinite(h)):
         raise CodecError(f"feedback: calibration statistics of shape {list(h.shape)} for K = {k}, or not finite")
-    dead = np.diag(h) <= 0
+    diag = np.diag(h)
+    dead = diag <= 0
     h[dead, :] = 0
     h[:, dead] = 0
-    h[dead, dead] = 1
+    h[dead, dead] = float(np.mean(diag[~dead])) if not dead.all() else 1.0
     h[np.diag_indices(k)] += calibration.damping * float(np.mean(np.diag(h)))
-    return h, dead
+    return h
 
 
 def inverse_cholesky(h: np.ndarray) -> np.ndarray:
@@ -98,9 +104,8 @@ def quantize(weight: np.ndarray, calibration: Calibration, grid: Grid, block: in
 
 def _quantize(weight: np.ndarray, calibration: Calibration, grid: Grid, block: int) -> np.ndarray:
     n, k = weight.shape
-    h, dead = prepared_hessian(calibration, k)
+    h = prepared_hessian(calibration, k)
     w = np.array(weight, np.float64)
-    w[:, dead] = 0
     if calibration.act_order:
         if grid.group < k:
             raise CodecError("feedback: act_order needs one scale per output channel (the grid is group-wise)")

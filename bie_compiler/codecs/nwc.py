@@ -144,7 +144,7 @@ def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration
     if calibration is None:
         latents, scales, levels = _rounded(w, config.fixed_quality)
     else:
-        h, _ = feedback.prepared_hessian(calibration, k)
+        h = feedback.prepared_hessian(calibration, k)
         levels = column_levels(k, config.fixed_quality, config.spread, np.diag(h))
         grid = _ColumnGrid(n, k, levels)
         feedback.quantize(w, calibration, grid)
