@@ -139,12 +139,10 @@ def k_unroll(extent: tirx.PrimExpr) -> int:
 
 def gemv_panels(n: int, cols: int = COLS) -> int:
     """Panels of ``cols`` channels per one-row tile for ``n`` channels: with one panel a k step is two dependent FMA
-    chains (one per vector) and waits on the FMA latency; four give eight independent chains. Each panel is its own
-    stream through the weight, and a weight streamed from memory is read faster through more streams at once (the
-    int8 GEMV converts every weight and keeps fewer loads in flight than the dense one: it gains most, up to 6 or 8
-    panels). As many as divide the panels into an even number of tiles (the two threads' shares)."""
+    chains (one per vector) and waits on the FMA latency; four give eight independent chains. As many as divide
+    the panels into an even number of tiles (the two threads' shares)."""
     count = -(-n // cols)
-    return next(p for p in (8, 6, 4, 2, 1) if count % (2 * p) == 0 or p == 1)
+    return next(p for p in (4, 2, 1) if count % (2 * p) == 0 or p == 1)
 
 
 class Matmul(CPUScheduleRule):
