@@ -37,20 +37,8 @@ def test_encodings_in_workers_are_byte_identical_and_in_order(workers):
     assert {n: e.sha256() for n, e in parallel.items()} == {n: e.sha256() for n, e in serial.items()}
 
 
-def test_the_calling_process_encodes_while_the_pool_starts():
-    import os
-
-    from bie_compiler.codecs.parallel import Workers
-
-    pids = Workers(jobs=2).map(os.getpid, {f"t{i}": () for i in range(4)})
-    assert pids["t0"] != os.getpid()  # the pool's worker takes the first task and one queued behind it
-    assert pids["t2"] == os.getpid()  # the next, found the worker busy, runs here
-
-
 def test_a_codec_error_in_a_worker_names_the_weight(workers):
-    fine = ("int8", np.ones((4, 8), np.float32), codecs.make_config("int8", {}), None)
-    # with a pool of two the third task runs in this process: its error is named the same way
-    bad = {"fine": fine, "fine too": fine,
+    bad = {"fine": ("int8", np.ones((4, 8), np.float32), codecs.make_config("int8", {}), None),
            "broken": ("int8", np.full((4, 8), np.nan, np.float32), codecs.make_config("int8", {}), None)}
     with pytest.raises(CodecError, match="^weight 'broken': weight: 32 non-finite"):
         encode_many(bad, **workers)

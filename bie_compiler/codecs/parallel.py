@@ -3,9 +3,7 @@
 Encoding a layer (and measuring its precisions for a bits budget) is numpy work with no shared
 state, so layers go to a pool of worker processes (``spawn``: a worker imports the codecs and
 numpy only, never TVM), each worker's BLAS held to one thread so the workers do not fight over
-the cores, or to the workers of a Ray cluster. With a local pool the calling process is one of the
-``jobs`` workers: it encodes from the first layer on while the others start, which hides their start-up
-(imports of numpy and the codecs) behind work. The results come back in task order; a codec's
+the cores, or to the workers of a Ray cluster. The results come back in task order; a codec's
 error is raised as the serial path would raise it.
 """
 
@@ -53,8 +51,8 @@ class Workers:
         function (it is pickled to the workers). An argument that is a :class:`~.stored.StoredMatrix` is read
         by the process that runs the task. ``started(name)`` as each is handed out (serially) or collected (in
         parallel). A codec's error names the weight. Each task is read when its turn comes, and at most
-        ``2 * jobs - 1`` are handed out and not finished (``jobs`` on Ray): with a
-        :class:`~.stored.LazyMapping`, the matrices in memory are bounded by that."""
+        ``jobs`` are handed out and not finished: with a :class:`~.stored.LazyMapping`, the matrices in memory
+        are bounded by that."""
         if self.ray is not None and tasks:
             from .ray_workers import RayWorkers
 
@@ -63,12 +61,9 @@ class Workers:
                                     started)
         if self.jobs is None or self.jobs <= 1 or len(tasks) <= 1:
             return {name: _named(name, _call, (work, *tasks[name]), started) for name in tasks}
-        jobs = min(self.jobs, len(tasks))
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs - 1, mp_context=context, initializer=_one_thread) as pool:
-            # each worker gets one task queued behind the one it runs: none waits while this process encodes
-            return _in_parallel(lambda *args: pool.submit(_call, work, *args), tasks, 2 * (jobs - 1), started,
-                                here=lambda *args: _here(work, args))
+        with ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=context, initializer=_one_thread) as pool:
+            return _in_parallel(lambda *args: pool.submit(_call, work, *args), tasks, self.jobs, started)
 
 
 SERIAL = Workers()
@@ -83,11 +78,9 @@ def encode_many(tasks: Mapping[str, tuple], jobs: int | None = 1, started: Calla
     return Workers(jobs, ray).map(encode, tasks, started)
 
 
-def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs: int, started,
-                 here: Callable[..., Future] | None = None) -> dict[str, Encoded]:
+def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs: int, started) -> dict[str, Encoded]:
     """The tasks submitted as workers free up (``jobs`` running at most: a worker done with a small layer takes
-    the next while a large one still runs), the results collected in task order. With ``here``, a task that
-    finds every worker busy is run by this process instead of waiting."""
+    the next while a large one still runs), the results collected in task order."""
     results, queued, running = {}, deque(), set()
 
     def collect() -> None:
@@ -98,9 +91,6 @@ def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs
             results[name] = _named(name, future.result, (), started)
 
     for name in tasks:
-        if here is not None and len(running) >= jobs:
-            queued.append((name, here(*tasks[name])))
-            continue
         while len(running) >= jobs:
             collect()
         future = submit(*tasks[name])
@@ -109,19 +99,6 @@ def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs
     while queued:
         collect()
     return results
-
-
-def _here(work: Callable, args: tuple) -> Future:
-    """``work(*args)`` run by this process as one of the pool's workers (its BLAS on one thread, as theirs)."""
-    from threadpoolctl import threadpool_limits
-
-    future = Future()
-    try:
-        with threadpool_limits(1):
-            future.set_result(_call(work, *args))
-    except Exception as e:  # raised where the task's result is collected, in task order, as a worker's would be
-        future.set_exception(e)
-    return future
 
 
 def _call(work: Callable, *args):
