@@ -88,22 +88,16 @@ def mark_single_argument_noalias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
-@tvm.transform.module_pass(opt_level=0, name="SerialWhenSmall")
-def serial_small_loops(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+@tvm.tirx.transform.prim_func_pass(opt_level=0, name="SerialWhenSmall")
+def serial_small_loops(func: tvm.tirx.PrimFunc, _mod, _ctx) -> tvm.tirx.PrimFunc:
     """:func:`.serial_small_loops.serial_when_small` on every PrimFunc of the lowered module."""
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, tvm.tirx.PrimFunc):
-            mod[gv] = serial_when_small(func)
-    return mod
+    return serial_when_small(func)
 
 
-@tvm.transform.module_pass(opt_level=0, name="StackBuffers")
-def small_buffers_on_stack(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+@tvm.tirx.transform.prim_func_pass(opt_level=0, name="StackBuffers")
+def small_buffers_on_stack(func: tvm.tirx.PrimFunc, _mod, _ctx) -> tvm.tirx.PrimFunc:
     """:func:`.stack_buffers.stack_buffers` on every PrimFunc of the lowered module."""
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, tvm.tirx.PrimFunc):
-            mod[gv] = stack_buffers(func)
-    return mod
+    return stack_buffers(func)
 
 
 def _tir_pipeline():
