@@ -64,13 +64,13 @@ def lut_calls(enc, tables: list[str], target) -> list:
     bound (None: exact)."""
     from bie_compiler.codegen.kernels import bitplane, bitplane_lut
 
-    layout, _, scales = bitplane.lut_parts(enc)
+    layout, _, planes = bitplane.lut_parts(enc)
     calls = []
     with target:
         for tables_of in tables:
             if tables_of == "int8" and layout.magnitude_planes + 1 > bitplane_lut.QUAD:
                 continue
-            bound = (lambda x: bitplane_lut.int8_error_bound(x, layout, scales)) if tables_of == "int8" else None
+            bound = (lambda x: bitplane_lut.int8_error_bound(x, layout, planes.scales)) if tables_of == "int8" else None
             calls.append((f"{tables_of} tables", bitplane.lut_call(enc, tables_of), bound))
     return calls
 

@@ -81,9 +81,9 @@ INT8_CASES = [case for case in CASES if case[2].kept_planes + 1 <= bitplane_lut.
 
 def int8_call(enc, target):
     """The int8-table GEMV (and its panel GEMM) as compile builds it, its layout and the codec's scales."""
-    layout, _, scales = bitplane.lut_parts(enc)
+    layout, _, planes = bitplane.lut_parts(enc)
     with target:
-        return bitplane.lut_call(enc, "int8"), layout, scales
+        return bitplane.lut_call(enc, "int8"), layout, planes.scales
 
 
 def exact_tables_activations(k, rows, seed):

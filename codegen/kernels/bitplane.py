@@ -277,22 +277,23 @@ def _lut_applies(planes: BitPlanes, conv: ConvSpec | None) -> bool:
         and (per_channel or planes.group % bitplane_lut.GROUP == 0)
 
 
-def lut_parts(enc: Encoded) -> tuple[bitplane_lut.Layout, np.ndarray, np.ndarray]:
-    """What the look-up-table kernels are built from: their layout, the integer codes [N, K] counted from the lowest
-    plane kept, and the codec's scales."""
+def lut_parts(enc: Encoded) -> tuple[bitplane_lut.Layout, np.ndarray, BitPlanes]:
+    """What the look-up-table kernels (CPU and CUDA) are built from: their layout, the integer codes [N, K] (int8)
+    counted from the lowest plane kept, and the planes (their scales, scale group and progressive precision)."""
     planes = BitPlanes(enc, words=False)
     n, k = enc.shape
     kept = int(planes.planes.shape[0])
     shift = planes.top_bit + 1 - kept  # the significance of the lowest plane kept
-    codes = integer_codes(planes.planes, planes.signs, k, planes.top_bit).astype(np.int64) >> shift
-    return bitplane_lut.Layout(n, k, kept, shift, planes.group, planes.scales.shape[1]), codes, planes.scales
+    codes = integer_codes(planes.planes, planes.signs, k, planes.top_bit) >> np.int8(shift)
+    return bitplane_lut.Layout(n, k, kept, shift, planes.group, planes.scales.shape[1]), codes, planes
 
 
 def lut_call(enc: Encoded, tables: str = "fp32") -> KernelCall:
     """The look-up-table GEMV for one row (:mod:`.bitplane_lut`, with ``tables`` of fp32 or int8 partial sums) and
     the decode kernel of its words above (a matmul; within the target, whose CPU must have AVX-512)."""
-    layout, codes, scales = lut_parts(enc)
-    constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, tables), bitplane_lut.lanes_of_scales(scales)]
+    layout, codes, planes = lut_parts(enc)
+    constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, tables),
+                 bitplane_lut.lanes_of_scales(planes.scales)]
     call = bitplane_lut.kernel_call(layout, constants, "bitplane", tables)
     if tables == "fp32":  # progressive precision: the planes of these words may be cut at load (not the int8 nibbles)
         for variant in (call, call.large_batch):
@@ -322,12 +323,10 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 def cuda_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """The look-up-table kernel of :mod:`.bitplane_cuda` for every batch; scales grouped along K by other than a
     multiple of 32 weights: the bit-serial kernel (rows are thread blocks)."""
-    planes = BitPlanes(enc, words=True)
-    per_channel = planes.scales.shape[1] == 1
+    layout, codes, planes = lut_parts(enc)
+    per_channel = layout.groups == 1
     if not bitplane_cuda.applies(planes.group, per_channel):
-        return KernelCall("bitplane", planes.scheduled(compute_words, schedule_cuda), planes.constants)
-    kept = int(planes.planes.shape[0])
-    shift = planes.top_bit + 1 - kept  # the significance of the lowest plane kept
-    codes = integer_codes(planes.planes, planes.signs, enc.shape[1], planes.top_bit) >> np.int8(shift)
-    return bitplane_cuda.kernel_call(codes, kept, shift, 0 if per_channel else planes.group, planes.scales,
-                                     planes.progressive)
+        words = BitPlanes(enc, words=True)
+        return KernelCall("bitplane", words.scheduled(compute_words, schedule_cuda), words.constants)
+    return bitplane_cuda.kernel_call(codes, layout.magnitude_planes, layout.shift, 0 if per_channel else planes.group,
+                                     planes.scales, planes.progressive)
