@@ -21,6 +21,17 @@ def test_softmax_over_a_symbolic_row(check_rule, softmax):
     assert "T.parallel" in script and "T.vectorized" in script
 
 
+def test_lane_partial_softmax_is_one_pass_over_rows(check_rule):
+    """The exponentials are recomputed per row, not kept: one parallel loop over rows, and no buffer of the input's
+    size between the passes (the rule's per-row scalars and lane partials only)."""
+    r, n = te.var("r", "int64"), te.var("n", "int64")
+    x = te.placeholder((r, n), "float32", "x")
+    script = check_rule(reduction.RowReduction(), te.create_prim_func([x, lane_softmax(x)]),
+                        [{"r": 3, "n": 37}, {"r": 1536, "n": 128}, {"r": 2, "n": 1}]).script()
+    assert script.count("T.parallel") == 1
+    assert "alloc_buffer((r, n)" not in script
+
+
 def test_lane_partial_softmax_is_softmax():
     """Against numpy, rows shorter and longer than the lanes, and a row of -inf-free large values."""
     target = make_target()
