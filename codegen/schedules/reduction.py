@@ -59,7 +59,8 @@ class _Unfit(Exception):
 
 
 def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
-    # An elementwise step along the row read by one block only (softmax's x - max) is inlined into its reader.
+    # An elementwise step along the row read by one block only (softmax's x - max; its exponentials, which
+    # :mod:`..softmax` computes once per reader) is inlined into its reader.
     kept = []
     for block in blocks[:-1]:
         if _kinds(sch, block) == "S" * (rows + 1) and len(sch.get_consumers(block)) == 1:
@@ -78,7 +79,7 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
         elif "R" in _kinds(sch, block) and extent is not None and extent % LANES == 0 and extent > LANES:
             _, ki = sch.split(k, [None, LANES])
             partials[sch.get(block).name_hint] = sch.rfactor(ki, factor_axis=rows)
-    # Blocks that write whole rows (the output, softmax's exponentials) each run as a parallel loop over rows;
+    # Blocks that write whole rows (the output; TOPI's softmax's exponentials) each run as a parallel loop over rows;
     # per-row scalars (sums, means) are computed in the row loop of the block that reads them. A whole-row
     # intermediate computed per row would need a row buffer, which a symbolic row length makes a heap
     # allocation per row: it stays a buffer of the function, filled by its own loop.
