@@ -63,13 +63,15 @@ def is_depthwise(shapes) -> bool:
 
 
 def _unread_input(mod: tvm.IRModule, value) -> relax.Var | None:
-    """The first argument of a ``call_tir`` whose PrimFunc never reads its first parameter (a decode kernel's
-    activation, taken only for its shape's rank), else None."""
+    """The first argument of a ``call_tir`` whose PrimFunc never reads its first parameter and takes any shape of
+    its rank there (a decode kernel's activation), else None: any tensor of that rank may be passed instead."""
     if not (isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
         return None
     callee, args = value.args[0], value.args[1].fields
     func = mod[callee] if isinstance(callee, tvm.ir.GlobalVar) else None
     if not isinstance(func, tvm.tirx.PrimFunc) or not args or not isinstance(args[0], relax.Var):
+        return None
+    if not all(isinstance(dim, tvm.tirx.Var) for dim in func.params[0].ty.shape):
         return None
     used = tvm.tirx.analysis.undefined_vars(func.body, [])
     return None if any(var.same_as(func.params[0]) for var in used) else args[0]

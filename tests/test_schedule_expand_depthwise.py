@@ -63,13 +63,14 @@ def test_rule_leaves_a_single_conv_alone():
     assert ExpandDepthwise().apply(func, make_target(), False) is None
 
 
-def _decoded_depthwise_module(cin, h, w, channels):
+def _decoded_depthwise_module(cin, h, w, channels, static):
     """A pointwise conv, then a depthwise conv whose weight a decode-like kernel computes from a constant: the kernel
-    takes the pointwise output as its (unread) first argument, as the encoded builds' decode kernels do."""
+    takes the pointwise output as its (unread) first argument, of any shape of rank 4 as the encoded builds' decode
+    kernels do, or (``static``) of the pointwise output's shape only."""
     from tvm import te
 
-    x_any = te.placeholder((te.var("d0", "int64"), te.var("d1", "int64"), te.var("d2", "int64"),
-                            te.var("d3", "int64")), "float32", "x")
+    dims = (1, channels, h, w) if static else tuple(te.var(f"d{i}", "int64") for i in range(4))
+    x_any = te.placeholder(dims, "float32", "x")
     codes = te.placeholder((channels, 1, 3, 3), "float32", "codes")
     weight = te.compute((channels, 1, 3, 3), lambda *i: codes[i] * 0.5, name="decoded")
     decoder = te.create_prim_func([x_any, codes, weight]).with_attr("global_symbol", "decode")
@@ -88,17 +89,18 @@ def _decoded_depthwise_module(cin, h, w, channels):
     return bb.get()
 
 
-@pytest.mark.parametrize("min_bytes", [0, 1 << 30], ids=["fused", "apart"])
-def test_pass_fuses_a_pair_whose_depthwise_weight_is_decoded(min_bytes):
-    """The decode kernel's unread use of the pointwise output does not keep the pair apart; fused or not, the
-    module computes the same."""
+@pytest.mark.parametrize("min_bytes,static,kernels", [(0, False, 2), (1 << 30, False, 3), (0, True, 3)],
+                         ids=["fused", "apart", "static-shape"])
+def test_pass_fuses_a_pair_whose_depthwise_weight_is_decoded(min_bytes, static, kernels):
+    """The decode kernel's unread use of the pointwise output does not keep the pair apart, unless the kernel takes
+    only that tensor's shape there (no other tensor could be passed); fused or not, the module computes the same."""
     passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
               fuse_expand_depthwise(min_bytes, min_bytes), relax.transform.FuseTIR()]
-    mod = _decoded_depthwise_module(8, 12, 12, 16)
+    mod = _decoded_depthwise_module(8, 12, 12, 16, static)
     with make_target():
         fused = tvm.transform.Sequential(passes)(mod)
     count = sum(isinstance(f, tirx.PrimFunc) for _, f in fused.functions_items())
-    assert count == (2 if min_bytes == 0 else 3)  # the decode kernel, then the pair (one or two kernels)
+    assert count == kernels  # the decode kernel, then the pair (one or two kernels)
     x = np.random.default_rng(1).standard_normal((1, 8, 12, 12)).astype("float32")
     results = []
     for m in (mod, fused):
