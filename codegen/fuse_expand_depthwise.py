@@ -12,6 +12,10 @@ intermediate tensor is at least ``MIN_BYTES`` per image are fused: a smaller one
 two kernels, and the separate pointwise conv tiles channels and pixels better than the fused one. A strided
 depthwise conv needs a larger one (``MIN_STRIDED_BYTES``): its bands copy the pointwise rows into column phases,
 which costs more than the round trip through memory on mid-sized planes (144 x 56 x 56).
+
+An encoded depthwise weight is computed by a decode kernel that takes the conv's input without reading it
+(``codegen/kernels/decode.py``): that use does not keep the pair apart; the decode kernel is given the pointwise
+conv's input instead, as the expanded tensor no longer exists.
 """
 
 from __future__ import annotations
@@ -56,6 +60,27 @@ def is_depthwise(shapes) -> bool:
     """A conv with one input channel per group and as many groups as channels, static channels and plane."""
     x, w, y = shapes
     return None not in x[1:] + w + y[1:] and w[1] == 1 and w[0] == x[1] == y[1] and x[1] > 1
+
+
+def _unread_input(mod: tvm.IRModule, value) -> relax.Var | None:
+    """The first argument of a ``call_tir`` whose PrimFunc never reads its first parameter and takes any shape of
+    its rank there (a decode kernel's activation), else None: any tensor of that rank may be passed instead."""
+    if not (isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
+        return None
+    callee, args = value.args[0], value.args[1].fields
+    func = mod[callee] if isinstance(callee, tvm.ir.GlobalVar) else None
+    if not isinstance(func, tvm.tirx.PrimFunc) or not args or not isinstance(args[0], relax.Var):
+        return None
+    if not all(isinstance(dim, tvm.tirx.Var) for dim in func.params[0].ty.shape):
+        return None
+    used = tvm.tirx.analysis.undefined_vars(func.body, [])
+    return None if any(var.same_as(func.params[0]) for var in used) else args[0]
+
+
+def _with_first_argument(value: relax.Call, first: relax.Expr) -> relax.Call:
+    """The ``call_tir`` ``value`` with its first argument replaced."""
+    args = [first, *value.args[1].fields[1:]]
+    return relax.Call(value.op, [value.args[0], relax.Tuple(args), *value.args[2:]], value.attrs, value.ty_args)
 
 
 def _bytes(shape) -> int:
@@ -108,6 +133,11 @@ def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes, m
             uses[expr] = uses.get(expr, 0) + 1
 
     relax.analysis.post_order_visit(func.body, count)
+    for block in func.body.blocks:  # a decode kernel's unread activation is no use
+        for binding in block.bindings:
+            unread = _unread_input(mod, binding.value)
+            if unread is not None:
+                uses[unread] -= 1
     changed = False
     new_blocks = []
     for block in func.body.blocks:
@@ -115,6 +145,11 @@ def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes, m
         bindings = []
         for binding in block.bindings:
             value = binding.value
+            unread = _unread_input(mod, value)
+            if unread is not None and unread in producers:  # read by no kernel: the pointwise input serves as well
+                value = _with_first_argument(value, producers[unread].value.args[0])
+                binding = relax.VarBinding(binding.var, value)
+                changed = True
             callee = value.op if isinstance(value, relax.Call) else None
             group = groups.get(callee) if isinstance(callee, tvm.ir.GlobalVar) else None
             shapes = _first_conv(mod, group) if group is not None else None

@@ -61,3 +61,49 @@ def test_rule_leaves_a_single_conv_alone():
     from fused_conv import fused_conv
     func, _ = fused_conv(1, 16, 8, 8, 16, 3, 1, 16)
     assert ExpandDepthwise().apply(func, make_target(), False) is None
+
+
+def _decoded_depthwise_module(cin, h, w, channels, static):
+    """A pointwise conv, then a depthwise conv whose weight a decode-like kernel computes from a constant: the kernel
+    takes the pointwise output as its (unread) first argument, of any shape of rank 4 as the encoded builds' decode
+    kernels do, or (``static``) of the pointwise output's shape only."""
+    from tvm import te
+
+    dims = (1, channels, h, w) if static else tuple(te.var(f"d{i}", "int64") for i in range(4))
+    x_any = te.placeholder(dims, "float32", "x")
+    codes = te.placeholder((channels, 1, 3, 3), "float32", "codes")
+    weight = te.compute((channels, 1, 3, 3), lambda *i: codes[i] * 0.5, name="decoded")
+    decoder = te.create_prim_func([x_any, codes, weight]).with_attr("global_symbol", "decode")
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([1, cin, h, w], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w1 = relax.const(rng.standard_normal((channels, cin, 1, 1)).astype("float32"))
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, w1)))
+            w2 = bb.emit(relax.call_tir(bb.add_func(decoder, "decode"), [y, relax.const(
+                rng.standard_normal((channels, 1, 3, 3)).astype("float32"))],
+                relax.TensorType([channels, 1, 3, 3], "float32")))
+            out = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(y, w2, 1, padding=1, groups=channels)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("min_bytes,static,kernels", [(0, False, 2), (1 << 30, False, 3), (0, True, 3)],
+                         ids=["fused", "apart", "static-shape"])
+def test_pass_fuses_a_pair_whose_depthwise_weight_is_decoded(min_bytes, static, kernels):
+    """The decode kernel's unread use of the pointwise output does not keep the pair apart, unless the kernel takes
+    only that tensor's shape there (no other tensor could be passed); fused or not, the module computes the same."""
+    passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
+              fuse_expand_depthwise(min_bytes, min_bytes), relax.transform.FuseTIR()]
+    mod = _decoded_depthwise_module(8, 12, 12, 16, static)
+    with make_target():
+        fused = tvm.transform.Sequential(passes)(mod)
+    count = sum(isinstance(f, tirx.PrimFunc) for _, f in fused.functions_items())
+    assert count == kernels  # the decode kernel, then the pair (one or two kernels)
+    x = np.random.default_rng(1).standard_normal((1, 8, 12, 12)).astype("float32")
+    results = []
+    for m in (mod, fused):
+        vm = relax.VirtualMachine(tvm.compile(m, make_target()), tvm.cpu())
+        results.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-5)
