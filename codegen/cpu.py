@@ -36,6 +36,7 @@ from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import mark_streamed_weights, serial_when_small
 from .stack_buffers import stack_buffers
 from .unit_dims import specialize_unit_dims
+from .unit_epilogues import fuse_unit_epilogues
 from .weights import Weights, split_weights
 
 SCHEDULED = "tirx.is_scheduled"
@@ -152,14 +153,15 @@ def pipeline() -> tvm.transform.Pass:
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecutable, Weights]:
     """The pipeline's two halves, and between them the weights taken out of ``main``
     (:func:`.weights.split_weights`) and ``main`` specialized for unit dimensions
-    (:func:`.unit_dims.specialize_unit_dims`), the kernels' weights marked streamed when they outgrow the cache
+    (:func:`.unit_dims.specialize_unit_dims`, each kernel there called with its epilogue:
+    :func:`.unit_epilogues.fuse_unit_epilogues`), the kernels' weights marked streamed when they outgrow the cache
     (:func:`.serial_small_loops.mark_streamed_weights`): the executable and the weights it takes after the inputs."""
     with target:
         mod = schedule()(mod)
     mod, weights = split_weights(mod)
     mod = mark_streamed_weights(mod, weights.nbytes)
     try:
-        return tvm.compile(specialize_unit_dims(mod), target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
+        return tvm.compile(fuse_unit_epilogues(specialize_unit_dims(mod)), target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
     # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of
     # several kinds, and any other fault raises again from the plain build below
     except Exception as e:  # noqa: BLE001
