@@ -27,7 +27,7 @@ from .unit_dims import UNIT_DIMS
 FUSED_ATTR = "bie.fused_epilogue"  # on a fused kernel: the epilogue's name
 
 
-def _static(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
+def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
     """``func`` with the symbolic sizes of its buffer parameters bound to ``shapes`` (one per parameter)."""
     sizes = {}
     for param, shape in zip(func.params, shapes):
@@ -45,8 +45,8 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     """``f(*kernel inputs, *epilogue inputs but the one at ``at``, out)``: ``kernel`` writing into a buffer of the
     call, then ``epilogue`` reading it as its input ``at``. ``*_shapes``: the static shapes of each function's
     parameters at the call (outputs last)."""
-    kernel = _static(kernel, kernel_shapes)
-    epilogue = _static(epilogue, epilogue_shapes)
+    kernel = with_static_shapes(kernel, kernel_shapes)
+    epilogue = with_static_shapes(epilogue, epilogue_shapes)
     product, view = kernel.params[-1], epilogue.params[at]
     body = s.SeqStmt([s.AllocBuffer(product), kernel.body, s.DeclBuffer(view, data=product.data), epilogue.body])
     params = [*kernel.params[:-1], *(p for i, p in enumerate(epilogue.params) if i != at)]
@@ -57,16 +57,16 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     return tirx.PrimFunc(params, body, kernel.ret_type).with_attrs(attrs)
 
 
-def _is_kernel(func) -> bool:
+def is_kernel(func) -> bool:
     attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
     return KERNEL_ATTR in attrs and AT_LOAD_ATTR not in attrs
 
 
 def _is_reshape(func) -> bool:
-    return isinstance(func, tirx.PrimFunc) and not _is_kernel(func) and relax.analysis.has_reshape_pattern(func)
+    return isinstance(func, tirx.PrimFunc) and not is_kernel(func) and relax.analysis.has_reshape_pattern(func)
 
 
-def _call_tir(expr):
+def call_tir_parts(expr):
     """``(callee, args, output type)`` of a ``call_tir`` of a PrimFunc, else None."""
     if isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")) \
             and isinstance(expr.args[1], relax.Tuple):
@@ -74,7 +74,7 @@ def _call_tir(expr):
     return None
 
 
-def _shape(expr_or_ty) -> list | None:
+def static_shape(expr_or_ty) -> list | None:
     ty = getattr(expr_or_ty, "ty", expr_or_ty)
     shape = getattr(ty, "shape", None)
     if shape is None or not all(isinstance(d, tirx.IntImm) for d in getattr(shape, "values", shape)):
@@ -107,12 +107,12 @@ class _FuseEpilogues(PyExprMutator):
         """The ``call_tir`` of a kernel that ``var`` holds through single-use aliases and reshapes, else None."""
         while isinstance(var, relax.Var) and self.uses.get(var, 0) == 1:
             value = self.lookup_binding(var)
-            call = _call_tir(value)
+            call = call_tir_parts(value)
             if isinstance(value, relax.Var):
                 var = value
             elif call is None or call[0] not in self.mod:
                 return None
-            elif _is_kernel(self.mod[call[0]]):
+            elif is_kernel(self.mod[call[0]]):
                 return call
             elif len(call[1]) == 1 and _is_reshape(self.mod[call[0]]):
                 var = call[1][0]
@@ -122,9 +122,9 @@ class _FuseEpilogues(PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        found = _call_tir(call)
+        found = call_tir_parts(call)
         if found is None or found[0] not in self.mod or not isinstance(self.mod[found[0]], tirx.PrimFunc) \
-                or _is_kernel(self.mod[found[0]]) or _is_reshape(self.mod[found[0]]):
+                or is_kernel(self.mod[found[0]]) or _is_reshape(self.mod[found[0]]):
             return call
         epilogue_gv, args, out_ty = found
         for at, arg in enumerate(args):
@@ -132,8 +132,8 @@ class _FuseEpilogues(PyExprMutator):
             if inner is None:
                 continue
             kernel_gv, kernel_args, kernel_out = inner
-            shapes = [_shape(a) for a in kernel_args] + [_shape(kernel_out)]
-            epilogue_shapes = [_shape(a) for a in args] + [_shape(out_ty)]
+            shapes = [static_shape(a) for a in kernel_args] + [static_shape(kernel_out)]
+            epilogue_shapes = [static_shape(a) for a in args] + [static_shape(out_ty)]
             if any(shape is None for shape in shapes + epilogue_shapes):
                 continue
             key = (kernel_gv.name_hint, epilogue_gv.name_hint, at, str(shapes), str(epilogue_shapes))
