@@ -9,12 +9,14 @@ calls become one PrimFunc that runs the matmul into a buffer of its own and then
 that buffer (a view of it in the epilogue's shape): the same two loop nests, one call.
 
 Only where the matmul's output is read by nothing else (each reshape on the way too), so no work is
-repeated; the bodies are composed as they are scheduled, so the fused kernel computes exactly what
-the two did.
+repeated, and is at most ``STACK_BYTES`` (one token's activations, which stay on the stack; not a conv's
+decoded weight or a feature map); the bodies are composed as they are scheduled, so the fused kernel
+computes exactly what the two did.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax, tirx
@@ -22,6 +24,7 @@ from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visito
 from tvm.tirx import stmt as s
 
 from .kernel_registry import AT_LOAD_ATTR, KERNEL_ATTR
+from .stack_buffers import STACK_BYTES
 from .unit_dims import UNIT_DIMS
 
 FUSED_ATTR = "bie.fused_epilogue"  # on a fused kernel: the epilogue's name
@@ -134,7 +137,7 @@ class _FuseEpilogues(PyExprMutator):
             kernel_gv, kernel_args, kernel_out = inner
             shapes = [static_shape(a) for a in kernel_args] + [static_shape(kernel_out)]
             epilogue_shapes = [static_shape(a) for a in args] + [static_shape(out_ty)]
-            if any(shape is None for shape in shapes + epilogue_shapes):
+            if any(shape is None for shape in shapes + epilogue_shapes) or _bytes(kernel_out) > STACK_BYTES:
                 continue
             key = (kernel_gv.name_hint, epilogue_gv.name_hint, at, str(shapes), str(epilogue_shapes))
             if key not in self.fused:
@@ -143,6 +146,10 @@ class _FuseEpilogues(PyExprMutator):
             rest = [a for i, a in enumerate(args) if i != at]
             return relax.call_tir(self.fused[key], relax.Tuple([*kernel_args, *rest]), out_ty)
         return call
+
+
+def _bytes(ty) -> int:
+    return int(np.prod(static_shape(ty), dtype=np.int64)) * tvm.runtime.DataType(ty.dtype).itemsize
 
 
 def _uses(func: relax.Function) -> dict:
