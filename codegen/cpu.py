@@ -36,6 +36,8 @@ from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import mark_streamed_weights, serial_when_small
 from .stack_buffers import stack_buffers
 from .unit_dims import specialize_unit_dims
+from .unit_epilogues import fuse_unit_epilogues
+from .unit_views import unit_views
 from .weights import Weights, split_weights
 
 SCHEDULED = "tirx.is_scheduled"
@@ -152,14 +154,16 @@ def pipeline() -> tvm.transform.Pass:
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecutable, Weights]:
     """The pipeline's two halves, and between them the weights taken out of ``main``
     (:func:`.weights.split_weights`) and ``main`` specialized for unit dimensions
-    (:func:`.unit_dims.specialize_unit_dims`), the kernels' weights marked streamed when they outgrow the cache
+    (:func:`.unit_dims.specialize_unit_dims`; there, each kernel called with its epilogue and transposes of unit
+    axes made views: :func:`.unit_epilogues.fuse_unit_epilogues`, :func:`.unit_views.unit_views`), the kernels' weights marked streamed when they outgrow the cache
     (:func:`.serial_small_loops.mark_streamed_weights`): the executable and the weights it takes after the inputs."""
     with target:
         mod = schedule()(mod)
     mod, weights = split_weights(mod)
     mod = mark_streamed_weights(mod, weights.nbytes)
     try:
-        return tvm.compile(specialize_unit_dims(mod), target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
+        unit = unit_views(fuse_unit_epilogues(specialize_unit_dims(mod)))
+        return tvm.compile(unit, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
     # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of
     # several kinds, and any other fault raises again from the plain build below
     except Exception as e:  # noqa: BLE001

@@ -1,0 +1,174 @@
+"""At one token, each matmul kernel and the elementwise kernel that consumes its output are one call.
+
+In ``main`` specialized for unit dimensions (:mod:`.unit_dims`) every shape is static, and a matmul of
+an encoded or dense weight (a kernel of :mod:`.kernel_registry`) is followed, through reshapes, by
+the elementwise kernel that adds its bias (and the residual, or applies GELU). Each kernel call costs
+the VM an output allocation, the call, its reshapes and the releases of what they held: at one token,
+where each kernel runs for a few microseconds, as much as the small kernels themselves. Here the two
+calls become one PrimFunc that runs the matmul into a buffer of its own and then the epilogue reading
+that buffer (a view of it in the epilogue's shape): the same two loop nests, one call.
+
+Only where the matmul's output is read by nothing else (each reshape on the way too), so no work is
+repeated, and is at most ``STACK_BYTES`` (one token's activations, which stay on the stack; not a conv's
+decoded weight or a feature map); the bodies are composed as they are scheduled, so the fused kernel
+computes exactly what the two did.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax, tirx
+from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
+from tvm.tirx import stmt as s
+
+from .kernel_registry import AT_LOAD_ATTR, KERNEL_ATTR
+from .stack_buffers import STACK_BYTES
+from .unit_dims import UNIT_DIMS
+
+FUSED_ATTR = "bie.fused_epilogue"  # on a fused kernel: the epilogue's name
+
+
+def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
+    """``func`` with the symbolic sizes of its buffer parameters bound to ``shapes`` (one per parameter)."""
+    sizes = {}
+    for param, shape in zip(func.params, shapes):
+        for dim, size in zip(param.ty.shape, shape):
+            if isinstance(dim, tirx.Var):
+                sizes[dim] = tirx.const(int(size), str(dim.ty))
+    if not sizes:
+        return func
+    return tvm_ffi.structural_map(func, (tirx.Var, lambda var: next(
+        (size for dim, size in sizes.items() if dim.same_as(var)), var)), order="post")
+
+
+def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel_shapes: list,
+                 epilogue_shapes: list) -> tirx.PrimFunc:
+    """``f(*kernel inputs, *epilogue inputs but the one at ``at``, out)``: ``kernel`` writing into a buffer of the
+    call, then ``epilogue`` reading it as its input ``at``. ``*_shapes``: the static shapes of each function's
+    parameters at the call (outputs last)."""
+    kernel = with_static_shapes(kernel, kernel_shapes)
+    epilogue = with_static_shapes(epilogue, epilogue_shapes)
+    product, view = kernel.params[-1], epilogue.params[at]
+    body = s.SeqStmt([s.AllocBuffer(product), kernel.body, s.DeclBuffer(view, data=product.data), epilogue.body])
+    params = [*kernel.params[:-1], *(p for i, p in enumerate(epilogue.params) if i != at)]
+    attrs = dict(kernel.attrs or {})
+    attrs.update({key: value for key, value in (epilogue.attrs or {}).items() if key not in attrs})
+    attrs.pop("global_symbol", None)
+    attrs[FUSED_ATTR] = str((epilogue.attrs or {}).get("global_symbol", "epilogue"))
+    return tirx.PrimFunc(params, body, kernel.ret_type).with_attrs(attrs)
+
+
+def is_kernel(func) -> bool:
+    attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
+    return KERNEL_ATTR in attrs and AT_LOAD_ATTR not in attrs
+
+
+def _is_reshape(func) -> bool:
+    return isinstance(func, tirx.PrimFunc) and not is_kernel(func) and relax.analysis.has_reshape_pattern(func)
+
+
+def call_tir_parts(expr):
+    """``(callee, args, output type)`` of a ``call_tir`` of a PrimFunc, else None."""
+    if isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")) \
+            and isinstance(expr.args[1], relax.Tuple):
+        return expr.args[0], list(expr.args[1].fields), expr.ty_args[0] if expr.ty_args else None
+    return None
+
+
+def static_shape(expr_or_ty) -> list | None:
+    ty = getattr(expr_or_ty, "ty", expr_or_ty)
+    shape = getattr(ty, "shape", None)
+    if shape is None or not all(isinstance(d, tirx.IntImm) for d in getattr(shape, "values", shape)):
+        return None
+    return [int(d) for d in getattr(shape, "values", shape)]
+
+
+@visitor
+class _Uses(PyExprVisitor):
+    """How many times each variable is read."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = {}
+
+    def visit_var_(self, var):
+        self.count[var] = self.count.get(var, 0) + 1
+
+    def visit_dataflow_var_(self, var):
+        self.count[var] = self.count.get(var, 0) + 1
+
+
+@mutator
+class _FuseEpilogues(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, uses: dict):
+        super().__init__(mod)
+        self.mod, self.uses, self.fused = mod, uses, {}
+
+    def _kernel_call(self, var):
+        """The ``call_tir`` of a kernel that ``var`` holds through single-use aliases and reshapes, else None."""
+        while isinstance(var, relax.Var) and self.uses.get(var, 0) == 1:
+            value = self.lookup_binding(var)
+            call = call_tir_parts(value)
+            if isinstance(value, relax.Var):
+                var = value
+            elif call is None or call[0] not in self.mod:
+                return None
+            elif is_kernel(self.mod[call[0]]):
+                return call
+            elif len(call[1]) == 1 and _is_reshape(self.mod[call[0]]):
+                var = call[1][0]
+            else:
+                return None
+        return None
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        found = call_tir_parts(call)
+        if found is None or found[0] not in self.mod or not isinstance(self.mod[found[0]], tirx.PrimFunc) \
+                or is_kernel(self.mod[found[0]]) or _is_reshape(self.mod[found[0]]):
+            return call
+        epilogue_gv, args, out_ty = found
+        for at, arg in enumerate(args):
+            inner = self._kernel_call(arg)
+            if inner is None:
+                continue
+            kernel_gv, kernel_args, kernel_out = inner
+            shapes = [static_shape(a) for a in kernel_args] + [static_shape(kernel_out)]
+            epilogue_shapes = [static_shape(a) for a in args] + [static_shape(out_ty)]
+            if any(shape is None for shape in shapes + epilogue_shapes) or _bytes(kernel_out) > STACK_BYTES:
+                continue
+            key = (kernel_gv.name_hint, epilogue_gv.name_hint, at, str(shapes), str(epilogue_shapes))
+            if key not in self.fused:
+                func = fused_kernel(self.mod[kernel_gv], self.mod[epilogue_gv], at, shapes, epilogue_shapes)
+                self.fused[key] = self.builder_.add_func(func, f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}")
+            rest = [a for i, a in enumerate(args) if i != at]
+            return relax.call_tir(self.fused[key], relax.Tuple([*kernel_args, *rest]), out_ty)
+        return call
+
+
+def _bytes(ty) -> int:
+    return int(np.prod(static_shape(ty), dtype=np.int64)) * tvm.runtime.DataType(ty.dtype).itemsize
+
+
+def _uses(func: relax.Function) -> dict:
+    uses = _Uses()
+    uses.visit_expr(func)
+    return uses.count
+
+
+@tvm.transform.module_pass(opt_level=0, name="FuseUnitEpilogues")
+def fuse_unit_epilogues(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Module pass: in the unit-dimensions ``main`` (when there is one), each kernel whose output only an
+    elementwise kernel reads called together with it (see the module docstring); the calls left unused removed."""
+    if UNIT_DIMS not in [gv.name_hint for gv in mod.get_global_vars()]:
+        return mod
+    gv = mod.get_global_var(UNIT_DIMS)
+    fuser = _FuseEpilogues(mod, _uses(mod[gv]))
+    func = fuser.visit_expr(mod[gv])
+    if not fuser.fused:
+        return mod
+    mod = fuser.builder_.get()
+    mod[gv] = relax.analysis.remove_all_unused(func)
+    return mod

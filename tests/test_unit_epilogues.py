@@ -1,0 +1,139 @@
+"""A kernel and the elementwise kernel reading its output as one call at one token (codegen/unit_epilogues.py): the
+fused PrimFunc computes what the two calls did, and a model's unit copy calls it while its other copy is unchanged."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from onnx import TensorProto, helper
+from tvm import relax, te, tirx
+
+import bie_compiler
+from bie_compiler.codegen import cpu
+from bie_compiler.codegen.kernel_registry import finish
+from bie_compiler.codegen.kernels import bitplane_lut, dense
+from bie_compiler.codegen.target import make_target
+from bie_compiler.codegen.unit_dims import ANY_DIMS, UNIT_DIMS
+from bie_compiler.codegen.unit_epilogues import FUSED_ATTR, fused_kernel
+
+K, N = 64, 48
+
+
+def _bias_gelu_residual(n: int) -> tirx.PrimFunc:
+    """``y [1, 1, n] = gelu(h + b) + r`` (tanh form), h its first input: an epilogue of three inputs."""
+    seq = tirx.Var("seq", "int64")
+    h, b, r = te.placeholder((1, seq, n), name="h"), te.placeholder((n,), name="b"), te.placeholder((1, seq, n), name="r")
+
+    def gelu(v):
+        return 0.5 * v * (1.0 + te.tanh(0.7978845608 * (v + 0.044715 * v * v * v)))
+
+    y = te.compute((1, seq, n), lambda i, s, j: gelu(h[i, s, j] + b[j]) + r[i, s, j], name="y")
+    return te.create_prim_func([h, b, r, y])
+
+
+def _run(func: tirx.PrimFunc, *arrays) -> None:
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target(),
+                      tir_pipeline=cpu.TIR_PIPELINE)
+    lib["main"](*arrays)
+
+
+@pytest.mark.parametrize("kernel_name", ["dense", "bitplane_lut"])
+def test_fused_kernel_computes_the_kernel_then_the_epilogue(kernel_name):
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((N, K)).astype(np.float32)
+    if kernel_name == "dense":
+        kernel, constants = finish(dense.gemm(N, K, rows=1), "dense_gemv"), [dense.pack(weight)]
+    else:
+        codes = rng.integers(-7, 8, (N, K))
+        kernel = finish(bitplane_lut.gemv(N, K, 3, 0, K, 1), "lut")
+        constants = [bitplane_lut.twos_complement_planes(codes, 3), bitplane_lut.lanes_of_scales(
+            rng.uniform(0.5, 1.5, (N, 1)).astype(np.float32))]
+    x, bias, residual = (rng.standard_normal(shape).astype(np.float32) for shape in ((1, K), (N,), (1, 1, N)))
+    tensors = [tvm.runtime.tensor(a) for a in (x, *constants)]
+    product = tvm.runtime.tensor(np.zeros((1, N), np.float32))
+    _run(kernel, *tensors, product)
+    want = tvm.runtime.tensor(np.zeros((1, 1, N), np.float32))
+    epilogue = _bias_gelu_residual(N)
+    _run(epilogue, tvm.runtime.tensor(product.numpy().reshape(1, 1, N)), tvm.runtime.tensor(bias),
+         tvm.runtime.tensor(residual), want)
+
+    shapes = [a.shape for a in (x, *constants)] + [(1, N)]
+    fused = fused_kernel(kernel, epilogue, 0, shapes, [(1, 1, N), (N,), (1, 1, N), (1, 1, N)])
+    assert len(fused.params) == len(constants) + 4  # x, the constants, bias, residual, out
+    got = tvm.runtime.tensor(np.full((1, 1, N), np.nan, np.float32))
+    _run(fused, *tensors, tvm.runtime.tensor(bias), tvm.runtime.tensor(residual), got)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert np.abs(want.numpy()).max() > 0.1  # not a trivial output
+
+
+def _block(batch, seq) -> onnx.ModelProto:
+    """x [batch, seq, K] -> y = gelu(x @ W1 + b1) @ W2 + b2 + x (Erf form): bias, GELU and residual epilogues."""
+    rng = np.random.default_rng(0)
+    weights = [helper.make_tensor("w1", TensorProto.FLOAT, [K, N], rng.standard_normal((K, N)).astype(np.float32).ravel()),
+               helper.make_tensor("b1", TensorProto.FLOAT, [N], rng.standard_normal(N).astype(np.float32)),
+               helper.make_tensor("w2", TensorProto.FLOAT, [N, K], rng.standard_normal((N, K)).astype(np.float32).ravel()),
+               helper.make_tensor("b2", TensorProto.FLOAT, [K], rng.standard_normal(K).astype(np.float32)),
+               helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+               helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+               helper.make_tensor("root2", TensorProto.FLOAT, [], [1.4142135])]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Div", ["hb", "root2"], ["hd"]), helper.make_node("Erf", ["hd"], ["he"]),
+             helper.make_node("Add", ["he", "one"], ["h1"]), helper.make_node("Mul", ["hb", "h1"], ["hm"]),
+             helper.make_node("Mul", ["hm", "half"], ["g"]), helper.make_node("MatMul", ["g", "w2"], ["o"]),
+             helper.make_node("Add", ["o", "b2"], ["ob"]), helper.make_node("Add", ["ob", "x"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, K])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("unit_epilogues")
+    path = folder / "m.onnx"
+    onnx.save(_block("batch", "seq"), path)
+    artefacts = {"dense": bie_compiler.compile_model(path, folder / "dense", skip=("*",), progress=None),
+                 "bie-bitplane": bie_compiler.compile_model(path, folder / "bp", "bie-bitplane", {"bits": 4},
+                                                            progress=None)}
+    return path, artefacts
+
+
+def _function(artefact, name: str) -> str:
+    text = relax.VMExecutable(tvm.runtime.load_module(str(artefact / "model.so"))).as_text()
+    return text.split(f"@{name}:\n", 1)[1].split("\n@", 1)[0]
+
+
+def _kernel_calls(vm_text: str) -> list:
+    return [line.split()[1] for line in vm_text.splitlines() if line.strip().startswith("call")
+            and not line.split()[1].startswith("vm.builtin")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", ["dense", "bie-bitplane"])
+def test_unit_copy_calls_each_matmul_with_its_epilogue(block, codec):
+    unit = _kernel_calls(_function(block[1][codec], UNIT_DIMS))
+    assert len(unit) == 2, unit  # the two matmuls, bias + GELU and bias + residual in their calls
+    general = _kernel_calls(_function(block[1][codec], ANY_DIMS))
+    assert len(general) > 2  # the other copy keeps its elementwise kernels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", ["dense", "bie-bitplane"])
+@pytest.mark.parametrize("shape", [(1, 1, K), (8, 1, K), (1, 8, K)])
+def test_fused_unit_copy_matches_the_general_copy_and_onnxruntime(block, codec, shape):
+    path, artefacts = block
+    runner = bie_compiler.load(artefacts[codec])
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    got = runner({"x": x})["y"]
+    args = [tvm.runtime.tensor(x), *runner.weights]
+    np.testing.assert_allclose(got, runner.vm[ANY_DIMS](*args).numpy(), rtol=1e-6, atol=1e-6 * np.abs(got).max())
+    if codec == "dense":
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_fused_attribute_names_the_epilogue():
+    kernel = finish(dense.gemm(N, K, rows=1), "dense_gemv")
+    fused = fused_kernel(kernel, _bias_gelu_residual(N).with_attr("global_symbol", "gelu"), 0,
+                         [(1, K), (2, K, 32), (1, N)], [(1, 1, N), (N,), (1, 1, N), (1, 1, N)])
+    assert str(fused.attrs[FUSED_ATTR]) == "gelu" and "global_symbol" not in fused.attrs
