@@ -162,12 +162,14 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
                 total[0] = total[0] + T.Cast("int64", padded[s])
             assert total[0] == T.int64(size), "nwc: latent counts do not sum to the table size"
             start[0] = start[0] + T.Cast("int64", alphabets[c])
-            table = T.decl_buffer((table_elements,), tans_matmul.TABLE_DTYPE, data=tables.data, elem_offset=c * table_elements)
+            table = T.decl_buffer((table_elements,), tans_matmul.TABLE_DTYPE, data=tables.data,
+                                  elem_offset=c * table_elements)
             mac.build_table(padded, table)
             shifts[c] = T.Cast("float32", T.Cast("int32", lowest[c]) + ALPHABET // 2)
         for task in T.parallel(latent * streams):
             c: T.let = task // streams
-            table = T.decl_buffer((table_elements,), tans_matmul.TABLE_DTYPE, data=tables.data, elem_offset=c * table_elements)
+            table = T.decl_buffer((table_elements,), tans_matmul.TABLE_DTYPE, data=tables.data,
+                                  elem_offset=c * table_elements)
             channel_offsets = T.decl_buffer((streams + 1,), "uint32", data=offsets.data, elem_offset=c * (streams + 1))
             dest = T.decl_buffer((j * k,), "int8", data=latents.data, elem_offset=c * (j * k))
             shift = T.decl_buffer((1,), "float32", data=shifts.data, elem_offset=c)

@@ -5,10 +5,11 @@ spread, then per state the entry ``bits | symbol << 8`` and, in a second
 half, the base of its next states, uint16 each: the base is a load of its own
 instead of a shift of the entry, one ALU operation less per symbol on the
 ports that also run the shifts and branches): ``2^R`` steps, a few
-microseconds, and it keeps the stored table at ``2 * levels`` bytes. Then the streams (blocks of output channels) are decoded
-in parallel, one per task. Within a stream, the ``S`` interleaved states are
-unrolled: their table look-ups and bit reads are independent, so a core has
-``S`` symbols in flight; only the bit position is shared. Bits come from a
+microseconds, and it keeps the stored table at ``2 * levels`` bytes. Then the
+streams (blocks of output channels) are decoded in parallel, one per task.
+Within a stream, the ``S`` interleaved states are unrolled: their table
+look-ups and bit reads are independent, so a core has ``S`` symbols in
+flight; only the bit position is shared. Bits come from a
 64-bit window loaded once per few symbols (see :func:`macros`, shared with the
 GPU kernel of ``tans_cuda``; the format pads the words so that any position up
 to the end can be loaded, and a window past its stream's end reads zeros, so
@@ -93,7 +94,7 @@ def table_length(table_log: int) -> int:
 
 
 def symbol_of(e):
-    """The symbol of a decode-table entry (or of its low half)."""
+    """The symbol of a decode-table entry."""
     return (e >> 8) & 255
 
 
@@ -131,10 +132,9 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     window is one unaligned 8-byte load at ``byte``, shifted; with
     ``aligned_words=True`` (GPUs fault on unaligned wide loads) ``words`` is
     the uint32 words and the window is assembled from the three aligned words
-    from ``byte // 4``. A symbol's read
-    is then a mask of the window's low bits, which shift out (bzhi and shrx,
-    counted by the entry's low byte): the only memory access on a state's
-    critical path is its table look-up.
+    from ``byte // 4``. A symbol's read is then a mask of the window's low
+    bits, which shift out (bzhi and shrx, counted by the entry's low byte): the
+    only memory accesses on a state's critical path are its table look-ups.
     """
     rps = rows_per_stream
 
