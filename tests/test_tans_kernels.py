@@ -47,6 +47,26 @@ def test_decoder_kernels_are_bit_exact(n, k, config, target):
     np.testing.assert_array_equal(symbols.numpy(), tans.decode_symbols(enc) + config.levels // 2)
 
 
+@pytest.mark.parametrize("config", [tans.Config(levels=15), tans.Config(levels=31, table_log=15, states=5)])
+def test_decoder_kernels_are_bit_exact_on_a_real_layer(model_dir, config, target):
+    """The largest weight of the bundled transformer as the codec codes it: the decoder alone and the fused GEMV
+    against the reference decoder. A table of 2^15 states holds the largest next-state bases its 16-bit entries
+    allow, and 5 states of 15 bits fill the 57-bit windows 3 + 2."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(model_dir["transformer"]).graph
+    w = max((numpy_helper.to_array(i) for i in graph.initializer if len(i.dims) == 2), key=np.size)
+    enc = tans.encode(np.ascontiguousarray(w, np.float32), config)
+    n, k = enc.shape
+    symbols = tvm.runtime.tensor(np.full((n, k), 0x5A, np.uint8))
+    build(tans_matmul.symbol_decoder(**tans_matmul.stream_layout(enc)), target)(*constants(enc)[:3], symbols)
+    np.testing.assert_array_equal(symbols.numpy(), tans.decode_symbols(enc) + config.levels // 2)
+    x = np.random.default_rng(k).standard_normal((1, k)).astype(np.float32)
+    fused = run(tans_matmul.matmul(**tans_matmul.stream_layout(enc)), target, x, tans_matmul.constants(enc), (1, n))
+    assert_close(fused, x @ tans.decode(enc).astype(np.float64).T)
+
+
 @pytest.mark.parametrize("n,k,config", CASES)
 def test_matmul_kernel_matches_reference_decoder(n, k, config, target):
     enc = encode(n, k, config, n + k)

@@ -120,6 +120,7 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
     lay = tans_matmul.layout(j, k, ALPHABET, table_log, states, rows_per_stream, 0)
     mac = tans_matmul.macros(**lay)
     size, streams = lay["size"], lay["streams"]
+    table_elements = tans_matmul.table_length(table_log)  # of a channel's decode table
     tiles_per_row = -(-k // TILE)
 
     input_layer, inner_layer, output_layer = (linear(i, o) for i, o in ((latent, width), (width, width),
@@ -148,7 +149,7 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
         for i in range(k):
             assert column_levels[i] < T.uint8(levels), "nwc: a quality level beyond the codec's"
         # phase 1: tables, then every channel's streams in parallel into latents [latent, j, k]
-        tables = T.decl_buffer((latent * size,), "uint32")
+        tables = T.decl_buffer((latent * table_elements,), tans_matmul.TABLE_DTYPE)
         shifts = T.decl_buffer((latent,), "float32")
         start[0] = T.int64(0)
         for c in range(latent):
@@ -161,12 +162,14 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
                 total[0] = total[0] + T.Cast("int64", padded[s])
             assert total[0] == T.int64(size), "nwc: latent counts do not sum to the table size"
             start[0] = start[0] + T.Cast("int64", alphabets[c])
-            table = T.decl_buffer((size,), "uint32", data=tables.data, elem_offset=c * size)
+            table = T.decl_buffer((table_elements,), tans_matmul.TABLE_DTYPE, data=tables.data,
+                                  elem_offset=c * table_elements)
             mac.build_table(padded, table)
             shifts[c] = T.Cast("float32", T.Cast("int32", lowest[c]) + ALPHABET // 2)
         for task in T.parallel(latent * streams):
             c: T.let = task // streams
-            table = T.decl_buffer((size,), "uint32", data=tables.data, elem_offset=c * size)
+            table = T.decl_buffer((table_elements,), tans_matmul.TABLE_DTYPE, data=tables.data,
+                                  elem_offset=c * table_elements)
             channel_offsets = T.decl_buffer((streams + 1,), "uint32", data=offsets.data, elem_offset=c * (streams + 1))
             dest = T.decl_buffer((j * k,), "int8", data=latents.data, elem_offset=c * (j * k))
             shift = T.decl_buffer((1,), "float32", data=shifts.data, elem_offset=c)

@@ -54,10 +54,11 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     mac = tans_matmul.macros(**lay, scope=local, aligned_words=True)
     bound = bound_to(gpu)
     blocks, threads = bound("blockIdx.x"), bound("threadIdx.x")
-    table_scope = "shared.dyn" if gpu else "global"  # 2^table_log words: up to 128 KiB, above the static 48 KiB
+    table_scope = "shared.dyn" if gpu else "global"  # 4 bytes a state: up to 128 KiB, above the static 48 KiB
     # (the symbols of the spread, 2^table_log bytes, fit the static 48 KiB)
     grid = channel_warps(gpu, n, ROWS_PER_TILE)
     streams, size = lay["streams"], lay["size"]
+    table_elements, table_dtype = tans_matmul.table_length(table_log), tans_matmul.TABLE_DTYPE
     stream_blocks = -(-streams // STREAMS_PER_BLOCK)
 
     @T.macro
@@ -66,7 +67,7 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
         then every thread runs ``decode(stream, table)`` on its stream."""
         for blk in blocks(stream_blocks):
             symbols = T.decl_buffer((size,), "uint8", scope=shared)
-            table = T.decl_buffer((size,), "uint32", scope=table_scope)
+            table = T.decl_buffer((table_elements,), table_dtype, scope=table_scope)
             for t in threads(STREAMS_PER_BLOCK):
                 if t == 0:
                     mac.spread(counts, symbols)

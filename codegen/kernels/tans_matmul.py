@@ -1,12 +1,15 @@
 """Kernels that compute from tANS-coded weights (codec ``tans``; format in ``bie_compiler.codecs.tans_coder``).
 
 All kernels first rebuild the decode table from the stored counts (FSE's
-spread, then per state ``bits | symbol << 8 | base << 16`` packed in a
-uint32): ``2^R`` steps, a few microseconds, and it keeps the stored table at
-``2 * levels`` bytes. Then the streams (blocks of output channels) are decoded
-in parallel, one per task. Within a stream, the ``S`` interleaved states are
-unrolled: their table look-ups and bit reads are independent, so a core has
-``S`` symbols in flight; only the bit position is shared. Bits come from a
+spread, then per state the entry ``bits | symbol << 8`` and, in a second
+half, the base of its next states, uint16 each: the base is a load of its own
+instead of a shift of the entry, one ALU operation less per symbol on the
+ports that also run the shifts and branches): ``2^R`` steps, a few
+microseconds, and it keeps the stored table at ``2 * levels`` bytes. Then the
+streams (blocks of output channels) are decoded in parallel, one per task.
+Within a stream, the ``S`` interleaved states are unrolled: their table
+look-ups and bit reads are independent, so a core has ``S`` symbols in
+flight; only the bit position is shared. Bits come from a
 64-bit window loaded once per few symbols (see :func:`macros`, shared with the
 GPU kernel of ``tans_cuda``; the format pads the words so that any position up
 to the end can be loaded, and a window past its stream's end reads zeros, so
@@ -82,8 +85,16 @@ BATCH_BLOCK = 4  # batch rows per weight-vector load in the dense matmul
 WINDOW_BITS = 57  # valid bits in a window: 64 minus the up to 7 of the byte's bits before the read position
 
 
+TABLE_DTYPE = "uint16"  # decode tables: per state its entry (bits | symbol << 8), then per state its next states' base
+
+
+def table_length(table_log: int) -> int:
+    """Elements of a decode table (``TABLE_DTYPE``): the ``2^table_log`` states' entries, then their bases."""
+    return 2 << table_log
+
+
 def symbol_of(e):
-    """The symbol of a decode-table entry (or of its low half)."""
+    """The symbol of a decode-table entry."""
     return (e >> 8) & 255
 
 
@@ -115,15 +126,15 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
 
     ``scope`` is that of the per-stream scratch buffers (``local`` in a GPU
     thread). Bits are read through a 64-bit window holding at least
-    WINDOW_BITS bits from bit ``pos``, enough for ``per_window`` symbols of at
-    most ``table_log`` bits. With ``aligned_words=False`` ``words`` is the
-    uint32 words as bytes and the window is one unaligned 8-byte load at the
-    byte holding bit ``pos``, shifted; with ``aligned_words=True`` (GPUs fault
-    on unaligned wide loads) ``words`` is the uint32 words and the window is
-    assembled from the three aligned words from ``pos // 32``. A symbol's read
-    is then a mask of the window's low bits, which shift out (bzhi and shrx,
-    counted by the entry's low byte): the only memory access on a state's
-    critical path is its table look-up.
+    WINDOW_BITS bits from a byte ``byte`` and bit offset ``used & 7`` there,
+    enough for ``per_window`` symbols of at most ``table_log`` bits. With
+    ``aligned_words=False`` ``words`` is the uint32 words as bytes and the
+    window is one unaligned 8-byte load at ``byte``, shifted; with
+    ``aligned_words=True`` (GPUs fault on unaligned wide loads) ``words`` is
+    the uint32 words and the window is assembled from the three aligned words
+    from ``byte // 4``. A symbol's read is then a mask of the window's low
+    bits, which shift out (bzhi and shrx, counted by the entry's low byte): the
+    only memory accesses on a state's critical path are its table look-ups.
     """
     rps = rows_per_stream
 
@@ -148,7 +159,8 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             nxt = following[sym]
             following[sym] = nxt + T.uint32(1)
             nbits = T.uint32(table_log) - (T.uint32(31) - T.Cast("uint32", T.clz(nxt)))
-            table[x_state] = (((nxt << nbits) - T.uint32(size)) << T.uint32(16)) | (sym << T.uint32(8)) | nbits
+            table[x_state] = T.Cast("uint16", (sym << T.uint32(8)) | nbits)
+            table[size + x_state] = T.Cast("uint16", (nxt << nbits) - T.uint32(size))
 
     @T.macro
     def build_table(counts, table):
@@ -157,53 +169,56 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
         fill_table(counts, table, table)
 
     @T.macro
-    def refill(words, pos, used, window, end):
-        # move the window past the bits given out since the last refill (the sum of their entries' low bytes: at
-        # most per_window * table_log < 256, so no carry leaves the byte); a stream already past its end
-        # (malformed) reads zeros. The position does not wait for the window's last shift, only for the entries:
-        # the next window's load overlaps the decoding of this one's symbols.
-        pos[0] = pos[0] + T.Cast("int64", used[0] & T.uint32(255))
-        used[0] = T.uint32(0)
+    def refill(words, byte, used, window, end):
+        # move the window past the bits given out since the last refill: ``used`` (a byte: the entries' symbol
+        # bytes wrap away) is the window's bit offset in its first byte plus the entries' bit counts, at most
+        # 7 + per_window * table_log < 256; its whole bytes go to ``byte``, the rest is the next window's offset
+        # (fewer operations than a bit position split on every refill). A window starts at most at the byte of
+        # the stream's end bit, within the format's padding; a stream past it (malformed) reads zeros. The
+        # position does not wait for the window's last shift, only for the entries: the next window's load
+        # overlaps the decoding of this one's symbols.
+        byte[0] = byte[0] + T.Cast("int64", used[0] >> T.uint8(3))
+        used[0] = used[0] & T.uint8(7)
         window[0] = T.uint64(0)
-        if pos[0] <= end:
+        if byte[0] <= end:
             if aligned_words:
-                word: T.let = pos[0] >> T.int64(5)
-                shift: T.let = T.Cast("uint64", pos[0] & T.int64(31))
+                word: T.let = byte[0] >> T.int64(2)
+                shift: T.let = T.Cast("uint64", (byte[0] & T.int64(3)) * T.int64(8)) + T.Cast("uint64", used[0])
                 low: T.let = T.Cast("uint64", words[word]) | (T.Cast("uint64", words[word + T.int64(1)]) << T.uint64(32))
                 high: T.let = T.Cast("uint64", words[word + T.int64(2)]) << T.uint64(32)
                 # the third word's bits above the first two's 64 - shift; two shifts, as one by 64 (shift 0) is undefined
                 window[0] = (low >> shift) | (high << (T.uint64(32) - shift))
             else:
-                byte: T.let = pos[0] >> T.int64(3)
-                window[0] = T.reinterpret("uint64", words[T.Ramp(byte, T.int64(1), 8)]) >> T.Cast("uint64", pos[0] & T.int64(7))
+                window[0] = T.reinterpret("uint64", words[T.Ramp(byte[0], T.int64(1), 8)]) >> T.Cast("uint64", used[0])
 
     @T.macro
-    def start_stream(st, offsets, words, state, pos, used, window, end):
-        # the stream's initial states, table_log bits each
-        pos[0] = T.Cast("int64", offsets[st])
-        used[0] = T.uint32(0)
+    def start_stream(st, offsets, words, state, byte, used, window, end):
+        # the stream's initial states, table_log bits each, from bit offsets[st]
+        byte[0] = T.Cast("int64", offsets[st] >> T.uint32(3))
+        used[0] = T.Cast("uint8", offsets[st] & T.uint32(7))
         for j in T.unroll(states):
             if j % per_window == 0:
-                refill(words, pos, used, window, end)
+                refill(words, byte, used, window, end)
             state[j] = window[0] & T.uint64(size - 1)
             window[0] = window[0] >> T.uint64(table_log)
-            used[0] = used[0] + T.uint32(table_log)
+            used[0] = used[0] + T.uint8(table_log)
 
     @T.macro
-    def decode_symbol(j, table, words, state, pos, used, window, end, take):
+    def decode_symbol(j, table, words, state, byte, used, window, end, take):
         # take(e) gets state j's table entry e (symbol_of gives its symbol); state j moves on, reading the window's
         # lowest bits, which then shift out. The entry's low byte is the bit count, where BMI2's bzhi and shrx read
         # their count without a mask. The test (always true: the table's next states are in it) keeps the states'
         # chains in separate blocks, so LLVM's SLP vectorizer does not pack them into vectors (table gathers and
         # lane extracts on the critical path: measured 2-4x slower). take() inside it: no entry outlives the block.
         if j % per_window == 0:
-            refill(words, pos, used, window, end)
+            refill(words, byte, used, window, end)
         if state[j] < T.uint64(size):
-            e: T.let = table[state[j]]
+            e: T.let = T.Cast("uint32", table[state[j]])
             nb: T.let = T.Cast("uint64", e & T.uint32(255))
-            state[j] = T.Cast("uint64", e >> T.uint32(16)) + (window[0] & ((T.uint64(1) << nb) - T.uint64(1)))
+            base: T.let = T.Cast("uint64", table[T.uint64(size) + state[j]])
+            state[j] = base + (window[0] & ((T.uint64(1) << nb) - T.uint64(1)))
             window[0] = window[0] >> T.Cast("uint64", e & T.uint32(63))
-            used[0] = used[0] + e
+            used[0] = used[0] + T.Cast("uint8", e)
             take(e)
 
     def level_of(e):
@@ -213,18 +228,18 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     def decode_symbols(st, table, offsets, words, emit, dest, steps):
         # decode stream st; emit(dest, steps, row, column, entry) takes each symbol's table entry in order
         state = T.decl_buffer((states,), "uint64", scope=scope)
-        pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
-        used = T.decl_buffer((1,), "uint32", scope=scope)  # sum of the entries read from the window
+        byte = T.decl_buffer((1,), "int64", scope=scope)  # the window's first byte
+        used = T.decl_buffer((1,), "uint8", scope=scope)  # its bit offset there plus the entries read from it
         window = T.decl_buffer((1,), "uint64", scope=scope)
-        end: T.let = T.Cast("int64", offsets[st + 1])
-        start_stream(st, offsets, words, state, pos, used, window, end)
+        end: T.let = T.Cast("int64", offsets[st + 1] >> T.uint32(3))  # the last byte a window may start at
+        start_stream(st, offsets, words, state, byte, used, window, end)
         for r in range(T.min(rps, n - st * rps)):
             for g in range(groups):
                 for j in T.unroll(states):
-                    decode_symbol(j, table, words, state, pos, used, window, end,
+                    decode_symbol(j, table, words, state, byte, used, window, end,
                                   lambda e: emit(dest, steps, st * rps + r, g * states + j, e))
             for j in T.unroll(tail):
-                decode_symbol(j, table, words, state, pos, used, window, end,
+                decode_symbol(j, table, words, state, byte, used, window, end,
                               lambda e: emit(dest, steps, st * rps + r, groups * states + j, e))
 
     @T.macro
@@ -236,7 +251,7 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     @T.macro
     def decode_streams(counts, offsets, words, emit, dest, steps):
         # the CPU decoders: one table, then every stream in parallel (emit as in decode_stream)
-        table = T.decl_buffer((size,), "uint32")
+        table = T.decl_buffer((table_length(table_log),), TABLE_DTYPE)
         build_table(counts, table)
         for st in T.parallel(streams):
             decode_stream(st, table, offsets, words, emit, dest, steps)
@@ -251,12 +266,12 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     def fused_stream(st, batch, x, table, offsets, words, steps, out):
         # decode stream st once; every symbol goes straight into the dot products of the batch rows
         state = T.decl_buffer((states,), "uint64", scope=scope)
-        pos = T.decl_buffer((1,), "int64", scope=scope)  # bit position of the window
-        used = T.decl_buffer((1,), "uint32", scope=scope)  # sum of the entries read from the window
+        byte = T.decl_buffer((1,), "int64", scope=scope)  # the window's first byte
+        used = T.decl_buffer((1,), "uint8", scope=scope)  # its bit offset there plus the entries read from it
         window = T.decl_buffer((1,), "uint64", scope=scope)
         acc = T.decl_buffer((batch * states,), "float32", scope=scope)
-        end: T.let = T.Cast("int64", offsets[st + 1])
-        start_stream(st, offsets, words, state, pos, used, window, end)
+        end: T.let = T.Cast("int64", offsets[st + 1] >> T.uint32(3))  # the last byte a window may start at
+        start_stream(st, offsets, words, state, byte, used, window, end)
         for r in range(T.min(rps, n - st * rps)):
             row: T.let = st * rps + r
             for b in range(batch):
@@ -264,10 +279,10 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                     acc[b * states + j] = T.float32(0)
             for g in range(groups):
                 for j in T.unroll(states):
-                    decode_symbol(j, table, words, state, pos, used, window, end,
+                    decode_symbol(j, table, words, state, byte, used, window, end,
                                   lambda e: accumulate(acc, x, batch, j, g * states + j, e))
             for j in T.unroll(tail):
-                decode_symbol(j, table, words, state, pos, used, window, end,
+                decode_symbol(j, table, words, state, byte, used, window, end,
                               lambda e: accumulate(acc, x, batch, j, groups * states + j, e))
             for b in range(batch):
                 total = T.decl_buffer((1,), "float32", scope=scope)
@@ -332,7 +347,7 @@ def symbol_decoder(*, n: int, k: int, levels: int, table_log: int, states: int, 
         symbols: T.Buffer((n, k), "uint8"),
     ):
         T.func_attr({"tirx.noalias": True})
-        table = T.decl_buffer((lay["size"],), "uint32")
+        table = T.decl_buffer((table_length(lay["table_log"]),), TABLE_DTYPE)
         mac.build_table(counts, table)
         for st in T.parallel(streams):
             mac.decode_symbols(st, table, offsets, words, store_symbol, symbols, None)
@@ -373,7 +388,7 @@ def blocks(lay: dict) -> Blocks:
 
     @T.macro
     def decode(counts, offsets, words, steps, write, dest):
-        table = T.decl_buffer((size,), "uint32")
+        table = T.decl_buffer((table_length(lay["table_log"]),), TABLE_DTYPE)
         mac.build_table(counts, table)
         for blk in T.parallel(count):
             scratch = T.decl_buffer((channels * pitch,), "uint16")
@@ -555,7 +570,7 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        table = T.decl_buffer((size,), "uint32")
+        table = T.decl_buffer((table_length(table_log),), TABLE_DTYPE)
         mac.build_table(counts, table)
         # one copy of the fused loop per batch size up to FUSED_MAX_BATCH, so that its accumulators are registers
         if m == T.int64(1):
