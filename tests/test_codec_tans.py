@@ -1,10 +1,12 @@
 """The tans codec: zero-point quantizer, exact bit accounting, mixed precision within a budget."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from bie_compiler import codecs
-from bie_compiler.codecs import make_config, tans, tans_coder
+from bie_compiler.codecs import budget_split, feedback, make_config, rotation, tans, tans_coder
 from bie_compiler.errors import CodecError
 
 
@@ -104,6 +106,57 @@ def test_mixed_precision_meets_the_budget_with_measured_sizes(budget):
         if higher:
             extra = 8 * tans.encode(w, tans.Config(levels=higher[0])).nbytes - 8 * tans.encode(w, plan[name]).nbytes
             assert bits + extra > budget * total or extra <= 0
+
+
+def _calibrated(layers: dict, sensitivities: list[float]) -> dict:
+    """Correlated inputs per layer (feedback then spreads error widely, and its codes entropy-code larger)."""
+    out = {}
+    for i, (name, w) in enumerate(layers.items()):
+        k = w.shape[1]
+        mixing = np.random.default_rng(20 + i).standard_normal((k, k))
+        x = np.random.default_rng(10 + i).standard_normal((512, k)) @ mixing
+        out[name] = feedback.Calibration(x.T @ x, 512, act_order=True, sensitivity=sensitivities[i])
+    return out
+
+
+@pytest.mark.parametrize("rotate, budget", [(False, 3.0), (True, 2.5)])
+def test_a_calibrated_budget_fits_the_feedback_codes(rotate, budget):
+    """The levels chosen on round-to-nearest sizes overrun the budget once feedback codes them (and the rotation's
+    signs are stored); the plan lowers them until what compile stores fits."""
+    layers = {"a": weights(1, (128, 256)), "b": weights(2, (64, 128), 0.2), "c": weights(3, (96, 256), 0.01)}
+    calibrations = _calibrated(layers, [1.0, 0.3, 2.0])
+    configs = {n: tans.Config(bits_per_weight=budget, rotate=rotate) for n in layers}
+    total = sum(w.size for w in layers.values())
+
+    def stored_bits(plan):
+        return sum(8 * codecs.encode("tans", w, plan[n], calibrations[n]).nbytes for n, w in layers.items())
+
+    rotated = {n: rotation.rotate(w, rotation.signs(w.shape[1])).astype(np.float32) if rotate else w
+               for n, w in layers.items()}
+    seen = {n: rotation.rotated_calibration(c) if rotate else c for n, c in calibrations.items()}
+    on_rounded_sizes = budget_split.plan(  # the split alone, as before the fit
+        "tans", rotated, configs, seen, tans._options, lambda c, levels: replace(c, levels=levels, bits_per_weight=0.0))
+    assert stored_bits(on_rounded_sizes) > budget * total
+    fitted = codecs.plan("tans", layers, configs, calibrations)
+    assert stored_bits(fitted) <= budget * total
+    assert all(fitted[n].levels <= on_rounded_sizes[n].levels for n in layers)  # only lowered
+
+
+def test_fit_lowers_the_layer_losing_least_per_bit_saved_until_the_measured_bits_fit():
+    options = {"a": [(3, 100, 9.0), (5, 200, 4.0), (7, 300, 1.0)], "b": [(3, 100, 9.0), (5, 200, 4.5), (7, 300, 1.0)]}
+    measured = []
+
+    def measure(choice):
+        measured.append(dict(choice))
+        return {n: {3: 110, 5: 220, 7: 330}[c] for n, c in choice.items()}  # 10 % over the planned sizes
+
+    assert budget_split.fit("tans", options, {"a": 7, "b": 7}, 660, measure) == {"a": 7, "b": 7}
+    # 660 measured > 600: per bit saved, a's 7 -> 5 loses 3.0 / 110, b's 3.5 / 110, either's 7 -> 3 8.0 / 220: a goes
+    # down to 5, and 550 fits
+    assert budget_split.fit("tans", options, {"a": 7, "b": 7}, 600, measure) == {"a": 5, "b": 7}
+    assert measured[-1] == {"a": 5}  # only the lowered layer measured again
+    with pytest.raises(CodecError, match="smallest choices"):
+        budget_split.fit("tans", options, {"a": 3, "b": 3}, 200, measure)
 
 
 def test_plan_reads_each_matrix_once_and_holds_none_of_them():

@@ -14,7 +14,7 @@ from bie_compiler.cli import main
 from bie_compiler.decoded_weights import encode_model, weight_layers, with_weights
 from bie_compiler.parity import run_onnxruntime
 from bie_compiler.passes.policy import EncodingPolicy
-from bie_compiler.sensitivity import layer_sensitivities
+from bie_compiler.sensitivity import SAMPLES, layer_sensitivities
 
 
 def two_branches(w1: np.ndarray, w2: np.ndarray) -> onnx.ModelProto:
@@ -40,6 +40,18 @@ def test_sensitivity_is_the_layers_share_of_the_output_energy_for_orthonormal_in
     total = float(np.sum((w1.astype(np.float64) + w2) ** 2))
     assert measured["w1"] == pytest.approx(float(np.sum(w1.astype(np.float64) ** 2)) / total, rel=1e-3)
     assert measured["w2"] == pytest.approx(float(np.sum(w2.astype(np.float64) ** 2)) / total, rel=1e-3)
+
+
+def test_sensitivities_run_on_the_first_sample_sets_only():
+    """Each layer costs a model run per sample set: the sets after ``SAMPLES`` are left to X^T X, whatever they hold."""
+    rng = np.random.default_rng(3)
+    w1, w2 = (rng.standard_normal((16, 8)).astype(np.float32) for _ in range(2))
+    model = two_branches(w1, w2)
+    first = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(SAMPLES)]
+    later = [{"x": 100 * rng.standard_normal((4, 16)).astype(np.float32) * np.eye(16, dtype=np.float32)[0]}]
+    measured = layer_sensitivities(model, ["w1", "w2"], first + later)
+    assert measured == layer_sensitivities(model, ["w1", "w2"], first)
+    assert measured != layer_sensitivities(model, ["w1", "w2"], first[1:] + later)
 
 
 @pytest.mark.parametrize("codec, budget, choice", [("tans", 3.0, "levels"), ("bie-bitplane", 4.5, "bits")])

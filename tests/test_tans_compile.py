@@ -78,6 +78,32 @@ def test_command_line(model_dir, tmp_path):
     assert bad.returncode == 2 and "levels must be odd" in bad.stderr
 
 
+def test_a_calibrated_budget_fits_what_feedback_stores(model_dir, tmp_path, capsys):
+    """--bits-per-weight with --calibration (rotated, act-order): the stored bytes fit the budget (the feedback's
+    codes, not the round-to-nearest ones the levels were chosen on); check re-encodes them bit for bit and
+    computes them."""
+    import json
+
+    from bie_compiler.cli import main
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(2):
+        x = np.random.default_rng(40 + i).standard_normal((16, 16, 128)).astype(np.float32)
+        np.savez(calib / f"part{i}.npz", x=x)
+    out = tmp_path / "out"
+    assert main(["compile", str(model_dir["transformer"]), "--codec", "tans", "--bits-per-weight", "3", "--rotate",
+                 "--calibration", str(calib), "--act-order", "--min-weights", "0", "-q", "-o", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    totals = manifest["totals"]
+    assert totals["encoded_layers"] == totals["layers"] and 8 * totals["bytes_encoded"] <= 3.0 * totals["weights"]
+    assert all(layer["details"]["feedback"] == "gptq" for layer in manifest["layers"])
+    capsys.readouterr()
+    assert main(["check", str(out), "--batch", "2", "--json", "--min-cosine", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["passed"] and result["decoded_max_rel_err"] < 1e-4
+
+
 @pytest.fixture(scope="module")
 def executions(model_dir, tmp_path_factory):
     """The mlp at 15 levels (the integer kernels' 4-bit codes at load) and the transformer at 63 (8-bit codes), run

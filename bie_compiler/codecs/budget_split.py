@@ -18,7 +18,7 @@ from .stored import LazyMapping, StoredMatrix
 
 def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs: dict, calibrations: dict | None,
          options: Callable[[np.ndarray, object, object], list], resolved: Callable[[object, int], object],
-         workers: Workers = SERIAL) -> dict:
+         workers: Workers = SERIAL, coded_bits: Callable[[np.ndarray, object, object], int] | None = None) -> dict:
     """Per-layer configs: the layers whose config sets ``bits_per_weight`` split that budget, the others kept.
 
     ``options(weight, config, calibration or None)``: the layer's table for :func:`allocate`, measured by
@@ -27,6 +27,11 @@ def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs:
     are weighed by their sensitivities only when ``calibrations`` has every one of them (else the units would
     differ between layers). ``matrices`` may read each matrix when it is asked for, or name a stored one
     that the worker measuring it reads.
+
+    ``coded_bits(weight, resolved config, calibration)``: the bits of the layer's encoding as ``encode`` makes it
+    with that calibration. Given, and the layers calibrated, the split is made to fit what error feedback
+    actually codes (:func:`fit`): the options' sizes are measured on round-to-nearest codes, which entropy-code
+    smaller than the feedback's. Each calibrated matrix is then read a second time.
     """
     out = dict(configs)
     calibrations = calibrations or {}
@@ -42,9 +47,42 @@ def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs:
 
         table = workers.map(options, LazyMapping(names, task))
         chosen = allocate(codec, table, budget, sum(sizes.values()))
+        if coded_bits is not None and measured:
+            def measure(choice: dict[str, int]) -> dict[str, int]:
+                return workers.map(coded_bits, LazyMapping(choice, lambda n: (
+                    matrices[n], resolved(configs[n], choice[n]), calibrations[n])))
+
+            chosen = fit(codec, table, chosen, budget * sum(sizes.values()), measure)
         for name in names:
             out[name] = resolved(configs[name], chosen[name])
     return out
+
+
+def fit(codec: str, options: dict[str, list], chosen: dict[str, int], budget_bits: float,
+        measure: Callable[[dict[str, int]], dict[str, int]]) -> dict[str, int]:
+    """``chosen`` (a choice per layer from ``options``, as :func:`allocate` takes them) lowered until the
+    encodings' bits as ``measure({layer: choice})`` finds them fit ``budget_bits``.
+
+    Each step takes the cheaper option losing the least distortion per bit it saves (the saving scaled by
+    the layer's measured bits over its planned ones), and measures that layer again.
+    """
+    actual = measure(chosen)
+    position = {n: [o[0] for o in opts].index(chosen[n]) for n, opts in options.items()}
+    while sum(actual.values()) > budget_bits:
+        best = None
+        for n, o in options.items():
+            i = position[n]
+            for j in range(len(o)):
+                saved = (o[i][1] - o[j][1]) * actual[n] / o[i][1]
+                if saved > 0 and (best is None or (o[j][2] - o[i][2]) / saved < best[0]):
+                    best = (o[j][2] - o[i][2]) / saved, n, j
+        if best is None:
+            over = sum(actual.values()) / budget_bits
+            raise CodecError(f"{codec}: the encodings of the smallest choices take {over:.3f} times the budget")
+        _, n, j = best
+        position[n] = j
+        actual.update(measure({n: options[n][j][0]}))
+    return {n: options[n][i][0] for n, i in position.items()}
 
 
 def allocate(codec: str, options: dict[str, list], budget: float, num_weights: int) -> dict[str, int]:

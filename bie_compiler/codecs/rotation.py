@@ -97,8 +97,14 @@ def encode(encode_plain: Callable, weight: np.ndarray, calibration: feedback.Cal
     if weight.ndim != 2:
         raise CodecError(f"rotation: expected a 2-D weight [N, K], got shape {list(weight.shape)}")
     negated = signs(weight.shape[1])
-    enc = encode_plain(rotate(weight, negated).astype(np.float32),
-                       None if calibration is None else rotated_calibration(calibration))
+    return with_signs(encode_plain(rotate(weight, negated).astype(np.float32),
+                                   None if calibration is None else rotated_calibration(calibration)))
+
+
+def with_signs(enc: Encoded) -> Encoded:
+    """The codec's encoding of ``W'`` as a rotated encoding: the signs of its K attached (what a budget planner,
+    which sees ``W'``, adds to a layer's size)."""
+    negated = signs(enc.shape[1])
     return Encoded(enc.codec, enc.shape, {**enc.arrays, SIGNS: pack_bits(negated)}, {**enc.header, "rotation": KIND})
 
 

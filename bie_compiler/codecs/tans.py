@@ -172,10 +172,19 @@ def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
     each, every level count in ``LEVEL_CHOICES`` is encoded to measure its size in bits and its
     distortion (:func:`.feedback.distortion`: the relative squared weight error, times the layer's
     measured sensitivity with calibration). The distortions are those of round-to-nearest, also for
-    layers then encoded with error feedback (feedback at every level would cost 15 encodings).
+    layers then encoded with error feedback (feedback at every level would cost 15 encodings); the split
+    is then lowered until the feedback's codes fit (:func:`.budget_split.fit`).
     """
     return budget_split.plan(NAME, matrices, configs, calibrations, _options,
-                             lambda config, levels: replace(config, levels=levels, bits_per_weight=0.0), workers)
+                             lambda config, levels: replace(config, levels=levels, bits_per_weight=0.0), workers,
+                             _coded_bits)
+
+
+def _coded_bits(weight: np.ndarray, config: Config, calibration: feedback.Calibration) -> int:
+    """The bits of a layer's encoding with error feedback, the rotation's signs included (the planner sees the
+    rotated weight)."""
+    enc = encode(weight, config, calibration)
+    return 8 * (rotation.with_signs(enc) if config.rotate else enc).nbytes
 
 
 def _options(weight: np.ndarray, config: Config,
