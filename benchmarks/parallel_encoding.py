@@ -6,14 +6,16 @@
 Encodes every MatMul/Gemm weight of the model (default: the MiniLM-shaped encoder, written if missing)
 with the codec's defaults, serially, in ``--jobs`` processes (worker start-up included) and, with ``--ray
 ADDRESS``, on that Ray cluster (connected once, before the timings: "local" starts one here), the modes
-interleaved ``--repeat`` times; prints each mode's median wall time, its ratio to one worker, and whether
-every encoding hashes the same. Weights in external data files are read by the process encoding them
+interleaved ``--repeat`` times; prints each mode's median wall time, its ratio to one worker, its CPU time
+(this process and its worker processes), the load average, and whether every encoding hashes the same. Weights in external data files are read by the process encoding them
 (as ``compile`` does), the others passed in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -58,21 +60,28 @@ def main() -> None:
 
         ray.init(address=args.ray, include_dashboard=False, log_to_driver=False, logging_level="error")
         modes[f"ray, {args.jobs} workers"] = dict(jobs=args.jobs, ray="auto")
-    times, hashes = {mode: [] for mode in modes}, {}
+    times, cpu, hashes = {mode: [] for mode in modes}, {mode: [] for mode in modes}, {}
     for _ in range(args.repeat):
         for mode, how in modes.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), cpu_seconds()
             hashes[mode] = {n: e.sha256() for n, e in encode_many(tasks, **how).items()}
             times[mode].append(time.perf_counter() - start)
-    total = sum(m.weight.shape[0] * m.weight.shape[1] if isinstance(m, StoredMatrix) else m.size
-                for m in matrices.values())
+            cpu[mode].append(cpu_seconds() - cpu_start)
+    total = sum(m.size for m in matrices.values())
     print(f"{path.name}: {len(matrices)} layers, {total / 1e6:.1f}M weights, codec {args.codec}, "
-          f"median of {args.repeat}")
+          f"median of {args.repeat}, load average at the end {os.getloadavg()[0]:.1f}")
     one = statistics.median(times["1 worker"])
     for mode, seconds in times.items():
         print(f"{mode}: {statistics.median(seconds):.2f} s (ratio {statistics.median(seconds) / one:.2f}; "
-              f"runs {', '.join(f'{s:.1f}' for s in seconds)})")
+              f"runs {', '.join(f'{s:.1f}' for s in seconds)}); CPU {statistics.median(cpu[mode]):.2f} s"
+              + (" in this process (its Ray workers' not counted)" if "ray" in mode else ""))
     print(f"bytes identical: {all(h == hashes['1 worker'] for h in hashes.values())}")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished worker processes."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     records, encoded, kernel_options = [], {}, {}
     position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
     tasks = LazyMapping(eligible, lambda name: (choices[name][0], uses[name].task_matrix(), configs[name],
-                                                statistics.get(name)))
+                                                statistics.get(name)), {name: u.size for name, u in eligible.items()})
 
     def started(name: str) -> None:
         how = " and error feedback" if statistics.get(name) is not None else ""

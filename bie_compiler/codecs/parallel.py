@@ -1,25 +1,40 @@
 """Per-layer work in parallel: one process per core, the same results as one layer after the other.
 
 Encoding a layer (and measuring its precisions for a bits budget) is numpy work with no shared
-state, so layers go to a pool of worker processes (``spawn``: a worker imports the codecs and
-numpy only, never TVM), each worker's BLAS held to one thread so the workers do not fight over
-the cores, or to the workers of a Ray cluster. The results come back in task order; a codec's
-error is raised as the serial path would raise it.
+state, so layers go to a pool of worker processes, each worker's BLAS held to one thread so the
+workers do not fight over the cores, or to the workers of a Ray cluster. The largest layers are
+handed out first (the last ones to finish are then small: the workers finish together). The
+results come back in task order; a codec's error is raised as the serial path would raise it.
+
+On Linux the workers are forked: they start in milliseconds with the codecs already imported,
+where a spawned worker starts a new interpreter and imports numpy, the codecs and the caller's
+main module (about half a second of CPU each, at every pool). Forking a process that has other
+threads is safe when the child uses nothing those threads may hold locked, and a worker runs only
+Python and numpy: CPython re-initialises its own locks in the child, glibc keeps malloc's arenas
+consistent across fork, and OpenBLAS stops its threads before a fork (its pthread_atfork
+handler). The other threads a compiling process has (onnxruntime's, TVM's thread pool once a
+kernel has run, Ray's) are never called by a worker. Elsewhere (macOS: Accelerate and system
+frameworks are not fork-safe) the workers are spawned.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from ..errors import CodecError
 from .base import Encoded
-from .stored import loaded
+from .stored import LazyMapping, StoredMatrix, loaded
+
+START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"  # why fork is safe: the module's docstring
 
 # Below this many weights in all, starting the workers (about a second) costs more than it saves.
 PARALLEL_MIN_WEIGHTS = 1 << 21
@@ -50,7 +65,8 @@ class Workers:
         """``work(*args)`` for each name -> args of ``tasks``, by name in task order; ``work`` is a module-level
         function (it is pickled to the workers). An argument that is a :class:`~.stored.StoredMatrix` is read
         by the process that runs the task. ``started(name)`` as each is handed out (serially) or collected (in
-        parallel). A codec's error names the weight. Each task is read when its turn comes, and at most
+        parallel). A codec's error names the weight. Each task is read when its turn comes (the largest first:
+        :func:`largest_first`), and at most
         ``jobs`` are handed out and not finished: with a :class:`~.stored.LazyMapping`, the matrices in memory
         are bounded by that."""
         if self.ray is not None and tasks:
@@ -61,7 +77,7 @@ class Workers:
                                     started)
         if self.jobs is None or self.jobs <= 1 or len(tasks) <= 1:
             return {name: _named(name, _call, (work, *tasks[name]), started) for name in tasks}
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context(START_METHOD)
         with ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=context, initializer=_one_thread) as pool:
             return _in_parallel(lambda *args: pool.submit(_call, work, *args), tasks, self.jobs, started)
 
@@ -79,26 +95,37 @@ def encode_many(tasks: Mapping[str, tuple], jobs: int | None = 1, started: Calla
 
 
 def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs: int, started) -> dict[str, Encoded]:
-    """The tasks submitted as workers free up (``jobs`` running at most: a worker done with a small layer takes
-    the next while a large one still runs), the results collected in task order."""
-    results, queued, running = {}, deque(), set()
+    """The tasks submitted largest first as workers free up (``jobs`` running at most: a worker done with a
+    layer takes the next while a large one still runs), the results collected in task order."""
+    futures, running, pending = {}, set(), deque(tasks)
+    results = {}
 
     def collect() -> None:
         nonlocal running
         _, running = wait(running, return_when=FIRST_COMPLETED)
-        while queued and queued[0][1].done():
-            name, future = queued.popleft()
-            results[name] = _named(name, future.result, (), started)
+        while pending and pending[0] in futures and futures[pending[0]].done():
+            name = pending.popleft()
+            results[name] = _named(name, futures.pop(name).result, (), started)
 
-    for name in tasks:
+    for name in largest_first(tasks):
         while len(running) >= jobs:
             collect()
-        future = submit(*tasks[name])
-        queued.append((name, future))
-        running.add(future)
-    while queued:
+        futures[name] = submit(*tasks[name])
+        running.add(futures[name])
+    while pending:
         collect()
     return results
+
+
+def largest_first(tasks: Mapping[str, tuple]) -> list[str]:
+    """The task names by the weights their matrices hold, most first (ties in task order); a mapping that makes
+    its tasks when read says their sizes (``sizes``), else it is taken in its order rather than read twice."""
+    sizes = getattr(tasks, "sizes", None)
+    if sizes is None:
+        if isinstance(tasks, LazyMapping):
+            return list(tasks)
+        sizes = {name: sum(a.size for a in tasks[name] if isinstance(a, (np.ndarray, StoredMatrix))) for name in tasks}
+    return sorted(tasks, key=lambda name: -sizes[name])
 
 
 def _call(work: Callable, *args):
