@@ -134,7 +134,8 @@ def _configs(eligible: dict[str, WeightUse], choices, statistics: dict, report: 
         names = [n for n in eligible if choices[n][0] == codec]
         if hasattr(codecs.get_codec(codec), "plan"):
             report("plan", f"planning {len(names)} {codec} layer(s) over the whole model")
-            matrices = LazyMapping(names, lambda n: eligible[n].task_matrix())  # one at a time
+            matrices = LazyMapping(names, lambda n: eligible[n].task_matrix(),  # read one at a time
+                                   {n: eligible[n].size for n in names})
             configs.update(codecs.plan(codec, matrices, {n: configs[n] for n in names},
                                        {n: statistics[n] for n in names if n in statistics}, workers))
     return configs
