@@ -66,15 +66,14 @@ class Workers:
         function (it is pickled to the workers). An argument that is a :class:`~.stored.StoredMatrix` is read
         by the process that runs the task. ``started(name)`` as each is handed out (serially) or collected (in
         parallel). A codec's error names the weight. Each task is read when its turn comes (the largest first:
-        :func:`largest_first`), and at most
-        ``jobs`` are handed out and not finished: with a :class:`~.stored.LazyMapping`, the matrices in memory
-        are bounded by that."""
+        :func:`largest_first`), and at most ``jobs`` are handed out and not finished, one more read ahead: with
+        a :class:`~.stored.LazyMapping`, the matrices in memory are bounded by that."""
         if self.ray is not None and tasks:
             from .ray_workers import RayWorkers
 
             with RayWorkers(self.ray) as workers:
                 return _in_parallel(lambda *args: workers.submit(work, *args), tasks, self.jobs or workers.cpus,
-                                    started)
+                                    started, workers.ship)
         if self.jobs is None or self.jobs <= 1 or len(tasks) <= 1:
             return {name: _named(name, _call, (work, *tasks[name]), started) for name in tasks}
         context = multiprocessing.get_context(START_METHOD)
@@ -94,9 +93,12 @@ def encode_many(tasks: Mapping[str, tuple], jobs: int | None = 1, started: Calla
     return Workers(jobs, ray).map(encode, tasks, started)
 
 
-def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs: int, started) -> dict[str, Encoded]:
+def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs: int, started,
+                 ship: Callable[[tuple], tuple] = lambda args: args) -> dict[str, Encoded]:
     """The tasks submitted largest first as workers free up (``jobs`` running at most: a worker done with a
-    layer takes the next while a large one still runs), the results collected in task order."""
+    layer takes the next while a large one still runs), the results collected in task order. The next task is
+    read (and its arguments passed through ``ship``) while the workers run, so a worker that frees up gets it
+    without waiting for this process."""
     futures, running, pending = {}, set(), deque(tasks)
     results = {}
 
@@ -107,11 +109,14 @@ def _in_parallel(submit: Callable[..., Future], tasks: Mapping[str, tuple], jobs
             name = pending.popleft()
             results[name] = _named(name, futures.pop(name).result, (), started)
 
-    for name in largest_first(tasks):
+    order = largest_first(tasks)
+    staged = ship(tasks[order[0]])
+    for i, name in enumerate(order):
         while len(running) >= jobs:
             collect()
-        futures[name] = submit(*tasks[name])
+        futures[name] = submit(*staged)
         running.add(futures[name])
+        staged = ship(tasks[order[i + 1]]) if i + 1 < len(order) else None
     while pending:
         collect()
     return results
