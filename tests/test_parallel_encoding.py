@@ -37,6 +37,21 @@ def test_encodings_in_workers_are_byte_identical_and_in_order(workers):
     assert {n: e.sha256() for n, e in parallel.items()} == {n: e.sha256() for n, e in serial.items()}
 
 
+def modules_loaded(*names) -> list[bool]:
+    import sys
+
+    return [name in sys.modules for name in names]
+
+
+def test_workers_are_forked_with_the_modules_of_this_process():
+    import tvm  # noqa: F401  (a spawned worker would not import it: the codecs do not)
+
+    from bie_compiler.codecs.parallel import Workers
+
+    seen = Workers(2).map(modules_loaded, {"a": ("tvm",), "b": ("tvm",)})
+    assert seen == {"a": [True], "b": [True]}
+
+
 def test_tasks_are_handed_out_largest_first_without_making_them_twice(tmp_path):
     from bie_compiler.codecs.parallel import largest_first
     from bie_compiler.codecs.stored import LazyMapping, StoredMatrix, StoredWeight

@@ -6,22 +6,21 @@ workers do not fight over the cores, or to the workers of a Ray cluster. The lar
 handed out first (the last ones to finish are then small: the workers finish together). The
 results come back in task order; a codec's error is raised as the serial path would raise it.
 
-On Linux the workers are forked: they start in milliseconds with the codecs already imported,
+The workers are forked: they start in milliseconds with the codecs already imported,
 where a spawned worker starts a new interpreter and imports numpy, the codecs and the caller's
 main module (about half a second of CPU each, at every pool). Forking a process that has other
 threads is safe when the child uses nothing those threads may hold locked, and a worker runs only
 Python and numpy: CPython re-initialises its own locks in the child, glibc keeps malloc's arenas
 consistent across fork, and OpenBLAS stops its threads before a fork (its pthread_atfork
 handler). The other threads a compiling process has (onnxruntime's, TVM's thread pool once a
-kernel has run, Ray's) are never called by a worker. Elsewhere (macOS: Accelerate and system
-frameworks are not fork-safe) the workers are spawned.
+kernel has run, Ray's) are never called by a worker. (Linux only, as the rest of the compiler: on
+macOS system frameworks are not fork-safe.)
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -34,9 +33,8 @@ from ..errors import CodecError
 from .base import Encoded
 from .stored import LazyMapping, StoredMatrix, loaded
 
-START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"  # why fork is safe: the module's docstring
-
-# Below this many weights in all, starting the workers (about a second) costs more than it saves.
+# Below this many weights in all (a fraction of a second of encoding), forking workers and shipping tasks and results
+# to and fro saves too little to be worth it.
 PARALLEL_MIN_WEIGHTS = 1 << 21
 
 
@@ -76,7 +74,7 @@ class Workers:
                                     started, workers.ship)
         if self.jobs is None or self.jobs <= 1 or len(tasks) <= 1:
             return {name: _named(name, _call, (work, *tasks[name]), started) for name in tasks}
-        context = multiprocessing.get_context(START_METHOD)
+        context = multiprocessing.get_context("fork")  # why it is safe: the module's docstring
         with ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=context, initializer=_one_thread) as pool:
             return _in_parallel(lambda *args: pool.submit(_call, work, *args), tasks, self.jobs, started)
 
