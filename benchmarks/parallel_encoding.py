@@ -6,20 +6,26 @@
 Encodes every MatMul/Gemm weight of the model (default: the MiniLM-shaped encoder, written if missing)
 with the codec's defaults, serially, in ``--jobs`` processes (worker start-up included) and, with ``--ray
 ADDRESS``, on that Ray cluster (connected once, before the timings: "local" starts one here), the modes
-interleaved ``--repeat`` times; prints each mode's median wall time, its ratio to one worker, and whether
-every encoding hashes the same. Weights in external data files are read by the process encoding them
+interleaved ``--repeat`` times; prints each mode's median wall time, its ratio to one worker, its CPU time
+(this process and its worker processes), the load average, and whether every encoding hashes the same.
+For worker processes also the CPU critical path: the busiest worker's CPU time (its start-up included) plus
+this process's, over one worker's CPU time: the ratio the wall times would show on cores of their own, which
+stays meaningful when other jobs share the cores (then the wall times do not: the kernel's autogroup
+scheduling gives this session's processes one share, however many there are). Weights in external data files are read by the process encoding them
 (as ``compile`` does), the others passed in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import time
 from pathlib import Path
 
 from bie_compiler import codecs, external_data
-from bie_compiler.codecs.parallel import encode_many
+from bie_compiler.codecs.parallel import Workers
 from bie_compiler.codecs.layout import codec_matrix
 from bie_compiler.codecs.stored import StoredMatrix
 from bie_compiler.models import write_all
@@ -58,21 +64,46 @@ def main() -> None:
 
         ray.init(address=args.ray, include_dashboard=False, log_to_driver=False, logging_level="error")
         modes[f"ray, {args.jobs} workers"] = dict(jobs=args.jobs, ray="auto")
-    times, hashes = {mode: [] for mode in modes}, {}
+    times, cpu, critical = ({mode: [] for mode in modes} for _ in range(3))
+    hashes = {}
     for _ in range(args.repeat):
         for mode, how in modes.items():
-            start = time.perf_counter()
-            hashes[mode] = {n: e.sha256() for n, e in encode_many(tasks, **how).items()}
+            start, cpu_start, parent_start = time.perf_counter(), cpu_seconds(), time.process_time()
+            results = Workers(**how).map(encoded_with_cpu, tasks)  # as encode_many runs encode
             times[mode].append(time.perf_counter() - start)
-    total = sum(m.weight.shape[0] * m.weight.shape[1] if isinstance(m, StoredMatrix) else m.size
-                for m in matrices.values())
+            cpu[mode].append(cpu_seconds() - cpu_start)
+            hashes[mode] = {n: enc.sha256() for n, (enc, _, _) in results.items()}
+            workers = {}  # pid -> the CPU time it reported last
+            for _, pid, seconds in results.values():
+                workers[pid] = max(workers.get(pid, 0.0), seconds)
+            if how.get("ray") is None and os.getpid() not in workers:  # a Ray worker's CPU is not this run's alone
+                critical[mode].append(max(workers.values()) + time.process_time() - parent_start)
+    total = sum(m.size for m in matrices.values())
     print(f"{path.name}: {len(matrices)} layers, {total / 1e6:.1f}M weights, codec {args.codec}, "
-          f"median of {args.repeat}")
-    one = statistics.median(times["1 worker"])
+          f"median of {args.repeat}, load average at the end {os.getloadavg()[0]:.1f}")
+    one, one_cpu = statistics.median(times["1 worker"]), statistics.median(cpu["1 worker"])
     for mode, seconds in times.items():
         print(f"{mode}: {statistics.median(seconds):.2f} s (ratio {statistics.median(seconds) / one:.2f}; "
-              f"runs {', '.join(f'{s:.1f}' for s in seconds)})")
+              f"runs {', '.join(f'{s:.1f}' for s in seconds)}); CPU {statistics.median(cpu[mode]):.2f} s"
+              + (" in this process (its Ray workers' not counted)" if "ray" in mode else "")
+              + (f"; CPU critical path {statistics.median(critical[mode]):.2f} s (ratio "
+                 f"{statistics.median(c / s for c, s in zip(critical[mode], cpu['1 worker'])):.2f})"
+                 if critical[mode] else ""))
     print(f"bytes identical: {all(h == hashes['1 worker'] for h in hashes.values())}")
+
+
+def encoded_with_cpu(codec: str, matrix, config, calibration) -> tuple:
+    """:func:`codecs.encode`'s result, the process that ran it, and the CPU time that process has used so far
+    (a worker's since it was started: its start-up included)."""
+    encoded = codecs.encode(codec, matrix, config, calibration)
+    used = os.times()
+    return encoded, os.getpid(), used.user + used.system
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished worker processes."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
     records, encoded, kernel_options = [], {}, {}
     position = {name: i for i, name in enumerate(eligible, 1)}  # for the per-layer progress
     tasks = LazyMapping(eligible, lambda name: (choices[name][0], uses[name].task_matrix(), configs[name],
-                                                statistics.get(name)))
+                                                statistics.get(name)), {name: u.size for name, u in eligible.items()})
 
     def started(name: str) -> None:
         how = " and error feedback" if statistics.get(name) is not None else ""
@@ -134,7 +134,8 @@ def _configs(eligible: dict[str, WeightUse], choices, statistics: dict, report: 
         names = [n for n in eligible if choices[n][0] == codec]
         if hasattr(codecs.get_codec(codec), "plan"):
             report("plan", f"planning {len(names)} {codec} layer(s) over the whole model")
-            matrices = LazyMapping(names, lambda n: eligible[n].task_matrix())  # one at a time
+            matrices = LazyMapping(names, lambda n: eligible[n].task_matrix(),  # read one at a time
+                                   {n: eligible[n].size for n in names})
             configs.update(codecs.plan(codec, matrices, {n: configs[n] for n in names},
                                        {n: statistics[n] for n in names if n in statistics}, workers))
     return configs

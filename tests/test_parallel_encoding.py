@@ -37,6 +37,38 @@ def test_encodings_in_workers_are_byte_identical_and_in_order(workers):
     assert {n: e.sha256() for n, e in parallel.items()} == {n: e.sha256() for n, e in serial.items()}
 
 
+def modules_loaded(*names) -> list[bool]:
+    import sys
+
+    return [name in sys.modules for name in names]
+
+
+def test_workers_are_forked_with_the_modules_of_this_process():
+    import tvm  # noqa: F401  (a spawned worker would not import it: the codecs do not)
+
+    from bie_compiler.codecs.parallel import Workers
+
+    seen = Workers(2).map(modules_loaded, {"a": ("tvm",), "b": ("tvm",)})
+    assert seen == {"a": [True], "b": [True]}
+
+
+def test_tasks_are_handed_out_largest_first_without_making_them_twice(tmp_path):
+    from bie_compiler.codecs.parallel import largest_first
+    from bie_compiler.codecs.stored import LazyMapping, StoredMatrix, StoredWeight
+
+    stored = StoredMatrix(StoredWeight(str(tmp_path / "absent"), 0, "float32", (64, 64)), "matmul")  # not read
+    tasks = {"small": ("int8", np.ones((4, 8), np.float32), None, None), "stored": ("int8", stored, None, None),
+             "large": ("int8", np.ones((32, 64), np.float32), None, None),
+             "tie": ("int8", np.ones((64, 32), np.float32), None, None)}
+    assert largest_first(tasks) == ["stored", "large", "tie", "small"]
+
+    def unmade(name):
+        raise AssertionError(f"{name} made to be sized")
+
+    assert largest_first(LazyMapping(["a", "b", "c"], unmade, {"a": 1, "b": 3, "c": 2})) == ["b", "c", "a"]
+    assert largest_first(LazyMapping(["a", "b"], unmade)) == ["a", "b"]  # no sizes: its order
+
+
 def test_a_codec_error_in_a_worker_names_the_weight(workers):
     bad = {"fine": ("int8", np.ones((4, 8), np.float32), codecs.make_config("int8", {}), None),
            "broken": ("int8", np.full((4, 8), np.nan, np.float32), codecs.make_config("int8", {}), None)}

@@ -35,6 +35,8 @@ def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs:
     """
     out = dict(configs)
     calibrations = calibrations or {}
+    # the layers' sizes, for the workers to measure the largest first (a lazy mapping's without reading it)
+    layer_sizes = matrices.sizes if isinstance(matrices, LazyMapping) else {n: m.size for n, m in matrices.items()}
     for budget in sorted({c.bits_per_weight for c in configs.values() if c.bits_per_weight}):
         names = [n for n, c in configs.items() if c.bits_per_weight == budget]
         measured = all(n in calibrations for n in names)
@@ -45,7 +47,8 @@ def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs:
             sizes[n] = matrix.size
             return matrix, configs[n], calibrations[n] if measured else None
 
-        table = workers.map(options, LazyMapping(names, task))
+        sized = {n: layer_sizes[n] for n in names} if layer_sizes else None
+        table = workers.map(options, LazyMapping(names, task, sized))
         chosen = allocate(codec, table, budget, sum(sizes.values()))
         if coded_bits is not None and measured:
             def measure(choice: dict[str, int]) -> dict[str, int]:

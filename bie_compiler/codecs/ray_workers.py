@@ -10,11 +10,12 @@ connected to (a caller's ``ray.init``), else the one at the address (``ray.init(
 from __future__ import annotations
 
 from concurrent.futures import Future
-
 from typing import Callable
 
+import numpy as np
+
 from ..errors import OptionError
-from .stored import loaded
+from .stored import StoredMatrix, loaded
 
 
 def _on_one_thread(work: Callable, *args):
@@ -42,8 +43,14 @@ class RayWorkers:
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remote = ray.remote(num_cpus=1)(_on_one_thread)
 
+    def ship(self, args: tuple) -> tuple:
+        """A task's arguments as :meth:`submit` takes them: each matrix (a stored one read here) put in the
+        object store."""
+        return tuple(self._ray.put(loaded(a)) if isinstance(a, (np.ndarray, StoredMatrix)) else a for a in args)
+
     def submit(self, work: Callable, *args) -> Future:
-        """A future of ``work(*args)``; a task's exception is raised as itself (Ray wraps it)."""
+        """A future of ``work(*args)`` (``args`` from :meth:`ship`); a task's exception is raised as itself (Ray
+        wraps it)."""
         out: Future = Future()
 
         def finish(ray_future: Future) -> None:
@@ -52,7 +59,7 @@ class RayWorkers:
             except Exception as e:  # RayTaskError holds the task's own exception as its cause
                 out.set_exception(getattr(e, "cause", None) or e)
 
-        self._remote.remote(work, *(loaded(a) for a in args)).future().add_done_callback(finish)
+        self._remote.remote(work, *args).future().add_done_callback(finish)
         return out
 
     def __enter__(self) -> "RayWorkers":

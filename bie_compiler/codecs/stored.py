@@ -56,10 +56,11 @@ def loaded(matrix: np.ndarray | StoredMatrix) -> np.ndarray:
 
 
 class LazyMapping(Mapping):
-    """Values by name, each made only when read (and not kept): a model's matrices one at a time."""
+    """Values by name, each made only when read (and not kept): a model's matrices one at a time. ``sizes``
+    (name -> weights), when given, lets :mod:`.parallel` hand out the largest first without making them."""
 
-    def __init__(self, names: Iterable[str], make: Callable[[str], object]):
-        self._names, self._make = list(names), make
+    def __init__(self, names: Iterable[str], make: Callable[[str], object], sizes: Mapping[str, int] | None = None):
+        self._names, self._make, self.sizes = list(names), make, sizes
 
     def __getitem__(self, name: str):
         if name not in self._names:
