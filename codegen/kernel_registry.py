@@ -112,6 +112,12 @@ def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = 
     return call
 
 
+def is_per_call_kernel(func) -> bool:
+    """Whether ``func`` is one of our kernels run on every call (``f(x, *constants, out)``), not at load."""
+    attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
+    return KERNEL_ATTR in attrs and AT_LOAD_ATTR not in attrs
+
+
 def finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
     # Opaque (op_pattern 8): FuseOps must not merge a kernel into a function our schedule does not know.
     return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": 8, "tirx.is_scheduled": True})

@@ -34,7 +34,7 @@ from tvm.ir.expr import Call, TensorLoad
 from tvm.tirx.buffer import BufferType
 from tvm.tirx import stmt as s
 
-from .kernel_registry import AT_LOAD_ATTR, KERNEL_ATTR
+from .kernel_registry import is_per_call_kernel
 
 # Work (operations + words touched) below which a parallel region costs more than it saves: waking the sleeping
 # pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for this
@@ -155,8 +155,7 @@ def mark_streamed_weights(mod: tvm.IRModule, weight_bytes: int) -> tvm.IRModule:
         return mod
     mod = mod.clone()
     for gv, func in list(mod.functions_items()):
-        attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
-        if KERNEL_ATTR in attrs and AT_LOAD_ATTR not in attrs:
+        if is_per_call_kernel(func):
             mod[gv] = func.with_attr(STREAMED_ATTR, [param.name for param in list(func.params)[1:-1]])
     return mod
 

@@ -20,10 +20,10 @@ import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax, tirx
-from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
+from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.tirx import stmt as s
 
-from .kernel_registry import AT_LOAD_ATTR, KERNEL_ATTR
+from .kernel_registry import is_per_call_kernel
 from .stack_buffers import STACK_BYTES
 from .unit_dims import UNIT_DIMS
 
@@ -39,8 +39,7 @@ def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
                 sizes[dim] = tirx.const(int(size), str(dim.ty))
     if not sizes:
         return func
-    return tvm_ffi.structural_map(func, (tirx.Var, lambda var: next(
-        (size for dim, size in sizes.items() if dim.same_as(var)), var)), order="post")
+    return tvm_ffi.structural_map(func, (tirx.Var, lambda var: sizes.get(var, var)), order="post")
 
 
 def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel_shapes: list,
@@ -60,13 +59,8 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     return tirx.PrimFunc(params, body, kernel.ret_type).with_attrs(attrs)
 
 
-def is_kernel(func) -> bool:
-    attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
-    return KERNEL_ATTR in attrs and AT_LOAD_ATTR not in attrs
-
-
 def _is_reshape(func) -> bool:
-    return isinstance(func, tirx.PrimFunc) and not is_kernel(func) and relax.analysis.has_reshape_pattern(func)
+    return isinstance(func, tirx.PrimFunc) and not is_per_call_kernel(func) and relax.analysis.has_reshape_pattern(func)
 
 
 def call_tir_parts(expr):
@@ -85,21 +79,6 @@ def static_shape(expr_or_ty) -> list | None:
     return [int(d) for d in getattr(shape, "values", shape)]
 
 
-@visitor
-class _Uses(PyExprVisitor):
-    """How many times each variable is read."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = {}
-
-    def visit_var_(self, var):
-        self.count[var] = self.count.get(var, 0) + 1
-
-    def visit_dataflow_var_(self, var):
-        self.count[var] = self.count.get(var, 0) + 1
-
-
 @mutator
 class _FuseEpilogues(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, uses: dict):
@@ -115,7 +94,7 @@ class _FuseEpilogues(PyExprMutator):
                 var = value
             elif call is None or call[0] not in self.mod:
                 return None
-            elif is_kernel(self.mod[call[0]]):
+            elif is_per_call_kernel(self.mod[call[0]]):
                 return call
             elif len(call[1]) == 1 and _is_reshape(self.mod[call[0]]):
                 var = call[1][0]
@@ -127,7 +106,7 @@ class _FuseEpilogues(PyExprMutator):
         call = super().visit_call_(call)
         found = call_tir_parts(call)
         if found is None or found[0] not in self.mod or not isinstance(self.mod[found[0]], tirx.PrimFunc) \
-                or is_kernel(self.mod[found[0]]) or _is_reshape(self.mod[found[0]]):
+                or is_per_call_kernel(self.mod[found[0]]) or _is_reshape(self.mod[found[0]]):
             return call
         epilogue_gv, args, out_ty = found
         for at, arg in enumerate(args):
@@ -153,9 +132,15 @@ def _bytes(ty) -> int:
 
 
 def _uses(func: relax.Function) -> dict:
-    uses = _Uses()
-    uses.visit_expr(func)
-    return uses.count
+    """How many times each variable of ``func``'s body is read."""
+    uses = {}
+
+    def count(expr):
+        if isinstance(expr, relax.Var):
+            uses[expr] = uses.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, count)
+    return uses
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseUnitEpilogues")

@@ -15,7 +15,8 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .unit_dims import UNIT_DIMS
-from .unit_epilogues import call_tir_parts, is_kernel, static_shape, with_static_shapes
+from .kernel_registry import is_per_call_kernel
+from .unit_epilogues import call_tir_parts, static_shape, with_static_shapes
 
 
 @mutator
@@ -31,7 +32,7 @@ class _Views(PyExprMutator):
             return call
         func, (arg,), out_ty = self.mod[found[0]], found[1], found[2]
         shapes = [static_shape(arg), static_shape(out_ty)]
-        if not isinstance(func, tirx.PrimFunc) or is_kernel(func) or None in shapes or len(func.params) != 2:
+        if not isinstance(func, tirx.PrimFunc) or is_per_call_kernel(func) or None in shapes or len(func.params) != 2:
             return call
         if not relax.analysis.has_reshape_pattern(with_static_shapes(func, shapes)):
             return call
