@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from tvm import relax, te, tirx
 
 import bie_compiler
-from bie_compiler.codegen import cpu
+from bie_compiler.codegen import cpu, unit_epilogues
 from bie_compiler.codegen.kernel_registry import finish
 from bie_compiler.codegen.kernels import bitplane_lut, dense
 from bie_compiler.codegen.target import make_target
@@ -115,6 +115,18 @@ def test_unit_copy_calls_each_matmul_with_its_epilogue(block, codec):
     assert len(unit) == 2, unit  # the two matmuls, bias + GELU and bias + residual in their calls
     general = _kernel_calls(_function(block[1][codec], ANY_DIMS))
     assert len(general) > 2  # the other copy keeps its elementwise kernels
+
+
+@pytest.mark.slow
+def test_a_product_over_the_stack_limit_keeps_its_own_call(tmp_path, monkeypatch):
+    # the second matmul's product [1, 1, K] is K * 4 bytes: one byte over the limit leaves it and its epilogue
+    # apart, while the first's (N * 4 bytes, fewer) still fuses
+    assert N < K
+    monkeypatch.setattr(unit_epilogues, "STACK_BYTES", K * 4 - 1)
+    path = tmp_path / "m.onnx"
+    onnx.save(_block("batch", "seq"), path)
+    artefact = bie_compiler.compile_model(path, tmp_path / "dense", skip=("*",), progress=None)
+    assert len(_kernel_calls(_function(artefact, UNIT_DIMS))) == 3
 
 
 @pytest.mark.slow
