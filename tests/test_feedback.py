@@ -169,6 +169,20 @@ def test_data_free_scale_search_is_unchanged():
     assert np.array_equal(scales, np.ones(5, np.float32))
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_scale_search_in_row_blocks_equals_each_row_alone(weighted, monkeypatch):
+    """Searching rows in blocks (a last short block, grouped rows) picks each row's scale as a search of that row alone."""
+    rng = np.random.default_rng(7)
+    w = (rng.standard_t(4, size=(11, 3, 40)) * 0.05).astype(np.float32)
+    importance = rng.random(40).astype(np.float32) if weighted else None
+    alone = np.array([[uniform.clip_search(w[i, j][None], 7, tans.STEP_RATIOS, importance)[0] for j in range(3)]
+                      for i in range(11)])
+    monkeypatch.setattr(uniform, "BLOCK_ELEMENTS", 4 * 40)  # 4 rows a block: 33 rows end in a short block
+    blocked = uniform.clip_search(w, 7, tans.STEP_RATIOS, importance)
+    assert blocked.shape == (11, 3) and blocked.dtype == np.float32
+    assert np.array_equal(blocked, alone) and len(np.unique(blocked)) > 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("codec", ["bie-binary", "bie-blocked", "bitwave"])
 def test_compile_with_calibration_passes_check(codec, model_dir, tmp_path, capsys):

@@ -9,20 +9,41 @@ import numpy as np
 from . import feedback
 
 
+BLOCK_ELEMENTS = 1 << 15  # rows searched together: their one scratch buffer stays in a core's L2
+
+
 def clip_search(values: np.ndarray, qmax: int, ratios: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
     """Per row of ``values`` [..., G], the scale among ``ratios * max|v| / qmax`` with the least squared error.
 
     ``importance`` [G] weighs each position's error (the feedback's cost of rounding that
     column, so the search minimises an output-error proxy, not the weight error); ties keep
     the earlier ratio (list the largest first: weights already on its grid round-trip exactly).
+    Rows are searched in blocks of about ``BLOCK_ELEMENTS`` values: a whole layer's temporaries,
+    one per ratio and step, would stream through memory, which two encoding processes share.
     """
-    dtype = values.dtype
-    full_range = np.abs(values).max(axis=-1) / dtype.type(qmax)
+    rows = values.reshape(-1, values.shape[-1])
+    block = max(1, BLOCK_ELEMENTS // max(1, rows.shape[1]))
+    scales = np.empty(rows.shape[0], np.float32)
+    for start in range(0, rows.shape[0], block):
+        scales[start:start + block] = _search_rows(rows[start:start + block], qmax, ratios, importance)
+    return scales.reshape(values.shape[:-1])
+
+
+def _search_rows(rows: np.ndarray, qmax: int, ratios: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
+    """:func:`clip_search` of ``rows`` [R, G], every step computed in place in one scratch buffer."""
+    dtype = rows.dtype
+    full_range = np.abs(rows).max(axis=-1) / dtype.type(qmax)
+    squared = np.empty_like(rows)
     best_scales, best_error = None, None
     for ratio in ratios:
         scales = (full_range * ratio).astype(np.float32)
         safe = np.where(scales > 0, scales, np.float32(1))[..., None].astype(dtype)
-        squared = (np.clip(np.rint(values / safe), -qmax, qmax) * safe - values) ** 2
+        np.divide(rows, safe, out=squared)
+        np.rint(squared, out=squared)
+        np.clip(squared, -qmax, qmax, out=squared)
+        squared *= safe
+        squared -= rows
+        squared *= squared
         error = squared.sum(axis=-1) if importance is None else squared @ importance
         if best_error is None:
             best_scales, best_error = scales, error
