@@ -11,7 +11,10 @@ from fused_conv import fused_conv, run
 CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
     (1, 40, 14, 14, 24, 1, 1, 1, "residual"),  # 196 pixels: tiles of two vectors, the last two both at 180
     (8, 40, 14, 14, 24, 1, 1, 1, "residual"),
-    (1, 24, 7, 7, 36, 1, 1, 1, "relu6"),  # 49 pixels: one tile of four vectors at 0, 16, 32, 33
+    (1, 32, 7, 7, 36, 1, 1, 1, "residual"),  # 49 pixels: three vectors and one pixel as dot products
+    (8, 48, 7, 7, 36, 1, 1, 1, "relu6"),
+    (2, 32, 5, 7, 24, 1, 1, 1, "nanrelu"),  # 35 pixels: two vectors and three dot products; an epilogue DAG
+    (1, 24, 7, 7, 36, 1, 1, 1, "relu6"),  # 49 pixels, channels not a multiple of 16: four vectors at 0, 16, 32, 33
     (8, 24, 7, 7, 36, 1, 1, 1, "relu6"),
     (3, 20, 9, 13, 30, 1, 1, 1, "none"),  # 117 pixels, channels not a multiple of the tile
     (1, 16, 5, 5, 16, 1, 1, 1, "bare"),  # 25 pixels: two vectors at 0 and 9; no epilogue
