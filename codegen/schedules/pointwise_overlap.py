@@ -18,11 +18,10 @@ from __future__ import annotations
 import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
-from tvm.script.ir_builder import IRBuilder
-from tvm.tirx.script.builder import ir as T
-
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.script.ir_builder import IRBuilder
 from tvm.target import Target
+from tvm.tirx.script.builder import ir as T
 
 from .conv2d import ACCUMULATORS, MAX_LANES, ConvBlocks, find_conv, fold_epilogue, is_depthwise, largest_divisor, shape_of
 
