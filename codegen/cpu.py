@@ -31,7 +31,7 @@ from .conv_transpose import conv_transpose_as_shuffle
 from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
 from .fuse_expand_depthwise import fuse_expand_depthwise
-from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, reduction
+from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, pointwise_overlap, reduction
 from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import mark_streamed_weights, serial_when_small
 from .stack_buffers import stack_buffers
@@ -47,6 +47,7 @@ TIR_PIPELINE = "bie_cpu"
 # Tried in order on each unscheduled PrimFunc; the first that applies schedules it.
 RULES = [
     expand_depthwise.ExpandDepthwise(),
+    pointwise_overlap.PointwiseOverlap(),
     conv2d.Conv2D(),
     depthwise_conv2d.DepthwiseConv2D(),
     matmul.Matmul(),
