@@ -36,20 +36,22 @@ GEMM_KIND = "dense_gemm"  # the kernel kind (KERNEL_ATTR) whose epilogues are fu
 KIND = "dense_gemm_epilogue"
 
 
-def fused_gemm(epilogue: tirx.PrimFunc, at: int, k: int, packed_shape: list) -> tirx.PrimFunc | None:
+def fused_gemm(epilogue: tirx.PrimFunc, at: int, n: int, k: int, packed_shape: list) -> tirx.PrimFunc | None:
     """``f(x [*lead, K], packed, *epilogue inputs but the one at ``at``, out)``: the dense GEMM (``x`` times the
-    weight ``dense.pack`` made ``packed``) into the buffer the epilogue reads as its input ``at`` ([*lead, N]),
-    the epilogue inlined into the tile write-back; None where the epilogue is not elementwise over that input."""
+    weight [N, K] ``dense.pack`` made ``packed``) into the buffer the epilogue reads as its input ``at``
+    ([*lead, N]), the epilogue inlined into the tile write-back; None where that input is not [*lead, N] (a
+    reshape that splits the channels) or the epilogue is not elementwise over it."""
     product, out = epilogue.params[at], epilogue.params[-1]
     root = epilogue.body.block
     if len(epilogue.params) < 2 or not tvm_ffi.structural_equal(list(product.shape), list(out.shape)) \
-            or product.dtype != "float32" or len(product.shape) < 2:
+            or product.dtype != "float32" or len(product.shape) < 2 \
+            or not isinstance(product.shape[-1], tirx.IntImm) or int(product.shape[-1]) != n:
         return None
     blocks = []
     tvm_ffi.structural_map(root.body, [(s_tir.SBlock, lambda b: blocks.append(b) or b)], order="post")
     if any(iv.iter_type != tirx.IterVar.DataPar for b in blocks for iv in b.iter_vars):
         return None
-    *lead, n = product.shape
+    lead = product.shape[:-1]
     cols = matmul.COLS
     x = te.placeholder([*lead, k], "float32", "x")
     weight = te.placeholder(packed_shape, "float32", "packed")
@@ -142,7 +144,8 @@ class _FuseGemmEpilogues(PyExprMutator):
             k = int(x.ty.shape[-1])
             key = (kernel_gv.name_hint, epilogue_gv.name_hint, at)
             if key not in self.fused:
-                func = fused_gemm(epilogue, at, k, [int(d) for d in packed.ty.shape])
+                n = int(self.mod[kernel_gv].params[-1].shape[-1])
+                func = fused_gemm(epilogue, at, n, k, [int(d) for d in packed.ty.shape])
                 attrs = {**self.mod[kernel_gv].attrs, KERNEL_ATTR: KIND}
                 attrs.pop("global_symbol", None)
                 self.fused[key] = None if func is None else self.builder_.add_func(

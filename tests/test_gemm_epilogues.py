@@ -47,7 +47,7 @@ def test_fused_gemm_computes_the_gemm_then_the_epilogue(batch, seq):
     epilogue = _bias_gelu_residual()
     _run(epilogue, product.numpy().reshape(batch, seq, N), bias, residual, want)
 
-    fused = gemm_epilogues.fused_gemm(epilogue, 0, K, list(packed.shape))
+    fused = gemm_epilogues.fused_gemm(epilogue, 0, N, K, list(packed.shape))
     assert len(fused.params) == 5  # x, packed, bias, residual, out
     got = tvm.runtime.tensor(np.full((batch, seq, N), np.nan, np.float32))
     _run(fused, x, packed, bias, residual, got)
@@ -63,10 +63,13 @@ def _row_sum_added(h: te.Tensor) -> te.Tensor:
     return te.compute(h.shape, lambda i, s, c: total[i, s] + h[i, s, c], name="y")
 
 
-def test_an_epilogue_that_reduces_is_not_fused():
+def test_an_epilogue_that_reduces_or_splits_the_channels_is_not_fused():
     h = te.placeholder((tirx.Var("batch", "int64"), tirx.Var("seq", "int64"), N), name="h")
-    assert gemm_epilogues.fused_gemm(te.create_prim_func([h, _row_sum_added(h)]), 0, K, [2, K, 32]) is None
-    assert gemm_epilogues.fused_gemm(_bias_gelu_residual(), 0, K, [2, K, 32]) is not None  # the same shapes fuse
+    assert gemm_epilogues.fused_gemm(te.create_prim_func([h, _row_sum_added(h)]), 0, N, K, [2, K, 32]) is None
+    heads = te.placeholder((h.shape[0], h.shape[1], 2, N // 2), name="heads")  # the product as [.., 2, N / 2]
+    doubled = te.compute(heads.shape, lambda *i: heads[i] * 2.0, name="doubled")
+    assert gemm_epilogues.fused_gemm(te.create_prim_func([heads, doubled]), 0, N, K, [2, K, 32]) is None
+    assert gemm_epilogues.fused_gemm(_bias_gelu_residual(), 0, N, K, [2, K, 32]) is not None  # these shapes fuse
 
 
 @pytest.fixture(scope="module")
