@@ -66,6 +66,8 @@ def fused_gemm(epilogue: tirx.PrimFunc, at: int, n: int, k: int, packed_shape: l
                         [product, *root.alloc_buffers])
     params = [*plain.params[:2], *(p for i, p in enumerate(epilogue.params) if i != at)]
     func = tirx.PrimFunc(params, s_tir.SBlockRealize([], True, body), epilogue.ret_type, epilogue.attrs)
+    if "global_symbol" in (func.attrs or {}):  # the fused kernel gets its own name where it is added
+        func = func.without_attr("global_symbol")
     sch = s_tir.Schedule(func)
     try:
         matmul.schedule_matmul(sch, sch.get_sblock(dense.BLOCK), batch_inside=True)
