@@ -31,6 +31,7 @@ from .conv_transpose import conv_transpose_as_shuffle
 from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
 from .fuse_expand_depthwise import fuse_expand_depthwise
+from .gemm_epilogues import fuse_gemm_epilogues
 from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, pointwise_overlap, reduction
 from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import mark_streamed_weights, serial_when_small
@@ -131,11 +132,16 @@ def fusion() -> tvm.transform.Pass:
                                     name="BieLlvmFusion")
 
 
+def schedule_fused() -> tvm.transform.Pass:
+    """Every PrimFunc of a module :func:`fusion` made scheduled (``RULES``, then the rewrite); kernels identical
+    for several layers kept once."""
+    passes = [dl.ApplyDefaultSchedule(*RULES), parallelize_rest, deduplicate_prim_funcs]
+    return tvm.transform.Sequential(passes, name="BieLlvmScheduleFused")
+
+
 def schedule() -> tvm.transform.Pass:
-    """:func:`fusion`, then every PrimFunc scheduled (``RULES``, then the rewrite); kernels identical for
-    several layers kept once."""
-    passes = [fusion(), dl.ApplyDefaultSchedule(*RULES), parallelize_rest, deduplicate_prim_funcs]
-    return tvm.transform.Sequential(passes, name="BieLlvmSchedule")
+    """:func:`fusion`, then :func:`schedule_fused`."""
+    return tvm.transform.Sequential([fusion(), schedule_fused()], name="BieLlvmSchedule")
 
 
 def lower() -> tvm.transform.Pass:
@@ -159,11 +165,14 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
     axes made views: :func:`.unit_epilogues.fuse_unit_epilogues`, :func:`.unit_views.unit_views`), the kernels' weights marked streamed when they outgrow the cache
     (:func:`.serial_small_loops.mark_streamed_weights`): the executable and the weights it takes after the inputs."""
     with target:
-        mod = schedule()(mod)
+        fused = fusion()(mod)
+        mod = schedule_fused()(fused)
     mod, weights = split_weights(mod)
     mod = mark_streamed_weights(mod, weights.nbytes)
     try:
         unit = unit_views(fuse_unit_epilogues(specialize_unit_dims(mod)))
+        with target:
+            unit = fuse_gemm_epilogues(unit, fused)
         return tvm.compile(unit, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
     # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of
     # several kinds, and any other fault raises again from the plain build below

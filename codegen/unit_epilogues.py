@@ -59,7 +59,7 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     return tirx.PrimFunc(params, body, kernel.ret_type).with_attrs(attrs)
 
 
-def _is_reshape(func) -> bool:
+def is_reshape(func) -> bool:
     return isinstance(func, tirx.PrimFunc) and not is_per_call_kernel(func) and relax.analysis.has_reshape_pattern(func)
 
 
@@ -96,7 +96,7 @@ class _FuseEpilogues(PyExprMutator):
                 return None
             elif is_per_call_kernel(self.mod[call[0]]):
                 return call
-            elif len(call[1]) == 1 and _is_reshape(self.mod[call[0]]):
+            elif len(call[1]) == 1 and is_reshape(self.mod[call[0]]):
                 var = call[1][0]
             else:
                 return None
@@ -106,7 +106,7 @@ class _FuseEpilogues(PyExprMutator):
         call = super().visit_call_(call)
         found = call_tir_parts(call)
         if found is None or found[0] not in self.mod or not isinstance(self.mod[found[0]], tirx.PrimFunc) \
-                or is_per_call_kernel(self.mod[found[0]]) or _is_reshape(self.mod[found[0]]):
+                or is_per_call_kernel(self.mod[found[0]]) or is_reshape(self.mod[found[0]]):
             return call
         epilogue_gv, args, out_ty = found
         for at, arg in enumerate(args):
@@ -131,7 +131,7 @@ def _bytes(ty) -> int:
     return int(np.prod(static_shape(ty), dtype=np.int64)) * tvm.runtime.DataType(ty.dtype).itemsize
 
 
-def _uses(func: relax.Function) -> dict:
+def variable_uses(func: relax.Function) -> dict:
     """How many times each variable of ``func``'s body is read."""
     uses = {}
 
@@ -150,7 +150,7 @@ def fuse_unit_epilogues(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     if UNIT_DIMS not in [gv.name_hint for gv in mod.get_global_vars()]:
         return mod
     gv = mod.get_global_var(UNIT_DIMS)
-    fuser = _FuseEpilogues(mod, _uses(mod[gv]))
+    fuser = _FuseEpilogues(mod, variable_uses(mod[gv]))
     func = fuser.visit_expr(mod[gv])
     if not fuser.fused:
         return mod

@@ -65,7 +65,7 @@ def _uses_only(expr, var) -> bool:
 
 def schedule_matmul(
     sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, rows: int = ROWS, cols: int = COLS, panels: int = 1,
-    k_step: int | None = None, keep: str | None = None,
+    k_step: int | None = None, keep: str | None = None, batch_inside: bool = False,
 ) -> s_tir.schedule.SBlockRV:
     """Tile ``block`` (see :func:`is_matmul`) into register tiles, inlining its elementwise consumers.
 
@@ -75,7 +75,9 @@ def schedule_matmul(
     its own vector loop (see :func:`gemv_panels`). ``k_step`` consecutive k are unrolled in each iteration (a weight
     format with several k in one byte decodes the byte once for all of them; it must divide K; by default
     :func:`k_unroll`). Producers of A or B (a decode) are left where they are, and so is the consumer block named
-    ``keep`` (one that is not elementwise: a gather of the outputs). Returns the block that writes the tile back.
+    ``keep`` (one that is not elementwise: a gather of the outputs). ``batch_inside``: the batch loops run inside
+    the loop over a static n's panels, so each parallel task's panel of B serves every batch (B shared by the
+    batch, as a weight is). Returns the block that writes the tile back.
     """
     *batch, m, n, k = sch.get_loops(block)
     if k_step is None:  # a symbolic n's tail tile runs in guarded scalars: unrolled k would multiply them
@@ -96,7 +98,8 @@ def schedule_matmul(
     outer = [loop for loop, s in zip((no, mo), (static[1], static[0])) if s]
     inner = [loop for loop, s in zip((mo, no), static) if not s]
     ko, ki = sch.split(k, [None, k_step]) if k_step > 1 else (k, None)
-    sch.reorder(*batch, *outer, *inner, ko, *([ki] if ki else []), mi, *([nj] if nj else []), ni)
+    tasks = [*outer, *batch] if batch_inside else [*batch, *outer]
+    sch.reorder(*tasks, *inner, ko, *([ki] if ki else []), mi, *([nj] if nj else []), ni)
     for loop in inner:
         sch.annotate(loop, "pragma_loop_partition_hint", 1)
     tile = sch.cache_write(block, 0, "local")
@@ -119,7 +122,7 @@ def schedule_matmul(
     sch.vectorize(ni)
     sch.vectorize(sch.get_loops(tile)[-1])
     if batch or outer:
-        tiles = sch.fuse(*batch, *outer)
+        tiles = sch.fuse(*tasks)
         sch.parallel(tiles)
         if peel_n:  # the full tiles then run unpredicated (a predicate on the lanes would scalarize them)
             sch.annotate(tiles, "pragma_loop_partition_hint", 1)

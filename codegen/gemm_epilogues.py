@@ -1,0 +1,179 @@
+"""Above one row, a dense matmul and the elementwise kernel that consumes its output are one kernel.
+
+A matmul whose weight stays dense runs the register-tiled GEMM (:mod:`.kernels.dense`) into a buffer,
+and its bias add (with the residual, or GELU) is a second kernel that reads that buffer back and writes
+another: at a few hundred rows both are passes over memory, and the elementwise one gains less from a
+second thread than the GEMM. Here the epilogue's blocks follow the GEMM's in one PrimFunc and the
+matmul schedule inlines them into the tile write-back (:func:`..schedules.matmul.schedule_matmul`), so
+the product never reaches memory.
+
+The GEMM is written over the product's shape as the epilogue reads it (``[batch, seq, N]`` for the
+encoder, the activations viewed alike): the leading dims are the schedule's batch loops, run inside the
+loop over the weight's panels, so a thread's panel stays in its cache over every sample's rows as in the
+two-dimensional GEMM (samples outside the panels, each reusing its rows from L2, measured slower).
+
+Applied in the main that runs above one token (:data:`.unit_dims.ANY_DIMS`, or a ``main`` whose rows are
+statically more than one), where the matmul's output is read by nothing but the epilogue (each reshape on
+the way too), from the epilogue as fusion made it (before its own schedule). The one-row kernel, and the
+one-token ``main``, are untouched; a call of ``ANY_DIMS`` with one row (another input dimension above one)
+runs the GEMM on that row.
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import relax, s_tir, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .kernel_registry import KERNEL_ATTR
+from .kernels import dense
+from .schedules import matmul
+from .unit_dims import ANY_DIMS
+from .unit_epilogues import call_tir_parts, is_reshape, variable_uses
+
+GEMM_KIND = "dense_gemm"  # the kernel kind (KERNEL_ATTR) whose epilogues are fused
+KIND = "dense_gemm_epilogue"
+
+
+def fused_gemm(epilogue: tirx.PrimFunc, at: int, n: int, k: int, packed_shape: list) -> tirx.PrimFunc | None:
+    """``f(x [*lead, K], packed, *epilogue inputs but the one at ``at``, out)``: the dense GEMM (``x`` times the
+    weight [N, K] ``dense.pack`` made ``packed``) into the buffer the epilogue reads as its input ``at``
+    ([*lead, N]), the epilogue inlined into the tile write-back; None where that input is not [*lead, N] (a
+    reshape that splits the channels) or the epilogue is not elementwise over it."""
+    product, out = epilogue.params[at], epilogue.params[-1]
+    root = epilogue.body.block
+    if len(epilogue.params) < 2 or not tvm_ffi.structural_equal(list(product.shape), list(out.shape)) \
+            or product.dtype != "float32" or len(product.shape) < 2 \
+            or not isinstance(product.shape[-1], tirx.IntImm) or int(product.shape[-1]) != n:
+        return None
+    blocks = []
+    tvm_ffi.structural_map(root.body, [(s_tir.SBlock, lambda b: blocks.append(b) or b)], order="post")
+    if any(iv.iter_type != tirx.IterVar.DataPar for b in blocks for iv in b.iter_vars):
+        return None
+    lead = product.shape[:-1]
+    cols = matmul.COLS
+    x = te.placeholder([*lead, k], "float32", "x")
+    weight = te.placeholder(packed_shape, "float32", "packed")
+    rk = te.reduce_axis((0, k), "rk")
+    gemm = te.compute(product.shape, lambda *i: te.sum(x[(*i[:-1], rk)] * weight[i[-1] // cols, rk, i[-1] % cols],
+                                                        axis=rk), name=dense.BLOCK)
+    plain = te.create_prim_func([x, weight, gemm])
+    written = plain.params[-1]
+    nest = tvm_ffi.structural_map(plain.body.block.body, (tirx.Var, lambda v: product if v.same_as(written) else v),
+                                  order="post")
+    body = s_tir.SBlock([], [], [], "root", tirx.stmt.SeqStmt([nest, root.body]), None,
+                        [product, *root.alloc_buffers])
+    params = [*plain.params[:2], *(p for i, p in enumerate(epilogue.params) if i != at)]
+    func = tirx.PrimFunc(params, s_tir.SBlockRealize([], True, body), epilogue.ret_type, epilogue.attrs)
+    if "global_symbol" in (func.attrs or {}):  # the fused kernel gets its own name where it is added
+        func = func.without_attr("global_symbol")
+    sch = s_tir.Schedule(func)
+    try:
+        matmul.schedule_matmul(sch, sch.get_sblock(dense.BLOCK), batch_inside=True)
+    except s_tir.ScheduleError:  # an epilogue block that cannot be inlined into the tile
+        return None
+    return sch.mod["main"]
+
+
+def _gemm_kernel(mod: tvm.IRModule, expr) -> tuple[tvm.ir.GlobalVar, list] | None:
+    """``(dense GEMM kernel, [x, packed])`` of a call of it, or of a Relax function dispatching to it above one row
+    (``passes.encode_weights``: its body one ``If`` whose else branch calls the kernel on its parameters)."""
+    found = call_tir_parts(expr)
+    if found is not None:
+        callee, args, _ = found
+        return (callee, args) if callee in mod and _kind(mod[callee]) == GEMM_KIND else None
+    if not (isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar) and expr.op in mod
+            and isinstance(mod[expr.op], relax.Function)):
+        return None
+    body = mod[expr.op].body
+    choice = body.blocks[0].bindings[0].value if isinstance(body, relax.SeqExpr) and body.blocks \
+        and body.blocks[0].bindings else None
+    if not isinstance(choice, relax.If) or not isinstance(choice.false_branch, relax.SeqExpr):
+        return None
+    bindings = [b for block in choice.false_branch.blocks for b in block.bindings]
+    inner = call_tir_parts(bindings[0].value) if len(bindings) == 1 else None
+    params = list(mod[expr.op].params)
+    if inner is None or _kind(mod[inner[0]]) != GEMM_KIND or len(inner[1]) != 2 \
+            or not all(a.same_as(p) for a, p in zip(inner[1], params)) or len(params) != 2:
+        return None
+    return inner[0], list(expr.args)
+
+
+def _kind(func) -> str | None:
+    attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
+    return str(attrs[KERNEL_ATTR]) if KERNEL_ATTR in attrs else None
+
+
+@mutator
+class _FuseGemmEpilogues(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, unscheduled: tvm.IRModule, uses: dict, dispatches: bool):
+        super().__init__(mod)
+        self.mod, self.unscheduled, self.uses, self.dispatches = mod, unscheduled, uses, dispatches
+        self.names = {gv.name_hint for gv in unscheduled.get_global_vars()}
+        self.fused = {}
+
+    def _gemm_call(self, var):
+        """``(kernel, [x, packed])`` of the GEMM ``var`` holds through single-use reshapes, else None."""
+        while isinstance(var, relax.Var) and self.uses.get(var, 0) == 1:
+            value = self.lookup_binding(var)
+            call = call_tir_parts(value)
+            if call is not None and call[0] in self.mod and len(call[1]) == 1 and is_reshape(self.mod[call[0]]):
+                var = call[1][0]
+            elif isinstance(value, relax.Var):
+                var = value
+            elif value is not None and (self.dispatches or call_tir_parts(value) is not None):
+                return _gemm_kernel(self.mod, value)
+            else:
+                return None
+        return None
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        found = call_tir_parts(call)
+        if found is None or found[0].name_hint not in self.names \
+                or _kind(self.mod[found[0]]) is not None or is_reshape(self.mod[found[0]]):
+            return call
+        epilogue_gv, args, out_ty = found
+        epilogue = self.unscheduled[epilogue_gv.name_hint]
+        if not isinstance(epilogue, tirx.PrimFunc):
+            return call
+        for at, arg in enumerate(args):
+            gemm = self._gemm_call(arg)
+            if gemm is None:
+                continue
+            kernel_gv, (x, packed) = gemm
+            k = int(x.ty.shape[-1])
+            key = (kernel_gv.name_hint, epilogue_gv.name_hint, at)
+            if key not in self.fused:
+                n = int(self.mod[kernel_gv].params[-1].shape[-1])
+                func = fused_gemm(epilogue, at, n, k, [int(d) for d in packed.ty.shape])
+                attrs = {**self.mod[kernel_gv].attrs, KERNEL_ATTR: KIND}
+                attrs.pop("global_symbol", None)
+                self.fused[key] = None if func is None else self.builder_.add_func(
+                    func.with_attrs(attrs), f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}")
+            if self.fused[key] is None:
+                continue
+            lead = list(getattr(args[at].ty.shape, "values", args[at].ty.shape))[:-1]
+            rows = self.builder_.emit(relax.op.reshape(x, [*lead, k]))
+            rest = [a for i, a in enumerate(args) if i != at]
+            return relax.call_tir(self.fused[key], relax.Tuple([rows, packed, *rest]), out_ty)
+        return call
+
+
+def fuse_gemm_epilogues(mod: tvm.IRModule, unscheduled: tvm.IRModule) -> tvm.IRModule:
+    """In :data:`.unit_dims.ANY_DIMS` (else in ``main``, where its GEMM calls are direct: more than one row), each
+    dense GEMM whose output only an elementwise kernel reads fused with it (see the module docstring);
+    ``unscheduled``: the module as fusion made it, where the epilogues are found by name before their schedule."""
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    name = ANY_DIMS if ANY_DIMS in names else "main"
+    if name not in names or not isinstance(mod[name], relax.Function):
+        return mod
+    gv = mod.get_global_var(name)
+    fuser = _FuseGemmEpilogues(mod, unscheduled, variable_uses(mod[gv]), dispatches=name == ANY_DIMS)
+    func = fuser.visit_expr(mod[gv])
+    if not any(f is not None for f in fuser.fused.values()):
+        return mod
+    mod = fuser.builder_.get()
+    mod[gv] = relax.analysis.remove_all_unused(func)
+    return mod

@@ -1,0 +1,97 @@
+"""A dense GEMM and the elementwise kernel reading its output as one kernel above one row (codegen/gemm_epilogues.py):
+the fused PrimFunc computes what the two kernels did, and a model's many-row copy calls it."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from tvm import te, tirx
+
+import bie_compiler
+from bie_compiler.codegen import cpu, gemm_epilogues
+from bie_compiler.codegen.kernels import dense
+from bie_compiler.codegen.target import make_target
+from bie_compiler.codegen.unit_dims import ANY_DIMS, UNIT_DIMS
+
+from test_unit_epilogues import K, N, _block, _function, _kernel_calls
+
+
+def _bias_gelu_residual() -> tirx.PrimFunc:
+    """``y [batch, seq, N] = gelu(h + b) + r`` (tanh form) in two blocks, h its first input; batch and seq symbolic."""
+    batch, seq = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
+    h, b, r = (te.placeholder(shape, name=name) for shape, name in (((batch, seq, N), "h"), ((N,), "b"),
+                                                                       ((batch, seq, N), "r")))
+    hb = te.compute(h.shape, lambda i, s, j: h[i, s, j] + b[j], name="hb")
+    y = te.compute(h.shape, lambda i, s, j: 0.5 * hb[i, s, j] * (1.0 + te.tanh(
+        0.7978845608 * (hb[i, s, j] + 0.044715 * hb[i, s, j] * hb[i, s, j] * hb[i, s, j]))) + r[i, s, j], name="y")
+    return te.create_prim_func([h, b, r, y])
+
+
+def _run(func: tirx.PrimFunc, *arrays) -> None:
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target(),
+                      tir_pipeline=cpu.TIR_PIPELINE)
+    lib["main"](*[tvm.runtime.tensor(a) for a in arrays[:-1]], arrays[-1])
+
+
+@pytest.mark.parametrize("batch, seq", [(1, 1), (1, 8), (8, 16), (3, 5)])
+def test_fused_gemm_computes_the_gemm_then_the_epilogue(batch, seq):
+    rng = np.random.default_rng(batch * seq)
+    weight = rng.standard_normal((N, K)).astype(np.float32)
+    x, bias, residual = (rng.standard_normal(shape).astype(np.float32)
+                         for shape in ((batch, seq, K), (N,), (batch, seq, N)))
+    packed = dense.pack(weight)
+    product = tvm.runtime.tensor(np.zeros((batch * seq, N), np.float32))
+    _run(dense.gemm(N, K), x.reshape(-1, K), packed, product)
+    want = tvm.runtime.tensor(np.zeros((batch, seq, N), np.float32))
+    epilogue = _bias_gelu_residual()
+    _run(epilogue, product.numpy().reshape(batch, seq, N), bias, residual, want)
+
+    fused = gemm_epilogues.fused_gemm(epilogue, 0, N, K, list(packed.shape))
+    assert len(fused.params) == 5  # x, packed, bias, residual, out
+    got = tvm.runtime.tensor(np.full((batch, seq, N), np.nan, np.float32))
+    _run(fused, x, packed, bias, residual, got)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+    h = x @ weight.T + bias
+    reference = 0.5 * h * (1 + np.tanh(0.7978845608 * (h + 0.044715 * h ** 3))) + residual
+    np.testing.assert_allclose(got.numpy(), reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+def _row_sum_added(h: te.Tensor) -> te.Tensor:
+    j = te.reduce_axis((0, N), "j")
+    total = te.compute(h.shape[:-1], lambda i, s: te.sum(h[i, s, j], axis=j), name="total")
+    return te.compute(h.shape, lambda i, s, c: total[i, s] + h[i, s, c], name="y")
+
+
+def test_an_epilogue_that_reduces_or_splits_the_channels_is_not_fused():
+    h = te.placeholder((tirx.Var("batch", "int64"), tirx.Var("seq", "int64"), N), name="h")
+    assert gemm_epilogues.fused_gemm(te.create_prim_func([h, _row_sum_added(h)]), 0, N, K, [2, K, 32]) is None
+    heads = te.placeholder((h.shape[0], h.shape[1], 2, N // 2), name="heads")  # the product as [.., 2, N / 2]
+    doubled = te.compute(heads.shape, lambda *i: heads[i] * 2.0, name="doubled")
+    assert gemm_epilogues.fused_gemm(te.create_prim_func([heads, doubled]), 0, N, K, [2, K, 32]) is None
+    assert gemm_epilogues.fused_gemm(_bias_gelu_residual(), 0, N, K, [2, K, 32]) is not None  # these shapes fuse
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gemm_epilogues")
+    path = folder / "m.onnx"
+    onnx.save(_block("batch", "seq"), path)
+    return path, bie_compiler.compile_model(path, folder / "dense", skip=("*",), progress=None)
+
+
+@pytest.mark.slow
+def test_many_row_copy_calls_each_gemm_with_its_epilogue(block):
+    general = [call for call in _kernel_calls(_function(block[1], ANY_DIMS)) if not call.startswith("shape_func")]
+    assert len(general) == 2 and all("_dense_gemm_fused_" in call for call in general), general
+    assert len(_kernel_calls(_function(block[1], UNIT_DIMS))) == 2  # one token: the one-row kernels, fused alike
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(8, 16, K), (2, 3, K), (1, 1, K)])
+def test_fused_model_matches_onnxruntime(block, shape):
+    path, artefact = block
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    got = bie_compiler.load(artefact)({"x": x})["y"]
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
