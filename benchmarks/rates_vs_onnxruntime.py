@@ -17,13 +17,14 @@ against fp32; bits per weight over every matmul, conv and table weight, those le
 The codecs budgeted here have no gather kernel, so a Gather table (MiniLM's word embeddings) stays fp32 and is
 in neither side's count (nor quantized by onnxruntime).
 
-At each rate R the best of ours at <= R bits/weight (highest task figure) is set against onnxruntime's best at
-<= R: "met" when ours is at least as good on the task figure and its output relative L2 is no larger, or when
+At each rate R the best of ours at <= R bits/weight (the smallest output relative L2: a classifier's accuracy near
+fp32's moves by a sample or two) is set against onnxruntime's best at <= R: "met" when ours is at least as good on the task figure and its output relative L2 is no larger, or when
 onnxruntime has no mode at <= R (said so); "met on rel. L2" when only the task figure is lower, by less than
 onnxruntime's standard error of it (an accuracy that differs by a sample or two). Every weight is encoded
 (``--min-weights 1``), as onnxruntime quantizes every MatMul.
 
     python benchmarks/rates_vs_onnxruntime.py [--models NAME ...] [--rates R ...] [--codecs C ...] [--json PATH]
+    python benchmarks/rates_vs_onnxruntime.py --from-json PATH [--rates R ...]   # the verdicts again, nothing run
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def figures(point: dict) -> dict:
 
 def best_at(points: list[dict], rate: float) -> dict | None:
     fitting = [p for p in points if "skipped" not in p and p["bits_per_weight"] <= rate + 1e-9]
-    return max(fitting, key=lambda p: (p["task"], -p["rel_l2"]), default=None)
+    return min(fitting, key=lambda p: (p["rel_l2"], -p["task"]), default=None)
 
 
 def verdicts(ours: list[dict], theirs: list[dict], rates) -> list[dict]:
@@ -104,7 +105,8 @@ def verdicts(ours: list[dict], theirs: list[dict], rates) -> list[dict]:
     return out
 
 
-def measure(name: str, rates, codec_names: list[str], policy: Policy, progress) -> dict:
+def measure(name: str, rates, codec_names: list[str], policy: Policy, progress, save) -> dict:
+    """The model's figures; ``save(figures so far)`` after each point (a long run stopped early keeps them)."""
     folder = zoo.build(name, progress=progress)
     entry = zoo.describe(folder)
     model = folder / entry["model"]
@@ -116,14 +118,14 @@ def measure(name: str, rates, codec_names: list[str], policy: Policy, progress) 
     capture = {"wall_s": time.perf_counter() - wall, "cpu_s": cpu_seconds() - cpu}
     theirs = [p if "skipped" in p else figures(p) for p in subject.references(progress, NBITS_MODES, tables=False)
               if p["codec"] == "matmulnbits"]
-    ours = []
+    result = {"model": name, "fp32": subject.bench.fp32_task, "capture": capture, "ours": [], "onnxruntime": theirs}
     for rate in rates:
         for codec in codec_names:
             progress(f"{name}: {codec} at {rate} bits/weight")
-            ours.append(our_point(subject, codec, rate))
-            progress(f"{name}: {point_text(ours[-1])}")
-    return {"model": name, "fp32": subject.bench.fp32_task, "capture": capture, "ours": ours, "onnxruntime": theirs,
-            "verdicts": verdicts(ours, theirs, rates), "load_average": os.getloadavg()}
+            result["ours"].append(our_point(subject, codec, rate))
+            progress(f"{name}: {point_text(result['ours'][-1])}")
+            save({**result, "verdicts": verdicts(result["ours"], theirs, rates), "load_average": os.getloadavg()})
+    return {**result, "verdicts": verdicts(result["ours"], theirs, rates), "load_average": os.getloadavg()}
 
 
 def point_text(p: dict | None) -> str:
@@ -152,7 +154,12 @@ def main() -> None:
     parser.add_argument("--codecs", nargs="+", default=["tans"], help="codecs with a --bits-per-weight budget")
     parser.add_argument("--min-weights", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--from-json", type=Path, help="print the verdicts of a --json written before")
     args = parser.parse_args()
+    if args.from_json:
+        for result in json.loads(args.from_json.read_text()):
+            print(table({**result, "verdicts": verdicts(result["ours"], result["onnxruntime"], args.rates)}))
+        return
     logging.disable(logging.INFO)
     start = time.perf_counter()
 
@@ -160,11 +167,16 @@ def main() -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {message}", file=sys.stderr, flush=True)
 
     results = []
-    for name in args.models:
-        results.append(measure(name, args.rates, args.codecs, Policy(args.min_weights), progress))
-        print(table(results[-1]), flush=True)
+
+    def save(figures: list[dict]) -> None:
         if args.json:
-            args.json.write_text(json.dumps(results, indent=1) + "\n")
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+
+    for name in args.models:
+        policy = Policy(args.min_weights)
+        results.append(measure(name, args.rates, args.codecs, policy, progress, lambda partial: save(results + [partial])))
+        print(table(results[-1]), flush=True)
+        save(results)
 
 
 if __name__ == "__main__":
