@@ -175,7 +175,9 @@ def test_fit_spends_what_the_last_step_down_left_on_the_best_measured_step_up():
     assert budget_split.fit("tans", options, {"a": 5, "b": 7}, 540, measure) == {"a": 7, "b": 5}
     assert measured[1:] == [{"b": 5}, {"a": 7}]
     # a step up that measures larger than expected is undone: a's 5 -> 7 expected at 495 of 500 bits, measured 520
-    larger = lambda choice: {n: 300 if (n, c) == ("a", 7) else b for (n, c), b in zip(choice.items(), measure(choice).values())}
+    def larger(choice):
+        return {n: 300 if (n, c) == ("a", 7) else b for (n, c), b in zip(choice.items(), measure(choice).values())}
+
     assert budget_split.fit("tans", options, {"a": 5, "b": 7}, 500, larger) == {"a": 5, "b": 5}
 
 
