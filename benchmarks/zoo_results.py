@@ -8,9 +8,10 @@ Bits per weight count every matmul and conv weight (the ones left dense at 32). 
 compiled as ``bie-compiler compile`` compiles it (round-to-nearest: error feedback changes the weights' values,
 not the kernels) and timed by ``bie-compiler bench`` against onnxruntime fp32 at batch 1 (the model's own batch
 where its export fixes it) with the same threads; a setting that does not compile says why. Entries neither in
-the cache nor buildable (their extra not installed) are left out, and said so.
+the cache nor buildable (their extra not installed) are left out, and said so. ``--no-latency`` measures the
+quality columns only (a busy machine's latencies say little; the latency cells then read "not timed").
 
-    python benchmarks/zoo_results.py [--models NAME ...] [--markdown PATH] [--json PATH]
+    python benchmarks/zoo_results.py [--models NAME ...] [--no-latency] [--markdown PATH] [--json PATH]
 """
 
 from __future__ import annotations
@@ -93,13 +94,13 @@ def speeds(model: Path, options: list[str], inputs: dict, name: str, progress) -
         return figures
 
 
-def measure(name: str, progress) -> dict:
+def measure(name: str, progress, latency: bool = True) -> dict:
     folder = zoo.build(name, progress=progress)
     entry = zoo.describe(folder)
     model = folder / entry["model"]
     specs = model_inputs(load_model(model))
     samples = load_samples(specs, folder / entry["data"])
-    timed = speeds(model, entry["compile_options"], batch_one(specs, samples[0][1]), name, progress)
+    timed = speeds(model, entry["compile_options"], batch_one(specs, samples[0][1]), name, progress) if latency else {}
     calibration = folder / entry["calibration"]
     try:
         subject = ModelUnderAnalysis(model, samples, calibration=calibration, progress=progress)
@@ -123,6 +124,13 @@ def speed_cell(figures: dict | None) -> str:
     return "does not compile" if "failed" in figures else f"{figures['ratio']:.2f}x"
 
 
+def latency_cell(speed: dict, point: dict) -> str:
+    """The latency column of one row: a reference row is onnxruntime's own model, and an empty ``speed`` was not timed."""
+    if point["mode"] == "reference":
+        return speed_cell(None)
+    return speed_cell(speed.get(point["label"])) if speed else "not timed"
+
+
 def markdown(results: list[dict], missing: dict[str, list[str]]) -> str:
     lines = ["| model | codec | rounding | bits/weight | task figure | output rel. L2 | latency / onnxruntime |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -133,9 +141,9 @@ def markdown(results: list[dict], missing: dict[str, list[str]]) -> str:
             fp32 = f" (fp32 {r['fp32']['accuracy_fp32']:.3f})" if p["task_metric"] == "accuracy" else ""
             lines.append(f"| {r['model']} | {p['label']} | {p['mode']} | {p['bits_per_weight']:.2f} | "
                          f"{TASK_NAMES[p['task_metric']]} {p['task']:.4f}{fp32} | {p['rel_l2']:.4f} | "
-                         f"{speed_cell(r['speed'].get(p['label']) if p['mode'] != 'reference' else None)} |")
+                         f"{latency_cell(r['speed'], p)} |")
     notes = [f"{r['model']}: {r['note']}" for r in results if r["note"]]
-    for r in results:
+    for r in filter(lambda r: r["speed"], results):
         dense, failures = r["speed"][DENSE.label], {}
         for label, figures in r["speed"].items():
             failures.setdefault(figures.get("failed"), []).append(label)
@@ -156,6 +164,8 @@ def markdown(results: list[dict], missing: dict[str, list[str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(zoo.ENTRIES), choices=list(zoo.ENTRIES))
+    parser.add_argument("--no-latency", dest="latency", action="store_false",
+                        help="quality columns only: no setting compiled or timed")
     parser.add_argument("--markdown", type=Path, help="write the table here too")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
@@ -168,7 +178,7 @@ def main() -> None:
     # an entry already in the cache needs no extra: measuring it reads the cache only
     built = {name for name in args.models if (zoo.cache_dir() / name / zoo.ENTRY_FILE).is_file()}
     missing = {name: zoo.missing(name) for name in args.models if zoo.missing(name) and name not in built}
-    results = [measure(name, progress) for name in args.models if name not in missing]
+    results = [measure(name, progress, args.latency) for name in args.models if name not in missing]
     table = markdown(results, missing)
     print(table)
     if args.markdown:

@@ -24,7 +24,7 @@ from .decoded_weights import EncodedModel, encode_model, initializer_arrays, wei
 from .errors import BieError, OptionError
 from .evaluation import Scorer
 from .frontend import file_sha256
-from .ort_reference import fp16_weights, matmul_nbits, nbits_bytes
+from .ort_reference import NbitsMode, fp16_weights, matmul_nbits, nbits_bytes
 from .parity import session_of
 from .sensitivity import layer_sensitivities
 
@@ -51,7 +51,7 @@ SAFER: dict[str, dict | None] = {
     "bitwave": {"pruned_columns": 1}, "bie-binary": {"codec": "int8"}, "bie-blocked": {"codec": "int8"},
     "int8": None, "nwc": {"quality": 12},
 }
-NBITS_REFERENCES = [(4, 32), (4, 128)]  # onnxruntime MatMulNBits (bits, block size)
+NBITS_REFERENCES = (NbitsMode(4, 32), NbitsMode(4, 128))  # onnxruntime MatMulNBits, RTN
 HEADLINE = ("rel_l2", "cosine", "task_metric", "task")  # the figures a point is ranked and plotted by
 
 
@@ -160,7 +160,8 @@ class ModelUnderAnalysis:
 
     def __init__(self, model_path: str | Path, samples: list, policy: Policy = Policy(),
                  calibration: str | Path | None = None, jobs: int | None = None,
-                 progress: Callable[[str], None] = lambda message: None, metric: str | None = None):
+                 progress: Callable[[str], None] = lambda message: None, metric: str | None = None,
+                 act_order: bool = False):
         from .frontend import load_model, model_inputs
 
         self.path, self.policy, self.calibration, self.jobs = model_path, policy, calibration, jobs
@@ -180,8 +181,7 @@ class ModelUnderAnalysis:
             progress(f"capturing the inputs of {len(self.layers)} layer(s) on {calibration}")
             usable = [layer.name for layer in self.layers if layer.fallback_reason is None]
             self.calibration_samples = calibration_inputs(model_inputs(self.model), calibration)
-            self.calibrations = layer_calibrations(self.model, usable, self.calibration_samples, DAMPING,
-                                                   act_order=False)
+            self.calibrations = layer_calibrations(self.model, usable, self.calibration_samples, DAMPING, act_order)
         self.sensitivities_measured = False
 
     def encoded(self, spec: CodecSpec, fed: bool, skip=(), overrides=()):
@@ -192,10 +192,10 @@ class ModelUnderAnalysis:
         policy = EncodingPolicy(spec.codec, spec.options, self.policy.min_weights, self.policy.skip + tuple(skip),
                                 self.policy.overrides + tuple(overrides), self.aliases)
         if fed and self.calibrations and spec.options.get("bits_per_weight"):
-            self._measure_sensitivities()
+            self.measure_sensitivities()
         return encode_model(self.weights, self.layers, policy, self.calibrations if fed else None, self.jobs)
 
-    def _measure_sensitivities(self) -> None:
+    def measure_sensitivities(self) -> None:
         """Each calibrated layer's sensitivity, once: a bits budget is split by them, as ``compile`` splits it."""
         if self.sensitivities_measured:
             return
@@ -212,23 +212,26 @@ class ModelUnderAnalysis:
                                 options=spec.options, mode="feedback" if fed and self.calibrations else "rtn",
                                 bits_per_weight=result.bits_per_weight, seconds=result.seconds)
 
-    def references(self, progress: Callable[[str], None] = lambda message: None) -> list[dict]:
-        """fp16 weights and onnxruntime's MatMulNBits on the same layers (bits/weight over all of them)."""
-        usable = {r.name: r.bytes_dense for r in self.layers if r.fallback_reason is None}
-        count = sum(r.num_weights for r in self.layers)
-        dense_rest = sum(r.bytes_dense for r in self.layers if r.name not in usable)
+    def references(self, progress: Callable[[str], None] = lambda message: None,
+                   modes: tuple[NbitsMode, ...] = NBITS_REFERENCES, tables: bool = True) -> list[dict]:
+        """fp16 weights and onnxruntime's MatMulNBits in each of ``modes`` on the same layers (bits/weight over all
+        of them; without the Gather tables if not ``tables``: a codec with no gather kernel leaves them out too)."""
+        layers = [r for r in self.layers if tables or r.op != "gather"]
+        usable = {r.name: r.bytes_dense for r in layers if r.fallback_reason is None}
+        count = sum(r.num_weights for r in layers)
+        dense_rest = sum(r.bytes_dense for r in layers if r.name not in usable)
         progress("references: fp16 weights")
         fp16 = with_weights(self.model, fp16_weights({n: self.weights[n] for n in usable}))
         points = [self.bench.point(fp16, label="fp16 weights", codec="fp16", mode="reference",
                                    bits_per_weight=8 * (sum(usable.values()) / 2 + dense_rest) / count)]
-        for bits, block in NBITS_REFERENCES:
-            label = f"onnxruntime MatMulNBits {bits}-bit block {block} (RTN)"
+        for mode in modes:
+            label = mode.label
             progress(f"references: {label}")
-            quantized, why = matmul_nbits(self.model, bits, block)
+            quantized, why = matmul_nbits(self.model, mode=mode)
             if quantized is None:
                 points.append({"label": label, "codec": "matmulnbits", "mode": "reference", "skipped": why})
                 continue
-            stored = nbits_bytes(quantized, bits, usable) + dense_rest
+            stored = nbits_bytes(quantized, mode.bits, usable) + dense_rest
             points.append(self.bench.point(quantized, label=label, codec="matmulnbits", mode="reference",
                                            bits_per_weight=8 * stored / count))
         return points

@@ -122,7 +122,8 @@ def _calibrated(layers: dict, sensitivities: list[float]) -> dict:
 @pytest.mark.parametrize("rotate, budget", [(False, 3.0), (True, 2.5)])
 def test_a_calibrated_budget_fits_the_feedback_codes(rotate, budget):
     """The levels chosen on round-to-nearest sizes overrun the budget once feedback codes them (and the rotation's
-    signs are stored); the plan lowers them until what compile stores fits."""
+    signs are stored); the plan lowers them until what compile stores fits, then spends what is left: no layer's
+    next level would still fit."""
     layers = {"a": weights(1, (128, 256)), "b": weights(2, (64, 128), 0.2), "c": weights(3, (96, 256), 0.01)}
     calibrations = _calibrated(layers, [1.0, 0.3, 2.0])
     configs = {n: tans.Config(bits_per_weight=budget, rotate=rotate) for n in layers}
@@ -139,7 +140,9 @@ def test_a_calibrated_budget_fits_the_feedback_codes(rotate, budget):
     assert stored_bits(on_rounded_sizes) > budget * total
     fitted = codecs.plan("tans", layers, configs, calibrations)
     assert stored_bits(fitted) <= budget * total
-    assert all(fitted[n].levels <= on_rounded_sizes[n].levels for n in layers)  # only lowered
+    for n in layers:
+        raised = tans.LEVEL_CHOICES[tans.LEVEL_CHOICES.index(fitted[n].levels) + 1]
+        assert stored_bits({**fitted, n: replace(fitted[n], levels=raised)}) > budget * total
 
 
 def test_fit_lowers_the_layer_losing_least_per_bit_saved_until_the_measured_bits_fit():
@@ -157,6 +160,25 @@ def test_fit_lowers_the_layer_losing_least_per_bit_saved_until_the_measured_bits
     assert measured[-1] == {"a": 5}  # only the lowered layer measured again
     with pytest.raises(CodecError, match="smallest choices"):
         budget_split.fit("tans", options, {"a": 3, "b": 3}, 200, measure)
+
+
+def test_fit_spends_what_the_last_step_down_left_on_the_best_measured_step_up():
+    options = {"a": [(3, 100, 9.0), (5, 200, 5.0), (7, 250, 1.0)], "b": [(3, 100, 9.0), (5, 200, 4.5), (7, 300, 1.0)]}
+    measured = []
+
+    def measure(choice):
+        measured.append(dict(choice))
+        return {n: {3: 110, 5: 220, 7: {"a": 275, "b": 330}[n]}[c] for n, c in choice.items()}  # 10 % over
+
+    # 550 measured > 540: b's 7 -> 5 loses 3.5 per 110 bits saved, a's 5 -> 3 4.0 per 110; b goes down to 440, which
+    # leaves 100 bits: a's 5 -> 7 (55 more, 4.0 less distortion) fits, b's 5 -> 7 (110) does not
+    assert budget_split.fit("tans", options, {"a": 5, "b": 7}, 540, measure) == {"a": 7, "b": 5}
+    assert measured[1:] == [{"b": 5}, {"a": 7}]
+    # a step up that measures larger than expected is undone: a's 5 -> 7 expected at 495 of 500 bits, measured 520
+    def larger(choice):
+        return {n: 300 if (n, c) == ("a", 7) else b for (n, c), b in zip(choice.items(), measure(choice).values())}
+
+    assert budget_split.fit("tans", options, {"a": 5, "b": 7}, 500, larger) == {"a": 5, "b": 5}
 
 
 def test_plan_reads_each_matrix_once_and_holds_none_of_them():

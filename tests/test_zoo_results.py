@@ -51,3 +51,10 @@ def test_speed_times_a_compiled_setting_with_bench_and_reports_a_failed_compile(
     assert (tmp_path / "dense" / "manifest.json").is_file()
     failed = zoo_results.speed(model_dir["mlp"], [], inputs, CodecSpec("bie-bitplane", {"bits": 99}), tmp_path)
     assert failed == {"failed": "bie-bitplane: bits must be in 2..8, got 99"}
+
+
+def test_a_run_without_latency_says_so_in_each_codec_row_and_writes_no_latency_notes():
+    text = zoo_results.markdown([_result({})], {})
+    assert "| int8 | rtn | 8.30 | output cosine 0.9900 | 0.0100 | not timed |" in text
+    assert "| fp16 weights | reference | 8.30 | output cosine 0.9900 | 0.0100 | (onnxruntime) |" in text
+    assert "latency at" not in text and "does not compile" not in text

@@ -64,10 +64,13 @@ def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs:
 def fit(codec: str, options: dict[str, list], chosen: dict[str, int], budget_bits: float,
         measure: Callable[[dict[str, int]], dict[str, int]]) -> dict[str, int]:
     """``chosen`` (a choice per layer from ``options``, as :func:`allocate` takes them) lowered until the
-    encodings' bits as ``measure({layer: choice})`` finds them fit ``budget_bits``.
+    encodings' bits as ``measure({layer: choice})`` finds them fit ``budget_bits``, then raised where what is left
+    of the budget allows.
 
-    Each step takes the cheaper option losing the least distortion per bit it saves (the saving scaled by
-    the layer's measured bits over its planned ones), and measures that layer again.
+    Each step down takes the cheaper option losing the least distortion per bit it saves (the saving scaled by
+    the layer's measured bits over its planned ones), and measures that layer again. The last step down of a
+    whole option can leave much of the budget unspent; each step up then takes the option saving the most
+    distortion per bit it is expected to cost among those expected to fit, measured, and undone if it does not.
     """
     actual = measure(chosen)
     position = {n: [o[0] for o in opts].index(chosen[n]) for n, opts in options.items()}
@@ -85,6 +88,23 @@ def fit(codec: str, options: dict[str, list], chosen: dict[str, int], budget_bit
         _, n, j = best
         position[n] = j
         actual.update(measure({n: options[n][j][0]}))
+    tried = set()
+    while True:
+        spare, best = budget_bits - sum(actual.values()), None
+        for n, o in options.items():
+            i = position[n]
+            for j in range(len(o)):
+                cost = (o[j][1] - o[i][1]) * actual[n] / o[i][1]
+                gain = o[i][2] - o[j][2]
+                if (n, j) not in tried and 0 < cost <= spare and gain > 0 and (best is None or gain / cost > best[0]):
+                    best = gain / cost, n, j
+        if best is None:
+            break
+        _, n, j = best
+        tried.add((n, j))
+        raised = measure({n: options[n][j][0]})
+        if sum(actual.values()) - actual[n] + raised[n] <= budget_bits:
+            position[n], actual[n] = j, raised[n]
     return {n: options[n][i][0] for n, i in position.items()}
 
 
