@@ -79,13 +79,16 @@ def group_total(table, first):
     return tree([table[first + q, (1 << field_width(q)) - 1] for q in range(FIELDS)])
 
 
+def subset_sum(xpad, first, width, t):
+    """Entry ``t`` of the table of activations ``first .. first + width - 1``: those of the bits set in ``t``, added
+    as a tree."""
+    return tree([T.Select(t & (1 << i) != 0, xpad[first + i], T.float32(0)) for i in range(width)])
+
+
 def fill_wide_tables(k: int, kp: int):
     """A TIR macro ``(x, row, xpad, table)``: row ``row`` of ``x`` [m, k] zero-padded to ``kp`` (a multiple of GROUP)
     in ``xpad``, and the FIELDS subset-sum tables of each group in ``table`` [kp / GROUP * FIELDS, WIDE] (see the
     module docstring; the entries past a short table's are not read)."""
-
-    def entry(xpad, base, width, t):
-        return tree([T.Select(t & (1 << i) != 0, xpad[base + i], T.float32(0)) for i in range(width)])
 
     @T.macro
     def fill(x, row, xpad, table):
@@ -94,10 +97,10 @@ def fill_wide_tables(k: int, kp: int):
         for g in range(kp // GROUP):
             for q in T.unroll(FIELDS - 1):
                 for t in T.vectorized(WIDE):
-                    table[g * FIELDS + q, t] = entry(xpad, g * GROUP + FIELD * q, FIELD, t)
+                    table[g * FIELDS + q, t] = subset_sum(xpad, g * GROUP + FIELD * q, FIELD, t)
             for t in T.vectorized(WIDE):
-                table[g * FIELDS + FIELDS - 1, t] = entry(xpad, g * GROUP + FIELD * (FIELDS - 1),
-                                                          field_width(FIELDS - 1), t)
+                table[g * FIELDS + FIELDS - 1, t] = subset_sum(xpad, g * GROUP + FIELD * (FIELDS - 1),
+                                                               field_width(FIELDS - 1), t)
 
     return fill
 
@@ -112,11 +115,6 @@ def fill_tables(k: int, kp: int):
             xpad[kk] = T.if_then_else(kk < k, x[row, kk], T.float32(0))
         for q in range(kp // 4):
             for t in T.vectorized(16):
-                table[q, t] = (
-                    T.Select(t & 1 != 0, xpad[4 * q], T.float32(0))
-                    + T.Select(t & 2 != 0, xpad[4 * q + 1], T.float32(0))
-                    + (T.Select(t & 4 != 0, xpad[4 * q + 2], T.float32(0))
-                       + T.Select(t & 8 != 0, xpad[4 * q + 3], T.float32(0)))
-                )
+                table[q, t] = subset_sum(xpad, 4 * q, 4, t)
 
     return fill
