@@ -49,6 +49,18 @@ def test_lut_gemv_and_its_panel_gemm_match_the_reference_decoder(n, k, config, l
     assert_close(run(call.large_batch.func, lut_target, rows, call.constants, (19, n)), rows @ decoded.T.astype(np.float64))
 
 
+def test_each_activation_of_a_group_is_looked_up_in_its_field(lut_target):
+    """The GEMV over the rows of the identity (one activation at a time) is the decoded weight: each of a group's 32
+    activations reaches its own table entry, the last two through a shift that repeats the sign bit (bit 31)."""
+    n, k = 16, 64
+    enc = encode(n, k, bie_bitplane.Config(bits=4), 3)
+    call = kernel_for(enc, lut_target)
+    decoded = bie_bitplane.decode(enc)
+    assert (decoded[:, 31::32] < 0).any() and (decoded[:, 30::32] != 0).any()  # words with bit 31 set, bit 30 used
+    assert_close(run(call.func, lut_target, np.eye(k, dtype=np.float32), call.constants, (k, n)),
+                 decoded.T.astype(np.float64))
+
+
 def test_group_not_a_multiple_of_32_keeps_the_bit_serial_kernel(lut_target):
     enc = encode(8, 96, bie_bitplane.Config(bits=3, group_size=48), 0)
     assert kernel_for(enc, lut_target).kind == "bitplane"

@@ -91,8 +91,8 @@ def test_bitplane_kernel_form(target, options, constant, lanes):
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     enc = CODECS["bie-bitplane"].encode(w, make_config("bie-bitplane", options))
     call = kernel_for(enc, target)
-    if lut.supported(target):  # the look-up-table kernel at every width: 16 channels' words per vector
-        constant, lanes = "words", 16
+    if lut.supported(target):  # the look-up-table kernel at every width: its tables built as vectors of entries
+        constant, lanes = "words", lut.WIDE
     script = call.func.script()
     assert "T.parallel" in script and f"T.vectorized({lanes})" in script and f"{constant}: T.Buffer" in script
     stored = sum(enc.arrays[a].nbytes for a in ("planes", "signs"))

@@ -28,7 +28,7 @@ live in one buffer allocated per call: TVM turns a buffer declared, or a name
 assigned, inside a parallel loop into a workspace allocation per iteration. The output is unshuffled through ``position``.
 Rows of activations are processed one after the other, so the kernel is exact
 for any batch, but it is meant for batch 1 (larger batches use the decoded
-kernel, :mod:`.bbs_decoded`). Needs AVX-512 (``vpermps`` on 16 lanes).
+kernel, :mod:`.bbs_decoded`). Needs AVX-512 (``vpermi2ps`` and ``vpermps`` on 16 lanes).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from bie_compiler.codecs.base import Encoded
 from . import lut
 
 LANES = bbs.LANES
-NIBBLES = lut.NIBBLES
 ROWS = 4  # sensitive rows per pass over x: independent FMA chains
 assert (bbs.LANES, bbs.GROUP) == (lut.LANES, lut.GROUP)  # a stored column is one vector of plane words
 
@@ -63,7 +62,7 @@ def gemv(enc: Encoded):
     top = 1 << (bits - 1)  # column 0 (the sign) has significance -top, column b > 0 has 2^(bits - 1 - b)
     significance = [-top] + [1 << (bits - 1 - b) for b in range(1, bits)]
     items = sensitive_blocks + blocks
-    fill_tables = lut.fill_tables(k, kp)
+    fill_tables = lut.fill_wide_tables(k, kp)
     # offset = c (avg, unsigned) or -c (zps, c a 6-bit two's complement: sign-extended by shifting it to the top
     # and back; the minus is folded into group_sum)
     offset_sign = -1 if zps else 1
@@ -88,7 +87,7 @@ def gemv(enc: Encoded):
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
-        table = T.decl_buffer((kp // 4, 16), "float32")
+        table = T.decl_buffer((kg * lut.FIELDS, lut.WIDE), "float32")
         group_sum = T.decl_buffer((kg,), "float32")
         stored = T.decl_buffer((n,), "float32")
         # per-item accumulators (ROWS for sensitive rows, 1 for a pruned block), allocated once per call
@@ -96,9 +95,7 @@ def gemv(enc: Encoded):
         for row in range(m):
             fill_tables(x, row, xpad, table)
             for g in range(kg):
-                group_sum[g] = T.float32(0)
-                for q in range(NIBBLES):
-                    group_sum[g] = group_sum[g] + T.float32(offset_sign) * table[g * NIBBLES + q, 15]
+                group_sum[g] = T.float32(offset_sign) * lut.group_total(table, g * lut.FIELDS)
             for item in T.parallel(items):  # one parallel region: one thread wake-up per call
                 # sensitive items spread evenly over the range, so each thread's contiguous share gets its part:
                 # item is sensitive when (item + 1) * S // items > item * S // items, tested through the remainder
@@ -130,7 +127,7 @@ def gemv(enc: Encoded):
                             lut.prefetch(columns[nxt, g, b, 0])
                         lut.prefetch(meta[nxt, g, 0])
                         mixed: T.let = lut.tree([
-                            lut.column_sum(table, g * NIBBLES, T.reinterpret(
+                            lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
                                 "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) * T.Broadcast(
                                 T.float32(significance[b]), LANES)
                             for b in range(bits)])

@@ -140,7 +140,7 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
                                                           for b in range(1, planes)]
     per_group = groups > 1
     assert not per_group or scale_group % GROUP == 0
-    fill_tables = lut.fill_tables(k, kp)
+    fill_tables = lut.fill_wide_tables(k, kp)
 
     @T.prim_func(private=True)
     def main(
@@ -154,7 +154,7 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
-        table = T.decl_buffer((kp // 4, 16), "float32")
+        table = T.decl_buffer((kg * lut.FIELDS, lut.WIDE), "float32")
         acc = T.decl_buffer((blocks, LANES), "float32")  # allocated once per call, not per parallel iteration
         for row in range(m):
             fill_tables(x, row, xpad, table)
@@ -165,7 +165,7 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
                     for b in T.unroll(planes):
                         lut.prefetch(words[b, nxt, 0])
                     mixed: T.let = lut.tree([
-                        lut.column_sum(table, g * NIBBLES, T.reinterpret(
+                        lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
                             "int32x16", words[b, blk * kg + g, T.Ramp(0, 1, LANES)])) * T.Broadcast(
                             T.float32(significance[b]), LANES)
                         for b in range(planes)])

@@ -1,14 +1,20 @@
 """What the look-up-table bit-serial GEMVs share (``bbs_lut``, ``bitplane_lut``; AVX-512).
 
-Activations come in groups of 32 = 8 nibbles of 4. For each nibble a 16-entry
-table holds every subset sum (``table[t] = sum of x[4q + i] for the bits i set
-in t``), exact in float32 and one 512-bit register. A bit plane of 16 channels
-over one group is one 64-byte vector of 32-bit words, word bits ``4q .. 4q + 3``
-the plane's bits for activations ``4q .. 4q + 3``: ``vpermps`` with the word as
-the index vector looks up 16 channels' partial sums at once (it reads only the
-low 4 bits of each lane; a right shift by 4 moves to the next nibble). Per
-group and plane: 1 load, 7 shifts, 8 look-ups and 7 adds for 16 channels x 32
-weights; the group's 8 tables stay in registers across its planes.
+A bit plane of 16 channels over one group of 32 activations is one 64-byte
+vector of 32-bit words, bit ``j`` of a word the plane's bit for activation
+``j``. The float32 GEMVs look each word up in fields of 5 bits: the group's
+activations ``5q .. 5q + 4`` (q = 0..5) have a 32-entry table of every subset
+sum (``table[t] = sum of x[5q + i] for the bits i set in t``), two 512-bit
+registers, and ``vpermi2ps`` with the word as the index vector looks up 16
+channels' partial sums at once (it reads only the low 5 bits of each lane; a
+right shift by 5 moves to the next field); the last two activations (bits 30
+and 31) are a 4-entry table looked up with ``vpermps``. Per group and plane: 1
+load, 6 shifts, 7 look-ups and 6 adds for 16 channels x 32 weights (fields of 4
+bits took 7 shifts, 8 look-ups and 7 adds). The stored words are the same
+either way: only the tables change.
+
+The int8-table GEMV (``bitplane_lut.int8_gemv``) quantizes tables of 4
+activations (:func:`fill_tables`), 16 entries, which byte shuffles look up.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps zmm: 16 float look-ups in a 16-entry register table
+PERMUTE2 = "llvm.x86.avx512.vpermi2var.ps.512"  # vpermi2ps zmm: 16 float look-ups in a 32-entry table of 2 registers
 PREFETCH = "llvm.prefetch.p0"  # (address, read = 0, locality 2 = into L2, data = 1)
 LANES = 16  # channels per vector of plane words
 GROUP = 32  # activations per group: the bits of one plane word
-NIBBLES = GROUP // 4  # tables per group
+NIBBLES = GROUP // 4  # tables of 4 activations per group (the int8 tables)
+FIELD = 5  # activations per float32 table: the index bits vpermi2ps reads
+FIELDS = -(-GROUP // FIELD)  # float32 tables per group: 6 of 5 activations, the last of GROUP % FIELD
+WIDE = 1 << FIELD  # entries of a float32 table
 
 
 def supported(target) -> bool:
@@ -43,14 +53,56 @@ def prefetch(load):
                                             tirx.const(2, "int32"), tirx.const(1, "int32")))
 
 
+def field_width(q: int) -> int:
+    """Activations in table ``q`` of a group."""
+    return min(FIELD, GROUP - FIELD * q)
+
+
 def column_sum(table, first, words):
-    """Sum of the 8 look-ups of one group's plane words (int32x16) for 16 channels, added as a tree; ``first``: the
-    group's first table."""
-    return tree([
-        tirx.call_llvm_pure_intrin("float32x16", PERMUTE, table[first + q, tirx.Ramp(0, 1, LANES)],
-                                   words if q == 0 else tirx.shift_right(words, tirx.Broadcast(4 * q, LANES)))
-        for q in range(NIBBLES)
-    ])
+    """Sum of the FIELDS look-ups of one group's plane words (int32x16) for 16 channels, added as a tree; ``first``:
+    the group's first table (:func:`fill_wide_tables`)."""
+    looked_up = []
+    for q in range(FIELDS):
+        index = words if q == 0 else tirx.shift_right(words, tirx.Broadcast(FIELD * q, LANES))
+        if field_width(q) == FIELD:
+            looked_up.append(tirx.call_llvm_pure_intrin("float32x16", PERMUTE2, table[first + q, tirx.Ramp(0, 1, LANES)],
+                                                        index, table[first + q, tirx.Ramp(LANES, 1, LANES)]))
+        else:  # the top bits: the shift (arithmetic on int32) repeats bit 31 above them, and the table's entries
+            # depend on their low field_width(q) bits only, so index t and t with those repeated bits read the same sum
+            looked_up.append(tirx.call_llvm_pure_intrin("float32x16", PERMUTE, table[first + q, tirx.Ramp(0, 1, LANES)],
+                                                        index))
+    return tree(looked_up)
+
+
+def group_total(table, first):
+    """The sum of a group's activations from its tables (:func:`fill_wide_tables`): each table's last used entry."""
+    return tree([table[first + q, (1 << field_width(q)) - 1] for q in range(FIELDS)])
+
+
+def subset_sum(xpad, first, width, t):
+    """Entry ``t`` of the table of activations ``first .. first + width - 1``: those of the bits set in ``t``, added
+    as a tree."""
+    return tree([T.Select(t & (1 << i) != 0, xpad[first + i], T.float32(0)) for i in range(width)])
+
+
+def fill_wide_tables(k: int, kp: int):
+    """A TIR macro ``(x, row, xpad, table)``: row ``row`` of ``x`` [m, k] zero-padded to ``kp`` (a multiple of GROUP)
+    in ``xpad``, and the FIELDS subset-sum tables of each group in ``table`` [kp / GROUP * FIELDS, WIDE] (see the
+    module docstring; the entries past a short table's are not read)."""
+
+    @T.macro
+    def fill(x, row, xpad, table):
+        for kk in T.vectorized(kp):
+            xpad[kk] = T.if_then_else(kk < k, x[row, kk], T.float32(0))
+        for g in range(kp // GROUP):
+            for q in T.unroll(FIELDS - 1):
+                for t in T.vectorized(WIDE):
+                    table[g * FIELDS + q, t] = subset_sum(xpad, g * GROUP + FIELD * q, FIELD, t)
+            for t in T.vectorized(WIDE):
+                table[g * FIELDS + FIELDS - 1, t] = subset_sum(xpad, g * GROUP + FIELD * (FIELDS - 1),
+                                                               field_width(FIELDS - 1), t)
+
+    return fill
 
 
 def fill_tables(k: int, kp: int):
@@ -63,11 +115,6 @@ def fill_tables(k: int, kp: int):
             xpad[kk] = T.if_then_else(kk < k, x[row, kk], T.float32(0))
         for q in range(kp // 4):
             for t in T.vectorized(16):
-                table[q, t] = (
-                    T.Select(t & 1 != 0, xpad[4 * q], T.float32(0))
-                    + T.Select(t & 2 != 0, xpad[4 * q + 1], T.float32(0))
-                    + (T.Select(t & 4 != 0, xpad[4 * q + 2], T.float32(0))
-                       + T.Select(t & 8 != 0, xpad[4 * q + 3], T.float32(0)))
-                )
+                table[q, t] = subset_sum(xpad, 4 * q, 4, t)
 
     return fill
