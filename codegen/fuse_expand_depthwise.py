@@ -24,6 +24,8 @@ import tvm
 from tvm import relax
 from tvm.relax.utils import copy_with_new_vars
 
+from .relax_calls import call_tir_parts, variable_uses
+
 MIN_BYTES = 1 << 20  # per image: the expanded tensor of one image, above which it leaves L2 (2 MB per core here)
 MIN_STRIDED_BYTES = 4 << 20  # the same before a strided depthwise conv
 
@@ -39,9 +41,10 @@ def _first_conv(mod: tvm.IRModule, group: relax.Function) -> tuple[list, list, l
     if len(blocks) != 1 or not blocks[0].bindings:
         return None
     call = blocks[0].bindings[0].value
-    if not (isinstance(call, relax.Call) and call.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
+    found = call_tir_parts(call)
+    if found is None:
         return None
-    callee, args = call.args[0], call.args[1].fields
+    callee, args, _ = found
     if not isinstance(mod[callee], tvm.tirx.PrimFunc) or not callee.name_hint.startswith("conv2d"):
         return None
     if len(args) != 2 or not args[0].same_as(group.params[0]):
@@ -65,9 +68,10 @@ def is_depthwise(shapes) -> bool:
 def _unread_input(mod: tvm.IRModule, value) -> relax.Var | None:
     """The first argument of a ``call_tir`` whose PrimFunc never reads its first parameter and takes any shape of
     its rank there (a decode kernel's activation), else None: any tensor of that rank may be passed instead."""
-    if not (isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
+    found = call_tir_parts(value)
+    if found is None:
         return None
-    callee, args = value.args[0], value.args[1].fields
+    callee, args, _ = found
     func = mod[callee] if isinstance(callee, tvm.ir.GlobalVar) else None
     if not isinstance(func, tvm.tirx.PrimFunc) or not args or not isinstance(args[0], relax.Var):
         return None
@@ -126,13 +130,7 @@ def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes, m
     """``func`` with each fusable pair of group calls made one call (new groups added to ``builder``), or None."""
     if not isinstance(func.body, relax.SeqExpr):
         return None
-    uses: dict[relax.Var, int] = {}
-
-    def count(expr):
-        if isinstance(expr, relax.Var):
-            uses[expr] = uses.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, count)
+    uses = variable_uses(func)
     for block in func.body.blocks:  # a decode kernel's unread activation is no use
         for binding in block.bindings:
             unread = _unread_input(mod, binding.value)

@@ -30,7 +30,7 @@ from .kernel_registry import KERNEL_ATTR
 from .kernels import dense
 from .schedules import matmul
 from .unit_dims import ANY_DIMS
-from .unit_epilogues import call_tir_parts, is_reshape, variable_uses
+from .relax_calls import call_tir_parts, is_reshape, variable_uses
 
 GEMM_KIND = "dense_gemm"  # the kernel kind (KERNEL_ATTR) whose epilogues are fused
 KIND = "dense_gemm_epilogue"

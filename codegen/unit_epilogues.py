@@ -24,6 +24,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
+from .relax_calls import call_tir_parts, is_reshape, variable_uses
 from .stack_buffers import STACK_BYTES
 from .unit_dims import UNIT_DIMS
 
@@ -57,18 +58,6 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     attrs.pop("global_symbol", None)
     attrs[FUSED_ATTR] = str((epilogue.attrs or {}).get("global_symbol", "epilogue"))
     return tirx.PrimFunc(params, body, kernel.ret_type).with_attrs(attrs)
-
-
-def is_reshape(func) -> bool:
-    return isinstance(func, tirx.PrimFunc) and not is_per_call_kernel(func) and relax.analysis.has_reshape_pattern(func)
-
-
-def call_tir_parts(expr):
-    """``(callee, args, output type)`` of a ``call_tir`` of a PrimFunc, else None."""
-    if isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")) \
-            and isinstance(expr.args[1], relax.Tuple):
-        return expr.args[0], list(expr.args[1].fields), expr.ty_args[0] if expr.ty_args else None
-    return None
 
 
 def static_shape(expr_or_ty) -> list | None:
@@ -129,18 +118,6 @@ class _FuseEpilogues(PyExprMutator):
 
 def _bytes(ty) -> int:
     return int(np.prod(static_shape(ty), dtype=np.int64)) * tvm.runtime.DataType(ty.dtype).itemsize
-
-
-def variable_uses(func: relax.Function) -> dict:
-    """How many times each variable of ``func``'s body is read."""
-    uses = {}
-
-    def count(expr):
-        if isinstance(expr, relax.Var):
-            uses[expr] = uses.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, count)
-    return uses
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseUnitEpilogues")

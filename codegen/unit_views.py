@@ -16,7 +16,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .unit_dims import UNIT_DIMS
 from .kernel_registry import is_per_call_kernel
-from .unit_epilogues import call_tir_parts, static_shape, with_static_shapes
+from .relax_calls import call_tir_parts
+from .unit_epilogues import static_shape, with_static_shapes
 
 
 @mutator
