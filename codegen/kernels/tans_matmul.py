@@ -19,6 +19,12 @@ it stops LLVM's SLP vectorizer from packing the states into one vector
 register (then every table look-up needs a gather or lane extracts on the
 state's critical path: measured 2-4x slower).
 
+On a CPU with AVX-512 and states a multiple of 16 (the codec's default is 16),
+every CPU kernel decodes with :func:`vector_macros` instead: a vector of 16
+states per gather of table entries, the lanes' bit positions from prefix sums
+of their bit counts, and a task decoding 4 streams interleaved so that their
+independent chains fill the gathers' latency. Same format, same symbols.
+
 * :func:`matmul` ``out[m, n] = step[n] * sum_k x[m, k] * q[n, k]``, one kernel
   choosing by batch at run time:
 
@@ -71,6 +77,7 @@ from bie_compiler.codecs.tans_coder import spread_step
 from bie_compiler.runtime.tans_streams import MAX_STATES
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
+from ..target import make_target
 from ..weights import TANS_ATTR
 from . import bitplane_lut, int8, lut
 from .decode import Layout, destination, with_decoder
@@ -309,8 +316,6 @@ GATHER = "llvm.x86.avx512.mask.gather.dpi.512"  # vpgatherdd: 16 uint32 loads at
 def vectorized(states: int) -> bool:
     """Whether the CPU kernels decode with :func:`vector_macros`: the states a multiple of a vector and the target
     (the current one, else this host) with AVX-512."""
-    from ..target import make_target
-
     return states % LANES_PER_VECTOR == 0 and lut.supported(tvm.target.Target.current() or make_target())
 
 
@@ -617,10 +622,6 @@ def blocks(lay: dict) -> Blocks:
         scratch[(row % channels) * pitch + column] = T.Cast("uint16", e)
 
     @T.macro
-    def keep_entries(scratch, steps, row, column, e):
-        scratch[T.Ramp((row % channels) * pitch + column, 1, LANES_PER_VECTOR)] = T.Cast("uint16x16", e)
-
-    @T.macro
     def decode(counts, offsets, words, steps, write, dest):
         table = T.decl_buffer((table_length(lay["table_log"], packed=vector),),
                               PACKED_TABLE_DTYPE if vector else TABLE_DTYPE)
@@ -628,9 +629,11 @@ def blocks(lay: dict) -> Blocks:
         for blk in T.parallel(count):
             scratch = T.decl_buffer((channels * pitch,), "uint16")
             if vector:
+                # entries stored one by one: after a vector store LLVM no longer vectorizes lut_weights' plane
+                # builder over the buffer (measured: the whole decoder 2x slower)
                 for s in range(-(-group // TASK_STREAMS)):
                     decoder.decode_task(blk * group + s * TASK_STREAMS, T.min(blk * group + group, streams), table,
-                                        offsets, words, one_by_one(keep_entry, keep_entries), scratch, steps, None,
+                                        offsets, words, one_by_one(keep_entry), scratch, steps, None,
                                         None)
             else:
                 for s in range(T.min(group, streams - blk * group)):
