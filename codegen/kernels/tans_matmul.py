@@ -319,6 +319,14 @@ def vectorized(states: int) -> bool:
     return states % LANES_PER_VECTOR == 0 and lut.supported(tvm.target.Target.current() or make_target())
 
 
+class DotProducts(NamedTuple):
+    """The vector decoder's fused GEMV: its row hooks and put (:func:`vector_macros`)."""
+
+    clear: object
+    accumulate: object
+    total: object
+
+
 class VectorMacros(NamedTuple):
     """The TIR macros of :func:`vector_macros`."""
 
@@ -380,12 +388,20 @@ def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_strea
             return value
         return T.Select(T.Ramp(0, 1, lanes) < T.Broadcast(count, lanes), value, otherwise)
 
+    def vector_lanes(g, v):
+        """The elements of ``state`` holding the task's g-th stream's v-th vector (an index expression, not a
+        variable: TIR binds assigned vectors to variables, and loads at a variable vector index are no longer
+        contiguous)."""
+        return T.Ramp((g * vectors + v) * lanes, 1, lanes)
+
+    def stream_lanes(g):
+        """The elements of ``pos`` and ``end`` of the task's g-th stream: the same value in every lane."""
+        return T.Ramp(g * lanes, 1, lanes)
+
     @T.macro
     def decode_vector(g, v, count, table, words, state, pos, end, put, dest, steps, row, column):
         # the task's g-th stream, its states' v-th vector, the first count lanes live
-        at = T.Ramp((g * vectors + v) * lanes, 1, lanes)
-        here = T.Ramp(g * lanes, 1, lanes)  # the stream's position and end: the same in every lane
-        e: T.let = gather(table[0], state[at] & uint32s(mask), 4)
+        e: T.let = gather(table[0], state[vector_lanes(g, v)] & uint32s(mask), 4)
         nb: T.let = e & uint32s(255)
         # per lane the bits of the lanes up to it (the lanes past count read bits too, but keep their states)
         sums_1: T.let = nb + lanes_up(nb, 1)
@@ -393,23 +409,22 @@ def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_strea
         sums_4: T.let = sums_2 + lanes_up(sums_2, 4)
         ends: T.let = sums_4 + lanes_up(sums_4, 8)
         # (the exclusive sums in int32: the simplifier rejects uint32 differences it cannot prove non-negative)
-        bit: T.let = pos[here] + T.reinterpret("uint32x16", T.reinterpret("int32x16", ends) - T.reinterpret("int32x16", nb))
-        read: T.let = gather(words[0], T.min(bit >> uint32s(3), end[here]), 1) >> (bit & uint32s(7))
-        state[at] = only(count, (e >> uint32s(16)) + (read & ~(uint32s(0xFFFFFFFF) << nb)), state[at])
-        pos[here] = pos[here] + tirx.Shuffle([ends], [count - 1] * lanes)
+        bit: T.let = pos[stream_lanes(g)] + T.reinterpret("uint32x16", T.reinterpret("int32x16", ends) - T.reinterpret("int32x16", nb))
+        read: T.let = gather(words[0], T.min(bit >> uint32s(3), end[stream_lanes(g)]), 1) >> (bit & uint32s(7))
+        state[vector_lanes(g, v)] = only(count, (e >> uint32s(16)) + (read & ~(uint32s(0xFFFFFFFF) << nb)), state[vector_lanes(g, v)])
+        pos[stream_lanes(g)] = pos[stream_lanes(g)] + tirx.Shuffle([ends], [count - 1] * lanes)
         put(dest, steps, g, row, column, e, count)
 
     @T.macro
     def start_stream(g, st, offsets, words, state, pos, end):
         # the stream's initial states, table_log bits each from bit offsets[st], a vector at a time
-        here = T.Ramp(g * lanes, 1, lanes)
-        end[here] = T.Broadcast(offsets[st + 1] >> T.uint32(3), lanes)
+        end[stream_lanes(g)] = T.Broadcast(offsets[st + 1] >> T.uint32(3), lanes)
         for v in T.unroll(vectors):
             bit: T.let = T.Broadcast(offsets[st] + T.uint32(v * lanes * table_log), lanes) + T.Ramp(
                 T.uint32(0), T.uint32(table_log), lanes)
             state[T.Ramp((g * vectors + v) * lanes, 1, lanes)] = (gather(
-                words[0], T.min(bit >> uint32s(3), end[here]), 1) >> (bit & uint32s(7))) & uint32s(mask)
-        pos[here] = T.Broadcast(offsets[st] + T.uint32(states * table_log), lanes)
+                words[0], T.min(bit >> uint32s(3), end[stream_lanes(g)]), 1) >> (bit & uint32s(7))) & uint32s(mask)
+        pos[stream_lanes(g)] = T.Broadcast(offsets[st] + T.uint32(states * table_log), lanes)
 
     @T.macro
     def decode_task(first, last, table, offsets, words, put, dest, steps, begin_row, end_row):
@@ -446,37 +461,48 @@ def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_strea
     def level_of(e):
         return T.Cast("float32x16", T.reinterpret("int32x16", symbol_of(e)) - T.Broadcast(T.int32(lay["half"]), lanes))
 
-    @T.macro
-    def clear(acc_x, steps, g, row):
-        acc, x, batch = acc_x
-        for b in range(batch):
-            acc[T.Ramp((g * batch + b) * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
+    def dot_products(batch: int, x, out):
+        """The fused GEMV's row hooks and put for ``batch`` rows of ``x`` into ``out``: per stream of the task and
+        batch row a vector of accumulators in ``dest``, summed and scaled into ``out`` at the row's end."""
+
+        def row_lanes(g, b):
+            """The accumulators of the task's g-th stream and batch row b."""
+            return T.Ramp((g * batch + b) * lanes, 1, lanes)
+
+        @T.macro
+        def clear(acc, steps, g, row):
+            for b in range(batch):
+                acc[row_lanes(g, b)] = T.Broadcast(T.float32(0), lanes)
+
+        @T.macro
+        def accumulate(acc, steps, g, row, column, e, count):
+            # the symbols' levels times x's columns (0 past the row)
+            for b in range(batch):
+                if count == lanes:
+                    acc[row_lanes(g, b)] = acc[row_lanes(g, b)] + x[b, T.Ramp(column, 1, lanes)] * level_of(e)
+                else:
+                    acc[row_lanes(g, b)] = acc[row_lanes(g, b)] + only(
+                        count, x[b, T.min(T.Ramp(column, 1, lanes), T.Broadcast(k - 1, lanes))] * level_of(e),
+                        T.Broadcast(T.float32(0), lanes))
+
+        @T.macro
+        def total(acc, steps, g, row):
+            for b in range(batch):
+                out[b, row] = lut.tree([acc[(g * batch + b) * lanes + j] for j in range(lanes)]) * steps[row]
+
+        return DotProducts(clear, accumulate, total)
 
     @T.macro
-    def accumulate(acc_x, steps, g, row, column, e, count):
-        # the batch rows' accumulators of the stream take the symbols' levels times x's columns (0 past the row)
-        acc, x, batch = acc_x
-        for b in range(batch):
-            at = T.Ramp((g * batch + b) * lanes, 1, lanes)
-            if count == lanes:
-                acc[at] = acc[at] + x[b, T.Ramp(column, 1, lanes)] * level_of(e)
-            else:
-                acc[at] = acc[at] + only(count, x[b, T.min(T.Ramp(column, 1, lanes), T.Broadcast(k - 1, lanes))]
-                                         * level_of(e), T.Broadcast(T.float32(0), lanes))
-
-    @T.macro
-    def total(acc_x, out_steps, g, row):
-        acc, x, batch = acc_x
-        out, steps = out_steps
-        for b in range(batch):
-            out[b, row] = lut.tree([acc[(g * batch + b) * lanes + j] for j in range(lanes)]) * steps[row]
+    def decode_into(task, table, offsets, words, acc, steps, dots):
+        # (a macro of its own: TVMScript binds no Python objects to names, so dots' fields are read here)
+        decode_task(task * TASK_STREAMS, streams, table, offsets, words, dots.accumulate, acc, steps, dots.clear,
+                    dots.total)
 
     @T.macro
     def fused_task(task, batch, x, table, offsets, words, steps, out):
         # the task's streams decoded once; every symbol goes straight into the dot products of the batch rows
         acc = T.decl_buffer((TASK_STREAMS * batch * lanes,), "float32")
-        decode_task(task * TASK_STREAMS, streams, table, offsets, words, accumulate, (acc, x, batch),
-                    (out, steps), clear, total)
+        decode_into(task, table, offsets, words, acc, steps, dot_products(batch, x, out))
 
     @T.macro
     def decode_streams(counts, offsets, words, put, dest, steps):
