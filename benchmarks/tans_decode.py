@@ -24,7 +24,7 @@ The bar for decoding is zstd's FSE on this kind of machine, about 1.0 Gsym/s per
 core with 4 interleaved states, 1.3-1.5 with 8 (``shared/notes/tans.md``). Threads and idle
 spinning are set as in ``bitplane_gemv.py``, whose helpers this script reuses.
 
-    python benchmarks/tans_decode.py [--size 4096] [--levels 15] [--states 8] [--repeats 7] [--threads N] [--json PATH]
+    python benchmarks/tans_decode.py [--size 4096] [--levels 15] [--states 0] [--repeats 7] [--threads N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=4096, help="K = N of the square layer")
     p.add_argument("--levels", type=int, default=15, help="tans quantization levels (odd)")
-    p.add_argument("--states", type=int, default=8, help="interleaved tANS states per stream (the codec's default)")
+    p.add_argument("--states", type=int, default=0, help="interleaved tANS states per stream (0: the codec's default)")
     p.add_argument("--repeats", type=int, default=7, help="timed loops; the median is reported")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for every library")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
     w = (rng.standard_t(5, (size, size)) / np.sqrt(size)).astype(np.float32)  # [K, N] for x @ W
     model = matmul_chain(size, 1)
     model.graph.initializer.append(numpy_helper.from_array(w, "w0"))
-    enc = tans.encode(w.T, tans.Config(levels=args.levels, states=args.states))
+    enc = tans.encode(w.T, tans.Config(levels=args.levels, states=args.states or tans.Config.states))
     bitplane_bits = tans_matmul.lut_planes(args.levels) + 1
     bitplane = bie_bitplane.encode(w.T, bie_bitplane.Config(bits=bitplane_bits))
     decoded = tans.decode(enc)
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
     report = tans.report(enc)
     return {
         "size": size, "threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
-        "levels": args.levels, "states": args.states, "streams": report["streams"],
+        "levels": args.levels, "states": int(enc.header["states"]), "streams": report["streams"],
         "tans_bits_per_weight": enc.bits_per_weight, "tans_payload_bits_per_weight": report["payload_bits_per_weight"],
         "tans_bytes": enc.nbytes, "fp32_bytes": 4 * symbols, "nbits_bytes": nbits[1] if nbits else None,
         "bitplane_bits": bitplane_bits, "bitplane_bytes": bitplane.nbytes,

@@ -11,10 +11,12 @@ from bie_compiler.codegen.kernels import bitplane_lut, int8, lut, tans_matmul
 from bie_compiler.codegen.kernels.decode import Layout
 from kernel_runs import assert_close, build, call, computed_constants, run
 
-CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 8 states (the default)
+CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 32 states; 16 (the
+    # default) and 32 run the vector decoder with AVX-512: a row's tail in one or two vectors, tasks of 1 to 4 streams
     (1, 1, tans.Config(levels=3)),
     (37, 300, tans.Config(levels=15, stream_symbols=1000)),
     (64, 1024, tans.Config(levels=5, states=8, stream_symbols=4096)),
+    (23, 90, tans.Config(levels=9, states=32, stream_symbols=200)),
     (10, 7, tans.Config(levels=255, states=3, table_log=8)),
     (50, 129, tans.Config(levels=31, states=1, table_log=12, stream_symbols=300)),
     (150, 40, tans.Config(levels=7, stream_symbols=80)),  # 75 streams: 3 tasks of the blocked decoders, the last short
@@ -174,7 +176,7 @@ def test_forged_streams_stay_in_bounds(target):
     enc = encode(40, 256, tans.Config(levels=15, stream_symbols=1024), 9)
     words = np.random.default_rng(0).integers(0, 2**32, enc.arrays["words"].size, dtype=np.uint32)
     offsets = enc.arrays["offsets"].copy()
-    offsets[-2] = offsets[-1] - 8 * 11  # the last stream: its 8 states and no bits for its 1024 symbols
+    offsets[-2] = offsets[-1] - 16 * 11  # the last stream: its 16 states and no bits for its 1024 symbols
     forged = tans.Encoded(enc.codec, enc.shape, dict(enc.arrays, words=words, offsets=offsets), enc.header)
     lay = tans_matmul.stream_layout(forged)
     counts, offsets, _, steps = (tvm.runtime.tensor(c) for c in tans_matmul.constants(forged))

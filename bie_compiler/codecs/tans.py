@@ -44,8 +44,8 @@ class Config:
         "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
                 "(instead of --levels, --bits or --quality)"})
     table_log: int = field(default=11, metadata={"help": "tANS table of 2^T states (5..15; default 11)"})
-    # 8: two windows of bits per round of states keep a core busy; 4 leave it waiting on the table look-ups
-    states: int = field(default=8, metadata={"help": "interleaved tANS states per stream (default 8)"})
+    # 16: one AVX-512 vector of states (the CPU kernels' vector decoder; 8 were best for the scalar one)
+    states: int = field(default=16, metadata={"help": "interleaved tANS states per stream (default 16)"})
     stream_symbols: int = field(default=8192, metadata={  # a stream covers whole output channels
         "help": "weights per independently decoded stream, at least (default 8192)"})
     # the kernel, not the encoding: the stored bytes are the same either way

@@ -19,6 +19,12 @@ it stops LLVM's SLP vectorizer from packing the states into one vector
 register (then every table look-up needs a gather or lane extracts on the
 state's critical path: measured 2-4x slower).
 
+On a CPU with AVX-512 and states a multiple of 16 (the codec's default is 16),
+every CPU kernel decodes with :func:`vector_macros` instead: a vector of 16
+states per gather of table entries, the lanes' bit positions from prefix sums
+of their bit counts, and a task decoding 4 streams interleaved so that their
+independent chains fill the gathers' latency. Same format, same symbols.
+
 * :func:`matmul` ``out[m, n] = step[n] * sum_k x[m, k] * q[n, k]``, one kernel
   choosing by batch at run time:
 
@@ -68,8 +74,10 @@ from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, tans
 from bie_compiler.codecs.tans_coder import spread_step
+from bie_compiler.runtime.tans_streams import MAX_STATES
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
+from ..target import make_target
 from ..weights import TANS_ATTR
 from . import bitplane_lut, int8, lut
 from .decode import Layout, destination, with_decoder
@@ -86,11 +94,13 @@ WINDOW_BITS = 57  # valid bits in a window: 64 minus the up to 7 of the byte's b
 
 
 TABLE_DTYPE = "uint16"  # decode tables: per state its entry (bits | symbol << 8), then per state its next states' base
+PACKED_TABLE_DTYPE = "uint32"  # the vector decoder's: per state bits | symbol << 8 | base << 16, one gather a symbol
 
 
-def table_length(table_log: int) -> int:
-    """Elements of a decode table (``TABLE_DTYPE``): the ``2^table_log`` states' entries, then their bases."""
-    return 2 << table_log
+def table_length(table_log: int, packed: bool = False) -> int:
+    """Elements of a decode table: the ``2^table_log`` states' entries, then their bases (``TABLE_DTYPE``), or the
+    packed entries alone (``PACKED_TABLE_DTYPE``)."""
+    return 1 << table_log if packed else 2 << table_log
 
 
 def symbol_of(e):
@@ -121,7 +131,7 @@ class Macros(NamedTuple):
 
 def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, size: int, mask: int,
            step: int, half: int, streams: int, groups: int, tail: int, per_window: int, scope: str = "global",
-           aligned_words: bool = False, **_) -> Macros:
+           aligned_words: bool = False, packed_table: bool = False, **_) -> Macros:
     """TIR macros shared by the CPU and GPU kernels; buffers come in as arguments, layout constants from here.
 
     ``scope`` is that of the per-stream scratch buffers (``local`` in a GPU
@@ -132,7 +142,8 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     window is one unaligned 8-byte load at ``byte``, shifted; with
     ``aligned_words=True`` (GPUs fault on unaligned wide loads) ``words`` is
     the uint32 words and the window is assembled from the three aligned words
-    from ``byte // 4``. A symbol's read is then a mask of the window's low
+    from ``byte // 4``. ``packed_table``: the table build writes the vector
+    decoder's packed entries (:func:`table_length`). A symbol's read is then a mask of the window's low
     bits, which shift out (bzhi and shrx, counted by the entry's low byte): the
     only memory accesses on a state's critical path are its table look-ups.
     """
@@ -159,8 +170,11 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             nxt = following[sym]
             following[sym] = nxt + T.uint32(1)
             nbits = T.uint32(table_log) - (T.uint32(31) - T.Cast("uint32", T.clz(nxt)))
-            table[x_state] = T.Cast("uint16", (sym << T.uint32(8)) | nbits)
-            table[size + x_state] = T.Cast("uint16", (nxt << nbits) - T.uint32(size))
+            if packed_table:
+                table[x_state] = (sym << T.uint32(8)) | nbits | (((nxt << nbits) - T.uint32(size)) << T.uint32(16))
+            else:
+                table[x_state] = T.Cast("uint16", (sym << T.uint32(8)) | nbits)
+                table[size + x_state] = T.Cast("uint16", (nxt << nbits) - T.uint32(size))
 
     @T.macro
     def build_table(counts, table):
@@ -294,6 +308,244 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
     return Macros(spread, fill_table, build_table, decode_symbols, decode_stream, decode_streams, fused_stream)
 
 
+LANES_PER_VECTOR = 16  # states decoded together: one AVX-512 vector of uint32
+TASK_STREAMS = 4  # streams one task of the vector decoder runs interleaved: independent chains behind each gather
+GATHER = "llvm.x86.avx512.mask.gather.dpi.512"  # vpgatherdd: 16 uint32 loads at a base plus scaled int32 offsets
+
+
+def vectorized(states: int) -> bool:
+    """Whether the CPU kernels decode with :func:`vector_macros`: the states a multiple of a vector and the target
+    (the current one, else this host) with AVX-512."""
+    return states % LANES_PER_VECTOR == 0 and lut.supported(tvm.target.Target.current() or make_target())
+
+
+class DotProducts(NamedTuple):
+    """The vector decoder's fused GEMV: its row hooks and put (:func:`vector_macros`)."""
+
+    clear: object
+    accumulate: object
+    total: object
+
+
+class VectorMacros(NamedTuple):
+    """The TIR macros of :func:`vector_macros`."""
+
+    build_table: object
+    tasks: int  # tasks over all streams, TASK_STREAMS each (the last fewer)
+    decode_task: object
+    decode_streams: object
+    fused_task: object
+
+
+def uint32s(value) -> tirx.PrimExpr:
+    return T.Broadcast(T.uint32(value), LANES_PER_VECTOR)
+
+
+def gather(first, offsets, scale: int) -> tirx.PrimExpr:
+    """The 16 uint32 at byte ``offsets * scale`` (uint32x16, below 2^31) from the address of the load ``first``."""
+    lanes = LANES_PER_VECTOR
+    return T.reinterpret("uint32x16", tirx.call_llvm_pure_intrin(
+        "int32x16", GATHER, T.Broadcast(T.int32(0), lanes), tirx.address_of(first),
+        T.reinterpret("int32x16", offsets), T.Broadcast(T.bool(True), lanes), T.int32(scale)))
+
+
+def lanes_up(v, by: int) -> tirx.PrimExpr:
+    """``v``'s lanes moved ``by`` lanes up, zeros below."""
+    lanes = LANES_PER_VECTOR
+    return tirx.Shuffle([v, uint32s(0)], [lanes if j < by else j - by for j in range(lanes)])
+
+
+def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_stream: int, size: int, mask: int,
+                  streams: int, **lay) -> VectorMacros:
+    """The CPU decoder of :func:`macros`' format with AVX-512 (``states`` a multiple of LANES_PER_VECTOR).
+
+    A vector of 16 states takes its 16 table entries with one gather (the
+    packed table: bits, symbol and next states' base in 32 bits); the bit
+    positions of its lanes are the stream's position plus the prefix sums of
+    the entries' bit counts (the format's interleaved order), and each lane's
+    bits come from a second gather of the 4 bytes at its position, shifted.
+    A vector's chain (gather, prefix sums, gather, next state) is long, so a
+    task runs TASK_STREAMS streams interleaved: their chains are independent.
+    Bounds: a state indexes the table masked, and a read starts at most at the
+    byte of its stream's end bit (the format pads 8 bytes past it), so a
+    malformed stream decodes to other symbols but reads only the words.
+
+    ``put(dest, steps, g, row, column, e, lanes)`` takes the packed entries
+    ``e`` (uint32x16; :func:`symbol_of` gives the symbols) of ``lanes`` (16, or
+    fewer at the end of a row: its lanes from 0) symbols from ``column`` on of
+    ``row``, decoded by the task's ``g``-th stream.
+    """
+    rps, lanes = rows_per_stream, LANES_PER_VECTOR
+    vectors, groups, tail = states // lanes, k // states, k % states
+    assert MAX_STATES <= 2 * lanes, "a row's tail is decoded as at most two vectors"
+    tasks = -(-streams // TASK_STREAMS)
+    mac = macros(n=n, k=k, table_log=table_log, states=states, rows_per_stream=rows_per_stream, size=size, mask=mask,
+                 streams=streams, packed_table=True, **lay)
+
+    def only(count: int, value, otherwise):
+        """``value`` in the first ``count`` lanes, ``otherwise`` above."""
+        if count == lanes:
+            return value
+        return T.Select(T.Ramp(0, 1, lanes) < T.Broadcast(count, lanes), value, otherwise)
+
+    def vector_lanes(g, v):
+        """The elements of ``state`` holding the task's g-th stream's v-th vector (an index expression, not a
+        variable: TIR binds assigned vectors to variables, and loads at a variable vector index are no longer
+        contiguous)."""
+        return T.Ramp((g * vectors + v) * lanes, 1, lanes)
+
+    def stream_lanes(g):
+        """The elements of ``pos`` and ``end`` of the task's g-th stream: the same value in every lane."""
+        return T.Ramp(g * lanes, 1, lanes)
+
+    @T.macro
+    def decode_vector(g, v, count, table, words, state, pos, end, put, dest, steps, row, column):
+        # the task's g-th stream, its states' v-th vector, the first count lanes live
+        e: T.let = gather(table[0], state[vector_lanes(g, v)] & uint32s(mask), 4)
+        nb: T.let = e & uint32s(255)
+        # per lane the bits of the lanes up to it (the lanes past count read bits too, but keep their states)
+        sums_1: T.let = nb + lanes_up(nb, 1)
+        sums_2: T.let = sums_1 + lanes_up(sums_1, 2)
+        sums_4: T.let = sums_2 + lanes_up(sums_2, 4)
+        ends: T.let = sums_4 + lanes_up(sums_4, 8)
+        # (the exclusive sums in int32: the simplifier rejects uint32 differences it cannot prove non-negative)
+        bit: T.let = pos[stream_lanes(g)] + T.reinterpret("uint32x16", T.reinterpret("int32x16", ends) - T.reinterpret("int32x16", nb))
+        read: T.let = gather(words[0], T.min(bit >> uint32s(3), end[stream_lanes(g)]), 1) >> (bit & uint32s(7))
+        state[vector_lanes(g, v)] = only(count, (e >> uint32s(16)) + (read & ~(uint32s(0xFFFFFFFF) << nb)), state[vector_lanes(g, v)])
+        pos[stream_lanes(g)] = pos[stream_lanes(g)] + tirx.Shuffle([ends], [count - 1] * lanes)
+        put(dest, steps, g, row, column, e, count)
+
+    @T.macro
+    def start_stream(g, st, offsets, words, state, pos, end):
+        # the stream's initial states, table_log bits each from bit offsets[st], a vector at a time
+        end[stream_lanes(g)] = T.Broadcast(offsets[st + 1] >> T.uint32(3), lanes)
+        for v in T.unroll(vectors):
+            bit: T.let = T.Broadcast(offsets[st] + T.uint32(v * lanes * table_log), lanes) + T.Ramp(
+                T.uint32(0), T.uint32(table_log), lanes)
+            state[T.Ramp((g * vectors + v) * lanes, 1, lanes)] = (gather(
+                words[0], T.min(bit >> uint32s(3), end[stream_lanes(g)]), 1) >> (bit & uint32s(7))) & uint32s(mask)
+        pos[stream_lanes(g)] = T.Broadcast(offsets[st] + T.uint32(states * table_log), lanes)
+
+    @T.macro
+    def decode_task(first, last, table, offsets, words, put, dest, steps, begin_row, end_row):
+        # streams first .. min(first + TASK_STREAMS, last) - 1, interleaved; begin_row and end_row (dest, steps, g,
+        # row), if given, run before and after each row of each stream
+        state = T.decl_buffer((TASK_STREAMS * states,), "uint32")
+        pos = T.decl_buffer((TASK_STREAMS * lanes,), "uint32")
+        end = T.decl_buffer((TASK_STREAMS * lanes,), "uint32")
+        for g in T.unroll(TASK_STREAMS):
+            start_stream(g, T.min(first + g, last - 1), offsets, words, state, pos, end)
+        for r in range(T.min(rps, n - first * rps)):  # the first stream's rows: the others have as many or fewer
+            for g in T.unroll(TASK_STREAMS):
+                if first + g < last and (first + g) * rps + r < n:
+                    if begin_row is not None:
+                        begin_row(dest, steps, g, (first + g) * rps + r)
+            for c in range(groups):
+                for g in T.unroll(TASK_STREAMS):
+                    if first + g < last and (first + g) * rps + r < n:
+                        for v in T.unroll(vectors):
+                            decode_vector(g, v, lanes, table, words, state, pos, end, put, dest, steps,
+                                          (first + g) * rps + r, c * states + v * lanes)
+            for g in T.unroll(TASK_STREAMS):
+                if first + g < last and (first + g) * rps + r < n:
+                    # the row's last tail < states symbols: at most two vectors (MAX_STATES), the last part-filled
+                    if tail > 0:
+                        decode_vector(g, 0, min(lanes, tail), table, words, state, pos, end, put, dest, steps,
+                                      (first + g) * rps + r, groups * states)
+                    if tail > lanes:
+                        decode_vector(g, 1, tail - lanes, table, words, state, pos, end, put, dest, steps,
+                                      (first + g) * rps + r, groups * states + lanes)
+                    if end_row is not None:
+                        end_row(dest, steps, g, (first + g) * rps + r)
+
+    def level_of(e):
+        return T.Cast("float32x16", T.reinterpret("int32x16", symbol_of(e)) - T.Broadcast(T.int32(lay["half"]), lanes))
+
+    def dot_products(batch: int, x, out):
+        """The fused GEMV's row hooks and put for ``batch`` rows of ``x`` into ``out``: per stream of the task and
+        batch row a vector of accumulators in ``dest``, summed and scaled into ``out`` at the row's end."""
+
+        def row_lanes(g, b):
+            """The accumulators of the task's g-th stream and batch row b."""
+            return T.Ramp((g * batch + b) * lanes, 1, lanes)
+
+        @T.macro
+        def clear(acc, steps, g, row):
+            for b in range(batch):
+                acc[row_lanes(g, b)] = T.Broadcast(T.float32(0), lanes)
+
+        @T.macro
+        def accumulate(acc, steps, g, row, column, e, count):
+            # the symbols' levels times x's columns (0 past the row)
+            for b in range(batch):
+                if count == lanes:
+                    acc[row_lanes(g, b)] = acc[row_lanes(g, b)] + x[b, T.Ramp(column, 1, lanes)] * level_of(e)
+                else:
+                    acc[row_lanes(g, b)] = acc[row_lanes(g, b)] + only(
+                        count, x[b, T.min(T.Ramp(column, 1, lanes), T.Broadcast(k - 1, lanes))] * level_of(e),
+                        T.Broadcast(T.float32(0), lanes))
+
+        @T.macro
+        def total(acc, steps, g, row):
+            for b in range(batch):
+                out[b, row] = lut.tree([acc[(g * batch + b) * lanes + j] for j in range(lanes)]) * steps[row]
+
+        return DotProducts(clear, accumulate, total)
+
+    @T.macro
+    def decode_into(task, table, offsets, words, acc, steps, dots):
+        # (a macro of its own: TVMScript binds no Python objects to names, so dots' fields are read here)
+        decode_task(task * TASK_STREAMS, streams, table, offsets, words, dots.accumulate, acc, steps, dots.clear,
+                    dots.total)
+
+    @T.macro
+    def fused_task(task, batch, x, table, offsets, words, steps, out):
+        # the task's streams decoded once; every symbol goes straight into the dot products of the batch rows
+        acc = T.decl_buffer((TASK_STREAMS * batch * lanes,), "float32")
+        decode_into(task, table, offsets, words, acc, steps, dot_products(batch, x, out))
+
+    @T.macro
+    def decode_streams(counts, offsets, words, put, dest, steps):
+        # one table, then every stream, TASK_STREAMS a task in parallel (put as above)
+        table = T.decl_buffer((table_length(table_log, packed=True),), PACKED_TABLE_DTYPE)
+        mac.build_table(counts, table)
+        for task in T.parallel(tasks):
+            decode_task(task * TASK_STREAMS, streams, table, offsets, words, put, dest, steps, None, None)
+
+    return VectorMacros(mac.build_table, tasks, decode_task, decode_streams, fused_task)
+
+
+def one_by_one(emit, whole=None):
+    """The vector decoder's ``put`` from the scalar decoders' ``emit(dest, steps, row, column, e)``: the entries one
+    by one, or ``whole(dest, steps, row, column, e)`` with the 16 of a whole vector at once if given."""
+
+    @T.macro
+    def put(dest, steps, g, row, column, e, count):
+        if whole is not None and count == LANES_PER_VECTOR:
+            whole(dest, steps, row, column, e)
+        else:
+            entries = T.decl_buffer((LANES_PER_VECTOR,), "uint32")
+            entries[T.Ramp(0, 1, LANES_PER_VECTOR)] = e
+            for j in range(count):
+                emit(dest, steps, row, column + j, entries[j])
+
+    return put
+
+
+
+def decode_streams(lay: dict, counts, offsets, words, emit, dest, steps):
+    """Every stream decoded in parallel, ``emit(dest, steps, row, column, level)`` taking each symbol's signed level
+    (float32): with the vector decoder where :func:`vectorized`, else the scalar one (a TIR macro call)."""
+    if not vectorized(lay["states"]):
+        return macros(**lay).decode_streams(counts, offsets, words, emit, dest, steps)
+    half = lay["half"]
+
+    @T.macro
+    def emit_entry(d, s, row, column, e):
+        emit(d, s, row, column, T.Cast("float32", T.Cast("int32", symbol_of(e)) - half))
+
+    return vector_macros(**lay).decode_streams(counts, offsets, words, one_by_one(emit_entry), dest, steps)
+
 def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
                    num_words: int, into: Layout, x_ndim: int):
     """``f(x, counts, offsets, words, steps, W)``: ``q[n, k] * steps[n]`` stored in ``into`` (see :mod:`.decode`;
@@ -301,7 +553,6 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
     if not into.conv:
         return transposing_decoder(lay)
-    mac = macros(**lay)
     streams = lay["streams"]
     x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
 
@@ -321,7 +572,7 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
     ):
         T.func_attr({"tirx.noalias": True})
         _x = T.match_buffer(var_x, x_shape, "float32")
-        mac.decode_streams(counts, offsets, words, store_scaled, out, steps)
+        decode_streams(lay, counts, offsets, words, store_scaled, out, steps)
 
     return kernel
 
@@ -332,12 +583,17 @@ def symbol_decoder(*, n: int, k: int, levels: int, table_log: int, states: int, 
     decoder gives: the decoding alone, each stream's symbols stored in order (its speed is the benchmark's decode
     rate; the other kernels add their writing to it)."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
-    mac = macros(**lay)
     streams = lay["streams"]
+    vector = vectorized(states)
+    decoder = vector_macros(**lay) if vector else macros(**lay)
 
     @T.macro
     def store_symbol(out, steps, row, column, e):
         out[row, column] = T.Cast("uint8", symbol_of(e))
+
+    @T.macro
+    def store_symbols(out, steps, row, column, e):
+        out[row, T.Ramp(column, 1, LANES_PER_VECTOR)] = T.Cast("uint8x16", symbol_of(e))
 
     @T.prim_func(private=True)
     def kernel(
@@ -347,10 +603,13 @@ def symbol_decoder(*, n: int, k: int, levels: int, table_log: int, states: int, 
         symbols: T.Buffer((n, k), "uint8"),
     ):
         T.func_attr({"tirx.noalias": True})
-        table = T.decl_buffer((table_length(lay["table_log"]),), TABLE_DTYPE)
-        mac.build_table(counts, table)
-        for st in T.parallel(streams):
-            mac.decode_symbols(st, table, offsets, words, store_symbol, symbols, None)
+        if vector:
+            decoder.decode_streams(counts, offsets, words, one_by_one(store_symbol, store_symbols), symbols, None)
+        else:
+            table = T.decl_buffer((table_length(lay["table_log"]),), TABLE_DTYPE)
+            decoder.build_table(counts, table)
+            for st in T.parallel(streams):
+                decoder.decode_symbols(st, table, offsets, words, store_symbol, symbols, None)
 
     return kernel
 
@@ -372,10 +631,12 @@ class Blocks(NamedTuple):
 def blocks(lay: dict) -> Blocks:
     """The decoders of a layout whose stores would cross a stream's channels (the matmul's ``W [K, N]``, the LUT
     planes): the decoding stores one 16-bit entry per symbol (symbol_of gives the symbol) along the buffer's row,
-    and the writing visits each output cache line once, instead of each symbol touching its own line."""
-    mac = macros(**lay)
-    k, rps, streams, size = lay["k"], lay["rows_per_stream"], lay["streams"], lay["size"]
-    group = max(1, BLOCK_CHANNELS // rps)
+    and the writing visits each output cache line once, instead of each symbol touching its own line. With the
+    vector decoder a task holds at least TASK_STREAMS streams, which it decodes interleaved."""
+    k, rps, streams = lay["k"], lay["rows_per_stream"], lay["streams"]
+    vector = vectorized(lay["states"])
+    decoder = vector_macros(**lay) if vector else macros(**lay)
+    group = max(TASK_STREAMS if vector else 1, BLOCK_CHANNELS // rps)
     channels = group * rps
     count = -(-streams // group)
     # the rows a cache line apart modulo 4 KiB: a writer reading one symbol per row in turn would otherwise find them
@@ -388,12 +649,21 @@ def blocks(lay: dict) -> Blocks:
 
     @T.macro
     def decode(counts, offsets, words, steps, write, dest):
-        table = T.decl_buffer((table_length(lay["table_log"]),), TABLE_DTYPE)
-        mac.build_table(counts, table)
+        table = T.decl_buffer((table_length(lay["table_log"], packed=vector),),
+                              PACKED_TABLE_DTYPE if vector else TABLE_DTYPE)
+        decoder.build_table(counts, table)
         for blk in T.parallel(count):
             scratch = T.decl_buffer((channels * pitch,), "uint16")
-            for s in range(T.min(group, streams - blk * group)):
-                mac.decode_symbols(blk * group + s, table, offsets, words, keep_entry, scratch, steps)
+            if vector:
+                # entries stored one by one: after a vector store LLVM no longer vectorizes lut_weights' plane
+                # builder over the buffer (measured: the whole decoder 2x slower)
+                for s in range(-(-group // TASK_STREAMS)):
+                    decoder.decode_task(blk * group + s * TASK_STREAMS, T.min(blk * group + group, streams), table,
+                                        offsets, words, one_by_one(keep_entry), scratch, steps, None,
+                                        None)
+            else:
+                for s in range(T.min(group, streams - blk * group)):
+                    decoder.decode_symbols(blk * group + s, table, offsets, words, keep_entry, scratch, steps)
             write(scratch, blk * channels, T.min(channels, lay["n"] - blk * channels), dest)
 
     return Blocks(group, channels, count, pitch, decode)
@@ -445,8 +715,7 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
     integer_bits(levels))`` lays them out (panels of ``matmul.COLS`` channels, K-major; two codes a byte up to
     NIBBLE_LEVELS levels, even ``k`` in the low nibble), the channels past ``n`` zero; ``scales`` = ``steps``."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
-    mac = macros(**lay)
-    streams, size = lay["streams"], lay["size"]
+    streams = lay["streams"]
     cols = int8.matmul.COLS
     panels = -(-n // cols)
     nibbles = integer_bits(levels) == 4
@@ -483,7 +752,7 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
         for r in range(panels * cols - n):  # the last panel's channels past n
             for kk in range(width):
                 codes[panels - 1, kk, (n + r) % cols] = T.int8(0)
-        mac.decode_streams(counts, offsets, words, store, codes, steps)
+        decode_streams(lay, counts, offsets, words, store, codes, steps)
 
     return kernel
 
@@ -548,14 +817,53 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
 def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
     """``out[m, n] = sum_k x[m, k] * q[n, k] * steps[n]`` for a symbolic batch m (see the module docstring)."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
-    mac = macros(**lay)
-    streams, size, rps = lay["streams"], lay["size"], rows_per_stream
-    block = rps * k
+    vector = vectorized(states)
+    decoder = vector_macros(**lay) if vector else macros(**lay)
+    streams, rps = lay["streams"], rows_per_stream
+    task_streams = TASK_STREAMS if vector else 1
+    tasks = decoder.tasks if vector else streams
+    block = task_streams * rps * k  # a task's decoded rows
     vectors, vector_tail = k // LANES, k % LANES
 
     @T.macro
     def keep(decoded, steps, row, column, level):
-        decoded[(row % rps) * k + column] = level  # the stream's own buffer: its rows from 0; scaled after the sum
+        decoded[(row % (task_streams * rps)) * k + column] = level  # the task's own buffer; scaled after the sum
+
+    @T.macro
+    def keep_entries(decoded, steps, row, column, e):
+        decoded[T.Ramp((row % (task_streams * rps)) * k + column, 1, LANES)] = T.Cast(
+            "float32x16", T.reinterpret("int32x16", symbol_of(e)) - T.Broadcast(T.int32(lay["half"]), LANES))
+
+    @T.macro
+    def keep_entry(decoded, steps, row, column, e):
+        keep(decoded, steps, row, column, T.Cast("float32", T.Cast("int32", symbol_of(e)) - lay["half"]))
+
+    @T.macro
+    def multiply(x, m, decoded, first, rows, steps, out):
+        # out's columns first .. first + rows - 1 from their decoded weights: 16-lane accumulators, BATCH_BLOCK batch
+        # rows per weight load
+        acc = T.decl_buffer((BATCH_BLOCK * LANES,), "float32", scope="global")
+        total = T.decl_buffer((BATCH_BLOCK,), "float32", scope="global")
+        for r in range(rows):
+            row: T.let = first + r
+            for bo in range((m + BATCH_BLOCK - 1) // BATCH_BLOCK):
+                for bb in T.unroll(BATCH_BLOCK):
+                    for lane in T.vectorized(LANES):
+                        acc[bb * LANES + lane] = T.float32(0)
+                for v in range(vectors):
+                    for bb in T.unroll(BATCH_BLOCK):
+                        for lane in T.vectorized(LANES):
+                            acc[bb * LANES + lane] = acc[bb * LANES + lane] + x[
+                                T.min(bo * BATCH_BLOCK + bb, m - 1), v * LANES + lane
+                            ] * decoded[r * k + v * LANES + lane]
+                for bb in T.unroll(BATCH_BLOCK):
+                    total[bb] = T.float32(0)
+                    for lane in range(LANES):
+                        total[bb] = total[bb] + acc[bb * LANES + lane]
+                    for kk in range(vector_tail):
+                        total[bb] = total[bb] + x[T.min(bo * BATCH_BLOCK + bb, m - 1), vectors * LANES + kk] * decoded[r * k + vectors * LANES + kk]
+                    if bo * BATCH_BLOCK + bb < m:
+                        out[bo * BATCH_BLOCK + bb, row] = total[bb] * steps[row]
 
     @T.prim_func(private=True)
     def kernel(
@@ -570,44 +878,33 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        table = T.decl_buffer((table_length(table_log),), TABLE_DTYPE)
-        mac.build_table(counts, table)
+        table = T.decl_buffer((table_length(table_log, packed=vector),), PACKED_TABLE_DTYPE if vector else TABLE_DTYPE)
+        decoder.build_table(counts, table)
         # one copy of the fused loop per batch size up to FUSED_MAX_BATCH, so that its accumulators are registers
         if m == T.int64(1):
-            for st in T.parallel(streams):
-                mac.fused_stream(st, 1, x, table, offsets, words, steps, out)
+            for task in T.parallel(tasks):
+                if vector:
+                    decoder.fused_task(task, 1, x, table, offsets, words, steps, out)
+                else:
+                    decoder.fused_stream(task, 1, x, table, offsets, words, steps, out)
         elif m == T.int64(2):
-            for st in T.parallel(streams):
-                mac.fused_stream(st, 2, x, table, offsets, words, steps, out)
+            for task in T.parallel(tasks):
+                if vector:
+                    decoder.fused_task(task, 2, x, table, offsets, words, steps, out)
+                else:
+                    decoder.fused_stream(task, 2, x, table, offsets, words, steps, out)
         else:
-            for st in T.parallel(streams):
-                # decode the stream's channels into a buffer of its own ...
+            for task in T.parallel(tasks):
+                # decode the task's channels into a buffer of its own ...
                 decoded = T.decl_buffer((block,), "float32")
-                mac.decode_stream(st, table, offsets, words, keep, decoded, steps)
-                rows: T.let = T.min(rps, n - st * rps)
-                # ... then a dense matmul over it: 16-lane accumulators, BATCH_BLOCK batch rows per weight load
-                acc = T.decl_buffer((BATCH_BLOCK * LANES,), "float32", scope="global")
-                total = T.decl_buffer((BATCH_BLOCK,), "float32", scope="global")
-                for r in range(rows):
-                    row: T.let = st * rps + r
-                    for bo in range((m + BATCH_BLOCK - 1) // BATCH_BLOCK):
-                        for bb in T.unroll(BATCH_BLOCK):
-                            for lane in T.vectorized(LANES):
-                                acc[bb * LANES + lane] = T.float32(0)
-                        for v in range(vectors):
-                            for bb in T.unroll(BATCH_BLOCK):
-                                for lane in T.vectorized(LANES):
-                                    acc[bb * LANES + lane] = acc[bb * LANES + lane] + x[
-                                        T.min(bo * BATCH_BLOCK + bb, m - 1), v * LANES + lane
-                                    ] * decoded[r * k + v * LANES + lane]
-                        for bb in T.unroll(BATCH_BLOCK):
-                            total[bb] = T.float32(0)
-                            for lane in range(LANES):
-                                total[bb] = total[bb] + acc[bb * LANES + lane]
-                            for kk in range(vector_tail):
-                                total[bb] = total[bb] + x[T.min(bo * BATCH_BLOCK + bb, m - 1), vectors * LANES + kk] * decoded[r * k + vectors * LANES + kk]
-                            if bo * BATCH_BLOCK + bb < m:
-                                out[bo * BATCH_BLOCK + bb, row] = total[bb] * steps[row]
+                if vector:
+                    decoder.decode_task(task * TASK_STREAMS, streams, table, offsets, words,
+                                        one_by_one(keep_entry, keep_entries), decoded, steps, None, None)
+                else:
+                    decoder.decode_stream(task, table, offsets, words, keep, decoded, steps)
+                # ... then a dense matmul over it
+                first: T.let = task * task_streams * rps
+                multiply(x, m, decoded, first, T.min(task_streams * rps, n - first), steps, out)
 
     return kernel
 
