@@ -126,5 +126,15 @@ def test_the_shipped_codec_says_how_it_was_trained():
 def test_the_planning_estimate_bounds_the_coded_size_from_above(quality):
     w = weight(384, 96, seed=quality)
     enc = nwc.encode(w, nwc.Config(quality=quality))
-    estimate = nwc.estimated_bits(nwc.latents(enc), 384, nwc.Config())
+    estimate = nwc.estimated_bits(nwc.latents(enc), (384, 96), nwc.Config())
     assert 8 * enc.nbytes <= estimate <= 1.06 * 8 * enc.nbytes
+
+
+@pytest.mark.parametrize("quality", [3, 8])
+def test_the_plan_measures_a_large_layer_on_a_sample_of_its_chunks(quality):
+    w = weight(1000, 160, seed=quality)  # 10,080 chunks: the plan rounds PLAN_CHUNKS of them
+    assert w.shape[1] * -(-w.shape[0] // 16) > 4 * nwc.PLAN_CHUNKS
+    _, bits, error = next(o for o in nwc.level_options(w, nwc.Config(), None) if o[0] == quality)
+    enc = nwc.encode(w, nwc.Config(quality=quality))
+    assert abs(bits / (8 * enc.nbytes) - 1.02) < 0.03  # the 2 % margin, give or take the sample's
+    assert error == pytest.approx(relative_error(w, nwc.decode(enc)) ** 2, rel=0.05)

@@ -230,37 +230,57 @@ def report(enc: Encoded) -> dict[str, int | float]:
 
 def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
          calibrations: dict[str, feedback.Calibration] | None = None, workers: Workers = SERIAL) -> dict[str, Config]:
-    """Per-layer quality for the layers given a budget (:func:`.budget_split.plan`): each layer is rounded at every
-    quality level to measure its distortion (:func:`.feedback.distortion`) and estimate its coded bits
-    (:func:`estimated_bits`: tANS-coding every level of every layer would take most of the encoding time)."""
+    """Per-layer quality for the layers given a budget (:func:`.budget_split.plan`): a sample of each layer's
+    chunks is rounded at every quality level to measure its distortion (:func:`.feedback.distortion`) and
+    estimate its coded bits (:func:`level_options`)."""
     return budget_split.plan(NAME, matrices, configs, calibrations, level_options,
                              lambda config, quality: replace(config, quality=quality, bits_per_weight=0.0), workers)
 
 
-def estimated_bits(latents: np.ndarray, n: int, config: Config) -> int:
-    """The coded size of latents [K, J, latent] of a weight [n, K], from above: each channel's empirical
-    entropy plus 2 % (tANS with 2^11 states codes within a fraction of a percent of it), and exactly what
-    else it stores (table, stream states and offsets, padding, checksum, lowest latent, scales, levels), and
-    a generous header."""
-    k, j, channels = latents.shape
+def estimated_bits(latents: np.ndarray, shape: tuple[int, int], config: Config) -> int:
+    """The coded size of the latents of a weight of ``shape`` [n, K] from a sample of them, [chunks, latent] (or
+    all of them, [K, J, latent]), from above: each channel's empirical entropy with the Miller-Madow term (a
+    sample's entropy underestimates its source's) plus 2 % (tANS with 2^11 states codes within a fraction of a
+    percent of it), and exactly what else it stores (table, stream states and offsets, padding, checksum,
+    lowest latent, scales, levels), and a generous header."""
+    n, k = shape
+    j = -(-n // CHUNK)
+    sample = latents.reshape(-1, latents.shape[-1])
     streams = -(-j // min(j, -(-STREAM_SYMBOLS // k)))
     bits = k * (16 + 8) + 8 * 256
-    for c in range(channels):
-        values, counts = np.unique(latents[:, :, c], return_counts=True)
-        entropy = float(-(counts * np.log2(counts / counts.sum())).sum())
+    for c in range(sample.shape[1]):
+        values, counts = np.unique(sample[:, c], return_counts=True)
+        per_symbol = float(-(counts * np.log2(counts / len(sample))).sum() + (len(values) - 1) / (2 * np.log(2)))
         alphabet = int(values[-1] - values[0]) + 1
-        bits += 1.02 * entropy + 16 * alphabet + streams * (32 + STATES * config.table_log) + 32 * 5 + 32 + 32 + 16
+        bits += 1.02 * per_symbol * (k * j) / len(sample) + 16 * alphabet + streams * (32 + STATES * config.table_log)
+        bits += 32 * 5 + 32 + 32 + 16
     return int(np.ceil(bits))
+
+
+PLAN_CHUNKS = 2048  # chunks of a layer rounded at each quality level to plan it (a smaller layer: all of them)
 
 
 def level_options(weight: np.ndarray, config: Config,
                   calibration: feedback.Calibration | None) -> list[tuple[int, int, float]]:
     """(quality, estimated coded bits, distortion) per quality level, fewest bits first: the table
-    :func:`.budget_split.allocate` chooses from."""
+    :func:`.budget_split.allocate` chooses from. Measured on a seeded sample of ``PLAN_CHUNKS`` of the layer's
+    chunks: each chunk is coded on its own, so the sample's relative error and latent statistics stand for the
+    layer's, and rounding every chunk of a large layer at every level would take most of the encoding time."""
     w = check_weight(weight)
+    n, k = w.shape
+    scales = nwc_network.column_scales(w)
+    chunked = nwc_network.chunks(w, scales)
+    j = chunked.shape[1]
+    picked = np.sort(np.random.default_rng(0).choice(k * j, min(k * j, PLAN_CHUNKS), replace=False))
+    column, row = np.divmod(picked, j)
+    sample = chunked.reshape(-1, 1, CHUNK)[picked]  # [chunks, 1, CHUNK]: one chunk per "column" below
+    real = row[:, None] * CHUNK + np.arange(CHUNK) < n  # not a column's zero padding
+    scale = scales[column].astype(np.float32)[:, None]
     options = []
     for quality in range(1, nwc_network.load().levels + 1):
-        latents, scales, levels = _rounded(w, quality)
-        decoded = nwc_network.unchunk(synthesise(latents, levels), scales, w.shape[0])
-        options.append((quality, estimated_bits(latents, w.shape[0], config), feedback.distortion(w, decoded, calibration)))
+        levels = np.full(len(picked), quality - 1, np.int64)
+        latents = analyse(sample, levels)
+        decoded = synthesise(latents, levels)[:, 0] * scale
+        options.append((quality, estimated_bits(latents, (n, k), config),
+                        feedback.distortion((sample[:, 0] * scale)[real], decoded[real], calibration)))
     return sorted(options, key=lambda o: (o[1], o[2]))
