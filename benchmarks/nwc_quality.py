@@ -58,23 +58,24 @@ def level_tables(matrices: dict, rotate: bool, cache: Path | None) -> dict[str, 
         print(f"level tables ({key}): {time.perf_counter() - start:.0f} s", flush=True)
         if cache is not None:
             cache.write_text(json.dumps(stored))
-    return {name: [tuple(o) for o in stored[key][name]] for name in matrices}
+    return {name: [(tuple(choice), bits, d) for choice, bits, d in stored[key][name]] for name in matrices}
 
 
-def planned(tables: dict[str, list], matrices: dict, budget: float, calibrations: dict) -> dict[str, int]:
-    """{layer: quality} within ``budget``; with calibrations each layer's distortion weighted by its sensitivity
+def planned(tables: dict[str, list], matrices: dict, budget: float, calibrations: dict) -> dict[str, tuple]:
+    """{layer: its choice, ("nwc", quality) or ("tans", levels)} within ``budget``; with calibrations each layer's distortion weighted by its sensitivity
     (:func:`.feedback.distortion` as ``compile`` measures it)."""
     weighted = {name: [(q, bits, d * (calibrations[name].sensitivity if calibrations else 1.0)) for q, bits, d in t]
                 for name, t in tables.items()}
     return budget_split.allocate(nwc.NAME, weighted, budget, sum(m.size for m in matrices.values()))
 
 
-def encode_nwc(layers, weights, matrices, qualities: dict, calibrations: dict, spread: int,
+def encode_nwc(layers, weights, matrices, choices: dict, calibrations: dict, spread: int,
                rotate: bool) -> tuple[dict, float, float, dict]:
     """(decoded weights in ONNX layout, bits per encoded weight, encode seconds, encodings by name)."""
     start = time.perf_counter()
-    encodings = {name: codecs.encode(nwc.NAME, matrices[name], nwc.Config(quality=qualities[name], spread=spread,
-                                                                          rotate=rotate), calibrations.get(name))
+    encodings = {name: codecs.encode(nwc.NAME, matrices[name],
+                                     nwc.resolved(nwc.Config(spread=spread, rotate=rotate), choices[name]),
+                                     calibrations.get(name))
                  for name in matrices}
     seconds = time.perf_counter() - start
     decoded = {r.name: onnx_layout(codecs.decode(encodings[r.name]), weights[r.name].shape, r.op, r.transposed)
@@ -186,9 +187,13 @@ def main() -> None:
                     label = stem + (f" spread {spread}" if calib else "")
                     aim = budget
                     for attempt in range(1 + (args.search if calib else 0)):
-                        qualities = planned(tables, matrices, aim, calib)
-                        decoded, bits, seconds, encodings = encode_nwc(layers, weights, matrices, qualities, calib,
+                        choices = planned(tables, matrices, aim, calib)
+                        decoded, bits, seconds, encodings = encode_nwc(layers, weights, matrices, choices, calib,
                                                                        spread, rotate)
+                        scalar = {n: c for n, c in choices.items() if c[0] != nwc.NAME}
+                        print(f"  {len(scalar)} of {len(choices)} layers coded as tans ({sum(matrices[n].size for n in scalar)}"
+                              f" of {sum(m.size for m in matrices.values())} weights): "
+                              + ", ".join(f"{n} {c[1]}" for n, c in scalar.items()), flush=True)
                         timing = {} if attempt else decode_seconds(encodings, target)
                         measure(label + (f" planned at {aim:.3f}" if attempt else ""), mode, decoded, bits,
                                 seconds, planned_budget=aim, **timing)
