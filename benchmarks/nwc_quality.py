@@ -10,7 +10,11 @@ at every quality level: most of an unplanned encode's time) are measured once pe
 in ``--options-cache`` for the next run. Variants of the feedback encode: ``--spread`` (quality levels over
 each layer's columns by Hessian-diagonal quantiles), ``--rotate`` (the weights rotated first, planned on the
 rotated weights), ``--search N`` (N more encodes, each planned at the budget moved by what the last one
-missed: the encode with feedback codes to another size than the table estimates without it). Decode time: the reference decoder (tANS in numpy, synthesis in numpy)
+missed: the encode with feedback codes to another size than the table estimates without it). ``--as-compile``:
+instead, ``tans`` and ``nwc`` at each budget planned and encoded exactly as ``compile`` does it (:func:`codecs.plan`
+with the sensitivity-weighted calibrations, fitted to the feedback's coded sizes), the plan and encode timed
+(wall and CPU seconds), nwc's scalar layers (coded as ``tans``) listed. Decode time: the reference decoder
+(tANS in numpy, synthesis in numpy)
 and, with ``--tvm``, the decoder an artefact runs at load (tANS latents and synthesis network, TVM).
 
     BIE_ZOO_CACHE=/tmp/zoo_analyze/cache python benchmarks/nwc_quality.py            (all-MiniLM-L6-v2)
@@ -58,23 +62,24 @@ def level_tables(matrices: dict, rotate: bool, cache: Path | None) -> dict[str, 
         print(f"level tables ({key}): {time.perf_counter() - start:.0f} s", flush=True)
         if cache is not None:
             cache.write_text(json.dumps(stored))
-    return {name: [tuple(o) for o in stored[key][name]] for name in matrices}
+    return {name: [(tuple(choice), bits, d) for choice, bits, d in stored[key][name]] for name in matrices}
 
 
-def planned(tables: dict[str, list], matrices: dict, budget: float, calibrations: dict) -> dict[str, int]:
-    """{layer: quality} within ``budget``; with calibrations each layer's distortion weighted by its sensitivity
-    (:func:`.feedback.distortion` as ``compile`` measures it)."""
+def planned(tables: dict[str, list], matrices: dict, budget: float, calibrations: dict) -> dict[str, tuple]:
+    """{layer: its choice, ("nwc", quality) or ("tans", levels)} within ``budget``; with calibrations each layer's
+    distortion weighted by its sensitivity (:func:`.feedback.distortion` as ``compile`` measures it)."""
     weighted = {name: [(q, bits, d * (calibrations[name].sensitivity if calibrations else 1.0)) for q, bits, d in t]
                 for name, t in tables.items()}
     return budget_split.allocate(nwc.NAME, weighted, budget, sum(m.size for m in matrices.values()))
 
 
-def encode_nwc(layers, weights, matrices, qualities: dict, calibrations: dict, spread: int,
+def encode_nwc(layers, weights, matrices, choices: dict, calibrations: dict, spread: int,
                rotate: bool) -> tuple[dict, float, float, dict]:
     """(decoded weights in ONNX layout, bits per encoded weight, encode seconds, encodings by name)."""
     start = time.perf_counter()
-    encodings = {name: codecs.encode(nwc.NAME, matrices[name], nwc.Config(quality=qualities[name], spread=spread,
-                                                                          rotate=rotate), calibrations.get(name))
+    encodings = {name: codecs.encode(nwc.NAME, matrices[name],
+                                     nwc.resolved(nwc.Config(spread=spread, rotate=rotate), choices[name]),
+                                     calibrations.get(name))
                  for name in matrices}
     seconds = time.perf_counter() - start
     decoded = {r.name: onnx_layout(codecs.decode(encodings[r.name]), weights[r.name].shape, r.op, r.transposed)
@@ -117,6 +122,27 @@ def decode_seconds(encodings: dict, target) -> dict:
     return out
 
 
+def as_compile(codec, budget: float, mode: str, calibrations: dict, layers, weights, matrices, measure) -> None:
+    """One row: ``codec`` at ``budget`` planned and encoded as ``compile`` does it, plan and encode timed."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    configs = codecs.plan(codec.NAME, matrices, {n: codec.Config(bits_per_weight=budget) for n in matrices},
+                          calibrations)
+    encodings = {n: codecs.encode(codec.NAME, matrices[n], configs[n], calibrations.get(n)) for n in matrices}
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    decoded = {r.name: onnx_layout(codecs.decode(encodings[r.name]), weights[r.name].shape, r.op, r.transposed)
+               for r in layers}
+    bits = 8 * sum(e.nbytes for e in encodings.values()) / sum(m.size for m in matrices.values())
+    measure(f"{codec.NAME} budget {budget:g} as compile", mode, decoded, bits, wall, encode_cpu_s=cpu)
+    if codec is nwc:
+        print_scalar([n for n, c in configs.items() if c.tans_levels], matrices)
+
+
+def print_scalar(scalar: list[str], matrices: dict) -> None:
+    """How many of nwc's layers the plan coded as ``tans`` (scalar layers)."""
+    print(f"  {len(scalar)} of {len(matrices)} layers coded as tans ({sum(matrices[n].size for n in scalar)} of "
+          f"{sum(m.size for m in matrices.values())} weights)", flush=True)
+
+
 def main() -> None:
     cache = Path(os.environ.get("BIE_ZOO_CACHE", "~/.cache/bie-compiler/zoo")).expanduser() / "minilm"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -133,6 +159,7 @@ def main() -> None:
     parser.add_argument("--rtn-only", action="store_true", help="no error feedback (no calibration capture)")
     parser.add_argument("--feedback-only", action="store_true", help="leave out the data-free rows")
     parser.add_argument("--tvm", action="store_true", help="also time the artefact's decode at load (TVM)")
+    parser.add_argument("--as-compile", action="store_true", help="tans and nwc budget rows planned as compile plans")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     logging.disable(logging.INFO)
@@ -167,32 +194,39 @@ def main() -> None:
               f"{seconds:7.1f}  {timing}", flush=True)
         return row
 
-    baselines = BASELINES + [(f"tans budget {b:g}", "tans", {"bits_per_weight": b}) for b in args.budgets]
-    for label, codec, options in baselines:
-        if args.only and not any(label.startswith(o) for o in args.only):
-            continue
-        for mode, calib in modes:
-            fed = {n: replace(c, act_order=False) for n, c in calib.items()}
-            decoded, bits, seconds = encode_all(layers, weights, codec, options, args.min_weights, fed)
-            measure(label, mode, decoded, bits, seconds)
-    for rotate in {"no": [False], "yes": [True], "both": [False, True]}[args.rotate]:
-        for budget in args.budgets:
-            stem = f"nwc budget {budget:g}" + (" rotated" if rotate else "")
-            if args.only and not any(stem.startswith(o) for o in args.only):
+    if args.as_compile:
+        for codec in (codecs.get_codec("tans"), nwc):
+            for budget in args.budgets:
+                for mode, calib in modes:
+                    as_compile(codec, budget, mode, calib, layers, weights, matrices, measure)
+    else:
+        baselines = BASELINES + [(f"tans budget {b:g}", "tans", {"bits_per_weight": b}) for b in args.budgets]
+        for label, codec, options in baselines:
+            if args.only and not any(label.startswith(o) for o in args.only):
                 continue
-            tables = level_tables(matrices, rotate, args.options_cache)
             for mode, calib in modes:
-                for spread in args.spread if calib else [1]:
-                    label = stem + (f" spread {spread}" if calib else "")
-                    aim = budget
-                    for attempt in range(1 + (args.search if calib else 0)):
-                        qualities = planned(tables, matrices, aim, calib)
-                        decoded, bits, seconds, encodings = encode_nwc(layers, weights, matrices, qualities, calib,
-                                                                       spread, rotate)
-                        timing = {} if attempt else decode_seconds(encodings, target)
-                        measure(label + (f" planned at {aim:.3f}" if attempt else ""), mode, decoded, bits,
-                                seconds, planned_budget=aim, **timing)
-                        aim += budget - bits  # the next plan moved by what this encode missed
+                fed = {n: replace(c, act_order=False) for n, c in calib.items()}
+                decoded, bits, seconds = encode_all(layers, weights, codec, options, args.min_weights, fed)
+                measure(label, mode, decoded, bits, seconds)
+        for rotate in {"no": [False], "yes": [True], "both": [False, True]}[args.rotate]:
+            for budget in args.budgets:
+                stem = f"nwc budget {budget:g}" + (" rotated" if rotate else "")
+                if args.only and not any(stem.startswith(o) for o in args.only):
+                    continue
+                tables = level_tables(matrices, rotate, args.options_cache)
+                for mode, calib in modes:
+                    for spread in args.spread if calib else [1]:
+                        label = stem + (f" spread {spread}" if calib else "")
+                        aim = budget
+                        for attempt in range(1 + (args.search if calib else 0)):
+                            choices = planned(tables, matrices, aim, calib)
+                            decoded, bits, seconds, encodings = encode_nwc(layers, weights, matrices, choices, calib,
+                                                                           spread, rotate)
+                            print_scalar([n for n, c in choices.items() if c[0] != nwc.NAME], matrices)
+                            timing = {} if attempt else decode_seconds(encodings, target)
+                            measure(label + (f" planned at {aim:.3f}" if attempt else ""), mode, decoded, bits,
+                                    seconds, planned_budget=aim, **timing)
+                            aim += budget - bits  # the next plan moved by what this encode missed
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "rows": rows}, indent=1))
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bie_compiler.codecs import feedback, nwc, nwc_network
+from bie_compiler.codecs import feedback, nwc, nwc_network, tans
 from bie_compiler.errors import CodecError
 
 
@@ -83,13 +83,15 @@ def test_error_feedback_lowers_the_output_error_and_decodes_as_rounded():
     assert np.array_equal(nwc.encode(w, config, calibration).arrays["latent0.words"], fed.arrays["latent0.words"])
 
 
-def test_a_budget_picks_the_quality_that_fits():
+def test_a_budget_picks_the_least_distortion_that_fits():
     w = weight(256, 64)
-    options = nwc.level_options(w, nwc.Config(bits_per_weight=1.0), None)  # (quality, estimated bits, error)
-    for budget in (options[2][1] / w.size, options[5][1] / w.size + 0.01):
+    options = nwc.level_options(w, nwc.Config(), None)  # (choice, estimated bits, error), fewest bits first
+    assert {o[0][0] for o in options} == {"nwc", "tans"}
+    for budget in (options[2][1] / w.size, options[8][1] / w.size + 0.01):
         enc = nwc.encode(w, nwc.Config(bits_per_weight=budget))
-        best = max((o for o in options if o[1] <= budget * w.size), key=lambda o: o[1])
-        assert enc.bits_per_weight <= budget and set(enc.arrays["levels"]) == {best[0] - 1}
+        best = min((o for o in options if o[1] <= budget * w.size), key=lambda o: o[2])
+        assert enc.bits_per_weight <= budget
+        assert enc.sha256() == nwc.encode(w, nwc.resolved(nwc.Config(), best[0])).sha256()
     with pytest.raises(CodecError, match="nwc: a budget of 0.1 bits/weight is below"):
         nwc.encode(w, nwc.Config(bits_per_weight=0.1))
 
@@ -105,7 +107,8 @@ def test_a_corrupted_or_foreign_encoding_is_refused():
 
 
 @pytest.mark.parametrize("options,match", [
-    ({"quality": 99}, "quality must be in 1.."), ({"quality": 2, "bits_per_weight": 4.0}, "either quality"),
+    ({"quality": 99}, "quality must be in 1.."), ({"quality": 2, "bits_per_weight": 4.0}, "one of quality"),
+    ({"tans_levels": 4}, "tans_levels: tans: levels must be odd"),
     ({"spread": 0}, "spread must be in"), ({"table_log": 7}, "table_log >= 8")])
 def test_bad_options_are_clear_errors(options, match):
     with pytest.raises(CodecError, match=match):
@@ -126,5 +129,45 @@ def test_the_shipped_codec_says_how_it_was_trained():
 def test_the_planning_estimate_bounds_the_coded_size_from_above(quality):
     w = weight(384, 96, seed=quality)
     enc = nwc.encode(w, nwc.Config(quality=quality))
-    estimate = nwc.estimated_bits(nwc.latents(enc), 384, nwc.Config())
+    estimate = nwc.estimated_bits(nwc.latents(enc), (384, 96), nwc.Config())
     assert 8 * enc.nbytes <= estimate <= 1.06 * 8 * enc.nbytes
+
+
+@pytest.mark.parametrize("quality,levels", [(3, 7), (8, 23)])
+def test_the_plan_measures_a_large_layer_on_a_sample_of_its_chunks_and_rows(quality, levels):
+    w = weight(1000, 160, seed=quality)  # 10,080 chunks: the plan rounds PLAN_CHUNKS of them
+    assert w.shape[1] * -(-w.shape[0] // 16) > 4 * nwc.PLAN_CHUNKS
+    options = {o[0]: o[1:] for o in nwc.level_options(w, nwc.Config(), None)}
+    bits, error = options["nwc", quality]
+    enc = nwc.encode(w, nwc.Config(quality=quality))
+    assert abs(bits / (8 * enc.nbytes) - 1.02) < 0.03  # the 2 % margin, give or take the sample's
+    assert error == pytest.approx(relative_error(w, nwc.decode(enc)) ** 2, rel=0.05)
+    # tans: on a sample of rows, its table and stream states scaled with them
+    bits, error = options["tans", levels]
+    enc = nwc.encode(w, nwc.Config(tans_levels=levels))
+    assert 8 * enc.nbytes <= bits <= 1.05 * 8 * enc.nbytes
+    assert error == pytest.approx(relative_error(w, nwc.decode(enc)) ** 2, rel=0.05)
+
+
+def test_a_small_layer_is_planned_as_tans_where_the_latent_tables_cost_more_than_its_weights():
+    w = weight(24, 96)  # 2,304 weights: 16 latent tables and 96 column scales cost over 4.5 bits/weight
+    options = nwc.level_options(w, nwc.Config(), None)
+    network = [o for o in options if o[0][0] == "nwc"]
+    assert min(o[1] for o in network) > 4.5 * w.size
+    enc = nwc.encode(w, nwc.Config(bits_per_weight=4.5))
+    scalar = nwc.scalar(enc)
+    assert enc.codec == "nwc" and enc.header["scalar"] == "tans" and scalar.codec == "tans"
+    assert enc.bits_per_weight <= 4.5 and nwc.report(enc)["scalar"] == "tans"
+    levels = scalar.header["levels"]
+    assert scalar.sha256() == tans.encode(w, tans.Config(levels=levels)).sha256()  # stored as tans stores it
+    assert np.array_equal(nwc.decode(enc), tans.decode(scalar))
+    chosen = next(o for o in options if o[0] == ("tans", levels))
+    assert chosen[1] == 8 * enc.nbytes  # a small layer: measured whole
+    assert nwc.encode(w, nwc.resolved(nwc.Config(), ("tans", levels))).sha256() == enc.sha256()  # reproduced
+
+
+def test_a_large_heavy_tailed_layer_is_planned_with_the_network():
+    rng = np.random.default_rng(3)  # t(3): at 4.5 bits/weight the network's 5.8e-3 relative error, tans's 6.9e-3
+    w = (rng.standard_t(3, (512, 128)) * np.exp(0.5 * rng.standard_normal(128)) * 0.05).astype(np.float32)
+    enc = nwc.encode(w, nwc.Config(bits_per_weight=4.5))
+    assert nwc.scalar(enc) is None and enc.bits_per_weight <= 4.5

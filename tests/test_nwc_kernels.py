@@ -108,3 +108,14 @@ def test_malformed_encodings_are_refused_at_compile_and_at_load(target):
                             ([counts, alphabets, offsets, *rest[:3], bad_levels, *rest[4:]], "quality level")):
         with pytest.raises(Exception, match=message):
             decode(*[tvm.runtime.tensor(a) for a in stored], out)
+
+
+@pytest.mark.parametrize("nwc_decode", ["load", "per-call"])
+def test_a_scalar_layer_runs_the_tans_kernels(nwc_decode, target):
+    w = weight(40, 96, 5)
+    enc = nwc.encode(w, nwc.Config(tans_levels=15))
+    call = kernel_for(enc, target, nwc_decode=nwc_decode)
+    assert (call.at_load is None) == (nwc_decode == "per-call")
+    decoded = nwc.decode(enc)
+    x = np.random.default_rng(0).standard_normal((1, 96)).astype(np.float32)
+    assert_close(run(call.func, target, x, computed_constants(call, target), (1, 40)), x @ decoded.T.astype(np.float64))

@@ -13,6 +13,11 @@ Quality per column: one level for every column; with calibration (error feedback
 paper's importance levels), and the columns are rounded one at a time with error feedback (LDLQ, through
 :mod:`.feedback`). With ``bits_per_weight``, :func:`plan` picks each layer's base level so that the model's
 ``nwc`` layers together fit the budget with the least weighted distortion, as ``tans`` does.
+
+Scalar layers: where the plan measures a ``tans`` coding of a layer better (less weighted distortion for its
+bits) than every quality level, typically a small layer, whose 16 latent tables and per-column scales cost
+more bits than it has weights, that layer is stored as ``tans`` would store it (``tans_levels``; header
+``scalar: tans``) and decoded by ``tans``'s decoder and kernels. The plan's choice is in each layer's config.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import budget_split, feedback, nwc_network, rotation, tans_coder
+from . import budget_split, feedback, nwc_network, rotation, tans, tans_coder
 from .base import Encoded, check_weight
 from .nwc_network import CHUNK
 from .parallel import SERIAL, Workers
@@ -43,6 +48,9 @@ class Config:
     bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed quality
         "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
                 "(instead of --levels, --bits or --quality)"})
+    tans_levels: int = field(default=0, metadata={  # 0: the network codes the layer
+        "help": "code the layer as tans does with this odd number of levels instead (the budget plan's choice "
+                "where it measures that better)"})
     spread: int = field(default=3, metadata={
         "help": "with calibration: quality levels spread over the columns by Hessian-diagonal quantiles (1: uniform)"})
     table_log: int = field(default=11, metadata={"help": "tANS table of 2^T states (5..15; default 11)"})
@@ -55,8 +63,10 @@ class Config:
 
     def __post_init__(self):
         levels = nwc_network.load().levels
-        if self.quality and self.bits_per_weight:
-            raise CodecError(f"{NAME}: give either quality or bits_per_weight, not both")
+        if sum(bool(v) for v in (self.quality, self.bits_per_weight, self.tans_levels)) > 1:
+            raise CodecError(f"{NAME}: give one of quality, bits_per_weight and tans_levels")
+        if self.tans_levels:
+            self.scalar_config()  # tans's checks
         if self.bits_per_weight < 0:
             raise CodecError(f"{NAME}: bits_per_weight must be positive, got {self.bits_per_weight}")
         if not 0 <= self.quality <= levels:
@@ -75,6 +85,13 @@ class Config:
     @property
     def fixed_quality(self) -> int:
         return self.quality or (0 if self.bits_per_weight else DEFAULT_QUALITY)
+
+    def scalar_config(self) -> tans.Config:
+        """The ``tans`` config of a scalar layer."""
+        try:
+            return tans.Config(levels=self.tans_levels, table_log=self.table_log)
+        except CodecError as e:
+            raise CodecError(f"{NAME}: tans_levels: {e}") from None
 
 
 def network_id(network: nwc_network.Network) -> str:
@@ -138,8 +155,10 @@ class _ColumnGrid:
 
 def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
     w = check_weight(weight)
-    if not config.fixed_quality:
+    if config.bits_per_weight:
         config = plan({"weight": w}, {"weight": config})["weight"]
+    if config.tans_levels:
+        return _scalar_layer(tans.encode(w, config.scalar_config(), calibration))
     n, k = w.shape
     if calibration is None:
         latents, scales, levels = _rounded(w, config.fixed_quality)
@@ -180,6 +199,20 @@ def _entropy_code(latents: np.ndarray, scales: np.ndarray, levels: np.ndarray, n
                     "network": network_id(nwc_network.load())})
 
 
+def _scalar_layer(inner: Encoded) -> Encoded:
+    """A ``tans`` encoding as the ``nwc`` encoding of a scalar layer."""
+    return Encoded(NAME, inner.shape, inner.arrays, {**inner.header, "scalar": tans.NAME})
+
+
+def scalar(enc: Encoded) -> Encoded | None:
+    """The ``tans`` encoding of a scalar layer (None: the network codes it)."""
+    if enc.header.get("scalar") is None:
+        return None
+    if enc.header["scalar"] != tans.NAME:
+        raise CodecError(f"{NAME}: unknown scalar coding {enc.header['scalar']!r}")
+    return replace(enc, codec=tans.NAME, header={k: v for k, v in enc.header.items() if k != "scalar"})
+
+
 def streams(enc: Encoded) -> list[tans_coder.TansStreams]:
     """The tANS streams of each latent channel (not yet checked), once the encoding's network is the installed one."""
     h, a = enc.header, enc.arrays
@@ -207,7 +240,10 @@ def latents(enc: Encoded) -> np.ndarray:
 
 
 def decode(enc: Encoded) -> np.ndarray:
-    """Reference decoder: float32 [N, K], the synthesis of the decoded latents times each column's scale."""
+    """Reference decoder: float32 [N, K], the synthesis of the decoded latents times each column's scale (a scalar
+    layer: ``tans``'s)."""
+    if scalar(enc) is not None:
+        return tans.decode(scalar(enc))
     n, k = enc.shape
     scales, levels = enc.arrays["scales"], enc.arrays["levels"]
     if scales.dtype != np.float16 or scales.shape != (k,) or levels.dtype != np.uint8 or levels.shape != (k,):
@@ -218,7 +254,10 @@ def decode(enc: Encoded) -> np.ndarray:
 
 
 def report(enc: Encoded) -> dict[str, int | float]:
-    """Where the bits go: latent streams (payload), everything else (tables, offsets, scales, levels, header)."""
+    """Where the bits go: latent streams (payload), everything else (tables, offsets, scales, levels, header); a
+    scalar layer's as ``tans`` reports them."""
+    if scalar(enc) is not None:
+        return {"scalar": tans.NAME, **tans.report(scalar(enc))}
     n, k = enc.shape
     payload = sum(int(enc.arrays[f"latent{c}.offsets"][-1]) for c in range(len(enc.arrays["crc32"])))
     return {"quality_levels": sorted({int(q) + 1 for q in enc.arrays["levels"]}),
@@ -230,37 +269,94 @@ def report(enc: Encoded) -> dict[str, int | float]:
 
 def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
          calibrations: dict[str, feedback.Calibration] | None = None, workers: Workers = SERIAL) -> dict[str, Config]:
-    """Per-layer quality for the layers given a budget (:func:`.budget_split.plan`): each layer is rounded at every
-    quality level to measure its distortion (:func:`.feedback.distortion`) and estimate its coded bits
-    (:func:`estimated_bits`: tANS-coding every level of every layer would take most of the encoding time)."""
-    return budget_split.plan(NAME, matrices, configs, calibrations, level_options,
-                             lambda config, quality: replace(config, quality=quality, bits_per_weight=0.0), workers)
+    """Per-layer quality (or ``tans`` levels) for the layers given a budget (:func:`.budget_split.plan`) from each
+    layer's measured options (:func:`level_options`); with error feedback the split is then lowered until the
+    feedback's codes fit (:func:`.budget_split.fit`: they entropy-code larger than the round-to-nearest ones
+    the options measure)."""
+    return budget_split.plan(NAME, matrices, configs, calibrations, level_options, resolved, workers, _coded_bits)
 
 
-def estimated_bits(latents: np.ndarray, n: int, config: Config) -> int:
-    """The coded size of latents [K, J, latent] of a weight [n, K], from above: each channel's empirical
-    entropy plus 2 % (tANS with 2^11 states codes within a fraction of a percent of it), and exactly what
-    else it stores (table, stream states and offsets, padding, checksum, lowest latent, scales, levels), and
-    a generous header."""
-    k, j, channels = latents.shape
+def _coded_bits(weight: np.ndarray, config: Config, calibration: feedback.Calibration) -> int:
+    """The bits of a layer's encoding with error feedback, the rotation's signs included (the planner sees the
+    rotated weight)."""
+    enc = encode(weight, config, calibration)
+    return 8 * (rotation.with_signs(enc) if config.rotate else enc).nbytes
+
+
+def resolved(config: Config, choice: tuple[str, int]) -> Config:
+    """``config`` fixing a choice of :func:`level_options`: ("nwc", quality) or ("tans", levels)."""
+    kind, value = choice
+    return replace(config, quality=value if kind == NAME else 0, tans_levels=value if kind == tans.NAME else 0,
+                   bits_per_weight=0.0)
+
+
+def estimated_bits(latents: np.ndarray, shape: tuple[int, int], config: Config) -> int:
+    """The coded size of the latents of a weight of ``shape`` [n, K] from a sample of them, [chunks, latent] (or
+    all of them, [K, J, latent]), from above: each channel's empirical entropy with the Miller-Madow term (a
+    sample's entropy underestimates its source's) plus 2 % (tANS with 2^11 states codes within a fraction of a
+    percent of it), and exactly what else it stores (table, stream states and offsets, padding, checksum,
+    lowest latent, scales, levels), and a generous header."""
+    n, k = shape
+    j = -(-n // CHUNK)
+    sample = latents.reshape(-1, latents.shape[-1])
     streams = -(-j // min(j, -(-STREAM_SYMBOLS // k)))
     bits = k * (16 + 8) + 8 * 256
-    for c in range(channels):
-        values, counts = np.unique(latents[:, :, c], return_counts=True)
-        entropy = float(-(counts * np.log2(counts / counts.sum())).sum())
+    for c in range(sample.shape[1]):
+        values, counts = np.unique(sample[:, c], return_counts=True)
+        per_symbol = float(-(counts * np.log2(counts / len(sample))).sum() + (len(values) - 1) / (2 * np.log(2)))
         alphabet = int(values[-1] - values[0]) + 1
-        bits += 1.02 * entropy + 16 * alphabet + streams * (32 + STATES * config.table_log) + 32 * 5 + 32 + 32 + 16
+        bits += 1.02 * per_symbol * (k * j) / len(sample) + 16 * alphabet + streams * (32 + STATES * config.table_log)
+        bits += 32 * 5 + 32 + 32 + 16
     return int(np.ceil(bits))
 
 
+PLAN_CHUNKS = 2048  # chunks of a layer rounded at each quality level to plan it (a smaller layer: all of them)
+
+
 def level_options(weight: np.ndarray, config: Config,
-                  calibration: feedback.Calibration | None) -> list[tuple[int, int, float]]:
-    """(quality, estimated coded bits, distortion) per quality level, fewest bits first: the table
-    :func:`.budget_split.allocate` chooses from."""
+                  calibration: feedback.Calibration | None) -> list[tuple[tuple[str, int], int, float]]:
+    """(choice, estimated coded bits, distortion) per quality level and per ``tans`` level count, fewest bits
+    first: the table :func:`.budget_split.allocate` chooses from (:func:`resolved` makes a choice a config)."""
     w = check_weight(weight)
+    return sorted(_network_options(w, config, calibration) + _scalar_options(w, config, calibration),
+                  key=lambda o: (o[1], o[2]))
+
+
+def _network_options(w: np.ndarray, config: Config, calibration: feedback.Calibration | None) -> list:
+    """Each quality level's option, measured on a seeded sample of ``PLAN_CHUNKS`` of the layer's chunks: each
+    chunk is coded on its own, so the sample's relative error and latent statistics stand for the layer's, and
+    rounding every chunk of a large layer at every level would take most of the encoding time."""
+    n, k = w.shape
+    scales = nwc_network.column_scales(w)
+    chunked = nwc_network.chunks(w, scales)
+    j = chunked.shape[1]
+    picked = np.sort(np.random.default_rng(0).choice(k * j, min(k * j, PLAN_CHUNKS), replace=False))
+    column, row = np.divmod(picked, j)
+    sample = chunked.reshape(-1, 1, CHUNK)[picked]  # [chunks, 1, CHUNK]: one chunk per "column" below
+    real = row[:, None] * CHUNK + np.arange(CHUNK) < n  # not a column's zero padding
+    scale = scales[column].astype(np.float32)[:, None]
     options = []
     for quality in range(1, nwc_network.load().levels + 1):
-        latents, scales, levels = _rounded(w, quality)
-        decoded = nwc_network.unchunk(synthesise(latents, levels), scales, w.shape[0])
-        options.append((quality, estimated_bits(latents, w.shape[0], config), feedback.distortion(w, decoded, calibration)))
-    return sorted(options, key=lambda o: (o[1], o[2]))
+        levels = np.full(len(picked), quality - 1, np.int64)
+        latents = analyse(sample, levels)
+        decoded = synthesise(latents, levels)[:, 0] * scale
+        options.append(((NAME, quality), estimated_bits(latents, (n, k), config),
+                        feedback.distortion((sample[:, 0] * scale)[real], decoded[real], calibration)))
+    return options
+
+
+def _scalar_options(w: np.ndarray, config: Config, calibration: feedback.Calibration | None) -> list:
+    """Each ``tans`` level count's option, measured on a seeded sample of whole rows (``tans`` steps per row) of
+    about ``PLAN_CHUNKS * CHUNK`` weights, its coded bits scaled to the layer's rows (its table and stream states
+    too: from above); a smaller layer's exactly."""
+    n, k = w.shape
+    rows = min(n, -(-PLAN_CHUNKS * CHUNK // k))
+    sample = w[np.sort(np.random.default_rng(0).choice(n, rows, replace=False))]
+    options = []
+    for levels in tans.LEVEL_CHOICES:
+        if levels > 1 << config.table_log:
+            break
+        coded = _scalar_layer(tans.encode(sample, tans.Config(levels=levels, table_log=config.table_log)))
+        options.append(((tans.NAME, levels), int(np.ceil(8 * coded.nbytes * n / rows)),
+                        feedback.distortion(sample, tans.dequantize(*tans.quantize(sample, levels)), calibration)))
+    return options

@@ -19,6 +19,8 @@ an error instead of reading out of bounds.
 call runs both phases again. A matmul of one row runs :func:`fused_matmul` (phase 2 by chunk rows, each tile's
 weights multiplied into that row's outputs as they are made, the weight never stored whole); more rows, and a
 conv, run the decoder as a decode kernel (:mod:`.decode`: the weight [K, N] or OIHW, then the plain op).
+
+A scalar layer (the budget plan found ``tans``'s coding better there: ``nwc.scalar``) runs ``tans``'s kernels.
 """
 
 from __future__ import annotations
@@ -372,7 +374,10 @@ def copy_kernel(shape: tuple[int, ...], x_ndim: int) -> tirx.PrimFunc:
 def llvm_call(enc: Encoded, conv: ConvSpec | None, nwc_decode: str = nwc.Config.nwc_decode) -> KernelCall:
     """``nwc_decode`` ``load``: the dense kernels (matmul) or the plain conv over the float32 weight that
     :func:`decoder` writes at load. ``per-call``: the stored arrays are the constants; a matmul of one row runs
-    :func:`fused_matmul`, above one row (and a conv) a decode kernel (:func:`decoder` with ``x``) and the plain op."""
+    :func:`fused_matmul`, above one row (and a conv) a decode kernel (:func:`decoder` with ``x``) and the plain op.
+    A scalar layer (``nwc.scalar``) runs ``tans``'s kernels: decoded at load, or streamed on every call."""
+    if nwc.scalar(enc) is not None:
+        return tans_matmul.llvm_call(nwc.scalar(enc), conv, "stream" if nwc_decode == "per-call" else "load")
     arrays = stored(enc, _checked(enc))
     args = _layout_args(enc)
     conv_shape = None if conv is None else tuple(conv.kernel_shape)
