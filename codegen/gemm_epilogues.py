@@ -30,7 +30,7 @@ from .kernel_registry import KERNEL_ATTR
 from .kernels import dense
 from .schedules import matmul
 from .unit_dims import ANY_DIMS
-from .relax_calls import call_tir_parts, is_reshape, variable_uses
+from .relax_calls import call_tir_parts, is_reshape, producer, variable_uses
 
 GEMM_KIND = "dense_gemm"  # the kernel kind (KERNEL_ATTR) whose epilogues are fused
 KIND = "dense_gemm_epilogue"
@@ -115,17 +115,9 @@ class _FuseGemmEpilogues(PyExprMutator):
 
     def _gemm_call(self, var):
         """``(kernel, [x, packed])`` of the GEMM ``var`` holds through single-use reshapes, else None."""
-        while isinstance(var, relax.Var) and self.uses.get(var, 0) == 1:
-            value = self.lookup_binding(var)
-            call = call_tir_parts(value)
-            if call is not None and call[0] in self.mod and len(call[1]) == 1 and is_reshape(self.mod[call[0]]):
-                var = call[1][0]
-            elif isinstance(value, relax.Var):
-                var = value
-            elif value is not None and (self.dispatches or call_tir_parts(value) is not None):
-                return _gemm_kernel(self.mod, value)
-            else:
-                return None
+        value = producer(var, self.uses, self.lookup_binding, self.mod)
+        if value is not None and (self.dispatches or call_tir_parts(value) is not None):
+            return _gemm_kernel(self.mod, value)
         return None
 
     def visit_call_(self, call):

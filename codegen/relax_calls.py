@@ -33,3 +33,18 @@ def variable_uses(func: relax.Function) -> dict:
 def is_reshape(func) -> bool:
     """A PrimFunc (not a codec's kernel) that only moves its input's elements as a reshape would."""
     return isinstance(func, tirx.PrimFunc) and not is_per_call_kernel(func) and relax.analysis.has_reshape_pattern(func)
+
+
+def producer(var, uses: dict, lookup_binding, mod: tvm.IRModule):
+    """The value that ``var`` holds through single-use aliases and reshapes (:func:`is_reshape` kernels of ``mod``),
+    else None (a variable read more than once, or a parameter, on the way); ``lookup_binding``: a mutator's."""
+    while isinstance(var, relax.Var) and uses.get(var, 0) == 1:
+        value = lookup_binding(var)
+        call = call_tir_parts(value)
+        if isinstance(value, relax.Var):
+            var = value
+        elif call is not None and call[0] in mod and len(call[1]) == 1 and is_reshape(mod[call[0]]):
+            var = call[1][0]
+        else:
+            return value
+    return None

@@ -24,7 +24,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
-from .relax_calls import call_tir_parts, is_reshape, variable_uses
+from .relax_calls import call_tir_parts, is_reshape, producer, variable_uses
 from .stack_buffers import STACK_BYTES
 from .unit_dims import UNIT_DIMS
 
@@ -76,20 +76,8 @@ class _FuseEpilogues(PyExprMutator):
 
     def _kernel_call(self, var):
         """The ``call_tir`` of a kernel that ``var`` holds through single-use aliases and reshapes, else None."""
-        while isinstance(var, relax.Var) and self.uses.get(var, 0) == 1:
-            value = self.lookup_binding(var)
-            call = call_tir_parts(value)
-            if isinstance(value, relax.Var):
-                var = value
-            elif call is None or call[0] not in self.mod:
-                return None
-            elif is_per_call_kernel(self.mod[call[0]]):
-                return call
-            elif len(call[1]) == 1 and is_reshape(self.mod[call[0]]):
-                var = call[1][0]
-            else:
-                return None
-        return None
+        call = call_tir_parts(producer(var, self.uses, self.lookup_binding, self.mod))
+        return call if call is not None and call[0] in self.mod and is_per_call_kernel(self.mod[call[0]]) else None
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
