@@ -24,7 +24,7 @@ from . import __version__
 from .calibration import activation_scales, calibration_inputs, layer_calibrations, record, sample_files
 from .codecs import feedback
 from .decoded_weights import weight_aliases
-from .codegen import LAYER_ATTR, cpu, cuda
+from .codegen import cpu, cuda, kernel_layers
 from .codegen.dedup import deduplicate_prim_funcs
 from .codegen.target import describe, make_target
 from .codegen.weights import Weights
@@ -54,7 +54,8 @@ class Built:
 
 
 def _build_llvm(mod: tvm.IRModule, target: tvm.target.Target) -> Built:
-    return Built(*cpu.build(mod, target))
+    executable, weights, layers = cpu.build(mod, target)  # its kernels, fused ones included, as they are called
+    return Built(executable, weights, manifest={"kernel_layers": layers})
 
 
 def _build_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> Built:
@@ -200,8 +201,7 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
         r.details["nodes"] = node_labels(imported.consumers.get(r.name, []))
         if r.name in imported.dequantized:
             r.details["source"] = imported.dequantized[r.name]
-    kernel_layers = {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
-                     if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}
+    layers = kernel_layers(mod)  # a build that fuses kernels (LLVM) gives its own in built.manifest
     manifest = {
         "bie_compiler_version": __version__,
         "tvm_version": tvm.__version__,
@@ -213,7 +213,7 @@ def _manifest(model, imported: ImportedModel, shapes: ShapeRequest, policy: Enco
         "fixed_shapes": shapes.to_json(),  # what --input-shape / --dim asked for
         "outputs": imported.outputs,
         "layers": [r.to_json() for r in plan.records],
-        "kernel_layers": kernel_layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
+        "kernel_layers": layers,  # our kernels' symbols -> the weight each computes from (bench --per-layer)
         "totals": totals(plan.records),
         "other_weights": [r.to_json() for r in others],  # not matmul or conv weights: dense, with the reason
         "model_totals": totals(plan.records + others),  # every weight of the model

@@ -32,6 +32,7 @@ from .dedup import deduplicate_prim_funcs
 from .fast_math import fast_math
 from .fuse_expand_depthwise import fuse_expand_depthwise
 from .gemm_epilogues import fuse_gemm_epilogues
+from .kernel_registry import kernel_layers
 from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, pointwise_overlap, reduction
 from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import mark_streamed_weights, serial_when_small
@@ -158,12 +159,13 @@ def pipeline() -> tvm.transform.Pass:
     return tvm.transform.Sequential([schedule(), lower()], name="bie_llvm")
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecutable, Weights]:
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecutable, Weights, dict[str, str]]:
     """The pipeline's two halves, and between them the weights taken out of ``main``
     (:func:`.weights.split_weights`) and ``main`` specialized for unit dimensions
     (:func:`.unit_dims.specialize_unit_dims`; there, each kernel called with its epilogue and transposes of unit
     axes made views: :func:`.unit_epilogues.fuse_unit_epilogues`, :func:`.unit_views.unit_views`), the kernels' weights marked streamed when they outgrow the cache
-    (:func:`.serial_small_loops.mark_streamed_weights`): the executable and the weights it takes after the inputs."""
+    (:func:`.serial_small_loops.mark_streamed_weights`): the executable, the weights it takes after the inputs,
+    and its kernels' layers (:func:`.kernel_registry.kernel_layers`: fused kernels carry their matmul's)."""
     with target:
         fused = fusion()(mod)
         mod = schedule_fused()(fused)
@@ -173,10 +175,10 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
         unit = unit_views(fuse_unit_epilogues(specialize_unit_dims(mod)))
         with target:
             unit = fuse_gemm_epilogues(unit, fused)
-        return tvm.compile(unit, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
+        return tvm.compile(unit, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights, kernel_layers(unit)
     # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of
     # several kinds, and any other fault raises again from the plain build below
     except Exception as e:  # noqa: BLE001
         reason = str(e).strip().splitlines()[-1][:200]
         warnings.warn(f"main is not specialized for unit dimensions (one token, one sample): {reason}", BieWarning)
-        return tvm.compile(mod, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights
+        return tvm.compile(mod, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights, kernel_layers(mod)

@@ -121,3 +121,10 @@ def is_per_call_kernel(func) -> bool:
 def finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
     # Opaque (op_pattern 8): FuseOps must not merge a kernel into a function our schedule does not know.
     return func.with_attrs({KERNEL_ATTR: kind, "op_pattern": 8, "tirx.is_scheduled": True})
+
+
+def kernel_layers(mod: tvm.IRModule) -> dict[str, str]:
+    """Each of our kernels' names in ``mod`` -> the weights it computes from (``LAYER_ATTR``: "a, b" for a kernel
+    that identical layers share); what ``bench --per-layer`` names its rows by."""
+    return {gv.name_hint: str(f.attrs[LAYER_ATTR]) for gv, f in mod.functions_items()
+            if isinstance(f, tirx.PrimFunc) and f.attrs is not None and LAYER_ATTR in f.attrs}

@@ -99,7 +99,7 @@ def test_convs_match_onnxruntime_on_decoded_weights(codec, options, target):
                                        out_ty=relax.TensorType(list(shape), "float32")))
             bb.emit_func_output(bb.emit(relax.op.nn.conv2d(x, w, (stride,) * 2, (pad,) * 4, groups=groups)))
         cases.append((index, oihw(CODECS[codec].decode(enc), shape), stride, pad, groups, (i * groups, size)))
-    executable, _ = cpu.build(bb.get(), target)  # no main: nothing lifted out of the code
+    executable, *_ = cpu.build(bb.get(), target)  # no main: nothing lifted out of the code
     vm = relax.VirtualMachine(executable, tvm.cpu())
     rng = np.random.default_rng(0)
     for index, decoded, stride, pad, groups, (channels, size) in cases:

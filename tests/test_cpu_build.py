@@ -20,7 +20,7 @@ def _symbolic_batch_add() -> tvm.IRModule:
 
 
 def test_kernels_get_noalias_compute_functions():
-    executable, _ = build(_symbolic_batch_add(), make_target())
+    executable, *_ = build(_symbolic_batch_add(), make_target())
     llvm_ir = executable.mod.imports[0].inspect_source("ll")
     assert "define internal" in llvm_ir and "shape_func" in llvm_ir
     # TVM emits a kernel's body as a separate "<name>_compute_" function with noalias pointer arguments only
