@@ -26,7 +26,7 @@ import tvm_ffi
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .kernel_registry import KERNEL_ATTR
+from .kernel_registry import KERNEL_ATTR, kernel_kind
 from .kernels import dense
 from .schedules import matmul
 from .unit_dims import ANY_DIMS
@@ -82,7 +82,7 @@ def _gemm_kernel(mod: tvm.IRModule, expr) -> tuple[tvm.ir.GlobalVar, list] | Non
     found = call_tir_parts(expr)
     if found is not None:
         callee, args, _ = found
-        return (callee, args) if callee in mod and _kind(mod[callee]) == GEMM_KIND else None
+        return (callee, args) if callee in mod and kernel_kind(mod[callee]) == GEMM_KIND else None
     if not (isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar) and expr.op in mod
             and isinstance(mod[expr.op], relax.Function)):
         return None
@@ -94,15 +94,10 @@ def _gemm_kernel(mod: tvm.IRModule, expr) -> tuple[tvm.ir.GlobalVar, list] | Non
     bindings = [b for block in choice.false_branch.blocks for b in block.bindings]
     inner = call_tir_parts(bindings[0].value) if len(bindings) == 1 else None
     params = list(mod[expr.op].params)
-    if inner is None or _kind(mod[inner[0]]) != GEMM_KIND or len(inner[1]) != 2 \
+    if inner is None or kernel_kind(mod[inner[0]]) != GEMM_KIND or len(inner[1]) != 2 \
             or not all(a.same_as(p) for a, p in zip(inner[1], params)) or len(params) != 2:
         return None
     return inner[0], list(expr.args)
-
-
-def _kind(func) -> str | None:
-    attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
-    return str(attrs[KERNEL_ATTR]) if KERNEL_ATTR in attrs else None
 
 
 @mutator
@@ -124,7 +119,7 @@ class _FuseGemmEpilogues(PyExprMutator):
         call = super().visit_call_(call)
         found = call_tir_parts(call)
         if found is None or found[0].name_hint not in self.names \
-                or _kind(self.mod[found[0]]) is not None or is_reshape(self.mod[found[0]]):
+                or kernel_kind(self.mod[found[0]]) is not None or is_reshape(self.mod[found[0]]):
             return call
         epilogue_gv, args, out_ty = found
         epilogue = self.unscheduled[epilogue_gv.name_hint]

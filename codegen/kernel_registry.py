@@ -112,10 +112,15 @@ def kernel_for(enc: Encoded, target: tvm.target.Target, conv: ConvSpec | None = 
     return call
 
 
+def kernel_kind(func) -> str | None:
+    """The kind (``KERNEL_ATTR``) of one of our kernels, else None."""
+    attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
+    return str(attrs[KERNEL_ATTR]) if KERNEL_ATTR in attrs else None
+
+
 def is_per_call_kernel(func) -> bool:
     """Whether ``func`` is one of our kernels run on every call (``f(x, *constants, out)``), not at load."""
-    attrs = func.attrs if isinstance(func, tirx.PrimFunc) and func.attrs is not None else {}
-    return KERNEL_ATTR in attrs and AT_LOAD_ATTR not in attrs
+    return kernel_kind(func) is not None and AT_LOAD_ATTR not in func.attrs
 
 
 def finish(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
