@@ -79,8 +79,9 @@ def panel_gemm_of(decode: tirx.PrimFunc, k: int) -> Gemm:
 
 def gemm_of(kernel: tirx.PrimFunc, k: int, weights: list) -> Gemm | None:
     """The :class:`Gemm` of a GEMM kernel called with ``weights`` (their types), None for another kernel."""
-    if panel_gemm.DECODER_ATTR in (kernel.attrs or {}):
-        return panel_gemm_of(kernel.attrs[panel_gemm.DECODER_ATTR], k)
+    decode = panel_gemm.carried_decoder(kernel)
+    if decode is not None:
+        return panel_gemm_of(decode, k)
     if kernel_kind(kernel) == GEMM_KIND:
         return dense_gemm(k, [int(d) for d in weights[0].ty.shape])
     return None

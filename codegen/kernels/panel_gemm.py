@@ -13,7 +13,8 @@ own schedule. Each weight is decoded once per call; the decode runs in vectors
 along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels).
 
-A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``):
+A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``, as
+TVMScript text: the script printer cannot print a function among attributes; :func:`carried_decoder` parses it):
 :func:`plain` puts the GEMM after it over any leading dims of the rows, so the many-row epilogue fusion
 (:mod:`..gemm_epilogues`) builds the same kernel with an elementwise epilogue inlined into the tile write-back.
 A codec that computes in a stored order of the channels (``position``) writes each channel of a tile where it
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import tvm.script
 import tvm_ffi
 from tvm import s_tir, te, tirx
 from tvm.ir import Range
@@ -42,7 +44,7 @@ SCALED = "panel_gemm_scaled"
 INVERSE = "inverse_position"
 SCATTER = "scatter"
 VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
-DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`)
+DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
 
@@ -110,7 +112,8 @@ def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
         out = te.compute(out.shape, lambda *i: stored(*i), name=SCATTER)
         inputs += [position, inverse]
         internal.append(holders[at])
-    gemm = _scattered(te.create_prim_func([*inputs, out]), n)
+    gemm = te.create_prim_func([*inputs, out])
+    gemm = _scattered(gemm, n) if at >= 0 else gemm
     renamed = list(zip(gemm.params[1:1 + len(internal)], internal))
 
     def rename(var):
@@ -145,8 +148,6 @@ def _names(stmt) -> set:
 def _scattered(func: tirx.PrimFunc, n: int) -> tirx.PrimFunc:
     """``func`` with its ``INVERSE`` block writing ``inverse[position[c]] = c`` and its ``SCATTER`` block writing
     row ``r`` of its input to ``out[..., inverse[r]]`` (TE writes at the block's own indices only)."""
-    if len(func.params) < 5:
-        return func
     position, inverse = func.params[-3], func.params[-2]
 
     def clamped(index):  # in bounds as the analysis can see it: no predicate on the write-back's vector lanes
@@ -204,7 +205,13 @@ def gemm(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, sc
     """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
     :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
     decode = decoder(panel_weight, holders, n, k, scale, position, group)
-    return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode)
+    return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode.script())
+
+
+def carried_decoder(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """The :func:`decoder` a :func:`gemm` kernel carries, else None."""
+    attrs = func.attrs or {}
+    return tvm.script.from_source(str(attrs[DECODER_ATTR])) if DECODER_ATTR in attrs else None
 
 
 def with_gemm(small: KernelCall, func: tirx.PrimFunc, kind: str) -> KernelCall:

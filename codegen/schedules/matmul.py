@@ -65,7 +65,7 @@ def _uses_only(expr, var) -> bool:
 
 def schedule_matmul(
     sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, rows: int = ROWS, cols: int = COLS, panels: int = 1,
-    k_step: int | None = None, keep: str | None = None, batch_inside: bool = False, batch_in_task: bool = False,
+    k_step: int | None = None, batch_inside: bool = False, batch_in_task: bool = False,
 ) -> s_tir.schedule.SBlockRV:
     """Tile ``block`` (see :func:`is_matmul`) into register tiles, inlining its elementwise consumers.
 
@@ -74,12 +74,11 @@ def schedule_matmul(
     A tile is ``rows`` x ``panels * cols``: ``panels`` runs of ``cols`` channels (the packed layout's panels), each
     its own vector loop (see :func:`gemv_panels`). ``k_step`` consecutive k are unrolled in each iteration (a weight
     format with several k in one byte decodes the byte once for all of them; it must divide K; by default
-    :func:`k_unroll`). Producers of A or B (a decode) are left where they are, and so is the consumer block named
-    ``keep`` (one that is not elementwise: a gather of the outputs). ``batch_inside``: the batch loops run inside
-    the loop over a static n's panels, so each parallel task's panel of B serves every batch (B shared by the
-    batch, as a weight is); ``batch_in_task``: they run inside each task over n's panels, which are the only parallel
-    loop (a panel decoded at the top of its task serves every batch and row). Returns the block that writes the tile
-    back.
+    :func:`k_unroll`). Producers of A or B (a decode) are left where they are. ``batch_inside``: the batch loops
+    run inside the loop over a static n's panels, so each parallel task's panel of B serves every batch (B shared
+    by the batch, as a weight is); ``batch_in_task``: they run inside each task over n's panels, which are the only
+    parallel loop (a panel decoded at the top of its task serves every batch and row). Returns the block that
+    writes the tile back.
     """
     *batch, m, n, k = sch.get_loops(block)
     if k_step is None:  # a symbolic n's tail tile runs in guarded scalars: unrolled k would multiply them
@@ -120,7 +119,7 @@ def schedule_matmul(
                              assume_injective_transform=True)
     sch.reverse_compute_at(tile, (outer + inner)[-1], preserve_unit_loops=True)
     # an epilogue chain, one block after the other
-    while consumers := [c for c in sch.get_consumers(tile) if sch.get(c).name_hint != keep]:
+    while consumers := sch.get_consumers(tile):
         for consumer in consumers:
             sch.reverse_compute_inline(consumer)
     for loop in (ki, mi, nj):
