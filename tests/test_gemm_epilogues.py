@@ -10,6 +10,7 @@ import tvm
 from tvm import te, tirx
 
 import bie_compiler
+from bie_compiler import parity
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import cpu, gemm_epilogues, kernel_for
 from bie_compiler.codegen.kernels import dense
@@ -127,26 +128,46 @@ def test_fused_panel_gemm_computes_the_panel_gemm_then_the_epilogue(codec, optio
         np.testing.assert_allclose(got.numpy(), reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
+VARIANTS = {"dense": ("dense", {"skip": ("*",)}), "bbs": ("bbs", {"codec": "bbs", "options": {"preset": "moderate"}}),
+            "int8": ("int8", {"codec": "int8"}), "bie-bitplane": ("bitplane", {"codec": "bie-bitplane",
+                                                                                 "options": {"bits": 4}})}
+
+
 @pytest.fixture(scope="module")
 def block(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gemm_epilogues")
     path = folder / "m.onnx"
     onnx.save(_block("batch", "seq"), path)
-    return path, bie_compiler.compile_model(path, folder / "dense", skip=("*",), progress=None)
+    return path, {}, folder
+
+
+def _artefact(block, variant: str):
+    path, artefacts, folder = block
+    if variant not in artefacts:
+        artefacts[variant] = bie_compiler.compile_model(path, folder / variant, **VARIANTS[variant][1], progress=None)
+    return artefacts[variant]
 
 
 @pytest.mark.slow
-def test_many_row_copy_calls_each_gemm_with_its_epilogue(block):
-    general = [call for call in _kernel_calls(_function(block[1], ANY_DIMS)) if not call.startswith("shape_func")]
-    assert len(general) == 2 and all("_dense_gemm_fused_" in call for call in general), general
-    assert len(_kernel_calls(_function(block[1], UNIT_DIMS))) == 2  # one token: the one-row kernels, fused alike
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_many_row_copy_calls_each_gemm_with_its_epilogue(block, variant):
+    artefact = _artefact(block, variant)
+    general = [call for call in _kernel_calls(_function(artefact, ANY_DIMS)) if not call.startswith("shape_func")]
+    kind = VARIANTS[variant][0]
+    assert len(general) == 2 and all(f"_{kind}_gemm_fused_" in call for call in general), general
+    assert len(_kernel_calls(_function(artefact, UNIT_DIMS))) == 2  # one token: the one-row kernels, fused alike
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("shape", [(8, 16, K), (2, 3, K), (1, 1, K)])
-def test_fused_model_matches_onnxruntime(block, shape):
-    path, artefact = block
+def test_fused_model_matches_onnxruntime(block, variant, shape):
+    """Dense against onnxruntime; the codecs against the model of their decoded weights (``check``'s parity)."""
+    runner = bie_compiler.load(_artefact(block, variant))
     x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
-    got = bie_compiler.load(artefact)({"x": x})["y"]
-    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    if variant != "dense":
+        result = parity.check_artefact(runner, block[0], {"x": x})
+        assert result["passed"] and result["decoded_max_rel_err"] < 1e-5, result
+        return
+    want = ort.InferenceSession(str(block[0]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(runner({"x": x})["y"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
