@@ -1,16 +1,19 @@
-"""Above one row, a dense matmul and the elementwise kernel that consumes its output are one kernel.
+"""Above one row, a GEMM and the elementwise kernel that consumes its output are one kernel.
 
-A matmul whose weight stays dense runs the register-tiled GEMM (:mod:`.kernels.dense`) into a buffer,
-and its bias add (with the residual, or GELU) is a second kernel that reads that buffer back and writes
-another: at a few hundred rows both are passes over memory, and the elementwise one gains less from a
-second thread than the GEMM. Here the epilogue's blocks follow the GEMM's in one PrimFunc and the
-matmul schedule inlines them into the tile write-back (:func:`..schedules.matmul.schedule_matmul`), so
-the product never reaches memory.
+A matmul runs the register-tiled GEMM (:mod:`.kernels.dense` where its weight stays dense, the panel GEMM of
+its codec, :mod:`.kernels.panel_gemm`, where it is encoded) into a buffer, and its bias add (with the
+residual, or GELU) is a second kernel that reads that buffer back and writes another: at a few hundred rows
+both are passes over memory, and the elementwise one gains less from a second thread than the GEMM. Here the
+epilogue's blocks follow the GEMM's in one PrimFunc and the matmul schedule inlines them into the tile
+write-back (:func:`..schedules.matmul.schedule_matmul`), so the product never reaches memory. A :class:`Gemm`
+rebuilds a kernel's GEMM for the epilogue's shape: the dense one from its packed weight's shape, a panel GEMM
+from the decoder it carries (a codec computing in stored channel order writes each channel where it belongs).
 
 The GEMM is written over the product's shape as the epilogue reads it (``[batch, seq, N]`` for the
 encoder, the activations viewed alike): the leading dims are the schedule's batch loops, run inside the
 loop over the weight's panels, so a thread's panel stays in its cache over every sample's rows as in the
-two-dimensional GEMM (samples outside the panels, each reusing its rows from L2, measured slower).
+two-dimensional GEMM (samples outside the panels, each reusing its rows from L2, measured slower); a panel
+GEMM decodes each panel once for all of them.
 
 Applied in the main that runs above one token (:data:`.unit_dims.ANY_DIMS`, or a ``main`` whose rows are
 statically more than one), where the matmul's output is read by nothing but the epilogue (each reshape on
@@ -21,26 +24,73 @@ runs the GEMM on that row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import tvm
 import tvm_ffi
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .kernel_registry import KERNEL_ATTR, kernel_kind
-from .kernels import dense
+from .kernels import dense, panel_gemm
 from .schedules import matmul
 from .unit_dims import ANY_DIMS
 from .relax_calls import call_tir_parts, is_reshape, producer, variable_uses
 
-GEMM_KIND = "dense_gemm"  # the kernel kind (KERNEL_ATTR) whose epilogues are fused
-KIND = "dense_gemm_epilogue"
+GEMM_KIND = "dense_gemm"  # the kernel kind (KERNEL_ATTR) of the dense GEMM
+EPILOGUE = "_epilogue"  # a fused kernel's kind: its GEMM's, then this
 
 
-def fused_gemm(epilogue: tirx.PrimFunc, at: int, n: int, k: int, packed_shape: list) -> tirx.PrimFunc | None:
-    """``f(x [*lead, K], packed, *epilogue inputs but the one at ``at``, out)``: the dense GEMM (``x`` times the
-    weight [N, K] ``dense.pack`` made ``packed``) into the buffer the epilogue reads as its input ``at``
-    ([*lead, N]), the epilogue inlined into the tile write-back; None where that input is not [*lead, N] (a
-    reshape that splits the channels) or the epilogue is not elementwise over it."""
+@dataclass
+class Gemm:
+    """A GEMM as the fusion rebuilds it: ``plain(shape)``, the unscheduled ``f(x [*lead, K], *weights, product)``
+    (``shape``: the product's, [*lead, N]; written last); ``schedule(func)``, that function with blocks after it
+    scheduled."""
+
+    plain: Callable[[list], tirx.PrimFunc]
+    schedule: Callable[[tirx.PrimFunc], tirx.PrimFunc]
+
+
+def dense_gemm(k: int, packed_shape: list) -> Gemm:
+    """The dense GEMM of ``x`` times the weight [N, K] ``dense.pack`` made (of ``packed_shape``)."""
+
+    def plain(shape: list) -> tirx.PrimFunc:
+        cols = matmul.COLS
+        x = te.placeholder([*shape[:-1], k], "float32", "x")
+        weight = te.placeholder(packed_shape, "float32", "packed")
+        rk = te.reduce_axis((0, k), "rk")
+        gemm = te.compute(shape, lambda *i: te.sum(x[(*i[:-1], rk)] * weight[i[-1] // cols, rk, i[-1] % cols],
+                                                        axis=rk), name=dense.BLOCK)
+        return te.create_prim_func([x, weight, gemm])
+
+    def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+        sch = s_tir.Schedule(func)
+        matmul.schedule_matmul(sch, sch.get_sblock(dense.BLOCK), batch_inside=True)
+        return sch.mod["main"]
+
+    return Gemm(plain, schedule)
+
+
+def panel_gemm_of(decode: tirx.PrimFunc, k: int) -> Gemm:
+    """The panel GEMM after ``decode`` (a codec's :func:`.kernels.panel_gemm.decoder`)."""
+    return Gemm(lambda shape: panel_gemm.plain(decode, shape[:-1], k), lambda func: panel_gemm.schedule(func, decode))
+
+
+def gemm_of(kernel: tirx.PrimFunc, k: int, weights: list) -> Gemm | None:
+    """The :class:`Gemm` of a GEMM kernel called with ``weights`` (their types), None for another kernel."""
+    decode = panel_gemm.carried_decoder(kernel)
+    if decode is not None:
+        return panel_gemm_of(decode, k)
+    if kernel_kind(kernel) == GEMM_KIND:
+        return dense_gemm(k, [int(d) for d in weights[0].ty.shape])
+    return None
+
+
+def fused_gemm(epilogue: tirx.PrimFunc, at: int, n: int, gemm: Gemm) -> tirx.PrimFunc | None:
+    """``f(x [*lead, K], *weights, *epilogue inputs but the one at ``at``, out)``: ``gemm`` into the buffer the
+    epilogue reads as its input ``at`` ([*lead, N]), the epilogue inlined into the tile write-back; None where that
+    input is not [*lead, N] (a reshape that splits the channels) or the epilogue is not elementwise over it."""
     product, out = epilogue.params[at], epilogue.params[-1]
     root = epilogue.body.block
     if len(epilogue.params) < 2 or not tvm_ffi.structural_equal(list(product.shape), list(out.shape)) \
@@ -51,38 +101,29 @@ def fused_gemm(epilogue: tirx.PrimFunc, at: int, n: int, k: int, packed_shape: l
     tvm_ffi.structural_map(root.body, [(s_tir.SBlock, lambda b: blocks.append(b) or b)], order="post")
     if any(iv.iter_type != tirx.IterVar.DataPar for b in blocks for iv in b.iter_vars):
         return None
-    lead = product.shape[:-1]
-    cols = matmul.COLS
-    x = te.placeholder([*lead, k], "float32", "x")
-    weight = te.placeholder(packed_shape, "float32", "packed")
-    rk = te.reduce_axis((0, k), "rk")
-    gemm = te.compute(product.shape, lambda *i: te.sum(x[(*i[:-1], rk)] * weight[i[-1] // cols, rk, i[-1] % cols],
-                                                        axis=rk), name=dense.BLOCK)
-    plain = te.create_prim_func([x, weight, gemm])
+    plain = gemm.plain(list(product.shape))
     written = plain.params[-1]
     nest = tvm_ffi.structural_map(plain.body.block.body, (tirx.Var, lambda v: product if v.same_as(written) else v),
                                   order="post")
     body = s_tir.SBlock([], [], [], "root", tirx.stmt.SeqStmt([nest, root.body]), None,
-                        [product, *root.alloc_buffers])
-    params = [*plain.params[:2], *(p for i, p in enumerate(epilogue.params) if i != at)]
+                        [product, *plain.body.block.alloc_buffers, *root.alloc_buffers])
+    params = [*plain.params[:-1], *(p for i, p in enumerate(epilogue.params) if i != at)]
     func = tirx.PrimFunc(params, s_tir.SBlockRealize([], True, body), epilogue.ret_type, epilogue.attrs)
     if "global_symbol" in (func.attrs or {}):  # the fused kernel gets its own name where it is added
         func = func.without_attr("global_symbol")
-    sch = s_tir.Schedule(func)
     try:
-        matmul.schedule_matmul(sch, sch.get_sblock(dense.BLOCK), batch_inside=True)
+        return gemm.schedule(func)
     except s_tir.ScheduleError:  # an epilogue block that cannot be inlined into the tile
         return None
-    return sch.mod["main"]
 
 
 def _gemm_kernel(mod: tvm.IRModule, expr) -> tuple[tvm.ir.GlobalVar, list] | None:
-    """``(dense GEMM kernel, [x, packed])`` of a call of it, or of a Relax function dispatching to it above one row
+    """``(GEMM kernel, [x, *weights])`` of a call of it, or of a Relax function dispatching to it above one row
     (``passes.encode_weights``: its body one ``If`` whose else branch calls the kernel on its parameters)."""
     found = call_tir_parts(expr)
     if found is not None:
         callee, args, _ = found
-        return (callee, args) if callee in mod and kernel_kind(mod[callee]) == GEMM_KIND else None
+        return (callee, args) if callee in mod and _is_gemm(mod[callee]) else None
     if not (isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar) and expr.op in mod
             and isinstance(mod[expr.op], relax.Function)):
         return None
@@ -94,10 +135,15 @@ def _gemm_kernel(mod: tvm.IRModule, expr) -> tuple[tvm.ir.GlobalVar, list] | Non
     bindings = [b for block in choice.false_branch.blocks for b in block.bindings]
     inner = call_tir_parts(bindings[0].value) if len(bindings) == 1 else None
     params = list(mod[expr.op].params)
-    if inner is None or kernel_kind(mod[inner[0]]) != GEMM_KIND or len(inner[1]) != 2 \
-            or not all(a.same_as(p) for a, p in zip(inner[1], params)) or len(params) != 2:
+    if inner is None or not _is_gemm(mod[inner[0]]) or len(inner[1]) != len(params) \
+            or not all(a.same_as(p) for a, p in zip(inner[1], params)):
         return None
     return inner[0], list(expr.args)
+
+
+def _is_gemm(func) -> bool:
+    return isinstance(func, tirx.PrimFunc) and (kernel_kind(func) == GEMM_KIND
+                                                or panel_gemm.DECODER_ATTR in (func.attrs or {}))
 
 
 @mutator
@@ -129,14 +175,16 @@ class _FuseGemmEpilogues(PyExprMutator):
             gemm = self._gemm_call(arg)
             if gemm is None:
                 continue
-            kernel_gv, (x, packed) = gemm
+            kernel_gv, (x, *weights) = gemm
             k = int(x.ty.shape[-1])
             key = (kernel_gv.name_hint, epilogue_gv.name_hint, at)
             if key not in self.fused:
-                n = int(self.mod[kernel_gv].params[-1].shape[-1])
-                func = fused_gemm(epilogue, at, n, k, [int(d) for d in packed.ty.shape])
-                attrs = {**self.mod[kernel_gv].attrs, KERNEL_ATTR: KIND}
-                attrs.pop("global_symbol", None)
+                kernel = self.mod[kernel_gv]
+                n = int(kernel.params[-1].shape[-1])
+                func = fused_gemm(epilogue, at, n, gemm_of(kernel, k, weights))
+                attrs = {**kernel.attrs, KERNEL_ATTR: f"{kernel_kind(kernel)}{EPILOGUE}"}
+                for name in ("global_symbol", panel_gemm.DECODER_ATTR):
+                    attrs.pop(name, None)
                 self.fused[key] = None if func is None else self.builder_.add_func(
                     func.with_attrs(attrs), f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}")
             if self.fused[key] is None:
@@ -144,13 +192,13 @@ class _FuseGemmEpilogues(PyExprMutator):
             lead = list(getattr(args[at].ty.shape, "values", args[at].ty.shape))[:-1]
             rows = self.builder_.emit(relax.op.reshape(x, [*lead, k]))
             rest = [a for i, a in enumerate(args) if i != at]
-            return relax.call_tir(self.fused[key], relax.Tuple([rows, packed, *rest]), out_ty)
+            return relax.call_tir(self.fused[key], relax.Tuple([rows, *weights, *rest]), out_ty)
         return call
 
 
 def fuse_gemm_epilogues(mod: tvm.IRModule, unscheduled: tvm.IRModule) -> tvm.IRModule:
     """In :data:`.unit_dims.ANY_DIMS` (else in ``main``, where its GEMM calls are direct: more than one row), each
-    dense GEMM whose output only an elementwise kernel reads fused with it (see the module docstring);
+    GEMM (dense or panel) whose output only an elementwise kernel reads fused with it (see the module docstring);
     ``unscheduled``: the module as fusion made it, where the epilogues are found by name before their schedule."""
     names = {gv.name_hint for gv in mod.get_global_vars()}
     name = ANY_DIMS if ANY_DIMS in names else "main"

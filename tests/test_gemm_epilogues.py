@@ -1,5 +1,6 @@
-"""A dense GEMM and the elementwise kernel reading its output as one kernel above one row (codegen/gemm_epilogues.py):
-the fused PrimFunc computes what the two kernels did, and a model's many-row copy calls it."""
+"""A GEMM (dense, or an encoded panel GEMM) and the elementwise kernel reading its output as one kernel above one row
+(codegen/gemm_epilogues.py): the fused PrimFunc computes what the two kernels did, and a model's many-row copy calls
+it."""
 
 import numpy as np
 import onnx
@@ -9,19 +10,24 @@ import tvm
 from tvm import te, tirx
 
 import bie_compiler
-from bie_compiler.codegen import cpu, gemm_epilogues
+from bie_compiler import parity
+from bie_compiler.codecs import CODECS, make_config
+from bie_compiler.codegen import cpu, gemm_epilogues, kernel_for
 from bie_compiler.codegen.kernels import dense
 from bie_compiler.codegen.target import make_target
 from bie_compiler.codegen.unit_dims import ANY_DIMS, UNIT_DIMS
 
+from kernel_runs import computed_constants
 from test_unit_epilogues import K, N, _block, _function, _kernel_calls
 
+CODECS_WITH_PANELS = [("int8", {}), ("bbs", {"preset": "moderate"}), ("bie-bitplane", {"bits": 4})]
 
-def _bias_gelu_residual() -> tirx.PrimFunc:
-    """``y [batch, seq, N] = gelu(h + b) + r`` (tanh form) in two blocks, h its first input; batch and seq symbolic."""
+
+def _bias_gelu_residual(n: int = N) -> tirx.PrimFunc:
+    """``y [batch, seq, n] = gelu(h + b) + r`` (tanh form) in two blocks, h its first input; batch and seq symbolic."""
     batch, seq = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
-    h, b, r = (te.placeholder(shape, name=name) for shape, name in (((batch, seq, N), "h"), ((N,), "b"),
-                                                                       ((batch, seq, N), "r")))
+    h, b, r = (te.placeholder(shape, name=name) for shape, name in (((batch, seq, n), "h"), ((n,), "b"),
+                                                                       ((batch, seq, n), "r")))
     hb = te.compute(h.shape, lambda i, s, j: h[i, s, j] + b[j], name="hb")
     y = te.compute(h.shape, lambda i, s, j: 0.5 * hb[i, s, j] * (1.0 + te.tanh(
         0.7978845608 * (hb[i, s, j] + 0.044715 * hb[i, s, j] * hb[i, s, j] * hb[i, s, j]))) + r[i, s, j], name="y")
@@ -47,7 +53,7 @@ def test_fused_gemm_computes_the_gemm_then_the_epilogue(batch, seq):
     epilogue = _bias_gelu_residual()
     _run(epilogue, product.numpy().reshape(batch, seq, N), bias, residual, want)
 
-    fused = gemm_epilogues.fused_gemm(epilogue, 0, N, K, list(packed.shape))
+    fused = gemm_epilogues.fused_gemm(epilogue, 0, N, gemm_epilogues.dense_gemm(K, list(packed.shape)))
     assert len(fused.params) == 5  # x, packed, bias, residual, out
     got = tvm.runtime.tensor(np.full((batch, seq, N), np.nan, np.float32))
     _run(fused, x, packed, bias, residual, got)
@@ -63,13 +69,68 @@ def _row_sum_added(h: te.Tensor) -> te.Tensor:
     return te.compute(h.shape, lambda i, s, c: total[i, s] + h[i, s, c], name="y")
 
 
-def test_an_epilogue_that_reduces_or_splits_the_channels_is_not_fused():
+def _panel_kernels(codec: str, options: dict, target, n: int = N, k: int = K):
+    rng = np.random.default_rng(n + k)
+    w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.2)).astype(np.float32)
+    enc = CODECS[codec].encode(w, make_config(codec, options))
+    return kernel_for(enc, target), CODECS[codec].decode(enc).astype(np.float64)
+
+
+def _gemms(target):
+    """The dense GEMM's and each codec's panel GEMM's :class:`gemm_epilogues.Gemm`."""
+    yield gemm_epilogues.dense_gemm(K, [-(-N // 32), K, 32])
+    for codec, options in CODECS_WITH_PANELS:
+        kernels, _ = _panel_kernels(codec, options, target)
+        yield gemm_epilogues.gemm_of(kernels.large_batch.func, K, None)
+
+
+def test_an_epilogue_that_reduces_or_splits_the_channels_is_not_fused(target):
     h = te.placeholder((tirx.Var("batch", "int64"), tirx.Var("seq", "int64"), N), name="h")
-    assert gemm_epilogues.fused_gemm(te.create_prim_func([h, _row_sum_added(h)]), 0, N, K, [2, K, 32]) is None
     heads = te.placeholder((h.shape[0], h.shape[1], 2, N // 2), name="heads")  # the product as [.., 2, N / 2]
     doubled = te.compute(heads.shape, lambda *i: heads[i] * 2.0, name="doubled")
-    assert gemm_epilogues.fused_gemm(te.create_prim_func([heads, doubled]), 0, N, K, [2, K, 32]) is None
-    assert gemm_epilogues.fused_gemm(_bias_gelu_residual(), 0, N, K, [2, K, 32]) is not None  # these shapes fuse
+    for gemm in _gemms(target):
+        assert gemm_epilogues.fused_gemm(te.create_prim_func([h, _row_sum_added(h)]), 0, N, gemm) is None
+        assert gemm_epilogues.fused_gemm(te.create_prim_func([heads, doubled]), 0, N, gemm) is None
+        assert gemm_epilogues.fused_gemm(_bias_gelu_residual(), 0, N, gemm) is not None  # these shapes fuse
+
+
+def test_only_gemm_kernels_are_rebuilt(target):
+    kernels, _ = _panel_kernels("int8", {}, target)
+    assert gemm_epilogues.gemm_of(kernels.func, K, None) is None  # the one-row GEMV: never fused here
+    assert gemm_epilogues.gemm_of(_bias_gelu_residual(), K, None) is None
+
+
+@pytest.mark.parametrize("codec,options", CODECS_WITH_PANELS, ids=[c for c, _ in CODECS_WITH_PANELS])
+def test_fused_panel_gemm_computes_the_panel_gemm_then_the_epilogue(codec, options, target):
+    """The fused kernel against the unfused panel GEMM and the epilogue run after it, and the float64 reference;
+    ``bbs`` computes in stored order and writes each channel where it belongs (no gather kernel). N = 250: a
+    ragged last panel; K odd; rows in ragged tiles."""
+    n, k = 250, 129
+    kernels, decoded = _panel_kernels(codec, options, target, n, k)
+    constants = computed_constants(kernels, target)
+    gemm = gemm_epilogues.gemm_of(kernels.large_batch.func, k, None)
+    epilogue = _bias_gelu_residual(n)
+    fused = gemm_epilogues.fused_gemm(epilogue, 0, n, gemm)
+    assert "unshuffle" not in fused.script() and "T.parallel" in fused.script()
+    rng = np.random.default_rng(n)
+    for batch, seq in [(1, 128), (8, 16), (3, 5)]:
+        x, bias, residual = (rng.standard_normal(shape).astype(np.float32)
+                             for shape in ((batch, seq, k), (n,), (batch, seq, n)))
+        product = tvm.runtime.tensor(np.zeros((batch * seq, n), np.float32))
+        _run(kernels.large_batch.func, x.reshape(-1, k), *constants, product)
+        want = tvm.runtime.tensor(np.zeros((batch, seq, n), np.float32))
+        _run(epilogue, product.numpy().reshape(batch, seq, n), bias, residual, want)
+        got = tvm.runtime.tensor(np.full((batch, seq, n), np.nan, np.float32))
+        _run(fused, x, *constants, bias, residual, got)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5 * np.abs(want.numpy()).max())
+        h = x @ decoded.T + bias
+        reference = 0.5 * h * (1 + np.tanh(0.7978845608 * (h + 0.044715 * h ** 3))) + residual
+        np.testing.assert_allclose(got.numpy(), reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+VARIANTS = {"dense": ("dense", {"skip": ("*",)}), "bbs": ("bbs", {"codec": "bbs", "options": {"preset": "moderate"}}),
+            "int8": ("int8", {"codec": "int8"}), "bie-bitplane": ("bitplane", {"codec": "bie-bitplane",
+                                                                                 "options": {"bits": 4}})}
 
 
 @pytest.fixture(scope="module")
@@ -77,21 +138,36 @@ def block(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gemm_epilogues")
     path = folder / "m.onnx"
     onnx.save(_block("batch", "seq"), path)
-    return path, bie_compiler.compile_model(path, folder / "dense", skip=("*",), progress=None)
+    return path, {}, folder
+
+
+def _artefact(block, variant: str):
+    path, artefacts, folder = block
+    if variant not in artefacts:
+        artefacts[variant] = bie_compiler.compile_model(path, folder / variant, **VARIANTS[variant][1], progress=None)
+    return artefacts[variant]
 
 
 @pytest.mark.slow
-def test_many_row_copy_calls_each_gemm_with_its_epilogue(block):
-    general = [call for call in _kernel_calls(_function(block[1], ANY_DIMS)) if not call.startswith("shape_func")]
-    assert len(general) == 2 and all("_dense_gemm_fused_" in call for call in general), general
-    assert len(_kernel_calls(_function(block[1], UNIT_DIMS))) == 2  # one token: the one-row kernels, fused alike
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_many_row_copy_calls_each_gemm_with_its_epilogue(block, variant):
+    artefact = _artefact(block, variant)
+    general = [call for call in _kernel_calls(_function(artefact, ANY_DIMS)) if not call.startswith("shape_func")]
+    kind = VARIANTS[variant][0]
+    assert len(general) == 2 and all(f"_{kind}_gemm_fused_" in call for call in general), general
+    assert len(_kernel_calls(_function(artefact, UNIT_DIMS))) == 2  # one token: the one-row kernels, fused alike
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("shape", [(8, 16, K), (2, 3, K), (1, 1, K)])
-def test_fused_model_matches_onnxruntime(block, shape):
-    path, artefact = block
+def test_fused_model_matches_onnxruntime(block, variant, shape):
+    """Dense against onnxruntime; the codecs against the model of their decoded weights (``check``'s parity)."""
+    runner = bie_compiler.load(_artefact(block, variant))
     x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
-    got = bie_compiler.load(artefact)({"x": x})["y"]
-    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    if variant != "dense":
+        result = parity.check_artefact(runner, block[0], {"x": x})
+        assert result["passed"] and result["decoded_max_rel_err"] < 1e-5, result
+        return
+    want = ort.InferenceSession(str(block[0]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(runner({"x": x})["y"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

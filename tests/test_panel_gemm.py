@@ -7,7 +7,7 @@ import pytest
 
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import kernel_for
-from bie_compiler.codegen.kernels import lut
+from bie_compiler.codegen.kernels import lut, panel_gemm
 from bie_compiler.codegen.target import make_target
 from kernel_runs import assert_close, build, call, computed_constants
 
@@ -64,6 +64,6 @@ def test_each_panel_is_decoded_inside_the_parallel_loop_in_vectors(target):
     """One decode per panel per call (not per tile of rows), vectors along the panel's channels, no dense weight."""
     enc = CODECS["int8"].encode(np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32),
                                 make_config("int8", {}))
-    script = kernel_for(enc, target).large_batch.func.script()
+    script = kernel_for(enc, target).large_batch.func.without_attr(panel_gemm.DECODER_ATTR).script()
     parallel, decode, rows = (script.index(s) for s in ("T.parallel(2)", 'T.sblock("decoded")', "T.serial("))
     assert parallel < decode < rows and "T.vectorized(16)" in script

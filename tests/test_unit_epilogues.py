@@ -114,9 +114,7 @@ def test_unit_copy_calls_each_matmul_with_its_epilogue(block, codec):
     unit = _kernel_calls(_function(block[1][codec], UNIT_DIMS))
     assert len(unit) == 2, unit  # the two matmuls, bias + GELU and bias + residual in their calls
     general = [call for call in _kernel_calls(_function(block[1][codec], ANY_DIMS)) if not call.startswith("shape_func")]
-    # the other copy keeps its elementwise kernels apart from encoded matmuls (dense GEMMs take theirs in, see
-    # test_gemm_epilogues)
-    assert len(general) == (2 if codec == "dense" else 4), general
+    assert len(general) == 2, general  # the other copy's GEMMs take theirs in too (see test_gemm_epilogues)
 
 
 @pytest.mark.slow

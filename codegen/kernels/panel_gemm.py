@@ -13,6 +13,13 @@ own schedule. Each weight is decoded once per call; the decode runs in vectors
 along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels).
 
+A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``, as
+TVMScript text: the script printer cannot print a function among attributes; :func:`carried_decoder` parses it):
+:func:`plain` puts the GEMM after it over any leading dims of the rows, so the many-row epilogue fusion
+(:mod:`..gemm_epilogues`) builds the same kernel with an elementwise epilogue inlined into the tile write-back.
+A codec that computes in a stored order of the channels (``position``) writes each channel of a tile where it
+belongs (a scatter at the write-back), so the output needs no gather afterwards.
+
 The decoded value is the codec's reference decoder's (a per-channel scale is
 applied to the sums instead), so the result differs from ``x @ decode(enc).T``
 by float rounding only.
@@ -22,16 +29,22 @@ from __future__ import annotations
 
 from typing import Callable
 
+import tvm.script
+import tvm_ffi
 from tvm import s_tir, te, tirx
+from tvm.ir import Range
 
 from ..kernel_registry import KernelCall
 from ..schedules import matmul
 
 BLOCK = "panel_gemm"
 DECODED = "decoded"
+SCALES = "scales_of_channels"
 SCALED = "panel_gemm_scaled"
-UNSHUFFLE = "unshuffle"
+INVERSE = "inverse_position"
+SCATTER = "scatter"
 VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
+DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
 
@@ -53,48 +66,152 @@ def by_channel(weight: Callable, n: int, lanes: int) -> PanelWeight:
     return guarded
 
 
-def gemm(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
-         position: te.Tensor | None = None, group: int | None = None) -> tirx.PrimFunc:
-    """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``, W's panels from
-    ``panel_weight`` (a number, converted to float32).
+def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
+            position: te.Tensor | None = None, group: int | None = None) -> tirx.PrimFunc:
+    """Unscheduled ``f(*holders, decoded [panels, K, COLS], [scales [N]])``: W's panels from ``panel_weight`` (a
+    number, converted to float32) and, with ``scale``, each channel's scale.
 
     ``scale(c)``: a channel's scale, applied to the tile's sums as they are written back (the decode reads the
     panels' padding channels, the scales are read for channels that exist only). ``position`` (int32 [N], one of
     ``holders``): the weight's channels are stored rows, output channel ``c`` is stored row ``position[c]``; the
-    product (and ``scale``) is in stored order, then unshuffled (a gather per output). ``group``: the codec's words
-    hold this many consecutive weights of K (bit ``j`` of a word: weight ``j`` of its group); the decode then runs
-    group by group, a run of channels at a time, so that each group's words and metadata are loaded once."""
+    product (and ``scale``) is in stored order. ``group``: the codec's words hold this many consecutive weights of
+    K (bit ``j`` of a word: weight ``j`` of its group); the decode then runs group by group, a run of channels at a
+    time, so that each group's words and metadata are loaded once."""
     cols = matmul.COLS
     panels = -(-n // cols)
-    x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
     decoded = te.compute((panels, k, cols), lambda p, kk, c: panel_weight(p, kk, c).astype("float32"), name=DECODED)
+    scales = [] if scale is None else [te.compute((n,), lambda c: scale(c).astype("float32"), name=SCALES)]
+    at = -1 if position is None else next(i for i, h in enumerate(holders) if h.same_as(position))
+    return te.create_prim_func([*holders, decoded, *scales]).with_attrs(
+        {"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0})
+
+
+def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
+    """Unscheduled ``f(x [*lead, K], *holders, out [*lead, N])``: ``decode``'s blocks (:func:`decoder`), then
+    ``out[..., c] = x @ W[c] * scale(c)``, written to ``out[..., inverse[c]]`` where the channels are stored rows
+    (``inverse``, computed first: the output channel of each stored row)."""
+    count, at = int(decode.attrs["bie.holders"]), int(decode.attrs["bie.position"])
+    holders, (decoded, *scales) = decode.params[:count], decode.params[count:]
+    n, cols = int(decode.attrs["bie.n"]), int(decoded.shape[-1])
+    x = te.placeholder([*lead, k], "float32", "x")
+    weight = te.placeholder(list(decoded.shape), "float32", DECODED)
     rk = te.reduce_axis((0, k), "rk")
-    out = te.compute((x.shape[0], n), lambda i, c: te.sum(x[i, rk] * decoded[c // cols, rk, c % cols], axis=rk),
-                     name=BLOCK)
-    if scale is not None:
+    out = te.compute([*lead, n], lambda *i: te.sum(x[(*i[:-1], rk)] * weight[i[-1] // cols, rk, i[-1] % cols],
+                                                   axis=rk), name=BLOCK)
+    inputs, internal = [x, weight], [decoded]  # internal: what the decode's params stand for, in inputs' order
+    if scales:
+        scale = te.placeholder((n,), "float32", SCALES)
         product = out
-        out = te.compute(product.shape, lambda i, c: product[i, c] * scale(c), name=SCALED)
-    if position is not None:
+        out = te.compute(out.shape, lambda *i: product(*i) * scale[i[-1]], name=SCALED)
+        inputs.append(scale)
+        internal.append(scales[0])
+    if at >= 0:
+        position = te.placeholder((n,), "int32", "position")
+        inverse = te.compute((n,), lambda c: c.astype("int32"), name=INVERSE)  # made a scatter below
         stored = out
-        out = te.compute(stored.shape, lambda i, c: stored[i, position[c]], name=UNSHUFFLE)
-    sch = s_tir.Schedule(te.create_prim_func([x, *holders, out]))
-    sch.work_on("main")
+        out = te.compute(out.shape, lambda *i: stored(*i), name=SCATTER)
+        inputs += [position, inverse]
+        internal.append(holders[at])
+    gemm = te.create_prim_func([*inputs, out])
+    gemm = _scattered(gemm, n) if at >= 0 else gemm
+    renamed = list(zip(gemm.params[1:1 + len(internal)], internal))
+
+    def rename(var):
+        return next((buffer for param, buffer in renamed if param.same_as(var)), var)
+
+    nest = tvm_ffi.structural_map(gemm.body.block.body, (tirx.Var, rename), order="post")
+    allocated = list(gemm.params[1 + len(internal):-1]) + list(decode.params[count:])  # inverse; decoded, scales
+    body = s_tir.SBlock([], [], [], "root", _sequence([decode.body.block.body, nest]), None,
+                        [*allocated, *decode.body.block.alloc_buffers, *gemm.body.block.alloc_buffers])
+    return tirx.PrimFunc([gemm.params[0], *holders, gemm.params[-1]], s_tir.SBlockRealize([], True, body))
+
+
+def _sequence(stmts: list) -> tirx.Stmt:
+    """One flat sequence of ``stmts`` (sequences among them spliced in, at any depth)."""
+    flat = [s for stmt in stmts for s in (_sequence(list(stmt.seq)).seq if isinstance(stmt, tirx.stmt.SeqStmt)
+                                          and len(stmt.seq) > 1 else [stmt])]
+    return flat[0] if len(flat) == 1 else tirx.stmt.SeqStmt(flat)
+
+
+def _with_root(func: tirx.PrimFunc, stmts: list) -> tirx.PrimFunc:
+    root = func.body.block
+    block = s_tir.SBlock([], [], [], "root", _sequence(stmts), None, root.alloc_buffers)
+    return func.with_body(s_tir.SBlockRealize([], True, block))
+
+
+def _names(stmt) -> set:
+    names = set()
+    tvm_ffi.structural_map(stmt, [(s_tir.SBlock, lambda b: names.add(b.name_hint) or b)], order="post")
+    return names
+
+
+def _scattered(func: tirx.PrimFunc, n: int) -> tirx.PrimFunc:
+    """``func`` with its ``INVERSE`` block writing ``inverse[position[c]] = c`` and its ``SCATTER`` block writing
+    row ``r`` of its input to ``out[..., inverse[r]]`` (TE writes at the block's own indices only)."""
+    position, inverse = func.params[-3], func.params[-2]
+
+    def clamped(index):  # in bounds as the analysis can see it: no predicate on the write-back's vector lanes
+        return tirx.max(tirx.min(index, tirx.const(n - 1, "int32")), tirx.const(0, "int32"))
+
+    def rewrite(block):
+        if block.name_hint not in (INVERSE, SCATTER):
+            return block
+        store = block.body
+        *rows, c = store.indices
+        source = position if block.name_hint == INVERSE else inverse
+        index = tirx.BufferLoad(source, [c])
+        reads = [*block.reads, tirx.BufferRegion(source, [Range.from_min_extent(c, 1)])]
+        writes = [tirx.BufferRegion(store.buffer, [*(Range.from_min_extent(r, 1) for r in rows),
+                                                   Range.from_min_extent(0, n)])]
+        body = tirx.BufferStore(store.buffer, store.value, [*rows, clamped(index).astype(c.ty)])
+        return s_tir.SBlock(block.iter_vars, reads, writes, block.name_hint, body, block.init, block.alloc_buffers)
+
+    return func.with_body(tvm_ffi.structural_map(func.body, [(s_tir.SBlock, rewrite)], order="post"))
+
+
+def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
+    """A :func:`plain` kernel (and the elementwise blocks after it) scheduled: the register tiles of
+    ``schedule_matmul`` in parallel over the panels, the leading dims and rows inside; each panel decoded at the
+    top of its parallel iteration, in vectors along its channels (group by group with ``bie.group``); the stored
+    rows' output channels (``inverse``) computed first, serially."""
+    # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
+    # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
+    stmts = _sequence([func.body.block.body])
+    stmts = list(stmts.seq) if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts]
+    aside = [s for s in stmts if _names(s) == {INVERSE}]
+    sch = s_tir.Schedule(_with_root(func, [s for s in stmts if _names(s) != {INVERSE}]))
+    if any(SCALES in _names(s) for s in stmts):
+        sch.compute_inline(sch.get_sblock(SCALES))
     block = sch.get_sblock(BLOCK)
-    matmul.schedule_matmul(sch, block, keep=UNSHUFFLE)
+    matmul.schedule_matmul(sch, block, batch_in_task=True)
     panel_loop = sch.get_loops(block)[0]  # the parallel loop over panels; rows of activations run inside it
-    decode = sch.get_sblock(DECODED)
-    sch.compute_at(decode, panel_loop)
-    *_, kk, c = sch.get_loops(decode)  # (kk is not a loop when K is 1)
+    decoding = sch.get_sblock(DECODED)
+    sch.compute_at(decoding, panel_loop)
+    *_, kk, c = sch.get_loops(decoding)  # (kk is not a loop when K is 1)
     runs, lane = sch.split(c, [None, VECTOR])
-    if group is not None and k > group:  # a group's words and metadata are loaded and decoded once per run
+    group = int(decode.attrs["bie.group"])
+    k = int(sch.get(decoding).iter_vars[1].dom.extent)
+    if group and k > group:  # a group's words and metadata are loaded and decoded once per run
         groups, kk = sch.split(kk, [None, group])
         sch.reorder(groups, runs, kk, lane)
     sch.vectorize(lane)
     sch.unroll(runs)
-    if position is not None:
-        rows, _ = sch.get_loops(sch.get_sblock(UNSHUFFLE))
-        sch.parallel(rows)
-    return sch.mod["main"]
+    scheduled = sch.mod["main"]
+    return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
+
+
+def gemm(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
+         position: te.Tensor | None = None, group: int | None = None) -> tirx.PrimFunc:
+    """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
+    :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
+    decode = decoder(panel_weight, holders, n, k, scale, position, group)
+    return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode.script())
+
+
+def carried_decoder(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """The :func:`decoder` a :func:`gemm` kernel carries, else None."""
+    attrs = func.attrs or {}
+    return tvm.script.from_source(str(attrs[DECODER_ATTR])) if DECODER_ATTR in attrs else None
 
 
 def with_gemm(small: KernelCall, func: tirx.PrimFunc, kind: str) -> KernelCall:

@@ -65,7 +65,7 @@ def _uses_only(expr, var) -> bool:
 
 def schedule_matmul(
     sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, rows: int = ROWS, cols: int = COLS, panels: int = 1,
-    k_step: int | None = None, keep: str | None = None, batch_inside: bool = False,
+    k_step: int | None = None, batch_inside: bool = False, batch_in_task: bool = False,
 ) -> s_tir.schedule.SBlockRV:
     """Tile ``block`` (see :func:`is_matmul`) into register tiles, inlining its elementwise consumers.
 
@@ -74,10 +74,11 @@ def schedule_matmul(
     A tile is ``rows`` x ``panels * cols``: ``panels`` runs of ``cols`` channels (the packed layout's panels), each
     its own vector loop (see :func:`gemv_panels`). ``k_step`` consecutive k are unrolled in each iteration (a weight
     format with several k in one byte decodes the byte once for all of them; it must divide K; by default
-    :func:`k_unroll`). Producers of A or B (a decode) are left where they are, and so is the consumer block named
-    ``keep`` (one that is not elementwise: a gather of the outputs). ``batch_inside``: the batch loops run inside
-    the loop over a static n's panels, so each parallel task's panel of B serves every batch (B shared by the
-    batch, as a weight is). Returns the block that writes the tile back.
+    :func:`k_unroll`). Producers of A or B (a decode) are left where they are. ``batch_inside``: the batch loops
+    run inside the loop over a static n's panels, so each parallel task's panel of B serves every batch (B shared
+    by the batch, as a weight is); ``batch_in_task``: they run inside each task over n's panels, which are the only
+    parallel loop (a panel decoded at the top of its task serves every batch and row). Returns the block that
+    writes the tile back.
     """
     *batch, m, n, k = sch.get_loops(block)
     if k_step is None:  # a symbolic n's tail tile runs in guarded scalars: unrolled k would multiply them
@@ -97,10 +98,15 @@ def schedule_matmul(
     # the tail off and the full tiles run unpredicated (a predicate on the vector lanes would scalarize them).
     outer = [loop for loop, s in zip((no, mo), (static[1], static[0])) if s]
     inner = [loop for loop, s in zip((mo, no), static) if not s]
+    hinted = inner
+    if batch_in_task:  # the panels the only tasks; the batch and every row block inside each
+        if not static[1]:
+            raise ValueError("schedule_matmul: batch_in_task needs a static n")
+        outer, inner = [no], [*batch, mo]
     ko, ki = sch.split(k, [None, k_step]) if k_step > 1 else (k, None)
-    tasks = [*outer, *batch] if batch_inside else [*batch, *outer]
+    tasks = outer if batch_in_task else [*outer, *batch] if batch_inside else [*batch, *outer]
     sch.reorder(*tasks, *inner, ko, *([ki] if ki else []), mi, *([nj] if nj else []), ni)
-    for loop in inner:
+    for loop in hinted:
         sch.annotate(loop, "pragma_loop_partition_hint", 1)
     tile = sch.cache_write(block, 0, "local")
     # The accumulator indexed by (tile, position in the tile): each tile loop iteration touches one static
@@ -113,7 +119,7 @@ def schedule_matmul(
                              assume_injective_transform=True)
     sch.reverse_compute_at(tile, (outer + inner)[-1], preserve_unit_loops=True)
     # an epilogue chain, one block after the other
-    while consumers := [c for c in sch.get_consumers(tile) if sch.get(c).name_hint != keep]:
+    while consumers := sch.get_consumers(tile):
         for consumer in consumers:
             sch.reverse_compute_inline(consumer)
     for loop in (ki, mi, nj):
@@ -121,7 +127,7 @@ def schedule_matmul(
             sch.unroll(loop)
     sch.vectorize(ni)
     sch.vectorize(sch.get_loops(tile)[-1])
-    if batch or outer:
+    if tasks:
         tiles = sch.fuse(*tasks)
         sch.parallel(tiles)
         if peel_n:  # the full tiles then run unpredicated (a predicate on the lanes would scalarize them)
