@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -79,3 +80,28 @@ def test_bench_errors(artefacts, tmp_path):
         bench(artefacts["mlp"], inputs, model=str(tmp_path / "nothing.onnx"))
     with pytest.raises(OptionError, match="--repeat must be >= 1"):
         bench(artefacts["mlp"], inputs, repeat=0)
+
+
+def test_bench_cold_cache(artefacts):
+    """--cold-cache: reported, the flush (twice the last-level cache) is outside the timing, and its buffer is not in
+    the peak memory."""
+    inputs = {"x": np.ones((1, 256), np.float32)}
+    warm = bench(artefacts["mlp"], inputs, threads=1, repeat=5, warmup=1)
+    result = subprocess.run([sys.executable, "-m", "bie_compiler", "bench", str(artefacts["mlp"]), "--repeat", "5",
+                             "--warmup", "1", "--threads", "1", "--cold-cache", "--json"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    cold = json.loads(result.stdout)
+    assert (warm["cache"], warm["flush_bytes"], cold["cache"]) == ("warm", 0, "cold")
+    cache = cold["last_level_cache_bytes"]
+    assert cold["flush_bytes"] == (2 * cache if cache else 2**30) >= 2**24
+    assert "cold cache: before each timed call" in table(cold) and "warm cache" in table(warm)
+    buffer = np.ones(cold["flush_bytes"] // 4, np.float32)
+    started = time.perf_counter()
+    buffer += 1.0  # the flush as one thread does it
+    flush_ms = (time.perf_counter() - started) * 1e3
+    del buffer
+    for label in (ARTEFACT, ORT):
+        assert_sane(cold[label])
+        assert cold[label]["median_ms"] < warm[label]["median_ms"] + flush_ms / 2  # a 0.3 MB model read cold
+        assert cold[label]["peak_rss_mib"] < warm[label]["peak_rss_mib"] + cold["flush_bytes"] / 2**21
