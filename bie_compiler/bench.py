@@ -193,12 +193,14 @@ def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None
 
 
 def cache_line(result: dict) -> str:
+    """Which cache mode ran, in words."""
     cache = result["last_level_cache_bytes"]
     size = f"the {cache / MIB:.0f} MiB last-level cache" if cache else "no cache size reported"
     if result["cache"] == "warm":
         return f"warm cache: calls back to back ({size})"
-    return (f"cold cache: before each timed call, outside its timing, each process rewrote {result['flush_bytes'] / MIB:.0f}"
-            f" MiB from {result['threads']} threads ({size}); peak RSS read before that buffer existed")
+    return (f"cold cache: before each timed call, outside its timing, each process rewrote "
+            f"{result['flush_bytes'] / MIB:.0f} MiB from {result['threads']} threads ({size}); "
+            "peak RSS read before that buffer existed")
 
 
 def table(result: dict, top: int = 25) -> str:

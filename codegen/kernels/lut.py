@@ -26,7 +26,7 @@ PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps zmm: 16 float look-ups in 
 PERMUTE2 = "llvm.x86.avx512.vpermi2var.ps.512"  # vpermi2ps zmm: 16 float look-ups in a 32-entry table of 2 registers
 PREFETCH = "llvm.prefetch.p0"  # (address, read = 0, locality 2 = into L2, data = 1)
 # How far ahead of its reads a one-row kernel prefetches in a contiguous stream of weights: far enough to hide the
-# memory latency at a kernel's read rate (1 KiB ahead streamed the int8 GEMV at 60 % of the rate 4 KiB gave)
+# memory latency at the kernels' read rates (1 KiB left the int8 GEMV waiting on memory; benchmarks/README.md)
 AHEAD_BYTES = 4096
 LINE_BYTES = 64
 LANES = 16  # channels per vector of plane words
