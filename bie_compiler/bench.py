@@ -199,7 +199,7 @@ def cache_line(result: dict) -> str:
     if result["cache"] == "warm":
         return f"warm cache: calls back to back ({size})"
     return (f"cold cache: before each timed call, outside its timing, each process rewrote "
-            f"{result['flush_bytes'] / MIB:.0f} MiB from {result['threads']} threads ({size}); "
+            f"{result['flush_bytes'] / MIB:.0f} MiB from every core ({size}); "
             "peak RSS read before that buffer existed")
 
 

@@ -8,9 +8,9 @@ environment the parent sets (``TVM_NUM_THREADS`` is read when TVM loads), and th
 onnxruntime session is given the same count.
 
 With a cache flush (``op: "flush_buffer"``), every timed call is preceded, outside
-its timing, by ``threads`` Python threads each rewriting its share of a buffer
-larger than the last-level cache: the weights come from memory, and no core that
-runs the model keeps them in its own L2 either (the L3 here is not inclusive).
+its timing, by one Python thread per core this process may use, each rewriting its
+share of a buffer larger than the last-level cache: the weights come from memory,
+and no core keeps them in its own L2 either (the L3 here is not inclusive).
 """
 
 import json
@@ -65,7 +65,7 @@ def onnxruntime_side():
 
 
 class CacheFlush:
-    """Rewrites ``size`` bytes from ``threads`` threads (numpy releases the GIL in its loops), so caches lose
+    """Rewrites ``size`` bytes from ``threads`` threads (numpy releases the GIL in its loops), so the caches lose
     whatever the last call read. Read-modify-write, not a fill: large fills may use non-temporal stores, which
     bypass the caches."""
 
@@ -128,7 +128,7 @@ def main() -> None:
             reply({})
         elif command["op"] == "flush_buffer":  # after the warm-up: the peak memory is the model's, without the buffer
             peak_before_flush = peak_rss_bytes()
-            flush = CacheFlush(command["bytes"], threads)
+            flush = CacheFlush(command["bytes"], len(os.sched_getaffinity(0)))
             flush()  # the pages touched once before any timing
             reply({})
         elif command["op"] == "time":
