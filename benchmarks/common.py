@@ -13,7 +13,6 @@ import math
 import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -91,13 +90,10 @@ def parallel_read_bandwidth(repeats: int) -> float:
 
 
 def l3_cache_bytes() -> int | None:
-    """The L3 size Linux reports for CPU 0, if any."""
-    path = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
-    if not path.exists():
-        return None
-    size = path.read_text().strip()
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
-    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    """The last-level cache Linux reports (what ``bench --cold-cache`` flushes twice over), if any."""
+    from bie_compiler.bench import last_level_cache_bytes
+
+    return last_level_cache_bytes()
 
 
 def matmul_chain(size: int, layers: int) -> onnx.ModelProto:

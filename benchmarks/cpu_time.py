@@ -11,9 +11,12 @@ Each side runs ``--calls`` calls per block, blocks interleaved over all sides
 ``--blocks`` times, after a warm-up; reported: the 10th percentile and the
 median of the blocks' CPU time per call, and each artefact's ratio to
 onnxruntime (10th percentiles). Inputs are seeded normal samples of the given
-shape; the model is the one the first artefact was compiled from, or ``--model``.
+shape; the model is the one the first artefact was compiled from, or ``--model``. With ``--cold-cache``,
+each call is preceded, outside its timing, by ``bench``'s cache flush (twice the last-level cache
+rewritten from every core), so every side reads its weights from memory.
 
-    python benchmarks/cpu_time.py ART [ART ...] --input x:1x1x384 [--model M.onnx] [--calls 20] [--blocks 30] [--json PATH]
+    python benchmarks/cpu_time.py ART [ART ...] --input x:1x1x384 [--model M.onnx] [--calls 20] [--blocks 30]
+                                  [--cold-cache] [--json PATH]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", type=Path, help="the .onnx onnxruntime runs (default: the first artefact's source)")
     p.add_argument("--calls", type=int, default=20, help="calls per timed block (default %(default)s)")
     p.add_argument("--blocks", type=int, default=30, help="timed blocks per side (default %(default)s)")
+    p.add_argument("--cold-cache", action="store_true", help="the caches flushed before each call (untimed)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     args.threads = 1
@@ -47,6 +51,8 @@ def parse_args() -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     import bie_compiler
+    from bie_compiler.bench import cache_flush_bytes
+    from bie_compiler.bench_worker import CacheFlush
 
     rng = np.random.default_rng(0)
     feeds = {}
@@ -61,21 +67,33 @@ def run(args: argparse.Namespace) -> dict:
         deadline = time.perf_counter() + common.WARMUP_SECONDS
         while time.perf_counter() < deadline:
             call()
+    flush_bytes = cache_flush_bytes()[0] if args.cold_cache else 0
+    flush = CacheFlush(flush_bytes, len(os.sched_getaffinity(0))) if flush_bytes else None
     times = {name: [] for name in sides}
     for _ in range(args.blocks):
         for name, call in sides.items():
-            start = time.process_time()
+            if flush is None:
+                start = time.process_time()
+                for _ in range(args.calls):
+                    call()
+                times[name].append((time.process_time() - start) / args.calls)
+                continue
+            spent = 0.0
             for _ in range(args.calls):
+                flush()
+                start = time.process_time()
                 call()
-            times[name].append((time.process_time() - start) / args.calls)
+                spent += time.process_time() - start
+            times[name].append(spent / args.calls)
     ort_p10 = float(np.percentile(times["onnxruntime"], 10))
-    return {"model": str(model), "inputs": {k: list(v.shape) for k, v in feeds.items()},
+    return {"model": str(model), "inputs": {k: list(v.shape) for k, v in feeds.items()}, "flush_bytes": flush_bytes,
             "sides": {name: {"p10_ms": float(np.percentile(t, 10)) * 1e3, "median_ms": float(np.median(t)) * 1e3,
                              "ratio_p10": float(np.percentile(t, 10)) / ort_p10} for name, t in times.items()}}
 
 
 def report(res: dict) -> None:
-    print(f"{res['model']}, inputs {res['inputs']}: CPU time per call, 1 thread")
+    cache = f"cold cache ({res['flush_bytes'] / 2**20:.0f} MiB rewritten before each call)" if res["flush_bytes"] else "warm"
+    print(f"{res['model']}, inputs {res['inputs']}: CPU time per call, 1 thread, {cache}")
     for name, side in res["sides"].items():
         print(f"{name:48s} p10 {side['p10_ms']:8.3f} ms  median {side['median_ms']:8.3f} ms  "
               f"ratio {side['ratio_p10']:.2f}")

@@ -4,6 +4,12 @@ Each side runs in its own process (``bench_worker.py``), so each sees the thread
 count before its library loads and each peak resident memory is its own. The
 parent interleaves single timed calls (artefact, onnxruntime, then the other way
 round) after a warm-up, so slow phases of a shared machine hit both sides alike.
+
+``cold_cache``: before each timed call, outside its timing, each process rewrites a
+buffer of twice the last-level cache, so both sides read their weights from memory
+(the premise of a one-row call being memory-bound). Warm, a model whose weights fit
+in the cache is timed from it, and the other side's calls in between evict part of
+them: neither is what a model running alone with large weights sees.
 """
 
 from __future__ import annotations
@@ -27,6 +33,26 @@ BOOT = f"import runpy; runpy.run_path({str(WORKER)!r}, run_name='__main__')"  # 
 WARMUP_SECONDS = 1.0  # a fresh process runs its first calls slower (thread pools, lazy allocations, clocks)
 ARTEFACT, ORT = "bie-compiler", "onnxruntime"
 MIB = 2**20
+CACHE_INDEX = Path("/sys/devices/system/cpu/cpu0/cache")
+UNKNOWN_CACHE_FLUSH = 2**30  # the flush when Linux reports no cache sizes
+
+
+def last_level_cache_bytes() -> int | None:
+    """The largest data or unified cache Linux reports for CPU 0 (the L3), if any."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    sizes = []
+    for index in CACHE_INDEX.glob("index*"):
+        if (index / "type").read_text().strip() == "Instruction":
+            continue
+        size = (index / "size").read_text().strip()
+        sizes.append(int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size))
+    return max(sizes, default=None)
+
+
+def cache_flush_bytes() -> tuple[int, int | None]:
+    """(bytes each process rewrites before a cold-cache call: twice the last-level cache, the cache's bytes)."""
+    cache = last_level_cache_bytes()
+    return (2 * cache if cache else UNKNOWN_CACHE_FLUSH), cache
 
 
 class Side:
@@ -112,7 +138,8 @@ def per_kernel_rows(kernels: dict, kernel_layers: dict) -> list[dict]:
 
 
 def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None = None, threads: int | None = None,
-          repeat: int = 20, warmup: int = 3, spin: bool = False, per_layer: bool = False) -> dict:
+          repeat: int = 20, warmup: int = 3, spin: bool = False, per_layer: bool = False,
+          cold_cache: bool = False) -> dict:
     """Time ``artefact`` and onnxruntime on ``inputs``; see the module docstring. Returns the figures as a dict."""
     if repeat < 1 or warmup < 0:
         raise OptionError(f"--repeat must be >= 1 and --warmup >= 0 (got {repeat}, {warmup})")
@@ -122,6 +149,7 @@ def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None
     if threads < 1:
         raise OptionError(f"--threads must be >= 1, got {threads}")
     env = worker_env(threads, spin)
+    flush_bytes, cache_bytes = cache_flush_bytes() if cold_cache else (0, last_level_cache_bytes())
     sides: dict[str, Side] = {}
     with tempfile.TemporaryDirectory(prefix="bie-bench-") as tmp:
         feeds = Path(tmp) / "inputs.npz"
@@ -135,6 +163,8 @@ def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None
                 side.ask(op="outputs", path=str(Path(tmp) / f"{label}.npz"))
                 with np.load(Path(tmp) / f"{label}.npz") as data:
                     outputs[label] = {name: data[name] for name in data.files}
+                if flush_bytes:
+                    side.ask(op="flush_buffer", bytes=flush_bytes)
             times = {label: [] for label in sides}
             for i in range(repeat):
                 for label in (ARTEFACT, ORT) if i % 2 == 0 else (ORT, ARTEFACT):
@@ -152,7 +182,8 @@ def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None
     result = {
         "artefact": str(artefact), "codec": manifest["codec"]["name"], "model": model_path,
         "model_is_the_compiled_one": same_model, "inputs": {k: list(v.shape) for k, v in inputs.items()},
-        "threads": threads, "spin": spin, "repeat": repeat, "warmup_calls": warmup, **result_sides,
+        "threads": threads, "spin": spin, "cache": "cold" if cold_cache else "warm", "flush_bytes": flush_bytes,
+        "last_level_cache_bytes": cache_bytes, "repeat": repeat, "warmup_calls": warmup, **result_sides,
         "ratio": result_sides[ARTEFACT]["median_ms"] / result_sides[ORT]["median_ms"],
         "max_rel_err": max_rel_err(outputs[ARTEFACT], outputs[ORT]),
     }
@@ -161,12 +192,23 @@ def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None
     return result
 
 
+def cache_line(result: dict) -> str:
+    """Which cache mode ran, in words."""
+    cache = result["last_level_cache_bytes"]
+    size = f"the {cache / MIB:.0f} MiB last-level cache" if cache else "no cache size reported"
+    if result["cache"] == "warm":
+        return f"warm cache: calls back to back ({size})"
+    return (f"cold cache: before each timed call, outside its timing, each process rewrote "
+            f"{result['flush_bytes'] / MIB:.0f} MiB from every core ({size}); "
+            "peak RSS read before that buffer existed")
+
+
 def table(result: dict, top: int = 25) -> str:
     """The figures of :func:`bench` as readable text."""
     shapes = ", ".join(f"{k} {v}" for k, v in result["inputs"].items())
     lines = [f"{result['artefact']} ({result['codec']}) vs onnxruntime on {result['model']}",
              f"inputs {shapes}; {result['threads']} threads ({'spinning' if result['spin'] else 'no'} idle spin); "
-             f"{result['repeat']} interleaved calls each after a warm-up"]
+             f"{result['repeat']} interleaved calls each after a warm-up", cache_line(result)]
     if not result["model_is_the_compiled_one"]:
         lines.append("warning: this model is not the one the artefact was compiled from (sha256 differs)")
     lines.append(f"{'':14s}{'median':>10s}{'p10':>10s}{'p90':>10s}{'peak RSS':>12s}{'over imports':>14s}{'load':>8s}")

@@ -6,12 +6,18 @@ per line on stdin, one JSON reply per line on the original stdout (fd 1 then poi
 at stderr, so nothing a library prints can corrupt a reply). Threads come from the
 environment the parent sets (``TVM_NUM_THREADS`` is read when TVM loads), and the
 onnxruntime session is given the same count.
+
+With a cache flush (``op: "flush_buffer"``), every timed call is preceded, outside
+its timing, by one Python thread per core this process may use, each rewriting its
+share of a buffer larger than the last-level cache: the weights come from memory,
+and no core keeps them in its own L2 either (the L3 here is not inclusive).
 """
 
 import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -58,6 +64,20 @@ def onnxruntime_side():
     return load
 
 
+class CacheFlush:
+    """Rewrites ``size`` bytes from ``threads`` threads (numpy releases the GIL in its loops), so the caches lose
+    whatever the last call read. Read-modify-write, not a fill: large fills may use non-temporal stores, which
+    bypass the caches."""
+
+    def __init__(self, size: int, threads: int):
+        self.shares = np.array_split(np.ones(size // 4, np.float32), threads)
+        self.pool = ThreadPoolExecutor(threads)
+
+    def __call__(self) -> None:
+        for done in [self.pool.submit(np.add, share, 1.0, out=share) for share in self.shares]:
+            done.result()
+
+
 def per_kernel(runner, feeds: dict, runs: int) -> dict:
     """Exclusive time per VM call target (a nested call's time is taken out of its caller's), summed over ``runs``."""
     totals, calls, stack = {}, {}, []
@@ -96,6 +116,7 @@ def main() -> None:
     with np.load(inputs) as data:
         feeds = {name: data[name] for name in data.files}
     reply({"load_seconds": time.perf_counter() - started, "rss_after_imports": rss_after_imports})
+    flush, peak_before_flush = None, None
     for line in sys.stdin:
         command = json.loads(line)
         if command["op"] == "warmup":
@@ -105,7 +126,14 @@ def main() -> None:
             while time.perf_counter() < until:
                 run(feeds)
             reply({})
+        elif command["op"] == "flush_buffer":  # after the warm-up: the peak memory is the model's, without the buffer
+            peak_before_flush = peak_rss_bytes()
+            flush = CacheFlush(command["bytes"], len(os.sched_getaffinity(0)))
+            flush()  # the pages touched once before any timing
+            reply({})
         elif command["op"] == "time":
+            if flush is not None:
+                flush()
             start = time.perf_counter()
             run(feeds)
             reply({"seconds": time.perf_counter() - start})
@@ -115,7 +143,7 @@ def main() -> None:
         elif command["op"] == "per_kernel":
             reply({"kernels": per_kernel(runner, feeds, command["runs"])})
         elif command["op"] == "exit":
-            reply({"peak_rss": peak_rss_bytes()})
+            reply({"peak_rss": peak_before_flush or peak_rss_bytes()})
             return
 
 

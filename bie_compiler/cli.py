@@ -153,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--spin", action="store_true",
                    help="let idle worker threads spin (both libraries' default); off by default, since one side's "
                         "spinning threads would steal the cores of the other")
+    b.add_argument("--cold-cache", action="store_true",
+                   help="before each timed call (untimed) each process rewrites a buffer of twice the last-level "
+                        "cache, so weights are read from memory")
     b.add_argument("--per-layer", action="store_true", help="also the artefact's time per kernel (VM instrument)")
     b.add_argument("--top", type=int, default=25, help="per-layer rows in the table (default %(default)s; --json has all)")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -369,7 +372,8 @@ def _bench(args) -> int:
     from .runtime.artefact import read_manifest
 
     inputs = _inputs(args, read_manifest(args.artefact, expect_sha256=args.expect_sha256)["inputs"])
-    result = bench(args.artefact, inputs, args.model, args.threads, args.repeat, args.warmup, args.spin, args.per_layer)
+    result = bench(args.artefact, inputs, args.model, args.threads, args.repeat, args.warmup, args.spin, args.per_layer,
+                   args.cold_cache)
     print(json.dumps(result, indent=2) if args.json else table(result, args.top))
     return 0
 

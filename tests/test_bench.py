@@ -1,15 +1,18 @@
 """``bie-compiler bench`` on the bundled models: the structure and sanity of its figures (not speed)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import bie_compiler
 from bie_compiler.bench import ARTEFACT, ORT, bench, table
+from bie_compiler.bench_worker import CacheFlush
 from bie_compiler.errors import OptionError
 from bie_compiler.parity import make_inputs
 
@@ -79,3 +82,29 @@ def test_bench_errors(artefacts, tmp_path):
         bench(artefacts["mlp"], inputs, model=str(tmp_path / "nothing.onnx"))
     with pytest.raises(OptionError, match="--repeat must be >= 1"):
         bench(artefacts["mlp"], inputs, repeat=0)
+
+
+def test_bench_cold_cache(artefacts):
+    """--cold-cache: reported, the flush (twice the last-level cache) is outside the timing, and its buffer is not in
+    the peak memory."""
+    inputs = {"x": np.ones((1, 256), np.float32)}
+    warm = bench(artefacts["mlp"], inputs, threads=1, repeat=5, warmup=1)
+    result = subprocess.run([sys.executable, "-m", "bie_compiler", "bench", str(artefacts["mlp"]), "--repeat", "5",
+                             "--warmup", "1", "--threads", "1", "--cold-cache", "--json"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    cold = json.loads(result.stdout)
+    assert (warm["cache"], warm["flush_bytes"], cold["cache"]) == ("warm", 0, "cold")
+    cache = cold["last_level_cache_bytes"]
+    assert cold["flush_bytes"] == (2 * cache if cache else 2**30) >= 2**24
+    assert "cold cache: before each timed call" in table(cold) and "warm cache" in table(warm)
+    flush = CacheFlush(cold["flush_bytes"], len(os.sched_getaffinity(0)))  # as the workers do it
+    flush()
+    started = time.perf_counter()
+    flush()
+    flush_ms = (time.perf_counter() - started) * 1e3
+    del flush
+    for label in (ARTEFACT, ORT):
+        assert_sane(cold[label])
+        assert cold[label]["median_ms"] < warm[label]["median_ms"] + flush_ms / 2  # a 0.3 MB model read cold
+        assert cold[label]["peak_rss_mib"] < warm[label]["peak_rss_mib"] + cold["flush_bytes"] / 2**21

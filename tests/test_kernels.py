@@ -99,6 +99,22 @@ def test_bitplane_kernel_form(target, options, constant, lanes):
     assert sum(c.nbytes for c in call.constants[:-1]) <= stored  # (the scales: the last constant in each form)
 
 
+def test_int8_one_row_kernel_streams_its_codes(target):
+    """The int8 GEMV: one parallel loop whose threads prefetch ahead in their share of the codes; exact at 8 rows,
+    on a ragged last panel and a K that leaves a tail of k steps."""
+    rng = np.random.default_rng(8)
+    n, k = 70, 131
+    enc = CODECS["int8"].encode(rng.standard_normal((n, k)).astype(np.float32), make_config("int8", {}))
+    call = kernel_for(enc, target)
+    script = call.func.script()
+    assert script.count("T.parallel") == 1 and "llvm.prefetch" in script
+    asm = tvm.compile(tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")}), target).mod.inspect_source(
+        "asm")
+    assert "prefetcht1" in asm and "vcvtdq2ps" in asm and "vfmadd231ps" in asm
+    x = rng.standard_normal((8, k)).astype(np.float32)
+    assert_close(run_kernel(call, target, x, n), x @ CODECS["int8"].decode(enc).astype(np.float64).T)
+
+
 def test_index_kernels_are_parallel(target):
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
     for codec, options in (("bie-binary", {"layout": "index"}), ("bie-blocked", {})):

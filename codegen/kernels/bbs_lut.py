@@ -20,9 +20,10 @@ Sensitive rows are INT8 dot products, 4 rows per pass over x: 4 independent
 
 One parallel region over work items (16 pruned channels, or 16 sensitive rows).
 TVM hands each thread a contiguous share of the items, so the sensitive items
-are spread evenly over the range. Each item prefetches the next one's data into
-L2 while it computes (a block's columns span several 4 KiB pages, eight for
-K = 4096 at 4 kept bits, and the hardware prefetchers stop at every page).
+are spread evenly over the range. Each thread's pruned blocks, their metadata
+and its sensitive rows are three contiguous streams, each prefetched into L2
+``lut.AHEAD_BYTES`` ahead of its reads (the hardware prefetchers stop at every
+4 KiB page and alone keep too few lines in flight for weights read from memory).
 Inside the parallel loop every value is ``T.let``-bound and the accumulators
 live in one buffer allocated per call: TVM turns a buffer declared, or a name
 assigned, inside a parallel loop into a workspace allocation per iteration. The output is unshuffled through ``position``.
@@ -62,6 +63,9 @@ def gemv(enc: Encoded):
     top = 1 << (bits - 1)  # column 0 (the sign) has significance -top, column b > 0 has 2^(bits - 1 - b)
     significance = [-top] + [1 << (bits - 1 - b) for b in range(1, bits)]
     items = sensitive_blocks + blocks
+    column_words = column_blocks * kg * bits * LANES
+    meta_bytes = column_blocks * kg * LANES
+    ahead_words = lut.AHEAD_BYTES // 4
     fill_tables = lut.fill_wide_tables(k, kp)
     # offset = c (avg, unsigned) or -c (zps, c a 6-bit two's complement: sign-extended by shifting it to the top
     # and back; the minus is folded into group_sum)
@@ -87,6 +91,10 @@ def gemv(enc: Encoded):
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
+        # the constants as the byte streams a thread reads (its items' blocks, and sensitive rows, are contiguous)
+        column_stream = T.decl_buffer((column_words,), "uint32", data=columns.data)
+        meta_stream = T.decl_buffer((meta_bytes,), "uint8", data=meta.data)
+        sensitive_stream = T.decl_buffer((sensitive_rows * kp,), "int8", data=sensitive.data)
         table = T.decl_buffer((kg * lut.FIELDS, lut.WIDE), "float32")
         group_sum = T.decl_buffer((kg,), "float32")
         stored = T.decl_buffer((n,), "float32")
@@ -108,8 +116,10 @@ def gemv(enc: Encoded):
                             for j in T.unroll(ROWS):
                                 acc[item, j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                             for kv in range(kp // LANES):
-                                for j in T.unroll(ROWS):  # the next ROWS rows, during this pass
-                                    lut.prefetch(sensitive[T.min(first + ROWS + j, count - 1), kv * LANES])
+                                if kv % (lut.LINE_BYTES // LANES) == 0:  # each row's next line, AHEAD_BYTES on
+                                    for j in T.unroll(ROWS):
+                                        lut.prefetch(sensitive_stream[T.min(
+                                            (first + j) * kp + kv * LANES + lut.AHEAD_BYTES, sensitive_rows * kp - 1)])
                                 for j in T.unroll(ROWS):  # rows past count (count = n) are clamped, not stored
                                     codes: T.let = sensitive[T.min(first + j, count - 1), T.Ramp(kv * LANES, 1, LANES)]
                                     acc[item, j, T.Ramp(0, 1, LANES)] = acc[item, j, T.Ramp(0, 1, LANES)] + T.Cast(
@@ -122,10 +132,11 @@ def gemv(enc: Encoded):
                     pb: T.let = item - before
                     acc[item, 0, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                     for g in range(kg):
-                        nxt: T.let = T.min(pb + 1, column_blocks - 1)  # the next block (this thread's next item)
+                        at: T.let = pb * kg + g  # the group's place in this thread's streams
                         for b in T.unroll(bits):
-                            lut.prefetch(columns[nxt, g, b, 0])
-                        lut.prefetch(meta[nxt, g, 0])
+                            lut.prefetch(column_stream[T.min((at * bits + b) * LANES + ahead_words, column_words - 1)])
+                        if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
+                            lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
                         mixed: T.let = lut.tree([
                             lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
                                 "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) * T.Broadcast(

@@ -10,11 +10,11 @@ packed into panels of ``matmul.COLS`` channels, K-major, like the dense
 kernel's weight; ``bitwave``: its stored columns interleave 16 channels). The
 kernels are shared:
 
-* one row: the register-tiled matmul micro-kernel of :mod:`..schedules.matmul`
-  with one-row tiles, ``lanes`` channels per tile: per ``kk``, one broadcast
-  activation times the tile's integers converted to float, fp32 accumulators
-  (parity with the decoded-weights model), the channel scales applied once to
-  the tile's sums;
+* one row: 8-bit codes :func:`streamed_gemv`, the others the register-tiled matmul micro-kernel of
+  :mod:`..schedules.matmul` with one-row tiles, ``lanes`` channels per tile: per
+  ``kk``, one broadcast activation times the tile's integers converted to float,
+  fp32 accumulators (parity with the decoded-weights model), the channel scales
+  applied once to the tile's sums;
 * several rows: the panel GEMM (:mod:`.panel_gemm`), each panel of channels decoded once per call to
   ``float(q)`` for the dense GEMM's micro-kernel, the scales applied to the tile's sums;
 * convs: the decode kernel (:mod:`.decode`) writing the same values for the dense conv;
@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 from tvm import s_tir, te, tirx
+from tvm.script import tirx as T
 
 from bie_compiler.codecs import bbs, bitwave
 from bie_compiler.codecs import int8 as int8_codec
@@ -35,7 +36,7 @@ from bie_compiler.codecs.base import Encoded
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..schedules import matmul
-from . import bbs_decoded, decode, panel_gemm
+from . import bbs_decoded, decode, lut, panel_gemm
 
 BLOCK = "int8_gemv"
 SCALED = "int8_scaled"
@@ -121,8 +122,58 @@ class Int8Weights:
         return lambda n, kk: value(n, kk).astype("float32") * holders[-1][n]
 
 
+CHAINS = 4  # k rows per step of the one-row kernel: independent accumulators (one would wait on the FMA latency)
+
+
+def streamed_gemv(n: int, k: int) -> tirx.PrimFunc:
+    """``f(x [m, K], codes, scales, out [m, N])`` over :func:`pack`'s 8-bit panels, for one row (any m is exact).
+
+    One parallel loop over the panels of COLS channels: each thread reads one contiguous range of the codes,
+    prefetching ``lut.AHEAD_BYTES`` ahead of its reads into L2 (the hardware prefetchers stop at every 4 KiB page,
+    and alone keep too few lines in flight to stream weights from memory). Per step of CHAINS k rows, the panel's
+    CHAINS x COLS codes are converted to float and multiplied-added into CHAINS accumulators of COLS channels,
+    summed and scaled at the end."""
+    cols, chains = matmul.COLS, CHAINS
+    panels = -(-n // cols)
+    total = panels * k * cols
+    steps = k // chains
+    vector = f"float32x{cols}"
+
+    @T.prim_func(private=True)
+    def main(var_x: T.handle, codes: T.Buffer((panels, k, cols), "int8"), scales: T.Buffer((n,), "float32"),
+             var_out: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        stream = T.decl_buffer((total,), "int8", data=codes.data)  # the codes as the byte stream a thread reads
+        acc = T.decl_buffer((panels, chains, cols), "float32")  # allocated once per call, not per parallel iteration
+        for row in range(m):
+            for p in T.parallel(panels):
+                for c in T.unroll(chains):
+                    acc[p, c, T.Ramp(0, 1, cols)] = T.Broadcast(T.float32(0), cols)
+                for step in range(steps):
+                    for line in T.unroll(chains * cols // lut.LINE_BYTES):
+                        lut.prefetch(stream[T.min((p * k + step * chains) * cols + lut.AHEAD_BYTES
+                                                  + line * lut.LINE_BYTES, total - 1)])
+                    for c in T.unroll(chains):
+                        acc[p, c, T.Ramp(0, 1, cols)] = acc[p, c, T.Ramp(0, 1, cols)] + T.Cast(
+                            vector, codes[p, step * chains + c, T.Ramp(0, 1, cols)]) * T.Broadcast(
+                            x[row, step * chains + c], cols)
+                for kk in range(steps * chains, k):
+                    acc[p, 0, T.Ramp(0, 1, cols)] = acc[p, 0, T.Ramp(0, 1, cols)] + T.Cast(
+                        vector, codes[p, kk, T.Ramp(0, 1, cols)]) * T.Broadcast(x[row, kk], cols)
+                for j in range(cols):
+                    if p * cols + j < n:
+                        out[row, p * cols + j] = lut.tree([acc[p, c, j] for c in range(chains)]) * scales[p * cols + j]
+
+    return main
+
+
 def gemv(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
     """``f(x [m, K], *constants, out [m, N])``, ``out = x @ W.T``, for one row (any m is exact)."""
+    if weights.names == ("codes", "scales"):  # 8-bit codes in panels
+        return streamed_gemv(n, k)
     holders = weights.holders()
     value = weights.value(holders)
     x = te.placeholder((te.var("m", "int64"), k), "float32", "x")

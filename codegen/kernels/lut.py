@@ -25,6 +25,10 @@ from tvm.script import tirx as T
 PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps zmm: 16 float look-ups in a 16-entry register table
 PERMUTE2 = "llvm.x86.avx512.vpermi2var.ps.512"  # vpermi2ps zmm: 16 float look-ups in a 32-entry table of 2 registers
 PREFETCH = "llvm.prefetch.p0"  # (address, read = 0, locality 2 = into L2, data = 1)
+# How far ahead of its reads a one-row kernel prefetches in a contiguous stream of weights: far enough to hide the
+# memory latency at the kernels' read rates (1 KiB left the int8 GEMV waiting on memory; benchmarks/README.md)
+AHEAD_BYTES = 4096
+LINE_BYTES = 64
 LANES = 16  # channels per vector of plane words
 GROUP = 32  # activations per group: the bits of one plane word
 NIBBLES = GROUP // 4  # tables of 4 activations per group (the int8 tables)
