@@ -200,6 +200,8 @@ def main() -> None:
 
     if args.as_compile:
         for codec in (codecs.get_codec("tans"), nwc):
+            if args.only and not any(codec.NAME.startswith(o) for o in args.only):
+                continue
             for budget in args.budgets:
                 for mode, calib in modes:
                     as_compile(codec, budget, mode, calib, layers, weights, matrices, measure)
