@@ -3,10 +3,12 @@
 The weight [N, K] is cut into normalised column chunks of 16 (:mod:`.nwc_network`: each column's std kept in
 float16). The trained analysis network maps each chunk, at its column's quality level, to ``latent`` values
 that are rounded to integers; those are entropy-coded with the project's tANS coder (:mod:`.tans_coder`),
-one symbol matrix [J, K] and one table per latent channel. The reference decoder tANS-decodes the latents
-and runs the synthesis network. Every stored byte is counted: the latent streams and their tables, the
-column scales, the per-column quality levels (uint8) and the header. The trained networks themselves are
-shared by every layer and model (like a codebook) and are not counted per layer.
+one symbol matrix [J, K] per latent channel, with the channel's own table or, where that costs fewer bits, a
+row of the shared table bank (:mod:`.nwc_tables`: one byte), and as few interleaved tANS states as the
+channel's size needs (:func:`states_for`). The reference decoder tANS-decodes the latents and runs the
+synthesis network. Every stored byte is counted: the latent streams, their own tables and bank indices, the
+column scales, the per-column quality levels (uint8) and the header. The trained networks and the table bank
+are shared by every layer and model (like a codebook) and are not counted per layer.
 
 Quality per column: one level for every column; with calibration (error feedback) the columns are put into
 ``spread`` quantile groups of log diag(H), from one level below to one above the layer's base level (the
@@ -15,7 +17,7 @@ paper's importance levels), and the columns are rounded one at a time with error
 ``nwc`` layers together fit the budget with the least weighted distortion, as ``tans`` does.
 
 Scalar layers: where the plan measures a ``tans`` coding of a layer better (less weighted distortion for its
-bits) than every quality level, typically a small layer, whose 16 latent tables and per-column scales cost
+bits) than every quality level, typically a small layer, whose latent streams and per-column scales cost
 more bits than it has weights, that layer is stored as ``tans`` would store it (``tans_levels``; header
 ``scalar: tans``) and decoded by ``tans``'s decoder and kernels. The plan's choice is in each layer's config.
 """

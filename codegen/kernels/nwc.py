@@ -5,7 +5,8 @@ synthesis network (shared: the build keeps one copy of identical constants for a
 PrimFunc (:func:`decoder`, ``KernelCall.at_load``) decodes the weight in two parallel phases:
 
 1. the latents: every (latent channel, stream) pair in parallel, with the tANS macros of
-   :mod:`.tans_matmul` (each channel its own table; the streams of all channels are stored concatenated);
+   :mod:`.tans_matmul` (each channel its own table or a row of the shared table bank, one constant for all
+   layers; the streams of all channels are stored concatenated);
 2. the synthesis network on tiles of ``TILE`` chunks (one chunk row ``j``, ``TILE`` columns): input layer,
    residual blocks times the quality embedding of each column's level, output layer, times the column scale,
    written as float32 straight into the dense kernels' layout.
