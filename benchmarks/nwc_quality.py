@@ -18,7 +18,7 @@ with the sensitivity-weighted calibrations, fitted to the feedback's coded sizes
 and, with ``--tvm``, the decoder an artefact runs at load (tANS latents and synthesis network, TVM).
 
     BIE_ZOO_CACHE=/tmp/zoo_analyze/cache python benchmarks/nwc_quality.py            (all-MiniLM-L6-v2)
-    python benchmarks/nwc_quality.py --model M.onnx --eval E.npz --calibration C [--budgets 4 4.5] [--tvm]
+    python benchmarks/nwc_quality.py --model M.onnx --eval E.npz [E2.npz ...] --calibration C [--budgets 4 4.5] [--tvm]
 """
 
 from __future__ import annotations
