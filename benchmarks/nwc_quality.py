@@ -18,7 +18,7 @@ with the sensitivity-weighted calibrations, fitted to the feedback's coded sizes
 and, with ``--tvm``, the decoder an artefact runs at load (tANS latents and synthesis network, TVM).
 
     BIE_ZOO_CACHE=/tmp/zoo_analyze/cache python benchmarks/nwc_quality.py            (all-MiniLM-L6-v2)
-    python benchmarks/nwc_quality.py --model M.onnx --eval E.npz --calibration C [--budgets 4 4.5] [--tvm]
+    python benchmarks/nwc_quality.py --model M.onnx --eval E.npz [E2.npz ...] --calibration C [--budgets 4 4.5] [--tvm]
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def main() -> None:
     cache = Path(os.environ.get("BIE_ZOO_CACHE", "~/.cache/bie-compiler/zoo")).expanduser() / "minilm"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(cache / "model.onnx"))
-    parser.add_argument("--eval", default=str(cache / "data" / "sentences.npz"), help="\"\": seeded random inputs")
+    parser.add_argument("--eval", nargs="+", default=[str(cache / "data" / "sentences.npz")],
+                        help="evaluation .npz files (cosines over all their samples); \"\": seeded random inputs")
     parser.add_argument("--calibration", default=str(cache / "calibration"))
     parser.add_argument("--budgets", type=float, nargs="+", default=[4.0, 4.5, 5.0])
     parser.add_argument("--spread", type=int, nargs="+", default=[nwc.Config.spread], help="nwc feedback: spreads")
@@ -166,8 +167,8 @@ def main() -> None:
 
     model = load_model(args.model)
     specs = model_inputs(model)
-    inputs = make_inputs(specs, 4, 0, args.eval or None)
-    references = run_onnxruntime(model, inputs)
+    inputs = [make_inputs(specs, 4, 0, e or None) for e in args.eval]
+    references = [run_onnxruntime(model, i) for i in inputs]
     layers = [r for r in weight_layers(model) if r.fallback_reason is None and r.num_weights >= args.min_weights
               and r.op != "gather"]  # nwc has no gather kernel: compile leaves embedding tables to other codecs
     weights = initializer_arrays(model, [r.name for r in layers])
@@ -186,8 +187,11 @@ def main() -> None:
     rows = []
 
     def measure(label: str, mode: str, decoded: dict, bits: float, seconds: float, **extra) -> dict:
+        encoded = with_weights(model, decoded)
+        each = [cosines(run_onnxruntime(encoded, i), r) for i, r in zip(inputs, references)]
         row = {"config": label, "mode": mode, "bits_per_weight": bits, "encode_s": seconds, **extra,
-               **cosines(run_onnxruntime(with_weights(model, decoded), inputs), references)}
+               "cosine_mean": float(np.mean([c["cosine_mean"] for c in each])),  # files of equal sample counts
+               "cosine_min": min(c["cosine_min"] for c in each), "cosine_per_file": [c["cosine"] for c in each]}
         rows.append(row)
         timing = " ".join(f"{k}={v:.2f}" for k, v in extra.items() if k.endswith("_s"))
         print(f"{label:<40} {mode:<8} {bits:7.3f} {row['cosine_mean']:9.5f} {row['cosine_min']:9.5f} "
@@ -196,6 +200,8 @@ def main() -> None:
 
     if args.as_compile:
         for codec in (codecs.get_codec("tans"), nwc):
+            if args.only and not any(codec.NAME.startswith(o) for o in args.only):
+                continue
             for budget in args.budgets:
                 for mode, calib in modes:
                     as_compile(codec, budget, mode, calib, layers, weights, matrices, measure)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bie_compiler.codecs import feedback, nwc, nwc_network, tans
+from bie_compiler.codecs import feedback, nwc, nwc_network, nwc_tables, tans
 from bie_compiler.errors import CodecError
 
 
@@ -104,6 +104,47 @@ def test_a_corrupted_or_foreign_encoding_is_refused():
         nwc.decode(replace(enc, arrays={**enc.arrays, "latent3.words": words}))
     with pytest.raises(CodecError, match="encoded with network 0123"):
         nwc.decode(replace(enc, header={**enc.header, "network": "0123"}))
+    with pytest.raises(CodecError, match="encoded with table bank 0123"):
+        nwc.decode(replace(enc, header={**enc.header, "bank": "0123"}))
+    tables = enc.arrays["latent_tables"].copy()
+    tables[0] = len(nwc_tables.bank())
+    with pytest.raises(CodecError, match="beyond the bank"):
+        nwc.decode(replace(enc, arrays={**enc.arrays, "latent_tables": tables}))
+
+
+def test_the_bank_rows_are_laplace_tables_on_their_supports():
+    bank = nwc_tables.bank()
+    assert bank.shape == (len(nwc_tables.SCALES) * len(nwc_tables.HALF_WIDTHS), 255) and len(bank) < nwc_tables.OWN
+    assert np.all(bank.sum(axis=1, dtype=np.int64) == 2**nwc_tables.TABLE_LOG)
+    for row, m in ((0, 1), (len(nwc_tables.HALF_WIDTHS) - 1, 127), (5 * len(nwc_tables.HALF_WIDTHS) + 5, 8)):
+        support = np.flatnonzero(bank[row])
+        assert support.tolist() == list(range(2 * m + 1))
+        assert np.all(np.diff(bank[row, m:2 * m + 1].astype(int)) <= 0) and bank[row, m] == bank[row].max()
+
+
+def test_a_channel_takes_a_bank_row_where_it_costs_fewer_bits_than_its_own_table():
+    rng = np.random.default_rng(0)
+    laplace = np.rint(rng.laplace(2.0, 3.0, 2000)).astype(np.int64)  # centred on 2: the row is shifted by lowest
+    table, lowest, bits = nwc_tables.choose(laplace, 2000, nwc_tables.TABLE_LOG)
+    row = nwc_tables.bank()[table]
+    m = (np.count_nonzero(row) - 1) // 2
+    assert table != nwc_tables.OWN and lowest == 2 - m and 8 < bits
+    own = nwc_tables.choose(laplace, 2000, 9)  # no bank for other table sizes
+    assert own[0] == nwc_tables.OWN and own[1] == laplace.min() and own[2] > bits
+    two_peaks = np.concatenate([np.full(500_000, -20), np.full(500_000, 20), rng.integers(-20, 21, 1000)])
+    assert nwc_tables.choose(two_peaks, len(two_peaks), nwc_tables.TABLE_LOG)[0] == nwc_tables.OWN
+
+
+def test_a_small_layer_spends_far_fewer_bits_on_tables_and_stream_states(monkeypatch):
+    w = weight(96, 48)
+    enc = nwc.encode(w, nwc.Config(quality=6))
+    assert enc.header["states"] == 1 and np.all(enc.arrays["latent_tables"] != nwc_tables.OWN)
+    monkeypatch.setattr(nwc_tables, "choose", lambda latents, symbols, table_log: (
+        nwc_tables.OWN, int(latents.min()), 0.0))
+    monkeypatch.setattr(nwc, "states_for", lambda symbols: nwc.STATES)
+    own = nwc.encode(w, nwc.Config(quality=6))
+    assert "bank" not in own.header and np.array_equal(nwc.decode(own), nwc.decode(enc))
+    assert enc.bits_per_weight < 0.7 * own.bits_per_weight
 
 
 @pytest.mark.parametrize("options,match", [

@@ -5,7 +5,7 @@ shared synthesis network stored once."""
 import pytest
 
 import bie_compiler
-from bie_compiler.codecs import nwc_network
+from bie_compiler.codecs import nwc_network, nwc_tables
 from bie_compiler.parity import check_artefact, make_inputs
 
 pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
@@ -30,9 +30,10 @@ def test_parity_on_the_decoded_weights(artefacts, run):
     # per call: nothing is computed at load (the dense layers' panels are packed at compile time)
     assert runner.manifest["weights"].get("at_load") == (None if per_call else "main_transform_params")
     layers = runner.manifest["layers"]
-    # a layer of a few hundred weights stays dense: 16 latent tables cost more than its float32 weights
+    # a layer of a few hundred weights stays dense: its 16 latent streams cost more than its float32 weights
     assert all(l["codec"] == "nwc" or "no smaller than dense" in l["fallback_reason"] for l in layers)
-    assert {l["op"] for l in layers if l["codec"] == "nwc"} == {"conv2d" if model == "cnn" else "matmul"}
+    # the cnn's convs and its classifier (small, coded with bank tables and one tANS state per latent stream)
+    assert {l["op"] for l in layers if l["codec"] == "nwc"} == ({"conv2d", "matmul"} if model == "cnn" else {"matmul"})
     for batch in (1, 8):
         result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
         assert result["decoded_max_rel_err"] < 1e-5, result  # the decoders' float rounding only
@@ -50,9 +51,10 @@ def test_every_coded_byte_is_counted_and_the_network_stored_once(artefacts, run)
     else:
         assert {q for l in layers if l["codec"] == "nwc" for q in l["details"]["quality_levels"]} == {options["quality"]}
     network = sum(a.nbytes for name, a in nwc_network.load().params.items() if name.startswith("synthesis."))
+    network += nwc_tables.bank().nbytes  # the decoders read the shared table bank, like the network: one copy
     dense = sum(w["bytes_encoded"] for w in manifest["other_weights"])
     # the weights file: the encodings' arrays (less checksums and headers, plus alignment), the layers left dense, and
-    # the synthesis network once (a copy per layer would be off by ``network`` per layer), none where the budget plan
+    # the synthesis network and table bank once (a copy per layer would be off by ``network`` per layer), none where the budget plan
     # coded every layer as tans (scalar layers: the transformer's random weights)
     by_network = any(l["codec"] == "nwc" and "scalar" not in l["details"] for l in layers)
     beyond = manifest["weights"]["bytes"] - totals["bytes_encoded"] - dense

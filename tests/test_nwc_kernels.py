@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tvm
 
-from bie_compiler.codecs import feedback, nwc
+from bie_compiler.codecs import feedback, nwc, nwc_tables
 from bie_compiler.codegen import ConvSpec, kernel_for
 from bie_compiler.errors import CodecError
 from kernel_runs import assert_close, build, computed_constants, run
@@ -30,17 +30,21 @@ def assert_decoded(got: np.ndarray, enc) -> None:
     assert np.all(np.abs(got - nwc.decode(enc)) <= 1e-5 * enc.arrays["scales"].astype(np.float32))
 
 
-CASES = [  # (N, K, Config, calibrated): N not a multiple of the chunk, K not of the tANS states or of the tile
-    (1, 1, nwc.Config(quality=1), False),
-    (100, 40, nwc.Config(quality=7), True),  # per-column levels from the Hessian diagonal
-    (37, 300, nwc.Config(quality=12, table_log=9), False),
+CASES = [  # (N, K, Config, calibrated, (states, channels with their own table)): N not a multiple of the chunk,
+    # K not of the tANS states or of the tile; the latents' tables from the bank, their own, or both
+    (1, 1, nwc.Config(quality=1), False, (1, 0)),
+    (100, 40, nwc.Config(quality=7), True, (1, 0)),  # per-column levels from the Hessian diagonal
+    (37, 300, nwc.Config(quality=12, table_log=9), False, (2, 16)),  # no bank for 2^9 states
+    (800, 500, nwc.Config(quality=12), False, (32, 5)),
 ]
 
 
-@pytest.mark.parametrize("n,k,config,calibrated", CASES)
-def test_decode_at_load_equals_the_reference_decoder_and_the_kernels_compute_from_it(n, k, config, calibrated, target):
+@pytest.mark.parametrize("n,k,config,calibrated,tables", CASES)
+def test_decode_at_load_equals_the_reference_decoder_and_the_kernels_compute_from_it(n, k, config, calibrated, tables,
+                                                                                     target):
     enc = nwc.encode(weight(n, k, n + k), config, calibration(k) if calibrated else None)
     assert len(set(enc.arrays["levels"].tolist())) == (3 if calibrated else 1)
+    assert (enc.header["states"], int(np.sum(enc.arrays["latent_tables"] == nwc_tables.OWN))) == tables
     call = kernel_for(enc, target)
     (packed,) = computed_constants(call, target)
     unpacked = packed.transpose(0, 2, 1).reshape(-1, k)
@@ -52,8 +56,8 @@ def test_decode_at_load_equals_the_reference_decoder_and_the_kernels_compute_fro
         assert_close(run(variant.func, target, x, [packed], (batch, n)), x @ unpacked[:n].T.astype(np.float64))
 
 
-@pytest.mark.parametrize("n,k,config,calibrated", CASES[1:])  # partial chunks and tiles; (1, 1) at load only
-def test_decoded_on_every_call_equals_the_reference_decoder(n, k, config, calibrated, target):
+@pytest.mark.parametrize("n,k,config,calibrated,tables", CASES[1:])  # partial chunks and tiles; (1, 1) at load only
+def test_decoded_on_every_call_equals_the_reference_decoder(n, k, config, calibrated, tables, target):
     enc = nwc.encode(weight(n, k, n + k), config, calibration(k) if calibrated else None)
     call = kernel_for(enc, target, nwc_decode="per-call")
     assert call.at_load is None and not call.decodes and call.large_batch.decodes  # only the coded bytes kept
@@ -96,16 +100,21 @@ def test_malformed_encodings_are_refused_at_compile_and_at_load(target):
     call = kernel_for(enc, target)
     decode = build(call.at_load.func, target)
     out = tvm.runtime.empty(call.constants[0].shape, "float32")
-    counts, alphabets, offsets, *rest = call.at_load.stored
-    bad_counts = counts.copy()
-    bad_counts[0] += 1
+    counts, alphabets, tables, bank, offsets, *rest = call.at_load.stored
+    assert np.all(tables != nwc_tables.OWN) and np.all(alphabets == 0)  # a small layer: every channel a bank row
+    bad_bank = bank.copy()
+    bad_bank[int(tables[0]) * nwc_tables.ALPHABET] += 1
+    bad_tables = tables.copy()
+    bad_tables[2] = len(nwc_tables.bank())
     bad_offsets = offsets.copy()
     bad_offsets[-1, -1] += 1 << 20
     bad_levels = rest[3].copy()
     bad_levels[0] = 200
-    for stored, message in (([bad_counts, alphabets, offsets, *rest], "do not sum"),
-                            ([counts, alphabets, bad_offsets, *rest], "beyond the words"),
-                            ([counts, alphabets, offsets, *rest[:3], bad_levels, *rest[4:]], "quality level")):
+    for stored, message in (([counts, alphabets, tables, bad_bank, offsets, *rest], "do not sum"),
+                            ([counts, alphabets, bad_tables, bank, offsets, *rest], "beyond the bank"),
+                            ([counts, alphabets, tables, bank, bad_offsets, *rest], "beyond the words"),
+                            ([counts, alphabets, tables, bank, offsets, *rest[:3], bad_levels, *rest[4:]],
+                             "quality level")):
         with pytest.raises(Exception, match=message):
             decode(*[tvm.runtime.tensor(a) for a in stored], out)
 

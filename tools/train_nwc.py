@@ -49,6 +49,24 @@ def training_chunks(models: list[str], cache: Path) -> np.ndarray:
     return np.concatenate(out)
 
 
+def synthetic_conv_chunks(count: int, seed: int) -> np.ndarray:
+    """``count`` normalised chunks of synthetic conv-shaped weights [O, I*kh*kw] (float32 [count, CHUNK]): Student-t
+    values (3 to 8 degrees of freedom: heavy tails) times a log-normal scale per output channel, the scale a folded
+    batch norm leaves on each row, so that a column (one input channel and kernel position over the outputs) mixes
+    rows of very different size, as the held-out detector's do and MiniLM's do not."""
+    rng = np.random.default_rng(seed)
+    out, total = [], 0
+    while total < count:
+        rows = int(rng.choice([16, 24, 32, 48, 96, 192, 384]))
+        cols = int(rng.choice([1, 9, 25])) * int(rng.choice([8, 16, 24, 48, 96]))
+        row_scale = np.exp(rng.normal(0.0, rng.uniform(0.3, 1.2), (rows, 1)))
+        matrix = (rng.standard_t(rng.choice([3, 4, 5, 8]), (rows, cols)) * row_scale).astype(np.float32)
+        part = chunks(matrix, column_scales(matrix)).reshape(-1, CHUNK)
+        out.append(part)
+        total += len(part)
+    return np.concatenate(out)[:count]
+
+
 class Codec(torch.nn.Module):
     """The networks of :class:`bie_compiler.codecs.nwc_network.Network` plus the training prior."""
 
@@ -124,6 +142,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=9000)
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--synthetic-conv", type=int, default=0,
+                   help="add this many chunks of synthetic conv-shaped weights (synthetic_conv_chunks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -131,6 +151,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = training_chunks(args.models, args.cache)
+    if args.synthetic_conv:
+        data = np.concatenate([data, synthetic_conv_chunks(args.synthetic_conv, args.seed)])
     sha256 = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
     print(f"{len(data)} chunks from {', '.join(args.models)}; sha256 {sha256}", flush=True)
     lambdas = np.geomspace(args.lambda_min, args.lambda_max, args.levels)
@@ -154,7 +176,7 @@ def main(argv=None) -> None:
                   f"  level {args.levels - 1}: {rate[hi].mean():.2f} b/w mse {mse[hi].mean():.6f}"
                   f"  {time.perf_counter() - start:.0f} s", flush=True)
     config = {"width": args.width, "blocks": args.blocks, "latent": args.latent, "chunk": CHUNK,
-              "models": args.models, "data_sha256": sha256, "steps": args.steps, "batch": args.batch,
+              "models": args.models, "synthetic_conv": args.synthetic_conv, "data_sha256": sha256, "steps": args.steps, "batch": args.batch,
               "lr": args.lr, "seed": args.seed, "threads": args.threads, "torch": torch.__version__,
               "prior": "factorized: zero-mean Laplace per quality level and latent channel (training only)",
               "loss": "(rate_bits_per_weight + lambda_q * mse) / sqrt(lambda_q)"}

@@ -3,10 +3,12 @@
 The weight [N, K] is cut into normalised column chunks of 16 (:mod:`.nwc_network`: each column's std kept in
 float16). The trained analysis network maps each chunk, at its column's quality level, to ``latent`` values
 that are rounded to integers; those are entropy-coded with the project's tANS coder (:mod:`.tans_coder`),
-one symbol matrix [J, K] and one table per latent channel. The reference decoder tANS-decodes the latents
-and runs the synthesis network. Every stored byte is counted: the latent streams and their tables, the
-column scales, the per-column quality levels (uint8) and the header. The trained networks themselves are
-shared by every layer and model (like a codebook) and are not counted per layer.
+one symbol matrix [J, K] per latent channel, with the channel's own table or, where that costs fewer bits, a
+row of the shared table bank (:mod:`.nwc_tables`: one byte), and as few interleaved tANS states as the
+channel's size needs (:func:`states_for`). The reference decoder tANS-decodes the latents and runs the
+synthesis network. Every stored byte is counted: the latent streams, their own tables and bank indices, the
+column scales, the per-column quality levels (uint8) and the header. The trained networks and the table bank
+are shared by every layer and model (like a codebook) and are not counted per layer.
 
 Quality per column: one level for every column; with calibration (error feedback) the columns are put into
 ``spread`` quantile groups of log diag(H), from one level below to one above the layer's base level (the
@@ -15,7 +17,7 @@ paper's importance levels), and the columns are rounded one at a time with error
 ``nwc`` layers together fit the budget with the least weighted distortion, as ``tans`` does.
 
 Scalar layers: where the plan measures a ``tans`` coding of a layer better (less weighted distortion for its
-bits) than every quality level, typically a small layer, whose 16 latent tables and per-column scales cost
+bits) than every quality level, typically a small layer, whose latent streams and per-column scales cost
 more bits than it has weights, that layer is stored as ``tans`` would store it (``tans_levels``; header
 ``scalar: tans``) and decoded by ``tans``'s decoder and kernels. The plan's choice is in each layer's config.
 """
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import budget_split, feedback, nwc_network, rotation, tans, tans_coder
+from . import budget_split, feedback, nwc_network, nwc_tables, rotation, tans, tans_coder
 from .base import Encoded, check_weight
 from .nwc_network import CHUNK
 from .parallel import SERIAL, Workers
@@ -178,25 +180,51 @@ def _rounded(weight: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray, 
     return analyse(nwc_network.chunks(weight, scales), levels), scales, levels
 
 
+def states_for(symbols: int) -> int:
+    """Interleaved tANS states per stream of a channel of ``symbols`` latents: ``STATES`` (the decoder's vector
+    width) where a channel has 256 latents per state, fewer in a small layer, whose initial states
+    (``table_log`` bits each) would otherwise cost it up to 1.4 bits per latent: a power of two, 1 to 32."""
+    return min(STATES, 1 << max(0, int(np.log2(max(symbols, 1) / 256))))
+
+
 def _entropy_code(latents: np.ndarray, scales: np.ndarray, levels: np.ndarray, n: int, config: Config) -> Encoded:
-    """The encoding of integer latents [K, J, latent] with the column scales and levels of a weight [n, K]."""
+    """The encoding of integer latents [K, J, latent] with the column scales and levels of a weight [n, K]: each
+    channel coded with a row of the shared table bank or with its own table (:func:`.nwc_tables.choose`)."""
     k, j, channels = latents.shape
     arrays = {"scales": scales.astype(np.float16), "levels": levels.astype(np.uint8)}
-    lowest = latents.reshape(-1, channels).min(axis=0)
-    checksums = []
+    tables, lowest, checksums = np.empty(channels, np.uint8), np.empty(channels, np.int16), []
     rows_per_stream = min(j, -(-STREAM_SYMBOLS // k))
+    states = states_for(k * j)
     for c in range(channels):
-        symbols = latents[:, :, c].T - lowest[c]  # [J, K]: the decoder's lanes run over the columns
-        coded = tans_coder.encode(symbols, int(symbols.max()) + 1, table_log=config.table_log, states=STATES,
-                                  rows_per_stream=rows_per_stream)
-        arrays.update({f"latent{c}.counts": coded.counts, f"latent{c}.offsets": coded.offsets,
-                       f"latent{c}.words": coded.words})
+        tables[c], lowest[c], _ = nwc_tables.choose(latents[:, :, c].ravel(), k * j, config.table_log)
+        symbols = latents[:, :, c].T - int(lowest[c])  # [J, K]: the decoder's lanes run over the columns
+        shared = None if tables[c] == nwc_tables.OWN else nwc_tables.bank()[tables[c]]
+        coded = tans_coder.encode(symbols, nwc_tables.ALPHABET if shared is not None else int(symbols.max()) + 1,
+                                  table_log=config.table_log, states=states, rows_per_stream=rows_per_stream,
+                                  counts=shared)
+        if shared is None:
+            arrays[f"latent{c}.counts"] = coded.counts
+        arrays.update({f"latent{c}.offsets": coded.offsets, f"latent{c}.words": coded.words})
         checksums.append(coded.checksum)
-    arrays["latent_lowest"] = lowest.astype(np.int16)
-    arrays["crc32"] = np.array(checksums, np.uint32)
-    return Encoded(NAME, (n, k), arrays,
-                   {"table_log": config.table_log, "states": STATES, "rows_per_stream": rows_per_stream,
-                    "network": network_id(nwc_network.load())})
+    arrays.update({"latent_tables": tables, "latent_lowest": lowest, "crc32": np.array(checksums, np.uint32)})
+    header = {"table_log": config.table_log, "states": states, "rows_per_stream": rows_per_stream,
+              "network": network_id(nwc_network.load())}
+    if np.any(tables != nwc_tables.OWN):
+        header["bank"] = nwc_tables.bank_id()
+    return Encoded(NAME, (n, k), arrays, header)
+
+
+def channel_counts(enc: Encoded, channel: int) -> np.ndarray:
+    """The tANS counts of a latent channel: its own, or its row of the shared bank."""
+    table = int(enc.arrays["latent_tables"][channel])
+    if table == nwc_tables.OWN:
+        return enc.arrays[f"latent{channel}.counts"]
+    if enc.header.get("bank") != nwc_tables.bank_id():
+        raise CodecError(f"{NAME}: encoded with table bank {enc.header.get('bank')}, not this codec's "
+                         f"{nwc_tables.bank_id()}")
+    if table >= len(nwc_tables.bank()):
+        raise CodecError(f"{NAME}: latent table {table} beyond the bank's {len(nwc_tables.bank())} rows")
+    return nwc_tables.bank()[table]
 
 
 def _scalar_layer(inner: Encoded) -> Encoded:
@@ -222,8 +250,10 @@ def streams(enc: Encoded) -> list[tans_coder.TansStreams]:
         if h["network"] != network_id(nwc_network.load()):
             raise CodecError(f"{NAME}: encoded with network {h['network']}, not the installed codec's "
                              f"{network_id(nwc_network.load())}")
+        if a["latent_tables"].shape != a["crc32"].shape:
+            raise CodecError(f"{NAME}: {a['latent_tables'].size} latent tables for {a['crc32'].size} channels")
         return [tans_coder.TansStreams((j, k), int(h["table_log"]), int(h["states"]), int(h["rows_per_stream"]),
-                                       a[f"latent{c}.counts"], a[f"latent{c}.offsets"], a[f"latent{c}.words"],
+                                       channel_counts(enc, c), a[f"latent{c}.offsets"], a[f"latent{c}.words"],
                                        int(checksum)) for c, checksum in enumerate(a["crc32"])]
     except KeyError as e:
         raise CodecError(f"{NAME}: encoding lacks {e}") from None
@@ -292,21 +322,20 @@ def resolved(config: Config, choice: tuple[str, int]) -> Config:
 
 def estimated_bits(latents: np.ndarray, shape: tuple[int, int], config: Config) -> int:
     """The coded size of the latents of a weight of ``shape`` [n, K] from a sample of them, [chunks, latent] (or
-    all of them, [K, J, latent]), from above: each channel's empirical entropy with the Miller-Madow term (a
-    sample's entropy underestimates its source's) plus 2 % (tANS with 2^11 states codes within a fraction of a
-    percent of it), and exactly what else it stores (table, stream states and offsets, padding, checksum,
-    lowest latent, scales, levels), and a generous header."""
+    all of them, [K, J, latent]), from above: each channel's table and payload as :func:`.nwc_tables.choose`
+    estimates them (an own table's entropy with the Miller-Madow term: a sample's entropy underestimates its
+    source's) plus 2 % (tANS with 2^11 states codes within a fraction of a percent of it), and exactly what else
+    it stores (stream states and offsets, padding, checksum, lowest latent, table index, scales, levels), and a
+    generous header."""
     n, k = shape
     j = -(-n // CHUNK)
     sample = latents.reshape(-1, latents.shape[-1])
     streams = -(-j // min(j, -(-STREAM_SYMBOLS // k)))
     bits = k * (16 + 8) + 8 * 256
     for c in range(sample.shape[1]):
-        values, counts = np.unique(sample[:, c], return_counts=True)
-        per_symbol = float(-(counts * np.log2(counts / len(sample))).sum() + (len(values) - 1) / (2 * np.log(2)))
-        alphabet = int(values[-1] - values[0]) + 1
-        bits += 1.02 * per_symbol * (k * j) / len(sample) + 16 * alphabet + streams * (32 + STATES * config.table_log)
-        bits += 32 * 5 + 32 + 32 + 16
+        _, _, coded = nwc_tables.choose(sample[:, c], k * j, config.table_log)
+        bits += 1.02 * coded + streams * (32 + states_for(k * j) * config.table_log)
+        bits += 32 * 5 + 32 + 32 + 16 + 8
     return int(np.ceil(bits))
 
 

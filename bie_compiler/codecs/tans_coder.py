@@ -169,8 +169,11 @@ def _steps(a: np.ndarray, streams: int, rows_per_stream: int, states: int) -> np
         a.reshape(streams, rows_per_stream, groups, states).transpose(1, 2, 0, 3).reshape(rows_per_stream * groups, -1))
 
 
-def encode(symbols: np.ndarray, alphabet: int, *, table_log: int, states: int, rows_per_stream: int) -> TansStreams:
-    """Code ``symbols`` (ints in ``[0, alphabet)``, shape [N, K]) in the format of the module docstring."""
+def encode(symbols: np.ndarray, alphabet: int, *, table_log: int, states: int, rows_per_stream: int,
+           counts: np.ndarray | None = None) -> TansStreams:
+    """Code ``symbols`` (ints in ``[0, alphabet)``, shape [N, K]) in the format of the module docstring, with the
+    table normalised from their histogram or the given ``counts`` (uint16 [alphabet], summing to 2^table_log,
+    non-zero for every symbol present: a table shared by several streams)."""
     check_layout(table_log, states, rows_per_stream)
     sym = np.asarray(symbols)
     if sym.ndim != 2 or 0 in sym.shape:
@@ -181,7 +184,11 @@ def encode(symbols: np.ndarray, alphabet: int, *, table_log: int, states: int, r
         raise CodecError(f"symbols must lie in [0, {alphabet}), got [{sym.min()}, {sym.max()}]")
     n, k = sym.shape
     size = 1 << table_log
-    counts = normalize_counts(np.bincount(sym.ravel(), minlength=alphabet), table_log)
+    histogram = np.bincount(sym.ravel(), minlength=alphabet)
+    if counts is None:
+        counts = normalize_counts(histogram, table_log)
+    elif counts.shape != (alphabet,) or int(counts.sum()) != size or np.any(counts[histogram > 0] == 0):
+        raise CodecError(f"given counts do not make a table of 2^{table_log} states for these symbols")
     table = decode_table(counts, table_log)
     c = counts.astype(np.int64)
     # Encoding s from state y = X + 2^R in [2^R, 2^(R+1)): emit the low ``nb`` bits of y where y >> nb is in

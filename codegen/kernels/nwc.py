@@ -5,7 +5,8 @@ synthesis network (shared: the build keeps one copy of identical constants for a
 PrimFunc (:func:`decoder`, ``KernelCall.at_load``) decodes the weight in two parallel phases:
 
 1. the latents: every (latent channel, stream) pair in parallel, with the tANS macros of
-   :mod:`.tans_matmul` (each channel its own table; the streams of all channels are stored concatenated);
+   :mod:`.tans_matmul` (each channel its own table or a row of the shared table bank, one constant for all
+   layers; the streams of all channels are stored concatenated);
 2. the synthesis network on tiles of ``TILE`` chunks (one chunk row ``j``, ``TILE`` columns): input layer,
    residual blocks times the quality embedding of each column's level, output layer, times the column scale,
    written as float32 straight into the dense kernels' layout.
@@ -33,7 +34,7 @@ import tvm
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
-from bie_compiler.codecs import Encoded, nwc, nwc_network, tans_coder
+from bie_compiler.codecs import Encoded, nwc, nwc_network, nwc_tables, tans_coder
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
 from . import dense, tans_matmul
@@ -46,11 +47,14 @@ OUT_LANES = 64  # outputs of a register tile: ROWS x 4 AVX-512 accumulators, 4 w
 
 
 def stored(enc: Encoded, network: nwc_network.Network) -> list[np.ndarray]:
-    """What the decoder reads, in its order: the latent streams concatenated (counts, alphabets, offsets into the
-    concatenated words, the words as bytes), the lowest latent per channel, scales, levels, then the network."""
+    """What the decoder reads, in its order: the latent streams concatenated (the channels' own counts, their
+    alphabets (0: a bank row), each channel's table index, the shared table bank, offsets into the concatenated
+    words, the words as bytes), the lowest latent per channel, scales, levels, then the network."""
     a = enc.arrays
     channels = len(a["crc32"])
-    counts = [a[f"latent{c}.counts"] for c in range(channels)]
+    nwc.streams(enc)  # the bank and network the encoding names are the installed ones
+    own = a["latent_tables"] == nwc_tables.OWN
+    counts = [a[f"latent{c}.counts"] if own[c] else np.zeros(0, np.uint16) for c in range(channels)]
     words = [a[f"latent{c}.words"] for c in range(channels)]
     starts = np.cumsum([0] + [32 * w.size for w in words[:-1]], dtype=np.int64)
     offsets = np.stack([a[f"latent{c}.offsets"].astype(np.int64) + starts[c] for c in range(channels)])
@@ -58,7 +62,8 @@ def stored(enc: Encoded, network: nwc_network.Network) -> list[np.ndarray]:
         raise NotImplementedError(f"{nwc.NAME}: a layer of more than 2^32 coded bits")
     p, blocks = network.params, int(network.config["blocks"])
     stacked = {name: np.stack([p[f"synthesis.block{b}.{name}"] for b in range(blocks)]) for name in ("w1", "b1", "w2", "b2")}
-    return [np.concatenate(counts), np.array([c.size for c in counts], np.uint8), offsets.astype(np.uint32),
+    return [np.concatenate(counts + [np.zeros(1, np.uint16)]), np.array([c.size for c in counts], np.uint8),
+            a["latent_tables"], nwc_tables.bank().ravel(), offsets.astype(np.uint32),
             np.concatenate(words).view(np.uint8), a["latent_lowest"], a["scales"], a["levels"],
             p["synthesis.in.w"], p["synthesis.in.b"], stacked["w1"], stacked["b1"], stacked["w2"], stacked["b2"],
             p["synthesis.embedding"], p["synthesis.out.w"], p["synthesis.out.b"]]
@@ -123,6 +128,7 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
     mac = tans_matmul.macros(**lay)
     size, streams = lay["size"], lay["streams"]
     table_elements = tans_matmul.table_length(table_log)  # of a channel's decode table
+    bank_rows = len(nwc_tables.bank())
     tiles_per_row = -(-k // TILE)
 
     input_layer, inner_layer, output_layer = (linear(i, o) for i, o in ((latent, width), (width, width),
@@ -136,7 +142,7 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
                                                       T.float32(-nwc.LATENT_LIMIT)))
 
     @T.macro
-    def decode_latents(counts, alphabets, offsets, words, lowest, column_levels, latents):
+    def decode_latents(counts, alphabets, table_index, bank, offsets, words, lowest, column_levels, latents):
         # checks: a table from counts summing to its size has every next state in range; a window load at a bit
         # position up to the last offset stays within the words (their 8 bytes of padding)
         start = T.decl_buffer((1,), "int64")
@@ -144,6 +150,11 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
         for c in range(latent):
             start[0] = start[0] + T.Cast("int64", alphabets[c])
         assert start[0] <= counts.shape[0], "nwc: the latent alphabets exceed the stored counts"
+        for c in range(latent):
+            assert table_index[c] == T.uint8(nwc_tables.OWN) or T.Cast("int32", table_index[c]) < bank_rows, \
+                "nwc: a latent table beyond the bank"
+            assert table_index[c] == T.uint8(nwc_tables.OWN) or alphabets[c] == T.uint8(0), \
+                "nwc: a latent channel with a bank row and its own counts"
         for c in range(latent):
             for s in range(streams):
                 assert offsets[c, s] <= offsets[c, s + 1], "nwc: latent stream offsets decrease"
@@ -158,9 +169,12 @@ def _phases(n: int, k: int, table_log: int, states: int, rows_per_stream: int, p
             padded = T.decl_buffer((ALPHABET,), "uint16")
             total = T.decl_buffer((1,), "int64")
             total[0] = T.int64(0)
+            row: T.let = T.Cast("int32", T.min(table_index[c], T.uint8(bank_rows - 1)))  # a bank row (unless OWN)
             for s in range(ALPHABET):
-                padded[s] = T.if_then_else(s < T.Cast("int32", alphabets[c]),
-                                           counts[T.min(start[0] + s, counts.shape[0] - 1)], T.uint16(0))
+                padded[s] = T.if_then_else(
+                    table_index[c] != T.uint8(nwc_tables.OWN), bank[row * ALPHABET + s],
+                    T.if_then_else(s < T.Cast("int32", alphabets[c]), counts[T.min(start[0] + s, counts.shape[0] - 1)],
+                                   T.uint16(0)))
                 total[0] = total[0] + T.Cast("int64", padded[s])
             assert total[0] == T.int64(size), "nwc: latent counts do not sum to the table size"
             start[0] = start[0] + T.Cast("int64", alphabets[c])
@@ -242,19 +256,20 @@ def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
     ph = _phases(n, k, table_log, states, rows_per_stream, place)
     latent, width, blocks, levels, chunk = ph.latent, ph.width, ph.blocks, ph.levels, nwc_network.CHUNK
     out_size = int(np.prod(out_shape))
-    streams = ph.streams
+    streams, bank_size = ph.streams, nwc_tables.bank().size
     x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
 
     @T.macro
-    def body(counts, alphabets, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding,
-             out_w, out_b, out):
+    def body(counts, alphabets, tables, bank, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2,
+             b2, embedding, out_w, out_b, out):
         latents = T.decl_buffer((ph.latent_size,), "int8")
-        ph.decode_latents(counts, alphabets, offsets, words, lowest, column_levels, latents)
+        ph.decode_latents(counts, alphabets, tables, bank, offsets, words, lowest, column_levels, latents)
         ph.store(latents, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding, out_w, out_b,
                  T.decl_buffer((out_size,), "float32", data=out.data))
 
     @T.prim_func(private=True)
     def at_load(var_counts: T.handle, alphabets: T.Buffer((latent,), "uint8"),
+                tables: T.Buffer((latent,), "uint8"), bank: T.Buffer((bank_size,), "uint16"),
                 offsets: T.Buffer((latent, streams + 1), "uint32"), var_words: T.handle,
                 lowest: T.Buffer((latent,), "int16"), scales: T.Buffer((k,), "float16"),
                 column_levels: T.Buffer((k,), "uint8"),
@@ -267,11 +282,12 @@ def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
         T.func_attr({"tirx.noalias": True})
         counts = T.match_buffer(var_counts, (T.int64(),), "uint16")
         words = T.match_buffer(var_words, (T.int64(),), "uint8")
-        body(counts, alphabets, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding,
-             out_w, out_b, out)
+        body(counts, alphabets, tables, bank, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2,
+             b2, embedding, out_w, out_b, out)
 
     @T.prim_func(private=True)
     def per_call(var_x: T.handle, var_counts: T.handle, alphabets: T.Buffer((latent,), "uint8"),
+                tables: T.Buffer((latent,), "uint8"), bank: T.Buffer((bank_size,), "uint16"),
                  offsets: T.Buffer((latent, streams + 1), "uint32"), var_words: T.handle,
                  lowest: T.Buffer((latent,), "int16"), scales: T.Buffer((k,), "float16"),
                  column_levels: T.Buffer((k,), "uint8"),
@@ -285,8 +301,8 @@ def decoder(n: int, k: int, table_log: int, states: int, rows_per_stream: int,
         T.match_buffer(var_x, x_shape, "float32")
         counts = T.match_buffer(var_counts, (T.int64(),), "uint16")
         words = T.match_buffer(var_words, (T.int64(),), "uint8")
-        body(counts, alphabets, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2, b2, embedding,
-             out_w, out_b, out)
+        body(counts, alphabets, tables, bank, offsets, words, lowest, scales, column_levels, in_w, in_b, w1, b1, w2,
+             b2, embedding, out_w, out_b, out)
 
     return per_call if x_ndim else at_load
 
@@ -300,9 +316,11 @@ def fused_matmul(n: int, k: int, table_log: int, states: int, rows_per_stream: i
     latent, width, blocks, levels, chunk = ph.latent, ph.width, ph.blocks, ph.levels, nwc_network.CHUNK
     streams = ph.streams
     j, tiles_per_row = -(-n // chunk), -(-k // TILE)
+    bank_size = nwc_tables.bank().size
 
     @T.prim_func(private=True)
     def kernel(var_x: T.handle, var_counts: T.handle, alphabets: T.Buffer((latent,), "uint8"),
+                tables: T.Buffer((latent,), "uint8"), bank: T.Buffer((bank_size,), "uint16"),
                offsets: T.Buffer((latent, streams + 1), "uint32"), var_words: T.handle,
                lowest: T.Buffer((latent,), "int16"), scales: T.Buffer((k,), "float16"),
                column_levels: T.Buffer((k,), "uint8"),
@@ -319,7 +337,7 @@ def fused_matmul(n: int, k: int, table_log: int, states: int, rows_per_stream: i
         counts = T.match_buffer(var_counts, (T.int64(),), "uint16")
         words = T.match_buffer(var_words, (T.int64(),), "uint8")
         latents = T.decl_buffer((ph.latent_size,), "int8")
-        ph.decode_latents(counts, alphabets, offsets, words, lowest, column_levels, latents)
+        ph.decode_latents(counts, alphabets, tables, bank, offsets, words, lowest, column_levels, latents)
         for row in T.parallel(j):
             acc = T.decl_buffer((m * chunk,), "float32")
             for i in range(m * chunk):
