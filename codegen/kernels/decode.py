@@ -110,7 +110,7 @@ def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int,
     depthwise convs) by output channel, K in vectors where it fills them.
 
     ``channel_panel``: the codec's arrays run along output channels instead, in panels of this many channels
-    (the integer codecs' K-major panels): a 1x1 conv's vectors run along channels (:func:`_across_channels`).
+    (``bitwave``'s columns of 16 channels): a 1x1 conv's vectors run along channels (:func:`_across_channels`).
     """
     x = activation(x_ndim)
     out = te.compute(layout.shape, lambda *index: weight(*layout.source(*index)), name="decoded")
