@@ -11,8 +11,8 @@ from tvm import relax
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import ConvSpec, cpu, kernel_for
 from bie_compiler.codegen.weights import PRECISION_ATTR
-from bie_compiler.runtime.progressive_precision import keep_top_planes
 from bie_compiler.parity import run_onnxruntime
+from bie_compiler.runtime.progressive_precision import keep_top_planes
 from kernel_runs import assert_close, computed_constants, run
 
 CASES = [

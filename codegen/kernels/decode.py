@@ -170,9 +170,9 @@ def _across_channels(sch: s_tir.Schedule, block, layout: Layout, panel: int) -> 
 
 def _along_rows(sch: s_tir.Schedule, block) -> None:
     """OIHW of a 1x1 or depthwise conv: per output channel (what a codec's row-level data, a scale or a
-    sensitive-row flag, is read once for), its K weights in the widest vectors that divide K, a row shorter than a
-    vector that 8 lanes do not divide (a depthwise conv's 9) as one vector (one at a time, LLVM vectorized the
-    channel loop instead, with scatters); channels in parallel. A flat loop over every weight would recompute the
+    sensitive-row flag, is read once for), its K weights in the widest vectors that divide K; a row shorter than a
+    vector that 8 lanes do not divide (a depthwise conv's 9) as one vector (decoded one weight at a time, LLVM
+    vectorized the channel loop around them, with scatters); channels in parallel. A flat loop over every weight would recompute the
     channel from the flat index per lane and gather its row-level data (depthwise decodes measured 5-10x slower)."""
     o, *k = sch.get_loops(block)
     row = sch.fuse(*k)
