@@ -10,7 +10,9 @@ from tvm import relax
 
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import ConvSpec, cpu, kernel_for
+from bie_compiler.codegen.weights import PRECISION_ATTR
 from bie_compiler.parity import run_onnxruntime
+from bie_compiler.runtime.progressive_precision import keep_top_planes
 from kernel_runs import assert_close, computed_constants, run
 
 CASES = [
@@ -63,9 +65,10 @@ def oihw(matrix, shape):
 
 
 # kh != kw: the layout's index order shows; 1x1 with K a multiple of 16 and of 8 only: decoded by output channel;
-# 1x1 with 48 channels: the integer codecs decode across channels (K = 100: tiles of 50); depthwise: by channel
-@pytest.mark.parametrize("shape", [(12, 5, 3, 2), (12, 32, 1, 1), (10, 24, 1, 1), (48, 100, 1, 1), (16, 1, 3, 3)],
-                         ids=str)
+# 1x1 with 48 channels: bitwave decodes across channels (K = 100: tiles of 50); an odd channel count (4-bit integers
+# pair channels in a byte's nibbles); depthwise: by channel
+@pytest.mark.parametrize("shape", [(12, 5, 3, 2), (12, 32, 1, 1), (10, 24, 1, 1), (48, 100, 1, 1), (9, 20, 1, 1),
+                                   (16, 1, 3, 3)], ids=str)
 @pytest.mark.parametrize("codec,options", CASES, ids=IDS)
 def test_conv_decoder_is_bit_exact(codec, options, shape, target):
     o, i, kh, kw = shape
@@ -73,6 +76,23 @@ def test_conv_decoder_is_bit_exact(codec, options, shape, target):
     call = kernel_for(enc, target, ConvSpec((1, 1), (0, 0, 0, 0), (1, 1), shape))
     got = run_decoder(call, target, np.zeros((1, i, 4, 4), np.float32), shape, computed_constants(call, target))
     np.testing.assert_array_equal(got, oihw(CODECS[codec].decode(enc), shape))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_conv_codes_cut_at_load_decode_as_fewer_planes(bits, target, tmp_path):
+    """Progressive precision (``runtime/progressive_precision.py``) cuts a conv's integer codes, stored by output
+    channel, to the weights an encoding of fewer planes holds."""
+    shape = (9, 20, 1, 1)
+    matrix = weights(shape[:2], 3)
+    call = kernel_for(encode("bie-bitplane", {"bits": bits}, matrix), target, ConvSpec((1, 1), (0,) * 4, (1, 1), shape))
+    form = dict(call.func.attrs[PRECISION_ATTR])
+    entry = {"tensor": 0, "form": str(form["form"]), "magnitude_bits": int(form["magnitude_bits"])}
+    cut = keep_top_planes(list(call.constants), [entry], 2, tmp_path)
+    got = run_decoder(call, target, np.zeros((1, 20, 4, 4), np.float32), shape, cut)
+    fewer = encode("bie-bitplane", {"bits": bits, "planes": 2}, matrix)
+    np.testing.assert_array_equal(got, oihw(CODECS["bie-bitplane"].decode(fewer), shape))
+    assert not np.array_equal(got, run_decoder(call, target, np.zeros((1, 20, 4, 4), np.float32), shape,
+                                               call.constants))
 
 
 def conv_reference(x, weight, stride, pad, groups):

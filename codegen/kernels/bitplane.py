@@ -259,7 +259,8 @@ def _integer_call(enc: Encoded, planes: BitPlanes, conv: ConvSpec | None) -> Ker
     the integer kernels of :mod:`.int8`, progressive precision cutting the codes' low bits instead."""
     bits = enc.header["bits"]
     codes = integer_codes(planes.planes, planes.signs, enc.shape[1], planes.top_bit)
-    integers = int8.Int8Weights.packed(codes, planes.scales[:, 0], bits)
+    make = int8.Int8Weights.packed if conv is None else int8.Int8Weights.by_channel
+    integers = make(codes, planes.scales[:, 0], bits)
     coded = lambda f: f.with_attr(PRECISION_ATTR, {  # noqa: E731
         "form": "nibbles" if bits == 4 else "codes", "magnitude_bits": bits - 1})
     return int8.kernel_call(integers, enc, conv, "bitplane", coded)

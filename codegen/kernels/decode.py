@@ -110,7 +110,7 @@ def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int,
     depthwise convs) by output channel, K in vectors where it fills them.
 
     ``channel_panel``: the codec's arrays run along output channels instead, in panels of this many channels
-    (the integer codecs' K-major panels): a 1x1 conv's vectors run along channels (:func:`_across_channels`).
+    (``bitwave``'s columns of 16 channels): a 1x1 conv's vectors run along channels (:func:`_across_channels`).
     """
     x = activation(x_ndim)
     out = te.compute(layout.shape, lambda *index: weight(*layout.source(*index)), name="decoded")
@@ -170,12 +170,16 @@ def _across_channels(sch: s_tir.Schedule, block, layout: Layout, panel: int) -> 
 
 def _along_rows(sch: s_tir.Schedule, block) -> None:
     """OIHW of a 1x1 or depthwise conv: per output channel (what a codec's row-level data, a scale or a
-    sensitive-row flag, is read once for), its K weights in the widest vectors that divide K (a depthwise conv's
-    9: one at a time); channels in parallel. A flat loop over every weight would recompute the
+    sensitive-row flag, is read once for), its K weights in the widest vectors that divide K; a row shorter than a
+    vector that 8 lanes do not divide (a depthwise conv's 9) as one vector (decoded one weight at a time, LLVM
+    vectorized the channel loop around them, with scatters); channels in parallel. A flat loop over every weight would recompute the
     channel from the flat index per lane and gather its row-level data (depthwise decodes measured 5-10x slower)."""
     o, *k = sch.get_loops(block)
     row = sch.fuse(*k)
-    lanes = _lanes(int(sch.get(row).extent))
+    extent = int(sch.get(row).extent)
+    lanes = _lanes(extent)
+    if lanes < 8 and extent <= PACK_LANES:
+        lanes = extent  # a short row whole
     outer, inner = sch.split(row, [None, lanes])
     sch.vectorize(inner)
     sch.parallel(o)

@@ -17,7 +17,8 @@ kernels are shared:
   applied once to the tile's sums;
 * several rows: the panel GEMM (:mod:`.panel_gemm`), each panel of channels decoded once per call to
   ``float(q)`` for the dense GEMM's micro-kernel, the scales applied to the tile's sums;
-* convs: the decode kernel (:mod:`.decode`) writing the same values for the dense conv;
+* convs: the decode kernel (:mod:`.decode`) writing the same values for the dense conv; ``int8`` codes (and
+  ``bie-bitplane``'s integers) by output channel for it (:meth:`Int8Weights.by_channel`);
 * a Gather table (an embedding, its rows the channels): the rows asked for, decoded as they are read.
 """
 
@@ -95,9 +96,27 @@ class Int8Weights:
                            lambda h: lambda n, kk: h[0][n // cols, kk, n % cols].astype("int32"), cols)
 
     @staticmethod
-    def of(enc: Encoded) -> "Int8Weights":
+    def by_channel(codes: np.ndarray, scales: np.ndarray, bits: int) -> "Int8Weights":
+        """A conv's integer ``codes`` [N, K] by output channel, each channel's K contiguous, for its decode kernel:
+        one vector of weights is one contiguous load of bytes widened (the panels of :meth:`packed` hold a channel's
+        weights 32 bytes apart, and their decode kernel copied the weights out to OIHW one at a time). Up to 4 bits,
+        channels 2c and 2c + 1 share the bytes of one row [ceil(N / 2), K], in the low and high nibble: a channel
+        reads one nibble of every byte, no K padding. 3-D ([rows, 1, K]) as progressive precision expects."""
+        if bits <= 4:
+            pairs = np.zeros((-(-codes.shape[0] // 2) * 2, codes.shape[1]), np.int8)
+            pairs[:len(codes)] = codes
+            nibbles = pairs.view(np.uint8) & np.uint8(15)
+            rows = (nibbles[0::2] | (nibbles[1::2] << np.uint8(4))).view(np.int8)
+            return Int8Weights([rows[:, None, :], scales], ("nibbles", "scales"),
+                               lambda h: lambda n, kk: _nibble(h[0][n // 2, 0, kk], n % 2), 1)
+        return Int8Weights([codes.astype(np.int8)[:, None, :], scales], ("codes", "scales"),
+                           lambda h: lambda n, kk: h[0][n, 0, kk].astype("int32"), 1)
+
+    @staticmethod
+    def of(enc: Encoded, conv: ConvSpec | None = None) -> "Int8Weights":
         if enc.codec == "int8":
-            return Int8Weights.packed(enc.arrays["codes"], enc.arrays["scales"], 8)
+            make = Int8Weights.packed if conv is None else Int8Weights.by_channel
+            return make(enc.arrays["codes"], enc.arrays["scales"], 8)
         pruned = int(enc.header["pruned_columns"])
 
         def bitwave_value(h):
@@ -216,7 +235,7 @@ def kernel_call(weights: Int8Weights, enc: Encoded, conv: ConvSpec | None, kind:
 @register(bitwave.NAME, ops=("matmul", "conv2d"), target="llvm")
 def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """The INT8 GEMV for one row, the panel GEMM above, the decode kernel for convs."""
-    return kernel_call(Int8Weights.of(enc), enc, conv, "int8")
+    return kernel_call(Int8Weights.of(enc, conv), enc, conv, "int8")
 
 
 def gather(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
