@@ -6,7 +6,7 @@ Cases (``--models`` picks a subset):
   (every weight left dense), ``bbs`` moderate, ``bie-bitplane --bits 4`` and ``int8``;
 * ``mobilenet`` (MobileNetV2-shaped) at batch 1 and 8: dense, ``bbs`` moderate, ``bie-bitplane --bits 4``
   and ``int8`` (every codec encodes convs: decode + conv);
-* the bundled ``mlp``, ``transformer`` and ``cnn`` at batch 1: dense and ``bbs`` moderate.
+* the bundled ``mlp``, ``transformer`` and ``cnn`` at batch 1 and 8: dense and ``bbs`` moderate.
 
 Each case is ``bie-compiler bench`` (``bie_compiler.bench``): the artefact and onnxruntime on the
 source model, each in its own process with the same thread count and no idle spinning, single calls
@@ -51,7 +51,7 @@ VARIANTS = {
 SHAPES = {  # the input's shape per case
     "encoder": [(1, 128, 384), (8, 128, 384), (1, 1, 384)],
     "mobilenet": [(1, 3, 224, 224), (8, 3, 224, 224)],
-    "mlp": [(1, 256)], "transformer": [(1, 16, 128)], "cnn": [(1, 3, 32, 32)],
+    "mlp": [(1, 256), (8, 256)], "transformer": [(1, 16, 128), (8, 16, 128)], "cnn": [(1, 3, 32, 32), (8, 3, 32, 32)],
 }
 ONE_ROW = {"encoder": (1, 1, 384)}  # the shapes at which a matmul reads each weight once per call
 
