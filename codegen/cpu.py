@@ -175,6 +175,7 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
         unit = unit_views(fuse_unit_epilogues(specialize_unit_dims(mod)))
         with target:
             unit = fuse_gemm_epilogues(unit, fused)
+        unit = relax.transform.DeadCodeElimination()(unit)
         return tvm.compile(unit, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights, kernel_layers(unit)
     # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of
     # several kinds, and any other fault raises again from the plain build below

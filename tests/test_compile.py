@@ -58,8 +58,9 @@ def test_artefact_size_shows_the_compression(artefacts, codec):
     totals = manifest["totals"]
     so_bytes = (artefacts["mlp", codec] / LIBRARY).stat().st_size
     assert totals["bytes_encoded"] < totals["bytes_dense"] / 3.9  # int8: 8 bits and a scale per channel
-    # model.so = encoded weights + biases + code (well under the 1 MiB of dense weights)
-    assert so_bytes < totals["bytes_encoded"] + 400_000 < totals["bytes_dense"]
+    # model.so = encoded weights + biases + code (each layer's one-row kernel and its many-row GEMM with the
+    # epilogue fused: 0.4-0.5 MB), well under the 1 MiB of dense weights that folding would bring back
+    assert so_bytes < totals["bytes_encoded"] + 600_000 < totals["bytes_dense"]
 
 
 def test_runner_by_name_and_symbolic_batch(artefacts):
