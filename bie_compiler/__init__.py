@@ -5,6 +5,10 @@ import os
 # TVM's thread pool reads this once; without it TVM may use a single thread on small VMs.
 os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
+from . import tvm_without_torch  # noqa: E402
+
+tvm_without_torch.install()
+
 __version__ = "0.1.0"
 
 from .errors import BieError  # noqa: E402
