@@ -212,3 +212,22 @@ def test_a_large_heavy_tailed_layer_is_planned_with_the_network():
     w = (rng.standard_t(3, (512, 128)) * np.exp(0.5 * rng.standard_normal(128)) * 0.05).astype(np.float32)
     enc = nwc.encode(w, nwc.Config(bits_per_weight=4.5))
     assert nwc.scalar(enc) is None and enc.bits_per_weight <= 4.5
+
+
+def test_with_feedback_a_layer_planned_for_the_network_keeps_it_only_where_its_feedback_output_error_is_lower():
+    w, cal = weight(128, 64), correlated_calibration(64)
+    options = nwc.level_options(w, nwc.Config(), cal)
+
+    def error(c):
+        return feedback.output_error(w, nwc.decode(nwc.encode(w, nwc.resolved(nwc.Config(), c), cal)), cal.xtx)
+
+    kept = 0
+    for choice in [("nwc", 2), ("nwc", 3), ("nwc", 9)]:
+        bits = next(o[1] for o in options if o[0] == choice)
+        rival = max((o for o in options if o[0][0] == "tans" and o[1] <= bits), key=lambda o: o[1])[0]
+        network = error(choice) <= error(rival)
+        kept += network
+        narrowed = nwc.coding_by_feedback(w, nwc.Config(), cal, options, choice)
+        assert narrowed == (options if network else [o for o in options if o[0][0] == "tans"])
+    assert 0 < kept < 3  # both outcomes occur on this layer
+    assert nwc.coding_by_feedback(w, nwc.Config(), cal, options, ("tans", 63)) == options  # tans is kept as planned

@@ -18,7 +18,8 @@ from .stored import LazyMapping, StoredMatrix
 
 def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs: dict, calibrations: dict | None,
          options: Callable[[np.ndarray, object, object], list], resolved: Callable[[object, int], object],
-         workers: Workers = SERIAL, coded_bits: Callable[[np.ndarray, object, object], int] | None = None) -> dict:
+         workers: Workers = SERIAL, coded_bits: Callable[[np.ndarray, object, object], int] | None = None,
+         narrow: Callable[[np.ndarray, object, object, list, object], list] | None = None) -> dict:
     """Per-layer configs: the layers whose config sets ``bits_per_weight`` split that budget, the others kept.
 
     ``options(weight, config, calibration or None)``: the layer's table for :func:`allocate`, measured by
@@ -32,6 +33,10 @@ def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs:
     with that calibration. Given, and the layers calibrated, the split is made to fit what error feedback
     actually codes (:func:`fit`): the options' sizes are measured on round-to-nearest codes, which entropy-code
     smaller than the feedback's. Each calibrated matrix is then read a second time.
+
+    ``narrow(weight, config, calibration, options, choice)``: the layer's options a codec keeps once the first
+    split chose ``choice`` for it, the calibrated layers only (e.g. the kinds of coding of the options compared
+    with error feedback, which the round-to-nearest table cannot see); the split is then made again on them.
     """
     out = dict(configs)
     calibrations = calibrations or {}
@@ -50,6 +55,10 @@ def plan(codec: str, matrices: Mapping[str, np.ndarray | StoredMatrix], configs:
         sized = {n: layer_sizes[n] for n in names} if layer_sizes else None
         table = workers.map(options, LazyMapping(names, task, sized))
         chosen = allocate(codec, table, budget, sum(sizes.values()))
+        if narrow is not None and measured:
+            table = workers.map(narrow, LazyMapping(names, lambda n: (
+                matrices[n], configs[n], calibrations[n], table[n], chosen[n])))
+            chosen = allocate(codec, table, budget, sum(sizes.values()))
         if coded_bits is not None and measured:
             def measure(choice: dict[str, int]) -> dict[str, int]:
                 return workers.map(coded_bits, LazyMapping(choice, lambda n: (

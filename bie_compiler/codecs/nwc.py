@@ -302,8 +302,10 @@ def plan(matrices: Mapping[str, np.ndarray], configs: dict[str, Config],
     """Per-layer quality (or ``tans`` levels) for the layers given a budget (:func:`.budget_split.plan`) from each
     layer's measured options (:func:`level_options`); with error feedback the split is then lowered until the
     feedback's codes fit (:func:`.budget_split.fit`: they entropy-code larger than the round-to-nearest ones
-    the options measure)."""
-    return budget_split.plan(NAME, matrices, configs, calibrations, level_options, resolved, workers, _coded_bits)
+    the options measure). With feedback each layer is first held to the network's or to ``tans``'s options,
+    whichever the feedback serves better (:func:`coding_by_feedback`)."""
+    return budget_split.plan(NAME, matrices, configs, calibrations, level_options, resolved, workers, _coded_bits,
+                             coding_by_feedback)
 
 
 def _coded_bits(weight: np.ndarray, config: Config, calibration: feedback.Calibration) -> int:
@@ -311,6 +313,26 @@ def _coded_bits(weight: np.ndarray, config: Config, calibration: feedback.Calibr
     rotated weight)."""
     enc = encode(weight, config, calibration)
     return 8 * (rotation.with_signs(enc) if config.rotate else enc).nbytes
+
+
+def coding_by_feedback(weight: np.ndarray, config: Config, calibration: feedback.Calibration, options: list,
+                       choice: tuple[str, int]) -> list:
+    """``options`` without the network's where the plan chose the network for the layer but ``tans``'s option
+    of the most bits not above it has the smaller output error once both are encoded with error feedback (the
+    whole layer: a sample of rows can miss the outlier rows where the network's codes fail); else ``options``.
+
+    The options rank the two by round-to-nearest weight error, but feedback lowers the output error of the
+    scalar grid's fine steps by more than the network's at high rates, and on some layers the network's codes
+    with feedback come out far worse than round to nearest suggests."""
+    bits = next(o[1] for o in options if o[0] == choice)
+    rivals = [o for o in options if o[0][0] == tans.NAME and o[1] <= bits]
+    if choice[0] != NAME or not rivals:
+        return options
+    rival = max(rivals, key=lambda o: (o[1], -o[2]))[0]
+    w = check_weight(weight)
+    errors = {c: feedback.output_error(w, decode(encode(w, resolved(config, c), calibration)), calibration.xtx)
+              for c in (choice, rival)}
+    return options if errors[choice] <= errors[rival] else [o for o in options if o[0][0] == tans.NAME]
 
 
 def resolved(config: Config, choice: tuple[str, int]) -> Config:
