@@ -41,9 +41,9 @@ from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
 
-# Cost (operations + words touched, see cost()) below which a parallel region costs more than it saves: waking the sleeping
-# pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for this
-# much work; measured there, the bundled cnn and the encoder at one token ran no faster with any smaller bound.
+# Cost (operations and words touched, see cost()) below which a parallel region costs more than it saves: waking the
+# sleeping pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for
+# this much work; measured there, the bundled cnn and the encoder at one token ran no faster with any smaller bound.
 SERIAL_WORK = 1 << 20
 # Weights of a model above this many bytes are streamed from memory (or the shared L3) by every call: one core's L2.
 CACHED_WEIGHT_BYTES = 2 << 20
@@ -100,7 +100,8 @@ def operations(expr) -> int:
     return count[0]
 
 
-def footprint(stmt, streamed: frozenset = frozenset(), views: dict | None = None) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+def footprint(stmt, streamed: frozenset = frozenset(),
+              views: dict | None = None) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
     """(cached, streamed): 4-byte words of the distinct memory ``stmt`` loads from or stores to, the buffers declared
     inside it (register tiles, per-task scratch) left out; a buffer named in ``streamed`` is streamed. ``views``
     (:func:`memory_views`): buffer -> the buffer whose memory it views; the views of one memory count once, as
@@ -142,7 +143,8 @@ def memory_views(func_body) -> dict:
 
     def collect(node):
         data = node.data
-        if isinstance(data, Call) and getattr(data.op, "name", "") == BUFFER_DATA and isinstance(data.args[0], tirx.Var):
+        if (isinstance(data, Call) and getattr(data.op, "name", "") == BUFFER_DATA
+                and isinstance(data.args[0], tirx.Var)):
             viewed[node.buffer] = data.args[0]
         return node
 
