@@ -20,7 +20,12 @@ operations are few. The weights of a model larger than one core's L2 are evicted
 kernels that read them (each is read once per call), so :func:`mark_streamed_weights` names the
 weight parameters of the encoded and dense matmul kernels of such a model (``STREAMED_ATTR``), and
 their words count ``STREAMED_WORD`` times; a small model's weights (the bundled transformer and mlp)
-stay in L2 from one call to the next and count as any other word.
+stay in L2 from one call to the next and count as any other word. A loop's cost is then the larger of
+its operations and its streamed words, not their sum, plus its cached words: one thread reads the
+stream while it computes (the one-row GEMVs prefetch it, out-of-order execution overlaps the rest), so
+it takes about as long as the slower of the two; what it writes and reads besides (a decoded weight, the
+activations) adds. Buffers that view one memory (a kernel's weight declared again as a flat stream)
+count once.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
 
-# Work (operations + words touched) below which a parallel region costs more than it saves: waking the sleeping
-# pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for this
-# much work; measured there, the bundled cnn and the encoder at one token ran no faster with any smaller bound.
+# Cost (operations and words touched, see cost()) below which a parallel region costs more than it saves: waking the
+# sleeping pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for
+# this much work; measured there, the bundled cnn and the encoder at one token ran no faster with any smaller bound.
 SERIAL_WORK = 1 << 20
 # Weights of a model above this many bytes are streamed from memory (or the shared L3) by every call: one core's L2.
 CACHED_WEIGHT_BYTES = 2 << 20
@@ -48,6 +53,7 @@ CACHED_WEIGHT_BYTES = 2 << 20
 STREAMED_WORD = 8
 # On a PrimFunc: the names of its buffer parameters that are streamed weights (see mark_streamed_weights).
 STREAMED_ATTR = "bie.streamed_buffers"
+BUFFER_DATA = "tirx.buffer_data"  # the op of ``buffer.data``: a buffer declared over another's memory
 
 # Expression nodes that cost an instruction or so (variables, constants and vector index ramps do not).
 OPERATIONS = (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ, P.NE, P.LT, P.LE, P.GT,
@@ -94,9 +100,13 @@ def operations(expr) -> int:
     return count[0]
 
 
-def footprint(stmt, streamed: frozenset = frozenset()) -> tirx.PrimExpr:
-    """4-byte words of the distinct buffers ``stmt`` loads from or stores to, those declared inside it (register
-    tiles, per-task scratch) left out; a buffer named in ``streamed`` counts ``STREAMED_WORD`` times."""
+def footprint(stmt, streamed: frozenset = frozenset(),
+              views: dict | None = None) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+    """(cached, streamed): 4-byte words of the distinct memory ``stmt`` loads from or stores to, the buffers declared
+    inside it (register tiles, per-task scratch) left out; a buffer named in ``streamed`` is streamed. ``views``
+    (:func:`memory_views`): buffer -> the buffer whose memory it views; the views of one memory count once, as
+    that buffer, streamed if any of them is named in ``streamed``."""
+    views = views or {}
     touched, local = {}, set()
 
     def collect(node):
@@ -109,16 +119,49 @@ def footprint(stmt, streamed: frozenset = frozenset()) -> tirx.PrimExpr:
         return node
 
     tvm_ffi.structural_map(stmt, [((s.BufferStore, TensorLoad, s.AllocBuffer, s.DeclBuffer), collect)], order="post")
-    total = tirx.IntImm("int64", 0)
+    memories = {}  # the memory each buffer touched (and not declared inside) views -> those buffers
     for buffer in touched.values():
-        if buffer in local:
-            continue
-        bits = tirx.IntImm("int64", tvm.runtime.DataType(buffer.dtype).bits)
-        for extent in buffer.shape:
+        if buffer not in local:
+            memories.setdefault(views.get(buffer, buffer), []).append(buffer)
+    cached, streaming = tirx.IntImm("int64", 0), tirx.IntImm("int64", 0)
+    for memory, seen in memories.items():
+        bits = tirx.IntImm("int64", tvm.runtime.DataType(memory.dtype).bits)
+        for extent in memory.shape:
             bits = bits * _int64(extent)
         words = tirx.FloorDiv(bits, tirx.IntImm("int64", 32))
-        total = total + (words * STREAMED_WORD if buffer.name in streamed else words)
-    return total
+        if any(b.name in streamed for b in [memory, *seen]):
+            streaming = streaming + words
+        else:
+            cached = cached + words
+    return cached, streaming
+
+
+def memory_views(func_body) -> dict:
+    """Buffer -> the buffer whose memory it views (``T.decl_buffer(..., data=other.data)``, followed to the first),
+    for the buffers of ``func_body`` declared over another's memory."""
+    viewed = {}
+
+    def collect(node):
+        data = node.data
+        if (isinstance(data, Call) and getattr(data.op, "name", "") == BUFFER_DATA
+                and isinstance(data.args[0], tirx.Var)):
+            viewed[node.buffer] = data.args[0]
+        return node
+
+    tvm_ffi.structural_map(func_body, [(s.DeclBuffer, collect)], order="post")
+    views = {}
+    for buffer, memory in viewed.items():
+        while memory in viewed:
+            memory = viewed[memory]
+        views[buffer] = memory
+    return views
+
+
+def cost(loop, streamed: frozenset = frozenset(), views: dict | None = None) -> tirx.PrimExpr:
+    """What ``loop`` costs one thread, in the units of SERIAL_WORK: the larger of its :func:`work` and
+    ``STREAMED_WORD`` per streamed word, plus its cached words (:func:`footprint`; see the module docstring)."""
+    cached, streaming = footprint(loop, streamed, views)
+    return tirx.Max(work(loop), streaming * STREAMED_WORD) + cached
 
 
 def _substitute(expr: tirx.PrimExpr, bound: dict) -> tirx.PrimExpr:
@@ -161,15 +204,16 @@ def mark_streamed_weights(mod: tvm.IRModule, weight_bytes: int) -> tvm.IRModule:
 
 
 def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx.PrimFunc:
-    """``func`` with each parallel loop serial below ``threshold`` work (:func:`work` + :func:`footprint`, the
-    buffers ``STREAMED_ATTR`` names streamed)."""
+    """``func`` with each parallel loop serial below ``threshold`` :func:`cost` (the buffers ``STREAMED_ATTR`` names
+    streamed)."""
     analyzer = tvm.sym.Analyzer()
     streamed = frozenset(str(name) for name in (func.attrs or {}).get(STREAMED_ATTR, []))
+    views = memory_views(func.body)
 
     def rewrite(loop):
         if not isinstance(loop, s.For) or loop.kind != s.ForKind.PARALLEL:
             return loop
-        amount = analyzer.simplify(work(loop) + footprint(loop, streamed))
+        amount = analyzer.simplify(cost(loop, streamed, views))
         if set(tirx.analysis.undefined_vars(amount)) & _defined_inside(loop):  # not known before the loop starts
             return loop
         serial = s.For(loop.loop_var, loop.min, loop.extent, s.ForKind.SERIAL, loop.body, None, loop.annotations,

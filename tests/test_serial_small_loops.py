@@ -6,13 +6,15 @@ import tvm
 import tvm.sym
 import tvm_ffi
 from tvm import s_tir, te, tirx
+from tvm.script import tirx as T
 from tvm.tirx import stmt as s
 
 from bie_compiler.codegen import cpu
 from bie_compiler.codegen.kernel_registry import AT_LOAD_ATTR, finish
 from bie_compiler.codegen.kernels import dense
 from bie_compiler.codegen.serial_small_loops import (CACHED_WEIGHT_BYTES, SERIAL_WORK, STREAMED_ATTR, STREAMED_WORD,
-                                                    footprint, mark_streamed_weights, serial_when_small, work)
+                                                    cost, footprint, mark_streamed_weights, memory_views,
+                                                    serial_when_small, work)
 from bie_compiler.codegen.target import make_target
 
 
@@ -44,7 +46,8 @@ def loops(func: tirx.PrimFunc, kind) -> list:
 def test_work_counts_vector_operations_and_words_touched():
     (loop,) = loops(lowered(scaled_rows(8)), s.ForKind.PARALLEL)
     assert int(work(loop)) == 8 * 256 // 16 * 3  # per 16-lane vector: a load, a multiply, a store
-    assert int(tvm.sym.Analyzer().simplify(footprint(loop))) == 2 * 8 * 256  # x and y, float32
+    cached, streamed = footprint(loop)
+    assert int(tvm.sym.Analyzer().simplify(cached)) == 2 * 8 * 256 and int(streamed) == 0  # x and y, float32
 
 
 @pytest.mark.parametrize("rows,parallel", [(8, False), (4 * SERIAL_WORK // 256, True)])
@@ -113,8 +116,13 @@ def test_streamed_words_cost_more_and_split_the_gemv_over_threads():
     (loop,) = loops(marked, s.ForKind.PARALLEL)
     simplify = tvm.sym.Analyzer().simplify
     weight_words = GEMV_N * GEMV_K
-    assert int(simplify(footprint(loop, frozenset({"packed"})) - footprint(loop))) == (STREAMED_WORD - 1) * weight_words
-    assert int(simplify(_at_one_row(work(loop) + footprint(loop), marked))) < SERIAL_WORK  # as cached words: serial
+    cached, streamed = footprint(loop, frozenset({"packed"}))
+    assert int(simplify(streamed)) == weight_words
+    all_cached = int(simplify(_at_one_row(sum(footprint(loop)), marked)))  # the weight as cached words
+    assert int(simplify(_at_one_row(cached, marked))) == all_cached - weight_words
+    assert int(simplify(_at_one_row(work(loop), marked))) + all_cached < SERIAL_WORK  # as cached words: serial
+    assert int(simplify(_at_one_row(cost(loop, frozenset({"packed"})), marked))) == (
+        STREAMED_WORD * weight_words + int(simplify(_at_one_row(cached, marked))))
     # the run-time choice at one row: serial when cached, parallel when streamed
     assert _one_row_form(serial_when_small(plain)) == s.ForKind.SERIAL
     assert _one_row_form(serial_when_small(marked)) == s.ForKind.PARALLEL
@@ -159,3 +167,62 @@ def _at_one_row(expr, func: tirx.PrimFunc):
     while not (new := tvm_ffi.structural_map(expr, (tirx.Var, replace), order="post")).same_as(expr):
         expr = new
     return expr
+
+
+@T.prim_func
+def _summed_twice(w: T.Buffer((64, 16), "float32"), out: T.Buffer((64,), "float32")):
+    """Each row of ``w`` summed, then summed again through a flat view of the same memory (as the one-row GEMVs
+    declare their weights again as the stream a thread reads)."""
+    T.func_attr({"global_symbol": "main"})
+    flat = T.decl_buffer((1024,), "float32", data=w.data)
+    for i in T.parallel(64):
+        out[i] = T.float32(0)
+        for j in range(16):
+            out[i] = out[i] + w[i, j] + flat[i * 16 + j]
+
+
+def test_views_of_one_memory_count_once_and_stream_as_the_weight():
+    func = lowered(_summed_twice)
+    (loop,) = loops(func, s.ForKind.PARALLEL)
+    views = memory_views(func.body)
+    simplify = tvm.sym.Analyzer().simplify
+    assert [int(simplify(words)) for words in footprint(loop, views=views)] == [64 * 16 + 64, 0]
+    assert [int(simplify(words)) for words in footprint(loop)] == [2 * 64 * 16 + 64, 0]  # seen as two buffers
+    assert [int(simplify(words)) for words in footprint(loop, frozenset({"w"}), views)] == [64, 64 * 16]
+
+
+def test_cost_is_the_larger_of_operations_and_streamed_words():
+    func = lowered(_summed_twice)
+    (loop,) = loops(func, s.ForKind.PARALLEL)
+    views = memory_views(func.body)
+    simplify = tvm.sym.Analyzer().simplify
+    operations = int(simplify(work(loop)))
+    assert int(simplify(cost(loop, frozenset(), views))) == operations + 64 * 16 + 64  # w and out cached
+    assert int(simplify(cost(loop, frozenset({"w"}), views))) == max(operations, STREAMED_WORD * 64 * 16) + 64
+    assert operations < STREAMED_WORD * 64 * 16  # the streamed words decide here
+
+
+def test_one_row_bbs_gemv_of_a_streamed_ffn_weight_runs_on_one_thread():
+    """The encoder's FFN one-row bbs GEMV (384x1536, 377 KB streamed): its look-ups overlap the prefetched stream, so
+    it costs its streamed words, under SERIAL_WORK (it was split when operations, words and its stream views' words
+    were added up: 1.12 M)."""
+    from bie_compiler.codecs import bbs
+    from bie_compiler.codegen.kernels import bbs_decoded, bbs_lut
+
+    weight = np.random.default_rng(5).standard_normal((1536, 384)).astype("float32")
+    enc = bbs.encode(weight, bbs.Config("moderate", sensitive_channels=320))
+    target = make_target()
+    with target:
+        func = bbs_lut.gemv(enc).with_attrs({"global_symbol": "main", STREAMED_ATTR: [
+            "scales", "position", "sensitive", "columns", "meta"]})  # every constant (bbs_decoded.constants)
+    marked = lowered(func)
+    (loop,) = loops(marked, s.ForKind.PARALLEL)
+    simplify = tvm.sym.Analyzer().simplify
+    views = memory_views(marked.body)
+    streamed = frozenset(func.attrs[STREAMED_ATTR])
+    cached, streaming = (int(simplify(_at_one_row(w, marked))) for w in footprint(loop, streamed, views))
+    scales, _, *streams = bbs_decoded.constants(enc)  # position is read after the loop, by the output unshuffle
+    assert streaming * 4 == scales.nbytes + sum(c.nbytes for c in streams)  # each once, its stream view too
+    assert int(simplify(_at_one_row(work(loop), marked))) < STREAMED_WORD * streaming
+    assert STREAMED_WORD * streaming + cached < SERIAL_WORK
+    assert _one_row_form(serial_when_small(marked)) == s.ForKind.SERIAL
