@@ -33,7 +33,8 @@ from .fast_math import fast_math
 from .fuse_expand_depthwise import fuse_expand_depthwise
 from .gemm_epilogues import fuse_gemm_epilogues
 from .kernel_registry import kernel_layers
-from .schedules import conv2d, depthwise_conv2d, elementwise, expand_depthwise, matmul, pointwise_overlap, reduction
+from .schedules import (conv2d, depthwise_conv2d, depthwise_flat, elementwise, expand_depthwise, matmul,
+                        pointwise_overlap, reduction)
 from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import mark_streamed_weights, serial_when_small
 from .stack_buffers import stack_buffers
@@ -51,6 +52,7 @@ RULES = [
     expand_depthwise.ExpandDepthwise(),
     pointwise_overlap.PointwiseOverlap(),
     conv2d.Conv2D(),
+    depthwise_flat.DepthwiseFlat(),
     depthwise_conv2d.DepthwiseConv2D(),
     matmul.Matmul(),
     reduction.RowReduction(),

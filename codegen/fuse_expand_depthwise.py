@@ -8,10 +8,10 @@ never stored (``codegen/schedules/expand_depthwise.py`` schedules the fused func
 
 Runs between ``FuseOps`` and ``FuseTIR``: the two groups (Relax functions marked ``Primitive``, each a
 chain of ``call_tir``) become one group, which ``FuseTIR`` turns into one PrimFunc. Only pairs whose
-intermediate tensor is at least ``MIN_BYTES`` per image are fused: a smaller one stays in L2 between the
-two kernels, and the separate pointwise conv tiles channels and pixels better than the fused one. A strided
-depthwise conv needs a larger one (``MIN_STRIDED_BYTES``): its bands copy the pointwise rows into column phases,
-which costs more than the round trip through memory on mid-sized planes (144 x 56 x 56).
+intermediate tensor is at least ``MIN_BYTES`` per image are fused: the separate pointwise conv tiles channels
+and pixels better than the fused one (whose register tile runs along one row: 8-lane vectors on a 56-wide
+row), and its band halos recompute rows, which costs more than the round trip of a mid-sized tensor through
+the shared L3 (144 x 56 x 56, stride 1 or 2); a tensor of several MB (96 x 112 x 112) is worth keeping in L2.
 
 An encoded depthwise weight is computed by a decode kernel that takes the conv's input without reading it
 (``codegen/kernels/decode.py``): that use does not keep the pair apart; the decode kernel is given the pointwise
@@ -26,8 +26,7 @@ from tvm.relax.utils import copy_with_new_vars
 
 from .relax_calls import call_tir_parts, variable_uses
 
-MIN_BYTES = 1 << 20  # per image: the expanded tensor of one image, above which it leaves L2 (2 MB per core here)
-MIN_STRIDED_BYTES = 4 << 20  # the same before a strided depthwise conv
+MIN_BYTES = 4 << 20  # per image: the expanded tensor of one image from which the pair is fused (see above)
 
 
 def _static(shape) -> list[int | None]:
@@ -102,20 +101,20 @@ def merge_groups(first: relax.Function, second: relax.Function) -> relax.Functio
                           attrs=second.attrs)
 
 
-def fuse_expand_depthwise(min_bytes: int = MIN_BYTES, min_strided_bytes: int = MIN_STRIDED_BYTES) -> tvm.transform.Pass:
-    """The pass: each pointwise conv group whose output (per image) has at least ``min_bytes`` (``min_strided_bytes``
-    before a strided depthwise conv) and is read only by a depthwise conv group fused with it."""
-    return tvm.transform.module_pass(lambda mod, _ctx: _fuse(mod, min_bytes, min_strided_bytes), opt_level=0,
+def fuse_expand_depthwise(min_bytes: int = MIN_BYTES) -> tvm.transform.Pass:
+    """The pass: each pointwise conv group whose output (per image) has at least ``min_bytes`` and is read only by a
+    depthwise conv group fused with it."""
+    return tvm.transform.module_pass(lambda mod, _ctx: _fuse(mod, min_bytes), opt_level=0,
                                      name="FuseExpandDepthwise")
 
 
-def _fuse(mod: tvm.IRModule, min_bytes: int, min_strided_bytes: int) -> tvm.IRModule:
+def _fuse(mod: tvm.IRModule, min_bytes: int) -> tvm.IRModule:
     groups = {gv: f for gv, f in mod.functions_items()
               if isinstance(f, relax.Function) and f.attrs is not None and f.attrs.get("Primitive", False)}
     builder = relax.BlockBuilder(mod)
     merged: dict[tuple, tvm.ir.GlobalVar] = {}
     callers = {gv: f for gv, f in mod.functions_items() if isinstance(f, relax.Function) and gv not in groups}
-    rewritten = {gv: _fuse_calls(mod, f, groups, builder, merged, min_bytes, min_strided_bytes)
+    rewritten = {gv: _fuse_calls(mod, f, groups, builder, merged, min_bytes)
                  for gv, f in callers.items()}
     rewritten = {gv: f for gv, f in rewritten.items() if f is not None}
     if not rewritten:
@@ -126,7 +125,7 @@ def _fuse(mod: tvm.IRModule, min_bytes: int, min_strided_bytes: int) -> tvm.IRMo
     return tvm.transform.Sequential([relax.transform.Normalize(), relax.transform.DeadCodeElimination()])(mod)
 
 
-def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes, min_strided_bytes) -> relax.Function | None:
+def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes) -> relax.Function | None:
     """``func`` with each fusable pair of group calls made one call (new groups added to ``builder``), or None."""
     if not isinstance(func.body, relax.SeqExpr):
         return None
@@ -152,8 +151,7 @@ def _fuse_calls(mod, func: relax.Function, groups, builder, merged, min_bytes, m
             group = groups.get(callee) if isinstance(callee, tvm.ir.GlobalVar) else None
             shapes = _first_conv(mod, group) if group is not None else None
             source = value.args[0] if shapes is not None else None
-            if (shapes is not None and is_depthwise(shapes) and source in producers and uses.get(source) == 1
-                    and (shapes[2][2:] == shapes[0][2:] or _bytes(shapes[0]) >= min_strided_bytes)):
+            if shapes is not None and is_depthwise(shapes) and source in producers and uses.get(source) == 1:
                 first = producers.pop(source)
                 key = (first.value.op, callee)
                 if key not in merged:

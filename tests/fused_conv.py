@@ -74,7 +74,7 @@ def expand_depthwise(cin, height, width, channels, kernel=3, stride=1, epilogue=
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-            relax.transform.FuseOps(), fuse_expand_depthwise(min_bytes=0, min_strided_bytes=0), relax.transform.FuseTIR(), linear_epilogue_pass]
+            relax.transform.FuseOps(), fuse_expand_depthwise(min_bytes=0), relax.transform.FuseTIR(), linear_epilogue_pass]
     with make_target():
         mod = tvm.transform.Sequential(fuse)(bb.get())
     (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]

@@ -31,7 +31,7 @@ IDS = [f"{c}-{o}" for c, o in CASES]
 # (out, in / groups, kernel, stride, pad, groups, height): 1x1; 3x3 stride 2 with padding on an odd size; grouped;
 # depthwise (K = 9, shorter than every format's block); 5x5 stride 1, asymmetric in / out
 CONVS = [(24, 20, 1, 1, 0, 1, 7), (40, 12, 3, 2, 1, 1, 9), (18, 4, 3, 1, 1, 3, 8), (48, 1, 3, 2, 1, 48, 10),
-         (8, 6, 5, 1, 2, 1, 6)]
+         (8, 6, 5, 1, 2, 1, 6), (32, 1, 3, 1, 1, 32, 7)]  # the last: a 7x7 depthwise conv (written over flat planes)
 
 
 def weights(shape, seed):

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tvm
+import tvm_ffi
 from tvm import te, tirx
 
 import bie_compiler
@@ -61,6 +62,37 @@ def test_fused_gemm_computes_the_gemm_then_the_epilogue(batch, seq):
     h = x @ weight.T + bias
     reference = 0.5 * h * (1 + np.tanh(0.7978845608 * (h + 0.044715 * h ** 3))) + residual
     np.testing.assert_allclose(got.numpy(), reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+def _partitioned_parallel_loops(func: tirx.PrimFunc) -> list[bool]:
+    """For each parallel loop of ``func``: whether it carries the loop-partition hint (its tail tile peeled)."""
+    found = []
+
+    def visit(loop):
+        if loop.kind == tirx.ForKind.PARALLEL:
+            found.append("pragma_loop_partition_hint" in loop.annotations)
+        return loop
+
+    tvm_ffi.structural_map(func.body, (tirx.For, visit), order="post")
+    return found
+
+
+@pytest.mark.parametrize("rows", [1, 8, 19])
+def test_fused_dense_gemm_with_a_classifier_epilogue(rows):
+    """A classifier: 1000 channels (not whole panels), the epilogue over [batch, 1000] in int64 as Relax gives it.
+    Its tail panel is peeled, so the full panels run unpredicated (predicated, every tile ran in scalars)."""
+    n, k = 1000, 64
+    batch = tirx.Var("batch", "int64")
+    h, b = te.placeholder((batch, tirx.IntImm("int64", n)), name="h"), te.placeholder((tirx.IntImm("int64", n),), name="b")
+    epilogue = te.create_prim_func([h, b, te.compute(h.shape, lambda i, j: h[i, j] + b[j], name="y")])
+    rng = np.random.default_rng(rows)
+    weight, x, bias = (rng.standard_normal(shape).astype(np.float32) for shape in ((n, k), (rows, k), (n,)))
+    packed = dense.pack(weight)
+    fused = gemm_epilogues.fused_gemm(epilogue, 0, n, gemm_epilogues.dense_gemm(k, list(packed.shape)))
+    assert _partitioned_parallel_loops(fused) == [True]
+    got = tvm.runtime.tensor(np.full((rows, n), np.nan, np.float32))
+    _run(fused, x, packed, bias, got)
+    np.testing.assert_allclose(got.numpy(), x.astype(np.float64) @ weight.T + bias, rtol=1e-4, atol=1e-4)
 
 
 def _row_sum_added(h: te.Tensor) -> te.Tensor:

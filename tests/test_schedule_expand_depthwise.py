@@ -27,7 +27,7 @@ def test_scheduled_pair_matches_unscheduled(case, check_rule):
     check_rule(ExpandDepthwise(), func, [{"batch": 1}, {"batch": 2}])
 
 
-def _group_count(cin, h, w, channels, min_bytes, stride=1, min_strided_bytes=0):
+def _group_count(cin, h, w, channels, min_bytes, stride=1):
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType([1, cin, h, w], "float32"))
     with bb.function("main", [x]):
@@ -38,23 +38,17 @@ def _group_count(cin, h, w, channels, min_bytes, stride=1, min_strided_bytes=0):
             out = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(y, w2, stride, padding=1, groups=channels)))
         bb.emit_func_output(out)
     passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
-              fuse_expand_depthwise(min_bytes, min_strided_bytes), relax.transform.FuseTIR()]
+              fuse_expand_depthwise(min_bytes), relax.transform.FuseTIR()]
     with make_target():
         mod = tvm.transform.Sequential(passes)(bb.get())
     return sum(isinstance(f, tirx.PrimFunc) for _, f in mod.functions_items())
 
 
-def test_pass_fuses_only_pairs_with_a_large_intermediate():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pass_fuses_only_pairs_with_a_large_intermediate(stride):
     size = 16 * 32 * 32 * 4  # bytes of the pointwise output
-    assert _group_count(8, 32, 32, 16, min_bytes=size) == 1
-    assert _group_count(8, 32, 32, 16, min_bytes=size + 1) == 2
-
-
-def test_pass_fuses_strided_pairs_only_above_their_own_size():
-    size = 16 * 32 * 32 * 4
-    assert _group_count(8, 32, 32, 16, min_bytes=0, stride=2, min_strided_bytes=size) == 1
-    assert _group_count(8, 32, 32, 16, min_bytes=0, stride=2, min_strided_bytes=size + 1) == 2
-    assert _group_count(8, 32, 32, 16, min_bytes=0, stride=1, min_strided_bytes=size + 1) == 1  # stride 1: min_bytes
+    assert _group_count(8, 32, 32, 16, min_bytes=size, stride=stride) == 1
+    assert _group_count(8, 32, 32, 16, min_bytes=size + 1, stride=stride) == 2
 
 
 def test_rule_leaves_a_single_conv_alone():
@@ -95,7 +89,7 @@ def test_pass_fuses_a_pair_whose_depthwise_weight_is_decoded(min_bytes, static, 
     """The decode kernel's unread use of the pointwise output does not keep the pair apart, unless the kernel takes
     only that tensor's shape there (no other tensor could be passed); fused or not, the module computes the same."""
     passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
-              fuse_expand_depthwise(min_bytes, min_bytes), relax.transform.FuseTIR()]
+              fuse_expand_depthwise(min_bytes), relax.transform.FuseTIR()]
     mod = _decoded_depthwise_module(8, 12, 12, 16, static)
     with make_target():
         fused = tvm.transform.Sequential(passes)(mod)

@@ -65,7 +65,7 @@ def _operands(sch: s_tir.Schedule, blocks: ConvBlocks):
     return copied.source, weight.source
 
 
-def _plane_buffers(block: s_tir.SBlock, acc) -> list | None:
+def plane_buffers_of(block: s_tir.SBlock, acc) -> list | None:
     """The buffers the folded epilogue reads at the output pixel ([n, c, y, x] of its block), or None if it reads one
     elsewhere (then it is not computed per pixel of the flat plane)."""
     n_var, c_var, y_var, x_var = (iv.var for iv in block.iter_vars)
@@ -82,7 +82,7 @@ def _plane_buffers(block: s_tir.SBlock, acc) -> list | None:
     return found
 
 
-def _epilogue_value(block: s_tir.SBlock, acc, n, c, p, accumulated, views: dict):
+def epilogue_value(block: s_tir.SBlock, acc, n, c, p, accumulated, views: dict):
     """The folded epilogue's stored value at channel ``c``, flat pixel ``p``: the accumulator is ``accumulated``,
     loads at the output pixel read the flat ``views`` [n, c, pixels], other loads (a bias [1, c, 1, 1]) keep theirs."""
     n_var, c_var, y_var, x_var = (iv.var for iv in block.iter_vars)
@@ -133,7 +133,7 @@ def _tail(final, acc, views, data, weight, n, c0, ct, ci: int, first: int, tail:
         with T.unroll(i64(0), i64(ct)) as i:
             total = _pairwise_sum([dots[i, i64(lane)] for lane in range(lanes)])
             T.buffer_store(views[final.writes[0].source],
-                           _epilogue_value(final, acc, n, c0 + i, first + t, total, views), [n, c0 + i, first + t])
+                           epilogue_value(final, acc, n, c0 + i, first + t, total, views), [n, c0 + i, first + t])
 
 
 def _pairwise_sum(values: list) -> tirx.PrimExpr:
@@ -150,7 +150,7 @@ def _uses(expr, variables) -> bool:
 
 def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
     """The conv of the unscheduled ``sch`` written with overlapping vectors, or None if its form is not the expected
-    one (see :func:`_operands`, :func:`_plane_buffers`). ``sch`` is modified (its epilogue folded) either way."""
+    one (see :func:`_operands`, :func:`plane_buffers_of`). ``sch`` is modified (its epilogue folded) either way."""
     operands = _operands(sch, blocks)
     if operands is None:
         return None
@@ -162,7 +162,7 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
     out = final.writes[0].source
     if not (isinstance(final.body, tirx.BufferStore) and final.body.buffer.same_as(out)):
         return None
-    plane_buffers = _plane_buffers(final, acc)
+    plane_buffers = plane_buffers_of(final, acc)
     if plane_buffers is None:
         return None
     pixels, lanes = h * w, MAX_LANES
@@ -199,7 +199,7 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
                 with T.unroll(i64(0), i64(vectors)) as v:
                     with T.vectorized(i64(0), i64(lanes)) as lane:
                         p = start(v) + lane
-                        stored = _epilogue_value(final, acc, n, group * ct + i, p, tile_acc[i, v * lanes + lane], views)
+                        stored = epilogue_value(final, acc, n, group * ct + i, p, tile_acc[i, v * lanes + lane], views)
                         T.buffer_store(views[out], stored, [n, group * ct + i, p])
             if tail:
                 with T.If(tile == tiles - 1):
