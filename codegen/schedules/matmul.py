@@ -134,7 +134,12 @@ def schedule_matmul(
     # ROWS x COLS slab, which buffer compaction shrinks to registers also where a symbolic dim's tail is predicated
     # (indexed like the output, the predicated region has a symbolic extent and the buffer stays whole).
     nb = len(batch)
-    one_index_type = len({str(iv.var.ty) for iv in sch.get(block).iter_vars[:-1]}) == 1  # as the index map needs
+    consumers = sch.get_consumers(tile)
+    sliced = bool(consumers) and sch.get(consumers[0]).name_hint == SLICE  # a padded product (:func:`padded_product`)
+    # the index map needs one index type: over the written dims for a padded product (which indexes its columns as
+    # its rows), over every dim, the reduction's too, elsewhere (as the kernels measured before it were scheduled)
+    iters = sch.get(block).iter_vars
+    one_index_type = len({str(iv.var.ty) for iv in (iters[:-1] if sliced else iters)}) == 1
 
     def by_tile(*i):
         return (*i[:nb], i[nb] // rows, i[nb + 1] // width, i[nb] % rows, i[nb + 1] % width)
@@ -145,9 +150,7 @@ def schedule_matmul(
     # an epilogue chain, one block after the other; after a padded product's slice (:func:`padded_product`) into the
     # slice, which then follows the write-back in the tile loop (inlined into the write-back, TVM keeps one of the
     # two bounds, rows or columns, on the block it makes: the other tile's rows or columns would be written)
-    head = tile
-    if (consumers := sch.get_consumers(tile)) and sch.get(consumers[0]).name_hint == SLICE:
-        head = consumers[0]
+    head = consumers[0] if sliced else tile
     while consumers := sch.get_consumers(head):
         for consumer in consumers:
             sch.reverse_compute_inline(consumer)
