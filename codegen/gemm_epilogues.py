@@ -61,8 +61,8 @@ def dense_gemm(k: int, packed_shape: list) -> Gemm:
         x = te.placeholder([*shape[:-1], k], "float32", "x")
         weight = te.placeholder(packed_shape, "float32", "packed")
         rk = te.reduce_axis((0, k), "rk")
-        gemm = te.compute(shape, lambda *i: te.sum(x[(*i[:-1], rk)] * weight[i[-1] // cols, rk, i[-1] % cols],
-                                                        axis=rk), name=dense.BLOCK)
+        gemm = matmul.padded_product(shape, lambda *i: te.sum(x[(*i[:-1], rk)] * weight[i[-1] // cols, rk, i[-1] % cols],
+                                                                  axis=rk), dense.BLOCK)
         return te.create_prim_func([x, weight, gemm])
 
     def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:

@@ -1,9 +1,12 @@
 """The matmul rule: attention's batched matmuls and dense layers, symbolic dims, epilogues."""
 
 import numpy as np
+import pytest
 import tvm
-from tvm import te, topi
+import tvm_ffi
+from tvm import s_tir, te, topi
 
+from bie_compiler.codegen import cpu
 from bie_compiler.codegen.kernels import dense
 from bie_compiler.codegen.schedules import matmul
 from bie_compiler.codegen.target import make_target
@@ -80,6 +83,32 @@ def test_full_tiles_of_a_ragged_width_are_vectorized():
     peeled off), where a predicate over every tile would leave the whole GEMV in scalars."""
     lib = tvm.compile(tvm.IRModule({"main": dense.gemm(70, 48, rows=1).with_attr("global_symbol", "main")}), make_target())
     assert f"<{matmul.COLS} x float>" in lib.mod.inspect_source("ll")
+
+
+@pytest.mark.parametrize("n", [10, 48, 70])
+def test_columns_past_the_last_are_computed_in_the_padded_tile(n):
+    """A width that is not whole tiles (the classifier's 10 columns; 48 and 70: full tiles and a ragged one) is
+    computed over whole tiles of the zero-padded packed weight, unpredicated in vectors, and only the tile's write-back
+    drops the padding columns: no update block is predicated on its columns (TVM computes a predicated tile in
+    scalars). Built with the models' TIR pipeline (parallel loops kept serial and parallel); against numpy for a
+    partial row tile, one tile and more."""
+    k = 48
+    for rows in (1, matmul.ROWS):
+        func = dense.gemm(n, k, rows=rows)
+        blocks = []
+        tvm_ffi.structural_map(func.body, [(s_tir.SBlockRealize, lambda r: blocks.append(r) or r)], order="post")
+        update = next(r for r in blocks if r.block.name_hint == f"{dense.BLOCK}_update")
+        assert "c_" not in str(update.predicate), update.predicate  # the rows' bound only
+        assert any(r.block.name_hint == matmul.SLICE for r in blocks)
+        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target(),
+                          tir_pipeline=cpu.TIR_PIPELINE)
+        rng = np.random.default_rng(n + rows)
+        w = rng.standard_normal((n, k)).astype("float32")
+        for m in (1, 8, 9):
+            x = rng.standard_normal((m, k)).astype("float32")
+            out = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32))
+            lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack(w)), out)
+            np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)
 
 
 def test_declines_what_is_not_a_matmul():

@@ -83,6 +83,35 @@ def pruned_value(enc: Encoded, columns, meta):
     return value
 
 
+def pruned_float(enc: Encoded, columns, meta):
+    """``f(row, kk)``: :func:`pruned_value` as a float32 sum, for decodes that run in vectors of channels: the
+    group's offset plus, for each kept column whose bit is set, that column's significance times ``2^shift``.
+    Each term is a bit test and a masked add; the group's terms (from its metadata byte) do not depend on the
+    weight's place in the group, so they are computed once per group (its 32 weights), not per weight as the
+    integer form's shifts and multiplies are. Every value is an integer below 2^9: the float sum is exact."""
+    count = int(enc.header["sensitive"])
+    pruned_columns = int(enc.header["pruned_columns"])
+    zps = enc.header["method"] == "zps"
+    bits = 8 - pruned_columns
+    significance = [-(1 << (bits - 1))] + [1 << (bits - 1 - b) for b in range(1, bits)]
+
+    def value(row, kk):
+        g, j = kk // bbs.GROUP, (kk % bbs.GROUP).astype("uint32")
+        p = row - count
+        pb, lane = p // bbs.LANES, p % bbs.LANES
+        m = meta[pb, g, lane].astype("int32")
+        c = m & 63
+        shift = pruned_columns - (m >> 6)
+        total = (-tirx.Select(c >= 32, c - 64, c) if zps else c).astype("float32")
+        bit = tirx.const(1, "uint32") << j
+        for b in range(bits):
+            term = (tirx.const(significance[b], "int32") << shift).astype("float32")
+            total = tirx.Select((columns[pb, g, b, lane] & bit) != tirx.const(0, "uint32"), total + term, total)
+        return total
+
+    return value
+
+
 def stored_weight(enc: Encoded, scales, sensitive, columns, meta):
     """``f(row, kk)``: the decoded float32 weight of stored row ``row`` at padded position ``kk``."""
     count = int(enc.header["sensitive"])
@@ -151,10 +180,10 @@ def panel_value(enc: Encoded, holders) -> panel_gemm.PanelWeight:
     if count % cols and count != n:
         raise ValueError(f"bbs: {count} sensitive rows of {n}: neither a multiple of {cols} nor every row")
     _, _, sensitive, columns, meta = holders
-    pruned = panel_gemm.by_channel(pruned_value(enc, columns, meta), n, bbs.LANES)
+    pruned = panel_gemm.by_channel(pruned_float(enc, columns, meta), n, bbs.LANES)
     last = tirx.const(max(count, 1) - 1, "int32")  # a last panel of sensitive rows may run past them
     return lambda p, kk, c: tirx.if_then_else(
-        p * cols < count, sensitive[tirx.min(p * cols + c, last), kk].astype("int32"), pruned(p, kk, c))
+        p * cols < count, sensitive[tirx.min(p * cols + c, last), kk].astype("float32"), pruned(p, kk, c))
 
 
 def gemm(enc: Encoded) -> tirx.PrimFunc:

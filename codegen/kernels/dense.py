@@ -35,8 +35,8 @@ def gemm(n: int, k: int, rows: int = matmul.ROWS) -> tirx.PrimFunc:
     x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
     packed = te.placeholder((-(-n // cols), k, cols), "float32", "packed")
     rk = te.reduce_axis((0, k), "rk")
-    out = te.compute(
-        (x.shape[0], n), lambda m, c: te.sum(x[m, rk] * packed[c // cols, rk, c % cols], axis=rk), name=BLOCK
+    out = matmul.padded_product(
+        [x.shape[0], n], lambda m, c: te.sum(x[m, rk] * packed[c // cols, rk, c % cols], axis=rk), BLOCK
     )
     sch = s_tir.Schedule(te.create_prim_func([x, packed, out]))
     sch.work_on("main")

@@ -96,8 +96,12 @@ def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
     x = te.placeholder([*lead, k], "float32", "x")
     weight = te.placeholder(list(decoded.shape), "float32", DECODED)
     rk = te.reduce_axis((0, k), "rk")
-    out = te.compute([*lead, n], lambda *i: te.sum(x[(*i[:-1], rk)] * weight[i[-1] // cols, rk, i[-1] % cols],
-                                                   axis=rk), name=BLOCK)
+    def product(*i):
+        return te.sum(x[(*i[:-1], rk)] * weight[i[-1] // cols, rk, i[-1] % cols], axis=rk)
+
+    # padded to the panel where there is one panel (int32 columns: the panel loop indexes the decode's int32 panels)
+    out = (matmul.padded_product([*lead, n], product, BLOCK, index="int32") if n < cols
+           else te.compute([*lead, n], product, name=BLOCK))
     inputs, internal = [x, weight], [decoded]  # internal: what the decode's params stand for, in inputs' order
     if scales:
         scale = te.placeholder((n,), "float32", SCALES)
@@ -123,7 +127,10 @@ def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
     allocated = list(gemm.params[1 + len(internal):-1]) + list(decode.params[count:])  # inverse; decoded, scales
     body = s_tir.SBlock([], [], [], "root", _sequence([decode.body.block.body, nest]), None,
                         [*allocated, *decode.body.block.alloc_buffers, *gemm.body.block.alloc_buffers])
-    return tirx.PrimFunc([gemm.params[0], *holders, gemm.params[-1]], s_tir.SBlockRealize([], True, body))
+    # noalias as te.create_prim_func makes every function: without it LLVM reloads a group's words and metadata for
+    # each of its weights, and TVM gives no function of the library noalias arguments (see ..cpu)
+    func = tirx.PrimFunc([gemm.params[0], *holders, gemm.params[-1]], s_tir.SBlockRealize([], True, body))
+    return func.with_attr("tirx.noalias", True)
 
 
 def _sequence(stmts: list) -> tirx.Stmt:

@@ -16,7 +16,7 @@ than one vector runs the plain loops instead (:func:`narrow_in_loops`).
 from __future__ import annotations
 
 import tvm_ffi
-from tvm import s_tir, tirx
+from tvm import s_tir, te, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.ir.expr import TensorLoad
 from tvm.target import Target
@@ -26,6 +26,7 @@ from .elementwise import LANES
 ROWS = 8  # rows of a register tile: 8 x 2 zmm accumulators, plus B's two vectors and the broadcast
 COLS = 32  # columns of a register tile: two AVX-512 vectors
 K_UNROLL = 8  # k steps per iteration of the tile's k loop where K allows: fewer loop branches between the FMAs
+SLICE = "columns_of_padded_product"  # the block that writes a padded product's real columns (:func:`padded_product`)
 
 
 def is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
@@ -53,6 +54,26 @@ def is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     if not (_uses(a.indices[-1], k) and _uses_only(a.indices[-2], m)):
         return False
     return _uses(b.indices[-1], n) and not _uses(b.indices[-1], k) and any(_uses(i, k) for i in b.indices[:-1])
+
+
+def padded_product(shape: list, fcompute, name: str, index: str | None = None) -> te.Tensor:
+    """``te.compute(shape, fcompute, name)`` over whole tiles of ``COLS`` columns: computed over ``shape[-1]`` rounded
+    up to ``COLS`` (``fcompute`` must read zeros, or anything, past the real columns: the packed and decoded weights
+    are zero-padded to whole panels), then its first ``shape[-1]`` columns (block ``SLICE``). Tiled by
+    :func:`schedule_matmul`, every tile's FMAs run unpredicated in vectors; the columns past the last are dropped
+    where the tile is written back. (Tiled over ``shape[-1]`` itself, a tile past the last column is predicated on
+    its lanes, and TVM then computes it in scalars: the classifier's 10 columns 12x slower.) Rows in one dim only:
+    with leading dims too, TVM's code generator loses the padded slab's allocation (the tile loop partitioned over
+    two symbolic dims), so those products stay unpadded. ``index``: the columns' index type, by default the rows'
+    (one index type lays the slab out by tile: over several tiles of columns, TVM's code generator otherwise loses
+    its allocation where the tile loop is kept both serial and parallel, :mod:`..serial_small_loops`)."""
+    n = int(shape[-1])
+    padded = -(-n // COLS) * COLS
+    if padded == n or len(shape) != 2:
+        return te.compute(shape, fcompute, name=name)
+    index = index or str(getattr(shape[0], "ty", "int32"))
+    product = te.compute([shape[0], tirx.IntImm(index, padded)], fcompute, name=name)
+    return te.compute([shape[0], tirx.IntImm(index, n)], lambda *i: product(*i), name=SLICE)
 
 
 def _uses(expr, var) -> bool:
@@ -113,15 +134,31 @@ def schedule_matmul(
     # ROWS x COLS slab, which buffer compaction shrinks to registers also where a symbolic dim's tail is predicated
     # (indexed like the output, the predicated region has a symbolic extent and the buffer stays whole).
     nb = len(batch)
-    if len({str(iv.var.ty) for iv in sch.get(block).iter_vars}) == 1:  # the index map needs one index dtype
-        sch.transform_layout(block, ("write", 0), lambda *i: (*i[:nb], i[nb] // rows, i[nb + 1] // width,
-                                                          i[nb] % rows, i[nb + 1] % width),
-                             assume_injective_transform=True)
+    consumers = sch.get_consumers(tile)
+    sliced = bool(consumers) and sch.get(consumers[0]).name_hint == SLICE  # a padded product (:func:`padded_product`)
+    # the index map needs one index type: over the written dims for a padded product (which indexes its columns as
+    # its rows), over every dim, the reduction's too, elsewhere (as the kernels measured before it were scheduled)
+    iters = sch.get(block).iter_vars
+    one_index_type = len({str(iv.var.ty) for iv in (iters[:-1] if sliced else iters)}) == 1
+
+    def by_tile(*i):
+        return (*i[:nb], i[nb] // rows, i[nb + 1] // width, i[nb] % rows, i[nb + 1] % width)
+
+    if one_index_type:
+        sch.transform_layout(block, ("write", 0), by_tile, assume_injective_transform=True)
     sch.reverse_compute_at(tile, (outer + inner)[-1], preserve_unit_loops=True)
-    # an epilogue chain, one block after the other
-    while consumers := sch.get_consumers(tile):
+    # an epilogue chain, one block after the other; after a padded product's slice (:func:`padded_product`) into the
+    # slice, which then follows the write-back in the tile loop (inlined into the write-back, TVM keeps one of the
+    # two bounds, rows or columns, on the block it makes: the other tile's rows or columns would be written)
+    head = consumers[0] if sliced else tile
+    while consumers := sch.get_consumers(head):
         for consumer in consumers:
             sch.reverse_compute_inline(consumer)
+    if head != tile:  # the padded product held as the accumulator is: one tile's slab, in registers
+        sch.set_scope(tile, 0, "local")
+        if one_index_type:
+            sch.transform_layout(tile, ("write", 0), by_tile, assume_injective_transform=True)
+        sch.reverse_compute_at(head, (outer + inner)[-1], preserve_unit_loops=True)
     for loop in (ki, mi, nj):
         if loop is not None:
             sch.unroll(loop)
