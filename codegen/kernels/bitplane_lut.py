@@ -43,8 +43,8 @@ SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-e
 DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
 PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
 TABLE_PEAK = 127  # the int8 tables' largest magnitude
-# blocks of 16 channels a parallel task computes group by group: they share each group's table loads (one thread, words
-# in L2: 2 planes 0.95 -> 0.80 of the one-block time, 3 planes 0.87 -> 0.84; 4 blocks spilled at 4 planes)
+# blocks of 16 channels a parallel task computes group by group: they share each group's table loads (faster at 2 and
+# 3 planes; 4 blocks spill registers at 4 planes: benchmarks/README.md, bitplane_gemv.py, stop 18)
 ROW_BLOCKS = 2
 
 

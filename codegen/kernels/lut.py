@@ -70,8 +70,8 @@ def field_indices(words):
     look-ups read no bits above). Fields 0-2 lie in the low 16 bits of the word, fields 3-5 in those of the word
     shifted right by 15 (the base); a field ``r`` bits into its base comes out of one ``vpmulhuw`` by ``2^(16 - r)``
     (a right shift by ``r`` within each 16-bit half, and the look-up reads the low half), which runs on another port
-    than the shifts and the look-ups: 2 shifts and 4 multiply-highs per plane word instead of 6 shifts (one thread,
-    words in L2: 0.86-0.95 of the time at 2-4 planes)."""
+    than the shifts and the look-ups: 2 shifts and 4 multiply-highs per plane word instead of 6 shifts
+    (benchmarks/README.md, ``bitplane_gemv.py``, stop 18)."""
     indices, base = [], words
     for q in range(FIELDS):
         start = FIELD * q
