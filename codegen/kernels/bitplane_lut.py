@@ -13,9 +13,10 @@ scales with ``group_size``, a multiple of 32); per-channel scales multiply the
 sum once. The tables are exact float32 subset sums, so the result is the
 reference decoder's up to float rounding.
 
-One parallel loop over tasks of ROW_BLOCKS blocks of 16 channels, computed group
-by group (the blocks share the group's table loads), each task prefetching the
-next task's words into L2 while it computes (as in :mod:`.bbs_lut`). Rows of activations are
+One parallel loop over tasks of :func:`row_blocks` blocks of 16 channels,
+computed group by group (the blocks share the group's table loads), each task
+prefetching the next task's words into L2 while it computes (as in
+:mod:`.bbs_lut`). Rows of activations are
 processed one after the other (exact at any batch; meant for batch 1).
 
 ``tables="int8"`` (1 to 4 planes; the exact float32 tables stay the default) is
@@ -43,9 +44,6 @@ SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-e
 DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
 PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
 TABLE_PEAK = 127  # the int8 tables' largest magnitude
-# blocks of 16 channels a parallel task computes group by group: they share each group's table loads (faster at 2 and
-# 3 planes; 4 blocks spill registers at 4 planes: benchmarks/README.md, bitplane_gemv.py, stop 18)
-ROW_BLOCKS = 2
 
 
 def twos_complement_planes(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
@@ -134,6 +132,13 @@ def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor, tables: s
     return panel_gemm.gemm(weight, [words, scales], layout.n, layout.k, group=GROUP)
 
 
+def row_blocks(planes: int) -> int:
+    """Blocks of 16 channels a parallel task of :func:`gemv` computes group by group, sharing each group's table loads:
+    2 up to 4 planes, where the loads are a larger share; above, the two blocks' sums and words spill registers
+    (benchmarks/README.md, ``bitplane_gemv.py``, stop 18)."""
+    return 2 if planes <= 4 else 1
+
+
 def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """``f(x [m, K], words, scales, out [m, N])`` over :func:`twos_complement_planes` and :func:`lanes_of_scales`
     (see :class:`Layout`)."""
@@ -145,7 +150,8 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
     per_group = groups > 1
     assert not per_group or scale_group % GROUP == 0
     fill_tables = lut.fill_wide_tables(k, kp)
-    tasks = -(-blocks // ROW_BLOCKS)
+    per_task = row_blocks(planes)
+    tasks = -(-blocks // per_task)
 
     @T.prim_func(private=True)
     def main(
@@ -160,17 +166,17 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
         table = T.decl_buffer((kg * lut.FIELDS, lut.WIDE), "float32")
-        acc = T.decl_buffer((tasks * ROW_BLOCKS, LANES), "float32")  # allocated once per call, not per parallel task
+        acc = T.decl_buffer((tasks * per_task, LANES), "float32")  # allocated once per call, not per parallel task
         for row in range(m):
             fill_tables(x, row, xpad, table)
             for task in T.parallel(tasks):
-                for i in T.unroll(ROW_BLOCKS):
-                    acc[task * ROW_BLOCKS + i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                for i in T.unroll(per_task):
+                    acc[task * per_task + i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                 for g in range(kg):
-                    for i in T.unroll(ROW_BLOCKS):
-                        item: T.let = task * ROW_BLOCKS + i
+                    for i in T.unroll(per_task):
+                        item: T.let = task * per_task + i
                         blk: T.let = T.min(item, blocks - 1)  # past the last block (odd blocks): its copy, not stored
-                        nxt: T.let = T.min(blk + ROW_BLOCKS, blocks - 1) * kg + g  # the next task's group
+                        nxt: T.let = T.min(blk + per_task, blocks - 1) * kg + g  # the next task's group
                         for b in T.unroll(planes):
                             lut.prefetch(words[b, nxt, 0])
                         mixed: T.let = lut.tree([
@@ -183,14 +189,14 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
                                 blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
                         else:
                             acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed
-                for i in T.unroll(ROW_BLOCKS):
+                for i in T.unroll(per_task):
                     for lane in range(LANES):
-                        if (task * ROW_BLOCKS + i) * LANES + lane < n:
+                        if (task * per_task + i) * LANES + lane < n:
                             if per_group:
-                                out[row, (task * ROW_BLOCKS + i) * LANES + lane] = acc[task * ROW_BLOCKS + i, lane]
+                                out[row, (task * per_task + i) * LANES + lane] = acc[task * per_task + i, lane]
                             else:
-                                out[row, (task * ROW_BLOCKS + i) * LANES + lane] = acc[task * ROW_BLOCKS + i, lane] \
-                                    * scales[task * ROW_BLOCKS + i, 0, lane]
+                                out[row, (task * per_task + i) * LANES + lane] = acc[task * per_task + i, lane] \
+                                    * scales[task * per_task + i, 0, lane]
 
     return main
 
