@@ -190,13 +190,13 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
                         else:
                             acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed
                 for i in T.unroll(per_task):
+                    item: T.let = task * per_task + i
                     for lane in range(LANES):
-                        if (task * per_task + i) * LANES + lane < n:
+                        if item * LANES + lane < n:
                             if per_group:
-                                out[row, (task * per_task + i) * LANES + lane] = acc[task * per_task + i, lane]
+                                out[row, item * LANES + lane] = acc[item, lane]
                             else:
-                                out[row, (task * per_task + i) * LANES + lane] = acc[task * per_task + i, lane] \
-                                    * scales[task * per_task + i, 0, lane]
+                                out[row, item * LANES + lane] = acc[item, lane] * scales[item, 0, lane]
 
     return main
 
