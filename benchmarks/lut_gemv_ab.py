@@ -21,7 +21,9 @@ every round; the median and least time of each are printed with their ratio
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +66,7 @@ def kernels_at(revision: str):
                               capture_output=True, text=True).stdout
 
     folder = Path(tempfile.mkdtemp(prefix="lut_gemv_ab_"))
+    atexit.register(shutil.rmtree, folder, True)  # kept until then: TVMScript reads a kernel's source when it builds
     (folder / "base_lut.py").write_text(source("lut.py"))
     # its relative imports made absolute: lut from the revision, the rest from the working tree
     (folder / "base_bitplane_lut.py").write_text(source("bitplane_lut.py").replace(
