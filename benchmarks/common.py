@@ -53,6 +53,23 @@ def median_seconds(fn, calls: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(fns: list, calls: int, rounds: int) -> list[float]:
+    """Each of ``fns``' median time of one call over ``rounds`` rounds, each round a loop of ``calls`` calls of every
+    function in turn, the order reversed every other round (a fixed order favours one side on a loaded machine)."""
+    warm_until = time.perf_counter() + WARMUP_SECONDS
+    while time.perf_counter() < warm_until:
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for r in range(rounds):
+        for i in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fns[i]()
+            times[i].append((time.perf_counter() - start) / calls)
+    return [statistics.median(t) for t in times]
+
+
 def numpy_read_bandwidth(repeats: int) -> float:
     """Bytes per second of numpy's single-threaded float32 sum over an array larger than the caches."""
     arr = np.ones(BANDWIDTH_ARRAY_BYTES // 4, np.float32)

@@ -43,9 +43,10 @@ from onnx import numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from bitplane_gemv import MAX_REL_ERROR, SEED  # noqa: E402
-from common import matmul_chain, matmul_nbits, median_seconds, ort_session  # noqa: E402
+from common import interleaved_medians, matmul_chain, matmul_nbits, median_seconds, ort_session  # noqa: E402
 
 CALLS = 5  # calls per timed loop
+INTERLEAVED_ROUNDS = 20  # rounds of the load GEMV against bie-bitplane per --repeats
 
 
 def parse_args() -> argparse.Namespace:
@@ -149,11 +150,11 @@ def run(args: argparse.Namespace) -> dict:
     decode_n = median_seconds(lambda: decoder(x_tvm, *consts, out_dense), CALLS, args.repeats)
     fused_n = median_seconds(lambda: fused(x_tvm, *consts, y_tvm), CALLS, args.repeats)
     at_load_n = median_seconds(lambda: at_load(*stored, *computed), CALLS, args.repeats)
-    load_n, bitplane_n = [], []
-    for _ in range(args.repeats):  # interleaved: the two kernels see the same machine
-        load_n.append(median_seconds(lambda: load_gemv(x_tvm, *computed, y_tvm), 4 * CALLS, 1))
-        bitplane_n.append(median_seconds(lambda: bitplane_gemv(x_tvm, *bitplane_consts, y_tvm), 4 * CALLS, 1))
-    load_n, bitplane_n = float(np.median(load_n)), float(np.median(bitplane_n))
+    # interleaved, the order alternating: the two kernels see the same machine (the load GEMV is the bie-bitplane
+    # kernel over planes of the same count: their ratio measures the noise)
+    load_n, bitplane_n = interleaved_medians([lambda: load_gemv(x_tvm, *computed, y_tvm),
+                                              lambda: bitplane_gemv(x_tvm, *bitplane_consts, y_tvm)],
+                                             CALLS, INTERLEAVED_ROUNDS * args.repeats)
 
     feed = {"x": x}
     fp32 = ort_session(model.SerializeToString(), args.threads)

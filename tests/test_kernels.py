@@ -6,7 +6,7 @@ import tvm
 
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import kernel_for
-from bie_compiler.codegen.kernels import lut
+from bie_compiler.codegen.kernels import int8, lut
 from bie_compiler.codegen.target import make_target
 from kernel_runs import assert_close, run
 
@@ -113,6 +113,24 @@ def test_int8_one_row_kernel_streams_its_codes(target):
     assert "prefetcht1" in asm and "vcvtdq2ps" in asm and "vfmadd231ps" in asm
     x = rng.standard_normal((8, k)).astype(np.float32)
     assert_close(run_kernel(call, target, x, n), x @ CODECS["int8"].decode(enc).astype(np.float64).T)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("make", ["packed", "by_channel"])
+def test_int8_gemv_dispatches_on_the_layout(make, bits, target):
+    """The one-row kernel is chosen by the integers' layout, not by the constants' names: 8-bit codes by channel are
+    named like the panels of the streamed GEMV, and get the generic GEMV over their own layout, exact either way."""
+    rng = np.random.default_rng(bits)
+    n, k = 40, 70
+    codes = rng.integers(-(1 << (bits - 1)) + 1, 1 << (bits - 1), (n, k)).astype(np.int8)
+    scales = rng.random(n).astype(np.float32)
+    weights = getattr(int8.Int8Weights, make)(codes, scales, bits)
+    assert weights.layout == {("packed", 8): int8.BYTE_PANELS, ("packed", 4): int8.NIBBLE_PANELS,
+                              ("by_channel", 8): int8.BYTE_ROWS, ("by_channel", 4): int8.NIBBLE_ROWS}[make, bits]
+    func = int8.gemv(weights, n, k)
+    assert ("llvm.prefetch" in func.script()) == (weights.layout == int8.BYTE_PANELS)  # the streamed GEMV
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    assert_close(run(func, target, x, weights.constants, (3, n)), x @ (codes * scales[:, None]).astype(np.float64).T)
 
 
 def test_index_kernels_are_parallel(target):

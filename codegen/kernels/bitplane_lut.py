@@ -13,8 +13,10 @@ scales with ``group_size``, a multiple of 32); per-channel scales multiply the
 sum once. The tables are exact float32 subset sums, so the result is the
 reference decoder's up to float rounding.
 
-One parallel loop over blocks of 16 channels, each prefetching the next block's
-words into L2 while it computes (as in :mod:`.bbs_lut`). Rows of activations are
+One parallel loop over tasks of :func:`row_blocks` blocks of 16 channels,
+computed group by group (the blocks share the group's table loads), each task
+prefetching the next task's words into L2 while it computes (as in
+:mod:`.bbs_lut`). Rows of activations are
 processed one after the other (exact at any batch; meant for batch 1).
 
 ``tables="int8"`` (1 to 4 planes; the exact float32 tables stay the default) is
@@ -130,6 +132,13 @@ def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor, tables: s
     return panel_gemm.gemm(weight, [words, scales], layout.n, layout.k, group=GROUP)
 
 
+def row_blocks(planes: int) -> int:
+    """Blocks of 16 channels a parallel task of :func:`gemv` computes group by group, sharing each group's table loads:
+    2 up to 4 planes, where the loads are a larger share; above, the two blocks' sums and words spill registers
+    (benchmarks/README.md, ``bitplane_gemv.py``, stop 18)."""
+    return 2 if planes <= 4 else 1
+
+
 def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """``f(x [m, K], words, scales, out [m, N])`` over :func:`twos_complement_planes` and :func:`lanes_of_scales`
     (see :class:`Layout`)."""
@@ -141,6 +150,8 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
     per_group = groups > 1
     assert not per_group or scale_group % GROUP == 0
     fill_tables = lut.fill_wide_tables(k, kp)
+    per_task = row_blocks(planes)
+    tasks = -(-blocks // per_task)
 
     @T.prim_func(private=True)
     def main(
@@ -155,31 +166,37 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
         table = T.decl_buffer((kg * lut.FIELDS, lut.WIDE), "float32")
-        acc = T.decl_buffer((blocks, LANES), "float32")  # allocated once per call, not per parallel iteration
+        acc = T.decl_buffer((tasks * per_task, LANES), "float32")  # allocated once per call, not per parallel task
         for row in range(m):
             fill_tables(x, row, xpad, table)
-            for blk in T.parallel(blocks):
-                acc[blk, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+            for task in T.parallel(tasks):
+                for i in T.unroll(per_task):
+                    acc[task * per_task + i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                 for g in range(kg):
-                    nxt: T.let = T.min(blk + 1, blocks - 1) * kg + g  # the next block's group (the next item)
-                    for b in T.unroll(planes):
-                        lut.prefetch(words[b, nxt, 0])
-                    mixed: T.let = lut.tree([
-                        lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
-                            "int32x16", words[b, blk * kg + g, T.Ramp(0, 1, LANES)])) * T.Broadcast(
-                            T.float32(significance[b]), LANES)
-                        for b in range(planes)])
-                    if per_group:
-                        acc[blk, T.Ramp(0, 1, LANES)] = acc[blk, T.Ramp(0, 1, LANES)] + mixed * scales[
-                            blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
-                    else:
-                        acc[blk, T.Ramp(0, 1, LANES)] = acc[blk, T.Ramp(0, 1, LANES)] + mixed
-                for lane in range(LANES):
-                    if blk * LANES + lane < n:
+                    for i in T.unroll(per_task):
+                        item: T.let = task * per_task + i
+                        blk: T.let = T.min(item, blocks - 1)  # past the last block (odd blocks): its copy, not stored
+                        nxt: T.let = T.min(blk + per_task, blocks - 1) * kg + g  # the next task's group
+                        for b in T.unroll(planes):
+                            lut.prefetch(words[b, nxt, 0])
+                        mixed: T.let = lut.tree([
+                            lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
+                                "int32x16", words[b, blk * kg + g, T.Ramp(0, 1, LANES)])) * T.Broadcast(
+                                T.float32(significance[b]), LANES)
+                            for b in range(planes)])
                         if per_group:
-                            out[row, blk * LANES + lane] = acc[blk, lane]
+                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed * scales[
+                                blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
                         else:
-                            out[row, blk * LANES + lane] = acc[blk, lane] * scales[blk, 0, lane]
+                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed
+                for i in T.unroll(per_task):
+                    item: T.let = task * per_task + i
+                    for lane in range(LANES):
+                        if item * LANES + lane < n:
+                            if per_group:
+                                out[row, item * LANES + lane] = acc[item, lane]
+                            else:
+                                out[row, item * LANES + lane] = acc[item, lane] * scales[item, 0, lane]
 
     return main
 

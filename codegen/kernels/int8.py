@@ -42,6 +42,12 @@ from . import bbs_decoded, decode, lut, panel_gemm
 BLOCK = "int8_gemv"
 SCALED = "int8_scaled"
 GATHERED = "int8_gathered"
+# How Int8Weights lays out its integers: which kernels can read them
+BYTE_PANELS = "byte panels"  # :func:`pack`: a byte per weight, panels of matmul.COLS channels, K-major
+NIBBLE_PANELS = "nibble panels"  # :func:`pack_nibbles`: two weights (consecutive kk) per byte, panels as above
+BYTE_ROWS = "byte rows"  # a byte per weight, each channel's K contiguous (:meth:`Int8Weights.by_channel`)
+NIBBLE_ROWS = "nibble rows"  # channels 2c and 2c + 1 in the low and high nibbles of one row of K bytes
+COLUMNS = "bit columns"  # ``bitwave``'s stored bit columns of 16 channels and their zero-column counts
 
 
 def pack(codes: np.ndarray, cols: int = matmul.COLS) -> np.ndarray:
@@ -75,12 +81,15 @@ def _nibble(byte, half) -> tirx.PrimExpr:
 class Int8Weights:
     """``value(holders)(n, kk)``: the int32 weight before its channel's scale (the last constant, float32 [N]);
     ``lanes`` consecutive channels (from a multiple of ``lanes``) of one ``kk`` are contiguous in the constants;
-    ``k_step`` consecutive ``kk`` share their bytes (the one-row kernel decodes them in one loop iteration)."""
+    ``k_step`` consecutive ``kk`` share their bytes (the one-row kernel decodes them in one loop iteration);
+    ``layout``: one of BYTE_PANELS, NIBBLE_PANELS, BYTE_ROWS, NIBBLE_ROWS, COLUMNS (the kernels dispatch on it: the
+    constants' names do not tell byte panels from byte rows)."""
 
     constants: list[np.ndarray]
     names: tuple[str, ...]
     value: Callable
     lanes: int
+    layout: str
     k_step: int = 1
 
     @staticmethod
@@ -91,9 +100,9 @@ class Int8Weights:
         if bits <= 4:
             return Int8Weights([pack_nibbles(codes, cols), scales], ("nibbles", "scales"),
                                lambda h: lambda n, kk: _nibble(h[0][n // cols, kk // 2, n % cols], kk % 2), cols,
-                               2 if codes.shape[1] % 2 == 0 else 1)
+                               NIBBLE_PANELS, 2 if codes.shape[1] % 2 == 0 else 1)
         return Int8Weights([pack(codes.astype(np.int8), cols), scales], ("codes", "scales"),
-                           lambda h: lambda n, kk: h[0][n // cols, kk, n % cols].astype("int32"), cols)
+                           lambda h: lambda n, kk: h[0][n // cols, kk, n % cols].astype("int32"), cols, BYTE_PANELS)
 
     @staticmethod
     def by_channel(codes: np.ndarray, scales: np.ndarray, bits: int) -> "Int8Weights":
@@ -108,9 +117,9 @@ class Int8Weights:
             nibbles = pairs.view(np.uint8) & np.uint8(15)
             rows = (nibbles[0::2] | (nibbles[1::2] << np.uint8(4))).view(np.int8)
             return Int8Weights([rows[:, None, :], scales], ("nibbles", "scales"),
-                               lambda h: lambda n, kk: _nibble(h[0][n // 2, 0, kk], n % 2), 1)
+                               lambda h: lambda n, kk: _nibble(h[0][n // 2, 0, kk], n % 2), 1, NIBBLE_ROWS)
         return Int8Weights([codes.astype(np.int8)[:, None, :], scales], ("codes", "scales"),
-                           lambda h: lambda n, kk: h[0][n, 0, kk].astype("int32"), 1)
+                           lambda h: lambda n, kk: h[0][n, 0, kk].astype("int32"), 1, BYTE_ROWS)
 
     @staticmethod
     def of(enc: Encoded, conv: ConvSpec | None = None) -> "Int8Weights":
@@ -130,7 +139,7 @@ class Int8Weights:
             return value
 
         return Int8Weights([enc.arrays["columns"], enc.arrays["meta"], enc.arrays["scales"]],
-                           ("columns", "meta", "scales"), bitwave_value, bbs.LANES)
+                           ("columns", "meta", "scales"), bitwave_value, bbs.LANES, COLUMNS)
 
     def holders(self) -> list[te.Tensor]:
         return [te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(self.names, self.constants)]
@@ -191,7 +200,7 @@ def streamed_gemv(n: int, k: int) -> tirx.PrimFunc:
 
 def gemv(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
     """``f(x [m, K], *constants, out [m, N])``, ``out = x @ W.T``, for one row (any m is exact)."""
-    if weights.names == ("codes", "scales"):  # 8-bit codes in panels
+    if weights.layout == BYTE_PANELS:
         return streamed_gemv(n, k)
     holders = weights.holders()
     value = weights.value(holders)

@@ -7,11 +7,12 @@ activations ``5q .. 5q + 4`` (q = 0..5) have a 32-entry table of every subset
 sum (``table[t] = sum of x[5q + i] for the bits i set in t``), two 512-bit
 registers, and ``vpermi2ps`` with the word as the index vector looks up 16
 channels' partial sums at once (it reads only the low 5 bits of each lane; a
-right shift by 5 moves to the next field); the last two activations (bits 30
-and 31) are a 4-entry table looked up with ``vpermps``. Per group and plane: 1
-load, 6 shifts, 7 look-ups and 6 adds for 16 channels x 32 weights (fields of 4
-bits took 7 shifts, 8 look-ups and 7 adds). The stored words are the same
-either way: only the tables change.
+right shift by 5 moves to the next field, :func:`field_indices`); the last two
+activations (bits 30 and 31) are a 4-entry table looked up with ``vpermps``.
+Per group and plane: 1 load, 2 shifts, 4 multiply-highs, 7 look-ups and 6 adds
+for 16 channels x 32 weights (a shift per field, 6, left the shift-and-shuffle
+ports the bottleneck; fields of 4 bits took 7 shifts, 8 look-ups and 7 adds).
+The stored words are the same either way: only the tables change.
 
 The int8-table GEMV (``bitplane_lut.int8_gemv``) quantizes tables of 4
 activations (:func:`fill_tables`), 16 entries, which byte shuffles look up.
@@ -24,6 +25,7 @@ from tvm.script import tirx as T
 
 PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps zmm: 16 float look-ups in a 16-entry register table
 PERMUTE2 = "llvm.x86.avx512.vpermi2var.ps.512"  # vpermi2ps zmm: 16 float look-ups in a 32-entry table of 2 registers
+MULTIPLY_HIGH = "llvm.x86.avx512.pmulhu.w.512"  # vpmulhuw zmm: the high 16 bits of 32 products of 16-bit lanes
 PREFETCH = "llvm.prefetch.p0"  # (address, read = 0, locality 2 = into L2, data = 1)
 # How far ahead of its reads a one-row kernel prefetches in a contiguous stream of weights: far enough to hide the
 # memory latency at the kernels' read rates (1 KiB left the int8 GEMV waiting on memory; benchmarks/README.md)
@@ -35,6 +37,7 @@ NIBBLES = GROUP // 4  # tables of 4 activations per group (the int8 tables)
 FIELD = 5  # activations per float32 table: the index bits vpermi2ps reads
 FIELDS = -(-GROUP // FIELD)  # float32 tables per group: 6 of 5 activations, the last of GROUP % FIELD
 WIDE = 1 << FIELD  # entries of a float32 table
+HALF_FIELDS_BITS = 16 // FIELD * FIELD  # bits of the whole fields in a 16-bit half of a lane (15)
 
 
 def supported(target) -> bool:
@@ -62,17 +65,41 @@ def field_width(q: int) -> int:
     return min(FIELD, GROUP - FIELD * q)
 
 
+def field_indices(words):
+    """The FIELDS look-up indices of plane words (int32x16): field ``q`` in the low FIELD bits of each lane (the
+    look-ups read no bits above). Fields 0-2 lie in the low 16 bits of the word, fields 3-5 in those of the word
+    shifted right by 15 (the base); a field ``r`` bits into its base comes out of one ``vpmulhuw`` by ``2^(16 - r)``
+    (a right shift by ``r`` within each 16-bit half, and the look-up reads the low half), which runs on another port
+    than the shifts and the look-ups: 2 shifts and 4 multiply-highs per plane word instead of 6 shifts
+    (benchmarks/README.md, ``bitplane_gemv.py``, stop 18)."""
+    indices, base = [], words
+    for q in range(FIELDS):
+        start = FIELD * q
+        if field_width(q) < FIELD:  # the top bits: the shift (arithmetic on int32) repeats bit 31 above them, and
+            # the table's entries depend on their low field_width(q) bits only, so index t and t with those repeated
+            # bits read the same sum
+            indices.append(tirx.shift_right(words, tirx.Broadcast(start, LANES)))
+            continue
+        offset = start % HALF_FIELDS_BITS
+        if offset == 0:
+            base = words if start == 0 else tirx.shift_right(words, tirx.Broadcast(start, LANES))
+            indices.append(base)
+        else:
+            indices.append(T.reinterpret("int32x16", tirx.call_llvm_pure_intrin(
+                "int16x32", MULTIPLY_HIGH, T.reinterpret("int16x32", base),
+                T.reinterpret("int16x32", tirx.Broadcast(tirx.const(1 << (16 - offset), "int32"), LANES)))))
+    return indices
+
+
 def column_sum(table, first, words):
     """Sum of the FIELDS look-ups of one group's plane words (int32x16) for 16 channels, added as a tree; ``first``:
     the group's first table (:func:`fill_wide_tables`)."""
     looked_up = []
-    for q in range(FIELDS):
-        index = words if q == 0 else tirx.shift_right(words, tirx.Broadcast(FIELD * q, LANES))
+    for q, index in enumerate(field_indices(words)):
         if field_width(q) == FIELD:
             looked_up.append(tirx.call_llvm_pure_intrin("float32x16", PERMUTE2, table[first + q, tirx.Ramp(0, 1, LANES)],
                                                         index, table[first + q, tirx.Ramp(LANES, 1, LANES)]))
-        else:  # the top bits: the shift (arithmetic on int32) repeats bit 31 above them, and the table's entries
-            # depend on their low field_width(q) bits only, so index t and t with those repeated bits read the same sum
+        else:
             looked_up.append(tirx.call_llvm_pure_intrin("float32x16", PERMUTE, table[first + q, tirx.Ramp(0, 1, LANES)],
                                                         index))
     return tree(looked_up)
