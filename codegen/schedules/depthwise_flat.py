@@ -23,8 +23,8 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.target import Target
 from tvm.tirx.script.builder import ir as T
 
-from .conv2d import MAX_LANES, ConvBlocks, find_conv, fold_epilogue, is_depthwise, shape_of
-from .pointwise_overlap import epilogue_value, plane_buffers_of
+from .conv2d import MAX_LANES, ConvBlocks, find_conv, is_depthwise, shape_of
+from .pointwise_overlap import epilogue_value, folded_per_pixel
 
 KERNEL = 3  # the taps per axis this rule writes (padding 1: the output plane is the input's)
 NARROW = 8  # rows narrower than this many lanes are written flat
@@ -71,14 +71,10 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
         return None
     data, weight = operands
     batch, channels, h, w = shape_of(sch, blocks.conv, write=True)
-    final = sch.get(fold_epilogue(sch, blocks))
-    acc = sch.get(blocks.conv).writes[0].source  # (folding moved it to a local buffer)
-    out = final.writes[0].source
-    if not (isinstance(final.body, tirx.BufferStore) and final.body.buffer.same_as(out)):
+    folded = folded_per_pixel(sch, blocks)
+    if folded is None:
         return None
-    plane_buffers = plane_buffers_of(final, acc)
-    if plane_buffers is None:
-        return None
+    final, acc, out, plane_buffers = folded
     pixels, lanes, border = h * w, MAX_LANES, w + 1
     vectors, last = -(-pixels // lanes), pixels - lanes
     i64 = lambda v: tirx.const(v, "int64")  # noqa: E731

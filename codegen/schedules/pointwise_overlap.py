@@ -65,6 +65,19 @@ def _operands(sch: s_tir.Schedule, blocks: ConvBlocks):
     return copied.source, weight.source
 
 
+def folded_per_pixel(sch: s_tir.Schedule, blocks: ConvBlocks) -> tuple | None:
+    """The conv's epilogue folded into one block (:func:`.conv2d.fold_epilogue`): (that block, the accumulator,
+    the output, the buffers it reads at the output pixel), or None where the block does not store the output or
+    reads a buffer elsewhere than at the output pixel (then it is not computed per pixel of a flat plane)."""
+    final = sch.get(fold_epilogue(sch, blocks))
+    acc = sch.get(blocks.conv).writes[0].source  # (folding moved it to a local buffer)
+    out = final.writes[0].source
+    if not (isinstance(final.body, tirx.BufferStore) and final.body.buffer.same_as(out)):
+        return None
+    plane_buffers = plane_buffers_of(final, acc)
+    return None if plane_buffers is None else (final, acc, out, plane_buffers)
+
+
 def plane_buffers_of(block: s_tir.SBlock, acc) -> list | None:
     """The buffers the folded epilogue reads at the output pixel ([n, c, y, x] of its block), or None if it reads one
     elsewhere (then it is not computed per pixel of the flat plane)."""
@@ -157,14 +170,10 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
     data, weight = operands
     batch, ci, h, w = shape_of(sch, blocks.conv, 0)
     co = shape_of(sch, blocks.conv, write=True)[1]
-    final = sch.get(fold_epilogue(sch, blocks))
-    acc = sch.get(blocks.conv).writes[0].source  # (folding moved it to a local buffer)
-    out = final.writes[0].source
-    if not (isinstance(final.body, tirx.BufferStore) and final.body.buffer.same_as(out)):
+    folded = folded_per_pixel(sch, blocks)
+    if folded is None:
         return None
-    plane_buffers = plane_buffers_of(final, acc)
-    if plane_buffers is None:
-        return None
+    final, acc, out, plane_buffers = folded
     pixels, lanes = h * w, MAX_LANES
     tail = pixels % lanes if _tail_pays(pixels, ci) else 0  # pixels left to dot products
     whole = (pixels - tail) // lanes if tail else -(-pixels // lanes)
