@@ -25,6 +25,7 @@ CASES = [
     ("tans", {"levels": 15, "stream_symbols": 200}),
     ("bbs", {"preset": "moderate", "sensitive_fraction": 0.3}),  # convs: the kept columns as nibbles by channel
     ("bbs", {"preset": "conservative"}),  # 6 kept columns: convs decode the stored column words
+    ("bbs", {"preset": "moderate", "sensitive_fraction": 0.0}),  # every row pruned, odd counts: a half nibble row
     ("int8", {}),
     ("bitwave", {"pruned_columns": 3}),
 ]

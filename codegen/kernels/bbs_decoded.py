@@ -65,9 +65,8 @@ def channel_constants(enc: Encoded) -> list[np.ndarray]:
     pruned ones in row r) and their metadata bytes by row (uint8 [P, KG]).
 
     The same bits as ``columns`` and ``meta``, moved so that a vector of one channel's weights is one load of bytes
-    widened, one nibble taken, shifted and offset by its group's scalars: the column words put each weight's bits
-    in four words (a shift, a mask and a multiply-add per bit and weight, about 35 vector operations per 16 weights
-    against ``int8``'s 4)."""
+    widened, one nibble taken, shifted and offset by its group's scalars (the column words put each weight's bits
+    in four words: a shift, a mask and a multiply-add per bit and weight)."""
     a = enc.arrays
     pruned = enc.shape[0] - int(enc.header["sensitive"])
     kept = bbs.unpack_columns(a["columns"], pruned).reshape(pruned, padded_k(enc))

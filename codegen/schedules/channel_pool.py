@@ -19,6 +19,10 @@ def _kinds(block) -> str:
     return "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in block.iter_vars)
 
 
+def _static(extent) -> int | None:
+    return extent.value if isinstance(extent, tirx.IntImm) else None
+
+
 class ChannelPool(CPUScheduleRule):
     """A reduction over the last two axes of a 4-D input into ``[n, c]`` (or ``[n, c, 1, 1]``), then an elementwise
     step into ``[n, c, 1, 1]``: the channels (a static multiple of LANES) in vectors."""
@@ -33,9 +37,10 @@ class ChannelPool(CPUScheduleRule):
             return None
         total, result = blocks
         n, c, *units, kh, kw = sch.get_loops(total)  # units: the plane's unit axes where the sum keeps them
-        channels = sch.get(c).extent
-        if not isinstance(channels, tirx.IntImm) or channels.value % LANES or \
-                any(sch.get(u).extent.value != 1 for u in units):
+        channels, *unit_extents = (_static(sch.get(loop).extent) for loop in (c, *units))
+        result_extents = [_static(sch.get(loop).extent) for loop in sch.get_loops(result)[1:]]
+        if channels is None or channels % LANES or any(e != 1 for e in unit_extents) or \
+                result_extents != [channels, 1, 1]:
             return None
         c_outer, lane = sch.split(c, [None, LANES])
         sch.reorder(n, c_outer, *units, kh, kw, lane)
