@@ -3,8 +3,8 @@
 Our encoded-weight kernels arrive scheduled and opaque (see ``kernel_for``).
 The rest is legalized and fused (exp, erf, tanh and softmax first become
 vectorizable polynomials, :mod:`.fast_math`), then scheduled by the first of
-``RULES`` that applies (:mod:`.schedules`: convs, depthwise convs, matmuls, row reductions, elementwise
-chains; dlight's CPU reduction rule for other reductions); a kernel no rule
+``RULES`` that applies (:mod:`.schedules`: convs, depthwise convs, matmuls, row reductions, global pools,
+elementwise chains; dlight's CPU reduction rule for other reductions); a kernel no rule
 takes gets MetaSchedule's rule-based parallelize / vectorize / unroll rewrite,
 so no op runs as a single-threaded scalar loop nest.
 
@@ -33,8 +33,8 @@ from .fast_math import fast_math
 from .fuse_expand_depthwise import fuse_expand_depthwise
 from .gemm_epilogues import fuse_gemm_epilogues
 from .kernel_registry import kernel_layers
-from .schedules import (conv2d, depthwise_conv2d, depthwise_flat, elementwise, expand_depthwise, matmul,
-                        pointwise_overlap, reduction)
+from .schedules import (channel_pool, conv2d, depthwise_conv2d, depthwise_flat, elementwise, expand_depthwise,
+                        matmul, pointwise_overlap, reduction)
 from .schedules.linear_epilogue import linear_epilogues
 from .serial_small_loops import mark_streamed_weights, serial_when_small
 from .stack_buffers import stack_buffers
@@ -56,6 +56,7 @@ RULES = [
     depthwise_conv2d.DepthwiseConv2D(),
     matmul.Matmul(),
     reduction.RowReduction(),
+    channel_pool.ChannelPool(),
     dl.cpu.Reduction(),
     elementwise.Elementwise(),
 ]

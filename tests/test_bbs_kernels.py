@@ -53,12 +53,14 @@ def test_without_avx512_the_decode_once_gemv():
     assert call.kind == "bbs_decoded" and call.large_batch.kind == "bbs_gemm"
 
 
-def test_decode_reads_the_sensitive_rows_only_where_they_are_taken():
+@pytest.mark.parametrize("preset", ["moderate", "conservative"])  # kept columns as nibbles by channel; as words
+def test_decode_reads_the_sensitive_rows_only_where_they_are_taken(preset):
     """The sensitive/pruned choice is a lazy if_then_else: a Select evaluates both sides, and TVM simplifies
     each under its own condition, dropping the index clamps: pruned rows then read far past the sensitive
     rows (a segfault on MobileNet's classifier at batch 8)."""
     w = np.random.default_rng(0).standard_normal((100, 96)).astype(np.float32)
-    enc = bbs.encode(w, bbs.Config(sensitive_channels=32))
+    enc = bbs.encode(w, bbs.Config(preset=preset, sensitive_channels=32))
     conv = ConvSpec((1, 1), (0, 0, 0, 0), (1, 1), (100, 96, 1, 1))
     script = kernel_for(enc, make_target("llvm"), conv).func.script()
-    assert "T.if_then_else(position[" in script and "T.Select(position[" not in script
+    assert "T.if_then_else(position[v_i0] < 32," in script and "T.Select(position[v_i0] < 32," not in script
+    assert ("nibbles[" in script) == (preset == "moderate") and ("columns[" in script) == (preset == "conservative")

@@ -23,7 +23,9 @@ CASES = [
     ("bie-binary", {"layout": "index", "density": 0.2}),
     ("bie-blocked", {"block_size": 16}),
     ("tans", {"levels": 15, "stream_symbols": 200}),
-    ("bbs", {"preset": "moderate", "sensitive_fraction": 0.3}),
+    ("bbs", {"preset": "moderate", "sensitive_fraction": 0.3}),  # convs: the kept columns as nibbles by channel
+    ("bbs", {"preset": "conservative"}),  # 6 kept columns: convs decode the stored column words
+    ("bbs", {"preset": "moderate", "sensitive_fraction": 0.0}),  # every row pruned, odd counts: a half nibble row
     ("int8", {}),
     ("bitwave", {"pruned_columns": 3}),
 ]

@@ -15,7 +15,8 @@ Times the row's scale, that is the reference decoder's value.
   the stored rows, a panel of sensitive rows or of pruned ones decoded once per
   call; the scales applied to the sums, then the output unshuffle.
 * :func:`output_weight`: the decoded weight per output channel, for the decode
-  kernels (:mod:`.decode`) of convs.
+  kernels (:mod:`.decode`) of convs; where the kept columns fit a nibble, over
+  :func:`channel_constants` (the kept integers moved by channel at compile time).
 * :func:`conv2d_compute`: the whole OIHW weight decoded inside the same
   PrimFunc as ``topi.nn.conv2d_nchw``: the GPU's direct conv (:mod:`.bbs_cuda`).
 * :func:`kept_value`: a pruned row's stored column bits as a number, shared
@@ -34,23 +35,48 @@ from bie_compiler.codecs.base import Encoded
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..schedules import matmul as matmul_schedule
-from . import bbs_lut, decode, decode_once, lut, panel_gemm
+from . import bbs_lut, channel_nibbles, decode, decode_once, lut, panel_gemm
 
 CONV_BLOCK = "conv2d_nchw"  # topi's name for the conv block (the GPU's direct conv schedules it)
 
+NAMES = ("scales", "position", "sensitive", "columns", "meta")
+CHANNEL_NAMES = ("scales", "position", "sensitive", "nibbles", "meta_by_row")
+
+
+def _nonempty(x: np.ndarray) -> np.ndarray:
+    """An empty chunk as one zero row: a kernel's buffer has a row to name even where it reads none."""
+    return x if len(x) else np.zeros((1, *x.shape[1:]), x.dtype)
+
+
 def constants(enc: Encoded) -> list[np.ndarray]:
-    """What the kernels read: scales, position, sensitive, columns, meta (an empty chunk as one zero row)."""
+    """What the kernels read: scales, position, sensitive, columns, meta."""
     a = enc.arrays
-
-    def nonempty(x: np.ndarray) -> np.ndarray:
-        return x if len(x) else np.zeros((1, *x.shape[1:]), x.dtype)
-
-    return [a["scales"], a["position"], nonempty(a["sensitive"]), nonempty(a["columns"]), nonempty(a["meta"])]
+    return [a["scales"], a["position"], _nonempty(a["sensitive"]), _nonempty(a["columns"]), _nonempty(a["meta"])]
 
 
-def placeholders(enc: Encoded) -> list[te.Tensor]:
-    names = ("scales", "position", "sensitive", "columns", "meta")
-    return [te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(names, constants(enc))]
+def nibbles_fit(enc: Encoded) -> bool:
+    """Whether a pruned row's kept columns fit a nibble (``moderate``'s 4 of 8)."""
+    return 8 - int(enc.header["pruned_columns"]) <= 4
+
+
+def channel_constants(enc: Encoded) -> list[np.ndarray]:
+    """A conv decode's constants where the kept columns fit a nibble: scales, position, sensitive, the pruned rows'
+    kept integers by channel (:mod:`.channel_nibbles`: int8 [ceil(P / 2), KG * 32], stored rows 2r and 2r + 1 of the
+    pruned ones in row r) and their metadata bytes by row (uint8 [P, KG]).
+
+    The same bits as ``columns`` and ``meta``, moved so that a vector of one channel's weights is one load of bytes
+    widened, one nibble taken, shifted and offset by its group's scalars (the column words put each weight's bits
+    in four words: a shift, a mask and a multiply-add per bit and weight)."""
+    a = enc.arrays
+    pruned = enc.shape[0] - int(enc.header["sensitive"])
+    kept = bbs.unpack_columns(a["columns"], pruned).reshape(pruned, padded_k(enc))
+    meta = bbs.from_lanes(a["meta"], pruned)
+    return [a["scales"], a["position"], _nonempty(a["sensitive"]), _nonempty(channel_nibbles.pack(kept)),
+            _nonempty(meta)]
+
+
+def placeholders(arrays: list[np.ndarray], names: tuple[str, ...] = NAMES) -> list[te.Tensor]:
+    return [te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(names, arrays)]
 
 
 def kept_value(columns, bits: int, p, g, j):
@@ -64,21 +90,25 @@ def kept_value(columns, bits: int, p, g, j):
     return kept
 
 
+def group_value(enc: Encoded, kept, meta_byte):
+    """A pruned weight from its kept integer and its group's metadata byte (int32): ``kept * 2^shift + offset``."""
+    pruned_columns = int(enc.header["pruned_columns"])
+    c = meta_byte & 63
+    offset = -tirx.Select(c >= 32, c - 64, c) if enc.header["method"] == "zps" else c
+    return (kept << (pruned_columns - (meta_byte >> 6))) + offset
+
+
 def pruned_value(enc: Encoded, columns, meta):
     """``f(row, kk)``: the integer of pruned stored row ``row`` (at least the sensitive count) at padded position
     ``kk``, before its scale."""
     count = int(enc.header["sensitive"])
-    pruned_columns = int(enc.header["pruned_columns"])
-    zps = enc.header["method"] == "zps"
+    bits = 8 - int(enc.header["pruned_columns"])
 
     def value(row, kk):
         g, j = kk // bbs.GROUP, (kk % bbs.GROUP).astype("uint32")
         p = row - count
-        kept = kept_value(columns, 8 - pruned_columns, p, g, j)
-        m = meta[p // bbs.LANES, g, p % bbs.LANES].astype("int32")
-        c = m & 63
-        offset = -tirx.Select(c >= 32, c - 64, c) if zps else c
-        return (kept << (pruned_columns - (m >> 6))) + offset
+        kept = kept_value(columns, bits, p, g, j)
+        return group_value(enc, kept, meta[p // bbs.LANES, g, p % bbs.LANES].astype("int32"))
 
     return value
 
@@ -112,10 +142,22 @@ def pruned_float(enc: Encoded, columns, meta):
     return value
 
 
-def stored_weight(enc: Encoded, scales, sensitive, columns, meta):
-    """``f(row, kk)``: the decoded float32 weight of stored row ``row`` at padded position ``kk``."""
+def nibble_value(enc: Encoded, nibbles, meta_by_row):
+    """:func:`pruned_value` over :func:`channel_constants`' nibbles and metadata by row."""
     count = int(enc.header["sensitive"])
-    pruned = pruned_value(enc, columns, meta)
+
+    def value(row, kk):
+        p = row - count
+        kept = channel_nibbles.nibble(nibbles[p // 2, kk], p % 2)
+        return group_value(enc, kept, meta_by_row[p, kk // bbs.GROUP].astype("int32"))
+
+    return value
+
+
+def stored_weight(enc: Encoded, scales, sensitive, pruned):
+    """``f(row, kk)``: the decoded float32 weight of stored row ``row`` at padded position ``kk``; ``pruned(row,
+    kk)``: the integer of a pruned row (:func:`pruned_value`, :func:`nibble_value`)."""
+    count = int(enc.header["sensitive"])
 
     def weight(row, kk):
         # if_then_else, not Select: Select evaluates both sides, and TVM simplifies each side under its own
@@ -127,10 +169,11 @@ def stored_weight(enc: Encoded, scales, sensitive, columns, meta):
     return weight
 
 
-def output_weight(enc: Encoded, holders):
-    """``f(n, kk)``: the decoded weight of output channel ``n`` (the stored row ``position[n]``)."""
-    scales, position, sensitive, columns, meta = holders
-    weight = stored_weight(enc, scales, sensitive, columns, meta)
+def output_weight(enc: Encoded, holders, pruned_of=pruned_value):
+    """``f(n, kk)``: the decoded weight of output channel ``n`` (the stored row ``position[n]``); ``holders``: of
+    :func:`constants` (``pruned_of``: :func:`pruned_value`) or of :func:`channel_constants` (:func:`nibble_value`)."""
+    scales, position, sensitive, *pruned_arrays = holders
+    weight = stored_weight(enc, scales, sensitive, pruned_of(enc, *pruned_arrays))
     return lambda n, kk: weight(position[n], kk)
 
 
@@ -143,10 +186,11 @@ def matmul(enc: Encoded) -> tirx.PrimFunc:
     n, k = enc.shape
     kp = padded_k(enc)
     x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
-    scales, position, sensitive, columns, meta = holders = placeholders(enc)
+    scales, position, sensitive, columns, meta = holders = placeholders(constants(enc))
     zero = tirx.const(0, "float32")
     xpad = te.compute((x.shape[0], kp), lambda m, kk: te.if_then_else(kk < k, x[m, kk], zero), name="xpad")
-    decoded = te.compute((n, kp), stored_weight(enc, scales, sensitive, columns, meta), name="decoded")
+    decoded = te.compute((n, kp), stored_weight(enc, scales, sensitive, pruned_value(enc, columns, meta)),
+                         name="decoded")
     rk = te.reduce_axis((0, kp), "rk")
     stored = te.compute((x.shape[0], n), lambda m, row: te.sum(xpad[m, rk] * decoded[row, rk], axis=rk), name="stored")
     out = te.compute((x.shape[0], n), lambda m, c: stored[m, position[c]], name="unshuffle")
@@ -162,7 +206,7 @@ def conv2d_compute(enc: Encoded, conv) -> tirx.PrimFunc:
     (block ``decoded``, in output-channel order via ``position``), then ``topi.nn.conv2d_nchw`` (the GPU's direct conv)."""
     o, i, kh, kw = conv.kernel_shape
     x = te.placeholder((te.var("batch", "int64"), i, te.var("h", "int64"), te.var("w", "int64")), "float32", "x")
-    holders = placeholders(enc)
+    holders = placeholders(constants(enc))
     weight = output_weight(enc, holders)
     # codec layout: K runs over (kh, kw, in_channel), channel fastest
     oihw = te.compute((o, i, kh, kw), lambda f, c, r, s: weight(f, (r * kw + s) * i + c), name="decoded")
@@ -189,7 +233,7 @@ def panel_value(enc: Encoded, holders) -> panel_gemm.PanelWeight:
 def gemm(enc: Encoded) -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
     GEMM in stored order, then the output unshuffle."""
-    holders = placeholders(enc)
+    holders = placeholders(constants(enc))
     scales, position = holders[:2]
     return panel_gemm.gemm(panel_value(enc, holders), holders, *enc.shape, scale=lambda row: scales[row],
                            position=position, group=bbs.GROUP)
@@ -199,11 +243,14 @@ def gemm(enc: Encoded) -> tirx.PrimFunc:
 def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """Matmul: the LUT bit-serial GEMV for one row (AVX-512; else the decode-once GEMV), the panel GEMM above;
     conv: decode."""
-    tensors = constants(enc)
-    if conv is not None:
-        holders = placeholders(enc)
-        decoder = decode.elementwise(output_weight(enc, holders), holders, *decode.destination(enc, conv))
+    if conv is not None:  # the kept columns by channel where they fit a nibble
+        channels = nibbles_fit(enc)
+        tensors = channel_constants(enc) if channels else constants(enc)
+        holders = placeholders(tensors, CHANNEL_NAMES if channels else NAMES)
+        weight = output_weight(enc, holders, nibble_value if channels else pruned_value)
+        decoder = decode.elementwise(weight, holders, *decode.destination(enc, conv))
         return decode.with_decoder(None, decoder, "bbs", tensors, conv)
+    tensors = constants(enc)
     if lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
         small = KernelCall("bbs_lut", bbs_lut.gemv(enc), tensors)
     else:

@@ -37,7 +37,7 @@ from bie_compiler.codecs.base import Encoded
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..schedules import matmul
-from . import bbs_decoded, decode, lut, panel_gemm
+from . import bbs_decoded, channel_nibbles, decode, lut, panel_gemm
 
 BLOCK = "int8_gemv"
 SCALED = "int8_scaled"
@@ -68,15 +68,6 @@ def pack_nibbles(codes: np.ndarray, cols: int = matmul.COLS) -> np.ndarray:
     return np.ascontiguousarray(panels[:, 0::2] | (panels[:, 1::2] << np.uint8(4))).view(np.int8)
 
 
-def _nibble(byte, half) -> tirx.PrimExpr:
-    """The signed 4-bit number in nibble ``half`` (0 low, 1 high) of the int8 ``byte``: the sign-extended byte shifted
-    right by 4 (high), or its low 4 bits sign-extended by ``(b ^ 8) - 8`` (low). One shift per byte: shifts of
-    512-bit vectors have one port, which four shifts per byte (each nibble to the top of an int32 and back) held."""
-    wide = byte.astype("int32")
-    low = ((wide & tirx.const(15, "int32")) ^ tirx.const(8, "int32")) - tirx.const(8, "int32")
-    return tirx.Select(half == 0, low, wide >> tirx.const(4, "int32"))
-
-
 @dataclass
 class Int8Weights:
     """``value(holders)(n, kk)``: the int32 weight before its channel's scale (the last constant, float32 [N]);
@@ -99,7 +90,8 @@ class Int8Weights:
         cols = matmul.COLS
         if bits <= 4:
             return Int8Weights([pack_nibbles(codes, cols), scales], ("nibbles", "scales"),
-                               lambda h: lambda n, kk: _nibble(h[0][n // cols, kk // 2, n % cols], kk % 2), cols,
+                               lambda h: lambda n, kk: channel_nibbles.nibble(h[0][n // cols, kk // 2, n % cols],
+                                                                              kk % 2), cols,
                                NIBBLE_PANELS, 2 if codes.shape[1] % 2 == 0 else 1)
         return Int8Weights([pack(codes.astype(np.int8), cols), scales], ("codes", "scales"),
                            lambda h: lambda n, kk: h[0][n // cols, kk, n % cols].astype("int32"), cols, BYTE_PANELS)
@@ -112,12 +104,9 @@ class Int8Weights:
         channels 2c and 2c + 1 share the bytes of one row [ceil(N / 2), K], in the low and high nibble: a channel
         reads one nibble of every byte, no K padding. 3-D ([rows, 1, K]) as progressive precision expects."""
         if bits <= 4:
-            pairs = np.zeros((-(-codes.shape[0] // 2) * 2, codes.shape[1]), np.int8)
-            pairs[:len(codes)] = codes
-            nibbles = pairs.view(np.uint8) & np.uint8(15)
-            rows = (nibbles[0::2] | (nibbles[1::2] << np.uint8(4))).view(np.int8)
-            return Int8Weights([rows[:, None, :], scales], ("nibbles", "scales"),
-                               lambda h: lambda n, kk: _nibble(h[0][n // 2, 0, kk], n % 2), 1, NIBBLE_ROWS)
+            return Int8Weights([channel_nibbles.pack(codes)[:, None, :], scales], ("nibbles", "scales"),
+                               lambda h: lambda n, kk: channel_nibbles.nibble(h[0][n // 2, 0, kk], n % 2), 1,
+                               NIBBLE_ROWS)
         return Int8Weights([codes.astype(np.int8)[:, None, :], scales], ("codes", "scales"),
                            lambda h: lambda n, kk: h[0][n, 0, kk].astype("int32"), 1, BYTE_ROWS)
 
