@@ -13,14 +13,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
 from .elementwise import LANES
-
-
-def _kinds(block) -> str:
-    return "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in block.iter_vars)
-
-
-def _static(extent) -> int | None:
-    return extent.value if isinstance(extent, tirx.IntImm) else None
+from .reduction import iter_kinds, static_extent
 
 
 class ChannelPool(CPUScheduleRule):
@@ -32,13 +25,13 @@ class ChannelPool(CPUScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        if len(blocks) != 2 or _kinds(sch.get(blocks[0])) not in ("SSRR", "SSSSRR") or \
-                _kinds(sch.get(blocks[1])) != "SSSS":
+        if len(blocks) != 2 or iter_kinds(sch, blocks[0]) not in ("SSRR", "SSSSRR") or \
+                iter_kinds(sch, blocks[1]) != "SSSS":
             return None
         total, result = blocks
         n, c, *units, kh, kw = sch.get_loops(total)  # units: the plane's unit axes where the sum keeps them
-        channels, *unit_extents = (_static(sch.get(loop).extent) for loop in (c, *units))
-        result_extents = [_static(sch.get(loop).extent) for loop in sch.get_loops(result)[1:]]
+        channels, *unit_extents = (static_extent(sch, loop) for loop in (c, *units))
+        result_extents = [static_extent(sch, loop) for loop in sch.get_loops(result)[1:]]
         if channels is None or channels % LANES or any(e != 1 for e in unit_extents) or \
                 result_extents != [channels, 1, 1]:
             return None

@@ -18,18 +18,20 @@ from tvm.target import Target
 from .elementwise import LANES, vectorize_inner
 
 
-def _kinds(sch: s_tir.Schedule, block) -> str:
+def iter_kinds(sch: s_tir.Schedule, block) -> str:
+    """The block's iterators as a string, "S" (spatial) or "R" (reduction) each."""
     return "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in sch.get(block).iter_vars)
 
 
-def _extent(sch: s_tir.Schedule, loop) -> int | None:
+def static_extent(sch: s_tir.Schedule, loop) -> int | None:
+    """The loop's extent where it is a constant, else None."""
     extent = sch.get(loop).extent
     return extent.value if isinstance(extent, tirx.IntImm) else None
 
 
 def _rows(sch: s_tir.Schedule, blocks) -> int | None:
     """The number of leading spatial axes all blocks share, if they fit the pattern, else None."""
-    kinds = [_kinds(sch, b) for b in blocks]
+    kinds = [iter_kinds(sch, b) for b in blocks]
     rows = len(kinds[-1]) - 1
     if rows < 1 or kinds[-1] != "S" * (rows + 1) or "R" not in "".join(kinds):
         return None
@@ -67,9 +69,9 @@ def _merge_reduced_axes(sch: s_tir.Schedule, block) -> None:
     43 -> 3 us; one scalar chain of adds per row before). Other products are left as they are (mobilenet's 7x7:
     the rows' scalar chains either way)."""
     iters = list(sch.get(block).iter_vars)
-    reduced = len(_kinds(sch, block)) - len(_kinds(sch, block).rstrip("R"))
+    reduced = len(iter_kinds(sch, block)) - len(iter_kinds(sch, block).rstrip("R"))
     extents = [iv.dom.extent for iv in iters[len(iters) - reduced:]]
-    if reduced < 2 or "R" in _kinds(sch, block)[:len(iters) - reduced] \
+    if reduced < 2 or "R" in iter_kinds(sch, block)[:len(iters) - reduced] \
             or not all(isinstance(e, tirx.IntImm) for e in extents):
         return
     size = 1
@@ -96,7 +98,7 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
     # :mod:`..softmax` computes once per reader) is inlined into its reader.
     kept = []
     for block in blocks[:-1]:
-        if _kinds(sch, block) == "S" * (rows + 1) and len(sch.get_consumers(block)) == 1:
+        if iter_kinds(sch, block) == "S" * (rows + 1) and len(sch.get_consumers(block)) == 1:
             sch.compute_inline(block)
         else:
             kept.append(block)
@@ -106,11 +108,11 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
     partials = {}
     for block in kept:
         k = sch.get_loops(block)[-1]
-        extent = _extent(sch, k)
-        if _kinds(sch, block) == "S" * (rows + 1) + "R" and _extent(sch, sch.get_loops(block)[rows]) == LANES:
+        extent = static_extent(sch, k)
+        if iter_kinds(sch, block) == "S" * (rows + 1) + "R" and static_extent(sch, sch.get_loops(block)[rows]) == LANES:
             # already lane-partial (:mod:`..softmax`); a unit axis there is a kept dim (a pool's [n, c, 1, 1])
             partials[sch.get(block).name_hint] = block
-        elif "R" in _kinds(sch, block) and extent is not None and extent % LANES == 0 and extent > LANES:
+        elif "R" in iter_kinds(sch, block) and extent is not None and extent % LANES == 0 and extent > LANES:
             _, ki = sch.split(k, [None, LANES])
             partials[sch.get(block).name_hint] = sch.rfactor(ki, factor_axis=rows)
     # Blocks that write whole rows (the output; TOPI's softmax's exponentials) each run as a parallel loop over rows;
@@ -118,7 +120,7 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
     # intermediate computed per row would need a row buffer, which a symbolic row length makes a heap
     # allocation per row: it stays a buffer of the function, filled by its own loop.
     names = [sch.get(b).name_hint for b in kept + [blocks[-1]]]
-    anchors = {n for b, n in zip(kept + [blocks[-1]], names) if _kinds(sch, b) == "S" * (rows + 1)}
+    anchors = {n for b, n in zip(kept + [blocks[-1]], names) if iter_kinds(sch, b) == "S" * (rows + 1)}
     row_loop = {}
     for block, name in zip(kept + [blocks[-1]], names):
         if name in anchors:
@@ -137,7 +139,7 @@ def _schedule(sch: s_tir.Schedule, blocks, rows: int) -> s_tir.Schedule:
         if name in partials:  # loops: row, then the lane and unit loops of the row's axes, then ko
             partial = partials[name]
             *between, ko = sch.get_loops(partial)[1:]
-            lane = next((loop for loop in between if _extent(sch, loop) == LANES), None)
+            lane = next((loop for loop in between if static_extent(sch, loop) == LANES), None)
             if lane is None:
                 raise _Unfit(name)
             sch.annotate(ko, "pragma_loop_partition_hint", 1)  # the last chunk of a symbolic row is tested
