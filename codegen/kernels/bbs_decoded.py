@@ -90,12 +90,18 @@ def kept_value(columns, bits: int, p, g, j):
     return kept
 
 
-def group_value(enc: Encoded, kept, meta_byte):
-    """A pruned weight from its kept integer and its group's metadata byte (int32): ``kept * 2^shift + offset``."""
-    pruned_columns = int(enc.header["pruned_columns"])
+def group_offset_shift(enc: Encoded, meta_byte):
+    """(offset, shift) of a group of a pruned row from its metadata byte (int32): its weights are ``kept * 2^shift +
+    offset``."""
     c = meta_byte & 63
     offset = -tirx.Select(c >= 32, c - 64, c) if enc.header["method"] == "zps" else c
-    return (kept << (pruned_columns - (meta_byte >> 6))) + offset
+    return offset, int(enc.header["pruned_columns"]) - (meta_byte >> 6)
+
+
+def group_value(enc: Encoded, kept, meta_byte):
+    """A pruned weight from its kept integer and its group's metadata byte (int32): ``kept * 2^shift + offset``."""
+    offset, shift = group_offset_shift(enc, meta_byte)
+    return (kept << shift) + offset
 
 
 def pruned_value(enc: Encoded, columns, meta):
@@ -120,19 +126,15 @@ def pruned_float(enc: Encoded, columns, meta):
     weight's place in the group, so they are computed once per group (its 32 weights), not per weight as the
     integer form's shifts and multiplies are. Every value is an integer below 2^9: the float sum is exact."""
     count = int(enc.header["sensitive"])
-    pruned_columns = int(enc.header["pruned_columns"])
-    zps = enc.header["method"] == "zps"
-    bits = 8 - pruned_columns
+    bits = 8 - int(enc.header["pruned_columns"])
     significance = [-(1 << (bits - 1))] + [1 << (bits - 1 - b) for b in range(1, bits)]
 
     def value(row, kk):
         g, j = kk // bbs.GROUP, (kk % bbs.GROUP).astype("uint32")
         p = row - count
         pb, lane = p // bbs.LANES, p % bbs.LANES
-        m = meta[pb, g, lane].astype("int32")
-        c = m & 63
-        shift = pruned_columns - (m >> 6)
-        total = (-tirx.Select(c >= 32, c - 64, c) if zps else c).astype("float32")
+        offset, shift = group_offset_shift(enc, meta[pb, g, lane].astype("int32"))
+        total = offset.astype("float32")
         bit = tirx.const(1, "uint32") << j
         for b in range(bits):
             term = (tirx.const(significance[b], "int32") << shift).astype("float32")
