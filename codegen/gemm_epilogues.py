@@ -29,7 +29,7 @@ from typing import Callable
 
 import tvm
 import tvm_ffi
-from tvm import relax, s_tir, te, tirx
+from tvm import relax, s_tir, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .kernel_registry import KERNEL_ATTR, kernel_kind
@@ -52,18 +52,11 @@ class Gemm:
     schedule: Callable[[tirx.PrimFunc], tirx.PrimFunc]
 
 
-def dense_gemm(k: int, packed_shape: list) -> Gemm:
-    """The dense GEMM of ``x`` times the weight [N, K] ``dense.pack`` made (of ``packed_shape``)."""
+def dense_gemm(k: int) -> Gemm:
+    """The dense GEMM of ``x`` times the weight [N, K] ``dense.pack`` made (:func:`.kernels.dense.plain`)."""
 
     def plain(shape: list) -> tirx.PrimFunc:
-        cols = matmul.COLS
-        shape = static_as_int32(shape)
-        x = te.placeholder([*shape[:-1], k], "float32", "x")
-        weight = te.placeholder(packed_shape, "float32", "packed")
-        rk = te.reduce_axis((0, k), "rk")
-        gemm = matmul.padded_product(shape, lambda *i: te.sum(x[(*i[:-1], rk)] * weight[i[-1] // cols, rk, i[-1] % cols],
-                                                                  axis=rk), dense.BLOCK)
-        return te.create_prim_func([x, weight, gemm])
+        return dense.plain(static_as_int32(shape), k)
 
     def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
         sch = s_tir.Schedule(func)
@@ -78,13 +71,13 @@ def panel_gemm_of(decode: tirx.PrimFunc, k: int) -> Gemm:
     return Gemm(lambda shape: panel_gemm.plain(decode, shape[:-1], k), lambda func: panel_gemm.schedule(func, decode))
 
 
-def gemm_of(kernel: tirx.PrimFunc, k: int, weights: list) -> Gemm | None:
-    """The :class:`Gemm` of a GEMM kernel called with ``weights`` (their types), None for another kernel."""
+def gemm_of(kernel: tirx.PrimFunc, k: int) -> Gemm | None:
+    """The :class:`Gemm` of a GEMM kernel, None for another kernel."""
     decode = panel_gemm.carried_decoder(kernel)
     if decode is not None:
         return panel_gemm_of(decode, k)
     if kernel_kind(kernel) == GEMM_KIND:
-        return dense_gemm(k, [int(d) for d in weights[0].ty.shape])
+        return dense_gemm(k)
     return None
 
 
@@ -182,7 +175,7 @@ class _FuseGemmEpilogues(PyExprMutator):
             if key not in self.fused:
                 kernel = self.mod[kernel_gv]
                 n = int(kernel.params[-1].shape[-1])
-                func = fused_gemm(epilogue, at, n, gemm_of(kernel, k, weights))
+                func = fused_gemm(epilogue, at, n, gemm_of(kernel, k))
                 attrs = {**kernel.attrs, KERNEL_ATTR: f"{kernel_kind(kernel)}{EPILOGUE}"}
                 for name in ("global_symbol", panel_gemm.DECODER_ATTR):
                     attrs.pop(name, None)

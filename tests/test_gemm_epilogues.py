@@ -55,7 +55,7 @@ def test_fused_gemm_computes_the_gemm_then_the_epilogue(batch, seq):
     epilogue = _bias_gelu_residual()
     _run(epilogue, product.numpy().reshape(batch, seq, N), bias, residual, want)
 
-    fused = gemm_epilogues.fused_gemm(epilogue, 0, N, gemm_epilogues.dense_gemm(K, list(packed.shape)))
+    fused = gemm_epilogues.fused_gemm(epilogue, 0, N, gemm_epilogues.dense_gemm(K))
     assert len(fused.params) == 5  # x, packed, bias, residual, out
     got = tvm.runtime.tensor(np.full((batch, seq, N), np.nan, np.float32))
     _run(fused, x, packed, bias, residual, got)
@@ -90,7 +90,7 @@ def test_fused_dense_gemm_with_a_classifier_epilogue(rows):
     rng = np.random.default_rng(rows)
     weight, x, bias = (rng.standard_normal(shape).astype(np.float32) for shape in ((n, k), (rows, k), (n,)))
     packed = dense.pack(weight)
-    fused = gemm_epilogues.fused_gemm(epilogue, 0, n, gemm_epilogues.dense_gemm(k, list(packed.shape)))
+    fused = gemm_epilogues.fused_gemm(epilogue, 0, n, gemm_epilogues.dense_gemm(k))
     blocks = []
     tvm_ffi.structural_map(fused.body, [(s_tir.SBlockRealize, lambda r: blocks.append(r.block.name_hint) or r)],
                            order="post")
@@ -115,10 +115,10 @@ def _panel_kernels(codec: str, options: dict, target, n: int = N, k: int = K):
 
 def _gemms(target):
     """The dense GEMM's and each codec's panel GEMM's :class:`gemm_epilogues.Gemm`."""
-    yield gemm_epilogues.dense_gemm(K, [-(-N // 32), K, 32])
+    yield gemm_epilogues.dense_gemm(K)
     for codec, options in CODECS_WITH_PANELS:
         kernels, _ = _panel_kernels(codec, options, target)
-        yield gemm_epilogues.gemm_of(kernels.large_batch.func, K, None)
+        yield gemm_epilogues.gemm_of(kernels.large_batch.func, K)
 
 
 def test_an_epilogue_that_reduces_or_splits_the_channels_is_not_fused(target):
@@ -133,8 +133,8 @@ def test_an_epilogue_that_reduces_or_splits_the_channels_is_not_fused(target):
 
 def test_only_gemm_kernels_are_rebuilt(target):
     kernels, _ = _panel_kernels("int8", {}, target)
-    assert gemm_epilogues.gemm_of(kernels.func, K, None) is None  # the one-row GEMV: never fused here
-    assert gemm_epilogues.gemm_of(_bias_gelu_residual(), K, None) is None
+    assert gemm_epilogues.gemm_of(kernels.func, K) is None  # the one-row GEMV: never fused here
+    assert gemm_epilogues.gemm_of(_bias_gelu_residual(), K) is None
 
 
 @pytest.mark.parametrize("codec,options", CODECS_WITH_PANELS, ids=[c for c, _ in CODECS_WITH_PANELS])
@@ -145,7 +145,7 @@ def test_fused_panel_gemm_computes_the_panel_gemm_then_the_epilogue(codec, optio
     n, k = 250, 129
     kernels, decoded = _panel_kernels(codec, options, target, n, k)
     constants = computed_constants(kernels, target)
-    gemm = gemm_epilogues.gemm_of(kernels.large_batch.func, k, None)
+    gemm = gemm_epilogues.gemm_of(kernels.large_batch.func, k)
     epilogue = _bias_gelu_residual(n)
     fused = gemm_epilogues.fused_gemm(epilogue, 0, n, gemm)
     assert "unshuffle" not in fused.script() and "T.parallel" in fused.script()

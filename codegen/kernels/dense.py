@@ -29,16 +29,22 @@ def pack(weight: np.ndarray, cols: int = matmul.COLS) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(panels, cols, k).transpose(0, 2, 1))
 
 
-def gemm(n: int, k: int, rows: int = matmul.ROWS) -> tirx.PrimFunc:
-    """``f(x [m, K], packed [N / COLS, K, COLS], out [m, N])``, ``out = x @ weight.T`` (``packed = pack(weight)``)."""
+def plain(shape: list, k: int) -> tirx.PrimFunc:
+    """Unscheduled ``f(x [*lead, K], packed [N / COLS, K, COLS], out [*lead, N])``, ``out = x @ weight.T``
+    (``packed = pack(weight)``; ``shape``: the product's, [*lead, N]), block ``BLOCK``."""
     cols = matmul.COLS
-    x = te.placeholder((te.var("m", "int64"), k), "float32", "x")
-    packed = te.placeholder((-(-n // cols), k, cols), "float32", "packed")
+    x = te.placeholder([*shape[:-1], k], "float32", "x")
+    packed = te.placeholder((-(-int(shape[-1]) // cols), k, cols), "float32", "packed")
     rk = te.reduce_axis((0, k), "rk")
     out = matmul.padded_product(
-        [x.shape[0], n], lambda m, c: te.sum(x[m, rk] * packed[c // cols, rk, c % cols], axis=rk), BLOCK
+        shape, lambda *i: te.sum(x[(*i[:-1], rk)] * packed[i[-1] // cols, rk, i[-1] % cols], axis=rk), BLOCK
     )
-    sch = s_tir.Schedule(te.create_prim_func([x, packed, out]))
+    return te.create_prim_func([x, packed, out])
+
+
+def gemm(n: int, k: int, rows: int = matmul.ROWS) -> tirx.PrimFunc:
+    """``f(x [m, K], packed [N / COLS, K, COLS], out [m, N])`` (:func:`plain`) scheduled in ``rows``-row tiles."""
+    sch = s_tir.Schedule(plain([te.var("m", "int64"), n], k))
     sch.work_on("main")
     panels = matmul.gemv_panels(n) if rows == 1 else 1
     matmul.schedule_matmul(sch, sch.get_sblock(BLOCK), rows=rows, panels=panels)
