@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import (  # noqa: E402
-    copies_for, l3_cache_bytes, matmul_fanout, median_seconds, nbits_fanout, ort_session, parallel_read_bandwidth,
+    copies_for, last_level_cache_bytes, matmul_fanout, median_seconds, nbits_fanout, ort_session, parallel_read_bandwidth,
 )
 
 SEED = 0
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
     rows = [measure_shape(k, n, args, bandwidth, target) for k, n in shapes]
     res = {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
-           "cache_factor": args.cache_factor, "l3_bytes": l3_cache_bytes() or 0, "bandwidth": bandwidth, "rows": rows}
+           "cache_factor": args.cache_factor, "l3_bytes": last_level_cache_bytes() or 0, "bandwidth": bandwidth, "rows": rows}
     return res
 
 

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from bie_compiler import ort_reference
+from bie_compiler.bench import last_level_cache_bytes
 
 BANDWIDTH_ARRAY_BYTES = 512 * 2**20
 
@@ -106,13 +107,6 @@ def parallel_read_bandwidth(repeats: int) -> float:
     return BANDWIDTH_ARRAY_BYTES / median_seconds(lambda: fn(data, out), 1, repeats)
 
 
-def l3_cache_bytes() -> int | None:
-    """The last-level cache Linux reports (what ``bench --cold-cache`` flushes twice over), if any."""
-    from bie_compiler.bench import last_level_cache_bytes
-
-    return last_level_cache_bytes()
-
-
 def matmul_chain(size: int, layers: int) -> onnx.ModelProto:
     """x [1, size] -> MatMul(w0) -> ... -> MatMul(w{L-1}) -> y; initializers left for the caller to add."""
     names = ["x", *(f"h{i}" for i in range(1, layers)), "y"]
@@ -159,7 +153,7 @@ def matmul_nbits(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | 
 
 
 def copies_for(layer_bytes: int, factor: float) -> int:
-    cache = l3_cache_bytes() or 256 * 2**20
+    cache = last_level_cache_bytes() or 256 * 2**20
     return max(2, math.ceil(factor * cache / layer_bytes))
 
 
