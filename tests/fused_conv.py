@@ -51,6 +51,14 @@ def run(func, batch, seed=0):
     return args[-1].numpy()
 
 
+def scheduled_and_plain(rule, case) -> tuple[np.ndarray, np.ndarray]:
+    """The outputs of ``fused_conv(*case)`` as ``rule`` schedules it (it must take it) and unscheduled."""
+    func, batch = fused_conv(*case)
+    sch = rule.apply(func, make_target(), False)
+    assert sch is not None
+    return run(sch.mod["main"], batch), run(func, batch)
+
+
 def expand_depthwise(cin, height, width, channels, kernel=3, stride=1, epilogue="relu6"):
     """A 1x1 conv (cin -> channels) + bias + relu6, then a depthwise conv + bias + ``epilogue`` (relu6 or none),
     fused by the CPU build's fusion with every pointwise/depthwise pair fused: the one PrimFunc."""

@@ -6,7 +6,7 @@ import pytest
 from bie_compiler.codegen.schedules.conv2d import Conv2D, find_conv, schedule_conv2d
 from bie_compiler.codegen.target import make_target
 
-from fused_conv import fused_conv, run
+from fused_conv import fused_conv, run, scheduled_and_plain
 
 CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
     (1, 32, 28, 28, 48, 1, 1, 1, "relu6"),  # pointwise, plane a multiple of 16
@@ -27,10 +27,8 @@ CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
 
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
 def test_scheduled_conv_matches_unscheduled(case):
-    func, batch = fused_conv(*case)
-    sch = Conv2D().apply(func, make_target(), False)
-    assert sch is not None
-    np.testing.assert_allclose(run(sch.mod["main"], batch), run(func, batch), rtol=1e-5, atol=1e-5)
+    got, want = scheduled_and_plain(Conv2D(), case)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_rule_leaves_depthwise_to_its_own_rule():

@@ -7,7 +7,7 @@ from bie_compiler.codegen.schedules.conv2d import Conv2D
 from bie_compiler.codegen.schedules.depthwise_conv2d import DepthwiseConv2D
 from bie_compiler.codegen.target import make_target
 
-from fused_conv import fused_conv, run
+from fused_conv import fused_conv, scheduled_and_plain
 
 CASES = [  # batch, channels, h, w, kernel, stride, epilogue
     (1, 32, 16, 16, 3, 1, "relu6"),
@@ -25,10 +25,9 @@ CASES = [  # batch, channels, h, w, kernel, stride, epilogue
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
 def test_scheduled_depthwise_matches_unscheduled(case):
     batch, channels, h, w, kernel, stride, epilogue = case
-    func, batch = fused_conv(batch, channels, h, w, channels, kernel, stride, channels, epilogue)
-    sch = DepthwiseConv2D().apply(func, make_target(), False)
-    assert sch is not None
-    np.testing.assert_allclose(run(sch.mod["main"], batch), run(func, batch), rtol=1e-5, atol=1e-5)
+    got, want = scheduled_and_plain(DepthwiseConv2D(), (batch, channels, h, w, channels, kernel, stride, channels,
+                                                        epilogue))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_rule_leaves_other_convs_alone():

@@ -6,7 +6,7 @@ import pytest
 from bie_compiler.codegen.schedules.depthwise_flat import DepthwiseFlat
 from bie_compiler.codegen.target import make_target
 
-from fused_conv import fused_conv, run
+from fused_conv import fused_conv, scheduled_and_plain
 
 CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
     (1, 32, 7, 7, 32, 3, 1, 32, "relu6"),  # 49 pixels: vectors at 0, 16, 32, 33
@@ -20,10 +20,7 @@ CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
 
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
 def test_written_conv_matches_unscheduled(case):
-    func, batch = fused_conv(*case)
-    sch = DepthwiseFlat().apply(func, make_target(), False)
-    assert sch is not None
-    got, want = run(sch.mod["main"], batch), run(func, batch)
+    got, want = scheduled_and_plain(DepthwiseFlat(), case)
     assert np.abs(want).max() > 0.1
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 

@@ -6,7 +6,7 @@ import pytest
 from bie_compiler.codegen.schedules.pointwise_overlap import PointwiseOverlap
 from bie_compiler.codegen.target import make_target
 
-from fused_conv import fused_conv, run
+from fused_conv import fused_conv, scheduled_and_plain
 
 CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
     (1, 40, 14, 14, 24, 1, 1, 1, "residual"),  # 196 pixels: tiles of two vectors, the last two both at 180
@@ -24,10 +24,7 @@ CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
 
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
 def test_written_conv_matches_unscheduled(case):
-    func, batch = fused_conv(*case)
-    sch = PointwiseOverlap().apply(func, make_target(), False)
-    assert sch is not None
-    got, want = run(sch.mod["main"], batch), run(func, batch)
+    got, want = scheduled_and_plain(PointwiseOverlap(), case)
     assert np.abs(want).max() > 0.1
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
