@@ -9,8 +9,8 @@ Cases (``--models`` picks a subset):
 * the bundled ``mlp``, ``transformer`` and ``cnn`` at batch 1 and 8: dense and ``bbs`` moderate.
 
 Each case is ``bie-compiler bench`` (``bie_compiler.bench``): the artefact and onnxruntime on the
-source model, each in its own process with the same thread count and no idle spinning, single calls
-interleaved after a warm-up; ratio = median artefact / median onnxruntime (> 1: slower). Every
+source model, each in its own process with the same thread count (onnxruntime's idle workers not
+spinning, the artefact's polling briefly, as a loaded artefact's do), single calls interleaved after a warm-up; ratio = median artefact / median onnxruntime (> 1: slower). Every
 artefact is compiled once with its symbolic dims kept and serves every shape; it is reused from
 ``--artefacts`` while its source model, codec options and the compiler's sources are unchanged.
 

@@ -4,6 +4,9 @@ Each side runs in its own process (``bench_worker.py``), so each sees the thread
 count before its library loads and each peak resident memory is its own. The
 parent interleaves single timed calls (artefact, onnxruntime, then the other way
 round) after a warm-up, so slow phases of a shared machine hit both sides alike.
+onnxruntime's idle workers do not spin unless asked (``spin``): they would hold
+the cores between its calls, through the artefact's; the artefact's workers poll
+briefly between kernels and then sleep, as a loaded artefact's do.
 
 ``cold_cache``: before each timed call, outside its timing, each process rewrites a
 buffer of twice the last-level cache, so both sides read their weights from memory
@@ -104,13 +107,10 @@ def source_model(manifest: dict, model: str | None) -> tuple[str, bool]:
     return str(path), same
 
 
-def worker_env(threads: int, spin: bool) -> dict:
-    env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    if spin:
-        env.pop("TVM_THREAD_POOL_SPIN_COUNT", None)  # TVM's default: idle workers spin before sleeping
-    else:
-        env["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
-    return env
+def worker_env(threads: int) -> dict:
+    # The artefact's pool keeps the runtime's settings (``runtime/threads.py``: workers poll briefly when idle,
+    # then sleep) unless the user's environment overrides them, as a loaded artefact would.
+    return dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
 
 
 def stats(seconds: list[float]) -> dict:
@@ -148,7 +148,7 @@ def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None
     threads = threads or len(os.sched_getaffinity(0))
     if threads < 1:
         raise OptionError(f"--threads must be >= 1, got {threads}")
-    env = worker_env(threads, spin)
+    env = worker_env(threads)
     flush_bytes, cache_bytes = cache_flush_bytes() if cold_cache else (0, last_level_cache_bytes())
     sides: dict[str, Side] = {}
     with tempfile.TemporaryDirectory(prefix="bie-bench-") as tmp:
@@ -207,7 +207,8 @@ def table(result: dict, top: int = 25) -> str:
     """The figures of :func:`bench` as readable text."""
     shapes = ", ".join(f"{k} {v}" for k, v in result["inputs"].items())
     lines = [f"{result['artefact']} ({result['codec']}) vs onnxruntime on {result['model']}",
-             f"inputs {shapes}; {result['threads']} threads ({'spinning' if result['spin'] else 'no'} idle spin); "
+             f"inputs {shapes}; {result['threads']} threads (onnxruntime's idle workers {'' if result['spin'] else 'not '}"
+             f"spinning); "
              f"{result['repeat']} interleaved calls each after a warm-up", cache_line(result)]
     if not result["model_is_the_compiled_one"]:
         lines.append("warning: this model is not the one the artefact was compiled from (sha256 differs)")

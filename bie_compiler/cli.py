@@ -151,8 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3,
                    help=f"untimed calls of each first, for at least {WARMUP_SECONDS:g} s (default %(default)s)")
     b.add_argument("--spin", action="store_true",
-                   help="let idle worker threads spin (both libraries' default); off by default, since one side's "
-                        "spinning threads would steal the cores of the other")
+                   help="let onnxruntime's idle worker threads spin (its default); off by default, since they would "
+                        "hold the cores through the artefact's calls (the artefact's workers poll briefly, then sleep)")
     b.add_argument("--cold-cache", action="store_true",
                    help="before each timed call (untimed) each process rewrites a buffer of twice the last-level "
                         "cache, so weights are read from memory")
