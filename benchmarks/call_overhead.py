@@ -6,9 +6,9 @@ around it: input checks, conversions, the call, outputs back to numpy. The
 artefact keeps W dense (``--skip '*'``). Three calls are timed, interleaved:
 the runner, ``session.run``, and the bare Relax VM call on prepared tensors
 (what the runner adds is runner - bare VM). Each is a loop of ``--calls``
-calls, the median over ``--repeats`` loops. Threads as in ``common.main`` (no idle
-spinning), or with ``--spin`` both libraries' default: idle workers spin, so a
-parallel kernel does not wait for its threads to wake.
+calls, the median over ``--repeats`` loops. Threads as in ``common.main`` (the runtime's
+brief poll, onnxruntime not spinning), or with ``--spin`` both libraries' own defaults: idle workers
+spin (TVM's for 300000 yields), so a parallel kernel does not wait for its threads to wake.
 
     python benchmarks/call_overhead.py [--size 64] [--calls 2000] [--repeats 15] [--threads 2] [--spin] [--json PATH]
 """
@@ -52,7 +52,7 @@ def one_matmul(size: int):
 
 def run(args) -> dict:
     if args.spin:
-        os.environ.pop("TVM_THREAD_POOL_SPIN_COUNT")  # common.main turned spinning off; TVM is not loaded yet
+        os.environ.pop("TVM_THREAD_POOL_SPIN_COUNT")  # TVM's own long spin, not the runtime's brief poll; TVM is not loaded yet
     import onnxruntime as ort
     import tvm
 

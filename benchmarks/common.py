@@ -1,9 +1,11 @@
 """What the GEMV benchmarks share: timing, bandwidth references, cache size, onnxruntime sessions and models.
 
-Threads: callers set ``TVM_NUM_THREADS`` and ``TVM_THREAD_POOL_SPIN_COUNT=0``
-before TVM is imported (TVM reads them once, when it loads), and onnxruntime
-sessions here never spin while idle: with as many threads as cores, one
-library's spinning pool steals cores from the other's.
+Threads: ``main`` sets ``TVM_NUM_THREADS`` and the runtime's pool settings
+(``runtime/threads.py``: unpinned workers that poll briefly when idle, then sleep)
+before TVM is imported (TVM reads them once, when its pool starts), so kernels
+run as in a loaded artefact; onnxruntime sessions here never spin while idle:
+with as many threads as cores, its spinning pool would hold the cores through
+the other side's calls.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bie_compiler import ort_reference
 from bie_compiler.bench import last_level_cache_bytes
+from bie_compiler.runtime.threads import configure_thread_pool
 
 BANDWIDTH_ARRAY_BYTES = 512 * 2**20
 
@@ -29,7 +32,7 @@ def main(parse_args, run, report) -> None:
     """A CPU benchmark's entry point: threads set before TVM loads, then ``report(run(args))``, then ``--json``."""
     args = parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported
-    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    configure_thread_pool()
     res = run(args)
     report(res)
     if args.json:
