@@ -9,7 +9,8 @@ from bie_compiler.codegen.target import make_target
 from fused_conv import fused_conv, scheduled_and_plain
 
 CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
-    (1, 40, 14, 14, 24, 1, 1, 1, "residual"),  # 196 pixels: tiles of two vectors, the last two both at 180
+    (1, 40, 14, 14, 24, 1, 1, 1, "residual"),  # 196 pixels: 13 tiles of one vector, the last at 180
+    (1, 48, 14, 14, 48, 1, 1, 1, "relu6"),  # two tiles of 24 channels per vector
     (8, 40, 14, 14, 24, 1, 1, 1, "residual"),
     (1, 32, 7, 7, 36, 1, 1, 1, "residual"),  # 49 pixels: three vectors and one pixel as dot products
     (8, 48, 7, 7, 36, 1, 1, 1, "relu6"),

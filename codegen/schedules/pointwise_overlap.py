@@ -5,12 +5,14 @@ The schedule rule (:mod:`.conv2d`) pads such a plane to whole vectors: a zero-pa
 lane at a time. Here every vector of a register tile starts at ``min(its offset, last vector's start)``:
 the last vectors overlap the ones before them, recompute those pixels (as many as the padding did) and
 store the same values again, so every load and store is a whole vector of the input and output as they
-are, with no copy and no predicate. On a plane of one register tile with a few pixels past its last
-whole vector (7x7: 48 + 1), those pixels are dot products along the input channels instead, 16 channels
-per FMA (:func:`_tail_pays`). Tiles are output channels x vectors of the flat plane, the input channels
-innermost; the tasks are images x pixel tiles x channel tiles, pixel tiles outer (a tile's input, every
-channel, stays in L2 for its channel tiles). The epilogue chain (bias, clip, residual) is the fused
-function's own, folded into one expression and applied per tile to the accumulators.
+are, with no copy and no predicate. A register tile is one vector of pixels x up to 24 output channels, so
+the overlap costs less than one vector per plane (14x14: 13 vectors for 12.25). On a plane of one register
+tile with a few pixels past its last whole vector (7x7: 48 + 1), those pixels are dot products along the
+input channels instead, 16 channels per FMA (:func:`_tail_pays`). Tiles are output channels x vectors of
+the flat plane, the input channels innermost; the tasks are images x pixel tiles x channel tiles, pixel
+tiles outer (a tile's input, every channel, stays in L2 for its channel tiles). The epilogue chain (bias,
+clip, residual) is the fused function's own, folded into one expression and applied per tile to the
+accumulators.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from tvm.tirx.script.builder import ir as T
 
 from .conv2d import ACCUMULATORS, MAX_LANES, ConvBlocks, find_conv, fold_epilogue, is_depthwise, largest_divisor, shape_of
 
-TILE_VECTORS = 2  # vectors along the plane per register tile (as the padded schedule has them on 14x14)
+TILE_VECTORS = 1  # vectors along the plane per register tile: one, so a plane costs ceil(pixels / 16) vectors
+# (14x14: 13, where tiles of two vectors computed 14) and the tile takes 24 output channels
 WHOLE_PLANE_VECTORS = 4  # a plane of at most this many vectors is one tile (7x7: three vectors and a tail)
 TAIL_PIXELS = 4  # at most this many pixels past the last whole vector are dot products (see _tail_pays)
 
@@ -120,7 +123,8 @@ def _vectors(whole: int) -> int:
 def _tail_pays(pixels: int, ci: int) -> bool:
     """Whether the pixels past the last whole vector are dot products along the input channels: on a plane of one
     register tile with a short tail (7x7: three vectors and one pixel instead of four vectors, a quarter fewer FMAs).
-    On larger planes the tail falls to one tile's tasks and saves one vector in seven at most: measured no faster."""
+    On larger planes the tail falls to one tile's tasks and saves at most one vector of the plane's (14x14: 12.25
+    for 13): measured no faster."""
     tail = pixels % MAX_LANES
     return 0 < tail <= TAIL_PIXELS and ci % MAX_LANES == 0 and MAX_LANES <= pixels <= WHOLE_PLANE_VECTORS * MAX_LANES
 
