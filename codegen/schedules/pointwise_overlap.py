@@ -25,12 +25,14 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.target import Target
 from tvm.tirx.script.builder import ir as T
 
+from ..kernels.lut import prefetch
 from .conv2d import ACCUMULATORS, MAX_LANES, ConvBlocks, find_conv, fold_epilogue, is_depthwise, largest_divisor, shape_of
 
 TILE_VECTORS = 1  # vectors along the plane per register tile: one, so a plane costs ceil(pixels / 16) vectors
 # (14x14: 13, where tiles of two vectors computed 14) and the tile takes 24 output channels
 WHOLE_PLANE_VECTORS = 4  # a plane of at most this many vectors is one tile (7x7: three vectors and a tail)
 TAIL_PIXELS = 4  # at most this many pixels past the last whole vector are dot products (see _tail_pays)
+LINE_FLOATS = 16  # float32 per cache line
 
 
 def applies(sch: s_tir.Schedule, blocks: ConvBlocks) -> bool:
@@ -202,7 +204,14 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
                 with T.unroll(i64(0), i64(vectors)) as v:
                     with T.vectorized(i64(0), i64(lanes)) as lane:
                         T.buffer_store(tile_acc, tirx.const(0, "float32"), [i, v * lanes + lane])
+            # A task reads its channel tile's weight rows as ct short streams, which the hardware prefetchers do not
+            # follow from one task to the next; the next task's rows (the next channel tile) follow these in memory,
+            # so each step of the reduction fetches its share of them into L2 (ct floats a step: every line of them).
+            weight_flat = T.decl_buffer((co * ci,), weight.dtype, data=weight.data)
+            next_rows = (group + 1) * (ct * ci)
             with T.serial(i64(0), i64(ci)) as r:
+                for line in range(-(-ct // LINE_FLOATS)):
+                    prefetch(weight_flat[tirx.min(next_rows + r * ct + line * LINE_FLOATS, i64(co * ci - 1))])
                 with T.unroll(i64(0), i64(ct)) as i:
                     with T.unroll(i64(0), i64(vectors)) as v:
                         with T.vectorized(i64(0), i64(lanes)) as lane:
