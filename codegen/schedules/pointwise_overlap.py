@@ -131,16 +131,14 @@ def _tail_pays(pixels: int, ci: int) -> bool:
     return 0 < tail <= TAIL_PIXELS and ci % MAX_LANES == 0 and MAX_LANES <= pixels <= WHOLE_PLANE_VECTORS * MAX_LANES
 
 
-def _tail(final, acc, views, data, weight, n, c0, ct, ci: int, first: int, tail: int) -> None:
+def _tail(final, acc, views, columns, weight, n, c0, ct, ci: int, first: int, tail: int) -> None:
     """Emit the last ``tail`` pixels of channels ``c0 + [0, ct)``: each a dot product along the input channels (16 per
     vector FMA, where a whole vector of pixels would cost one FMA per channel) of the weight row and the pixel's input
-    column, copied contiguous first. Channels innermost: ``ct`` independent FMA chains."""
+    column (``columns[t]``, copied contiguous by the tile's reduction loop). Channels innermost: ``ct`` independent
+    FMA chains."""
     lanes, i64 = MAX_LANES, (lambda v: tirx.const(v, "int64"))
-    column = T.decl_buffer((ci,), "float32", scope="local")
     dots = T.decl_buffer((ct, lanes), "float32", scope="local")
     with T.serial(i64(0), i64(tail)) as t:
-        with T.serial(i64(0), i64(ci)) as r:
-            T.buffer_store(column, views[data][n, r, first + t], [r])
         with T.unroll(i64(0), i64(ct)) as i:
             with T.vectorized(i64(0), i64(lanes)) as lane:
                 T.buffer_store(dots, tirx.const(0, "float32"), [i, lane])
@@ -148,7 +146,7 @@ def _tail(final, acc, views, data, weight, n, c0, ct, ci: int, first: int, tail:
             with T.unroll(i64(0), i64(ct)) as i:
                 with T.vectorized(i64(0), i64(lanes)) as lane:
                     k = block * lanes + lane
-                    T.buffer_store(dots, dots[i, lane] + weight[c0 + i, k, i64(0), i64(0)] * column[k], [i, lane])
+                    T.buffer_store(dots, dots[i, lane] + weight[c0 + i, k, i64(0), i64(0)] * columns[t, k], [i, lane])
         with T.unroll(i64(0), i64(ct)) as i:
             total = _pairwise_sum([dots[i, i64(lane)] for lane in range(lanes)])
             T.buffer_store(views[final.writes[0].source],
@@ -209,9 +207,14 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
             # so each step of the reduction fetches its share of them into L2 (ct floats a step: every line of them).
             weight_flat = T.decl_buffer((co * ci,), weight.dtype, data=weight.data)
             next_rows = (group + 1) * (ct * ci)
+            # The tail pixels' input columns (a plane apart) are copied contiguous in this loop, a scalar load and store
+            # per step beside the tile's FMAs, rather than by a loop of their own (slower: benchmarks/README.md).
+            columns = T.decl_buffer((tail, ci), "float32", scope="local") if tail else None
             with T.serial(i64(0), i64(ci)) as r:
                 for line in range(-(-ct // LINE_FLOATS)):
                     prefetch(weight_flat[tirx.min(next_rows + r * ct + line * LINE_FLOATS, i64(co * ci - 1))])
+                for t in range(tail):
+                    T.buffer_store(columns, views[data][n, r, pixels - tail + t], [t, r])
                 with T.unroll(i64(0), i64(ct)) as i:
                     with T.unroll(i64(0), i64(vectors)) as v:
                         with T.vectorized(i64(0), i64(lanes)) as lane:
@@ -226,7 +229,7 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
             if tail:
                 with T.If(tile == tiles - 1):
                     with T.Then():
-                        _tail(final, acc, views, data, weight, n, group * ct, ct, ci, pixels - tail, tail)
+                        _tail(final, acc, views, columns, weight, n, group * ct, ct, ci, pixels - tail, tail)
     root = s_tir.SBlock([], [], [], "root", builder.get())  # TVM's passes expect a root block
     return sch.mod["main"].with_body(s_tir.SBlockRealize([], True, root))
 
