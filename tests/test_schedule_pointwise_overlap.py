@@ -39,3 +39,13 @@ def test_written_conv_matches_unscheduled(case):
 def test_rule_declines_other_convs(case):
     func, _ = fused_conv(*case)
     assert PointwiseOverlap().apply(func, make_target(), False) is None
+
+
+@pytest.mark.parametrize("case, prefetches", [
+    ((1, 32, 7, 7, 48, 1, 1, 1, "relu6"), 1),  # 3 vectors x 8 channels: 8 weights of the next tile a step, one line
+    ((1, 32, 14, 14, 48, 1, 1, 1, "relu6"), 2),  # 1 vector x 24 channels: 24 weights a step span two lines
+], ids=str)
+def test_each_reduction_step_prefetches_its_share_of_the_next_tasks_weight_rows(case, prefetches):
+    func, _ = fused_conv(*case)
+    script = PointwiseOverlap().apply(func, make_target(), False).mod["main"].script()
+    assert script.count("llvm.prefetch") == prefetches
