@@ -15,6 +15,7 @@ CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
     (3, 16, 9, 5, 16, 3, 1, 16, "nanrelu"),  # 45 pixels; an epilogue DAG (its input read twice)
     (1, 16, 4, 4, 16, 3, 1, 16, "bare"),  # one vector: the whole plane; no epilogue
     (8, 20, 6, 3, 20, 3, 1, 20, "none"),  # 3-wide rows: the left and right taps masked in most lanes
+    (2, 16, 20, 7, 16, 3, 1, 16, "relu6"),  # 140 pixels: nine vectors, the vector loops not unrolled
 ]
 
 

@@ -9,7 +9,8 @@ from bie_compiler.codegen.target import make_target
 from fused_conv import fused_conv, scheduled_and_plain
 
 CASES = [  # batch, cin, h, w, cout, kernel, stride, groups, epilogue
-    (1, 40, 14, 14, 24, 1, 1, 1, "residual"),  # 196 pixels: tiles of two vectors, the last two both at 180
+    (1, 40, 14, 14, 24, 1, 1, 1, "residual"),  # 196 pixels: 13 tiles of one vector, the last at 180
+    (1, 48, 14, 14, 48, 1, 1, 1, "relu6"),  # two tiles of 24 channels per vector
     (8, 40, 14, 14, 24, 1, 1, 1, "residual"),
     (1, 32, 7, 7, 36, 1, 1, 1, "residual"),  # 49 pixels: three vectors and one pixel as dot products
     (8, 48, 7, 7, 36, 1, 1, 1, "relu6"),
@@ -38,3 +39,13 @@ def test_written_conv_matches_unscheduled(case):
 def test_rule_declines_other_convs(case):
     func, _ = fused_conv(*case)
     assert PointwiseOverlap().apply(func, make_target(), False) is None
+
+
+@pytest.mark.parametrize("case, prefetches", [
+    ((1, 32, 7, 7, 48, 1, 1, 1, "relu6"), 1),  # 3 vectors x 8 channels: 8 weights of the next tile a step, one line
+    ((1, 32, 14, 14, 48, 1, 1, 1, "relu6"), 2),  # 1 vector x 24 channels: 24 weights a step span two lines
+], ids=str)
+def test_each_reduction_step_prefetches_its_share_of_the_next_tasks_weight_rows(case, prefetches):
+    func, _ = fused_conv(*case)
+    script = PointwiseOverlap().apply(func, make_target(), False).mod["main"].script()
+    assert script.count("llvm.prefetch") == prefetches

@@ -28,6 +28,7 @@ from .pointwise_overlap import epilogue_value, folded_per_pixel
 
 KERNEL = 3  # the taps per axis this rule writes (padding 1: the output plane is the input's)
 NARROW = 8  # rows narrower than this many lanes are written flat
+UNROLLED_VECTORS = 8  # a plane of at most this many vectors has its vector loops unrolled (see build)
 
 
 def applies(sch: s_tir.Schedule, blocks: ConvBlocks) -> bool:
@@ -90,11 +91,14 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
             with T.serial(i64(0), i64(border)) as i:
                 T.buffer_store(flat, tirx.const(0, "float32"), [i])
                 T.buffer_store(flat, tirx.const(0, "float32"), [border + pixels + i])
-            with T.serial(i64(0), i64(vectors)) as v:
+            # Unrolled, each vector's start is a constant, and so are the side taps' column masks (no modulo per
+            # vector): 960x7x7 0.93 of the loop's time at batch 1, 0.90 at batch 8 (one thread).
+            vector_loop = T.unroll if vectors <= UNROLLED_VECTORS else T.serial
+            with vector_loop(i64(0), i64(vectors)) as v:
                 start = tirx.min(v * lanes, i64(last))  # the last vectors of the plane overlap the ones before
                 with T.vectorized(i64(0), i64(lanes)) as lane:
                     T.buffer_store(flat, views[data][n, c, start + lane], [border + start + lane])
-            with T.serial(i64(0), i64(vectors)) as v:
+            with vector_loop(i64(0), i64(vectors)) as v:
                 start = tirx.min(v * lanes, i64(last))
                 with T.vectorized(i64(0), i64(lanes)) as lane:
                     T.buffer_store(sums, tirx.const(0, "float32"), [lane])

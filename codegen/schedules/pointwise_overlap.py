@@ -5,12 +5,14 @@ The schedule rule (:mod:`.conv2d`) pads such a plane to whole vectors: a zero-pa
 lane at a time. Here every vector of a register tile starts at ``min(its offset, last vector's start)``:
 the last vectors overlap the ones before them, recompute those pixels (as many as the padding did) and
 store the same values again, so every load and store is a whole vector of the input and output as they
-are, with no copy and no predicate. On a plane of one register tile with a few pixels past its last
-whole vector (7x7: 48 + 1), those pixels are dot products along the input channels instead, 16 channels
-per FMA (:func:`_tail_pays`). Tiles are output channels x vectors of the flat plane, the input channels
-innermost; the tasks are images x pixel tiles x channel tiles, pixel tiles outer (a tile's input, every
-channel, stays in L2 for its channel tiles). The epilogue chain (bias, clip, residual) is the fused
-function's own, folded into one expression and applied per tile to the accumulators.
+are, with no copy and no predicate. A register tile is one vector of pixels x up to 24 output channels, so
+the overlap costs less than one vector per plane (14x14: 13 vectors for 12.25). On a plane of one register
+tile with a few pixels past its last whole vector (7x7: 48 + 1), those pixels are dot products along the
+input channels instead, 16 channels per FMA (:func:`_tail_pays`). Tiles are output channels x vectors of
+the flat plane, the input channels innermost; the tasks are images x pixel tiles x channel tiles, pixel
+tiles outer (a tile's input, every channel, stays in L2 for its channel tiles). The epilogue chain (bias,
+clip, residual) is the fused function's own, folded into one expression and applied per tile to the
+accumulators.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.target import Target
 from tvm.tirx.script.builder import ir as T
 
+from ..kernels.lut import prefetch
 from .conv2d import ACCUMULATORS, MAX_LANES, ConvBlocks, find_conv, fold_epilogue, is_depthwise, largest_divisor, shape_of
 
-TILE_VECTORS = 2  # vectors along the plane per register tile (as the padded schedule has them on 14x14)
+TILE_VECTORS = 1  # vectors along the plane per register tile: one, so a plane costs ceil(pixels / 16) vectors
+# (14x14: 13, where tiles of two vectors computed 14) and the tile takes 24 output channels
 WHOLE_PLANE_VECTORS = 4  # a plane of at most this many vectors is one tile (7x7: three vectors and a tail)
 TAIL_PIXELS = 4  # at most this many pixels past the last whole vector are dot products (see _tail_pays)
+LINE_FLOATS = 16  # float32 per cache line
 
 
 def applies(sch: s_tir.Schedule, blocks: ConvBlocks) -> bool:
@@ -120,21 +125,20 @@ def _vectors(whole: int) -> int:
 def _tail_pays(pixels: int, ci: int) -> bool:
     """Whether the pixels past the last whole vector are dot products along the input channels: on a plane of one
     register tile with a short tail (7x7: three vectors and one pixel instead of four vectors, a quarter fewer FMAs).
-    On larger planes the tail falls to one tile's tasks and saves one vector in seven at most: measured no faster."""
+    On larger planes the tail falls to one tile's tasks and saves at most one vector of the plane's (14x14: 12.25
+    for 13): measured no faster."""
     tail = pixels % MAX_LANES
     return 0 < tail <= TAIL_PIXELS and ci % MAX_LANES == 0 and MAX_LANES <= pixels <= WHOLE_PLANE_VECTORS * MAX_LANES
 
 
-def _tail(final, acc, views, data, weight, n, c0, ct, ci: int, first: int, tail: int) -> None:
+def _tail(final, acc, views, columns, weight, n, c0, ct, ci: int, first: int, tail: int) -> None:
     """Emit the last ``tail`` pixels of channels ``c0 + [0, ct)``: each a dot product along the input channels (16 per
     vector FMA, where a whole vector of pixels would cost one FMA per channel) of the weight row and the pixel's input
-    column, copied contiguous first. Channels innermost: ``ct`` independent FMA chains."""
+    column (``columns[t]``, copied contiguous by the tile's reduction loop). Channels innermost: ``ct`` independent
+    FMA chains."""
     lanes, i64 = MAX_LANES, (lambda v: tirx.const(v, "int64"))
-    column = T.decl_buffer((ci,), "float32", scope="local")
     dots = T.decl_buffer((ct, lanes), "float32", scope="local")
     with T.serial(i64(0), i64(tail)) as t:
-        with T.serial(i64(0), i64(ci)) as r:
-            T.buffer_store(column, views[data][n, r, first + t], [r])
         with T.unroll(i64(0), i64(ct)) as i:
             with T.vectorized(i64(0), i64(lanes)) as lane:
                 T.buffer_store(dots, tirx.const(0, "float32"), [i, lane])
@@ -142,7 +146,7 @@ def _tail(final, acc, views, data, weight, n, c0, ct, ci: int, first: int, tail:
             with T.unroll(i64(0), i64(ct)) as i:
                 with T.vectorized(i64(0), i64(lanes)) as lane:
                     k = block * lanes + lane
-                    T.buffer_store(dots, dots[i, lane] + weight[c0 + i, k, i64(0), i64(0)] * column[k], [i, lane])
+                    T.buffer_store(dots, dots[i, lane] + weight[c0 + i, k, i64(0), i64(0)] * columns[t, k], [i, lane])
         with T.unroll(i64(0), i64(ct)) as i:
             total = _pairwise_sum([dots[i, i64(lane)] for lane in range(lanes)])
             T.buffer_store(views[final.writes[0].source],
@@ -198,7 +202,19 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
                 with T.unroll(i64(0), i64(vectors)) as v:
                     with T.vectorized(i64(0), i64(lanes)) as lane:
                         T.buffer_store(tile_acc, tirx.const(0, "float32"), [i, v * lanes + lane])
+            # A task reads its channel tile's weight rows as ct short streams, which the hardware prefetchers do not
+            # follow from one task to the next; the next task's rows (the next channel tile) follow these in memory,
+            # so each step of the reduction fetches its share of them into L2 (ct floats a step: every line of them).
+            weight_flat = T.decl_buffer((co * ci,), weight.dtype, data=weight.data)
+            next_rows = (group + 1) * (ct * ci)
+            # The tail pixels' input columns (a plane apart) are copied contiguous in this loop, a scalar load and store
+            # per step beside the tile's FMAs, rather than by a loop of their own (slower: benchmarks/README.md).
+            columns = T.decl_buffer((tail, ci), "float32", scope="local") if tail else None
             with T.serial(i64(0), i64(ci)) as r:
+                for line in range(-(-ct // LINE_FLOATS)):
+                    prefetch(weight_flat[tirx.min(next_rows + r * ct + line * LINE_FLOATS, i64(co * ci - 1))])
+                for t in range(tail):
+                    T.buffer_store(columns, views[data][n, r, pixels - tail + t], [t, r])
                 with T.unroll(i64(0), i64(ct)) as i:
                     with T.unroll(i64(0), i64(vectors)) as v:
                         with T.vectorized(i64(0), i64(lanes)) as lane:
@@ -213,7 +229,7 @@ def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
             if tail:
                 with T.If(tile == tiles - 1):
                     with T.Then():
-                        _tail(final, acc, views, data, weight, n, group * ct, ct, ci, pixels - tail, tail)
+                        _tail(final, acc, views, columns, weight, n, group * ct, ct, ci, pixels - tail, tail)
     root = s_tir.SBlock([], [], [], "root", builder.get())  # TVM's passes expect a root block
     return sch.mod["main"].with_body(s_tir.SBlockRealize([], True, root))
 
