@@ -1,16 +1,17 @@
 """Parallel loops over little work run serially.
 
-Each parallel loop is a parallel region: the calling thread wakes the pool's workers (asleep: the
-runtime does not let them spin, ``runtime/threads.py``) and waits for the last of them. A region
-whose work takes less than a few wake-ups is faster on the calling thread alone; a small model (the
-bundled cnn, a transformer at one token) is mostly such regions.
+Each parallel loop is a parallel region: the calling thread hands the pool's workers their shares and
+waits for the last of them. Between the kernels of a call the workers poll briefly instead of sleeping
+(``runtime/threads.py``), so a region costs a few microseconds of hand-off rather than a wake-up; a region
+whose work takes less than that is faster on the calling thread alone, and a small model (the bundled cnn,
+a transformer at one token) is mostly such regions.
 
 The work of a loop nest is estimated on the lowered TIR, where vector loops are single statements and
 unrolled loops their copies: the operations of the statements it executes (loads, arithmetic, casts,
 selects: roughly its instructions; a weight decoded from bit planes costs many per vector, a dense
 FMA few), plus the 4-byte words of the buffers it touches (what it streams through the caches: a dense
 GEMV does one vector FMA per 16 weights but reads every weight from memory once). A loop whose work
-is a constant below ``SERIAL_WORK`` becomes serial; one whose work depends on a symbolic size (batch,
+is a constant below its bound becomes serial; one whose work depends on a symbolic size (batch,
 sequence length) is kept twice, chosen at run time by its work, so one kernel runs serially at one
 token and in parallel at 128.
 
@@ -26,6 +27,11 @@ stream while it computes (the one-row GEMVs prefetch it, out-of-order execution 
 it takes about as long as the slower of the two; what it writes and reads besides (a decoded weight, the
 activations) adds. Buffers that view one memory (a kernel's weight declared again as a flat stream)
 count once.
+
+The bound a loop's cost must reach grows with its hand-off (:func:`handoff`): the words of the kernel's own
+scratch buffers (allocated once per call, outside the loop) that the loop touches, such as the activation
+tables a look-up-table GEMV fills on the calling thread and every task reads. A second thread has to fetch
+them from the first one's cache (and the first one the other's results), which a single thread never does.
 """
 
 from __future__ import annotations
@@ -41,10 +47,16 @@ from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
 
-# Cost (operations and words touched, see cost()) below which a parallel region costs more than it saves: waking the
-# sleeping pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for
-# this much work; measured there, the bundled cnn and the encoder at one token ran no faster with any smaller bound.
-SERIAL_WORK = 1 << 20
+# Cost (operations and words touched, see cost()) below which a parallel region costs more than it saves, with the
+# pool's workers polling between kernels. Measured per kernel on the bundled models at batch 1 and 8, the encoder at
+# one token and mobilenet at batch 1 (each kernel built serial and parallel, timed in one process on an otherwise idle
+# machine): kernels from 9 to 100 k (layer norms, softmax and transposes at one row, 2-4 us on one thread) ran slower
+# on two threads, the GEMMs, GEMVs, convs and reductions from 160 k up faster (0.5-0.8 of one thread).
+SERIAL_WORK = 1 << 17
+# Cost of a word of the kernel's scratch handed between threads (see handoff()), in the units of SERIAL_WORK: on two
+# threads the look-up-table GEMVs lost 10 us (tables of 3 k words) to 28 us (12 k) over one, about 128 units a word
+# at their rate of 28 k units a microsecond.
+HANDOFF_WORD = 128
 # Weights of a model above this many bytes are streamed from memory (or the shared L3) by every call: one core's L2.
 CACHED_WEIGHT_BYTES = 2 << 20
 # Cost of a 4-byte word streamed from memory, in the units of SERIAL_WORK (an operation or a cached word): a kernel
@@ -106,7 +118,34 @@ def footprint(stmt, streamed: frozenset = frozenset(),
     inside it (register tiles, per-task scratch) left out; a buffer named in ``streamed`` is streamed. ``views``
     (:func:`memory_views`): buffer -> the buffer whose memory it views; the views of one memory count once, as
     that buffer, streamed if any of them is named in ``streamed``."""
-    views = views or {}
+    cached, streaming = tirx.IntImm("int64", 0), tirx.IntImm("int64", 0)
+    for memory, seen in _memories(stmt, views or {}).items():
+        if any(b.name in streamed for b in [memory, *seen]):
+            streaming = streaming + _words(memory)
+        else:
+            cached = cached + _words(memory)
+    return cached, streaming
+
+
+def handoff(stmt, scratch: frozenset, views: dict | None = None) -> tirx.PrimExpr:
+    """4-byte words of the buffers in ``scratch`` (:func:`scratch_buffers`: the function's own, allocated outside
+    ``stmt``) that ``stmt`` touches."""
+    words = tirx.IntImm("int64", 0)
+    for memory in _memories(stmt, views or {}):
+        if memory in scratch:
+            words = words + _words(memory)
+    return words
+
+
+def scratch_buffers(func_body) -> frozenset:
+    """The buffers ``func_body`` allocates (per call; not views of another buffer's memory)."""
+    found = []
+    tvm_ffi.structural_map(func_body, [(s.AllocBuffer, lambda node: found.append(node.buffer) or node)], order="post")
+    return frozenset(found)
+
+
+def _memories(stmt, views: dict) -> dict:
+    """The memory each buffer that ``stmt`` loads from or stores to (and does not declare) views -> those buffers."""
     touched, local = {}, set()
 
     def collect(node):
@@ -119,21 +158,18 @@ def footprint(stmt, streamed: frozenset = frozenset(),
         return node
 
     tvm_ffi.structural_map(stmt, [((s.BufferStore, TensorLoad, s.AllocBuffer, s.DeclBuffer), collect)], order="post")
-    memories = {}  # the memory each buffer touched (and not declared inside) views -> those buffers
+    memories = {}
     for buffer in touched.values():
         if buffer not in local:
             memories.setdefault(views.get(buffer, buffer), []).append(buffer)
-    cached, streaming = tirx.IntImm("int64", 0), tirx.IntImm("int64", 0)
-    for memory, seen in memories.items():
-        bits = tirx.IntImm("int64", tvm.runtime.DataType(memory.dtype).bits)
-        for extent in memory.shape:
-            bits = bits * _int64(extent)
-        words = tirx.FloorDiv(bits, tirx.IntImm("int64", 32))
-        if any(b.name in streamed for b in [memory, *seen]):
-            streaming = streaming + words
-        else:
-            cached = cached + words
-    return cached, streaming
+    return memories
+
+
+def _words(buffer) -> tirx.PrimExpr:
+    bits = tirx.IntImm("int64", tvm.runtime.DataType(buffer.dtype).bits)
+    for extent in buffer.shape:
+        bits = bits * _int64(extent)
+    return tirx.FloorDiv(bits, tirx.IntImm("int64", 32))
 
 
 def memory_views(func_body) -> dict:
@@ -204,16 +240,17 @@ def mark_streamed_weights(mod: tvm.IRModule, weight_bytes: int) -> tvm.IRModule:
 
 
 def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx.PrimFunc:
-    """``func`` with each parallel loop serial below ``threshold`` :func:`cost` (the buffers ``STREAMED_ATTR`` names
-    streamed)."""
+    """``func`` with each parallel loop serial below ``threshold`` plus ``HANDOFF_WORD`` per word of its
+    :func:`handoff` in :func:`cost` (the buffers ``STREAMED_ATTR`` names streamed)."""
     analyzer = tvm.sym.Analyzer()
     streamed = frozenset(str(name) for name in (func.attrs or {}).get(STREAMED_ATTR, []))
     views = memory_views(func.body)
+    scratch = scratch_buffers(func.body)
 
     def rewrite(loop):
         if not isinstance(loop, s.For) or loop.kind != s.ForKind.PARALLEL:
             return loop
-        amount = analyzer.simplify(cost(loop, streamed, views))
+        amount = analyzer.simplify(cost(loop, streamed, views) - HANDOFF_WORD * handoff(loop, scratch, views))
         if set(tirx.analysis.undefined_vars(amount)) & _defined_inside(loop):  # not known before the loop starts
             return loop
         serial = s.For(loop.loop_var, loop.min, loop.extent, s.ForKind.SERIAL, loop.body, None, loop.annotations,
