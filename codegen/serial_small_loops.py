@@ -29,9 +29,9 @@ activations) adds. Buffers that view one memory (a kernel's weight declared agai
 count once.
 
 The bound a loop's cost must reach grows with its hand-off (:func:`handoff`): the words of the kernel's own
-scratch buffers (allocated once per call, outside the loop) that the loop touches, such as the activation
-tables a look-up-table GEMV fills on the calling thread and every task reads. A second thread has to fetch
-them from the first one's cache (and the first one the other's results), which a single thread never does.
+scratch buffers (allocated once per call) written outside the loop that the loop touches, such as the
+activation tables a look-up-table GEMV fills on the calling thread and every task reads. A second thread has
+to fetch them from the first one's cache, which a single thread never does.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from .kernel_registry import is_per_call_kernel
 # machine): kernels from 9 to 100 k (layer norms, softmax and transposes at one row, 2-4 us on one thread) ran slower
 # on two threads, the GEMMs, GEMVs, convs and reductions from 160 k up faster (0.5-0.8 of one thread).
 SERIAL_WORK = 1 << 17
-# Cost of a word of the kernel's scratch handed between threads (see handoff()), in the units of SERIAL_WORK: on two
-# threads the look-up-table GEMVs lost 10 us (tables of 3 k words) to 28 us (12 k) over one, about 128 units a word
-# at their rate of 28 k units a microsecond.
-HANDOFF_WORD = 128
+# Cost of a word of scratch handed from the calling thread to the tasks (see handoff()), in the units of SERIAL_WORK:
+# the look-up-table GEMVs at one token (K = 384: tables and padded activations of 3 k words; K = 1536: 12 k) took
+# 10-18 us and 27-29 us longer on two threads than on one, 64-170 units a word at their 28 k units a microsecond.
+HANDOFF_WORD = 256
 # Weights of a model above this many bytes are streamed from memory (or the shared L3) by every call: one core's L2.
 CACHED_WEIGHT_BYTES = 2 << 20
 # Cost of a 4-byte word streamed from memory, in the units of SERIAL_WORK (an operation or a cached word): a kernel
@@ -66,6 +66,8 @@ STREAMED_WORD = 8
 # On a PrimFunc: the names of its buffer parameters that are streamed weights (see mark_streamed_weights).
 STREAMED_ATTR = "bie.streamed_buffers"
 BUFFER_DATA = "tirx.buffer_data"  # the op of ``buffer.data``: a buffer declared over another's memory
+IF_THEN_ELSE = "prim.if_then_else"  # a value selected by a condition (only the chosen one is computed)
+LIKELY = "prim.likely"  # a condition marked as usually true
 
 # Expression nodes that cost an instruction or so (variables, constants and vector index ramps do not).
 OPERATIONS = (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ, P.NE, P.LT, P.LE, P.GT,
@@ -77,11 +79,20 @@ def work(stmt, bound: dict | None = None) -> tirx.PrimExpr:
     """Operations ``stmt`` executes: loop extents times their bodies, sums over sequences, the larger branch.
 
     Variables bound inside ``stmt`` (common subexpressions) are replaced by their values in ``bound``, so the result
-    can be evaluated outside it; a loop extent that depends on an enclosing loop's variable leaves that variable.
+    can be evaluated outside it. A loop whose body's work depends on its variable counts the body at the middle
+    iteration; a tail guard in its body (``v + offset < end``, a statement or a selected value) counts its guarded
+    work only for the iterations it lets through: a scalar tail of 16 lanes over one remaining element costs one.
     """
     bound = {} if bound is None else bound
     if isinstance(stmt, s.For):
-        return _int64(_substitute(stmt.extent, bound)) * work(stmt.body, bound)
+        extent = _int64(_substitute(stmt.extent, bound))
+        total = extent * work(stmt.body, bound)
+        for condition, guarded in _guards(stmt.body, bound):
+            through = _iterations_through(_substitute(condition, bound), stmt.loop_var, extent)
+            if through is not None:
+                total = total - (extent - through) * guarded
+        middle = tirx.FloorDiv(extent - tirx.IntImm("int64", 1), tirx.IntImm("int64", 2))
+        return _substitute(total, {stmt.loop_var: middle.astype(stmt.loop_var.ty)})
     if isinstance(stmt, s.SeqStmt):
         total = tirx.IntImm("int64", 0)
         for part in stmt.seq:
@@ -98,6 +109,38 @@ def work(stmt, bound: dict | None = None) -> tirx.PrimExpr:
     if isinstance(stmt, s.BufferStore):
         return tirx.IntImm("int64", 1 + operations(stmt.value))
     return tirx.IntImm("int64", 1 if isinstance(stmt, s.Evaluate) else 0)
+
+
+def _guards(body, bound: dict) -> list:
+    """(condition, work it guards) of the guards at the top of a loop body: statements without an else, and the
+    values that stores select (``if_then_else``) by a condition."""
+    found = []
+    for part in body.seq if isinstance(body, s.SeqStmt) else [body]:
+        if isinstance(part, s.IfThenElse) and part.else_case is None:
+            found.append((part.condition, work(part.then_case, dict(bound))))
+        elif isinstance(part, s.BufferStore):
+            def collect(node):
+                if getattr(node.op, "name", "") == IF_THEN_ELSE:
+                    found.append((node.args[0], tirx.IntImm("int64", operations(node.args[1]))))
+                return node
+
+            tvm_ffi.structural_map(part.value, [(Call, collect)], order="post")
+    return found
+
+
+def _iterations_through(condition, var, extent) -> tirx.PrimExpr | None:
+    """Of the iterations ``var`` = 0 .. ``extent`` - 1, how many pass ``condition`` when it reads ``var + offset <
+    end``; else None."""
+    if isinstance(condition, Call) and getattr(condition.op, "name", "") == LIKELY:
+        condition = condition.args[0]
+    if not isinstance(condition, P.LT):
+        return None
+    analyzer = tvm.sym.Analyzer()
+    offset = _substitute(condition.a, {var: tirx.const(0, var.ty)})
+    if not analyzer.can_prove_equal(condition.a - offset, var):
+        return None
+    end = _int64(condition.b - offset)
+    return tirx.Min(tirx.Max(end, tirx.IntImm("int64", 0)), extent)
 
 
 def operations(expr) -> int:
@@ -127,21 +170,39 @@ def footprint(stmt, streamed: frozenset = frozenset(),
     return cached, streaming
 
 
-def handoff(stmt, scratch: frozenset, views: dict | None = None) -> tirx.PrimExpr:
-    """4-byte words of the buffers in ``scratch`` (:func:`scratch_buffers`: the function's own, allocated outside
-    ``stmt``) that ``stmt`` touches."""
+def handoff(loop, scratch: dict, views: dict | None = None) -> tirx.PrimExpr:
+    """4-byte words that ``loop`` touches of the function's scratch written outside it: the memories of ``scratch``
+    (:func:`scratch_stores`) stored to outside ``loop`` (what the calling thread prepared for every task)."""
+    views = views or {}
+    inside = _stores(loop, views)
     words = tirx.IntImm("int64", 0)
-    for memory in _memories(stmt, views or {}):
-        if memory in scratch:
+    for memory in _memories(loop, views):
+        if scratch.get(memory, 0) > inside.get(memory, 0):
             words = words + _words(memory)
     return words
 
 
-def scratch_buffers(func_body) -> frozenset:
-    """The buffers ``func_body`` allocates (per call; not views of another buffer's memory)."""
-    found = []
-    tvm_ffi.structural_map(func_body, [(s.AllocBuffer, lambda node: found.append(node.buffer) or node)], order="post")
-    return frozenset(found)
+def scratch_stores(func_body, views: dict | None = None) -> dict:
+    """The buffers ``func_body`` allocates (once per call) -> the stores to their memory in it (``views``:
+    :func:`memory_views`, a store through a view counts for the memory it views)."""
+    allocated = []
+    tvm_ffi.structural_map(func_body, [(s.AllocBuffer, lambda node: allocated.append(node.buffer) or node)],
+                           order="post")
+    stores = _stores(func_body, views or {})
+    return {buffer: stores.get(buffer, 0) for buffer in allocated}
+
+
+def _stores(stmt, views: dict) -> dict:
+    """Memory -> the stores to it (through any of its views) in ``stmt``."""
+    count = {}
+
+    def collect(node):
+        memory = views.get(node.buffer, node.buffer)
+        count[memory] = count.get(memory, 0) + 1
+        return node
+
+    tvm_ffi.structural_map(stmt, [(s.BufferStore, collect)], order="post")
+    return count
 
 
 def _memories(stmt, views: dict) -> dict:
@@ -245,7 +306,7 @@ def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx
     analyzer = tvm.sym.Analyzer()
     streamed = frozenset(str(name) for name in (func.attrs or {}).get(STREAMED_ATTR, []))
     views = memory_views(func.body)
-    scratch = scratch_buffers(func.body)
+    scratch = scratch_stores(func.body, views)
 
     def rewrite(loop):
         if not isinstance(loop, s.For) or loop.kind != s.ForKind.PARALLEL:

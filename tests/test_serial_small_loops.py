@@ -14,7 +14,7 @@ from bie_compiler.codegen.kernel_registry import AT_LOAD_ATTR, finish
 from bie_compiler.codegen.kernels import dense
 from bie_compiler.codegen.serial_small_loops import (CACHED_WEIGHT_BYTES, HANDOFF_WORD, SERIAL_WORK, STREAMED_ATTR,
                                                     STREAMED_WORD, cost, footprint, handoff, mark_streamed_weights,
-                                                    memory_views, scratch_buffers, serial_when_small, work)
+                                                    memory_views, scratch_stores, serial_when_small, work)
 from bie_compiler.codegen.target import make_target
 
 
@@ -48,6 +48,35 @@ def test_work_counts_vector_operations_and_words_touched():
     assert int(work(loop)) == 8 * 256 // 16 * 3  # per 16-lane vector: a load, a multiply, a store
     cached, streamed = footprint(loop)
     assert int(tvm.sym.Analyzer().simplify(cached)) == 2 * 8 * 256 and int(streamed) == 0  # x and y, float32
+
+
+@T.prim_func
+def _guarded_tail(x_handle: T.handle, y_handle: T.handle):
+    """A tail of 16 lanes over rows of ``n``, as a scalar tail does: stored under a guard, and selected."""
+    T.func_attr({"global_symbol": "main"})
+    n = T.int64()
+    x = T.match_buffer(x_handle, (4, n), "float32")
+    y = T.match_buffer(y_handle, (4, n), "float32")
+    for r in T.parallel(T.int64(4)):
+        for j in range(T.int64(16)):
+            if j < n:
+                y[r, j] = x[r, j] * T.float32(2)
+        for j in range(T.int64(16)):
+            y[r, j] = T.if_then_else(j < n, x[r, j] * T.float32(2) + T.float32(1), T.float32(0))
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 16, 40])
+def test_work_of_a_guarded_tail_counts_the_iterations_it_lets_through(n):
+    (loop,) = loops(lowered(_guarded_tail), s.ForKind.PARALLEL)
+    through = min(n, 16)
+    # guarded store: a load, a multiply, the store, for the lanes let through; selected value: the store, the select
+    # and its comparison for every lane, the load, multiply and add for those let through (16 of each before)
+    want = 4 * (3 * through + 16 * 3 + 3 * through)
+    counted = work(loop)
+    (size,) = [v for v in tirx.analysis.undefined_vars(counted) if v.name == "n"]
+    at_n = tvm_ffi.structural_map(counted, (tirx.Var, lambda v: tirx.const(n, v.ty) if v.same_as(size) else v),
+                                  order="post")
+    assert int(tvm.sym.Analyzer().simplify(at_n)) == want
 
 
 @pytest.mark.parametrize("rows,parallel", [(8, False), (4 * SERIAL_WORK // 256, True)])
@@ -225,19 +254,21 @@ def test_one_row_bbs_gemv_of_a_streamed_ffn_weight_runs_on_one_thread():
     assert streaming * 4 == scales.nbytes + sum(c.nbytes for c in streams)  # each once, its stream view too
     assert int(simplify(_at_one_row(work(loop), marked))) < STREAMED_WORD * streaming
     assert STREAMED_WORD * streaming + cached >= SERIAL_WORK
-    # the padded activations, the tables (12 groups of 7 tables of 32 entries), the group sums, the accumulators
-    # (96 items of 4 x 16) and the results before the unshuffle
-    handed = int(simplify(_at_one_row(handoff(loop, scratch_buffers(marked.body), views), marked)))
-    assert handed == 384 + 12 * 7 * 32 + 12 + 96 * 4 * 16 + 1536
+    # the padded activations, the tables (12 groups of 7 tables of 32 entries) and the group sums, filled before the
+    # loop (not the accumulators and results its tasks write)
+    handed = int(simplify(_at_one_row(handoff(loop, scratch_stores(marked.body, views), views), marked)))
+    assert handed == 384 + 12 * 7 * 32 + 12
     assert STREAMED_WORD * streaming + cached < SERIAL_WORK + HANDOFF_WORD * handed
     assert _one_row_form(serial_when_small(marked)) == s.ForKind.SERIAL
 
 
 @T.prim_func
 def _table_then_rows(x: T.Buffer((64,), "float32"), w: T.Buffer((64, 64), "float32"), out: T.Buffer((64,), "float32")):
-    """A table of ``x`` filled on the calling thread, then read by every task of the parallel loop."""
+    """A table of ``x`` filled on the calling thread and read by every task of the parallel loop, whose results go
+    through scratch of its own to the output."""
     T.func_attr({"global_symbol": "main"})
     table = T.alloc_buffer((64,), "float32")
+    results = T.alloc_buffer((64,), "float32")
     for k in range(64):
         table[k] = x[k] * T.float32(2)
     for i in T.parallel(64):
@@ -245,16 +276,19 @@ def _table_then_rows(x: T.Buffer((64,), "float32"), w: T.Buffer((64, 64), "float
         row[0] = T.float32(0)
         for k in range(64):
             row[0] = row[0] + w[i, k] * table[k]
-        out[i] = row[0]
+        results[i] = row[0]
+    for i in range(64):
+        out[i] = results[i]
 
 
-def test_handoff_counts_the_functions_scratch_that_a_parallel_loop_touches():
+def test_handoff_counts_the_scratch_written_before_a_parallel_loop_that_it_reads():
     func = lowered(_table_then_rows)
     (loop,) = loops(func, s.ForKind.PARALLEL)
-    scratch = scratch_buffers(func.body)
-    assert sorted(b.name for b in scratch) == ["row", "table"]
-    assert int(tvm.sym.Analyzer().simplify(handoff(loop, scratch))) == 64  # the table; row is declared per task
-    # a bound the loop's cost reaches: serial, as its hand-off adds 128 units a word to the bound; lowered by that
+    scratch = scratch_stores(func.body)
+    assert sorted(b.name for b in scratch) == ["results", "row", "table"]
+    # the table; not the results, written by the tasks, nor row, declared per task
+    assert int(tvm.sym.Analyzer().simplify(handoff(loop, scratch))) == 64
+    # a bound the loop's cost reaches: serial, as its hand-off adds HANDOFF_WORD a word to the bound; lowered by that
     # much, parallel
     work_and_words = int(tvm.sym.Analyzer().simplify(cost(loop, frozenset(), memory_views(func.body))))
     assert _one_row_form(serial_when_small(func, threshold=work_and_words)) == s.ForKind.SERIAL
