@@ -47,12 +47,13 @@ from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
 
-# Cost (operations and words touched, see cost()) below which a parallel region costs more than it saves, with the
-# pool's workers polling between kernels. Measured per kernel on the bundled models at batch 1 and 8, the encoder at
-# one token and mobilenet at batch 1 (each kernel built serial and parallel, timed in one process on an otherwise idle
-# machine): kernels from 9 to 100 k (layer norms, softmax and transposes at one row, 2-4 us on one thread) ran slower
-# on two threads, the GEMMs, GEMVs, convs and reductions from 160 k up faster (0.5-0.8 of one thread).
-SERIAL_WORK = 1 << 17
+# Cost (operations and words touched, see cost()) below which a loop runs serially, with the pool's workers polling
+# between kernels. Per kernel (serial and parallel builds of the bundled models, the encoder at one token and mobilenet,
+# timed in one process) kernels of 9-120 k ran slower on two threads than on one when their neighbours ran on one;
+# but in whole models a kernel's data stays on the cores that wrote it when its neighbours are split the same way:
+# the bundled models at batch 8 ran fastest with every kernel from 2^15 split (in-process A/B against 2^17 and the
+# 2^20 of sleeping workers; benchmarks/README.md, stop 19).
+SERIAL_WORK = 1 << 15
 # Cost of a word of scratch handed from the calling thread to the tasks (see handoff()), in the units of SERIAL_WORK:
 # the look-up-table GEMVs at one token (K = 384: tables and padded activations of 3 k words; K = 1536: 12 k) took
 # 10-18 us and 27-29 us longer on two threads than on one, 64-170 units a word at their 28 k units a microsecond.
