@@ -54,6 +54,11 @@ from .kernel_registry import is_per_call_kernel
 # the bundled models at batch 8 ran fastest with every kernel from 2^15 split (in-process A/B against 2^17 and the
 # 2^20 of sleeping workers; benchmarks/README.md, stop 19).
 SERIAL_WORK = 1 << 15
+# The bound for a loop that reads streamed weights (mark_streamed_weights: a model larger than the L2): a one-row GEMV
+# over a weight of 147 KB (the encoder's int8 384x384, 295 k as streamed words) made the whole call 7 % slower split
+# (in-process A/B, the encoder at one token: 0.63-0.70 against 0.68-0.75 ms) where it ran 7.3 -> 5.8 us alone; the
+# stop-13 and stop-18 A/Bs gained from splitting streams of 590 KB and more (1.2 M), none from 415 KB.
+STREAMED_SERIAL_WORK = 1 << 20
 # Cost of a word of scratch handed from the calling thread to the tasks (see handoff()), in the units of SERIAL_WORK:
 # the look-up-table GEMVs at one token (K = 384: tables and padded activations of 3 k words; K = 1536: 12 k) took
 # 10-18 us and 27-29 us longer on two threads than on one, 64-170 units a word at their 28 k units a microsecond.
@@ -302,8 +307,9 @@ def mark_streamed_weights(mod: tvm.IRModule, weight_bytes: int) -> tvm.IRModule:
 
 
 def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx.PrimFunc:
-    """``func`` with each parallel loop serial below ``threshold`` plus ``HANDOFF_WORD`` per word of its
-    :func:`handoff` in :func:`cost` (the buffers ``STREAMED_ATTR`` names streamed)."""
+    """``func`` with each parallel loop serial below ``threshold`` (``STREAMED_SERIAL_WORK`` if higher, for a loop
+    that reads a buffer ``STREAMED_ATTR`` names) plus ``HANDOFF_WORD`` per word of its :func:`handoff` in
+    :func:`cost`."""
     analyzer = tvm.sym.Analyzer()
     streamed = frozenset(str(name) for name in (func.attrs or {}).get(STREAMED_ATTR, []))
     views = memory_views(func.body)
@@ -313,13 +319,15 @@ def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx
         if not isinstance(loop, s.For) or loop.kind != s.ForKind.PARALLEL:
             return loop
         amount = analyzer.simplify(cost(loop, streamed, views) - HANDOFF_WORD * handoff(loop, scratch, views))
+        streams = any(b.name in streamed for memory, seen in _memories(loop, views).items() for b in [memory, *seen])
+        bound = max(threshold, STREAMED_SERIAL_WORK) if streams else threshold
         if set(tirx.analysis.undefined_vars(amount)) & _defined_inside(loop):  # not known before the loop starts
             return loop
         serial = s.For(loop.loop_var, loop.min, loop.extent, s.ForKind.SERIAL, loop.body, None, loop.annotations,
                        loop.step)
         if isinstance(amount, tirx.IntImm):
-            return serial if amount.value < threshold else loop
-        return s.IfThenElse(amount < threshold, serial, loop)
+            return serial if amount.value < bound else loop
+        return s.IfThenElse(amount < bound, serial, loop)
 
     body = tvm_ffi.structural_map(func.body, [(s.For, rewrite)], order="post")
     return func if body.same_as(func.body) else func.with_body(body)

@@ -13,8 +13,9 @@ from bie_compiler.codegen import cpu
 from bie_compiler.codegen.kernel_registry import AT_LOAD_ATTR, finish
 from bie_compiler.codegen.kernels import dense
 from bie_compiler.codegen.serial_small_loops import (CACHED_WEIGHT_BYTES, HANDOFF_WORD, SERIAL_WORK, STREAMED_ATTR,
-                                                    STREAMED_WORD, cost, footprint, handoff, mark_streamed_weights,
-                                                    memory_views, scratch_stores, serial_when_small, work)
+                                                    STREAMED_SERIAL_WORK, STREAMED_WORD, cost, footprint, handoff,
+                                                    mark_streamed_weights, memory_views, scratch_stores,
+                                                    serial_when_small, work)
 from bie_compiler.codegen.target import make_target
 
 
@@ -112,13 +113,12 @@ def _conditions(func: tirx.PrimFunc) -> list:
     return found
 
 
-# A 128x128 GEMV: little work per word, below SERIAL_WORK as cached words, above it when its weight is streamed.
-GEMV_N = GEMV_K = 128
+# A 384x384 GEMV (the encoder's attention projections): above STREAMED_SERIAL_WORK when its weight is streamed.
+GEMV_N = GEMV_K = 384
 
 
-def _gemv_module() -> tvm.IRModule:
-    return tvm.IRModule({"main": finish(dense.gemm(GEMV_N, GEMV_K, rows=1), "dense_gemv").with_attr("global_symbol",
-                                                                                                     "main")})
+def _gemv_module(n: int = GEMV_N, k: int = GEMV_K) -> tvm.IRModule:
+    return tvm.IRModule({"main": finish(dense.gemm(n, k, rows=1), "dense_gemv").with_attr("global_symbol", "main")})
 
 
 @pytest.mark.parametrize("weight_bytes,streamed", [(CACHED_WEIGHT_BYTES, False), (CACHED_WEIGHT_BYTES + 1, True)])
@@ -148,12 +148,24 @@ def test_streamed_words_cost_more_and_split_the_gemv_over_threads():
     assert int(simplify(streamed)) == weight_words
     all_cached = int(simplify(_at_one_row(sum(footprint(loop)), marked)))  # the weight as cached words
     assert int(simplify(_at_one_row(cached, marked))) == all_cached - weight_words
-    assert int(simplify(_at_one_row(work(loop), marked))) + all_cached < SERIAL_WORK  # as cached words: serial
-    assert int(simplify(_at_one_row(cost(loop, frozenset({"packed"})), marked))) == (
-        STREAMED_WORD * weight_words + int(simplify(_at_one_row(cached, marked))))
-    # the run-time choice at one row: serial when cached, parallel when streamed
-    assert _one_row_form(serial_when_small(plain)) == s.ForKind.SERIAL
+    assert int(simplify(_at_one_row(work(loop), marked))) + all_cached >= SERIAL_WORK  # as cached words: split
+    streamed_cost = int(simplify(_at_one_row(cost(loop, frozenset({"packed"})), marked)))
+    assert streamed_cost == STREAMED_WORD * weight_words + int(simplify(_at_one_row(cached, marked)))
+    assert streamed_cost >= STREAMED_SERIAL_WORK  # streamed: split as well, held to the streams' bound
+    assert _one_row_form(serial_when_small(plain)) == s.ForKind.PARALLEL
     assert _one_row_form(serial_when_small(marked)) == s.ForKind.PARALLEL
+
+
+def test_a_gemv_streaming_less_than_its_bound_stays_on_one_thread():
+    """A 256x256 GEMV: split as cached words (above SERIAL_WORK), not when its weight is streamed (below
+    STREAMED_SERIAL_WORK: a second thread's bandwidth does not pay the hand-offs of so short a stream)."""
+    plain = lowered(_gemv_module(256, 256)["main"])
+    marked = lowered(mark_streamed_weights(_gemv_module(256, 256), 10 * CACHED_WEIGHT_BYTES)["main"])
+    (loop,) = loops(marked, s.ForKind.PARALLEL)
+    simplify = tvm.sym.Analyzer().simplify
+    assert SERIAL_WORK <= int(simplify(_at_one_row(cost(loop, frozenset({"packed"})), marked))) < STREAMED_SERIAL_WORK
+    assert _one_row_form(serial_when_small(plain)) == s.ForKind.PARALLEL
+    assert _one_row_form(serial_when_small(marked)) == s.ForKind.SERIAL
 
 
 def test_gemv_with_streamed_weights_computes_x_times_w():
