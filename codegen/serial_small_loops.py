@@ -26,7 +26,8 @@ its operations and its streamed words, not their sum, plus its cached words: one
 stream while it computes (the one-row GEMVs prefetch it, out-of-order execution overlaps the rest), so
 it takes about as long as the slower of the two; what it writes and reads besides (a decoded weight, the
 activations) adds. Buffers that view one memory (a kernel's weight declared again as a flat stream)
-count once.
+count once. A loop that reads streamed weights is held to the larger ``STREAMED_SERIAL_WORK``: split, a short
+stream gains less than its data's trips between the cores cost the kernels around it.
 
 The bound a loop's cost must reach grows with its hand-off (:func:`handoff`): the words of the kernel's own
 scratch buffers (allocated once per call) written outside the loop that the loop touches, such as the
@@ -48,11 +49,11 @@ from tvm.tirx import stmt as s
 from .kernel_registry import is_per_call_kernel
 
 # Cost (operations and words touched, see cost()) below which a loop runs serially, with the pool's workers polling
-# between kernels. Per kernel (serial and parallel builds of the bundled models, the encoder at one token and mobilenet,
-# timed in one process) kernels of 9-120 k ran slower on two threads than on one when their neighbours ran on one;
-# but in whole models a kernel's data stays on the cores that wrote it when its neighbours are split the same way:
-# the bundled models at batch 8 ran fastest with every kernel from 2^15 split (in-process A/B against 2^17 and the
-# 2^20 of sleeping workers; benchmarks/README.md, stop 19).
+# between kernels. Timed alone (each model built with every loop split and with none), kernels of 9-120 k mostly ran
+# slower split and GEMMs, GEMVs and convs from 160 k faster; but in whole models a split kernel whose neighbours run
+# on one thread hands its data between the cores, and the bundled models at batch 8 and mobilenet at batch 1 ran
+# fastest with every loop from 2^15 split (in-process A/B against 2^17 and the 2^20 of sleeping workers;
+# benchmarks/README.md, stop 19).
 SERIAL_WORK = 1 << 15
 # The bound for a loop that reads streamed weights (mark_streamed_weights: a model larger than the L2): a one-row GEMV
 # over a weight of 147 KB (the encoder's int8 384x384, 295 k as streamed words) made the whole call 7 % slower split
