@@ -1,16 +1,17 @@
 """Parallel loops over little work run serially.
 
-Each parallel loop is a parallel region: the calling thread wakes the pool's workers (asleep: the
-runtime does not let them spin, ``runtime/threads.py``) and waits for the last of them. A region
-whose work takes less than a few wake-ups is faster on the calling thread alone; a small model (the
-bundled cnn, a transformer at one token) is mostly such regions.
+Each parallel loop is a parallel region: the calling thread hands the pool's workers their shares and
+waits for the last of them. Between the kernels of a call the workers poll briefly instead of sleeping
+(``runtime/threads.py``), so a region costs a few microseconds of hand-off rather than a wake-up; a region
+whose work takes less than that is faster on the calling thread alone, and a small model (the bundled cnn,
+a transformer at one token) is mostly such regions.
 
 The work of a loop nest is estimated on the lowered TIR, where vector loops are single statements and
 unrolled loops their copies: the operations of the statements it executes (loads, arithmetic, casts,
 selects: roughly its instructions; a weight decoded from bit planes costs many per vector, a dense
 FMA few), plus the 4-byte words of the buffers it touches (what it streams through the caches: a dense
 GEMV does one vector FMA per 16 weights but reads every weight from memory once). A loop whose work
-is a constant below ``SERIAL_WORK`` becomes serial; one whose work depends on a symbolic size (batch,
+is a constant below its bound becomes serial; one whose work depends on a symbolic size (batch,
 sequence length) is kept twice, chosen at run time by its work, so one kernel runs serially at one
 token and in parallel at 128.
 
@@ -25,7 +26,13 @@ its operations and its streamed words, not their sum, plus its cached words: one
 stream while it computes (the one-row GEMVs prefetch it, out-of-order execution overlaps the rest), so
 it takes about as long as the slower of the two; what it writes and reads besides (a decoded weight, the
 activations) adds. Buffers that view one memory (a kernel's weight declared again as a flat stream)
-count once.
+count once. A loop that reads streamed weights is held to the larger ``STREAMED_SERIAL_WORK``: split, a short
+stream gains less than its data's trips between the cores cost the kernels around it.
+
+The bound a loop's cost must reach grows with its hand-off (:func:`handoff`): the words of the kernel's own
+scratch buffers (allocated once per call) written outside the loop that the loop touches, such as the
+activation tables a look-up-table GEMV fills on the calling thread and every task reads. A second thread has
+to fetch them from the first one's cache, which a single thread never does.
 """
 
 from __future__ import annotations
@@ -41,10 +48,22 @@ from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
 
-# Cost (operations and words touched, see cost()) below which a parallel region costs more than it saves: waking the
-# sleeping pool takes 10-20 us on a busy machine (shared with other processes), about the time one thread needs for
-# this much work; measured there, the bundled cnn and the encoder at one token ran no faster with any smaller bound.
-SERIAL_WORK = 1 << 20
+# Cost (operations and words touched, see cost()) below which a loop runs serially, with the pool's workers polling
+# between kernels. Timed alone (each model built with every loop split and with none), kernels of 9-120 k mostly ran
+# slower split and GEMMs, GEMVs and convs from 160 k faster; but in whole models a split kernel whose neighbours run
+# on one thread hands its data between the cores, and the bundled models at batch 8 and mobilenet at batch 1 ran
+# fastest with every loop from 2^15 split (in-process A/B against 2^17 and the 2^20 of sleeping workers;
+# benchmarks/README.md, stop 19).
+SERIAL_WORK = 1 << 15
+# The bound for a loop that reads streamed weights (mark_streamed_weights: a model larger than the L2): a one-row GEMV
+# over a weight of 147 KB (the encoder's int8 384x384, 295 k as streamed words) made the whole call 7 % slower split
+# (in-process A/B, the encoder at one token: 0.63-0.70 against 0.68-0.75 ms) where it ran 7.3 -> 5.8 us alone; the
+# stop-13 and stop-18 A/Bs gained from splitting streams of 590 KB and more (1.2 M), none from 415 KB.
+STREAMED_SERIAL_WORK = 1 << 20
+# Cost of a word of scratch handed from the calling thread to the tasks (see handoff()), in the units of SERIAL_WORK:
+# the look-up-table GEMVs at one token (K = 384: tables and padded activations of 3 k words; K = 1536: 12 k) took
+# 10-18 us and 27-29 us longer on two threads than on one, 64-170 units a word at their 28 k units a microsecond.
+HANDOFF_WORD = 256
 # Weights of a model above this many bytes are streamed from memory (or the shared L3) by every call: one core's L2.
 CACHED_WEIGHT_BYTES = 2 << 20
 # Cost of a 4-byte word streamed from memory, in the units of SERIAL_WORK (an operation or a cached word): a kernel
@@ -54,6 +73,8 @@ STREAMED_WORD = 8
 # On a PrimFunc: the names of its buffer parameters that are streamed weights (see mark_streamed_weights).
 STREAMED_ATTR = "bie.streamed_buffers"
 BUFFER_DATA = "tirx.buffer_data"  # the op of ``buffer.data``: a buffer declared over another's memory
+IF_THEN_ELSE = "prim.if_then_else"  # a value selected by a condition (only the chosen one is computed)
+LIKELY = "prim.likely"  # a condition marked as usually true
 
 # Expression nodes that cost an instruction or so (variables, constants and vector index ramps do not).
 OPERATIONS = (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ, P.NE, P.LT, P.LE, P.GT,
@@ -65,11 +86,20 @@ def work(stmt, bound: dict | None = None) -> tirx.PrimExpr:
     """Operations ``stmt`` executes: loop extents times their bodies, sums over sequences, the larger branch.
 
     Variables bound inside ``stmt`` (common subexpressions) are replaced by their values in ``bound``, so the result
-    can be evaluated outside it; a loop extent that depends on an enclosing loop's variable leaves that variable.
+    can be evaluated outside it. A loop whose body's work depends on its variable counts the body at the middle
+    iteration; a tail guard in its body (``v + offset < end``, a statement or a selected value) counts its guarded
+    work only for the iterations it lets through: a scalar tail of 16 lanes over one remaining element costs one.
     """
     bound = {} if bound is None else bound
     if isinstance(stmt, s.For):
-        return _int64(_substitute(stmt.extent, bound)) * work(stmt.body, bound)
+        extent = _int64(_substitute(stmt.extent, bound))
+        total = extent * work(stmt.body, bound)
+        for condition, guarded in _guards(stmt.body, bound):
+            through = _iterations_through(_substitute(condition, bound), stmt.loop_var, extent)
+            if through is not None:
+                total = total - (extent - through) * guarded
+        middle = tirx.FloorDiv(extent - tirx.IntImm("int64", 1), tirx.IntImm("int64", 2))
+        return _substitute(total, {stmt.loop_var: middle.astype(stmt.loop_var.ty)})
     if isinstance(stmt, s.SeqStmt):
         total = tirx.IntImm("int64", 0)
         for part in stmt.seq:
@@ -86,6 +116,38 @@ def work(stmt, bound: dict | None = None) -> tirx.PrimExpr:
     if isinstance(stmt, s.BufferStore):
         return tirx.IntImm("int64", 1 + operations(stmt.value))
     return tirx.IntImm("int64", 1 if isinstance(stmt, s.Evaluate) else 0)
+
+
+def _guards(body, bound: dict) -> list:
+    """(condition, work it guards) of the guards at the top of a loop body: statements without an else, and the
+    values that stores select (``if_then_else``) by a condition."""
+    found = []
+    for part in body.seq if isinstance(body, s.SeqStmt) else [body]:
+        if isinstance(part, s.IfThenElse) and part.else_case is None:
+            found.append((part.condition, work(part.then_case, dict(bound))))
+        elif isinstance(part, s.BufferStore):
+            def collect(node):
+                if getattr(node.op, "name", "") == IF_THEN_ELSE:
+                    found.append((node.args[0], tirx.IntImm("int64", operations(node.args[1]))))
+                return node
+
+            tvm_ffi.structural_map(part.value, [(Call, collect)], order="post")
+    return found
+
+
+def _iterations_through(condition, var, extent) -> tirx.PrimExpr | None:
+    """Of the iterations ``var`` = 0 .. ``extent`` - 1, how many pass ``condition`` when it reads ``var + offset <
+    end``; else None."""
+    if isinstance(condition, Call) and getattr(condition.op, "name", "") == LIKELY:
+        condition = condition.args[0]
+    if not isinstance(condition, P.LT):
+        return None
+    analyzer = tvm.sym.Analyzer()
+    offset = _substitute(condition.a, {var: tirx.const(0, var.ty)})
+    if not analyzer.can_prove_equal(condition.a - offset, var):
+        return None
+    end = _int64(condition.b - offset)
+    return tirx.Min(tirx.Max(end, tirx.IntImm("int64", 0)), extent)
 
 
 def operations(expr) -> int:
@@ -106,7 +168,52 @@ def footprint(stmt, streamed: frozenset = frozenset(),
     inside it (register tiles, per-task scratch) left out; a buffer named in ``streamed`` is streamed. ``views``
     (:func:`memory_views`): buffer -> the buffer whose memory it views; the views of one memory count once, as
     that buffer, streamed if any of them is named in ``streamed``."""
+    cached, streaming = tirx.IntImm("int64", 0), tirx.IntImm("int64", 0)
+    for memory, seen in _memories(stmt, views or {}).items():
+        if any(b.name in streamed for b in [memory, *seen]):
+            streaming = streaming + _words(memory)
+        else:
+            cached = cached + _words(memory)
+    return cached, streaming
+
+
+def handoff(loop, scratch: dict, views: dict | None = None) -> tirx.PrimExpr:
+    """4-byte words that ``loop`` touches of the function's scratch written outside it: the memories of ``scratch``
+    (:func:`scratch_stores`) stored to outside ``loop`` (what the calling thread prepared for every task)."""
     views = views or {}
+    inside = _stores(loop, views)
+    words = tirx.IntImm("int64", 0)
+    for memory in _memories(loop, views):
+        if scratch.get(memory, 0) > inside.get(memory, 0):
+            words = words + _words(memory)
+    return words
+
+
+def scratch_stores(func_body, views: dict | None = None) -> dict:
+    """The buffers ``func_body`` allocates (once per call) -> the stores to their memory in it (``views``:
+    :func:`memory_views`, a store through a view counts for the memory it views)."""
+    allocated = []
+    tvm_ffi.structural_map(func_body, [(s.AllocBuffer, lambda node: allocated.append(node.buffer) or node)],
+                           order="post")
+    stores = _stores(func_body, views or {})
+    return {buffer: stores.get(buffer, 0) for buffer in allocated}
+
+
+def _stores(stmt, views: dict) -> dict:
+    """Memory -> the stores to it (through any of its views) in ``stmt``."""
+    count = {}
+
+    def collect(node):
+        memory = views.get(node.buffer, node.buffer)
+        count[memory] = count.get(memory, 0) + 1
+        return node
+
+    tvm_ffi.structural_map(stmt, [(s.BufferStore, collect)], order="post")
+    return count
+
+
+def _memories(stmt, views: dict) -> dict:
+    """The memory each buffer that ``stmt`` loads from or stores to (and does not declare) views -> those buffers."""
     touched, local = {}, set()
 
     def collect(node):
@@ -119,21 +226,18 @@ def footprint(stmt, streamed: frozenset = frozenset(),
         return node
 
     tvm_ffi.structural_map(stmt, [((s.BufferStore, TensorLoad, s.AllocBuffer, s.DeclBuffer), collect)], order="post")
-    memories = {}  # the memory each buffer touched (and not declared inside) views -> those buffers
+    memories = {}
     for buffer in touched.values():
         if buffer not in local:
             memories.setdefault(views.get(buffer, buffer), []).append(buffer)
-    cached, streaming = tirx.IntImm("int64", 0), tirx.IntImm("int64", 0)
-    for memory, seen in memories.items():
-        bits = tirx.IntImm("int64", tvm.runtime.DataType(memory.dtype).bits)
-        for extent in memory.shape:
-            bits = bits * _int64(extent)
-        words = tirx.FloorDiv(bits, tirx.IntImm("int64", 32))
-        if any(b.name in streamed for b in [memory, *seen]):
-            streaming = streaming + words
-        else:
-            cached = cached + words
-    return cached, streaming
+    return memories
+
+
+def _words(buffer) -> tirx.PrimExpr:
+    bits = tirx.IntImm("int64", tvm.runtime.DataType(buffer.dtype).bits)
+    for extent in buffer.shape:
+        bits = bits * _int64(extent)
+    return tirx.FloorDiv(bits, tirx.IntImm("int64", 32))
 
 
 def memory_views(func_body) -> dict:
@@ -204,23 +308,27 @@ def mark_streamed_weights(mod: tvm.IRModule, weight_bytes: int) -> tvm.IRModule:
 
 
 def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx.PrimFunc:
-    """``func`` with each parallel loop serial below ``threshold`` :func:`cost` (the buffers ``STREAMED_ATTR`` names
-    streamed)."""
+    """``func`` with each parallel loop serial below ``threshold`` (``STREAMED_SERIAL_WORK`` if higher, for a loop
+    that reads a buffer ``STREAMED_ATTR`` names) plus ``HANDOFF_WORD`` per word of its :func:`handoff` in
+    :func:`cost`."""
     analyzer = tvm.sym.Analyzer()
     streamed = frozenset(str(name) for name in (func.attrs or {}).get(STREAMED_ATTR, []))
     views = memory_views(func.body)
+    scratch = scratch_stores(func.body, views)
 
     def rewrite(loop):
         if not isinstance(loop, s.For) or loop.kind != s.ForKind.PARALLEL:
             return loop
-        amount = analyzer.simplify(cost(loop, streamed, views))
+        amount = analyzer.simplify(cost(loop, streamed, views) - HANDOFF_WORD * handoff(loop, scratch, views))
+        streams = any(b.name in streamed for memory, seen in _memories(loop, views).items() for b in [memory, *seen])
+        bound = max(threshold, STREAMED_SERIAL_WORK) if streams else threshold
         if set(tirx.analysis.undefined_vars(amount)) & _defined_inside(loop):  # not known before the loop starts
             return loop
         serial = s.For(loop.loop_var, loop.min, loop.extent, s.ForKind.SERIAL, loop.body, None, loop.annotations,
                        loop.step)
         if isinstance(amount, tirx.IntImm):
-            return serial if amount.value < threshold else loop
-        return s.IfThenElse(amount < threshold, serial, loop)
+            return serial if amount.value < bound else loop
+        return s.IfThenElse(amount < bound, serial, loop)
 
     body = tvm_ffi.structural_map(func.body, [(s.For, rewrite)], order="post")
     return func if body.same_as(func.body) else func.with_body(body)

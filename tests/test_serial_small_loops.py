@@ -12,8 +12,9 @@ from tvm.tirx import stmt as s
 from bie_compiler.codegen import cpu
 from bie_compiler.codegen.kernel_registry import AT_LOAD_ATTR, finish
 from bie_compiler.codegen.kernels import dense
-from bie_compiler.codegen.serial_small_loops import (CACHED_WEIGHT_BYTES, SERIAL_WORK, STREAMED_ATTR, STREAMED_WORD,
-                                                    cost, footprint, mark_streamed_weights, memory_views,
+from bie_compiler.codegen.serial_small_loops import (CACHED_WEIGHT_BYTES, HANDOFF_WORD, SERIAL_WORK, STREAMED_ATTR,
+                                                    STREAMED_SERIAL_WORK, STREAMED_WORD, cost, footprint, handoff,
+                                                    mark_streamed_weights, memory_views, scratch_stores,
                                                     serial_when_small, work)
 from bie_compiler.codegen.target import make_target
 
@@ -50,6 +51,35 @@ def test_work_counts_vector_operations_and_words_touched():
     assert int(tvm.sym.Analyzer().simplify(cached)) == 2 * 8 * 256 and int(streamed) == 0  # x and y, float32
 
 
+@T.prim_func
+def _guarded_tail(x_handle: T.handle, y_handle: T.handle):
+    """A tail of 16 lanes over rows of ``n``, as a scalar tail does: stored under a guard, and selected."""
+    T.func_attr({"global_symbol": "main"})
+    n = T.int64()
+    x = T.match_buffer(x_handle, (4, n), "float32")
+    y = T.match_buffer(y_handle, (4, n), "float32")
+    for r in T.parallel(T.int64(4)):
+        for j in range(T.int64(16)):
+            if j < n:
+                y[r, j] = x[r, j] * T.float32(2)
+        for j in range(T.int64(16)):
+            y[r, j] = T.if_then_else(j < n, x[r, j] * T.float32(2) + T.float32(1), T.float32(0))
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 16, 40])
+def test_work_of_a_guarded_tail_counts_the_iterations_it_lets_through(n):
+    (loop,) = loops(lowered(_guarded_tail), s.ForKind.PARALLEL)
+    through = min(n, 16)
+    # guarded store: a load, a multiply, the store, for the lanes let through; selected value: the store, the select
+    # and its comparison for every lane, the load, multiply and add for those let through (16 of each before)
+    want = 4 * (3 * through + 16 * 3 + 3 * through)
+    counted = work(loop)
+    (size,) = [v for v in tirx.analysis.undefined_vars(counted) if v.name == "n"]
+    at_n = tvm_ffi.structural_map(counted, (tirx.Var, lambda v: tirx.const(n, v.ty) if v.same_as(size) else v),
+                                  order="post")
+    assert int(tvm.sym.Analyzer().simplify(at_n)) == want
+
+
 @pytest.mark.parametrize("rows,parallel", [(8, False), (4 * SERIAL_WORK // 256, True)])
 def test_static_work_decides_once(rows, parallel):
     func = serial_when_small(lowered(scaled_rows(rows)))
@@ -83,14 +113,12 @@ def _conditions(func: tirx.PrimFunc) -> list:
     return found
 
 
-# A 384x384 GEMV (the encoder's attention projections): little work per word, below SERIAL_WORK as cached words,
-# above it when its weight is streamed.
+# A 384x384 GEMV (the encoder's attention projections): above STREAMED_SERIAL_WORK when its weight is streamed.
 GEMV_N = GEMV_K = 384
 
 
-def _gemv_module() -> tvm.IRModule:
-    return tvm.IRModule({"main": finish(dense.gemm(GEMV_N, GEMV_K, rows=1), "dense_gemv").with_attr("global_symbol",
-                                                                                                     "main")})
+def _gemv_module(n: int = GEMV_N, k: int = GEMV_K) -> tvm.IRModule:
+    return tvm.IRModule({"main": finish(dense.gemm(n, k, rows=1), "dense_gemv").with_attr("global_symbol", "main")})
 
 
 @pytest.mark.parametrize("weight_bytes,streamed", [(CACHED_WEIGHT_BYTES, False), (CACHED_WEIGHT_BYTES + 1, True)])
@@ -120,12 +148,24 @@ def test_streamed_words_cost_more_and_split_the_gemv_over_threads():
     assert int(simplify(streamed)) == weight_words
     all_cached = int(simplify(_at_one_row(sum(footprint(loop)), marked)))  # the weight as cached words
     assert int(simplify(_at_one_row(cached, marked))) == all_cached - weight_words
-    assert int(simplify(_at_one_row(work(loop), marked))) + all_cached < SERIAL_WORK  # as cached words: serial
-    assert int(simplify(_at_one_row(cost(loop, frozenset({"packed"})), marked))) == (
-        STREAMED_WORD * weight_words + int(simplify(_at_one_row(cached, marked))))
-    # the run-time choice at one row: serial when cached, parallel when streamed
-    assert _one_row_form(serial_when_small(plain)) == s.ForKind.SERIAL
+    assert int(simplify(_at_one_row(work(loop), marked))) + all_cached >= SERIAL_WORK  # as cached words: split
+    streamed_cost = int(simplify(_at_one_row(cost(loop, frozenset({"packed"})), marked)))
+    assert streamed_cost == STREAMED_WORD * weight_words + int(simplify(_at_one_row(cached, marked)))
+    assert streamed_cost >= STREAMED_SERIAL_WORK  # streamed: split as well, held to the streams' bound
+    assert _one_row_form(serial_when_small(plain)) == s.ForKind.PARALLEL
     assert _one_row_form(serial_when_small(marked)) == s.ForKind.PARALLEL
+
+
+def test_a_gemv_streaming_less_than_its_bound_stays_on_one_thread():
+    """A 256x256 GEMV: split as cached words (above SERIAL_WORK), not when its weight is streamed (below
+    STREAMED_SERIAL_WORK: a second thread's bandwidth does not pay the hand-offs of so short a stream)."""
+    plain = lowered(_gemv_module(256, 256)["main"])
+    marked = lowered(mark_streamed_weights(_gemv_module(256, 256), 10 * CACHED_WEIGHT_BYTES)["main"])
+    (loop,) = loops(marked, s.ForKind.PARALLEL)
+    simplify = tvm.sym.Analyzer().simplify
+    assert SERIAL_WORK <= int(simplify(_at_one_row(cost(loop, frozenset({"packed"})), marked))) < STREAMED_SERIAL_WORK
+    assert _one_row_form(serial_when_small(plain)) == s.ForKind.PARALLEL
+    assert _one_row_form(serial_when_small(marked)) == s.ForKind.SERIAL
 
 
 def test_gemv_with_streamed_weights_computes_x_times_w():
@@ -204,8 +244,9 @@ def test_cost_is_the_larger_of_operations_and_streamed_words():
 
 def test_one_row_bbs_gemv_of_a_streamed_ffn_weight_runs_on_one_thread():
     """The encoder's FFN one-row bbs GEMV (384x1536, 377 KB streamed): its look-ups overlap the prefetched stream, so
-    it costs its streamed words, under SERIAL_WORK (it was split when operations, words and its stream views' words
-    were added up: 1.12 M)."""
+    it costs its streamed words, above SERIAL_WORK; but every task reads the activation tables the calling thread
+    fills, and the results come back through the kernel's scratch, so its hand-off keeps it on one thread (on two it
+    took 1.3x as long)."""
     from bie_compiler.codecs import bbs
     from bie_compiler.codegen.kernels import bbs_decoded, bbs_lut
 
@@ -224,5 +265,43 @@ def test_one_row_bbs_gemv_of_a_streamed_ffn_weight_runs_on_one_thread():
     scales, _, *streams = bbs_decoded.constants(enc)  # position is read after the loop, by the output unshuffle
     assert streaming * 4 == scales.nbytes + sum(c.nbytes for c in streams)  # each once, its stream view too
     assert int(simplify(_at_one_row(work(loop), marked))) < STREAMED_WORD * streaming
-    assert STREAMED_WORD * streaming + cached < SERIAL_WORK
+    assert STREAMED_WORD * streaming + cached >= SERIAL_WORK
+    # the padded activations, the tables (12 groups of 7 tables of 32 entries) and the group sums, filled before the
+    # loop (not the accumulators and results its tasks write)
+    handed = int(simplify(_at_one_row(handoff(loop, scratch_stores(marked.body, views), views), marked)))
+    assert handed == 384 + 12 * 7 * 32 + 12
+    assert STREAMED_WORD * streaming + cached < SERIAL_WORK + HANDOFF_WORD * handed
     assert _one_row_form(serial_when_small(marked)) == s.ForKind.SERIAL
+
+
+@T.prim_func
+def _table_then_rows(x: T.Buffer((64,), "float32"), w: T.Buffer((64, 64), "float32"), out: T.Buffer((64,), "float32")):
+    """A table of ``x`` filled on the calling thread and read by every task of the parallel loop, whose results go
+    through scratch of its own to the output."""
+    T.func_attr({"global_symbol": "main"})
+    table = T.alloc_buffer((64,), "float32")
+    results = T.alloc_buffer((64,), "float32")
+    for k in range(64):
+        table[k] = x[k] * T.float32(2)
+    for i in T.parallel(64):
+        row = T.alloc_buffer((1,), "float32")
+        row[0] = T.float32(0)
+        for k in range(64):
+            row[0] = row[0] + w[i, k] * table[k]
+        results[i] = row[0]
+    for i in range(64):
+        out[i] = results[i]
+
+
+def test_handoff_counts_the_scratch_written_before_a_parallel_loop_that_it_reads():
+    func = lowered(_table_then_rows)
+    (loop,) = loops(func, s.ForKind.PARALLEL)
+    scratch = scratch_stores(func.body)
+    assert sorted(b.name for b in scratch) == ["results", "row", "table"]
+    # the table; not the results, written by the tasks, nor row, declared per task
+    assert int(tvm.sym.Analyzer().simplify(handoff(loop, scratch))) == 64
+    # a bound the loop's cost reaches: serial, as its hand-off adds HANDOFF_WORD a word to the bound; lowered by that
+    # much, parallel
+    work_and_words = int(tvm.sym.Analyzer().simplify(cost(loop, frozenset(), memory_views(func.body))))
+    assert _one_row_form(serial_when_small(func, threshold=work_and_words)) == s.ForKind.SERIAL
+    assert _one_row_form(serial_when_small(func, threshold=work_and_words - HANDOFF_WORD * 64)) == s.ForKind.PARALLEL
