@@ -24,12 +24,13 @@ the stores; a store per 16 codes held the rows to 0.84 of this rate in L2).
 One parallel region over work items (16 pruned channels, or 16 sensitive rows).
 TVM hands each thread a contiguous share of the items, so the sensitive items
 are spread evenly over the range. Each thread's pruned blocks, their metadata
-and its sensitive rows are three contiguous streams, prefetched into L2 one
-work unit ahead of their reads: a pruned block's group reads the next block's
-group, a quad of sensitive rows the next quad's line at the same offset (the
-hardware prefetchers stop at every 4 KiB page and alone keep too few lines in
-flight for weights read from memory; 4 KiB ahead in the row, as before, reached
-the next row of a quad at K = 4096 and left the next quad to demand misses).
+and its sensitive rows are three contiguous streams, prefetched into L2 whole
+work units ahead of their reads, at least ``lut.AHEAD_BYTES``: a pruned block's
+group prefetches the same group of a later block, a quad of sensitive rows the
+line at the same offset of a later quad (the hardware prefetchers stop at every
+4 KiB page and alone keep too few lines in flight for weights read from memory;
+4 KiB ahead in the row, as before, reached the quad's own next row at K = 4096
+and left the next quad to demand misses).
 Inside the parallel loop every value is ``T.let``-bound and the accumulators
 live in one buffer allocated per call: TVM turns a buffer declared, or a name
 assigned, inside a parallel loop into a workspace allocation per iteration. The output is unshuffled through ``position``.
@@ -78,6 +79,8 @@ def gemv(enc: Encoded):
     significance = [-top] + [1 << (bits - 1 - b) for b in range(1, bits)]
     items = sensitive_blocks + blocks
     column_words = column_blocks * kg * bits * LANES
+    blocks_ahead = -(-lut.AHEAD_BYTES // (kg * bits * LANES * 4))  # pruned blocks between a read and its prefetch
+    quads_ahead = -(-lut.AHEAD_BYTES // (ROWS * kp))  # quads of sensitive rows between a read and its prefetch
     meta_bytes = column_blocks * kg * LANES
     fill_tables = lut.fill_wide_tables(k, kp)
     # offset = c (avg, unsigned) or -c (zps, c a 6-bit two's complement: sign-extended by shifting it to the top
@@ -133,9 +136,9 @@ def gemv(enc: Encoded):
                             for j in T.unroll(ROWS):
                                 acc[item, j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                             for line in range(kp // LINE):
-                                for j in T.unroll(ROWS):  # the next quad's line at this offset
-                                    lut.prefetch(sensitive_stream[T.min((first + ROWS + j) * kp + line * LINE,
-                                                                        sensitive_rows * kp - 1)])
+                                for j in T.unroll(ROWS):  # a later quad's line at this offset
+                                    lut.prefetch(sensitive_stream[T.min((first + quads_ahead * ROWS + j) * kp
+                                                                        + line * LINE, sensitive_rows * kp - 1)])
                                 for j in T.unroll(ROWS):  # rows past count (count = n) are clamped, not stored
                                     acc[item, j, T.Ramp(0, 1, LANES)] = in_order(acc[item, j, T.Ramp(0, 1, LANES)], [
                                         codes_times_x(sensitive, xpad, first + j, line * LINE + v * LANES) for v in range(LINE // LANES)])
@@ -153,9 +156,10 @@ def gemv(enc: Encoded):
                     for g in range(kg):
                         at: T.let = pb * kg + g  # the group's place in this thread's streams
                         for b in T.unroll(bits):
-                            lut.prefetch(column_stream[T.min(((at + kg) * bits + b) * LANES, column_words - 1)])
+                            lut.prefetch(column_stream[T.min(((at + blocks_ahead * kg) * bits + b) * LANES,
+                                                             column_words - 1)])
                         if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
-                            lut.prefetch(meta_stream[T.min((at + kg) * LANES, meta_bytes - 1)])
+                            lut.prefetch(meta_stream[T.min((at + blocks_ahead * kg) * LANES, meta_bytes - 1)])
                         mixed: T.let = lut.tree([
                             lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
                                 "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) * T.Broadcast(
