@@ -19,18 +19,19 @@ Sensitive rows are INT8 dot products, 4 rows per pass over x: 4 independent
 16-lane FMA chains (one chain alone waits on the FMA latency), each updated
 once per line of its row (LLVM keeps an accumulator in a register but still
 stores it after every update: the prefetches in the loop keep it from sinking
-the stores; a store per 16 codes held the rows to 0.84 of this rate in L2).
+the stores, and a store per 16 codes was slower; benchmarks/README.md,
+``bbs_gemv.py``, stop 19).
 
 One parallel region over work items (16 pruned channels, or 16 sensitive rows).
 TVM hands each thread a contiguous share of the items, so the sensitive items
 are spread evenly over the range. Each thread's pruned blocks, their metadata
-and its sensitive rows are three contiguous streams, prefetched into L2 whole
-work units ahead of their reads, at least ``lut.AHEAD_BYTES``: a pruned block's
-group prefetches the same group of a later block, a quad of sensitive rows the
-line at the same offset of a later quad (the hardware prefetchers stop at every
-4 KiB page and alone keep too few lines in flight for weights read from memory;
-4 KiB ahead in the row, as before, reached the quad's own next row at K = 4096
-and left the next quad to demand misses).
+and its sensitive rows are three contiguous streams, each prefetched into L2
+about ``lut.AHEAD_BYTES`` ahead of its reads (the hardware prefetchers stop at
+every 4 KiB page and alone keep too few lines in flight for weights read from
+memory): the pruned blocks and metadata that far on in their streams, the
+sensitive rows at the same offset of the quad of rows whole quads on, at least
+that far (4 KiB on in the row reached the quad's own next row at K = 4096 and
+left the next quad to demand misses).
 Inside the parallel loop every value is ``T.let``-bound and the accumulators
 live in one buffer allocated per call: TVM turns a buffer declared, or a name
 assigned, inside a parallel loop into a workspace allocation per iteration. The output is unshuffled through ``position``.
@@ -79,7 +80,7 @@ def gemv(enc: Encoded):
     significance = [-top] + [1 << (bits - 1 - b) for b in range(1, bits)]
     items = sensitive_blocks + blocks
     column_words = column_blocks * kg * bits * LANES
-    blocks_ahead = -(-lut.AHEAD_BYTES // (kg * bits * LANES * 4))  # pruned blocks between a read and its prefetch
+    ahead_words = lut.AHEAD_BYTES // 4
     quads_ahead = -(-lut.AHEAD_BYTES // (ROWS * kp))  # quads of sensitive rows between a read and its prefetch
     meta_bytes = column_blocks * kg * LANES
     fill_tables = lut.fill_wide_tables(k, kp)
@@ -156,10 +157,9 @@ def gemv(enc: Encoded):
                     for g in range(kg):
                         at: T.let = pb * kg + g  # the group's place in this thread's streams
                         for b in T.unroll(bits):
-                            lut.prefetch(column_stream[T.min(((at + blocks_ahead * kg) * bits + b) * LANES,
-                                                             column_words - 1)])
+                            lut.prefetch(column_stream[T.min((at * bits + b) * LANES + ahead_words, column_words - 1)])
                         if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
-                            lut.prefetch(meta_stream[T.min((at + blocks_ahead * kg) * LANES, meta_bytes - 1)])
+                            lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
                         mixed: T.let = lut.tree([
                             lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
                                 "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) * T.Broadcast(
