@@ -76,8 +76,6 @@ def gemv(enc: Encoded):
     sensitive_blocks = -(-count // LANES)  # work items of 16 sensitive rows
     sensitive_rows = max(count, 1)
     column_blocks = max(blocks, 1)
-    top = 1 << (bits - 1)  # column 0 (the sign) has significance -top, column b > 0 has 2^(bits - 1 - b)
-    significance = [-top] + [1 << (bits - 1 - b) for b in range(1, bits)]
     items = sensitive_blocks + blocks
     column_words = column_blocks * kg * bits * LANES
     ahead_words = lut.AHEAD_BYTES // 4
@@ -160,11 +158,9 @@ def gemv(enc: Encoded):
                             lut.prefetch(column_stream[T.min((at * bits + b) * LANES + ahead_words, column_words - 1)])
                         if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
                             lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
-                        mixed: T.let = lut.tree([
+                        mixed: T.let = lut.twos_complement_sum([
                             lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
-                                "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) * T.Broadcast(
-                                T.float32(significance[b]), LANES)
-                            for b in range(bits)])
+                                "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
                         code: T.let = T.Cast("int32x16", meta[pb, g, T.Ramp(0, 1, LANES)])
                         scale: T.let = tirx.call_llvm_pure_intrin(  # 2^shift, shift = pruned_columns - (code >> 6)
                             "float32x16", lut.PERMUTE, powers, T.shift_right(code, T.Broadcast(6, LANES)))
