@@ -106,10 +106,12 @@ def measure_shape(k: int, n: int, args: argparse.Namespace, references: list[dic
     methods.append({"name": "bbs", "pass": bbs_pass, "layers": len(tvm_args), "bytes": layer_bytes})
     interleaved_passes(references + methods, args.repeats)
     row = {"shape": f"{k}x{n}", "nbits_missing": missing, **bandwidth_fractions(references + methods),
-           "bbs_bits_per_weight": enc.bits_per_weight, "bbs_rel_error": error, "bbs_sensitive": int(enc.header["sensitive"]),
+           "bbs_bits_per_weight": enc.bits_per_weight, "bbs_rel_error": error,
+           "bbs_sensitive": int(enc.header["sensitive"]),
            "copies": {m["name"]: m["layers"] for m in methods}}
     for m in methods:
-        row.update({f"{m['name']}_ms": m["ms"], f"{m['name']}_bytes": m["bytes"], f"{m['name']}_bw_fraction": m["bw_fraction"]})
+        row.update({f"{m['name']}_ms": m["ms"], f"{m['name']}_bytes": m["bytes"],
+                    f"{m['name']}_bw_fraction": m["bw_fraction"]})
     return row
 
 

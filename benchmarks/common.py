@@ -154,7 +154,8 @@ def bandwidth_fractions(methods: list[dict]) -> dict:
     references = [m["name"] for m in methods if m.get("reference")]
     ceilings = [max(rates[name][r] for name in references) for r in range(len(rates[references[0]]))]
     for method in methods:
-        method["bw_fraction"] = statistics.median(rate / ceiling for rate, ceiling in zip(rates[method["name"]], ceilings))
+        method["bw_fraction"] = statistics.median(rate / ceiling
+                                                  for rate, ceiling in zip(rates[method["name"]], ceilings))
     return {"bandwidth": statistics.median(ceilings),
             "references": {name: statistics.median(rates[name]) for name in references}}
 

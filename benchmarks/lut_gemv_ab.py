@@ -47,7 +47,8 @@ CALLS = 5  # calls per timed loop in L2 (a pass over the copies when streamed)
 MODULES = {
     "bie-bitplane": ("bitplane_lut", {
         "from ..kernel_registry import": "from bie_compiler.codegen.kernel_registry import",
-        "from . import lut, panel_gemm": "import base_lut as lut\nfrom bie_compiler.codegen.kernels import panel_gemm"}),
+        "from . import lut, panel_gemm":
+            "import base_lut as lut\nfrom bie_compiler.codegen.kernels import panel_gemm"}),
     "bbs": ("bbs_lut", {"from . import lut": "import base_lut as lut"}),
 }
 

@@ -140,7 +140,8 @@ def gemv(enc: Encoded):
                                                                         + line * LINE, sensitive_rows * kp - 1)])
                                 for j in T.unroll(ROWS):  # rows past count (count = n) are clamped, not stored
                                     acc[item, j, T.Ramp(0, 1, LANES)] = in_order(acc[item, j, T.Ramp(0, 1, LANES)], [
-                                        codes_times_x(sensitive, xpad, first + j, line * LINE + v * LANES) for v in range(LINE // LANES)])
+                                        codes_times_x(sensitive, xpad, first + j, line * LINE + v * LANES)
+                                        for v in range(LINE // LANES)])
                             for kv in range(kp // LINE * (LINE // LANES), kp // LANES):  # past the last whole line
                                 for j in T.unroll(ROWS):
                                     acc[item, j, T.Ramp(0, 1, LANES)] = acc[item, j, T.Ramp(0, 1, LANES)] + (

@@ -194,7 +194,8 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
                             if per_group:
                                 out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit)
                             else:
-                                out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit) * scales[item, 0, lane]
+                                out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit) * scales[
+                                    item, 0, lane]
 
     return main
 
