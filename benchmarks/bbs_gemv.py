@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
     from bie_compiler.codegen.target import make_target
 
     target = make_target()
-    references = streaming_sums(args.threads)
+    references = streaming_sums()
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
     rows = [measure_shape(k, n, args, references, target) for k, n in shapes]
     return {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),

@@ -92,19 +92,22 @@ def interleaved_passes(methods: list[dict], rounds: int) -> None:
         method["ms"] = 1e3 * statistics.median(method["seconds"])
 
 
-def streaming_sums(threads: int) -> list[dict]:
+def streaming_sums() -> list[dict]:
     """The TVM kernels that only stream memory, as methods for :func:`interleaved_passes` (``reference``: True): the
-    float32 sum over ``BANDWIDTH_ARRAY_BYTES`` parallel over 64 chunks, each chunk read as one stream (the hardware
+    float32 sum over ``BANDWIDTH_ARRAY_BYTES`` parallel over 64 chunks (``TVM_NUM_THREADS`` threads, set by
+    :func:`main`), each chunk read as one stream (the hardware
     prefetchers alone) or as 4 streams each prefetched ``lut.AHEAD_BYTES`` ahead (as the LUT kernels read), on one
     array. Which of the two reads faster varies from run to run, and neither always reaches onnxruntime's fp32
     GEMV's rate: :func:`bandwidth_fractions` takes the fastest reference of each round."""
     import tvm
 
+    from bie_compiler.codegen.kernels import lut
+
     data = tvm.runtime.tensor(np.ones(BANDWIDTH_ARRAY_BYTES // 4, np.float32))
     return [{"name": f"TVM sum, {label}", "pass": pass_of, "layers": 1, "bytes": BANDWIDTH_ARRAY_BYTES,
              "reference": True}
             for label, pass_of in (("1 stream a chunk", streaming_sum(data, 1, 0)),
-                                   ("4 prefetched streams a chunk", streaming_sum(data, 4, 4096)))]
+                                   ("4 prefetched streams a chunk", streaming_sum(data, 4, lut.AHEAD_BYTES)))]
 
 
 def streaming_sum(data, streams: int, ahead_bytes: int):
