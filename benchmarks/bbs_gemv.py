@@ -15,11 +15,14 @@ degrees of freedom, fixed seed), in one run:
 Weights are streamed from memory: each method runs L distinct copies of the
 layer (each its own buffers) one after the other, L chosen so that the copies
 together are at least ``--cache-factor`` times the L3 cache; the time per layer
-is a pass over the L layers divided by L, the median over ``--repeats`` passes.
-The bandwidth limit is the bytes one layer reads (compressed, for bbs: every
-stored array) divided by the read bandwidth of a parallel TVM sum over 512 MiB
-with the same threads; "BW frac" = (bytes / time) / that bandwidth.
-Threads: ``--threads`` (default 2) for both libraries, no idle spinning.
+is a pass over the L layers divided by L. The methods' passes are interleaved
+(one pass of each per round, ``--repeats`` rounds, the median per method).
+"BW frac" is a method's read rate (the bytes one layer reads, for bbs every
+stored array, / time) over a ceiling measured in the same rounds: the fastest
+read rate in the round of two TVM kernels that only stream memory
+(``common.streaming_sums``) and of onnxruntime's fp32 GEMV, the median over
+rounds (``common.bandwidth_fractions``, as in ``bitplane_gemv.py``).
+Threads: ``--threads`` (default 2) for both libraries.
 
     python benchmarks/bbs_gemv.py [--shapes 4096x4096,4096x11008,11008x4096] [--repeats 7] [--threads 2] [--json PATH]
 """
@@ -35,7 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import (  # noqa: E402
-    copies_for, last_level_cache_bytes, matmul_fanout, median_seconds, nbits_fanout, ort_session, parallel_read_bandwidth,
+    bandwidth_fractions, copies_for, interleaved_passes, last_level_cache_bytes, matmul_fanout, nbits_fanout,
+    ort_session, streaming_sums,
 )
 
 SEED = 0
@@ -46,7 +50,7 @@ DEFAULT_SHAPES = "4096x4096,4096x11008,11008x4096"
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated KxN (default %(default)s)")
-    p.add_argument("--repeats", type=int, default=7, help="timed passes; the median is reported")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved rounds; the median is reported")
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     p.add_argument("--cache-factor", type=float, default=2.0, help="streamed copies total at least this many L3s")
     p.add_argument("--sensitive-fraction", type=float, default=None, help="bbs beta (default: the moderate preset's)")
@@ -79,46 +83,44 @@ def bbs_layers(weight: np.ndarray, sensitive_fraction: float | None, factor: flo
     return kernel, args, enc, layer_bytes, error
 
 
-def measure_shape(k: int, n: int, args: argparse.Namespace, bandwidth: float, target) -> dict:
+def measure_shape(k: int, n: int, args: argparse.Namespace, references: list[dict], target) -> dict:
     weight = (np.random.default_rng(SEED).standard_t(5, (k, n)) / np.sqrt(k)).astype(np.float32)
-    x = np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32)
-    row = {"shape": f"{k}x{n}"}
-
+    feed = {"x": np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32)}
     fp32_layers = copies_for(weight.nbytes, args.cache_factor)
-    session = ort_session(matmul_fanout(weight, fp32_layers).SerializeToString(), args.threads)
-    row["fp32_ms"] = 1e3 * median_seconds(lambda: session.run(None, {"x": x}), 1, args.repeats) / fp32_layers
-    row["fp32_bytes"] = weight.nbytes
-    del session
-
-    model, nbits_bytes, reason = nbits_fanout(weight, copies_for(k * n // 2, args.cache_factor))
-    row["nbits_missing"] = reason
+    fp32 = ort_session(matmul_fanout(weight, fp32_layers).SerializeToString(), args.threads)
+    methods = [{"name": "fp32", "pass": lambda: fp32.run(None, feed), "layers": fp32_layers, "bytes": weight.nbytes,
+                "reference": True}]
+    model, nbits_bytes, missing = nbits_fanout(weight, copies_for(k * n // 2, args.cache_factor))
     if model is not None:
-        layers = len(model.graph.node)
-        session = ort_session(model.SerializeToString(), args.threads)
+        nbits = ort_session(model.SerializeToString(), args.threads)
+        methods.append({"name": "nbits", "pass": lambda: nbits.run(None, feed), "layers": len(model.graph.node),
+                        "bytes": nbits_bytes})
         del model
-        row["nbits_ms"] = 1e3 * median_seconds(lambda: session.run(None, {"x": x}), 1, args.repeats) / layers
-        row["nbits_bytes"] = nbits_bytes
-        del session
-
     kernel, tvm_args, enc, layer_bytes, error = bbs_layers(weight, args.sensitive_fraction, args.cache_factor, target)
+    del weight
 
     def bbs_pass():
         for layer_args in tvm_args:
             kernel(*layer_args)
 
-    row["bbs_ms"] = 1e3 * median_seconds(bbs_pass, 1, args.repeats) / len(tvm_args)
-    row.update(bbs_bytes=layer_bytes, bbs_bits_per_weight=enc.bits_per_weight, bbs_rel_error=error,
-               bbs_sensitive=int(enc.header["sensitive"]), copies={"fp32": fp32_layers, "bbs": len(tvm_args)})
-    for name in ("fp32", "nbits", "bbs"):
-        if f"{name}_ms" in row:
-            row[f"{name}_bw_fraction"] = row[f"{name}_bytes"] / (row[f"{name}_ms"] * 1e-3) / bandwidth
+    methods.append({"name": "bbs", "pass": bbs_pass, "layers": len(tvm_args), "bytes": layer_bytes})
+    interleaved_passes(references + methods, args.repeats)
+    row = {"shape": f"{k}x{n}", "nbits_missing": missing, **bandwidth_fractions(references + methods),
+           "bbs_bits_per_weight": enc.bits_per_weight, "bbs_rel_error": error,
+           "bbs_sensitive": int(enc.header["sensitive"]),
+           "copies": {m["name"]: m["layers"] for m in methods}}
+    for m in methods:
+        row.update({f"{m['name']}_ms": m["ms"], f"{m['name']}_bytes": m["bytes"],
+                    f"{m['name']}_bw_fraction": m["bw_fraction"]})
     return row
 
 
 def report(res: dict) -> None:
     print(f"batch-1 GEMV, weights streamed (copies >= {res['cache_factor']:g} x L3 = {res['l3_bytes'] / 2**20:.0f} MiB), "
-          f"{res['threads']} threads, llvm -mcpu={res['target']}, median of {res['repeats']}")
-    print(f"read bandwidth (parallel TVM sum over 512 MiB, {res['threads']} threads): {res['bandwidth'] * 1e-9:.1f} GB/s")
+          f"{res['threads']} threads, llvm -mcpu={res['target']}, interleaved, median of {res['repeats']}")
+    for r in res["rows"]:
+        print(f"{r['shape']}: read bandwidth ceiling {r['bandwidth'] * 1e-9:.1f} GB/s (median over rounds of the fastest "
+              "of: " + ", ".join(f"{name} {rate * 1e-9:.1f}" for name, rate in r["references"].items()) + ")")
     header = ["K x N", "fp32 ms", "NBits-4 ms", "bbs ms", "vs fp32", "vs NBits", "bbs MB", "bbs bits/w",
               "NBits MB", "bbs BW frac", "NBits BW frac", "fp32 BW frac"]
     table = [header]
@@ -138,19 +140,18 @@ def report(res: dict) -> None:
         if r["nbits_missing"]:
             print(f"MatMulNBits missing for {r['shape']}: {r['nbits_missing']}")
     print("times per layer; bbs bytes = every stored array (sensitive INT8 rows, columns, metadata, scales, "
-          "positions); BW frac = bytes / time / read bandwidth")
+          "positions); BW frac = median over rounds of bytes / time / that round's ceiling")
 
 
 def run(args: argparse.Namespace) -> dict:
     from bie_compiler.codegen.target import make_target
 
     target = make_target()
-    bandwidth = parallel_read_bandwidth(args.repeats)
+    references = streaming_sums()
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
-    rows = [measure_shape(k, n, args, bandwidth, target) for k, n in shapes]
-    res = {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
-           "cache_factor": args.cache_factor, "l3_bytes": last_level_cache_bytes() or 0, "bandwidth": bandwidth, "rows": rows}
-    return res
+    rows = [measure_shape(k, n, args, references, target) for k, n in shapes]
+    return {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
+            "cache_factor": args.cache_factor, "l3_bytes": last_level_cache_bytes() or 0, "rows": rows}
 
 
 if __name__ == "__main__":

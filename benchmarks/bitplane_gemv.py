@@ -17,8 +17,14 @@ layer one after the other, L chosen so that the copies together are at least
 ``--cache-factor`` times the L3; the time per layer is a pass over the L layers
 divided by L. The methods' passes are interleaved (one pass of each per round,
 ``--repeats`` rounds, the median per method), so they share the machine's
-state, which matters on a shared machine. "BW frac" = (bytes a layer reads /
-time) / the read bandwidth of a parallel TVM sum over 512 MiB, same threads.
+state, which matters on a shared machine (its memory bandwidth is shared with
+other tenants of the host and drifts within minutes). "BW frac" is measured
+against a ceiling taken in the same rounds: each round also runs a pass of two
+TVM kernels that only stream memory (``common.streaming_sums``: float32 sums
+over 512 MiB, same threads), and the round's ceiling is the fastest read rate
+of those two and of onnxruntime's fp32 GEMV in that round; a method's BW frac
+is the median over rounds of its read rate (bytes a layer reads / time) over
+the round's ceiling (``common.bandwidth_fractions``), so at most about 1.
 Every TVM kernel is checked against the reference decoder first (the int8-table GEMV: within its
 stated bound, ``bitplane_lut.int8_error_bound``; its relative error is printed).
 
@@ -29,9 +35,7 @@ stated bound, ``bitplane_lut.int8_error_bound``; its relative error is printed).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +43,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import (  # noqa: E402
-    copies_for, last_level_cache_bytes, matmul_fanout, nbits_fanout, ort_session, parallel_read_bandwidth,
+    bandwidth_fractions, copies_for, interleaved_passes, last_level_cache_bytes, matmul_fanout, nbits_fanout,
+    ort_session, streaming_sums,
 )
 
 SEED = 0
@@ -110,28 +115,14 @@ def bitplane_layers(weight: np.ndarray, bits: int, tables: list[str], factor: fl
     return kernels
 
 
-def interleaved(methods: list[dict], repeats: int) -> None:
-    """Each method's ``ms`` per layer: the median over ``repeats`` rounds of one pass of every method in turn."""
-    for method in methods:  # warm: thread pools started, pages touched
-        method["pass"]()
-    times = {id(m): [] for m in methods}
-    for _ in range(repeats):
-        for method in methods:
-            start = time.perf_counter()
-            method["pass"]()
-            times[id(method)].append((time.perf_counter() - start) / method["layers"])
-    for method in methods:
-        method["ms"] = 1e3 * statistics.median(times[id(method)])
-
-
-def measure_shape(k: int, n: int, args: argparse.Namespace, bandwidth: float, target) -> dict:
+def measure_shape(k: int, n: int, args: argparse.Namespace, references: list[dict], target) -> dict:
     weight = (np.random.default_rng(SEED).standard_t(5, (k, n)) / np.sqrt(k)).astype(np.float32)
     feed = {"x": np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32)}
     methods, missing = [], None
     fp32_layers = copies_for(weight.nbytes, args.cache_factor)
     fp32 = ort_session(matmul_fanout(weight, fp32_layers).SerializeToString(), args.threads)
     methods.append({"name": "ort fp32", "pass": lambda: fp32.run(None, feed), "layers": fp32_layers,
-                    "bytes": weight.nbytes})
+                    "bytes": weight.nbytes, "reference": True})
     model, nbits_bytes, missing = nbits_fanout(weight, copies_for(k * n // 2, args.cache_factor))
     if model is not None:
         layers = len(model.graph.node)
@@ -142,17 +133,18 @@ def measure_shape(k: int, n: int, args: argparse.Namespace, bandwidth: float, ta
     for bits in (int(b) for b in args.bits.split(",")):
         methods += bitplane_layers(weight, bits, args.tables.split(","), args.cache_factor, target)
     del weight
-    interleaved(methods, args.repeats)
-    rows = [{key: m[key] for key in m if key != "pass"} for m in methods]
-    for row in rows:
-        row["bw_fraction"] = row["bytes"] / (row["ms"] * 1e-3) / bandwidth
-    return {"shape": f"{k}x{n}", "nbits_missing": missing, "methods": rows}
+    interleaved_passes(references + methods, args.repeats)
+    ceiling = bandwidth_fractions(references + methods)
+    rows = [{key: m[key] for key in m if key not in ("pass", "seconds", "reference")} for m in methods]
+    return {"shape": f"{k}x{n}", "nbits_missing": missing, "methods": rows, **ceiling}
 
 
 def report(res: dict) -> None:
     print(f"batch-1 GEMV, weights streamed (copies >= {res['cache_factor']:g} x L3 = {res['l3_bytes'] / 2**20:.0f} MiB), "
           f"{res['threads']} threads, llvm -mcpu={res['target']}, interleaved, median of {res['repeats']}")
-    print(f"read bandwidth (parallel TVM sum over 512 MiB, {res['threads']} threads): {res['bandwidth'] * 1e-9:.1f} GB/s")
+    for shape in res["rows"]:
+        print(f"{shape['shape']}: read bandwidth ceiling {shape['bandwidth'] * 1e-9:.1f} GB/s (median over rounds of the "
+              "fastest of: " + ", ".join(f"{name} {rate * 1e-9:.1f}" for name, rate in shape["references"].items()) + ")")
     header = ["K x N", "method", "ms/layer", "vs fp32", "vs NBits-4", "MB/layer", "bits/w", "BW frac", "rel err"]
     table = [header]
     for shape in res["rows"]:
@@ -171,18 +163,18 @@ def report(res: dict) -> None:
         if shape["nbits_missing"]:
             print(f"MatMulNBits missing for {shape['shape']}: {shape['nbits_missing']}")
     print("times per layer; vs = that method's time / this one's (above 1: faster); "
-          "BW frac = bytes / time / bandwidth; rel err = max |y - exact| / max |exact| against the reference decoder")
+          "BW frac = median over rounds of bytes / time / that round's ceiling; rel err = max |y - exact| / max |exact| against the reference decoder")
 
 
 def run(args: argparse.Namespace) -> dict:
     from bie_compiler.codegen.target import make_target
 
     target = make_target()
-    bandwidth = parallel_read_bandwidth(args.repeats)
+    references = streaming_sums()
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
-    rows = [measure_shape(k, n, args, bandwidth, target) for k, n in shapes]
+    rows = [measure_shape(k, n, args, references, target) for k, n in shapes]
     return {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
-            "cache_factor": args.cache_factor, "l3_bytes": last_level_cache_bytes() or 0, "bandwidth": bandwidth, "rows": rows}
+            "cache_factor": args.cache_factor, "l3_bytes": last_level_cache_bytes() or 0, "rows": rows}
 
 
 if __name__ == "__main__":

@@ -74,40 +74,93 @@ def interleaved_medians(fns: list, calls: int, rounds: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def numpy_read_bandwidth(repeats: int) -> float:
-    """Bytes per second of numpy's single-threaded float32 sum over an array larger than the caches."""
-    arr = np.ones(BANDWIDTH_ARRAY_BYTES // 4, np.float32)
-    return arr.nbytes / median_seconds(arr.sum, 1, repeats)
+def interleaved_passes(methods: list[dict], rounds: int) -> None:
+    """Time ``rounds`` rounds of one ``pass`` of every method in turn, the order reversed every other round (a fixed
+    order favours one side on a loaded machine), after a warm-up pass of each (thread pools started, pages touched).
+    Sets each method's ``seconds`` (per layer: a pass over its ``layers`` copies divided by them, one per round) and
+    ``ms`` (their median)."""
+    for method in methods:
+        method["pass"]()
+    for method in methods:
+        method["seconds"] = []
+    for r in range(rounds):
+        for method in (methods if r % 2 == 0 else reversed(methods)):
+            start = time.perf_counter()
+            method["pass"]()
+            method["seconds"].append((time.perf_counter() - start) / method["layers"])
+    for method in methods:
+        method["ms"] = 1e3 * statistics.median(method["seconds"])
 
 
-def parallel_read_bandwidth(repeats: int) -> float:
-    """Bytes per second of a TVM float32 sum over 512 MiB, parallel over 64 chunks (TVM_NUM_THREADS threads).
-
-    The reference for "fraction of the bandwidth limit" with several threads:
-    a kernel that does nothing but stream its input.
-    """
+def streaming_sums() -> list[dict]:
+    """The TVM kernels that only stream memory, as methods for :func:`interleaved_passes` (``reference``: True): the
+    float32 sum over ``BANDWIDTH_ARRAY_BYTES`` parallel over 64 chunks (``TVM_NUM_THREADS`` threads, set by
+    :func:`main`), each chunk read as one stream (the hardware
+    prefetchers alone) or as 4 streams each prefetched ``lut.AHEAD_BYTES`` ahead (as the LUT kernels read), on one
+    array. Which of the two reads faster varies from run to run, and neither always reaches onnxruntime's fp32
+    GEMV's rate: :func:`bandwidth_fractions` takes the fastest reference of each round."""
     import tvm
-    from tvm import s_tir, te
 
+    from bie_compiler.codegen.kernels import lut
+
+    data = tvm.runtime.tensor(np.ones(BANDWIDTH_ARRAY_BYTES // 4, np.float32))
+    return [{"name": f"TVM sum, {label}", "pass": pass_of, "layers": 1, "bytes": BANDWIDTH_ARRAY_BYTES,
+             "reference": True}
+            for label, pass_of in (("1 stream a chunk", streaming_sum(data, 1, 0)),
+                                   ("4 prefetched streams a chunk", streaming_sum(data, 4, lut.AHEAD_BYTES)))]
+
+
+def streaming_sum(data, streams: int, ahead_bytes: int):
+    """A pass of a TVM float32 sum of ``data`` (1-D), parallel over 64 chunks, each chunk read as ``streams``
+    contiguous parts side by side, each part prefetched into L2 ``ahead_bytes`` ahead of its reads (0: none), with
+    two vector accumulators per part (one would wait on the add latency)."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from bie_compiler.codegen.kernels import lut
     from bie_compiler.codegen.target import make_target
 
-    chunks, per_chunk = 64, BANDWIDTH_ARRAY_BYTES // 4 // 64
-    x = te.placeholder((chunks, per_chunk), "float32", "x")
-    lanes = te.reduce_axis((0, per_chunk), "k")
-    total = te.compute((chunks,), lambda c: te.sum(x[c, lanes], axis=lanes), name="total")
-    sch = s_tir.Schedule(te.create_prim_func([x, total]))
-    block = sch.get_sblock("total")
-    c, k = sch.get_loops(block)
-    _, lane = sch.split(k, [None, 16])
-    partial = sch.rfactor(lane, factor_axis=0)
-    c, _, lane = sch.get_loops(partial)
-    sch.vectorize(lane)
-    sch.parallel(c)
-    sch.reverse_compute_at(block, c)
-    fn = tvm.compile(sch.mod["main"].with_attr("global_symbol", "main"), make_target()).mod["main"]
-    data = tvm.runtime.tensor(np.ones((chunks, per_chunk), np.float32))
-    out = tvm.runtime.empty((chunks,), "float32")
-    return BANDWIDTH_ARRAY_BYTES / median_seconds(lambda: fn(data, out), 1, repeats)
+    chunks, unroll, lanes = 64, 2, lut.LANES
+    words = data.shape[0]
+    part = words // chunks // streams
+    ahead = ahead_bytes // 4
+    assert lanes * 4 == lut.LINE_BYTES  # a vector is a cache line: one prefetch each
+
+    @T.prim_func
+    def total(x: T.Buffer((words,), "float32"), out: T.Buffer((chunks, lanes), "float32")):
+        T.func_attr({"tirx.noalias": True, "global_symbol": "main"})
+        acc = T.decl_buffer((chunks, streams * unroll, lanes), "float32")  # once per call, not per parallel task
+        for c in T.parallel(chunks):
+            for a in T.unroll(streams * unroll):
+                acc[c, a, T.Ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
+            for v in range(part // lanes // unroll):
+                for s in T.unroll(streams):
+                    start: T.let = (c * streams + s) * part + v * unroll * lanes
+                    for u in T.unroll(unroll):
+                        if ahead > 0:
+                            lut.prefetch(x[T.min(start + u * lanes + ahead, words - 1)])
+                        acc[c, s * unroll + u, T.Ramp(0, 1, lanes)] = acc[c, s * unroll + u, T.Ramp(0, 1, lanes)] + x[
+                            T.Ramp(start + u * lanes, 1, lanes)]
+            out[c, T.Ramp(0, 1, lanes)] = lut.tree([acc[c, a, T.Ramp(0, 1, lanes)] for a in range(streams * unroll)])
+
+    fn = tvm.compile(total, make_target()).mod["main"]
+    out = tvm.runtime.empty((chunks, lanes), "float32")
+    return lambda: fn(data, out)
+
+
+def bandwidth_fractions(methods: list[dict]) -> dict:
+    """Each method's ``bw_fraction``: the median over rounds of its read rate (bytes a layer reads / time) over that
+    round's ceiling, the fastest read rate of the ``reference`` methods in the round (all timed by
+    :func:`interleaved_passes`, so a slow phase of the machine's memory hits the ceiling and the methods alike).
+    Returns the median ceiling and each reference's median rate (bytes per second)."""
+    rates = {m["name"]: [m["bytes"] / t for t in m["seconds"]] for m in methods}
+    references = [m["name"] for m in methods if m.get("reference")]
+    ceilings = [max(rates[name][r] for name in references) for r in range(len(rates[references[0]]))]
+    for method in methods:
+        method["bw_fraction"] = statistics.median(rate / ceiling
+                                                  for rate, ceiling in zip(rates[method["name"]], ceilings))
+    return {"bandwidth": statistics.median(ceilings),
+            "references": {name: statistics.median(rates[name]) for name in references}}
 
 
 def matmul_chain(size: int, layers: int) -> onnx.ModelProto:

@@ -1,11 +1,14 @@
-"""A/B of the ``bie-bitplane`` LUT GEMV against its own code at another git revision, in one process.
+"""A/B of a LUT GEMV (``bie-bitplane`` or ``bbs``) against its own code at another git revision, in one process.
 
-The kernel of the working tree (``codegen/kernels/bitplane_lut.py`` and ``lut.py``)
-and the one of ``--against`` (those two files as they were at that revision,
-loaded as modules of their own) are built for the same random codes and scales,
-checked against the exact product, and called in turn, the order alternating
-every round; the median and least time of each are printed with their ratio
-(below 1: the working tree is faster).
+The kernel of the working tree (``codegen/kernels/bitplane_lut.py``, or
+``bbs_lut.py`` with ``--codec bbs``, and ``lut.py``) and the one of
+``--against`` (those files as they were at that revision, loaded as modules of
+their own) are built for the same weights, checked against the exact product
+(``bie-bitplane``: random codes and scales; ``bbs``: the moderate preset's
+encoding of heavy-tailed weights at each ``--sensitive`` fraction, against its
+reference decoder), and called in turn, the order alternating every round; the
+median and least time of each are printed with their ratio (below 1: the
+working tree is faster).
 
 * ``--mode l2``: one thread, CPU time (``time.process_time``), one copy of the
   words, small enough for L2 (the default 1024 channels x 2048): the kernels'
@@ -14,8 +17,8 @@ every round; the median and least time of each are printed with their ratio
   words together at least twice the L3, each round a pass over them (the
   weights read from memory, as in ``bitplane_gemv.py``).
 
-    python benchmarks/lut_gemv_ab.py --against REV [--mode l2|stream] [--planes 2,3,4] [--shape NxK]
-        [--groups 1] [--tables fp32|int8] [--rounds 60] [--threads 2]
+    python benchmarks/lut_gemv_ab.py --against REV [--codec bie-bitplane|bbs] [--mode l2|stream] [--planes 2,3,4]
+        [--sensitive 0.2] [--shape NxK] [--groups 1] [--tables fp32|int8] [--rounds 60] [--threads 2]
 """
 
 from __future__ import annotations
@@ -40,16 +43,26 @@ from common import copies_for  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = "codegen/kernels"
 CALLS = 5  # calls per timed loop in L2 (a pass over the copies when streamed)
+# each codec's kernel module and its relative imports made absolute: lut from the revision, the rest from the tree
+MODULES = {
+    "bie-bitplane": ("bitplane_lut", {
+        "from ..kernel_registry import": "from bie_compiler.codegen.kernel_registry import",
+        "from . import lut, panel_gemm":
+            "import base_lut as lut\nfrom bie_compiler.codegen.kernels import panel_gemm"}),
+    "bbs": ("bbs_lut", {"from . import lut": "import base_lut as lut"}),
+}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--against", required=True, help="the git revision of the other kernel")
+    p.add_argument("--codec", choices=tuple(MODULES), default="bie-bitplane")
     p.add_argument("--mode", choices=("l2", "stream"), default="l2")
-    p.add_argument("--planes", default="2,3,4", help="comma-separated LUT planes, the sign included")
+    p.add_argument("--planes", default="2,3,4", help="bie-bitplane: comma-separated LUT planes, the sign included")
+    p.add_argument("--sensitive", default="0.2", help="bbs: comma-separated fractions of INT8 rows (moderate preset)")
     p.add_argument("--shape", default=None, help="N x K (default 1024x2048 in L2, 4096x4096 streamed)")
-    p.add_argument("--groups", type=int, default=1, help="scales per channel (1: per channel)")
-    p.add_argument("--tables", choices=("fp32", "int8"), default="fp32")
+    p.add_argument("--groups", type=int, default=1, help="bie-bitplane: scales per channel (1: per channel)")
+    p.add_argument("--tables", choices=("fp32", "int8"), default="fp32", help="bie-bitplane: the look-up tables")
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--threads", type=int, default=2, help="threads when streamed (one in L2)")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -59,86 +72,118 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def kernels_at(revision: str):
-    """``bitplane_lut`` as it was at ``revision``, with its ``lut``, as modules of their own."""
+def kernels_at(revision: str, codec: str):
+    """``codec``'s kernel module as it was at ``revision``, with its ``lut``, as modules of their own."""
     def source(name):
         return subprocess.run(["git", "show", f"{revision}:{KERNELS}/{name}"], cwd=ROOT, check=True,
                               capture_output=True, text=True).stdout
 
+    name, imports = MODULES[codec]
     folder = Path(tempfile.mkdtemp(prefix="lut_gemv_ab_"))
     atexit.register(shutil.rmtree, folder, True)  # kept until then: TVMScript reads a kernel's source when it builds
     (folder / "base_lut.py").write_text(source("lut.py"))
-    # its relative imports made absolute: lut from the revision, the rest from the working tree
-    (folder / "base_bitplane_lut.py").write_text(source("bitplane_lut.py").replace(
-        "from ..kernel_registry import", "from bie_compiler.codegen.kernel_registry import").replace(
-        "from . import lut, panel_gemm", "import base_lut as lut\nfrom bie_compiler.codegen.kernels import panel_gemm"))
+    text = source(f"{name}.py")
+    for relative, absolute in imports.items():
+        text = text.replace(relative, absolute)
+    (folder / f"base_{name}.py").write_text(text)
     sys.path.insert(0, str(folder))
-    spec = importlib.util.spec_from_file_location("base_bitplane_lut", folder / "base_bitplane_lut.py")
+    spec = importlib.util.spec_from_file_location(f"base_{name}", folder / f"base_{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def run(args: argparse.Namespace) -> dict:
-    import tvm
-
+def bitplane_cases(args, n: int, k: int, rng):
+    """Per ``--planes``: its label, the kernel a module builds, the constants, x, the exact product and the largest
+    error a module's kernel may make."""
     from bie_compiler.codegen.kernels import bitplane_lut
-    from bie_compiler.codegen.target import make_target
 
-    target = make_target()
-    sides = {"working tree": bitplane_lut, args.against: kernels_at(args.against)}
-    n, k = (int(d) for d in (args.shape or ("1024x2048" if args.mode == "l2" else "4096x4096")).split("x"))
-    rng = np.random.default_rng(0)
-    clock = time.process_time if args.mode == "l2" else time.perf_counter
-    rows = []
     for planes in (int(p) for p in args.planes.split(",")):
         magnitude = planes - 1
         codes = rng.integers(-(1 << magnitude), 1 << magnitude, (n, k))
         scale_group = 8 * -(-k // 8) if args.groups == 1 else k // args.groups
         scales = rng.uniform(0.5, 1.5, (n, args.groups)).astype(np.float32)
         layout = bitplane_lut.Layout(n, k, magnitude, 0, scale_group, args.groups)
-        words = bitplane_lut.words_of(codes, magnitude, args.tables)
         x = rng.standard_normal((1, k)).astype(np.float32)
         exact = x.astype(np.float64) @ (codes * np.repeat(scales, scale_group, axis=1)[:, :k]).T
-        copies = 1 if args.mode == "l2" else copies_for(words.nbytes, 2.0)
-        tensors = [(tvm.runtime.tensor(x), tvm.runtime.tensor(words),
-                    tvm.runtime.tensor(bitplane_lut.lanes_of_scales(scales)), tvm.runtime.empty((1, n), "float32"))
-                   for _ in range(copies)]
+        int8 = args.tables == "int8"
+        yield (f"{planes} planes", lambda module, layout=layout: (module.int8_gemv if int8 else module.gemv)(
+            **layout._asdict()), [bitplane_lut.words_of(codes, magnitude, args.tables),
+                                  bitplane_lut.lanes_of_scales(scales)], x, exact,
+            lambda module, x=x, layout=layout, scales=scales: np.abs(module.int8_error_bound(x, layout, scales)).max()
+            if int8 else 1e-5 * np.abs(exact).max())
+
+
+def bbs_cases(args, n: int, k: int, rng):
+    """As :func:`bitplane_cases`, per ``--sensitive`` fraction: the moderate preset's encoding of Student-t
+    weights, exact against its reference decoder."""
+    from bie_compiler.codecs import bbs
+    from bie_compiler.codegen.kernels import bbs_decoded
+
+    weight = (rng.standard_t(5, (n, k)) / np.sqrt(k)).astype(np.float32)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    for fraction in (float(f) for f in args.sensitive.split(",")):
+        enc = bbs.encode(weight, bbs.Config("moderate", sensitive_fraction=fraction))
+        exact = x.astype(np.float64) @ bbs.decode(enc).T.astype(np.float64)
+        yield (f"sensitive {fraction:g}", lambda module, enc=enc: module.gemv(enc), bbs_decoded.constants(enc), x,
+               exact, lambda module, exact=exact: 1e-5 * np.abs(exact).max())
+
+
+def run(args: argparse.Namespace) -> dict:
+    import tvm
+
+    from bie_compiler.codegen.target import make_target
+
+    target = make_target()
+    name = MODULES[args.codec][0]
+    tree_module = importlib.import_module(f"bie_compiler.codegen.kernels.{name}")
+    sides = {"working tree": tree_module, args.against: kernels_at(args.against, args.codec)}
+    n, k = (int(d) for d in (args.shape or ("1024x2048" if args.mode == "l2" else "4096x4096")).split("x"))
+    rng = np.random.default_rng(0)
+    clock = time.process_time if args.mode == "l2" else time.perf_counter
+    rows = []
+    for label, build, constants, x, exact, bound in (bbs_cases if args.codec == "bbs" else bitplane_cases)(
+            args, n, k, rng):
+        stored = sum(c.nbytes for c in constants)
+        copies = 1 if args.mode == "l2" else copies_for(stored, 2.0)
+        tensors = [(tvm.runtime.tensor(x), *(tvm.runtime.tensor(c) for c in constants),
+                    tvm.runtime.empty((1, n), "float32")) for _ in range(copies)]
         calls = {}
-        for name, module in sides.items():
-            func = (module.int8_gemv if args.tables == "int8" else module.gemv)(**layout._asdict())
-            kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target).mod["main"]
+        for side, module in sides.items():
+            kernel = tvm.compile(tvm.IRModule({"main": build(module).with_attr("global_symbol", "main")}),
+                                 target).mod["main"]
             kernel(*tensors[0])
-            error = np.abs(tensors[0][-1].numpy() - exact).max() / np.abs(exact).max()
-            bound = np.abs(module.int8_error_bound(x, layout, scales)).max() / np.abs(exact).max() \
-                if args.tables == "int8" else 1e-5
-            if error > bound:
-                raise SystemExit(f"{name}: relative error {error:.1e} against the exact product")
-            calls[name] = (lambda kernel=kernel: [kernel(*t) for t in tensors for _ in range(CALLS if copies == 1
+            error = np.abs(tensors[0][-1].numpy() - exact).max()
+            if error > bound(module):
+                raise SystemExit(f"{side}: {label}: relative error {error / np.abs(exact).max():.1e} against the "
+                                 "exact product")
+            calls[side] = (lambda kernel=kernel: [kernel(*t) for t in tensors for _ in range(CALLS if copies == 1
                                                                                               else 1)])
-        times = {name: [] for name in calls}
+        times = {side: [] for side in calls}
         for fn in calls.values():
             fn()
         for r in range(args.rounds):
-            for name in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
+            for side in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
                 start = clock()
-                calls[name]()
-                times[name].append((clock() - start) / (CALLS if copies == 1 else copies))
+                calls[side]()
+                times[side].append((clock() - start) / (CALLS if copies == 1 else copies))
         tree, base = times["working tree"], times[args.against]
-        rows.append({"planes": planes, "ms": {name: 1e3 * statistics.median(t) for name, t in times.items()},
-                     "least_ms": {name: 1e3 * min(t) for name, t in times.items()},
+        rows.append({"case": label, "ms": {side: 1e3 * statistics.median(t) for side, t in times.items()},
+                     "least_ms": {side: 1e3 * min(t) for side, t in times.items()},
                      "median_ratio": statistics.median(tree) / statistics.median(base),
-                     "least_ratio": min(tree) / min(base), "words_bytes": words.nbytes})
-    return {"against": args.against, "mode": args.mode, "shape": f"{n}x{k}", "groups": args.groups,
-            "tables": args.tables, "threads": args.threads, "rounds": args.rounds, "rows": rows}
+                     "least_ratio": min(tree) / min(base), "words_bytes": stored})
+    return {"against": args.against, "codec": args.codec, "mode": args.mode, "shape": f"{n}x{k}",
+            "groups": args.groups, "tables": args.tables, "threads": args.threads, "rounds": args.rounds, "rows": rows}
 
 
 def report(res: dict) -> None:
-    print(f"LUT GEMV ({res['tables']} tables), N x K = {res['shape']}, {res['groups']} scale(s) per channel, "
-          f"{res['mode']}, {res['threads']} thread(s), {res['rounds']} rounds, order alternating")
+    detail = (f"{res['tables']} tables, {res['groups']} scale(s) per channel" if res["codec"] == "bie-bitplane"
+              else "moderate preset")
+    print(f"{res['codec']} LUT GEMV ({detail}), N x K = {res['shape']}, {res['mode']}, {res['threads']} thread(s), "
+          f"{res['rounds']} rounds, order alternating")
     for row in res["rows"]:
         tree, base = row["ms"]["working tree"], row["ms"][res["against"]]
-        print(f"  {row['planes']} planes: {res['against']} {base:.4f} ms, working tree {tree:.4f} ms (medians); "
+        print(f"  {row['case']}: {res['against']} {base:.4f} ms, working tree {tree:.4f} ms (medians); "
               f"working tree / {res['against']} = {row['median_ratio']:.3f} (medians), {row['least_ratio']:.3f} "
               f"(least)")
 

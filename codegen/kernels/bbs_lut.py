@@ -16,14 +16,22 @@ of a mostly-ones column) has nothing to save here: ``table[~t] = table[15] - tab
 is the same identity, applied for free.
 
 Sensitive rows are INT8 dot products, 4 rows per pass over x: 4 independent
-16-lane FMA chains (one chain alone waits on the FMA latency).
+16-lane FMA chains (one chain alone waits on the FMA latency), each updated
+once per line of its row (LLVM keeps an accumulator in a register but still
+stores it after every update: the prefetches in the loop keep it from sinking
+the stores, and a store per 16 codes was slower; benchmarks/README.md,
+``bbs_gemv.py``, stop 19).
 
 One parallel region over work items (16 pruned channels, or 16 sensitive rows).
 TVM hands each thread a contiguous share of the items, so the sensitive items
 are spread evenly over the range. Each thread's pruned blocks, their metadata
 and its sensitive rows are three contiguous streams, each prefetched into L2
-``lut.AHEAD_BYTES`` ahead of its reads (the hardware prefetchers stop at every
-4 KiB page and alone keep too few lines in flight for weights read from memory).
+about ``lut.AHEAD_BYTES`` ahead of its reads (the hardware prefetchers stop at
+every 4 KiB page and alone keep too few lines in flight for weights read from
+memory): the pruned blocks and metadata that far on in their streams, the
+sensitive rows at the same offset of the quad of rows whole quads on, at least
+that far (4 KiB on in the row reached the quad's own next row at K = 4096 and
+left the next quad to demand misses).
 Inside the parallel loop every value is ``T.let``-bound and the accumulators
 live in one buffer allocated per call: TVM turns a buffer declared, or a name
 assigned, inside a parallel loop into a workspace allocation per iteration. The output is unshuffled through ``position``.
@@ -44,7 +52,15 @@ from . import lut
 
 LANES = bbs.LANES
 ROWS = 4  # sensitive rows per pass over x: independent FMA chains
+LINE = lut.LINE_BYTES  # codes of a sensitive row per update of its accumulator
 assert (bbs.LANES, bbs.GROUP) == (lut.LANES, lut.GROUP)  # a stored column is one vector of plane words
+
+
+def in_order(total, terms):
+    """``total + terms[0] + terms[1] + ...``, added in that order (one multiply-add chain)."""
+    for term in terms:
+        total = total + term
+    return total
 
 
 def gemv(enc: Encoded):
@@ -60,12 +76,11 @@ def gemv(enc: Encoded):
     sensitive_blocks = -(-count // LANES)  # work items of 16 sensitive rows
     sensitive_rows = max(count, 1)
     column_blocks = max(blocks, 1)
-    top = 1 << (bits - 1)  # column 0 (the sign) has significance -top, column b > 0 has 2^(bits - 1 - b)
-    significance = [-top] + [1 << (bits - 1 - b) for b in range(1, bits)]
     items = sensitive_blocks + blocks
     column_words = column_blocks * kg * bits * LANES
-    meta_bytes = column_blocks * kg * LANES
     ahead_words = lut.AHEAD_BYTES // 4
+    quads_ahead = -(-lut.AHEAD_BYTES // (ROWS * kp))  # quads of sensitive rows between a read and its prefetch
+    meta_bytes = column_blocks * kg * LANES
     fill_tables = lut.fill_wide_tables(k, kp)
     # offset = c (avg, unsigned) or -c (zps, c a 6-bit two's complement: sign-extended by shifting it to the top
     # and back; the minus is folded into group_sum)
@@ -75,6 +90,10 @@ def gemv(enc: Encoded):
     # lane z: 2^(pruned_columns - z) for z = code >> 6 <= min(MAX_FREE_COLUMNS, pruned_columns); a constant
     powers = T.Cast("float32x16", T.shift_right(T.Broadcast(1 << pruned_columns, LANES), T.min(
         tirx.Ramp(0, 1, LANES), T.Broadcast(bbs.MAX_FREE_COLUMNS, LANES))))
+
+    def codes_times_x(sensitive, xpad, row, at):
+        # 16 codes of sensitive row ``row`` (rows past count, when count = n, are clamped and not stored) times x
+        return T.Cast("float32x16", sensitive[T.min(row, count - 1), T.Ramp(at, 1, LANES)]) * xpad[T.Ramp(at, 1, LANES)]
 
     @T.prim_func(private=True)
     def main(
@@ -115,15 +134,18 @@ def gemv(enc: Encoded):
                         if first < count:
                             for j in T.unroll(ROWS):
                                 acc[item, j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-                            for kv in range(kp // LANES):
-                                if kv % (lut.LINE_BYTES // LANES) == 0:  # each row's next line, AHEAD_BYTES on
-                                    for j in T.unroll(ROWS):
-                                        lut.prefetch(sensitive_stream[T.min(
-                                            (first + j) * kp + kv * LANES + lut.AHEAD_BYTES, sensitive_rows * kp - 1)])
+                            for line in range(kp // LINE):
+                                for j in T.unroll(ROWS):  # a later quad's line at this offset
+                                    lut.prefetch(sensitive_stream[T.min((first + quads_ahead * ROWS + j) * kp
+                                                                        + line * LINE, sensitive_rows * kp - 1)])
                                 for j in T.unroll(ROWS):  # rows past count (count = n) are clamped, not stored
-                                    codes: T.let = sensitive[T.min(first + j, count - 1), T.Ramp(kv * LANES, 1, LANES)]
-                                    acc[item, j, T.Ramp(0, 1, LANES)] = acc[item, j, T.Ramp(0, 1, LANES)] + T.Cast(
-                                        "float32x16", codes) * xpad[T.Ramp(kv * LANES, 1, LANES)]
+                                    acc[item, j, T.Ramp(0, 1, LANES)] = in_order(acc[item, j, T.Ramp(0, 1, LANES)], [
+                                        codes_times_x(sensitive, xpad, first + j, line * LINE + v * LANES)
+                                        for v in range(LINE // LANES)])
+                            for kv in range(kp // LINE * (LINE // LANES), kp // LANES):  # past the last whole line
+                                for j in T.unroll(ROWS):
+                                    acc[item, j, T.Ramp(0, 1, LANES)] = acc[item, j, T.Ramp(0, 1, LANES)] + (
+                                        codes_times_x(sensitive, xpad, first + j, kv * LANES))
                             for j in range(ROWS):
                                 if first + j < count:
                                     total: T.let = lut.tree([acc[item, j, lane] for lane in range(LANES)])
@@ -137,11 +159,9 @@ def gemv(enc: Encoded):
                             lut.prefetch(column_stream[T.min((at * bits + b) * LANES + ahead_words, column_words - 1)])
                         if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
                             lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
-                        mixed: T.let = lut.tree([
+                        mixed: T.let = lut.twos_complement_sum([
                             lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
-                                "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) * T.Broadcast(
-                                T.float32(significance[b]), LANES)
-                            for b in range(bits)])
+                                "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
                         code: T.let = T.Cast("int32x16", meta[pb, g, T.Ramp(0, 1, LANES)])
                         scale: T.let = tirx.call_llvm_pure_intrin(  # 2^shift, shift = pruned_columns - (code >> 6)
                             "float32x16", lut.PERMUTE, powers, T.shift_right(code, T.Broadcast(6, LANES)))

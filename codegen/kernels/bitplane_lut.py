@@ -8,9 +8,10 @@ significance ``-2^P``, plane ``b`` of significance ``2^(P - b)``. Every plane is
 laid out as the look-ups of :mod:`.lut` read it (16 channels' words of one
 group of 32 activations in one vector), so a group costs ``P + 1`` vectors of
 look-ups (a sign-and-magnitude plane pair would cost two per magnitude plane).
-Then per group ``dot += sum_b significance_b * colsum_b`` (times the group's
-scales with ``group_size``, a multiple of 32); per-channel scales multiply the
-sum once. The tables are exact float32 subset sums, so the result is the
+Then per group ``dot += sum_b significance_b * colsum_b`` (in Horner form,
+:func:`.lut.twos_complement_sum`; times the group's scales with ``group_size``,
+a multiple of 32); ``2^shift`` and per-channel scales multiply the sum once.
+The tables are exact float32 subset sums, so the result is the
 reference decoder's up to float rounding.
 
 One parallel loop over tasks of :func:`row_blocks` blocks of 16 channels,
@@ -145,8 +146,7 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
     planes = magnitude_planes + 1
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     kp = kg * GROUP
-    significance = [-(1 << magnitude_planes) << shift] + [(1 << (magnitude_planes - b)) << shift
-                                                          for b in range(1, planes)]
+    unit = float(1 << shift)  # the significance of the lowest plane, applied to the sums at the end
     per_group = groups > 1
     assert not per_group or scale_group % GROUP == 0
     fill_tables = lut.fill_wide_tables(k, kp)
@@ -179,11 +179,9 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
                         nxt: T.let = T.min(blk + per_task, blocks - 1) * kg + g  # the next task's group
                         for b in T.unroll(planes):
                             lut.prefetch(words[b, nxt, 0])
-                        mixed: T.let = lut.tree([
+                        mixed: T.let = lut.twos_complement_sum([
                             lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
-                                "int32x16", words[b, blk * kg + g, T.Ramp(0, 1, LANES)])) * T.Broadcast(
-                                T.float32(significance[b]), LANES)
-                            for b in range(planes)])
+                                "int32x16", words[b, blk * kg + g, T.Ramp(0, 1, LANES)])) for b in range(planes)])
                         if per_group:
                             acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed * scales[
                                 blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
@@ -194,9 +192,10 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
                     for lane in range(LANES):
                         if item * LANES + lane < n:
                             if per_group:
-                                out[row, item * LANES + lane] = acc[item, lane]
+                                out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit)
                             else:
-                                out[row, item * LANES + lane] = acc[item, lane] * scales[item, 0, lane]
+                                out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit) * scales[
+                                    item, 0, lane]
 
     return main
 

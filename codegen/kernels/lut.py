@@ -105,6 +105,19 @@ def column_sum(table, first, words):
     return tree(looked_up)
 
 
+def twos_complement_sum(sums):
+    """``sum_b significance_b * sums[b]`` over the sums of the planes of two's complement integers (plane 0, the
+    sign, of significance ``-2^(P - 1)``, plane ``b`` > 0 of ``2^(P - 1 - b)``, P = ``len(sums)``) in Horner form: a
+    multiply-add by 2 per plane after the first, which LLVM did not make of the products by each significance and
+    their sum (benchmarks/README.md, ``bbs_gemv.py``, stop 19)."""
+    if len(sums) == 1:
+        return -sums[0]
+    total = sums[0] * tirx.Broadcast(tirx.const(-2, "float32"), LANES) + sums[1]
+    for plane in sums[2:]:
+        total = total * tirx.Broadcast(tirx.const(2, "float32"), LANES) + plane
+    return total
+
+
 def group_total(table, first):
     """The sum of a group's activations from its tables (:func:`fill_wide_tables`): each table's last used entry."""
     return tree([table[first + q, (1 << field_width(q)) - 1] for q in range(FIELDS)])
