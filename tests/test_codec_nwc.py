@@ -83,18 +83,6 @@ def test_error_feedback_lowers_the_output_error_and_decodes_as_rounded():
     assert np.array_equal(nwc.encode(w, config, calibration).arrays["latent0.words"], fed.arrays["latent0.words"])
 
 
-def test_the_networks_feedback_damps_the_hessian_more_than_the_calibration_asks(monkeypatch):
-    w, calibration = weight(), correlated_calibration()
-    config = nwc.Config(quality=4)
-    damped = nwc.encode(w, config, calibration)
-    scalar = nwc.encode(w, nwc.resolved(config, ("tans", 15)), calibration)  # tans's feedback, damped as asked
-    assert nwc.scalar(scalar).sha256() == tans.encode(w, tans.Config(levels=15), calibration).sha256()
-    factor = nwc.NETWORK_DAMPING
-    monkeypatch.setattr(nwc, "NETWORK_DAMPING", 1.0)
-    assert factor > 1 and nwc.encode(w, config, calibration).sha256() != damped.sha256()
-    assert nwc.encode(w, config, replace(calibration, damping=factor * calibration.damping)).sha256() == damped.sha256()
-
-
 def test_a_budget_picks_the_least_distortion_that_fits():
     w = weight(256, 64)
     options = nwc.level_options(w, nwc.Config(), None)  # (choice, estimated bits, error), fewest bits first

@@ -41,12 +41,6 @@ DEFAULT_QUALITY = 6
 LATENT_LIMIT = 127  # latents are clipped to [-127, 127]: one channel's alphabet fits the coder's 256 symbols
 STATES = 32  # interleaved tANS states per stream: the reference decoder steps 32 symbols per stream at a time
 STREAM_SYMBOLS = 8192  # latent symbols per stream, at least
-# The network's error feedback damps H this many times as much as the calibration asks (a scalar layer's, like every
-# other codec's, takes it as asked): fitted to the calibration H, the network's codes put more of their error than
-# tans's grid into directions the calibration data hardly shows, and inputs unlike that data meet it there. Chosen on
-# calibration data alone: the damping whose feedback codes, fitted on half of the calibration images, err least on
-# the other half (benchmarks/README.md, nwc_quality.py, stop 19).
-NETWORK_DAMPING = 3.0
 
 
 @dataclass(frozen=True)
@@ -171,7 +165,6 @@ def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration
     if calibration is None:
         latents, scales, levels = _rounded(w, config.fixed_quality)
     else:
-        calibration = replace(calibration, damping=NETWORK_DAMPING * calibration.damping)
         h = feedback.prepared_hessian(calibration, k)
         levels = column_levels(k, config.fixed_quality, config.spread, np.diag(h))
         grid = _ColumnGrid(n, k, levels)
