@@ -2,8 +2,8 @@
 
 The model's nwc layers are planned as ``compile`` plans them at ``--budget`` (:func:`codecs.plan`, the
 sensitivity-weighted calibrations of every calibration file); the plan is then held fixed and each layer the
-network codes is encoded again with feedback at each effective damping ``factor * DAMPING`` (``nwc.NETWORK_DAMPING``
-is the shipped factor). Per factor: the held-out calibration error, each such layer's feedback fitted on one half of
+network codes is encoded again with feedback damping H by ``factor * DAMPING`` (the shipped codec: factor 1). Per
+factor: the held-out calibration error, each such layer's feedback fitted on one half of
 the calibration files and its relative output error measured on the other half's inputs (both ways, averaged,
 weighted by the layer's sensitivity: the criterion, no evaluation data in it), and, for reference only, the model's
 cosine to fp32 on the calibration files and on the evaluation files (mean over files, each file's too).
@@ -36,8 +36,8 @@ from bie_compiler.parity import make_inputs, run_onnxruntime  # noqa: E402
 
 
 def damped(calibration: feedback.Calibration, factor: float) -> feedback.Calibration:
-    """``calibration`` whose network feedback damps H by ``factor * DAMPING`` (nwc multiplies by its own factor)."""
-    return replace(calibration, damping=feedback.DAMPING * factor / nwc.NETWORK_DAMPING)
+    """``calibration`` whose feedback damps H by ``factor * DAMPING``."""
+    return replace(calibration, damping=feedback.DAMPING * factor)
 
 
 def main() -> None:
