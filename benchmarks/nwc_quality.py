@@ -2,7 +2,9 @@
 
 Measured as ``benchmarks/quality.py`` measures (every MatMul/Gemm weight of at least ``--min-weights``
 encoded, replaced by its decoding, the model run with onnxruntime on the evaluation inputs, cosine to the
-fp32 outputs), data-free (rtn) and with error feedback on the calibration data. Its layers are encoded here
+fp32 outputs), data-free (rtn) and with error feedback on the calibration data. Each row also gives the
+cosine on the calibration inputs (``cal mean``: all that a guard choosing between encodings without the
+evaluation data could see) and, with several evaluation files, the cosine of each. Its layers are encoded here
 directly (as for the other codecs, no compile). The nwc budget is split over the layers as ``compile`` splits
 it (:func:`nwc.level_options` per layer, :func:`.budget_split.allocate`): by relative weight error without
 calibration, weighted by each layer's measured sensitivity with it. The per-layer tables (every layer rounded
@@ -173,9 +175,10 @@ def main() -> None:
               and r.op != "gather"]  # nwc has no gather kernel: compile leaves embedding tables to other codecs
     weights = initializer_arrays(model, [r.name for r in layers])
     matrices = {r.name: codec_matrix(weights[r.name], r.op, r.transposed) for r in layers}
+    calibration = calibration_inputs(specs, args.calibration or None)
     calibrations = {} if args.rtn_only else layer_calibrations(  # with sensitivities, as compile splits a budget
-        model, [r.name for r in layers], calibration_inputs(specs, args.calibration or None), feedback.DAMPING, False,
-        sensitive=True)
+        model, [r.name for r in layers], calibration, feedback.DAMPING, False, sensitive=True)
+    calibration_references = [run_onnxruntime(model, i) for i in calibration]
     target = None
     if args.tvm:
         from bie_compiler.codegen.target import make_target
@@ -183,19 +186,24 @@ def main() -> None:
     modes = [("rtn", {}), ("feedback", calibrations)]
     modes = modes[:1] if args.rtn_only else modes[1:] if args.feedback_only else modes
     print(f"{args.model}: {len(layers)} layers, {sum(w.size for w in weights.values())} weights")
-    print(f"{'config':<40} {'mode':<8} {'bits/w':>7} {'cos mean':>9} {'cos min':>9} {'enc s':>7}  decode")
+    print(f"{'config':<40} {'mode':<8} {'bits/w':>7} {'cos mean':>9} {'cos min':>9} {'cal mean':>9} {'enc s':>7}  "
+          f"decode; cosine per eval file")
     rows = []
 
     def measure(label: str, mode: str, decoded: dict, bits: float, seconds: float, **extra) -> dict:
         encoded = with_weights(model, decoded)
         each = [cosines(run_onnxruntime(encoded, i), r) for i, r in zip(inputs, references)]
+        # what a guard that sees only the calibration data would see of the same encodings
+        seen = [cosines(run_onnxruntime(encoded, i), r) for i, r in zip(calibration, calibration_references)]
         row = {"config": label, "mode": mode, "bits_per_weight": bits, "encode_s": seconds, **extra,
                "cosine_mean": float(np.mean([c["cosine_mean"] for c in each])),  # files of equal sample counts
-               "cosine_min": min(c["cosine_min"] for c in each), "cosine_per_file": [c["cosine"] for c in each]}
+               "cosine_min": min(c["cosine_min"] for c in each), "cosine_per_file": [c["cosine"] for c in each],
+               "calibration_cosine_mean": float(np.mean([c["cosine_mean"] for c in seen]))}
         rows.append(row)
         timing = " ".join(f"{k}={v:.2f}" for k, v in extra.items() if k.endswith("_s"))
+        per_file = " ".join(f"{c:.5f}" for c in row["cosine_per_file"]) if len(each) > 1 else ""
         print(f"{label:<40} {mode:<8} {bits:7.3f} {row['cosine_mean']:9.5f} {row['cosine_min']:9.5f} "
-              f"{seconds:7.1f}  {timing}", flush=True)
+              f"{row['calibration_cosine_mean']:9.5f} {seconds:7.1f}  {timing}; {per_file}", flush=True)
         return row
 
     if args.as_compile:
