@@ -10,7 +10,10 @@ Cases (``--models`` picks a subset):
 
 Each case is ``bie-compiler bench`` (``bie_compiler.bench``): the artefact and onnxruntime on the
 source model, each in its own process with the same thread count (onnxruntime's idle workers not
-spinning, the artefact's polling briefly, as a loaded artefact's do), single calls interleaved after a warm-up; ratio = median artefact / median onnxruntime (> 1: slower). Every
+spinning, the artefact's polling briefly, as a loaded artefact's do), single calls interleaved after a warm-up,
+``--repeat`` of them or more until each side's add up to ``--min-seconds`` (the one-token and bundled cases'
+calls of 0.05-3 ms: a median of ten such calls moved by 15-30 % between runs); ratio = median artefact / median
+onnxruntime (> 1: slower). Every
 artefact is compiled once with its symbolic dims kept and serves every shape; it is reused from
 ``--artefacts`` while its source model, codec options and the compiler's sources are unchanged.
 
@@ -24,7 +27,7 @@ matmul reads its weights from memory, on both sides). A codec whose
 layers all stayed dense (no kernel for it on this branch) is reported as such.
 
     python benchmarks/models_speed.py [--models encoder mobilenet mlp transformer cnn] [--repeat 10]
-                                      [--threads 2] [--artefacts out/speed] [--rebuild] [--json PATH]
+                                      [--min-seconds 1] [--threads 2] [--artefacts out/speed] [--rebuild] [--json PATH]
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="MODEL",
                    help=f"models to run (default: all of {', '.join(VARIANTS)})")
     p.add_argument("--repeat", type=int, default=10, help="timed calls of each side per case (default %(default)s)")
+    p.add_argument("--min-seconds", type=float, default=1.0,
+                   help="past --repeat, calls of a case continue until each side's add up to this (bench's "
+                        "min_seconds; default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     p.add_argument("--artefacts", type=Path, default=ROOT / "out" / "speed", help="where artefacts are kept")
     p.add_argument("--rebuild", action="store_true", help="compile every artefact again")
@@ -114,7 +120,8 @@ def run(args) -> dict:
                 spec = manifest["inputs"][0]
                 inputs = make_inputs(resolve(manifest["inputs"], ShapeRequest({spec["name"]: shape})), seed=0)
                 for cache in ("warm", "cold") if ONE_ROW.get(name) == shape else ("warm",):
-                    res = bench(out, inputs, threads=args.threads, repeat=args.repeat, cold_cache=cache == "cold")
+                    res = bench(out, inputs, threads=args.threads, repeat=args.repeat, cold_cache=cache == "cold",
+                                min_seconds=args.min_seconds)
                     row = case_row(name, variant, shape, cache, out, how, res, totals, dense_reasons)
                     rows.append(row)
                     print(line(row), flush=True)

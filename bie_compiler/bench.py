@@ -34,6 +34,7 @@ from .runtime.artefact import read_manifest
 WORKER = Path(__file__).with_name("bench_worker.py")
 BOOT = f"import runpy; runpy.run_path({str(WORKER)!r}, run_name='__main__')"  # no package import on the ort side
 WARMUP_SECONDS = 1.0  # a fresh process runs its first calls slower (thread pools, lazy allocations, clocks)
+EXTEND_LIMIT = 50  # ``min_seconds`` extends the timed calls to at most this many times ``repeat``
 ARTEFACT, ORT = "bie-compiler", "onnxruntime"
 MIB = 2**20
 CACHE_INDEX = Path("/sys/devices/system/cpu/cpu0/cache")
@@ -139,10 +140,11 @@ def per_kernel_rows(kernels: dict, kernel_layers: dict) -> list[dict]:
 
 def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None = None, threads: int | None = None,
           repeat: int = 20, warmup: int = 3, spin: bool = False, per_layer: bool = False,
-          cold_cache: bool = False) -> dict:
+          cold_cache: bool = False, min_seconds: float = 0.0) -> dict:
     """Time ``artefact`` and onnxruntime on ``inputs``; see the module docstring. Returns the figures as a dict."""
-    if repeat < 1 or warmup < 0:
-        raise OptionError(f"--repeat must be >= 1 and --warmup >= 0 (got {repeat}, {warmup})")
+    if repeat < 1 or warmup < 0 or min_seconds < 0:
+        raise OptionError(f"--repeat must be >= 1, --warmup and --min-seconds >= 0 "
+                          f"(got {repeat}, {warmup}, {min_seconds})")
     manifest = read_manifest(artefact)
     model_path, same_model = source_model(manifest, model)
     threads = threads or len(os.sched_getaffinity(0))
@@ -166,9 +168,14 @@ def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None
                 if flush_bytes:
                     side.ask(op="flush_buffer", bytes=flush_bytes)
             times = {label: [] for label in sides}
-            for i in range(repeat):
-                for label in (ARTEFACT, ORT) if i % 2 == 0 else (ORT, ARTEFACT):
+            calls = 0
+            # a short call's median over a few calls moves with every slow phase of the machine: past ``repeat``,
+            # keep going until each side's timed calls add up to ``min_seconds`` (at most EXTEND_LIMIT x repeat)
+            while calls < repeat or (calls < EXTEND_LIMIT * repeat
+                                     and min(sum(t) for t in times.values()) < min_seconds):
+                for label in (ARTEFACT, ORT) if calls % 2 == 0 else (ORT, ARTEFACT):
                     times[label].append(sides[label].ask(op="time")["seconds"])
+                calls += 1
             kernels = sides[ARTEFACT].ask(op="per_kernel", runs=min(repeat, 5))["kernels"] if per_layer else None
             result_sides = {}
             for label, side in sides.items():
@@ -183,7 +190,8 @@ def bench(artefact: str | Path, inputs: dict[str, np.ndarray], model: str | None
         "artefact": str(artefact), "codec": manifest["codec"]["name"], "model": model_path,
         "model_is_the_compiled_one": same_model, "inputs": {k: list(v.shape) for k, v in inputs.items()},
         "threads": threads, "spin": spin, "cache": "cold" if cold_cache else "warm", "flush_bytes": flush_bytes,
-        "last_level_cache_bytes": cache_bytes, "repeat": repeat, "warmup_calls": warmup, **result_sides,
+        "last_level_cache_bytes": cache_bytes, "repeat": calls, "min_seconds": min_seconds, "warmup_calls": warmup,
+        **result_sides,
         "ratio": result_sides[ARTEFACT]["median_ms"] / result_sides[ORT]["median_ms"],
         "max_rel_err": max_rel_err(outputs[ARTEFACT], outputs[ORT]),
     }

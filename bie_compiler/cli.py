@@ -10,7 +10,7 @@ import sys
 import warnings
 
 from . import __version__, codecs
-from .bench import WARMUP_SECONDS
+from .bench import EXTEND_LIMIT, WARMUP_SECONDS
 from .errors import BieError, BieWarning, OptionError
 from .evaluation import LABELS
 from .native_log import native_stderr_captured
@@ -148,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None,
                    help="threads for both (TVM_NUM_THREADS, onnxruntime intra_op_num_threads; default: all cores)")
     b.add_argument("--repeat", type=int, default=20, help="timed calls of each (default %(default)s)")
+    b.add_argument("--min-seconds", type=float, default=0.0,
+                   help=f"past --repeat, keep timing until each side's timed calls add up to this many seconds (at "
+                        f"most {EXTEND_LIMIT} x --repeat calls; default %(default)s): steadier medians of short calls")
     b.add_argument("--warmup", type=int, default=3,
                    help=f"untimed calls of each first, for at least {WARMUP_SECONDS:g} s (default %(default)s)")
     b.add_argument("--spin", action="store_true",
@@ -373,7 +376,7 @@ def _bench(args) -> int:
 
     inputs = _inputs(args, read_manifest(args.artefact, expect_sha256=args.expect_sha256)["inputs"])
     result = bench(args.artefact, inputs, args.model, args.threads, args.repeat, args.warmup, args.spin, args.per_layer,
-                   args.cold_cache)
+                   args.cold_cache, args.min_seconds)
     print(json.dumps(result, indent=2) if args.json else table(result, args.top))
     return 0
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import bie_compiler
-from bie_compiler.bench import ARTEFACT, ORT, bench, table
+from bie_compiler.bench import ARTEFACT, EXTEND_LIMIT, ORT, bench, table
 from bie_compiler.bench_worker import CacheFlush
 from bie_compiler.errors import OptionError
 from bie_compiler.parity import make_inputs
@@ -82,6 +82,17 @@ def test_bench_errors(artefacts, tmp_path):
         bench(artefacts["mlp"], inputs, model=str(tmp_path / "nothing.onnx"))
     with pytest.raises(OptionError, match="--repeat must be >= 1"):
         bench(artefacts["mlp"], inputs, repeat=0)
+    with pytest.raises(OptionError, match="--min-seconds >= 0"):
+        bench(artefacts["mlp"], inputs, min_seconds=-1)
+
+
+def test_bench_min_seconds(artefacts):
+    """Past --repeat, calls continue until each side's timed calls add up to --min-seconds, at most EXTEND_LIMIT x
+    --repeat of them: the mlp's calls (well under 10 ms) reach that limit before 10 s."""
+    inputs = {"x": np.ones((1, 256), np.float32)}
+    assert bench(artefacts["mlp"], inputs, threads=1, repeat=2, warmup=0)["repeat"] == 2
+    extended = bench(artefacts["mlp"], inputs, threads=1, repeat=2, warmup=0, min_seconds=10.0)
+    assert extended["repeat"] == EXTEND_LIMIT * 2 and extended["min_seconds"] == 10.0
 
 
 def test_bench_cold_cache(artefacts):
