@@ -52,7 +52,8 @@ def one_matmul(size: int):
 
 def run(args) -> dict:
     if args.spin:
-        os.environ.pop("TVM_THREAD_POOL_SPIN_COUNT")  # TVM's own long spin, not the runtime's brief poll; TVM is not loaded yet
+        # TVM's own long spin, not the runtime's brief poll (common.main set it; TVM is not loaded yet)
+        os.environ.pop("TVM_THREAD_POOL_SPIN_COUNT")
     import onnxruntime as ort
     import tvm
 
