@@ -94,8 +94,8 @@ def run(args) -> dict:
 
 
 def report(res: dict) -> None:
-    print(f"x [1, {res['size']}] @ W [{res['size']}, {res['size']}], {res['threads']} threads "
-          f"({'spinning' if res['spin'] else 'no'} idle spin), "
+    idle = "both libraries spinning when idle" if res["spin"] else "onnxruntime not spinning, TVM polling briefly"
+    print(f"x [1, {res['size']}] @ W [{res['size']}, {res['size']}], {res['threads']} threads ({idle}), "
           f"median of {res['repeats']} loops of {res['calls']} calls")
     for name, us in res["per_call_us"].items():
         print(f"  {name:26s} {us:8.2f} us")
