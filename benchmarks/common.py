@@ -59,35 +59,30 @@ def median_seconds(fn, calls: int, repeats: int) -> float:
 
 def interleaved_medians(fns: list, calls: int, rounds: int) -> list[float]:
     """Each of ``fns``' median time of one call over ``rounds`` rounds, each round a loop of ``calls`` calls of every
-    function in turn, the order reversed every other round (a fixed order favours one side on a loaded machine)."""
+    function in turn (:func:`interleaved_passes`), after calling them in turn for ``WARMUP_SECONDS``."""
     warm_until = time.perf_counter() + WARMUP_SECONDS
     while time.perf_counter() < warm_until:
         for fn in fns:
             fn()
-    times = [[] for _ in fns]
-    for r in range(rounds):
-        for i in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
-            start = time.perf_counter()
-            for _ in range(calls):
-                fns[i]()
-            times[i].append((time.perf_counter() - start) / calls)
-    return [statistics.median(t) for t in times]
+    methods = [{"pass": lambda fn=fn: [fn() for _ in range(calls)], "layers": calls} for fn in fns]
+    interleaved_passes(methods, rounds)
+    return [statistics.median(m["seconds"]) for m in methods]
 
 
-def interleaved_passes(methods: list[dict], rounds: int) -> None:
+def interleaved_passes(methods: list[dict], rounds: int, clock=time.perf_counter) -> None:
     """Time ``rounds`` rounds of one ``pass`` of every method in turn, the order reversed every other round (a fixed
     order favours one side on a loaded machine), after a warm-up pass of each (thread pools started, pages touched).
-    Sets each method's ``seconds`` (per layer: a pass over its ``layers`` copies divided by them, one per round) and
-    ``ms`` (their median)."""
+    Sets each method's ``seconds`` (per layer: a pass over its ``layers`` copies divided by them, one per round, by
+    ``clock``) and ``ms`` (their median)."""
     for method in methods:
         method["pass"]()
     for method in methods:
         method["seconds"] = []
     for r in range(rounds):
         for method in (methods if r % 2 == 0 else reversed(methods)):
-            start = time.perf_counter()
+            start = clock()
             method["pass"]()
-            method["seconds"].append((time.perf_counter() - start) / method["layers"])
+            method["seconds"].append((clock() - start) / method["layers"])
     for method in methods:
         method["ms"] = 1e3 * statistics.median(method["seconds"])
 

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import copies_for  # noqa: E402
+from common import copies_for, interleaved_passes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = "codegen/kernels"
@@ -159,14 +159,9 @@ def run(args: argparse.Namespace) -> dict:
                                  "exact product")
             calls[side] = (lambda kernel=kernel: [kernel(*t) for t in tensors for _ in range(CALLS if copies == 1
                                                                                               else 1)])
-        times = {side: [] for side in calls}
-        for fn in calls.values():
-            fn()
-        for r in range(args.rounds):
-            for side in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
-                start = clock()
-                calls[side]()
-                times[side].append((clock() - start) / (CALLS if copies == 1 else copies))
+        methods = [{"name": side, "pass": fn, "layers": CALLS if copies == 1 else copies} for side, fn in calls.items()]
+        interleaved_passes(methods, args.rounds, clock)
+        times = {m["name"]: m["seconds"] for m in methods}
         tree, base = times["working tree"], times[args.against]
         rows.append({"case": label, "ms": {side: 1e3 * statistics.median(t) for side, t in times.items()},
                      "least_ms": {side: 1e3 * min(t) for side, t in times.items()},
