@@ -25,14 +25,14 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.target import Target
 from tvm.tirx.script.builder import ir as T
 
-from ..kernels.lut import prefetch
+from ..kernels.lut import LINE_BYTES, prefetch
 from .conv2d import ACCUMULATORS, MAX_LANES, ConvBlocks, find_conv, fold_epilogue, is_depthwise, largest_divisor, shape_of
 
 TILE_VECTORS = 1  # vectors along the plane per register tile: one, so a plane costs ceil(pixels / 16) vectors
 # (14x14: 13, where tiles of two vectors computed 14) and the tile takes 24 output channels
 WHOLE_PLANE_VECTORS = 4  # a plane of at most this many vectors is one tile (7x7: three vectors and a tail)
 TAIL_PIXELS = 4  # at most this many pixels past the last whole vector are dot products (see _tail_pays)
-LINE_FLOATS = 16  # float32 per cache line
+LINE_FLOATS = LINE_BYTES // 4  # float32 per cache line
 
 
 def applies(sch: s_tir.Schedule, blocks: ConvBlocks) -> bool:
