@@ -170,7 +170,7 @@ def footprint(stmt, streamed: frozenset = frozenset(),
     that buffer, streamed if any of them is named in ``streamed``."""
     cached, streaming = tirx.IntImm("int64", 0), tirx.IntImm("int64", 0)
     for memory, seen in _memories(stmt, views or {}).items():
-        if any(b.name in streamed for b in [memory, *seen]):
+        if _streamed(memory, seen, streamed):
             streaming = streaming + _words(memory)
         else:
             cached = cached + _words(memory)
@@ -231,6 +231,11 @@ def _memories(stmt, views: dict) -> dict:
         if buffer not in local:
             memories.setdefault(views.get(buffer, buffer), []).append(buffer)
     return memories
+
+
+def _streamed(memory, views_of_it: list, streamed: frozenset) -> bool:
+    """Whether ``memory`` is a streamed weight: it or one of the buffers viewing it is named in ``streamed``."""
+    return any(b.name in streamed for b in [memory, *views_of_it])
 
 
 def _words(buffer) -> tirx.PrimExpr:
@@ -320,7 +325,7 @@ def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx
         if not isinstance(loop, s.For) or loop.kind != s.ForKind.PARALLEL:
             return loop
         amount = analyzer.simplify(cost(loop, streamed, views) - HANDOFF_WORD * handoff(loop, scratch, views))
-        streams = any(b.name in streamed for memory, seen in _memories(loop, views).items() for b in [memory, *seen])
+        streams = any(_streamed(memory, seen, streamed) for memory, seen in _memories(loop, views).items())
         bound = max(threshold, STREAMED_SERIAL_WORK) if streams else threshold
         if set(tirx.analysis.undefined_vars(amount)) & _defined_inside(loop):  # not known before the loop starts
             return loop
