@@ -25,9 +25,11 @@ from test_unit_epilogues import K, N, _block, _function, _kernel_calls
 CODECS_WITH_PANELS = [("int8", {}), ("bbs", {"preset": "moderate"}), ("bie-bitplane", {"bits": 4})]
 
 
-def _bias_gelu_residual(n: int = N) -> tirx.PrimFunc:
-    """``y [batch, seq, n] = gelu(h + b) + r`` (tanh form) in two blocks, h its first input; batch and seq symbolic."""
-    batch, seq = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
+def _bias_gelu_residual(n: int = N, seq: int | None = None) -> tirx.PrimFunc:
+    """``y [batch, seq, n] = gelu(h + b) + r`` (tanh form) in two blocks, h its first input; batch symbolic, seq too
+    unless given (the bundled transformer's [batch, 16, n])."""
+    batch = tirx.Var("batch", "int64")
+    seq = tirx.Var("seq", "int64") if seq is None else tirx.IntImm("int64", seq)
     h, b, r = (te.placeholder(shape, name=name) for shape, name in (((batch, seq, n), "h"), ((n,), "b"),
                                                                        ((batch, seq, n), "r")))
     hb = te.compute(h.shape, lambda i, s, j: h[i, s, j] + b[j], name="hb")
@@ -42,8 +44,12 @@ def _run(func: tirx.PrimFunc, *arrays) -> None:
     lib["main"](*[tvm.runtime.tensor(a) for a in arrays[:-1]], arrays[-1])
 
 
+@pytest.mark.parametrize("static_seq", [False, True], ids=["symbolic_seq", "static_seq"])
 @pytest.mark.parametrize("batch, seq", [(1, 1), (1, 8), (8, 16), (3, 5)])
-def test_fused_gemm_computes_the_gemm_then_the_epilogue(batch, seq):
+def test_fused_gemm_computes_the_gemm_then_the_epilogue(batch, seq, static_seq):
+    """Over [batch, seq, N], seq symbolic or static: static, the tile's rows and columns are both static tasks and the
+    symbolic batch loop runs inside them (the tile written back inside the batch loop: else the fusion failed and
+    the GEMM and its epilogue ran as two kernels)."""
     rng = np.random.default_rng(batch * seq)
     weight = rng.standard_normal((N, K)).astype(np.float32)
     x, bias, residual = (rng.standard_normal(shape).astype(np.float32)
@@ -52,7 +58,7 @@ def test_fused_gemm_computes_the_gemm_then_the_epilogue(batch, seq):
     product = tvm.runtime.tensor(np.zeros((batch * seq, N), np.float32))
     _run(dense.gemm(N, K), x.reshape(-1, K), packed, product)
     want = tvm.runtime.tensor(np.zeros((batch, seq, N), np.float32))
-    epilogue = _bias_gelu_residual()
+    epilogue = _bias_gelu_residual(seq=seq if static_seq else None)
     _run(epilogue, product.numpy().reshape(batch, seq, N), bias, residual, want)
 
     fused = gemm_epilogues.fused_gemm(epilogue, 0, N, gemm_epilogues.dense_gemm(K))

@@ -42,6 +42,16 @@ def test_attention_scores_with_their_scale(check_rule):
     assert "if s < T.int64(16):" in script and script.count("alloc_buffer") == 2
 
 
+def test_attention_scores_of_a_static_sequence_narrower_than_a_tile(check_rule):
+    """16 tokens (the bundled transformer's), batch symbolic: the scores' 16 columns are one vector and each tile is
+    one vector wide, so no tile is a predicated tail (which TVM computes in scalars: 2.6x the time)."""
+    bb = te.var("b", "int64")
+    func = batched((bb, 4, 16, 32), (bb, 4, 32, 16), lambda x: topi.multiply(x, 0.17677669))
+    script = check_rule(matmul.Matmul(), func, [{"b": 1}, {"b": 8}, {"b": 3}]).script()
+    assert "T.vectorized(T.int64(16))" in script and "T.vectorized(T.int64(32))" not in script
+    assert "T.parallel" in script and "T.where" not in script  # no block guarded by a predicate
+
+
 def test_attention_values(check_rule):
     bb, s = te.var("b", "int64"), te.var("s", "int64")
     check_rule(matmul.Matmul(), batched((bb, 12, s, s), (bb, 12, s, 32)), SIZES)

@@ -105,6 +105,8 @@ def schedule_matmul(
     if k_step is None:  # a symbolic n's tail tile runs in guarded scalars: unrolled k would multiply them
         k_step = k_unroll(sch.get(k).extent) if isinstance(sch.get(n).extent, tirx.IntImm) else 1
     static = [isinstance(sch.get(loop).extent, tirx.IntImm) for loop in (m, n)]
+    if static[1] and int(sch.get(n).extent) < cols * panels and int(sch.get(n).extent) % LANES == 0:
+        cols, panels = int(sch.get(n).extent), 1  # whole vectors narrower than a tile (attention scores at 16 tokens)
     # A static n that is not a multiple of the tile has its last tile peeled (below). Not with int64 indices and a
     # symbolic m: TVM's loop partitioning then mixes int32 and int64 indices and the build fails.
     peel_n = (static[1] and int(sch.get(n).extent) % (cols * panels) != 0
@@ -127,6 +129,7 @@ def schedule_matmul(
     ko, ki = sch.split(k, [None, k_step]) if k_step > 1 else (k, None)
     tasks = outer if batch_in_task else [*outer, *batch] if batch_inside else [*batch, *outer]
     sch.reorder(*tasks, *inner, ko, *([ki] if ki else []), mi, *([nj] if nj else []), ni)
+    tile_loop = [*tasks, *inner][-1]  # the innermost loop over tiles: the batch's where it runs inside a static tile's
     for loop in hinted:
         sch.annotate(loop, "pragma_loop_partition_hint", 1)
     tile = sch.cache_write(block, 0, "local")
@@ -146,7 +149,7 @@ def schedule_matmul(
 
     if one_index_type:
         sch.transform_layout(block, ("write", 0), by_tile, assume_injective_transform=True)
-    sch.reverse_compute_at(tile, (outer + inner)[-1], preserve_unit_loops=True)
+    sch.reverse_compute_at(tile, tile_loop, preserve_unit_loops=True)
     # an epilogue chain, one block after the other; after a padded product's slice (:func:`padded_product`) into the
     # slice, which then follows the write-back in the tile loop (inlined into the write-back, TVM keeps one of the
     # two bounds, rows or columns, on the block it makes: the other tile's rows or columns would be written)
@@ -158,7 +161,7 @@ def schedule_matmul(
         sch.set_scope(tile, 0, "local")
         if one_index_type:
             sch.transform_layout(tile, ("write", 0), by_tile, assume_injective_transform=True)
-        sch.reverse_compute_at(head, (outer + inner)[-1], preserve_unit_loops=True)
+        sch.reverse_compute_at(head, tile_loop, preserve_unit_loops=True)
     for loop in (ki, mi, nj):
         if loop is not None:
             sch.unroll(loop)
