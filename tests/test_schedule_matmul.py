@@ -88,6 +88,36 @@ def test_int64_matmul_of_a_ragged_width_and_symbolic_rows(check_rule):
     check_rule(matmul.Matmul(), batched((te.var("s", "int64"), 96), (96, 1000)), [{"s": 1}, {"s": 9}])
 
 
+def _local_buffers(func) -> list:
+    found = []
+    tvm_ffi.structural_map(func.body, [(s_tir.SBlock, lambda b: found.extend(
+        buf for buf in b.alloc_buffers if buf.scope() == "local") or b)], order="post")
+    return found
+
+
+@pytest.mark.parametrize("lead", [["m"], ["batch", 16]], ids=["rows", "batch_x_16"])
+def test_dense_gemm_over_int64_rows_accumulates_one_tile(lead):
+    """Rows symbolic in int64 (as Relax gives them): the static dims follow them into int64, so the accumulator is
+    indexed by tile (a slab of ROWS x COLS that compaction makes registers); with int32 columns it stayed a whole
+    [rows, N] buffer allocated on every call. 96 columns, 40 inputs; against numpy."""
+    n, k = 96, 40
+    shape = [tvm.tirx.Var(d, "int64") if isinstance(d, str) else d for d in lead] + [n]
+    sch = s_tir.Schedule(dense.plain(shape, k))
+    matmul.schedule_matmul(sch, sch.get_sblock(dense.BLOCK), batch_inside=len(lead) > 1)
+    func = sch.mod["main"]
+    (accumulator,) = _local_buffers(func)
+    assert [int(d) for d in accumulator.shape[-2:]] == [matmul.ROWS, matmul.COLS], accumulator.shape
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target(),
+                      tir_pipeline=cpu.TIR_PIPELINE)
+    rng = np.random.default_rng(len(lead))
+    w = rng.standard_normal((n, k)).astype("float32")
+    for rows in (1, 8, 9):
+        x = rng.standard_normal((rows, *[d for d in lead[1:]], k)).astype("float32")
+        out = tvm.runtime.tensor(np.full((*x.shape[:-1], n), np.nan, np.float32))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack(w)), out)
+        np.testing.assert_allclose(out.numpy(), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
 def test_full_tiles_of_a_ragged_width_are_vectorized():
     """70 columns: two full 32-wide tiles and a predicated tail; the full tiles compute whole vectors (the tail is
     peeled off), where a predicate over every tile would leave the whole GEMV in scalars."""
@@ -132,7 +162,7 @@ def test_one_row_tiles_span_several_panels():
     assert matmul.gemv_panels(256) == 4 and matmul.gemv_panels(384) == 2 and matmul.gemv_panels(70) == 1
     func = dense.gemm(256, 40, rows=1)
     script = func.script()
-    assert "T.unroll(4)" in script and f"T.vectorized({matmul.COLS})" in script
+    assert "T.unroll(T.int64(4))" in script and f"T.vectorized(T.int64({matmul.COLS}))" in script  # int64: the rows'
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target())
     rng = np.random.default_rng(1)
     w = rng.standard_normal((256, 40)).astype("float32")
@@ -150,7 +180,7 @@ def test_k_unrolled_by_a_divisor_of_k():
     rng = np.random.default_rng(2)
     for k in (36, 37):
         func = dense.gemm(40, k)
-        assert (f"T.unroll({matmul.k_unroll(tvm.tirx.IntImm('int64', k))})" in func.script()) == (k == 36)
+        assert (f"T.unroll(T.int64({matmul.k_unroll(tvm.tirx.IntImm('int64', k))}))" in func.script()) == (k == 36)
         lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), make_target())
         w = rng.standard_normal((40, k)).astype("float32")
         x = rng.standard_normal((11, k)).astype("float32")

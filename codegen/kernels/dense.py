@@ -33,13 +33,26 @@ def plain(shape: list, k: int) -> tirx.PrimFunc:
     """Unscheduled ``f(x [*lead, K], packed [N / COLS, K, COLS], out [*lead, N])``, ``out = x @ weight.T``
     (``packed = pack(weight)``; ``shape``: the product's, [*lead, N]), block ``BLOCK``."""
     cols = matmul.COLS
-    x = te.placeholder([*shape[:-1], k], "float32", "x")
     packed = te.placeholder((-(-int(shape[-1]) // cols), k, cols), "float32", "packed")
+    shape, k = _one_index_type(shape, k)
+    x = te.placeholder([*shape[:-1], k], "float32", "x")
     rk = te.reduce_axis((0, k), "rk")
     out = matmul.padded_product(
         shape, lambda *i: te.sum(x[(*i[:-1], rk)] * packed[i[-1] // cols, rk, i[-1] % cols], axis=rk), BLOCK
     )
     return te.create_prim_func([x, packed, out])
+
+
+def _one_index_type(shape: list, k: int) -> tuple[list, int | tirx.IntImm]:
+    """``shape`` and ``k`` with every static dim in the index type of the symbolic ones (int64 as Relax gives them),
+    so that the register tile's accumulator is indexed by tile (:func:`..schedules.matmul.schedule_matmul`): with
+    int32 columns under int64 rows it stayed a [rows, N] buffer, allocated per call. Not where N is not whole tiles
+    and the rows have several dims: the tail tile is then peeled, which needs int32 columns."""
+    types = {str(d.ty) for d in shape[:-1] if isinstance(d, tirx.Var)}
+    n = int(shape[-1])
+    if types != {"int64"} or (n % matmul.COLS and len(shape) != 2):
+        return shape, k
+    return [d if isinstance(d, tirx.Var) else tirx.IntImm("int64", int(d)) for d in shape], tirx.IntImm("int64", k)
 
 
 def gemm(n: int, k: int, rows: int = matmul.ROWS) -> tirx.PrimFunc:
