@@ -15,8 +15,9 @@ import numpy as np
 ABOUT = "PP-OCRv4 text detector (rapidocr-onnxruntime); text images rendered with DejaVu fonts"
 NEEDS = ("rapidocr_onnxruntime", "PIL")
 HEIGHT, WIDTH = 128, 384  # multiples of 32, as the detector's strides need
-# calibration: 24 images, so that error feedback fits H to enough text layouts (with 4, one evaluation image whose
-# map is nearly binary was unlike all of them); the evaluation images are drawn first, so they stay as they were
+# 24 calibration images: error feedback fitted to 4 left more output error on 32 further rendered images, for every
+# codec and budget (benchmarks/README.md, nwc_quality.py, stop 20); the evaluation images are drawn first, so
+# more calibration images leave them as they were
 EVAL_IMAGES, CALIBRATION_IMAGES = 8, 24
 PHRASES = [
     "Invoice 2024-117", "Total due: 348.20 EUR", "Platform 9, departs 14:05", "OPEN 7 DAYS A WEEK",
