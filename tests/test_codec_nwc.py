@@ -1,6 +1,7 @@
 """The nwc codec: preprocessing, lossless latent coding, bit accounting, quality levels, feedback, budget."""
 
 import json
+from collections import OrderedDict
 from dataclasses import replace
 
 import numpy as np
@@ -80,7 +81,31 @@ def test_error_feedback_lowers_the_output_error_and_decodes_as_rounded():
     rtn_error = feedback.output_error(w, nwc.decode(nwc.encode(w, replace(config, spread=1))), calibration.xtx)
     assert feedback.output_error(w, nwc.decode(fed), calibration.xtx) < 0.8 * rtn_error
     assert len(set(fed.arrays["levels"].tolist())) == 3
-    assert np.array_equal(nwc.encode(w, config, calibration).arrays["latent0.words"], fed.arrays["latent0.words"])
+
+
+def test_a_feedback_encoding_is_kept_and_is_what_encoding_again_gives(monkeypatch):
+    monkeypatch.setattr(nwc, "_FEEDBACK_ENCODINGS", OrderedDict())
+    w, calibration = weight(), correlated_calibration()
+    config = nwc.Config(quality=4)
+    fed = nwc.encode(w, config, calibration)
+    assert nwc.encode(w, config, calibration) is fed  # kept
+    monkeypatch.setattr(nwc, "_FEEDBACK_ENCODINGS", OrderedDict())
+    fresh = nwc.encode(w, config, calibration)
+    assert fresh is not fed and fresh.sha256() == fed.sha256()  # feedback is deterministic: keeping changes nothing
+    changed_weight = w.copy()
+    changed_weight[3, 5] += 1e-3
+    changed_xtx = calibration.xtx.copy()
+    changed_xtx[2, 2] *= 1.001
+    for args in ((changed_weight, config, calibration), (w, replace(config, spread=1), calibration),
+                 (w, config, replace(calibration, damping=0.2)), (w, config, replace(calibration, xtx=changed_xtx))):
+        assert nwc.encode(*args) is not fresh  # each thing the encoding depends on is in the key
+    assert len(nwc._FEEDBACK_ENCODINGS) == 5
+    monkeypatch.setattr(nwc, "FEEDBACK_KEPT_BYTES", fresh.nbytes)  # room for one: the least recently used goes
+    monkeypatch.setattr(nwc, "_FEEDBACK_ENCODINGS", OrderedDict())
+    nwc.encode(w, config, calibration)
+    nwc.encode(changed_weight, config, calibration)
+    (kept,) = nwc._FEEDBACK_ENCODINGS.values()
+    assert nwc.encode(changed_weight, config, calibration) is kept
 
 
 def test_a_budget_picks_the_least_distortion_that_fits():

@@ -73,6 +73,10 @@ def test_ppocr_det_entry(cache):
     model = load_model(folder / "model.onnx")
     samples = load_samples(model_inputs(model), folder / "data")
     assert len(samples) == 8 and entry["compile_options"] == ["--input-shape", "x:1x3x128x384"]
+    calibration = [np.load(f)["x"] for f in sorted((folder / "calibration").glob("*.npz"))]
+    assert len(calibration) == 24
+    images = calibration + [inputs["x"] for _, inputs, _ in samples]
+    assert len({x.tobytes() for x in images}) == 32  # every image its own: calibration and evaluation disjoint
     for _, inputs, _ in samples:
         (text_map,) = run_onnxruntime(model, inputs)
         assert text_map.shape == (1, 1, 128, 384)

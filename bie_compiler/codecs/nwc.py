@@ -25,6 +25,7 @@ more bits than it has weights, that layer is stored as ``tans`` would store it (
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -155,10 +156,42 @@ class _ColumnGrid:
         return nwc_network.unchunk(synthesise(latents, level), scale, self.n)[:, 0]
 
 
+# With a budget a layer is encoded with feedback at its chosen config up to three times in one process:
+# coding_by_feedback, budget_split.fit's measure, the final encode. Feedback is deterministic (feedback.py), so
+# the same weight, config and statistics give the same bytes: the latest encodings are kept (least recently used
+# dropped first). Workers forked for a map keep theirs only for that map.
+FEEDBACK_KEPT_BYTES = 1 << 27
+_FEEDBACK_ENCODINGS: OrderedDict[bytes, Encoded] = OrderedDict()
+
+
+def _feedback_key(w: np.ndarray, config: Config, calibration: feedback.Calibration) -> bytes:
+    """What a feedback encoding depends on: the weight, the config and the statistics with their settings
+    (not the sensitivity: the plan's weight, not the encode's)."""
+    h = hashlib.blake2b(repr((w.shape, w.dtype.str, config, calibration.rows, calibration.damping,
+                              calibration.act_order, calibration.xtx.shape)).encode(), digest_size=20)
+    h.update(np.ascontiguousarray(w))
+    h.update(np.ascontiguousarray(calibration.xtx))
+    return h.digest()
+
+
 def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration | None = None) -> Encoded:
     w = check_weight(weight)
     if config.bits_per_weight:
         config = plan({"weight": w}, {"weight": config})["weight"]
+    if calibration is None:
+        return _encoded(w, config, None)
+    key = _feedback_key(w, config, calibration)
+    if key in _FEEDBACK_ENCODINGS:
+        _FEEDBACK_ENCODINGS.move_to_end(key)
+        return _FEEDBACK_ENCODINGS[key]
+    enc = _FEEDBACK_ENCODINGS[key] = _encoded(w, config, calibration)
+    while sum(e.nbytes for e in _FEEDBACK_ENCODINGS.values()) > FEEDBACK_KEPT_BYTES and len(_FEEDBACK_ENCODINGS) > 1:
+        _FEEDBACK_ENCODINGS.popitem(last=False)
+    return enc
+
+
+def _encoded(w: np.ndarray, config: Config, calibration: feedback.Calibration | None) -> Encoded:
+    """The encoding of a checked weight at a resolved config (a quality or ``tans`` levels)."""
     if config.tans_levels:
         return _scalar_layer(tans.encode(w, config.scalar_config(), calibration))
     n, k = w.shape
