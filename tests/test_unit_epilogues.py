@@ -144,6 +144,43 @@ def test_fused_unit_copy_matches_the_general_copy_and_onnxruntime(block, codec, 
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def _residual_norm_block() -> onnx.ModelProto:
+    """x [batch, seq, K] -> y = layer_norm(x @ W + b + x): the bias and residual one epilogue (TVM fuses the adds),
+    the layer norm a second one, which reads only the first's output."""
+    rng = np.random.default_rng(1)
+    weights = [helper.make_tensor("w", TensorProto.FLOAT, [K, K], rng.standard_normal((K, K)).astype(np.float32).ravel()),
+               helper.make_tensor("b", TensorProto.FLOAT, [K], rng.standard_normal(K).astype(np.float32)),
+               helper.make_tensor("gamma", TensorProto.FLOAT, [K], rng.uniform(0.5, 1.5, K).astype(np.float32)),
+               helper.make_tensor("beta", TensorProto.FLOAT, [K], rng.standard_normal(K).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["hb"]),
+             helper.make_node("Add", ["hb", "x"], ["r"]),
+             helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", K])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", ["dense", "bie-bitplane"])
+def test_a_chain_of_epilogues_joins_the_kernel_round_after_round(tmp_path, codec):
+    path = tmp_path / "m.onnx"
+    onnx.save(_residual_norm_block(), path)
+    options = {"skip": ("*",)} if codec == "dense" else {"codec": codec, "options": {"bits": 4}}
+    artefact = bie_compiler.compile_model(path, tmp_path / "out", progress=None, **options)
+    general = [call for call in _kernel_calls(_function(artefact, ANY_DIMS)) if not call.startswith("shape_func")]
+    assert len(general) == 2, general  # the GEMM with its bias and residual, then the layer norm
+    unit = _kernel_calls(_function(artefact, UNIT_DIMS))
+    assert len(unit) == 1, unit  # the GEMV, bias and residual, then the layer norm, in one call
+    runner = bie_compiler.load(artefact)
+    x = np.random.default_rng(2).standard_normal((1, 1, K)).astype(np.float32)
+    got = runner({"x": x})["y"]
+    np.testing.assert_allclose(got, runner.vm[ANY_DIMS](tvm.runtime.tensor(x), *runner.weights).numpy(),
+                               rtol=1e-5, atol=1e-5 * np.abs(got).max())
+    if codec == "dense":
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_fused_attribute_names_the_epilogue():
     kernel = finish(dense.gemm(N, K, rows=1), "dense_gemv")
     fused = fused_kernel(kernel, _bias_gelu_residual(N).with_attr("global_symbol", "gelu"), 0,
