@@ -15,8 +15,9 @@ computes exactly what the two did.
 
 A fused kernel is one of ours again, so the pass repeats until no call fuses: the next kernel that alone reads
 its output joins it (in the encoder at one token, the layer norm after the bias and residual, and the attention's
-transposes and its products over unit axes after the Q, K and V projections: 7 calls a layer instead of 11,
-benchmarks/README.md, stop 20).
+transposes, scores, softmax and product over unit axes after the K and V projections: 6 calls a layer instead of
+11, benchmarks/README.md, stop 20). A size that an epilogue takes as a scalar argument (the softmax's batch) is
+bound to the call's value.
 """
 
 from __future__ import annotations
@@ -37,24 +38,31 @@ FUSED_ATTR = "bie.fused_epilogue"  # on a fused kernel: the epilogue's name
 
 
 def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
-    """``func`` with the symbolic sizes of its buffer parameters bound to ``shapes`` (one per parameter)."""
-    sizes = {}
+    """``func`` with the symbolic sizes of its buffer parameters bound to ``shapes`` (one per parameter); a scalar
+    parameter given an ``int`` (a symbolic size passed as a value, :func:`static_arguments`) is bound to it and is no
+    longer a parameter."""
+    sizes = {param: tirx.const(shape, str(param.ty.dtype)) for param, shape in zip(func.params, shapes)
+             if isinstance(shape, int)}
     for param, shape in zip(func.params, shapes):
-        for dim, size in zip(param.ty.shape, shape):
-            if isinstance(dim, tirx.Var):
-                sizes[dim] = tirx.const(int(size), str(dim.ty))
+        if not isinstance(shape, int):
+            for dim, size in zip(param.ty.shape, shape):
+                if isinstance(dim, tirx.Var):
+                    sizes[dim] = tirx.const(int(size), str(dim.ty))
     if not sizes:
         return func
+    kept = [param for param, shape in zip(func.params, shapes) if not isinstance(shape, int)]
+    func = tirx.PrimFunc(kept, func.body, func.ret_type, func.attrs)
     return tvm_ffi.structural_map(func, (tirx.Var, lambda var: sizes.get(var, var)), order="post")
 
 
 def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel_shapes: list,
                  epilogue_shapes: list) -> tirx.PrimFunc:
-    """``f(*kernel inputs, *epilogue inputs but the one at ``at``, out)``: ``kernel`` writing into a buffer of the
-    call, then ``epilogue`` reading it as its input ``at``. ``*_shapes``: the static shapes of each function's
-    parameters at the call (outputs last)."""
+    """``f(*kernel inputs, *epilogue inputs but the one at ``at`` and its scalars, out)``: ``kernel`` writing into a
+    buffer of the call, then ``epilogue`` reading it as its input ``at``. ``*_shapes``: the static shapes of each
+    function's parameters at the call (outputs last; a scalar parameter's value, see :func:`with_static_shapes`)."""
     kernel = with_static_shapes(kernel, kernel_shapes)
     epilogue = with_static_shapes(epilogue, epilogue_shapes)
+    at = sum(1 for shape in epilogue_shapes[:at] if not isinstance(shape, int))  # its place among those kept
     product, view = kernel.params[-1], epilogue.params[at]
     body = s.SeqStmt([s.AllocBuffer(product), kernel.body, s.DeclBuffer(view, data=product.data), epilogue.body])
     params = [*kernel.params[:-1], *(p for i, p in enumerate(epilogue.params) if i != at)]
@@ -63,6 +71,12 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     attrs.pop("global_symbol", None)
     attrs[FUSED_ATTR] = str((epilogue.attrs or {}).get("global_symbol", "epilogue"))
     return tirx.PrimFunc(params, body, kernel.ret_type).with_attrs(attrs)
+
+
+def static_arguments(args) -> list:
+    """Per argument of a call: its static shape (a tensor), its value (an integer: a symbolic size the callee takes
+    as a scalar, such as the softmax's batch), else None."""
+    return [int(a.value) if isinstance(a, tirx.IntImm) else static_shape(a) for a in args]
 
 
 def static_shape(expr_or_ty) -> list | None:
@@ -97,14 +111,14 @@ class _FuseEpilogues(PyExprMutator):
                 continue
             kernel_gv, kernel_args, kernel_out = inner
             shapes = [static_shape(a) for a in kernel_args] + [static_shape(kernel_out)]
-            epilogue_shapes = [static_shape(a) for a in args] + [static_shape(out_ty)]
+            epilogue_shapes = static_arguments(args) + [static_shape(out_ty)]
             if any(shape is None for shape in shapes + epilogue_shapes) or _bytes(kernel_out) > STACK_BYTES:
                 continue
             key = (kernel_gv.name_hint, epilogue_gv.name_hint, at, str(shapes), str(epilogue_shapes))
             if key not in self.fused:
                 func = fused_kernel(self.mod[kernel_gv], self.mod[epilogue_gv], at, shapes, epilogue_shapes)
                 self.fused[key] = self.builder_.add_func(func, f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}")
-            rest = [a for i, a in enumerate(args) if i != at]
+            rest = [a for i, a in enumerate(args) if i != at and not isinstance(epilogue_shapes[i], int)]
             return relax.call_tir(self.fused[key], relax.Tuple([*kernel_args, *rest]), out_ty)
         return call
 

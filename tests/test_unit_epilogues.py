@@ -67,6 +67,24 @@ def test_fused_kernel_computes_the_kernel_then_the_epilogue(kernel_name):
     assert np.abs(want.numpy()).max() > 0.1  # not a trivial output
 
 
+def test_an_epilogue_taking_a_size_as_a_scalar_gets_it_bound():
+    # the softmax kernel takes its batch as a scalar argument (its rows are batch * 12 * seq): the fused kernel
+    # binds the call's value and no longer takes it
+    rng = np.random.default_rng(3)
+    kernel = finish(dense.gemm(N, K, rows=1), "dense_gemv")
+    weight, x = rng.standard_normal((N, K)).astype(np.float32), rng.standard_normal((1, K)).astype(np.float32)
+    rows = tirx.Var("rows", "int64")
+    h = te.placeholder((rows, N), name="h")
+    y = te.compute((rows, N), lambda i, j: h[i, j] * rows.astype("float32") + 1.0, name="y")
+    epilogue = te.create_prim_func([h, rows, y])
+    assert len(epilogue.params) == 3
+    fused = fused_kernel(kernel, epilogue, 0, [(1, K), dense.pack(weight).shape, (1, N)], [(1, N), 1, (1, N)])
+    assert len(fused.params) == 3  # x, the packed weight, out
+    got = tvm.runtime.tensor(np.full((1, N), np.nan, np.float32))
+    _run(fused, tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack(weight)), got)
+    np.testing.assert_allclose(got.numpy(), x @ weight.T + 1.0, rtol=1e-5, atol=1e-5)
+
+
 def _block(batch, seq) -> onnx.ModelProto:
     """x [batch, seq, K] -> y = gelu(x @ W1 + b1) @ W2 + b2 + x (Erf form): bias, GELU and residual epilogues."""
     rng = np.random.default_rng(0)
