@@ -178,10 +178,10 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
     mod, weights = split_weights(mod)
     mod = mark_streamed_weights(mod, weights.nbytes)
     try:
-        unit = unit_views(fuse_unit_epilogues(specialize_unit_dims(mod)))
-        with target:
-            unit = fuse_gemm_epilogues(unit, fused)
-        unit = relax.transform.DeadCodeElimination()(absorb_unit_reshapes(unit))
+        with target:  # the unit passes check that the kernels they make lower for it
+            unit = unit_views(fuse_unit_epilogues(specialize_unit_dims(mod)))
+            unit = absorb_unit_reshapes(fuse_gemm_epilogues(unit, fused))
+        unit = relax.transform.DeadCodeElimination()(unit)
         return tvm.compile(unit, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights, kernel_layers(unit)
     # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of
     # several kinds, and any other fault raises again from the plain build below

@@ -73,6 +73,25 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     return tirx.PrimFunc(params, body, kernel.ret_type).with_attrs(attrs)
 
 
+def lowers(func: tirx.PrimFunc) -> bool:
+    """Whether the build's TIR lowering, for the current target, takes ``func`` (True without a target). Bound to
+    static shapes, a kernel TVM scheduled for symbolic ones (the attention's batched matmul, in some of the kernels
+    it joins) can trip TVM's arithmetic analyzer ("conflicts with memorization"), which would cost the whole model
+    its unit copy; such a kernel keeps its own call. A few milliseconds a kernel."""
+    from .cpu import TIR_PIPELINE  # here: cpu imports this module
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None:
+        return True
+    lower, _, _ = tvm.tirx.get_tir_pipeline(TIR_PIPELINE)
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    try:  # as tvm.compile runs it: the target bound (its own host), then the pipeline's lowering passes
+        lower(tvm.tirx.transform.BindTarget(target.with_host(target))(mod))
+    except Exception:  # noqa: BLE001 (TVM raises its internal errors as several Python types)
+        return False
+    return True
+
+
 def static_arguments(args) -> list:
     """Per argument of a call: its static shape (a tensor), its value (an integer: a symbolic size the callee takes
     as a scalar, such as the softmax's batch), else None."""
@@ -91,7 +110,7 @@ def static_shape(expr_or_ty) -> list | None:
 class _FuseEpilogues(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, uses: dict):
         super().__init__(mod)
-        self.mod, self.uses, self.fused = mod, uses, {}
+        self.mod, self.uses, self.fused, self.refused = mod, uses, {}, set()
 
     def _kernel_call(self, var):
         """The ``call_tir`` of a kernel that ``var`` holds through single-use aliases and reshapes, else None."""
@@ -115,9 +134,14 @@ class _FuseEpilogues(PyExprMutator):
             if any(shape is None for shape in shapes + epilogue_shapes) or _bytes(kernel_out) > STACK_BYTES:
                 continue
             key = (kernel_gv.name_hint, epilogue_gv.name_hint, at, str(shapes), str(epilogue_shapes))
-            if key not in self.fused:
+            if key not in self.fused and key not in self.refused:
                 func = fused_kernel(self.mod[kernel_gv], self.mod[epilogue_gv], at, shapes, epilogue_shapes)
-                self.fused[key] = self.builder_.add_func(func, f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}")
+                if lowers(func):
+                    self.fused[key] = self.builder_.add_func(func, f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}")
+                else:
+                    self.refused.add(key)
+            if key in self.refused:
+                continue
             rest = [a for i, a in enumerate(args) if i != at and not isinstance(epilogue_shapes[i], int)]
             return relax.call_tir(self.fused[key], relax.Tuple([*kernel_args, *rest]), out_ty)
         return call

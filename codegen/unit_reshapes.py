@@ -23,7 +23,7 @@ from tvm.tirx import stmt as s
 from .kernel_registry import is_per_call_kernel
 from .relax_calls import call_tir_parts
 from .unit_dims import UNIT_DIMS
-from .unit_epilogues import static_shape, with_static_shapes
+from .unit_epilogues import lowers, static_shape, with_static_shapes
 
 RESHAPE = tvm.ir.Op.get("relax.reshape")
 
@@ -47,7 +47,7 @@ def with_parameter_shapes(func: tirx.PrimFunc, shapes: list, given: dict) -> tir
 class _AbsorbReshapes(PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
-        self.mod, self.copies = mod, {}
+        self.mod, self.copies, self.refused = mod, {}, set()
 
     def _reshaped(self, arg):
         """The tensor of static shape that ``arg`` reshapes (through a chain of reshapes), else None."""
@@ -75,9 +75,14 @@ class _AbsorbReshapes(PyExprMutator):
         if not given:
             return call
         key = (gv.name_hint, str(shapes), str(sorted(given.items())))
-        if key not in self.copies:
+        if key not in self.copies and key not in self.refused:
             func = with_parameter_shapes(self.mod[gv], shapes, given)
-            self.copies[key] = self.builder_.add_func(func, gv.name_hint)
+            if lowers(func):
+                self.copies[key] = self.builder_.add_func(func, gv.name_hint)
+            else:
+                self.refused.add(key)
+        if key in self.refused:
+            return call
         args = [arg if sources[at] is None else sources[at] for at, arg in enumerate(args)]
         return relax.call_tir(self.copies[key], relax.Tuple(args), out_ty)
 

@@ -199,6 +199,28 @@ def test_a_chain_of_epilogues_joins_the_kernel_round_after_round(tmp_path, codec
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def test_lowers_tells_what_the_build_s_lowering_refuses():
+    kernel = finish(dense.gemm(N, K, rows=1), "dense_gemv")
+    out = tirx.decl_buffer((4,), "int32", "out")
+    undefined = tirx.PrimFunc([out], tirx.stmt.BufferStore(out, tirx.Var("free", "int32"), [0]))  # a free variable
+    with make_target():
+        assert unit_epilogues.lowers(kernel) and not unit_epilogues.lowers(undefined)
+    assert unit_epilogues.lowers(undefined)  # no target: nothing to check against
+
+
+@pytest.mark.slow
+def test_a_fused_kernel_the_lowering_refuses_keeps_its_calls_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr(unit_epilogues, "lowers", lambda func: False)
+    path = tmp_path / "m.onnx"
+    onnx.save(_block("batch", "seq"), path)
+    artefact = bie_compiler.compile_model(path, tmp_path / "dense", skip=("*",), progress=None)
+    assert len(_kernel_calls(_function(artefact, UNIT_DIMS))) == 4  # the two matmuls and their epilogues
+    runner = bie_compiler.load(artefact)
+    x = np.random.default_rng(4).standard_normal((1, 1, K)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(runner({"x": x})["y"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_fused_attribute_names_the_epilogue():
     kernel = finish(dense.gemm(N, K, rows=1), "dense_gemv")
     fused = fused_kernel(kernel, _bias_gelu_residual(N).with_attr("global_symbol", "gelu"), 0,
