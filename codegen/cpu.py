@@ -40,6 +40,7 @@ from .serial_small_loops import mark_streamed_weights, serial_when_small
 from .stack_buffers import stack_buffers
 from .unit_dims import specialize_unit_dims
 from .unit_epilogues import fuse_unit_epilogues
+from .unit_reshapes import absorb_unit_reshapes
 from .unit_views import unit_views
 from .weights import Weights, split_weights
 
@@ -166,7 +167,9 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
     """The pipeline's two halves, and between them the weights taken out of ``main``
     (:func:`.weights.split_weights`) and ``main`` specialized for unit dimensions
     (:func:`.unit_dims.specialize_unit_dims`; there, each kernel called with its epilogue and transposes of unit
-    axes made views: :func:`.unit_epilogues.fuse_unit_epilogues`, :func:`.unit_views.unit_views`), the kernels' weights marked streamed when they outgrow the cache
+    axes made views: :func:`.unit_epilogues.fuse_unit_epilogues`, :func:`.unit_views.unit_views`; the kernels reading
+    their arguments in their producers' shapes: :func:`.unit_reshapes.absorb_unit_reshapes`), the kernels' weights
+    marked streamed when they outgrow the cache
     (:func:`.serial_small_loops.mark_streamed_weights`): the executable, the weights it takes after the inputs,
     and its kernels' layers (:func:`.kernel_registry.kernel_layers`: fused kernels carry their matmul's)."""
     with target:
@@ -175,9 +178,9 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
     mod, weights = split_weights(mod)
     mod = mark_streamed_weights(mod, weights.nbytes)
     try:
-        unit = unit_views(fuse_unit_epilogues(specialize_unit_dims(mod)))
-        with target:
-            unit = fuse_gemm_epilogues(unit, fused)
+        with target:  # the unit passes check that the kernels they make lower for it
+            unit = unit_views(fuse_unit_epilogues(specialize_unit_dims(mod)))
+            unit = absorb_unit_reshapes(fuse_gemm_epilogues(unit, fused))
         unit = relax.transform.DeadCodeElimination()(unit)
         return tvm.compile(unit, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights, kernel_layers(unit)
     # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of

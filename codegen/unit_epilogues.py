@@ -12,6 +12,13 @@ Only where the matmul's output is read by nothing else (each reshape on the way 
 repeated, and is at most ``STACK_BYTES`` (one token's activations, which stay on the stack; not a conv's
 decoded weight or a feature map); the bodies are composed as they are scheduled, so the fused kernel
 computes exactly what the two did.
+
+A fused kernel is one of ours again, so the pass repeats until no call fuses: the next kernel that alone reads
+its output joins it (in the encoder at one token, the layer norm after the bias and residual, the attention's
+transposes after the Q, K and V projections: 9 calls a layer instead of 11, benchmarks/README.md, stop 20). A size
+that an epilogue takes as a scalar argument (the softmax's batch) is bound to the call's value. Kernels with a
+register tile (the attention's batched matmuls) keep their calls (:func:`has_register_tile`), and so does a fused
+kernel the build's lowering refuses (:func:`lowers`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import tvm
 import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.s_tir import SBlock
 from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
@@ -32,24 +40,31 @@ FUSED_ATTR = "bie.fused_epilogue"  # on a fused kernel: the epilogue's name
 
 
 def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
-    """``func`` with the symbolic sizes of its buffer parameters bound to ``shapes`` (one per parameter)."""
-    sizes = {}
+    """``func`` with the symbolic sizes of its buffer parameters bound to ``shapes`` (one per parameter); a scalar
+    parameter given an ``int`` (a symbolic size passed as a value, :func:`static_arguments`) is bound to it and is no
+    longer a parameter."""
+    sizes = {param: tirx.const(shape, str(param.ty.dtype)) for param, shape in zip(func.params, shapes)
+             if isinstance(shape, int)}
     for param, shape in zip(func.params, shapes):
-        for dim, size in zip(param.ty.shape, shape):
-            if isinstance(dim, tirx.Var):
-                sizes[dim] = tirx.const(int(size), str(dim.ty))
+        if not isinstance(shape, int):
+            for dim, size in zip(param.ty.shape, shape):
+                if isinstance(dim, tirx.Var):
+                    sizes[dim] = tirx.const(int(size), str(dim.ty))
     if not sizes:
         return func
+    kept = [param for param, shape in zip(func.params, shapes) if not isinstance(shape, int)]
+    func = tirx.PrimFunc(kept, func.body, func.ret_type, func.attrs)
     return tvm_ffi.structural_map(func, (tirx.Var, lambda var: sizes.get(var, var)), order="post")
 
 
 def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel_shapes: list,
                  epilogue_shapes: list) -> tirx.PrimFunc:
-    """``f(*kernel inputs, *epilogue inputs but the one at ``at``, out)``: ``kernel`` writing into a buffer of the
-    call, then ``epilogue`` reading it as its input ``at``. ``*_shapes``: the static shapes of each function's
-    parameters at the call (outputs last)."""
+    """``f(*kernel inputs, *epilogue inputs but the one at ``at`` and its scalars, out)``: ``kernel`` writing into a
+    buffer of the call, then ``epilogue`` reading it as its input ``at``. ``*_shapes``: the static shapes of each
+    function's parameters at the call (outputs last; a scalar parameter's value, see :func:`with_static_shapes`)."""
     kernel = with_static_shapes(kernel, kernel_shapes)
     epilogue = with_static_shapes(epilogue, epilogue_shapes)
+    at = sum(1 for shape in epilogue_shapes[:at] if not isinstance(shape, int))  # its place among those kept
     product, view = kernel.params[-1], epilogue.params[at]
     body = s.SeqStmt([s.AllocBuffer(product), kernel.body, s.DeclBuffer(view, data=product.data), epilogue.body])
     params = [*kernel.params[:-1], *(p for i, p in enumerate(epilogue.params) if i != at)]
@@ -58,6 +73,46 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     attrs.pop("global_symbol", None)
     attrs[FUSED_ATTR] = str((epilogue.attrs or {}).get("global_symbol", "epilogue"))
     return tirx.PrimFunc(params, body, kernel.ret_type).with_attrs(attrs)
+
+
+def lowers(func: tirx.PrimFunc) -> bool:
+    """Whether the build's TIR lowering, for the current target, takes ``func`` (True without a target). Bound to
+    static shapes, a kernel TVM scheduled for symbolic ones (the attention's batched matmul, in some of the kernels
+    it joins) can trip TVM's arithmetic analyzer ("conflicts with memorization"), which would cost the whole model
+    its unit copy; such a kernel keeps its own call. A few milliseconds a kernel."""
+    from .cpu import TIR_PIPELINE  # here: cpu imports this module
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None:
+        return True
+    lower, _, _ = tvm.tirx.get_tir_pipeline(TIR_PIPELINE)
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    try:  # as tvm.compile runs it: the target bound (its own host), then the pipeline's lowering passes
+        lower(tvm.tirx.transform.BindTarget(target.with_host(target))(mod))
+    except Exception:  # noqa: BLE001 (TVM raises its internal errors as several Python types)
+        return False
+    return True
+
+
+def has_register_tile(func: tirx.PrimFunc) -> bool:
+    """Whether a scheduled PrimFunc's blocks allocate a buffer of "local" scope (a register tile, as the batched
+    matmul's schedule keeps its accumulators): composed after a kernel, such an epilogue computed wrong values once
+    its loops were real (the attention's batched matmuls at 16 tokens: off by hundreds), so it keeps its own call.
+    The softmax's and layer norm's partial results, in global scope, compose exactly."""
+    found = []
+
+    def visit(block):
+        found.extend(b for b in block.alloc_buffers if str(b.ty.storage_scope) == "local")
+        return block
+
+    tvm_ffi.structural_map(func.body, (SBlock, visit), order="post")
+    return bool(found)
+
+
+def static_arguments(args) -> list:
+    """Per argument of a call: its static shape (a tensor), its value (an integer: a symbolic size the callee takes
+    as a scalar, such as the softmax's batch), else None."""
+    return [int(a.value) if isinstance(a, tirx.IntImm) else static_shape(a) for a in args]
 
 
 def static_shape(expr_or_ty) -> list | None:
@@ -72,7 +127,7 @@ def static_shape(expr_or_ty) -> list | None:
 class _FuseEpilogues(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, uses: dict):
         super().__init__(mod)
-        self.mod, self.uses, self.fused = mod, uses, {}
+        self.mod, self.uses, self.fused, self.refused = mod, uses, {}, set()
 
     def _kernel_call(self, var):
         """The ``call_tir`` of a kernel that ``var`` holds through single-use aliases and reshapes, else None."""
@@ -86,20 +141,27 @@ class _FuseEpilogues(PyExprMutator):
                 or is_per_call_kernel(self.mod[found[0]]) or is_reshape(self.mod[found[0]]):
             return call
         epilogue_gv, args, out_ty = found
+        if has_register_tile(self.mod[epilogue_gv]):
+            return call
         for at, arg in enumerate(args):
             inner = self._kernel_call(arg)
             if inner is None:
                 continue
             kernel_gv, kernel_args, kernel_out = inner
             shapes = [static_shape(a) for a in kernel_args] + [static_shape(kernel_out)]
-            epilogue_shapes = [static_shape(a) for a in args] + [static_shape(out_ty)]
+            epilogue_shapes = static_arguments(args) + [static_shape(out_ty)]
             if any(shape is None for shape in shapes + epilogue_shapes) or _bytes(kernel_out) > STACK_BYTES:
                 continue
             key = (kernel_gv.name_hint, epilogue_gv.name_hint, at, str(shapes), str(epilogue_shapes))
-            if key not in self.fused:
+            if key not in self.fused and key not in self.refused:
                 func = fused_kernel(self.mod[kernel_gv], self.mod[epilogue_gv], at, shapes, epilogue_shapes)
-                self.fused[key] = self.builder_.add_func(func, f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}")
-            rest = [a for i, a in enumerate(args) if i != at]
+                if lowers(func):
+                    self.fused[key] = self.builder_.add_func(func, f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}")
+                else:
+                    self.refused.add(key)
+            if key in self.refused:
+                continue
+            rest = [a for i, a in enumerate(args) if i != at and not isinstance(epilogue_shapes[i], int)]
             return relax.call_tir(self.fused[key], relax.Tuple([*kernel_args, *rest]), out_ty)
         return call
 
@@ -111,14 +173,15 @@ def _bytes(ty) -> int:
 @tvm.transform.module_pass(opt_level=0, name="FuseUnitEpilogues")
 def fuse_unit_epilogues(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Module pass: in the unit-dimensions ``main`` (when there is one), each kernel whose output only an
-    elementwise kernel reads called together with it (see the module docstring); the calls left unused removed."""
+    elementwise kernel reads called together with it, round after round until no call fuses (see the module
+    docstring); the calls left unused removed."""
     if UNIT_DIMS not in [gv.name_hint for gv in mod.get_global_vars()]:
         return mod
-    gv = mod.get_global_var(UNIT_DIMS)
-    fuser = _FuseEpilogues(mod, variable_uses(mod[gv]))
-    func = fuser.visit_expr(mod[gv])
-    if not fuser.fused:
-        return mod
-    mod = fuser.builder_.get()
-    mod[gv] = relax.analysis.remove_all_unused(func)
-    return mod
+    while True:  # a fused kernel is a kernel again: the next round gives it the epilogue that reads its output
+        gv = mod.get_global_var(UNIT_DIMS)
+        fuser = _FuseEpilogues(mod, variable_uses(mod[gv]))
+        func = fuser.visit_expr(mod[gv])
+        if not fuser.fused:
+            return mod
+        mod = fuser.builder_.get()
+        mod[gv] = relax.analysis.remove_all_unused(func)

@@ -67,6 +67,24 @@ def test_fused_kernel_computes_the_kernel_then_the_epilogue(kernel_name):
     assert np.abs(want.numpy()).max() > 0.1  # not a trivial output
 
 
+def test_an_epilogue_taking_a_size_as_a_scalar_gets_it_bound():
+    # the softmax kernel takes its batch as a scalar argument (its rows are batch * 12 * seq): the fused kernel
+    # binds the call's value and no longer takes it
+    rng = np.random.default_rng(3)
+    kernel = finish(dense.gemm(N, K, rows=1), "dense_gemv")
+    weight, x = rng.standard_normal((N, K)).astype(np.float32), rng.standard_normal((1, K)).astype(np.float32)
+    rows = tirx.Var("rows", "int64")
+    h = te.placeholder((rows, N), name="h")
+    y = te.compute((rows, N), lambda i, j: h[i, j] * rows.astype("float32") + 1.0, name="y")
+    epilogue = te.create_prim_func([h, rows, y])
+    assert len(epilogue.params) == 3
+    fused = fused_kernel(kernel, epilogue, 0, [(1, K), dense.pack(weight).shape, (1, N)], [(1, N), 1, (1, N)])
+    assert len(fused.params) == 3  # x, the packed weight, out
+    got = tvm.runtime.tensor(np.full((1, N), np.nan, np.float32))
+    _run(fused, tvm.runtime.tensor(x), tvm.runtime.tensor(dense.pack(weight)), got)
+    np.testing.assert_allclose(got.numpy(), x @ weight.T + 1.0, rtol=1e-5, atol=1e-5)
+
+
 def _block(batch, seq) -> onnx.ModelProto:
     """x [batch, seq, K] -> y = gelu(x @ W1 + b1) @ W2 + b2 + x (Erf form): bias, GELU and residual epilogues."""
     rng = np.random.default_rng(0)
@@ -142,6 +160,80 @@ def test_fused_unit_copy_matches_the_general_copy_and_onnxruntime(block, codec, 
     if codec == "dense":
         want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def _residual_norm_block() -> onnx.ModelProto:
+    """x [batch, seq, K] -> y = layer_norm(x @ W + b + x): the bias and residual one epilogue (TVM fuses the adds),
+    the layer norm a second one, which reads only the first's output."""
+    rng = np.random.default_rng(1)
+    weights = [helper.make_tensor("w", TensorProto.FLOAT, [K, K], rng.standard_normal((K, K)).astype(np.float32).ravel()),
+               helper.make_tensor("b", TensorProto.FLOAT, [K], rng.standard_normal(K).astype(np.float32)),
+               helper.make_tensor("gamma", TensorProto.FLOAT, [K], rng.uniform(0.5, 1.5, K).astype(np.float32)),
+               helper.make_tensor("beta", TensorProto.FLOAT, [K], rng.standard_normal(K).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["hb"]),
+             helper.make_node("Add", ["hb", "x"], ["r"]),
+             helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", K])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", ["dense", "bie-bitplane"])
+def test_a_chain_of_epilogues_joins_the_kernel_round_after_round(tmp_path, codec):
+    path = tmp_path / "m.onnx"
+    onnx.save(_residual_norm_block(), path)
+    options = {"skip": ("*",)} if codec == "dense" else {"codec": codec, "options": {"bits": 4}}
+    artefact = bie_compiler.compile_model(path, tmp_path / "out", progress=None, **options)
+    general = [call for call in _kernel_calls(_function(artefact, ANY_DIMS)) if not call.startswith("shape_func")]
+    assert len(general) == 2, general  # the GEMM with its bias and residual, then the layer norm
+    unit = _kernel_calls(_function(artefact, UNIT_DIMS))
+    assert len(unit) == 1, unit  # the GEMV, bias and residual, then the layer norm, in one call
+    runner = bie_compiler.load(artefact)
+    x = np.random.default_rng(2).standard_normal((1, 1, K)).astype(np.float32)
+    got = runner({"x": x})["y"]
+    np.testing.assert_allclose(got, runner.vm[ANY_DIMS](tvm.runtime.tensor(x), *runner.weights).numpy(),
+                               rtol=1e-5, atol=1e-5 * np.abs(got).max())
+    if codec == "dense":
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_lowers_tells_what_the_build_s_lowering_refuses():
+    kernel = finish(dense.gemm(N, K, rows=1), "dense_gemv")
+    out = tirx.decl_buffer((4,), "int32", "out")
+    undefined = tirx.PrimFunc([out], tirx.stmt.BufferStore(out, tirx.Var("free", "int32"), [0]))  # a free variable
+    with make_target():
+        assert unit_epilogues.lowers(kernel) and not unit_epilogues.lowers(undefined)
+    assert unit_epilogues.lowers(undefined)  # no target: nothing to check against
+
+
+@pytest.mark.slow
+def test_a_fused_kernel_the_lowering_refuses_keeps_its_calls_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr(unit_epilogues, "lowers", lambda func: False)
+    path = tmp_path / "m.onnx"
+    onnx.save(_block("batch", "seq"), path)
+    artefact = bie_compiler.compile_model(path, tmp_path / "dense", skip=("*",), progress=None)
+    assert len(_kernel_calls(_function(artefact, UNIT_DIMS))) == 4  # the two matmuls and their epilogues
+    runner = bie_compiler.load(artefact)
+    x = np.random.default_rng(4).standard_normal((1, 1, K)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(runner({"x": x})["y"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.slow
+def test_a_batched_matmul_keeps_its_call_and_many_tokens_stay_exact(model_dir, tmp_path):
+    # the bundled transformer has 16 tokens whatever its batch: at batch 1 its unit copy has real attention loops;
+    # composed after the projections, the batched matmuls (register tiles) computed values off by hundreds
+    artefact = bie_compiler.compile_model(model_dir["transformer"], tmp_path / "bp", "bie-bitplane", {"bits": 4},
+                                          progress=None)
+    unit = _kernel_calls(_function(artefact, UNIT_DIMS))
+    assert [call for call in unit if "matmul" in call and "bitplane" not in call]  # their own calls
+    runner = bie_compiler.load(artefact)
+    x = np.random.default_rng(5).standard_normal((1, 16, 128)).astype(np.float32)
+    got = runner({"x": x})["y"]
+    np.testing.assert_allclose(got, runner.vm[ANY_DIMS](tvm.runtime.tensor(x), *runner.weights).numpy(),
+                               rtol=1e-5, atol=1e-5 * np.abs(got).max())
 
 
 def test_fused_attribute_names_the_epilogue():
