@@ -17,6 +17,8 @@ from bie_compiler.codegen.target import make_target
 from bie_compiler.codegen.unit_dims import ANY_DIMS, UNIT_DIMS
 from bie_compiler.codegen.unit_epilogues import FUSED_ATTR, fused_kernel
 
+from unit_copies import assert_unit_copy_exact, compile_as
+
 K, N = 64, 48
 
 
@@ -183,20 +185,13 @@ def _residual_norm_block() -> onnx.ModelProto:
 def test_a_chain_of_epilogues_joins_the_kernel_round_after_round(tmp_path, codec):
     path = tmp_path / "m.onnx"
     onnx.save(_residual_norm_block(), path)
-    options = {"skip": ("*",)} if codec == "dense" else {"codec": codec, "options": {"bits": 4}}
-    artefact = bie_compiler.compile_model(path, tmp_path / "out", progress=None, **options)
+    artefact = compile_as(path, tmp_path / "out", codec)
     general = [call for call in _kernel_calls(_function(artefact, ANY_DIMS)) if not call.startswith("shape_func")]
     assert len(general) == 2, general  # the GEMM with its bias and residual, then the layer norm
     unit = _kernel_calls(_function(artefact, UNIT_DIMS))
     assert len(unit) == 1, unit  # the GEMV, bias and residual, then the layer norm, in one call
-    runner = bie_compiler.load(artefact)
     x = np.random.default_rng(2).standard_normal((1, 1, K)).astype(np.float32)
-    got = runner({"x": x})["y"]
-    np.testing.assert_allclose(got, runner.vm[ANY_DIMS](tvm.runtime.tensor(x), *runner.weights).numpy(),
-                               rtol=1e-5, atol=1e-5 * np.abs(got).max())
-    if codec == "dense":
-        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert_unit_copy_exact(artefact, x, path if codec == "dense" else None)
 
 
 def test_lowers_tells_what_the_build_s_lowering_refuses():
@@ -229,11 +224,8 @@ def test_a_batched_matmul_keeps_its_call_and_many_tokens_stay_exact(model_dir, t
                                           progress=None)
     unit = _kernel_calls(_function(artefact, UNIT_DIMS))
     assert [call for call in unit if "matmul" in call and "bitplane" not in call]  # their own calls
-    runner = bie_compiler.load(artefact)
     x = np.random.default_rng(5).standard_normal((1, 16, 128)).astype(np.float32)
-    got = runner({"x": x})["y"]
-    np.testing.assert_allclose(got, runner.vm[ANY_DIMS](tvm.runtime.tensor(x), *runner.weights).numpy(),
-                               rtol=1e-5, atol=1e-5 * np.abs(got).max())
+    assert_unit_copy_exact(artefact, x)
 
 
 def test_fused_attribute_names_the_epilogue():

@@ -3,19 +3,19 @@ kernel copy with a parameter reshaped computes what the kernel did, and a model'
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import tvm
 from onnx import TensorProto, helper
 from tvm import relax
 
-import bie_compiler
 from bie_compiler.codegen import cpu
 from bie_compiler.codegen.kernel_registry import finish
 from bie_compiler.codegen.kernels import bitplane_lut
 from bie_compiler.codegen.target import make_target
 from bie_compiler.codegen.unit_dims import ANY_DIMS, UNIT_DIMS
 from bie_compiler.codegen.unit_reshapes import with_parameter_shapes
+
+from unit_copies import assert_unit_copy_exact, compile_as
 
 K, N = 64, 48
 
@@ -67,15 +67,8 @@ def _calls(artefact, name: str) -> list:
 def test_unit_copy_has_no_reshape_calls(tmp_path, codec):
     path = tmp_path / "m.onnx"
     onnx.save(_two_layers(), path)
-    options = {"skip": ("*",)} if codec == "dense" else {"codec": codec, "options": {"bits": 4}}
-    artefact = bie_compiler.compile_model(path, tmp_path / "out", progress=None, **options)
+    artefact = compile_as(path, tmp_path / "out", codec)
     assert "vm.builtin.reshape" not in _calls(artefact, UNIT_DIMS)
     assert "vm.builtin.reshape" in _calls(artefact, ANY_DIMS)  # any sequence length: the general copy's reshapes
-    runner = bie_compiler.load(artefact)
     x = np.random.default_rng(2).standard_normal((1, 1, K)).astype(np.float32)
-    got = runner({"x": x})["y"]
-    np.testing.assert_allclose(got, runner.vm[ANY_DIMS](tvm.runtime.tensor(x), *runner.weights).numpy(),
-                               rtol=1e-5, atol=1e-5 * np.abs(got).max())
-    if codec == "dense":
-        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert_unit_copy_exact(artefact, x, path if codec == "dense" else None)
