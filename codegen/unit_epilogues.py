@@ -94,6 +94,25 @@ def lowers(func: tirx.PrimFunc) -> bool:
     return True
 
 
+class LoweredCopies:
+    """The kernel copies a unit pass adds through ``builder``, by key, each added only where the build's lowering
+    takes it (:func:`lowers`). A refused key is remembered (``refused``, which a pass running in rounds passes on
+    from one round to the next), so each copy is made and lowered once."""
+
+    def __init__(self, builder: relax.BlockBuilder, refused: set | None = None):
+        self.builder, self.added, self.refused = builder, {}, set() if refused is None else refused
+
+    def get(self, key, make) -> relax.GlobalVar | None:
+        """The copy of ``key``, the first time made by ``make() -> (PrimFunc, name hint)``; None where refused."""
+        if key not in self.added and key not in self.refused:
+            func, name = make()
+            if lowers(func):
+                self.added[key] = self.builder.add_func(func, name)
+            else:
+                self.refused.add(key)
+        return self.added.get(key)
+
+
 def has_register_tile(func: tirx.PrimFunc) -> bool:
     """Whether a scheduled PrimFunc's blocks allocate a buffer of "local" scope (a register tile, as the batched
     matmul's schedule keeps its accumulators): composed after a kernel, such an epilogue computed wrong values once
@@ -125,9 +144,9 @@ def static_shape(expr_or_ty) -> list | None:
 
 @mutator
 class _FuseEpilogues(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, uses: dict):
+    def __init__(self, mod: tvm.IRModule, uses: dict, refused: set):
         super().__init__(mod)
-        self.mod, self.uses, self.fused, self.refused = mod, uses, {}, set()
+        self.mod, self.uses, self.fused = mod, uses, LoweredCopies(self.builder_, refused)
 
     def _kernel_call(self, var):
         """The ``call_tir`` of a kernel that ``var`` holds through single-use aliases and reshapes, else None."""
@@ -153,16 +172,13 @@ class _FuseEpilogues(PyExprMutator):
             if any(shape is None for shape in shapes + epilogue_shapes) or _bytes(kernel_out) > STACK_BYTES:
                 continue
             key = (kernel_gv.name_hint, epilogue_gv.name_hint, at, str(shapes), str(epilogue_shapes))
-            if key not in self.fused and key not in self.refused:
-                func = fused_kernel(self.mod[kernel_gv], self.mod[epilogue_gv], at, shapes, epilogue_shapes)
-                if lowers(func):
-                    self.fused[key] = self.builder_.add_func(func, f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}")
-                else:
-                    self.refused.add(key)
-            if key in self.refused:
+            fused = self.fused.get(key, lambda: (
+                fused_kernel(self.mod[kernel_gv], self.mod[epilogue_gv], at, shapes, epilogue_shapes),
+                f"{kernel_gv.name_hint}_{epilogue_gv.name_hint}"))
+            if fused is None:
                 continue
             rest = [a for i, a in enumerate(args) if i != at and not isinstance(epilogue_shapes[i], int)]
-            return relax.call_tir(self.fused[key], relax.Tuple([*kernel_args, *rest]), out_ty)
+            return relax.call_tir(fused, relax.Tuple([*kernel_args, *rest]), out_ty)
         return call
 
 
@@ -177,11 +193,12 @@ def fuse_unit_epilogues(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     docstring); the calls left unused removed."""
     if UNIT_DIMS not in [gv.name_hint for gv in mod.get_global_vars()]:
         return mod
+    refused = set()  # fusions the lowering refused: not tried again in a later round
     while True:  # a fused kernel is a kernel again: the next round gives it the epilogue that reads its output
         gv = mod.get_global_var(UNIT_DIMS)
-        fuser = _FuseEpilogues(mod, variable_uses(mod[gv]))
+        fuser = _FuseEpilogues(mod, variable_uses(mod[gv]), refused)
         func = fuser.visit_expr(mod[gv])
-        if not fuser.fused:
+        if not fuser.fused.added:
             return mod
         mod = fuser.builder_.get()
         mod[gv] = relax.analysis.remove_all_unused(func)

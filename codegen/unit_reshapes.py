@@ -23,7 +23,7 @@ from tvm.tirx import stmt as s
 from .kernel_registry import is_per_call_kernel
 from .relax_calls import call_tir_parts
 from .unit_dims import UNIT_DIMS
-from .unit_epilogues import lowers, static_shape, with_static_shapes
+from .unit_epilogues import LoweredCopies, static_shape, with_static_shapes
 
 RESHAPE = tvm.ir.Op.get("relax.reshape")
 
@@ -47,7 +47,7 @@ def with_parameter_shapes(func: tirx.PrimFunc, shapes: list, given: dict) -> tir
 class _AbsorbReshapes(PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
-        self.mod, self.copies, self.refused = mod, {}, set()
+        self.mod, self.copies = mod, LoweredCopies(self.builder_)
 
     def _reshaped(self, arg):
         """The tensor of static shape that ``arg`` reshapes (through a chain of reshapes), else None."""
@@ -75,16 +75,11 @@ class _AbsorbReshapes(PyExprMutator):
         if not given:
             return call
         key = (gv.name_hint, str(shapes), str(sorted(given.items())))
-        if key not in self.copies and key not in self.refused:
-            func = with_parameter_shapes(self.mod[gv], shapes, given)
-            if lowers(func):
-                self.copies[key] = self.builder_.add_func(func, gv.name_hint)
-            else:
-                self.refused.add(key)
-        if key in self.refused:
+        copy = self.copies.get(key, lambda: (with_parameter_shapes(self.mod[gv], shapes, given), gv.name_hint))
+        if copy is None:
             return call
         args = [arg if sources[at] is None else sources[at] for at, arg in enumerate(args)]
-        return relax.call_tir(self.copies[key], relax.Tuple(args), out_ty)
+        return relax.call_tir(copy, relax.Tuple(args), out_ty)
 
 
 @tvm.transform.module_pass(opt_level=0, name="AbsorbUnitReshapes")
@@ -96,7 +91,7 @@ def absorb_unit_reshapes(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     gv = mod.get_global_var(UNIT_DIMS)
     absorber = _AbsorbReshapes(mod)
     func = absorber.visit_expr(mod[gv])
-    if not absorber.copies:
+    if not absorber.copies.added:
         return mod
     mod = absorber.builder_.get()
     mod[gv] = relax.analysis.remove_all_unused(func)
