@@ -40,7 +40,10 @@ FUSED_ATTR = "bie.fused_epilogue"  # on a fused kernel: the epilogue's name
 def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
     """``func`` with the symbolic sizes of its buffer parameters bound to ``shapes`` (one per parameter); a scalar
     parameter given an ``int`` (a symbolic size passed as a value, :func:`static_arguments`) is bound to it and is no
-    longer a parameter."""
+    longer a parameter. The body is then simplified at those sizes: a matmul scheduled for a symbolic number of rows
+    (the attention's product with V) predicates its register tile's rows on it, and with that number bound to 1 but
+    not simplified, TVM's buffer compaction left the tile's loop variables in its accumulator's size (the lowering
+    then failed in the arithmetic analyzer, "conflicts with memorization": the `int8` encoder's V kernels)."""
     sizes = {param: tirx.const(shape, str(param.ty.dtype)) for param, shape in zip(func.params, shapes)
              if isinstance(shape, int)}
     for param, shape in zip(func.params, shapes):
@@ -52,7 +55,8 @@ def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
         return func
     kept = [param for param, shape in zip(func.params, shapes) if not isinstance(shape, int)]
     func = tirx.PrimFunc(kept, func.body, func.ret_type, func.attrs)
-    return tvm_ffi.structural_map(func, (tirx.Var, lambda var: sizes.get(var, var)), order="post")
+    func = tvm_ffi.structural_map(func, (tirx.Var, lambda var: sizes.get(var, var)), order="post")
+    return tvm.s_tir.transform.StmtSimplify()(tvm.IRModule({"main": func}))["main"]
 
 
 def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel_shapes: list,
@@ -80,10 +84,10 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
 
 
 def lowers(func: tirx.PrimFunc) -> bool:
-    """Whether the build's TIR lowering, for the current target, takes ``func`` (True without a target). Bound to
-    static shapes, a kernel TVM scheduled for symbolic ones (the attention's batched matmul, in some of the kernels
-    it joins) can trip TVM's arithmetic analyzer ("conflicts with memorization"), which would cost the whole model
-    its unit copy; such a kernel keeps its own call. A few milliseconds a kernel."""
+    """Whether the build's TIR lowering, for the current target, takes ``func`` (True without a target). A kernel
+    TVM scheduled for symbolic sizes, bound to static ones, can fail there (as the attention's product with V did
+    before :func:`with_static_shapes` simplified it), which would cost the whole model its unit copy; such a kernel
+    keeps its own call. A few milliseconds a kernel."""
     from .cpu import TIR_PIPELINE  # here: cpu imports this module
 
     target = tvm.target.Target.current(allow_none=True)

@@ -13,6 +13,7 @@ import bie_compiler
 from bie_compiler.codegen import cpu, unit_epilogues
 from bie_compiler.codegen.kernel_registry import finish
 from bie_compiler.codegen.kernels import bitplane_lut, dense
+from bie_compiler.codegen.schedules import matmul
 from bie_compiler.codegen.target import make_target
 from bie_compiler.codegen.unit_dims import ANY_DIMS, UNIT_DIMS
 from bie_compiler.codegen.unit_epilogues import FUSED_ATTR, fused_kernel
@@ -104,6 +105,31 @@ def test_a_transpose_s_product_keeps_its_own_storage_in_the_next_round():
     got = tvm.runtime.tensor(np.full((cols, rows), np.nan, np.float32))
     _run(second, tvm.runtime.tensor(values), got)
     np.testing.assert_array_equal(got.numpy(), (values + 1.0).T * 2.0)
+
+
+def test_a_matmul_scheduled_for_symbolic_rows_lowers_bound_to_one_row():
+    # the attention's product with V at one token: rows and k both the sequence length, its register tile's rows
+    # predicated on it; bound to 1, TVM's buffer compaction left the tile's loop variables in its accumulator's size
+    # unless the bound body is simplified first (unit_epilogues.with_static_shapes), and the lowering refused it
+    seq, batch, heads, width = tirx.Var("seq", "int64"), tirx.Var("batch", "int64"), _int64(12), _int64(32)
+    a, b = te.placeholder((batch, heads, seq, seq), name="a"), te.placeholder((batch, heads, seq, width), name="b")
+    k = te.reduce_axis((_int64(0), seq), name="k")
+    product = te.compute((batch, heads, seq, width), lambda n, h, i, j: te.sum(a[n, h, i, k] * b[n, h, k, j], axis=k),
+                         name="product")
+    target = make_target()
+    scheduled = matmul.Matmul().apply(te.create_prim_func([a, b, product]), target, False).mod["main"]
+    bound = unit_epilogues.with_static_shapes(scheduled, [(1, 12, 1, 1), (1, 12, 1, 32), (1, 12, 1, 32)])
+    with target:
+        assert unit_epilogues.lowers(bound)
+    rng = np.random.default_rng(7)
+    probs, values = (rng.standard_normal(shape).astype(np.float32) for shape in ((1, 12, 1, 1), (1, 12, 1, 32)))
+    got = tvm.runtime.tensor(np.full((1, 12, 1, 32), np.nan, np.float32))
+    _run(bound, tvm.runtime.tensor(probs), tvm.runtime.tensor(values), got)
+    np.testing.assert_array_equal(got.numpy(), probs @ values)
+
+
+def _int64(value: int) -> tirx.IntImm:
+    return tirx.IntImm("int64", value)
 
 
 def _block(batch, seq) -> onnx.ModelProto:
