@@ -32,6 +32,7 @@ from tvm.tirx import stmt as s
 from .kernel_registry import is_per_call_kernel
 from .relax_calls import call_tir_parts, is_reshape, producer, variable_uses
 from .stack_buffers import STACK_BYTES
+from .tir_pipeline import TIR_PIPELINE
 from .unit_dims import UNIT_DIMS
 
 FUSED_ATTR = "bie.fused_epilogue"  # on a fused kernel: the epilogue's name
@@ -88,8 +89,6 @@ def lowers(func: tirx.PrimFunc) -> bool:
     TVM scheduled for symbolic sizes, bound to static ones, can fail there (as the attention's product with V did
     before :func:`with_static_shapes` simplified it), which would cost the whole model its unit copy; such a kernel
     keeps its own call. A few milliseconds a kernel."""
-    from .cpu import TIR_PIPELINE  # here: cpu imports this module
-
     target = tvm.target.Target.current(allow_none=True)
     if target is None:
         return True
