@@ -5,8 +5,8 @@ an encoded or dense weight (a kernel of :mod:`.kernel_registry`) is followed, th
 the elementwise kernel that adds its bias (and the residual, or applies GELU). Each kernel call costs
 the VM an output allocation, the call, its reshapes and the releases of what they held: at one token,
 where each kernel runs for a few microseconds, as much as the small kernels themselves. Here the two
-calls become one PrimFunc that runs the matmul into a buffer of its own (through a view of it in the matmul's
-output shape) and then the epilogue reading that buffer: the same two loop nests, one call.
+calls become one PrimFunc that runs the matmul into a buffer of its own (through a view of it where the matmul's
+output shape differs) and then the epilogue reading that buffer: the same two loop nests, one call.
 
 Only where the matmul's output is read by nothing else (each reshape on the way too), so no work is
 repeated, and is at most ``STACK_BYTES`` (one token's activations, which stay on the stack; not a conv's
@@ -73,9 +73,16 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     # every load of that one is at the store's own index, but it sees only loads of the buffer itself, not loads
     # through a view. Read through a view, the product of a transpose's fused kernel (the attention's Q, K and V at
     # 16 tokens, read by the batched matmul joining in the next round) took the storage of the product it was
-    # still transposing from.
+    # still transposing from. Where the two shapes are one, the kernel writes the product itself: no view hides its
+    # stores, so an epilogue's output can still take its storage in place (else it took another free buffer, such as
+    # a GEMV's accumulators, and the GEMV's loop then counted a hand-off to its tasks: serial_small_loops.handoff).
     written, product = kernel.params[-1], epilogue.params[at]
-    body = s.SeqStmt([s.AllocBuffer(product), s.DeclBuffer(written, data=product.data), kernel.body, epilogue.body])
+    if static_shape(written) == static_shape(product):
+        writes = tvm_ffi.structural_map(kernel.body, (tirx.Var, lambda var: product if var.same_as(written) else var),
+                                        order="post")
+        body = s.SeqStmt([s.AllocBuffer(product), writes, epilogue.body])
+    else:
+        body = s.SeqStmt([s.AllocBuffer(product), s.DeclBuffer(written, data=product.data), kernel.body, epilogue.body])
     params = [*kernel.params[:-1], *(p for i, p in enumerate(epilogue.params) if i != at)]
     attrs = dict(kernel.attrs or {})
     attrs.update({key: value for key, value in (epilogue.attrs or {}).items() if key not in attrs})

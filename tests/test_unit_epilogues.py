@@ -6,6 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tvm
+import tvm_ffi
 from onnx import TensorProto, helper
 from tvm import relax, te, tirx
 
@@ -88,23 +89,33 @@ def test_an_epilogue_taking_a_size_as_a_scalar_gets_it_bound():
     np.testing.assert_allclose(got.numpy(), x @ weight.T + 1.0, rtol=1e-5, atol=1e-5)
 
 
-def test_a_transpose_s_product_keeps_its_own_storage_in_the_next_round():
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_transpose_s_product_keeps_its_own_storage_in_the_next_round(flat):
     # a kernel, a transpose reading its product, then an epilogue reading the transpose's output (a product too,
-    # once it joins): TVM's storage planner would put a product read through a view in place of the one it is
-    # computed from (unit_epilogues.fused_kernel), the transpose then overwriting what it still reads
+    # once it joins): TVM's storage planner put a product read through a view in place of the one it is computed
+    # from (unit_epilogues.fused_kernel), the transpose then overwriting what it still read. A flat kernel output
+    # is written through a view of the (rows, cols) product; products of one shape on both sides need none
     rows, cols = 8, 4
-    x = te.placeholder((rows, cols), name="x")
-    kernel = te.create_prim_func([x, te.compute((rows, cols), lambda i, j: x[i, j] + 1.0, name="a")])
+    written = (rows * cols,) if flat else (rows, cols)
+    x = te.placeholder(written, name="x")
+    kernel = te.create_prim_func([x, te.compute(written, lambda *i: x(*i) + 1.0, name="a")])
     h = te.placeholder((rows, cols), name="h")
     transpose = te.create_prim_func([h, te.compute((cols, rows), lambda i, j: h[j, i], name="t")])
     u = te.placeholder((cols, rows), name="u")
     double = te.create_prim_func([u, te.compute((cols, rows), lambda i, j: u[i, j] * 2.0, name="z")])
-    first = fused_kernel(kernel, transpose, 0, [(rows, cols), (rows, cols)], [(rows, cols), (cols, rows)])
-    second = fused_kernel(first, double, 0, [(rows, cols), (cols, rows)], [(cols, rows), (cols, rows)])
-    values = np.random.default_rng(6).standard_normal((rows, cols)).astype(np.float32)
+    first = fused_kernel(kernel, transpose, 0, [written, written], [(rows, cols), (cols, rows)])
+    second = fused_kernel(first, double, 0, [written, (cols, rows)], [(cols, rows), (cols, rows)])
+    assert _views(first) == _views(second) == (1 if flat else 0)
+    values = np.random.default_rng(6).standard_normal(written).astype(np.float32)
     got = tvm.runtime.tensor(np.full((cols, rows), np.nan, np.float32))
     _run(second, tvm.runtime.tensor(values), got)
-    np.testing.assert_array_equal(got.numpy(), (values + 1.0).T * 2.0)
+    np.testing.assert_array_equal(got.numpy(), (values.reshape(rows, cols) + 1.0).T * 2.0)
+
+
+def _views(func: tirx.PrimFunc) -> int:
+    found = []
+    tvm_ffi.structural_map(func.body, (tirx.stmt.DeclBuffer, lambda node: found.append(node) or node), order="post")
+    return len(found)
 
 
 def test_a_matmul_scheduled_for_symbolic_rows_lowers_bound_to_one_row():
