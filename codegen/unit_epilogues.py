@@ -15,9 +15,9 @@ computes exactly what the two did.
 
 A fused kernel is one of ours again, so the pass repeats until no call fuses: the next kernel that alone reads
 its output joins it (in the encoder at one token, the layer norm after the bias and residual, the attention's
-transposes after the Q, K and V projections: 9 calls a layer instead of 11, benchmarks/README.md, stop 20). A size
-that an epilogue takes as a scalar argument (the softmax's batch) is bound to the call's value. A fused kernel the
-build's lowering refuses keeps its calls (:func:`lowers`).
+transposes, batched matmuls and softmax after the Q, K and V projections: 6 calls a layer instead of 11,
+benchmarks/README.md, stops 20 and 21). A size that an epilogue takes as a scalar argument (the softmax's batch)
+is bound to the call's value. A fused kernel the build's lowering refuses keeps its calls (:func:`lowers`).
 """
 
 from __future__ import annotations
