@@ -36,8 +36,8 @@ from .kernel_registry import kernel_layers
 from .schedules import (channel_pool, conv2d, depthwise_conv2d, depthwise_flat, elementwise, expand_depthwise,
                         matmul, pointwise_overlap, reduction)
 from .schedules.linear_epilogue import linear_epilogues
-from .serial_small_loops import mark_streamed_weights, serial_when_small
-from .stack_buffers import stack_buffers
+from .serial_small_loops import mark_streamed_weights
+from .tir_pipeline import TIR_PIPELINE
 from .unit_dims import specialize_unit_dims
 from .unit_epilogues import fuse_unit_epilogues
 from .unit_reshapes import absorb_unit_reshapes
@@ -46,7 +46,6 @@ from .weights import Weights, split_weights
 
 SCHEDULED = "tirx.is_scheduled"
 NOALIAS = "tirx.noalias"
-TIR_PIPELINE = "bie_cpu"
 
 # Tried in order on each unscheduled PrimFunc; the first that applies schedules it.
 RULES = [
@@ -95,30 +94,6 @@ def mark_single_argument_noalias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         if isinstance(func, tvm.tirx.PrimFunc) and len(func.params) <= 1 and not (func.attrs and func.attrs.get(NOALIAS)):
             mod[gv] = func.with_attr(NOALIAS, True)
     return mod
-
-
-@tvm.tirx.transform.prim_func_pass(opt_level=0, name="SerialWhenSmall")
-def serial_small_loops(func: tvm.tirx.PrimFunc, _mod, _ctx) -> tvm.tirx.PrimFunc:
-    """:func:`.serial_small_loops.serial_when_small` on every PrimFunc of the lowered module."""
-    return serial_when_small(func)
-
-
-@tvm.tirx.transform.prim_func_pass(opt_level=0, name="StackBuffers")
-def small_buffers_on_stack(func: tvm.tirx.PrimFunc, _mod, _ctx) -> tvm.tirx.PrimFunc:
-    """:func:`.stack_buffers.stack_buffers` on every PrimFunc of the lowered module."""
-    return stack_buffers(func)
-
-
-def _tir_pipeline():
-    """TVM's TIR lowering, then :func:`serial_small_loops` (on the lowered loops: vector and unrolled code counted
-    as what it executes; a loop kept in both forms defines its variables twice, which ConvertSSA renames) and
-    :func:`small_buffers_on_stack` (before the host lowering would make them workspace calls)."""
-    lower, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("s_tir")
-    passes = [lower, serial_small_loops, tvm.tirx.transform.ConvertSSA(), small_buffers_on_stack]
-    return tvm.transform.Sequential(passes), finalize_host, finalize_device
-
-
-tvm.tirx.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
 
 
 @tvm.transform.module_pass(opt_level=0, name="LinearEpilogues")

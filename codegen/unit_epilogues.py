@@ -5,8 +5,8 @@ an encoded or dense weight (a kernel of :mod:`.kernel_registry`) is followed, th
 the elementwise kernel that adds its bias (and the residual, or applies GELU). Each kernel call costs
 the VM an output allocation, the call, its reshapes and the releases of what they held: at one token,
 where each kernel runs for a few microseconds, as much as the small kernels themselves. Here the two
-calls become one PrimFunc that runs the matmul into a buffer of its own and then the epilogue reading
-that buffer (a view of it in the epilogue's shape): the same two loop nests, one call.
+calls become one PrimFunc that runs the matmul into a buffer of its own (through a view of it where the matmul's
+output shape differs) and then the epilogue reading that buffer: the same two loop nests, one call.
 
 Only where the matmul's output is read by nothing else (each reshape on the way too), so no work is
 repeated, and is at most ``STACK_BYTES`` (one token's activations, which stay on the stack; not a conv's
@@ -15,10 +15,9 @@ computes exactly what the two did.
 
 A fused kernel is one of ours again, so the pass repeats until no call fuses: the next kernel that alone reads
 its output joins it (in the encoder at one token, the layer norm after the bias and residual, the attention's
-transposes after the Q, K and V projections: 9 calls a layer instead of 11, benchmarks/README.md, stop 20). A size
-that an epilogue takes as a scalar argument (the softmax's batch) is bound to the call's value. Kernels with a
-register tile (the attention's batched matmuls) keep their calls (:func:`has_register_tile`), and so does a fused
-kernel the build's lowering refuses (:func:`lowers`).
+transposes, batched matmuls and softmax after the Q, K and V projections: 6 calls a layer instead of 11,
+benchmarks/README.md, stops 20 and 21). A size that an epilogue takes as a scalar argument (the softmax's batch)
+is bound to the call's value. A fused kernel the build's lowering refuses keeps its calls (:func:`lowers`).
 """
 
 from __future__ import annotations
@@ -28,12 +27,12 @@ import tvm
 import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
-from tvm.s_tir import SBlock
 from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
 from .relax_calls import call_tir_parts, is_reshape, producer, variable_uses
 from .stack_buffers import STACK_BYTES
+from .tir_pipeline import TIR_PIPELINE
 from .unit_dims import UNIT_DIMS
 
 FUSED_ATTR = "bie.fused_epilogue"  # on a fused kernel: the epilogue's name
@@ -42,7 +41,10 @@ FUSED_ATTR = "bie.fused_epilogue"  # on a fused kernel: the epilogue's name
 def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
     """``func`` with the symbolic sizes of its buffer parameters bound to ``shapes`` (one per parameter); a scalar
     parameter given an ``int`` (a symbolic size passed as a value, :func:`static_arguments`) is bound to it and is no
-    longer a parameter."""
+    longer a parameter. The body is then simplified at those sizes: a matmul scheduled for a symbolic number of rows
+    (the attention's product with V) predicates its register tile's rows on it, and with that number bound to 1 but
+    not simplified, TVM's buffer compaction left the tile's loop variables in its accumulator's size (the lowering
+    then failed in the arithmetic analyzer, "conflicts with memorization": the `int8` encoder's V kernels)."""
     sizes = {param: tirx.const(shape, str(param.ty.dtype)) for param, shape in zip(func.params, shapes)
              if isinstance(shape, int)}
     for param, shape in zip(func.params, shapes):
@@ -54,7 +56,8 @@ def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
         return func
     kept = [param for param, shape in zip(func.params, shapes) if not isinstance(shape, int)]
     func = tirx.PrimFunc(kept, func.body, func.ret_type, func.attrs)
-    return tvm_ffi.structural_map(func, (tirx.Var, lambda var: sizes.get(var, var)), order="post")
+    func = tvm_ffi.structural_map(func, (tirx.Var, lambda var: sizes.get(var, var)), order="post")
+    return tvm.s_tir.transform.StmtSimplify()(tvm.IRModule({"main": func}))["main"]
 
 
 def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel_shapes: list,
@@ -65,8 +68,21 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     kernel = with_static_shapes(kernel, kernel_shapes)
     epilogue = with_static_shapes(epilogue, epilogue_shapes)
     at = sum(1 for shape in epilogue_shapes[:at] if not isinstance(shape, int))  # its place among those kept
-    product, view = kernel.params[-1], epilogue.params[at]
-    body = s.SeqStmt([s.AllocBuffer(product), kernel.body, s.DeclBuffer(view, data=product.data), epilogue.body])
+    # The product is allocated in the shape the epilogue reads it and the kernel writes it through a view, not the
+    # other way round: TVM's StorageRewrite gives a buffer the storage of one it is computed from ("in place") where
+    # every load of that one is at the store's own index, but it sees only loads of the buffer itself, not loads
+    # through a view. Read through a view, the product of a transpose's fused kernel (the attention's Q, K and V at
+    # 16 tokens, read by the batched matmul joining in the next round) took the storage of the product it was
+    # still transposing from. Where the two shapes are one, the kernel writes the product itself: no view hides its
+    # stores, so an epilogue's output can still take its storage in place (else it took another free buffer, such as
+    # a GEMV's accumulators, and the GEMV's loop then counted a hand-off to its tasks: serial_small_loops.handoff).
+    written, product = kernel.params[-1], epilogue.params[at]
+    if static_shape(written) == static_shape(product):
+        writes = tvm_ffi.structural_map(kernel.body, (tirx.Var, lambda var: product if var.same_as(written) else var),
+                                        order="post")
+        body = s.SeqStmt([s.AllocBuffer(product), writes, epilogue.body])
+    else:
+        body = s.SeqStmt([s.AllocBuffer(product), s.DeclBuffer(written, data=product.data), kernel.body, epilogue.body])
     params = [*kernel.params[:-1], *(p for i, p in enumerate(epilogue.params) if i != at)]
     attrs = dict(kernel.attrs or {})
     attrs.update({key: value for key, value in (epilogue.attrs or {}).items() if key not in attrs})
@@ -76,12 +92,10 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
 
 
 def lowers(func: tirx.PrimFunc) -> bool:
-    """Whether the build's TIR lowering, for the current target, takes ``func`` (True without a target). Bound to
-    static shapes, a kernel TVM scheduled for symbolic ones (the attention's batched matmul, in some of the kernels
-    it joins) can trip TVM's arithmetic analyzer ("conflicts with memorization"), which would cost the whole model
-    its unit copy; such a kernel keeps its own call. A few milliseconds a kernel."""
-    from .cpu import TIR_PIPELINE  # here: cpu imports this module
-
+    """Whether the build's TIR lowering, for the current target, takes ``func`` (True without a target). A kernel
+    TVM scheduled for symbolic sizes, bound to static ones, can fail there (as the attention's product with V did
+    before :func:`with_static_shapes` simplified it), which would cost the whole model its unit copy; such a kernel
+    keeps its own call. A few milliseconds a kernel."""
     target = tvm.target.Target.current(allow_none=True)
     if target is None:
         return True
@@ -111,21 +125,6 @@ class LoweredCopies:
             else:
                 self.refused.add(key)
         return self.added.get(key)
-
-
-def has_register_tile(func: tirx.PrimFunc) -> bool:
-    """Whether a scheduled PrimFunc's blocks allocate a buffer of "local" scope (a register tile, as the batched
-    matmul's schedule keeps its accumulators): composed after a kernel, such an epilogue computed wrong values once
-    its loops were real (the attention's batched matmuls at 16 tokens: off by hundreds), so it keeps its own call.
-    The softmax's and layer norm's partial results, in global scope, compose exactly."""
-    found = []
-
-    def visit(block):
-        found.extend(b for b in block.alloc_buffers if str(b.ty.storage_scope) == "local")
-        return block
-
-    tvm_ffi.structural_map(func.body, (SBlock, visit), order="post")
-    return bool(found)
 
 
 def static_arguments(args) -> list:
@@ -160,8 +159,6 @@ class _FuseEpilogues(PyExprMutator):
                 or is_per_call_kernel(self.mod[found[0]]) or is_reshape(self.mod[found[0]]):
             return call
         epilogue_gv, args, out_ty = found
-        if has_register_tile(self.mod[epilogue_gv]):
-            return call
         for at, arg in enumerate(args):
             inner = self._kernel_call(arg)
             if inner is None:
