@@ -308,8 +308,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     with int8 tables.
 
     Per row, each group's 8 float32 tables are quantized with one step ``s_g`` (the group's largest entry over
-    TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors, laid out as the index bytes need
-    them. Per block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles
+    TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors need them (see ``stored``). Per block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles
     (2 look-up vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
     ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or vpmaddubsw into
     int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's exact integer sum
@@ -319,8 +318,14 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     kp = kg * GROUP
     span = int8_planes(magnitude_planes)
-    rows = kp // 4 * span // QUAD  # vectors of tables: QUAD / span tables each
     width = LANES * QUAD  # bytes in a vector
+    # a vector of look-ups holds QUAD / span tables of 16 entries, each in span 128-bit lanes. Stored once each: a
+    # quad vector's one table, loaded into its four lanes with a broadcast (64 KiB of tables at K = 4096 would not
+    # stay in L1: the streamed GEMV waited on their reloads); a pair vector's [a, a, b, b] as the vector is (its two
+    # tables stored once would cost an insert per vector: 1.2x the time in L2, benchmarks/README.md)
+    per_vector = QUAD // span
+    copies = 1 if span == QUAD else span
+    stored = 16 * per_vector * copies
     offset = float(1 << magnitude_planes)
     unit = float(1 << shift)
     per_group = groups > 1
@@ -330,9 +335,12 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(0x01020408 if span == QUAD else 0x01020102, "uint32"),
                                                        LANES))
 
-    def looked_up(small, row, nibbles):
-        return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, small[row, T.Ramp(0, 1, width)], T.reinterpret(
-            "int8x64", nibbles))
+    def looked_up(small, first, nibbles):
+        # the vector of tables first .. first + QUAD / span - 1, each in span 128-bit lanes
+        row = small[first // per_vector, T.Ramp(0, 1, stored)]
+        lanes = row if stored == width else tirx.Shuffle([row] * (width // stored),
+                                                         [tirx.IntImm("int32", i) for i in range(width)])
+        return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, lanes, T.reinterpret("int8x64", nibbles))
 
     def quad_sum(small, first, v):
         # the int32 sums of one index vector's 2 look-ups for 16 channels (vector h: table rows h and h + QUAD)
@@ -340,7 +348,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         low = tirx.call_llvm_pure_intrin("int32x16", DOT, zero, weights,
                                          looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
         return tirx.call_llvm_pure_intrin("int32x16", DOT, low, weights,
-                                          looked_up(small, first + span, v >> T.Broadcast(T.uint8(4), width)))
+                                          looked_up(small, first + 4, v >> T.Broadcast(T.uint8(4), width)))
 
     def pair_sum(small, first, v):
         # the int16 sums of one index vector's 2 look-ups: channels 0-15 of its tables h * 2 (words 0-15) and
@@ -348,13 +356,13 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         return (tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
                                            looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
                 + tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
-                                             looked_up(small, first + span, v >> T.Broadcast(T.uint8(4), width))))
+                                             looked_up(small, first + 4, v >> T.Broadcast(T.uint8(4), width))))
 
     def group_dot(small, first, words):
         # the group's int32 sums for 16 channels from its S index vectors
         if span == QUAD:
             return lut.tree([quad_sum(small, first + h, words(h)) for h in range(span)])
-        total = lut.tree([pair_sum(small, first + h, words(h)) for h in range(span)])
+        total = lut.tree([pair_sum(small, first + 2 * h, words(h)) for h in range(span)])
         return (T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", i) for i in range(LANES)]))
                 + T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", LANES + i) for i in range(LANES)])))
 
@@ -371,7 +379,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
         table = T.decl_buffer((kp // 4, 16), "float32")
-        small = T.decl_buffer((rows, width), "int8")  # the int8 tables as vectors of lanes
+        small = T.decl_buffer((kp // 4 // per_vector, stored), "int8")  # the int8 tables, as the vectors repeat them
         step = T.decl_buffer((kg,), "float32")
         group_sum = T.decl_buffer((kg,), "float32")
         total = T.decl_buffer((1,), "float32")
@@ -389,12 +397,12 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
                     peak[0] = T.max(peak[0], T.max(positive, negative))
                 step[g] = peak[0] / T.float32(TABLE_PEAK)
                 scale: T.let = T.if_then_else(peak[0] > T.float32(0), T.float32(TABLE_PEAK) / peak[0], T.float32(0))
-                for t in T.unroll(NIBBLES):  # table t in lanes t % (QUAD / span) * span on of row t // (QUAD / span)
+                for t in T.unroll(NIBBLES):
                     entries: T.let = T.Cast("int8x16", T.Cast("int32x16", T.nearbyint(
                         table[g * NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(scale, 16))))
-                    for lane in T.unroll(span):
-                        small[g * 2 * span + t // (QUAD // span), T.Ramp((t % (QUAD // span) * span + lane) * 16, 1,
-                                                                         16)] = entries
+                    for copy in T.unroll(copies):
+                        small[(g * NIBBLES + t) // per_vector, T.Ramp((t % per_vector * copies + copy) * 16, 1,
+                                                                      16)] = entries
                 group_sum[g] = lut.tree([table[g * NIBBLES + t, 15] for t in range(NIBBLES)])
                 total[0] = total[0] + group_sum[g]
             for blk in T.parallel(blocks):
@@ -403,7 +411,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
                     nxt: T.let = T.min(blk + 1, blocks - 1) * kg + g  # the next block's group (the next item)
                     for h in T.unroll(span):
                         lut.prefetch(nibbles[nxt, h, 0])
-                    dot: T.let = group_dot(small, g * 2 * span,
+                    dot: T.let = group_dot(small, g * NIBBLES,
                                            lambda h: nibbles[blk * kg + g, h, T.Ramp(0, 1, width)])
                     mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES)
                     if per_group:
