@@ -34,13 +34,15 @@ import numpy as np
 from tvm import te, tirx
 from tvm.script import tirx as T
 
+from bie_compiler.codecs import bie_bitplane
+
 from ..kernel_registry import KernelCall
 from . import lut, panel_gemm
 
 LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
 FORM = "lut_planes"  # the progressive-precision form of the words (weights.PRECISION_ATTR)
 TABLES = ("fp32", "int8")  # the look-up tables: exact float32 subset sums, or int8 quantized per group
-QUAD = 4  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most planes
+QUAD = bie_bitplane.INT8_TABLE_PLANES  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most
 SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
 DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
 PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
