@@ -305,6 +305,16 @@ def int8_error_bound(x: np.ndarray, layout: Layout, scales: np.ndarray) -> np.nd
     return weight * steps @ group_scale.T
 
 
+def lanes_max(v):
+    """The largest of the 16 lanes of float32x16 ``v``: halves compared until one lane is left."""
+    lanes = LANES
+    while lanes > 1:
+        lanes //= 2
+        v = T.max(tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in range(lanes)]),
+                  tirx.Shuffle([v], [tirx.IntImm("int32", lanes + i) for i in range(lanes)]))
+    return v
+
+
 def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """``f(x [m, K], nibbles, scales, out [m, N])`` over :func:`int8_nibbles` and :func:`lanes_of_scales`: the GEMV
     with int8 tables.
@@ -385,20 +395,18 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         step = T.decl_buffer((kg,), "float32")
         group_sum = T.decl_buffer((kg,), "float32")
         total = T.decl_buffer((1,), "float32")
-        peak = T.decl_buffer((1,), "float32")
         acc = T.decl_buffer((blocks, LANES), "float32")  # allocated once per call, not per parallel iteration
         for row in range(m):
             fill_tables(x, row, xpad, table)
             total[0] = T.float32(0)
             for g in range(kg):
-                # the largest entry in magnitude: a table's sum of its positive or of its negative activations
-                peak[0] = T.float32(0)
-                for t in range(NIBBLES):
-                    positive: T.let = lut.tree([T.max(xpad[g * GROUP + 4 * t + i], T.float32(0)) for i in range(4)])
-                    negative: T.let = lut.tree([T.max(-xpad[g * GROUP + 4 * t + i], T.float32(0)) for i in range(4)])
-                    peak[0] = T.max(peak[0], T.max(positive, negative))
-                step[g] = peak[0] / T.float32(TABLE_PEAK)
-                scale: T.let = T.if_then_else(peak[0] > T.float32(0), T.float32(TABLE_PEAK) / peak[0], T.float32(0))
+                # the largest entry in magnitude (a table's sum of its positive or of its negative activations): the
+                # tables' entries compared as vectors, then their lanes (a scalar loop over the activations took
+                # most of the time the tables take to make)
+                peak: T.let = lanes_max(lut.tree_of(T.max, [T.fabs(table[g * NIBBLES + t, T.Ramp(0, 1, 16)])
+                                                           for t in range(NIBBLES)]))
+                step[g] = peak / T.float32(TABLE_PEAK)
+                scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(TABLE_PEAK) / peak, T.float32(0))
                 for t in T.unroll(NIBBLES):
                     entries: T.let = T.Cast("int8x16", T.Cast("int32x16", T.nearbyint(
                         table[g * NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(scale, 16))))
