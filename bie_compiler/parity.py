@@ -241,6 +241,15 @@ def _intermediates(model: onnx.ModelProto, inputs: dict, names: dict[str, str]) 
     return dict(zip(names, values))
 
 
+def _compiled_kernel(runner, symbol: str):
+    """The artefact's compiled PrimFunc ``symbol`` (in the library the VM imports: the VM's own function of a name
+    is its Relax wrapper, when it has one)."""
+    for library in runner.vm.module.imports:
+        with contextlib.suppress(AttributeError):  # not in this one
+            return library.get_function(symbol, query_imports=True)
+    raise ArtefactError(f"{runner.path}: no compiled kernel {symbol!r}")
+
+
 def int8_table_layers(runner, reference: onnx.ModelProto, inputs: dict, encodings: dict) -> list[dict]:
     """Per layer whose batch-1 GEMV has int8 look-up tables (``lut_tables``: an approximation, which the decoded
     model's outputs cannot be matched against to fp32 error): the artefact's own GEMV kernel run on the layer's input
@@ -272,7 +281,7 @@ def int8_table_layers(runner, reference: onnx.ModelProto, inputs: dict, encoding
         x = values[record["name"]].reshape(-1, layout.k).astype(np.float32)
         constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, "int8"),
                      bitplane_lut.lanes_of_scales(planes.scales)]
-        kernel = runner.vm.module.get_function(symbols[record["name"]], query_imports=True)
+        kernel = _compiled_kernel(runner, symbols[record["name"]])
         out = tvm.runtime.empty((x.shape[0], layout.n), "float32", runner.device)
         kernel(tvm.runtime.tensor(x, runner.device), *(tvm.runtime.tensor(c, runner.device) for c in constants), out)
         exact = x.astype(np.float64) @ codecs.decode(enc).T.astype(np.float64)

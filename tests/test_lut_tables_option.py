@@ -75,3 +75,14 @@ def test_planes_past_int8_keep_fp32_tables_and_exact_parity(model_dir, tmp_path)
     assert all("at most 4 planes" in r["details"]["kernel.lut_tables"] for r in runner.manifest["layers"])
     result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=1, seed=1), min_cosine=0)
     assert "int8_table_layers" not in result and result["decoded_max_rel_err"] < 1e-4 and result["passed"]
+
+
+def test_check_command_prints_each_layers_error_and_bound(int8_mlp, capsys):
+    from bie_compiler.cli import main
+
+    assert main(["check", str(int8_mlp.path), "--min-cosine", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"int8 look-up tables: {len(int8_mlp.manifest['layers'])} GEMV(s) approximate" in printed
+    for layer in int8_mlp.manifest["layers"]:
+        assert f"  {layer['name']}: error " in printed
+    assert "OUT OF BOUND" not in printed and "PASSED" in printed
