@@ -258,8 +258,8 @@ def int8_table_layers(runner, reference: onnx.ModelProto, inputs: dict, encoding
     ``bound_rel`` / ``error_rel``: the largest bound / error over the largest exact output."""
     from .codegen.kernels import bitplane, bitplane_lut
 
-    layers = [r for r in runner.manifest["layers"] if r["config"].get("lut_tables") == "int8"
-              and not r["fallback_reason"] and "kernel.lut_tables" not in r["details"]]
+    layers = [r for r in runner.manifest["layers"] if not r["fallback_reason"]  # a dense layer has no config
+              and r["config"].get("lut_tables") == "int8" and "kernel.lut_tables" not in r["details"]]
     if not layers:
         return []
     matmuls = {n.input[1]: n.input[0] for n in reference.graph.node if n.op_type in ("MatMul", "Gemm")}
