@@ -320,8 +320,9 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     with int8 tables.
 
     Per row, each group's 8 float32 tables are quantized with one step ``s_g`` (the group's largest entry over
-    TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors need them (see ``stored``). Per block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles
-    (2 look-up vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
+    TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors need them (see ``stored``). Per
+    block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles (2 look-up
+    vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
     ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or vpmaddubsw into
     int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's exact integer sum
     for 16 channels in 2 S shuffles, times ``s_g`` into a float32 accumulator. The offset of the codes,
