@@ -136,9 +136,10 @@ def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor, tables: s
 
 
 def row_blocks(planes: int) -> int:
-    """Blocks of 16 channels a parallel task of :func:`gemv` computes group by group, sharing each group's table loads:
-    2 up to 4 planes, where the loads are a larger share; above, the two blocks' sums and words spill registers
-    (benchmarks/README.md, ``bitplane_gemv.py``, stop 18)."""
+    """Blocks of 16 channels a parallel task of :func:`gemv` or :func:`int8_gemv` computes group by group, sharing each
+    group's table loads: 2 up to 4 planes, where the loads are a larger share; above, the two blocks' sums and words
+    spill registers (benchmarks/README.md, ``bitplane_gemv.py``, stop 18; the int8 tables: stop 21, 4 blocks no
+    faster than 2)."""
     return 2 if planes <= 4 else 1
 
 
@@ -339,6 +340,8 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     per_vector = QUAD // span
     copies = 1 if span == QUAD else span
     stored = 16 * per_vector * copies
+    per_task = row_blocks(magnitude_planes + 1)
+    tasks = -(-blocks // per_task)
     offset = float(1 << magnitude_planes)
     unit = float(1 << shift)
     per_group = groups > 1
@@ -396,7 +399,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         step = T.decl_buffer((kg,), "float32")
         group_sum = T.decl_buffer((kg,), "float32")
         total = T.decl_buffer((1,), "float32")
-        acc = T.decl_buffer((blocks, LANES), "float32")  # allocated once per call, not per parallel iteration
+        acc = T.decl_buffer((tasks * per_task, LANES), "float32")  # allocated once per call, not per parallel task
         for row in range(m):
             fill_tables(x, row, xpad, table)
             total[0] = T.float32(0)
@@ -416,27 +419,33 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
                                                                       16)] = entries
                 group_sum[g] = lut.tree([table[g * NIBBLES + t, 15] for t in range(NIBBLES)])
                 total[0] = total[0] + group_sum[g]
-            for blk in T.parallel(blocks):
-                acc[blk, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+            for task in T.parallel(tasks):
+                for i in T.unroll(per_task):
+                    acc[task * per_task + i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                 for g in range(kg):
-                    nxt: T.let = T.min(blk + 1, blocks - 1) * kg + g  # the next block's group (the next item)
-                    for h in T.unroll(span):
-                        lut.prefetch(nibbles[nxt, h, 0])
-                    dot: T.let = group_dot(small, g * NIBBLES,
-                                           lambda h: nibbles[blk * kg + g, h, T.Ramp(0, 1, width)])
-                    mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES)
-                    if per_group:
-                        acc[blk, T.Ramp(0, 1, LANES)] = acc[blk, T.Ramp(0, 1, LANES)] + (
-                            mixed - T.Broadcast(T.float32(offset) * group_sum[g], LANES)) * scales[
-                            blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
-                    else:
-                        acc[blk, T.Ramp(0, 1, LANES)] = acc[blk, T.Ramp(0, 1, LANES)] + mixed
-                for lane in range(LANES):
-                    if blk * LANES + lane < n:
+                    for i in T.unroll(per_task):
+                        item: T.let = task * per_task + i
+                        blk: T.let = T.min(item, blocks - 1)  # past the last block (odd blocks): its copy, not stored
+                        nxt: T.let = T.min(blk + per_task, blocks - 1) * kg + g  # the next task's group
+                        for h in T.unroll(span):
+                            lut.prefetch(nibbles[nxt, h, 0])
+                        dot: T.let = group_dot(small, g * NIBBLES,
+                                               lambda h: nibbles[blk * kg + g, h, T.Ramp(0, 1, width)])
+                        mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES)
                         if per_group:
-                            out[row, blk * LANES + lane] = acc[blk, lane] * T.float32(unit)
+                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + (
+                                mixed - T.Broadcast(T.float32(offset) * group_sum[g], LANES)) * scales[
+                                blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
                         else:
-                            out[row, blk * LANES + lane] = (acc[blk, lane] - T.float32(offset) * total[0]) * T.float32(
-                                unit) * scales[blk, 0, lane]
+                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed
+                for i in T.unroll(per_task):
+                    for lane in range(LANES):
+                        if (task * per_task + i) * LANES + lane < n:
+                            item: T.let = task * per_task + i
+                            if per_group:
+                                out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit)
+                            else:
+                                out[row, item * LANES + lane] = (acc[item, lane] - T.float32(offset) * total[
+                                    0]) * T.float32(unit) * scales[item, 0, lane]
 
     return main
