@@ -256,6 +256,7 @@ def int8_table_layers(runner, reference: onnx.ModelProto, inputs: dict, encoding
     in the decoded-weights model, against the exact product, and the kernel's stated bound on that input
     (``bitplane_lut.int8_error_bound``, per output; ``passed``: every error within it, fp32 rounding aside).
     ``bound_rel`` / ``error_rel``: the largest bound / error over the largest exact output."""
+    from .codecs import bie_bitplane
     from .codegen.kernels import bitplane, bitplane_lut
 
     layers = [r for r in runner.manifest["layers"] if not r["fallback_reason"]  # a dense layer has no config
@@ -265,6 +266,8 @@ def int8_table_layers(runner, reference: onnx.ModelProto, inputs: dict, encoding
     matmuls = {n.input[1]: n.input[0] for n in reference.graph.node if n.op_type in ("MatMul", "Gemm")}
     unchecked = {r["name"]: "rotated: its kernel's input is the rotated activation" for r in layers
                  if encodings[r["name"]].header.get("rotation")}
+    unchecked.update({r["name"]: f"check has no bound for {r['codec']}'s int8 tables" for r in layers
+                      if r["codec"] != bie_bitplane.NAME})
     unchecked.update({r["name"]: "no MatMul or Gemm reads the weight itself" for r in layers
                       if r["name"] not in matmuls})
     values = _intermediates(reference, inputs, {r["name"]: matmuls[r["name"]] for r in layers

@@ -86,3 +86,18 @@ def test_check_command_prints_each_layers_error_and_bound(int8_mlp, capsys):
     for layer in int8_mlp.manifest["layers"]:
         assert f"  {layer['name']}: error " in printed
     assert "OUT OF BOUND" not in printed and "PASSED" in printed
+
+
+def test_check_refuses_int8_tables_it_cannot_bound(model_dir, tmp_path, target):
+    """A rotated layer's GEMV reads the rotated activation, which the decoded-weights model does not have: not
+    checked, so not passed."""
+    if not lut.supported(target):
+        pytest.skip(f"{target} has no AVX-512 (the look-up instruction)")
+    out = tmp_path / "mlp-rotated"
+    bie_compiler.compile_model(model_dir["mlp"], out, "bie-bitplane", {"bits": 4, "lut_tables": "int8", "rotate": True},
+                               min_weights=0, progress=None)
+    runner = bie_compiler.load(out)
+    result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=1, seed=1), min_cosine=0)
+    layers = result["int8_table_layers"]
+    assert not result["passed"] and len(layers) == len(runner.manifest["layers"])
+    assert all(layer["unchecked"].startswith("rotated") for layer in layers)
