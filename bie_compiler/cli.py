@@ -255,6 +255,8 @@ def _check(args) -> int:
         print(f"vs {reference + ':':<22} max abs {result['decoded_max_abs_err']:.3e}  max rel {result['decoded_max_rel_err']:.3e}  (tolerance {result['tolerance']:.0e})")
         if "device_layers" in result:
             _print_device_layers(result["device_layers"])
+        if "int8_table_layers" in result:
+            _print_int8_table_layers(result["int8_table_layers"])
         if not result["passed"]:
             print("FAILED: the artefact does not compute what its encodings define")
         elif not result["faithful"]:
@@ -278,6 +280,19 @@ def _print_device_layers(layers: list[dict]) -> None:
         print(f"INT8 rounding flips from layer {layers[first]['layer']} on ({layers[first]['flips']} code(s) there, "
               f"{sum(layer['flips'] for layer in layers)} in all): the layer inputs agree to max rel {agree:.3e} up to "
               f"it (tolerance {DEFAULT_TOLERANCE:.0e}); past it the end-to-end difference is the flips'")
+
+
+def _print_int8_table_layers(layers: list[dict]) -> None:
+    checked = [layer for layer in layers if "unchecked" not in layer]
+    print(f"int8 look-up tables: {len(layers)} GEMV(s) approximate, so the end-to-end difference above is theirs; "
+          "each kernel on its layer's input in the decoded-weights model, against the exact product and its stated "
+          "bound (relative to the layer's largest output):")
+    for layer in checked:
+        print(f"  {layer['layer']}: error {layer['error_rel']:.2e}, bound {layer['bound_rel']:.2e}"
+              f"{'' if layer['passed'] else '  OUT OF BOUND'}")
+    for layer in layers:
+        if "unchecked" in layer:
+            print(f"  {layer['layer']}: not checked ({layer['unchecked']})")
 
 
 def _save_outputs(path: str, outputs: dict) -> None:

@@ -104,6 +104,7 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
                           **{f"header.{k}": v for k, v in enc.header.items()}}
         if calibrations:
             record.details.update(codecs.feedback_report(codec, use.matrix(), config, statistics.get(use.name), enc))
+        record.details.update({f"kernel.{name}": why for name, why in codecs.kernel_fallbacks(config).items()})
         if asked[use.name][1].rotate and not config.rotate:
             record.details["rotation"] = f"none: only matmul inputs are rotated, this is a {use.op}"
     dense = frozenset(name for name, u in uses.items() if name not in encoded and u.op == "matmul"

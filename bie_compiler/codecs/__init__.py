@@ -230,4 +230,10 @@ def kernel_options(config: object) -> dict:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("kernel")}
 
 
-__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "decode", "encode", "for_op", "kernel_options", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "plan", "splits_budget", "takes_calibration"]
+def kernel_fallbacks(config: object) -> dict[str, str]:
+    """{kernel field: what the kernel does instead, and why} for the kernel options this layer's config asks for and
+    its kernel cannot honour (a Config's ``kernel_fallbacks``; none for the codecs without one)."""
+    return dict(getattr(config, "kernel_fallbacks", {}))
+
+
+__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "decode", "encode", "for_op", "kernel_fallbacks", "kernel_options", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "plan", "splits_budget", "takes_calibration"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import budget_split, feedback, rotation, uniform
+from . import budget_split, feedback, lut_tables, rotation, uniform
 from .base import PACK_LANES, Encoded, check_weight, pack_bits, packed_width, unpack_bits
 from .parallel import SERIAL, Workers
 
@@ -32,6 +32,7 @@ NAME = "bie-bitplane"
 DEFAULT_BITS = 4
 BITS_CHOICES = range(2, 9)  # what the budget planner tries
 CLIP_RATIOS = np.linspace(1.0, 0.5, 11, dtype=np.float32)
+INT8_TABLE_PLANES = 4  # the most planes (sign included) the int8-table GEMV takes: the bytes vpdpbusd sums
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,12 @@ class Config:
     bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed bits
         "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
                 "(instead of --levels, --bits or --quality)"})
+    # the kernel, not the encoding: int8 tables for at most INT8_TABLE_PLANES planes, fp32 above (kernel_fallbacks)
+    lut_tables: str = lut_tables.option()
     rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):
+        lut_tables.check(NAME, self.lut_tables)
         if not 2 <= self.bits <= 8:
             raise CodecError(f"{NAME}: bits must be in 2..8, got {self.bits}")
         if self.group_size < 0:
@@ -65,6 +69,15 @@ class Config:
     @property
     def kept_planes(self) -> int:
         return self.planes or self.magnitude_bits
+
+    @property
+    def kernel_fallbacks(self) -> dict[str, str]:
+        """The kernel fields asked for that this layer's kernel cannot honour, each with what it does instead."""
+        planes = self.kept_planes + 1
+        if self.lut_tables != "int8" or planes <= INT8_TABLE_PLANES:
+            return {}
+        return {"lut_tables": f"fp32: int8 tables take at most {INT8_TABLE_PLANES} planes (the bytes vpdpbusd sums "
+                              f"per channel), this layer has {planes} (sign included)"}
 
 
 def row_bytes(k: int, group_size: int) -> int:

@@ -27,6 +27,7 @@ from ..weights import PRECISION_ATTR
 from . import bitplane_cuda, bitplane_lut, decode, int8, lut, warp_layout
 
 BLOCK = "bitplane"
+LUT_KIND = f"{BLOCK}_lut"  # the look-up-table GEMV's kind (:func:`bitplane_lut.kernel_call`): its symbols' suffix
 
 
 CHANNELS = 4  # channels interleaved in the inner loop: independent FMA chains (the FMA latency over its throughput)
@@ -304,13 +305,15 @@ def lut_call(enc: Encoded, tables: str = "fp32") -> KernelCall:
 
 
 @register(bie_bitplane.NAME, ops=("matmul", "conv2d"), target="llvm")
-def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bie_bitplane.Config.lut_tables) -> KernelCall:
     """One row: the look-up-table GEMV where the CPU has it (measured faster than the integer GEMV at 4 and 8 bits
-    too), else the integer GEMV when the planes fill bytes, else the bit-serial matmul. More rows: the panel GEMM of
-    the first two (:mod:`.panel_gemm`), the decode kernel of the planes. Convs: decode."""
+    too), with ``lut_tables`` (int8 up to ``INT8_TABLE_PLANES`` planes, else fp32: the codec's
+    ``Config.kernel_fallbacks``), else the integer GEMV when the planes fill bytes, else the bit-serial matmul. More
+    rows: the panel GEMM of the first two (:mod:`.panel_gemm`), the decode kernel of the planes. Convs: decode."""
     planes = BitPlanes(enc, words=False)
     if _lut_applies(planes, conv):
-        return lut_call(enc)
+        int8_fits = planes.planes.shape[0] + 1 <= bie_bitplane.INT8_TABLE_PLANES
+        return lut_call(enc, lut_tables if int8_fits else "fp32")
     if _all_planes_in_bytes(enc, planes):
         return _integer_call(enc, planes, conv)
     holders = planes.holders()
@@ -321,9 +324,10 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 
 
 @register(bie_bitplane.NAME, ops=("matmul",), target="cuda")
-def cuda_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """The look-up-table kernel of :mod:`.bitplane_cuda` for every batch; scales grouped along K by other than a
-    multiple of 32 weights: the bit-serial kernel (rows are thread blocks)."""
+def cuda_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bie_bitplane.Config.lut_tables) -> KernelCall:
+    """The look-up-table kernel of :mod:`.bitplane_cuda` for every batch (exact tables: ``lut_tables`` is the CPU's
+    choice); scales grouped along K by other than a multiple of 32 weights: the bit-serial kernel (rows are thread
+    blocks)."""
     layout, codes, planes = lut_parts(enc)
     per_channel = layout.groups == 1
     if not bitplane_cuda.applies(planes.group, per_channel):

@@ -34,13 +34,15 @@ import numpy as np
 from tvm import te, tirx
 from tvm.script import tirx as T
 
+from bie_compiler.codecs import bie_bitplane
+
 from ..kernel_registry import KernelCall
 from . import lut, panel_gemm
 
 LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
 FORM = "lut_planes"  # the progressive-precision form of the words (weights.PRECISION_ATTR)
 TABLES = ("fp32", "int8")  # the look-up tables: exact float32 subset sums, or int8 quantized per group
-QUAD = 4  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most planes
+QUAD = bie_bitplane.INT8_TABLE_PLANES  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most
 SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
 DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
 PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
@@ -134,9 +136,10 @@ def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor, tables: s
 
 
 def row_blocks(planes: int) -> int:
-    """Blocks of 16 channels a parallel task of :func:`gemv` computes group by group, sharing each group's table loads:
-    2 up to 4 planes, where the loads are a larger share; above, the two blocks' sums and words spill registers
-    (benchmarks/README.md, ``bitplane_gemv.py``, stop 18)."""
+    """Blocks of 16 channels a parallel task of :func:`gemv` or :func:`int8_gemv` computes group by group, sharing each
+    group's table loads: 2 up to 4 planes, where the loads are a larger share; above, the two blocks' sums and words
+    spill registers (benchmarks/README.md, ``bitplane_gemv.py``, stop 18; the int8 tables: stop 21, 4 blocks no
+    faster than 2)."""
     return 2 if planes <= 4 else 1
 
 
@@ -303,14 +306,24 @@ def int8_error_bound(x: np.ndarray, layout: Layout, scales: np.ndarray) -> np.nd
     return weight * steps @ group_scale.T
 
 
+def lanes_max(v):
+    """The largest of the 16 lanes of float32x16 ``v``: halves compared until one lane is left."""
+    lanes = LANES
+    while lanes > 1:
+        lanes //= 2
+        v = T.max(tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in range(lanes)]),
+                  tirx.Shuffle([v], [tirx.IntImm("int32", lanes + i) for i in range(lanes)]))
+    return v
+
+
 def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """``f(x [m, K], nibbles, scales, out [m, N])`` over :func:`int8_nibbles` and :func:`lanes_of_scales`: the GEMV
     with int8 tables.
 
     Per row, each group's 8 float32 tables are quantized with one step ``s_g`` (the group's largest entry over
-    TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors, laid out as the index bytes need
-    them. Per block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles
-    (2 look-up vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
+    TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors need them (see ``stored``). Per
+    block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles (2 look-up
+    vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
     ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or vpmaddubsw into
     int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's exact integer sum
     for 16 channels in 2 S shuffles, times ``s_g`` into a float32 accumulator. The offset of the codes,
@@ -319,8 +332,16 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     kp = kg * GROUP
     span = int8_planes(magnitude_planes)
-    rows = kp // 4 * span // QUAD  # vectors of tables: QUAD / span tables each
     width = LANES * QUAD  # bytes in a vector
+    # a vector of look-ups holds QUAD / span tables of 16 entries, each in span 128-bit lanes. Stored once each: a
+    # quad vector's one table, loaded into its four lanes with a broadcast (64 KiB of tables at K = 4096 would not
+    # stay in L1: the streamed GEMV waited on their reloads); a pair vector's [a, a, b, b] as the vector is (its two
+    # tables stored once would cost an insert per vector: 1.2x the time in L2, benchmarks/README.md)
+    per_vector = QUAD // span
+    copies = 1 if span == QUAD else span
+    stored = 16 * per_vector * copies
+    per_task = row_blocks(magnitude_planes + 1)
+    tasks = -(-blocks // per_task)
     offset = float(1 << magnitude_planes)
     unit = float(1 << shift)
     per_group = groups > 1
@@ -330,9 +351,12 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(0x01020408 if span == QUAD else 0x01020102, "uint32"),
                                                        LANES))
 
-    def looked_up(small, row, nibbles):
-        return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, small[row, T.Ramp(0, 1, width)], T.reinterpret(
-            "int8x64", nibbles))
+    def looked_up(small, first, nibbles):
+        # the vector of tables first .. first + QUAD / span - 1, each in span 128-bit lanes
+        row = small[first // per_vector, T.Ramp(0, 1, stored)]
+        lanes = row if stored == width else tirx.Shuffle([row] * (width // stored),
+                                                         [tirx.IntImm("int32", i) for i in range(width)])
+        return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, lanes, T.reinterpret("int8x64", nibbles))
 
     def quad_sum(small, first, v):
         # the int32 sums of one index vector's 2 look-ups for 16 channels (vector h: table rows h and h + QUAD)
@@ -340,7 +364,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         low = tirx.call_llvm_pure_intrin("int32x16", DOT, zero, weights,
                                          looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
         return tirx.call_llvm_pure_intrin("int32x16", DOT, low, weights,
-                                          looked_up(small, first + span, v >> T.Broadcast(T.uint8(4), width)))
+                                          looked_up(small, first + 4, v >> T.Broadcast(T.uint8(4), width)))
 
     def pair_sum(small, first, v):
         # the int16 sums of one index vector's 2 look-ups: channels 0-15 of its tables h * 2 (words 0-15) and
@@ -348,13 +372,13 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         return (tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
                                            looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
                 + tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
-                                             looked_up(small, first + span, v >> T.Broadcast(T.uint8(4), width))))
+                                             looked_up(small, first + 4, v >> T.Broadcast(T.uint8(4), width))))
 
     def group_dot(small, first, words):
         # the group's int32 sums for 16 channels from its S index vectors
         if span == QUAD:
             return lut.tree([quad_sum(small, first + h, words(h)) for h in range(span)])
-        total = lut.tree([pair_sum(small, first + h, words(h)) for h in range(span)])
+        total = lut.tree([pair_sum(small, first + 2 * h, words(h)) for h in range(span)])
         return (T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", i) for i in range(LANES)]))
                 + T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", LANES + i) for i in range(LANES)])))
 
@@ -371,53 +395,57 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
         table = T.decl_buffer((kp // 4, 16), "float32")
-        small = T.decl_buffer((rows, width), "int8")  # the int8 tables as vectors of lanes
+        small = T.decl_buffer((kp // 4 // per_vector, stored), "int8")  # the int8 tables, as the vectors repeat them
         step = T.decl_buffer((kg,), "float32")
         group_sum = T.decl_buffer((kg,), "float32")
         total = T.decl_buffer((1,), "float32")
-        peak = T.decl_buffer((1,), "float32")
-        acc = T.decl_buffer((blocks, LANES), "float32")  # allocated once per call, not per parallel iteration
+        acc = T.decl_buffer((tasks * per_task, LANES), "float32")  # allocated once per call, not per parallel task
         for row in range(m):
             fill_tables(x, row, xpad, table)
             total[0] = T.float32(0)
             for g in range(kg):
-                # the largest entry in magnitude: a table's sum of its positive or of its negative activations
-                peak[0] = T.float32(0)
-                for t in range(NIBBLES):
-                    positive: T.let = lut.tree([T.max(xpad[g * GROUP + 4 * t + i], T.float32(0)) for i in range(4)])
-                    negative: T.let = lut.tree([T.max(-xpad[g * GROUP + 4 * t + i], T.float32(0)) for i in range(4)])
-                    peak[0] = T.max(peak[0], T.max(positive, negative))
-                step[g] = peak[0] / T.float32(TABLE_PEAK)
-                scale: T.let = T.if_then_else(peak[0] > T.float32(0), T.float32(TABLE_PEAK) / peak[0], T.float32(0))
-                for t in T.unroll(NIBBLES):  # table t in lanes t % (QUAD / span) * span on of row t // (QUAD / span)
+                # the largest entry in magnitude (a table's sum of its positive or of its negative activations): the
+                # tables' entries compared as vectors, then their lanes (a scalar loop over the activations took
+                # most of the time the tables take to make)
+                peak: T.let = lanes_max(lut.tree_of(T.max, [T.fabs(table[g * NIBBLES + t, T.Ramp(0, 1, 16)])
+                                                           for t in range(NIBBLES)]))
+                step[g] = peak / T.float32(TABLE_PEAK)
+                scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(TABLE_PEAK) / peak, T.float32(0))
+                for t in T.unroll(NIBBLES):
                     entries: T.let = T.Cast("int8x16", T.Cast("int32x16", T.nearbyint(
                         table[g * NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(scale, 16))))
-                    for lane in T.unroll(span):
-                        small[g * 2 * span + t // (QUAD // span), T.Ramp((t % (QUAD // span) * span + lane) * 16, 1,
-                                                                         16)] = entries
+                    for copy in T.unroll(copies):
+                        small[(g * NIBBLES + t) // per_vector, T.Ramp((t % per_vector * copies + copy) * 16, 1,
+                                                                      16)] = entries
                 group_sum[g] = lut.tree([table[g * NIBBLES + t, 15] for t in range(NIBBLES)])
                 total[0] = total[0] + group_sum[g]
-            for blk in T.parallel(blocks):
-                acc[blk, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+            for task in T.parallel(tasks):
+                for i in T.unroll(per_task):
+                    acc[task * per_task + i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                 for g in range(kg):
-                    nxt: T.let = T.min(blk + 1, blocks - 1) * kg + g  # the next block's group (the next item)
-                    for h in T.unroll(span):
-                        lut.prefetch(nibbles[nxt, h, 0])
-                    dot: T.let = group_dot(small, g * 2 * span,
-                                           lambda h: nibbles[blk * kg + g, h, T.Ramp(0, 1, width)])
-                    mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES)
-                    if per_group:
-                        acc[blk, T.Ramp(0, 1, LANES)] = acc[blk, T.Ramp(0, 1, LANES)] + (
-                            mixed - T.Broadcast(T.float32(offset) * group_sum[g], LANES)) * scales[
-                            blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
-                    else:
-                        acc[blk, T.Ramp(0, 1, LANES)] = acc[blk, T.Ramp(0, 1, LANES)] + mixed
-                for lane in range(LANES):
-                    if blk * LANES + lane < n:
+                    for i in T.unroll(per_task):
+                        item: T.let = task * per_task + i
+                        blk: T.let = T.min(item, blocks - 1)  # past the last block (odd blocks): its copy, not stored
+                        nxt: T.let = T.min(blk + per_task, blocks - 1) * kg + g  # the next task's group
+                        for h in T.unroll(span):
+                            lut.prefetch(nibbles[nxt, h, 0])
+                        dot: T.let = group_dot(small, g * NIBBLES,
+                                               lambda h: nibbles[blk * kg + g, h, T.Ramp(0, 1, width)])
+                        mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES)
                         if per_group:
-                            out[row, blk * LANES + lane] = acc[blk, lane] * T.float32(unit)
+                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + (
+                                mixed - T.Broadcast(T.float32(offset) * group_sum[g], LANES)) * scales[
+                                blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
                         else:
-                            out[row, blk * LANES + lane] = (acc[blk, lane] - T.float32(offset) * total[0]) * T.float32(
-                                unit) * scales[blk, 0, lane]
+                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed
+                for i in T.unroll(per_task):
+                    for lane in range(LANES):
+                        if (task * per_task + i) * LANES + lane < n:
+                            item: T.let = task * per_task + i
+                            if per_group:
+                                out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit)
+                            else:
+                                out[row, item * LANES + lane] = (acc[item, lane] - T.float32(offset) * total[
+                                    0]) * T.float32(unit) * scales[item, 0, lane]
 
     return main

@@ -49,8 +49,13 @@ def supported(target) -> bool:
 
 def tree(terms):
     """The sum of ``terms`` as a balanced tree (short dependency chains)."""
+    return tree_of(lambda a, b: a + b, terms)
+
+
+def tree_of(combine, terms):
+    """``terms`` combined pairwise by ``combine`` as a balanced tree."""
     while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+        terms = [combine(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
     return terms[0]
 
 
