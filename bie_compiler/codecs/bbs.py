@@ -78,6 +78,8 @@ PRESETS = {
     "moderate": {"method": "zps", "pruned_columns": 4, "sensitive_fraction": 0.20},
 }
 METHODS = ("avg", "zps")
+LUT_TABLES = ("fp32", "int8")  # the CPU's batch-1 GEMV: see Config.lut_tables
+INT8_TABLE_COLUMNS = 4  # the kept columns the int8 tables take (the bytes vpdpbusd sums per channel)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,11 @@ class Config:
         "help": "fraction beta of the model's output channels (largest scales) kept INT8; default: the preset's"})
     # this layer's INT8 channels; -1: from beta over this layer alone
     sensitive_channels: int = field(default=-1, metadata={"set_by_plan": True})
+    # the kernel, not the encoding: the stored bytes are the same either way
+    lut_tables: str = field(default="fp32", metadata={"kernel": True, "help": (
+        "CPU batch-1 look-up tables: fp32 (exact float32 subset sums; default) or int8 (quantized per group of "
+        "32 activations, looked up with byte shuffles: fewer instructions, an error within a stated bound); "
+        "the stored weights are the same")})
     rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):
@@ -107,6 +114,11 @@ class Config:
             raise CodecError(f"{NAME}: method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0.0 <= self.sensitive_fraction <= 1.0:
             raise CodecError(f"{NAME}: sensitive_fraction must be in [0, 1], got {self.sensitive_fraction}")
+        if self.lut_tables not in LUT_TABLES:
+            raise CodecError(f"{NAME}: lut_tables must be one of {', '.join(LUT_TABLES)}, got {self.lut_tables!r}")
+        if self.lut_tables == "int8" and self.kept_columns != INT8_TABLE_COLUMNS:
+            raise CodecError(f"{NAME}: int8 look-up tables take {INT8_TABLE_COLUMNS} kept columns (pruned_columns "
+                             f"{8 - INT8_TABLE_COLUMNS}), not {self.kept_columns}: use fp32 tables")
         if self.sensitive_channels < -1:
             raise CodecError(f"{NAME}: sensitive_channels must be >= 0 (or -1: from sensitive_fraction), "
                              f"got {self.sensitive_channels}")
