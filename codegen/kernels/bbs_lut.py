@@ -44,13 +44,13 @@ tables stay the default) is T-MAC's scheme for the pruned rows: per row, each
 group's 8 tables of 4 activations (16 subset sums) quantized to int8 with one
 step ``s_g`` (the group's largest entry in magnitude over TABLE_PEAK), looked up
 64 at a time with ``vpshufb`` and the 4 columns' look-ups summed with their
-significances by ``vpdpbusd``. The words are the same bits as ``columns``
+significances by ``vpdpbusd``. The index bytes are the stored column words
 re-laid out at compile time (:func:`int8_nibbles`: the same 256 bytes per block
 and group, so the same bits/weight), the sign column inverted: the kept integer
 as offset binary ``u = kept + 8`` (``vpdpbusd`` multiplies unsigned bytes, the
 significances, by signed ones, the table entries). Per group and block: 4
-loads, 8 shuffles and 8 ``vpdpbusd`` (in 4 chains of 2), 12 mask and shift
-operations for the nibbles and 8 table loads (16 bytes each, broadcast to the
+loads, 8 shuffles and 8 ``vpdpbusd`` (in 4 chains of 2), 4 masks and 4 shifts
+(``vgf2p8affineqb``) for the nibbles and 8 table loads (16 bytes each, broadcast to the
 4 lanes), against 28 float look-ups and 24 index operations; then
 
     dot += 2^shift * (s_g * D - 8 * S_g) + offset * S_g
@@ -175,8 +175,8 @@ def int8_error_bound(x: np.ndarray, enc: Encoded) -> np.ndarray:
 
 
 def gemv(enc: Encoded, tables: str = "fp32"):
-    """``f(x [m, K], scales, position, sensitive, words, meta, out [m, N])`` (constants as ``bbs_decoded.constants``:
-    ``words`` the stored ``columns``, or :func:`int8_nibbles` of them with int8 ``tables``)."""
+    """``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` (constants as
+    ``bbs_decoded.constants``: ``columns`` the stored words, or with int8 ``tables`` :func:`int8_nibbles` of them)."""
     check_tables(enc, tables)
     int8 = tables == "int8"
     n, k = enc.shape
@@ -197,7 +197,7 @@ def gemv(enc: Encoded, tables: str = "fp32"):
     meta_bytes = column_blocks * kg * LANES
     fill_tables = (lut.fill_tables if int8 else lut.fill_wide_tables)(k, kp)
     table_shape = (kp // 4, 16) if int8 else (kg * lut.FIELDS, lut.WIDE)
-    words_shape, words_dtype = ((column_blocks * kg, QUAD, LINE), "uint8") if int8 else (
+    columns_shape, columns_dtype = ((column_blocks * kg, QUAD, LINE), "uint8") if int8 else (
         (column_blocks, kg, bits, LANES), "uint32")
     # offset = c (avg, unsigned) or -c (zps, c a 6-bit two's complement: sign-extended by shifting it to the top
     # and back; the minus is folded into group_sum)
@@ -214,12 +214,12 @@ def gemv(enc: Encoded, tables: str = "fp32"):
         entries = tirx.Shuffle([small[table, T.Ramp(0, 1, 16)]] * 4, [tirx.IntImm("int32", i) for i in range(LINE)])
         return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, entries, T.reinterpret("int8x64", indices))
 
-    def int8_dot(small, g, words, pb):
+    def int8_dot(small, g, nibbles, pb):
         # the group's int32 look-up sums for 16 channels: per index vector h, tables h (low nibbles) and h + 4
         # (high), each vpdpbusd summing a channel's 4 columns with their significances; 4 chains of 2
         sums = []
         for h in range(QUAD):
-            v = words[pb * kg + g, h, T.Ramp(0, 1, LINE)]
+            v = nibbles[pb * kg + g, h, T.Ramp(0, 1, LINE)]
             low = tirx.call_llvm_pure_intrin("int32x16", DOT, T.Broadcast(T.int32(0), LANES), significances,
                                              looked_up(small, g * lut.NIBBLES + h, v & T.Broadcast(T.uint8(15), LINE)))
             sums.append(tirx.call_llvm_pure_intrin("int32x16", DOT, low, significances, looked_up(
@@ -236,7 +236,7 @@ def gemv(enc: Encoded, tables: str = "fp32"):
         scales: T.Buffer((n,), "float32"),
         position: T.Buffer((n,), "int32"),
         sensitive: T.Buffer((sensitive_rows, kp), "int8"),
-        words: T.Buffer(words_shape, words_dtype),
+        columns: T.Buffer(columns_shape, columns_dtype),
         meta: T.Buffer((column_blocks, kg, LANES), "uint8"),
         var_out: T.handle,
     ):
@@ -246,7 +246,7 @@ def gemv(enc: Encoded, tables: str = "fp32"):
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
         # the constants as the byte streams a thread reads (its items' blocks, and sensitive rows, are contiguous)
-        column_stream = T.decl_buffer((column_words,), "uint32", data=words.data)  # int8: the same bytes
+        column_stream = T.decl_buffer((column_words,), "uint32", data=columns.data)  # int8: the same bytes
         meta_stream = T.decl_buffer((meta_bytes,), "uint8", data=meta.data)
         sensitive_stream = T.decl_buffer((sensitive_rows * kp,), "int8", data=sensitive.data)
         table = T.decl_buffer(table_shape, "float32")
@@ -315,13 +315,13 @@ def gemv(enc: Encoded, tables: str = "fp32"):
                         if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
                             lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
                         if int8:
-                            dot: T.let = int8_dot(small, g, words, pb)
+                            dot: T.let = int8_dot(small, g, columns, pb)
                             mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES) - T.Broadcast(
                                 centre[g], LANES)
                         else:
                             mixed: T.let = lut.twos_complement_sum([
                                 lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
-                                    "int32x16", words[pb, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
+                                    "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
                         code: T.let = T.Cast("int32x16", meta[pb, g, T.Ramp(0, 1, LANES)])
                         scale: T.let = tirx.call_llvm_pure_intrin(  # 2^shift, shift = pruned_columns - (code >> 6)
                             "float32x16", lut.PERMUTE, powers, T.shift_right(code, T.Broadcast(6, LANES)))
