@@ -99,7 +99,7 @@ def tree_max(terms):
     return terms[0]
 
 
-def quad_sum(xpad, first, sign: int):
+def same_sign_sum(xpad, first, sign: int):
     """The sum of activations ``first .. first + 3`` of sign ``sign`` (their table's largest entry, ``sign`` 1, or
     the magnitude of its smallest, -1)."""
     return lut.tree([T.max(T.float32(sign) * xpad[first + i], T.float32(0)) for i in range(4)])
@@ -263,8 +263,8 @@ def gemv(enc: Encoded, tables: str = "fp32"):
             if int8:
                 for g in range(kg):
                     # the largest entry in magnitude: a table's sum of its positive or of its negative activations
-                    peak: T.let = tree_max([T.max(quad_sum(xpad, g * bbs.GROUP + 4 * t, 1),
-                                                  quad_sum(xpad, g * bbs.GROUP + 4 * t, -1))
+                    peak: T.let = tree_max([T.max(same_sign_sum(xpad, g * bbs.GROUP + 4 * t, 1),
+                                                  same_sign_sum(xpad, g * bbs.GROUP + 4 * t, -1))
                                             for t in range(lut.NIBBLES)])
                     scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(TABLE_PEAK) / peak, T.float32(0))
                     step[g] = peak / T.float32(TABLE_PEAK)
