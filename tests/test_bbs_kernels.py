@@ -67,6 +67,17 @@ def test_int8_tables_within_their_stated_bound(options, n, k, target):
         assert_close(run(call.large_batch.func, target, x, call.large_batch.constants, (batch, n)), ref)
 
 
+def test_int8_tables_only_where_4_columns_are_kept(target):
+    if not bbs_lut.int8_supported(target):
+        pytest.skip("the int8 tables need AVX512-BW and VNNI on this host")
+    w = np.random.default_rng(2).standard_t(4, (40, 96)).astype(np.float32)
+    for preset, fits in (("moderate", True), ("conservative", False)):
+        enc = bbs.encode(w, bbs.Config(preset))
+        columns = kernel_for(enc, target, lut_tables="int8").constants[3]
+        np.testing.assert_array_equal(columns, bbs_lut.int8_nibbles(enc.arrays["columns"]) if fits
+                                      else enc.arrays["columns"])
+
+
 @pytest.mark.skipif("avx512f" not in isa(host_cpu()), reason="the LUT kernel needs AVX-512 on this host")
 def test_lut_kernel_uses_the_table_lookup_and_runs_in_parallel(target):
     enc = bbs.encode(np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32), bbs.Config())

@@ -253,9 +253,9 @@ def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
 @register(bbs.NAME, ops=("matmul", "conv2d"), target="llvm")
 def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bbs.Config.lut_tables) -> KernelCall:
     """Matmul: the LUT bit-serial GEMV for one row (AVX-512; else the decode-once GEMV), the panel GEMM above;
-    conv: decode. ``lut_tables`` (``bbs.Config.lut_tables``): the GEMV's tables; int8 needs AVX512-BW and VNNI
-    too, and on a CPU without them the exact fp32 tables run (as do convs and CPUs without AVX-512: the
-    encoding is the same)."""
+    conv: decode. ``lut_tables`` (``bbs.Config.lut_tables``): the GEMV's tables; int8 takes 4 kept columns (fp32
+    else: the codec's ``Config.kernel_fallbacks``) and needs AVX512-BW and VNNI too: on a CPU without them the
+    exact fp32 tables run (as do convs and CPUs without AVX-512: the encoding is the same)."""
     if conv is not None:  # the kept columns by channel where they fit a nibble
         channels = nibbles_fit(enc)
         tensors = channel_constants(enc) if channels else constants(enc)
@@ -266,6 +266,6 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bbs.Config.
     target = tvm.target.Target.current()  # kernel_for builds within its target
     if not lut.supported(target):
         return panel_gemm.with_gemm(KernelCall("bbs_decoded", matmul(enc), constants(enc)), gemm(enc), "bbs")
-    tables = lut_tables if bbs_lut.int8_supported(target) else "fp32"
+    tables = lut_tables if bbs_lut.int8_fits(enc) and bbs_lut.int8_supported(target) else "fp32"
     small = KernelCall("bbs_lut", bbs_lut.gemv(enc, tables), constants(enc, tables))
     return panel_gemm.with_gemm(small, gemm(enc, tables), "bbs")

@@ -67,13 +67,12 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
-from bie_compiler.codecs import bbs
+from bie_compiler.codecs import bbs, lut_tables
 from bie_compiler.codecs.base import Encoded
 
 from . import lut
 
 LANES = bbs.LANES
-TABLES = bbs.LUT_TABLES  # the pruned rows' look-up tables: exact float32 subset sums, or int8 quantized per group
 QUAD = bbs.INT8_TABLE_COLUMNS  # int8 tables: a channel's kept columns in the 4 bytes vpdpbusd sums
 TABLE_PEAK = 127  # int8 tables: the largest magnitude of an entry
 SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
@@ -112,12 +111,15 @@ def int8_supported(target) -> bool:
     return all(llvm_codegen.llvm_cpu_has_features(f, target) for f in ("avx512bw", "avx512vnni"))
 
 
+def int8_fits(enc: Encoded) -> bool:
+    """Whether the int8-table GEMV takes ``enc``: its pruned rows keep QUAD columns."""
+    return 8 - int(enc.header["pruned_columns"]) == QUAD
+
+
 def check_tables(enc: Encoded, tables: str) -> None:
-    if tables not in TABLES:
-        raise ValueError(f"bbs: look-up tables must be one of {', '.join(TABLES)}, got {tables!r}")
-    if tables == "int8" and 8 - int(enc.header["pruned_columns"]) != QUAD:
-        raise ValueError(f"bbs: int8 look-up tables take {QUAD} kept columns (pruned_columns {8 - QUAD}), not "
-                         f"{8 - int(enc.header['pruned_columns'])}: use fp32 tables")
+    lut_tables.check(bbs.NAME, tables)
+    if tables == "int8" and not int8_fits(enc):
+        raise ValueError(f"bbs: int8 look-up tables take {QUAD} kept columns, not {8 - int(enc.header['pruned_columns'])}")
 
 
 def int8_nibbles(columns: np.ndarray) -> np.ndarray:
