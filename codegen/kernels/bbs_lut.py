@@ -98,10 +98,13 @@ def tree_max(terms):
     return terms[0]
 
 
-def same_sign_sum(xpad, first, sign: int):
-    """The sum of activations ``first .. first + 3`` of sign ``sign`` (their table's largest entry, ``sign`` 1, or
-    the magnitude of its smallest, -1)."""
-    return lut.tree([T.max(T.float32(sign) * xpad[first + i], T.float32(0)) for i in range(4)])
+def lane_max(vector, lanes: int):
+    """The largest lane of ``vector`` (``lanes`` wide, a power of 2): halves compared until one lane is left."""
+    while lanes > 1:
+        lanes //= 2
+        vector = T.max(tirx.Shuffle([vector], [tirx.IntImm("int32", i) for i in range(lanes)]),
+                       tirx.Shuffle([vector], [tirx.IntImm("int32", lanes + i) for i in range(lanes)]))
+    return vector
 
 
 def int8_supported(target) -> bool:
@@ -264,10 +267,9 @@ def gemv(enc: Encoded, tables: str = "fp32"):
             fill_tables(x, row, xpad, table)
             if int8:
                 for g in range(kg):
-                    # the largest entry in magnitude: a table's sum of its positive or of its negative activations
-                    peak: T.let = tree_max([T.max(same_sign_sum(xpad, g * bbs.GROUP + 4 * t, 1),
-                                                  same_sign_sum(xpad, g * bbs.GROUP + 4 * t, -1))
-                                            for t in range(lut.NIBBLES)])
+                    # the largest entry in magnitude: the group's 8 tables compared as vectors, then their lanes
+                    peak: T.let = lane_max(tree_max([T.max(table[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)], -table[
+                        g * lut.NIBBLES + t, T.Ramp(0, 1, 16)]) for t in range(lut.NIBBLES)]), 16)
                     scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(TABLE_PEAK) / peak, T.float32(0))
                     step[g] = peak / T.float32(TABLE_PEAK)
                     for t in T.unroll(lut.NIBBLES):
