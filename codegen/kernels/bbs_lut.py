@@ -314,8 +314,9 @@ def gemv(enc: Encoded, tables: str = "fp32"):
                     acc[item, 0, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                     for g in range(kg):
                         at: T.let = pb * kg + g  # the group's place in this thread's streams
-                        for b in T.unroll(bits):
-                            lut.prefetch(column_stream[T.min((at * bits + b) * LANES + ahead_words, column_words - 1)])
+                        ahead: T.let = T.min(at * bits * LANES + ahead_words, column_words - bits * LANES)
+                        for b in T.unroll(bits):  # the group's lines that far on in the stream (one clamp for all)
+                            lut.prefetch(column_stream[ahead + b * LANES])
                         if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
                             lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
                         if int8:
