@@ -10,7 +10,10 @@ degrees of freedom, fixed seed), in one run:
   table says so when it is missing);
 * the ``bbs`` moderate kernel (zero-point shifting, N = 4, the preset's 20 %
   sensitive channels at INT8; ``--sensitive-fraction`` to change it), from
-  ``kernel_for`` on the host target: the LUT bit-serial GEMV.
+  ``kernel_for`` on the host target: the LUT bit-serial GEMV, with each of
+  ``--tables`` (``lut_tables``: exact fp32 tables, ``bbs``, checked against the
+  reference decoder to 1e-4 of the largest output; int8 tables, ``bbs_int8``,
+  checked within their stated bound, ``bbs_lut.int8_error_bound``).
 
 Weights are streamed from memory: each method runs L distinct copies of the
 layer (each its own buffers) one after the other, L chosen so that the copies
@@ -24,7 +27,8 @@ read rate in the round of two TVM kernels that only stream memory
 rounds (``common.bandwidth_fractions``, as in ``bitplane_gemv.py``).
 Threads: ``--threads`` (default 2) for both libraries.
 
-    python benchmarks/bbs_gemv.py [--shapes 4096x4096,4096x11008,11008x4096] [--repeats 7] [--threads 2] [--json PATH]
+    python benchmarks/bbs_gemv.py [--shapes 4096x4096,4096x11008,11008x4096] [--tables fp32,int8] [--repeats 7]
+        [--threads 2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from common import (  # noqa: E402
 SEED = 0
 MAX_REL_ERROR = 1e-4
 DEFAULT_SHAPES = "4096x4096,4096x11008,11008x4096"
+TABLE_METHODS = {"fp32": "bbs", "int8": "bbs_int8"}  # the method's name for each of --tables
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,33 +59,37 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     p.add_argument("--cache-factor", type=float, default=2.0, help="streamed copies total at least this many L3s")
     p.add_argument("--sensitive-fraction", type=float, default=None, help="bbs beta (default: the moderate preset's)")
+    p.add_argument("--tables", default="fp32,int8", help="comma-separated bbs look-up tables (default %(default)s)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
 
 
-def bbs_layers(weight: np.ndarray, sensitive_fraction: float | None, factor: float, target):
-    """The compiled bbs kernel, L argument lists over distinct copies of the encoding, the encoding, bytes per layer."""
+def bbs_layers(enc, tables: str, factor: float, target):
+    """The compiled bbs kernel with ``tables``, L argument lists over distinct copies of its constants, bytes per
+    layer, its largest error relative to the largest output."""
     import tvm
 
     from bie_compiler.codecs import bbs
     from bie_compiler.codegen import kernel_for
+    from bie_compiler.codegen.kernels import bbs_lut
 
-    enc = bbs.encode(weight.T, bbs.Config("moderate", sensitive_fraction=sensitive_fraction))
-    call = kernel_for(enc, target)
-    if call.kind != "bbs_lut":
-        raise SystemExit(f"expected the LUT kernel on {target}, got {call.kind}")
+    call = kernel_for(enc, target, lut_tables=tables)
+    if call.kind != "bbs_lut" or (tables == "int8" and not bbs_lut.int8_supported(target)):
+        raise SystemExit(f"expected the LUT kernel with {tables} tables on {target}, got {call.kind}")
     kernel = tvm.compile(tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")}), target).mod["main"]
     layer_bytes = sum(c.nbytes for c in call.constants)
-    k, n = weight.shape
+    n, k = enc.shape
     x = tvm.runtime.tensor(np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32))
     args = [[x, *(tvm.runtime.tensor(c) for c in call.constants), tvm.runtime.empty((1, n), "float32")]
             for _ in range(copies_for(layer_bytes, factor))]
     kernel(*args[0])
     ref = x.numpy() @ bbs.decode(enc).T.astype(np.float64)
-    error = float(np.abs(args[0][-1].numpy() - ref).max() / np.abs(ref).max())
-    if error > MAX_REL_ERROR:
-        raise SystemExit(f"bbs kernel disagrees with the reference decoder: relative error {error:.2e}")
-    return kernel, args, enc, layer_bytes, error
+    error = np.abs(args[0][-1].numpy() - ref)
+    bound = bbs_lut.int8_error_bound(x.numpy(), enc) if tables == "int8" else 0
+    if (error > bound + MAX_REL_ERROR * np.abs(ref).max()).any():
+        raise SystemExit(f"bbs kernel ({tables} tables) disagrees with the reference decoder beyond its bound: "
+                         f"relative error {error.max() / np.abs(ref).max():.2e}")
+    return kernel, args, layer_bytes, float(error.max() / np.abs(ref).max())
 
 
 def measure_shape(k: int, n: int, args: argparse.Namespace, references: list[dict], target) -> dict:
@@ -96,17 +105,18 @@ def measure_shape(k: int, n: int, args: argparse.Namespace, references: list[dic
         methods.append({"name": "nbits", "pass": lambda: nbits.run(None, feed), "layers": len(model.graph.node),
                         "bytes": nbits_bytes})
         del model
-    kernel, tvm_args, enc, layer_bytes, error = bbs_layers(weight, args.sensitive_fraction, args.cache_factor, target)
+    from bie_compiler.codecs import bbs
+
+    enc = bbs.encode(weight.T, bbs.Config("moderate", sensitive_fraction=args.sensitive_fraction))
     del weight
-
-    def bbs_pass():
-        for layer_args in tvm_args:
-            kernel(*layer_args)
-
-    methods.append({"name": "bbs", "pass": bbs_pass, "layers": len(tvm_args), "bytes": layer_bytes})
+    errors = {}
+    for tables in args.tables.split(","):
+        kernel, tvm_args, layer_bytes, errors[tables] = bbs_layers(enc, tables, args.cache_factor, target)
+        methods.append({"name": TABLE_METHODS[tables], "pass": lambda kernel=kernel, tvm_args=tvm_args: [
+            kernel(*layer_args) for layer_args in tvm_args], "layers": len(tvm_args), "bytes": layer_bytes})
     interleaved_passes(references + methods, args.repeats)
     row = {"shape": f"{k}x{n}", "nbits_missing": missing, **bandwidth_fractions(references + methods),
-           "bbs_bits_per_weight": enc.bits_per_weight, "bbs_rel_error": error,
+           "bbs_bits_per_weight": enc.bits_per_weight, "bbs_rel_errors": errors,
            "bbs_sensitive": int(enc.header["sensitive"]),
            "copies": {m["name"]: m["layers"] for m in methods}}
     for m in methods:
@@ -121,16 +131,18 @@ def report(res: dict) -> None:
     for r in res["rows"]:
         print(f"{r['shape']}: read bandwidth ceiling {r['bandwidth'] * 1e-9:.1f} GB/s (median over rounds of the fastest "
               "of: " + ", ".join(f"{name} {rate * 1e-9:.1f}" for name, rate in r["references"].items()) + ")")
-    header = ["K x N", "fp32 ms", "NBits-4 ms", "bbs ms", "vs fp32", "vs NBits", "bbs MB", "bbs bits/w",
-              "NBits MB", "bbs BW frac", "NBits BW frac", "fp32 BW frac"]
+    ours = [TABLE_METHODS[t] for t in res["tables"]]
+    header = ["K x N", "fp32 ms", "NBits-4 ms", *(f"{m} ms" for m in ours), *(f"{m} vs NBits" for m in ours),
+              "bbs MB", "bbs bits/w", "NBits MB", *(f"{m} BW frac" for m in ours), "NBits BW frac", "fp32 BW frac"]
     table = [header]
     for r in res["rows"]:
         nbits = "nbits_ms" in r
         table.append([
-            r["shape"], f"{r['fp32_ms']:.3f}", f"{r['nbits_ms']:.3f}" if nbits else "n/a", f"{r['bbs_ms']:.3f}",
-            f"{r['fp32_ms'] / r['bbs_ms']:.2f}x", f"{r['nbits_ms'] / r['bbs_ms']:.2f}x" if nbits else "n/a",
-            f"{r['bbs_bytes'] / 1e6:.2f}", f"{r['bbs_bits_per_weight']:.3f}",
-            f"{r['nbits_bytes'] / 1e6:.2f}" if nbits else "n/a", f"{r['bbs_bw_fraction']:.2f}",
+            r["shape"], f"{r['fp32_ms']:.3f}", f"{r['nbits_ms']:.3f}" if nbits else "n/a",
+            *(f"{r[m + '_ms']:.3f}" for m in ours),
+            *(f"{r['nbits_ms'] / r[m + '_ms']:.2f}x" if nbits else "n/a" for m in ours),
+            f"{r[ours[0] + '_bytes'] / 1e6:.2f}", f"{r['bbs_bits_per_weight']:.3f}",
+            f"{r['nbits_bytes'] / 1e6:.2f}" if nbits else "n/a", *(f"{r[m + '_bw_fraction']:.2f}" for m in ours),
             f"{r['nbits_bw_fraction']:.2f}" if nbits else "n/a", f"{r['fp32_bw_fraction']:.2f}",
         ])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
@@ -139,8 +151,10 @@ def report(res: dict) -> None:
     for r in res["rows"]:
         if r["nbits_missing"]:
             print(f"MatMulNBits missing for {r['shape']}: {r['nbits_missing']}")
+        print(f"{r['shape']}: largest error / largest output: " + ", ".join(
+            f"{t} tables {e:.1e}" for t, e in r["bbs_rel_errors"].items()))
     print("times per layer; bbs bytes = every stored array (sensitive INT8 rows, columns, metadata, scales, "
-          "positions); BW frac = median over rounds of bytes / time / that round's ceiling")
+          "positions; the same for both tables); BW frac = median over rounds of bytes / time / that round's ceiling")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -151,6 +165,7 @@ def run(args: argparse.Namespace) -> dict:
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
     rows = [measure_shape(k, n, args, references, target) for k, n in shapes]
     return {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
+            "tables": args.tables.split(","),
             "cache_factor": args.cache_factor, "l3_bytes": last_level_cache_bytes() or 0, "rows": rows}
 
 

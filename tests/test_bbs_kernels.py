@@ -6,7 +6,7 @@ import pytest
 
 from bie_compiler.codecs import bbs, make_config
 from bie_compiler.codegen import ConvSpec, kernel_for
-from bie_compiler.codegen.kernels import lut
+from bie_compiler.codegen.kernels import bbs_lut, lut
 from bie_compiler.codegen.target import make_target
 from bie_compiler.runtime.host import host_cpu, isa
 from kernel_runs import assert_close, run
@@ -38,6 +38,44 @@ def test_matmul_kernels_match_reference_decoder(options, n, k, target):
             x = rng.standard_normal((batch, k)).astype(np.float32)
             ref = x @ decoded.T
             assert_close(run(variant.func, target, x, variant.constants, (batch, n)), ref)
+
+
+@pytest.mark.parametrize("options", [{"preset": "moderate"}, {"preset": "moderate", "sensitive_fraction": 0.0},
+                                     {"pruned_columns": 4, "method": "avg", "sensitive_fraction": 0.5}],
+                         ids=["moderate", "pruned rows only", "avg"])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_int8_tables_within_their_stated_bound(options, n, k, target):
+    """The int8-table GEMV against the reference decoder: within ``int8_error_bound`` (plus fp32 rounding) per
+    output, and not exact (the tables are quantized); the panel GEMM over the same re-laid-out words exact."""
+    if not bbs_lut.int8_supported(target):
+        pytest.skip("the int8 tables need AVX512-BW and VNNI on this host")
+    rng = np.random.default_rng(n * k + 1)
+    enc = bbs.encode(rng.standard_t(4, (n, k)).astype(np.float32), make_config("bbs", options))
+    call = kernel_for(enc, target, lut_tables="int8")
+    fp32 = kernel_for(enc, target)
+    assert [c.nbytes for c in call.constants] == [c.nbytes for c in fp32.constants]  # the same bytes, moved
+    decoded = bbs.decode(enc).astype(np.float64)
+    for batch in (1, 5):
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        ref = x @ decoded.T
+        error = np.abs(run(call.func, target, x, call.constants, (batch, n)) - ref)
+        bound = bbs_lut.int8_error_bound(x, enc)
+        assert (error <= bound + 1e-5 * np.abs(ref).max()).all(), (error - bound).max()
+        pruned = bound > 0  # the sensitive rows' outputs are exact
+        assert pruned.any() == (int(enc.header["sensitive"]) < n)
+        assert (error[pruned] > 0).all() or not pruned.any()  # quantized tables
+        assert_close(run(call.large_batch.func, target, x, call.large_batch.constants, (batch, n)), ref)
+
+
+def test_int8_tables_only_where_4_columns_are_kept(target):
+    if not bbs_lut.int8_supported(target):
+        pytest.skip("the int8 tables need AVX512-BW and VNNI on this host")
+    w = np.random.default_rng(2).standard_t(4, (40, 96)).astype(np.float32)
+    for preset, fits in (("moderate", True), ("conservative", False)):
+        enc = bbs.encode(w, bbs.Config(preset))
+        columns = kernel_for(enc, target, lut_tables="int8").constants[3]
+        np.testing.assert_array_equal(columns, bbs_lut.int8_nibbles(enc.arrays["columns"]) if fits
+                                      else enc.arrays["columns"])
 
 
 @pytest.mark.skipif("avx512f" not in isa(host_cpu()), reason="the LUT kernel needs AVX-512 on this host")

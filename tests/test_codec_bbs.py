@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from bie_compiler import codecs
 from bie_compiler.codecs import bbs, bitwave, int8, make_config
 from bie_compiler.errors import CodecError
 
@@ -142,9 +143,16 @@ def test_presets_and_options():
     assert make_config("bbs", {}) == bbs.Config("moderate", pruned_columns=4, method="zps", sensitive_fraction=0.2)
     assert make_config("bbs", {"preset": "moderate", "pruned_columns": 5}).method == "zps"
     for bad in ({"preset": "extreme"}, {"pruned_columns": 7}, {"pruned_columns": 0}, {"method": "max"},
-                {"sensitive_fraction": 1.5}, {"sensitive_channels": -2}):
+                {"sensitive_fraction": 1.5}, {"sensitive_channels": -2}, {"lut_tables": "fp16"}):
         with pytest.raises(CodecError, match="bbs"):
             make_config("bbs", bad)
+    # int8 tables take 4 kept columns: fp32 tables elsewhere, the reason recorded with the layer
+    assert bbs.Config(lut_tables="int8").kernel_fallbacks == {} == bbs.Config("conservative").kernel_fallbacks
+    assert "this layer keeps 6" in bbs.Config("conservative", lut_tables="int8").kernel_fallbacks["lut_tables"]
+    # the tables choose the kernel, not the encoding: the builder's keyword, never in the stored header
+    assert codecs.kernel_options(bbs.Config(lut_tables="int8")) == {"lut_tables": "int8"}
+    w = weights(48, 100)
+    assert bbs.encode(w, bbs.Config(lut_tables="int8")).sha256() == bbs.encode(w, bbs.Config()).sha256()
 
 
 def test_int8_and_bitwave():

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import feedback, int8, rotation
+from . import feedback, int8, lut_tables, rotation
 from .base import Encoded, check_weight
 from .parallel import SERIAL, Workers
 from .stored import loaded
@@ -78,6 +78,7 @@ PRESETS = {
     "moderate": {"method": "zps", "pruned_columns": 4, "sensitive_fraction": 0.20},
 }
 METHODS = ("avg", "zps")
+INT8_TABLE_COLUMNS = 4  # the kept columns the int8-table GEMV takes: the bytes vpdpbusd sums per channel
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Config:
         "help": "fraction beta of the model's output channels (largest scales) kept INT8; default: the preset's"})
     # this layer's INT8 channels; -1: from beta over this layer alone
     sensitive_channels: int = field(default=-1, metadata={"set_by_plan": True})
+    # the kernel, not the encoding: int8 tables for INT8_TABLE_COLUMNS kept columns, fp32 else (kernel_fallbacks)
+    lut_tables: str = lut_tables.option()
     rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):
@@ -107,6 +110,7 @@ class Config:
             raise CodecError(f"{NAME}: method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0.0 <= self.sensitive_fraction <= 1.0:
             raise CodecError(f"{NAME}: sensitive_fraction must be in [0, 1], got {self.sensitive_fraction}")
+        lut_tables.check(NAME, self.lut_tables)
         if self.sensitive_channels < -1:
             raise CodecError(f"{NAME}: sensitive_channels must be >= 0 (or -1: from sensitive_fraction), "
                              f"got {self.sensitive_channels}")
@@ -114,6 +118,14 @@ class Config:
     @property
     def kept_columns(self) -> int:
         return 8 - self.pruned_columns
+
+    @property
+    def kernel_fallbacks(self) -> dict[str, str]:
+        """The kernel fields asked for that this layer's kernel cannot honour, each with what it does instead."""
+        if self.lut_tables != "int8" or self.kept_columns == INT8_TABLE_COLUMNS:
+            return {}
+        return {"lut_tables": f"fp32: int8 tables take {INT8_TABLE_COLUMNS} kept columns (the bytes vpdpbusd sums "
+                              f"per channel), this layer keeps {self.kept_columns}"}
 
 
 def paper_bits_per_weight(pruned_columns: int) -> float:

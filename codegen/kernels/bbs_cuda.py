@@ -257,9 +257,9 @@ def conv2d(enc: Encoded, conv, gpu: bool = True) -> tirx.PrimFunc:
 
 
 @register(bbs.NAME, ops=("matmul", "conv2d"), target="cuda")
-def cuda_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+def cuda_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bbs.Config.lut_tables) -> KernelCall:
     """Weights decoded in registers as they are multiplied, one kernel for every batch: a thread block per unit of
-    stored rows (matmul) or a thread per output element (conv)."""
+    stored rows (matmul) or a thread per output element (conv) (``lut_tables`` is the CPU's choice)."""
     if conv is not None:
         return KernelCall("bbs_conv2d", conv2d(enc, conv), bbs_decoded.constants(enc))
     return KernelCall("bbs", matmul(enc), bbs_decoded.constants(enc))

@@ -48,10 +48,13 @@ def _nonempty(x: np.ndarray) -> np.ndarray:
     return x if len(x) else np.zeros((1, *x.shape[1:]), x.dtype)
 
 
-def constants(enc: Encoded) -> list[np.ndarray]:
-    """What the kernels read: scales, position, sensitive, columns, meta."""
+def constants(enc: Encoded, tables: str = "fp32") -> list[np.ndarray]:
+    """What the kernels read: scales, position, sensitive, columns, meta (with int8 ``tables``, the columns as
+    the LUT GEMV's look-up indices, :func:`.bbs_lut.int8_nibbles`)."""
     a = enc.arrays
-    return [a["scales"], a["position"], _nonempty(a["sensitive"]), _nonempty(a["columns"]), _nonempty(a["meta"])]
+    columns = _nonempty(a["columns"])
+    return [a["scales"], a["position"], _nonempty(a["sensitive"]),
+            bbs_lut.int8_nibbles(columns) if tables == "int8" else columns, _nonempty(a["meta"])]
 
 
 def nibbles_fit(enc: Encoded) -> bool:
@@ -119,15 +122,21 @@ def pruned_value(enc: Encoded, columns, meta):
     return value
 
 
-def pruned_float(enc: Encoded, columns, meta):
+def pruned_float(enc: Encoded, columns, meta, tables: str = "fp32"):
     """``f(row, kk)``: :func:`pruned_value` as a float32 sum, for decodes that run in vectors of channels: the
     group's offset plus, for each kept column whose bit is set, that column's significance times ``2^shift``.
     Each term is a bit test and a masked add; the group's terms (from its metadata byte) do not depend on the
     weight's place in the group, so they are computed once per group (its 32 weights), not per weight as the
-    integer form's shifts and multiplies are. Every value is an integer below 2^9: the float sum is exact."""
+    integer form's shifts and multiplies are. Every value is an integer below 2^9: the float sum is exact.
+    ``columns``: the stored words, or with int8 ``tables`` :func:`.bbs_lut.int8_nibbles` of them."""
     count = int(enc.header["sensitive"])
     bits = 8 - int(enc.header["pruned_columns"])
     significance = [-(1 << (bits - 1))] + [1 << (bits - 1 - b) for b in range(1, bits)]
+    if tables == "int8":
+        column_bit = bbs_lut.int8_column_bit(enc, columns)
+    else:
+        def column_bit(pb, g, b, lane, j):
+            return (columns[pb, g, b, lane] & (tirx.const(1, "uint32") << j)) != tirx.const(0, "uint32")
 
     def value(row, kk):
         g, j = kk // bbs.GROUP, (kk % bbs.GROUP).astype("uint32")
@@ -135,10 +144,9 @@ def pruned_float(enc: Encoded, columns, meta):
         pb, lane = p // bbs.LANES, p % bbs.LANES
         offset, shift = group_offset_shift(enc, meta[pb, g, lane].astype("int32"))
         total = offset.astype("float32")
-        bit = tirx.const(1, "uint32") << j
         for b in range(bits):
             term = (tirx.const(significance[b], "int32") << shift).astype("float32")
-            total = tirx.Select((columns[pb, g, b, lane] & bit) != tirx.const(0, "uint32"), total + term, total)
+            total = tirx.Select(column_bit(pb, g, b, lane, j), total + term, total)
         return total
 
     return value
@@ -216,7 +224,7 @@ def conv2d_compute(enc: Encoded, conv) -> tirx.PrimFunc:
     return te.create_prim_func([x, *holders, out])
 
 
-def panel_value(enc: Encoded, holders) -> panel_gemm.PanelWeight:
+def panel_value(enc: Encoded, holders, tables: str = "fp32") -> panel_gemm.PanelWeight:
     """The integers of stored rows in panels of ``COLS`` (:mod:`.panel_gemm`), before their scales: a panel is all
     sensitive or all pruned (the sensitive count is a multiple of the panel, or every row), so the choice is made
     once per panel, not per weight; sensitive rows (K-major) are read across rows, pruned ones in their 16-row words."""
@@ -226,25 +234,28 @@ def panel_value(enc: Encoded, holders) -> panel_gemm.PanelWeight:
     if count % cols and count != n:
         raise ValueError(f"bbs: {count} sensitive rows of {n}: neither a multiple of {cols} nor every row")
     _, _, sensitive, columns, meta = holders
-    pruned = panel_gemm.by_channel(pruned_float(enc, columns, meta), n, bbs.LANES)
+    pruned = panel_gemm.by_channel(pruned_float(enc, columns, meta, tables), n, bbs.LANES)
     last = tirx.const(max(count, 1) - 1, "int32")  # a last panel of sensitive rows may run past them
     return lambda p, kk, c: tirx.if_then_else(
         p * cols < count, sensitive[tirx.min(p * cols + c, last), kk].astype("float32"), pruned(p, kk, c))
 
 
-def gemm(enc: Encoded) -> tirx.PrimFunc:
+def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
-    GEMM in stored order, then the output unshuffle."""
-    holders = placeholders(constants(enc))
+    GEMM in stored order, then the output unshuffle (``columns`` as :func:`constants` lays them out for
+    ``tables``)."""
+    holders = placeholders(constants(enc, tables))
     scales, position = holders[:2]
-    return panel_gemm.gemm(panel_value(enc, holders), holders, *enc.shape, scale=lambda row: scales[row],
+    return panel_gemm.gemm(panel_value(enc, holders, tables), holders, *enc.shape, scale=lambda row: scales[row],
                            position=position, group=bbs.GROUP)
 
 
 @register(bbs.NAME, ops=("matmul", "conv2d"), target="llvm")
-def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bbs.Config.lut_tables) -> KernelCall:
     """Matmul: the LUT bit-serial GEMV for one row (AVX-512; else the decode-once GEMV), the panel GEMM above;
-    conv: decode."""
+    conv: decode. ``lut_tables`` (``bbs.Config.lut_tables``): the GEMV's tables; int8 takes 4 kept columns (fp32
+    else: the codec's ``Config.kernel_fallbacks``) and needs AVX512-BW and VNNI too: on a CPU without them the
+    exact fp32 tables run (as do convs and CPUs without AVX-512: the encoding is the same)."""
     if conv is not None:  # the kept columns by channel where they fit a nibble
         channels = nibbles_fit(enc)
         tensors = channel_constants(enc) if channels else constants(enc)
@@ -252,9 +263,9 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
         weight = output_weight(enc, holders, nibble_value if channels else pruned_value)
         decoder = decode.elementwise(weight, holders, *decode.destination(enc, conv))
         return decode.with_decoder(None, decoder, "bbs", tensors, conv)
-    tensors = constants(enc)
-    if lut.supported(tvm.target.Target.current()):  # kernel_for builds within its target
-        small = KernelCall("bbs_lut", bbs_lut.gemv(enc), tensors)
-    else:
-        small = KernelCall("bbs_decoded", matmul(enc), tensors)
-    return panel_gemm.with_gemm(small, gemm(enc), "bbs")
+    target = tvm.target.Target.current()  # kernel_for builds within its target
+    if not lut.supported(target):
+        return panel_gemm.with_gemm(KernelCall("bbs_decoded", matmul(enc), constants(enc)), gemm(enc), "bbs")
+    tables = lut_tables if bbs_lut.int8_fits(enc) and bbs_lut.int8_supported(target) else "fp32"
+    small = KernelCall("bbs_lut", bbs_lut.gemv(enc, tables), constants(enc, tables))
+    return panel_gemm.with_gemm(small, gemm(enc, tables), "bbs")

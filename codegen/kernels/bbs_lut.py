@@ -38,19 +38,47 @@ assigned, inside a parallel loop into a workspace allocation per iteration. The 
 Rows of activations are processed one after the other, so the kernel is exact
 for any batch, but it is meant for batch 1 (larger batches use the decoded
 kernel, :mod:`.bbs_decoded`). Needs AVX-512 (``vpermi2ps`` and ``vpermps`` on 16 lanes).
+
+``tables="int8"`` (4 kept columns, the ``moderate`` preset's; the exact float32
+tables stay the default) is T-MAC's scheme for the pruned rows: per row, each
+group's 8 tables of 4 activations (16 subset sums) quantized to int8 with one
+step ``s_g`` (the group's largest entry in magnitude over TABLE_PEAK), looked up
+64 at a time with ``vpshufb`` and the 4 columns' look-ups summed with their
+significances by ``vpdpbusd``. The index bytes are the stored column words
+re-laid out at compile time (:func:`int8_nibbles`: the same 256 bytes per block
+and group, so the same bits/weight), the sign column inverted: the kept integer
+as offset binary ``u = kept + 8`` (``vpdpbusd`` multiplies unsigned bytes, the
+significances, by signed ones, the table entries). Per group and block: 4
+loads, 8 shuffles and 8 ``vpdpbusd`` (in 4 chains of 2), 4 masks and 4 shifts
+(``vgf2p8affineqb``) for the nibbles and 8 table loads (16 bytes each, broadcast to the
+4 lanes), against 28 float look-ups and 24 index operations; then
+
+    dot += 2^shift * (s_g * D - 8 * S_g) + offset * S_g
+
+with ``D`` the int32 look-up sum and ``S_g`` the exact sum of the group's
+activations. Its error is bounded by :func:`int8_error_bound`; the sensitive
+rows are the same INT8 dot products. Needs AVX512-BW and VNNI as well
+(:func:`int8_supported`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
-from bie_compiler.codecs import bbs
+from bie_compiler.codecs import bbs, lut_tables
 from bie_compiler.codecs.base import Encoded
 
 from . import lut
 
 LANES = bbs.LANES
+QUAD = bbs.INT8_TABLE_COLUMNS  # int8 tables: a channel's kept columns in the 4 bytes vpdpbusd sums
+TABLE_PEAK = 127  # int8 tables: the largest magnitude of an entry
+SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
+DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
+# the significances of the 4 bytes of a channel (column 0 first) as unsigned bytes, little-endian: 8, 4, 2, 1
+SIGNIFICANCES = 0x01020408
 ROWS = 4  # sensitive rows per pass over x: independent FMA chains
 LINE = lut.LINE_BYTES  # codes of a sensitive row per update of its accumulator
 assert (bbs.LANES, bbs.GROUP) == (lut.LANES, lut.GROUP)  # a stored column is one vector of plane words
@@ -63,8 +91,99 @@ def in_order(total, terms):
     return total
 
 
-def gemv(enc: Encoded):
-    """``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` (constants as ``bbs_decoded.constants``)."""
+def tree_max(terms):
+    """The largest of ``terms``, compared as a balanced tree."""
+    while len(terms) > 1:
+        terms = [T.max(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def lane_max(vector, lanes: int):
+    """The largest lane of ``vector`` (``lanes`` wide, a power of 2): halves compared until one lane is left."""
+    while lanes > 1:
+        lanes //= 2
+        vector = T.max(tirx.Shuffle([vector], [tirx.IntImm("int32", i) for i in range(lanes)]),
+                       tirx.Shuffle([vector], [tirx.IntImm("int32", lanes + i) for i in range(lanes)]))
+    return vector
+
+
+def int8_supported(target) -> bool:
+    """Whether ``target``'s CPU has the int8 tables' byte shuffles and dot products (AVX512-BW and VNNI)."""
+    from tvm.target import codegen as llvm_codegen
+
+    return all(llvm_codegen.llvm_cpu_has_features(f, target) for f in ("avx512bw", "avx512vnni"))
+
+
+def int8_fits(enc: Encoded) -> bool:
+    """Whether the int8-table GEMV takes ``enc``: its pruned rows keep QUAD columns."""
+    return 8 - int(enc.header["pruned_columns"]) == QUAD
+
+
+def check_tables(enc: Encoded, tables: str) -> None:
+    lut_tables.check(bbs.NAME, tables)
+    if tables == "int8" and not int8_fits(enc):
+        raise ValueError(f"bbs: int8 look-up tables take {QUAD} kept columns, not {8 - int(enc.header['pruned_columns'])}")
+
+
+def int8_nibbles(columns: np.ndarray) -> np.ndarray:
+    """The stored column words uint32 [PB, KG, 4, LANES] as the int8 tables' look-up indices, uint8 [PB * KG, 4, 64]
+    (row ``pb * KG + g``): byte ``4 c + p`` of vector ``h`` is column ``p`` of channel ``c`` (column 0, the sign,
+    inverted: the kept integer in offset binary), its low nibble that column's bits of weights ``4 h .. 4 h + 3``
+    (table ``h``), its high nibble those of weights ``16 + 4 h ..`` (table ``h + 4``). A 128-bit lane is 4 channels'
+    4 columns, all looked up in the same table; the same bytes as the words, moved."""
+    words = columns ^ np.array([0xFFFFFFFF, 0, 0, 0], np.uint32)[:, None]  # [PB, KG, 4, LANES]
+    h = np.arange(QUAD, dtype=np.uint32)[:, None, None]
+    low, high = (words[:, :, None] >> 4 * h) & 15, (words[:, :, None] >> 16 + 4 * h) & 15  # [PB, KG, h, p, c]
+    byte = (low | high << 4).astype(np.uint8).transpose(0, 1, 2, 4, 3)  # [PB, KG, h, c, p]
+    return np.ascontiguousarray(byte.reshape(-1, QUAD, LANES * QUAD))
+
+
+def int8_column_bit(enc: Encoded, nibbles):
+    """``f(pb, g, b, lane, j)``: whether column ``b`` (in two's complement: 0 the sign) of weight ``j`` (uint32) of
+    group ``g`` of pruned row ``pb * 16 + lane`` is set, read from :func:`int8_nibbles`' bytes (a TE tensor)."""
+    kg = -(-enc.shape[1] // bbs.GROUP)
+
+    def column_bit(pb, g, b, lane, j):
+        byte = nibbles[pb * kg + g, (j % 16 // 4).astype("int32"), lane * QUAD + b]
+        bit = (byte >> (j // 16 * 4 + j % 4).astype("uint8")) & tirx.const(1, "uint8")
+        return bit == tirx.const(0 if b == 0 else 1, "uint8")  # the sign column is stored inverted
+
+    return column_bit
+
+
+def int8_table_steps(x: np.ndarray, k: int) -> np.ndarray:
+    """The int8 tables' steps per group of each row of ``x`` [m, k], float64 [m, KG]: the group's largest table
+    entry in magnitude (a table of 4 activations' sum of its positive or of its negative ones) over TABLE_PEAK."""
+    kg = -(-k // bbs.GROUP)
+    xpad = np.zeros((x.shape[0], kg * bbs.GROUP))
+    xpad[:, :k] = x
+    quads = xpad.reshape(x.shape[0], kg, bbs.GROUP // 4, 4)
+    return np.maximum(np.maximum(quads, 0).sum(-1), np.maximum(-quads, 0).sum(-1)).max(-1) / TABLE_PEAK
+
+
+def int8_error_bound(x: np.ndarray, enc: Encoded) -> np.ndarray:
+    """The stated bound of the int8-table GEMV's error against the exact product, per output [m, n] in output
+    channel order, for ``x`` [m, k] (float rounding aside).
+
+    A table entry rounded to its group's step ``s_g`` is off by at most ``s_g / 2``; a pruned channel looks up
+    each of the group's 8 tables once per column, the columns weighing 8 + 4 + 2 + 1, and the sum is scaled by
+    ``2^shift`` (its group's, from the metadata byte) and the channel's scale: at most ``60 * s_g * 2^shift *
+    |scale|`` per group. Sensitive channels are exact."""
+    n, k = enc.shape
+    count = int(enc.header["sensitive"])
+    shift, _ = bbs.group_offsets(bbs.from_lanes(enc.arrays["meta"], n - count), int(enc.header["pruned_columns"]),
+                                 str(enc.header["method"]))  # [P, KG]
+    per_group = 8 * ((1 << QUAD) - 1) / 2 * np.ldexp(1.0, shift)  # [P, KG]
+    stored = np.zeros((x.shape[0], n))
+    stored[:, count:] = int8_table_steps(x, k) @ per_group.T * np.abs(enc.arrays["scales"][count:])
+    return stored[:, enc.arrays["position"]]
+
+
+def gemv(enc: Encoded, tables: str = "fp32"):
+    """``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` (constants as
+    ``bbs_decoded.constants``: ``columns`` the stored words, or with int8 ``tables`` :func:`int8_nibbles` of them)."""
+    check_tables(enc, tables)
+    int8 = tables == "int8"
     n, k = enc.shape
     count = int(enc.header["sensitive"])
     pruned_columns = int(enc.header["pruned_columns"])
@@ -81,7 +200,10 @@ def gemv(enc: Encoded):
     ahead_words = lut.AHEAD_BYTES // 4
     quads_ahead = -(-lut.AHEAD_BYTES // (ROWS * kp))  # quads of sensitive rows between a read and its prefetch
     meta_bytes = column_blocks * kg * LANES
-    fill_tables = lut.fill_wide_tables(k, kp)
+    fill_tables = (lut.fill_tables if int8 else lut.fill_wide_tables)(k, kp)
+    table_shape = (kp // 4, 16) if int8 else (kg * lut.FIELDS, lut.WIDE)
+    columns_shape, columns_dtype = ((column_blocks * kg, QUAD, LINE), "uint8") if int8 else (
+        (column_blocks, kg, bits, LANES), "uint32")
     # offset = c (avg, unsigned) or -c (zps, c a 6-bit two's complement: sign-extended by shifting it to the top
     # and back; the minus is folded into group_sum)
     offset_sign = -1 if zps else 1
@@ -90,6 +212,24 @@ def gemv(enc: Encoded):
     # lane z: 2^(pruned_columns - z) for z = code >> 6 <= min(MAX_FREE_COLUMNS, pruned_columns); a constant
     powers = T.Cast("float32x16", T.shift_right(T.Broadcast(1 << pruned_columns, LANES), T.min(
         tirx.Ramp(0, 1, LANES), T.Broadcast(bbs.MAX_FREE_COLUMNS, LANES))))
+    significances = T.reinterpret("uint8x64", T.Broadcast(tirx.const(SIGNIFICANCES, "uint32"), LANES))
+
+    def looked_up(small, table, indices):
+        # 64 look-ups in int8 table ``table`` (16 bytes, broadcast to the 4 lanes) of index bytes' low nibbles
+        entries = tirx.Shuffle([small[table, T.Ramp(0, 1, 16)]] * 4, [tirx.IntImm("int32", i) for i in range(LINE)])
+        return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, entries, T.reinterpret("int8x64", indices))
+
+    def int8_dot(small, g, nibbles, pb):
+        # the group's int32 look-up sums for 16 channels: per index vector h, tables h (low nibbles) and h + 4
+        # (high), each vpdpbusd summing a channel's 4 columns with their significances; 4 chains of 2
+        sums = []
+        for h in range(QUAD):
+            v = nibbles[pb * kg + g, h, T.Ramp(0, 1, LINE)]
+            low = tirx.call_llvm_pure_intrin("int32x16", DOT, T.Broadcast(T.int32(0), LANES), significances,
+                                             looked_up(small, g * lut.NIBBLES + h, v & T.Broadcast(T.uint8(15), LINE)))
+            sums.append(tirx.call_llvm_pure_intrin("int32x16", DOT, low, significances, looked_up(
+                small, g * lut.NIBBLES + QUAD + h, v >> T.Broadcast(T.uint8(4), LINE))))
+        return lut.tree(sums)
 
     def codes_times_x(sensitive, xpad, row, at):
         # 16 codes of sensitive row ``row`` (rows past count, when count = n, are clamped and not stored) times x
@@ -101,7 +241,7 @@ def gemv(enc: Encoded):
         scales: T.Buffer((n,), "float32"),
         position: T.Buffer((n,), "int32"),
         sensitive: T.Buffer((sensitive_rows, kp), "int8"),
-        columns: T.Buffer((column_blocks, kg, bits, LANES), "uint32"),
+        columns: T.Buffer(columns_shape, columns_dtype),
         meta: T.Buffer((column_blocks, kg, LANES), "uint8"),
         var_out: T.handle,
     ):
@@ -111,18 +251,37 @@ def gemv(enc: Encoded):
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
         # the constants as the byte streams a thread reads (its items' blocks, and sensitive rows, are contiguous)
-        column_stream = T.decl_buffer((column_words,), "uint32", data=columns.data)
+        column_stream = T.decl_buffer((column_words,), "uint32", data=columns.data)  # int8: the same bytes
         meta_stream = T.decl_buffer((meta_bytes,), "uint8", data=meta.data)
         sensitive_stream = T.decl_buffer((sensitive_rows * kp,), "int8", data=sensitive.data)
-        table = T.decl_buffer((kg * lut.FIELDS, lut.WIDE), "float32")
+        table = T.decl_buffer(table_shape, "float32")
         group_sum = T.decl_buffer((kg,), "float32")
+        if int8:
+            small = T.decl_buffer((kg * lut.NIBBLES, 16), "int8")  # the int8 tables
+            step = T.decl_buffer((kg,), "float32")
+            centre = T.decl_buffer((kg,), "float32")  # 8 * S_g: the offset binary's share of the look-up sums
         stored = T.decl_buffer((n,), "float32")
         # per-item accumulators (ROWS for sensitive rows, 1 for a pruned block), allocated once per call
         acc = T.decl_buffer((items, ROWS, LANES), "float32")
         for row in range(m):
             fill_tables(x, row, xpad, table)
-            for g in range(kg):
-                group_sum[g] = T.float32(offset_sign) * lut.group_total(table, g * lut.FIELDS)
+            if int8:
+                for g in range(kg):
+                    # the largest entry in magnitude: the group's 8 tables compared as vectors, then their lanes
+                    peak: T.let = lane_max(tree_max([T.max(table[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)], -table[
+                        g * lut.NIBBLES + t, T.Ramp(0, 1, 16)]) for t in range(lut.NIBBLES)]), 16)
+                    scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(TABLE_PEAK) / peak, T.float32(0))
+                    step[g] = peak / T.float32(TABLE_PEAK)
+                    for t in T.unroll(lut.NIBBLES):
+                        small[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)] = T.Cast("int8x16", T.Cast(
+                            "int32x16", T.nearbyint(table[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(
+                                scale, 16))))
+                    total: T.let = lut.tree([table[g * lut.NIBBLES + t, 15] for t in range(lut.NIBBLES)])
+                    group_sum[g] = T.float32(offset_sign) * total
+                    centre[g] = T.float32(1 << (QUAD - 1)) * total
+            else:
+                for g in range(kg):
+                    group_sum[g] = T.float32(offset_sign) * lut.group_total(table, g * lut.FIELDS)
             for item in T.parallel(items):  # one parallel region: one thread wake-up per call
                 # sensitive items spread evenly over the range, so each thread's contiguous share gets its part:
                 # item is sensitive when (item + 1) * S // items > item * S // items, tested through the remainder
@@ -155,13 +314,19 @@ def gemv(enc: Encoded):
                     acc[item, 0, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                     for g in range(kg):
                         at: T.let = pb * kg + g  # the group's place in this thread's streams
-                        for b in T.unroll(bits):
-                            lut.prefetch(column_stream[T.min((at * bits + b) * LANES + ahead_words, column_words - 1)])
+                        ahead: T.let = T.min(at * bits * LANES + ahead_words, column_words - bits * LANES)
+                        for b in T.unroll(bits):  # the group's lines that far on in the stream (one clamp for all)
+                            lut.prefetch(column_stream[ahead + b * LANES])
                         if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
                             lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
-                        mixed: T.let = lut.twos_complement_sum([
-                            lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
-                                "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
+                        if int8:
+                            dot: T.let = int8_dot(small, g, columns, pb)
+                            mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES) - T.Broadcast(
+                                centre[g], LANES)
+                        else:
+                            mixed: T.let = lut.twos_complement_sum([
+                                lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
+                                    "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
                         code: T.let = T.Cast("int32x16", meta[pb, g, T.Ramp(0, 1, LANES)])
                         scale: T.let = tirx.call_llvm_pure_intrin(  # 2^shift, shift = pruned_columns - (code >> 6)
                             "float32x16", lut.PERMUTE, powers, T.shift_right(code, T.Broadcast(6, LANES)))
