@@ -47,7 +47,7 @@ def test_matmul_kernels_match_reference_decoder(options, n, k, target):
 def test_int8_tables_within_their_stated_bound(options, n, k, target):
     """The int8-table GEMV against the reference decoder: within ``int8_error_bound`` (plus fp32 rounding) per
     output, and not exact (the tables are quantized); the panel GEMM over the same re-laid-out words exact."""
-    if not bbs_lut.int8_supported(target):
+    if not lut.int8_supported(target):
         pytest.skip("the int8 tables need AVX512-BW and VNNI on this host")
     rng = np.random.default_rng(n * k + 1)
     enc = bbs.encode(rng.standard_t(4, (n, k)).astype(np.float32), make_config("bbs", options))
@@ -68,7 +68,7 @@ def test_int8_tables_within_their_stated_bound(options, n, k, target):
 
 
 def test_int8_tables_only_where_4_columns_are_kept(target):
-    if not bbs_lut.int8_supported(target):
+    if not lut.int8_supported(target):
         pytest.skip("the int8 tables need AVX512-BW and VNNI on this host")
     w = np.random.default_rng(2).standard_t(4, (40, 96)).astype(np.float32)
     for preset, fits in (("moderate", True), ("conservative", False)):

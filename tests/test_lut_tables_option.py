@@ -1,5 +1,6 @@
-"""``--lut-tables int8`` for ``bie-bitplane``: a kernel option (the stored bytes unchanged), int8 tables up to 4
-planes and fp32 above with the reason recorded, and ``check`` of such an artefact against each GEMV's stated bound."""
+"""``--lut-tables int8`` for ``bie-bitplane`` and ``bbs``: a kernel option (the stored bytes unchanged), int8 tables
+up to 4 planes and fp32 above with the reason recorded, and ``check`` of such an artefact against each GEMV's stated
+bound."""
 
 import numpy as np
 import pytest
@@ -31,8 +32,8 @@ def test_int8_tables_beyond_4_planes_fall_back_to_fp32_with_the_reason():
 
 @pytest.mark.parametrize("bits,tables", [(3, "int8"), (4, "int8"), (5, "fp32")])
 def test_kernel_for_builds_the_tables_that_fit(bits, tables, target):
-    if not lut.supported(target):
-        pytest.skip(f"{target} has no AVX-512 (the look-up instruction)")
+    if not lut.int8_supported(target):
+        pytest.skip(f"{target} has no AVX-512 VNNI (the int8 tables' instructions)")
     enc = bie_bitplane.encode(np.random.default_rng(bits).standard_t(5, (20, 96)).astype(np.float32),
                               bie_bitplane.Config(bits=bits))
     call = kernel_for(enc, target, lut_tables="int8")
@@ -42,8 +43,8 @@ def test_kernel_for_builds_the_tables_that_fit(bits, tables, target):
 
 @pytest.fixture(scope="module")
 def int8_mlp(model_dir, tmp_path_factory, target):
-    if not lut.supported(target):
-        pytest.skip(f"{target} has no AVX-512 (the look-up instruction)")
+    if not lut.int8_supported(target):
+        pytest.skip(f"{target} has no AVX-512 VNNI (the int8 tables' instructions)")
     out = tmp_path_factory.mktemp("lut-tables") / "mlp"
     bie_compiler.compile_model(model_dir["mlp"], out, "bie-bitplane", {"bits": 4, "lut_tables": "int8"},
                                min_weights=0, progress=None)
@@ -91,8 +92,8 @@ def test_check_command_prints_each_layers_error_and_bound(int8_mlp, capsys):
 def test_check_refuses_int8_tables_it_cannot_bound(model_dir, tmp_path, target):
     """A rotated layer's GEMV reads the rotated activation, which the decoded-weights model does not have: not
     checked, so not passed."""
-    if not lut.supported(target):
-        pytest.skip(f"{target} has no AVX-512 (the look-up instruction)")
+    if not lut.int8_supported(target):
+        pytest.skip(f"{target} has no AVX-512 VNNI (the int8 tables' instructions)")
     out = tmp_path / "mlp-rotated"
     bie_compiler.compile_model(model_dir["mlp"], out, "bie-bitplane", {"bits": 4, "lut_tables": "int8", "rotate": True},
                                min_weights=0, progress=None)
@@ -101,3 +102,19 @@ def test_check_refuses_int8_tables_it_cannot_bound(model_dir, tmp_path, target):
     layers = result["int8_table_layers"]
     assert not result["passed"] and len(layers) == len(runner.manifest["layers"])
     assert all(layer["unchecked"].startswith("rotated") for layer in layers)
+
+
+def test_check_bounds_bbs_int8_table_gemvs(model_dir, tmp_path, target):
+    if not lut.int8_supported(target):
+        pytest.skip(f"{target} has no AVX-512 VNNI (the int8 tables' instructions)")
+    out = tmp_path / "mlp-bbs"
+    bie_compiler.compile_model(model_dir["mlp"], out, "bbs", {"lut_tables": "int8"}, min_weights=0, progress=None)
+    runner = bie_compiler.load(out)
+    result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=1, seed=1), min_cosine=0)
+    layers = result["int8_table_layers"]
+    assert [layer["layer"] for layer in layers] == [r["name"] for r in runner.manifest["layers"]]
+    assert all(layer["passed"] for layer in layers)
+    # a layer whose rows are all sensitive (INT8 dot products) is exact: its bound is 0
+    approximate = [layer for layer in layers if layer["bound_rel"] > 0]
+    assert approximate and all(0 < layer["error_rel"] <= layer["bound_rel"] for layer in approximate)
+    assert result["passed"] and result["decoded_max_rel_err"] > 0

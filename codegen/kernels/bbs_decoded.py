@@ -266,6 +266,6 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bbs.Config.
     target = tvm.target.Target.current()  # kernel_for builds within its target
     if not lut.supported(target):
         return panel_gemm.with_gemm(KernelCall("bbs_decoded", matmul(enc), constants(enc)), gemm(enc), "bbs")
-    tables = lut_tables if bbs_lut.int8_fits(enc) and bbs_lut.int8_supported(target) else "fp32"
+    tables = lut_tables if bbs_lut.int8_fits(enc) and lut.int8_supported(target) else "fp32"
     small = KernelCall("bbs_lut", bbs_lut.gemv(enc, tables), constants(enc, tables))
     return panel_gemm.with_gemm(small, gemm(enc, tables), "bbs")

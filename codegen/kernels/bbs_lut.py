@@ -58,7 +58,7 @@ loads, 8 shuffles and 8 ``vpdpbusd`` (in 4 chains of 2), 4 masks and 4 shifts
 with ``D`` the int32 look-up sum and ``S_g`` the exact sum of the group's
 activations. Its error is bounded by :func:`int8_error_bound`; the sensitive
 rows are the same INT8 dot products. Needs AVX512-BW and VNNI as well
-(:func:`int8_supported`).
+(:func:`.lut.int8_supported`).
 """
 
 from __future__ import annotations
@@ -74,9 +74,6 @@ from . import lut
 
 LANES = bbs.LANES
 QUAD = bbs.INT8_TABLE_COLUMNS  # int8 tables: a channel's kept columns in the 4 bytes vpdpbusd sums
-TABLE_PEAK = 127  # int8 tables: the largest magnitude of an entry
-SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
-DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
 # the significances of the 4 bytes of a channel (column 0 first) as unsigned bytes, little-endian: 8, 4, 2, 1
 SIGNIFICANCES = 0x01020408
 ROWS = 4  # sensitive rows per pass over x: independent FMA chains
@@ -107,13 +104,6 @@ def lane_max(vector, lanes: int):
     return vector
 
 
-def int8_supported(target) -> bool:
-    """Whether ``target``'s CPU has the int8 tables' byte shuffles and dot products (AVX512-BW and VNNI)."""
-    from tvm.target import codegen as llvm_codegen
-
-    return all(llvm_codegen.llvm_cpu_has_features(f, target) for f in ("avx512bw", "avx512vnni"))
-
-
 def int8_fits(enc: Encoded) -> bool:
     """Whether the int8-table GEMV takes ``enc``: its pruned rows keep QUAD columns."""
     return 8 - int(enc.header["pruned_columns"]) == QUAD
@@ -122,7 +112,8 @@ def int8_fits(enc: Encoded) -> bool:
 def check_tables(enc: Encoded, tables: str) -> None:
     lut_tables.check(bbs.NAME, tables)
     if tables == "int8" and not int8_fits(enc):
-        raise ValueError(f"bbs: int8 look-up tables take {QUAD} kept columns, not {8 - int(enc.header['pruned_columns'])}")
+        kept = 8 - int(enc.header["pruned_columns"])
+        raise ValueError(f"bbs: int8 look-up tables take {QUAD} kept columns, not {kept}")
 
 
 def int8_nibbles(columns: np.ndarray) -> np.ndarray:
@@ -151,16 +142,6 @@ def int8_column_bit(enc: Encoded, nibbles):
     return column_bit
 
 
-def int8_table_steps(x: np.ndarray, k: int) -> np.ndarray:
-    """The int8 tables' steps per group of each row of ``x`` [m, k], float64 [m, KG]: the group's largest table
-    entry in magnitude (a table of 4 activations' sum of its positive or of its negative ones) over TABLE_PEAK."""
-    kg = -(-k // bbs.GROUP)
-    xpad = np.zeros((x.shape[0], kg * bbs.GROUP))
-    xpad[:, :k] = x
-    quads = xpad.reshape(x.shape[0], kg, bbs.GROUP // 4, 4)
-    return np.maximum(np.maximum(quads, 0).sum(-1), np.maximum(-quads, 0).sum(-1)).max(-1) / TABLE_PEAK
-
-
 def int8_error_bound(x: np.ndarray, enc: Encoded) -> np.ndarray:
     """The stated bound of the int8-table GEMV's error against the exact product, per output [m, n] in output
     channel order, for ``x`` [m, k] (float rounding aside).
@@ -175,7 +156,7 @@ def int8_error_bound(x: np.ndarray, enc: Encoded) -> np.ndarray:
                                  str(enc.header["method"]))  # [P, KG]
     per_group = 8 * ((1 << QUAD) - 1) / 2 * np.ldexp(1.0, shift)  # [P, KG]
     stored = np.zeros((x.shape[0], n))
-    stored[:, count:] = int8_table_steps(x, k) @ per_group.T * np.abs(enc.arrays["scales"][count:])
+    stored[:, count:] = lut.int8_table_steps(x, k) @ per_group.T * np.abs(enc.arrays["scales"][count:])
     return stored[:, enc.arrays["position"]]
 
 
@@ -217,7 +198,7 @@ def gemv(enc: Encoded, tables: str = "fp32"):
     def looked_up(small, table, indices):
         # 64 look-ups in int8 table ``table`` (16 bytes, broadcast to the 4 lanes) of index bytes' low nibbles
         entries = tirx.Shuffle([small[table, T.Ramp(0, 1, 16)]] * 4, [tirx.IntImm("int32", i) for i in range(LINE)])
-        return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, entries, T.reinterpret("int8x64", indices))
+        return tirx.call_llvm_pure_intrin("int8x64", lut.SHUFFLE, entries, T.reinterpret("int8x64", indices))
 
     def int8_dot(small, g, nibbles, pb):
         # the group's int32 look-up sums for 16 channels: per index vector h, tables h (low nibbles) and h + 4
@@ -225,9 +206,9 @@ def gemv(enc: Encoded, tables: str = "fp32"):
         sums = []
         for h in range(QUAD):
             v = nibbles[pb * kg + g, h, T.Ramp(0, 1, LINE)]
-            low = tirx.call_llvm_pure_intrin("int32x16", DOT, T.Broadcast(T.int32(0), LANES), significances,
+            low = tirx.call_llvm_pure_intrin("int32x16", lut.DOT, T.Broadcast(T.int32(0), LANES), significances,
                                              looked_up(small, g * lut.NIBBLES + h, v & T.Broadcast(T.uint8(15), LINE)))
-            sums.append(tirx.call_llvm_pure_intrin("int32x16", DOT, low, significances, looked_up(
+            sums.append(tirx.call_llvm_pure_intrin("int32x16", lut.DOT, low, significances, looked_up(
                 small, g * lut.NIBBLES + QUAD + h, v >> T.Broadcast(T.uint8(4), LINE))))
         return lut.tree(sums)
 
@@ -270,8 +251,8 @@ def gemv(enc: Encoded, tables: str = "fp32"):
                     # the largest entry in magnitude: the group's 8 tables compared as vectors, then their lanes
                     peak: T.let = lane_max(tree_max([T.max(table[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)], -table[
                         g * lut.NIBBLES + t, T.Ramp(0, 1, 16)]) for t in range(lut.NIBBLES)]), 16)
-                    scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(TABLE_PEAK) / peak, T.float32(0))
-                    step[g] = peak / T.float32(TABLE_PEAK)
+                    scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(lut.TABLE_PEAK) / peak, T.float32(0))
+                    step[g] = peak / T.float32(lut.TABLE_PEAK)
                     for t in T.unroll(lut.NIBBLES):
                         small[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)] = T.Cast("int8x16", T.Cast(
                             "int32x16", T.nearbyint(table[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(

@@ -313,7 +313,8 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bie_bitplan
     planes = BitPlanes(enc, words=False)
     if _lut_applies(planes, conv):
         int8_fits = planes.planes.shape[0] + 1 <= bie_bitplane.INT8_TABLE_PLANES
-        return lut_call(enc, lut_tables if int8_fits else "fp32")
+        int8_runs = int8_fits and lut.int8_supported(tvm.target.Target.current())
+        return lut_call(enc, lut_tables if int8_runs else "fp32")
     if _all_planes_in_bytes(enc, planes):
         return _integer_call(enc, planes, conv)
     holders = planes.holders()

@@ -43,10 +43,7 @@ LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
 FORM = "lut_planes"  # the progressive-precision form of the words (weights.PRECISION_ATTR)
 TABLES = ("fp32", "int8")  # the look-up tables: exact float32 subset sums, or int8 quantized per group
 QUAD = bie_bitplane.INT8_TABLE_PLANES  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most
-SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
-DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
 PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
-TABLE_PEAK = 127  # the int8 tables' largest magnitude
 
 
 def twos_complement_planes(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
@@ -280,18 +277,6 @@ def int8_decoded_value(nibbles, *, n: int, k: int, magnitude_planes: int, shift:
     return value
 
 
-def int8_table_steps(x: np.ndarray, k: int) -> np.ndarray:
-    """The int8 tables' steps per group of GROUP activations of each row of ``x`` [m, k], float64 [m, KG]: the
-    group's largest subset sum in magnitude (the sum of its positive or of its negative activations, in one table of
-    4) over TABLE_PEAK."""
-    kg = -(-k // GROUP)
-    xpad = np.zeros((x.shape[0], kg * GROUP))
-    xpad[:, :k] = x
-    quads = xpad.reshape(x.shape[0], kg, NIBBLES, 4)
-    peak = np.maximum(np.maximum(quads, 0).sum(-1), np.maximum(-quads, 0).sum(-1)).max(-1)
-    return peak / TABLE_PEAK
-
-
 def int8_error_bound(x: np.ndarray, layout: Layout, scales: np.ndarray) -> np.ndarray:
     """The stated bound of the int8-table GEMV's error against the exact product, per output [m, n], for ``x``
     [m, k] and the per-channel or grouped ``scales`` [n, groups] (as the codec gives them; float rounding aside).
@@ -299,7 +284,7 @@ def int8_error_bound(x: np.ndarray, layout: Layout, scales: np.ndarray) -> np.nd
     A table entry rounded to the step ``s_g`` of its group is off by at most ``s_g / 2``; a channel looks up each of
     the group's 8 tables once per plane, the planes weighing ``2^(P - p)`` (at most ``2^(P + 1) - 1`` together), so
     the group contributes at most ``8 * (2^(P + 1) - 1) * s_g / 2 * 2^shift * |scale|``."""
-    steps = int8_table_steps(x, layout.k)  # [m, KG]
+    steps = lut.int8_table_steps(x, layout.k)  # [m, KG]
     weight = 4 * ((1 << (layout.magnitude_planes + 1)) - 1) * float(1 << layout.shift)
     kg = steps.shape[1]
     group_scale = np.abs(scales[:, np.arange(kg) * GROUP // layout.scale_group if layout.groups > 1 else [0] * kg])
@@ -356,14 +341,14 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         row = small[first // per_vector, T.Ramp(0, 1, stored)]
         lanes = row if stored == width else tirx.Shuffle([row] * (width // stored),
                                                          [tirx.IntImm("int32", i) for i in range(width)])
-        return tirx.call_llvm_pure_intrin("int8x64", SHUFFLE, lanes, T.reinterpret("int8x64", nibbles))
+        return tirx.call_llvm_pure_intrin("int8x64", lut.SHUFFLE, lanes, T.reinterpret("int8x64", nibbles))
 
     def quad_sum(small, first, v):
         # the int32 sums of one index vector's 2 look-ups for 16 channels (vector h: table rows h and h + QUAD)
         zero = T.Broadcast(T.int32(0), LANES)
-        low = tirx.call_llvm_pure_intrin("int32x16", DOT, zero, weights,
+        low = tirx.call_llvm_pure_intrin("int32x16", lut.DOT, zero, weights,
                                          looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
-        return tirx.call_llvm_pure_intrin("int32x16", DOT, low, weights,
+        return tirx.call_llvm_pure_intrin("int32x16", lut.DOT, low, weights,
                                           looked_up(small, first + 4, v >> T.Broadcast(T.uint8(4), width)))
 
     def pair_sum(small, first, v):
@@ -409,8 +394,8 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
                 # most of the time the tables take to make)
                 peak: T.let = lanes_max(lut.tree_of(T.max, [T.fabs(table[g * NIBBLES + t, T.Ramp(0, 1, 16)])
                                                            for t in range(NIBBLES)]))
-                step[g] = peak / T.float32(TABLE_PEAK)
-                scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(TABLE_PEAK) / peak, T.float32(0))
+                step[g] = peak / T.float32(lut.TABLE_PEAK)
+                scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(lut.TABLE_PEAK) / peak, T.float32(0))
                 for t in T.unroll(NIBBLES):
                     entries: T.let = T.Cast("int8x16", T.Cast("int32x16", T.nearbyint(
                         table[g * NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(scale, 16))))

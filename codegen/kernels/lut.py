@@ -20,12 +20,15 @@ activations (:func:`fill_tables`), 16 entries, which byte shuffles look up.
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
 PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps zmm: 16 float look-ups in a 16-entry register table
 PERMUTE2 = "llvm.x86.avx512.vpermi2var.ps.512"  # vpermi2ps zmm: 16 float look-ups in a 32-entry table of 2 registers
 MULTIPLY_HIGH = "llvm.x86.avx512.pmulhu.w.512"  # vpmulhuw zmm: the high 16 bits of 32 products of 16-bit lanes
+SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
+DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
 PREFETCH = "llvm.prefetch.p0"  # (address, read = 0, locality 2 = into L2, data = 1)
 # How far ahead of its reads a one-row kernel prefetches in a contiguous stream of weights: far enough to hide the
 # memory latency at the kernels' read rates (1 KiB left the int8 GEMV waiting on memory; benchmarks/README.md)
@@ -34,6 +37,7 @@ LINE_BYTES = 64
 LANES = 16  # channels per vector of plane words
 GROUP = 32  # activations per group: the bits of one plane word
 NIBBLES = GROUP // 4  # tables of 4 activations per group (the int8 tables)
+TABLE_PEAK = 127  # the int8 tables' largest magnitude
 FIELD = 5  # activations per float32 table: the index bits vpermi2ps reads
 FIELDS = -(-GROUP // FIELD)  # float32 tables per group: 6 of 5 activations, the last of GROUP % FIELD
 WIDE = 1 << FIELD  # entries of a float32 table
@@ -45,6 +49,14 @@ def supported(target) -> bool:
     from tvm.target import codegen as llvm_codegen
 
     return bool(llvm_codegen.llvm_cpu_has_features("avx512f", target))
+
+
+def int8_supported(target) -> bool:
+    """Whether ``target``'s CPU has the int8 tables' byte shuffles and dot products (AVX-512 BW and VNNI): where it
+    lacks them the GEMVs run the exact float32 tables (the stored bytes are the same)."""
+    from tvm.target import codegen as llvm_codegen
+
+    return all(llvm_codegen.llvm_cpu_has_features(f, target) for f in ("avx512f", "avx512bw", "avx512vnni"))
 
 
 def tree(terms):
@@ -167,3 +179,15 @@ def fill_tables(k: int, kp: int):
                 table[q, t] = subset_sum(xpad, 4 * q, 4, t)
 
     return fill
+
+
+def int8_table_steps(x: np.ndarray, k: int) -> np.ndarray:
+    """The int8 tables' steps per group of GROUP activations of each row of ``x`` [m, k], float64 [m, KG]: the
+    group's largest subset sum in magnitude (the sum of its positive or of its negative activations, in one table of
+    4) over TABLE_PEAK."""
+    kg = -(-k // GROUP)
+    xpad = np.zeros((x.shape[0], kg * GROUP))
+    xpad[:, :k] = x
+    quads = xpad.reshape(x.shape[0], kg, NIBBLES, 4)
+    peak = np.maximum(np.maximum(quads, 0).sum(-1), np.maximum(-quads, 0).sum(-1)).max(-1)
+    return peak / TABLE_PEAK
