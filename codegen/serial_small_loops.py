@@ -30,9 +30,10 @@ count once. A loop that reads streamed weights is held to the larger ``STREAMED_
 stream gains less than its data's trips between the cores cost the kernels around it.
 
 The bound a loop's cost must reach grows with its hand-off (:func:`handoff`): the words of the kernel's own
-scratch buffers (allocated once per call) written outside the loop that the loop touches, such as the
+scratch buffers (allocated once per call) written before the loop that the loop touches, such as the
 activation tables a look-up-table GEMV fills on the calling thread and every task reads. A second thread has
-to fetch them from the first one's cache, which a single thread never does.
+to fetch them from the first one's cache, which a single thread never does. What the calling thread writes
+after the loop (a fused epilogue's output over the accumulator the tasks filled) hands nothing to them.
 """
 
 from __future__ import annotations
@@ -177,26 +178,52 @@ def footprint(stmt, streamed: frozenset = frozenset(),
     return cached, streaming
 
 
-def handoff(loop, scratch: dict, views: dict | None = None) -> tirx.PrimExpr:
-    """4-byte words that ``loop`` touches of the function's scratch written outside it: the memories of ``scratch``
-    (:func:`scratch_stores`) stored to outside ``loop`` (what the calling thread prepared for every task)."""
+def handoff(loop, func_body, views: dict | None = None) -> tirx.PrimExpr:
+    """4-byte words that ``loop`` touches of the scratch ``func_body`` allocates (once per call) and writes before
+    ``loop`` starts: what the calling thread prepared for every task. A store after ``loop`` hands nothing to its
+    tasks, unless a loop around both repeats it before ``loop`` runs again. ``views``: :func:`memory_views` (a
+    store through a view writes the memory it views)."""
     views = views or {}
-    inside = _stores(loop, views)
+    allocated = set()
+    tvm_ffi.structural_map(func_body, [(s.AllocBuffer, lambda node: allocated.add(node.buffer) or node)],
+                           order="post")
+    written = _stores_before(func_body, loop.loop_var, _stores(loop, views), views) or {}
     words = tirx.IntImm("int64", 0)
     for memory in _memories(loop, views):
-        if scratch.get(memory, 0) > inside.get(memory, 0):
+        if memory in allocated and written.get(memory, 0) > 0:
             words = words + _words(memory)
     return words
 
 
-def scratch_stores(func_body, views: dict | None = None) -> dict:
-    """The buffers ``func_body`` allocates (once per call) -> the stores to their memory in it (``views``:
-    :func:`memory_views`, a store through a view counts for the memory it views)."""
-    allocated = []
-    tvm_ffi.structural_map(func_body, [(s.AllocBuffer, lambda node: allocated.append(node.buffer) or node)],
-                           order="post")
-    stores = _stores(func_body, views or {})
-    return {buffer: stores.get(buffer, 0) for buffer in allocated}
+def _stores_before(stmt, loop_var, inside: dict, views: dict) -> dict | None:
+    """Memory -> the stores in ``stmt`` that run before the loop over ``loop_var`` in ``stmt`` (those ahead of it,
+    and those of a loop around it that are not ``inside`` it: they precede its next run); None if ``stmt`` does not
+    hold the loop."""
+    if isinstance(stmt, s.For) and stmt.loop_var.same_as(loop_var):
+        return {}
+    if isinstance(stmt, s.SeqStmt):
+        ahead = {}
+        for part in stmt.seq:
+            found = _stores_before(part, loop_var, inside, views)
+            if found is not None:
+                return _merged(ahead, found)
+            ahead = _merged(ahead, _stores(part, views))
+        return None
+    if isinstance(stmt, s.IfThenElse):
+        branches = (stmt.then_case, stmt.else_case)
+        return next((f for b in branches if b is not None
+                     and (f := _stores_before(b, loop_var, inside, views)) is not None), None)
+    if not hasattr(stmt, "body"):
+        return None
+    found = _stores_before(stmt.body, loop_var, inside, views)
+    if found is None or not isinstance(stmt, (s.For, s.While)):
+        return found
+    repeated = {memory: n - inside.get(memory, 0) for memory, n in _stores(stmt.body, views).items()}
+    return _merged(found, repeated)
+
+
+def _merged(a: dict, b: dict) -> dict:
+    return {memory: a.get(memory, 0) + b.get(memory, 0) for memory in a.keys() | b.keys()}
 
 
 def _stores(stmt, views: dict) -> dict:
@@ -319,12 +346,11 @@ def serial_when_small(func: tirx.PrimFunc, threshold: int = SERIAL_WORK) -> tirx
     analyzer = tvm.sym.Analyzer()
     streamed = frozenset(str(name) for name in (func.attrs or {}).get(STREAMED_ATTR, []))
     views = memory_views(func.body)
-    scratch = scratch_stores(func.body, views)
 
     def rewrite(loop):
         if not isinstance(loop, s.For) or loop.kind != s.ForKind.PARALLEL:
             return loop
-        amount = analyzer.simplify(cost(loop, streamed, views) - HANDOFF_WORD * handoff(loop, scratch, views))
+        amount = analyzer.simplify(cost(loop, streamed, views) - HANDOFF_WORD * handoff(loop, func.body, views))
         streams = any(_streamed(memory, seen, streamed) for memory, seen in _memories(loop, views).items())
         bound = max(threshold, STREAMED_SERIAL_WORK) if streams else threshold
         if set(tirx.analysis.undefined_vars(amount)) & _defined_inside(loop):  # not known before the loop starts

@@ -14,15 +14,21 @@ import numpy as np
 
 from bie_compiler.errors import ArtefactError, BieError
 
+BIE_BITPLANE = "bie-bitplane"  # the codec's name in the manifest (the runtime imports no codec)
 _DTYPES = {"planes": (np.uint8, np.uint32), "codes": (np.int8,), "nibbles": (np.int8, np.uint8),
            "lut_planes": (np.uint32,)}  # each 3-D
 
 
-def keep_top_planes(weights: list[np.ndarray], progressive: list[dict], planes: int, path: Path) -> list[np.ndarray]:
+def keep_top_planes(weights: list[np.ndarray], progressive: list[dict], planes: int, path: Path,
+                    layers: list[dict] = ()) -> list[np.ndarray]:
     """``weights`` with each bie-bitplane weight's magnitude cut to its top ``planes`` bits, as ``compile
-    --planes`` would store it; ``progressive``: the manifest's list of tensors holding magnitudes and how."""
+    --planes`` would store it; ``progressive``: the manifest's list of tensors holding magnitudes and how;
+    ``layers``: the manifest's layers (which say why none holds them)."""
     if isinstance(planes, bool) or not isinstance(planes, int) or planes < 1:
         raise BieError(f"planes: expected a positive integer, got {planes!r}")
+    if not progressive and any(_int8_tables(layer) for layer in layers):
+        raise BieError(f"{path}: planes: the artefact's bie-bitplane layers use int8 look-up tables, whose planes "
+                       "cannot be cut at load; compile with --lut-tables fp32 for progressive precision")
     if not progressive:
         raise BieError(f"{path}: planes: the artefact has no bie-bitplane layer")
     weights = list(weights)
@@ -33,6 +39,14 @@ def keep_top_planes(weights: list[np.ndarray], progressive: list[dict], planes: 
         if planes < bits:
             weights[i] = _cut(weights[i], form, bits, planes)
     return weights
+
+
+def _int8_tables(layer: dict) -> bool:
+    """Whether ``layer`` is a bie-bitplane layer compiled with int8 look-up tables (``lut_tables``) and not given fp32
+    ones instead (the kernel's fallback, ``kernel.lut_tables`` in its details): its weight words are the tables'
+    bytes of codes, not planes (``codegen/kernels/bitplane.py``)."""
+    return layer["codec"] == BIE_BITPLANE and not layer["fallback_reason"] \
+        and (layer["config"] or {}).get("lut_tables") == "int8" and "kernel.lut_tables" not in layer["details"]
 
 
 def _cut(a: np.ndarray, form: str, bits: int, planes: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from bie_compiler import codecs
 from bie_compiler.codecs import bie_bitplane
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import bitplane_lut, lut
-from bie_compiler.errors import CodecError
+from bie_compiler.errors import BieError, CodecError
 from bie_compiler.parity import check_artefact, make_inputs
 
 
@@ -60,6 +60,14 @@ def test_check_bounds_each_int8_table_gemv_on_its_layer_input(int8_mlp):
     for layer in layers:
         assert 0 < layer["error_rel"] <= layer["bound_rel"] and layer["passed"], layer
     assert result["passed"] and result["decoded_max_rel_err"] > 0
+
+
+def test_planes_at_load_refuse_int8_tables_and_say_why(int8_mlp):
+    """The int8 tables' words are bytes of codes, not planes: nothing of the artefact can be cut at load."""
+    assert int8_mlp.manifest["weights"]["progressive"] == []
+    with pytest.raises(BieError, match=r"bie-bitplane layers use int8 look-up tables, whose planes cannot be cut at "
+                                       r"load; compile with --lut-tables fp32"):
+        bie_compiler.load(int8_mlp.path, planes=2)
 
 
 def test_check_fails_an_int8_table_gemv_past_its_bound(int8_mlp, monkeypatch):

@@ -14,8 +14,8 @@ from bie_compiler.codegen.kernel_registry import AT_LOAD_ATTR, finish
 from bie_compiler.codegen.kernels import dense
 from bie_compiler.codegen.serial_small_loops import (CACHED_WEIGHT_BYTES, HANDOFF_WORD, SERIAL_WORK, STREAMED_ATTR,
                                                     STREAMED_SERIAL_WORK, STREAMED_WORD, cost, footprint, handoff,
-                                                    mark_streamed_weights, memory_views, scratch_stores,
-                                                    serial_when_small, work)
+                                                    mark_streamed_weights, memory_views, serial_when_small,
+                                                    work)
 from bie_compiler.codegen.target import make_target
 
 
@@ -268,7 +268,7 @@ def test_one_row_bbs_gemv_of_a_streamed_ffn_weight_runs_on_one_thread():
     assert STREAMED_WORD * streaming + cached >= SERIAL_WORK
     # the padded activations, the tables (12 groups of 7 tables of 32 entries) and the group sums, filled before the
     # loop (not the accumulators and results its tasks write)
-    handed = int(simplify(_at_one_row(handoff(loop, scratch_stores(marked.body, views), views), marked)))
+    handed = int(simplify(_at_one_row(handoff(loop, marked.body, views), marked)))
     assert handed == 384 + 12 * 7 * 32 + 12
     assert STREAMED_WORD * streaming + cached < SERIAL_WORK + HANDOFF_WORD * handed
     assert _one_row_form(serial_when_small(marked)) == s.ForKind.SERIAL
@@ -296,12 +296,56 @@ def _table_then_rows(x: T.Buffer((64,), "float32"), w: T.Buffer((64, 64), "float
 def test_handoff_counts_the_scratch_written_before_a_parallel_loop_that_it_reads():
     func = lowered(_table_then_rows)
     (loop,) = loops(func, s.ForKind.PARALLEL)
-    scratch = scratch_stores(func.body)
-    assert sorted(b.name for b in scratch) == ["results", "row", "table"]
     # the table; not the results, written by the tasks, nor row, declared per task
-    assert int(tvm.sym.Analyzer().simplify(handoff(loop, scratch))) == 64
+    assert int(tvm.sym.Analyzer().simplify(handoff(loop, func.body))) == 64
     # a bound the loop's cost reaches: serial, as its hand-off adds HANDOFF_WORD a word to the bound; lowered by that
     # much, parallel
     work_and_words = int(tvm.sym.Analyzer().simplify(cost(loop, frozenset(), memory_views(func.body))))
     assert _one_row_form(serial_when_small(func, threshold=work_and_words)) == s.ForKind.SERIAL
     assert _one_row_form(serial_when_small(func, threshold=work_and_words - HANDOFF_WORD * 64)) == s.ForKind.PARALLEL
+
+
+@T.prim_func
+def _rows_then_scaled(x: T.Buffer((64,), "float32"), w: T.Buffer((64, 64), "float32"),
+                      out: T.Buffer((64,), "float32")):
+    """A parallel GEMV into scratch, then an epilogue on the calling thread that writes its result over that scratch
+    (as a fused epilogue's output shares the GEMV accumulator's)."""
+    T.func_attr({"global_symbol": "main"})
+    acc = T.alloc_buffer((64,), "float32")
+    for i in T.parallel(64):
+        acc[i] = T.float32(0)
+        for k in range(64):
+            acc[i] = acc[i] + w[i, k] * x[k]
+    for i in range(64):
+        acc[i] = acc[i] * T.float32(2)
+    for i in range(64):
+        out[i] = acc[i]
+
+
+@T.prim_func
+def _rows_then_scaled_twice(x: T.Buffer((64,), "float32"), w: T.Buffer((64, 64), "float32"),
+                            out: T.Buffer((64,), "float32")):
+    """:func:`_rows_then_scaled` run twice, the second GEMV adding the scaled results of the first (the only store
+    to them comes after the parallel loop)."""
+    T.func_attr({"global_symbol": "main"})
+    acc = T.alloc_buffer((64,), "float32")
+    for r in range(2):
+        for i in T.parallel(64):
+            out[i] = T.if_then_else(r > 0, acc[i], T.float32(0))
+            for k in range(64):
+                out[i] = out[i] + w[i, k] * x[k]
+        for i in range(64):
+            acc[i] = out[i] * T.float32(2)
+
+
+@pytest.mark.parametrize("prim_func,handed", [(_rows_then_scaled, 0), (_rows_then_scaled_twice, 64)])
+def test_handoff_counts_stores_before_the_loop_or_repeated_before_its_next_run(prim_func, handed):
+    """Scratch written after the parallel loop is no hand-off (the loop stays split where its cost reaches the bound)
+    unless a loop around both writes it again before the parallel loop's next run."""
+    func = lowered(prim_func)
+    (loop,) = loops(func, s.ForKind.PARALLEL)
+    views = memory_views(func.body)
+    assert int(tvm.sym.Analyzer().simplify(handoff(loop, func.body, views))) == handed
+    work_and_words = int(tvm.sym.Analyzer().simplify(cost(loop, frozenset(), views)))
+    kept = loops(serial_when_small(func, threshold=work_and_words), s.ForKind.PARALLEL)
+    assert bool(kept) == (handed == 0)
