@@ -3,7 +3,8 @@
 Cases (``--models`` picks a subset):
 
 * ``encoder`` (all-MiniLM-L6-v2-shaped) at x (1, 128, 384), (8, 128, 384) and (1, 1, 384): dense
-  (every weight left dense), ``bbs`` moderate, ``bie-bitplane --bits 4`` and ``int8``;
+  (every weight left dense), ``bbs`` moderate, ``bie-bitplane --bits 4`` (each also with ``--lut-tables int8``)
+  and ``int8``;
 * ``mobilenet`` (MobileNetV2-shaped) at batch 1 and 8: dense, ``bbs`` moderate, ``bie-bitplane --bits 4``
   and ``int8`` (every codec encodes convs: decode + conv);
 * the bundled ``mlp``, ``transformer`` and ``cnn`` at batch 1 and 8: dense and ``bbs`` moderate.
@@ -46,8 +47,11 @@ DENSE = ("dense", "bie-bitplane", {}, ("*",))  # (variant, codec, options, skip)
 BBS = ("bbs", "bbs", {"preset": "moderate"}, ())
 BITPLANE4 = ("bie-bitplane-4", "bie-bitplane", {"bits": 4}, ())
 INT8 = ("int8", "int8", {}, ())
+# the same encodings with the one-row GEMVs' int8 look-up tables (approximate, within a stated bound)
+BBS_INT8 = ("bbs-int8-tables", "bbs", {"preset": "moderate", "lut_tables": "int8"}, ())
+BITPLANE4_INT8 = ("bie-bitplane-4-int8-tables", "bie-bitplane", {"bits": 4, "lut_tables": "int8"}, ())
 VARIANTS = {
-    "encoder": [DENSE, BBS, BITPLANE4, INT8],
+    "encoder": [DENSE, BBS, BBS_INT8, BITPLANE4, BITPLANE4_INT8, INT8],
     "mobilenet": [DENSE, BBS, BITPLANE4, INT8],
     "mlp": [DENSE, BBS], "transformer": [DENSE, BBS], "cnn": [DENSE, BBS],
 }
