@@ -8,7 +8,7 @@ the calibration files and its relative output error measured on the other half's
 weighted by the layer's sensitivity: the criterion, no evaluation data in it), and, for reference only, the model's
 cosine to fp32 on the calibration files and on the evaluation files (mean over files, each file's too).
 
-    Z=$BIE_ZOO_CACHE/ppocr-det; python benchmarks/nwc_damping.py --model $Z/model.onnx --eval $Z/data/0*.npz \\
+    Z=$BIE_ZOO_CACHE/ppocr-det; python benchmarks/nwc_damping.py --model $Z/model.onnx --eval $Z/data/*.npz \\
         --calibration $Z/calibration --budget 4 --factors 1 2 3 5 10
 """
 
