@@ -63,7 +63,7 @@ def main() -> None:
     matrices = {r.name: codec_matrix(weights[r.name], r.op, r.transposed) for r in layers}
     full = layer_calibrations(model, list(matrices), calibration, feedback.DAMPING, False, sensitive=True)
     configs = codecs.plan(nwc.NAME, matrices, {n: nwc.Config(bits_per_weight=args.budget) for n in matrices}, full)
-    network = [n for n, c in configs.items() if not c.tans_levels]
+    network = [n for n, c in configs.items() if not (c.tans_levels or c.float16)]
     half = len(calibration) // 2
     folds = [layer_calibrations(model, network, part, feedback.DAMPING, False)
              for part in (calibration[:half], calibration[half:])]
