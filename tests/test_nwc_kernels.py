@@ -131,7 +131,8 @@ def test_a_scalar_layer_runs_the_tans_kernels(nwc_decode, target):
 
 
 def test_a_float16_matmul_layer_is_widened_exactly_at_load_and_multiplied_from_float16_per_call(target):
-    n, k = 40, 50  # N past one panel of 32, K not a multiple of the one-row kernel's 16 lanes
+    n, k = 41, 50  # N past one panel of 32 and not a multiple of the one-row kernel's 8 channels a task, K not
+    # a multiple of its 16 lanes
     enc = nwc.encode(weight(n, k, 7), nwc.Config(float16=True))
     decoded = nwc.decode(enc)
     rng = np.random.default_rng(1)

@@ -3,8 +3,8 @@
 At load the weight is widened into float32 once, straight into the layout the dense kernels read (a matmul's
 packed panels, :func:`.dense.pack`; a conv's OIHW weight for the plain conv), as the network's layers are decoded.
 On every call (``--nwc-decode per-call``): a matmul of one row multiplies the float16 weight as it reads it
-(:func:`gemv`: each output a dot product along K, the weight's rows contiguous); more rows, and a conv, widen it
-into the plain op's weight (a decode kernel, :func:`.decode.elementwise`).
+(:func:`gemv`: ``CHANNELS`` dot products along K a task, the weight's rows contiguous); more rows, and a conv,
+widen it into the plain op's weight (a decode kernel, :func:`.decode.elementwise`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from . import dense
 from .decode import Layout, destination, elementwise, with_decoder
 
 LANES = 16  # float32 lanes of the one-row kernel's dot products (one AVX-512 vector)
+CHANNELS = 8  # output channels of a task of the one-row kernel, sharing each vector of x (benchmarks/README.md)
 
 
 def widened(n: int, k: int, conv_shape: tuple[int, int, int, int] | None) -> tirx.PrimFunc:
@@ -52,10 +53,12 @@ def widened(n: int, k: int, conv_shape: tuple[int, int, int, int] | None) -> tir
 
 @functools.cache
 def gemv(n: int, k: int) -> tirx.PrimFunc:
-    """``f(x [m, k], weight [n, k] float16, out [m, n])``, ``out = x @ weight.T``: one task per output channel,
-    its dot products along K in ``LANES`` float32 lanes (the float16 weights widened as they are loaded), the
-    remainder of K after them."""
+    """``f(x [m, k], weight [n, k] float16, out [m, n])``, ``out = x @ weight.T``: one task per ``CHANNELS``
+    output channels (the last task's past ``n`` repeat the last channel, not stored), their dot products along K
+    in ``LANES`` float32 lanes each, sharing each vector of ``x`` (the float16 weights widened as they are
+    loaded), the remainder of K after them."""
     full = k // LANES * LANES
+    tasks = -(-n // CHANNELS)
 
     @T.prim_func(private=True)
     def kernel(var_x: T.handle, weight: T.Buffer((n, k), "float16"), var_out: T.handle):
@@ -63,22 +66,27 @@ def gemv(n: int, k: int) -> tirx.PrimFunc:
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        for channel in T.parallel(n):
+        for task in T.parallel(tasks):
             for b in range(m):
-                acc = T.decl_buffer((LANES,), "float32", scope="local")
-                for lane in T.vectorized(LANES):
-                    acc[lane] = T.float32(0)
-                for block in range(k // LANES):
+                acc = T.decl_buffer((CHANNELS * LANES,), "float32", scope="local")
+                for c in T.unroll(CHANNELS):
                     for lane in T.vectorized(LANES):
-                        acc[lane] = acc[lane] + x[b, block * LANES + lane] * T.Cast(
-                            "float32", weight[channel, block * LANES + lane])
-                total = T.decl_buffer((1,), "float32", scope="local")
-                total[0] = T.float32(0)
-                for lane in range(LANES):
-                    total[0] = total[0] + acc[lane]
-                for rest in range(k - full):
-                    total[0] = total[0] + x[b, full + rest] * T.Cast("float32", weight[channel, full + rest])
-                out[b, channel] = total[0]
+                        acc[c * LANES + lane] = T.float32(0)
+                for block in range(k // LANES):
+                    for c in T.unroll(CHANNELS):
+                        for lane in T.vectorized(LANES):
+                            acc[c * LANES + lane] = acc[c * LANES + lane] + x[b, block * LANES + lane] * T.Cast(
+                                "float32", weight[T.min(task * CHANNELS + c, n - 1), block * LANES + lane])
+                for c in range(CHANNELS):
+                    channel: T.let = T.min(task * CHANNELS + c, n - 1)
+                    total = T.decl_buffer((1,), "float32", scope="local")
+                    total[0] = T.float32(0)
+                    for lane in range(LANES):
+                        total[0] = total[0] + acc[c * LANES + lane]
+                    for rest in range(k - full):
+                        total[0] = total[0] + x[b, full + rest] * T.Cast("float32", weight[channel, full + rest])
+                    if task * CHANNELS + c < n:
+                        out[b, channel] = total[0]
 
     return kernel
 
