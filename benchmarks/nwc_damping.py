@@ -8,7 +8,7 @@ the calibration files and its relative output error measured on the other half's
 weighted by the layer's sensitivity: the criterion, no evaluation data in it), and, for reference only, the model's
 cosine to fp32 on the calibration files and on the evaluation files (mean over files, each file's too).
 
-    Z=$BIE_ZOO_CACHE/ppocr-det; python benchmarks/nwc_damping.py --model $Z/model.onnx --eval $Z/data/0*.npz \\
+    Z=$BIE_ZOO_CACHE/ppocr-det; python benchmarks/nwc_damping.py --model $Z/model.onnx --eval $Z/data/*.npz \\
         --calibration $Z/calibration --budget 4 --factors 1 2 3 5 10
 """
 
@@ -63,7 +63,7 @@ def main() -> None:
     matrices = {r.name: codec_matrix(weights[r.name], r.op, r.transposed) for r in layers}
     full = layer_calibrations(model, list(matrices), calibration, feedback.DAMPING, False, sensitive=True)
     configs = codecs.plan(nwc.NAME, matrices, {n: nwc.Config(bits_per_weight=args.budget) for n in matrices}, full)
-    network = [n for n, c in configs.items() if not c.tans_levels]
+    network = [n for n, c in configs.items() if not (c.tans_levels or c.float16)]
     half = len(calibration) // 2
     folds = [layer_calibrations(model, network, part, feedback.DAMPING, False)
              for part in (calibration[:half], calibration[half:])]

@@ -15,7 +15,7 @@ rotated weights), ``--search N`` (N more encodes, each planned at the budget mov
 missed: the encode with feedback codes to another size than the table estimates without it). ``--as-compile``:
 instead, ``tans`` and ``nwc`` at each budget planned and encoded exactly as ``compile`` does it (:func:`codecs.plan`
 with the sensitivity-weighted calibrations, fitted to the feedback's coded sizes), the plan and encode timed
-(wall and CPU seconds), nwc's scalar layers (coded as ``tans``) listed. Decode time: the reference decoder
+(wall and CPU seconds), nwc's scalar layers (coded as ``tans`` or float16) listed. Decode time: the reference decoder
 (tANS in numpy, synthesis in numpy)
 and, with ``--tvm``, the decoder an artefact runs at load (tANS latents and synthesis network, TVM).
 
@@ -41,7 +41,7 @@ from quality import cosines, encode_all  # noqa: E402
 
 from bie_compiler import codecs  # noqa: E402
 from bie_compiler.calibration import calibration_inputs, layer_calibrations  # noqa: E402
-from bie_compiler.codecs import budget_split, feedback, nwc, rotation  # noqa: E402
+from bie_compiler.codecs import budget_split, feedback, nwc, rotation, tans  # noqa: E402
 from bie_compiler.codecs.layout import codec_matrix, onnx_layout  # noqa: E402
 from bie_compiler.decoded_weights import initializer_arrays, weight_layers, with_weights  # noqa: E402
 from bie_compiler.frontend import load_model, model_inputs  # noqa: E402
@@ -136,13 +136,17 @@ def as_compile(codec, budget: float, mode: str, calibrations: dict, layers, weig
     bits = 8 * sum(e.nbytes for e in encodings.values()) / sum(m.size for m in matrices.values())
     measure(f"{codec.NAME} budget {budget:g} as compile", mode, decoded, bits, wall, encode_cpu_s=cpu)
     if codec is nwc:
-        print_scalar([n for n, c in configs.items() if c.tans_levels], matrices)
+        print_scalar({n: nwc.FLOAT16 if c.float16 else tans.NAME for n, c in configs.items() if c.float16 or c.tans_levels},
+                     matrices)
 
 
-def print_scalar(scalar: list[str], matrices: dict) -> None:
-    """How many of nwc's layers the plan coded as ``tans`` (scalar layers)."""
-    print(f"  {len(scalar)} of {len(matrices)} layers coded as tans ({sum(matrices[n].size for n in scalar)} of "
-          f"{sum(m.size for m in matrices.values())} weights)", flush=True)
+def print_scalar(scalar: dict[str, str], matrices: dict) -> None:
+    """How many of nwc's layers the plan coded as ``tans`` and as float16 (``scalar``: those layers' kinds)."""
+    for kind in (tans.NAME, nwc.FLOAT16):
+        names = [n for n, k in scalar.items() if k == kind]
+        print(f"  {len(names)} of {len(matrices)} layers coded as {kind} ({sum(matrices[n].size for n in names)} of "
+              f"{sum(m.size for m in matrices.values())} weights){': ' + ', '.join(names) if kind == nwc.FLOAT16 and names else ''}",
+              flush=True)
 
 
 def main() -> None:
@@ -236,7 +240,7 @@ def main() -> None:
                             choices = planned(tables, matrices, aim, calib)
                             decoded, bits, seconds, encodings = encode_nwc(layers, weights, matrices, choices, calib,
                                                                            spread, rotate)
-                            print_scalar([n for n, c in choices.items() if c[0] != nwc.NAME], matrices)
+                            print_scalar({n: c[0] for n, c in choices.items() if c[0] != nwc.NAME}, matrices)
                             timing = {} if attempt else decode_seconds(encodings, target)
                             measure(label + (f" planned at {aim:.3f}" if attempt else ""), mode, decoded, bits,
                                     seconds, planned_budget=aim, **timing)

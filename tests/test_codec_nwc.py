@@ -111,7 +111,7 @@ def test_a_feedback_encoding_is_kept_and_is_what_encoding_again_gives(monkeypatc
 def test_a_budget_picks_the_least_distortion_that_fits():
     w = weight(256, 64)
     options = nwc.level_options(w, nwc.Config(), None)  # (choice, estimated bits, error), fewest bits first
-    assert {o[0][0] for o in options} == {"nwc", "tans"}
+    assert {o[0][0] for o in options} == {"nwc", "tans", "float16"}
     for budget in (options[2][1] / w.size, options[8][1] / w.size + 0.01):
         enc = nwc.encode(w, nwc.Config(bits_per_weight=budget))
         best = min((o for o in options if o[1] <= budget * w.size), key=lambda o: o[2])
@@ -174,7 +174,7 @@ def test_a_small_layer_spends_far_fewer_bits_on_tables_and_stream_states(monkeyp
 
 @pytest.mark.parametrize("options,match", [
     ({"quality": 99}, "quality must be in 1.."), ({"quality": 2, "bits_per_weight": 4.0}, "one of quality"),
-    ({"tans_levels": 4}, "tans_levels: tans: levels must be odd"),
+    ({"tans_levels": 4}, "tans_levels: tans: levels must be odd"), ({"float16": True, "tans_levels": 5}, "one of quality"),
     ({"spread": 0}, "spread must be in"), ({"table_log": 7}, "table_log >= 8")])
 def test_bad_options_are_clear_errors(options, match):
     with pytest.raises(CodecError, match=match):
@@ -253,6 +253,41 @@ def test_with_feedback_a_layer_planned_for_the_network_keeps_it_only_where_its_f
         network = error(choice) <= error(rival)
         kept += network
         narrowed = nwc.coding_by_feedback(w, nwc.Config(), cal, options, choice)
-        assert narrowed == (options if network else [o for o in options if o[0][0] == "tans"])
+        assert narrowed == (options if network else [o for o in options if o[0][0] != "nwc"])  # tans, float16
     assert 0 < kept < 3  # both outcomes occur on this layer
     assert nwc.coding_by_feedback(w, nwc.Config(), cal, options, ("tans", 63)) == options  # tans is kept as planned
+
+
+def test_a_float16_layer_round_trips_exactly_and_counts_every_stored_bit():
+    w = weight(24, 96)
+    enc = nwc.encode(w, nwc.Config(float16=True))
+    assert enc.codec == "nwc" and enc.header == {"scalar": "float16"} and nwc.scalar(enc) is None
+    assert list(enc.arrays) == ["weight"] and enc.arrays["weight"].dtype == np.float16
+    np.testing.assert_array_equal(nwc.decode(enc), w.astype(np.float16).astype(np.float32))
+    assert enc.nbytes == 2 * w.size + enc.header_bytes
+    assert nwc.report(enc) == {"scalar": "float16", "payload_bits_per_weight": 16.0,
+                               "overhead_bits": 8 * enc.header_bytes}
+    (option,) = [o for o in nwc.level_options(w, nwc.Config(), None) if o[0][0] == "float16"]
+    assert option[:2] == (("float16", 16), 8 * enc.nbytes)  # exact: what the encode stores
+    assert option[2] == pytest.approx(relative_error(w, nwc.decode(enc)) ** 2, rel=1e-9)
+    cal = correlated_calibration(96)  # rounded to nearest with or without feedback: the same bytes
+    assert nwc.encode(w, nwc.resolved(nwc.Config(), option[0]), cal).sha256() == enc.sha256()
+    wider = nwc.Encoded(enc.codec, enc.shape, {"weight": w}, enc.header)
+    with pytest.raises(CodecError, match="one float16 weight"):
+        nwc.decode(wider)
+
+
+@pytest.mark.parametrize("sensitivity", [1.0, 1000.0])
+def test_the_plan_stores_a_sensitive_small_layer_as_float16_beyond_the_most_tans_levels(sensitivity):
+    small, large = weight(24, 96, 1), weight(512, 128, 2)
+    matrices = {"small": small, "large": large}
+    calibrations = {"small": replace(correlated_calibration(96, seed=3), sensitivity=sensitivity),
+                    "large": correlated_calibration(128, seed=4)}
+    configs = nwc.plan(matrices, {n: nwc.Config(bits_per_weight=6) for n in matrices}, calibrations)
+    # sensitive: float16 (16.2 bits/weight) is worth its bits; otherwise tans's most levels (10 bits/weight) or fewer
+    assert configs["small"].float16 == (sensitivity > 1) and not configs["large"].float16
+    encodings = {n: nwc.encode(matrices[n], configs[n], calibrations[n]) for n in matrices}
+    assert sum(8 * e.nbytes for e in encodings.values()) <= 6 * (small.size + large.size)
+    if sensitivity > 1:
+        assert nwc.report(encodings["small"])["scalar"] == "float16"
+        assert relative_error(small, nwc.decode(encodings["small"])) < 1e-3

@@ -11,7 +11,9 @@ from bie_compiler.parity import check_artefact, make_inputs
 pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
 
 RUNS = {"mlp": ("mlp", {"quality": 8}), "transformer": ("transformer", {"bits_per_weight": 4.5}),
-        "cnn": ("cnn", {"quality": 6}), "mlp per-call": ("mlp", {"quality": 8, "nwc_decode": "per-call"})}
+        "cnn": ("cnn", {"quality": 6}), "mlp per-call": ("mlp", {"quality": 8, "nwc_decode": "per-call"}),
+        "cnn float16": ("cnn", {"float16": True}),  # every layer a float16 one: widened at load, or per call
+        "cnn float16 per-call": ("cnn", {"float16": True, "nwc_decode": "per-call"})}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,10 @@ def test_every_coded_byte_is_counted_and_the_network_stored_once(artefacts, run)
     assert totals["bytes_encoded"] == sum(l["bytes_encoded"] for l in layers)
     if "bits_per_weight" in options:
         assert 8 * totals["bytes_encoded"] <= options["bits_per_weight"] * totals["weights"]
+    elif "float16" in options:
+        coded = [l for l in layers if l["codec"] == "nwc"]
+        assert {l["details"]["scalar"] for l in coded} == {"float16"}
+        assert all(l["details"]["overhead_bits"] == 8 * l["bytes_encoded"] - 16 * (l["bytes_dense"] // 4) for l in coded)
     else:
         assert {q for l in layers if l["codec"] == "nwc" for q in l["details"]["quality_levels"]} == {options["quality"]}
     network = sum(a.nbytes for name, a in nwc_network.load().params.items() if name.startswith("synthesis."))
@@ -55,11 +61,11 @@ def test_every_coded_byte_is_counted_and_the_network_stored_once(artefacts, run)
     dense = sum(w["bytes_encoded"] for w in manifest["other_weights"])
     # the weights file: the encodings' arrays (less checksums and headers, plus alignment), the layers left dense, and
     # the synthesis network and table bank once (a copy per layer would be off by ``network`` per layer), none where the budget plan
-    # coded every layer as tans (scalar layers: the transformer's random weights)
+    # coded every layer as tans (scalar layers: the transformer's random weights) or every layer is float16
     by_network = any(l["codec"] == "nwc" and "scalar" not in l["details"] for l in layers)
     beyond = manifest["weights"]["bytes"] - totals["bytes_encoded"] - dense
     assert abs(beyond - (network if by_network else 0)) < 1024 * len(layers) < network
-    assert by_network == ("bits_per_weight" not in options)
+    assert by_network == ("quality" in options)
 
 
 def test_command_line(model_dir, tmp_path):

@@ -128,3 +128,38 @@ def test_a_scalar_layer_runs_the_tans_kernels(nwc_decode, target):
     decoded = nwc.decode(enc)
     x = np.random.default_rng(0).standard_normal((1, 96)).astype(np.float32)
     assert_close(run(call.func, target, x, computed_constants(call, target), (1, 40)), x @ decoded.T.astype(np.float64))
+
+
+def test_a_float16_matmul_layer_is_widened_exactly_at_load_and_multiplied_from_float16_per_call(target):
+    n, k = 41, 50  # N past one panel of 32 and not a multiple of the one-row kernel's 8 channels a task, K not
+    # a multiple of its 16 lanes
+    enc = nwc.encode(weight(n, k, 7), nwc.Config(float16=True))
+    decoded = nwc.decode(enc)
+    rng = np.random.default_rng(1)
+    call = kernel_for(enc, target)
+    (packed,) = computed_constants(call, target)
+    unpacked = packed.transpose(0, 2, 1).reshape(-1, k)
+    np.testing.assert_array_equal(unpacked[:n], decoded)
+    assert np.all(unpacked[n:] == 0)
+    for variant, batch in ((call, 1), (call.large_batch, 5)):
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        assert_close(run(variant.func, target, x, [packed], (batch, n)), x @ decoded.T.astype(np.float64))
+    call = kernel_for(enc, target, nwc_decode="per-call")
+    assert call.at_load is None and not call.decodes and call.large_batch.decodes
+    assert [c.dtype for c in call.constants] == [np.float16]  # only the float16 weight kept
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    np.testing.assert_array_equal(run(call.large_batch.func, target, x, call.constants, (k, n)).T, decoded)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        assert_close(run(call.func, target, x, call.constants, (batch, n)), x @ decoded.T.astype(np.float64))
+
+
+@pytest.mark.parametrize("nwc_decode", ["load", "per-call"])
+def test_a_float16_conv_layer_is_widened_into_oihw(nwc_decode, target):
+    conv = ConvSpec(strides=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), kernel_shape=(6, 5, 3, 3))
+    enc = nwc.encode(weight(6, 45, 3), nwc.Config(float16=True))  # codec matrix [O, kh * kw * I], I fastest
+    want = nwc.decode(enc).reshape(6, 3, 3, 5).transpose(0, 3, 1, 2)
+    call = kernel_for(enc, target, conv, nwc_decode=nwc_decode)
+    assert call.decodes and (call.at_load is None) == (nwc_decode == "per-call")
+    x = np.zeros((1, 5, 8, 8), np.float32)
+    np.testing.assert_array_equal(run(call.func, target, x, computed_constants(call, target), want.shape), want)

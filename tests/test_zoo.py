@@ -11,6 +11,7 @@ from bie_compiler.errors import OptionError
 from bie_compiler.evaluation import load_samples
 from bie_compiler.frontend import load_model, model_inputs
 from bie_compiler.parity import run_onnxruntime
+from bie_compiler.zoo import ppocr
 from test_cli import cli
 
 pytestmark = pytest.mark.slow  # whole-model compiles or runs: left out of `make test-fast`
@@ -72,11 +73,17 @@ def test_ppocr_det_entry(cache):
     entry = json.loads((folder / "entry.json").read_text())
     model = load_model(folder / "model.onnx")
     samples = load_samples(model_inputs(model), folder / "data")
-    assert len(samples) == 8 and entry["compile_options"] == ["--input-shape", "x:1x3x128x384"]
+    assert len(samples) == 40 and entry["compile_options"] == ["--input-shape", "x:1x3x128x384"]
     calibration = [np.load(f)["x"] for f in sorted((folder / "calibration").glob("*.npz"))]
     assert len(calibration) == 24
     images = calibration + [inputs["x"] for _, inputs, _ in samples]
-    assert len({x.tobytes() for x in images}) == 32  # every image its own: calibration and evaluation disjoint
+    assert len({x.tobytes() for x in images}) == 64  # every image its own: calibration and evaluation disjoint
+    # one seeded stream: 8 evaluation images, the calibration images, then 32 more evaluation images
+    rng, faces = np.random.default_rng(0), ppocr.fonts()
+    drawn = [ppocr.render(rng, faces) for _ in range(64)]
+    order = [np.load(folder / "data" / f"{i:02d}.npz")["x"] for i in range(8)] + calibration + \
+        [np.load(folder / "data" / f"{i:02d}.npz")["x"] for i in range(8, 40)]
+    assert all(np.array_equal(a, b) for a, b in zip(drawn, order))
     for _, inputs, _ in samples:
         (text_map,) = run_onnxruntime(model, inputs)
         assert text_map.shape == (1, 1, 128, 384)

@@ -20,6 +20,13 @@ Scalar layers: where the plan measures a ``tans`` coding of a layer better (less
 bits) than every quality level, typically a small layer, whose latent streams and per-column scales cost
 more bits than it has weights, that layer is stored as ``tans`` would store it (``tans_levels``; header
 ``scalar: tans``) and decoded by ``tans``'s decoder and kernels. The plan's choice is in each layer's config.
+
+Float16 layers: ``tans`` codes at most ``max(tans.LEVEL_CHOICES)`` levels (about 10 bits/weight), so a layer the
+split would give more bits than that (a small sensitive conv) would otherwise stay there. The plan's table has one
+more option per layer, the weight rounded to float16 (``float16``; header ``scalar: float16``, one float16 array
+[N, K]: 16 bits/weight and the header), decoded by widening to float32. It is rounded to nearest, without error
+feedback: float16's step is 2^-11 of each weight, so feedback has nothing to redistribute that the split would
+notice, and the plan's option then measures exactly what the encode stores.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from .nwc_network import CHUNK
 from .parallel import SERIAL, Workers
 
 NAME = "nwc"
+FLOAT16 = "float16"  # a float16 layer's kind: the plan's choice and the header's ``scalar``
 DEFAULT_QUALITY = 6
 LATENT_LIMIT = 127  # latents are clipped to [-127, 127]: one channel's alphabet fits the coder's 256 symbols
 STATES = 32  # interleaved tANS states per stream: the reference decoder steps 32 symbols per stream at a time
@@ -54,6 +62,9 @@ class Config:
     tans_levels: int = field(default=0, metadata={  # 0: the network codes the layer
         "help": "code the layer as tans does with this odd number of levels instead (the budget plan's choice "
                 "where it measures that better)"})
+    float16: bool = field(default=False, metadata={
+        "help": "store the layer's weight as float16 instead (the budget plan's choice where a layer needs more "
+                "bits than tans's most levels give)"})
     spread: int = field(default=3, metadata={
         "help": "with calibration: quality levels spread over the columns by Hessian-diagonal quantiles (1: uniform)"})
     table_log: int = field(default=11, metadata={"help": "tANS table of 2^T states (5..15; default 11)"})
@@ -66,8 +77,8 @@ class Config:
 
     def __post_init__(self):
         levels = nwc_network.load().levels
-        if sum(bool(v) for v in (self.quality, self.bits_per_weight, self.tans_levels)) > 1:
-            raise CodecError(f"{NAME}: give one of quality, bits_per_weight and tans_levels")
+        if sum(bool(v) for v in (self.quality, self.bits_per_weight, self.tans_levels, self.float16)) > 1:
+            raise CodecError(f"{NAME}: give one of quality, bits_per_weight, tans_levels and float16")
         if self.tans_levels:
             self.scalar_config()  # tans's checks
         if self.bits_per_weight < 0:
@@ -191,7 +202,9 @@ def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration
 
 
 def _encoded(w: np.ndarray, config: Config, calibration: feedback.Calibration | None) -> Encoded:
-    """The encoding of a checked weight at a resolved config (a quality or ``tans`` levels)."""
+    """The encoding of a checked weight at a resolved config (a quality, ``tans`` levels or float16)."""
+    if config.float16:
+        return _float16_layer(w)
     if config.tans_levels:
         return _scalar_layer(tans.encode(w, config.scalar_config(), calibration))
     n, k = w.shape
@@ -266,12 +279,27 @@ def _scalar_layer(inner: Encoded) -> Encoded:
 
 
 def scalar(enc: Encoded) -> Encoded | None:
-    """The ``tans`` encoding of a scalar layer (None: the network codes it)."""
-    if enc.header.get("scalar") is None:
+    """The ``tans`` encoding of a scalar layer (None: the network or float16 codes it)."""
+    if enc.header.get("scalar") in (None, FLOAT16):
         return None
     if enc.header["scalar"] != tans.NAME:
         raise CodecError(f"{NAME}: unknown scalar coding {enc.header['scalar']!r}")
     return replace(enc, codec=tans.NAME, header={k: v for k, v in enc.header.items() if k != "scalar"})
+
+
+def _float16_layer(w: np.ndarray) -> Encoded:
+    """The float16 layer of a weight [N, K]: each weight rounded to the nearest float16."""
+    return Encoded(NAME, w.shape, {"weight": w.astype(np.float16)}, {"scalar": FLOAT16})
+
+
+def float16_weight(enc: Encoded) -> np.ndarray | None:
+    """The stored float16 weight [N, K] of a float16 layer, checked (None: another kind of layer)."""
+    if enc.header.get("scalar") != FLOAT16:
+        return None
+    weight = enc.arrays.get("weight")
+    if weight is None or weight.dtype != np.float16 or weight.shape != tuple(enc.shape):
+        raise CodecError(f"{NAME}: a float16 layer must store one float16 weight {list(enc.shape)}")
+    return weight
 
 
 def streams(enc: Encoded) -> list[tans_coder.TansStreams]:
@@ -304,7 +332,9 @@ def latents(enc: Encoded) -> np.ndarray:
 
 def decode(enc: Encoded) -> np.ndarray:
     """Reference decoder: float32 [N, K], the synthesis of the decoded latents times each column's scale (a scalar
-    layer: ``tans``'s)."""
+    layer: ``tans``'s; a float16 layer: its weight widened)."""
+    if float16_weight(enc) is not None:
+        return float16_weight(enc).astype(np.float32)
     if scalar(enc) is not None:
         return tans.decode(scalar(enc))
     n, k = enc.shape
@@ -318,7 +348,10 @@ def decode(enc: Encoded) -> np.ndarray:
 
 def report(enc: Encoded) -> dict[str, int | float]:
     """Where the bits go: latent streams (payload), everything else (tables, offsets, scales, levels, header); a
-    scalar layer's as ``tans`` reports them."""
+    scalar layer's as ``tans`` reports them; a float16 layer's 16 bits/weight and its header."""
+    if float16_weight(enc) is not None:
+        n, k = enc.shape
+        return {"scalar": FLOAT16, "payload_bits_per_weight": 16.0, "overhead_bits": 8 * enc.nbytes - 16 * n * k}
     if scalar(enc) is not None:
         return {"scalar": tans.NAME, **tans.report(scalar(enc))}
     n, k = enc.shape
@@ -350,9 +383,10 @@ def _coded_bits(weight: np.ndarray, config: Config, calibration: feedback.Calibr
 
 def coding_by_feedback(weight: np.ndarray, config: Config, calibration: feedback.Calibration, options: list,
                        choice: tuple[str, int]) -> list:
-    """``options`` without the network's where the plan chose the network for the layer but ``tans``'s option
-    of the most bits not above it has the smaller output error once both are encoded with error feedback (the
-    whole layer: a sample of rows can miss the outlier rows where the network's codes fail); else ``options``.
+    """``options`` without the network's (``tans``'s and float16's kept) where the plan chose the network for the
+    layer but ``tans``'s option of the most bits not above it has the smaller output error once both are encoded
+    with error feedback (the whole layer: a sample of rows can miss the outlier rows where the network's codes
+    fail); else ``options``.
 
     The options rank the two by round-to-nearest weight error, but feedback lowers the output error of the
     scalar grid's fine steps by more than the network's at high rates, and on some layers the network's codes
@@ -365,14 +399,14 @@ def coding_by_feedback(weight: np.ndarray, config: Config, calibration: feedback
     w = check_weight(weight)
     errors = {c: feedback.output_error(w, decode(encode(w, resolved(config, c), calibration)), calibration.xtx)
               for c in (choice, rival)}
-    return options if errors[choice] <= errors[rival] else [o for o in options if o[0][0] == tans.NAME]
+    return options if errors[choice] <= errors[rival] else [o for o in options if o[0][0] != NAME]
 
 
 def resolved(config: Config, choice: tuple[str, int]) -> Config:
-    """``config`` fixing a choice of :func:`level_options`: ("nwc", quality) or ("tans", levels)."""
+    """``config`` fixing a choice of :func:`level_options`: ("nwc", quality), ("tans", levels) or ("float16", 16)."""
     kind, value = choice
     return replace(config, quality=value if kind == NAME else 0, tans_levels=value if kind == tans.NAME else 0,
-                   bits_per_weight=0.0)
+                   float16=kind == FLOAT16, bits_per_weight=0.0)
 
 
 def estimated_bits(latents: np.ndarray, shape: tuple[int, int], config: Config) -> int:
@@ -399,11 +433,11 @@ PLAN_CHUNKS = 2048  # chunks of a layer rounded at each quality level to plan it
 
 def level_options(weight: np.ndarray, config: Config,
                   calibration: feedback.Calibration | None) -> list[tuple[tuple[str, int], int, float]]:
-    """(choice, estimated coded bits, distortion) per quality level and per ``tans`` level count, fewest bits
-    first: the table :func:`.budget_split.allocate` chooses from (:func:`resolved` makes a choice a config)."""
+    """(choice, estimated coded bits, distortion) per quality level, per ``tans`` level count and float16's, fewest
+    bits first: the table :func:`.budget_split.allocate` chooses from (:func:`resolved` makes a choice a config)."""
     w = check_weight(weight)
-    return sorted(_network_options(w, config, calibration) + _scalar_options(w, config, calibration),
-                  key=lambda o: (o[1], o[2]))
+    return sorted(_network_options(w, config, calibration) + _scalar_options(w, config, calibration)
+                  + [_float16_option(w, calibration)], key=lambda o: (o[1], o[2]))
 
 
 def _network_options(w: np.ndarray, config: Config, calibration: feedback.Calibration | None) -> list:
@@ -444,3 +478,10 @@ def _scalar_options(w: np.ndarray, config: Config, calibration: feedback.Calibra
         options.append(((tans.NAME, levels), int(np.ceil(8 * coded.nbytes * n / rows)),
                         feedback.distortion(sample, tans.dequantize(*tans.quantize(sample, levels)), calibration)))
     return options
+
+
+def _float16_option(w: np.ndarray, calibration: feedback.Calibration | None) -> tuple[tuple[str, int], int, float]:
+    """The float16 layer's option, exact: its stored bits and the distortion of its rounding (what the encode
+    stores: no feedback)."""
+    enc = _float16_layer(w)
+    return (FLOAT16, 16), 8 * enc.nbytes, feedback.distortion(w, decode(enc), calibration)

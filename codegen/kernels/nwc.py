@@ -21,7 +21,9 @@ call runs both phases again. A matmul of one row runs :func:`fused_matmul` (phas
 weights multiplied into that row's outputs as they are made, the weight never stored whole); more rows, and a
 conv, run the decoder as a decode kernel (:mod:`.decode`: the weight [K, N] or OIHW, then the plain op).
 
-A scalar layer (the budget plan found ``tans``'s coding better there: ``nwc.scalar``) runs ``tans``'s kernels.
+A scalar layer (the budget plan found ``tans``'s coding better there: ``nwc.scalar``) runs ``tans``'s kernels; a
+float16 layer (``nwc.float16_weight``) is widened at load into the same dense layouts, or runs
+:mod:`.nwc_float16`'s kernels per call.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tvm.script import tirx as T
 from bie_compiler.codecs import Encoded, nwc, nwc_network, nwc_tables, tans_coder
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
-from . import dense, tans_matmul
+from . import dense, nwc_float16, tans_matmul
 from .decode import Layout, activation, destination
 
 ALPHABET = 2 * nwc.LATENT_LIMIT + 1  # every channel's table is built over this many symbols (the rest count 0)
@@ -393,23 +395,36 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, nwc_decode: str = nwc.Config.
     """``nwc_decode`` ``load``: the dense kernels (matmul) or the plain conv over the float32 weight that
     :func:`decoder` writes at load. ``per-call``: the stored arrays are the constants; a matmul of one row runs
     :func:`fused_matmul`, above one row (and a conv) a decode kernel (:func:`decoder` with ``x``) and the plain op.
-    A scalar layer (``nwc.scalar``) runs ``tans``'s kernels: decoded at load, or streamed on every call."""
+    A scalar layer (``nwc.scalar``) runs ``tans``'s kernels: decoded at load, or streamed on every call. A float16
+    layer: widened at load (:func:`.nwc_float16.widened`) into the same layouts, or :func:`.nwc_float16.per_call`."""
     if nwc.scalar(enc) is not None:
         return tans_matmul.llvm_call(nwc.scalar(enc), conv, "stream" if nwc_decode == "per-call" else "load")
+    conv_shape = None if conv is None else tuple(conv.kernel_shape)
+    if nwc.float16_weight(enc) is not None:
+        if nwc_decode == "per-call":
+            return nwc_float16.per_call(enc, conv)
+        return _decoded_at_load(enc, conv, AtLoad(nwc_float16.widened(*enc.shape, conv_shape),
+                                                  [nwc.float16_weight(enc)]))
     arrays = stored(enc, _checked(enc))
     args = _layout_args(enc)
-    conv_shape = None if conv is None else tuple(conv.kernel_shape)
-    layout, x_ndim = destination(enc, conv)
     if nwc_decode == "per-call":
-        decoding = KernelCall("nwc_decode", decoder(*args, conv_shape, x_ndim), arrays, decodes=True)
+        decoding = KernelCall("nwc_decode", decoder(*args, conv_shape, destination(enc, conv)[1]), arrays,
+                              decodes=True)
         if conv is not None:
             return decoding
         return KernelCall("nwc_fused_matmul", fused_matmul(*args), arrays, large_batch=decoding)
+    return _decoded_at_load(enc, conv, AtLoad(decoder(*args, conv_shape), arrays))
+
+
+def _decoded_at_load(enc: Encoded, conv: ConvSpec | None, at_load: AtLoad) -> KernelCall:
+    """The dense kernels (matmul) or the plain conv over the float32 weight ``at_load`` writes: the matmul's packed
+    panels or the conv's OIHW weight."""
+    layout, x_ndim = destination(enc, conv)
     if conv is None:
         call = dense.dense_kernel(np.zeros(enc.shape, np.float32), tvm.target.Target.current())  # shapes only: the
         # values come at load
     else:
         call = KernelCall("nwc_conv_weight", copy_kernel(layout.shape, x_ndim), [np.zeros(layout.shape, np.float32)],
                           decodes=True)
-    call.at_load = AtLoad(decoder(*args, conv_shape), arrays)
+    call.at_load = at_load
     return call
