@@ -98,6 +98,17 @@ def _lanes(extent: int) -> int:
     return next(v for v in (PACK_LANES, 8, 4, 2, 1) if extent % v == 0)
 
 
+def in_parallel_vectors(tensors: list[te.Tensor], out: te.Tensor) -> tirx.PrimFunc:
+    """``f(*tensors, out)`` with ``out``'s one block over every element in a flat loop: parallel outer, vectorized in
+    the widest vector that divides the element count (a copy or a widening, read and written in the same order)."""
+    sch = s_tir.Schedule(te.create_prim_func([*tensors, out]))
+    loop = sch.fuse(*sch.get_loops(sch.get_sblock(out.op.name)))
+    outer, inner = sch.split(loop, [None, _lanes(math.prod(int(d) for d in out.shape))])
+    sch.parallel(outer)
+    sch.vectorize(inner)
+    return sch.mod["main"]
+
+
 def elementwise(weight, holders: list[te.Tensor], layout: Layout, x_ndim: int,
                 channel_panel: int | None = None) -> tirx.PrimFunc:
     """Scheduled ``f(x, *holders, W)`` with ``W[index] = weight(*layout.source(index))``.

@@ -33,14 +33,14 @@ from typing import NamedTuple
 
 import numpy as np
 import tvm
-from tvm import s_tir, te, tirx
+from tvm import te, tirx
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, nwc, nwc_network, nwc_tables, tans_coder
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
 from . import dense, nwc_float16, tans_matmul
-from .decode import Layout, activation, destination
+from .decode import Layout, activation, destination, in_parallel_vectors
 
 ALPHABET = 2 * nwc.LATENT_LIMIT + 1  # every channel's table is built over this many symbols (the rest count 0)
 TILE = 16  # chunks (columns of one chunk row) per task of the synthesis phase
@@ -380,14 +380,8 @@ def copy_kernel(shape: tuple[int, ...], x_ndim: int) -> tirx.PrimFunc:
     """``f(x, W, out)``: the conv weight decoded at load handed to the plain conv (a decode kernel: ``x`` not read,
     the op needs its weight as a call's result), copied in parallel vectors."""
     held = te.placeholder(shape, "float32", "decoded_weight")
-    out = te.compute(shape, lambda *index: held[index], name="copied")
-    sch = s_tir.Schedule(te.create_prim_func([activation(x_ndim), held, out]))
-    loop = sch.fuse(*sch.get_loops(sch.get_sblock("copied")))
-    lanes = next(v for v in (16, 8, 4, 2, 1) if int(np.prod(shape)) % v == 0)
-    outer, inner = sch.split(loop, [None, lanes])
-    sch.parallel(outer)
-    sch.vectorize(inner)
-    return sch.mod["main"]
+    copied = te.compute(shape, lambda *index: held[index], name="copied")
+    return in_parallel_vectors([activation(x_ndim), held], copied)
 
 
 @register(nwc.NAME, ops=("matmul", "conv2d"), target="llvm")

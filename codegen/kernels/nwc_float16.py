@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-from tvm import s_tir, te, tirx
+from tvm import te, tirx
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, nwc
 
 from ..kernel_registry import ConvSpec, KernelCall
 from . import dense
-from .decode import Layout, destination, elementwise, with_decoder
+from .decode import Layout, destination, elementwise, in_parallel_vectors, with_decoder
 
 LANES = 16  # float32 lanes of the one-row kernel's dot products (one AVX-512 vector)
 CHANNELS = 8  # output channels of a task of the one-row kernel, sharing each vector of x (benchmarks/README.md)
@@ -41,14 +40,7 @@ def widened(n: int, k: int, conv_shape: tuple[int, int, int, int] | None) -> tir
 
         def value(*index):
             return held[layout.source(*index)].astype("float32")
-    out = te.compute(shape, value, name="widened")
-    sch = s_tir.Schedule(te.create_prim_func([held, out]))
-    loop = sch.fuse(*sch.get_loops(sch.get_sblock("widened")))
-    lanes = next(v for v in (16, 8, 4, 2, 1) if int(np.prod(shape)) % v == 0)
-    outer, inner = sch.split(loop, [None, lanes])
-    sch.parallel(outer)
-    sch.vectorize(inner)
-    return sch.mod["main"]
+    return in_parallel_vectors([held], te.compute(shape, value, name="widened"))
 
 
 @functools.cache
