@@ -134,6 +134,17 @@ def test_int8_tables_stay_within_their_stated_bound(n, k, config, lut_target):
     assert (error <= bound + 1e-5 * np.abs(want).max()).all(), (error / bound).max()
 
 
+@pytest.mark.parametrize("n,k,config", [(37, 200, bie_bitplane.Config(bits=4, group_size=64)),
+                                         (40, 96, bie_bitplane.Config(bits=2, group_size=64))])
+def test_int8_tables_panel_gemm_with_grouped_scales(n, k, config, lut_target):
+    """Grouped scales are applied in the decode, which reads the int8 tables' bytes as words (4 or 2 planes)."""
+    enc = encode(n, k, config, n + k)
+    call, _, _ = int8_call(enc, lut_target)
+    rows = np.random.default_rng(k).standard_normal((19, k)).astype(np.float32)
+    want = rows @ bie_bitplane.decode(enc).T.astype(np.float64)
+    assert_close(run(call.large_batch.func, lut_target, rows, call.constants, (19, n)), want)
+
+
 def test_int8_tables_take_at_most_4_planes():
     with pytest.raises(ValueError, match="1 to 4 planes"):
         bitplane_lut.words_of(np.zeros((16, 32), np.int64), 4, "int8")

@@ -112,11 +112,11 @@ def _row_sum_added(h: te.Tensor) -> te.Tensor:
     return te.compute(h.shape, lambda i, s, c: total[i, s] + h[i, s, c], name="y")
 
 
-def _panel_kernels(codec: str, options: dict, target, n: int = N, k: int = K):
+def _panel_kernels(codec: str, options: dict, target, n: int = N, k: int = K, **kernel_options):
     rng = np.random.default_rng(n + k)
     w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.2)).astype(np.float32)
     enc = CODECS[codec].encode(w, make_config(codec, options))
-    return kernel_for(enc, target), CODECS[codec].decode(enc).astype(np.float64)
+    return kernel_for(enc, target, **kernel_options), CODECS[codec].decode(enc).astype(np.float64)
 
 
 def _gemms(target):
@@ -143,13 +143,18 @@ def test_only_gemm_kernels_are_rebuilt(target):
     assert gemm_epilogues.gemm_of(_bias_gelu_residual(), K) is None
 
 
-@pytest.mark.parametrize("codec,options", CODECS_WITH_PANELS, ids=[c for c, _ in CODECS_WITH_PANELS])
-def test_fused_panel_gemm_computes_the_panel_gemm_then_the_epilogue(codec, options, target):
+# the int8 tables' layout: the panel GEMM's decode reads the bytes as words (a view declared in the fused kernel too)
+FUSED_PANELS = [(c, o, "fp32") for c, o in CODECS_WITH_PANELS] + [(c, o, "int8") for c, o in CODECS_WITH_PANELS[1:]]
+
+
+@pytest.mark.parametrize("codec,options,tables", FUSED_PANELS, ids=[f"{c}-{t}" for c, _, t in FUSED_PANELS])
+def test_fused_panel_gemm_computes_the_panel_gemm_then_the_epilogue(codec, options, tables, target):
     """The fused kernel against the unfused panel GEMM and the epilogue run after it, and the float64 reference;
     ``bbs`` computes in stored order and writes each channel where it belongs (no gather kernel). N = 250: a
     ragged last panel; K odd; rows in ragged tiles."""
     n, k = 250, 129
-    kernels, decoded = _panel_kernels(codec, options, target, n, k)
+    tables_option = {} if tables == "fp32" else {"lut_tables": tables}  # the int8 codec takes no tables
+    kernels, decoded = _panel_kernels(codec, options, target, n, k, **tables_option)
     constants = computed_constants(kernels, target)
     gemm = gemm_epilogues.gemm_of(kernels.large_batch.func, k)
     epilogue = _bias_gelu_residual(n)

@@ -128,7 +128,8 @@ def pruned_float(enc: Encoded, columns, meta, tables: str = "fp32"):
     Each term is a bit test and a masked add; the group's terms (from its metadata byte) do not depend on the
     weight's place in the group, so they are computed once per group (its 32 weights), not per weight as the
     integer form's shifts and multiplies are. Every value is an integer below 2^9: the float sum is exact.
-    ``columns``: the stored words, or with int8 ``tables`` :func:`.bbs_lut.int8_nibbles` of them."""
+    ``columns``: the stored words, or with int8 ``tables`` :func:`.bbs_lut.int8_nibbles` of them read as uint32
+    words (:func:`.panel_gemm.word_view`)."""
     count = int(enc.header["sensitive"])
     bits = 8 - int(enc.header["pruned_columns"])
     significance = [-(1 << (bits - 1))] + [1 << (bits - 1 - b) for b in range(1, bits)]
@@ -245,9 +246,11 @@ def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     GEMM in stored order, then the output unshuffle (``columns`` as :func:`constants` lays them out for
     ``tables``)."""
     holders = placeholders(constants(enc, tables))
-    scales, position = holders[:2]
-    return panel_gemm.gemm(panel_value(enc, holders, tables), holders, *enc.shape, scale=lambda row: scales[row],
-                           position=position, group=bbs.GROUP)
+    scales, position, sensitive, columns, meta = holders
+    views = [(panel_gemm.word_view(columns, "uint32"), columns)] if tables == "int8" else []
+    read = [scales, position, sensitive, views[0][0] if views else columns, meta]
+    return panel_gemm.gemm(panel_value(enc, read, tables), holders, *enc.shape, scale=lambda row: scales[row],
+                           position=position, group=bbs.GROUP, views=views)
 
 
 @register(bbs.NAME, ops=("matmul", "conv2d"), target="llvm")

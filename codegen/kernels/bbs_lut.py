@@ -129,15 +129,17 @@ def int8_nibbles(columns: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(byte.reshape(-1, QUAD, LANES * QUAD))
 
 
-def int8_column_bit(enc: Encoded, nibbles):
+def int8_column_bit(enc: Encoded, words):
     """``f(pb, g, b, lane, j)``: whether column ``b`` (in two's complement: 0 the sign) of weight ``j`` (uint32) of
-    group ``g`` of pruned row ``pb * 16 + lane`` is set, read from :func:`int8_nibbles`' bytes (a TE tensor)."""
+    group ``g`` of pruned row ``pb * 16 + lane`` is set, read from :func:`int8_nibbles`' bytes as uint32 words (a TE
+    tensor [PB * KG, 4, LANES]: word ``c`` of vector ``h`` is channel ``c``'s 4 columns, a vector along the channels;
+    column ``b``'s bit of the weight is bit ``8 b + 4 (j // 16) + j % 4`` of it)."""
     kg = -(-enc.shape[1] // bbs.GROUP)
 
     def column_bit(pb, g, b, lane, j):
-        byte = nibbles[pb * kg + g, (j % 16 // 4).astype("int32"), lane * QUAD + b]
-        bit = (byte >> (j // 16 * 4 + j % 4).astype("uint8")) & tirx.const(1, "uint8")
-        return bit == tirx.const(0 if b == 0 else 1, "uint8")  # the sign column is stored inverted
+        word = words[pb * kg + g, (j % 16 // 4).astype("int32"), lane]
+        bit = word & (tirx.const(1, "uint32") << (j // 16 * 4 + j % 4 + tirx.const(8 * b, "uint32")))
+        return (bit == tirx.const(0, "uint32")) if b == 0 else (bit != tirx.const(0, "uint32"))  # sign inverted
 
     return column_bit
 

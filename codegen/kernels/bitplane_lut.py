@@ -122,14 +122,17 @@ def kernel_call(layout: Layout, constants: list, kind: str, tables: str = "fp32"
 
 def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor, tables: str = "fp32"):
     """The panel GEMM over the words: per-channel scales applied to the sums, grouped ones in the decode."""
-    value_of = int8_decoded_value if tables == "int8" else decoded_value
+    value_of, read, views = decoded_value, words, []
+    if tables == "int8":
+        read = int8_words(words, layout.magnitude_planes)
+        value_of, views = int8_decoded_value, [(read, words)]
     if layout.groups == 1:
-        value = panel_gemm.by_channel(value_of(words, **layout._asdict()), layout.n, LANES)
+        value = panel_gemm.by_channel(value_of(read, **layout._asdict()), layout.n, LANES)
         return panel_gemm.gemm(value, [words, scales], layout.n, layout.k,
-                               scale=lambda c: scales[c // LANES, 0, c % LANES], group=GROUP)
-    weight = panel_gemm.by_channel(decoded_weight(words, scales, **layout._asdict(), value_of=value_of),
+                               scale=lambda c: scales[c // LANES, 0, c % LANES], group=GROUP, views=views)
+    weight = panel_gemm.by_channel(decoded_weight(read, scales, **layout._asdict(), value_of=value_of),
                                    layout.n, LANES)
-    return panel_gemm.gemm(weight, [words, scales], layout.n, layout.k, group=GROUP)
+    return panel_gemm.gemm(weight, [words, scales], layout.n, layout.k, group=GROUP, views=views)
 
 
 def row_blocks(planes: int) -> int:
@@ -259,20 +262,32 @@ def int8_nibbles(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
     return np.ascontiguousarray(byte.transpose(0, 3, 4, 5, 1, 2, 6).reshape(blocks * kg, span, 64).astype(np.uint8))
 
 
-def int8_decoded_value(nibbles, *, n: int, k: int, magnitude_planes: int, shift: int, **_):
-    """``f(n, kk)``: the integer :func:`int8_nibbles`' bytes (a TE tensor) hold for weight ``kk`` of channel ``n``."""
+def int8_words(nibbles: te.Tensor, magnitude_planes: int) -> te.Tensor:
+    """:func:`int8_nibbles`' bytes (a TE tensor) as the words :func:`int8_decoded_value` reads (a
+    :func:`.panel_gemm.word_view`): a channel's S planes are S consecutive bytes, one word."""
+    return panel_gemm.word_view(nibbles, f"uint{8 * int8_planes(magnitude_planes)}")
+
+
+def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: int, **_):
+    """``f(n, kk)``: the integer :func:`int8_nibbles`' bytes hold for weight ``kk`` of channel ``n``, read from
+    :func:`int8_words` (a TE tensor). Word ``t % (4 / S) * 16 + c`` of vector ``t % 4 // (4 / S)`` is channel ``c``'s S
+    planes for table ``t``, a vector along the channels; plane ``p``'s bit of the weight is bit ``8 p + b`` of it."""
     kg = -(-k // GROUP)
     span = int8_planes(magnitude_planes)
-    per_vector, per_lane = QUAD // span, LANES // span  # tables of a vector's low nibbles, channels of a lane
+    per_vector = QUAD // span  # tables of a vector's low nibbles
+    dtype = words.dtype
+    # plane p weighs 2^(S - 1 - p) in the offset-binary code u < 2^(P + 1): the planes above P + 1 are zero
+    planes = range(span - 1 - magnitude_planes, span)
 
     def value(n, kk):
         row, table, i = n // LANES * kg + kk // GROUP, kk % GROUP // 4, kk % 4
-        vector, lane = table % QUAD // per_vector, table % per_vector * span + n % LANES // per_lane
-        at = lane * 16 + n % per_lane * span
-        bit = (table // QUAD * 4 + i).astype("uint8")
-        u = lut.tree([((nibbles[row, vector, at + p] >> bit) & tirx.const(1, "uint8")).astype("int32")
-                      << (span - 1 - p) for p in range(span)])
-        return (u - (1 << magnitude_planes)) << shift
+        word = words[row, table % QUAD // per_vector, table % per_vector * LANES + n % LANES]
+        bit = (table // QUAD * 4 + i).astype(dtype)
+        zero = tirx.const(0, "int32")
+        # as decoded_value: each plane's bit selects its significance (a mask test and a blend per vector)
+        terms = [tirx.Select(word & (tirx.const(1, dtype) << (bit + tirx.const(8 * p, dtype))) != tirx.const(0, dtype),
+                             tirx.const((1 << (span - 1 - p)) << shift, "int32"), zero) for p in planes]
+        return lut.tree(terms) - tirx.const((1 << magnitude_planes) << shift, "int32")
 
     return value
 

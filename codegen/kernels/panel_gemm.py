@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import tvm
 import tvm.script
 import tvm_ffi
 from tvm import s_tir, te, tirx
@@ -66,8 +67,17 @@ def by_channel(weight: Callable, n: int, lanes: int) -> PanelWeight:
     return guarded
 
 
+def word_view(holder: te.Tensor, dtype: str) -> te.Tensor:
+    """``holder``'s bytes read as ``dtype`` words (its last dim shrunk to match): one of a :func:`decoder`'s
+    ``views``. A decode that needs a channel's consecutive bytes together loads one word per channel, a contiguous
+    vector along the channels, where the bytes themselves would be strided loads (one per lane)."""
+    width = tvm.DataType(dtype).bits // 8
+    return te.placeholder([*holder.shape[:-1], holder.shape[-1] // width], dtype, f"{holder.name}_{dtype}")
+
+
 def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
-            position: te.Tensor | None = None, group: int | None = None) -> tirx.PrimFunc:
+            position: te.Tensor | None = None, group: int | None = None,
+            views: list[tuple[te.Tensor, te.Tensor]] = ()) -> tirx.PrimFunc:
     """Unscheduled ``f(*holders, decoded [panels, K, COLS], [scales [N]])``: W's panels from ``panel_weight`` (a
     number, converted to float32) and, with ``scale``, each channel's scale.
 
@@ -76,14 +86,16 @@ def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int,
     ``holders``): the weight's channels are stored rows, output channel ``c`` is stored row ``position[c]``; the
     product (and ``scale``) is in stored order. ``group``: the codec's words hold this many consecutive weights of
     K (bit ``j`` of a word: weight ``j`` of its group); the decode then runs group by group, a run of channels at a
-    time, so that each group's words and metadata are loaded once."""
+    time, so that each group's words and metadata are loaded once. ``views``: (a :func:`word_view`, the holder it
+    reads) pairs; a view is a parameter after the holders here, the holder's own memory in :func:`plain`."""
     cols = matmul.COLS
     panels = -(-n // cols)
     decoded = te.compute((panels, k, cols), lambda p, kk, c: panel_weight(p, kk, c).astype("float32"), name=DECODED)
     scales = [] if scale is None else [te.compute((n,), lambda c: scale(c).astype("float32"), name=SCALES)]
     at = -1 if position is None else next(i for i, h in enumerate(holders) if h.same_as(position))
-    return te.create_prim_func([*holders, decoded, *scales]).with_attrs(
-        {"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0})
+    viewed = [next(i for i, h in enumerate(holders) if h.same_as(holder)) for _, holder in views]
+    return te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales]).with_attrs(
+        {"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0, "bie.views": viewed})
 
 
 def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
@@ -91,7 +103,9 @@ def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
     ``out[..., c] = x @ W[c] * scale(c)``, written to ``out[..., inverse[c]]`` where the channels are stored rows
     (``inverse``, computed first: the output channel of each stored row)."""
     count, at = int(decode.attrs["bie.holders"]), int(decode.attrs["bie.position"])
-    holders, (decoded, *scales) = decode.params[:count], decode.params[count:]
+    viewed = [int(i) for i in decode.attrs["bie.views"]]
+    holders, views = decode.params[:count], decode.params[count:count + len(viewed)]
+    decoded, *scales = decode.params[count + len(viewed):]
     n, cols = int(decode.attrs["bie.n"]), int(decoded.shape[-1])
     x = te.placeholder([*lead, k], "float32", "x")
     weight = te.placeholder(list(decoded.shape), "float32", DECODED)
@@ -124,8 +138,9 @@ def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
         return next((buffer for param, buffer in renamed if param.same_as(var)), var)
 
     nest = tvm_ffi.structural_map(gemm.body.block.body, (tirx.Var, rename), order="post")
-    allocated = list(gemm.params[1 + len(internal):-1]) + list(decode.params[count:])  # inverse; decoded, scales
-    body = s_tir.SBlock([], [], [], "root", _sequence([decode.body.block.body, nest]), None,
+    allocated = list(gemm.params[1 + len(internal):-1]) + [decoded, *scales]  # inverse; decoded, scales
+    aliases = [tirx.DeclBuffer(view, data=holders[i].data) for view, i in zip(views, viewed)]  # the holders' memory
+    body = s_tir.SBlock([], [], [], "root", _sequence([*aliases, decode.body.block.body, nest]), None,
                         [*allocated, *decode.body.block.alloc_buffers, *gemm.body.block.alloc_buffers])
     # noalias as te.create_prim_func makes every function: without it LLVM reloads a group's words and metadata for
     # each of its weights, and TVM gives no function of the library noalias arguments (see ..cpu)
@@ -208,10 +223,11 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 def gemm(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
-         position: te.Tensor | None = None, group: int | None = None) -> tirx.PrimFunc:
+         position: te.Tensor | None = None, group: int | None = None,
+         views: list[tuple[te.Tensor, te.Tensor]] = ()) -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
     :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
-    decode = decoder(panel_weight, holders, n, k, scale, position, group)
+    decode = decoder(panel_weight, holders, n, k, scale, position, group, views)
     return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode.script())
 
 
