@@ -338,16 +338,6 @@ def int8_error_bound(x: np.ndarray, layout: Layout, scales: np.ndarray) -> np.nd
     return weight * steps @ group_scale.T
 
 
-def lanes_max(v):
-    """The largest of the 16 lanes of float32x16 ``v``: halves compared until one lane is left."""
-    lanes = LANES
-    while lanes > 1:
-        lanes //= 2
-        v = T.max(tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in range(lanes)]),
-                  tirx.Shuffle([v], [tirx.IntImm("int32", lanes + i) for i in range(lanes)]))
-    return v
-
-
 def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """``f(x [m, K], nibbles, scales, out [m, N])`` over :func:`int8_nibbles` and :func:`lanes_of_scales`: the GEMV
     with int8 tables.
@@ -443,20 +433,15 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
             fill_tables(x, row, xpad, table)
             total[0] = T.float32(0)
             for g in range(kg):
-                # the largest entry in magnitude (a table's sum of its positive or of its negative activations): the
-                # tables' entries compared as vectors, then their lanes (a scalar loop over the activations took
-                # most of the time the tables take to make)
-                peak: T.let = lanes_max(lut.tree_of(T.max, [T.fabs(table[g * NIBBLES + t, T.Ramp(0, 1, 16)])
-                                                           for t in range(NIBBLES)]))
+                peak: T.let = lut.table_peak(table, g * NIBBLES)
                 step[g] = peak / T.float32(lut.TABLE_PEAK)
-                scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(lut.TABLE_PEAK) / peak, T.float32(0))
+                scale: T.let = lut.int8_scale(peak)
                 for t in T.unroll(NIBBLES):
-                    entries: T.let = T.Cast("int8x16", T.Cast("int32x16", T.nearbyint(
-                        table[g * NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(scale, 16))))
+                    entries: T.let = lut.int8_entries(table, g * NIBBLES + t, scale)
                     for copy in T.unroll(copies):
                         small[(g * NIBBLES + t) // per_vector, T.Ramp((t % per_vector * copies + copy) * 16, 1,
                                                                       16)] = entries
-                group_sum[g] = lut.tree([table[g * NIBBLES + t, 15] for t in range(NIBBLES)])
+                group_sum[g] = lut.nibbles_total(table, g * NIBBLES)
                 total[0] = total[0] + group_sum[g]
             tasks(row, acc, out, scales, lambda nxt, h: nibbles[nxt, h, 0],
                   lambda blk, g: group_value(small, step, group_sum, nibbles, blk, g),
