@@ -88,22 +88,6 @@ def in_order(total, terms):
     return total
 
 
-def tree_max(terms):
-    """The largest of ``terms``, compared as a balanced tree."""
-    while len(terms) > 1:
-        terms = [T.max(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    return terms[0]
-
-
-def lane_max(vector, lanes: int):
-    """The largest lane of ``vector`` (``lanes`` wide, a power of 2): halves compared until one lane is left."""
-    while lanes > 1:
-        lanes //= 2
-        vector = T.max(tirx.Shuffle([vector], [tirx.IntImm("int32", i) for i in range(lanes)]),
-                       tirx.Shuffle([vector], [tirx.IntImm("int32", lanes + i) for i in range(lanes)]))
-    return vector
-
-
 def int8_fits(enc: Encoded) -> bool:
     """Whether the int8-table GEMV takes ``enc``: its pruned rows keep QUAD columns."""
     return 8 - int(enc.header["pruned_columns"]) == QUAD
@@ -250,16 +234,13 @@ def gemv(enc: Encoded, tables: str = "fp32"):
             fill_tables(x, row, xpad, table)
             if int8:
                 for g in range(kg):
-                    # the largest entry in magnitude: the group's 8 tables compared as vectors, then their lanes
-                    peak: T.let = lane_max(tree_max([T.max(table[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)], -table[
-                        g * lut.NIBBLES + t, T.Ramp(0, 1, 16)]) for t in range(lut.NIBBLES)]), 16)
-                    scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(lut.TABLE_PEAK) / peak, T.float32(0))
+                    peak: T.let = lut.table_peak(table, g * lut.NIBBLES)
+                    scale: T.let = lut.int8_scale(peak)
                     step[g] = peak / T.float32(lut.TABLE_PEAK)
                     for t in T.unroll(lut.NIBBLES):
-                        small[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)] = T.Cast("int8x16", T.Cast(
-                            "int32x16", T.nearbyint(table[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(
-                                scale, 16))))
-                    total: T.let = lut.tree([table[g * lut.NIBBLES + t, 15] for t in range(lut.NIBBLES)])
+                        small[g * lut.NIBBLES + t, T.Ramp(0, 1, 16)] = lut.int8_entries(table, g * lut.NIBBLES + t,
+                                                                                        scale)
+                    total: T.let = lut.nibbles_total(table, g * lut.NIBBLES)
                     group_sum[g] = T.float32(offset_sign) * total
                     centre[g] = T.float32(1 << (QUAD - 1)) * total
             else:

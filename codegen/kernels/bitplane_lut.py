@@ -143,18 +143,75 @@ def row_blocks(planes: int) -> int:
     return 2 if planes <= 4 else 1
 
 
+def task_blocks(n: int, planes: int) -> int:
+    """Blocks of 16 channels the parallel tasks of :func:`task_loop` cover (whole tasks): its accumulators' rows."""
+    blocks, per_task = -(-n // LANES), row_blocks(planes)
+    return -(-blocks // per_task) * per_task
+
+
+def task_loop(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int, lines: int):
+    """A TIR macro ``(row, acc, out, scales, line, group_value, settled)``: the parallel loop of :func:`gemv` and
+    :func:`int8_gemv` for row ``row`` of the output ``out`` [m, n], over tasks of :func:`row_blocks` blocks of 16
+    channels computed group by group into ``acc`` [:func:`task_blocks`, 16] (the kernel's buffer: allocated once per
+    call, not per parallel task), ``scales`` as :func:`lanes_of_scales` lays them out. The kernel gives the rest:
+
+    * ``line(nxt, b)``: a load in the cache line of the ``b``-th of the ``lines`` vectors the kernel reads at row
+      ``nxt`` (block * KG + group) of its words: the next task's, which the task prefetches into L2 as it computes;
+    * ``group_value(blk, g)``: the float32x16 sums of block ``blk``'s 16 channels over group ``g`` before the
+      scales (the group's scales multiply them here when ``groups`` > 1);
+    * ``settled(total)``: a channel's accumulated sum made its sum before the per-channel scale and ``2^shift``
+      (the int8 tables: less the codes' offset over the row)."""
+    blocks, kg = -(-n // LANES), -(-k // GROUP)
+    per_task = row_blocks(magnitude_planes + 1)
+    tasks = task_blocks(n, magnitude_planes + 1) // per_task
+    unit = float(1 << shift)  # the significance of the lowest plane, applied to the sums at the end
+    per_group = groups > 1
+    assert not per_group or scale_group % GROUP == 0
+
+    @T.macro
+    def loop(row, acc, out, scales, line, group_value, settled):
+        for task in T.parallel(tasks):
+            for i in T.unroll(per_task):
+                acc[task * per_task + i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+            for g in range(kg):
+                for i in T.unroll(per_task):
+                    item: T.let = task * per_task + i
+                    blk: T.let = T.min(item, blocks - 1)  # past the last block (odd blocks): its copy, not stored
+                    nxt: T.let = T.min(blk + per_task, blocks - 1) * kg + g  # the next task's group
+                    for b in T.unroll(lines):
+                        lut.prefetch(line(nxt, b))
+                    mixed: T.let = group_value(blk, g)
+                    if per_group:
+                        acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed * scales[
+                            blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
+                    else:
+                        acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed
+            for i in T.unroll(per_task):
+                item: T.let = task * per_task + i
+                for lane in range(LANES):
+                    if item * LANES + lane < n:
+                        if per_group:
+                            out[row, item * LANES + lane] = settled(acc[item, lane]) * T.float32(unit)
+                        else:
+                            out[row, item * LANES + lane] = settled(acc[item, lane]) * T.float32(unit) * scales[
+                                item, 0, lane]
+
+    return loop
+
+
 def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """``f(x [m, K], words, scales, out [m, N])`` over :func:`twos_complement_planes` and :func:`lanes_of_scales`
     (see :class:`Layout`)."""
     planes = magnitude_planes + 1
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     kp = kg * GROUP
-    unit = float(1 << shift)  # the significance of the lowest plane, applied to the sums at the end
-    per_group = groups > 1
-    assert not per_group or scale_group % GROUP == 0
     fill_tables = lut.fill_wide_tables(k, kp)
-    per_task = row_blocks(planes)
-    tasks = -(-blocks // per_task)
+    tasks = task_loop(n, k, magnitude_planes, shift, scale_group, groups, lines=planes)
+
+    def plane_sums(table, words, blk, g):
+        # the planes' look-ups of block blk's group g, summed with their significances
+        return lut.twos_complement_sum([lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
+            "int32x16", words[b, blk * kg + g, T.Ramp(0, 1, LANES)])) for b in range(planes)])
 
     @T.prim_func(private=True)
     def main(
@@ -169,36 +226,11 @@ def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, gr
         out = T.match_buffer(var_out, (m, n), "float32")
         xpad = T.decl_buffer((kp,), "float32")
         table = T.decl_buffer((kg * lut.FIELDS, lut.WIDE), "float32")
-        acc = T.decl_buffer((tasks * per_task, LANES), "float32")  # allocated once per call, not per parallel task
+        acc = T.decl_buffer((task_blocks(n, planes), LANES), "float32")
         for row in range(m):
             fill_tables(x, row, xpad, table)
-            for task in T.parallel(tasks):
-                for i in T.unroll(per_task):
-                    acc[task * per_task + i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-                for g in range(kg):
-                    for i in T.unroll(per_task):
-                        item: T.let = task * per_task + i
-                        blk: T.let = T.min(item, blocks - 1)  # past the last block (odd blocks): its copy, not stored
-                        nxt: T.let = T.min(blk + per_task, blocks - 1) * kg + g  # the next task's group
-                        for b in T.unroll(planes):
-                            lut.prefetch(words[b, nxt, 0])
-                        mixed: T.let = lut.twos_complement_sum([
-                            lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
-                                "int32x16", words[b, blk * kg + g, T.Ramp(0, 1, LANES)])) for b in range(planes)])
-                        if per_group:
-                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed * scales[
-                                blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
-                        else:
-                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed
-                for i in T.unroll(per_task):
-                    item: T.let = task * per_task + i
-                    for lane in range(LANES):
-                        if item * LANES + lane < n:
-                            if per_group:
-                                out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit)
-                            else:
-                                out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit) * scales[
-                                    item, 0, lane]
+            tasks(row, acc, out, scales, lambda nxt, b: words[b, nxt, 0],
+                  lambda blk, g: plane_sums(table, words, blk, g), lambda total: total)
 
     return main
 
@@ -306,16 +338,6 @@ def int8_error_bound(x: np.ndarray, layout: Layout, scales: np.ndarray) -> np.nd
     return weight * steps @ group_scale.T
 
 
-def lanes_max(v):
-    """The largest of the 16 lanes of float32x16 ``v``: halves compared until one lane is left."""
-    lanes = LANES
-    while lanes > 1:
-        lanes //= 2
-        v = T.max(tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in range(lanes)]),
-                  tirx.Shuffle([v], [tirx.IntImm("int32", lanes + i) for i in range(lanes)]))
-    return v
-
-
 def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """``f(x [m, K], nibbles, scales, out [m, N])`` over :func:`int8_nibbles` and :func:`lanes_of_scales`: the GEMV
     with int8 tables.
@@ -340,13 +362,10 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     per_vector = QUAD // span
     copies = 1 if span == QUAD else span
     stored = 16 * per_vector * copies
-    per_task = row_blocks(magnitude_planes + 1)
-    tasks = -(-blocks // per_task)
     offset = float(1 << magnitude_planes)
-    unit = float(1 << shift)
     per_group = groups > 1
-    assert not per_group or scale_group % GROUP == 0
     fill_tables = lut.fill_tables(k, kp)
+    tasks = task_loop(n, k, magnitude_planes, shift, scale_group, groups, lines=span)
     # plane p weighs 2^(span - 1 - p): bytes 8, 4, 2, 1 (quads) or 2, 1 (pairs), little-endian
     weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(0x01020408 if span == QUAD else 0x01020102, "uint32"),
                                                        LANES))
@@ -382,6 +401,16 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         return (T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", i) for i in range(LANES)]))
                 + T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", LANES + i) for i in range(LANES)])))
 
+    def group_value(small, step, group_sum, nibbles, blk, g):
+        # the group's look-up sums times its step; with grouped scales less the offset's share, 2^P * S_g (with
+        # per-channel scales the whole row's is subtracted once, see settled)
+        mixed = T.Cast("float32x16", group_dot(small, g * NIBBLES, lambda h: nibbles[blk * kg + g, h, T.Ramp(
+            0, 1, width)])) * T.Broadcast(step[g], LANES)
+        return mixed - T.Broadcast(T.float32(offset) * group_sum[g], LANES) if per_group else mixed
+
+    def settled(total, row_sum):
+        return total if per_group else total - T.float32(offset) * row_sum
+
     @T.prim_func(private=True)
     def main(
         var_x: T.handle,
@@ -399,53 +428,23 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         step = T.decl_buffer((kg,), "float32")
         group_sum = T.decl_buffer((kg,), "float32")
         total = T.decl_buffer((1,), "float32")
-        acc = T.decl_buffer((tasks * per_task, LANES), "float32")  # allocated once per call, not per parallel task
+        acc = T.decl_buffer((task_blocks(n, magnitude_planes + 1), LANES), "float32")
         for row in range(m):
             fill_tables(x, row, xpad, table)
             total[0] = T.float32(0)
             for g in range(kg):
-                # the largest entry in magnitude (a table's sum of its positive or of its negative activations): the
-                # tables' entries compared as vectors, then their lanes (a scalar loop over the activations took
-                # most of the time the tables take to make)
-                peak: T.let = lanes_max(lut.tree_of(T.max, [T.fabs(table[g * NIBBLES + t, T.Ramp(0, 1, 16)])
-                                                           for t in range(NIBBLES)]))
+                peak: T.let = lut.table_peak(table, g * NIBBLES)
                 step[g] = peak / T.float32(lut.TABLE_PEAK)
-                scale: T.let = T.if_then_else(peak > T.float32(0), T.float32(lut.TABLE_PEAK) / peak, T.float32(0))
+                scale: T.let = lut.int8_scale(peak)
                 for t in T.unroll(NIBBLES):
-                    entries: T.let = T.Cast("int8x16", T.Cast("int32x16", T.nearbyint(
-                        table[g * NIBBLES + t, T.Ramp(0, 1, 16)] * T.Broadcast(scale, 16))))
+                    entries: T.let = lut.int8_entries(table, g * NIBBLES + t, scale)
                     for copy in T.unroll(copies):
                         small[(g * NIBBLES + t) // per_vector, T.Ramp((t % per_vector * copies + copy) * 16, 1,
                                                                       16)] = entries
-                group_sum[g] = lut.tree([table[g * NIBBLES + t, 15] for t in range(NIBBLES)])
+                group_sum[g] = lut.nibbles_total(table, g * NIBBLES)
                 total[0] = total[0] + group_sum[g]
-            for task in T.parallel(tasks):
-                for i in T.unroll(per_task):
-                    acc[task * per_task + i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-                for g in range(kg):
-                    for i in T.unroll(per_task):
-                        item: T.let = task * per_task + i
-                        blk: T.let = T.min(item, blocks - 1)  # past the last block (odd blocks): its copy, not stored
-                        nxt: T.let = T.min(blk + per_task, blocks - 1) * kg + g  # the next task's group
-                        for h in T.unroll(span):
-                            lut.prefetch(nibbles[nxt, h, 0])
-                        dot: T.let = group_dot(small, g * NIBBLES,
-                                               lambda h: nibbles[blk * kg + g, h, T.Ramp(0, 1, width)])
-                        mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES)
-                        if per_group:
-                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + (
-                                mixed - T.Broadcast(T.float32(offset) * group_sum[g], LANES)) * scales[
-                                blk, g * GROUP // scale_group, T.Ramp(0, 1, LANES)]
-                        else:
-                            acc[item, T.Ramp(0, 1, LANES)] = acc[item, T.Ramp(0, 1, LANES)] + mixed
-                for i in T.unroll(per_task):
-                    for lane in range(LANES):
-                        if (task * per_task + i) * LANES + lane < n:
-                            item: T.let = task * per_task + i
-                            if per_group:
-                                out[row, item * LANES + lane] = acc[item, lane] * T.float32(unit)
-                            else:
-                                out[row, item * LANES + lane] = (acc[item, lane] - T.float32(offset) * total[
-                                    0]) * T.float32(unit) * scales[item, 0, lane]
+            tasks(row, acc, out, scales, lambda nxt, h: nibbles[nxt, h, 0],
+                  lambda blk, g: group_value(small, step, group_sum, nibbles, blk, g),
+                  lambda acc_total: settled(acc_total, total[0]))
 
     return main

@@ -14,8 +14,9 @@ for 16 channels x 32 weights (a shift per field, 6, left the shift-and-shuffle
 ports the bottleneck; fields of 4 bits took 7 shifts, 8 look-ups and 7 adds).
 The stored words are the same either way: only the tables change.
 
-The int8-table GEMV (``bitplane_lut.int8_gemv``) quantizes tables of 4
-activations (:func:`fill_tables`), 16 entries, which byte shuffles look up.
+The int8-table GEMVs (``bitplane_lut.int8_gemv``, ``bbs_lut.gemv``) quantize
+tables of 4 activations (:func:`fill_tables`), 16 entries, which byte shuffles
+look up, per group of GROUP activations (:func:`table_peak`, :func:`int8_entries`).
 """
 
 from __future__ import annotations
@@ -179,6 +180,41 @@ def fill_tables(k: int, kp: int):
                 table[q, t] = subset_sum(xpad, 4 * q, 4, t)
 
     return fill
+
+
+def lanes_max(v):
+    """The largest of the 16 lanes of float32x16 ``v``: halves compared until one lane is left."""
+    lanes = LANES
+    while lanes > 1:
+        lanes //= 2
+        v = T.max(tirx.Shuffle([v], [tirx.IntImm("int32", i) for i in range(lanes)]),
+                  tirx.Shuffle([v], [tirx.IntImm("int32", lanes + i) for i in range(lanes)]))
+    return v
+
+
+def table_peak(table, first):
+    """The largest entry in magnitude of the NIBBLES tables of a group from row ``first`` of ``table``
+    (:func:`fill_tables`; a table's sum of its positive or of its negative activations): the entries compared as
+    vectors, then their lanes (a scalar loop over the activations took most of the time the tables take to make)."""
+    return lanes_max(tree_of(T.max, [T.fabs(table[first + t, tirx.Ramp(0, 1, 16)]) for t in range(NIBBLES)]))
+
+
+def int8_scale(peak):
+    """What quantizes a group's tables of largest magnitude ``peak`` to int8 (:func:`int8_entries`): TABLE_PEAK over
+    it, 0 for a group of zero activations."""
+    return T.if_then_else(peak > T.float32(0), T.float32(TABLE_PEAK) / peak, T.float32(0))
+
+
+def int8_entries(table, row, scale):
+    """The 16 entries of ``table``'s row ``row`` times ``scale`` (:func:`int8_scale`), rounded to nearest: int8x16."""
+    return T.Cast("int8x16", T.Cast("int32x16", T.nearbyint(table[row, tirx.Ramp(0, 1, 16)] * T.Broadcast(scale,
+                                                                                                         16))))
+
+
+def nibbles_total(table, first):
+    """The sum of a group's activations from its NIBBLES tables from row ``first`` (:func:`fill_tables`): each
+    table's last entry."""
+    return tree([table[first + t, 15] for t in range(NIBBLES)])
 
 
 def int8_table_steps(x: np.ndarray, k: int) -> np.ndarray:
