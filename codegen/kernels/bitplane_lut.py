@@ -20,7 +20,7 @@ prefetching the next task's words into L2 while it computes (as in
 :mod:`.bbs_lut`). Rows of activations are
 processed one after the other (exact at any batch; meant for batch 1).
 
-``tables="int8"`` (1 to 4 planes; the exact float32 tables stay the default) is
+``tables="int8"`` (1 to 4 planes; the default at 2 and 4, ``lut_tables.chosen``) is
 T-MAC's scheme: the tables quantized to int8 per group of 32 activations and
 looked up 64 at a time with byte shuffles, see :func:`int8_gemv`; its error is
 bounded by :func:`int8_error_bound`.
@@ -35,6 +35,7 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import bie_bitplane
+from bie_compiler.codecs.lut_tables import INT8_KIND_SUFFIX
 
 from ..kernel_registry import KernelCall
 from . import lut, panel_gemm
@@ -116,7 +117,7 @@ def kernel_call(layout: Layout, constants: list, kind: str, tables: str = "fp32"
     words, scales = holders = [te.placeholder(c.shape, c.dtype.name, name)
                                for name, c in zip(("words", "scales"), constants)]
     build = int8_gemv if tables == "int8" else gemv
-    small = KernelCall(f"{kind}_lut", build(**layout._asdict()), constants)
+    small = KernelCall(f"{kind}_lut{INT8_KIND_SUFFIX if tables == 'int8' else ''}", build(**layout._asdict()), constants)
     return panel_gemm.with_gemm(small, panel_gemm_of(layout, words, scales, tables), kind)
 
 
