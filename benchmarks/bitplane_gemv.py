@@ -87,6 +87,7 @@ def bitplane_layers(weight: np.ndarray, bits: int, tables: list[str], factor: fl
 
     from bie_compiler.codecs import bie_bitplane
     from bie_compiler.codegen import kernel_for
+    from bie_compiler.codegen.kernels import bitplane
 
     enc = bie_bitplane.encode(weight.T, bie_bitplane.Config(bits=bits))
     chosen = kernel_for(enc, target)
