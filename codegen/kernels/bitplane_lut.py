@@ -44,6 +44,7 @@ LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
 FORM = "lut_planes"  # the progressive-precision form of the words (weights.PRECISION_ATTR)
 TABLES = ("fp32", "int8")  # the look-up tables: exact float32 subset sums, or int8 quantized per group
 QUAD = bie_bitplane.INT8_TABLE_PLANES  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most
+TRIPLE = 3  # planes whose int8-table bytes are stored 3 a channel, expanded to vpdpbusd's 4 in registers
 PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
 
 
@@ -266,21 +267,32 @@ def decoded_weight(words, scales, *, n: int, k: int, magnitude_planes: int, shif
 
 
 def int8_planes(magnitude_planes: int) -> int:
-    """Planes a channel has in the int8-table GEMV's bytes: 2 (up to 2 planes: vpmaddubsw sums byte pairs) or QUAD."""
+    """Planes a channel has in the bytes the int8-table GEMV's dot products sum: 2 (up to 2 planes: vpmaddubsw sums
+    byte pairs) or QUAD (vpdpbusd: with 3 planes the first of them zero, put in by :func:`int8_expanded`)."""
     return 2 if magnitude_planes + 1 <= 2 else QUAD
+
+
+def int8_stored_planes(magnitude_planes: int) -> int:
+    """Planes (bytes) a channel has in :func:`int8_nibbles`: :func:`int8_planes`, but 3 at 3 planes (the zero plane
+    that vpdpbusd's fourth byte needs is not stored)."""
+    return TRIPLE if magnitude_planes + 1 == TRIPLE else int8_planes(magnitude_planes)
 
 
 def int8_nibbles(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
     """``codes`` [N, K] (``|q| < 2^P``, P = ``magnitude_planes`` < QUAD) as the int8-table GEMV's look-up indices, uint8
-    [ceil(N / 16) * ceil(K / 32), S, 64] (S = :func:`int8_planes`): row ``blk * KG + g`` for channel block ``blk``
-    and group ``g``.
+    [ceil(N / 16) * ceil(K / 32), B, 64] (B = :func:`int8_stored_planes`): row ``blk * KG + g`` for channel block
+    ``blk`` and group ``g``.
 
-    A code is stored offset binary, ``u = q + 2^P`` in [0, 2^(P + 1)), as S planes (bit S - 1 - p of ``u`` in plane
-    ``p``; with S = 4 and 3 planes the first is zero). Table ``t`` of a group is its weights ``4 t .. 4 t + 3``
-    (nibble bit ``i``: weight ``4 t + i``). A vector's 128-bit lane ``l`` looks up one table, ``l // S`` of those of
-    the vector (4 / S of them), for the block's channels ``(l % S) * 16 / S`` on, each channel's S planes in S
-    consecutive bytes (what vpdpbusd or vpmaddubsw sums); vector ``h``'s low nibbles are tables ``h * 4 / S`` on,
-    its high nibbles the tables 4 further. Padding weights are zero (``u = 2^P``)."""
+    A code is stored offset binary, ``u = q + 2^P`` in [0, 2^(P + 1)), as S = :func:`int8_planes` planes (bit
+    S - 1 - p of ``u`` in plane ``p``; with S = 4 and 3 planes the first is zero). Table ``t`` of a group is its
+    weights ``4 t .. 4 t + 3`` (nibble bit ``i``: weight ``4 t + i``). A vector's 128-bit lane ``l`` looks up one
+    table, ``l // S`` of those of the vector (4 / S of them), for the block's channels ``(l % S) * 16 / S`` on, each
+    channel's S planes in S consecutive bytes (what vpdpbusd or vpmaddubsw sums); vector ``h``'s low nibbles are
+    tables ``h * 4 / S`` on, its high nibbles the tables 4 further. B = S: the rows are those S vectors.
+
+    B = 3 (3 planes): the zero plane is left out. Vector ``h``'s other bytes are the row's bytes ``48 h`` to
+    ``48 h + 47``, plane by plane (plane ``p`` of channel ``c``: byte ``48 h + 16 (p - 1) + c``), expanded into the
+    vector by :func:`int8_expanded`. Padding weights are zero (``u = 2^P``)."""
     n, k = codes.shape
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     span = int8_planes(magnitude_planes)
@@ -292,34 +304,61 @@ def int8_nibbles(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
     bits = bits.reshape(blocks, span, LANES // span, kg, 2, span, QUAD // span, 4, span)
     nibble = (bits << np.arange(4)[:, None]).sum(axis=7)
     byte = nibble[:, :, :, :, 0] | (nibble[:, :, :, :, 1] << 4)  # [blk, group, channel, g, vector, table, plane]
-    return np.ascontiguousarray(byte.transpose(0, 3, 4, 5, 1, 2, 6).reshape(blocks * kg, span, 64).astype(np.uint8))
+    vectors = byte.transpose(0, 3, 4, 5, 1, 2, 6).reshape(blocks * kg, span, 64).astype(np.uint8)
+    if int8_stored_planes(magnitude_planes) == TRIPLE:  # [row, vector, channel, plane] -> its planes 1-3, plane-major
+        vectors = vectors.reshape(blocks * kg, QUAD, LANES, QUAD)[..., 1:].transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(vectors.reshape(blocks * kg, int8_stored_planes(magnitude_planes), 64))
+
+
+def int8_index_vector(rows: T.Buffer, r, h: int, magnitude_planes: int):
+    """Index vector ``h`` (uint8x64, each channel's S planes in S bytes) of row ``r`` of :func:`int8_nibbles`' bytes
+    (``rows``: a TIR buffer [rows, 64 B] over them). At 3 planes one 64-byte load within the row (vector 3's ends at
+    the row's end) and one constant byte permutation of it (vpermb, AVX-512 VBMI) that puts a channel's 3 planes in
+    bytes 1 to 3 of its word; byte 0, the zero plane, holds a copy of plane 1 (the dot product weighs it 0)."""
+    if int8_stored_planes(magnitude_planes) != TRIPLE:
+        return rows[r, T.Ramp(64 * h, 1, 64)]
+    start = min(48 * h, TRIPLE * 64 - 64)
+    index = [48 * h - start + LANES * max(q - 1, 0) + c for c in range(LANES) for q in range(QUAD)]
+    return tirx.Shuffle([rows[r, T.Ramp(start, 1, 64)]], [tirx.IntImm("int32", i) for i in index])
 
 
 def int8_words(nibbles: te.Tensor, magnitude_planes: int) -> te.Tensor:
-    """:func:`int8_nibbles`' bytes (a TE tensor) as the words :func:`int8_decoded_value` reads (a
-    :func:`.panel_gemm.word_view`): a channel's S planes are S consecutive bytes, one word."""
+    """:func:`int8_nibbles`' bytes (a TE tensor) as :func:`int8_decoded_value` reads them (a view, see
+    :func:`.panel_gemm.decoder`): a channel's S planes are S consecutive bytes, one word; at 3 planes a plane of 16
+    channels is 16 consecutive bytes, a row of [rows, 12, 16] bytes."""
+    if int8_stored_planes(magnitude_planes) == TRIPLE:
+        return panel_gemm.shape_view(nibbles, [nibbles.shape[0], QUAD * TRIPLE, LANES])
     return panel_gemm.word_view(nibbles, f"uint{8 * int8_planes(magnitude_planes)}")
 
 
 def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: int, **_):
     """``f(n, kk)``: the integer :func:`int8_nibbles`' bytes hold for weight ``kk`` of channel ``n``, read from
     :func:`int8_words` (a TE tensor). Word ``t % (4 / S) * 16 + c`` of vector ``t % 4 // (4 / S)`` is channel ``c``'s S
-    planes for table ``t``, a vector along the channels; plane ``p``'s bit of the weight is bit ``8 p + b`` of it."""
+    planes for table ``t``, a vector along the channels; plane ``p``'s bit of the weight is bit ``8 p + b`` of it. At
+    3 planes plane ``p`` (1 to 3) of vector ``t % 4`` is row ``3 (t % 4) + p - 1`` of 16 bytes, bit ``b`` of byte
+    ``c``."""
     kg = -(-k // GROUP)
     span = int8_planes(magnitude_planes)
     per_vector = QUAD // span  # tables of a vector's low nibbles
     dtype = words.dtype
     # plane p weighs 2^(S - 1 - p) in the offset-binary code u < 2^(P + 1): the planes above P + 1 are zero
     planes = range(span - 1 - magnitude_planes, span)
+    triple = int8_stored_planes(magnitude_planes) == TRIPLE
 
     def value(n, kk):
         row, table, i = n // LANES * kg + kk // GROUP, kk % GROUP // 4, kk % 4
-        word = words[row, table % QUAD // per_vector, table % per_vector * LANES + n % LANES]
         bit = (table // QUAD * 4 + i).astype(dtype)
+
+        def plane_bit(p):  # the word (or byte) that holds plane p's bit of the weight, the bit's mask
+            if triple:
+                return words[row, table % QUAD * TRIPLE + p - 1, n % LANES], tirx.const(1, dtype) << bit
+            word = words[row, table % QUAD // per_vector, table % per_vector * LANES + n % LANES]
+            return word, tirx.const(1, dtype) << (bit + tirx.const(8 * p, dtype))
+
         zero = tirx.const(0, "int32")
         # as decoded_value: each plane's bit selects its significance (a mask test and a blend per vector)
-        terms = [tirx.Select(word & (tirx.const(1, dtype) << (bit + tirx.const(8 * p, dtype))) != tirx.const(0, dtype),
-                             tirx.const((1 << (span - 1 - p)) << shift, "int32"), zero) for p in planes]
+        terms = [tirx.Select(word & mask != tirx.const(0, dtype), tirx.const((1 << (span - 1 - p)) << shift, "int32"),
+                             zero) for p in planes for word, mask in [plane_bit(p)]]
         return lut.tree(terms) - tirx.const((1 << magnitude_planes) << shift, "int32")
 
     return value
@@ -354,7 +393,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     check_tables("int8", magnitude_planes)
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     kp = kg * GROUP
-    span = int8_planes(magnitude_planes)
+    span, stored_planes = int8_planes(magnitude_planes), int8_stored_planes(magnitude_planes)
     width = LANES * QUAD  # bytes in a vector
     # a vector of look-ups holds QUAD / span tables of 16 entries, each in span 128-bit lanes. Stored once each: a
     # quad vector's one table, loaded into its four lanes with a broadcast (64 KiB of tables at K = 4096 would not
@@ -366,10 +405,11 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     offset = float(1 << magnitude_planes)
     per_group = groups > 1
     fill_tables = lut.fill_tables(k, kp)
-    tasks = task_loop(n, k, magnitude_planes, shift, scale_group, groups, lines=span)
-    # plane p weighs 2^(span - 1 - p): bytes 8, 4, 2, 1 (quads) or 2, 1 (pairs), little-endian
-    weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(0x01020408 if span == QUAD else 0x01020102, "uint32"),
-                                                       LANES))
+    tasks = task_loop(n, k, magnitude_planes, shift, scale_group, groups, lines=stored_planes)
+    # plane p weighs 2^(span - 1 - p): bytes 8, 4, 2, 1 (quads) or 2, 1 (pairs), little-endian; at 3 planes byte 0
+    # (not the zero plane: a copy of plane 1, see int8_index_vector) weighs 0
+    pattern = {TRIPLE: 0x01020400, QUAD: 0x01020408}.get(stored_planes, 0x01020102)
+    weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(pattern, "uint32"), LANES))
 
     def looked_up(small, first, nibbles):
         # the vector of tables first .. first + QUAD / span - 1, each in span 128-bit lanes
@@ -402,11 +442,11 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         return (T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", i) for i in range(LANES)]))
                 + T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", LANES + i) for i in range(LANES)])))
 
-    def group_value(small, step, group_sum, nibbles, blk, g):
+    def group_value(small, step, group_sum, rows, blk, g):
         # the group's look-up sums times its step; with grouped scales less the offset's share, 2^P * S_g (with
         # per-channel scales the whole row's is subtracted once, see settled)
-        mixed = T.Cast("float32x16", group_dot(small, g * NIBBLES, lambda h: nibbles[blk * kg + g, h, T.Ramp(
-            0, 1, width)])) * T.Broadcast(step[g], LANES)
+        mixed = T.Cast("float32x16", group_dot(small, g * NIBBLES, lambda h: int8_index_vector(
+            rows, blk * kg + g, h, magnitude_planes))) * T.Broadcast(step[g], LANES)
         return mixed - T.Broadcast(T.float32(offset) * group_sum[g], LANES) if per_group else mixed
 
     def settled(total, row_sum):
@@ -415,7 +455,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     @T.prim_func(private=True)
     def main(
         var_x: T.handle,
-        nibbles: T.Buffer((blocks * kg, span, width), "uint8"),
+        nibbles: T.Buffer((blocks * kg, stored_planes, width), "uint8"),
         scales: T.Buffer((blocks, groups, LANES), "float32"),
         var_out: T.handle,
     ):
@@ -430,6 +470,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         group_sum = T.decl_buffer((kg,), "float32")
         total = T.decl_buffer((1,), "float32")
         acc = T.decl_buffer((task_blocks(n, magnitude_planes + 1), LANES), "float32")
+        rows = T.decl_buffer((blocks * kg, stored_planes * width), "uint8", data=nibbles.data)
         for row in range(m):
             fill_tables(x, row, xpad, table)
             total[0] = T.float32(0)
@@ -445,7 +486,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
                 group_sum[g] = lut.nibbles_total(table, g * NIBBLES)
                 total[0] = total[0] + group_sum[g]
             tasks(row, acc, out, scales, lambda nxt, h: nibbles[nxt, h, 0],
-                  lambda blk, g: group_value(small, step, group_sum, nibbles, blk, g),
+                  lambda blk, g: group_value(small, step, group_sum, rows, blk, g),
                   lambda acc_total: settled(acc_total, total[0]))
 
     return main
