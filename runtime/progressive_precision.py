@@ -68,14 +68,34 @@ def _cut_twos_complement_planes(a: np.ndarray, bits: int, signed_cut) -> np.ndar
     return np.ascontiguousarray(np.stack(planes)).view(np.uint32).reshape(a.shape)
 
 
+# At 3 planes the int8 tables' bytes hold 4 vectors of a channel's planes in 3 vectors' words: (vector, byte) of
+# plane 1 to 3 of vector h < 3, its own words' bytes but h; of vector 3, byte j of vector j (bitplane_lut.triple_bytes)
+_TRIPLE = 3
+_TRIPLE_WORD, _TRIPLE_BYTE = np.array([[(h, q) for q in range(4) if q != h] for h in range(_TRIPLE)]
+                                      + [[(j, j) for j in range(_TRIPLE)]]).transpose(2, 0, 1)  # each [vector, plane]
+
+
 def _cut_offset_binary_planes(a: np.ndarray, bits: int, signed_cut) -> np.ndarray:
     """``a`` uint8 [R, S, 64], the int8 tables' bytes (``codegen/kernels/bitplane_lut.py``, ``int8_nibbles``): each
     weight's code ``q`` stored as ``u = q + 2^bits`` in S planes (S = ``a.shape[1]``, plane 0 the most significant),
-    a channel's S planes S consecutive bytes of the last axis, a weight's bit at the same bit position of each; the
-    codes cut, stored again. Which weight a bit position is does not matter: each is cut alone."""
-    span = a.shape[1]
-    bit = (a.reshape(*a.shape[:-1], -1, span, 1) >> np.arange(8, dtype=np.uint8)) & 1  # [R, S, bytes / S, S, 8]
+    a channel's S planes S consecutive bytes of the last axis (at S = 3 four vectors' planes in the 4 bytes of 3
+    vectors' words, see ``_TRIPLE_WORD``), a weight's bit at the same bit position of each; the codes cut, stored
+    again. Which weight a bit position is does not matter: each is cut alone."""
+    if a.shape[1] != _TRIPLE:
+        return _cut_plane_bytes(a.reshape(len(a), -1, a.shape[1]), bits, signed_cut).reshape(a.shape)
+    words = a.reshape(len(a), _TRIPLE, 16, 4)  # [row, vector, channel, byte]
+    cut = words.copy()
+    planes = np.moveaxis(words[:, _TRIPLE_WORD, :, _TRIPLE_BYTE], 1, -1)  # [vector, row, channel, plane]
+    cut[:, _TRIPLE_WORD, :, _TRIPLE_BYTE] = np.moveaxis(_cut_plane_bytes(planes, bits, signed_cut), -1, 1)
+    return cut.reshape(a.shape)
+
+
+def _cut_plane_bytes(planes: np.ndarray, bits: int, signed_cut) -> np.ndarray:
+    """``planes`` uint8 [..., S]: the S planes of 8 weights' codes, plane 0 the most significant, each weight at its
+    bit position of the S bytes; the codes cut, stored again."""
+    span = planes.shape[-1]
+    bit = (planes[..., None] >> np.arange(8, dtype=np.uint8)) & 1  # [..., S, 8]
     significance = (1 << (span - 1 - np.arange(span, dtype=np.int16)))[:, None]
     unsigned = signed_cut((bit.astype(np.int16) * significance).sum(axis=-2) - (1 << bits)) + (1 << bits)
-    bits_back = (unsigned[..., None, :] >> (span - 1 - np.arange(span))[:, None]) & 1  # [R, S, bytes / S, S, 8]
-    return (bits_back << np.arange(8)).sum(axis=-1).astype(np.uint8).reshape(a.shape)
+    bits_back = (unsigned[..., None, :] >> (span - 1 - np.arange(span))[:, None]) & 1  # [..., S, 8]
+    return (bits_back << np.arange(8)).sum(axis=-1).astype(np.uint8)

@@ -15,6 +15,7 @@ from kernel_runs import assert_close, run
 CASES = [  # (N, K, Config): bits - 1 magnitude planes kept (or `planes`) + the sign = the LUT planes
     (5, 1, bie_bitplane.Config(bits=2)),  # 2 LUT planes, one weight per row
     (37, 101, bie_bitplane.Config(bits=3)),
+    (40, 200, bie_bitplane.Config(bits=3, group_size=64)),  # 3 LUT planes, grouped scales
     (16, 64, bie_bitplane.Config(bits=4)),
     (20, 250, bie_bitplane.Config(bits=5, group_size=64)),
     (33, 33, bie_bitplane.Config(bits=6, planes=2)),
@@ -90,7 +91,7 @@ def test_planes_cut_at_load_equal_planes_cut_at_compile(kept, lut_target):
 
 @pytest.mark.parametrize("bits,kept", [(3, 1), (4, 1), (4, 2)])
 def test_int8_tables_cut_at_load_equal_planes_cut_at_compile(bits, kept, lut_target):
-    """keep_top_planes on the int8 tables' bytes (offset binary, 2 or 4 planes a channel): the bytes of the codes of
+    """keep_top_planes on the int8 tables' bytes (offset binary, 2, 3 or 4 bytes a channel): the bytes of the codes of
     the encoding compiled with ``planes=kept``, at the full encoding's significance (so the same weights)."""
     n, k = 40, 100  # a short last group and channel block: their padding stays zero
     full, cut = (encode(n, k, bie_bitplane.Config(bits=bits, planes=planes), 2) for planes in (0, kept))
@@ -152,14 +153,24 @@ def test_int8_tables_stay_within_their_stated_bound(n, k, config, lut_target):
 
 
 @pytest.mark.parametrize("n,k,config", [(37, 200, bie_bitplane.Config(bits=4, group_size=64)),
+                                         (21, 130, bie_bitplane.Config(bits=3, group_size=64)),
                                          (40, 96, bie_bitplane.Config(bits=2, group_size=64))])
 def test_int8_tables_panel_gemm_with_grouped_scales(n, k, config, lut_target):
-    """Grouped scales are applied in the decode, which reads the int8 tables' bytes as words (4 or 2 planes)."""
+    """Grouped scales are applied in the decode, which reads the int8 tables' bytes as words (4, 3 or 2 planes)."""
     enc = encode(n, k, config, n + k)
     call, _, _ = int8_call(enc, lut_target)
     rows = np.random.default_rng(k).standard_normal((19, k)).astype(np.float32)
     want = rows @ bie_bitplane.decode(enc).T.astype(np.float64)
     assert_close(run(call.large_batch.func, lut_target, rows, call.constants, (19, n)), want)
+
+
+def test_int8_tables_store_3_planes_in_3_bytes_a_channel():
+    """At 3 planes every stored byte is a plane of the codes (no zero plane): codes at the top of the range (offset
+    binary 7) set every bit, at the bottom (0) none; 3 vectors of 64 bytes a block and group."""
+    for code, byte in ((3, 255), (-4, 0)):
+        nibbles = bitplane_lut.int8_nibbles(np.full((32, 64), code), 2)
+        assert nibbles.shape == (2 * 2, 3, 64)
+        assert (nibbles == byte).all()
 
 
 def test_int8_tables_take_at_most_4_planes():

@@ -268,13 +268,13 @@ def decoded_weight(words, scales, *, n: int, k: int, magnitude_planes: int, shif
 
 def int8_planes(magnitude_planes: int) -> int:
     """Planes a channel has in the bytes the int8-table GEMV's dot products sum: 2 (up to 2 planes: vpmaddubsw sums
-    byte pairs) or QUAD (vpdpbusd: with 3 planes the first of them zero, put in by :func:`int8_expanded`)."""
+    byte pairs) or QUAD (vpdpbusd; at 3 planes the first is zero, not stored: :func:`int8_stored_planes`)."""
     return 2 if magnitude_planes + 1 <= 2 else QUAD
 
 
 def int8_stored_planes(magnitude_planes: int) -> int:
-    """Planes (bytes) a channel has in :func:`int8_nibbles`: :func:`int8_planes`, but 3 at 3 planes (the zero plane
-    that vpdpbusd's fourth byte needs is not stored)."""
+    """Bytes a channel has in a vector of :func:`int8_nibbles` on average (its rows: this many vectors of 64 bytes):
+    :func:`int8_planes`, but 3 at 3 planes (the zero plane is not stored)."""
     return TRIPLE if magnitude_planes + 1 == TRIPLE else int8_planes(magnitude_planes)
 
 
@@ -288,11 +288,11 @@ def int8_nibbles(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
     weights ``4 t .. 4 t + 3`` (nibble bit ``i``: weight ``4 t + i``). A vector's 128-bit lane ``l`` looks up one
     table, ``l // S`` of those of the vector (4 / S of them), for the block's channels ``(l % S) * 16 / S`` on, each
     channel's S planes in S consecutive bytes (what vpdpbusd or vpmaddubsw sums); vector ``h``'s low nibbles are
-    tables ``h * 4 / S`` on, its high nibbles the tables 4 further. B = S: the rows are those S vectors.
+    tables ``h * 4 / S`` on, its high nibbles the tables 4 further. Padding weights are zero (``u = 2^P``).
 
-    B = 3 (3 planes): the zero plane is left out. Vector ``h``'s other bytes are the row's bytes ``48 h`` to
-    ``48 h + 47``, plane by plane (plane ``p`` of channel ``c``: byte ``48 h + 16 (p - 1) + c``), expanded into the
-    vector by :func:`int8_expanded`. Padding weights are zero (``u = 2^P``)."""
+    B = S: a row is its S vectors. B = 3 (3 planes): the zero plane, byte 0 of each word, is not stored; a row is
+    vectors 0 to 2, each with its planes in the bytes :func:`triple_bytes` of its words, and in the byte left free
+    (byte ``h`` of vector ``h``) plane ``h + 1`` of vector 3 (read by :func:`int8_index_vector`)."""
     n, k = codes.shape
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     span = int8_planes(magnitude_planes)
@@ -305,29 +305,44 @@ def int8_nibbles(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
     nibble = (bits << np.arange(4)[:, None]).sum(axis=7)
     byte = nibble[:, :, :, :, 0] | (nibble[:, :, :, :, 1] << 4)  # [blk, group, channel, g, vector, table, plane]
     vectors = byte.transpose(0, 3, 4, 5, 1, 2, 6).reshape(blocks * kg, span, 64).astype(np.uint8)
-    if int8_stored_planes(magnitude_planes) == TRIPLE:  # [row, vector, channel, plane] -> its planes 1-3, plane-major
-        vectors = vectors.reshape(blocks * kg, QUAD, LANES, QUAD)[..., 1:].transpose(0, 1, 3, 2)
+    if int8_stored_planes(magnitude_planes) == TRIPLE:  # vector 3's plane h + 1 in byte h of vector h's words
+        words = vectors.reshape(blocks * kg, QUAD, LANES, QUAD)
+        vectors = np.empty_like(words[:, :TRIPLE])
+        for h in range(TRIPLE):
+            vectors[:, h][..., triple_bytes(h)] = words[:, h, :, 1:]
+            vectors[:, h, :, h] = words[:, TRIPLE, :, h + 1]
     return np.ascontiguousarray(vectors.reshape(blocks * kg, int8_stored_planes(magnitude_planes), 64))
 
 
 def int8_index_vector(rows: T.Buffer, r, h: int, magnitude_planes: int):
-    """Index vector ``h`` (uint8x64, each channel's S planes in S bytes) of row ``r`` of :func:`int8_nibbles`' bytes
-    (``rows``: a TIR buffer [rows, 64 B] over them). At 3 planes one 64-byte load within the row (vector 3's ends at
-    the row's end) and one constant byte permutation of it (vpermb, AVX-512 VBMI) that puts a channel's 3 planes in
-    bytes 1 to 3 of its word; byte 0, the zero plane, holds a copy of plane 1 (the dot product weighs it 0)."""
-    if int8_stored_planes(magnitude_planes) != TRIPLE:
-        return rows[r, T.Ramp(64 * h, 1, 64)]
-    start = min(48 * h, TRIPLE * 64 - 64)
-    index = [48 * h - start + LANES * max(q - 1, 0) + c for c in range(LANES) for q in range(QUAD)]
-    return tirx.Shuffle([rows[r, T.Ramp(start, 1, 64)]], [tirx.IntImm("int32", i) for i in index])
+    """Index vector ``h`` (uint8x64) of row ``r`` of :func:`int8_nibbles`' bytes (``rows``: a TIR buffer [rows, 64 B]
+    over them) and the weights of its words' bytes in the dot product (a uint32 pattern: plane ``p`` of S weighs
+    ``2^(S - 1 - p)``, a byte of no plane of the vector 0).
+
+    At 3 planes vectors 0 to 2 are the row's vectors, each with one byte of vector 3's in its words (weighing 0), and
+    vector 3 is those bytes put together (LLVM: a vpandq and two vpternlogq): 192 bytes read per row, not 256, for
+    3 more logic operations (a byte permutation a vector, vpermb, was slower: benchmarks/README.md,
+    ``bitplane_gemv.py``, stop 22)."""
+    stored = int8_stored_planes(magnitude_planes)
+    if stored != TRIPLE:
+        return rows[r, T.Ramp(64 * h, 1, 64)], 0x01020408 if stored == QUAD else 0x01020102
+    if h < TRIPLE:
+        return rows[r, T.Ramp(64 * h, 1, 64)], sum(w << 8 * q for w, q in zip((4, 2, 1), triple_bytes(h)))
+    words = [T.reinterpret("uint32x16", rows[r, T.Ramp(64 * j, 1, 64)]) for j in range(TRIPLE)]
+    mask = [T.Broadcast(T.uint32(255 << 8 * j), LANES) for j in range(TRIPLE)]
+    return T.reinterpret("uint8x64", (words[0] & mask[0]) | (words[1] & mask[1]) | (words[2] & mask[2])), 0x00010204
+
+
+def triple_bytes(h: int) -> list:
+    """The bytes of its words that vector ``h`` < 3 of a 3-plane row holds its planes 1 to 3 in: all but byte ``h``,
+    which holds plane ``h + 1`` of vector 3."""
+    return [q for q in range(QUAD) if q != h]
 
 
 def int8_words(nibbles: te.Tensor, magnitude_planes: int) -> te.Tensor:
-    """:func:`int8_nibbles`' bytes (a TE tensor) as :func:`int8_decoded_value` reads them (a view, see
-    :func:`.panel_gemm.decoder`): a channel's S planes are S consecutive bytes, one word; at 3 planes a plane of 16
-    channels is 16 consecutive bytes, a row of [rows, 12, 16] bytes."""
-    if int8_stored_planes(magnitude_planes) == TRIPLE:
-        return panel_gemm.shape_view(nibbles, [nibbles.shape[0], QUAD * TRIPLE, LANES])
+    """:func:`int8_nibbles`' bytes (a TE tensor) as the words :func:`int8_decoded_value` reads (a
+    :func:`.panel_gemm.word_view`): a channel's S planes are S consecutive bytes, one word (at 3 planes the word's
+    4 bytes hold 3 planes of one vector and one of vector 3)."""
     return panel_gemm.word_view(nibbles, f"uint{8 * int8_planes(magnitude_planes)}")
 
 
@@ -335,8 +350,8 @@ def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: i
     """``f(n, kk)``: the integer :func:`int8_nibbles`' bytes hold for weight ``kk`` of channel ``n``, read from
     :func:`int8_words` (a TE tensor). Word ``t % (4 / S) * 16 + c`` of vector ``t % 4 // (4 / S)`` is channel ``c``'s S
     planes for table ``t``, a vector along the channels; plane ``p``'s bit of the weight is bit ``8 p + b`` of it. At
-    3 planes plane ``p`` (1 to 3) of vector ``t % 4`` is row ``3 (t % 4) + p - 1`` of 16 bytes, bit ``b`` of byte
-    ``c``."""
+    3 planes plane ``p`` (1 to 3) of vector ``h = t % 4`` is byte ``p - 1`` (below ``h``) or ``p`` of word ``c`` of
+    vector ``h``, and of vector 3 byte ``p - 1`` of vector ``p - 1``'s (see :func:`triple_bytes`)."""
     kg = -(-k // GROUP)
     span = int8_planes(magnitude_planes)
     per_vector = QUAD // span  # tables of a vector's low nibbles
@@ -349,17 +364,21 @@ def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: i
         row, table, i = n // LANES * kg + kk // GROUP, kk % GROUP // 4, kk % 4
         bit = (table // QUAD * 4 + i).astype(dtype)
 
-        def plane_bit(p):  # the word (or byte) that holds plane p's bit of the weight, the bit's mask
-            if triple:
-                return words[row, table % QUAD * TRIPLE + p - 1, n % LANES], tirx.const(1, dtype) << bit
-            word = words[row, table % QUAD // per_vector, table % per_vector * LANES + n % LANES]
-            return word, tirx.const(1, dtype) << (bit + tirx.const(8 * p, dtype))
+        def plane_bit(p):  # the word that holds plane p's bit of the weight, and the bit's place in it
+            if not triple:
+                return words[row, table % QUAD // per_vector, table % per_vector * LANES + n % LANES], 8 * p
+            h = table % QUAD
+            vector = tirx.Select(h < TRIPLE, h, tirx.const(p - 1, h.ty))
+            return words[row, vector, n % LANES], (tirx.Select(h <= p - 1, 8 * p, 8 * (p - 1))).astype(dtype)
 
-        zero = tirx.const(0, "int32")
-        # as decoded_value: each plane's bit selects its significance (a mask test and a blend per vector)
-        terms = [tirx.Select(word & mask != tirx.const(0, dtype), tirx.const((1 << (span - 1 - p)) << shift, "int32"),
-                             zero) for p in planes for word, mask in [plane_bit(p)]]
-        return lut.tree(terms) - tirx.const((1 << magnitude_planes) << shift, "int32")
+        def term(p):
+            word, at = plane_bit(p)
+            mask = tirx.const(1, dtype) << (bit + (tirx.const(at, dtype) if isinstance(at, int) else at))
+            # as decoded_value: each plane's bit selects its significance (a mask test and a blend per vector)
+            return tirx.Select(word & mask != tirx.const(0, dtype), tirx.const((1 << (span - 1 - p)) << shift, "int32"),
+                               tirx.const(0, "int32"))
+
+        return lut.tree([term(p) for p in planes]) - tirx.const((1 << magnitude_planes) << shift, "int32")
 
     return value
 
@@ -384,7 +403,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
 
     Per row, each group's 8 float32 tables are quantized with one step ``s_g`` (the group's largest entry over
     TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors need them (see ``stored``). Per
-    block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles (2 look-up
+    block of 16 channels and group: S vectors of 64 index bytes (:func:`int8_index_vector`), each split into its low and high nibbles (2 look-up
     vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
     ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or vpmaddubsw into
     int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's exact integer sum
@@ -406,10 +425,8 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     per_group = groups > 1
     fill_tables = lut.fill_tables(k, kp)
     tasks = task_loop(n, k, magnitude_planes, shift, scale_group, groups, lines=stored_planes)
-    # plane p weighs 2^(span - 1 - p): bytes 8, 4, 2, 1 (quads) or 2, 1 (pairs), little-endian; at 3 planes byte 0
-    # (not the zero plane: a copy of plane 1, see int8_index_vector) weighs 0
-    pattern = {TRIPLE: 0x01020400, QUAD: 0x01020408}.get(stored_planes, 0x01020102)
-    weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(pattern, "uint32"), LANES))
+    def weights(pattern):
+        return T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(pattern, "uint32"), LANES))
 
     def looked_up(small, first, nibbles):
         # the vector of tables first .. first + QUAD / span - 1, each in span 128-bit lanes
@@ -418,20 +435,22 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
                                                          [tirx.IntImm("int32", i) for i in range(width)])
         return tirx.call_llvm_pure_intrin("int8x64", lut.SHUFFLE, lanes, T.reinterpret("int8x64", nibbles))
 
-    def quad_sum(small, first, v):
+    def quad_sum(small, first, index):
         # the int32 sums of one index vector's 2 look-ups for 16 channels (vector h: table rows h and h + QUAD)
+        v, pattern = index
         zero = T.Broadcast(T.int32(0), LANES)
-        low = tirx.call_llvm_pure_intrin("int32x16", lut.DOT, zero, weights,
+        low = tirx.call_llvm_pure_intrin("int32x16", lut.DOT, zero, weights(pattern),
                                          looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
-        return tirx.call_llvm_pure_intrin("int32x16", lut.DOT, low, weights,
+        return tirx.call_llvm_pure_intrin("int32x16", lut.DOT, low, weights(pattern),
                                           looked_up(small, first + 4, v >> T.Broadcast(T.uint8(4), width)))
 
-    def pair_sum(small, first, v):
+    def pair_sum(small, first, index):
         # the int16 sums of one index vector's 2 look-ups: channels 0-15 of its tables h * 2 (words 0-15) and
         # h * 2 + 1 (words 16-31), h * 2 + 4 and h * 2 + 5 (table rows h and h + 2)
-        return (tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
+        v, pattern = index
+        return (tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights(pattern),
                                            looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
-                + tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
+                + tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights(pattern),
                                              looked_up(small, first + 4, v >> T.Broadcast(T.uint8(4), width))))
 
     def group_dot(small, first, words):

@@ -75,12 +75,6 @@ def word_view(holder: te.Tensor, dtype: str) -> te.Tensor:
     return te.placeholder([*holder.shape[:-1], holder.shape[-1] // width], dtype, f"{holder.name}_{dtype}")
 
 
-def shape_view(holder: te.Tensor, shape: list) -> te.Tensor:
-    """``holder``'s elements (row-major) in another ``shape`` of as many: one of a :func:`decoder`'s ``views``, for a
-    decode whose runs of channels are contiguous in the holder but not along its last dim."""
-    return te.placeholder(shape, holder.dtype, f"{holder.name}_{'x'.join(str(d) for d in shape)}")
-
-
 def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
             position: te.Tensor | None = None, group: int | None = None,
             views: list[tuple[te.Tensor, te.Tensor]] = ()) -> tirx.PrimFunc:
@@ -92,8 +86,8 @@ def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int,
     ``holders``): the weight's channels are stored rows, output channel ``c`` is stored row ``position[c]``; the
     product (and ``scale``) is in stored order. ``group``: the codec's words hold this many consecutive weights of
     K (bit ``j`` of a word: weight ``j`` of its group); the decode then runs group by group, a run of channels at a
-    time, so that each group's words and metadata are loaded once. ``views``: (a :func:`word_view` or :func:`shape_view`,
-    the holder it reads) pairs; a view is a parameter after the holders here, the holder's own memory in :func:`plain`."""
+    time, so that each group's words and metadata are loaded once. ``views``: (a :func:`word_view`, the holder it
+    reads) pairs; a view is a parameter after the holders here, the holder's own memory in :func:`plain`."""
     cols = matmul.COLS
     panels = -(-n // cols)
     decoded = te.compute((panels, k, cols), lambda p, kk, c: panel_weight(p, kk, c).astype("float32"), name=DECODED)
