@@ -67,12 +67,12 @@ def test_kernel_for_builds_the_tables_chosen(bits, asked, tables, target):
     assert call.kind == "bitplane_lut" + ("_int8" if tables == "int8" else "")
 
 
-@pytest.fixture(scope="module")
-def int8_mlp(model_dir, tmp_path_factory, target):
+@pytest.fixture(scope="module", params=[4, 3])  # bits: 4 or 3 planes with the sign (3: 3 index bytes a channel)
+def int8_mlp(request, model_dir, tmp_path_factory, target):
     if not lut.int8_supported(target):
         pytest.skip(f"{target} has no AVX-512 VNNI (the int8 tables' instructions)")
     out = tmp_path_factory.mktemp("lut-tables") / "mlp"
-    bie_compiler.compile_model(model_dir["mlp"], out, "bie-bitplane", {"bits": 4, "lut_tables": "int8"},
+    bie_compiler.compile_model(model_dir["mlp"], out, "bie-bitplane", {"bits": request.param, "lut_tables": "int8"},
                                min_weights=0, progress=None)
     return bie_compiler.load(out)
 
@@ -93,7 +93,7 @@ def test_int8_tables_are_listed_for_progressive_precision(int8_mlp):
     at load (tests/test_progressive_planes.py compares the cut with ``compile --planes``)."""
     progressive = int8_mlp.manifest["weights"]["progressive"]
     assert [entry["form"] for entry in progressive] == ["int8_nibbles"] * len(int8_mlp.manifest["layers"])
-    assert {entry["magnitude_bits"] for entry in progressive} == {3}
+    assert {entry["magnitude_bits"] for entry in progressive} == {int8_mlp.manifest["codec"]["options"]["bits"] - 1}
 
 
 def test_check_fails_an_int8_table_gemv_past_its_bound(int8_mlp, monkeypatch):
