@@ -363,20 +363,20 @@ def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: i
     def value(n, kk):
         row, table, i = n // LANES * kg + kk // GROUP, kk % GROUP // 4, kk % 4
         bit = (table // QUAD * 4 + i).astype(dtype)
-
-        def plane_bit(p):  # the word that holds plane p's bit of the weight, and the bit's place in it
-            if not triple:
-                return words[row, table % QUAD // per_vector, table % per_vector * LANES + n % LANES], 8 * p
-            h = table % QUAD
-            vector = tirx.Select(h < TRIPLE, h, tirx.const(p - 1, h.ty))
-            return words[row, vector, n % LANES], (tirx.Select(h <= p - 1, 8 * p, 8 * (p - 1))).astype(dtype)
+        h = table % QUAD
+        if triple:  # vector 3's word put together from the byte it has in each of the row's 3 (the same for 32 weights)
+            vector3 = lut.tree_of(lambda a, b: a | b, [words[row, j, n % LANES] & tirx.const(255 << 8 * j, dtype)
+                                                       for j in range(TRIPLE)])
+            word = tirx.Select(h < TRIPLE, words[row, tirx.min(h, TRIPLE - 1), n % LANES], vector3)
+        else:
+            word = words[row, h // per_vector, table % per_vector * LANES + n % LANES]
 
         def term(p):
-            word, at = plane_bit(p)
-            mask = tirx.const(1, dtype) << (bit + (tirx.const(at, dtype) if isinstance(at, int) else at))
+            # plane p's byte: byte p of the word (at 3 planes byte p - 1 of vector 3's, and of vector h's below h)
+            at = tirx.Select(h <= p - 1, 8 * p, 8 * (p - 1)).astype(dtype) if triple else tirx.const(8 * p, dtype)
             # as decoded_value: each plane's bit selects its significance (a mask test and a blend per vector)
-            return tirx.Select(word & mask != tirx.const(0, dtype), tirx.const((1 << (span - 1 - p)) << shift, "int32"),
-                               tirx.const(0, "int32"))
+            return tirx.Select(word & (tirx.const(1, dtype) << (bit + at)) != tirx.const(0, dtype),
+                               tirx.const((1 << (span - 1 - p)) << shift, "int32"), tirx.const(0, "int32"))
 
         return lut.tree([term(p) for p in planes]) - tirx.const((1 << magnitude_planes) << shift, "int32")
 
