@@ -165,8 +165,9 @@ def run(args: argparse.Namespace) -> dict:
             if error > bound(module):
                 raise SystemExit(f"{side}: {label}: relative error {error / np.abs(exact).max():.1e} against the "
                                  "exact product")
+            layers = CALLS if copies == 1 else copies
             calls[side] = (lambda kernel=kernel, tensors=tensors, copies=copies: [
-                kernel(*t) for t in tensors for _ in range(CALLS if copies == 1 else 1)], CALLS if copies == 1 else copies)
+                kernel(*t) for t in tensors for _ in range(CALLS if copies == 1 else 1)], layers)
         methods = [{"name": side, "pass": fn, "layers": layers} for side, (fn, layers) in calls.items()]
         interleaved_passes(methods, args.rounds, clock)
         times = {m["name"]: m["seconds"] for m in methods}

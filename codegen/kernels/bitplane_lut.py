@@ -44,7 +44,7 @@ LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
 FORM = "lut_planes"  # the progressive-precision form of the words (weights.PRECISION_ATTR)
 TABLES = ("fp32", "int8")  # the look-up tables: exact float32 subset sums, or int8 quantized per group
 QUAD = bie_bitplane.INT8_TABLE_PLANES  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most
-TRIPLE = 3  # planes whose int8-table bytes are stored 3 a channel, expanded to vpdpbusd's 4 in registers
+TRIPLE = 3  # planes whose int8-table bytes are stored 3 a channel (int8_nibbles), read as vpdpbusd's 4 in registers
 PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
 
 
@@ -273,7 +273,7 @@ def int8_planes(magnitude_planes: int) -> int:
 
 
 def int8_stored_planes(magnitude_planes: int) -> int:
-    """Bytes a channel has in a vector of :func:`int8_nibbles` on average (its rows: this many vectors of 64 bytes):
+    """Vectors of 64 bytes in a row of :func:`int8_nibbles` (a channel's bytes per table, on average):
     :func:`int8_planes`, but 3 at 3 planes (the zero plane is not stored)."""
     return TRIPLE if magnitude_planes + 1 == TRIPLE else int8_planes(magnitude_planes)
 
@@ -403,12 +403,12 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
 
     Per row, each group's 8 float32 tables are quantized with one step ``s_g`` (the group's largest entry over
     TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors need them (see ``stored``). Per
-    block of 16 channels and group: S vectors of 64 index bytes (:func:`int8_index_vector`), each split into its low and high nibbles (2 look-up
-    vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
-    ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or vpmaddubsw into
-    int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's exact integer sum
-    for 16 channels in 2 S shuffles, times ``s_g`` into a float32 accumulator. The offset of the codes,
-    ``2^P * sum(x)``, is subtracted with the exact activation sum."""
+    block of 16 channels and group: S vectors of 64 index bytes (:func:`int8_index_vector`), each split into its
+    low and high nibbles (2 look-up vectors), each looked up with vpshufb and its channels' S planes summed with the
+    planes' weights ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or
+    vpmaddubsw into int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's
+    exact integer sum for 16 channels in 2 S shuffles, times ``s_g`` into a float32 accumulator. The offset of the
+    codes, ``2^P * sum(x)``, is subtracted with the exact activation sum."""
     check_tables("int8", magnitude_planes)
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     kp = kg * GROUP
@@ -425,7 +425,9 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     per_group = groups > 1
     fill_tables = lut.fill_tables(k, kp)
     tasks = task_loop(n, k, magnitude_planes, shift, scale_group, groups, lines=stored_planes)
+
     def weights(pattern):
+        # an index vector's byte weights (int8_index_vector's uint32 pattern) in every word
         return T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(pattern, "uint32"), LANES))
 
     def looked_up(small, first, nibbles):
