@@ -74,7 +74,7 @@ def bbs_layers(enc, tables: str, factor: float, target):
     from bie_compiler.codegen.kernels import bbs_lut, lut
 
     call = kernel_for(enc, target, lut_tables=tables)
-    if call.kind != "bbs_lut" or (tables == "int8" and not lut.int8_supported(target)):
+    if not call.kind.startswith(bbs_lut.KIND) or (tables == "int8" and not lut.int8_supported(target)):
         raise SystemExit(f"expected the LUT kernel with {tables} tables on {target}, got {call.kind}")
     kernel = tvm.compile(tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")}), target).mod["main"]
     layer_bytes = sum(c.nbytes for c in call.constants)

@@ -3,7 +3,8 @@
 The kernel of the working tree (``codegen/kernels/bitplane_lut.py``, or
 ``bbs_lut.py`` with ``--codec bbs``, and ``lut.py``) and the one of
 ``--against`` (those files as they were at that revision, loaded as modules of
-their own) are built for the same weights, checked against the exact product
+their own) are built for the same weights (each laid out by its own revision's
+``words_of``), checked against the exact product
 (``bie-bitplane``: random codes and scales; ``bbs``: the moderate preset's
 encoding of heavy-tailed weights at each ``--sensitive`` fraction, against its
 reference decoder), and called in turn, the order alternating every round; the
@@ -96,8 +97,8 @@ def kernels_at(revision: str, codec: str):
 
 
 def bitplane_cases(args, n: int, k: int, rng):
-    """Per ``--planes``: its label, the kernel a module builds, the constants, x, the exact product and the largest
-    error a module's kernel may make."""
+    """Per ``--planes``: its label, the kernel a module builds, the constants a module lays out, x, the exact
+    product and the largest error a module's kernel may make."""
     from bie_compiler.codegen.kernels import bitplane_lut
 
     for planes in (int(p) for p in args.planes.split(",")):
@@ -110,8 +111,8 @@ def bitplane_cases(args, n: int, k: int, rng):
         exact = x.astype(np.float64) @ (codes * np.repeat(scales, scale_group, axis=1)[:, :k]).T
         int8 = args.tables == "int8"
         yield (f"{planes} planes", lambda module, layout=layout: (module.int8_gemv if int8 else module.gemv)(
-            **layout._asdict()), [bitplane_lut.words_of(codes, magnitude, args.tables),
-                                  bitplane_lut.lanes_of_scales(scales)], x, exact,
+            **layout._asdict()), lambda module, codes=codes, magnitude=magnitude, scales=scales: [
+                module.words_of(codes, magnitude, args.tables), module.lanes_of_scales(scales)], x, exact,
             lambda module, x=x, layout=layout, scales=scales: np.abs(module.int8_error_bound(x, layout, scales)).max()
             if int8 else 1e-5 * np.abs(exact).max())
 
@@ -129,7 +130,8 @@ def bbs_cases(args, n: int, k: int, rng):
         exact = x.astype(np.float64) @ bbs.decode(enc).T.astype(np.float64)
         int8 = args.tables == "int8"
         constants = bbs_decoded.constants(enc, args.tables)
-        yield (f"sensitive {fraction:g}", lambda module, enc=enc: module.gemv(enc, args.tables), constants, x, exact,
+        yield (f"sensitive {fraction:g}", lambda module, enc=enc: module.gemv(enc, args.tables),
+               lambda module, constants=constants: constants, x, exact,
                lambda module, x=x, enc=enc, exact=exact: np.abs(module.int8_error_bound(x, enc)).max() if int8
                else 1e-5 * np.abs(exact).max())
 
@@ -147,14 +149,15 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     clock = time.process_time if args.mode == "l2" else time.perf_counter
     rows = []
-    for label, build, constants, x, exact, bound in (bbs_cases if args.codec == "bbs" else bitplane_cases)(
+    for label, build, constants_of, x, exact, bound in (bbs_cases if args.codec == "bbs" else bitplane_cases)(
             args, n, k, rng):
-        stored = sum(c.nbytes for c in constants)
-        copies = 1 if args.mode == "l2" else copies_for(stored, 2.0)
-        tensors = [(tvm.runtime.tensor(x), *(tvm.runtime.tensor(c) for c in constants),
-                    tvm.runtime.empty((1, n), "float32")) for _ in range(copies)]
-        calls = {}
+        calls, stored = {}, {}
         for side, module in sides.items():
+            constants = constants_of(module)
+            stored[side] = sum(c.nbytes for c in constants)
+            copies = 1 if args.mode == "l2" else copies_for(stored[side], 2.0)
+            tensors = [(tvm.runtime.tensor(x), *(tvm.runtime.tensor(c) for c in constants),
+                        tvm.runtime.empty((1, n), "float32")) for _ in range(copies)]
             kernel = tvm.compile(tvm.IRModule({"main": build(module).with_attr("global_symbol", "main")}),
                                  target).mod["main"]
             kernel(*tensors[0])
@@ -162,9 +165,10 @@ def run(args: argparse.Namespace) -> dict:
             if error > bound(module):
                 raise SystemExit(f"{side}: {label}: relative error {error / np.abs(exact).max():.1e} against the "
                                  "exact product")
-            calls[side] = (lambda kernel=kernel: [kernel(*t) for t in tensors for _ in range(CALLS if copies == 1
-                                                                                              else 1)])
-        methods = [{"name": side, "pass": fn, "layers": CALLS if copies == 1 else copies} for side, fn in calls.items()]
+            layers = CALLS if copies == 1 else copies
+            calls[side] = (lambda kernel=kernel, tensors=tensors, copies=copies: [
+                kernel(*t) for t in tensors for _ in range(CALLS if copies == 1 else 1)], layers)
+        methods = [{"name": side, "pass": fn, "layers": layers} for side, (fn, layers) in calls.items()]
         interleaved_passes(methods, args.rounds, clock)
         times = {m["name"]: m["seconds"] for m in methods}
         tree, base = times["working tree"], times[args.against]
@@ -185,7 +189,7 @@ def report(res: dict) -> None:
         tree, base = row["ms"]["working tree"], row["ms"][res["against"]]
         print(f"  {row['case']}: {res['against']} {base:.4f} ms, working tree {tree:.4f} ms (medians); "
               f"working tree / {res['against']} = {row['median_ratio']:.3f} (medians), {row['least_ratio']:.3f} "
-              f"(least)")
+              f"(least); constants {row['words_bytes'][res['against']]} and {row['words_bytes']['working tree']} bytes")
 
 
 if __name__ == "__main__":

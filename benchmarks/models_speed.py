@@ -47,11 +47,11 @@ DENSE = ("dense", "bie-bitplane", {}, ("*",))  # (variant, codec, options, skip)
 BBS = ("bbs", "bbs", {"preset": "moderate"}, ())
 BITPLANE4 = ("bie-bitplane-4", "bie-bitplane", {"bits": 4}, ())
 INT8 = ("int8", "int8", {}, ())
-# the same encodings with the one-row GEMVs' int8 look-up tables (approximate, within a stated bound)
-BBS_INT8 = ("bbs-int8-tables", "bbs", {"preset": "moderate", "lut_tables": "int8"}, ())
-BITPLANE4_INT8 = ("bie-bitplane-4-int8-tables", "bie-bitplane", {"bits": 4, "lut_tables": "int8"}, ())
+# the same encodings with the one-row GEMVs' exact float32 look-up tables (the default, auto, gives both int8 ones)
+BBS_FP32 = ("bbs-fp32-tables", "bbs", {"preset": "moderate", "lut_tables": "fp32"}, ())
+BITPLANE4_FP32 = ("bie-bitplane-4-fp32-tables", "bie-bitplane", {"bits": 4, "lut_tables": "fp32"}, ())
 VARIANTS = {
-    "encoder": [DENSE, BBS, BBS_INT8, BITPLANE4, BITPLANE4_INT8, INT8],
+    "encoder": [DENSE, BBS, BBS_FP32, BITPLANE4, BITPLANE4_FP32, INT8],
     "mobilenet": [DENSE, BBS, BITPLANE4, INT8],
     "mlp": [DENSE, BBS], "transformer": [DENSE, BBS], "cnn": [DENSE, BBS],
 }

@@ -1,13 +1,14 @@
 """The panel GEMM (matmuls above one row) over the two layouts ``--lut-tables`` stores the same codes in.
 
-One layer (N x K, standard normal weights, fixed seed) encoded once with ``bie-bitplane --bits 4`` and once with
+One layer (N x K, standard normal weights, fixed seed) encoded once with ``bie-bitplane --bits BITS`` (4: 4 planes
+with the sign; 3: the int8 layout's 3 bytes a channel) and once with
 ``bbs --pruned-columns 4``; each encoding's panel GEMM (``kernel_for(...).large_batch``) built with the float32
 tables' layout and with the int8 tables' (``lut_tables="int8"``: the same codes, the GEMV's byte layout). Both kernels
 checked against the reference decoder, then timed in the same process at ``--rows`` rows of activations, the two
 layouts interleaved (the order alternating each round), ``--calls`` calls a round; printed: the median microseconds
 per call of each and int8 / fp32.
 
-    python benchmarks/panel_gemm_tables.py [--n 1536] [--k 384] [--rows 128] [--rounds 15] [--calls 20]
+    python benchmarks/panel_gemm_tables.py [--n 1536] [--k 384] [--rows 128] [--rounds 15] [--calls 20] [--bits 4]
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.target import make_target
 
-ENCODINGS = [("bie-bitplane", {"bits": 4}), ("bbs", {"pruned_columns": 4})]
 LAYOUTS = ("fp32", "int8")
 
 
@@ -56,9 +56,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--bits", type=int, default=4, help="bie-bitplane's bits (2 to 4: the int8 layout's planes)")
     args = parser.parse_args()
     target = make_target()
-    for codec, options in ENCODINGS:
+    for codec, options in [("bie-bitplane", {"bits": args.bits}), ("bbs", {"pruned_columns": 4})]:
         calls = layout_calls(codec, options, args.n, args.k, args.rows, target)
         times = {tables: [] for tables in LAYOUTS}
         for r in range(args.rounds):

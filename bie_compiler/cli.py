@@ -11,6 +11,7 @@ import warnings
 
 from . import __version__, codecs
 from .bench import EXTEND_LIMIT, WARMUP_SECONDS
+from .codecs.lut_tables import INT8_KIND_SUFFIX
 from .errors import BieError, BieWarning, OptionError
 from .evaluation import LABELS
 from .native_log import native_stderr_captured
@@ -324,8 +325,13 @@ def _print_report(manifest: dict) -> None:
                 str(layer["bytes_dense"]), str(layer["bytes_encoded"]),
                 ", ".join(map(str, nodes)) if isinstance(nodes, list) else "", note or "")
 
+    # the layers whose batch-1 GEMV got int8 look-up tables (--lut-tables): their kernels' names say so
+    int8_tables = {name for symbol, names in manifest["kernel_layers"].items()
+                   if symbol.endswith(INT8_KIND_SUFFIX) for name in names.split(", ")}
     for layer in manifest["layers"]:
         note, d = layer["fallback_reason"] or "", layer["details"]
+        if layer["name"] in int8_tables:
+            note = "int8 look-up tables at batch 1"
         if "index_bytes_global" in d:
             note = f"indices {d.get('index_bytes_blocked')} B vs {d['index_bytes_global']} B global"
         if "offloaded_to" in d:

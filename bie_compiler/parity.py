@@ -28,6 +28,7 @@ from .errors import ArtefactError, BieError, ModelError
 from .frontend import file_sha256, load_model
 from .model_identity import check_data_files
 from .preprocess import optimized
+from .codecs import lut_tables, rotation
 from .codecs.layout import codec_matrix, onnx_layout
 from .report import LayerRecord
 
@@ -250,65 +251,56 @@ def _compiled_kernel(runner, symbol: str):
     raise ArtefactError(f"{runner.path}: no compiled kernel {symbol!r}")
 
 
-def _int8_table_gemv(enc) -> tuple[str, int, list, object]:
-    """What ``check`` runs of a layer's int8-table GEMV: its kind (the suffix of its symbols), its K, its constants
-    and ``bound(x)``, the kernel's stated error bound per output."""
+def _int8_table_gemv(enc) -> tuple[int, list, object]:
+    """What ``check`` runs of a layer's int8-table GEMV: its K, its constants and ``bound(x)``, the kernel's stated
+    error bound per output."""
     from .codecs import bbs
     from .codegen.kernels import bbs_decoded, bbs_lut, bitplane, bitplane_lut
 
     if enc.codec == bbs.NAME:
-        return "bbs_lut", enc.shape[1], bbs_decoded.constants(enc, "int8"), lambda x: bbs_lut.int8_error_bound(x, enc)
+        return enc.shape[1], bbs_decoded.constants(enc, "int8"), lambda x: bbs_lut.int8_error_bound(x, enc)
     layout, codes, planes = bitplane.lut_parts(enc)
     constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, "int8"),
                  bitplane_lut.lanes_of_scales(planes.scales)]
-    return bitplane.LUT_KIND, layout.k, constants, lambda x: bitplane_lut.int8_error_bound(x, layout, planes.scales)
+    return layout.k, constants, lambda x: bitplane_lut.int8_error_bound(x, layout, planes.scales)
 
 
 def int8_table_layers(runner, reference: onnx.ModelProto, inputs: dict, encodings: dict) -> list[dict]:
     """Per layer whose batch-1 GEMV has int8 look-up tables (``lut_tables``: an approximation, which the decoded
     model's outputs cannot be matched against to fp32 error): the artefact's own GEMV kernel run on the layer's input
-    in the decoded-weights model, against the exact product, and the kernel's stated bound on that input
-    (``bitplane_lut.int8_error_bound``, ``bbs_lut.int8_error_bound``, per output; ``passed``: every error within it,
-    fp32 rounding aside). ``bound_rel`` / ``error_rel``: the largest bound / error over the largest exact output.
-    None where the artefact's CPU runs the exact tables (no AVX-512 VNNI: the default tolerance applies)."""
-    from .codegen.kernels import lut
-
-    target = runner.manifest["target"]
-    if target["kind"] != "llvm" or not lut.int8_supported(tvm.target.Target({"kind": "llvm", "mcpu": target["mcpu"]})):
-        return []
-    layers = [r for r in runner.manifest["layers"] if not r["fallback_reason"]  # a dense layer has no config
-              and r["config"].get("lut_tables") == "int8" and "kernel.lut_tables" not in r["details"]]
+    in the decoded-weights model (rotated as the kernel's is, for a rotated layer), against the exact product, and
+    the kernel's stated bound on that input (``bitplane_lut.int8_error_bound``, ``bbs_lut.int8_error_bound``, per
+    output; ``passed``: every error within it, fp32 rounding aside). ``bound_rel`` / ``error_rel``: the largest bound
+    / error over the largest exact output. The layers are those the artefact computes with such a kernel (its kind
+    ends with ``lut_tables.INT8_KIND_SUFFIX``: what ``lut_tables.chosen`` gave it at compile time); none where its
+    CPU runs the exact tables (the default tolerance applies)."""
+    # layers of one shape share their kernels: the manifest names the layers each symbol computes from
+    symbols = {name: symbol for symbol, names in runner.manifest["kernel_layers"].items()
+               if symbol.endswith(lut_tables.INT8_KIND_SUFFIX) for name in names.split(", ")}
+    layers = [r["name"] for r in runner.manifest["layers"] if r["name"] in symbols]
     if not layers:
         return []
     matmuls = {n.input[1]: n.input[0] for n in reference.graph.node if n.op_type in ("MatMul", "Gemm")}
-    unchecked = {r["name"]: "rotated: its kernel's input is the rotated activation" for r in layers
-                 if encodings[r["name"]].header.get("rotation")}
-    unchecked.update({r["name"]: "no MatMul or Gemm reads the weight itself" for r in layers
-                      if r["name"] not in matmuls})
-    values = _intermediates(reference, inputs, {r["name"]: matmuls[r["name"]] for r in layers
-                                                if r["name"] not in unchecked})
-    rows = [{"layer": name, "passed": False, "unchecked": why} for name, why in unchecked.items()]
-    for record in layers:
-        if record["name"] in unchecked:
+    unchecked = [name for name in layers if name not in matmuls]
+    values = _intermediates(reference, inputs, {name: matmuls[name] for name in layers if name not in unchecked})
+    rows = [{"layer": name, "passed": False, "unchecked": "no MatMul or Gemm reads the weight itself"}
+            for name in unchecked]
+    for name in layers:
+        if name in unchecked:
             continue
-        enc = encodings[record["name"]]
-        kind, k, constants, bound_of = _int8_table_gemv(enc)
-        # layers of one shape share their kernels: the manifest names the layers each symbol computes from
-        symbol = next((symbol for symbol, names in runner.manifest["kernel_layers"].items()
-                       if symbol.endswith(f"_{kind}") and record["name"] in names.split(", ")), None)
-        if symbol is None:
-            rows.append({"layer": record["name"], "passed": False, "unchecked": f"no {kind} kernel computes it"})
-            continue
-        x = values[record["name"]].reshape(-1, k).astype(np.float32)
-        kernel = _compiled_kernel(runner, symbol)
+        enc, negated = rotation.unrotated(encodings[name])  # a rotated layer's kernels: the rotated weight's
+        k, constants, bound_of = _int8_table_gemv(enc)
+        x = values[name].reshape(-1, k).astype(np.float32)
+        if negated is not None:  # its GEMV reads the rotated activation (codegen.hadamard)
+            x = rotation.rotate(x, negated).astype(np.float32)
+        kernel = _compiled_kernel(runner, symbols[name])
         out = tvm.runtime.empty((x.shape[0], enc.shape[0]), "float32", runner.device)
         kernel(tvm.runtime.tensor(x, runner.device), *(tvm.runtime.tensor(c, runner.device) for c in constants), out)
         exact = x.astype(np.float64) @ codecs.decode(enc).T.astype(np.float64)
         error = np.abs(out.numpy() - exact)
         bound = bound_of(x)
         peak = float(np.abs(exact).max()) or 1.0
-        rows.append({"layer": record["name"], "bound_rel": float(bound.max()) / peak,
-                     "error_rel": float(error.max()) / peak,
+        rows.append({"layer": name, "bound_rel": float(bound.max()) / peak, "error_rel": float(error.max()) / peak,
                      "passed": bool((error <= bound + LAYER_TOLERANCE * peak).all())})
     return rows
 

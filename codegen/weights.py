@@ -21,7 +21,8 @@ TANS_ARGS = (1, 2, 3)  # counts, offsets, words: the tANS kernels' arguments aft
 # On bie-bitplane kernels: how their argument after x holds each weight's magnitude bits, so that the runtime
 # can keep only the top P of them (progressive precision): {"form": "planes" (bit planes [P, N, packed K], most
 # significant first) | "codes" (int8 two's complement) | "nibbles" (4-bit two's complement, two per byte)
-# | "lut_planes" (two's complement planes of the look-up-table kernel, kernels/bitplane_lut.py),
+# | "lut_planes" (two's complement planes of the look-up-table kernel, kernels/bitplane_lut.py)
+# | "int8_nibbles" (offset-binary planes of its int8 tables, bitplane_lut.int8_nibbles),
 # "magnitude_bits": the bits (planes) stored}.
 PRECISION_ATTR = "bie.progressive"
 PRECISION_ARG = 1

@@ -65,7 +65,7 @@ MANIFEST = {
     "kernel_layers": MapOf(NAME),
     "files": MapOf({"sha256": SHA256, "bytes": int}),
     "weights": {"tensors": int, "bytes": int, "tans_streams": int,
-                "progressive": [{"tensor": int, "form": Choice(("planes", "codes", "nibbles", "lut_planes")), "magnitude_bits": int}],
+                "progressive": [{"tensor": int, "form": Choice(("planes", "codes", "nibbles", "lut_planes", "int8_nibbles")), "magnitude_bits": int}],
                 "at_load?": Choice(("main_transform_params",))},  # computes main's weights from these, at load
     "device_code?": {"source": NAME, "layer_kernels": MapOf([Pattern(r"\w{1,512}")])},
     "calibration?": {"path": str, "sha256": SHA256, "samples": int, "damping": float, "act_order": bool},

@@ -132,8 +132,7 @@ class Runner:
         self.device = check_host(self.manifest["target"])
         configure_thread_pool()
         if planes is not None:
-            weights = keep_top_planes(weights, self.manifest["weights"]["progressive"], planes, self.path,
-                                      self.manifest["layers"])
+            weights = keep_top_planes(weights, self.manifest["weights"]["progressive"], planes, self.path)
         self.weights = [tvm.runtime.tensor(w, self.device) for w in weights]  # what main takes after the inputs
         try:
             with library as path:

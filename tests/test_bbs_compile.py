@@ -22,6 +22,15 @@ def artefacts(model_dir, tmp_path_factory):
     }
 
 
+def assert_parity(result: dict, batch: int) -> None:
+    """The artefact computes its decoded-weights model to fp32 rounding, but at one row where the GEMVs have int8
+    look-up tables (the default at 4 kept columns on a CPU with AVX-512 VNNI): each within its stated bound, which
+    ``check`` bounds."""
+    assert result["passed"], result
+    if batch > 1 or "int8_table_layers" not in result:
+        assert result["decoded_max_rel_err"] < 1e-4, result
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("model", ["mlp", "transformer", "cnn"])
 def test_parity_with_decoded_weights_model(artefacts, model, preset):
@@ -29,9 +38,7 @@ def test_parity_with_decoded_weights_model(artefacts, model, preset):
     for layer in runner.manifest["layers"]:
         assert layer["codec"] == "bbs", layer  # convs included
     for batch in (1, 8):
-        result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
-        assert result["decoded_max_rel_err"] < 1e-4, result
-        assert result["passed"]
+        assert_parity(check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch)), batch)
 
 
 def test_cnn_with_every_channel_pruned(model_dir, tmp_path):
@@ -41,8 +48,7 @@ def test_cnn_with_every_channel_pruned(model_dir, tmp_path):
     runner = bie_compiler.load(out)
     assert {l["details"]["header.sensitive"] for l in runner.manifest["layers"]} == {0}
     for batch in (1, 8):
-        result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
-        assert result["decoded_max_rel_err"] < 1e-4, result
+        assert_parity(check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch)), batch)
 
 
 def test_plan_records_sensitive_counts_that_reencode(artefacts):

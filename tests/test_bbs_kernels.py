@@ -28,7 +28,7 @@ def test_matmul_kernels_match_reference_decoder(options, n, k, target):
     rng = np.random.default_rng(n * k)
     w = rng.standard_t(4, (n, k)).astype(np.float32)
     enc = bbs.encode(w, make_config("bbs", options))
-    call = kernel_for(enc, target)
+    call = kernel_for(enc, target, lut_tables="fp32")  # the exact tables (auto takes int8 at 4 kept columns)
     assert call.kind == ("bbs_lut" if lut.supported(target) else "bbs_decoded") and call.large_batch.kind == "bbs_gemm"
     without_avx512 = kernel_for(enc, make_target(mcpu="x86-64-v3"))
     decoded = bbs.decode(enc).astype(np.float64)
@@ -52,7 +52,7 @@ def test_int8_tables_within_their_stated_bound(options, n, k, target):
     rng = np.random.default_rng(n * k + 1)
     enc = bbs.encode(rng.standard_t(4, (n, k)).astype(np.float32), make_config("bbs", options))
     call = kernel_for(enc, target, lut_tables="int8")
-    fp32 = kernel_for(enc, target)
+    fp32 = kernel_for(enc, target, lut_tables="fp32")
     assert [c.nbytes for c in call.constants] == [c.nbytes for c in fp32.constants]  # the same bytes, moved
     decoded = bbs.decode(enc).astype(np.float64)
     for batch in (1, 5):
@@ -76,12 +76,13 @@ def test_int8_tables_only_where_4_columns_are_kept(target):
         columns = kernel_for(enc, target, lut_tables="int8").constants[3]
         np.testing.assert_array_equal(columns, bbs_lut.int8_nibbles(enc.arrays["columns"]) if fits
                                       else enc.arrays["columns"])
+        assert kernel_for(enc, target).kind == ("bbs_lut_int8" if fits else "bbs_lut")  # the default: auto
 
 
 @pytest.mark.skipif("avx512f" not in isa(host_cpu()), reason="the LUT kernel needs AVX-512 on this host")
 def test_lut_kernel_uses_the_table_lookup_and_runs_in_parallel(target):
     enc = bbs.encode(np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32), bbs.Config())
-    script = kernel_for(enc, target).func.script()
+    script = kernel_for(enc, target, lut_tables="fp32").func.script()
     assert "llvm.x86.avx512.permvar.sf.512" in script and "T.parallel" in script
 
 

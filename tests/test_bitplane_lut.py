@@ -15,6 +15,7 @@ from kernel_runs import assert_close, run
 CASES = [  # (N, K, Config): bits - 1 magnitude planes kept (or `planes`) + the sign = the LUT planes
     (5, 1, bie_bitplane.Config(bits=2)),  # 2 LUT planes, one weight per row
     (37, 101, bie_bitplane.Config(bits=3)),
+    (40, 200, bie_bitplane.Config(bits=3, group_size=64)),  # 3 LUT planes, grouped scales
     (16, 64, bie_bitplane.Config(bits=4)),
     (20, 250, bie_bitplane.Config(bits=5, group_size=64)),
     (33, 33, bie_bitplane.Config(bits=6, planes=2)),
@@ -39,7 +40,7 @@ def lut_target(target):
 @pytest.mark.parametrize("n,k,config", CASES)
 def test_lut_gemv_and_its_panel_gemm_match_the_reference_decoder(n, k, config, lut_target):
     enc = encode(n, k, config, n + k)
-    call = kernel_for(enc, lut_target)
+    call = kernel_for(enc, lut_target, lut_tables="fp32")  # the exact tables (auto takes int8 at 2 and 4 planes)
     assert call.kind == "bitplane_lut"
     assert call.constants[0].shape[0] == config.kept_planes + 1
     decoded = bie_bitplane.decode(enc)
@@ -54,7 +55,7 @@ def test_each_activation_of_a_group_is_looked_up_in_its_field(lut_target):
     activations reaches its own table entry, the last two through a shift that repeats the sign bit (bit 31)."""
     n, k = 16, 64
     enc = encode(n, k, bie_bitplane.Config(bits=4), 3)
-    call = kernel_for(enc, lut_target)
+    call = kernel_for(enc, lut_target, lut_tables="fp32")
     decoded = bie_bitplane.decode(enc)
     assert (decoded[:, 31::32] < 0).any() and (decoded[:, 30::32] != 0).any()  # words with bit 31 set, bit 30 used
     assert_close(run(call.func, lut_target, np.eye(k, dtype=np.float32), call.constants, (k, n)),
@@ -86,6 +87,23 @@ def test_planes_cut_at_load_equal_planes_cut_at_compile(kept, lut_target):
     shift = bits - 1 - kept
     np.testing.assert_array_equal(bitplane_lut.codes_of_planes(at_load, bits - 1),
                                   bitplane_lut.codes_of_planes(cut.constants[0], kept) << shift)
+
+
+@pytest.mark.parametrize("bits,kept", [(3, 1), (4, 1), (4, 2)])
+def test_int8_tables_cut_at_load_equal_planes_cut_at_compile(bits, kept, lut_target):
+    """keep_top_planes on the int8 tables' bytes (offset binary, 2, 3 or 4 bytes a channel): the bytes of the codes of
+    the encoding compiled with ``planes=kept``, at the full encoding's significance (so the same weights)."""
+    n, k = 40, 100  # a short last group and channel block: their padding stays zero
+    full, cut = (encode(n, k, bie_bitplane.Config(bits=bits, planes=planes), 2) for planes in (0, kept))
+    layout, _, _ = bitplane.lut_parts(full)
+    cut_layout, cut_codes, _ = bitplane.lut_parts(cut)
+    with lut_target:
+        call = bitplane.lut_call(full, "int8")
+    entry = {"tensor": 0, "form": bitplane.INT8_FORM, "magnitude_bits": layout.magnitude_planes}
+    (at_load,) = keep_top_planes([call.constants[0]], [entry], kept, Path("artefact"))
+    want = bitplane_lut.int8_nibbles(cut_codes << (cut_layout.shift - layout.shift), layout.magnitude_planes)
+    np.testing.assert_array_equal(at_load, want)
+    assert (at_load != call.constants[0]).any()  # the low planes held bits
 
 
 INT8_CASES = [case for case in CASES if case[2].kept_planes + 1 <= bitplane_lut.QUAD]
@@ -135,14 +153,24 @@ def test_int8_tables_stay_within_their_stated_bound(n, k, config, lut_target):
 
 
 @pytest.mark.parametrize("n,k,config", [(37, 200, bie_bitplane.Config(bits=4, group_size=64)),
+                                         (21, 130, bie_bitplane.Config(bits=3, group_size=64)),
                                          (40, 96, bie_bitplane.Config(bits=2, group_size=64))])
 def test_int8_tables_panel_gemm_with_grouped_scales(n, k, config, lut_target):
-    """Grouped scales are applied in the decode, which reads the int8 tables' bytes as words (4 or 2 planes)."""
+    """Grouped scales are applied in the decode, which reads the int8 tables' bytes as words (4, 3 or 2 planes)."""
     enc = encode(n, k, config, n + k)
     call, _, _ = int8_call(enc, lut_target)
     rows = np.random.default_rng(k).standard_normal((19, k)).astype(np.float32)
     want = rows @ bie_bitplane.decode(enc).T.astype(np.float64)
     assert_close(run(call.large_batch.func, lut_target, rows, call.constants, (19, n)), want)
+
+
+def test_int8_tables_store_3_planes_in_3_bytes_a_channel():
+    """At 3 planes every stored byte is a plane of the codes (no zero plane): codes at the top of the range (offset
+    binary 7) set every bit, at the bottom (0) none; 3 vectors of 64 bytes a block and group."""
+    for code, byte in ((3, 255), (-4, 0)):
+        nibbles = bitplane_lut.int8_nibbles(np.full((32, 64), code), 2)
+        assert nibbles.shape == (2 * 2, 3, 64)
+        assert (nibbles == byte).all()
 
 
 def test_int8_tables_take_at_most_4_planes():

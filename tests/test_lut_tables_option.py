@@ -1,16 +1,16 @@
-"""``--lut-tables int8`` for ``bie-bitplane`` and ``bbs``: a kernel option (the stored bytes unchanged), int8 tables
-up to 4 planes and fp32 above with the reason recorded, and ``check`` of such an artefact against each GEMV's stated
-bound."""
+"""``--lut-tables auto|fp32|int8`` for ``bie-bitplane`` and ``bbs``: a kernel option (the stored bytes unchanged);
+auto (the default) takes int8 tables where their bytes hold only planes of the codes, int8 takes them up to 4 planes
+and fp32 above with the reason recorded; ``check`` of such an artefact against each GEMV's stated bound."""
 
 import numpy as np
 import pytest
 
 import bie_compiler
 from bie_compiler import codecs
-from bie_compiler.codecs import bie_bitplane
+from bie_compiler.codecs import bbs, bie_bitplane, lut_tables
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import bitplane_lut, lut
-from bie_compiler.errors import BieError, CodecError
+from bie_compiler.errors import CodecError
 from bie_compiler.parity import check_artefact, make_inputs
 
 
@@ -19,7 +19,7 @@ def test_lut_tables_is_a_kernel_option_of_the_same_bytes():
     config = bie_bitplane.Config(lut_tables="int8")
     assert codecs.kernel_options(config) == {"lut_tables": "int8"}
     assert bie_bitplane.encode(w, config).sha256() == bie_bitplane.encode(w, bie_bitplane.Config()).sha256()
-    with pytest.raises(CodecError, match="lut_tables must be one of fp32, int8"):
+    with pytest.raises(CodecError, match="lut_tables must be one of auto, fp32, int8"):
         bie_bitplane.Config(lut_tables="fp16")
 
 
@@ -30,23 +30,49 @@ def test_int8_tables_beyond_4_planes_fall_back_to_fp32_with_the_reason():
     assert codecs.kernel_fallbacks(bie_bitplane.Config(bits=8, planes=3, lut_tables="int8")) == {}  # 3 kept + sign
 
 
-@pytest.mark.parametrize("bits,tables", [(3, "int8"), (4, "int8"), (5, "fp32")])
-def test_kernel_for_builds_the_tables_that_fit(bits, tables, target):
+@pytest.mark.parametrize("bits,planes,auto", [(2, 0, "int8"), (3, 0, "fp32"), (4, 0, "int8"), (5, 0, "fp32"),
+                                              (8, 0, "fp32"), (8, 1, "int8"), (8, 2, "fp32"), (8, 3, "int8")])
+def test_auto_takes_int8_tables_at_2_and_4_planes(bits, planes, auto):
+    """Sign included: at 3 planes the int8 layout stores 4 planes' bytes (fp32 measured as fast), above 4 it has no
+    room; auto picking fp32 is no fallback, and a CPU without VNNI gets fp32 whatever was asked."""
+    config = bie_bitplane.Config(bits=bits, planes=planes)
+    assert config.lut_tables == "auto" and codecs.kernel_fallbacks(config) == {}
+    fit = bie_bitplane.int8_table_fit(config.kept_planes + 1)
+    assert lut_tables.chosen("auto", fit, int8_cpu=True) == auto
+    assert lut_tables.chosen("int8", fit, int8_cpu=True) == ("fp32" if config.kept_planes + 1 > 4 else "int8")
+    assert lut_tables.chosen("fp32", fit, int8_cpu=True) == "fp32"
+    assert {lut_tables.chosen(asked, fit, int8_cpu=False) for asked in lut_tables.TABLES} == {"fp32"}
+
+
+@pytest.mark.parametrize("preset,auto", [("moderate", "int8"), ("conservative", "fp32")])
+def test_auto_takes_bbs_int8_tables_at_4_kept_columns(preset, auto):
+    config = bbs.Config(preset)
+    assert config.lut_tables == "auto" and codecs.kernel_fallbacks(config) == {}
+    assert lut_tables.chosen("auto", bbs.int8_table_fit(config.kept_columns), int8_cpu=True) == auto
+    assert [lut_tables.chosen("auto", bbs.int8_table_fit(kept), True) for kept in range(2, 8)] == \
+        ["fp32", "fp32", "int8", "fp32", "fp32", "fp32"]
+
+
+@pytest.mark.parametrize("bits,asked,tables", [(3, "int8", "int8"), (4, "int8", "int8"), (5, "int8", "fp32"),
+                                               (2, "auto", "int8"), (3, "auto", "fp32"), (4, "auto", "int8"),
+                                               (4, "fp32", "fp32")])
+def test_kernel_for_builds_the_tables_chosen(bits, asked, tables, target):
     if not lut.int8_supported(target):
         pytest.skip(f"{target} has no AVX-512 VNNI (the int8 tables' instructions)")
     enc = bie_bitplane.encode(np.random.default_rng(bits).standard_t(5, (20, 96)).astype(np.float32),
                               bie_bitplane.Config(bits=bits))
-    call = kernel_for(enc, target, lut_tables="int8")
+    call = kernel_for(enc, target, lut_tables=asked)
     layout, codes, _ = bie_compiler.codegen.kernels.bitplane.lut_parts(enc)
     np.testing.assert_array_equal(call.constants[0], bitplane_lut.words_of(codes, layout.magnitude_planes, tables))
+    assert call.kind == "bitplane_lut" + ("_int8" if tables == "int8" else "")
 
 
-@pytest.fixture(scope="module")
-def int8_mlp(model_dir, tmp_path_factory, target):
+@pytest.fixture(scope="module", params=[4, 3])  # bits: 4 or 3 planes with the sign (3: 3 index bytes a channel)
+def int8_mlp(request, model_dir, tmp_path_factory, target):
     if not lut.int8_supported(target):
         pytest.skip(f"{target} has no AVX-512 VNNI (the int8 tables' instructions)")
     out = tmp_path_factory.mktemp("lut-tables") / "mlp"
-    bie_compiler.compile_model(model_dir["mlp"], out, "bie-bitplane", {"bits": 4, "lut_tables": "int8"},
+    bie_compiler.compile_model(model_dir["mlp"], out, "bie-bitplane", {"bits": request.param, "lut_tables": "int8"},
                                min_weights=0, progress=None)
     return bie_compiler.load(out)
 
@@ -62,12 +88,12 @@ def test_check_bounds_each_int8_table_gemv_on_its_layer_input(int8_mlp):
     assert result["passed"] and result["decoded_max_rel_err"] > 0
 
 
-def test_planes_at_load_refuse_int8_tables_and_say_why(int8_mlp):
-    """The int8 tables' words are bytes of codes, not planes: nothing of the artefact can be cut at load."""
-    assert int8_mlp.manifest["weights"]["progressive"] == []
-    with pytest.raises(BieError, match=r"bie-bitplane layers use int8 look-up tables, whose planes cannot be cut at "
-                                       r"load; compile with --lut-tables fp32"):
-        bie_compiler.load(int8_mlp.path, planes=2)
+def test_int8_tables_are_listed_for_progressive_precision(int8_mlp):
+    """Every layer's int8 tables' bytes (the GEMV's, and the panel GEMM's through word views: one tensor) can be cut
+    at load (tests/test_progressive_planes.py compares the cut with ``compile --planes``)."""
+    progressive = int8_mlp.manifest["weights"]["progressive"]
+    assert [entry["form"] for entry in progressive] == ["int8_nibbles"] * len(int8_mlp.manifest["layers"])
+    assert {entry["magnitude_bits"] for entry in progressive} == {int8_mlp.manifest["codec"]["options"]["bits"] - 1}
 
 
 def test_check_fails_an_int8_table_gemv_past_its_bound(int8_mlp, monkeypatch):
@@ -97,19 +123,20 @@ def test_check_command_prints_each_layers_error_and_bound(int8_mlp, capsys):
     assert "OUT OF BOUND" not in printed and "PASSED" in printed
 
 
-def test_check_refuses_int8_tables_it_cannot_bound(model_dir, tmp_path, target):
-    """A rotated layer's GEMV reads the rotated activation, which the decoded-weights model does not have: not
-    checked, so not passed."""
+def test_check_bounds_rotated_int8_table_gemvs_on_the_rotated_input(model_dir, tmp_path, target):
+    """A rotated layer's GEMV reads the rotated activation: check rotates the decoded-weights model's input as the
+    kernel's is, and bounds the GEMV on it (the default tables)."""
     if not lut.int8_supported(target):
         pytest.skip(f"{target} has no AVX-512 VNNI (the int8 tables' instructions)")
     out = tmp_path / "mlp-rotated"
-    bie_compiler.compile_model(model_dir["mlp"], out, "bie-bitplane", {"bits": 4, "lut_tables": "int8", "rotate": True},
+    bie_compiler.compile_model(model_dir["mlp"], out, "bie-bitplane", {"bits": 4, "rotate": True},
                                min_weights=0, progress=None)
     runner = bie_compiler.load(out)
     result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=1, seed=1), min_cosine=0)
     layers = result["int8_table_layers"]
-    assert not result["passed"] and len(layers) == len(runner.manifest["layers"])
-    assert all(layer["unchecked"].startswith("rotated") for layer in layers)
+    assert [layer["layer"] for layer in layers] == [r["name"] for r in runner.manifest["layers"]]
+    assert all(0 < layer["error_rel"] <= layer["bound_rel"] and layer["passed"] for layer in layers), layers
+    assert result["passed"]
 
 
 def test_check_bounds_bbs_int8_table_gemvs(model_dir, tmp_path, target):

@@ -123,7 +123,13 @@ def test_rotated_model_matches_its_decoded_weights(codec, tmp_path):
     assert all(layer["details"]["header.rotation"] == "hadamard" and layer["config"]["rotate"] for layer in layers)
     for batch in (1, 5):
         result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
-        assert result["passed"] and result["decoded_max_rel_err"] < 1e-4, result
+        assert result["passed"], result
+        # above one row the kernels are exact; at one row bie-bitplane's GEMVs have int8 look-up tables (the
+        # default on a CPU with AVX-512 VNNI), each within its stated bound on its rotated input (check bounds them)
+        if batch > 1 or "int8_table_layers" not in result:
+            assert result["decoded_max_rel_err"] < 1e-4, result
+        else:
+            assert [layer["layer"] for layer in result["int8_table_layers"]] == [r["name"] for r in layers]
 
 
 @pytest.mark.slow

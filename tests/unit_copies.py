@@ -13,8 +13,9 @@ from bie_compiler.codegen.unit_dims import ANY_DIMS
 
 
 def compile_as(path: Path, out: Path, codec: str) -> Path:
-    """``path`` compiled dense (``codec`` "dense": every weight skipped) or with ``codec`` at 4 bits."""
-    options = {"skip": ("*",)} if codec == "dense" else {"codec": codec, "options": {"bits": 4}}
+    """``path`` compiled dense (``codec`` "dense": every weight skipped) or with ``codec`` at 4 bits, its GEMVs' look-up
+    tables the exact ones (the unit copy's GEMV then equals the general copy's GEMM to fp32 rounding)."""
+    options = {"skip": ("*",)} if codec == "dense" else {"codec": codec, "options": {"bits": 4, "lut_tables": "fp32"}}
     return bie_compiler.compile_model(path, out, progress=None, **options)
 
 

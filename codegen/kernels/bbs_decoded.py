@@ -32,6 +32,7 @@ import tvm
 
 from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
+from bie_compiler.codecs.lut_tables import INT8_KIND_SUFFIX, chosen
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..schedules import matmul as matmul_schedule
@@ -256,9 +257,9 @@ def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
 @register(bbs.NAME, ops=("matmul", "conv2d"), target="llvm")
 def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bbs.Config.lut_tables) -> KernelCall:
     """Matmul: the LUT bit-serial GEMV for one row (AVX-512; else the decode-once GEMV), the panel GEMM above;
-    conv: decode. ``lut_tables`` (``bbs.Config.lut_tables``): the GEMV's tables; int8 takes 4 kept columns (fp32
-    else: the codec's ``Config.kernel_fallbacks``) and needs AVX512-BW and VNNI too: on a CPU without them the
-    exact fp32 tables run (as do convs and CPUs without AVX-512: the encoding is the same)."""
+    conv: decode. ``lut_tables`` (``bbs.Config.lut_tables``): the GEMV's tables as ``lut_tables.chosen`` picks them;
+    int8 takes 4 kept columns (fp32 else) and needs AVX512-BW and VNNI too: on a CPU without them the exact fp32
+    tables run (as do convs and CPUs without AVX-512: the encoding is the same)."""
     if conv is not None:  # the kept columns by channel where they fit a nibble
         channels = nibbles_fit(enc)
         tensors = channel_constants(enc) if channels else constants(enc)
@@ -269,6 +270,7 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bbs.Config.
     target = tvm.target.Target.current()  # kernel_for builds within its target
     if not lut.supported(target):
         return panel_gemm.with_gemm(KernelCall("bbs_decoded", matmul(enc), constants(enc)), gemm(enc), "bbs")
-    tables = lut_tables if bbs_lut.int8_fits(enc) and lut.int8_supported(target) else "fp32"
-    small = KernelCall("bbs_lut", bbs_lut.gemv(enc, tables), constants(enc, tables))
+    tables = chosen(lut_tables, bbs_lut.int8_fit(enc), lut.int8_supported(target))
+    kind = f"{bbs_lut.KIND}{INT8_KIND_SUFFIX if tables == 'int8' else ''}"
+    small = KernelCall(kind, bbs_lut.gemv(enc, tables), constants(enc, tables))
     return panel_gemm.with_gemm(small, gemm(enc, tables), "bbs")

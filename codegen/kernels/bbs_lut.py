@@ -72,6 +72,7 @@ from bie_compiler.codecs.base import Encoded
 
 from . import lut
 
+KIND = "bbs_lut"  # the GEMV's kernel kind (with int8 tables: then lut_tables.INT8_KIND_SUFFIX)
 LANES = bbs.LANES
 QUAD = bbs.INT8_TABLE_COLUMNS  # int8 tables: a channel's kept columns in the 4 bytes vpdpbusd sums
 # the significances of the 4 bytes of a channel (column 0 first) as unsigned bytes, little-endian: 8, 4, 2, 1
@@ -88,13 +89,19 @@ def in_order(total, terms):
     return total
 
 
+def int8_fit(enc: Encoded) -> str:
+    """How ``enc``'s pruned rows fit the int8-table GEMV (``bbs.int8_table_fit``)."""
+    return bbs.int8_table_fit(8 - int(enc.header["pruned_columns"]))
+
+
 def int8_fits(enc: Encoded) -> bool:
     """Whether the int8-table GEMV takes ``enc``: its pruned rows keep QUAD columns."""
-    return 8 - int(enc.header["pruned_columns"]) == QUAD
+    return int8_fit(enc) != lut_tables.NO_FIT
 
 
 def check_tables(enc: Encoded, tables: str) -> None:
-    lut_tables.check(bbs.NAME, tables)
+    if tables not in ("fp32", "int8"):  # what the kernel builds (lut_tables.chosen resolves "auto")
+        raise ValueError(f"bbs: look-up tables must be fp32 or int8, got {tables!r}")
     if tables == "int8" and not int8_fits(enc):
         kept = 8 - int(enc.header["pruned_columns"])
         raise ValueError(f"bbs: int8 look-up tables take {QUAD} kept columns, not {kept}")

@@ -21,6 +21,7 @@ from tvm import s_tir, te, tirx
 
 from bie_compiler.codecs import Encoded, bie_bitplane
 from bie_compiler.codecs.base import PACK_LANES, pack_bits, unpack_bits
+from bie_compiler.codecs.lut_tables import INT8_KIND_SUFFIX, chosen
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..weights import PRECISION_ATTR
@@ -28,6 +29,8 @@ from . import bitplane_cuda, bitplane_lut, decode, int8, lut, warp_layout
 
 BLOCK = "bitplane"
 LUT_KIND = f"{BLOCK}_lut"  # the look-up-table GEMV's kind (:func:`bitplane_lut.kernel_call`): its symbols' suffix
+INT8_LUT_KIND = f"{LUT_KIND}{INT8_KIND_SUFFIX}"  # that GEMV's with int8 tables
+INT8_FORM = "int8_nibbles"  # the progressive-precision form of the int8 tables' bytes (bitplane_lut.int8_nibbles)
 
 
 CHANNELS = 4  # channels interleaved in the inner loop: independent FMA chains (the FMA latency over its throughput)
@@ -297,24 +300,22 @@ def lut_call(enc: Encoded, tables: str = "fp32") -> KernelCall:
     constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, tables),
                  bitplane_lut.lanes_of_scales(planes.scales)]
     call = bitplane_lut.kernel_call(layout, constants, "bitplane", tables)
-    if tables == "fp32":  # progressive precision: the planes of these words may be cut at load (not the int8 nibbles)
-        for variant in (call, call.large_batch):
-            variant.func = variant.func.with_attr(PRECISION_ATTR, {"form": bitplane_lut.FORM,
-                                                                   "magnitude_bits": layout.magnitude_planes})
+    form = INT8_FORM if tables == "int8" else bitplane_lut.FORM  # progressive precision: cut at load in either form
+    for variant in (call, call.large_batch):
+        variant.func = variant.func.with_attr(PRECISION_ATTR, {"form": form, "magnitude_bits": layout.magnitude_planes})
     return call
 
 
 @register(bie_bitplane.NAME, ops=("matmul", "conv2d"), target="llvm")
 def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bie_bitplane.Config.lut_tables) -> KernelCall:
     """One row: the look-up-table GEMV where the CPU has it (measured faster than the integer GEMV at 4 and 8 bits
-    too), with ``lut_tables`` (int8 up to ``INT8_TABLE_PLANES`` planes, else fp32: the codec's
-    ``Config.kernel_fallbacks``), else the integer GEMV when the planes fill bytes, else the bit-serial matmul. More
-    rows: the panel GEMM of the first two (:mod:`.panel_gemm`), the decode kernel of the planes. Convs: decode."""
+    too), its tables as ``lut_tables.chosen`` picks them for ``lut_tables`` (the option) and the planes, else the
+    integer GEMV when the planes fill bytes, else the bit-serial matmul. More rows: the panel GEMM of the first two
+    (:mod:`.panel_gemm`), the decode kernel of the planes. Convs: decode."""
     planes = BitPlanes(enc, words=False)
     if _lut_applies(planes, conv):
-        int8_fits = planes.planes.shape[0] + 1 <= bie_bitplane.INT8_TABLE_PLANES
-        int8_runs = int8_fits and lut.int8_supported(tvm.target.Target.current())
-        return lut_call(enc, lut_tables if int8_runs else "fp32")
+        fit = bie_bitplane.int8_table_fit(planes.planes.shape[0] + 1)
+        return lut_call(enc, chosen(lut_tables, fit, lut.int8_supported(tvm.target.Target.current())))
     if _all_planes_in_bytes(enc, planes):
         return _integer_call(enc, planes, conv)
     holders = planes.holders()

@@ -20,7 +20,7 @@ prefetching the next task's words into L2 while it computes (as in
 :mod:`.bbs_lut`). Rows of activations are
 processed one after the other (exact at any batch; meant for batch 1).
 
-``tables="int8"`` (1 to 4 planes; the exact float32 tables stay the default) is
+``tables="int8"`` (1 to 4 planes; the default at 2 and 4, ``lut_tables.chosen``) is
 T-MAC's scheme: the tables quantized to int8 per group of 32 activations and
 looked up 64 at a time with byte shuffles, see :func:`int8_gemv`; its error is
 bounded by :func:`int8_error_bound`.
@@ -35,6 +35,7 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import bie_bitplane
+from bie_compiler.codecs.lut_tables import INT8_KIND_SUFFIX
 
 from ..kernel_registry import KernelCall
 from . import lut, panel_gemm
@@ -43,6 +44,7 @@ LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
 FORM = "lut_planes"  # the progressive-precision form of the words (weights.PRECISION_ATTR)
 TABLES = ("fp32", "int8")  # the look-up tables: exact float32 subset sums, or int8 quantized per group
 QUAD = bie_bitplane.INT8_TABLE_PLANES  # planes of one channel in the 4 bytes that vpdpbusd sums: the int8 tables' most
+TRIPLE = 3  # planes whose int8-table bytes are stored 3 a channel (int8_nibbles), read as vpdpbusd's 4 in registers
 PAIRS = "llvm.x86.avx512.pmaddubs.w.512"  # vpmaddubsw zmm: int16 lanes = 2 products of unsigned and signed bytes
 
 
@@ -116,7 +118,7 @@ def kernel_call(layout: Layout, constants: list, kind: str, tables: str = "fp32"
     words, scales = holders = [te.placeholder(c.shape, c.dtype.name, name)
                                for name, c in zip(("words", "scales"), constants)]
     build = int8_gemv if tables == "int8" else gemv
-    small = KernelCall(f"{kind}_lut", build(**layout._asdict()), constants)
+    small = KernelCall(f"{kind}_lut{INT8_KIND_SUFFIX if tables == 'int8' else ''}", build(**layout._asdict()), constants)
     return panel_gemm.with_gemm(small, panel_gemm_of(layout, words, scales, tables), kind)
 
 
@@ -265,21 +267,32 @@ def decoded_weight(words, scales, *, n: int, k: int, magnitude_planes: int, shif
 
 
 def int8_planes(magnitude_planes: int) -> int:
-    """Planes a channel has in the int8-table GEMV's bytes: 2 (up to 2 planes: vpmaddubsw sums byte pairs) or QUAD."""
+    """Planes a channel has in the bytes the int8-table GEMV's dot products sum: 2 (up to 2 planes: vpmaddubsw sums
+    byte pairs) or QUAD (vpdpbusd; at 3 planes the first is zero, not stored: :func:`int8_stored_planes`)."""
     return 2 if magnitude_planes + 1 <= 2 else QUAD
+
+
+def int8_stored_planes(magnitude_planes: int) -> int:
+    """Vectors of 64 bytes in a row of :func:`int8_nibbles` (a channel's bytes per table, on average):
+    :func:`int8_planes`, but 3 at 3 planes (the zero plane is not stored)."""
+    return TRIPLE if magnitude_planes + 1 == TRIPLE else int8_planes(magnitude_planes)
 
 
 def int8_nibbles(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
     """``codes`` [N, K] (``|q| < 2^P``, P = ``magnitude_planes`` < QUAD) as the int8-table GEMV's look-up indices, uint8
-    [ceil(N / 16) * ceil(K / 32), S, 64] (S = :func:`int8_planes`): row ``blk * KG + g`` for channel block ``blk``
-    and group ``g``.
+    [ceil(N / 16) * ceil(K / 32), B, 64] (B = :func:`int8_stored_planes`): row ``blk * KG + g`` for channel block
+    ``blk`` and group ``g``.
 
-    A code is stored offset binary, ``u = q + 2^P`` in [0, 2^(P + 1)), as S planes (bit S - 1 - p of ``u`` in plane
-    ``p``; with S = 4 and 3 planes the first is zero). Table ``t`` of a group is its weights ``4 t .. 4 t + 3``
-    (nibble bit ``i``: weight ``4 t + i``). A vector's 128-bit lane ``l`` looks up one table, ``l // S`` of those of
-    the vector (4 / S of them), for the block's channels ``(l % S) * 16 / S`` on, each channel's S planes in S
-    consecutive bytes (what vpdpbusd or vpmaddubsw sums); vector ``h``'s low nibbles are tables ``h * 4 / S`` on,
-    its high nibbles the tables 4 further. Padding weights are zero (``u = 2^P``)."""
+    A code is stored offset binary, ``u = q + 2^P`` in [0, 2^(P + 1)), as S = :func:`int8_planes` planes (bit
+    S - 1 - p of ``u`` in plane ``p``; with S = 4 and 3 planes the first is zero). Table ``t`` of a group is its
+    weights ``4 t .. 4 t + 3`` (nibble bit ``i``: weight ``4 t + i``). A vector's 128-bit lane ``l`` looks up one
+    table, ``l // S`` of those of the vector (4 / S of them), for the block's channels ``(l % S) * 16 / S`` on, each
+    channel's S planes in S consecutive bytes (what vpdpbusd or vpmaddubsw sums); vector ``h``'s low nibbles are
+    tables ``h * 4 / S`` on, its high nibbles the tables 4 further. Padding weights are zero (``u = 2^P``).
+
+    B = S: a row is its S vectors. B = 3 (3 planes): the zero plane, byte 0 of each word, is not stored; a row is
+    vectors 0 to 2, each with its planes in the bytes :func:`triple_bytes` of its words, and in the byte left free
+    (byte ``h`` of vector ``h``) plane ``h + 1`` of vector 3 (read by :func:`int8_index_vector`)."""
     n, k = codes.shape
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     span = int8_planes(magnitude_planes)
@@ -291,35 +304,81 @@ def int8_nibbles(codes: np.ndarray, magnitude_planes: int) -> np.ndarray:
     bits = bits.reshape(blocks, span, LANES // span, kg, 2, span, QUAD // span, 4, span)
     nibble = (bits << np.arange(4)[:, None]).sum(axis=7)
     byte = nibble[:, :, :, :, 0] | (nibble[:, :, :, :, 1] << 4)  # [blk, group, channel, g, vector, table, plane]
-    return np.ascontiguousarray(byte.transpose(0, 3, 4, 5, 1, 2, 6).reshape(blocks * kg, span, 64).astype(np.uint8))
+    vectors = byte.transpose(0, 3, 4, 5, 1, 2, 6).reshape(blocks * kg, span, 64).astype(np.uint8)
+    if int8_stored_planes(magnitude_planes) == TRIPLE:  # vector 3's plane h + 1 in byte h of vector h's words
+        words = vectors.reshape(blocks * kg, QUAD, LANES, QUAD)
+        vectors = np.empty_like(words[:, :TRIPLE])
+        for h in range(TRIPLE):
+            vectors[:, h][..., triple_bytes(h)] = words[:, h, :, 1:]
+            vectors[:, h, :, h] = words[:, TRIPLE, :, h + 1]
+    return np.ascontiguousarray(vectors.reshape(blocks * kg, int8_stored_planes(magnitude_planes), 64))
+
+
+def int8_index_vector(rows: T.Buffer, r, h: int, magnitude_planes: int):
+    """Index vector ``h`` (uint8x64) of row ``r`` of :func:`int8_nibbles`' bytes (``rows``: a TIR buffer [rows, 64 B]
+    over them) and the weights of its words' bytes in the dot product (a uint32 pattern: plane ``p`` of S weighs
+    ``2^(S - 1 - p)``, a byte of no plane of the vector 0).
+
+    At 3 planes vectors 0 to 2 are the row's vectors, each with one byte of vector 3's in its words (weighing 0), and
+    vector 3 is those bytes put together (LLVM: a vpandq and two vpternlogq): 192 bytes read per row, not 256, for
+    3 more logic operations (a byte permutation a vector, vpermb, was slower: benchmarks/README.md,
+    ``bitplane_gemv.py``, stop 22)."""
+    stored = int8_stored_planes(magnitude_planes)
+    if stored != TRIPLE:
+        return rows[r, T.Ramp(64 * h, 1, 64)], 0x01020408 if stored == QUAD else 0x01020102
+    if h < TRIPLE:
+        return rows[r, T.Ramp(64 * h, 1, 64)], sum(w << 8 * q for w, q in zip((4, 2, 1), triple_bytes(h)))
+    words = [T.reinterpret("uint32x16", rows[r, T.Ramp(64 * j, 1, 64)]) for j in range(TRIPLE)]
+    mask = [T.Broadcast(T.uint32(255 << 8 * j), LANES) for j in range(TRIPLE)]
+    return T.reinterpret("uint8x64", (words[0] & mask[0]) | (words[1] & mask[1]) | (words[2] & mask[2])), 0x00010204
+
+
+def triple_bytes(h: int) -> list:
+    """The bytes of its words that vector ``h`` < 3 of a 3-plane row holds its planes 1 to 3 in: all but byte ``h``,
+    which holds plane ``h + 1`` of vector 3."""
+    return [q for q in range(QUAD) if q != h]
 
 
 def int8_words(nibbles: te.Tensor, magnitude_planes: int) -> te.Tensor:
     """:func:`int8_nibbles`' bytes (a TE tensor) as the words :func:`int8_decoded_value` reads (a
-    :func:`.panel_gemm.word_view`): a channel's S planes are S consecutive bytes, one word."""
+    :func:`.panel_gemm.word_view`): a channel's S planes are S consecutive bytes, one word (at 3 planes the word's
+    4 bytes hold 3 planes of one vector and one of vector 3)."""
     return panel_gemm.word_view(nibbles, f"uint{8 * int8_planes(magnitude_planes)}")
 
 
 def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: int, **_):
     """``f(n, kk)``: the integer :func:`int8_nibbles`' bytes hold for weight ``kk`` of channel ``n``, read from
     :func:`int8_words` (a TE tensor). Word ``t % (4 / S) * 16 + c`` of vector ``t % 4 // (4 / S)`` is channel ``c``'s S
-    planes for table ``t``, a vector along the channels; plane ``p``'s bit of the weight is bit ``8 p + b`` of it."""
+    planes for table ``t``, a vector along the channels; plane ``p``'s bit of the weight is bit ``8 p + b`` of it. At
+    3 planes plane ``p`` (1 to 3) of vector ``h = t % 4`` is byte ``p - 1`` (below ``h``) or ``p`` of word ``c`` of
+    vector ``h``, and of vector 3 byte ``p - 1`` of vector ``p - 1``'s (see :func:`triple_bytes`)."""
     kg = -(-k // GROUP)
     span = int8_planes(magnitude_planes)
     per_vector = QUAD // span  # tables of a vector's low nibbles
     dtype = words.dtype
     # plane p weighs 2^(S - 1 - p) in the offset-binary code u < 2^(P + 1): the planes above P + 1 are zero
     planes = range(span - 1 - magnitude_planes, span)
+    triple = int8_stored_planes(magnitude_planes) == TRIPLE
 
     def value(n, kk):
         row, table, i = n // LANES * kg + kk // GROUP, kk % GROUP // 4, kk % 4
-        word = words[row, table % QUAD // per_vector, table % per_vector * LANES + n % LANES]
         bit = (table // QUAD * 4 + i).astype(dtype)
-        zero = tirx.const(0, "int32")
-        # as decoded_value: each plane's bit selects its significance (a mask test and a blend per vector)
-        terms = [tirx.Select(word & (tirx.const(1, dtype) << (bit + tirx.const(8 * p, dtype))) != tirx.const(0, dtype),
-                             tirx.const((1 << (span - 1 - p)) << shift, "int32"), zero) for p in planes]
-        return lut.tree(terms) - tirx.const((1 << magnitude_planes) << shift, "int32")
+        h = table % QUAD
+        if triple:  # vector 3's word put together from the byte it has in each of the row's 3 (the same for 32 weights)
+            vector3 = lut.tree_of(lambda a, b: a | b, [words[row, j, n % LANES] & tirx.const(255 << 8 * j, dtype)
+                                                       for j in range(TRIPLE)])
+            word = tirx.Select(h < TRIPLE, words[row, tirx.min(h, TRIPLE - 1), n % LANES], vector3)
+        else:
+            word = words[row, h // per_vector, table % per_vector * LANES + n % LANES]
+
+        def term(p):
+            # plane p's byte: byte p of the word (at 3 planes byte p - 1 of vector 3's, and of vector h's below h)
+            at = tirx.Select(h <= p - 1, 8 * p, 8 * (p - 1)).astype(dtype) if triple else tirx.const(8 * p, dtype)
+            # as decoded_value: each plane's bit selects its significance (a mask test and a blend per vector)
+            return tirx.Select(word & (tirx.const(1, dtype) << (bit + at)) != tirx.const(0, dtype),
+                               tirx.const((1 << (span - 1 - p)) << shift, "int32"), tirx.const(0, "int32"))
+
+        return lut.tree([term(p) for p in planes]) - tirx.const((1 << magnitude_planes) << shift, "int32")
 
     return value
 
@@ -344,16 +403,16 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
 
     Per row, each group's 8 float32 tables are quantized with one step ``s_g`` (the group's largest entry over
     TABLE_PEAK, rounded to nearest) and stored as the 128-bit lanes of vectors need them (see ``stored``). Per
-    block of 16 channels and group: S vectors of 64 index bytes, each split into its low and high nibbles (2 look-up
-    vectors), each looked up with vpshufb and its channels' S planes summed with the planes' weights
-    ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or vpmaddubsw into
-    int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's exact integer sum
-    for 16 channels in 2 S shuffles, times ``s_g`` into a float32 accumulator. The offset of the codes,
-    ``2^P * sum(x)``, is subtracted with the exact activation sum."""
+    block of 16 channels and group: S vectors of 64 index bytes (:func:`int8_index_vector`), each split into its
+    low and high nibbles (2 look-up vectors), each looked up with vpshufb and its channels' S planes summed with the
+    planes' weights ``2^(S - 1 - p)`` as unsigned bytes: vpdpbusd into int32 (S = 4: 16 channels a vector), or
+    vpmaddubsw into int16 (S = 2: 16 channels in each half, added at the end of the group). That is the group's
+    exact integer sum for 16 channels in 2 S shuffles, times ``s_g`` into a float32 accumulator. The offset of the
+    codes, ``2^P * sum(x)``, is subtracted with the exact activation sum."""
     check_tables("int8", magnitude_planes)
     blocks, kg = -(-n // LANES), -(-k // GROUP)
     kp = kg * GROUP
-    span = int8_planes(magnitude_planes)
+    span, stored_planes = int8_planes(magnitude_planes), int8_stored_planes(magnitude_planes)
     width = LANES * QUAD  # bytes in a vector
     # a vector of look-ups holds QUAD / span tables of 16 entries, each in span 128-bit lanes. Stored once each: a
     # quad vector's one table, loaded into its four lanes with a broadcast (64 KiB of tables at K = 4096 would not
@@ -365,10 +424,11 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     offset = float(1 << magnitude_planes)
     per_group = groups > 1
     fill_tables = lut.fill_tables(k, kp)
-    tasks = task_loop(n, k, magnitude_planes, shift, scale_group, groups, lines=span)
-    # plane p weighs 2^(span - 1 - p): bytes 8, 4, 2, 1 (quads) or 2, 1 (pairs), little-endian
-    weights = T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(0x01020408 if span == QUAD else 0x01020102, "uint32"),
-                                                       LANES))
+    tasks = task_loop(n, k, magnitude_planes, shift, scale_group, groups, lines=stored_planes)
+
+    def weights(pattern):
+        # an index vector's byte weights (int8_index_vector's uint32 pattern) in every word
+        return T.reinterpret("uint8x64", tirx.Broadcast(tirx.const(pattern, "uint32"), LANES))
 
     def looked_up(small, first, nibbles):
         # the vector of tables first .. first + QUAD / span - 1, each in span 128-bit lanes
@@ -377,20 +437,22 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
                                                          [tirx.IntImm("int32", i) for i in range(width)])
         return tirx.call_llvm_pure_intrin("int8x64", lut.SHUFFLE, lanes, T.reinterpret("int8x64", nibbles))
 
-    def quad_sum(small, first, v):
+    def quad_sum(small, first, index):
         # the int32 sums of one index vector's 2 look-ups for 16 channels (vector h: table rows h and h + QUAD)
+        v, pattern = index
         zero = T.Broadcast(T.int32(0), LANES)
-        low = tirx.call_llvm_pure_intrin("int32x16", lut.DOT, zero, weights,
+        low = tirx.call_llvm_pure_intrin("int32x16", lut.DOT, zero, weights(pattern),
                                          looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
-        return tirx.call_llvm_pure_intrin("int32x16", lut.DOT, low, weights,
+        return tirx.call_llvm_pure_intrin("int32x16", lut.DOT, low, weights(pattern),
                                           looked_up(small, first + 4, v >> T.Broadcast(T.uint8(4), width)))
 
-    def pair_sum(small, first, v):
+    def pair_sum(small, first, index):
         # the int16 sums of one index vector's 2 look-ups: channels 0-15 of its tables h * 2 (words 0-15) and
         # h * 2 + 1 (words 16-31), h * 2 + 4 and h * 2 + 5 (table rows h and h + 2)
-        return (tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
+        v, pattern = index
+        return (tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights(pattern),
                                            looked_up(small, first, v & T.Broadcast(T.uint8(15), width)))
-                + tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights,
+                + tirx.call_llvm_pure_intrin("int16x32", PAIRS, weights(pattern),
                                              looked_up(small, first + 4, v >> T.Broadcast(T.uint8(4), width))))
 
     def group_dot(small, first, words):
@@ -401,11 +463,11 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         return (T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", i) for i in range(LANES)]))
                 + T.Cast("int32x16", tirx.Shuffle([total], [tirx.IntImm("int32", LANES + i) for i in range(LANES)])))
 
-    def group_value(small, step, group_sum, nibbles, blk, g):
+    def group_value(small, step, group_sum, rows, blk, g):
         # the group's look-up sums times its step; with grouped scales less the offset's share, 2^P * S_g (with
         # per-channel scales the whole row's is subtracted once, see settled)
-        mixed = T.Cast("float32x16", group_dot(small, g * NIBBLES, lambda h: nibbles[blk * kg + g, h, T.Ramp(
-            0, 1, width)])) * T.Broadcast(step[g], LANES)
+        mixed = T.Cast("float32x16", group_dot(small, g * NIBBLES, lambda h: int8_index_vector(
+            rows, blk * kg + g, h, magnitude_planes))) * T.Broadcast(step[g], LANES)
         return mixed - T.Broadcast(T.float32(offset) * group_sum[g], LANES) if per_group else mixed
 
     def settled(total, row_sum):
@@ -414,7 +476,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     @T.prim_func(private=True)
     def main(
         var_x: T.handle,
-        nibbles: T.Buffer((blocks * kg, span, width), "uint8"),
+        nibbles: T.Buffer((blocks * kg, stored_planes, width), "uint8"),
         scales: T.Buffer((blocks, groups, LANES), "float32"),
         var_out: T.handle,
     ):
@@ -429,6 +491,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
         group_sum = T.decl_buffer((kg,), "float32")
         total = T.decl_buffer((1,), "float32")
         acc = T.decl_buffer((task_blocks(n, magnitude_planes + 1), LANES), "float32")
+        rows = T.decl_buffer((blocks * kg, stored_planes * width), "uint8", data=nibbles.data)
         for row in range(m):
             fill_tables(x, row, xpad, table)
             total[0] = T.float32(0)
@@ -444,7 +507,7 @@ def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
                 group_sum[g] = lut.nibbles_total(table, g * NIBBLES)
                 total[0] = total[0] + group_sum[g]
             tasks(row, acc, out, scales, lambda nxt, h: nibbles[nxt, h, 0],
-                  lambda blk, g: group_value(small, step, group_sum, nibbles, blk, g),
+                  lambda blk, g: group_value(small, step, group_sum, rows, blk, g),
                   lambda acc_total: settled(acc_total, total[0]))
 
     return main
