@@ -96,6 +96,14 @@ def test_int8_tables_are_listed_for_progressive_precision(int8_mlp):
     assert {entry["magnitude_bits"] for entry in progressive} == {3}
 
 
+def test_report_notes_each_layer_with_int8_tables(int8_mlp, capsys):
+    from bie_compiler.cli import _print_report
+
+    assert all(symbol.endswith("_lut_int8") for symbol in int8_mlp.manifest["kernel_layers"] if "_lut" in symbol)
+    _print_report(int8_mlp.manifest)
+    assert capsys.readouterr().out.count("int8 look-up tables at batch 1") == len(int8_mlp.manifest["layers"])
+
+
 def test_check_fails_an_int8_table_gemv_past_its_bound(int8_mlp, monkeypatch):
     monkeypatch.setattr(bitplane_lut, "int8_error_bound", lambda x, layout, scales: np.zeros((len(x), layout.n)))
     result = check_artefact(int8_mlp, inputs=make_inputs(int8_mlp.inputs, batch=1, seed=1), min_cosine=0)
@@ -108,6 +116,7 @@ def test_planes_past_int8_keep_fp32_tables_and_exact_parity(model_dir, tmp_path)
                                min_weights=0, progress=None)
     runner = bie_compiler.load(out)
     assert all("at most 4 planes" in r["details"]["kernel.lut_tables"] for r in runner.manifest["layers"])
+    assert not any(symbol.endswith("_lut_int8") for symbol in runner.manifest["kernel_layers"])
     result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=1, seed=1), min_cosine=0)
     assert "int8_table_layers" not in result and result["decoded_max_rel_err"] < 1e-4 and result["passed"]
 
