@@ -283,7 +283,10 @@ def int8_table_layers(runner, reference: onnx.ModelProto, inputs: dict, encoding
     layers = [r["name"] for r in runner.manifest["layers"] if r["name"] in symbols]
     if not layers:
         return []
-    matmuls = {n.input[1]: n.input[0] for n in reference.graph.node if n.op_type in ("MatMul", "Gemm")}
+    transposed = {n.output[0]: n.input[0] for n in reference.graph.node if n.op_type == "Transpose"}
+    # each weight's MatMul or Gemm (reading it directly or through a Transpose) -> the activation it multiplies
+    matmuls = {transposed.get(n.input[1], n.input[1]): n.input[0] for n in reference.graph.node
+               if n.op_type in ("MatMul", "Gemm")}
     unchecked = [name for name in layers if name not in matmuls]
     values = _intermediates(reference, inputs, {name: matmuls[name] for name in layers if name not in unchecked})
     rows = [{"layer": name, "passed": False, "unchecked": "no MatMul or Gemm reads the weight itself"}

@@ -19,6 +19,7 @@ from bie_compiler.codegen.schedules import matmul
 from bie_compiler.codegen.target import make_target
 from bie_compiler.codegen.unit_dims import ANY_DIMS, UNIT_DIMS
 
+from check_results import assert_parity
 from kernel_runs import computed_constants
 from test_unit_epilogues import K, N, _block, _function, _kernel_calls
 
@@ -215,10 +216,7 @@ def test_fused_model_matches_onnxruntime(block, variant, shape):
     runner = bie_compiler.load(_artefact(block, variant))
     x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
     if variant != "dense":
-        result = parity.check_artefact(runner, block[0], {"x": x})
-        assert result["passed"], result
-        if not any(layer["in_model"] for layer in result.get("int8_table_layers", [])):
-            assert result["decoded_max_rel_err"] < 1e-5, result
+        assert_parity(parity.check_artefact(runner, block[0], {"x": x}), 1e-5)
         return
     want = ort.InferenceSession(str(block[0]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(runner({"x": x})["y"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
