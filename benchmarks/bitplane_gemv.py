@@ -91,7 +91,8 @@ def bitplane_layers(weight: np.ndarray, bits: int, tables: list[str], factor: fl
 
     enc = bie_bitplane.encode(weight.T, bie_bitplane.Config(bits=bits))
     chosen = kernel_for(enc, target)
-    calls = lut_calls(enc, tables, target) + ([("", chosen, None)] if not chosen.kind.startswith(bitplane.LUT_KIND) else [])
+    other = not chosen.kind.startswith(bitplane.LUT_KIND)  # not the LUT GEMV (with either tables)
+    calls = lut_calls(enc, tables, target) + ([("", chosen, None)] if other else [])
     k, n = weight.shape
     x = tvm.runtime.tensor(np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32))
     ref = x.numpy() @ bie_bitplane.decode(enc).T.astype(np.float64)

@@ -285,7 +285,9 @@ def _print_device_layers(layers: list[dict]) -> None:
 
 def _print_int8_table_layers(layers: list[dict]) -> None:
     checked = [layer for layer in layers if "unchecked" not in layer]
-    print(f"int8 look-up tables: {len(layers)} GEMV(s) approximate, so the end-to-end difference above is theirs; "
+    effect = ("so the end-to-end difference above is theirs" if any(layer.get("in_model", True) for layer in layers)
+              else "none run by the model on these inputs (above one row: exact, held to the tolerance)")
+    print(f"int8 look-up tables: {len(layers)} GEMV(s) approximate, {effect}; "
           "each kernel on its layer's input in the decoded-weights model, against the exact product and its stated "
           "bound (relative to the layer's largest output):")
     for layer in checked:

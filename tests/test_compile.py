@@ -6,6 +6,7 @@ import pytest
 import bie_compiler
 from bie_compiler.parity import check_artefact, make_inputs
 from bie_compiler.runtime.artefact import LIBRARY
+from check_results import assert_parity
 
 pytestmark = pytest.mark.slow  # whole-model compiles: left out of `make test-fast`
 
@@ -36,9 +37,7 @@ def artefacts(model_dir, tmp_path_factory):
 def test_parity_with_decoded_weights_model(artefacts, model, codec):
     runner = bie_compiler.load(artefacts[model, codec])
     for batch in (1, 8):
-        result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch))
-        assert result["decoded_max_rel_err"] < 1e-4, result
-        assert result["passed"]
+        assert_parity(check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch)), 1e-4)
 
 
 def test_every_matmul_and_conv_weight_is_encoded(artefacts):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tvm
 
-from bie_compiler.codecs import CODECS, make_config
+from bie_compiler.codecs import CODECS, kernel_options, make_config
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import int8, lut
 from bie_compiler.codegen.target import make_target
@@ -32,14 +32,20 @@ def run_kernel(call, target, x, n):
     return run(call.func, target, x, call.constants, (x.shape[0], n))
 
 
+def exact_kernel(enc, config, target):
+    """``kernel_for``'s kernel, with the exact fp32 look-up tables where the codec has ``lut_tables`` (its default,
+    auto, takes int8 tables within a stated bound: tests/test_bitplane_lut.py, tests/test_bbs_kernels.py)."""
+    return kernel_for(enc, target, **({"lut_tables": "fp32"} if "lut_tables" in kernel_options(config) else {}))
+
+
 @pytest.mark.parametrize("codec,options", CASES, ids=[f"{c}-{o}" for c, o in CASES])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_kernel_matches_reference_decoder(codec, options, n, k, target):
     rng = np.random.default_rng(n * k)
     w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.5)).astype(np.float32)
-    module = CODECS[codec]
-    enc = module.encode(w, make_config(codec, options))
-    call = kernel_for(enc, target)
+    module, config = CODECS[codec], make_config(codec, options)
+    enc = module.encode(w, config)
+    call = exact_kernel(enc, config, target)
     # above one row: the panel GEMM, or a decode + matmul (decoders: tests/test_conv_kernels.py)
     large = call.large_batch
     decoded = module.decode(enc).astype(np.float64)
@@ -65,9 +71,10 @@ def test_plane_kernels_at_any_k(codec, options, k, target):
     GEMM, or the decoder and the weight it writes, [K, N])."""
     n = 6
     rng = np.random.default_rng(k)
-    enc = CODECS[codec].encode(rng.standard_t(4, (n, k)).astype(np.float32), make_config(codec, options))
+    config = make_config(codec, options)
+    enc = CODECS[codec].encode(rng.standard_t(4, (n, k)).astype(np.float32), config)
     assert enc.arrays["signs"].shape == (n, -(-k // 8) if "group_size" not in options else -(-k // 128) * 16)
-    call = kernel_for(enc, target)
+    call = exact_kernel(enc, config, target)
     decoded = CODECS[codec].decode(enc)
     for batch in (1, 8):
         x = rng.standard_normal((batch, k)).astype(np.float32)
@@ -89,8 +96,9 @@ def test_plane_kernels_at_any_k(codec, options, k, target):
 def test_bitplane_kernel_form(target, options, constant, lanes):
     """Without AVX-512 (the look-up instruction): the forms below."""
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
-    enc = CODECS["bie-bitplane"].encode(w, make_config("bie-bitplane", options))
-    call = kernel_for(enc, target)
+    config = make_config("bie-bitplane", options)
+    enc = CODECS["bie-bitplane"].encode(w, config)
+    call = exact_kernel(enc, config, target)
     if lut.supported(target):  # the look-up-table kernel at every width: its tables built as vectors of entries
         constant, lanes = "words", lut.WIDE
     script = call.func.script()

@@ -96,6 +96,17 @@ def test_int8_tables_are_listed_for_progressive_precision(int8_mlp):
     assert {entry["magnitude_bits"] for entry in progressive} == {int8_mlp.manifest["codec"]["options"]["bits"] - 1}
 
 
+def test_report_notes_each_layer_with_int8_tables(int8_mlp, capsys):
+    from bie_compiler.cli import _print_report
+
+    symbols = int8_mlp.manifest["kernel_layers"]  # each layer's GEMV named for its tables, none with fp32 ones
+    assert {names for symbol, names in symbols.items() if symbol.endswith("_lut_int8")} == \
+        {r["name"] for r in int8_mlp.manifest["layers"]}
+    assert not any(symbol.endswith("_lut") for symbol in symbols)
+    _print_report(int8_mlp.manifest)
+    assert capsys.readouterr().out.count("int8 look-up tables at batch 1") == len(int8_mlp.manifest["layers"])
+
+
 def test_check_fails_an_int8_table_gemv_past_its_bound(int8_mlp, monkeypatch):
     monkeypatch.setattr(bitplane_lut, "int8_error_bound", lambda x, layout, scales: np.zeros((len(x), layout.n)))
     result = check_artefact(int8_mlp, inputs=make_inputs(int8_mlp.inputs, batch=1, seed=1), min_cosine=0)
@@ -108,6 +119,7 @@ def test_planes_past_int8_keep_fp32_tables_and_exact_parity(model_dir, tmp_path)
                                min_weights=0, progress=None)
     runner = bie_compiler.load(out)
     assert all("at most 4 planes" in r["details"]["kernel.lut_tables"] for r in runner.manifest["layers"])
+    assert not any(symbol.endswith("_lut_int8") for symbol in runner.manifest["kernel_layers"])
     result = check_artefact(runner, inputs=make_inputs(runner.inputs, batch=1, seed=1), min_cosine=0)
     assert "int8_table_layers" not in result and result["decoded_max_rel_err"] < 1e-4 and result["passed"]
 

@@ -39,8 +39,8 @@ Rows of activations are processed one after the other, so the kernel is exact
 for any batch, but it is meant for batch 1 (larger batches use the decoded
 kernel, :mod:`.bbs_decoded`). Needs AVX-512 (``vpermi2ps`` and ``vpermps`` on 16 lanes).
 
-``tables="int8"`` (4 kept columns, the ``moderate`` preset's; the exact float32
-tables stay the default) is T-MAC's scheme for the pruned rows: per row, each
+``tables="int8"`` (4 kept columns, the ``moderate`` preset's; the default there,
+``lut_tables.chosen``) is T-MAC's scheme for the pruned rows: per row, each
 group's 8 tables of 4 activations (16 subset sums) quantized to int8 with one
 step ``s_g`` (the group's largest entry in magnitude over TABLE_PEAK), looked up
 64 at a time with ``vpshufb`` and the 4 columns' look-ups summed with their

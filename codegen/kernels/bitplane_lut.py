@@ -118,7 +118,8 @@ def kernel_call(layout: Layout, constants: list, kind: str, tables: str = "fp32"
     words, scales = holders = [te.placeholder(c.shape, c.dtype.name, name)
                                for name, c in zip(("words", "scales"), constants)]
     build = int8_gemv if tables == "int8" else gemv
-    small = KernelCall(f"{kind}_lut{INT8_KIND_SUFFIX if tables == 'int8' else ''}", build(**layout._asdict()), constants)
+    gemv_kind = f"{kind}_lut{INT8_KIND_SUFFIX if tables == 'int8' else ''}"
+    small = KernelCall(gemv_kind, build(**layout._asdict()), constants)
     return panel_gemm.with_gemm(small, panel_gemm_of(layout, words, scales, tables), kind)
 
 

@@ -203,9 +203,10 @@ def blocked_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
 
 @register(bie_binary.NAME, ops=("matmul", "conv2d"), target="llvm")
 def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """The bitmap layout: the bit-plane kernels; the index layout: the index loop for one row, decode above."""
+    """The bitmap layout: the bit-plane kernels (their exact fp32 look-up tables: the codec has no ``lut_tables``
+    option); the index layout: the index loop for one row, decode above."""
     if enc.header["layout"] == "bitmap":
-        return bitplane.llvm_call(enc, conv)
+        return bitplane.llvm_call(enc, conv, lut_tables="fp32")
     layout, constants = global_layout(enc)
     small = None if conv else KernelCall("global_index", global_index(**layout), constants)
     into, x_ndim = destination(enc, conv)
