@@ -3,7 +3,7 @@
 
 def assert_parity(result: dict, max_rel_err: float) -> None:
     """``check`` passed, and the artefact computes its decoded-weights model to ``max_rel_err``, unless the model's
-    call ran GEMVs with int8 look-up tables (the default for ``bie-bitplane`` at 2 and 4 planes and ``bbs`` moderate,
+    call ran GEMVs with int8 look-up tables (the default for ``bie-bitplane`` at 2 to 4 planes and ``bbs`` moderate,
     on a CPU with AVX-512 VNNI; one-row inputs): then each of those within its stated bound, which ``check`` holds
     it to, and the end-to-end difference theirs."""
     assert result["passed"], result

@@ -40,7 +40,7 @@ def lut_target(target):
 @pytest.mark.parametrize("n,k,config", CASES)
 def test_lut_gemv_and_its_panel_gemm_match_the_reference_decoder(n, k, config, lut_target):
     enc = encode(n, k, config, n + k)
-    call = kernel_for(enc, lut_target, lut_tables="fp32")  # the exact tables (auto takes int8 at 2 and 4 planes)
+    call = kernel_for(enc, lut_target, lut_tables="fp32")  # the exact tables (auto takes int8 at 2 to 4 planes)
     assert call.kind == "bitplane_lut"
     assert call.constants[0].shape[0] == config.kept_planes + 1
     decoded = bie_bitplane.decode(enc)

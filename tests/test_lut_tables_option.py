@@ -30,14 +30,15 @@ def test_int8_tables_beyond_4_planes_fall_back_to_fp32_with_the_reason():
     assert codecs.kernel_fallbacks(bie_bitplane.Config(bits=8, planes=3, lut_tables="int8")) == {}  # 3 kept + sign
 
 
-@pytest.mark.parametrize("bits,planes,auto", [(2, 0, "int8"), (3, 0, "fp32"), (4, 0, "int8"), (5, 0, "fp32"),
-                                              (8, 0, "fp32"), (8, 1, "int8"), (8, 2, "fp32"), (8, 3, "int8")])
-def test_auto_takes_int8_tables_at_2_and_4_planes(bits, planes, auto):
-    """Sign included: at 3 planes the int8 layout stores 4 planes' bytes (fp32 measured as fast), above 4 it has no
-    room; auto picking fp32 is no fallback, and a CPU without VNNI gets fp32 whatever was asked."""
+@pytest.mark.parametrize("bits,planes,auto", [(2, 0, "int8"), (3, 0, "int8"), (4, 0, "int8"), (5, 0, "fp32"),
+                                              (8, 0, "fp32"), (8, 1, "int8"), (8, 2, "int8"), (8, 3, "int8"),
+                                              (8, 4, "fp32")])
+def test_auto_takes_int8_tables_at_2_to_4_planes(bits, planes, auto):
+    """Sign included: above 4 planes the int8 layout has no room; auto picking fp32 is no fallback, and a CPU
+    without VNNI gets fp32 whatever was asked."""
     config = bie_bitplane.Config(bits=bits, planes=planes)
     assert config.lut_tables == "auto" and codecs.kernel_fallbacks(config) == {}
-    fit = bie_bitplane.int8_table_fit(config.kept_planes + 1)
+    fit = bie_bitplane.int8_tables_fit(config.kept_planes + 1)
     assert lut_tables.chosen("auto", fit, int8_cpu=True) == auto
     assert lut_tables.chosen("int8", fit, int8_cpu=True) == ("fp32" if config.kept_planes + 1 > 4 else "int8")
     assert lut_tables.chosen("fp32", fit, int8_cpu=True) == "fp32"
@@ -48,13 +49,13 @@ def test_auto_takes_int8_tables_at_2_and_4_planes(bits, planes, auto):
 def test_auto_takes_bbs_int8_tables_at_4_kept_columns(preset, auto):
     config = bbs.Config(preset)
     assert config.lut_tables == "auto" and codecs.kernel_fallbacks(config) == {}
-    assert lut_tables.chosen("auto", bbs.int8_table_fit(config.kept_columns), int8_cpu=True) == auto
-    assert [lut_tables.chosen("auto", bbs.int8_table_fit(kept), True) for kept in range(2, 8)] == \
+    assert lut_tables.chosen("auto", bbs.int8_tables_fit(config.kept_columns), int8_cpu=True) == auto
+    assert [lut_tables.chosen("auto", bbs.int8_tables_fit(kept), True) for kept in range(2, 8)] == \
         ["fp32", "fp32", "int8", "fp32", "fp32", "fp32"]
 
 
 @pytest.mark.parametrize("bits,asked,tables", [(3, "int8", "int8"), (4, "int8", "int8"), (5, "int8", "fp32"),
-                                               (2, "auto", "int8"), (3, "auto", "fp32"), (4, "auto", "int8"),
+                                               (2, "auto", "int8"), (3, "auto", "int8"), (4, "auto", "int8"),
                                                (4, "fp32", "fp32")])
 def test_kernel_for_builds_the_tables_chosen(bits, asked, tables, target):
     if not lut.int8_supported(target):

@@ -93,7 +93,7 @@ class Config:
         "help": "fraction beta of the model's output channels (largest scales) kept INT8; default: the preset's"})
     # this layer's INT8 channels; -1: from beta over this layer alone
     sensitive_channels: int = field(default=-1, metadata={"set_by_plan": True})
-    # the kernel, not the encoding: int8 tables for INT8_TABLE_COLUMNS kept columns, fp32 else (int8_table_fit)
+    # the kernel, not the encoding: int8 tables for INT8_TABLE_COLUMNS kept columns, fp32 else (int8_tables_fit)
     lut_tables: str = lut_tables.option()
     rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
@@ -122,16 +122,16 @@ class Config:
     @property
     def kernel_fallbacks(self) -> dict[str, str]:
         """The kernel fields asked for that this layer's kernel cannot honour, each with what it does instead."""
-        if self.lut_tables != "int8" or int8_table_fit(self.kept_columns) != lut_tables.NO_FIT:
+        if self.lut_tables != "int8" or int8_tables_fit(self.kept_columns):
             return {}
         return {"lut_tables": f"fp32: int8 tables take {INT8_TABLE_COLUMNS} kept columns (the bytes vpdpbusd sums "
                               f"per channel), this layer keeps {self.kept_columns}"}
 
 
-def int8_table_fit(kept_columns: int) -> str:
-    """How a pruned channel's ``kept_columns`` fit the int8 tables' bytes (``lut_tables.EXACT`` or ``NO_FIT``): the
-    GEMV takes exactly the INT8_TABLE_COLUMNS bytes vpdpbusd sums."""
-    return lut_tables.EXACT if kept_columns == INT8_TABLE_COLUMNS else lut_tables.NO_FIT
+def int8_tables_fit(kept_columns: int) -> bool:
+    """Whether a pruned channel's ``kept_columns`` fit the int8 tables' bytes: the GEMV takes exactly the
+    INT8_TABLE_COLUMNS bytes vpdpbusd sums."""
+    return kept_columns == INT8_TABLE_COLUMNS
 
 
 def paper_bits_per_weight(pruned_columns: int) -> float:

@@ -45,7 +45,7 @@ class Config:
     bits_per_weight: float = field(default=0.0, metadata={  # 0: fixed bits
         "help": "bits/weight budget over the whole model; each layer's precision chosen to meet it "
                 "(instead of --levels, --bits or --quality)"})
-    # the kernel, not the encoding: int8 tables for at most INT8_TABLE_PLANES planes, fp32 above (int8_table_fit)
+    # the kernel, not the encoding: int8 tables for at most INT8_TABLE_PLANES planes, fp32 above (int8_tables_fit)
     lut_tables: str = lut_tables.option()
     rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
@@ -74,18 +74,16 @@ class Config:
     def kernel_fallbacks(self) -> dict[str, str]:
         """The kernel fields asked for that this layer's kernel cannot honour, each with what it does instead."""
         planes = self.kept_planes + 1
-        if self.lut_tables != "int8" or int8_table_fit(planes) != lut_tables.NO_FIT:
+        if self.lut_tables != "int8" or int8_tables_fit(planes):
             return {}
         return {"lut_tables": f"fp32: int8 tables take at most {INT8_TABLE_PLANES} planes (the bytes vpdpbusd sums "
                               f"per channel), this layer has {planes} (sign included)"}
 
 
-def int8_table_fit(planes: int) -> str:
-    """How ``planes`` (sign included) fit the int8 tables' bytes (``lut_tables.EXACT`` etc.): 2 planes fill the byte
-    pairs vpmaddubsw sums, 3 and 4 the quads vpdpbusd sums (at 3, a zero plane's byte too)."""
-    if planes > INT8_TABLE_PLANES:
-        return lut_tables.NO_FIT
-    return lut_tables.EXACT if planes in (2, INT8_TABLE_PLANES) else lut_tables.PADDED
+def int8_tables_fit(planes: int) -> bool:
+    """Whether ``planes`` (sign included) fit the int8 tables' bytes: 2 planes the byte pairs vpmaddubsw sums, 3 and
+    4 the quads vpdpbusd sums (3 stored in 3 bytes a channel, ``codegen/kernels/bitplane_lut.py``)."""
+    return planes <= INT8_TABLE_PLANES
 
 
 def row_bytes(k: int, group_size: int) -> int:

@@ -270,7 +270,7 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bbs.Config.
     target = tvm.target.Target.current()  # kernel_for builds within its target
     if not lut.supported(target):
         return panel_gemm.with_gemm(KernelCall("bbs_decoded", matmul(enc), constants(enc)), gemm(enc), "bbs")
-    tables = chosen(lut_tables, bbs_lut.int8_fit(enc), lut.int8_supported(target))
+    tables = chosen(lut_tables, bbs_lut.int8_fits(enc), lut.int8_supported(target))
     kind = f"{bbs_lut.KIND}{INT8_KIND_SUFFIX if tables == 'int8' else ''}"
     small = KernelCall(kind, bbs_lut.gemv(enc, tables), constants(enc, tables))
     return panel_gemm.with_gemm(small, gemm(enc, tables), "bbs")

@@ -89,14 +89,9 @@ def in_order(total, terms):
     return total
 
 
-def int8_fit(enc: Encoded) -> str:
-    """How ``enc``'s pruned rows fit the int8-table GEMV (``bbs.int8_table_fit``)."""
-    return bbs.int8_table_fit(8 - int(enc.header["pruned_columns"]))
-
-
 def int8_fits(enc: Encoded) -> bool:
-    """Whether the int8-table GEMV takes ``enc``: its pruned rows keep QUAD columns."""
-    return int8_fit(enc) != lut_tables.NO_FIT
+    """Whether the int8-table GEMV takes ``enc``: its pruned rows keep QUAD columns (``bbs.int8_tables_fit``)."""
+    return bbs.int8_tables_fit(8 - int(enc.header["pruned_columns"]))
 
 
 def check_tables(enc: Encoded, tables: str) -> None:

@@ -314,8 +314,8 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, lut_tables: str = bie_bitplan
     (:mod:`.panel_gemm`), the decode kernel of the planes. Convs: decode."""
     planes = BitPlanes(enc, words=False)
     if _lut_applies(planes, conv):
-        fit = bie_bitplane.int8_table_fit(planes.planes.shape[0] + 1)
-        return lut_call(enc, chosen(lut_tables, fit, lut.int8_supported(tvm.target.Target.current())))
+        fits = bie_bitplane.int8_tables_fit(planes.planes.shape[0] + 1)
+        return lut_call(enc, chosen(lut_tables, fits, lut.int8_supported(tvm.target.Target.current())))
     if _all_planes_in_bytes(enc, planes):
         return _integer_call(enc, planes, conv)
     holders = planes.holders()

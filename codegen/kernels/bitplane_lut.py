@@ -20,7 +20,7 @@ prefetching the next task's words into L2 while it computes (as in
 :mod:`.bbs_lut`). Rows of activations are
 processed one after the other (exact at any batch; meant for batch 1).
 
-``tables="int8"`` (1 to 4 planes; the default at 2 and 4, ``lut_tables.chosen``) is
+``tables="int8"`` (1 to 4 planes, the default there: ``lut_tables.chosen``) is
 T-MAC's scheme: the tables quantized to int8 per group of 32 activations and
 looked up 64 at a time with byte shuffles, see :func:`int8_gemv`; its error is
 bounded by :func:`int8_error_bound`.
