@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict:
     model = matmul_chain(size, 1)
     model.graph.initializer.append(numpy_helper.from_array(w, "w0"))
     enc = tans.encode(w.T, tans.Config(levels=args.levels, states=args.states or tans.Config.states))
-    bitplane_bits = tans_matmul.lut_planes(args.levels) + 1
+    bitplane_bits = tans.lut_planes(args.levels) + 1
     bitplane = bie_bitplane.encode(w.T, bie_bitplane.Config(bits=bitplane_bits))
     decoded = tans.decode(enc)
     del w

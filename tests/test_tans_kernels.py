@@ -95,7 +95,7 @@ def test_load_execution_matches_the_stream_kernel_and_the_reference(n, k, config
     codes, steps = tans.decode_symbols(enc), enc.arrays["steps"]
     if lut.supported(target):
         assert load.kind == "tans_lut"
-        want = [bitplane_lut.twos_complement_planes(codes, tans_matmul.lut_planes(config.levels)),
+        want = [bitplane_lut.twos_complement_planes(codes, tans.lut_planes(config.levels)),
                 bitplane_lut.lanes_of_scales(steps[:, None])]
     else:
         want = int8.Int8Weights.packed(codes, steps, tans_matmul.integer_bits(config.levels)).constants
