@@ -8,10 +8,10 @@ seed) coded with the ``tans`` codec, in one run:
   wait for a core), medians: the decoder alone (``tans_matmul.symbol_decoder``,
   the symbols as bytes), the decoder writing the dense weights
   (``decode_weights``, the matmul's ``W [K, N]``, 4 bytes a symbol) and the one
-  writing the look-up GEMV's words at load (``int8_lut_weights`` or ``lut_weights``); the dense decoder also on
-  ``--threads`` threads (wall time);
+  writing the look-up GEMV's words at load (``int8_lut_weights`` or
+  ``lut_weights``); the dense decoder also on ``--threads`` threads (wall time);
 * batch-1 matmul time, one layer called repeatedly: the fused tANS kernel
-  (``--tans-execution stream``), the GEMV over the planes decoded at load
+  (``--tans-execution stream``), the GEMV over the words decoded at load
   (``--tans-execution load``, the default; the one-off decode at load timed
   too), the ``bie-bitplane`` kernel of the same precision on the same weights
   (the planes of the codes, sign included: 4 bits at 15 levels), each with the
