@@ -50,7 +50,7 @@ class Config:
         "help": "weights per independently decoded stream, at least (default 8192)"})
     # the kernel, not the encoding: the stored bytes are the same either way
     tans_execution: str = field(default="load", metadata={"kernel": True,
-        "help": "CPU: load (decode the streams once when the artefact is loaded, into the bit planes of the "
+        "help": "CPU: load (decode the streams once when the artefact is loaded, into the words of the "
                 "bie-bitplane look-up-table GEMV: fast, the decoded planes in memory) or stream (decode on every "
                 "call, fused with the GEMV: least memory); default load"})
     # the kernel, not the encoding: with tans_execution load, int8 tables up to 15 levels (4 planes), fp32 above
@@ -94,7 +94,7 @@ class Config:
                               f"{INT8_TABLE_LEVELS} levels), this layer has {self.fixed_levels} levels"}
 
 
-INT8_TABLE_LEVELS = 15  # the most levels whose codes (|q| <= 7) fit the int8 tables: 3 magnitude planes and the sign
+INT8_TABLE_LEVELS = (1 << bie_bitplane.INT8_TABLE_PLANES) - 1  # the most levels whose codes fit the int8 tables: 15
 
 
 def lut_planes(levels: int) -> int:

@@ -52,12 +52,13 @@ independent chains fill the gathers' latency. Same format, same symbols.
   task decoding 64 channels into a buffer and writing whole cache lines of W.
 * :func:`symbol_decoder`: the decoder alone, writing the symbols (the
   decode-throughput benchmark's kernel).
-* :func:`lut_weights` and :func:`integer_weights`: the decoder writing the codes
-  ``q`` as the ``bie-bitplane`` kernels take them: the look-up-table kernel's
-  two's complement planes (:mod:`.bitplane_lut`, AVX-512: ``ceil(log2(m + 1)) + 1``
-  planes for ``2m + 1`` levels, 2 for 3 levels, 4 for 15), else the integer
-  kernels' codes (:mod:`.int8`: 4-bit up to 15 levels, else 8-bit), the steps as
-  channel scales. ``--tans-execution load`` (the default) runs it once, when
+* :func:`int8_lut_weights`, :func:`lut_weights` and :func:`integer_weights`: the
+  decoder writing the codes ``q`` as the ``bie-bitplane`` kernels take them: the
+  look-up-table kernel's (:mod:`.bitplane_lut`, AVX-512; ``ceil(log2(m + 1)) + 1``
+  planes for ``2m + 1`` levels, 2 for 3 levels, 4 for 15) int8 tables' bytes
+  (up to 15 levels with AVX-512 VNNI, as ``lut_tables`` chooses) or two's
+  complement planes (fp32 tables), else the integer kernels' codes (:mod:`.int8`:
+  4-bit up to 15 levels, else 8-bit), the steps as channel scales. ``--tans-execution load`` (the default) runs it once, when
   the artefact is loaded (``KernelCall.at_load``): the artefact stores the
   streams, and every call runs that kernel, whose error against the fused one
   is float rounding only (same codes, same per-channel step, applied after the sum).
