@@ -208,13 +208,14 @@ def print_report(res: dict) -> None:
     print()
     print(f"decode, 1 thread, per second of CPU time: the decoder alone {res['decoder_alone_gsym_per_cpu_s']:.3f} "
           f"Gsym/s, writing the dense fp32 weights {res['dense_decoder_gsym_per_cpu_s']:.3f}, writing the look-up "
-          f"GEMV's words (at load) {res['load_decoder_gsym_per_cpu_s']:.3f} (bar: zstd FSE ~1.0 Gsym/s per core with 4 states, "
-          f"1.3-1.5 with 8)")
+          f"GEMV's words (at load) {res['load_decoder_gsym_per_cpu_s']:.3f} (bar: zstd FSE ~1.0 Gsym/s per core with "
+          "4 states, 1.3-1.5 with 8)")
     print(f"dense decoder on {res['threads']} threads: {res['decode_gsym_per_s_threads']:.3f} Gsym/s (wall time)")
     print(f"fused decode-and-GEMV, batch 1: {res['fused_gsym_per_s_1_thread']:.3f} Gsym/s on 1 core")
     print(f"load: decoding the streams into {res['bitplane_bits']} planes once takes {res['load_decode_ms']:.1f} ms "
           f"({res['threads']} threads); its GEMV ({res['load_kind']}) / bie-bitplane {res['bitplane_bits']}-bit "
-          f"({res['bitplane_kind']}, {res['bitplane_bytes'] / 1e6:.2f} MB) = {res['load_vs_bitplane']:.2f} (interleaved)")
+          f"({res['bitplane_kind']}, {res['bitplane_bytes'] / 1e6:.2f} MB) = {res['load_vs_bitplane']:.2f} "
+          "(interleaved)")
     print()
     print("batch-1 matmul, one layer called repeatedly:")
     for name, ms in res["ms"].items():

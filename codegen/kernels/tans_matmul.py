@@ -58,7 +58,8 @@ independent chains fill the gathers' latency. Same format, same symbols.
   planes for ``2m + 1`` levels, 2 for 3 levels, 4 for 15) int8 tables' bytes
   (up to 15 levels with AVX-512 VNNI, as ``lut_tables`` chooses) or two's
   complement planes (fp32 tables), else the integer kernels' codes (:mod:`.int8`:
-  4-bit up to 15 levels, else 8-bit), the steps as channel scales. ``--tans-execution load`` (the default) runs it once, when
+  4-bit up to 15 levels, else 8-bit), the steps as channel scales.
+  ``--tans-execution load`` (the default) runs it once, when
   the artefact is loaded (``KernelCall.at_load``): the artefact stores the
   streams, and every call runs that kernel, whose error against the fused one
   is float rounding only (same codes, same per-channel step, applied after the sum).
@@ -829,14 +830,13 @@ def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int
     per_vector = bitplane_lut.QUAD // span  # tables a vector's low nibbles hold
     lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
     lane_blocks, kg = -(-n // lanes), -(-k // group)
-    tables = group // 8  # tables of 4 weights in a half group (its 16 weights: the low nibbles, then the high)
-
+    tables = group // 8  # a group's tables of 4 weights in the low nibbles (weights 0-15; the high nibbles: 16-31)
     triple = stored == bitplane_lut.TRIPLE
 
     def vector_of(t, p):
-        """The stored vector that plane ``p`` of table ``t``'s byte goes to (TIR expressions of unrolled loop variables):
-        the tables a vector holds one after the other; at 3 planes vector 3's plane ``p`` is in vector ``p - 1``
-        (``bitplane_lut.triple_bytes``)."""
+        """The stored vector that plane ``p`` of table ``t``'s byte goes to (TIR expressions of unrolled loop
+        variables): the tables a vector holds one after the other; at 3 planes vector 3's plane ``p`` is in vector
+        ``p - 1`` (``bitplane_lut.triple_bytes``)."""
         return T.Select(t == bitplane_lut.TRIPLE, p - 1, t) if triple else t // per_vector
 
     def byte_of(channel, t, p):
