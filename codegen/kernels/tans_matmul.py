@@ -760,6 +760,14 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
     return kernel
 
 
+@T.macro
+def lane_scales(n, steps, scales):
+    # the steps as bitplane_lut.lanes_of_scales lays out per-channel scales, the last block's lanes past n zero
+    for c in range(scales.shape[0] * scales.shape[2]):
+        scales[c // scales.shape[2], 0, c % scales.shape[2]] = T.if_then_else(c < n, steps[T.min(c, n - 1)],
+                                                                               T.float32(0))
+
+
 def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
     """``f(counts, offsets, words, steps, planes, scales)``: the codes as ``bitplane_lut.twos_complement_planes(q,
     tans.lut_planes(levels))`` lays them out, and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero).
@@ -801,8 +809,7 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
         scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for c in range(lane_blocks * lanes):
-            scales[c // lanes, 0, c % lanes] = T.if_then_else(c < n, steps[T.min(c, n - 1)], T.float32(0))
+        lane_scales(n, steps, scales)
         for r in range(lane_blocks * lanes - n):  # the last block's channels past n
             for i in range(kg):
                 for b in range(magnitude + 1):
@@ -881,8 +888,7 @@ def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int
         scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for c in range(lane_blocks * lanes):
-            scales[c // lanes, 0, c % lanes] = T.if_then_else(c < n, steps[T.min(c, n - 1)], T.float32(0))
+        lane_scales(n, steps, scales)
         for r in range(lane_blocks * lanes - n):  # the last block's channels past n: zero codes
             for i in range(kg):
                 for t in T.unroll(tables):
