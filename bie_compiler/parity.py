@@ -254,15 +254,18 @@ def _compiled_kernel(runner, symbol: str):
 def _int8_table_gemv(enc) -> tuple[int, list, object]:
     """What ``check`` runs of a layer's int8-table GEMV: its K, its constants and ``bound(x)``, the kernel's stated
     error bound per output."""
-    from .codecs import bbs
-    from .codegen.kernels import bbs_decoded, bbs_lut, bitplane, bitplane_lut
+    from .codecs import bbs, tans
+    from .codegen.kernels import bbs_decoded, bbs_lut, bitplane, bitplane_lut, tans_matmul
 
     if enc.codec == bbs.NAME:
         return enc.shape[1], bbs_decoded.constants(enc, "int8"), lambda x: bbs_lut.int8_error_bound(x, enc)
-    layout, codes, planes = bitplane.lut_parts(enc)
-    constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, "int8"),
-                 bitplane_lut.lanes_of_scales(planes.scales)]
-    return layout.k, constants, lambda x: bitplane_lut.int8_error_bound(x, layout, planes.scales)
+    if enc.codec == tans.NAME:  # the bytes its kernel decodes at load, from the reference decoder's codes
+        layout, codes, scales = tans_matmul.lut_layout(enc), tans.decode_symbols(enc), enc.arrays["steps"][:, None]
+    else:
+        layout, codes, planes = bitplane.lut_parts(enc)
+        scales = planes.scales
+    constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, "int8"), bitplane_lut.lanes_of_scales(scales)]
+    return layout.k, constants, lambda x: bitplane_lut.int8_error_bound(x, layout, scales)
 
 
 def int8_table_layers(runner, reference: onnx.ModelProto, inputs: dict, encodings: dict) -> list[dict]:

@@ -43,15 +43,17 @@ def test_weights_on_the_grid_round_trip_exactly():
 def test_config_validation():
     for bad in (dict(levels=4), dict(levels=1), dict(levels=257), dict(levels=5, bits_per_weight=2.0),
                 dict(bits_per_weight=-1.0), dict(table_log=4), dict(table_log=16), dict(states=0), dict(stream_symbols=0),
-                dict(levels=255, table_log=7), dict(tans_execution="lazy")):
+                dict(levels=255, table_log=7), dict(tans_execution="lazy"), dict(lut_tables="fp16")):
         with pytest.raises(CodecError, match="tans"):
             make_config("tans", bad)
     assert tans.Config().fixed_levels == tans.DEFAULT_LEVELS
     assert tans.Config(bits_per_weight=3.0).fixed_levels == 0
-    # the execution chooses the kernel, not the encoding: the builder's keyword, never in the stored header
-    assert codecs.kernel_options(tans.Config(tans_execution="stream")) == {"tans_execution": "stream"}
+    # the execution and the look-up tables choose the kernel, not the encoding: the builder's keywords, never in the
+    # stored header
+    config = tans.Config(tans_execution="stream", lut_tables="fp32")
+    assert codecs.kernel_options(config) == {"tans_execution": "stream", "lut_tables": "fp32"}
     w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
-    assert tans.encode(w, tans.Config(tans_execution="stream")).sha256() == tans.encode(w, tans.Config()).sha256()
+    assert tans.encode(w, config).sha256() == tans.encode(w, tans.Config()).sha256()
 
 
 def test_exact_bit_accounting():

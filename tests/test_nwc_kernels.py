@@ -121,6 +121,7 @@ def test_malformed_encodings_are_refused_at_compile_and_at_load(target):
 
 @pytest.mark.parametrize("nwc_decode", ["load", "per-call"])
 def test_a_scalar_layer_runs_the_tans_kernels(nwc_decode, target):
+    """Exactly, at 15 levels too: the load execution with the exact fp32 tables (nwc has no lut_tables option)."""
     w = weight(40, 96, 5)
     enc = nwc.encode(w, nwc.Config(tans_levels=15))
     call = kernel_for(enc, target, nwc_decode=nwc_decode)

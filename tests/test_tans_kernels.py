@@ -1,5 +1,6 @@
 """The tANS CPU kernels against the numpy reference decoder: the decoder bit-exact, the matmul at every batch path,
-in both executions (``stream``: decoded on every call; ``load``: decoded once into the integer kernels' codes)."""
+in both executions (``stream``: decoded on every call; ``load``: decoded once into the look-up-table kernels' words,
+with int8 or fp32 tables, or the integer kernels' codes)."""
 
 import numpy as np
 import pytest
@@ -82,20 +83,30 @@ def test_matmul_kernel_matches_reference_decoder(n, k, config, target):
         assert_close(call(kernel, x, matmul.constants, (batch, n)), x @ decoded.T, context=batch)
 
 
+def load_tables(config, target) -> str | None:
+    """The look-up tables ``--tans-execution load`` gives a layer of ``config`` on ``target`` (``lut_tables`` auto),
+    None where it runs the integer kernels."""
+    if not lut.supported(target):
+        return None
+    return "int8" if lut.int8_supported(target) and tans.int8_tables_fit(config.levels) else "fp32"
+
+
 @pytest.mark.parametrize("n,k,config", CASES)
 def test_load_execution_matches_the_stream_kernel_and_the_reference(n, k, config, target):
     """At load: the reference decoder's codes exactly, as the ``bie-bitplane`` kernels take them (the look-up-table
-    kernel's two's complement planes with AVX-512, else 4-bit codes up to 15 levels and 8-bit above; padding zero
-    whatever the buffer held); then batch 1 and batch 8 (the panel GEMM) agree with the stream kernel and
-    the reference decoder."""
+    kernel's int8 tables' bytes up to 15 levels with AVX-512 VNNI, its two's complement planes with AVX-512, else
+    4-bit codes up to 15 levels and 8-bit above; padding zero whatever the buffer held); then batch 1 (with int8
+    tables: within their stated bound) and batch 8 (the panel GEMM) agree with the stream kernel and the reference
+    decoder."""
     enc = encode(n, k, config, 3 * n + k)
     load, stream = (kernel_for(enc, target, tans_execution=e) for e in ("load", "stream"))
     assert load.at_load is not None and stream.at_load is None
     computed = computed_constants(load, target)
     codes, steps = tans.decode_symbols(enc), enc.arrays["steps"]
-    if lut.supported(target):
-        assert load.kind == "tans_lut"
-        want = [bitplane_lut.twos_complement_planes(codes, tans_matmul.lut_planes(config.levels)),
+    tables = load_tables(config, target)
+    if tables is not None:
+        assert load.kind == "tans_lut" + ("_int8" if tables == "int8" else "")
+        want = [bitplane_lut.words_of(codes, tans.lut_planes(config.levels), tables),
                 bitplane_lut.lanes_of_scales(steps[:, None])]
     else:
         want = int8.Int8Weights.packed(codes, steps, tans_matmul.integer_bits(config.levels)).constants
@@ -105,12 +116,47 @@ def test_load_execution_matches_the_stream_kernel_and_the_reference(n, k, config
     rng = np.random.default_rng(n)
     x1 = rng.standard_normal((1, k)).astype(np.float32)
     from_load = run(load.func, target, x1, computed, (1, n))
-    assert_close(from_load, x1 @ decoded.T)
-    assert_close(from_load, run(stream.func, target, x1, stream.constants, (1, n)))
+    if tables == "int8":
+        bound = bitplane_lut.int8_error_bound(x1, tans_matmul.lut_layout(enc), steps[:, None])
+        assert (np.abs(from_load - x1 @ decoded.T) <= bound + 1e-5 * np.abs(x1 @ decoded.T).max()).all()
+    else:
+        assert_close(from_load, x1 @ decoded.T)
+        assert_close(from_load, run(stream.func, target, x1, stream.constants, (1, n)))
     x8 = rng.standard_normal((8, k)).astype(np.float32)
     from_load = run(load.large_batch.func, target, x8, computed, (8, n))
     assert_close(from_load, x8 @ decoded.T)
     assert_close(from_load, run(stream.func, target, x8, stream.constants, (8, n)))
+
+
+@pytest.mark.parametrize("n,k,config", [case for case in CASES if tans.int8_tables_fit(case[2].levels)])
+def test_int8_table_bytes_at_load_are_the_reference_codes(n, k, config, target):
+    """The at-load decoder of the int8-table GEMV (3 to 15 levels: 2, 3 and 4 planes with the sign; N not a multiple
+    of 16, K not of 32), built here whatever this CPU has: ``bitplane_lut.int8_nibbles`` of the reference decoder's
+    codes, byte for byte, the buffers holding garbage before."""
+    enc = encode(n, k, config, 11 * n + k)
+    want = [bitplane_lut.int8_nibbles(tans.decode_symbols(enc), tans.lut_planes(config.levels)),
+            bitplane_lut.lanes_of_scales(enc.arrays["steps"][:, None])]
+    out = [tvm.runtime.tensor(np.full(w.shape, 0x5A, w.dtype)) for w in want]
+    build(tans_matmul.int8_lut_weights(**tans_matmul.stream_layout(enc)), target)(*constants(enc), *out)
+    for got, expected in zip(out, want):
+        np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_lut_tables_choose_the_load_gemv(target):
+    """``lut_tables``: int8 up to 15 levels (auto and int8), fp32 when asked or above 15 levels, where the int8 tables
+    have no room (the layer's fallback names it)."""
+    if not lut.int8_supported(target):
+        pytest.skip(f"{target} has no AVX-512 VNNI (the int8 tables' instructions)")
+    kinds = {}
+    for levels in (15, 17):
+        enc = encode(20, 64, tans.Config(levels=levels), levels)
+        kinds[levels] = [kernel_for(enc, target, lut_tables=asked).kind for asked in ("auto", "int8", "fp32")]
+    assert kinds == {15: ["tans_lut_int8", "tans_lut_int8", "tans_lut"], 17: ["tans_lut"] * 3}
+    from bie_compiler import codecs
+
+    assert codecs.kernel_fallbacks(tans.Config(levels=15, lut_tables="int8")) == {}
+    assert "up to 15 levels" in codecs.kernel_fallbacks(tans.Config(levels=17, lut_tables="int8"))["lut_tables"]
+    assert "stream" in codecs.kernel_fallbacks(tans.Config(lut_tables="int8", tans_execution="stream"))["lut_tables"]
 
 
 def test_kernel_refuses_a_malformed_encoding(target):

@@ -1,7 +1,8 @@
 """The ``lut_tables`` kernel field of the codecs whose CPU batch-1 GEMV looks up partial sums of activations
-(``bie-bitplane``, ``bbs``): exact float32 subset sums, or T-MAC's int8 tables quantized per group of 32
-activations and looked up with byte shuffles (an error within a stated bound, fewer instructions per weight), or
-``auto`` (the default): int8 wherever the layer's codes fit their layout and the CPU has their instructions.
+(``bie-bitplane``, ``bbs``, ``tans`` with ``--tans-execution load``): exact float32 subset sums, or T-MAC's int8
+tables quantized per group of 32 activations and looked up with byte shuffles (an error within a stated bound,
+fewer instructions per weight), or ``auto`` (the default): int8 wherever the layer's codes fit their layout and the
+CPU has their instructions.
 
 A kernel field (``metadata["kernel"]``): the stored bytes are the same either way, only the kernel's layout of
 them (built at compile time) changes, and ``codecs.option_fields`` merges the field of every codec that has it
@@ -15,10 +16,11 @@ from dataclasses import Field, field
 from ..errors import CodecError
 
 TABLES = ("auto", "fp32", "int8")
-HELP = ("CPU batch-1 look-up tables: auto (default: int8 for bie-bitplane at 2 to 4 planes, sign included, and bbs "
-        "at 4 kept columns, on a CPU with AVX-512 VNNI; fp32 else), fp32 (exact float32 subset sums) or int8 "
-        "(quantized per group of 32 activations, looked up with byte shuffles: fewer instructions, an error "
-        "within a stated bound; up to 4 planes or kept columns); the stored weights are the same")
+HELP = ("CPU batch-1 look-up tables: auto (default: int8 for bie-bitplane at 2 to 4 planes, sign included, bbs "
+        "at 4 kept columns and tans up to 15 levels, on a CPU with AVX-512 VNNI; fp32 else), fp32 (exact float32 "
+        "subset sums) or int8 (quantized per group of 32 activations, looked up with byte shuffles: fewer "
+        "instructions, an error within a stated bound; up to 4 planes or kept columns); the stored weights are the "
+        "same")
 INT8_KIND_SUFFIX = "_int8"  # the kind (and symbol) of a GEMV with int8 tables ends with this (check and the report)
 
 

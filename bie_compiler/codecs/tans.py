@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import CodecError
-from . import budget_split, feedback, rotation, tans_coder, uniform
+from . import budget_split, bie_bitplane, feedback, lut_tables, rotation, tans_coder, uniform
 from .base import Encoded, check_weight
 from .parallel import SERIAL, Workers
 
@@ -50,12 +50,15 @@ class Config:
         "help": "weights per independently decoded stream, at least (default 8192)"})
     # the kernel, not the encoding: the stored bytes are the same either way
     tans_execution: str = field(default="load", metadata={"kernel": True,
-        "help": "CPU: load (decode the streams once when the artefact is loaded, into the bit planes of the "
+        "help": "CPU: load (decode the streams once when the artefact is loaded, into the words of the "
                 "bie-bitplane look-up-table GEMV: fast, the decoded planes in memory) or stream (decode on every "
                 "call, fused with the GEMV: least memory); default load"})
+    # the kernel, not the encoding: with tans_execution load, int8 tables up to 15 levels (4 planes), fp32 above
+    lut_tables: str = lut_tables.option()
     rotate: bool = rotation.option()  # codecs.encode rotates the weight; the codec encodes what it is given
 
     def __post_init__(self):
+        lut_tables.check(NAME, self.lut_tables)
         if self.levels and self.bits_per_weight:
             raise CodecError(f"{NAME}: give either levels or bits_per_weight, not both")
         if self.bits_per_weight < 0:
@@ -76,6 +79,34 @@ class Config:
     @property
     def fixed_levels(self) -> int:
         return self.levels or (0 if self.bits_per_weight else DEFAULT_LEVELS)
+
+    @property
+    def kernel_fallbacks(self) -> dict[str, str]:
+        """The kernel fields asked for that this layer's kernel cannot honour, each with what it does instead (a
+        budget's config before the plan has no levels yet: its layers' planned configs say)."""
+        if self.lut_tables != "int8" or not self.fixed_levels:
+            return {}
+        if self.tans_execution != "load":
+            return {"lut_tables": "none: --tans-execution stream decodes in the GEMV, which has no look-up tables"}
+        if int8_tables_fit(self.fixed_levels):
+            return {}
+        return {"lut_tables": f"fp32: int8 tables take at most {bie_bitplane.INT8_TABLE_PLANES} planes (up to "
+                              f"{INT8_TABLE_LEVELS} levels), this layer has {self.fixed_levels} levels"}
+
+
+INT8_TABLE_LEVELS = (1 << bie_bitplane.INT8_TABLE_PLANES) - 1  # the most levels whose codes fit the int8 tables: 15
+
+
+def lut_planes(levels: int) -> int:
+    """Magnitude planes of the codes of ``levels`` levels (|q| <= levels // 2) in the look-up-table kernels' words
+    (the sign one more: 2 for 3 levels, 4 for 15)."""
+    return (levels // 2).bit_length()
+
+
+def int8_tables_fit(levels: int) -> bool:
+    """Whether the codes of ``levels`` levels fit the int8 tables' bytes (``bie_bitplane.int8_tables_fit`` of their
+    planes, sign included)."""
+    return bie_bitplane.int8_tables_fit(lut_planes(levels) + 1)
 
 
 def rows_per_stream(k: int, config: Config) -> int:

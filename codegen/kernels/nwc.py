@@ -389,10 +389,12 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, nwc_decode: str = nwc.Config.
     """``nwc_decode`` ``load``: the dense kernels (matmul) or the plain conv over the float32 weight that
     :func:`decoder` writes at load. ``per-call``: the stored arrays are the constants; a matmul of one row runs
     :func:`fused_matmul`, above one row (and a conv) a decode kernel (:func:`decoder` with ``x``) and the plain op.
-    A scalar layer (``nwc.scalar``) runs ``tans``'s kernels: decoded at load, or streamed on every call. A float16
+    A scalar layer (``nwc.scalar``) runs ``tans``'s kernels (with the exact fp32 look-up tables): decoded at load, or
+    streamed on every call. A float16
     layer: widened at load (:func:`.nwc_float16.widened`) into the same layouts, or :func:`.nwc_float16.per_call`."""
-    if nwc.scalar(enc) is not None:
-        return tans_matmul.llvm_call(nwc.scalar(enc), conv, "stream" if nwc_decode == "per-call" else "load")
+    if nwc.scalar(enc) is not None:  # the exact tables: nwc has no lut_tables option, its layers decode exactly
+        return tans_matmul.llvm_call(nwc.scalar(enc), conv, "stream" if nwc_decode == "per-call" else "load",
+                                     lut_tables="fp32")
     conv_shape = None if conv is None else tuple(conv.kernel_shape)
     if nwc.float16_weight(enc) is not None:
         if nwc_decode == "per-call":

@@ -117,7 +117,9 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
 
 
 @register(tans.NAME, ops=("matmul",), target="cuda")
-def cuda_call(enc: Encoded, conv: ConvSpec | None, tans_execution: str = "stream") -> KernelCall:
-    """The fused kernel for every batch (``tans_execution`` is the CPU's choice: the GPU decodes on every call)."""
+def cuda_call(enc: Encoded, conv: ConvSpec | None, tans_execution: str = "stream",
+              lut_tables: str = tans.Config.lut_tables) -> KernelCall:
+    """The fused kernel for every batch (``tans_execution`` and ``lut_tables`` are the CPU's choices: the GPU decodes
+    on every call)."""
     layout = tans_matmul.checked_layout(enc)
     return KernelCall("tans", matmul(**layout).with_attr(TANS_ATTR, layout), tans_matmul.constants(enc, byte_words=False))

@@ -52,12 +52,14 @@ independent chains fill the gathers' latency. Same format, same symbols.
   task decoding 64 channels into a buffer and writing whole cache lines of W.
 * :func:`symbol_decoder`: the decoder alone, writing the symbols (the
   decode-throughput benchmark's kernel).
-* :func:`lut_weights` and :func:`integer_weights`: the decoder writing the codes
-  ``q`` as the ``bie-bitplane`` kernels take them: the look-up-table kernel's
-  two's complement planes (:mod:`.bitplane_lut`, AVX-512: ``ceil(log2(m + 1)) + 1``
-  planes for ``2m + 1`` levels, 2 for 3 levels, 4 for 15), else the integer
-  kernels' codes (:mod:`.int8`: 4-bit up to 15 levels, else 8-bit), the steps as
-  channel scales. ``--tans-execution load`` (the default) runs it once, when
+* :func:`int8_lut_weights`, :func:`lut_weights` and :func:`integer_weights`: the
+  decoder writing the codes ``q`` as the ``bie-bitplane`` kernels take them: the
+  look-up-table kernel's (:mod:`.bitplane_lut`, AVX-512; ``ceil(log2(m + 1)) + 1``
+  planes for ``2m + 1`` levels, 2 for 3 levels, 4 for 15) int8 tables' bytes
+  (up to 15 levels with AVX-512 VNNI, as ``lut_tables`` chooses) or two's
+  complement planes (fp32 tables), else the integer kernels' codes (:mod:`.int8`:
+  4-bit up to 15 levels, else 8-bit), the steps as channel scales.
+  ``--tans-execution load`` (the default) runs it once, when
   the artefact is loaded (``KernelCall.at_load``): the artefact stores the
   streams, and every call runs that kernel, whose error against the fused one
   is float rounding only (same codes, same per-channel step, applied after the sum).
@@ -73,6 +75,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, tans
+from bie_compiler.codecs.lut_tables import chosen
 from bie_compiler.codecs.tans_coder import spread_step
 from bie_compiler.runtime.tans_streams import MAX_STATES
 
@@ -757,21 +760,24 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
     return kernel
 
 
-def lut_planes(levels: int) -> int:
-    """Magnitude planes of the codes of ``levels`` levels (|q| <= levels // 2) in the look-up-table kernel's words."""
-    return (levels // 2).bit_length()
+@T.macro
+def lane_scales(n, steps, scales):
+    # the steps as bitplane_lut.lanes_of_scales lays out per-channel scales, the last block's lanes past n zero
+    for c in range(scales.shape[0] * scales.shape[2]):
+        scales[c // scales.shape[2], 0, c % scales.shape[2]] = T.if_then_else(c < n, steps[T.min(c, n - 1)],
+                                                                               T.float32(0))
 
 
 def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
     """``f(counts, offsets, words, steps, planes, scales)``: the codes as ``bitplane_lut.twos_complement_planes(q,
-    lut_planes(levels))`` lays them out, and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero).
+    tans.lut_planes(levels))`` lays them out, and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero).
 
     A blocked decoder (:func:`blocks`): each channel's word of a plane (32 weights) is built from the buffer at
     once, its bits or-reduced in vectors, and stored whole."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
     blocked = blocks(lay)
     streams, half = lay["streams"], lay["half"]
-    magnitude = lut_planes(levels)
+    magnitude = tans.lut_planes(levels)
     lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
     lane_blocks, kg = -(-n // lanes), -(-k // group)
 
@@ -803,13 +809,93 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
         scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for c in range(lane_blocks * lanes):
-            scales[c // lanes, 0, c % lanes] = T.if_then_else(c < n, steps[T.min(c, n - 1)], T.float32(0))
+        lane_scales(n, steps, scales)
         for r in range(lane_blocks * lanes - n):  # the last block's channels past n
             for i in range(kg):
                 for b in range(magnitude + 1):
                     planes[b, (lane_blocks - 1) * kg + i, (n + r) % lanes] = T.uint32(0)
         blocked.decode(counts, offsets, words, steps, write_planes, planes)
+
+    return kernel
+
+
+def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
+                     num_words: int):
+    """``f(counts, offsets, words, steps, nibbles, scales)``: the codes as ``bitplane_lut.int8_nibbles(q,
+    tans.lut_planes(levels))`` lays them out (the int8-table GEMV's look-up indices, up to INT8_TABLE_LEVELS levels),
+    and the steps as ``bitplane_lut.lanes_of_scales`` (padding zero).
+
+    A blocked decoder (:func:`blocks`), as :func:`lut_weights`: per channel and group of 32 codes, the offset codes
+    ``u = q + 2^P`` give each byte (plane ``p`` of S, 8 weights of one table, nibble bit ``hi * 4 + i`` for weight
+    ``16 hi + 4 t + i`` of table ``t``), built from the buffer at once and stored at its place in the row."""
+    lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
+    blocked = blocks(lay)
+    streams, half = lay["streams"], lay["half"]
+    magnitude = tans.lut_planes(levels)
+    bitplane_lut.check_tables("int8", magnitude)
+    span, stored = bitplane_lut.int8_planes(magnitude), bitplane_lut.int8_stored_planes(magnitude)
+    per_vector = bitplane_lut.QUAD // span  # tables a vector's low nibbles hold
+    lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
+    lane_blocks, kg = -(-n // lanes), -(-k // group)
+    tables = group // 8  # a group's tables of 4 weights in the low nibbles (weights 0-15; the high nibbles: 16-31)
+    triple = stored == bitplane_lut.TRIPLE
+
+    def vector_of(t, p):
+        """The stored vector that plane ``p`` of table ``t``'s byte goes to (TIR expressions of unrolled loop
+        variables): the tables a vector holds one after the other; at 3 planes vector 3's plane ``p`` is in vector
+        ``p - 1`` (``bitplane_lut.triple_bytes``)."""
+        return T.Select(t == bitplane_lut.TRIPLE, p - 1, t) if triple else t // per_vector
+
+    def byte_of(channel, t, p):
+        """Its byte in the vector: a channel's S planes in S consecutive bytes, the tables of a vector one after the
+        other; at 3 planes (plane 0, zero, not stored) plane ``p`` of vector ``t`` < 3 in byte ``p - 1`` below byte
+        ``t`` and in byte ``p`` from it on, vector 3's in byte ``p - 1`` (the byte its vector ``p - 1`` leaves free)."""
+        if triple:
+            return channel * span + p - T.Cast("int32", p - 1 < t)
+        return (t % per_vector * lanes + channel) * span + p
+
+    low = span - 1 - magnitude  # the planes below hold no bit (offset codes u < 2^(P + 1)): at 3 planes plane 0
+    # a zero code's bytes (u = 2^P): plane p's all ones where bit S - 1 - p of 2^P is set, as a word's byte p
+    padding_word = sum(255 << 8 * p for p in range(span) if (1 << magnitude) >> (span - 1 - p) & 1)
+
+    @T.macro
+    def write_nibbles(scratch, first, rows, nibbles):
+        bytes_ = T.decl_buffer((tables * span,), "uint32")
+        for c in range(rows):
+            row: T.let = first + c
+            for g in range(kg):
+                for b in T.unroll(tables * span):
+                    bytes_[b] = T.uint32(0)
+                for j in T.unroll(group):
+                    # the weights past k are zero: u = 2^P
+                    u: T.let = T.if_then_else(g * group + j < k, T.Cast("int32", symbol_of(
+                        scratch[c * blocked.pitch + g * group + j])) - half, T.int32(0)) + (1 << magnitude)
+                    for p in T.unroll(low, span):
+                        bytes_[j % 16 // 4 * span + p] = bytes_[j % 16 // 4 * span + p] | (
+                            T.Cast("uint32", (u >> (span - 1 - p)) & 1) << T.Cast("uint32", j // 16 * 4 + j % 4))
+                for t in T.unroll(tables):
+                    for p in T.unroll(low, span):
+                        nibbles[row // lanes * kg + g, vector_of(t, p), byte_of(row % lanes, t, p)] = T.Cast(
+                            "uint8", bytes_[t * span + p])
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        nibbles: T.Buffer((lane_blocks * kg, stored, lanes * bitplane_lut.QUAD), "uint8"),
+        scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        lane_scales(n, steps, scales)
+        for r in range(lane_blocks * lanes - n):  # the last block's channels past n: zero codes
+            for i in range(kg):
+                for t in T.unroll(tables):
+                    for p in T.unroll(low, span):
+                        nibbles[(lane_blocks - 1) * kg + i, vector_of(t, p), byte_of((n + r) % lanes, t, p)] = T.Cast(
+                            "uint8", T.uint32(padding_word) >> T.Cast("uint32", 8 * p))
+        blocked.decode(counts, offsets, words, steps, write_nibbles, nibbles)
 
     return kernel
 
@@ -935,12 +1021,14 @@ def checked_layout(enc: Encoded) -> dict:
 
 
 @register(tans.NAME, ops=("matmul", "conv2d"), target="llvm")
-def llvm_call(enc: Encoded, conv: ConvSpec | None, tans_execution: str = tans.Config.tans_execution) -> KernelCall:
-    """``load``: the integer kernels over the codes decoded at load. ``stream``: the fused decode-and-GEMV for one
-    row, decode to the dense weight above one row and for convs."""
+def llvm_call(enc: Encoded, conv: ConvSpec | None, tans_execution: str = tans.Config.tans_execution,
+              lut_tables: str = tans.Config.lut_tables) -> KernelCall:
+    """``load``: the integer kernels over the codes decoded at load (the look-up-table GEMV's tables as
+    ``lut_tables.chosen`` picks them for ``lut_tables``). ``stream``: the fused decode-and-GEMV for one row, decode
+    to the dense weight above one row and for convs."""
     layout = checked_layout(enc)
     if tans_execution == "load":
-        return _at_load_call(enc, conv, layout)
+        return _at_load_call(enc, conv, layout, lut_tables)
     tensors = constants(enc)
     small = None if conv else KernelCall("tans_matmul", matmul(**layout).with_attr(TANS_ATTR, layout), tensors)
     into, x_ndim = destination(enc, conv)
@@ -948,18 +1036,30 @@ def llvm_call(enc: Encoded, conv: ConvSpec | None, tans_execution: str = tans.Co
     return with_decoder(small, decoder, "tans", tensors, conv)
 
 
-def _at_load_call(enc: Encoded, conv: ConvSpec | None, layout: dict) -> KernelCall:
-    """A matmul on a CPU with AVX-512: the look-up-table kernels of ``bie-bitplane`` over the planes
-    :func:`lut_weights` writes at load. Else (and convs) the integer GEMV (one row) or decode kernel of its 4- and
-    8-bit encodings, over the codes :func:`integer_weights` writes."""
+def lut_layout(enc: Encoded) -> bitplane_lut.Layout:
+    """The look-up-table kernels' layout of a ``tans`` encoding's codes: ``tans.lut_planes`` magnitude planes, the
+    steps as per-channel scales."""
     n, k = enc.shape
-    if conv is None and lut.supported(tvm.target.Target.current()):
-        shapes = bitplane_lut.Layout(n, k, lut_planes(layout["levels"]), 0, 8 * -(-k // 8), 1)
-        computed = [np.zeros((shapes.magnitude_planes + 1, -(-n // bitplane_lut.LANES) * -(-k // bitplane_lut.GROUP),
-                              bitplane_lut.LANES), np.uint32),  # shapes only: the values come at load
+    return bitplane_lut.Layout(n, k, tans.lut_planes(int(enc.header["levels"])), 0, 8 * -(-k // 8), 1)
+
+
+def _at_load_call(enc: Encoded, conv: ConvSpec | None, layout: dict, asked: str) -> KernelCall:
+    """A matmul on a CPU with AVX-512: the look-up-table kernels of ``bie-bitplane`` over the words
+    :func:`int8_lut_weights` (int8 tables) or :func:`lut_weights` (fp32) writes at load. Else (and convs) the integer
+    GEMV (one row) or decode kernel of its 4- and 8-bit encodings, over the codes :func:`integer_weights` writes."""
+    n, k = enc.shape
+    target = tvm.target.Target.current()
+    if conv is None and lut.supported(target):
+        shapes = lut_layout(enc)
+        tables = chosen(asked, tans.int8_tables_fit(layout["levels"]), lut.int8_supported(target))
+        planes, rows = shapes.magnitude_planes, -(-n // bitplane_lut.LANES) * -(-k // bitplane_lut.GROUP)
+        words = (np.zeros((rows, bitplane_lut.int8_stored_planes(planes), 4 * bitplane_lut.LANES), np.uint8)
+                 if tables == "int8" else np.zeros((planes + 1, rows, bitplane_lut.LANES), np.uint32))
+        computed = [words,  # shapes only: the values come at load
                     bitplane_lut.lanes_of_scales(enc.arrays["steps"][:, None])]
-        call = bitplane_lut.kernel_call(shapes, computed, "tans")
-        call.at_load = AtLoad(lut_weights(**layout).with_attr(TANS_ATTR, layout), constants(enc))
+        call = bitplane_lut.kernel_call(shapes, computed, "tans", tables)
+        writer = int8_lut_weights if tables == "int8" else lut_weights
+        call.at_load = AtLoad(writer(**layout).with_attr(TANS_ATTR, layout), constants(enc))
         return call
     shapes = int8.Int8Weights.packed(np.zeros((n, k), np.int8), enc.arrays["steps"], integer_bits(layout["levels"]))
     call = int8.kernel_call(shapes, enc, conv, "tans_integer")
