@@ -275,9 +275,9 @@ def int8_table_layers(runner, reference: onnx.ModelProto, inputs: dict, encoding
     the kernel's stated bound on that input (``bitplane_lut.int8_error_bound``, ``bbs_lut.int8_error_bound``, per
     output; ``passed``: every error within it, fp32 rounding aside). ``bound_rel`` / ``error_rel``: the largest bound
     / error over the largest exact output; ``in_model``: the model's call runs the GEMV (its input has one row; above
-    one, the panel GEMM decodes the same bytes exactly). The layers are those the artefact computes with such a kernel (its kind
-    ends with ``lut_tables.INT8_KIND_SUFFIX``: what ``lut_tables.chosen`` gave it at compile time); none where its
-    CPU runs the exact tables (the default tolerance applies)."""
+    one, the panel GEMM decodes the same bytes exactly). The layers are those the artefact computes with such a
+    kernel (its kind ends with ``lut_tables.INT8_KIND_SUFFIX``: what ``lut_tables.chosen`` gave it at compile time);
+    none where its CPU runs the exact tables (the default tolerance applies)."""
     from .codegen import SMALL_BATCH_ROWS
 
     # layers of one shape share their kernels: the manifest names the layers each symbol computes from

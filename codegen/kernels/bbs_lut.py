@@ -67,7 +67,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
-from bie_compiler.codecs import bbs, lut_tables
+from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
 from . import lut
