@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import tvm
 from tvm import te, tirx
 from tvm.script import tirx as T
 
@@ -124,7 +125,13 @@ def kernel_call(layout: Layout, constants: list, kind: str, tables: str = "fp32"
 
 
 def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor, tables: str = "fp32"):
-    """The panel GEMM over the words: per-channel scales applied to the sums, grouped ones in the decode."""
+    """The panel GEMM over the words: per-channel scales applied to the sums, grouped ones in the decode. The int8
+    tables' bytes, where the CPU has the bit transpose (:func:`.lut.bit_transpose_supported`), decode a run of
+    channels at a time (:func:`int8_run_weights`)."""
+    if tables == "int8" and lut.bit_transpose_supported(tvm.target.Target.current()):
+        scale = None if layout.groups > 1 else (lambda c: scales[c // LANES, 0, c % LANES])
+        return panel_gemm.gemm(None, [words, scales], layout.n, layout.k, scale=scale, group=GROUP,
+                               runs=int8_run_weights(**layout._asdict()))
     value_of, read, views = decoded_value, words, []
     if tables == "int8":
         read = int8_words(words, layout.magnitude_planes)
@@ -382,6 +389,75 @@ def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: i
         return lut.tree([term(p) for p in planes]) - tirx.const((1 << magnitude_planes) << shift, "int32")
 
     return value
+
+
+def int8_run_weights(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
+    """The panel GEMM's decode of :func:`int8_nibbles`' bytes a run of 16 channels and a group at a time (a
+    :data:`.panel_gemm.RunWeights`): the values of :func:`int8_decoded_value` (times the group's scales when
+    ``groups`` > 1), 16 weights of 16 channels in 2 vector operations and a transposed vector per 8 of them.
+
+    A qword of an index vector is 2 channels' words (at 2 planes: 4 channels'; their 16-bit words first permuted so
+    that a qword holds 2 channels of each of its two tables), its 8 bytes the channels' planes, bit ``j`` of each
+    weight ``j`` of a table. vgf2p8affineqb with the vector as its matrices transposes each qword's 8 x 8 bits: byte
+    ``j`` then holds weight ``j``'s planes of every channel of the qword, bit ``7 - b`` from byte ``b``. Per weight,
+    vpmultishiftqb moves each lane's channel's bits to the bottom of the lane, and vpermps looks the lane's 4 low bits
+    up in a register of the 16 values they can code (the bits of the other channel above them, or a plane of
+    another vector at 3 planes, weigh 0 there)."""
+    kg = -(-k // GROUP)
+    span, stored = int8_planes(magnitude_planes), int8_stored_planes(magnitude_planes)
+    planes = range(span - 1 - magnitude_planes, span)  # plane p weighs 2^(span - 1 - p) in the offset-binary code
+    # each stored vector's planes' bytes in a channel's word (at 3 planes vector 3 is put together: byte p - 1)
+    bytes_of = ([{p: p for p in planes}] * span if stored != TRIPLE
+                else [dict(zip(planes, triple_bytes(h))) for h in range(TRIPLE)] + [{p: p - 1 for p in planes}])
+    per_vector = QUAD // span  # tables of a vector's low nibbles
+
+    def table(byte_of):
+        # the values of the 4 index bits under a lane's channel: bit 3 - b from its word's byte b (byte span - 1 at
+        # bit 0: the bits above the channel's span - 1 ... 0 are another channel's), less the offset, times 2^shift
+        ramp = tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), LANES)
+        code = lut.tree([((ramp >> (span - 1 - byte_of[p])) & 1) << (span - 1 - p) for p in planes])
+        return tirx.Cast("float32x16", (code - (1 << magnitude_planes)) << shift)
+
+    def transposed(vector):
+        # byte j of each qword of the matrix operand: bit j (the vector is the matrices: their bits transposed)
+        ramp = tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), LANES * QUAD)
+        identity = tirx.Cast("int8x64", tirx.Broadcast(tirx.const(1, "int32"), LANES * QUAD) << (ramp & 7))
+        return tirx.call_llvm_pure_intrin("int8x64", lut.AFFINE, identity, tirx.reinterpret("int8x64", vector),
+                                          tirx.const(0, "int8"))
+
+    def weights(bits, table_of, kk, at):
+        # weight kk of the run: each lane's index bits from bit at of its qword (even lanes), at - span (odd lanes)
+        control = tirx.reinterpret("int8x64", tirx.Broadcast(tirx.const(at | (at - span) << 32, "int64"), 8))
+        index = tirx.call_llvm_pure_intrin("int8x64", lut.MULTISHIFT, control, bits)
+        return kk, tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, table_of, tirx.reinterpret("int32x16", index))
+
+    def runs(holders, first, g):
+        nibbles, scales = holders
+        row = first // LANES * kg + g
+        vectors = [nibbles[row, h, tirx.Ramp(0, 1, LANES * QUAD)] for h in range(stored)]
+        if stored == TRIPLE:  # vector 3: byte h of each word of vector h
+            words = [tirx.reinterpret("uint32x16", v) for v in vectors]
+            vectors.append(tirx.reinterpret("uint8x64", lut.tree_of(lambda a, b: a | b, [
+                w & tirx.Broadcast(tirx.const(255 << 8 * h, "uint32"), LANES) for h, w in enumerate(words)])))
+        if span == 2:  # qword q: the 16-bit words of channels 2q, 2q + 1 of the vector's two tables
+            order = [i for q in range(LANES // 2) for i in (2 * q, 2 * q + 1, LANES + 2 * q, LANES + 2 * q + 1)]
+            vectors = [tirx.reinterpret("uint8x64", tirx.Shuffle([tirx.reinterpret("uint16x32", v)],
+                                                                  [tirx.IntImm("int32", i) for i in order]))
+                       for v in vectors]
+        out = []
+        for h, vector in enumerate(vectors):
+            bits, table_of = transposed(vector), table(bytes_of[h])
+            for half in range(per_vector):  # the vector's tables h * per_vector + half (and 4 further)
+                t = h * per_vector + half
+                for j in range(8):  # index bit j: weight j % 4 of table t, or of table t + 4
+                    kk = 4 * (t + 4 * (j // 4)) + j % 4
+                    out.append(weights(bits, table_of, kk, 8 * j + 8 - span * (2 * half + 1)))
+        if groups > 1:
+            scale = scales[first // LANES, g * GROUP // scale_group, tirx.Ramp(0, 1, LANES)]
+            out = [(kk, value * scale) for kk, value in out]
+        return out
+
+    return runs
 
 
 def int8_error_bound(x: np.ndarray, layout: Layout, scales: np.ndarray) -> np.ndarray:

@@ -30,6 +30,8 @@ PERMUTE2 = "llvm.x86.avx512.vpermi2var.ps.512"  # vpermi2ps zmm: 16 float look-u
 MULTIPLY_HIGH = "llvm.x86.avx512.pmulhu.w.512"  # vpmulhuw zmm: the high 16 bits of 32 products of 16-bit lanes
 SHUFFLE = "llvm.x86.avx512.pshuf.b.512"  # vpshufb zmm: 64 byte look-ups, a 16-entry table per 128-bit lane
 DOT = "llvm.x86.avx512.vpdpbusd.512"  # vpdpbusd zmm: int32 lanes += 4 products of unsigned and signed bytes
+AFFINE = "llvm.x86.vgf2p8affineqb.512"  # vgf2p8affineqb zmm: each byte times its qword's 8 x 8 bit matrix
+MULTISHIFT = "llvm.x86.avx512.pmultishift.qb.512"  # vpmultishiftqb zmm: each byte 8 bits of its qword from any bit
 PREFETCH = "llvm.prefetch.p0"  # (address, read = 0, locality 2 = into L2, data = 1)
 # How far ahead of its reads a one-row kernel prefetches in a contiguous stream of weights: far enough to hide the
 # memory latency at the kernels' read rates (1 KiB left the int8 GEMV waiting on memory; benchmarks/README.md)
@@ -50,6 +52,15 @@ def supported(target) -> bool:
     from tvm.target import codegen as llvm_codegen
 
     return bool(llvm_codegen.llvm_cpu_has_features("avx512f", target))
+
+
+def bit_transpose_supported(target) -> bool:
+    """Whether ``target``'s CPU has AVX-512 VBMI and GFNI (vpmultishiftqb, vgf2p8affineqb): the bit transposes of the
+    int8 tables' bytes in the panel GEMM's decode (``bitplane_lut.int8_run_weights``)."""
+    from tvm.target import codegen as llvm_codegen
+
+    return target is not None and all(llvm_codegen.llvm_cpu_has_features(f, target)
+                                      for f in ("avx512f", "avx512bw", "avx512vbmi", "gfni"))
 
 
 def int8_supported(target) -> bool:

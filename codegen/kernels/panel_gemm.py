@@ -48,6 +48,8 @@ VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
 DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
+# (holders' buffers, first channel of a run of VECTOR, group) -> [(kk in the group, the run's float32x16 weights kk)]
+RunWeights = Callable[..., list]
 
 
 def by_channel(weight: Callable, n: int, lanes: int) -> PanelWeight:
@@ -75,9 +77,9 @@ def word_view(holder: te.Tensor, dtype: str) -> te.Tensor:
     return te.placeholder([*holder.shape[:-1], holder.shape[-1] // width], dtype, f"{holder.name}_{dtype}")
 
 
-def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
+def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
             position: te.Tensor | None = None, group: int | None = None,
-            views: list[tuple[te.Tensor, te.Tensor]] = ()) -> tirx.PrimFunc:
+            views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None) -> tirx.PrimFunc:
     """Unscheduled ``f(*holders, decoded [panels, K, COLS], [scales [N]])``: W's panels from ``panel_weight`` (a
     number, converted to float32) and, with ``scale``, each channel's scale.
 
@@ -87,15 +89,64 @@ def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int,
     product (and ``scale``) is in stored order. ``group``: the codec's words hold this many consecutive weights of
     K (bit ``j`` of a word: weight ``j`` of its group); the decode then runs group by group, a run of channels at a
     time, so that each group's words and metadata are loaded once. ``views``: (a :func:`word_view`, the holder it
-    reads) pairs; a view is a parameter after the holders here, the holder's own memory in :func:`plain`."""
+    reads) pairs; a view is a parameter after the holders here, the holder's own memory in :func:`plain`.
+
+    ``runs`` (instead of ``panel_weight``, with ``group``): the codec decodes a run of VECTOR channels over a group
+    at once, in vector operations across the lanes that an expression of one weight cannot state (a bit transpose
+    of the run's words); its holders hold channels in runs of VECTOR (zero-padded to a whole run). ``decoded`` then
+    has K rounded up to whole groups (the GEMM reads the first K)."""
     cols = matmul.COLS
     panels = -(-n // cols)
-    decoded = te.compute((panels, k, cols), lambda p, kk, c: panel_weight(p, kk, c).astype("float32"), name=DECODED)
+    if runs is None:
+        decoded = te.compute((panels, k, cols), lambda p, kk, c: panel_weight(p, kk, c).astype("float32"),
+                             name=DECODED)
+    else:  # a placeholder block, replaced by the runs' (_by_runs)
+        decoded = te.compute((panels, -(-k // group) * group, cols), lambda *_: tirx.const(0, "float32"),
+                             name=DECODED)
     scales = [] if scale is None else [te.compute((n,), lambda c: scale(c).astype("float32"), name=SCALES)]
     at = -1 if position is None else next(i for i, h in enumerate(holders) if h.same_as(position))
     viewed = [next(i for i, h in enumerate(holders) if h.same_as(holder)) for _, holder in views]
-    return te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales]).with_attrs(
-        {"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0, "bie.views": viewed})
+    func = te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales])
+    func = func if runs is None else _by_runs(func, runs, len(holders), n, group)
+    return func.with_attrs({"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0,
+                            "bie.views": viewed, "bie.runs": runs is not None})
+
+
+def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: int) -> tirx.PrimFunc:
+    """``func`` (a :func:`decoder`'s) with its ``DECODED`` block computed by ``runs``: one block a panel, group and
+    run of VECTOR channels, storing the run's vectors of the group's weights (zeros past the holders' last run)."""
+    holders, decoded = list(func.params[:count]), next(b for b in func.params if b.name == DECODED)
+    panels, _, cols = (int(d) for d in decoded.shape)
+    extents = (panels, int(decoded.shape[1]) // group, cols // VECTOR)
+    loops = [tirx.Var(name, "int32") for name in ("panel", "group", "run")]
+    iters = [tirx.IterVar(Range(0, e), tirx.Var(f"v_{v.name}", "int32"), tirx.IterVar.DataPar)
+             for v, e in zip(loops, extents)]
+    p, g, r = (it.var for it in iters)
+    first = p * cols + r * VECTOR
+
+    def stores(weights):
+        return tirx.stmt.SeqStmt([tirx.BufferStore(decoded, value, [p, g * group + kk, tirx.Ramp(r * VECTOR, 1, VECTOR)])
+                                  for kk, value in weights])
+
+    body = stores(runs(holders, first, g))
+    readable = -(-n // VECTOR) * VECTOR
+    if panels * cols > readable:  # the last panel's runs past the holders' are zero
+        body = tirx.IfThenElse(first < readable, body, stores(
+            [(kk, tirx.Broadcast(tirx.const(0, "float32"), VECTOR)) for kk in range(group)]))
+    reads = [tirx.BufferRegion(h, [Range.from_min_extent(0, d) for d in h.shape]) for h in holders]
+    writes = [tirx.BufferRegion(decoded, [Range.from_min_extent(p, 1), Range.from_min_extent(g * group, group),
+                                          Range.from_min_extent(r * VECTOR, VECTOR)])]
+    nest = s_tir.SBlockRealize(loops, True, s_tir.SBlock(iters, reads, writes, DECODED, body))
+    for v, e in reversed(list(zip(loops, extents))):
+        nest = tirx.For(v, 0, e, tirx.ForKind.SERIAL, nest)
+
+    def replaced(stmt):
+        return nest if isinstance(stmt, tirx.For) and DECODED in _names(stmt) else stmt
+
+    root = func.body.block
+    stmts = _sequence([root.body])
+    stmts = [replaced(s) for s in (stmts.seq if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts])]
+    return _with_root(func, stmts)
 
 
 def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
@@ -209,25 +260,26 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     panel_loop = sch.get_loops(block)[0]  # the parallel loop over panels; rows of activations run inside it
     decoding = sch.get_sblock(DECODED)
     sch.compute_at(decoding, panel_loop)
-    *_, kk, c = sch.get_loops(decoding)  # (kk is not a loop when K is 1)
-    runs, lane = sch.split(c, [None, VECTOR])
-    group = int(decode.attrs["bie.group"])
-    k = int(sch.get(decoding).iter_vars[1].dom.extent)
-    if group and k > group:  # a group's words and metadata are loaded and decoded once per run
-        groups, kk = sch.split(kk, [None, group])
-        sch.reorder(groups, runs, kk, lane)
-    sch.vectorize(lane)
-    sch.unroll(runs)
+    if not bool(decode.attrs.get("bie.runs", False)):  # (the codec's runs: already vectors, see decoder)
+        *_, kk, c = sch.get_loops(decoding)  # (kk is not a loop when K is 1)
+        runs, lane = sch.split(c, [None, VECTOR])
+        group = int(decode.attrs["bie.group"])
+        k = int(sch.get(decoding).iter_vars[1].dom.extent)
+        if group and k > group:  # a group's words and metadata are loaded and decoded once per run
+            groups, kk = sch.split(kk, [None, group])
+            sch.reorder(groups, runs, kk, lane)
+        sch.vectorize(lane)
+        sch.unroll(runs)
     scheduled = sch.mod["main"]
     return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
 
 
-def gemm(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
+def gemm(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
          position: te.Tensor | None = None, group: int | None = None,
-         views: list[tuple[te.Tensor, te.Tensor]] = ()) -> tirx.PrimFunc:
+         views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None) -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
     :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
-    decode = decoder(panel_weight, holders, n, k, scale, position, group, views)
+    decode = decoder(panel_weight, holders, n, k, scale, position, group, views, runs)
     return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode.script())
 
 
