@@ -9,6 +9,7 @@ import pytest
 from bie_compiler.codecs import bie_bitplane
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import bitplane, bitplane_lut, lut
+from bie_compiler.codegen.target import make_target
 from bie_compiler.runtime.progressive_precision import keep_top_planes
 from kernel_runs import assert_close, run
 
@@ -162,6 +163,23 @@ def test_int8_tables_panel_gemm_with_grouped_scales(n, k, config, lut_target):
     rows = np.random.default_rng(k).standard_normal((19, k)).astype(np.float32)
     want = rows @ bie_bitplane.decode(enc).T.astype(np.float64)
     assert_close(run(call.large_batch.func, lut_target, rows, call.constants, (19, n)), want)
+
+
+@pytest.mark.parametrize("mcpu,transposes", [(None, True), ("cascadelake", False)])  # cascadelake: VNNI, no GFNI/VBMI
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_int8_tables_panel_gemm_decodes_runs_by_bit_transpose_where_the_cpu_has_it(bits, mcpu, transposes, lut_target):
+    """The panel GEMM over the int8 tables' bytes (2, 3, 4 planes: 16-bit words, 3 bytes, 4 bytes a channel) decodes
+    16 channels x 32 weights at a time with vgf2p8affineqb where the CPU has GFNI and VBMI, else weight by weight;
+    both the reference decoder's weights (a ragged last panel and group: N 50, K 90)."""
+    target = lut_target if mcpu is None else make_target(mcpu=mcpu)
+    if mcpu is None and not lut.bit_transpose_supported(target):
+        pytest.skip(f"{target} has no GFNI or AVX-512 VBMI")
+    enc = encode(50, 90, bie_bitplane.Config(bits=bits), bits)
+    call, _, _ = int8_call(enc, target)
+    assert (lut.AFFINE in call.large_batch.func.script()) == transposes
+    rows = np.random.default_rng(bits).standard_normal((11, 90)).astype(np.float32)
+    want = rows @ bie_bitplane.decode(enc).T.astype(np.float64)
+    assert_close(run(call.large_batch.func, target, rows, call.constants, (11, 50)), want)
 
 
 def test_int8_tables_store_3_planes_in_3_bytes_a_channel():
