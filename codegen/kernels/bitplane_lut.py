@@ -356,7 +356,8 @@ def int8_words(nibbles: te.Tensor, magnitude_planes: int) -> te.Tensor:
 
 def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: int, **_):
     """``f(n, kk)``: the integer :func:`int8_nibbles`' bytes hold for weight ``kk`` of channel ``n``, read from
-    :func:`int8_words` (a TE tensor). Word ``t % (4 / S) * 16 + c`` of vector ``t % 4 // (4 / S)`` is channel ``c``'s S
+    :func:`int8_words` (a TE tensor): the panel GEMM's decode where the CPU has no bit transpose (GFNI and VBMI, see
+    :func:`int8_run_weights`). Word ``t % (4 / S) * 16 + c`` of vector ``t % 4 // (4 / S)`` is channel ``c``'s S
     planes for table ``t``, a vector along the channels; plane ``p``'s bit of the weight is bit ``8 p + b`` of it. At
     3 planes plane ``p`` (1 to 3) of vector ``h = t % 4`` is byte ``p - 1`` (below ``h``) or ``p`` of word ``c`` of
     vector ``h``, and of vector 3 byte ``p - 1`` of vector ``p - 1``'s (see :func:`triple_bytes`)."""
@@ -394,7 +395,8 @@ def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: i
 def int8_run_weights(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """The panel GEMM's decode of :func:`int8_nibbles`' bytes a run of 16 channels and a group at a time (a
     :data:`.panel_gemm.RunWeights`): the values of :func:`int8_decoded_value` (times the group's scales when
-    ``groups`` > 1), 16 weights of 16 channels in 2 vector operations and a transposed vector per 8 of them.
+    ``groups`` > 1), a vector of 16 channels' weights in 2 vector operations and one bit transpose per 8 weights
+    (about 3 instructions a vector in LLVM's code; the per-weight decode: 30, with scalar shifts and broadcasts).
 
     A qword of an index vector is 2 channels' words (at 2 planes: 4 channels'; their 16-bit words first permuted so
     that a qword holds 2 channels of each of its two tables), its 8 bytes the channels' planes, bit ``j`` of each
@@ -412,8 +414,8 @@ def int8_run_weights(n: int, k: int, magnitude_planes: int, shift: int, scale_gr
     per_vector = QUAD // span  # tables of a vector's low nibbles
 
     def table(byte_of):
-        # the values of the 4 index bits under a lane's channel: bit 3 - b from its word's byte b (byte span - 1 at
-        # bit 0: the bits above the channel's span - 1 ... 0 are another channel's), less the offset, times 2^shift
+        # the values of the 4 index bits of a lane: bit span - 1 - b from its channel's byte b (bits span and up are
+        # another channel's, weighing 0), the planes' code less the offset, times 2^shift
         ramp = tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), LANES)
         code = lut.tree([((ramp >> (span - 1 - byte_of[p])) & 1) << (span - 1 - p) for p in planes])
         return tirx.Cast("float32x16", (code - (1 << magnitude_planes)) << shift)

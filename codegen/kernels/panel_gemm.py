@@ -11,7 +11,9 @@ parallel iteration, and then every row of activations runs over it in the
 register tiles of :func:`..schedules.matmul.schedule_matmul`, the dense GEMM's
 own schedule. Each weight is decoded once per call; the decode runs in vectors
 along the channels of the panel, where the codecs' arrays hold them contiguously
-(K-major panels of 16 or 32 channels).
+(K-major panels of 16 or 32 channels), or, where a codec gives :data:`RunWeights`,
+a run of 16 channels over a group of K at a time in the codec's own vector code
+(``bitplane_lut``'s int8 tables' bytes: a bit transpose).
 
 A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``, as
 TVMScript text: the script printer cannot print a function among attributes; :func:`carried_decoder` parses it):
@@ -125,7 +127,8 @@ def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: i
     first = p * cols + r * VECTOR
 
     def stores(weights):
-        return tirx.stmt.SeqStmt([tirx.BufferStore(decoded, value, [p, g * group + kk, tirx.Ramp(r * VECTOR, 1, VECTOR)])
+        lanes = tirx.Ramp(r * VECTOR, 1, VECTOR)
+        return tirx.stmt.SeqStmt([tirx.BufferStore(decoded, value, [p, g * group + kk, lanes])
                                   for kk, value in weights])
 
     body = stores(runs(holders, first, g))
@@ -260,7 +263,7 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     panel_loop = sch.get_loops(block)[0]  # the parallel loop over panels; rows of activations run inside it
     decoding = sch.get_sblock(DECODED)
     sch.compute_at(decoding, panel_loop)
-    if not bool(decode.attrs.get("bie.runs", False)):  # (the codec's runs: already vectors, see decoder)
+    if not decode.attrs["bie.runs"]:  # (a codec's runs are vectors already, see decoder)
         *_, kk, c = sch.get_loops(decoding)  # (kk is not a loop when K is 1)
         runs, lane = sch.split(c, [None, VECTOR])
         group = int(decode.attrs["bie.group"])
