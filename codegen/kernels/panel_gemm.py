@@ -77,7 +77,7 @@ def word_view(holder: te.Tensor, dtype: str) -> te.Tensor:
 
 def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
             position: te.Tensor | None = None, group: int | None = None,
-            views: list[tuple[te.Tensor, te.Tensor]] = ()) -> tirx.PrimFunc:
+            views: list[tuple[te.Tensor, te.Tensor]] = (), unroll: int = 1) -> tirx.PrimFunc:
     """Unscheduled ``f(*holders, decoded [panels, K, COLS], [scales [N]])``: W's panels from ``panel_weight`` (a
     number, converted to float32) and, with ``scale``, each channel's scale.
 
@@ -86,7 +86,9 @@ def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int,
     ``holders``): the weight's channels are stored rows, output channel ``c`` is stored row ``position[c]``; the
     product (and ``scale``) is in stored order. ``group``: the codec's words hold this many consecutive weights of
     K (bit ``j`` of a word: weight ``j`` of its group); the decode then runs group by group, a run of channels at a
-    time, so that each group's words and metadata are loaded once. ``views``: (a :func:`word_view`, the holder it
+    time, so that each group's words and metadata are loaded once; ``unroll``: that many consecutive weights of a
+    group decoded per iteration (unrolled), where one word of the codec's arrays holds them (its load then made
+    once for them: LLVM does not unroll every such loop itself). ``views``: (a :func:`word_view`, the holder it
     reads) pairs; a view is a parameter after the holders here, the holder's own memory in :func:`plain`."""
     cols = matmul.COLS
     panels = -(-n // cols)
@@ -95,7 +97,8 @@ def decoder(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int,
     at = -1 if position is None else next(i for i, h in enumerate(holders) if h.same_as(position))
     viewed = [next(i for i, h in enumerate(holders) if h.same_as(holder)) for _, holder in views]
     return te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales]).with_attrs(
-        {"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0, "bie.views": viewed})
+        {"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0, "bie.views": viewed,
+         "bie.unroll": unroll})
 
 
 def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
@@ -216,6 +219,9 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     if group and k > group:  # a group's words and metadata are loaded and decoded once per run
         groups, kk = sch.split(kk, [None, group])
         sch.reorder(groups, runs, kk, lane)
+        unroll = int(decode.attrs["bie.unroll"])
+        if unroll > 1:
+            sch.unroll(sch.split(kk, [None, unroll])[1])
     sch.vectorize(lane)
     sch.unroll(runs)
     scheduled = sch.mod["main"]
@@ -224,10 +230,10 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
 
 def gemm(panel_weight: PanelWeight, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
          position: te.Tensor | None = None, group: int | None = None,
-         views: list[tuple[te.Tensor, te.Tensor]] = ()) -> tirx.PrimFunc:
+         views: list[tuple[te.Tensor, te.Tensor]] = (), unroll: int = 1) -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
     :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
-    decode = decoder(panel_weight, holders, n, k, scale, position, group, views)
+    decode = decoder(panel_weight, holders, n, k, scale, position, group, views, unroll)
     return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode.script())
 
 
