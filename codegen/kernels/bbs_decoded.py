@@ -40,6 +40,7 @@ from . import bbs_lut, channel_nibbles, decode, decode_once, lut, panel_gemm
 
 CONV_BLOCK = "conv2d_nchw"  # topi's name for the conv block (the GPU's direct conv schedules it)
 
+CODES_PER_WORD = 4  # sensitive rows' int8 codes per int32 word: the panel decode reads them so (panel_value)
 NAMES = ("scales", "position", "sensitive", "columns", "meta")
 CHANNEL_NAMES = ("scales", "position", "sensitive", "nibbles", "meta_by_row")
 
@@ -124,32 +125,33 @@ def pruned_value(enc: Encoded, columns, meta):
 
 
 def pruned_float(enc: Encoded, columns, meta, tables: str = "fp32"):
-    """``f(row, kk)``: :func:`pruned_value` as a float32 sum, for decodes that run in vectors of channels: the
-    group's offset plus, for each kept column whose bit is set, that column's significance times ``2^shift``.
-    Each term is a bit test and a masked add; the group's terms (from its metadata byte) do not depend on the
-    weight's place in the group, so they are computed once per group (its 32 weights), not per weight as the
-    integer form's shifts and multiplies are. Every value is an integer below 2^9: the float sum is exact.
+    """``f(row, kk)``: :func:`pruned_value` as float32, for decodes that run in vectors of channels: the kept
+    integer in offset binary (``u = kept + 2^(bits - 1)``, unsigned: its sign column inverted) times ``2^shift``
+    plus ``offset - 2^(bits - 1 + shift)``, one multiply-add per weight whose two factors come from the group's
+    metadata byte alone (computed once per group, not per weight). Every term is an integer below 2^10: exact.
     ``columns``: the stored words, or with int8 ``tables`` :func:`.bbs_lut.int8_nibbles` of them read as uint32
-    words (:func:`.panel_gemm.word_view`)."""
+    words (:func:`.panel_gemm.word_view`; :func:`.bbs_lut.int8_offset_binary`)."""
     count = int(enc.header["sensitive"])
     bits = 8 - int(enc.header["pruned_columns"])
-    significance = [-(1 << (bits - 1))] + [1 << (bits - 1 - b) for b in range(1, bits)]
+    one = tirx.const(1, "uint32")
     if tables == "int8":
-        column_bit = bbs_lut.int8_column_bit(enc, columns)
+        offset_binary = bbs_lut.int8_offset_binary(enc, columns)
     else:
-        def column_bit(pb, g, b, lane, j):
-            return (columns[pb, g, b, lane] & (tirx.const(1, "uint32") << j)) != tirx.const(0, "uint32")
+        def offset_binary(pb, g, lane, j):  # bit j of each column word, the sign's inverted, as one number
+            u = tirx.const(0, "uint32")
+            for b in range(bits):
+                bit = (columns[pb, g, b, lane] >> j) & one
+                u = u | ((bit ^ one if b == 0 else bit) << tirx.const(bits - 1 - b, "uint32"))
+            return u
 
     def value(row, kk):
         g, j = kk // bbs.GROUP, (kk % bbs.GROUP).astype("uint32")
         p = row - count
         pb, lane = p // bbs.LANES, p % bbs.LANES
         offset, shift = group_offset_shift(enc, meta[pb, g, lane].astype("int32"))
-        total = offset.astype("float32")
-        for b in range(bits):
-            term = (tirx.const(significance[b], "int32") << shift).astype("float32")
-            total = tirx.Select(column_bit(pb, g, b, lane, j), total + term, total)
-        return total
+        step = tirx.const(1, "int32") << shift
+        base = (offset - (step << tirx.const(bits - 1, "int32"))).astype("float32")
+        return offset_binary(pb, g, lane, j).astype("int32").astype("float32") * step.astype("float32") + base
 
     return value
 
@@ -229,17 +231,25 @@ def conv2d_compute(enc: Encoded, conv) -> tirx.PrimFunc:
 def panel_value(enc: Encoded, holders, tables: str = "fp32") -> panel_gemm.PanelWeight:
     """The integers of stored rows in panels of ``COLS`` (:mod:`.panel_gemm`), before their scales: a panel is all
     sensitive or all pruned (the sensitive count is a multiple of the panel, or every row), so the choice is made
-    once per panel, not per weight; sensitive rows (K-major) are read across rows, pruned ones in their 16-row words."""
+    once per panel, not per weight; pruned rows are read in their 16-row words, sensitive ones (K-major) across rows
+    as int32 words of 4 codes (``holders``' sensitive: :func:`.panel_gemm.word_view`; the decode unrolled by 4),
+    one load per row for 4 weights where bytes would be one per row and weight, each code then moved to the word's
+    top byte and shifted back with its sign."""
     n = enc.shape[0]
     count = int(enc.header["sensitive"])
     cols = matmul_schedule.COLS
     if count % cols and count != n:
         raise ValueError(f"bbs: {count} sensitive rows of {n}: neither a multiple of {cols} nor every row")
-    _, _, sensitive, columns, meta = holders
+    _, _, sensitive_words, columns, meta = holders
     pruned = panel_gemm.by_channel(pruned_float(enc, columns, meta, tables), n, bbs.LANES)
     last = tirx.const(max(count, 1) - 1, "int32")  # a last panel of sensitive rows may run past them
-    return lambda p, kk, c: tirx.if_then_else(
-        p * cols < count, sensitive[tirx.min(p * cols + c, last), kk].astype("float32"), pruned(p, kk, c))
+    top = tirx.const(24, "int32")
+
+    def sensitive(p, kk, c):
+        word = sensitive_words[tirx.min(p * cols + c, last), kk // CODES_PER_WORD]
+        return ((word << (top - kk % CODES_PER_WORD * 8)) >> top).astype("float32")
+
+    return lambda p, kk, c: tirx.if_then_else(p * cols < count, sensitive(p, kk, c), pruned(p, kk, c))
 
 
 def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
@@ -248,10 +258,12 @@ def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     ``tables``)."""
     holders = placeholders(constants(enc, tables))
     scales, position, sensitive, columns, meta = holders
-    views = [(panel_gemm.word_view(columns, "uint32"), columns)] if tables == "int8" else []
-    read = [scales, position, sensitive, views[0][0] if views else columns, meta]
+    views = [(panel_gemm.word_view(sensitive, "int32"), sensitive)]
+    if tables == "int8":
+        views.append((panel_gemm.word_view(columns, "uint32"), columns))
+    read = [scales, position, views[0][0], views[-1][0] if tables == "int8" else columns, meta]
     return panel_gemm.gemm(panel_value(enc, read, tables), holders, *enc.shape, scale=lambda row: scales[row],
-                           position=position, group=bbs.GROUP, views=views)
+                           position=position, group=bbs.GROUP, views=views, unroll=CODES_PER_WORD)
 
 
 @register(bbs.NAME, ops=("matmul", "conv2d"), target="llvm")

@@ -115,19 +115,23 @@ def int8_nibbles(columns: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(byte.reshape(-1, QUAD, LANES * QUAD))
 
 
-def int8_column_bit(enc: Encoded, words):
-    """``f(pb, g, b, lane, j)``: whether column ``b`` (in two's complement: 0 the sign) of weight ``j`` (uint32) of
-    group ``g`` of pruned row ``pb * 16 + lane`` is set, read from :func:`int8_nibbles`' bytes as uint32 words (a TE
+def int8_offset_binary(enc: Encoded, words):
+    """``f(pb, g, lane, j)``: the kept integer of weight ``j`` (uint32) of group ``g`` of pruned row ``pb * 16 +
+    lane`` in offset binary (uint32, ``kept + 8``), read from :func:`int8_nibbles`' bytes as uint32 words (a TE
     tensor [PB * KG, 4, LANES]: word ``c`` of vector ``h`` is channel ``c``'s 4 columns, a vector along the channels;
-    column ``b``'s bit of the weight is bit ``8 b + 4 (j // 16) + j % 4`` of it)."""
+    column ``b``'s bit of the weight is bit ``8 b + 4 (j // 16) + j % 4`` of it, the sign column already inverted).
+    The word's nibbles of the weight's half, masked to its 4 bits (bit ``j % 4`` of each byte), then one multiply
+    gathers them into bits ``24 + j % 4 ..``: each bit lands on its own place, the others below 24 or past 32, so
+    there are no carries. With ``j % 4`` a constant (the decode unrolled by 4) that is an and, a multiply and a shift,
+    the word's shift by its half shared by 4 weights."""
     kg = -(-enc.shape[1] // bbs.GROUP)
 
-    def column_bit(pb, g, b, lane, j):
-        word = words[pb * kg + g, (j % 16 // 4).astype("int32"), lane]
-        bit = word & (tirx.const(1, "uint32") << (j // 16 * 4 + j % 4 + tirx.const(8 * b, "uint32")))
-        return (bit == tirx.const(0, "uint32")) if b == 0 else (bit != tirx.const(0, "uint32"))  # sign inverted
+    def offset_binary(pb, g, lane, j):
+        half = words[pb * kg + g, (j % 16 // 4).astype("int32"), lane] >> (j // 16 * 4)
+        bits = half & (tirx.const(0x01010101, "uint32") << j % 4)
+        return (bits * tirx.const(0x08040201, "uint32")) >> (j % 4 + tirx.const(24, "uint32"))
 
-    return column_bit
+    return offset_binary
 
 
 def int8_error_bound(x: np.ndarray, enc: Encoded) -> np.ndarray:

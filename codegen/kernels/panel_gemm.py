@@ -81,7 +81,8 @@ def word_view(holder: te.Tensor, dtype: str) -> te.Tensor:
 
 def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
             position: te.Tensor | None = None, group: int | None = None,
-            views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None) -> tirx.PrimFunc:
+            views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None,
+            unroll: int = 1) -> tirx.PrimFunc:
     """Unscheduled ``f(*holders, decoded [panels, K, COLS], [scales [N]])``: W's panels from ``panel_weight`` (a
     number, converted to float32) and, with ``scale``, each channel's scale.
 
@@ -90,7 +91,9 @@ def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, 
     ``holders``): the weight's channels are stored rows, output channel ``c`` is stored row ``position[c]``; the
     product (and ``scale``) is in stored order. ``group``: the codec's words hold this many consecutive weights of
     K (bit ``j`` of a word: weight ``j`` of its group); the decode then runs group by group, a run of channels at a
-    time, so that each group's words and metadata are loaded once. ``views``: (a :func:`word_view`, the holder it
+    time, so that each group's words and metadata are loaded once; ``unroll``: that many consecutive weights of a
+    group decoded per iteration (unrolled), where one word of the codec's arrays holds them (its load then made
+    once for them: LLVM does not unroll every such loop itself). ``views``: (a :func:`word_view`, the holder it
     reads) pairs; a view is a parameter after the holders here, the holder's own memory in :func:`plain`.
 
     ``runs`` (instead of ``panel_weight``, with ``group``): the codec decodes a run of VECTOR channels over a group
@@ -111,7 +114,7 @@ def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, 
     func = te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales])
     func = func if runs is None else _by_runs(func, runs, len(holders), n, group)
     return func.with_attrs({"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0,
-                            "bie.views": viewed, "bie.runs": runs is not None})
+                            "bie.views": viewed, "bie.runs": runs is not None, "bie.unroll": unroll})
 
 
 def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: int) -> tirx.PrimFunc:
@@ -271,6 +274,9 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
         if group and k > group:  # a group's words and metadata are loaded and decoded once per run
             groups, kk = sch.split(kk, [None, group])
             sch.reorder(groups, runs, kk, lane)
+            unroll = int(decode.attrs["bie.unroll"])
+            if unroll > 1:
+                sch.unroll(sch.split(kk, [None, unroll])[1])
         sch.vectorize(lane)
         sch.unroll(runs)
     scheduled = sch.mod["main"]
@@ -279,10 +285,11 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
 
 def gemm(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
          position: te.Tensor | None = None, group: int | None = None,
-         views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None) -> tirx.PrimFunc:
+         views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None,
+         unroll: int = 1) -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
     :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
-    decode = decoder(panel_weight, holders, n, k, scale, position, group, views, runs)
+    decode = decoder(panel_weight, holders, n, k, scale, position, group, views, runs, unroll)
     return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode.script())
 
 
