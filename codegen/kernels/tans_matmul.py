@@ -19,11 +19,14 @@ it stops LLVM's SLP vectorizer from packing the states into one vector
 register (then every table look-up needs a gather or lane extracts on the
 state's critical path: measured 2-4x slower).
 
-On a CPU with AVX-512 and states a multiple of 16 (the codec's default is 16),
-every CPU kernel decodes with :func:`vector_macros` instead: a vector of 16
-states per gather of table entries, the lanes' bit positions from prefix sums
-of their bit counts, and a task decoding 4 streams interleaved so that their
-independent chains fill the gathers' latency. Same format, same symbols.
+On a CPU with AVX-512 and fast gathers (LLVM's ``fast-gather`` tuning: Intel's
+AVX-512 cores, not AMD's Zen 4 and 5, whose ``vpgatherdd`` made this decoder
+slower than the scalar one) and states a multiple of 16 (the codec's default
+is 16), every CPU kernel decodes with :func:`vector_macros` instead: a vector
+of 16 states per gather of table entries, the lanes' bit positions from
+prefix sums of their bit counts, and a task decoding 4 streams interleaved so
+that their independent chains fill the gathers' latency. Same format, same
+symbols.
 
 * :func:`matmul` ``out[m, n] = step[n] * sum_k x[m, k] * q[n, k]``, one kernel
   choosing by batch at run time:
@@ -318,8 +321,19 @@ GATHER = "llvm.x86.avx512.mask.gather.dpi.512"  # vpgatherdd: 16 uint32 loads at
 
 def vectorized(states: int) -> bool:
     """Whether the CPU kernels decode with :func:`vector_macros`: the states a multiple of a vector and the target
-    (the current one, else this host) with AVX-512."""
-    return states % LANES_PER_VECTOR == 0 and lut.supported(tvm.target.Target.current() or make_target())
+    (the current one, else this host) with AVX-512 and gathers LLVM tunes as fast (``fast-gather``). On Zen 4,
+    which lacks it, every kernel ran slower with the vector decoder than with the scalar one on the same 16
+    states (benchmarks/README.md, tans_decode.py, stop 23)."""
+    target = tvm.target.Target.current() or make_target()
+    return states % LANES_PER_VECTOR == 0 and lut.supported(target) and fast_gathers(target)
+
+
+def fast_gathers(target) -> bool:
+    """Whether LLVM tunes ``target``'s CPU for fast vector gathers (Intel's AVX-512 cores; a target may also ask
+    for it with ``mattr`` ``+fast-gather``, as the tests do to run the vector decoder on other AVX-512 CPUs)."""
+    from tvm.target import codegen as llvm_codegen
+
+    return bool(llvm_codegen.llvm_cpu_has_features("fast-gather", target))
 
 
 class DotProducts(NamedTuple):
