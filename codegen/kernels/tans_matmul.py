@@ -19,14 +19,14 @@ it stops LLVM's SLP vectorizer from packing the states into one vector
 register (then every table look-up needs a gather or lane extracts on the
 state's critical path: measured 2-4x slower).
 
-On a CPU with AVX-512 and fast gathers (LLVM's ``fast-gather`` tuning: Intel's
-AVX-512 cores, not AMD's Zen 4 and 5, whose ``vpgatherdd`` made this decoder
-slower than the scalar one) and states a multiple of 16 (the codec's default
-is 16), every CPU kernel decodes with :func:`vector_macros` instead: a vector
-of 16 states per gather of table entries, the lanes' bit positions from
-prefix sums of their bit counts, and a task decoding 4 streams interleaved so
-that their independent chains fill the gathers' latency. Same format, same
-symbols.
+On a CPU with AVX-512 and either VBMI's byte permutes or fast gathers (LLVM's
+``fast-gather`` tuning: Intel's AVX-512 cores, not AMD's Zen 4 and 5) and
+states a multiple of 16 (the codec's default is 16), every CPU kernel decodes
+with :func:`vector_macros` instead: a vector of 16 states per gather of table
+entries, the lanes' bit positions from prefix sums of their bit counts, their
+bits permuted out of one load (VBMI) or gathered, and a task decoding 4
+streams interleaved so that their independent chains fill the gathers'
+latency. Same format, same symbols.
 
 * :func:`matmul` ``out[m, n] = step[n] * sum_k x[m, k] * q[n, k]``, one kernel
   choosing by batch at run time:
@@ -80,7 +80,7 @@ from tvm.script import tirx as T
 from bie_compiler.codecs import Encoded, tans
 from bie_compiler.codecs.lut_tables import chosen
 from bie_compiler.codecs.tans_coder import spread_step
-from bie_compiler.runtime.tans_streams import MAX_STATES
+from bie_compiler.runtime.tans_streams import MAX_STATES, MAX_TABLE_LOG
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
 from ..target import make_target
@@ -317,20 +317,32 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
 LANES_PER_VECTOR = 16  # states decoded together: one AVX-512 vector of uint32
 TASK_STREAMS = 4  # streams one task of the vector decoder runs interleaved: independent chains behind each gather
 GATHER = "llvm.x86.avx512.mask.gather.dpi.512"  # vpgatherdd: 16 uint32 loads at a base plus scaled int32 offsets
+PERMUTE_BYTES = "llvm.x86.avx512.permvar.qi.512"  # vpermb zmm (AVX-512 VBMI): 64 byte look-ups in a 64-byte register
+READ_BYTES = 64  # bytes one vector's bit reads are permuted from: its 16 lanes' 4-byte reads lie within 35 of them
 
 
 def vectorized(states: int) -> bool:
     """Whether the CPU kernels decode with :func:`vector_macros`: the states a multiple of a vector and the target
-    (the current one, else this host) with AVX-512 and gathers LLVM tunes as fast (``fast-gather``). On Zen 4,
-    which lacks it, every kernel ran slower with the vector decoder than with the scalar one on the same 16
-    states (benchmarks/README.md, tans_decode.py, stop 23)."""
+    (the current one, else this host) with AVX-512 and either byte permutes (:func:`byte_permutes`: one gather a
+    vector) or gathers LLVM tunes as fast (``fast-gather``: two). On Zen 4 (VBMI, no fast gathers) the decoder
+    with two gathers ran every kernel slower than the scalar one on the same 16 states, the one with a gather
+    and a permute faster (benchmarks/README.md, tans_decode.py, stop 23)."""
     target = tvm.target.Target.current() or make_target()
-    return states % LANES_PER_VECTOR == 0 and lut.supported(target) and fast_gathers(target)
+    return (states % LANES_PER_VECTOR == 0 and lut.supported(target)
+            and (byte_permutes(target) or fast_gathers(target)))
+
+
+def byte_permutes(target) -> bool:
+    """Whether ``target``'s CPU has AVX-512 VBMI (``vpermb``): the vector decoder then reads its lanes' bits with
+    one load and a byte permutation instead of a second gather."""
+    from tvm.target import codegen as llvm_codegen
+
+    return bool(llvm_codegen.llvm_cpu_has_features("avx512vbmi", target))
 
 
 def fast_gathers(target) -> bool:
-    """Whether LLVM tunes ``target``'s CPU for fast vector gathers (Intel's AVX-512 cores; a target may also ask
-    for it with ``mattr`` ``+fast-gather``, as the tests do to run the vector decoder on other AVX-512 CPUs)."""
+    """Whether LLVM tunes ``target``'s CPU for fast vector gathers (Intel's AVX-512 cores, not AMD's Zen 4 and 5;
+    a target may ask for it with ``mattr`` ``+fast-gather``, as the tests do to run the two-gather decoder)."""
     from tvm.target import codegen as llvm_codegen
 
     return bool(llvm_codegen.llvm_cpu_has_features("fast-gather", target))
@@ -380,12 +392,14 @@ def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_strea
     packed table: bits, symbol and next states' base in 32 bits); the bit
     positions of its lanes are the stream's position plus the prefix sums of
     the entries' bit counts (the format's interleaved order), and each lane's
-    bits come from a second gather of the 4 bytes at its position, shifted.
-    A vector's chain (gather, prefix sums, gather, next state) is long, so a
-    task runs TASK_STREAMS streams interleaved: their chains are independent.
-    Bounds: a state indexes the table masked, and a read starts at most at the
-    byte of its stream's end bit (the format pads 8 bytes past it), so a
-    malformed stream decodes to other symbols but reads only the words.
+    bits are the 4 bytes at its position, shifted: with AVX-512 VBMI permuted
+    out of one 64-byte load (``vpermb``), else a second gather. A vector's
+    chain (gather, prefix sums, bytes, next state) is long, so a task runs
+    TASK_STREAMS streams interleaved: their chains are independent. Bounds: a
+    state indexes the table masked; the 64-byte load starts at most at the
+    words' last 64 bytes, a gathered read at most at the byte of its stream's
+    end bit (the format pads 8 bytes past it), so a malformed stream decodes
+    to other symbols but reads only the words.
 
     ``put(dest, steps, g, row, column, e, lanes)`` takes the packed entries
     ``e`` (uint32x16; :func:`symbol_of` gives the symbols) of ``lanes`` (16, or
@@ -395,9 +409,12 @@ def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_strea
     rps, lanes = rows_per_stream, LANES_PER_VECTOR
     vectors, groups, tail = states // lanes, k // states, k % states
     assert MAX_STATES <= 2 * lanes, "a row's tail is decoded as at most two vectors"
+    assert (7 + (lanes - 1) * MAX_TABLE_LOG) // 8 + 4 <= READ_BYTES, "a vector's reads within its permuted bytes"
     tasks = -(-streams // TASK_STREAMS)
     mac = macros(n=n, k=k, table_log=table_log, states=states, rows_per_stream=rows_per_stream, size=size, mask=mask,
                  streams=streams, packed_table=True, **lay)
+    word_bytes = 4 * lay["num_words"]
+    permuted = word_bytes >= READ_BYTES and byte_permutes(tvm.target.Target.current() or make_target())  # else gathers
 
     def only(count: int, value, otherwise):
         """``value`` in the first ``count`` lanes, ``otherwise`` above."""
@@ -427,7 +444,20 @@ def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_strea
         ends: T.let = sums_4 + lanes_up(sums_4, 8)
         # (the exclusive sums in int32: the simplifier rejects uint32 differences it cannot prove non-negative)
         bit: T.let = pos[stream_lanes(g)] + T.reinterpret("uint32x16", T.reinterpret("int32x16", ends) - T.reinterpret("int32x16", nb))
-        read: T.let = gather(words[0], T.min(bit >> uint32s(3), end[stream_lanes(g)]), 1) >> (bit & uint32s(7))
+        if permuted:
+            # the READ_BYTES bytes from the vector's first byte (moved back to the words' last READ_BYTES: the load
+            # stays within them whatever the position), each lane's 4 bytes permuted out of them. On a well-formed
+            # stream a lane's 4 bytes lie below READ_BYTES (below 33 from the first byte, or below 59 from the
+            # words' last READ_BYTES: its byte is at most the end byte, 8 before the words' end); vpermb takes an
+            # index's low 6 bits, so on a malformed one a lane reads other bytes of the register
+            first: T.let = T.min(pos[g * lanes] >> T.uint32(3), T.uint32(word_bytes - READ_BYTES))
+            offset: T.let = (bit >> uint32s(3)) - T.Broadcast(first, lanes)
+            indices: T.let = offset * uint32s(0x01010101) + uint32s(0x03020100)
+            window: T.let = words[T.Ramp(T.Cast("int32", first), 1, READ_BYTES)]
+            read: T.let = T.reinterpret("uint32x16", tirx.call_llvm_pure_intrin(
+                "uint8x64", PERMUTE_BYTES, window, T.reinterpret("uint8x64", indices))) >> (bit & uint32s(7))
+        else:
+            read: T.let = gather(words[0], T.min(bit >> uint32s(3), end[stream_lanes(g)]), 1) >> (bit & uint32s(7))
         state[vector_lanes(g, v)] = only(count, (e >> uint32s(16)) + (read & ~(uint32s(0xFFFFFFFF) << nb)), state[vector_lanes(g, v)])
         pos[stream_lanes(g)] = pos[stream_lanes(g)] + tirx.Shuffle([ends], [count - 1] * lanes)
         put(dest, steps, g, row, column, e, count)
