@@ -748,6 +748,28 @@ def transposing_decoder(lay: dict):
     return kernel
 
 
+def at_load_writer(lay: dict, out_shape: tuple, out_dtype: str, scales_shape: tuple, prepare, decode):
+    """``f(counts, offsets, words, steps, out, scales)``, the skeleton of the decoders that run at load: first
+    ``prepare(steps, out, scales)`` (the scales, and the padding past the channels), then ``decode(counts, offsets,
+    words, steps, out)`` (TIR macros) decodes the streams into ``out``."""
+    levels, streams, num_words, n = lay["levels"], lay["streams"], lay["num_words"], lay["n"]
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        out: T.Buffer(out_shape, out_dtype),
+        scales: T.Buffer(scales_shape, "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        prepare(steps, out, scales)
+        decode(counts, offsets, words, steps, out)
+
+    return kernel
+
+
 NIBBLE_LEVELS = 15  # up to this many levels (codes in -7..7) the codes are 4-bit two's complement, two per byte
 
 
@@ -762,7 +784,6 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
     integer_bits(levels))`` lays them out (panels of ``matmul.COLS`` channels, K-major; two codes a byte up to
     NIBBLE_LEVELS levels, even ``k`` in the low nibble), the channels past ``n`` zero; ``scales`` = ``steps``."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
-    streams = lay["streams"]
     cols = int8.matmul.COLS
     panels = -(-n // cols)
     nibbles = integer_bits(levels) == 4
@@ -782,26 +803,19 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
     def store_code(out, steps, row, column, level):
         out[row // cols, column, row % cols] = T.Cast("int8", T.Cast("int32", level))
 
-    store = store_nibble if nibbles else store_code
-
-    @T.prim_func(private=True)
-    def kernel(
-        counts: T.Buffer((levels,), "uint16"),
-        offsets: T.Buffer((streams + 1,), "uint32"),
-        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
-        steps: T.Buffer((n,), "float32"),
-        codes: T.Buffer((panels, width, cols), "int8"),
-        scales: T.Buffer((n,), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def prepare(steps, codes, scales):
         for c in range(n):
             scales[c] = steps[c]
         for r in range(panels * cols - n):  # the last panel's channels past n
             for kk in range(width):
                 codes[panels - 1, kk, (n + r) % cols] = T.int8(0)
-        decode_streams(lay, counts, offsets, words, store, codes, steps)
 
-    return kernel
+    @T.macro
+    def decode(counts, offsets, words, steps, codes):
+        decode_streams(lay, counts, offsets, words, store_nibble if nibbles else store_code, codes, steps)
+
+    return at_load_writer(lay, (panels, width, cols), "int8", (n,), prepare, decode)
 
 
 @T.macro
@@ -820,7 +834,7 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
     once, its bits or-reduced in vectors, and stored whole."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
     blocked = blocks(lay)
-    streams, half = lay["streams"], lay["half"]
+    half = lay["half"]
     magnitude = tans.lut_planes(levels)
     lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
     lane_blocks, kg = -(-n // lanes), -(-k // group)
@@ -843,24 +857,20 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
                 for b in T.unroll(magnitude + 1):
                     planes[b, row // lanes * kg + g, row % lanes] = bits[b]
 
-    @T.prim_func(private=True)
-    def kernel(
-        counts: T.Buffer((levels,), "uint16"),
-        offsets: T.Buffer((streams + 1,), "uint32"),
-        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
-        steps: T.Buffer((n,), "float32"),
-        planes: T.Buffer((magnitude + 1, lane_blocks * kg, lanes), "uint32"),
-        scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def prepare(steps, planes, scales):
         lane_scales(n, steps, scales)
         for r in range(lane_blocks * lanes - n):  # the last block's channels past n
             for i in range(kg):
                 for b in range(magnitude + 1):
                     planes[b, (lane_blocks - 1) * kg + i, (n + r) % lanes] = T.uint32(0)
+
+    @T.macro
+    def decode(counts, offsets, words, steps, planes):
         blocked.decode(counts, offsets, words, steps, write_planes, planes)
 
-    return kernel
+    return at_load_writer(lay, (magnitude + 1, lane_blocks * kg, lanes), "uint32", (lane_blocks, 1, lanes), prepare,
+                          decode)
 
 
 def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
@@ -874,7 +884,7 @@ def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int
     ``16 hi + 4 t + i`` of table ``t``), built from the buffer at once and stored at its place in the row."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
     blocked = blocks(lay)
-    streams, half = lay["streams"], lay["half"]
+    half = lay["half"]
     magnitude = tans.lut_planes(levels)
     bitplane_lut.check_tables("int8", magnitude)
     span, stored = bitplane_lut.int8_planes(magnitude), bitplane_lut.int8_stored_planes(magnitude)
@@ -922,16 +932,8 @@ def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int
                         nibbles[row // lanes * kg + g, vector_of(t, p), byte_of(row % lanes, t, p)] = T.Cast(
                             "uint8", bytes_[t * span + p])
 
-    @T.prim_func(private=True)
-    def kernel(
-        counts: T.Buffer((levels,), "uint16"),
-        offsets: T.Buffer((streams + 1,), "uint32"),
-        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
-        steps: T.Buffer((n,), "float32"),
-        nibbles: T.Buffer((lane_blocks * kg, stored, lanes * bitplane_lut.QUAD), "uint8"),
-        scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def prepare(steps, nibbles, scales):
         lane_scales(n, steps, scales)
         for r in range(lane_blocks * lanes - n):  # the last block's channels past n: zero codes
             for i in range(kg):
@@ -939,9 +941,13 @@ def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int
                     for p in T.unroll(low, span):
                         nibbles[(lane_blocks - 1) * kg + i, vector_of(t, p), byte_of((n + r) % lanes, t, p)] = T.Cast(
                             "uint8", T.uint32(padding_word) >> T.Cast("uint32", 8 * p))
+
+    @T.macro
+    def decode(counts, offsets, words, steps, nibbles):
         blocked.decode(counts, offsets, words, steps, write_nibbles, nibbles)
 
-    return kernel
+    return at_load_writer(lay, (lane_blocks * kg, stored, lanes * bitplane_lut.QUAD), "uint8", (lane_blocks, 1, lanes),
+                          prepare, decode)
 
 
 def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
