@@ -318,7 +318,7 @@ LANES_PER_VECTOR = 16  # states decoded together: one AVX-512 vector of uint32
 TASK_STREAMS = 4  # streams one task of the vector decoder runs interleaved: independent chains behind each gather
 GATHER = "llvm.x86.avx512.mask.gather.dpi.512"  # vpgatherdd: 16 uint32 loads at a base plus scaled int32 offsets
 PERMUTE_BYTES = "llvm.x86.avx512.permvar.qi.512"  # vpermb zmm (AVX-512 VBMI): 64 byte look-ups in a 64-byte register
-READ_BYTES = 64  # bytes one vector's bit reads are permuted from: its 16 lanes' 4-byte reads lie within 35 of them
+READ_BYTES = 64  # bytes one vector's bit reads are permuted from: its 16 lanes' 4-byte reads lie within 33 of them
 
 
 def vectorized(states: int) -> bool:
