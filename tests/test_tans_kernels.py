@@ -13,7 +13,8 @@ from bie_compiler.codegen.kernels.decode import Layout
 from kernel_runs import assert_close, build, call, computed_constants, run
 
 CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short last stream, 1 to 32 states; 16 (the
-    # default) and 32 run the vector decoder with AVX-512: a row's tail in one or two vectors, tasks of 1 to 4 streams
+    # default) and 32 run the vector decoder with AVX-512 (its reads permuted with VBMI, gathered in the target
+    # fixture's second side): a row's tail in one or two vectors, tasks of 1 to 4 streams
     (1, 1, tans.Config(levels=3)),
     (37, 300, tans.Config(levels=15, stream_symbols=1000)),
     (64, 1024, tans.Config(levels=5, states=8, stream_symbols=4096)),
@@ -24,6 +25,26 @@ CASES = [  # (N, K, Config): K not a multiple of the states or of 16, a short la
 ]
 BATCHES = (1, 2, 3, 8)  # fused (m <= FUSED_MAX_BATCH) and decode-to-buffer (larger m) paths
 assert min(BATCHES) <= tans_matmul.FUSED_MAX_BATCH < max(BATCHES)
+
+
+@pytest.fixture(params=["host", "host, gathered reads"])
+def target(request):
+    """The host target; on a CPU with AVX-512 VBMI (whose vector decoder permutes its bits out of a load), or
+    without fast gathers, also the host target without VBMI and with fast gathers (LLVM's tuning), current while
+    the test runs, so that the kernels built for it, directly or by ``kernel_for``, run the vector decoder with
+    its second gather here too."""
+    from bie_compiler.codegen.target import make_target
+
+    host = make_target()
+    if request.param == "host":
+        yield host
+        return
+    if not lut.supported(host) or (tans_matmul.fast_gathers(host) and not tans_matmul.byte_permutes(host)):
+        pytest.skip(f"{host} decodes with gathered reads (or has no vector decoder) as it is")
+    gathered = {"kind": "llvm", "mcpu": host.attrs["mcpu"], "mattr": ["-avx512vbmi", "+fast-gather"]}
+    with tvm.target.Target(gathered) as gathers:
+        assert tans_matmul.vectorized(16) and not tans_matmul.byte_permutes(gathers)
+        yield gathers
 
 
 def encode(n, k, config, seed):

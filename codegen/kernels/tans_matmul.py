@@ -19,11 +19,14 @@ it stops LLVM's SLP vectorizer from packing the states into one vector
 register (then every table look-up needs a gather or lane extracts on the
 state's critical path: measured 2-4x slower).
 
-On a CPU with AVX-512 and states a multiple of 16 (the codec's default is 16),
-every CPU kernel decodes with :func:`vector_macros` instead: a vector of 16
-states per gather of table entries, the lanes' bit positions from prefix sums
-of their bit counts, and a task decoding 4 streams interleaved so that their
-independent chains fill the gathers' latency. Same format, same symbols.
+On a CPU with AVX-512 and either VBMI's byte permutes or fast gathers (LLVM's
+``fast-gather`` tuning: Intel's AVX-512 cores, not AMD's Zen 4 and 5) and
+states a multiple of 16 (the codec's default is 16), every CPU kernel decodes
+with :func:`vector_macros` instead: a vector of 16 states per gather of table
+entries, the lanes' bit positions from prefix sums of their bit counts, their
+bits permuted out of one load (VBMI) or gathered, and a task decoding 4
+streams interleaved so that their independent chains fill the gathers'
+latency. Same format, same symbols.
 
 * :func:`matmul` ``out[m, n] = step[n] * sum_k x[m, k] * q[n, k]``, one kernel
   choosing by batch at run time:
@@ -77,7 +80,7 @@ from tvm.script import tirx as T
 from bie_compiler.codecs import Encoded, tans
 from bie_compiler.codecs.lut_tables import chosen
 from bie_compiler.codecs.tans_coder import spread_step
-from bie_compiler.runtime.tans_streams import MAX_STATES
+from bie_compiler.runtime.tans_streams import MAX_STATES, MAX_TABLE_LOG
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
 from ..target import make_target
@@ -314,12 +317,35 @@ def macros(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
 LANES_PER_VECTOR = 16  # states decoded together: one AVX-512 vector of uint32
 TASK_STREAMS = 4  # streams one task of the vector decoder runs interleaved: independent chains behind each gather
 GATHER = "llvm.x86.avx512.mask.gather.dpi.512"  # vpgatherdd: 16 uint32 loads at a base plus scaled int32 offsets
+PERMUTE_BYTES = "llvm.x86.avx512.permvar.qi.512"  # vpermb zmm (AVX-512 VBMI): 64 byte look-ups in a 64-byte register
+READ_BYTES = 64  # bytes one vector's bit reads are permuted from: its 16 lanes' 4-byte reads lie within 33 of them
 
 
 def vectorized(states: int) -> bool:
     """Whether the CPU kernels decode with :func:`vector_macros`: the states a multiple of a vector and the target
-    (the current one, else this host) with AVX-512."""
-    return states % LANES_PER_VECTOR == 0 and lut.supported(tvm.target.Target.current() or make_target())
+    (the current one, else this host) with AVX-512 and either byte permutes (:func:`byte_permutes`: one gather a
+    vector) or gathers LLVM tunes as fast (``fast-gather``: two). On Zen 4 (VBMI, no fast gathers) the decoder
+    with two gathers ran every kernel slower than the scalar one on the same 16 states, the one with a gather
+    and a permute faster (benchmarks/README.md, tans_decode.py, stop 23)."""
+    target = tvm.target.Target.current() or make_target()
+    return (states % LANES_PER_VECTOR == 0 and lut.supported(target)
+            and (byte_permutes(target) or fast_gathers(target)))
+
+
+def byte_permutes(target) -> bool:
+    """Whether ``target``'s CPU has AVX-512 VBMI (``vpermb``): the vector decoder then reads its lanes' bits with
+    one load and a byte permutation instead of a second gather."""
+    from tvm.target import codegen as llvm_codegen
+
+    return bool(llvm_codegen.llvm_cpu_has_features("avx512vbmi", target))
+
+
+def fast_gathers(target) -> bool:
+    """Whether LLVM tunes ``target``'s CPU for fast vector gathers (Intel's AVX-512 cores, not AMD's Zen 4 and 5;
+    a target may ask for it with ``mattr`` ``+fast-gather``, as the tests do to run the two-gather decoder)."""
+    from tvm.target import codegen as llvm_codegen
+
+    return bool(llvm_codegen.llvm_cpu_has_features("fast-gather", target))
 
 
 class DotProducts(NamedTuple):
@@ -366,12 +392,14 @@ def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_strea
     packed table: bits, symbol and next states' base in 32 bits); the bit
     positions of its lanes are the stream's position plus the prefix sums of
     the entries' bit counts (the format's interleaved order), and each lane's
-    bits come from a second gather of the 4 bytes at its position, shifted.
-    A vector's chain (gather, prefix sums, gather, next state) is long, so a
-    task runs TASK_STREAMS streams interleaved: their chains are independent.
-    Bounds: a state indexes the table masked, and a read starts at most at the
-    byte of its stream's end bit (the format pads 8 bytes past it), so a
-    malformed stream decodes to other symbols but reads only the words.
+    bits are the 4 bytes at its position, shifted: with AVX-512 VBMI permuted
+    out of one 64-byte load (``vpermb``), else a second gather. A vector's
+    chain (gather, prefix sums, bytes, next state) is long, so a task runs
+    TASK_STREAMS streams interleaved: their chains are independent. Bounds: a
+    state indexes the table masked; the 64-byte load starts at most at the
+    words' last 64 bytes, a gathered read at most at the byte of its stream's
+    end bit (the format pads 8 bytes past it), so a malformed stream decodes
+    to other symbols but reads only the words.
 
     ``put(dest, steps, g, row, column, e, lanes)`` takes the packed entries
     ``e`` (uint32x16; :func:`symbol_of` gives the symbols) of ``lanes`` (16, or
@@ -381,9 +409,12 @@ def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_strea
     rps, lanes = rows_per_stream, LANES_PER_VECTOR
     vectors, groups, tail = states // lanes, k // states, k % states
     assert MAX_STATES <= 2 * lanes, "a row's tail is decoded as at most two vectors"
+    assert (7 + (lanes - 1) * MAX_TABLE_LOG) // 8 + 4 <= READ_BYTES, "a vector's reads within its permuted bytes"
     tasks = -(-streams // TASK_STREAMS)
     mac = macros(n=n, k=k, table_log=table_log, states=states, rows_per_stream=rows_per_stream, size=size, mask=mask,
                  streams=streams, packed_table=True, **lay)
+    word_bytes = 4 * lay["num_words"]
+    permuted = word_bytes >= READ_BYTES and byte_permutes(tvm.target.Target.current() or make_target())  # else gathers
 
     def only(count: int, value, otherwise):
         """``value`` in the first ``count`` lanes, ``otherwise`` above."""
@@ -413,7 +444,20 @@ def vector_macros(*, n: int, k: int, table_log: int, states: int, rows_per_strea
         ends: T.let = sums_4 + lanes_up(sums_4, 8)
         # (the exclusive sums in int32: the simplifier rejects uint32 differences it cannot prove non-negative)
         bit: T.let = pos[stream_lanes(g)] + T.reinterpret("uint32x16", T.reinterpret("int32x16", ends) - T.reinterpret("int32x16", nb))
-        read: T.let = gather(words[0], T.min(bit >> uint32s(3), end[stream_lanes(g)]), 1) >> (bit & uint32s(7))
+        if permuted:
+            # the READ_BYTES bytes from the vector's first byte (moved back to the words' last READ_BYTES: the load
+            # stays within them whatever the position), each lane's 4 bytes permuted out of them. On a well-formed
+            # stream a lane's 4 bytes lie below READ_BYTES (below 33 from the first byte, or below 59 from the
+            # words' last READ_BYTES: its byte is at most the end byte, 8 before the words' end); vpermb takes an
+            # index's low 6 bits, so on a malformed one a lane reads other bytes of the register
+            first: T.let = T.min(pos[g * lanes] >> T.uint32(3), T.uint32(word_bytes - READ_BYTES))
+            offset: T.let = (bit >> uint32s(3)) - T.Broadcast(first, lanes)
+            indices: T.let = offset * uint32s(0x01010101) + uint32s(0x03020100)
+            window: T.let = words[T.Ramp(T.Cast("int32", first), 1, READ_BYTES)]
+            read: T.let = T.reinterpret("uint32x16", tirx.call_llvm_pure_intrin(
+                "uint8x64", PERMUTE_BYTES, window, T.reinterpret("uint8x64", indices))) >> (bit & uint32s(7))
+        else:
+            read: T.let = gather(words[0], T.min(bit >> uint32s(3), end[stream_lanes(g)]), 1) >> (bit & uint32s(7))
         state[vector_lanes(g, v)] = only(count, (e >> uint32s(16)) + (read & ~(uint32s(0xFFFFFFFF) << nb)), state[vector_lanes(g, v)])
         pos[stream_lanes(g)] = pos[stream_lanes(g)] + tirx.Shuffle([ends], [count - 1] * lanes)
         put(dest, steps, g, row, column, e, count)
@@ -704,6 +748,28 @@ def transposing_decoder(lay: dict):
     return kernel
 
 
+def at_load_writer(lay: dict, out_shape: tuple, out_dtype: str, scales_shape: tuple, prepare, decode):
+    """``f(counts, offsets, words, steps, out, scales)``, the skeleton of the decoders that run at load: first
+    ``prepare(steps, out, scales)`` (the scales, and the padding past the channels), then ``decode(counts, offsets,
+    words, steps, out)`` (TIR macros) decodes the streams into ``out``."""
+    levels, streams, num_words, n = lay["levels"], lay["streams"], lay["num_words"], lay["n"]
+
+    @T.prim_func(private=True)
+    def kernel(
+        counts: T.Buffer((levels,), "uint16"),
+        offsets: T.Buffer((streams + 1,), "uint32"),
+        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
+        steps: T.Buffer((n,), "float32"),
+        out: T.Buffer(out_shape, out_dtype),
+        scales: T.Buffer(scales_shape, "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        prepare(steps, out, scales)
+        decode(counts, offsets, words, steps, out)
+
+    return kernel
+
+
 NIBBLE_LEVELS = 15  # up to this many levels (codes in -7..7) the codes are 4-bit two's complement, two per byte
 
 
@@ -718,7 +784,6 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
     integer_bits(levels))`` lays them out (panels of ``matmul.COLS`` channels, K-major; two codes a byte up to
     NIBBLE_LEVELS levels, even ``k`` in the low nibble), the channels past ``n`` zero; ``scales`` = ``steps``."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
-    streams = lay["streams"]
     cols = int8.matmul.COLS
     panels = -(-n // cols)
     nibbles = integer_bits(levels) == 4
@@ -738,26 +803,19 @@ def integer_weights(*, n: int, k: int, levels: int, table_log: int, states: int,
     def store_code(out, steps, row, column, level):
         out[row // cols, column, row % cols] = T.Cast("int8", T.Cast("int32", level))
 
-    store = store_nibble if nibbles else store_code
-
-    @T.prim_func(private=True)
-    def kernel(
-        counts: T.Buffer((levels,), "uint16"),
-        offsets: T.Buffer((streams + 1,), "uint32"),
-        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
-        steps: T.Buffer((n,), "float32"),
-        codes: T.Buffer((panels, width, cols), "int8"),
-        scales: T.Buffer((n,), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def prepare(steps, codes, scales):
         for c in range(n):
             scales[c] = steps[c]
         for r in range(panels * cols - n):  # the last panel's channels past n
             for kk in range(width):
                 codes[panels - 1, kk, (n + r) % cols] = T.int8(0)
-        decode_streams(lay, counts, offsets, words, store, codes, steps)
 
-    return kernel
+    @T.macro
+    def decode(counts, offsets, words, steps, codes):
+        decode_streams(lay, counts, offsets, words, store_nibble if nibbles else store_code, codes, steps)
+
+    return at_load_writer(lay, (panels, width, cols), "int8", (n,), prepare, decode)
 
 
 @T.macro
@@ -776,7 +834,7 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
     once, its bits or-reduced in vectors, and stored whole."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
     blocked = blocks(lay)
-    streams, half = lay["streams"], lay["half"]
+    half = lay["half"]
     magnitude = tans.lut_planes(levels)
     lanes, group = bitplane_lut.LANES, bitplane_lut.GROUP
     lane_blocks, kg = -(-n // lanes), -(-k // group)
@@ -799,24 +857,20 @@ def lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, row
                 for b in T.unroll(magnitude + 1):
                     planes[b, row // lanes * kg + g, row % lanes] = bits[b]
 
-    @T.prim_func(private=True)
-    def kernel(
-        counts: T.Buffer((levels,), "uint16"),
-        offsets: T.Buffer((streams + 1,), "uint32"),
-        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
-        steps: T.Buffer((n,), "float32"),
-        planes: T.Buffer((magnitude + 1, lane_blocks * kg, lanes), "uint32"),
-        scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def prepare(steps, planes, scales):
         lane_scales(n, steps, scales)
         for r in range(lane_blocks * lanes - n):  # the last block's channels past n
             for i in range(kg):
                 for b in range(magnitude + 1):
                     planes[b, (lane_blocks - 1) * kg + i, (n + r) % lanes] = T.uint32(0)
+
+    @T.macro
+    def decode(counts, offsets, words, steps, planes):
         blocked.decode(counts, offsets, words, steps, write_planes, planes)
 
-    return kernel
+    return at_load_writer(lay, (magnitude + 1, lane_blocks * kg, lanes), "uint32", (lane_blocks, 1, lanes), prepare,
+                          decode)
 
 
 def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int,
@@ -830,7 +884,7 @@ def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int
     ``16 hi + 4 t + i`` of table ``t``), built from the buffer at once and stored at its place in the row."""
     lay = layout(n, k, levels, table_log, states, rows_per_stream, num_words)
     blocked = blocks(lay)
-    streams, half = lay["streams"], lay["half"]
+    half = lay["half"]
     magnitude = tans.lut_planes(levels)
     bitplane_lut.check_tables("int8", magnitude)
     span, stored = bitplane_lut.int8_planes(magnitude), bitplane_lut.int8_stored_planes(magnitude)
@@ -878,16 +932,8 @@ def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int
                         nibbles[row // lanes * kg + g, vector_of(t, p), byte_of(row % lanes, t, p)] = T.Cast(
                             "uint8", bytes_[t * span + p])
 
-    @T.prim_func(private=True)
-    def kernel(
-        counts: T.Buffer((levels,), "uint16"),
-        offsets: T.Buffer((streams + 1,), "uint32"),
-        words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
-        steps: T.Buffer((n,), "float32"),
-        nibbles: T.Buffer((lane_blocks * kg, stored, lanes * bitplane_lut.QUAD), "uint8"),
-        scales: T.Buffer((lane_blocks, 1, lanes), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def prepare(steps, nibbles, scales):
         lane_scales(n, steps, scales)
         for r in range(lane_blocks * lanes - n):  # the last block's channels past n: zero codes
             for i in range(kg):
@@ -895,9 +941,13 @@ def int8_lut_weights(*, n: int, k: int, levels: int, table_log: int, states: int
                     for p in T.unroll(low, span):
                         nibbles[(lane_blocks - 1) * kg + i, vector_of(t, p), byte_of((n + r) % lanes, t, p)] = T.Cast(
                             "uint8", T.uint32(padding_word) >> T.Cast("uint32", 8 * p))
+
+    @T.macro
+    def decode(counts, offsets, words, steps, nibbles):
         blocked.decode(counts, offsets, words, steps, write_nibbles, nibbles)
 
-    return kernel
+    return at_load_writer(lay, (lane_blocks * kg, stored, lanes * bitplane_lut.QUAD), "uint8", (lane_blocks, 1, lanes),
+                          prepare, decode)
 
 
 def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per_stream: int, num_words: int):
