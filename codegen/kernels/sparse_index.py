@@ -11,19 +11,24 @@ bindings: in TVM 0.27 a "local" buffer or a reassigned variable becomes a
 workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 
 :func:`decode` writes the weights themselves into a dense op's layout (see
-:mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel.
+:mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
+(convs, and ``bie-binary``'s index layout above one row). ``bie-blocked``'s matmuls above one row run the panel
+GEMM instead (:func:`blocked_panel`): a panel of W, zeros and each channel's entries as +-1, decoded into the
+GEMM's panel buffer, never W.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tvm import tirx
+import tvm_ffi
+from tvm import te, tirx
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, bie_binary, bie_blocked
 
 from ..kernel_registry import ConvSpec, KernelCall, register
-from . import bitplane
+from ..schedules import matmul
+from . import bitplane, panel_gemm
 from .decode import Layout, destination, vector_lanes, with_decoder
 
 
@@ -193,6 +198,48 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     return blocked_kernel
 
 
+def blocked_panel(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str,
+                  count_dtype: str) -> panel_gemm.PanelDecode:
+    """The panel GEMM's decode of a ``bie-blocked`` panel of ``matmul.COLS`` channels: zeros, then each channel's
+    entries as +-1 (the scale is applied to the sums)."""
+    sign_bit = block_size.bit_length() - 1
+    cols = matmul.COLS
+    panels = -(-n // cols)
+    offset_mask = (1 << sign_bit) - 1
+    blocks = -(-k // block_size)
+
+    @T.prim_func(private=True)
+    def body(
+        p: T.int32,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        counts: T.Buffer((n, blocks), count_dtype),
+        entries: T.Buffer((nnz,), entry_dtype),
+        decoded: T.Buffer((panels, k, cols), "float32"),
+    ):
+        start = T.decl_buffer((1,), "int64", scope="global")  # the channel's first entry of the block
+        for r in range(k):
+            for c in T.vectorized(cols):
+                decoded[p, r, c] = T.float32(0)
+        for c in range(T.min(cols, n - p * cols)):
+            j: T.let = p * cols + c
+            start[0] = T.Cast("int64", indptr[j])
+            for blk in range(blocks):
+                count: T.let = T.Cast("int64", counts[j, blk])
+                for e in range(count):
+                    entry: T.let = entries[start[0] + e]
+                    r: T.let = blk * block_size + T.Cast("int32", entry & T.Cast(entry_dtype, offset_mask))
+                    negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+                    decoded[p, r, c] = T.if_then_else(negative, T.float32(-1), T.float32(1))
+                start[0] = start[0] + count
+
+    def write(holders, decoded, panel_var):  # the body over the decoder's own buffers (holders: indptr, counts,
+        given = list(zip(body.params, [panel_var, *holders[:3], decoded]))  # entries, scales)
+        return tvm_ffi.structural_map(body.body, (tirx.Var, lambda v: next(
+            (b for param, b in given if param.same_as(v)), v)), order="post")
+
+    return write
+
+
 def _nonempty(entries: np.ndarray) -> np.ndarray:
     # A layer with no non-zeros still needs a buffer to bind; the kernel never reads it.
     return entries if entries.size else np.zeros(1, entries.dtype)
@@ -230,9 +277,15 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 
 @register(bie_blocked.NAME, ops=("matmul", "conv2d"), target="llvm")
 def blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """The blocked index loop for one row, decode above."""
+    """The blocked index loop for one row, the panel GEMM above (a conv: the decode)."""
     layout, constants = blocked_layout(enc)
     small = None if conv else KernelCall("blocked_index", blocked_index(**layout), constants)
     into, x_ndim = destination(enc, conv)
+    if conv is None:  # the panel GEMM
+        holders = [te.placeholder(c.shape, c.dtype.name, name) for c, name in
+                   zip(constants, ("indptr", "counts", "entries", "scales"))]
+        gemm = panel_gemm.gemm(None, holders, enc.shape[0], enc.shape[1],
+                               scale=lambda c: holders[3][c], panels=blocked_panel(**layout))
+        return panel_gemm.with_gemm(small, gemm, "blocked_index")
     decoder = decode(**layout, sign_bit=layout["block_size"].bit_length() - 1, into=into, x_ndim=x_ndim)
     return with_decoder(small, decoder, "blocked_index", constants, conv)
