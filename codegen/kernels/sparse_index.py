@@ -232,8 +232,9 @@ def blocked_panel(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
                     decoded[p, r, c] = T.if_then_else(negative, T.float32(-1), T.float32(1))
                 start[0] = start[0] + count
 
-    def write(holders, decoded, panel_var):  # the body over the decoder's own buffers (holders: indptr, counts,
-        given = list(zip(body.params, [panel_var, *holders[:3], decoded]))  # entries, scales)
+    def write(holders, decoded, panel_var):
+        """The body over the decoder's own panel and buffers (holders: indptr, counts, entries, scales)."""
+        given = list(zip(body.params, [panel_var, *holders[:3], decoded]))
         return tvm_ffi.structural_map(body.body, (tirx.Var, lambda v: next(
             (b for param, b in given if param.same_as(v)), v)), order="post")
 
