@@ -1,7 +1,8 @@
 """One encoded matmul above one row against onnxruntime's fp32 MatMul: the panel GEMM at prompt-like row counts.
 
 A model of one MatMul, x [m, K] @ W [K, N] (heavy-tailed random W; default the MiniLM-shaped encoder's FFN,
-384 x 1536), compiled dense (``--skip '*'``) and with ``bbs`` moderate, ``bie-bitplane --bits 4`` and ``int8``.
+384 x 1536), compiled dense (``--skip '*'``) and with the codec settings ``--variants`` names (default ``bbs``
+moderate, ``bie-bitplane --bits 4`` and ``int8``; ``--variants all``: every setting in ``VARIANTS``).
 In one process, with the same thread count and no idle spinning on either side, single calls of every
 artefact and of onnxruntime are interleaved at each row count (after a warm-up); ratio = median artefact /
 median onnxruntime (> 1: slower). Also each artefact's largest error relative to onnxruntime on the model
@@ -9,7 +10,8 @@ median onnxruntime (> 1: slower). Also each artefact's largest error relative to
 clock, with one thread (on a shared machine the wait for a core is left out; several threads' CPU time would add up).
 
     python benchmarks/gemm_speed.py [--k 384] [--n 1536] [--rows 8 16 64 128] [--repeat 40] [--threads 2]
-                                    [--cpu-time] [--artefacts out/gemm_speed] [--json PATH]
+                                    [--variants NAME ... | all] [--cpu-time] [--artefacts out/gemm_speed]
+                                    [--json PATH]
 """
 
 from __future__ import annotations
@@ -28,12 +30,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = [  # (name, codec, options, skip)
-    ("dense", "bie-bitplane", {}, ("*",)),
+DENSE = ("dense", "bie-bitplane", {}, ("*",))  # (name, codec, options, skip): every layer left dense
+VARIANTS = [  # (name, codec, options, skip): the codec settings that compile for a plain MatMul
     ("bbs", "bbs", {"preset": "moderate"}, ()),
     ("bie-bitplane-4", "bie-bitplane", {"bits": 4}, ()),
     ("int8", "int8", {}, ()),
+    ("tans", "tans", {}, ()),  # 15 levels, --tans-execution load
+    ("bie-bitplane-2", "bie-bitplane", {"bits": 2}, ()),
+    ("bie-bitplane-3", "bie-bitplane", {"bits": 3}, ()),
+    ("bie-bitplane-4-g32", "bie-bitplane", {"bits": 4, "group_size": 32}, ()),
+    ("bbs-conservative", "bbs", {"preset": "conservative"}, ()),  # 6 kept columns: the fp32 tables' layout
+    ("bbs-fp32", "bbs", {"preset": "moderate", "lut_tables": "fp32"}, ()),
+    ("bie-bitplane-4-fp32", "bie-bitplane", {"bits": 4, "lut_tables": "fp32"}, ()),
+    ("tans-fp32", "tans", {"lut_tables": "fp32"}, ()),
+    ("bitwave", "bitwave", {}, ()),
+    ("bie-binary", "bie-binary", {}, ()),
+    ("bie-blocked", "bie-blocked", {}, ()),
+    ("nwc", "nwc", {}, ()),
 ]
+DEFAULT_VARIANTS = ["bbs", "bie-bitplane-4", "int8"]
 WARMUP_CALLS = 5
 
 
@@ -44,12 +59,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rows", type=int, nargs="+", default=[8, 16, 64, 128], help="row counts m")
     p.add_argument("--repeat", type=int, default=40, help="timed calls of each side per row count")
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
+                   choices=[name for name, *_ in VARIANTS] + ["all"],
+                   help="codec settings to compile besides dense (default %(default)s; all: every one)")
     p.add_argument("--cpu-time", action="store_true", help="CPU time instead of wall clock (sets --threads 1)")
     p.add_argument("--artefacts", type=Path, default=ROOT / "out" / "gemm_speed", help="where artefacts go")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     if args.cpu_time:
         args.threads = 1
+    if "all" in args.variants:
+        args.variants = [name for name, *_ in VARIANTS]
     return args
 
 
@@ -69,7 +89,7 @@ def run(args) -> dict:
     model_path = args.artefacts / f"matmul_{args.k}x{args.n}.onnx"
     onnx.save(matmul_model(args.k, args.n), model_path)
     runners = {}
-    for name, codec, options, skip in VARIANTS:
+    for name, codec, options, skip in [DENSE] + [v for v in VARIANTS if v[0] in args.variants]:
         out = args.artefacts / f"{args.k}x{args.n}-{name}"
         bie_compiler.compile_model(model_path, out, codec, options, skip=skip, progress=None)
         runners[name] = bie_compiler.load(out)

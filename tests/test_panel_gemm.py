@@ -25,6 +25,7 @@ CASES = [
     ("bbs", {"pruned_columns": 3, "method": "zps", "sensitive_fraction": 1.0}),  # every row sensitive: a last panel
     # of sensitive rows past the last one
     ("tans", {"levels": 15}),  # decoded at load into the look-up-table words (or the 4-bit codes)
+    ("bie-blocked", {"block_size": 64}),  # index lists: a panel's own statements; K = 97, 129: a ragged last block
 ]
 SHAPES = [(10, 97), (37, 97), (250, 129)]  # (N, K): less than a panel (computed over the padded panel); one ragged
 # panel; 8 panels, the last ragged

@@ -93,7 +93,7 @@ def activation(ndim: int) -> te.Tensor:
     return te.placeholder(tuple(te.var(f"d{i}", "int64") for i in range(ndim)), "float32", "x")
 
 
-def _lanes(extent: int) -> int:
+def vector_lanes(extent: int) -> int:
     """The widest vector (up to 16 lanes) that divides ``extent``: vectorized loops with a tail would scalarize."""
     return next(v for v in (PACK_LANES, 8, 4, 2, 1) if extent % v == 0)
 
@@ -103,7 +103,7 @@ def in_parallel_vectors(tensors: list[te.Tensor], out: te.Tensor) -> tirx.PrimFu
     the widest vector that divides the element count (a copy or a widening, read and written in the same order)."""
     sch = s_tir.Schedule(te.create_prim_func([*tensors, out]))
     loop = sch.fuse(*sch.get_loops(sch.get_sblock(out.op.name)))
-    outer, inner = sch.split(loop, [None, _lanes(math.prod(int(d) for d in out.shape))])
+    outer, inner = sch.split(loop, [None, vector_lanes(math.prod(int(d) for d in out.shape))])
     sch.parallel(outer)
     sch.vectorize(inner)
     return sch.mod["main"]
@@ -143,8 +143,8 @@ def _transposed(sch: s_tir.Schedule, block) -> None:
     """[K, N] in tiles of (up to) 16 x 16: decoded along K into a tile buffer, written out along N; tiles in parallel."""
     kk, n = sch.get_loops(block)
     extents = [int(sch.get(loop).extent) for loop in (kk, n)]
-    k_outer, k_inner = sch.split(kk, [None, _lanes(extents[0])])
-    n_outer, n_inner = sch.split(n, [None, _lanes(extents[1])])
+    k_outer, k_inner = sch.split(kk, [None, vector_lanes(extents[0])])
+    n_outer, n_inner = sch.split(n, [None, vector_lanes(extents[1])])
     sch.reorder(n_outer, k_outer, n_inner, k_inner)
     write = sch.cache_write(block, 0, "global")
     sch.transform_layout(block, ("write", 0), lambda k, n: (n, k))  # the tile stored along K: contiguous vectors
@@ -164,7 +164,7 @@ def _across_channels(sch: s_tir.Schedule, block, layout: Layout, panel: int) -> 
     A 1x1 conv's [O, I] runs along K: a tile of 16 channels x up to TILE_K weights is decoded along channels into a
     buffer laid out so, then copied out along K (scalar: vector gathers from the tile were slower); tiles in parallel.
     """
-    lanes = _lanes(math.gcd(layout.shape[0], panel)) if layout.conv else 1
+    lanes = vector_lanes(math.gcd(layout.shape[0], panel)) if layout.conv else 1
     if lanes < 8 or layout.shape[2] * layout.shape[3] != 1:
         return False
     o, c, r, s = sch.get_loops(block)
@@ -188,7 +188,7 @@ def _along_rows(sch: s_tir.Schedule, block) -> None:
     o, *k = sch.get_loops(block)
     row = sch.fuse(*k)
     extent = int(sch.get(row).extent)
-    lanes = _lanes(extent)
+    lanes = vector_lanes(extent)
     if lanes < 8 and extent <= PACK_LANES:
         lanes = extent  # a short row whole
     outer, inner = sch.split(row, [None, lanes])
@@ -205,7 +205,7 @@ def _per_channel(sch: s_tir.Schedule, block) -> None:
     sch.transform_layout(block, ("write", 0), lambda o, c, r, s: (o, r, s, c))  # the buffer along K
     sch.reverse_compute_at(write, o)
     in_channels = int(sch.get(c).extent)
-    lanes = _lanes(in_channels)
+    lanes = vector_lanes(in_channels)
     if lanes > 1:
         sch.vectorize(sch.split(c, [None, lanes])[1])
     sch.parallel(o)

@@ -13,7 +13,8 @@ own schedule. Each weight is decoded once per call; the decode runs in vectors
 along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels), or, where a codec gives :data:`RunWeights`,
 a run of 16 channels over a group of K at a time in the codec's own vector code
-(``bitplane_lut``'s int8 tables' bytes: a bit transpose).
+(``bitplane_lut``'s int8 tables' bytes: a bit transpose), or, where it gives a :data:`PanelDecode`, a whole panel
+in statements of its own (``bie-blocked``'s index lists).
 
 A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``, as
 TVMScript text: the script printer cannot print a function among attributes; :func:`carried_decoder` parses it):
@@ -53,6 +54,8 @@ DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decode
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
 # (holders' buffers, first channel of a run of VECTOR, group) -> [(kk in the group, the run's float32x16 weights kk)]
 RunWeights = Callable[..., list]
+# (holders' buffers, decoded [panels, K, COLS], panel) -> the statement that writes the whole panel
+PanelDecode = Callable[..., tirx.Stmt]
 
 
 def by_channel(weight: Callable, n: int, lanes: int) -> PanelWeight:
@@ -83,7 +86,7 @@ def word_view(holder: te.Tensor, dtype: str) -> te.Tensor:
 def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
             position: te.Tensor | None = None, group: int | None = None,
             views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None,
-            unroll: int = 1, spread: int = 0) -> tirx.PrimFunc:
+            unroll: int = 1, spread: int = 0, panels: PanelDecode | None = None) -> tirx.PrimFunc:
     """Unscheduled ``f(*holders, decoded [panels, K, COLS], [scales [N]])``: W's panels from ``panel_weight`` (a
     number, converted to float32) and, with ``scale``, each channel's scale.
 
@@ -106,27 +109,34 @@ def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, 
     others; the parallel loop's iteration ``q`` then computes stored panel ``PanelOrder.stored(q)``, which puts
     them evenly among the iterations (TVM's parallel loop gives each thread a contiguous run of iterations: in
     stored order they would all be the first thread's). ``decoded``, the scales and the product are in that
-    computed order; the write-back's scatter puts each channel where it belongs."""
+    computed order; the write-back's scatter puts each channel where it belongs.
+
+    ``panels`` (instead of ``panel_weight`` and ``runs``; no spread): the codec writes a whole panel in statements
+    of its own (index lists: zeros, then each channel's entries), the panel's channels past N included."""
     cols = matmul.COLS
-    panels = -(-n // cols)
+    count = -(-n // cols)
     if spread and position is None:
         raise ValueError("panel_gemm: a spread of the panels needs the stored rows' positions (the scatter)")
+    if spread and panels is not None:
+        raise ValueError("panel_gemm: a codec that writes whole panels computes them in stored order (no spread)")
     order = PanelOrder(n, spread)
-    if runs is None:
-        decoded = te.compute((panels, k, cols), lambda p, kk, c: panel_weight(order.stored(p), kk, c)
+    if runs is None and panels is None:
+        decoded = te.compute((count, k, cols), lambda p, kk, c: panel_weight(order.stored(p), kk, c)
                              .astype("float32"), name=DECODED)
-    else:  # a placeholder block, replaced by the runs' (_by_runs)
-        decoded = te.compute((panels, -(-k // group) * group, cols), lambda *_: tirx.const(0, "float32"),
-                             name=DECODED)
+    else:  # a placeholder block, replaced by the runs' (_by_runs) or the panels' (_by_panels)
+        rows = k if runs is None else -(-k // group) * group
+        decoded = te.compute((count, rows, cols), lambda *_: tirx.const(0, "float32"), name=DECODED)
     scales = [] if scale is None else [te.compute((n,), lambda c: scale(order.stored_row(c)).astype("float32"),
                                                   name=SCALES)]
     at = -1 if position is None else next(i for i, h in enumerate(holders) if h.same_as(position))
     viewed = [next(i for i, h in enumerate(holders) if h.same_as(holder)) for _, holder in views]
     func = te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales])
     func = func if runs is None else _by_runs(func, runs, len(holders), n, group, order)
+    func = func if panels is None else _by_panels(func, panels, len(holders))
+    # bie.runs: the decoded block is the codec's own (runs or panels), not one to vectorize along the channels
     return func.with_attrs({"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0,
-                            "bie.views": viewed, "bie.runs": runs is not None, "bie.unroll": unroll,
-                            "bie.spread": spread})
+                            "bie.views": viewed, "bie.runs": runs is not None or panels is not None,
+                            "bie.unroll": unroll, "bie.spread": spread})
 
 
 class PanelOrder:
@@ -203,6 +213,33 @@ def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: i
 
     root = func.body.block
     stmts = _sequence([root.body])
+    stmts = [replaced(s) for s in (stmts.seq if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts])]
+    return _with_root(func, stmts)
+
+
+def _by_panels(func: tirx.PrimFunc, panels: PanelDecode, count: int) -> tirx.PrimFunc:
+    """``func`` (a :func:`decoder`'s) with its ``DECODED`` block computed by ``panels``: one block a panel."""
+    holders, decoded = list(func.params[:count]), next(b for b in func.params if b.name == DECODED)
+    count, rows, cols = (int(d) for d in decoded.shape)
+    # its rows and columns as iterators of extent 1 too: compute_at places a block by the iterators its region is
+    # stated in, in every dimension (a constant range fails its match)
+    extents = (count, 1, 1)
+    loops = [tirx.Var(name, "int32") for name in ("panel", "rows", "cols")]
+    iters = [tirx.IterVar(Range(0, e), tirx.Var(f"v_{v.name}", "int32"), tirx.IterVar.DataPar)
+             for v, e in zip(loops, extents)]
+    p, all_rows, all_cols = (it.var for it in iters)
+    reads = [tirx.BufferRegion(h, [Range.from_min_extent(0, d) for d in h.shape]) for h in holders]
+    writes = [tirx.BufferRegion(decoded, [Range.from_min_extent(p, 1), Range.from_min_extent(all_rows * rows, rows),
+                                          Range.from_min_extent(all_cols * cols, cols)])]
+    block = s_tir.SBlock(iters, reads, writes, DECODED, panels(holders, decoded, p))
+    nest = s_tir.SBlockRealize(loops, True, block)
+    for v, e in reversed(list(zip(loops, extents))):
+        nest = tirx.For(v, 0, e, tirx.ForKind.SERIAL, nest)
+
+    def replaced(stmt):
+        return nest if isinstance(stmt, tirx.For) and DECODED in _names(stmt) else stmt
+
+    stmts = _sequence([func.body.block.body])
     stmts = [replaced(s) for s in (stmts.seq if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts])]
     return _with_root(func, stmts)
 
@@ -340,10 +377,10 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
 def gemm(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
          position: te.Tensor | None = None, group: int | None = None,
          views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None,
-         unroll: int = 1, spread: int = 0) -> tirx.PrimFunc:
+         unroll: int = 1, spread: int = 0, panels: PanelDecode | None = None) -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
     :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
-    decode = decoder(panel_weight, holders, n, k, scale, position, group, views, runs, unroll, spread)
+    decode = decoder(panel_weight, holders, n, k, scale, position, group, views, runs, unroll, spread, panels)
     return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode.script())
 
 

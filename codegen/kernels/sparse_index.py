@@ -11,21 +11,25 @@ bindings: in TVM 0.27 a "local" buffer or a reassigned variable becomes a
 workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 
 :func:`decode` writes the weights themselves into a dense op's layout (see
-:mod:`.decode`): zeros, then each channel's entries as +-scale, channels in parallel.
+:mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
+(convs, and ``bie-binary``'s index layout above one row). ``bie-blocked``'s matmuls above one row run the panel
+GEMM instead (:func:`blocked_panel`): a panel of W, zeros and each channel's entries as +-1, decoded into the
+GEMM's panel buffer, never W.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tvm import tirx
+import tvm_ffi
+from tvm import te, tirx
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, bie_binary, bie_blocked
-from bie_compiler.codecs.base import PACK_LANES
 
 from ..kernel_registry import ConvSpec, KernelCall, register
-from . import bitplane
-from .decode import Layout, destination, with_decoder
+from ..schedules import matmul
+from . import bitplane, panel_gemm
+from .decode import Layout, destination, vector_lanes, with_decoder
 
 
 def signed_sum(entry_dtype: str, sign_bit: int):
@@ -110,28 +114,39 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
            block_size: int = 0, count_dtype: str = "uint8"):
     """``f(x, indptr, [counts,] entries, scales, W)``: the ternary weights in ``into``; ``x`` is not read.
 
-    ``block_size`` 0: global indices (``bie-binary``); else block-local ones with per-block ``counts`` (``bie-blocked``).
+    ``block_size`` 0: global indices (``bie-binary``), one block over all of K; else block-local ones with per-block
+    ``counts`` (``bie-blocked``). Panels of channels (the widest vector that divides N) in parallel; a panel's block
+    is decoded into a buffer of its own, [rows of the block, channels of the panel], and then copied out a row at a
+    time: the entries' scattered stores stay within that buffer (a matmul's 128 rows of 16 channels: 8 KB, 2 pages),
+    where stored straight into W [K, N] each went to a row of its own, a page apart at N = 1536.
     """
     offset_mask = (1 << sign_bit) - 1
     x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
     size = into.size
-    vectors, tail = size // PACK_LANES, size % PACK_LANES
+    span = block_size or k  # the K positions of a block
+    blocks = -(-k // span)
+    lanes = vector_lanes(n)  # channels of a panel
 
     @T.macro
-    def zero(out):
-        flat = T.decl_buffer((size,), "float32", data=out.data)
-        for v in T.parallel(vectors):
-            for lane in T.vectorized(PACK_LANES):
-                flat[v * PACK_LANES + lane] = T.float32(0)
-        for t in range(tail):
-            flat[vectors * PACK_LANES + t] = T.float32(0)
+    def zero_tile(tile):
+        for r in range(span):
+            for c in T.vectorized(lanes):
+                tile[r * lanes + c] = T.float32(0)
 
     @T.macro
-    def store(out, scales, j, base, entry):
+    def store_entries(tile, scales, entries, j, c, first, count):
+        for e in range(count):
+            entry: T.let = entries[first + e]
+            r: T.let = T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))
+            negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+            tile[r * lanes + c] = T.if_then_else(negative, -scales[j], scales[j])
+
+    @T.macro
+    def copy_out(out, tile, p, blk):
         flat = T.decl_buffer((size,), "float32", data=out.data)
-        kk: T.let = base + T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))
-        negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
-        flat[into.flat(j, kk)] = T.if_then_else(negative, -scales[j], scales[j])
+        for r in range(T.min(T.int64(span), T.int64(k) - blk * span)):
+            for c in T.vectorized(lanes):
+                flat[into.flat(p * lanes + c, blk * span + r)] = tile[r * lanes + c]
 
     if not block_size:
         @T.prim_func(private=True)
@@ -144,15 +159,16 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
         ):
             T.func_attr({"tirx.noalias": True})
             _x = T.match_buffer(var_x, x_shape, "float32")
-            zero(out)
-            for j in T.parallel(n):
-                first: T.let = T.Cast("int64", indptr[j])
-                for e in range(T.Cast("int64", indptr[j + 1]) - first):
-                    store(out, scales, j, T.int64(0), entries[first + e])
+            for p in T.parallel(n // lanes):
+                tile = T.decl_buffer((span * lanes,), "float32", scope="global")
+                zero_tile(tile)
+                for c in range(lanes):
+                    j: T.let = p * lanes + c
+                    first: T.let = T.Cast("int64", indptr[j])
+                    store_entries(tile, scales, entries, j, c, first, T.Cast("int64", indptr[j + 1]) - first)
+                copy_out(out, tile, T.int64(p), T.int64(0))
 
         return global_kernel
-
-    blocks = -(-k // block_size)
 
     @T.prim_func(private=True)
     def blocked_kernel(
@@ -165,17 +181,64 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     ):
         T.func_attr({"tirx.noalias": True})
         _x = T.match_buffer(var_x, x_shape, "float32")
-        zero(out)
-        for j in T.parallel(n):
-            start = T.decl_buffer((1,), "int64", scope="global")
+        for p in T.parallel(n // lanes):
+            start = T.decl_buffer((lanes,), "int64", scope="global")  # each channel's first entry of the block
+            tile = T.decl_buffer((span * lanes,), "float32", scope="global")
+            for c in range(lanes):
+                start[c] = T.Cast("int64", indptr[p * lanes + c])
+            for blk in range(T.int64(blocks)):
+                zero_tile(tile)
+                for c in range(lanes):
+                    j: T.let = p * lanes + c
+                    count: T.let = T.Cast("int64", counts[j, blk])
+                    store_entries(tile, scales, entries, j, c, start[c], count)
+                    start[c] = start[c] + count
+                copy_out(out, tile, T.int64(p), blk)
+
+    return blocked_kernel
+
+
+def blocked_panel(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str,
+                  count_dtype: str) -> panel_gemm.PanelDecode:
+    """The panel GEMM's decode of a ``bie-blocked`` panel of ``matmul.COLS`` channels: zeros, then each channel's
+    entries as +-1 (the scale is applied to the sums)."""
+    sign_bit = block_size.bit_length() - 1
+    cols = matmul.COLS
+    panels = -(-n // cols)
+    offset_mask = (1 << sign_bit) - 1
+    blocks = -(-k // block_size)
+
+    @T.prim_func(private=True)
+    def body(
+        p: T.int32,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        counts: T.Buffer((n, blocks), count_dtype),
+        entries: T.Buffer((nnz,), entry_dtype),
+        decoded: T.Buffer((panels, k, cols), "float32"),
+    ):
+        start = T.decl_buffer((1,), "int64", scope="global")  # the channel's first entry of the block
+        for r in range(k):
+            for c in T.vectorized(cols):
+                decoded[p, r, c] = T.float32(0)
+        for c in range(T.min(cols, n - p * cols)):
+            j: T.let = p * cols + c
             start[0] = T.Cast("int64", indptr[j])
             for blk in range(blocks):
                 count: T.let = T.Cast("int64", counts[j, blk])
                 for e in range(count):
-                    store(out, scales, j, blk * block_size, entries[start[0] + e])
+                    entry: T.let = entries[start[0] + e]
+                    r: T.let = blk * block_size + T.Cast("int32", entry & T.Cast(entry_dtype, offset_mask))
+                    negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+                    decoded[p, r, c] = T.if_then_else(negative, T.float32(-1), T.float32(1))
                 start[0] = start[0] + count
 
-    return blocked_kernel
+    def write(holders, decoded, panel_var):
+        """The body over the decoder's own panel and buffers (holders: indptr, counts, entries, scales)."""
+        given = list(zip(body.params, [panel_var, *holders[:3], decoded]))
+        return tvm_ffi.structural_map(body.body, (tirx.Var, lambda v: next(
+            (b for param, b in given if param.same_as(v)), v)), order="post")
+
+    return write
 
 
 def _nonempty(entries: np.ndarray) -> np.ndarray:
@@ -215,9 +278,15 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 
 @register(bie_blocked.NAME, ops=("matmul", "conv2d"), target="llvm")
 def blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """The blocked index loop for one row, decode above."""
+    """The blocked index loop for one row, the panel GEMM above (a conv: the decode)."""
     layout, constants = blocked_layout(enc)
     small = None if conv else KernelCall("blocked_index", blocked_index(**layout), constants)
     into, x_ndim = destination(enc, conv)
+    if conv is None:  # the panel GEMM
+        holders = [te.placeholder(c.shape, c.dtype.name, name) for c, name in
+                   zip(constants, ("indptr", "counts", "entries", "scales"))]
+        gemm = panel_gemm.gemm(None, holders, enc.shape[0], enc.shape[1],
+                               scale=lambda c: holders[3][c], panels=blocked_panel(**layout))
+        return panel_gemm.with_gemm(small, gemm, "blocked_index")
     decoder = decode(**layout, sign_bit=layout["block_size"].bit_length() - 1, into=into, x_ndim=x_ndim)
     return with_decoder(small, decoder, "blocked_index", constants, conv)
