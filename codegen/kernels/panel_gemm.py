@@ -30,6 +30,7 @@ by float rounding only.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import tvm
@@ -264,6 +265,12 @@ def _sequence(stmts: list) -> tirx.Stmt:
     return flat[0] if len(flat) == 1 else tirx.stmt.SeqStmt(flat)
 
 
+def _statements(func: tirx.PrimFunc) -> list:
+    """The statements of ``func``'s root block, in order (a flat sequence)."""
+    stmts = _sequence([func.body.block.body])
+    return list(stmts.seq) if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts]
+
+
 def _with_root(func: tirx.PrimFunc, stmts: list) -> tirx.PrimFunc:
     root = func.body.block
     block = s_tir.SBlock([], [], [], "root", _sequence(stmts), None, root.alloc_buffers)
@@ -306,20 +313,53 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     """A :func:`plain` kernel (and the elementwise blocks after it) scheduled: the register tiles of
     ``schedule_matmul`` in parallel over the panels, the leading dims and rows inside; each panel decoded at the
     top of its parallel iteration, in vectors along its channels (group by group with ``bie.group``); the stored
-    rows' output channels (``inverse``) computed first, serially."""
+    rows' output channels (``inverse``) computed first, serially.
+
+    Where the rows (all leading dims) fit one register tile (``matmul.ROWS``; a run-time test where they are
+    symbolic), each group of K (each k step of the tile, without groups) is decoded right before its FMAs instead:
+    the decoded weights stay in L1 and no panel is stored (a panel is 48 KiB at K 384, 512 KiB at K 4096: its
+    stores and reloads go to L2). Above one tile the whole panel is decoded once for all its row tiles: per tile,
+    every tile would decode it again."""
     # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
     # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
-    stmts = _sequence([func.body.block.body])
-    stmts = list(stmts.seq) if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts]
+    stmts = _statements(func)
     aside = [s for s in stmts if _names(s) == {INVERSE}]
-    sch = s_tir.Schedule(_with_root(func, [s for s in stmts if _names(s) != {INVERSE}]))
-    if any(SCALES in _names(s) for s in stmts):
+    gemm = _with_root(func, [s for s in stmts if _names(s) != {INVERSE}])
+    lead = func.params[0].shape[:-1]
+    rows = tvm.sym.Analyzer().simplify(functools.reduce(lambda a, b: a * b, lead, tirx.const(1, "int64")))
+    if not _decodes_by_tile(decode):
+        scheduled = _scheduled(gemm, decode, by_tile=False)
+    elif isinstance(rows, tirx.IntImm):
+        scheduled = _scheduled(gemm, decode, by_tile=int(rows) <= matmul.ROWS)
+    else:
+        scheduled = _by_rows(rows <= matmul.ROWS, _scheduled(_fresh_decoded(gemm), decode, by_tile=True),
+                             _scheduled(gemm, decode, by_tile=False))
+    return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
+
+
+def _decodes_by_tile(decode: tirx.PrimFunc) -> bool:
+    """Whether ``decode``'s groups (if any) divide K: a tile's k loop then steps over whole groups."""
+    group = int(decode.attrs["bie.group"])
+    decoded = next(b for b in decode.params if b.name == DECODED)
+    return not group or int(decoded.shape[1]) % group == 0 and group % matmul.k_unroll(decoded.shape[1]) == 0
+
+
+def _scheduled(func: tirx.PrimFunc, decode: tirx.PrimFunc, by_tile: bool) -> tirx.PrimFunc:
+    """``func`` (a :func:`plain` kernel less its inverse) scheduled, its panels decoded at the top of the panel loop
+    or, ``by_tile``, a group (a k step) at a time in the tile's k loop (see :func:`schedule`)."""
+    sch = s_tir.Schedule(func)
+    if SCALES in _names(func.body):
         sch.compute_inline(sch.get_sblock(SCALES))
     block = sch.get_sblock(BLOCK)
     matmul.schedule_matmul(sch, block, batch_in_task=True)
-    panel_loop = sch.get_loops(block)[0]  # the parallel loop over panels; rows of activations run inside it
     decoding = sch.get_sblock(DECODED)
-    sch.compute_at(decoding, panel_loop)
+    if by_tile:
+        loops = sch.get_loops(block)
+        tile_k = loops[len(func.params[0].shape)]  # after the panels', the leading dims' and rows'
+        group, step = int(decode.attrs["bie.group"]), matmul.k_unroll(sch.get(decoding).iter_vars[1].dom.extent)
+        sch.compute_at(decoding, sch.split(tile_k, [None, group // step])[0] if group > step else tile_k)
+    else:
+        sch.compute_at(decoding, sch.get_loops(block)[0])  # the parallel loop over panels; rows run inside it
     if not decode.attrs["bie.runs"]:  # (a codec's runs are vectors already, see decoder)
         *_, kk, c = sch.get_loops(decoding)  # (kk is not a loop when K is 1)
         runs, lane = sch.split(c, [None, VECTOR])
@@ -333,8 +373,28 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
                 sch.unroll(sch.split(kk, [None, unroll])[1])
         sch.vectorize(lane)
         sch.unroll(runs)
-    scheduled = sch.mod["main"]
-    return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
+    return sch.mod["main"]
+
+
+def _fresh_decoded(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with a new ``DECODED`` buffer: :func:`_by_rows`'s two nests each allocate their own (each placed and
+    sized where its nest uses it)."""
+    decoded = next(b for b in func.body.block.alloc_buffers if b.name == DECODED)
+    fresh = tirx.decl_buffer(decoded.shape, decoded.dtype, f"{DECODED}_tile")
+    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.Buffer, lambda b: fresh if b.same_as(decoded)
+                                                                                 else b), order="post"))
+
+
+def _by_rows(fits: tirx.PrimExpr, tiled: tirx.PrimFunc, whole: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``whole`` (its panels decoded whole), but ``tiled``'s GEMM nest (decoded by tile) where ``fits`` holds at run
+    time; the statements before the nests (the views' declarations) are the same in both."""
+    nest = next(s for s in _statements(tiled) if DECODED in _names(s))
+    stmts = [tirx.IfThenElse(fits, matmul.fresh_definitions(nest), s) if DECODED in _names(s) else s
+             for s in _statements(whole)]
+    allocated = list(whole.body.block.alloc_buffers)
+    allocated += [b for b in tiled.body.block.alloc_buffers if not any(b.same_as(a) for a in allocated)]
+    block = s_tir.SBlock([], [], [], "root", _sequence(stmts), None, allocated)
+    return whole.with_body(s_tir.SBlockRealize([], True, block))
 
 
 def gemm(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
