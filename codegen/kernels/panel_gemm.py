@@ -49,6 +49,7 @@ SCALED = "panel_gemm_scaled"
 INVERSE = "inverse_position"
 SCATTER = "scatter"
 VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
+TILE_K = 32  # weights of K decoded at a time within one tile of rows where a codec has no groups (4 KiB: in L1)
 DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
@@ -316,48 +317,49 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     rows' output channels (``inverse``) computed first, serially.
 
     Where the rows (all leading dims) fit one register tile (``matmul.ROWS``; a run-time test where they are
-    symbolic), each group of K (each k step of the tile, without groups) is decoded right before its FMAs instead:
-    the decoded weights stay in L1 and no panel is stored (a panel is 48 KiB at K 384, 512 KiB at K 4096: its
-    stores and reloads go to L2). Above one tile the whole panel is decoded once for all its row tiles: per tile,
-    every tile would decode it again."""
+    symbolic), each group of K (``TILE_K`` weights of K without groups) is decoded in the tile's k loop instead,
+    right before its FMAs: the decoded weights stay in L1 and no panel is stored (a panel is 48 KiB at K 384,
+    512 KiB at K 4096: its stores and reloads go to L2). Above one tile the whole panel is decoded once for all its
+    row tiles (by tile, each tile would decode it again); so too where the groups do not divide K."""
     # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
     # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
     stmts = _statements(func)
     aside = [s for s in stmts if _names(s) == {INVERSE}]
     gemm = _with_root(func, [s for s in stmts if _names(s) != {INVERSE}])
-    lead = func.params[0].shape[:-1]
+    *lead, k = func.params[0].shape
     rows = tvm.sym.Analyzer().simplify(functools.reduce(lambda a, b: a * b, lead, tirx.const(1, "int64")))
-    if not _decodes_by_tile(decode):
-        scheduled = _scheduled(gemm, decode, by_tile=False)
+    tile_k = _tile_k(decode, int(k))
+    if not tile_k:
+        scheduled = _scheduled(gemm, decode)
     elif isinstance(rows, tirx.IntImm):
-        scheduled = _scheduled(gemm, decode, by_tile=int(rows) <= matmul.ROWS)
+        scheduled = _scheduled(gemm, decode, tile_k if int(rows) <= matmul.ROWS else 0)
     else:
-        scheduled = _by_rows(rows <= matmul.ROWS, _scheduled(_fresh_decoded(gemm), decode, by_tile=True),
-                             _scheduled(gemm, decode, by_tile=False))
+        scheduled = _by_rows(rows <= matmul.ROWS, _scheduled(_fresh_decoded(gemm), decode, tile_k),
+                             _scheduled(gemm, decode))
     return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
 
 
-def _decodes_by_tile(decode: tirx.PrimFunc) -> bool:
-    """Whether ``decode``'s groups (if any) divide K: a tile's k loop then steps over whole groups."""
-    group = int(decode.attrs["bie.group"])
-    decoded = next(b for b in decode.params if b.name == DECODED)
-    return not group or int(decoded.shape[1]) % group == 0 and group % matmul.k_unroll(decoded.shape[1]) == 0
+def _tile_k(decode: tirx.PrimFunc, k: int) -> int:
+    """The weights of K that a tile's k loop decodes at a time (:func:`schedule`, within one tile of rows): the
+    codec's group, else ``TILE_K``; 0 where they do not divide K into whole k steps of the tile (no such decode)."""
+    chunk = int(decode.attrs["bie.group"]) or TILE_K
+    return chunk if k % chunk == 0 and chunk % matmul.k_unroll(k) == 0 else 0
 
 
-def _scheduled(func: tirx.PrimFunc, decode: tirx.PrimFunc, by_tile: bool) -> tirx.PrimFunc:
+def _scheduled(func: tirx.PrimFunc, decode: tirx.PrimFunc, tile_k: int = 0) -> tirx.PrimFunc:
     """``func`` (a :func:`plain` kernel less its inverse) scheduled, its panels decoded at the top of the panel loop
-    or, ``by_tile``, a group (a k step) at a time in the tile's k loop (see :func:`schedule`)."""
+    or, with ``tile_k`` (:func:`_tile_k`), that many weights of K at a time in the tile's k loop (see
+    :func:`schedule`)."""
     sch = s_tir.Schedule(func)
     if SCALES in _names(func.body):
         sch.compute_inline(sch.get_sblock(SCALES))
     block = sch.get_sblock(BLOCK)
     matmul.schedule_matmul(sch, block, batch_in_task=True)
     decoding = sch.get_sblock(DECODED)
-    if by_tile:
-        loops = sch.get_loops(block)
-        tile_k = loops[len(func.params[0].shape)]  # after the panels', the leading dims' and rows'
-        group, step = int(decode.attrs["bie.group"]), matmul.k_unroll(sch.get(decoding).iter_vars[1].dom.extent)
-        sch.compute_at(decoding, sch.split(tile_k, [None, group // step])[0] if group > step else tile_k)
+    if tile_k:
+        k_loop = sch.get_loops(block)[len(func.params[0].shape)]  # after the panels', the leading dims' and rows'
+        steps = tile_k // matmul.k_unroll(func.params[0].shape[-1])  # of the tile's k loop (schedule_matmul's)
+        sch.compute_at(decoding, sch.split(k_loop, [None, steps])[0] if steps > 1 else k_loop)
     else:
         sch.compute_at(decoding, sch.get_loops(block)[0])  # the parallel loop over panels; rows run inside it
     if not decode.attrs["bie.runs"]:  # (a codec's runs are vectors already, see decoder)
