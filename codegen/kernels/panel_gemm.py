@@ -9,7 +9,9 @@ output channels over all of K, laid out K-major ([K, COLS], the layout
 panel of the dense kernel's packed weight: L1 or L2) at the top of the panel's
 parallel iteration, and then every row of activations runs over it in the
 register tiles of :func:`..schedules.matmul.schedule_matmul`, the dense GEMM's
-own schedule. Each weight is decoded once per call; the decode runs in vectors
+own schedule. Where the rows fit one register tile, the panel is decoded 32
+weights of K at a time in the tile's k loop instead (into L1, see :func:`schedule`).
+Each weight is decoded once per call; the decode runs in vectors
 along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels), or, where a codec gives :data:`RunWeights`,
 a run of 16 channels over a group of K at a time in the codec's own vector code
