@@ -140,7 +140,7 @@ def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, 
     # bie.runs: the decoded block is the codec's own (runs or panels), not one to vectorize along the channels
     return func.with_attrs({"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0,
                             "bie.views": viewed, "bie.runs": runs is not None or panels is not None,
-                            "bie.unroll": unroll, "bie.spread": spread, "bie.whole_panels": panels is not None})
+                            "bie.unroll": unroll, "bie.spread": spread})
 
 
 class PanelOrder:
@@ -380,10 +380,7 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
 
 def _tile_k(decode: tirx.PrimFunc, k: int) -> int:
     """The weights of K that a tile's k loop decodes at a time (:func:`schedule`, within one tile of rows): the
-    codec's group, else ``TILE_K``; 0 where they do not divide K into whole k steps of the tile, or where the codec
-    writes whole panels (``panels``: its statements cannot be split along K), so that no such decode is made."""
-    if decode.attrs["bie.whole_panels"]:
-        return 0
+    codec's group, else ``TILE_K``; 0 where they do not divide K into whole k steps of the tile (no such decode)."""
     chunk = int(decode.attrs["bie.group"]) or TILE_K
     return chunk if k % chunk == 0 and chunk % matmul.k_unroll(k) == 0 else 0
 
