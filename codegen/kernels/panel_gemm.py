@@ -9,9 +9,7 @@ output channels over all of K, laid out K-major ([K, COLS], the layout
 panel of the dense kernel's packed weight: L1 or L2) at the top of the panel's
 parallel iteration, and then every row of activations runs over it in the
 register tiles of :func:`..schedules.matmul.schedule_matmul`, the dense GEMM's
-own schedule. Where the rows fit one register tile, the panel is decoded 32
-weights of K at a time in the tile's k loop instead (into L1, see :func:`schedule`).
-Each weight is decoded once per call; the decode runs in vectors
+own schedule. Each weight is decoded once per call; the decode runs in vectors
 along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels), or, where a codec gives :data:`RunWeights`,
 a run of 16 channels over a group of K at a time in the codec's own vector code
@@ -33,7 +31,6 @@ by float rounding only.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import tvm
@@ -52,7 +49,6 @@ SCALED = "panel_gemm_scaled"
 INVERSE = "inverse_position"
 SCATTER = "scatter"
 VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
-TILE_K = 32  # weights of K decoded at a time within one tile of rows where a codec has no groups (4 KiB: in L1)
 DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
@@ -305,12 +301,6 @@ def _sequence(stmts: list) -> tirx.Stmt:
     return flat[0] if len(flat) == 1 else tirx.stmt.SeqStmt(flat)
 
 
-def _statements(func: tirx.PrimFunc) -> list:
-    """The statements of ``func``'s root block, in order (a flat sequence)."""
-    stmts = _sequence([func.body.block.body])
-    return list(stmts.seq) if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts]
-
-
 def _with_root(func: tirx.PrimFunc, stmts: list) -> tirx.PrimFunc:
     root = func.body.block
     block = s_tir.SBlock([], [], [], "root", _sequence(stmts), None, root.alloc_buffers)
@@ -353,54 +343,20 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     """A :func:`plain` kernel (and the elementwise blocks after it) scheduled: the register tiles of
     ``schedule_matmul`` in parallel over the panels, the leading dims and rows inside; each panel decoded at the
     top of its parallel iteration, in vectors along its channels (group by group with ``bie.group``); the stored
-    rows' output channels (``inverse``) computed first, serially.
-
-    Where the rows (all leading dims) fit one register tile (``matmul.ROWS``; a run-time test where they are
-    symbolic), each group of K (``TILE_K`` weights of K without groups) is decoded in the tile's k loop instead,
-    right before its FMAs: the decoded weights stay in L1 and no panel is stored (a panel is 48 KiB at K 384,
-    512 KiB at K 4096: its stores and reloads go to L2). Above one tile the whole panel is decoded once for all its
-    row tiles (by tile, each tile would decode it again); so too where the groups do not divide K."""
+    rows' output channels (``inverse``) computed first, serially."""
     # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
     # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
-    stmts = _statements(func)
+    stmts = _sequence([func.body.block.body])
+    stmts = list(stmts.seq) if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts]
     aside = [s for s in stmts if _names(s) == {INVERSE}]
-    gemm = _with_root(func, [s for s in stmts if _names(s) != {INVERSE}])
-    *lead, k = func.params[0].shape
-    rows = tvm.sym.Analyzer().simplify(functools.reduce(lambda a, b: a * b, lead, tirx.const(1, "int64")))
-    tile_k = _tile_k(decode, int(k))
-    if not tile_k:
-        scheduled = _scheduled(gemm, decode)
-    elif isinstance(rows, tirx.IntImm):
-        scheduled = _scheduled(gemm, decode, tile_k if int(rows) <= matmul.ROWS else 0)
-    else:
-        scheduled = _by_rows(rows <= matmul.ROWS, _scheduled(_fresh_decoded(gemm), decode, tile_k),
-                             _scheduled(gemm, decode))
-    return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
-
-
-def _tile_k(decode: tirx.PrimFunc, k: int) -> int:
-    """The weights of K that a tile's k loop decodes at a time (:func:`schedule`, within one tile of rows): the
-    codec's group, else ``TILE_K``; 0 where they do not divide K into whole k steps of the tile (no such decode)."""
-    chunk = int(decode.attrs["bie.group"]) or TILE_K
-    return chunk if k % chunk == 0 and chunk % matmul.k_unroll(k) == 0 else 0
-
-
-def _scheduled(func: tirx.PrimFunc, decode: tirx.PrimFunc, tile_k: int = 0) -> tirx.PrimFunc:
-    """``func`` (a :func:`plain` kernel less its inverse) scheduled, its panels decoded at the top of the panel loop
-    or, with ``tile_k`` (:func:`_tile_k`), that many weights of K at a time in the tile's k loop (see
-    :func:`schedule`)."""
-    sch = s_tir.Schedule(func)
-    if SCALES in _names(func.body):
+    sch = s_tir.Schedule(_with_root(func, [s for s in stmts if _names(s) != {INVERSE}]))
+    if any(SCALES in _names(s) for s in stmts):
         sch.compute_inline(sch.get_sblock(SCALES))
     block = sch.get_sblock(BLOCK)
     matmul.schedule_matmul(sch, block, batch_in_task=True)
+    panel_loop = sch.get_loops(block)[0]  # the parallel loop over panels; rows of activations run inside it
     decoding = sch.get_sblock(DECODED)
-    if tile_k:
-        k_loop = sch.get_loops(block)[len(func.params[0].shape)]  # after the panels', the leading dims' and rows'
-        steps = tile_k // matmul.k_unroll(func.params[0].shape[-1])  # of the tile's k loop (schedule_matmul's)
-        sch.compute_at(decoding, sch.split(k_loop, [None, steps])[0] if steps > 1 else k_loop)
-    else:
-        sch.compute_at(decoding, sch.get_loops(block)[0])  # the parallel loop over panels; rows run inside it
+    sch.compute_at(decoding, panel_loop)
     if not decode.attrs["bie.runs"]:  # (a codec's runs are vectors already, see decoder)
         *_, kk, c = sch.get_loops(decoding)  # (kk is not a loop when K is 1)
         runs, lane = sch.split(c, [None, VECTOR])
@@ -414,28 +370,8 @@ def _scheduled(func: tirx.PrimFunc, decode: tirx.PrimFunc, tile_k: int = 0) -> t
                 sch.unroll(sch.split(kk, [None, unroll])[1])
         sch.vectorize(lane)
         sch.unroll(runs)
-    return sch.mod["main"]
-
-
-def _fresh_decoded(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with a new ``DECODED`` buffer: :func:`_by_rows`'s two nests each allocate their own (each placed and
-    sized where its nest uses it)."""
-    decoded = next(b for b in func.body.block.alloc_buffers if b.name == DECODED)
-    fresh = tirx.decl_buffer(decoded.shape, decoded.dtype, f"{DECODED}_tile")
-    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.Buffer, lambda b: fresh if b.same_as(decoded)
-                                                                                 else b), order="post"))
-
-
-def _by_rows(fits: tirx.PrimExpr, tiled: tirx.PrimFunc, whole: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``whole`` (its panels decoded whole), but ``tiled``'s GEMM nest (decoded by tile) where ``fits`` holds at run
-    time; the statements before the nests (the views' declarations) are the same in both."""
-    nest = next(s for s in _statements(tiled) if DECODED in _names(s))
-    stmts = [tirx.IfThenElse(fits, matmul.fresh_definitions(nest), s) if DECODED in _names(s) else s
-             for s in _statements(whole)]
-    allocated = list(whole.body.block.alloc_buffers)
-    allocated += [b for b in tiled.body.block.alloc_buffers if not any(b.same_as(a) for a in allocated)]
-    block = s_tir.SBlock([], [], [], "root", _sequence(stmts), None, allocated)
-    return whole.with_body(s_tir.SBlockRealize([], True, block))
+    scheduled = sch.mod["main"]
+    return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
 
 
 def gemm(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,

@@ -223,12 +223,12 @@ def narrow_in_loops(func: tirx.PrimFunc, tiled: tirx.PrimFunc, narrow: tirx.Prim
     then a predicated tail whose ROWS x LANES guarded scalar updates per k (128 for one useful one at one token) cost
     far more than the plain loops, one scalar multiply-add per product."""
     plain, scheduled = func.body.block, tiled.body.block
-    root = s_tir.SBlock([], [], [], "root", tirx.IfThenElse(narrow, fresh_definitions(plain.body), scheduled.body),
+    root = s_tir.SBlock([], [], [], "root", tirx.IfThenElse(narrow, _fresh_definitions(plain.body), scheduled.body),
                         None, [*plain.alloc_buffers, *scheduled.alloc_buffers])
     return tiled.with_body(s_tir.SBlockRealize([], True, root))
 
 
-def fresh_definitions(stmt):
+def _fresh_definitions(stmt):
     """``stmt`` with new variables for its loops and block iterators (a copy defines nothing the original does)."""
     fresh = {}
 
