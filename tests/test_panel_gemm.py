@@ -4,13 +4,10 @@ N not a multiple of the 32-channel panel (nor of 16), K odd."""
 
 import numpy as np
 import pytest
-import tvm
-from tvm import tirx
 
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import lut, panel_gemm
-from bie_compiler.codegen.schedules import matmul
 from bie_compiler.codegen.target import make_target
 from kernel_runs import assert_close, build, call, computed_constants
 
@@ -75,21 +72,3 @@ def test_each_panel_is_decoded_inside_the_parallel_loop_in_vectors(target):
     script = kernel_for(enc, target).large_batch.func.without_attr(panel_gemm.DECODER_ATTR).script()
     parallel, decode, rows = (script.index(s) for s in ("T.parallel(2)", 'T.sblock("decoded")', "T.serial("))
     assert parallel < decode < rows and "T.vectorized(16)" in script
-
-
-@pytest.mark.parametrize("n,spread", [(1536, 10), (250, 2), (4096, 26), (1285, 13), (128, 3)])
-def test_panel_order_spreads_the_first_panels_over_any_run_of_iterations(n, spread):
-    """``PanelOrder``: a permutation of the panels (a ragged last panel last) with its inverse, in which every run
-    of L consecutive iterations computes L * spread / whole of the first ``spread`` panels, rounded either way: a
-    contiguous share of the parallel loop gets its share of them."""
-    order = panel_gemm.PanelOrder(n, spread)
-    simplify = tvm.sym.Analyzer().simplify
-    cols = matmul.COLS
-    panels, whole = -(-n // cols), n // cols
-    stored = [int(simplify(order.stored(tirx.const(q, "int32")))) for q in range(panels)]
-    assert sorted(stored) == list(range(panels)) and stored[whole:] == list(range(whole, panels))
-    assert [int(simplify(order.computed(tirx.const(p, "int32")))) for p in stored] == list(range(panels))
-    first = np.array([p < spread for p in stored[:whole]], int)
-    for length in range(1, whole + 1):
-        counts = np.convolve(first, np.ones(length, int), "valid")
-        assert counts.min() >= length * spread // whole and counts.max() <= -(-length * spread // whole), length

@@ -254,8 +254,7 @@ def panel_value(enc: Encoded, holders, tables: str = "fp32") -> panel_gemm.Panel
 
 def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
-    GEMM over the stored rows, the sensitive panels spread among the pruned ones (``panel_gemm.decoder``'s
-    ``spread``), written back to the output channels (``columns`` as :func:`constants` lays them out for
+    GEMM in stored order, then the output unshuffle (``columns`` as :func:`constants` lays them out for
     ``tables``)."""
     holders = placeholders(constants(enc, tables))
     scales, position, sensitive, columns, meta = holders
@@ -263,11 +262,8 @@ def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     if tables == "int8":
         views.append((panel_gemm.word_view(columns, "uint32"), columns))
     read = [scales, position, views[0][0], views[-1][0] if tables == "int8" else columns, meta]
-    # a sensitive panel's decode costs ~1.7x a pruned one's (4 codes a word, moved lane by lane): spread among the
-    # panel loop's iterations, each thread's share of them decodes its share of the sensitive panels
-    spread = int(enc.header["sensitive"]) // matmul_schedule.COLS
     return panel_gemm.gemm(panel_value(enc, read, tables), holders, *enc.shape, scale=lambda row: scales[row],
-                           position=position, group=bbs.GROUP, views=views, unroll=CODES_PER_WORD, spread=spread)
+                           position=position, group=bbs.GROUP, views=views, unroll=CODES_PER_WORD)
 
 
 @register(bbs.NAME, ops=("matmul", "conv2d"), target="llvm")

@@ -21,8 +21,7 @@ TVMScript text: the script printer cannot print a function among attributes; :fu
 :func:`plain` puts the GEMM after it over any leading dims of the rows, so the many-row epilogue fusion
 (:mod:`..gemm_epilogues`) builds the same kernel with an elementwise epilogue inlined into the tile write-back.
 A codec that computes in a stored order of the channels (``position``) writes each channel of a tile where it
-belongs (a scatter at the write-back), so the output needs no gather afterwards; such a codec may have the panel
-loop visit its panels in another order (:class:`PanelOrder`: costlier panels spread among the threads).
+belongs (a scatter at the write-back), so the output needs no gather afterwards.
 
 The decoded value is the codec's reference decoder's (a per-channel scale is
 applied to the sums instead), so the result differs from ``x @ decode(enc).T``
@@ -86,7 +85,7 @@ def word_view(holder: te.Tensor, dtype: str) -> te.Tensor:
 def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
             position: te.Tensor | None = None, group: int | None = None,
             views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None,
-            unroll: int = 1, spread: int = 0, panels: PanelDecode | None = None) -> tirx.PrimFunc:
+            unroll: int = 1, panels: PanelDecode | None = None) -> tirx.PrimFunc:
     """Unscheduled ``f(*holders, decoded [panels, K, COLS], [scales [N]])``: W's panels from ``panel_weight`` (a
     number, converted to float32) and, with ``scale``, each channel's scale.
 
@@ -105,81 +104,29 @@ def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, 
     of the run's words); its holders hold channels in runs of VECTOR (zero-padded to a whole run). ``decoded`` then
     has K rounded up to whole groups (the GEMM reads the first K).
 
-    ``spread`` (with ``position``): the first ``spread`` panels of the stored rows cost more to decode than the
-    others; the parallel loop's iteration ``q`` then computes stored panel ``PanelOrder.stored(q)``, which puts
-    them evenly among the iterations (TVM's parallel loop gives each thread a contiguous run of iterations: in
-    stored order they would all be the first thread's). ``decoded``, the scales and the product are in that
-    computed order; the write-back's scatter puts each channel where it belongs.
-
-    ``panels`` (instead of ``panel_weight`` and ``runs``; no spread): the codec writes a whole panel in statements
-    of its own (index lists: zeros, then each channel's entries), the panel's channels past N included."""
+    ``panels`` (instead of ``panel_weight`` and ``runs``): the codec writes a whole panel in statements of its own
+    (index lists: zeros, then each channel's entries), the panel's channels past N included."""
     cols = matmul.COLS
     count = -(-n // cols)
-    if spread and position is None:
-        raise ValueError("panel_gemm: a spread of the panels needs the stored rows' positions (the scatter)")
-    if spread and panels is not None:
-        raise ValueError("panel_gemm: a codec that writes whole panels computes them in stored order (no spread)")
-    order = PanelOrder(n, spread)
     if runs is None and panels is None:
-        decoded = te.compute((count, k, cols), lambda p, kk, c: panel_weight(order.stored(p), kk, c)
-                             .astype("float32"), name=DECODED)
+        decoded = te.compute((count, k, cols), lambda p, kk, c: panel_weight(p, kk, c).astype("float32"),
+                             name=DECODED)
     else:  # a placeholder block, replaced by the runs' (_by_runs) or the panels' (_by_panels)
         rows = k if runs is None else -(-k // group) * group
         decoded = te.compute((count, rows, cols), lambda *_: tirx.const(0, "float32"), name=DECODED)
-    scales = [] if scale is None else [te.compute((n,), lambda c: scale(order.stored_row(c)).astype("float32"),
-                                                  name=SCALES)]
+    scales = [] if scale is None else [te.compute((n,), lambda c: scale(c).astype("float32"), name=SCALES)]
     at = -1 if position is None else next(i for i, h in enumerate(holders) if h.same_as(position))
     viewed = [next(i for i, h in enumerate(holders) if h.same_as(holder)) for _, holder in views]
     func = te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales])
-    func = func if runs is None else _by_runs(func, runs, len(holders), n, group, order)
+    func = func if runs is None else _by_runs(func, runs, len(holders), n, group)
     func = func if panels is None else _by_panels(func, panels, len(holders))
     # bie.runs: the decoded block is the codec's own (runs or panels), not one to vectorize along the channels
     return func.with_attrs({"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0,
                             "bie.views": viewed, "bie.runs": runs is not None or panels is not None,
-                            "bie.unroll": unroll, "bie.spread": spread})
+                            "bie.unroll": unroll})
 
 
-class PanelOrder:
-    """The order in which the panel loop computes the stored rows' panels: the first ``spread`` of the ``n // COLS``
-    whole panels evenly among them, as a line of slope ``spread / whole`` steps (iteration ``q`` takes the next of
-    them where ``floor((q + 1) * spread / whole)`` steps up, else the next of the others): any run of ``L``
-    consecutive iterations computes ``L * spread / whole`` of them, rounded either way. A ragged last panel stays
-    last; without a spread (or a spread of none or all) the order is the stored one."""
-
-    def __init__(self, n: int, spread: int):
-        self.whole = n // matmul.COLS
-        self.spread = spread if 0 < spread < self.whole else 0
-        self.ragged = n % matmul.COLS != 0
-
-    def stored(self, q):
-        """The stored panel that iteration ``q`` (int32) computes."""
-        if not self.spread:
-            return q
-        s, whole = self.spread, self.whole
-        before = q * s // whole  # the spread panels computed before iteration q
-        panel = tirx.Select((q + 1) * s // whole > before, before, s + q - before)
-        return tirx.Select(q < whole, panel, q) if self.ragged else panel
-
-    def computed(self, panel):
-        """The iteration that computes stored panel ``panel`` (int32): the inverse of :meth:`stored`."""
-        if not self.spread:
-            return panel
-        s, whole = self.spread, self.whole
-        # the first q whose step reaches panel + 1; the others: the (panel - s)-th q without a step
-        q = tirx.Select(panel < s, ((panel + 1) * whole + s - 1) // s - 1, (panel - s) * whole // (whole - s))
-        return tirx.Select(panel < whole, q, panel) if self.ragged else q
-
-    def stored_row(self, c):
-        """The stored row of computed channel ``c``."""
-        return c if not self.spread else self.stored(c // matmul.COLS) * matmul.COLS + c % matmul.COLS
-
-    def computed_channel(self, row):
-        """The computed channel of stored row ``row``."""
-        return row if not self.spread else self.computed(row // matmul.COLS) * matmul.COLS + row % matmul.COLS
-
-
-def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: int,
-             order: PanelOrder) -> tirx.PrimFunc:
+def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: int) -> tirx.PrimFunc:
     """``func`` (a :func:`decoder`'s) with its ``DECODED`` block computed by ``runs``: one block a panel, group and
     run of VECTOR channels, storing the run's vectors of the group's weights (zeros past the holders' last run)."""
     holders, decoded = list(func.params[:count]), next(b for b in func.params if b.name == DECODED)
@@ -189,7 +136,7 @@ def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: i
     iters = [tirx.IterVar(Range(0, e), tirx.Var(f"v_{v.name}", "int32"), tirx.IterVar.DataPar)
              for v, e in zip(loops, extents)]
     p, g, r = (it.var for it in iters)
-    first = order.stored(p) * cols + r * VECTOR
+    first = p * cols + r * VECTOR
 
     def stores(weights):
         lanes = tirx.Ramp(r * VECTOR, 1, VECTOR)
@@ -277,7 +224,7 @@ def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
         inputs += [position, inverse]
         internal.append(holders[at])
     gemm = te.create_prim_func([*inputs, out])
-    gemm = _scattered(gemm, n, PanelOrder(n, int(decode.attrs["bie.spread"]))) if at >= 0 else gemm
+    gemm = _scattered(gemm, n) if at >= 0 else gemm
     renamed = list(zip(gemm.params[1:1 + len(internal)], internal))
 
     def rename(var):
@@ -313,10 +260,9 @@ def _names(stmt) -> set:
     return names
 
 
-def _scattered(func: tirx.PrimFunc, n: int, order: PanelOrder) -> tirx.PrimFunc:
-    """``func`` with its ``INVERSE`` block writing ``inverse[order.computed_channel(position[c])] = c`` and its
-    ``SCATTER`` block writing computed channel ``r`` of its input to ``out[..., inverse[r]]`` (TE writes at the
-    block's own indices only)."""
+def _scattered(func: tirx.PrimFunc, n: int) -> tirx.PrimFunc:
+    """``func`` with its ``INVERSE`` block writing ``inverse[position[c]] = c`` and its ``SCATTER`` block writing
+    row ``r`` of its input to ``out[..., inverse[r]]`` (TE writes at the block's own indices only)."""
     position, inverse = func.params[-3], func.params[-2]
 
     def clamped(index):  # in bounds as the analysis can see it: no predicate on the write-back's vector lanes
@@ -329,7 +275,6 @@ def _scattered(func: tirx.PrimFunc, n: int, order: PanelOrder) -> tirx.PrimFunc:
         *rows, c = store.indices
         source = position if block.name_hint == INVERSE else inverse
         index = tirx.BufferLoad(source, [c])
-        index = order.computed_channel(index) if block.name_hint == INVERSE else index
         reads = [*block.reads, tirx.BufferRegion(source, [Range.from_min_extent(c, 1)])]
         writes = [tirx.BufferRegion(store.buffer, [*(Range.from_min_extent(r, 1) for r in rows),
                                                    Range.from_min_extent(0, n)])]
@@ -377,10 +322,10 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
 def gemm(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
          position: te.Tensor | None = None, group: int | None = None,
          views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None,
-         unroll: int = 1, spread: int = 0, panels: PanelDecode | None = None) -> tirx.PrimFunc:
+         unroll: int = 1, panels: PanelDecode | None = None) -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
     :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
-    decode = decoder(panel_weight, holders, n, k, scale, position, group, views, runs, unroll, spread, panels)
+    decode = decoder(panel_weight, holders, n, k, scale, position, group, views, runs, unroll, panels)
     return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode.script())
 
 
