@@ -131,10 +131,7 @@ def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: i
     run of VECTOR channels, storing the run's vectors of the group's weights (zeros past the holders' last run)."""
     holders, decoded = list(func.params[:count]), next(b for b in func.params if b.name == DECODED)
     panels, _, cols = (int(d) for d in decoded.shape)
-    extents = (panels, int(decoded.shape[1]) // group, cols // VECTOR)
-    loops = [tirx.Var(name, "int32") for name in ("panel", "group", "run")]
-    iters = [tirx.IterVar(Range(0, e), tirx.Var(f"v_{v.name}", "int32"), tirx.IterVar.DataPar)
-             for v, e in zip(loops, extents)]
+    loops, iters = _iterators({"panel": panels, "group": int(decoded.shape[1]) // group, "run": cols // VECTOR})
     p, g, r = (it.var for it in iters)
     first = p * cols + r * VECTOR
 
@@ -148,47 +145,44 @@ def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: i
     if panels * cols > readable:  # the last panel's runs past the holders' are zero
         body = tirx.IfThenElse(first < readable, body, stores(
             [(kk, tirx.Broadcast(tirx.const(0, "float32"), VECTOR)) for kk in range(group)]))
-    reads = [tirx.BufferRegion(h, [Range.from_min_extent(0, d) for d in h.shape]) for h in holders]
-    writes = [tirx.BufferRegion(decoded, [Range.from_min_extent(p, 1), Range.from_min_extent(g * group, group),
-                                          Range.from_min_extent(r * VECTOR, VECTOR)])]
-    nest = s_tir.SBlockRealize(loops, True, s_tir.SBlock(iters, reads, writes, DECODED, body))
-    for v, e in reversed(list(zip(loops, extents))):
-        nest = tirx.For(v, 0, e, tirx.ForKind.SERIAL, nest)
-
-    def replaced(stmt):
-        return nest if isinstance(stmt, tirx.For) and DECODED in _names(stmt) else stmt
-
-    root = func.body.block
-    stmts = _sequence([root.body])
-    stmts = [replaced(s) for s in (stmts.seq if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts])]
-    return _with_root(func, stmts)
+    writes = tirx.BufferRegion(decoded, [Range.from_min_extent(p, 1), Range.from_min_extent(g * group, group),
+                                         Range.from_min_extent(r * VECTOR, VECTOR)])
+    return _with_decode_block(func, holders, loops, iters, writes, body)
 
 
 def _by_panels(func: tirx.PrimFunc, panels: PanelDecode, count: int) -> tirx.PrimFunc:
     """``func`` (a :func:`decoder`'s) with its ``DECODED`` block computed by ``panels``: one block a panel."""
     holders, decoded = list(func.params[:count]), next(b for b in func.params if b.name == DECODED)
-    count, rows, cols = (int(d) for d in decoded.shape)
+    panel_count, rows, cols = (int(d) for d in decoded.shape)
     # its rows and columns as iterators of extent 1 too: compute_at places a block by the iterators its region is
     # stated in, in every dimension (a constant range fails its match)
-    extents = (count, 1, 1)
-    loops = [tirx.Var(name, "int32") for name in ("panel", "rows", "cols")]
-    iters = [tirx.IterVar(Range(0, e), tirx.Var(f"v_{v.name}", "int32"), tirx.IterVar.DataPar)
-             for v, e in zip(loops, extents)]
+    loops, iters = _iterators({"panel": panel_count, "rows": 1, "cols": 1})
     p, all_rows, all_cols = (it.var for it in iters)
+    writes = tirx.BufferRegion(decoded, [Range.from_min_extent(p, 1), Range.from_min_extent(all_rows * rows, rows),
+                                         Range.from_min_extent(all_cols * cols, cols)])
+    return _with_decode_block(func, holders, loops, iters, writes, panels(holders, decoded, p))
+
+
+def _iterators(extents: dict[str, int]) -> tuple[list, list]:
+    """Serial loop variables and the block's data-parallel iterators over them, one of each per named extent."""
+    loops = [tirx.Var(name, "int32") for name in extents]
+    iters = [tirx.IterVar(Range(0, e), tirx.Var(f"v_{v.name}", "int32"), tirx.IterVar.DataPar)
+             for v, e in zip(loops, extents.values())]
+    return loops, iters
+
+
+def _with_decode_block(func: tirx.PrimFunc, holders: list, loops: list, iters: list, writes: tirx.BufferRegion,
+                       body: tirx.Stmt) -> tirx.PrimFunc:
+    """``func`` with its ``DECODED`` loop nest replaced by one block of ``body`` under ``loops`` (``iters`` its
+    iterators), reading every holder whole and writing ``writes``."""
     reads = [tirx.BufferRegion(h, [Range.from_min_extent(0, d) for d in h.shape]) for h in holders]
-    writes = [tirx.BufferRegion(decoded, [Range.from_min_extent(p, 1), Range.from_min_extent(all_rows * rows, rows),
-                                          Range.from_min_extent(all_cols * cols, cols)])]
-    block = s_tir.SBlock(iters, reads, writes, DECODED, panels(holders, decoded, p))
-    nest = s_tir.SBlockRealize(loops, True, block)
-    for v, e in reversed(list(zip(loops, extents))):
-        nest = tirx.For(v, 0, e, tirx.ForKind.SERIAL, nest)
-
-    def replaced(stmt):
-        return nest if isinstance(stmt, tirx.For) and DECODED in _names(stmt) else stmt
-
+    nest = s_tir.SBlockRealize(loops, True, s_tir.SBlock(iters, reads, [writes], DECODED, body))
+    for v, it in reversed(list(zip(loops, iters))):
+        nest = tirx.For(v, 0, it.dom.extent, tirx.ForKind.SERIAL, nest)
     stmts = _sequence([func.body.block.body])
-    stmts = [replaced(s) for s in (stmts.seq if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts])]
-    return _with_root(func, stmts)
+    stmts = stmts.seq if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts]
+    return _with_root(func, [nest if isinstance(stmt, tirx.For) and DECODED in _names(stmt) else stmt
+                             for stmt in stmts])
 
 
 def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
