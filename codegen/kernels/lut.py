@@ -47,28 +47,28 @@ WIDE = 1 << FIELD  # entries of a float32 table
 HALF_FIELDS_BITS = 16 // FIELD * FIELD  # bits of the whole fields in a 16-bit half of a lane (15)
 
 
-def supported(target) -> bool:
-    """Whether ``target``'s CPU has AVX-512F (the table look-up instruction)."""
+def has_features(target, *features: str) -> bool:
+    """Whether LLVM's CPU of ``target`` has every one of ``features`` (its names: ``avx512vnni``, ``gfni``, ...)."""
     from tvm.target import codegen as llvm_codegen
 
-    return bool(llvm_codegen.llvm_cpu_has_features("avx512f", target))
+    return all(llvm_codegen.llvm_cpu_has_features(f, target) for f in features)
+
+
+def supported(target) -> bool:
+    """Whether ``target``'s CPU has AVX-512F (the table look-up instruction)."""
+    return has_features(target, "avx512f")
 
 
 def bit_transpose_supported(target) -> bool:
     """Whether ``target``'s CPU has AVX-512 VBMI and GFNI (vpmultishiftqb, vgf2p8affineqb): the bit transposes of the
     int8 tables' bytes in the panel GEMM's decode (``bitplane_lut.int8_run_weights``)."""
-    from tvm.target import codegen as llvm_codegen
-
-    return target is not None and all(llvm_codegen.llvm_cpu_has_features(f, target)
-                                      for f in ("avx512f", "avx512bw", "avx512vbmi", "gfni"))
+    return target is not None and has_features(target, "avx512f", "avx512bw", "avx512vbmi", "gfni")
 
 
 def int8_supported(target) -> bool:
     """Whether ``target``'s CPU has the int8 tables' byte shuffles and dot products (AVX-512 BW and VNNI): where it
     lacks them the GEMVs run the exact float32 tables (the stored bytes are the same)."""
-    from tvm.target import codegen as llvm_codegen
-
-    return all(llvm_codegen.llvm_cpu_has_features(f, target) for f in ("avx512f", "avx512bw", "avx512vnni"))
+    return has_features(target, "avx512f", "avx512bw", "avx512vnni")
 
 
 def tree(terms):

@@ -335,17 +335,13 @@ def vectorized(states: int) -> bool:
 def byte_permutes(target) -> bool:
     """Whether ``target``'s CPU has AVX-512 VBMI (``vpermb``): the vector decoder then reads its lanes' bits with
     one load and a byte permutation instead of a second gather."""
-    from tvm.target import codegen as llvm_codegen
-
-    return bool(llvm_codegen.llvm_cpu_has_features("avx512vbmi", target))
+    return lut.has_features(target, "avx512vbmi")
 
 
 def fast_gathers(target) -> bool:
     """Whether LLVM tunes ``target``'s CPU for fast vector gathers (Intel's AVX-512 cores, not AMD's Zen 4 and 5;
     a target may ask for it with ``mattr`` ``+fast-gather``, as the tests do to run the two-gather decoder)."""
-    from tvm.target import codegen as llvm_codegen
-
-    return bool(llvm_codegen.llvm_cpu_has_features("fast-gather", target))
+    return lut.has_features(target, "fast-gather")
 
 
 class DotProducts(NamedTuple):
