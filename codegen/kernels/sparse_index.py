@@ -13,8 +13,8 @@ workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 :func:`decode` writes the weights themselves into a dense op's layout (see
 :mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
 (convs, and ``bie-binary``'s index layout above one row). ``bie-blocked``'s matmuls above one row run the panel
-GEMM instead (:func:`blocked_panel`): a panel of W, zeros and each channel's entries as +-1, decoded into the
-GEMM's panel buffer, never W.
+GEMM instead (:func:`blocked_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's panel buffer (never W)
+block by block through bit masks of the block's rows.
 """
 
 from __future__ import annotations
@@ -200,13 +200,110 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
 
 def blocked_panel(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str,
                   count_dtype: str) -> panel_gemm.PanelDecode:
-    """The panel GEMM's decode of a ``bie-blocked`` panel of ``matmul.COLS`` channels: zeros, then each channel's
-    entries as +-1 (the scale is applied to the sums)."""
+    """The panel GEMM's decode of a ``bie-blocked`` panel of ``matmul.COLS`` channels: +-1 and zeros (the scale is
+    applied to the sums), from bit masks (:func:`_masked_panel`) where an entry is one byte (blocks up to 128),
+    else entry by entry (:func:`_stored_panel`)."""
     sign_bit = block_size.bit_length() - 1
+    args = dict(n=n, k=k, nnz=nnz, block_size=block_size, count_dtype=count_dtype, sign_bit=sign_bit,
+                panels=-(-n // matmul.COLS), blocks=-(-k // block_size))
+    body = _masked_panel(**args) if entry_dtype == "uint8" else _stored_panel(**args, entry_dtype=entry_dtype)
+
+    def write(holders, decoded, panel_var):
+        """The body over the decoder's own panel and buffers (holders: indptr, counts, entries, scales)."""
+        given = list(zip(body.params, [panel_var, *holders[:3], decoded]))
+        return tvm_ffi.structural_map(body.body, (tirx.Var, lambda v: next(
+            (b for param, b in given if param.same_as(v)), v)), order="post")
+
+    return write
+
+
+def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, blocks) -> tirx.PrimFunc:
+    """A panel block by block, in vectors: the block's entries of 8 channels at a time, 8 entries of a channel a
+    step (one uint64 load), each channel over two uint32 lanes (4 entries each), set bits in the channels' masks
+    over the block's rows (non-zero, negative; selected word by word, no scatter); then each row of the block is
+    written from the masks, a vector of channels at a time (where a store per entry into the panel, its rows 128
+    bytes apart, became LLVM's scatters)."""
     cols = matmul.COLS
-    panels = -(-n // cols)
     offset_mask = (1 << sign_bit) - 1
-    blocks = -(-k // block_size)
+    words = -(-min(block_size, k) // 32)  # uint32 words of a channel's mask over a block's rows
+    lanes = 8  # channels decoded together
+
+    @T.prim_func(private=True)
+    def body(
+        p: T.int32,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        counts: T.Buffer((n, blocks), count_dtype),
+        entries: T.Buffer((nnz,), "uint8"),
+        decoded: T.Buffer((panels, k, cols), "float32"),
+    ):
+        start = T.decl_buffer((cols,), "int64", scope="global")  # each channel's first entry of the block
+        left = T.decl_buffer((2 * lanes,), "int32", scope="global")  # a uint32 lane's channel's entries from it on
+        most = T.decl_buffer((1,), "int32", scope="global")
+        halves = T.decl_buffer((2 * lanes,), "uint32", scope="global")  # each channel's next 8 entries, 4 a lane
+        acc = T.decl_buffer((2 * words * 2 * lanes,), "uint32", scope="global")  # [negative][word][uint32 lane]
+        masks = T.decl_buffer((2 * words * cols,), "uint32", scope="global")  # [negative][word][channel]
+        for c in range(cols):
+            start[c] = T.if_then_else(p * cols + c < n, T.Cast("int64", indptr[T.min(p * cols + c, n)]), T.int64(0))
+        for blk in range(blocks):
+            for g in range(cols // lanes):
+                most[0] = 0
+                for h in range(2 * lanes):
+                    j: T.let = p * cols + g * lanes + h // 2
+                    left[h] = T.if_then_else(j < n, T.Cast("int32", counts[T.min(j, n - 1), blk]), 0) - 4 * (h % 2)
+                    most[0] = T.max(most[0], left[h])
+                for lane in range(lanes):  # the channels' entries a few blocks on: 8 streams, too many to detect
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(entries[T.min(
+                        start[g * lanes + lane] + 256, nnz - 1)]), T.int32(0), T.int32(3), T.int32(1)))
+                for i in T.vectorized(2 * words * 2 * lanes):
+                    acc[i] = T.uint32(0)
+                # a constant extent and a guard: the pipeline's work estimate of the panel loop reads a loop's
+                # extent outside the loop, where the buffers it loads from are not allocated yet
+                for step in range(-(-min(block_size, k) // 8)):
+                    if step * 8 < most[0]:
+                        if start[g * lanes + lanes - 1] + step * 8 + 8 <= nnz:  # (the channels' entries run in order)
+                            for lane in range(lanes):
+                                halves[T.Ramp(2 * lane, 1, 2)] = T.reinterpret("uint32x2", entries[T.Ramp(
+                                    start[g * lanes + lane] + step * 8, 1, 8)])
+                        else:  # the array's last entries
+                            for h in range(2 * lanes):
+                                halves[h] = T.uint32(0)
+                                for b in range(4):  # past the array: its last entry again, past the lane's count
+                                    halves[h] = halves[h] | T.shift_left(T.Cast("uint32", entries[T.min(
+                                        start[g * lanes + h // 2] + step * 8 + 4 * (h % 2) + b, nnz - 1)]), T.Cast(
+                                        "uint32", 8 * b))
+                        for b in T.unroll(4):  # the 4 entries of each uint32 lane, a byte at a time
+                            for h in T.vectorized(2 * lanes):
+                                entry: T.let = T.shift_right(halves[h], T.Cast("uint32", 8 * b))
+                                bit: T.let = T.shift_left(T.uint32(1), entry & T.uint32(offset_mask & 31))
+                                for w in T.unroll(words):
+                                    hit: T.let = (step * 8 + b < left[h]) & (
+                                        (T.shift_right(entry, T.uint32(5)) & T.uint32(offset_mask >> 5)) == T.uint32(w))
+                                    acc[w * 2 * lanes + h] = acc[w * 2 * lanes + h] | T.Select(hit, bit, T.uint32(0))
+                                    acc[(words + w) * 2 * lanes + h] = acc[(words + w) * 2 * lanes + h] | T.Select(
+                                        hit & ((entry & T.uint32(1 << sign_bit)) != T.uint32(0)), bit, T.uint32(0))
+                for w in T.unroll(2 * words):
+                    for lane in T.vectorized(lanes):
+                        masks[w * cols + g * lanes + lane] = acc[w * 2 * lanes + 2 * lane] | acc[
+                            w * 2 * lanes + 2 * lane + 1]
+                for lane in range(lanes):
+                    start[g * lanes + lane] = start[g * lanes + lane] + T.Cast("int64", left[2 * lane])
+            for q in range(words):  # rows 32 q + s of the block: 1.0 where non-zero, the sign bit shifted in
+                for s in T.unroll(32):
+                    if q * 32 + s < T.min(block_size, k - blk * block_size):
+                        for c in T.vectorized(cols):
+                            decoded[p, blk * block_size + q * 32 + s, c] = T.Select(
+                                (masks[q * cols + c] & T.shift_left(T.uint32(1), T.Cast("uint32", s))) != T.uint32(0),
+                                T.reinterpret("float32", (T.shift_left(masks[(words + q) * cols + c], T.Cast(
+                                    "uint32", 31 - s)) & T.uint32(0x80000000)) | T.uint32(0x3F800000)), T.float32(0))
+
+    return body
+
+
+def _stored_panel(*, n, k, nnz, block_size, entry_dtype, count_dtype, sign_bit, panels, blocks) -> tirx.PrimFunc:
+    """A panel channel by channel: zeros, then each entry stored (blocks past 128 rows, two-byte entries: a mask
+    over a block's rows would take a word per 32 of them, each tested for every entry)."""
+    cols = matmul.COLS
+    offset_mask = (1 << sign_bit) - 1
 
     @T.prim_func(private=True)
     def body(
@@ -232,13 +329,7 @@ def blocked_panel(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
                     decoded[p, r, c] = T.if_then_else(negative, T.float32(-1), T.float32(1))
                 start[0] = start[0] + count
 
-    def write(holders, decoded, panel_var):
-        """The body over the decoder's own panel and buffers (holders: indptr, counts, entries, scales)."""
-        given = list(zip(body.params, [panel_var, *holders[:3], decoded]))
-        return tvm_ffi.structural_map(body.body, (tirx.Var, lambda v: next(
-            (b for param, b in given if param.same_as(v)), v)), order="post")
-
-    return write
+    return body
 
 
 def _nonempty(entries: np.ndarray) -> np.ndarray:
