@@ -32,17 +32,23 @@ from . import bitplane, panel_gemm
 from .decode import Layout, destination, vector_lanes, with_decoder
 
 
+def entry_fields(entry, entry_dtype: str, sign_bit: int) -> tuple:
+    """An entry's offset (in its block, or in K) and whether its weight is negative: the sign is the bit above the
+    offset."""
+    return (entry & tirx.const((1 << sign_bit) - 1, entry_dtype),
+            tirx.NE(entry >> tirx.const(sign_bit, entry_dtype), tirx.const(0, entry_dtype)))
+
+
 def signed_sum(entry_dtype: str, sign_bit: int):
     """The loop both families share: ``acc[0] += (-1)^sign(e) * x[i, base + offset(e)]`` over the entries
     ``first + lane + stride * step`` below ``first + count`` (a CPU thread: lane 0, stride 1)."""
-    offset_mask = (1 << sign_bit) - 1
 
     @T.macro
     def accumulate(acc, x, entries, i, base, first, count, lane, stride):
         for step in range((count + (stride - 1) - lane) // stride):
             entry: T.let = entries[first + lane + stride * step]
-            xv: T.let = x[i, base + T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))]
-            negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+            offset, negative = entry_fields(entry, entry_dtype, sign_bit)
+            xv: T.let = x[i, base + T.Cast("int64", offset)]
             acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
 
     return accumulate
@@ -120,7 +126,6 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     time: the entries' scattered stores stay within that buffer (a matmul's 128 rows of 16 channels: 8 KB, 2 pages),
     where stored straight into W [K, N] each went to a row of its own, a page apart at N = 1536.
     """
-    offset_mask = (1 << sign_bit) - 1
     x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
     size = into.size
     span = block_size or k  # the K positions of a block
@@ -137,9 +142,8 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     def store_entries(tile, scales, entries, j, c, first, count):
         for e in range(count):
             entry: T.let = entries[first + e]
-            r: T.let = T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))
-            negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
-            tile[r * lanes + c] = T.if_then_else(negative, -scales[j], scales[j])
+            offset, negative = entry_fields(entry, entry_dtype, sign_bit)
+            tile[T.Cast("int64", offset) * lanes + c] = T.if_then_else(negative, -scales[j], scales[j])
 
     @T.macro
     def copy_out(out, tile, p, blk):
@@ -288,7 +292,7 @@ def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, block
                 for lane in range(lanes):
                     start[g * lanes + lane] = start[g * lanes + lane] + T.Cast("int64", left[2 * lane])
             for q in range(words):  # rows 32 q + s of the block: 1.0 where non-zero, the sign bit shifted in
-                for s in T.unroll(32):
+                for s in range(32):
                     if q * 32 + s < T.min(block_size, k - blk * block_size):
                         for c in T.vectorized(cols):
                             decoded[p, blk * block_size + q * 32 + s, c] = T.Select(
@@ -303,7 +307,6 @@ def _stored_panel(*, n, k, nnz, block_size, entry_dtype, count_dtype, sign_bit, 
     """A panel channel by channel: zeros, then each entry stored (blocks past 128 rows, two-byte entries: a mask
     over a block's rows would take a word per 32 of them, each tested for every entry)."""
     cols = matmul.COLS
-    offset_mask = (1 << sign_bit) - 1
 
     @T.prim_func(private=True)
     def body(
@@ -324,9 +327,9 @@ def _stored_panel(*, n, k, nnz, block_size, entry_dtype, count_dtype, sign_bit, 
                 count: T.let = T.Cast("int64", counts[j, blk])
                 for e in range(count):
                     entry: T.let = entries[start[0] + e]
-                    r: T.let = blk * block_size + T.Cast("int32", entry & T.Cast(entry_dtype, offset_mask))
-                    negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
-                    decoded[p, r, c] = T.if_then_else(negative, T.float32(-1), T.float32(1))
+                    offset, negative = entry_fields(entry, entry_dtype, sign_bit)
+                    decoded[p, blk * block_size + T.Cast("int32", offset), c] = T.if_then_else(
+                        negative, T.float32(-1), T.float32(1))
                 start[0] = start[0] + count
 
     return body
