@@ -284,7 +284,8 @@ def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, block
                                         (T.shift_right(entry, T.uint32(5)) & T.uint32(offset_mask >> 5)) == T.uint32(w))
                                     acc[w * 2 * lanes + h] = acc[w * 2 * lanes + h] | T.Select(hit, bit, T.uint32(0))
                                     acc[(words + w) * 2 * lanes + h] = acc[(words + w) * 2 * lanes + h] | T.Select(
-                                        hit & ((entry & T.uint32(1 << sign_bit)) != T.uint32(0)), bit, T.uint32(0))
+                                        hit, T.shift_left(T.shift_right(entry, T.uint32(sign_bit)) & T.uint32(1),
+                                                          entry & T.uint32(offset_mask & 31)), T.uint32(0))
                 for w in T.unroll(2 * words):
                     for lane in T.vectorized(lanes):
                         masks[w * cols + g * lanes + lane] = acc[w * 2 * lanes + 2 * lane] | acc[
