@@ -210,27 +210,74 @@ def blocked_panel(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
     sign_bit = block_size.bit_length() - 1
     args = dict(n=n, k=k, nnz=nnz, block_size=block_size, count_dtype=count_dtype, sign_bit=sign_bit,
                 panels=-(-n // matmul.COLS), blocks=-(-k // block_size))
-    body = _masked_panel(**args) if entry_dtype == "uint8" else _stored_panel(**args, entry_dtype=entry_dtype)
+    return _writer(_masked_panel(**args) if entry_dtype == "uint8" else
+                   _stored_panel(**args, entry_dtype=entry_dtype))
+
+
+def _writer(body: tirx.PrimFunc) -> panel_gemm.PanelDecode:
+    """A panel's decode from ``body`` (``f(panel, *the holders it reads, decoded)``)."""
 
     def write(holders, decoded, panel_var):
-        """The body over the decoder's own panel and buffers (holders: indptr, counts, entries, scales)."""
-        given = list(zip(body.params, [panel_var, *holders[:3], decoded]))
+        """The body over the decoder's own panel and buffers (holders: the codec's arrays, then the scales)."""
+        given = list(zip(body.params, [panel_var, *holders[:len(body.params) - 2], decoded]))
         return tvm_ffi.structural_map(body.body, (tirx.Var, lambda v: next(
             (b for param, b in given if param.same_as(v)), v)), order="post")
 
     return write
 
 
+WAYS = 2  # uint32 lanes of a vector a channel's entries take in the mask decode (16 lanes: 8 channels)
+LANES = 16 // WAYS
+
+
+def _mask_macros(*, sign_bit: int, offset_bits: int, words: int):
+    """The mask decode's shared steps, rows in windows of ``32 words`` (a block, or 128 rows of K):
+    ``set_bits(acc, h, entry, valid)`` sets the bit of uint32 lane ``h``'s entry (its offset's low
+    ``offset_bits`` bits: the row in its window) in the window's masks, non-zero and negative;
+    ``merge(masks, acc, g)`` ORs each channel's lanes into the masks of channel group ``g``;
+    ``write_rows(decoded, masks, p, first, rows)``: the window's rows from the masks, 32 channels at a time (1.0
+    where non-zero, the sign bit shifted in)."""
+    cols, width = matmul.COLS, 16
+    row_mask = (1 << offset_bits) - 1
+
+    @T.macro
+    def set_bits(acc, h, entry, valid):
+        at: T.let = entry & T.uint32(row_mask & 31)  # the row's bit in its word
+        for w in T.unroll(words):
+            hit: T.let = valid & ((T.shift_right(entry, T.uint32(5)) & T.uint32(row_mask >> 5)) == T.uint32(w))
+            acc[w * width + h] = acc[w * width + h] | T.Select(hit, T.shift_left(T.uint32(1), at), T.uint32(0))
+            acc[(words + w) * width + h] = acc[(words + w) * width + h] | T.Select(
+                hit, T.shift_left(T.shift_right(entry, T.uint32(sign_bit)) & T.uint32(1), at), T.uint32(0))
+
+    @T.macro
+    def merge(masks, acc, g):
+        for w in T.unroll(2 * words):
+            for lane in T.vectorized(LANES):
+                masks[w * cols + g * LANES + lane] = acc[w * width + WAYS * lane] | acc[w * width + WAYS * lane + 1]
+
+    @T.macro
+    def write_rows(decoded, masks, p, first, rows):
+        for q in range(words):
+            for s in range(32):
+                if q * 32 + s < rows:
+                    for c in T.vectorized(cols):
+                        decoded[p, first + q * 32 + s, c] = T.Select(
+                            (masks[q * cols + c] & T.shift_left(T.uint32(1), T.Cast("uint32", s))) != T.uint32(0),
+                            T.reinterpret("float32", (T.shift_left(masks[(words + q) * cols + c], T.Cast(
+                                "uint32", 31 - s)) & T.uint32(0x80000000)) | T.uint32(0x3F800000)), T.float32(0))
+
+    return set_bits, merge, write_rows
+
+
 def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, blocks) -> tirx.PrimFunc:
     """A panel block by block, in vectors: the block's entries of 8 channels at a time, 8 entries of a channel a
     step (one uint64 load), each channel over two uint32 lanes (4 entries each), set bits in the channels' masks
     over the block's rows (non-zero, negative; selected word by word, no scatter); then each row of the block is
-    written from the masks, a vector of channels at a time (where a store per entry into the panel, its rows 128
-    bytes apart, became LLVM's scatters)."""
-    cols = matmul.COLS
-    offset_mask = (1 << sign_bit) - 1
+    written from the masks (:func:`_mask_macros`; where a store per entry into the panel, its rows 128 bytes apart,
+    became LLVM's scatters)."""
+    cols, width, chunk = matmul.COLS, 16, 4 * WAYS
     words = -(-min(block_size, k) // 32)  # uint32 words of a channel's mask over a block's rows
-    lanes = 8  # channels decoded together
+    set_bits, merge, write_rows = _mask_macros(sign_bit=sign_bit, offset_bits=sign_bit, words=words)
 
     @T.prim_func(private=True)
     def body(
@@ -241,65 +288,48 @@ def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, block
         decoded: T.Buffer((panels, k, cols), "float32"),
     ):
         start = T.decl_buffer((cols,), "int64", scope="global")  # each channel's first entry of the block
-        left = T.decl_buffer((2 * lanes,), "int32", scope="global")  # a uint32 lane's channel's entries from it on
+        left = T.decl_buffer((width,), "int32", scope="global")  # a uint32 lane's channel's entries from it on
         most = T.decl_buffer((1,), "int32", scope="global")
-        halves = T.decl_buffer((2 * lanes,), "uint32", scope="global")  # each channel's next 8 entries, 4 a lane
-        acc = T.decl_buffer((2 * words * 2 * lanes,), "uint32", scope="global")  # [negative][word][uint32 lane]
+        loaded = T.decl_buffer((width,), "uint32", scope="global")  # each channel's next entries, 4 a lane
+        acc = T.decl_buffer((2 * words * width,), "uint32", scope="global")  # [negative][word][uint32 lane]
         masks = T.decl_buffer((2 * words * cols,), "uint32", scope="global")  # [negative][word][channel]
         for c in range(cols):
             start[c] = T.if_then_else(p * cols + c < n, T.Cast("int64", indptr[T.min(p * cols + c, n)]), T.int64(0))
         for blk in range(blocks):
-            for g in range(cols // lanes):
+            for g in range(cols // LANES):
                 most[0] = 0
-                for h in range(2 * lanes):
-                    j: T.let = p * cols + g * lanes + h // 2
-                    left[h] = T.if_then_else(j < n, T.Cast("int32", counts[T.min(j, n - 1), blk]), 0) - 4 * (h % 2)
+                for h in range(width):
+                    j: T.let = p * cols + g * LANES + h // WAYS
+                    left[h] = T.if_then_else(j < n, T.Cast("int32", counts[T.min(j, n - 1), blk]), 0) - 4 * (h % WAYS)
                     most[0] = T.max(most[0], left[h])
-                for lane in range(lanes):  # the channels' entries a few blocks on: 8 streams, too many to detect
+                for lane in range(LANES):  # the channels' entries a few blocks on: too many streams to detect
                     T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(entries[T.min(
-                        start[g * lanes + lane] + 256, nnz - 1)]), T.int32(0), T.int32(3), T.int32(1)))
-                for i in T.vectorized(2 * words * 2 * lanes):
+                        start[g * LANES + lane] + 256, nnz - 1)]), T.int32(0), T.int32(3), T.int32(1)))
+                for i in T.vectorized(2 * words * width):
                     acc[i] = T.uint32(0)
                 # a constant extent and a guard: the pipeline's work estimate of the panel loop reads a loop's
                 # extent outside the loop, where the buffers it loads from are not allocated yet
-                for step in range(-(-min(block_size, k) // 8)):
-                    if step * 8 < most[0]:
-                        if start[g * lanes + lanes - 1] + step * 8 + 8 <= nnz:  # (the channels' entries run in order)
-                            for lane in range(lanes):
-                                halves[T.Ramp(2 * lane, 1, 2)] = T.reinterpret("uint32x2", entries[T.Ramp(
-                                    start[g * lanes + lane] + step * 8, 1, 8)])
+                for step in range(-(-min(block_size, k) // chunk)):
+                    if step * chunk < most[0]:
+                        if start[g * LANES + LANES - 1] + step * chunk + chunk <= nnz:  # (channels' entries in order)
+                            for lane in range(LANES):
+                                loaded[T.Ramp(WAYS * lane, 1, WAYS)] = T.reinterpret(f"uint32x{WAYS}", entries[T.Ramp(
+                                    start[g * LANES + lane] + step * chunk, 1, chunk)])
                         else:  # the array's last entries
-                            for h in range(2 * lanes):
-                                halves[h] = T.uint32(0)
+                            for h in range(width):
+                                loaded[h] = T.uint32(0)
                                 for b in range(4):  # past the array: its last entry again, past the lane's count
-                                    halves[h] = halves[h] | T.shift_left(T.Cast("uint32", entries[T.min(
-                                        start[g * lanes + h // 2] + step * 8 + 4 * (h % 2) + b, nnz - 1)]), T.Cast(
-                                        "uint32", 8 * b))
+                                    loaded[h] = loaded[h] | T.shift_left(T.Cast("uint32", entries[T.min(
+                                        start[g * LANES + h // WAYS] + step * chunk + 4 * (h % WAYS) + b, nnz - 1)]),
+                                        T.Cast("uint32", 8 * b))
                         for b in T.unroll(4):  # the 4 entries of each uint32 lane, a byte at a time
-                            for h in T.vectorized(2 * lanes):
-                                entry: T.let = T.shift_right(halves[h], T.Cast("uint32", 8 * b))
-                                bit: T.let = T.shift_left(T.uint32(1), entry & T.uint32(offset_mask & 31))
-                                for w in T.unroll(words):
-                                    hit: T.let = (step * 8 + b < left[h]) & (
-                                        (T.shift_right(entry, T.uint32(5)) & T.uint32(offset_mask >> 5)) == T.uint32(w))
-                                    acc[w * 2 * lanes + h] = acc[w * 2 * lanes + h] | T.Select(hit, bit, T.uint32(0))
-                                    acc[(words + w) * 2 * lanes + h] = acc[(words + w) * 2 * lanes + h] | T.Select(
-                                        hit, T.shift_left(T.shift_right(entry, T.uint32(sign_bit)) & T.uint32(1),
-                                                          entry & T.uint32(offset_mask & 31)), T.uint32(0))
-                for w in T.unroll(2 * words):
-                    for lane in T.vectorized(lanes):
-                        masks[w * cols + g * lanes + lane] = acc[w * 2 * lanes + 2 * lane] | acc[
-                            w * 2 * lanes + 2 * lane + 1]
-                for lane in range(lanes):
-                    start[g * lanes + lane] = start[g * lanes + lane] + T.Cast("int64", left[2 * lane])
-            for q in range(words):  # rows 32 q + s of the block: 1.0 where non-zero, the sign bit shifted in
-                for s in range(32):
-                    if q * 32 + s < T.min(block_size, k - blk * block_size):
-                        for c in T.vectorized(cols):
-                            decoded[p, blk * block_size + q * 32 + s, c] = T.Select(
-                                (masks[q * cols + c] & T.shift_left(T.uint32(1), T.Cast("uint32", s))) != T.uint32(0),
-                                T.reinterpret("float32", (T.shift_left(masks[(words + q) * cols + c], T.Cast(
-                                    "uint32", 31 - s)) & T.uint32(0x80000000)) | T.uint32(0x3F800000)), T.float32(0))
+                            for h in T.vectorized(width):
+                                set_bits(acc, h, T.shift_right(loaded[h], T.Cast("uint32", 8 * b)),
+                                         step * chunk + b < left[h])
+                merge(masks, acc, g)
+                for lane in range(LANES):
+                    start[g * LANES + lane] = start[g * LANES + lane] + T.Cast("int64", left[WAYS * lane])
+            write_rows(decoded, masks, p, blk * block_size, T.min(block_size, k - blk * block_size))
 
     return body
 
