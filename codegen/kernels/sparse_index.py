@@ -334,6 +334,81 @@ def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, block
     return body
 
 
+def global_panel(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int) -> panel_gemm.PanelDecode:
+    """The panel GEMM's decode of a ``bie-binary`` index-layout panel (two-byte global indices: K up to 2 ** 15),
+    128 rows of K at a time through bit masks, as :func:`_masked_panel` decodes a block; no counts: each channel's
+    entries of a window are those up to its first past the window (sorted), counted as they set their bits."""
+    cols, width, chunk = matmul.COLS, 16, 2 * WAYS  # 2 entries a uint32 lane
+    window = 128
+    words = -(-min(window, k) // 32)
+    set_bits, merge, write_rows = _mask_macros(sign_bit=sign_bit, offset_bits=window.bit_length() - 1, words=words)
+    offset_mask = (1 << sign_bit) - 1
+    panels = -(-n // cols)
+
+    @T.prim_func(private=True)
+    def body(
+        p: T.int32,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        entries: T.Buffer((nnz,), entry_dtype),
+        decoded: T.Buffer((panels, k, cols), "float32"),
+    ):
+        cursor = T.decl_buffer((cols,), "int64", scope="global")  # each channel's first entry past the windows set
+        left = T.decl_buffer((width,), "int32", scope="global")  # a uint32 lane's channel's entries from it on
+        last = T.decl_buffer((width,), "int32", scope="global")  # whether a lane's last entry of the step set a bit
+        more = T.decl_buffer((1,), "int32", scope="global")  # whether a channel may have further entries in the window
+        loaded = T.decl_buffer((width,), "uint32", scope="global")  # each channel's next entries, 2 a lane
+        acc = T.decl_buffer((2 * words * width,), "uint32", scope="global")  # [negative][word][uint32 lane]
+        masks = T.decl_buffer((2 * words * cols,), "uint32", scope="global")  # [negative][word][channel]
+        for c in range(cols):
+            cursor[c] = T.if_then_else(p * cols + c < n, T.Cast("int64", indptr[T.min(p * cols + c, n)]), T.int64(0))
+        for wd in range(-(-k // window)):
+            for g in range(cols // LANES):
+                more[0] = 0
+                for h in range(width):
+                    j: T.let = p * cols + g * LANES + h // WAYS
+                    left[h] = T.if_then_else(j < n, T.Cast("int32", T.Cast("int64", indptr[T.min(j + 1, n)])
+                                                            - cursor[g * LANES + h // WAYS]), 0) - 2 * (h % WAYS)
+                    more[0] = T.max(more[0], left[h])
+                for i in T.vectorized(2 * words * width):
+                    acc[i] = T.uint32(0)
+                for step in range(-(-min(window, k) // chunk)):  # (a constant extent: see _masked_panel)
+                    if more[0] > 0:
+                        if cursor[g * LANES + LANES - 1] + step * chunk + chunk <= nnz:  # (channels' entries in order)
+                            for lane in range(LANES):
+                                loaded[T.Ramp(WAYS * lane, 1, WAYS)] = T.reinterpret(f"uint32x{WAYS}", entries[T.Ramp(
+                                    cursor[g * LANES + lane] + step * chunk, 1, chunk)])
+                        else:  # the array's last entries
+                            for h in range(width):
+                                loaded[h] = T.uint32(0)
+                                for b in range(2):  # past the array: its last entry again, past the lane's count
+                                    loaded[h] = loaded[h] | T.shift_left(T.Cast("uint32", entries[T.min(
+                                        cursor[g * LANES + h // WAYS] + step * chunk + 2 * (h % WAYS) + b, nnz - 1)]),
+                                        T.Cast("uint32", 16 * b))
+                        for b in T.unroll(2):
+                            for h in T.vectorized(width):
+                                # the lane's channel's entry, in the window (the sorted entries of earlier windows
+                                # were passed over)
+                                set_bits(acc, h, T.shift_right(loaded[h], T.Cast("uint32", 16 * b)) & T.uint32(
+                                    0xFFFF), (step * chunk + b < left[h]) & (T.shift_right(T.shift_right(
+                                        loaded[h], T.Cast("uint32", 16 * b)) & T.uint32(offset_mask), T.uint32(
+                                        7)) == T.Cast("uint32", wd)))
+                        for h in T.vectorized(width):
+                            last[h] = T.Select((step * chunk + 1 < left[h]) & (T.shift_right(T.shift_right(
+                                loaded[h], T.uint32(16)) & T.uint32(offset_mask), T.uint32(7)) == T.Cast(
+                                "uint32", wd)), 1, 0)
+                        more[0] = 0
+                        for lane in range(LANES):
+                            more[0] = T.max(more[0], last[WAYS * lane + WAYS - 1])
+                merge(masks, acc, g)
+                for q in range(words):  # past the window's entries: one bit each
+                    for lane in T.vectorized(LANES):
+                        cursor[g * LANES + lane] = cursor[g * LANES + lane] + T.Cast("int64", T.popcount(
+                            masks[q * cols + g * LANES + lane]))
+            write_rows(decoded, masks, p, wd * window, T.min(window, k - wd * window))
+
+    return _writer(body)
+
+
 def _stored_panel(*, n, k, nnz, block_size, entry_dtype, count_dtype, sign_bit, panels, blocks) -> tirx.PrimFunc:
     """A panel channel by channel: zeros, then each entry stored (blocks past 128 rows, two-byte entries: a mask
     over a block's rows would take a word per 32 of them, each tested for every entry)."""
@@ -392,11 +467,18 @@ def blocked_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
 @register(bie_binary.NAME, ops=("matmul", "conv2d"), target="llvm")
 def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """The bitmap layout: the bit-plane kernels (their exact fp32 look-up tables: the codec has no ``lut_tables``
-    option); the index layout: the index loop for one row, decode above."""
+    option); the index layout: the index loop for one row, the panel GEMM above (K up to 2 ** 15; longer, and
+    convs: the decode)."""
     if enc.header["layout"] == "bitmap":
         return bitplane.llvm_call(enc, conv, lut_tables="fp32")
     layout, constants = global_layout(enc)
     small = None if conv else KernelCall("global_index", global_index(**layout), constants)
+    if conv is None and layout["entry_dtype"] == "uint16":  # the panel GEMM
+        holders = [te.placeholder(c.shape, c.dtype.name, name) for c, name in
+                   zip(constants, ("indptr", "entries", "scales"))]
+        gemm = panel_gemm.gemm(None, holders, enc.shape[0], enc.shape[1],
+                               scale=lambda c: holders[2][c], panels=global_panel(**layout))
+        return panel_gemm.with_gemm(small, gemm, "global_index")
     into, x_ndim = destination(enc, conv)
     return with_decoder(small, decode(**layout, into=into, x_ndim=x_ndim), "global_index", constants, conv)
 
