@@ -12,9 +12,9 @@ workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 
 :func:`decode` writes the weights themselves into a dense op's layout (see
 :mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
-(convs, and ``bie-binary``'s index layout above one row). ``bie-blocked``'s matmuls above one row run the panel
-GEMM instead (:func:`blocked_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's panel buffer (never W)
-block by block through bit masks of the block's rows.
+(convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Matmuls above one row run the panel
+GEMM instead (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
+panel buffer (never W), 128 rows at a time through bit masks of the rows (:func:`_mask_macros`).
 """
 
 from __future__ import annotations
