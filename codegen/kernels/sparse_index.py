@@ -230,8 +230,10 @@ WAYS = 2  # uint32 lanes of a vector a channel's entries take in the mask decode
 LANES = 16 // WAYS
 
 
-def _mask_macros(*, sign_bit: int, offset_bits: int, words: int):
+def _mask_macros(*, nnz: int, entry_bits: int, sign_bit: int, offset_bits: int, words: int):
     """The mask decode's shared steps, rows in windows of ``32 words`` (a block, or 128 rows of K):
+    ``load(loaded, entries, first, g, at)`` the entries ``at`` on from each channel's ``first`` of group ``g``,
+    ``WAYS`` uint32 lanes a channel (past the array: its last entry again, which the lane's count leaves out);
     ``set_bits(acc, h, entry, valid)`` sets the bit of uint32 lane ``h``'s entry (its offset's low
     ``offset_bits`` bits: the row in its window) in the window's masks, non-zero and negative;
     ``merge(masks, acc, g)`` ORs each channel's lanes into the masks of channel group ``g``;
@@ -239,6 +241,21 @@ def _mask_macros(*, sign_bit: int, offset_bits: int, words: int):
     where non-zero, the sign bit shifted in)."""
     cols, width = matmul.COLS, 16
     row_mask = (1 << offset_bits) - 1
+    per_lane = 32 // entry_bits  # entries a uint32 lane
+
+    @T.macro
+    def load(loaded, entries, first, g, at):
+        if first[g * LANES + LANES - 1] + at + WAYS * per_lane <= nnz:  # (the channels' entries run in order)
+            for lane in range(LANES):
+                loaded[T.Ramp(WAYS * lane, 1, WAYS)] = T.reinterpret(f"uint32x{WAYS}", entries[T.Ramp(
+                    first[g * LANES + lane] + at, 1, WAYS * per_lane)])
+        else:
+            for h in range(width):
+                loaded[h] = T.uint32(0)
+                for b in range(per_lane):
+                    loaded[h] = loaded[h] | T.shift_left(T.Cast("uint32", entries[T.min(
+                        first[g * LANES + h // WAYS] + at + per_lane * (h % WAYS) + b, nnz - 1)]),
+                        T.Cast("uint32", entry_bits * b))
 
     @T.macro
     def set_bits(acc, h, entry, valid):
@@ -266,7 +283,7 @@ def _mask_macros(*, sign_bit: int, offset_bits: int, words: int):
                             T.reinterpret("float32", (T.shift_left(masks[(words + q) * cols + c], T.Cast(
                                 "uint32", 31 - s)) & T.uint32(0x80000000)) | T.uint32(0x3F800000)), T.float32(0))
 
-    return set_bits, merge, write_rows
+    return load, set_bits, merge, write_rows
 
 
 def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, blocks) -> tirx.PrimFunc:
@@ -277,7 +294,8 @@ def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, block
     became LLVM's scatters)."""
     cols, width, chunk = matmul.COLS, 16, 4 * WAYS
     words = -(-min(block_size, k) // 32)  # uint32 words of a channel's mask over a block's rows
-    set_bits, merge, write_rows = _mask_macros(sign_bit=sign_bit, offset_bits=sign_bit, words=words)
+    load, set_bits, merge, write_rows = _mask_macros(nnz=nnz, entry_bits=8, sign_bit=sign_bit, offset_bits=sign_bit,
+                                                     words=words)
 
     @T.prim_func(private=True)
     def body(
@@ -311,17 +329,7 @@ def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, block
                 # extent outside the loop, where the buffers it loads from are not allocated yet
                 for step in range(-(-min(block_size, k) // chunk)):
                     if step * chunk < most[0]:
-                        if start[g * LANES + LANES - 1] + step * chunk + chunk <= nnz:  # (channels' entries in order)
-                            for lane in range(LANES):
-                                loaded[T.Ramp(WAYS * lane, 1, WAYS)] = T.reinterpret(f"uint32x{WAYS}", entries[T.Ramp(
-                                    start[g * LANES + lane] + step * chunk, 1, chunk)])
-                        else:  # the array's last entries
-                            for h in range(width):
-                                loaded[h] = T.uint32(0)
-                                for b in range(4):  # past the array: its last entry again, past the lane's count
-                                    loaded[h] = loaded[h] | T.shift_left(T.Cast("uint32", entries[T.min(
-                                        start[g * LANES + h // WAYS] + step * chunk + 4 * (h % WAYS) + b, nnz - 1)]),
-                                        T.Cast("uint32", 8 * b))
+                        load(loaded, entries, start, g, step * chunk)
                         for b in T.unroll(4):  # the 4 entries of each uint32 lane, a byte at a time
                             for h in T.vectorized(width):
                                 set_bits(acc, h, T.shift_right(loaded[h], T.Cast("uint32", 8 * b)),
@@ -341,7 +349,8 @@ def global_panel(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int) -
     cols, width, chunk = matmul.COLS, 16, 2 * WAYS  # 2 entries a uint32 lane
     window = 128
     words = -(-min(window, k) // 32)
-    set_bits, merge, write_rows = _mask_macros(sign_bit=sign_bit, offset_bits=window.bit_length() - 1, words=words)
+    load, set_bits, merge, write_rows = _mask_macros(nnz=nnz, entry_bits=16, sign_bit=sign_bit,
+                                                     offset_bits=window.bit_length() - 1, words=words)
     offset_mask = (1 << sign_bit) - 1
     panels = -(-n // cols)
 
@@ -373,17 +382,7 @@ def global_panel(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int) -
                     acc[i] = T.uint32(0)
                 for step in range(-(-min(window, k) // chunk)):  # (a constant extent: see _masked_panel)
                     if more[0] > 0:
-                        if cursor[g * LANES + LANES - 1] + step * chunk + chunk <= nnz:  # (channels' entries in order)
-                            for lane in range(LANES):
-                                loaded[T.Ramp(WAYS * lane, 1, WAYS)] = T.reinterpret(f"uint32x{WAYS}", entries[T.Ramp(
-                                    cursor[g * LANES + lane] + step * chunk, 1, chunk)])
-                        else:  # the array's last entries
-                            for h in range(width):
-                                loaded[h] = T.uint32(0)
-                                for b in range(2):  # past the array: its last entry again, past the lane's count
-                                    loaded[h] = loaded[h] | T.shift_left(T.Cast("uint32", entries[T.min(
-                                        cursor[g * LANES + h // WAYS] + step * chunk + 2 * (h % WAYS) + b, nnz - 1)]),
-                                        T.Cast("uint32", 16 * b))
+                        load(loaded, entries, cursor, g, step * chunk)
                         for b in T.unroll(2):
                             for h in T.vectorized(width):
                                 # the lane's channel's entry, in the window (the sorted entries of earlier windows
@@ -464,6 +463,12 @@ def blocked_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
     return layout, [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]]
 
 
+def _panel_gemm(enc: Encoded, constants: list[np.ndarray], names: tuple, panels: panel_gemm.PanelDecode):
+    """The panel GEMM over an index layout's constants (``names``; the scales last, applied to the sums)."""
+    holders = [te.placeholder(c.shape, c.dtype.name, name) for c, name in zip(constants, names)]
+    return panel_gemm.gemm(None, holders, enc.shape[0], enc.shape[1], scale=lambda c: holders[-1][c], panels=panels)
+
+
 @register(bie_binary.NAME, ops=("matmul", "conv2d"), target="llvm")
 def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """The bitmap layout: the bit-plane kernels (their exact fp32 look-up tables: the codec has no ``lut_tables``
@@ -473,12 +478,9 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
         return bitplane.llvm_call(enc, conv, lut_tables="fp32")
     layout, constants = global_layout(enc)
     small = None if conv else KernelCall("global_index", global_index(**layout), constants)
-    if conv is None and layout["entry_dtype"] == "uint16":  # the panel GEMM
-        holders = [te.placeholder(c.shape, c.dtype.name, name) for c, name in
-                   zip(constants, ("indptr", "entries", "scales"))]
-        gemm = panel_gemm.gemm(None, holders, enc.shape[0], enc.shape[1],
-                               scale=lambda c: holders[2][c], panels=global_panel(**layout))
-        return panel_gemm.with_gemm(small, gemm, "global_index")
+    if conv is None and layout["entry_dtype"] == "uint16":
+        return panel_gemm.with_gemm(small, _panel_gemm(
+            enc, constants, ("indptr", "entries", "scales"), global_panel(**layout)), "global_index")
     into, x_ndim = destination(enc, conv)
     return with_decoder(small, decode(**layout, into=into, x_ndim=x_ndim), "global_index", constants, conv)
 
@@ -489,11 +491,8 @@ def blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     layout, constants = blocked_layout(enc)
     small = None if conv else KernelCall("blocked_index", blocked_index(**layout), constants)
     into, x_ndim = destination(enc, conv)
-    if conv is None:  # the panel GEMM
-        holders = [te.placeholder(c.shape, c.dtype.name, name) for c, name in
-                   zip(constants, ("indptr", "counts", "entries", "scales"))]
-        gemm = panel_gemm.gemm(None, holders, enc.shape[0], enc.shape[1],
-                               scale=lambda c: holders[3][c], panels=blocked_panel(**layout))
-        return panel_gemm.with_gemm(small, gemm, "blocked_index")
+    if conv is None:
+        return panel_gemm.with_gemm(small, _panel_gemm(
+            enc, constants, ("indptr", "counts", "entries", "scales"), blocked_panel(**layout)), "blocked_index")
     decoder = decode(**layout, sign_bit=layout["block_size"].bit_length() - 1, into=into, x_ndim=x_ndim)
     return with_decoder(small, decoder, "blocked_index", constants, conv)
