@@ -146,7 +146,8 @@ def test_only_gemm_kernels_are_rebuilt(target):
 
 # the int8 tables' layout: the panel GEMM's decode reads the bytes as words (a view declared in the fused kernel too)
 FUSED_PANELS = [(c, o, "fp32") for c, o in CODECS_WITH_PANELS] + [(c, o, "int8") for c, o in CODECS_WITH_PANELS[1:]]
-FUSED_PANELS.append(("bie-blocked", {"block_size": 64}, "fp32"))  # a panel decoded in the codec's own statements
+FUSED_PANELS += [("bie-blocked", {"block_size": 64}, "fp32"),  # a panel decoded in the codec's own statements
+                 ("bie-binary", {"layout": "index"}, "fp32")]
 
 
 @pytest.mark.parametrize("codec,options,tables", FUSED_PANELS, ids=[f"{c}-{t}" for c, _, t in FUSED_PANELS])

@@ -23,6 +23,11 @@ CASES = [
     # of sensitive rows past the last one
     ("tans", {"levels": 15}),  # decoded at load into the look-up-table words (or the 4-bit codes)
     ("bie-blocked", {"block_size": 64}),  # index lists: a panel's own statements; K = 97, 129: a ragged last block
+    ("bie-blocked", {}),  # blocks of 128: four mask words of 32 rows a block
+    ("bie-blocked", {"block_size": 16}),  # one mask word, part of it
+    ("bie-blocked", {"block_size": 256}),  # two-byte entries: stored entry by entry
+    ("bie-binary", {"layout": "index"}),  # global indices: 128 rows of K at a time through the masks
+    ("bie-binary", {"layout": "index", "density": 0.05}),  # channels without entries in a window
 ]
 SHAPES = [(10, 97), (37, 97), (250, 129)]  # (N, K): less than a panel (computed over the padded panel); one ragged
 # panel; 8 panels, the last ragged
@@ -72,3 +77,18 @@ def test_each_panel_is_decoded_inside_the_parallel_loop_in_vectors(target):
     script = kernel_for(enc, target).large_batch.func.without_attr(panel_gemm.DECODER_ATTR).script()
     parallel, decode, rows = (script.index(s) for s in ("T.parallel(2)", 'T.sblock("decoded")', "T.serial("))
     assert parallel < decode < rows and "T.vectorized(16)" in script
+
+
+@pytest.mark.parametrize("codec,options", [("bie-blocked", {"block_size": 128}), ("bie-blocked", {"block_size": 256}),
+                                           ("bie-binary", {"layout": "index"})])
+def test_index_panels_with_fewer_entries_than_a_load(codec, options, target):
+    """Fewer non-zeros than the entries the mask decode loads a step: every load is of the array's last entries."""
+    w = np.zeros((37, 97), np.float32)
+    w[[0, 3, 3, 20, 36], [5, 0, 96, 64, 31]] = [1.5, -2.0, 0.5, -1.0, 3.0]
+    enc = CODECS[codec].encode(w, make_config(codec, options))
+    assert 0 < enc.arrays["entries"].size < 8
+    kernels = kernel_for(enc, target)
+    assert kernels.large_batch.kind.endswith("_gemm")
+    x = np.random.default_rng(0).standard_normal((9, 97)).astype(np.float32)
+    got = call(build(kernels.large_batch.func, target), x, kernels.constants, (9, 37))
+    assert_close(got, x @ CODECS[codec].decode(enc).T.astype(np.float64))

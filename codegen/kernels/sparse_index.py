@@ -12,9 +12,9 @@ workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 
 :func:`decode` writes the weights themselves into a dense op's layout (see
 :mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
-(convs, and ``bie-binary``'s index layout above one row). ``bie-blocked``'s matmuls above one row run the panel
-GEMM instead (:func:`blocked_panel`): a panel of W, zeros and each channel's entries as +-1, decoded into the
-GEMM's panel buffer, never W.
+(convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Matmuls above one row run the panel
+GEMM instead (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
+panel buffer (never W), 128 rows at a time through bit masks of the rows (:func:`_mask_macros`).
 """
 
 from __future__ import annotations
@@ -32,17 +32,23 @@ from . import bitplane, panel_gemm
 from .decode import Layout, destination, vector_lanes, with_decoder
 
 
+def entry_fields(entry, entry_dtype: str, sign_bit: int) -> tuple:
+    """An entry's offset (in its block, or in K) and whether its weight is negative: the sign is the bit above the
+    offset."""
+    return (entry & tirx.const((1 << sign_bit) - 1, entry_dtype),
+            tirx.NE(entry >> tirx.const(sign_bit, entry_dtype), tirx.const(0, entry_dtype)))
+
+
 def signed_sum(entry_dtype: str, sign_bit: int):
     """The loop both families share: ``acc[0] += (-1)^sign(e) * x[i, base + offset(e)]`` over the entries
     ``first + lane + stride * step`` below ``first + count`` (a CPU thread: lane 0, stride 1)."""
-    offset_mask = (1 << sign_bit) - 1
 
     @T.macro
     def accumulate(acc, x, entries, i, base, first, count, lane, stride):
         for step in range((count + (stride - 1) - lane) // stride):
             entry: T.let = entries[first + lane + stride * step]
-            xv: T.let = x[i, base + T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))]
-            negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
+            offset, negative = entry_fields(entry, entry_dtype, sign_bit)
+            xv: T.let = x[i, base + T.Cast("int64", offset)]
             acc[0] = acc[0] + T.if_then_else(negative, -xv, xv)
 
     return accumulate
@@ -120,7 +126,6 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     time: the entries' scattered stores stay within that buffer (a matmul's 128 rows of 16 channels: 8 KB, 2 pages),
     where stored straight into W [K, N] each went to a row of its own, a page apart at N = 1536.
     """
-    offset_mask = (1 << sign_bit) - 1
     x_shape = tuple(tirx.Var(f"d{i}", "int64") for i in range(x_ndim))
     size = into.size
     span = block_size or k  # the K positions of a block
@@ -137,9 +142,8 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     def store_entries(tile, scales, entries, j, c, first, count):
         for e in range(count):
             entry: T.let = entries[first + e]
-            r: T.let = T.Cast("int64", entry & T.Cast(entry_dtype, offset_mask))
-            negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
-            tile[r * lanes + c] = T.if_then_else(negative, -scales[j], scales[j])
+            offset, negative = entry_fields(entry, entry_dtype, sign_bit)
+            tile[T.Cast("int64", offset) * lanes + c] = T.if_then_else(negative, -scales[j], scales[j])
 
     @T.macro
     def copy_out(out, tile, p, blk):
@@ -200,13 +204,214 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
 
 def blocked_panel(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str,
                   count_dtype: str) -> panel_gemm.PanelDecode:
-    """The panel GEMM's decode of a ``bie-blocked`` panel of ``matmul.COLS`` channels: zeros, then each channel's
-    entries as +-1 (the scale is applied to the sums)."""
+    """The panel GEMM's decode of a ``bie-blocked`` panel of ``matmul.COLS`` channels: +-1 and zeros (the scale is
+    applied to the sums), from bit masks (:func:`_masked_panel`) where an entry is one byte (blocks up to 128),
+    else entry by entry (:func:`_stored_panel`)."""
     sign_bit = block_size.bit_length() - 1
-    cols = matmul.COLS
-    panels = -(-n // cols)
+    args = dict(n=n, k=k, nnz=nnz, block_size=block_size, count_dtype=count_dtype, sign_bit=sign_bit,
+                panels=-(-n // matmul.COLS), blocks=-(-k // block_size))
+    return _writer(_masked_panel(**args) if entry_dtype == "uint8" else
+                   _stored_panel(**args, entry_dtype=entry_dtype))
+
+
+def _writer(body: tirx.PrimFunc) -> panel_gemm.PanelDecode:
+    """A panel's decode from ``body`` (``f(panel, *the holders it reads, decoded)``)."""
+
+    def write(holders, decoded, panel_var):
+        """The body over the decoder's own panel and buffers (holders: the codec's arrays, then the scales)."""
+        given = list(zip(body.params, [panel_var, *holders[:len(body.params) - 2], decoded]))
+        return tvm_ffi.structural_map(body.body, (tirx.Var, lambda v: next(
+            (b for param, b in given if param.same_as(v)), v)), order="post")
+
+    return write
+
+
+WAYS = 2  # uint32 lanes of a vector a channel's entries take in the mask decode (16 lanes: 8 channels)
+LANES = 16 // WAYS
+
+
+def _mask_macros(*, nnz: int, entry_bits: int, sign_bit: int, offset_bits: int, words: int):
+    """The mask decode's shared steps, rows in windows of ``32 words`` (a block, or 128 rows of K):
+    ``load(loaded, entries, first, g, at)`` the entries ``at`` on from each channel's ``first`` of group ``g``,
+    ``WAYS`` uint32 lanes a channel (past the array: its last entry again, which the lane's count leaves out);
+    ``set_bits(acc, h, entry, valid)`` sets the bit of uint32 lane ``h``'s entry (its offset's low
+    ``offset_bits`` bits: the row in its window) in the window's masks, non-zero and negative;
+    ``merge(masks, acc, g)`` ORs each channel's lanes into the masks of channel group ``g``;
+    ``write_rows(decoded, masks, p, first, rows)``: the window's rows from the masks, 32 channels at a time (1.0
+    where non-zero, the sign bit shifted in)."""
+    cols, width = matmul.COLS, 16
+    row_mask = (1 << offset_bits) - 1
+    per_lane = 32 // entry_bits  # entries a uint32 lane
+
+    @T.macro
+    def load(loaded, entries, first, g, at):
+        if first[g * LANES + LANES - 1] + at + WAYS * per_lane <= nnz:  # (the channels' entries run in order)
+            for lane in range(LANES):
+                loaded[T.Ramp(WAYS * lane, 1, WAYS)] = T.reinterpret(f"uint32x{WAYS}", entries[T.Ramp(
+                    first[g * LANES + lane] + at, 1, WAYS * per_lane)])
+        else:
+            for h in range(width):
+                loaded[h] = T.uint32(0)
+                for b in range(per_lane):
+                    loaded[h] = loaded[h] | T.shift_left(T.Cast("uint32", entries[T.min(
+                        first[g * LANES + h // WAYS] + at + per_lane * (h % WAYS) + b, nnz - 1)]),
+                        T.Cast("uint32", entry_bits * b))
+
+    @T.macro
+    def set_bits(acc, h, entry, valid):
+        at: T.let = entry & T.uint32(row_mask & 31)  # the row's bit in its word
+        for w in T.unroll(words):
+            hit: T.let = valid & ((T.shift_right(entry, T.uint32(5)) & T.uint32(row_mask >> 5)) == T.uint32(w))
+            acc[w * width + h] = acc[w * width + h] | T.Select(hit, T.shift_left(T.uint32(1), at), T.uint32(0))
+            acc[(words + w) * width + h] = acc[(words + w) * width + h] | T.Select(
+                hit, T.shift_left(T.shift_right(entry, T.uint32(sign_bit)) & T.uint32(1), at), T.uint32(0))
+
+    @T.macro
+    def merge(masks, acc, g):
+        for w in T.unroll(2 * words):
+            for lane in T.vectorized(LANES):
+                masks[w * cols + g * LANES + lane] = acc[w * width + WAYS * lane] | acc[w * width + WAYS * lane + 1]
+
+    @T.macro
+    def write_rows(decoded, masks, p, first, rows):
+        for q in range(words):
+            for s in range(32):
+                if q * 32 + s < rows:
+                    for c in T.vectorized(cols):
+                        decoded[p, first + q * 32 + s, c] = T.Select(
+                            (masks[q * cols + c] & T.shift_left(T.uint32(1), T.Cast("uint32", s))) != T.uint32(0),
+                            T.reinterpret("float32", (T.shift_left(masks[(words + q) * cols + c], T.Cast(
+                                "uint32", 31 - s)) & T.uint32(0x80000000)) | T.uint32(0x3F800000)), T.float32(0))
+
+    return load, set_bits, merge, write_rows
+
+
+def _masked_panel(*, n, k, nnz, block_size, count_dtype, sign_bit, panels, blocks) -> tirx.PrimFunc:
+    """A panel block by block, in vectors: the block's entries of 8 channels at a time, 8 entries of a channel a
+    step (one uint64 load), each channel over two uint32 lanes (4 entries each), set bits in the channels' masks
+    over the block's rows (non-zero, negative; selected word by word, no scatter); then each row of the block is
+    written from the masks (:func:`_mask_macros`; where a store per entry into the panel, its rows 128 bytes apart,
+    became LLVM's scatters)."""
+    cols, width, chunk = matmul.COLS, 16, 4 * WAYS
+    words = -(-min(block_size, k) // 32)  # uint32 words of a channel's mask over a block's rows
+    load, set_bits, merge, write_rows = _mask_macros(nnz=nnz, entry_bits=8, sign_bit=sign_bit, offset_bits=sign_bit,
+                                                     words=words)
+
+    @T.prim_func(private=True)
+    def body(
+        p: T.int32,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        counts: T.Buffer((n, blocks), count_dtype),
+        entries: T.Buffer((nnz,), "uint8"),
+        decoded: T.Buffer((panels, k, cols), "float32"),
+    ):
+        start = T.decl_buffer((cols,), "int64", scope="global")  # each channel's first entry of the block
+        left = T.decl_buffer((width,), "int32", scope="global")  # a uint32 lane's channel's entries from it on
+        most = T.decl_buffer((1,), "int32", scope="global")
+        loaded = T.decl_buffer((width,), "uint32", scope="global")  # each channel's next entries, 4 a lane
+        acc = T.decl_buffer((2 * words * width,), "uint32", scope="global")  # [negative][word][uint32 lane]
+        masks = T.decl_buffer((2 * words * cols,), "uint32", scope="global")  # [negative][word][channel]
+        for c in range(cols):
+            start[c] = T.if_then_else(p * cols + c < n, T.Cast("int64", indptr[T.min(p * cols + c, n)]), T.int64(0))
+        for blk in range(blocks):
+            for g in range(cols // LANES):
+                most[0] = 0
+                for h in range(width):
+                    j: T.let = p * cols + g * LANES + h // WAYS
+                    left[h] = T.if_then_else(j < n, T.Cast("int32", counts[T.min(j, n - 1), blk]), 0) - 4 * (h % WAYS)
+                    most[0] = T.max(most[0], left[h])
+                for lane in range(LANES):  # the channels' entries a few blocks on: too many streams to detect
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(entries[T.min(
+                        start[g * LANES + lane] + 256, nnz - 1)]), T.int32(0), T.int32(3), T.int32(1)))
+                for i in T.vectorized(2 * words * width):
+                    acc[i] = T.uint32(0)
+                # a constant extent and a guard: the pipeline's work estimate of the panel loop reads a loop's
+                # extent outside the loop, where the buffers it loads from are not allocated yet
+                for step in range(-(-min(block_size, k) // chunk)):
+                    if step * chunk < most[0]:
+                        load(loaded, entries, start, g, step * chunk)
+                        for b in T.unroll(4):  # the 4 entries of each uint32 lane, a byte at a time
+                            for h in T.vectorized(width):
+                                set_bits(acc, h, T.shift_right(loaded[h], T.Cast("uint32", 8 * b)),
+                                         step * chunk + b < left[h])
+                merge(masks, acc, g)
+                for lane in range(LANES):
+                    start[g * LANES + lane] = start[g * LANES + lane] + T.Cast("int64", left[WAYS * lane])
+            write_rows(decoded, masks, p, blk * block_size, T.min(block_size, k - blk * block_size))
+
+    return body
+
+
+def global_panel(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int) -> panel_gemm.PanelDecode:
+    """The panel GEMM's decode of a ``bie-binary`` index-layout panel (two-byte global indices: K up to 2 ** 15),
+    128 rows of K at a time through bit masks, as :func:`_masked_panel` decodes a block; no counts: each channel's
+    entries of a window are those up to its first past the window (sorted), counted as they set their bits."""
+    cols, width, chunk = matmul.COLS, 16, 2 * WAYS  # 2 entries a uint32 lane
+    window = 128
+    words = -(-min(window, k) // 32)
+    load, set_bits, merge, write_rows = _mask_macros(nnz=nnz, entry_bits=16, sign_bit=sign_bit,
+                                                     offset_bits=window.bit_length() - 1, words=words)
     offset_mask = (1 << sign_bit) - 1
-    blocks = -(-k // block_size)
+    panels = -(-n // cols)
+
+    @T.prim_func(private=True)
+    def body(
+        p: T.int32,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        entries: T.Buffer((nnz,), entry_dtype),
+        decoded: T.Buffer((panels, k, cols), "float32"),
+    ):
+        cursor = T.decl_buffer((cols,), "int64", scope="global")  # each channel's first entry past the windows set
+        left = T.decl_buffer((width,), "int32", scope="global")  # a uint32 lane's channel's entries from it on
+        last = T.decl_buffer((width,), "int32", scope="global")  # whether a lane's last entry of the step set a bit
+        more = T.decl_buffer((1,), "int32", scope="global")  # whether a channel may have further entries in the window
+        loaded = T.decl_buffer((width,), "uint32", scope="global")  # each channel's next entries, 2 a lane
+        acc = T.decl_buffer((2 * words * width,), "uint32", scope="global")  # [negative][word][uint32 lane]
+        masks = T.decl_buffer((2 * words * cols,), "uint32", scope="global")  # [negative][word][channel]
+        for c in range(cols):
+            cursor[c] = T.if_then_else(p * cols + c < n, T.Cast("int64", indptr[T.min(p * cols + c, n)]), T.int64(0))
+        for wd in range(-(-k // window)):
+            for g in range(cols // LANES):
+                more[0] = 0
+                for h in range(width):
+                    j: T.let = p * cols + g * LANES + h // WAYS
+                    left[h] = T.if_then_else(j < n, T.Cast("int32", T.Cast("int64", indptr[T.min(j + 1, n)])
+                                                            - cursor[g * LANES + h // WAYS]), 0) - 2 * (h % WAYS)
+                    more[0] = T.max(more[0], left[h])
+                for i in T.vectorized(2 * words * width):
+                    acc[i] = T.uint32(0)
+                for step in range(-(-min(window, k) // chunk)):  # (a constant extent: see _masked_panel)
+                    if more[0] > 0:
+                        load(loaded, entries, cursor, g, step * chunk)
+                        for b in T.unroll(2):
+                            for h in T.vectorized(width):
+                                # the lane's channel's entry, in the window (the sorted entries of earlier windows
+                                # were passed over)
+                                set_bits(acc, h, T.shift_right(loaded[h], T.Cast("uint32", 16 * b)) & T.uint32(
+                                    0xFFFF), (step * chunk + b < left[h]) & (T.shift_right(T.shift_right(
+                                        loaded[h], T.Cast("uint32", 16 * b)) & T.uint32(offset_mask), T.uint32(
+                                        7)) == T.Cast("uint32", wd)))
+                        for h in T.vectorized(width):
+                            last[h] = T.Select((step * chunk + 1 < left[h]) & (T.shift_right(T.shift_right(
+                                loaded[h], T.uint32(16)) & T.uint32(offset_mask), T.uint32(7)) == T.Cast(
+                                "uint32", wd)), 1, 0)
+                        more[0] = 0
+                        for lane in range(LANES):
+                            more[0] = T.max(more[0], last[WAYS * lane + WAYS - 1])
+                merge(masks, acc, g)
+                for q in range(words):  # past the window's entries: one bit each
+                    for lane in T.vectorized(LANES):
+                        cursor[g * LANES + lane] = cursor[g * LANES + lane] + T.Cast("int64", T.popcount(
+                            masks[q * cols + g * LANES + lane]))
+            write_rows(decoded, masks, p, wd * window, T.min(window, k - wd * window))
+
+    return _writer(body)
+
+
+def _stored_panel(*, n, k, nnz, block_size, entry_dtype, count_dtype, sign_bit, panels, blocks) -> tirx.PrimFunc:
+    """A panel channel by channel: zeros, then each entry stored (blocks past 128 rows, two-byte entries: a mask
+    over a block's rows would take a word per 32 of them, each tested for every entry)."""
+    cols = matmul.COLS
 
     @T.prim_func(private=True)
     def body(
@@ -227,18 +432,12 @@ def blocked_panel(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
                 count: T.let = T.Cast("int64", counts[j, blk])
                 for e in range(count):
                     entry: T.let = entries[start[0] + e]
-                    r: T.let = blk * block_size + T.Cast("int32", entry & T.Cast(entry_dtype, offset_mask))
-                    negative = (entry >> T.Cast(entry_dtype, sign_bit)) != T.Cast(entry_dtype, 0)
-                    decoded[p, r, c] = T.if_then_else(negative, T.float32(-1), T.float32(1))
+                    offset, negative = entry_fields(entry, entry_dtype, sign_bit)
+                    decoded[p, blk * block_size + T.Cast("int32", offset), c] = T.if_then_else(
+                        negative, T.float32(-1), T.float32(1))
                 start[0] = start[0] + count
 
-    def write(holders, decoded, panel_var):
-        """The body over the decoder's own panel and buffers (holders: indptr, counts, entries, scales)."""
-        given = list(zip(body.params, [panel_var, *holders[:3], decoded]))
-        return tvm_ffi.structural_map(body.body, (tirx.Var, lambda v: next(
-            (b for param, b in given if param.same_as(v)), v)), order="post")
-
-    return write
+    return body
 
 
 def _nonempty(entries: np.ndarray) -> np.ndarray:
@@ -264,14 +463,24 @@ def blocked_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
     return layout, [enc.arrays["indptr"], counts, entries, enc.arrays["scales"]]
 
 
+def _panel_gemm(enc: Encoded, constants: list[np.ndarray], names: tuple, panels: panel_gemm.PanelDecode):
+    """The panel GEMM over an index layout's constants (``names``; the scales last, applied to the sums)."""
+    holders = [te.placeholder(c.shape, c.dtype.name, name) for c, name in zip(constants, names)]
+    return panel_gemm.gemm(None, holders, enc.shape[0], enc.shape[1], scale=lambda c: holders[-1][c], panels=panels)
+
+
 @register(bie_binary.NAME, ops=("matmul", "conv2d"), target="llvm")
 def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """The bitmap layout: the bit-plane kernels (their exact fp32 look-up tables: the codec has no ``lut_tables``
-    option); the index layout: the index loop for one row, decode above."""
+    option); the index layout: the index loop for one row, the panel GEMM above (K up to 2 ** 15; longer, and
+    convs: the decode)."""
     if enc.header["layout"] == "bitmap":
         return bitplane.llvm_call(enc, conv, lut_tables="fp32")
     layout, constants = global_layout(enc)
     small = None if conv else KernelCall("global_index", global_index(**layout), constants)
+    if conv is None and layout["entry_dtype"] == "uint16":
+        return panel_gemm.with_gemm(small, _panel_gemm(
+            enc, constants, ("indptr", "entries", "scales"), global_panel(**layout)), "global_index")
     into, x_ndim = destination(enc, conv)
     return with_decoder(small, decode(**layout, into=into, x_ndim=x_ndim), "global_index", constants, conv)
 
@@ -282,11 +491,8 @@ def blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     layout, constants = blocked_layout(enc)
     small = None if conv else KernelCall("blocked_index", blocked_index(**layout), constants)
     into, x_ndim = destination(enc, conv)
-    if conv is None:  # the panel GEMM
-        holders = [te.placeholder(c.shape, c.dtype.name, name) for c, name in
-                   zip(constants, ("indptr", "counts", "entries", "scales"))]
-        gemm = panel_gemm.gemm(None, holders, enc.shape[0], enc.shape[1],
-                               scale=lambda c: holders[3][c], panels=blocked_panel(**layout))
-        return panel_gemm.with_gemm(small, gemm, "blocked_index")
+    if conv is None:
+        return panel_gemm.with_gemm(small, _panel_gemm(
+            enc, constants, ("indptr", "counts", "entries", "scales"), blocked_panel(**layout)), "blocked_index")
     decoder = decode(**layout, sign_bit=layout["block_size"].bit_length() - 1, into=into, x_ndim=x_ndim)
     return with_decoder(small, decoder, "blocked_index", constants, conv)
