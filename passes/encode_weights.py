@@ -63,7 +63,8 @@ def _dispatch_by_rows(small, large, large_decodes: bool, types: list[relax.Tenso
     body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(result, choice)])], result)
     # num_input 1: the VM checks only x on each call, not the constants, which are main's weights (main checks
     # none of them either); each constant's check cost two VM instructions per layer and call
-    return relax.Function([x, *params], body, out_ty, is_pure=True).with_attr("num_input", 1)
+    func = relax.Function([x, *params], body, out_ty, is_pure=True)
+    return func.with_attrs({"num_input": 1, codegen.ROW_DISPATCH_ATTR: True})
 
 
 @tvm.transform.module_pass(opt_level=0, name="EncodeWeights")
