@@ -6,10 +6,10 @@ Schedule rules for the ops around the kernels are in :mod:`.schedules`, the buil
 the registered Relax pipelines in :mod:`.cpu` and :mod:`.cuda`.
 """
 
-from .kernel_registry import (KERNEL_ATTR, KERNELS, LAYER_ATTR, SMALL_BATCH_ROWS, ConvSpec, KernelCall, has_kernel,
-                              kernel_for, kernel_layers)
+from .kernel_registry import (KERNEL_ATTR, KERNELS, LAYER_ATTR, ROW_DISPATCH_ATTR, SMALL_BATCH_ROWS, ConvSpec, KernelCall,
+                              has_kernel, kernel_for, kernel_layers)
 from . import kernels  # noqa: F401  (registers every kernel module's builders)
 from .kernels.dense import dense_kernel, has_dense_kernel
 
-__all__ = ["KERNEL_ATTR", "KERNELS", "LAYER_ATTR", "SMALL_BATCH_ROWS", "ConvSpec", "KernelCall", "dense_kernel",
+__all__ = ["KERNEL_ATTR", "KERNELS", "LAYER_ATTR", "ROW_DISPATCH_ATTR", "SMALL_BATCH_ROWS", "ConvSpec", "KernelCall", "dense_kernel",
            "has_dense_kernel", "has_kernel", "kernel_for", "kernel_layers"]

@@ -112,27 +112,13 @@ def fused_gemm(epilogue: tirx.PrimFunc, at: int, n: int, gemm: Gemm) -> tirx.Pri
 
 
 def _gemm_kernel(mod: tvm.IRModule, expr) -> tuple[tvm.ir.GlobalVar, list] | None:
-    """``(GEMM kernel, [x, *weights])`` of a call of it, or of a Relax function dispatching to it above one row
-    (``passes.encode_weights``: its body one ``If`` whose else branch calls the kernel on its parameters)."""
+    """``(GEMM kernel, [x, *weights])`` of a call of it (in :data:`.unit_dims.ANY_DIMS` a matmul calls its many-row
+    kernel directly, no row dispatch between)."""
     found = call_tir_parts(expr)
-    if found is not None:
-        callee, args, _ = found
-        return (callee, args) if callee in mod and _is_gemm(mod[callee]) else None
-    if not (isinstance(expr, relax.Call) and isinstance(expr.op, relax.GlobalVar) and expr.op in mod
-            and isinstance(mod[expr.op], relax.Function)):
+    if found is None:
         return None
-    body = mod[expr.op].body
-    choice = body.blocks[0].bindings[0].value if isinstance(body, relax.SeqExpr) and body.blocks \
-        and body.blocks[0].bindings else None
-    if not isinstance(choice, relax.If) or not isinstance(choice.false_branch, relax.SeqExpr):
-        return None
-    bindings = [b for block in choice.false_branch.blocks for b in block.bindings]
-    inner = call_tir_parts(bindings[0].value) if len(bindings) == 1 else None
-    params = list(mod[expr.op].params)
-    if inner is None or not _is_gemm(mod[inner[0]]) or len(inner[1]) != len(params) \
-            or not all(a.same_as(p) for a, p in zip(inner[1], params)):
-        return None
-    return inner[0], list(expr.args)
+    callee, args, _ = found
+    return (callee, args) if callee in mod and _is_gemm(mod[callee]) else None
 
 
 def _is_gemm(func) -> bool:
@@ -142,18 +128,16 @@ def _is_gemm(func) -> bool:
 
 @mutator
 class _FuseGemmEpilogues(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, unscheduled: tvm.IRModule, uses: dict, dispatches: bool):
+    def __init__(self, mod: tvm.IRModule, unscheduled: tvm.IRModule, uses: dict):
         super().__init__(mod)
-        self.mod, self.unscheduled, self.uses, self.dispatches = mod, unscheduled, uses, dispatches
+        self.mod, self.unscheduled, self.uses = mod, unscheduled, uses
         self.names = {gv.name_hint for gv in unscheduled.get_global_vars()}
         self.fused = {}
 
     def _gemm_call(self, var):
         """``(kernel, [x, packed])`` of the GEMM ``var`` holds through single-use reshapes, else None."""
         value = producer(var, self.uses, self.lookup_binding, self.mod)
-        if value is not None and (self.dispatches or call_tir_parts(value) is not None):
-            return _gemm_kernel(self.mod, value)
-        return None
+        return None if value is None else _gemm_kernel(self.mod, value)
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -191,7 +175,7 @@ class _FuseGemmEpilogues(PyExprMutator):
 
 
 def fuse_gemm_epilogues(mod: tvm.IRModule, unscheduled: tvm.IRModule) -> tvm.IRModule:
-    """In :data:`.unit_dims.ANY_DIMS` (else in ``main``, where its GEMM calls are direct: more than one row), each
+    """In :data:`.unit_dims.ANY_DIMS` (else in ``main``, more than one row: both call their GEMMs directly), each
     GEMM (dense or panel) whose output only an elementwise kernel reads fused with it (see the module docstring);
     ``unscheduled``: the module as fusion made it, where the epilogues are found by name before their schedule."""
     names = {gv.name_hint for gv in mod.get_global_vars()}
@@ -199,7 +183,7 @@ def fuse_gemm_epilogues(mod: tvm.IRModule, unscheduled: tvm.IRModule) -> tvm.IRM
     if name not in names or not isinstance(mod[name], relax.Function):
         return mod
     gv = mod.get_global_var(name)
-    fuser = _FuseGemmEpilogues(mod, unscheduled, variable_uses(mod[gv]), dispatches=name == ANY_DIMS)
+    fuser = _FuseGemmEpilogues(mod, unscheduled, variable_uses(mod[gv]))
     func = fuser.visit_expr(mod[gv])
     if not any(f is not None for f in fuser.fused.values()):
         return mod

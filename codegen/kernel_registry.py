@@ -30,6 +30,7 @@ KERNEL_ATTR = "bie.kernel"  # marks our kernels in the IRModule; value: the kern
 AT_LOAD_ATTR = "bie.at_load"  # on the PrimFuncs computing constants at load (KernelCall.at_load)
 LAYER_ATTR = "bie.layer"  # on our kernels in the IRModule: the name of the weight they compute from
 SMALL_BATCH_ROWS = 1  # matmuls with at most this many rows use ``func``; larger ones ``large_batch``
+ROW_DISPATCH_ATTR = "bie.row_dispatch"  # on the Relax functions choosing a matmul's ``func`` or ``large_batch`` by its rows
 OPS = ("matmul", "conv2d", "gather")
 
 

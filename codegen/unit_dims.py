@@ -6,8 +6,12 @@ weight is a call of a Relax function that checks its arguments and chooses its o
 kernel at run time (``passes.encode_weights``). At one token that interpretation costs as much as the
 kernels. ``main`` gets a copy of itself with those dimensions bound to 1, where every shape is a
 constant, memory is planned statically and each matmul calls its kernel directly; ``main`` runs that
-copy when the dimensions are all 1 and the symbolic one otherwise. A ``main`` without symbolic input
-dimensions only gets its matmul calls resolved. The kernels (PrimFuncs) are shared by both copies.
+copy when the dimensions are all 1 and the symbolic one otherwise. In the symbolic copy a matmul whose many-row
+branch is one kernel calls that kernel directly too (the dispatch's call costs ~20 VM instructions per layer and
+call: a frame, its argument checks, the branch): that copy runs when some input dimension is above one, and a
+matmul with one row there anyway gets the many-row kernel's result on that row (as the GEMMs fused with their
+epilogues do, :mod:`.gemm_epilogues`). A ``main`` without symbolic input dimensions only gets its matmul calls
+resolved. The kernels (PrimFuncs) are shared by both copies.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .kernel_registry import ROW_DISPATCH_ATTR
+from .relax_calls import call_tir_parts
 
 NUM_INPUT = "num_input"
 UNIT_DIMS = "main_unit_dims"  # main with every symbolic input dimension 1
@@ -56,14 +63,28 @@ def _static_branch(callee: relax.Function, args) -> tuple[relax.Function, relax.
     return bound, choice.true_branch if cond.value else choice.false_branch
 
 
+def _many_row_kernel(dispatch: relax.Function) -> relax.GlobalVar | None:
+    """The kernel a row dispatch (``ROW_DISPATCH_ATTR``) calls above one row, where that branch is that one call on
+    the dispatch's parameters (not a decode and a matmul); else None."""
+    if not (dispatch.attrs or {}).get(ROW_DISPATCH_ATTR, False):
+        return None
+    branch = dispatch.body.blocks[0].bindings[0].value.false_branch
+    bindings = [b for block in branch.blocks for b in block.bindings]
+    found = call_tir_parts(bindings[0].value) if len(bindings) == 1 else None
+    if found is None or len(found[1]) != len(dispatch.params) \
+            or not all(a.same_as(p) for a, p in zip(found[1], dispatch.params)):
+        return None
+    return found[0]
+
+
 @mutator
 class _ResolveDispatches(PyExprMutator):
     """Calls of Relax functions that branch on sizes the arguments fix statically replaced by that branch's
-    bindings."""
+    bindings; with ``many_rows``, the other calls of row dispatches by calls of their many-row kernel."""
 
-    def __init__(self, mod: tvm.IRModule):
+    def __init__(self, mod: tvm.IRModule, many_rows: bool = False):
         super().__init__(mod)
-        self.mod = mod
+        self.mod, self.many_rows = mod, many_rows
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -71,7 +92,8 @@ class _ResolveDispatches(PyExprMutator):
             return call
         found = _static_branch(self.mod[call.op], call.args)
         if found is None:
-            return call
+            kernel = _many_row_kernel(self.mod[call.op]) if self.many_rows else None
+            return call if kernel is None else relax.call_tir(kernel, list(call.args), out_ty=call.ty)
         bound, branch = found
         for param, arg in zip(bound.params, call.args):
             self.set_var_remap(param, arg if isinstance(arg, relax.Var) else self.builder_.emit(arg))
@@ -81,9 +103,10 @@ class _ResolveDispatches(PyExprMutator):
         return self.visit_expr(branch.body)
 
 
-def _private(func: relax.Function, mod: tvm.IRModule) -> relax.Function:
-    """``func`` with fresh variables (a variable is defined in one function only), without a global symbol."""
-    func = relax.utils.copy_with_new_vars(_ResolveDispatches(mod).visit_expr(func))
+def _private(func: relax.Function, mod: tvm.IRModule, many_rows: bool = False) -> relax.Function:
+    """``func`` with its dispatches resolved (``_ResolveDispatches``) and fresh variables (a variable is defined in
+    one function only), without a global symbol."""
+    func = relax.utils.copy_with_new_vars(_ResolveDispatches(mod, many_rows).visit_expr(func))
     return func.without_attr("global_symbol")
 
 
@@ -104,7 +127,7 @@ def specialize_unit_dims(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         raise ValueError(f"{UNIT_DIMS} or {ANY_DIMS} is already in the module")
     builder = relax.BlockBuilder(mod)
     unit_gv = builder.add_func(_private(main.bind_symbolic_vars({d: 1 for d in dims}), mod), UNIT_DIMS)
-    any_gv = builder.add_func(_private(main, mod), ANY_DIMS)
+    any_gv = builder.add_func(_private(main, mod, many_rows=True), ANY_DIMS)
 
     def calling(callee, ret_ty):
         result = relax.Var("result", ret_ty)

@@ -61,7 +61,10 @@ def _dispatch_by_rows(small, large, large_decodes: bool, types: list[relax.Tenso
                       branch(large, large_decodes))
     result = relax.Var("result", out_ty)
     body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(result, choice)])], result)
-    return relax.Function([x, *params], body, out_ty, is_pure=True)
+    # num_input 1: the VM checks only x on each call, not the constants, which are main's weights (main checks
+    # none of them either); each constant's check cost two VM instructions per layer and call
+    func = relax.Function([x, *params], body, out_ty, is_pure=True)
+    return func.with_attrs({"num_input": 1, codegen.ROW_DISPATCH_ATTR: True})
 
 
 @tvm.transform.module_pass(opt_level=0, name="EncodeWeights")

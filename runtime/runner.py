@@ -89,8 +89,9 @@ class StagedInput:
 
     def __init__(self, dtype: np.dtype):
         self.dtype = dtype
-        self.shape = None
+        self.shape = None  # the buffer's, an accepted input's shape
         self.buffer_tensor = None
+        self.bound_tensor = None  # the buffer main was last bound to (Runner._bind)
 
     def tensor(self, a: np.ndarray) -> tvm.runtime.Tensor:
         if a.nbytes >= IN_PLACE_BYTES and a.flags.c_contiguous and a.flags.writeable:  # no read-only DLPack export
@@ -149,20 +150,21 @@ class Runner:
         self.output_names = [o["name"] for o in self.outputs]
         self._specs = [InputSpec(spec) for spec in self.inputs]
         self._staged = [StagedInput(spec.dtype) for spec in self._specs]
+        self._inputs = list(zip(self._specs, self._staged))
         self._names = {spec.name for spec in self._specs}
         self._main = self.vm["main"]  # each vm["main"] looks the function up again
-        self._bound, self._bound_args = None, None  # see _bound_main
+        self._bound = None  # see _bind
         self._lock = threading.Lock()  # the VM keeps per-call state (registers, frames): one call at a time
         self._on_host = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
 
-    def _bound_main(self, args: list) -> tvm_ffi.Function:
+    def _bind(self, args: list) -> None:
         """``main`` with ``args`` (every input's staging buffer, which stays while the shapes do) and the weights
         bound inside the VM: its call passes no arguments, where passing a hundred or more weights costs as much
         as a small model's kernels."""
-        if self._bound_args is None or any(a is not b for a, b in zip(args, self._bound_args)):
-            self.vm.save_function("main", BOUND_MAIN, *args, *self.weights)
-            self._bound, self._bound_args = self.vm[BOUND_MAIN], args
-        return self._bound
+        self.vm.save_function("main", BOUND_MAIN, *args, *self.weights)
+        self._bound = self.vm[BOUND_MAIN]
+        for staged, tensor in zip(self._staged, args):
+            staged.bound_tensor = tensor
 
     def _input_error(self, inputs) -> BieError:
         if not isinstance(inputs, dict):
@@ -177,24 +179,34 @@ class Runner:
             raise self._input_error(inputs)
         with self._lock:  # also over the staging buffers, and the outputs, which may be one of them
             args = []
-            for spec, staged in zip(self._specs, self._staged):
+            staged_all = self._on_host  # every input in its staging buffer: the bound main runs
+            rebind = False  # a staging buffer main was not bound to
+            for spec, staged in self._inputs:
                 a = inputs[spec.name]
                 if a.__class__ is not np.ndarray:
                     a = np.asarray(a)
-                if not spec.accepts(a):
+                # the shape of the staging buffer was accepted: an input of that shape and dtype needs no more checks
+                if (a.shape != staged.shape or a.dtype is not spec.dtype) and not spec.accepts(a):
                     raise BieError(f"input {spec.name!r}: expected {spec.dtype} {spec.shape}, got {a.dtype} {list(a.shape)}")
                 if spec.range is not None and (problem := spec.out_of_range(a)):
                     raise BieError(problem)
                 if self.check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
                     raise BieError(f"input {spec.name!r} holds NaN or Inf (refused by check_finite: encoded kernels "
                                    "that skip zero weights do not propagate them as onnxruntime does)")
-                if self._on_host:
-                    args.append(staged.tensor(a))
-                else:
+                if not self._on_host:
                     args.append(tvm.runtime.tensor(a if a.flags.c_contiguous else a.copy(), self.device))
+                    continue
+                tensor = staged.tensor(a)
+                args.append(tensor)
+                if tensor is not staged.buffer_tensor:
+                    staged_all = False
+                elif tensor is not staged.bound_tensor:
+                    rebind = True
             try:
-                if self._on_host and all(a is s.buffer_tensor for a, s in zip(args, self._staged)):
-                    result = self._bound_main(args)()
+                if staged_all:
+                    if rebind:
+                        self._bind(args)
+                    result = self._bound()
                 else:
                     result = self._main(*args, *self.weights)
             except (tvm.error.InternalError, RuntimeError, ValueError, TypeError) as e:  # code and manifest disagree

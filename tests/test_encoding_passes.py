@@ -5,7 +5,7 @@ import tvm
 from tvm import relax
 from tvm.ir.instrument import PassTimingInstrument
 
-from bie_compiler.codegen import LAYER_ATTR
+from bie_compiler.codegen import LAYER_ATTR, ROW_DISPATCH_ATTR
 from bie_compiler.codegen.target import make_target
 from bie_compiler.frontend import import_model
 from bie_compiler.passes import EncodeWeights, EncodingPolicy, encoding_passes, plan_encoding
@@ -40,6 +40,9 @@ def test_every_constant_is_an_argument_of_main(model_dir):
     assert all(r.codec == "bie-bitplane" for r in plan.records)
     dispatchers = [f for gv, f in mod.functions_items() if isinstance(f, relax.Function) and gv.name_hint != "main"]
     assert len(dispatchers) == len(plan.records)
+    # marked for the build (codegen.unit_dims); the VM checks only x on each call, not the constants (main's
+    # weights, which main does not check either)
+    assert all(f.attrs[ROW_DISPATCH_ATTR] and int(f.attrs["num_input"]) == 1 for f in dispatchers)
     inside = []
     for func in dispatchers:
         relax.analysis.post_order_visit(func, lambda e: inside.append(e) if isinstance(e, tvm.ir.GenericConst)

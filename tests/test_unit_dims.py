@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 from tvm import relax, te, tirx
 
 import bie_compiler
+from bie_compiler.codegen.kernel_registry import ROW_DISPATCH_ATTR
 from bie_compiler.codegen.unit_dims import ANY_DIMS, UNIT_DIMS, specialize_unit_dims
 
 K, N = 64, 48
@@ -54,9 +55,11 @@ def _function(text: str, name: str) -> str:
 def test_unit_copy_calls_kernels_directly_with_static_shapes(symbolic, codec):
     text = _vm_text(symbolic[1][codec])
     unit, general = _function(text, UNIT_DIMS), _function(text, ANY_DIMS)
-    # the general copy chooses each matmul's kernel in a Relax function; the unit copy calls the one-row kernel
-    assert "_matmul " in general and "_matmul " not in unit
+    # neither chooses a matmul's kernel at run time (no row dispatch called): the unit copy calls the one-row
+    # kernels, the general one the many-row kernels (the second matmul's unfused)
+    assert "_matmul " not in general and "_matmul " not in unit
     assert ("dense_gemv" if codec == "dense" else "bitplane_lut") in unit
+    assert ("dense_gemm " if codec == "dense" else "bitplane_gemm ") in general
     assert "make_shape" in general and "make_shape" not in unit  # shapes are constants
 
 
@@ -67,10 +70,9 @@ def test_unit_copy_computes_what_the_general_one_does(symbolic, codec):
     x = np.random.default_rng(1).standard_normal((1, 1, K)).astype(np.float32)
     args = [tvm.runtime.tensor(x), *runner.weights]
     unit, general = runner.vm[UNIT_DIMS](*args).numpy(), runner.vm[ANY_DIMS](*args).numpy()
-    if codec == "dense":
-        np.testing.assert_array_equal(unit, general)  # the same kernels: the one-row branch in both
-    else:  # the general copy's first matmul is the panel GEMM with its bias and ReLU (gemm_epilogues), on one row
-        np.testing.assert_allclose(unit, general, rtol=0, atol=1e-6 * np.abs(general).max())
+    # the general copy runs the many-row kernels on one row: the first matmul's GEMM with its bias and ReLU
+    # (gemm_epilogues), the second's GEMM; their sums in another order than the one-row kernels'
+    np.testing.assert_allclose(unit, general, rtol=0, atol=1e-6 * np.abs(general).max())
     np.testing.assert_array_equal(runner({"x": x})["y"], unit)
 
 
@@ -115,8 +117,30 @@ def test_a_model_whose_unit_copy_fails_to_build_compiles_without_it(symbolic, tm
                                   bie_compiler.load(symbolic[1]["dense"])({"x": x})["y"])
 
 
-def _dispatching_module(rows) -> tvm.IRModule:
-    """main(x [rows, 4], w) -> f(x, w), f choosing on its row count between two PrimFuncs (a row dispatch)."""
+def test_a_matmul_above_one_row_calls_its_many_row_kernel(tmp_path):
+    """A MatMul without an epilogue (one with an epilogue runs its fused GEMM, gemm_epilogues): the general copy
+    calls its panel GEMM, no row dispatch (a VM frame, its checks and branch) between."""
+    w = np.random.default_rng(0).standard_normal((K, N)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", N])], [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "matmul.onnx")
+    artefact = bie_compiler.compile_model(tmp_path / "matmul.onnx", tmp_path / "a", "bie-bitplane",
+                                          {"bits": 4, "lut_tables": "fp32"}, progress=None)
+    text = _vm_text(artefact)
+    assert "_matmul" not in text  # no dispatch function left
+    assert "bitplane_gemm " in _function(text, ANY_DIMS) and "bitplane_lut" in _function(text, UNIT_DIMS)
+    runner = bie_compiler.load(artefact)
+    x = np.random.default_rng(1).standard_normal((3, K)).astype(np.float32)
+    rows = np.concatenate([runner({"x": x[i:i + 1]})["y"] for i in range(3)])  # the one-row kernel, a row at a time
+    np.testing.assert_allclose(runner({"x": x})["y"], rows, rtol=0, atol=1e-5 * np.abs(rows).max())
+
+
+def _dispatching_module(rows, marked: bool = True) -> tvm.IRModule:
+    """main(x [rows, 4], w) -> f(x, w), f choosing on its row count between two PrimFuncs (a row dispatch, marked
+    as ``passes.encode_weights`` marks its own if ``marked``)."""
     m = tirx.Var("m", "int64")
 
     def kernel(scale):
@@ -134,7 +158,8 @@ def _dispatching_module(rows) -> tvm.IRModule:
 
     r = relax.Var("r", relax.TensorType([m, 4], "float32"))
     body = relax.SeqExpr([relax.BindingBlock([relax.VarBinding(r, relax.If(m <= 1, branch(one), branch(many)))])], r)
-    dispatch = bb.add_func(bb.normalize(relax.Function([xf, wf], body, relax.TensorType([m, 4], "float32"))), "dispatch")
+    func = relax.Function([xf, wf], body, relax.TensorType([m, 4], "float32"))
+    dispatch = bb.add_func(bb.normalize(func.with_attr(ROW_DISPATCH_ATTR, True) if marked else func), "dispatch")
     x, w = relax.Var("x", relax.TensorType([rows, 4], "float32")), relax.Var("w", relax.TensorType([4], "float32"))
     with bb.function("main", [x, w], attrs={"num_input": 1}):
         with bb.dataflow():
@@ -154,9 +179,11 @@ def _callees(func) -> set:
 def test_pass_copies_main_for_unit_dims_and_resolves_static_dispatches():
     mod = specialize_unit_dims(_dispatching_module(tirx.Var("batch", "int64")))
     assert _callees(mod[UNIT_DIMS]) == {"one_row"}  # batch 1: the one-row branch, called directly
-    assert _callees(mod[ANY_DIMS]) == {"dispatch"}
+    assert _callees(mod[ANY_DIMS]) == {"many_rows"}  # a row dispatch above one token: its many-row branch
     assert _callees(mod["main"]) == {UNIT_DIMS, ANY_DIMS}
     relax.analysis.well_formed(mod)  # raises if not
+    unmarked = specialize_unit_dims(_dispatching_module(tirx.Var("batch", "int64"), marked=False))
+    assert _callees(unmarked[ANY_DIMS]) == {"dispatch"}  # not a row dispatch: it still chooses at run time
     static = specialize_unit_dims(_dispatching_module(3))
     assert _callees(static["main"]) == {"many_rows"}  # 3 rows, known: the other branch, no copies
     assert UNIT_DIMS not in [gv.name_hint for gv in static.get_global_vars()]
