@@ -100,6 +100,13 @@ def execution(enc: Encoded, asked: str, op: str = "matmul") -> tuple[str, str]:
     return "stream", f"auto: the bitmap would be larger ({sizes})"
 
 
+def kernel_choices(config: Config, enc: Encoded, op: str) -> dict[str, str]:
+    """What a layer's CPU kernel runs for the kernel fields decided per layer, and why (the compile report's
+    ``kernel.blocked_execution``)."""
+    choice, why = execution(enc, config.blocked_execution, op)
+    return {"blocked_execution": f"{choice}: {why}"}
+
+
 def decode(enc: Encoded) -> np.ndarray:
     n, k = enc.shape
     b = int(enc.header["block_size"])
