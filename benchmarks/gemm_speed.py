@@ -45,7 +45,8 @@ VARIANTS = [  # (name, codec, options, skip): the codec settings that compile fo
     ("tans-fp32", "tans", {"lut_tables": "fp32"}, ()),
     ("bitwave", "bitwave", {}, ()),
     ("bie-binary", "bie-binary", {}, ()),
-    ("bie-blocked", "bie-blocked", {}, ()),
+    ("bie-blocked", "bie-blocked", {}, ()),  # --blocked-execution auto: load at the default density
+    ("bie-blocked-stream", "bie-blocked", {"blocked_execution": "stream"}, ()),
     ("nwc", "nwc", {}, ()),
 ]
 DEFAULT_VARIANTS = ["bbs", "bie-bitplane-4", "int8"]
