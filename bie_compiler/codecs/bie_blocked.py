@@ -34,8 +34,9 @@ class Config(bie_binary.Ternary):
     blocked_execution: str = field(default="auto", metadata={"kernel": True, "help": (
         "CPU matmuls: load (the artefact keeps the blocked encoding; when it is loaded, it is decoded once into "
         "bie-binary's bitmap, 2 bits a weight, and bie-binary's bitmap kernels run), stream (the index kernels read "
-        "the blocked encoding on every call: less memory below about a quarter of the weights kept) or auto (default: load where the "
-        "bitmap is no larger than the blocked encoding, else stream); convs always decode the blocked encoding")})
+        "the blocked encoding on every call: less memory below about a quarter of the weights kept) or auto "
+        "(default: load where the bitmap is no larger than the blocked encoding, else stream); convs always decode "
+        "the blocked encoding")})
 
     def __post_init__(self):
         super().__post_init__()
