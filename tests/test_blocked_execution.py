@@ -7,7 +7,7 @@ import pytest
 
 import bie_compiler
 from bie_compiler.codecs import bie_binary, bie_blocked, kernel_options
-from bie_compiler.codegen import kernel_for
+from bie_compiler.codegen import ConvSpec, kernel_for
 from bie_compiler.codegen.kernels import bitplane
 from bie_compiler.codegen.target import make_target
 from bie_compiler.parity import check_artefact, make_inputs
@@ -67,6 +67,20 @@ def test_auto_loads_where_the_bitmap_is_no_larger():
     assert bie_blocked.execution(sparse, "load")[0] == "load"
     assert bie_blocked.execution(default, "load", "conv2d")[0] == "stream"
     assert kernel_options(bie_blocked.Config()) == {"blocked_execution": "auto"}
+
+
+def test_each_execution_builds_its_kernels(target):
+    """Auto's choice reaches the kernels: the bitmap's look-up-table GEMV (AVX-512) or bit-serial kernel and the
+    constants written at load, or the blocked index loop and panel over the stored arrays; a conv decodes."""
+    w = (np.random.default_rng(1).standard_t(4, (40, 200)) * 0.05).astype(np.float32)
+    default, sparse = (bie_blocked.encode(w, bie_blocked.Config(density=d)) for d in (0.0, 0.1))
+    cases = [(default, "auto", True), (sparse, "auto", False), (default, "stream", False), (sparse, "load", True)]
+    for enc, asked, loads in cases:
+        call = kernel_for(enc, target, blocked_execution=asked)
+        assert (call.at_load is not None) == loads, asked
+        assert call.kind.startswith("bitplane") if loads else call.kind == "blocked_index"
+    conv = ConvSpec((1, 1), (0, 0, 0, 0), (1, 1), (40, 8, 5, 5))
+    assert kernel_for(default, target, conv, blocked_execution="load").at_load is None
 
 
 @pytest.fixture(scope="module")
