@@ -54,16 +54,29 @@ def each_weight(*, k: int, nnz: int, block_size: int, entry_dtype: str, blocks: 
 
 def lut_words(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str, count_dtype: str):
     """``f(indptr, counts, entries, scales, words, lane_scales)``: the words [2, blocks * KG, 16] (uint32) and scales
-    [blocks, 1, 16] of the look-up-table kernels (:func:`.bitplane_lut.kernel_call`), padding zero."""
+    [blocks, 1, 16] of the look-up-table kernels (:func:`.bitplane_lut.kernel_call`), padding zero.
+
+    A channel's bits of one group of 32 weights are gathered in two accumulators and OR-ed into its words when the
+    entries move on to another group (an OR into memory per entry would chain each entry on the last one's store)."""
     blocks, lane_blocks, kg = -(-k // block_size), -(-n // LANES), -(-k // GROUP)
 
     @T.macro
-    def set_bit(words, place, position, negative):
-        row: T.let = place[0] * kg + position // GROUP
+    def flush(words, place, group, bits):
+        row: T.let = place[0] * kg + group[0]
+        words[NONZERO, row, place[1]] = words[NONZERO, row, place[1]] | bits[NONZERO]
+        words[SIGN, row, place[1]] = words[SIGN, row, place[1]] | bits[SIGN]
+
+    @T.macro
+    def set_bit(out, place, position, negative):
+        words, group, bits = out
+        if position // GROUP != group[0]:
+            flush(words, place, group, bits)
+            group[0] = position // GROUP
+            bits[NONZERO] = T.uint32(0)
+            bits[SIGN] = T.uint32(0)
         bit: T.let = T.shift_left(T.uint32(1), T.Cast("uint32", position % GROUP))
-        words[NONZERO, row, place[1]] = words[NONZERO, row, place[1]] | bit
-        if negative:
-            words[SIGN, row, place[1]] = words[SIGN, row, place[1]] | bit
+        bits[NONZERO] = bits[NONZERO] | bit
+        bits[SIGN] = bits[SIGN] | T.if_then_else(negative, bit, T.uint32(0))
 
     walk = each_weight(k=k, nnz=nnz, block_size=block_size, entry_dtype=entry_dtype, blocks=blocks, mark=set_bit)
 
@@ -86,7 +99,13 @@ def lut_words(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str, co
                 lane_scales[lb, 0, c] = T.if_then_else(lb * LANES + c < n, scales[T.min(lb * LANES + c, n - 1)],
                                                        T.float32(0))
             for c in range(T.min(LANES, n - lb * LANES)):
-                walk(indptr, counts, entries, lb * LANES + c, words, (lb, c))
+                group = T.decl_buffer((1,), "int64", scope="global")  # the group the bits are of
+                bits = T.decl_buffer((2,), "uint32", scope="global")
+                group[0] = T.int64(0)
+                bits[NONZERO] = T.uint32(0)
+                bits[SIGN] = T.uint32(0)
+                walk(indptr, counts, entries, lb * LANES + c, (words, group, bits), (lb, c))
+                flush(words, (lb, c), group, bits)
 
     return kernel
 
