@@ -14,7 +14,9 @@ workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 :mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
 (convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Matmuls above one row run the panel
 GEMM instead (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
-panel buffer (never W), 128 rows at a time through bit masks of the rows (:func:`_mask_macros`).
+panel buffer (never W), 128 rows at a time through bit masks of the rows (:func:`_mask_macros`). ``bie-blocked``
+matmuls with ``--blocked-execution load`` (auto's choice where the bitmap is no larger) run none of these: the
+bitmap written at load and ``bie-binary``'s bitmap kernels (:mod:`.blocked_bitmap`).
 """
 
 from __future__ import annotations
