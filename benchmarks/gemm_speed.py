@@ -8,6 +8,9 @@ artefact and of onnxruntime are interleaved at each row count (after a warm-up);
 median onnxruntime (> 1: slower). Also each artefact's largest error relative to onnxruntime on the model
 (the codec's rounding, for the encoded ones). ``--cpu-time`` times the process's CPU time instead of the wall
 clock, with one thread (on a shared machine the wait for a core is left out; several threads' CPU time would add up).
+Also each artefact's weight bytes as stored and as resident after its load (constants computed at load, e.g.
+``tans`` or ``bie-blocked`` decoded into the look-up-table words, replace the stored ones), and its load time
+(median of LOADS interleaved loads, wall clock).
 
     python benchmarks/gemm_speed.py [--k 384] [--n 1536] [--rows 8 16 64 128] [--repeat 40] [--threads 2]
                                     [--variants NAME ... | all] [--cpu-time] [--artefacts out/gemm_speed]
@@ -45,11 +48,13 @@ VARIANTS = [  # (name, codec, options, skip): the codec settings that compile fo
     ("tans-fp32", "tans", {"lut_tables": "fp32"}, ()),
     ("bitwave", "bitwave", {}, ()),
     ("bie-binary", "bie-binary", {}, ()),
-    ("bie-blocked", "bie-blocked", {}, ()),
+    ("bie-blocked", "bie-blocked", {}, ()),  # --blocked-execution auto: load at the default density
+    ("bie-blocked-stream", "bie-blocked", {"blocked_execution": "stream"}, ()),
     ("nwc", "nwc", {}, ()),
 ]
 DEFAULT_VARIANTS = ["bbs", "bie-bitplane-4", "int8"]
 WARMUP_CALLS = 5
+LOADS = 5  # loads of each artefact, interleaved, for its load time
 
 
 def parse_args() -> argparse.Namespace:
@@ -88,11 +93,12 @@ def run(args) -> dict:
     args.artefacts.mkdir(parents=True, exist_ok=True)
     model_path = args.artefacts / f"matmul_{args.k}x{args.n}.onnx"
     onnx.save(matmul_model(args.k, args.n), model_path)
-    runners = {}
+    runners, folders = {}, {}
     for name, codec, options, skip in [DENSE] + [v for v in VARIANTS if v[0] in args.variants]:
-        out = args.artefacts / f"{args.k}x{args.n}-{name}"
-        bie_compiler.compile_model(model_path, out, codec, options, skip=skip, progress=None)
-        runners[name] = bie_compiler.load(out)
+        folders[name] = args.artefacts / f"{args.k}x{args.n}-{name}"
+        bie_compiler.compile_model(model_path, folders[name], codec, options, skip=skip, progress=None)
+        runners[name] = bie_compiler.load(folders[name])
+    weights = weight_memory(runners, folders)
     session = common.ort_session(model_path.read_bytes(), args.threads)
     clock = time.process_time if args.cpu_time else time.perf_counter
     rows = []
@@ -119,7 +125,23 @@ def run(args) -> dict:
         rows.append(row)
         print(line(row), flush=True)
     return {"k": args.k, "n": args.n, "threads": args.threads, "repeat": args.repeat,
-            "clock": "cpu" if args.cpu_time else "wall", "rows": rows}
+            "clock": "cpu" if args.cpu_time else "wall", "rows": rows, "weights": weights}
+
+
+def weight_memory(runners: dict, folders: dict) -> dict:
+    """Per artefact: its weights' MiB as stored and as resident after load, and its load time (ms)."""
+    import bie_compiler
+
+    loads = {name: [] for name in folders}
+    for _ in range(LOADS):
+        for name, folder in folders.items():
+            start = time.perf_counter()
+            bie_compiler.load(folder)
+            loads[name].append(time.perf_counter() - start)
+    resident = {name: sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in r.weights)
+                for name, r in runners.items()}
+    return {name: {"stored_mib": r.manifest["weights"]["bytes"] / 2**20, "resident_mib": resident[name] / 2**20,
+                   "load_ms": statistics.median(loads[name]) * 1e3} for name, r in runners.items()}
 
 
 def line(row: dict) -> str:
@@ -133,6 +155,9 @@ def report(res: dict) -> None:
           "ratio to onnxruntime fp32 (> 1: slower); largest error relative to onnxruntime:")
     for name in res["rows"][0]["max_rel_err"]:
         print(f"  {name}: {max(r['max_rel_err'][name] for r in res['rows']):.1e}")
+    print(f"weights, MiB stored / resident after load, and load time (median of {LOADS}):")
+    for name, w in res["weights"].items():
+        print(f"  {name}: {w['stored_mib']:.2f} / {w['resident_mib']:.2f} MiB, {w['load_ms']:.1f} ms")
 
 
 if __name__ == "__main__":

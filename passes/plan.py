@@ -105,6 +105,9 @@ def plan_encoding(mod: tvm.IRModule, names: Mapping, policy: EncodingPolicy, tar
         if calibrations:
             record.details.update(codecs.feedback_report(codec, use.matrix(), config, statistics.get(use.name), enc))
         record.details.update({f"kernel.{name}": why for name, why in codecs.kernel_fallbacks(config).items()})
+        if target.kind.name == "llvm":  # the CPU kernels' choices (the GPU's kernels take no such field)
+            record.details.update({f"kernel.{name}": how
+                                   for name, how in codecs.kernel_choices(codec, config, enc, use.op).items()})
         if asked[use.name][1].rotate and not config.rotate:
             record.details["rotation"] = f"none: only matmul inputs are rotated, this is a {use.op}"
     dense = frozenset(name for name, u in uses.items() if name not in encoded and u.op == "matmul"

@@ -164,6 +164,7 @@ def test_nan_weight_names_the_initializer(tmp_path):
         (["--codec", "bie-binary", "--bits", "4"], "does not take option(s) bits"),
         (["--planes", "5"], "planes must be in 1..3"),
         (["--block-size", "100", "--codec", "bie-blocked"], "power of two"),
+        (["--blocked-execution", "lazy", "--codec", "bie-blocked"], "blocked_execution must be one of auto, load"),
         (["--override", "fc1.weight"], "expected PATTERN:key=value"),
         (["--override", "fc1.weight:bits=12"], "bits must be in 2..8"),
         (["--target", "tpu"], "unknown target 'tpu'"),

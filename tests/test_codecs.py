@@ -206,6 +206,7 @@ def test_non_finite_weights_are_refused(name):
         ("bie-binary", {"density": 1.5}, "density"),
         ("bie-binary", {"layout": "csr"}, "layout"),
         ("bie-blocked", {"block_size": 100}, "power of two"),
+        ("bie-blocked", {"blocked_execution": "lazy"}, "blocked_execution must be one of auto, load, stream"),
         ("bie-binary", {"bits": 4}, "does not take option"),
         ("no-such-codec", {}, "unknown codec"),
     ],

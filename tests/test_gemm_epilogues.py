@@ -11,7 +11,7 @@ import tvm_ffi
 from tvm import s_tir, te, tirx
 
 import bie_compiler
-from bie_compiler import parity
+from bie_compiler import codecs, parity
 from bie_compiler.codecs import CODECS, make_config
 from bie_compiler.codegen import cpu, gemm_epilogues, kernel_for
 from bie_compiler.codegen.kernels import dense
@@ -116,8 +116,10 @@ def _row_sum_added(h: te.Tensor) -> te.Tensor:
 def _panel_kernels(codec: str, options: dict, target, n: int = N, k: int = K, **kernel_options):
     rng = np.random.default_rng(n + k)
     w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.2)).astype(np.float32)
-    enc = CODECS[codec].encode(w, make_config(codec, options))
-    return kernel_for(enc, target, **kernel_options), CODECS[codec].decode(enc).astype(np.float64)
+    config = make_config(codec, options)
+    enc = CODECS[codec].encode(w, config)
+    options = {**codecs.kernel_options(config), **kernel_options}  # the config's kernel fields, as the pass gives them
+    return kernel_for(enc, target, **options), CODECS[codec].decode(enc).astype(np.float64)
 
 
 def _gemms(target):
@@ -146,7 +148,8 @@ def test_only_gemm_kernels_are_rebuilt(target):
 
 # the int8 tables' layout: the panel GEMM's decode reads the bytes as words (a view declared in the fused kernel too)
 FUSED_PANELS = [(c, o, "fp32") for c, o in CODECS_WITH_PANELS] + [(c, o, "int8") for c, o in CODECS_WITH_PANELS[1:]]
-FUSED_PANELS += [("bie-blocked", {"block_size": 64}, "fp32"),  # a panel decoded in the codec's own statements
+FUSED_PANELS += [("bie-blocked", {"block_size": 64, "blocked_execution": "stream"}, "fp32"),  # a panel decoded in
+                 # the codec's own statements
                  ("bie-binary", {"layout": "index"}, "fp32")]
 
 

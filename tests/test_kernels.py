@@ -8,7 +8,7 @@ from bie_compiler.codecs import CODECS, kernel_options, make_config
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import int8, lut
 from bie_compiler.codegen.target import make_target
-from kernel_runs import assert_close, run
+from kernel_runs import assert_close, computed_constants, run
 
 CASES = [
     ("bie-bitplane", {"bits": 2}),
@@ -18,8 +18,10 @@ CASES = [
     ("bie-bitplane", {"bits": 5, "planes": 2}),
     ("bie-binary", {"layout": "bitmap"}),
     ("bie-binary", {"layout": "index", "density": 0.1}),
-    ("bie-blocked", {"block_size": 128}),
+    ("bie-blocked", {"block_size": 128}),  # blocked_execution auto: load (the bitmap written at load)
     ("bie-blocked", {"block_size": 512, "density": 0.3}),
+    ("bie-blocked", {"block_size": 128, "blocked_execution": "stream"}),  # the index kernels
+    ("bie-blocked", {"block_size": 512, "density": 0.3, "blocked_execution": "stream"}),
     ("int8", {}),
     ("bitwave", {"pruned_columns": 4}),
 ]
@@ -28,14 +30,16 @@ SHAPES = [(1, 1), (37, 300), (64, 1024), (256, 96), (250, 97)]  # (N, K): K not 
 # holds two k, decoded in one loop step when K is even)
 
 
-def run_kernel(call, target, x, n):
-    return run(call.func, target, x, call.constants, (x.shape[0], n))
+def run_kernel(call, target, x, n, constants=None):
+    """``call``'s kernel on ``x``, over ``constants`` (default: its own; those written at load: computed_constants)."""
+    return run(call.func, target, x, call.constants if constants is None else constants, (x.shape[0], n))
 
 
 def exact_kernel(enc, config, target):
     """``kernel_for``'s kernel, with the exact fp32 look-up tables where the codec has ``lut_tables`` (its default,
     auto, takes int8 tables within a stated bound: tests/test_bitplane_lut.py, tests/test_bbs_kernels.py)."""
-    return kernel_for(enc, target, **({"lut_tables": "fp32"} if "lut_tables" in kernel_options(config) else {}))
+    options = kernel_options(config)  # the config's kernel fields, as the pass gives them
+    return kernel_for(enc, target, **{**options, **({"lut_tables": "fp32"} if "lut_tables" in options else {})})
 
 
 @pytest.mark.parametrize("codec,options", CASES, ids=[f"{c}-{o}" for c, o in CASES])
@@ -50,12 +54,13 @@ def test_kernel_matches_reference_decoder(codec, options, n, k, target):
     large = call.large_batch
     decoded = module.decode(enc).astype(np.float64)
     assert call.func.attrs["tirx.is_scheduled"]
+    constants = computed_constants(call, target)
     for batch in (1, 5):  # exact for any row count; the pass runs the first for one
         x = rng.standard_normal((batch, k)).astype(np.float32)
         ref = x @ decoded.T
-        assert_close(run_kernel(call, target, x, n), ref)
+        assert_close(run_kernel(call, target, x, n, constants), ref)
         if not large.decodes:
-            assert_close(run_kernel(large, target, x, n), ref)
+            assert_close(run_kernel(large, target, x, n, constants), ref)
 
 
 # the bit-serial kernel, the integer one, grouped scales (rows of whole 16-byte vectors), the bitmap
@@ -143,7 +148,7 @@ def test_int8_gemv_dispatches_on_the_layout(make, bits, target):
 
 def test_index_kernels_are_parallel(target):
     w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
-    for codec, options in (("bie-binary", {"layout": "index"}), ("bie-blocked", {})):
+    for codec, options in (("bie-binary", {"layout": "index"}), ("bie-blocked", {"blocked_execution": "stream"})):
         enc = CODECS[codec].encode(w, make_config(codec, options))
         assert "T.parallel" in kernel_for(enc, target).func.script()
 

@@ -5,7 +5,7 @@ N not a multiple of the 32-channel panel (nor of 16), K odd."""
 import numpy as np
 import pytest
 
-from bie_compiler.codecs import CODECS, make_config
+from bie_compiler.codecs import CODECS, kernel_options, make_config
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import lut, panel_gemm
 from bie_compiler.codegen.target import make_target
@@ -22,10 +22,12 @@ CASES = [
     ("bbs", {"pruned_columns": 3, "method": "zps", "sensitive_fraction": 1.0}),  # every row sensitive: a last panel
     # of sensitive rows past the last one
     ("tans", {"levels": 15}),  # decoded at load into the look-up-table words (or the 4-bit codes)
-    ("bie-blocked", {"block_size": 64}),  # index lists: a panel's own statements; K = 97, 129: a ragged last block
-    ("bie-blocked", {}),  # blocks of 128: four mask words of 32 rows a block
-    ("bie-blocked", {"block_size": 16}),  # one mask word, part of it
-    ("bie-blocked", {"block_size": 256}),  # two-byte entries: stored entry by entry
+    # bie-blocked streamed: index lists, a panel's own statements; K = 97, 129: a ragged last block
+    ("bie-blocked", {"block_size": 64, "blocked_execution": "stream"}),
+    ("bie-blocked", {"blocked_execution": "stream"}),  # blocks of 128: four mask words of 32 rows a block
+    ("bie-blocked", {"block_size": 16, "blocked_execution": "stream"}),  # one mask word, part of it
+    ("bie-blocked", {"block_size": 256, "blocked_execution": "stream"}),  # two-byte entries: stored entry by entry
+    ("bie-blocked", {"blocked_execution": "load"}),  # bie-binary's bitmap panel, over the words written at load
     ("bie-binary", {"layout": "index"}),  # global indices: 128 rows of K at a time through the masks
     ("bie-binary", {"layout": "index", "density": 0.05}),  # channels without entries in a window
 ]
@@ -38,8 +40,9 @@ SHAPES = [(10, 97), (37, 97), (250, 129)]  # (N, K): less than a panel (computed
 def test_panel_gemm_matches_reference_decoder(codec, options, n, k, target):
     rng = np.random.default_rng(n + k)
     w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.2)).astype(np.float32)
-    enc = CODECS[codec].encode(w, make_config(codec, options))
-    kernels = kernel_for(enc, target)
+    config = make_config(codec, options)
+    enc = CODECS[codec].encode(w, config)
+    kernels = kernel_for(enc, target, **kernel_options(config))
     large = kernels.large_batch
     if large.decodes:
         assert codec == "bie-bitplane" and not lut.supported(target)  # the bit-serial form decodes
@@ -79,15 +82,17 @@ def test_each_panel_is_decoded_inside_the_parallel_loop_in_vectors(target):
     assert parallel < decode < rows and "T.vectorized(16)" in script
 
 
-@pytest.mark.parametrize("codec,options", [("bie-blocked", {"block_size": 128}), ("bie-blocked", {"block_size": 256}),
+@pytest.mark.parametrize("codec,options", [("bie-blocked", {"block_size": 128, "blocked_execution": "stream"}),
+                                           ("bie-blocked", {"block_size": 256, "blocked_execution": "stream"}),
                                            ("bie-binary", {"layout": "index"})])
 def test_index_panels_with_fewer_entries_than_a_load(codec, options, target):
     """Fewer non-zeros than the entries the mask decode loads a step: every load is of the array's last entries."""
     w = np.zeros((37, 97), np.float32)
     w[[0, 3, 3, 20, 36], [5, 0, 96, 64, 31]] = [1.5, -2.0, 0.5, -1.0, 3.0]
-    enc = CODECS[codec].encode(w, make_config(codec, options))
+    config = make_config(codec, options)
+    enc = CODECS[codec].encode(w, config)
     assert 0 < enc.arrays["entries"].size < 8
-    kernels = kernel_for(enc, target)
+    kernels = kernel_for(enc, target, **kernel_options(config))
     assert kernels.large_batch.kind.endswith("_gemm")
     x = np.random.default_rng(0).standard_normal((9, 97)).astype(np.float32)
     got = call(build(kernels.large_batch.func, target), x, kernels.constants, (9, 37))

@@ -236,4 +236,11 @@ def kernel_fallbacks(config: object) -> dict[str, str]:
     return dict(getattr(config, "kernel_fallbacks", {}))
 
 
-__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "decode", "encode", "for_op", "kernel_fallbacks", "kernel_options", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "plan", "splits_budget", "takes_calibration"]
+def kernel_choices(codec: str, config: object, enc: Encoded, op: str) -> dict[str, str]:
+    """{kernel field: what this layer's kernel runs, and why} for the kernel options a codec resolves per layer from
+    its encoding (a codec module's ``kernel_choices``, e.g. ``bie-blocked``'s ``auto``; none for the others)."""
+    module = get_codec(codec)
+    return module.kernel_choices(config, enc, op) if hasattr(module, "kernel_choices") else {}
+
+
+__all__ = ["CODECS", "Encoded", "OptionField", "config_dict", "decode", "encode", "for_op", "kernel_choices", "kernel_fallbacks", "kernel_options", "feedback_report", "get_codec", "make_config", "no_saving", "option_fields", "plan", "splits_budget", "takes_calibration"]

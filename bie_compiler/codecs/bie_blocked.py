@@ -7,6 +7,10 @@ per non-zero where global indices need two. Per output channel and block,
 follow; ``indptr`` (uint32, N + 1) gives each channel's first entry, so
 channels decode independently. Entries run in channel, block, offset order.
 With calibration statistics the ternary weights come from error feedback, as in ``bie-binary``.
+
+On the CPU a matmul runs either from these arrays on every call (``stream``) or from ``bie-binary``'s bitmap
+(a non-zero plane and a sign plane, 2 bits a weight), written from them once when the artefact is loaded
+(``load``): :func:`execution` chooses per layer.
 """
 
 from __future__ import annotations
@@ -20,14 +24,25 @@ from . import bie_binary, feedback
 from .base import Encoded
 
 NAME = "bie-blocked"
+EXECUTIONS = ("auto", "load", "stream")  # how the CPU runs a matmul: see Config.blocked_execution
 
 
 @dataclass(frozen=True)
 class Config(bie_binary.Ternary):
     block_size: int = field(default=128, metadata={"help": "block length along K, a power of two (default 128)"})
+    # the kernel, not the encoding: the stored bytes are the same either way
+    blocked_execution: str = field(default="auto", metadata={"kernel": True, "help": (
+        "CPU matmuls: load (the artefact keeps the blocked encoding; when it is loaded, it is decoded once into "
+        "bie-binary's bitmap, 2 bits a weight, and bie-binary's bitmap kernels run), stream (the index kernels read "
+        "the blocked encoding on every call: less memory below about a quarter of the weights kept) or auto "
+        "(default: load where the bitmap is no larger than the blocked encoding, else stream); convs always decode "
+        "the blocked encoding")})
 
     def __post_init__(self):
         super().__post_init__()
+        if self.blocked_execution not in EXECUTIONS:
+            raise CodecError(f"{NAME}: blocked_execution must be one of {', '.join(EXECUTIONS)}, "
+                             f"got {self.blocked_execution!r}")
         b = self.block_size
         if b < 2 or b > 2**15 or b & (b - 1):
             raise CodecError(f"{NAME}: block_size must be a power of two in 2..32768, got {b}")
@@ -67,6 +82,30 @@ def report(enc: Encoded) -> dict[str, int]:
     """Position bytes with block-local indices against global ones (``bie-binary``'s index layout)."""
     local = sum(enc.arrays[name].nbytes for name in ("indptr", "counts", "entries"))
     return {"index_bytes_blocked": local, "index_bytes_global": int(enc.header["global_index_bytes"])}
+
+
+def execution(enc: Encoded, asked: str, op: str = "matmul") -> tuple[str, str]:
+    """(``load`` or ``stream``, why) for a layer's CPU kernel: ``asked`` (``blocked_execution``), ``auto`` resolved
+    by the position bytes: the bitmap's (``bie-binary``'s planes and signs) against the blocked encoding's (indptr,
+    counts, entries); the scales are the same in both. Convs stream (their decode kernel reads the blocked arrays)."""
+    if op != "matmul":
+        return "stream", f"a {op}: its decode kernel reads the blocked encoding"
+    n, k = enc.shape
+    bitmap = 2 * n * -(-k // 8)
+    blocked = sum(enc.arrays[name].nbytes for name in ("indptr", "counts", "entries"))
+    sizes = f"bitmap {bitmap} B, blocked {blocked} B of positions"
+    if asked != "auto":
+        return asked, f"asked ({sizes})"
+    if bitmap <= blocked:
+        return "load", f"auto: the bitmap is no larger ({sizes})"
+    return "stream", f"auto: the bitmap would be larger ({sizes})"
+
+
+def kernel_choices(config: Config, enc: Encoded, op: str) -> dict[str, str]:
+    """What a layer's CPU kernel runs for the kernel fields decided per layer, and why (the compile report's
+    ``kernel.blocked_execution``)."""
+    choice, why = execution(enc, config.blocked_execution, op)
+    return {"blocked_execution": f"{choice}: {why}"}
 
 
 def decode(enc: Encoded) -> np.ndarray:

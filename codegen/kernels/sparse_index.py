@@ -14,7 +14,9 @@ workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 :mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
 (convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Matmuls above one row run the panel
 GEMM instead (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
-panel buffer (never W), 128 rows at a time through bit masks of the rows (:func:`_mask_macros`).
+panel buffer (never W), 128 rows at a time through bit masks of the rows (:func:`_mask_macros`). ``bie-blocked``
+matmuls with ``--blocked-execution load`` (auto's choice where the bitmap is no larger) run none of these: the
+bitmap written at load and ``bie-binary``'s bitmap kernels (:mod:`.blocked_bitmap`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from bie_compiler.codecs import Encoded, bie_binary, bie_blocked
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..schedules import matmul
-from . import bitplane, panel_gemm
+from . import bitplane, blocked_bitmap, panel_gemm
 from .decode import Layout, destination, vector_lanes, with_decoder
 
 
@@ -486,9 +488,14 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 
 
 @register(bie_blocked.NAME, ops=("matmul", "conv2d"), target="llvm")
-def blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
-    """The blocked index loop for one row, the panel GEMM above (a conv: the decode)."""
+def blocked_call(enc: Encoded, conv: ConvSpec | None,
+                 blocked_execution: str = bie_blocked.Config.blocked_execution) -> KernelCall:
+    """``blocked_execution`` as :func:`bie_blocked.execution` resolves it: ``load``, ``bie-binary``'s bitmap kernels
+    over the bitmap written at load (:mod:`.blocked_bitmap`); ``stream``, the blocked index loop for one row, the
+    panel GEMM above (a conv: the decode)."""
     layout, constants = blocked_layout(enc)
+    if bie_blocked.execution(enc, blocked_execution, "matmul" if conv is None else "conv2d")[0] == "load":
+        return blocked_bitmap.at_load_call(enc, layout, constants)
     small = None if conv else KernelCall("blocked_index", blocked_index(**layout), constants)
     into, x_ndim = destination(enc, conv)
     if conv is None:

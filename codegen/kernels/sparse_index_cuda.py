@@ -127,6 +127,8 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 
 
 @register(bie_blocked.NAME, ops=("matmul",), target="cuda")
-def blocked_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
+def blocked_call(enc: Encoded, conv: ConvSpec | None, blocked_execution: str = "stream") -> KernelCall:
+    """A warp per channel, every batch (``blocked_execution`` is the CPU's choice: the GPU reads the blocked
+    encoding)."""
     layout, constants = sparse_index.blocked_layout(enc)
     return KernelCall("blocked_index", blocked_index(**layout), constants)
