@@ -13,7 +13,7 @@ own schedule. Each weight is decoded once per call; the decode runs in vectors
 along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels), or, where a codec gives :data:`RunWeights`,
 a run of 16 channels over a group of K at a time in the codec's own vector code
-(``bitplane_lut``'s int8 tables' bytes: a bit transpose), or, where it gives a :data:`PanelDecode`, a whole panel
+(the int8 tables' bytes of ``bitplane_lut`` and ``bbs_decoded``: a bit transpose), or, where it gives a :data:`PanelDecode`, a whole panel
 in statements of its own (``bie-blocked``'s index lists).
 
 A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``, as
@@ -51,8 +51,9 @@ VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
 DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
-# (holders' buffers, first channel of a run of VECTOR, group) -> [(kk in the group, the run's float32x16 weights kk)]
-RunWeights = Callable[..., list]
+# (holders' and views' buffers, first channel of a run of VECTOR, group) -> [(kk in the group, the run's float32x16
+# weights kk)], or (a condition on the run, such a list where it holds, another where not): two layouts' runs
+RunWeights = Callable[..., list | tuple]
 # (holders' buffers, decoded [panels, K, COLS], panel) -> the statement that writes the whole panel
 PanelDecode = Callable[..., tirx.Stmt]
 
@@ -118,7 +119,7 @@ def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, 
     at = -1 if position is None else next(i for i, h in enumerate(holders) if h.same_as(position))
     viewed = [next(i for i, h in enumerate(holders) if h.same_as(holder)) for _, holder in views]
     func = te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales])
-    func = func if runs is None else _by_runs(func, runs, len(holders), n, group)
+    func = func if runs is None else _by_runs(func, runs, len(holders) + len(views), n, group)
     func = func if panels is None else _by_panels(func, panels, len(holders))
     # bie.runs: the decoded block is the codec's own (runs or panels), not one to vectorize along the channels
     return func.with_attrs({"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0,
@@ -140,7 +141,9 @@ def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: i
         return tirx.stmt.SeqStmt([tirx.BufferStore(decoded, value, [p, g * group + kk, lanes])
                                   for kk, value in weights])
 
-    body = stores(runs(holders, first, g))
+    weights = runs(holders, first, g)
+    body = (tirx.IfThenElse(weights[0], stores(weights[1]), stores(weights[2])) if isinstance(weights, tuple)
+            else stores(weights))
     readable = -(-n // VECTOR) * VECTOR
     if panels * cols > readable:  # the last panel's runs past the holders' are zero
         body = tirx.IfThenElse(first < readable, body, stores(
