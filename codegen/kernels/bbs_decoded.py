@@ -276,16 +276,21 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
     def broadcast(value, dtype):
         return tirx.Broadcast(tirx.const(value, dtype), lanes)
 
+    def bound(name, value, dtype):  # (var, value): a panel_gemm.RunWeights binding
+        return tirx.Var(name, dtype), value
+
     def pruned(columns, meta, first, g):
         pb = (first - count) // lanes
         code = tirx.Cast("int32x16", meta[pb, g, tirx.Ramp(0, 1, lanes)])
         offset, shift = group_offset_shift(enc, code)
         step = broadcast(1, "int32") << shift
-        base = tirx.Cast("float32x16", offset - (step << broadcast(bits - 1, "int32")))
-        step = tirx.Cast("float32x16", step)
-        out = []
+        out = [bound("base", tirx.Cast("float32x16", offset - (step << broadcast(bits - 1, "int32"))), "float32x16"),
+               bound("step", tirx.Cast("float32x16", step), "float32x16")]
+        (base, _), (step, _) = out
         for h in range(bbs_lut.QUAD):
-            transposed = lut.bit_transposed(columns[pb * kg + g, h, tirx.Ramp(0, 1, lanes * bbs_lut.QUAD)])
+            out.append(bound(f"transposed_{h}", lut.bit_transposed(
+                columns[pb * kg + g, h, tirx.Ramp(0, 1, lanes * bbs_lut.QUAD)]), "int8x64"))
+            transposed = out[-1][0]
             for j in range(8):  # byte j: weight j % 4 of table h, or of table h + 4; even lanes' nibble on top
                 kept = lut.lane_bits(transposed, 8 * j + 4, 8 * j)
                 value = tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, numbers, kept)
@@ -293,11 +298,13 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
         return out
 
     def sensitive(sensitive_words, first, g):
-        rows = [sensitive_words[tirx.min(first + i, last), tirx.Ramp(g * words_per_group, 1, words_per_group)]
-                for i in range(lanes)]
-        out = []
+        out = [bound(f"row_{i}", sensitive_words[tirx.min(first + i, last), tirx.Ramp(
+            g * words_per_group, 1, words_per_group)], f"int32x{words_per_group}") for i in range(lanes)]
+        rows = [var for var, _ in out]
         for w in range(words_per_group):
-            word = tirx.Shuffle(rows, [tirx.IntImm("int32", i * words_per_group + w) for i in range(lanes)])
+            out.append(bound(f"word_{w}", tirx.Shuffle(rows, [tirx.IntImm("int32", i * words_per_group + w)
+                                                             for i in range(lanes)]), "int32x16"))
+            word = out[-1][0]
             for b in range(CODES_PER_WORD):
                 up, down = broadcast(24 - 8 * b, "int32"), broadcast(24, "int32")
                 out.append((w * CODES_PER_WORD + b, tirx.Cast("float32x16", (word << up) >> down)))

@@ -52,7 +52,9 @@ DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decode
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
 # (holders' and views' buffers, first channel of a run of VECTOR, group) -> [(kk in the group, the run's float32x16
-# weights kk)], or (a condition on the run, such a list where it holds, another where not): two layouts' runs
+# weights kk)], or (a condition on the run, such a list where it holds, another where not): two layouts' runs. An
+# item (a tirx.Var, a value) binds the value to the var for the items after it: a value the run's weights share
+# is computed, and printed in the decoder's TVMScript, once (the GEMM kernels carry it: see DECODER_ATTR)
 RunWeights = Callable[..., list | tuple]
 # (holders' buffers, decoded [panels, K, COLS], panel) -> the statement that writes the whole panel
 PanelDecode = Callable[..., tirx.Stmt]
@@ -137,8 +139,10 @@ def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: i
     first = p * cols + r * VECTOR
 
     def stores(weights):
+        # (kk, value): a store; (var, value): var bound to value for the statements after it
         lanes = tirx.Ramp(r * VECTOR, 1, VECTOR)
-        return tirx.stmt.SeqStmt([tirx.BufferStore(decoded, value, [p, g * group + kk, lanes])
+        return tirx.stmt.SeqStmt([tirx.Bind(kk, value) if isinstance(kk, tirx.Var)
+                                  else tirx.BufferStore(decoded, value, [p, g * group + kk, lanes])
                                   for kk, value in weights])
 
     weights = runs(holders, first, g)
