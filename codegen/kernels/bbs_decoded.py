@@ -263,7 +263,9 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
     each lane's offset-binary nibble to the bottom of the lane, one vpermps of the 16 numbers it can code as float32
     and one multiply-add by ``2^shift`` and the base (:func:`pruned_float`'s, from the metadata bytes once per
     group); the sensitive rows' group of 8 words per row loaded at once and transposed by shuffles (no scalar
-    inserts), each code moved to the word's top byte and shifted back with its sign."""
+    inserts), each code moved to the word's top byte and shifted back with its sign. What the weights share is
+    bound once and their repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, which
+    every fused GEMM kernel parses again, stays small (the MiniLM-shaped encoder's compile time)."""
     n = enc.shape[0]
     count = int(enc.header["sensitive"])
     bits = 8 - int(enc.header["pruned_columns"])
@@ -276,8 +278,8 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
     def broadcast(value, dtype):
         return tirx.Broadcast(tirx.const(value, dtype), lanes)
 
-    def bound(name, value, dtype):  # (var, value): a panel_gemm.RunWeights binding
-        return tirx.Var(name, dtype), value
+    def bound(name, value, dtype):
+        return panel_gemm.RunBinding(tirx.Var(name, dtype), value)
 
     def pruned(columns, meta, first, g):
         pb = (first - count) // lanes
@@ -286,28 +288,29 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
         step = broadcast(1, "int32") << shift
         out = [bound("base", tirx.Cast("float32x16", offset - (step << broadcast(bits - 1, "int32"))), "float32x16"),
                bound("step", tirx.Cast("float32x16", step), "float32x16")]
-        (base, _), (step, _) = out
-        for h in range(bbs_lut.QUAD):
-            out.append(bound(f"transposed_{h}", lut.bit_transposed(
-                columns[pb * kg + g, h, tirx.Ramp(0, 1, lanes * bbs_lut.QUAD)]), "int8x64"))
-            transposed = out[-1][0]
-            for j in range(8):  # byte j: weight j % 4 of table h, or of table h + 4; even lanes' nibble on top
-                kept = lut.lane_bits(transposed, 8 * j + 4, 8 * j)
-                value = tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, numbers, kept)
-                out.append((4 * (h + 4 * (j // 4)) + j % 4, value * step + base))
-        return out
+        base, step = (binding.var for binding in out)
+        h = tirx.Var("h", "int32")  # the index vector: one loop over them, its body one vector's 8 weights
+        vector = [bound("transposed", lut.bit_transposed(
+            columns[pb * kg + g, h, tirx.Ramp(0, 1, lanes * bbs_lut.QUAD)]), "int8x64")]
+        transposed = vector[0].var
+        for j in range(8):  # byte j: weight j % 4 of table h, or of table h + 4; even lanes' nibble on top
+            kept = lut.lane_bits(transposed, 8 * j + 4, 8 * j)
+            value = tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, numbers, kept)
+            vector.append((4 * (h + 4 * (j // 4)) + j % 4, value * step + base))
+        return [*out, panel_gemm.RunLoop(h, bbs_lut.QUAD, vector)]
 
     def sensitive(sensitive_words, first, g):
         out = [bound(f"row_{i}", sensitive_words[tirx.min(first + i, last), tirx.Ramp(
             g * words_per_group, 1, words_per_group)], f"int32x{words_per_group}") for i in range(lanes)]
-        rows = [var for var, _ in out]
+        rows = [binding.var for binding in out]
         for w in range(words_per_group):
             out.append(bound(f"word_{w}", tirx.Shuffle(rows, [tirx.IntImm("int32", i * words_per_group + w)
                                                              for i in range(lanes)]), "int32x16"))
-            word = out[-1][0]
-            for b in range(CODES_PER_WORD):
-                up, down = broadcast(24 - 8 * b, "int32"), broadcast(24, "int32")
-                out.append((w * CODES_PER_WORD + b, tirx.Cast("float32x16", (word << up) >> down)))
+            word = out[-1].var
+            b = tirx.Var("b", "int32")  # its code b: moved to the top byte, shifted back with its sign
+            up, down = tirx.Broadcast(24 - 8 * b, lanes), broadcast(24, "int32")
+            out.append(panel_gemm.RunLoop(b, CODES_PER_WORD, [
+                (w * CODES_PER_WORD + b, tirx.Cast("float32x16", (word << up) >> down))]))
         return out
 
     def runs(buffers, first, g):

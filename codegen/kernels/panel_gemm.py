@@ -30,7 +30,7 @@ by float rounding only.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import tvm
 import tvm.script
@@ -52,10 +52,26 @@ DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decode
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
 # (holders' and views' buffers, first channel of a run of VECTOR, group) -> [(kk in the group, the run's float32x16
-# weights kk)], or (a condition on the run, such a list where it holds, another where not): two layouts' runs. An
-# item (a tirx.Var, a value) binds the value to the var for the items after it: a value the run's weights share
-# is computed, and printed in the decoder's TVMScript, once (the GEMM kernels carry it: see DECODER_ATTR)
+# weights kk)], or (a condition on the run, such a list where it holds, another where not): two layouts' runs. A
+# RunBinding item binds a value for the items after it, a RunLoop repeats its items: a value the run's weights
+# share is computed, and printed in the decoder's TVMScript, once (the GEMM kernels carry it and parse it again for
+# each fused epilogue: see DECODER_ATTR)
 RunWeights = Callable[..., list | tuple]
+
+
+class RunBinding(NamedTuple):
+    """An item of a :data:`RunWeights` list: ``var`` bound to ``value`` for the items after it."""
+    var: tirx.Var
+    value: tirx.Expr
+
+
+class RunLoop(NamedTuple):
+    """An item of a :data:`RunWeights` list: ``items`` (which may use ``var``) for ``var`` in ``range(extent)``."""
+    var: tirx.Var
+    extent: int
+    items: list
+
+
 # (holders' buffers, decoded [panels, K, COLS], panel) -> the statement that writes the whole panel
 PanelDecode = Callable[..., tirx.Stmt]
 
@@ -139,11 +155,19 @@ def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: i
     first = p * cols + r * VECTOR
 
     def stores(weights):
-        # (kk, value): a store; (var, value): var bound to value for the statements after it
+        # (kk, value): a store; a RunBinding: a Bind for the statements after it; a RunLoop: a loop
         lanes = tirx.Ramp(r * VECTOR, 1, VECTOR)
-        return tirx.stmt.SeqStmt([tirx.Bind(kk, value) if isinstance(kk, tirx.Var)
-                                  else tirx.BufferStore(decoded, value, [p, g * group + kk, lanes])
-                                  for kk, value in weights])
+
+        def stmt(item):
+            if isinstance(item, RunLoop):
+                return tirx.For(item.var, 0, item.extent, tirx.ForKind.SERIAL, stores(item.items))
+            if isinstance(item, RunBinding):
+                return tirx.Bind(item.var, item.value)
+            kk, value = item
+            return tirx.BufferStore(decoded, value, [p, g * group + kk, lanes])
+
+        body = [stmt(item) for item in weights]
+        return body[0] if len(body) == 1 else tirx.stmt.SeqStmt(body)
 
     weights = runs(holders, first, g)
     body = (tirx.IfThenElse(weights[0], stores(weights[1]), stores(weights[2])) if isinstance(weights, tuple)
