@@ -13,7 +13,9 @@ Times the row's scale, that is the reference decoder's value.
   kernel on CPUs without the LUT kernel's AVX-512.
 * :func:`gemm`: matmuls above one row, the panel GEMM (:mod:`.panel_gemm`) over
   the stored rows, a panel of sensitive rows or of pruned ones decoded once per
-  call; the scales applied to the sums, then the output unshuffle.
+  call (with the int8 tables' layout, where the CPU has the bit transpose, a
+  run of 16 rows and a group at a time: :func:`int8_run_weights`); the scales
+  applied to the sums, written back to the output channels (a scatter).
 * :func:`output_weight`: the decoded weight per output channel, for the decode
   kernels (:mod:`.decode`) of convs; where the kept columns fit a nibble, over
   :func:`channel_constants` (the kept integers moved by channel at compile time).
@@ -98,8 +100,10 @@ def kept_value(columns, bits: int, p, g, j):
 def group_offset_shift(enc: Encoded, meta_byte):
     """(offset, shift) of a group of a pruned row from its metadata byte (int32): its weights are ``kept * 2^shift +
     offset``."""
+    # zps: the low 6 bits a two's complement c, the offset -c = 32 - (bits ^ 32) (no select: a vector's select
+    # trips TVM's bound analysis in the panel GEMM's runs, int8_run_weights)
     c = meta_byte & 63
-    offset = -tirx.Select(c >= 32, c - 64, c) if enc.header["method"] == "zps" else c
+    offset = 32 - (c ^ 32) if enc.header["method"] == "zps" else c
     return offset, int(enc.header["pruned_columns"]) - (meta_byte >> 6)
 
 
@@ -252,13 +256,86 @@ def panel_value(enc: Encoded, holders, tables: str = "fp32") -> panel_gemm.Panel
     return lambda p, kk, c: tirx.if_then_else(p * cols < count, sensitive(p, kk, c), pruned(p, kk, c))
 
 
+def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
+    """The panel GEMM's decode of a run of 16 stored rows over a group (a :data:`.panel_gemm.RunWeights`), the
+    pruned rows from :func:`.bbs_lut.int8_nibbles`' bytes (their words' layout is ``bie-bitplane``'s at 4 planes):
+    one bit transpose per 8 weights (:func:`.lut.bit_transposed`), then per weight one vpmultishiftqb that moves
+    each lane's offset-binary nibble to the bottom of the lane, one vpermps of the 16 numbers it can code as float32
+    and one multiply-add by ``2^shift`` and the base (:func:`pruned_float`'s, from the metadata bytes once per
+    group); the sensitive rows' group of 8 words per row loaded at once and transposed by shuffles (no scalar
+    inserts), each code moved to the word's top byte and shifted back with its sign. What the weights share is
+    bound once and their repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, which
+    every fused GEMM kernel parses again, stays small (the MiniLM-shaped encoder's compile time)."""
+    n = enc.shape[0]
+    count = int(enc.header["sensitive"])
+    bits = 8 - int(enc.header["pruned_columns"])
+    kg = -(-enc.shape[1] // bbs.GROUP)
+    lanes = bbs.LANES
+    words_per_group = bbs.GROUP // CODES_PER_WORD
+    last = max(count, 1) - 1  # a last run of sensitive rows may run past them
+    numbers = tirx.Cast("float32x16", tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), lanes))
+
+    def broadcast(value, dtype):
+        return tirx.Broadcast(tirx.const(value, dtype), lanes)
+
+    def bound(name, value, dtype):
+        return panel_gemm.RunBinding(tirx.Var(name, dtype), value)
+
+    def pruned(columns, meta, first, g):
+        pb = (first - count) // lanes
+        code = tirx.Cast("int32x16", meta[pb, g, tirx.Ramp(0, 1, lanes)])
+        offset, shift = group_offset_shift(enc, code)
+        step = broadcast(1, "int32") << shift
+        out = [bound("base", tirx.Cast("float32x16", offset - (step << broadcast(bits - 1, "int32"))), "float32x16"),
+               bound("step", tirx.Cast("float32x16", step), "float32x16")]
+        base, step = (binding.var for binding in out)
+        h = tirx.Var("h", "int32")  # the index vector: one loop over them, its body one vector's 8 weights
+        vector = [bound("transposed", lut.bit_transposed(
+            columns[pb * kg + g, h, tirx.Ramp(0, 1, lanes * bbs_lut.QUAD)]), "int8x64")]
+        transposed = vector[0].var
+        for j in range(8):  # byte j: weight j % 4 of table h, or of table h + 4; even lanes' nibble on top
+            kept = lut.lane_bits(transposed, 8 * j + 4, 8 * j)
+            value = tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, numbers, kept)
+            vector.append((4 * (h + 4 * (j // 4)) + j % 4, value * step + base))
+        return [*out, panel_gemm.RunLoop(h, bbs_lut.QUAD, vector)]
+
+    def sensitive(sensitive_words, first, g):
+        out = [bound(f"row_{i}", sensitive_words[tirx.min(first + i, last), tirx.Ramp(
+            g * words_per_group, 1, words_per_group)], f"int32x{words_per_group}") for i in range(lanes)]
+        rows = [binding.var for binding in out]
+        for w in range(words_per_group):
+            out.append(bound(f"word_{w}", tirx.Shuffle(rows, [tirx.IntImm("int32", i * words_per_group + w)
+                                                             for i in range(lanes)]), "int32x16"))
+            word = out[-1].var
+            b = tirx.Var("b", "int32")  # its code b: moved to the top byte, shifted back with its sign
+            up, down = tirx.Broadcast(24 - 8 * b, lanes), broadcast(24, "int32")
+            out.append(panel_gemm.RunLoop(b, CODES_PER_WORD, [
+                (w * CODES_PER_WORD + b, tirx.Cast("float32x16", (word << up) >> down))]))
+        return out
+
+    def runs(buffers, first, g):
+        _, _, _, columns, meta, sensitive_words = buffers
+        if count == 0:
+            return pruned(columns, meta, first, g)
+        if count == n:
+            return sensitive(sensitive_words, first, g)
+        return first < count, sensitive(sensitive_words, first, g), pruned(columns, meta, first, g)
+
+    return runs
+
+
 def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
-    GEMM in stored order, then the output unshuffle (``columns`` as :func:`constants` lays them out for
-    ``tables``)."""
+    GEMM in stored order, each channel written back to its output channel (``columns`` as :func:`constants` lays
+    them out for ``tables``). The int8 tables' layout, where the CPU has the bit transpose
+    (:func:`.lut.bit_transpose_supported`), is decoded a run of rows at a time (:func:`int8_run_weights`); else
+    weight by weight (:func:`panel_value`)."""
     holders = placeholders(constants(enc, tables))
     scales, position, sensitive, columns, meta = holders
     views = [(panel_gemm.word_view(sensitive, "int32"), sensitive)]
+    if tables == "int8" and lut.bit_transpose_supported(tvm.target.Target.current()):
+        return panel_gemm.gemm(None, holders, *enc.shape, scale=lambda row: scales[row], position=position,
+                               group=bbs.GROUP, views=views, runs=int8_run_weights(enc))
     if tables == "int8":
         views.append((panel_gemm.word_view(columns, "uint32"), columns))
     read = [scales, position, views[0][0], views[-1][0] if tables == "int8" else columns, meta]

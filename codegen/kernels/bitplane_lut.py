@@ -420,18 +420,9 @@ def int8_run_weights(n: int, k: int, magnitude_planes: int, shift: int, scale_gr
         code = lut.tree([((ramp >> (span - 1 - byte_of[p])) & 1) << (span - 1 - p) for p in planes])
         return tirx.Cast("float32x16", (code - (1 << magnitude_planes)) << shift)
 
-    def transposed(vector):
-        # byte j of each qword of the matrix operand: bit j (the vector is the matrices: their bits transposed)
-        ramp = tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), LANES * QUAD)
-        identity = tirx.Cast("int8x64", tirx.Broadcast(tirx.const(1, "int32"), LANES * QUAD) << (ramp & 7))
-        return tirx.call_llvm_pure_intrin("int8x64", lut.AFFINE, identity, tirx.reinterpret("int8x64", vector),
-                                          tirx.const(0, "int8"))
-
     def weights(bits, table_of, kk, at):
         # weight kk of the run: each lane's index bits from bit at of its qword (even lanes), at - span (odd lanes)
-        control = tirx.reinterpret("int8x64", tirx.Broadcast(tirx.const(at | (at - span) << 32, "int64"), 8))
-        index = tirx.call_llvm_pure_intrin("int8x64", lut.MULTISHIFT, control, bits)
-        return kk, tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, table_of, tirx.reinterpret("int32x16", index))
+        return kk, tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, table_of, lut.lane_bits(bits, at, at - span))
 
     def runs(holders, first, g):
         nibbles, scales = holders
@@ -448,7 +439,7 @@ def int8_run_weights(n: int, k: int, magnitude_planes: int, shift: int, scale_gr
                        for v in vectors]
         out = []
         for h, vector in enumerate(vectors):
-            bits, table_of = transposed(vector), table(bytes_of[h])
+            bits, table_of = lut.bit_transposed(vector), table(bytes_of[h])
             for half in range(per_vector):  # the vector's tables h * per_vector + half (and 4 further)
                 t = h * per_vector + half
                 for j in range(8):  # index bit j: weight j % 4 of table t, or of table t + 4

@@ -71,6 +71,23 @@ def int8_supported(target) -> bool:
     return has_features(target, "avx512f", "avx512bw", "avx512vnni")
 
 
+def bit_transposed(vector):
+    """``vector`` (64 bytes) with each qword's 8 x 8 bits transposed (vgf2p8affineqb with the vector as its
+    matrices): byte ``j`` of a qword then holds bit ``j`` of each of its bytes, bit ``7 - b`` from byte ``b``."""
+    ramp = tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), LANES * 4)
+    identity = tirx.Cast("int8x64", tirx.Broadcast(tirx.const(1, "int32"), LANES * 4) << (ramp & 7))
+    return tirx.call_llvm_pure_intrin("int8x64", AFFINE, identity, tirx.reinterpret("int8x64", vector),
+                                      tirx.const(0, "int8"))
+
+
+def lane_bits(transposed, even: int, odd: int):
+    """int32x16: each lane's bits of its qword of ``transposed`` from bit ``even`` (even lanes) or ``odd`` (odd
+    lanes) at its bottom (vpmultishiftqb), the bits above them those that follow in the qword: look-ups by the
+    lane's low bits (vpermps) read the field alone."""
+    control = tirx.reinterpret("int8x64", tirx.Broadcast(tirx.const(even | odd << 32, "int64"), LANES // 2))
+    return tirx.reinterpret("int32x16", tirx.call_llvm_pure_intrin("int8x64", MULTISHIFT, control, transposed))
+
+
 def tree(terms):
     """The sum of ``terms`` as a balanced tree (short dependency chains)."""
     return tree_of(lambda a, b: a + b, terms)

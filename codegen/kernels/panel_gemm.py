@@ -13,7 +13,7 @@ own schedule. Each weight is decoded once per call; the decode runs in vectors
 along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels), or, where a codec gives :data:`RunWeights`,
 a run of 16 channels over a group of K at a time in the codec's own vector code
-(``bitplane_lut``'s int8 tables' bytes: a bit transpose), or, where it gives a :data:`PanelDecode`, a whole panel
+(the int8 tables' bytes of ``bitplane_lut`` and ``bbs_decoded``: a bit transpose), or, where it gives a :data:`PanelDecode`, a whole panel
 in statements of its own (``bie-blocked``'s index lists).
 
 A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``, as
@@ -30,7 +30,7 @@ by float rounding only.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import tvm
 import tvm.script
@@ -51,8 +51,27 @@ VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
 DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
-# (holders' buffers, first channel of a run of VECTOR, group) -> [(kk in the group, the run's float32x16 weights kk)]
-RunWeights = Callable[..., list]
+# (holders' and views' buffers, first channel of a run of VECTOR, group) -> [(kk in the group, the run's float32x16
+# weights kk)], or (a condition on the run, such a list where it holds, another where not): two layouts' runs. A
+# RunBinding item binds a value for the items after it, a RunLoop repeats its items: a value the run's weights
+# share is computed, and printed in the decoder's TVMScript, once (the GEMM kernels carry it and parse it again for
+# each fused epilogue: see DECODER_ATTR)
+RunWeights = Callable[..., list | tuple]
+
+
+class RunBinding(NamedTuple):
+    """An item of a :data:`RunWeights` list: ``var`` bound to ``value`` for the items after it."""
+    var: tirx.Var
+    value: tirx.Expr
+
+
+class RunLoop(NamedTuple):
+    """An item of a :data:`RunWeights` list: ``items`` (which may use ``var``) for ``var`` in ``range(extent)``."""
+    var: tirx.Var
+    extent: int
+    items: list
+
+
 # (holders' buffers, decoded [panels, K, COLS], panel) -> the statement that writes the whole panel
 PanelDecode = Callable[..., tirx.Stmt]
 
@@ -118,7 +137,7 @@ def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, 
     at = -1 if position is None else next(i for i, h in enumerate(holders) if h.same_as(position))
     viewed = [next(i for i, h in enumerate(holders) if h.same_as(holder)) for _, holder in views]
     func = te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales])
-    func = func if runs is None else _by_runs(func, runs, len(holders), n, group)
+    func = func if runs is None else _by_runs(func, runs, len(holders) + len(views), n, group)
     func = func if panels is None else _by_panels(func, panels, len(holders))
     # bie.runs: the decoded block is the codec's own (runs or panels), not one to vectorize along the channels
     return func.with_attrs({"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0,
@@ -136,11 +155,23 @@ def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: i
     first = p * cols + r * VECTOR
 
     def stores(weights):
+        # (kk, value): a store; a RunBinding: a Bind for the statements after it; a RunLoop: a loop
         lanes = tirx.Ramp(r * VECTOR, 1, VECTOR)
-        return tirx.stmt.SeqStmt([tirx.BufferStore(decoded, value, [p, g * group + kk, lanes])
-                                  for kk, value in weights])
 
-    body = stores(runs(holders, first, g))
+        def stmt(item):
+            if isinstance(item, RunLoop):
+                return tirx.For(item.var, 0, item.extent, tirx.ForKind.SERIAL, stores(item.items))
+            if isinstance(item, RunBinding):
+                return tirx.Bind(item.var, item.value)
+            kk, value = item
+            return tirx.BufferStore(decoded, value, [p, g * group + kk, lanes])
+
+        body = [stmt(item) for item in weights]
+        return body[0] if len(body) == 1 else tirx.stmt.SeqStmt(body)
+
+    weights = runs(holders, first, g)
+    body = (tirx.IfThenElse(weights[0], stores(weights[1]), stores(weights[2])) if isinstance(weights, tuple)
+            else stores(weights))
     readable = -(-n // VECTOR) * VECTOR
     if panels * cols > readable:  # the last panel's runs past the holders' are zero
         body = tirx.IfThenElse(first < readable, body, stores(
