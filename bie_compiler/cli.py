@@ -336,6 +336,8 @@ def _print_report(manifest: dict) -> None:
             note = "int8 look-up tables at batch 1"
         if "index_bytes_global" in d:
             note = f"indices {d.get('index_bytes_blocked')} B vs {d['index_bytes_global']} B global"
+        if str(d.get("kernel.blocked_execution", "")).startswith("load"):  # bie-blocked's auto|load|stream choice
+            note += "; runs from a bitmap decoded at load"
         if "offloaded_to" in d:
             note = f"offloaded to {d['offloaded_to']} (INT8 activations, scale {d.get('activation_scale')})"
         rows.append(row(layer, note))

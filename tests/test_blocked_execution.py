@@ -121,3 +121,15 @@ def test_the_report_says_which_ran_and_why(executions, name):
         chosen.append(expected.split(":")[0])
     assert ("at_load" in manifest["weights"]) == ("load" in chosen)
     assert {"auto": ["stream", "load", "load"], "auto-sparse": ["stream"] * 3}.get(name, [name] * 3) == chosen
+
+
+@pytest.mark.parametrize("name", ["load", "auto"])
+def test_the_printed_report_notes_the_layers_decoded_at_load(executions, name, capsys):
+    from bie_compiler.cli import _print_report
+
+    manifest = bie_compiler.load(executions[name]).manifest
+    _print_report(manifest)
+    notes = [line for line in capsys.readouterr().out.splitlines() if "B global" in line]
+    assert [line.endswith("; runs from a bitmap decoded at load") for line in notes] == \
+        [layer["details"]["kernel.blocked_execution"].startswith("load") for layer in manifest["layers"]]
+    assert len(notes) == 3 and any(line.endswith("at load") for line in notes)
