@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bie_compiler.codecs import CODECS, kernel_options, make_config
-from bie_compiler.codegen import kernel_for
+from bie_compiler.codegen import gemm_epilogues, kernel_for
 from bie_compiler.codegen.kernels import lut, panel_gemm, sparse_index
 from bie_compiler.codegen.target import make_target
 from kernel_runs import assert_close, build, call, computed_constants
@@ -121,6 +121,7 @@ def test_sparse_index_layouts_run_the_rows_kernel_above_one_row(codec, options, 
     kernels = kernel_for(enc, target, **kernel_options(config))
     assert kernels.large_batch.kind.endswith("_index_rows") and not kernels.large_batch.decodes
     assert kernels.large_batch.constants is kernels.constants
+    assert gemm_epilogues.gemm_of(kernels.large_batch.func, k) is None  # no GEMM: its epilogue is not fused into it
     kernel = build(kernels.large_batch.func, target)
     decoded = CODECS[codec].decode(enc).astype(np.float64)
     for rows in (2, 8, 16, 17, 64):

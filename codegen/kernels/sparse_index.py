@@ -12,8 +12,9 @@ workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 
 :func:`decode` writes the weights themselves into a dense op's layout (see
 :mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
-(convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Matmuls above one row run the panel
-GEMM instead (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
+(convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Matmuls above one row run
+:func:`rows_index` where the weights are sparse (:func:`sparse_rows`: a vector of 16 rows an entry), else the panel
+GEMM (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
 panel buffer (never W), 128 rows at a time through bit masks of the rows (:func:`_mask_macros`). ``bie-blocked``
 matmuls with ``--blocked-execution load`` (auto's choice where the bitmap is no larger) run none of these: the
 bitmap written at load and ``bie-binary``'s bitmap kernels (:mod:`.blocked_bitmap`).
@@ -546,7 +547,10 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
     return entries if entries.size else np.zeros(1, entries.dtype)
 
 
-ROWS_DENSITY = 0.2  # non-zeros per weight up to which matmuls above one row run rows_index (see sparse_rows)
+# non-zeros per weight up to which matmuls above one row run rows_index (see sparse_rows): one-thread CPU time
+# against the panel GEMM (benchmarks/README.md, "Stop 24: sparse rows"), 384x1536 and 4096x4096, 8/16/64 rows:
+# 0.2-0.5x at density 0.1, 0.5-0.7x at 0.2, 0.7-1.0x at 0.3 (64 rows even), 0.9-1.35x at 0.4
+ROWS_DENSITY = 0.25
 
 
 def sparse_rows(enc: Encoded, nnz: int) -> bool:
