@@ -144,21 +144,30 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
                     xt[t, r, l] = T.if_then_else(i < m, x[T.min(i, m - 1), r], T.float32(0))
 
     @T.macro
+    def add_entry(sums, xt, entries, j, t, base, at, half):
+        entry: T.let = entries[at]
+        # (a T.let, not a tuple unpacked: a name assigned in the loop became a workspace allocation per channel)
+        r: T.let = base + T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0])
+        # the sign as the float's sign bit flipped, not a select: LLVM made the select a branch, taken at random
+        sign: T.let = T.shift_left(T.Cast("uint32", entry), T.uint32(31 - sign_bit)) & T.uint32(0x80000000)
+        for l in T.vectorized(TILE):
+            sums[j, half * TILE + l] = sums[j, half * TILE + l] + T.reinterpret(
+                "float32", T.reinterpret("uint32", xt[t, r, l]) ^ sign)
+
+    @T.macro
     def add_entries(sums, xt, entries, j, t, base, first, count):
-        for e in range(count):
-            entry: T.let = entries[first + e]
-            # (a T.let, not a tuple unpacked: a name assigned in the loop became a workspace allocation per channel)
-            r: T.let = base + T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0])
-            # the sign as the float's sign bit flipped, not a select: LLVM made the select a branch, taken at random
-            sign: T.let = T.shift_left(T.Cast("uint32", entry), T.uint32(31 - sign_bit)) & T.uint32(0x80000000)
-            for l in T.vectorized(TILE):
-                sums[j, l] = sums[j, l] + T.reinterpret("float32", T.reinterpret("uint32", xt[t, r, l]) ^ sign)
+        # two sums a tile, alternate entries: one chain of adds waits on each add's latency
+        for e in range(count // 2):
+            add_entry(sums, xt, entries, j, t, base, first + 2 * e, 0)
+            add_entry(sums, xt, entries, j, t, base, first + 2 * e + 1, 1)
+        if count % 2 == 1:
+            add_entry(sums, xt, entries, j, t, base, first + count - 1, 0)
 
     @T.macro
     def write_tile(out, sums, scales, m, t, j):
         for l in range(TILE):
             if t * TILE + l < m:
-                out[t * TILE + l, j] = sums[j, l] * scales[j]
+                out[t * TILE + l, j] = (sums[j, l] + sums[j, TILE + l]) * scales[j]
 
     if not block_size:
         @T.prim_func(private=True)
@@ -174,11 +183,11 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             x = T.match_buffer(var_x, (m, k), "float32")
             out = T.match_buffer(var_out, (m, n), "float32")
             xt = T.decl_buffer(((m + (TILE - 1)) // TILE, k, TILE), "float32", scope="global")
-            sums = T.decl_buffer((n, TILE), "float32", scope="global")
+            sums = T.decl_buffer((n, 2 * TILE), "float32", scope="global")
             transpose(x, xt, m)
             for j in T.parallel(n):
                 for t in range((m + (TILE - 1)) // TILE):
-                    for l in T.vectorized(TILE):
+                    for l in T.vectorized(2 * TILE):
                         sums[j, l] = T.float32(0)
                     first: T.let = T.Cast("int64", indptr[j])
                     add_entries(sums, xt, entries, j, t, T.int64(0), first, T.Cast("int64", indptr[j + 1]) - first)
@@ -200,12 +209,12 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
         xt = T.decl_buffer(((m + (TILE - 1)) // TILE, k, TILE), "float32", scope="global")
-        sums = T.decl_buffer((n, TILE), "float32", scope="global")
+        sums = T.decl_buffer((n, 2 * TILE), "float32", scope="global")
         start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
         transpose(x, xt, m)
         for j in T.parallel(n):
             for t in range((m + (TILE - 1)) // TILE):
-                for l in T.vectorized(TILE):
+                for l in T.vectorized(2 * TILE):
                     sums[j, l] = T.float32(0)
                 start[j] = T.Cast("int64", indptr[j])
                 for blk in range(blocks):
