@@ -129,8 +129,9 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
 
     x is transposed once a call into ``xt`` [tiles of 16 rows, K, 16] (rows past ``m`` zero), tiles in parallel;
     then channels in parallel, each entry of a channel adds or subtracts ``xt``'s 16 rows at its position to a
-    tile's 16 sums, scaled at the end: a load, a compare and a masked add or subtract an entry and tile, where the
-    panel GEMM's decode writes all of [K, 32] for each panel of channels, zeros included.
+    tile's sums, scaled at the end: an entry and tile take a load, its sign bit xor-ed in and an add, where the
+    panel GEMM's decode writes all of [K, 32] for each panel of channels, zeros included. The sums are one [N, 32]
+    buffer a call, a row a channel: declared in the channel loop, they became a workspace allocation per channel.
     """
     span = block_size or k  # the K positions of a block
     blocks = -(-k // span)
