@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bie_compiler.codecs import CODECS, kernel_options, make_config
-from bie_compiler.codegen import kernel_for
-from bie_compiler.codegen.kernels import lut, panel_gemm
+from bie_compiler.codegen import gemm_epilogues, kernel_for
+from bie_compiler.codegen.kernels import lut, panel_gemm, sparse_index
 from bie_compiler.codegen.target import make_target
 from kernel_runs import assert_close, build, call, computed_constants
 
@@ -37,7 +37,8 @@ SHAPES = [(10, 97), (37, 97), (250, 129)]  # (N, K): less than a panel (computed
 
 @pytest.mark.parametrize("codec,options", CASES, ids=[f"{c}-{o}" for c, o in CASES])
 @pytest.mark.parametrize("n,k", SHAPES)
-def test_panel_gemm_matches_reference_decoder(codec, options, n, k, target):
+def test_panel_gemm_matches_reference_decoder(codec, options, n, k, target, monkeypatch):
+    monkeypatch.setattr(sparse_index, "ROWS_DENSITY", 0.0)  # the index layouts' panels at any density
     rng = np.random.default_rng(n + k)
     w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.2)).astype(np.float32)
     config = make_config(codec, options)
@@ -85,8 +86,9 @@ def test_each_panel_is_decoded_inside_the_parallel_loop_in_vectors(target):
 @pytest.mark.parametrize("codec,options", [("bie-blocked", {"block_size": 128, "blocked_execution": "stream"}),
                                            ("bie-blocked", {"block_size": 256, "blocked_execution": "stream"}),
                                            ("bie-binary", {"layout": "index"})])
-def test_index_panels_with_fewer_entries_than_a_load(codec, options, target):
+def test_index_panels_with_fewer_entries_than_a_load(codec, options, target, monkeypatch):
     """Fewer non-zeros than the entries the mask decode loads a step: every load is of the array's last entries."""
+    monkeypatch.setattr(sparse_index, "ROWS_DENSITY", 0.0)
     w = np.zeros((37, 97), np.float32)
     w[[0, 3, 3, 20, 36], [5, 0, 96, 64, 31]] = [1.5, -2.0, 0.5, -1.0, 3.0]
     config = make_config(codec, options)
@@ -97,3 +99,31 @@ def test_index_panels_with_fewer_entries_than_a_load(codec, options, target):
     x = np.random.default_rng(0).standard_normal((9, 97)).astype(np.float32)
     got = call(build(kernels.large_batch.func, target), x, kernels.constants, (9, 37))
     assert_close(got, x @ CODECS[codec].decode(enc).T.astype(np.float64))
+
+
+SPARSE_ROWS = [("bie-blocked", {"blocked_execution": "stream"}),  # blocks of 128, K = 97, 300: one, three ragged
+               ("bie-blocked", {"block_size": 256, "blocked_execution": "stream"}),  # two-byte entries
+               ("bie-binary", {"layout": "index"})]
+
+
+@pytest.mark.parametrize("codec,options", SPARSE_ROWS, ids=[f"{c}-{o}" for c, o in SPARSE_ROWS])
+@pytest.mark.parametrize("n,k", [(37, 97), (50, 300)])
+@pytest.mark.parametrize("density", [0.05, 0.15])
+def test_sparse_index_layouts_run_the_rows_kernel_above_one_row(codec, options, n, k, density, target):
+    """At most ROWS_DENSITY non-zeros per weight, the index layouts' matmuls above one row add each entry's row of x
+    (16 rows of the batch a vector) instead of decoding panels: rows in one tile, two, a ragged last tile of 16;
+    channels without entries (density 0.05 on K = 97 leaves some with none)."""
+    rng = np.random.default_rng(n + k)
+    w = rng.standard_t(4, (n, k)).astype(np.float32)
+    config = make_config(codec, {**options, "density": density})
+    enc = CODECS[codec].encode(w, config)
+    assert enc.arrays["entries"].size <= sparse_index.ROWS_DENSITY * n * k
+    kernels = kernel_for(enc, target, **kernel_options(config))
+    assert kernels.large_batch.kind.endswith("_index_rows") and not kernels.large_batch.decodes
+    assert kernels.large_batch.constants is kernels.constants
+    assert gemm_epilogues.gemm_of(kernels.large_batch.func, k) is None  # no GEMM: its epilogue is not fused into it
+    kernel = build(kernels.large_batch.func, target)
+    decoded = CODECS[codec].decode(enc).astype(np.float64)
+    for rows in (2, 8, 16, 17, 64):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        assert_close(call(kernel, x, kernels.constants, (rows, n)), x @ decoded.T, context=rows)

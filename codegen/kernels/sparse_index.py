@@ -12,8 +12,9 @@ workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 
 :func:`decode` writes the weights themselves into a dense op's layout (see
 :mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
-(convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Matmuls above one row run the panel
-GEMM instead (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
+(convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Matmuls above one row run
+:func:`rows_index` where the weights are sparse (:func:`sparse_rows`: a vector of 16 rows an entry), else the panel
+GEMM (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
 panel buffer (never W), 128 rows at a time through bit masks of the rows (:func:`_mask_macros`). ``bie-blocked``
 matmuls with ``--blocked-execution load`` (auto's choice where the bitmap is no larger) run none of these: the
 bitmap written at load and ``bie-binary``'s bitmap kernels (:mod:`.blocked_bitmap`).
@@ -116,6 +117,115 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
                 out[i, j] = acc[0] * scales[j]
 
     return kernel
+
+
+TILE = 16  # rows of x a vector of xt holds (a zmm of fp32)
+
+
+def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, block_size: int = 0,
+               count_dtype: str = "uint8"):
+    """The index loop above one row: ``out[m, n]`` as :func:`global_index` (``block_size`` 0) or
+    :func:`blocked_index` computes it, with work proportional to the non-zeros and a vector an entry.
+
+    x is transposed once a call into ``xt`` [tiles of 16 rows, K, 16] (rows past ``m`` zero), tiles in parallel;
+    then channels in parallel, each entry of a channel adds or subtracts ``xt``'s 16 rows at its position to a
+    tile's sums, scaled at the end: an entry and tile take a load, its sign bit xor-ed in and an add, where the
+    panel GEMM's decode writes all of [K, 32] for each panel of channels, zeros included. The sums are one [N, 32]
+    buffer a call, a row a channel: declared in the channel loop, they became a workspace allocation per channel.
+    """
+    span = block_size or k  # the K positions of a block
+    blocks = -(-k // span)
+
+    @T.macro
+    def transpose(x, xt, m):
+        for t in T.parallel((m + (TILE - 1)) // TILE):
+            for l in range(TILE):
+                i: T.let = t * TILE + l
+                for r in range(k):
+                    xt[t, r, l] = T.if_then_else(i < m, x[T.min(i, m - 1), r], T.float32(0))
+
+    @T.macro
+    def add_entry(sums, xt, entries, j, t, base, at, half):
+        entry: T.let = entries[at]
+        # (a T.let, not a tuple unpacked: a name assigned in the loop became a workspace allocation per channel)
+        r: T.let = base + T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0])
+        # the sign as the float's sign bit flipped, not a select: LLVM made the select a branch, taken at random
+        sign: T.let = T.shift_left(T.Cast("uint32", entry), T.uint32(31 - sign_bit)) & T.uint32(0x80000000)
+        for l in T.vectorized(TILE):
+            sums[j, half * TILE + l] = sums[j, half * TILE + l] + T.reinterpret(
+                "float32", T.reinterpret("uint32", xt[t, r, l]) ^ sign)
+
+    @T.macro
+    def add_entries(sums, xt, entries, j, t, base, first, count):
+        # two sums a tile, alternate entries: one chain of adds waits on each add's latency
+        for e in range(count // 2):
+            add_entry(sums, xt, entries, j, t, base, first + 2 * e, 0)
+            add_entry(sums, xt, entries, j, t, base, first + 2 * e + 1, 1)
+        if count % 2 == 1:
+            add_entry(sums, xt, entries, j, t, base, first + count - 1, 0)
+
+    @T.macro
+    def write_tile(out, sums, scales, m, t, j):
+        for l in range(TILE):
+            if t * TILE + l < m:
+                out[t * TILE + l, j] = (sums[j, l] + sums[j, TILE + l]) * scales[j]
+
+    if not block_size:
+        @T.prim_func(private=True)
+        def global_kernel(
+            var_x: T.handle,
+            indptr: T.Buffer((n + 1,), "uint32"),
+            entries: T.Buffer((nnz,), entry_dtype),
+            scales: T.Buffer((n,), "float32"),
+            var_out: T.handle,
+        ):
+            T.func_attr({"tirx.noalias": True})
+            m = T.int64()
+            x = T.match_buffer(var_x, (m, k), "float32")
+            out = T.match_buffer(var_out, (m, n), "float32")
+            xt = T.decl_buffer(((m + (TILE - 1)) // TILE, k, TILE), "float32", scope="global")
+            sums = T.decl_buffer((n, 2 * TILE), "float32", scope="global")
+            transpose(x, xt, m)
+            for j in T.parallel(n):
+                for t in range((m + (TILE - 1)) // TILE):
+                    for l in T.vectorized(2 * TILE):
+                        sums[j, l] = T.float32(0)
+                    first: T.let = T.Cast("int64", indptr[j])
+                    add_entries(sums, xt, entries, j, t, T.int64(0), first, T.Cast("int64", indptr[j + 1]) - first)
+                    write_tile(out, sums, scales, m, t, j)
+
+        return global_kernel
+
+    @T.prim_func(private=True)
+    def blocked_kernel(
+        var_x: T.handle,
+        indptr: T.Buffer((n + 1,), "uint32"),
+        counts: T.Buffer((n, blocks), count_dtype),
+        entries: T.Buffer((nnz,), entry_dtype),
+        scales: T.Buffer((n,), "float32"),
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, k), "float32")
+        out = T.match_buffer(var_out, (m, n), "float32")
+        xt = T.decl_buffer(((m + (TILE - 1)) // TILE, k, TILE), "float32", scope="global")
+        sums = T.decl_buffer((n, 2 * TILE), "float32", scope="global")
+        start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
+        transpose(x, xt, m)
+        for j in T.parallel(n):
+            for t in range((m + (TILE - 1)) // TILE):
+                for l in T.vectorized(2 * TILE):
+                    sums[j, l] = T.float32(0)
+                start[j] = T.Cast("int64", indptr[j])
+                for blk in range(blocks):
+                    count: T.let = T.Cast("int64", counts[j, blk])
+                    first: T.let = start[j]
+                    add_entries(sums, xt, entries, j, t, blk * span, first, count)
+                    start[j] = first + count
+                write_tile(out, sums, scales, m, t, j)
+
+    return blocked_kernel
 
 
 def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: Layout, x_ndim: int,
@@ -447,6 +557,19 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
     return entries if entries.size else np.zeros(1, entries.dtype)
 
 
+# non-zeros per weight up to which matmuls above one row run rows_index (see sparse_rows): one-thread CPU time
+# against the panel GEMM (benchmarks/README.md, "Stop 24: sparse rows"), 384x1536 and 4096x4096, 8/16/64 rows:
+# 0.2-0.5x at density 0.1, 0.5-0.7x at 0.2, 0.7-1.0x at 0.3 (64 rows even), 0.9-1.35x at 0.4
+ROWS_DENSITY = 0.25
+
+
+def sparse_rows(enc: Encoded, nnz: int) -> bool:
+    """Whether a matmul above one row runs :func:`rows_index` (work per non-zero) rather than the panel GEMM (work
+    per weight: a panel decoded whole, zeros included): at most ``ROWS_DENSITY`` non-zeros per weight."""
+    n, k = enc.shape
+    return nnz <= ROWS_DENSITY * n * k
+
+
 def global_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
     """A ``bie-binary`` index encoding's compile-time layout (the kernels' keywords) and constants."""
     n, k = enc.shape
@@ -481,6 +604,9 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     layout, constants = global_layout(enc)
     small = None if conv else KernelCall("global_index", global_index(**layout), constants)
     if conv is None and layout["entry_dtype"] == "uint16":
+        if sparse_rows(enc, layout["nnz"]):
+            small.large_batch = KernelCall("global_index_rows", rows_index(**layout), constants)
+            return small
         return panel_gemm.with_gemm(small, _panel_gemm(
             enc, constants, ("indptr", "entries", "scales"), global_panel(**layout)), "global_index")
     into, x_ndim = destination(enc, conv)
@@ -498,6 +624,10 @@ def blocked_call(enc: Encoded, conv: ConvSpec | None,
         return blocked_bitmap.at_load_call(enc, layout, constants)
     small = None if conv else KernelCall("blocked_index", blocked_index(**layout), constants)
     into, x_ndim = destination(enc, conv)
+    if conv is None and sparse_rows(enc, layout["nnz"]):
+        small.large_batch = KernelCall("blocked_index_rows", rows_index(
+            **layout, sign_bit=layout["block_size"].bit_length() - 1), constants)
+        return small
     if conv is None:
         return panel_gemm.with_gemm(small, _panel_gemm(
             enc, constants, ("indptr", "counts", "entries", "scales"), blocked_panel(**layout)), "blocked_index")
