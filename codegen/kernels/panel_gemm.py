@@ -142,24 +142,26 @@ class DecoderAttrs(NamedTuple):
     holders: int  # the decoder's first params: the holders, then the views
     n: int
     position: int  # the holder of the stored rows' output channels, -1 for none
-    group: int  # 0 for none
     views: list[int]  # the holder each view reads
-    runs: bool  # the decoded block is the codec's own (ByRuns, ByPanels), not one to vectorize along the channels
+    decode: str  # "weight": the schedule vectorizes the decoded block along the channels; "runs", "panels": the
+    # block is the codec's own (vectors already)
+    group: int  # ByWeight's group (0 for none) and unroll: the vectorized decode's loops
     unroll: int
 
     @classmethod
     def of(cls, decode: Decode, holders: list[te.Tensor], n: int, position: te.Tensor | None) -> DecoderAttrs:
-        views = () if isinstance(decode, ByPanels) else decode.views
-        return cls(len(holders), n, -1 if position is None else _index(holders, position),
-                   0 if isinstance(decode, ByPanels) else decode.group or 0,
-                   [_index(holders, holder) for _, holder in views], not isinstance(decode, ByWeight),
-                   decode.unroll if isinstance(decode, ByWeight) else 1)
+        views = [] if isinstance(decode, ByPanels) else [_index(holders, holder) for _, holder in decode.views]
+        if isinstance(decode, ByWeight):
+            kind, group, unroll = "weight", decode.group or 0, decode.unroll
+        else:
+            kind, group, unroll = "runs" if isinstance(decode, ByRuns) else "panels", 0, 1
+        return cls(len(holders), n, -1 if position is None else _index(holders, position), views, kind, group, unroll)
 
     @classmethod
     def read(cls, func: tirx.PrimFunc) -> DecoderAttrs:
         attrs = func.attrs
         return cls(int(attrs["bie.holders"]), int(attrs["bie.n"]), int(attrs["bie.position"]),
-                   int(attrs["bie.group"]), [int(i) for i in attrs["bie.views"]], bool(attrs["bie.runs"]),
+                   [int(i) for i in attrs["bie.views"]], str(attrs["bie.decode"]), int(attrs["bie.group"]),
                    int(attrs["bie.unroll"]))
 
     def attrs(self) -> dict:
@@ -410,7 +412,7 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     decoding = sch.get_sblock(DECODED)
     sch.compute_at(decoding, panel_loop)
     attrs = DecoderAttrs.read(decode)
-    if not attrs.runs:  # (a codec's runs are vectors already, see decoder)
+    if attrs.decode == "weight":  # (a codec's runs and panels are vectors already)
         *_, kk, c = sch.get_loops(decoding)  # (kk is not a loop when K is 1)
         runs, lane = sch.split(c, [None, VECTOR])
         group = attrs.group
