@@ -396,8 +396,8 @@ def _scattered(func: tirx.PrimFunc, n: int) -> tirx.PrimFunc:
 def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     """A :func:`plain` kernel (and the elementwise blocks after it) scheduled: the register tiles of
     ``schedule_matmul`` in parallel over the panels, the leading dims and rows inside; each panel decoded at the
-    top of its parallel iteration, in vectors along its channels (group by group with ``bie.group``); the stored
-    rows' output channels (``inverse``) computed first, serially."""
+    top of its parallel iteration, by weight (:class:`ByWeight`) in vectors along its channels, group by group where
+    it has a group; the stored rows' output channels (``inverse``) computed first, serially."""
     # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
     # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
     stmts = _sequence([func.body.block.body])
