@@ -4,6 +4,9 @@ N not a multiple of the 32-channel panel (nor of 16), K odd."""
 
 import numpy as np
 import pytest
+import tvm
+import tvm.script
+from tvm import te, tirx
 
 from bie_compiler.codecs import CODECS, kernel_options, make_config
 from bie_compiler.codegen import gemm_epilogues, kernel_for
@@ -81,6 +84,37 @@ def test_each_panel_is_decoded_inside_the_parallel_loop_in_vectors(target):
     script = kernel_for(enc, target).large_batch.func.without_attr(panel_gemm.DECODER_ATTR).script()
     parallel, decode, rows = (script.index(s) for s in ("T.parallel(2)", 'T.sblock("decoded")', "T.serial("))
     assert parallel < decode < rows and "T.vectorized(16)" in script
+
+
+def _words_and_view():
+    words = te.placeholder((64, 32), "uint8", "words")
+    return words, panel_gemm.word_view(words, "uint32")
+
+
+def test_what_the_schedule_reads_of_a_decoder_survives_its_carried_script():
+    """A GEMM kernel carries its decoder as TVMScript (gemm_epilogues parses it again): the decode's kind, group,
+    unroll, views and the stored rows' positions read back from the parsed decoder as they were written."""
+    words, view = _words_and_view()
+    position = te.placeholder((40,), "int32", "position")
+    by_weight = panel_gemm.ByWeight(lambda p, kk, c: view[p * 32 + c, kk // 4], group=8, unroll=4,
+                                    views=[(view, words)])
+    by_panels = panel_gemm.ByPanels(lambda holders, decoded, p: tirx.Evaluate(0))
+    for decode, position_of, want in [
+            (by_weight, position, panel_gemm.DecoderAttrs(2, 40, 0, [1], "weight", 8, 4)),
+            (by_panels, None, panel_gemm.DecoderAttrs(2, 40, -1, [], "panels", 0, 1))]:
+        func = panel_gemm.decoder(decode, [position, words], 40, 32, position=position_of)
+        assert panel_gemm.DecoderAttrs.read(tvm.script.from_source(func.script())) == want
+
+
+def test_a_decode_states_only_valid_combinations():
+    """An unroll needs a group (it unrolls weights of one group's word); a view or position reads a holder."""
+    words, view = _words_and_view()
+    with pytest.raises(ValueError, match="no group"):
+        panel_gemm.ByWeight(lambda p, kk, c: view[p * 32 + c, kk // 4], unroll=4)
+    other = te.placeholder((64, 32), "uint8", "other")
+    with pytest.raises(ValueError, match="words is not one of"):
+        panel_gemm.decoder(panel_gemm.ByWeight(lambda p, kk, c: view[p * 32 + c, kk // 4], views=[(view, words)]),
+                           [other], 40, 32)
 
 
 @pytest.mark.parametrize("codec,options", [("bie-blocked", {"block_size": 128, "blocked_execution": "stream"}),

@@ -296,7 +296,7 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
         for j in range(8):  # byte j: weight j % 4 of table h, or of table h + 4; even lanes' nibble on top
             kept = lut.lane_bits(transposed, 8 * j + 4, 8 * j)
             value = tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, numbers, kept)
-            vector.append((4 * (h + 4 * (j // 4)) + j % 4, value * step + base))
+            vector.append(panel_gemm.RunStore(4 * (h + 4 * (j // 4)) + j % 4, value * step + base))
         return [*out, panel_gemm.RunLoop(h, bbs_lut.QUAD, vector)]
 
     def sensitive(sensitive_words, first, g):
@@ -310,7 +310,7 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
             b = tirx.Var("b", "int32")  # its code b: moved to the top byte, shifted back with its sign
             up, down = tirx.Broadcast(24 - 8 * b, lanes), broadcast(24, "int32")
             out.append(panel_gemm.RunLoop(b, CODES_PER_WORD, [
-                (w * CODES_PER_WORD + b, tirx.Cast("float32x16", (word << up) >> down))]))
+                panel_gemm.RunStore(w * CODES_PER_WORD + b, tirx.Cast("float32x16", (word << up) >> down))]))
         return out
 
     def runs(buffers, first, g):
@@ -319,7 +319,8 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
             return pruned(columns, meta, first, g)
         if count == n:
             return sensitive(sensitive_words, first, g)
-        return first < count, sensitive(sensitive_words, first, g), pruned(columns, meta, first, g)
+        return [panel_gemm.RunChoice(first < count, sensitive(sensitive_words, first, g),
+                                     pruned(columns, meta, first, g))]
 
     return runs
 
@@ -334,13 +335,13 @@ def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     scales, position, sensitive, columns, meta = holders
     views = [(panel_gemm.word_view(sensitive, "int32"), sensitive)]
     if tables == "int8" and lut.bit_transpose_supported(tvm.target.Target.current()):
-        return panel_gemm.gemm(None, holders, *enc.shape, scale=lambda row: scales[row], position=position,
-                               group=bbs.GROUP, views=views, runs=int8_run_weights(enc))
+        return panel_gemm.gemm(panel_gemm.ByRuns(int8_run_weights(enc), bbs.GROUP, views), holders, *enc.shape,
+                               scale=lambda row: scales[row], position=position)
     if tables == "int8":
         views.append((panel_gemm.word_view(columns, "uint32"), columns))
     read = [scales, position, views[0][0], views[-1][0] if tables == "int8" else columns, meta]
-    return panel_gemm.gemm(panel_value(enc, read, tables), holders, *enc.shape, scale=lambda row: scales[row],
-                           position=position, group=bbs.GROUP, views=views, unroll=CODES_PER_WORD)
+    decode = panel_gemm.ByWeight(panel_value(enc, read, tables), group=bbs.GROUP, unroll=CODES_PER_WORD, views=views)
+    return panel_gemm.gemm(decode, holders, *enc.shape, scale=lambda row: scales[row], position=position)
 
 
 @register(bbs.NAME, ops=("matmul", "conv2d"), target="llvm")

@@ -130,19 +130,19 @@ def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor, tables: s
     channels at a time (:func:`int8_run_weights`)."""
     if tables == "int8" and lut.bit_transpose_supported(tvm.target.Target.current()):
         scale = None if layout.groups > 1 else (lambda c: scales[c // LANES, 0, c % LANES])
-        return panel_gemm.gemm(None, [words, scales], layout.n, layout.k, scale=scale, group=GROUP,
-                               runs=int8_run_weights(**layout._asdict()))
+        return panel_gemm.gemm(panel_gemm.ByRuns(int8_run_weights(**layout._asdict()), GROUP), [words, scales],
+                               layout.n, layout.k, scale=scale)
     value_of, read, views = decoded_value, words, []
     if tables == "int8":
         read = int8_words(words, layout.magnitude_planes)
         value_of, views = int8_decoded_value, [(read, words)]
     if layout.groups == 1:
         value = panel_gemm.by_channel(value_of(read, **layout._asdict()), layout.n, LANES)
-        return panel_gemm.gemm(value, [words, scales], layout.n, layout.k,
-                               scale=lambda c: scales[c // LANES, 0, c % LANES], group=GROUP, views=views)
+        return panel_gemm.gemm(panel_gemm.ByWeight(value, group=GROUP, views=views), [words, scales], layout.n,
+                               layout.k, scale=lambda c: scales[c // LANES, 0, c % LANES])
     weight = panel_gemm.by_channel(decoded_weight(read, scales, **layout._asdict(), value_of=value_of),
                                    layout.n, LANES)
-    return panel_gemm.gemm(weight, [words, scales], layout.n, layout.k, group=GROUP, views=views)
+    return panel_gemm.gemm(panel_gemm.ByWeight(weight, group=GROUP, views=views), [words, scales], layout.n, layout.k)
 
 
 def row_blocks(planes: int) -> int:
@@ -394,9 +394,10 @@ def int8_decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: i
 
 def int8_run_weights(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """The panel GEMM's decode of :func:`int8_nibbles`' bytes a run of 16 channels and a group at a time (a
-    :data:`.panel_gemm.RunWeights`): the values of :func:`int8_decoded_value` (times the group's scales when
-    ``groups`` > 1), a vector of 16 channels' weights in 2 vector operations and one bit transpose per 8 weights
-    (about 3 instructions a vector in LLVM's code; the per-weight decode: 30, with scalar shifts and broadcasts).
+    :data:`.panel_gemm.RunWeights`, its items :class:`.panel_gemm.RunStore`): the values of :func:`int8_decoded_value`
+    (times the group's scales when ``groups`` > 1), a vector of 16 channels' weights in 2 vector operations and one
+    bit transpose per 8 weights (about 3 instructions a vector in LLVM's code; the per-weight decode: 30, with scalar
+    shifts and broadcasts).
 
     A qword of an index vector is 2 channels' words (at 2 planes: 4 channels'; their 16-bit words first permuted so
     that a qword holds 2 channels of each of its two tables), its 8 bytes the channels' planes, bit ``j`` of each
@@ -422,7 +423,8 @@ def int8_run_weights(n: int, k: int, magnitude_planes: int, shift: int, scale_gr
 
     def weights(bits, table_of, kk, at):
         # weight kk of the run: each lane's index bits from bit at of its qword (even lanes), at - span (odd lanes)
-        return kk, tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, table_of, lut.lane_bits(bits, at, at - span))
+        return panel_gemm.RunStore(kk, tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, table_of,
+                                                                  lut.lane_bits(bits, at, at - span)))
 
     def runs(holders, first, g):
         nibbles, scales = holders
@@ -447,7 +449,7 @@ def int8_run_weights(n: int, k: int, magnitude_planes: int, shift: int, scale_gr
                     out.append(weights(bits, table_of, kk, 8 * j + 8 - span * (2 * half + 1)))
         if groups > 1:
             scale = scales[first // LANES, g * GROUP // scale_group, tirx.Ramp(0, 1, LANES)]
-            out = [(kk, value * scale) for kk, value in out]
+            out = [panel_gemm.RunStore(kk, value * scale) for kk, value in out]
         return out
 
     return runs

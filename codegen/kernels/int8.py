@@ -215,7 +215,7 @@ def gemm(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
     """``f(x [m, K], *constants, out [m, N])`` for several rows: the panel GEMM."""
     holders = weights.holders()
     value = panel_gemm.by_channel(weights.value(holders), n, weights.lanes)
-    return panel_gemm.gemm(value, holders, n, k, scale=lambda c: holders[-1][c])
+    return panel_gemm.gemm(panel_gemm.ByWeight(value), holders, n, k, scale=lambda c: holders[-1][c])
 
 
 def kernel_call(weights: Int8Weights, enc: Encoded, conv: ConvSpec | None, kind: str,

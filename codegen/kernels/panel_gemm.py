@@ -9,15 +9,15 @@ output channels over all of K, laid out K-major ([K, COLS], the layout
 panel of the dense kernel's packed weight: L1 or L2) at the top of the panel's
 parallel iteration, and then every row of activations runs over it in the
 register tiles of :func:`..schedules.matmul.schedule_matmul`, the dense GEMM's
-own schedule. Each weight is decoded once per call; the decode runs in vectors
-along the channels of the panel, where the codecs' arrays hold them contiguously
-(K-major panels of 16 or 32 channels), or, where a codec gives :data:`RunWeights`,
-a run of 16 channels over a group of K at a time in the codec's own vector code
-(the int8 tables' bytes of ``bitplane_lut`` and ``bbs_decoded``: a bit transpose), or, where it gives a :data:`PanelDecode`, a whole panel
-in statements of its own (``bie-blocked``'s index lists).
+own schedule. Each weight is decoded once per call, as the codec's :data:`Decode` states it:
+:class:`ByWeight`, in vectors along the channels of the panel, where the codecs' arrays hold them contiguously
+(K-major panels of 16 or 32 channels); :class:`ByRuns`, a run of 16 channels over a group of K at a time in the
+codec's own vector code (the int8 tables' bytes of ``bitplane_lut`` and ``bbs_decoded``: a bit transpose);
+:class:`ByPanels`, a whole panel in statements of its own (``bie-blocked``'s index lists).
 
 A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``, as
-TVMScript text: the script printer cannot print a function among attributes; :func:`carried_decoder` parses it):
+TVMScript text: the script printer cannot print a function among attributes; :func:`carried_decoder` parses it;
+what the schedule needs of the :data:`Decode` travels in its attributes, :class:`DecoderAttrs`):
 :func:`plain` puts the GEMM after it over any leading dims of the rows, so the many-row epilogue fusion
 (:mod:`..gemm_epilogues`) builds the same kernel with an elementwise epilogue inlined into the tile write-back.
 A codec that computes in a stored order of the channels (``position``) writes each channel of a tile where it
@@ -30,6 +30,8 @@ by float rounding only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import tvm
@@ -51,29 +53,126 @@ VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
 DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
-# (holders' and views' buffers, first channel of a run of VECTOR, group) -> [(kk in the group, the run's float32x16
-# weights kk)], or (a condition on the run, such a list where it holds, another where not): two layouts' runs. A
-# RunBinding item binds a value for the items after it, a RunLoop repeats its items: a value the run's weights
-# share is computed, and printed in the decoder's TVMScript, once (the GEMM kernels carry it and parse it again for
-# each fused epilogue: see DECODER_ATTR)
-RunWeights = Callable[..., list | tuple]
+
+
+class RunStore(NamedTuple):
+    """An item of a run's decode (:data:`RunWeights`): the run's float32x16 weights ``kk`` of its group."""
+    kk: int | tirx.Expr
+    value: tirx.Expr
 
 
 class RunBinding(NamedTuple):
-    """An item of a :data:`RunWeights` list: ``var`` bound to ``value`` for the items after it."""
+    """An item of a run's decode: ``var`` bound to ``value`` for the items after it (a value the run's weights share,
+    computed, and printed in the decoder's TVMScript, once)."""
     var: tirx.Var
     value: tirx.Expr
 
 
 class RunLoop(NamedTuple):
-    """An item of a :data:`RunWeights` list: ``items`` (which may use ``var``) for ``var`` in ``range(extent)``."""
+    """An item of a run's decode: ``items`` (which may use ``var``) for ``var`` in ``range(extent)`` (repeats printed
+    once)."""
     var: tirx.Var
     extent: int
     items: list
 
 
+class RunChoice(NamedTuple):
+    """An item of a run's decode: ``then``'s items where ``condition`` (on the run) holds, ``otherwise``'s where not
+    (two layouts' runs)."""
+    condition: tirx.Expr
+    then: list
+    otherwise: list
+
+
+RunItem = RunStore | RunBinding | RunLoop | RunChoice
+# (holders' and views' buffers, first channel of a run of VECTOR, group) -> the run's decode: the items, statements
+# of its own small language, kept small because the GEMM kernels carry the decoder as TVMScript and parse it again
+# for each fused epilogue (see DECODER_ATTR)
+RunWeights = Callable[..., list[RunItem]]
+
 # (holders' buffers, decoded [panels, K, COLS], panel) -> the statement that writes the whole panel
 PanelDecode = Callable[..., tirx.Stmt]
+View = tuple[te.Tensor, te.Tensor]  # (a word_view, the holder it reads)
+
+
+@dataclass(frozen=True)
+class ByWeight:
+    """A decode weight by weight: ``weight(panel, kk, c)``, a number (converted to float32), decoded in vectors
+    along the panel's channels (the codecs' arrays hold them contiguously).
+
+    ``group``: the codec's words hold this many consecutive weights of K (bit ``j`` of a word: weight ``j`` of its
+    group); the decode then runs group by group, a run of channels at a time, so that each group's words and metadata
+    are loaded once. ``unroll`` (with ``group``): that many consecutive weights of a group decoded per iteration
+    (unrolled), where one word of the codec's arrays holds them (its load then made once for them: LLVM does not
+    unroll every such loop itself). ``views``: (a :func:`word_view`, the holder it reads) pairs."""
+    weight: PanelWeight
+    group: int | None = None
+    unroll: int = 1
+    views: Sequence[View] = ()
+
+    def __post_init__(self):
+        if self.unroll > 1 and not self.group:
+            raise ValueError(f"unroll {self.unroll}: consecutive weights of a group, and the decode has no group")
+
+
+@dataclass(frozen=True)
+class ByRuns:
+    """A decode a run of VECTOR channels over a ``group`` of K at a time, in the codec's vector operations across
+    the lanes that an expression of one weight cannot state (a bit transpose of the run's words): ``runs`` gives the
+    run's items (:data:`RunWeights`). The holders hold channels in runs of VECTOR (zero-padded to a whole run); the
+    decoded panels have K rounded up to whole groups (the GEMM reads the first K). ``views``: as :class:`ByWeight`'s."""
+    runs: RunWeights
+    group: int
+    views: Sequence[View] = ()
+
+
+@dataclass(frozen=True)
+class ByPanels:
+    """A decode a whole panel at a time in the codec's own statements (index lists: zeros, then each channel's
+    entries), the panel's channels past N included: ``panels`` (:data:`PanelDecode`)."""
+    panels: PanelDecode
+
+
+Decode = ByWeight | ByRuns | ByPanels
+
+
+class DecoderAttrs(NamedTuple):
+    """What :func:`plain` and :func:`schedule` read of a :func:`decoder`: its ``bie.*`` attributes, which travel with
+    it as TVMScript (``DECODER_ATTR``), where the :data:`Decode` it was made of cannot."""
+    holders: int  # the decoder's first params: the holders, then the views
+    n: int
+    position: int  # the holder of the stored rows' output channels, -1 for none
+    views: list[int]  # the holder each view reads
+    decode: str  # "weight": the schedule vectorizes the decoded block along the channels; "runs", "panels": the
+    # block is the codec's own (vectors already)
+    group: int  # ByWeight's group (0 for none) and unroll: the vectorized decode's loops
+    unroll: int
+
+    @classmethod
+    def of(cls, decode: Decode, holders: list[te.Tensor], n: int, position: te.Tensor | None) -> DecoderAttrs:
+        views = [] if isinstance(decode, ByPanels) else [_index(holders, holder) for _, holder in decode.views]
+        if isinstance(decode, ByWeight):
+            kind, group, unroll = "weight", decode.group or 0, decode.unroll
+        else:
+            kind, group, unroll = "runs" if isinstance(decode, ByRuns) else "panels", 0, 1
+        return cls(len(holders), n, -1 if position is None else _index(holders, position), views, kind, group, unroll)
+
+    @classmethod
+    def read(cls, func: tirx.PrimFunc) -> DecoderAttrs:
+        attrs = func.attrs
+        return cls(int(attrs["bie.holders"]), int(attrs["bie.n"]), int(attrs["bie.position"]),
+                   [int(i) for i in attrs["bie.views"]], str(attrs["bie.decode"]), int(attrs["bie.group"]),
+                   int(attrs["bie.unroll"]))
+
+    def attrs(self) -> dict:
+        return {f"bie.{name}": value for name, value in self._asdict().items()}
+
+
+def _index(holders: list[te.Tensor], holder: te.Tensor) -> int:
+    at = next((i for i, h in enumerate(holders) if h.same_as(holder)), None)
+    if at is None:
+        raise ValueError(f"{holder.name} is not one of the decoder's holders")
+    return at
 
 
 def by_channel(weight: Callable, n: int, lanes: int) -> PanelWeight:
@@ -101,84 +200,69 @@ def word_view(holder: te.Tensor, dtype: str) -> te.Tensor:
     return te.placeholder([*holder.shape[:-1], holder.shape[-1] // width], dtype, f"{holder.name}_{dtype}")
 
 
-def decoder(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
-            position: te.Tensor | None = None, group: int | None = None,
-            views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None,
-            unroll: int = 1, panels: PanelDecode | None = None) -> tirx.PrimFunc:
-    """Unscheduled ``f(*holders, decoded [panels, K, COLS], [scales [N]])``: W's panels from ``panel_weight`` (a
-    number, converted to float32) and, with ``scale``, each channel's scale.
+def decoder(decode: Decode, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
+            position: te.Tensor | None = None) -> tirx.PrimFunc:
+    """Unscheduled ``f(*holders, *views, decoded [panels, K, COLS], [scales [N]])``: W's panels as ``decode`` states
+    them and, with ``scale``, each channel's scale; its attributes: :class:`DecoderAttrs`.
 
     ``scale(c)``: a channel's scale, applied to the tile's sums as they are written back (the decode reads the
     panels' padding channels, the scales are read for channels that exist only). ``position`` (int32 [N], one of
     ``holders``): the weight's channels are stored rows, output channel ``c`` is stored row ``position[c]``; the
-    product (and ``scale``) is in stored order. ``group``: the codec's words hold this many consecutive weights of
-    K (bit ``j`` of a word: weight ``j`` of its group); the decode then runs group by group, a run of channels at a
-    time, so that each group's words and metadata are loaded once; ``unroll``: that many consecutive weights of a
-    group decoded per iteration (unrolled), where one word of the codec's arrays holds them (its load then made
-    once for them: LLVM does not unroll every such loop itself). ``views``: (a :func:`word_view`, the holder it
-    reads) pairs; a view is a parameter after the holders here, the holder's own memory in :func:`plain`.
-
-    ``runs`` (instead of ``panel_weight``, with ``group``): the codec decodes a run of VECTOR channels over a group
-    at once, in vector operations across the lanes that an expression of one weight cannot state (a bit transpose
-    of the run's words); its holders hold channels in runs of VECTOR (zero-padded to a whole run). ``decoded`` then
-    has K rounded up to whole groups (the GEMM reads the first K).
-
-    ``panels`` (instead of ``panel_weight`` and ``runs``): the codec writes a whole panel in statements of its own
-    (index lists: zeros, then each channel's entries), the panel's channels past N included."""
+    product (and ``scale``) is in stored order. A view is a parameter after the holders here, the holder's own
+    memory in :func:`plain`."""
     cols = matmul.COLS
     count = -(-n // cols)
-    if runs is None and panels is None:
-        decoded = te.compute((count, k, cols), lambda p, kk, c: panel_weight(p, kk, c).astype("float32"),
+    views = () if isinstance(decode, ByPanels) else decode.views
+    if isinstance(decode, ByWeight):
+        decoded = te.compute((count, k, cols), lambda p, kk, c: decode.weight(p, kk, c).astype("float32"),
                              name=DECODED)
     else:  # a placeholder block, replaced by the runs' (_by_runs) or the panels' (_by_panels)
-        rows = k if runs is None else -(-k // group) * group
+        rows = k if isinstance(decode, ByPanels) else -(-k // decode.group) * decode.group
         decoded = te.compute((count, rows, cols), lambda *_: tirx.const(0, "float32"), name=DECODED)
     scales = [] if scale is None else [te.compute((n,), lambda c: scale(c).astype("float32"), name=SCALES)]
-    at = -1 if position is None else next(i for i, h in enumerate(holders) if h.same_as(position))
-    viewed = [next(i for i, h in enumerate(holders) if h.same_as(holder)) for _, holder in views]
     func = te.create_prim_func([*holders, *(view for view, _ in views), decoded, *scales])
-    func = func if runs is None else _by_runs(func, runs, len(holders) + len(views), n, group)
-    func = func if panels is None else _by_panels(func, panels, len(holders))
-    # bie.runs: the decoded block is the codec's own (runs or panels), not one to vectorize along the channels
-    return func.with_attrs({"bie.holders": len(holders), "bie.n": n, "bie.position": at, "bie.group": group or 0,
-                            "bie.views": viewed, "bie.runs": runs is not None or panels is not None,
-                            "bie.unroll": unroll})
+    if isinstance(decode, ByRuns):
+        func = _by_runs(func, decode, len(holders) + len(views), n)
+    if isinstance(decode, ByPanels):
+        func = _by_panels(func, decode.panels, len(holders))
+    return func.with_attrs(DecoderAttrs.of(decode, holders, n, position).attrs())
 
 
-def _by_runs(func: tirx.PrimFunc, runs: RunWeights, count: int, n: int, group: int) -> tirx.PrimFunc:
-    """``func`` (a :func:`decoder`'s) with its ``DECODED`` block computed by ``runs``: one block a panel, group and
-    run of VECTOR channels, storing the run's vectors of the group's weights (zeros past the holders' last run)."""
+def _by_runs(func: tirx.PrimFunc, decode: ByRuns, count: int, n: int) -> tirx.PrimFunc:
+    """``func`` (a :func:`decoder`'s) with its ``DECODED`` block computed by ``decode``'s runs: one block a panel,
+    group and run of VECTOR channels, storing the run's vectors of the group's weights (zeros past the holders' last
+    run)."""
+    group = decode.group
     holders, decoded = list(func.params[:count]), next(b for b in func.params if b.name == DECODED)
     panels, _, cols = (int(d) for d in decoded.shape)
     loops, iters = _iterators({"panel": panels, "group": int(decoded.shape[1]) // group, "run": cols // VECTOR})
     p, g, r = (it.var for it in iters)
     first = p * cols + r * VECTOR
+    lanes = tirx.Ramp(r * VECTOR, 1, VECTOR)
 
-    def stores(weights):
-        # (kk, value): a store; a RunBinding: a Bind for the statements after it; a RunLoop: a loop
-        lanes = tirx.Ramp(r * VECTOR, 1, VECTOR)
+    def stmt(item: RunItem) -> tirx.Stmt:
+        if isinstance(item, RunStore):
+            return tirx.BufferStore(decoded, item.value, [p, g * group + item.kk, lanes])
+        if isinstance(item, RunBinding):
+            return tirx.Bind(item.var, item.value)
+        if isinstance(item, RunLoop):
+            return tirx.For(item.var, 0, item.extent, tirx.ForKind.SERIAL, stmts(item.items))
+        if isinstance(item, RunChoice):
+            return tirx.IfThenElse(item.condition, stmts(item.then), stmts(item.otherwise))
+        raise TypeError(f"not an item of a run's decode: {item!r}")
 
-        def stmt(item):
-            if isinstance(item, RunLoop):
-                return tirx.For(item.var, 0, item.extent, tirx.ForKind.SERIAL, stores(item.items))
-            if isinstance(item, RunBinding):
-                return tirx.Bind(item.var, item.value)
-            kk, value = item
-            return tirx.BufferStore(decoded, value, [p, g * group + kk, lanes])
-
-        body = [stmt(item) for item in weights]
+    def stmts(items: list[RunItem]) -> tirx.Stmt:
+        body = [stmt(item) for item in items]
         return body[0] if len(body) == 1 else tirx.stmt.SeqStmt(body)
 
-    weights = runs(holders, first, g)
-    body = (tirx.IfThenElse(weights[0], stores(weights[1]), stores(weights[2])) if isinstance(weights, tuple)
-            else stores(weights))
+    items = decode.runs(holders, first, g)
     readable = -(-n // VECTOR) * VECTOR
     if panels * cols > readable:  # the last panel's runs past the holders' are zero
-        body = tirx.IfThenElse(first < readable, body, stores(
-            [(kk, tirx.Broadcast(tirx.const(0, "float32"), VECTOR)) for kk in range(group)]))
+        zeros = tirx.Broadcast(tirx.const(0, "float32"), VECTOR)
+        items = [RunChoice(first < readable, items, [RunStore(kk, zeros) for kk in range(group)])]
     writes = tirx.BufferRegion(decoded, [Range.from_min_extent(p, 1), Range.from_min_extent(g * group, group),
                                          Range.from_min_extent(r * VECTOR, VECTOR)])
-    return _with_decode_block(func, holders, loops, iters, writes, body)
+    return _with_decode_block(func, holders, loops, iters, writes, stmts(items))
 
 
 def _by_panels(func: tirx.PrimFunc, panels: PanelDecode, count: int) -> tirx.PrimFunc:
@@ -220,11 +304,11 @@ def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
     """Unscheduled ``f(x [*lead, K], *holders, out [*lead, N])``: ``decode``'s blocks (:func:`decoder`), then
     ``out[..., c] = x @ W[c] * scale(c)``, written to ``out[..., inverse[c]]`` where the channels are stored rows
     (``inverse``, computed first: the output channel of each stored row)."""
-    count, at = int(decode.attrs["bie.holders"]), int(decode.attrs["bie.position"])
-    viewed = [int(i) for i in decode.attrs["bie.views"]]
+    attrs = DecoderAttrs.read(decode)
+    count, at, viewed, n = attrs.holders, attrs.position, attrs.views, attrs.n
     holders, views = decode.params[:count], decode.params[count:count + len(viewed)]
     decoded, *scales = decode.params[count + len(viewed):]
-    n, cols = int(decode.attrs["bie.n"]), int(decoded.shape[-1])
+    cols = int(decoded.shape[-1])
     x = te.placeholder([*lead, k], "float32", "x")
     weight = te.placeholder(list(decoded.shape), "float32", DECODED)
     rk = te.reduce_axis((0, k), "rk")
@@ -312,8 +396,8 @@ def _scattered(func: tirx.PrimFunc, n: int) -> tirx.PrimFunc:
 def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     """A :func:`plain` kernel (and the elementwise blocks after it) scheduled: the register tiles of
     ``schedule_matmul`` in parallel over the panels, the leading dims and rows inside; each panel decoded at the
-    top of its parallel iteration, in vectors along its channels (group by group with ``bie.group``); the stored
-    rows' output channels (``inverse``) computed first, serially."""
+    top of its parallel iteration, by weight (:class:`ByWeight`) in vectors along its channels, group by group where
+    it has a group; the stored rows' output channels (``inverse``) computed first, serially."""
     # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
     # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
     stmts = _sequence([func.body.block.body])
@@ -327,31 +411,29 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     panel_loop = sch.get_loops(block)[0]  # the parallel loop over panels; rows of activations run inside it
     decoding = sch.get_sblock(DECODED)
     sch.compute_at(decoding, panel_loop)
-    if not decode.attrs["bie.runs"]:  # (a codec's runs are vectors already, see decoder)
+    attrs = DecoderAttrs.read(decode)
+    if attrs.decode == "weight":  # (a codec's runs and panels are vectors already)
         *_, kk, c = sch.get_loops(decoding)  # (kk is not a loop when K is 1)
         runs, lane = sch.split(c, [None, VECTOR])
-        group = int(decode.attrs["bie.group"])
+        group = attrs.group
         k = int(sch.get(decoding).iter_vars[1].dom.extent)
         if group and k > group:  # a group's words and metadata are loaded and decoded once per run
             groups, kk = sch.split(kk, [None, group])
             sch.reorder(groups, runs, kk, lane)
-            unroll = int(decode.attrs["bie.unroll"])
-            if unroll > 1:
-                sch.unroll(sch.split(kk, [None, unroll])[1])
+            if attrs.unroll > 1:
+                sch.unroll(sch.split(kk, [None, attrs.unroll])[1])
         sch.vectorize(lane)
         sch.unroll(runs)
     scheduled = sch.mod["main"]
     return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
 
 
-def gemm(panel_weight: PanelWeight | None, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
-         position: te.Tensor | None = None, group: int | None = None,
-         views: list[tuple[te.Tensor, te.Tensor]] = (), runs: RunWeights | None = None,
-         unroll: int = 1, panels: PanelDecode | None = None) -> tirx.PrimFunc:
+def gemm(decode: Decode, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,
+         position: te.Tensor | None = None) -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
     :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
-    decode = decoder(panel_weight, holders, n, k, scale, position, group, views, runs, unroll, panels)
-    return schedule(plain(decode, [te.var("m", "int64")], k), decode).with_attr(DECODER_ATTR, decode.script())
+    func = decoder(decode, holders, n, k, scale, position)
+    return schedule(plain(func, [te.var("m", "int64")], k), func).with_attr(DECODER_ATTR, func.script())
 
 
 def carried_decoder(func: tirx.PrimFunc) -> tirx.PrimFunc | None:

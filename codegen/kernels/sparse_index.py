@@ -596,7 +596,8 @@ def blocked_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
 def _panel_gemm(enc: Encoded, constants: list[np.ndarray], names: tuple, panels: panel_gemm.PanelDecode):
     """The panel GEMM over an index layout's constants (``names``; the scales last, applied to the sums)."""
     holders = [te.placeholder(c.shape, c.dtype.name, name) for c, name in zip(constants, names)]
-    return panel_gemm.gemm(None, holders, enc.shape[0], enc.shape[1], scale=lambda c: holders[-1][c], panels=panels)
+    return panel_gemm.gemm(panel_gemm.ByPanels(panels), holders, enc.shape[0], enc.shape[1],
+                           scale=lambda c: holders[-1][c])
 
 
 @register(bie_binary.NAME, ops=("matmul", "conv2d"), target="llvm")
