@@ -296,8 +296,8 @@ def lut_parts(enc: Encoded) -> tuple[bitplane_lut.Layout, np.ndarray, BitPlanes]
 def lut_kernels(enc: Encoded, tables: str = "fp32") -> KernelCall:
     """The look-up-table GEMV for one row (:mod:`.bitplane_lut`, with ``tables`` of fp32 or int8 partial sums) and
     the decode kernel of its words above (a matmul; within the target, whose CPU must have AVX-512), over the
-    encoding's planes as their words and scales. Unmarked for progressive precision: constants written at load
-    (:mod:`.blocked_bitmap`) are no stored planes to cut."""
+    encoding's planes as their words and scales. Not marked for progressive precision (:func:`lut_call` is): the
+    words :mod:`.blocked_bitmap` writes at load are no stored planes to cut."""
     layout, codes, planes = lut_parts(enc)
     constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, tables),
                  bitplane_lut.lanes_of_scales(planes.scales)]

@@ -153,8 +153,10 @@ def at_load_call(enc: Encoded, layout: dict, stored: list[np.ndarray]) -> Kernel
     (the blocked encoding's indptr, counts, entries, scales; ``layout``: :func:`.sparse_index.blocked_layout`'s)."""
     n, k = enc.shape
     kb = packed_width(k)
-    bitmap = Encoded(bie_binary.NAME, (n, k), {"planes": np.zeros((1, n, kb), np.uint8),  # shapes only: written
-                                               "signs": np.zeros((n, kb), np.uint8),  # at load
+    # bie-binary's bitmap encoding of the same shape and scales, its planes zero: the kernels' constants are
+    # derived from it as bie-binary derives them (their values are written at load)
+    bitmap = Encoded(bie_binary.NAME, (n, k), {"planes": np.zeros((1, n, kb), np.uint8),
+                                               "signs": np.zeros((n, kb), np.uint8),
                                                "scales": enc.arrays["scales"][:, None]}, {"layout": "bitmap"})
     if lut.supported(tvm.target.Target.current()):  # where bitplane.llvm_call takes the look-up-table GEMV
         call, writer = bitplane.lut_kernels(bitmap), lut_words
