@@ -35,6 +35,8 @@ before they are added, which is what the barrier guarantees on the GPU).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
 
@@ -212,20 +214,19 @@ def matmul(enc: Encoded, gpu: bool = True) -> tirx.PrimFunc:
                                     stored[tile * rows + rr, row] = scales[row] * (
                                         lane_sums[lane * rows + rr] + lane_sums[(lane + bbs.LANES) * rows + rr])
 
+    m = TypeVar("m")  # in TVMScript signatures: the rows of x and out, an int64 variable matched at the call
+
     @T.prim_func(private=True)
     def kernel(
-        var_x: T.handle,
+        x: T.Buffer((m, k), "float32"),
         scales: T.Buffer(scales_c.shape, "float32"),
         position: T.Buffer(position_c.shape, "int32"),
         sensitive: T.Buffer(sensitive_c.shape, "int8"),
         columns: T.Buffer(columns_c.shape, "uint32"),
         meta: T.Buffer(meta_c.shape, "uint8"),
-        var_out: T.handle,
+        out: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
         sensitive_words = T.decl_buffer((sensitive_c.shape[0], words), "uint32", data=sensitive.data)
         stored = T.decl_buffer((m, n), "float32")
         if m == T.int64(1):

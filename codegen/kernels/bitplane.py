@@ -293,16 +293,24 @@ def lut_parts(enc: Encoded) -> tuple[bitplane_lut.Layout, np.ndarray, BitPlanes]
     return bitplane_lut.Layout(n, k, kept, shift, planes.group, planes.scales.shape[1]), codes, planes
 
 
-def lut_call(enc: Encoded, tables: str = "fp32") -> KernelCall:
+def lut_kernels(enc: Encoded, tables: str = "fp32") -> KernelCall:
     """The look-up-table GEMV for one row (:mod:`.bitplane_lut`, with ``tables`` of fp32 or int8 partial sums) and
-    the decode kernel of its words above (a matmul; within the target, whose CPU must have AVX-512)."""
+    the decode kernel of its words above (a matmul; within the target, whose CPU must have AVX-512), over the
+    encoding's planes as their words and scales. Not marked for progressive precision (:func:`lut_call` is): the
+    words :mod:`.blocked_bitmap` writes at load are no stored planes to cut."""
     layout, codes, planes = lut_parts(enc)
     constants = [bitplane_lut.words_of(codes, layout.magnitude_planes, tables),
                  bitplane_lut.lanes_of_scales(planes.scales)]
-    call = bitplane_lut.kernel_call(layout, constants, "bitplane", tables)
-    form = INT8_FORM if tables == "int8" else bitplane_lut.FORM  # progressive precision: cut at load in either form
+    return bitplane_lut.kernel_call(layout, constants, "bitplane", tables)
+
+
+def lut_call(enc: Encoded, tables: str = "fp32") -> KernelCall:
+    """:func:`lut_kernels`, their words' magnitude planes marked for progressive precision (cut at load)."""
+    call = lut_kernels(enc, tables)
+    form = INT8_FORM if tables == "int8" else bitplane_lut.FORM  # either form can be cut
+    magnitude_bits = int(enc.arrays["planes"].shape[0])  # lut_parts: the planes kept are the magnitude planes
     for variant in (call, call.large_batch):
-        variant.func = variant.func.with_attr(PRECISION_ATTR, {"form": form, "magnitude_bits": layout.magnitude_planes})
+        variant.func = variant.func.with_attr(PRECISION_ATTR, {"form": form, "magnitude_bits": magnitude_bits})
     return call
 
 

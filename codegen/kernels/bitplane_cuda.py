@@ -28,7 +28,7 @@ on the CPU (serially, every thread's writes precede the reads that the barriers 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from tvm import tirx
@@ -258,17 +258,16 @@ def matmul(lay: Layout, gpu: bool = True, tuning: Tuning = Tuning()) -> tirx.Pri
 
     one, tile = Geometry.of(1, kw, num_planes, tuning), Geometry.of(ROWS_PER_TILE, kw, num_planes, tuning)
 
+    m = TypeVar("m")  # in TVMScript signatures: the rows of x and out, an int64 variable matched at the call
+
     @T.prim_func(private=True)
     def kernel(
-        var_x: T.handle,
+        x: T.Buffer((m, k), "float32"),
         planes: T.Buffer((num_planes, n, kw), "uint32"),
         scales: T.Buffer((n, lay.scale_groups), "float32"),
-        var_out: T.handle,
+        out: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
         partial = T.decl_buffer((max(one.slices, tile.slices), m, n), "float32")
         if m == T.int64(1):
             tile_grid(m, x, planes, scales, partial, one)

@@ -152,16 +152,15 @@ def at_load_call(enc: Encoded, layout: dict, stored: list[np.ndarray]) -> Kernel
     """``bie-binary``'s bitmap kernels for a matmul (fp32 tables), their constants written at load from ``stored``
     (the blocked encoding's indptr, counts, entries, scales; ``layout``: :func:`.sparse_index.blocked_layout`'s)."""
     n, k = enc.shape
-    scales, kb = enc.arrays["scales"], packed_width(k)
-    if lut.supported(tvm.target.Target.current()):  # where bitplane.llvm_call takes the look-up-table GEMV
-        shapes = bitplane_lut.Layout(n, k, 1, 0, 8 * kb, 1)  # bitplane.lut_parts of a bie-binary bitmap encoding
-        words = np.zeros((2, -(-n // LANES) * -(-k // GROUP), LANES), np.uint32)  # shapes only: written at load
-        call = bitplane_lut.kernel_call(shapes, [words, bitplane_lut.lanes_of_scales(scales[:, None])], "bitplane")
-        call.at_load = AtLoad(lut_words(**layout), stored)
-        return call
+    kb = packed_width(k)
+    # bie-binary's bitmap encoding of the same shape and scales, its planes zero: the kernels' constants are
+    # derived from it as bie-binary derives them (their values are written at load)
     bitmap = Encoded(bie_binary.NAME, (n, k), {"planes": np.zeros((1, n, kb), np.uint8),
-                                               "signs": np.zeros((n, kb), np.uint8), "scales": scales[:, None]},
-                     {"layout": "bitmap"})
-    call = bitplane.llvm_call(bitmap, None, lut_tables="fp32")
-    call.at_load = AtLoad(packed_planes(**layout), stored)
+                                               "signs": np.zeros((n, kb), np.uint8),
+                                               "scales": enc.arrays["scales"][:, None]}, {"layout": "bitmap"})
+    if lut.supported(tvm.target.Target.current()):  # where bitplane.llvm_call takes the look-up-table GEMV
+        call, writer = bitplane.lut_kernels(bitmap), lut_words
+    else:
+        call, writer = bitplane.llvm_call(bitmap, None, lut_tables="fp32"), packed_planes
+    call.at_load = AtLoad(writer(**layout), stored)
     return call

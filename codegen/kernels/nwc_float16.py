@@ -10,6 +10,7 @@ widen it into the plain op's weight (a decode kernel, :func:`.decode.elementwise
 from __future__ import annotations
 
 import functools
+from typing import TypeVar
 
 from tvm import te, tirx
 from tvm.script import tirx as T
@@ -52,12 +53,11 @@ def gemv(n: int, k: int) -> tirx.PrimFunc:
     full = k // LANES * LANES
     tasks = -(-n // CHANNELS)
 
+    m = TypeVar("m")  # in TVMScript signatures: the rows of x and out, an int64 variable matched at the call
+
     @T.prim_func(private=True)
-    def kernel(var_x: T.handle, weight: T.Buffer((n, k), "float16"), var_out: T.handle):
+    def kernel(x: T.Buffer((m, k), "float32"), weight: T.Buffer((n, k), "float16"), out: T.Buffer((m, n), "float32")):
         T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
         for task in T.parallel(tasks):
             for b in range(m):
                 acc = T.decl_buffer((CHANNELS * LANES,), "float32", scope="local")

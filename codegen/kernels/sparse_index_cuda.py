@@ -17,6 +17,8 @@ reads them, which is what the barrier guarantees on the GPU.)
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, bie_binary, bie_blocked
@@ -54,18 +56,17 @@ def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, g
         start: T.let = T.Cast("int64", indptr[channel])
         accumulate(acc, x, m, i0, rows, entries, T.int64(0), start, T.Cast("int64", indptr[channel + 1]) - start, lane)
 
+    m = TypeVar("m")  # in TVMScript signatures: the rows of x and out, an int64 variable matched at the call
+
     @T.prim_func(private=True)
     def kernel(
-        var_x: T.handle,
+        x: T.Buffer((m, k), "float32"),
         indptr: T.Buffer((n + 1,), "uint32"),
         entries: T.Buffer((nnz,), entry_dtype),
         scales: T.Buffer((n,), "float32"),
-        var_out: T.handle,
+        out: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
         if m == T.int64(1):
             one(m, out, scales, lambda acc, i0, channel, lane: lane_sum(acc, x, m, i0, 1, indptr, entries, channel,
                                                                         lane))
@@ -94,19 +95,18 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
             accumulate(acc, x, m, i0, rows, entries, blk * block_size, first, count, lane)
             start[0] = first + count
 
+    m = TypeVar("m")  # in TVMScript signatures: the rows of x and out, an int64 variable matched at the call
+
     @T.prim_func(private=True)
     def kernel(
-        var_x: T.handle,
+        x: T.Buffer((m, k), "float32"),
         indptr: T.Buffer((n + 1,), "uint32"),
         counts: T.Buffer((n, blocks), count_dtype),
         entries: T.Buffer((nnz,), entry_dtype),
         scales: T.Buffer((n,), "float32"),
-        var_out: T.handle,
+        out: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
         if m == T.int64(1):
             one(m, out, scales, lambda acc, i0, channel, lane: lane_sum(acc, x, m, i0, 1, indptr, counts, entries,
                                                                         channel, lane))

@@ -29,6 +29,8 @@ on the GPU.)
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, tans
@@ -90,19 +92,18 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
             for r in T.unroll(ROWS_PER_TILE):
                 acc[r] = acc[r] + x[T.min(i0 + r, m - 1), column] * weight
 
+    m = TypeVar("m")  # in TVMScript signatures: the rows of x and out, an int64 variable matched at the call
+
     @T.prim_func(private=True)
     def kernel(
-        var_x: T.handle,
+        x: T.Buffer((m, k), "float32"),
         counts: T.Buffer((levels,), "uint16"),
         offsets: T.Buffer((streams + 1,), "uint32"),
         words: T.Buffer((num_words,), "uint32"),
         steps: T.Buffer((n,), "float32"),
-        var_out: T.handle,
+        out: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
         if m == T.int64(1):  # fused: nothing written but the outputs
             each_stream(counts, offsets, words,
                         lambda stream, table: mac.fused_stream(stream, 1, x, table, offsets, words, steps, out))

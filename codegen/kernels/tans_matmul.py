@@ -70,7 +70,7 @@ latency. Same format, same symbols.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import tvm
@@ -606,7 +606,7 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
 
     @T.prim_func(private=True)
     def kernel(
-        var_x: T.handle,
+        _x: T.Buffer(x_shape, "float32"),
         counts: T.Buffer((levels,), "uint16"),
         offsets: T.Buffer((streams + 1,), "uint32"),
         words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
@@ -614,7 +614,6 @@ def decode_weights(*, n: int, k: int, levels: int, table_log: int, states: int, 
         out: T.Buffer(into.shape, "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        _x = T.match_buffer(var_x, x_shape, "float32")
         decode_streams(lay, counts, offsets, words, store_scaled, out, steps)
 
     return kernel
@@ -730,7 +729,7 @@ def transposing_decoder(lay: dict):
 
     @T.prim_func(private=True)
     def kernel(
-        var_x: T.handle,
+        _x: T.Buffer((T.int64(), T.int64()), "float32"),
         counts: T.Buffer((levels,), "uint16"),
         offsets: T.Buffer((streams + 1,), "uint32"),
         words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
@@ -738,7 +737,6 @@ def transposing_decoder(lay: dict):
         out: T.Buffer((k, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        _x = T.match_buffer(var_x, (T.int64(), T.int64()), "float32")
         blocked.decode(counts, offsets, words, steps, write_rows, (out, steps))
 
     return kernel
@@ -997,19 +995,18 @@ def matmul(*, n: int, k: int, levels: int, table_log: int, states: int, rows_per
                     if bo * BATCH_BLOCK + bb < m:
                         out[bo * BATCH_BLOCK + bb, row] = total[bb] * steps[row]
 
+    m = TypeVar("m")  # in TVMScript signatures: the rows of x and out, an int64 variable matched at the call
+
     @T.prim_func(private=True)
     def kernel(
-        var_x: T.handle,
+        x: T.Buffer((m, k), "float32"),
         counts: T.Buffer((levels,), "uint16"),
         offsets: T.Buffer((streams + 1,), "uint32"),
         words: T.Buffer((4 * num_words,), "uint8"),  # the uint32 words as bytes
         steps: T.Buffer((n,), "float32"),
-        var_out: T.handle,
+        out: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
         table = T.decl_buffer((table_length(table_log, packed=vector),), PACKED_TABLE_DTYPE if vector else TABLE_DTYPE)
         decoder.build_table(counts, table)
         # one copy of the fused loop per batch size up to FUSED_MAX_BATCH, so that its accumulators are registers
