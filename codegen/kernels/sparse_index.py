@@ -127,7 +127,9 @@ def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str
     return kernel
 
 
-TILE = 16  # rows of x a vector of xt holds (a zmm of fp32)
+WIDE, NARROW = 16, 8  # rows of x a vector of xt holds: a zmm of fp32, a ymm where the batch has at most 8 rows
+CHAINS = 4  # sums of a tile, an entry each in turn
+CHANNELS = 16  # channels of out a vector stores
 
 
 def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, block_size: int = 0,
@@ -135,45 +137,96 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
     """The index loop above one row: ``out[m, n]`` as :func:`global_index` (``block_size`` 0) or
     :func:`blocked_index` computes it, with work proportional to the non-zeros and a vector an entry.
 
-    x is transposed once a call into ``xt`` [tiles of 16 rows, K, 16] (rows past ``m`` zero), tiles in parallel;
-    then channels in parallel, each entry of a channel adds or subtracts ``xt``'s 16 rows at its position to a
-    tile's sums, scaled at the end: an entry and tile take a load, its sign bit xor-ed in and an add, where the
-    panel GEMM's decode writes all of [K, 32] for each panel of channels, zeros included. The sums are one [N, 32]
+    x is transposed once a call into ``xt`` [tiles of ``width`` rows, rows of x then of -x (a block's span each,
+    block by block), ``width``] (rows past ``m`` zero), tiles in parallel; then channels in parallel, each entry of
+    a channel adds ``xt``'s row at the entry read as a number (offset and sign bit; global indices: the offset plus
+    K if negative) to one of a tile's ``CHAINS`` sums: a load and an add an entry, where the panel GEMM's decode
+    writes all of [K, 32] for each panel of channels, zeros included. ``width`` is 8 rows where the batch has at
+    most 8 (half the vector and of ``xt`` unused at 16), else 16. Each tile's scaled sums go to a buffer [tiles, N,
+    ``width``], written into ``out`` a vector of ``CHANNELS`` a row. The sums are one [N, ``CHAINS`` * ``width``]
     buffer a call, a row a channel: declared in the channel loop, they became a workspace allocation per channel.
     """
     span = block_size or k  # the K positions of a block
     blocks = -(-k // span)
+    rows = blocks * 2 * span  # of xt: a block's rows of x, then of -x
+
+    def row_of(entry, blk):
+        # an entry's row of xt: its offset, plus the block's span if negative (the entry itself where the sign bit
+        # is the one above the block's offsets)
+        if (1 << sign_bit) == span:
+            return blk * 2 * span + T.Cast("int64", entry)
+        return blk * 2 * span + T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0]) + T.Cast(
+            "int64", entry_fields(entry, entry_dtype, sign_bit)[1]) * span
+
+    def block_count(indptr, counts, j, blk):
+        # the global layout: one block, all of the channel's entries
+        if block_size:
+            return T.Cast("int64", counts[j, blk])
+        return T.Cast("int64", indptr[j + 1]) - T.Cast("int64", indptr[j])
 
     @T.macro
-    def transpose(x, xt, m):
-        for t in T.parallel((m + (TILE - 1)) // TILE):
-            for l in range(TILE):
-                i: T.let = t * TILE + l
-                for r in range(k):
-                    xt[t, r, l] = T.if_then_else(i < m, x[T.min(i, m - 1), r], T.float32(0))
+    def transpose(x, xt, m, width):
+        for t in T.parallel((m + (width - 1)) // width):
+            for r in range(k):
+                for l in range(width):
+                    v: T.let = T.if_then_else(t * width + l < m, x[T.min(t * width + l, m - 1), r], T.float32(0))
+                    xt[t, r + r // span * span, l] = v
+                    xt[t, r + r // span * span + span, l] = -v
 
     @T.macro
-    def add_entry(sums, xt, entries, j, t, base, at, half):
-        entry: T.let = entries[at]
-        # (a T.let, not a tuple unpacked: a name assigned in the loop became a workspace allocation per channel)
-        r: T.let = base + T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0])
-        for l in T.vectorized(TILE):
-            sums[j, half * TILE + l] = sums[j, half * TILE + l] + signed(xt[t, r, l], entry, sign_bit)
+    def add_entries(sums, xt, entries, j, t, blk, first, count, width):
+        # (the entry inline: a T.let in the unrolled loop is bound once a copy, which TVM rejects; a name assigned
+        # in the loop became a workspace allocation per channel)
+        for e in range(count // CHAINS):
+            for c in T.unroll(CHAINS):
+                for l in T.vectorized(width):
+                    sums[j, c * width + l] = sums[j, c * width + l] + xt[
+                        t, row_of(entries[first + CHAINS * e + c], blk), l]
+        for c in range(count % CHAINS):
+            for l in T.vectorized(width):
+                sums[j, c * width + l] = sums[j, c * width + l] + xt[
+                    t, row_of(entries[first + count // CHAINS * CHAINS + c], blk), l]
 
     @T.macro
-    def add_entries(sums, xt, entries, j, t, base, first, count):
-        # two sums a tile, alternate entries: one chain of adds waits on each add's latency
-        for e in range(count // 2):
-            add_entry(sums, xt, entries, j, t, base, first + 2 * e, 0)
-            add_entry(sums, xt, entries, j, t, base, first + 2 * e + 1, 1)
-        if count % 2 == 1:
-            add_entry(sums, xt, entries, j, t, base, first + count - 1, 0)
+    def untranspose(res, out, m, width):
+        # CHANNELS of a row a vector: each channel's sums stored into out, its rows 4 N bytes apart, went to two of
+        # L1's sets at N = 1536, and took ~2 ns a row
+        for q in T.parallel((m + (width - 1)) // width * ((n + (CHANNELS - 1)) // CHANNELS)):
+            t: T.let = q // ((n + (CHANNELS - 1)) // CHANNELS)
+            jb: T.let = q % ((n + (CHANNELS - 1)) // CHANNELS)
+            for l in range(T.min(width, m - t * width)):
+                for c in T.vectorized(CHANNELS):
+                    if jb * CHANNELS + c < n:
+                        out[t * width + l, jb * CHANNELS + c] = res[t, T.min(jb * CHANNELS + c, n - 1), l]
 
     @T.macro
-    def write_tile(out, sums, scales, m, t, j):
-        for l in range(TILE):
-            if t * TILE + l < m:
-                out[t * TILE + l, j] = (sums[j, l] + sums[j, TILE + l]) * scales[j]
+    def body(x, indptr, counts, entries, scales, out, m, width):
+        xt = T.decl_buffer(((m + (width - 1)) // width, rows, width), "float32", scope="global")
+        sums = T.decl_buffer((n, CHAINS * width), "float32", scope="global")
+        res = T.decl_buffer(((m + (width - 1)) // width, n, width), "float32", scope="global")
+        start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
+        transpose(x, xt, m, width)
+        for j in T.parallel(n):
+            for t in range((m + (width - 1)) // width):
+                for l in T.vectorized(CHAINS * width):
+                    sums[j, l] = T.float32(0)
+                start[j] = T.Cast("int64", indptr[j])
+                for blk in range(blocks):
+                    count: T.let = block_count(indptr, counts, j, blk)
+                    first: T.let = start[j]
+                    add_entries(sums, xt, entries, j, t, blk, first, count, width)
+                    start[j] = first + count
+                for l in T.vectorized(width):
+                    res[t, j, l] = (sums[j, l] + sums[j, width + l] + (sums[j, 2 * width + l] + sums[
+                        j, 3 * width + l])) * scales[j]
+        untranspose(res, out, m, width)
+
+    @T.macro
+    def rows(x, indptr, counts, entries, scales, out, m):
+        if m <= NARROW:
+            body(x, indptr, counts, entries, scales, out, m, NARROW)
+        else:
+            body(x, indptr, counts, entries, scales, out, m, WIDE)
 
     if not block_size:
         @T.prim_func(private=True)
@@ -188,16 +241,7 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             m = T.int64()
             x = T.match_buffer(var_x, (m, k), "float32")
             out = T.match_buffer(var_out, (m, n), "float32")
-            xt = T.decl_buffer(((m + (TILE - 1)) // TILE, k, TILE), "float32", scope="global")
-            sums = T.decl_buffer((n, 2 * TILE), "float32", scope="global")
-            transpose(x, xt, m)
-            for j in T.parallel(n):
-                for t in range((m + (TILE - 1)) // TILE):
-                    for l in T.vectorized(2 * TILE):
-                        sums[j, l] = T.float32(0)
-                    first: T.let = T.Cast("int64", indptr[j])
-                    add_entries(sums, xt, entries, j, t, T.int64(0), first, T.Cast("int64", indptr[j + 1]) - first)
-                    write_tile(out, sums, scales, m, t, j)
+            rows(x, indptr, None, entries, scales, out, m)
 
         return global_kernel
 
@@ -214,21 +258,7 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        xt = T.decl_buffer(((m + (TILE - 1)) // TILE, k, TILE), "float32", scope="global")
-        sums = T.decl_buffer((n, 2 * TILE), "float32", scope="global")
-        start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
-        transpose(x, xt, m)
-        for j in T.parallel(n):
-            for t in range((m + (TILE - 1)) // TILE):
-                for l in T.vectorized(2 * TILE):
-                    sums[j, l] = T.float32(0)
-                start[j] = T.Cast("int64", indptr[j])
-                for blk in range(blocks):
-                    count: T.let = T.Cast("int64", counts[j, blk])
-                    first: T.let = start[j]
-                    add_entries(sums, xt, entries, j, t, blk * span, first, count)
-                    start[j] = first + count
-                write_tile(out, sums, scales, m, t, j)
+        rows(x, indptr, counts, entries, scales, out, m)
 
     return blocked_kernel
 
