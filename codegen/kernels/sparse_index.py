@@ -206,8 +206,8 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         res = T.decl_buffer(((m + (width - 1)) // width, n, width), "float32", scope="global")
         start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
         transpose(x, xt, m, width)
-        for j in T.parallel(n):
-            for t in range((m + (width - 1)) // width):
+        for t in range((m + (width - 1)) // width):
+            for j in T.parallel(n):
                 for l in T.vectorized(CHAINS * width):
                     sums[j, l] = T.float32(0)
                 start[j] = T.Cast("int64", indptr[j])
