@@ -182,10 +182,10 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
                 for l in T.vectorized(width):
                     sums[j, c * width + l] = sums[j, c * width + l] + xt[
                         t, row_of(entries[first + CHAINS * e + c], blk), l]
-        for c in range(count % CHAINS):
+        for c in T.unroll(CHAINS - 1):
             for l in T.vectorized(width):
-                sums[j, c * width + l] = sums[j, c * width + l] + xt[
-                    t, row_of(entries[first + count // CHAINS * CHAINS + c], blk), l]
+                sums[j, c * width + l] = sums[j, c * width + l] + T.if_then_else(T.Cast("int64", c) < count % CHAINS, xt[
+                    t, row_of(entries[T.min(first + count // CHAINS * CHAINS + c, nnz - 1)], blk), l], T.float32(0))
 
     @T.macro
     def untranspose(res, out, m, width):
@@ -223,7 +223,9 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
 
     @T.macro
     def rows(x, indptr, counts, entries, scales, out, m):
-        if m <= NARROW:
+        if m == 1:
+            body(x, indptr, counts, entries, scales, out, m, 1)
+        elif m <= NARROW:
             body(x, indptr, counts, entries, scales, out, m, NARROW)
         else:
             body(x, indptr, counts, entries, scales, out, m, WIDE)
