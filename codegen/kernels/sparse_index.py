@@ -39,6 +39,14 @@ def entry_fields(entry, entry_dtype: str, sign_bit: int) -> tuple:
             tirx.NE(entry >> tirx.const(sign_bit, entry_dtype), tirx.const(0, entry_dtype)))
 
 
+def block_count(block_size: int, indptr, counts, j, blk):
+    """Channel ``j``'s entries in block ``blk``: its ``counts`` (``block_size`` 0, the global layout: one block, all
+    of the channel's entries, from ``indptr``)."""
+    if block_size:
+        return T.Cast("int64", counts[j, blk])
+    return T.Cast("int64", indptr[j + 1]) - T.Cast("int64", indptr[j])
+
+
 WIDE, NARROW = 16, 8  # rows of x a vector of xt holds: a zmm of fp32, a ymm where the batch has 2 to 8 rows
 CHAINS = 4  # sums of a tile, an entry each in turn
 CHANNELS = 16  # channels of out a vector stores
@@ -70,12 +78,6 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             return blk * 2 * span + T.Cast("int64", entry)
         return blk * 2 * span + T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0]) + T.Cast(
             "int64", entry_fields(entry, entry_dtype, sign_bit)[1]) * span
-
-    def block_count(indptr, counts, j, blk):
-        # the global layout: one block, all of the channel's entries
-        if block_size:
-            return T.Cast("int64", counts[j, blk])
-        return T.Cast("int64", indptr[j + 1]) - T.Cast("int64", indptr[j])
 
     @T.macro
     def transpose(x, xt, m, width):
@@ -126,7 +128,7 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
                     sums[j, l] = T.float32(0)
                 start[j] = T.Cast("int64", indptr[j])
                 for blk in range(blocks):
-                    count: T.let = block_count(indptr, counts, j, blk)
+                    count: T.let = block_count(block_size, indptr, counts, j, blk)
                     first: T.let = start[j]
                     add_entries(sums, xt, entries, j, t, blk, first, count, width)
                     start[j] = first + count
@@ -206,8 +208,9 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     def store_entries(tile, scales, entries, j, c, first, count):
         for e in range(count):
             entry: T.let = entries[first + e]
-            offset, negative = entry_fields(entry, entry_dtype, sign_bit)
-            tile[T.Cast("int64", offset) * lanes + c] = T.if_then_else(negative, -scales[j], scales[j])
+            # (the fields inline: names unpacked from a tuple in the loop became workspace allocations)
+            tile[T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0]) * lanes + c] = T.if_then_else(
+                entry_fields(entry, entry_dtype, sign_bit)[1], -scales[j], scales[j])
 
     @T.macro
     def copy_out(out, tile, p, blk):
@@ -215,6 +218,21 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
         for r in range(T.min(T.int64(span), T.int64(k) - blk * span)):
             for c in T.vectorized(lanes):
                 flat[into.flat(p * lanes + c, blk * span + r)] = tile[r * lanes + c]
+
+    @T.macro
+    def body(indptr, counts, entries, scales, out):
+        for p in T.parallel(n // lanes):
+            start = T.decl_buffer((lanes,), "int64", scope="global")  # each channel's first entry of the block
+            tile = T.decl_buffer((span * lanes,), "float32", scope="global")
+            for c in range(lanes):
+                start[c] = T.Cast("int64", indptr[p * lanes + c])
+            for blk in range(T.int64(blocks)):
+                zero_tile(tile)
+                for c in range(lanes):
+                    count: T.let = block_count(block_size, indptr, counts, p * lanes + c, blk)
+                    store_entries(tile, scales, entries, p * lanes + c, c, start[c], count)
+                    start[c] = start[c] + count
+                copy_out(out, tile, T.int64(p), blk)
 
     if not block_size:
         @T.prim_func(private=True)
@@ -227,14 +245,7 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
         ):
             T.func_attr({"tirx.noalias": True})
             _x = T.match_buffer(var_x, x_shape, "float32")
-            for p in T.parallel(n // lanes):
-                tile = T.decl_buffer((span * lanes,), "float32", scope="global")
-                zero_tile(tile)
-                for c in range(lanes):
-                    j: T.let = p * lanes + c
-                    first: T.let = T.Cast("int64", indptr[j])
-                    store_entries(tile, scales, entries, j, c, first, T.Cast("int64", indptr[j + 1]) - first)
-                copy_out(out, tile, T.int64(p), T.int64(0))
+            body(indptr, None, entries, scales, out)
 
         return global_kernel
 
@@ -249,19 +260,7 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     ):
         T.func_attr({"tirx.noalias": True})
         _x = T.match_buffer(var_x, x_shape, "float32")
-        for p in T.parallel(n // lanes):
-            start = T.decl_buffer((lanes,), "int64", scope="global")  # each channel's first entry of the block
-            tile = T.decl_buffer((span * lanes,), "float32", scope="global")
-            for c in range(lanes):
-                start[c] = T.Cast("int64", indptr[p * lanes + c])
-            for blk in range(T.int64(blocks)):
-                zero_tile(tile)
-                for c in range(lanes):
-                    j: T.let = p * lanes + c
-                    count: T.let = T.Cast("int64", counts[j, blk])
-                    store_entries(tile, scales, entries, j, c, start[c], count)
-                    start[c] = start[c] + count
-                copy_out(out, tile, T.int64(p), blk)
+        body(indptr, counts, entries, scales, out)
 
     return blocked_kernel
 
