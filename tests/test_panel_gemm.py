@@ -108,7 +108,7 @@ SPARSE_ROWS = [("bie-blocked", {"blocked_execution": "stream"}),  # blocks of 12
 
 @pytest.mark.parametrize("codec,options", SPARSE_ROWS, ids=[f"{c}-{o}" for c, o in SPARSE_ROWS])
 @pytest.mark.parametrize("n,k", [(37, 97), (50, 300)])
-@pytest.mark.parametrize("density", [0.05, 0.15])
+@pytest.mark.parametrize("density", [0.05, 0.15, 0.35])
 def test_sparse_index_layouts_run_the_index_loop_at_every_batch(codec, options, n, k, density, target):
     """At most ROWS_DENSITY non-zeros per weight, the index layouts' matmuls above one row run the one-row kernel,
     the index loop (1 row a scalar, up to 8 a ymm, 16 a zmm of an entry's rows of x) instead of decoding panels:

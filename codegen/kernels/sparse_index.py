@@ -508,10 +508,10 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
     return entries if entries.size else np.zeros(1, entries.dtype)
 
 
-# non-zeros per weight up to which matmuls above one row run index_loop (see sparse_rows): one-thread CPU time
-# against the panel GEMM (benchmarks/README.md, "Stop 24: sparse rows"), 384x1536 and 4096x4096, 8/16/64 rows:
-# 0.2-0.5x at density 0.1, 0.5-0.7x at 0.2, 0.7-1.0x at 0.3 (64 rows even), 0.9-1.35x at 0.4
-ROWS_DENSITY = 0.25
+# non-zeros per weight up to which matmuls above one row run index_loop (see sparse_rows): kernel alone, one-thread
+# CPU time against the panel GEMM over the same encoding (benchmarks/README.md, "Stop 25: rows2"), 8 / 16 / 64 rows:
+# 384x1536 0.36-0.54 at density 0.3, 0.41-0.66 at 0.4, 0.46-0.80 at 0.5; 4096x4096 0.46-0.69 at 0.3, 0.61-1.07 at 0.5
+ROWS_DENSITY = 0.4
 
 
 def sparse_rows(enc: Encoded, nnz: int) -> bool:
