@@ -97,15 +97,18 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
                 for l in T.vectorized(width):
                     sums[j, c * width + l] = sums[j, c * width + l] + xt[
                         t, row_of(entries[first + CHAINS * e + c], blk), l]
+        # the last count % CHAINS entries: each of CHAINS - 1 a vector select against zero (its index clamped into
+        # the entries), where a loop of up to CHAINS - 1 mispredicted its exit a block
         for c in T.unroll(CHAINS - 1):
             for l in T.vectorized(width):
-                sums[j, c * width + l] = sums[j, c * width + l] + T.if_then_else(T.Cast("int64", c) < count % CHAINS, xt[
-                    t, row_of(entries[T.min(first + count // CHAINS * CHAINS + c, nnz - 1)], blk), l], T.float32(0))
+                sums[j, c * width + l] = sums[j, c * width + l] + T.if_then_else(
+                    T.Cast("int64", c) < count % CHAINS,
+                    xt[t, row_of(entries[T.min(first + count // CHAINS * CHAINS + c, nnz - 1)], blk), l], T.float32(0))
 
     @T.macro
     def untranspose(res, out, m, width):
         # CHANNELS of a row a vector: each channel's sums stored into out, its rows 4 N bytes apart, went to two of
-        # L1's sets at N = 1536, and took ~2 ns a row
+        # L1's sets at N = 1536
         for q in T.parallel((m + (width - 1)) // width * ((n + (CHANNELS - 1)) // CHANNELS)):
             t: T.let = q // ((n + (CHANNELS - 1)) // CHANNELS)
             jb: T.let = q % ((n + (CHANNELS - 1)) // CHANNELS)
@@ -122,7 +125,7 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             T.decl_buffer((1, n, 1), "float32", data=out.data)  # one row: out itself
         start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
         transpose(x, xt, m, width)
-        for t in range((m + (width - 1)) // width):
+        for t in range((m + (width - 1)) // width):  # tiles outer: a tile's xt (512 KB at K = 4096) stays in L2
             for j in T.parallel(n):
                 for l in T.vectorized(CHAINS * width):
                     sums[j, l] = T.float32(0)
@@ -139,7 +142,7 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             untranspose(res, out, m, width)
 
     @T.macro
-    def rows(x, indptr, counts, entries, scales, out, m):
+    def by_rows(x, indptr, counts, entries, scales, out, m):
         if m == 1:  # (the one-row loop: its sums scalars, ``xt`` x and -x)
             body(x, indptr, counts, entries, scales, out, m, 1)
         elif m <= NARROW:
@@ -160,7 +163,7 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             m = T.int64()
             x = T.match_buffer(var_x, (m, k), "float32")
             out = T.match_buffer(var_out, (m, n), "float32")
-            rows(x, indptr, None, entries, scales, out, m)
+            by_rows(x, indptr, None, entries, scales, out, m)
 
         return global_kernel
 
@@ -177,7 +180,7 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        rows(x, indptr, counts, entries, scales, out, m)
+        by_rows(x, indptr, counts, entries, scales, out, m)
 
     return blocked_kernel
 
