@@ -53,7 +53,7 @@ CHANNELS = 16  # channels of out a vector stores
 
 
 def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, block_size: int = 0,
-               count_dtype: str = "uint8"):
+               count_dtype: str = "uint8", batched: bool = True):
     """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)], ``k(e)`` the entry's
     offset in K (``block_size`` 0: global indices, one block over all of K) or in its block of per-block ``counts``.
 
@@ -63,7 +63,8 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
     offset plus K if negative) to one of a tile's ``CHAINS`` sums: a load and an add an entry (where the panel
     GEMM's decode writes all of [K, 32] for each panel of channels, zeros included), a block's last ``count %
     CHAINS`` entries against zero without a branch. ``width`` is 1 for one row, 8 for up to 8 (half the vector and
-    of ``xt`` unused at 16), else 16. Each tile's scaled sums go to a buffer [tiles, N, ``width``] (one row: ``out``
+    of ``xt`` unused at 16), else 16; without ``batched`` (a kernel the pass calls for one row) 1 for every ``m``,
+    one body to compile instead of three. Each tile's scaled sums go to a buffer [tiles, N, ``width``] (one row: ``out``
     itself), written into ``out`` a vector of ``CHANNELS`` a row. The sums are one [N, ``CHAINS`` * ``width``]
     buffer a call, a row a channel: declared in the channel loop, they became a workspace allocation per channel.
     """
@@ -122,7 +123,7 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         xt = T.decl_buffer(((m + (width - 1)) // width, rows, width), "float32", scope="global")
         sums = T.decl_buffer((n, CHAINS * width), "float32", scope="global")
         res = T.decl_buffer(((m + (width - 1)) // width, n, width), "float32", scope="global") if width > 1 else \
-            T.decl_buffer((1, n, 1), "float32", data=out.data)  # one row: out itself
+            T.decl_buffer((m, n, 1), "float32", data=out.data)  # a row a tile: out itself
         start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
         transpose(x, xt, m, width)
         for t in range((m + (width - 1)) // width):  # tiles outer: a tile's xt (512 KB at K = 4096) stays in L2
@@ -143,7 +144,9 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
 
     @T.macro
     def by_rows(x, indptr, counts, entries, scales, out, m):
-        if m == 1:  # (the one-row loop: its sums scalars, ``xt`` x and -x)
+        if not batched:  # (a Python bool: one body)
+            body(x, indptr, counts, entries, scales, out, m, 1)
+        elif m == 1:  # (the one-row loop: its sums scalars, ``xt`` x and -x)
             body(x, indptr, counts, entries, scales, out, m, 1)
         elif m <= NARROW:
             body(x, indptr, counts, entries, scales, out, m, NARROW)
@@ -556,10 +559,11 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     if enc.header["layout"] == "bitmap":
         return bitplane.llvm_call(enc, conv, lut_tables="fp32")
     layout, constants = global_layout(enc)
-    small = None if conv else KernelCall("global_index", index_loop(**layout), constants)
+    batched = conv is None and layout["entry_dtype"] == "uint16" and sparse_rows(enc, layout["nnz"])
+    small = None if conv else KernelCall("global_index", index_loop(**layout, batched=batched), constants)
+    if batched:
+        return small
     if conv is None and layout["entry_dtype"] == "uint16":
-        if sparse_rows(enc, layout["nnz"]):
-            return small
         return panel_gemm.with_gemm(small, _panel_gemm(
             enc, constants, ("indptr", "entries", "scales"), global_panel(**layout)), "global_index")
     into, x_ndim = destination(enc, conv)
@@ -576,9 +580,11 @@ def blocked_call(enc: Encoded, conv: ConvSpec | None,
     if bie_blocked.execution(enc, blocked_execution, "matmul" if conv is None else "conv2d")[0] == "load":
         return blocked_bitmap.at_load_call(enc, layout, constants)
     sign_bit = layout["block_size"].bit_length() - 1
-    small = None if conv else KernelCall("blocked_index", index_loop(**layout, sign_bit=sign_bit), constants)
+    batched = conv is None and sparse_rows(enc, layout["nnz"])
+    small = None if conv else KernelCall("blocked_index", index_loop(**layout, sign_bit=sign_bit, batched=batched),
+                                         constants)
     into, x_ndim = destination(enc, conv)
-    if conv is None and sparse_rows(enc, layout["nnz"]):
+    if batched:
         return small
     if conv is None:
         return panel_gemm.with_gemm(small, _panel_gemm(
