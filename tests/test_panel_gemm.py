@@ -142,22 +142,25 @@ SPARSE_ROWS = [("bie-blocked", {"blocked_execution": "stream"}),  # blocks of 12
 
 @pytest.mark.parametrize("codec,options", SPARSE_ROWS, ids=[f"{c}-{o}" for c, o in SPARSE_ROWS])
 @pytest.mark.parametrize("n,k", [(37, 97), (50, 300)])
-@pytest.mark.parametrize("density", [0.05, 0.15])
-def test_sparse_index_layouts_run_the_rows_kernel_above_one_row(codec, options, n, k, density, target):
-    """At most ROWS_DENSITY non-zeros per weight, the index layouts' matmuls above one row add each entry's row of x
-    (16 rows of the batch a vector) instead of decoding panels: rows in one tile, two, a ragged last tile of 16;
-    channels without entries (density 0.05 on K = 97 leaves some with none)."""
+@pytest.mark.parametrize("density", [0.05, 0.15, 0.35])
+def test_sparse_index_layouts_run_the_index_loop_at_every_batch(codec, options, n, k, density, target):
+    """At most ROWS_DENSITY non-zeros per weight, the index layouts' matmuls above one row run the one-row kernel,
+    the index loop (1 row a scalar, up to 8 a ymm, 16 a zmm of an entry's rows of x) instead of decoding panels:
+    one row, rows in one tile of 8, of 16, two, a ragged last tile; channels without entries (density 0.05 on K = 97
+    leaves some with none); blocks whose count is not a multiple of the 4 sums (their last entries added against
+    zero)."""
     rng = np.random.default_rng(n + k)
     w = rng.standard_t(4, (n, k)).astype(np.float32)
     config = make_config(codec, {**options, "density": density})
     enc = CODECS[codec].encode(w, config)
     assert enc.arrays["entries"].size <= sparse_index.ROWS_DENSITY * n * k
+    counts = enc.arrays["counts"] if "counts" in enc.arrays else np.diff(enc.arrays["indptr"])
+    assert (counts % sparse_index.CHAINS != 0).any()
     kernels = kernel_for(enc, target, **kernel_options(config))
-    assert kernels.large_batch.kind.endswith("_index_rows") and not kernels.large_batch.decodes
-    assert kernels.large_batch.constants is kernels.constants
-    assert gemm_epilogues.gemm_of(kernels.large_batch.func, k) is None  # no GEMM: its epilogue is not fused into it
-    kernel = build(kernels.large_batch.func, target)
+    assert kernels.kind.endswith("_index") and kernels.large_batch is None and not kernels.decodes
+    assert gemm_epilogues.gemm_of(kernels.func, k) is None  # no GEMM: its epilogue is not fused into it
+    kernel = build(kernels.func, target)
     decoded = CODECS[codec].decode(enc).astype(np.float64)
-    for rows in (2, 8, 16, 17, 64):
+    for rows in (1, 2, 8, 9, 16, 17, 64):
         x = rng.standard_normal((rows, k)).astype(np.float32)
         assert_close(call(kernel, x, kernels.constants, (rows, n)), x @ decoded.T, context=rows)

@@ -1,20 +1,17 @@
 """Index-loop matmuls over ternary weights (``bie-binary`` index layout, ``bie-blocked``).
 
-Each output channel walks its own list of non-zero positions and adds or
-subtracts the activation at each: work is proportional to the non-zeros. The
-loop bounds come from the data, so these are written as TIR loop nests with the
-CPU schedule built in: channels in parallel, batch rows inside so a channel's
-indices are read from memory once and then from cache.
+Each output channel walks its own list of non-zero positions and adds the activations at each, negated where
+the weight is: work is proportional to the non-zeros (:func:`index_loop`, one row and, where the weights are sparse
+(:func:`sparse_rows`), above: a vector of up to 16 rows an entry). The loop bounds come from the data, so these
+are written as TIR loop nests with the CPU schedule built in.
 
-Accumulators are one-element "global" buffers and loop invariants ``T.let``
-bindings: in TVM 0.27 a "local" buffer or a reassigned variable becomes a
-workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
+Buffers are "global" and loop invariants ``T.let`` bindings: in TVM 0.27 a "local" buffer or a reassigned
+variable becomes a workspace allocation in the loop on CPU (measured 2-4x slower at 4096x4096).
 
 :func:`decode` writes the weights themselves into a dense op's layout (see
 :mod:`.decode`): tile by tile, zeros, then each channel's entries as +-scale, panels of channels in parallel
-(convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Matmuls above one row run
-:func:`rows_index` where the weights are sparse (:func:`sparse_rows`: a vector of 16 rows an entry), else the panel
-GEMM (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
+(convs; ``bie-binary``'s index layout above one row where K is over 2 ** 15). Denser matmuls above one row run
+the panel GEMM (:func:`blocked_panel`, :func:`global_panel`): a panel of W as +-1 and zeros, decoded into the GEMM's
 panel buffer (never W), 128 rows at a time through bit masks of the rows (:func:`_mask_macros`). ``bie-blocked``
 matmuls with ``--blocked-execution load`` (auto's choice where the bitmap is no larger) run none of these: the
 bitmap written at load and ``bie-binary``'s bitmap kernels (:mod:`.blocked_bitmap`).
@@ -42,138 +39,119 @@ def entry_fields(entry, entry_dtype: str, sign_bit: int) -> tuple:
             tirx.NE(entry >> tirx.const(sign_bit, entry_dtype), tirx.const(0, entry_dtype)))
 
 
-def signed(value, entry, sign_bit: int):
-    """``value`` negated where ``entry``'s sign bit is set, as the float's sign bit flipped by xor (exactly the
-    negation): LLVM made a select on the sign a branch, taken at random (measured: one-row index loop at density
-    0.2, 384 x 1536, ~8 cycles an entry)."""
-    flip = T.shift_left(T.Cast("uint32", entry), T.uint32(31 - sign_bit)) & T.uint32(0x80000000)
-    return T.reinterpret("float32", T.reinterpret("uint32", value) ^ flip)
+def block_count(block_size: int, indptr, counts, j, blk):
+    """Channel ``j``'s entries in block ``blk``: its ``counts`` (``block_size`` 0, the global layout: one block, all
+    of the channel's entries, from ``indptr``)."""
+    if block_size:
+        return T.Cast("int64", counts[j, blk])
+    return T.Cast("int64", indptr[j + 1]) - T.Cast("int64", indptr[j])
 
 
-def signed_sum(entry_dtype: str, sign_bit: int):
-    """The loop both families share: ``acc[0] += (-1)^sign(e) * x[i, base + offset(e)]`` over the entries
-    ``first + lane + stride * step`` below ``first + count`` (a CPU thread: lane 0, stride 1)."""
-
-    @T.macro
-    def accumulate(acc, x, entries, i, base, first, count, lane, stride):
-        for step in range((count + (stride - 1) - lane) // stride):
-            entry: T.let = entries[first + lane + stride * step]
-            # (a T.let, not a tuple unpacked: a name assigned in the loop becomes a workspace allocation)
-            xv: T.let = x[i, base + T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0])]
-            acc[0] = acc[0] + signed(xv, entry, sign_bit)
-
-    return accumulate
+WIDE, NARROW = 16, 8  # rows of x a vector of xt holds: a zmm of fp32, a ymm where the batch has 2 to 8 rows
+CHAINS = 4  # sums of a tile, an entry each in turn
+CHANNELS = 16  # channels of out a vector stores
 
 
-def global_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int):
-    """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)]."""
-    accumulate = signed_sum(entry_dtype, sign_bit)
+def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, block_size: int = 0,
+               count_dtype: str = "uint8", batched: bool = True):
+    """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)], ``k(e)`` the entry's
+    offset in K (``block_size`` 0: global indices, one block over all of K) or in its block of per-block ``counts``.
 
-    @T.prim_func(private=True)
-    def kernel(
-        var_x: T.handle,
-        indptr: T.Buffer((n + 1,), "uint32"),
-        entries: T.Buffer((nnz,), entry_dtype),
-        scales: T.Buffer((n,), "float32"),
-        var_out: T.handle,
-    ):
-        T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
-        for j in T.parallel(n):
-            for i in range(m):
-                acc = T.decl_buffer((1,), "float32", scope="global")
-                acc[0] = T.float32(0)
-                first: T.let = T.Cast("int64", indptr[j])
-                accumulate(acc, x, entries, i, T.int64(0), first, T.Cast("int64", indptr[j + 1]) - first, 0, 1)
-                out[i, j] = acc[0] * scales[j]
-
-    return kernel
-
-
-def blocked_index(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str, count_dtype: str):
-    """As :func:`global_index`, with positions ``block * block_size + offset(e)`` and per-block counts."""
-    sign_bit = block_size.bit_length() - 1
-    blocks = -(-k // block_size)
-    accumulate = signed_sum(entry_dtype, sign_bit)
-
-    @T.prim_func(private=True)
-    def kernel(
-        var_x: T.handle,
-        indptr: T.Buffer((n + 1,), "uint32"),
-        counts: T.Buffer((n, blocks), count_dtype),
-        entries: T.Buffer((nnz,), entry_dtype),
-        scales: T.Buffer((n,), "float32"),
-        var_out: T.handle,
-    ):
-        T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
-        for j in T.parallel(n):
-            for i in range(m):
-                acc = T.decl_buffer((1,), "float32", scope="global")
-                start = T.decl_buffer((1,), "int64", scope="global")
-                acc[0] = T.float32(0)
-                start[0] = T.Cast("int64", indptr[j])
-                for blk in range(blocks):
-                    count: T.let = T.Cast("int64", counts[j, blk])
-                    first: T.let = start[0]
-                    accumulate(acc, x, entries, i, blk * block_size, first, count, 0, 1)
-                    start[0] = first + count
-                out[i, j] = acc[0] * scales[j]
-
-    return kernel
-
-
-TILE = 16  # rows of x a vector of xt holds (a zmm of fp32)
-
-
-def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, block_size: int = 0,
-               count_dtype: str = "uint8"):
-    """The index loop above one row: ``out[m, n]`` as :func:`global_index` (``block_size`` 0) or
-    :func:`blocked_index` computes it, with work proportional to the non-zeros and a vector an entry.
-
-    x is transposed once a call into ``xt`` [tiles of 16 rows, K, 16] (rows past ``m`` zero), tiles in parallel;
-    then channels in parallel, each entry of a channel adds or subtracts ``xt``'s 16 rows at its position to a
-    tile's sums, scaled at the end: an entry and tile take a load, its sign bit xor-ed in and an add, where the
-    panel GEMM's decode writes all of [K, 32] for each panel of channels, zeros included. The sums are one [N, 32]
+    x is copied once a call into ``xt`` [tiles of ``width`` rows, rows of x then of -x (a block's span each, block by
+    block), ``width``] (rows past ``m`` zero), tiles in parallel; then, a tile at a time, channels in parallel, each
+    entry of a channel adds ``xt``'s row at the entry read as a number (offset and sign bit; global indices: the
+    offset plus K if negative) to one of a tile's ``CHAINS`` sums: a load and an add an entry (where the panel
+    GEMM's decode writes all of [K, 32] for each panel of channels, zeros included), a block's last ``count %
+    CHAINS`` entries against zero without a branch. ``width`` is 1 for one row, 8 for up to 8 (half the vector and
+    of ``xt`` unused at 16), else 16; without ``batched`` (a kernel the pass calls for one row) 1 for every ``m``,
+    one body to compile instead of three. Each tile's scaled sums go to a buffer [tiles, N, ``width``] (one row: ``out``
+    itself), written into ``out`` a vector of ``CHANNELS`` a row. The sums are one [N, ``CHAINS`` * ``width``]
     buffer a call, a row a channel: declared in the channel loop, they became a workspace allocation per channel.
     """
     span = block_size or k  # the K positions of a block
     blocks = -(-k // span)
+    rows = blocks * 2 * span  # of xt: a block's rows of x, then of -x
+
+    def row_of(entry, blk):
+        # an entry's row of xt: its offset, plus the block's span if negative (the entry itself where the sign bit
+        # is the one above the block's offsets)
+        if (1 << sign_bit) == span:
+            return blk * 2 * span + T.Cast("int64", entry)
+        return blk * 2 * span + T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0]) + T.Cast(
+            "int64", entry_fields(entry, entry_dtype, sign_bit)[1]) * span
 
     @T.macro
-    def transpose(x, xt, m):
-        for t in T.parallel((m + (TILE - 1)) // TILE):
-            for l in range(TILE):
-                i: T.let = t * TILE + l
-                for r in range(k):
-                    xt[t, r, l] = T.if_then_else(i < m, x[T.min(i, m - 1), r], T.float32(0))
+    def transpose(x, xt, m, width):
+        for t in (T.parallel if width > 1 else T.serial)((m + (width - 1)) // width):
+            for r in range(k):
+                for l in range(width):
+                    v: T.let = T.if_then_else(t * width + l < m, x[T.min(t * width + l, m - 1), r], T.float32(0))
+                    xt[t, r + r // span * span, l] = v
+                    xt[t, r + r // span * span + span, l] = -v
 
     @T.macro
-    def add_entry(sums, xt, entries, j, t, base, at, half):
-        entry: T.let = entries[at]
-        # (a T.let, not a tuple unpacked: a name assigned in the loop became a workspace allocation per channel)
-        r: T.let = base + T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0])
-        for l in T.vectorized(TILE):
-            sums[j, half * TILE + l] = sums[j, half * TILE + l] + signed(xt[t, r, l], entry, sign_bit)
+    def add_entries(sums, xt, entries, j, t, blk, first, count, width):
+        # (the entry inline: a T.let in the unrolled loop is bound once a copy, which TVM rejects; a name assigned
+        # in the loop became a workspace allocation per channel)
+        for e in range(count // CHAINS):
+            for c in T.unroll(CHAINS):
+                for l in T.vectorized(width):
+                    sums[j, c * width + l] = sums[j, c * width + l] + xt[
+                        t, row_of(entries[first + CHAINS * e + c], blk), l]
+        # the last count % CHAINS entries: each of CHAINS - 1 a vector select against zero (its index clamped into
+        # the entries), where a loop of up to CHAINS - 1 mispredicted its exit a block
+        for c in T.unroll(CHAINS - 1):
+            for l in T.vectorized(width):
+                sums[j, c * width + l] = sums[j, c * width + l] + T.if_then_else(
+                    T.Cast("int64", c) < count % CHAINS,
+                    xt[t, row_of(entries[T.min(first + count // CHAINS * CHAINS + c, nnz - 1)], blk), l], T.float32(0))
 
     @T.macro
-    def add_entries(sums, xt, entries, j, t, base, first, count):
-        # two sums a tile, alternate entries: one chain of adds waits on each add's latency
-        for e in range(count // 2):
-            add_entry(sums, xt, entries, j, t, base, first + 2 * e, 0)
-            add_entry(sums, xt, entries, j, t, base, first + 2 * e + 1, 1)
-        if count % 2 == 1:
-            add_entry(sums, xt, entries, j, t, base, first + count - 1, 0)
+    def untranspose(res, out, m, width):
+        # CHANNELS of a row a vector: each channel's sums stored into out, its rows 4 N bytes apart, went to two of
+        # L1's sets at N = 1536
+        for q in T.parallel((m + (width - 1)) // width * ((n + (CHANNELS - 1)) // CHANNELS)):
+            t: T.let = q // ((n + (CHANNELS - 1)) // CHANNELS)
+            jb: T.let = q % ((n + (CHANNELS - 1)) // CHANNELS)
+            for l in range(T.min(width, m - t * width)):
+                for c in T.vectorized(CHANNELS):
+                    if jb * CHANNELS + c < n:
+                        out[t * width + l, jb * CHANNELS + c] = res[t, T.min(jb * CHANNELS + c, n - 1), l]
 
     @T.macro
-    def write_tile(out, sums, scales, m, t, j):
-        for l in range(TILE):
-            if t * TILE + l < m:
-                out[t * TILE + l, j] = (sums[j, l] + sums[j, TILE + l]) * scales[j]
+    def body(x, indptr, counts, entries, scales, out, m, width):
+        xt = T.decl_buffer(((m + (width - 1)) // width, rows, width), "float32", scope="global")
+        sums = T.decl_buffer((n, CHAINS * width), "float32", scope="global")
+        res = T.decl_buffer(((m + (width - 1)) // width, n, width), "float32", scope="global") if width > 1 else \
+            T.decl_buffer((m, n, 1), "float32", data=out.data)  # a row a tile: out itself
+        start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
+        transpose(x, xt, m, width)
+        for t in range((m + (width - 1)) // width):  # tiles outer: a tile's xt (512 KB at K = 4096) stays in L2
+            for j in T.parallel(n):
+                for l in T.vectorized(CHAINS * width):
+                    sums[j, l] = T.float32(0)
+                start[j] = T.Cast("int64", indptr[j])
+                for blk in range(blocks):
+                    count: T.let = block_count(block_size, indptr, counts, j, blk)
+                    first: T.let = start[j]
+                    add_entries(sums, xt, entries, j, t, blk, first, count, width)
+                    start[j] = first + count
+                for l in T.vectorized(width):
+                    res[t, j, l] = (sums[j, l] + sums[j, width + l] + (sums[j, 2 * width + l] + sums[
+                        j, 3 * width + l])) * scales[j]
+        if width > 1:
+            untranspose(res, out, m, width)
+
+    @T.macro
+    def by_rows(x, indptr, counts, entries, scales, out, m):
+        if not batched:  # (a Python bool: one body)
+            body(x, indptr, counts, entries, scales, out, m, 1)
+        elif m == 1:  # (the one-row loop: its sums scalars, ``xt`` x and -x)
+            body(x, indptr, counts, entries, scales, out, m, 1)
+        elif m <= NARROW:
+            body(x, indptr, counts, entries, scales, out, m, NARROW)
+        else:
+            body(x, indptr, counts, entries, scales, out, m, WIDE)
 
     if not block_size:
         @T.prim_func(private=True)
@@ -188,16 +166,7 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             m = T.int64()
             x = T.match_buffer(var_x, (m, k), "float32")
             out = T.match_buffer(var_out, (m, n), "float32")
-            xt = T.decl_buffer(((m + (TILE - 1)) // TILE, k, TILE), "float32", scope="global")
-            sums = T.decl_buffer((n, 2 * TILE), "float32", scope="global")
-            transpose(x, xt, m)
-            for j in T.parallel(n):
-                for t in range((m + (TILE - 1)) // TILE):
-                    for l in T.vectorized(2 * TILE):
-                        sums[j, l] = T.float32(0)
-                    first: T.let = T.Cast("int64", indptr[j])
-                    add_entries(sums, xt, entries, j, t, T.int64(0), first, T.Cast("int64", indptr[j + 1]) - first)
-                    write_tile(out, sums, scales, m, t, j)
+            by_rows(x, indptr, None, entries, scales, out, m)
 
         return global_kernel
 
@@ -214,21 +183,7 @@ def rows_index(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         m = T.int64()
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
-        xt = T.decl_buffer(((m + (TILE - 1)) // TILE, k, TILE), "float32", scope="global")
-        sums = T.decl_buffer((n, 2 * TILE), "float32", scope="global")
-        start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
-        transpose(x, xt, m)
-        for j in T.parallel(n):
-            for t in range((m + (TILE - 1)) // TILE):
-                for l in T.vectorized(2 * TILE):
-                    sums[j, l] = T.float32(0)
-                start[j] = T.Cast("int64", indptr[j])
-                for blk in range(blocks):
-                    count: T.let = T.Cast("int64", counts[j, blk])
-                    first: T.let = start[j]
-                    add_entries(sums, xt, entries, j, t, blk * span, first, count)
-                    start[j] = first + count
-                write_tile(out, sums, scales, m, t, j)
+        by_rows(x, indptr, counts, entries, scales, out, m)
 
     return blocked_kernel
 
@@ -259,8 +214,9 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     def store_entries(tile, scales, entries, j, c, first, count):
         for e in range(count):
             entry: T.let = entries[first + e]
-            offset, negative = entry_fields(entry, entry_dtype, sign_bit)
-            tile[T.Cast("int64", offset) * lanes + c] = T.if_then_else(negative, -scales[j], scales[j])
+            # (the fields inline: names unpacked from a tuple in the loop became workspace allocations)
+            tile[T.Cast("int64", entry_fields(entry, entry_dtype, sign_bit)[0]) * lanes + c] = T.if_then_else(
+                entry_fields(entry, entry_dtype, sign_bit)[1], -scales[j], scales[j])
 
     @T.macro
     def copy_out(out, tile, p, blk):
@@ -268,6 +224,21 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
         for r in range(T.min(T.int64(span), T.int64(k) - blk * span)):
             for c in T.vectorized(lanes):
                 flat[into.flat(p * lanes + c, blk * span + r)] = tile[r * lanes + c]
+
+    @T.macro
+    def body(indptr, counts, entries, scales, out):
+        for p in T.parallel(n // lanes):
+            start = T.decl_buffer((lanes,), "int64", scope="global")  # each channel's first entry of the block
+            tile = T.decl_buffer((span * lanes,), "float32", scope="global")
+            for c in range(lanes):
+                start[c] = T.Cast("int64", indptr[p * lanes + c])
+            for blk in range(T.int64(blocks)):
+                zero_tile(tile)
+                for c in range(lanes):
+                    count: T.let = block_count(block_size, indptr, counts, p * lanes + c, blk)
+                    store_entries(tile, scales, entries, p * lanes + c, c, start[c], count)
+                    start[c] = start[c] + count
+                copy_out(out, tile, T.int64(p), blk)
 
     if not block_size:
         @T.prim_func(private=True)
@@ -280,14 +251,7 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
         ):
             T.func_attr({"tirx.noalias": True})
             _x = T.match_buffer(var_x, x_shape, "float32")
-            for p in T.parallel(n // lanes):
-                tile = T.decl_buffer((span * lanes,), "float32", scope="global")
-                zero_tile(tile)
-                for c in range(lanes):
-                    j: T.let = p * lanes + c
-                    first: T.let = T.Cast("int64", indptr[j])
-                    store_entries(tile, scales, entries, j, c, first, T.Cast("int64", indptr[j + 1]) - first)
-                copy_out(out, tile, T.int64(p), T.int64(0))
+            body(indptr, None, entries, scales, out)
 
         return global_kernel
 
@@ -302,19 +266,7 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     ):
         T.func_attr({"tirx.noalias": True})
         _x = T.match_buffer(var_x, x_shape, "float32")
-        for p in T.parallel(n // lanes):
-            start = T.decl_buffer((lanes,), "int64", scope="global")  # each channel's first entry of the block
-            tile = T.decl_buffer((span * lanes,), "float32", scope="global")
-            for c in range(lanes):
-                start[c] = T.Cast("int64", indptr[p * lanes + c])
-            for blk in range(T.int64(blocks)):
-                zero_tile(tile)
-                for c in range(lanes):
-                    j: T.let = p * lanes + c
-                    count: T.let = T.Cast("int64", counts[j, blk])
-                    store_entries(tile, scales, entries, j, c, start[c], count)
-                    start[c] = start[c] + count
-                copy_out(out, tile, T.int64(p), blk)
+        body(indptr, counts, entries, scales, out)
 
     return blocked_kernel
 
@@ -562,14 +514,14 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
     return entries if entries.size else np.zeros(1, entries.dtype)
 
 
-# non-zeros per weight up to which matmuls above one row run rows_index (see sparse_rows): one-thread CPU time
-# against the panel GEMM (benchmarks/README.md, "Stop 24: sparse rows"), 384x1536 and 4096x4096, 8/16/64 rows:
-# 0.2-0.5x at density 0.1, 0.5-0.7x at 0.2, 0.7-1.0x at 0.3 (64 rows even), 0.9-1.35x at 0.4
-ROWS_DENSITY = 0.25
+# non-zeros per weight up to which matmuls above one row run index_loop (see sparse_rows): kernel alone, one-thread
+# CPU time against the panel GEMM over the same encoding (benchmarks/README.md, "Stop 25: rows2"), 8 / 16 / 64 rows:
+# 384x1536 0.36-0.54 at density 0.3, 0.41-0.66 at 0.4, 0.46-0.80 at 0.5; 4096x4096 0.46-0.69 at 0.3, 0.61-1.07 at 0.5
+ROWS_DENSITY = 0.4
 
 
 def sparse_rows(enc: Encoded, nnz: int) -> bool:
-    """Whether a matmul above one row runs :func:`rows_index` (work per non-zero) rather than the panel GEMM (work
+    """Whether a matmul above one row runs :func:`index_loop` (work per non-zero) rather than the panel GEMM (work
     per weight: a panel decoded whole, zeros included): at most ``ROWS_DENSITY`` non-zeros per weight."""
     n, k = enc.shape
     return nnz <= ROWS_DENSITY * n * k
@@ -603,16 +555,16 @@ def _panel_gemm(enc: Encoded, constants: list[np.ndarray], names: tuple, panels:
 @register(bie_binary.NAME, ops=("matmul", "conv2d"), target="llvm")
 def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """The bitmap layout: the bit-plane kernels (their exact fp32 look-up tables: the codec has no ``lut_tables``
-    option); the index layout: the index loop for one row, the panel GEMM above (K up to 2 ** 15; longer, and
-    convs: the decode)."""
+    option); the index layout: the index loop for one row, and above where the weights are sparse, else the panel
+    GEMM (K up to 2 ** 15; longer, and convs: the decode)."""
     if enc.header["layout"] == "bitmap":
         return bitplane.llvm_call(enc, conv, lut_tables="fp32")
     layout, constants = global_layout(enc)
-    small = None if conv else KernelCall("global_index", global_index(**layout), constants)
+    batched = conv is None and layout["entry_dtype"] == "uint16" and sparse_rows(enc, layout["nnz"])
+    small = None if conv else KernelCall("global_index", index_loop(**layout, batched=batched), constants)
+    if batched:
+        return small
     if conv is None and layout["entry_dtype"] == "uint16":
-        if sparse_rows(enc, layout["nnz"]):
-            small.large_batch = KernelCall("global_index_rows", rows_index(**layout), constants)
-            return small
         return panel_gemm.with_gemm(small, _panel_gemm(
             enc, constants, ("indptr", "entries", "scales"), global_panel(**layout)), "global_index")
     into, x_ndim = destination(enc, conv)
@@ -623,19 +575,20 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
 def blocked_call(enc: Encoded, conv: ConvSpec | None,
                  blocked_execution: str = bie_blocked.Config.blocked_execution) -> KernelCall:
     """``blocked_execution`` as :func:`bie_blocked.execution` resolves it: ``load``, ``bie-binary``'s bitmap kernels
-    over the bitmap written at load (:mod:`.blocked_bitmap`); ``stream``, the blocked index loop for one row, the
-    panel GEMM above (a conv: the decode)."""
+    over the bitmap written at load (:mod:`.blocked_bitmap`); ``stream``, the index loop for one row, and above
+    where the weights are sparse, else the panel GEMM (a conv: the decode)."""
     layout, constants = blocked_layout(enc)
     if bie_blocked.execution(enc, blocked_execution, "matmul" if conv is None else "conv2d")[0] == "load":
         return blocked_bitmap.at_load_call(enc, layout, constants)
-    small = None if conv else KernelCall("blocked_index", blocked_index(**layout), constants)
+    sign_bit = layout["block_size"].bit_length() - 1
+    batched = conv is None and sparse_rows(enc, layout["nnz"])
+    small = None if conv else KernelCall("blocked_index", index_loop(**layout, sign_bit=sign_bit, batched=batched),
+                                         constants)
     into, x_ndim = destination(enc, conv)
-    if conv is None and sparse_rows(enc, layout["nnz"]):
-        small.large_batch = KernelCall("blocked_index_rows", rows_index(
-            **layout, sign_bit=layout["block_size"].bit_length() - 1), constants)
+    if batched:
         return small
     if conv is None:
         return panel_gemm.with_gemm(small, _panel_gemm(
             enc, constants, ("indptr", "counts", "entries", "scales"), blocked_panel(**layout)), "blocked_index")
-    decoder = decode(**layout, sign_bit=layout["block_size"].bit_length() - 1, into=into, x_ndim=x_ndim)
+    decoder = decode(**layout, sign_bit=sign_bit, into=into, x_ndim=x_ndim)
     return with_decoder(small, decoder, "blocked_index", constants, conv)

@@ -29,8 +29,9 @@ from .warp_layout import ROWS_PER_TILE, WARP_SIZE, channel_warps, scopes
 
 
 def tile_sum(entry_dtype: str, sign_bit: int):
-    """:func:`sparse_index.signed_sum` for a lane of a warp and a tile of ``rows`` rows from ``i0``: each entry read
-    and decoded once, its activation added or subtracted for every row (rows past m read row m - 1, unwritten)."""
+    """``acc[r] += (-1)^sign(e) * x[i0 + r, base + offset(e)]`` for a tile of ``rows`` rows from ``i0`` over a lane's
+    share of the entries ``first + lane + 32 * step`` below ``first + count``: each entry read and decoded once, its
+    activation added or subtracted for every row (rows past m read row m - 1, unwritten)."""
     offset_mask = (1 << sign_bit) - 1
 
     @T.macro
