@@ -19,6 +19,8 @@ bitmap written at load and ``bie-binary``'s bitmap kernels (:mod:`.blocked_bitma
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import tvm_ffi
 from tvm import te, tirx
@@ -153,36 +155,32 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         else:
             body(x, indptr, counts, entries, scales, out, m, WIDE)
 
+    m = TypeVar("m")  # in TVMScript signatures: the rows of x and out, an int64 variable matched at the call
+
     if not block_size:
         @T.prim_func(private=True)
         def global_kernel(
-            var_x: T.handle,
+            x: T.Buffer((m, k), "float32"),
             indptr: T.Buffer((n + 1,), "uint32"),
             entries: T.Buffer((nnz,), entry_dtype),
             scales: T.Buffer((n,), "float32"),
-            var_out: T.handle,
+            out: T.Buffer((m, n), "float32"),
         ):
             T.func_attr({"tirx.noalias": True})
-            m = T.int64()
-            x = T.match_buffer(var_x, (m, k), "float32")
-            out = T.match_buffer(var_out, (m, n), "float32")
             by_rows(x, indptr, None, entries, scales, out, m)
 
         return global_kernel
 
     @T.prim_func(private=True)
     def blocked_kernel(
-        var_x: T.handle,
+        x: T.Buffer((m, k), "float32"),
         indptr: T.Buffer((n + 1,), "uint32"),
         counts: T.Buffer((n, blocks), count_dtype),
         entries: T.Buffer((nnz,), entry_dtype),
         scales: T.Buffer((n,), "float32"),
-        var_out: T.handle,
+        out: T.Buffer((m, n), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        x = T.match_buffer(var_x, (m, k), "float32")
-        out = T.match_buffer(var_out, (m, n), "float32")
         by_rows(x, indptr, counts, entries, scales, out, m)
 
     return blocked_kernel
@@ -243,21 +241,20 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
     if not block_size:
         @T.prim_func(private=True)
         def global_kernel(
-            var_x: T.handle,
+            _x: T.Buffer(x_shape, "float32"),
             indptr: T.Buffer((n + 1,), "uint32"),
             entries: T.Buffer((nnz,), entry_dtype),
             scales: T.Buffer((n,), "float32"),
             out: T.Buffer(into.shape, "float32"),
         ):
             T.func_attr({"tirx.noalias": True})
-            _x = T.match_buffer(var_x, x_shape, "float32")
             body(indptr, None, entries, scales, out)
 
         return global_kernel
 
     @T.prim_func(private=True)
     def blocked_kernel(
-        var_x: T.handle,
+        _x: T.Buffer(x_shape, "float32"),
         indptr: T.Buffer((n + 1,), "uint32"),
         counts: T.Buffer((n, blocks), count_dtype),
         entries: T.Buffer((nnz,), entry_dtype),
@@ -265,7 +262,6 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
         out: T.Buffer(into.shape, "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        _x = T.match_buffer(var_x, x_shape, "float32")
         body(indptr, counts, entries, scales, out)
 
     return blocked_kernel
