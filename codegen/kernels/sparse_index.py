@@ -83,13 +83,17 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             "int64", entry_fields(entry, entry_dtype, sign_bit)[1]) * span
 
     @T.macro
+    def transpose_tile(x, xt, m, width, t):
+        for r in range(k):
+            for l in range(width):
+                v: T.let = T.if_then_else(t * width + l < m, x[T.min(t * width + l, m - 1), r], T.float32(0))
+                xt[t, r + r // span * span, l] = v
+                xt[t, r + r // span * span + span, l] = -v
+
+    @T.macro
     def transpose(x, xt, m, width):
         for t in (T.parallel if width > 1 else T.serial)((m + (width - 1)) // width):
-            for r in range(k):
-                for l in range(width):
-                    v: T.let = T.if_then_else(t * width + l < m, x[T.min(t * width + l, m - 1), r], T.float32(0))
-                    xt[t, r + r // span * span, l] = v
-                    xt[t, r + r // span * span + span, l] = -v
+            transpose_tile(x, xt, m, width, t)
 
     @T.macro
     def add_entries(sums, xt, entries, j, t, blk, first, count, width):
@@ -121,28 +125,48 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
                         out[t * width + l, jb * CHANNELS + c] = res[t, T.min(jb * CHANNELS + c, n - 1), l]
 
     @T.macro
-    def body(x, indptr, counts, entries, scales, out, m, width):
-        xt = T.decl_buffer(((m + (width - 1)) // width, rows, width), "float32", scope="global")
-        sums = T.decl_buffer((n, CHAINS * width), "float32", scope="global")
-        res = T.decl_buffer(((m + (width - 1)) // width, n, width), "float32", scope="global") if width > 1 else \
-            T.decl_buffer((m, n, 1), "float32", data=out.data)  # a row a tile: out itself
-        start = T.decl_buffer((n,), "int64", scope="global")  # each channel's first entry of the block
+    def channel(sums, at, start, xt, indptr, counts, entries, scales, res, j, t, width):
+        # channel j's sums over tile t, in row ``at`` of ``sums`` and ``start``
+        for l in T.vectorized(CHAINS * width):
+            sums[at, l] = T.float32(0)
+        start[at] = T.Cast("int64", indptr[j])
+        for blk in range(blocks):
+            count: T.let = block_count(block_size, indptr, counts, j, blk)
+            first: T.let = start[at]
+            add_entries(sums, xt, entries, at, t, blk, first, count, width)
+            start[at] = first + count
+        for l in T.vectorized(width):
+            res[t, j, l] = (sums[at, l] + sums[at, width + l] + (sums[at, 2 * width + l] + sums[
+                at, 3 * width + l])) * scales[j]
+
+    @T.macro
+    def by_channels(x, indptr, counts, entries, scales, m, width, xt, sums, start, res):
         transpose(x, xt, m, width)
         for t in range((m + (width - 1)) // width):  # tiles outer: a tile's xt (512 KB at K = 4096) stays in L2
             for j in T.parallel(n):
-                for l in T.vectorized(CHAINS * width):
-                    sums[j, l] = T.float32(0)
-                start[j] = T.Cast("int64", indptr[j])
-                for blk in range(blocks):
-                    count: T.let = block_count(block_size, indptr, counts, j, blk)
-                    first: T.let = start[j]
-                    add_entries(sums, xt, entries, j, t, blk, first, count, width)
-                    start[j] = first + count
-                for l in T.vectorized(width):
-                    res[t, j, l] = (sums[j, l] + sums[j, width + l] + (sums[j, 2 * width + l] + sums[
-                        j, 3 * width + l])) * scales[j]
+                channel(sums, j, start, xt, indptr, counts, entries, scales, res, j, t, width)
+
+    @T.macro
+    def body(x, indptr, counts, entries, scales, out, m, width):
+        tiles: T.let = (m + (width - 1)) // width
+        xt = T.decl_buffer((tiles, rows, width), "float32", scope="global")
+        sums = T.decl_buffer((T.max(tiles, n), CHAINS * width), "float32", scope="global")
+        res = T.decl_buffer((tiles, n, width), "float32", scope="global") if width > 1 else \
+            T.decl_buffer((m, n, 1), "float32", data=out.data)  # a row a tile: out itself
+        start = T.decl_buffer((T.max(tiles, n),), "int64", scope="global")  # each channel's first entry of the block
         if width > 1:
+            if tiles > 1:
+                # tiles in parallel, each transposing its own rows of x: channels in parallel over an xt the calling
+                # thread wrote ran on one thread (SerialWhenSmall weighs handing xt to the others above the loop)
+                for t in T.parallel(tiles):
+                    transpose_tile(x, xt, m, width, t)
+                    for j in range(n):
+                        channel(sums, t, start, xt, indptr, counts, entries, scales, res, j, t, width)
+            else:
+                by_channels(x, indptr, counts, entries, scales, m, width, xt, sums, start, res)
             untranspose(res, out, m, width)
+        else:
+            by_channels(x, indptr, counts, entries, scales, m, width, xt, sums, start, res)
 
     @T.macro
     def by_rows(x, indptr, counts, entries, scales, out, m):
