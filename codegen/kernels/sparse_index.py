@@ -60,15 +60,16 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
     offset in K (``block_size`` 0: global indices, one block over all of K) or in its block of per-block ``counts``.
 
     x is copied once a call into ``xt`` [tiles of ``width`` rows, rows of x then of -x (a block's span each, block by
-    block), ``width``] (rows past ``m`` zero), tiles in parallel; then, a tile at a time, channels in parallel, each
-    entry of a channel adds ``xt``'s row at the entry read as a number (offset and sign bit; global indices: the
-    offset plus K if negative) to one of a tile's ``CHAINS`` sums: a load and an add an entry (where the panel
-    GEMM's decode writes all of [K, 32] for each panel of channels, zeros included), a block's last ``count %
-    CHAINS`` entries against zero without a branch. ``width`` is 1 for one row, 8 for up to 8 (half the vector and
+    block), ``width``] (rows past ``m`` zero); then each entry of a channel adds ``xt``'s row at the entry read as
+    a number (offset and sign bit; global indices: the offset plus K if negative) to one of a tile's ``CHAINS``
+    sums: a load and an add an entry (where the panel GEMM's decode writes all of [K, 32] for each panel of
+    channels, zeros included), a block's last ``count % CHAINS`` entries against zero without a branch. ``width`` is 1 for one row, 8 for up to 8 (half the vector and
     of ``xt`` unused at 16), else 16; without ``batched`` (a kernel the pass calls for one row) 1 for every ``m``,
     one body to compile instead of three. Each tile's scaled sums go to a buffer [tiles, N, ``width``] (one row: ``out``
-    itself), written into ``out`` a vector of ``CHANNELS`` a row. The sums are one [N, ``CHAINS`` * ``width``]
-    buffer a call, a row a channel: declared in the channel loop, they became a workspace allocation per channel.
+    itself), written into ``out`` a vector of ``CHANNELS`` a row. With one tile, channels run in parallel over the
+    ``xt`` the calling thread wrote; with more, tiles run in parallel, each writing its own part of ``xt`` and walking
+    every channel, so that no thread reads what another wrote. The sums (and the block starts) are one buffer a call,
+    a row a channel or a tile: declared in the channel loop, they became a workspace allocation per channel.
     """
     span = block_size or k  # the K positions of a block
     blocks = -(-k // span)
