@@ -63,10 +63,11 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
     block), ``width``] (rows past ``m`` zero); then each entry of a channel adds ``xt``'s row at the entry read as
     a number (offset and sign bit; global indices: the offset plus K if negative) to one of a tile's ``CHAINS``
     sums: a load and an add an entry (where the panel GEMM's decode writes all of [K, 32] for each panel of
-    channels, zeros included), a block's last ``count % CHAINS`` entries against zero without a branch. ``width`` is 1 for one row, 8 for up to 8 (half the vector and
-    of ``xt`` unused at 16), else 16; without ``batched`` (a kernel the pass calls for one row) 1 for every ``m``,
-    one body to compile instead of three. Each tile's scaled sums go to a buffer [tiles, N, ``width``] (one row: ``out``
-    itself), written into ``out`` a vector of ``CHANNELS`` a row. With one tile, channels run in parallel over the
+    channels, zeros included), a block's last ``count % CHAINS`` entries against zero without a branch. ``width``
+    is 1 for one row, 8 for up to 8 (half the vector and of ``xt`` unused at 16), else 16; without ``batched`` (a
+    kernel the pass calls for one row) 1 for every ``m``, one body to compile instead of three. Each tile's scaled
+    sums go to a buffer [tiles, N, ``width``] (one row: ``out`` itself), written into ``out`` a vector of
+    ``CHANNELS`` a row. With one tile, channels run in parallel over the
     ``xt`` the calling thread wrote; with more, tiles run in parallel, each writing its own part of ``xt`` and walking
     every channel, so that no thread reads what another wrote. The sums (and the block starts) are one buffer a call,
     a row a channel or a tile: declared in the channel loop, they became a workspace allocation per channel.
