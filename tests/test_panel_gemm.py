@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import tvm
 import tvm.script
+import tvm_ffi
 from tvm import te, tirx
 
 from bie_compiler.codecs import CODECS, kernel_options, make_config
-from bie_compiler.codegen import gemm_epilogues, kernel_for
+from bie_compiler.codegen import gemm_epilogues, kernel_for, serial_small_loops
 from bie_compiler.codegen.kernels import lut, panel_gemm, sparse_index
 from bie_compiler.codegen.target import make_target
+from bie_compiler.codegen.tir_pipeline import TIR_PIPELINE
 from kernel_runs import assert_close, build, call, computed_constants
 
 CASES = [
@@ -164,3 +166,32 @@ def test_sparse_index_layouts_run_the_index_loop_at_every_batch(codec, options, 
     for rows in (1, 2, 8, 9, 16, 17, 64):
         x = rng.standard_normal((rows, k)).astype(np.float32)
         assert_close(call(kernel, x, kernels.constants, (rows, n)), x @ decoded.T, context=rows)
+
+
+def test_index_loop_hands_its_tiles_no_scratch(target, monkeypatch):
+    """Above one tile the index loop's parallel loop over tiles transposes its own rows of x: the pipeline's
+    SerialWhenSmall finds nothing the calling thread wrote for its tasks (a hand-off it weighs against the loop's
+    work: channels in parallel over an xt the calling thread wrote ran on one thread)."""
+    handoffs = []
+
+    def recorded(loop, *args):
+        words = handoff(loop, *args)
+        handoffs.append((loop, words))
+        return words
+
+    handoff = serial_small_loops.handoff
+    monkeypatch.setattr(serial_small_loops, "handoff", recorded)
+    w = np.random.default_rng(0).standard_t(4, (64, 300)).astype(np.float32)
+    config = make_config("bie-blocked", {"density": 0.2, "blocked_execution": "stream"})
+    kernels = kernel_for(CODECS["bie-blocked"].encode(w, config), target, **kernel_options(config))
+    tvm.compile(tvm.IRModule({"main": kernels.func.with_attr("global_symbol", "main")}), target,
+                tir_pipeline=TIR_PIPELINE)
+    stored = [{store.buffer.name for store in _stores(loop)} for loop, _ in handoffs]
+    tile_loops = [words for (loop, words), names in zip(handoffs, stored) if {"xt", "res"} <= names]
+    assert tile_loops and all(isinstance(words, tirx.IntImm) and words.value == 0 for words in tile_loops)
+
+
+def _stores(stmt) -> list:
+    found = []
+    tvm_ffi.structural_map(stmt, [(tirx.stmt.BufferStore, lambda node: found.append(node) or node)], order="post")
+    return found
