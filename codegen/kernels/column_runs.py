@@ -1,0 +1,99 @@
+"""Stored bit columns decoded a run at a time: 16 channels' column words over a group of 32 weights into float32
+vectors of the weights, by byte interleaves and a bit transpose (the panel GEMM's :class:`.panel_gemm.ByRuns` decode
+of ``bbs``'s fp32-table layout, :mod:`.bbs_decoded`, and of ``bitwave``, :mod:`.int8`).
+
+The layout (:mod:`bie_compiler.codecs.bbs`): word ``(b, lane)`` of a run and group, uint32, is column ``b`` of
+channel ``lane``, its bit ``j`` the column's bit of weight ``j``; the ``bits`` columns are a two's complement integer,
+column 0 its sign. Weight by weight that is a shift, a mask and a multiply-add per column and vector of 16 weights
+(about 0.8 cycles a weight at 6 columns); here per run:
+
+1. three stages of two-vector byte shuffles (the interleaves of bytes, then of their pairs, then of their quads)
+   put byte ``q`` of a channel's ``bits`` words in one qword, column ``b`` in byte ``b`` (the bytes past ``bits``
+   zero); the 16 channels' qwords of byte ``q`` fill two vectors (:data:`CHANNEL_BYTE`);
+2. vgf2p8affineqb transposes each qword's 8 x 8 bits (:func:`.lut.bit_transposed`): byte ``j`` of it then holds
+   weight ``8 q + j``'s columns, column ``b`` at bit ``7 - b``, that is as a signed byte the kept integer times
+   ``2^(8 - bits)``;
+3. per weight, one two-vector byte permute (vpermt2b) moves each channel's byte to the top of its lane and a mask
+   clears the bytes below: the int32 ``kept * 2^(32 - bits)``, converted to float exactly, and one multiply-add by
+   the caller's ``step * 2^(bits - 32)`` and ``base`` per lane (from the group's metadata) is the weight: every
+   term a small integer times a power of 2, exact, so the reference decoder's value.
+
+About 22 shuffles and 8 transposes per run (16 x 32 weights at 6 columns), then 4 instructions and a store a vector.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+
+from bie_compiler.codecs import bbs
+
+from . import lut, panel_gemm
+
+LANES = bbs.LANES  # channels of a run: a vector of column words
+BYTES = 4 * LANES  # bytes of a vector of column words
+LANE_BYTES = 16  # the interleaves work within 128-bit lanes
+PERMUTE_BYTES = "llvm.x86.avx512.vpermi2var.qi.512"  # vpermt2b zmm: 64 byte look-ups in a 128-byte table of 2 vectors
+# Before the interleaves a word vector's bytes are taken in the order byte q of channel m at 4 q + m of each 128-bit
+# lane (channels 4 l .. 4 l + 3 in lane l): the three interleaves then bring a lane's positions 2 t, 2 t + 1 together
+# in one vector, so each byte q of its 4 channels lands in two vectors, not four
+ORDER = [LANE_BYTES * lane + 4 * (p % 4) + p // 4 for lane in range(BYTES // LANE_BYTES) for p in range(LANE_BYTES)]
+
+
+def _interleave(size: int, half: int) -> list[int]:
+    """Indices into two vectors of bytes (the second's from BYTES) of their interleave of ``size``-byte elements,
+    the low (``half`` 0) or high 8 bytes of each 128-bit lane (vpunpckl/h)."""
+    return [source * BYTES + LANE_BYTES * lane + 8 * half + size * i + s for lane in range(BYTES // LANE_BYTES)
+            for i in range(8 // size) for source in (0, 1) for s in range(size)]
+
+
+def _shuffled(x, y, indices: list[int]):
+    """The bytes of ``x`` and ``y`` (int8x64, or None for zeros) at ``indices``: None where both are zeros."""
+    if x is None and y is None:
+        return None
+    zero = tirx.Broadcast(tirx.const(0, "int8"), BYTES)
+    return tirx.Shuffle([zero if x is None else x, zero if y is None else y],
+                        [tirx.IntImm("int32", i) for i in indices])
+
+
+def _channel_byte():
+    """int32x16: each lane's byte in the two transposed vectors of a byte ``q`` (weight 0 of it): channel ``4 l + 2 h
+    + e`` is qword ``2 l + e`` of vector ``h``."""
+    lane = tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), LANES)
+    one = tirx.Broadcast(tirx.const(1, "int32"), LANES)
+    return ((lane >> one) & one) * BYTES + (lane >> (one + one)) * LANE_BYTES + (lane & one) * 8
+
+
+def decoded(columns, pb, g, bits: int, step, base=None) -> list[panel_gemm.RunItem]:
+    """The run's items (:data:`.panel_gemm.RunWeights`): weights ``0 .. 31`` of group ``g`` of the 16 channels of
+    ``columns[pb, g, 0:bits, 0:16]`` (uint32 column words), each ``kept * step + base`` (float32x16 per lane; no
+    ``base``: ``kept * step``)."""
+    items = []
+
+    def bound(name, value, dtype="int8x64"):
+        items.append(panel_gemm.RunBinding(tirx.Var(name, dtype), value))
+        return items[-1].var
+
+    words = [bound(f"column_{b}", tirx.reinterpret("int8x64", columns[pb, g, b, tirx.Ramp(0, 1, LANES)]))
+             for b in range(bits)] + [None] * (8 - bits)
+    stage = [bound(f"bytes_{i}_{half}", value) if value is not None else None for i in range(4) for half in (0, 1)
+             for value in [_shuffled(words[2 * i], words[2 * i + 1],
+                                     [at // BYTES * BYTES + ORDER[at % BYTES] for at in _interleave(1, half)])]]
+    pairs = [bound(f"pairs_{i}_{a}_{half}", value) if value is not None else None for i in range(2) for a in (0, 1)
+             for half in (0, 1) for value in [_shuffled(stage[4 * i + a], stage[4 * i + 2 + a], _interleave(2, half))]]
+    # byte q = 2 a + b of the channels: transposed[q] is its two vectors
+    transposed = [[bound(f"transposed_{2 * a + b}_{half}", lut.bit_transposed(
+        _shuffled(pairs[2 * a + b], pairs[4 + 2 * a + b], _interleave(4, half)))) for half in (0, 1)]
+        for a in (0, 1) for b in (0, 1)]
+    unit = bound("unit", step * tirx.Broadcast(tirx.const(2.0 ** (bits - 32), "float32"), LANES), "float32x16")
+    offset = None if base is None else bound("base", base, "float32x16")
+    j = tirx.Var("j", "int32")  # weight j of each byte q: one loop over them
+    top = tirx.Broadcast(tirx.const(24, "int32"), LANES)
+    index = panel_gemm.RunBinding(tirx.Var("index", "int8x64"), tirx.reinterpret(
+        "int8x64", (_channel_byte() + tirx.Broadcast(j, LANES)) << top))
+    stores = []
+    for q, (low, high) in enumerate(transposed):
+        moved = tirx.reinterpret("int32x16", tirx.call_llvm_pure_intrin("int8x64", PERMUTE_BYTES, low, index.var,
+                                                                        high))
+        kept = tirx.Cast("float32x16", moved & tirx.Broadcast(tirx.const(-1 << 24, "int32"), LANES))
+        stores.append(panel_gemm.RunStore(8 * q + j, kept * unit if offset is None else kept * unit + offset))
+    return [*items, panel_gemm.RunLoop(j, 8, [index, *stores])]
