@@ -55,45 +55,48 @@ def _shuffled(x, y, indices: list[int]):
                         [tirx.IntImm("int32", i) for i in indices])
 
 
-def _channel_byte():
-    """int32x16: each lane's byte in the two transposed vectors of a byte ``q`` (weight 0 of it): channel ``4 l + 2 h
-    + e`` is qword ``2 l + e`` of vector ``h``."""
-    lane = tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), LANES)
-    one = tirx.Broadcast(tirx.const(1, "int32"), LANES)
-    return ((lane >> one) & one) * BYTES + (lane >> (one + one)) * LANE_BYTES + (lane & one) * 8
+def _dwords(half: int) -> list[int]:
+    """Indices into two uint32x16 vectors (the second's from LANES) of the transposed dwords ``half`` of channels ``4 l
+    .. 4 l + 3`` in lane ``l``: channel ``4 l + 2 h + e`` is qword ``2 l + e`` of vector ``h`` (one vshufps)."""
+    return [LANES * h + 4 * lane + 2 * e + half for lane in range(LANES // 4) for h in (0, 1) for e in (0, 1)]
 
 
-def decoded(columns, pb, g, bits: int, step, base=None) -> list[panel_gemm.RunItem]:
+def decoded(columns, pb, g, bits: int, step, offset=None) -> list[panel_gemm.RunItem]:
     """The run's items (:data:`.panel_gemm.RunWeights`): weights ``0 .. 31`` of group ``g`` of the 16 channels of
-    ``columns[pb, g, 0:bits, 0:16]`` (uint32 column words), each ``kept * step + base`` (float32x16 per lane; no
-    ``base``: ``kept * step``)."""
+    ``columns[pb, g, 0:bits, 0:16]`` (uint32 column words), each ``kept * step + offset`` (float32x16 per lane; no
+    ``offset``: ``kept * step``)."""
     items = []
 
     def bound(name, value, dtype="int8x64"):
         items.append(panel_gemm.RunBinding(tirx.Var(name, dtype), value))
         return items[-1].var
 
-    words = [bound(f"column_{b}", tirx.reinterpret("int8x64", columns[pb, g, b, tirx.Ramp(0, 1, LANES)]))
-             for b in range(bits)] + [None] * (8 - bits)
+    def column(b):  # the sign column inverted: the kept integer in offset binary, u = kept + 2^(bits - 1)
+        words = columns[pb, g, b, tirx.Ramp(0, 1, LANES)]
+        return tirx.reinterpret("int8x64", words ^ tirx.Broadcast(tirx.const(0xFFFFFFFF, "uint32"), LANES)
+                                if b == 0 else words)
+
+    words = [bound(f"column_{b}", column(b)) for b in range(bits)] + [None] * (8 - bits)
     stage = [bound(f"bytes_{i}_{half}", value) if value is not None else None for i in range(4) for half in (0, 1)
              for value in [_shuffled(words[2 * i], words[2 * i + 1],
                                      [at // BYTES * BYTES + ORDER[at % BYTES] for at in _interleave(1, half)])]]
     pairs = [bound(f"pairs_{i}_{a}_{half}", value) if value is not None else None for i in range(2) for a in (0, 1)
              for half in (0, 1) for value in [_shuffled(stage[4 * i + a], stage[4 * i + 2 + a], _interleave(2, half))]]
-    # byte q = 2 a + b of the channels: transposed[q] is its two vectors
-    transposed = [[bound(f"transposed_{2 * a + b}_{half}", lut.bit_transposed(
-        _shuffled(pairs[2 * a + b], pairs[4 + 2 * a + b], _interleave(4, half)))) for half in (0, 1)]
+    # byte q = 2 a + b of the channels' words, transposed: its two vectors, then its weights 8 q + 4 d .. 8 q + 4 d + 3
+    # of each channel as one dword (d = 0, 1), the channels in order
+    transposed = [[bound(f"transposed_{2 * a + b}_{half}", tirx.reinterpret("uint32x16", lut.bit_transposed(
+        _shuffled(pairs[2 * a + b], pairs[4 + 2 * a + b], _interleave(4, half)))), "uint32x16") for half in (0, 1)]
         for a in (0, 1) for b in (0, 1)]
-    unit = bound("unit", step * tirx.Broadcast(tirx.const(2.0 ** (bits - 32), "float32"), LANES), "float32x16")
-    offset = None if base is None else bound("base", base, "float32x16")
-    j = tirx.Var("j", "int32")  # weight j of each byte q: one loop over them
-    top = tirx.Broadcast(tirx.const(24, "int32"), LANES)
-    index = panel_gemm.RunBinding(tirx.Var("index", "int8x64"), tirx.reinterpret(
-        "int8x64", (_channel_byte() + tirx.Broadcast(j, LANES)) << top))
-    stores = []
-    for q, (low, high) in enumerate(transposed):
-        moved = tirx.reinterpret("int32x16", tirx.call_llvm_pure_intrin("int8x64", PERMUTE_BYTES, low, index.var,
-                                                                        high))
-        kept = tirx.Cast("float32x16", moved & tirx.Broadcast(tirx.const(-1 << 24, "int32"), LANES))
-        stores.append(panel_gemm.RunStore(8 * q + j, kept * unit if offset is None else kept * unit + offset))
-    return [*items, panel_gemm.RunLoop(j, 8, [index, *stores])]
+    dwords = [[bound(f"weights_{q}_{d}", tirx.Shuffle(pair, [tirx.IntImm("int32", i) for i in _dwords(d)]),
+                     "uint32x16") for d in (0, 1)] for q, pair in enumerate(transposed)]
+    zero = tirx.Broadcast(tirx.const(0, "float32"), LANES)
+    base = bound("base", (zero if offset is None else offset) - step * tirx.Broadcast(
+        tirx.const(2.0 ** (bits - 1), "float32"), LANES), "float32x16")
+    w = tirx.Var("w", "int32")  # byte w of each dword: u * 2^(8 - bits + 8 w) masked in place, exact as a float
+    unit = panel_gemm.RunBinding(tirx.Var("unit", "float32x16"), step * tirx.Broadcast(
+        tirx.const(2.0 ** (bits - 8), "float32"), LANES) * tirx.reinterpret(  # 2^(-8 w): its exponent's bits
+        "float32x16", tirx.Broadcast((tirx.const(127, "int32") - w * 8) << 23, LANES)))
+    mask = tirx.Broadcast(tirx.const(255, "uint32") << (w * 8).astype("uint32"), LANES)
+    stores = [panel_gemm.RunStore(8 * q + 4 * d + w, tirx.Cast("float32x16", dwords[q][d] & mask) * unit.var + base)
+              for q in range(len(dwords)) for d in (0, 1)]
+    return [*items, panel_gemm.RunLoop(w, 4, [unit, *stores])]
