@@ -4,21 +4,24 @@ of ``bbs``'s fp32-table layout, :mod:`.bbs_decoded`, and of ``bitwave``, :mod:`.
 
 The layout (:mod:`bie_compiler.codecs.bbs`): word ``(b, lane)`` of a run and group, uint32, is column ``b`` of
 channel ``lane``, its bit ``j`` the column's bit of weight ``j``; the ``bits`` columns are a two's complement integer,
-column 0 its sign. Weight by weight that is a shift, a mask and a multiply-add per column and vector of 16 weights
-(about 0.8 cycles a weight at 6 columns); here per run:
+column 0 its sign. Weight by weight that is a shift, a mask and an add per column and vector of 16 weights (about
+0.8 cycles a weight at 6 columns); here per run:
 
-1. three stages of two-vector byte shuffles (the interleaves of bytes, then of their pairs, then of their quads)
-   put byte ``q`` of a channel's ``bits`` words in one qword, column ``b`` in byte ``b`` (the bytes past ``bits``
-   zero); the 16 channels' qwords of byte ``q`` fill two vectors (:data:`CHANNEL_BYTE`);
+1. the sign column inverted as it is loaded (the kept integer in offset binary, ``u = kept + 2^(bits - 1)``), then
+   three stages of two-vector byte shuffles (the interleaves of bytes, then of their pairs, then of their quads) put
+   byte ``q`` of a channel's ``bits`` words in one qword, column ``b`` in byte ``b`` (the bytes past ``bits`` zero);
+   the 16 channels' qwords of byte ``q`` fill two vectors (:data:`ORDER`);
 2. vgf2p8affineqb transposes each qword's 8 x 8 bits (:func:`.lut.bit_transposed`): byte ``j`` of it then holds
-   weight ``8 q + j``'s columns, column ``b`` at bit ``7 - b``, that is as a signed byte the kept integer times
-   ``2^(8 - bits)``;
-3. per weight, one two-vector byte permute (vpermt2b) moves each channel's byte to the top of its lane and a mask
-   clears the bytes below: the int32 ``kept * 2^(32 - bits)``, converted to float exactly, and one multiply-add by
-   the caller's ``step * 2^(bits - 32)`` and ``base`` per lane (from the group's metadata) is the weight: every
-   term a small integer times a power of 2, exact, so the reference decoder's value.
+   weight ``8 q + j``'s columns, column ``b`` at bit ``7 - b``: ``u * 2^(8 - bits)``;
+3. per 4 weights one vshufps gathers the 16 channels' dwords of them (:func:`_dwords`), and per weight ``w`` of the
+   dword a mask keeps its byte in place: the integer ``u * 2^(8 - bits + 8 w)``, converted to float exactly, and one
+   multiply-add by ``step * 2^(bits - 8 - 8 w)`` and ``offset - step * 2^(bits - 1)`` (per lane, the caller's, from
+   the group's metadata) is the weight. Every term is a small integer times a power of 2: exact, the reference
+   decoder's value.
 
-About 22 shuffles and 8 transposes per run (16 x 32 weights at 6 columns), then 4 instructions and a store a vector.
+About 22 shuffles, 8 transposes and 8 vshufps per run (16 x 32 weights at 6 columns), then a mask, a conversion, a
+multiply-add and a store a vector of 16 weights (a two-vector byte permute per weight instead, vpermt2b, LLVM made
+2 pshufb and a vpternlogq of: 5% slower, benchmarks/README.md, stop 26).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from . import lut, panel_gemm
 LANES = bbs.LANES  # channels of a run: a vector of column words
 BYTES = 4 * LANES  # bytes of a vector of column words
 LANE_BYTES = 16  # the interleaves work within 128-bit lanes
-PERMUTE_BYTES = "llvm.x86.avx512.vpermi2var.qi.512"  # vpermt2b zmm: 64 byte look-ups in a 128-byte table of 2 vectors
 # Before the interleaves a word vector's bytes are taken in the order byte q of channel m at 4 q + m of each 128-bit
 # lane (channels 4 l .. 4 l + 3 in lane l): the three interleaves then bring a lane's positions 2 t, 2 t + 1 together
 # in one vector, so each byte q of its 4 channels lands in two vectors, not four
