@@ -16,7 +16,8 @@ kernels are shared:
   fp32 accumulators (parity with the decoded-weights model), the channel scales
   applied once to the tile's sums;
 * several rows: the panel GEMM (:mod:`.panel_gemm`), each panel of channels decoded once per call to
-  ``float(q)`` for the dense GEMM's micro-kernel, the scales applied to the tile's sums;
+  ``float(q)`` for the dense GEMM's micro-kernel (``bitwave``'s columns a run of 16 channels at a time where the CPU
+  has the bit transposes, :mod:`.column_runs`), the scales applied to the tile's sums;
 * convs: the decode kernel (:mod:`.decode`) writing the same values for the dense conv; ``int8`` codes (and
   ``bie-bitplane``'s integers) by output channel for it (:meth:`Int8Weights.by_channel`);
 * a Gather table (an embedding, its rows the channels): the rows asked for, decoded as they are read.
