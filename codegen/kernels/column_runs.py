@@ -42,17 +42,20 @@ ORDER = [LANE_BYTES * lane + 4 * (p % 4) + p // 4 for lane in range(BYTES // LAN
 
 
 def _interleave(size: int, half: int) -> list[int]:
-    """Indices into two vectors of bytes (the second's from BYTES) of their interleave of ``size``-byte elements,
-    the low (``half`` 0) or high 8 bytes of each 128-bit lane (vpunpckl/h)."""
-    return [source * BYTES + LANE_BYTES * lane + 8 * half + size * i + s for lane in range(BYTES // LANE_BYTES)
-            for i in range(8 // size) for source in (0, 1) for s in range(size)]
+    """Indices into two vectors of ``size``-byte elements (the second's from ``BYTES / size``) of their interleave,
+    the low (``half`` 0) or high 8 bytes of each 128-bit lane (vpunpckl/h): elements, not bytes, so that the
+    decoder's TVMScript, parsed again for each fused GEMM kernel, holds fewer numbers."""
+    count, per_lane = BYTES // size, LANE_BYTES // size
+    return [source * count + per_lane * lane + per_lane // 2 * half + i for lane in range(BYTES // LANE_BYTES)
+            for i in range(per_lane // 2) for source in (0, 1)]
 
 
-def _shuffled(x, y, indices: list[int]):
-    """The bytes of ``x`` and ``y`` (int8x64, or None for zeros) at ``indices``: None where both are zeros."""
+def _shuffled(x, y, indices: list[int], size: int):
+    """The ``size``-byte elements of ``x`` and ``y`` (vectors of them, or None for zeros) at ``indices``: None where
+    both are zeros."""
     if x is None and y is None:
         return None
-    zero = tirx.Broadcast(tirx.const(0, "int8"), BYTES)
+    zero = tirx.Broadcast(tirx.const(0, f"int{8 * size}"), BYTES // size)
     return tirx.Shuffle([zero if x is None else x, zero if y is None else y],
                         [tirx.IntImm("int32", i) for i in indices])
 
@@ -79,18 +82,22 @@ def decoded(columns, pb, g, bits: int, step, offset=None) -> list[panel_gemm.Run
                                 if b == 0 else words)
 
     words = [bound(f"column_{b}", column(b)) for b in range(bits)] + [None] * (8 - bits)
-    stage = [bound(f"bytes_{i}_{half}", value) if value is not None else None for i in range(4) for half in (0, 1)
+    stage = [None if value is None else bound(f"bytes_{i}_{half}", tirx.reinterpret("int16x32", value), "int16x32")
+             for i in range(4) for half in (0, 1)
              for value in [_shuffled(words[2 * i], words[2 * i + 1],
-                                     [at // BYTES * BYTES + ORDER[at % BYTES] for at in _interleave(1, half)])]]
-    pairs = [bound(f"pairs_{i}_{a}_{half}", value) if value is not None else None for i in range(2) for a in (0, 1)
-             for half in (0, 1) for value in [_shuffled(stage[4 * i + a], stage[4 * i + 2 + a], _interleave(2, half))]]
+                                     [at // BYTES * BYTES + ORDER[at % BYTES] for at in _interleave(1, half)], 1)]]
+    pairs = [None if value is None else bound(f"pairs_{i}_{a}_{half}", value, "int16x32") for i in range(2)
+             for a in (0, 1) for half in (0, 1)
+             for value in [_shuffled(stage[4 * i + a], stage[4 * i + 2 + a], _interleave(2, half), 2)]]
+    pairs = [None if pair is None else tirx.reinterpret("int32x16", pair) for pair in pairs]
     # byte q = 2 a + b of the channels' words, transposed: its two vectors, then its weights 8 q + 4 d .. 8 q + 4 d + 3
     # of each channel as one dword (d = 0, 1), the channels in order
     transposed = [[bound(f"transposed_{2 * a + b}_{half}", tirx.reinterpret("uint32x16", lut.bit_transposed(
-        _shuffled(pairs[2 * a + b], pairs[4 + 2 * a + b], _interleave(4, half)))), "uint32x16") for half in (0, 1)]
+        _shuffled(pairs[2 * a + b], pairs[4 + 2 * a + b], _interleave(4, half), 4))), "uint32x16") for half in (0, 1)]
         for a in (0, 1) for b in (0, 1)]
     dwords = [[bound(f"weights_{q}_{d}", tirx.Shuffle(pair, [tirx.IntImm("int32", i) for i in _dwords(d)]),
                      "uint32x16") for d in (0, 1)] for q, pair in enumerate(transposed)]
+    step = bound("step", step, "float32x16")
     zero = tirx.Broadcast(tirx.const(0, "float32"), LANES)
     base = bound("base", (zero if offset is None else offset) - step * tirx.Broadcast(
         tirx.const(2.0 ** (bits - 1), "float32"), LANES), "float32x16")
@@ -98,7 +105,8 @@ def decoded(columns, pb, g, bits: int, step, offset=None) -> list[panel_gemm.Run
     unit = panel_gemm.RunBinding(tirx.Var("unit", "float32x16"), step * tirx.Broadcast(
         tirx.const(2.0 ** (bits - 8), "float32"), LANES) * tirx.reinterpret(  # 2^(-8 w): its exponent's bits
         "float32x16", tirx.Broadcast((tirx.const(127, "int32") - w * 8) << 23, LANES)))
-    mask = tirx.Broadcast(tirx.const(255, "uint32") << (w * 8).astype("uint32"), LANES)
-    stores = [panel_gemm.RunStore(8 * q + 4 * d + w, tirx.Cast("float32x16", dwords[q][d] & mask) * unit.var + base)
-              for q in range(len(dwords)) for d in (0, 1)]
-    return [*items, panel_gemm.RunLoop(w, 4, [unit, *stores])]
+    mask = panel_gemm.RunBinding(tirx.Var("mask", "uint32x16"), tirx.Broadcast(
+        tirx.const(255, "uint32") << (w * 8).astype("uint32"), LANES))
+    stores = [panel_gemm.RunStore(8 * q + 4 * d + w, tirx.Cast("float32x16", dwords[q][d] & mask.var) * unit.var
+                                  + base) for q in range(len(dwords)) for d in (0, 1)]
+    return [*items, panel_gemm.RunLoop(w, 4, [unit, mask, *stores])]
