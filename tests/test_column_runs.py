@@ -73,10 +73,10 @@ def test_runs_decode_the_reference_integers(codec, options, kernel, n, k, target
 
 
 @pytest.mark.parametrize("codec,options,kernel", CASES, ids=[f"{c}-{o}-{k}" for c, o, k in CASES])
-@pytest.mark.parametrize("n,k", SHAPES)
-@pytest.mark.parametrize("mcpu", [None, "cascadelake"])  # cascadelake: AVX-512 and VNNI, no GFNI or VBMI
+@pytest.mark.parametrize("n,k,mcpu", [(*SHAPES[0], "cascadelake"), *((*shape, None) for shape in SHAPES)])
 def test_panel_gemm_matches_the_reference_decoder(codec, options, kernel, n, k, mcpu, target):
-    """The run decode on this CPU (where it has the bit transposes) and the weight-by-weight decode without them."""
+    """The run decode on this CPU (where it has the bit transposes) and the weight-by-weight decode without them
+    (``mcpu`` cascadelake: AVX-512 and VNNI, no GFNI or VBMI)."""
     on = target if mcpu is None else make_target(mcpu=mcpu)
     runs = mcpu is None and transposes(on)
     enc = encoded(codec, options, n, k)
