@@ -13,8 +13,8 @@ Times the row's scale, that is the reference decoder's value.
   kernel on CPUs without the LUT kernel's AVX-512.
 * :func:`gemm`: matmuls above one row, the panel GEMM (:mod:`.panel_gemm`) over
   the stored rows, a panel of sensitive rows or of pruned ones decoded once per
-  call (with the int8 tables' layout, where the CPU has the bit transpose, a
-  run of 16 rows and a group at a time: :func:`int8_run_weights`); the scales
+  call (where the CPU has the bit transposes, a run of 16 rows and a group at a
+  time: :func:`run_weights`); the scales
   applied to the sums, written back to the output channels (a scatter).
 * :func:`output_weight`: the decoded weight per output channel, for the decode
   kernels (:mod:`.decode`) of convs; where the kept columns fit a nibble, over
@@ -38,7 +38,7 @@ from bie_compiler.codecs.lut_tables import INT8_KIND_SUFFIX, chosen
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..schedules import matmul as matmul_schedule
-from . import bbs_lut, channel_nibbles, decode, decode_once, lut, panel_gemm
+from . import bbs_lut, channel_nibbles, column_runs, decode, decode_once, lut, panel_gemm
 
 CONV_BLOCK = "conv2d_nchw"  # topi's name for the conv block (the GPU's direct conv schedules it)
 
@@ -101,7 +101,7 @@ def group_offset_shift(enc: Encoded, meta_byte):
     """(offset, shift) of a group of a pruned row from its metadata byte (int32): its weights are ``kept * 2^shift +
     offset``."""
     # zps: the low 6 bits a two's complement c, the offset -c = 32 - (bits ^ 32) (no select: a vector's select
-    # trips TVM's bound analysis in the panel GEMM's runs, int8_run_weights)
+    # trips TVM's bound analysis in the panel GEMM's runs, run_weights)
     c = meta_byte & 63
     offset = 32 - (c ^ 32) if enc.header["method"] == "zps" else c
     return offset, int(enc.header["pruned_columns"]) - (meta_byte >> 6)
@@ -256,16 +256,18 @@ def panel_value(enc: Encoded, holders, tables: str = "fp32") -> panel_gemm.Panel
     return lambda p, kk, c: tirx.if_then_else(p * cols < count, sensitive(p, kk, c), pruned(p, kk, c))
 
 
-def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
-    """The panel GEMM's decode of a run of 16 stored rows over a group (a :data:`.panel_gemm.RunWeights`), the
-    pruned rows from :func:`.bbs_lut.int8_nibbles`' bytes (their words' layout is ``bie-bitplane``'s at 4 planes):
-    one bit transpose per 8 weights (:func:`.lut.bit_transposed`), then per weight one vpmultishiftqb that moves
-    each lane's offset-binary nibble to the bottom of the lane, one vpermps of the 16 numbers it can code as float32
-    and one multiply-add by ``2^shift`` and the base (:func:`pruned_float`'s, from the metadata bytes once per
-    group); the sensitive rows' group of 8 words per row loaded at once and transposed by shuffles (no scalar
-    inserts), each code moved to the word's top byte and shifted back with its sign. What the weights share is
-    bound once and their repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, which
-    every fused GEMM kernel parses again, stays small (the MiniLM-shaped encoder's compile time)."""
+def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
+    """The panel GEMM's decode of a run of 16 stored rows over a group (a :data:`.panel_gemm.RunWeights`), where the
+    CPU has the bit transposes (:func:`.lut.bit_transpose_supported`). The pruned rows: with fp32 ``tables`` from their
+    stored column words (:func:`.column_runs.decoded`: the kept integer times ``2^shift`` plus the offset, both from
+    the metadata bytes once per group); with int8 ``tables`` from :func:`.bbs_lut.int8_nibbles`' bytes (their words'
+    layout is ``bie-bitplane``'s at 4 planes): one bit transpose per 8 weights (:func:`.lut.bit_transposed`), then
+    per weight one vpmultishiftqb that moves each lane's offset-binary nibble to the bottom of the lane, one vpermps of
+    the 16 numbers it can code as float32 and one multiply-add by ``2^shift`` and the base (:func:`pruned_float`'s).
+    The sensitive rows' group of 8 words per row loaded at once and transposed by shuffles (no scalar inserts), each
+    code moved to the word's top byte and shifted back with its sign. What the weights share is bound once and their
+    repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, which every fused GEMM kernel
+    parses again, stays small (the MiniLM-shaped encoder's compile time)."""
     n = enc.shape[0]
     count = int(enc.header["sensitive"])
     bits = 8 - int(enc.header["pruned_columns"])
@@ -281,11 +283,19 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
     def bound(name, value, dtype):
         return panel_gemm.RunBinding(tirx.Var(name, dtype), value)
 
-    def pruned(columns, meta, first, g):
+    def step_offset(meta, pb, g):  # the group's 2^shift and offset per lane, int32x16
+        offset, shift = group_offset_shift(enc, tirx.Cast("int32x16", meta[pb, g, tirx.Ramp(0, 1, lanes)]))
+        return broadcast(1, "int32") << shift, offset
+
+    def pruned_columns(columns, meta, first, g):
         pb = (first - count) // lanes
-        code = tirx.Cast("int32x16", meta[pb, g, tirx.Ramp(0, 1, lanes)])
-        offset, shift = group_offset_shift(enc, code)
-        step = broadcast(1, "int32") << shift
+        step, offset = step_offset(meta, pb, g)
+        return column_runs.decoded(columns, pb, g, bits, tirx.Cast("float32x16", step),
+                                   tirx.Cast("float32x16", offset))
+
+    def pruned_nibbles(columns, meta, first, g):
+        pb = (first - count) // lanes
+        step, offset = step_offset(meta, pb, g)
         out = [bound("base", tirx.Cast("float32x16", offset - (step << broadcast(bits - 1, "int32"))), "float32x16"),
                bound("step", tirx.Cast("float32x16", step), "float32x16")]
         base, step = (binding.var for binding in out)
@@ -298,6 +308,8 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
             value = tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, numbers, kept)
             vector.append(panel_gemm.RunStore(4 * (h + 4 * (j // 4)) + j % 4, value * step + base))
         return [*out, panel_gemm.RunLoop(h, bbs_lut.QUAD, vector)]
+
+    pruned = pruned_nibbles if tables == "int8" else pruned_columns
 
     def sensitive(sensitive_words, first, g):
         out = [bound(f"row_{i}", sensitive_words[tirx.min(first + i, last), tirx.Ramp(
@@ -328,14 +340,13 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
 def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
     GEMM in stored order, each channel written back to its output channel (``columns`` as :func:`constants` lays
-    them out for ``tables``). The int8 tables' layout, where the CPU has the bit transpose
-    (:func:`.lut.bit_transpose_supported`), is decoded a run of rows at a time (:func:`int8_run_weights`); else
-    weight by weight (:func:`panel_value`)."""
+    them out for ``tables``). Where the CPU has the bit transposes (:func:`.lut.bit_transpose_supported`), decoded a
+    run of rows at a time (:func:`run_weights`); else weight by weight (:func:`panel_value`)."""
     holders = placeholders(constants(enc, tables))
     scales, position, sensitive, columns, meta = holders
     views = [(panel_gemm.word_view(sensitive, "int32"), sensitive)]
-    if tables == "int8" and lut.bit_transpose_supported(tvm.target.Target.current()):
-        return panel_gemm.gemm(panel_gemm.ByRuns(int8_run_weights(enc), bbs.GROUP, views), holders, *enc.shape,
+    if lut.bit_transpose_supported(tvm.target.Target.current()):
+        return panel_gemm.gemm(panel_gemm.ByRuns(run_weights(enc, tables), bbs.GROUP, views), holders, *enc.shape,
                                scale=lambda row: scales[row], position=position)
     if tables == "int8":
         views.append((panel_gemm.word_view(columns, "uint32"), columns))

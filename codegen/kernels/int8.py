@@ -16,7 +16,8 @@ kernels are shared:
   fp32 accumulators (parity with the decoded-weights model), the channel scales
   applied once to the tile's sums;
 * several rows: the panel GEMM (:mod:`.panel_gemm`), each panel of channels decoded once per call to
-  ``float(q)`` for the dense GEMM's micro-kernel, the scales applied to the tile's sums;
+  ``float(q)`` for the dense GEMM's micro-kernel (``bitwave``'s columns a run of 16 channels at a time where the CPU
+  has the bit transposes, :mod:`.column_runs`), the scales applied to the tile's sums;
 * convs: the decode kernel (:mod:`.decode`) writing the same values for the dense conv; ``int8`` codes (and
   ``bie-bitplane``'s integers) by output channel for it (:meth:`Int8Weights.by_channel`);
 * a Gather table (an embedding, its rows the channels): the rows asked for, decoded as they are read.
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import tvm
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
@@ -37,7 +39,7 @@ from bie_compiler.codecs.base import Encoded
 
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..schedules import matmul
-from . import bbs_decoded, channel_nibbles, decode, lut, panel_gemm
+from . import bbs_decoded, channel_nibbles, column_runs, decode, lut, panel_gemm
 
 BLOCK = "int8_gemv"
 SCALED = "int8_scaled"
@@ -74,7 +76,8 @@ class Int8Weights:
     ``lanes`` consecutive channels (from a multiple of ``lanes``) of one ``kk`` are contiguous in the constants;
     ``k_step`` consecutive ``kk`` share their bytes (the one-row kernel decodes them in one loop iteration);
     ``layout``: one of BYTE_PANELS, NIBBLE_PANELS, BYTE_ROWS, NIBBLE_ROWS, COLUMNS (the kernels dispatch on it: the
-    constants' names do not tell byte panels from byte rows)."""
+    constants' names do not tell byte panels from byte rows); ``runs``: the panel GEMM's decode a run of 16 channels
+    and a group at a time, where the layout has one (bit columns: :func:`bit_column_runs`)."""
 
     constants: list[np.ndarray]
     names: tuple[str, ...]
@@ -82,6 +85,7 @@ class Int8Weights:
     lanes: int
     layout: str
     k_step: int = 1
+    runs: panel_gemm.RunWeights | None = None
 
     @staticmethod
     def packed(codes: np.ndarray, scales: np.ndarray, bits: int) -> "Int8Weights":
@@ -128,7 +132,8 @@ class Int8Weights:
             return value
 
         return Int8Weights([enc.arrays["columns"], enc.arrays["meta"], enc.arrays["scales"]],
-                           ("columns", "meta", "scales"), bitwave_value, bbs.LANES, COLUMNS)
+                           ("columns", "meta", "scales"), bitwave_value, bbs.LANES, COLUMNS,
+                           runs=bit_column_runs(pruned))
 
     def holders(self) -> list[te.Tensor]:
         return [te.placeholder(c.shape, c.dtype.name, name) for name, c in zip(self.names, self.constants)]
@@ -137,6 +142,21 @@ class Int8Weights:
         """``f(n, kk)``: the decoded float32 weight."""
         value = self.value(holders)
         return lambda n, kk: value(n, kk).astype("float32") * holders[-1][n]
+
+
+def bit_column_runs(pruned: int) -> panel_gemm.RunWeights:
+    """``bitwave``'s run decode (:func:`.column_runs.decoded`): a run's kept integers times ``2^(pruned - z)``, ``z``
+    its channels' zero columns in the group (the metadata bytes)."""
+
+    def runs(holders, first, g):
+        columns, meta, _ = holders
+        pb = first // bbs.LANES
+        zeros = tirx.Cast("int32x16", meta[pb, g, tirx.Ramp(0, 1, bbs.LANES)])
+        step = tirx.Broadcast(tirx.const(1, "int32"), bbs.LANES) << (
+            tirx.Broadcast(tirx.const(pruned, "int32"), bbs.LANES) - zeros)
+        return column_runs.decoded(columns, pb, g, 8 - pruned, tirx.Cast("float32x16", step))
+
+    return runs
 
 
 CHAINS = 4  # k rows per step of the one-row kernel: independent accumulators (one would wait on the FMA latency)
@@ -212,10 +232,15 @@ def decoder(weights: Int8Weights, into: decode.Layout, x_ndim: int) -> tirx.Prim
 
 
 def gemm(weights: Int8Weights, n: int, k: int) -> tirx.PrimFunc:
-    """``f(x [m, K], *constants, out [m, N])`` for several rows: the panel GEMM."""
+    """``f(x [m, K], *constants, out [m, N])`` for several rows: the panel GEMM, decoding a run of channels at a time
+    where the layout has such a decode (``runs``) and the CPU the bit transposes it takes
+    (:func:`.lut.bit_transpose_supported`), else weight by weight."""
     holders = weights.holders()
-    value = panel_gemm.by_channel(weights.value(holders), n, weights.lanes)
-    return panel_gemm.gemm(panel_gemm.ByWeight(value), holders, n, k, scale=lambda c: holders[-1][c])
+    if weights.runs is not None and lut.bit_transpose_supported(tvm.target.Target.current()):
+        decode = panel_gemm.ByRuns(weights.runs, bbs.GROUP)
+    else:
+        decode = panel_gemm.ByWeight(panel_gemm.by_channel(weights.value(holders), n, weights.lanes))
+    return panel_gemm.gemm(decode, holders, n, k, scale=lambda c: holders[-1][c])
 
 
 def kernel_call(weights: Int8Weights, enc: Encoded, conv: ConvSpec | None, kind: str,

@@ -61,7 +61,8 @@ def supported(target) -> bool:
 
 def bit_transpose_supported(target) -> bool:
     """Whether ``target``'s CPU has AVX-512 VBMI and GFNI (vpmultishiftqb, vgf2p8affineqb): the bit transposes of the
-    int8 tables' bytes in the panel GEMM's decode (``bitplane_lut.int8_run_weights``)."""
+    panel GEMM's run decodes (the int8 tables' bytes, ``bitplane_lut.int8_run_weights``; stored bit columns,
+    ``column_runs``)."""
     return target is not None and has_features(target, "avx512f", "avx512bw", "avx512vbmi", "gfni")
 
 
