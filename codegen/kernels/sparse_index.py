@@ -561,13 +561,19 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
 # CPU time against the panel GEMM over the same encoding (benchmarks/README.md, "Stop 25: rows2"), 8 / 16 / 64 rows:
 # 384x1536 0.36-0.54 at density 0.3, 0.41-0.66 at 0.4, 0.46-0.80 at 0.5; 4096x4096 0.46-0.69 at 0.3, 0.61-1.07 at 0.5
 ROWS_DENSITY = 0.4
+# ... and where K is at most SHORT_K, up to SHORT_ROWS_DENSITY (the same measure, stop 26: 384x1536 at the codecs'
+# default 0.52 0.48 / 0.55 / 0.79, bie-binary's index layout 0.65 / 0.79 / 0.87; at 0.7 1.05 and 1.12 at 64 rows; K = 1536
+# and 2048 lose at 64 rows from 0.5-0.6 on, 1536x384 1.07 at 0.5)
+SHORT_K = 512
+SHORT_ROWS_DENSITY = 0.6
 
 
 def sparse_rows(enc: Encoded, nnz: int) -> bool:
     """Whether a matmul above one row runs :func:`index_loop` (work per non-zero) rather than the panel GEMM (work
-    per weight: a panel decoded whole, zeros included): at most ``ROWS_DENSITY`` non-zeros per weight."""
+    per weight: a panel decoded whole, zeros included): at most ``ROWS_DENSITY`` non-zeros per weight, or
+    ``SHORT_ROWS_DENSITY`` where K is at most ``SHORT_K``."""
     n, k = enc.shape
-    return nnz <= ROWS_DENSITY * n * k
+    return nnz <= (SHORT_ROWS_DENSITY if k <= SHORT_K else ROWS_DENSITY) * n * k
 
 
 def global_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
