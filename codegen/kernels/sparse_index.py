@@ -54,8 +54,8 @@ CHAINS = 4  # sums of a tile, an entry each in turn
 CHANNELS = 16  # channels of out a vector stores
 # Groups of channels at one tile (up to 8 rows, or 16), each walked over a copy of xt that its own task transposes:
 # with one copy, written by the calling thread and read whole by every task, SerialWhenSmall priced the hand-off above
-# the channels' work and ran them on one thread. Two: a task for each of two threads; a further copy would cost a
-# thread another transpose (~2.5 us at 8 rows of K = 384) where it has more than one group.
+# the channels' work and ran them on one thread. Two: a task for each of two threads; each further copy costs a thread
+# with more than one group another transpose (the second copy: 0-8 us at 8-16 rows of K = 384 on one thread).
 COPIES = 2
 
 
@@ -122,7 +122,8 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             for l in T.vectorized(width):
                 sums[j, c * width + l] = sums[j, c * width + l] + T.if_then_else(
                     T.Cast("int64", c) < count % CHAINS,
-                    xt[copy, row_of(entries[T.min(first + count // CHAINS * CHAINS + c, nnz - 1)], blk), l], T.float32(0))
+                    xt[copy, row_of(entries[T.min(first + count // CHAINS * CHAINS + c, nnz - 1)], blk), l],
+                    T.float32(0))
 
     @T.macro
     def store_vector(res, out, m, width, t, jb):
@@ -562,8 +563,8 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
 # 384x1536 0.36-0.54 at density 0.3, 0.41-0.66 at 0.4, 0.46-0.80 at 0.5; 4096x4096 0.46-0.69 at 0.3, 0.61-1.07 at 0.5
 ROWS_DENSITY = 0.4
 # ... and where K is at most SHORT_K, up to SHORT_ROWS_DENSITY (the same measure, stop 26: 384x1536 at the codecs'
-# default 0.52 0.48 / 0.55 / 0.79, bie-binary's index layout 0.65 / 0.79 / 0.87; at 0.7 1.05 and 1.12 at 64 rows; K = 1536
-# and 2048 lose at 64 rows from 0.5-0.6 on, 1536x384 1.07 at 0.5)
+# default 0.52 0.48 / 0.55 / 0.79, bie-binary's index layout 0.65 / 0.79 / 0.87; at 0.7 1.05 and 1.12 at 64 rows;
+# K = 1536 and 2048 lose at 64 rows from 0.5-0.6 on, 1536x384 1.07 at 0.5)
 SHORT_K = 512
 SHORT_ROWS_DENSITY = 0.6
 
