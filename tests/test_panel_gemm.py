@@ -8,6 +8,7 @@ import tvm
 import tvm.script
 import tvm_ffi
 from tvm import te, tirx
+from tvm.ir.expr import TensorLoad
 
 from bie_compiler.codecs import CODECS, kernel_options, make_config
 from bie_compiler.codegen import gemm_epilogues, kernel_for, serial_small_loops
@@ -43,7 +44,7 @@ SHAPES = [(10, 97), (37, 97), (250, 129)]  # (N, K): less than a panel (computed
 @pytest.mark.parametrize("codec,options", CASES, ids=[f"{c}-{o}" for c, o in CASES])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_panel_gemm_matches_reference_decoder(codec, options, n, k, target, monkeypatch):
-    monkeypatch.setattr(sparse_index, "ROWS_DENSITY", 0.0)  # the index layouts' panels at any density
+    monkeypatch.setattr(sparse_index, "sparse_rows", lambda *_: False)  # the index layouts' panels at any density
     rng = np.random.default_rng(n + k)
     w = (rng.standard_t(4, (n, k)) * (rng.random((n, k)) > 0.2)).astype(np.float32)
     config = make_config(codec, options)
@@ -124,7 +125,7 @@ def test_a_decode_states_only_valid_combinations():
                                            ("bie-binary", {"layout": "index"})])
 def test_index_panels_with_fewer_entries_than_a_load(codec, options, target, monkeypatch):
     """Fewer non-zeros than the entries the mask decode loads a step: every load is of the array's last entries."""
-    monkeypatch.setattr(sparse_index, "ROWS_DENSITY", 0.0)
+    monkeypatch.setattr(sparse_index, "sparse_rows", lambda *_: False)
     w = np.zeros((37, 97), np.float32)
     w[[0, 3, 3, 20, 36], [5, 0, 96, 64, 31]] = [1.5, -2.0, 0.5, -1.0, 3.0]
     config = make_config(codec, options)
@@ -144,9 +145,10 @@ SPARSE_ROWS = [("bie-blocked", {"blocked_execution": "stream"}),  # blocks of 12
 
 @pytest.mark.parametrize("codec,options", SPARSE_ROWS, ids=[f"{c}-{o}" for c, o in SPARSE_ROWS])
 @pytest.mark.parametrize("n,k", [(37, 97), (50, 300)])
-@pytest.mark.parametrize("density", [0.05, 0.15, 0.35])
+@pytest.mark.parametrize("density", [0.05, 0.15, 0.35, 0.55])
 def test_sparse_index_layouts_run_the_index_loop_at_every_batch(codec, options, n, k, density, target):
-    """At most ROWS_DENSITY non-zeros per weight, the index layouts' matmuls above one row run the one-row kernel,
+    """At most ROWS_DENSITY non-zeros per weight (SHORT_ROWS_DENSITY on these short K: 0.55 is denser than the
+    codecs' default), the index layouts' matmuls above one row run the one-row kernel,
     the index loop (1 row a scalar, up to 8 a ymm, 16 a zmm of an entry's rows of x) instead of decoding panels:
     one row, rows in one tile of 8, of 16, two, a ragged last tile; channels without entries (density 0.05 on K = 97
     leaves some with none); blocks whose count is not a multiple of the 4 sums (their last entries added against
@@ -155,7 +157,7 @@ def test_sparse_index_layouts_run_the_index_loop_at_every_batch(codec, options, 
     w = rng.standard_t(4, (n, k)).astype(np.float32)
     config = make_config(codec, {**options, "density": density})
     enc = CODECS[codec].encode(w, config)
-    assert enc.arrays["entries"].size <= sparse_index.ROWS_DENSITY * n * k
+    assert enc.arrays["entries"].size <= sparse_index.SHORT_ROWS_DENSITY * n * k and k <= sparse_index.SHORT_K
     counts = enc.arrays["counts"] if "counts" in enc.arrays else np.diff(enc.arrays["indptr"])
     assert (counts % sparse_index.CHAINS != 0).any()
     kernels = kernel_for(enc, target, **kernel_options(config))
@@ -168,15 +170,26 @@ def test_sparse_index_layouts_run_the_index_loop_at_every_batch(codec, options, 
         assert_close(call(kernel, x, kernels.constants, (rows, n)), x @ decoded.T, context=rows)
 
 
-def test_index_loop_hands_its_tiles_no_scratch(target, monkeypatch):
-    """Above one tile the index loop's parallel loop over tiles transposes its own rows of x: the pipeline's
-    SerialWhenSmall finds nothing the calling thread wrote for its tasks (a hand-off it weighs against the loop's
-    work: channels in parallel over an xt the calling thread wrote ran on one thread)."""
+@pytest.mark.parametrize("k,density,index", [(600, 0.35, True), (600, 0.55, False), (300, 0.55, True)])
+def test_the_index_loop_runs_above_one_row_by_density_and_k(k, density, index, target):
+    """Above one row the index layouts run the index loop up to ROWS_DENSITY non-zeros per weight, and up to
+    SHORT_ROWS_DENSITY where K is at most SHORT_K; denser, the panel GEMM."""
+    w = np.random.default_rng(k).standard_t(4, (40, k)).astype(np.float32)
+    config = make_config("bie-blocked", {"density": density, "blocked_execution": "stream"})
+    kernels = kernel_for(CODECS["bie-blocked"].encode(w, config), target, **kernel_options(config))
+    assert (kernels.large_batch is None) == index
+
+
+def test_index_loop_hands_nothing_to_its_tasks_above_one_row(target, monkeypatch):
+    """Above one row no parallel loop of the index loop reads scratch the calling thread wrote: SerialWhenSmall weighs
+    such a hand-off against the loop's work (channels in parallel over one xt written before them ran on one thread at
+    8-16 rows). At one tile each group of channels transposes its own copy of xt, above it each tile its own rows; only
+    one row's channel loop is handed its xt (2 K words)."""
     handoffs = []
 
-    def recorded(loop, *args):
-        words = handoff(loop, *args)
-        handoffs.append((loop, words))
+    def recorded(loop, func_body, *args):
+        words = handoff(loop, func_body, *args)
+        handoffs.append((loop, func_body, words))
         return words
 
     handoff = serial_small_loops.handoff
@@ -186,12 +199,43 @@ def test_index_loop_hands_its_tiles_no_scratch(target, monkeypatch):
     kernels = kernel_for(CODECS["bie-blocked"].encode(w, config), target, **kernel_options(config))
     tvm.compile(tvm.IRModule({"main": kernels.func.with_attr("global_symbol", "main")}), target,
                 tir_pipeline=TIR_PIPELINE)
-    stored = [{store.buffer.name for store in _stores(loop)} for loop, _ in handoffs]
-    tile_loops = [words for (loop, words), names in zip(handoffs, stored) if {"xt", "res"} <= names]
-    assert tile_loops and all(isinstance(words, tirx.IntImm) and words.value == 0 for words in tile_loops)
+    one_row = [loop for _, body, _ in handoffs[:1] for loop in _loops(_one_row_branch(body))]
+    walks = [(loop, words) for loop, _, words in handoffs if _reads(loop, "entries")]  # (not the stores into out)
+    handed = [loop for loop, words in walks if not (isinstance(words, tirx.IntImm) and words.value == 0)]
+    assert handed and all(any(loop.same_as(other) for other in one_row) for loop in handed)
+    assert len(walks) - len(handed) >= 3  # a tile loop and a loop of groups for 8 rows a tile and for 16
 
 
-def _stores(stmt) -> list:
+def _one_row_branch(body):
+    """The statement ``body`` runs where x has one row (``if m == 1``)."""
     found = []
-    tvm_ffi.structural_map(stmt, [(tirx.stmt.BufferStore, lambda node: found.append(node) or node)], order="post")
+
+    def collect(node):
+        condition = node.condition
+        if (isinstance(condition, tirx.EQ) and isinstance(condition.b, tirx.IntImm) and condition.b.value == 1
+                and getattr(condition.a, "name", "") == "m"):
+            found.append(node.then_case)
+        return node
+
+    tvm_ffi.structural_map(body, [(tirx.stmt.IfThenElse, collect)], order="post")
+    assert len(found) == 1
+    return found[0]
+
+
+def _loops(stmt) -> list:
+    found = []
+    tvm_ffi.structural_map(stmt, [(tirx.stmt.For, lambda node: found.append(node) or node)], order="post")
     return found
+
+
+def _reads(stmt, name: str) -> bool:
+    """Whether ``stmt`` loads from a buffer named ``name`` (or a view of it, ``name_1``...)."""
+    found = []
+
+    def collect(node):
+        if node.source.name.split("_")[0] == name:
+            found.append(node)
+        return node
+
+    tvm_ffi.structural_map(stmt, [(TensorLoad, collect)], order="post")
+    return bool(found)

@@ -52,6 +52,11 @@ def block_count(block_size: int, indptr, counts, j, blk):
 WIDE, NARROW = 16, 8  # rows of x a vector of xt holds: a zmm of fp32, a ymm where the batch has 2 to 8 rows
 CHAINS = 4  # sums of a tile, an entry each in turn
 CHANNELS = 16  # channels of out a vector stores
+# Groups of channels at one tile (up to 8 rows, or 16), each walked over a copy of xt that its own task transposes:
+# with one copy, written by the calling thread and read whole by every task, SerialWhenSmall priced the hand-off above
+# the channels' work and ran them on one thread. Two: a task for each of two threads; each further copy costs a thread
+# with more than one group another transpose (the second copy: 0-8 us at 8-16 rows of K = 384 on one thread).
+COPIES = 2
 
 
 def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, block_size: int = 0,
@@ -67,14 +72,18 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
     is 1 for one row, 8 for up to 8 (half the vector and of ``xt`` unused at 16), else 16; without ``batched`` (a
     kernel the pass calls for one row) 1 for every ``m``, one body to compile instead of three. Each tile's scaled
     sums go to a buffer [tiles, N, ``width``] (one row: ``out`` itself), written into ``out`` a vector of
-    ``CHANNELS`` a row. With one tile, channels run in parallel over the
-    ``xt`` the calling thread wrote; with more, tiles run in parallel, each writing its own part of ``xt`` and walking
-    every channel, so that no thread reads what another wrote. The sums (and the block starts) are one buffer a call,
-    a row a channel or a tile: declared in the channel loop, they became a workspace allocation per channel.
+    ``CHANNELS`` a row. Above one row no thread reads what another wrote: with one tile, ``COPIES`` groups of
+    channels run in parallel, each transposing the tile into its own copy of ``xt`` and writing its channels of
+    ``out``; with more tiles, tiles run in parallel, each transposing its own rows and walking every channel. (One row
+    runs its channels in parallel over the ``xt`` the calling thread wrote: 2 K words.) The sums (and the block
+    starts) are one buffer a call, a row a channel or a tile: declared in the channel loop, they became a workspace
+    allocation per channel.
     """
     span = block_size or k  # the K positions of a block
     blocks = -(-k // span)
     rows = blocks * 2 * span  # of xt: a block's rows of x, then of -x
+    vectors = -(-n // CHANNELS)  # of out's channels, CHANNELS each
+    per_copy = -(-vectors // COPIES)  # of them a group (one tile) walks
 
     def row_of(entry, blk):
         # an entry's row of xt: its offset, plus the block's span if negative (the entry itself where the sign bit
@@ -85,57 +94,61 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             "int64", entry_fields(entry, entry_dtype, sign_bit)[1]) * span
 
     @T.macro
-    def transpose_tile(x, xt, m, width, t):
+    def transpose_tile(x, xt, m, width, t, copy):
+        # tile t's rows of x into xt[copy]
         for r in range(k):
             for l in range(width):
                 v: T.let = T.if_then_else(t * width + l < m, x[T.min(t * width + l, m - 1), r], T.float32(0))
-                xt[t, r + r // span * span, l] = v
-                xt[t, r + r // span * span + span, l] = -v
+                xt[copy, r + r // span * span, l] = v
+                xt[copy, r + r // span * span + span, l] = -v
 
     @T.macro
     def transpose(x, xt, m, width):
         for t in (T.parallel if width > 1 else T.serial)((m + (width - 1)) // width):
-            transpose_tile(x, xt, m, width, t)
+            transpose_tile(x, xt, m, width, t, t)
 
     @T.macro
-    def add_entries(sums, xt, entries, j, t, blk, first, count, width):
+    def add_entries(sums, xt, entries, j, copy, blk, first, count, width):
         # (the entry inline: a T.let in the unrolled loop is bound once a copy, which TVM rejects; a name assigned
         # in the loop became a workspace allocation per channel)
         for e in range(count // CHAINS):
             for c in T.unroll(CHAINS):
                 for l in T.vectorized(width):
                     sums[j, c * width + l] = sums[j, c * width + l] + xt[
-                        t, row_of(entries[first + CHAINS * e + c], blk), l]
+                        copy, row_of(entries[first + CHAINS * e + c], blk), l]
         # the last count % CHAINS entries: each of CHAINS - 1 a vector select against zero (its index clamped into
         # the entries), where a loop of up to CHAINS - 1 mispredicted its exit a block
         for c in T.unroll(CHAINS - 1):
             for l in T.vectorized(width):
                 sums[j, c * width + l] = sums[j, c * width + l] + T.if_then_else(
                     T.Cast("int64", c) < count % CHAINS,
-                    xt[t, row_of(entries[T.min(first + count // CHAINS * CHAINS + c, nnz - 1)], blk), l], T.float32(0))
+                    xt[copy, row_of(entries[T.min(first + count // CHAINS * CHAINS + c, nnz - 1)], blk), l],
+                    T.float32(0))
+
+    @T.macro
+    def store_vector(res, out, m, width, t, jb):
+        # channels jb * CHANNELS on of tile t's rows, CHANNELS of a row a vector: each channel's sums stored into out,
+        # its rows 4 N bytes apart, went to two of L1's sets at N = 1536
+        for l in range(T.min(width, m - t * width)):
+            for c in T.vectorized(CHANNELS):
+                if jb * CHANNELS + c < n:
+                    out[t * width + l, jb * CHANNELS + c] = res[t, T.min(jb * CHANNELS + c, n - 1), l]
 
     @T.macro
     def untranspose(res, out, m, width):
-        # CHANNELS of a row a vector: each channel's sums stored into out, its rows 4 N bytes apart, went to two of
-        # L1's sets at N = 1536
-        for q in T.parallel((m + (width - 1)) // width * ((n + (CHANNELS - 1)) // CHANNELS)):
-            t: T.let = q // ((n + (CHANNELS - 1)) // CHANNELS)
-            jb: T.let = q % ((n + (CHANNELS - 1)) // CHANNELS)
-            for l in range(T.min(width, m - t * width)):
-                for c in T.vectorized(CHANNELS):
-                    if jb * CHANNELS + c < n:
-                        out[t * width + l, jb * CHANNELS + c] = res[t, T.min(jb * CHANNELS + c, n - 1), l]
+        for q in T.parallel((m + (width - 1)) // width * vectors):
+            store_vector(res, out, m, width, q // vectors, q % vectors)
 
     @T.macro
-    def channel(sums, at, start, xt, indptr, counts, entries, scales, res, j, t, width):
-        # channel j's sums over tile t, in row ``at`` of ``sums`` and ``start``
+    def channel(sums, at, start, xt, copy, indptr, counts, entries, scales, res, j, t, width):
+        # channel j's sums over tile t (in xt[copy]) into res[t], in row ``at`` of ``sums`` and ``start``
         for l in T.vectorized(CHAINS * width):
             sums[at, l] = T.float32(0)
         start[at] = T.Cast("int64", indptr[j])
         for blk in range(blocks):
             count: T.let = block_count(block_size, indptr, counts, j, blk)
             first: T.let = start[at]
-            add_entries(sums, xt, entries, at, t, blk, first, count, width)
+            add_entries(sums, xt, entries, at, copy, blk, first, count, width)
             start[at] = first + count
         for l in T.vectorized(width):
             res[t, j, l] = (sums[at, l] + sums[at, width + l] + (sums[at, 2 * width + l] + sums[
@@ -146,27 +159,36 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         transpose(x, xt, m, width)
         for t in range((m + (width - 1)) // width):  # tiles outer: a tile's xt (512 KB at K = 4096) stays in L2
             for j in T.parallel(n):
-                channel(sums, j, start, xt, indptr, counts, entries, scales, res, j, t, width)
+                channel(sums, j, start, xt, t, indptr, counts, entries, scales, res, j, t, width)
+
+    @T.macro
+    def by_groups(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res):
+        # one tile; g int64: an int32 one in xt's index made it int32 arithmetic, 8 rows 0.058 -> 0.076 ms (one thread)
+        for g in T.parallel(T.int64(COPIES)):
+            transpose_tile(x, xt, m, width, T.int64(0), g)
+            for jb in range(g * per_copy, T.min((g + 1) * per_copy, vectors)):
+                for c in range(T.min(CHANNELS, n - jb * CHANNELS)):
+                    channel(sums, jb * CHANNELS + c, start, xt, g, indptr, counts, entries, scales, res,
+                            jb * CHANNELS + c, T.int64(0), width)
+                store_vector(res, out, m, width, T.int64(0), jb)
 
     @T.macro
     def body(x, indptr, counts, entries, scales, out, m, width):
         tiles: T.let = (m + (width - 1)) // width
-        xt = T.decl_buffer((tiles, rows, width), "float32", scope="global")
+        xt = T.decl_buffer((T.max(tiles, COPIES) if width > 1 else tiles, rows, width), "float32", scope="global")
         sums = T.decl_buffer((T.max(tiles, n), CHAINS * width), "float32", scope="global")
         res = T.decl_buffer((tiles, n, width), "float32", scope="global") if width > 1 else \
             T.decl_buffer((m, n, 1), "float32", data=out.data)  # a row a tile: out itself
         start = T.decl_buffer((T.max(tiles, n),), "int64", scope="global")  # each channel's first entry of the block
         if width > 1:
             if tiles > 1:
-                # tiles in parallel, each transposing its own rows of x: channels in parallel over an xt the calling
-                # thread wrote ran on one thread (SerialWhenSmall weighs handing xt to the others above the loop)
                 for t in T.parallel(tiles):
-                    transpose_tile(x, xt, m, width, t)
+                    transpose_tile(x, xt, m, width, t, t)
                     for j in range(n):
-                        channel(sums, t, start, xt, indptr, counts, entries, scales, res, j, t, width)
+                        channel(sums, t, start, xt, t, indptr, counts, entries, scales, res, j, t, width)
+                untranspose(res, out, m, width)
             else:
-                by_channels(x, indptr, counts, entries, scales, m, width, xt, sums, start, res)
-            untranspose(res, out, m, width)
+                by_groups(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res)
         else:
             by_channels(x, indptr, counts, entries, scales, m, width, xt, sums, start, res)
 
@@ -540,13 +562,19 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
 # CPU time against the panel GEMM over the same encoding (benchmarks/README.md, "Stop 25: rows2"), 8 / 16 / 64 rows:
 # 384x1536 0.36-0.54 at density 0.3, 0.41-0.66 at 0.4, 0.46-0.80 at 0.5; 4096x4096 0.46-0.69 at 0.3, 0.61-1.07 at 0.5
 ROWS_DENSITY = 0.4
+# ... and where K is at most SHORT_K, up to SHORT_ROWS_DENSITY (the same measure, stop 26: 384x1536 at the codecs'
+# default 0.52 0.48 / 0.55 / 0.79, bie-binary's index layout 0.65 / 0.79 / 0.87; at 0.7 1.05 and 1.12 at 64 rows;
+# K = 1536 and 2048 lose at 64 rows from 0.5-0.6 on, 1536x384 1.07 at 0.5)
+SHORT_K = 512
+SHORT_ROWS_DENSITY = 0.6
 
 
 def sparse_rows(enc: Encoded, nnz: int) -> bool:
     """Whether a matmul above one row runs :func:`index_loop` (work per non-zero) rather than the panel GEMM (work
-    per weight: a panel decoded whole, zeros included): at most ``ROWS_DENSITY`` non-zeros per weight."""
+    per weight: a panel decoded whole, zeros included): at most ``ROWS_DENSITY`` non-zeros per weight, or
+    ``SHORT_ROWS_DENSITY`` where K is at most ``SHORT_K``."""
     n, k = enc.shape
-    return nnz <= ROWS_DENSITY * n * k
+    return nnz <= (SHORT_ROWS_DENSITY if k <= SHORT_K else ROWS_DENSITY) * n * k
 
 
 def global_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
