@@ -37,6 +37,7 @@ from bie_compiler.codecs.base import Encoded
 from bie_compiler.codecs.lut_tables import INT8_KIND_SUFFIX, chosen
 
 from ..kernel_registry import ConvSpec, KernelCall, register
+from ..layout_memo import per_layout
 from ..schedules import matmul as matmul_schedule
 from . import bbs_lut, channel_nibbles, decode, decode_once, lut, panel_gemm
 
@@ -325,6 +326,7 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
     return runs
 
 
+@per_layout
 def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
     GEMM in stored order, each channel written back to its output channel (``columns`` as :func:`constants` lays
