@@ -265,8 +265,8 @@ def int8_run_weights(enc: Encoded) -> panel_gemm.RunWeights:
     and one multiply-add by ``2^shift`` and the base (:func:`pruned_float`'s, from the metadata bytes once per
     group); the sensitive rows' group of 8 words per row loaded at once and transposed by shuffles (no scalar
     inserts), each code moved to the word's top byte and shifted back with its sign. What the weights share is
-    bound once and their repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, which
-    every fused GEMM kernel parses again, stays small (the MiniLM-shaped encoder's compile time)."""
+    bound once and their repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, printed
+    for every GEMM kernel (and parsed where the process did not print it), stays small (the encoder's compile time)."""
     n = enc.shape[0]
     count = int(enc.header["sensitive"])
     bits = 8 - int(enc.header["pruned_columns"])
