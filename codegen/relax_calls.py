@@ -4,6 +4,8 @@ and whether a called kernel only reshapes. The fusion passes of this package rew
 
 from __future__ import annotations
 
+import functools
+
 import tvm
 from tvm import relax, tirx
 
@@ -30,6 +32,7 @@ def variable_uses(func: relax.Function) -> dict:
     return uses
 
 
+@functools.lru_cache(maxsize=1024)  # asked of each kernel at each of its calls, by each fusion pass: 0.5 s a compile
 def is_reshape(func) -> bool:
     """A PrimFunc (not a codec's kernel) that only moves its input's elements as a reshape would."""
     return isinstance(func, tirx.PrimFunc) and not is_per_call_kernel(func) and relax.analysis.has_reshape_pattern(func)

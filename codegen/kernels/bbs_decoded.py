@@ -37,6 +37,7 @@ from bie_compiler.codecs.base import Encoded
 from bie_compiler.codecs.lut_tables import INT8_KIND_SUFFIX, chosen
 
 from ..kernel_registry import ConvSpec, KernelCall, register
+from ..layout_memo import per_layout
 from ..schedules import matmul as matmul_schedule
 from . import bbs_lut, channel_nibbles, column_runs, decode, decode_once, lut, panel_gemm
 
@@ -266,8 +267,8 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
     the 16 numbers it can code as float32 and one multiply-add by ``2^shift`` and the base (:func:`pruned_float`'s).
     The sensitive rows' group of 8 words per row loaded at once and transposed by shuffles (no scalar inserts), each
     code moved to the word's top byte and shifted back with its sign. What the weights share is bound once and their
-    repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, which every fused GEMM kernel
-    parses again, stays small (the MiniLM-shaped encoder's compile time)."""
+    repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, printed for every GEMM kernel
+    (and parsed where the process did not print it), stays small (the encoder's compile time)."""
     n = enc.shape[0]
     count = int(enc.header["sensitive"])
     bits = 8 - int(enc.header["pruned_columns"])
@@ -337,6 +338,7 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
     return runs
 
 
+@per_layout
 def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
     GEMM in stored order, each channel written back to its output channel (``columns`` as :func:`constants` lays

@@ -70,6 +70,7 @@ from tvm.script import tirx as T
 from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
+from ..layout_memo import per_layout
 from . import lut
 
 KIND = "bbs_lut"  # the GEMV's kernel kind (with int8 tables: then lut_tables.INT8_KIND_SUFFIX)
@@ -152,6 +153,7 @@ def int8_error_bound(x: np.ndarray, enc: Encoded) -> np.ndarray:
     return stored[:, enc.arrays["position"]]
 
 
+@per_layout
 def gemv(enc: Encoded, tables: str = "fp32"):
     """``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` (constants as
     ``bbs_decoded.constants``: ``columns`` the stored words, or with int8 ``tables`` :func:`int8_nibbles` of them)."""

@@ -28,6 +28,7 @@ bounded by :func:`int8_error_bound`.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -39,6 +40,7 @@ from bie_compiler.codecs import bie_bitplane
 from bie_compiler.codecs.lut_tables import INT8_KIND_SUFFIX
 
 from ..kernel_registry import KernelCall
+from ..layout_memo import KEPT
 from . import lut, panel_gemm
 
 LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
@@ -209,6 +211,7 @@ def task_loop(n: int, k: int, magnitude_planes: int, shift: int, scale_group: in
     return loop
 
 
+@functools.lru_cache(maxsize=KEPT)  # one build per layout (layout_memo)
 def gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """``f(x [m, K], words, scales, out [m, N])`` over :func:`twos_complement_planes` and :func:`lanes_of_scales`
     (see :class:`Layout`)."""
@@ -469,6 +472,7 @@ def int8_error_bound(x: np.ndarray, layout: Layout, scales: np.ndarray) -> np.nd
     return weight * steps @ group_scale.T
 
 
+@functools.lru_cache(maxsize=KEPT)  # one build per layout (layout_memo)
 def int8_gemv(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
     """``f(x [m, K], nibbles, scales, out [m, N])`` over :func:`int8_nibbles` and :func:`lanes_of_scales`: the GEMV
     with int8 tables.

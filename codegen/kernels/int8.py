@@ -25,6 +25,7 @@ kernels are shared:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +39,7 @@ from bie_compiler.codecs import int8 as int8_codec
 from bie_compiler.codecs.base import Encoded
 
 from ..kernel_registry import ConvSpec, KernelCall, register
+from ..layout_memo import KEPT
 from ..schedules import matmul
 from . import bbs_decoded, channel_nibbles, column_runs, decode, lut, panel_gemm
 
@@ -162,6 +164,7 @@ def bit_column_runs(pruned: int) -> panel_gemm.RunWeights:
 CHAINS = 4  # k rows per step of the one-row kernel: independent accumulators (one would wait on the FMA latency)
 
 
+@functools.lru_cache(maxsize=KEPT)  # one build per layout (layout_memo)
 def streamed_gemv(n: int, k: int) -> tirx.PrimFunc:
     """``f(x [m, K], codes, scales, out [m, N])`` over :func:`pack`'s 8-bit panels, for one row (any m is exact).
 

@@ -16,7 +16,8 @@ codec's own vector code (the int8 tables' bytes of ``bitplane_lut`` and ``bbs_de
 :class:`ByPanels`, a whole panel in statements of its own (``bie-blocked``'s index lists).
 
 A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``, as
-TVMScript text: the script printer cannot print a function among attributes; :func:`carried_decoder` parses it;
+TVMScript text: the script printer cannot print a function among attributes; :func:`carried_decoder` gives the
+function that text was printed from, or parses it where this process did not make it;
 what the schedule needs of the :data:`Decode` travels in its attributes, :class:`DecoderAttrs`):
 :func:`plain` puts the GEMM after it over any leading dims of the rows, so the many-row epilogue fusion
 (:mod:`..gemm_epilogues`) builds the same kernel with an elementwise epilogue inlined into the tile write-back.
@@ -41,6 +42,7 @@ from tvm import s_tir, te, tirx
 from tvm.ir import Range
 
 from ..kernel_registry import KernelCall
+from ..layout_memo import Recent
 from ..schedules import matmul
 
 BLOCK = "panel_gemm"
@@ -51,6 +53,9 @@ INVERSE = "inverse_position"
 SCATTER = "scatter"
 VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
 DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
+# the decoders gemm made, by their TVMScript: carried_decoder need not parse them again (the bbs panel GEMMs' took
+# 0.2-0.3 s each, once per fused epilogue)
+_DECODERS = Recent()
 
 PanelWeight = Callable[..., tirx.Expr]  # (panel, kk, c) -> weight kk of channel panel * COLS + c
 
@@ -86,8 +91,8 @@ class RunChoice(NamedTuple):
 
 RunItem = RunStore | RunBinding | RunLoop | RunChoice
 # (holders' and views' buffers, first channel of a run of VECTOR, group) -> the run's decode: the items, statements
-# of its own small language, kept small because the GEMM kernels carry the decoder as TVMScript and parse it again
-# for each fused epilogue (see DECODER_ATTR)
+# of its own small language, kept small because the GEMM kernels carry the decoder as TVMScript, printed once per
+# kernel and parsed again where the process did not make it (see DECODER_ATTR)
 RunWeights = Callable[..., list[RunItem]]
 
 # (holders' buffers, decoded [panels, K, COLS], panel) -> the statement that writes the whole panel
@@ -433,13 +438,20 @@ def gemm(decode: Decode, holders: list[te.Tensor], n: int, k: int, scale: Callab
     """Scheduled ``f(x [m, K], *holders, out [m, N])``, ``out[:, c] = x @ W[c] * scale(c)``: :func:`plain` after the
     :func:`decoder` of these arguments, carrying it (``DECODER_ATTR``)."""
     func = decoder(decode, holders, n, k, scale, position)
-    return schedule(plain(func, [te.var("m", "int64")], k), func).with_attr(DECODER_ATTR, func.script())
+    text = func.script()
+    _DECODERS.put(text, func)
+    return schedule(plain(func, [te.var("m", "int64")], k), func).with_attr(DECODER_ATTR, text)
 
 
 def carried_decoder(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-    """The :func:`decoder` a :func:`gemm` kernel carries, else None."""
+    """The :func:`decoder` a :func:`gemm` kernel carries, else None: the one :func:`gemm` made of that text (in
+    ``_DECODERS``), else the text parsed."""
     attrs = func.attrs or {}
-    return tvm.script.from_source(str(attrs[DECODER_ATTR])) if DECODER_ATTR in attrs else None
+    if DECODER_ATTR not in attrs:
+        return None
+    text = str(attrs[DECODER_ATTR])
+    decoder_func = _DECODERS.get(text)
+    return decoder_func if decoder_func is not None else tvm.script.from_source(text)
 
 
 def with_gemm(small: KernelCall, func: tirx.PrimFunc, kind: str) -> KernelCall:
