@@ -67,12 +67,12 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
     x is copied once a call into ``xt`` [tiles of ``width`` rows, rows of x and of -x (a block's span of each, block
     by block; global indices: alternating), ``width``] (rows past ``m`` zero); then each entry of a channel adds
     ``xt``'s row at the entry read as a number (plus the block's start; global indices: rotated left by one) to one
-    of a tile's ``CHAINS`` sums: a load and an add an entry (where the panel GEMM's decode writes all of [K, 32] for each panel of
-    channels, zeros included), a block's last ``count % CHAINS`` entries against zero without a branch. ``width``
-    is 1 for one row, 8 for up to 8 (half the vector and of ``xt`` unused at 16), else 16; without ``batched`` (a
-    kernel the pass calls for one row) 1 for every ``m``, one body to compile instead of three. Each tile's scaled
-    sums go to a buffer [tiles, N, ``width``] (one row: ``out`` itself), written into ``out`` a vector of
-    ``CHANNELS`` a row. Above one row no thread reads what another wrote: with one tile, ``COPIES`` groups of
+    of a tile's ``CHAINS`` sums: a load and an add an entry (where the panel GEMM's decode writes all of [K, 32] for
+    each panel of channels, zeros included), a block's last ``count % CHAINS`` entries against zero without a
+    branch. ``width`` is 1 for one row, 8 for up to 8 (half the vector and of ``xt`` unused at 16), else 16; without
+    ``batched`` (a kernel the pass calls for one row) 1 for every ``m``, one body to compile instead of three. Each
+    tile's scaled sums go to a buffer [tiles, N, ``width``] (one row: ``out`` itself), written into ``out`` a vector
+    of ``CHANNELS`` a row. Above one row no thread reads what another wrote: with one tile, ``COPIES`` groups of
     channels run in parallel, each transposing the tile into its own copy of ``xt`` and writing its channels of
     ``out``; with more tiles, tiles run in parallel, each transposing its own rows and walking every channel. (One row
     runs its channels in parallel over the ``xt`` the calling thread wrote: 2 K words.) The sums (and the block
