@@ -48,6 +48,7 @@ VARIANTS = [  # (name, codec, options, skip): the codec settings that compile fo
     ("tans-fp32", "tans", {"lut_tables": "fp32"}, ()),
     ("bitwave", "bitwave", {}, ()),
     ("bie-binary", "bie-binary", {}, ()),
+    ("bie-binary-index", "bie-binary", {"layout": "index"}, ()),  # auto picks the bitmap at the default density
     ("bie-blocked", "bie-blocked", {}, ()),  # --blocked-execution auto: load at the default density
     ("bie-blocked-stream", "bie-blocked", {"blocked_execution": "stream"}, ()),
     ("nwc", "nwc", {}, ()),

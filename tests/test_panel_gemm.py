@@ -170,6 +170,24 @@ def test_sparse_index_layouts_run_the_index_loop_at_every_batch(codec, options, 
         assert_close(call(kernel, x, kernels.constants, (rows, n)), x @ decoded.T, context=rows)
 
 
+@pytest.mark.parametrize("k", [2100, 33000])
+def test_global_index_loop_where_xt_outgrows_the_entry(k, target):
+    """``bie-binary``'s global indices find their row of ``xt`` by rotating the entry (x and -x alternate), its start
+    by one more bit per doubling of the tile's width where that fits the entry's bits: K = 2100 fits at 8 rows a tile
+    (two-byte entries) but not at 16 (rotated by one, then multiplied); K = 33000 has four-byte entries (one row:
+    the kernel the pass calls above one row decodes, so the index loop is called here at every batch)."""
+    n = 20
+    w = np.random.default_rng(k).standard_t(4, (n, k)).astype(np.float32)
+    enc = CODECS["bie-binary"].encode(w, make_config("bie-binary", {"layout": "index", "density": 0.1}))
+    layout, constants = sparse_index.global_layout(enc)
+    assert layout["entry_dtype"] == ("uint16" if k < 2**15 else "uint32")
+    kernel = build(sparse_index.index_loop(**layout), target)
+    decoded = CODECS["bie-binary"].decode(enc).astype(np.float64)
+    for rows in (1, 8, 16, 17):
+        x = np.random.default_rng(rows).standard_normal((rows, k)).astype(np.float32)
+        assert_close(call(kernel, x, constants, (rows, n)), x @ decoded.T, context=rows)
+
+
 @pytest.mark.parametrize("k,density,index", [(600, 0.35, True), (600, 0.55, False), (300, 0.55, True)])
 def test_the_index_loop_runs_above_one_row_by_density_and_k(k, density, index, target):
     """Above one row the index layouts run the index loop up to ROWS_DENSITY non-zeros per weight, and up to
