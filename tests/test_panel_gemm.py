@@ -188,13 +188,17 @@ def test_global_index_loop_where_xt_outgrows_the_entry(k, target):
         assert_close(call(kernel, x, constants, (rows, n)), x @ decoded.T, context=rows)
 
 
-@pytest.mark.parametrize("k,density,index", [(600, 0.35, True), (600, 0.55, False), (300, 0.55, True)])
-def test_the_index_loop_runs_above_one_row_by_density_and_k(k, density, index, target):
-    """Above one row the index layouts run the index loop up to ROWS_DENSITY non-zeros per weight, and up to
-    SHORT_ROWS_DENSITY where K is at most SHORT_K; denser, the panel GEMM."""
+@pytest.mark.parametrize("codec,k,density,index", [
+    ("bie-blocked", 600, 0.35, True), ("bie-blocked", 600, 0.5, False), ("bie-blocked", 300, 0.55, True),
+    ("bie-binary", 600, 0.5, True), ("bie-binary", 600, 0.65, False), ("bie-binary", 300, 0.65, False)])
+def test_the_index_loop_runs_above_one_row_by_density_and_k(codec, k, density, index, target):
+    """Above one row the index layouts run the index loop up to ROWS_DENSITY non-zeros per weight, up to
+    SHORT_ROWS_DENSITY where K is at most SHORT_K, and global indices (bie-binary's) up to GLOBAL_ROWS_DENSITY at any
+    K; denser, the panel GEMM."""
     w = np.random.default_rng(k).standard_t(4, (40, k)).astype(np.float32)
-    config = make_config("bie-blocked", {"density": density, "blocked_execution": "stream"})
-    kernels = kernel_for(CODECS["bie-blocked"].encode(w, config), target, **kernel_options(config))
+    options = {"layout": "index"} if codec == "bie-binary" else {"blocked_execution": "stream"}
+    config = make_config(codec, {"density": density, **options})
+    kernels = kernel_for(CODECS[codec].encode(w, config), target, **kernel_options(config))
     assert (kernels.large_batch is None) == index
 
 

@@ -588,14 +588,22 @@ ROWS_DENSITY = 0.4
 # K = 1536 and 2048 lose at 64 rows from 0.5-0.6 on, 1536x384 1.07 at 0.5)
 SHORT_K = 512
 SHORT_ROWS_DENSITY = 0.6
+# ... and for global indices (bie-binary's index layout, whose entries cost a rotate: stop 26's binindex) up to
+# GLOBAL_ROWS_DENSITY at any K (the same measure, main 6ff8da4, rows 8 / 16 / 64: at 0.52 4096x4096 0.79 / 0.57 / 0.95,
+# K = 1536 N = 384 0.81 / 0.63 / 1.02; at 0.6 0.91 / 0.67 / 1.14 and 0.86 / 0.69 / 1.16)
+GLOBAL_ROWS_DENSITY = 0.55
 
 
-def sparse_rows(enc: Encoded, nnz: int) -> bool:
+def sparse_rows(enc: Encoded, nnz: int, global_entries: bool = False) -> bool:
     """Whether a matmul above one row runs :func:`index_loop` (work per non-zero) rather than the panel GEMM (work
-    per weight: a panel decoded whole, zeros included): at most ``ROWS_DENSITY`` non-zeros per weight, or
-    ``SHORT_ROWS_DENSITY`` where K is at most ``SHORT_K``."""
+    per weight: a panel decoded whole, zeros included): at most ``ROWS_DENSITY`` non-zeros per weight,
+    ``SHORT_ROWS_DENSITY`` where K is at most ``SHORT_K``, and for ``global_entries`` (indices over all of K) at least
+    ``GLOBAL_ROWS_DENSITY``."""
     n, k = enc.shape
-    return nnz <= (SHORT_ROWS_DENSITY if k <= SHORT_K else ROWS_DENSITY) * n * k
+    density = SHORT_ROWS_DENSITY if k <= SHORT_K else ROWS_DENSITY
+    if global_entries:
+        density = max(density, GLOBAL_ROWS_DENSITY)
+    return nnz <= density * n * k
 
 
 def global_layout(enc: Encoded) -> tuple[dict, list[np.ndarray]]:
@@ -631,7 +639,7 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     if enc.header["layout"] == "bitmap":
         return bitplane.llvm_call(enc, conv, lut_tables="fp32")
     layout, constants = global_layout(enc)
-    batched = conv is None and layout["entry_dtype"] == "uint16" and sparse_rows(enc, layout["nnz"])
+    batched = conv is None and layout["entry_dtype"] == "uint16" and sparse_rows(enc, layout["nnz"], True)
     small = None if conv else KernelCall("global_index", index_loop(**layout, batched=batched), constants)
     if batched:
         return small
