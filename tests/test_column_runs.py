@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tvm
 
-from bie_compiler.codecs import CODECS, bbs, kernel_options, make_config
+from bie_compiler.codecs import CODECS, bbs, bitwave, kernel_options, make_config
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import lut, panel_gemm
 from bie_compiler.codegen.target import make_target
@@ -33,12 +33,7 @@ def encoded(codec, options, n, k):
 
 def stored_integers(enc) -> np.ndarray:
     """The reference decoder's integers of the stored rows [N, KG * 32] (K padded to whole groups), before scales."""
-    if enc.codec == "bbs":
-        return bbs.decode_stored(enc)
-    n = enc.shape[0]
-    kept = bbs.unpack_columns(enc.arrays["columns"], n)
-    zeros = bbs.from_lanes(enc.arrays["meta"], n).astype(np.int32)
-    return (kept << (int(enc.header["pruned_columns"]) - zeros)[..., None]).reshape(n, -1)
+    return (bbs if enc.codec == "bbs" else bitwave).decode_stored(enc)
 
 
 def gemm_call(codec, options, kernel, enc, target):

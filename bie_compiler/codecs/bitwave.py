@@ -85,11 +85,17 @@ def encode(weight: np.ndarray, config: Config, calibration: feedback.Calibration
     return Encoded(NAME, w.shape, arrays, {"pruned_columns": config.pruned_columns, "group": bbs.GROUP})
 
 
-def decode(enc: Encoded) -> np.ndarray:
-    n, k = enc.shape
+def decode_stored(enc: Encoded) -> np.ndarray:
+    """The INT8-domain values [N, KG * G] (K padded to whole groups), before scales: each group's kept columns
+    shifted back over its zero columns."""
+    n, _ = enc.shape
     kept = bbs.unpack_columns(enc.arrays["columns"], n)
     z = bbs.from_lanes(enc.arrays["meta"], n).astype(np.int32)
-    values = (kept << (int(enc.header["pruned_columns"]) - z)[..., None]).reshape(n, -1)[:, :k]
+    return (kept << (int(enc.header["pruned_columns"]) - z)[..., None]).reshape(n, -1)
+
+
+def decode(enc: Encoded) -> np.ndarray:
+    values = decode_stored(enc)[:, :enc.shape[1]]
     return (values.astype(np.float32) * enc.arrays["scales"][:, None]).astype(np.float32)
 
 
