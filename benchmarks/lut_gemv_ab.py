@@ -50,9 +50,11 @@ CALLS = 5  # calls per timed loop in L2 (a pass over the copies when streamed)
 MODULES = {
     "bie-bitplane": ("bitplane_lut", {
         "from ..kernel_registry import": "from bie_compiler.codegen.kernel_registry import",
+        "from ..layout_memo import": "from bie_compiler.codegen.layout_memo import",
         "from . import lut, panel_gemm":
             "import base_lut as lut\nfrom bie_compiler.codegen.kernels import panel_gemm"}),
-    "bbs": ("bbs_lut", {"from . import lut": "import base_lut as lut"}),
+    "bbs": ("bbs_lut", {"from . import lut": "import base_lut as lut",
+                        "from ..layout_memo import": "from bie_compiler.codegen.layout_memo import"}),
 }
 
 
