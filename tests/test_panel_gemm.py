@@ -181,9 +181,48 @@ def test_global_index_loop_where_xt_outgrows_the_entry(k, target):
     enc = CODECS["bie-binary"].encode(w, make_config("bie-binary", {"layout": "index", "density": 0.1}))
     layout, constants = sparse_index.global_layout(enc)
     assert layout["entry_dtype"] == ("uint16" if k < 2**15 else "uint32")
-    kernel = build(sparse_index.index_loop(**layout), target)
+    loop = sparse_index.global_loop_call(layout, constants, batched=True)
+    kernel = build(loop.func, target)
     decoded = CODECS["bie-binary"].decode(enc).astype(np.float64)
     for rows in (1, 8, 16, 17):
+        x = np.random.default_rng(rows).standard_normal((rows, k)).astype(np.float32)
+        assert_close(call(kernel, x, computed_constants(loop, target), (rows, n)), x @ decoded.T, context=rows)
+
+
+CHUNKED = [("bie-blocked", {"blocked_execution": "stream"}),  # blocks of 128: two a chunk at 8 rows, 16
+           ("bie-blocked", {"block_size": 64, "blocked_execution": "stream"}),  # four a chunk, the last chunk ragged
+           ("bie-blocked", {"block_size": 256, "blocked_execution": "stream"}),  # two-byte entries, one a chunk
+           ("bie-binary", {"layout": "index"})]  # counts of 128 positions written at load, two a chunk
+
+
+@pytest.mark.parametrize("codec,options", CHUNKED, ids=[f"{c}-{o}" for c, o in CHUNKED])
+@pytest.mark.parametrize("density", [0.03, 0.5])
+def test_index_loop_walks_long_k_in_chunks(codec, options, density, target):
+    """Where a tile's xt is over WHOLE_XT bytes (K = 1100: 140 KB at 16 rows, 70 KB at 8) the index loop above one
+    row walks K in chunks of CHUNK_K positions, each channel's cursor and sums carried from chunk to chunk: every
+    batch (one row: unchunked; one tile of 8, of 16, two groups of channels; several tiles) against the reference
+    decoder, N not a multiple of the groups' 16 channels, channels with no entries in a chunk (density 0.03), and
+    bie-binary's counts as written at load (each channel's entries per COUNT_SPAN positions of K)."""
+    n, k = 50, 1100
+    assert sparse_index.CHUNK_K < k and 2 * k * sparse_index.NARROW * 4 > sparse_index.WHOLE_XT
+    w = np.random.default_rng(k).standard_t(4, (n, k)).astype(np.float32)
+    enc = CODECS[codec].encode(w, make_config(codec, {**options, "density": density}))
+    if codec == "bie-binary":
+        layout, constants = sparse_index.global_layout(enc)
+        loop = sparse_index.global_loop_call(layout, constants, batched=True)
+        constants = computed_constants(loop, target)
+        positions = enc.arrays["entries"] & 0x7FFF
+        channels = np.repeat(np.arange(n), np.diff(enc.arrays["indptr"]))
+        want = np.zeros((n, -(-k // sparse_index.COUNT_SPAN)), np.int64)
+        np.add.at(want, (channels, positions // sparse_index.COUNT_SPAN), 1)
+        np.testing.assert_array_equal(constants[1], want)
+        func = loop.func
+    else:
+        layout, constants = sparse_index.blocked_layout(enc)
+        func = sparse_index.index_loop(**layout, sign_bit=layout["block_size"].bit_length() - 1)
+    kernel = build(func, target)
+    decoded = CODECS[codec].decode(enc).astype(np.float64)
+    for rows in (1, 2, 8, 9, 16, 17, 40):
         x = np.random.default_rng(rows).standard_normal((rows, k)).astype(np.float32)
         assert_close(call(kernel, x, constants, (rows, n)), x @ decoded.T, context=rows)
 
