@@ -228,8 +228,8 @@ def test_index_loop_walks_long_k_in_chunks(codec, options, density, target):
 
 
 @pytest.mark.parametrize("codec,k,density,index", [
-    ("bie-blocked", 600, 0.35, True), ("bie-blocked", 600, 0.5, False), ("bie-blocked", 300, 0.55, True),
-    ("bie-binary", 600, 0.5, True), ("bie-binary", 600, 0.65, False), ("bie-binary", 300, 0.65, False)])
+    ("bie-blocked", 600, 0.5, True), ("bie-blocked", 600, 0.6, False), ("bie-blocked", 300, 0.55, True),
+    ("bie-binary", 600, 0.55, True), ("bie-binary", 600, 0.65, False), ("bie-binary", 300, 0.65, False)])
 def test_the_index_loop_runs_above_one_row_by_density_and_k(codec, k, density, index, target):
     """Above one row the index layouts run the index loop up to ROWS_DENSITY non-zeros per weight, up to
     SHORT_ROWS_DENSITY where K is at most SHORT_K, and global indices (bie-binary's) up to GLOBAL_ROWS_DENSITY at any

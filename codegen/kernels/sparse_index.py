@@ -701,18 +701,18 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
 
 
 # non-zeros per weight up to which matmuls above one row run index_loop (see sparse_rows): kernel alone, one-thread
-# CPU time against the panel GEMM over the same encoding (benchmarks/README.md, "Stop 25: rows2"), 8 / 16 / 64 rows:
-# 384x1536 0.36-0.54 at density 0.3, 0.41-0.66 at 0.4, 0.46-0.80 at 0.5; 4096x4096 0.46-0.69 at 0.3, 0.61-1.07 at 0.5
-ROWS_DENSITY = 0.4
+# CPU time against the panel GEMM over the same encoding, 8 / 16 / 64 rows (benchmarks/README.md, "Stop 27: ktile":
+# with long K walked in chunks) at 0.5-0.52 4096x4096 0.60 / 0.56 / 0.87, 2048x2048 0.59 / 0.58 / 0.86, 1536x384
+# 0.54 / 0.62 / 0.85; at 0.6 0.59 / 0.58 / 0.97, 0.57 / 0.59 / 1.02, 0.58 / 0.64 / 0.94
+ROWS_DENSITY = 0.55
 # ... and where K is at most SHORT_K, up to SHORT_ROWS_DENSITY (the same measure, stop 26: 384x1536 at the codecs'
-# default 0.52 0.48 / 0.55 / 0.79, bie-binary's index layout 0.65 / 0.79 / 0.87; at 0.7 1.05 and 1.12 at 64 rows;
-# K = 1536 and 2048 lose at 64 rows from 0.5-0.6 on, 1536x384 1.07 at 0.5)
+# default 0.52 0.48 / 0.55 / 0.79, bie-binary's index layout 0.65 / 0.79 / 0.87; at 0.7 1.05 and 1.12 at 64 rows)
 SHORT_K = 512
 SHORT_ROWS_DENSITY = 0.6
-# ... and for global indices (bie-binary's index layout, whose entries cost a rotate: stop 26's binindex) up to
-# GLOBAL_ROWS_DENSITY at any K (the same measure, main 6ff8da4, rows 8 / 16 / 64: at 0.52 4096x4096 0.79 / 0.57 / 0.95,
-# K = 1536 N = 384 0.81 / 0.63 / 1.02; at 0.6 0.91 / 0.67 / 1.14 and 0.86 / 0.69 / 1.16)
-GLOBAL_ROWS_DENSITY = 0.55
+# ... and for global indices (bie-binary's index layout) up to GLOBAL_ROWS_DENSITY at any K (the same measure, stop
+# 27, rows 8 / 16 / 64, at 0.6: 4096x4096 0.49 / 0.51 / 0.92, 2048x2048 0.54 / 0.56 / 0.81, 1536x384 0.49 / 0.58 /
+# 0.89, 768x768 0.58 / 0.49 / 0.84)
+GLOBAL_ROWS_DENSITY = 0.6
 
 
 def sparse_rows(enc: Encoded, nnz: int, global_entries: bool = False) -> bool:
