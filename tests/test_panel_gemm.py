@@ -227,6 +227,36 @@ def test_index_loop_walks_long_k_in_chunks(codec, options, density, target):
         assert_close(call(kernel, x, constants, (rows, n)), x @ decoded.T, context=rows)
 
 
+def test_global_counts_are_written_at_load_not_stored(tmp_path):
+    """An artefact whose bie-binary index layer walks K in chunks (K = 600) stores what the encoding holds (indptr,
+    entries, scales: the counts are written at load, by its at-load function) and computes its decoded weights at one
+    row, one tile of 8 and of 16, and several tiles."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import bie_compiler
+    from bie_compiler.codecs import bie_binary
+    from bie_compiler.parity import check_artefact, make_inputs
+    from check_results import assert_parity
+
+    n, k, density = 40, 600, 0.3
+    assert sparse_index.counted_chunks(k)
+    w = (np.random.default_rng(k).standard_t(4, (k, n)) * 0.05).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "mm.onnx")
+    folder = bie_compiler.compile_model(tmp_path / "mm.onnx", tmp_path / "out", "bie-binary",
+                                        {"layout": "index", "density": density}, min_weights=0, progress=None)
+    runner = bie_compiler.load(folder)
+    assert runner.manifest["weights"]["at_load"] == "main_transform_params"
+    nonzeros = round(density * n * k)
+    assert runner.manifest["weights"]["bytes"] == bie_binary.index_layout_nbytes(nonzeros, n, k) + 4 * n
+    for batch in (1, 8, 16, 40):
+        assert_parity(check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch)), 1e-4)
+
+
 @pytest.mark.parametrize("codec,k,density,index", [
     ("bie-blocked", 600, 0.5, True), ("bie-blocked", 600, 0.6, False), ("bie-blocked", 300, 0.55, True),
     ("bie-binary", 600, 0.55, True), ("bie-binary", 600, 0.65, False), ("bie-binary", 300, 0.65, False)])

@@ -363,15 +363,14 @@ def global_counts(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int):
         for j in T.parallel(n):
             for b in range(blocks):
                 counts[j, b] = T.uint8(0)
-            for e in range(T.Cast("int64", stored_indptr[j]), T.Cast("int64", stored_indptr[j + 1])):
-                blk: T.let = T.Cast("int64", stored_entries[T.min(e, nnz - 1)] & T.Cast(entry_dtype, offset)) // COUNT_SPAN
+            for e in range(T.Cast("int64", stored_indptr[j]), T.Cast("int64", T.min(stored_indptr[j + 1], nnz))):
+                entries[e] = stored_entries[e]  # (the entries no channel holds are never read)
+                blk: T.let = T.Cast("int64", stored_entries[e] & T.Cast(entry_dtype, offset)) // COUNT_SPAN
                 if blk < blocks:
                     counts[j, blk] = counts[j, blk] + T.uint8(1)
             scales[j] = stored_scales[j]
         for j in range(n + 1):
             indptr[j] = stored_indptr[j]
-        for e in range(nnz):
-            entries[e] = stored_entries[e]
 
     return writer
 
