@@ -57,11 +57,15 @@ CHANNELS = 16  # channels of out a vector stores
 # the channels' work and ran them on one thread. Two: a task for each of two threads; each further copy costs a thread
 # with more than one group another transpose (the second copy: 0-8 us at 8-16 rows of K = 384 on one thread).
 COPIES = 2
-# Above one row, where a tile's xt is over WHOLE_XT bytes, K is walked in chunks of CHUNK_XT bytes of xt: each chunk
-# transposed, then every channel (of the group, or of the tile) adds its entries of the chunk, so that the rows the
-# entries read stay in L1 (32 KB) instead of L2 (an entry cost ~3 cycles over a 256 KB xt, ~1.5 in L1)
+# Above one row, where a tile's xt is over WHOLE_XT bytes, K is walked in chunks of CHUNK_K positions (16 KB of xt
+# at 8 rows, 32 KB at 16): each chunk transposed, then every channel (of the group, or of the tile) adds its entries
+# of the chunk, so that the rows they read stay in L1, not L2 (4096 x 4096 at 8 rows and 0.52 non-zeros a weight, one
+# thread: 6.6 -> 3.7 ms; benchmarks/README.md, "Stop 27: ktile"). K = 384 (24 KB at 8 rows, 48 KB at 16) is walked
+# whole: chunks of 256 cost it 7-13 % at 16-64 rows; 128 positions a chunk lost 5-10 % to 256 at 4096 x 4096, 512 3-5 %
 WHOLE_XT = 64 * 1024
 CHUNK_K = 256
+# Each channel's entries of a chunk follow its last chunk's, thousands of streams the hardware does not follow: the
+# entries of the channel PREFETCH on are prefetched (without, chunks were 1.4-2x slower than walking K whole)
 PREFETCH = 4
 COUNT_SPAN = 128  # K positions a count of bie-binary's global indices covers (written at load: a byte each)
 
