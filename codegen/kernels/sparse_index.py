@@ -270,8 +270,8 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
                 transpose_chunk(x, xt, m, width, T.int64(0), g, c)
                 for jb in range(g * per_copy, T.min((g + 1) * per_copy, vectors)):
                     for i in range(T.min(CHANNELS, n - jb * CHANNELS)):
-                        channel(sums, g, start, jb * CHANNELS + i, xt, g, indptr, counts, entries, scales, res,
-                                jb * CHANNELS + i, T.int64(0), c, width)
+                        channel(sums, g, start, jb * CHANNELS + i if chunks(width) > 1 else g, xt, g, indptr,
+                                counts, entries, scales, res, jb * CHANNELS + i, T.int64(0), c, width)
             for jb in range(g * per_copy, T.min((g + 1) * per_copy, vectors)):
                 store_vector(res, out, m, width, T.int64(0), jb)
 
@@ -292,9 +292,10 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         sums = T.decl_buffer((T.max(tiles, COPIES) if width > 1 else n, CHAINS * width), "float32", scope="global")
         res = T.decl_buffer((tiles, n, width), "float32", scope="global") if width > 1 else \
             T.decl_buffer((m, n, 1), "float32", data=out.data)  # a row a tile: out itself
-        # each channel's next entry (above one row, a row of channels a tile where K is walked in chunks)
-        start = T.decl_buffer((n if width == 1 else tiles * n if chunks(width) > 1 else tiles,), "int64",
-                              scope="global")
+        # each channel's next entry: one a channel (one row), a group or tile, or, where K is walked in chunks, a
+        # channel of a tile
+        start = T.decl_buffer((n if width == 1 else tiles * n if chunks(width) > 1 else T.max(tiles, COPIES),),
+                              "int64", scope="global")
         if width > 1:
             if tiles > 1:
                 by_tiles(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res)
