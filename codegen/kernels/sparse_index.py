@@ -60,8 +60,9 @@ COPIES = 2
 # Above one row, where a tile's xt is over WHOLE_XT bytes, K is walked in chunks of CHUNK_K positions (16 KB of xt
 # at 8 rows, 32 KB at 16): each chunk transposed, then every channel (of the group, or of the tile) adds its entries
 # of the chunk, so that the rows they read stay in L1, not L2 (4096 x 4096 at 8 rows and 0.52 non-zeros a weight, one
-# thread: 6.6 -> 3.7 ms; benchmarks/README.md, "Stop 27: ktile"). K = 384 (24 KB at 8 rows, 48 KB at 16) is walked
-# whole: chunks of 256 cost it 7-13 % at 16-64 rows; 128 positions a chunk lost 5-10 % to 256 at 4096 x 4096, 512 3-5 %
+# thread: 6.6 -> 3.9 ms; benchmarks/README.md, "Stop 27: ktile"). K = 384 (24 KB at 8 rows, 48 KB at 16) is walked
+# whole: chunks of 256 cost it 7-13 % at 16-64 rows. 16 rows at 4096 x 4096 took 0.79 of main's time in chunks of
+# 256, 0.84-0.86 in chunks of 512, 0.85-0.97 in chunks of 16 KB of xt at both widths (128 positions at 16 rows)
 WHOLE_XT = 64 * 1024
 CHUNK_K = 256
 # Each channel's entries of a chunk follow its last chunk's, thousands of streams the hardware does not follow: the
