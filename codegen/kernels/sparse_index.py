@@ -106,9 +106,9 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
     ``xt`` is over ``WHOLE_XT`` bytes, K is walked in chunks (:func:`chunk_blocks`): a chunk's rows of ``xt``
     transposed, then each channel's entries of the chunk added (its cursor carried to the next chunk, its sums added
     into the buffer and scaled after the last); global indices then read ``counts`` [N, K / ``COUNT_SPAN``] too, each
-    channel's entries in each span (:func:`global_counts`, at load). The sums are a row of one buffer a channel (one
-    row), a group or a tile, the cursors a row a channel: declared in the channel loop, they became a workspace
-    allocation per channel.
+    channel's entries in each span (:func:`global_counts`, at load). The sums and cursors are rows of one buffer a
+    call, a row a channel, a group or a tile, no cache line shared by two threads: declared in the channel loop, they
+    became a workspace allocation per channel.
     """
     span = block_size or k  # the K positions of a block
     counted = block_size or COUNT_SPAN  # the K positions of a count (global indices: only where K is walked in chunks)
@@ -271,8 +271,8 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
                 transpose_chunk(x, xt, m, width, T.int64(0), g, c)
                 for jb in range(g * per_copy, T.min((g + 1) * per_copy, vectors)):
                     for i in range(T.min(CHANNELS, n - jb * CHANNELS)):
-                        channel(sums, g, start, jb * CHANNELS + i if chunks(width) > 1 else g, xt, g, indptr,
-                                counts, entries, scales, res, jb * CHANNELS + i, T.int64(0), c, width)
+                        channel(sums, g * 2 if chunks(width) > 1 else jb * CHANNELS + i, start, jb * CHANNELS + i, xt,
+                                g, indptr, counts, entries, scales, res, jb * CHANNELS + i, T.int64(0), c, width)
             for jb in range(g * per_copy, T.min((g + 1) * per_copy, vectors)):
                 store_vector(res, out, m, width, T.int64(0), jb)
 
@@ -282,21 +282,23 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             for c in range(chunks(width)):
                 transpose_chunk(x, xt, m, width, t, t, c)
                 for j in range(n):
-                    channel(sums, t, start, t * n + j if chunks(width) > 1 else t, xt, t, indptr, counts, entries,
-                            scales, res, j, t, c, width)
+                    channel(sums, t * 2, start, t * n + j if chunks(width) > 1 else t * 8, xt, t, indptr, counts,
+                            entries, scales, res, j, t, c, width)
         untranspose(res, out, m, width)
 
     @T.macro
     def body(x, indptr, counts, entries, scales, out, m, width):
         tiles: T.let = (m + (width - 1)) // width
         xt = T.decl_buffer((T.max(tiles, COPIES) if width > 1 else tiles, rows * width), "float32", scope="global")
-        sums = T.decl_buffer((T.max(tiles, COPIES) if width > 1 else n, CHAINS * width), "float32", scope="global")
+        # sums: a row a channel (one tile walked whole, one row), else every second row a group or tile; start, each
+        # channel's next entry: a slot a channel (one tile), or every eighth a tile, or, where K is walked in chunks,
+        # a slot a channel of a tile. No cache line holds two threads' rows or slots: the two groups' sums in adjacent
+        # rows cost two threads 8 rows of K = 4096 1.9 -> 2.4-4.1 ms where a line straddled them.
+        sums = T.decl_buffer((T.max(2 * T.max(tiles, COPIES), n), CHAINS * width), "float32", scope="global")
         res = T.decl_buffer((tiles, n, width), "float32", scope="global") if width > 1 else \
             T.decl_buffer((m, n, 1), "float32", data=out.data)  # a row a tile: out itself
-        # each channel's next entry: one a channel (one row), a group or tile, or, where K is walked in chunks, a
-        # channel of a tile
-        start = T.decl_buffer((n if width == 1 else tiles * n if chunks(width) > 1 else T.max(tiles, COPIES),),
-                              "int64", scope="global")
+        start = T.decl_buffer((tiles * n if width > 1 and chunks(width) > 1 else T.max(8 * tiles, n),), "int64",
+                              scope="global")
         if width > 1:
             if tiles > 1:
                 by_tiles(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res)
