@@ -450,7 +450,7 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
         return global_kernel
 
     @T.prim_func(private=True)
-    def counted_kernel(
+    def blocked_kernel(
         _x: T.Buffer(x_shape, "float32"),
         indptr: T.Buffer((n + 1,), "uint32"),
         counts: T.Buffer((n, blocks), count_dtype),
@@ -461,7 +461,7 @@ def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: L
         T.func_attr({"tirx.noalias": True})
         body(indptr, counts, entries, scales, out)
 
-    return counted_kernel
+    return blocked_kernel
 
 
 def blocked_panel(*, n: int, k: int, nnz: int, block_size: int, entry_dtype: str,
