@@ -181,16 +181,85 @@ def test_global_index_loop_where_xt_outgrows_the_entry(k, target):
     enc = CODECS["bie-binary"].encode(w, make_config("bie-binary", {"layout": "index", "density": 0.1}))
     layout, constants = sparse_index.global_layout(enc)
     assert layout["entry_dtype"] == ("uint16" if k < 2**15 else "uint32")
-    kernel = build(sparse_index.index_loop(**layout), target)
+    loop = sparse_index.global_loop_call(layout, constants, batched=True)
+    kernel = build(loop.func, target)
     decoded = CODECS["bie-binary"].decode(enc).astype(np.float64)
     for rows in (1, 8, 16, 17):
+        x = np.random.default_rng(rows).standard_normal((rows, k)).astype(np.float32)
+        assert_close(call(kernel, x, computed_constants(loop, target), (rows, n)), x @ decoded.T, context=rows)
+
+
+CHUNKED = [("bie-blocked", {"blocked_execution": "stream"}),  # blocks of 128: two a chunk at 8 rows, 16
+           ("bie-blocked", {"block_size": 64, "blocked_execution": "stream"}),  # four a chunk, the last chunk ragged
+           ("bie-blocked", {"block_size": 256, "blocked_execution": "stream"}),  # two-byte entries, one a chunk
+           ("bie-binary", {"layout": "index"})]  # counts of 128 positions written at load, two a chunk
+
+
+@pytest.mark.parametrize("codec,options", CHUNKED, ids=[f"{c}-{o}" for c, o in CHUNKED])
+@pytest.mark.parametrize("density", [0.03, 0.5])
+def test_index_loop_walks_long_k_in_chunks(codec, options, density, target):
+    """Where a tile's xt is over WHOLE_XT bytes (K = 1100: 140 KB at 16 rows, 70 KB at 8) the index loop above one
+    row walks K in chunks of CHUNK_K positions, each channel's cursor and sums carried from chunk to chunk: every
+    batch (one row: unchunked; one tile of 8, of 16, two groups of channels; several tiles) against the reference
+    decoder, N not a multiple of the groups' 16 channels, channels with no entries in a chunk (density 0.03), and
+    bie-binary's counts as written at load (each channel's entries per COUNT_SPAN positions of K)."""
+    n, k = 50, 1100
+    assert sparse_index.CHUNK_K < k and 2 * k * sparse_index.NARROW * 4 > sparse_index.WHOLE_XT
+    w = np.random.default_rng(k).standard_t(4, (n, k)).astype(np.float32)
+    enc = CODECS[codec].encode(w, make_config(codec, {**options, "density": density}))
+    if codec == "bie-binary":
+        layout, constants = sparse_index.global_layout(enc)
+        loop = sparse_index.global_loop_call(layout, constants, batched=True)
+        constants = computed_constants(loop, target)
+        positions = enc.arrays["entries"] & 0x7FFF
+        channels = np.repeat(np.arange(n), np.diff(enc.arrays["indptr"]))
+        want = np.zeros((n, -(-k // sparse_index.COUNT_SPAN)), np.int64)
+        np.add.at(want, (channels, positions // sparse_index.COUNT_SPAN), 1)
+        np.testing.assert_array_equal(constants[1], want)
+        func = loop.func
+    else:
+        layout, constants = sparse_index.blocked_layout(enc)
+        func = sparse_index.index_loop(**layout, sign_bit=layout["block_size"].bit_length() - 1)
+    kernel = build(func, target)
+    decoded = CODECS[codec].decode(enc).astype(np.float64)
+    for rows in (1, 2, 8, 9, 16, 17, 40):
         x = np.random.default_rng(rows).standard_normal((rows, k)).astype(np.float32)
         assert_close(call(kernel, x, constants, (rows, n)), x @ decoded.T, context=rows)
 
 
+def test_global_counts_are_written_at_load_not_stored(tmp_path):
+    """An artefact whose bie-binary index layer walks K in chunks (K = 600) stores what the encoding holds (indptr,
+    entries, scales: the counts are written at load, by its at-load function) and computes its decoded weights at one
+    row, one tile of 8 and of 16, and several tiles."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import bie_compiler
+    from bie_compiler.codecs import bie_binary
+    from bie_compiler.parity import check_artefact, make_inputs
+    from check_results import assert_parity
+
+    n, k, density = 40, 600, 0.3
+    assert sparse_index.counted_chunks(k)
+    w = (np.random.default_rng(k).standard_t(4, (k, n)) * 0.05).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "mm.onnx")
+    folder = bie_compiler.compile_model(tmp_path / "mm.onnx", tmp_path / "out", "bie-binary",
+                                        {"layout": "index", "density": density}, min_weights=0, progress=None)
+    runner = bie_compiler.load(folder)
+    assert runner.manifest["weights"]["at_load"] == "main_transform_params"
+    nonzeros = round(density * n * k)
+    assert runner.manifest["weights"]["bytes"] == bie_binary.index_layout_nbytes(nonzeros, n, k) + 4 * n
+    for batch in (1, 8, 16, 40):
+        assert_parity(check_artefact(runner, inputs=make_inputs(runner.inputs, batch=batch, seed=batch)), 1e-4)
+
+
 @pytest.mark.parametrize("codec,k,density,index", [
-    ("bie-blocked", 600, 0.35, True), ("bie-blocked", 600, 0.5, False), ("bie-blocked", 300, 0.55, True),
-    ("bie-binary", 600, 0.5, True), ("bie-binary", 600, 0.65, False), ("bie-binary", 300, 0.65, False)])
+    ("bie-blocked", 600, 0.5, True), ("bie-blocked", 600, 0.6, False), ("bie-blocked", 300, 0.55, True),
+    ("bie-binary", 600, 0.55, True), ("bie-binary", 600, 0.65, False), ("bie-binary", 300, 0.65, False)])
 def test_the_index_loop_runs_above_one_row_by_density_and_k(codec, k, density, index, target):
     """Above one row the index layouts run the index loop up to ROWS_DENSITY non-zeros per weight, up to
     SHORT_ROWS_DENSITY where K is at most SHORT_K, and global indices (bie-binary's) up to GLOBAL_ROWS_DENSITY at any

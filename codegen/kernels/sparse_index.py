@@ -28,7 +28,7 @@ from tvm.script import tirx as T
 
 from bie_compiler.codecs import Encoded, bie_binary, bie_blocked
 
-from ..kernel_registry import ConvSpec, KernelCall, register
+from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
 from ..schedules import matmul
 from . import bitplane, blocked_bitmap, panel_gemm
 from .decode import Layout, destination, vector_lanes, with_decoder
@@ -57,6 +57,33 @@ CHANNELS = 16  # channels of out a vector stores
 # the channels' work and ran them on one thread. Two: a task for each of two threads; each further copy costs a thread
 # with more than one group another transpose (the second copy: 0-8 us at 8-16 rows of K = 384 on one thread).
 COPIES = 2
+# Above one row, where a tile's xt is over WHOLE_XT bytes, K is walked in chunks of CHUNK_K positions (16 KB of xt
+# at 8 rows, 32 KB at 16): each chunk transposed, then every channel (of the group, or of the tile) adds its entries
+# of the chunk, so that the rows they read stay in L1, not L2 (4096 x 4096 at 8 rows and 0.52 non-zeros a weight, one
+# thread: 6.6 -> 3.9 ms; benchmarks/README.md, "Stop 27: ktile"). K = 384 (24 KB at 8 rows, 48 KB at 16) is walked
+# whole: chunks of 256 cost it 7-13 % at 16-64 rows. 16 rows at 4096 x 4096 took 0.79 of main's time in chunks of
+# 256, 0.84-0.86 in chunks of 512, 0.85-0.97 in chunks of 16 KB of xt at both widths (128 positions at 16 rows)
+WHOLE_XT = 64 * 1024
+CHUNK_K = 256
+# Each channel's entries of a chunk follow its last chunk's, thousands of streams the hardware does not follow: the
+# entries of the channel PREFETCH on are prefetched (without, chunks were 1.4-2x slower than walking K whole)
+PREFETCH = 4
+COUNT_SPAN = 128  # K positions a count of bie-binary's global indices covers (written at load: a byte each)
+
+
+def chunk_blocks(xt_bytes: int, span: int, blocks: int) -> int:
+    """The blocks of K (``span`` positions each) a chunk of the index loop covers above one row: all ``blocks`` where
+    a tile's ``xt`` (``xt_bytes``) is at most WHOLE_XT, else CHUNK_K positions' worth (at least one)."""
+    if xt_bytes <= WHOLE_XT:
+        return blocks
+    return max(1, min(blocks, CHUNK_K // span))
+
+
+def counted_chunks(k: int) -> bool:
+    """Whether the index loop over global indices into K walks K in chunks above one row (at 16 rows a tile: its
+    ``xt`` is the wider), reading each channel's entries per ``COUNT_SPAN`` positions (:func:`global_counts`)."""
+    blocks = -(-k // COUNT_SPAN)
+    return chunk_blocks(2 * k * WIDE * 4, COUNT_SPAN, blocks) < blocks
 
 
 def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, block_size: int = 0,
@@ -64,26 +91,43 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
     """out[m, n] = scale[n] * sum over entries e of channel n of (-1)^sign(e) * x[m, k(e)], ``k(e)`` the entry's
     offset in K (``block_size`` 0: global indices, one block over all of K) or in its block of per-block ``counts``.
 
-    x is copied once a call into ``xt`` [tiles of ``width`` rows, rows of x and of -x (a block's span of each, block
-    by block; global indices: alternating), ``width``] (rows past ``m`` zero); then each entry of a channel adds
-    ``xt``'s row at the entry read as a number (plus the block's start; global indices: rotated left by one) to one
-    of a tile's ``CHAINS`` sums: a load and an add an entry (where the panel GEMM's decode writes all of [K, 32] for
-    each panel of channels, zeros included), a block's last ``count % CHAINS`` entries against zero without a
-    branch. ``width`` is 1 for one row, 8 for up to 8 (half the vector and of ``xt`` unused at 16), else 16; without
-    ``batched`` (a kernel the pass calls for one row) 1 for every ``m``, one body to compile instead of three. Each
-    tile's scaled sums go to a buffer [tiles, N, ``width``] (one row: ``out`` itself), written into ``out`` a vector
-    of ``CHANNELS`` a row. Above one row no thread reads what another wrote: with one tile, ``COPIES`` groups of
+    x is copied into ``xt`` [tiles of ``width`` rows, rows of x and of -x (a block's span of each, block by block;
+    global indices: alternating), ``width``] (rows past ``m`` zero); then each entry of a channel adds ``xt``'s row
+    at the entry read as a number (plus the block's start; global indices: rotated left by one) to one of a tile's
+    ``CHAINS`` sums: a load and an add an entry (where the panel GEMM's decode writes all of [K, 32] for each panel
+    of channels, zeros included), a run's last ``count % CHAINS`` entries against zero without a branch. ``width``
+    is 1 for one row, 8 for up to 8 (half the vector and of ``xt`` unused at 16), else 16; without ``batched`` (a
+    kernel the pass calls for one row) 1 for every ``m``, one body to compile instead of three. Each tile's scaled
+    sums go to a buffer [tiles, N, ``width``] (one row: ``out`` itself), written into ``out`` a vector of
+    ``CHANNELS`` a row. Above one row no thread reads what another wrote: with one tile, ``COPIES`` groups of
     channels run in parallel, each transposing the tile into its own copy of ``xt`` and writing its channels of
     ``out``; with more tiles, tiles run in parallel, each transposing its own rows and walking every channel. (One row
-    runs its channels in parallel over the ``xt`` the calling thread wrote: 2 K words.) The sums (and the block
-    starts) are one buffer a call, a row a channel or a tile: declared in the channel loop, they became a workspace
-    allocation per channel.
+    runs its channels in parallel over the ``xt`` the calling thread wrote: 2 K words.) Above one row, where a tile's
+    ``xt`` is over ``WHOLE_XT`` bytes, K is walked in chunks (:func:`chunk_blocks`): a chunk's rows of ``xt``
+    transposed, then each channel's entries of the chunk added (its cursor carried to the next chunk, its sums added
+    into the buffer and scaled after the last); global indices then read ``counts`` [N, K / ``COUNT_SPAN``] too, each
+    channel's entries in each span (:func:`global_counts`, at load). The sums and cursors are rows of one buffer a
+    call, a row a channel, a group or a tile, no cache line shared by two threads: declared in the channel loop, they
+    became a workspace allocation per channel.
     """
     span = block_size or k  # the K positions of a block
-    blocks = -(-k // span)
-    rows = blocks * 2 * span  # of xt: two a position of K (x, -x), the last block's padded
+    counted = block_size or COUNT_SPAN  # the K positions of a count (global indices: only where K is walked in chunks)
+    blocks = -(-k // counted)  # counts a channel
+    rows = -(-k // span) * 2 * span  # of xt: two a position of K (x, -x), the last block's padded
     vectors = -(-n // CHANNELS)  # of out's channels, CHANNELS each
+    line = 64 // np.dtype(entry_dtype).itemsize  # entries a cache line
     per_copy = -(-vectors // COPIES)  # of them a group (one tile) walks
+
+    def per_chunk(width):
+        # counts a chunk of K covers: all of K for one row, or where xt fits WHOLE_XT
+        return blocks if width == 1 else chunk_blocks(rows * width * 4, counted, blocks)
+
+    def chunks(width):
+        return -(-blocks // per_chunk(width))
+
+    def prefetched_lines(width):
+        # a channel's entries of a chunk at the layer's mean density, and the line they may straddle
+        return -(-per_chunk(width) * counted * nnz // (n * k * line)) + 1
 
     # Where an entry's row starts in xt (each copy's [rows, width] flattened). bie-blocked's sign bit is the one
     # above a block's offsets: xt holds a block's rows of x, then of -x, and the row is the entry plus the block's
@@ -114,19 +158,36 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             return 2 * r, 2 * r + 1
         return r + r // span * span, r + r // span * span + span
 
+    def chunk_count(indptr, counts, j, c, width):
+        # channel j's entries in chunk c of global indices
+        if chunks(width) == 1:
+            return T.Cast("int64", indptr[j + 1]) - T.Cast("int64", indptr[j])
+        per = per_chunk(width)
+        return sum(T.if_then_else(c * per + b < blocks, T.Cast("int64", counts[j, T.min(c * per + b, blocks - 1)]),
+                                  T.int64(0)) if blocks % per else T.Cast("int64", counts[j, c * per + b])
+                   for b in range(per))
+
+    def chained(sums, at, width, l):
+        return sums[at, l] + sums[at, width + l] + (sums[at, 2 * width + l] + sums[at, 3 * width + l])
+
     @T.macro
-    def transpose_tile(x, xt, m, width, t, copy):
-        # tile t's rows of x into xt[copy]
-        for r in range(k):
+    def transpose_tile(x, xt, m, width, t, copy, r0, r1):
+        # tile t's rows of x, positions r0 to r1 of K, into xt[copy]
+        for r in range(r0, r1):
             for l in range(width):
                 v: T.let = T.if_then_else(t * width + l < m, x[T.min(t * width + l, m - 1), r], T.float32(0))
                 xt[copy, signed_rows(r)[0] * width + l] = v
                 xt[copy, signed_rows(r)[1] * width + l] = -v
 
     @T.macro
+    def transpose_chunk(x, xt, m, width, t, copy, c):
+        transpose_tile(x, xt, m, width, t, copy, c * per_chunk(width) * counted,
+                       T.min((c + 1) * per_chunk(width) * counted, k))
+
+    @T.macro
     def transpose(x, xt, m, width):
         for t in (T.parallel if width > 1 else T.serial)((m + (width - 1)) // width):
-            transpose_tile(x, xt, m, width, t, t)
+            transpose_tile(x, xt, m, width, t, t, 0, k)
 
     @T.macro
     def add_entries(sums, xt, entries, j, copy, blk, first, count, width):
@@ -161,53 +222,86 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             store_vector(res, out, m, width, q // vectors, q % vectors)
 
     @T.macro
-    def channel(sums, at, start, xt, copy, indptr, counts, entries, scales, res, j, t, width):
-        # channel j's sums over tile t (in xt[copy]) into res[t], in row ``at`` of ``sums`` and ``start``
+    def channel(sums, at, start, cursor, xt, copy, indptr, counts, entries, scales, res, j, t, c, width):
+        # channel j's entries of chunk c over tile t (in xt[copy]) into res[t, j], summed in row ``at`` of ``sums``,
+        # its next entry in start[cursor] between chunks
         for l in T.vectorized(CHAINS * width):
             sums[at, l] = T.float32(0)
-        start[at] = T.Cast("int64", indptr[j])
-        for blk in range(blocks):
-            count: T.let = block_count(block_size, indptr, counts, j, blk)
-            first: T.let = start[at]
-            add_entries(sums, xt, entries, at, copy, blk, first, count, width)
-            start[at] = first + count
-        for l in T.vectorized(width):
-            res[t, j, l] = (sums[at, l] + sums[at, width + l] + (sums[at, 2 * width + l] + sums[
-                at, 3 * width + l])) * scales[j]
+        if chunks(width) == 1:
+            start[cursor] = T.Cast("int64", indptr[j])
+        else:
+            start[cursor] = T.Select(c == 0, T.Cast("int64", indptr[j]), start[cursor])
+            ahead: T.let = T.min(j + PREFETCH, n - 1)
+            later: T.let = T.Select(c == 0, T.Cast("int64", indptr[ahead]), start[cursor + (ahead - j)])
+            for q in T.unroll(prefetched_lines(width)):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(entries[T.min(
+                    later + q * line, nnz - 1)]), T.int32(0), T.int32(3), T.int32(1)))
+        if block_size > 0:
+            for b in range(per_chunk(width)):
+                if blocks % per_chunk(width) == 0 or c * per_chunk(width) + b < blocks:
+                    count: T.let = T.Cast("int64", counts[j, T.min(c * per_chunk(width) + b, blocks - 1)])
+                    first: T.let = start[cursor]
+                    add_entries(sums, xt, entries, at, copy, c * per_chunk(width) + b, first, count, width)
+                    start[cursor] = first + count
+        else:
+            count: T.let = chunk_count(indptr, counts, j, c, width)
+            first: T.let = start[cursor]
+            add_entries(sums, xt, entries, at, copy, 0, first, count, width)
+            start[cursor] = first + count
+        if chunks(width) == 1:
+            for l in T.vectorized(width):
+                res[t, j, l] = chained(sums, at, width, l) * scales[j]
+        else:
+            for l in T.vectorized(width):
+                res[t, j, l] = T.Select(c == chunks(width) - 1, scales[j], T.float32(1)) * (
+                    chained(sums, at, width, l) + T.Select(c == 0, T.float32(0), res[t, j, l]))
 
     @T.macro
     def by_channels(x, indptr, counts, entries, scales, m, width, xt, sums, start, res):
         transpose(x, xt, m, width)
         for t in range((m + (width - 1)) // width):  # tiles outer: a tile's xt (512 KB at K = 4096) stays in L2
             for j in T.parallel(n):
-                channel(sums, j, start, xt, t, indptr, counts, entries, scales, res, j, t, width)
+                channel(sums, j, start, j, xt, t, indptr, counts, entries, scales, res, j, t, T.int64(0), width)
 
     @T.macro
     def by_groups(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res):
         # one tile; g int64: an int32 one in xt's index made it int32 arithmetic, 8 rows 0.058 -> 0.076 ms (one thread)
         for g in T.parallel(T.int64(COPIES)):
-            transpose_tile(x, xt, m, width, T.int64(0), g)
+            for c in range(chunks(width)):
+                transpose_chunk(x, xt, m, width, T.int64(0), g, c)
+                for jb in range(g * per_copy, T.min((g + 1) * per_copy, vectors)):
+                    for i in range(T.min(CHANNELS, n - jb * CHANNELS)):
+                        channel(sums, g * 2 if chunks(width) > 1 else jb * CHANNELS + i, start, jb * CHANNELS + i, xt,
+                                g, indptr, counts, entries, scales, res, jb * CHANNELS + i, T.int64(0), c, width)
             for jb in range(g * per_copy, T.min((g + 1) * per_copy, vectors)):
-                for c in range(T.min(CHANNELS, n - jb * CHANNELS)):
-                    channel(sums, jb * CHANNELS + c, start, xt, g, indptr, counts, entries, scales, res,
-                            jb * CHANNELS + c, T.int64(0), width)
                 store_vector(res, out, m, width, T.int64(0), jb)
+
+    @T.macro
+    def by_tiles(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res):
+        for t in T.parallel((m + (width - 1)) // width):
+            for c in range(chunks(width)):
+                transpose_chunk(x, xt, m, width, t, t, c)
+                for j in range(n):
+                    channel(sums, t * 2, start, t * n + j if chunks(width) > 1 else t * 8, xt, t, indptr, counts,
+                            entries, scales, res, j, t, c, width)
+        untranspose(res, out, m, width)
 
     @T.macro
     def body(x, indptr, counts, entries, scales, out, m, width):
         tiles: T.let = (m + (width - 1)) // width
         xt = T.decl_buffer((T.max(tiles, COPIES) if width > 1 else tiles, rows * width), "float32", scope="global")
-        sums = T.decl_buffer((T.max(tiles, n), CHAINS * width), "float32", scope="global")
+        # sums: a row a channel (one tile walked whole, one row), else every second row a group or tile; start, each
+        # channel's next entry: a slot a channel (one tile), or every eighth a tile, or, where K is walked in chunks,
+        # a slot a channel of a tile. No cache line holds two threads' rows or slots: the two groups' sums in adjacent
+        # rows cost two threads 8 rows of K = 4096 1.9 -> 2.4-4.1 ms where a line straddled them.
+        sums = T.decl_buffer((T.max(2 * T.max(tiles, COPIES), n), CHAINS * width), "float32", scope="global")
         res = T.decl_buffer((tiles, n, width), "float32", scope="global") if width > 1 else \
             T.decl_buffer((m, n, 1), "float32", data=out.data)  # a row a tile: out itself
-        start = T.decl_buffer((T.max(tiles, n),), "int64", scope="global")  # each channel's first entry of the block
+        start = T.decl_buffer((tiles * n if width > 1 and chunks(width) > 1 else T.max(8 * tiles, n),), "int64",
+                              scope="global")
         if width > 1:
             if tiles > 1:
-                for t in T.parallel(tiles):
-                    transpose_tile(x, xt, m, width, t, t)
-                    for j in range(n):
-                        channel(sums, t, start, xt, t, indptr, counts, entries, scales, res, j, t, width)
-                untranspose(res, out, m, width)
+                by_tiles(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res)
             else:
                 by_groups(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res)
         else:
@@ -226,7 +320,7 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
 
     m = TypeVar("m")  # in TVMScript signatures: the rows of x and out, an int64 variable matched at the call
 
-    if not block_size:
+    if not block_size and not (batched and counted_chunks(k)):
         @T.prim_func(private=True)
         def global_kernel(
             x: T.Buffer((m, k), "float32"),
@@ -241,7 +335,7 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         return global_kernel
 
     @T.prim_func(private=True)
-    def blocked_kernel(
+    def counted_kernel(
         x: T.Buffer((m, k), "float32"),
         indptr: T.Buffer((n + 1,), "uint32"),
         counts: T.Buffer((n, blocks), count_dtype),
@@ -252,7 +346,41 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
         T.func_attr({"tirx.noalias": True})
         by_rows(x, indptr, counts, entries, scales, out, m)
 
-    return blocked_kernel
+    return counted_kernel
+
+
+def global_counts(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int):
+    """``f(indptr, entries, scales, indptr, counts, entries, scales)``: the index loop's constants where it walks K in
+    chunks over global indices (:func:`counted_chunks`), written at load from the stored ones: those, and each
+    channel's entries in each ``COUNT_SPAN`` positions of K (counts [N, K / ``COUNT_SPAN``], a byte each; entries
+    past K are not counted)."""
+    blocks = -(-k // COUNT_SPAN)
+    offset = (1 << sign_bit) - 1
+
+    @T.prim_func(private=True)
+    def writer(
+        stored_indptr: T.Buffer((n + 1,), "uint32"),
+        stored_entries: T.Buffer((nnz,), entry_dtype),
+        stored_scales: T.Buffer((n,), "float32"),
+        indptr: T.Buffer((n + 1,), "uint32"),
+        counts: T.Buffer((n, blocks), "uint8"),
+        entries: T.Buffer((nnz,), entry_dtype),
+        scales: T.Buffer((n,), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for j in T.parallel(n):
+            for b in range(blocks):
+                counts[j, b] = T.uint8(0)
+            for e in range(T.Cast("int64", stored_indptr[j]), T.Cast("int64", T.min(stored_indptr[j + 1], nnz))):
+                entries[e] = stored_entries[e]  # (the entries no channel holds are never read)
+                blk: T.let = T.Cast("int64", stored_entries[e] & T.Cast(entry_dtype, offset)) // COUNT_SPAN
+                if blk < blocks:
+                    counts[j, blk] = counts[j, blk] + T.uint8(1)
+            scales[j] = stored_scales[j]
+        for j in range(n + 1):
+            indptr[j] = stored_indptr[j]
+
+    return writer
 
 
 def decode(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, into: Layout, x_ndim: int,
@@ -580,18 +708,18 @@ def _nonempty(entries: np.ndarray) -> np.ndarray:
 
 
 # non-zeros per weight up to which matmuls above one row run index_loop (see sparse_rows): kernel alone, one-thread
-# CPU time against the panel GEMM over the same encoding (benchmarks/README.md, "Stop 25: rows2"), 8 / 16 / 64 rows:
-# 384x1536 0.36-0.54 at density 0.3, 0.41-0.66 at 0.4, 0.46-0.80 at 0.5; 4096x4096 0.46-0.69 at 0.3, 0.61-1.07 at 0.5
-ROWS_DENSITY = 0.4
+# CPU time against the panel GEMM over the same encoding, 8 / 16 / 64 rows (benchmarks/README.md, "Stop 27: ktile":
+# with long K walked in chunks) at 0.5-0.52 4096x4096 0.60 / 0.56 / 0.87, 2048x2048 0.59 / 0.58 / 0.86, 1536x384
+# 0.54 / 0.62 / 0.85; at 0.6 0.59 / 0.58 / 0.97, 0.57 / 0.59 / 1.02, 0.58 / 0.64 / 0.94
+ROWS_DENSITY = 0.55
 # ... and where K is at most SHORT_K, up to SHORT_ROWS_DENSITY (the same measure, stop 26: 384x1536 at the codecs'
-# default 0.52 0.48 / 0.55 / 0.79, bie-binary's index layout 0.65 / 0.79 / 0.87; at 0.7 1.05 and 1.12 at 64 rows;
-# K = 1536 and 2048 lose at 64 rows from 0.5-0.6 on, 1536x384 1.07 at 0.5)
+# default 0.52 0.48 / 0.55 / 0.79, bie-binary's index layout 0.65 / 0.79 / 0.87; at 0.7 1.05 and 1.12 at 64 rows)
 SHORT_K = 512
 SHORT_ROWS_DENSITY = 0.6
-# ... and for global indices (bie-binary's index layout, whose entries cost a rotate: stop 26's binindex) up to
-# GLOBAL_ROWS_DENSITY at any K (the same measure, main 6ff8da4, rows 8 / 16 / 64: at 0.52 4096x4096 0.79 / 0.57 / 0.95,
-# K = 1536 N = 384 0.81 / 0.63 / 1.02; at 0.6 0.91 / 0.67 / 1.14 and 0.86 / 0.69 / 1.16)
-GLOBAL_ROWS_DENSITY = 0.55
+# ... and for global indices (bie-binary's index layout) up to GLOBAL_ROWS_DENSITY at any K (the same measure, stop
+# 27, rows 8 / 16 / 64, at 0.6: 4096x4096 0.49 / 0.51 / 0.92, 2048x2048 0.54 / 0.56 / 0.81, 1536x384 0.49 / 0.58 /
+# 0.89, 768x768 0.58 / 0.49 / 0.84)
+GLOBAL_ROWS_DENSITY = 0.6
 
 
 def sparse_rows(enc: Encoded, nnz: int, global_entries: bool = False) -> bool:
@@ -631,6 +759,18 @@ def _panel_gemm(enc: Encoded, constants: list[np.ndarray], names: tuple, panels:
                            scale=lambda c: holders[-1][c])
 
 
+def global_loop_call(layout: dict, constants: list[np.ndarray], batched: bool) -> KernelCall:
+    """The index loop over ``bie-binary``'s global indices (:func:`global_layout`'s ``layout`` and ``constants``),
+    the counts it reads where it walks K in chunks (:func:`counted_chunks`) written at load with its other constants
+    (:func:`global_counts`): the artefact stores what the encoding holds."""
+    call = KernelCall("global_index", index_loop(**layout, batched=batched), constants)
+    if batched and counted_chunks(layout["k"]):
+        indptr, entries, scales = constants
+        call.constants = [indptr, np.zeros((layout["n"], -(-layout["k"] // COUNT_SPAN)), np.uint8), entries, scales]
+        call.at_load = AtLoad(global_counts(**layout), constants)
+    return call
+
+
 @register(bie_binary.NAME, ops=("matmul", "conv2d"), target="llvm")
 def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
     """The bitmap layout: the bit-plane kernels (their exact fp32 look-up tables: the codec has no ``lut_tables``
@@ -640,7 +780,7 @@ def global_call(enc: Encoded, conv: ConvSpec | None) -> KernelCall:
         return bitplane.llvm_call(enc, conv, lut_tables="fp32")
     layout, constants = global_layout(enc)
     batched = conv is None and layout["entry_dtype"] == "uint16" and sparse_rows(enc, layout["nnz"], True)
-    small = None if conv else KernelCall("global_index", index_loop(**layout, batched=batched), constants)
+    small = None if conv else global_loop_call(layout, constants, batched)
     if batched:
         return small
     if conv is None and layout["entry_dtype"] == "uint16":
