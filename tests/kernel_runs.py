@@ -1,7 +1,10 @@
-"""Helpers the tests share: build a PrimFunc alone and run it, and the relative-error check."""
+"""Helpers the tests share: build a PrimFunc alone and run it, a panel GEMM's decoder alone, and the relative-error
+check."""
 
 import numpy as np
 import tvm
+
+from bie_compiler.codegen.kernels import panel_gemm
 
 
 def build(func, target):
@@ -36,3 +39,17 @@ def computed_constants(call, target) -> list[np.ndarray]:
     out = [tvm.runtime.tensor(np.full(c.shape, 0x5A, c.dtype)) for c in call.constants]
     build(call.at_load.func, target)(*[tvm.runtime.tensor(a) for a in call.at_load.stored], *out)
     return [o.numpy() for o in out]
+
+
+def decoded_panels(gemm, target, n: int) -> np.ndarray:
+    """The weights the decoder that the panel GEMM ``gemm`` (a KernelCall) carries writes (``panel_gemm.decoder``),
+    run alone for ``target``, as stored rows [n, K rounded up to its decode's group]; its decode's kind."""
+    decoder = panel_gemm.carried_decoder(gemm.func)
+    attrs = panel_gemm.DecoderAttrs.read(decoder)
+    buffers = list(decoder.params)
+    views = [gemm.constants[i].view(buffers[attrs.holders + v].dtype) for v, i in enumerate(attrs.views)]
+    decoded, *scales = buffers[attrs.holders + len(views):]
+    out = [tvm.runtime.empty([int(d) for d in b.shape], "float32") for b in (decoded, *scales)]
+    build(decoder, target)(*[tvm.runtime.tensor(a) for a in [*gemm.constants, *views]], *out)
+    panels = out[0].numpy()
+    return panels.transpose(0, 2, 1).reshape(-1, panels.shape[1])[:n], attrs.decode

@@ -1,5 +1,6 @@
 """The look-up-table bit-serial GEMV of ``bie-bitplane`` against the reference decoder: 1 to 8 two's complement
-planes, K not a multiple of 8 or 32, N not of 16, per-channel and grouped scales, planes cut at compile and at load."""
+planes, K not a multiple of 8 or 32, N not of 16, per-channel and grouped scales, planes cut at compile and at load;
+the panel GEMM's decode of the planes a run at a time (GFNI and VBMI) or weight by weight (without)."""
 
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import bitplane, bitplane_lut, lut
 from bie_compiler.codegen.target import make_target
 from bie_compiler.runtime.progressive_precision import keep_top_planes
-from kernel_runs import assert_close, run
+from kernel_runs import assert_close, decoded_panels, run
 
 CASES = [  # (N, K, Config): bits - 1 magnitude planes kept (or `planes`) + the sign = the LUT planes
     (5, 1, bie_bitplane.Config(bits=2)),  # 2 LUT planes, one weight per row
@@ -80,14 +81,19 @@ def test_twos_complement_planes_hold_the_codes():
 def test_planes_cut_at_load_equal_planes_cut_at_compile(kept, lut_target):
     """keep_top_planes on the LUT words: the integers of the encoding compiled with ``planes=kept``."""
     n, k, bits = 24, 90, 5
+    cut_enc = encode(n, k, bie_bitplane.Config(bits=bits, planes=kept), 1)
     with lut_target:
         full = bitplane.lut_call(encode(n, k, bie_bitplane.Config(bits=bits), 1))
-        cut = bitplane.lut_call(encode(n, k, bie_bitplane.Config(bits=bits, planes=kept), 1))
+        cut = bitplane.lut_call(cut_enc)
     entry = {"tensor": 0, "form": bitplane_lut.FORM, "magnitude_bits": bits - 1}
     (at_load,) = keep_top_planes([full.constants[0]], [entry], kept, Path("artefact"))
     shift = bits - 1 - kept
     np.testing.assert_array_equal(bitplane_lut.codes_of_planes(at_load, bits - 1),
                                   bitplane_lut.codes_of_planes(cut.constants[0], kept) << shift)
+    # the panel GEMM (a run decode where the CPU has the bit transposes) over the words cut at load
+    rows = np.random.default_rng(kept).standard_normal((9, k)).astype(np.float32)
+    assert_close(run(full.large_batch.func, lut_target, rows, [at_load, *full.constants[1:]], (9, n)),
+                 rows @ bie_bitplane.decode(cut_enc).T.astype(np.float64))
 
 
 @pytest.mark.parametrize("bits,kept", [(3, 1), (4, 1), (4, 2)])
@@ -180,6 +186,37 @@ def test_int8_tables_panel_gemm_decodes_runs_by_bit_transpose_where_the_cpu_has_
     rows = np.random.default_rng(bits).standard_normal((11, 90)).astype(np.float32)
     want = rows @ bie_bitplane.decode(enc).T.astype(np.float64)
     assert_close(run(call.large_batch.func, target, rows, call.constants, (11, 50)), want)
+
+
+@pytest.mark.parametrize("mcpu,transposes", [(None, True), ("cascadelake", False)])  # cascadelake: no GFNI/VBMI
+@pytest.mark.parametrize("n,k,config", [(50, 90, bie_bitplane.Config(bits=4)),
+                                         (50, 90, bie_bitplane.Config(bits=8)),  # 8 planes: every byte of a qword
+                                         (33, 70, bie_bitplane.Config(bits=6, planes=2)),  # 2^shift = 8
+                                         (40, 200, bie_bitplane.Config(bits=5, group_size=64)),
+                                         (21, 130, bie_bitplane.Config(bits=2, group_size=32))])
+def test_fp32_tables_panel_gemm_decodes_runs_by_bit_transpose_where_the_cpu_has_it(n, k, config, mcpu, transposes,
+                                                                                   lut_target):
+    """The panel GEMM over the fp32 tables' planes decodes 16 channels x 32 weights at a time
+    (``column_runs``) where the CPU has GFNI and VBMI, else weight by weight: either way the decoded panels are the
+    reference decoder's bit for bit (per-channel scales: its integers times ``2^shift``, the scales applied to the
+    sums; grouped: its weights), padding zero, and the GEMM its product (a ragged last run, panel and group)."""
+    target = lut_target if mcpu is None else make_target(mcpu=mcpu)
+    if mcpu is None and not lut.bit_transpose_supported(target):
+        pytest.skip(f"{target} has no GFNI or AVX-512 VBMI")
+    enc = encode(n, k, config, n + k)
+    layout, codes, _ = bitplane.lut_parts(enc)
+    with target:
+        call = bitplane.lut_call(enc, "fp32")
+    panels, decode = decoded_panels(call.large_batch, target, n)
+    assert decode == ("runs" if transposes else "weight")
+    decoded = bie_bitplane.decode(enc)
+    want = decoded if layout.groups > 1 else (codes.astype(np.int64) << layout.shift).astype(np.float32)
+    np.testing.assert_array_equal(panels[:, :k], want)
+    assert not panels[:, k:].any()
+    for rows in (2, 8, 17):
+        x = np.random.default_rng(rows).standard_normal((rows, k)).astype(np.float32)
+        assert_close(run(call.large_batch.func, target, x, call.constants, (rows, n)),
+                     x @ decoded.T.astype(np.float64), context=rows)
 
 
 def test_int8_tables_store_3_planes_in_3_bytes_a_channel():

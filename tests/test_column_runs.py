@@ -6,13 +6,12 @@ AVX-512 VBMI the weight-by-weight decode runs instead, with the same results."""
 
 import numpy as np
 import pytest
-import tvm
 
 from bie_compiler.codecs import CODECS, bbs, bitwave, kernel_options, make_config
 from bie_compiler.codegen import kernel_for
 from bie_compiler.codegen.kernels import lut, panel_gemm
 from bie_compiler.codegen.target import make_target
-from kernel_runs import assert_close, build, run
+from kernel_runs import assert_close, decoded_panels, run
 
 CASES = [  # (codec, options, kernel options)
     ("bbs", {"preset": "conservative"}, {}),  # 6 kept columns: the fp32 tables' layout; sensitive rows
@@ -52,16 +51,9 @@ def test_runs_decode_the_reference_integers(codec, options, kernel, n, k, target
     transposes(target)
     enc = encoded(codec, options, n, k)
     call = gemm_call(codec, options, kernel, enc, target)
-    decoder = panel_gemm.carried_decoder(call.func)
-    attrs = panel_gemm.DecoderAttrs.read(decoder)
-    assert attrs.decode == "runs" and lut.AFFINE in decoder.script()
-    buffers = list(decoder.params)
-    views = [call.constants[i].view(buffers[attrs.holders + v].dtype) for v, i in enumerate(attrs.views)]
-    arrays = [tvm.runtime.tensor(a) for a in [*call.constants, *views]]
-    decoded = tvm.runtime.empty([int(d) for d in buffers[attrs.holders + len(views)].shape], "float32")
-    scales = tvm.runtime.empty((n,), "float32")
-    build(decoder, target)(*arrays, decoded, scales)
-    panels = decoded.numpy().transpose(0, 2, 1).reshape(-1, decoded.shape[1])[:n]  # stored rows [N, KG * 32]
+    assert lut.AFFINE in panel_gemm.carried_decoder(call.func).script()
+    panels, decode = decoded_panels(call, target, n)  # stored rows [N, KG * 32]
+    assert decode == "runs"
     want = stored_integers(enc)
     assert panels.shape == want.shape
     np.testing.assert_array_equal(panels, want.astype(np.float32))

@@ -291,8 +291,8 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
     def pruned_columns(columns, meta, first, g):
         pb = (first - count) // lanes
         step, offset = step_offset(meta, pb, g)
-        return column_runs.decoded(columns, pb, g, bits, tirx.Cast("float32x16", step),
-                                   tirx.Cast("float32x16", offset))
+        return column_runs.decoded(lambda b: columns[pb, g, b, tirx.Ramp(0, 1, lanes)], bits,
+                                   tirx.Cast("float32x16", step), tirx.Cast("float32x16", offset))
 
     def pruned_nibbles(columns, meta, first, g):
         pb = (first - count) // lanes

@@ -41,7 +41,7 @@ from bie_compiler.codecs.lut_tables import INT8_KIND_SUFFIX
 
 from ..kernel_registry import KernelCall
 from ..layout_memo import KEPT
-from . import lut, panel_gemm
+from . import column_runs, lut, panel_gemm
 
 LANES, GROUP, NIBBLES = lut.LANES, lut.GROUP, lut.NIBBLES
 FORM = "lut_planes"  # the progressive-precision form of the words (weights.PRECISION_ATTR)
@@ -127,13 +127,13 @@ def kernel_call(layout: Layout, constants: list, kind: str, tables: str = "fp32"
 
 
 def panel_gemm_of(layout: Layout, words: te.Tensor, scales: te.Tensor, tables: str = "fp32"):
-    """The panel GEMM over the words: per-channel scales applied to the sums, grouped ones in the decode. The int8
-    tables' bytes, where the CPU has the bit transpose (:func:`.lut.bit_transpose_supported`), decode a run of
-    channels at a time (:func:`int8_run_weights`)."""
-    if tables == "int8" and lut.bit_transpose_supported(tvm.target.Target.current()):
+    """The panel GEMM over the words: per-channel scales applied to the sums, grouped ones in the decode. Where the
+    CPU has the bit transpose (:func:`.lut.bit_transpose_supported`) the words decode a run of channels at a time
+    (:func:`int8_run_weights`, :func:`run_weights`), else weight by weight."""
+    if lut.bit_transpose_supported(tvm.target.Target.current()):
         scale = None if layout.groups > 1 else (lambda c: scales[c // LANES, 0, c % LANES])
-        return panel_gemm.gemm(panel_gemm.ByRuns(int8_run_weights(**layout._asdict()), GROUP), [words, scales],
-                               layout.n, layout.k, scale=scale)
+        runs = (int8_run_weights if tables == "int8" else run_weights)(**layout._asdict())
+        return panel_gemm.gemm(panel_gemm.ByRuns(runs, GROUP), [words, scales], layout.n, layout.k, scale=scale)
     value_of, read, views = decoded_value, words, []
     if tables == "int8":
         read = int8_words(words, layout.magnitude_planes)
@@ -264,6 +264,23 @@ def decoded_value(words, *, n: int, k: int, magnitude_planes: int, shift: int, *
                                      zero) for b, s in enumerate(significance)])
 
     return value
+
+
+def run_weights(n: int, k: int, magnitude_planes: int, shift: int, scale_group: int, groups: int):
+    """The panel GEMM's decode of :func:`twos_complement_planes`' words a run of 16 channels and a group at a time
+    (a :data:`.panel_gemm.RunWeights`): a run's planes are bit columns as :mod:`.column_runs` decodes them (plane 0
+    the sign, plane ``b`` of significance ``2^(P - b)``), the values of :func:`decoded_value` (times the group's
+    scales when ``groups`` > 1)."""
+    kg = -(-k // GROUP)
+
+    def runs(holders, first, g):
+        words, scales = holders
+        row = first // LANES * kg + g
+        scale = scales[first // LANES, g * GROUP // scale_group, tirx.Ramp(0, 1, LANES)] if groups > 1 else None
+        return column_runs.decoded(lambda b: words[b, row, tirx.Ramp(0, 1, LANES)], magnitude_planes + 1,
+                                   float(1 << shift), scale=scale)
+
+    return runs
 
 
 def decoded_weight(words, scales, *, n: int, k: int, magnitude_planes: int, shift: int, scale_group: int,

@@ -156,7 +156,8 @@ def bit_column_runs(pruned: int) -> panel_gemm.RunWeights:
         zeros = tirx.Cast("int32x16", meta[pb, g, tirx.Ramp(0, 1, bbs.LANES)])
         step = tirx.Broadcast(tirx.const(1, "int32"), bbs.LANES) << (
             tirx.Broadcast(tirx.const(pruned, "int32"), bbs.LANES) - zeros)
-        return column_runs.decoded(columns, pb, g, 8 - pruned, tirx.Cast("float32x16", step))
+        return column_runs.decoded(lambda b: columns[pb, g, b, tirx.Ramp(0, 1, bbs.LANES)], 8 - pruned,
+                                   tirx.Cast("float32x16", step))
 
     return runs
 

@@ -12,7 +12,8 @@ register tiles of :func:`..schedules.matmul.schedule_matmul`, the dense GEMM's
 own schedule. Each weight is decoded once per call, as the codec's :data:`Decode` states it:
 :class:`ByWeight`, in vectors along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels); :class:`ByRuns`, a run of 16 channels over a group of K at a time in the
-codec's own vector code (the int8 tables' bytes of ``bitplane_lut`` and ``bbs_decoded``: a bit transpose);
+codec's own vector code (a bit transpose: the int8 tables' bytes of ``bitplane_lut`` and ``bbs_decoded``, and the
+bit columns of :mod:`.column_runs`);
 :class:`ByPanels`, a whole panel in statements of its own (``bie-blocked``'s index lists).
 
 A codec's part is its :func:`decoder`, an unscheduled PrimFunc that the GEMM kernel carries (``DECODER_ATTR``, as
