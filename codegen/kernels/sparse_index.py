@@ -185,11 +185,6 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
                        T.min((c + 1) * per_chunk(width) * counted, k))
 
     @T.macro
-    def transpose(x, xt, m, width):
-        for t in (T.parallel if width > 1 else T.serial)((m + (width - 1)) // width):
-            transpose_tile(x, xt, m, width, t, t, 0, k)
-
-    @T.macro
     def add_entries(sums, xt, entries, j, copy, blk, first, count, width):
         # (the entry inline: a T.let in the unrolled loop is bound once a copy, which TVM rejects; a name assigned
         # in the loop became a workspace allocation per channel)
@@ -257,11 +252,13 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
                     chained(sums, at, width, l) + T.Select(c == 0, T.float32(0), res[t, j, l]))
 
     @T.macro
-    def by_channels(x, indptr, counts, entries, scales, m, width, xt, sums, start, res):
-        transpose(x, xt, m, width)
-        for t in range((m + (width - 1)) // width):  # tiles outer: a tile's xt (512 KB at K = 4096) stays in L2
+    def by_channels(x, indptr, counts, entries, scales, m, xt, sums, start, res):
+        # a row a tile (width 1): every row transposed by the calling thread, then each row's channels in parallel
+        for t in range(m):
+            transpose_tile(x, xt, m, 1, t, t, 0, k)
+        for t in range(m):
             for j in T.parallel(n):
-                channel(sums, j, start, j, xt, t, indptr, counts, entries, scales, res, j, t, T.int64(0), width)
+                channel(sums, j, start, j, xt, t, indptr, counts, entries, scales, res, j, t, T.int64(0), 1)
 
     @T.macro
     def by_groups(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res):
@@ -305,7 +302,7 @@ def index_loop(*, n: int, k: int, nnz: int, entry_dtype: str, sign_bit: int, blo
             else:
                 by_groups(x, indptr, counts, entries, scales, out, m, width, xt, sums, start, res)
         else:
-            by_channels(x, indptr, counts, entries, scales, m, width, xt, sums, start, res)
+            by_channels(x, indptr, counts, entries, scales, m, xt, sums, start, res)
 
     @T.macro
     def by_rows(x, indptr, counts, entries, scales, out, m):
