@@ -266,10 +266,10 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
     per weight one vpmultishiftqb that moves each lane's offset-binary nibble to the bottom of the lane, one vpermps of
     the 16 numbers it can code as float32 and one multiply-add by ``2^shift`` and the base (:func:`pruned_float`'s).
     The sensitive rows' group of 8 words per row loaded at once (two rows a vector) and transposed by in-lane
-    interleaves and 128-bit lane selects (no scalar inserts, no two-vector permutes), each code read as a float's
-    low mantissa bits (:func:`code`; the top one shifted down with its sign and converted). What the weights share is bound once and their
-    repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, printed for every GEMM kernel
-    (and parsed where the process did not print it), stays small (the encoder's compile time)."""
+    interleaves and 128-bit lane selects (no scalar inserts, no two-vector permutes); codes 0-2 of a word read as a
+    float's low mantissa bits, code 3 shifted down with its sign and converted. What the weights share is bound once
+    and their repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, printed for every
+    GEMM kernel (and parsed where the process did not print it), stays short (the encoder's compile time)."""
     n = enc.shape[0]
     count = int(enc.header["sensitive"])
     bits = 8 - int(enc.header["pruned_columns"])

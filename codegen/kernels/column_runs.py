@@ -49,7 +49,8 @@ ORDER = [LANE_BYTES * lane + 4 * (p % 4) + p // 4 for lane in range(BYTES // LAN
 def interleave(size: int, half: int) -> list[int]:
     """Indices into two vectors of ``size``-byte elements (the second's from ``BYTES / size``) of their interleave,
     the low (``half`` 0) or high 8 bytes of each 128-bit lane (vpunpckl/h): elements, not bytes, so that the
-    decoder's TVMScript, parsed again for each fused GEMM kernel, holds fewer numbers."""
+    decoder's TVMScript, parsed again for each fused GEMM kernel, holds fewer numbers (also the transpose of ``bbs``'s
+    sensitive rows' words, :func:`.bbs_decoded.run_weights`)."""
     count, per_lane = BYTES // size, LANE_BYTES // size
     return [source * count + per_lane * lane + per_lane // 2 * half + i for lane in range(BYTES // LANE_BYTES)
             for i in range(per_lane // 2) for source in (0, 1)]
