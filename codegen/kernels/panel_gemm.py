@@ -424,24 +424,33 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     rest = _with_root(func, [s for s in stmts if _names(s) != {INVERSE}])
     attrs = DecoderAttrs.read(decode)
     lead = list(func.params[0].shape[:-1])
-    one_tile = tvm.sym.Analyzer().simplify(tirx.all(*[d == 1 for d in lead[:-1]], lead[-1] <= matmul.ROWS)
-                                           if len(lead) > 1 else lead[-1] <= matmul.ROWS)
-    if attrs.decode == "panels" or _is_const(one_tile, False):
-        scheduled = _tiled(rest, attrs)
-    elif _is_const(one_tile, True):
-        scheduled = _in_registers(rest, attrs, len(lead))
+    branches = []  # (a condition on the rows, the kernel where it holds), the first that holds taken
+    for rows in ([] if attrs.decode == "panels" else TILES_IN_REGISTERS):
+        at_most = tvm.sym.Analyzer().simplify(tirx.all(*[d == 1 for d in lead[:-1]], lead[-1] <= rows)
+                                              if len(lead) > 1 else lead[-1] <= rows)
+        if _is_const(at_most, False):
+            continue
+        # each with a decoded buffer of its own: one buffer in several branches would be allocated where they meet
+        # (the root: every panel at once)
+        branches.append((at_most, _in_registers(_fresh_decoded(rest), attrs, len(lead), rows)))
+        if _is_const(at_most, True):
+            break
+    if branches and _is_const(branches[-1][0], True):
+        *branches, (_, last) = branches
     else:
-        whole = _tiled(rest, attrs)
-        # the one-tile copy with a decoded buffer of its own: one buffer in both branches would be allocated where
-        # both meet (the root: every panel at once)
-        few = _in_registers(_fresh_decoded(rest), attrs, len(lead))
-        root = whole.body.block
-        body = tirx.IfThenElse(one_tile, matmul.fresh_definitions(few.body.block.body), root.body)
-        allocated = [*few.body.block.alloc_buffers]
-        allocated += [b for b in root.alloc_buffers if not any(b.same_as(a) for a in allocated)]  # (the inverse)
-        block = s_tir.SBlock([], [], [], "root", body, None, allocated)
-        scheduled = whole.with_body(s_tir.SBlockRealize([], True, block))
+        last = _tiled(rest, attrs)  # a panel decoded once for every tile
+    body, allocated = last.body.block.body, list(last.body.block.alloc_buffers)
+    for condition, kernel in reversed(branches):
+        body = tirx.IfThenElse(condition, matmul.fresh_definitions(kernel.body.block.body), body)
+        allocated += [b for b in kernel.body.block.alloc_buffers if not any(b.same_as(a) for a in allocated)]
+    scheduled = _with_root_block(last, body, allocated)  # (allocated once: the inverse is every branch's)
     return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
+
+
+TILES_IN_REGISTERS = (matmul.ROWS, 2 * matmul.ROWS)  # the rows of the tiles over the weights in registers
+# (:func:`_in_registers`), the smallest that holds the call's rows taken: at 9-16 rows a tile of 16 rows and 16
+# channels (16 accumulators) multiplies each vector of weights 16 times where two tiles of 8 rows stored the panel
+# (bie-bitplane 4 bits, 16 rows: 1.16 -> 1.04 of the dense GEMM's time; computing 16 rows at 8 doubled the time)
 
 
 def _is_const(expr: tirx.Expr, value: bool) -> bool:
@@ -456,14 +465,16 @@ def _fresh_decoded(func: tirx.PrimFunc) -> tirx.PrimFunc:
                                                  order="post"))
 
 
-def _tiles(func: tirx.PrimFunc, cols: int = matmul.COLS) -> tuple[s_tir.Schedule, s_tir.schedule.SBlockRV]:
-    """A schedule of ``func`` (a :func:`plain` kernel, the inverse set aside) with its product in register tiles
-    (``schedule_matmul``, the panels the parallel loop, the leading dims and rows inside) and the product's block."""
+def _tiles(func: tirx.PrimFunc, cols: int = matmul.COLS, rows: int = matmul.ROWS
+           ) -> tuple[s_tir.Schedule, s_tir.schedule.SBlockRV]:
+    """A schedule of ``func`` (a :func:`plain` kernel, the inverse set aside) with its product in register tiles of
+    ``rows`` x ``cols`` (``schedule_matmul``, the panels the parallel loop, the leading dims and rows inside) and the
+    product's block."""
     sch = s_tir.Schedule(func)
     if SCALES in _names(func.body.block.body):
         sch.compute_inline(sch.get_sblock(SCALES))
     block = sch.get_sblock(BLOCK)
-    matmul.schedule_matmul(sch, block, cols=cols, batch_in_task=True)
+    matmul.schedule_matmul(sch, block, rows=rows, cols=cols, batch_in_task=True)
     return sch, block
 
 
@@ -486,17 +497,19 @@ def _tiled(func: tirx.PrimFunc, attrs: DecoderAttrs) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def _in_registers(func: tirx.PrimFunc, attrs: DecoderAttrs, lead: int) -> tirx.PrimFunc:
-    """:func:`_tiles` for one tile of rows, the weights decoded into registers where the tile uses them: a weight's
-    decode (:class:`ByWeight`) inlined into the tile's FMAs (computed once per k and vector: the rows share it); a
-    run's (:class:`ByRuns`) computed group by group in the tile's k loop, each vector of weights it stores going to
-    the tile's FMAs instead (:func:`_runs_into_tile`). ``lead``: the rows' dims."""
-    cols = matmul.COLS if attrs.decode == "weight" else VECTOR
-    sch, block = _tiles(func, cols)
+def _in_registers(func: tirx.PrimFunc, attrs: DecoderAttrs, lead: int, rows: int) -> tirx.PrimFunc:
+    """:func:`_tiles` for one tile of ``rows`` rows, the weights decoded into registers where the tile uses them: a
+    weight's decode (:class:`ByWeight`) inlined into the tile's FMAs (computed once per k and vector: the rows share
+    it); a run's (:class:`ByRuns`) computed group by group in the tile's k loop, each vector of weights it stores
+    going to the tile's FMAs instead (:func:`_runs_into_tile`). ``lead``: the rows' dims. A tile of 8 rows over a
+    weight's decode is ``matmul.COLS`` wide; over a run's, or of more rows, a run wide (``VECTOR``): 8 rows over
+    two runs kept every row's x broadcast live from one run's FMAs to the other's, and LLVM spilled them."""
+    cols = matmul.COLS if attrs.decode == "weight" and rows == matmul.ROWS else VECTOR
+    sch, block = _tiles(func, cols, rows)
     decoding = sch.get_sblock(DECODED)
     if attrs.decode == "weight":
         sch.compute_inline(decoding)
-        return _tile_accumulator(sch.mod["main"], cols)
+        return _tile_accumulator(sch.mod["main"], rows, cols)
     k = int(sch.get(block).iter_vars[-1].dom.extent)
     tile = sch.get_loops(block)[lead]  # (the panels, the leading dims but the rows, the tiles of rows, k...)
     if k > attrs.group:
@@ -506,7 +519,7 @@ def _in_registers(func: tirx.PrimFunc, attrs: DecoderAttrs, lead: int) -> tirx.P
     loops = sch.get_loops(decoding)
     for loop in loops[[sch.get(l).same_as(sch.get(tile)) for l in loops].index(True) + 1:]:
         sch.unroll(loop)  # the runs (and groups) of a chunk: the tile's channels constant in its FMAs
-    return _runs_into_tile(_tile_accumulator(sch.mod["main"], cols), k, attrs.group)
+    return _runs_into_tile(_tile_accumulator(sch.mod["main"], rows, cols), k, attrs.group)
 
 
 def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
@@ -520,8 +533,9 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
     bound = {iv.var: value for iv, value in zip(update.block.iter_vars, update.iter_values)}
     loops = []
     tvm_ffi.structural_map(func.body, [(tirx.For, lambda loop: loops.append(loop) or loop)], order="post")
-    tile_row = next(loop.loop_var for loop in loops if loop.kind == tirx.ForKind.UNROLLED
-                    and any(v.same_as(loop.loop_var) for v in tirx.analysis.undefined_vars(bound[row])))
+    tile_rows = next(loop for loop in loops if loop.kind == tirx.ForKind.UNROLLED
+                     and any(v.same_as(loop.loop_var) for v in tirx.analysis.undefined_vars(bound[row])))
+    tile_row = tile_rows.loop_var
     product = update.block.body  # tile[row, channel] += x[row, rk] * decoded[channel // COLS, rk, channel % COLS]
     decoded = next(b for b in func.body.block.alloc_buffers if b.name == DECODED)
     x = func.params[0]
@@ -552,7 +566,7 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
             fma = tirx.IfThenElse(kk < k, fma, None)
         fmas = tirx.For(lane, 0, VECTOR, tirx.ForKind.VECTORIZED, fma)
         return tirx.stmt.SeqStmt([tirx.BufferStore(weights, stored.value, [tirx.Ramp(0, 1, VECTOR)]),
-                                  tirx.For(row_of, 0, matmul.ROWS, tirx.ForKind.UNROLLED, fmas)])
+                                  tirx.For(row_of, 0, tile_rows.extent, tirx.ForKind.UNROLLED, fmas)])
 
     def opened(realize):  # the decode's block: its body, each store multiplied into the tile
         if realize.block.name_hint != DECODED:
@@ -573,24 +587,24 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
     return _with_root_block(func, body, allocated)
 
 
-def _tile_accumulator(func: tirx.PrimFunc, cols: int) -> tirx.PrimFunc:
+def _tile_accumulator(func: tirx.PrimFunc, rows: int, cols: int) -> tirx.PrimFunc:
     """``func`` (one tile of rows) with the tile's accumulator a buffer of one whole tile, indexed within it: the
     accumulator of the rows (a buffer of the call's rows, allocated per panel in the runtime's workspace) written
-    under a predicate on the rows cannot stay in registers (a tile of fewer rows than ``matmul.ROWS``); one whole
-    tile can, and stays on the stack. ``cols``: the tile's."""
+    under a predicate on the rows cannot stay in registers (a tile of fewer rows than ``rows``); one whole tile
+    can, and stays on the stack. ``rows``, ``cols``: the tile's."""
     update = next(r for r in _realizes(func.body) if r.block.name_hint == f"{BLOCK}_update")
     accumulator = update.block.writes[0].source
     by_tile = len(accumulator.shape) == len(update.block.iter_vars) + 1  # (schedule_matmul's layout by tile)
-    shape = accumulator.shape[-2:] if by_tile else [matmul.ROWS, cols]
+    shape = accumulator.shape[-2:] if by_tile else [rows, cols]
     tile = tirx.decl_buffer(shape, accumulator.dtype, accumulator.name, scope="local")
 
     def within(indices):
         *_, row, column = indices
-        return [row, column] if by_tile else [row % matmul.ROWS, column % cols]
+        return [row, column] if by_tile else [row % rows, column % cols]
 
     def region(ranges):
         *_, row, column = ranges
-        return [row, column] if by_tile else [Range.from_min_extent(row.min % matmul.ROWS, row.extent),
+        return [row, column] if by_tile else [Range.from_min_extent(row.min % rows, row.extent),
                                               Range.from_min_extent(column.min % cols, column.extent)]
 
     mine = accumulator.same_as
