@@ -9,9 +9,8 @@ output channels over all of K, laid out K-major ([K, COLS], the layout
 panel of the dense kernel's packed weight: L1 or L2) at the top of the panel's
 parallel iteration, and then every row of activations runs over it in the
 register tiles of :func:`..schedules.matmul.schedule_matmul`, the dense GEMM's
-own schedule. Where the rows are one register tile (at most ``matmul.ROWS``: a branch at run time), a decode by
-weight or by runs stores no panel: its vectors go to the tile's FMAs in registers as its k loop reaches them
-(:func:`schedule`).
+own schedule. Where the rows are one register tile (at most 16: a branch at run time), a decode by weight or by
+runs stores no panel: its vectors go to the tile's FMAs in registers as its k loop reaches them (:func:`schedule`).
 Each weight is decoded once per call, as the codec's :data:`Decode` states it:
 :class:`ByWeight`, in vectors along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels); :class:`ByRuns`, a run of 16 channels over a group of K at a time in the
@@ -411,11 +410,12 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     top of its parallel iteration, by weight (:class:`ByWeight`) in vectors along its channels, group by group where
     it has a group; the stored rows' output channels (``inverse``) computed first, serially.
 
-    Where one register tile of rows is the whole call (leading dims 1, at most ``matmul.ROWS`` rows: a branch at
-    run time where the rows are symbolic), the weights go from the decode to the FMAs in registers instead, each
-    decoded once as the tile's k loop reaches it (:func:`_in_registers`): stored and loaded again, each vector of
-    decoded weights costs its store on the FMA pipes (a zmm store about 1.6 FMAs on Zen 4), and a tile of 8 rows
-    has only 8 FMAs per vector of weights. With more tiles, the panel decoded once serves every tile."""
+    Where one register tile of rows is the whole call (leading dims 1, at most 8 rows, else at most 16 in a tile of
+    16: ``TILES_IN_REGISTERS``; branches at run time where the rows are symbolic), the weights go from the decode to
+    the FMAs in registers instead, each decoded once as the tile's k loop reaches it (:func:`_in_registers`):
+    stored and loaded again, each vector of decoded weights costs its store on the FMA pipes (a zmm store about 1.6
+    FMAs' time on Zen 4), and a tile of 8 rows has only 8 FMAs per vector of weights. With more tiles, the panel
+    decoded once serves every tile. (:class:`ByPanels`' statements write whole panels: stored at any rows.)"""
     # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
     # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
     stmts = _sequence([func.body.block.body])
