@@ -9,8 +9,9 @@ output channels over all of K, laid out K-major ([K, COLS], the layout
 panel of the dense kernel's packed weight: L1 or L2) at the top of the panel's
 parallel iteration, and then every row of activations runs over it in the
 register tiles of :func:`..schedules.matmul.schedule_matmul`, the dense GEMM's
-own schedule. Where the rows are one register tile (at most 16: a branch at run time), a decode by weight or by
-runs stores no panel: its vectors go to the tile's FMAs in registers as its k loop reaches them (:func:`schedule`).
+own schedule. Where the rows are one register tile (at most ``matmul.ROWS``: a branch at run time), a decode by
+weight or by runs stores no panel: its vectors go to the tile's FMAs in registers as its k loop reaches them
+(:func:`schedule`).
 Each weight is decoded once per call, as the codec's :data:`Decode` states it:
 :class:`ByWeight`, in vectors along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels); :class:`ByRuns`, a run of 16 channels over a group of K at a time in the
@@ -410,12 +411,12 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     top of its parallel iteration, by weight (:class:`ByWeight`) in vectors along its channels, group by group where
     it has a group; the stored rows' output channels (``inverse``) computed first, serially.
 
-    Where one register tile of rows is the whole call (leading dims 1, at most 8 rows, else at most 16 in a tile of
-    16: ``TILES_IN_REGISTERS``; branches at run time where the rows are symbolic), the weights go from the decode to
-    the FMAs in registers instead, each decoded once as the tile's k loop reaches it (:func:`_in_registers`):
-    stored and loaded again, each vector of decoded weights costs its store on the FMA pipes (a zmm store about 1.6
-    FMAs' time on Zen 4), and a tile of 8 rows has only 8 FMAs per vector of weights. With more tiles, the panel
-    decoded once serves every tile. (:class:`ByPanels`' statements write whole panels: stored at any rows.)"""
+    Where one register tile of rows is the whole call (leading dims 1, at most ``matmul.ROWS`` rows: a branch at
+    run time where the rows are symbolic), the weights go from the decode to the FMAs in registers instead, each
+    decoded once as the tile's k loop reaches it (:func:`_in_registers`): stored and loaded again, each vector of
+    decoded weights costs its store on the FMA pipes (a zmm store about 1.6 FMAs' time on Zen 4), and a tile of 8
+    rows has only 8 FMAs per vector of weights. With more tiles, the panel decoded once serves every tile.
+    (:class:`ByPanels`' statements write whole panels: stored at any rows.)"""
     # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
     # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
     stmts = _sequence([func.body.block.body])
@@ -424,33 +425,22 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     rest = _with_root(func, [s for s in stmts if _names(s) != {INVERSE}])
     attrs = DecoderAttrs.read(decode)
     lead = list(func.params[0].shape[:-1])
-    branches = []  # (a condition on the rows, the kernel where it holds), the first that holds taken
-    for rows in ([] if attrs.decode == "panels" else TILES_IN_REGISTERS):
-        at_most = tvm.sym.Analyzer().simplify(tirx.all(*[d == 1 for d in lead[:-1]], lead[-1] <= rows)
-                                              if len(lead) > 1 else lead[-1] <= rows)
-        if _is_const(at_most, False):
-            continue
-        # each with a decoded buffer of its own: one buffer in several branches would be allocated where they meet
-        # (the root: every panel at once)
-        branches.append((at_most, _in_registers(_fresh_decoded(rest), attrs, len(lead), rows)))
-        if _is_const(at_most, True):
-            break
-    if branches and _is_const(branches[-1][0], True):
-        *branches, (_, last) = branches
+    one_tile = tvm.sym.Analyzer().simplify(tirx.all(*[d == 1 for d in lead[:-1]], lead[-1] <= matmul.ROWS)
+                                           if len(lead) > 1 else lead[-1] <= matmul.ROWS)
+    if attrs.decode == "panels" or _is_const(one_tile, False):
+        scheduled = _tiled(rest, attrs)
+    elif _is_const(one_tile, True):
+        scheduled = _in_registers(rest, attrs, len(lead))
     else:
-        last = _tiled(rest, attrs)  # a panel decoded once for every tile
-    body, allocated = last.body.block.body, list(last.body.block.alloc_buffers)
-    for condition, kernel in reversed(branches):
-        body = tirx.IfThenElse(condition, matmul.fresh_definitions(kernel.body.block.body), body)
-        allocated += [b for b in kernel.body.block.alloc_buffers if not any(b.same_as(a) for a in allocated)]
-    scheduled = _with_root_block(last, body, allocated)  # (allocated once: the inverse is every branch's)
+        whole = _tiled(rest, attrs)
+        # the one-tile copy with a decoded buffer of its own: one buffer in both branches would be allocated where
+        # both meet (the root: every panel at once)
+        few = _in_registers(_fresh_decoded(rest), attrs, len(lead))
+        body = tirx.IfThenElse(one_tile, matmul.fresh_definitions(few.body.block.body), whole.body.block.body)
+        allocated = list(few.body.block.alloc_buffers)
+        allocated += [b for b in whole.body.block.alloc_buffers if not any(b.same_as(a) for a in allocated)]
+        scheduled = _with_root_block(whole, body, allocated)  # (allocated once: the inverse is both branches')
     return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
-
-
-TILES_IN_REGISTERS = (matmul.ROWS, 2 * matmul.ROWS)  # the rows of the tiles over the weights in registers
-# (:func:`_in_registers`), the smallest that holds the call's rows taken: at 9-16 rows a tile of 16 rows and 16
-# channels (16 accumulators) multiplies each vector of weights 16 times where two tiles of 8 rows stored the panel
-# (bie-bitplane 4 bits, 16 rows: 1.16 -> 1.04 of the dense GEMM's time; computing 16 rows at 8 doubled the time)
 
 
 def _is_const(expr: tirx.Expr, value: bool) -> bool:
@@ -465,16 +455,15 @@ def _fresh_decoded(func: tirx.PrimFunc) -> tirx.PrimFunc:
                                                  order="post"))
 
 
-def _tiles(func: tirx.PrimFunc, cols: int = matmul.COLS, rows: int = matmul.ROWS
-           ) -> tuple[s_tir.Schedule, s_tir.schedule.SBlockRV]:
+def _tiles(func: tirx.PrimFunc, cols: int = matmul.COLS) -> tuple[s_tir.Schedule, s_tir.schedule.SBlockRV]:
     """A schedule of ``func`` (a :func:`plain` kernel, the inverse set aside) with its product in register tiles of
-    ``rows`` x ``cols`` (``schedule_matmul``, the panels the parallel loop, the leading dims and rows inside) and the
-    product's block."""
+    ``matmul.ROWS`` x ``cols`` (``schedule_matmul``, the panels the parallel loop, the leading dims and rows inside)
+    and the product's block."""
     sch = s_tir.Schedule(func)
     if SCALES in _names(func.body.block.body):
         sch.compute_inline(sch.get_sblock(SCALES))
     block = sch.get_sblock(BLOCK)
-    matmul.schedule_matmul(sch, block, rows=rows, cols=cols, batch_in_task=True)
+    matmul.schedule_matmul(sch, block, cols=cols, batch_in_task=True)
     return sch, block
 
 
@@ -497,19 +486,24 @@ def _tiled(func: tirx.PrimFunc, attrs: DecoderAttrs) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def _in_registers(func: tirx.PrimFunc, attrs: DecoderAttrs, lead: int, rows: int) -> tirx.PrimFunc:
-    """:func:`_tiles` for one tile of ``rows`` rows, the weights decoded into registers where the tile uses them: a
-    weight's decode (:class:`ByWeight`) inlined into the tile's FMAs (computed once per k and vector: the rows share
-    it); a run's (:class:`ByRuns`) computed group by group in the tile's k loop, each vector of weights it stores
-    going to the tile's FMAs instead (:func:`_runs_into_tile`). ``lead``: the rows' dims. A tile of 8 rows over a
-    weight's decode is ``matmul.COLS`` wide; over a run's, or of more rows, a run wide (``VECTOR``): 8 rows over
-    two runs kept every row's x broadcast live from one run's FMAs to the other's, and LLVM spilled them."""
-    cols = matmul.COLS if attrs.decode == "weight" and rows == matmul.ROWS else VECTOR
-    sch, block = _tiles(func, cols, rows)
+def _in_registers(func: tirx.PrimFunc, attrs: DecoderAttrs, lead: int) -> tirx.PrimFunc:
+    """:func:`_tiles` for one tile of rows, the weights decoded into registers where the tile uses them: a weight's
+    decode (:class:`ByWeight`) inlined into the tile's FMAs (computed once per k and vector: the rows share it); a
+    run's (:class:`ByRuns`) computed group by group in the tile's k loop, each vector of weights it stores going to
+    the tile's FMAs instead (:func:`_runs_into_tile`). ``lead``: the rows' dims. The tile over a run's decode is a
+    run wide (``VECTOR``): over two runs, every row's x broadcast stayed live from one run's FMAs to the other's,
+    and LLVM spilled them."""
+    cols = matmul.COLS if attrs.decode == "weight" else VECTOR
+    sch, block = _tiles(func, cols)
+    # one tile: no full tiles to partition from a tail (the FMAs are not predicated on the rows, the write-back
+    # is: :func:`_tile_accumulator`), and each copy of the code costs its build
+    for loop in sch.get_loops(block):
+        if "pragma_loop_partition_hint" in sch.get(loop).annotations:
+            sch.unannotate(loop, "pragma_loop_partition_hint")
     decoding = sch.get_sblock(DECODED)
     if attrs.decode == "weight":
         sch.compute_inline(decoding)
-        return _tile_accumulator(sch.mod["main"], rows, cols)
+        return _tile_accumulator(sch.mod["main"], cols)
     k = int(sch.get(block).iter_vars[-1].dom.extent)
     tile = sch.get_loops(block)[lead]  # (the panels, the leading dims but the rows, the tiles of rows, k...)
     if k > attrs.group:
@@ -519,7 +513,7 @@ def _in_registers(func: tirx.PrimFunc, attrs: DecoderAttrs, lead: int, rows: int
     loops = sch.get_loops(decoding)
     for loop in loops[[sch.get(l).same_as(sch.get(tile)) for l in loops].index(True) + 1:]:
         sch.unroll(loop)  # the runs (and groups) of a chunk: the tile's channels constant in its FMAs
-    return _runs_into_tile(_tile_accumulator(sch.mod["main"], rows, cols), k, attrs.group)
+    return _runs_into_tile(_tile_accumulator(sch.mod["main"], cols), k, attrs.group)
 
 
 def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
@@ -529,7 +523,6 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
     groups)."""
     update = next(r for r in _realizes(func.body) if r.block.name_hint == f"{BLOCK}_update")
     *outer, row, channel, rk = (iv.var for iv in update.block.iter_vars)
-    rows = update.block.iter_vars[-3].dom.extent
     bound = {iv.var: value for iv, value in zip(update.block.iter_vars, update.iter_values)}
     loops = []
     tvm_ffi.structural_map(func.body, [(tirx.For, lambda loop: loops.append(loop) or loop)], order="post")
@@ -538,22 +531,10 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
     tile_row = tile_rows.loop_var
     product = update.block.body  # tile[row, channel] += x[row, rk] * decoded[channel // COLS, rk, channel % COLS]
     decoded = next(b for b in func.body.block.alloc_buffers if b.name == DECODED)
-    x = func.params[0]
     weights = tirx.decl_buffer((VECTOR,), "float32", "weights_of_run", scope="local")
 
-    def reads(lane):
-        """The product's loads: the decoded weights from the run's vector; a row of x past the last read as the
-        last (every row of the tile is multiplied, unpredicated: a predicate on each FMA cost its branch, and the
-        tile's rows past the last are not written back)."""
-        def read(load):
-            if load.source.same_as(decoded):
-                return tirx.BufferLoad(weights, [lane])
-            if load.source.same_as(x):
-                *before, at, kk = load.indices
-                return tirx.BufferLoad(x, [*before, tirx.min(at, rows - 1), kk])
-            return load
-
-        return read
+    def reads(lane):  # the decoded weights read from the run's vector
+        return lambda load: tirx.BufferLoad(weights, [lane]) if load.source.same_as(decoded) else load
 
     def multiplied(stored: tirx.BufferStore) -> tirx.Stmt:
         """The tile's FMAs of the vector ``stored`` (``decoded[panel, kk, first:first + VECTOR]``)."""
@@ -587,16 +568,20 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
     return _with_root_block(func, body, allocated)
 
 
-def _tile_accumulator(func: tirx.PrimFunc, rows: int, cols: int) -> tirx.PrimFunc:
-    """``func`` (one tile of rows) with the tile's accumulator a buffer of one whole tile, indexed within it: the
-    accumulator of the rows (a buffer of the call's rows, allocated per panel in the runtime's workspace) written
-    under a predicate on the rows cannot stay in registers (a tile of fewer rows than ``rows``); one whole tile
-    can, and stays on the stack. ``rows``, ``cols``: the tile's."""
+def _tile_accumulator(func: tirx.PrimFunc, cols: int) -> tirx.PrimFunc:
+    """``func`` (one tile of rows: its k loop not split) with the tile's accumulator a buffer of one whole tile,
+    indexed within it, and every row of the tile zeroed and multiplied, unpredicated (a row of x past the last read
+    as the last; the write-back still writes the rows there are). The accumulator of the call's rows (allocated
+    per panel in the runtime's workspace), written under a predicate on the rows, stays in memory where a tile has
+    fewer rows than ``matmul.ROWS`` (a load and store per FMA), and a predicate on each FMA costs its branch; a
+    whole tile stays in registers (on the stack). ``cols``: the tile's."""
     update = next(r for r in _realizes(func.body) if r.block.name_hint == f"{BLOCK}_update")
     accumulator = update.block.writes[0].source
     by_tile = len(accumulator.shape) == len(update.block.iter_vars) + 1  # (schedule_matmul's layout by tile)
+    rows = matmul.ROWS
     shape = accumulator.shape[-2:] if by_tile else [rows, cols]
     tile = tirx.decl_buffer(shape, accumulator.dtype, accumulator.name, scope="local")
+    x, last_row = func.params[0], update.block.iter_vars[-3].dom.extent - 1
 
     def within(indices):
         *_, row, column = indices
@@ -607,11 +592,25 @@ def _tile_accumulator(func: tirx.PrimFunc, rows: int, cols: int) -> tirx.PrimFun
         return [row, column] if by_tile else [Range.from_min_extent(row.min % rows, row.extent),
                                               Range.from_min_extent(column.min % cols, column.extent)]
 
+    def load(ld):
+        if ld.source.same_as(accumulator):
+            return tirx.BufferLoad(tile, within(ld.indices))
+        if ld.source.same_as(x):
+            *before, row, kk = ld.indices
+            return tirx.BufferLoad(x, [*before, tirx.min(row, last_row), kk])
+        return ld
+
+    def unpredicated(realize):
+        if realize.block.name_hint not in (f"{BLOCK}_init", f"{BLOCK}_update"):
+            return realize
+        return s_tir.SBlockRealize(realize.iter_values, True, realize.block)
+
     mine = accumulator.same_as
     body = tvm_ffi.structural_map(func.body.block.body, [
-        (TensorLoad, lambda ld: tirx.BufferLoad(tile, within(ld.indices)) if mine(ld.source) else ld),
+        (TensorLoad, load),
         (tirx.BufferStore, lambda st: tirx.BufferStore(tile, st.value, within(st.indices)) if mine(st.buffer) else st),
-        (TensorRegion, lambda r: tirx.BufferRegion(tile, region(r.region)) if mine(r.source) else r)], order="post")
+        (TensorRegion, lambda r: tirx.BufferRegion(tile, region(r.region)) if mine(r.source) else r),
+        (s_tir.SBlockRealize, unpredicated)], order="post")
     return _with_root_block(func, body, [tile if mine(b) else b for b in func.body.block.alloc_buffers])
 
 
