@@ -141,8 +141,11 @@ def test_what_the_schedule_reads_of_a_decoder_survives_its_carried_script():
     by_weight = panel_gemm.ByWeight(lambda p, kk, c: view[p * 32 + c, kk // 4], group=8, unroll=4,
                                     views=[(view, words)])
     by_panels = panel_gemm.ByPanels(lambda holders, decoded, p: tirx.Evaluate(0))
+    zeros = tirx.Broadcast(tirx.const(0, "float32"), panel_gemm.VECTOR)
+    by_runs = panel_gemm.ByRuns(lambda holders, first, g: [panel_gemm.RunStore(kk, zeros) for kk in range(16)], 16)
     for decode, position_of, want in [
             (by_weight, position, panel_gemm.DecoderAttrs(2, 40, 0, [1], "weight", 8, 4)),
+            (by_runs, None, panel_gemm.DecoderAttrs(2, 40, -1, [], "runs", 16, 1)),  # the group: the tile's chunks
             (by_panels, None, panel_gemm.DecoderAttrs(2, 40, -1, [], "panels", 0, 1))]:
         func = panel_gemm.decoder(decode, [position, words], 40, 32, position=position_of)
         assert panel_gemm.DecoderAttrs.read(tvm.script.from_source(func.script())) == want

@@ -569,7 +569,8 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
 
 
 def _tile_accumulator(func: tirx.PrimFunc, cols: int) -> tirx.PrimFunc:
-    """``func`` (one tile of rows: its k loop not split) with the tile's accumulator a buffer of one whole tile,
+    """``func`` (one tile of rows; the product's predicate on its rows alone, or the product replaced by
+    :func:`_runs_into_tile`, which guards K itself) with the tile's accumulator a buffer of one whole tile,
     indexed within it, and every row of the tile zeroed and multiplied, unpredicated (a row of x past the last read
     as the last; the write-back still writes the rows there are). The accumulator of the call's rows (allocated
     per panel in the runtime's workspace), written under a predicate on the rows, stays in memory where a tile has
