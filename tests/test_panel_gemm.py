@@ -2,6 +2,8 @@
 codec's reference decoder and a float64 matmul: one row, a register tile of rows, many rows with a ragged last tile;
 N not a multiple of the 32-channel panel (nor of 16), K odd."""
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -81,12 +83,49 @@ def test_without_avx512_the_integer_codes_run_the_panel_gemm():
 
 
 def test_each_panel_is_decoded_inside_the_parallel_loop_in_vectors(target):
-    """One decode per panel per call (not per tile of rows), vectors along the panel's channels, no dense weight."""
+    """Above one tile of rows: one decode per panel per call (not per tile of rows), vectors along the panel's
+    channels, no dense weight."""
     enc = CODECS["int8"].encode(np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32),
                                 make_config("int8", {}))
     script = kernel_for(enc, target).large_batch.func.without_attr(panel_gemm.DECODER_ATTR).script()
-    parallel, decode, rows = (script.index(s) for s in ("T.parallel(2)", 'T.sblock("decoded")', "T.serial("))
-    assert parallel < decode < rows and "T.vectorized(16)" in script
+    assert script.count("if m <= T.int64(8):") == 1
+    many = script[_past_the_tile_in_registers(script):]
+    parallel, decode, rows = (many.index(s) for s in ("T.parallel(2)", 'T.sblock("decoded")', "T.serial("))
+    assert parallel < decode < rows and "T.vectorized(16)" in many
+
+
+@pytest.mark.parametrize("codec,options,mcpu", [("int8", {}, None), ("bie-bitplane", {"bits": 4}, None),
+                                                ("bbs", {"preset": "moderate"}, None), ("bitwave", {}, None),
+                                                ("bie-bitplane", {"bits": 4}, "cascadelake")])
+def test_one_tile_of_rows_multiplies_the_weights_from_registers(codec, options, mcpu):
+    """Up to one tile of rows (8) the decoded weights go to the FMAs without a decoded buffer (a weight's decode
+    inlined, a run's stores multiplied into the tile) into a tile-sized accumulator; every row count up to 8 (the
+    tile's rows past the last multiplied, not written back) and past it (the whole-panel branch), K not whole
+    groups of the run decodes (97: the last group's weights past K not multiplied), match the reference decoder.
+    cascadelake: no GFNI/VBMI, the bit planes decoded weight by weight."""
+    target = make_target(mcpu=mcpu) if mcpu else make_target()
+    n, k = 70, 97
+    rng = np.random.default_rng(7)
+    w = rng.standard_t(4, (n, k)).astype(np.float32)
+    config = make_config(codec, options)
+    enc = CODECS[codec].encode(w, config)
+    kernels = kernel_for(enc, target, **kernel_options(config))
+    func = kernels.large_batch.func.without_attr(panel_gemm.DECODER_ATTR)
+    script = func.script()
+    few = script[script.index("if m <= T.int64(8):"):_past_the_tile_in_registers(script)]
+    assert "decoded" not in few and "panel_gemm_local" in few
+    assert re.search(r'T.sblock_alloc_buffer\(\(8, (16|32)\), scope="local"\)', script)  # the accumulator: a tile
+    kernel = build(kernels.large_batch.func, target)
+    decoded = CODECS[codec].decode(enc).astype(np.float64)
+    for rows in (1, 3, 7, 8, 9):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        assert_close(call(kernel, x, computed_constants(kernels, target), (rows, n)), x @ decoded.T, context=rows)
+
+
+def _past_the_tile_in_registers(script: str) -> int:
+    """Where a panel GEMM's TVMScript reaches its branch past the tile over the weights in registers (if m <= 8:
+    ..., else: this)."""
+    return script.index("\n    else:\n", script.index("if m <= T.int64(8):"))
 
 
 def _words_and_view():
@@ -102,8 +141,11 @@ def test_what_the_schedule_reads_of_a_decoder_survives_its_carried_script():
     by_weight = panel_gemm.ByWeight(lambda p, kk, c: view[p * 32 + c, kk // 4], group=8, unroll=4,
                                     views=[(view, words)])
     by_panels = panel_gemm.ByPanels(lambda holders, decoded, p: tirx.Evaluate(0))
+    zeros = tirx.Broadcast(tirx.const(0, "float32"), panel_gemm.VECTOR)
+    by_runs = panel_gemm.ByRuns(lambda holders, first, g: [panel_gemm.RunStore(kk, zeros) for kk in range(16)], 16)
     for decode, position_of, want in [
             (by_weight, position, panel_gemm.DecoderAttrs(2, 40, 0, [1], "weight", 8, 4)),
+            (by_runs, None, panel_gemm.DecoderAttrs(2, 40, -1, [], "runs", 16, 1)),  # the group: the tile's chunks
             (by_panels, None, panel_gemm.DecoderAttrs(2, 40, -1, [], "panels", 0, 1))]:
         func = panel_gemm.decoder(decode, [position, words], 40, 32, position=position_of)
         assert panel_gemm.DecoderAttrs.read(tvm.script.from_source(func.script())) == want

@@ -9,7 +9,10 @@ output channels over all of K, laid out K-major ([K, COLS], the layout
 panel of the dense kernel's packed weight: L1 or L2) at the top of the panel's
 parallel iteration, and then every row of activations runs over it in the
 register tiles of :func:`..schedules.matmul.schedule_matmul`, the dense GEMM's
-own schedule. Each weight is decoded once per call, as the codec's :data:`Decode` states it:
+own schedule. Where the rows are one register tile (at most ``matmul.ROWS``: a branch at run time), a decode by
+weight or by runs stores no panel: its vectors go to the tile's FMAs in registers as its k loop reaches them
+(:func:`schedule`).
+Each weight is decoded once per call, as the codec's :data:`Decode` states it:
 :class:`ByWeight`, in vectors along the channels of the panel, where the codecs' arrays hold them contiguously
 (K-major panels of 16 or 32 channels); :class:`ByRuns`, a run of 16 channels over a group of K at a time in the
 codec's own vector code (a bit transpose: the int8 tables' bytes of ``bitplane_lut`` and ``bbs_decoded``, and the
@@ -41,6 +44,7 @@ import tvm.script
 import tvm_ffi
 from tvm import s_tir, te, tirx
 from tvm.ir import Range
+from tvm.ir.expr import TensorLoad, TensorRegion
 
 from ..kernel_registry import KernelCall
 from ..layout_memo import Recent
@@ -151,7 +155,7 @@ class DecoderAttrs(NamedTuple):
     views: list[int]  # the holder each view reads
     decode: str  # "weight": the schedule vectorizes the decoded block along the channels; "runs", "panels": the
     # block is the codec's own (vectors already)
-    group: int  # ByWeight's group (0 for none) and unroll: the vectorized decode's loops
+    group: int  # ByWeight's group (0 for none) and unroll: the vectorized decode's loops; ByRuns' group
     unroll: int
 
     @classmethod
@@ -159,8 +163,10 @@ class DecoderAttrs(NamedTuple):
         views = [] if isinstance(decode, ByPanels) else [_index(holders, holder) for _, holder in decode.views]
         if isinstance(decode, ByWeight):
             kind, group, unroll = "weight", decode.group or 0, decode.unroll
+        elif isinstance(decode, ByRuns):
+            kind, group, unroll = "runs", decode.group, 1
         else:
-            kind, group, unroll = "runs" if isinstance(decode, ByRuns) else "panels", 0, 1
+            kind, group, unroll = "panels", 0, 1
         return cls(len(holders), n, -1 if position is None else _index(holders, position), views, kind, group, unroll)
 
     @classmethod
@@ -403,35 +409,227 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     """A :func:`plain` kernel (and the elementwise blocks after it) scheduled: the register tiles of
     ``schedule_matmul`` in parallel over the panels, the leading dims and rows inside; each panel decoded at the
     top of its parallel iteration, by weight (:class:`ByWeight`) in vectors along its channels, group by group where
-    it has a group; the stored rows' output channels (``inverse``) computed first, serially."""
+    it has a group; the stored rows' output channels (``inverse``) computed first, serially.
+
+    Where one register tile of rows is the whole call (leading dims 1, at most ``matmul.ROWS`` rows: a branch at
+    run time where the rows are symbolic), the weights go from the decode to the FMAs in registers instead, each
+    decoded once as the tile's k loop reaches it (:func:`_in_registers`): stored and loaded again, each vector of
+    decoded weights costs its store on the FMA pipes (a zmm store about 1.6 FMAs' time on Zen 4), and a tile of 8
+    rows has only 8 FMAs per vector of weights. With more tiles, the panel decoded once serves every tile.
+    (:class:`ByPanels`' statements write whole panels: stored at any rows.)"""
     # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
     # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
     stmts = _sequence([func.body.block.body])
     stmts = list(stmts.seq) if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts]
     aside = [s for s in stmts if _names(s) == {INVERSE}]
-    sch = s_tir.Schedule(_with_root(func, [s for s in stmts if _names(s) != {INVERSE}]))
-    if any(SCALES in _names(s) for s in stmts):
+    rest = _with_root(func, [s for s in stmts if _names(s) != {INVERSE}])
+    attrs = DecoderAttrs.read(decode)
+    lead = list(func.params[0].shape[:-1])
+    one_tile = tvm.sym.Analyzer().simplify(tirx.all(*[d == 1 for d in lead[:-1]], lead[-1] <= matmul.ROWS)
+                                           if len(lead) > 1 else lead[-1] <= matmul.ROWS)
+    if attrs.decode == "panels" or _is_const(one_tile, False):
+        scheduled = _tiled(rest, attrs)
+    elif _is_const(one_tile, True):
+        scheduled = _in_registers(rest, attrs, len(lead))
+    else:
+        whole = _tiled(rest, attrs)
+        # the one-tile copy with a decoded buffer of its own: one buffer in both branches would be allocated where
+        # both meet (the root: every panel at once)
+        few = _in_registers(_fresh_decoded(rest), attrs, len(lead))
+        body = tirx.IfThenElse(one_tile, matmul.fresh_definitions(few.body.block.body), whole.body.block.body)
+        allocated = list(few.body.block.alloc_buffers)
+        allocated += [b for b in whole.body.block.alloc_buffers if not any(b.same_as(a) for a in allocated)]
+        scheduled = _with_root_block(whole, body, allocated)  # (allocated once: the inverse is both branches')
+    return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
+
+
+def _is_const(expr: tirx.Expr, value: bool) -> bool:
+    return isinstance(expr, tirx.IntImm) and bool(expr.value) == value
+
+
+def _fresh_decoded(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with a new buffer for its decoded panels."""
+    decoded = next(b for b in func.body.block.alloc_buffers if b.name == DECODED)
+    fresh = tirx.decl_buffer(decoded.shape, decoded.dtype, decoded.name, scope=decoded.scope())
+    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.Var, lambda v: fresh if v.same_as(decoded) else v),
+                                                 order="post"))
+
+
+def _tiles(func: tirx.PrimFunc, cols: int = matmul.COLS) -> tuple[s_tir.Schedule, s_tir.schedule.SBlockRV]:
+    """A schedule of ``func`` (a :func:`plain` kernel, the inverse set aside) with its product in register tiles of
+    ``matmul.ROWS`` x ``cols`` (``schedule_matmul``, the panels the parallel loop, the leading dims and rows inside)
+    and the product's block."""
+    sch = s_tir.Schedule(func)
+    if SCALES in _names(func.body.block.body):
         sch.compute_inline(sch.get_sblock(SCALES))
     block = sch.get_sblock(BLOCK)
-    matmul.schedule_matmul(sch, block, batch_in_task=True)
-    panel_loop = sch.get_loops(block)[0]  # the parallel loop over panels; rows of activations run inside it
+    matmul.schedule_matmul(sch, block, cols=cols, batch_in_task=True)
+    return sch, block
+
+
+def _tiled(func: tirx.PrimFunc, attrs: DecoderAttrs) -> tirx.PrimFunc:
+    """:func:`_tiles`, each panel decoded at the top of its parallel iteration (for every tile of rows)."""
+    sch, block = _tiles(func)
     decoding = sch.get_sblock(DECODED)
-    sch.compute_at(decoding, panel_loop)
-    attrs = DecoderAttrs.read(decode)
+    sch.compute_at(decoding, sch.get_loops(block)[0])
     if attrs.decode == "weight":  # (a codec's runs and panels are vectors already)
         *_, kk, c = sch.get_loops(decoding)  # (kk is not a loop when K is 1)
         runs, lane = sch.split(c, [None, VECTOR])
         group = attrs.group
-        k = int(sch.get(decoding).iter_vars[1].dom.extent)
-        if group and k > group:  # a group's words and metadata are loaded and decoded once per run
-            groups, kk = sch.split(kk, [None, group])
+        if group and int(sch.get(kk).extent) > group:  # a group's words and metadata are loaded and decoded once
+            groups, kk = sch.split(kk, [None, group])   # per run
             sch.reorder(groups, runs, kk, lane)
             if attrs.unroll > 1:
                 sch.unroll(sch.split(kk, [None, attrs.unroll])[1])
         sch.vectorize(lane)
         sch.unroll(runs)
-    scheduled = sch.mod["main"]
-    return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
+    return sch.mod["main"]
+
+
+def _in_registers(func: tirx.PrimFunc, attrs: DecoderAttrs, lead: int) -> tirx.PrimFunc:
+    """:func:`_tiles` for one tile of rows, the weights decoded into registers where the tile uses them: a weight's
+    decode (:class:`ByWeight`) inlined into the tile's FMAs (computed once per k and vector: the rows share it); a
+    run's (:class:`ByRuns`) computed group by group in the tile's k loop, each vector of weights it stores going to
+    the tile's FMAs instead (:func:`_runs_into_tile`). ``lead``: the rows' dims. The tile over a run's decode is a
+    run wide (``VECTOR``): over two runs, every row's x broadcast stayed live from one run's FMAs to the other's,
+    and LLVM spilled them."""
+    cols = matmul.COLS if attrs.decode == "weight" else VECTOR
+    sch, block = _tiles(func, cols)
+    # one tile: no full tiles to partition from a tail (the FMAs are not predicated on the rows, the write-back
+    # is: :func:`_tile_accumulator`), and each copy of the code costs its build
+    for loop in sch.get_loops(block):
+        if "pragma_loop_partition_hint" in sch.get(loop).annotations:
+            sch.unannotate(loop, "pragma_loop_partition_hint")
+    decoding = sch.get_sblock(DECODED)
+    if attrs.decode == "weight":
+        sch.compute_inline(decoding)
+        return _tile_accumulator(sch.mod["main"], cols)
+    k = int(sch.get(block).iter_vars[-1].dom.extent)
+    tile = sch.get_loops(block)[lead]  # (the panels, the leading dims but the rows, the tiles of rows, k...)
+    if k > attrs.group:
+        step = matmul.k_unroll(tirx.IntImm("int32", k))  # the tile's k loop: steps of `step` k
+        tile = sch.split(sch.get_loops(block)[lead + 1], [None, attrs.group // step])[0]
+    sch.compute_at(decoding, tile)
+    loops = sch.get_loops(decoding)
+    for loop in loops[[sch.get(l).same_as(sch.get(tile)) for l in loops].index(True) + 1:]:
+        sch.unroll(loop)  # the runs (and groups) of a chunk: the tile's channels constant in its FMAs
+    return _runs_into_tile(_tile_accumulator(sch.mod["main"], cols), k, attrs.group)
+
+
+def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
+    """``func`` (:func:`_in_registers`' schedule of a run decode) with each vector the decode stores (a run's 16
+    channels at one k) multiplied into the tile's rows there, in place of the tile's own loops over the stored
+    weights: no decoded buffer. ``k``: K; ``group``: the decode's (its groups run past K where K is not whole
+    groups)."""
+    update = next(r for r in _realizes(func.body) if r.block.name_hint == f"{BLOCK}_update")
+    *outer, row, channel, rk = (iv.var for iv in update.block.iter_vars)
+    bound = {iv.var: value for iv, value in zip(update.block.iter_vars, update.iter_values)}
+    loops = []
+    tvm_ffi.structural_map(func.body, [(tirx.For, lambda loop: loops.append(loop) or loop)], order="post")
+    tile_rows = next(loop for loop in loops if loop.kind == tirx.ForKind.UNROLLED
+                     and any(v.same_as(loop.loop_var) for v in tirx.analysis.undefined_vars(bound[row])))
+    tile_row = tile_rows.loop_var
+    product = update.block.body  # tile[row, channel] += x[row, rk] * decoded[channel // COLS, rk, channel % COLS]
+    decoded = next(b for b in func.body.block.alloc_buffers if b.name == DECODED)
+    weights = tirx.decl_buffer((VECTOR,), "float32", "weights_of_run", scope="local")
+
+    def reads(lane):  # the decoded weights read from the run's vector
+        return lambda load: tirx.BufferLoad(weights, [lane]) if load.source.same_as(decoded) else load
+
+    def multiplied(stored: tirx.BufferStore) -> tirx.Stmt:
+        """The tile's FMAs of the vector ``stored`` (``decoded[panel, kk, first:first + VECTOR]``)."""
+        panel, kk, columns = stored.indices
+        row_of, lane = tirx.Var("row", tile_row.ty), tirx.Var("lane", columns.base.ty)
+        values = {**{v: bound[v] for v in outer}, rk: kk, row: _substituted(bound[row], {tile_row: row_of}),
+                  channel: (panel * int(decoded.shape[-1]) + columns.base + lane).astype(channel.ty)}
+        fma = _substituted(tvm_ffi.structural_map(product, [(TensorLoad, reads(lane))], order="post"), values)
+        if k % group:  # the last group's weights past K are not multiplied (nor x read past K)
+            fma = tirx.IfThenElse(kk < k, fma, None)
+        fmas = tirx.For(lane, 0, VECTOR, tirx.ForKind.VECTORIZED, fma)
+        return tirx.stmt.SeqStmt([tirx.BufferStore(weights, stored.value, [tirx.Ramp(0, 1, VECTOR)]),
+                                  tirx.For(row_of, 0, tile_rows.extent, tirx.ForKind.UNROLLED, fmas)])
+
+    def opened(realize):  # the decode's block: its body, each store multiplied into the tile
+        if realize.block.name_hint != DECODED:
+            return realize
+        body = tvm_ffi.structural_map(realize.block.body, [(tirx.BufferStore, lambda st: multiplied(st)
+                                                            if st.buffer.same_as(decoded) else st)], order="post")
+        return _substituted(body, {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)})
+
+    def without_tile_loops(stmt):  # the sequence (decode, the tile's loops over k) left with the decode
+        if not isinstance(stmt, tirx.stmt.SeqStmt):
+            return stmt
+        kept = [s for s in stmt.seq if f"{BLOCK}_update" not in _names(s)]
+        return stmt if len(kept) == len(stmt.seq) else _sequence(kept)
+
+    body = tvm_ffi.structural_map(func.body.block.body, [(tirx.stmt.SeqStmt, without_tile_loops)], order="post")
+    body = tvm_ffi.structural_map(body, [(s_tir.SBlockRealize, opened)], order="post")
+    allocated = [b for b in func.body.block.alloc_buffers if not b.same_as(decoded)] + [weights]
+    return _with_root_block(func, body, allocated)
+
+
+def _tile_accumulator(func: tirx.PrimFunc, cols: int) -> tirx.PrimFunc:
+    """``func`` (one tile of rows; the product's predicate on its rows alone, or the product replaced by
+    :func:`_runs_into_tile`, which guards K itself) with the tile's accumulator a buffer of one whole tile,
+    indexed within it, and every row of the tile zeroed and multiplied, unpredicated (a row of x past the last read
+    as the last; the write-back still writes the rows there are). The accumulator of the call's rows (allocated
+    per panel in the runtime's workspace), written under a predicate on the rows, stays in memory where a tile has
+    fewer rows than ``matmul.ROWS`` (a load and store per FMA), and a predicate on each FMA costs its branch; a
+    whole tile stays in registers (on the stack). ``cols``: the tile's."""
+    update = next(r for r in _realizes(func.body) if r.block.name_hint == f"{BLOCK}_update")
+    accumulator = update.block.writes[0].source
+    by_tile = len(accumulator.shape) == len(update.block.iter_vars) + 1  # (schedule_matmul's layout by tile)
+    rows = matmul.ROWS
+    shape = accumulator.shape[-2:] if by_tile else [rows, cols]
+    tile = tirx.decl_buffer(shape, accumulator.dtype, accumulator.name, scope="local")
+    x, last_row = func.params[0], update.block.iter_vars[-3].dom.extent - 1
+
+    def within(indices):
+        *_, row, column = indices
+        return [row, column] if by_tile else [row % rows, column % cols]
+
+    def region(ranges):
+        *_, row, column = ranges
+        return [row, column] if by_tile else [Range.from_min_extent(row.min % rows, row.extent),
+                                              Range.from_min_extent(column.min % cols, column.extent)]
+
+    def load(ld):
+        if ld.source.same_as(accumulator):
+            return tirx.BufferLoad(tile, within(ld.indices))
+        if ld.source.same_as(x):
+            *before, row, kk = ld.indices
+            return tirx.BufferLoad(x, [*before, tirx.min(row, last_row), kk])
+        return ld
+
+    def unpredicated(realize):
+        if realize.block.name_hint not in (f"{BLOCK}_init", f"{BLOCK}_update"):
+            return realize
+        return s_tir.SBlockRealize(realize.iter_values, True, realize.block)
+
+    mine = accumulator.same_as
+    body = tvm_ffi.structural_map(func.body.block.body, [
+        (TensorLoad, load),
+        (tirx.BufferStore, lambda st: tirx.BufferStore(tile, st.value, within(st.indices)) if mine(st.buffer) else st),
+        (TensorRegion, lambda r: tirx.BufferRegion(tile, region(r.region)) if mine(r.source) else r),
+        (s_tir.SBlockRealize, unpredicated)], order="post")
+    return _with_root_block(func, body, [tile if mine(b) else b for b in func.body.block.alloc_buffers])
+
+
+def _with_root_block(func: tirx.PrimFunc, body: tirx.Stmt, allocated: list) -> tirx.PrimFunc:
+    return func.with_body(s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "root", body, None, allocated)))
+
+
+def _substituted(node, values: dict):
+    """``node`` with each variable of ``values`` replaced by its value."""
+    pairs = list(values.items())
+    return tvm_ffi.structural_map(node, (tirx.Var, lambda v: next((e for var, e in pairs if var.same_as(v)), v)),
+                                  order="post")
+
+
+def _realizes(stmt) -> list:
+    found = []
+    tvm_ffi.structural_map(stmt, [(s_tir.SBlockRealize, lambda r: found.append(r) or r)], order="post")
+    return found
 
 
 def gemm(decode: Decode, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,

@@ -223,21 +223,28 @@ def narrow_in_loops(func: tirx.PrimFunc, tiled: tirx.PrimFunc, narrow: tirx.Prim
     then a predicated tail whose ROWS x LANES guarded scalar updates per k (128 for one useful one at one token) cost
     far more than the plain loops, one scalar multiply-add per product."""
     plain, scheduled = func.body.block, tiled.body.block
-    root = s_tir.SBlock([], [], [], "root", tirx.IfThenElse(narrow, _fresh_definitions(plain.body), scheduled.body),
+    root = s_tir.SBlock([], [], [], "root", tirx.IfThenElse(narrow, fresh_definitions(plain.body), scheduled.body),
                         None, [*plain.alloc_buffers, *scheduled.alloc_buffers])
     return tiled.with_body(s_tir.SBlockRealize([], True, root))
 
 
-def _fresh_definitions(stmt):
-    """``stmt`` with new variables for its loops and block iterators (a copy defines nothing the original does)."""
+def fresh_definitions(stmt):
+    """``stmt`` with new variables for its loops, block iterators and bindings (a copy defines nothing the original
+    does)."""
     fresh = {}
 
     def collect(node):
-        for var in [node.loop_var] if isinstance(node, tirx.For) else [iv.var for iv in node.iter_vars]:
+        if isinstance(node, tirx.For):
+            defined = [node.loop_var]
+        elif isinstance(node, tirx.Bind):
+            defined = [node.var]
+        else:
+            defined = [iv.var for iv in node.iter_vars]
+        for var in defined:
             fresh[var] = tirx.Var(var.name, var.ty)
         return node
 
-    tvm_ffi.structural_map(stmt, [((tirx.For, s_tir.SBlock), collect)], order="post")
+    tvm_ffi.structural_map(stmt, [((tirx.For, tirx.Bind, s_tir.SBlock), collect)], order="post")
     return tvm_ffi.structural_map(stmt, (tirx.Var, lambda var: fresh.get(var, var)), order="post")
 
 
