@@ -265,10 +265,11 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
     layout is ``bie-bitplane``'s at 4 planes): one bit transpose per 8 weights (:func:`.lut.bit_transposed`), then
     per weight one vpmultishiftqb that moves each lane's offset-binary nibble to the bottom of the lane, one vpermps of
     the 16 numbers it can code as float32 and one multiply-add by ``2^shift`` and the base (:func:`pruned_float`'s).
-    The sensitive rows' group of 8 words per row loaded at once and transposed by shuffles (no scalar inserts), each
-    code moved to the word's top byte and shifted back with its sign. What the weights share is bound once and their
-    repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, printed for every GEMM kernel
-    (and parsed where the process did not print it), stays small (the encoder's compile time)."""
+    The sensitive rows' group of 8 words per row loaded at once (two rows a vector) and transposed by in-lane
+    interleaves and 128-bit lane selects (no scalar inserts, no two-vector permutes); codes 0-2 of a word read as a
+    float's low mantissa bits, code 3 shifted down with its sign and converted. What the weights share is bound once
+    and their repeats are loops (``panel_gemm.RunBinding``, ``RunLoop``): the decoder's TVMScript, printed for every
+    GEMM kernel (and parsed where the process did not print it), stays short (the encoder's compile time)."""
     n = enc.shape[0]
     count = int(enc.header["sensitive"])
     bits = 8 - int(enc.header["pruned_columns"])
@@ -280,6 +281,9 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
 
     def broadcast(value, dtype):
         return tirx.Broadcast(tirx.const(value, dtype), lanes)
+
+    def indices(values):
+        return [tirx.IntImm("int32", i) for i in values]
 
     def bound(name, value, dtype):
         return panel_gemm.RunBinding(tirx.Var(name, dtype), value)
@@ -313,18 +317,59 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
     pruned = pruned_nibbles if tables == "int8" else pruned_columns
 
     def sensitive(sensitive_words, first, g):
-        out = [bound(f"row_{i}", sensitive_words[tirx.min(first + i, last), tirx.Ramp(
-            g * words_per_group, 1, words_per_group)], f"int32x{words_per_group}") for i in range(lanes)]
-        rows = [binding.var for binding in out]
+        # vector p: rows a and b's words (its low and high 256 bits), in the order that leaves the transpose's rows
+        # 0-15 in order
+        rows = [(p, p + 4) if p < 4 else (p + 4, p + 8) for p in range(lanes // 2)]
+        out = [bound(f"rows_{p}", tirx.Shuffle([sensitive_words[tirx.min(first + i, last), tirx.Ramp(
+            g * words_per_group, 1, words_per_group)] for i in pair], indices(range(lanes))), "int32x16")
+            for p, pair in enumerate(rows)]
+        vectors = [binding.var for binding in out]
+        # the 16 x 8 words transposed by in-lane interleaves and vshufi32x4 (as one shuffle of the 16 rows' words,
+        # LLVM made 32 two-vector permutes, vpermt2d, of it): a 4 x 4 transpose within each 128-bit lane over vectors
+        # 0-3 and over 4-7, interleaves of dwords (vectors 0 and 1, 2 and 3), then of qwords (0 and 2, 1 and 3) ...
+        for size, starts, apart in ((4, (0, 2), 1), (8, (0, 1), 2)):
+            dtype = f"int{8 * size}x{lanes * 4 // size}"
+            out += [bound(f"interleaved_{size}_{base + p}_{half}", tirx.reinterpret("int32x16", column_runs.shuffled(
+                tirx.reinterpret(dtype, vectors[base + p]), tirx.reinterpret(dtype, vectors[base + p + apart]),
+                column_runs.interleave(size, half), size)), "int32x16")
+                for base in (0, 4) for p in starts for half in (0, 1)]
+            vectors = [binding.var for binding in out[-len(rows):]]
         for w in range(words_per_group):
-            out.append(bound(f"word_{w}", tirx.Shuffle(rows, [tirx.IntImm("int32", i * words_per_group + w)
-                                                             for i in range(lanes)]), "int32x16"))
+            # ... leave word k of rows 0-3 and 8-11 (vector k) and of rows 4-7 and 12-15 (vector 4 + k) in lanes 0 and
+            # 2 of the vector (word k < 4) or lanes 1 and 3 (word 4 + k): one vshufi32x4 takes them
+            k, lane = w % 4, w // 4
+            out.append(bound(f"word_{w}", tirx.Shuffle([vectors[k], vectors[4 + k]], indices(
+                [lanes * v + 4 * (lane + 2 * h) + e for v in (0, 1) for h in (0, 1) for e in range(4)])), "int32x16"))
             word = out[-1].var
-            b = tirx.Var("b", "int32")  # its code b: moved to the top byte, shifted back with its sign
-            up, down = tirx.Broadcast(24 - 8 * b, lanes), broadcast(24, "int32")
-            out.append(panel_gemm.RunLoop(b, CODES_PER_WORD, [
-                panel_gemm.RunStore(w * CODES_PER_WORD + b, tirx.Cast("float32x16", (word << up) >> down))]))
+            b = tirx.Var("b", "int32")  # codes 0-2 (a loop: the decoder's TVMScript stays short), then code 3
+            shared, value = low_codes(b)
+            out += [panel_gemm.RunLoop(b, CODES_PER_WORD - 1, [
+                *shared, panel_gemm.RunStore(w * CODES_PER_WORD + b, value(word))]), panel_gemm.RunStore(
+                    w * CODES_PER_WORD + CODES_PER_WORD - 1, tirx.Cast("float32x16", word >> broadcast(24, "int32")))]
         return out
+
+    def low_codes(b):
+        """The loop's bindings and code ``b`` (0-2) of each lane's word (int32x16) as float32: codes 0 and 1 where
+        they are, code 2 shifted down to code 1's byte, read as the low bits of a float's mantissa: 2 operations a
+        vector where shifting the code to the top, back with its sign and converting took 3 (the mask and the
+        float's other bits in one vpternlogd, then a subtract)."""
+        at = tirx.min(b, 1)  # the code's byte in the word
+        exponent = 23 - at * 8
+        # the byte with its sign bit flipped (code + 128) as mantissa bits 8 at .. 8 at + 7 of a float of exponent
+        # 23 - 8 at: the float is 2^(23 - 8 at) + code + 128, exact, and so is the difference
+        shared = [bound("down", tirx.Broadcast(((b - at) * 8).astype("uint32"), lanes), "uint32x16"),
+                  bound("mask", tirx.Broadcast(tirx.const(255, "int32") << at * 8, lanes), "int32x16"),
+                  bound("high", tirx.Broadcast((exponent + 127) << 23 | tirx.const(128, "int32") << at * 8,
+                                               lanes), "int32x16"),
+                  bound("bias", tirx.Broadcast(((tirx.const(1, "int32") << exponent) + 128).astype("float32"),
+                                               lanes), "float32x16")]
+        down, mask, high, bias = (binding.var for binding in shared)
+
+        def value(word):
+            moved = tirx.reinterpret("int32x16", tirx.reinterpret("uint32x16", word) >> down)
+            return tirx.reinterpret("float32x16", (moved & mask) ^ high) - bias
+
+        return shared, value
 
     def runs(buffers, first, g):
         _, _, _, columns, meta, sensitive_words = buffers

@@ -46,16 +46,17 @@ LOOKUP_BITS = 4  # columns whose integers a vpermps looks up (16 entries): a ste
 ORDER = [LANE_BYTES * lane + 4 * (p % 4) + p // 4 for lane in range(BYTES // LANE_BYTES) for p in range(LANE_BYTES)]
 
 
-def _interleave(size: int, half: int) -> list[int]:
+def interleave(size: int, half: int) -> list[int]:
     """Indices into two vectors of ``size``-byte elements (the second's from ``BYTES / size``) of their interleave,
     the low (``half`` 0) or high 8 bytes of each 128-bit lane (vpunpckl/h): elements, not bytes, so that the
-    decoder's TVMScript, parsed again for each fused GEMM kernel, holds fewer numbers."""
+    decoder's TVMScript, parsed again for each fused GEMM kernel, holds fewer numbers (also the transpose of ``bbs``'s
+    sensitive rows' words, :func:`.bbs_decoded.run_weights`)."""
     count, per_lane = BYTES // size, LANE_BYTES // size
     return [source * count + per_lane * lane + per_lane // 2 * half + i for lane in range(BYTES // LANE_BYTES)
             for i in range(per_lane // 2) for source in (0, 1)]
 
 
-def _shuffled(x, y, indices: list[int], size: int):
+def shuffled(x, y, indices: list[int], size: int):
     """The ``size``-byte elements of ``x`` and ``y`` (vectors of them, or None for zeros) at ``indices``: None where
     both are zeros."""
     if x is None and y is None:
@@ -91,16 +92,16 @@ def decoded(column: Callable, bits: int, step, offset=None, scale=None) -> list[
     words = [bound(f"column_{b}", offset_binary(b)) for b in range(bits)] + [None] * (8 - bits)
     stage = [None if value is None else bound(f"bytes_{i}_{half}", tirx.reinterpret("int16x32", value), "int16x32")
              for i in range(4) for half in (0, 1)
-             for value in [_shuffled(words[2 * i], words[2 * i + 1],
-                                     [at // BYTES * BYTES + ORDER[at % BYTES] for at in _interleave(1, half)], 1)]]
+             for value in [shuffled(words[2 * i], words[2 * i + 1],
+                                     [at // BYTES * BYTES + ORDER[at % BYTES] for at in interleave(1, half)], 1)]]
     pairs = [None if value is None else bound(f"pairs_{i}_{a}_{half}", value, "int16x32") for i in range(2)
              for a in (0, 1) for half in (0, 1)
-             for value in [_shuffled(stage[4 * i + a], stage[4 * i + 2 + a], _interleave(2, half), 2)]]
+             for value in [shuffled(stage[4 * i + a], stage[4 * i + 2 + a], interleave(2, half), 2)]]
     pairs = [None if pair is None else tirx.reinterpret("int32x16", pair) for pair in pairs]
     # byte q = 2 a + b of the channels' words, transposed: its two vectors, then its weights 8 q + 4 d .. 8 q + 4 d + 3
     # of each channel as one dword (d = 0, 1), the channels in order
     transposed = [[bound(f"transposed_{2 * a + b}_{half}", tirx.reinterpret("uint32x16", lut.bit_transposed(
-        _shuffled(pairs[2 * a + b], pairs[4 + 2 * a + b], _interleave(4, half), 4))), "uint32x16") for half in (0, 1)]
+        shuffled(pairs[2 * a + b], pairs[4 + 2 * a + b], interleave(4, half), 4))), "uint32x16") for half in (0, 1)]
         for a in (0, 1) for b in (0, 1)]
     dwords = [[bound(f"weights_{q}_{d}", tirx.Shuffle(pair, [tirx.IntImm("int32", i) for i in _dwords(d)]),
                      "uint32x16") for d in (0, 1)] for q, pair in enumerate(transposed)]
