@@ -15,7 +15,7 @@ Times the row's scale, that is the reference decoder's value.
   the stored rows, a panel of sensitive rows or of pruned ones decoded once per
   call (where the CPU has the bit transposes, a run of 16 rows and a group at a
   time: :func:`run_weights`); the scales
-  applied to the sums, written back to the output channels (a scatter).
+  applied to the sums, the stored rows merged into the output channels after it.
 * :func:`output_weight`: the decoded weight per output channel, for the decode
   kernels (:mod:`.decode`) of convs; where the kept columns fit a nibble, over
   :func:`channel_constants` (the kept integers moved by channel at compile time).
@@ -386,7 +386,7 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
 @per_layout
 def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
-    GEMM in stored order, each channel written back to its output channel (``columns`` as :func:`constants` lays
+    GEMM in stored order, merged into the output channels (``columns`` as :func:`constants` lays
     them out for ``tables``). Where the CPU has the bit transposes (:func:`.lut.bit_transpose_supported`), decoded a
     run of rows at a time (:func:`run_weights`); else weight by weight (:func:`panel_value`)."""
     holders = placeholders(constants(enc, tables))
