@@ -92,6 +92,25 @@ def test_without_avx512_the_decode_once_gemv():
     assert call.kind == "bbs_decoded" and call.large_batch.kind == "bbs_gemm"
 
 
+@pytest.mark.parametrize("mcpu", [None, "x86-64-v3"], ids=["host", "without AVX-512"])
+@pytest.mark.parametrize("sensitive", [0.0, 0.3, 1.0])
+def test_panel_gemm_merges_its_stored_rows_into_the_output_channels(mcpu, sensitive, target):
+    """The panel GEMM computes in stored order and reads each output channel from its stored row: with AVX-512 a
+    window of 16 channels as a permute of two spans of the stored rows (the last 4 of N = 100 one at a time),
+    without it one load per channel."""
+    build_for = target if mcpu is None else make_target(mcpu=mcpu)
+    rng = np.random.default_rng(7)
+    w = rng.standard_t(4, (100, 70)).astype(np.float32)
+    enc = bbs.encode(w, make_config("bbs", {"preset": "moderate", "sensitive_fraction": sensitive}))
+    gemm = kernel_for(enc, build_for).large_batch
+    avx512 = mcpu is None and "avx512f" in isa(host_cpu())
+    assert ("llvm.x86.avx512.vpermi2var.ps.512" in gemm.func.script()) == avx512
+    decoded = bbs.decode(enc).astype(np.float64)
+    for batch in (2, 8, 19):
+        x = rng.standard_normal((batch, 70)).astype(np.float32)
+        assert_close(run(gemm.func, build_for, x, gemm.constants, (batch, 100)), x @ decoded.T)
+
+
 @pytest.mark.parametrize("preset", ["moderate", "conservative"])  # kept columns as nibbles by channel; as words
 def test_decode_reads_the_sensitive_rows_only_where_they_are_taken(preset):
     """The sensitive/pruned choice is a lazy if_then_else: a Select evaluates both sides, and TVM simplifies

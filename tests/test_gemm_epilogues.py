@@ -156,7 +156,7 @@ FUSED_PANELS += [("bie-blocked", {"block_size": 64, "blocked_execution": "stream
 @pytest.mark.parametrize("codec,options,tables", FUSED_PANELS, ids=[f"{c}-{t}" for c, _, t in FUSED_PANELS])
 def test_fused_panel_gemm_computes_the_panel_gemm_then_the_epilogue(codec, options, tables, target, monkeypatch):
     """The fused kernel against the unfused panel GEMM and the epilogue run after it, and the float64 reference;
-    ``bbs`` computes in stored order and writes each channel where it belongs (no gather kernel). N = 250: a
+    ``bbs`` computes in stored order and merges the channels into place in the kernel (no gather kernel). N = 250: a
     ragged last panel; K odd; rows in ragged tiles."""
     monkeypatch.setattr(sparse_index, "sparse_rows", lambda *_: False)  # the index layouts' panels at K = 129
     n, k = 250, 129

@@ -15,7 +15,7 @@ Times the row's scale, that is the reference decoder's value.
   the stored rows, a panel of sensitive rows or of pruned ones decoded once per
   call (where the CPU has the bit transposes, a run of 16 rows and a group at a
   time: :func:`run_weights`); the scales
-  applied to the sums, written back to the output channels (a scatter).
+  applied to the sums, the stored rows merged into the output channels after it.
 * :func:`output_weight`: the decoded weight per output channel, for the decode
   kernels (:mod:`.decode`) of convs; where the kept columns fit a nibble, over
   :func:`channel_constants` (the kept integers moved by channel at compile time).
@@ -263,8 +263,9 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
     stored column words (:func:`.column_runs.decoded`: the kept integer times ``2^shift`` plus the offset, both from
     the metadata bytes once per group); with int8 ``tables`` from :func:`.bbs_lut.int8_nibbles`' bytes (their words'
     layout is ``bie-bitplane``'s at 4 planes): one bit transpose per 8 weights (:func:`.lut.bit_transposed`), then
-    per weight one vpmultishiftqb that moves each lane's offset-binary nibble to the bottom of the lane, one vpermps of
-    the 16 numbers it can code as float32 and one multiply-add by ``2^shift`` and the base (:func:`pruned_float`'s).
+    per weight one vpmultishiftqb that moves each lane's offset-binary nibble ``u`` to the bottom of the lane, one
+    vpermps of ``u + 1`` as float32, ``shift`` added to its exponent and the base less one step added
+    (:func:`pruned_float`'s ``u * 2^shift`` plus base, with no multiply-add on the tile's FMA pipes).
     The sensitive rows' group of 8 words per row loaded at once (two rows a vector) and transposed by in-lane
     interleaves and 128-bit lane selects (no scalar inserts, no two-vector permutes); codes 0-2 of a word read as a
     float's low mantissa bits, code 3 shifted down with its sign and converted. What the weights share is bound once
@@ -277,7 +278,7 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
     lanes = bbs.LANES
     words_per_group = bbs.GROUP // CODES_PER_WORD
     last = max(count, 1) - 1  # a last run of sensitive rows may run past them
-    numbers = tirx.Cast("float32x16", tirx.Ramp(tirx.const(0, "int32"), tirx.const(1, "int32"), lanes))
+    successors = tirx.Cast("float32x16", tirx.Ramp(tirx.const(1, "int32"), tirx.const(1, "int32"), lanes))  # u + 1
 
     def broadcast(value, dtype):
         return tirx.Broadcast(tirx.const(value, dtype), lanes)
@@ -300,18 +301,23 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
 
     def pruned_nibbles(columns, meta, first, g):
         pb = (first - count) // lanes
-        step, offset = step_offset(meta, pb, g)
-        out = [bound("base", tirx.Cast("float32x16", offset - (step << broadcast(bits - 1, "int32"))), "float32x16"),
-               bound("step", tirx.Cast("float32x16", step), "float32x16")]
-        base, step = (binding.var for binding in out)
+        offset, shift = group_offset_shift(enc, tirx.Cast("int32x16", meta[pb, g, tirx.Ramp(0, 1, lanes)]))
+        # (u + 1) * 2^shift as the float u + 1 with shift added to its exponent (u + 1 > 0: a normal float), then
+        # the base less one step: exact, and an integer add and a float add where a multiply-add took the FMA pipes
+        # the tile's FMAs run on
+        first_step = (broadcast(1, "int32") << shift) * broadcast((1 << (bits - 1)) + 1, "int32")
+        out = [bound("base", tirx.Cast("float32x16", offset - first_step), "float32x16"),
+               bound("exponent", shift << broadcast(23, "int32"), "int32x16")]
+        base, exponent = (binding.var for binding in out)
         h = tirx.Var("h", "int32")  # the index vector: one loop over them, its body one vector's 8 weights
         vector = [bound("transposed", lut.bit_transposed(
             columns[pb * kg + g, h, tirx.Ramp(0, 1, lanes * bbs_lut.QUAD)]), "int8x64")]
         transposed = vector[0].var
         for j in range(8):  # byte j: weight j % 4 of table h, or of table h + 4; even lanes' nibble on top
             kept = lut.lane_bits(transposed, 8 * j + 4, 8 * j)
-            value = tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, numbers, kept)
-            vector.append(panel_gemm.RunStore(4 * (h + 4 * (j // 4)) + j % 4, value * step + base))
+            value = tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, successors, kept)
+            scaled = tirx.reinterpret("float32x16", tirx.reinterpret("int32x16", value) + exponent)
+            vector.append(panel_gemm.RunStore(4 * (h + 4 * (j // 4)) + j % 4, scaled + base))
         return [*out, panel_gemm.RunLoop(h, bbs_lut.QUAD, vector)]
 
     pruned = pruned_nibbles if tables == "int8" else pruned_columns
@@ -386,7 +392,7 @@ def run_weights(enc: Encoded, tables: str = "fp32") -> panel_gemm.RunWeights:
 @per_layout
 def gemm(enc: Encoded, tables: str = "fp32") -> tirx.PrimFunc:
     """Scheduled ``f(x [m, K], scales, position, sensitive, columns, meta, out [m, N])`` for several rows: the panel
-    GEMM in stored order, each channel written back to its output channel (``columns`` as :func:`constants` lays
+    GEMM in stored order, merged into the output channels (``columns`` as :func:`constants` lays
     them out for ``tables``). Where the CPU has the bit transposes (:func:`.lut.bit_transpose_supported`), decoded a
     run of rows at a time (:func:`run_weights`); else weight by weight (:func:`panel_value`)."""
     holders = placeholders(constants(enc, tables))

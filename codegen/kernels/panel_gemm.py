@@ -25,8 +25,9 @@ function that text was printed from, or parses it where this process did not mak
 what the schedule needs of the :data:`Decode` travels in its attributes, :class:`DecoderAttrs`):
 :func:`plain` puts the GEMM after it over any leading dims of the rows, so the many-row epilogue fusion
 (:mod:`..gemm_epilogues`) builds the same kernel with an elementwise epilogue inlined into the tile write-back.
-A codec that computes in a stored order of the channels (``position``) writes each channel of a tile where it
-belongs (a scatter at the write-back), so the output needs no gather afterwards.
+A codec that computes in a stored order of the channels (``position``: ``bbs``'s two runs of rows, each in its
+channels' order) has the product written in that order and merged into the output channels after it, in the same
+kernel (:func:`_merged`: two loads and a permute per 16 outputs and row), so the output needs no kernel of its own.
 
 The decoded value is the codec's reference decoder's (a per-channel scale is
 applied to the sums instead), so the result differs from ``x @ decode(enc).T``
@@ -49,13 +50,14 @@ from tvm.ir.expr import TensorLoad, TensorRegion
 from ..kernel_registry import KernelCall
 from ..layout_memo import Recent
 from ..schedules import matmul
+from .lut import PERMUTE2, has_features
 
 BLOCK = "panel_gemm"
 DECODED = "decoded"
 SCALES = "scales_of_channels"
 SCALED = "panel_gemm_scaled"
-INVERSE = "inverse_position"
-SCATTER = "scatter"
+MERGE = "merge"  # the outputs read from their stored rows (:func:`_merged`)
+SMALLEST = "llvm.vector.reduce.smin"  # the least lane of an int32 vector
 VECTOR = 16  # float32 lanes of one AVX-512 vector: the decode's vector width
 DECODER_ATTR = "bie.panel_decoder"  # on a panel GEMM kernel: its codec's decoder (see :func:`decoder`), as TVMScript
 # the decoders gemm made, by their TVMScript: carried_decoder need not parse them again (the bbs panel GEMMs' took
@@ -219,8 +221,9 @@ def decoder(decode: Decode, holders: list[te.Tensor], n: int, k: int, scale: Cal
 
     ``scale(c)``: a channel's scale, applied to the tile's sums as they are written back (the decode reads the
     panels' padding channels, the scales are read for channels that exist only). ``position`` (int32 [N], one of
-    ``holders``): the weight's channels are stored rows, output channel ``c`` is stored row ``position[c]``; the
-    product (and ``scale``) is in stored order. A view is a parameter after the holders here, the holder's own
+    ``holders``): the weight's channels are stored rows, output channel ``c`` is stored row ``position[c]``, the
+    stored rows two runs each in its channels' order (:func:`_merged` reads them so); the product (and ``scale``) is
+    in stored order. A view is a parameter after the holders here, the holder's own
     memory in :func:`plain`."""
     cols = matmul.COLS
     count = -(-n // cols)
@@ -314,8 +317,8 @@ def _with_decode_block(func: tirx.PrimFunc, holders: list, loops: list, iters: l
 
 def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
     """Unscheduled ``f(x [*lead, K], *holders, out [*lead, N])``: ``decode``'s blocks (:func:`decoder`), then
-    ``out[..., c] = x @ W[c] * scale(c)``, written to ``out[..., inverse[c]]`` where the channels are stored rows
-    (``inverse``, computed first: the output channel of each stored row)."""
+    ``out[..., c] = x @ W[c] * scale(c)``; where the channels are stored rows, the product in stored order, then
+    ``out[..., c]`` read from its stored row ``position[c]`` (``MERGE``)."""
     attrs = DecoderAttrs.read(decode)
     count, at, viewed, n = attrs.holders, attrs.position, attrs.views, attrs.n
     holders, views = decode.params[:count], decode.params[count:count + len(viewed)]
@@ -339,20 +342,18 @@ def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
         internal.append(scales[0])
     if at >= 0:
         position = te.placeholder((n,), "int32", "position")
-        inverse = te.compute((n,), lambda c: c.astype("int32"), name=INVERSE)  # made a scatter below
         stored = out
-        out = te.compute(out.shape, lambda *i: stored(*i), name=SCATTER)
-        inputs += [position, inverse]
+        out = te.compute(out.shape, lambda *i: stored(*i[:-1], position[i[-1]]), name=MERGE)
+        inputs.append(position)
         internal.append(holders[at])
     gemm = te.create_prim_func([*inputs, out])
-    gemm = _scattered(gemm, n) if at >= 0 else gemm
     renamed = list(zip(gemm.params[1:1 + len(internal)], internal))
 
     def rename(var):
         return next((buffer for param, buffer in renamed if param.same_as(var)), var)
 
     nest = tvm_ffi.structural_map(gemm.body.block.body, (tirx.Var, rename), order="post")
-    allocated = list(gemm.params[1 + len(internal):-1]) + [decoded, *scales]  # inverse; decoded, scales
+    allocated = [decoded, *scales]
     aliases = [tirx.DeclBuffer(view, data=holders[i].data) for view, i in zip(views, viewed)]  # the holders' memory
     body = s_tir.SBlock([], [], [], "root", _sequence([*aliases, decode.body.block.body, nest]), None,
                         [*allocated, *decode.body.block.alloc_buffers, *gemm.body.block.alloc_buffers])
@@ -381,35 +382,75 @@ def _names(stmt) -> set:
     return names
 
 
-def _scattered(func: tirx.PrimFunc, n: int) -> tirx.PrimFunc:
-    """``func`` with its ``INVERSE`` block writing ``inverse[position[c]] = c`` and its ``SCATTER`` block writing
-    row ``r`` of its input to ``out[..., inverse[r]]`` (TE writes at the block's own indices only)."""
-    position, inverse = func.params[-3], func.params[-2]
+def _merged(func: tirx.PrimFunc, position: tirx.Buffer, n: int) -> tuple[tirx.Stmt, list]:
+    """The loops of ``func``'s ``MERGE`` block (a :func:`plain` kernel's statements from it on), the elementwise
+    blocks after it inlined into it. Where the CPU has AVX-512, a window of 16 output channels at a time: a bbs-like
+    stored order (two runs of rows, each in its channels' order) puts a window's stored rows in two spans of 16
+    (from the window's least stored row, and from its least past that span), so each row of the window is two vector
+    loads of the product and one two-register permute (``vpermi2ps``); the spans and the permute's indices are
+    computed from ``position`` once per window, for every row. Outputs written in order: the tile's write-back (a
+    scalar store per output where it scattered) stays vectors. Elsewhere, and for the channels past the last whole
+    window, a load per output. Returns the loops and the buffers they allocate."""
+    sch = s_tir.Schedule(func)
+    merge = sch.get_sblock(MERGE)
+    stored = next(r.source for r in sch.get(merge).reads if not r.source.same_as(position))
+    while consumers := sch.get_consumers(merge):
+        for consumer in consumers:
+            sch.reverse_compute_inline(consumer)
+    realize = next(r for r in _realizes(sch.mod["main"].body) if r.block.name_hint == MERGE)
+    *lead, channel = realize.block.iter_vars
+    rows = [tirx.Var(iv.var.name, iv.var.ty) for iv in lead]
 
-    def clamped(index):  # in bounds as the analysis can see it: no predicate on the write-back's vector lanes
-        return tirx.max(tirx.min(index, tirx.const(n - 1, "int32")), tirx.const(0, "int32"))
+    def over_rows(body_of: Callable, c: tirx.Expr) -> tirx.Stmt:
+        body = body_of(_substituted(realize.block.body, {**{iv.var: r for iv, r in zip(lead, rows)},
+                                                         channel.var: c.astype(channel.var.ty)}))
+        for iv, r in reversed(list(zip(lead, rows))):
+            body = tirx.For(r, tirx.const(0, r.ty), iv.dom.extent.astype(r.ty), tirx.ForKind.SERIAL, body)
+        return body
 
-    def rewrite(block):
-        if block.name_hint not in (INVERSE, SCATTER):
-            return block
-        store = block.body
-        *rows, c = store.indices
-        source = position if block.name_hint == INVERSE else inverse
-        index = tirx.BufferLoad(source, [c])
-        reads = [*block.reads, tirx.BufferRegion(source, [Range.from_min_extent(c, 1)])]
-        writes = [tirx.BufferRegion(store.buffer, [*(Range.from_min_extent(r, 1) for r in rows),
-                                                   Range.from_min_extent(0, n)])]
-        body = tirx.BufferStore(store.buffer, store.value, [*rows, clamped(index).astype(c.ty)])
-        return s_tir.SBlock(block.iter_vars, reads, writes, block.name_hint, body, block.init, block.alloc_buffers)
+    windows = n // VECTOR if n >= VECTOR and _has_avx512() else 0
+    c = tirx.Var("c", "int32")
+    tail = tirx.For(c, windows * VECTOR, n - windows * VECTOR, tirx.ForKind.SERIAL, over_rows(lambda b: b, c))
+    if not windows:
+        return tail, []
+    w, lane = tirx.Var("window", "int32"), tirx.Var("lane", "int32")
+    merged = tirx.decl_buffer((VECTOR,), "float32", "merged", scope="local")
 
-    return func.with_body(tvm_ffi.structural_map(func.body, [(s_tir.SBlock, rewrite)], order="post"))
+    def vector(value, dtype="int32"):
+        return tirx.Broadcast(tirx.const(value, dtype) if isinstance(value, int) else value, VECTOR)
+
+    def least(vec):  # the least lane, clamped so that a span of 16 from it stays in [0, n)
+        return tirx.min(tirx.call_llvm_pure_intrin("int32", SMALLEST, vec), tirx.const(n - VECTOR, "int32"))
+
+    # the spans' starts in a buffer, not bound: TVM's codegen read a bound high as low (both reductions' bindings)
+    starts = tirx.decl_buffer((2,), "int32", "span_starts", scope="local")
+    stored_rows, indices = tirx.Var("stored_rows", "int32x16"), tirx.Var("indices", "int32x16")
+    low, high = (tirx.BufferLoad(starts, [i]) for i in (0, 1))
+    in_first = stored_rows < vector(low + VECTOR)
+    spans = [tirx.Bind(stored_rows, tirx.BufferLoad(position, [tirx.Ramp(w * VECTOR, 1, VECTOR)])),
+             tirx.BufferStore(starts, least(stored_rows), [0]),
+             tirx.BufferStore(starts, least(tirx.Select(in_first, vector(n), stored_rows)), [1]),
+             tirx.Bind(indices, stored_rows - tirx.Select(in_first, vector(low), vector(high - VECTOR)))]
+
+    def permuted(body):  # the window's row: its outputs permuted from two spans of the stored row, then the epilogue
+        load = next(ld for ld in _loads(body) if ld.source.same_as(stored))
+        *at, _ = load.indices
+        span = [tirx.BufferLoad(stored, [*at, tirx.Ramp(start, 1, VECTOR)]) for start in (low, high)]
+        value = tirx.call_llvm_pure_intrin("float32x16", PERMUTE2, span[0], indices, span[1])
+        reads = tvm_ffi.structural_map(body, [(TensorLoad, lambda ld: tirx.BufferLoad(merged, [lane])
+                                               if ld.source.same_as(stored) else ld)], order="post")
+        return tirx.stmt.SeqStmt([tirx.BufferStore(merged, value, [tirx.Ramp(0, 1, VECTOR)]),
+                                  tirx.For(lane, 0, VECTOR, tirx.ForKind.VECTORIZED, reads)])
+
+    window = tirx.For(w, 0, windows, tirx.ForKind.SERIAL, _sequence([*spans, over_rows(permuted, w * VECTOR + lane)]))
+    return _sequence([window, tail] if windows * VECTOR < n else [window]), [merged, starts]
 
 
 def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     """A :func:`plain` kernel (and the elementwise blocks after it) scheduled: the register tiles of
     ``schedule_matmul`` in parallel over the panels, the leading dims and rows inside; each panel decoded at the
     top of its parallel iteration, by weight (:class:`ByWeight`) in vectors along its channels, group by group where
-    it has a group; the stored rows' output channels (``inverse``) computed first, serially.
+    it has a group; a product in stored order merged into the output channels after it, serially (:func:`_merged`).
 
     Where one register tile of rows is the whole call (leading dims 1, at most ``matmul.ROWS`` rows: a branch at
     run time where the rows are symbolic), the weights go from the decode to the FMAs in registers instead, each
@@ -417,12 +458,12 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
     decoded weights costs its store on the FMA pipes (a zmm store about 1.6 FMAs' time on Zen 4), and a tile of 8
     rows has only 8 FMAs per vector of weights. With more tiles, the panel decoded once serves every tile.
     (:class:`ByPanels`' statements write whole panels: stored at any rows.)"""
-    # the inverse's loop is set aside while the blocks are inlined: a block reading two buffers produced in the
-    # function (the scatter: the tile and the inverse) cannot be inlined into the tile's write-back
+    # the merge and the blocks after it are set aside while the tile's consumers are inlined: the merge reads the
+    # product at rows of its own (position), it cannot be inlined into the tile's write-back
     stmts = _sequence([func.body.block.body])
     stmts = list(stmts.seq) if isinstance(stmts, tirx.stmt.SeqStmt) else [stmts]
-    aside = [s for s in stmts if _names(s) == {INVERSE}]
-    rest = _with_root(func, [s for s in stmts if _names(s) != {INVERSE}])
+    at = next((i for i, s in enumerate(stmts) if MERGE in _names(s)), len(stmts))
+    rest = _with_root(func, stmts[:at])
     attrs = DecoderAttrs.read(decode)
     lead = list(func.params[0].shape[:-1])
     one_tile = tvm.sym.Analyzer().simplify(tirx.all(*[d == 1 for d in lead[:-1]], lead[-1] <= matmul.ROWS)
@@ -439,8 +480,12 @@ def schedule(func: tirx.PrimFunc, decode: tirx.PrimFunc) -> tirx.PrimFunc:
         body = tirx.IfThenElse(one_tile, matmul.fresh_definitions(few.body.block.body), whole.body.block.body)
         allocated = list(few.body.block.alloc_buffers)
         allocated += [b for b in whole.body.block.alloc_buffers if not any(b.same_as(a) for a in allocated)]
-        scheduled = _with_root_block(whole, body, allocated)  # (allocated once: the inverse is both branches')
-    return _with_root(scheduled, [*aside, scheduled.body.block.body]) if aside else scheduled
+        scheduled = _with_root_block(whole, body, allocated)  # (allocated once: the product is both branches')
+    if at == len(stmts):
+        return scheduled
+    merge, merged = _merged(_with_root(func, stmts[at:]), func.params[1 + attrs.position], attrs.n)
+    return _with_root_block(scheduled, _sequence([scheduled.body.block.body, merge]),
+                            [*scheduled.body.block.alloc_buffers, *merged])
 
 
 def _is_const(expr: tirx.Expr, value: bool) -> bool:
@@ -456,7 +501,7 @@ def _fresh_decoded(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 def _tiles(func: tirx.PrimFunc, cols: int = matmul.COLS) -> tuple[s_tir.Schedule, s_tir.schedule.SBlockRV]:
-    """A schedule of ``func`` (a :func:`plain` kernel, the inverse set aside) with its product in register tiles of
+    """A schedule of ``func`` (a :func:`plain` kernel, the merge set aside) with its product in register tiles of
     ``matmul.ROWS`` x ``cols`` (``schedule_matmul``, the panels the parallel loop, the leading dims and rows inside)
     and the product's block."""
     sch = s_tir.Schedule(func)
@@ -624,6 +669,17 @@ def _substituted(node, values: dict):
     pairs = list(values.items())
     return tvm_ffi.structural_map(node, (tirx.Var, lambda v: next((e for var, e in pairs if var.same_as(v)), v)),
                                   order="post")
+
+
+def _loads(stmt) -> list:
+    found = []
+    tvm_ffi.structural_map(stmt, [(TensorLoad, lambda ld: found.append(ld) or ld)], order="post")
+    return found
+
+
+def _has_avx512() -> bool:
+    target = tvm.target.Target.current()
+    return target is not None and has_features(target, "avx512f")
 
 
 def _realizes(stmt) -> list:
