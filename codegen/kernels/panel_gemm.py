@@ -50,7 +50,7 @@ from tvm.ir.expr import TensorLoad, TensorRegion
 from ..kernel_registry import KernelCall
 from ..layout_memo import Recent
 from ..schedules import matmul
-from .lut import PERMUTE2, has_features
+from .lut import PERMUTE2, supported
 
 BLOCK = "panel_gemm"
 DECODED = "decoded"
@@ -371,9 +371,7 @@ def _sequence(stmts: list) -> tirx.Stmt:
 
 
 def _with_root(func: tirx.PrimFunc, stmts: list) -> tirx.PrimFunc:
-    root = func.body.block
-    block = s_tir.SBlock([], [], [], "root", _sequence(stmts), None, root.alloc_buffers)
-    return func.with_body(s_tir.SBlockRealize([], True, block))
+    return _with_root_block(func, _sequence(stmts), func.body.block.alloc_buffers)
 
 
 def _names(stmt) -> set:
@@ -679,7 +677,7 @@ def _loads(stmt) -> list:
 
 def _has_avx512() -> bool:
     target = tvm.target.Target.current()
-    return target is not None and has_features(target, "avx512f")
+    return target is not None and supported(target)
 
 
 def _realizes(stmt) -> list:
