@@ -33,6 +33,7 @@ from .fast_math import fast_math
 from .fuse_expand_depthwise import fuse_expand_depthwise
 from .gemm_epilogues import fuse_gemm_epilogues
 from .kernel_registry import kernel_layers
+from .parallel_compile import compile_in_parallel
 from .schedules import (channel_pool, conv2d, depthwise_conv2d, depthwise_flat, elementwise, expand_depthwise,
                         matmul, pointwise_overlap, reduction)
 from .schedules.linear_epilogue import linear_epilogues
@@ -145,7 +146,8 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
     axes made views: :func:`.unit_epilogues.fuse_unit_epilogues`, :func:`.unit_views.unit_views`; the kernels reading
     their arguments in their producers' shapes: :func:`.unit_reshapes.absorb_unit_reshapes`), the kernels' weights
     marked streamed when they outgrow the cache
-    (:func:`.serial_small_loops.mark_streamed_weights`): the executable, the weights it takes after the inputs,
+    (:func:`.serial_small_loops.mark_streamed_weights`): the executable (its kernels compiled one part per core,
+    :func:`.parallel_compile.compile_in_parallel`), the weights it takes after the inputs,
     and its kernels' layers (:func:`.kernel_registry.kernel_layers`: fused kernels carry their matmul's)."""
     with target:
         fused = fusion()(mod)
@@ -157,10 +159,10 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[relax.VMExecuta
             unit = unit_views(fuse_unit_epilogues(specialize_unit_dims(mod)))
             unit = absorb_unit_reshapes(fuse_gemm_epilogues(unit, fused))
         unit = relax.transform.DeadCodeElimination()(unit)
-        return tvm.compile(unit, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights, kernel_layers(unit)
+        return compile_in_parallel(unit, target, lower(), TIR_PIPELINE), weights, kernel_layers(unit)
     # a model whose dimensions cannot all be 1 (a reshape needing more rows, say); TVM raises builtin errors of
     # several kinds, and any other fault raises again from the plain build below
     except Exception as e:  # noqa: BLE001
         reason = str(e).strip().splitlines()[-1][:200]
         warnings.warn(f"main is not specialized for unit dimensions (one token, one sample): {reason}", BieWarning)
-        return tvm.compile(mod, target, relax_pipeline=lower(), tir_pipeline=TIR_PIPELINE), weights, kernel_layers(mod)
+        return compile_in_parallel(mod, target, lower(), TIR_PIPELINE), weights, kernel_layers(mod)

@@ -4,8 +4,10 @@ import tvm
 from tvm import relax, tirx
 from tvm.script import tirx as T
 
-from bie_compiler.codegen.cpu import build, mark_single_argument_noalias
+from bie_compiler.codegen.cpu import lower, mark_single_argument_noalias, schedule
+from bie_compiler.codegen.parallel_compile import compile_in_parallel
 from bie_compiler.codegen.target import make_target
+from bie_compiler.codegen.tir_pipeline import TIR_PIPELINE
 
 
 def _symbolic_batch_add() -> tvm.IRModule:
@@ -20,7 +22,10 @@ def _symbolic_batch_add() -> tvm.IRModule:
 
 
 def test_kernels_get_noalias_compute_functions():
-    executable, *_ = build(_symbolic_batch_add(), make_target())
+    target = make_target()
+    with target:
+        scheduled = schedule()(_symbolic_batch_add())
+    executable = compile_in_parallel(scheduled, target, lower(), TIR_PIPELINE, workers=1)  # one LLVM module
     llvm_ir = executable.mod.imports[0].inspect_source("ll")
     assert "define internal" in llvm_ir and "shape_func" in llvm_ir
     # TVM emits a kernel's body as a separate "<name>_compute_" function with noalias pointer arguments only
