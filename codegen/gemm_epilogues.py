@@ -35,6 +35,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .kernel_registry import KERNEL_ATTR, kernel_kind
 from .kernels import dense, panel_gemm
 from .schedules import matmul
+from .tir_nodes import collected, substituted
 from .unit_dims import ANY_DIMS
 from .relax_calls import call_tir_parts, is_reshape, producer, variable_uses
 
@@ -91,14 +92,11 @@ def fused_gemm(epilogue: tirx.PrimFunc, at: int, n: int, gemm: Gemm) -> tirx.Pri
             or product.dtype != "float32" or len(product.shape) < 2 \
             or not isinstance(product.shape[-1], tirx.IntImm) or int(product.shape[-1]) != n:
         return None
-    blocks = []
-    tvm_ffi.structural_map(root.body, [(s_tir.SBlock, lambda b: blocks.append(b) or b)], order="post")
-    if any(iv.iter_type != tirx.IterVar.DataPar for b in blocks for iv in b.iter_vars):
+    if any(iv.iter_type != tirx.IterVar.DataPar for b in collected(root.body, s_tir.SBlock) for iv in b.iter_vars):
         return None
     plain = gemm.plain(list(product.shape))
     written = plain.params[-1]
-    nest = tvm_ffi.structural_map(plain.body.block.body, (tirx.Var, lambda v: product if v.same_as(written) else v),
-                                  order="post")
+    nest = substituted(plain.body.block.body, {written: product})
     body = s_tir.SBlock([], [], [], "root", tirx.stmt.SeqStmt([nest, root.body]), None,
                         [product, *plain.body.block.alloc_buffers, *root.alloc_buffers])
     params = [*plain.params[:-1], *(p for i, p in enumerate(epilogue.params) if i != at)]

@@ -48,6 +48,7 @@ from tvm.tirx.buffer import BufferType
 from tvm.tirx import stmt as s
 
 from .kernel_registry import is_per_call_kernel
+from .tir_nodes import collected, substituted
 
 # Cost (operations and words touched, see cost()) below which a loop runs serially, with the pool's workers polling
 # between kernels. Timed alone (each model built with every loop split and with none), kernels of 9-120 k mostly ran
@@ -93,19 +94,19 @@ def work(stmt, bound: dict | None = None) -> tirx.PrimExpr:
     """
     bound = {} if bound is None else bound
     if isinstance(stmt, s.For):
-        extent = _int64(_substitute(stmt.extent, bound))
+        extent = _int64(substituted(stmt.extent, bound))
         total = extent * work(stmt.body, bound)
         for condition, guarded in _guards(stmt.body, bound):
-            through = _iterations_through(_substitute(condition, bound), stmt.loop_var, extent)
+            through = _iterations_through(substituted(condition, bound), stmt.loop_var, extent)
             if through is not None:
                 total = total - (extent - through) * guarded
         middle = tirx.FloorDiv(extent - tirx.IntImm("int64", 1), tirx.IntImm("int64", 2))
-        return _substitute(total, {stmt.loop_var: middle.astype(stmt.loop_var.ty)})
+        return substituted(total, {stmt.loop_var: middle.astype(stmt.loop_var.ty)})
     if isinstance(stmt, s.SeqStmt):
         total = tirx.IntImm("int64", 0)
         for part in stmt.seq:
             if isinstance(part, s.Bind):
-                bound[part.var] = _substitute(part.value, bound)
+                bound[part.var] = substituted(part.value, bound)
             total = total + work(part, bound)
         return total
     if isinstance(stmt, s.IfThenElse):
@@ -127,12 +128,8 @@ def _guards(body, bound: dict) -> list:
         if isinstance(part, s.IfThenElse) and part.else_case is None:
             found.append((part.condition, work(part.then_case, dict(bound))))
         elif isinstance(part, s.BufferStore):
-            def collect(node):
-                if getattr(node.op, "name", "") == IF_THEN_ELSE:
-                    found.append((node.args[0], tirx.IntImm("int64", operations(node.args[1]))))
-                return node
-
-            tvm_ffi.structural_map(part.value, [(Call, collect)], order="post")
+            found.extend((call.args[0], tirx.IntImm("int64", operations(call.args[1])))
+                         for call in collected(part.value, Call) if getattr(call.op, "name", "") == IF_THEN_ELSE)
     return found
 
 
@@ -144,7 +141,7 @@ def _iterations_through(condition, var, extent) -> tirx.PrimExpr | None:
     if not isinstance(condition, P.LT):
         return None
     analyzer = tvm.sym.Analyzer()
-    offset = _substitute(condition.a, {var: tirx.const(0, var.ty)})
+    offset = substituted(condition.a, {var: tirx.const(0, var.ty)})
     if not analyzer.can_prove_equal(condition.a - offset, var):
         return None
     end = _int64(condition.b - offset)
@@ -153,14 +150,7 @@ def _iterations_through(condition, var, extent) -> tirx.PrimExpr | None:
 
 def operations(expr) -> int:
     """The :data:`OPERATIONS` nodes in ``expr``."""
-    count = [0]
-
-    def visit(node):
-        count[0] += 1
-        return node
-
-    tvm_ffi.structural_map(expr, [(OPERATIONS, visit)], order="post")
-    return count[0]
+    return len(collected(expr, OPERATIONS))
 
 
 def footprint(stmt, streamed: frozenset = frozenset(),
@@ -184,9 +174,7 @@ def handoff(loop, func_body, views: dict | None = None) -> tirx.PrimExpr:
     tasks, unless a loop around both repeats it before ``loop`` runs again. ``views``: :func:`memory_views` (a
     store through a view writes the memory it views)."""
     views = views or {}
-    allocated = set()
-    tvm_ffi.structural_map(func_body, [(s.AllocBuffer, lambda node: allocated.add(node.buffer) or node)],
-                           order="post")
+    allocated = {node.buffer for node in collected(func_body, s.AllocBuffer)}
     written = _stores_before(func_body, loop.loop_var, _stores(loop, views), views) or {}
     words = tirx.IntImm("int64", 0)
     for memory in _memories(loop, views):
@@ -229,30 +217,22 @@ def _merged(a: dict, b: dict) -> dict:
 def _stores(stmt, views: dict) -> dict:
     """Memory -> the stores to it (through any of its views) in ``stmt``."""
     count = {}
-
-    def collect(node):
-        memory = views.get(node.buffer, node.buffer)
+    for store in collected(stmt, s.BufferStore):
+        memory = views.get(store.buffer, store.buffer)
         count[memory] = count.get(memory, 0) + 1
-        return node
-
-    tvm_ffi.structural_map(stmt, [(s.BufferStore, collect)], order="post")
     return count
 
 
 def _memories(stmt, views: dict) -> dict:
     """The memory each buffer that ``stmt`` loads from or stores to (and does not declare) views -> those buffers."""
     touched, local = {}, set()
-
-    def collect(node):
+    for node in collected(stmt, (s.BufferStore, TensorLoad, s.AllocBuffer, s.DeclBuffer)):
         if isinstance(node, (s.AllocBuffer, s.DeclBuffer)):
             local.add(node.buffer)
-            return node
+            continue
         buffer = node.buffer if isinstance(node, s.BufferStore) else node.source
         if isinstance(buffer, tirx.Var) and isinstance(buffer.ty, BufferType):
             touched[buffer] = buffer
-        return node
-
-    tvm_ffi.structural_map(stmt, [((s.BufferStore, TensorLoad, s.AllocBuffer, s.DeclBuffer), collect)], order="post")
     memories = {}
     for buffer in touched.values():
         if buffer not in local:
@@ -276,15 +256,11 @@ def memory_views(func_body) -> dict:
     """Buffer -> the buffer whose memory it views (``T.decl_buffer(..., data=other.data)``, followed to the first),
     for the buffers of ``func_body`` declared over another's memory."""
     viewed = {}
-
-    def collect(node):
+    for node in collected(func_body, s.DeclBuffer):
         data = node.data
         if (isinstance(data, Call) and getattr(data.op, "name", "") == BUFFER_DATA
                 and isinstance(data.args[0], tirx.Var)):
             viewed[node.buffer] = data.args[0]
-        return node
-
-    tvm_ffi.structural_map(func_body, [(s.DeclBuffer, collect)], order="post")
     views = {}
     for buffer, memory in viewed.items():
         while memory in viewed:
@@ -300,27 +276,13 @@ def cost(loop, streamed: frozenset = frozenset(), views: dict | None = None) -> 
     return tirx.Max(work(loop), streaming * STREAMED_WORD) + cached
 
 
-def _substitute(expr: tirx.PrimExpr, bound: dict) -> tirx.PrimExpr:
-    return tvm_ffi.structural_map(expr, (tirx.Var, lambda var: bound.get(var, var)), order="post") if bound else expr
-
-
 def _int64(expr: tirx.PrimExpr) -> tirx.PrimExpr:
     return expr if str(expr.ty) == "int64" else expr.astype("int64")
 
 
 def _defined_inside(stmt) -> set:
     """Variables that loops and bindings inside ``stmt`` define."""
-    found = set()
-
-    def collect(node):
-        if isinstance(node, s.For):
-            found.add(node.loop_var)
-        elif isinstance(node, s.Bind):
-            found.add(node.var)
-        return node
-
-    tvm_ffi.structural_map(stmt, [((s.For, s.Bind), collect)], order="post")
-    return found
+    return {node.loop_var if isinstance(node, s.For) else node.var for node in collected(stmt, (s.For, s.Bind))}
 
 
 def mark_streamed_weights(mod: tvm.IRModule, weight_bytes: int) -> tvm.IRModule:

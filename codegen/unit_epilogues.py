@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.tirx import stmt as s
@@ -32,6 +31,7 @@ from tvm.tirx import stmt as s
 from .kernel_registry import is_per_call_kernel
 from .relax_calls import call_tir_parts, is_reshape, producer, variable_uses
 from .stack_buffers import STACK_BYTES
+from .tir_nodes import substituted
 from .tir_pipeline import TIR_PIPELINE
 from .unit_dims import UNIT_DIMS
 
@@ -56,7 +56,7 @@ def with_static_shapes(func: tirx.PrimFunc, shapes: list) -> tirx.PrimFunc:
         return func
     kept = [param for param, shape in zip(func.params, shapes) if not isinstance(shape, int)]
     func = tirx.PrimFunc(kept, func.body, func.ret_type, func.attrs)
-    func = tvm_ffi.structural_map(func, (tirx.Var, lambda var: sizes.get(var, var)), order="post")
+    func = substituted(func, sizes)
     return tvm.s_tir.transform.StmtSimplify()(tvm.IRModule({"main": func}))["main"]
 
 
@@ -78,9 +78,7 @@ def fused_kernel(kernel: tirx.PrimFunc, epilogue: tirx.PrimFunc, at: int, kernel
     # a GEMV's accumulators, and the GEMV's loop then counted a hand-off to its tasks: serial_small_loops.handoff).
     written, product = kernel.params[-1], epilogue.params[at]
     if static_shape(written) == static_shape(product):
-        writes = tvm_ffi.structural_map(kernel.body, (tirx.Var, lambda var: product if var.same_as(written) else var),
-                                        order="post")
-        body = s.SeqStmt([s.AllocBuffer(product), writes, epilogue.body])
+        body = s.SeqStmt([s.AllocBuffer(product), substituted(kernel.body, {written: product}), epilogue.body])
     else:
         body = s.SeqStmt([s.AllocBuffer(product), s.DeclBuffer(written, data=product.data), kernel.body, epilogue.body])
     params = [*kernel.params[:-1], *(p for i, p in enumerate(epilogue.params) if i != at)]

@@ -50,6 +50,7 @@ from tvm.ir.expr import TensorLoad, TensorRegion
 from ..kernel_registry import KernelCall
 from ..layout_memo import Recent
 from ..schedules import matmul
+from ..tir_nodes import collected, substituted
 from .lut import PERMUTE2, supported
 
 BLOCK = "panel_gemm"
@@ -347,12 +348,7 @@ def plain(decode: tirx.PrimFunc, lead: list, k: int) -> tirx.PrimFunc:
         inputs.append(position)
         internal.append(holders[at])
     gemm = te.create_prim_func([*inputs, out])
-    renamed = list(zip(gemm.params[1:1 + len(internal)], internal))
-
-    def rename(var):
-        return next((buffer for param, buffer in renamed if param.same_as(var)), var)
-
-    nest = tvm_ffi.structural_map(gemm.body.block.body, (tirx.Var, rename), order="post")
+    nest = substituted(gemm.body.block.body, dict(zip(gemm.params[1:1 + len(internal)], internal)))
     allocated = [decoded, *scales]
     aliases = [tirx.DeclBuffer(view, data=holders[i].data) for view, i in zip(views, viewed)]  # the holders' memory
     body = s_tir.SBlock([], [], [], "root", _sequence([*aliases, decode.body.block.body, nest]), None,
@@ -375,9 +371,7 @@ def _with_root(func: tirx.PrimFunc, stmts: list) -> tirx.PrimFunc:
 
 
 def _names(stmt) -> set:
-    names = set()
-    tvm_ffi.structural_map(stmt, [(s_tir.SBlock, lambda b: names.add(b.name_hint) or b)], order="post")
-    return names
+    return {block.name_hint for block in collected(stmt, s_tir.SBlock)}
 
 
 def _merged(func: tirx.PrimFunc, position: tirx.Buffer, n: int) -> tuple[tirx.Stmt, list]:
@@ -395,12 +389,12 @@ def _merged(func: tirx.PrimFunc, position: tirx.Buffer, n: int) -> tuple[tirx.St
     while consumers := sch.get_consumers(merge):
         for consumer in consumers:
             sch.reverse_compute_inline(consumer)
-    realize = next(r for r in _realizes(sch.mod["main"].body) if r.block.name_hint == MERGE)
+    realize = next(r for r in collected(sch.mod["main"].body, s_tir.SBlockRealize) if r.block.name_hint == MERGE)
     *lead, channel = realize.block.iter_vars
     rows = [tirx.Var(iv.var.name, iv.var.ty) for iv in lead]
 
     def over_rows(body_of: Callable, c: tirx.Expr) -> tirx.Stmt:
-        body = body_of(_substituted(realize.block.body, {**{iv.var: r for iv, r in zip(lead, rows)},
+        body = body_of(substituted(realize.block.body, {**{iv.var: r for iv, r in zip(lead, rows)},
                                                          channel.var: c.astype(channel.var.ty)}))
         for iv, r in reversed(list(zip(lead, rows))):
             body = tirx.For(r, tirx.const(0, r.ty), iv.dom.extent.astype(r.ty), tirx.ForKind.SERIAL, body)
@@ -431,7 +425,7 @@ def _merged(func: tirx.PrimFunc, position: tirx.Buffer, n: int) -> tuple[tirx.St
              tirx.Bind(indices, stored_rows - tirx.Select(in_first, vector(low), vector(high - VECTOR)))]
 
     def permuted(body):  # the window's row: its outputs permuted from two spans of the stored row, then the epilogue
-        load = next(ld for ld in _loads(body) if ld.source.same_as(stored))
+        load = next(ld for ld in collected(body, TensorLoad) if ld.source.same_as(stored))
         *at, _ = load.indices
         span = [tirx.BufferLoad(stored, [*at, tirx.Ramp(start, 1, VECTOR)]) for start in (low, high)]
         value = tirx.call_llvm_pure_intrin("float32x16", PERMUTE2, span[0], indices, span[1])
@@ -494,8 +488,7 @@ def _fresh_decoded(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with a new buffer for its decoded panels."""
     decoded = next(b for b in func.body.block.alloc_buffers if b.name == DECODED)
     fresh = tirx.decl_buffer(decoded.shape, decoded.dtype, decoded.name, scope=decoded.scope())
-    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.Var, lambda v: fresh if v.same_as(decoded) else v),
-                                                 order="post"))
+    return func.with_body(substituted(func.body, {decoded: fresh}))
 
 
 def _tiles(func: tirx.PrimFunc, cols: int = matmul.COLS) -> tuple[s_tir.Schedule, s_tir.schedule.SBlockRV]:
@@ -564,12 +557,10 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
     channels at one k) multiplied into the tile's rows there, in place of the tile's own loops over the stored
     weights: no decoded buffer. ``k``: K; ``group``: the decode's (its groups run past K where K is not whole
     groups)."""
-    update = next(r for r in _realizes(func.body) if r.block.name_hint == f"{BLOCK}_update")
+    update = next(r for r in collected(func.body, s_tir.SBlockRealize) if r.block.name_hint == f"{BLOCK}_update")
     *outer, row, channel, rk = (iv.var for iv in update.block.iter_vars)
     bound = {iv.var: value for iv, value in zip(update.block.iter_vars, update.iter_values)}
-    loops = []
-    tvm_ffi.structural_map(func.body, [(tirx.For, lambda loop: loops.append(loop) or loop)], order="post")
-    tile_rows = next(loop for loop in loops if loop.kind == tirx.ForKind.UNROLLED
+    tile_rows = next(loop for loop in collected(func.body, tirx.For) if loop.kind == tirx.ForKind.UNROLLED
                      and any(v.same_as(loop.loop_var) for v in tirx.analysis.undefined_vars(bound[row])))
     tile_row = tile_rows.loop_var
     product = update.block.body  # tile[row, channel] += x[row, rk] * decoded[channel // COLS, rk, channel % COLS]
@@ -583,9 +574,9 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
         """The tile's FMAs of the vector ``stored`` (``decoded[panel, kk, first:first + VECTOR]``)."""
         panel, kk, columns = stored.indices
         row_of, lane = tirx.Var("row", tile_row.ty), tirx.Var("lane", columns.base.ty)
-        values = {**{v: bound[v] for v in outer}, rk: kk, row: _substituted(bound[row], {tile_row: row_of}),
+        values = {**{v: bound[v] for v in outer}, rk: kk, row: substituted(bound[row], {tile_row: row_of}),
                   channel: (panel * int(decoded.shape[-1]) + columns.base + lane).astype(channel.ty)}
-        fma = _substituted(tvm_ffi.structural_map(product, [(TensorLoad, reads(lane))], order="post"), values)
+        fma = substituted(tvm_ffi.structural_map(product, [(TensorLoad, reads(lane))], order="post"), values)
         if k % group:  # the last group's weights past K are not multiplied (nor x read past K)
             fma = tirx.IfThenElse(kk < k, fma, None)
         fmas = tirx.For(lane, 0, VECTOR, tirx.ForKind.VECTORIZED, fma)
@@ -597,7 +588,7 @@ def _runs_into_tile(func: tirx.PrimFunc, k: int, group: int) -> tirx.PrimFunc:
             return realize
         body = tvm_ffi.structural_map(realize.block.body, [(tirx.BufferStore, lambda st: multiplied(st)
                                                             if st.buffer.same_as(decoded) else st)], order="post")
-        return _substituted(body, {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)})
+        return substituted(body, {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)})
 
     def without_tile_loops(stmt):  # the sequence (decode, the tile's loops over k) left with the decode
         if not isinstance(stmt, tirx.stmt.SeqStmt):
@@ -619,7 +610,7 @@ def _tile_accumulator(func: tirx.PrimFunc, cols: int) -> tirx.PrimFunc:
     per panel in the runtime's workspace), written under a predicate on the rows, stays in memory where a tile has
     fewer rows than ``matmul.ROWS`` (a load and store per FMA), and a predicate on each FMA costs its branch; a
     whole tile stays in registers (on the stack). ``cols``: the tile's."""
-    update = next(r for r in _realizes(func.body) if r.block.name_hint == f"{BLOCK}_update")
+    update = next(r for r in collected(func.body, s_tir.SBlockRealize) if r.block.name_hint == f"{BLOCK}_update")
     accumulator = update.block.writes[0].source
     by_tile = len(accumulator.shape) == len(update.block.iter_vars) + 1  # (schedule_matmul's layout by tile)
     rows = matmul.ROWS
@@ -662,28 +653,9 @@ def _with_root_block(func: tirx.PrimFunc, body: tirx.Stmt, allocated: list) -> t
     return func.with_body(s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "root", body, None, allocated)))
 
 
-def _substituted(node, values: dict):
-    """``node`` with each variable of ``values`` replaced by its value."""
-    pairs = list(values.items())
-    return tvm_ffi.structural_map(node, (tirx.Var, lambda v: next((e for var, e in pairs if var.same_as(v)), v)),
-                                  order="post")
-
-
-def _loads(stmt) -> list:
-    found = []
-    tvm_ffi.structural_map(stmt, [(TensorLoad, lambda ld: found.append(ld) or ld)], order="post")
-    return found
-
-
 def _has_avx512() -> bool:
     target = tvm.target.Target.current()
     return target is not None and supported(target)
-
-
-def _realizes(stmt) -> list:
-    found = []
-    tvm_ffi.structural_map(stmt, [(s_tir.SBlockRealize, lambda r: found.append(r) or r)], order="post")
-    return found
 
 
 def gemm(decode: Decode, holders: list[te.Tensor], n: int, k: int, scale: Callable | None = None,

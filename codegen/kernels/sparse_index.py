@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import TypeVar
 
 import numpy as np
-import tvm_ffi
 from tvm import te, tirx
 from tvm.script import tirx as T
 
@@ -30,6 +29,7 @@ from bie_compiler.codecs import Encoded, bie_binary, bie_blocked
 
 from ..kernel_registry import AtLoad, ConvSpec, KernelCall, register
 from ..schedules import matmul
+from ..tir_nodes import substituted
 from . import bitplane, blocked_bitmap, panel_gemm
 from .decode import Layout, destination, vector_lanes, with_decoder
 
@@ -478,9 +478,7 @@ def _writer(body: tirx.PrimFunc) -> panel_gemm.PanelDecode:
 
     def write(holders, decoded, panel_var):
         """The body over the decoder's own panel and buffers (holders: the codec's arrays, then the scales)."""
-        given = list(zip(body.params, [panel_var, *holders[:len(body.params) - 2], decoded]))
-        return tvm_ffi.structural_map(body.body, (tirx.Var, lambda v: next(
-            (b for param, b in given if param.same_as(v)), v)), order="post")
+        return substituted(body.body, dict(zip(body.params, [panel_var, *holders[:len(body.params) - 2], decoded])))
 
     return write
 

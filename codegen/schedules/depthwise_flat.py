@@ -15,7 +15,6 @@ faster.
 
 from __future__ import annotations
 
-import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
@@ -23,6 +22,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.target import Target
 from tvm.tirx.script.builder import ir as T
 
+from ..tir_nodes import collected
 from .conv2d import MAX_LANES, ConvBlocks, find_conv, is_depthwise, shape_of
 from .pointwise_overlap import epilogue_value, folded_per_pixel
 
@@ -56,8 +56,7 @@ def _operands(sch: s_tir.Schedule, blocks: ConvBlocks):
     if not (isinstance(padded, TensorLoad) and isinstance(weight, TensorLoad) and padded.source.same_as(pad.writes[0].source)
             and len(weight.indices) == 4 and weight.source.dtype == "float32"):
         return None
-    loads = []
-    tvm_ffi.structural_map(pad.body.value, (TensorLoad, lambda load: loads.append(load) or load), order="post")
+    loads = collected(pad.body.value, TensorLoad)
     if len(loads) != 1 or len(loads[0].indices) != 4:
         return None
     return loads[0].source, weight.source

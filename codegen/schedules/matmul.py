@@ -15,12 +15,12 @@ than one vector runs the plain loops instead (:func:`narrow_in_loops`).
 
 from __future__ import annotations
 
-import tvm_ffi
 from tvm import s_tir, te, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.ir.expr import TensorLoad
 from tvm.target import Target
 
+from ..tir_nodes import collected, substituted
 from .elementwise import LANES
 
 ROWS = 8  # rows of a register tile: 8 x 2 zmm accumulators, plus B's two vectors and the broadcast
@@ -232,8 +232,7 @@ def fresh_definitions(stmt):
     """``stmt`` with new variables for its loops, block iterators and bindings (a copy defines nothing the original
     does)."""
     fresh = {}
-
-    def collect(node):
+    for node in collected(stmt, (tirx.For, tirx.Bind, s_tir.SBlock)):
         if isinstance(node, tirx.For):
             defined = [node.loop_var]
         elif isinstance(node, tirx.Bind):
@@ -242,10 +241,7 @@ def fresh_definitions(stmt):
             defined = [iv.var for iv in node.iter_vars]
         for var in defined:
             fresh[var] = tirx.Var(var.name, var.ty)
-        return node
-
-    tvm_ffi.structural_map(stmt, [((tirx.For, tirx.Bind, s_tir.SBlock), collect)], order="post")
-    return tvm_ffi.structural_map(stmt, (tirx.Var, lambda var: fresh.get(var, var)), order="post")
+    return substituted(stmt, fresh)
 
 
 def _reduces(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:

@@ -26,6 +26,7 @@ from tvm.target import Target
 from tvm.tirx.script.builder import ir as T
 
 from ..kernels.lut import LINE_BYTES, prefetch
+from ..tir_nodes import collected, substituted
 from .conv2d import ACCUMULATORS, MAX_LANES, ConvBlocks, find_conv, fold_epilogue, is_depthwise, largest_divisor, shape_of
 
 TILE_VECTORS = 1  # vectors along the plane per register tile: one, so a plane costs ceil(pixels / 16) vectors
@@ -43,10 +44,6 @@ def applies(sch: s_tir.Schedule, blocks: ConvBlocks) -> bool:
     static = all(isinstance(d, int) for d in (ci, h, w, co))
     return (static and kh == kw == 1 and (h, w) == (oh, ow) and h * w > MAX_LANES and (h * w) % MAX_LANES != 0
             and sch.get(blocks.conv).writes[0].source.dtype == "float32")
-
-
-def _substitute(expr, bound: dict):
-    return tvm_ffi.structural_map(expr, (tirx.Var, lambda var: bound.get(var, var)), order="post")
 
 
 def _operands(sch: s_tir.Schedule, blocks: ConvBlocks):
@@ -87,10 +84,8 @@ def plane_buffers_of(block: s_tir.SBlock, acc) -> list | None:
     """The buffers the folded epilogue reads at the output pixel ([n, c, y, x] of its block), or None if it reads one
     elsewhere (then it is not computed per pixel of the flat plane)."""
     n_var, c_var, y_var, x_var = (iv.var for iv in block.iter_vars)
-    loads = []
-    tvm_ffi.structural_map(block.body.value, (TensorLoad, lambda load: loads.append(load) or load), order="post")
     found = []
-    for load in loads:
+    for load in collected(block.body.value, TensorLoad):
         if load.source.same_as(acc):
             continue
         if len(load.indices) == 4 and load.indices[2].same_as(y_var) and load.indices[3].same_as(x_var):
@@ -109,12 +104,12 @@ def epilogue_value(block: s_tir.SBlock, acc, n, c, p, accumulated, views: dict):
         if load.source.same_as(acc):
             return accumulated
         if len(load.indices) == 4 and load.indices[2].same_as(y_var) and load.indices[3].same_as(x_var):
-            head = [_substitute(i, {n_var: n, c_var: c}) for i in load.indices[:2]]
+            head = [substituted(i, {n_var: n, c_var: c}) for i in load.indices[:2]]
             return views[load.source][head[0], head[1], p]
         return load
 
     result = tvm_ffi.structural_map(block.body.value, [(TensorLoad, rewrite)], order="post")
-    return _substitute(result, {n_var: n, c_var: c})
+    return substituted(result, {n_var: n, c_var: c})
 
 
 def _vectors(whole: int) -> int:
@@ -160,9 +155,7 @@ def _pairwise_sum(values: list) -> tirx.PrimExpr:
 
 
 def _uses(expr, variables) -> bool:
-    found = []
-    tvm_ffi.structural_map(expr, (tirx.Var, lambda v: found.append(v) or v), order="post")
-    return any(v.same_as(u) for v in found for u in variables)
+    return any(v.same_as(u) for v in collected(expr, tirx.Var) for u in variables)
 
 
 def build(sch: s_tir.Schedule, blocks: ConvBlocks) -> tirx.PrimFunc | None:
