@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--preprocess", action="store_true",
                    help="run onnxruntime's basic graph optimizations before import (constant folding, BatchNorm "
                         "into Conv), for exports TVM cannot import as they are; prints what they changed")
-    c.add_argument("--timing", action="store_true", help="print the time of each compiler pass (TVM's pass timing)")
+    c.add_argument("--timing", action="store_true",
+                   help="print the time of each compiler pass (TVM's pass timing; the kernels are then compiled on "
+                        "one core)")
     c.add_argument("--jobs", type=int, default=None,
                    help="processes encoding layers at once (default: every core for models of 2M weights or more, "
                         "else 1); the artefact's bytes do not depend on it")
