@@ -36,7 +36,7 @@ test: $(VENV)/.ray-installed
 test-fast: $(STAMP)  # everything but the whole-model compiles and runs (tests marked slow)
 	TVM_NUM_THREADS=1 $(PYTEST) -m "not slow"  # a worker per core: one TVM thread each
 
-bench: $(STAMP)
+bench: $(VENV)/.bench-installed  # onnx-ir for onnxruntime's MatMulNBits reference
 	$(BIN)/python benchmarks/bitplane_gemv.py
 
 $(VENV)/.bench-installed: $(STAMP)
