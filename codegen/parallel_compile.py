@@ -1,7 +1,7 @@
 """A Relax module compiled for the VM with its PrimFuncs compiled in parallel, one part per core.
 
-``tvm.compile`` runs the TIR pipeline and LLVM over every PrimFunc of a module as one LLVM module, on one core: for
-an encoder whose panel GEMMs carry two code paths that is two thirds of the compile time. Here the lowered module's
+``tvm.compile`` runs the TIR pipeline and LLVM over every PrimFunc of a module as one LLVM module, on one core, and
+for a model with large kernels that is most of the compile time. Here the lowered module's
 PrimFuncs are dealt into one part per core (largest first, each to the lightest part; a function's printed size
 stands for its cost), each part is lowered, compiled and written to an object file in a thread (TVM's calls release
 the GIL, so the C++ passes and LLVM run side by side), and the executable imports the objects as static libraries:
