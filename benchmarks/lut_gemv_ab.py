@@ -9,7 +9,8 @@ their own) are built for the same weights (each laid out by its own revision's
 encoding of heavy-tailed weights at each ``--sensitive`` fraction, against its
 reference decoder), and called in turn, the order alternating every round; the
 median and least time of each are printed with their ratio (below 1: the
-working tree is faster).
+working tree is faster), and whether their outputs are bit-identical (a change
+meant to keep the arithmetic per output, as a new loop structure, shows it).
 
 * ``--mode l2``: one thread, CPU time (``time.process_time``), one copy of the
   words, small enough for L2 (the default 1024 channels x 2048): the kernels'
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     for label, build, constants_of, x, exact, bound in (bbs_cases if args.codec == "bbs" else bitplane_cases)(
             args, n, k, rng):
-        calls, stored = {}, {}
+        calls, stored, outputs = {}, {}, {}
         for side, module in sides.items():
             constants = constants_of(module)
             stored[side] = sum(c.nbytes for c in constants)
@@ -163,7 +164,8 @@ def run(args: argparse.Namespace) -> dict:
             kernel = tvm.compile(tvm.IRModule({"main": build(module).with_attr("global_symbol", "main")}),
                                  target).mod["main"]
             kernel(*tensors[0])
-            error = np.abs(tensors[0][-1].numpy() - exact).max()
+            outputs[side] = tensors[0][-1].numpy()
+            error = np.abs(outputs[side] - exact).max()
             if error > bound(module):
                 raise SystemExit(f"{side}: {label}: relative error {error / np.abs(exact).max():.1e} against the "
                                  "exact product")
@@ -177,7 +179,8 @@ def run(args: argparse.Namespace) -> dict:
         rows.append({"case": label, "ms": {side: 1e3 * statistics.median(t) for side, t in times.items()},
                      "least_ms": {side: 1e3 * min(t) for side, t in times.items()},
                      "median_ratio": statistics.median(tree) / statistics.median(base),
-                     "least_ratio": min(tree) / min(base), "words_bytes": stored})
+                     "least_ratio": min(tree) / min(base), "words_bytes": stored,
+                     "identical": bool(np.array_equal(*(o.view(np.uint32) for o in outputs.values())))})
     return {"against": args.against, "codec": args.codec, "mode": args.mode, "shape": f"{n}x{k}",
             "groups": args.groups, "tables": args.tables, "threads": args.threads, "rounds": args.rounds, "rows": rows}
 
@@ -191,7 +194,8 @@ def report(res: dict) -> None:
         tree, base = row["ms"]["working tree"], row["ms"][res["against"]]
         print(f"  {row['case']}: {res['against']} {base:.4f} ms, working tree {tree:.4f} ms (medians); "
               f"working tree / {res['against']} = {row['median_ratio']:.3f} (medians), {row['least_ratio']:.3f} "
-              f"(least); constants {row['words_bytes'][res['against']]} and {row['words_bytes']['working tree']} bytes")
+              f"(least); constants {row['words_bytes'][res['against']]} and {row['words_bytes']['working tree']} "
+              f"bytes; outputs {'bit-identical' if row['identical'] else 'differ'}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """``bbs`` CPU matmul kernels against the reference decoder: LUT bit-serial GEMV, decode-once GEMV, the panel GEMM of
 several rows (decode kernels: tests/test_conv_kernels.py)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from bie_compiler.codecs import bbs, make_config
+from bie_compiler.codecs.base import Encoded
 from bie_compiler.codegen import ConvSpec, kernel_for
 from bie_compiler.codegen.kernels import bbs_lut, lut
 from bie_compiler.codegen.target import make_target
@@ -65,6 +68,49 @@ def test_int8_tables_within_their_stated_bound(options, n, k, target):
         assert pruned.any() == (int(enc.header["sensitive"]) < n)
         assert (error[pruned] > 0).all() or not pruned.any()  # quantized tables
         assert_close(run(call.large_batch.func, target, x, call.large_batch.constants, (batch, n)), ref)
+
+
+def pruned_blocks_rotated(enc: Encoded) -> Encoded:
+    """``enc`` with its whole blocks of 16 pruned rows stored in another order (block ``i`` moved to ``i - 1``, the
+    first to the last whole place; a partial last block stays): the same weights, each block in the other slot of
+    a pair of the int8-table GEMV (or, with an odd count, alone)."""
+    count, n = int(enc.header["sensitive"]), enc.shape[0]
+    whole = (n - count) // bbs.LANES
+    blocks = enc.arrays["columns"].shape[0]
+    order = np.r_[np.roll(np.arange(whole), -1), np.arange(whole, blocks)]  # new block -> old block
+    rows = np.r_[np.arange(count), count + (order[:, None] * bbs.LANES + np.arange(bbs.LANES)).ravel()]
+    rows = rows[rows < n]  # new stored row -> old stored row
+    place = np.empty(n, np.int32)
+    place[rows] = np.arange(n, dtype=np.int32)
+    arrays = dict(enc.arrays, columns=enc.arrays["columns"][order], meta=enc.arrays["meta"][order],
+                  scales=enc.arrays["scales"][rows], position=place[enc.arrays["position"]])
+    return dataclasses.replace(enc, arrays=arrays)
+
+
+# pruned blocks (K = 70): 5 (odd), 6 (even), 6 with N not a multiple of 32 and a partial last block; with 32 or 64
+# sensitive rows 9, 10, and 9 with a partial last; all sensitive
+@pytest.mark.parametrize("n,fraction", [(80, 0.0), (96, 0.0), (88, 0.0), (176, 0.1), (192, 0.1), (200, 0.2),
+                                        (48, 1.0)])
+def test_int8_gemv_blocks_alike_in_either_slot_of_a_pair(n, fraction, target):
+    """The int8-table GEMV computes pruned blocks two to a work item (one alone with an odd count): within the
+    stated bound, and each block's outputs bit-identical whichever slot computes it (the pruned blocks rotated by
+    one: each whole block moves to the other slot, the first with an odd count of items to the last item), the same
+    operations per output as one block per item."""
+    if not lut.int8_supported(target):
+        pytest.skip("the int8 tables need AVX512-BW and VNNI on this host")
+    rng = np.random.default_rng(n)
+    enc = bbs.encode(rng.standard_t(4, (n, 70)).astype(np.float32),
+                     make_config("bbs", {"preset": "moderate", "sensitive_fraction": fraction}))
+    rotated = pruned_blocks_rotated(enc)
+    np.testing.assert_array_equal(bbs.decode(rotated), bbs.decode(enc))  # the same weights
+    x = rng.standard_normal((3, 70)).astype(np.float32)
+    outs = [run(c.func, target, x, c.constants, (3, n)) for c in (kernel_for(e, target, lut_tables="int8")
+                                                                  for e in (enc, rotated))]
+    np.testing.assert_array_equal(outs[1].view(np.uint32), outs[0].view(np.uint32))
+    ref = x @ bbs.decode(enc).astype(np.float64).T
+    error, bound = np.abs(outs[0] - ref), bbs_lut.int8_error_bound(x, enc)
+    assert (error <= bound + 1e-5 * np.abs(ref).max()).all(), (error - bound).max()
+    assert (bound > 0).any() == (fraction < 1)
 
 
 def test_int8_tables_only_where_4_columns_are_kept(target):

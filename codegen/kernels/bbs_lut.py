@@ -22,7 +22,8 @@ stores it after every update: the prefetches in the loop keep it from sinking
 the stores, and a store per 16 codes was slower; benchmarks/README.md,
 ``bbs_gemv.py``, stop 19).
 
-One parallel region over work items (16 pruned channels, or 16 sensitive rows).
+One parallel region over work items (16 pruned channels, or with int8 tables 32:
+two blocks of 16, or 16 sensitive rows).
 TVM hands each thread a contiguous share of the items, so the sensitive items
 are spread evenly over the range. Each thread's pruned blocks, their metadata
 and its sensitive rows are three contiguous streams, each prefetched into L2
@@ -49,9 +50,11 @@ re-laid out at compile time (:func:`int8_nibbles`: the same 256 bytes per block
 and group, so the same bits/weight), the sign column inverted: the kept integer
 as offset binary ``u = kept + 8`` (``vpdpbusd`` multiplies unsigned bytes, the
 significances, by signed ones, the table entries). Per group and block: 4
-loads, 8 shuffles and 8 ``vpdpbusd`` (in 4 chains of 2), 4 masks and 4 shifts
-(``vgf2p8affineqb``) for the nibbles and 8 table loads (16 bytes each, broadcast to the
-4 lanes), against 28 float look-ups and 24 index operations; then
+loads, 8 shuffles and 8 ``vpdpbusd`` (in ``DOT_CHAINS`` chains), 4 masks and 4
+shifts (``vgf2p8affineqb``) for the nibbles, and per group 8 table loads (16
+bytes each, broadcast to the 4 lanes) and the group's scalars, shared by the
+two blocks of a work item (an odd last block is paired with a copy of itself,
+computed and not stored), against 28 float look-ups and 24 index operations; then
 
     dot += 2^shift * (s_g * D - 8 * S_g) + offset * S_g
 
@@ -79,6 +82,10 @@ QUAD = bbs.INT8_TABLE_COLUMNS  # int8 tables: a channel's kept columns in the 4 
 # the significances of the 4 bytes of a channel (column 0 first) as unsigned bytes, little-endian: 8, 4, 2, 1
 SIGNIFICANCES = 0x01020408
 ROWS = 4  # sensitive rows per pass over x: independent FMA chains
+# int8 tables: vpdpbusd chains per block and group; with two blocks in flight 2 chains of 4 hide the latency
+# and save the zeroing and tree adds of 4 chains of 2 (benchmarks/README.md, bbs_gemv.py, stop 29 bbs2blk)
+DOT_CHAINS = 2
+PAIR = 2  # int8 tables: blocks of pruned rows per work item, sharing each group's table loads (at most ROWS)
 LINE = lut.LINE_BYTES  # codes of a sensitive row per update of its accumulator
 assert (bbs.LANES, bbs.GROUP) == (lut.LANES, lut.GROUP)  # a stored column is one vector of plane words
 
@@ -170,7 +177,8 @@ def gemv(enc: Encoded, tables: str = "fp32"):
     sensitive_blocks = -(-count // LANES)  # work items of 16 sensitive rows
     sensitive_rows = max(count, 1)
     column_blocks = max(blocks, 1)
-    items = sensitive_blocks + blocks
+    per_item = PAIR if int8 else 1  # blocks of pruned rows per work item
+    items = sensitive_blocks + -(-blocks // per_item)
     column_words = column_blocks * kg * bits * LANES
     ahead_words = lut.AHEAD_BYTES // 4
     quads_ahead = -(-lut.AHEAD_BYTES // (ROWS * kp))  # quads of sensitive rows between a read and its prefetch
@@ -196,15 +204,46 @@ def gemv(enc: Encoded, tables: str = "fp32"):
 
     def int8_dot(small, g, nibbles, pb):
         # the group's int32 look-up sums for 16 channels: per index vector h, tables h (low nibbles) and h + 4
-        # (high), each vpdpbusd summing a channel's 4 columns with their significances; 4 chains of 2
-        sums = []
+        # (high), each vpdpbusd summing a channel's 4 columns with their significances, in DOT_CHAINS chains (the
+        # sums are exact integers: any order gives the same)
+        looked = []
         for h in range(QUAD):
             v = nibbles[pb * kg + g, h, T.Ramp(0, 1, LINE)]
-            low = tirx.call_llvm_pure_intrin("int32x16", lut.DOT, T.Broadcast(T.int32(0), LANES), significances,
-                                             looked_up(small, g * lut.NIBBLES + h, v & T.Broadcast(T.uint8(15), LINE)))
-            sums.append(tirx.call_llvm_pure_intrin("int32x16", lut.DOT, low, significances, looked_up(
-                small, g * lut.NIBBLES + QUAD + h, v >> T.Broadcast(T.uint8(4), LINE))))
+            looked += [looked_up(small, g * lut.NIBBLES + h, v & T.Broadcast(T.uint8(15), LINE)),
+                       looked_up(small, g * lut.NIBBLES + QUAD + h, v >> T.Broadcast(T.uint8(4), LINE))]
+        sums = []
+        for c in range(DOT_CHAINS):
+            total = T.Broadcast(T.int32(0), LANES)
+            for entries in looked[c::DOT_CHAINS]:
+                total = tirx.call_llvm_pure_intrin("int32x16", lut.DOT, total, significances, entries)
+            sums.append(total)
         return lut.tree(sums)
+
+    def int8_mixed(dot, step, centre, g):
+        # s_g * D - 8 * S_g: the group's look-up sums as the offset-binary codes' sums times x
+        return T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES) - T.Broadcast(centre[g], LANES)
+
+    def shift_scale(meta, blk, g):
+        # 2^shift, shift = pruned_columns - (code >> 6), from block blk's metadata bytes of group g
+        code = T.Cast("int32x16", meta[blk, g, T.Ramp(0, 1, LANES)])
+        return tirx.call_llvm_pure_intrin("float32x16", lut.PERMUTE, powers, T.shift_right(code, T.Broadcast(6, LANES)))
+
+    def offset_value(meta, blk, g):
+        return T.Cast("float32x16", offset_of(T.Cast("int32x16", meta[blk, g, T.Ramp(0, 1, LANES)])))
+
+    def accumulated(total, mixed, scale, offset, group_sum, g):
+        return total + mixed * scale + offset * T.Broadcast(group_sum[g], LANES)
+
+    @T.macro
+    def prefetch_group(column_stream, meta_stream, blk, g):
+        # group g of block blk's lines AHEAD_BYTES on in the pruned blocks' stream (one clamp for all), and its
+        # metadata's that far on in theirs
+        at: T.let = blk * kg + g
+        ahead: T.let = T.min(at * bits * LANES + ahead_words, column_words - bits * LANES)
+        for b in T.unroll(bits):
+            lut.prefetch(column_stream[ahead + b * LANES])
+        if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
+            lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
 
     def codes_times_x(sensitive, xpad, row, at):
         # 16 codes of sensitive row ``row`` (rows past count, when count = n, are clamped and not stored) times x
@@ -282,32 +321,42 @@ def gemv(enc: Encoded, tables: str = "fp32"):
                                     total: T.let = lut.tree([acc[item, j, lane] for lane in range(LANES)])
                                     stored[first + j] = total * scales[first + j]
                 else:
-                    pb: T.let = item - before
-                    acc[item, 0, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                    first: T.let = (item - before) * per_item  # the item's first block of pruned rows
+                    # int8: its second; past the last block (odd blocks) a copy of the first, computed, not stored
+                    second: T.let = T.min(first + 1, column_blocks - 1)
+                    for j in T.unroll(per_item):
+                        acc[item, j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                     for g in range(kg):
-                        at: T.let = pb * kg + g  # the group's place in this thread's streams
-                        ahead: T.let = T.min(at * bits * LANES + ahead_words, column_words - bits * LANES)
-                        for b in T.unroll(bits):  # the group's lines that far on in the stream (one clamp for all)
-                            lut.prefetch(column_stream[ahead + b * LANES])
-                        if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
-                            lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
+                        prefetch_group(column_stream, meta_stream, first, g)
                         if int8:
-                            dot: T.let = int8_dot(small, g, columns, pb)
-                            mixed: T.let = T.Cast("float32x16", dot) * T.Broadcast(step[g], LANES) - T.Broadcast(
-                                centre[g], LANES)
+                            # both blocks' values before either accumulator's store: LLVM loads the group's 8
+                            # tables and its scalars once for the two (a store between could alias them)
+                            prefetch_group(column_stream, meta_stream, second, g)
+                            dot: T.let = int8_dot(small, g, columns, first)
+                            dot2: T.let = int8_dot(small, g, columns, second)
+                            mixed: T.let = int8_mixed(dot, step, centre, g)
+                            mixed2: T.let = int8_mixed(dot2, step, centre, g)
+                            scale: T.let = shift_scale(meta, first, g)
+                            scale2: T.let = shift_scale(meta, second, g)
+                            offset: T.let = offset_value(meta, first, g)
+                            offset2: T.let = offset_value(meta, second, g)
+                            acc[item, 0, T.Ramp(0, 1, LANES)] = accumulated(acc[item, 0, T.Ramp(0, 1, LANES)],
+                                                                            mixed, scale, offset, group_sum, g)
+                            acc[item, 1, T.Ramp(0, 1, LANES)] = accumulated(acc[item, 1, T.Ramp(0, 1, LANES)],
+                                                                            mixed2, scale2, offset2, group_sum, g)
                         else:
                             mixed: T.let = lut.twos_complement_sum([
                                 lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
-                                    "int32x16", columns[pb, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
-                        code: T.let = T.Cast("int32x16", meta[pb, g, T.Ramp(0, 1, LANES)])
-                        scale: T.let = tirx.call_llvm_pure_intrin(  # 2^shift, shift = pruned_columns - (code >> 6)
-                            "float32x16", lut.PERMUTE, powers, T.shift_right(code, T.Broadcast(6, LANES)))
-                        offset: T.let = T.Cast("float32x16", offset_of(code))
-                        acc[item, 0, T.Ramp(0, 1, LANES)] = acc[item, 0, T.Ramp(0, 1, LANES)] + mixed * scale + (
-                            offset * T.Broadcast(group_sum[g], LANES))
-                    for lane in range(LANES):
-                        if count + pb * LANES + lane < n:
-                            stored[count + pb * LANES + lane] = acc[item, 0, lane] * scales[count + pb * LANES + lane]
+                                    "int32x16", columns[first, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
+                            scale: T.let = shift_scale(meta, first, g)
+                            offset: T.let = offset_value(meta, first, g)
+                            acc[item, 0, T.Ramp(0, 1, LANES)] = accumulated(acc[item, 0, T.Ramp(0, 1, LANES)],
+                                                                            mixed, scale, offset, group_sum, g)
+                    for j in T.unroll(per_item):
+                        for lane in range(LANES):
+                            if count + (first + j) * LANES + lane < n:
+                                stored[count + (first + j) * LANES + lane] = acc[item, j, lane] * scales[
+                                    count + (first + j) * LANES + lane]
             for c in range(n):
                 out[row, c] = stored[position[c]]
 
