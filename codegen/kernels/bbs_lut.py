@@ -85,7 +85,7 @@ ROWS = 4  # sensitive rows per pass over x: independent FMA chains
 # int8 tables: vpdpbusd chains per block and group; with two blocks in flight 2 chains of 4 hide the latency
 # and save the zeroing and tree adds of 4 chains of 2 (benchmarks/README.md, bbs_gemv.py, stop 29 bbs2blk)
 DOT_CHAINS = 2
-PAIR = 2  # int8 tables: blocks of pruned rows per work item, sharing each group's table loads (at most ROWS)
+PAIR = 2  # int8 tables: blocks of pruned rows per work item, sharing each group's table loads (acc rows: <= ROWS)
 LINE = lut.LINE_BYTES  # codes of a sensitive row per update of its accumulator
 assert (bbs.LANES, bbs.GROUP) == (lut.LANES, lut.GROUP)  # a stored column is one vector of plane words
 
@@ -322,15 +322,15 @@ def gemv(enc: Encoded, tables: str = "fp32"):
                                     stored[first + j] = total * scales[first + j]
                 else:
                     first: T.let = (item - before) * per_item  # the item's first block of pruned rows
-                    # int8: its second; past the last block (odd blocks) a copy of the first, computed, not stored
-                    second: T.let = T.min(first + 1, column_blocks - 1)
                     for j in T.unroll(per_item):
                         acc[item, j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                     for g in range(kg):
                         prefetch_group(column_stream, meta_stream, first, g)
                         if int8:
-                            # both blocks' values before either accumulator's store: LLVM loads the group's 8
-                            # tables and its scalars once for the two (a store between could alias them)
+                            # the item's second block: past the last (odd blocks) a copy of the first, computed and
+                            # not stored. Both blocks' values before either accumulator's store: LLVM loads the
+                            # group's 8 tables and its scalars once for the two (a store between could alias them)
+                            second: T.let = T.min(first + 1, column_blocks - 1)
                             prefetch_group(column_stream, meta_stream, second, g)
                             dot: T.let = int8_dot(small, g, columns, first)
                             dot2: T.let = int8_dot(small, g, columns, second)
