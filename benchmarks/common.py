@@ -189,11 +189,15 @@ def distinct_copy(weight: np.ndarray, i: int) -> np.ndarray:
     return copy
 
 
-def ort_session(model: bytes, threads: int) -> ort.InferenceSession:
+def ort_session(model: bytes | str, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """onnxruntime on ``model`` (serialized, or a path) with ``threads`` intra-op threads, idle workers not spinning;
+    with ``profile_prefix``, its profiler on (``end_profiling`` names the file)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
