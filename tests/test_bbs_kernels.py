@@ -113,6 +113,18 @@ def test_int8_gemv_blocks_alike_in_either_slot_of_a_pair(n, fraction, target):
     assert (bound > 0).any() == (fraction < 1)
 
 
+def test_prefetches_follow_the_stream_of_each_slot_of_an_item():
+    """A work item reads its blocks side by side, so the prefetch AHEAD_BYTES on runs past a block's end into the
+    same slot of the next items (not into the flat next block, the item's own other block, read already); with one
+    block an item that is the flat stream."""
+    words = 128  # a block's
+    assert bbs_lut.items_stream_ahead(4, 1, 100, 2, words) == 5 * words + 100  # within the block
+    assert bbs_lut.items_stream_ahead(4, 1, 130, 2, words) == 7 * words + 2  # the next item's second block
+    assert bbs_lut.items_stream_ahead(4, 0, 300, 2, words) == 8 * words + 44  # two items on, the first block
+    assert all(bbs_lut.items_stream_ahead(first, 0, ahead, 1, words) == first * words + ahead
+               for first in range(3) for ahead in range(0, 600, 37))
+
+
 def test_int8_tables_only_where_4_columns_are_kept(target):
     if not lut.int8_supported(target):
         pytest.skip("the int8 tables need AVX512-BW and VNNI on this host")

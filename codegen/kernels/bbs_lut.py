@@ -17,25 +17,34 @@ is the same identity, applied for free.
 
 Sensitive rows are INT8 dot products, 4 rows per pass over x: 4 independent
 16-lane FMA chains (one chain alone waits on the FMA latency), each updated
-once per line of its row (LLVM keeps an accumulator in a register but still
-stores it after every update: the prefetches in the loop keep it from sinking
-the stores, and a store per 16 codes was slower; benchmarks/README.md,
-``bbs_gemv.py``, stop 19).
+once per line of its row.
 
 One parallel region over work items (16 pruned channels, or with int8 tables 32:
 two blocks of 16, or 16 sensitive rows).
 TVM hands each thread a contiguous share of the items, so the sensitive items
-are spread evenly over the range. Each thread's pruned blocks, their metadata
-and its sensitive rows are three contiguous streams, each prefetched into L2
-about ``lut.AHEAD_BYTES`` ahead of its reads (the hardware prefetchers stop at
+are spread evenly over the range. The lines a thread reads are prefetched into
+L2 about ``lut.AHEAD_BYTES`` ahead of its reads (the hardware prefetchers stop at
 every 4 KiB page and alone keep too few lines in flight for weights read from
-memory): the pruned blocks and metadata that far on in their streams, the
-sensitive rows at the same offset of the quad of rows whole quads on, at least
-that far (4 KiB on in the row reached the quad's own next row at K = 4096 and
-left the next quad to demand misses).
-Inside the parallel loop every value is ``T.let``-bound and the accumulators
-live in one buffer allocated per call: TVM turns a buffer declared, or a name
-assigned, inside a parallel loop into a workspace allocation per iteration. The output is unshuffled through ``position``.
+memory), each stream on its own:
+
+* a work item reads its blocks side by side, so block ``b`` of successive items
+  is a stream (:func:`items_stream_ahead`): in the one flat stream of blocks the
+  first block's prefetches fell on the item's own second block, read already,
+  and left the next item's second block to demand misses; the metadata likewise;
+* the sensitive rows at the same offset of the quad of rows whole quads on, at
+  least that far (4 KiB on in the row reached the quad's own next row at
+  K = 4096 and left the next quad to demand misses), each row's prefetch next to
+  its own update rather than the quad's four together.
+
+Either kept one thread reading weights from memory 7-11 % faster
+(benchmarks/README.md, ``bbs_gemv.py``, stop 30).
+Inside the parallel loop every value is ``T.let``-bound. The accumulators are
+buffers declared in the work item, under 1 KiB, which TVM makes stack
+allocations and LLVM keeps in registers (one buffer of every item's
+accumulators, declared for the call, was stored to after every update: the
+prefetches in the loop kept LLVM from sinking the stores). A larger buffer, or a
+name assigned, inside the parallel loop would be a workspace allocation per
+iteration. The output is unshuffled through ``position``.
 Rows of activations are processed one after the other, so the kernel is exact
 for any batch, but it is meant for batch 1 (larger batches use the decoded
 kernel, :mod:`.bbs_decoded`). Needs AVX-512 (``vpermi2ps`` and ``vpermps`` on 16 lanes).
@@ -88,6 +97,13 @@ DOT_CHAINS = 2
 PAIR = 2  # int8 tables: blocks of pruned rows per work item, sharing each group's table loads (acc rows: <= ROWS)
 LINE = lut.LINE_BYTES  # codes of a sensitive row per update of its accumulator
 assert (bbs.LANES, bbs.GROUP) == (lut.LANES, lut.GROUP)  # a stored column is one vector of plane words
+
+
+def items_stream_ahead(first, b, words, per_item: int, block_words):
+    """The word ``words`` on from the start of block ``first + b`` in the stream of the work items' blocks ``b``
+    (items of ``per_item`` blocks of ``block_words`` each, item after item): past the block's end it goes on in block
+    ``b`` of the next items. Integers or TIR expressions."""
+    return (first + b + per_item * (words // block_words)) * block_words + words % block_words
 
 
 def in_order(total, terms):
@@ -180,6 +196,7 @@ def gemv(enc: Encoded, tables: str = "fp32"):
     per_item = PAIR if int8 else 1  # blocks of pruned rows per work item
     items = sensitive_blocks + -(-blocks // per_item)
     column_words = column_blocks * kg * bits * LANES
+    block_words = kg * bits * LANES  # a block of pruned rows' stored words
     ahead_words = lut.AHEAD_BYTES // 4
     quads_ahead = -(-lut.AHEAD_BYTES // (ROWS * kp))  # quads of sensitive rows between a read and its prefetch
     meta_bytes = column_blocks * kg * LANES
@@ -235,15 +252,16 @@ def gemv(enc: Encoded, tables: str = "fp32"):
         return total + mixed * scale + offset * T.Broadcast(group_sum[g], LANES)
 
     @T.macro
-    def prefetch_group(column_stream, meta_stream, blk, g):
-        # group g of block blk's lines AHEAD_BYTES on in the pruned blocks' stream (one clamp for all), and its
+    def prefetch_group(column_stream, meta_stream, first, b, g):
+        # the lines AHEAD_BYTES on from group g of block first + b in the stream of the items' blocks b, and the
         # metadata's that far on in theirs
-        at: T.let = blk * kg + g
-        ahead: T.let = T.min(at * bits * LANES + ahead_words, column_words - bits * LANES)
-        for b in T.unroll(bits):
-            lut.prefetch(column_stream[ahead + b * LANES])
-        if at % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
-            lut.prefetch(meta_stream[T.min(at * LANES + lut.AHEAD_BYTES, meta_bytes - 1)])
+        line: T.let = T.min(items_stream_ahead(first, b, g * bits * LANES + ahead_words, per_item, block_words),
+                            column_words - bits * LANES)
+        for c in T.unroll(bits):
+            lut.prefetch(column_stream[line + c * LANES])
+        if g % (lut.LINE_BYTES // LANES) == 0:  # a line of meta holds 4 groups
+            lut.prefetch(meta_stream[T.min(items_stream_ahead(first, b, g * LANES + lut.AHEAD_BYTES, per_item,
+                                                              kg * LANES), meta_bytes - 1)])
 
     def codes_times_x(sensitive, xpad, row, at):
         # 16 codes of sensitive row ``row`` (rows past count, when count = n, are clamped and not stored) times x
@@ -275,8 +293,6 @@ def gemv(enc: Encoded, tables: str = "fp32"):
             step = T.decl_buffer((kg,), "float32")
             centre = T.decl_buffer((kg,), "float32")  # 8 * S_g: the offset binary's share of the look-up sums
         stored = T.decl_buffer((n,), "float32")
-        # per-item accumulators (ROWS for sensitive rows, 1 for a pruned block), allocated once per call
-        acc = T.decl_buffer((items, ROWS, LANES), "float32")
         for row in range(m):
             fill_tables(x, row, xpad, table)
             if int8:
@@ -302,60 +318,55 @@ def gemv(enc: Encoded, tables: str = "fp32"):
                     for quad in range(LANES // ROWS):
                         first: T.let = before * LANES + quad * ROWS
                         if first < count:
+                            acc = T.decl_buffer((ROWS, LANES), "float32")
                             for j in T.unroll(ROWS):
-                                acc[item, j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                                acc[j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                             for line in range(kp // LINE):
-                                for j in T.unroll(ROWS):  # a later quad's line at this offset
+                                for j in T.unroll(ROWS):  # rows past count (count = n) are clamped, not stored
+                                    # a later quad's line at this offset
                                     lut.prefetch(sensitive_stream[T.min((first + quads_ahead * ROWS + j) * kp
                                                                         + line * LINE, sensitive_rows * kp - 1)])
-                                for j in T.unroll(ROWS):  # rows past count (count = n) are clamped, not stored
-                                    acc[item, j, T.Ramp(0, 1, LANES)] = in_order(acc[item, j, T.Ramp(0, 1, LANES)], [
+                                    acc[j, T.Ramp(0, 1, LANES)] = in_order(acc[j, T.Ramp(0, 1, LANES)], [
                                         codes_times_x(sensitive, xpad, first + j, line * LINE + v * LANES)
                                         for v in range(LINE // LANES)])
                             for kv in range(kp // LINE * (LINE // LANES), kp // LANES):  # past the last whole line
                                 for j in T.unroll(ROWS):
-                                    acc[item, j, T.Ramp(0, 1, LANES)] = acc[item, j, T.Ramp(0, 1, LANES)] + (
+                                    acc[j, T.Ramp(0, 1, LANES)] = acc[j, T.Ramp(0, 1, LANES)] + (
                                         codes_times_x(sensitive, xpad, first + j, kv * LANES))
                             for j in range(ROWS):
                                 if first + j < count:
-                                    total: T.let = lut.tree([acc[item, j, lane] for lane in range(LANES)])
+                                    total: T.let = lut.tree([acc[j, lane] for lane in range(LANES)])
                                     stored[first + j] = total * scales[first + j]
                 else:
                     first: T.let = (item - before) * per_item  # the item's first block of pruned rows
+                    acc = T.decl_buffer((per_item, LANES), "float32")
                     for j in T.unroll(per_item):
-                        acc[item, j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                        acc[j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                     for g in range(kg):
-                        prefetch_group(column_stream, meta_stream, first, g)
+                        prefetch_group(column_stream, meta_stream, first, 0, g)
                         if int8:
-                            # the item's second block: past the last (odd blocks) a copy of the first, computed and
-                            # not stored. Both blocks' values before either accumulator's store: LLVM loads the
-                            # group's 8 tables and its scalars once for the two (a store between could alias them)
-                            second: T.let = T.min(first + 1, column_blocks - 1)
-                            prefetch_group(column_stream, meta_stream, second, g)
-                            dot: T.let = int8_dot(small, g, columns, first)
-                            dot2: T.let = int8_dot(small, g, columns, second)
-                            mixed: T.let = int8_mixed(dot, step, centre, g)
-                            mixed2: T.let = int8_mixed(dot2, step, centre, g)
-                            scale: T.let = shift_scale(meta, first, g)
-                            scale2: T.let = shift_scale(meta, second, g)
-                            offset: T.let = offset_value(meta, first, g)
-                            offset2: T.let = offset_value(meta, second, g)
-                            acc[item, 0, T.Ramp(0, 1, LANES)] = accumulated(acc[item, 0, T.Ramp(0, 1, LANES)],
-                                                                            mixed, scale, offset, group_sum, g)
-                            acc[item, 1, T.Ramp(0, 1, LANES)] = accumulated(acc[item, 1, T.Ramp(0, 1, LANES)],
-                                                                            mixed2, scale2, offset2, group_sum, g)
+                            # the item's blocks (past the last, copies of it, computed and not stored) share the
+                            # group's table loads and scalars: the accumulators are registers, nothing stored between
+                            for b in T.unroll(per_item):
+                                block: T.let = T.min(first + b, column_blocks - 1)
+                                if b > 0:
+                                    prefetch_group(column_stream, meta_stream, first, b, g)
+                                acc[b, T.Ramp(0, 1, LANES)] = accumulated(
+                                    acc[b, T.Ramp(0, 1, LANES)], int8_mixed(int8_dot(small, g, columns, block), step,
+                                                                            centre, g),
+                                    shift_scale(meta, block, g), offset_value(meta, block, g), group_sum, g)
                         else:
                             mixed: T.let = lut.twos_complement_sum([
                                 lut.column_sum(table, g * lut.FIELDS, T.reinterpret(
                                     "int32x16", columns[first, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
                             scale: T.let = shift_scale(meta, first, g)
                             offset: T.let = offset_value(meta, first, g)
-                            acc[item, 0, T.Ramp(0, 1, LANES)] = accumulated(acc[item, 0, T.Ramp(0, 1, LANES)],
+                            acc[0, T.Ramp(0, 1, LANES)] = accumulated(acc[0, T.Ramp(0, 1, LANES)],
                                                                             mixed, scale, offset, group_sum, g)
                     for j in T.unroll(per_item):
                         for lane in range(LANES):
                             if count + (first + j) * LANES + lane < n:
-                                stored[count + (first + j) * LANES + lane] = acc[item, j, lane] * scales[
+                                stored[count + (first + j) * LANES + lane] = acc[j, lane] * scales[
                                     count + (first + j) * LANES + lane]
             for c in range(n):
                 out[row, c] = stored[position[c]]
