@@ -52,8 +52,8 @@ MODULES = {
     "bie-bitplane": ("bitplane_lut", {
         "from ..kernel_registry import": "from bie_compiler.codegen.kernel_registry import",
         "from ..layout_memo import": "from bie_compiler.codegen.layout_memo import",
-        "from . import lut, panel_gemm":
-            "import base_lut as lut\nfrom bie_compiler.codegen.kernels import panel_gemm"}),
+        "from . import column_runs, lut, panel_gemm":
+            "import base_lut as lut\nfrom bie_compiler.codegen.kernels import column_runs, panel_gemm"}),
     "bbs": ("bbs_lut", {"from . import lut": "import base_lut as lut",
                         "from ..layout_memo import": "from bie_compiler.codegen.layout_memo import"}),
 }
