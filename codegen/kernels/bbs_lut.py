@@ -36,8 +36,7 @@ memory), each stream on its own:
   K = 4096 and left the next quad to demand misses), each row's prefetch next to
   its own update rather than the quad's four together.
 
-Either kept one thread reading weights from memory 7-11 % faster
-(benchmarks/README.md, ``bbs_gemv.py``, stop 30).
+(Both for one thread reading weights from memory: benchmarks/README.md, ``bbs_gemv.py``, stop 30.)
 Inside the parallel loop every value is ``T.let``-bound. The accumulators are
 buffers declared in the work item, under 1 KiB, which TVM makes stack
 allocations and LLVM keeps in registers (one buffer of every item's
@@ -343,7 +342,7 @@ def gemv(enc: Encoded, tables: str = "fp32"):
                     for j in T.unroll(per_item):
                         acc[j, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
                     for g in range(kg):
-                        prefetch_group(column_stream, meta_stream, first, 0, g)
+                        prefetch_group(column_stream, meta_stream, first, 0, g)  # each block's beside its own work
                         if int8:
                             # the item's blocks (past the last, copies of it, computed and not stored) share the
                             # group's table loads and scalars: the accumulators are registers, nothing stored between
