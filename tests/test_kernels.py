@@ -1,5 +1,7 @@
 """Each CPU kernel against the codec's reference decoder, on awkward shapes and batches."""
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -124,7 +126,7 @@ def test_int8_one_row_kernel_streams_its_codes(target):
     assert script.count("T.parallel") == 1 and "llvm.prefetch" in script
     asm = tvm.compile(tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")}), target).mod.inspect_source(
         "asm")
-    assert "prefetcht1" in asm and "vcvtdq2ps" in asm and "vfmadd231ps" in asm
+    assert "prefetcht1" in asm and "vcvtdq2ps" in asm and re.search(r"vfmadd\d{3}ps", asm)  # any operand order
     x = rng.standard_normal((8, k)).astype(np.float32)
     assert_close(run_kernel(call, target, x, n), x @ CODECS["int8"].decode(enc).astype(np.float64).T)
 

@@ -38,12 +38,12 @@ memory), each stream on its own:
 
 (Both for one thread reading weights from memory: benchmarks/README.md, ``bbs_gemv.py``, stop 30.)
 Inside the parallel loop every value is ``T.let``-bound. The accumulators are
-buffers declared in the work item, under 1 KiB, which TVM makes stack
-allocations and LLVM keeps in registers (one buffer of every item's
-accumulators, declared for the call, was stored to after every update: the
-prefetches in the loop kept LLVM from sinking the stores). A larger buffer, or a
-name assigned, inside the parallel loop would be a workspace allocation per
-iteration. The output is unshuffled through ``position``.
+buffers declared in the work item, under TVM's stack limit
+(``stack_buffers.TVM_STACK_BYTES``), so stack allocations that LLVM keeps in
+registers (one buffer of every item's accumulators, declared for the call, was
+stored to after every update: the prefetches in the loop kept LLVM from sinking
+the stores). A larger buffer, or a name assigned, inside the parallel loop would
+be a workspace allocation per iteration. The output is unshuffled through ``position``.
 Rows of activations are processed one after the other, so the kernel is exact
 for any batch, but it is meant for batch 1 (larger batches use the decoded
 kernel, :mod:`.bbs_decoded`). Needs AVX-512 (``vpermi2ps`` and ``vpermps`` on 16 lanes).
@@ -82,6 +82,7 @@ from bie_compiler.codecs import bbs
 from bie_compiler.codecs.base import Encoded
 
 from ..layout_memo import per_layout
+from ..stack_buffers import TVM_STACK_BYTES
 from . import lut
 
 KIND = "bbs_lut"  # the GEMV's kernel kind (with int8 tables: then lut_tables.INT8_KIND_SUFFIX)
@@ -96,6 +97,7 @@ DOT_CHAINS = 2
 PAIR = 2  # int8 tables: blocks of pruned rows per work item, sharing each group's table loads (acc rows: <= ROWS)
 LINE = lut.LINE_BYTES  # codes of a sensitive row per update of its accumulator
 assert (bbs.LANES, bbs.GROUP) == (lut.LANES, lut.GROUP)  # a stored column is one vector of plane words
+assert max(ROWS, PAIR) * LANES * 4 < TVM_STACK_BYTES  # a work item's accumulators
 
 
 def items_stream_ahead(first, b, words, per_item: int, block_words):

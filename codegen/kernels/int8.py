@@ -41,6 +41,7 @@ from bie_compiler.codecs.base import Encoded
 from ..kernel_registry import ConvSpec, KernelCall, register
 from ..layout_memo import KEPT
 from ..schedules import matmul
+from ..stack_buffers import TVM_STACK_BYTES
 from . import bbs_decoded, channel_nibbles, column_runs, decode, lut, panel_gemm
 
 BLOCK = "int8_gemv"
@@ -173,8 +174,10 @@ def streamed_gemv(n: int, k: int) -> tirx.PrimFunc:
     prefetching ``lut.AHEAD_BYTES`` ahead of its reads into L2 (the hardware prefetchers stop at every 4 KiB page,
     and alone keep too few lines in flight to stream weights from memory). Per step of CHAINS k rows, the panel's
     CHAINS x COLS codes are converted to float and multiplied-added into CHAINS accumulators of COLS channels,
-    summed and scaled at the end."""
+    summed and scaled at the end. The accumulators are a buffer of the panel's, a stack allocation that LLVM keeps in
+    registers (one buffer of every panel's, declared for the call, was stored to after every update)."""
     cols, chains = matmul.COLS, CHAINS
+    assert chains * cols * 4 < TVM_STACK_BYTES
     panels = -(-n // cols)
     total = panels * k * cols
     steps = k // chains
@@ -188,25 +191,25 @@ def streamed_gemv(n: int, k: int) -> tirx.PrimFunc:
         x = T.match_buffer(var_x, (m, k), "float32")
         out = T.match_buffer(var_out, (m, n), "float32")
         stream = T.decl_buffer((total,), "int8", data=codes.data)  # the codes as the byte stream a thread reads
-        acc = T.decl_buffer((panels, chains, cols), "float32")  # allocated once per call, not per parallel iteration
         for row in range(m):
             for p in T.parallel(panels):
+                acc = T.decl_buffer((chains, cols), "float32")
                 for c in T.unroll(chains):
-                    acc[p, c, T.Ramp(0, 1, cols)] = T.Broadcast(T.float32(0), cols)
+                    acc[c, T.Ramp(0, 1, cols)] = T.Broadcast(T.float32(0), cols)
                 for step in range(steps):
                     for line in T.unroll(chains * cols // lut.LINE_BYTES):
                         lut.prefetch(stream[T.min((p * k + step * chains) * cols + lut.AHEAD_BYTES
                                                   + line * lut.LINE_BYTES, total - 1)])
                     for c in T.unroll(chains):
-                        acc[p, c, T.Ramp(0, 1, cols)] = acc[p, c, T.Ramp(0, 1, cols)] + T.Cast(
+                        acc[c, T.Ramp(0, 1, cols)] = acc[c, T.Ramp(0, 1, cols)] + T.Cast(
                             vector, codes[p, step * chains + c, T.Ramp(0, 1, cols)]) * T.Broadcast(
                             x[row, step * chains + c], cols)
                 for kk in range(steps * chains, k):
-                    acc[p, 0, T.Ramp(0, 1, cols)] = acc[p, 0, T.Ramp(0, 1, cols)] + T.Cast(
+                    acc[0, T.Ramp(0, 1, cols)] = acc[0, T.Ramp(0, 1, cols)] + T.Cast(
                         vector, codes[p, kk, T.Ramp(0, 1, cols)]) * T.Broadcast(x[row, kk], cols)
                 for j in range(cols):
                     if p * cols + j < n:
-                        out[row, p * cols + j] = lut.tree([acc[p, c, j] for c in range(chains)]) * scales[p * cols + j]
+                        out[row, p * cols + j] = lut.tree([acc[c, j] for c in range(chains)]) * scales[p * cols + j]
 
     return main
 
