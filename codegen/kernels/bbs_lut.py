@@ -94,7 +94,7 @@ ROWS = 4  # sensitive rows per pass over x: independent FMA chains
 # int8 tables: vpdpbusd chains per block and group; with two blocks in flight 2 chains of 4 hide the latency
 # and save the zeroing and tree adds of 4 chains of 2 (benchmarks/README.md, bbs_gemv.py, stop 29 bbs2blk)
 DOT_CHAINS = 2
-PAIR = 2  # int8 tables: blocks of pruned rows per work item, sharing each group's table loads (acc rows: <= ROWS)
+PAIR = 2  # int8 tables: blocks of pruned rows per work item, sharing each group's table loads
 LINE = lut.LINE_BYTES  # codes of a sensitive row per update of its accumulator
 assert (bbs.LANES, bbs.GROUP) == (lut.LANES, lut.GROUP)  # a stored column is one vector of plane words
 assert max(ROWS, PAIR) * LANES * 4 < TVM_STACK_BYTES  # a work item's accumulators
@@ -362,8 +362,8 @@ def gemv(enc: Encoded, tables: str = "fp32"):
                                     "int32x16", columns[first, g, b, T.Ramp(0, 1, LANES)])) for b in range(bits)])
                             scale: T.let = shift_scale(meta, first, g)
                             offset: T.let = offset_value(meta, first, g)
-                            acc[0, T.Ramp(0, 1, LANES)] = accumulated(acc[0, T.Ramp(0, 1, LANES)],
-                                                                            mixed, scale, offset, group_sum, g)
+                            acc[0, T.Ramp(0, 1, LANES)] = accumulated(acc[0, T.Ramp(0, 1, LANES)], mixed, scale,
+                                                                      offset, group_sum, g)
                     for j in T.unroll(per_item):
                         for lane in range(LANES):
                             if count + (first + j) * LANES + lane < n:
