@@ -24,7 +24,9 @@ is a pass over the L layers divided by L. The methods' passes are interleaved
 stored array, / time) over a ceiling measured in the same rounds: the fastest
 read rate in the round of two TVM kernels that only stream memory
 (``common.streaming_sums``) and of onnxruntime's fp32 GEMV, the median over
-rounds (``common.bandwidth_fractions``, as in ``bitplane_gemv.py``).
+rounds (``common.bandwidth_fractions``, as in ``bitplane_gemv.py``); "full":
+the same over the rounds where ``common.compute_probe`` had the cores' full
+compute (as in ``bitplane_gemv.py``).
 Threads: ``--threads`` (default 2) for both libraries.
 
     python benchmarks/bbs_gemv.py [--shapes 4096x4096,4096x11008,11008x4096] [--tables fp32,int8] [--repeats 7]
@@ -42,8 +44,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import (  # noqa: E402
-    bandwidth_fractions, copies_for, interleaved_passes, last_level_cache_bytes, matmul_fanout, nbits_fanout,
-    ort_session, streaming_sums,
+    bandwidth_fractions, compute_probe, compute_summary, copies_for, interleaved_passes, last_level_cache_bytes,
+    matmul_fanout, nbits_fanout, ort_session, streaming_sums,
 )
 
 SEED = 0
@@ -92,7 +94,7 @@ def bbs_layers(enc, tables: str, factor: float, target):
     return kernel, args, layer_bytes, float(error.max() / np.abs(ref).max())
 
 
-def measure_shape(k: int, n: int, args: argparse.Namespace, references: list[dict], target) -> dict:
+def measure_shape(k: int, n: int, args: argparse.Namespace, gauges: list[dict], target) -> dict:
     weight = (np.random.default_rng(SEED).standard_t(5, (k, n)) / np.sqrt(k)).astype(np.float32)
     feed = {"x": np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32)}
     fp32_layers = copies_for(weight.nbytes, args.cache_factor)
@@ -114,14 +116,15 @@ def measure_shape(k: int, n: int, args: argparse.Namespace, references: list[dic
         kernel, tvm_args, layer_bytes, errors[tables] = bbs_layers(enc, tables, args.cache_factor, target)
         methods.append({"name": TABLE_METHODS[tables], "pass": lambda kernel=kernel, tvm_args=tvm_args: [
             kernel(*layer_args) for layer_args in tvm_args], "layers": len(tvm_args), "bytes": layer_bytes})
-    interleaved_passes(references + methods, args.repeats)
-    row = {"shape": f"{k}x{n}", "nbits_missing": missing, **bandwidth_fractions(references + methods),
+    interleaved_passes(gauges + methods, args.repeats)
+    row = {"shape": f"{k}x{n}", "nbits_missing": missing, **bandwidth_fractions(gauges + methods),
            "bbs_bits_per_weight": enc.bits_per_weight, "bbs_rel_errors": errors,
            "bbs_sensitive": int(enc.header["sensitive"]),
            "copies": {m["name"]: m["layers"] for m in methods}}
     for m in methods:
         row.update({f"{m['name']}_ms": m["ms"], f"{m['name']}_bytes": m["bytes"],
-                    f"{m['name']}_bw_fraction": m["bw_fraction"]})
+                    f"{m['name']}_bw_fraction": m["bw_fraction"],
+                    f"{m['name']}_bw_fraction_full": m["bw_fraction_full"]})
     return row
 
 
@@ -130,10 +133,11 @@ def report(res: dict) -> None:
           f"{res['threads']} threads, llvm -mcpu={res['target']}, interleaved, median of {res['repeats']}")
     for r in res["rows"]:
         print(f"{r['shape']}: read bandwidth ceiling {r['bandwidth'] * 1e-9:.1f} GB/s (median over rounds of the fastest "
-              "of: " + ", ".join(f"{name} {rate * 1e-9:.1f}" for name, rate in r["references"].items()) + ")")
+              "of: " + ", ".join(f"{name} {rate * 1e-9:.1f}" for name, rate in r["references"].items())
+              + f"); {compute_summary(r['compute'])}")
     ours = [TABLE_METHODS[t] for t in res["tables"]]
     header = ["K x N", "fp32 ms", "NBits-4 ms", *(f"{m} ms" for m in ours), *(f"{m} vs NBits" for m in ours),
-              "bbs MB", "bbs bits/w", "NBits MB", *(f"{m} BW frac" for m in ours), "NBits BW frac", "fp32 BW frac"]
+              "bbs MB", "bbs bits/w", "NBits MB", *(f"{m} BW frac (full)" for m in ours), "NBits BW frac", "fp32 BW frac"]
     table = [header]
     for r in res["rows"]:
         nbits = "nbits_ms" in r
@@ -142,7 +146,8 @@ def report(res: dict) -> None:
             *(f"{r[m + '_ms']:.3f}" for m in ours),
             *(f"{r['nbits_ms'] / r[m + '_ms']:.2f}x" if nbits else "n/a" for m in ours),
             f"{r[ours[0] + '_bytes'] / 1e6:.2f}", f"{r['bbs_bits_per_weight']:.3f}",
-            f"{r['nbits_bytes'] / 1e6:.2f}" if nbits else "n/a", *(f"{r[m + '_bw_fraction']:.2f}" for m in ours),
+            f"{r['nbits_bytes'] / 1e6:.2f}" if nbits else "n/a",
+            *(f"{r[m + '_bw_fraction']:.2f} ({r[m + '_bw_fraction_full']:.2f})" for m in ours),
             f"{r['nbits_bw_fraction']:.2f}" if nbits else "n/a", f"{r['fp32_bw_fraction']:.2f}",
         ])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
@@ -154,16 +159,17 @@ def report(res: dict) -> None:
         print(f"{r['shape']}: largest error / largest output: " + ", ".join(
             f"{t} tables {e:.1e}" for t, e in r["bbs_rel_errors"].items()))
     print("times per layer; bbs bytes = every stored array (sensitive INT8 rows, columns, metadata, scales, "
-          "positions; the same for both tables); BW frac = median over rounds of bytes / time / that round's ceiling")
+          "positions; the same for both tables); BW frac = median over rounds of bytes / time / that round's ceiling "
+          "(full: over the rounds with the full compute)")
 
 
 def run(args: argparse.Namespace) -> dict:
     from bie_compiler.codegen.target import make_target
 
     target = make_target()
-    references = streaming_sums()
+    gauges = [*streaming_sums(), compute_probe()]  # run every round beside the methods: the ceiling, the compute
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
-    rows = [measure_shape(k, n, args, references, target) for k, n in shapes]
+    rows = [measure_shape(k, n, args, gauges, target) for k, n in shapes]
     return {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
             "tables": args.tables.split(","),
             "cache_factor": args.cache_factor, "l3_bytes": last_level_cache_bytes() or 0, "rows": rows}

@@ -25,6 +25,11 @@ over 512 MiB, same threads), and the round's ceiling is the fastest read rate
 of those two and of onnxruntime's fp32 GEMV in that round; a method's BW frac
 is the median over rounds of its read rate (bytes a layer reads / time) over
 the round's ceiling (``common.bandwidth_fractions``), so at most about 1.
+Each round also runs ``common.compute_probe`` (integer dot products in
+registers on every thread): "full" is the BW frac over the rounds where it ran
+at 0.75 of its best rate or more, and the report says how many rounds those
+were (this machine's host at times takes about a core's compute for minutes,
+and a kernel near its compute limit then reads less of the bandwidth).
 Every TVM kernel is checked against the reference decoder first (the int8-table GEMV: within its
 stated bound, ``bitplane_lut.int8_error_bound``; its relative error is printed).
 
@@ -43,8 +48,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import (  # noqa: E402
-    bandwidth_fractions, copies_for, interleaved_passes, last_level_cache_bytes, matmul_fanout, nbits_fanout,
-    ort_session, streaming_sums,
+    bandwidth_fractions, compute_probe, compute_summary, copies_for, interleaved_passes, last_level_cache_bytes,
+    matmul_fanout, nbits_fanout, ort_session, streaming_sums,
 )
 
 SEED = 0
@@ -117,7 +122,7 @@ def bitplane_layers(weight: np.ndarray, bits: int, tables: list[str], factor: fl
     return kernels
 
 
-def measure_shape(k: int, n: int, args: argparse.Namespace, references: list[dict], target) -> dict:
+def measure_shape(k: int, n: int, args: argparse.Namespace, gauges: list[dict], target) -> dict:
     weight = (np.random.default_rng(SEED).standard_t(5, (k, n)) / np.sqrt(k)).astype(np.float32)
     feed = {"x": np.random.default_rng(SEED + 1).standard_normal((1, k)).astype(np.float32)}
     methods, missing = [], None
@@ -135,8 +140,8 @@ def measure_shape(k: int, n: int, args: argparse.Namespace, references: list[dic
     for bits in (int(b) for b in args.bits.split(",")):
         methods += bitplane_layers(weight, bits, args.tables.split(","), args.cache_factor, target)
     del weight
-    interleaved_passes(references + methods, args.repeats)
-    ceiling = bandwidth_fractions(references + methods)
+    interleaved_passes(gauges + methods, args.repeats)
+    ceiling = bandwidth_fractions(gauges + methods)
     rows = [{key: m[key] for key in m if key not in ("pass", "seconds", "reference")} for m in methods]
     return {"shape": f"{k}x{n}", "nbits_missing": missing, "methods": rows, **ceiling}
 
@@ -146,8 +151,10 @@ def report(res: dict) -> None:
           f"{res['threads']} threads, llvm -mcpu={res['target']}, interleaved, median of {res['repeats']}")
     for shape in res["rows"]:
         print(f"{shape['shape']}: read bandwidth ceiling {shape['bandwidth'] * 1e-9:.1f} GB/s (median over rounds of the "
-              "fastest of: " + ", ".join(f"{name} {rate * 1e-9:.1f}" for name, rate in shape["references"].items()) + ")")
-    header = ["K x N", "method", "ms/layer", "vs fp32", "vs NBits-4", "MB/layer", "bits/w", "BW frac", "rel err"]
+              "fastest of: " + ", ".join(f"{name} {rate * 1e-9:.1f}" for name, rate in shape["references"].items())
+              + f"); {compute_summary(shape['compute'])}")
+    header = ["K x N", "method", "ms/layer", "vs fp32", "vs NBits-4", "MB/layer", "bits/w", "BW frac", "full",
+              "rel err"]
     table = [header]
     for shape in res["rows"]:
         by_name = {m["name"]: m for m in shape["methods"]}
@@ -156,6 +163,7 @@ def report(res: dict) -> None:
             table.append([shape["shape"], m["name"], f"{m['ms']:.3f}", f"{by_name['ort fp32']['ms'] / m['ms']:.2f}x",
                           f"{nbits['ms'] / m['ms']:.2f}x" if nbits else "n/a", f"{m['bytes'] / 1e6:.2f}",
                           f"{m['bits_per_weight']:.3f}" if "bits_per_weight" in m else "", f"{m['bw_fraction']:.2f}",
+                          f"{m['bw_fraction_full']:.2f}",
                           f"{m['rel_error']:.1e}" if "rel_error" in m else ""])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
@@ -165,16 +173,17 @@ def report(res: dict) -> None:
         if shape["nbits_missing"]:
             print(f"MatMulNBits missing for {shape['shape']}: {shape['nbits_missing']}")
     print("times per layer; vs = that method's time / this one's (above 1: faster); "
-          "BW frac = median over rounds of bytes / time / that round's ceiling; rel err = max |y - exact| / max |exact| against the reference decoder")
+          "BW frac = median over rounds of bytes / time / that round's ceiling (full: over the rounds with the full "
+          "compute); rel err = max |y - exact| / max |exact| against the reference decoder")
 
 
 def run(args: argparse.Namespace) -> dict:
     from bie_compiler.codegen.target import make_target
 
     target = make_target()
-    references = streaming_sums()
+    gauges = [*streaming_sums(), compute_probe()]  # run every round beside the methods: the ceiling, the compute
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
-    rows = [measure_shape(k, n, args, references, target) for k, n in shapes]
+    rows = [measure_shape(k, n, args, gauges, target) for k, n in shapes]
     return {"threads": args.threads, "repeats": args.repeats, "target": str(target.attrs["mcpu"]),
             "cache_factor": args.cache_factor, "l3_bytes": last_level_cache_bytes() or 0, "rows": rows}
 

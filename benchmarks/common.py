@@ -26,6 +26,9 @@ from bie_compiler.bench import last_level_cache_bytes
 from bie_compiler.runtime.threads import configure_thread_pool
 
 BANDWIDTH_ARRAY_BYTES = 512 * 2**20
+# a round has the cores' full compute when the compute probe runs at least this share of its best: its rate spreads
+# over 0.8-1 of the best from round to round, and falls to about 0.5 when the host takes a core
+FULL_COMPUTE = 0.75
 
 
 def main(parse_args, run, report) -> None:
@@ -143,19 +146,73 @@ def streaming_sum(data, streams: int, ahead_bytes: int):
     return lambda: fn(data, out)
 
 
+def compute_probe() -> dict:
+    """A method for :func:`interleaved_passes` (``probe``: True) that only computes: on every thread, chains of
+    ``vpdpbusd`` over bytes held in registers, about a millisecond a pass with the cores to ourselves. This machine's
+    host at times takes about one of the two cores' compute for minutes (the probe then runs at half its rate), and
+    a kernel near its compute limit then misses the bandwidth while the memory streams run on; the probe's rate in
+    each round tells those rounds apart (:func:`bandwidth_fractions`). Its ``bytes``: the dot products' input bytes."""
+    import tvm
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    from bie_compiler.codegen.kernels import lut
+    from bie_compiler.codegen.target import make_target
+
+    chunks, repeats, chains, width = 64, 8000, 8, lut.LANES * 4  # 8 independent chains: vpdpbusd's latency hidden
+
+    @T.prim_func
+    def dots(a: T.Buffer((chains * width,), "uint8"), b: T.Buffer((chains * width,), "int8"),
+             out: T.Buffer((chunks, lut.LANES), "int32")):
+        T.func_attr({"tirx.noalias": True, "global_symbol": "main"})
+        for c in T.parallel(chunks):
+            acc = T.decl_buffer((chains, lut.LANES), "int32")  # in the task, under TVM's stack limit: registers
+            for j in T.unroll(chains):
+                acc[j, T.Ramp(0, 1, lut.LANES)] = T.Broadcast(T.int32(0), lut.LANES)
+            for _ in range(repeats):
+                for j in T.unroll(chains):
+                    acc[j, T.Ramp(0, 1, lut.LANES)] = tirx.call_llvm_pure_intrin(
+                        "int32x16", lut.DOT, acc[j, T.Ramp(0, 1, lut.LANES)], a[T.Ramp(j * width, 1, width)],
+                        b[T.Ramp(j * width, 1, width)])
+            out[c, T.Ramp(0, 1, lut.LANES)] = lut.tree([acc[j, T.Ramp(0, 1, lut.LANES)] for j in range(chains)])
+
+    fn = tvm.compile(dots, make_target()).mod["main"]
+    args = [tvm.runtime.tensor(np.ones(chains * width, dtype)) for dtype in (np.uint8, np.int8)]
+    out = tvm.runtime.empty((chunks, lut.LANES), "int32")
+    return {"name": "compute probe", "pass": lambda: fn(*args, out), "layers": 1,
+            "bytes": chunks * repeats * chains * width * 2, "probe": True}
+
+
+def compute_summary(compute: list[float]) -> str:
+    """The compute probe's rounds (:func:`bandwidth_fractions`' ``compute``) in words, for a report."""
+    full = sum(c >= FULL_COMPUTE for c in compute)
+    return f"full compute in {full} of {len(compute)} rounds (the probe's lowest: {min(compute):.2f} of its best)"
+
+
 def bandwidth_fractions(methods: list[dict]) -> dict:
     """Each method's ``bw_fraction``: the median over rounds of its read rate (bytes a layer reads / time) over that
     round's ceiling, the fastest read rate of the ``reference`` methods in the round (all timed by
     :func:`interleaved_passes`, so a slow phase of the machine's memory hits the ceiling and the methods alike).
-    Returns the median ceiling and each reference's median rate (bytes per second)."""
+    Returns the median ceiling and each reference's median rate (bytes per second).
+
+    With a :func:`compute_probe` among the methods, also each method's ``bw_fraction_full``: the same median over
+    the rounds with the cores' full compute (the probe at ``FULL_COMPUTE`` of its best rate or more), and
+    ``compute``: the probe's rate in each round over its best."""
     rates = {m["name"]: [m["bytes"] / t for t in m["seconds"]] for m in methods}
     references = [m["name"] for m in methods if m.get("reference")]
-    ceilings = [max(rates[name][r] for name in references) for r in range(len(rates[references[0]]))]
+    rounds = range(len(rates[references[0]]))
+    ceilings = [max(rates[name][r] for name in references) for r in rounds]
+    probes = [rates[m["name"]] for m in methods if m.get("probe")]
+    compute = [rate / max(probes[0]) for rate in probes[0]] if probes else []
+    full = [r for r in rounds if compute and compute[r] >= FULL_COMPUTE]
     for method in methods:
-        method["bw_fraction"] = statistics.median(rate / ceiling
-                                                  for rate, ceiling in zip(rates[method["name"]], ceilings))
-    return {"bandwidth": statistics.median(ceilings),
-            "references": {name: statistics.median(rates[name]) for name in references}}
+        fractions = [rates[method["name"]][r] / ceilings[r] for r in rounds]
+        method["bw_fraction"] = statistics.median(fractions)
+        if compute:
+            method["bw_fraction_full"] = statistics.median(fractions[r] for r in full)  # the best round is in
+    result = {"bandwidth": statistics.median(ceilings),
+              "references": {name: statistics.median(rates[name]) for name in references}}
+    return {**result, "compute": compute} if compute else result
 
 
 def matmul_chain(size: int, layers: int) -> onnx.ModelProto:

@@ -32,3 +32,21 @@ def test_a_method_faster_than_every_reference_reads_above_one():
     kernel = method("kernel", 1000, [0.5, 2.0, 0.8])
     common.bandwidth_fractions([sums, kernel])
     assert kernel["bw_fraction"] == pytest.approx(1.25)  # median of 2.0, 0.5, 1.25
+
+
+def test_rounds_without_the_full_compute_are_left_out_of_the_full_fraction():
+    # in round 2 the compute probe runs at half its best rate: the host took a core
+    sums = method("sum", 1000, [1.0, 1.0, 1.0], reference=True)
+    probe = {"name": "probe", "bytes": 100, "seconds": [1.0, 2.0, 1.0 / 0.8], "probe": True}  # 0.8: its usual spread
+    kernel = method("kernel", 1000, [1.0 / 0.9, 2.0, 1.0 / 0.96])  # 0.9, 0.5, 0.96 of the ceiling
+    result = common.bandwidth_fractions([sums, probe, kernel])
+    assert result["compute"] == pytest.approx([1.0, 0.5, 0.8])
+    assert kernel["bw_fraction"] == pytest.approx(0.9)  # median of all three rounds
+    assert kernel["bw_fraction_full"] == pytest.approx(0.93)  # median of rounds 1 and 3
+
+
+def test_without_a_compute_probe_there_is_no_full_fraction():
+    sums = method("sum", 1000, [1.0, 1.0], reference=True)
+    kernel = method("kernel", 1000, [1.0, 2.0])
+    assert "compute" not in common.bandwidth_fractions([sums, kernel])
+    assert "bw_fraction_full" not in kernel
