@@ -137,7 +137,8 @@ def report(res: dict) -> None:
               + f"); {compute_summary(r['compute'])}")
     ours = [TABLE_METHODS[t] for t in res["tables"]]
     header = ["K x N", "fp32 ms", "NBits-4 ms", *(f"{m} ms" for m in ours), *(f"{m} vs NBits" for m in ours),
-              "bbs MB", "bbs bits/w", "NBits MB", *(f"{m} BW frac (full)" for m in ours), "NBits BW frac", "fp32 BW frac"]
+              "bbs MB", "bbs bits/w", "NBits MB", *(f"{m} BW frac (full)" for m in ours), "NBits BW frac",
+              "fp32 BW frac"]
     table = [header]
     for r in res["rows"]:
         nbits = "nbits_ms" in r

@@ -149,7 +149,7 @@ def streaming_sum(data, streams: int, ahead_bytes: int):
 def compute_probe() -> dict:
     """A method for :func:`interleaved_passes` (``probe``: True) that only computes: on every thread, chains of
     ``vpdpbusd`` over bytes held in registers, about a millisecond a pass with the cores to ourselves. This machine's
-    host at times takes about one of the two cores' compute for minutes (the probe then runs at half its rate), and
+    host at times takes about one of the two cores' compute for seconds (the probe then runs at half its rate), and
     a kernel near its compute limit then misses the bandwidth while the memory streams run on; the probe's rate in
     each round tells those rounds apart (:func:`bandwidth_fractions`). Its ``bytes``: the dot products' input bytes."""
     import tvm
