@@ -28,7 +28,7 @@ the round's ceiling (``common.bandwidth_fractions``), so at most about 1.
 Each round also runs ``common.compute_probe`` (integer dot products in
 registers on every thread): "full" is the BW frac over the rounds where it ran
 at 0.75 of its best rate or more, and the report says how many rounds those
-were (this machine's host at times takes about a core's compute for minutes,
+were (this machine's host at times takes about a core's compute for seconds,
 and a kernel near its compute limit then reads less of the bandwidth).
 Every TVM kernel is checked against the reference decoder first (the int8-table GEMV: within its
 stated bound, ``bitplane_lut.int8_error_bound``; its relative error is printed).

@@ -202,14 +202,14 @@ def bandwidth_fractions(methods: list[dict]) -> dict:
     references = [m["name"] for m in methods if m.get("reference")]
     rounds = range(len(rates[references[0]]))
     ceilings = [max(rates[name][r] for name in references) for r in rounds]
-    probes = [rates[m["name"]] for m in methods if m.get("probe")]
-    compute = [rate / max(probes[0]) for rate in probes[0]] if probes else []
-    full = [r for r in rounds if compute and compute[r] >= FULL_COMPUTE]
+    probe = next((rates[m["name"]] for m in methods if m.get("probe")), [])
+    compute = [rate / max(probe) for rate in probe]
+    full = [r for r in rounds if compute and compute[r] >= FULL_COMPUTE]  # with a probe, its best round at least
     for method in methods:
         fractions = [rates[method["name"]][r] / ceilings[r] for r in rounds]
         method["bw_fraction"] = statistics.median(fractions)
-        if compute:
-            method["bw_fraction_full"] = statistics.median(fractions[r] for r in full)  # the best round is in
+        if full:
+            method["bw_fraction_full"] = statistics.median(fractions[r] for r in full)
     result = {"bandwidth": statistics.median(ceilings),
               "references": {name: statistics.median(rates[name]) for name in references}}
     return {**result, "compute": compute} if compute else result
